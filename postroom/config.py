@@ -1,0 +1,316 @@
+"""Configuration: one TOML file read into frozen dataclasses.
+
+Every setting has a default, so `postroom serve` needs no file at all: it then listens on high ports on
+127.0.0.1 and keeps SQLite and message files under ./postroom-data.
+
+Invariants:
+1. An unknown section or key, a value of the wrong type or out of range is a `ConfigError` whose message names
+   the file, the dotted key and what is wrong. Nothing starts on a bad file.
+2. Relative paths are resolved against the current directory when the config is loaded, so the running server
+   never depends on a later `chdir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration file is unusable. The message is meant for the operator, as is."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "localhost"  # greetings and Received headers
+    data_dir: str = "./postroom-data"
+    shutdown_grace_seconds: float = 10.0  # SIGTERM: how long sessions may finish before they are cut
+
+
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+# Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314).
+IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
+
+
+@dataclass(frozen=True)
+class ListenersConfig:
+    smtp: str = "127.0.0.1:2525"
+    submission: str = "127.0.0.1:2587"
+    submissions: str = "127.0.0.1:2465"
+    imap: str = "127.0.0.1:2143"
+    imaps: str = "127.0.0.1:2993"
+    pop3: str = "127.0.0.1:2110"
+    pop3s: str = "127.0.0.1:2995"
+    http: str = "127.0.0.1:8080"
+
+    def enabled(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> (host, port) for every listener that is switched on."""
+        out: dict[str, tuple[str, int]] = {}
+        for name in LISTENER_NAMES:
+            value = getattr(self, name)
+            if value:
+                out[name] = split_hostport(value)
+        return out
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = ""  # empty: a self-signed certificate is generated into data_dir
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = ""  # empty: sqlite:///<data_dir>/postroom.db
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    allow_plaintext: bool = False  # password logins without TLS: for tests and benchmarks only
+    max_failures_per_ip: int = 10  # failed logins in `lockout_seconds` before an IP is refused
+    max_failures_per_user: int = 5
+    lockout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    message_size: int = 50 * 1024 * 1024  # bytes; SMTP SIZE, APPEND limit
+    recipients: int = 100  # per message
+    connections_per_ip: int = 20
+    connections_total: int = 2000
+    line_length: int = 8192  # bytes in one command line (RFC 5321 §4.5.3.1.4 asks at least 512)
+    literal_size: int = 50 * 1024 * 1024  # IMAP literal
+    smtp_idle_seconds: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes
+    imap_idle_seconds: float = 1800.0  # RFC 9051 §5.4: at least 30 minutes
+    pop3_idle_seconds: float = 600.0  # RFC 1939 §3: at least 10 minutes
+    errors_per_session: int = 20  # protocol errors before the server closes the session
+    mime_depth: int = 50  # nested multipart / message levels parsed
+    mime_parts: int = 5000  # parts parsed in one message
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: str = "<defaults>"  # where this came from, for messages
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_path / 'postroom.db'}"
+
+    @property
+    def cert_path(self) -> Path:
+        return Path(self.tls.cert) if self.tls.cert else self.data_path / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'127.0.0.1:25' -> ('127.0.0.1', 25); '[::1]:25' -> ('::1', 25). Raises ValueError."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (None: defaults only), apply `overrides` (same shape as the TOML), validate."""
+    where = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file (write one, or leave out --config to use the defaults)")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    if overrides:
+        raw = _merge(raw, overrides)
+    cfg = _build(Config, raw, where, "")
+    cfg = dataclasses.replace(cfg, source=where)
+    _validate(cfg, where)
+    return _absolutise(cfg)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = prefix + key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, where, dotted + ".")
+        else:
+            kwargs[key] = _coerce(tp, value, where, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {dotted} must be a list of {_type_name(item_tp)}, not {value!r}")
+        return tuple(_coerce(item_tp, v, where, f"{dotted}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: {dotted}: unsupported type")  # pragma: no cover - no such field yet
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {dotted} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {dotted} must be a whole number, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {dotted} must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {dotted} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{where}: {dotted}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _validate(cfg: Config, where: str) -> None:
+    if not cfg.server.hostname or any(c.isspace() for c in cfg.server.hostname):
+        raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
+    if not cfg.server.data_dir:
+        raise ConfigError(f"{where}: server.data_dir must not be empty")
+    seen: dict[tuple[str, int], str] = {}
+    for name in LISTENER_NAMES:
+        value = getattr(cfg.listeners, name)
+        if not value:
+            continue
+        try:
+            hp = split_hostport(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)")
+        if hp[1] != 0 and hp in seen:
+            raise ConfigError(f"{where}: listeners.{name}: {value} is already used by listeners.{seen[hp]}")
+        seen[hp] = name
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        raise ConfigError(f"{where}: tls.cert and tls.key must be given together (or both left empty)")
+    url = cfg.store.url
+    if url and not (url.startswith("sqlite:///") or url.startswith("postgresql://")):
+        raise ConfigError(f"{where}: store.url must start with sqlite:/// or postgresql://, not {url!r}")
+    if url.startswith("postgresql://"):
+        raise ConfigError(f"{where}: store.url: the PostgreSQL backend is not available yet; use sqlite:///")
+    for name in ("message_size", "recipients", "connections_per_ip", "connections_total", "literal_size",
+                 "errors_per_session", "mime_depth", "mime_parts"):
+        if getattr(cfg.limits, name) < 1:
+            raise ConfigError(f"{where}: limits.{name} must be at least 1")
+    if cfg.limits.line_length < 1000:
+        # RFC 5321 §4.5.3.1.6: a text line may be 1000 octets with CRLF; IMAP and POP3 need no less.
+        raise ConfigError(f"{where}: limits.line_length must be at least 1000")
+    for name in ("smtp_idle_seconds", "imap_idle_seconds", "pop3_idle_seconds"):
+        if getattr(cfg.limits, name) <= 0:
+            raise ConfigError(f"{where}: limits.{name} must be positive")
+
+
+def _absolutise(cfg: Config) -> Config:
+    server = dataclasses.replace(cfg.server, data_dir=str(Path(cfg.server.data_dir).expanduser().resolve()))
+    tls = cfg.tls
+    if tls.cert:
+        tls = TLSConfig(cert=str(Path(tls.cert).expanduser().resolve()), key=str(Path(tls.key).expanduser().resolve()))
+    store = cfg.store
+    if store.url.startswith("sqlite:///"):
+        store = StoreConfig(url="sqlite:///" + str(Path(store.url[len("sqlite:///"):]).expanduser().resolve()))
+    return dataclasses.replace(cfg, server=server, tls=tls, store=store)
+
+
+def sqlite_path(url: str) -> Path:
+    """sqlite:///path/to/db -> Path('/path/to/db') (absolute paths keep their leading slash)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    return Path(url[len("sqlite:///"):])
+
+
+SAMPLE = '''\
+# Postroom configuration. Every key is optional; these are the defaults.
+[server]
+hostname = "localhost"            # used in greetings and Received headers
+data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+
+[listeners]                        # "host:port"; "" disables a listener
+smtp = "127.0.0.1:2525"            # MX: inbound from the world
+submission = "127.0.0.1:2587"      # STARTTLS + AUTH
+submissions = "127.0.0.1:2465"     # implicit TLS + AUTH
+imap = "127.0.0.1:2143"
+imaps = "127.0.0.1:2993"
+pop3 = "127.0.0.1:2110"
+pop3s = "127.0.0.1:2995"
+http = "127.0.0.1:8080"
+
+[tls]
+cert = ""                          # empty: a self-signed certificate is generated into data_dir
+key = ""
+
+[store]
+url = ""                           # empty: sqlite:///<data_dir>/postroom.db
+
+[auth]
+allow_plaintext = false            # true: password logins without TLS (tests and benchmarks only)
+max_failures_per_ip = 10
+max_failures_per_user = 5
+lockout_seconds = 300
+
+[limits]
+message_size = 52428800            # bytes
+recipients = 100
+connections_per_ip = 20
+connections_total = 2000
+line_length = 8192
+literal_size = 52428800
+smtp_idle_seconds = 300
+imap_idle_seconds = 1800
+pop3_idle_seconds = 600
+errors_per_session = 20
+mime_depth = 50
+mime_parts = 5000
+'''

@@ -1,0 +1,439 @@
+"""The storage interface: everything the server keeps, behind one `typing.Protocol`.
+
+Accounts, domains, aliases, mailing lists, mailboxes, messages (flags, keywords, UIDs, MODSEQ), the outbound
+queue and the change feed all live here. SQLite (`store/sqlite/`) is the embedded default; PostgreSQL will be
+the second engine. One conformance suite (`tests/store/`) runs against every engine. No SQL outside `store/`.
+
+Invariants every engine keeps:
+1. **An awaited write is durable.** When a write coroutine returns, its transaction is committed and synced to
+   disk, and message bodies were written and fsync'd (file and directory) before that commit. Concurrent
+   writers share one commit (group commit).
+2. **Commit, then broadcast.** The changes a write made are returned to the caller *and* published on
+   `store.hub` after the commit, never before.
+3. **UIDs strictly increase** within a mailbox and are never reused, across restarts and after expunges.
+   UIDVALIDITY differs for every mailbox ever created (a deleted and re-created name gets a new one).
+4. **MODSEQ strictly increases** per mailbox on every change to a message in it (append, flags, expunge);
+   `Mailbox.highestmodseq` is the largest MODSEQ given out.
+5. **Message bytes are sacred.** `read_message` returns exactly the bytes given to `append`.
+6. **One user's data is keyed by user id.** Every mailbox call takes the mailbox id obtained from the user's
+   own listing; engines never resolve names across users.
+
+Names are case-insensitive where mail is: domain names and the local part of addresses are stored lower-case
+(RFC 5321 §2.4 lets the local part be case-sensitive; Postroom, like Postfix and Dovecot by default, is not).
+Mailbox names are case-sensitive except INBOX (RFC 9051 §5.1).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Sequence
+
+# --------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises for a request that cannot be done (not for I/O failures)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Invalid(StoreError):
+    """The request breaks a rule (bad name, INBOX rename target taken, deleting a mailbox with children...)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# System flags: a bitmask in storage. \Recent is per-session (RFC 9051 dropped it) and never stored.
+
+
+class Flag(enum.IntFlag):
+    SEEN = 1
+    ANSWERED = 2
+    FLAGGED = 4
+    DELETED = 8
+    DRAFT = 16
+
+
+FLAG_NAMES: dict[Flag, str] = {
+    Flag.SEEN: "\\Seen",
+    Flag.ANSWERED: "\\Answered",
+    Flag.FLAGGED: "\\Flagged",
+    Flag.DELETED: "\\Deleted",
+    Flag.DRAFT: "\\Draft",
+}
+FLAG_BY_NAME: dict[str, Flag] = {v.lower(): k for k, v in FLAG_NAMES.items()}
+
+
+def flags_to_names(flags: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
+
+
+class StoreMode(enum.Enum):
+    """How `store_flags` combines the given flags with the present ones (IMAP STORE FLAGS / +FLAGS / -FLAGS)."""
+
+    REPLACE = "replace"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+SPECIAL_USE_DEFAULTS: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+"""Mailboxes every new user gets, with their RFC 6154 special-use attribute."""
+
+HIERARCHY_SEPARATOR = "/"
+
+
+class ListPolicy(enum.Enum):
+    OPEN = "open"  # anyone may post
+    MEMBERS = "members"  # only members may post
+    MODERATED = "moderated"  # every post waits for the owner's approval
+
+
+class RcptState(enum.Enum):
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records (frozen values handed out by the store)
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: int
+    name: str
+    created: float
+    dkim_selector: str = ""
+    dkim_private_key: str = ""  # PEM; empty until the outbound issue makes keys
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    address: str  # full address, lower-case; also the login name
+    domain_id: int
+    password_hash: str  # argon2id, PHC string
+    scram: str  # SCRAM-SHA-256 verifier (auth/passwords.py), "" if none
+    quota_bytes: int  # 0: no quota
+    created: float
+
+
+@dataclass(frozen=True)
+class Alias:
+    source: str  # "user@domain" or "@domain" (catch-all)
+    target: str  # one local or external address
+
+
+@dataclass(frozen=True)
+class MailingList:
+    address: str
+    owner: str
+    policy: ListPolicy
+    bounce_address: str  # envelope sender of list copies
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    id: int
+    user_id: int
+    name: str  # full hierarchical name with "/" separators, e.g. "Archive/2024"
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None  # "\\Sent", ... or None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    """What IMAP STATUS / SELECT need, computed by the engine without reading bodies."""
+
+    mailbox: Mailbox
+    messages: int
+    unseen: int  # messages without \\Seen
+    deleted: int  # messages with \\Deleted (RFC 9051 STATUS DELETED)
+    size: int  # total octets (RFC 8438 STATUS SIZE)
+    first_unseen_uid: int | None
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """One message in one mailbox, without its body."""
+
+    mailbox_id: int
+    uid: int
+    modseq: int
+    internal_date: float  # seconds since the epoch (UTC)
+    size: int  # octets of the stored bytes
+    flags: int  # Flag bitmask
+    keywords: frozenset[str]  # IMAP keywords, case preserved as first set
+    blob_id: str  # sha256 hex of the bytes
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    raw: bytes
+    flags: int = 0
+    keywords: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: now
+    meta: bytes | None = None  # parsed metadata (mime/), stored with the blob; opaque to the store
+
+
+@dataclass(frozen=True)
+class QueueRecipient:
+    rcpt: str
+    orcpt: str = ""  # RFC 3461 ORCPT, as given ("rfc822;user@example.org"), "" if none
+    notify: str = ""  # RFC 3461 NOTIFY: "" (default), "NEVER" or a comma list of SUCCESS,FAILURE,DELAY
+    state: RcptState = RcptState.QUEUED
+    attempts: int = 0
+    next_try: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    blob_id: str
+    size: int
+    mail_from: str  # "" for the null reverse-path
+    envid: str  # RFC 3461 ENVID, "" if none
+    ret: str  # RFC 3461 RET: "", "FULL" or "HDRS"
+    created: float
+    recipients: tuple[QueueRecipient, ...]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Change feed
+
+
+class ChangeKind(enum.Enum):
+    APPEND = "append"  # a message arrived (uid, modseq, flags, keywords set)
+    FLAGS = "flags"  # a message's flags or keywords changed
+    EXPUNGE = "expunge"  # a message left the mailbox
+    MAILBOX_CREATED = "mailbox_created"
+    MAILBOX_DELETED = "mailbox_deleted"
+    MAILBOX_RENAMED = "mailbox_renamed"  # name is the new name, old_name the old
+    MAILBOX_SUBSCRIBED = "mailbox_subscribed"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    user_id: int
+    mailbox_id: int
+    uid: int = 0
+    modseq: int = 0
+    flags: int = 0
+    keywords: frozenset[str] = frozenset()
+    name: str = ""
+    old_name: str = ""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    uid: int
+    modseq: int
+    uidvalidity: int
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """UIDPLUS COPYUID: source UIDs and the UIDs they got in the destination, in the same order."""
+
+    uidvalidity: int
+    source_uids: tuple[int, ...]
+    dest_uids: tuple[int, ...]
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    changes: tuple[Change, ...] = ()
+
+
+class Subscription(Protocol):
+    """A live subscription to the change feed: iterate, or `get()` one change; `close()` when done."""
+
+    def get_nowait(self) -> Change | None: ...
+
+    async def get(self) -> Change: ...
+
+    def close(self) -> None: ...
+
+
+class ChangeHub(Protocol):
+    def subscribe(self, user_id: int) -> Subscription: ...
+
+    def publish(self, changes: Iterable[Change]) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------------
+# The interface
+
+
+class Store(Protocol):
+    hub: ChangeHub
+
+    async def open(self) -> None:
+        """Create or migrate the schema; start writer tasks. Idempotent."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release everything."""
+
+    # ---- domains
+    async def add_domain(self, name: str) -> Domain: ...
+
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def list_domains(self) -> list[Domain]: ...
+
+    async def remove_domain(self, name: str) -> None:
+        """Refuses (Invalid) while the domain still has users, aliases or lists."""
+
+    async def set_dkim(self, name: str, selector: str, private_key_pem: str) -> None: ...
+
+    # ---- users
+    async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
+        """The domain must exist (NotFound otherwise). Creates SPECIAL_USE_DEFAULTS mailboxes, subscribed."""
+
+    async def get_user(self, address: str) -> User | None: ...
+
+    async def get_user_by_id(self, user_id: int) -> User | None: ...
+
+    async def list_users(self, domain: str | None = None) -> list[User]: ...
+
+    async def set_password(self, address: str, password_hash: str, scram: str = "") -> None: ...
+
+    async def remove_user(self, address: str) -> None:
+        """Removes the user, their mailboxes and messages (blobs lose a reference)."""
+
+    # ---- aliases
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        """`source` is an address or "@domain" (catch-all) of a local domain. Adding an existing pair is a no-op."""
+
+    async def remove_alias(self, source: str, target: str | None = None) -> None:
+        """Remove one target, or every target of `source` when `target` is None. NotFound if nothing matched."""
+
+    async def list_aliases(self, source: str | None = None) -> list[Alias]: ...
+
+    # ---- mailing lists
+    async def create_list(self, address: str, owner: str, policy: ListPolicy, bounce_address: str = "") -> MailingList:
+        """`bounce_address` defaults to "<local>-bounces@<domain>"."""
+
+    async def get_list(self, address: str) -> MailingList | None: ...
+
+    async def list_lists(self) -> list[MailingList]: ...
+
+    async def set_list_policy(self, address: str, policy: ListPolicy) -> None: ...
+
+    async def add_list_member(self, address: str, member: str) -> None: ...
+
+    async def remove_list_member(self, address: str, member: str) -> None: ...
+
+    async def delete_list(self, address: str) -> None: ...
+
+    # ---- mailboxes
+    async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
+
+    async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
+        """`name` "inbox" in any case means INBOX."""
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken."""
+
+    async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
+        """Deletes the mailbox and its messages; children stay (RFC 9051 §6.3.5). INBOX cannot be deleted."""
+
+    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+        """Renames with its children. Renaming INBOX moves its messages to a new mailbox and leaves INBOX
+        empty (RFC 9051 §6.3.6)."""
+
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult: ...
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # ---- messages
+    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult: ...
+
+    async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Like append for each, in one transaction (imports)."""
+
+    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
+        """One message into several mailboxes (of one or many users) in one transaction, one blob."""
+
+    async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
+        """UID order; reads no bodies."""
+
+    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
+
+    async def read_message(self, blob_id: str) -> bytes: ...
+
+    async def read_meta(self, blob_id: str) -> bytes | None: ...
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: StoreMode,
+        flags: int = 0,
+        keywords: Iterable[str] = (),
+        unchanged_since: int | None = None,
+    ) -> WriteResult:
+        """Changes flags of the given UIDs (missing UIDs ignored). Only messages whose flags or keywords really
+        change get a new MODSEQ and a Change. With `unchanged_since` (RFC 7162), messages with a larger MODSEQ are
+        left alone."""
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
+        """Removes the given UIDs that carry \\Deleted; with uids=None, every \\Deleted message."""
+
+    async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> WriteResult:
+        """Removes the given messages whatever their flags (POP3 UPDATE state, admin)."""
+
+    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
+
+    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        """Copy then remove from the source, in one transaction (RFC 6851)."""
+
+    # ---- outbound queue
+    async def enqueue(
+        self,
+        raw: bytes,
+        mail_from: str,
+        recipients: Sequence[QueueRecipient],
+        envid: str = "",
+        ret: str = "",
+    ) -> QueueEntry: ...
+
+    async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
+
+    async def queue_list(self) -> list[QueueEntry]: ...
+
+    async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
+        """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first."""
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+        """Replace the state of the named recipients. An entry whose recipients are all final is removed."""
+
+    async def queue_delete(self, queue_id: int) -> None: ...
+
+    async def queue_length(self) -> int:
+        """Recipients not yet final."""
