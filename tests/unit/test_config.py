@@ -1,0 +1,91 @@
+"""Configuration loading: defaults, overrides, and one clear error per kind of mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from postroom import config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "postroom.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_need_no_file() -> None:
+    cfg = config.load()
+    assert cfg.server.hostname == "localhost"
+    assert cfg.listeners.enabled()["smtp"] == ("127.0.0.1", 2525)
+    assert cfg.listeners.enabled()["imaps"] == ("127.0.0.1", 2993)
+    assert cfg.auth.allow_plaintext is False
+    assert cfg.store_url.startswith("sqlite:///") and cfg.store_url.endswith("postroom-data/postroom.db")
+    assert cfg.cert_path == cfg.data_path / "tls" / "cert.pem"
+
+
+def test_sample_is_the_defaults(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, config.SAMPLE))
+    base = config.load()
+    assert cfg.listeners == base.listeners
+    assert cfg.limits == base.limits
+    assert cfg.auth == base.auth
+
+
+def test_file_values_and_disabled_listener(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, """
+[server]
+hostname = "mx.example.org"
+data_dir = "data"
+[listeners]
+pop3 = ""
+imap = "[::1]:1143"
+[limits]
+message_size = 1000000
+smtp_idle_seconds = 600
+[store]
+url = "sqlite:///db/x.db"
+"""))
+    assert cfg.server.hostname == "mx.example.org"
+    assert Path(cfg.server.data_dir).is_absolute()
+    assert "pop3" not in cfg.listeners.enabled()
+    assert cfg.listeners.enabled()["imap"] == ("::1", 1143)
+    assert cfg.limits.message_size == 1000000
+    assert cfg.limits.smtp_idle_seconds == 600.0
+    assert config.sqlite_path(cfg.store_url).is_absolute()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[server]\nhostnme = 'x'\n", "unknown key 'server.hostnme'"),
+    ("[nosuch]\nx = 1\n", "unknown key 'nosuch'"),
+    ("[limits]\nmessage_size = 'big'\n", "limits.message_size must be a whole number"),
+    ("[limits]\nrecipients = 0\n", "limits.recipients must be at least 1"),
+    ("[limits]\nline_length = 100\n", "limits.line_length must be at least 1000"),
+    ("[auth]\nallow_plaintext = 'yes'\n", "auth.allow_plaintext must be true or false"),
+    ("[listeners]\nsmtp = 'nohostport'\n", "listeners.smtp"),
+    ("[listeners]\nsmtp = '127.0.0.1:99999'\n", "out of range"),
+    ("[listeners]\nsmtp = '127.0.0.1:2000'\nimap = '127.0.0.1:2000'\n", "already used by listeners.smtp"),
+    ("[tls]\ncert = 'a.pem'\n", "tls.cert and tls.key must be given together"),
+    ("[store]\nurl = 'mysql://x'\n", "store.url must start with"),
+    ("[server\n", "not valid TOML"),
+    ("server = 3\n", "[server] must be a table"),
+])
+def test_errors_name_file_and_key(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(str(path) + ":"), message
+    assert fragment in message, message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_overrides_merge(tmp_path: Path) -> None:
+    cfg = config.load(None, {"server": {"data_dir": str(tmp_path)}, "listeners": {"smtp": "127.0.0.1:0"}})
+    assert cfg.data_path == tmp_path.resolve()
+    assert cfg.listeners.enabled()["smtp"] == ("127.0.0.1", 0)
