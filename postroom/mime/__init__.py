@@ -1,0 +1,15 @@
+"""The message model: MIME parsed once, at delivery, from the exact raw bytes.
+
+Modules (each opens with its theory of operation and invariants):
+
+    structure   the byte-offset scan: every part's header start, body start, end, lines (RFC 2045/2046)
+    headers     header fields and MIME parameters (RFC 2045 §5.1, RFC 2231) read without re-serialising
+    address     RFC 5322 address lists as IMAP ENVELOPE needs them (groups, routes, NIL rules)
+    imap        ENVELOPE, BODY, BODYSTRUCTURE wire bytes; BODY[section] and BINARY (RFC 9051, RFC 3516)
+    text        search text: RFC 2047 headers and decoded text bodies, HTML reduced to text
+    meta        compute_meta(): all of the above once, as a compact blob the store keeps per message
+    compose     building messages (text, HTML alternative, attachments, inline images) over stdlib `email`
+
+Typical use: at delivery `compute_meta(raw, config.limits).to_bytes()` goes into `AppendRequest.meta`; FETCH
+reads it back with `MessageMeta.from_bytes()` and answers from it and the raw bytes.
+"""

@@ -1,0 +1,268 @@
+"""Everything IMAP, POP3, SEARCH and the web page need from a message, computed once at delivery.
+
+Theory of operation
+-------------------
+`compute_meta(raw, limits)` scans the message once (`structure.scan`) and derives, from that one tree:
+ENVELOPE, BODYSTRUCTURE and BODY as IMAP wire bytes, the part table (section -> offsets), the defects, and the
+search text. `MessageMeta.to_bytes()` serialises it as versioned JSON (bytes values as latin-1 text, so every
+byte survives); the store keeps that blob beside the message (`AppendRequest.meta`) and `from_bytes` reads it
+back. FETCH then answers from the meta and the raw bytes alone: `section()` and `binary()` resolve a section
+through the part table without parsing MIME again.
+
+A part-table row is (section, header_start, body_start, end, lines, inner_header_start, inner_body_start,
+mime_type, encoding, charset, filename, disposition, content_id, flags):
+* section is "" for the whole message, else the dotted part number ("1", "1.2");
+* inner_* locate the header/body that HEADER, TEXT and HEADER.FIELDS address: the encapsulated message of a
+  message/rfc822 part, else the part itself (the root: the message's own header and body);
+* flags: 1 = multipart, 2 = encapsulated message (BINARY returns these undecoded).
+
+Invariants:
+1. `compute_meta` never raises on any bytes (structure and text never do; a bug in an extra is caught and
+   recorded as a defect so delivery goes on with what was computed).
+2. `MessageMeta.from_bytes(m.to_bytes()) == m`.
+3. For every row, the slices it names are exactly what `imap.section_bytes` returns on the scanned tree.
+4. No pickle: the format is plain JSON with a version number; an unknown version is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from dataclasses import dataclass, field
+
+from postroom.config import LimitsConfig
+from postroom.mime import headers as H
+from postroom.mime import imap
+from postroom.mime.imap import Section, UnknownCTE, decode_body
+from postroom.mime.structure import Part, scan, walk
+from postroom.mime.text import SearchText, decode_words, search_text
+
+FORMAT_VERSION = 1
+FLAG_MULTIPART = 1
+FLAG_MESSAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PartRow:
+    section: str
+    header_start: int
+    body_start: int
+    end: int
+    lines: int
+    inner_header_start: int
+    inner_body_start: int
+    mime_type: str  # lower-case "type/subtype"
+    encoding: str  # lower-case; "" if absent
+    charset: str | None
+    filename: str | None  # Content-Disposition filename, else Content-Type name (RFC 2231 decoded)
+    disposition: str | None  # lower-case disposition type
+    content_id: str | None
+    flags: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.body_start
+
+
+class MetaFormatError(ValueError):
+    """Stored meta bytes this code cannot read."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    size: int
+    envelope: bytes
+    bodystructure: bytes
+    body: bytes
+    parts: tuple[PartRow, ...]
+    defects: tuple[tuple[int, str], ...]
+    search: SearchText
+    sent_date: float | None = None  # the Date header as a POSIX time (IMAP SENTBEFORE/SENTON, SORT DATE)
+    _index: dict[str, PartRow] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update((r.section, r) for r in self.parts)
+
+    # -- serialisation ---------------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "v": FORMAT_VERSION,
+            "size": self.size,
+            "env": self.envelope.decode("latin-1"),
+            "bs": self.bodystructure.decode("latin-1"),
+            "body": self.body.decode("latin-1"),
+            "parts": [
+                [
+                    r.section,
+                    r.header_start,
+                    r.body_start,
+                    r.end,
+                    r.lines,
+                    r.inner_header_start,
+                    r.inner_body_start,
+                    r.mime_type,
+                    r.encoding,
+                    r.charset,
+                    r.filename,
+                    r.disposition,
+                    r.content_id,
+                    r.flags,
+                ]
+                for r in self.parts
+            ],
+            "defects": [list(d) for d in self.defects],
+            "hdr": [list(h) for h in self.search.headers],
+            "text": self.search.body,
+            "date": self.sent_date,
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MessageMeta:
+        try:
+            doc = json.loads(data.decode("utf-8", "surrogatepass"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MetaFormatError(str(e)) from e
+        if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+            raise MetaFormatError(f"unknown meta format {doc.get('v') if isinstance(doc, dict) else doc!r}")
+        try:
+            return cls(
+                size=doc["size"],
+                envelope=doc["env"].encode("latin-1"),
+                bodystructure=doc["bs"].encode("latin-1"),
+                body=doc["body"].encode("latin-1"),
+                parts=tuple(PartRow(*row) for row in doc["parts"]),
+                defects=tuple((int(o), str(c)) for o, c in doc["defects"]),
+                search=SearchText(tuple((k, v) for k, v in doc["hdr"]), doc["text"]),
+                sent_date=doc["date"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MetaFormatError(str(e)) from e
+
+    # -- FETCH from stored data ---------------------------------------------------------------------------------
+
+    def row(self, part: tuple[int, ...]) -> PartRow | None:
+        return self._index.get(".".join(map(str, part)))
+
+    def section(self, raw: bytes, section: Section) -> bytes | None:
+        """BODY[section] from the raw message and the part table; same answer as `imap.section_bytes`."""
+        r = self.row(section.part)
+        if r is None:
+            return None
+        spec = section.specifier
+        if spec == "":
+            return raw if not section.part else raw[r.body_start : r.end]
+        if spec == "MIME":
+            return raw[r.header_start : r.body_start]
+        if spec == "TEXT":
+            return raw[r.inner_body_start : r.end]
+        if spec == "HEADER":
+            return raw[r.inner_header_start : r.inner_body_start]
+        return imap.header_fields(raw, r.inner_header_start, r.inner_body_start, section)
+
+    def binary(self, raw: bytes, part: tuple[int, ...]) -> bytes | None:
+        """BINARY[part] (RFC 3516): decoded content; None for a missing part; raises imap.UnknownCTE."""
+        if not part:
+            return raw
+        r = self.row(part)
+        if r is None:
+            return None
+        body = raw[r.body_start : r.end]
+        if r.flags & (FLAG_MULTIPART | FLAG_MESSAGE):
+            return body
+        return decode_body(body, r.encoding)
+
+    def binary_size(self, raw: bytes, part: tuple[int, ...]) -> int | None:
+        """BINARY.SIZE[part]: the decoded size (identity encodings need no decoding)."""
+        r = self.row(part) if part else None
+        if part and r is None:
+            return None
+        if r is not None and r.encoding in imap.IDENTITY_ENCODINGS:
+            return r.size
+        data = self.binary(raw, part)
+        return None if data is None else len(data)
+
+
+def _filename(part: Part) -> str | None:
+    """The attachment's file name: RFC 2231 decoded, and RFC 2047 words decoded too (RFC 2047 §5 forbids them
+    in parameters, but many mailers write `filename="=?utf-8?b?...?="` and every client reads it)."""
+    name = None
+    if part.disposition is not None:
+        name = H.param_value(part.disposition[1], "filename")
+    if name is None:
+        name = H.param_value(part.params, "name")
+    if name is not None and "=?" in name:
+        name = decode_words(H.to_bytes(name))
+    return name
+
+
+def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
+    if section and part.message is not None:
+        ihs, ibs = part.message.header_start, part.message.body_start
+    else:
+        ihs, ibs = part.header_start, part.body_start
+    flags = (FLAG_MULTIPART if part.children else 0) | (FLAG_MESSAGE if part.message is not None else 0)
+    return PartRow(
+        ".".join(map(str, section)),
+        part.header_start,
+        part.body_start,
+        part.end,
+        part.lines,
+        ihs,
+        ibs,
+        part.mime_type,
+        part.encoding.lower(),
+        H.param_value(part.params, "charset"),
+        _filename(part),
+        part.disposition[0].lower() if part.disposition else None,
+        H.to_str(part.id) if part.id is not None else None,
+        flags,
+    )
+
+
+def _sent_date(root: Part) -> float | None:
+    f = H.first_field(root.fields, "date")
+    if f is None:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(H.to_str(f.unfolded()))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    try:
+        return dt.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
+    """Parse once, at delivery: everything FETCH, SEARCH and the web page read later (invariant 1)."""
+    st = scan(raw, limits)
+    root = st.root
+    defects = list(st.defects)
+    try:
+        text = search_text(raw, root)
+    except Exception as e:  # noqa: BLE001 - invariant 1: an extra may fail, delivery may not
+        defects.append((0, f"search-text-failed:{type(e).__name__}"))
+        text = SearchText((), "")
+    envelopes: dict[int, bytes] = {}
+    return MessageMeta(
+        size=len(raw),
+        envelope=imap.envelope(root.fields),
+        bodystructure=imap.bodystructure(root, True, envelopes),
+        body=imap.bodystructure(root, False, envelopes),
+        parts=tuple(_row(sec, p, root) for sec, p in walk(root)),
+        defects=tuple(defects),
+        search=text,
+        sent_date=_sent_date(root),
+    )
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MessageMeta",
+    "MetaFormatError",
+    "PartRow",
+    "UnknownCTE",
+    "compute_meta",
+]

@@ -1,0 +1,85 @@
+"""MessageMeta: computed once, serialised without pickle, and answering FETCH like the scanned tree does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from postroom.mime.imap import Section, UnknownCTE, binary_bytes, section_bytes
+from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta
+from postroom.mime.structure import scan, walk
+
+MSGS = Path(__file__).resolve().parents[1] / "data" / "mime" / "msgs"
+NAMES = sorted(p.name for p in MSGS.glob("*.eml"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_and_sections(name: str) -> None:
+    raw = (MSGS / name).read_bytes()
+    meta = compute_meta(raw)
+    blob = meta.to_bytes()
+    assert b"\x80" not in blob[:1] and blob.startswith(b"{")
+    back = MessageMeta.from_bytes(blob)
+    assert back == meta
+    root = scan(raw).root
+    for sec, part in walk(root):
+        name_ = ".".join(map(str, sec))
+        specs = ["", "HEADER", "TEXT", "HEADER.FIELDS (SUBJECT FROM)", "HEADER.FIELDS.NOT (SUBJECT)"]
+        if sec:
+            specs.append("MIME")
+        for spec in specs:
+            text = ".".join(x for x in (name_, spec) if x)
+            s = Section.parse(text)
+            assert back.section(raw, s) == section_bytes(raw, root, s), text
+        if sec:
+            try:
+                want: bytes | None = binary_bytes(raw, root, sec)
+            except UnknownCTE:
+                with pytest.raises(UnknownCTE):
+                    back.binary(raw, sec)
+                continue
+            assert back.binary(raw, sec) == want
+            assert back.binary_size(raw, sec) == len(want or b"")
+    assert back.section(raw, Section.parse("99")) is None
+
+
+def test_meta_fields() -> None:
+    raw = (MSGS / "08_mixed_attachment.eml").read_bytes()
+    meta = compute_meta(raw)
+    assert meta.size == len(raw)
+    assert meta.envelope.startswith(b'("Mon, 7 Feb 1994 21:52:25 -0800" "attach"')
+    assert meta.sent_date == datetime(1994, 2, 8, 5, 52, 25, tzinfo=UTC).timestamp()
+    row = meta.row((2,))
+    assert row is not None
+    assert (row.mime_type, row.encoding, row.filename, row.disposition) == (
+        "application/pdf",
+        "base64",
+        "doc.pdf",
+        "attachment",
+    )
+    assert meta.binary(raw, (2,)) is not None and meta.binary(raw, (2,)).startswith(b"%PDF-1.4")  # type: ignore[union-attr]
+    assert meta.search.header("subject") == "attach"
+    assert "see attached" in meta.search.body
+
+
+def test_defects_are_kept() -> None:
+    raw = (MSGS / "21_missing_close.eml").read_bytes()
+    meta = MessageMeta.from_bytes(compute_meta(raw).to_bytes())
+    assert [c for _, c in meta.defects] == ["missing-close-boundary"]
+
+
+@pytest.mark.parametrize("blob", [b"", b"[]", b'{"v": 99}', b'{"v": 1}', b"\xff", b'{"v":1,"size":"x"}'])
+def test_bad_blobs(blob: bytes) -> None:
+    with pytest.raises(MetaFormatError):
+        MessageMeta.from_bytes(blob)
+
+
+def test_8bit_and_surrogates_survive() -> None:
+    raw = 'Subject: Grüße\r\nContent-Type: text/plain; name="\xff.txt"\r\n\r\nx'.encode(
+        "utf-8", "surrogateescape"
+    )
+    raw = raw.replace("ÿ".encode(), b"\xff")
+    meta = compute_meta(raw)
+    assert MessageMeta.from_bytes(meta.to_bytes()) == meta
