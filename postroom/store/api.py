@@ -6,8 +6,9 @@ the second engine. One conformance suite (`tests/store/`) runs against every eng
 
 Invariants every engine keeps:
 1. **An awaited write is durable.** When a write coroutine returns, its transaction is committed and synced to
-   disk, and message bodies were written and fsync'd (file and directory) before that commit. Concurrent
-   writers share one commit (group commit).
+   disk, and so are the message bodies it stored: written in that transaction, or (kept outside the database)
+   written and fsync'd before that commit. Concurrent writers share one commit (group commit), so N concurrent
+   deliveries of small messages cost about one fsync.
 2. **Commit, then broadcast.** The changes a write made are returned to the caller *and* published on
    `store.hub` after the commit, never before.
 3. **UIDs strictly increase** within a mailbox and are never reused, across restarts and after expunges.

@@ -1,0 +1,67 @@
+"""Storage: the interface (api.py), the change hub, message files, and the engines behind `open_store`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from postroom.store.api import (
+    AlreadyExists,
+    AppendRequest,
+    AppendResult,
+    Change,
+    ChangeKind,
+    CopyResult,
+    Flag,
+    Invalid,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    QueueEntry,
+    QueueRecipient,
+    RcptState,
+    Store,
+    StoreError,
+    StoreMode,
+    WriteResult,
+)
+from postroom.store.hub import Hub, SubscriptionOverflow
+
+
+def open_store(url: str, data_dir: Path) -> Store:
+    """Build (not open: `await store.open()`) the engine named by `url`.
+
+    sqlite:///path/to/db -> SQLiteStore with message files under data_dir/"blobs".
+    """
+    if url.startswith("sqlite:///"):
+        from postroom.config import sqlite_path
+        from postroom.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url), Path(data_dir) / "blobs")
+    if url.startswith("postgresql://"):
+        raise StoreError("the PostgreSQL store engine is not available yet")
+    raise StoreError(f"unknown store URL (want sqlite:///...): {url!r}")
+
+
+__all__ = [
+    "AlreadyExists",
+    "AppendRequest",
+    "AppendResult",
+    "Change",
+    "ChangeKind",
+    "CopyResult",
+    "Flag",
+    "Hub",
+    "Invalid",
+    "Mailbox",
+    "MessageInfo",
+    "NotFound",
+    "QueueEntry",
+    "QueueRecipient",
+    "RcptState",
+    "Store",
+    "StoreError",
+    "StoreMode",
+    "SubscriptionOverflow",
+    "WriteResult",
+    "open_store",
+]

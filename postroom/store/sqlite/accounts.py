@@ -1,0 +1,361 @@
+"""Domains, users, aliases and mailing lists in SQLite.
+
+Invariants:
+1. Every address and domain is normalised by `store.names` before it reaches SQL (lower-case, validated).
+2. A user, alias source or list address belongs to a domain row that exists; a domain cannot be removed while
+   any of them remain (Invalid), so the foreign keys never dangle.
+3. A user and a list never share an address (the router must find exactly one owner of an address).
+4. Removing a user releases the blobs of all their messages in the same transaction (common invariant 1) and
+   publishes MAILBOX_DELETED for each of their mailboxes, so open sessions learn they are gone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from postroom.store import names
+from postroom.store.api import (
+    SPECIAL_USE_DEFAULTS,
+    Alias,
+    AlreadyExists,
+    Change,
+    ChangeKind,
+    Domain,
+    Invalid,
+    ListPolicy,
+    MailingList,
+    NotFound,
+    User,
+)
+from postroom.store.sqlite.common import Base, release_blobs
+from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.mailboxes import insert_mailbox
+
+USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created"
+DOMAIN_COLUMNS = "id, name, created, dkim_selector, dkim_private_key"
+
+
+def _domain(row: Any) -> Domain:
+    return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4])
+
+
+def _user(row: Any) -> User:
+    return User(*row)
+
+
+def _domain_id(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT id FROM domains WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"no such domain: {name}")
+    return int(row[0])
+
+
+def _list(conn: sqlite3.Connection, row: Any) -> MailingList:
+    members = conn.execute(
+        "SELECT member FROM list_members WHERE list_address = ? ORDER BY member", (row[0],)
+    ).fetchall()
+    return MailingList(
+        address=row[0],
+        owner=row[1],
+        policy=ListPolicy(row[2]),
+        bounce_address=row[3],
+        members=tuple(m[0] for m in members),
+    )
+
+
+class AccountsMixin(Base):
+    # ---- domains
+    async def add_domain(self, name: str) -> Domain:
+        name = names.domain(name)
+        now = self._clock()
+
+        def op(tx: Tx) -> Domain:
+            if tx.conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExists(f"domain exists: {name}")
+            cur = tx.conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", (name, now))
+            return Domain(id=int(cur.lastrowid or 0), name=name, created=now)
+
+        return await self._engine.write(op)
+
+    async def get_domain(self, name: str) -> Domain | None:
+        name = names.domain(name)
+
+        def q(conn: sqlite3.Connection) -> Domain | None:
+            row = conn.execute(f"SELECT {DOMAIN_COLUMNS} FROM domains WHERE name = ?", (name,)).fetchone()
+            return None if row is None else _domain(row)
+
+        return await self._engine.read(q)
+
+    async def list_domains(self) -> list[Domain]:
+        def q(conn: sqlite3.Connection) -> list[Domain]:
+            return [_domain(r) for r in conn.execute(f"SELECT {DOMAIN_COLUMNS} FROM domains ORDER BY name")]
+
+        return await self._engine.read(q)
+
+    async def remove_domain(self, name: str) -> None:
+        name = names.domain(name)
+
+        def op(tx: Tx) -> None:
+            domain_id = _domain_id(tx.conn, name)
+            for table, what in (("users", "users"), ("aliases", "aliases"), ("lists", "mailing lists")):
+                if tx.conn.execute(f"SELECT 1 FROM {table} WHERE domain_id = ? LIMIT 1", (domain_id,)).fetchone():
+                    raise Invalid(f"domain {name} still has {what}")
+            tx.conn.execute("DELETE FROM domains WHERE id = ?", (domain_id,))
+
+        await self._engine.write(op)
+
+    async def set_dkim(self, name: str, selector: str, private_key_pem: str) -> None:
+        name = names.domain(name)
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute(
+                "UPDATE domains SET dkim_selector = ?, dkim_private_key = ? WHERE name = ?",
+                (selector, private_key_pem, name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no such domain: {name}")
+
+        await self._engine.write(op)
+
+    # ---- users
+    async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
+        address = names.address(address)
+        if quota_bytes < 0:
+            raise Invalid("quota_bytes must not be negative")
+        now = self._clock()
+
+        def op(tx: Tx) -> User:
+            domain_id = _domain_id(tx.conn, names.domain_of(address))
+            if tx.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone():
+                raise AlreadyExists(f"user exists: {address}")
+            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone():
+                raise AlreadyExists(f"a mailing list has the address {address}")
+            cur = tx.conn.execute(
+                "INSERT INTO users(address, domain_id, password_hash, scram, quota_bytes, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (address, domain_id, password_hash, scram, quota_bytes, now),
+            )
+            user_id = int(cur.lastrowid or 0)
+            for mailbox_name, special_use in SPECIAL_USE_DEFAULTS:
+                insert_mailbox(tx, user_id, mailbox_name, special_use, subscribed=True)
+            return User(user_id, address, domain_id, password_hash, scram, quota_bytes, now)
+
+        return await self._engine.write(op)
+
+    async def get_user(self, address: str) -> User | None:
+        try:
+            address = names.address(address)
+        except Invalid:
+            return None
+
+        def q(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE address = ?", (address,)).fetchone()
+            return None if row is None else _user(row)
+
+        return await self._engine.read(q)
+
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        def q(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
+            return None if row is None else _user(row)
+
+        return await self._engine.read(q)
+
+    async def list_users(self, domain: str | None = None) -> list[User]:
+        dom = None if domain is None else names.domain(domain)
+
+        def q(conn: sqlite3.Connection) -> list[User]:
+            if dom is None:
+                rows = conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY address").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {USER_COLUMNS} FROM users WHERE domain_id = ? ORDER BY address",
+                    (_domain_id(conn, dom),),
+                ).fetchall()
+            return [_user(r) for r in rows]
+
+        return await self._engine.read(q)
+
+    async def set_password(self, address: str, password_hash: str, scram: str = "") -> None:
+        address = names.address(address)
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute(
+                "UPDATE users SET password_hash = ?, scram = ? WHERE address = ?", (password_hash, scram, address)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no such user: {address}")
+
+        await self._engine.write(op)
+
+    async def remove_user(self, address: str) -> None:
+        address = names.address(address)
+
+        def op(tx: Tx) -> None:
+            row = tx.conn.execute("SELECT id FROM users WHERE address = ?", (address,)).fetchone()
+            if row is None:
+                raise NotFound(f"no such user: {address}")
+            user_id = int(row[0])
+            counts = dict(
+                tx.conn.execute(
+                    "SELECT m.blob_id, count(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+                    " WHERE b.user_id = ? GROUP BY m.blob_id",
+                    (user_id,),
+                ).fetchall()
+            )
+            boxes = tx.conn.execute("SELECT id, name FROM mailboxes WHERE user_id = ?", (user_id,)).fetchall()
+            tx.conn.execute(
+                "DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_id = ?)", (user_id,)
+            )
+            tx.conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades to mailboxes, expunged
+            release_blobs(tx, counts)
+            tx.changes.extend(Change(ChangeKind.MAILBOX_DELETED, user_id, b[0], name=b[1]) for b in boxes)
+
+        await self._engine.write(op)
+
+    # ---- aliases
+    async def add_alias(self, source: str, targets: Sequence[str]) -> None:
+        source = names.alias_source(source)
+        if isinstance(targets, str):
+            raise Invalid("targets must be a sequence of addresses, not one string")
+        clean = [names.address(t) for t in targets]
+        if not clean:
+            raise Invalid("an alias needs at least one target")
+
+        def op(tx: Tx) -> None:
+            domain_id = _domain_id(tx.conn, names.domain_of(source))
+            tx.conn.executemany(
+                "INSERT OR IGNORE INTO aliases(source, target, domain_id) VALUES (?, ?, ?)",
+                [(source, t, domain_id) for t in clean],
+            )
+
+        await self._engine.write(op)
+
+    async def remove_alias(self, source: str, target: str | None = None) -> None:
+        source = names.alias_source(source)
+        tgt = None if target is None else names.address(target)
+
+        def op(tx: Tx) -> None:
+            if tgt is None:
+                cur = tx.conn.execute("DELETE FROM aliases WHERE source = ?", (source,))
+            else:
+                cur = tx.conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (source, tgt))
+            if cur.rowcount == 0:
+                raise NotFound(f"no such alias: {source}" + ("" if tgt is None else f" -> {tgt}"))
+
+        await self._engine.write(op)
+
+    async def list_aliases(self, source: str | None = None) -> list[Alias]:
+        src = None if source is None else names.alias_source(source)
+
+        def q(conn: sqlite3.Connection) -> list[Alias]:
+            if src is None:
+                rows = conn.execute("SELECT source, target FROM aliases ORDER BY source, target").fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT source, target FROM aliases WHERE source = ? ORDER BY target", (src,)
+                ).fetchall()
+            return [Alias(r[0], r[1]) for r in rows]
+
+        return await self._engine.read(q)
+
+    # ---- mailing lists
+    async def create_list(
+        self, address: str, owner: str, policy: ListPolicy, bounce_address: str = ""
+    ) -> MailingList:
+        address = names.address(address)
+        owner = names.address(owner)
+        policy = ListPolicy(policy)
+        if bounce_address:
+            bounce_address = names.address(bounce_address)
+        else:
+            local, _, dom = address.rpartition("@")
+            bounce_address = f"{local}-bounces@{dom}"
+
+        def op(tx: Tx) -> MailingList:
+            domain_id = _domain_id(tx.conn, names.domain_of(address))
+            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone():
+                raise AlreadyExists(f"list exists: {address}")
+            if tx.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone():
+                raise AlreadyExists(f"a user has the address {address}")
+            tx.conn.execute(
+                "INSERT INTO lists(address, domain_id, owner, policy, bounce_address) VALUES (?, ?, ?, ?, ?)",
+                (address, domain_id, owner, policy.value, bounce_address),
+            )
+            return MailingList(address, owner, policy, bounce_address)
+
+        return await self._engine.write(op)
+
+    async def get_list(self, address: str) -> MailingList | None:
+        try:
+            address = names.address(address)
+        except Invalid:
+            return None
+
+        def q(conn: sqlite3.Connection) -> MailingList | None:
+            row = conn.execute(
+                "SELECT address, owner, policy, bounce_address FROM lists WHERE address = ?", (address,)
+            ).fetchone()
+            return None if row is None else _list(conn, row)
+
+        return await self._engine.read(q)
+
+    async def list_lists(self) -> list[MailingList]:
+        def q(conn: sqlite3.Connection) -> list[MailingList]:
+            rows = conn.execute("SELECT address, owner, policy, bounce_address FROM lists ORDER BY address")
+            return [_list(conn, r) for r in rows.fetchall()]
+
+        return await self._engine.read(q)
+
+    async def set_list_policy(self, address: str, policy: ListPolicy) -> None:
+        address = names.address(address)
+        policy = ListPolicy(policy)
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute("UPDATE lists SET policy = ? WHERE address = ?", (policy.value, address))
+            if cur.rowcount == 0:
+                raise NotFound(f"no such list: {address}")
+
+        await self._engine.write(op)
+
+    async def add_list_member(self, address: str, member: str) -> None:
+        address = names.address(address)
+        member = names.address(member)
+
+        def op(tx: Tx) -> None:
+            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone() is None:
+                raise NotFound(f"no such list: {address}")
+            cur = tx.conn.execute(
+                "INSERT OR IGNORE INTO list_members(list_address, member) VALUES (?, ?)", (address, member)
+            )
+            if cur.rowcount == 0:
+                raise AlreadyExists(f"{member} is already a member of {address}")
+
+        await self._engine.write(op)
+
+    async def remove_list_member(self, address: str, member: str) -> None:
+        address = names.address(address)
+        member = names.address(member)
+
+        def op(tx: Tx) -> None:
+            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone() is None:
+                raise NotFound(f"no such list: {address}")
+            cur = tx.conn.execute(
+                "DELETE FROM list_members WHERE list_address = ? AND member = ?", (address, member)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"{member} is not a member of {address}")
+
+        await self._engine.write(op)
+
+    async def delete_list(self, address: str) -> None:
+        address = names.address(address)
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute("DELETE FROM lists WHERE address = ?", (address,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no such list: {address}")
+
+        await self._engine.write(op)

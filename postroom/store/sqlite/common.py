@@ -1,0 +1,148 @@
+"""Pieces every SQLite module shares: the mixin base, row -> record conversion, blob reference counting.
+
+Invariants:
+1. `acquire_blob` and `release_blobs` are the only code that changes `blobs.refcount` (schema invariant 2). A
+   release that reaches zero deletes the row in the same transaction, with its `blob_data` row if the body is
+   inline; a body that is a file is named in `tx.dead_blobs`, so the engine deletes the file after the commit.
+2. Keywords are stored as one space-separated string sorted case-insensitively (keywords are atoms: no spaces).
+3. `acquire_blob` decides where a *new* body goes (`tx.inline_max`); a body already stored, inline or as a file,
+   only gains references where it is (dedup by sha256 works across both kinds).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from postroom.store.api import ChangeHub, Mailbox, MessageInfo, NotFound
+from postroom.store.blobs import BlobStore
+from postroom.store.sqlite.engine import Engine, Tx
+
+# SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
+CHUNK = 500
+
+
+class Base:
+    """What the per-concern mixins of `SQLiteStore` rely on."""
+
+    hub: ChangeHub
+    _engine: Engine
+    _blobs: BlobStore
+    _clock: Callable[[], float]
+
+
+MAILBOX_COLUMNS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+MESSAGE_COLUMNS = "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id"
+
+
+def mailbox_from_row(row: Any) -> Mailbox:
+    id_, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed = row
+    return Mailbox(
+        id=int(id_),
+        user_id=int(user_id),
+        name=str(name),
+        uidvalidity=int(uidvalidity),
+        uidnext=int(uidnext),
+        highestmodseq=int(highestmodseq),
+        special_use=None if special_use is None else str(special_use),
+        subscribed=bool(subscribed),
+    )
+
+
+def message_from_row(row: Any) -> MessageInfo:
+    mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id = row
+    return MessageInfo(
+        mailbox_id=int(mailbox_id),
+        uid=int(uid),
+        modseq=int(modseq),
+        internal_date=float(internal_date),
+        size=int(size),
+        flags=int(flags),
+        keywords=decode_keywords(str(keywords)),
+        blob_id=str(blob_id),
+    )
+
+
+def encode_keywords(keywords: Iterable[str]) -> str:
+    return " ".join(sorted(keywords, key=str.lower))
+
+
+def decode_keywords(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def load_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
+    row = conn.execute(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no mailbox with id {mailbox_id}")
+    return mailbox_from_row(row)
+
+
+def find_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox | None:
+    row = conn.execute(
+        f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, name)
+    ).fetchone()
+    return None if row is None else mailbox_from_row(row)
+
+
+def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    """The messages among `uids` that exist, in UID order. A long list is read as one UID range scan."""
+    wanted = sorted(set(uids))
+    if not wanted:
+        return []
+    if len(wanted) > CHUNK:
+        rows = conn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+            (mailbox_id, wanted[0], wanted[-1]),
+        ).fetchall()
+        keep = set(wanted)
+        return [message_from_row(r) for r in rows if r[1] in keep]
+    marks = ",".join("?" * len(wanted))
+    rows = conn.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid IN ({marks}) ORDER BY uid",
+        (mailbox_id, *wanted),
+    ).fetchall()
+    return [message_from_row(r) for r in rows]
+
+
+def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None) -> None:
+    """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
+    enough, else its file (written by the caller before the job; here again only if a deletion raced us)."""
+    cur = tx.conn.execute(
+        "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
+    )
+    if cur.rowcount == 0:
+        tx.conn.execute(
+            "INSERT INTO blobs(id, size, refcount, meta) VALUES (?, ?, ?, ?)", (blob_id, len(raw), count, meta)
+        )
+        if len(raw) <= tx.inline_max:
+            tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, ?)", (blob_id, raw))
+        elif not tx.blobs.exists(blob_id):
+            tx.blobs.write(blob_id, raw)
+
+
+def add_blob_refs(tx: Tx, counts: Mapping[str, int]) -> None:
+    """More references to blobs that are known to exist (copies of stored messages)."""
+    tx.conn.executemany(
+        "UPDATE blobs SET refcount = refcount + ? WHERE id = ?", [(n, b) for b, n in counts.items()]
+    )
+
+
+def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
+    for blob_id, n in counts.items():
+        row = tx.conn.execute(
+            "UPDATE blobs SET refcount = refcount - ? WHERE id = ? RETURNING refcount", (n, blob_id)
+        ).fetchone()
+        if row is not None and row[0] <= 0:
+            inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
+            tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+            if not inline:
+                tx.dead_blobs.add(blob_id)
+
+
+def count_blobs(blob_ids: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for b in blob_ids:
+        counts[b] = counts.get(b, 0) + 1
+    return counts

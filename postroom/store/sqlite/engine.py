@@ -1,0 +1,383 @@
+"""Connections, the writer thread and group commit for the SQLite engine.
+
+Theory of operation
+-------------------
+SQLite allows one writer at a time and makes a commit durable with one fsync of the WAL. So one thread owns the
+only write connection, and every write coroutine hands it a function instead of running SQL itself:
+
+    coroutine                          writer thread
+    ---------                          -------------
+    large body only: write file +
+      fsync file and dir (I/O pool)
+    jobs.put((fn, future, loop))  -->  take every pending job (a batch)
+    await future                       BEGIN IMMEDIATE
+                                       for each job: SAVEPOINT; fn(tx); RELEASE   (ROLLBACK TO on error)
+                                         (a small body is INSERTed into blob_data right here)
+                                       COMMIT                                      (one fsync for the batch)
+                                       on_commit(seconds, ops)
+                                       delete blob files whose last reference went (under the write lock)
+                   <-- call_soon_threadsafe: hub.publish(changes); set each future
+
+While one batch commits, new jobs pile up and form the next batch: N concurrent writers cost about one fsync,
+not N. A batch holds at most MAX_BATCH jobs and stops growing past MAX_BATCH_BYTES of inline bodies. Each job
+runs in its own SAVEPOINT, so a job that raises (NotFound, AlreadyExists...) is rolled back alone and its
+exception goes to its caller only; the others still commit.
+
+Where bodies live, and why: a body of at most `inline_max` bytes (`Engine.inline`) is stored in the database,
+in the `blob_data` table, by the job itself, so it rides the batch's one WAL fsync. A body stored as a file
+costs its own fsync of the file and of its directory (and often a new `ab/cd` directory): 2N fsyncs for N
+concurrent messages, however well the commit is shared. Larger bodies still go to files: a body in the
+database is written twice (WAL, then the database file at checkpoint), which at about 1 MiB costs as much as
+the fsyncs it saves (bench/store.py), and a batch of many large bodies would hold the write lock while it
+copies them. The decision is by size only, so the same bytes
+are always stored the same way by one store; a body already stored (either way, e.g. a file from schema
+version 1 or from a store with another threshold) is only given one more reference, wherever it is.
+
+Reads run on a small pool of threads, each with its own connection (WAL lets them read beside the writer), each
+call inside one read transaction so it sees one consistent snapshot.
+
+Invariants
+----------
+1. A write future is resolved only after COMMIT returned (synchronous=FULL: the WAL is fsync'd). If BEGIN or
+   COMMIT fails, every job of the batch gets that exception, including those whose function succeeded.
+2. Commit, then broadcast: a batch's Change records are published on the hub after its commit, on the event loop
+   thread, before the writers' futures are resolved, in commit order.
+3. Blob files a job references were written and fsync'd before the job was queued (by the caller). A job that
+   inserts a blob row which has no file (a concurrent deletion won the race) writes the file itself first.
+   Inline bodies are written by the job, in its transaction: the commit that makes the reference durable
+   makes the body durable, and a job rolled back leaves no body behind.
+4. A blob file is deleted only after the commit that removed its last reference, and only after re-checking,
+   inside a write transaction, that no row needs it again (a row whose body came back inline does not); so a
+   racing writer in this or another process (the admin CLI) never loses a body. An inline body is deleted in
+   the transaction that drops its last reference.
+5. The write connection is used by the writer thread only; read connections only by their pool thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from postroom.store.api import Change, ChangeHub, StoreError
+from postroom.store.blobs import BlobStore
+from postroom.store.sqlite.schema import migrate
+
+log = logging.getLogger("postroom.store")
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 2000
+MAX_BATCH_BYTES = 32 * 1024 * 1024  # inline body bytes per batch: bounds one commit's WAL growth and latency
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # after a checkpoint, a WAL a burst made larger is truncated to this
+
+
+@dataclass
+class Tx:
+    """What a write job gets: the connection plus what its effects are, collected for after the commit."""
+
+    conn: sqlite3.Connection
+    blobs: BlobStore
+    inline_max: int  # bodies of at most this many bytes go into blob_data (Engine.inline)
+    changes: list[Change] = field(default_factory=list)
+    dead_blobs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Job(Generic[T]):
+    fn: Callable[[Tx], T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+    size: int = 0  # bytes of inline bodies the job will insert
+
+
+def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if writer:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot put {path} in WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    else:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+class Engine:
+    def __init__(
+        self,
+        path: Path,
+        blobs: BlobStore,
+        hub: ChangeHub,
+        *,
+        inline_max: int = 256 * 1024,
+        readers: int = 4,
+        io_threads: int = 64,
+    ):
+        self.path = path
+        self.blobs = blobs
+        self.hub = hub
+        self.inline_max = inline_max
+        self.on_commit: Callable[[float, int], None] | None = None
+        self._n_readers = readers
+        self._n_io = io_threads
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rconns_lock = threading.Lock()
+        self._open = False
+        self._life = threading.Lock()  # serialises start() against itself (two concurrent open() calls)
+
+    # ---- life cycle
+    def start(self) -> None:
+        """Open the write connection, migrate, start the writer thread. Blocking; call it in a thread."""
+        with self._life:
+            if not self._open:
+                self._start()
+
+    def _start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.blobs.root.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, writer=True)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+        self._readers = concurrent.futures.ThreadPoolExecutor(self._n_readers, thread_name_prefix="postroom-read")
+        self._io = concurrent.futures.ThreadPoolExecutor(self._n_io, thread_name_prefix="postroom-blob")
+        self._writer = threading.Thread(target=self._writer_main, name="postroom-writer", daemon=True)
+        self._open = True
+        self._writer.start()
+
+    def begin_stop(self) -> bool:
+        """Refuse new work and tell the writer to stop after what is queued. Call it on the event loop thread,
+        so no write can slip in behind the stop mark. False if it was not open."""
+        if not self._open:
+            return False
+        self._open = False
+        self._jobs.put(None)
+        return True
+
+    def stop(self) -> None:
+        """Wait for every queued write, then close everything. Blocking; call it in a thread after begin_stop()."""
+        self.begin_stop()
+        if self._writer is None:
+            return
+        self._writer.join()
+        self._writer = None
+        for pool in (self._readers, self._io):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        with self._rconns_lock:
+            for conn in self._rconns:
+                conn.close()
+            self._rconns.clear()
+        self._local = threading.local()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def inline(self, size: int) -> bool:
+        """True if a new body of `size` bytes is stored in the database, False if as a file."""
+        return size <= self.inline_max
+
+    # ---- the async face
+    async def write(self, fn: Callable[[Tx], T], *, size: int = 0) -> T:
+        """Run `fn(tx)` in the next group commit; return its result once the commit is durable. `size`: the
+        bytes of inline bodies `fn` stores, so a batch stops growing at MAX_BATCH_BYTES."""
+        if not self._open:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, future, loop, size))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` inside one read transaction on a reader thread."""
+        if not self._open or self._readers is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work (blob writes and reads) on the I/O pool."""
+        if not self._open or self._io is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def write_blobs(self, items: dict[str, bytes]) -> None:
+        """Write and fsync every blob (in parallel) before the job referencing them is queued (invariant 3).
+        Only for bodies stored as files (`inline()` is False); inline bodies are written by the job."""
+        if len(items) == 1:
+            ((blob_id, data),) = items.items()
+            await self.io(self.blobs.write, blob_id, data)
+        elif items:
+            await asyncio.gather(*(self.io(self.blobs.write, b, d) for b, d in items.items()))
+
+    async def forget_blobs(self, blob_ids: set[str]) -> None:
+        """After a failed write: delete the files just written if no row references them (invariant 4)."""
+
+        def op(tx: Tx) -> None:
+            tx.dead_blobs.update(blob_ids)
+
+        try:
+            await self.write(op)
+        except StoreError:
+            pass
+
+    # ---- reader threads
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, writer=False)
+            self._local.conn = conn
+            with self._rconns_lock:
+                self._rconns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("ROLLBACK")
+
+    # ---- the writer thread
+    def _writer_main(self) -> None:
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch: list[_Job[Any]] = [job]
+            size = job.size
+            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+                size += more.size
+            try:
+                self._run_batch(batch)
+            except BaseException:  # never let the writer die: the store would hang
+                log.exception("store writer: unexpected failure")
+        leftovers: list[_Job[Any]] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftovers.append(job)
+        if leftovers:
+            self._hand_back([(j, False, StoreError("store is closed"), None) for j in leftovers])
+
+    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+        conn = self._wconn
+        assert conn is not None
+        started = time.perf_counter()
+        outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                tx = Tx(conn, self.blobs, self.inline_max)
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx)
+                except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, False, exc, None))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, True, result, tx))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: every job of the batch hears it
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("store writer: batch of %d failed: %s", len(batch), exc)
+            self._hand_back([(job, False, exc, None) for job in batch])
+            return
+        seconds = time.perf_counter() - started
+        if self.on_commit is not None:
+            try:
+                self.on_commit(seconds, len(batch))
+            except Exception:
+                log.exception("store on_commit callback failed")
+        dead: set[str] = set()
+        for _, ok, _, done in outcomes:
+            if ok and done is not None:
+                dead |= done.dead_blobs
+        if dead:  # before answering: once a removal returns, its bodies are gone
+            self._delete_dead_blobs(dead)
+        self._hand_back(outcomes)
+
+    def _hand_back(self, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], bool, Any, Tx | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._resolve, items)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _resolve(self, items: list[tuple[_Job[Any], bool, Any, Tx | None]]) -> None:
+        """On the event loop thread: broadcast the batch's changes, then answer each writer."""
+        changes = [c for _, ok, _, tx in items if ok and tx is not None for c in tx.changes]
+        if changes:
+            try:
+                self.hub.publish(changes)
+            except Exception:
+                log.exception("change hub publish failed")
+        for job, ok, value, _ in items:
+            if job.future.done():
+                continue
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+
+    def _delete_dead_blobs(self, candidates: set[str]) -> None:
+        conn = self._wconn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for blob_id in sorted(candidates):
+                    # The file is garbage unless a row needs it: none does if the id is gone, or if it came
+                    # back meanwhile as an inline body (a file is only ever read when blob_data has no row).
+                    needed = conn.execute(
+                        "SELECT 1 FROM blobs WHERE id = ?"
+                        " AND NOT EXISTS (SELECT 1 FROM blob_data WHERE blob_data.id = blobs.id)",
+                        (blob_id,),
+                    ).fetchone()
+                    if needed is None:
+                        self.blobs.delete(blob_id)
+            finally:
+                conn.execute("COMMIT")
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.exception("store writer: deleting unreferenced message files failed")

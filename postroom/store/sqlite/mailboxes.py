@@ -1,0 +1,230 @@
+"""Mailboxes in SQLite: create, delete, rename, subscribe, list, status.
+
+Theory of operation: a mailbox is a row keyed by id, unique per (user_id, full name). The hierarchy is only in
+the names ("Archive/2024" is a child of "Archive"), so renaming a parent rewrites its children's names in the same
+transaction. Every call is scoped by user id and touches no other user's rows.
+
+Invariants:
+1. Names pass `names.mailbox` first: INBOX is spelled "INBOX", no empty components.
+2. Every user has an INBOX; it cannot be deleted, and renaming it moves its messages to a new mailbox (new UIDs,
+   RFC 9051 §6.3.6) and leaves INBOX empty. Children of INBOX are not renamed with it.
+3. A mailbox gets a UIDVALIDITY no mailbox ever had: `max(counter + 1, now)` from the `counters` row, in the
+   same transaction that creates it; renaming keeps the UIDVALIDITY (the UIDs still mean the same messages).
+4. Creating or renaming to "a/b/c" creates missing "a" and "a/b" (RFC 9051 §6.3.4); deleting "a" leaves "a/b".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from postroom.store import names
+from postroom.store.api import (
+    AlreadyExists,
+    Change,
+    ChangeKind,
+    Invalid,
+    Mailbox,
+    MailboxStatus,
+    NotFound,
+    StoreError,
+    WriteResult,
+)
+from postroom.store.sqlite.common import (
+    MAILBOX_COLUMNS,
+    MESSAGE_COLUMNS,
+    Base,
+    find_mailbox,
+    load_mailbox,
+    mailbox_from_row,
+    message_from_row,
+    release_blobs,
+)
+from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.messages import NewMessage, delete_messages, insert_messages
+
+# RFC 6154 §2 and RFC 8457 (\Important).
+SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important"})
+MAX_UIDVALIDITY = 2**32 - 1  # RFC 9051 §9: nz-number is 32-bit
+
+
+def _special_use(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    for known in SPECIAL_USES:
+        if known.lower() == value.lower():
+            return known
+    raise Invalid(f"unknown special-use attribute: {value!r}")
+
+
+def _check_user(conn: sqlite3.Connection, user_id: int) -> None:
+    if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+        raise NotFound(f"no user with id {user_id}")
+
+
+def insert_mailbox(tx: Tx, user_id: int, name: str, special_use: str | None, subscribed: bool) -> Mailbox:
+    row = tx.conn.execute(
+        "UPDATE counters SET value = max(value + 1, ?) WHERE name = 'uidvalidity' RETURNING value",
+        (int(time.time()),),
+    ).fetchone()
+    uidvalidity = int(row[0])
+    if uidvalidity > MAX_UIDVALIDITY:
+        raise StoreError("UIDVALIDITY counter exhausted")
+    cur = tx.conn.execute(
+        "INSERT INTO mailboxes(user_id, name, uidvalidity, special_use, subscribed) VALUES (?, ?, ?, ?, ?)",
+        (user_id, name, uidvalidity, special_use, int(subscribed)),
+    )
+    mbox = Mailbox(int(cur.lastrowid or 0), user_id, name, uidvalidity, 1, 1, special_use, subscribed)
+    tx.changes.append(Change(ChangeKind.MAILBOX_CREATED, user_id, mbox.id, name=name))
+    return mbox
+
+
+def _create_parents(tx: Tx, user_id: int, name: str) -> None:
+    for parent in names.parents(name):
+        if find_mailbox(tx.conn, user_id, parent) is None:
+            insert_mailbox(tx, user_id, parent, None, subscribed=False)
+
+
+def _need(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox:
+    mbox = find_mailbox(conn, user_id, name)
+    if mbox is None:
+        raise NotFound(f"no such mailbox: {name}")
+    return mbox
+
+
+class MailboxesMixin(Base):
+    async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
+        def q(conn: sqlite3.Connection) -> list[Mailbox]:
+            rows = conn.execute(
+                f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? ORDER BY name <> 'INBOX', name",
+                (user_id,),
+            )
+            return [mailbox_from_row(r) for r in rows]
+
+        return await self._engine.read(q)
+
+    async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
+        try:
+            name = names.mailbox(name)
+        except Invalid:
+            return None
+        return await self._engine.read(lambda conn: find_mailbox(conn, user_id, name))
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        def q(conn: sqlite3.Connection) -> Mailbox | None:
+            try:
+                return load_mailbox(conn, mailbox_id)
+            except NotFound:
+                return None
+
+        return await self._engine.read(q)
+
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        name = names.mailbox(name)
+        use = _special_use(special_use)
+
+        def op(tx: Tx) -> Mailbox:
+            _check_user(tx.conn, user_id)
+            if find_mailbox(tx.conn, user_id, name) is not None:
+                raise AlreadyExists(f"mailbox exists: {name}")
+            _create_parents(tx, user_id, name)
+            return insert_mailbox(tx, user_id, name, use, subscribed=False)
+
+        return await self._engine.write(op)
+
+    async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
+        name = names.mailbox(name)
+        if name == "INBOX":
+            raise Invalid("INBOX cannot be deleted")
+
+        def op(tx: Tx) -> WriteResult:
+            mbox = _need(tx.conn, user_id, name)
+            counts = dict(
+                tx.conn.execute(
+                    "SELECT blob_id, count(*) FROM messages WHERE mailbox_id = ? GROUP BY blob_id", (mbox.id,)
+                ).fetchall()
+            )
+            tx.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
+            tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))  # cascades to expunged
+            release_blobs(tx, counts)
+            change = Change(ChangeKind.MAILBOX_DELETED, user_id, mbox.id, name=name)
+            tx.changes.append(change)
+            return WriteResult((change,))
+
+        return await self._engine.write(op)
+
+    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+        old = names.mailbox(old)
+        new = names.mailbox(new)
+        if new == old:
+            raise AlreadyExists(f"mailbox exists: {new}")
+        if old != "INBOX" and names.is_inside(new, old):
+            raise Invalid(f"cannot rename {old} into itself ({new})")
+
+        def op(tx: Tx) -> WriteResult:
+            src = _need(tx.conn, user_id, old)
+            if find_mailbox(tx.conn, user_id, new) is not None:
+                raise AlreadyExists(f"mailbox exists: {new}")
+            mark = len(tx.changes)
+            if old == "INBOX":
+                self._rename_inbox(tx, src, new)
+            else:
+                self._rename_tree(tx, src, new)
+            return WriteResult(tuple(tx.changes[mark:]))
+
+        return await self._engine.write(op)
+
+    @staticmethod
+    def _rename_tree(tx: Tx, src: Mailbox, new: str) -> None:
+        old = src.name
+        children = tx.conn.execute(
+            "SELECT id, name FROM mailboxes WHERE user_id = ? AND substr(name, 1, ?) = ? ORDER BY name",
+            (src.user_id, len(old) + 1, old + "/"),
+        ).fetchall()
+        moves = [(src.id, old, new)] + [(cid, cname, new + cname[len(old) :]) for cid, cname in children]
+        for _, _, target in moves[1:]:
+            if find_mailbox(tx.conn, src.user_id, target) is not None:
+                raise AlreadyExists(f"mailbox exists: {target}")
+        _create_parents(tx, src.user_id, new)
+        tx.conn.executemany("UPDATE mailboxes SET name = ? WHERE id = ?", [(t, i) for i, _, t in moves])
+        tx.changes.extend(
+            Change(ChangeKind.MAILBOX_RENAMED, src.user_id, i, name=t, old_name=o) for i, o, t in moves
+        )
+
+    @staticmethod
+    def _rename_inbox(tx: Tx, inbox: Mailbox, new: str) -> None:
+        _create_parents(tx, inbox.user_id, new)
+        dest = insert_mailbox(tx, inbox.user_id, new, None, subscribed=False)
+        rows = tx.conn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox.id,)
+        ).fetchall()
+        msgs = [message_from_row(r) for r in rows]
+        insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs])
+        delete_messages(tx, inbox, msgs, release=False)
+
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
+        name = names.mailbox(name)
+
+        def op(tx: Tx) -> WriteResult:
+            mbox = _need(tx.conn, user_id, name)
+            if mbox.subscribed == bool(subscribed):
+                return WriteResult()
+            tx.conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(bool(subscribed)), mbox.id))
+            change = Change(ChangeKind.MAILBOX_SUBSCRIBED, user_id, mbox.id, name=name)
+            tx.changes.append(change)
+            return WriteResult((change,))
+
+        return await self._engine.write(op)
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        def q(conn: sqlite3.Connection) -> MailboxStatus:
+            mbox = load_mailbox(conn, mailbox_id)
+            count, unseen, deleted, size, first_unseen = conn.execute(
+                "SELECT count(*), total(flags & 1 = 0), total(flags & 8 <> 0), total(size),"
+                " min(CASE WHEN flags & 1 = 0 THEN uid END) FROM messages WHERE mailbox_id = ?",
+                (mailbox_id,),
+            ).fetchone()
+            return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen)
+
+        return await self._engine.read(q)
+

@@ -1,0 +1,312 @@
+"""Messages in SQLite: append, deliver, flags, expunge, copy and move.
+
+Theory of operation: a message row is (mailbox, uid) -> modseq, flags, keywords, blob. Appending takes
+`mailboxes.uidnext` and `highestmodseq + 1` and bumps both in the same statement group; every other change to a
+message takes `highestmodseq + 1` (one new MODSEQ per changed message, in UID order) and bumps it. A body of at
+most the store's inline threshold is inserted into `blob_data` by the job itself, so a batch of deliveries costs
+one WAL fsync; a larger one is written as a blob file by the calling coroutine before its job is queued (engine
+invariant 3). `read_message` looks in `blob_data` first and falls back to the file.
+
+Invariants:
+1. `uidnext` only grows: rows are never renumbered, expunge never lowers it, so a UID is never reused (api 3).
+2. Every append, flag change and removal takes a MODSEQ above `highestmodseq` and stores it back (api 4). A
+   STORE that changes nothing takes none.
+3. Every removed message leaves an `expunged(mailbox_id, uid, modseq)` row for QRESYNC and releases its blob.
+4. Copy and move stay within one user (api 6): a destination of another user is Invalid.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from postroom.store import names
+from postroom.store.api import (
+    AppendRequest,
+    AppendResult,
+    Change,
+    ChangeKind,
+    CopyResult,
+    Flag,
+    Invalid,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    StoreMode,
+    WriteResult,
+)
+from postroom.store.blobs import blob_id_of, check_id
+from postroom.store.sqlite.common import (
+    MESSAGE_COLUMNS,
+    Base,
+    acquire_blob,
+    add_blob_refs,
+    count_blobs,
+    encode_keywords,
+    load_mailbox,
+    message_from_row,
+    release_blobs,
+    select_messages,
+)
+from postroom.store.sqlite.engine import Tx
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A row to insert, whatever its origin (an append, a copy, INBOX rename)."""
+
+    internal_date: float
+    size: int
+    flags: int
+    keywords: frozenset[str]
+    blob_id: str
+
+
+def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[AppendResult]:
+    """Insert rows with fresh UIDs and MODSEQs. Blob references are the caller's business."""
+    row = tx.conn.execute("SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
+    uid, modseq = int(row[0]), int(row[1])
+    rows = []
+    results = []
+    for item in items:
+        modseq += 1
+        kws = encode_keywords(item.keywords)
+        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id))
+        change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
+        tx.changes.append(change)
+        results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
+        uid += 1
+    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
+    return results
+
+
+def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, release: bool = True) -> list[Change]:
+    """Remove rows, record them in `expunged`, and (unless the bodies moved elsewhere) release their blobs."""
+    if not msgs:
+        return []
+    modseq = int(tx.conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()[0])
+    gone = []
+    changes = []
+    for m in msgs:
+        modseq += 1
+        gone.append((mbox.id, m.uid, modseq))
+        changes.append(Change(ChangeKind.EXPUNGE, mbox.user_id, mbox.id, m.uid, modseq))
+    tx.conn.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mbox.id, m.uid) for m in msgs])
+    tx.conn.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)", gone)
+    tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, mbox.id))
+    if release:
+        release_blobs(tx, count_blobs(m.blob_id for m in msgs))
+    tx.changes.extend(changes)
+    return changes
+
+
+def _check_request(req: AppendRequest) -> tuple[int, frozenset[str]]:
+    return names.flags(req.flags), frozenset(names.keywords(req.keywords).values())
+
+
+def _apply(mode: StoreMode, flags: int, kws: dict[str, str], m: MessageInfo) -> tuple[int, frozenset[str]]:
+    current = {k.lower(): k for k in m.keywords}
+    if mode is StoreMode.ADD:
+        new_flags = m.flags | flags
+        for low, kw in kws.items():
+            current.setdefault(low, kw)
+    elif mode is StoreMode.REMOVE:
+        new_flags = m.flags & ~flags
+        for low in kws:
+            current.pop(low, None)
+    else:
+        new_flags = flags
+        current = {low: current.get(low, kw) for low, kw in kws.items()}
+    return new_flags, frozenset(current.values())
+
+
+class MessagesMixin(Base):
+    async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Append reqs[i] to mailbox_ids[i] for every i, in one job (one transaction)."""
+        now = self._clock()
+        prepared = []
+        bodies: dict[str, bytes] = {}
+        inline_bytes: dict[str, int] = {}
+        for req in reqs:
+            flags, kws = _check_request(req)
+            blob_id = blob_id_of(req.raw)
+            if self._engine.inline(len(req.raw)):
+                inline_bytes[blob_id] = len(req.raw)
+            else:
+                bodies[blob_id] = req.raw  # a file, made durable before the job is queued
+            date = now if req.internal_date is None else float(req.internal_date)
+            prepared.append((req, blob_id, NewMessage(date, len(req.raw), flags, kws, blob_id)))
+
+        def op(tx: Tx) -> list[AppendResult]:
+            boxes: dict[int, Mailbox] = {}
+            results = []
+            for mailbox_id, (req, blob_id, item) in zip(mailbox_ids, prepared):
+                mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
+                boxes[mailbox_id] = mbox
+                acquire_blob(tx, blob_id, req.raw, 1, req.meta)
+                results.extend(insert_messages(tx, mbox, [item]))
+            return results
+
+        await self._engine.write_blobs(bodies)
+        try:
+            return await self._engine.write(op, size=sum(inline_bytes.values()))
+        except Exception:
+            if bodies:
+                await self._engine.forget_blobs(set(bodies))
+            raise
+
+    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
+        return (await self._append_job([mailbox_id], [message]))[0]
+
+    async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
+        if not messages:
+            return []
+        return await self._append_job([mailbox_id] * len(messages), messages)
+
+    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
+        if not mailbox_ids:
+            return []
+        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids))
+
+    async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
+        top = uid_max if uid_max is not None else 2**63 - 1
+
+        def q(conn: sqlite3.Connection) -> list[MessageInfo]:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                (mailbox_id, uid_min, top),
+            )
+            return [message_from_row(r) for r in rows]
+
+        return await self._engine.read(q)
+
+    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
+        def q(conn: sqlite3.Connection) -> MessageInfo | None:
+            row = conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+            ).fetchone()
+            return None if row is None else message_from_row(row)
+
+        return await self._engine.read(q)
+
+    async def read_message(self, blob_id: str) -> bytes:
+        check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM blob_data WHERE id = ?", (blob_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        data = await self._engine.read(q)
+        if data is not None:
+            return data
+        return await self._engine.io(self._blobs.read, blob_id)  # a large body, or one from schema version 1
+
+    async def read_meta(self, blob_id: str) -> bytes | None:
+        check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no message body {blob_id}")
+            return None if row[0] is None else bytes(row[0])
+
+        return await self._engine.read(q)
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: StoreMode,
+        flags: int = 0,
+        keywords: Iterable[str] = (),
+        unchanged_since: int | None = None,
+    ) -> WriteResult:
+        mode = StoreMode(mode)
+        flags = names.flags(flags)
+        kws = names.keywords(keywords)
+        wanted = list(uids)
+
+        def op(tx: Tx) -> WriteResult:
+            mbox = load_mailbox(tx.conn, mailbox_id)
+            modseq = mbox.highestmodseq
+            updates = []
+            changes = []
+            for m in select_messages(tx.conn, mailbox_id, wanted):
+                if unchanged_since is not None and m.modseq > unchanged_since:
+                    continue  # RFC 7162 §3.2: modified since; left alone
+                new_flags, new_kws = _apply(mode, flags, kws, m)
+                if new_flags == m.flags and new_kws == m.keywords:
+                    continue
+                modseq += 1
+                updates.append((new_flags, encode_keywords(new_kws), modseq, mailbox_id, m.uid))
+                changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, m.uid, modseq, new_flags, new_kws))
+            if updates:
+                tx.conn.executemany(
+                    "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                    updates,
+                )
+                tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, mailbox_id))
+            tx.changes.extend(changes)
+            return WriteResult(tuple(changes))
+
+        return await self._engine.write(op)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
+        wanted = None if uids is None else list(uids)
+
+        def op(tx: Tx) -> WriteResult:
+            mbox = load_mailbox(tx.conn, mailbox_id)
+            if wanted is None:
+                rows = tx.conn.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND flags & ? ORDER BY uid",
+                    (mailbox_id, int(Flag.DELETED)),
+                )
+                msgs = [message_from_row(r) for r in rows]
+            else:
+                msgs = [m for m in select_messages(tx.conn, mailbox_id, wanted) if m.flags & Flag.DELETED]
+            return WriteResult(tuple(delete_messages(tx, mbox, msgs)))
+
+        return await self._engine.write(op)
+
+    async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> WriteResult:
+        wanted = list(uids)
+
+        def op(tx: Tx) -> WriteResult:
+            mbox = load_mailbox(tx.conn, mailbox_id)
+            return WriteResult(tuple(delete_messages(tx, mbox, select_messages(tx.conn, mailbox_id, wanted))))
+
+        return await self._engine.write(op)
+
+    async def _copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, move: bool) -> CopyResult:
+        wanted = list(uids)
+
+        def op(tx: Tx) -> CopyResult:
+            src = load_mailbox(tx.conn, mailbox_id)
+            dest = load_mailbox(tx.conn, dest_mailbox_id)
+            if src.user_id != dest.user_id:
+                raise Invalid("cannot copy or move messages to another user's mailbox")
+            msgs = select_messages(tx.conn, mailbox_id, wanted)
+            mark = len(tx.changes)
+            items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs]
+            results = insert_messages(tx, dest, items)
+            if move:
+                delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, release=False)
+            else:
+                add_blob_refs(tx, count_blobs(m.blob_id for m in msgs))
+            return CopyResult(
+                uidvalidity=dest.uidvalidity,
+                source_uids=tuple(m.uid for m in msgs),
+                dest_uids=tuple(r.uid for r in results),
+                changes=tuple(tx.changes[mark:]),
+            )
+
+        return await self._engine.write(op)
+
+    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        return await self._copy(mailbox_id, uids, dest_mailbox_id, move=False)
+
+    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
+        return await self._copy(mailbox_id, uids, dest_mailbox_id, move=True)

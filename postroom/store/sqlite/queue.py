@@ -1,0 +1,185 @@
+"""The outbound queue in SQLite: one entry per accepted message, one row per recipient with its own state.
+
+Theory of operation: `enqueue` stores the body as a blob (shared with any local copy of the same bytes; inline
+in the database or a file, by size, as for messages) and the envelope; the scheduler asks `queue_due(now)` for
+entries with a recipient to try, tries them, and reports with `queue_update`. An entry lives until every
+recipient is final (delivered or bounced), then it and its blob reference go in the same transaction.
+
+Invariants:
+1. An entry has at least one recipient and no recipient twice.
+2. An entry whose recipients are all final does not exist: `queue_update` removes it in the same transaction.
+3. `queue_due` returns oldest first (created, then id), each entry with all its recipients in the order given.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
+from postroom.store.blobs import blob_id_of
+from postroom.store.sqlite.common import CHUNK, Base, acquire_blob, release_blobs
+from postroom.store.sqlite.engine import Tx
+
+ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created"
+RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error"
+PENDING = (RcptState.QUEUED.value, RcptState.DEFERRED.value)
+RET_VALUES = ("", "FULL", "HDRS")
+
+
+def _rcpt(row: Any) -> QueueRecipient:
+    return QueueRecipient(
+        rcpt=row[1],
+        orcpt=row[2],
+        notify=row[3],
+        state=RcptState(row[4]),
+        attempts=row[5],
+        next_try=row[6],
+        last_error=row[7],
+    )
+
+
+def _entries(conn: sqlite3.Connection, rows: Sequence[Any]) -> list[QueueEntry]:
+    if not rows:
+        return []
+    rcpts: dict[int, list[QueueRecipient]] = {int(r[0]): [] for r in rows}
+    ids = list(rcpts)
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i : i + CHUNK]
+        for r in conn.execute(
+            f"SELECT {RCPT_COLUMNS} FROM queue_rcpt WHERE queue_id IN ({','.join('?' * len(part))})"
+            " ORDER BY queue_id, position",
+            part,
+        ):
+            rcpts[int(r[0])].append(_rcpt(r))
+    return [
+        QueueEntry(
+            id=r[0], blob_id=r[1], size=r[2], mail_from=r[3], envid=r[4], ret=r[5], created=r[6],
+            recipients=tuple(rcpts[int(r[0])]),
+        )
+        for r in rows
+    ]
+
+
+def _drop(tx: Tx, queue_id: int, blob_id: str) -> None:
+    tx.conn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))  # cascades to queue_rcpt
+    release_blobs(tx, {blob_id: 1})
+
+
+class QueueMixin(Base):
+    async def enqueue(
+        self,
+        raw: bytes,
+        mail_from: str,
+        recipients: Sequence[QueueRecipient],
+        envid: str = "",
+        ret: str = "",
+    ) -> QueueEntry:
+        rcpts = tuple(recipients)
+        if not rcpts:
+            raise Invalid("a queue entry needs at least one recipient")
+        if len({r.rcpt for r in rcpts}) != len(rcpts):
+            raise Invalid("a recipient appears twice")
+        if any(not r.rcpt for r in rcpts):
+            raise Invalid("empty recipient")
+        ret = ret.upper()
+        if ret not in RET_VALUES:
+            raise Invalid(f"RET must be FULL or HDRS, not {ret!r}")
+        blob_id = blob_id_of(raw)
+        now = self._clock()
+
+        def op(tx: Tx) -> QueueEntry:
+            acquire_blob(tx, blob_id, raw)
+            cur = tx.conn.execute(
+                "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (blob_id, len(raw), mail_from, envid, ret, now),
+            )
+            queue_id = int(cur.lastrowid or 0)
+            tx.conn.executemany(
+                "INSERT INTO queue_rcpt(queue_id, position, rcpt, orcpt, notify, state, attempts, next_try,"
+                " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (queue_id, i, r.rcpt, r.orcpt, r.notify, RcptState(r.state).value, r.attempts, r.next_try,
+                     r.last_error)
+                    for i, r in enumerate(rcpts)
+                ],
+            )
+            return QueueEntry(queue_id, blob_id, len(raw), mail_from, envid, ret, now, rcpts)
+
+        if self._engine.inline(len(raw)):
+            return await self._engine.write(op, size=len(raw))  # the job stores the body in its transaction
+        await self._engine.write_blobs({blob_id: raw})
+        try:
+            return await self._engine.write(op)
+        except Exception:
+            await self._engine.forget_blobs({blob_id})
+            raise
+
+    async def queue_get(self, queue_id: int) -> QueueEntry | None:
+        def q(conn: sqlite3.Connection) -> QueueEntry | None:
+            rows = conn.execute(f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id = ?", (queue_id,)).fetchall()
+            found = _entries(conn, rows)
+            return found[0] if found else None
+
+        return await self._engine.read(q)
+
+    async def queue_list(self) -> list[QueueEntry]:
+        def q(conn: sqlite3.Connection) -> list[QueueEntry]:
+            rows = conn.execute(f"SELECT {ENTRY_COLUMNS} FROM queue ORDER BY created, id").fetchall()
+            return _entries(conn, rows)
+
+        return await self._engine.read(q)
+
+    async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
+        def q(conn: sqlite3.Connection) -> list[QueueEntry]:
+            rows = conn.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id IN"
+                " (SELECT queue_id FROM queue_rcpt WHERE state IN (?, ?) AND next_try <= ?)"
+                " ORDER BY created, id LIMIT ?",
+                (*PENDING, now, limit),
+            ).fetchall()
+            return _entries(conn, rows)
+
+        return await self._engine.read(q)
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+        updates = [
+            (RcptState(r.state).value, r.attempts, r.next_try, r.last_error, queue_id, r.rcpt) for r in recipients
+        ]
+
+        def op(tx: Tx) -> None:
+            row = tx.conn.execute("SELECT blob_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            for u in updates:
+                cur = tx.conn.execute(
+                    "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?"
+                    " WHERE queue_id = ? AND rcpt = ?",
+                    u,
+                )
+                if cur.rowcount == 0:
+                    raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
+            pending = tx.conn.execute(
+                "SELECT 1 FROM queue_rcpt WHERE queue_id = ? AND state IN (?, ?) LIMIT 1", (queue_id, *PENDING)
+            ).fetchone()
+            if pending is None:
+                _drop(tx, queue_id, str(row[0]))
+
+        await self._engine.write(op)
+
+    async def queue_delete(self, queue_id: int) -> None:
+        def op(tx: Tx) -> None:
+            row = tx.conn.execute("SELECT blob_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            _drop(tx, queue_id, str(row[0]))
+
+        await self._engine.write(op)
+
+    async def queue_length(self) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT count(*) FROM queue_rcpt WHERE state IN (?, ?)", PENDING).fetchone()
+            return int(row[0])
+
+        return await self._engine.read(q)

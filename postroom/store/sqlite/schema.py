@@ -1,0 +1,186 @@
+"""The SQLite schema and its version.
+
+`PRAGMA user_version` holds the schema version. `migrate()` brings a database from any older version to
+`SCHEMA_VERSION` inside one write transaction (so two processes opening a fresh file at once cannot both create
+it) and refuses a database written by a newer Postroom. A future change adds a step to `_STEPS`; it never edits
+an existing step.
+
+Versions: 1 is the first schema (every body a file under blobs/). 2 adds `blob_data`: bodies up to the store's
+inline threshold live in the database, so storing one costs no fsync of its own (see engine.py). Bodies stored
+as files by version 1 stay files and are still read; nothing is moved by the migration.
+
+Invariants:
+1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
+   session holding the id of a deleted mailbox cannot end up looking at a new one.
+2. `blobs.refcount` equals the number of `messages` plus `queue` rows naming the blob; a blob row with no
+   references is deleted in the same transaction that dropped the last one.
+3. `mailboxes.uidvalidity` is UNIQUE and comes from the `counters` row 'uidvalidity' (seeded with the clock).
+4. `messages` is keyed (mailbox_id, uid) and clustered on it (WITHOUT ROWID): a UID range is one index scan.
+5. A `blobs` row's body is read from its `blob_data` row if there is one, else from the file
+   `blobs/ab/cd/<id>`. A `blob_data` row never outlives its `blobs` row (both go in one transaction; the foreign
+   key cascades should any code forget). Bodies have their own table, not a column of `blobs`, so reading
+   metadata (refcounts, meta) never pulls body pages through the cache; it is a rowid table because large
+   rows do not belong in a WITHOUT ROWID b-tree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from postroom.store.api import StoreError
+
+SCHEMA_VERSION = 2
+
+_V1 = """
+CREATE TABLE counters(
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE domains(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    dkim_selector TEXT NOT NULL DEFAULT '',
+    dkim_private_key TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+
+CREATE TABLE users(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    address TEXT NOT NULL UNIQUE,
+    domain_id INTEGER NOT NULL REFERENCES domains(id),
+    password_hash TEXT NOT NULL,
+    scram TEXT NOT NULL DEFAULT '',
+    quota_bytes INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE INDEX users_domain ON users(domain_id);
+
+CREATE TABLE aliases(
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    domain_id INTEGER NOT NULL REFERENCES domains(id),
+    PRIMARY KEY(source, target)
+) WITHOUT ROWID;
+CREATE INDEX aliases_domain ON aliases(domain_id);
+
+CREATE TABLE lists(
+    address TEXT PRIMARY KEY,
+    domain_id INTEGER NOT NULL REFERENCES domains(id),
+    owner TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    bounce_address TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX lists_domain ON lists(domain_id);
+
+CREATE TABLE list_members(
+    list_address TEXT NOT NULL REFERENCES lists(address) ON DELETE CASCADE,
+    member TEXT NOT NULL,
+    PRIMARY KEY(list_address, member)
+) WITHOUT ROWID;
+
+CREATE TABLE mailboxes(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL UNIQUE,
+    uidnext INTEGER NOT NULL DEFAULT 1,
+    highestmodseq INTEGER NOT NULL DEFAULT 1,
+    special_use TEXT,
+    subscribed INTEGER NOT NULL DEFAULT 0,
+    UNIQUE(user_id, name)
+);
+
+CREATE TABLE blobs(
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refcount INTEGER NOT NULL,
+    meta BLOB
+) WITHOUT ROWID;
+
+CREATE TABLE messages(
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    internal_date REAL NOT NULL,
+    size INTEGER NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,
+    keywords TEXT NOT NULL DEFAULT '',
+    blob_id TEXT NOT NULL REFERENCES blobs(id),
+    PRIMARY KEY(mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+CREATE INDEX messages_blob ON messages(blob_id);
+
+CREATE TABLE expunged(
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY(mailbox_id, uid)
+) WITHOUT ROWID;
+
+CREATE TABLE queue(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    blob_id TEXT NOT NULL REFERENCES blobs(id),
+    size INTEGER NOT NULL,
+    mail_from TEXT NOT NULL,
+    envid TEXT NOT NULL DEFAULT '',
+    ret TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+CREATE INDEX queue_blob ON queue(blob_id);
+
+CREATE TABLE queue_rcpt(
+    queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    rcpt TEXT NOT NULL,
+    orcpt TEXT NOT NULL DEFAULT '',
+    notify TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(queue_id, rcpt)
+) WITHOUT ROWID;
+CREATE INDEX queue_rcpt_due ON queue_rcpt(next_try) WHERE state IN ('queued', 'deferred');
+"""
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO counters(name, value) VALUES ('uidvalidity', ?)", (int(time.time()) - 1,))
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Bodies up to the inline threshold in the database (schema invariant 5)."""
+    conn.execute(
+        "CREATE TABLE blob_data(id TEXT PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE, data BLOB NOT NULL)"
+    )
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION. Returns the version found before. `conn` is in autocommit mode."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {found} is newer than this Postroom understands ({SCHEMA_VERSION})"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            _STEPS[version](conn)
+        if found != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found

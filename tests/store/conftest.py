@@ -1,0 +1,140 @@
+"""The store conformance suite's plumbing: one `store` fixture per engine, and `async def` tests without plugins.
+
+Tests are plain `async def test_...(store)`: the hook below runs each in its own event loop (asyncio.run), opens
+every store the fixtures made before the test and closes them after. To add an engine, add its name to
+`BACKENDS` and a branch to `make_store`; every test then runs against it too.
+
+"sqlite" is the engine as deployed: the tests' small bodies live in the database. "sqlite-files" is the same
+engine with every body a file; the modules where bodies matter (messages, queue, durability, user removal) run
+against it too, through `pytestmark = BODY_BACKENDS`, so both ways of storing a body meet the same suite.
+
+Engine-specific checks (where bodies are) go through `stored_bodies()`, which returns None where it does not
+apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postroom.store import open_store
+from postroom.store.api import AppendRequest, Mailbox, Store, User
+
+BACKENDS = ["sqlite"]
+BODY_BACKENDS = pytest.mark.parametrize("backend", [*BACKENDS, "sqlite-files"], indirect=True)
+TEST_TIMEOUT = 30.0
+
+_STORES = pytest.StashKey[list[Any]]()
+
+
+def make_store(backend: str, data_dir: Path) -> Store:
+    if backend == "sqlite":
+        return open_store(f"sqlite:///{data_dir / 'postroom.db'}", data_dir)
+    if backend == "sqlite-files":
+        from postroom.store.sqlite import SQLiteStore
+
+        return SQLiteStore(data_dir / "postroom.db", data_dir / "blobs", inline_max=-1)
+    raise ValueError(backend)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, backend: str, data_dir: Path) -> Store:
+    """A store, opened before the test body runs and closed after it."""
+    s = make_store(backend, data_dir)
+    request.node.stash.setdefault(_STORES, []).append(s)
+    return s
+
+
+@pytest.fixture
+def store_factory(backend: str, data_dir: Path) -> Callable[[], Store]:
+    """New, unopened stores over the same data (for close/reopen tests). The test opens and closes them."""
+    return lambda: make_store(backend, data_dir)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    fn = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(fn):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    stores = pyfuncitem.stash.get(_STORES, [])
+
+    async def main() -> None:
+        for s in stores:
+            await s.open()
+        try:
+            await asyncio.wait_for(fn(**kwargs), TEST_TIMEOUT)
+        finally:
+            for s in stores:
+                await s.close()
+
+    asyncio.run(main())
+    return True
+
+
+# ---- helpers the tests share
+
+
+def blob_files(store: Store) -> list[Path] | None:
+    """The message files of a file-backed engine (None if the engine keeps bodies elsewhere)."""
+    blobs = getattr(store, "blobs", None)
+    if blobs is None:
+        return None
+    root: Path = blobs.root
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp."))
+
+
+def inline_bodies(store: Store) -> list[str] | None:
+    """The ids of the bodies an SQLite store keeps in its database (None for other engines)."""
+    path = getattr(store, "path", None)
+    if getattr(store, "blobs", None) is None or path is None:
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT id FROM blob_data"))
+    finally:
+        conn.close()
+
+
+def stored_bodies(store: Store) -> list[str] | None:
+    """The ids of every body the engine keeps (files and rows), sorted; None where it cannot tell."""
+    files, rows = blob_files(store), inline_bodies(store)
+    if files is None or rows is None:
+        return None
+    return sorted([p.name for p in files] + rows)
+
+
+async def new_user(store: Store, address: str = "alice@example.org") -> User:
+    domain = address.rpartition("@")[2]
+    if await store.get_domain(domain) is None:
+        await store.add_domain(domain)
+    return await store.add_user(address, "$argon2id$fake")
+
+
+async def inbox(store: Store, user: User) -> Mailbox:
+    mbox = await store.get_mailbox(user.id, "INBOX")
+    assert mbox is not None
+    return mbox
+
+
+def msg(n: int = 0, size: int = 0, **kw: Any) -> AppendRequest:
+    body = b"From: a@example.org\r\nSubject: test %d\r\n\r\nbody %d\r\n" % (n, n)
+    if size > len(body):
+        body += b"x" * (size - len(body))
+    return AppendRequest(raw=body, **kw)

@@ -1,0 +1,211 @@
+"""Where the SQLite engine keeps bodies: in the database up to `inline_max` bytes, as files above; and the
+migration from schema version 1 (every body a file)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from postroom.store.api import AppendRequest, QueueRecipient
+from postroom.store.blobs import BlobStore, blob_id_of
+from postroom.store.sqlite import INLINE_MAX, SQLiteStore, engine
+from postroom.store.sqlite.schema import _STEPS, SCHEMA_VERSION
+
+from .conftest import blob_files, inbox, inline_bodies, new_user, stored_bodies
+
+LIMIT = 1000  # a small threshold, so both kinds are cheap to make
+
+
+def body(size: int, salt: int = 0) -> bytes:
+    head = b"Subject: %d\r\n\r\n" % salt
+    return head + bytes((i * 7 + salt) % 256 for i in range(size - len(head)))
+
+
+def refcount(store: SQLiteStore, blob_id: str) -> int | None:
+    conn = sqlite3.connect(store.path)
+    try:
+        row = conn.execute("SELECT refcount FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        return None if row is None else int(row[0])
+    finally:
+        conn.close()
+
+
+async def test_threshold_decides_where_a_body_lives(tmp_path: Path) -> None:
+    assert INLINE_MAX == 256 * 1024
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs", inline_max=LIMIT)
+    await store.open()
+    try:
+        u = await new_user(store)
+        box = await inbox(store, u)
+        written: list[str] = []
+        orig_write = store.blobs.write
+
+        def spy(blob_id: str, data: bytes) -> bool:
+            written.append(blob_id)
+            return orig_write(blob_id, data)
+
+        store.blobs.write = spy  # type: ignore[method-assign]
+        under, over, empty = body(LIMIT), body(LIMIT + 1), b""
+        r_under = await store.append(box.id, AppendRequest(under))
+        assert written == []  # an inline body costs no file and no fsync of its own
+        r_over = await store.append(box.id, AppendRequest(over))
+        r_empty = await store.append(box.id, AppendRequest(empty))
+        assert written == [blob_id_of(over)]
+        assert inline_bodies(store) == sorted([blob_id_of(under), blob_id_of(empty)])
+        assert [p.name for p in blob_files(store) or []] == [blob_id_of(over)]
+        infos = {m.uid: m for m in await store.list_messages(box.id)}
+        for r, raw in ((r_under, under), (r_over, over), (r_empty, empty)):
+            assert infos[r.uid].size == len(raw)
+            got = await store.read_message(infos[r.uid].blob_id)
+            assert type(got) is bytes and got == raw  # byte-exact, whichever way it was stored
+
+        # the queue stores its bodies the same way, and shares them with mailboxes
+        e_under = await store.enqueue(under, "s@example.org", [QueueRecipient("x@remote.example")])
+        e_new = await store.enqueue(body(10, salt=9), "s@example.org", [QueueRecipient("x@remote.example")])
+        assert refcount(store, e_under.blob_id) == 2
+        assert e_new.blob_id in (inline_bodies(store) or [])
+        assert await store.read_message(e_new.blob_id) == body(10, salt=9)
+        await store.queue_delete(e_new.id)
+        assert e_new.blob_id not in (stored_bodies(store) or [])
+    finally:
+        await store.close()
+
+
+async def test_inline_dedup_refcount_and_removal(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "d.db", tmp_path / "blobs", inline_max=LIMIT)
+    await store.open()
+    try:
+        u = await new_user(store)
+        box = await inbox(store, u)
+        other = await store.create_mailbox(u.id, "Other")
+        raw = body(500)
+        bid = blob_id_of(raw)
+        await store.deliver([box.id, other.id], AppendRequest(raw))
+        await store.append(box.id, AppendRequest(raw))  # the same bytes again: the same row
+        await store.copy_messages(box.id, [1], other.id)
+        assert refcount(store, bid) == 4 and inline_bodies(store) == [bid] and blob_files(store) == []
+        await store.move_messages(other.id, [1, 2], box.id)
+        assert refcount(store, bid) == 4
+        await store.remove_messages(box.id, [1, 2, 3])
+        assert refcount(store, bid) == 1 and await store.read_message(bid) == raw
+        await store.delete_mailbox(u.id, "Other")  # holds nothing now
+        uids = [m.uid for m in await store.list_messages(box.id)]
+        await store.remove_messages(box.id, uids)  # the last reference: row and body go in one transaction
+        assert refcount(store, bid) is None and stored_bodies(store) == []
+
+        # released and taken again in (likely) one batch: the body must survive, once
+        r = await store.append(box.id, AppendRequest(raw))
+        for _ in range(5):
+            _, r = await asyncio.gather(
+                store.remove_messages(box.id, [r.uid]), store.append(box.id, AppendRequest(raw))
+            )
+            assert await store.read_message(bid) == raw and stored_bodies(store) == [bid]
+    finally:
+        await store.close()
+
+
+async def test_threshold_may_change_between_runs(tmp_path: Path) -> None:
+    """A body keeps the place it was stored in; the same bytes delivered later only add a reference there."""
+    raw_small, raw_other = body(300), body(300, salt=1)
+    s = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs", inline_max=-1)
+    await s.open()
+    u = await new_user(s)
+    box = await inbox(s, u)
+    await s.append(box.id, AppendRequest(raw_small))
+    await s.close()
+    assert [p.name for p in blob_files(s) or []] == [blob_id_of(raw_small)]
+
+    s = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs", inline_max=LIMIT)
+    await s.open()
+    try:
+        await s.append(box.id, AppendRequest(raw_small))
+        await s.append(box.id, AppendRequest(raw_other))
+        assert refcount(s, blob_id_of(raw_small)) == 2
+        assert inline_bodies(s) == [blob_id_of(raw_other)]
+        await s.remove_messages(box.id, [1, 2])
+        assert stored_bodies(s) == [blob_id_of(raw_other)]  # the file went with its last reference
+    finally:
+        await s.close()
+
+
+def make_v1_database(db: Path, blob_dir: Path, raw: bytes) -> tuple[int, str]:
+    """A database as schema version 1 left it: one user, one message whose body is a file."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    _STEPS[1](conn)  # steps are never edited: this is exactly the version 1 DDL
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO domains(name, created) VALUES ('example.org', 0)")
+    conn.execute(
+        "INSERT INTO users(address, domain_id, password_hash, created) VALUES ('old@example.org', 1, 'h', 0)"
+    )
+    mailbox_id = conn.execute(
+        "INSERT INTO mailboxes(user_id, name, uidvalidity, uidnext, highestmodseq, subscribed)"
+        " VALUES (1, 'INBOX', 1234, 2, 2, 1) RETURNING id"
+    ).fetchone()[0]
+    bid = blob_id_of(raw)
+    conn.execute("INSERT INTO blobs(id, size, refcount, meta) VALUES (?, ?, 1, x'4d')", (bid, len(raw)))
+    conn.execute(
+        "INSERT INTO messages(mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id)"
+        " VALUES (?, 1, 2, 1e9, ?, 0, '', ?)",
+        (mailbox_id, len(raw), bid),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    BlobStore(blob_dir).write(bid, raw)
+    return int(mailbox_id), bid
+
+
+async def test_migration_from_version_1(tmp_path: Path) -> None:
+    old_raw = body(400)  # small: were it new, it would be inline
+    box_id, old_bid = make_v1_database(tmp_path / "v1.db", tmp_path / "blobs", old_raw)
+    store = SQLiteStore(tmp_path / "v1.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        conn = sqlite3.connect(tmp_path / "v1.db")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        conn.close()
+        [info] = await store.list_messages(box_id)
+        assert info.blob_id == old_bid and await store.read_message(old_bid) == old_raw  # read from its file
+        assert await store.read_meta(old_bid) == b"M"
+        r_same = await store.append(box_id, AppendRequest(old_raw))  # dedup onto the old file
+        r_new = await store.append(box_id, AppendRequest(body(400, salt=3)))
+        assert r_new.uid == 3 and refcount(store, old_bid) == 2
+        assert [p.name for p in blob_files(store) or []] == [old_bid]
+        assert inline_bodies(store) == [blob_id_of(body(400, salt=3))]
+        await store.remove_messages(box_id, [1])
+        assert await store.read_message(old_bid) == old_raw
+        # the last reference to the old file goes while the same bytes arrive again (new: inline); whatever
+        # the order the writer sees them in, the body is kept exactly once and the old file does not linger
+        _, r_again = await asyncio.gather(
+            store.remove_messages(box_id, [r_same.uid]), store.append(box_id, AppendRequest(old_raw))
+        )
+        assert await store.read_message(old_bid) == old_raw
+        assert stored_bodies(store) == sorted([old_bid, blob_id_of(body(400, salt=3))])
+    finally:
+        await store.close()
+    store = SQLiteStore(tmp_path / "v1.db", tmp_path / "blobs")
+    await store.open()  # migrating is done once; reopening changes nothing
+    await store.close()
+
+
+async def test_inline_bytes_bound_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAX_BATCH_BYTES", 2500)
+    store = SQLiteStore(tmp_path / "b.db", tmp_path / "blobs", inline_max=LIMIT)
+    batches: list[int] = []
+    store.on_commit = lambda seconds, ops: batches.append(ops)
+    await store.open()
+    try:
+        u = await new_user(store)
+        box = await inbox(store, u)
+        batches.clear()
+        raws = [body(LIMIT, salt=i) for i in range(40)]
+        await asyncio.gather(*(store.append(box.id, AppendRequest(raw)) for raw in raws))
+        assert sum(batches) == 40 and max(batches) <= 3  # a batch stops once it holds 2500 bytes or more
+        infos = await store.list_messages(box.id)
+        assert sorted([await store.read_message(m.blob_id) for m in infos]) == sorted(raws)
+    finally:
+        await store.close()

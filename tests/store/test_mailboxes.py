@@ -1,0 +1,209 @@
+"""Mailboxes: create, get, list, delete, rename (with children, INBOX), subscribe, status; scoping by user."""
+
+from __future__ import annotations
+
+import pytest
+
+from postroom.store.api import (
+    AlreadyExists,
+    ChangeKind,
+    Flag,
+    Invalid,
+    NotFound,
+    Store,
+)
+
+from .conftest import inbox, msg, new_user
+
+
+async def test_get_mailbox_inbox_any_case(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    for spelling in ("inbox", "InBoX", "INBOX"):
+        assert await store.get_mailbox(u.id, spelling) == box
+    assert await store.get_mailbox(u.id, "sent") is None  # only INBOX is case-insensitive
+    assert await store.get_mailbox(u.id, "Sent") is not None
+    assert await store.get_mailbox(u.id, "a//b") is None
+    assert await store.get_mailbox_by_id(box.id) == box
+    assert await store.get_mailbox_by_id(10**9) is None
+
+
+async def test_create_mailbox_with_parents(store: Store) -> None:
+    u = await new_user(store)
+    before = {b.name for b in await store.list_mailboxes(u.id)}
+    m = await store.create_mailbox(u.id, "Projects/2024/Q1", "\\Flagged")
+    assert m.name == "Projects/2024/Q1" and m.special_use == "\\Flagged"
+    assert m.uidnext == 1 and not m.subscribed and m.user_id == u.id
+    names = {b.name for b in await store.list_mailboxes(u.id)}
+    assert names - before == {"Projects", "Projects/2024", "Projects/2024/Q1"}
+    assert await store.get_mailbox(u.id, "Projects/2024/Q1") == m
+    child = await store.create_mailbox(u.id, "inbox/Sub")
+    assert child.name == "INBOX/Sub"
+    uidvalidities = [b.uidvalidity for b in await store.list_mailboxes(u.id)]
+    assert len(set(uidvalidities)) == len(uidvalidities)
+
+
+async def test_create_mailbox_errors(store: Store) -> None:
+    u = await new_user(store)
+    await store.create_mailbox(u.id, "Work")
+    with pytest.raises(AlreadyExists):
+        await store.create_mailbox(u.id, "Work")
+    with pytest.raises(AlreadyExists):
+        await store.create_mailbox(u.id, "inbox")
+    for bad in ("", "a//b", "/a", "a/", "a\x00b"):
+        with pytest.raises(Invalid):
+            await store.create_mailbox(u.id, bad)
+    with pytest.raises(Invalid):
+        await store.create_mailbox(u.id, "X", "\\Bogus")
+    with pytest.raises(NotFound):
+        await store.create_mailbox(10**9, "X")
+
+
+async def test_list_mailboxes_only_own(store: Store) -> None:
+    a = await new_user(store, "a@example.org")
+    b = await new_user(store, "b@example.org")
+    await store.create_mailbox(a.id, "Private")
+    assert "Private" not in {m.name for m in await store.list_mailboxes(b.id)}
+    assert await store.get_mailbox(b.id, "Private") is None
+    # same name for two users is fine, and they are different mailboxes
+    mb = await store.create_mailbox(b.id, "Private")
+    ma = await store.get_mailbox(a.id, "Private")
+    assert ma is not None and ma.id != mb.id
+    with pytest.raises(NotFound):
+        await store.delete_mailbox(b.id, "Other")
+    await store.delete_mailbox(b.id, "Private")
+    assert await store.get_mailbox(a.id, "Private") == ma
+
+
+async def test_delete_mailbox(store: Store) -> None:
+    u = await new_user(store)
+    parent = await store.create_mailbox(u.id, "Old")
+    child = await store.create_mailbox(u.id, "Old/Child")
+    await store.append(parent.id, msg(1))
+    result = await store.delete_mailbox(u.id, "Old")
+    assert [(c.kind, c.mailbox_id, c.name) for c in result.changes] == [
+        (ChangeKind.MAILBOX_DELETED, parent.id, "Old")
+    ]
+    assert await store.get_mailbox(u.id, "Old") is None
+    assert await store.get_mailbox(u.id, "Old/Child") == child  # children stay (RFC 9051 §6.3.5)
+    with pytest.raises(NotFound):
+        await store.list_messages(parent.id)
+    with pytest.raises(NotFound):
+        await store.delete_mailbox(u.id, "Old")
+    for name in ("INBOX", "inbox"):
+        with pytest.raises(Invalid):
+            await store.delete_mailbox(u.id, name)
+
+
+async def test_uidvalidity_changes_when_name_recreated(store: Store) -> None:
+    u = await new_user(store)
+    first = await store.create_mailbox(u.id, "Reused")
+    await store.append(first.id, msg(1))
+    await store.delete_mailbox(u.id, "Reused")
+    second = await store.create_mailbox(u.id, "Reused")
+    assert second.uidvalidity != first.uidvalidity
+    assert second.id != first.id
+    assert second.uidnext == 1
+
+
+async def test_rename_with_children(store: Store) -> None:
+    u = await new_user(store)
+    a = await store.create_mailbox(u.id, "A")
+    ax = await store.create_mailbox(u.id, "A/x")
+    axy = await store.create_mailbox(u.id, "A/x/y")
+    ab = await store.create_mailbox(u.id, "AB")  # shares the prefix but is not a child
+    r = await store.append(a.id, msg(1))
+    result = await store.rename_mailbox(u.id, "A", "New/B")
+    renamed = {(c.old_name, c.name) for c in result.changes if c.kind is ChangeKind.MAILBOX_RENAMED}
+    assert renamed == {("A", "New/B"), ("A/x", "New/B/x"), ("A/x/y", "New/B/x/y")}
+    assert any(c.kind is ChangeKind.MAILBOX_CREATED and c.name == "New" for c in result.changes)
+    names = {m.name for m in await store.list_mailboxes(u.id)}
+    assert {"New", "New/B", "New/B/x", "New/B/x/y", "AB"} <= names
+    assert not {"A", "A/x", "A/x/y"} & names
+    moved = await store.get_mailbox(u.id, "New/B")
+    assert moved is not None and moved.id == a.id and moved.uidvalidity == a.uidvalidity
+    assert [m.uid for m in await store.list_messages(a.id)] == [r.uid]
+    assert (await store.get_mailbox_by_id(ax.id)).name == "New/B/x"  # type: ignore[union-attr]
+    assert (await store.get_mailbox_by_id(axy.id)).name == "New/B/x/y"  # type: ignore[union-attr]
+    assert (await store.get_mailbox_by_id(ab.id)).name == "AB"  # type: ignore[union-attr]
+
+
+async def test_rename_errors(store: Store) -> None:
+    u = await new_user(store)
+    await store.create_mailbox(u.id, "A/x")
+    await store.create_mailbox(u.id, "B")
+    with pytest.raises(NotFound):
+        await store.rename_mailbox(u.id, "Nope", "Z")
+    with pytest.raises(AlreadyExists):
+        await store.rename_mailbox(u.id, "A", "B")
+    with pytest.raises(AlreadyExists):
+        await store.rename_mailbox(u.id, "A", "inbox")
+    with pytest.raises(Invalid):
+        await store.rename_mailbox(u.id, "A", "A/x/deeper")
+    with pytest.raises(Invalid):
+        await store.rename_mailbox(u.id, "A", "bad//name")
+    # a child of the target already exists (the target itself was deleted, its child stayed)
+    await store.create_mailbox(u.id, "C/x")
+    await store.delete_mailbox(u.id, "C")
+    with pytest.raises(AlreadyExists):
+        await store.rename_mailbox(u.id, "A", "C")
+    assert await store.get_mailbox(u.id, "A") is not None  # nothing half-done
+
+
+async def test_rename_inbox_moves_messages(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    child = await store.create_mailbox(u.id, "INBOX/Keep")
+    r1 = await store.append(box.id, msg(1, flags=Flag.SEEN, keywords=frozenset({"$Work"})))
+    r2 = await store.append(box.id, msg(2))
+    result = await store.rename_mailbox(u.id, "Inbox", "Old Mail/2024")
+    after = await inbox(store, u)
+    assert after.id == box.id and after.uidvalidity == box.uidvalidity
+    assert await store.list_messages(box.id) == []
+    assert after.uidnext == r2.uid + 1  # INBOX's UIDs are not reused
+    new = await store.get_mailbox(u.id, "Old Mail/2024")
+    assert new is not None and new.id != box.id and await store.get_mailbox(u.id, "Old Mail") is not None
+    moved = await store.list_messages(new.id)
+    assert [m.uid for m in moved] == [1, 2]
+    assert moved[0].flags == Flag.SEEN and moved[0].keywords == {"$Work"}
+    assert [await store.read_message(m.blob_id) for m in moved] == [msg(1).raw, msg(2).raw]
+    kinds = [c.kind for c in result.changes]
+    assert kinds.count(ChangeKind.EXPUNGE) == 2 and kinds.count(ChangeKind.APPEND) == 2
+    assert {c.uid for c in result.changes if c.kind is ChangeKind.EXPUNGE} == {r1.uid, r2.uid}
+    assert (await store.get_mailbox_by_id(child.id)).name == "INBOX/Keep"  # type: ignore[union-attr]
+    # INBOX may be renamed to one of its own children's names
+    await store.rename_mailbox(u.id, "INBOX", "INBOX/Archive")
+    assert await store.get_mailbox(u.id, "INBOX/Archive") is not None
+
+
+async def test_set_subscribed(store: Store) -> None:
+    u = await new_user(store)
+    m = await store.create_mailbox(u.id, "News")
+    result = await store.set_subscribed(u.id, "News", True)
+    assert [(c.kind, c.mailbox_id) for c in result.changes] == [(ChangeKind.MAILBOX_SUBSCRIBED, m.id)]
+    assert (await store.get_mailbox(u.id, "News")).subscribed  # type: ignore[union-attr]
+    assert (await store.set_subscribed(u.id, "News", True)).changes == ()
+    await store.set_subscribed(u.id, "News", False)
+    assert not (await store.get_mailbox(u.id, "News")).subscribed  # type: ignore[union-attr]
+    await store.set_subscribed(u.id, "inbox", False)
+    assert not (await inbox(store, u)).subscribed
+    with pytest.raises(NotFound):
+        await store.set_subscribed(u.id, "Missing", True)
+
+
+async def test_mailbox_status(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    empty = await store.mailbox_status(box.id)
+    assert (empty.messages, empty.unseen, empty.deleted, empty.size, empty.first_unseen_uid) == (0, 0, 0, 0, None)
+    assert empty.mailbox == box
+    r1 = await store.append(box.id, msg(1, flags=Flag.SEEN))
+    r2 = await store.append(box.id, msg(2, flags=Flag.DELETED))
+    await store.append(box.id, msg(3, flags=Flag.SEEN | Flag.DELETED))
+    st = await store.mailbox_status(box.id)
+    sizes = sum(len(msg(i).raw) for i in (1, 2, 3))
+    assert (st.messages, st.unseen, st.deleted, st.size) == (3, 1, 2, sizes)
+    assert st.first_unseen_uid == r2.uid
+    assert st.mailbox.uidnext == r2.uid + 2 and st.mailbox.highestmodseq > r1.modseq
+    with pytest.raises(NotFound):
+        await store.mailbox_status(10**9)

@@ -1,0 +1,153 @@
+"""What is particular to the SQLite engine and its files: pragmas, schema version, blob files, open_store, names."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from postroom.store import names, open_store
+from postroom.store.api import Invalid, NotFound, StoreError
+from postroom.store.blobs import BlobStore, blob_id_of
+from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite.schema import SCHEMA_VERSION
+
+from .conftest import inbox, msg, new_user
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path}/x.db", tmp_path)
+    assert isinstance(s, SQLiteStore)
+    assert s.path == tmp_path / "x.db" and s.blobs.root == tmp_path / "blobs"
+    with pytest.raises(StoreError):
+        open_store("postgresql://localhost/db", tmp_path)
+    with pytest.raises(StoreError):
+        open_store("mysql://x", tmp_path)
+
+
+async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "p.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        conn = sqlite3.connect(tmp_path / "p.db")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        conn.close()
+        wconn = store._engine._wconn
+        assert wconn is not None
+        assert wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert wconn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert wconn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    finally:
+        await store.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "n.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = SQLiteStore(tmp_path / "n.db", tmp_path / "blobs")
+    with pytest.raises(StoreError, match="newer"):
+        await store.open()
+
+
+async def test_blob_file_layout_and_fsync_path(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "b.db", tmp_path / "blobs", inline_max=-1)
+    await store.open()
+    try:
+        u = await new_user(store)
+        r = await store.append((await inbox(store, u)).id, msg(1))
+        info = await store.get_message((await inbox(store, u)).id, r.uid)
+        assert info is not None
+        h = hashlib.sha256(msg(1).raw).hexdigest()
+        path = tmp_path / "blobs" / h[:2] / h[2:4] / h
+        assert path.read_bytes() == msg(1).raw
+        assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp.")]
+    finally:
+        await store.close()
+
+
+def test_blobstore_write_is_idempotent(tmp_path: Path) -> None:
+    bs = BlobStore(tmp_path / "blobs")
+    data = b"hello"
+    bid = blob_id_of(data)
+    assert bs.write(bid, data) is True
+    mtime = bs.path(bid).stat().st_mtime_ns
+    assert bs.write(bid, data) is False
+    assert bs.path(bid).stat().st_mtime_ns == mtime
+    # a wrong-sized file under the name (should never happen) is replaced
+    bs.path(bid).write_bytes(b"hel")
+    assert bs.write(bid, data) is True and bs.read(bid) == data
+    bs.delete(bid)
+    bs.delete(bid)
+    assert not bs.exists(bid)
+    with pytest.raises(NotFound):
+        bs.read(bid)
+    for bad in ("", "../x", "A" * 64, "g" * 64, "a" * 63):
+        with pytest.raises(Invalid):
+            bs.path(bad)
+
+
+async def test_missing_file_is_rewritten_on_new_reference(tmp_path: Path) -> None:
+    """If a body's file vanished between its last reference and a new one, the new writer puts it back."""
+    store = SQLiteStore(tmp_path / "r.db", tmp_path / "blobs", inline_max=-1)
+    await store.open()
+    try:
+        u = await new_user(store)
+        box = await inbox(store, u)
+        raw = msg(3).raw
+        bid = blob_id_of(raw)
+        orig_write = store.blobs.write
+        calls: list[str] = []
+
+        def write_then_vanish(blob_id: str, data: bytes) -> bool:
+            created = orig_write(blob_id, data)
+            if not calls:  # the first, pre-commit write: simulate a racing deletion right after it
+                os.unlink(store.blobs.path(blob_id))
+            calls.append(blob_id)
+            return created
+
+        store.blobs.write = write_then_vanish  # type: ignore[method-assign]
+        r = await store.append(box.id, msg(3))
+        store.blobs.write = orig_write  # type: ignore[method-assign]
+        assert len(calls) == 2  # the writer thread noticed and wrote it again before committing
+        info = await store.get_message(box.id, r.uid)
+        assert info is not None and await store.read_message(bid) == raw
+    finally:
+        await store.close()
+
+
+async def test_on_commit_callback(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs")
+    seen: list[tuple[float, int]] = []
+    store.on_commit = lambda seconds, ops: seen.append((seconds, ops))
+    assert store.on_commit is not None
+    await store.open()
+    try:
+        await store.add_domain("example.org")
+        assert len(seen) >= 1 and seen[-1][1] >= 1 and seen[-1][0] >= 0
+        store.on_commit = lambda s, o: 1 / 0  # a broken callback must not break writes
+        await store.add_domain("example.net")
+        assert await store.get_domain("example.net") is not None
+    finally:
+        await store.close()
+
+
+def test_name_rules() -> None:
+    assert names.domain(" Example.ORG. ") == "example.org"
+    assert names.address("Bob@Example.Org") == "bob@example.org"
+    assert names.address('"odd@local"@example.org') == '"odd@local"@example.org'
+    assert names.alias_source("@Example.org") == "@example.org"
+    assert names.mailbox("inbox") == "INBOX" and names.mailbox("InBox/Sub") == "INBOX/Sub"
+    assert names.mailbox("Inboxes") == "Inboxes"
+    assert names.parents("a/b/c") == ["a", "a/b"]
+    assert names.is_inside("a/b", "a") and not names.is_inside("ab", "a")
+    assert names.keywords(["$Work", "$WORK", "x"]) == {"$work": "$Work", "x": "x"}
+    for bad in ("", "a//b", "/a", "a/", "x\ty"):
+        with pytest.raises(Invalid):
+            names.mailbox(bad)
+    with pytest.raises(Invalid):
+        names.flags(-1)
