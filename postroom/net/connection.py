@@ -1,0 +1,505 @@
+"""The connection a protocol session talks to: buffered reads with limits, writes, TLS upgrade, idle timeouts.
+
+Theory of operation
+-------------------
+`Connection` is an `asyncio.Protocol`. The transport pushes bytes into one `bytearray` (`data_received`); the
+session pulls from it with `read_line`, `read_exact`, `read_some` or `skip`. Reads are served from the buffer
+first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer, so
+an idle session costs one small object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions
+must fit comfortably).
+
+Line reading. `read_line` returns one line including its terminator; the protocol decides whether a bare LF is
+acceptable (the reader splits on LF, so a CRLF line ends in b"\\r\\n" and an LF-only line in b"\\n"). A line whose
+length, terminator included, exceeds the limit raises `LineTooLong` as soon as the limit is crossed, without
+waiting for the end of the line. The connection then drops everything up to and including the next LF,
+eagerly, as the bytes arrive; the next read starts with the line after it. So the session can reply
+"500 line too long" and carry on (RFC 5321 §4.5.3.1.4; RFC 9051 §4 leaves the response to the server).
+
+STARTTLS. `start_tls` refuses, raising `PlaintextAfterStartTLS`, when any plaintext is buffered after the
+command line that asked for TLS: those bytes were sent before the handshake, so they must not be read as if
+they came over TLS (CVE-2011-0411, "STARTTLS command injection"; RFC 3207 §4.2 / RFC 2595 §3.1 / RFC 9051
+§6.2.1: the client MUST discard cached information, and so must the server). The connection is not upgraded
+and the buffered bytes are kept, so the session decides: the recommended reaction is to check `pending` before
+sending the "ready to start TLS" reply and answer with an error instead, and, if `start_tls` raises anyway
+(the bytes arrived while the reply was being sent), to close the connection without reading them. Bytes that
+arrive after the check go to the TLS layer, where they break the handshake and never reach the session.
+
+Invariants
+1. At most one read waits at a time (a second concurrent read is a programming error: RuntimeError).
+2. While `_discarding` is true the buffer is empty: the tail of an overlong line never reaches a session.
+3. The buffer never grows past `high_water` because of the peer alone: reading is paused above it and
+   resumed when a read needs more data or the buffer drains below a quarter of it.
+4. Idle time is silence: the timer restarts whenever a read wakes on new data, so a large literal arriving
+   slowly but steadily never times out; a peer that stops reading our output times out in `drain()` likewise.
+5. After `connection_lost`, reads serve what is still buffered, then raise `ConnectionClosed`; writes are
+   dropped and `drain()` raises `ConnectionClosed`.
+6. The connection logs no payload. Sessions put safe fields in `log`; passwords never go there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from postroom.config import LimitsConfig
+
+# ---------------------------------------------------------------------------------------------------------
+# Exceptions a session sees
+
+
+class NetError(Exception):
+    """Base class of everything the connection raises at a session."""
+
+
+class ConnectionClosed(NetError):
+    """The peer closed the connection (or it was reset) and nothing usable is buffered."""
+
+
+class TLSFailed(ConnectionClosed):
+    """A TLS handshake failed; the connection is gone."""
+
+
+class IdleTimeout(NetError):
+    """No data arrived (or our output was not read) for the idle timeout."""
+
+
+class ShuttingDown(NetError):
+    """The server is stopping and this session was waiting between commands. Say goodbye and return
+    (SMTP 421 4.3.2, IMAP `* BYE`, POP3 -ERR)."""
+
+
+class LineTooLong(NetError):
+    """A line exceeded the limit. Its remainder is being discarded; the next read gets the next line."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"line longer than {limit} bytes")
+        self.limit = limit
+
+
+class LiteralTooLarge(NetError):
+    """`read_exact` was asked for more than the allowed size. Nothing was read."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes requested, limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class PlaintextAfterStartTLS(NetError):
+    """Plaintext was pipelined after the STARTTLS/STLS command (CVE-2011-0411). Not upgraded; see module doc."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(f"{pending} bytes of plaintext pipelined after the TLS upgrade command")
+        self.pending = pending
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _address(info: Any) -> tuple[str, int]:
+    """A socket address as (ip, port); IPv4-mapped IPv6 addresses are shown as IPv4."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        host = str(info[0])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return host, int(info[1])
+    return (str(info) if info else "", 0)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A one-line description of a (TLS) error for logs: no payload, no traceback."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{type(exc).__name__}:{exc.reason}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}:{text}" if text else type(exc).__name__
+
+
+class Connection(asyncio.Protocol):
+    """One client connection, as seen by a protocol session. Created by `NetServer`, one per accepted socket."""
+
+    def __init__(self, *, listener: str, protocol: str, limits: LimitsConfig, idle_timeout: float | None,
+                 session_id: str, tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                 on_connection_made: Callable[[Connection], None] | None = None,
+                 high_water: int = 1 << 20) -> None:
+        self.listener = listener
+        self.protocol = protocol
+        self.limits = limits
+        self.idle_timeout = idle_timeout  # sessions may change it (e.g. IMAP before/after login)
+        self.session_id = session_id
+        self.tls_context = tls_context  # the server's context, used by start_tls() when given none
+        self.log: dict[str, Any] = {}  # fields for the session log line (invariant 6)
+        self.end: str | None = None  # a session may name how it ended ("quit", ...) for the log line
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = time.monotonic()
+        self.ended_by: str | None = None  # "eof" / "timeout" / "shutdown" when a read or drain raised so
+
+        self._implicit_tls = implicit_tls
+        self._on_made = on_connection_made
+        self._high_water = max(high_water, limits.line_length * 2)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes at the start of the buffer known to hold no LF
+        self._discarding = False  # invariant 2
+        self._eof = False
+        self._lost = False
+        self._closing = False
+        self._stopping = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._waiter_interruptible = False
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._tls = False
+        self._tls_version: str | None = None
+        self._tls_cipher: str | None = None
+
+    # --- properties ----------------------------------------------------------------------------------------
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls_version
+
+    @property
+    def tls_cipher(self) -> str | None:
+        return self._tls_cipher
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not read yet (check before answering STARTTLS: see the module doc)."""
+        return len(self._buffer)
+
+    @property
+    def closed(self) -> bool:
+        return self._lost or self._closing
+
+    @property
+    def timed_out(self) -> bool:
+        return self.ended_by == "timeout"
+
+    @property
+    def shutting_down(self) -> bool:
+        """The server is stopping; a long-running session should wind up at its next convenient point."""
+        return self._stopping
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._transport is not None:  # an SSL layer announcing itself; the session already knows us
+            self._transport = transport
+            return
+        self._transport = transport
+        self.peer = _address(transport.get_extra_info("peername"))
+        self.local = _address(transport.get_extra_info("sockname"))
+        if self._implicit_tls:
+            # The ClientHello must reach the TLS layer, not our plaintext buffer: hold reading until
+            # loop.start_tls() takes over the transport (it resumes reading itself).
+            transport.pause_reading()
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._discarding:  # invariant 2
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            self._discarding = False
+            data = data[i + 1:]
+            if not data:
+                return
+        self._buffer += data
+        if len(self._buffer) > self._high_water and not self._paused_reading and self._transport is not None:
+            self._paused_reading = True
+            self._transport.pause_reading()  # invariant 3
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Plain TCP: keep the write side open so replies to a pipelined QUIT still reach a half-closed peer.
+        # Over TLS returning True has no effect (asyncio warns), so do not.
+        return not self._tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mark_lost()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # --- internals -----------------------------------------------------------------------------------------
+    def _mark_lost(self) -> None:
+        self._lost = True
+        self._eof = True
+        self._wake()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _idle_expired(self, fut: asyncio.Future[None]) -> None:
+        if not fut.done():
+            self.ended_by = "timeout"
+            fut.set_exception(IdleTimeout(f"no activity for {self.idle_timeout:g} s"))
+
+    def request_shutdown(self) -> None:
+        """The server is stopping: a read waiting between commands raises ShuttingDown now, later ones at once."""
+        self._stopping = True
+        w = self._waiter
+        if w is not None and self._waiter_interruptible and not self._buffer and not w.done():
+            self.ended_by = "shutdown"
+            w.set_exception(ShuttingDown("server shutting down"))
+
+    async def _wait_for_data(self, interruptible: bool) -> None:
+        """Wait until new bytes are buffered. Raises ConnectionClosed / IdleTimeout / ShuttingDown."""
+        if self._eof:
+            self.ended_by = self.ended_by or "eof"
+            raise ConnectionClosed("connection closed by peer")
+        if interruptible and self._stopping:
+            self.ended_by = "shutdown"
+            raise ShuttingDown("server shutting down")
+        if self._waiter is not None:  # invariant 1
+            raise RuntimeError("another read is already waiting on this connection")
+        if self._paused_reading and self._transport is not None:
+            self._paused_reading = False
+            self._transport.resume_reading()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiter = fut
+        self._waiter_interruptible = interruptible
+        timer = (self._loop.call_later(self.idle_timeout, self._idle_expired, fut)
+                 if self.idle_timeout else None)
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _consumed(self) -> None:
+        self._scanned = 0
+        if self._paused_reading and len(self._buffer) <= self._high_water // 4 and self._transport is not None:
+            self._paused_reading = False
+            self._transport.resume_reading()
+
+    # --- reading -------------------------------------------------------------------------------------------
+    async def read_line(self, limit: int | None = None, *, interruptible: bool = True) -> bytes:
+        """One line including its LF (or CRLF). Raises LineTooLong, ConnectionClosed, IdleTimeout, ShuttingDown.
+
+        `limit` (default `limits.line_length`) counts the terminator. `interruptible`: a server shutdown may
+        interrupt this read while nothing of the next line has arrived.
+        """
+        limit = self.limits.line_length if limit is None else limit
+        buf = self._buffer
+        while True:
+            end = min(len(buf), limit)
+            i = buf.find(b"\n", self._scanned, end)
+            if i >= 0:
+                line = bytes(buf[:i + 1])
+                del buf[:i + 1]
+                self._consumed()
+                return line
+            if len(buf) >= limit:
+                # RFC 5321 §4.5.3.1.4: reject the overlong line but keep the session (invariant 2).
+                j = buf.find(b"\n", limit)
+                if j >= 0:
+                    del buf[:j + 1]
+                else:
+                    buf.clear()
+                    self._discarding = True
+                self._consumed()
+                raise LineTooLong(limit)
+            self._scanned = end
+            await self._wait_for_data(interruptible and not buf)
+
+    async def read_some(self, max_bytes: int | None = None, *, interruptible: bool = False) -> bytes:
+        """Whatever is buffered (at most `max_bytes`), waiting for the next chunk if nothing is.
+
+        For sans-I/O cores that do their own framing. Pass `interruptible=True` when the core is between
+        commands, so a server shutdown can end the wait.
+        """
+        buf = self._buffer
+        while not buf:
+            await self._wait_for_data(interruptible)
+        if max_bytes is None or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        self._consumed()
+        return data
+
+    async def read_exact(self, n: int, max_size: int | None = None) -> bytes:
+        """Exactly `n` bytes (IMAP literal, BDAT chunk). LiteralTooLarge if n > max_size (default
+        `limits.literal_size`), before anything is read."""
+        limit = self.limits.literal_size if max_size is None else max_size
+        if n < 0:
+            raise ValueError("negative length")
+        if n > limit:
+            raise LiteralTooLarge(n, limit)
+        buf = self._buffer
+        if len(buf) >= n:
+            data = bytes(buf[:n])
+            del buf[:n]
+            self._consumed()
+            return data
+        out = bytearray()
+        while True:
+            need = n - len(out)
+            if len(buf) >= need:
+                with memoryview(buf) as view:
+                    out += view[:need]
+                del buf[:need]
+                self._consumed()
+                return bytes(out)
+            out += buf
+            buf.clear()
+            self._consumed()
+            await self._wait_for_data(False)
+
+    async def skip(self, n: int) -> None:
+        """Read and drop exactly `n` bytes (a literal the session refused but the client sends anyway,
+        RFC 7888 §4), without holding them in memory."""
+        buf = self._buffer
+        while n > 0:
+            take = min(n, len(buf))
+            del buf[:take]
+            n -= take
+            self._consumed()
+            if n:
+                await self._wait_for_data(False)
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue `data` for sending (invariant 5: dropped once the connection is closed)."""
+        if self._transport is None or self._lost or self._closing:
+            return
+        self.bytes_out += len(data)
+        self._transport.write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        if self._transport is None or self._lost or self._closing:
+            return
+        self.bytes_out += sum(len(c) for c in chunks)
+        self._transport.writelines(chunks)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark (invariant 4)."""
+        if self._lost:
+            self.ended_by = self.ended_by or "eof"
+            raise ConnectionClosed("connection lost")
+        if not self._paused_writing:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._drain_waiter = fut
+        timer = (self._loop.call_later(self.idle_timeout, self._idle_expired, fut)
+                 if self.idle_timeout else None)
+        try:
+            await fut
+        finally:
+            self._drain_waiter = None
+            if timer is not None:
+                timer.cancel()
+        if self._lost:
+            self.ended_by = self.ended_by or "eof"
+            raise ConnectionClosed("connection lost")
+
+    # --- TLS -----------------------------------------------------------------------------------------------
+    async def start_tls(self, ssl_context: ssl.SSLContext | None = None, *,
+                        handshake_timeout: float = 30.0) -> None:
+        """Upgrade to TLS in place (STARTTLS, STLS). Send the "go ahead" reply first; this drains it.
+
+        Raises PlaintextAfterStartTLS (not upgraded; see the module doc), TLSFailed (connection gone).
+        """
+        ctx = ssl_context or self.tls_context
+        if ctx is None:
+            raise RuntimeError("no TLS context configured for this listener")
+        if self._tls:
+            raise RuntimeError("TLS is already active")
+        await self.drain()
+        # No await between this check and loop.start_tls() taking the transport over: nothing can slip in.
+        if self._buffer or self._discarding:
+            raise PlaintextAfterStartTLS(len(self._buffer) + (1 if self._discarding else 0))
+        await self._upgrade(ctx, handshake_timeout)
+
+    async def _upgrade(self, ctx: ssl.SSLContext, handshake_timeout: float) -> None:
+        transport = self._transport
+        if transport is None or self._lost:
+            raise ConnectionClosed("connection lost before the TLS handshake")
+        self._paused_reading = False  # loop.start_tls resumes the raw transport itself
+        try:
+            new = await self._loop.start_tls(transport, self, ctx, server_side=True,
+                                             ssl_handshake_timeout=handshake_timeout)
+        except asyncio.CancelledError:
+            transport.abort()
+            self._mark_lost()
+            raise
+        except Exception as exc:  # ssl.SSLError, ConnectionResetError, handshake timeout, ...
+            transport.abort()
+            self._mark_lost()
+            raise TLSFailed(describe_exception(exc)) from exc
+        if new is None:
+            self._mark_lost()
+            raise TLSFailed("handshake did not complete")
+        self._transport = new
+        self._tls = True
+        sslobj = new.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self._tls_version = sslobj.version()
+            cipher = sslobj.cipher()
+            self._tls_cipher = cipher[0] if cipher else None
+
+    # --- closing -------------------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Close at once, dropping unsent output."""
+        self._closing = True
+        if self._transport is not None and not self._lost:
+            self._transport.abort()
+
+    def close_soon(self) -> None:
+        """Flush what was written, then close, without waiting."""
+        if self._transport is not None and not self._closing and not self._lost:
+            self._transport.close()
+        self._closing = True
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Flush what was written and close; abort if that takes longer than `timeout` (a peer not reading,
+        or not answering the TLS close_notify)."""
+        if self._transport is None:
+            return
+        if not self._closing:
+            self._closing = True
+            if not self._lost:
+                self._transport.close()
+        if self._lost:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except TimeoutError:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return (f"<Connection {self.session_id} {self.listener} peer={self.peer[0]}:{self.peer[1]}"
+                f" tls={self._tls_version or 'no'}>")
