@@ -1,0 +1,544 @@
+"""Import mail from mbox files and Maildirs into a user's mailboxes, and export mailboxes to them.
+
+Theory of operation
+-------------------
+`import_messages` reads records with `postroom.mailformats` and appends them with `Store.append_many`, a batch
+at a time; `export_messages` lists a mailbox, reads each message's bytes and hands records to an mbox or
+Maildir writer. Only the `Store` protocol is used, so every engine works.
+
+Reading and writing files is blocking I/O; it runs in a worker thread (`asyncio.to_thread`), one batch per hop,
+so an import started inside the running server does not stall its event loop. The store calls stay on the loop.
+
+What a source path means:
+
+* an mbox file: one mailbox, `mailbox`;
+* a directory of mbox files (what `export_messages(..., mailbox=None, fmt="mbox")` writes): one mailbox per
+  file, named by its path below the directory without a `.mbox` suffix (Thunderbird's `Name.sbd/` directories
+  are understood; its `.msf` index files and dotfiles are ignored);
+* a Maildir (`cur/` or `new/` inside): the Maildir itself goes to `mailbox`, its Maildir++ sub-folders
+  (`.Sub.Folder`) to mailboxes of the same names (`Sub/Folder`).
+
+In a tree, the entry called INBOX goes to `mailbox`; the others keep their names when `mailbox` is INBOX and
+are put under it otherwise (importing an old account into `Old` gives `Old`, `Old/Sent`, ...).
+
+Skipped, with a reason in the report: UW-IMAP's "FOLDER INTERNAL DATA" pseudo-message (the first message of
+mbox files UW-IMAP and Pine wrote; it holds UIDs, not mail), files in a directory of mbox files that are not
+mbox, Maildir files that vanished while reading (another program moved them), and messages the store refuses.
+A batch the store refuses is retried one message at a time so one bad message does not lose 199 good ones.
+
+Invariants
+----------
+1. A message is counted in the report only after the store returned from appending it (an awaited write is
+   durable, store invariant 1). An import that fails half-way can be resumed by importing the rest; nothing
+   reported as imported is lost.
+2. Flags, keywords and the internal date travel with every message in both directions.
+3. Memory stays bounded whatever the source size: one batch (at most `batch` messages and `_BATCH_BYTES`
+   bytes, or one message if it is larger) is held at a time.
+4. An export never changes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import stat
+import re
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal, cast
+
+from postroom.mailformats import (
+    FormatError,
+    MaildirWriter,
+    MailRecord,
+    is_maildir,
+    looks_like_mbox,
+    maildir_entries,
+    maildir_folder_path,
+    maildir_folders,
+    mbox_entry,
+    read_maildir,
+    read_mbox,
+    read_message_file,
+)
+from postroom.progress import ProgressSink, human_bytes
+from postroom.store.api import (
+    AlreadyExists,
+    AppendRequest,
+    Invalid,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    Store,
+    StoreError,
+    User,
+)
+
+ImportFormat = Literal["auto", "mbox", "maildir", "eml"]
+ExportFormat = Literal["mbox", "maildir"]
+ProgressFactory = Callable[[int | None, str], ProgressSink]
+"""Called once per mailbox with (message count or None if unknown, label); `postroom.progress.Progress` fits."""
+ProgressArg = ProgressFactory | ProgressSink
+"""A factory (one display per mailbox, with its total), or one display for the whole job, closed at its end."""
+
+
+class _Shared:
+    """One caller-made display used for every mailbox: per-mailbox close() is ignored, the job closes it once."""
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self.sink = sink
+
+    def __call__(self, total: int | None, label: str) -> _Shared:
+        return self
+
+    def advance(self, n: int = 1, nbytes: int = 0) -> None:
+        self.sink.advance(n, nbytes)
+
+    def close(self) -> None:
+        pass
+
+
+def _factory(progress: ProgressArg | None) -> tuple[ProgressFactory | None, ProgressSink | None]:
+    """The per-mailbox factory to use, and the sink to close when the whole job ends (if the caller gave one)."""
+    if progress is None:
+        return None, None
+    # A class (`Progress` itself) has an `advance` attribute too, but calling it makes a display: a factory.
+    if isinstance(progress, type) or not hasattr(progress, "advance"):
+        return cast(ProgressFactory, progress), None
+    sink = cast(ProgressSink, progress)
+    return _Shared(sink), sink
+
+
+_BATCH_BYTES = 32 * 1024 * 1024  # invariant 3: 200 messages of 20 MB each would be 4 GB
+_EXPORT_CHUNK = 64  # messages read from the store per worker-thread hop when exporting
+_UW_PSEUDO_SUBJECT = b"DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    where: str  # file, "file:offset" or mailbox
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    count: int = 0  # messages appended
+    bytes: int = 0  # octets appended (CRLF message sizes)
+    skipped: list[Skipped] = field(default_factory=list)
+    mailboxes: dict[str, int] = field(default_factory=dict)  # mailbox name -> messages appended to it
+
+    def summary(self) -> str:
+        """A few lines for a person: what was imported where, and every skipped message with its reason."""
+        lines = [
+            f"imported {self.count} messages ({human_bytes(self.bytes)}) into {len(self.mailboxes)} mailboxes"
+            + "".join(f"\n  {name}: {n}" for name, n in self.mailboxes.items())
+        ]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)}:")
+            lines.extend(f"  {s.where}: {s.reason}" for s in self.skipped)
+        return "\n".join(lines)
+
+
+@dataclass
+class ExportReport:
+    count: int = 0  # messages written
+    bytes: int = 0  # octets of the stored messages written
+    mailboxes: dict[str, int] = field(default_factory=dict)  # mailbox name -> messages written
+    paths: list[Path] = field(default_factory=list)  # one mbox file or Maildir folder per mailbox
+    # What the format could not keep (a Maildir folder has 26 keyword letters) or names that cannot be files.
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for a person: what was written where, and what could not be kept."""
+        lines = [
+            f"exported {self.count} messages ({human_bytes(self.bytes)}) from {len(self.mailboxes)} mailboxes"
+            + "".join(
+                f"\n  {name}: {n} -> {path}" for (name, n), path in zip(self.mailboxes.items(), self.paths)
+            )
+        ]
+        if self.warnings:
+            lines.append("warnings:")
+            lines.extend(f"  {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Import
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str  # mailbox name in the source tree ("INBOX" for the root)
+    kind: Literal["mbox", "maildir", "eml"]
+    path: Path
+
+
+def detect_format(path: str | os.PathLike[str]) -> Literal["mbox", "maildir", "eml"]:
+    """Detect the format: "maildir" for a directory with cur/ or new/, "mbox" for a file starting with a From_
+    line or any other directory, "eml" (one message) for any other file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir():
+        return "maildir" if is_maildir(p) else "mbox"
+    return "mbox" if looks_like_mbox(p) else "eml"
+
+
+def _mbox_tree(root: Path) -> list[_Source]:
+    out: list[_Source] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith(".") or filename.endswith(".msf"):
+                continue
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root).parts
+            parts = [p.removesuffix(".sbd") for p in rel[:-1]]
+            parts.append(rel[-1].removesuffix(".mbox"))
+            name = "/".join(parts)
+            out.append(_Source("INBOX" if name.upper() == "INBOX" else name, "mbox", path))
+    return out
+
+
+def _sources(path: Path, fmt: ImportFormat) -> list[_Source]:
+    kind = detect_format(path) if fmt == "auto" else fmt
+    if kind == "maildir":
+        if not path.is_dir() or not is_maildir(path):
+            raise FormatError(f"{path}: not a Maildir (no cur/ or new/ directory)")
+        return [_Source(name, "maildir", p) for name, p in maildir_folders(path)]
+    if kind == "eml":
+        if not path.is_file():
+            raise FormatError(f"{path}: not a message file")
+        return [_Source("INBOX", "eml", path)]
+    if kind != "mbox":
+        raise ValueError(f"unknown format {fmt!r}: expected auto, mbox, maildir or eml")
+    if path.is_dir():
+        return _mbox_tree(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return [_Source("INBOX", "mbox", path)]
+
+
+def _target_name(mailbox: str, name: str) -> str:
+    if name.upper() == "INBOX":
+        return mailbox
+    if mailbox.upper() == "INBOX":
+        return name
+    return f"{mailbox}/{name}"
+
+
+async def _user(store: Store, address: str) -> User:
+    user = await store.get_user(address)
+    if user is None:
+        raise NotFound(f"no such user: {address}")
+    return user
+
+
+async def _ensure_mailbox(store: Store, user_id: int, name: str) -> Mailbox:
+    mailbox = await store.get_mailbox(user_id, name)
+    if mailbox is not None:
+        return mailbox
+    try:
+        return await store.create_mailbox(user_id, name)
+    except AlreadyExists:  # created meanwhile by a client of the running server
+        found = await store.get_mailbox(user_id, name)
+        if found is None:
+            raise
+        return found
+
+
+def _is_uw_pseudo_message(raw: bytes) -> bool:
+    # Both marks: an "X-IMAP:" field (not Dovecot's "X-IMAPbase:", which rides on a real message) and the subject.
+    head = raw[:8192]
+    return _UW_PSEUDO_SUBJECT in head and re.search(rb"(?im)^X-IMAP:", head) is not None
+
+
+def _take(records: Iterator[MailRecord], limit: int) -> list[MailRecord]:
+    """Up to `limit` records and `_BATCH_BYTES` bytes (always at least one record if any is left)."""
+    out: list[MailRecord] = []
+    size = 0
+    for record in records:
+        out.append(record)
+        size += len(record.raw)
+        if len(out) >= limit or size >= _BATCH_BYTES:
+            break
+    return out
+
+
+async def _append_batch(
+    store: Store, mailbox: Mailbox, records: Sequence[MailRecord], report: ImportReport
+) -> tuple[int, int]:
+    requests = [
+        AppendRequest(raw=r.raw, flags=r.flags, keywords=r.keywords, internal_date=r.internal_date)
+        for r in records
+    ]
+    try:
+        await store.append_many(mailbox.id, requests)
+        return len(records), sum(len(r.raw) for r in records)
+    except StoreError:
+        pass
+    # One message made the batch fail (and the store rolled the whole transaction back): find it.
+    count = size = 0
+    for record, request in zip(records, requests):
+        try:
+            await store.append(mailbox.id, request)
+        except StoreError as exc:
+            report.skipped.append(Skipped(record.origin, f"refused by the store: {exc}"))
+            continue
+        count += 1
+        size += len(record.raw)
+    return count, size
+
+
+async def _import_source(
+    store: Store,
+    user: User,
+    source: _Source,
+    target: str,
+    report: ImportReport,
+    progress: ProgressFactory | None,
+    batch: int,
+) -> None:
+    def skip(where: str, why: str) -> None:
+        report.skipped.append(Skipped(where, why))
+
+    try:
+        mailbox = await _ensure_mailbox(store, user.id, target)
+    except Invalid as exc:  # a folder name the store does not allow (control characters...): the rest goes on
+        skip(str(source.path), f"mailbox {target!r} cannot be created: {exc}")
+        return
+    total: int | None = None
+    records: Generator[MailRecord, None, None]
+    if source.kind == "maildir":
+        entries = await asyncio.to_thread(maildir_entries, source.path)
+        total = len(entries)
+        records = read_maildir(source.path, entries=entries, on_skip=skip)
+    elif source.kind == "eml":
+        total = 1
+        records = (r for r in [await asyncio.to_thread(read_message_file, source.path)])
+    else:
+        records = read_mbox(source.path)
+    report.mailboxes.setdefault(mailbox.name, 0)
+    sink = progress(total, mailbox.name) if progress is not None else None
+    first = True
+    try:
+        while True:
+            chunk = await asyncio.to_thread(_take, records, batch)
+            if not chunk:
+                break
+            keep: list[MailRecord] = []
+            for record in chunk:
+                if first and source.kind == "mbox" and _is_uw_pseudo_message(record.raw):
+                    skip(record.origin, "UW-IMAP folder internal data (not a message)")
+                else:
+                    keep.append(record)
+                first = False
+            count, size = await _append_batch(store, mailbox, keep, report) if keep else (0, 0)
+            report.count += count
+            report.bytes += size
+            report.mailboxes[mailbox.name] += count
+            if sink is not None:
+                sink.advance(len(chunk), sum(len(r.raw) for r in chunk))
+    finally:
+        # Closes the mbox file now if the import stopped early (a generator's `with` runs on close()).
+        records.close()
+        if sink is not None:
+            sink.close()
+
+
+async def import_messages(
+    store: Store,
+    user_address: str,
+    source_path: str | os.PathLike[str],
+    fmt: ImportFormat = "auto",
+    mailbox: str = "INBOX",
+    progress: ProgressArg | None = None,
+    batch: int = 200,
+) -> ImportReport:
+    """Import an mbox file, a directory of mbox files or a Maildir(++) tree into the user's mailboxes.
+
+    Missing mailboxes are created. Raises NotFound for an unknown user, FileNotFoundError for a missing path and
+    FormatError when a single file or directory is not in the format asked for."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    user = await _user(store, user_address)
+    path = Path(source_path)
+    sources = await asyncio.to_thread(_sources, path, fmt)
+    report = ImportReport()
+    single_file = len(sources) == 1 and sources[0].kind == "mbox" and sources[0].path == path
+    factory, job_sink = _factory(progress)
+    try:
+        for source in sources:
+            if (
+                source.kind == "mbox"
+                and not single_file
+                and not await asyncio.to_thread(looks_like_mbox, source.path)
+            ):
+                report.skipped.append(Skipped(str(source.path), "not an mbox file"))
+                continue
+            target = _target_name(mailbox, source.name)
+            await _import_source(store, user, source, target, report, factory, batch)
+    finally:
+        if job_sink is not None:
+            job_sink.close()
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------
+# Export
+
+
+class _MboxFile:
+    """Appends mboxrd entries to one file, keeping what was already there."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f: BinaryIO = open(path, "ab")  # noqa: SIM115 (closed by close(), after the export's last write)
+        # A pipe or terminal (/dev/stdout) has no end to look at and cannot be fsync'd.
+        self._regular = stat.S_ISREG(os.fstat(self._f.fileno()).st_mode)
+        end = self._f.tell() if self._regular else 0
+        if end:
+            # An existing mbox must end in an empty line before our first From_ line, or it would become part
+            # of the last message there.
+            with open(path, "rb") as f:
+                f.seek(max(0, end - 2))
+                tail = f.read()
+            if not tail.endswith(b"\n"):
+                self._f.write(b"\n\n")
+            elif not tail.endswith(b"\n\n") and end > 1:
+                self._f.write(b"\n")
+
+    def add(self, record: MailRecord) -> None:
+        self._f.write(mbox_entry(record))
+
+    def close(self) -> None:
+        self._f.flush()
+        if self._regular:
+            os.fsync(self._f.fileno())
+        self._f.close()
+
+
+def _add_all(writer: _MboxFile | MaildirWriter, records: Sequence[MailRecord]) -> None:
+    for record in records:
+        writer.add(record)
+
+
+def _safe_relative(name: str) -> Path | None:
+    """The mailbox name as a relative path, or None if a component could escape the export directory."""
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or p.startswith(".") or "\0" in p for p in parts):
+        return None
+    return Path(*parts)
+
+
+async def _export_mailbox(
+    store: Store,
+    mailbox: Mailbox,
+    writer: _MboxFile | MaildirWriter,
+    report: ExportReport,
+    progress: ProgressFactory | None,
+) -> None:
+    infos = await store.list_messages(mailbox.id)
+    sink = progress(len(infos), mailbox.name) if progress is not None else None
+    written = 0
+    try:
+        for start in range(0, len(infos), _EXPORT_CHUNK):
+            chunk: list[MessageInfo] = infos[start : start + _EXPORT_CHUNK]
+            records: list[MailRecord] = []
+            for info in chunk:
+                try:
+                    raw = await store.read_message(info.blob_id)
+                except NotFound:
+                    # Expunged by a client of the running server since the listing: it is gone, not lost.
+                    report.warnings.append(f"{mailbox.name}: UID {info.uid} was expunged during the export")
+                    continue
+                records.append(
+                    MailRecord(
+                        raw, info.flags, info.keywords, info.internal_date, f"{mailbox.name}:{info.uid}"
+                    )
+                )
+            await asyncio.to_thread(_add_all, writer, records)
+            size = sum(len(r.raw) for r in records)
+            written += len(records)
+            report.count += len(records)
+            report.bytes += size
+            if sink is not None:
+                sink.advance(len(chunk), size)
+    finally:
+        await asyncio.to_thread(writer.close)
+        if sink is not None:
+            sink.close()
+    report.mailboxes[mailbox.name] = written
+    if isinstance(writer, MaildirWriter) and writer.dropped_keywords:
+        report.warnings.append(
+            f"{mailbox.name}: a Maildir folder holds only 26 keywords; not written: "
+            + ", ".join(sorted(writer.dropped_keywords))
+        )
+
+
+async def export_messages(
+    store: Store,
+    user_address: str,
+    dest_path: str | os.PathLike[str],
+    fmt: ExportFormat,
+    mailbox: str | None = "INBOX",
+    progress: ProgressArg | None = None,
+) -> ExportReport:
+    """Export one mailbox, or all of the user's mailboxes (`mailbox=None`), to mbox or Maildir.
+
+    One mailbox: mbox -> the file `dest_path` (or `dest_path/<name>.mbox` if that is an existing directory);
+    Maildir -> the Maildir `dest_path`. All mailboxes: mbox -> `dest_path/<name>.mbox`, one file per mailbox
+    with `/` in names as sub-directories; Maildir -> a Maildir++ tree with INBOX at `dest_path`.
+    Existing files and Maildirs are added to, never truncated."""
+    if fmt not in ("mbox", "maildir"):
+        raise ValueError(f"unknown format {fmt!r}: expected mbox or maildir")
+    user = await _user(store, user_address)
+    dest = Path(dest_path)
+    report = ExportReport()
+    if mailbox is not None:
+        found = await store.get_mailbox(user.id, mailbox)
+        if found is None:
+            raise NotFound(f"no such mailbox: {mailbox}")
+        boxes = [found]
+    else:
+        # INBOX first, then by name: parents before their children, the order a person reads them in.
+        boxes = sorted(await store.list_mailboxes(user.id), key=lambda m: (m.name.upper() != "INBOX", m.name))
+    factory, job_sink = _factory(progress)
+    try:
+        await _export_boxes(store, boxes, dest, fmt, mailbox is not None, report, factory)
+    finally:
+        if job_sink is not None:
+            job_sink.close()
+    return report
+
+
+async def _export_boxes(
+    store: Store,
+    boxes: Sequence[Mailbox],
+    dest: Path,
+    fmt: ExportFormat,
+    single: bool,
+    report: ExportReport,
+    progress: ProgressFactory | None,
+) -> None:
+    for box in boxes:
+        writer: _MboxFile | MaildirWriter
+        if fmt == "mbox":
+            if single and not dest.is_dir():
+                target = dest
+            else:
+                rel = _safe_relative(box.name)
+                if rel is None:
+                    report.warnings.append(f"{box.name}: not exported: the name cannot be a file name")
+                    continue
+                target = dest / rel.with_name(rel.name + ".mbox")
+            writer = await asyncio.to_thread(_MboxFile, target)
+        else:
+            target = dest if single else maildir_folder_path(dest, box.name)
+            sub = not single and box.name.upper() != "INBOX"
+            writer = await asyncio.to_thread(functools.partial(MaildirWriter, target, maildirfolder=sub))
+        report.paths.append(target)
+        await _export_mailbox(store, box, writer, report, progress)
