@@ -149,18 +149,18 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge(raw, overrides)
     cfg = _build(Config, raw, where, "")
     cfg = dataclasses.replace(cfg, source=where)
     _validate(cfg, where)
     return _absolutise(cfg)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -1,0 +1,225 @@
+"""Builds the running server from a Config and runs it in one asyncio event loop.
+
+Start order: data folder -> TLS certificate -> store (schema) -> metrics -> protocol listeners -> HTTP.
+Stop order is the reverse: stop accepting, let sessions finish up to `server.shutdown_grace_seconds`, stop
+HTTP, close the store (which finishes pending writes). SIGTERM and SIGINT both start a graceful stop.
+
+Invariants:
+1. Nothing listens until the store is open: a client never reaches a session that cannot store.
+2. Every listener that is configured is bound before `start()` returns, or start fails naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .auth.authenticator import Authenticator
+from .auth.passwords import make_credentials
+from .config import IMPLICIT_TLS, Config
+from .metrics import Metrics
+from .net.listener import Handler, ListenerSpec, NetServer, refusal
+from .net.tls import ensure_certificate, server_context
+from .net.unavailable import unavailable_handler
+from .store import open_store
+from .store.api import Store
+from .web.app import create_app
+from .web.server import HttpServer, serve_http
+
+log = logging.getLogger("postroom")
+
+PROTOCOL_OF = {
+    "smtp": "smtp",
+    "submission": "smtp",
+    "submissions": "smtp",
+    "imap": "imap",
+    "imaps": "imap",
+    "pop3": "pop3",
+    "pop3s": "pop3",
+}
+
+@dataclass(frozen=True)
+class Services:
+    """What a protocol session may use. Built once by `Postroom.start()`, shared by every session."""
+
+    config: Config
+    store: Store
+    auth: Authenticator
+    metrics: Metrics
+    tls: ssl.SSLContext
+
+
+def _unavailable(protocol: str) -> Callable[[Services, str], Handler]:
+    return lambda services, listener: unavailable_handler(protocol, services.config.server.hostname)
+
+
+# Listener name -> factory of its session handler. A protocol package replaces its listeners' entries when it
+# is complete (its commands work end to end and it advertises only what it implements).
+HANDLER_FACTORIES: dict[str, Callable[[Services, str], Handler]] = {
+    name: _unavailable(protocol) for name, protocol in PROTOCOL_OF.items()
+}
+
+DEMO_DOMAIN = "localhost"
+DEMO_USER = "demo@localhost"
+
+
+@dataclass
+class Postroom:
+    """The running server: what `start()` built, for `stop()` and for tests."""
+
+    config: Config
+    store: Store | None = None
+    metrics: Metrics | None = None
+    net: NetServer | None = None
+    http: HttpServer | None = None
+    services: Services | None = None
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
+            log.info("tls generated self-signed certificate path=%s", cfg.cert_path)
+        tls = server_context(cfg.cert_path, cfg.key_path)
+
+        self.metrics = Metrics()
+        self.store = open_store(cfg.store_url, cfg.data_path)
+        self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
+        await self.store.open()
+        store = self.store
+        self.services = Services(cfg, store, Authenticator(store, cfg.auth), self.metrics, tls)
+
+        specs = []
+        for name, (host, port) in cfg.listeners.enabled().items():
+            if name == "http":
+                continue
+            protocol = PROTOCOL_OF[name]
+            idle = {"smtp": cfg.limits.smtp_idle_seconds, "imap": cfg.limits.imap_idle_seconds,
+                    "pop3": cfg.limits.pop3_idle_seconds}[protocol]
+            handler = HANDLER_FACTORIES[name](self.services, name)
+            refuse = refusal(protocol, cfg.server.hostname)
+            specs.append(ListenerSpec(name=name, host=host, port=port, handler=handler,
+                                      implicit_tls=name in IMPLICIT_TLS, idle_timeout=idle,
+                                      protocol=protocol, refuse=refuse))
+        self.net = NetServer(specs, tls, cfg.limits, metrics=self.metrics)
+        await self.net.start()
+        self.addresses.update(self.net.addresses)
+
+        if "http" in cfg.listeners.enabled():
+            host, port = cfg.listeners.enabled()["http"]
+
+            async def health() -> dict[str, Any]:
+                try:
+                    await store.list_domains()
+                except Exception as exc:  # the health check reports; it does not raise
+                    log.warning("health check: store unreachable: %s", exc)
+                    return {"status": "error", "store": type(exc).__name__}
+                return {"status": "ok", "store": "ok"}
+
+            metrics = self.metrics
+
+            async def refresh() -> None:
+                metrics.queue_length.set(await store.queue_length())
+
+            app = create_app(self.metrics, health, refresh)
+            self.http = await serve_http(app, host, port)
+            self.addresses["http"] = (host, self.http.port)
+
+    async def stop(self) -> None:
+        if self.net is not None:
+            await self.net.stop(self.config.server.shutdown_grace_seconds)
+        if self.http is not None:
+            await self.http.stop()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def ensure_demo(store: Store, data_dir: Path) -> str:
+    """The Quickstart's domain and user. The demo password is made once and kept (mode 0600) in data_dir."""
+    pw_file = data_dir / "demo-password"
+    if await store.get_domain(DEMO_DOMAIN) is None:
+        await store.add_domain(DEMO_DOMAIN)
+    if pw_file.exists() and await store.get_user(DEMO_USER) is not None:
+        return pw_file.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    password_hash, scram = await asyncio.to_thread(make_credentials, password)
+    if await store.get_user(DEMO_USER) is None:
+        await store.add_user(DEMO_USER, password_hash, scram)
+    else:
+        await store.set_password(DEMO_USER, password_hash, scram)
+    fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
+
+
+def banner(server: Postroom, demo_password: str | None) -> str:
+    cfg = server.config
+    lines = [f"Postroom is running (data in {cfg.data_path}, store {cfg.store_url})", ""]
+    for name, (host, port) in server.addresses.items():
+        shown = f"[{host}]" if ":" in host else host
+        kind = "implicit TLS" if name in IMPLICIT_TLS else ("HTTP" if name == "http" else "plain")
+        lines.append(f"  {name:<12} {shown}:{port}  ({kind})")
+    lines.append("")
+    if demo_password is not None:
+        lines.append(f"  demo login  {DEMO_USER}  password {demo_password}  (kept in {cfg.data_path / 'demo-password'})")
+    http = server.addresses.get("http")
+    if http:
+        lines.append(f"  health      curl http://{http[0]}:{http[1]}/healthz")
+    exe = _command_name()
+    prefix = "" if cfg.source == "<defaults>" else f"--config {cfg.source} "
+    lines.append(f"  put mail in printf 'Subject: hello\\n\\nHi!\\n' > hello.eml && "
+                 f"{exe} {prefix}import --user {DEMO_USER} hello.eml")
+    lines.append(f"  read mail   {exe} {prefix}export --user {DEMO_USER} --format mbox -")
+    lines.append("  (the SMTP, IMAP and POP3 listeners accept TLS but answer 'no service yet' until those protocols land)")
+    lines.append("")
+    lines.append("Stop with Ctrl-C or SIGTERM.")
+    return "\n".join(lines)
+
+
+def _command_name() -> str:
+    """How the user can run `postroom` from where they are: the venv's script when it is not on PATH."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "postroom" and shutil.which("postroom") != str(script.resolve()):
+        try:
+            return str(script.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(script.resolve())
+    return "postroom"
+
+
+async def serve_forever(cfg: Config, demo: bool = False) -> None:
+    server = Postroom(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
+        print(banner(server, demo_password), flush=True)
+        log.info("started listeners=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()))
+        await stop.wait()
+        log.info("stopping grace=%ss", cfg.server.shutdown_grace_seconds)
+    finally:
+        await server.stop()
+        log.info("stopped")
+
+
+def run_server(cfg: Config, demo: bool = False) -> int:
+    try:
+        asyncio.run(serve_forever(cfg, demo))
+    except OSError as exc:
+        print(f"postroom: cannot start: {exc} (is another server using that port? change [listeners] in the config)",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,414 @@
+"""The `postroom` command: run the server and administer what it keeps.
+
+Every admin command opens the same store the server uses (SQLite in WAL mode lets both run at once), does its
+work, and exits. Errors are one line on stderr saying what to do next, and a non-zero exit status:
+1 for a refused request (unknown user, taken name), 2 for a usage or configuration error.
+
+Invariants:
+1. A password never comes from the command line unless `--password` is given explicitly; it is read from a
+   prompt or from `--password-stdin`, and it is never printed or logged.
+2. Addresses and domain names are lower-cased before they reach the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+from . import __version__
+from . import config as config_mod
+from .auth.passwords import make_credentials
+from .mailformats import FormatError
+from .store import open_store
+from .store.api import AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def normalize_address(value: str, *, allow_catchall: bool = False) -> str:
+    """'User@Example.ORG' -> 'user@example.org'. '@example.org' only with allow_catchall. Raises CliError."""
+    value = value.strip().lower()
+    local, sep, domain = value.rpartition("@")
+    if not sep:
+        raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
+    if not local and not allow_catchall:
+        raise CliError(f"{value!r} has no local part (write user@{domain})", EXIT_USAGE)
+    if any(c.isspace() or c in '<>()[],;:\\"@' for c in local) or len(local) > 64:
+        # RFC 5321 §4.5.3.1.1: at most 64 octets; quoted local parts are not accepted for accounts.
+        raise CliError(f"{value!r}: the part before @ has characters Postroom does not accept", EXIT_USAGE)
+    return f"{local}@{normalize_domain(domain)}"
+
+
+def normalize_domain(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    labels = value.split(".")
+    if not value or any(not label or len(label) > 63 for label in labels) or len(value) > 253:
+        raise CliError(f"{value!r} is not a domain name like example.org", EXIT_USAGE)
+    for label in labels:
+        if label.startswith("-") or label.endswith("-") or not all(c.isalnum() or c == "-" for c in label):
+            raise CliError(f"{value!r} is not a domain name like example.org", EXIT_USAGE)
+    return value
+
+
+def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
+    if getattr(args, "password", None) is not None:
+        password: str = args.password
+    elif getattr(args, "password_stdin", False):
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Again: ") != password:
+            raise CliError("the two passwords differ; nothing changed")
+    else:
+        raise CliError("no password: pipe it with --password-stdin, or run on a terminal to be asked", EXIT_USAGE)
+    if len(password) < 8:
+        raise CliError("the password must have at least 8 characters", EXIT_USAGE)
+    return password
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def with_store(cfg: config_mod.Config, work: Callable[[Store], Awaitable[int | None]]) -> int:
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg.store_url, cfg.data_path)
+    await store.open()
+    try:
+        return (await work(store)) or 0
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "add":
+        name = normalize_domain(args.name)
+        await store.add_domain(name)
+        print(f"domain {name} added")
+    elif args.action == "remove":
+        name = normalize_domain(args.name)
+        await store.remove_domain(name)
+        print(f"domain {name} removed")
+    else:
+        domains = await store.list_domains()
+        users = await store.list_users()
+        counts: dict[int, int] = {}
+        for u in users:
+            counts[u.domain_id] = counts.get(u.domain_id, 0) + 1
+        print(table([(d.name, counts.get(d.id, 0)) for d in domains], ("domain", "users")))
+    return 0
+
+
+async def cmd_user(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "list":
+        users = await store.list_users(normalize_domain(args.domain) if args.domain else None)
+        rows = [(u.address, u.quota_bytes or "-") for u in users]
+        print(table(rows, ("address", "quota")))
+        return 0
+    address = normalize_address(args.address)
+    if args.action == "add":
+        domain = address.rpartition("@")[2]
+        if await store.get_domain(domain) is None:
+            raise CliError(f"domain {domain} is not local; add it first: postroom domain add {domain}")
+        if await store.get_user(address) is not None:
+            raise CliError(f"user {address} already exists (change the password with: postroom user passwd)")
+        password_hash, scram = make_credentials(read_password(args))
+        await store.add_user(address, password_hash, scram, quota_bytes=args.quota)
+        print(f"user {address} added")
+    elif args.action == "passwd":
+        if await store.get_user(address) is None:
+            raise CliError(f"no user {address}")
+        password_hash, scram = make_credentials(read_password(args))
+        await store.set_password(address, password_hash, scram)
+        print(f"password of {address} changed")
+    elif args.action == "remove":
+        await store.remove_user(address)
+        print(f"user {address} removed, with all their mail")
+    return 0
+
+
+async def _require_local_domain(store: Store, address: str) -> None:
+    domain = address.rpartition("@")[2]
+    if await store.get_domain(domain) is None:
+        raise CliError(f"{domain} is not a local domain; add it first: postroom domain add {domain}")
+
+
+async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "list":
+        aliases = await store.list_aliases()
+        print(table([(a.source, a.target) for a in aliases], ("source", "target")))
+        return 0
+    source = normalize_address(args.source, allow_catchall=True)
+    if args.action == "add":
+        await _require_local_domain(store, source)
+        targets = [normalize_address(t) for t in args.targets]
+        await store.add_alias(source, targets)
+        print(f"alias {source} -> {', '.join(targets)}")
+    else:
+        target = normalize_address(args.target) if args.target else None
+        await store.remove_alias(source, target)
+        print(f"alias {source}{' -> ' + target if target else ''} removed")
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "create":
+        address = normalize_address(args.address)
+        await _require_local_domain(store, address)
+        owner = normalize_address(args.owner)
+        ml = await store.create_list(address, owner, ListPolicy(args.policy))
+        for member in args.members:
+            await store.add_list_member(address, normalize_address(member))
+        print(f"list {ml.address} created (owner {ml.owner}, posting {ml.policy.value}, bounces {ml.bounce_address})")
+    elif args.action == "add":
+        address = normalize_address(args.address)
+        for member in args.members:
+            await store.add_list_member(address, normalize_address(member))
+        print(f"{len(args.members)} member(s) added to {address}")
+    elif args.action == "remove":
+        address = normalize_address(args.address)
+        for member in args.members:
+            await store.remove_list_member(address, normalize_address(member))
+        print(f"{len(args.members)} member(s) removed from {address}")
+    elif args.action == "policy":
+        address = normalize_address(args.address)
+        await store.set_list_policy(address, ListPolicy(args.policy))
+        print(f"list {address}: posting is now {args.policy}")
+    elif args.action == "show":
+        address = normalize_address(args.address)
+        ml = await store.get_list(address)
+        if ml is None:
+            raise CliError(f"no list {address}")
+        print(f"list     {ml.address}\nowner    {ml.owner}\nposting  {ml.policy.value}\nbounces  {ml.bounce_address}")
+        print(f"members  {len(ml.members)}")
+        for m in ml.members:
+            print(f"  {m}")
+    elif args.action == "delete":
+        address = normalize_address(args.address)
+        await store.delete_list(address)
+        print(f"list {address} deleted")
+    else:
+        lists = await store.list_lists()
+        print(table([(m.address, m.owner, m.policy.value, len(m.members)) for m in lists],
+                    ("list", "owner", "posting", "members")))
+    return 0
+
+
+async def cmd_import(args: argparse.Namespace, store: Store) -> int:
+    from .progress import Progress
+    from .transfer import import_messages
+
+    address = normalize_address(args.user)
+    if await store.get_user(address) is None:
+        raise CliError(f"no user {address}")
+    report = await import_messages(store, address, Path(args.path), args.format, mailbox=args.mailbox or "INBOX",
+                                   progress=Progress)
+    print(report.summary())
+    return 0
+
+
+async def cmd_export(args: argparse.Namespace, store: Store) -> int:
+    from .progress import Progress
+    from .transfer import export_messages
+
+    address = normalize_address(args.user)
+    if await store.get_user(address) is None:
+        raise CliError(f"no user {address}")
+    to_stdout = args.path == "-"
+    if to_stdout and args.format != "mbox":
+        raise CliError("only --format mbox can be written to standard output ('-')", EXIT_USAGE)
+    path = Path("/dev/stdout") if to_stdout else Path(args.path)
+    report = await export_messages(store, address, path, args.format, mailbox=args.mailbox or ("INBOX" if to_stdout else None),
+                                   progress=Progress)
+    # With the mail on stdout, the summary goes to stderr so the two never mix.
+    print(report.summary(), file=sys.stderr if to_stdout else sys.stdout)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Argument parsing
+
+DESCRIPTION = """\
+Postroom: an all-in-one Internet mail server (SMTP, submission, queue, IMAP, POP3, web) in one program.
+
+Start the server with `postroom serve` (no configuration needed: it listens on high ports on 127.0.0.1 and
+keeps its data in ./postroom-data). Administer it with the other commands; they work while it runs.
+"""
+
+EPILOG = """\
+examples:
+  postroom serve --demo                      run with a demo domain and user, print how to connect
+  postroom domain add example.org
+  postroom user add alice@example.org        (asks for the password)
+  echo "$PW" | postroom user add bob@example.org --password-stdin
+  postroom alias add postmaster@example.org alice@example.org
+  postroom alias add @example.org alice@example.org          (catch-all)
+  postroom list create team@example.org --owner alice@example.org --policy members
+  postroom import --user alice@example.org ~/mail/inbox.mbox
+  postroom export --user alice@example.org --format maildir ./alice-backup
+  postroom config-sample > postroom.toml     then: postroom --config postroom.toml serve
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="postroom", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file (default: built-in defaults)")
+    p.add_argument("--version", action="version", version=f"postroom {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("serve", help="run the server until SIGTERM or Ctrl-C")
+    s.add_argument("--demo", action="store_true",
+                   help="make sure the domain 'localhost' and the user demo@localhost exist; print how to connect")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("check", help="read the configuration, report problems, print the effective settings")
+    sub.add_parser("config-sample", help="print a commented configuration file with every default")
+
+    d = sub.add_parser("domain", help="local domains: add | list | remove")
+    dsub = d.add_subparsers(dest="action", required=True)
+    dsub.add_parser("add", help="accept mail for a domain").add_argument("name")
+    dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)").add_argument("name")
+    dsub.add_parser("list", help="list local domains")
+
+    u = sub.add_parser("user", help="mail users: add | passwd | list | remove")
+    usub = u.add_subparsers(dest="action", required=True)
+    for action, helptext in (("add", "create a user (login = full address) with the standard mailboxes"),
+                             ("passwd", "change a user's password")):
+        ua = usub.add_parser(action, help=helptext)
+        ua.add_argument("address")
+        src = ua.add_mutually_exclusive_group()
+        src.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+        src.add_argument("--password", help="the password itself (visible to other local users in `ps`: avoid)")
+        if action == "add":
+            ua.add_argument("--quota", type=int, default=0, metavar="BYTES", help="mailbox quota, 0 = none")
+    usub.add_parser("remove", help="delete a user and all their mail").add_argument("address")
+    ul = usub.add_parser("list", help="list users")
+    ul.add_argument("--domain")
+
+    a = sub.add_parser("alias", help="aliases: add | list | remove")
+    asub = a.add_subparsers(dest="action", required=True)
+    aa = asub.add_parser("add", help="deliver mail for SOURCE (address or @domain catch-all) to TARGETs")
+    aa.add_argument("source")
+    aa.add_argument("targets", nargs="+")
+    ar = asub.add_parser("remove", help="remove an alias (all its targets, or one)")
+    ar.add_argument("source")
+    ar.add_argument("target", nargs="?")
+    asub.add_parser("list", help="list aliases")
+
+    ml = sub.add_parser("list", help="mailing lists: create | add | remove | policy | show | delete | all")
+    msub = ml.add_subparsers(dest="action", required=True)
+    mc = msub.add_parser("create", help="create a mailing list")
+    mc.add_argument("address")
+    mc.add_argument("--owner", required=True)
+    mc.add_argument("--policy", choices=[p.value for p in ListPolicy], default=ListPolicy.MEMBERS.value,
+                    help="who may post: open (anyone), members (default), moderated (owner approves each post)")
+    mc.add_argument("--member", dest="members", action="append", default=[], metavar="ADDRESS",
+                    help="a first member (repeat for more)")
+    for action, helptext in (("add", "add members"), ("remove", "remove members")):
+        mm = msub.add_parser(action, help=helptext)
+        mm.add_argument("address")
+        mm.add_argument("members", nargs="+")
+    mp = msub.add_parser("policy", help="change who may post")
+    mp.add_argument("address")
+    mp.add_argument("policy", choices=[p.value for p in ListPolicy])
+    msub.add_parser("show", help="show a list and its members").add_argument("address")
+    msub.add_parser("delete", help="delete a list").add_argument("address")
+    msub.add_parser("all", help="list every mailing list")
+
+    im = sub.add_parser("import", help="import mbox, Maildir or single-message files into a user's mailbox")
+    im.add_argument("--user", required=True)
+    im.add_argument("--mailbox", default=None, help="target mailbox (default INBOX; Maildir++ trees keep their folders)")
+    im.add_argument("--format", choices=["auto", "mbox", "maildir", "eml"], default="auto",
+                    help="auto (default): a folder with cur/ or new/ is Maildir, a file starting with 'From ' is mbox, "
+                         "any other file is one message (eml)")
+    im.add_argument("path")
+    ex = sub.add_parser("export", help="export a user's mail as mbox or Maildir")
+    ex.add_argument("--user", required=True)
+    ex.add_argument("--mailbox", default=None, help="one mailbox (default: all of them)")
+    ex.add_argument("--format", choices=["mbox", "maildir"], required=True)
+    ex.add_argument("path", help="file or folder to write; '-' writes one mailbox as mbox to standard output")
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
+    "domain": cmd_domain,
+    "user": cmd_user,
+    "alias": cmd_alias,
+    "list": cmd_list,
+    "import": cmd_import,
+    "export": cmd_export,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "config-sample":
+            sys.stdout.write(config_mod.SAMPLE)
+            return 0
+        cfg = config_mod.load(args.config)
+        if args.command == "check":
+            print(f"{cfg.source}: OK")
+            print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}")
+            for name, (host, port) in cfg.listeners.enabled().items():
+                print(f"  {name:<12}{host}:{port}")
+            return 0
+        if args.command == "serve":
+            from .app import run_server
+
+            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                                format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            return run_server(cfg, demo=args.demo)
+        handler = COMMANDS[args.command]
+        return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
+    except config_mod.ConfigError as exc:
+        print(f"postroom: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(f"postroom: {exc}", file=sys.stderr)
+        return exc.code
+    except NotFound as exc:
+        print(f"postroom: not found: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except AlreadyExists as exc:
+        print(f"postroom: already exists: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (Invalid, StoreError) as exc:
+        print(f"postroom: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except FormatError as exc:
+        print(f"postroom: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

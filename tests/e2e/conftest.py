@@ -1,0 +1,92 @@
+"""A real Postroom server for end-to-end tests, in-process on random loopback ports.
+
+`server` starts `app.Postroom` in an event loop on a thread of its own, every listener on 127.0.0.1:0, data in
+the test's tmp_path; sync clients (smtplib, imaplib, poplib, subprocesses) talk to it over real sockets, and
+`server.run(coro)` runs a coroutine (a store call) in the server's loop. Override settings per test module with
+a `server_overrides` fixture returning a dict shaped like the TOML file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from postroom import config as config_mod
+from postroom.app import Postroom
+from postroom.auth.passwords import make_credentials
+from postroom.store.api import Store, User
+
+T = TypeVar("T")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+
+class ServerHandle:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.config = cfg
+        self.postroom = Postroom(cfg)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="postroom-test-server", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def store(self) -> Store:
+        assert self.postroom.store is not None
+        return self.postroom.store
+
+    def port(self, listener: str) -> int:
+        return self.postroom.addresses[listener][1]
+
+    def add_user(self, address: str, password: str = "secret-password") -> User:
+        domain = address.rpartition("@")[2]
+
+        async def go() -> User:
+            if await self.store.get_domain(domain) is None:
+                await self.store.add_domain(domain)
+            h, scram = await asyncio.to_thread(make_credentials, password)
+            return await self.store.add_user(address, h, scram)
+
+        return self.run(go())
+
+    def tls_client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.config.cert_path))
+        ctx.check_hostname = False  # the certificate names the hostname; tests connect to 127.0.0.1 by number
+        return ctx
+
+    def stop(self) -> None:
+        try:
+            self.run(self.postroom.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerHandle]:
+    base: dict[str, Any] = {
+        "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 2.0},
+        "listeners": {name: "127.0.0.1:0" for name in LISTENERS},
+    }
+    cfg = config_mod.load(None, config_mod.merge(base, server_overrides))
+    handle = ServerHandle(cfg)
+    try:
+        handle.run(handle.postroom.start())
+    except BaseException:
+        handle.stop()
+        raise
+    yield handle
+    handle.stop()

@@ -1,0 +1,139 @@
+"""The `postroom` admin commands against a real store in a temporary data folder."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from postroom import cli
+from postroom.auth.passwords import verify_password
+from postroom.store import open_store
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    p = tmp_path / "postroom.toml"
+    p.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    return p
+
+
+def run(conf: Path, *args: str, stdin: str | None = None, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = cli.main(["--config", str(conf), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def user_hash(conf: Path, address: str) -> str:
+    data = conf.parent / "data"
+
+    async def get() -> str:
+        store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+        await store.open()
+        try:
+            user = await store.get_user(address)
+            assert user is not None
+            return user.password_hash
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+def test_domain_user_alias_list_lifecycle(conf: Path, capsys, monkeypatch) -> None:
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "Example.ORG")[0] == 0
+    code, out, _ = r("domain", "list")
+    assert code == 0 and "example.org" in out
+
+    code, _, err = r("user", "add", "alice@nowhere.test", "--password-stdin", stdin="longenough\n")
+    assert code == 1 and "domain add nowhere.test" in err
+
+    code, out, _ = r("user", "add", "Alice@Example.org", "--password-stdin", stdin="longenough\n")
+    assert code == 0 and "alice@example.org" in out
+    assert "longenough" not in out
+    assert verify_password(user_hash(conf, "alice@example.org"), "longenough")
+
+    code, _, err = r("user", "add", "alice@example.org", "--password-stdin", stdin="longenough\n")
+    assert code == 1 and "already exists" in err
+
+    code, _, err = r("user", "add", "bob@example.org", "--password-stdin", stdin="short\n")
+    assert code == 2 and "at least 8" in err
+
+    assert r("user", "passwd", "alice@example.org", "--password-stdin", stdin="another-one\n")[0] == 0
+    assert verify_password(user_hash(conf, "alice@example.org"), "another-one")
+
+    code, out, _ = r("user", "list")
+    assert "alice@example.org" in out
+
+    assert r("alias", "add", "postmaster@example.org", "alice@example.org", "ext@remote.test")[0] == 0
+    assert r("alias", "add", "@example.org", "alice@example.org")[0] == 0
+    code, out, _ = r("alias", "list")
+    assert "postmaster@example.org" in out and "ext@remote.test" in out and "@example.org" in out
+    code, _, err = r("alias", "add", "x@remote.test", "alice@example.org")
+    assert code == 1 and "not a local domain" in err
+    assert r("alias", "remove", "postmaster@example.org", "ext@remote.test")[0] == 0
+    code, out, _ = r("alias", "list")
+    assert "ext@remote.test" not in out and "postmaster@example.org" in out
+
+    code, out, _ = r("list", "create", "team@example.org", "--owner", "alice@example.org",
+                     "--policy", "moderated", "--member", "bob@remote.test")
+    assert code == 0 and "team-bounces@example.org" in out
+    assert r("list", "add", "team@example.org", "carol@remote.test")[0] == 0
+    code, out, _ = r("list", "show", "team@example.org")
+    assert "moderated" in out and "bob@remote.test" in out and "carol@remote.test" in out
+    assert r("list", "remove", "team@example.org", "bob@remote.test")[0] == 0
+    assert r("list", "policy", "team@example.org", "open")[0] == 0
+    code, out, _ = r("list", "show", "team@example.org")
+    assert "bob@remote.test" not in out and "open" in out
+    code, out, _ = r("list", "all")
+    assert "team@example.org" in out
+    assert r("list", "delete", "team@example.org")[0] == 0
+
+    code, _, err = r("domain", "remove", "example.org")
+    assert code == 1  # users and aliases remain
+    assert r("alias", "remove", "postmaster@example.org")[0] == 0
+    assert r("alias", "remove", "@example.org")[0] == 0
+    assert r("user", "remove", "alice@example.org")[0] == 0
+    assert r("domain", "remove", "example.org")[0] == 0
+
+
+def test_bad_input_gets_clear_errors(conf: Path, capsys, monkeypatch) -> None:
+    r = lambda *a: run(conf, *a, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    code, _, err = r("domain", "add", "bad_domain!")
+    assert code == 2 and "not a domain name" in err
+    code, _, err = r("user", "remove", "noat")
+    assert code == 2 and "not an address" in err
+    code, _, err = r("user", "passwd", "nobody@example.org", "--password", "whatever123")
+    assert code == 1 and "no user" in err
+
+
+def test_no_password_source_without_tty(conf: Path, capsys, monkeypatch) -> None:
+    r = lambda *a: run(conf, *a, stdin="", capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "example.org")[0] == 0
+    code, _, err = r("user", "add", "a@example.org")
+    assert code == 2 and "--password-stdin" in err
+
+
+def test_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nrecipients = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "postroom.cli", "--config", str(bad), "serve"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "limits.recipients" in proc.stderr
+
+
+def test_console_script_help_and_check(conf: Path) -> None:
+    exe = Path(sys.executable).with_name("postroom")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "serve" in proc.stdout and "import" in proc.stdout
+    proc = subprocess.run([str(exe), "--config", str(conf), "check"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "OK" in proc.stdout and "imaps" in proc.stdout

@@ -1,0 +1,112 @@
+"""`postroom serve --demo` as a real process: every listener accepts, TLS where configured, HTTP health and
+metrics answer, SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+
+def start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
+    conf = tmp_path / "postroom.toml"
+    lines = [f'[server]\ndata_dir = "{tmp_path / "data"}"\nshutdown_grace_seconds = 2\n[listeners]']
+    lines += [f'{name} = "127.0.0.1:0"' for name in LISTENERS]
+    conf.write_text("\n".join(lines) + "\n")
+    exe = Path(sys.executable).with_name("postroom")
+    proc = subprocess.Popen([str(exe), "--config", str(conf), "serve", "--demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    banner = []
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+        if line.startswith("Stop with"):
+            break
+    text = "".join(banner)
+    if not text.rstrip().endswith("SIGTERM."):
+        proc.kill()
+        raise AssertionError(f"no banner; stdout={text!r} stderr={proc.stderr.read() if proc.stderr else ''}")
+    ports = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+127\.0\.0\.1:(\d+)", text, re.M)}
+    return proc, ports, text
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err
+    return err
+
+
+def tls_context(tmp_path: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls" / "cert.pem"))
+    ctx.check_hostname = False  # the certificate names "localhost"; the test connects to 127.0.0.1 by number
+    return ctx
+
+
+@pytest.mark.timeout(120)
+def test_serve_demo_all_listeners(tmp_path: Path) -> None:
+    proc, ports, text = start(tmp_path)
+    try:
+        assert set(ports) == set(LISTENERS), text
+        password_file = tmp_path / "data" / "demo-password"
+        password = password_file.read_text().strip()
+        assert password in text and "demo@localhost" in text
+        assert os.stat(password_file).st_mode & 0o777 == 0o600
+        ctx = tls_context(tmp_path)
+
+        # SMTP without a protocol yet: the RFC 5321 §3.1 "no service" greeting, over plain and implicit TLS.
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10)
+        assert info.value.smtp_code == 554
+        with pytest.raises(smtplib.SMTPConnectError):
+            smtplib.SMTP_SSL("127.0.0.1", ports["submissions"], timeout=10, context=ctx)
+
+        with pytest.raises(imaplib.IMAP4.error):
+            imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx, timeout=10)
+        with pytest.raises(poplib.error_proto):
+            poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=ctx, timeout=10)
+
+        # Implicit TLS really is TLS with our certificate.
+        with socket.create_connection(("127.0.0.1", ports["imaps"]), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+                assert tls.recv(200).startswith(b"* BYE")
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/healthz", timeout=10) as resp:
+            assert resp.status == 200 and b'"ok"' in resp.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        assert re.search(r'postroom_sessions_total\{protocol="smtp"\} [1-9]', body), body
+    finally:
+        err = stop(proc)
+    assert password not in err  # logs never carry passwords
+    assert "session protocol=smtp" in err
+
+    # A second start keeps the demo user and its password.
+    proc, ports, text = start(tmp_path)
+    try:
+        assert password in text
+    finally:
+        stop(proc)
