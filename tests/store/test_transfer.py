@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from postroom.mime.meta import MessageMeta
 from postroom.mailformats import (
     FormatError,
     MaildirWriter,
@@ -302,6 +303,9 @@ async def test_single_message_file(store: Store, tmp_path: Path) -> None:
     assert await store.read_message(info.blob_id) == b"Subject: hello\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nHi!\r\n"
     assert info.internal_date == 1704103200.0
     assert info.flags == 0
+    meta = await store.read_meta(info.blob_id)  # parsed once, at import
+    assert meta is not None
+    assert MessageMeta.from_bytes(meta).envelope.startswith(b'("Mon, 1 Jan 2024 10:00:00 +0000" "hello" ')
 
 
 async def test_export_appends_to_existing_files(store: Store, tmp_path: Path) -> None:
