@@ -21,3 +21,17 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     asyncio.run(asyncio.wait_for(fn(**kwargs), ASYNC_TEST_TIMEOUT))
     return True
+
+
+def require_command(command: str) -> str:
+    """The path of `command`, or skip the test naming the Debian package to install (tests/debian-packages.txt)."""
+    import shutil
+    from pathlib import Path
+
+    path = shutil.which(command)
+    if path is None:
+        listing = Path(__file__).with_name("debian-packages.txt").read_text().splitlines()
+        packages = [line.split()[0] for line in listing if line.strip() and not line.startswith("#")
+                    and line.split()[-1] == command]
+        pytest.skip(f"{command} is not installed (apt-get install {packages[0] if packages else command})")
+    return path
