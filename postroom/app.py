@@ -30,6 +30,8 @@ from .metrics import Metrics
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
 from .net.unavailable import unavailable_handler
+from .pop3.session import pop3_handler
+from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Store
 from .web.app import create_app
@@ -67,6 +69,9 @@ def _unavailable(protocol: str) -> Callable[[Services, str], Handler]:
 HANDLER_FACTORIES: dict[str, Callable[[Services, str], Handler]] = {
     name: _unavailable(protocol) for name, protocol in PROTOCOL_OF.items()
 }
+HANDLER_FACTORIES.update(pop3=pop3_handler, pop3s=pop3_handler)  # issue 6: POP3 (postroom/pop3/)
+HANDLER_FACTORIES.update(smtp=smtp_handler_factory, submission=smtp_handler_factory,
+                         submissions=smtp_handler_factory)  # issue 4: SMTP (postroom/smtp/)
 
 DEMO_DOMAIN = "localhost"
 DEMO_USER = "demo@localhost"
@@ -180,7 +185,15 @@ def banner(server: Postroom, demo_password: str | None) -> str:
     lines.append(f"  put mail in printf 'Subject: hello\\n\\nHi!\\n' > hello.eml && "
                  f"{exe} {prefix}import --user {DEMO_USER} hello.eml")
     lines.append(f"  read mail   {exe} {prefix}export --user {DEMO_USER} --format mbox -")
-    lines.append("  (the SMTP, IMAP and POP3 listeners accept TLS but answer 'no service yet' until those protocols land)")
+    pop3s = server.addresses.get("pop3s")
+    if pop3s:
+        login = f"{DEMO_USER}:{demo_password}" if demo_password is not None else "USER:PASSWORD"
+        lines.append(f"  read mail   curl -k -u '{login}' pop3s://{pop3s[0]}:{pop3s[1]}/1   (message 1 over POP3)")
+    smtp = server.addresses.get("smtp")
+    if smtp:
+        lines.append(f"  send mail   python3 -c \"import smtplib; smtplib.SMTP('{smtp[0]}', {smtp[1]}).sendmail("
+                     f"'you@example.org', ['{DEMO_USER}'], 'Subject: hello\\\\r\\\\n\\\\r\\\\nHi!\\\\r\\\\n')\"")
+    lines.append("  (the IMAP listeners accept TLS but answer 'no service yet' until that protocol lands)")
     lines.append("")
     lines.append("Stop with Ctrl-C or SIGTERM.")
     return "\n".join(lines)

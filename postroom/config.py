@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -94,6 +95,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class POP3Config:
+    login_delay_seconds: int = 0  # RFC 2449 §6.8 LOGIN-DELAY: 0 = no delay (not advertised); else enforced
+    expire: str = ""  # RFC 2449 §6.7 EXPIRE: "" = not advertised, "never", or "0" (retrieved mail deleted at QUIT)
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    relay_networks: tuple[str, ...] = ()  # CIDRs whose clients may relay through the MX listener without AUTH
+    vrfy_expn: bool = False  # VRFY/EXPN give real answers to authenticated clients (always 252/502 to others)
+    max_received: int = 50  # more Received header fields than this: a mail loop, 554 5.4.6 (RFC 5321 §6.3)
+    pop_before_smtp_minutes: float = 0.0  # a POP3/IMAP login lets that IP relay for this long; 0: off
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -101,6 +116,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -251,6 +268,22 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("smtp_idle_seconds", "imap_idle_seconds", "pop3_idle_seconds"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"{where}: limits.{name} must be positive")
+    for i, net in enumerate(cfg.smtp.relay_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: smtp.relay_networks[{i}]: {net!r} is not an address or network "
+                              f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    if cfg.smtp.max_received < 1:
+        raise ConfigError(f"{where}: smtp.max_received must be at least 1")
+    if cfg.smtp.pop_before_smtp_minutes < 0:
+        raise ConfigError(f"{where}: smtp.pop_before_smtp_minutes must not be negative (0 switches it off)")
+    if cfg.pop3.login_delay_seconds < 0:
+        raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
+    if cfg.pop3.expire not in ("", "never", "0"):
+        # Days-based expiry needs a retrieval timestamp per message and a sweeper; only what is true is offered.
+        raise ConfigError(f"{where}: pop3.expire must be \"\" (not advertised), \"never\" or \"0\", "
+                          f"not {cfg.pop3.expire!r}")
 
 
 def _absolutise(cfg: Config) -> Config:
@@ -313,4 +346,15 @@ pop3_idle_seconds = 600
 errors_per_session = 20
 mime_depth = 50
 mime_parts = 5000
+
+[pop3]
+login_delay_seconds = 0            # RFC 2449 LOGIN-DELAY: minimum seconds between logins of a user; 0: none
+expire = ""                        # RFC 2449 EXPIRE: "" (not advertised), "never", or "0" (delete retrieved at QUIT)
+
+[smtp]
+relay_networks = []                # e.g. ["192.0.2.0/24"]: may relay through the MX listener without AUTH
+vrfy_expn = false                  # true: VRFY/EXPN answer authenticated clients (others get 252/502)
+max_received = 50                  # more Received headers than this is a mail loop (554 5.4.6)
+pop_before_smtp_minutes = 0        # >0: a POP3/IMAP login lets that IP relay for this many minutes
+
 '''

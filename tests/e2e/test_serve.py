@@ -27,9 +27,10 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     lines = [f'[server]\ndata_dir = "{tmp_path / "data"}"\nshutdown_grace_seconds = 2\n[listeners]']
     lines += [f'{name} = "127.0.0.1:0"' for name in LISTENERS]
     conf.write_text("\n".join(lines) + "\n")
-    exe = Path(sys.executable).with_name("postroom")
-    proc = subprocess.Popen([str(exe), "--config", str(conf), "serve", "--demo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # `python -m postroom` from this checkout (not whatever `postroom` the venv's script points at).
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     banner = []
     deadline = time.monotonic() + 60
     assert proc.stdout is not None
@@ -76,17 +77,19 @@ def test_serve_demo_all_listeners(tmp_path: Path) -> None:
         assert os.stat(password_file).st_mode & 0o777 == 0o600
         ctx = tls_context(tmp_path)
 
-        # SMTP without a protocol yet: the RFC 5321 §3.1 "no service" greeting, over plain and implicit TLS.
-        with pytest.raises(smtplib.SMTPConnectError) as info:
-            smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10)
-        assert info.value.smtp_code == 554
-        with pytest.raises(smtplib.SMTPConnectError):
-            smtplib.SMTP_SSL("127.0.0.1", ports["submissions"], timeout=10, context=ctx)
+        # SMTP (issue 4): a message to the demo user through the MX listener; submission over implicit TLS.
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as smtp:
+            assert smtp.sendmail("someone@example.test", ["demo@localhost"], b"Subject: hi\r\n\r\nhello\r\n") == {}
+        with smtplib.SMTP_SSL("127.0.0.1", ports["submissions"], timeout=10, context=ctx) as smtps:
+            smtps.login("demo@localhost", password)
 
         with pytest.raises(imaplib.IMAP4.error):
             imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx, timeout=10)
-        with pytest.raises(poplib.error_proto):
-            poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=ctx, timeout=10)
+        pop = poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=ctx, timeout=10)  # POP3 (issue 6)
+        pop.user("demo@localhost")
+        pop.pass_(password)
+        assert pop.stat()[0] == 1  # the message sent over SMTP above
+        pop.quit()
 
         # Implicit TLS really is TLS with our certificate.
         with socket.create_connection(("127.0.0.1", ports["imaps"]), timeout=10) as raw:

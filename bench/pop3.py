@@ -1,0 +1,332 @@
+"""POP3 retrieve-all throughput: Postroom beside Dovecot's POP3 server on the same messages.
+
+    .venv/bin/python bench/pop3.py [--count 5000] [--size 4096] [--rounds 3] [--window 50] [--dir PATH]
+
+A maildrop of --count messages (sizes spread around --size) is put into a fresh Postroom data folder (through
+the store, as delivery would) and into a temporary Maildir for a throwaway Dovecot (Debian's dovecot-pop3d:
+`dovecot -F` with a generated config, a passwd-file user, plaintext logins, on a free high loopback port; it is
+stopped by its PID). Postroom runs as its own process (`postroom serve`, only the pop3 listener), so client and
+server do not share an interpreter.
+
+One client for both servers: a raw socket that logs in with USER/PASS and sends RETR 1..N, either pipelined
+(--window commands in flight, RFC 2449 PIPELINING, as fetchmail and most clients batch) or one at a time
+(send, wait for the whole reply). Replies are framed by scanning for CRLF "." CRLF, at C speed, so the client is
+not the bottleneck. Each server gets one untimed warm-up pass (Dovecot builds its index, both fill the page
+cache), then --rounds timed passes; the best is reported. QUIT deletes nothing (no DELE), so every pass sees
+the same maildrop.
+
+Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from postroom.auth.passwords import make_credentials  # noqa: E402
+from postroom.store import open_store  # noqa: E402
+from postroom.store.api import AppendRequest  # noqa: E402
+
+USER = "bench@example.org"
+PASSWORD = "bench-password"
+
+
+def progress(text: str, end: str = "\n") -> None:
+    sys.stderr.write(text + end)
+    sys.stderr.flush()
+
+
+def make_messages(count: int, size: int) -> list[bytes]:
+    rng = random.Random(1939)
+    line = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
+    out = []
+    for i in range(count):
+        target = max(400, int(rng.uniform(0.25, 1.75) * size))
+        head = (f"From: Sender {i} <sender{i}@example.net>\r\nTo: {USER}\r\nSubject: bench message {i}\r\n"
+                f"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{i}@bench.example>\r\n\r\n").encode()
+        body = (line * (target // len(line) + 1))[: target - len(head)]
+        if i % 7 == 0:
+            body = b".a line with a leading dot\r\n" + body  # some dot-stuffing work for both servers
+        out.append(head + body.rstrip(b"\r\n") + b"\r\n")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"+OK"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer on port {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- the client ------------------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        assert self._line().startswith(b"+OK")
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        self.buf += chunk
+
+    def _line(self) -> bytes:
+        while (i := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        line = bytes(self.buf[:i])
+        del self.buf[: i + 2]
+        return line
+
+    def cmd(self, text: str) -> bytes:
+        self.sock.sendall(text.encode() + b"\r\n")
+        line = self._line()
+        if not line.startswith(b"+OK"):
+            raise RuntimeError(f"{text.split()[0]}: {line!r}")
+        return line
+
+    def _multi(self) -> int:
+        """Consume one +OK multi-line reply; return its size in bytes."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\r\n.\r\n", start)
+            if i >= 0:
+                if not self.buf.startswith(b"+OK"):
+                    raise RuntimeError(f"bad reply {bytes(self.buf[:80])!r}")
+                n = i + 5
+                del self.buf[:n]
+                return n
+            start = max(0, len(self.buf) - 4)
+            self._fill()
+
+    def login(self) -> int:
+        self.cmd(f"USER {USER}")
+        self.cmd(f"PASS {PASSWORD}")
+        return int(self.cmd("STAT").split()[1])
+
+    def retrieve_all(self, count: int, window: int, label: str) -> tuple[float, int]:
+        got = 0
+        sent = 0
+        octets = 0
+        started = time.perf_counter()
+        shown = started
+        while got < count:
+            while sent < count and sent - got < window:
+                sent_to = min(count, got + window)
+                self.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(sent + 1, sent_to + 1)))
+                sent = sent_to
+            octets += self._multi()
+            got += 1
+            now = time.perf_counter()
+            if now - shown > 0.5 or got == count:
+                shown = now
+                progress(f"\r  {label:<34} {got:>6}/{count}  {got / (now - started):8.0f} msg/s", end="")
+        progress("")
+        return time.perf_counter() - started, octets
+
+    def quit(self) -> None:
+        self.cmd("QUIT")
+        self.sock.close()
+
+
+def measure(port: int, count: int, window: int, rounds: int, label: str) -> tuple[float, int]:
+    c = Client(port)
+    assert c.login() == count
+    c.retrieve_all(count, 50, f"{label} (warm-up)")
+    c.quit()
+    best = (float("inf"), 0)
+    for r in range(rounds):
+        c = Client(port)
+        c.login()
+        secs, octets = c.retrieve_all(count, window, f"{label} round {r + 1}/{rounds}")
+        c.quit()
+        best = min(best, (secs, octets))
+    return best
+
+
+# --- the servers -----------------------------------------------------------------------------------------
+
+
+async def fill_postroom(data: Path, messages: list[bytes]) -> None:
+    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+    await store.open()
+    try:
+        await store.add_domain("example.org")
+        h, scram = await asyncio.to_thread(make_credentials, PASSWORD)
+        user = await store.add_user(USER, h, scram)
+        inbox = await store.get_mailbox(user.id, "INBOX")
+        assert inbox is not None
+        for i in range(0, len(messages), 500):
+            await store.append_many(inbox.id, [AppendRequest(raw=m) for m in messages[i:i + 500]])
+            progress(f"\r  filling Postroom store {min(i + 500, len(messages)):>6}/{len(messages)}", end="")
+        progress("")
+    finally:
+        await store.close()
+
+
+def start_postroom(work: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    data = work / "postroom"
+    asyncio.run(fill_postroom(data, messages))
+    port = free_port()
+    cfg = work / "postroom.toml"
+    off = "\n".join(f'{n} = ""' for n in ("smtp", "submission", "submissions", "imap", "imaps", "pop3s", "http"))
+    cfg.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\npop3 = "127.0.0.1:{port}"\n{off}\n'
+                   f'[auth]\nallow_plaintext = true\n')
+    exe = Path(sys.executable).with_name("postroom")
+    proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stdout=subprocess.DEVNULL,
+                            stderr=open(work / "postroom.log", "wb"))
+    wait_port(port, proc, "postroom")
+    return proc, port
+
+
+def start_dovecot(work: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    if not os.path.exists(dovecot):
+        raise RuntimeError("dovecot not installed (Debian: apt-get install dovecot-pop3d)")
+    d = work / "dovecot"
+    maildir = d / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    now = int(time.time())
+    for i, m in enumerate(messages):
+        lf = m.replace(b"\r\n", b"\n")  # Maildir files have LF line ends; Dovecot sends CRLF
+        (maildir / "cur" / f"{now}.M{i}P1.bench,S={len(lf)},W={len(m)}:2,").write_bytes(lf)
+        if i % 500 == 499 or i == len(messages) - 1:
+            progress(f"\r  filling Dovecot Maildir {i + 1:>6}/{len(messages)}", end="")
+    progress("")
+    (d / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
+    if os.geteuid() == 0:  # Dovecot will not run mail processes as root: use nobody, and give it the files
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+        for path in [d, *d.rglob("*")]:
+            os.chown(path, uid, gid)
+        work.chmod(0o755)
+    else:
+        uid, gid = os.getuid(), os.getgid()
+    port = free_port()
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""
+protocols = pop3
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={d}
+}}
+mail_location = maildir:{maildir}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+""")
+    proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=open(work / "dovecot.stderr", "wb"))
+    wait_port(port, proc, "dovecot")
+    return proc, port
+
+
+def dovecot_version() -> str:
+    try:
+        return subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--size", type=int, default=4096, help="average message size in bytes")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=50, help="RETR commands in flight when pipelining")
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="pop3-bench-", dir=args.dir))
+    messages = make_messages(args.count, args.size)
+    total_mib = sum(map(len, messages)) / (1 << 20)
+    progress(f"pop3 bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
+    results: dict[tuple[str, str], tuple[float, int]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        servers = [("Postroom", start_postroom), (f"Dovecot {dovecot_version()}", start_dovecot)]
+        for name, start in servers:
+            proc, port = start(work, messages)
+            procs.append(proc)
+            for mode, window in (("pipelined", args.window), ("one at a time", 1)):
+                results[(name, mode)] = measure(port, args.count, window, args.rounds, f"{name}, {mode}")
+            stop(proc)
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+    postroom_name, dovecot_name = servers[0][0], servers[1][0]
+    print(f"\nPOP3 retrieve-all: {args.count} messages ({total_mib:.1f} MiB), best of {args.rounds}, "
+          f"pipelining window {args.window}")
+    print(f"| mode | server | seconds | msgs/s | MB/s | Postroom / Dovecot |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for mode in ("pipelined", "one at a time"):
+        base = results[(dovecot_name, mode)][0]
+        for name in (postroom_name, dovecot_name):
+            secs, octets = results[(name, mode)]
+            ratio = f"{base / secs:.2f}x" if name == postroom_name else ""
+            print(f"| {mode} | {name} | {secs:.3f} | {args.count / secs:,.0f} | {octets / secs / 1e6:.1f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Mailing lists: the headers list copies carry, and moderated posts held for the owner's approval.
+
+Theory of operation
+-------------------
+A post to a list goes out as one copy per member with List-Id / List-Post / List-Unsubscribe prepended
+(RFC 2919, RFC 2369) and the envelope sender rewritten to the list's bounce address, so bounces reach the list,
+not the poster. Mail to the bounce address goes to the list owner.
+
+Moderation (policy `moderated`). The post is not distributed: it is held, and the owner gets a notice with the
+post attached and two addresses carrying a random 128-bit token:
+
+    <list-local>+approve-<token>@<domain>     send any message here to distribute the held post
+    <list-local>+reject-<token>@<domain>      send any message here to drop it
+
+The token is the capability (only the notice carries it); the router also requires the envelope sender of the
+approval to be the list owner. Held posts live under `<data_dir>/held/` as `<token>.eml` plus `<token>.json`
+(list address and original sender), each written to a temporary file, fsync'd, renamed and the directory
+fsync'd, before the poster gets `250`.
+
+Invariants
+1. A held post is durable before the SMTP `250` that accepted it.
+2. A token is used once: approval or rejection removes the held files; a second use is 550 5.1.1.
+3. Held files are found only by a token of exactly 32 lower-case hex digits (no path can be smuggled in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from postroom.mime.compose import Attachment, compose
+from postroom.store.api import MailingList
+
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+ACTION_RE = re.compile(r"^(?P<base>.+)\+(?P<action>approve|reject)-(?P<token>[0-9a-f]{32})$")
+
+
+def list_headers(ml: MailingList) -> bytes:
+    local, _, domain = ml.address.partition("@")
+    # RFC 2919 §2: list-id = "<" local "." domain ">"; RFC 2369 §3: mailto URLs in angle brackets.
+    return (f"List-Id: <{local}.{domain}>\r\n"
+            f"List-Post: <mailto:{ml.address}>\r\n"
+            f"List-Unsubscribe: <mailto:{ml.owner}?subject=unsubscribe%20{ml.address}>\r\n"
+            f"Precedence: list\r\n").encode("ascii", "replace")
+
+
+def action_address(ml: MailingList, action: str, token: str) -> str:
+    local, _, domain = ml.address.partition("@")
+    return f"{local}+{action}-{token}@{domain}"
+
+
+@dataclass(frozen=True)
+class HeldPost:
+    token: str
+    list_address: str
+    mail_from: str
+    raw: bytes
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HeldPosts:
+    """The moderation queue on disk (see the module doc)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _hold_sync(self, list_address: str, mail_from: str, raw: bytes) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
+        _write_durably(self.directory / f"{token}.eml", raw)
+        _write_durably(self.directory / f"{token}.json",
+                       json.dumps({"list": list_address, "mail_from": mail_from}).encode())
+        _fsync_dir(self.directory)  # invariant 1
+        return token
+
+    async def hold(self, list_address: str, mail_from: str, raw: bytes) -> str:
+        return await asyncio.to_thread(self._hold_sync, list_address, mail_from, raw)
+
+    def _get_sync(self, token: str) -> HeldPost | None:
+        if not TOKEN_RE.match(token):  # invariant 3
+            return None
+        try:
+            info = json.loads((self.directory / f"{token}.json").read_bytes())
+            raw = (self.directory / f"{token}.eml").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return HeldPost(token, str(info["list"]), str(info["mail_from"]), raw)
+
+    async def get(self, token: str) -> HeldPost | None:
+        return await asyncio.to_thread(self._get_sync, token)
+
+    def _drop_sync(self, token: str) -> None:
+        if not TOKEN_RE.match(token):
+            return
+        for suffix in (".json", ".eml"):
+            try:
+                (self.directory / f"{token}{suffix}").unlink()
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self.directory)
+
+    async def drop(self, token: str) -> None:
+        await asyncio.to_thread(self._drop_sync, token)
+
+    def list_tokens(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.stem for p in self.directory.glob("*.json") if TOKEN_RE.match(p.stem))
+
+
+def moderation_notice(ml: MailingList, token: str, mail_from: str, raw: bytes, hostname: str) -> bytes:
+    """The mail the owner gets for a held post: what it is, how to approve or reject, the post attached."""
+    subject = _header(raw, b"subject") or "(no subject)"
+    approve = action_address(ml, "approve", token)
+    reject = action_address(ml, "reject", token)
+    text = (f"A post to {ml.address} from <{mail_from}> is waiting for your approval.\n\n"
+            f"Subject: {subject}\n\n"
+            f"To approve it, send any message to:\n    {approve}\n\n"
+            f"To reject it, send any message to:\n    {reject}\n\n"
+            f"The post is attached.\n")
+    return compose(from_=ml.bounce_address, to=[ml.owner], subject=f"Approval needed: {subject}"[:200],
+                   text=text, domain=hostname,
+                   attachments=[Attachment("post.eml", raw, "text/plain")],
+                   headers=[("Auto-Submitted", "auto-generated")])
+
+
+def _header(raw: bytes, name: bytes) -> str:
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[:end]
+    for line in head.split(b"\r\n"):
+        if line[:len(name) + 1].lower() == name + b":":
+            return line[len(name) + 1:].strip().decode("utf-8", "replace")[:200]
+    return ""

@@ -1,0 +1,660 @@
+"""The POP3 server core, sans I/O: bytes in, events out, reply bytes back. RFC 1939, 2449, 2595, 5034.
+
+Theory of operation
+-------------------
+`POP3Core` never touches a socket, the store, the clock or a password. The session (`session.py`) feeds it
+what the client sent (`receive_data`) and asks for the next thing to do (`next_event`). The answer is one of:
+
+- `NEED_DATA`: no complete line is buffered; read more and feed it.
+- `Send(chunks, close)`: a reply the core decided alone (every error, STAT, LIST, UIDL, DELE, RSET, NOOP, CAPA,
+  the USER acknowledgement, QUIT in AUTHORIZATION). Write it; if `close`, end the session.
+- `CheckPassword(user, password)`: PASS after USER. The session checks it and answers with `login_ok` /
+  `login_failed`.
+- `StartSasl(mechanism, initial)`: AUTH (RFC 5034). The core is now in SASL mode: each following line becomes a
+  `SaslResponse(data)` (base64 already decoded) until the session calls `login_ok` / `login_failed`; `*`
+  cancels (RFC 5034 §4) and the core answers that itself. The session sends challenges with `sasl_challenge`.
+- `StartTls()`: STLS (RFC 2595 §4). The session checks that no plaintext was pipelined after it, answers
+  `tls_go_ahead()` (or `tls_refused()`), upgrades, and calls `tls_started()`.
+- `Retrieve(number, entry, lines)`: RETR (lines None) or TOP. The session reads the body and sends
+  `message_reply(...)`, or `message_gone(number)` when another session removed it meanwhile.
+- `Update(uids)`: QUIT in TRANSACTION (RFC 1939 §6): remove these UIDs in one durable transaction, then send
+  `update_done()` (or `update_failed()`) and close.
+
+Replies are built only here, so every wording, response code and RFC citation lives in one file.
+
+The maildrop (RFC 1939 §4, §5) is the list of `Entry` handed to `login_ok`: fixed for the session, numbered
+from 1, each with its size and its unique-id. DELE marks, RSET unmarks, only `Update` at QUIT removes.
+
+Line reading follows `net/connection.py`: a line may end in CRLF or a bare LF; a line longer than the limit is
+answered with one `-ERR` as soon as the limit is crossed and its remainder is dropped as it arrives, so the
+buffer never holds more than one line's limit plus what was fed at once.
+
+Invariants
+1. `next_event` returns at most one event per complete line, in the order the lines arrived (RFC 2449 §6.6
+   PIPELINING: commands are answered in order, any number may be buffered).
+2. A command is checked against `ALLOWED[verb]` for the current state before its handler runs; handlers never
+   see a command in the wrong state.
+3. Only `login_ok` enters TRANSACTION and only `Update` (QUIT in TRANSACTION) enters UPDATE; nothing is ever
+   removed from the store because of anything but that event, so a dropped connection deletes nothing.
+4. A deleted (marked) message is invisible to STAT, LIST, UIDL, RETR, TOP and DELE until RSET.
+5. A protocol error (unknown command, bad syntax, wrong state, overlong line, failed login) counts towards
+   `max_errors`; reaching it closes the session with one last `-ERR`. `-ERR no such message` does not count:
+   it is an ordinary answer for a client racing its own bookkeeping.
+6. No password or SASL payload is ever kept past the event that carries it, nor put in a reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------------------------------------------------
+# States, events, options
+
+
+class State(enum.Enum):
+    AUTHORIZATION = "authorization"
+    TRANSACTION = "transaction"
+    UPDATE = "update"
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message of the maildrop, as fixed at login."""
+
+    uid: int
+    size: int
+    blob_id: str
+    uidl: str  # RFC 1939 §7: 1-70 characters 0x21-0x7E, never reused for another message
+
+
+@dataclass(frozen=True)
+class Send:
+    chunks: tuple[bytes, ...]
+    close: bool = False
+
+
+@dataclass(frozen=True)
+class CheckPassword:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StartSasl:
+    mechanism: str  # upper case, one the core allowed
+    initial: bytes | None = field(repr=False)  # RFC 5034 §4: None when the client sent no initial response
+
+
+@dataclass(frozen=True)
+class SaslResponse:
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True)
+class Retrieve:
+    number: int
+    entry: Entry
+    lines: int | None  # None: RETR; else TOP with this many body lines
+
+
+@dataclass(frozen=True)
+class Update:
+    uids: tuple[int, ...]
+
+
+Event = _NeedData | Send | CheckPassword | StartSasl | SaslResponse | StartTls | Retrieve | Update
+
+
+@dataclass(frozen=True)
+class Options:
+    """What this connection may offer. Built by the session from the config and the Authenticator."""
+
+    user_without_tls: bool = False  # USER/PASS before TLS (auth.allow_plaintext)
+    mechanisms_without_tls: tuple[str, ...] = ("SCRAM-SHA-256",)
+    mechanisms_with_tls: tuple[str, ...] = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+    stls: bool = True  # a TLS context exists for this listener
+    tls: bool = False  # the connection is TLS already (implicit TLS listener)
+    expire: str = ""  # RFC 2449 §6.7: "", "NEVER" or "0"
+    login_delay: int = 0  # RFC 2449 §6.8: 0 = not advertised
+    implementation: str = "Postroom"
+    line_limit: int = 8192
+    max_errors: int = 20
+    hostname: str = "localhost"
+
+
+# Commands and the states they are allowed in: RFC 1939 §4-§7, RFC 2449 §5 (CAPA in both), RFC 2595 §4 (STLS),
+# RFC 5034 §4 (AUTH).
+_A, _T = State.AUTHORIZATION, State.TRANSACTION
+ALLOWED: dict[str, frozenset[State]] = {
+    "CAPA": frozenset({_A, _T}),
+    "QUIT": frozenset({_A, _T}),
+    "USER": frozenset({_A}),
+    "PASS": frozenset({_A}),
+    "AUTH": frozenset({_A}),
+    "STLS": frozenset({_A}),
+    "STAT": frozenset({_T}),
+    "LIST": frozenset({_T}),
+    "RETR": frozenset({_T}),
+    "DELE": frozenset({_T}),
+    "NOOP": frozenset({_T}),
+    "RSET": frozenset({_T}),
+    "TOP": frozenset({_T}),
+    "UIDL": frozenset({_T}),
+}
+
+OK = b"+OK"
+TERMINATOR = b".\r\n"
+
+
+def _line(text: str) -> bytes:
+    return text.encode("utf-8") + b"\r\n"
+
+
+def ok(text: str) -> bytes:
+    return _line(f"+OK {text}" if text else "+OK")
+
+
+def err(text: str) -> bytes:
+    return _line(f"-ERR {text}")
+
+
+class _Error(Exception):
+    """A handler's refusal: becomes one `-ERR` line. `counts`: a protocol error (invariant 5)."""
+
+    def __init__(self, text: str, counts: bool = True) -> None:
+        super().__init__(text)
+        self.text = text
+        self.counts = counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Message formatting (pure functions: the hot path of RETR)
+
+
+def dot_stuff(raw: bytes) -> list[bytes]:
+    """The stored bytes as a multi-line response body plus the terminator (RFC 1939 §3: a line starting with
+    "." gets one more "."; the response ends with CRLF "." CRLF).
+
+    Messages are stored with CRLF line ends; one with a bare LF (an IMAP APPEND may carry one) is sent with
+    CRLF line ends so that no client mistakes one of its lines for the terminator. Two C-speed passes, no
+    per-line Python loop.
+    """
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    body = raw.replace(b"\r\n.", b"\r\n..")
+    chunks = [b".", body] if body.startswith(b".") else [body]
+    if body and not body.endswith(b"\r\n"):
+        chunks.append(b"\r\n")
+    chunks.append(TERMINATOR)
+    return chunks
+
+
+def top(raw: bytes, lines: int) -> bytes:
+    """RFC 1939 §7 TOP: the header, the blank line after it, and the first `lines` lines of the body."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if raw.startswith(b"\r\n"):  # an empty header: the message starts with the blank line
+        body_start = 2
+    else:
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:  # no body at all: the whole message is header
+            return raw
+        body_start = end + 4
+    pos = body_start
+    for _ in range(lines):
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            return raw
+        pos = nl + 1
+    return raw[:pos]
+
+
+def parse_number(arg: str) -> int | None:
+    """A message number or TOP line count: decimal digits only, at most 9 (RFC 1939 §3 arguments are short;
+    this also keeps int() away from 4300-digit strings)."""
+    if not arg or len(arg) > 9 or not arg.isascii() or not arg.isdigit():
+        return None
+    return int(arg)
+
+
+def make_uidl(uidvalidity: int, uid: int) -> str:
+    """RFC 1939 §7 unique-id, stable forever: UIDVALIDITY and UID never name another message (store/api.py
+    invariant 3), and INBOX keeps its UIDVALIDITY for its lifetime."""
+    return f"{uidvalidity}.{uid}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class POP3Core:
+    """One POP3 conversation's state and reply logic. See the module docstring."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.state = State.AUTHORIZATION
+        self.tls = options.tls
+        self.errors = 0
+        self.closed = False
+        self.quit = False  # the client said QUIT (for the session log)
+        self.entries: list[Entry] = []
+        self.deleted: set[int] = set()  # message numbers marked by DELE (1-based)
+        self.retrieved: set[int] = set()  # message numbers sent whole by RETR
+        self.username = ""
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._peeked = 0  # bytes at the start of the buffer already seen by upcoming_retrievals
+        self._discarding = False
+        self._pending_user: str | None = None  # set by USER, consumed by the very next command (RFC 1939 §7)
+        self._sasl = False  # SASL mode: lines are responses, not commands
+        self._waiting = False  # an event is with the session; no new command until it answers
+
+    # --- greeting -------------------------------------------------------------------------------------
+    def greeting(self) -> bytes:
+        # RFC 1939 §4: +OK greeting. No APOP timestamp: APOP needs the plaintext password kept on the server.
+        return ok(f"{self.options.hostname} Postroom POP3 server ready")
+
+    # --- input ----------------------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if self._discarding:
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            self._discarding = False
+            data = data[i + 1:]
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not consumed as lines yet (the session checks this before answering STLS)."""
+        return len(self._buffer) + (1 if self._discarding else 0)
+
+    @property
+    def between_commands(self) -> bool:
+        """Nothing of a next line has arrived and no exchange is in progress: a shutdown may interrupt."""
+        return not self._buffer and not self._sasl and not self._discarding
+
+    def _next_line(self) -> bytes | None | _Error:
+        buf = self._buffer
+        limit = self.options.line_limit
+        end = min(len(buf), limit)
+        i = buf.find(b"\n", self._scanned, end)
+        if i >= 0:
+            line = bytes(buf[:i + 1])
+            del buf[:i + 1]
+            self._scanned = 0
+            self._peeked = max(0, self._peeked - (i + 1))
+            return line
+        if len(buf) >= limit:
+            j = buf.find(b"\n", limit)
+            if j >= 0:
+                del buf[:j + 1]
+            else:
+                buf.clear()
+                self._discarding = True
+            self._scanned = 0
+            self._peeked = 0
+            # RFC 2449 §4: commands are at most 255 octets; we allow `line_limit` and refuse longer ones.
+            return _Error("line too long")
+        self._scanned = end
+        return None
+
+    def next_event(self) -> Event:
+        if self.closed:
+            return Send((), close=True)
+        if self._waiting:
+            raise RuntimeError("the session has not answered the previous event")
+        got = self._next_line()
+        if got is None:
+            return NEED_DATA
+        if isinstance(got, _Error):
+            if self._sasl:
+                self._sasl = False
+            return self._error(got)
+        line = got[:-2] if got.endswith(b"\r\n") else got[:-1]
+        if self._sasl:
+            return self._sasl_line(line)
+        try:
+            return self._command(line)
+        except _Error as exc:
+            return self._error(exc)
+
+    def _error(self, exc: _Error) -> Send:
+        if exc.counts:
+            self.errors += 1
+            if self.errors >= self.options.max_errors:
+                self.closed = True
+                return Send((err("too many errors, closing connection"),), close=True)
+        return Send((err(exc.text),))
+
+    # --- commands -------------------------------------------------------------------------------------
+    def _command(self, line: bytes) -> Event:
+        verb_b, _, rest_b = line.partition(b" ")
+        verb = verb_b.decode("ascii", "replace").upper()
+        pending_user, self._pending_user = self._pending_user, None
+        if not verb_b or not verb_b.isalpha() or not verb_b.isascii():
+            raise _Error("unknown command")
+        if verb not in ALLOWED:
+            if verb == "APOP":
+                raise _Error("APOP is not offered; use USER/PASS or AUTH")
+            raise _Error("unknown command")
+        if self.state not in ALLOWED[verb]:
+            raise _Error(f"{verb} is not allowed in the {self.state.value.upper()} state")
+        try:
+            rest = rest_b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Error("arguments are not valid UTF-8") from None
+        if verb == "PASS":
+            # RFC 1939 §7: PASS takes the rest of the line, spaces included; only valid right after USER.
+            if pending_user is None:
+                raise _Error("USER first")
+            if not rest:
+                raise _Error("PASS needs a password")
+            self._waiting = True
+            return CheckPassword(pending_user, rest)
+        args = rest.split()
+        handler = getattr(self, "_cmd_" + verb.lower())
+        result: Event = handler(args)
+        return result
+
+    def _no_args(self, verb: str, args: list[str]) -> None:
+        if args:
+            raise _Error(f"{verb} takes no arguments")
+
+    def _message(self, arg: str) -> tuple[int, Entry]:
+        n = parse_number(arg)
+        if n is None or n < 1 or n > len(self.entries):
+            raise _Error("no such message", counts=n is None)
+        if n in self.deleted:
+            raise _Error(f"message {n} is deleted", counts=False)
+        return n, self.entries[n - 1]
+
+    def _stat(self) -> tuple[int, int]:
+        count = size = 0
+        for i, e in enumerate(self.entries, 1):
+            if i not in self.deleted:
+                count += 1
+                size += e.size
+        return count, size
+
+    def _cmd_capa(self, args: list[str]) -> Send:
+        self._no_args("CAPA", args)
+        return Send((ok("Capability list follows"), *(_line(c) for c in self.capabilities()), TERMINATOR))
+
+    def capabilities(self) -> list[str]:
+        """RFC 2449 §5/§6: only what works on this connection, in this state."""
+        o = self.options
+        caps = ["TOP", "UIDL"]
+        if self.tls or o.user_without_tls:
+            caps.append("USER")  # RFC 2449 §6.3; RFC 2595 §4: may be withheld until TLS
+        mechs = self._mechanisms()
+        if mechs:
+            caps.append("SASL " + " ".join(mechs))  # RFC 2449 §6.3 / RFC 5034 §3
+        if o.stls and not self.tls and self.state is State.AUTHORIZATION:
+            caps.append("STLS")  # RFC 2595 §4
+        caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]  # RFC 2449 §6.4, RFC 3206 §6, RFC 2449 §6.6
+        if o.expire:
+            caps.append(f"EXPIRE {o.expire}")  # RFC 2449 §6.7
+        if o.login_delay:
+            caps.append(f"LOGIN-DELAY {o.login_delay}")  # RFC 2449 §6.8
+        caps.append(f"IMPLEMENTATION {o.implementation}")  # RFC 2449 §6.9
+        return caps
+
+    def _mechanisms(self) -> tuple[str, ...]:
+        return self.options.mechanisms_with_tls if self.tls else self.options.mechanisms_without_tls
+
+    def _cmd_quit(self, args: list[str]) -> Event:
+        self._no_args("QUIT", args)
+        self.quit = True
+        if self.state is State.AUTHORIZATION:
+            self.closed = True  # RFC 1939 §4: QUIT in AUTHORIZATION does not enter UPDATE
+            return Send((ok(f"{self.options.hostname} POP3 server signing off"),), close=True)
+        self.state = State.UPDATE  # RFC 1939 §6
+        self._waiting = True
+        uids = {self.entries[n - 1].uid for n in self.deleted}
+        if self.options.expire == "0":
+            uids |= {self.entries[n - 1].uid for n in self.retrieved}  # RFC 2449 §6.7: EXPIRE 0
+        return Update(tuple(sorted(uids)))
+
+    def _cmd_user(self, args: list[str]) -> Send:
+        if not (self.tls or self.options.user_without_tls):
+            # RFC 2595 §4 lets a server refuse plaintext logins until STLS; RFC 3206 [AUTH] tells the client
+            # that retrying the same way will not help.
+            raise _Error("[AUTH] Plaintext authentication is not allowed without TLS (use STLS or port 995)")
+        if len(args) != 1:
+            raise _Error("USER needs one argument: the mailbox name")
+        self._pending_user = args[0]
+        return Send((ok("send PASS"),))
+
+    def _cmd_auth(self, args: list[str]) -> Event:
+        if not args:
+            # Not in RFC 5034, but what RFC 1734-era clients (Outlook) send to list the mechanisms; harmless.
+            return Send((ok("mechanisms follow"), *(_line(m) for m in self._mechanisms()), TERMINATOR))
+        if len(args) > 2:
+            raise _Error("AUTH takes a mechanism and an optional initial response")
+        mech = args[0].upper()
+        if mech not in self._mechanisms():
+            if mech in self.options.mechanisms_with_tls and not self.tls:
+                raise _Error(f"[AUTH] {mech} is not allowed without TLS (use STLS or port 995)")
+            raise _Error(f"unsupported mechanism {args[0][:40]}")
+        initial: bytes | None = None
+        if len(args) == 2:
+            # RFC 5034 §4: "=" is an empty initial response.
+            initial = b"" if args[1] == "=" else _b64(args[1])
+            if initial is None:
+                raise _Error("initial response is not valid base64")
+        self._sasl = True
+        self._waiting = True
+        return StartSasl(mech, initial)
+
+    def _cmd_stls(self, args: list[str]) -> Event:
+        self._no_args("STLS", args)
+        if self.tls:
+            raise _Error("TLS is already active")  # RFC 2595 §4
+        if not self.options.stls:
+            raise _Error("STLS is not available here")
+        self._waiting = True
+        return StartTls()
+
+    def _cmd_stat(self, args: list[str]) -> Send:
+        self._no_args("STAT", args)
+        count, size = self._stat()
+        return Send((ok(f"{count} {size}"),))  # RFC 1939 §5: drop listing "nn mm"
+
+    def _cmd_list(self, args: list[str]) -> Send:
+        if len(args) > 1:
+            raise _Error("LIST takes at most one argument")
+        if args:
+            n, e = self._message(args[0])
+            return Send((ok(f"{n} {e.size}"),))
+        count, size = self._stat()
+        lines = [f"{i} {e.size}\r\n".encode() for i, e in enumerate(self.entries, 1) if i not in self.deleted]
+        return Send((ok(f"{count} messages ({size} octets)"), b"".join(lines), TERMINATOR))
+
+    def _cmd_uidl(self, args: list[str]) -> Send:
+        if len(args) > 1:
+            raise _Error("UIDL takes at most one argument")
+        if args:
+            n, e = self._message(args[0])
+            return Send((ok(f"{n} {e.uidl}"),))
+        lines = [f"{i} {e.uidl}\r\n".encode() for i, e in enumerate(self.entries, 1) if i not in self.deleted]
+        return Send((ok("unique-id listing follows"), b"".join(lines), TERMINATOR))
+
+    def _cmd_retr(self, args: list[str]) -> Event:
+        if len(args) != 1:
+            raise _Error("RETR needs one argument: a message number")
+        n, e = self._message(args[0])
+        self._waiting = True
+        return Retrieve(n, e, None)
+
+    def _cmd_top(self, args: list[str]) -> Event:
+        if len(args) != 2:
+            raise _Error("TOP needs two arguments: a message number and a number of lines")
+        lines = parse_number(args[1])
+        if lines is None:
+            raise _Error("TOP needs a non-negative number of lines")
+        n, e = self._message(args[0])
+        self._waiting = True
+        return Retrieve(n, e, lines)
+
+    def _cmd_dele(self, args: list[str]) -> Send:
+        if len(args) != 1:
+            raise _Error("DELE needs one argument: a message number")
+        n = parse_number(args[0])
+        if n is not None and n in self.deleted and n <= len(self.entries):
+            raise _Error(f"message {n} already deleted", counts=False)  # RFC 1939 §5 example
+        n, _ = self._message(args[0])
+        self.deleted.add(n)
+        return Send((ok(f"message {n} deleted"),))
+
+    def _cmd_noop(self, args: list[str]) -> Send:
+        self._no_args("NOOP", args)
+        return Send((ok(""),))
+
+    def _cmd_rset(self, args: list[str]) -> Send:
+        self._no_args("RSET", args)
+        self.deleted.clear()  # RFC 1939 §5: unmark every message marked as deleted
+        count, size = self._stat()
+        return Send((ok(f"maildrop has {count} messages ({size} octets)"),))
+
+    def upcoming_retrievals(self, max_count: int, max_octets: int) -> list[Entry]:
+        """The messages that complete RETR/TOP lines buffered since the last call will ask for, in order,
+        without consuming anything: lets the session read bodies ahead while it sends the current one
+        (PIPELINING). Each line is looked at once (`_peeked` remembers how far); a line that will fail gets
+        no entry; the replies are still produced by `next_event` alone."""
+        if self.state is not State.TRANSACTION or self._sasl or max_count <= 0:
+            return []
+        out: list[Entry] = []
+        octets = 0
+        pos = self._peeked
+        buf = self._buffer
+        while len(out) < max_count:
+            nl = buf.find(b"\n", pos, pos + 64)
+            if nl < 0:
+                break
+            words = bytes(buf[pos:nl]).split()
+            if len(words) >= 2 and words[0].upper() in (b"RETR", b"TOP"):
+                n = parse_number(words[1].decode("ascii", "replace"))
+                if n is not None and 1 <= n <= len(self.entries) and n not in self.deleted:
+                    entry = self.entries[n - 1]
+                    octets += entry.size
+                    if octets > max_octets:
+                        break
+                    out.append(entry)
+            pos = nl + 1
+        self._peeked = pos
+        return out
+
+    # --- SASL -----------------------------------------------------------------------------------------
+    def _sasl_line(self, line: bytes) -> Event:
+        if line == b"*":  # RFC 5034 §4: the client cancels; the server MUST reject the AUTH command
+            self._end_sasl()
+            return Send((err("authentication cancelled"),))
+        data = b"" if not line else _b64(line.decode("ascii", "replace"))
+        if data is None:
+            self._end_sasl()
+            return self._error(_Error("response is not valid base64; authentication aborted"))
+        self._waiting = True
+        return SaslResponse(data)
+
+    def _end_sasl(self) -> None:
+        self._sasl = False
+        self._waiting = False
+
+    def sasl_challenge(self, data: bytes) -> bytes:
+        """RFC 5034 §4: "+" SP base64 challenge. Also carries SCRAM's server-final-message ("additional data
+        with success" is sent as a challenge, answered by an empty response)."""
+        self._waiting = False
+        return b"+ " + base64.b64encode(data) + b"\r\n"
+
+    # --- answers from the session ---------------------------------------------------------------------
+    def login_ok(self, username: str, entries: Sequence[Entry]) -> bytes:
+        """The user is authenticated, the maildrop locked and listed: enter TRANSACTION (RFC 1939 §4)."""
+        self._end_sasl()
+        self._waiting = False
+        self.state = State.TRANSACTION
+        self.username = username
+        self.entries = list(entries)
+        self.deleted.clear()
+        self.retrieved.clear()
+        count, size = self._stat()
+        return ok(f"{username} has {count} messages ({size} octets)")
+
+    def login_failed(self, code: str = "AUTH", text: str = "Authentication failed") -> bytes:
+        """Stay in AUTHORIZATION. `code`: a RFC 2449 §8 / RFC 3206 response code (AUTH, IN-USE, LOGIN-DELAY,
+        SYS/TEMP); only credential failures ([AUTH]) count as protocol errors."""
+        self._end_sasl()
+        self._waiting = False
+        reply = err(f"[{code}] {text}" if code else text)
+        if code == "AUTH":
+            self.errors += 1
+            if self.errors >= self.options.max_errors:
+                self.closed = True  # invariant 5: this -ERR is the last reply
+        return reply
+
+    def tls_go_ahead(self) -> bytes:
+        return ok("Begin TLS negotiation")
+
+    def tls_refused(self, text: str = "plaintext sent after STLS; TLS not started") -> bytes:
+        self._waiting = False
+        return self._error(_Error(text)).chunks[0]
+
+    def tls_started(self) -> None:
+        """RFC 2595 §4: TLS is on; the client must ask CAPA again and we answer with the TLS capabilities."""
+        self._waiting = False
+        self.tls = True
+        self._buffer.clear()  # nothing read before the handshake is trusted (CVE-2011-0411)
+        self._discarding = False
+
+    def message_reply(self, number: int, raw: bytes, lines: int | None) -> list[bytes]:
+        """RETR (lines None) or TOP: "+OK", the dot-stuffed bytes, the terminator (RFC 1939 §5, §7)."""
+        self._waiting = False
+        if lines is None:
+            self.retrieved.add(number)
+            return [ok(f"{len(raw)} octets"), *dot_stuff(raw)]
+        return [ok("top of message follows"), *dot_stuff(top(raw, lines))]
+
+    def message_gone(self, number: int) -> bytes:
+        """The message was removed by another session (IMAP EXPUNGE) after our listing was made."""
+        self._waiting = False
+        return err(f"message {number} was removed by another session")
+
+    def update_done(self, removed: int) -> bytes:
+        self._waiting = False
+        self.closed = True
+        count = len(self.entries) - removed
+        return ok(f"{self.options.hostname} POP3 server signing off ({count} messages left)")
+
+    def update_failed(self) -> bytes:
+        self._waiting = False
+        self.closed = True
+        # RFC 1939 §6: "-ERR some deleted messages not removed"; RFC 3206 §4 [SYS/TEMP].
+        return err("[SYS/TEMP] some deleted messages not removed")
+
+    def internal_error(self) -> bytes:
+        """The session's handler failed unexpectedly: answer, stay in the same state (STYLE habit 4)."""
+        self._end_sasl()
+        return err("[SYS/TEMP] internal error, try again")
+
+
+def _b64(text: str | bytes) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None

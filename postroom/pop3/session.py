@@ -1,0 +1,371 @@
+"""The POP3 session: drives `protocol.POP3Core` over a `net.Connection`, the store and the Authenticator.
+
+Theory of operation
+-------------------
+`pop3_handler(services, listener)` returns the `Handler` a listener runs for each connection. The session
+greets, then loops: ask the core for its next event; on `NEED_DATA` flush what was written and read whatever
+the client sent (up to 64 KiB), feeding it to the core; otherwise carry the event out (check a password, run a
+SASL exchange, upgrade to TLS, read a message body, remove messages at QUIT) and hand the core the outcome,
+which answers with the reply bytes. Pipelined commands (RFC 2449 §6.6) are all answered from the buffer; the
+session waits for the client's output to drain only when it runs out of input or a reply is large, so a batch
+of 100 RETRs costs one read and a few drains, not 100 round trips.
+
+Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
+thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured
+(`-ERR [LOGIN-DELAY]`), list INBOX without bodies, enter TRANSACTION, and open the POP-before-SMTP window
+(`auth.note_login`).
+
+Exclusive access (RFC 1939 §8) is an in-process lock per user (`MaildropLocks`, one per store, shared by the
+pop3 and pop3s listeners). That is right for one node. The architecture says nothing may assume one process
+owns a mailbox: with several Postroom nodes on one PostgreSQL database, two nodes could each grant the lock.
+A multi-node version needs the lock in the shared store: a lease row (user id, holder node and session id,
+expiry) taken with an atomic insert-if-absent and renewed while the session lives, so a crashed node's lease
+expires; or `pg_try_advisory_lock(user_id)` held on a dedicated database connection for the session. The
+LOGIN-DELAY clock (`last_login`) would move to the store the same way. Both sit behind `MaildropLocks`, so the
+session does not change.
+
+Deletions: the core collects the UIDs marked with DELE; at QUIT (UPDATE state) they are removed with one
+`store.remove_messages` call, which is one durable transaction; only then is `+OK` sent (ARCHITECTURE
+principle 4). The store publishes the expunges on the hub, so IMAP sessions of the same user see them.
+
+Invariants
+1. Nothing is removed from the store unless the client sent QUIT in TRANSACTION; an idle timeout, a shutdown,
+   a dropped connection or an error deletes nothing.
+2. `+OK` after QUIT is written only after `remove_messages` returned (durable).
+3. The maildrop lock is held from the successful login to the end of the session, and released in every
+   case (`finally`), after the UPDATE transaction.
+4. No password or SASL payload reaches `conn.log` or any log line; `conn.log` gets user, auth mechanism,
+   retrieved and deleted counts.
+5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
+   the session goes on (STYLE habit 4).
+6. Read-ahead only reads: at most PREFETCH_COUNT bodies and PREFETCH_OCTETS bytes are in
+   memory ahead of the reply being sent; replies are still produced one command at a time, in order; what
+   is left when the session ends is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from postroom.auth.authenticator import Exchange, Step
+from postroom.net.connection import (
+    Connection,
+    IdleTimeout,
+    NetError,
+    PlaintextAfterStartTLS,
+    ShuttingDown,
+)
+from postroom.store.api import NotFound, Store, User
+
+from .protocol import (
+    NEED_DATA,
+    CheckPassword,
+    Entry,
+    Options,
+    POP3Core,
+    Retrieve,
+    SaslResponse,
+    Send,
+    StartSasl,
+    StartTls,
+    Update,
+    err,
+    make_uidl,
+)
+
+if TYPE_CHECKING:
+    from postroom.app import Services
+    from postroom.net.listener import Handler
+
+log = logging.getLogger("postroom.pop3")
+
+READ_CHUNK = 64 * 1024
+PREFETCH_COUNT = 16  # message bodies read ahead for pipelined RETR/TOP ...
+PREFETCH_OCTETS = 8 << 20  # ... and at most this many bytes of them in all
+DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more commands are buffered
+
+
+class MaildropLocks:
+    """Which users have a POP3 session in TRANSACTION, and when each last logged in. In-process only: see the
+    module docstring for what a multi-node deployment needs instead."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._held: dict[int, str] = {}  # user id -> session id
+        self._last_login: dict[int, float] = {}
+
+    def acquire(self, user_id: int, session_id: str) -> bool:
+        if user_id in self._held:
+            return False
+        self._held[user_id] = session_id
+        return True
+
+    def release(self, user_id: int, session_id: str) -> None:
+        if self._held.get(user_id) == session_id:
+            del self._held[user_id]
+
+    def holder(self, user_id: int) -> str | None:
+        return self._held.get(user_id)
+
+    def too_soon(self, user_id: int, delay: float) -> bool:
+        """RFC 2449 §6.8: True if the user logged in less than `delay` seconds ago."""
+        last = self._last_login.get(user_id)
+        return delay > 0 and last is not None and self.clock() - last < delay
+
+    def note_login(self, user_id: int) -> None:
+        self._last_login[user_id] = self.clock()
+        if len(self._last_login) > 100_000:  # bound memory: forget the stalest entries
+            for stale in list(self._last_login)[:10_000]:
+                del self._last_login[stale]
+
+
+_LOCKS: weakref.WeakKeyDictionary[Store, MaildropLocks] = weakref.WeakKeyDictionary()
+
+
+def locks_for(store: Store) -> MaildropLocks:
+    """The lock table of one store, shared by every POP3 listener serving it."""
+    locks = _LOCKS.get(store)
+    if locks is None:
+        locks = _LOCKS[store] = MaildropLocks()
+    return locks
+
+
+def pop3_handler(services: Services, listener: str) -> Handler:
+    """The session handler of a POP3 listener (`pop3`: plain with STLS; `pop3s`: implicit TLS)."""
+    from postroom.config import IMPLICIT_TLS
+
+    implicit = listener in IMPLICIT_TLS
+    locks = locks_for(services.store)
+
+    async def handler(conn: Connection) -> None:
+        await Session(services, conn, locks, implicit_tls=implicit).run()
+
+    return handler
+
+
+class Session:
+    def __init__(self, services: Services, conn: Connection, locks: MaildropLocks, *, implicit_tls: bool) -> None:
+        self.services = services
+        self.conn = conn
+        self.locks = locks
+        cfg = services.config
+        auth = services.auth
+        self.options = Options(
+            user_without_tls=auth.plaintext_allowed(False),
+            mechanisms_without_tls=tuple(auth.mechanisms(False)),
+            mechanisms_with_tls=tuple(auth.mechanisms(True)),
+            stls=services.tls is not None,
+            tls=implicit_tls or conn.tls,
+            expire=cfg.pop3.expire.upper(),
+            login_delay=cfg.pop3.login_delay_seconds,
+            line_limit=cfg.limits.line_length,
+            max_errors=cfg.limits.errors_per_session,
+            hostname=cfg.server.hostname,
+        )
+        self.core = POP3Core(self.options)
+        self.user: User | None = None
+        self.mailbox_id = 0
+        self.exchange: Exchange | None = None
+        self.mechanism = ""
+        self.retrieved = 0
+        self._ahead: dict[str, asyncio.Future[bytes]] = {}  # blob id -> body being read ahead
+        self._ahead_octets = 0
+
+    # --- the loop -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        conn, core = self.conn, self.core
+        conn.write(core.greeting())
+        try:
+            await self._loop()
+        except IdleTimeout:
+            # RFC 1939 §3: the autologout timer; the session ends without entering UPDATE (invariant 1).
+            conn.write(err("autologout: idle for too long"))
+            conn.end = "timeout"
+        except ShuttingDown:
+            conn.write(err("[SYS/TEMP] server shutting down, try again later"))
+            conn.end = "shutdown"
+        finally:
+            for task in self._ahead.values():
+                task.cancel()
+            if self._ahead:
+                await asyncio.gather(*self._ahead.values(), return_exceptions=True)
+            if self.user is not None:
+                self.locks.release(self.user.id, conn.session_id)
+
+    async def _loop(self) -> None:
+        conn, core = self.conn, self.core
+        unflushed = 0
+        while True:
+            event = core.next_event()
+            if event is NEED_DATA:
+                await conn.drain()
+                unflushed = 0
+                data = await conn.read_some(READ_CHUNK, interruptible=core.between_commands)
+                core.receive_data(data)
+                continue
+            try:
+                chunks = await self._handle(event)
+            except NetError:
+                raise
+            except Exception:  # invariant 5
+                log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
+                chunks = [core.internal_error()]
+            if chunks:
+                conn.writelines(chunks)
+                unflushed += sum(len(c) for c in chunks)
+                if unflushed > DRAIN_ABOVE:
+                    await conn.drain()
+                    unflushed = 0
+            if core.closed:
+                if conn.end is None:
+                    conn.end = "quit" if core.quit else "errors"
+                await conn.drain()
+                return
+
+    async def _handle(self, event: object) -> list[bytes]:
+        if isinstance(event, Send):
+            return list(event.chunks)
+        if isinstance(event, CheckPassword):
+            self.mechanism = "USER"
+            user = await self.services.auth.check_password(event.username, event.password, self.conn.peer[0])
+            return [await self._logged_in(user, event.username)]
+        if isinstance(event, StartSasl):
+            return [await self._sasl_start(event)]
+        if isinstance(event, SaslResponse):
+            return [await self._sasl_step(event)]
+        if isinstance(event, StartTls):
+            return await self._stls()
+        if isinstance(event, Retrieve):
+            return await self._retrieve(event)
+        if isinstance(event, Update):
+            return [await self._update(event)]
+        raise RuntimeError(f"unexpected event {event!r}")
+
+    # --- login ----------------------------------------------------------------------------------------
+    async def _logged_in(self, user: User | None, name: str) -> bytes:
+        """After a credential check: lock, LOGIN-DELAY, list, enter TRANSACTION; or the right -ERR."""
+        core, conn = self.core, self.conn
+        self.exchange = None
+        if user is None:
+            conn.log["auth_failed"] = int(conn.log.get("auth_failed", 0)) + 1
+            return core.login_failed("AUTH", "Authentication failed")
+        if not self.locks.acquire(user.id, conn.session_id):
+            # RFC 1939 §8 / RFC 2449 §8.1.1: authenticated, but another POP3 session has the maildrop.
+            return core.login_failed("IN-USE", "maildrop is locked by another POP3 session")
+        try:
+            if self.locks.too_soon(user.id, self.options.login_delay):
+                return _release_and(self.locks, user.id, conn.session_id,
+                                    core.login_failed("LOGIN-DELAY", f"wait {self.options.login_delay} s "
+                                                      "between logins"))
+            store = self.services.store
+            mailbox = await store.get_mailbox(user.id, "INBOX")
+            if mailbox is None:
+                return _release_and(self.locks, user.id, conn.session_id,
+                                    core.login_failed("SYS/PERM", "this account has no INBOX"))
+            messages = await store.list_messages(mailbox.id)
+        except BaseException:
+            self.locks.release(user.id, conn.session_id)
+            raise
+        entries = [Entry(m.uid, m.size, m.blob_id, make_uidl(mailbox.uidvalidity, m.uid)) for m in messages]
+        self.user = user
+        self.mailbox_id = mailbox.id
+        self.locks.note_login(user.id)
+        self.services.auth.note_login(conn.peer[0])  # POP-before-SMTP window
+        conn.log["user"] = user.address
+        conn.log["auth"] = self.mechanism
+        return core.login_ok(user.address, entries)
+
+    async def _sasl_start(self, event: StartSasl) -> bytes:
+        auth = self.services.auth
+        self.mechanism = event.mechanism
+        self.exchange = auth.start(event.mechanism, self.conn.peer[0], self.core.tls)
+        return await self._sasl_answer(await self.exchange.begin(event.initial))
+
+    async def _sasl_step(self, event: SaslResponse) -> bytes:
+        exchange = self.exchange
+        if exchange is None:  # the empty response after SCRAM's server-final (RFC 4422 §5): we are done
+            return await self._finish_sasl(event.data)
+        return await self._sasl_answer(await exchange.respond(event.data))
+
+    _final_user: User | None = None
+
+    async def _sasl_answer(self, step: Step) -> bytes:
+        exchange = self.exchange
+        name = exchange.username if exchange is not None else ""
+        if not step.done:
+            return self.core.sasl_challenge(step.challenge)
+        if step.ok and step.server_final:
+            # RFC 4422 §5 / RFC 5034 §4: additional data with success goes out as a challenge; the client
+            # answers with an empty line, then we answer +OK.
+            self.exchange = None
+            self._final_user = step.user
+            return self.core.sasl_challenge(step.server_final)
+        return await self._logged_in(step.user, name)
+
+    async def _finish_sasl(self, data: bytes) -> bytes:
+        user, self._final_user = self._final_user, None
+        if data:
+            return self.core.login_failed("AUTH", "Authentication failed (expected an empty response)")
+        return await self._logged_in(user, user.address if user else "")
+
+    # --- STLS -----------------------------------------------------------------------------------------
+    async def _stls(self) -> list[bytes]:
+        conn, core = self.conn, self.core
+        if conn.pending or core.buffered:
+            # CVE-2011-0411: commands pipelined after STLS must not be read as if they came over TLS.
+            return [core.tls_refused()]
+        conn.write(core.tls_go_ahead())
+        try:
+            await conn.start_tls()
+        except PlaintextAfterStartTLS:
+            conn.end = "stls-injection"  # bytes arrived while the reply was sent: close without reading them
+            core.closed = True
+            return []
+        core.tls_started()
+        return []
+
+    # --- RETR / TOP -----------------------------------------------------------------------------------
+    async def _retrieve(self, event: Retrieve) -> list[bytes]:
+        core = self.core
+        store = self.services.store
+        # RFC 2449 §6.6: with commands pipelined, read the next bodies while this one is sent (invariant 6).
+        task = self._ahead.pop(event.entry.blob_id, None)
+        if task is not None:
+            self._ahead_octets -= event.entry.size
+        budget = PREFETCH_OCTETS - self._ahead_octets
+        for entry in core.upcoming_retrievals(PREFETCH_COUNT - len(self._ahead), budget):
+            if entry.blob_id not in self._ahead and entry.blob_id != event.entry.blob_id:
+                self._ahead[entry.blob_id] = asyncio.ensure_future(store.read_message(entry.blob_id))
+                self._ahead_octets += entry.size
+        try:
+            raw = await (task if task is not None else store.read_message(event.entry.blob_id))
+        except (NotFound, FileNotFoundError):
+            return [core.message_gone(event.number)]
+        if event.lines is None:
+            self.retrieved += 1
+            self.conn.log["retrieved"] = self.retrieved
+        return core.message_reply(event.number, raw, event.lines)
+
+    # --- QUIT in TRANSACTION ----------------------------------------------------------------------------
+    async def _update(self, event: Update) -> bytes:
+        core = self.core
+        if not event.uids:
+            return core.update_done(0)
+        try:
+            await self.services.store.remove_messages(self.mailbox_id, event.uids)  # durable when it returns
+        except Exception:
+            log.exception("pop3 session %s: UPDATE failed for user %s", self.conn.session_id,
+                          self.user.address if self.user else "?")
+            return core.update_failed()
+        self.conn.log["deleted"] = len(event.uids)
+        return core.update_done(len(event.uids))
+
+
+def _release_and(locks: MaildropLocks, user_id: int, session_id: str, reply: bytes) -> bytes:
+    locks.release(user_id, session_id)
+    return reply

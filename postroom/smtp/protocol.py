@@ -1,0 +1,877 @@
+"""The sans-I/O SMTP server core: bytes in, events and reply bytes out (RFC 5321 with ESMTP extensions).
+
+Theory of operation
+-------------------
+`ServerCore` never touches a socket, the store or the clock (STYLE habit 1; h11 is the model). The session
+feeds it whatever arrived (`receive_data`) and pulls events (`next_event`) until `NEED_DATA`; then it writes
+`data_to_send()` and reads again. Writing only when the core needs more input is exactly what RFC 2920 §3.1
+asks of a pipelining server: replies go out in order, and a whole pipelined batch read at once is answered with
+one write.
+
+The core has four modes, switched only by the core itself (STYLE habit 2):
+
+    COMMAND  lines up to `line_length` (RFC 5321 §4.5.3.1.4); bare LF is accepted as a command terminator
+    DATA     after `354`: the message up to CRLF.CRLF, found with bytes.find and dot-unstuffed with one
+             bytes.replace (RFC 5321 §4.5.2); bare CR or LF anywhere refuses the message (SMTP smuggling)
+    BDAT     exactly n octets, binary, no unstuffing (RFC 3030 §2)
+    SASL     one base64 line per step of an AUTH exchange, "*" cancels (RFC 4954 §4)
+
+What needs no knowledge of the world is answered by the core itself: syntax errors (500/501/555), bad sequence
+(503), HELO/EHLO, NOOP, RSET, HELP, QUIT, the 354 that starts DATA, BDAT chunk acknowledgements, limits
+(recipients 452 4.5.3, size 552 5.3.4). What needs the world becomes an event the session must answer before it
+asks for the next one: `MailFrom` -> `accept_mail()` or `send(error)`; `RcptTo` -> `accept_rcpt()` or
+`send(error)`; `Message` -> `message_done(reply)`; `StartTLS` -> `tls_started()` (after its own 220 via
+`send`); `AuthStart`/`AuthResponse` -> `auth_challenge()` or `auth_done()`; `Verify`/`Expand` -> `send()`.
+
+State rules are data (`ALLOWED`): the session state is INIT (no HELO yet), READY, MAIL (sender given) or RCPT
+(at least one recipient accepted). A command outside its states gets the 503 named in `SEQUENCE_ERRORS`.
+
+Invariants
+1. Replies are emitted in the order of the commands that caused them, one reply per command (RFC 2920 §3.1),
+   including a BDAT whose chunk is refused: the chunk is read and dropped, then the error is sent (RFC 3030 §2).
+2. The core never buffers more than `line_length` bytes of a command line, `12288` of a SASL line (RFC 4954 §4)
+   or about `max_size` of a message (then it discards and answers 552 at the end of the data).
+3. A DATA message ends only at CRLF "." CRLF. Any CR not followed by LF, or LF not preceded by CR, inside the
+   data refuses the whole message (550 5.6.0): a message cannot hide a second, smuggled one
+   (CVE-2023-51766 family).
+4. Every error reply (4xx/5xx) counts towards `max_errors`; reaching it sends 421 4.7.0 and the core closes.
+5. After `tls_started()` the core forgets everything the client said before (RFC 3207 §4.2): back to INIT.
+6. While an event awaits its answer, `next_event` refuses to run (RuntimeError): replies cannot be reordered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import string
+from dataclasses import dataclass, field
+
+from . import replies as R
+from .replies import Reply, SMTPError
+
+# ---------------------------------------------------------------------------------------------------------
+# Events
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+
+@dataclass(frozen=True)
+class MailParams:
+    size: int | None = None  # RFC 1870 SIZE=
+    body: str = ""  # RFC 6152 BODY=7BIT|8BITMIME
+    smtputf8: bool = False  # RFC 6531 §3.4
+    ret: str = ""  # RFC 3461 §4.3 RET=FULL|HDRS
+    envid: str = ""  # RFC 3461 §4.4 ENVID=, xtext as given
+    auth: str = ""  # RFC 4954 §5 AUTH=, as given (not trusted)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    orcpt: str = ""  # RFC 3461 §4.2 ORCPT=, "addr-type;xtext" as given
+    notify: str = ""  # RFC 3461 §4.1 NOTIFY=, upper-case
+
+
+@dataclass(frozen=True)
+class MailFrom:
+    address: str  # "" for the null reverse-path
+    params: MailParams
+
+
+@dataclass(frozen=True)
+class RcptTo:
+    recipient: Recipient
+
+
+@dataclass(frozen=True)
+class Message:
+    """A complete message: its (unstuffed) bytes and the envelope of the transaction."""
+
+    raw: bytes
+    mail_from: str
+    params: MailParams
+    recipients: tuple[Recipient, ...]
+    chunked: bool  # arrived with BDAT
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True)
+class AuthStart:
+    mechanism: str  # upper-case
+    initial: bytes | None  # decoded initial response; None if the client sent none
+
+
+@dataclass(frozen=True)
+class AuthResponse:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AuthAborted:
+    """The client cancelled ("*") or sent bad base64; the core has already replied 501."""
+
+
+@dataclass(frozen=True)
+class Verify:
+    argument: str
+
+
+@dataclass(frozen=True)
+class Expand:
+    argument: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The session is over: the core has queued its last reply (221 or 421). Flush and close."""
+
+    reason: str  # "quit" | "errors"
+
+
+Event = MailFrom | RcptTo | Message | StartTLS | AuthStart | AuthResponse | AuthAborted | Verify | Expand | Closed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# States and their rules (STYLE habit 3)
+
+
+class State(enum.Enum):
+    INIT = "init"  # greeted, no HELO/EHLO yet
+    READY = "ready"  # HELO/EHLO done, no transaction
+    MAIL = "mail"  # MAIL accepted
+    RCPT = "rcpt"  # at least one RCPT accepted
+
+
+class Mode(enum.Enum):
+    COMMAND = "command"
+    DATA = "data"
+    BDAT = "bdat"
+    SASL = "sasl"
+
+
+_ALL = frozenset(State)
+ALLOWED: dict[str, frozenset[State]] = {
+    "HELO": _ALL, "EHLO": _ALL, "NOOP": _ALL, "RSET": _ALL, "QUIT": _ALL, "HELP": _ALL, "VRFY": _ALL,
+    "EXPN": _ALL,
+    "MAIL": frozenset({State.READY}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.RCPT}),
+    "BDAT": frozenset({State.RCPT}),
+    "STARTTLS": frozenset({State.READY}),
+    "AUTH": frozenset({State.READY}),
+}
+SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
+    ("MAIL", State.INIT): R.R503_HELO_FIRST,
+    ("MAIL", State.MAIL): R.R503_NESTED_MAIL,
+    ("MAIL", State.RCPT): R.R503_NESTED_MAIL,
+    ("RCPT", State.INIT): R.R503_MAIL_FIRST,
+    ("RCPT", State.READY): R.R503_MAIL_FIRST,
+    ("DATA", State.INIT): R.R503_MAIL_FIRST,
+    ("DATA", State.READY): R.R503_MAIL_FIRST,
+    ("DATA", State.MAIL): R.R554_NO_VALID_RCPTS,  # RFC 5321 §3.3: 503 or 554 when no RCPT succeeded
+    ("BDAT", State.INIT): R.R503_MAIL_FIRST,
+    ("BDAT", State.READY): R.R503_MAIL_FIRST,
+    ("BDAT", State.MAIL): R.R554_NO_VALID_RCPTS,
+    ("STARTTLS", State.INIT): R.R503_EHLO_FIRST,
+    ("STARTTLS", State.MAIL): R.R503_IN_TRANSACTION,
+    ("STARTTLS", State.RCPT): R.R503_IN_TRANSACTION,
+    ("AUTH", State.INIT): R.R503_EHLO_FIRST,
+    ("AUTH", State.MAIL): R.R503_IN_TRANSACTION,  # RFC 4954 §4: not during a mail transaction
+    ("AUTH", State.RCPT): R.R503_IN_TRANSACTION,
+}
+
+SASL_LINE_LIMIT = 12288  # RFC 4954 §4: at least 12288 octets for an AUTH line
+MAX_PATH = 512
+MAX_RECEIVED_DIGITS = 20  # BDAT / SIZE numbers longer than this are nonsense
+
+
+@dataclass
+class Transaction:
+    mail_from: str
+    params: MailParams
+    recipients: list[Recipient] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)  # BDAT chunks so far
+    chunked: bool = False
+    failed: Reply | None = None  # a BDAT chunk failed: later chunks get this until LAST / RSET
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Address and parameter syntax (RFC 5321 §4.1.2, RFC 6531 §3.3, RFC 3461 §4)
+
+_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
+_LDH = frozenset(string.ascii_letters + string.digits + "-")
+
+
+def _atext(c: str, utf8: bool) -> bool:
+    return c in _ATEXT or (utf8 and ord(c) >= 0x80)
+
+
+def _is_dot_string(s: str, utf8: bool = True) -> bool:
+    return bool(s) and all(part and all(_atext(c, utf8) for c in part) for part in s.split("."))
+
+
+def _valid_domain(d: str, utf8: bool) -> bool:
+    # RFC 5321 §4.1.2 Domain = sub-domain *("." sub-domain); RFC 6531 §3.3 allows U-labels.
+    if not d or len(d) > 255:
+        return False
+    if d.startswith("[") and d.endswith("]"):
+        inner = d[1:-1]
+        # address-literal: IPv4, "IPv6:..." or a General-address-literal "tag:content" (RFC 5321 §4.1.3)
+        return bool(inner) and all(33 <= ord(c) <= 126 and c not in "[]\\" for c in inner)
+    for label in d.split("."):
+        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
+            return False
+        if not all(c in _LDH or (utf8 and ord(c) >= 0x80) for c in label):
+            return False
+    return True
+
+
+class PathError(ValueError):
+    pass
+
+
+def parse_path(text: str, *, allow_null: bool, utf8: bool) -> tuple[str, str]:
+    """`<[@route:]local@domain> rest` -> (canonical mailbox, rest). The route is dropped (RFC 5321 §4.1.1.3:
+    relays MUST ignore source routes; honouring them would let `<@us:victim@there>` relay). A quoted local part
+    whose content is a dot-string is unquoted (RFC 5321 §4.1.2: they are the same mailbox). A path without a
+    domain (only `<postmaster>` is legal, RFC 5321 §4.1.1.3) comes back without '@'."""
+    if not text.startswith("<"):
+        raise PathError("path must be enclosed in <>")
+    i = 1
+    n = len(text)
+    if text.startswith("<@"):
+        j = text.find(":", i)
+        if j < 0:
+            raise PathError("bad source route")
+        for hop in text[1:j].split(","):
+            if not hop.startswith("@") or not _valid_domain(hop[1:], utf8):
+                raise PathError("bad source route")
+        i = j + 1
+    if text.startswith('"', i):
+        i += 1
+        out = []
+        while True:
+            if i >= n:
+                raise PathError("unterminated quoted string")
+            c = text[i]
+            if c == "\\":
+                if i + 1 >= n or not (32 <= ord(text[i + 1]) <= 126 or (utf8 and ord(text[i + 1]) >= 0x80)):
+                    raise PathError("bad quoted pair")
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                i += 1
+                break
+            if not (32 <= ord(c) <= 126 or (utf8 and ord(c) >= 0x80)):
+                raise PathError("bad character in quoted string")
+            out.append(c)
+            i += 1
+        content = "".join(out)
+        if _is_dot_string(content, utf8):
+            local = content
+        else:
+            local = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        j = i
+        while j < n and text[j] not in "@>":
+            j += 1
+        local = text[i:j]
+        if local and not _is_dot_string(local, utf8):
+            raise PathError("bad local part")
+        i = j
+    if i >= n:
+        raise PathError("path not closed")
+    if text[i] == ">":
+        rest = text[i + 1:]
+        if not local:
+            if allow_null:
+                return "", rest
+            raise PathError("empty path")
+        return local, rest
+    if text[i] != "@" or not local:
+        raise PathError("bad mailbox")
+    j = text.find(">", i)
+    if j < 0:
+        raise PathError("path not closed")
+    domain = text[i + 1:j]
+    if not _valid_domain(domain, utf8):
+        raise PathError("bad domain")
+    if j > MAX_PATH:
+        raise PathError("path too long")
+    return f"{local}@{domain.lower()}", text[j + 1:]
+
+
+def parse_params(rest: str) -> dict[str, str | None]:
+    """ESMTP parameters ` KEY=value KEY ...` (RFC 5321 §4.1.2 esmtp-param; values may be UTF-8, RFC 6531)."""
+    params: dict[str, str | None] = {}
+    if rest and not rest.startswith(" "):
+        raise PathError("junk after path")
+    for item in rest.split():
+        key, eq, value = item.partition("=")
+        if not key or not key[0].isascii() or not key[0].isalnum() \
+                or not all(c.isascii() and (c.isalnum() or c == "-") for c in key):
+            raise PathError("bad parameter keyword")
+        if eq and (not value or "=" in value):
+            raise PathError("bad parameter value")
+        k = key.upper()
+        if k in params:
+            raise PathError("duplicate parameter")
+        params[k] = value if eq else None
+    return params
+
+
+def valid_xtext(s: str) -> bool:
+    """RFC 3461 §4: xtext = *( xchar / hexchar ), hexchar = "+" 2HEXDIG (upper-case)."""
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "+":
+            h = s[i + 1:i + 3]
+            if len(h) != 2 or any(ch not in "0123456789ABCDEF" for ch in h):
+                return False
+            i += 3
+            continue
+        if not (33 <= ord(c) <= 126) or c == "=":
+            return False
+        i += 1
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ServerCore:
+    """One SMTP server session's protocol state. See the module doc for the contract."""
+
+    def __init__(self, hostname: str, *, max_size: int, max_recipients: int, line_length: int = 8192,
+                 max_errors: int = 20) -> None:
+        self.hostname = hostname
+        self.max_size = max_size
+        self.max_recipients = max_recipients
+        self.line_length = line_length
+        self.max_errors = max_errors
+        # Set by the session (policy): what EHLO advertises and what AUTH may use.
+        self.starttls_available = False
+        self.auth_mechanisms: tuple[str, ...] = ()
+        self.auth_refusal: Reply = R.R502_NOT_IMPLEMENTED  # AUTH answer when no mechanism is offered
+
+        self.state = State.INIT
+        self.mode = Mode.COMMAND
+        self.helo = ""
+        self.esmtp = False
+        self.tls = False
+        self.authenticated = ""  # the user's address once AUTH succeeded
+        self.txn: Transaction | None = None
+        self.errors = 0
+        self.closed = False
+        self._close_reason = "closed"
+        self.messages = 0
+
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self._scan = 0  # bytes at the start of _in known to hold no terminator
+        self._discarding = False  # dropping the rest of an overlong line
+        self._awaiting: type | None = None  # invariant 6
+        self._pending_mail: MailFrom | None = None
+        # DATA mode
+        self._data_at_start = True
+        self._data_dropped = 0
+        # BDAT mode
+        self._bdat_left = 0
+        self._bdat_size = 0
+        self._bdat_last = False
+        self._bdat_error: Reply | None = None
+
+    # --- I/O surface -------------------------------------------------------------------------------------
+    def greet(self) -> None:
+        self._emit(R.greeting(self.hostname))
+
+    def receive_data(self, data: bytes) -> None:
+        if self._discarding and self.mode is not Mode.DATA and self.mode is not Mode.BDAT:
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            self._discarding = False
+            data = data[i + 1:]
+        self._in += data
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def pending_input(self) -> int:
+        """Bytes received and not consumed (plaintext after STARTTLS shows up here: see the session)."""
+        return len(self._in)
+
+    def send(self, reply: Reply) -> None:
+        """Queue a reply (the answer to an event, or an error the session decided). Counts errors (inv. 4)."""
+        self._awaiting = None
+        if self.mode is Mode.SASL:
+            self.mode = Mode.COMMAND
+        self._emit(reply)
+
+    def _emit(self, reply: Reply) -> None:
+        if self.closed:
+            return
+        self._out.append(reply.to_bytes())
+        if reply.is_error and reply.code != 421:
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                self._out.append(R.R421_TOO_MANY_ERRORS.to_bytes())
+                self.closed = True
+                self._close_reason = "errors"
+
+    def close_with(self, reply: Reply) -> None:
+        """End the session with this reply (idle timeout, shutdown)."""
+        self._awaiting = None
+        self._out.append(reply.to_bytes())
+        self.closed = True
+
+    # --- answers to events -----------------------------------------------------------------------------------
+    def accept_mail(self) -> None:
+        assert self._pending_mail is not None
+        self.txn = Transaction(self._pending_mail.address, self._pending_mail.params)
+        self._pending_mail = None
+        self.state = State.MAIL
+        self.send(R.R250_SENDER_OK)
+
+    def accept_rcpt(self, recipient: Recipient) -> None:
+        assert self.txn is not None
+        self.txn.recipients.append(recipient)
+        self.state = State.RCPT
+        self.send(R.R250_RCPT_OK)
+
+    def message_done(self, reply: Reply) -> None:
+        """The answer to a `Message`: 250 once durable, or the error. The transaction ends either way."""
+        if reply.code < 400:
+            self.messages += 1
+        self._end_transaction()
+        self.send(reply)
+
+    def auth_challenge(self, challenge: bytes) -> None:
+        # RFC 4954 §4: "334" SP base64 challenge; an intermediate reply with no enhanced code.
+        self._awaiting = None
+        self.mode = Mode.SASL
+        self._out.append(b"334 " + base64.b64encode(challenge) + b"\r\n")
+
+    def auth_done(self, reply: Reply, user: str = "") -> None:
+        self.mode = Mode.COMMAND
+        if user and reply.code == 235:
+            self.authenticated = user
+        self.send(reply)
+
+    def tls_started(self) -> None:
+        """TLS is up: forget the pre-TLS dialogue (invariant 5, RFC 3207 §4.2)."""
+        self._awaiting = None
+        self.tls = True
+        self.starttls_available = False
+        self.state = State.INIT
+        self.helo = ""
+        self.esmtp = False
+        self.txn = None
+        self._in.clear()
+        self._scan = 0
+
+    # --- the reader ------------------------------------------------------------------------------------------
+    def next_event(self) -> Event | _NeedData:
+        if self._awaiting is not None:
+            raise RuntimeError(f"the session must answer the pending {self._awaiting.__name__} first")
+        while True:
+            if self.closed:
+                return Closed(self._close_reason)
+            if self.mode is Mode.DATA:
+                ev = self._data()
+            elif self.mode is Mode.BDAT:
+                ev = self._bdat()
+            else:
+                limit = SASL_LINE_LIMIT if self.mode is Mode.SASL else self.line_length
+                line = self._line(limit)
+                if line is None:
+                    return NEED_DATA
+                if isinstance(line, Reply):
+                    if self.mode is Mode.SASL:
+                        self.mode = Mode.COMMAND
+                        self._emit(R.R500_AUTH_LINE_TOO_LONG)
+                        ev = AuthAborted()
+                    else:
+                        self._emit(line)
+                        continue
+                elif self.mode is Mode.SASL:
+                    ev = self._sasl(line)
+                else:
+                    ev = self._command(line)
+            if ev is NEED_DATA:
+                return NEED_DATA
+            if ev is not None:
+                assert not isinstance(ev, _NeedData)
+                if not isinstance(ev, (AuthAborted, Closed)):
+                    self._awaiting = type(ev)
+                return ev
+
+    def _line(self, limit: int) -> bytes | Reply | None:
+        buf = self._in
+        i = buf.find(b"\n", self._scan, limit)
+        if i < 0:
+            if len(buf) >= limit:
+                # RFC 5321 §4.5.3.1.4: 500 for the overlong line; drop it up to its LF and carry on.
+                j = buf.find(b"\n", limit)
+                if j >= 0:
+                    del buf[:j + 1]
+                else:
+                    buf.clear()
+                    self._discarding = True
+                self._scan = 0
+                return R.R500_LINE_TOO_LONG
+            self._scan = len(buf)
+            return None
+        line = bytes(buf[:i + 1])
+        del buf[:i + 1]
+        self._scan = 0
+        return line.rstrip(b"\n").removesuffix(b"\r")
+
+    # --- commands --------------------------------------------------------------------------------------------
+    def _command(self, line: bytes) -> Event | None:
+        try:
+            return self._dispatch(line)
+        except SMTPError as exc:
+            self._emit(exc.reply)
+            return None
+
+    def _dispatch(self, line: bytes) -> Event | None:
+        if b"\x00" in line:
+            raise SMTPError(R.R500_NUL)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SMTPError(R.R500_UNKNOWN) from None
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        if verb not in ALLOWED:
+            raise SMTPError(R.R500_UNKNOWN)
+        if self.state not in ALLOWED[verb]:
+            if verb == "BDAT":
+                return self._bdat_start(arg, SEQUENCE_ERRORS[(verb, self.state)])
+            raise SMTPError(SEQUENCE_ERRORS[(verb, self.state)])
+        handler = getattr(self, "_cmd_" + verb.lower())
+        result: Event | None = handler(arg)
+        return result
+
+    def _cmd_helo(self, arg: str) -> None:
+        self._hello(arg, esmtp=False)
+
+    def _cmd_ehlo(self, arg: str) -> None:
+        self._hello(arg, esmtp=True)
+
+    def _hello(self, arg: str, esmtp: bool) -> None:
+        domain = arg.strip()
+        if not domain or " " in domain or any(ord(c) < 33 or ord(c) == 127 for c in domain):
+            raise SMTPError(R.R501_HELO_DOMAIN)
+        # RFC 5321 §4.1.4: EHLO/HELO in mid-transaction resets it, as RSET would.
+        self._end_transaction()
+        self.state = State.READY
+        self.helo = domain
+        self.esmtp = esmtp
+        first = f"{self.hostname} Hello {domain}"
+        if not esmtp:
+            self._emit(Reply(250, "", (first,)))
+            return
+        lines = [first, "PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
+                 "CHUNKING", "DSN"]
+        if self.starttls_available and not self.tls:
+            lines.append("STARTTLS")
+        if self.auth_mechanisms and not self.authenticated:
+            lines.append("AUTH " + " ".join(self.auth_mechanisms))
+        lines.append("HELP")
+        self._emit(Reply(250, "", tuple(lines)))
+
+    def _cmd_noop(self, arg: str) -> None:
+        self._emit(R.R250_OK)  # RFC 5321 §4.1.1.9: a parameter may be given and is ignored
+
+    def _cmd_rset(self, arg: str) -> None:
+        if arg.strip():
+            raise SMTPError(R.R501_NO_ARGS)
+        self._end_transaction()
+        self._emit(R.R250_RESET)
+
+    def _cmd_quit(self, arg: str) -> Closed:
+        self._emit(R.R221_BYE)  # RFC 5321 §4.1.1.10
+        self.closed = True
+        self._close_reason = "quit"
+        return Closed("quit")
+
+    def _cmd_help(self, arg: str) -> None:
+        self._emit(R.R214_HELP)
+
+    def _cmd_vrfy(self, arg: str) -> Verify:
+        if not arg.strip():
+            raise SMTPError(R.R501_SYNTAX)
+        return Verify(arg.strip())
+
+    def _cmd_expn(self, arg: str) -> Expand:
+        if not arg.strip():
+            raise SMTPError(R.R501_SYNTAX)
+        return Expand(arg.strip())
+
+    def _cmd_starttls(self, arg: str) -> StartTLS:
+        if self.tls:
+            raise SMTPError(R.R503_ALREADY_TLS)
+        if not self.starttls_available or not self.esmtp:
+            raise SMTPError(R.R502_NOT_IMPLEMENTED if not self.starttls_available else R.R503_EHLO_FIRST)
+        if arg.strip():
+            raise SMTPError(R.R501_NO_ARGS)
+        return StartTLS()
+
+    def _cmd_auth(self, arg: str) -> AuthStart:
+        if not self.esmtp:
+            raise SMTPError(R.R503_EHLO_FIRST)
+        if self.authenticated:
+            raise SMTPError(R.R503_ALREADY_AUTH)  # RFC 4954 §4
+        if not self.auth_mechanisms:
+            raise SMTPError(self.auth_refusal)
+        words = arg.split()
+        if not words or len(words) > 2:
+            raise SMTPError(R.R501_SYNTAX)
+        mech = words[0].upper()
+        if mech not in self.auth_mechanisms:
+            raise SMTPError(R.R504_AUTH_MECHANISM)
+        initial: bytes | None = None
+        if len(words) == 2:
+            if words[1] == "=":  # RFC 4954 §4: "=" is an empty initial response
+                initial = b""
+            else:
+                try:
+                    initial = base64.b64decode(words[1], validate=True)
+                except (binascii.Error, ValueError):
+                    raise SMTPError(R.R501_AUTH_BASE64) from None
+        return AuthStart(mech, initial)
+
+    def _sasl(self, line: bytes) -> AuthResponse | AuthAborted:
+        self.mode = Mode.COMMAND
+        if line == b"*":
+            self._emit(R.R501_AUTH_CANCELLED)
+            return AuthAborted()
+        try:
+            data = base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            self._emit(R.R501_AUTH_BASE64)
+            return AuthAborted()
+        self.mode = Mode.SASL
+        return AuthResponse(data)
+
+    def _cmd_mail(self, arg: str) -> MailFrom:
+        if arg[:5].upper() != "FROM:":
+            raise SMTPError(R.R501_SYNTAX)
+        path = arg[5:].lstrip(" ")  # a space after the colon is common and harmless
+        try:
+            address, rest = parse_path(path, allow_null=True, utf8=True)
+            params = parse_params(rest)
+        except PathError:
+            raise SMTPError(R.R501_BAD_ADDRESS) from None
+        mp = self._mail_params(params)
+        if not address.isascii() and not mp.smtputf8:
+            raise SMTPError(R.R553_UTF8_ADDRESS)
+        self._pending_mail = MailFrom(address, mp)
+        return self._pending_mail
+
+    def _mail_params(self, params: dict[str, str | None]) -> MailParams:
+        size: int | None = None
+        body = ret = envid = auth = ""
+        smtputf8 = False
+        for key, value in params.items():
+            if key == "SIZE":  # RFC 1870 §6
+                if value is None or not value.isdigit() or len(value) > MAX_RECEIVED_DIGITS:
+                    raise SMTPError(R.R501_SYNTAX)
+                size = int(value)
+                if size > self.max_size:
+                    raise SMTPError(R.R552_TOO_BIG)
+            elif key == "BODY":  # RFC 6152 §3; BINARYMIME (RFC 3030) is not advertised
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    raise SMTPError(R.R504_BODY if value and value.upper() == "BINARYMIME" else R.R501_SYNTAX)
+                body = value.upper()
+            elif key == "SMTPUTF8":  # RFC 6531 §3.4: no value
+                if value is not None:
+                    raise SMTPError(R.R501_SYNTAX)
+                smtputf8 = True
+            elif key == "RET":  # RFC 3461 §4.3
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    raise SMTPError(R.R501_SYNTAX)
+                ret = value.upper()
+            elif key == "ENVID":  # RFC 3461 §4.4: xtext, at most 100 characters
+                if value is None or len(value) > 100 or not valid_xtext(value):
+                    raise SMTPError(R.R501_SYNTAX)
+                envid = value
+            elif key == "AUTH":  # RFC 4954 §5: accepted; not trusted (the identity comes from our own AUTH)
+                if value is None or (value != "<>" and not valid_xtext(value)):
+                    raise SMTPError(R.R501_SYNTAX)
+                auth = value
+            else:
+                raise SMTPError(R.R555_PARAM)
+        return MailParams(size, body, smtputf8, ret, envid, auth)
+
+    def _cmd_rcpt(self, arg: str) -> RcptTo:
+        assert self.txn is not None
+        if arg[:3].upper() != "TO:":
+            raise SMTPError(R.R501_SYNTAX)
+        path = arg[3:].lstrip(" ")
+        try:
+            address, rest = parse_path(path, allow_null=False, utf8=True)
+            params = parse_params(rest)
+        except PathError:
+            raise SMTPError(R.R501_BAD_RCPT) from None
+        if "@" not in address and address.lower() != "postmaster":
+            raise SMTPError(R.R501_BAD_RCPT)  # RFC 5321 §4.1.1.3: only <Postmaster> may omit the domain
+        notify = orcpt = ""
+        for key, value in params.items():
+            if key == "NOTIFY":  # RFC 3461 §4.1
+                words = (value or "").upper().split(",")
+                if not value or (("NEVER" in words) and len(words) > 1) \
+                        or any(w not in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) \
+                        or len(set(words)) != len(words):
+                    raise SMTPError(R.R501_SYNTAX)
+                notify = ",".join(words)
+            elif key == "ORCPT":  # RFC 3461 §4.2: addr-type ";" xtext
+                atype, semi, xt = (value or "").partition(";")
+                if not semi or not atype or not xt or not valid_xtext(xt) or len(value or "") > 500:
+                    raise SMTPError(R.R501_SYNTAX)
+                orcpt = value or ""
+            else:
+                raise SMTPError(R.R555_PARAM)
+        if not address.isascii() and not self.txn.params.smtputf8:
+            raise SMTPError(R.R553_UTF8_ADDRESS)  # RFC 6531 §3.5
+        if len(self.txn.recipients) >= self.max_recipients:
+            raise SMTPError(R.R452_TOO_MANY_RCPTS)  # RFC 5321 §4.5.3.1.10
+        return RcptTo(Recipient(address, orcpt, notify))
+
+    # --- DATA --------------------------------------------------------------------------------------------------
+    def _cmd_data(self, arg: str) -> None:
+        assert self.txn is not None
+        if arg.strip():
+            raise SMTPError(R.R501_NO_ARGS)
+        if self.txn.chunked:
+            raise SMTPError(R.R503_BDAT_THEN_DATA)
+        self.mode = Mode.DATA
+        self._data_at_start = True
+        self._data_dropped = 0
+        self._scan = 0
+        self._emit(R.R354_DATA)
+
+    def _data(self) -> Event | _NeedData | None:
+        buf = self._in
+        if self._data_at_start:
+            # The CRLF that ended the DATA line counts as the one before the final "." (RFC 5321 §4.1.1.4).
+            if buf[:3] == b".\r\n":
+                del buf[:3]
+                return self._data_end(b"")
+            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+                return NEED_DATA
+            self._data_at_start = False
+        i = buf.find(b"\r\n.\r\n", max(0, self._scan - 4))
+        if i < 0:
+            self._scan = len(buf)
+            # invariant 2: past the limit (allowing for dot-stuffing), keep only a tail that may start the end mark.
+            if len(buf) > self.max_size + self.max_size // 16 + 64:
+                self._data_dropped += len(buf) - 4
+                del buf[:-4]
+                self._scan = 4
+                self._data_at_start = False
+            return NEED_DATA
+        stuffed = bytes(buf[:i + 2])
+        del buf[:i + 5]
+        return self._data_end(stuffed)
+
+    def _data_end(self, stuffed: bytes) -> Message | None:
+        self.mode = Mode.COMMAND
+        self._scan = 0
+        assert self.txn is not None
+        if self._data_dropped:
+            self._end_transaction()
+            self._emit(R.R552_TOO_BIG)
+            return None
+        # Invariant 3: bare CR / bare LF. Three C-speed counts instead of a scan per byte.
+        crlf = stuffed.count(b"\r\n")
+        if stuffed.count(b"\n") != crlf or stuffed.count(b"\r") != crlf:
+            self._end_transaction()
+            self._emit(R.R550_BARE_LINE_ENDING)
+            return None
+        # RFC 5321 §4.5.2: remove the first "." of every line that starts with one.
+        raw = stuffed.replace(b"\r\n.", b"\r\n")
+        if raw.startswith(b"."):
+            raw = raw[1:]
+        if len(raw) > self.max_size:
+            self._end_transaction()
+            self._emit(R.R552_TOO_BIG)
+            return None
+        return Message(raw, self.txn.mail_from, self.txn.params, tuple(self.txn.recipients), False)
+
+    # --- BDAT (RFC 3030) --------------------------------------------------------------------------------------
+    def _cmd_bdat(self, arg: str) -> Event | _NeedData | None:
+        return self._bdat_start(arg, None)
+
+    def _bdat_start(self, arg: str, error: Reply | None) -> Event | _NeedData | None:
+        words = arg.split()
+        if not words or len(words) > 2 or not words[0].isdigit() or len(words[0]) > MAX_RECEIVED_DIGITS \
+                or (len(words) == 2 and words[1].upper() != "LAST"):
+            # The size is unknown, so the chunk cannot be skipped; the client's bytes will read as commands.
+            raise SMTPError(R.R501_SYNTAX)
+        size = int(words[0])
+        last = len(words) == 2
+        txn = self.txn
+        if error is None and txn is not None:
+            if txn.failed is not None:
+                error = txn.failed
+            elif len(txn.body) + size > self.max_size:
+                error = txn.failed = R.R552_TOO_BIG
+        if txn is not None:
+            txn.chunked = True
+        self.mode = Mode.BDAT
+        self._bdat_left = size
+        self._bdat_size = size
+        self._bdat_last = last
+        self._bdat_error = error
+        return self._bdat()
+
+    def _bdat(self) -> Event | _NeedData | None:
+        buf = self._in
+        take = min(self._bdat_left, len(buf))
+        if take:
+            if self._bdat_error is None and self.txn is not None:
+                self.txn.body += buf[:take]
+            del buf[:take]
+            self._bdat_left -= take
+        if self._bdat_left:
+            return NEED_DATA
+        self.mode = Mode.COMMAND
+        self._scan = 0
+        error = self._bdat_error
+        if error is not None:
+            if self._bdat_last and self.txn is not None:
+                self._end_transaction()
+            self._emit(error)
+            return None
+        assert self.txn is not None
+        if not self._bdat_last:
+            self._emit(R.bdat_received(self._bdat_size))
+            return None
+        txn = self.txn
+        return Message(bytes(txn.body), txn.mail_from, txn.params, tuple(txn.recipients), True)
+
+    # --- helpers -------------------------------------------------------------------------------------------------
+    def _end_transaction(self) -> None:
+        self.txn = None
+        self._pending_mail = None
+        if self.state in (State.MAIL, State.RCPT):
+            self.state = State.READY

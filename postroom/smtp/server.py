@@ -1,0 +1,412 @@
+"""The asyncio SMTP session: drives `protocol.ServerCore` over a `net.Connection` and applies listener policy.
+
+Theory of operation
+-------------------
+One loop per connection: pull events from the core; when it needs data, write what it has produced (so a
+pipelined batch is answered with one write, RFC 2920 §3.1), then read whatever has arrived. Each event is
+answered before the next is pulled (core invariant 6).
+
+Three listeners, three policies (`Policy.for_listener`):
+
+    smtp (MX, 25)          mail for local domains, aliases and lists; anything else `550 5.7.1` unless the
+                           client is in `smtp.relay_networks` or logged in to POP3/IMAP within
+                           `smtp.pop_before_smtp_minutes` (POP-before-SMTP). STARTTLS offered; AUTH is not.
+    submission (587)       STARTTLS before AUTH (unless `auth.allow_plaintext`), AUTH before MAIL, and the
+                           envelope sender must be the user's address or an alias of theirs (RFC 6409 §4.1).
+    submissions (465)      the same over implicit TLS (RFC 8314).
+
+The message goes to `delivery.Router.accept` (the one door) with this hop's Received header prepended
+(RFC 5321 §4.4, with the TLS version and cipher and the authenticated user, RFC 3848 protocol names); the
+`250` is sent only when the router returns, i.e. when every copy is durable.
+
+Invariants
+1. The SMTP code never touches the store: recipients, senders and messages go through the router.
+2. No `250` after DATA/BDAT before `Router.accept` returned; any failure there is `451 4.3.0` (and logged).
+3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
+   anything is read as if it came over TLS (CVE-2011-0411).
+4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
+   with its id; never a password or message content.
+5. Replies to an idle client (`421 4.4.2`, RFC 5321 §4.5.3.2.7) and at shutdown (`421 4.3.2`) end the
+   session; a failed session never affects another.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from postroom.auth.authenticator import Exchange, Step
+from postroom.delivery.router import Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.net.connection import (
+    Connection,
+    IdleTimeout,
+    PlaintextAfterStartTLS,
+    ShuttingDown,
+)
+from postroom.net.listener import Handler, logfmt
+
+from . import replies as R
+from .protocol import (
+    NEED_DATA,
+    AuthAborted,
+    AuthResponse,
+    AuthStart,
+    Closed,
+    Expand,
+    MailFrom,
+    Message,
+    Mode,
+    RcptTo,
+    ServerCore,
+    StartTLS,
+    Verify,
+)
+from .replies import Reply
+
+if TYPE_CHECKING:
+    from postroom.app import Services
+
+log = logging.getLogger("postroom.smtp")
+message_log = logging.getLogger("postroom.smtp.message")
+
+READ_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Policy:
+    listener: str
+    starttls: bool  # offer STARTTLS (plain listeners)
+    submission: bool  # AUTH offered, AUTH required before MAIL, sender must be the user's
+    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    pop_before_smtp_seconds: float = 0.0
+
+    @classmethod
+    def for_listener(cls, listener: str, services: Services) -> Policy:
+        cfg = services.config
+        nets = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.smtp.relay_networks)
+        return cls(listener=listener,
+                   starttls=listener in ("smtp", "submission"),
+                   submission=listener in ("submission", "submissions"),
+                   relay_networks=nets,
+                   pop_before_smtp_seconds=cfg.smtp.pop_before_smtp_minutes * 60.0)
+
+    def in_relay_networks(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.relay_networks)
+
+
+def ip_literal(ip: str) -> str:
+    # RFC 5321 §4.1.3: "[192.0.2.1]" or "[IPv6:2001:db8::1]"
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+
+
+def _safe(text: str, limit: int = 255) -> str:
+    """A HELO name or user for a header comment: printable ASCII without the comment's specials."""
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "()\\;" else "?" for c in text[:limit]) or "unknown"
+
+
+def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_version: str | None,
+                    tls_cipher: str | None, user: str, smtputf8: bool, message_id: str, recipients: list[str],
+                    now: float) -> bytes:
+    """RFC 5321 §4.4 time-stamp line. `with` names the protocol as RFC 3848 / RFC 6531 §3.7.3 register them."""
+    if smtputf8:
+        proto = "UTF8SMTP"
+    else:
+        proto = "ESMTP" if esmtp else "SMTP"
+    if proto != "SMTP":
+        proto += ("S" if tls_version else "") + ("A" if user else "")
+    lines = [f"Received: from {_safe(helo)} ({ip_literal(ip)})",
+             f"\tby {hostname} (Postroom) with {proto} id {message_id}"]
+    comments = []
+    if tls_version:
+        comments.append(f"using {tls_version} with cipher {_safe(tls_cipher or 'unknown')}")
+    if user:
+        comments.append(f"authenticated as {_safe(user)}")
+    if comments:
+        lines.append("\t(" + "; ".join(comments) + ")")
+    date = email.utils.formatdate(now, localtime=False).replace("-0000", "+0000")
+    if len(recipients) == 1 and len(recipients[0]) < 500:
+        # RFC 5321 §7.2: name the recipient only when there is one (no disclosure of the others).
+        lines.append(f"\tfor <{recipients[0]}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+class Session:
+    def __init__(self, services: Services, router: Router, policy: Policy, conn: Connection,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.services = services
+        self.router = router
+        self.policy = policy
+        self.conn = conn
+        self.clock = clock
+        cfg = services.config
+        self.core = ServerCore(cfg.server.hostname, max_size=cfg.limits.message_size,
+                               max_recipients=cfg.limits.recipients, line_length=cfg.limits.line_length,
+                               max_errors=cfg.limits.errors_per_session)
+        self.exchange: Exchange | None = None
+        self.final_pending: Step | None = None  # SCRAM server-final sent as a 334; waiting for the empty reply
+        self.user = ""
+        self.message_seq = 0
+        self.rcpts_refused = 0
+
+    # --- policy hooks ----------------------------------------------------------------------------------------
+    def _update_offers(self) -> None:
+        core, auth = self.core, self.services.auth
+        core.starttls_available = self.policy.starttls and not self.conn.tls
+        if not self.policy.submission:
+            core.auth_mechanisms = ()
+            core.auth_refusal = R.R502_NOT_IMPLEMENTED
+        elif self.conn.tls or self.services.config.auth.allow_plaintext:
+            core.auth_mechanisms = tuple(auth.mechanisms(self.conn.tls))
+        else:
+            core.auth_mechanisms = ()
+            core.auth_refusal = R.R530_TLS_REQUIRED  # RFC 3207 §4 / RFC 4954 §4: STARTTLS before AUTH
+
+    def may_relay(self) -> bool:
+        if self.core.authenticated:
+            return True
+        ip = self.conn.peer[0]
+        if self.policy.in_relay_networks(ip):
+            return True
+        secs = self.policy.pop_before_smtp_seconds
+        return secs > 0 and self.services.auth.logged_in_recently(ip, secs)
+
+    # --- the loop --------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        conn, core = self.conn, self.core
+        core.tls = conn.tls
+        self._update_offers()
+        core.greet()
+        try:
+            while True:
+                ev = core.next_event()
+                if ev is NEED_DATA:
+                    await self._flush()
+                    between = core.mode is Mode.COMMAND and core.pending_input == 0
+                    try:
+                        data = await conn.read_some(READ_SIZE, interruptible=between)
+                    except IdleTimeout:
+                        core.close_with(R.R421_TIMEOUT)
+                        conn.end = "timeout"
+                        break
+                    except ShuttingDown:
+                        core.close_with(R.R421_SHUTDOWN)
+                        conn.end = "shutdown"
+                        break
+                    core.receive_data(data)
+                elif isinstance(ev, Closed):
+                    conn.end = ev.reason
+                    break
+                elif isinstance(ev, StartTLS):
+                    if not await self._starttls():
+                        return
+                else:
+                    await self._handle(ev)
+            await self._flush()
+        finally:
+            conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
+                             "errors": core.errors})
+
+    async def _flush(self) -> None:
+        out = self.core.data_to_send()
+        if out:
+            self.conn.write(out)
+            await self.conn.drain()
+
+    async def _handle(self, ev: object) -> None:
+        try:
+            if isinstance(ev, MailFrom):
+                await self._mail(ev)
+            elif isinstance(ev, RcptTo):
+                await self._rcpt(ev)
+            elif isinstance(ev, Message):
+                await self._message(ev)
+            elif isinstance(ev, AuthStart):
+                await self._auth_start(ev)
+            elif isinstance(ev, AuthResponse):
+                await self._auth_response(ev)
+            elif isinstance(ev, AuthAborted):
+                self.exchange = None
+                self.final_pending = None
+            elif isinstance(ev, Verify):
+                await self._vrfy(ev)
+            elif isinstance(ev, Expand):
+                await self._expn(ev)
+            else:  # pragma: no cover - every event type is handled above
+                raise AssertionError(f"unhandled event {ev!r}")
+        except RouteError as exc:
+            self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
+        except Exception:
+            log.exception("session %s: error handling %s", self.conn.session_id, type(ev).__name__)
+            if isinstance(ev, (AuthStart, AuthResponse)):
+                self.exchange = None
+                self.core.auth_done(R.R454_AUTH_TEMP)
+            elif isinstance(ev, Message):
+                self.core.message_done(R.R451_LOCAL_ERROR)
+            else:
+                self.core.send(R.R451_LOCAL_ERROR)
+
+    # --- STARTTLS ----------------------------------------------------------------------------------------------
+    async def _starttls(self) -> bool:
+        conn, core = self.conn, self.core
+        if core.pending_input or conn.pending:  # invariant 3
+            core.close_with(R.R421_TLS_PIPELINED)
+            conn.end = "tls-pipelined"
+            await self._flush()
+            return False
+        core.send(R.R220_READY_TLS)
+        await self._flush()
+        try:
+            await conn.start_tls()
+        except PlaintextAfterStartTLS:
+            conn.end = "tls-pipelined"
+            conn.abort()
+            return False
+        core.tls_started()
+        self._update_offers()
+        return True
+
+    # --- MAIL / RCPT -------------------------------------------------------------------------------------------
+    async def _mail(self, ev: MailFrom) -> None:
+        if self.policy.submission:
+            if not self.core.authenticated:
+                self.core.send(R.R530_AUTH_REQUIRED)  # RFC 4954 §6
+                return
+            if not await self.router.sender_allowed(self.core.authenticated, ev.address):
+                self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
+                return
+        self.core.accept_mail()
+
+    async def _rcpt(self, ev: RcptTo) -> None:
+        txn = self.core.txn
+        assert txn is not None
+        try:
+            await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
+        except RouteError:
+            self.rcpts_refused += 1
+            raise
+        self.core.accept_rcpt(ev.recipient)
+
+    # --- the message -------------------------------------------------------------------------------------------
+    async def _message(self, ev: Message) -> None:
+        conn, core = self.conn, self.core
+        self.message_seq += 1
+        message_id = f"{conn.session_id}.{self.message_seq}"
+        recipients = [r.address for r in ev.recipients]
+        header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
+                                 esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
+                                 user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
+                                 recipients=recipients, now=self.clock())
+        env = Envelope(mail_from=ev.mail_from,
+                       recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
+                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay())
+        try:
+            accepted = await self.router.accept(env)  # invariant 2
+        except RouteError as exc:
+            core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
+            return
+        self.services.metrics.message_accepted()
+        if accepted.local:
+            self.services.metrics.message_delivered(accepted.local)
+        message_log.info("%s", logfmt("message", [
+            ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
+            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(env.raw)),
+            ("chunked", ev.chunked), ("local", accepted.local), ("queued", accepted.queued),
+            ("held", accepted.held), ("queue_ids", ",".join(map(str, accepted.queue_ids)) or "-"),
+            ("user", core.authenticated or "-")]))
+        core.message_done(R.queued(message_id))
+
+    # --- AUTH (RFC 4954) ---------------------------------------------------------------------------------------
+    async def _auth_start(self, ev: AuthStart) -> None:
+        try:
+            self.exchange = self.services.auth.start(ev.mechanism, self.conn.peer[0], self.conn.tls)
+        except ValueError:
+            self.core.send(R.R504_AUTH_MECHANISM)
+            return
+        await self._auth_step(await self.exchange.begin(ev.initial))
+
+    async def _auth_response(self, ev: AuthResponse) -> None:
+        if self.final_pending is not None:
+            step, self.final_pending = self.final_pending, None
+            # RFC 4954 §4: after the server's additional data in a 334, the client sends an empty response.
+            await self._auth_step(step if ev.data == b"" else Step(done=True, error="non-empty final response"),
+                                  final=True)
+            return
+        if self.exchange is None:  # pragma: no cover - the core only sends AuthResponse during an exchange
+            self.core.auth_done(R.R501_AUTH_CANCELLED)
+            return
+        await self._auth_step(await self.exchange.respond(ev.data))
+
+    async def _auth_step(self, step: Step, final: bool = False) -> None:
+        core = self.core
+        if not step.done:
+            core.auth_challenge(step.challenge)
+            return
+        if step.ok and step.server_final and not final:
+            self.final_pending = step
+            core.auth_challenge(step.server_final)
+            return
+        username = self.exchange.username if self.exchange is not None else ""
+        self.exchange = None
+        if step.ok and step.user is not None:
+            self.user = step.user.address
+            core.auth_done(R.R235_AUTH_OK, step.user.address)
+            self.conn.log["auth"] = "ok"
+            return
+        self.conn.log["auth_failed"] = int(self.conn.log.get("auth_failed", 0)) + 1
+        if username:
+            self.conn.log["auth_user"] = username
+        core.auth_done(R.R535_AUTH_FAILED)
+
+    # --- VRFY / EXPN (RFC 5321 §3.5, §7.3) -------------------------------------------------------------------
+    def _answers_allowed(self) -> bool:
+        return self.services.config.smtp.vrfy_expn and bool(self.core.authenticated)
+
+    async def _vrfy(self, ev: Verify) -> None:
+        if not self._answers_allowed():
+            self.core.send(R.R252_CANNOT_VRFY)  # RFC 5321 §7.3: 252 rather than disclose addresses
+            return
+        address = ev.argument.strip("<>").strip()
+        local, _, domain = address.rpartition("@")
+        if not local or not await self.router.is_local_domain(domain.lower()):
+            self.core.send(R.R252_CANNOT_VRFY)
+            return
+        if await self.router.resolve(address):
+            self.core.send(R.reply(250, "2.1.5", f"<{address.lower()}>"))
+        else:
+            self.core.send(R.R550_VRFY_UNKNOWN)
+
+    async def _expn(self, ev: Expand) -> None:
+        if not self._answers_allowed():
+            self.core.send(R.R502_EXPN_DISABLED)
+            return
+        address = ev.argument.strip("<>").strip()
+        dests = await self.router.resolve(address) if "@" in address else []
+        lists = [d.ml for d in dests if isinstance(d, ListPost)]
+        if not lists:
+            self.core.send(R.reply(550, "5.1.1", "Not a mailing list"))
+            return
+        members = [f"<{m}>" for m in lists[0].members] or [f"<{lists[0].owner}>"]
+        self.core.send(R.Reply(250, "2.1.5", tuple(members)))
+
+
+def smtp_handler_factory(services: Services, listener: str) -> Handler:
+    """`app.HANDLER_FACTORIES` entry for the `smtp`, `submission` and `submissions` listeners."""
+    router = Router(services.store, services.config)
+    policy = Policy.for_listener(listener, services)
+
+    async def handler(conn: Connection) -> None:
+        await Session(services, router, policy, conn).run()
+
+    return handler

@@ -1,0 +1,583 @@
+"""The sans-I/O SMTP core fed bytes: every command in every state, pipelining split at every byte, DATA, BDAT
+with binary data, SASL framing, parameters, limits."""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Callable
+
+import pytest
+
+from postroom.smtp import replies as R
+from postroom.smtp.protocol import (
+    NEED_DATA,
+    AuthAborted,
+    AuthResponse,
+    AuthStart,
+    Closed,
+    Expand,
+    MailFrom,
+    Message,
+    Mode,
+    PathError,
+    RcptTo,
+    ServerCore,
+    StartTLS,
+    State,
+    Verify,
+    parse_params,
+    parse_path,
+    valid_xtext,
+)
+
+Answer = Callable[[ServerCore, object], None]
+
+
+def default_answer(core: ServerCore, ev: object) -> None:
+    """A permissive session: accept every sender and recipient, 250 every message, PLAIN logs in."""
+    if isinstance(ev, MailFrom):
+        core.accept_mail()
+    elif isinstance(ev, RcptTo):
+        core.accept_rcpt(ev.recipient)
+    elif isinstance(ev, Message):
+        core.message_done(R.queued(f"q{core.messages + 1}"))
+    elif isinstance(ev, AuthStart):
+        if ev.initial is None:
+            core.auth_challenge(b"")
+        else:
+            core.auth_done(R.R235_AUTH_OK, "u@example.org")
+    elif isinstance(ev, AuthResponse):
+        core.auth_done(R.R235_AUTH_OK, "u@example.org")
+    elif isinstance(ev, (Verify, Expand)):
+        core.send(R.R252_CANNOT_VRFY)
+    elif isinstance(ev, StartTLS):
+        core.send(R.R220_READY_TLS)
+        core.tls_started()
+
+
+def make(max_size: int = 10_000, max_recipients: int = 5, line_length: int = 1000, max_errors: int = 100,
+         starttls: bool = True, auth: tuple[str, ...] = ("PLAIN", "LOGIN")) -> ServerCore:
+    core = ServerCore("mx.test", max_size=max_size, max_recipients=max_recipients, line_length=line_length,
+                      max_errors=max_errors)
+    core.starttls_available = starttls
+    core.auth_mechanisms = auth
+    core.greet()
+    core.data_to_send()
+    return core
+
+
+def drive(core: ServerCore, chunks: list[bytes], answer: Answer = default_answer) -> tuple[bytes, list[object]]:
+    out = bytearray()
+    events: list[object] = []
+    for chunk in chunks:
+        core.receive_data(chunk)
+        while True:
+            ev = core.next_event()
+            if ev is NEED_DATA:
+                break
+            events.append(ev)
+            if isinstance(ev, Closed):
+                break
+            answer(core, ev)
+        out += core.data_to_send()
+        if core.closed:
+            break
+    return bytes(out), events
+
+
+def codes(out: bytes) -> list[str]:
+    """The final line's code of each reply, e.g. ['250', '354', '250']."""
+    return [line[:3].decode() for line in out.split(b"\r\n") if len(line) >= 4 and line[3:4] == b" "]
+
+
+def session(data: bytes, **kw: object) -> tuple[bytes, list[object]]:
+    return drive(make(**kw), [data])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Every command in every state
+
+
+STATE_PREFIX = {
+    "init": b"",
+    "helo": b"HELO c.test\r\n",
+    "ehlo": b"EHLO c.test\r\n",
+    "mail": b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n",
+    "rcpt": b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n",
+}
+COMMANDS = {
+    "HELO": b"HELO x.test\r\n",
+    "EHLO": b"EHLO x.test\r\n",
+    "MAIL": b"MAIL FROM:<s@x.test>\r\n",
+    "RCPT": b"RCPT TO:<t@mx.test>\r\n",
+    "DATA": b"DATA\r\nhello\r\n.\r\n",
+    "BDAT": b"BDAT 5 LAST\r\nhello",
+    "RSET": b"RSET\r\n",
+    "NOOP": b"NOOP\r\n",
+    "QUIT": b"QUIT\r\n",
+    "VRFY": b"VRFY someone\r\n",
+    "EXPN": b"EXPN list\r\n",
+    "HELP": b"HELP\r\n",
+    "STARTTLS": b"STARTTLS\r\n",
+    "AUTH": b"AUTH PLAIN AHVAcHc=\r\n",
+    "BOGUS": b"BOGUS\r\n",
+}
+# The reply codes each command gets in each state (DATA gets 354 then 250 when allowed).
+EXPECTED = {
+    "HELO": dict(init=["250"], helo=["250"], ehlo=["250"], mail=["250"], rcpt=["250"]),
+    "EHLO": dict(init=["250"], helo=["250"], ehlo=["250"], mail=["250"], rcpt=["250"]),
+    "MAIL": dict(init=["503"], helo=["250"], ehlo=["250"], mail=["503"], rcpt=["503"]),
+    "RCPT": dict(init=["503"], helo=["503"], ehlo=["503"], mail=["250"], rcpt=["250"]),
+    "DATA": dict(init=["503", "500", "500"], helo=["503", "500", "500"], ehlo=["503", "500", "500"],
+                 mail=["554", "500", "500"], rcpt=["354", "250"]),
+    "BDAT": dict(init=["503"], helo=["503"], ehlo=["503"], mail=["554"], rcpt=["250"]),
+    "RSET": dict(init=["250"], helo=["250"], ehlo=["250"], mail=["250"], rcpt=["250"]),
+    "NOOP": dict(init=["250"], helo=["250"], ehlo=["250"], mail=["250"], rcpt=["250"]),
+    "QUIT": dict(init=["221"], helo=["221"], ehlo=["221"], mail=["221"], rcpt=["221"]),
+    "VRFY": dict(init=["252"], helo=["252"], ehlo=["252"], mail=["252"], rcpt=["252"]),
+    "EXPN": dict(init=["252"], helo=["252"], ehlo=["252"], mail=["252"], rcpt=["252"]),
+    "HELP": dict(init=["214"], helo=["214"], ehlo=["214"], mail=["214"], rcpt=["214"]),
+    "STARTTLS": dict(init=["503"], helo=["503"], ehlo=["220"], mail=["503"], rcpt=["503"]),
+    "AUTH": dict(init=["503"], helo=["503"], ehlo=["235"], mail=["503"], rcpt=["503"]),
+    "BOGUS": dict(init=["500"], helo=["500"], ehlo=["500"], mail=["500"], rcpt=["500"]),
+}
+
+
+@pytest.mark.parametrize("state", list(STATE_PREFIX))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_in_every_state(state: str, command: str) -> None:
+    core = make()
+    prefix_out, _ = drive(core, [STATE_PREFIX[state]])
+    assert all(c in ("250",) for c in codes(prefix_out))
+    out, _ = drive(core, [COMMANDS[command]])
+    assert codes(out) == EXPECTED[command][state], out
+    # Every reply carries an enhanced status code, except EHLO/HELO and 354 (replies.py invariant 1).
+    for line in out.split(b"\r\n"):
+        if line and command not in ("HELO", "EHLO") and not line.startswith(b"354"):
+            assert line[4:5].isdigit() and line[5:6] == b".", line
+    # The session goes on after any error (except QUIT).
+    if command != "QUIT":
+        more, _ = drive(core, [b"NOOP\r\n"])
+        assert codes(more) == ["250"]
+
+
+def test_ehlo_advertises_exactly_the_extensions() -> None:
+    out, _ = session(b"EHLO c.test\r\n")
+    lines = out.decode().split("\r\n")[:-1]
+    assert lines[0] == "250-mx.test Hello c.test"
+    keywords = [ln[4:] for ln in lines[1:]]
+    assert keywords == ["PIPELINING", "SIZE 10000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING",
+                        "DSN", "STARTTLS", "AUTH PLAIN LOGIN", "HELP"]
+    out, _ = session(b"EHLO c.test\r\n", starttls=False, auth=())
+    assert b"STARTTLS" not in out and b"AUTH" not in out
+
+
+def test_helo_is_not_esmtp() -> None:
+    out, _ = session(b"HELO c.test\r\nSTARTTLS\r\nAUTH PLAIN\r\n")
+    assert codes(out) == ["250", "503", "503"]
+    assert out.startswith(b"250 mx.test Hello c.test\r\n")
+
+
+def test_helo_needs_domain() -> None:
+    out, _ = session(b"EHLO\r\nHELO \r\nEHLO a b\r\n")
+    assert codes(out) == ["501", "501", "501"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pipelining: one batch, split at every byte, gives the same replies and events
+
+
+PIPELINE = (b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=20 BODY=8BITMIME\r\nRCPT TO:<r@mx.test>\r\n"
+            b"RCPT TO:<s@mx.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;s+40mx.test\r\nDATA\r\n"
+            b"Subject: x\r\n\r\n..dot\r\n.\r\n"
+            b"MAIL FROM:<>\r\nRCPT TO:<r@mx.test>\r\nBDAT 7\r\n\x00\r\n.\r\n\nBDAT 0 LAST\r\nNOOP\r\nQUIT\r\n")
+
+
+def _normalise(events: list[object]) -> list[object]:
+    return [e for e in events]
+
+
+def test_pipelined_batch_whole() -> None:
+    out, events = session(PIPELINE)
+    assert codes(out) == ["250", "250", "250", "250", "354", "250", "250", "250", "250", "250", "250", "221"]
+    msgs = [e for e in events if isinstance(e, Message)]
+    assert msgs[0].raw == b"Subject: x\r\n\r\n.dot\r\n"
+    assert msgs[0].params.size == 20 and msgs[0].params.body == "8BITMIME"
+    assert msgs[0].recipients[1].notify == "SUCCESS,DELAY"
+    assert msgs[0].recipients[1].orcpt == "rfc822;s+40mx.test"
+    assert msgs[1].raw == b"\x00\r\n.\r\n\n" and msgs[1].chunked and msgs[1].mail_from == ""
+    assert isinstance(events[-1], Closed)
+
+
+def test_pipelined_batch_split_at_every_byte() -> None:
+    whole = session(PIPELINE)
+    for i in range(1, len(PIPELINE)):
+        got = drive(make(), [PIPELINE[:i], PIPELINE[i:]])
+        assert got == whole, i
+
+
+def test_pipelined_batch_byte_by_byte_and_random() -> None:
+    whole = session(PIPELINE)
+    assert drive(make(), [PIPELINE[i:i + 1] for i in range(len(PIPELINE))]) == whole
+    rng = random.Random(7)
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(1, len(PIPELINE)), 5))
+        parts = [PIPELINE[a:b] for a, b in zip([0] + cuts, cuts + [len(PIPELINE)])]
+        assert drive(make(), parts) == whole
+
+
+def test_next_event_refuses_while_an_event_awaits_its_answer() -> None:
+    core = make()
+    core.receive_data(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n")
+    assert isinstance(core.next_event(), MailFrom)
+    with pytest.raises(RuntimeError):
+        core.next_event()
+    core.accept_mail()
+    assert core.next_event() is NEED_DATA
+    assert codes(core.data_to_send()) == ["250", "250", "250"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# DATA
+
+
+def _data(body: bytes, **kw: object) -> tuple[bytes, list[object]]:
+    return session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n" + body + b"NOOP\r\n", **kw)
+
+
+@pytest.mark.parametrize("body,raw", [
+    (b".\r\n", b""),
+    (b"\r\n.\r\n", b"\r\n"),
+    (b"a\r\n.\r\n", b"a\r\n"),
+    (b"..\r\n.\r\n", b".\r\n"),
+    (b"...x\r\n..\r\n.\r\n", b"..x\r\n.\r\n"),
+    (b"a\r\n..b\r\n.c\r\n.\r\n", b"a\r\n.b\r\nc\r\n"),
+    (b"\xff\xfe 8bit\r\n.\r\n", b"\xff\xfe 8bit\r\n"),
+])
+def test_data_unstuffing(body: bytes, raw: bytes) -> None:
+    out, events = _data(body)
+    assert codes(out)[-3:] == ["354", "250", "250"]
+    assert [e.raw for e in events if isinstance(e, Message)] == [raw]
+
+
+@pytest.mark.parametrize("body", [
+    b"a\nb\r\n.\r\n",  # bare LF
+    b"a\rb\r\n.\r\n",  # bare CR
+    b"a\r\n.\n.\r\n\r\n.\r\n",  # "\n.\n": smuggling attempt; the data only ends at CRLF.CRLF
+    b"a\r\n\n.\r\nMAIL FROM:<evil@x.test>\r\n.\r\n",
+    b"a\n.\r\n\r\n.\r\n",
+    b"a\r\n.\r.\r\n\r\n.\r\n",
+])
+def test_data_bare_cr_or_lf_refused(body: bytes) -> None:
+    out, events = _data(body)
+    assert codes(out)[-3:] == ["354", "550", "250"]
+    assert b"550 5.6.0" in out
+    assert not [e for e in events if isinstance(e, Message)]
+    assert not [e for e in events if isinstance(e, MailFrom) and e.address == "evil@x.test"]
+
+
+def test_data_oversize_is_552_and_session_goes_on() -> None:
+    big = b"x" * 998 + b"\r\n"
+    out, events = _data(big * 200 + b".\r\n", max_size=10_000)
+    assert codes(out)[-3:] == ["354", "552", "250"]
+    assert b"552 5.3.4" in out
+    assert not [e for e in events if isinstance(e, Message)]
+
+
+def test_data_oversize_memory_bounded_when_streamed() -> None:
+    core = make(max_size=10_000)
+    drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n"])
+    for _ in range(100):
+        drive(core, [b"y" * 998 + b"\r\n"])
+        assert core.pending_input < 12_000
+    out, _ = drive(core, [b".\r\nNOOP\r\n"])
+    assert codes(out) == ["552", "250"]
+
+
+def test_data_exactly_max_size_accepted() -> None:
+    body = b"z" * 98 + b"\r\n"
+    out, events = _data(body * 100 + b".\r\n", max_size=10_000)
+    assert [len(e.raw) for e in events if isinstance(e, Message)] == [10_000]
+
+
+def test_size_parameter() -> None:
+    out, _ = session(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=10001\r\nMAIL FROM:<a@b.test> SIZE=x\r\n"
+                     b"MAIL FROM:<a@b.test> SIZE=10000\r\n")
+    assert codes(out) == ["250", "552", "501", "250"]
+
+
+def test_data_after_bdat_and_bdat_out_of_sequence_consumes_chunk() -> None:
+    out, events = session(b"EHLO c\r\nBDAT 6\r\nNOOP\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"
+                          b"BDAT 3\r\nabcDATA\r\nRSET\r\n")
+    assert codes(out) == ["250", "503", "250", "250", "250", "503", "250"]
+    assert not [e for e in events if isinstance(e, Message)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# BDAT with binary data (RFC 3030)
+
+
+def test_bdat_binary_every_byte_value() -> None:
+    payload = bytes(range(256)) * 4 + b"\r\n.\r\n\n\r.\x00"
+    head = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"
+    script = head + b"BDAT 300\r\n" + payload[:300] + b"BDAT %d LAST\r\n" % (len(payload) - 300) + payload[300:]
+    whole = session(script)
+    assert codes(whole[0]) == ["250", "250", "250", "250", "250"]
+    assert b"250 2.0.0 300 octets received" in whole[0]
+    msgs = [e for e in whole[1] if isinstance(e, Message)]
+    assert msgs[0].raw == payload and msgs[0].chunked
+    for i in range(1, len(script), 7):
+        assert drive(make(), [script[:i], script[i:]]) == whole
+
+
+def test_bdat_oversize_and_following_chunks_fail_until_last() -> None:
+    out, events = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nBDAT 8\r\n12345678"
+                          b"BDAT 3\r\nabcBDAT 1 LAST\r\nzNOOP\r\n", max_size=10)
+    assert codes(out) == ["250", "250", "250", "250", "552", "552", "250"]
+    assert not [e for e in events if isinstance(e, Message)]
+
+
+def test_bdat_syntax() -> None:
+    out, _ = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nBDAT\r\nBDAT x\r\n"
+                     b"BDAT 1 FIRST\r\nBDAT 0 LAST\r\n")
+    assert codes(out) == ["250", "250", "250", "501", "501", "501", "250"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Paths and parameters
+
+
+@pytest.mark.parametrize("text,address,rest", [
+    ("<a@b.test>", "a@b.test", ""),
+    ("<A@B.Test> SIZE=1", "A@b.test", " SIZE=1"),
+    ("<@relay.test,@r2.test:user@dest.test>", "user@dest.test", ""),
+    ('<"john"@b.test>', "john@b.test", ""),
+    ('<"john doe"@b.test>', '"john doe"@b.test', ""),
+    ('<"a@c"@b.test>', '"a@c"@b.test', ""),
+    ('<"a\\"b"@b.test>', '"a\\"b"@b.test', ""),
+    ("<user%other@b.test>", "user%other@b.test", ""),
+    ("<other!user@b.test>", "other!user@b.test", ""),
+    ("<u@[127.0.0.1]>", "u@[127.0.0.1]", ""),
+    ("<u@[IPv6:::1]>", "u@[ipv6:::1]", ""),
+    ("<Postmaster>", "Postmaster", ""),
+    ("<>", "", ""),
+    ("<δοκιμή@παράδειγμα.δοκιμή>", "δοκιμή@παράδειγμα.δοκιμή", ""),
+])
+def test_parse_path(text: str, address: str, rest: str) -> None:
+    assert parse_path(text, allow_null=True, utf8=True) == (address, rest)
+
+
+@pytest.mark.parametrize("text", [
+    "a@b.test", "<a@b.test", "<a@@b.test>", "<a@b@c.test>", "<a@b.test.>", "<.a@b.test>", "<a..b@b.test>",
+    "<a@-b.test>", "<a@b..test>", "<a b@c.test>", "<@x:>", "<@:a@b.test>", '<"a@b.test>', "<a@>", "<@b.test>",
+    "<a@[]>", "<a@b_c.test>",
+])
+def test_parse_path_rejects(text: str) -> None:
+    with pytest.raises(PathError):
+        parse_path(text, allow_null=False, utf8=True)
+
+
+def test_parse_params() -> None:
+    assert parse_params(" SIZE=10 BODY=8BITMIME SMTPUTF8") == {"SIZE": "10", "BODY": "8BITMIME", "SMTPUTF8": None}
+    for bad in (" SIZE=", " SIZE=1 size=2", "junk", " =x", " A=b=c"):
+        with pytest.raises(PathError):
+            parse_params(bad)
+
+
+def test_xtext() -> None:
+    assert valid_xtext("abc+2Bdef") and valid_xtext("")
+    assert not valid_xtext("a+2b") and not valid_xtext("a=b") and not valid_xtext("a b") and not valid_xtext("+4")
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B1", "250"),
+    (b"MAIL FROM:<a@b.test> RET=ALL", "501"),
+    (b"MAIL FROM:<a@b.test> ENVID=a=b", "501"),
+    (b"MAIL FROM:<a@b.test> BODY=BINARYMIME", "504"),
+    (b"MAIL FROM:<a@b.test> BODY=9BIT", "501"),
+    (b"MAIL FROM:<a@b.test> AUTH=<>", "250"),
+    (b"MAIL FROM:<a@b.test> AUTH=u+2Bx@b.test", "250"),
+    (b"MAIL FROM:<a@b.test> FOO=bar", "555"),
+    (b"MAIL FROM:<a@b.test> SMTPUTF8=yes", "501"),
+    (b"MAIL FROM: <a@b.test>", "250"),
+    (b"MAIL FROM:a@b.test", "501"),
+    (b"MAIL TO:<a@b.test>", "501"),
+    ("MAIL FROM:<ü@b.test>".encode(), "553"),
+    ("MAIL FROM:<ü@b.test> SMTPUTF8".encode(), "250"),
+    (b"MAIL FROM:<\xff@b.test>", "500"),
+])
+def test_mail_parameters(line: bytes, code: str) -> None:
+    out, _ = session(b"EHLO c\r\n" + line + b"\r\n")
+    assert codes(out) == ["250", code]
+
+
+@pytest.mark.parametrize("line,code", [
+    (b"RCPT TO:<r@mx.test> NOTIFY=NEVER", "250"),
+    (b"RCPT TO:<r@mx.test> NOTIFY=NEVER,SUCCESS", "501"),
+    (b"RCPT TO:<r@mx.test> NOTIFY=SUCCESS,SUCCESS", "501"),
+    (b"RCPT TO:<r@mx.test> NOTIFY=sometimes", "501"),
+    (b"RCPT TO:<r@mx.test> ORCPT=rfc822;r@mx.test", "250"),
+    (b"RCPT TO:<r@mx.test> ORCPT=rfc822", "501"),
+    (b"RCPT TO:<r@mx.test> XFOO", "555"),
+    (b"RCPT TO:<>", "501"),
+    (b"RCPT TO:<postmaster>", "250"),
+    (b"RCPT TO:<someone>", "501"),
+    ("RCPT TO:<ü@mx.test>".encode(), "553"),
+])
+def test_rcpt_parameters(line: bytes, code: str) -> None:
+    out, _ = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n" + line + b"\r\n")
+    assert codes(out) == ["250", "250", code]
+
+
+def test_too_many_recipients_452() -> None:
+    rcpts = b"".join(b"RCPT TO:<r%d@mx.test>\r\n" % i for i in range(7))
+    out, _ = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n" + rcpts, max_recipients=5)
+    assert codes(out) == ["250", "250"] + ["250"] * 5 + ["452", "452"]
+    assert b"452 4.5.3" in out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Limits and errors
+
+
+def test_line_too_long_500_and_session_goes_on() -> None:
+    core = make(line_length=1000)
+    out, _ = drive(core, [b"NOOP " + b"x" * 2000 + b"\r\nNOOP\r\n"])
+    assert codes(out) == ["500", "250"]
+    out, _ = drive(core, [b"NOOP " + b"x" * 1500, b"y" * 3000, b"z\r\nNOOP\r\n"])
+    assert codes(out) == ["500", "250"]
+    assert core.pending_input == 0
+
+
+def test_nul_in_command() -> None:
+    out, _ = session(b"NO\x00OP\r\nNOOP\r\n")
+    assert codes(out) == ["500", "250"]
+
+
+def test_error_limit_closes_with_421() -> None:
+    out, events = session(b"BAD\r\n" * 10, max_errors=3)
+    assert codes(out) == ["500", "500", "500", "421"]
+    assert isinstance(events[-1], Closed) and events[-1].reason == "errors"
+
+
+def test_bare_lf_commands_accepted() -> None:
+    out, _ = session(b"EHLO c\nNOOP\n")
+    assert codes(out) == ["250", "250"]
+
+
+def test_ehlo_resets_transaction_and_rset() -> None:
+    core = make()
+    drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"])
+    assert core.state is State.RCPT
+    drive(core, [b"EHLO c\r\n"])
+    assert core.state is State.READY and core.txn is None
+    drive(core, [b"MAIL FROM:<a@b.test>\r\nRSET\r\n"])
+    assert core.state is State.READY
+
+
+def test_rejected_recipient_keeps_state_mail_and_data_gets_554() -> None:
+    def answer(core: ServerCore, ev: object) -> None:
+        if isinstance(ev, RcptTo):
+            core.send(R.R550_NO_SUCH_USER)
+        else:
+            default_answer(core, ev)
+
+    out, _ = drive(make(), [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n"], answer)
+    assert codes(out) == ["250", "250", "550", "554"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# SASL framing (RFC 4954)
+
+
+def test_auth_login_challenge_flow() -> None:
+    got: list[object] = []
+
+    def answer(core: ServerCore, ev: object) -> None:
+        got.append(ev)
+        if isinstance(ev, AuthStart):
+            core.auth_challenge(b"Username:")
+        elif isinstance(ev, AuthResponse) and ev.data == b"user":
+            core.auth_challenge(b"Password:")
+        elif isinstance(ev, AuthResponse):
+            core.auth_done(R.R235_AUTH_OK, "user@x.test")
+
+    core = make()
+    out, _ = drive(core, [b"EHLO c\r\nAUTH LOGIN\r\n", base64.b64encode(b"user") + b"\r\n",
+                          base64.b64encode(b"pw") + b"\r\nAUTH PLAIN\r\n"], answer)
+    assert out.split(b"\r\n")[-5:-1] == [b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6", b"235 2.7.0 Authentication successful",
+                                         b"503 5.5.1 Already authenticated"]
+    assert core.authenticated == "user@x.test"
+    assert got[0] == AuthStart("LOGIN", None)
+
+
+@pytest.mark.parametrize("line,expected", [
+    (b"*", b"501 5.7.0"),
+    (b"!!notbase64", b"501 5.5.2"),
+])
+def test_auth_cancel_and_bad_base64(line: bytes, expected: bytes) -> None:
+    core = make()
+    out, events = drive(core, [b"EHLO c\r\nAUTH PLAIN\r\n" + line + b"\r\nNOOP\r\n"])
+    assert expected in out and out.endswith(b"250 2.0.0 OK\r\n")
+    assert any(isinstance(e, AuthAborted) for e in events)
+    assert core.mode is Mode.COMMAND and not core.authenticated
+
+
+def test_auth_initial_response_forms() -> None:
+    seen: list[object] = []
+
+    def answer(core: ServerCore, ev: object) -> None:
+        seen.append(ev)
+        core.auth_done(R.R535_AUTH_FAILED)
+
+    out, _ = drive(make(), [b"EHLO c\r\nAUTH PLAIN =\r\nAUTH plain AGEAYg==\r\nAUTH PLAIN %%%\r\n"
+                            b"AUTH CRAM-MD5\r\nAUTH\r\n"], answer)
+    assert seen == [AuthStart("PLAIN", b""), AuthStart("PLAIN", b"\x00a\x00b")]
+    assert codes(out) == ["250", "535", "535", "501", "504", "501"]
+
+
+def test_auth_refusal_when_no_mechanism() -> None:
+    core = make(auth=())
+    core.auth_refusal = R.R530_TLS_REQUIRED
+    out, _ = drive(core, [b"EHLO c\r\nAUTH PLAIN\r\n"])
+    assert codes(out) == ["250", "530"]
+
+
+def test_sasl_line_limit() -> None:
+    def answer(core: ServerCore, ev: object) -> None:
+        if isinstance(ev, AuthStart):
+            core.auth_challenge(b"")
+
+    core = make()
+    out, events = drive(core, [b"EHLO c\r\nAUTH PLAIN\r\n" + b"A" * 13000 + b"\r\nNOOP\r\n"], answer)
+    assert codes(out) == ["250", "334", "500", "250"]
+    assert any(isinstance(e, AuthAborted) for e in events)
+
+
+# --------------------------------------------------------------------------------------------------------
+# STARTTLS
+
+
+def test_starttls_forgets_the_dialogue() -> None:
+    core = make()
+    drive(core, [b"EHLO c\r\nSTARTTLS\r\n"])
+    assert core.tls and core.state is State.INIT and not core.helo
+    out, _ = drive(core, [b"MAIL FROM:<a@b.test>\r\nEHLO c\r\nSTARTTLS\r\n"])
+    assert codes(out) == ["503", "250", "503"]
+    assert b"STARTTLS" not in out.split(b"\r\n", 1)[1].split(b"503")[0]
+
+
+def test_starttls_with_args_or_unavailable() -> None:
+    out, _ = session(b"EHLO c\r\nSTARTTLS now\r\n")
+    assert codes(out) == ["250", "501"]
+    out, _ = session(b"EHLO c\r\nSTARTTLS\r\n", starttls=False)
+    assert codes(out) == ["250", "502"]
+
+
+def test_reply_rendering() -> None:
+    assert R.Reply(250, "2.1.5", ("<a@b>", "<c@d>")).to_bytes() == b"250-2.1.5 <a@b>\r\n250 2.1.5 <c@d>\r\n"
+    with pytest.raises(ValueError):
+        R.Reply(550, "4.0.0", ("x",))
+    with pytest.raises(ValueError):
+        R.Reply(250, "2.0.0", ("a\r\nb",))
