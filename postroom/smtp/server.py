@@ -96,6 +96,8 @@ class Policy:
                    pop_before_smtp_seconds=cfg.smtp.pop_before_smtp_minutes * 60.0)
 
     def in_relay_networks(self, ip: str) -> bool:
+        if not self.relay_networks:  # the usual case: skip parsing the address for every RCPT
+            return False
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:

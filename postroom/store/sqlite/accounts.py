@@ -86,7 +86,7 @@ class AccountsMixin(Base):
             row = conn.execute(f"SELECT {DOMAIN_COLUMNS} FROM domains WHERE name = ?", (name,)).fetchone()
             return None if row is None else _domain(row)
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=True)
 
     async def list_domains(self) -> list[Domain]:
         def q(conn: sqlite3.Connection) -> list[Domain]:
@@ -154,14 +154,14 @@ class AccountsMixin(Base):
             row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE address = ?", (address,)).fetchone()
             return None if row is None else _user(row)
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=True)
 
     async def get_user_by_id(self, user_id: int) -> User | None:
         def q(conn: sqlite3.Connection) -> User | None:
             row = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
             return None if row is None else _user(row)
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=True)
 
     async def list_users(self, domain: str | None = None) -> list[User]:
         dom = None if domain is None else names.domain(domain)
@@ -259,7 +259,7 @@ class AccountsMixin(Base):
                 ).fetchall()
             return [Alias(r[0], r[1]) for r in rows]
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=src is not None)
 
     # ---- mailing lists
     async def create_list(

@@ -50,7 +50,8 @@ Invariants
    inside a write transaction, that no row needs it again (a row whose body came back inline does not); so a
    racing writer in this or another process (the admin CLI) never loses a body. An inline body is deleted in
    the transaction that drops its last reference.
-5. The write connection is used by the writer thread only; read connections only by their pool thread.
+5. The write connection is used by the writer thread only; a read connection only by the thread that made it
+   (a pool thread, or the event-loop thread for quick point lookups).
 """
 
 from __future__ import annotations
@@ -213,10 +214,18 @@ class Engine:
         self._jobs.put(_Job(fn, future, loop, size))
         return await future
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` inside one read transaction on a reader thread."""
+    async def read(self, fn: Callable[[sqlite3.Connection], T], *, quick: bool = False) -> T:
+        """Run `fn(conn)` inside one read transaction on a reader thread.
+
+        `quick=True` is for point lookups by key (a domain, a user, an alias, a mailbox, one message row): a few
+        index pages, microseconds. Those run right here on the calling (event-loop) thread with a connection of
+        its own, because the hop to a reader thread and back costs several times the read itself: profiling SMTP
+        delivery showed the hops as a fifth of the server's CPU. Anything that scans (listings, bodies) keeps
+        using the reader threads so it never stalls the loop."""
         if not self._open or self._readers is None:
             raise StoreError("store is not open")
+        if quick:
+            return self._run_read(fn)
         return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:

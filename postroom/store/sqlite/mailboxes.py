@@ -108,7 +108,7 @@ class MailboxesMixin(Base):
             name = names.mailbox(name)
         except Invalid:
             return None
-        return await self._engine.read(lambda conn: find_mailbox(conn, user_id, name))
+        return await self._engine.read(lambda conn: find_mailbox(conn, user_id, name), quick=True)
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
         def q(conn: sqlite3.Connection) -> Mailbox | None:
@@ -117,7 +117,7 @@ class MailboxesMixin(Base):
             except NotFound:
                 return None
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=True)
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
         name = names.mailbox(name)

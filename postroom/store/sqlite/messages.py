@@ -190,7 +190,7 @@ class MessagesMixin(Base):
             ).fetchone()
             return None if row is None else message_from_row(row)
 
-        return await self._engine.read(q)
+        return await self._engine.read(q, quick=True)
 
     async def read_message(self, blob_id: str) -> bytes:
         check_id(blob_id)
