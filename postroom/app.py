@@ -26,6 +26,8 @@ from typing import Any, Callable
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .config import IMPLICIT_TLS, Config
+from .delivery.queue import Scheduler, router_bounce
+from .delivery.router import Router
 from .metrics import Metrics
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
@@ -88,6 +90,8 @@ class Postroom:
     http: HttpServer | None = None
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
+    queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
 
     async def start(self) -> None:
         cfg = self.config
@@ -102,6 +106,9 @@ class Postroom:
         await self.store.open()
         store = self.store
         self.services = Services(cfg, store, Authenticator(store, cfg.auth), self.metrics, tls)
+        if cfg.delivery.enabled:  # issue 7: outbound delivery; DSNs enter through the router like any mail
+            self.queue = Scheduler(store, cfg, bounce=router_bounce(Router(store, cfg)), **self.queue_options)
+            self.queue.start()
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():
@@ -144,6 +151,8 @@ class Postroom:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:
             await self.http.stop()
+        if self.queue is not None:
+            await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.store is not None:
             await self.store.close()
 

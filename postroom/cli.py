@@ -109,7 +109,15 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
     if args.action == "add":
         name = normalize_domain(args.name)
         await store.add_domain(name)
-        print(f"domain {name} added")
+        await _make_dkim_keys(store, name)
+        print(f"domain {name} added, with DKIM keys; the DNS records to publish: postroom dns {name}")
+    elif args.action == "dkim":
+        name = normalize_domain(args.name)
+        if await store.get_domain(name) is None:
+            raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
+        keys = await _make_dkim_keys(store, name)
+        print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}); publish them "
+              f"before the old records go: postroom dns {name}")
     elif args.action == "remove":
         name = normalize_domain(args.name)
         await store.remove_domain(name)
@@ -121,6 +129,137 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         for u in users:
             counts[u.domain_id] = counts.get(u.domain_id, 0) + 1
         print(table([(d.name, counts.get(d.id, 0)) for d in domains], ("domain", "users")))
+    return 0
+
+
+async def _make_dkim_keys(store: Store, name: str) -> Any:
+    from .delivery.dkim import generate_keys
+
+    keys = await asyncio.to_thread(generate_keys)
+    await store.set_dkim(name, keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector, keys.ed25519_pem)
+    return keys
+
+
+async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
+    from .delivery.dkim import dns_records, txt_strings
+
+    name = normalize_domain(args.domain)
+    domain = await store.get_domain(name)
+    if domain is None:
+        raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
+    hostname = args.cfg.server.hostname
+    print(f"; DNS records for {name}: publish them in the zone of {name} at your DNS provider.")
+    if hostname in ("localhost", "localhost.localdomain") or "." not in hostname:
+        print(f"; server.hostname is {hostname!r}: set it to this server's public name (the MX target) first.")
+    print(f"; MX: mail for {name} goes to {hostname}, which needs an A/AAAA record (and matching reverse DNS).")
+    for rname, rtype, value in dns_records(domain, hostname):
+        shown = txt_strings(value) if rtype == "TXT" else value
+        print(f"{rname:<40} 3600 IN {rtype:<4} {shown}")
+    if not domain.dkim_private_key:
+        print(f"; no DKIM keys yet (the domain predates them): make them with: postroom domain dkim {name}")
+    return 0
+
+
+def _when(t: float, now: float) -> str:
+    if t <= now:
+        return "now"
+    left = int(t - now)
+    return f"in {left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"in {left // 60}m{left % 60:02d}s"
+
+
+async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
+    import dataclasses
+    import time
+
+    from .store.api import RcptState
+
+    pending = (RcptState.QUEUED, RcptState.DEFERRED)
+    now = time.time()
+    if args.action == "list":
+        entries = await store.queue_list()
+        rows = []
+        for e in entries:
+            waiting = [r for r in e.recipients if r.state in pending]
+            nxt = min((r.next_try for r in waiting), default=0.0)
+            err = next((r.last_error for r in waiting if r.last_error), "")
+            rows.append((e.id, time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)), e.size,
+                         f"<{e.mail_from}>", f"{len(waiting)}/{len(e.recipients)}", _when(nxt, now),
+                         (err[:60] + "...") if len(err) > 60 else err))
+        print(table(rows, ("id", "queued", "size", "from", "waiting", "next try", "last error")))
+        print(f"{sum(len([r for r in e.recipients if r.state in pending]) for e in entries)} recipient(s) waiting")
+        return 0
+    if args.action == "show":
+        e = await store.queue_get(args.id)
+        if e is None:
+            raise CliError(f"no queue entry {args.id} (it may have been delivered meanwhile)")
+        print(f"id        {e.id}\nqueued    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.created))}")
+        print(f"from      <{e.mail_from}>\nsize      {e.size}")
+        if e.envid or e.ret:
+            print(f"envid     {e.envid or '-'}\nret       {e.ret or '-'}")
+        for r in e.recipients:
+            print(f"  {r.rcpt}  {r.state.value}  attempts={r.attempts}"
+                  + (f"  next try {_when(r.next_try, now)}" if r.state in pending else "")
+                  + (f"  notify={r.notify}" if r.notify else "") + (f"  orcpt={r.orcpt}" if r.orcpt else ""))
+            if r.last_error:
+                print(f"      last error: {r.last_error}")
+        raw = await store.read_message(e.blob_id)
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        print("header:")
+        print(head.decode("utf-8", "replace"))
+        return 0
+    if args.action == "delete":
+        for qid in args.ids:
+            await store.queue_delete(qid)
+            print(f"queue entry {qid} deleted (no bounce is sent)")
+        return 0
+    # retry / flush: every waiting recipient becomes due now; the running server's queue picks them up at its
+    # next look (delivery.poll_seconds).
+    if args.action == "retry" and not args.ids:
+        raise CliError("name queue ids to retry (or use: postroom queue flush)", EXIT_USAGE)
+    entries = await store.queue_list() if args.action == "flush" else \
+        [e for e in [await store.queue_get(i) for i in args.ids] if e is not None]
+    count = 0
+    for e in entries:
+        due = [dataclasses.replace(r, next_try=0.0) for r in e.recipients if r.state in pending]
+        if due:
+            await store.queue_update(e.id, due)
+            count += len(due)
+    print(f"{count} recipient(s) in {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} due now; "
+          f"the running server sends them within a few seconds")
+    return 0
+
+
+async def cmd_sendmail(args: argparse.Namespace, store: Store) -> int:
+    import getpass
+    import os
+    import re
+
+    from .delivery.router import Envelope, Rcpt, RouteError, Router
+    from .sendmail import SendmailError, prepare
+
+    cfg: config_mod.Config = args.cfg
+    limit = cfg.limits.message_size
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise CliError(f"the message is larger than limits.message_size ({limit} bytes); nothing was sent")
+    try:
+        user = re.sub(r"[^A-Za-z0-9._-]", "_", getpass.getuser()) or "nobody"
+    except Exception:
+        user = "nobody"
+    try:
+        prepared = prepare(data, recipients=args.recipients, sender=args.sender, extract=args.t,
+                           ignore_dots=args.i or args.oi, hostname=cfg.server.hostname, user=user,
+                           full_name=args.full_name or "", uid=os.getuid())
+    except SendmailError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    router = Router(store, cfg)
+    try:
+        rcpts = tuple([Rcpt(await router.normalize(r)) for r in prepared.recipients])
+        for r in rcpts:
+            await router.check_recipient(r.address, prepared.sender, may_relay=True)
+        await router.accept(Envelope(prepared.sender, rcpts, prepared.raw, may_relay=True))
+    except RouteError as exc:
+        raise CliError(f"refused: {exc.code} {exc.esc} {exc.text}") from None
     return 0
 
 
@@ -271,6 +410,9 @@ examples:
   postroom list create team@example.org --owner alice@example.org --policy members
   postroom import --user alice@example.org ~/mail/inbox.mbox
   postroom export --user alice@example.org --format maildir ./alice-backup
+  postroom dns example.org                   the MX, SPF, DKIM and DMARC records to publish
+  postroom queue list                        what waits in the outbound queue, and why
+  printf 'Subject: hi\\n\\nhello\\n' | postroom sendmail -f alice@example.org bob@example.net
   postroom config-sample > postroom.toml     then: postroom --config postroom.toml serve
 """
 
@@ -295,6 +437,27 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("add", help="accept mail for a domain").add_argument("name")
     dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)").add_argument("name")
     dsub.add_parser("list", help="list local domains")
+    dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
+
+    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC")
+    dn.add_argument("domain")
+
+    q = sub.add_parser("queue", help="the outbound queue: list | show | retry | delete | flush")
+    qsub = q.add_subparsers(dest="action", required=True)
+    qsub.add_parser("list", help="list queued messages")
+    qsub.add_parser("show", help="show one queued message: envelope, recipients, errors, header").add_argument(
+        "id", type=int)
+    qsub.add_parser("retry", help="try these entries again now").add_argument("ids", type=int, nargs="*")
+    qsub.add_parser("delete", help="drop entries from the queue (no bounce)").add_argument("ids", type=int, nargs="+")
+    qsub.add_parser("flush", help="try every queued message again now")
+
+    sm = sub.add_parser("sendmail", help="send the message on standard input (sendmail(8) flags)")
+    sm.add_argument("-t", action="store_true", help="take recipients from To, Cc and Bcc (Bcc is removed)")
+    sm.add_argument("-f", dest="sender", metavar="SENDER", help="envelope sender (default USER@server.hostname)")
+    sm.add_argument("-i", action="store_true", help="a line with a single '.' does not end the message")
+    sm.add_argument("-oi", action="store_true", help="same as -i")
+    sm.add_argument("-F", dest="full_name", metavar="NAME", help="full name for a From header that is added")
+    sm.add_argument("recipients", nargs="*")
 
     u = sub.add_parser("user", help="mail users: add | passwd | list | remove")
     usub = u.add_subparsers(dest="action", required=True)
@@ -358,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "domain": cmd_domain,
+    "dns": cmd_dns,
+    "queue": cmd_queue,
+    "sendmail": cmd_sendmail,
     "user": cmd_user,
     "alias": cmd_alias,
     "list": cmd_list,
@@ -387,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 format="%(asctime)s %(levelname)s %(name)s %(message)s")
             return run_server(cfg, demo=args.demo)
         handler = COMMANDS[args.command]
+        args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
         return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
     except config_mod.ConfigError as exc:
         print(f"postroom: configuration error: {exc}", file=sys.stderr)

@@ -109,6 +109,29 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """Outbound delivery: the queue scheduler, routing and the SMTP client (postroom/delivery/queue.py)."""
+
+    enabled: bool = True  # run the queue scheduler in `postroom serve`
+    smarthost: str = ""  # "host:port": send every remote message there instead of to the MX hosts
+    smarthost_user: str = ""  # AUTH at the smart host (only over TLS)
+    smarthost_password: str = ""
+    routes: dict[str, str] = field(default_factory=dict)  # domain -> "host[:port]", checked before DNS
+    mx_port: int = 25  # port of the hosts found in DNS (tests and private networks change it)
+    dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; empty: the system's (/etc/resolv.conf)
+    retry_seconds: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)  # last one repeats
+    max_lifetime_seconds: float = 5 * 86400.0  # then a deferred recipient bounces (RFC 5321 §4.5.4.1)
+    delay_notice_seconds: float = 4 * 3600.0  # a deferred recipient older than this gets one delay DSN; 0: none
+    concurrency: int = 50  # simultaneous outbound connections in all
+    concurrency_per_domain: int = 5  # simultaneous connections to one destination domain
+    connect_timeout_seconds: float = 30.0
+    command_timeout_seconds: float = 300.0  # RFC 5321 §4.5.3.2: at least 5 minutes for MAIL, RCPT, DATA
+    starttls: bool = True  # use STARTTLS when offered (opportunistic, certificates not checked)
+    poll_seconds: float = 1.0  # how often the scheduler looks for due work (admin commands, other nodes)
+    messages_per_connection: int = 100  # then the connection is closed and a new one opened
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -118,6 +141,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -213,6 +237,13 @@ def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {dotted} must be a list of {_type_name(item_tp)}, not {value!r}")
         return tuple(_coerce(item_tp, v, where, f"{dotted}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{dotted}] must be a table of {_type_name(key_tp)} = "
+                              f"{_type_name(value_tp)}, not {value!r}")
+        return {_coerce(key_tp, k, where, f"{dotted}.{k!r}"): _coerce(value_tp, v, where, f'{dotted}."{k}"')
+                for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{where}: {dotted}: unsupported type")  # pragma: no cover - no such field yet
     if tp is bool:
@@ -278,12 +309,56 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: smtp.max_received must be at least 1")
     if cfg.smtp.pop_before_smtp_minutes < 0:
         raise ConfigError(f"{where}: smtp.pop_before_smtp_minutes must not be negative (0 switches it off)")
+    _validate_delivery(cfg.delivery, where)
     if cfg.pop3.login_delay_seconds < 0:
         raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
     if cfg.pop3.expire not in ("", "never", "0"):
         # Days-based expiry needs a retrieval timestamp per message and a sweeper; only what is true is offered.
         raise ConfigError(f"{where}: pop3.expire must be \"\" (not advertised), \"never\" or \"0\", "
                           f"not {cfg.pop3.expire!r}")
+
+
+def _validate_delivery(d: DeliveryConfig, where: str) -> None:
+    if d.smarthost:
+        try:
+            split_hostport(d.smarthost)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: delivery.smarthost: {exc} (write \"host:port\", or \"\" for none)")
+    if bool(d.smarthost_user) != bool(d.smarthost_password):
+        raise ConfigError(f"{where}: delivery.smarthost_user and delivery.smarthost_password go together")
+    if d.smarthost_user and not d.smarthost:
+        raise ConfigError(f"{where}: delivery.smarthost_user is set but delivery.smarthost is empty")
+    for domain, target in d.routes.items():
+        if not domain or any(c.isspace() or c in "@:/" for c in domain):
+            raise ConfigError(f"{where}: delivery.routes: {domain!r} is not a domain name")
+        try:
+            split_hostport(target if ":" in target.rsplit("]", 1)[-1] else f"{target}:25")
+        except ValueError as exc:
+            raise ConfigError(f"{where}: delivery.routes.\"{domain}\": {exc} (write \"host\" or \"host:port\")")
+    for i, server in enumerate(d.dns_servers):
+        host = server
+        if server.count(":") == 1 or server.startswith("["):
+            try:
+                host, _ = split_hostport(server)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: delivery.dns_servers[{i}]: {exc}") from None
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: delivery.dns_servers[{i}]: {server!r} is not an IP address "
+                              f"(write \"192.0.2.53\" or \"192.0.2.53:5353\")") from None
+    if not 1 <= d.mx_port <= 65535:
+        raise ConfigError(f"{where}: delivery.mx_port must be 1-65535")
+    if not d.retry_seconds or any(s <= 0 for s in d.retry_seconds):
+        raise ConfigError(f"{where}: delivery.retry_seconds must be a non-empty list of positive numbers")
+    for name in ("max_lifetime_seconds", "connect_timeout_seconds", "command_timeout_seconds", "poll_seconds"):
+        if getattr(d, name) <= 0:
+            raise ConfigError(f"{where}: delivery.{name} must be positive")
+    if d.delay_notice_seconds < 0:
+        raise ConfigError(f"{where}: delivery.delay_notice_seconds must not be negative (0: no delay notices)")
+    for name in ("concurrency", "concurrency_per_domain", "messages_per_connection"):
+        if getattr(d, name) < 1:
+            raise ConfigError(f"{where}: delivery.{name} must be at least 1")
 
 
 def _absolutise(cfg: Config) -> Config:
@@ -357,4 +432,24 @@ vrfy_expn = false                  # true: VRFY/EXPN answer authenticated client
 max_received = 50                  # more Received headers than this is a mail loop (554 5.4.6)
 pop_before_smtp_minutes = 0        # >0: a POP3/IMAP login lets that IP relay for this many minutes
 
+[delivery]
+enabled = true                     # run the outbound queue in `postroom serve`
+smarthost = ""                     # "host:port": relay all remote mail there instead of to MX hosts
+smarthost_user = ""                # AUTH at the smart host (only after STARTTLS)
+smarthost_password = ""
+mx_port = 25                       # port of the MX hosts found in DNS
+dns_servers = []                   # e.g. ["192.0.2.53"]; empty: the system resolver
+retry_seconds = [300, 900, 1800, 3600, 7200, 14400]   # waits between attempts; the last repeats
+max_lifetime_seconds = 432000      # 5 days, then a deferred recipient bounces
+delay_notice_seconds = 14400       # one delay notice after 4 hours; 0: none
+concurrency = 50                   # outbound connections in all
+concurrency_per_domain = 5         # outbound connections to one domain
+connect_timeout_seconds = 30
+command_timeout_seconds = 300
+starttls = true                    # use STARTTLS when the peer offers it
+poll_seconds = 1                   # how often the queue looks for due mail
+messages_per_connection = 100
+
+[delivery.routes]                  # static routes, checked before DNS: "domain" = "host[:port]"
+# "partner.example" = "10.0.0.5:25"
 '''

@@ -139,3 +139,58 @@ def compose(
         if part is not msg:
             del part["MIME-Version"]  # `email` adds one to every part it creates; only the top belongs
     return msg.as_bytes(policy=POLICY)
+
+
+@dataclass(frozen=True)
+class RawPart:
+    """One body part given as exact bytes: `content_type` is the whole Content-Type value, `body` is written
+    unchanged (it must already be CRLF text in the given `cte`)."""
+
+    content_type: str
+    body: bytes
+    cte: str = "7bit"
+
+
+def compose_report(
+    *,
+    from_: str,
+    to: Sequence[str],
+    subject: str,
+    report_type: str,
+    parts: Sequence[RawPart],
+    headers: Sequence[tuple[str, str]] = (),
+    domain: str = "localhost",
+    message_id: str | None = None,
+    date: float | None = None,
+    now: Callable[[], float] = time.time,
+    make_id: Callable[[str], str] = make_message_id,
+) -> bytes:
+    """A multipart/report (RFC 6522) whose parts are exact bytes: DSNs (RFC 3464) and the like. The header is
+    written by `email` under the SMTP policy (RFC 2047 for non-ASCII text); the parts are never re-serialised,
+    so a returned original message keeps its bytes. The boundary is chosen so that it occurs in no part."""
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = from_
+    if to:
+        msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(now() if date is None else date, localtime=False)
+    msg["Message-ID"] = message_id or make_id(domain)
+    msg["MIME-Version"] = "1.0"
+    for name, value in headers:
+        msg[name] = value
+    while True:
+        boundary = f"=_report_{uuid.uuid4().hex}"
+        marker = b"--" + boundary.encode()
+        if not any(marker in p.body for p in parts):
+            break
+    msg["Content-Type"] = f'multipart/report; report-type={report_type}; boundary="{boundary}"'
+    out = [POLICY.fold_binary(name, value) for name, value in msg.raw_items()]
+    out.append(b"\r\nThis is a MIME-encapsulated message.\r\n")
+    for p in parts:
+        out.append(b"\r\n" + marker + b"\r\nContent-Type: " + p.content_type.encode("ascii") + b"\r\n")
+        if p.cte != "7bit":
+            out.append(b"Content-Transfer-Encoding: " + p.cte.encode("ascii") + b"\r\n")
+        out.append(b"\r\n")
+        out.append(p.body if p.body.endswith(b"\r\n") or not p.body else p.body + b"\r\n")
+    out.append(b"\r\n" + marker + b"--\r\n")
+    return b"".join(out)

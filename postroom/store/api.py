@@ -120,7 +120,9 @@ class Domain:
     name: str
     created: float
     dkim_selector: str = ""
-    dkim_private_key: str = ""  # PEM; empty until the outbound issue makes keys
+    dkim_private_key: str = ""  # RSA 2048, PKCS#8 PEM; "" if none (DKIM signing off for the domain)
+    dkim_ed25519_selector: str = ""  # RFC 8463: a second signature with its own selector
+    dkim_ed25519_key: str = ""  # Ed25519, PKCS#8 PEM; "" if none
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class QueueRecipient:
     attempts: int = 0
     next_try: float = 0.0
     last_error: str = ""
+    delay_notified: bool = False  # the one delay DSN for this recipient was sent (delivery/queue.py)
 
 
 @dataclass(frozen=True)
@@ -308,7 +311,9 @@ class Store(Protocol):
     async def remove_domain(self, name: str) -> None:
         """Refuses (Invalid) while the domain still has users, aliases or lists."""
 
-    async def set_dkim(self, name: str, selector: str, private_key_pem: str) -> None: ...
+    async def set_dkim(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str = "",
+                       ed25519_key_pem: str = "") -> None:
+        """Replace the domain's DKIM keys (all four values; "" clears one)."""
 
     # ---- users
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
@@ -432,7 +437,8 @@ class Store(Protocol):
         """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first."""
 
     async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
-        """Replace the state of the named recipients. An entry whose recipients are all final is removed."""
+        """Replace the state (state, attempts, next_try, last_error, delay_notified) of the named recipients.
+        An entry whose recipients are all final is removed."""
 
     async def queue_delete(self, queue_id: int) -> None: ...
 

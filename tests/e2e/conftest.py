@@ -80,6 +80,9 @@ def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerH
     base: dict[str, Any] = {
         "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 2.0},
         "listeners": {name: "127.0.0.1:0" for name in LISTENERS},
+        # The outbound queue stays off unless a test turns it on with its own loopback DNS and peers: a test
+        # must never look up or connect to anything beyond this machine.
+        "delivery": {"enabled": False},
     }
     cfg = config_mod.load(None, config_mod.merge(base, server_overrides))
     handle = ServerHandle(cfg)

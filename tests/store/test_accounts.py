@@ -45,6 +45,12 @@ async def test_set_dkim(store: Store) -> None:
     await store.set_dkim("Example.org", "s1", "-----BEGIN PRIVATE KEY-----\n")
     d = await store.get_domain("example.org")
     assert d is not None and d.dkim_selector == "s1" and d.dkim_private_key.startswith("-----BEGIN")
+    assert d.dkim_ed25519_selector == "" and d.dkim_ed25519_key == ""
+    await store.set_dkim("example.org", "s2r", "rsa-pem", "s2e", "ed-pem")
+    d = await store.get_domain("example.org")
+    assert d is not None and (d.dkim_selector, d.dkim_private_key) == ("s2r", "rsa-pem")
+    assert (d.dkim_ed25519_selector, d.dkim_ed25519_key) == ("s2e", "ed-pem")
+    assert [x.dkim_ed25519_key for x in await store.list_domains()] == ["ed-pem"]
     with pytest.raises(NotFound):
         await store.set_dkim("other.example", "s", "k")
 

@@ -67,13 +67,15 @@ async def test_queue_update_and_removal(store: Store) -> None:
     a, b = e.recipients
     await store.queue_update(e.id, [dataclasses.replace(a, state=RcptState.DELIVERED, attempts=1)])
     await store.queue_update(
-        e.id, [dataclasses.replace(b, state=RcptState.DEFERRED, attempts=1, next_try=300.0, last_error="451 later")]
+        e.id, [dataclasses.replace(b, state=RcptState.DEFERRED, attempts=1, next_try=300.0, last_error="451 later",
+                                   delay_notified=True)]
     )
     got = await store.queue_get(e.id)
     assert got is not None
-    assert got.recipients[0].state is RcptState.DELIVERED
+    assert got.recipients[0].state is RcptState.DELIVERED and not got.recipients[0].delay_notified
     rb = got.recipients[1]
     assert (rb.state, rb.attempts, rb.next_try, rb.last_error) == (RcptState.DEFERRED, 1, 300.0, "451 later")
+    assert rb.delay_notified
     assert await store.queue_length() == 1
     assert [x.id for x in await store.queue_due(299.0)] == []
     assert [x.id for x in await store.queue_due(300.0)] == [e.id]

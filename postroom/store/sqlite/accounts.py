@@ -34,11 +34,12 @@ from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.mailboxes import insert_mailbox
 
 USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created"
-DOMAIN_COLUMNS = "id, name, created, dkim_selector, dkim_private_key"
+DOMAIN_COLUMNS = "id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key"
 
 
 def _domain(row: Any) -> Domain:
-    return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4])
+    return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4],
+                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6])
 
 
 def _user(row: Any) -> User:
@@ -106,13 +107,15 @@ class AccountsMixin(Base):
 
         await self._engine.write(op)
 
-    async def set_dkim(self, name: str, selector: str, private_key_pem: str) -> None:
+    async def set_dkim(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str = "",
+                       ed25519_key_pem: str = "") -> None:
         name = names.domain(name)
 
         def op(tx: Tx) -> None:
             cur = tx.conn.execute(
-                "UPDATE domains SET dkim_selector = ?, dkim_private_key = ? WHERE name = ?",
-                (selector, private_key_pem, name),
+                "UPDATE domains SET dkim_selector = ?, dkim_private_key = ?, dkim_ed25519_selector = ?,"
+                " dkim_ed25519_key = ? WHERE name = ?",
+                (selector, private_key_pem, ed25519_selector, ed25519_key_pem, name),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no such domain: {name}")

@@ -23,7 +23,7 @@ from postroom.store.sqlite.common import CHUNK, Base, acquire_blob, release_blob
 from postroom.store.sqlite.engine import Tx
 
 ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created"
-RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error"
+RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
 PENDING = (RcptState.QUEUED.value, RcptState.DEFERRED.value)
 RET_VALUES = ("", "FULL", "HDRS")
 
@@ -37,6 +37,7 @@ def _rcpt(row: Any) -> QueueRecipient:
         attempts=row[5],
         next_try=row[6],
         last_error=row[7],
+        delay_notified=bool(row[8]),
     )
 
 
@@ -98,10 +99,10 @@ class QueueMixin(Base):
             queue_id = int(cur.lastrowid or 0)
             tx.conn.executemany(
                 "INSERT INTO queue_rcpt(queue_id, position, rcpt, orcpt, notify, state, attempts, next_try,"
-                " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_error, delay_notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (queue_id, i, r.rcpt, r.orcpt, r.notify, RcptState(r.state).value, r.attempts, r.next_try,
-                     r.last_error)
+                     r.last_error, int(r.delay_notified))
                     for i, r in enumerate(rcpts)
                 ],
             )
@@ -145,7 +146,8 @@ class QueueMixin(Base):
 
     async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
         updates = [
-            (RcptState(r.state).value, r.attempts, r.next_try, r.last_error, queue_id, r.rcpt) for r in recipients
+            (RcptState(r.state).value, r.attempts, r.next_try, r.last_error, int(r.delay_notified), queue_id, r.rcpt)
+            for r in recipients
         ]
 
         def op(tx: Tx) -> None:
@@ -154,8 +156,8 @@ class QueueMixin(Base):
                 raise NotFound(f"no queue entry {queue_id}")
             for u in updates:
                 cur = tx.conn.execute(
-                    "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?"
-                    " WHERE queue_id = ? AND rcpt = ?",
+                    "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?,"
+                    " delay_notified = ? WHERE queue_id = ? AND rcpt = ?",
                     u,
                 )
                 if cur.rowcount == 0:

@@ -7,7 +7,9 @@ an existing step.
 
 Versions: 1 is the first schema (every body a file under blobs/). 2 adds `blob_data`: bodies up to the store's
 inline threshold live in the database, so storing one costs no fsync of its own (see engine.py). Bodies stored
-as files by version 1 stay files and are still read; nothing is moved by the migration.
+as files by version 1 stay files and are still read; nothing is moved by the migration. 3 adds the outbound
+issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its selector) and, per queue
+recipient, whether its one delay notice was sent.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -31,7 +33,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE counters(
@@ -162,7 +164,14 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: sqlite3.Connection) -> None:
+    """Ed25519 DKIM keys (RFC 8463) beside the RSA one; the delay-notice mark of a queue recipient."""
+    conn.execute("ALTER TABLE domains ADD COLUMN dkim_ed25519_selector TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE domains ADD COLUMN dkim_ed25519_key TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE queue_rcpt ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,209 @@
+"""Delivery status notifications (RFC 3464) as the sender asked for them (RFC 3461): bounces, delays, successes.
+
+Theory of operation
+-------------------
+The queue collects what happened to recipients of one message (`RecipientReport`: action, status, the remote's
+reply) and calls `build_dsn`, which keeps the reports the sender asked for and returns the bytes of one
+`multipart/report; report-type=delivery-status` message (RFC 6522, built by `mime.compose.compose_report`):
+
+    1. text/plain               what happened, for people
+    2. message/delivery-status  per-message fields, then one block per recipient (RFC 3464 §2.2, §2.3)
+    3. message/rfc822           the original message (failures, unless RET=HDRS and if not too large)
+       or text/rfc822-headers   its header only (RET=HDRS, delays and successes: RFC 3461 §4.3)
+
+Which reports are sent (RFC 3461 §4.1, NOTIFY): NEVER -> none; a list -> the named kinds (SUCCESS covers
+"delivered" and "relayed"); no NOTIFY -> FAILURE and DELAY (the RFC leaves the default to the MTA; Postroom, like
+Postfix, also sends delay notices by default). ORCPT and ENVID come back decoded from xtext (RFC 3461 §4,
+§4.2, §4.4: the DSN carries the values, not their SMTP encoding) in Original-Recipient and Original-Envelope-Id.
+A message whose header is not ASCII (SMTPUTF8, RFC 6532) comes back as message/global or message/global-headers,
+and reports naming non-ASCII addresses use message/global-delivery-status (RFC 6533 §3, §6).
+
+Invariants
+1. Never a DSN to the null reverse-path (RFC 5321 §4.5.5, RFC 3464 §2.2.1): `build_dsn` returns None for it.
+2. The original message is included byte for byte (only a final CRLF is added if it lacked one).
+3. A DSN is sent from the null reverse-path and says `Auto-Submitted: auto-replied` (RFC 3834 §5), so a DSN
+   about a DSN never happens.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from postroom.mime.compose import RawPart, compose_report, make_message_id
+
+RETURN_FULL_LIMIT = 2 * 1024 * 1024  # bytes; a larger original comes back as its header only
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+_NOTIFY_OF = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS", "relayed": "SUCCESS",
+              "expanded": "SUCCESS"}
+
+
+@dataclass(frozen=True)
+class RecipientReport:
+    rcpt: str
+    action: str  # one of ACTIONS (RFC 3464 §2.3.3)
+    status: str  # RFC 3463 code, "5.1.1"
+    orcpt: str = ""  # as stored: "rfc822;" + xtext
+    notify: str = ""  # as stored
+    diagnostic: str = ""  # the remote's reply ("550 5.1.1 No such user") or our own explanation
+    remote_mta: str = ""  # host name of the server that answered, if any
+    last_attempt: float | None = None
+    will_retry_until: float | None = None  # for "delayed"
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: "+XX" is the octet with hex value XX; everything else stands for itself."""
+    if "+" not in value:
+        return value
+    out = bytearray()
+    i = 0
+    raw = value.encode("utf-8", "surrogateescape")
+    while i < len(raw):
+        if raw[i] == 0x2B and _is_hex(raw[i + 1:i + 3]):
+            out.append(int(raw[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _is_hex(b: bytes) -> bool:
+    return len(b) == 2 and all(c in b"0123456789ABCDEFabcdef" for c in b)
+
+
+def wanted(notify: str, action: str) -> bool:
+    """Did the sender ask for a DSN of this `action`? (RFC 3461 §4.1; the default is FAILURE,DELAY.)"""
+    kinds = {k.strip().upper() for k in notify.split(",") if k.strip()} or {"FAILURE", "DELAY"}
+    if "NEVER" in kinds:
+        return False
+    return _NOTIFY_OF[action] in kinds
+
+
+def _date(t: float) -> str:
+    return email.utils.formatdate(t, localtime=False)
+
+
+def _clean(text: str) -> str:
+    """A single line, no control characters (field values go into the report verbatim)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:900]
+
+
+def header_section(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    if end >= 0:
+        return raw[:end + 2]
+    end = raw.find(b"\n\n")
+    return raw[:end + 1] if end >= 0 else raw
+
+
+def _address_type(address: str) -> str:
+    return "rfc822" if address.isascii() else "utf-8"  # RFC 6533 §3: "utf-8" address type
+
+
+def status_fields(reporting_mta: str, envid: str, arrival: float, reports: Sequence[RecipientReport]) -> str:
+    """The message/delivery-status body (RFC 3464 §2.1: per-message fields, a blank line, per-recipient)."""
+    lines = [f"Reporting-MTA: dns; {reporting_mta}"]
+    if envid:
+        lines.append(f"Original-Envelope-Id: {_clean(xtext_decode(envid))}")  # RFC 3464 §2.2.1
+    lines.append(f"Arrival-Date: {_date(arrival)}")
+    for r in reports:
+        lines.append("")
+        if r.orcpt:
+            addr_type, _, addr = r.orcpt.partition(";")
+            lines.append(f"Original-Recipient: {_clean(addr_type)};{_clean(xtext_decode(addr))}")  # §2.3.1
+        lines.append(f"Final-Recipient: {_address_type(r.rcpt)};{_clean(r.rcpt)}")  # §2.3.2
+        lines.append(f"Action: {r.action}")  # §2.3.3
+        lines.append(f"Status: {r.status}")  # §2.3.4
+        if r.remote_mta:
+            lines.append(f"Remote-MTA: dns; {_clean(r.remote_mta)}")  # §2.3.5
+        if r.diagnostic:
+            lines.append(f"Diagnostic-Code: smtp; {_clean(r.diagnostic)}")  # §2.3.6
+        if r.last_attempt is not None:
+            lines.append(f"Last-Attempt-Date: {_date(r.last_attempt)}")  # §2.3.7
+        if r.action == "delayed" and r.will_retry_until is not None:
+            lines.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")  # §2.3.9
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _human(reporting_mta: str, reports: Sequence[RecipientReport]) -> str:
+    failed = [r for r in reports if r.action == "failed"]
+    delayed = [r for r in reports if r.action == "delayed"]
+    done = [r for r in reports if r.action in ("delivered", "relayed", "expanded")]
+    out = [f"This is the mail system at {reporting_mta}.", ""]
+    if failed:
+        out += ["Your message could not be delivered to the following recipients. It will not be tried again.", ""]
+        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in failed] + [""]
+    if delayed:
+        until = [r.will_retry_until for r in delayed if r.will_retry_until is not None]
+        out += ["Your message could not be delivered yet to the following recipients. It is still being tried"
+                + (f" until {_date(min(until))}." if until else "."), "You do not need to send it again.", ""]
+        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in delayed] + [""]
+    if done:
+        out += ["Your message was delivered to the following recipients"
+                + (" (or handed to a server that does not report delivery)" if any(r.action == "relayed"
+                                                                                 for r in done) else "") + ".", ""]
+        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in done] + [""]
+    return "\r\n".join(out)
+
+
+def build_dsn(
+    *,
+    reporting_mta: str,
+    mail_from: str,
+    envid: str,
+    ret: str,
+    arrival: float,
+    reports: Sequence[RecipientReport],
+    original: bytes,
+    now: Callable[[], float] = time.time,
+    make_id: Callable[[str], str] = make_message_id,
+) -> bytes | None:
+    """The DSN to send to `mail_from` about `reports`, or None when nothing is to be sent (null sender, or the
+    sender asked for none of these kinds)."""
+    if not mail_from:
+        return None  # invariant 1
+    chosen = [r for r in reports if wanted(r.notify, r.action)]
+    if not chosen:
+        return None
+    any_failed = any(r.action == "failed" for r in chosen)
+    head = header_section(original)
+    utf8_header = not head.isascii()
+    utf8_addresses = not all(r.rcpt.isascii() and r.orcpt.isascii() for r in chosen)
+    # RFC 3461 §4.3: RET applies to failure reports; others carry the header only.
+    full = any_failed and ret.upper() != "HDRS" and len(original) <= RETURN_FULL_LIMIT
+    if full:
+        kind = "message/global" if utf8_header else "message/rfc822"
+        body = original if original.endswith(b"\r\n") else original + b"\r\n"  # invariant 2
+        # RFC 2046 §5.2.1: message/rfc822 is 7bit or 8bit (never encoded); RFC 6532 §3.5 lets message/global be 8bit.
+        returned = RawPart(kind, body, "7bit" if original.isascii() else "8bit")
+    else:
+        kind = "message/global-headers" if utf8_header else "text/rfc822-headers"
+        returned = RawPart(kind, head, "8bit" if not head.isascii() else "7bit")
+    if any_failed:
+        subject = "Undelivered Mail Returned to Sender"
+    elif any(r.action == "delayed" for r in chosen):
+        subject = "Delayed Mail (still being retried)"
+    else:
+        subject = "Successful Mail Delivery Report"
+    status = status_fields(reporting_mta, envid, arrival, chosen)
+    status_type = "message/global-delivery-status" if utf8_addresses else "message/delivery-status"
+    human = _human(reporting_mta, chosen)
+    parts = [
+        RawPart("text/plain; charset=utf-8", human.encode("utf-8"), "7bit" if human.isascii() else "8bit"),
+        RawPart(status_type, status.encode("utf-8"), "7bit" if status.isascii() else "8bit"),
+        returned,
+    ]
+    return compose_report(
+        from_=f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
+        to=[mail_from],
+        subject=subject,
+        report_type="delivery-status",
+        parts=parts,
+        headers=[("Auto-Submitted", "auto-replied")],  # invariant 3 (RFC 3834 §5)
+        domain=reporting_mta,
+        now=now,
+        make_id=make_id,
+    )

@@ -1,0 +1,294 @@
+"""Routing: where the mail for a domain goes (static routes, smart host, DNS MX, implicit MX, null MX).
+
+Theory of operation
+-------------------
+`RouteFinder.route(domain)` returns a `Route`: the ordered hosts (`Hop`: name, address to connect to, port) the SMTP
+client tries one after the other, or raises `RouteFailure` (permanent: bounce now; temporary: retry later).
+The order of precedence is:
+
+1. an address literal (`user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`, RFC 5321 §4.1.3): that address;
+2. the static routes table (`[delivery.routes]`, "domain" = "host[:port]"), exact domain match: the seeds'
+   host-table idea, for tests and private networks;
+3. the smart host (`delivery.smarthost`), which then gets all other remote mail (with AUTH if configured);
+4. DNS (RFC 5321 §5.1): the MX records in preference order, equal preferences in random order (§5.1: "the
+   sender-SMTP MUST randomize them to spread the load"); each MX host's A then AAAA addresses. No MX record at
+   all (NOERROR, no data) means the domain itself is the only host ("implicit MX", §5.1). A null MX (RFC 7505
+   §3: one MX record of preference 0 whose exchange is ".") means the domain takes no mail: a permanent
+   failure at once (RFC 7505 §4.2: 556 5.1.10). A domain that does not exist (NXDOMAIN) fails permanently
+   (5.1.2); a DNS time-out or SERVFAIL is temporary (4.4.3).
+
+The resolver is injected (`Resolver` protocol): `DnsResolver` uses dnspython, optionally against given name
+servers (the e2e tests run a DNS server of their own on a loopback port); unit tests pass a dictionary.
+
+Invariants
+1. A returned Route has at least one hop and at most `MAX_HOPS`.
+2. Hops of a lower MX preference always come before hops of a higher one; shuffling only reorders equals.
+3. Only a permanent DNS answer (NXDOMAIN, null MX, no address for an implicit MX) raises a permanent
+   RouteFailure; anything that may be transient is temporary, so mail waits rather than bounces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from postroom.config import DeliveryConfig, split_hostport
+
+MAX_HOPS = 10  # addresses tried per delivery attempt (Postfix: smtp_mx_address_limit = 5, per MX host)
+DNS_LIFETIME = 20.0  # seconds for one lookup, retries included
+
+
+class DnsNotFound(Exception):
+    """The name does not exist (NXDOMAIN): a permanent answer."""
+
+
+class DnsTemporary(Exception):
+    """The lookup failed in a way that may pass (time-out, SERVFAIL, no reachable name server)."""
+
+
+class Resolver(Protocol):
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        """(preference, exchange) records; [] when the name exists but has no MX. Exchange "." is a null MX.
+        Raises DnsNotFound or DnsTemporary."""
+
+    async def addresses(self, host: str) -> list[str]:
+        """A then AAAA addresses as text; [] when the name exists but has neither. Raises like `mx`."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    host: str  # the name we were told (MX exchange, route host), for logs and TLS server name
+    address: str  # IP address to connect to
+    port: int
+    smarthost: bool = False  # AUTH with the smart host credentials applies
+
+
+@dataclass(frozen=True)
+class Route:
+    domain: str
+    hops: tuple[Hop, ...]
+    via: str  # "literal" | "static" | "smarthost" | "mx" | "implicit-mx"
+
+
+class RouteFailure(Exception):
+    def __init__(self, permanent: bool, code: int, status: str, text: str) -> None:
+        super().__init__(f"{code} {status} {text}")
+        self.permanent = permanent
+        self.code = code  # the SMTP-like reply code reported in DSNs
+        self.status = status  # RFC 3463 enhanced status code
+        self.text = text
+
+
+class DnsResolver:
+    """`Resolver` over dnspython. `servers`: "ip" or "ip:port" strings; empty uses /etc/resolv.conf."""
+
+    def __init__(self, servers: tuple[str, ...] = (), lifetime: float = DNS_LIFETIME) -> None:
+        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
+        if servers:
+            nameservers: list[dns.nameserver.Nameserver | str] = []
+            for s in servers:
+                if s.count(":") == 1 or s.startswith("["):
+                    host, port = split_hostport(s)
+                else:
+                    host, port = s, 53
+                nameservers.append(dns.nameserver.Do53Nameserver(host, port))
+            self._resolver.nameservers = nameservers
+        self._resolver.lifetime = lifetime
+
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise DnsNotFound(f"{name}: no such domain") from None
+        except dns.resolver.NoAnswer:
+            return None
+        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
+            raise DnsTemporary(f"{name} {rdtype}: {type(exc).__name__}") from None
+        except dns.exception.DNSException as exc:
+            raise DnsTemporary(f"{name} {rdtype}: {exc}") from None
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        answer = await self._query(domain, "MX")
+        if answer is None:
+            return []
+        return [(int(r.preference), r.exchange.to_text(omit_final_dot=True) or ".") for r in answer]
+
+    async def addresses(self, host: str) -> list[str]:
+        out: list[str] = []
+        found = False
+        temporary: DnsTemporary | None = None
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._query(host, rdtype)
+            except DnsTemporary as exc:
+                temporary = exc
+                continue
+            found = True
+            if answer is not None:
+                out += [r.address for r in answer]
+        if not out and temporary is not None:
+            raise temporary
+        return out if found else []
+
+
+class StaticResolver:
+    """A `Resolver` from dictionaries, for tests: `mx_records[domain]` and `a_records[host]`. A name in
+    `nxdomain` does not exist; one in `failing` times out."""
+
+    def __init__(self, mx_records: Mapping[str, list[tuple[int, str]]] | None = None,
+                 a_records: Mapping[str, list[str]] | None = None, nxdomain: set[str] | None = None,
+                 failing: set[str] | None = None) -> None:
+        self.mx_records = dict(mx_records or {})
+        self.a_records = dict(a_records or {})
+        self.nxdomain = set(nxdomain or ())
+        self.failing = set(failing or ())
+        self.queries: list[tuple[str, str]] = []
+
+    def _check(self, name: str) -> None:
+        if name in self.failing:
+            raise DnsTemporary(f"{name}: timed out")
+        if name in self.nxdomain or (name not in self.mx_records and name not in self.a_records):
+            raise DnsNotFound(f"{name}: no such domain")
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        self.queries.append((domain, "MX"))
+        self._check(domain)
+        return list(self.mx_records.get(domain, []))
+
+    async def addresses(self, host: str) -> list[str]:
+        self.queries.append((host, "A"))
+        self._check(host)
+        return list(self.a_records.get(host, []))
+
+
+def _literal(domain: str) -> str | None:
+    """'[192.0.2.1]' -> '192.0.2.1'; '[IPv6:2001:db8::1]' -> '2001:db8::1' (RFC 5321 §4.1.3); else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class RouteFinder:
+    """Finds the Route of a destination domain (see the module doc)."""
+
+    def __init__(self, config: DeliveryConfig, resolver: Resolver,
+                 shuffle: Callable[[list[str]], None] = random.shuffle) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.shuffle = shuffle
+        self.routes = {k.lower().rstrip("."): v for k, v in config.routes.items()}
+
+    async def route(self, domain: str) -> Route:
+        domain = domain.lower().rstrip(".")
+        literal = _literal(domain)
+        if literal is not None:
+            return Route(domain, (Hop(literal, literal, self.config.mx_port),), "literal")
+        if domain.startswith("["):
+            raise RouteFailure(True, 550, "5.1.2", f"bad address literal {domain}")
+        target = self.routes.get(domain)
+        if target is not None:
+            host, port = _host_port(target, 25)
+            return Route(domain, await self._hops(host, port, smarthost=False), "static")
+        if self.config.smarthost:
+            host, port = split_hostport(self.config.smarthost)
+            return Route(domain, await self._hops(host, port, smarthost=True), "smarthost")
+        return await self._mx(domain)
+
+    async def _hops(self, host: str, port: int, smarthost: bool) -> tuple[Hop, ...]:
+        if _is_ip(host):
+            return (Hop(host, host, port, smarthost),)
+        try:
+            addrs = await self.resolver.addresses(host)
+        except DnsNotFound:
+            # A configured host that does not resolve is the operator's mistake, which may be fixed: wait.
+            raise RouteFailure(False, 451, "4.4.3", f"configured host {host} not found in DNS") from None
+        except DnsTemporary as exc:
+            raise RouteFailure(False, 451, "4.4.3", f"DNS lookup failed: {exc}") from None
+        if not addrs:
+            raise RouteFailure(False, 451, "4.4.3", f"configured host {host} has no address")
+        return tuple(Hop(host, a, port, smarthost) for a in addrs[:MAX_HOPS])
+
+    async def _mx(self, domain: str) -> Route:
+        port = self.config.mx_port
+        try:
+            records = await self.resolver.mx(domain)
+        except DnsNotFound:
+            raise RouteFailure(True, 550, "5.1.2", f"domain {domain} does not exist (DNS NXDOMAIN)") from None
+        except DnsTemporary as exc:
+            raise RouteFailure(False, 451, "4.4.3", f"DNS lookup of MX {domain} failed: {exc}") from None
+        if not records:
+            # RFC 5321 §5.1: no MX records -> the domain is its own MX, preference 0 ("implicit MX").
+            try:
+                addrs = await self.resolver.addresses(domain)
+            except DnsNotFound:
+                raise RouteFailure(True, 550, "5.1.2", f"domain {domain} does not exist (DNS NXDOMAIN)") from None
+            except DnsTemporary as exc:
+                raise RouteFailure(False, 451, "4.4.3", f"DNS lookup of {domain} failed: {exc}") from None
+            if not addrs:
+                raise RouteFailure(True, 550, "5.1.2", f"domain {domain} has no MX and no address record")
+            return Route(domain, tuple(Hop(domain, a, port) for a in addrs[:MAX_HOPS]), "implicit-mx")
+        real = [(pref, host.lower().rstrip(".")) for pref, host in records if host.rstrip(".")]
+        if not real:
+            # RFC 7505 §3 null MX; §4.2: reject with 556 and 5.1.10 (RFC 7505 §3.2 registers the code).
+            raise RouteFailure(True, 556, "5.1.10", f"domain {domain} accepts no mail (null MX, RFC 7505)")
+        by_pref: dict[int, list[str]] = {}
+        for pref, host in sorted(real):
+            if host not in by_pref.setdefault(pref, []):
+                by_pref[pref].append(host)
+        hops: list[Hop] = []
+        temporary: str = ""
+        for pref in sorted(by_pref):  # invariant 2
+            hosts = by_pref[pref]
+            self.shuffle(hosts)
+            for host in hosts:
+                if _is_ip(host):  # RFC 5321 §5.1 forbids it, but a literal address is all we can use
+                    hops.append(Hop(host, host, port))
+                    continue
+                try:
+                    addrs = await self.resolver.addresses(host)
+                except (DnsNotFound, DnsTemporary) as exc:
+                    temporary = temporary or str(exc)
+                    continue
+                hops += [Hop(host, a, port) for a in addrs]
+                if len(hops) >= MAX_HOPS:
+                    break
+            if len(hops) >= MAX_HOPS:
+                break
+        if not hops:
+            # The MX hosts exist in DNS but none resolves: a misconfiguration that may be fixed; retry until
+            # expiry (Postfix also defers here).
+            raise RouteFailure(False, 451, "4.4.3",
+                               f"no MX host of {domain} has an address{': ' + temporary if temporary else ''}")
+        return Route(domain, tuple(hops[:MAX_HOPS]), "mx")  # invariant 1
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    """'host' -> (host, default); 'host:26' -> (host, 26); '[::1]:26' -> ('::1', 26); '::1' stays an IP."""
+    if _is_ip(value):
+        return value, default_port
+    if ":" in value.rsplit("]", 1)[-1]:
+        return split_hostport(value)
+    return value.strip("[]"), default_port

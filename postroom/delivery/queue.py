@@ -1,0 +1,454 @@
+"""The outbound queue scheduler: takes due recipients from the store's durable queue and delivers them by SMTP.
+
+Theory of operation
+-------------------
+All state is in the store (`store.enqueue` by the router; one row per recipient with its state, attempts,
+next try, last error and delay-notice mark). The scheduler keeps only what is in flight, so a restart loses
+nothing: whatever was not recorded as final is tried again.
+
+    loop:  queue_due(now) -> per entry, the due recipients not in flight, grouped by destination domain (a Job)
+           -> the domain's deque -> up to `concurrency_per_domain` workers for the domain, each holding one
+           of `concurrency` connection slots in all
+    worker: route the domain once (mx.py) -> connect (hops in order; STARTTLS when offered) -> for each job of
+           the domain: read the body, DKIM-sign it, one transaction with every recipient of the job (PIPELINING)
+           -> reuse the connection for the next job (at most `messages_per_connection`) -> QUIT when the deque
+           is empty
+    result, per recipient:  2xx delivered | 5xx bounced (failure DSN) | 4xx or no connection: deferred, next
+           try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
+           bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
+
+A recipient that asked for NOTIFY=SUCCESS gets a "relayed" DSN when the next server does not speak DSN; when it
+does, NOTIFY/ORCPT/RET/ENVID are passed on and that server reports (RFC 3461 §5.2.2).
+
+The at-least-once window. Between the remote server's `250` to "." and the commit of `queue_update` that
+records it, a crash (or kill -9) leaves the recipient pending; after the restart it is sent again, so the remote
+gets a duplicate. The window is one store write (a group commit: milliseconds); RFC 1047 describes it. Nothing is
+ever lost: a state is written only after what it records happened, and DSNs are made durable (handed to the
+router, which delivers or queues them) before the recipient they report on is marked final. So a crash in
+between can repeat a DSN but never lose one.
+
+Invariants
+1. The store is the only state: nothing in memory is needed to resume after a restart.
+2. A recipient is in at most one transaction at a time (`_in_flight`), and one scheduler runs per store.
+3. A recipient is final (delivered/bounced) only after the remote's reply or a permanent routing answer, and
+   after its DSN (if any) is durable.
+4. At most `concurrency` connections in all and `concurrency_per_domain` to one domain are open at once.
+5. Never a DSN to the null sender (dsn.py), and a DSN about a recipient is sent at most once per kind, except in
+   the crash window above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from postroom.config import Config
+from postroom.delivery.client import (
+    ConnectionLost,
+    Refused,
+    Reply,
+    SmtpClient,
+    TlsFailed,
+    Transaction,
+    opportunistic_tls_context,
+)
+from postroom.delivery.dkim import Signer
+from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
+from postroom.delivery.mx import DnsResolver, Resolver, Route, RouteFailure, RouteFinder
+from postroom.store.api import NotFound, QueueEntry, QueueRecipient, RcptState, Store
+
+log = logging.getLogger("postroom.queue")
+
+PENDING = (RcptState.QUEUED, RcptState.DEFERRED)
+DUE_BATCH = 1000  # entries read per look at the queue
+BounceSink = Callable[[str, bytes], Awaitable[None]]
+"""Delivers a DSN (bytes) from the null sender to one address (the original sender): durable on return."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # "ok" | "temp" | "perm"
+    text: str  # reply or explanation, for last_error and Diagnostic-Code
+    status: str  # RFC 3463
+    remote: str = ""  # host that answered
+    dsn_passed_on: bool = False  # the remote speaks DSN and got NOTIFY: it reports success itself
+
+
+@dataclass
+class Job:
+    entry: QueueEntry
+    domain: str
+    rcpts: list[QueueRecipient]
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def _outcome(reply: Reply, remote: str, dsn: bool) -> Outcome:
+    if reply.code in (250, 251):
+        return Outcome("ok", str(reply), reply.status, remote, dsn)
+    return Outcome("perm" if reply.permanent else "temp", str(reply), reply.status, remote)
+
+
+def needs_smtputf8(entry: QueueEntry, rcpts: Sequence[QueueRecipient], raw: bytes) -> bool:
+    """RFC 6531 §3.2: non-ASCII envelope addresses or header fields (RFC 6532) need SMTPUTF8."""
+    if not entry.mail_from.isascii() or not all(r.rcpt.isascii() for r in rcpts):
+        return True
+    end = raw.find(b"\r\n\r\n")
+    return not (raw if end < 0 else raw[:end]).isascii()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        *,
+        bounce: BounceSink,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
+        signer: Signer | None = None,
+        shuffle: Callable[[list[str]], None] = random.shuffle,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.delivery = config.delivery
+        self.bounce = bounce
+        self.clock = clock
+        self.routes = RouteFinder(config.delivery, resolver or DnsResolver(config.delivery.dns_servers), shuffle)
+        self.tls = tls if tls is not None else (opportunistic_tls_context() if config.delivery.starttls else None)
+        self.signer = signer if signer is not None else Signer(store, clock)
+        self._slots = asyncio.Semaphore(config.delivery.concurrency)
+        self._pending: dict[str, deque[Job]] = {}
+        self._workers: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[tuple[int, str]] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "connections": 0}
+
+    # --- running ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="postroom-queue")
+
+    def wake(self) -> None:
+        """Look at the queue now (after an enqueue, `queue retry`), not at the next poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking work; let transactions in progress finish for `grace` seconds, then cut them (what was
+        not recorded is tried again at the next start)."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        for q in self._pending.values():
+            q.clear()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.dispatch()
+            except Exception:  # a store hiccup must not end outbound delivery
+                log.exception("queue dispatch failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.delivery.poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Dispatch everything due now and wait until it is done (tests, `postroom queue flush` in-process).
+        Returns the number of recipients tried."""
+        n = await self.dispatch()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        return n
+
+    async def dispatch(self) -> int:
+        now = self.clock()
+        entries = await self.store.queue_due(now, DUE_BATCH)
+        count = 0
+        for entry in entries:
+            by_domain: dict[str, list[QueueRecipient]] = {}
+            for r in entry.recipients:
+                if r.state in PENDING and r.next_try <= now and (entry.id, r.rcpt) not in self._in_flight:
+                    by_domain.setdefault(_domain(r.rcpt), []).append(r)
+            for domain, rcpts in by_domain.items():
+                self._in_flight.update((entry.id, r.rcpt) for r in rcpts)  # invariant 2
+                self._pending.setdefault(domain, deque()).append(Job(entry, domain, rcpts))
+                count += len(rcpts)
+        for domain, jobs in self._pending.items():
+            active = self._workers.get(domain, 0)
+            for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs))):  # invariant 4
+                self._workers[domain] = self._workers.get(domain, 0) + 1
+                task = asyncio.create_task(self._worker(domain), name=f"postroom-queue-{domain}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return count
+
+    # --- a worker: one connection at a time to one domain -------------------------------------------------------
+    async def _worker(self, domain: str) -> None:
+        try:
+            async with self._slots:
+                await self._work(domain)
+        finally:
+            self._workers[domain] -= 1
+            if not self._workers[domain]:
+                del self._workers[domain]
+                if not self._pending.get(domain):
+                    self._pending.pop(domain, None)
+
+    async def _work(self, domain: str) -> None:
+        jobs = self._pending.get(domain)
+        route: Route | None = None
+        client: SmtpClient | None = None
+        try:
+            while jobs:
+                job = jobs.popleft()
+                try:
+                    if route is None:
+                        route = await self.routes.route(domain)
+                    outcomes, client = await self._deliver(job, route, client)
+                except RouteFailure as f:
+                    # The same answer holds for every job of this domain now waiting: settle them all.
+                    outcome = Outcome("perm" if f.permanent else "temp", str(f), f.status)
+                    batch = [job, *jobs]
+                    jobs.clear()
+                    for j in batch:
+                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
+                    return
+                except _Unreachable as u:
+                    outcome = Outcome("temp", u.text, u.status, u.remote)
+                    batch = [job, *jobs]  # a dead destination: the jobs behind this one would fail alike
+                    jobs.clear()
+                    for j in batch:
+                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
+                    return
+                await self._settle(job, outcomes)
+        finally:
+            if client is not None:
+                await client.quit()
+
+    async def _connect(self, route: Route) -> SmtpClient:
+        errors: list[str] = []
+        last_reply: Reply | None = None
+        d = self.delivery
+        auth = (d.smarthost_user, d.smarthost_password) if d.smarthost_user else None
+        for hop in route.hops:
+            tls = self.tls
+            for _ in range(2):
+                try:
+                    client = await SmtpClient.open(
+                        hop, self.config.server.hostname, connect_timeout=d.connect_timeout_seconds,
+                        command_timeout=d.command_timeout_seconds, tls=tls,
+                        auth=auth if hop.smarthost else None)
+                    self.stats["connections"] += 1
+                    return client
+                except TlsFailed as exc:
+                    # RFC 7435 opportunistic: a failed handshake falls back to plain text, as Postfix does.
+                    log.info("queue tls failed, retrying without host=%s error=%s", hop.host, exc)
+                    errors.append(str(exc))
+                    tls = None
+                    continue
+                except ConnectionLost as exc:
+                    errors.append(str(exc))
+                except Refused as exc:
+                    errors.append(f"{hop.host}[{hop.address}] {exc}")
+                    last_reply = exc.reply
+                break
+        # RFC 5321 §5.1: every host was tried. Only a permanent greeting/AUTH refusal by the last host... is
+        # still treated as temporary: another host may be fixed before expiry.
+        status = last_reply.status if last_reply is not None and not last_reply.permanent else "4.4.1"
+        raise _Unreachable(f"no host of {route.domain} took the connection: " + "; ".join(errors[-3:]),
+                           status if status.startswith("4") else "4.4.1", route.hops[-1].host)
+
+    async def _deliver(self, job: Job, route: Route, client: SmtpClient | None
+                       ) -> tuple[dict[str, Outcome], SmtpClient | None]:
+        entry = job.entry
+        try:
+            raw = await self.store.read_message(entry.blob_id)
+        except NotFound:
+            return {}, client  # deleted meanwhile (`postroom queue delete`)
+        raw = await self.signer.sign(raw, entry.mail_from)
+        for attempt in range(2):
+            if client is not None and (client.closed or client.transactions >= self.delivery.messages_per_connection):
+                await client.quit()
+                client = None
+            reused = client is not None
+            if client is None:
+                client = await self._connect(route)
+            checked = self._check(job, raw, client)
+            if checked is not None:
+                return checked, client
+            dsn = client.supports("DSN")
+            tx = self._transaction(job, raw, client, dsn)
+            try:
+                result = await client.send(tx)
+            except ConnectionLost as exc:
+                if reused and attempt == 0:
+                    client = None  # the server closed an idle reused connection: once more on a new one
+                    continue
+                out = Outcome("temp", f"{client.hop.host}: {exc}", "4.4.2", client.hop.host)
+                return {r.rcpt: out for r in job.rcpts}, None
+            host = client.hop.host
+            return {r.rcpt: _outcome(result.rcpt[r.rcpt], host, dsn and bool(r.notify)) for r in job.rcpts}, client
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, job: Job, raw: bytes, client: SmtpClient) -> dict[str, Outcome] | None:
+        """What must fail before the transaction starts: size, 8BITMIME, SMTPUTF8."""
+        host = client.hop.host
+        limit = client.size_limit
+        if limit and len(raw) > limit:
+            # RFC 1870 §6.2: larger than the fixed maximum the server declared: a permanent failure.
+            out = Outcome("perm", f"message is {len(raw)} bytes; {host} accepts at most {limit}", "5.3.4", host)
+            return {r.rcpt: out for r in job.rcpts}
+        if needs_smtputf8(job.entry, job.rcpts, raw) and not client.supports("SMTPUTF8"):
+            # RFC 6531 §3.2: the message needs SMTPUTF8 and the server does not offer it: non-delivery.
+            out = Outcome("perm", f"{host} does not support SMTPUTF8, which this message needs", "5.6.7", host)
+            return {r.rcpt: out for r in job.rcpts}
+        if not raw.isascii() and not client.supports("8BITMIME"):
+            # RFC 6152 §3: 8-bit data to a server without 8BITMIME is returned (Postroom does not re-encode:
+            # that would break DKIM signatures and the "raw bytes are sacred" rule).
+            out = Outcome("perm", f"{host} does not support 8BITMIME, which this message needs", "5.6.3", host)
+            return {r.rcpt: out for r in job.rcpts}
+        return None
+
+    def _transaction(self, job: Job, raw: bytes, client: SmtpClient, dsn: bool) -> Transaction:
+        entry = job.entry
+        params: list[str] = []
+        if client.supports("SIZE"):
+            params.append(f"SIZE={len(raw)}")  # RFC 1870 §6
+        if not raw.isascii() and client.supports("8BITMIME"):
+            params.append("BODY=8BITMIME")  # RFC 6152 §2
+        if needs_smtputf8(entry, job.rcpts, raw):
+            params.append("SMTPUTF8")  # RFC 6531 §3.4
+        rcpt_params: list[tuple[str, ...]] = []
+        if dsn:  # RFC 3461 §5.2: pass the DSN parameters on to a server that supports them
+            if entry.ret:
+                params.append(f"RET={entry.ret}")
+            if entry.envid:
+                params.append(f"ENVID={entry.envid}")
+            for r in job.rcpts:
+                p = []
+                if r.notify:
+                    p.append(f"NOTIFY={r.notify}")
+                if r.orcpt:
+                    p.append(f"ORCPT={r.orcpt}")
+                rcpt_params.append(tuple(p))
+        return Transaction(entry.mail_from, tuple(r.rcpt for r in job.rcpts), raw, tuple(params),
+                           tuple(rcpt_params))
+
+    # --- results ------------------------------------------------------------------------------------------------
+    def retry_delay(self, attempts: int) -> float:
+        schedule = self.delivery.retry_seconds
+        return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+    async def _settle(self, job: Job, outcomes: dict[str, Outcome]) -> None:
+        """Record the outcome of each recipient of `job`, DSNs first (invariant 3)."""
+        entry = job.entry
+        try:
+            if not outcomes:
+                return
+            now = self.clock()
+            d = self.delivery
+            updates: list[QueueRecipient] = []
+            reports: list[RecipientReport] = []
+            for r in job.rcpts:
+                o = outcomes[r.rcpt]
+                attempts = r.attempts + 1
+                base = RecipientReport(r.rcpt, "failed", o.status, orcpt=r.orcpt, notify=r.notify,
+                                       diagnostic=o.text, remote_mta=o.remote, last_attempt=now)
+                if o.kind == "ok":
+                    updates.append(dataclasses.replace(r, state=RcptState.DELIVERED, attempts=attempts,
+                                                       last_error=""))
+                    self.stats["delivered"] += 1
+                    if not o.dsn_passed_on:
+                        reports.append(dataclasses.replace(base, action="relayed", status="2.0.0"))
+                    log.info("queue delivered id=%s rcpt=%s remote=%s reply=%r", entry.id, r.rcpt, o.remote,
+                             o.text[:200])
+                elif o.kind == "perm" or now - entry.created >= d.max_lifetime_seconds:
+                    status = o.status if o.kind == "perm" else "4.4.7"  # RFC 3463: delivery time expired
+                    text = o.text if o.kind == "perm" else f"{o.text} (gave up after {attempts} attempts)"
+                    updates.append(dataclasses.replace(r, state=RcptState.BOUNCED, attempts=attempts,
+                                                       last_error=text[:1000]))
+                    self.stats["bounced"] += 1
+                    reports.append(dataclasses.replace(base, status=status, diagnostic=text))
+                    log.info("queue bounced id=%s rcpt=%s reply=%r", entry.id, r.rcpt, text[:200])
+                else:
+                    notify_delay = (d.delay_notice_seconds > 0 and not r.delay_notified
+                                    and now - entry.created >= d.delay_notice_seconds)
+                    updates.append(dataclasses.replace(
+                        r, state=RcptState.DEFERRED, attempts=attempts, next_try=now + self.retry_delay(attempts),
+                        last_error=o.text[:1000], delay_notified=r.delay_notified or notify_delay))
+                    self.stats["deferred"] += 1
+                    if notify_delay:
+                        reports.append(dataclasses.replace(
+                            base, action="delayed", will_retry_until=entry.created + d.max_lifetime_seconds))
+                    log.info("queue deferred id=%s rcpt=%s attempts=%d reply=%r", entry.id, r.rcpt, attempts,
+                             o.text[:200])
+            await self._report(entry, reports)
+            try:
+                await self.store.queue_update(entry.id, updates)
+            except NotFound:
+                pass  # deleted by an admin meanwhile
+        except Exception:
+            log.exception("queue could not record results id=%s", entry.id)  # retried at the next due time
+        finally:
+            for r in job.rcpts:
+                self._in_flight.discard((entry.id, r.rcpt))
+
+    async def _report(self, entry: QueueEntry, reports: list[RecipientReport]) -> None:
+        if not reports or not entry.mail_from:
+            return
+        # One DSN per kind: a failure report, a delay notice and a success report are different messages.
+        for kinds in (("failed",), ("delayed",), ("delivered", "relayed")):
+            chosen = [r for r in reports if r.action in kinds and wanted(r.notify, r.action)]
+            if not chosen:
+                continue
+            original = await self.store.read_message(entry.blob_id)
+            dsn = build_dsn(reporting_mta=self.config.server.hostname, mail_from=entry.mail_from,
+                            envid=entry.envid, ret=entry.ret, arrival=entry.created, reports=chosen,
+                            original=original, now=self.clock)
+            if dsn is not None:
+                await self.bounce(entry.mail_from, dsn)  # durable before the state is (invariant 3)
+
+
+class _Unreachable(Exception):
+    def __init__(self, text: str, status: str, remote: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.status = status
+        self.remote = remote
+
+
+def router_bounce(router: object) -> BounceSink:
+    """A BounceSink over the router (delivery/router.py): the DSN enters like any message from the null sender,
+    so it lands in a local sender's INBOX (through aliases) or is queued for a remote one."""
+    from postroom.delivery.router import Envelope, Rcpt, Router
+
+    assert isinstance(router, Router)
+
+    async def sink(address: str, raw: bytes) -> None:
+        accepted = await router.accept(Envelope("", (Rcpt(address),), raw, may_relay=True))
+        if not (accepted.local or accepted.queued):
+            log.warning("queue dsn to %s had nowhere to go (no such local address)", address)
+
+    return sink

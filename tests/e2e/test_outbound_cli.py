@@ -1,0 +1,110 @@
+"""`postroom domain add` (DKIM keys), `postroom dns`, `postroom sendmail` and `postroom queue ...` in a subprocess-free
+way: `cli.main` in-process against a store in a temporary data folder."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from postroom import cli
+from postroom.sendmail import SendmailError, prepare
+from postroom.store import open_store
+from postroom.store.api import QueueEntry
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    p = tmp_path / "postroom.toml"
+    p.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\nhostname = "mx.a.test"\n')
+    return p
+
+
+def run(conf: Path, *args: str, stdin: bytes | None = None, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(stdin)))
+    code = cli.main(["--config", str(conf), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def queue(conf: Path) -> list[QueueEntry]:
+    data = conf.parent / "data"
+
+    async def get() -> list[QueueEntry]:
+        store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+        await store.open()
+        try:
+            return await store.queue_list()
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+def test_domain_add_makes_keys_and_dns_prints_records(conf: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = run(conf, "domain", "add", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "DKIM keys" in out
+    code, out, _ = run(conf, "dns", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0
+    lines = [line for line in out.splitlines() if not line.startswith(";")]
+    assert lines[0].split() == ["a.test.", "3600", "IN", "MX", "10", "mx.a.test."]
+    assert '"v=spf1 mx -all"' in lines[1]
+    assert "._domainkey.a.test." in lines[2] and '"v=DKIM1; k=rsa; p=' in lines[2]
+    assert "._domainkey.a.test." in lines[3] and "k=ed25519" in lines[3]
+    assert lines[4].startswith("_dmarc.a.test.") and "v=DMARC1" in lines[4]
+    code, out, _ = run(conf, "domain", "dkim", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "new DKIM keys" in out
+    code, _, err = run(conf, "dns", "nowhere.test", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1 and "not a local domain" in err
+
+
+def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    run(conf, "domain", "add", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    msg = b"To: bob@b.test\nBcc: secret@c.test\nSubject: cron\n\nline 1\n.\nnot read\n"
+    code, _, err = run(conf, "sendmail", "-t", "-f", "cron@a.test", stdin=msg, capsys=capsys,
+                       monkeypatch=monkeypatch)
+    assert code == 0, err
+    [entry] = queue(conf)
+    assert entry.mail_from == "cron@a.test"
+    assert [r.rcpt for r in entry.recipients] == ["bob@b.test", "secret@c.test"]
+    code, out, _ = run(conf, "queue", "list", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and f"{entry.id} " in out and "<cron@a.test>" in out and "2/2" in out
+    code, out, _ = run(conf, "queue", "show", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "bob@b.test  queued" in out and "Subject: cron" in out and "Bcc" not in out
+    code, out, _ = run(conf, "queue", "retry", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "2 recipient(s)" in out
+    code, out, _ = run(conf, "queue", "flush", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "2 recipient(s)" in out
+    code, out, _ = run(conf, "queue", "delete", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and queue(conf) == []
+    code, _, err = run(conf, "queue", "show", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1
+    code, _, err = run(conf, "sendmail", stdin=b"Subject: x\n\nx\n", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and "no recipients" in err
+
+
+def test_prepare() -> None:
+    p = prepare(b"Subject: hi\n\nbody\n.\nafter\n", recipients=["b@b.test"], sender=None, extract=False,
+                ignore_dots=True, hostname="mx.a.test", user="root", uid=0, now=lambda: 0.0,
+                make_id=lambda d: f"<id@{d}>")
+    assert p.sender == "root@mx.a.test" and p.recipients == ("b@b.test",)
+    assert p.raw.startswith(b"Received: by mx.a.test (Postroom sendmail) id local from root (uid 0);\r\n\t")
+    assert b"\r\nSubject: hi\r\nFrom: root@mx.a.test\r\nDate: Thu, 01 Jan 1970 00:00:00 -0000\r\n" \
+           b"Message-ID: <id@mx.a.test>\r\n\r\nbody\r\n.\r\nafter\r\n" in p.raw
+    assert b"\n" not in p.raw.replace(b"\r\n", b"")
+    p = prepare(b"From: Me <me@a.test>\r\nDate: x\r\nMessage-ID: <m>\r\n\r\nbody\r\n", recipients=["b@b.test"],
+                sender="<>", extract=False, ignore_dots=False, hostname="h", user="u")
+    assert p.sender == "" and p.raw.count(b"From:") == 1 and p.raw.count(b"Message-ID") == 1
+    p = prepare(b"hello world, no header\n", recipients=["b@b.test"], sender="s@a.test", extract=False,
+                ignore_dots=False, hostname="h", user="u", full_name="Jo Ann")
+    assert b"From: Jo Ann <s@a.test>\r\n" in p.raw and p.raw.endswith(b"\r\n\r\nhello world, no header\r\n")
+    with pytest.raises(SendmailError):
+        prepare(b"To: x\n\n", recipients=[], sender=None, extract=True, ignore_dots=False, hostname="h", user="u")

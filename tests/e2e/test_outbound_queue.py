@@ -1,0 +1,435 @@
+"""The queue scheduler and SMTP client against scripted SMTP peers on loopback ports, with an injected clock.
+
+Each test builds a store, a Scheduler over it (static routes to the peers, or the tests' DNS server), and calls
+`run_once()`: dispatch what is due at the fake clock's time and wait for it. Nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email
+import email.policy
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from outbound_support import DnsServer, FakeClock, SmtpPeer
+
+from postroom import config as config_mod
+from postroom.delivery.client import Hop, SmtpClient, Transaction, dot_stuff
+from postroom.delivery.dkim import generate_keys
+from postroom.delivery.mx import DnsResolver, RouteFinder, StaticResolver
+from postroom.delivery.queue import Scheduler
+from postroom.net.tls import ensure_certificate, server_context
+from postroom.store.api import QueueRecipient, RcptState, Store
+from postroom.store.sqlite import SQLiteStore
+
+MSG = (b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: hi\r\nMessage-ID: <m1@a.test>\r\n\r\n"
+       b"Hello.\r\n.leading dot\r\n")
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.clock = FakeClock()
+        self.store: Store = self.open_store()
+        self.dsns: list[tuple[str, bytes]] = []
+        self.peers: list[SmtpPeer] = []
+
+    def open_store(self) -> Store:
+        return SQLiteStore(self.tmp / "q.db", self.tmp / "blobs", clock=self.clock)  # one clock for both
+
+    async def peer(self, **kw: Any) -> SmtpPeer:
+        p = SmtpPeer(**kw)
+        await p.start()
+        self.peers.append(p)
+        return p
+
+    async def bounce(self, address: str, raw: bytes) -> None:
+        self.dsns.append((address, raw))
+
+    def scheduler(self, routes: dict[str, str] | None = None, resolver: Any = None, **delivery: Any) -> Scheduler:
+        cfg = config_mod.load(None, {"server": {"hostname": "mx.a.test", "data_dir": str(self.tmp)},
+                                     "delivery": {"routes": routes or {}, **delivery}})
+        return Scheduler(self.store, cfg, bounce=self.bounce, clock=self.clock,
+                         resolver=resolver or StaticResolver(), shuffle=lambda hosts: None)
+
+    async def enqueue(self, *rcpts: str | QueueRecipient, raw: bytes = MSG, mail_from: str = "alice@a.test",
+                      **kw: Any) -> int:
+        rs = [r if isinstance(r, QueueRecipient) else QueueRecipient(r) for r in rcpts]
+        with_time = [dataclasses.replace(r, next_try=self.clock.now) for r in rs]
+        entry = await self.store.enqueue(raw, mail_from, with_time, **kw)
+        return entry.id
+
+    def dsn(self, i: int = 0) -> email.message.EmailMessage:
+        msg = email.message_from_bytes(self.dsns[i][1], policy=email.policy.default)
+        assert isinstance(msg, email.message.EmailMessage)
+        return msg
+
+
+async def harness(tmp_path: Path) -> Harness:
+    hs = Harness(tmp_path)
+    await hs.store.open()
+    return hs
+
+
+async def finish(hs: Harness) -> None:
+    for p in hs.peers:
+        await p.close()
+    await hs.store.close()
+
+
+def recipient_fields(msg: email.message.EmailMessage) -> list[dict[str, str]]:
+    status = msg.get_payload()[1]  # type: ignore[index]
+    return [{k: str(v) for k, v in block.items()} for block in status.get_payload()[1:]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+async def test_delivers_all_recipients_in_one_pipelined_transaction(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        raw8 = MSG.replace(b"Hello.", "Grüße.".encode())
+        qid = await hs.enqueue("bob@b.test", "carol@b.test", raw=raw8)
+        assert await s.run_once() == 2
+        [seen] = peer.delivered
+        assert seen.mail_from == "alice@a.test" and seen.rcpts == ["bob@b.test", "carol@b.test"]
+        assert f"SIZE={len(raw8)}" in seen.mail_params and "BODY=8BITMIME" in seen.mail_params
+        assert "SMTPUTF8" not in seen.mail_params
+        assert seen.data == raw8  # byte-exact, dot-stuffing undone by the peer
+        assert await hs.store.queue_get(qid) is None and hs.dsns == []
+        assert await s.run_once() == 0
+    finally:
+        await finish(hs)
+
+
+async def test_451_then_success_delivers_once(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        replies = ["451 4.3.0 try later", "250 2.0.0 ok"]
+        peer = await hs.peer(data_reply=lambda data: replies.pop(0))
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, retry_seconds=[300, 600])
+        qid = await hs.enqueue("bob@b.test")
+        await s.run_once()
+        entry = await hs.store.queue_get(qid)
+        assert entry is not None
+        [r] = entry.recipients
+        assert (r.state, r.attempts, r.next_try) == (RcptState.DEFERRED, 1, hs.clock.now + 300)
+        assert r.last_error == "451 4.3.0 try later"
+        hs.clock.advance(299)
+        assert await s.run_once() == 0  # not due yet
+        hs.clock.advance(1)
+        assert await s.run_once() == 1
+        assert len(peer.delivered) == 1 and await hs.store.queue_get(qid) is None
+        assert hs.dsns == []
+    finally:
+        await finish(hs)
+
+
+async def test_550_bounces_that_recipient_only_with_a_correct_dsn(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(rcpt_reply=lambda a: "550 5.1.1 no such user" if a.startswith("nobody") else "250 ok")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue(QueueRecipient("nobody@b.test", orcpt="rfc822;Nobody@b.test"), "bob@b.test",
+                               envid="E1", ret="HDRS")
+        await s.run_once()
+        assert peer.delivered[0].rcpts == ["bob@b.test"]
+        assert await hs.store.queue_get(qid) is None
+        [(to, _)] = hs.dsns
+        assert to == "alice@a.test"
+        msg = hs.dsn()
+        assert msg["Subject"] == "Undelivered Mail Returned to Sender" and msg["To"] == "alice@a.test"
+        assert recipient_fields(msg) == [{
+            "Original-Recipient": "rfc822;Nobody@b.test", "Final-Recipient": "rfc822;nobody@b.test",
+            "Action": "failed", "Status": "5.1.1", "Remote-MTA": "dns; 127.0.0.1",
+            "Diagnostic-Code": "smtp; 550 5.1.1 no such user", "Last-Attempt-Date": recipient_fields(msg)[0][
+                "Last-Attempt-Date"]}]
+        assert msg.get_payload()[2].get_content_type() == "text/rfc822-headers"  # type: ignore[index]
+        assert "Original-Envelope-Id: E1" in msg.get_payload()[1].as_string()  # type: ignore[index]
+    finally:
+        await finish(hs)
+
+
+async def test_unreachable_retried_on_schedule_delay_notice_then_bounce_at_expiry(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        dead = await hs.peer()
+        port = dead.port
+        await dead.close()  # nothing listens there now: connection refused
+        s = hs.scheduler({"b.test": f"127.0.0.1:{port}"}, retry_seconds=[300, 900, 3600],
+                         delay_notice_seconds=4 * 3600, max_lifetime_seconds=86400)
+        qid = await hs.enqueue("bob@b.test")
+        start = hs.clock.now
+        tries: list[float] = []
+        while await hs.store.queue_get(qid) is not None:
+            assert await s.run_once() == 1
+            tries.append(hs.clock.now - start)
+            entry = await hs.store.queue_get(qid)
+            if entry is None:
+                break
+            hs.clock.now = entry.recipients[0].next_try
+        waits = [b - a for a, b in zip(tries, tries[1:])]
+        assert waits[:3] == [300, 900, 3600] and set(waits[2:]) == {3600}  # the last interval repeats
+        assert tries[-1] >= 86400 and tries[-2] < 86400
+        kinds = [hs.dsn(i)["Subject"] for i in range(len(hs.dsns))]
+        assert kinds == ["Delayed Mail (still being retried)", "Undelivered Mail Returned to Sender"]
+        delayed = recipient_fields(hs.dsn(0))[0]
+        assert delayed["Action"] == "delayed" and delayed["Status"] == "4.4.1"
+        assert "Will-Retry-Until" in delayed
+        failed = recipient_fields(hs.dsn(1))[0]
+        assert failed["Action"] == "failed" and failed["Status"] == "4.4.7"
+        assert "refused" in failed["Diagnostic-Code"].lower() or "connect" in failed["Diagnostic-Code"].lower()
+    finally:
+        await finish(hs)
+
+
+async def test_null_mx_bounces_at_once_and_nxdomain_too(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        resolver = StaticResolver({"nomail.test": [(0, ".")]}, nxdomain={"gone.test"})
+        s = hs.scheduler(resolver=resolver)
+        await hs.enqueue("x@nomail.test", "y@gone.test")
+        await s.run_once()
+        assert await hs.store.queue_length() == 0
+        statuses = sorted(f["Status"] for i in range(len(hs.dsns)) for f in recipient_fields(hs.dsn(i)))
+        assert statuses == ["5.1.10", "5.1.2"]
+    finally:
+        await finish(hs)
+
+
+async def test_smtputf8_8bitmime_and_size_refusals(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        plain = await hs.peer(extensions=["SIZE 100"])
+        s = hs.scheduler({"b.test": f"127.0.0.1:{plain.port}"})
+        await hs.enqueue("zoë@b.test", raw=b"Subject: x\r\n\r\nx\r\n")  # needs SMTPUTF8
+        await hs.enqueue("bob@b.test", raw="Subject: x\r\n\r\nGrüße\r\n".encode())  # needs 8BITMIME
+        await hs.enqueue("bob@b.test", raw=MSG + b"x" * 200)  # over SIZE 100
+        await s.run_once()
+        assert plain.delivered == [] and await hs.store.queue_length() == 0
+        # (the SMTPUTF8 one is message/global-delivery-status, which `email` does not split into blocks)
+        statuses = sorted(re.search(rb"(?m)^Status: (\S+)", raw)[1] for _, raw in hs.dsns)  # type: ignore[index]
+        assert statuses == [b"5.3.4", b"5.6.3", b"5.6.7"]
+    finally:
+        await finish(hs)
+
+
+async def test_smtputf8_offered_is_used(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await hs.enqueue("zoë@b.test", raw="Subject: olá\r\n\r\nx\r\n".encode())
+        await s.run_once()
+        [seen] = peer.delivered
+        assert seen.rcpts == ["zoë@b.test"] and "SMTPUTF8" in seen.mail_params
+    finally:
+        await finish(hs)
+
+
+async def test_connection_reuse_and_concurrency_limits(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        for i in range(5):
+            await hs.enqueue(f"u{i}@b.test")
+        await s.run_once()
+        assert len(peer.delivered) == 5 and peer.connections == 1
+
+        slow = await hs.peer(data_delay=0.05)
+        routes = {f"d{i}.test": f"127.0.0.1:{slow.port}" for i in range(4)}
+        s = hs.scheduler(routes, concurrency=3, concurrency_per_domain=2)
+        for i in range(4):
+            for j in range(4):
+                await hs.enqueue(f"u{j}@d{i}.test")
+        await s.run_once()
+        assert len(slow.delivered) == 16
+        assert 1 < slow.max_active <= 3  # never more than `concurrency` connections at once
+    finally:
+        await finish(hs)
+
+
+async def test_dsn_parameters_passed_on_or_relayed_dsn(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        dsn_peer = await hs.peer(extensions=["PIPELINING", "DSN", "8BITMIME"])
+        plain_peer = await hs.peer(extensions=[])  # no ESMTP extensions at all: no pipelining either
+        s = hs.scheduler({"b.test": f"127.0.0.1:{dsn_peer.port}", "c.test": f"127.0.0.1:{plain_peer.port}"})
+        r = QueueRecipient("bob@b.test", orcpt="rfc822;bob@b.test", notify="SUCCESS,FAILURE")
+        await hs.enqueue(r, dataclasses.replace(r, rcpt="carol@c.test", orcpt=""), envid="ENV1", ret="FULL")
+        await s.run_once()
+        [seen] = dsn_peer.delivered
+        assert "RET=FULL" in seen.mail_params and "ENVID=ENV1" in seen.mail_params
+        assert seen.rcpt_params == [["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob@b.test"]]
+        assert plain_peer.delivered[0].rcpt_params == [[]] and plain_peer.delivered[0].mail_params == []
+        [_] = hs.dsns  # only carol's server could not report: we say "relayed"
+        fields = recipient_fields(hs.dsn())
+        assert [(f["Final-Recipient"], f["Action"]) for f in fields] == [("rfc822;carol@c.test", "relayed")]
+        assert hs.dsn()["Subject"] == "Successful Mail Delivery Report"
+    finally:
+        await finish(hs)
+
+
+async def test_no_dsn_to_the_null_sender(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(rcpt_reply=lambda a: "550 5.1.1 no")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await hs.enqueue("bob@b.test", mail_from="")
+        await s.run_once()
+        assert await hs.store.queue_length() == 0 and hs.dsns == []
+    finally:
+        await finish(hs)
+
+
+async def test_starttls_and_dkim_signing(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        ensure_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", "peer.test")
+        peer = await hs.peer(tls=server_context(tmp_path / "cert.pem", tmp_path / "key.pem"))
+        keys = generate_keys()
+        await hs.store.add_domain("a.test")
+        await hs.store.set_dkim("a.test", keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector, keys.ed25519_pem)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await hs.enqueue("bob@b.test")
+        await s.run_once()
+        [seen] = peer.delivered
+        assert seen.tls
+        assert seen.data.count(b"DKIM-Signature:") == 2 and seen.data.endswith(MSG)
+        assert b"d=a.test; s=" + keys.rsa_selector.encode() in seen.data
+    finally:
+        await finish(hs)
+
+
+async def test_tls_handshake_failure_falls_back_to_plain_text(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(tls=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))  # no certificate: handshakes fail
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await hs.enqueue("bob@b.test")
+        await s.run_once()
+        assert len(peer.delivered) == 1 and not peer.delivered[0].tls and peer.connections == 2
+    finally:
+        await finish(hs)
+
+
+async def test_crash_during_delivery_loses_nothing(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=3600)  # the "." is never answered: we crash while waiting
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue("bob@b.test", "carol@b.test")
+        s.start()
+        s.wake()
+        for _ in range(200):
+            if peer.seen and peer.active:
+                break
+            await asyncio.sleep(0.01)
+        await s.stop(grace=0)  # kill the scheduler mid-transaction, like a crash (state only in the store)
+        await hs.store.close()
+        hs.store = hs.open_store()
+        await hs.store.open()
+        entry = await hs.store.queue_get(qid)
+        assert entry is not None and all(r.state is RcptState.QUEUED for r in entry.recipients)
+        good = await hs.peer()
+        s2 = hs.scheduler({"b.test": f"127.0.0.1:{good.port}"})
+        assert await s2.run_once() == 2
+        assert good.delivered[0].rcpts == ["bob@b.test", "carol@b.test"]
+        assert await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
+async def test_crash_between_remote_250_and_state_write_sends_again(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented at-least-once window: the remote said 250, the state write never happened."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue("bob@b.test")
+
+        async def crash(*a: Any, **kw: Any) -> None:
+            raise OSError("power failure")
+
+        real = hs.store.queue_update
+        monkeypatch.setattr(hs.store, "queue_update", crash)
+        await s.run_once()
+        monkeypatch.setattr(hs.store, "queue_update", real)
+        s2 = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await s2.run_once()
+        assert len(peer.delivered) == 2 and await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
+async def test_mx_from_the_tests_dns_server_with_fallback_to_second_mx(tmp_path: Path) -> None:
+    hs = await harness(tmp_path)
+    dns_server = DnsServer()
+    await dns_server.start()
+    try:
+        peer = await hs.peer()
+        # mx_port is one port for every MX host, so the two MX hosts differ by address: 127.0.0.2 refuses
+        dns_server.mx["b.test"] = [(10, "mx1.b.test"), (20, "mx2.b.test")]
+        dns_server.a["mx1.b.test"] = ["127.0.0.2"]
+        dns_server.a["mx2.b.test"] = ["127.0.0.1"]
+        s = hs.scheduler(resolver=DnsResolver((f"127.0.0.1:{dns_server.port}",), lifetime=5),
+                         mx_port=peer.port)
+        await hs.enqueue("bob@b.test")
+        await s.run_once()
+        assert len(peer.delivered) == 1
+        assert ("b.test", "MX") in dns_server.queries and ("mx1.b.test", "A") in dns_server.queries
+    finally:
+        dns_server.close()
+        await finish(hs)
+
+
+async def test_dns_resolver_answers(tmp_path: Path) -> None:
+    dns_server = DnsServer()
+    await dns_server.start()
+    try:
+        dns_server.mx["b.test"] = [(10, "mx.b.test")]
+        dns_server.a["mx.b.test"] = ["192.0.2.1"]
+        dns_server.aaaa["mx.b.test"] = ["2001:db8::1"]
+        dns_server.mx["nomx.test"] = []
+        dns_server.a["nomx.test"] = ["192.0.2.2"]
+        dns_server.mx["null.test"] = [(0, ".")]
+        r = DnsResolver((f"127.0.0.1:{dns_server.port}",), lifetime=5)
+        assert await r.mx("b.test") == [(10, "mx.b.test")]
+        assert await r.addresses("mx.b.test") == ["192.0.2.1", "2001:db8::1"]
+        assert await r.mx("nomx.test") == []
+        assert await r.mx("null.test") == [(0, ".")]
+        cfg = config_mod.load(None).delivery
+        route = await RouteFinder(cfg, r).route("nomx.test")
+        assert route.via == "implicit-mx" and route.hops[0].address == "192.0.2.2"
+        from postroom.delivery.mx import DnsNotFound
+        with pytest.raises(DnsNotFound):
+            await r.mx("unknown.test")
+    finally:
+        dns_server.close()
+
+
+async def test_client_pieces(tmp_path: Path) -> None:
+    assert dot_stuff(b".a\r\nb\r\n.c") == b"..a\r\nb\r\n..c\r\n.\r\n"
+    peer = SmtpPeer(extensions=["PIPELINING"], rcpt_reply=lambda a: "550 5.1.1 no" if a == "x@b.test" else "250 ok",
+                    data_reply=lambda d: "452 4.3.1 full")
+    await peer.start()
+    try:
+        c = await SmtpClient.open(Hop("peer", "127.0.0.1", peer.port), "client.test", connect_timeout=5,
+                                  command_timeout=5)
+        res = await c.send(Transaction("a@a.test", ("x@b.test", "y@b.test"), b"Subject: x\r\n\r\nx\r\n"))
+        assert (res.rcpt["x@b.test"].code, res.rcpt["x@b.test"].status) == (550, "5.1.1")
+        assert (res.rcpt["y@b.test"].code, res.rcpt["y@b.test"].status) == (452, "4.3.1")
+        res = await c.send(Transaction("a@a.test", ("x@b.test",), b"x\r\n"))  # all refused: no data sent
+        assert res.rcpt["x@b.test"].code == 550
+        await c.quit()
+        assert c.closed
+    finally:
+        await peer.close()
