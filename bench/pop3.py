@@ -317,7 +317,7 @@ def main() -> int:
     postroom_name, dovecot_name = servers[0][0], servers[1][0]
     print(f"\nPOP3 retrieve-all: {args.count} messages ({total_mib:.1f} MiB), best of {args.rounds}, "
           f"pipelining window {args.window}")
-    print(f"| mode | server | seconds | msgs/s | MB/s | Postroom / Dovecot |")
+    print("| mode | server | seconds | msgs/s | MB/s | Postroom / Dovecot |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for mode in ("pipelined", "one at a time"):
         base = results[(dovecot_name, mode)][0]

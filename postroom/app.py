@@ -19,9 +19,10 @@ import shutil
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
@@ -185,7 +186,8 @@ def banner(server: Postroom, demo_password: str | None) -> str:
         lines.append(f"  {name:<12} {shown}:{port}  ({kind})")
     lines.append("")
     if demo_password is not None:
-        lines.append(f"  demo login  {DEMO_USER}  password {demo_password}  (kept in {cfg.data_path / 'demo-password'})")
+        kept = cfg.data_path / "demo-password"
+        lines.append(f"  demo login  {DEMO_USER}  password {demo_password}  (kept in {kept})")
     http = server.addresses.get("http")
     if http:
         lines.append(f"  health      curl http://{http[0]}:{http[1]}/healthz")

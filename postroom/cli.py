@@ -17,8 +17,9 @@ import asyncio
 import getpass
 import logging
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from . import __version__
 from . import config as config_mod
@@ -189,9 +190,10 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
         print(f"{sum(len([r for r in e.recipients if r.state in pending]) for e in entries)} recipient(s) waiting")
         return 0
     if args.action == "show":
-        e = await store.queue_get(args.id)
-        if e is None:
+        found = await store.queue_get(args.id)
+        if found is None:
             raise CliError(f"no queue entry {args.id} (it may have been delivered meanwhile)")
+        e = found
         print(f"id        {e.id}\nqueued    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.created))}")
         print(f"from      <{e.mail_from}>\nsize      {e.size}")
         if e.envid or e.ret:
@@ -340,12 +342,13 @@ async def cmd_list(args: argparse.Namespace, store: Store) -> int:
         print(f"list {address}: posting is now {args.policy}")
     elif args.action == "show":
         address = normalize_address(args.address)
-        ml = await store.get_list(address)
-        if ml is None:
+        shown = await store.get_list(address)
+        if shown is None:
             raise CliError(f"no list {address}")
-        print(f"list     {ml.address}\nowner    {ml.owner}\nposting  {ml.policy.value}\nbounces  {ml.bounce_address}")
-        print(f"members  {len(ml.members)}")
-        for m in ml.members:
+        print(f"list     {shown.address}\nowner    {shown.owner}\nposting  {shown.policy.value}\n"
+              f"bounces  {shown.bounce_address}")
+        print(f"members  {len(shown.members)}")
+        for m in shown.members:
             print(f"  {m}")
     elif args.action == "delete":
         address = normalize_address(args.address)
@@ -382,8 +385,8 @@ async def cmd_export(args: argparse.Namespace, store: Store) -> int:
     if to_stdout and args.format != "mbox":
         raise CliError("only --format mbox can be written to standard output ('-')", EXIT_USAGE)
     path = Path("/dev/stdout") if to_stdout else Path(args.path)
-    report = await export_messages(store, address, path, args.format, mailbox=args.mailbox or ("INBOX" if to_stdout else None),
-                                   progress=Progress)
+    mailbox = args.mailbox or ("INBOX" if to_stdout else None)
+    report = await export_messages(store, address, path, args.format, mailbox=mailbox, progress=Progress)
     # With the mail on stdout, the summary goes to stderr so the two never mix.
     print(report.summary(), file=sys.stderr if to_stdout else sys.stdout)
     return 0
@@ -506,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="import mbox, Maildir or single-message files into a user's mailbox")
     im.add_argument("--user", required=True)
-    im.add_argument("--mailbox", default=None, help="target mailbox (default INBOX; Maildir++ trees keep their folders)")
+    im.add_argument("--mailbox", default=None,
+                    help="target mailbox (default INBOX; Maildir++ trees keep their folders)")
     im.add_argument("--format", choices=["auto", "mbox", "maildir", "eml"], default="auto",
                     help="auto (default): a folder with cur/ or new/ is Maildir, a file starting with 'From ' is mbox, "
                          "any other file is one message (eml)")

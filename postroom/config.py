@@ -186,7 +186,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"{where}: no such file (write one, or leave out --config to use the defaults)")
+            raise ConfigError(f"{where}: no such file (write one, or leave out --config to use the defaults)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     if overrides:
@@ -223,7 +223,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {known})")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, where, dotted + ".")
         else:
             kwargs[key] = _coerce(tp, value, where, dotted)
@@ -278,7 +278,7 @@ def _validate(cfg: Config, where: str) -> None:
         try:
             hp = split_hostport(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)")
+            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)") from None
         if hp[1] != 0 and hp in seen:
             raise ConfigError(f"{where}: listeners.{name}: {value} is already used by listeners.{seen[hp]}")
         seen[hp] = name
@@ -323,7 +323,7 @@ def _validate_delivery(d: DeliveryConfig, where: str) -> None:
         try:
             split_hostport(d.smarthost)
         except ValueError as exc:
-            raise ConfigError(f"{where}: delivery.smarthost: {exc} (write \"host:port\", or \"\" for none)")
+            raise ConfigError(f"{where}: delivery.smarthost: {exc} (write \"host:port\", or \"\" for none)") from None
     if bool(d.smarthost_user) != bool(d.smarthost_password):
         raise ConfigError(f"{where}: delivery.smarthost_user and delivery.smarthost_password go together")
     if d.smarthost_user and not d.smarthost:
@@ -334,7 +334,8 @@ def _validate_delivery(d: DeliveryConfig, where: str) -> None:
         try:
             split_hostport(target if ":" in target.rsplit("]", 1)[-1] else f"{target}:25")
         except ValueError as exc:
-            raise ConfigError(f"{where}: delivery.routes.\"{domain}\": {exc} (write \"host\" or \"host:port\")")
+            raise ConfigError(
+                f"{where}: delivery.routes.\"{domain}\": {exc} (write \"host\" or \"host:port\")") from None
     for i, server in enumerate(d.dns_servers):
         host = server
         if server.count(":") == 1 or server.startswith("["):

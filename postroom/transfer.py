@@ -42,8 +42,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import stat
 import re
+import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

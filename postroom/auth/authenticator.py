@@ -29,8 +29,8 @@ import hmac
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..config import AuthConfig
 from ..store.api import Store, User
@@ -152,7 +152,7 @@ class Authenticator:
         self._by_user.clear(username.lower())
 
     # ---- SASL
-    def start(self, mechanism: str, ip: str, tls: bool) -> "Exchange":
+    def start(self, mechanism: str, ip: str, tls: bool) -> Exchange:
         """A new exchange. Raises ValueError for a mechanism that is unknown or not allowed here."""
         mech = mechanism.upper()
         if mech not in self.mechanisms(tls):
@@ -313,7 +313,7 @@ class _Scram(Exchange):
             self.auth.failed(self.ip, self.username)
             return _fail("bad credentials")
         stored_key, server_key = self._keys
-        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode("utf-8")
+        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
         try:
             proof = base64.b64decode(proof_b64, validate=True)
         except ValueError:

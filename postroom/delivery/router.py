@@ -41,8 +41,8 @@ import logging
 import re
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from postroom.config import Config
 from postroom.store.api import ListPolicy, MailingList, QueueEntry, QueueRecipient, Store
@@ -313,7 +313,7 @@ class Router:
                   else self.distribute(ml, env.raw) for ml in lists.values()]
         others += [self._act(act) for act in actions]
         local, entry, parts = await _all(local_job, queue_job, others)
-        queue_ids = (entry.id,) if entry is not None else ()
+        queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
         held = 0
         for part in parts:
             local += part.local
@@ -381,10 +381,11 @@ async def _all(local: Coroutine[Any, Any, int], queue: Coroutine[Any, Any, Queue
     if queue is not None:
         tasks.append(asyncio.ensure_future(queue))
     tasks += [asyncio.ensure_future(o) for o in others]
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for r in results:
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in outcomes:
         if isinstance(r, BaseException):
             raise r
-    entry = results[1] if queue is not None else None
-    rest = results[2:] if queue is not None else results[1:]
-    return int(results[0]), entry, list(rest)
+    results: list[Any] = list(outcomes)
+    entry: QueueEntry | None = results[1] if queue is not None else None
+    rest: list[Accepted] = results[2:] if queue is not None else results[1:]
+    return int(results[0]), entry, rest

@@ -544,14 +544,14 @@ class ServerCore:
         return line.rstrip(b"\n").removesuffix(b"\r")
 
     # --- commands --------------------------------------------------------------------------------------------
-    def _command(self, line: bytes) -> Event | None:
+    def _command(self, line: bytes) -> Event | _NeedData | None:
         try:
             return self._dispatch(line)
         except SMTPError as exc:
             self._emit(exc.reply)
             return None
 
-    def _dispatch(self, line: bytes) -> Event | None:
+    def _dispatch(self, line: bytes) -> Event | _NeedData | None:
         if b"\x00" in line:
             raise SMTPError(R.R500_NUL)
         try:

@@ -27,8 +27,9 @@ Mailbox names are case-sensitive except INBOX (RFC 9051 §5.1).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 # --------------------------------------------------------------------------------------------------------
 # Errors

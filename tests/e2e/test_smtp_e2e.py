@@ -22,7 +22,8 @@ import pytest
 from postroom.store.api import ListPolicy, QueueEntry
 
 PW = "correct horse battery"
-BODY = b"From: Bob <bob@remote.test>\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\nHi Alice,\r\n.leading dot\r\n\r\n"
+BODY = (b"From: Bob <bob@remote.test>\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\n"
+        b"Hi Alice,\r\n.leading dot\r\n\r\n")
 
 
 @pytest.fixture

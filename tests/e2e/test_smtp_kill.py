@@ -4,8 +4,8 @@ moments and restarted; every message that got `250` is in the mailbox exactly on
 from __future__ import annotations
 
 import asyncio
-import random
 import os
+import random
 import re
 import signal
 import smtplib

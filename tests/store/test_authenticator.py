@@ -82,7 +82,8 @@ async def test_plain(store: Store) -> None:
     assert not first.done and first.challenge == b""
     step = await ex.respond(b"alice@example.org\x00alice@example.org\x00wrong")
     assert step.done and not step.ok and step.error
-    step = await auth.start("PLAIN", "192.0.2.1", tls=True).begin(b"bob@example.org\x00alice@example.org\x00correct-horse")
+    as_other = b"bob@example.org\x00alice@example.org\x00correct-horse"
+    step = await auth.start("PLAIN", "192.0.2.1", tls=True).begin(as_other)
     assert not step.ok  # acting as another user is refused
     step = await auth.start("PLAIN", "192.0.2.1", tls=True).begin(b"garbage")
     assert step.done and not step.ok

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from postroom.mime.meta import MessageMeta
 from postroom.mailformats import (
     FormatError,
     MaildirWriter,
@@ -19,6 +18,7 @@ from postroom.mailformats import (
     read_maildir,
     read_mbox,
 )
+from postroom.mime.meta import MessageMeta
 from postroom.progress import Progress
 from postroom.store.api import AppendRequest, Flag, NotFound, Store, User
 from postroom.transfer import Skipped, detect_format, export_messages, import_messages
@@ -300,7 +300,8 @@ async def test_single_message_file(store: Store, tmp_path: Path) -> None:
     mbox = await store.get_mailbox(u.id, "INBOX")
     assert mbox is not None
     [info] = await store.list_messages(mbox.id)
-    assert await store.read_message(info.blob_id) == b"Subject: hello\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nHi!\r\n"
+    expected = b"Subject: hello\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nHi!\r\n"
+    assert await store.read_message(info.blob_id) == expected
     assert info.internal_date == 1704103200.0
     assert info.flags == 0
     meta = await store.read_meta(info.blob_id)  # parsed once, at import

@@ -24,7 +24,7 @@ def test_round_trip_and_sections(name: str) -> None:
     back = MessageMeta.from_bytes(blob)
     assert back == meta
     root = scan(raw).root
-    for sec, part in walk(root):
+    for sec, _part in walk(root):
         name_ = ".".join(map(str, sec))
         specs = ["", "HEADER", "TEXT", "HEADER.FIELDS (SUBJECT FROM)", "HEADER.FIELDS.NOT (SUBJECT)"]
         if sec:

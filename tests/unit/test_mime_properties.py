@@ -124,7 +124,7 @@ def test_random_trees_scan_to_their_bytes(tree: Node) -> None:
 
 def _check_never_raises(raw: bytes, limits: LimitsConfig | None = None) -> None:
     s = scan(raw, limits)
-    for sec, p in walk(s.root):
+    for _sec, p in walk(s.root):
         assert 0 <= p.header_start <= p.body_start <= p.end <= len(raw)
     bodystructure(s.root)
     envelope(s.root.fields)

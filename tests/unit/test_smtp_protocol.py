@@ -506,8 +506,8 @@ def test_auth_login_challenge_flow() -> None:
     core = make()
     out, _ = drive(core, [b"EHLO c\r\nAUTH LOGIN\r\n", base64.b64encode(b"user") + b"\r\n",
                           base64.b64encode(b"pw") + b"\r\nAUTH PLAIN\r\n"], answer)
-    assert out.split(b"\r\n")[-5:-1] == [b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6", b"235 2.7.0 Authentication successful",
-                                         b"503 5.5.1 Already authenticated"]
+    assert out.split(b"\r\n")[-5:-1] == [b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6",
+                                         b"235 2.7.0 Authentication successful", b"503 5.5.1 Already authenticated"]
     assert core.authenticated == "user@x.test"
     assert got[0] == AuthStart("LOGIN", None)
 

@@ -31,7 +31,6 @@ from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
 
-
 INLINE_MAX = 256 * 1024
 """Default largest body kept in the database. Measured with bench/store.py (--size 64K/256K/1M, --inline-max
 above vs -1): bodies in the database were ~3x faster than files at 64 KiB and 1.2-2x at 256 KiB, with 1 and 50
