@@ -199,7 +199,10 @@ class MessagesMixin(Base):
             row = conn.execute("SELECT data FROM blob_data WHERE id = ?", (blob_id,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        data = await self._engine.read(q)
+        # An inline body is at most `inline_max` bytes under one key: read it like a point lookup, on this
+        # thread. The hop to a reader thread cost more than the read: bench/pop3.py, one RETR at a time, went
+        # from ~1,850 to ~4,200 msg/s.
+        data = await self._engine.read(q, quick=True)
         if data is not None:
             return data
         return await self._engine.io(self._blobs.read, blob_id)  # a large body, or one from schema version 1
