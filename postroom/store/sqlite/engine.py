@@ -217,12 +217,12 @@ class Engine:
     async def read(self, fn: Callable[[sqlite3.Connection], T], *, quick: bool = False) -> T:
         """Run `fn(conn)` inside one read transaction on a reader thread.
 
-        `quick=True` is for point lookups by key (a domain, a user, an alias, a mailbox, one message row, one inline
-        body of at most `inline_max` bytes): a few
-        index pages, microseconds. Those run right here on the calling (event-loop) thread with a connection of
-        its own, because the hop to a reader thread and back costs several times the read itself: profiling SMTP
-        delivery showed the hops as a fifth of the server's CPU. Anything that scans (listings, bodies) keeps
-        using the reader threads so it never stalls the loop."""
+        `quick=True` is for point lookups by key (a domain, a user, an alias, a mailbox, one message row, one
+        inline body of at most `inline_max` bytes): a few pages, microseconds when cached. Those run right here on
+        the calling (event-loop) thread with a connection of its own, because the hop to a reader thread and back
+        costs several times the read itself: profiling SMTP delivery showed the hops as a fifth of the server's
+        CPU. Anything that scans (listings, searches) keeps using the reader threads so it never stalls the
+        loop."""
         if not self._open or self._readers is None:
             raise StoreError("store is not open")
         if quick:
