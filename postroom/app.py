@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
 import signal
 import ssl
 import sys
@@ -29,6 +28,7 @@ from .auth.passwords import make_credentials
 from .config import IMPLICIT_TLS, Config
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
+from .imap.session import imap_handler
 from .metrics import Metrics
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
@@ -75,6 +75,7 @@ HANDLER_FACTORIES: dict[str, Callable[[Services, str], Handler]] = {
 HANDLER_FACTORIES.update(pop3=pop3_handler, pop3s=pop3_handler)  # issue 6: POP3 (postroom/pop3/)
 HANDLER_FACTORIES.update(smtp=smtp_handler_factory, submission=smtp_handler_factory,
                          submissions=smtp_handler_factory)  # issue 4: SMTP (postroom/smtp/)
+HANDLER_FACTORIES.update(imap=imap_handler, imaps=imap_handler)  # issue 5: IMAP (postroom/imap/)
 
 DEMO_DOMAIN = "localhost"
 DEMO_USER = "demo@localhost"
@@ -191,34 +192,20 @@ def banner(server: Postroom, demo_password: str | None) -> str:
     http = server.addresses.get("http")
     if http:
         lines.append(f"  health      curl http://{http[0]}:{http[1]}/healthz")
-    exe = _command_name()
-    prefix = "" if cfg.source == "<defaults>" else f"--config {cfg.source} "
-    lines.append(f"  put mail in printf 'Subject: hello\\n\\nHi!\\n' > hello.eml && "
-                 f"{exe} {prefix}import --user {DEMO_USER} hello.eml")
-    lines.append(f"  read mail   {exe} {prefix}export --user {DEMO_USER} --format mbox -")
-    pop3s = server.addresses.get("pop3s")
-    if pop3s:
-        login = f"{DEMO_USER}:{demo_password}" if demo_password is not None else "USER:PASSWORD"
-        lines.append(f"  read mail   curl -k -u '{login}' pop3s://{pop3s[0]}:{pop3s[1]}/1   (message 1 over POP3)")
+    login = f"{DEMO_USER}:{demo_password}" if demo_password is not None else "USER:PASSWORD"
     smtp = server.addresses.get("smtp")
     if smtp:
         lines.append(f"  send mail   python3 -c \"import smtplib; smtplib.SMTP('{smtp[0]}', {smtp[1]}).sendmail("
                      f"'you@example.org', ['{DEMO_USER}'], 'Subject: hello\\\\r\\\\n\\\\r\\\\nHi!\\\\r\\\\n')\"")
-    lines.append("  (the IMAP listeners accept TLS but answer 'no service yet' until that protocol lands)")
+    imaps = server.addresses.get("imaps")
+    if imaps:
+        lines.append(f"  read mail   curl -k -u '{login}' 'imaps://{imaps[0]}:{imaps[1]}/INBOX;UID=1'   (IMAP)")
+    pop3s = server.addresses.get("pop3s")
+    if pop3s:
+        lines.append(f"  or          curl -k -u '{login}' pop3s://{pop3s[0]}:{pop3s[1]}/1   (POP3)")
     lines.append("")
     lines.append("Stop with Ctrl-C or SIGTERM.")
     return "\n".join(lines)
-
-
-def _command_name() -> str:
-    """How the user can run `postroom` from where they are: the venv's script when it is not on PATH."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.name == "postroom" and shutil.which("postroom") != str(script.resolve()):
-        try:
-            return str(script.resolve().relative_to(Path.cwd()))
-        except ValueError:
-            return str(script.resolve())
-    return "postroom"
 
 
 async def serve_forever(cfg: Config, demo: bool = False) -> None:

@@ -83,8 +83,10 @@ def test_serve_demo_all_listeners(tmp_path: Path) -> None:
         with smtplib.SMTP_SSL("127.0.0.1", ports["submissions"], timeout=10, context=ctx) as smtps:
             smtps.login("demo@localhost", password)
 
-        with pytest.raises(imaplib.IMAP4.error):
-            imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx, timeout=10)
+        imap = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx, timeout=10)  # IMAP (issue 5)
+        imap.login("demo@localhost", password)
+        assert imap.select("INBOX", readonly=True) == ("OK", [b"1"])  # the message sent over SMTP above
+        imap.logout()
         pop = poplib.POP3_SSL("127.0.0.1", ports["pop3s"], context=ctx, timeout=10)  # POP3 (issue 6)
         pop.user("demo@localhost")
         pop.pass_(password)
@@ -95,7 +97,7 @@ def test_serve_demo_all_listeners(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", ports["imaps"]), timeout=10) as raw:
             with ctx.wrap_socket(raw) as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")
-                assert tls.recv(200).startswith(b"* BYE")
+                assert tls.recv(200).startswith(b"* OK [CAPABILITY IMAP4rev1 ")
 
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/healthz", timeout=10) as resp:
             assert resp.status == 200 and b'"ok"' in resp.read()

@@ -1,0 +1,464 @@
+"""IMAP load: Postroom beside Dovecot on the same mailbox, with a realistic command mix and 1,000 idle sessions.
+
+    .venv/bin/python bench/imap.py [--count 2000] [--clients 20] [--sessions 5] [--idle 1000] [--dir PATH]
+
+A mailbox of --count messages (plain and multipart, sizes spread around 6 KiB) is put into a fresh Postroom
+data folder (through the store, with its metadata computed as delivery does) and into a Maildir for a
+throwaway Dovecot (Debian's dovecot-imapd: `dovecot -F` with a generated config, a passwd-file user holding
+the same argon2id hash as Postroom's, plaintext logins, on a free high loopback port; stopped by its PID).
+Postroom runs as its own process (`postroom serve`, only the imap listener), so client and server do not
+share an interpreter.
+
+The load generator is one asyncio client of our own. --clients concurrent clients each run --sessions
+sessions of the mix a mail client does when it opens a mailbox and works in it:
+
+    LOGIN, SELECT INBOX, FETCH 1:* (FLAGS UID ENVELOPE BODYSTRUCTURE) (the header list),
+    10 x FETCH n BODY.PEEK[] (reading messages), UID SEARCH SUBJECT / UNSEEN (2 searches),
+    STORE +FLAGS (\\Seen) / -FLAGS, APPEND to Drafts, IDLE then DONE, LOGOUT
+
+Each command's latency is recorded by kind; the table gives operations per second over the whole run and the
+50th/95th/99th latency percentiles, per server, and the ratio. Then --idle sessions are opened on each server
+(LOGIN, SELECT, IDLE) and the server's resident memory (all its processes: Dovecot runs one `imap` process per
+session) is compared before and after: bytes per idle session.
+
+Each server gets one untimed warm-up session first (Dovecot builds its index, both fill the page cache).
+Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from postroom.auth.passwords import hash_password, make_credentials
+from postroom.mime.meta import compute_meta
+from postroom.store import open_store
+from postroom.store.api import AppendRequest
+
+USER = "bench@example.org"
+PASSWORD = "bench-password"
+OPS = ("LOGIN", "SELECT", "FETCH headers", "FETCH body", "SEARCH", "STORE", "APPEND", "IDLE", "LOGOUT")
+
+
+def progress(text: str, end: str = "\n") -> None:
+    sys.stderr.write(text + end)
+    sys.stderr.flush()
+
+
+def make_messages(count: int) -> list[bytes]:
+    rng = random.Random(3501)
+    line = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
+    out = []
+    for i in range(count):
+        target = max(600, int(rng.uniform(0.2, 1.8) * 6000))
+        head = (f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\nTo: {USER}\r\n"
+                f"Subject: bench message {i} topic{i % 50}\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+                f"Message-ID: <{i}@bench.example>\r\nMIME-Version: 1.0\r\n").encode()
+        body = (line * (target // len(line) + 1))[:target].rstrip(b"\r\n") + b"\r\n"  # no bare CR at the end
+        if i % 4 == 0:
+            att = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n" * 20
+            out.append(head + b'Content-Type: multipart/mixed; boundary="bb"\r\n\r\n--bb\r\n'
+                       b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body +
+                       b"\r\n--bb\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
+                       b"Content-Transfer-Encoding: base64\r\n\r\n" + att + b"--bb--\r\n")
+        else:
+            out.append(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"* OK"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer on port {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def rss_tree(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        rss[int(entry)] = int(m.group(1)) * 1024 if m else 0
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total
+
+
+# --- the client ------------------------------------------------------------------------------------------
+
+
+class Client:
+    """A minimal IMAP client: one command at a time, literals read by their announced size."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+        self.n = 0
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        c = cls(r, w)
+        greeting = await r.readline()
+        if not greeting.startswith(b"* OK"):
+            raise RuntimeError(f"greeting {greeting!r}")
+        return c
+
+    async def _response(self) -> bytes:
+        line = await self.r.readline()
+        if not line:
+            raise EOFError("server closed the connection")
+        while line.endswith(b"}\r\n"):
+            i = line.rfind(b"{")
+            n = int(line[i + 1:-3].rstrip(b"+"))
+            line += await self.r.readexactly(n) + await self.r.readline()
+        return line
+
+    async def cmd(self, text: bytes, literal: bytes | None = None) -> list[bytes]:
+        self.n += 1
+        tag = b"b%d" % self.n
+        if literal is not None:  # LITERAL+ on both servers
+            self.w.write(tag + b" " + text + b" {%d+}\r\n" % len(literal) + literal + b"\r\n")
+        else:
+            self.w.write(tag + b" " + text + b"\r\n")
+        out = []
+        while True:
+            line = await self._response()
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(f"{text[:40]!r}: {line!r}")
+                return out
+            out.append(line)
+
+    async def idle_start(self) -> bytes:
+        self.n += 1
+        tag = b"b%d" % self.n
+        self.w.write(tag + b" IDLE\r\n")
+        while not (await self._response()).startswith(b"+"):
+            pass
+        return tag
+
+    async def idle_done(self, tag: bytes) -> None:
+        self.w.write(b"DONE\r\n")
+        while not (await self._response()).startswith(tag + b" "):
+            pass
+
+    def close(self) -> None:
+        self.w.close()
+
+
+async def one_session(port: int, count: int, rng: random.Random, lat: dict[str, list[float]]) -> None:
+    def timed(op: str, t0: float) -> None:
+        lat[op].append(time.perf_counter() - t0)
+
+    t = time.perf_counter()
+    c = await Client.connect(port)
+    await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+    timed("LOGIN", t)
+    t = time.perf_counter()
+    await c.cmd(b"SELECT INBOX")
+    timed("SELECT", t)
+    t = time.perf_counter()
+    await c.cmd(b"FETCH 1:* (FLAGS UID ENVELOPE BODYSTRUCTURE)")
+    timed("FETCH headers", t)
+    for _ in range(10):
+        t = time.perf_counter()
+        await c.cmd(b"FETCH %d BODY.PEEK[]" % rng.randint(1, count))
+        timed("FETCH body", t)
+    t = time.perf_counter()
+    await c.cmd(b'UID SEARCH SUBJECT "topic%d"' % rng.randint(0, 49))
+    timed("SEARCH", t)
+    t = time.perf_counter()
+    await c.cmd(b"UID SEARCH UNSEEN")
+    timed("SEARCH", t)
+    n = rng.randint(1, count)
+    t = time.perf_counter()
+    await c.cmd(b"STORE %d +FLAGS (\\Seen)" % n)
+    timed("STORE", t)
+    t = time.perf_counter()
+    await c.cmd(b"STORE %d -FLAGS (\\Seen)" % n)
+    timed("STORE", t)
+    t = time.perf_counter()
+    await c.cmd(b"APPEND Drafts (\\Draft)", b"From: " + USER.encode() + b"\r\nSubject: draft\r\n\r\nhello\r\n")
+    timed("APPEND", t)
+    t = time.perf_counter()
+    tag = await c.idle_start()
+    await c.idle_done(tag)
+    timed("IDLE", t)
+    t = time.perf_counter()
+    try:
+        await c.cmd(b"LOGOUT")
+    except EOFError:
+        pass
+    timed("LOGOUT", t)
+    c.close()
+
+
+async def load(port: int, count: int, clients: int, sessions: int, label: str) -> tuple[float, dict[str, list[float]]]:
+    lat: dict[str, list[float]] = {op: [] for op in OPS}
+    await one_session(port, count, random.Random(0), {op: [] for op in OPS})  # warm-up
+    done = 0
+    total = clients * sessions
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        rng = random.Random(w)
+        for _ in range(sessions):
+            await one_session(port, count, rng, lat)
+            done += 1
+            progress(f"\r  {label:<28} sessions {done:>5}/{total}", end="")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    progress("")
+    return time.perf_counter() - started, lat
+
+
+async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
+    before = rss_tree(pid)
+    conns: list[Client] = []
+    sem = asyncio.Semaphore(50)
+
+    async def open_one() -> None:
+        async with sem:
+            c = await Client.connect(port)
+            await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+            await c.cmd(b"SELECT INBOX")
+            await c.idle_start()
+            conns.append(c)
+            if len(conns) % 100 == 0:
+                progress(f"\r  {label:<28} idle sessions {len(conns):>5}/{sessions}", end="")
+
+    await asyncio.gather(*(open_one() for _ in range(sessions)))
+    progress("")
+    await asyncio.sleep(2)
+    after = rss_tree(pid)
+    for c in conns:
+        c.close()
+    return (after - before) // max(1, sessions)
+
+
+# --- the servers -----------------------------------------------------------------------------------------
+
+
+async def fill_postroom(data: Path, messages: list[bytes]) -> None:
+    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+    await store.open()
+    try:
+        await store.add_domain("example.org")
+        h, scram = await asyncio.to_thread(make_credentials, PASSWORD)
+        user = await store.add_user(USER, h, scram)
+        inbox = await store.get_mailbox(user.id, "INBOX")
+        assert inbox is not None
+        for i in range(0, len(messages), 500):
+            batch = [AppendRequest(raw=m, meta=compute_meta(m).to_bytes()) for m in messages[i:i + 500]]
+            await store.append_many(inbox.id, batch)
+            progress(f"\r  filling Postroom store {min(i + 500, len(messages)):>6}/{len(messages)}", end="")
+        progress("")
+    finally:
+        await store.close()
+
+
+def start_postroom(work: Path, messages: list[bytes], idle: int) -> tuple[subprocess.Popen[bytes], int]:
+    data = work / "postroom"
+    asyncio.run(fill_postroom(data, messages))
+    port = free_port()
+    cfg = work / "postroom.toml"
+    off = "\n".join(f'{n} = ""' for n in ("smtp", "submission", "submissions", "imaps", "pop3", "pop3s", "http"))
+    cfg.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nimap = "127.0.0.1:{port}"\n{off}\n'
+                   f'[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n'
+                   f'[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n')
+    exe = Path(sys.executable).with_name("postroom")
+    with open(work / "postroom.log", "wb") as log:
+        proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stdout=subprocess.DEVNULL, stderr=log)
+    wait_port(port, proc, "postroom")
+    return proc, port
+
+
+def start_dovecot(work: Path, messages: list[bytes], idle: int) -> tuple[subprocess.Popen[bytes], int]:
+    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    if not os.path.exists(dovecot):
+        raise RuntimeError("dovecot not installed (Debian: apt-get install dovecot-imapd)")
+    d = work / "dovecot"
+    maildir = d / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for box in (".Drafts", ".Sent", ".Trash"):
+        for sub in ("cur", "new", "tmp"):
+            (maildir / box / sub).mkdir(parents=True)
+    now = int(time.time())
+    for i, m in enumerate(messages):
+        lf = m.replace(b"\r\n", b"\n")  # Maildir files have LF line ends; Dovecot sends CRLF
+        (maildir / "cur" / f"{now}.M{i}P1.bench,S={len(lf)},W={len(m)}:2,").write_bytes(lf)
+    # The same argon2id hash Postroom keeps, so a LOGIN costs both servers the same work.
+    (d / "passwd").write_text(f"{USER}:{{ARGON2ID}}{hash_password(PASSWORD)}::::::\n")
+    if os.geteuid() == 0:  # Dovecot will not run mail processes as root: use nobody, and give it the files
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+        for path in [d, *d.rglob("*")]:
+            os.chown(path, uid, gid)
+        work.chmod(0o755)
+    else:
+        uid, gid = os.getuid(), os.getgid()
+    port = free_port()
+    limit = idle + 500
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""
+protocols = imap
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+default_process_limit = {limit}
+default_client_limit = {limit * 2}
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={d}
+}}
+mail_location = maildir:{maildir}
+protocol imap {{
+  mail_max_userip_connections = {limit}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+""")
+    with open(work / "dovecot.stderr", "wb") as log:
+        proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
+    wait_port(port, proc, "dovecot")
+    return proc, port
+
+
+def dovecot_version() -> str:
+    try:
+        return subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
+                              check=False).stdout.split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=2000, help="messages in the mailbox")
+    ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    ap.add_argument("--sessions", type=int, default=5, help="sessions per client")
+    ap.add_argument("--idle", type=int, default=1000, help="idle sessions for the memory measurement")
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * args.idle + 1000))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the servers inherit it
+
+    work = Path(tempfile.mkdtemp(prefix="imap-bench-", dir=args.dir))
+    messages = make_messages(args.count)
+    total_mib = sum(map(len, messages)) / (1 << 20)
+    progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
+    results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot_version()}", start_dovecot)]
+    try:
+        for name, start in servers:
+            proc, port = start(work, messages, args.idle)
+            procs.append(proc)
+            secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name))
+            per_idle = asyncio.run(idle_memory(port, proc.pid, args.idle, name)) if args.idle else 0
+            results[name] = (secs, lat, per_idle)
+            stop(proc)
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+    pr, dv = servers[0][0], servers[1][0]
+    print(f"\nIMAP mix: {args.count} messages ({total_mib:.1f} MiB), {args.clients} clients x {args.sessions} "
+          f"sessions; latencies in ms (p50 / p95 / p99)")
+    print(f"| operation | {pr} | {dv} | p50 ratio (Dovecot / Postroom) |")
+    print("| --- | ---: | ---: | ---: |")
+    for op in OPS:
+        a, b = results[pr][1][op], results[dv][1][op]
+        fa = " / ".join(f"{pct(a, p) * 1000:.1f}" for p in (50, 95, 99))
+        fb = " / ".join(f"{pct(b, p) * 1000:.1f}" for p in (50, 95, 99))
+        ratio = pct(b, 50) / pct(a, 50) if pct(a, 50) else 0.0
+        print(f"| {op} | {fa} | {fb} | {ratio:.2f}x |")
+    ops_a = sum(len(v) for v in results[pr][1].values()) / results[pr][0]
+    ops_b = sum(len(v) for v in results[dv][1].values()) / results[dv][0]
+    print(f"| **operations/s** | {ops_a:,.0f} | {ops_b:,.0f} | {ops_a / ops_b:.2f}x (Postroom / Dovecot) |")
+    if args.idle:
+        ma, mb = results[pr][2], results[dv][2]
+        print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "
+              f"{mb / ma if ma else 0:.1f}x less for Postroom |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

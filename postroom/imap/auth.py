@@ -1,0 +1,155 @@
+"""Any-state and not-authenticated commands: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE, ENABLE, ID.
+
+Theory of operation
+-------------------
+Logins go through `auth.Authenticator` (lockout, constant work for unknown users, SASL mechanisms). A
+successful login subscribes the session to the user's change feed, notes the IP for POP-before-SMTP and
+answers with the post-login CAPABILITY as a response code (RFC 9051 §6.2.2, §6.2.3).
+
+Invariants
+1. LOGIN and the plaintext SASL mechanisms are refused before TLS unless `auth.allow_plaintext`
+   (LOGINDISABLED, RFC 9051 §6.2.3; `[PRIVACYREQUIRED]`).
+2. STARTTLS refuses when plaintext is pipelined after it (CVE-2011-0411): nothing buffered may be read as if
+   it came over TLS. After the upgrade the framer is empty and the client must ask CAPABILITY again.
+3. Failed logins answer `NO [AUTHENTICATIONFAILED]` whatever the reason (unknown user, wrong password,
+   lockout), so a prober learns nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from postroom import __version__ as _version
+from postroom.net.connection import PlaintextAfterStartTLS
+from postroom.store.api import User
+
+from . import parser as P
+from .encoder import quoted
+from .session import ANY, AUTH, LOGOUT, NOT_AUTH, Bad, No, Result, Session, Silent, b64decode, command
+
+_NOT_AUTH = frozenset({NOT_AUTH})
+_AUTH_ONLY = frozenset({AUTH})
+
+
+@command("CAPABILITY", ANY)
+async def capability(s: Session, cmd: P.Command) -> Result:
+    s.write(b"* CAPABILITY " + " ".join(s.capability_list()).encode() + b"\r\n")
+    return "", "CAPABILITY completed"
+
+
+@command("NOOP", ANY)
+async def noop(s: Session, cmd: P.Command) -> Result:
+    return "", "NOOP completed"
+
+
+@command("LOGOUT", ANY)
+async def logout(s: Session, cmd: P.Command) -> Result:
+    s.write(b"* BYE Logging out\r\n")  # RFC 9051 §6.1.3: BYE before the tagged OK
+    s.state = LOGOUT
+    s.conn.end = "logout"
+    return "", "LOGOUT completed"
+
+
+@command("STARTTLS", _NOT_AUTH)
+async def starttls(s: Session, cmd: P.Command) -> Result:
+    if s.conn.tls:
+        raise Bad("TLS is already active")
+    if s.conn.tls_context is None:
+        raise No("TLS is not available on this listener")
+    if s.framer.buffered or s.conn.pending:  # invariant 2
+        raise Bad("Plaintext pipelined after STARTTLS")
+    s.write(b"%s OK Begin TLS negotiation now\r\n" % cmd.tag.encode())
+    await s.flush()
+    try:
+        await s.conn.start_tls()
+    except PlaintextAfterStartTLS:
+        s.state = LOGOUT
+        s.conn.end = "starttls-injection"
+        s.conn.abort()
+        raise
+    s.framer.reset()
+    raise Silent()
+
+
+def _logged_in(s: Session, user: User) -> Result:
+    s.user = user
+    s.state = AUTH
+    s.subscribe(user)
+    s.auth.note_login(s.conn.peer[0])
+    s.conn.log["user"] = user.address
+    return s.capability_code(), "Logged in"
+
+
+@command("LOGIN", _NOT_AUTH)
+async def login(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.Login)
+    if not s.auth.plaintext_allowed(s.conn.tls):  # invariant 1
+        raise No("LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")
+    s.conn.log["login"] = cmd.args.user[:100].encode("utf-8", "replace").decode()
+    try:
+        cmd.args.user.encode("utf-8")
+        cmd.args.password.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 cannot match any stored name or password
+        s.auth.failed(s.conn.peer[0], "")
+        raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
+    user = await s.auth.check_password(cmd.args.user, cmd.args.password, s.conn.peer[0])
+    if user is None:
+        raise No("Authentication failed", "AUTHENTICATIONFAILED")  # invariant 3
+    return _logged_in(s, user)
+
+
+@command("AUTHENTICATE", _NOT_AUTH)
+async def authenticate(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.Authenticate)
+    try:
+        exchange = s.auth.start(cmd.args.mechanism, s.conn.peer[0], s.conn.tls)
+    except ValueError:
+        if cmd.args.mechanism in ("PLAIN", "LOGIN") and not s.auth.plaintext_allowed(s.conn.tls):
+            raise No("Plaintext authentication is disabled before STARTTLS", "PRIVACYREQUIRED") from None
+        raise No("Unsupported authentication mechanism", "CANNOT") from None
+    initial = cmd.args.initial
+    if initial is not None:  # RFC 4959 SASL-IR: "=" is an empty initial response
+        initial = b"" if initial == b"=" else b64decode(initial)
+    step = await exchange.begin(initial)
+    while not step.done:
+        s.write(b"+ " + base64.b64encode(step.challenge) + b"\r\n")
+        line = await s.read_line()
+        if line == b"*":
+            raise Bad("Authentication cancelled")  # RFC 9051 §6.2.2
+        step = await exchange.respond(b64decode(line))
+    if exchange.username:
+        s.conn.log["login"] = exchange.username[:100]
+    if not step.ok or step.user is None:
+        raise No("Authentication failed", "AUTHENTICATIONFAILED")
+    if step.server_final:
+        # IMAP has no "additional data with success": send it as a challenge and take the empty answer.
+        s.write(b"+ " + base64.b64encode(step.server_final) + b"\r\n")
+        line = await s.read_line()
+        if line == b"*":
+            raise Bad("Authentication cancelled")
+    return _logged_in(s, step.user)
+
+
+@command("ENABLE", _AUTH_ONLY)
+async def enable(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.Names)
+    enabled: list[str] = []
+    for cap in cmd.args.items:
+        if cap == "IMAP4REV2" and not s.rev2:  # RFC 9051 §6.3.1; unknown names are ignored (RFC 5161 §3.1)
+            s.rev2 = True
+            enabled.append("IMAP4rev2")
+    s.write(b"* ENABLED" + b"".join(b" " + c.encode() for c in enabled) + b"\r\n")
+    return "", "ENABLE completed"
+
+
+@command("ID", ANY)
+async def id_(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.IdArgs)
+    if cmd.args.params:
+        for k, v in cmd.args.params:
+            if k.lower() in ("name", "version"):
+                s.conn.log["client_" + k.lower()] = (v or "")[:60]
+    s.write(b"* ID (" + quoted("name") + b" " + quoted("Postroom") + b" " + quoted("version") + b" "
+            + quoted(_version) + b")\r\n")  # RFC 2971 §3.2
+    return "", "ID completed"
+

@@ -1,0 +1,220 @@
+"""Sans-I/O IMAP framing: cutting a byte stream into commands, lines and literals (RFC 9051 §4.3, §7.5; RFC 7888).
+
+Theory of operation
+-------------------
+A command is one line, unless the line ends in a literal announcement `{n}` (synchronizing), `{n+}`
+(non-synchronizing, LITERAL+, RFC 7888) or `~{n}` / `~{n+}` (literal8, RFC 3516): then n bytes of literal
+follow, and after them the command line goes on. `feed(bytes)` appends; `next_event()` returns one of:
+
+* `NEED_DATA`: nothing complete is buffered;
+* `LiteralRequest(size, sync, tag, binary, verb)`: a literal is announced. The session must answer with
+  `accept_literal()` (and, when `sync`, send the `+` continuation request, RFC 9051 §7.5) or
+  `reject_literal()` (and send a tagged NO/BAD). A rejected synchronizing literal is never sent by the client,
+  so the framer forgets the command; a rejected non-synchronizing literal is on its way anyway, so the framer
+  skips its bytes and the rest of the command (RFC 7888 §4);
+* `RawCommand(data)`: the whole command, lines and literals as received (for `parser.parse_command`);
+* `FramingError(tag, text)`: a line or a command was longer than the limits; its bytes were dropped and the
+  next event starts with the next command.
+
+`next_line()` takes one bare line (IDLE's `DONE`, an AUTHENTICATE response) from the same stream.
+
+Invariants
+1. Nothing here raises on any input; every byte sequence gives events.
+2. At most `max_line` bytes of an unfinished line and `max_command` bytes of command text are buffered;
+   literal bytes count against the size the session accepted, never more.
+3. A line's tail past `max_line` is dropped as it arrives (never buffered), up to and including its LF.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_LITERALS = 1000  # literals in one command
+
+@dataclass(frozen=True, slots=True)
+class _NeedData:
+    pass
+
+
+NEED_DATA = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralRequest:
+    size: int
+    sync: bool
+    tag: str
+    binary: bool = False  # literal8 (~{n})
+    verb: str = ""  # the command's verb (UID skipped), so the session can give APPEND a larger limit
+
+
+@dataclass(frozen=True, slots=True)
+class RawCommand:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FramingError:
+    tag: str
+    text: str
+
+
+Event = _NeedData | LiteralRequest | RawCommand | FramingError
+
+_LITERAL_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n\Z")
+_TAG = re.compile(rb"[\x21-\x7e]+")
+_TAG_BAD = frozenset(b'(){%*"\\+')
+
+_LINE, _DECIDE, _LITERAL, _SKIP = range(4)
+
+
+def guess_tag(line: bytes) -> str:
+    """The tag at the start of a line, or "*" when there is no valid one (for the BAD answer)."""
+    m = _TAG.match(line)
+    if not m or m.end() >= len(line) or line[m.end()] != 0x20 or any(c in _TAG_BAD for c in m.group()):
+        return "*"
+    return m.group().decode("ascii")
+
+
+class Framer:
+    def __init__(self, max_line: int = 8192, max_command: int = 65536) -> None:
+        self.max_line = max_line
+        self.max_command = max_command
+        self._buf = bytearray()
+        self._scanned = 0
+        self._parts: list[bytes] = []
+        self._text = 0  # command text bytes (not literals) so far
+        self._state = _LINE
+        self._need = 0  # literal bytes still expected (_LITERAL / _SKIP)
+        self._request: LiteralRequest | None = None
+        self._discard_line = False  # dropping the tail of an overlong line
+        self._discard_command = False  # dropping the rest of a command after a refused non-sync literal
+        self._tag = "*"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out (check before STARTTLS: pipelined plaintext)."""
+        return len(self._buf) + sum(len(p) for p in self._parts)
+
+    @property
+    def in_command(self) -> bool:
+        return bool(self._parts) or self._state != _LINE
+
+    def feed(self, data: bytes) -> None:
+        if self._discard_line:
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            self._discard_line = False
+            data = data[i + 1:]
+        self._buf += data
+
+    def reset(self) -> None:
+        """Forget everything buffered (after STARTTLS)."""
+        self.__init__(self.max_line, self.max_command)  # type: ignore[misc]
+
+    def _take_line(self) -> bytes | None | FramingError:
+        buf = self._buf
+        i = buf.find(b"\n", self._scanned, self.max_line)
+        if i >= 0:
+            line = bytes(buf[: i + 1])
+            del buf[: i + 1]
+            self._scanned = 0
+            return line
+        if len(buf) >= self.max_line:
+            tag = guess_tag(bytes(buf[:64])) if not self._parts else self._tag
+            j = buf.find(b"\n", self.max_line)
+            if j >= 0:
+                del buf[: j + 1]
+            else:
+                buf.clear()
+                self._discard_line = True
+            self._scanned = 0
+            return FramingError(tag, "Line too long")
+        self._scanned = len(buf)
+        return None
+
+    def next_line(self) -> bytes | None | FramingError:
+        """One bare line without its line end (IDLE, AUTHENTICATE), or None if none is complete yet."""
+        line = self._take_line()
+        if isinstance(line, bytes):
+            return line.rstrip(b"\r\n")
+        return line
+
+    def next_event(self) -> Event:
+        while True:
+            if self._state == _DECIDE:
+                raise RuntimeError("accept_literal() or reject_literal() first")
+            if self._state in (_LITERAL, _SKIP):
+                n = min(self._need, len(self._buf))
+                if n:
+                    if self._state == _LITERAL:
+                        self._parts.append(bytes(self._buf[:n]))
+                    del self._buf[:n]
+                    self._need -= n
+                if self._need:
+                    return NEED_DATA
+                self._state = _LINE
+                self._scanned = 0
+            line = self._take_line()
+            if line is None:
+                return NEED_DATA
+            if isinstance(line, FramingError):
+                self._abandon()
+                return line
+            if not self._parts and not self._discard_command:
+                self._tag = guess_tag(line)
+            self._text += len(line)
+            if self._text > self.max_command and not self._discard_command:
+                tag = self._tag
+                m = _LITERAL_END.search(line)
+                self._abandon()
+                if m and m.group(3):  # the client will send this non-sync literal regardless
+                    self._state, self._need, self._discard_command = _SKIP, int(m.group(2)), True
+                return FramingError(tag, "Command too long")
+            m = _LITERAL_END.search(line)
+            if self._discard_command:
+                if m and m.group(3):
+                    self._state, self._need = _SKIP, int(m.group(2))
+                    continue
+                self._abandon()
+                continue
+            self._parts.append(line)
+            if m is None:
+                data = b"".join(self._parts)
+                self._abandon()
+                return RawCommand(data)
+            if len(self._parts) > 2 * MAX_LITERALS:
+                tag = self._tag
+                self._abandon()
+                if m.group(3):
+                    self._state, self._need, self._discard_command = _SKIP, int(m.group(2)), True
+                return FramingError(tag, "Too many literals")
+            words = self._parts[0].split(None, 3)
+            verb = words[1].upper() if len(words) > 1 else b""
+            if verb == b"UID" and len(words) > 2:
+                verb = words[2].upper()
+            self._request = LiteralRequest(int(m.group(2)), not m.group(3), self._tag, bool(m.group(1)),
+                                           verb[:20].decode("ascii", "replace"))
+            self._state = _DECIDE
+            return self._request
+
+    def accept_literal(self) -> None:
+        assert self._state == _DECIDE and self._request is not None
+        self._state, self._need = _LITERAL, self._request.size
+        self._request = None
+
+    def reject_literal(self) -> None:
+        assert self._state == _DECIDE and self._request is not None
+        req = self._request
+        self._abandon()
+        if not req.sync:  # RFC 7888 §4: the bytes come anyway; drop them and the rest of the command
+            self._state, self._need, self._discard_command = _SKIP, req.size, True
+
+    def _abandon(self) -> None:
+        self._parts = []
+        self._text = 0
+        self._state = _LINE
+        self._request = None
+        self._discard_command = False

@@ -1,0 +1,71 @@
+"""IDLE (RFC 2177, RFC 9051 §6.3.13): push the selected mailbox's changes as they are committed.
+
+Theory of operation
+-------------------
+After the `+ idling` continuation, two things are awaited at once: the next bytes from the client (the
+`DONE` line) and the next change on the session's hub subscription. A change is absorbed and reported at
+once (EXPUNGE included: a command is in progress, RFC 9051 §7.5.1), and written with a flush, so a delivery
+reaches an idling client as soon as its transaction commits. `DONE` ends the command with the tagged OK;
+any other line ends it with BAD (RFC 2177 §3).
+
+Invariants
+1. At most one read of the connection is pending (the connection's own invariant 1): the read task is
+   created once per wait and either completes or is cancelled before IDLE returns.
+2. The idle timeout of the connection still applies (RFC 9051 §5.4: a client re-issues IDLE within 29
+   minutes); ShuttingDown ends the session with BYE as between commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from postroom.store.hub import SubscriptionOverflow
+
+from . import parser as P
+from .session import AUTHED, Bad, Result, Session, command
+
+
+@command("IDLE", AUTHED)
+async def idle(s: Session, cmd: P.Command) -> Result:
+    s.write(b"+ idling\r\n")
+    await s.notify(allow_expunge=True)
+    await s.flush()
+    read_task: asyncio.Task[bytes] | None = None
+    change_task: asyncio.Task[Any] | None = None
+    try:
+        while True:
+            line = s.framer.next_line()
+            if isinstance(line, P.FramingError):
+                raise Bad(line.text)
+            if isinstance(line, bytes):
+                if line.strip().upper() == b"DONE":
+                    return "", "IDLE terminated"
+                raise Bad("Expected DONE")
+            if read_task is None:
+                read_task = asyncio.ensure_future(s.conn.read_some(interruptible=True))
+            if change_task is None and s.sub is not None:
+                change_task = asyncio.ensure_future(s.sub.get())
+            waiting = {t for t in (read_task, change_task) if t is not None}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if change_task is not None and change_task in done:
+                task, change_task = change_task, None
+                try:
+                    change = task.result()
+                except SubscriptionOverflow:
+                    s.overflowed = True
+                else:
+                    if s.sel is not None:
+                        s.sel.absorb(change)
+                await s.notify(allow_expunge=True)
+                await s.flush()
+            if read_task in done:
+                task, read_task = read_task, None
+                s.framer.feed(task.result())  # raises ConnectionClosed / IdleTimeout / ShuttingDown
+    finally:
+        for t in (read_task, change_task):
+            if t is not None and not t.done():
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t

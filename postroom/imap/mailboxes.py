@@ -1,0 +1,345 @@
+"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, NAMESPACE,
+STATUS, APPEND (RFC 9051 §6.3; LIST-EXTENDED RFC 5258, SPECIAL-USE RFC 6154, LIST-STATUS RFC 5819,
+CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438).
+
+Theory of operation
+-------------------
+The store knows one user's mailboxes by full name with "/" as the hierarchy separator (one personal
+namespace, RFC 2342). Names arrive in the client's encoding and are turned into stored names by
+`stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the reverse.
+LIST reads every mailbox of the user once and matches the patterns in memory: `*` matches anything, `%`
+anything but the separator (RFC 9051 §6.3.9). A name that is only the parent of others (its mailbox was
+deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2) or `\\Noselect` (rev1).
+
+Invariants
+1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
+   plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
+2. SELECT reads UIDs and flags only (`list_messages`), never bodies.
+3. APPEND computes the message's metadata once (`compute_meta`) and stores it with the body; a message over
+   `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from array import array
+
+from postroom.mime.meta import compute_meta
+from postroom.store.api import FLAG_NAMES, AppendRequest, Flag, Mailbox, MailboxStatus
+
+from . import encoder
+from . import parser as P
+from .messages import parse_flags
+from .session import AUTH, AUTHED, SELECTED, No, Result, Session, command
+from .state import Selected
+
+SEP = "/"
+_SYSTEM_FLAGS = b"(" + " ".join(FLAG_NAMES.values()).encode() + b")"
+
+_SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
+
+
+def stored_name(s: Session, name: str) -> str:
+    try:
+        name = encoder.decode_mailbox(name, s.rev2)
+    except ValueError:
+        raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
+    if name.upper() == "INBOX" or name[:6].upper() == "INBOX" + SEP:
+        name = "INBOX" + name[5:]
+    return name
+
+
+def wire_name(s: Session, name: str) -> bytes:
+    return encoder.mailbox(name, s.rev2)
+
+
+def _user_id(s: Session) -> int:
+    assert s.user is not None
+    return s.user.id
+
+
+# ---- SELECT / EXAMINE (RFC 9051 §6.3.2, §6.3.3)
+
+@command("SELECT", AUTHED)
+@command("EXAMINE", AUTHED)
+async def select(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.MailboxArg)
+    if s.sel is not None and s.rev2:
+        s.write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 9051 §7.1
+    s.sel = None
+    s.state = AUTH  # a failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2)
+    name = stored_name(s, cmd.args.mailbox)
+    mbox = await s.store.get_mailbox(_user_id(s), name)
+    if mbox is None:
+        raise No("Mailbox does not exist", "NONEXISTENT")
+    s.drain_changes()  # changes from before the listing are in it already
+    messages = await s.store.list_messages(mbox.id)
+    uids = array("I", [m.uid for m in messages])
+    readonly = cmd.name == "EXAMINE"
+    claims = s.service.claims
+    top = uids[-1] if uids else 0
+    prev = claims.peek(mbox.id) if readonly else claims.claim(mbox.id, top)
+    sel = Selected(mbox, readonly, uids, rev2=s.rev2, recent_lo=prev + 1, recent_hi=top if uids else -1,
+                   claims=claims, modseq=mbox.highestmodseq)
+    keywords: set[str] = set()
+    first_unseen = 0
+    for i, m in enumerate(messages):
+        if m.keywords:
+            keywords.update(m.keywords)
+        if not first_unseen and not m.flags & _SEEN:
+            first_unseen = i + 1
+    kw = "".join(" " + k for k in sorted(keywords)).encode("utf-8", "surrogateescape")
+    s.write(b"* FLAGS " + _SYSTEM_FLAGS[:-1] + kw + b")\r\n")
+    s.write(b"* %d EXISTS\r\n" % len(uids))
+    if not s.rev2:
+        s.write(b"* %d RECENT\r\n" % sel.recent_count())
+        if first_unseen:
+            s.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
+    if readonly:
+        s.write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+    else:
+        s.write(b"* OK [PERMANENTFLAGS " + _SYSTEM_FLAGS[:-1] + kw + b" \\*)] Flags permitted\r\n")
+    s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
+    s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
+    if s.rev2:
+        s.write(b'* LIST () "/" ' + wire_name(s, mbox.name) + b"\r\n")  # RFC 9051 §6.3.2
+    s.sel = sel
+    s.state = SELECTED
+    return ("READ-ONLY" if readonly else "READ-WRITE"), f"{cmd.name} completed"
+
+
+# ---- CREATE / DELETE / RENAME / SUBSCRIBE / UNSUBSCRIBE (RFC 9051 §6.3.4 - §6.3.8)
+
+@command("CREATE", AUTHED)
+async def create(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.MailboxArg)
+    name = stored_name(s, cmd.args.mailbox).rstrip(SEP)  # RFC 9051 §6.3.4: a trailing separator is intent
+    if not name or "*" in name or "%" in name:
+        raise No("Invalid mailbox name", "CANNOT")
+    if name.upper() == "INBOX":
+        raise No("INBOX always exists", "ALREADYEXISTS")
+    await s.store.create_mailbox(_user_id(s), name)
+    return "", "CREATE completed"
+
+
+@command("DELETE", AUTHED)
+async def delete(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.MailboxArg)
+    name = stored_name(s, cmd.args.mailbox)
+    if name == "INBOX":
+        raise No("INBOX cannot be deleted", "CANNOT")  # RFC 9051 §6.3.5
+    if s.sel is not None and s.sel.mailbox.name == name:
+        raise No("Cannot delete the selected mailbox; UNSELECT first", "INUSE")
+    if await s.store.get_mailbox(_user_id(s), name) is None:
+        raise No("Mailbox does not exist", "NONEXISTENT")
+    await s.store.delete_mailbox(_user_id(s), name)
+    return "", "DELETE completed"
+
+
+@command("RENAME", AUTHED)
+async def rename(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.Rename)
+    old = stored_name(s, cmd.args.old)
+    new = stored_name(s, cmd.args.new).rstrip(SEP)
+    if not new or "*" in new or "%" in new:
+        raise No("Invalid mailbox name", "CANNOT")
+    if new.upper() == "INBOX":
+        raise No("INBOX already exists", "ALREADYEXISTS")
+    await s.store.rename_mailbox(_user_id(s), old, new)
+    if s.sel is not None and s.sel.mailbox.name == old and old != "INBOX":
+        s.sel.mailbox = dataclasses.replace(s.sel.mailbox, name=new)
+    return "", "RENAME completed"
+
+
+@command("SUBSCRIBE", AUTHED)
+@command("UNSUBSCRIBE", AUTHED)
+async def subscribe(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.MailboxArg)
+    name = stored_name(s, cmd.args.mailbox)
+    if await s.store.get_mailbox(_user_id(s), name) is None:
+        raise No("Mailbox does not exist", "NONEXISTENT")
+    await s.store.set_subscribed(_user_id(s), name, cmd.name == "SUBSCRIBE")
+    return "", f"{cmd.name} completed"
+
+
+@command("NAMESPACE", AUTHED)
+async def namespace(s: Session, cmd: P.Command) -> Result:
+    s.write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')  # RFC 2342 §5: one personal namespace
+    return "", "NAMESPACE completed"
+
+
+# ---- LIST / LSUB (RFC 9051 §6.3.9, RFC 5258, RFC 3501 §6.3.9)
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in SEP + "*%"):
+        pattern = "INBOX" + pattern[5:]
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _join(ref: str, pattern: str) -> str:
+    # RFC 3501 §6.3.8: the reference is prefixed to the pattern; a pattern starting with the separator
+    # ignores a reference ending with one.
+    if ref.endswith(SEP) and pattern.startswith(SEP):
+        return ref + pattern[1:]
+    return ref + pattern
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    return (0 if name == "INBOX" else 1, name)
+
+
+@command("LIST", AUTHED)
+async def list_(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.ListArgs)
+    ref = stored_name(s, a.reference) if a.reference else ""
+    if not a.extended and a.patterns == ("",):
+        # RFC 9051 §6.3.9: an empty pattern asks for the separator and the root of the reference.
+        root = ref.split(SEP, 1)[0] + SEP if SEP in ref else ""
+        s.write(b'* LIST (\\Noselect) "/" ' + wire_name(s, root) + b"\r\n")
+        return "", "LIST completed"
+    regexes = [pattern_regex(_join(ref, stored_name(s, p) if p else p)) for p in a.patterns]
+    mboxes = await s.store.list_mailboxes(_user_id(s))
+    by_name = {m.name: m for m in mboxes}
+    virtual: set[str] = set()
+    has_children: set[str] = set()
+    for name in by_name:
+        parts = name.split(SEP)
+        for i in range(1, len(parts)):
+            parent = SEP.join(parts[:i])
+            has_children.add(parent)
+            if parent not in by_name:
+                virtual.add(parent)
+    subscribed = {m.name for m in mboxes if m.subscribed}
+    want_sub = "SUBSCRIBED" in a.selection or "SUBSCRIBED" in a.returns
+    recursive = "RECURSIVEMATCH" in a.selection
+    status_items = a.status_items if "STATUS" in a.returns else ()
+    candidates = sorted(set(by_name) | virtual, key=_sort_key)
+    for name in candidates:
+        if not any(r.match(name) for r in regexes):
+            continue
+        m = by_name.get(name)
+        attrs: list[str] = []
+        childinfo = False
+        if "SUBSCRIBED" in a.selection:
+            is_sub = name in subscribed
+            if recursive:
+                childinfo = any(n.startswith(name + SEP) for n in subscribed)
+            if not is_sub and not childinfo:
+                continue
+        if "SPECIAL-USE" in a.selection and (m is None or not m.special_use):
+            continue
+        if m is None:
+            attrs.append("\\NonExistent" if s.rev2 else "\\Noselect")
+        if name in has_children:
+            attrs.append("\\HasChildren")
+        else:
+            attrs.append("\\HasNoChildren")
+        if want_sub and name in subscribed:
+            attrs.append("\\Subscribed")
+        if m is not None and m.special_use:
+            attrs.append(m.special_use)
+        line = b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + wire_name(s, name)
+        if childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 §3.5
+        s.write(line + b"\r\n")
+        if status_items and m is not None:
+            s.write(await status_line(s, m, status_items))
+        await s.maybe_flush()
+    return "", "LIST completed"
+
+
+@command("LSUB", AUTHED)
+async def lsub(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.ListArgs)
+    ref = stored_name(s, a.reference) if a.reference else ""
+    if a.patterns == ("",):
+        s.write(b'* LSUB (\\Noselect) "/" ""\r\n')
+        return "", "LSUB completed"
+    regex = pattern_regex(_join(ref, stored_name(s, a.patterns[0])))
+    mboxes = await s.store.list_mailboxes(_user_id(s))
+    subscribed = sorted((m.name for m in mboxes if m.subscribed), key=_sort_key)
+    seen: set[str] = set()
+    for name in subscribed:
+        if regex.match(name):
+            s.write(b"* LSUB () \"/\" " + wire_name(s, name) + b"\r\n")
+            seen.add(name)
+    # RFC 3501 §6.3.9: with "%", a non-matching-but-subscribed child makes its matching parent show as
+    # \Noselect.
+    for name in subscribed:
+        parts = name.split(SEP)
+        for i in range(1, len(parts)):
+            parent = SEP.join(parts[:i])
+            if parent not in seen and parent not in subscribed and regex.match(parent):
+                s.write(b"* LSUB (\\Noselect) \"/\" " + wire_name(s, parent) + b"\r\n")
+                seen.add(parent)
+    return "", "LSUB completed"
+
+
+# ---- STATUS (RFC 9051 §6.3.11, RFC 8438 SIZE, RFC 7889 APPENDLIMIT)
+
+async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> bytes:
+    st: MailboxStatus = await s.store.mailbox_status(mbox.id)
+    out: list[str] = []
+    for item in items:
+        if item == "MESSAGES":
+            value = st.messages
+        elif item == "UIDNEXT":
+            value = st.mailbox.uidnext
+        elif item == "UIDVALIDITY":
+            value = st.mailbox.uidvalidity
+        elif item == "UNSEEN":
+            value = st.unseen
+        elif item == "DELETED":
+            value = st.deleted
+        elif item == "SIZE":
+            value = st.size
+        elif item == "APPENDLIMIT":
+            value = s.limits.message_size
+        else:  # RECENT: messages no session has been told about yet
+            claimed = s.service.claims.peek(mbox.id)
+            value = len(await s.store.list_messages(mbox.id, claimed + 1)) if st.messages else 0
+        out.append(f"{item} {value}")
+    return b"* STATUS " + wire_name(s, mbox.name) + b" (" + " ".join(out).encode() + b")\r\n"
+
+
+@command("STATUS", AUTHED)
+async def status(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.StatusArgs)
+    mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, cmd.args.mailbox))
+    if mbox is None:
+        raise No("Mailbox does not exist", "NONEXISTENT")
+    s.write(await status_line(s, mbox, cmd.args.items))
+    return "", "STATUS completed"
+
+
+# ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8)
+
+@command("APPEND", AUTHED)
+async def append(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.AppendArgs)
+    mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
+    if mbox is None:
+        raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
+    if len(a.message) > s.limits.message_size:
+        raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")
+    if not a.message:
+        raise No("Empty message", "CANNOT")
+    flags, keywords = parse_flags(a.flags)
+    raw = a.message
+    if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop
+        meta = await asyncio.to_thread(compute_meta, raw, s.limits)
+    else:
+        meta = compute_meta(raw, s.limits)
+    res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
+                                                      internal_date=a.date if a.date is not None else time.time(),
+                                                      meta=meta.to_bytes()))
+    return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"

@@ -1,0 +1,240 @@
+"""Selected-state commands that change messages: STORE, COPY, MOVE, EXPUNGE, UID EXPUNGE, CLOSE, UNSELECT, CHECK
+(RFC 9051 §6.4; UIDPLUS RFC 4315; MOVE RFC 6851).
+
+Theory of operation
+-------------------
+Sequence sets are resolved against the session's view (`Selected.uids`) into UIDs (`resolve`); every store
+call takes UIDs. A write returns its change records: this session reports them itself (FETCH for STORE,
+EXPUNGE for EXPUNGE and MOVE) and marks them as its own so the hub's echo is not reported twice
+(`state` invariant 3).
+
+Invariants
+1. A read-only (EXAMINE) session changes nothing: STORE, EXPUNGE, MOVE answer NO [READ-ONLY]; CLOSE does not
+   expunge (RFC 9051 §6.4.2).
+2. A message sequence number beyond EXISTS is a client error (BAD); a UID that does not exist is ignored
+   (RFC 9051 §6.4.8).
+3. EXPUNGE responses written here always follow the session's own numbering: each one's number is computed
+   after the previous one was removed.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from postroom.store import names
+from postroom.store.api import FLAG_BY_NAME, Invalid, StoreMode
+
+from . import encoder
+from . import parser as P
+from .session import AUTH, ONLY_SELECTED, Bad, No, Result, Session, command
+from .state import Selected
+
+
+def sel_of(s: Session) -> Selected:
+    assert s.sel is not None
+    return s.sel
+
+
+def parse_flags(flags: Iterable[str]) -> tuple[int, list[str]]:
+    """System flags to a bitmask, keywords validated; \\Recent cannot be set (RFC 9051 §2.3.2) and is
+    ignored; another unknown system flag is a BAD."""
+    bits = 0
+    keywords: list[str] = []
+    for f in flags:
+        if f.startswith("\\"):
+            bit = FLAG_BY_NAME.get(f.lower())
+            if bit is None:
+                if f.lower() == "\\recent":
+                    continue
+                raise Bad(f"Unknown system flag {f[:40]}")
+            bits |= bit
+        else:
+            try:
+                keywords.append(names.keyword(f))
+            except Invalid:
+                raise Bad(f"Invalid keyword {f[:40]}") from None
+    return bits, keywords
+
+
+def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
+    """UIDs (ascending, unique) named by a sequence set in the session's view (invariant 2)."""
+    sel = sel_of(s)
+    uids = sel.uids
+    if seqset.saved:  # RFC 5182 §2.1: "$" is the last saved result, empty if none
+        present = set(uids)
+        return [u for u in sel.saved if u in present]
+    out: set[int] = set()
+    if not uid:
+        n = len(uids)
+        for lo, hi in seqset.ranges:
+            if lo == P.STAR:
+                lo = n
+            if hi == P.STAR:
+                hi = n
+            if lo > hi:
+                lo, hi = hi, lo
+            if lo == 0:  # "*" in an empty mailbox
+                continue
+            if hi > n:
+                raise Bad("Invalid message sequence number")
+            out.update(uids[lo - 1:hi])
+            if len(out) > 10_000_000:
+                break
+        return sorted(out)
+    top = uids[-1] if uids else 0
+    for lo, hi in seqset.ranges:
+        if lo == P.STAR:
+            lo = top
+        if hi == P.STAR:
+            hi = top
+        if lo > hi:
+            lo, hi = hi, lo
+        if hi == 0:
+            continue
+        i = bisect.bisect_left(uids, lo)
+        j = bisect.bisect_right(uids, hi)
+        out.update(uids[i:j])
+    return sorted(out)
+
+
+# ---- STORE (RFC 9051 §6.4.6)
+
+@command("STORE", ONLY_SELECTED)
+@command("UID STORE", ONLY_SELECTED)
+async def store(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.StoreArgs)
+    sel = sel_of(s)
+    bits, keywords = parse_flags(a.flags)
+    uids = resolve(s, a.seqset, cmd.uid)
+    if sel.readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    if not uids:
+        return "", "STORE completed"
+    mode = {"": StoreMode.REPLACE, "+": StoreMode.ADD, "-": StoreMode.REMOVE}[a.mode]
+    result = await s.store.store_flags(sel.id, uids, mode, bits, keywords)
+    changed: dict[int, tuple[int, frozenset[str]]] = {}
+    for ch in result.changes:
+        sel.own_modseqs.add(ch.modseq)
+        changed[ch.uid] = (ch.flags, ch.keywords)
+    if a.silent:
+        return "", "STORE completed"
+    # The new flags of every message named (RFC 9051 §6.4.6), read back in one query per range.
+    from .fetch import flags_fetch
+
+    await flags_fetch(s, uids, with_uid=cmd.uid)
+    return "", "STORE completed"
+
+
+# ---- COPY / MOVE (RFC 9051 §6.4.7, RFC 6851, RFC 4315 COPYUID)
+
+async def _destination(s: Session, name: str) -> int:
+    from .mailboxes import stored_name
+
+    assert s.user is not None
+    mbox = await s.store.get_mailbox(s.user.id, stored_name(s, name))
+    if mbox is None:
+        raise No("Mailbox does not exist", "TRYCREATE")
+    return mbox.id
+
+
+def _copyuid(uidvalidity: int, src: tuple[int, ...], dst: tuple[int, ...]) -> str:
+    return (f"COPYUID {uidvalidity} {encoder.seqset_ordered(list(src)).decode()} "
+            f"{encoder.seqset_ordered(list(dst)).decode()}")
+
+
+@command("COPY", ONLY_SELECTED)
+@command("UID COPY", ONLY_SELECTED)
+async def copy(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.CopyArgs)
+    uids = resolve(s, a.seqset, cmd.uid)
+    dest = await _destination(s, a.mailbox)
+    if not uids:
+        return "", "COPY completed"
+    res = await s.store.copy_messages(sel_of(s).id, uids, dest)
+    if not res.source_uids:
+        raise No("Messages were expunged", "EXPUNGEISSUED")
+    return _copyuid(res.uidvalidity, res.source_uids, res.dest_uids), "COPY completed"
+
+
+@command("MOVE", ONLY_SELECTED)
+@command("UID MOVE", ONLY_SELECTED)
+async def move(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.CopyArgs)
+    sel = sel_of(s)
+    uids = resolve(s, a.seqset, cmd.uid)
+    dest = await _destination(s, a.mailbox)
+    if sel.readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    if not uids:
+        return "", "MOVE completed"
+    await s.notify(allow_expunge=True)  # report earlier changes first, so numbers below are the client's
+    res = await s.store.move_messages(sel.id, uids, dest)
+    if res.source_uids:
+        # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
+        s.write(b"* OK [" + _copyuid(res.uidvalidity, res.source_uids, res.dest_uids).encode()
+                + b"] Moved\r\n")
+    for uid in res.source_uids:
+        n = sel.removed(uid)
+        if n:
+            s.write(b"* %d EXPUNGE\r\n" % n)
+    return "", "MOVE completed"
+
+
+# ---- EXPUNGE / UID EXPUNGE / CLOSE / UNSELECT / CHECK
+
+async def _expunge(s: Session, uids: list[int] | None, report: bool) -> None:
+    sel = sel_of(s)
+    if report:
+        await s.notify(allow_expunge=True)
+    res = await s.store.expunge(sel.id, uids)
+    for ch in sorted(res.changes, key=lambda c: c.uid):
+        n = sel.removed(ch.uid)
+        if n and report:
+            s.write(b"* %d EXPUNGE\r\n" % n)  # invariant 3
+
+
+@command("EXPUNGE", ONLY_SELECTED)
+async def expunge(s: Session, cmd: P.Command) -> Result:
+    if sel_of(s).readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    await _expunge(s, None, True)
+    return "", "EXPUNGE completed"
+
+
+@command("UID EXPUNGE", ONLY_SELECTED)
+async def uid_expunge(s: Session, cmd: P.Command) -> Result:
+    assert isinstance(cmd.args, P.SeqArg)
+    uids = resolve(s, cmd.args.seqset, True)
+    if sel_of(s).readonly:
+        raise No("Mailbox is read-only", "READ-ONLY")
+    if uids:
+        await _expunge(s, uids, True)
+    return "", "UID EXPUNGE completed"
+
+
+def _deselect(s: Session) -> None:
+    s.sel = None
+    s.state = AUTH
+
+
+@command("CLOSE", ONLY_SELECTED)
+async def close(s: Session, cmd: P.Command) -> Result:
+    if not sel_of(s).readonly:
+        await _expunge(s, None, False)  # RFC 9051 §6.4.1: silently, no EXPUNGE responses
+    _deselect(s)
+    return "", "CLOSE completed"
+
+
+@command("UNSELECT", ONLY_SELECTED)
+async def unselect(s: Session, cmd: P.Command) -> Result:
+    _deselect(s)
+    return "", "UNSELECT completed"
+
+
+@command("CHECK", ONLY_SELECTED)
+async def check(s: Session, cmd: P.Command) -> Result:
+    return "", "CHECK completed"  # every write is durable already (store invariant 1)

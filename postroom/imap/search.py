@@ -1,0 +1,203 @@
+"""SEARCH and UID SEARCH (RFC 9051 §6.4.4; ESEARCH RFC 4731; SEARCHRES RFC 5182).
+
+Theory of operation
+-------------------
+The search runs in Python over the mailbox's message records (`list_messages`: one query, no bodies) and,
+only when a key needs it, the stored metadata (`fetch.load_meta`: decoded headers, body text and the Date
+header, computed at delivery). Sequence sets inside the key are resolved once, before the scan.
+
+String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
+with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
+calendar day in UTC, of the internal date (BEFORE, ON, SINCE) or of the Date header (SENT*).
+
+Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...` with RETURN or after
+ENABLE IMAP4rev2 (RFC 9051 §7.3.4). RETURN (SAVE) stores the result as `$` (RFC 5182 §2.4: with MIN or MAX
+only those are saved; SAVE alone sends no ESEARCH).
+
+Invariants
+1. Only messages the client knows are searched (announced UIDs); arrivals not yet reported are not.
+2. A key that needs no metadata never loads any; one that does loads each message's metadata once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.mime.meta import MessageMeta
+from postroom.store.api import Flag, MessageInfo
+
+from . import encoder
+from . import parser as P
+from .fetch import load_meta
+from .messages import resolve, sel_of
+from .session import ONLY_SELECTED, No, Result, Session, command
+
+_CHARSETS = ("UTF-8", "US-ASCII")
+_META_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
+              "SENTSINCE"}
+_FLAG_TESTS = {
+    "ANSWERED": (int(Flag.ANSWERED), True), "UNANSWERED": (int(Flag.ANSWERED), False),
+    "DELETED": (int(Flag.DELETED), True), "UNDELETED": (int(Flag.DELETED), False),
+    "DRAFT": (int(Flag.DRAFT), True), "UNDRAFT": (int(Flag.DRAFT), False),
+    "FLAGGED": (int(Flag.FLAGGED), True), "UNFLAGGED": (int(Flag.FLAGGED), False),
+    "SEEN": (int(Flag.SEEN), True), "UNSEEN": (int(Flag.SEEN), False),
+}
+DAY = 86400.0
+
+_SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
+
+
+def _needs_meta(key: P.Key) -> bool:
+    if key.op in _META_KEYS:
+        return True
+    return any(isinstance(a, P.Key) and _needs_meta(a) for a in key.args)
+
+
+def _seqsets(key: P.Key, out: list[tuple[P.Key, P.SeqSet]]) -> None:
+    for a in key.args:
+        if isinstance(a, P.SeqSet):
+            out.append((key, a))
+        elif isinstance(a, P.Key):
+            _seqsets(a, out)
+
+
+class _Ctx:
+    def __init__(self, s: Session, sets: dict[int, set[int]]) -> None:
+        self.s = s
+        self.sel = sel_of(s)
+        self.sets = sets
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle.casefold() in haystack.casefold()
+
+
+def _day(ts: float) -> float:
+    return ts - ts % DAY
+
+
+def _match(key: P.Key, m: MessageInfo, meta: MessageMeta | None, ctx: _Ctx) -> bool:
+    op = key.op
+    args: tuple[Any, ...] = key.args  # each key's argument types are fixed by the parser
+    if op == "AND":
+        return all(_match(k, m, meta, ctx) for k in args)
+    if op == "ALL":
+        return True
+    if op in _FLAG_TESTS:
+        bit, want = _FLAG_TESTS[op]
+        return bool(m.flags & bit) == want
+    if op == "OR":
+        return _match(args[0], m, meta, ctx) or _match(args[1], m, meta, ctx)
+    if op == "NOT":
+        return not _match(args[0], m, meta, ctx)
+    if op in ("SEQ", "UID"):
+        return m.uid in ctx.sets[id(key)]
+    if op == "RECENT":
+        return ctx.sel.is_recent(m.uid)
+    if op == "NEW":
+        return ctx.sel.is_recent(m.uid) and not m.flags & _SEEN
+    if op == "OLD":
+        return not ctx.sel.is_recent(m.uid)
+    if op in ("KEYWORD", "UNKEYWORD"):
+        has = args[0].lower() in (k.lower() for k in m.keywords)
+        return has == (op == "KEYWORD")
+    if op == "LARGER":
+        return bool(m.size > args[0])
+    if op == "SMALLER":
+        return bool(m.size < args[0])
+    if op == "BEFORE":
+        return bool(_day(m.internal_date) < args[0])
+    if op == "ON":
+        return bool(_day(m.internal_date) == args[0])
+    if op == "SINCE":
+        return bool(_day(m.internal_date) >= args[0])
+    assert meta is not None
+    st = meta.search
+    if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        return _contains(st.header(op.lower()), args[0])
+    if op == "HEADER":
+        name = args[0].lower()
+        if not args[1]:  # RFC 9051 §6.4.4: an empty string matches every message with that field
+            return any(k == name for k, _ in st.headers)
+        return _contains(st.header(name), args[1])
+    if op == "BODY":
+        return _contains(st.body, args[0])
+    if op == "TEXT":
+        return _contains(st.text(), args[0])
+    sent = meta.sent_date
+    if sent is None:
+        return False
+    if op == "SENTBEFORE":
+        return bool(_day(sent) < args[0])
+    if op == "SENTON":
+        return bool(_day(sent) == args[0])
+    return bool(_day(sent) >= args[0])  # SENTSINCE
+
+
+async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
+    """UIDs matching `key`, ascending (invariant 1)."""
+    sel = sel_of(s)
+    found: list[tuple[P.Key, P.SeqSet]] = []
+    _seqsets(key, found)
+    sets = {id(k): set(resolve(s, ss, k.op == "UID")) for k, ss in found}
+    ctx = _Ctx(s, sets)
+    known = sel.uids
+    if not known:
+        return []
+    infos = await s.store.list_messages(sel.id, known[0], known[-1])
+    meta_needed = _needs_meta(key)
+    out: list[int] = []
+    for m in infos:
+        if not sel.msn(m.uid):
+            continue
+        meta = await load_meta(s, m) if meta_needed else None
+        if _match(key, m, meta, ctx):
+            out.append(m.uid)
+    return out
+
+
+@command("SEARCH", ONLY_SELECTED)
+@command("UID SEARCH", ONLY_SELECTED)
+async def search(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.SearchArgs)
+    if a.charset is not None and a.charset not in _CHARSETS:
+        raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")  # RFC 9051 §6.4.4
+    sel = sel_of(s)
+    try:
+        uids = await run_search(s, a.key, cmd.uid)
+    except Exception:
+        if a.returns is not None and "SAVE" in a.returns:
+            sel.saved = []  # RFC 5182 §2.1: a failed SEARCH with SAVE leaves $ empty
+        raise
+    numbers = uids if cmd.uid else [sel.msn(u) for u in uids]
+    returns = a.returns
+    if returns is not None and "SAVE" in returns:
+        minmax = [o for o in returns if o in ("MIN", "MAX")]
+        if minmax and not any(o in ("ALL", "COUNT") for o in returns) and uids:
+            sel.saved = sorted({uids[0] if o == "MIN" else uids[-1] for o in minmax})
+        else:
+            sel.saved = uids
+        if returns == ("SAVE",):
+            return "", "SEARCH completed"
+    if returns is None and not s.rev2:
+        s.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return "", "SEARCH completed"
+    opts = [o for o in (returns or ()) if o != "SAVE"] or ["ALL"]
+    line = b'* ESEARCH (TAG ' + encoder.quoted(cmd.tag) + b")"
+    if cmd.uid:
+        line += b" UID"
+    for o in ("MIN", "MAX", "ALL", "COUNT"):
+        if o not in opts:
+            continue
+        if o == "COUNT":
+            line += b" COUNT %d" % len(numbers)
+        elif numbers:
+            if o == "MIN":
+                line += b" MIN %d" % numbers[0]
+            elif o == "MAX":
+                line += b" MAX %d" % numbers[-1]
+            else:
+                line += b" ALL " + encoder.seqset(numbers)
+    s.write(line + b"\r\n")
+    return "", "SEARCH completed"

@@ -1,0 +1,355 @@
+"""The IMAP session: the state machine over one connection (RFC 9051 §3, RFC 3501 §3).
+
+Theory of operation
+-------------------
+`imap_handler(services, listener)` returns the `net` handler; each connection runs `Session.run()`. The loop
+reads bytes into the sans-I/O `Framer`, answers literal announcements (`+` continuation, RFC 9051 §7.5, or a
+refusal), parses each command (`parser.parse_command`) and dispatches it through `COMMANDS`, a table
+`{verb: (allowed states, handler)}` checked in one place. Handlers live in one module per command family
+(`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`); they write untagged data with `write()` and
+return the tagged OK's response code and text, or raise:
+
+* `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
+* `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
+* a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT;
+* anything else: logged with its traceback, tagged `NO [SERVERBUG]`; the session goes on.
+
+Change notification (RFC 9051 §7.5.1, §5.2): after login the session subscribes to the user's change feed.
+Before every tagged response the queued changes of the selected mailbox are reported (`notify`): EXISTS,
+RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
+reports them as they come.
+
+Invariants
+1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
+   continuation requests of AUTHENTICATE, APPEND and IDLE).
+2. Every read has a limit: the line length and command size in the framer, the literal size
+   (`limits.literal_size`, APPEND: `limits.message_size`) before the `+` is sent.
+3. A BAD never drops the connection; after `limits.errors_per_session` of them the server says BYE.
+4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
+   drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
+5. Passwords never reach the log (`conn.log` gets the user name only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from postroom.net.connection import (
+    Connection,
+    ConnectionClosed,
+    IdleTimeout,
+    PlaintextAfterStartTLS,
+    ShuttingDown,
+)
+from postroom.store.api import AlreadyExists, Invalid, NotFound, StoreError, User
+from postroom.store.hub import SubscriptionOverflow
+
+from . import parser as P
+from .state import RecentClaims, Selected
+
+if TYPE_CHECKING:
+    from postroom.app import Services
+
+log = logging.getLogger("postroom.imap")
+
+NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
+ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
+AUTHED = frozenset({AUTH, SELECTED})
+ONLY_SELECTED = frozenset({SELECTED})
+FLUSH_BYTES = 256 * 1024
+
+
+class Bad(Exception):
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class No(Exception):
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class Silent(Exception):
+    """The handler already wrote its tagged response (STARTTLS's OK goes out before the handshake)."""
+
+
+class Bye(Exception):
+    """End the session after writing `* BYE text`."""
+
+
+Result = tuple[str, str]  # (response code, text) of the tagged OK
+Handler = Callable[["Session", P.Command], Awaitable[Result]]
+
+
+def base_capabilities(limits_message_size: int) -> list[str]:
+    """The extensions that are complete here (issue 5's list); AUTH=, STARTTLS, LOGINDISABLED are added per
+    connection."""
+    return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
+            "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE"]
+
+
+class Service:
+    """What every IMAP session of one listener shares."""
+
+    def __init__(self, services: Services, listener: str) -> None:
+        self.services = services
+        self.listener = listener
+        self.claims = RecentClaims()
+        self.hostname = services.config.server.hostname
+        self.capabilities = base_capabilities(services.config.limits.message_size)
+
+
+class Session:
+    def __init__(self, service: Service, conn: Connection) -> None:
+        self.service = service
+        self.services = service.services
+        self.store = service.services.store
+        self.auth = service.services.auth
+        self.limits = service.services.config.limits
+        self.conn = conn
+        self.framer = P.Framer(max_line=self.limits.line_length, max_command=max(65536, self.limits.line_length))
+        self.state = NOT_AUTH
+        self.user: User | None = None
+        self.sel: Selected | None = None
+        self.sub: Any = None  # HubSubscription once logged in
+        self.rev2 = False
+        self.errors = 0
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.overflowed = False
+
+    # ---- output
+    def write(self, *chunks: bytes) -> None:
+        self.out.extend(chunks)
+        for c in chunks:
+            self.out_size += len(c)
+
+    async def flush(self) -> None:
+        if self.out:
+            self.conn.writelines(self.out)
+            self.out = []
+            self.out_size = 0
+        await self.conn.drain()
+
+    async def maybe_flush(self) -> None:
+        if self.out_size >= FLUSH_BYTES:
+            await self.flush()
+
+    def capability_list(self) -> list[str]:
+        caps = list(self.service.capabilities)
+        if self.state == NOT_AUTH:
+            tls = self.conn.tls
+            if not tls and self.conn.tls_context is not None:
+                caps.append("STARTTLS")
+            if not self.auth.plaintext_allowed(tls):
+                caps.append("LOGINDISABLED")  # RFC 9051 §6.2.3
+            caps.append("SASL-IR")
+            caps.extend("AUTH=" + m for m in self.auth.mechanisms(tls))
+        return caps
+
+    def capability_code(self) -> str:
+        return "CAPABILITY " + " ".join(self.capability_list())
+
+    # ---- reading
+    async def read_more(self, between_commands: bool = False) -> None:
+        await self.flush()
+        data = await self.conn.read_some(interruptible=between_commands)
+        self.framer.feed(data)
+
+    async def read_line(self) -> bytes:
+        """One bare line (AUTHENTICATE responses). Raises Bad for an overlong one."""
+        while True:
+            line = self.framer.next_line()
+            if isinstance(line, bytes):
+                return line
+            if isinstance(line, P.FramingError):
+                raise Bad(line.text)
+            await self.read_more()
+
+    # ---- change feed
+    def subscribe(self, user: User) -> None:
+        self.sub = self.store.hub.subscribe(user.id)
+
+    def drain_changes(self) -> None:
+        sub = self.sub
+        if sub is None:
+            return
+        try:
+            while True:
+                ch = sub.get_nowait()
+                if ch is None:
+                    return
+                if self.sel is not None:
+                    self.sel.absorb(ch)
+        except SubscriptionOverflow:
+            self.overflowed = True
+
+    async def notify(self, allow_expunge: bool) -> None:
+        """Report what changed in the selected mailbox (module doc)."""
+        self.drain_changes()
+        if self.overflowed:
+            self.overflowed = False
+            self.sub.reset()
+            if self.sel is not None:
+                infos = await self.store.list_messages(self.sel.id)
+                self.sel.resync([(m.uid, m.modseq, m.flags, m.keywords) for m in infos])
+                self.write(*self.sel.report(allow_expunge))
+                return
+        if self.sel is not None and (self.sel.pending or (allow_expunge and self.sel.held)):
+            self.write(*self.sel.report(allow_expunge))
+
+    # ---- the loop
+    async def run(self) -> None:
+        conn = self.conn
+        self.write(b"* OK [%s] %s Postroom IMAP4rev2 ready\r\n" % (
+            self.capability_code().encode(), self.service.hostname.encode()))
+        try:
+            while self.state != LOGOUT:
+                ev = self.framer.next_event()
+                if ev is P.NEED_DATA:
+                    await self.read_more(between_commands=not self.framer.in_command)
+                    continue
+                if isinstance(ev, P.LiteralRequest):
+                    await self._literal(ev)
+                    continue
+                if isinstance(ev, P.FramingError):
+                    await self._bad(ev.tag, ev.text)
+                    continue
+                assert isinstance(ev, P.RawCommand)
+                try:
+                    cmd = P.parse_command(ev.data)
+                except P.ParseError as e:
+                    await self._bad(e.tag, e.text, e.code)
+                    continue
+                await self._dispatch(cmd)
+        except Bye as e:
+            self.write(b"* BYE %s\r\n" % str(e).encode())
+        except IdleTimeout:
+            self.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 9051 §5.4
+            conn.end = "timeout"
+        except ShuttingDown:
+            self.write(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
+            conn.end = "shutdown"
+        except (ConnectionClosed, PlaintextAfterStartTLS):
+            self.out = []
+        finally:
+            if self.sub is not None:
+                self.sub.close()
+            if self.out and not conn.closed:
+                conn.writelines(self.out)
+                self.out = []
+
+    async def _literal(self, req: P.LiteralRequest) -> None:
+        # Invariant 2: only APPEND carries a message; any other literal is a string argument.
+        if req.verb == "APPEND":
+            limit = min(self.limits.literal_size, self.limits.message_size)
+        else:
+            limit = min(self.limits.literal_size, self.framer.max_command)
+        if req.size > limit:
+            self.framer.reject_literal()
+            # RFC 7888 §4 / RFC 7889 §4: TOOBIG for a literal over the limit.
+            self.write(b"%s NO [TOOBIG] Literal larger than %d bytes\r\n" % (req.tag.encode(), limit))
+            self._count_error()
+            return
+        self.framer.accept_literal()
+        if req.sync:
+            self.write(b"+ Ready for literal data\r\n")
+            await self.flush()
+
+    def _count_error(self) -> None:
+        self.errors += 1
+        if self.errors >= self.limits.errors_per_session:
+            raise Bye("Too many errors")
+
+    async def _bad(self, tag: str, text: str, code: str = "") -> None:
+        self.write(_tagged(tag, "BAD", code, text))
+        self._count_error()
+        await self.flush()
+
+    async def _dispatch(self, cmd: P.Command) -> None:
+        entry = COMMANDS.get(cmd.verb)
+        if entry is None:
+            await self._bad(cmd.tag, f"Unknown command {cmd.verb}")
+            return
+        states, handler = entry
+        if self.state not in states:
+            await self._bad(cmd.tag, f"{cmd.verb} not allowed in the {self.state} state")
+            return
+        status, code, text = "OK", "", ""
+        try:
+            code, text = await handler(self, cmd)
+        except (Bad, P.ParseError) as e:
+            status, code, text = "BAD", getattr(e, "code", ""), e.text
+            self._count_error()
+        except No as e:
+            status, code, text = "NO", e.code, e.text
+        except NotFound as e:
+            status, code, text = "NO", "NONEXISTENT", _clean(e)
+        except AlreadyExists as e:
+            status, code, text = "NO", "ALREADYEXISTS", _clean(e)
+        except Invalid as e:
+            status, code, text = "NO", "CANNOT", _clean(e)
+        except Silent:
+            await self.flush()
+            return
+        except (Bye, ConnectionClosed, IdleTimeout, ShuttingDown, PlaintextAfterStartTLS):
+            raise
+        except (StoreError, Exception) as e:
+            log.exception("imap command %s failed (session %s)", cmd.verb, self.conn.session_id)
+            status, code, text = "NO", "SERVERBUG", f"Internal error ({type(e).__name__})"
+        if self.state != LOGOUT and self.sub is not None:
+            # RFC 9051 §7.5.1: no EXPUNGE during FETCH, STORE, SEARCH (their UID forms may).
+            await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
+        self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
+        await self.flush()
+
+
+def _clean(e: Exception) -> str:
+    return str(e).replace("\r", " ").replace("\n", " ")[:200] or type(e).__name__
+
+
+def _tagged(tag: str, status: str, code: str, text: str) -> bytes:
+    text = text.replace("\r", " ").replace("\n", " ")
+    return (f"{tag} {status} [{code}] {text}\r\n" if code else f"{tag} {status} {text}\r\n").encode(
+        "utf-8", "replace")
+
+
+# ---- the dispatch table (style habit 3: state rules are data). Filled by the command modules.
+COMMANDS: dict[str, tuple[frozenset[str], Handler]] = {}
+
+
+def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[verb] = (states, fn)
+        return fn
+    return register
+
+
+def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
+    """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
+    from . import auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
+
+    service = Service(services, listener)
+
+    async def handler(conn: Connection) -> None:
+        await Session(service, conn).run()
+
+    return handler
+
+
+# Helpers shared by the command modules ---------------------------------------------------------------------
+
+def b64decode(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise Bad("Invalid base64") from None

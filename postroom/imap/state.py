@@ -1,0 +1,192 @@
+"""The Selected state of an IMAP session: message sequence numbers, \\Recent, pending changes, `$`.
+
+Theory of operation
+-------------------
+`Selected` holds what one session knows of its selected mailbox: the UIDs it has announced, in order (the
+message sequence number of `uids[i]` is i + 1), and the changes the hub delivered that it has not reported
+yet. It keeps no flags: FETCH reads them from the store, and flag changes from other sessions are reported
+from the change records themselves (`Change.flags`, `Change.keywords`).
+
+`absorb(change)` queues a change; `report(allow_expunge)` turns the queued changes into untagged responses:
+EXPUNGE (only when allowed, RFC 9051 §7.5.1: never during FETCH, STORE or SEARCH, nor between commands),
+EXISTS and RECENT for arrivals, FETCH (FLAGS) for flag changes of announced messages.
+
+\\Recent (RFC 3501 §2.3.2; dropped by RFC 9051): a process-wide `RecentClaims` remembers, per mailbox, the
+highest UID some session has already been told is recent; a SELECT (not EXAMINE) claims every UID above it,
+and so does a session learning of a new arrival first. After a restart the claims start at 0, so messages
+appear recent once more; clients use the flag as a hint only.
+
+Invariants
+1. `uids` is strictly ascending and is exactly the client's view: an arrival enters it only when EXISTS is
+   written, an expunged UID leaves it only when its EXPUNGE is written.
+2. An expunge that may not be reported yet stays in `held`; the message keeps its sequence number until then.
+3. Changes this session made itself are reported by the command that made them: their MODSEQs go into
+   `own_modseqs` and their hub echoes are dropped; expunged UIDs go into `gone` so a late APPEND echo of a
+   message already expunged is dropped too.
+4. `saved` (`$`, RFC 5182) holds UIDs, so expunges and arrivals never make it point at another message.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from dataclasses import dataclass, field
+
+from postroom.store.api import Change, ChangeKind, Mailbox
+
+from . import encoder
+
+
+class RecentClaims:
+    """Per mailbox, the highest UID announced as \\Recent to some session (process-wide, in memory)."""
+
+    def __init__(self) -> None:
+        self._claimed: dict[int, int] = {}
+
+    def peek(self, mailbox_id: int) -> int:
+        return self._claimed.get(mailbox_id, 0)
+
+    def claim(self, mailbox_id: int, uid: int) -> int:
+        """Claim every UID up to `uid`; returns the previous claim."""
+        prev = self._claimed.get(mailbox_id, 0)
+        if uid > prev:
+            self._claimed[mailbox_id] = uid
+        return prev
+
+
+@dataclass
+class Selected:
+    mailbox: Mailbox
+    readonly: bool
+    uids: array[int]  # 4 bytes a message: a session on a 100,000-message mailbox holds 400 KB, not 3.6 MB
+    rev2: bool = False
+    recent_lo: int = 0  # UIDs in [recent_lo, recent_hi] are \Recent for this session (rev1)
+    recent_hi: int = -1
+    recent_extra: set[int] = field(default_factory=set)
+    pending: list[Change] = field(default_factory=list)
+    held: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)
+    own_modseqs: set[int] = field(default_factory=set)
+    saved: list[int] = field(default_factory=list)
+    claims: RecentClaims | None = None
+    modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uids, array):
+            self.uids = array("I", self.uids)  # UIDs are 32-bit (RFC 9051 §2.3.1.1)
+
+    @property
+    def id(self) -> int:
+        return self.mailbox.id
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def msn(self, uid: int) -> int:
+        """Sequence number of an announced UID, 0 if not announced."""
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
+
+    def is_recent(self, uid: int) -> bool:
+        return not self.rev2 and (self.recent_lo <= uid <= self.recent_hi or uid in self.recent_extra)
+
+    def recent_count(self) -> int:
+        if self.rev2:
+            return 0
+        lo = bisect.bisect_left(self.uids, self.recent_lo)
+        hi = bisect.bisect_right(self.uids, self.recent_hi)
+        extra = sum(1 for u in self.recent_extra if not (self.recent_lo <= u <= self.recent_hi) and self.msn(u))
+        return max(0, hi - lo) + extra
+
+    # ---- changes
+    def absorb(self, change: Change) -> None:
+        if change.mailbox_id == self.mailbox.id and change.kind in (ChangeKind.APPEND, ChangeKind.FLAGS,
+                                                                     ChangeKind.EXPUNGE):
+            self.pending.append(change)
+
+    def removed(self, uid: int) -> int:
+        """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
+        was never announced) and drops it (invariants 1 and 3)."""
+        self.gone.add(uid)
+        self.held.discard(uid)
+        n = self.msn(uid)
+        if n:
+            del self.uids[n - 1]
+        return n
+
+    def report(self, allow_expunge: bool) -> list[bytes]:
+        """Untagged responses for the queued changes (module doc)."""
+        out: list[bytes] = []
+        pending, self.pending = self.pending, []
+        last = self.uids[-1] if self.uids else 0
+        new: list[int] = []
+        new_set: set[int] = set()
+        flag_updates: dict[int, Change] = {}
+        for ch in pending:
+            self.modseq = max(self.modseq, ch.modseq)
+            if ch.kind is ChangeKind.APPEND:
+                if ch.uid > last and ch.uid not in new_set and ch.uid not in self.gone:
+                    new.append(ch.uid)
+                    new_set.add(ch.uid)
+                    last = ch.uid
+            elif ch.kind is ChangeKind.FLAGS:
+                if ch.modseq in self.own_modseqs:
+                    self.own_modseqs.discard(ch.modseq)
+                    continue
+                flag_updates[ch.uid] = ch
+            elif ch.kind is ChangeKind.EXPUNGE:
+                if ch.uid in new_set:
+                    new.remove(ch.uid)
+                    new_set.discard(ch.uid)
+                    self.gone.add(ch.uid)
+                elif ch.uid not in self.gone and self.msn(ch.uid):
+                    self.held.add(ch.uid)
+                flag_updates.pop(ch.uid, None)
+        if allow_expunge and self.held:
+            for uid in sorted(self.held):
+                n = self.msn(uid)
+                if n:
+                    del self.uids[n - 1]
+                    out.append(b"* %d EXPUNGE\r\n" % n)
+                self.gone.add(uid)
+            self.held.clear()
+        for uid, ch in flag_updates.items():
+            n = self.msn(uid)
+            if n and uid not in self.held:
+                out.append(b"* %d FETCH (FLAGS %s UID %d)\r\n" % (
+                    n, encoder.flag_list(ch.flags, ch.keywords, self.is_recent(uid)), uid))
+        if new:
+            self.uids.extend(new)
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            if not self.rev2:
+                if self.claims is not None and not self.readonly:
+                    prev = self.claims.claim(self.mailbox.id, new[-1])
+                    self.recent_extra.update(u for u in new if u > prev)
+                out.append(b"* %d RECENT\r\n" % self.recent_count())
+        if len(self.gone) > 100_000:  # bound memory: very old expunges cannot echo any more
+            self.gone = set(sorted(self.gone)[-10_000:])
+        if len(self.own_modseqs) > 100_000:
+            self.own_modseqs = set(sorted(self.own_modseqs)[-10_000:])
+        return out
+
+    def resync(self, current: list[tuple[int, int, int, frozenset[str]]]) -> None:
+        """After a hub overflow: compare with the store's (uid, modseq, flags, keywords) of every message and
+        queue the differences as changes: expunges, arrivals, and the flags of messages changed since
+        `modseq` by someone else (this session's own changes are known by their MODSEQ)."""
+        cur = {c[0] for c in current}
+        uid_, mbox = self.mailbox.user_id, self.mailbox.id
+        self.pending.clear()  # everything queued is in the listing too
+        for uid in self.uids:
+            if uid not in cur and uid not in self.held:
+                self.pending.append(Change(ChangeKind.EXPUNGE, uid_, mbox, uid))
+        last = self.uids[-1] if self.uids else 0
+        top = self.modseq
+        for uid, modseq, flags, keywords in current:
+            top = max(top, modseq)
+            if uid > last:
+                self.pending.append(Change(ChangeKind.APPEND, uid_, mbox, uid, modseq))
+            elif modseq > self.modseq and modseq not in self.own_modseqs:
+                self.pending.append(Change(ChangeKind.FLAGS, uid_, mbox, uid, 0, flags, keywords))
+        self.own_modseqs.clear()
+        self.modseq = top

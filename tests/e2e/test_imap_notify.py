@@ -1,0 +1,214 @@
+"""Two sessions on one mailbox see each other's changes (RFC 9051 §7.5.1 rules), and IDLE pushes them, deliveries
+included. Checked byte for byte with the raw client, then with imapclient and aioimaplib."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from imap_support import Raw, fill, message, wire_imap
+
+from postroom.mime.meta import compute_meta
+from postroom.store.api import AppendRequest
+
+ADDR = "ann@example.org"
+PW = "ann-secret"
+
+
+@pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    return {"auth": {"allow_plaintext": True}}
+
+
+@pytest.fixture
+def imap(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any], server: Any) -> Any:
+    return server
+
+
+@pytest.fixture(autouse=True)
+def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire_imap(monkeypatch)
+
+
+def session(server: Any, rev2: bool = False) -> Raw:
+    r = Raw(server.port("imap"))
+    r.login(ADDR, PW)
+    if rev2:  # no \Recent: which session gets it first is a race the tests need not pin down
+        r.cmd("e ENABLE IMAP4rev2")
+    assert r.cmd("s SELECT INBOX")[-1].startswith(b"s OK")
+    return r
+
+
+def test_changes_reach_the_other_session_at_its_next_command(imap: Any) -> None:
+    fill(imap, ADDR, PW, 3)
+    a, b = session(imap, rev2=True), session(imap)
+    assert b.cmd("1 STORE 2 +FLAGS (\\Flagged)")[-1].startswith(b"1 OK")
+    assert a.cmd("2 NOOP") == [b"* 2 FETCH (FLAGS (\\Flagged) UID 2)\r\n", b"2 OK NOOP completed\r\n"]
+    b.cmd(b"3 APPEND INBOX {%d+}\r\n" % len(message(4)) + message(4))
+    assert a.cmd("4 NOOP") == [b"* 4 EXISTS\r\n", b"4 OK NOOP completed\r\n"]
+    b.cmd("5 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.cmd("6 EXPUNGE")
+    # RFC 9051 §7.5.1: no EXPUNGE during FETCH (sequence numbers must stay put); the flag change may come.
+    lines = a.cmd("7 FETCH 1:* (UID)")
+    assert b"* 1 EXPUNGE\r\n" not in lines
+    assert [x for x in lines if b"UID" in x and b"FLAGS" not in x] == [
+        b"* 2 FETCH (UID 2)\r\n", b"* 3 FETCH (UID 3)\r\n", b"* 4 FETCH (UID 4)\r\n"]
+    assert lines[-1].startswith(b"7 OK [EXPUNGEISSUED]")
+    assert a.cmd("8 SEARCH ALL")[0] == b'* ESEARCH (TAG "8") ALL 2:4\r\n'  # message 1 still counted, not matched
+    assert a.cmd("9 NOOP") == [b"* 1 EXPUNGE\r\n", b"9 OK NOOP completed\r\n"]
+    assert a.cmd("10 FETCH 1 (UID)")[0] == b"* 1 FETCH (UID 2)\r\n"
+    # UID FETCH may report the expunge (RFC 9051 §7.5.1)
+    b.cmd("11 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.cmd("12 EXPUNGE")
+    lines = a.cmd("13 UID FETCH 1:* (FLAGS)")
+    assert lines[0] == b"* 1 EXPUNGE\r\n" or b"* 1 EXPUNGE\r\n" in lines
+
+
+def test_own_changes_are_not_echoed(imap: Any) -> None:
+    fill(imap, ADDR, PW, 2)
+    a = session(imap)
+    assert a.cmd("1 STORE 1 +FLAGS.SILENT (\\Seen)") == [b"1 OK STORE completed\r\n"]
+    assert a.cmd("2 NOOP") == [b"2 OK NOOP completed\r\n"]
+    a.cmd("3 FETCH 2 BODY[]")
+    assert a.cmd("4 NOOP") == [b"4 OK NOOP completed\r\n"]
+
+
+def test_idle_pushes_appends_flags_expunges_and_deliveries(imap: Any) -> None:
+    fill(imap, ADDR, PW, 2)
+    a, b = session(imap, rev2=True), session(imap)
+    a.send(b"i IDLE\r\n")
+    assert a.line() == b"+ idling\r\n"
+    b.cmd("1 STORE 1 +FLAGS (\\Answered)")
+    assert a.line() == b"* 1 FETCH (FLAGS (\\Answered) UID 1)\r\n"
+    b.cmd(b"2 APPEND INBOX {%d+}\r\n" % len(message(3)) + message(3))
+    assert a.line() == b"* 3 EXISTS\r\n"
+    b.cmd("3 STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert a.line() == b"* 2 FETCH (FLAGS (\\Deleted) UID 2)\r\n"
+    b.cmd("4 EXPUNGE")
+    assert a.line() == b"* 2 EXPUNGE\r\n"  # IDLE is a command in progress: expunges may be sent
+    # A delivery through the store (as SMTP's local delivery does) reaches the idler too.
+    user = imap.run(imap.store.get_user(ADDR))
+    inbox = imap.run(imap.store.get_mailbox(user.id, "INBOX"))
+    imap.run(imap.store.deliver([inbox.id], AppendRequest(raw=message(5), meta=compute_meta(message(5)).to_bytes())))
+    assert a.line() == b"* 3 EXISTS\r\n"
+    a.send(b"DONE\r\n")
+    assert a.line() == b"i OK IDLE terminated\r\n"
+    assert a.cmd("5 NOOP") == [b"5 OK NOOP completed\r\n"]
+
+
+def test_idle_bad_line_and_authenticated_state(imap: Any) -> None:
+    imap.add_user(ADDR, PW)
+    r = Raw(imap.port("imap"))
+    r.login(ADDR, PW)
+    r.send(b"i IDLE\r\n")
+    assert r.line() == b"+ idling\r\n"
+    r.send(b"NOPE\r\n")
+    assert r.line() == b"i BAD Expected DONE\r\n"
+    assert r.cmd("n NOOP") == [b"n OK NOOP completed\r\n"]
+
+
+def test_imapclient_flow(imap: Any) -> None:
+    imapclient = pytest.importorskip("imapclient")
+    fill(imap, ADDR, PW, 4)
+    c = imapclient.IMAPClient("127.0.0.1", port=imap.port("imap"), ssl=False, timeout=10)
+    c.login(ADDR, PW)
+    assert b"IDLE" in c.capabilities() and c.has_capability("MOVE")
+    info = c.select_folder("INBOX")
+    assert info[b"EXISTS"] == 4 and info[b"UIDNEXT"] == 5
+    data = c.fetch([1, 2], ["FLAGS", "ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE", "BODY.PEEK[TEXT]"])
+    assert data[1][b"ENVELOPE"].subject == b"note 1"
+    assert data[2][b"BODY[TEXT]"] == b"body number 2\r\n"
+    assert not data[1][b"BODYSTRUCTURE"].is_multipart
+    assert c.search(["SUBJECT", "note 3"]) == [3]
+    c.add_flags([1], [imapclient.SEEN, b"$Label"])
+    assert set(c.get_flags([1])[1]) >= {imapclient.SEEN, b"$Label"}
+    c.create_folder("Archive/2024")
+    assert c.folder_exists("Archive/2024")
+    c.copy([2], "Archive/2024")
+    c.move([3], "Archive/2024")
+    assert c.folder_status("Archive/2024", ["MESSAGES"])[b"MESSAGES"] == 2
+    folders = {f[2] for f in c.list_folders()}
+    assert {"INBOX", "Archive", "Archive/2024", "Sent"} <= folders
+    assert {f[2]: f[0] for f in c.list_folders()}["Sent"] == (b"\\HasNoChildren", b"\\Sent")
+    c.delete_messages([4])
+    c.expunge()
+    assert c.search("ALL") == [1, 2]
+    c.unselect_folder()
+    ident = c.id_({"name": "imapclient"})
+    assert ident[0][:2] == (b"name", b"Postroom")
+    assert c.namespace().personal == (("", "/"),)
+    uid = c.append("Drafts", message(8), flags=[imapclient.DRAFT])
+    assert b"APPENDUID" in uid
+    # IDLE, with a second client's APPEND
+    c.select_folder("INBOX")
+    c.idle()
+    other = imapclient.IMAPClient("127.0.0.1", port=imap.port("imap"), ssl=False, timeout=10)
+    other.login(ADDR, PW)
+    other.append("INBOX", message(9))
+    responses = c.idle_check(timeout=10)
+    c.idle_done()
+    assert (3, b"EXISTS") in responses
+    other.logout()
+    c.logout()
+
+
+def test_aioimaplib_flow(imap: Any) -> None:
+    aioimaplib = pytest.importorskip("aioimaplib")
+    fill(imap, ADDR, PW, 2)
+    port = imap.port("imap")
+
+    async def main() -> None:
+        c = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=10)
+        await c.wait_hello_from_server()
+        assert (await c.login(ADDR, PW)).result == "OK"
+        assert (await c.select("INBOX")).result == "OK"
+        res = await c.fetch("1:2", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert res.result == "OK" and any(b"Subject: note 2" in bytes(x) for x in res.lines
+                                          if isinstance(x, (bytes, bytearray)))
+        res = await c.uid_search("ALL")
+        assert res.result == "OK" and res.lines[0] == b"1 2"
+        assert (await c.uid("store", "1", "+FLAGS", "(\\Seen)")).result == "OK"
+        assert (await c.append(message(3), mailbox="INBOX")).result == "OK"
+        idle = await c.idle_start(timeout=10)
+        other = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=10)
+        await other.wait_hello_from_server()
+        await other.login(ADDR, PW)
+        await other.append(message(4), mailbox="INBOX")
+        pushed = await c.wait_server_push(timeout=10)
+        c.idle_done()
+        await asyncio.wait_for(idle, 10)
+        assert any(b"EXISTS" in bytes(x) for x in pushed)
+        await other.logout()
+        assert (await c.logout()).result == "OK"
+
+    asyncio.run(main())
+
+
+def test_idle_sees_a_message_delivered_by_smtp(imap: Any) -> None:
+    import smtplib
+
+    imap.add_user(ADDR, PW)
+    a = session(imap, rev2=True)
+    a.send(b"i IDLE\r\n")
+    assert a.line() == b"+ idling\r\n"
+    with smtplib.SMTP("127.0.0.1", imap.port("smtp"), timeout=10) as smtp:
+        assert smtp.sendmail("someone@example.test", [ADDR], message(1)) == {}
+    assert a.line() == b"* 1 EXISTS\r\n"
+    a.send(b"DONE\r\n")
+    assert a.line() == b"i OK IDLE terminated\r\n"
+    lines = a.cmd("f FETCH 1 (ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert b'"note 1"' in lines[0] and b"Subject: note 1\r\n" in lines[0]
+
+
+def test_change_feed_overflow_resyncs_without_echoing_own_changes(imap: Any) -> None:
+    fill(imap, ADDR, PW, 12)
+    imap.store.hub.maxsize = 5  # every session below falls behind after 5 changes
+    a, b = session(imap, rev2=True), session(imap, rev2=True)
+    assert a.cmd("1 STORE 1:10 +FLAGS.SILENT (\\Seen)") == [b"1 OK STORE completed\r\n"]
+    assert a.cmd("2 NOOP") == [b"2 OK NOOP completed\r\n"]
+    lines = b.cmd("3 NOOP")  # b missed a's ten changes: it re-reads the mailbox and reports them
+    assert lines[:-1] == [b"* %d FETCH (FLAGS (\\Seen) UID %d)\r\n" % (i, i) for i in range(1, 11)]
+    b.cmd("4 STORE 12 +FLAGS.SILENT (\\Deleted)")
+    b.cmd("5 EXPUNGE")
+    assert a.cmd("6 NOOP") == [b"* 12 EXPUNGE\r\n", b"6 OK NOOP completed\r\n"]  # its flag change is moot

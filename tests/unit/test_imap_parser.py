@@ -1,0 +1,295 @@
+"""The sans-I/O IMAP reader: framing fed whole, byte by byte and at random splits; the formal syntax; fuzzing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from postroom.imap import parser as P
+from postroom.mime.imap import Section
+
+
+def drive(chunks: list[bytes], framer: P.Framer | None = None, accept: bool = True) -> list[object]:
+    """Feed chunks; accept every literal; return the events other than NEED_DATA."""
+    f = framer or P.Framer(max_line=200, max_command=1000)
+    out: list[object] = []
+    for chunk in chunks:
+        f.feed(chunk)
+        while True:
+            ev = f.next_event()
+            if ev is P.NEED_DATA:
+                break
+            out.append(ev)
+            if isinstance(ev, P.LiteralRequest):
+                f.accept_literal() if accept else f.reject_literal()
+    return out
+
+
+def splits(data: bytes, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(1, 8))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+STREAM = (b"a1 NOOP\r\n"
+          b"a2 LOGIN {5}\r\nalice {3+}\r\npw1\r\n"
+          b"a3 APPEND INBOX ~{4}\r\nx\x00y\n\r\n"
+          b"a4 SELECT INBOX\n")
+EXPECTED = [
+    P.RawCommand(b"a1 NOOP\r\n"),
+    P.LiteralRequest(5, True, "a2", verb="LOGIN"),
+    P.LiteralRequest(3, False, "a2", verb="LOGIN"),
+    P.RawCommand(b"a2 LOGIN {5}\r\nalice {3+}\r\npw1\r\n"),
+    P.LiteralRequest(4, True, "a3", binary=True, verb="APPEND"),
+    P.RawCommand(b"a3 APPEND INBOX ~{4}\r\nx\x00y\n\r\n"),
+    P.RawCommand(b"a4 SELECT INBOX\n"),
+]
+
+
+def test_framer_whole() -> None:
+    assert drive([STREAM]) == EXPECTED
+
+
+def test_framer_byte_by_byte() -> None:
+    assert drive([STREAM[i:i + 1] for i in range(len(STREAM))]) == EXPECTED
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_framer_random_splits(seed: int) -> None:
+    assert drive(splits(STREAM, seed)) == EXPECTED
+
+
+def test_framer_trailing_partial_line_waits() -> None:
+    f = P.Framer()
+    f.feed(b"a NOOP\r\nb NO")
+    assert f.next_event() == P.RawCommand(b"a NOOP\r\n")
+    assert f.next_event() is P.NEED_DATA
+    f.feed(b"OP\r\n")
+    assert f.next_event() == P.RawCommand(b"b NOOP\r\n")
+
+
+def test_line_too_long_then_next_command() -> None:
+    f = P.Framer(max_line=20)
+    events = drive([b"t1 " + b"x" * 50, b"yyy\r\nt2 NOOP\r\n"], f)
+    assert events == [P.FramingError("t1", "Line too long"), P.RawCommand(b"t2 NOOP\r\n")]
+
+
+def test_rejected_sync_literal_forgets_command() -> None:
+    events = drive([b"a APPEND INBOX {999}\r\nb NOOP\r\n"], accept=False)
+    assert events == [P.LiteralRequest(999, True, "a", verb="APPEND"), P.RawCommand(b"b NOOP\r\n")]
+
+
+def test_rejected_nonsync_literal_is_skipped_with_rest_of_command() -> None:
+    # RFC 7888 §4: the client sends the literal anyway; the framer drops it and the rest of the command.
+    events = drive([b"a APPEND INBOX {5+}\r\nhello more {2+}\r\nxy end\r\nb NOOP\r\n"], accept=False)
+    assert events == [P.LiteralRequest(5, False, "a", verb="APPEND"), P.RawCommand(b"b NOOP\r\n")]
+
+
+def test_command_too_long() -> None:
+    f = P.Framer(max_line=100, max_command=150)
+    events = drive([b"a LOGIN {1+}\r\nx " + b"y" * 60 + b" {1+}\r\nz" + b"w" * 90 + b"\r\nb NOOP\r\n"], f)
+    assert events[-2] == P.FramingError("a", "Command too long")
+    assert events[-1] == P.RawCommand(b"b NOOP\r\n")
+
+
+def test_next_line_for_idle_and_sasl() -> None:
+    f = P.Framer()
+    f.feed(b"DO")
+    assert f.next_line() is None
+    f.feed(b"NE\r\nc NOOP\r\n")
+    assert f.next_line() == b"DONE"
+    assert f.next_event() == P.RawCommand(b"c NOOP\r\n")
+
+
+def test_buffered_counts_pipelined_bytes() -> None:
+    f = P.Framer()
+    f.feed(b"a STARTTLS\r\nb LOGIN x y\r\n")
+    f.next_event()
+    assert f.buffered == len(b"b LOGIN x y\r\n")
+
+
+# ---- syntax
+
+def parse(line: bytes) -> P.Command:
+    return P.parse_command(line + b"\r\n")
+
+
+def test_simple_commands() -> None:
+    for verb in ("CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "IDLE",
+                 "NAMESPACE", "EXPUNGE"):
+        cmd = parse(b"t " + verb.lower().encode())
+        assert cmd.name == verb and cmd.args is None and cmd.tag == "t"
+
+
+def test_login_forms() -> None:
+    assert parse(b'a LOGIN alice "p w\\"\\\\"').args == P.Login("alice", 'p w"\\')
+    assert parse(b"a LOGIN {5}\r\nalice {2}\r\npw").args == P.Login("alice", "pw")
+    with pytest.raises(P.ParseError):
+        parse(b"a LOGIN alice")
+    with pytest.raises(P.ParseError):
+        parse(b'a LOGIN "bad\\x" pw')
+
+
+def test_authenticate_sasl_ir() -> None:
+    assert parse(b"a AUTHENTICATE plain AGEAYg==").args == P.Authenticate("PLAIN", b"AGEAYg==")
+    assert parse(b"a AUTHENTICATE PLAIN =").args == P.Authenticate("PLAIN", b"=")
+    assert parse(b"a AUTHENTICATE PLAIN").args == P.Authenticate("PLAIN", None)
+
+
+def test_mailbox_names() -> None:
+    assert parse(b"a SELECT inbox").args == P.MailboxArg("INBOX")
+    assert parse(b'a CREATE "Foo Bar/&AOk-t&AOk-"').args == P.MailboxArg("Foo Bar/&AOk-t&AOk-")
+    assert parse("a CREATE \"été\"".encode()).args == P.MailboxArg("été")
+    assert parse(b"a RENAME a b]").args == P.Rename("a", "b]")
+    with pytest.raises(P.ParseError):
+        parse(b"a CREATE a*b")
+    with pytest.raises(P.ParseError):
+        parse(b"a SELECT INBOX (CONDSTORE)")
+
+
+def test_list_forms() -> None:
+    a = parse(b'a LIST "" %').args
+    assert a == P.ListArgs("", ("%",))
+    a = parse(b'a LIST (SUBSCRIBED RECURSIVEMATCH) "" ("*" Foo/%) RETURN (CHILDREN STATUS (MESSAGES SIZE))').args
+    assert isinstance(a, P.ListArgs)
+    assert a.selection == ("SUBSCRIBED", "RECURSIVEMATCH") and a.patterns == ("*", "Foo/%")
+    assert a.returns == ("CHILDREN", "STATUS") and a.status_items == ("MESSAGES", "SIZE") and a.extended
+    assert parse(b"a LIST \"\" \"\" RETURN ()").args == P.ListArgs("", ("",), extended=True)
+    with pytest.raises(P.ParseError):
+        parse(b'a LIST (RECURSIVEMATCH) "" *')
+    with pytest.raises(P.ParseError):
+        parse(b'a LIST "" * RETURN (BOGUS)')
+
+
+def test_status_append_id_enable() -> None:
+    assert parse(b"a STATUS INBOX (messages unseen SIZE deleted)").args == P.StatusArgs(
+        "INBOX", ("MESSAGES", "UNSEEN", "SIZE", "DELETED"))
+    with pytest.raises(P.ParseError):
+        parse(b"a STATUS INBOX (BOGUS)")
+    ap = parse(b'a APPEND Sent (\\Seen $Label) " 1-Feb-2024 10:00:00 -0130" {3+}\r\nabc').args
+    assert ap == P.AppendArgs("Sent", ("\\Seen", "$Label"), 1706781600.0 + 5400, b"abc", False)
+    assert parse(b"a APPEND x ~{2}\r\n\x00\x01").args == P.AppendArgs("x", (), None, b"\x00\x01", True)
+    with pytest.raises(P.ParseError):
+        parse(b"a APPEND x {2}\r\n\x00\x01")  # NUL needs literal8
+    with pytest.raises(P.ParseError):
+        parse(b'a APPEND x "31-Foo-2024 10:00:00 +0000" {1}\r\nx')
+    assert parse(b'a ID ("name" "mutt" "version" NIL)').args == P.IdArgs((("name", "mutt"), ("version", None)))
+    assert parse(b"a ID NIL").args == P.IdArgs(None)
+    assert parse(b"a ENABLE imap4rev2 CONDSTORE").args == P.Names(("IMAP4REV2", "CONDSTORE"))
+
+
+def test_sequence_sets() -> None:
+    a = parse(b"a FETCH 1:*,3,*:2 FLAGS").args
+    assert isinstance(a, P.FetchArgs)
+    assert a.seqset == P.SeqSet(((1, P.STAR), (3, 3), (P.STAR, 2)))
+    assert parse(b"a UID COPY $ Trash").args == P.CopyArgs(P.SeqSet(saved=True), "Trash")
+    for bad in (b"a FETCH 0 FLAGS", b"a FETCH 1: FLAGS", b"a FETCH ,1 FLAGS", b"a FETCH 1,, FLAGS"):
+        with pytest.raises(P.ParseError):
+            parse(bad)
+
+
+def test_fetch_attributes() -> None:
+    a = parse(b"a FETCH 1 (UID BODY[] BODY.PEEK[1.2.MIME]<10.20> BINARY[2] BINARY.SIZE[2] BODY "
+              b"BODY[HEADER.FIELDS.NOT (X-A \"X-B\")] RFC822.TEXT)").args
+    assert isinstance(a, P.FetchArgs)
+    atts = a.atts
+    assert atts[0] == P.FetchAtt("UID")
+    assert atts[1] == P.FetchAtt("BODY[]", Section(), "")
+    assert atts[2] == P.FetchAtt("BODY[]", Section((1, 2), "MIME"), "1.2.MIME", (10, 20), True)
+    assert atts[3] == P.FetchAtt("BINARY", Section((2,)), "2")
+    assert atts[4] == P.FetchAtt("BINARY.SIZE", Section((2,)), "2")
+    assert atts[5] == P.FetchAtt("BODY")
+    assert atts[6].section == Section((), "HEADER.FIELDS.NOT", ("X-A", "X-B"))
+    assert parse(b"a FETCH 1:* full").args == P.FetchArgs(P.SeqSet(((1, P.STAR),)), tuple(
+        P.FetchAtt(n) for n in P.MACROS["FULL"]), "FULL")
+    for bad in (b"a FETCH 1 BODY[MIME]", b"a FETCH 1 BINARY[HEADER]", b"a FETCH 1 (FLAGS", b"a FETCH 1 BOGUS",
+                b"a FETCH 1 BODY[1.]", b"a FETCH 1 BODY[HEADER.FIELDS ()]", b"a FETCH 1 FLAGS (CHANGEDSINCE 1)"):
+        with pytest.raises(P.ParseError):
+            parse(bad)
+
+
+def test_store_forms() -> None:
+    assert parse(b"a STORE 1 +FLAGS.SILENT (\\Seen foo)").args == P.StoreArgs(
+        P.SeqSet(((1, 1),)), "+", True, ("\\Seen", "foo"))
+    assert parse(b"a UID STORE 1:2 FLAGS \\Deleted \\Seen").args == P.StoreArgs(
+        P.SeqSet(((1, 2),)), "", False, ("\\Deleted", "\\Seen"))
+    assert parse(b"a STORE 1 -FLAGS ()").args == P.StoreArgs(P.SeqSet(((1, 1),)), "-", False, ())
+
+
+def test_search_keys() -> None:
+    a = parse(b'a SEARCH CHARSET utf-8 OR (FROM "x y" SUBJECT {3}\r\nabc) NOT SEEN 1:5 UID 7:* '
+              b'HEADER X-Spam "" SINCE 1-Feb-2024 LARGER 100').args
+    assert isinstance(a, P.SearchArgs) and a.charset == "UTF-8" and a.returns is None
+    ops = [k.op for k in a.key.args]  # type: ignore[union-attr]
+    assert ops == ["OR", "SEQ", "UID", "HEADER", "SINCE", "LARGER"]
+    a = parse(b"a UID SEARCH RETURN (MIN MAX COUNT SAVE) ALL").args
+    assert isinstance(a, P.SearchArgs) and a.returns == ("MIN", "MAX", "COUNT", "SAVE")
+    assert parse(b"a SEARCH RETURN () $").args == P.SearchArgs(P.Key("SEQ", (P.SeqSet(saved=True),)), None, ())
+    for bad in (b"a SEARCH", b"a SEARCH BOGUS", b"a SEARCH SINCE 31-Foo-2024", b"a SEARCH OR SEEN",
+                b"a SEARCH (SEEN", b"a SEARCH RETURN (BOGUS) ALL"):
+        with pytest.raises(P.ParseError):
+            parse(bad)
+
+
+def test_nesting_limit() -> None:
+    deep = b"a SEARCH " + b"(" * 100 + b"ALL" + b")" * 100
+    with pytest.raises(P.ParseError):
+        parse(deep)
+    nots = b"a SEARCH " + b"NOT " * 100 + b"ALL"
+    with pytest.raises(P.ParseError):
+        parse(nots)
+
+
+def test_tags_and_unknown() -> None:
+    with pytest.raises(P.ParseError) as e:
+        parse(b"a+b NOOP")
+    assert e.value.tag == "*"
+    with pytest.raises(P.ParseError) as e:
+        parse(b"x1 FROB")
+    assert e.value.tag == "x1"
+    with pytest.raises(P.ParseError):
+        parse(b"x1 UID NOOP")
+    assert parse(b"x UID EXPUNGE 1:3").args == P.SeqArg(P.SeqSet(((1, 3),)))
+
+
+# ---- fuzzing (invariant 1)
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parser_never_raises_anything_but_parse_error(data: bytes) -> None:
+    try:
+        P.parse_command(data)
+    except P.ParseError:
+        pass
+
+
+_WORDS = st.sampled_from([b"a", b"UID", b"FETCH", b"SEARCH", b"STORE", b"LIST", b"(", b")", b"[", b"]", b"*",
+                          b"1:*", b"$", b"BODY[", b"HEADER.FIELDS", b"{3}\r\nabc", b'"q"', b"NOT", b"OR",
+                          b"<1.2>", b"\\Seen", b"RETURN", b"1", b" ", b"APPEND", b"~{1}\r\n\x00", b"NIL"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_WORDS, max_size=30))
+def test_parser_never_raises_on_token_soup(words: list[bytes]) -> None:
+    try:
+        P.parse_command(b"t " + b" ".join(words) + b"\r\n")
+    except P.ParseError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=1, max_value=50), st.booleans())
+def test_framer_never_raises_and_stays_bounded(data: bytes, step: int, accept: bool) -> None:
+    f = P.Framer(max_line=64, max_command=128)
+    for i in range(0, len(data), step):
+        f.feed(data[i:i + step])
+        for _ in range(1000):
+            ev = f.next_event()
+            if ev is P.NEED_DATA:
+                break
+            if isinstance(ev, P.LiteralRequest):
+                f.accept_literal() if accept and ev.size < 100 else f.reject_literal()
+        assert len(f._buf) <= 64 + step

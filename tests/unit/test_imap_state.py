@@ -1,0 +1,132 @@
+"""The Selected state's bookkeeping (sequence numbers, held expunges, own-change echoes, \\Recent) and the
+response encoder, without a socket."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from postroom.imap import encoder
+from postroom.imap.state import RecentClaims, Selected
+from postroom.store.api import Change, ChangeKind, Flag, Mailbox
+
+MBOX = Mailbox(7, 1, "INBOX", 99, 10, 20, None, True)
+
+
+def change(kind: ChangeKind, uid: int, modseq: int = 0, flags: int = 0, mailbox: int = 7) -> Change:
+    return Change(kind, 1, mailbox, uid, modseq, flags)
+
+
+def sel(uids: list[int], rev2: bool = True) -> Selected:
+    return Selected(MBOX, False, list(uids), rev2=rev2, claims=RecentClaims())
+
+
+def test_exists_and_flags() -> None:
+    s = sel([1, 2, 5])
+    s.absorb(change(ChangeKind.FLAGS, 5, 30, int(Flag.SEEN)))
+    s.absorb(change(ChangeKind.APPEND, 6, 31))
+    s.absorb(change(ChangeKind.APPEND, 7, 32))
+    s.absorb(change(ChangeKind.FLAGS, 1, 33, 0, mailbox=8))  # another mailbox
+    assert s.report(False) == [b"* 3 FETCH (FLAGS (\\Seen) UID 5)\r\n", b"* 5 EXISTS\r\n"]
+    assert list(s.uids) == [1, 2, 5, 6, 7]
+
+
+def test_expunge_is_held_until_allowed() -> None:
+    s = sel([1, 2, 3, 4])
+    s.absorb(change(ChangeKind.EXPUNGE, 2))
+    s.absorb(change(ChangeKind.EXPUNGE, 4))
+    assert s.report(False) == []
+    assert s.msn(4) == 4 and s.held == {2, 4}
+    s.absorb(change(ChangeKind.APPEND, 9))
+    assert s.report(False) == [b"* 5 EXISTS\r\n"]
+    assert s.report(True) == [b"* 2 EXPUNGE\r\n", b"* 3 EXPUNGE\r\n"]
+    assert list(s.uids) == [1, 3, 9]
+
+
+def test_append_then_expunge_before_report_is_silent() -> None:
+    s = sel([1])
+    s.absorb(change(ChangeKind.APPEND, 2))
+    s.absorb(change(ChangeKind.EXPUNGE, 2))
+    s.absorb(change(ChangeKind.APPEND, 2))  # a late echo of the same append
+    assert s.report(True) == []
+    assert list(s.uids) == [1]
+
+
+def test_own_changes_are_not_echoed() -> None:
+    s = sel([1, 2])
+    s.own_modseqs.add(40)
+    s.absorb(change(ChangeKind.FLAGS, 1, 40, int(Flag.DELETED)))
+    assert s.removed(2) == 2
+    s.absorb(change(ChangeKind.EXPUNGE, 2))
+    assert s.report(True) == []
+    assert list(s.uids) == [1]
+
+
+def test_recent_rev1() -> None:
+    claims = RecentClaims()
+    s = Selected(MBOX, False, [1, 2, 3], rev2=False, recent_lo=3, recent_hi=3, claims=claims)
+    assert s.recent_count() == 1 and s.is_recent(3) and not s.is_recent(2)
+    claims.claim(7, 3)
+    s.absorb(change(ChangeKind.APPEND, 4))
+    assert s.report(False) == [b"* 4 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    other = Selected(MBOX, False, [1, 2, 3, 4], rev2=False, claims=claims)
+    other.absorb(change(ChangeKind.APPEND, 5))
+    s.absorb(change(ChangeKind.APPEND, 5))
+    assert other.report(False) == [b"* 5 EXISTS\r\n", b"* 1 RECENT\r\n"]
+    assert s.report(False) == [b"* 5 EXISTS\r\n", b"* 2 RECENT\r\n"]  # the other session claimed 5 first
+
+
+def test_resync_after_overflow() -> None:
+    s = sel([1, 2, 3])
+    s.modseq = 10
+    s.own_modseqs.add(12)
+    s.absorb(change(ChangeKind.APPEND, 4, 11))  # queued before the overflow: in the listing too
+    kw: frozenset[str] = frozenset()
+    s.resync([(1, 5, 0, kw), (3, 11, int(Flag.SEEN), kw), (4, 12, 0, kw), (5, 13, 0, kw), (6, 12, 0, kw)])
+    assert s.report(True) == [b"* 2 EXPUNGE\r\n", b"* 2 FETCH (FLAGS (\\Seen) UID 3)\r\n", b"* 5 EXISTS\r\n"]
+    assert list(s.uids) == [1, 3, 4, 5, 6] and s.modseq == 13 and not s.own_modseqs
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "x", "r"]), st.integers(1, 30), st.booleans()), max_size=60))
+def test_view_matches_a_model(ops: list[tuple[str, int, bool]]) -> None:
+    """Replaying the reported EXISTS/EXPUNGE on a client's model always gives the session's `uids`."""
+    s = sel([])
+    store: set[int] = set()
+    next_uid = 1
+    client: list[int | None] = []
+    for op, n, allow in ops:
+        if op == "a":
+            s.absorb(change(ChangeKind.APPEND, next_uid))
+            store.add(next_uid)
+            next_uid += 1
+        elif op == "x" and store:
+            uid = sorted(store)[n % len(store)]
+            store.discard(uid)
+            s.absorb(change(ChangeKind.EXPUNGE, uid))
+        for line in s.report(allow):
+            words = line.split()
+            if words[2] == b"EXISTS":
+                client.extend([None] * (int(words[1]) - len(client)))
+            elif words[2] == b"EXPUNGE":
+                del client[int(words[1]) - 1]
+        assert len(client) == len(s.uids)
+        assert list(s.uids) == sorted(s.uids)
+        assert set(s.uids) - store <= s.held
+    s.report(True)
+    assert list(s.uids) == sorted(store)
+
+
+def test_encoder() -> None:
+    assert encoder.seqset([5, 1, 2, 3, 9, 10, 3]) == b"1:3,5,9:10"
+    assert encoder.seqset_ordered([4, 5, 6, 2]) == b"4:6,2"
+    flags = encoder.flag_list(int(Flag.SEEN | Flag.DRAFT), frozenset(["$b", "$a"]), recent=True)
+    assert flags == b"(\\Seen \\Draft \\Recent $a $b)"
+    assert encoder.internal_date(0) == b'" 1-Jan-1970 00:00:00 +0000"'
+    assert encoder.mailbox("été/x", utf8=False) == b'"&AOk-t&AOk-/x"'
+    assert encoder.mailbox("été", utf8=True) == '"été"'.encode()
+    assert encoder.mailbox('a"b', utf8=True) == b'"a\\"b"'
+    assert encoder.mailbox("a\nb", utf8=True) == b"{3}\r\na\nb"
+    assert encoder.decode_mailbox("&AOk-t&AOk-", utf8=False) == "été"
+    assert encoder.decode_mailbox("&AOk-t", utf8=True) == "&AOk-t"
+    assert encoder.string("x" * 2000).startswith(b"{2000}\r\n")
