@@ -1,0 +1,387 @@
+"""Outbound delivery messages/s: Postroom's queue beside Postfix, both relaying to Postfix's smtp-sink.
+
+    .venv/bin/python bench/outbound.py [--count N] [--size BYTES] [--inject-sessions N] [--modes live,drain]
+                                       [--dir PATH] [--no-postfix]
+
+N messages (default 10,000) of about --size bytes (default 4 KB), one recipient each, spread evenly over the 10
+destination domains d0.test .. d9.test, all routed to one `smtp-sink` (Debian package postfix) on a free
+127.0.0.1 port that throws the mail away and counts it (`smtp-sink -c`: a counter line per "." received, read
+here from its stdout). A message is done when the sink has its ".".
+
+- Postroom: `postroom serve` on a fresh data directory, the MX listener relaying for loopback clients
+  (`[smtp] relay_networks = ["127.0.0.1/32"]`), `[delivery.routes]` "dN.test" = "127.0.0.1:SINK" for the 10
+  domains, `poll_seconds = 0.05`, and otherwise the defaults: at most 50 connections in all and 5 per domain
+  (so 50 here), up to 100 messages per connection. The sender is not a local domain, so nothing is DKIM-signed.
+- Postfix: a private instance (bench/postfix.py) relaying for 127.0.0.0/8 with
+  `transport_maps = inline:{dN.test=smtp:[127.0.0.1]:SINK, ...}`. Postfix schedules by next hop, and the 10
+  domains share one ([127.0.0.1]:SINK), so its per-destination cap is the only one that applies; it is set to
+  50 (`smtp_destination_concurrency_limit`) to match Postroom's cap. Everything else is Postfix's default
+  (including its slow start from 5 connections and connection caching when a destination has a backlog).
+
+Both are loaded the same way: 10 `smtp-source` processes at once, one per domain, --inject-sessions connections
+each (default 2), into the server's SMTP listener. Two measurements (--modes):
+
+- live: from the first injection to the last message at the sink, delivery running all along (what a relay
+  does under a burst; the injection itself is in the time).
+- drain: the queue is loaded with delivery held, then released; from the release to the last message at the
+  sink. Postroom holds with `[delivery] enabled = false`, is stopped, and released by starting `postroom serve`
+  again with delivery on (its start-up is in the time). Postfix holds with `defer_transports = smtp`, and is
+  released by clearing it, `postfix reload` and `postqueue -f` (all in the time).
+
+Work happens under --dir (default bench/results/, on the repository's disk). Every process started here (the
+sink, postroom, smtp-source, the Postfix master) is stopped by its PID, also on Ctrl-C. Progress goes to
+stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
+
+from postroom.store import open_store  # noqa: E402
+
+DOMAINS = [f"d{i}.test" for i in range(10)]
+SENDER = "bench@remote.test"
+SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
+POSTCONF = shutil.which("postconf", path="/usr/sbin:/usr/bin") or "/usr/sbin/postconf"
+POSTQUEUE = shutil.which("postqueue", path="/usr/sbin:/usr/bin") or "/usr/sbin/postqueue"
+WAIT_LIMIT = 900.0  # seconds for one run's messages to reach the sink
+
+
+def say(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except BaseException:  # too slow, or a second Ctrl-C while waiting: still leave nothing behind
+            proc.kill()
+            proc.wait()
+            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sink and the injector
+
+
+class Sink:
+    """`smtp-sink -c` on a free port; a thread reads its counter line ("... mesg=N\\r") from stdout."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.count = 0
+        self.changed = threading.Condition()
+        args = [SMTP_SINK, "-c", "-4"] + (["-u", "nobody"] if os.geteuid() == 0 else [])
+        self.proc = subprocess.Popen(args + [f"127.0.0.1:{self.port}", "1024"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            wait_port(self.port)
+        except BaseException:
+            self.stop()
+            raise
+        # wait_port's probe connection counts as a session, not as a message: mesg stays 0
+
+    def _read(self) -> None:
+        buf = b""
+        assert self.proc.stdout is not None
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = re.split(rb"[\r\n]", buf)
+            for line in reversed(lines):
+                m = re.search(rb"mesg=(\d+)", line)
+                if m:
+                    with self.changed:
+                        self.count = int(m.group(1))
+                        self.changed.notify_all()
+                    break
+
+    def wait_for(self, count: int, label: str) -> float:
+        """Block until the sink has `count` messages; returns the monotonic time it got there."""
+        deadline = time.monotonic() + WAIT_LIMIT
+        started = shown = time.monotonic()
+        with self.changed:
+            while self.count < count:
+                now = time.monotonic()
+                if now > deadline:
+                    raise RuntimeError(f"{label}: only {self.count}/{count} messages at the sink after "
+                                       f"{WAIT_LIMIT:.0f} s")
+                if self.proc.poll() is not None:
+                    raise RuntimeError("smtp-sink exited")
+                if now - shown >= 0.5:
+                    shown = now
+                    sys.stderr.write(f"\r  {label}: {self.count}/{count} at the sink, "
+                                     f"{self.count / max(now - started, 1e-9):,.0f} msg/s   ")
+                    sys.stderr.flush()
+                self.changed.wait(0.1)
+            done = time.monotonic()
+        sys.stderr.write("\r" + " " * 72 + "\r")
+        return done
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def inject(port: int, count: int, sessions: int, size: int) -> float:
+    """10 smtp-source processes at once, one per domain; returns the seconds until all have finished."""
+    procs: list[subprocess.Popen] = []
+    start = time.monotonic()
+    try:
+        for i, domain in enumerate(DOMAINS):
+            n = count // len(DOMAINS) + (1 if i < count % len(DOMAINS) else 0)
+            if n:
+                procs.append(subprocess.Popen(
+                    [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(n), "-l", str(size), "-f", SENDER,
+                     "-t", f"bench@{domain}", f"127.0.0.1:{port}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"smtp-source failed (exit {p.returncode}): {err.decode(errors='replace')}")
+    finally:
+        for p in procs:
+            stop_process(p, 5)
+    return time.monotonic() - start
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two relays
+
+
+class Postroom:
+    name = "Postroom"
+
+    def __init__(self, work: Path, sink_port: int) -> None:
+        self.work, self.sink_port = work / "postroom", sink_port
+        self.proc: subprocess.Popen | None = None
+
+    def setup(self) -> None:
+        data = self.work / "data"
+        shutil.rmtree(self.work, ignore_errors=True)
+        data.mkdir(parents=True)
+
+        async def init() -> None:
+            store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+            await store.open()
+            await store.add_domain("example.org")  # a local domain, so the server has something of its own
+            await store.close()
+
+        asyncio.run(init())
+        self.port = free_port()
+
+    def write_config(self, delivery: bool) -> Path:
+        conf = self.work / "postroom.toml"
+        off = "\n".join(f'{n} = ""' for n in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http"))
+        routes = "\n".join(f'"{d}" = "127.0.0.1:{self.sink_port}"' for d in DOMAINS)
+        conf.write_text(
+            f'[server]\ndata_dir = "{self.work / "data"}"\n'
+            f'[listeners]\nsmtp = "127.0.0.1:{self.port}"\n{off}\n'
+            f'[limits]\nconnections_per_ip = 500\n'
+            f'[smtp]\nrelay_networks = ["127.0.0.1/32"]\n'
+            f'[delivery]\nenabled = {"true" if delivery else "false"}\npoll_seconds = 0.05\n'
+            f'[delivery.routes]\n{routes}\n')
+        return conf
+
+    def serve(self, delivery: bool) -> None:
+        conf = self.write_config(delivery)
+        exe = Path(sys.executable).with_name("postroom")
+        self.proc = subprocess.Popen([str(exe), "--config", str(conf), "serve", "--log-level", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, 60)
+            self.proc = None
+
+    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+        self.setup()
+        self.serve(delivery=True)
+        wait_port(self.port)
+        t0 = time.monotonic()
+        injected = inject(self.port, count, sessions, size)
+        say(f"  injected in {injected:.1f} s")
+        return sink.wait_for(count, "Postroom live") - t0, injected
+
+    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+        self.setup()
+        self.serve(delivery=False)
+        wait_port(self.port)
+        injected = inject(self.port, count, sessions, size)
+        say(f"  injected in {injected:.1f} s (delivery held); restarting with delivery on")
+        self.stop()
+        if sink.count:
+            raise RuntimeError(f"{sink.count} messages reached the sink while delivery was held")
+        t0 = time.monotonic()
+        self.serve(delivery=True)
+        return sink.wait_for(count, "Postroom drain") - t0, injected
+
+
+class Postfix:
+    name = "Postfix"
+
+    def __init__(self, work: Path, sink_port: int) -> None:
+        self.work, self.sink_port = work / "postfix", sink_port
+        self.instance: postfix.PrivatePostfix | None = None
+
+    def start(self, hold: bool) -> int:
+        port = free_port()
+        transports = ", ".join(f"{d}=smtp:[127.0.0.1]:{self.sink_port}" for d in DOMAINS)
+        main = {
+            "relay_domains": "",
+            "transport_maps": f"inline:{{{transports}}}",
+            "smtp_destination_concurrency_limit": "50",  # = Postroom's delivery.concurrency (one next hop here)
+            "smtpd_client_connection_count_limit": "0",
+            "default_process_limit": "200",
+            "smtp_tls_security_level": "none",
+        }
+        if hold:
+            main["defer_transports"] = "smtp"
+        self.instance = postfix.PrivatePostfix(self.work, port, main)
+        self.instance.start()
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        if self.instance is not None:
+            self.instance.stop()
+            self.instance = None
+
+    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+        port = self.start(hold=False)
+        t0 = time.monotonic()
+        injected = inject(port, count, sessions, size)
+        say(f"  injected in {injected:.1f} s")
+        return sink.wait_for(count, "Postfix live") - t0, injected
+
+    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+        port = self.start(hold=True)
+        inst = self.instance
+        assert inst is not None
+        injected = inject(port, count, sessions, size)
+        say(f"  injected in {injected:.1f} s (delivery held); waiting for the queue manager to defer them all")
+        deadline = time.monotonic() + WAIT_LIMIT
+        while sum(len(f) for _, _, f in os.walk(inst.queue / "deferred")) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Postfix did not defer every message {inst.log_tail()}")
+            time.sleep(0.1)
+        if sink.count:
+            raise RuntimeError(f"{sink.count} messages reached the sink while delivery was held")
+        env = dict(os.environ, MAIL_CONFIG=str(inst.conf))
+        t0 = time.monotonic()
+        subprocess.run([POSTCONF, "-c", str(inst.conf), "-e", "defer_transports ="], env=env, check=True)
+        subprocess.run([postfix.POSTFIX, "-c", str(inst.conf), "reload"], env=env, check=True, capture_output=True)
+        subprocess.run([POSTQUEUE, "-c", str(inst.conf), "-f"], env=env, check=True, capture_output=True)
+        return sink.wait_for(count, "Postfix drain") - t0, injected
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=10_000, help="messages per run (default 10,000)")
+    ap.add_argument("--size", type=int, default=4096, help="bytes per message (default 4096)")
+    ap.add_argument("--inject-sessions", type=int, default=2, help="smtp-source connections per domain (2)")
+    ap.add_argument("--modes", default="live,drain", help="live, drain or both (default)")
+    ap.add_argument("--dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--no-postfix", action="store_true")
+    args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not set(modes) <= {"live", "drain"}:
+        ap.error("--modes: live and/or drain")
+    for exe in (SMTP_SOURCE, SMTP_SINK):
+        if not os.path.exists(exe):
+            say(f"{exe} not found: apt-get install postfix")
+            return 1
+    relays: list[type] = [Postroom]
+    if not args.no_postfix and postfix.available():
+        relays.append(Postfix)
+    elif not args.no_postfix:
+        say("Postfix not available (apt-get install postfix, run as root): its column is skipped")
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="outbound-bench-", dir=args.dir))
+    work.chmod(0o755)
+    say(f"outbound benchmark: {args.count} messages of ~{args.size} B to {len(DOMAINS)} domains, "
+        f"{len(DOMAINS)} x {args.inject_sessions} injecting sessions, under {work}")
+    results: dict[tuple[str, str], tuple[float, float]] = {}
+    try:
+        for cls in relays:
+            for mode in modes:
+                sink = Sink()
+                relay = cls(work, sink.port)
+                try:
+                    say(f"{cls.name}, {mode}: sink on port {sink.port} ...")
+                    run = relay.run_live if mode == "live" else relay.run_drain
+                    elapsed, injected = run(sink, args.count, args.inject_sessions, args.size)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    say(f"{cls.name}, {mode} failed: {exc}")
+                    continue
+                finally:
+                    relay.stop()
+                    sink.stop()
+                results[(cls.name, mode)] = (args.count / elapsed, args.count / injected)
+                say(f"  {args.count / elapsed:,.0f} msg/s ({elapsed:.1f} s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    names = [cls.name for cls in relays]
+    what = {"live": "live: first injection -> last at sink",
+            "drain": "drain: release of a loaded queue -> last at sink"}
+    print(f"\nOutbound: {args.count} messages of ~{args.size} bytes over {len(DOMAINS)} domains (static routes) "
+          f"to smtp-sink, messages/s\n")
+    header = ("| measure | " + " | ".join(names) + " | "
+              + " | ".join(f"Postroom / {n}" for n in names[1:]) + " | injection msg/s (" + ", ".join(names) + ") |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for mode in modes:
+        rate = [f"{results[(n, mode)][0]:,.0f}" if (n, mode) in results else "failed" for n in names]
+        ratios = [f"{results[('Postroom', mode)][0] / results[(n, mode)][0]:.2f}x"
+                  if ("Postroom", mode) in results and (n, mode) in results else "-" for n in names[1:]]
+        inj = ", ".join(f"{results[(n, mode)][1]:,.0f}" if (n, mode) in results else "-" for n in names)
+        print(f"| {what[mode]} | " + " | ".join(rate + ratios) + f" | {inj} |")
+    return 0 if len(results) == len(relays) * len(modes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
