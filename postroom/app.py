@@ -32,7 +32,6 @@ from .imap.session import imap_handler
 from .metrics import Metrics
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
-from .net.unavailable import unavailable_handler
 from .pop3.session import pop3_handler
 from .smtp.server import smtp_handler_factory
 from .store import open_store
@@ -63,19 +62,16 @@ class Services:
     tls: ssl.SSLContext
 
 
-def _unavailable(protocol: str) -> Callable[[Services, str], Handler]:
-    return lambda services, listener: unavailable_handler(protocol, services.config.server.hostname)
-
-
-# Listener name -> factory of its session handler. A protocol package replaces its listeners' entries when it
-# is complete (its commands work end to end and it advertises only what it implements).
+# Listener name -> factory of its session handler.
 HANDLER_FACTORIES: dict[str, Callable[[Services, str], Handler]] = {
-    name: _unavailable(protocol) for name, protocol in PROTOCOL_OF.items()
+    "smtp": smtp_handler_factory,
+    "submission": smtp_handler_factory,
+    "submissions": smtp_handler_factory,
+    "imap": imap_handler,
+    "imaps": imap_handler,
+    "pop3": pop3_handler,
+    "pop3s": pop3_handler,
 }
-HANDLER_FACTORIES.update(pop3=pop3_handler, pop3s=pop3_handler)  # issue 6: POP3 (postroom/pop3/)
-HANDLER_FACTORIES.update(smtp=smtp_handler_factory, submission=smtp_handler_factory,
-                         submissions=smtp_handler_factory)  # issue 4: SMTP (postroom/smtp/)
-HANDLER_FACTORIES.update(imap=imap_handler, imaps=imap_handler)  # issue 5: IMAP (postroom/imap/)
 
 DEMO_DOMAIN = "localhost"
 DEMO_USER = "demo@localhost"
