@@ -60,6 +60,7 @@ class Services:
     auth: Authenticator
     metrics: Metrics
     tls: ssl.SSLContext
+    wake_queue: Callable[[], None] = lambda: None  # the outbound scheduler's wake(), when it runs
 
 
 # Listener name -> factory of its session handler.
@@ -103,10 +104,16 @@ class Postroom:
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
-        self.services = Services(cfg, store, Authenticator(store, cfg.auth), self.metrics, tls)
-        if cfg.delivery.enabled:  # issue 7: outbound delivery; DSNs enter through the router like any mail
-            self.queue = Scheduler(store, cfg, bounce=router_bounce(Router(store, cfg)), **self.queue_options)
+
+        def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
+            if self.queue is not None:
+                self.queue.wake()
+
+        if cfg.delivery.enabled:  # outbound delivery; DSNs enter through the router like any mail
+            bounce = router_bounce(Router(store, cfg, on_queued=wake))
+            self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
             self.queue.start()
+        self.services = Services(cfg, store, Authenticator(store, cfg.auth), self.metrics, tls, wake)
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():

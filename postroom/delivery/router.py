@@ -39,7 +39,7 @@ import asyncio
 import itertools
 import logging
 import re
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,11 +141,14 @@ def received_count(raw: bytes) -> int:
 
 
 class Router:
-    def __init__(self, store: Store, config: Config, held: HeldPosts | None = None) -> None:
+    def __init__(self, store: Store, config: Config, held: HeldPosts | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
         self.store = store
         self.config = config
         self.held = held or HeldPosts(Path(config.data_path) / "held")
         self._ids = itertools.count(1)
+        # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
+        self.on_queued = on_queued
 
     # --- resolution ----------------------------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
@@ -319,6 +322,8 @@ class Router:
             local += part.local
             queue_ids += part.queue_ids
             held += part.held
+        if queue_ids and self.on_queued is not None:
+            self.on_queued()
         return Accepted(local, len(remote), queue_ids, held)
 
     # --- lists ---------------------------------------------------------------------------------------------------

@@ -405,7 +405,7 @@ class Session:
 
 def smtp_handler_factory(services: Services, listener: str) -> Handler:
     """`app.HANDLER_FACTORIES` entry for the `smtp`, `submission` and `submissions` listeners."""
-    router = Router(services.store, services.config)
+    router = Router(services.store, services.config, on_queued=services.wake_queue)
     policy = Policy.for_listener(listener, services)
 
     async def handler(conn: Connection) -> None:

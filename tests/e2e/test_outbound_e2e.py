@@ -60,8 +60,9 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     dns.a["mx.b.test"] = ["127.0.0.1"]
     a = None
     try:
+        # a's scheduler polls only hourly: mail must leave because queueing it wakes the scheduler.
         a = start(tmp_path, "a.test", {"delivery": {"dns_servers": [f"127.0.0.1:{dns.port}"],
-                                                    "mx_port": b.port("smtp")}})
+                                                    "mx_port": b.port("smtp"), "poll_seconds": 3600}})
         a.add_user("alice@a.test")
         b.add_user("bob@b.test")
         keys = generate_keys()
