@@ -15,7 +15,8 @@ Invariants
    so a locked-out prober learns nothing.
 3. An unknown user costs the same argon2 work as a known one (a dummy hash is verified), so timing does not
    tell which addresses exist.
-4. argon2 runs in a worker thread: a login never stalls the event loop.
+4. argon2 runs in a worker thread, at most one check per CPU at a time: a login never stalls the event loop,
+   and a burst of logins queues instead of starving every other session of CPU.
 5. Plain-text mechanisms (PLAIN, LOGIN) are offered only over TLS unless `auth.allow_plaintext` is set
    (RFC 4954 §4, RFC 9051 §6.2.3 LOGINDISABLED). SCRAM-SHA-256 never exposes the password and is offered always.
 """
@@ -23,6 +24,7 @@ Invariants
 from __future__ import annotations
 
 import abc
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -100,6 +102,9 @@ class Authenticator:
         self._by_user = _Window(config.lockout_seconds, clock)
         self._clock = clock
         self._logins: dict[str, float] = {}
+        # argon2 is CPU- and memory-hard on purpose: more checks at once than cores only starve the event loop
+        # (a login storm made every session slow in bench/imap.py), so extra logins wait their turn here.
+        self._argon2_slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 
     # ---- policy
     def plaintext_allowed(self, tls: bool) -> bool:
@@ -141,7 +146,8 @@ class Authenticator:
             self.failed(ip, username)
             return None
         user = await self.store.get_user(username) if username else None
-        ok = await verify_password_async(user.password_hash if user else _DUMMY_HASH, password)
+        async with self._argon2_slots:
+            ok = await verify_password_async(user.password_hash if user else _DUMMY_HASH, password)
         if user is None or not ok:
             self.failed(ip, username)
             return None
