@@ -18,6 +18,11 @@ follow, and after them the command line goes on. `feed(bytes)` appends; `next_ev
 
 `next_line()` takes one bare line (IDLE's `DONE`, an AUTHENTICATE response) from the same stream.
 
+`accept_literal(external=True)` lets the session take the literal's bytes itself (a large APPEND message is
+streamed to a file, never buffered here): `take_external(n)` hands out what is already buffered, the session
+reads the rest from its connection, then `external_done()` resumes framing. The command text keeps an empty
+literal (`{0}`, `~{0}`) in its place, so the parser sees a well-formed command.
+
 Invariants
 1. Nothing here raises on any input; every byte sequence gives events.
 2. At most `max_line` bytes of an unfinished line and `max_command` bytes of command text are buffered;
@@ -66,7 +71,7 @@ _LITERAL_END = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n\Z")
 _TAG = re.compile(rb"[\x21-\x7e]+")
 _TAG_BAD = frozenset(b'(){%*"\\+')
 
-_LINE, _DECIDE, _LITERAL, _SKIP = range(4)
+_LINE, _DECIDE, _LITERAL, _SKIP, _EXTERNAL = range(5)
 
 
 def guess_tag(line: bytes) -> str:
@@ -146,6 +151,8 @@ class Framer:
         while True:
             if self._state == _DECIDE:
                 raise RuntimeError("accept_literal() or reject_literal() first")
+            if self._state == _EXTERNAL:
+                raise RuntimeError("external_done() first")
             if self._state in (_LITERAL, _SKIP):
                 n = min(self._need, len(self._buf))
                 if n:
@@ -200,10 +207,34 @@ class Framer:
             self._state = _DECIDE
             return self._request
 
-    def accept_literal(self) -> None:
+    def accept_literal(self, *, external: bool = False) -> None:
         assert self._state == _DECIDE and self._request is not None
-        self._state, self._need = _LITERAL, self._request.size
+        self._state, self._need = (_EXTERNAL if external else _LITERAL), self._request.size
         self._request = None
+        if external:  # the command text gets an empty literal in place of this one
+            line = self._parts[-1]
+            m = _LITERAL_END.search(line)
+            assert m is not None
+            self._parts[-1] = line[: m.start()] + m.group(1) + b"{0}\r\n"
+
+    def take_external(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` buffered bytes of the external literal being read (may be b"")."""
+        assert self._state == _EXTERNAL
+        n = min(self._need, len(self._buf), max_bytes)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._need -= n
+        return data
+
+    @property
+    def external_need(self) -> int:
+        """Bytes of the external literal not yet taken (from here or, by the session, from the connection)."""
+        return self._need if self._state == _EXTERNAL else 0
+
+    def external_done(self, read_elsewhere: int) -> None:
+        """The session read `read_elsewhere` bytes of the external literal from the connection itself."""
+        assert self._state == _EXTERNAL and read_elsewhere == self._need and not (read_elsewhere and self._buf)
+        self._state, self._need, self._scanned = _LINE, 0, 0
 
     def reject_literal(self) -> None:
         assert self._state == _DECIDE and self._request is not None

@@ -16,7 +16,9 @@ Invariants
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
 2. SELECT reads UIDs and flags only (`list_messages`), never bodies.
 3. APPEND computes the message's metadata once (`compute_meta`) and stores it with the body; a message over
-   `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing.
+   `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing. A large
+   message arrives as a staging file (session.py, `Session.staged`): its metadata is computed in a thread from
+   one read of the file, and the file goes to `Store.append_file`; the handler removes it if it fails first.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ import dataclasses
 import re
 import time
 from array import array
+from pathlib import Path
 
-from postroom.mime.meta import compute_meta
+from postroom.config import LimitsConfig
+from postroom.mime.meta import MessageMeta, compute_meta
 from postroom.store.api import FLAG_NAMES, AppendRequest, Flag, Mailbox, MailboxStatus
 
 from . import encoder
 from . import parser as P
 from .messages import parse_flags
-from .session import AUTH, AUTHED, SELECTED, No, Result, Session, command
+from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
 from .state import Selected
 
 SEP = "/"
@@ -326,20 +330,44 @@ async def status(s: Session, cmd: P.Command) -> Result:
 async def append(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.AppendArgs)
-    mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
-    if mbox is None:
-        raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
-    if len(a.message) > s.limits.message_size:
-        raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")
-    if not a.message:
-        raise No("Empty message", "CANNOT")
-    flags, keywords = parse_flags(a.flags)
+    staged = s.take_staged()  # a large message, already in a staging file (module invariant 3)
+    try:
+        mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
+        if mbox is None:
+            raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
+        if staged is not None and a.message:
+            raise Bad("The message must be the only large literal")
+        size = len(a.message) if staged is None else staged.size
+        if size > s.limits.message_size:
+            raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")
+        if not size:
+            raise No("Empty message", "CANNOT")
+        flags, keywords = parse_flags(a.flags)
+        date = a.date if a.date is not None else time.time()
+        if staged is not None:
+            meta = await asyncio.to_thread(_file_meta, staged.path, s.limits, staged.binary)
+            if meta is None:
+                raise Bad("NUL in a literal (use literal8)")  # as syntax.Cursor.literal says for small ones
+            res = await s.store.append_file(mbox.id, staged.path, flags=flags, keywords=frozenset(keywords),
+                                            internal_date=date, meta=meta.to_bytes())
+            return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
+    finally:
+        if staged is not None:
+            staged.path.unlink(missing_ok=True)
     raw = a.message
     if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop
         meta = await asyncio.to_thread(compute_meta, raw, s.limits)
     else:
         meta = compute_meta(raw, s.limits)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
-                                                      internal_date=a.date if a.date is not None else time.time(),
-                                                      meta=meta.to_bytes()))
+                                                      internal_date=date, meta=meta.to_bytes()))
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
+
+
+def _file_meta(path: Path, limits: LimitsConfig, binary: bool) -> MessageMeta | None:
+    """compute_meta over a staged file, or None if it holds a NUL and was not a literal8. The scan needs a
+    `bytes` (startswith, count), so the file is read once here and dropped when this returns."""
+    raw = path.read_bytes()
+    if not binary and b"\x00" in raw:
+        return None
+    return compute_meta(raw, limits)

@@ -14,6 +14,13 @@ return the tagged OK's response code and text, or raise:
 * a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT;
 * anything else: logged with its traceback, tagged `NO [SERVERBUG]`; the session goes on.
 
+Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announced after login, is not
+buffered by the framer. `_stream_literal` writes it from the connection in chunks of at most `STREAM_CHUNK`
+bytes straight into a file in the store's staging directory (`Store.staging_dir`), the command text keeps an
+empty literal in its place, and the APPEND handler hands the file to `Store.append_file`, which moves it into
+the store without a copy. The file is removed whatever happens: by the store, by the handler, after a command
+that did not take it (`_drop_staged`), or when the connection fails mid-literal.
+
 Change notification (RFC 9051 §7.5.1, §5.2): after login the session subscribes to the user's change feed.
 Before every tagged response the queued changes of the selected mailbox are reported (`notify`): EXISTS,
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
@@ -28,6 +35,7 @@ Invariants
 4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
 5. Passwords never reach the log (`conn.log` gets the user name only).
+6. At most one staged APPEND file per session, and none outlives the command it came with.
 """
 
 from __future__ import annotations
@@ -35,7 +43,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
+import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from postroom.net.connection import (
@@ -61,6 +73,17 @@ ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
 AUTHED = frozenset({AUTH, SELECTED})
 ONLY_SELECTED = frozenset({SELECTED})
 FLUSH_BYTES = 256 * 1024
+STREAM_LITERAL_MIN = 1024 * 1024  # APPEND literals larger than this go to a staging file, not into memory
+STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
+
+
+@dataclass(frozen=True, slots=True)
+class StagedLiteral:
+    """An APPEND literal read into a file of the store's staging directory (module doc)."""
+
+    path: Path
+    size: int
+    binary: bool  # literal8
 
 
 class Bad(Exception):
@@ -126,6 +149,7 @@ class Session:
         self.out: list[bytes] = []
         self.out_size = 0
         self.overflowed = False
+        self.staged: StagedLiteral | None = None  # invariant 6
 
     # ---- output
     def write(self, *chunks: bytes) -> None:
@@ -221,16 +245,19 @@ class Session:
                 if isinstance(ev, P.LiteralRequest):
                     await self._literal(ev)
                     continue
-                if isinstance(ev, P.FramingError):
-                    await self._bad(ev.tag, ev.text)
-                    continue
-                assert isinstance(ev, P.RawCommand)
                 try:
-                    cmd = P.parse_command(ev.data)
-                except P.ParseError as e:
-                    await self._bad(e.tag, e.text, e.code)
-                    continue
-                await self._dispatch(cmd)
+                    if isinstance(ev, P.FramingError):
+                        await self._bad(ev.tag, ev.text)
+                        continue
+                    assert isinstance(ev, P.RawCommand)
+                    try:
+                        cmd = P.parse_command(ev.data)
+                    except P.ParseError as e:
+                        await self._bad(e.tag, e.text, e.code)
+                        continue
+                    await self._dispatch(cmd)
+                finally:
+                    self._drop_staged()  # invariant 6: a command that did not take its file
         except Bye as e:
             self.write(b"* BYE %s\r\n" % str(e).encode())
         except IdleTimeout:
@@ -242,6 +269,7 @@ class Session:
         except (ConnectionClosed, PlaintextAfterStartTLS):
             self.out = []
         finally:
+            self._drop_staged()
             if self.sub is not None:
                 self.sub.close()
             if self.out and not conn.closed:
@@ -260,10 +288,44 @@ class Session:
             self.write(b"%s NO [TOOBIG] Literal larger than %d bytes\r\n" % (req.tag.encode(), limit))
             self._count_error()
             return
-        self.framer.accept_literal()
+        stream = (req.verb == "APPEND" and req.size > STREAM_LITERAL_MIN and self.state in AUTHED
+                  and self.staged is None)
+        self.framer.accept_literal(external=stream)
         if req.sync:
             self.write(b"+ Ready for literal data\r\n")
             await self.flush()
+        if stream:
+            await self._stream_literal(req)
+
+    async def _stream_literal(self, req: P.LiteralRequest) -> None:
+        """Read the accepted literal into a new staging file (module doc); `self.staged` names it."""
+        fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                got = 0
+                while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
+                    got += _write_all(f.fileno(), chunk)
+                left = 0
+                need = req.size - got
+                while left < need:  # the rest, straight from the connection, in bounded chunks
+                    data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
+                    left += _write_all(f.fileno(), data)
+            self.framer.external_done(left)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self.staged = StagedLiteral(path, req.size, req.binary)
+
+    def take_staged(self) -> StagedLiteral | None:
+        """The APPEND handler's file, now its business (it must remove it, or have the store take it)."""
+        staged, self.staged = self.staged, None
+        return staged
+
+    def _drop_staged(self) -> None:
+        staged, self.staged = self.staged, None
+        if staged is not None:
+            staged.path.unlink(missing_ok=True)
 
     def _count_error(self) -> None:
         self.errors += 1
@@ -311,6 +373,13 @@ class Session:
             await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
         self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
         await self.flush()
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
 
 
 def _clean(e: Exception) -> str:

@@ -15,7 +15,8 @@ Invariants every engine keeps:
    UIDVALIDITY differs for every mailbox ever created (a deleted and re-created name gets a new one).
 4. **MODSEQ strictly increases** per mailbox on every change to a message in it (append, flags, expunge);
    `Mailbox.highestmodseq` is the largest MODSEQ given out.
-5. **Message bytes are sacred.** `read_message` returns exactly the bytes given to `append`.
+5. **Message bytes are sacred.** `read_message` returns exactly the bytes given to `append` (or held by the
+   file given to `append_file`).
 6. **One user's data is keyed by user id.** Every mailbox call takes the mailbox id obtained from the user's
    own listing; engines never resolve names across users.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 # --------------------------------------------------------------------------------------------------------
@@ -380,6 +382,27 @@ class Store(Protocol):
 
     # ---- messages
     async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult: ...
+
+    def staging_dir(self) -> Path:
+        """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
+        create a file of their own in it (e.g. `tempfile.mkstemp(dir=...)`); nothing else may live there."""
+
+    async def append_file(
+        self,
+        mailbox_id: int,
+        path: Path,
+        *,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: float | None = None,
+        meta: bytes | None = None,
+    ) -> AppendResult:
+        """`append` of a body already written to the file `path`, a file in `staging_dir()` (Invalid otherwise,
+        and the file is left alone): large messages (IMAP APPEND literals) never have to be held in memory.
+        The caller need not fsync it. The store takes the file over: once this returns or raises, `path` is
+        gone (the body moved into the store without a copy, or was read and stored inline if small, or the
+        append failed). The same invariants hold: durable once awaited, bytes exactly as in the file,
+        deduplicated by SHA-256 with every other body."""
 
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         """Like append for each, in one transaction (imports)."""

@@ -20,10 +20,16 @@ Invariants:
 4. A blob id is 64 lower-case hex digits; anything else is `Invalid`, so an id can never escape the root.
 5. Temporary files start with ".tmp."; a crash can leave them (and unreferenced blobs) behind, never a
    half-written final file.
+6. `staging/` (not two hex digits, so never a blob directory) holds bodies callers write before handing them
+   over (`Store.append_file`); `adopt()` links such a file under its final name after an fsync of the file,
+   so a body is never copied. The staging name is removed by the engine after the commit; a crash can leave
+   staging files behind (garbage, like ".tmp." files; nothing removes them at start, since another process
+   sharing the store may be writing one).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -32,6 +38,8 @@ from pathlib import Path
 from postroom.store.api import Invalid, NotFound
 
 _HEX = frozenset("0123456789abcdef")
+STAGING = "staging"
+HASH_CHUNK = 1 << 20
 
 
 def blob_id_of(data: bytes) -> str:
@@ -94,6 +102,63 @@ class BlobStore:
         fsync_dir(directory)
         self._settle(directory)
         return True
+
+    @property
+    def staging(self) -> Path:
+        """Where callers write bodies before `adopt()` (invariant 6); created on first use."""
+        path = self.root / STAGING
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def hash_file(self, src: Path) -> tuple[str, int]:
+        """(sha256 hex, size) of a file, read in bounded chunks."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(src, "rb", buffering=0) as f:
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+                size += n
+        return digest.hexdigest(), size
+
+    def adopt(self, src: Path) -> tuple[str, int]:
+        """Make the file `src` (in `staging`, same file system) a blob without copying it: hash it, fsync it,
+        link it under its final name (or keep the file already there: same name, same bytes), fsync that
+        directory. Returns (blob id, size). `src` itself stays; the caller removes it (invariant 6)."""
+        blob_id, size = self.hash_file(src)
+        self.link(blob_id, src, size)
+        return blob_id, size
+
+    def link(self, blob_id: str, src: Path, size: int) -> bool:
+        """The `write()` of a body already in the file `src`. True if this call created the blob's file."""
+        final = self.path(blob_id)
+        directory = final.parent
+        created = True
+        try:
+            present = final.stat().st_size == size
+        except FileNotFoundError:
+            present = False
+        if present:
+            created = False
+        else:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._make_dirs(directory)
+            try:
+                os.link(src, final)
+            except FileExistsError:
+                created = False  # a concurrent writer of the same bytes won; its file is complete (invariant 1)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                return self.write(blob_id, src.read_bytes())  # no hard links here: the one copy
+        fsync_dir(directory)
+        self._settle(directory)
+        return created
 
     def read(self, blob_id: str) -> bytes:
         try:

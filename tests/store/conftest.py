@@ -97,7 +97,9 @@ def blob_files(store: Store) -> list[Path] | None:
     if blobs is None:
         return None
     root: Path = blobs.root
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp."))
+    staging = root / "staging"  # bodies on their way in (append_file), not stored ones
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not p.name.startswith(".tmp.") and staging not in p.parents)
 
 
 def inline_bodies(store: Store) -> list[str] | None:

@@ -111,6 +111,46 @@ def test_buffered_counts_pipelined_bytes() -> None:
     assert f.buffered == len(b"b LOGIN x y\r\n")
 
 
+@pytest.mark.parametrize("announce", [b"{10}", b"{10+}", b"~{10}"])
+def test_external_literal_is_handed_to_the_session(announce: bytes) -> None:
+    """accept_literal(external=True): the session takes the bytes; the command keeps an empty literal."""
+    f = P.Framer()
+    f.feed(b"a APPEND INBOX " + announce + b"\r\n0123")
+    req = f.next_event()
+    assert isinstance(req, P.LiteralRequest) and req.size == 10 and req.verb == "APPEND"
+    f.accept_literal(external=True)
+    assert f.external_need == 10
+    assert f.take_external(3) == b"012"
+    assert f.take_external(100) == b"3"
+    assert f.take_external(100) == b""
+    with pytest.raises(RuntimeError):
+        f.next_event()
+    f.external_done(6)  # the session read the other 6 bytes from its connection
+    assert f.external_need == 0
+    f.feed(b" \r\nb NOOP\r\n")
+    ev = f.next_event()
+    empty = b"~{0}" if announce.startswith(b"~") else b"{0}"
+    assert ev == P.RawCommand(b"a APPEND INBOX " + empty + b"\r\n \r\n")
+    assert isinstance(ev, P.RawCommand)
+    args = P.parse_command(ev.data).args
+    assert isinstance(args, P.AppendArgs) and args.message == b"" and args.binary == announce.startswith(b"~")
+    assert f.next_event() == P.RawCommand(b"b NOOP\r\n")
+
+
+def test_external_literal_fully_buffered_keeps_pipelined_bytes() -> None:
+    f = P.Framer()
+    f.feed(b"a APPEND INBOX {4+}\r\nwxyz\r\nb NOOP\r\n")
+    assert isinstance(f.next_event(), P.LiteralRequest)
+    f.accept_literal(external=True)
+    assert f.take_external(1 << 20) == b"wxyz"
+    f.external_done(0)
+    ev = f.next_event()
+    assert isinstance(ev, P.RawCommand)
+    cmd = P.parse_command(ev.data)
+    assert isinstance(cmd.args, P.AppendArgs) and cmd.args.message == b""
+    assert f.next_event() == P.RawCommand(b"b NOOP\r\n")
+
+
 # ---- syntax
 
 def parse(line: bytes) -> P.Command:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from postroom.store.api import ChangeHub, Mailbox, MessageInfo, NotFound
@@ -106,17 +107,24 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
     return [message_from_row(r) for r in rows]
 
 
-def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None) -> None:
+def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
+                 source: Path | None = None, size: int | None = None) -> None:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
-    enough, else its file (written by the caller before the job; here again only if a deletion raced us)."""
+    enough, else its file (written by the caller before the job; here again only if a deletion raced us).
+    With `source` the body is the file `source` of `size` bytes (`append_file`, always a file): `raw` is unused
+    and a raced deletion is repaired by linking `source` again."""
+    length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
     )
     if cur.rowcount == 0:
         tx.conn.execute(
-            "INSERT INTO blobs(id, size, refcount, meta) VALUES (?, ?, ?, ?)", (blob_id, len(raw), count, meta)
+            "INSERT INTO blobs(id, size, refcount, meta) VALUES (?, ?, ?, ?)", (blob_id, length, count, meta)
         )
-        if len(raw) <= tx.inline_max:
+        if source is not None:
+            if not tx.blobs.exists(blob_id):
+                tx.blobs.link(blob_id, source, length)
+        elif length <= tx.inline_max:
             tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, ?)", (blob_id, raw))
         elif not tx.blobs.exists(blob_id):
             tx.blobs.write(blob_id, raw)

@@ -9,6 +9,8 @@ only write connection, and every write coroutine hands it a function instead of 
     ---------                          -------------
     large body only: write file +
       fsync file and dir (I/O pool)
+      (append_file: hash the staged
+      file, fsync, link, fsync dir)
     jobs.put((fn, future, loop))  -->  take every pending job (a batch)
     await future                       BEGIN IMMEDIATE
                                        for each job: SAVEPOINT; fn(tx); RELEASE   (ROLLBACK TO on error)

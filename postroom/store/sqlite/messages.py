@@ -5,7 +5,11 @@ Theory of operation: a message row is (mailbox, uid) -> modseq, flags, keywords,
 message takes `highestmodseq + 1` (one new MODSEQ per changed message, in UID order) and bumps it. A body of at
 most the store's inline threshold is inserted into `blob_data` by the job itself, so a batch of deliveries costs
 one WAL fsync; a larger one is written as a blob file by the calling coroutine before its job is queued (engine
-invariant 3). `read_message` looks in `blob_data` first and falls back to the file.
+invariant 3). `append_file` takes a body the caller already wrote into `staging_dir()`: if large, it is hashed
+and fsync'd on the I/O pool and hard-linked under its blob name (no copy) before the job is queued, and the
+staging name is removed after the commit (the job can link it again if a concurrent deletion won the race);
+if small, it is read and appended like any other. `read_message` looks in `blob_data` first and falls back to
+the file.
 
 Invariants:
 1. `uidnext` only grows: rows are never renumbered, expunge never lowers it, so a UID is never reused (api 3).
@@ -17,9 +21,11 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from postroom.store import names
 from postroom.store.api import (
@@ -159,6 +165,47 @@ class MessagesMixin(Base):
 
     async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
         return (await self._append_job([mailbox_id], [message]))[0]
+
+    def staging_dir(self) -> Path:
+        return self._blobs.staging
+
+    async def append_file(
+        self,
+        mailbox_id: int,
+        path: Path,
+        *,
+        flags: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        internal_date: float | None = None,
+        meta: bytes | None = None,
+    ) -> AppendResult:
+        path = Path(path)
+        staging = self._blobs.staging
+        if path.parent.resolve() != staging.resolve() or path.name in ("", ".", ".."):
+            raise Invalid(f"not a file in the staging directory: {path}")
+        try:
+            req = AppendRequest(b"", flags, frozenset(keywords), internal_date, meta)
+            checked_flags, kws = _check_request(req)
+            size = os.stat(path).st_size
+            if self._engine.inline(size):
+                raw = await self._engine.io(path.read_bytes)
+                return await self.append(mailbox_id, AppendRequest(raw, flags, kws, internal_date, meta))
+            blob_id, size = await self._engine.io(self._blobs.adopt, path)
+            date = self._clock() if internal_date is None else float(internal_date)
+            item = NewMessage(date, size, checked_flags, kws, blob_id)
+
+            def op(tx: Tx) -> AppendResult:
+                mbox = load_mailbox(tx.conn, mailbox_id)
+                acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size)
+                return insert_messages(tx, mbox, [item])[0]
+
+            try:
+                return await self._engine.write(op)
+            except Exception:
+                await self._engine.forget_blobs({blob_id})
+                raise
+        finally:
+            path.unlink(missing_ok=True)
 
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         if not messages:
