@@ -30,14 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pwd
 import random
 import re
 import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,19 +41,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from postroom.auth.passwords import hash_password, make_credentials
-from postroom.mime.meta import compute_meta
-from postroom.store import open_store
-from postroom.store.api import AppendRequest
+import dovecot  # bench/dovecot.py: a private Dovecot
+from common import PrivatePostroom, progress, servers_stopped  # bench/common.py
+from dovecot import PrivateDovecot
+
+from postroom.auth.passwords import hash_password
 
 USER = "bench@example.org"
 PASSWORD = "bench-password"
 OPS = ("LOGIN", "SELECT", "FETCH headers", "FETCH body", "SEARCH", "STORE", "APPEND", "IDLE", "LOGOUT")
-
-
-def progress(text: str, end: str = "\n") -> None:
-    sys.stderr.write(text + end)
-    sys.stderr.flush()
 
 
 def make_messages(count: int) -> list[bytes]:
@@ -80,36 +71,6 @@ def make_messages(count: int) -> list[bytes]:
         else:
             out.append(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"* OK"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer on port {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def rss_tree(pid: int) -> int:
@@ -291,113 +252,21 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
 # --- the servers -----------------------------------------------------------------------------------------
 
 
-async def fill_postroom(data: Path, messages: list[bytes]) -> None:
-    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
-    await store.open()
-    try:
-        await store.add_domain("example.org")
-        h, scram = await asyncio.to_thread(make_credentials, PASSWORD)
-        user = await store.add_user(USER, h, scram)
-        inbox = await store.get_mailbox(user.id, "INBOX")
-        assert inbox is not None
-        for i in range(0, len(messages), 500):
-            batch = [AppendRequest(raw=m, meta=compute_meta(m).to_bytes()) for m in messages[i:i + 500]]
-            await store.append_many(inbox.id, batch)
-            progress(f"\r  filling Postroom store {min(i + 500, len(messages)):>6}/{len(messages)}", end="")
-        progress("")
-    finally:
-        await store.close()
+def start_postroom(work: Path, messages: list[bytes], idle: int) -> tuple[PrivatePostroom, int]:
+    server = PrivatePostroom(work / "postroom", "imap",
+                             f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n"
+                             f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n")
+    server.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
+    return server, server.start(greeting=b"* OK", timeout=30)
 
 
-def start_postroom(work: Path, messages: list[bytes], idle: int) -> tuple[subprocess.Popen[bytes], int]:
-    data = work / "postroom"
-    asyncio.run(fill_postroom(data, messages))
-    port = free_port()
-    cfg = work / "postroom.toml"
-    off = "\n".join(f'{n} = ""' for n in ("smtp", "submission", "submissions", "imaps", "pop3", "pop3s", "http"))
-    cfg.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nimap = "127.0.0.1:{port}"\n{off}\n'
-                   f'[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n'
-                   f'[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n')
-    exe = Path(sys.executable).with_name("postroom")
-    with open(work / "postroom.log", "wb") as log:
-        proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stdout=subprocess.DEVNULL, stderr=log)
-    wait_port(port, proc, "postroom")
-    return proc, port
-
-
-def start_dovecot(work: Path, messages: list[bytes], idle: int) -> tuple[subprocess.Popen[bytes], int]:
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not os.path.exists(dovecot):
-        raise RuntimeError("dovecot not installed (Debian: apt-get install dovecot-imapd)")
-    d = work / "dovecot"
-    maildir = d / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True)
-    for box in (".Drafts", ".Sent", ".Trash"):
-        for sub in ("cur", "new", "tmp"):
-            (maildir / box / sub).mkdir(parents=True)
-    now = int(time.time())
-    for i, m in enumerate(messages):
-        lf = m.replace(b"\r\n", b"\n")  # Maildir files have LF line ends; Dovecot sends CRLF
-        (maildir / "cur" / f"{now}.M{i}P1.bench,S={len(lf)},W={len(m)}:2,").write_bytes(lf)
+def start_dovecot(work: Path, messages: list[bytes], idle: int) -> tuple[PrivateDovecot, int]:
     # The same argon2id hash Postroom keeps, so a LOGIN costs both servers the same work.
-    (d / "passwd").write_text(f"{USER}:{{ARGON2ID}}{hash_password(PASSWORD)}::::::\n")
-    if os.geteuid() == 0:  # Dovecot will not run mail processes as root: use nobody, and give it the files
-        nobody = pwd.getpwnam("nobody")
-        uid, gid = nobody.pw_uid, nobody.pw_gid
-        for path in [d, *d.rglob("*")]:
-            os.chown(path, uid, gid)
-        work.chmod(0o755)
-    else:
-        uid, gid = os.getuid(), os.getgid()
-    port = free_port()
-    limit = idle + 500
-    conf = d / "dovecot.conf"
-    conf.write_text(f"""
-protocols = imap
-listen = 127.0.0.1
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 1
-default_process_limit = {limit}
-default_client_limit = {limit * 2}
-passdb {{
-  driver = passwd-file
-  args = {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={d}
-}}
-mail_location = maildir:{maildir}
-protocol imap {{
-  mail_max_userip_connections = {limit}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-""")
-    with open(work / "dovecot.stderr", "wb") as log:
-        proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
-    wait_port(port, proc, "dovecot")
-    return proc, port
-
-
-def dovecot_version() -> str:
-    try:
-        return subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
-                              check=False).stdout.split()[0]
-    except (OSError, IndexError):
-        return "?"
+    server = PrivateDovecot(work / "dovecot", ["imap"], USER, f"{{ARGON2ID}}{hash_password(PASSWORD)}",
+                            folders=("Drafts", "Sent", "Trash"), limit=idle + 500)
+    server.fill(messages)
+    server.start()
+    return server, server.ports["imap"]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -424,20 +293,15 @@ def main() -> int:
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
-    procs: list[subprocess.Popen[bytes]] = []
-    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot_version()}", start_dovecot)]
-    try:
+    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    with servers_stopped(work) as started:
         for name, start in servers:
-            proc, port = start(work, messages, args.idle)
-            procs.append(proc)
+            server, port = start(work, messages, args.idle)
+            started.append(server)
             secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name))
-            per_idle = asyncio.run(idle_memory(port, proc.pid, args.idle, name)) if args.idle else 0
+            per_idle = asyncio.run(idle_memory(port, server.pid, args.idle, name)) if args.idle else 0
             results[name] = (secs, lat, per_idle)
-            stop(proc)
-    finally:
-        for proc in procs:
-            stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
+            server.stop()
 
     pr, dv = servers[0][0], servers[1][0]
     print(f"\nIMAP mix: {args.count} messages ({total_mib:.1f} MiB), {args.clients} clients x {args.sessions} "

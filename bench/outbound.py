@@ -36,12 +36,9 @@ stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,8 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
-
-from postroom.store import open_store  # noqa: E402
+from common import PrivatePostroom, free_port, progress, stop_process, wait_port  # noqa: E402  (bench/common.py)
 
 DOMAINS = [f"d{i}.test" for i in range(10)]
 SENDER = "bench@remote.test"
@@ -63,39 +59,6 @@ SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/s
 POSTCONF = shutil.which("postconf", path="/usr/sbin:/usr/bin") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue", path="/usr/sbin:/usr/bin") or "/usr/sbin/postqueue"
 WAIT_LIMIT = 900.0  # seconds for one run's messages to reach the sink
-
-
-def say(*args: object) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port}")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except BaseException:  # too slow, or a second Ctrl-C while waiting: still leave nothing behind
-            proc.kill()
-            proc.wait()
-            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-                raise
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,7 +77,7 @@ class Sink:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         threading.Thread(target=self._read, daemon=True).start()
         try:
-            wait_port(self.port)
+            wait_port(self.port, self.proc, "smtp-sink")
         except BaseException:
             self.stop()
             raise
@@ -151,12 +114,11 @@ class Sink:
                     raise RuntimeError("smtp-sink exited")
                 if now - shown >= 0.5:
                     shown = now
-                    sys.stderr.write(f"\r  {label}: {self.count}/{count} at the sink, "
-                                     f"{self.count / max(now - started, 1e-9):,.0f} msg/s   ")
-                    sys.stderr.flush()
+                    progress(f"\r  {label}: {self.count}/{count} at the sink, "
+                             f"{self.count / max(now - started, 1e-9):,.0f} msg/s   ", end="")
                 self.changed.wait(0.1)
             done = time.monotonic()
-        sys.stderr.write("\r" + " " * 72 + "\r")
+        progress("\r" + " " * 72 + "\r", end="")
         return done
 
     def stop(self) -> None:
@@ -193,67 +155,44 @@ class Postroom:
     name = "Postroom"
 
     def __init__(self, work: Path, sink_port: int) -> None:
-        self.work, self.sink_port = work / "postroom", sink_port
-        self.proc: subprocess.Popen | None = None
+        self.sink_port = sink_port
+        self.server = PrivatePostroom(work / "postroom", "smtp", log_level="warning")
+        self.port = self.server.port
 
     def setup(self) -> None:
-        data = self.work / "data"
-        shutil.rmtree(self.work, ignore_errors=True)
-        data.mkdir(parents=True)
+        self.server.create()  # a local domain (example.org), so the server has something of its own
 
-        async def init() -> None:
-            store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
-            await store.open()
-            await store.add_domain("example.org")  # a local domain, so the server has something of its own
-            await store.close()
-
-        asyncio.run(init())
-        self.port = free_port()
-
-    def write_config(self, delivery: bool) -> Path:
-        conf = self.work / "postroom.toml"
-        off = "\n".join(f'{n} = ""' for n in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http"))
+    def settings(self, delivery: bool) -> str:
         routes = "\n".join(f'"{d}" = "127.0.0.1:{self.sink_port}"' for d in DOMAINS)
-        conf.write_text(
-            f'[server]\ndata_dir = "{self.work / "data"}"\n'
-            f'[listeners]\nsmtp = "127.0.0.1:{self.port}"\n{off}\n'
-            f'[limits]\nconnections_per_ip = 500\n'
-            f'[smtp]\nrelay_networks = ["127.0.0.1/32"]\n'
-            f'[delivery]\nenabled = {"true" if delivery else "false"}\npoll_seconds = 0.05\n'
-            f'[delivery.routes]\n{routes}\n')
-        return conf
+        return (f'[limits]\nconnections_per_ip = 500\n'
+                f'[smtp]\nrelay_networks = ["127.0.0.1/32"]\n'
+                f'[delivery]\nenabled = {"true" if delivery else "false"}\npoll_seconds = 0.05\n'
+                f'[delivery.routes]\n{routes}\n')
 
-    def serve(self, delivery: bool) -> None:
-        conf = self.write_config(delivery)
-        exe = Path(sys.executable).with_name("postroom")
-        self.proc = subprocess.Popen([str(exe), "--config", str(conf), "serve", "--log-level", "warning"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def serve(self, delivery: bool, wait: bool = True) -> None:
+        self.server.start(self.settings(delivery), wait=wait)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 60)
-            self.proc = None
+        self.server.stop(60)
 
     def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
         self.setup()
         self.serve(delivery=True)
-        wait_port(self.port)
         t0 = time.monotonic()
         injected = inject(self.port, count, sessions, size)
-        say(f"  injected in {injected:.1f} s")
+        progress(f"  injected in {injected:.1f} s")
         return sink.wait_for(count, "Postroom live") - t0, injected
 
     def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
         self.setup()
         self.serve(delivery=False)
-        wait_port(self.port)
         injected = inject(self.port, count, sessions, size)
-        say(f"  injected in {injected:.1f} s (delivery held); restarting with delivery on")
+        progress(f"  injected in {injected:.1f} s (delivery held); restarting with delivery on")
         self.stop()
         if sink.count:
             raise RuntimeError(f"{sink.count} messages reached the sink while delivery was held")
         t0 = time.monotonic()
-        self.serve(delivery=True)
+        self.serve(delivery=True, wait=False)  # its start-up is in the time
         return sink.wait_for(count, "Postroom drain") - t0, injected
 
 
@@ -291,7 +230,7 @@ class Postfix:
         port = self.start(hold=False)
         t0 = time.monotonic()
         injected = inject(port, count, sessions, size)
-        say(f"  injected in {injected:.1f} s")
+        progress(f"  injected in {injected:.1f} s")
         return sink.wait_for(count, "Postfix live") - t0, injected
 
     def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
@@ -299,7 +238,7 @@ class Postfix:
         inst = self.instance
         assert inst is not None
         injected = inject(port, count, sessions, size)
-        say(f"  injected in {injected:.1f} s (delivery held); waiting for the queue manager to defer them all")
+        progress(f"  injected in {injected:.1f} s (delivery held); waiting for the queue manager to defer them all")
         deadline = time.monotonic() + WAIT_LIMIT
         while sum(len(f) for _, _, f in os.walk(inst.queue / "deferred")) < count:
             if time.monotonic() > deadline:
@@ -332,18 +271,18 @@ def main() -> int:
         ap.error("--modes: live and/or drain")
     for exe in (SMTP_SOURCE, SMTP_SINK):
         if not os.path.exists(exe):
-            say(f"{exe} not found: apt-get install postfix")
+            progress(f"{exe} not found: apt-get install postfix")
             return 1
     relays: list[type] = [Postroom]
     if not args.no_postfix and postfix.available():
         relays.append(Postfix)
     elif not args.no_postfix:
-        say("Postfix not available (apt-get install postfix, run as root): its column is skipped")
+        progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="outbound-bench-", dir=args.dir))
     work.chmod(0o755)
-    say(f"outbound benchmark: {args.count} messages of ~{args.size} B to {len(DOMAINS)} domains, "
-        f"{len(DOMAINS)} x {args.inject_sessions} injecting sessions, under {work}")
+    progress(f"outbound benchmark: {args.count} messages of ~{args.size} B to {len(DOMAINS)} domains, "
+             f"{len(DOMAINS)} x {args.inject_sessions} injecting sessions, under {work}")
     results: dict[tuple[str, str], tuple[float, float]] = {}
     try:
         for cls in relays:
@@ -351,17 +290,17 @@ def main() -> int:
                 sink = Sink()
                 relay = cls(work, sink.port)
                 try:
-                    say(f"{cls.name}, {mode}: sink on port {sink.port} ...")
+                    progress(f"{cls.name}, {mode}: sink on port {sink.port} ...")
                     run = relay.run_live if mode == "live" else relay.run_drain
                     elapsed, injected = run(sink, args.count, args.inject_sessions, args.size)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    say(f"{cls.name}, {mode} failed: {exc}")
+                    progress(f"{cls.name}, {mode} failed: {exc}")
                     continue
                 finally:
                     relay.stop()
                     sink.stop()
                 results[(cls.name, mode)] = (args.count / elapsed, args.count / injected)
-                say(f"  {args.count / elapsed:,.0f} msg/s ({elapsed:.1f} s)")
+                progress(f"  {args.count / elapsed:,.0f} msg/s ({elapsed:.1f} s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -21,14 +21,8 @@ Progress goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import pwd
 import random
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,17 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from postroom.auth.passwords import make_credentials  # noqa: E402
-from postroom.store import open_store  # noqa: E402
-from postroom.store.api import AppendRequest  # noqa: E402
+import dovecot  # noqa: E402  (bench/dovecot.py: a private Dovecot)
+from common import PrivatePostroom, progress, servers_stopped  # noqa: E402  (bench/common.py)
+from dovecot import PrivateDovecot  # noqa: E402
 
 USER = "bench@example.org"
 PASSWORD = "bench-password"
-
-
-def progress(text: str, end: str = "\n") -> None:
-    sys.stderr.write(text + end)
-    sys.stderr.flush()
 
 
 def make_messages(count: int, size: int) -> list[bytes]:
@@ -63,36 +52,6 @@ def make_messages(count: int, size: int) -> list[bytes]:
             body = b".a line with a leading dot\r\n" + body  # some dot-stuffing work for both servers
         out.append(head + body.rstrip(b"\r\n") + b"\r\n")
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"+OK"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer on port {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # --- the client ------------------------------------------------------------------------------------------
@@ -187,103 +146,17 @@ def measure(port: int, count: int, window: int, rounds: int, label: str) -> tupl
 # --- the servers -----------------------------------------------------------------------------------------
 
 
-async def fill_postroom(data: Path, messages: list[bytes]) -> None:
-    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
-    await store.open()
-    try:
-        await store.add_domain("example.org")
-        h, scram = await asyncio.to_thread(make_credentials, PASSWORD)
-        user = await store.add_user(USER, h, scram)
-        inbox = await store.get_mailbox(user.id, "INBOX")
-        assert inbox is not None
-        for i in range(0, len(messages), 500):
-            await store.append_many(inbox.id, [AppendRequest(raw=m) for m in messages[i:i + 500]])
-            progress(f"\r  filling Postroom store {min(i + 500, len(messages)):>6}/{len(messages)}", end="")
-        progress("")
-    finally:
-        await store.close()
+def start_postroom(work: Path, messages: list[bytes]) -> tuple[PrivatePostroom, int]:
+    server = PrivatePostroom(work / "postroom", "pop3", "[auth]\nallow_plaintext = true\n")
+    server.create(user=USER, password=PASSWORD, messages=messages)
+    return server, server.start(greeting=b"+OK", timeout=30)
 
 
-def start_postroom(work: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
-    data = work / "postroom"
-    asyncio.run(fill_postroom(data, messages))
-    port = free_port()
-    cfg = work / "postroom.toml"
-    off = "\n".join(f'{n} = ""' for n in ("smtp", "submission", "submissions", "imap", "imaps", "pop3s", "http"))
-    cfg.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\npop3 = "127.0.0.1:{port}"\n{off}\n'
-                   f'[auth]\nallow_plaintext = true\n')
-    exe = Path(sys.executable).with_name("postroom")
-    proc = subprocess.Popen([str(exe), "--config", str(cfg), "serve"], stdout=subprocess.DEVNULL,
-                            stderr=open(work / "postroom.log", "wb"))
-    wait_port(port, proc, "postroom")
-    return proc, port
-
-
-def start_dovecot(work: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not os.path.exists(dovecot):
-        raise RuntimeError("dovecot not installed (Debian: apt-get install dovecot-pop3d)")
-    d = work / "dovecot"
-    maildir = d / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (maildir / sub).mkdir(parents=True)
-    now = int(time.time())
-    for i, m in enumerate(messages):
-        lf = m.replace(b"\r\n", b"\n")  # Maildir files have LF line ends; Dovecot sends CRLF
-        (maildir / "cur" / f"{now}.M{i}P1.bench,S={len(lf)},W={len(m)}:2,").write_bytes(lf)
-        if i % 500 == 499 or i == len(messages) - 1:
-            progress(f"\r  filling Dovecot Maildir {i + 1:>6}/{len(messages)}", end="")
-    progress("")
-    (d / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
-    if os.geteuid() == 0:  # Dovecot will not run mail processes as root: use nobody, and give it the files
-        nobody = pwd.getpwnam("nobody")
-        uid, gid = nobody.pw_uid, nobody.pw_gid
-        for path in [d, *d.rglob("*")]:
-            os.chown(path, uid, gid)
-        work.chmod(0o755)
-    else:
-        uid, gid = os.getuid(), os.getgid()
-    port = free_port()
-    conf = d / "dovecot.conf"
-    conf.write_text(f"""
-protocols = pop3
-listen = 127.0.0.1
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 1
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={d}
-}}
-mail_location = maildir:{maildir}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-""")
-    proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=open(work / "dovecot.stderr", "wb"))
-    wait_port(port, proc, "dovecot")
-    return proc, port
-
-
-def dovecot_version() -> str:
-    try:
-        return subprocess.run(["dovecot", "--version"], capture_output=True, text=True).stdout.split()[0]
-    except (OSError, IndexError):
-        return "?"
+def start_dovecot(work: Path, messages: list[bytes]) -> tuple[PrivateDovecot, int]:
+    server = PrivateDovecot(work / "dovecot", ["pop3"], USER, f"{{PLAIN}}{PASSWORD}")
+    server.fill(messages)
+    server.start()
+    return server, server.ports["pop3"]
 
 
 def main() -> int:
@@ -300,19 +173,14 @@ def main() -> int:
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"pop3 bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[tuple[str, str], tuple[float, int]] = {}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        servers = [("Postroom", start_postroom), (f"Dovecot {dovecot_version()}", start_dovecot)]
+    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    with servers_stopped(work) as started:
         for name, start in servers:
-            proc, port = start(work, messages)
-            procs.append(proc)
+            server, port = start(work, messages)
+            started.append(server)
             for mode, window in (("pipelined", args.window), ("one at a time", 1)):
                 results[(name, mode)] = measure(port, args.count, window, args.rounds, f"{name}, {mode}")
-            stop(proc)
-    finally:
-        for proc in procs:
-            stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
+            server.stop()
 
     postroom_name, dovecot_name = servers[0][0], servers[1][0]
     print(f"\nPOP3 retrieve-all: {args.count} messages ({total_mib:.1f} MiB), best of {args.rounds}, "

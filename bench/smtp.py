@@ -33,8 +33,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,32 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
-
-from postroom.auth.passwords import make_credentials  # noqa: E402
-from postroom.store import open_store  # noqa: E402
+from common import PrivatePostroom, free_port, progress, stop_process, wait_port  # noqa: E402  (bench/common.py)
 
 USER = "sink@example.org"
-
-
-def say(*args: object) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on port {port}")
 
 
 def message(size: int, n: int) -> bytes:
@@ -140,49 +115,18 @@ class Postroom:
     name = "Postroom"
 
     def __init__(self, work: Path) -> None:
-        self.work = work
+        self.server = PrivatePostroom(work / "postroom", "smtp", "[limits]\nconnections_per_ip = 200\n",
+                                      log_level="warning")
 
     def start(self) -> int:
-        data = self.work / "postroom"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
-
-        async def setup() -> None:
-            store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
-            await store.open()
-            await store.add_domain("example.org")
-            h, scram = make_credentials("bench-password")
-            await store.add_user(USER, h, scram)
-            await store.close()
-
-        asyncio.run(setup())
-        port = free_port()
-        conf = self.work / "postroom.toml"
-        off = "\n".join(f'{n} = ""' for n in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http"))
-        conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nsmtp = "127.0.0.1:{port}"\n{off}\n'
-                        f'[limits]\nconnections_per_ip = 200\n')
-        exe = Path(sys.executable).with_name("postroom")
-        self.proc = subprocess.Popen([str(exe), "--config", str(conf), "serve", "--log-level", "warning"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(port)
-        except BaseException:
-            self.stop()
-            raise
-        return port
+        self.server.create(user=USER, password="bench-password")
+        return self.server.start()
 
     def wait_delivered(self, count: int) -> None:
         pass  # a 250 from Postroom already means delivered and durable
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except BaseException:  # too slow, or a second Ctrl-C while waiting: still leave nothing behind
-            self.proc.kill()
-            self.proc.wait()
-            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-                raise
+        self.server.stop(60)
 
 
 class Aiosmtpd:
@@ -217,7 +161,7 @@ threading.Event().wait()
 """
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_port(port)
+            wait_port(port, self.proc, "aiosmtpd")
         except BaseException:
             self.stop()
             raise
@@ -227,14 +171,7 @@ threading.Event().wait()
         pass
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except BaseException:  # too slow, or a second Ctrl-C while waiting: still leave nothing behind
-            self.proc.kill()
-            self.proc.wait()
-            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-                raise
+        stop_process(self.proc, 30)
 
 
 class Postfix:
@@ -278,12 +215,12 @@ class Postfix:
         while time.monotonic() < deadline:
             done = sum(1 for _ in os.scandir(self.maildir))
             if done >= count:
-                sys.stderr.write("\r" + " " * 40 + "\r" if shown else "")
+                if shown:
+                    progress("\r" + " " * 40 + "\r", end="")
                 return
             if time.monotonic() - shown > 1:
                 shown = time.monotonic()
-                sys.stderr.write(f"\r  in the Maildir: {done}/{count}")
-                sys.stderr.flush()
+                progress(f"\r  in the Maildir: {done}/{count}", end="")
             time.sleep(0.02)
         raise RuntimeError(f"Postfix did not deliver every message in 10 minutes {self.instance.log_tail()}")
 
@@ -314,11 +251,11 @@ def main() -> int:
         import aiosmtpd  # noqa: F401
         servers.append(Aiosmtpd)
     except ImportError:
-        say("aiosmtpd not installed (pip install aiosmtpd): its column is skipped")
+        progress("aiosmtpd not installed (pip install aiosmtpd): its column is skipped")
     if not args.no_postfix and Postfix.available():
         servers.append(Postfix)
     elif not args.no_postfix:
-        say("Postfix not available (apt-get install postfix, run as root): its column is skipped")
+        progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     results: dict[tuple[str, int], float] = {}
     try:
         for cls in servers:
@@ -327,10 +264,10 @@ def main() -> int:
                 try:
                     port = server.start()
                 except (subprocess.CalledProcessError, RuntimeError) as exc:
-                    say(f"{server.name} did not start ({exc}); its column is skipped")
+                    progress(f"{server.name} did not start ({exc}); its column is skipped")
                     break
                 try:
-                    say(f"{server.name}: {args.count} messages, {n} sessions, driver "
+                    progress(f"{server.name}: {args.count} messages, {n} sessions, driver "
                         f"{'smtp-source' if use_source else 'built-in'} ...")
                     start = time.monotonic()
                     drive(port, args.count, n, args.size)
@@ -339,7 +276,7 @@ def main() -> int:
                 finally:
                     server.stop()
                 results[(server.name, n)] = args.count / elapsed
-                say(f"  {args.count / elapsed:,.0f} msg/s")
+                progress(f"  {args.count / elapsed:,.0f} msg/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     names = [cls.name for cls in servers if all((cls.name, n) in results for n in sessions)]

@@ -1,0 +1,187 @@
+"""Pieces the benchmarks share: ports, processes, progress and a private `postroom serve`.
+
+    from common import free_port, wait_port, stop_process, progress, Server, servers_stopped, PrivatePostroom
+
+    pr = PrivatePostroom(work / "postroom", "imap", '[auth]\\nallow_plaintext = true\\n')
+    pr.create(user=USER, password=PASSWORD, messages=messages)   # a fresh data directory, filled through the store
+    port = pr.start(greeting=b"* OK")                            # `postroom serve`, waits for the greeting
+    ...
+    pr.stop()                                                    # SIGTERM by PID, SIGKILL if it lingers
+
+`Server` is the base of PrivatePostroom and dovecot.PrivateDovecot (`proc`, `pid`, `stop()` by PID);
+`with servers_stopped(work) as started:` stops every server appended to `started`, then removes `work`.
+
+The benches import this module as a sibling: Python puts the script's directory (bench/) on sys.path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from postroom.auth.passwords import make_credentials
+from postroom.mime.meta import compute_meta
+from postroom.store import open_store
+from postroom.store.api import AppendRequest
+
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+
+def progress(text: str = "", end: str = "\n") -> None:
+    """Progress goes to stderr (the tables go to stdout)."""
+    sys.stderr.write(text + end)
+    sys.stderr.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, what: str = "server",
+              greeting: bytes | None = None, timeout: float = 60.0) -> None:
+    """Until 127.0.0.1:port accepts a connection (and, with `greeting`, its first bytes start with it).
+
+    Without `greeting` nothing is read: the probe is a bare connect and close. With `proc`, its exit ends the wait.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if greeting is None or s.recv(100).startswith(greeting):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer on port {port}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM by its PID, wait up to `timeout`, then SIGKILL; also on Ctrl-C while waiting (then re-raised)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except BaseException:  # too slow, or a second Ctrl-C while waiting: still leave nothing behind
+            proc.kill()
+            proc.wait()
+            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                raise
+
+
+class Server:
+    """A server started as one process (`proc`), stopped by its PID: SIGTERM, SIGKILL after `stop_timeout`."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    stop_timeout = 30.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, self.stop_timeout if timeout is None else timeout)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def servers_stopped(work: Path) -> Iterator[list[Server]]:
+    """Yields a list to append started servers to; on the way out they are stopped and `work` is removed."""
+    started: list[Server] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def fill_store(data: Path, domain: str, user: str | None, password: str, messages: Sequence[bytes],
+                     with_meta: bool) -> None:
+    """Domain, user and the user's INBOX messages, through the store (as delivery would)."""
+    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+    await store.open()
+    try:
+        await store.add_domain(domain)
+        if user is None:
+            return
+        h, scram = await asyncio.to_thread(make_credentials, password)
+        account = await store.add_user(user, h, scram)
+        if not messages:
+            return
+        inbox = await store.get_mailbox(account.id, "INBOX")
+        assert inbox is not None
+        for i in range(0, len(messages), 500):
+            batch = [AppendRequest(raw=m, meta=compute_meta(m).to_bytes()) if with_meta else AppendRequest(raw=m)
+                     for m in messages[i:i + 500]]
+            await store.append_many(inbox.id, batch)
+            progress(f"\r  filling Postroom store {min(i + 500, len(messages)):>6}/{len(messages)}", end="")
+        progress()
+    finally:
+        await store.close()
+
+
+class PrivatePostroom(Server):
+    """`postroom serve` as its own process: base/data, base/postroom.toml, stderr in base/postroom.log.
+
+    One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port, every other one off; `settings` is more
+    TOML appended to the configuration (it may be replaced on each start).
+    """
+
+    def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None) -> None:
+        self.base = base
+        self.data = base / "data"
+        self.conf = base / "postroom.toml"
+        self.log = base / "postroom.log"
+        self.listener = listener
+        self.settings = settings
+        self.log_level = log_level
+        self.port = free_port()
+
+    def create(self, domain: str = "example.org", user: str | None = None, password: str = "",
+               messages: Sequence[bytes] = (), with_meta: bool = False) -> None:
+        """A fresh data directory with `domain`, and `user` (if given) holding `messages` in INBOX.
+
+        with_meta: store each message's metadata computed as delivery does (else the store's default).
+        """
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.data.mkdir(parents=True)
+        asyncio.run(fill_store(self.data, domain, user, password, messages, with_meta))
+
+    def start(self, settings: str | None = None, greeting: bytes | None = None, timeout: float = 60.0,
+              wait: bool = True) -> int:
+        """Write the configuration and start serving; with `wait`, until the port answers. Returns the port."""
+        if settings is not None:
+            self.settings = settings
+        off = "\n".join(f'{n} = ""' for n in LISTENERS if n != self.listener)
+        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n'
+                             f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
+        exe = Path(sys.executable).with_name("postroom")
+        cmd = [str(exe), "--config", str(self.conf), "serve"]
+        if self.log_level:
+            cmd += ["--log-level", self.log_level]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        if wait:
+            try:
+                wait_port(self.port, self.proc, "postroom", greeting, timeout)
+            except BaseException:
+                self.stop()
+                raise
+        return self.port
