@@ -99,6 +99,20 @@ def test_serve_demo_all_listeners(tmp_path: Path) -> None:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")
                 assert tls.recv(200).startswith(b"* OK [CAPABILITY IMAP4rev1 ")
 
+        # Admin commands work while the server runs: they share its store, and the server sees the change.
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        admin = [sys.executable, "-m", "postroom", "--config", str(tmp_path / "postroom.toml")]
+        subprocess.run([*admin, "domain", "add", "example.test"], check=True, env=env, capture_output=True,
+                       timeout=60)
+        subprocess.run([*admin, "user", "add", "newbie@example.test", "--password-stdin"], input="fresh-password\n",
+                       text=True, check=True, env=env, capture_output=True, timeout=60)
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as smtp:
+            assert smtp.sendmail("someone@example.test", ["newbie@example.test"], b"Subject: hi\r\n\r\nx\r\n") == {}
+        imap = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx, timeout=10)
+        imap.login("newbie@example.test", "fresh-password")
+        assert imap.select("INBOX", readonly=True) == ("OK", [b"1"])
+        imap.logout()
+
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/healthz", timeout=10) as resp:
             assert resp.status == 200 and b'"ok"' in resp.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/metrics", timeout=10) as resp:
