@@ -58,11 +58,14 @@ class Progress:
         with self._lock:
             self.done += 1
             now = time.perf_counter()
-            if now - self.shown >= 0.25 or self.done == self.total:
+            # On a terminal one line redrawn in place; in a log, a line every 2 s and one at the end.
+            tty = sys.stderr.isatty()
+            if now - self.shown >= (0.25 if tty else 2.0) or self.done == self.total:
                 self.shown = now
                 rate = self.done / max(now - self.started, 1e-9)
-                sys.stderr.write(f"\r  {self.label:<32} {self.done:>6}/{self.total}  {rate:8.0f} msg/s")
-                if self.done == self.total:
+                line = f"  {self.label:<32} {self.done:>6}/{self.total}  {rate:8.0f} msg/s"
+                sys.stderr.write(f"\r{line}" if tty else f"{line}\n")
+                if tty and self.done == self.total:
                     sys.stderr.write("\n")
                 sys.stderr.flush()
 
