@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 `plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store
 once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
-never from bodies. Only items that need more load more, per message: ENVELOPE, BODY, BODYSTRUCTURE read the
-stored metadata (`read_meta`, cached process-wide by blob id); sections, RFC822*, BINARY read the body too.
+never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
+instead (`light_fetch`, `list_columns`), making no object per message. Only items that need more load more:
+ENVELOPE, BODY, BODYSTRUCTURE read the stored metadata, `META_BATCH` messages per store call
+(`read_metas`, cached process-wide by blob id); sections, RFC822*, BINARY read the body too, per message.
 A message stored without metadata (imported before it was computed) gets it computed on first use.
 
 Non-PEEK body items set \\Seen (RFC 9051 §6.4.5) before the responses are built, with one `store_flags`
@@ -45,6 +47,9 @@ _SETS_SEEN = {"RFC822", "RFC822.TEXT"}
 _HEADER = Section((), "HEADER")
 _TEXT = Section((), "TEXT")
 _WHOLE = Section()
+
+_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
+META_BATCH = 1000  # messages whose metadata is read in one store call
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -92,8 +97,15 @@ async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> 
 
 
 def runs(view: Sequence[int], uids: list[int]) -> list[tuple[int, int]]:
-    """(first, last) UID of each run of `uids` that is consecutive in `view` (both ascending)."""
+    """(first, last) UID of each run of `uids` that is consecutive in `view` (both ascending, `uids` a subset of
+    `view`)."""
     out: list[tuple[int, int]] = []
+    if not uids:
+        return out
+    first = bisect.bisect_left(view, uids[0])
+    last = first + len(uids) - 1
+    if last < len(view) and view[last] == uids[-1]:  # a subset of `view` spanning exactly as many: one run
+        return [(uids[0], uids[-1])]
     prev_index = -2
     for uid in uids:
         i = bisect.bisect_left(view, uid)
@@ -117,17 +129,74 @@ async def plan(s: Session, uids: list[int]) -> list[MessageInfo]:
     return out
 
 
+async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, MessageMeta]:
+    """The metadata of `infos` that is cached or stored, with one store call (`read_metas`) for what is not
+    cached; `load_meta` does the rest (metadata missing or of an older format)."""
+    out: dict[str, MessageMeta] = {}
+    missing: list[str] = []
+    for m in infos:
+        meta = META_CACHE.get(m.blob_id)
+        if meta is None:
+            missing.append(m.blob_id)
+        else:
+            out[m.blob_id] = meta
+    if missing:
+        for blob_id, data in (await s.store.read_metas(missing)).items():
+            if data is None:
+                continue
+            try:
+                meta = MessageMeta.from_bytes(data)
+            except MetaFormatError:
+                continue
+            out[blob_id] = meta
+            META_CACHE.put(blob_id, meta)
+    return out
+
+
+async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
+    """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE), from
+    one columnar listing per run (`list_columns`): no object per message. True if a message named was
+    expunged meanwhile."""
+    sel = sel_of(s)
+    view = sel.uids
+    recent = sel.is_recent
+    found = 0
+    for first, last in runs(view, uids):
+        cols = await s.store.list_columns(sel.id, first, last)
+        found += len(cols)
+        j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
+        flags, kw_at = cols.flags, cols.keywords_at
+        lines: list[bytes] = []
+        for i, uid in enumerate(cols.uids):
+            while j < len(view) and view[j] < uid:
+                j += 1
+            if j == len(view) or view[j] != uid:
+                continue  # not announced (cannot happen inside a run; kept safe)
+            items: list[bytes] = []
+            for att in atts:
+                name = att.name
+                if name == "UID":
+                    items.append(b"UID %d" % uid)
+                elif name == "FLAGS":
+                    items.append(b"FLAGS " + encoder.flag_list(flags[i], kw_at(i), recent(uid)))
+                elif name == "INTERNALDATE":
+                    items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
+                else:  # RFC822.SIZE
+                    items.append(b"RFC822.SIZE %d" % cols.sizes[i])
+            lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))
+            if len(lines) >= 1000:
+                s.write(*lines)
+                lines = []
+                await s.maybe_flush()
+        s.write(*lines)
+        await s.maybe_flush()
+    return found < len(uids)
+
+
 async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> None:
     """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs)."""
-    sel = sel_of(s)
-    for m in await plan(s, uids):
-        n = sel.msn(m.uid)
-        if not n:
-            continue
-        flags = encoder.flag_list(m.flags, m.keywords, sel.is_recent(m.uid))
-        s.write(b"* %d FETCH (FLAGS %b UID %d)\r\n" % (n, flags, m.uid) if with_uid
-                else b"* %d FETCH (FLAGS %b)\r\n" % (n, flags))
-        await s.maybe_flush()
+    atts = [P.FetchAtt("FLAGS"), P.FetchAtt("UID")] if with_uid else [P.FetchAtt("FLAGS")]
+    await light_fetch(s, uids, atts)
 
 
 def _label(att: P.FetchAtt) -> bytes:
@@ -158,6 +227,10 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     need_raw = bool(names & _RAW_NEEDED)
     sets_seen = not sel.readonly and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
+    if names <= _LIGHT:
+        if await light_fetch(s, uids, atts):
+            return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
+        return "", "FETCH completed"
     infos = await plan(s, uids)
     seen_now: set[int] = set()
     if sets_seen:
@@ -171,7 +244,10 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
                 seen_now.add(ch.uid)
             infos = [_with_flags(m, new_flags[m.uid]) if m.uid in new_flags else m for m in infos]
     expunged = len(infos) < len(uids)
-    for m in infos:
+    metas: dict[str, MessageMeta] = {}
+    for k, m in enumerate(infos):
+        if need_meta and k % META_BATCH == 0:
+            metas = await prefetch_meta(s, infos[k:k + META_BATCH])
         n = sel.msn(m.uid)
         if not n:
             continue
@@ -180,7 +256,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         except NotFound:  # expunged (and its body released) since the listing
             expunged = True
             continue
-        meta = await load_meta(s, m, raw) if need_meta else None
+        meta = (metas.get(m.blob_id) or await load_meta(s, m, raw)) if need_meta else None
         items: list[bytes] = []
         for att in atts:
             items.append(_item(s, att, m, raw, meta))

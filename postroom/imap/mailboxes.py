@@ -14,7 +14,7 @@ deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2) or
 Invariants
 1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
-2. SELECT reads UIDs and flags only (`list_messages`), never bodies.
+2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
 3. APPEND computes the message's metadata once (`compute_meta`) and stores it with the body; a message over
    `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing. A large
    message arrives as a staging file (session.py, `Session.staged`): its metadata is computed in a thread from
@@ -80,21 +80,22 @@ async def select(s: Session, cmd: P.Command) -> Result:
     if mbox is None:
         raise No("Mailbox does not exist", "NONEXISTENT")
     s.drain_changes()  # changes from before the listing are in it already
-    messages = await s.store.list_messages(mbox.id)
-    uids = array("I", [m.uid for m in messages])
+    cols = await s.store.list_columns(mbox.id)
+    uids = array("I", cols.uids)
     readonly = cmd.name == "EXAMINE"
-    claims = s.service.claims
-    top = uids[-1] if uids else 0
-    prev = claims.peek(mbox.id) if readonly else claims.claim(mbox.id, top)
-    sel = Selected(mbox, readonly, uids, rev2=s.rev2, recent_lo=prev + 1, recent_hi=top if uids else -1,
-                   claims=claims, modseq=mbox.highestmodseq)
+    sel = Selected(mbox, readonly, uids, rev2=s.rev2, modseq=mbox.highestmodseq)
+    if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it
+        if readonly:  # EXAMINE shows what nobody claimed, and claims nothing (RFC 3501 §6.3.2)
+            watermark = await s.store.recent_watermark(mbox.id)
+            sel.grant_recent(watermark + 1, uids[-1] if uids else 0)
+        else:  # listed first, then claimed: a message arriving in between is ours and announced later
+            old, new = await s.store.claim_recent(mbox.id)
+            sel.grant_recent(old + 1, new)
+            sel.recent_seen = new
     keywords: set[str] = set()
-    first_unseen = 0
-    for i, m in enumerate(messages):
-        if m.keywords:
-            keywords.update(m.keywords)
-        if not first_unseen and not m.flags & _SEEN:
-            first_unseen = i + 1
+    for kws in cols.keywords.values():
+        keywords.update(kws)
+    first_unseen = next((i + 1 for i, f in enumerate(cols.flags) if not f & _SEEN), 0)
     kw = "".join(" " + k for k in sorted(keywords)).encode("utf-8", "surrogateescape")
     s.write(b"* FLAGS " + _SYSTEM_FLAGS[:-1] + kw + b")\r\n")
     s.write(b"* %d EXISTS\r\n" % len(uids))
@@ -308,7 +309,7 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
         elif item == "APPENDLIMIT":
             value = s.limits.message_size
         else:  # RECENT: messages no session has been told about yet
-            claimed = s.service.claims.peek(mbox.id)
+            claimed = await s.store.recent_watermark(mbox.id)
             value = len(await s.store.list_messages(mbox.id, claimed + 1)) if st.messages else 0
         out.append(f"{item} {value}")
     return b"* STATUS " + wire_name(s, mbox.name) + b" (" + " ".join(out).encode() + b")\r\n"

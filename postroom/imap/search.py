@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-The search runs in Python over the mailbox's message records (`list_messages`: one query, no bodies) and,
-only when a key needs it, the stored metadata (`fetch.load_meta`: decoded headers, body text and the Date
-header, computed at delivery). Sequence sets inside the key are resolved once, before the scan.
+The search runs in Python over the mailbox's message records. Keys on flags, UIDs, sizes and internal dates
+read the records as columns (`list_columns`: one query, no object per message; a key on one flag is one
+comprehension over the flags column). Only text and Date-header keys read the records (`list_messages`) and
+the stored metadata (decoded headers, body text and the Date header, computed at delivery), in batches
+(`fetch.prefetch_meta`: one store call per batch). Sequence sets inside the key are resolved once.
 
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
@@ -21,14 +23,15 @@ Invariants
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from postroom.mime.meta import MessageMeta
-from postroom.store.api import Flag, MessageInfo
+from postroom.store.api import Flag, MessageColumns, MessageInfo
 
 from . import encoder
 from . import parser as P
-from .fetch import load_meta
+from .fetch import META_BATCH, load_meta, prefetch_meta
 from .messages import resolve, sel_of
 from .session import ONLY_SELECTED, No, Result, Session, command
 
@@ -76,7 +79,7 @@ def _day(ts: float) -> float:
     return ts - ts % DAY
 
 
-def _match(key: P.Key, m: MessageInfo, meta: MessageMeta | None, ctx: _Ctx) -> bool:
+def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
     op = key.op
     args: tuple[Any, ...] = key.args  # each key's argument types are fixed by the parser
     if op == "AND":
@@ -134,6 +137,37 @@ def _match(key: P.Key, m: MessageInfo, meta: MessageMeta | None, ctx: _Ctx) -> b
     return bool(_day(sent) >= args[0])  # SENTSINCE
 
 
+class _Row:
+    """The one message `_match` looks at when no metadata is needed: filled in place from `MessageColumns`, so
+    a search of a large mailbox makes no object per message."""
+
+    __slots__ = ("uid", "flags", "size", "internal_date", "keywords")
+
+    def __init__(self) -> None:
+        self.uid = 0
+        self.flags = 0
+        self.size = 0
+        self.internal_date = 0.0
+        self.keywords: frozenset[str] = frozenset()
+
+
+_Msg = MessageInfo | _Row
+
+
+def _fast(key: P.Key, cols: MessageColumns) -> list[int] | None:
+    """A search on flags only (UNSEEN, DELETED, ...) as one comprehension over the flags column; None for
+    any other key."""
+    test = _FLAG_TESTS.get(key.op)
+    if test is None:
+        if key.op == "AND" and len(key.args) == 1 and isinstance(key.args[0], P.Key):
+            return _fast(key.args[0], cols)
+        return None
+    bit, want = test
+    if want:
+        return [u for u, f in zip(cols.uids, cols.flags) if f & bit]
+    return [u for u, f in zip(cols.uids, cols.flags) if not f & bit]
+
+
 async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
     """UIDs matching `key`, ascending (invariant 1)."""
     sel = sel_of(s)
@@ -144,15 +178,38 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
     known = sel.uids
     if not known:
         return []
-    infos = await s.store.list_messages(sel.id, known[0], known[-1])
-    meta_needed = _needs_meta(key)
+    if _needs_meta(key):
+        return await _meta_search(s, key, ctx)
+    cols = await s.store.list_columns(sel.id, known[0], known[-1])
+    announced = None if array("I", cols.uids) == known else set(known)
+    out = _fast(key, cols)
+    if out is None:
+        out = []
+        row = _Row()
+        kw_at = cols.keywords_at
+        for i, (uid, flags, size, date) in enumerate(zip(cols.uids, cols.flags, cols.sizes, cols.internal_dates)):
+            row.uid, row.flags, row.size, row.internal_date, row.keywords = uid, flags, size, date, kw_at(i)
+            if _match(key, row, None, ctx):
+                out.append(uid)
+    if announced is not None:
+        out = [u for u in out if u in announced]
+    return out
+
+
+async def _meta_search(s: Session, key: P.Key, ctx: _Ctx) -> list[int]:
+    """A search with text or Date-header keys: the records, then the metadata `META_BATCH` messages per
+    store call (invariant 2)."""
+    sel = ctx.sel
+    known = sel.uids
+    infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
     out: list[int] = []
-    for m in infos:
-        if not sel.msn(m.uid):
-            continue
-        meta = await load_meta(s, m) if meta_needed else None
-        if _match(key, m, meta, ctx):
-            out.append(m.uid)
+    for k in range(0, len(infos), META_BATCH):
+        batch = infos[k:k + META_BATCH]
+        metas = await prefetch_meta(s, batch)
+        for m in batch:
+            meta = metas.get(m.blob_id) or await load_meta(s, m)
+            if _match(key, m, meta, ctx):
+                out.append(m.uid)
     return out
 
 

@@ -57,11 +57,11 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import AlreadyExists, Invalid, NotFound, StoreError, User
+from postroom.store.api import AlreadyExists, ChangeKind, Invalid, NotFound, StoreError, User
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .state import RecentClaims, Selected
+from .state import Selected
 
 if TYPE_CHECKING:
     from postroom.app import Services
@@ -126,7 +126,6 @@ class Service:
     def __init__(self, services: Services, listener: str) -> None:
         self.services = services
         self.listener = listener
-        self.claims = RecentClaims()
         self.hostname = services.config.server.hostname
         self.capabilities = base_capabilities(services.config.limits.message_size)
 
@@ -224,12 +223,31 @@ class Session:
             self.overflowed = False
             self.sub.reset()
             if self.sel is not None:
-                infos = await self.store.list_messages(self.sel.id)
-                self.sel.resync([(m.uid, m.modseq, m.flags, m.keywords) for m in infos])
+                cols = await self.store.list_columns(self.sel.id)
+                self.sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i))
+                                 for i, u in enumerate(cols.uids)])
+                await self.claim_recent()
                 self.write(*self.sel.report(allow_expunge))
                 return
         if self.sel is not None and (self.sel.pending or (allow_expunge and self.sel.held)):
+            await self.claim_recent()
             self.write(*self.sel.report(allow_expunge))
+
+    async def claim_recent(self) -> None:
+        """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of
+        those no session has claimed yet (state.py). One write per batch, none if another session has them."""
+        sel = self.sel
+        if sel is None or sel.readonly or sel.rev2:
+            return
+        top = max((ch.uid for ch in sel.pending if ch.kind is ChangeKind.APPEND), default=0)
+        if top <= sel.recent_seen:
+            return
+        try:
+            old, new = await self.store.claim_recent(sel.id)
+        except NotFound:
+            return  # deleted under us: the changes will say so
+        sel.recent_seen = max(sel.recent_seen, new)
+        sel.grant_recent(old + 1, new)
 
     # ---- the loop
     async def run(self) -> None:

@@ -11,10 +11,11 @@ from the change records themselves (`Change.flags`, `Change.keywords`).
 EXPUNGE (only when allowed, RFC 9051 §7.5.1: never during FETCH, STORE or SEARCH, nor between commands),
 EXISTS and RECENT for arrivals, FETCH (FLAGS) for flag changes of announced messages.
 
-\\Recent (RFC 3501 §2.3.2; dropped by RFC 9051): a process-wide `RecentClaims` remembers, per mailbox, the
-highest UID some session has already been told is recent; a SELECT (not EXAMINE) claims every UID above it,
-and so does a session learning of a new arrival first. After a restart the claims start at 0, so messages
-appear recent once more; clients use the flag as a hint only.
+\\Recent (RFC 3501 §2.3.2; dropped by RFC 9051): the store keeps, per mailbox, the highest UID some session has
+been given as recent (`Store.claim_recent`, persistent, so a restart makes nothing old recent again). A rev1
+SELECT (not EXAMINE, RFC 3501 §6.3.2) claims everything above it; a selected read-write rev1 session claims
+again when it learns of arrivals (`Session.notify`), and `grant_recent` records each range it got. EXAMINE
+shows what nobody has claimed as recent, without claiming it.
 
 Invariants
 1. `uids` is strictly ascending and is exactly the client's view: an arrival enters it only when EXISTS is
@@ -37,23 +38,6 @@ from postroom.store.api import Change, ChangeKind, Mailbox
 from . import encoder
 
 
-class RecentClaims:
-    """Per mailbox, the highest UID announced as \\Recent to some session (process-wide, in memory)."""
-
-    def __init__(self) -> None:
-        self._claimed: dict[int, int] = {}
-
-    def peek(self, mailbox_id: int) -> int:
-        return self._claimed.get(mailbox_id, 0)
-
-    def claim(self, mailbox_id: int, uid: int) -> int:
-        """Claim every UID up to `uid`; returns the previous claim."""
-        prev = self._claimed.get(mailbox_id, 0)
-        if uid > prev:
-            self._claimed[mailbox_id] = uid
-        return prev
-
-
 @dataclass
 class Selected:
     mailbox: Mailbox
@@ -62,13 +46,13 @@ class Selected:
     rev2: bool = False
     recent_lo: int = 0  # UIDs in [recent_lo, recent_hi] are \Recent for this session (rev1)
     recent_hi: int = -1
-    recent_extra: set[int] = field(default_factory=set)
+    recent_more: list[tuple[int, int]] = field(default_factory=list)  # later claimed ranges, disjoint
+    recent_seen: int = 0  # the store's watermark as of this session's last claim: no arrival <= it is ours
     pending: list[Change] = field(default_factory=list)
     held: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
     own_modseqs: set[int] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)
-    claims: RecentClaims | None = None
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
 
     def __post_init__(self) -> None:
@@ -89,15 +73,29 @@ class Selected:
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
 
     def is_recent(self, uid: int) -> bool:
-        return not self.rev2 and (self.recent_lo <= uid <= self.recent_hi or uid in self.recent_extra)
+        return not self.rev2 and (self.recent_lo <= uid <= self.recent_hi
+                                  or any(lo <= uid <= hi for lo, hi in self.recent_more))
+
+    def grant_recent(self, lo: int, hi: int) -> None:
+        """UIDs lo..hi were claimed for this session (`Store.claim_recent`); some may not be announced yet."""
+        if hi < lo:
+            return
+        if self.recent_hi < self.recent_lo:
+            self.recent_lo, self.recent_hi = lo, hi
+        elif lo == self.recent_hi + 1 and not self.recent_more:
+            self.recent_hi = hi
+        elif self.recent_more and lo == self.recent_more[-1][1] + 1:
+            self.recent_more[-1] = (self.recent_more[-1][0], hi)
+        else:
+            self.recent_more.append((lo, hi))
 
     def recent_count(self) -> int:
         if self.rev2:
             return 0
-        lo = bisect.bisect_left(self.uids, self.recent_lo)
-        hi = bisect.bisect_right(self.uids, self.recent_hi)
-        extra = sum(1 for u in self.recent_extra if not (self.recent_lo <= u <= self.recent_hi) and self.msn(u))
-        return max(0, hi - lo) + extra
+        n = 0
+        for r_lo, r_hi in ((self.recent_lo, self.recent_hi), *self.recent_more):
+            n += max(0, bisect.bisect_right(self.uids, r_hi) - bisect.bisect_left(self.uids, r_lo))
+        return n
 
     # ---- changes
     def absorb(self, change: Change) -> None:
@@ -160,9 +158,6 @@ class Selected:
             self.uids.extend(new)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             if not self.rev2:
-                if self.claims is not None and not self.readonly:
-                    prev = self.claims.claim(self.mailbox.id, new[-1])
-                    self.recent_extra.update(u for u in new if u > prev)
                 out.append(b"* %d RECENT\r\n" % self.recent_count())
         if len(self.gone) > 100_000:  # bound memory: very old expunges cannot echo any more
             self.gone = set(sorted(self.gone)[-10_000:])

@@ -19,6 +19,8 @@ Invariants every engine keeps:
    file given to `append_file`).
 6. **One user's data is keyed by user id.** Every mailbox call takes the mailbox id obtained from the user's
    own listing; engines never resolve names across users.
+7. **\\Recent is claimed once.** Each mailbox keeps a watermark that only `claim_recent` moves (to UIDNEXT - 1,
+   atomically); a UID is handed out as recent to at most one caller, ever, restarts included.
 
 Names are case-insensitive where mail is: domain names and the local part of addresses are stored lower-case
 (RFC 5321 §2.4 lets the local part be case-sensitive; Postroom, like Postfix and Dovecot by default, is not).
@@ -190,6 +192,30 @@ class MessageInfo:
     flags: int  # Flag bitmask
     keywords: frozenset[str]  # IMAP keywords, case preserved as first set
     blob_id: str  # sha256 hex of the bytes
+
+
+@dataclass(frozen=True)
+class MessageColumns:
+    """The records of a UID range column by column, for listings of the whole mailbox (SELECT, FETCH FLAGS,
+    SEARCH on flags, UIDs, sizes or dates): index i of every column is the i-th message in UID order. No
+    object is made per message; keywords, which few messages have, are kept only for those that do."""
+
+    uids: Sequence[int]
+    modseqs: Sequence[int]
+    flags: Sequence[int]  # Flag bitmask
+    sizes: Sequence[int]
+    internal_dates: Sequence[float]
+    blob_ids: Sequence[str]
+    keywords: dict[int, frozenset[str]]  # index -> keywords, only for messages with at least one
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def keywords_at(self, i: int) -> frozenset[str]:
+        return self.keywords.get(i, _NO_KEYWORDS)
+
+
+_NO_KEYWORDS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -380,12 +406,22 @@ class Store(Protocol):
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
 
+    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        """IMAP \\Recent (RFC 3501 §2.3.2): atomically move the mailbox's watermark (the highest UID some session
+        has claimed as recent; it survives restarts) up to UIDNEXT - 1 and return (old, new). UIDs in
+        old+1..new are recent for the caller's session alone; old == new when there is nothing new. NotFound
+        if the mailbox is gone. A new mailbox starts at 0."""
+
+    async def recent_watermark(self, mailbox_id: int) -> int:
+        """The watermark `claim_recent` would start from, without claiming (EXAMINE, STATUS RECENT)."""
+
     # ---- messages
     async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult: ...
 
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
-        create a file of their own in it (e.g. `tempfile.mkstemp(dir=...)`); nothing else may live there."""
+        create a file of their own in it (e.g. `tempfile.mkstemp(dir=...)`); nothing else may live there. Files
+        older than an hour are garbage (a crash left them): `open()` may remove them."""
 
     async def append_file(
         self,
@@ -413,11 +449,20 @@ class Store(Protocol):
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         """UID order; reads no bodies."""
 
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+        """What `list_messages` returns, as columns (`MessageColumns`): one query, no object per message, for
+        listings of a large mailbox."""
+
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
 
     async def read_message(self, blob_id: str) -> bytes: ...
 
     async def read_meta(self, blob_id: str) -> bytes | None: ...
+
+    async def read_metas(self, blob_ids: Iterable[str]) -> dict[str, bytes | None]:
+        """`read_meta` of many bodies at once (FETCH ENVELOPE or SEARCH over a range): a few queries, not one
+        per body. A blob id that is not stored (its message was expunged meanwhile) is left out; None means
+        stored without metadata."""
 
     async def store_flags(
         self,

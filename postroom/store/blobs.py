@@ -23,8 +23,8 @@ Invariants:
 6. `staging/` (not two hex digits, so never a blob directory) holds bodies callers write before handing them
    over (`Store.append_file`); `adopt()` links such a file under its final name after an fsync of the file,
    so a body is never copied. The staging name is removed by the engine after the commit; a crash can leave
-   staging files behind (garbage, like ".tmp." files; nothing removes them at start, since another process
-   sharing the store may be writing one).
+   staging files behind (garbage, like ".tmp." files). `sweep()` (run when the store opens) removes both kinds
+   once older than `STALE_AGE`: never younger, since another process sharing the store may be writing one.
 """
 
 from __future__ import annotations
@@ -33,12 +33,15 @@ import errno
 import hashlib
 import os
 import secrets
+import stat
+import time
 from pathlib import Path
 
 from postroom.store.api import Invalid, NotFound
 
 _HEX = frozenset("0123456789abcdef")
 STAGING = "staging"
+STALE_AGE = 3600.0  # seconds: a staging or ".tmp." file this old is a crash's leftover, not a write in flight
 HASH_CHUNK = 1 << 20
 
 
@@ -50,6 +53,14 @@ def check_id(blob_id: str) -> str:
     if len(blob_id) != 64 or not _HEX.issuperset(blob_id):
         raise Invalid(f"bad blob id: {blob_id!r}")
     return blob_id
+
+
+def _scan(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def fsync_dir(path: Path) -> None:
@@ -109,6 +120,31 @@ class BlobStore:
         path = self.root / STAGING
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def sweep(self, max_age: float = STALE_AGE, now: float | None = None) -> list[Path]:
+        """Remove staging files and ".tmp." files not modified for `max_age` seconds (invariants 5 and 6): what
+        a crash left behind. Returns the paths removed. Only names are listed, and only candidates stat'd."""
+        cutoff = (time.time() if now is None else now) - max_age
+        candidates: list[Path] = []
+        for top in _scan(self.root):
+            if not top.is_dir(follow_symlinks=False):
+                continue
+            if top.name == STAGING:
+                candidates.extend(Path(e.path) for e in _scan(Path(top.path)))
+            elif len(top.name) == 2 and _HEX.issuperset(top.name):
+                for sub in _scan(Path(top.path)):
+                    if sub.is_dir(follow_symlinks=False):
+                        candidates.extend(Path(e.path) for e in _scan(Path(sub.path)) if e.name.startswith(".tmp."))
+        removed: list[Path] = []
+        for path in candidates:
+            try:
+                st = path.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass  # its writer finished (or another sweep won)
+        return removed
 
     def hash_file(self, src: Path) -> tuple[str, int]:
         """(sha256 hex, size) of a file, read in bounded chunks."""

@@ -212,3 +212,48 @@ def test_change_feed_overflow_resyncs_without_echoing_own_changes(imap: Any) -> 
     b.cmd("4 STORE 12 +FLAGS.SILENT (\\Deleted)")
     b.cmd("5 EXPUNGE")
     assert a.cmd("6 NOOP") == [b"* 12 EXPUNGE\r\n", b"6 OK NOOP completed\r\n"]  # its flag change is moot
+
+
+def test_recent_goes_to_one_session_and_survives_a_restart(imap: Any) -> None:
+    """RFC 3501 §2.3.2: \\Recent belongs to the one session first told of a message; the claim is kept in the
+    store, so a restarted server does not hand old messages out as recent again."""
+    from postroom.app import Postroom
+
+    fill(imap, ADDR, PW, 3)
+    ex = Raw(imap.port("imap"))
+    ex.login(ADDR, PW)
+    lines = ex.cmd("x EXAMINE INBOX")  # shows what nobody claimed, claims nothing (RFC 3501 §6.3.2)
+    assert b"* 3 RECENT\r\n" in lines
+    a = Raw(imap.port("imap"))
+    a.login(ADDR, PW)
+    assert b"* 3 RECENT\r\n" in a.cmd("s SELECT INBOX")
+    b = Raw(imap.port("imap"))
+    b.login(ADDR, PW)
+    assert b"* 0 RECENT\r\n" in b.cmd("s SELECT INBOX")
+    assert a.cmd("1 SEARCH RECENT")[0] == b"* SEARCH 1 2 3\r\n" and b.cmd("1 SEARCH RECENT")[0] == b"* SEARCH\r\n"
+    c = Raw(imap.port("imap"))
+    c.login(ADDR, PW)
+    c.cmd("e ENABLE IMAP4rev2")
+    assert c.cmd("s SELECT INBOX")[-1].startswith(b"s OK")  # rev2: no \Recent shown, none claimed
+    assert c.cmd(b"2 APPEND INBOX {%d+}\r\n" % len(message(4)) + message(4))[-1].startswith(b"2 OK")
+    assert b.cmd("3 NOOP") == [b"* 4 EXISTS\r\n", b"* 1 RECENT\r\n", b"3 OK NOOP completed\r\n"]  # told first
+    assert a.cmd("4 NOOP")[:2] == [b"* 4 EXISTS\r\n", b"* 3 RECENT\r\n"]
+    assert b.cmd("5 FETCH 4 FLAGS")[0] == b"* 4 FETCH (FLAGS (\\Recent))\r\n"
+    assert a.cmd("6 FETCH 4 FLAGS")[0] == b"* 4 FETCH (FLAGS ())\r\n"
+    assert c.cmd("7 FETCH 4 FLAGS")[0] == b"* 4 FETCH (FLAGS ())\r\n"
+    assert ex.cmd("8 NOOP")[0] == b"* 4 EXISTS\r\n"
+    assert ex.cmd("9 FETCH 1:4 FLAGS")[:-1] == [b"* %d FETCH (FLAGS (\\Recent))\r\n" % n for n in (1, 2, 3)] + [
+        b"* 4 FETCH (FLAGS ())\r\n"]  # EXAMINE's view was taken at its start; arrivals it does not claim
+    for r in (a, b, c, ex):
+        r.cmd("z LOGOUT")
+    imap.run(imap.postroom.stop())  # restart: a new server process over the same data
+    imap.postroom = Postroom(imap.config)
+    imap.run(imap.postroom.start())
+    d = Raw(imap.port("imap"))
+    d.login(ADDR, PW)
+    assert b"* 0 RECENT\r\n" in d.cmd("s SELECT INBOX")
+    status = d.cmd("t STATUS INBOX (RECENT)")[0]
+    assert status == b'* STATUS "INBOX" (RECENT 0)\r\n'
+    fill(imap, ADDR, PW, 1)  # a delivery while nobody is looking: recent for the next session to select
+    assert b"* 1 RECENT\r\n" in d.cmd("u SELECT INBOX")
+    assert d.cmd("v SEARCH RECENT")[0] == b"* SEARCH 5\r\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 
 from postroom.store.api import (
@@ -207,3 +210,48 @@ async def test_mailbox_status(store: Store) -> None:
     assert st.mailbox.uidnext == r2.uid + 2 and st.mailbox.highestmodseq > r1.modseq
     with pytest.raises(NotFound):
         await store.mailbox_status(10**9)
+
+
+async def test_claim_recent_once(store: Store) -> None:
+    """IMAP \\Recent (RFC 3501 §2.3.2): each UID is claimed by one caller only; new arrivals become claimable."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    assert await store.recent_watermark(box.id) == 0
+    assert await store.claim_recent(box.id) == (0, 0)  # empty: nothing to claim
+    for n in range(3):
+        await store.append(box.id, msg(n))
+    assert await store.recent_watermark(box.id) == 0  # peeking claims nothing
+    assert await store.claim_recent(box.id) == (0, 3)
+    assert await store.claim_recent(box.id) == (3, 3)  # the second claim gets nothing
+    await store.append(box.id, msg(4))
+    await store.append(box.id, msg(5))
+    await store.remove_messages(box.id, [5])  # expunging does not move the watermark back
+    assert await store.recent_watermark(box.id) == 3
+    results = await asyncio.gather(*(store.claim_recent(box.id) for _ in range(5)))
+    assert sorted(results) == [(3, 5), (5, 5), (5, 5), (5, 5), (5, 5)]  # concurrent claims: one winner
+    other = await store.create_mailbox(user.id, "Other")
+    assert await store.claim_recent(other.id) == (0, 0)  # per mailbox
+    with pytest.raises(NotFound):
+        await store.claim_recent(999_999)
+
+
+async def test_claim_recent_survives_reopen(store_factory: Callable[[], Store]) -> None:
+    s = store_factory()
+    await s.open()
+    try:
+        user = await new_user(s)
+        box = await inbox(s, user)
+        await s.append(box.id, msg(1))
+        await s.append(box.id, msg(2))
+        assert await s.claim_recent(box.id) == (0, 2)
+    finally:
+        await s.close()
+    s = store_factory()
+    await s.open()
+    try:
+        assert await s.recent_watermark(box.id) == 2
+        assert await s.claim_recent(box.id) == (2, 2)  # a restart does not make old messages recent again
+        await s.append(box.id, msg(3))
+        assert await s.claim_recent(box.id) == (2, 3)
+    finally:
+        await s.close()

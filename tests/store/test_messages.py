@@ -350,3 +350,43 @@ async def test_release_and_reacquire_in_one_batch(store: Store) -> None:
         r = add
         info = await store.get_message(box.id, r.uid)
         assert info is not None and await store.read_message(info.blob_id) == raw
+
+
+async def test_list_columns_matches_list_messages(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    reqs = [msg(i, flags=Flag.SEEN if i % 3 else 0, internal_date=1e9 + i,
+                keywords=frozenset({"$Label1", "Work"}) if i % 4 == 0 else frozenset())
+            for i in range(1, 1201)]
+    await store.append_many(box.id, reqs)
+    await store.store_flags(box.id, [5, 6], StoreMode.ADD, Flag.DELETED)
+    await store.expunge(box.id, [5, 6])
+    for lo, hi in ((1, None), (3, 700), (1199, 5000), (5000, None)):
+        infos = await store.list_messages(box.id, lo, hi)
+        cols = await store.list_columns(box.id, lo, hi)
+        assert len(cols) == len(infos)
+        assert list(cols.uids) == [m.uid for m in infos]
+        assert list(cols.modseqs) == [m.modseq for m in infos]
+        assert list(cols.flags) == [m.flags for m in infos]
+        assert list(cols.sizes) == [m.size for m in infos]
+        assert list(cols.internal_dates) == [m.internal_date for m in infos]
+        assert list(cols.blob_ids) == [m.blob_id for m in infos]
+        assert [cols.keywords_at(i) for i in range(len(cols))] == [m.keywords for m in infos]
+        assert all(cols.keywords[i] for i in cols.keywords)  # only messages with keywords are kept
+    with pytest.raises(NotFound):
+        await store.list_columns(987654)
+
+
+async def test_read_metas_many_at_once(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    reqs = [msg(i, meta=b"meta %d" % i if i % 2 else None) for i in range(1, 1101)]  # > one IN list
+    await store.append_many(box.id, reqs)
+    infos = await store.list_messages(box.id)
+    ids = [m.blob_id for m in infos]
+    gone = hashlib.sha256(b"never stored").hexdigest()
+    got = await store.read_metas([*ids, ids[0], gone])
+    assert set(got) == set(ids)  # duplicates once; a body not stored is left out
+    for i, m in enumerate(infos, 1):
+        assert got[m.blob_id] == (b"meta %d" % i if i % 2 else None) == await store.read_meta(m.blob_id)
+    assert await store.read_metas([]) == {}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postroom.imap import encoder
-from postroom.imap.state import RecentClaims, Selected
+from postroom.imap.state import Selected
 from postroom.store.api import Change, ChangeKind, Flag, Mailbox
 
 MBOX = Mailbox(7, 1, "INBOX", 99, 10, 20, None, True)
@@ -18,7 +18,7 @@ def change(kind: ChangeKind, uid: int, modseq: int = 0, flags: int = 0, mailbox:
 
 
 def sel(uids: list[int], rev2: bool = True) -> Selected:
-    return Selected(MBOX, False, list(uids), rev2=rev2, claims=RecentClaims())
+    return Selected(MBOX, False, list(uids), rev2=rev2)
 
 
 def test_exists_and_flags() -> None:
@@ -63,17 +63,19 @@ def test_own_changes_are_not_echoed() -> None:
 
 
 def test_recent_rev1() -> None:
-    claims = RecentClaims()
-    s = Selected(MBOX, False, [1, 2, 3], rev2=False, recent_lo=3, recent_hi=3, claims=claims)
+    s = Selected(MBOX, False, [1, 2, 3], rev2=False)
+    s.grant_recent(3, 3)  # what SELECT claimed in the store
     assert s.recent_count() == 1 and s.is_recent(3) and not s.is_recent(2)
-    claims.claim(7, 3)
+    s.grant_recent(4, 4)  # the session claimed the arrival (Session.claim_recent) before reporting it
     s.absorb(change(ChangeKind.APPEND, 4))
     assert s.report(False) == [b"* 4 EXISTS\r\n", b"* 2 RECENT\r\n"]
-    other = Selected(MBOX, False, [1, 2, 3, 4], rev2=False, claims=claims)
-    other.absorb(change(ChangeKind.APPEND, 5))
-    s.absorb(change(ChangeKind.APPEND, 5))
-    assert other.report(False) == [b"* 5 EXISTS\r\n", b"* 1 RECENT\r\n"]
-    assert s.report(False) == [b"* 5 EXISTS\r\n", b"* 2 RECENT\r\n"]  # the other session claimed 5 first
+    s.absorb(change(ChangeKind.APPEND, 5))  # another session claimed 5 first: nothing granted here
+    assert s.report(False) == [b"* 5 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    s.grant_recent(7, 8)  # a later, disjoint claim
+    assert s.is_recent(8) and not s.is_recent(6) and not s.is_recent(5)
+    rev2 = Selected(MBOX, False, [1], rev2=True)
+    rev2.grant_recent(1, 1)
+    assert rev2.recent_count() == 0 and not rev2.is_recent(1)  # RFC 9051 has no \Recent
 
 
 def test_resync_after_overflow() -> None:

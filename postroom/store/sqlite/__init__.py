@@ -12,11 +12,13 @@ ones api.py promises (durable when awaited, commit then broadcast).
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.
 2. `open()` and `close()` are idempotent; `close()` lets every queued write finish before it returns.
+3. `open()` removes staging and ".tmp." files older than an hour (`BlobStore.sweep`), nothing younger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,8 @@ from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
+
+log = logging.getLogger("postroom.store")
 
 INLINE_MAX = 256 * 1024
 """Default largest body kept in the database. Measured with bench/store.py (--size 64K/256K/1M, --inline-max
@@ -74,6 +78,20 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin):
     async def open(self) -> None:
         if not self._engine.is_open:
             await asyncio.to_thread(self._engine.start)
+            await asyncio.to_thread(self._sweep)
+
+    def _sweep(self) -> None:
+        """Remove what a crash left in the blob directory (blobs.py invariants 5 and 6). Only files older than
+        `STALE_AGE`, so another process sharing the store never loses a file it is writing."""
+        try:
+            removed = self._blobs.sweep()
+        except OSError as e:  # garbage left in place costs disk only; never refuse to open for it
+            log.warning("could not sweep stale files under %s: %s", self._blobs.root, e)
+            return
+        for path in removed:
+            log.info("removed stale blob temporary file %s", path)
+        if removed:
+            log.warning("removed %d stale staging/temporary file(s) under %s", len(removed), self._blobs.root)
 
     async def close(self) -> None:
         if self._engine.begin_stop():

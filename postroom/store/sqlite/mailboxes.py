@@ -11,6 +11,8 @@ Invariants:
 3. A mailbox gets a UIDVALIDITY no mailbox ever had: `max(counter + 1, now)` from the `counters` row, in the
    same transaction that creates it; renaming keeps the UIDVALIDITY (the UIDs still mean the same messages).
 4. Creating or renaming to "a/b/c" creates missing "a" and "a/b" (RFC 9051 §6.3.4); deleting "a" leaves "a/b".
+5. `recent_uid` (the IMAP \\Recent watermark, schema invariant 6) changes only in `claim_recent`, which reads and
+   advances it in one write job: two claims can never both get the same UID.
 """
 
 from __future__ import annotations
@@ -215,6 +217,28 @@ class MailboxesMixin(Base):
             return WriteResult((change,))
 
         return await self._engine.write(op)
+
+    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        def op(tx: Tx) -> tuple[int, int]:
+            row = tx.conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            old, top = int(row[0]), int(row[1]) - 1
+            if top <= old:
+                return old, old
+            tx.conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (top, mailbox_id))
+            return old, top
+
+        return await self._engine.write(op)
+
+    async def recent_watermark(self, mailbox_id: int) -> int:
+        def q(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            return int(row[0])
+
+        return await self._engine.read(q, quick=True)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def q(conn: sqlite3.Connection) -> MailboxStatus:

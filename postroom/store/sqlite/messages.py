@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from postroom.store.api import (
     Flag,
     Invalid,
     Mailbox,
+    MessageColumns,
     MessageInfo,
     NotFound,
     StoreMode,
@@ -44,11 +46,13 @@ from postroom.store.api import (
 )
 from postroom.store.blobs import blob_id_of, check_id
 from postroom.store.sqlite.common import (
+    CHUNK,
     MESSAGE_COLUMNS,
     Base,
     acquire_blob,
     add_blob_refs,
     count_blobs,
+    decode_keywords,
     encode_keywords,
     load_mailbox,
     message_from_row,
@@ -112,20 +116,44 @@ def _check_request(req: AppendRequest) -> tuple[int, frozenset[str]]:
     return names.flags(req.flags), frozenset(names.keywords(req.keywords).values())
 
 
-def _apply(mode: StoreMode, flags: int, kws: dict[str, str], m: MessageInfo) -> tuple[int, frozenset[str]]:
-    current = {k.lower(): k for k in m.keywords}
+def _apply(mode: StoreMode, flags: int, kws: dict[str, str], old_flags: int,
+           old_kws: frozenset[str]) -> tuple[int, frozenset[str]]:
+    current = {k.lower(): k for k in old_kws}
     if mode is StoreMode.ADD:
-        new_flags = m.flags | flags
+        new_flags = old_flags | flags
         for low, kw in kws.items():
             current.setdefault(low, kw)
     elif mode is StoreMode.REMOVE:
-        new_flags = m.flags & ~flags
+        new_flags = old_flags & ~flags
         for low in kws:
             current.pop(low, None)
     else:
         new_flags = flags
         current = {low: current.get(low, kw) for low, kw in kws.items()}
     return new_flags, frozenset(current.values())
+
+
+def _flag_rows(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[tuple[int, int, int, str]]:
+    """(uid, modseq, flags, keywords as stored) of the messages among `uids` that exist, in UID order; like
+    `select_messages` without making a record per message (STORE on a whole mailbox)."""
+    wanted = sorted(set(uids))
+    if not wanted:
+        return []
+    if len(wanted) > CHUNK:
+        rows = conn.execute(
+            "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+            " ORDER BY uid",
+            (mailbox_id, wanted[0], wanted[-1]),
+        ).fetchall()
+        if len(rows) != len(wanted):
+            keep = set(wanted)
+            rows = [r for r in rows if r[0] in keep]
+        return rows
+    marks = ",".join("?" * len(wanted))
+    return conn.execute(
+        f"SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = ? AND uid IN ({marks}) ORDER BY uid",
+        (mailbox_id, *wanted),
+    ).fetchall()
 
 
 class MessagesMixin(Base):
@@ -230,6 +258,24 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+        top = uid_max if uid_max is not None else 2**63 - 1
+
+        def q(conn: sqlite3.Connection) -> MessageColumns:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords FROM messages"
+                " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                (mailbox_id, uid_min, top),
+            ).fetchall()
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {})
+            uids, modseqs, flags, sizes, dates, blob_ids, kws = zip(*rows)  # column by column, in C
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords)
+
+        return await self._engine.read(q)
+
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
         def q(conn: sqlite3.Connection) -> MessageInfo | None:
             row = conn.execute(
@@ -265,6 +311,24 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
+    async def read_metas(self, blob_ids: Iterable[str]) -> dict[str, bytes | None]:
+        wanted = sorted(set(blob_ids))
+        for blob_id in wanted:
+            check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> dict[str, bytes | None]:
+            out: dict[str, bytes | None] = {}
+            for i in range(0, len(wanted), CHUNK):
+                chunk = wanted[i:i + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for blob_id, meta in conn.execute(f"SELECT id, meta FROM blobs WHERE id IN ({marks})", chunk):
+                    out[str(blob_id)] = None if meta is None else bytes(meta)
+            return out
+
+        if not wanted:
+            return {}
+        return await self._engine.read(q)
+
     async def store_flags(
         self,
         mailbox_id: int,
@@ -278,21 +342,31 @@ class MessagesMixin(Base):
         flags = names.flags(flags)
         kws = names.keywords(keywords)
         wanted = list(uids)
+        flags_only = not kws and mode is not StoreMode.REPLACE
+        adding = mode is StoreMode.ADD
 
         def op(tx: Tx) -> WriteResult:
             mbox = load_mailbox(tx.conn, mailbox_id)
             modseq = mbox.highestmodseq
             updates = []
             changes = []
-            for m in select_messages(tx.conn, mailbox_id, wanted):
-                if unchanged_since is not None and m.modseq > unchanged_since:
+            for uid, old_modseq, old_flags, old_text in _flag_rows(tx.conn, mailbox_id, wanted):
+                if unchanged_since is not None and old_modseq > unchanged_since:
                     continue  # RFC 7162 §3.2: modified since; left alone
-                new_flags, new_kws = _apply(mode, flags, kws, m)
-                if new_flags == m.flags and new_kws == m.keywords:
-                    continue
+                if flags_only:  # the common STORE +FLAGS / -FLAGS: no keyword to decode or compare
+                    new_flags = old_flags | flags if adding else old_flags & ~flags
+                    if new_flags == old_flags:
+                        continue
+                    old_kws = new_kws = decode_keywords(old_text)
+                else:
+                    old_kws = decode_keywords(old_text)
+                    new_flags, new_kws = _apply(mode, flags, kws, old_flags, old_kws)
+                    if new_flags == old_flags and new_kws == old_kws:
+                        continue
                 modseq += 1
-                updates.append((new_flags, encode_keywords(new_kws), modseq, mailbox_id, m.uid))
-                changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, m.uid, modseq, new_flags, new_kws))
+                text = old_text if new_kws is old_kws else encode_keywords(new_kws)
+                updates.append((new_flags, text, modseq, mailbox_id, uid))
+                changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, uid, modseq, new_flags, new_kws))
             if updates:
                 tx.conn.executemany(
                     "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",

@@ -9,7 +9,8 @@ Versions: 1 is the first schema (every body a file under blobs/). 2 adds `blob_d
 inline threshold live in the database, so storing one costs no fsync of its own (see engine.py). Bodies stored
 as files by version 1 stay files and are still read; nothing is moved by the migration. 3 adds the outbound
 issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its selector) and, per queue
-recipient, whether its one delay notice was sent.
+recipient, whether its one delay notice was sent. 4 adds `mailboxes.recent_uid`, the persistent IMAP \\Recent
+watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so nothing old turns recent on upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -23,6 +24,8 @@ Invariants:
    key cascades should any code forget). Bodies have their own table, not a column of `blobs`, so reading
    metadata (refcounts, meta) never pulls body pages through the cache; it is a rowid table because large
    rows do not belong in a WITHOUT ROWID b-tree.
+6. `mailboxes.recent_uid` < `uidnext`: the highest UID some IMAP session has claimed as \\Recent (RFC 3501
+   §2.3.2). It only grows, and only by `claim_recent`, which moves it to `uidnext - 1` in one write.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE counters(
@@ -171,7 +174,13 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE queue_rcpt ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: sqlite3.Connection) -> None:
+    """The persistent \\Recent watermark (invariant 6); what exists already counts as claimed."""
+    conn.execute("ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
