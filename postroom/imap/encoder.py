@@ -76,19 +76,7 @@ def flag_list(flags: int, keywords: frozenset[str] = frozenset(), recent: bool =
 
 def seqset(numbers: Sequence[int]) -> bytes:
     """Sorted, collapsed (invariant 3). Empty input gives b"" (callers decide what an empty set means)."""
-    if not numbers:
-        return b""
-    nums = sorted(set(numbers))
-    out: list[str] = []
-    start = prev = nums[0]
-    for n in nums[1:]:
-        if n == prev + 1:
-            prev = n
-            continue
-        out.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = n
-    out.append(str(start) if start == prev else f"{start}:{prev}")
-    return ",".join(out).encode("ascii")
+    return seqset_ordered(sorted(set(numbers)))
 
 
 def seqset_ordered(numbers: Sequence[int]) -> bytes:

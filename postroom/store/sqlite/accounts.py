@@ -328,8 +328,7 @@ class AccountsMixin(Base):
         member = names.address(member)
 
         def op(tx: Tx) -> None:
-            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone() is None:
-                raise NotFound(f"no such list: {address}")
+            _require_list(tx, address)
             cur = tx.conn.execute(
                 "INSERT OR IGNORE INTO list_members(list_address, member) VALUES (?, ?)", (address, member)
             )
@@ -343,8 +342,7 @@ class AccountsMixin(Base):
         member = names.address(member)
 
         def op(tx: Tx) -> None:
-            if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone() is None:
-                raise NotFound(f"no such list: {address}")
+            _require_list(tx, address)
             cur = tx.conn.execute(
                 "DELETE FROM list_members WHERE list_address = ? AND member = ?", (address, member)
             )
@@ -362,3 +360,8 @@ class AccountsMixin(Base):
                 raise NotFound(f"no such list: {address}")
 
         await self._engine.write(op)
+
+
+def _require_list(tx: Tx, address: str) -> None:
+    if tx.conn.execute("SELECT 1 FROM lists WHERE address = ?", (address,)).fetchone() is None:
+        raise NotFound(f"no such list: {address}")
