@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Self
 
+from postroom.fsutil import fsync_dir, write_all
 from postroom.store.api import Flag
 
 MboxVariant = Literal["mboxrd", "mboxo"]
@@ -692,9 +693,7 @@ class MaildirWriter:
         tmp = self.path / "tmp" / unique
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -706,11 +705,7 @@ class MaildirWriter:
 
     def close(self) -> None:
         """Make the renames into cur/ durable."""
-        fd = os.open(self.path / "cur", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.path / "cur")
 
     def __enter__(self) -> Self:
         return self

@@ -33,6 +33,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from postroom.fsutil import fsync_dir, write_all
 from postroom.mime.compose import Attachment, compose
 from postroom.store.api import MailingList
 
@@ -66,21 +67,11 @@ def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HeldPosts:
@@ -95,7 +86,7 @@ class HeldPosts:
         _write_durably(self.directory / f"{token}.eml", raw)
         _write_durably(self.directory / f"{token}.json",
                        json.dumps({"list": list_address, "mail_from": mail_from}).encode())
-        _fsync_dir(self.directory)  # invariant 1
+        fsync_dir(self.directory)  # invariant 1
         return token
 
     async def hold(self, list_address: str, mail_from: str, raw: bytes) -> str:
@@ -122,7 +113,7 @@ class HeldPosts:
                 (self.directory / f"{token}{suffix}").unlink()
             except FileNotFoundError:
                 pass
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     async def drop(self, token: str) -> None:
         await asyncio.to_thread(self._drop_sync, token)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from postroom.fsutil import write_all
 from postroom.net.connection import (
     Connection,
     ConnectionClosed,
@@ -323,12 +324,12 @@ class Session:
             with os.fdopen(fd, "wb", buffering=0) as f:
                 got = 0
                 while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
-                    got += _write_all(f.fileno(), chunk)
+                    got += write_all(f.fileno(), chunk)
                 left = 0
                 need = req.size - got
                 while left < need:  # the rest, straight from the connection, in bounded chunks
                     data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
-                    left += _write_all(f.fileno(), data)
+                    left += write_all(f.fileno(), data)
             self.framer.external_done(left)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -391,13 +392,6 @@ class Session:
             await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
         self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
         await self.flush()
-
-
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return len(data)
 
 
 def _clean(e: Exception) -> str:

@@ -37,6 +37,7 @@ import stat
 import time
 from pathlib import Path
 
+from postroom.fsutil import fsync_dir, write_all
 from postroom.store.api import Invalid, NotFound
 
 _HEX = frozenset("0123456789abcdef")
@@ -61,14 +62,6 @@ def _scan(path: Path) -> list[os.DirEntry[str]]:
             return list(it)
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -100,9 +93,7 @@ class BlobStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
