@@ -180,6 +180,7 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
                 continue
             meta = await _compute_meta(s, raw)
             fresh[blob_id] = meta.to_bytes()
+            await asyncio.sleep(0)  # an upgrade of a whole batch lets other sessions run between bodies
         out[blob_id] = meta
         META_CACHE.put(blob_id, meta)
     await _store_back(s, fresh)

@@ -16,6 +16,12 @@ mime_type, encoding, charset, filename, disposition, content_id, flags):
   message/rfc822 part, else the part itself (the root: the message's own header and body);
 * flags: 1 = multipart, 2 = encapsulated message (BINARY returns these undecoded).
 
+Format versions (`FORMAT_VERSION`): 1 kept the Date field only as a UTC POSIX time. 2 adds `sent_day`, the
+Date field's calendar date as written (RFC 9051 §6.4.4 SENT* disregard time and zone), treats an unknown zone
+as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 and 5 in the search text.
+`from_bytes` refuses any other version; readers then recompute the metadata from the raw message and store it
+back (`imap/fetch.py`, `Store.write_metas`), so each body of an older store is upgraded once, on first use.
+
 Invariants:
 1. `compute_meta` never raises on any bytes (structure and text never do; a bug in an extra is caught and
    recorded as a defect so delivery goes on with what was computed).
