@@ -8,7 +8,9 @@ never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer)
 instead (`light_fetch`, `list_columns`), making no object per message. Only items that need more load more:
 ENVELOPE, BODY, BODYSTRUCTURE read the stored metadata, `META_BATCH` messages per store call
 (`read_metas`, cached process-wide by blob id); sections, RFC822*, BINARY read the body too, per message.
-A message stored without metadata (imported before it was computed) gets it computed on first use.
+A message stored without metadata (imported before it was computed), or with metadata of an older format
+(`meta.FORMAT_VERSION`), gets it computed on first use and written back (`Store.write_metas`), so each body is
+upgraded once: a store written by an older Postroom needs no migration step and answers right at once.
 
 Non-PEEK body items set \\Seen (RFC 9051 §6.4.5) before the responses are built, with one `store_flags`
 call for all of them; their FETCH then carries FLAGS even when not asked for.
@@ -28,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from postroom.mime.imap import Section, UnknownCTE, literal_safe, partial
+from postroom.mime.cte import UnknownCTE
+from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta
-from postroom.store.api import Flag, MessageInfo, NotFound, StoreMode
+from postroom.store.api import Flag, MessageInfo, NotFound, StoreError, StoreMode
 
 from . import encoder
 from . import parser as P
@@ -50,6 +54,7 @@ _WHOLE = Section()
 
 _LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
 META_BATCH = 1000  # messages whose metadata is read in one store call
+log = logging.getLogger("postroom.imap")
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -76,22 +81,44 @@ class MetaCache:
 META_CACHE = MetaCache()
 
 
+def _parse_meta(data: bytes | None) -> MessageMeta | None:
+    """Stored metadata, or None when there is none or it is of an older format (to be recomputed)."""
+    if data is None:
+        return None
+    try:
+        return MessageMeta.from_bytes(data)
+    except MetaFormatError:
+        return None
+
+
+async def _compute_meta(s: Session, raw: bytes) -> MessageMeta:
+    if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop
+        return await asyncio.to_thread(compute_meta, raw, s.limits)
+    return compute_meta(raw, s.limits)
+
+
+async def _store_back(s: Session, metas: dict[str, bytes]) -> None:
+    """Recomputed metadata written back (`Store.write_metas`), so a body stored without metadata or with an
+    older format is computed once, not on every read. The answer does not depend on it: a failure is logged."""
+    if not metas:
+        return
+    try:
+        await s.store.write_metas(metas)
+    except StoreError:
+        log.warning("could not store recomputed metadata of %d bodies", len(metas), exc_info=True)
+
+
 async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> MessageMeta:
+    """The metadata of one message: cached, else stored, else computed from the body and stored back."""
     meta = META_CACHE.get(info.blob_id)
     if meta is not None:
         return meta
-    data = await s.store.read_meta(info.blob_id)
-    meta = None
-    if data is not None:
-        try:
-            meta = MessageMeta.from_bytes(data)
-        except MetaFormatError:
-            meta = None
-    if meta is None:  # imported before metadata existed, or an older format: compute it now
+    meta = _parse_meta(await s.store.read_meta(info.blob_id))
+    if meta is None:  # imported before metadata existed, or an older format: compute it now, once
         if raw is None:
             raw = await s.store.read_message(info.blob_id)
-        meta = await asyncio.to_thread(compute_meta, raw, s.limits) if len(raw) > 256 * 1024 \
-            else compute_meta(raw, s.limits)
+        meta = await _compute_meta(s, raw)
+        await _store_back(s, {info.blob_id: meta.to_bytes()})
     META_CACHE.put(info.blob_id, meta)
     return meta
 
@@ -130,8 +157,9 @@ async def plan(s: Session, uids: list[int]) -> list[MessageInfo]:
 
 
 async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, MessageMeta]:
-    """The metadata of `infos` that is cached or stored, with one store call (`read_metas`) for what is not
-    cached; `load_meta` does the rest (metadata missing or of an older format)."""
+    """The metadata of `infos`, with one store call (`read_metas`) for what is not cached. Metadata that is
+    missing or of an older format (`meta.FORMAT_VERSION`) is computed from the body, one body in memory at a
+    time, and written back in one store call per batch. A message expunged meanwhile is left out."""
     out: dict[str, MessageMeta] = {}
     missing: list[str] = []
     for m in infos:
@@ -140,16 +168,22 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
             missing.append(m.blob_id)
         else:
             out[m.blob_id] = meta
-    if missing:
-        for blob_id, data in (await s.store.read_metas(missing)).items():
-            if data is None:
-                continue
+    if not missing:
+        return out
+    fresh: dict[str, bytes] = {}
+    for blob_id, data in (await s.store.read_metas(missing)).items():
+        meta = _parse_meta(data)
+        if meta is None:
             try:
-                meta = MessageMeta.from_bytes(data)
-            except MetaFormatError:
+                raw = await s.store.read_message(blob_id)
+            except NotFound:  # expunged (and its body released) since the listing
                 continue
-            out[blob_id] = meta
-            META_CACHE.put(blob_id, meta)
+            meta = await _compute_meta(s, raw)
+            fresh[blob_id] = meta.to_bytes()
+            await asyncio.sleep(0)  # an upgrade of a whole batch lets other sessions run between bodies
+        out[blob_id] = meta
+        META_CACHE.put(blob_id, meta)
+    await _store_back(s, fresh)
     return out
 
 

@@ -10,7 +10,8 @@ the stored metadata (decoded headers, body text and the Date header, computed at
 
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
-calendar day in UTC, of the internal date (BEFORE, ON, SINCE) or of the Date header (SENT*).
+calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
+sender's zone (SENT*, `MessageMeta.sent_day`).
 
 Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...` with RETURN or after
 ENABLE IMAP4rev2 (RFC 9051 §7.3.4). RETURN (SAVE) stores the result as `$` (RFC 5182 §2.4: with MIN or MAX
@@ -127,14 +128,17 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return _contains(st.body, args[0])
     if op == "TEXT":
         return _contains(st.text(), args[0])
-    sent = meta.sent_date
+    # RFC 9051 §6.4.4: SENT* compare the Date field's date "disregarding time and timezone", i.e. the calendar
+    # date as the sender wrote it, not the UTC day. Without a valid Date field there is no such date: no match.
+    sent = meta.sent_day
     if sent is None:
         return False
+    day = int(args[0] // DAY)
     if op == "SENTBEFORE":
-        return bool(_day(sent) < args[0])
+        return sent < day
     if op == "SENTON":
-        return bool(_day(sent) == args[0])
-    return bool(_day(sent) >= args[0])  # SENTSINCE
+        return sent == day
+    return sent >= day  # SENTSINCE
 
 
 class _Row:

@@ -52,8 +52,15 @@ _ASTRING_CHARS = ATOM_CHARS + b"]"
 _LIST_CHARS = ATOM_CHARS + b"%*]"  # list-mailbox allows list-wildcards and resp-specials
 _DIGITS = b"0123456789"
 _LITERAL_SPEC = re.compile(rb"(~?)\{(\d{1,20})\+?\}\r?\n")
+# RFC 9051 §9: date-day = 1*2DIGIT (search dates); date-day-fixed = (SP DIGIT) / 2DIGIT (APPEND date-time).
+# A one-digit day without the space is accepted in date-time too: iOS Mail sends it, and Dovecot takes it.
 _DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})\Z")
-_DATE_TIME = re.compile(r"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
+_DATE_TIME = re.compile(r"( \d|\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
+
+
+def _valid_day(year: int, month: int, day: int) -> bool:
+    """A day that exists in its month (so 31-Feb-2024 or 0-Jan-2024 is BAD, not some other day)."""
+    return 1 <= day <= calendar.monthrange(year, month)[1] if 1 <= year <= 9999 else False
 
 
 def _span(data: bytes, pos: int, chars: bytes) -> int:
@@ -258,7 +265,7 @@ class Cursor:
         raw = self.quoted() if self.peek() == 0x22 else self.chars(ATOM_CHARS, "a date")
         m = _DATE.match(raw.decode("ascii", "replace"))
         month = _MONTH_NUM.get(m.group(2).lower()) if m else None
-        if m is None or month is None:
+        if m is None or month is None or not _valid_day(int(m.group(3)), month, int(m.group(1))):
             raise self.error("Invalid date")
         try:
             return float(calendar.timegm((int(m.group(3)), month, int(m.group(1)), 0, 0, 0)))
@@ -266,13 +273,14 @@ class Cursor:
             raise self.error("Invalid date") from None
 
     def date_time(self) -> float:
+        """APPEND date-time: quoted "dd-Mon-yyyy hh:mm:ss +zzzz" (day also " d" or "d"); returns POSIX seconds."""
         raw = self.quoted().decode("ascii", "replace")
         m = _DATE_TIME.match(raw)
         month = _MONTH_NUM.get(m.group(2).lower()) if m else None
         if m is None or month is None:
             raise self.error("Invalid date-time")
         day, year, hh, mm, ss = int(m.group(1)), int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6))
-        if not (1 <= day <= 31 and hh < 24 and mm < 60 and ss < 61):
+        if not (_valid_day(year, month, day) and hh < 24 and mm < 60 and ss < 61):
             raise self.error("Invalid date-time")
         zone = (int(m.group(8)) * 60 + int(m.group(9))) * 60 * (1 if m.group(7) == "+" else -1)
         try:

@@ -9,7 +9,8 @@ Everything here works from the raw bytes and the `Part` tree of `structure.scan`
 * `Section` names a FETCH body section (`BODY[1.2.MIME]`, `BODY[HEADER.FIELDS (A B)]`, ...). `section_bytes`
   returns its bytes (slices of the raw message, except HEADER.FIELDS which joins the chosen field lines) or
   None for a part the message does not have. `partial` applies `<start.length>`.
-* `binary_bytes` decodes a part's Content-Transfer-Encoding for `BINARY[...]`; its length is BINARY.SIZE.
+* `binary_bytes` decodes a part's Content-Transfer-Encoding for `BINARY[...]` (with `cte.decode_body`, the one
+  decoder); its length is BINARY.SIZE.
 
 Wire rules (RFC 9051 §4.3, §7.5.2):
 1. A string is quoted when it is 7-bit with no CR, LF or NUL; `"` and `\\` are escaped. Otherwise it is a
@@ -27,22 +28,18 @@ Wire rules (RFC 9051 §4.3, §7.5.2):
 
 from __future__ import annotations
 
-import binascii
 import re
 from dataclasses import dataclass
 
 from postroom.mime import headers as H
 from postroom.mime.address import Address, parse_address_list
+from postroom.mime.cte import UnknownCTE as UnknownCTE  # raised by binary_bytes; re-exported for callers
+from postroom.mime.cte import decode_body
 from postroom.mime.structure import Part, find_part
 
 NIL = b"NIL"
 _NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
 _UNFOLD = re.compile(rb"\r?\n")
-IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
-
-
-class UnknownCTE(Exception):
-    """BINARY of a part whose Content-Transfer-Encoding is not known (RFC 3516 §4.3: NO [UNKNOWN-CTE])."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,40 +363,6 @@ def partial(data: bytes, start: int, length: int | None) -> bytes:
 
 # --------------------------------------------------------------------------------------------------------
 # BINARY (RFC 3516)
-
-_B64_DELETE = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
-
-
-def decode_base64(data: bytes) -> bytes:
-    """Lenient base64: characters outside the alphabet (line ends, junk, padding) are dropped, a dangling
-    single character is ignored, missing padding is supplied. Never raises."""
-    clean = data.translate(None, _B64_DELETE)
-    rem = len(clean) % 4
-    if rem == 1:
-        clean = clean[:-1]
-    elif rem:
-        clean += b"=" * (4 - rem)
-    try:
-        return binascii.a2b_base64(clean)
-    except binascii.Error:  # pragma: no cover - the cleaned input is always valid
-        return b""
-
-
-def decode_qp(data: bytes) -> bytes:
-    return binascii.a2b_qp(data)
-
-
-def decode_body(data: bytes, encoding: str) -> bytes:
-    """Undo a Content-Transfer-Encoding; raises UnknownCTE for one not in RFC 2045."""
-    enc = encoding.lower()
-    if enc in IDENTITY_ENCODINGS:
-        return data
-    if enc == "base64":
-        return decode_base64(data)
-    if enc == "quoted-printable":
-        return decode_qp(data)
-    raise UnknownCTE(encoding)
-
 
 def binary_bytes(raw: bytes, root: Part, part_path: tuple[int, ...]) -> bytes | None:
     """BINARY[part] content (RFC 3516 §4.2): the part body with its transfer encoding removed; BINARY[] is the

@@ -16,6 +16,12 @@ mime_type, encoding, charset, filename, disposition, content_id, flags):
   message/rfc822 part, else the part itself (the root: the message's own header and body);
 * flags: 1 = multipart, 2 = encapsulated message (BINARY returns these undecoded).
 
+Format versions (`FORMAT_VERSION`): 1 kept the Date field only as a UTC POSIX time. 2 adds `sent_day`, the
+Date field's calendar date as written (RFC 9051 §6.4.4 SENT* disregard time and zone), treats an unknown zone
+as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 and 5 in the search text.
+`from_bytes` refuses any other version; readers then recompute the metadata from the raw message and store it
+back (`imap/fetch.py`, `Store.write_metas`), so each body of an older store is upgraded once, on first use.
+
 Invariants:
 1. `compute_meta` never raises on any bytes (structure and text never do; a bug in an extra is caught and
    recorded as a defect so delivery goes on with what was computed).
@@ -26,18 +32,19 @@ Invariants:
 
 from __future__ import annotations
 
-import email.utils
 import json
 from dataclasses import dataclass, field
 
 from postroom.config import LimitsConfig
 from postroom.mime import headers as H
 from postroom.mime import imap
-from postroom.mime.imap import Section, UnknownCTE, decode_body
+from postroom.mime.cte import IDENTITY_ENCODINGS, UnknownCTE, decode_body
+from postroom.mime.dates import parse_date
+from postroom.mime.imap import Section
 from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
 
@@ -77,7 +84,8 @@ class MessageMeta:
     parts: tuple[PartRow, ...]
     defects: tuple[tuple[int, str], ...]
     search: SearchText
-    sent_date: float | None = None  # the Date header as a POSIX time (IMAP SENTBEFORE/SENTON, SORT DATE)
+    sent_date: float | None = None  # the Date header's instant, POSIX seconds UTC (RFC 5256 §2.2: SORT DATE)
+    sent_day: int | None = None  # its calendar date as written, days since 1970-01-01 (RFC 9051 §6.4.4 SENT*)
     _index: dict[str, PartRow] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +123,7 @@ class MessageMeta:
             "hdr": [list(h) for h in self.search.headers],
             "text": self.search.body,
             "date": self.sent_date,
+            "day": self.sent_day,
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
@@ -136,6 +145,7 @@ class MessageMeta:
                 defects=tuple((int(o), str(c)) for o, c in doc["defects"]),
                 search=SearchText(tuple((k, v) for k, v in doc["hdr"]), doc["text"]),
                 sent_date=doc["date"],
+                sent_day=doc["day"],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MetaFormatError(str(e)) from e
@@ -162,7 +172,7 @@ class MessageMeta:
         return imap.header_fields(raw, r.inner_header_start, r.inner_body_start, section)
 
     def binary(self, raw: bytes, part: tuple[int, ...]) -> bytes | None:
-        """BINARY[part] (RFC 3516): decoded content; None for a missing part; raises imap.UnknownCTE."""
+        """BINARY[part] (RFC 3516): decoded content; None for a missing part; raises cte.UnknownCTE."""
         if not part:
             return raw
         r = self.row(part)
@@ -178,7 +188,7 @@ class MessageMeta:
         r = self.row(part) if part else None
         if part and r is None:
             return None
-        if r is not None and r.encoding in imap.IDENTITY_ENCODINGS:
+        if r is not None and r.encoding in IDENTITY_ENCODINGS:
             return r.size
         data = self.binary(raw, part)
         return None if data is None else len(data)
@@ -221,18 +231,13 @@ def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
     )
 
 
-def _sent_date(root: Part) -> float | None:
+def _sent_date(root: Part) -> tuple[float | None, int | None]:
+    """(instant, day as written) of the first Date: field, (None, None) if it is missing or has no valid date."""
     f = H.first_field(root.fields, "date")
     if f is None:
-        return None
-    try:
-        dt = email.utils.parsedate_to_datetime(H.to_str(f.unfolded()))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    try:
-        return dt.timestamp()
-    except (OverflowError, ValueError, OSError):
-        return None
+        return None, None
+    sent = parse_date(H.to_str(f.unfolded()))
+    return (None, None) if sent is None else (sent.instant, sent.day)
 
 
 def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
@@ -246,6 +251,7 @@ def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
         defects.append((0, f"search-text-failed:{type(e).__name__}"))
         text = SearchText((), "")
     envelopes: dict[int, bytes] = {}
+    sent_date, sent_day = _sent_date(root)
     return MessageMeta(
         size=len(raw),
         envelope=imap.envelope(root.fields),
@@ -254,7 +260,8 @@ def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
         parts=tuple(_row(sec, p, root) for sec, p in walk(root)),
         defects=tuple(defects),
         search=text,
-        sent_date=_sent_date(root),
+        sent_date=sent_date,
+        sent_day=sent_day,
     )
 
 

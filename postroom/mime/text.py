@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 
 from postroom.mime import headers as H
-from postroom.mime.imap import UnknownCTE, decode_base64, decode_body
+from postroom.mime.cte import UnknownCTE, decode_base64, decode_body
 from postroom.mime.structure import Part
 
 MAX_BODY_CHARS = 256 * 1024

@@ -30,7 +30,7 @@ Mailbox names are case-sensitive except INBOX (RFC 9051 §5.1).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -463,6 +463,12 @@ class Store(Protocol):
         """`read_meta` of many bodies at once (FETCH ENVELOPE or SEARCH over a range): a few queries, not one
         per body. A blob id that is not stored (its message was expunged meanwhile) is left out; None means
         stored without metadata."""
+
+    async def write_metas(self, metas: Mapping[str, bytes]) -> None:
+        """Replace the stored metadata of bodies (blob id -> serialised `MessageMeta`), in one transaction: a
+        reader that found metadata of an older format recomputed it and stores it back, so each body is
+        upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
+        body, which does not change)."""
 
     async def store_flags(
         self,

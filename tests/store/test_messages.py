@@ -390,3 +390,18 @@ async def test_read_metas_many_at_once(store: Store) -> None:
     for i, m in enumerate(infos, 1):
         assert got[m.blob_id] == (b"meta %d" % i if i % 2 else None) == await store.read_meta(m.blob_id)
     assert await store.read_metas([]) == {}
+
+
+async def test_write_metas_replaces_metadata_of_stored_bodies(store: Store) -> None:
+    # readers store back metadata they recomputed (an older format): one call, bodies gone are skipped
+    u = await new_user(store)
+    box = await inbox(store, u)
+    await store.append_many(box.id, [msg(1, meta=b"format 1"), msg(2)])
+    a, b = (m.blob_id for m in await store.list_messages(box.id))
+    gone = hashlib.sha256(b"never stored").hexdigest()
+    await store.write_metas({a: b"format 2 a", b: b"format 2 b", gone: b"x"})
+    assert await store.read_metas([a, b, gone]) == {a: b"format 2 a", b: b"format 2 b"}
+    await store.write_metas({})
+    infos = await store.list_messages(box.id)
+    assert [m.size for m in infos] == [len(msg(1).raw), len(msg(2).raw)]  # the bodies are untouched
+    assert await store.read_message(a) == msg(1).raw

@@ -333,3 +333,27 @@ def test_framer_never_raises_and_stays_bounded(data: bytes, step: int, accept: b
             if isinstance(ev, P.LiteralRequest):
                 f.accept_literal() if accept and ev.size < 100 else f.reject_literal()
         assert len(f._buf) <= 64 + step
+
+
+@pytest.mark.parametrize("day", [b"3", b" 3", b"03"])
+def test_append_date_time_day_forms(day: bytes) -> None:
+    # RFC 9051 §9 date-day-fixed is (SP DIGIT) / 2DIGIT; the one-digit form without the space (iOS Mail) is
+    # accepted too. 3-Feb-2025 10:00:00 +0000 is 1738576800 POSIX seconds.
+    ap = parse(b'a APPEND INBOX "' + day + b'-Feb-2025 10:00:00 +0000" {1}\r\nx').args
+    assert isinstance(ap, P.AppendArgs) and ap.date == 1738576800.0
+
+
+@pytest.mark.parametrize("date", [b"1-Feb-2024", b"01-Feb-2024", b'"1-Feb-2024"', b'"01-feb-2024"'])
+def test_search_date_forms(date: bytes) -> None:
+    # RFC 9051 §9: date = date-text / DQUOTE date-text DQUOTE; date-day = 1*2DIGIT
+    a = parse(b"a SEARCH SENTON " + date).args
+    assert isinstance(a, P.SearchArgs) and a.key == P.Key("SENTON", (1706745600.0,))  # 1-Feb-2024 00:00 UTC
+
+
+@pytest.mark.parametrize("bad", [b'a APPEND x "31-Feb-2025 10:00:00 +0000" {1}\r\nx',
+                                 b'a APPEND x "0-Feb-2025 10:00:00 +0000" {1}\r\nx',
+                                 b'a APPEND x "123-Feb-2025 10:00:00 +0000" {1}\r\nx',
+                                 b"a SEARCH SINCE 30-Feb-2024", b"a SEARCH SINCE 0-Jan-2024"])
+def test_days_that_do_not_exist_are_bad(bad: bytes) -> None:
+    with pytest.raises(P.ParseError):
+        parse(bad)

@@ -8,13 +8,13 @@ import pytest
 
 from postroom.mime import headers as H
 from postroom.mime.address import parse_address_list
+from postroom.mime.cte import decode_base64
 from postroom.mime.imap import (
     BadSection,
     Section,
     UnknownCTE,
     binary_bytes,
     bodystructure,
-    decode_base64,
     envelope,
     istring,
     literal_safe,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,6 +328,17 @@ class MessagesMixin(Base):
         if not wanted:
             return {}
         return await self._engine.read(q)
+
+    async def write_metas(self, metas: Mapping[str, bytes]) -> None:
+        rows = [(bytes(meta), blob_id) for blob_id, meta in metas.items()]
+        for _, blob_id in rows:
+            check_id(blob_id)
+
+        def op(tx: Tx) -> None:
+            tx.conn.executemany("UPDATE blobs SET meta = ? WHERE id = ?", rows)
+
+        if rows:
+            await self._engine.write(op, size=sum(len(m) for m, _ in rows))
 
     async def store_flags(
         self,
