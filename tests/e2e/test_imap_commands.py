@@ -217,6 +217,19 @@ def test_list_extended_special_use_status_subscribed(imap: Any) -> None:
                           b'* LIST (\\HasNoChildren \\Subscribed \\Trash) "/" "Trash"\r\n']
 
 
+def test_list_extended_option_rules(imap: Any) -> None:
+    """RFC 5258 §3.1: RECURSIVEMATCH alone or only with REMOTE is BAD; unknown options are BAD; repeated options
+    count once; the session goes on."""
+    r = raw(imap)
+    assert r.cmd('a LIST (RECURSIVEMATCH REMOTE) "" ""')[-1].startswith(b"a BAD ")
+    assert r.cmd('b LIST (RECURSIVEMATCH) "" "*"')[-1].startswith(b"b BAD ")
+    assert r.cmd('c LIST (FROB) "" "*"')[-1].startswith(b"c BAD ")
+    assert r.cmd('d LIST "" "*" RETURN (FROB)')[-1].startswith(b"d BAD ")
+    assert r.cmd('e LIST (SUBSCRIBED SUBSCRIBED) "" INBOX RETURN (CHILDREN CHILDREN)') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"\r\n', b"e OK LIST completed\r\n"]
+    assert r.cmd('f LIST () "" ""') == [b"f OK LIST completed\r\n"]  # extended: "" is no special request
+
+
 def test_subscribe_lsub_namespace(imap: Any) -> None:
     r = raw(imap)
     r.cmd("a CREATE Foo/Bar")

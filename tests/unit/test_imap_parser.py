@@ -204,6 +204,35 @@ def test_list_forms() -> None:
         parse(b'a LIST "" * RETURN (BOGUS)')
 
 
+@pytest.mark.parametrize("line", [
+    b'a LIST (RECURSIVEMATCH) "" *',
+    b'a LIST (RECURSIVEMATCH REMOTE) "" ""',  # issue 15 item 4
+    b'a LIST (REMOTE RECURSIVEMATCH) "" *',
+    b'a LIST (RECURSIVEMATCH RECURSIVEMATCH) "" *',
+    b'a LIST (BOGUS) "" *',  # an option the server does not know
+    b'a LIST (SUBSCRIBED) "" * RETURN (BOGUS)',
+    b'a LIST "" * RETURN (STATUS)',  # STATUS takes its item list
+    b'a LIST "" * RETURN (STATUS ())',
+])
+def test_list_extended_option_rules_bad(line: bytes) -> None:
+    """RFC 5258 §3.1 / RFC 9051 §6.3.9.1: RECURSIVEMATCH "MUST NOT occur as the only selection option (or only
+    with REMOTE) ... The server MUST return a BAD tagged response"; §3: "A server MUST respond to options it does
+    not recognize with a BAD response"."""
+    with pytest.raises(P.ParseError):
+        parse(line)
+
+
+def test_list_extended_option_rules_ok() -> None:
+    # RFC 5258 §3: an option given twice is acted on as if given once.
+    a = parse(b'a LIST (SUBSCRIBED SUBSCRIBED RECURSIVEMATCH REMOTE) "" * RETURN (CHILDREN CHILDREN)').args
+    assert isinstance(a, P.ListArgs)
+    assert a.selection == ("SUBSCRIBED", "RECURSIVEMATCH", "REMOTE") and a.returns == ("CHILDREN",)
+    # RFC 5258 §6 list-select-opts: the list may be empty; the command is then extended (no "" special case).
+    assert parse(b'a LIST () "" ""').args == P.ListArgs("", ("",), extended=True)
+    assert parse(b'a LIST (SPECIAL-USE RECURSIVEMATCH) "" *').args == P.ListArgs(
+        "", ("*",), ("SPECIAL-USE", "RECURSIVEMATCH"), extended=True)
+
+
 def test_status_append_id_enable() -> None:
     assert parse(b"a STATUS INBOX (messages unseen SIZE deleted)").args == P.StatusArgs(
         "INBOX", ("MESSAGES", "UNSEEN", "SIZE", "DELETED"))
