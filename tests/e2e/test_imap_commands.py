@@ -127,10 +127,54 @@ def test_bad_syntax_never_drops_the_session(imap: Any) -> None:
     assert r.cmd('a LOGIN "unterminated')[-1].startswith(b"a BAD")
     r.send(b"+++\r\n")
     assert r.line().startswith(b"* BAD")
-    r.send(b"x " + b"A" * 10000 + b"\r\n")
-    assert r.line().startswith(b"x BAD Line too long")
+    r.send(b"x " + b"A" * 70000 + b"\r\n")  # over limits.imap_command_length (64 KiB)
+    assert r.line().startswith(b"x BAD Command too long")
     assert r.cmd("b FETCH 1 FLAGS")[-1].startswith(b"b BAD")  # not selected
     assert r.cmd("c NOOP") == [b"c OK NOOP completed\r\n"]
+
+
+def test_long_commands_up_to_the_command_limit(imap: Any) -> None:
+    """Issue 15 item 6: RFC 2971 §3.3 allows 30 field-value pairs with values of 1024 octets, one ID command of
+    about 31 KB; a SEARCH with hundreds of keys is one long line too. The IMAP command limit (64 KiB,
+    limits.imap_command_length) rules, not the 8 KiB limits.line_length of SMTP and POP3."""
+    fill(imap, ADDR, PW, 3)
+    r = raw(imap)
+    pairs = " ".join(f'"field{i:02d}" "{chr(65 + i % 26) * 1024}"' for i in range(30))
+    line = f"a ID ({pairs})"
+    assert len(line) > 30 * 1024
+    lines = r.cmd(line)
+    assert lines[0].startswith(b'* ID ("name" "Postroom"') and lines[-1] == b"a OK ID completed\r\n"
+    r.cmd("b SELECT INBOX")
+    keys = " ".join(f"UNKEYWORD $never{i:03d}" for i in range(500))  # every message matches every key
+    assert len(keys) > 8192
+    assert r.cmd(f"c SEARCH {keys}") == [b"* SEARCH 1 2 3\r\n", b"c OK SEARCH completed\r\n"]
+    # Over the limit: a clear BAD, and the session goes on.
+    r.send(b"d SEARCH " + b"ALL " * 20000 + b"\r\n")
+    assert r.line() == b"d BAD Command too long\r\n"
+    assert r.cmd("e NOOP") == [b"e OK NOOP completed\r\n"]
+
+
+def test_long_lines_inside_idle_and_authenticate(imap: Any) -> None:
+    """IDLE's DONE line and AUTHENTICATE's response lines are read with limits of their own (session.py)."""
+    import base64
+
+    r = raw(imap)
+    r.send(b"i IDLE\r\n")
+    assert r.line() == b"+ idling\r\n"
+    r.send(b"x" * 5000 + b"\r\n")  # longer than any DONE line needs to be
+    assert r.line() == b"i BAD Line too long\r\n"
+    assert r.cmd("n NOOP") == [b"n OK NOOP completed\r\n"]
+    a = Raw(imap.port("imap"))
+    a.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert a.line() == b"+ \r\n"
+    # A response line longer than limits.line_length (8 KiB) is within the AUTHENTICATE line limit.
+    a.send(base64.b64encode(b"\0" + ADDR.encode() + b"\0" + b"x" * 9000) + b"\r\n")
+    assert a.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    a.send(b"b AUTHENTICATE PLAIN\r\n")
+    assert a.line() == b"+ \r\n"
+    a.send(b"A" * 70000 + b"\r\n")
+    assert a.line() == b"b BAD Line too long\r\n"
+    assert a.cmd("c NOOP") == [b"c OK NOOP completed\r\n"]
 
 
 def test_too_many_errors_says_bye(imap: Any) -> None:

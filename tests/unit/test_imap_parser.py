@@ -104,6 +104,30 @@ def test_next_line_for_idle_and_sasl() -> None:
     assert f.next_event() == P.RawCommand(b"c NOOP\r\n")
 
 
+def test_one_line_may_be_the_whole_command_limit() -> None:
+    """The session makes max_line == max_command (limits.imap_command_length): a command line as long as the
+    command limit passes, a longer one is "Command too long"; whole and byte by byte."""
+    ok = b"a ID (" + b'"k" "' + b"v" * 970 + b'")\r\n'
+    bad = b"b ID (" + b'"k" "' + b"v" * 1200 + b'")\r\n'
+    assert len(ok) <= 1000 < len(bad)
+    expected = [P.RawCommand(ok), P.FramingError("b", "Command too long"), P.RawCommand(b"c NOOP\r\n")]
+    data = ok + bad + b"c NOOP\r\n"
+    assert drive([data], P.Framer(max_line=1000, max_command=1000)) == expected
+    assert drive([data[i:i + 1] for i in range(len(data))], P.Framer(max_line=1000, max_command=1000)) == expected
+
+
+def test_next_line_has_its_own_limit() -> None:
+    f = P.Framer(max_line=1000, max_command=1000)
+    f.feed(b"x" * 30 + b"\r\nDONE\r\n")
+    assert f.next_line(16) == P.FramingError("*", "Line too long")
+    assert f.next_line(16) == b"DONE"
+    f.feed(b"DONE" + b" " * 40)  # the limit applies before the line end arrives, too
+    err = f.next_line(16)
+    assert isinstance(err, P.FramingError) and err.text == "Line too long"
+    f.feed(b"   \r\nd NOOP\r\n")
+    assert f.next_event() == P.RawCommand(b"d NOOP\r\n")
+
+
 def test_buffered_counts_pipelined_bytes() -> None:
     f = P.Framer()
     f.feed(b"a STARTTLS\r\nb LOGIN x y\r\n")
