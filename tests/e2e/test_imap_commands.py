@@ -284,8 +284,73 @@ def test_subscribe_lsub_namespace(imap: Any) -> None:
     assert r.cmd('d LSUB "" %')[:-1].count(b'* LSUB (\\Noselect) "/" "Foo"\r\n') == 1
     assert r.cmd("e UNSUBSCRIBE Foo/Bar") == [b"e OK UNSUBSCRIBE completed\r\n"]
     assert b'* LSUB () "/" "Foo/Bar"\r\n' not in r.cmd('f LSUB "" *')
-    assert r.cmd("g SUBSCRIBE Nope")[-1].startswith(b"g NO")
+    assert r.cmd("g SUBSCRIBE Nope") == [b"g OK SUBSCRIBE completed\r\n"]  # RFC 9051 §6.3.7: names, not mailboxes
     assert r.cmd("h NAMESPACE") == [b'* NAMESPACE (("" "/")) NIL NIL\r\n', b"h OK NAMESPACE completed\r\n"]
+
+
+def _attrs(line: bytes) -> set[bytes]:
+    """The attributes of one LIST/LSUB response, as a set (RFC 9051 §6.3.9.3: they are additive; order is free)."""
+    return set(line[line.index(b"(") + 1:line.index(b")")].split())
+
+
+def test_subscriptions_outlive_their_mailbox(imap: Any) -> None:
+    """Issue 15 item 3. RFC 3501 §6.3.9: the server "MUST NOT unilaterally remove an existing mailbox name from
+    the subscription list even if a mailbox by that name no longer exists"; RFC 9051 §6.3.9.1 (SUBSCRIBED: the
+    list may "contain the names of mailboxes that don't exist") and §6.3.9.3's `(\\Subscribed \\NonExistent)`."""
+    r = raw(imap)
+    assert r.cmd("a CREATE a/b")[-1] == b"a OK CREATE completed\r\n"
+    r.cmd("b SUBSCRIBE a/b")
+    assert r.cmd("c DELETE a/b")[-1] == b"c OK DELETE completed\r\n"
+    assert r.cmd('d LSUB "" a/*') == [b'* LSUB () "/" "a/b"\r\n', b"d OK LSUB completed\r\n"]
+    lines = r.cmd('e LIST (SUBSCRIBED) "" a/*')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "a/b"\r\n')
+    assert _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    # LIST without the SUBSCRIBED selection lists mailboxes only; RETURN (SUBSCRIBED) marks the subscribed ones
+    assert r.cmd('f LIST "" a/* RETURN (SUBSCRIBED)') == [b"f OK LIST completed\r\n"]
+    # RECURSIVEMATCH: "a" exists, is not subscribed, and has a subscribed descendant the pattern does not match
+    lines = r.cmd('g LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+    assert b'* LIST (\\HasNoChildren) "/" "a" ("CHILDINFO" ("SUBSCRIBED"))\r\n' in lines
+    # UNSUBSCRIBE of a name whose mailbox is gone (RFC 9051 §6.3.8)
+    assert r.cmd("h UNSUBSCRIBE a/b") == [b"h OK UNSUBSCRIBE completed\r\n"]
+    assert r.cmd('i LSUB "" a/*') == [b"i OK LSUB completed\r\n"]
+    assert r.cmd('j LIST (SUBSCRIBED) "" a/*') == [b"j OK LIST completed\r\n"]
+
+
+def test_subscribe_names_that_do_not_exist(imap: Any) -> None:
+    """RFC 9051 §6.3.7: a server MAY validate the name; Postroom, like Dovecot, subscribes it either way."""
+    r = raw(imap)
+    assert r.cmd("a SUBSCRIBE x/y") == [b"a OK SUBSCRIBE completed\r\n"]
+    assert r.cmd('b LSUB "" x*') == [b'* LSUB () "/" "x/y"\r\n', b"b OK LSUB completed\r\n"]
+    # RFC 3501 §6.3.9: with "%" the unsubscribed parent is listed instead, flagged \Noselect
+    assert r.cmd('c LSUB "" x%') == [b'* LSUB (\\Noselect) "/" "x"\r\n', b"c OK LSUB completed\r\n"]
+    # RFC 9051 §6.3.9.6 table 3: no mailbox, not subscribed, a subscribed child: (\NonExistent) + CHILDINFO
+    lines = r.cmd('d LIST (SUBSCRIBED RECURSIVEMATCH) "" x%')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "x" ("CHILDINFO" ("SUBSCRIBED"))\r\n')
+    assert _attrs(lines[0]) == {b"\\NonExistent"}
+    # the redundant CHILDINFO is left out when the matching child is listed itself (§6.3.9.6)
+    lines = r.cmd('e LIST (SUBSCRIBED RECURSIVEMATCH) "" x*')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "x/y"\r\n')
+    assert _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    assert r.cmd("f CREATE x/y")[-1] == b"f OK CREATE completed\r\n"  # made later: subscribed already
+    lines = r.cmd('g LIST "" x/y RETURN (SUBSCRIBED)')
+    assert len(lines) == 2 and _attrs(lines[0]) == {b"\\HasNoChildren", b"\\Subscribed"}
+
+
+def test_rename_does_not_move_subscriptions(imap: Any) -> None:
+    """RFC 9051 §6.3.6: "renaming a mailbox doesn't update subscription information on the original name. To keep
+    subscription information in sync, the following sequence of commands can be used: RENAME X Y, SUBSCRIBE Y,
+    UNSUBSCRIBE X" (Dovecot's RENAME leaves subscriptions alone too)."""
+    r = raw(imap)
+    r.cmd("a CREATE X")
+    r.cmd("b SUBSCRIBE X")
+    assert r.cmd("c RENAME X Y") == [b"c OK RENAME completed\r\n"]
+    lines = r.cmd('e LIST (SUBSCRIBED) "" X')
+    assert len(lines) == 2 and _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    assert r.cmd('f LIST "" Y RETURN (SUBSCRIBED)')[0] == b'* LIST (\\HasNoChildren) "/" "Y"\r\n'
+    r.cmd("g SUBSCRIBE Y")
+    r.cmd("h UNSUBSCRIBE X")
+    assert r.cmd('i LSUB "" *')[:-1] == [b'* LSUB () "/" "%s"\r\n' % n for n in
+                                        (b"INBOX", b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash", b"Y")]
 
 
 def test_status_items(imap: Any) -> None:
