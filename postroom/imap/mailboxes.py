@@ -43,7 +43,7 @@ from pathlib import Path
 from postroom.config import LimitsConfig
 from postroom.mime.meta import MessageMeta, compute_meta
 from postroom.store import names
-from postroom.store.api import FLAG_NAMES, AppendRequest, Flag, Mailbox, MailboxStatus
+from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
 
 from . import encoder
 from . import parser as P
@@ -52,7 +52,6 @@ from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
 from .state import Selected
 
 SEP = "/"
-_SYSTEM_FLAGS = b"(" + " ".join(FLAG_NAMES.values()).encode() + b")"
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -103,21 +102,19 @@ async def select(s: Session, cmd: P.Command) -> Result:
             old, new = await s.store.claim_recent(mbox.id)
             sel.grant_recent(old + 1, new)
             sel.recent_seen = new
-    keywords: set[str] = set()
+    # Invariant 4: the keywords the mailbox has had (store invariant 9) and, should one have been added since
+    # get_mailbox read them (its change came before the drain above), those the listing carries.
+    sel.learn(mbox.keywords)
     for kws in cols.keywords.values():
-        keywords.update(kws)
+        sel.learn(kws)
     first_unseen = next((i + 1 for i, f in enumerate(cols.flags) if not f & _SEEN), 0)
-    kw = "".join(" " + k for k in sorted(keywords)).encode("utf-8", "surrogateescape")
-    s.write(b"* FLAGS " + _SYSTEM_FLAGS[:-1] + kw + b")\r\n")
+    s.write(sel.flags_line())
     s.write(b"* %d EXISTS\r\n" % len(uids))
     if not s.rev2:
         s.write(b"* %d RECENT\r\n" % sel.recent_count())
         if first_unseen:
             s.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
-    if readonly:
-        s.write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-    else:
-        s.write(b"* OK [PERMANENTFLAGS " + _SYSTEM_FLAGS[:-1] + kw + b" \\*)] Flags permitted\r\n")
+    s.write(sel.permanentflags_line())
     s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
     s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
     if s.rev2:

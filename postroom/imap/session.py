@@ -237,9 +237,13 @@ class Session:
             self.overflowed = False
             self.sub.reset()
             if self.sel is not None:
+                mbox = await self.store.get_mailbox_by_id(self.sel.id)
                 cols = await self.store.list_columns(self.sel.id)
                 self.sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i))
                                  for i, u in enumerate(cols.uids)])
+                # keyword changes may be among those lost: announce what the mailbox has now (state.py 5)
+                self.write(*self.sel.announce([*(mbox.keywords if mbox else ()),
+                                               *(k for kws in cols.keywords.values() for k in kws)]))
                 await self.claim_recent()
                 self.write(*self.sel.report(allow_expunge))
                 return

@@ -483,7 +483,9 @@ def test_store_flags_and_keywords(imap: Any) -> None:
     fill(imap, ADDR, PW, 3)
     r = raw(imap)
     r.cmd("a SELECT INBOX")
-    assert r.cmd("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == [
+    assert r.cmd("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == [  # a new keyword is announced first (RFC 9051 §7.3.5)
+        b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo \\*)] Flags permitted\r\n",
         b"* 1 FETCH (FLAGS (\\Flagged \\Recent $Todo))\r\n", b"* 2 FETCH (FLAGS (\\Flagged \\Recent $Todo))\r\n",
         b"b OK STORE completed\r\n"]
     assert r.cmd("c STORE 1 -FLAGS ($Todo)") == [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n",

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 
 from postroom.store.api import (
+    SPECIAL_USE_DEFAULTS,
     AlreadyExists,
     ChangeKind,
     Flag,
     Invalid,
-    SPECIAL_USE_DEFAULTS,
     NotFound,
     Store,
 )
