@@ -237,24 +237,26 @@ async def list_(s: Session, cmd: P.Command) -> Result:
     recursive = "RECURSIVEMATCH" in a.selection
     status_items = a.status_items if "STATUS" in a.returns else ()
     candidates = set(by_name) | virtual
+    # RFC 9051 §6.3.9.6: CHILDINFO for a name with a subscribed descendant that the patterns do not list
+    # themselves ("servers SHOULD suppress redundant CHILDINFO responses"); one pass, not one per name.
+    childinfo_for: set[str] = set()
     if select_sub:  # RFC 9051 §6.3.9.1: subscribed names are listed whether or not a mailbox has them
         candidates |= subscribed
         if recursive:  # ... and so are their parents, for CHILDINFO
-            candidates.update(p for n in subscribed for p in names.parents(n))
+            for n in subscribed:
+                parents = names.parents(n)
+                candidates.update(parents)
+                if not matches(n):
+                    childinfo_for.update(parents)
     gone = "\\NonExistent" if s.rev2 or a.extended else "\\Noselect"  # RFC 5258 §3; RFC 3501 §7.2.2
     for name in sorted(candidates, key=_sort_key):
         if not matches(name):
             continue
         m = by_name.get(name)
         attrs: list[str] = []
-        childinfo = False
-        if select_sub:
-            if recursive:
-                # RFC 9051 §6.3.9.6: a descendant meets the criteria; only when the pattern does not list it
-                # itself ("servers SHOULD suppress redundant CHILDINFO responses").
-                childinfo = any(n.startswith(name + SEP) and not matches(n) for n in subscribed)
-            if name not in subscribed and not childinfo:
-                continue
+        childinfo = name in childinfo_for
+        if select_sub and name not in subscribed and not childinfo:
+            continue
         if "SPECIAL-USE" in a.selection and (m is None or not m.special_use):
             continue
         if m is None:
