@@ -103,6 +103,7 @@ class Selected:
         return b"* OK [PERMANENTFLAGS (" + SYSTEM_FLAGS + self._keyword_text() + more + b")] Flags permitted\r\n"
 
     def flags_responses(self) -> list[bytes]:
+        """The responses that announce the current set: FLAGS, and PERMANENTFLAGS unless read-only."""
         if self.readonly:  # PERMANENTFLAGS stays () for a read-only session
             return [self.flags_line()]
         return [self.flags_line(), self.permanentflags_line()]
