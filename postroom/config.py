@@ -84,7 +84,8 @@ class LimitsConfig:
     recipients: int = 100  # per message
     connections_per_ip: int = 20
     connections_total: int = 2000
-    line_length: int = 8192  # bytes in one command line (RFC 5321 §4.5.3.1.4 asks at least 512)
+    line_length: int = 8192  # bytes in one SMTP / POP3 command line (RFC 5321 §4.5.3.1.4 asks at least 512)
+    imap_command_length: int = 65536  # bytes of one IMAP command's text, literals apart (like Dovecot's 64 KiB)
     literal_size: int = 50 * 1024 * 1024  # IMAP literal
     smtp_idle_seconds: float = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes
     imap_idle_seconds: float = 1800.0  # RFC 9051 §5.4: at least 30 minutes
@@ -296,6 +297,9 @@ def _validate(cfg: Config, where: str) -> None:
     if cfg.limits.line_length < 1000:
         # RFC 5321 §4.5.3.1.6: a text line may be 1000 octets with CRLF; IMAP and POP3 need no less.
         raise ConfigError(f"{where}: limits.line_length must be at least 1000")
+    if cfg.limits.imap_command_length < 8192:
+        # RFC 7162 §4: servers SHOULD accept command lines of at least 8192 octets (clients keep below that).
+        raise ConfigError(f"{where}: limits.imap_command_length must be at least 8192")
     for name in ("smtp_idle_seconds", "imap_idle_seconds", "pop3_idle_seconds"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"{where}: limits.{name} must be positive")
@@ -414,7 +418,8 @@ message_size = 52428800            # bytes
 recipients = 100
 connections_per_ip = 20
 connections_total = 2000
-line_length = 8192
+line_length = 8192                 # SMTP and POP3 command lines
+imap_command_length = 65536        # one IMAP command, literals apart
 literal_size = 52428800
 smtp_idle_seconds = 300
 imap_idle_seconds = 1800

@@ -113,7 +113,7 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
     step = await exchange.begin(initial)
     while not step.done:
         s.write(b"+ " + base64.b64encode(step.challenge) + b"\r\n")
-        line = await s.read_line()
+        line = await s.read_line(s.sasl_line_max())
         if line == b"*":
             raise Bad("Authentication cancelled")  # RFC 9051 §6.2.2
         step = await exchange.respond(b64decode(line))
@@ -124,7 +124,7 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
     if step.server_final:
         # IMAP has no "additional data with success": send it as a challenge and take the empty answer.
         s.write(b"+ " + base64.b64encode(step.server_final) + b"\r\n")
-        line = await s.read_line()
+        line = await s.read_line(s.sasl_line_max())
         if line == b"*":
             raise Bad("Authentication cancelled")
     return _logged_in(s, step.user)

@@ -212,7 +212,10 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -
                 if name == "UID":
                     items.append(b"UID %d" % uid)
                 elif name == "FLAGS":
-                    items.append(b"FLAGS " + encoder.flag_list(flags[i], kw_at(i), recent(uid)))
+                    kws = kw_at(i)
+                    if kws:
+                        lines.extend(sel.announce(kws))  # state.py invariant 5: FLAGS before the FETCH
+                    items.append(b"FLAGS " + encoder.flag_list(flags[i], kws, recent(uid)))
                 elif name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
                 else:  # RFC822.SIZE
@@ -296,6 +299,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             items.append(_item(s, att, m, raw, meta))
         if m.uid in seen_now and "FLAGS" not in names:
             items.append(b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel.is_recent(m.uid)))
+        if m.keywords and ("FLAGS" in names or m.uid in seen_now):
+            s.write(*sel.announce(m.keywords))  # state.py invariant 5: FLAGS before the FETCH
         s.write(b"* %d FETCH (%b)\r\n" % (n, b" ".join(items)))
         await s.maybe_flush()
     if expunged:

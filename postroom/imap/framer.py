@@ -13,10 +13,16 @@ follow, and after them the command line goes on. `feed(bytes)` appends; `next_ev
   so the framer forgets the command; a rejected non-synchronizing literal is on its way anyway, so the framer
   skips its bytes and the rest of the command (RFC 7888 §4);
 * `RawCommand(data)`: the whole command, lines and literals as received (for `parser.parse_command`);
-* `FramingError(tag, text)`: a line or a command was longer than the limits; its bytes were dropped and the
-  next event starts with the next command.
+* `FramingError(tag, text)`: a line or a command was longer than the limits ("Line too long" when `max_line`
+  cut in, "Command too long" when the command's `max_command` did); its bytes were dropped and the next event
+  starts with the next command.
 
-`next_line()` takes one bare line (IDLE's `DONE`, an AUTHENTICATE response) from the same stream.
+A command line may be as long as what is left of `max_command`, and no longer than `max_line`. The IMAP session
+makes both the command limit (`limits.imap_command_length`): in IMAP the whole command is what is limited
+(RFC 9051 §4 leaves the number to the server), so a long ID (RFC 2971 §3.3) or SEARCH fits on one line.
+
+`next_line(limit)` takes one bare line (IDLE's `DONE`, an AUTHENTICATE response) from the same stream, with a
+limit of its own (default `max_line`).
 
 `accept_literal(external=True)` lets the session take the literal's bytes itself (a large APPEND message is
 streamed to a file, never buffered here): `take_external(n)` hands out what is already buffered, the session
@@ -25,8 +31,8 @@ literal (`{0}`, `~{0}`) in its place, so the parser sees a well-formed command.
 
 Invariants
 1. Nothing here raises on any input; every byte sequence gives events.
-2. At most `max_line` bytes of an unfinished line and `max_command` bytes of command text are buffered;
-   literal bytes count against the size the session accepted, never more.
+2. At most `max_command` bytes of command text (and of one line, at most `max_line`; of a bare line, its own
+   limit) are buffered; literal bytes count against the size the session accepted, never more.
 3. A line's tail past `max_line` is dropped as it arrives (never buffered), up to and including its LF.
 """
 
@@ -119,30 +125,39 @@ class Framer:
         """Forget everything buffered (after STARTTLS)."""
         self.__init__(self.max_line, self.max_command)  # type: ignore[misc]
 
-    def _take_line(self) -> bytes | None | FramingError:
+    def _take_line(self, limit: int, text: str = "Line too long") -> bytes | None | FramingError:
+        """The next line (with its end) if it is complete and at most `limit` bytes; FramingError(text) if it
+        is longer (its bytes are dropped, invariant 3); None if more bytes are needed."""
         buf = self._buf
-        i = buf.find(b"\n", self._scanned, self.max_line)
+        i = buf.find(b"\n", self._scanned, limit)
         if i >= 0:
             line = bytes(buf[: i + 1])
             del buf[: i + 1]
             self._scanned = 0
             return line
-        if len(buf) >= self.max_line:
+        if len(buf) >= limit:
             tag = guess_tag(bytes(buf[:64])) if not self._parts else self._tag
-            j = buf.find(b"\n", self.max_line)
+            j = buf.find(b"\n", limit)
             if j >= 0:
                 del buf[: j + 1]
             else:
                 buf.clear()
                 self._discard_line = True
             self._scanned = 0
-            return FramingError(tag, "Line too long")
+            return FramingError(tag, text)
         self._scanned = len(buf)
         return None
 
-    def next_line(self) -> bytes | None | FramingError:
-        """One bare line without its line end (IDLE, AUTHENTICATE), or None if none is complete yet."""
-        line = self._take_line()
+    def _take_command_line(self) -> bytes | None | FramingError:
+        left = self.max_command - self._text  # invariant 2: the command's text, not only this line, is capped
+        if left <= self.max_line:
+            return self._take_line(max(left, 1), "Command too long")
+        return self._take_line(self.max_line)
+
+    def next_line(self, limit: int | None = None) -> bytes | None | FramingError:
+        """One bare line without its line end (IDLE, AUTHENTICATE), or None if none is complete yet.
+        `limit` (default `max_line`) counts the line end; a longer line is FramingError("Line too long")."""
+        line = self._take_line(self.max_line if limit is None else limit)
         if isinstance(line, bytes):
             return line.rstrip(b"\r\n")
         return line
@@ -164,7 +179,7 @@ class Framer:
                     return NEED_DATA
                 self._state = _LINE
                 self._scanned = 0
-            line = self._take_line()
+            line = self._take_command_line()
             if line is None:
                 return NEED_DATA
             if isinstance(line, FramingError):

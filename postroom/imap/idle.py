@@ -24,7 +24,7 @@ from typing import Any
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .session import AUTHED, Bad, Result, Session, command
+from .session import AUTHED, IDLE_LINE_MAX, Bad, Result, Session, command
 
 
 @command("IDLE", AUTHED)
@@ -36,7 +36,7 @@ async def idle(s: Session, cmd: P.Command) -> Result:
     change_task: asyncio.Task[Any] | None = None
     try:
         while True:
-            line = s.framer.next_line()
+            line = s.framer.next_line(IDLE_LINE_MAX)  # session invariant 2
             if isinstance(line, P.FramingError):
                 raise Bad(line.text)
             if isinstance(line, bytes):

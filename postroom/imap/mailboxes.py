@@ -9,7 +9,15 @@ namespace, RFC 2342). Names arrive in the client's encoding and are turned into 
 `stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the reverse.
 LIST reads every mailbox of the user once and matches the patterns in memory: `*` matches anything, `%`
 anything but the separator (RFC 9051 §6.3.9). A name that is only the parent of others (its mailbox was
-deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2) or `\\Noselect` (rev1).
+deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2, or any extended LIST: RFC 5258
+§3) or `\\Noselect` (a basic LIST of rev1).
+
+Subscriptions are names (store invariant 8): SUBSCRIBE takes any valid name (RFC 9051 §6.3.7 lets the server
+check that the mailbox exists; Postroom, like Dovecot, does not), UNSUBSCRIBE any name, DELETE and RENAME leave
+them alone (RFC 3501 §6.3.9 MUST NOT remove; RFC 9051 §6.3.6: RENAME "doesn't update subscription
+information"). So LSUB and LIST (SUBSCRIBED) may list names no mailbox has: LIST marks them `\\NonExistent`
+(RFC 9051 §6.3.9.6 table 3); LSUB lists them as subscribed, and marks `\\Noselect` only the unsubscribed
+level a `%` stopped at above a subscribed name (RFC 3501 §6.3.9).
 
 Invariants
 1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
@@ -19,6 +27,8 @@ Invariants
    `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing. A large
    message arrives as a staging file (session.py, `Session.staged`): its metadata is computed in a thread from
    one read of the file, and the file goes to `Store.append_file`; the handler removes it if it fails first.
+4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
+   announces the mailbox's keyword set and every keyword its listed messages carry.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ from pathlib import Path
 
 from postroom.config import LimitsConfig
 from postroom.mime.meta import MessageMeta, compute_meta
-from postroom.store.api import FLAG_NAMES, AppendRequest, Flag, Mailbox, MailboxStatus
+from postroom.store import names
+from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
 
 from . import encoder
 from . import parser as P
@@ -41,7 +52,6 @@ from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
 from .state import Selected
 
 SEP = "/"
-_SYSTEM_FLAGS = b"(" + " ".join(FLAG_NAMES.values()).encode() + b")"
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -92,21 +102,19 @@ async def select(s: Session, cmd: P.Command) -> Result:
             old, new = await s.store.claim_recent(mbox.id)
             sel.grant_recent(old + 1, new)
             sel.recent_seen = new
-    keywords: set[str] = set()
+    # Invariant 4: the keywords the mailbox has had (store invariant 9) and, should one have been added since
+    # get_mailbox read them (its change came before the drain above), those the listing carries.
+    sel.learn(mbox.keywords)
     for kws in cols.keywords.values():
-        keywords.update(kws)
+        sel.learn(kws)
     first_unseen = next((i + 1 for i, f in enumerate(cols.flags) if not f & _SEEN), 0)
-    kw = "".join(" " + k for k in sorted(keywords)).encode("utf-8", "surrogateescape")
-    s.write(b"* FLAGS " + _SYSTEM_FLAGS[:-1] + kw + b")\r\n")
+    s.write(sel.flags_line())
     s.write(b"* %d EXISTS\r\n" % len(uids))
     if not s.rev2:
         s.write(b"* %d RECENT\r\n" % sel.recent_count())
         if first_unseen:
             s.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
-    if readonly:
-        s.write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
-    else:
-        s.write(b"* OK [PERMANENTFLAGS " + _SYSTEM_FLAGS[:-1] + kw + b" \\*)] Flags permitted\r\n")
+    s.write(sel.permanentflags_line())
     s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
     s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
     if s.rev2:
@@ -164,8 +172,8 @@ async def rename(s: Session, cmd: P.Command) -> Result:
 async def subscribe(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.MailboxArg)
     name = stored_name(s, cmd.args.mailbox)
-    if await s.store.get_mailbox(_user_id(s), name) is None:
-        raise No("Mailbox does not exist", "NONEXISTENT")
+    # RFC 9051 §6.3.7 / §6.3.8: OK when subscribed (or not) already; the name need not be a mailbox (module doc).
+    # A bad name or too many subscriptions: Invalid -> NO [CANNOT].
     await s.store.set_subscribed(_user_id(s), name, cmd.name == "SUBSCRIBE")
     return "", f"{cmd.name} completed"
 
@@ -210,41 +218,52 @@ async def list_(s: Session, cmd: P.Command) -> Result:
         s.write(b'* LIST (\\Noselect) "/" ' + wire_name(s, root) + b"\r\n")
         return "", "LIST completed"
     regexes = [pattern_regex(_join(ref, stored_name(s, p) if p else p)) for p in a.patterns]
+
+    def matches(name: str) -> bool:
+        return any(r.match(name) for r in regexes)
+
     mboxes = await s.store.list_mailboxes(_user_id(s))
     by_name = {m.name: m for m in mboxes}
     virtual: set[str] = set()
     has_children: set[str] = set()
     for name in by_name:
-        parts = name.split(SEP)
-        for i in range(1, len(parts)):
-            parent = SEP.join(parts[:i])
+        for parent in names.parents(name):
             has_children.add(parent)
             if parent not in by_name:
                 virtual.add(parent)
-    subscribed = {m.name for m in mboxes if m.subscribed}
-    want_sub = "SUBSCRIBED" in a.selection or "SUBSCRIBED" in a.returns
+    select_sub = "SUBSCRIBED" in a.selection
+    want_sub = select_sub or "SUBSCRIBED" in a.returns
+    subscribed = set(await s.store.list_subscriptions(_user_id(s))) if want_sub else set()
     recursive = "RECURSIVEMATCH" in a.selection
     status_items = a.status_items if "STATUS" in a.returns else ()
-    candidates = sorted(set(by_name) | virtual, key=_sort_key)
-    for name in candidates:
-        if not any(r.match(name) for r in regexes):
+    candidates = set(by_name) | virtual
+    # RFC 9051 §6.3.9.6: CHILDINFO for a name with a subscribed descendant that the patterns do not list
+    # themselves ("servers SHOULD suppress redundant CHILDINFO responses"); one pass, not one per name.
+    childinfo_for: set[str] = set()
+    if select_sub:  # RFC 9051 §6.3.9.1: subscribed names are listed whether or not a mailbox has them
+        candidates |= subscribed
+        if recursive:  # ... and so are their parents, for CHILDINFO
+            for n in subscribed:
+                parents = names.parents(n)
+                candidates.update(parents)
+                if not matches(n):
+                    childinfo_for.update(parents)
+    gone = "\\NonExistent" if s.rev2 or a.extended else "\\Noselect"  # RFC 5258 §3; RFC 3501 §7.2.2
+    for name in sorted(candidates, key=_sort_key):
+        if not matches(name):
             continue
         m = by_name.get(name)
         attrs: list[str] = []
-        childinfo = False
-        if "SUBSCRIBED" in a.selection:
-            is_sub = name in subscribed
-            if recursive:
-                childinfo = any(n.startswith(name + SEP) for n in subscribed)
-            if not is_sub and not childinfo:
-                continue
+        childinfo = name in childinfo_for
+        if select_sub and name not in subscribed and not childinfo:
+            continue
         if "SPECIAL-USE" in a.selection and (m is None or not m.special_use):
             continue
         if m is None:
-            attrs.append("\\NonExistent" if s.rev2 else "\\Noselect")
+            attrs.append(gone)
         if name in has_children:
             attrs.append("\\HasChildren")
-        else:
+        elif m is not None:  # a name that is no mailbox has no children to speak of
             attrs.append("\\HasNoChildren")
         if want_sub and name in subscribed:
             attrs.append("\\Subscribed")
@@ -269,22 +288,23 @@ async def lsub(s: Session, cmd: P.Command) -> Result:
         s.write(b'* LSUB (\\Noselect) "/" ""\r\n')
         return "", "LSUB completed"
     regex = pattern_regex(_join(ref, stored_name(s, a.patterns[0])))
-    mboxes = await s.store.list_mailboxes(_user_id(s))
-    subscribed = sorted((m.name for m in mboxes if m.subscribed), key=_sort_key)
-    seen: set[str] = set()
+    subscribed = await s.store.list_subscriptions(_user_id(s))  # whether or not the mailboxes exist (doc)
+    listed: dict[str, bytes] = {}
     for name in subscribed:
         if regex.match(name):
-            s.write(b"* LSUB () \"/\" " + wire_name(s, name) + b"\r\n")
-            seen.add(name)
-    # RFC 3501 §6.3.9: with "%", a non-matching-but-subscribed child makes its matching parent show as
-    # \Noselect.
+            listed[name] = b"()"
+    # RFC 3501 §6.3.9: when "%" stops above a subscribed name ("foo/bar" subscribed, "foo" not), the level it
+    # stops at is listed instead, flagged \Noselect. A subscribed name the pattern matches brings no parent.
+    wanted = set(subscribed)
     for name in subscribed:
-        parts = name.split(SEP)
-        for i in range(1, len(parts)):
-            parent = SEP.join(parts[:i])
-            if parent not in seen and parent not in subscribed and regex.match(parent):
-                s.write(b"* LSUB (\\Noselect) \"/\" " + wire_name(s, parent) + b"\r\n")
-                seen.add(parent)
+        if name in listed:
+            continue
+        for parent in names.parents(name):
+            if parent not in wanted and parent not in listed and regex.match(parent):
+                listed[parent] = b"(\\Noselect)"
+    for name in sorted(listed, key=_sort_key):
+        s.write(b"* LSUB " + listed[name] + b' "/" ' + wire_name(s, name) + b"\r\n")
+        await s.maybe_flush()
     return "", "LSUB completed"
 
 

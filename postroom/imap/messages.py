@@ -23,7 +23,7 @@ import bisect
 from collections.abc import Iterable
 
 from postroom.store import names
-from postroom.store.api import FLAG_BY_NAME, Invalid, StoreMode
+from postroom.store.api import FLAG_BY_NAME, ChangeKind, Invalid, StoreMode
 
 from . import encoder
 from . import parser as P
@@ -116,6 +116,10 @@ async def store(s: Session, cmd: P.Command) -> Result:
     result = await s.store.store_flags(sel.id, uids, mode, bits, keywords)
     changed: dict[int, tuple[int, frozenset[str]]] = {}
     for ch in result.changes:
+        if ch.kind is ChangeKind.MAILBOX_KEYWORDS:
+            # RFC 9051 §7.3.5: the session that brought a keyword is told too, before its FETCH (state.py 5)
+            s.write(*sel.announce(ch.keywords))
+            continue
         sel.own_modseqs.add(ch.modseq)
         changed[ch.uid] = (ch.flags, ch.keywords)
     if a.silent:

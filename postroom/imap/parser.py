@@ -229,6 +229,7 @@ def _p_rename(c: Cursor) -> Rename:
 
 
 _LIST_SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+_LIST_SELECTION_BASE = {"SUBSCRIBED", "SPECIAL-USE"}  # RFC 5258 §6 list-select-base-opt (+ RFC 6154 §6)
 _LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
 
 
@@ -241,8 +242,9 @@ def _p_list(c: Cursor) -> ListArgs:
         for opt in c.paren_list():
             opt = opt.upper()
             if opt not in _LIST_SELECTION:
-                raise c.error(f"Unknown LIST selection option {opt}")
-            selection.append(opt)
+                raise c.error(f"Unknown LIST selection option {opt}")  # RFC 5258 §3: BAD
+            if opt not in selection:  # RFC 5258 §3: an option given twice counts once
+                selection.append(opt)
         c.sp()
     ref = c.mailbox() if c.peek() != 0x22 else c.text(c.quoted())
     c.sp()
@@ -269,15 +271,18 @@ def _p_list(c: Cursor) -> ListArgs:
             opt = c.atom().upper()
             if opt not in _LIST_RETURN:
                 raise c.error(f"Unknown LIST return option {opt}")
-            returns.append(opt)
+            if opt not in returns:
+                returns.append(opt)
             if opt == "STATUS":  # RFC 5819
                 c.sp()
                 status_items = [s.upper() for s in c.paren_list()]
                 _check_status_items(c, status_items)
             if c.peek() == 0x20:
                 c.sp()
-    if "RECURSIVEMATCH" in selection and selection == ["RECURSIVEMATCH"]:
-        raise c.error("RECURSIVEMATCH needs another selection option")  # RFC 5258 §3.1
+    if "RECURSIVEMATCH" in selection and not _LIST_SELECTION_BASE.intersection(selection):
+        # RFC 5258 §3.1 (RFC 9051 §6.3.9.1): RECURSIVEMATCH alone, or only with REMOTE, is BAD; it modifies a
+        # base option (RFC 5258 §6 list-select-mod-opt).
+        raise c.error("RECURSIVEMATCH needs a selection option other than REMOTE")
     c.end()
     return ListArgs(ref, tuple(patterns), tuple(selection), tuple(returns), tuple(status_items), extended)
 

@@ -29,8 +29,11 @@ reports them as they come.
 Invariants
 1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
    continuation requests of AUTHENTICATE, APPEND and IDLE).
-2. Every read has a limit: the line length and command size in the framer, the literal size
-   (`limits.literal_size`, APPEND: `limits.message_size`) before the `+` is sent.
+2. Every read has a limit: the command size in the framer (`limits.imap_command_length`, for the command's
+   text and so for any one line of it), the literal size (`limits.literal_size`, APPEND:
+   `limits.message_size`) before the `+` is sent, an AUTHENTICATE response line (`sasl_line_max()`: the
+   command limit, since the same bytes may come as a SASL-IR argument inside the command) and IDLE's `DONE`
+   line (`IDLE_LINE_MAX`).
 3. A BAD never drops the connection; after `limits.errors_per_session` of them the server says BYE.
 4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
@@ -76,6 +79,7 @@ ONLY_SELECTED = frozenset({SELECTED})
 FLUSH_BYTES = 256 * 1024
 STREAM_LITERAL_MIN = 1024 * 1024  # APPEND literals larger than this go to a staging file, not into memory
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
+IDLE_LINE_MAX = 1024  # IDLE's "DONE" line (RFC 2177 §3), line end included; a longer line is BAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,10 @@ class Session:
         self.auth = service.services.auth
         self.limits = service.services.config.limits
         self.conn = conn
-        self.framer = P.Framer(max_line=self.limits.line_length, max_command=max(65536, self.limits.line_length))
+        # Invariant 2: IMAP limits the whole command (limits.imap_command_length), so one line may be that long;
+        # limits.line_length is SMTP's and POP3's.
+        command_length = self.limits.imap_command_length
+        self.framer = P.Framer(max_line=command_length, max_command=command_length)
         self.state = NOT_AUTH
         self.user: User | None = None
         self.sel: Selected | None = None
@@ -180,6 +187,11 @@ class Session:
             caps.extend("AUTH=" + m for m in self.auth.mechanisms(tls))
         return caps
 
+    def sasl_line_max(self) -> int:
+        """The longest AUTHENTICATE response line (RFC 9051 §6.2.2): as long as a command may be, since a client
+        may send the same response inside the command instead (RFC 4959 SASL-IR)."""
+        return self.framer.max_command
+
     def capability_code(self) -> str:
         return "CAPABILITY " + " ".join(self.capability_list())
 
@@ -189,10 +201,11 @@ class Session:
         data = await self.conn.read_some(interruptible=between_commands)
         self.framer.feed(data)
 
-    async def read_line(self) -> bytes:
-        """One bare line (AUTHENTICATE responses). Raises Bad for an overlong one."""
+    async def read_line(self, limit: int) -> bytes:
+        """One bare line of at most `limit` bytes, line end included (AUTHENTICATE responses: `SASL_LINE_MAX`).
+        Raises Bad("Line too long") for a longer one, whose bytes are dropped."""
         while True:
-            line = self.framer.next_line()
+            line = self.framer.next_line(limit)
             if isinstance(line, bytes):
                 return line
             if isinstance(line, P.FramingError):
@@ -224,9 +237,13 @@ class Session:
             self.overflowed = False
             self.sub.reset()
             if self.sel is not None:
+                mbox = await self.store.get_mailbox_by_id(self.sel.id)
                 cols = await self.store.list_columns(self.sel.id)
                 self.sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i))
                                  for i, u in enumerate(cols.uids)])
+                # keyword changes may be among those lost: announce what the mailbox has now (state.py 5)
+                self.write(*self.sel.announce([*(mbox.keywords if mbox else ()),
+                                               *(k for kws in cols.keywords.values() for k in kws)]))
                 await self.claim_recent()
                 self.write(*self.sel.report(allow_expunge))
                 return

@@ -8,8 +8,16 @@ yet. It keeps no flags: FETCH reads them from the store, and flag changes from o
 from the change records themselves (`Change.flags`, `Change.keywords`).
 
 `absorb(change)` queues a change; `report(allow_expunge)` turns the queued changes into untagged responses:
-EXPUNGE (only when allowed, RFC 9051 §7.5.1: never during FETCH, STORE or SEARCH, nor between commands),
-EXISTS and RECENT for arrivals, FETCH (FLAGS) for flag changes of announced messages.
+FLAGS and PERMANENTFLAGS when the mailbox's keyword set grew, EXPUNGE (only when allowed, RFC 9051 §7.5.1:
+never during FETCH, STORE or SEARCH, nor between commands), EXISTS and RECENT for arrivals, FETCH (FLAGS) for
+flag changes of announced messages.
+
+Keywords (RFC 9051 §2.3.2, §7.3.5 FLAGS: "The update from the FLAGS response MUST be recorded by the client"):
+`keywords` is the set this session has announced with FLAGS (at SELECT: the mailbox's keyword set, store
+invariant 9). `announce(kws)` returns the FLAGS and PERMANENTFLAGS responses for a set grown by `kws`, or
+nothing. The store's MAILBOX_KEYWORDS change says the set grew, and every writer of a FETCH (FLAGS ...) calls
+`announce` with the keywords it is about to show, so a keyword whose change has not reached this session yet
+(the store read saw the commit before the hub did) is announced in time too.
 
 \\Recent (RFC 3501 §2.3.2; dropped by RFC 9051): the store keeps, per mailbox, the highest UID some session has
 been given as recent (`Store.claim_recent`, persistent, so a restart makes nothing old recent again). A rev1
@@ -25,17 +33,24 @@ Invariants
    `own_modseqs` and their hub echoes are dropped; expunged UIDs go into `gone` so a late APPEND echo of a
    message already expunged is dropped too.
 4. `saved` (`$`, RFC 5182) holds UIDs, so expunges and arrivals never make it point at another message.
+5. No FETCH response carries a keyword before a FLAGS response of this session has listed it; `keywords` only
+   grows while the mailbox is selected (at most `names.MAX_MAILBOX_KEYWORDS` plus what one listing carries).
 """
 
 from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from postroom.store.api import Change, ChangeKind, Mailbox
+from postroom.store import names
+from postroom.store.api import FLAG_NAMES, Change, ChangeKind, Mailbox
 
 from . import encoder
+
+SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
+_MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
 
 
 @dataclass
@@ -54,10 +69,47 @@ class Selected:
     own_modseqs: set[int] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
+    keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
 
     def __post_init__(self) -> None:
         if not isinstance(self.uids, array):
             self.uids = array("I", self.uids)  # UIDs are 32-bit (RFC 9051 §2.3.1.1)
+
+    # ---- keywords (invariant 5)
+    def learn(self, kws: Iterable[str]) -> bool:
+        """Add `kws` to the announced set without announcing (SELECT writes its own FLAGS). True if it grew."""
+        known = self.keywords
+        grew = False
+        for kw in kws:
+            low = kw.lower()
+            if low not in known:
+                known[low] = kw
+                grew = True
+        return grew
+
+    def announce(self, kws: Iterable[str]) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS for the announced set grown by `kws`, or [] if none of them is new."""
+        return self.flags_responses() if self.learn(kws) else []
+
+    def flags_line(self) -> bytes:
+        """`* FLAGS (...)`: the system flags and every announced keyword (RFC 9051 §7.3.5)."""
+        return b"* FLAGS (" + SYSTEM_FLAGS + self._keyword_text() + b")\r\n"
+
+    def permanentflags_line(self) -> bytes:
+        """`* OK [PERMANENTFLAGS (...)]` (RFC 9051 §7.1): none when read-only; `\\*` while keywords may be made."""
+        if self.readonly:
+            return b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+        more = b" \\*" if len(self.keywords) < names.MAX_MAILBOX_KEYWORDS else b""
+        return b"* OK [PERMANENTFLAGS (" + SYSTEM_FLAGS + self._keyword_text() + more + b")] Flags permitted\r\n"
+
+    def flags_responses(self) -> list[bytes]:
+        """The responses that announce the current set: FLAGS, and PERMANENTFLAGS unless read-only."""
+        if self.readonly:  # PERMANENTFLAGS stays () for a read-only session
+            return [self.flags_line()]
+        return [self.flags_line(), self.permanentflags_line()]
+
+    def _keyword_text(self) -> bytes:
+        return "".join(" " + k for k in sorted(self.keywords.values())).encode("utf-8", "surrogateescape")
 
     @property
     def id(self) -> int:
@@ -99,8 +151,9 @@ class Selected:
 
     # ---- changes
     def absorb(self, change: Change) -> None:
-        if change.mailbox_id == self.mailbox.id and change.kind in (ChangeKind.APPEND, ChangeKind.FLAGS,
-                                                                     ChangeKind.EXPUNGE):
+        if change.mailbox_id != self.mailbox.id:
+            return
+        if change.kind in _MESSAGE_KINDS or change.kind is ChangeKind.MAILBOX_KEYWORDS:
             self.pending.append(change)
 
     def removed(self, uid: int) -> int:
@@ -121,8 +174,13 @@ class Selected:
         new: list[int] = []
         new_set: set[int] = set()
         flag_updates: dict[int, Change] = {}
+        new_keywords: list[str] = []
         for ch in pending:
             self.modseq = max(self.modseq, ch.modseq)
+            if ch.keywords and ch.kind is not ChangeKind.EXPUNGE:  # MAILBOX_KEYWORDS, and what messages carry
+                new_keywords.extend(ch.keywords)
+            if ch.kind is ChangeKind.MAILBOX_KEYWORDS:
+                continue
             if ch.kind is ChangeKind.APPEND:
                 if ch.uid > last and ch.uid not in new_set and ch.uid not in self.gone:
                     new.append(ch.uid)
@@ -141,6 +199,7 @@ class Selected:
                 elif ch.uid not in self.gone and self.msn(ch.uid):
                     self.held.add(ch.uid)
                 flag_updates.pop(ch.uid, None)
+        out.extend(self.announce(new_keywords))  # invariant 5: before any FETCH below
         if allow_expunge and self.held:
             for uid in sorted(self.held):
                 n = self.msn(uid)

@@ -21,6 +21,15 @@ Invariants every engine keeps:
    own listing; engines never resolve names across users.
 7. **\\Recent is claimed once.** Each mailbox keeps a watermark that only `claim_recent` moves (to UIDNEXT - 1,
    atomically); a UID is handed out as recent to at most one caller, ever, restarts included.
+8. **Subscriptions are names.** A user's subscriptions are a set of mailbox names kept apart from the mailboxes:
+   deleting or renaming a mailbox leaves them as they are (RFC 3501 §6.3.9: the server "MUST NOT unilaterally
+   remove" one; RFC 9051 §6.3.6: RENAME "doesn't update subscription information"), and a name may be
+   subscribed while no mailbox has it (RFC 9051 §6.3.7). At most `names.MAX_SUBSCRIPTIONS` per user.
+9. **A mailbox's keyword set only grows.** `Mailbox.keywords` holds every keyword a message of the mailbox has
+   carried (as Dovecot keeps it; IMAP's FLAGS response, RFC 9051 §7.3.5). The write that brings a keyword the
+   mailbox has not had adds it and returns (and publishes) a `MAILBOX_KEYWORDS` change after the message
+   changes of the same write. At most `names.MAX_MAILBOX_KEYWORDS` per mailbox: a write that would bring more
+   is Invalid (and changes nothing).
 
 Names are case-insensitive where mail is: domain names and the local part of addresses are stored lower-case
 (RFC 5321 §2.4 lets the local part be case-sensitive; Postroom, like Postfix and Dovecot by default, is not).
@@ -165,7 +174,8 @@ class Mailbox:
     uidnext: int
     highestmodseq: int
     special_use: str | None  # "\\Sent", ... or None
-    subscribed: bool
+    subscribed: bool  # the name is among the user's subscriptions (invariant 8)
+    keywords: frozenset[str] = frozenset()  # every keyword its messages have carried, first spelling (invariant 9)
 
 
 @dataclass(frozen=True)
@@ -262,7 +272,8 @@ class ChangeKind(enum.Enum):
     MAILBOX_CREATED = "mailbox_created"
     MAILBOX_DELETED = "mailbox_deleted"
     MAILBOX_RENAMED = "mailbox_renamed"  # name is the new name, old_name the old
-    MAILBOX_SUBSCRIBED = "mailbox_subscribed"
+    MAILBOX_SUBSCRIBED = "mailbox_subscribed"  # name subscribed or unsubscribed; mailbox_id 0 if no such mailbox
+    MAILBOX_KEYWORDS = "mailbox_keywords"  # the mailbox's keyword set grew by `keywords` (invariant 9)
 
 
 @dataclass(frozen=True)
@@ -402,7 +413,13 @@ class Store(Protocol):
         """Renames with its children. Renaming INBOX moves its messages to a new mailbox and leaves INBOX
         empty (RFC 9051 §6.3.6)."""
 
-    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult: ...
+    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
+        """Add `name` to the user's subscriptions, or remove it (invariant 8), whether or not a mailbox has that
+        name. A change (MAILBOX_SUBSCRIBED) only when the set changed. Invalid for a bad name, or when adding
+        would make more than `names.MAX_SUBSCRIPTIONS`; NotFound for an unknown user."""
+
+    async def list_subscriptions(self, user_id: int) -> list[str]:
+        """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
 

@@ -24,6 +24,8 @@ ALL_FLAGS = int(Flag.SEEN | Flag.ANSWERED | Flag.FLAGGED | Flag.DELETED | Flag.D
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')
 MAX_MAILBOX_NAME = 1000
 MAX_KEYWORD = 200
+MAX_SUBSCRIPTIONS = 10_000  # names one user may subscribe (api invariant 8): LIST (SUBSCRIBED) reads them all
+MAX_MAILBOX_KEYWORDS = 1000  # keywords one mailbox may have had (api invariant 9): every SELECT sends them all
 
 
 def domain(name: str) -> str:

@@ -127,10 +127,54 @@ def test_bad_syntax_never_drops_the_session(imap: Any) -> None:
     assert r.cmd('a LOGIN "unterminated')[-1].startswith(b"a BAD")
     r.send(b"+++\r\n")
     assert r.line().startswith(b"* BAD")
-    r.send(b"x " + b"A" * 10000 + b"\r\n")
-    assert r.line().startswith(b"x BAD Line too long")
+    r.send(b"x " + b"A" * 70000 + b"\r\n")  # over limits.imap_command_length (64 KiB)
+    assert r.line().startswith(b"x BAD Command too long")
     assert r.cmd("b FETCH 1 FLAGS")[-1].startswith(b"b BAD")  # not selected
     assert r.cmd("c NOOP") == [b"c OK NOOP completed\r\n"]
+
+
+def test_long_commands_up_to_the_command_limit(imap: Any) -> None:
+    """Issue 15 item 6: RFC 2971 §3.3 allows 30 field-value pairs with values of 1024 octets, one ID command of
+    about 31 KB; a SEARCH with hundreds of keys is one long line too. The IMAP command limit (64 KiB,
+    limits.imap_command_length) rules, not the 8 KiB limits.line_length of SMTP and POP3."""
+    fill(imap, ADDR, PW, 3)
+    r = raw(imap)
+    pairs = " ".join(f'"field{i:02d}" "{chr(65 + i % 26) * 1024}"' for i in range(30))
+    line = f"a ID ({pairs})"
+    assert len(line) > 30 * 1024
+    lines = r.cmd(line)
+    assert lines[0].startswith(b'* ID ("name" "Postroom"') and lines[-1] == b"a OK ID completed\r\n"
+    r.cmd("b SELECT INBOX")
+    keys = " ".join(f"UNKEYWORD $never{i:03d}" for i in range(500))  # every message matches every key
+    assert len(keys) > 8192
+    assert r.cmd(f"c SEARCH {keys}") == [b"* SEARCH 1 2 3\r\n", b"c OK SEARCH completed\r\n"]
+    # Over the limit: a clear BAD, and the session goes on.
+    r.send(b"d SEARCH " + b"ALL " * 20000 + b"\r\n")
+    assert r.line() == b"d BAD Command too long\r\n"
+    assert r.cmd("e NOOP") == [b"e OK NOOP completed\r\n"]
+
+
+def test_long_lines_inside_idle_and_authenticate(imap: Any) -> None:
+    """IDLE's DONE line and AUTHENTICATE's response lines are read with limits of their own (session.py)."""
+    import base64
+
+    r = raw(imap)
+    r.send(b"i IDLE\r\n")
+    assert r.line() == b"+ idling\r\n"
+    r.send(b"x" * 5000 + b"\r\n")  # longer than any DONE line needs to be
+    assert r.line() == b"i BAD Line too long\r\n"
+    assert r.cmd("n NOOP") == [b"n OK NOOP completed\r\n"]
+    a = Raw(imap.port("imap"))
+    a.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert a.line() == b"+ \r\n"
+    # A response line longer than limits.line_length (8 KiB) is within the AUTHENTICATE line limit.
+    a.send(base64.b64encode(b"\0" + ADDR.encode() + b"\0" + b"x" * 9000) + b"\r\n")
+    assert a.line() == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    a.send(b"b AUTHENTICATE PLAIN\r\n")
+    assert a.line() == b"+ \r\n"
+    a.send(b"A" * 70000 + b"\r\n")
+    assert a.line() == b"b BAD Line too long\r\n"
+    assert a.cmd("c NOOP") == [b"c OK NOOP completed\r\n"]
 
 
 def test_too_many_errors_says_bye(imap: Any) -> None:
@@ -217,6 +261,19 @@ def test_list_extended_special_use_status_subscribed(imap: Any) -> None:
                           b'* LIST (\\HasNoChildren \\Subscribed \\Trash) "/" "Trash"\r\n']
 
 
+def test_list_extended_option_rules(imap: Any) -> None:
+    """RFC 5258 §3.1: RECURSIVEMATCH alone or only with REMOTE is BAD; unknown options are BAD; repeated options
+    count once; the session goes on."""
+    r = raw(imap)
+    assert r.cmd('a LIST (RECURSIVEMATCH REMOTE) "" ""')[-1].startswith(b"a BAD ")
+    assert r.cmd('b LIST (RECURSIVEMATCH) "" "*"')[-1].startswith(b"b BAD ")
+    assert r.cmd('c LIST (FROB) "" "*"')[-1].startswith(b"c BAD ")
+    assert r.cmd('d LIST "" "*" RETURN (FROB)')[-1].startswith(b"d BAD ")
+    assert r.cmd('e LIST (SUBSCRIBED SUBSCRIBED) "" INBOX RETURN (CHILDREN CHILDREN)') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"\r\n', b"e OK LIST completed\r\n"]
+    assert r.cmd('f LIST () "" ""') == [b"f OK LIST completed\r\n"]  # extended: "" is no special request
+
+
 def test_subscribe_lsub_namespace(imap: Any) -> None:
     r = raw(imap)
     r.cmd("a CREATE Foo/Bar")
@@ -227,8 +284,73 @@ def test_subscribe_lsub_namespace(imap: Any) -> None:
     assert r.cmd('d LSUB "" %')[:-1].count(b'* LSUB (\\Noselect) "/" "Foo"\r\n') == 1
     assert r.cmd("e UNSUBSCRIBE Foo/Bar") == [b"e OK UNSUBSCRIBE completed\r\n"]
     assert b'* LSUB () "/" "Foo/Bar"\r\n' not in r.cmd('f LSUB "" *')
-    assert r.cmd("g SUBSCRIBE Nope")[-1].startswith(b"g NO")
+    assert r.cmd("g SUBSCRIBE Nope") == [b"g OK SUBSCRIBE completed\r\n"]  # RFC 9051 §6.3.7: names, not mailboxes
     assert r.cmd("h NAMESPACE") == [b'* NAMESPACE (("" "/")) NIL NIL\r\n', b"h OK NAMESPACE completed\r\n"]
+
+
+def _attrs(line: bytes) -> set[bytes]:
+    """The attributes of one LIST/LSUB response, as a set (RFC 9051 §6.3.9.3: they are additive; order is free)."""
+    return set(line[line.index(b"(") + 1:line.index(b")")].split())
+
+
+def test_subscriptions_outlive_their_mailbox(imap: Any) -> None:
+    """Issue 15 item 3. RFC 3501 §6.3.9: the server "MUST NOT unilaterally remove an existing mailbox name from
+    the subscription list even if a mailbox by that name no longer exists"; RFC 9051 §6.3.9.1 (SUBSCRIBED: the
+    list may "contain the names of mailboxes that don't exist") and §6.3.9.3's `(\\Subscribed \\NonExistent)`."""
+    r = raw(imap)
+    assert r.cmd("a CREATE a/b")[-1] == b"a OK CREATE completed\r\n"
+    r.cmd("b SUBSCRIBE a/b")
+    assert r.cmd("c DELETE a/b")[-1] == b"c OK DELETE completed\r\n"
+    assert r.cmd('d LSUB "" a/*') == [b'* LSUB () "/" "a/b"\r\n', b"d OK LSUB completed\r\n"]
+    lines = r.cmd('e LIST (SUBSCRIBED) "" a/*')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "a/b"\r\n')
+    assert _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    # LIST without the SUBSCRIBED selection lists mailboxes only; RETURN (SUBSCRIBED) marks the subscribed ones
+    assert r.cmd('f LIST "" a/* RETURN (SUBSCRIBED)') == [b"f OK LIST completed\r\n"]
+    # RECURSIVEMATCH: "a" exists, is not subscribed, and has a subscribed descendant the pattern does not match
+    lines = r.cmd('g LIST (SUBSCRIBED RECURSIVEMATCH) "" %')
+    assert b'* LIST (\\HasNoChildren) "/" "a" ("CHILDINFO" ("SUBSCRIBED"))\r\n' in lines
+    # UNSUBSCRIBE of a name whose mailbox is gone (RFC 9051 §6.3.8)
+    assert r.cmd("h UNSUBSCRIBE a/b") == [b"h OK UNSUBSCRIBE completed\r\n"]
+    assert r.cmd('i LSUB "" a/*') == [b"i OK LSUB completed\r\n"]
+    assert r.cmd('j LIST (SUBSCRIBED) "" a/*') == [b"j OK LIST completed\r\n"]
+
+
+def test_subscribe_names_that_do_not_exist(imap: Any) -> None:
+    """RFC 9051 §6.3.7: a server MAY validate the name; Postroom, like Dovecot, subscribes it either way."""
+    r = raw(imap)
+    assert r.cmd("a SUBSCRIBE x/y") == [b"a OK SUBSCRIBE completed\r\n"]
+    assert r.cmd('b LSUB "" x*') == [b'* LSUB () "/" "x/y"\r\n', b"b OK LSUB completed\r\n"]
+    # RFC 3501 §6.3.9: with "%" the unsubscribed parent is listed instead, flagged \Noselect
+    assert r.cmd('c LSUB "" x%') == [b'* LSUB (\\Noselect) "/" "x"\r\n', b"c OK LSUB completed\r\n"]
+    # RFC 9051 §6.3.9.6 table 3: no mailbox, not subscribed, a subscribed child: (\NonExistent) + CHILDINFO
+    lines = r.cmd('d LIST (SUBSCRIBED RECURSIVEMATCH) "" x%')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "x" ("CHILDINFO" ("SUBSCRIBED"))\r\n')
+    assert _attrs(lines[0]) == {b"\\NonExistent"}
+    # the redundant CHILDINFO is left out when the matching child is listed itself (§6.3.9.6)
+    lines = r.cmd('e LIST (SUBSCRIBED RECURSIVEMATCH) "" x*')
+    assert len(lines) == 2 and lines[0].endswith(b' "/" "x/y"\r\n')
+    assert _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    assert r.cmd("f CREATE x/y")[-1] == b"f OK CREATE completed\r\n"  # made later: subscribed already
+    lines = r.cmd('g LIST "" x/y RETURN (SUBSCRIBED)')
+    assert len(lines) == 2 and _attrs(lines[0]) == {b"\\HasNoChildren", b"\\Subscribed"}
+
+
+def test_rename_does_not_move_subscriptions(imap: Any) -> None:
+    """RFC 9051 §6.3.6: "renaming a mailbox doesn't update subscription information on the original name. To keep
+    subscription information in sync, the following sequence of commands can be used: RENAME X Y, SUBSCRIBE Y,
+    UNSUBSCRIBE X" (Dovecot's RENAME leaves subscriptions alone too)."""
+    r = raw(imap)
+    r.cmd("a CREATE X")
+    r.cmd("b SUBSCRIBE X")
+    assert r.cmd("c RENAME X Y") == [b"c OK RENAME completed\r\n"]
+    lines = r.cmd('e LIST (SUBSCRIBED) "" X')
+    assert len(lines) == 2 and _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
+    assert r.cmd('f LIST "" Y RETURN (SUBSCRIBED)')[0] == b'* LIST (\\HasNoChildren) "/" "Y"\r\n'
+    r.cmd("g SUBSCRIBE Y")
+    r.cmd("h UNSUBSCRIBE X")
+    assert r.cmd('i LSUB "" *')[:-1] == [b'* LSUB () "/" "%s"\r\n' % n for n in
+                                        (b"INBOX", b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash", b"Y")]
 
 
 def test_status_items(imap: Any) -> None:
@@ -361,7 +483,9 @@ def test_store_flags_and_keywords(imap: Any) -> None:
     fill(imap, ADDR, PW, 3)
     r = raw(imap)
     r.cmd("a SELECT INBOX")
-    assert r.cmd("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == [
+    assert r.cmd("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == [  # a new keyword is announced first (RFC 9051 §7.3.5)
+        b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo \\*)] Flags permitted\r\n",
         b"* 1 FETCH (FLAGS (\\Flagged \\Recent $Todo))\r\n", b"* 2 FETCH (FLAGS (\\Flagged \\Recent $Todo))\r\n",
         b"b OK STORE completed\r\n"]
     assert r.cmd("c STORE 1 -FLAGS ($Todo)") == [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n",

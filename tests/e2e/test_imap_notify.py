@@ -97,6 +97,87 @@ def test_idle_pushes_appends_flags_expunges_and_deliveries(imap: Any) -> None:
     assert a.cmd("5 NOOP") == [b"5 OK NOOP completed\r\n"]
 
 
+SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
+
+
+def announced(keywords: bytes) -> list[bytes]:
+    """The untagged responses that announce a mailbox's keyword set (RFC 9051 §7.3.5 FLAGS, §7.1 PERMANENTFLAGS
+    with \\* since new keywords may be created)."""
+    return [b"* FLAGS (" + SYSTEM + b" " + keywords + b")\r\n",
+            b"* OK [PERMANENTFLAGS (" + SYSTEM + b" " + keywords + b" \\*)] Flags permitted\r\n"]
+
+
+def test_new_keywords_are_announced_before_use(imap: Any) -> None:
+    """Issue 15 item 5. RFC 9051 §7.3.5: "The update from the FLAGS response MUST be recorded by the client";
+    §2.3.2: keywords are defined per mailbox. A keyword the mailbox has not had reaches every session that has it
+    selected as FLAGS and PERMANENTFLAGS, before any FETCH that carries it: STORE (the session that ran it
+    too), APPEND, COPY and MOVE, and while idling."""
+    fill(imap, ADDR, PW, 2)
+    a, b = session(imap, rev2=True), session(imap, rev2=True)
+    # STORE: the session that brought the keyword hears of it before its own FETCH
+    assert a.cmd("1 STORE 1 +FLAGS ($newkw)") == [
+        *announced(b"$newkw"), b"* 1 FETCH (FLAGS ($newkw))\r\n", b"1 OK STORE completed\r\n"]
+    # the other session: before the FETCH it is told (even one it asked for itself)
+    assert b.cmd("2 FETCH 1 FLAGS") == [
+        *announced(b"$newkw"), b"* 1 FETCH (FLAGS ($newkw))\r\n",
+        b"* 1 FETCH (FLAGS ($newkw) UID 1)\r\n",  # the change itself, reported as before (RFC 9051 §7.5.1)
+        b"2 OK FETCH completed\r\n"]
+    assert b.cmd("3 NOOP") == [b"3 OK NOOP completed\r\n"]  # told once
+    # a keyword the mailbox already has is not announced again (in any case)
+    assert a.cmd("4 STORE 2 +FLAGS ($NEWKW)") == [b"* 2 FETCH (FLAGS ($NEWKW))\r\n", b"4 OK STORE completed\r\n"]
+    assert b.cmd("5 NOOP") == [b"* 2 FETCH (FLAGS ($NEWKW) UID 2)\r\n", b"5 OK NOOP completed\r\n"]
+    # APPEND with a new keyword: FLAGS before EXISTS, in both sessions
+    m3 = message(3)
+    lines = a.cmd(b"6 APPEND INBOX ($appended) {%d+}\r\n" % len(m3) + m3)
+    assert lines[:3] == [*announced(b"$appended $newkw"), b"* 3 EXISTS\r\n"]
+    assert b.cmd("7 NOOP") == [*announced(b"$appended $newkw"), b"* 3 EXISTS\r\n", b"7 OK NOOP completed\r\n"]
+    # COPY and MOVE from another mailbox bring theirs
+    c = Raw(imap.port("imap"))
+    c.login(ADDR, PW)
+    c.cmd("c1 ENABLE IMAP4rev2")
+    c.cmd("c2 CREATE Other")
+    c.cmd(b"c3 APPEND Other ($copied) {%d+}\r\n" % len(m3) + m3)
+    c.cmd(b"c4 APPEND Other ($moved) {%d+}\r\n" % len(m3) + m3)
+    c.cmd("c5 SELECT Other")
+    c.cmd("c6 COPY 1 INBOX")
+    assert b.cmd("8 NOOP") == [*announced(b"$appended $copied $newkw"), b"* 4 EXISTS\r\n",
+                               b"8 OK NOOP completed\r\n"]
+    # IDLE: pushed at once, FLAGS first
+    b.send(b"i IDLE\r\n")
+    assert b.line() == b"+ idling\r\n"
+    c.cmd("c7 MOVE 2 INBOX")
+    assert [b.line() for _ in range(3)] == [*announced(b"$appended $copied $moved $newkw"), b"* 5 EXISTS\r\n"]
+    a.cmd("9 STORE 1 +FLAGS.SILENT (Idle_Kw)")
+    assert [b.line() for _ in range(3)] == [*announced(b"$appended $copied $moved $newkw Idle_Kw"),
+                                            b"* 1 FETCH (FLAGS ($newkw Idle_Kw) UID 1)\r\n"]
+    b.send(b"DONE\r\n")
+    assert b.line() == b"i OK IDLE terminated\r\n"
+    # a new SELECT lists every keyword the mailbox has had (Dovecot keeps them too)
+    lines = b.cmd("10 SELECT INBOX")
+    assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
+    assert lines[1] == announced(b"$appended $copied $moved $newkw Idle_Kw")[0]
+
+
+def test_keywords_announced_to_imapclient(imap: Any) -> None:
+    """The same with a real client library: imapclient records the FLAGS update from a NOOP."""
+    imapclient = pytest.importorskip("imapclient")
+    fill(imap, ADDR, PW, 1)
+    watcher = imapclient.IMAPClient("127.0.0.1", port=imap.port("imap"), ssl=False, timeout=10)
+    writer = imapclient.IMAPClient("127.0.0.1", port=imap.port("imap"), ssl=False, timeout=10)
+    try:
+        for c in (watcher, writer):
+            c.login(ADDR, PW)
+            c.select_folder("INBOX")
+        writer.add_flags([1], [b"$Forwarded"])
+        _, responses = watcher.noop()
+        flags = [r for r in responses if r[0] == b"FLAGS"]
+        fetch = [i for i, r in enumerate(responses) if len(r) > 1 and r[1] == b"FETCH"]
+        assert flags and b"$Forwarded" in flags[0][1] and fetch and responses.index(flags[0]) < fetch[0]
+    finally:
+        for c in (watcher, writer):
+            c.logout()
+
+
 def test_idle_bad_line_and_authenticated_state(imap: Any) -> None:
     imap.add_user(ADDR, PW)
     r = Raw(imap.port("imap"))

@@ -166,7 +166,7 @@ async def test_migration_from_version_1(tmp_path: Path) -> None:
     await store.open()
     try:
         conn = sqlite3.connect(tmp_path / "v1.db")
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         conn.close()
         assert await store.claim_recent(box_id) == (1, 1)  # schema 4: what existed is not \Recent again
         [info] = await store.list_messages(box_id)
@@ -189,6 +189,52 @@ async def test_migration_from_version_1(tmp_path: Path) -> None:
     finally:
         await store.close()
     store = SQLiteStore(tmp_path / "v1.db", tmp_path / "blobs")
+    await store.open()  # migrating is done once; reopening changes nothing
+    await store.close()
+
+
+async def test_migration_to_version_5_keeps_subscriptions_and_learns_keywords(tmp_path: Path) -> None:
+    """Schema 5 (issue 15): subscriptions move from `mailboxes.subscribed` into their own table, and each mailbox
+    learns the keywords its messages carry. A database written by version 4, with data, then opened."""
+    db = tmp_path / "v4.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for version in (1, 2, 3, 4):
+        _STEPS[version](conn)  # steps are never edited: exactly the version 4 schema
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("INSERT INTO domains(name, created) VALUES ('example.org', 0)")
+    conn.execute("INSERT INTO users(address, domain_id, password_hash, created) VALUES ('old@example.org', 1, 'h', 0)")
+    boxes = {}
+    for name, subscribed, validity in (("INBOX", 1, 11), ("Lists", 0, 12), ("Lists/rust", 1, 13)):
+        boxes[name] = conn.execute(
+            "INSERT INTO mailboxes(user_id, name, uidvalidity, uidnext, highestmodseq, subscribed)"
+            " VALUES (1, ?, ?, 3, 3, ?) RETURNING id", (name, validity, subscribed)).fetchone()[0]
+    raw = body(300)
+    conn.execute("INSERT INTO blobs(id, size, refcount) VALUES (?, ?, 3)", (blob_id_of(raw), len(raw)))
+    conn.execute("INSERT INTO blob_data(id, data) VALUES (?, ?)", (blob_id_of(raw), raw))
+    for mailbox, uid, keywords in (("INBOX", 1, "$Label1 Work"), ("INBOX", 2, "$label1 Later"), ("Lists", 1, "")):
+        conn.execute(
+            "INSERT INTO messages(mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id)"
+            " VALUES (?, ?, 2, 1e9, ?, 0, ?, ?)", (boxes[mailbox], uid, len(raw), keywords, blob_id_of(raw)))
+    conn.execute("COMMIT")
+    conn.close()
+    store = SQLiteStore(db, tmp_path / "blobs")
+    await store.open()
+    try:
+        user = await store.get_user("old@example.org")
+        assert user is not None
+        assert await store.list_subscriptions(user.id) == ["INBOX", "Lists/rust"]
+        inbox_box = await store.get_mailbox(user.id, "INBOX")
+        assert inbox_box is not None and inbox_box.subscribed
+        assert inbox_box.keywords == {"$Label1", "Work", "Later"}  # one spelling per keyword
+        lists = await store.get_mailbox(user.id, "Lists")
+        assert lists is not None and not lists.subscribed and lists.keywords == frozenset()
+        await store.delete_mailbox(user.id, "Lists/rust")
+        assert await store.list_subscriptions(user.id) == ["INBOX", "Lists/rust"]  # outlives its mailbox now
+    finally:
+        await store.close()
+    store = SQLiteStore(db, tmp_path / "blobs")
     await store.open()  # migrating is done once; reopening changes nothing
     await store.close()
 

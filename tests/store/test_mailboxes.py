@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from postroom.store.api import (
+    SPECIAL_USE_DEFAULTS,
     AlreadyExists,
     ChangeKind,
     Flag,
@@ -190,8 +191,7 @@ async def test_set_subscribed(store: Store) -> None:
     assert not (await store.get_mailbox(u.id, "News")).subscribed  # type: ignore[union-attr]
     await store.set_subscribed(u.id, "inbox", False)
     assert not (await inbox(store, u)).subscribed
-    with pytest.raises(NotFound):
-        await store.set_subscribed(u.id, "Missing", True)
+    assert (await store.set_subscribed(u.id, "Missing", False)).changes == ()  # not subscribed: nothing to do
 
 
 async def test_mailbox_status(store: Store) -> None:
@@ -255,3 +255,74 @@ async def test_claim_recent_survives_reopen(store_factory: Callable[[], Store]) 
         assert await s.claim_recent(box.id) == (2, 3)
     finally:
         await s.close()
+
+
+# ---- subscriptions (issue 15 item 3): a per-user set of names, not a property of a mailbox row
+
+
+async def test_subscriptions_outlive_their_mailbox(store: Store) -> None:
+    """RFC 3501 §6.3.9: the server "MUST NOT unilaterally remove an existing mailbox name from the subscription
+    list even if a mailbox by that name no longer exists"; RFC 9051 §6.3.7 (SHOULD NOT)."""
+    u = await new_user(store)
+    m = await store.create_mailbox(u.id, "a/b")
+    await store.set_subscribed(u.id, "a/b", True)
+    await store.delete_mailbox(u.id, "a/b")
+    assert "a/b" in await store.list_subscriptions(u.id)
+    # a mailbox of that name made again is subscribed again: the name is what is subscribed
+    again = await store.create_mailbox(u.id, "a/b")
+    assert again.id != m.id and again.subscribed
+    await store.delete_mailbox(u.id, "a/b")
+    # UNSUBSCRIBE of a name whose mailbox is gone works (RFC 9051 §6.3.8)
+    result = await store.set_subscribed(u.id, "a/b", False)
+    assert [(c.kind, c.mailbox_id, c.name) for c in result.changes] == [(ChangeKind.MAILBOX_SUBSCRIBED, 0, "a/b")]
+    assert "a/b" not in await store.list_subscriptions(u.id)
+
+
+async def test_subscribe_names_without_mailboxes(store: Store) -> None:
+    """RFC 9051 §6.3.7: a server MAY check that the mailbox exists; Postroom subscribes the name either way."""
+    u = await new_user(store)
+    await store.set_subscribed(u.id, "news/comp/mail", True)
+    await store.set_subscribed(u.id, "inbox/Sub", True)  # INBOX is spelled INBOX (names invariant 2)
+    subs = await store.list_subscriptions(u.id)
+    assert "news/comp/mail" in subs and "INBOX/Sub" in subs and subs == sorted(subs)
+    assert await store.get_mailbox(u.id, "news/comp/mail") is None
+    made = await store.create_mailbox(u.id, "news/comp/mail")
+    assert made.subscribed and not (await store.get_mailbox(u.id, "news")).subscribed  # type: ignore[union-attr]
+    with pytest.raises(Invalid):
+        await store.set_subscribed(u.id, "a//b", True)
+    other = await new_user(store, "bob@example.org")
+    assert "news/comp/mail" not in await store.list_subscriptions(other.id)  # scoped by user (api 6)
+
+
+async def test_rename_leaves_subscriptions_alone(store: Store) -> None:
+    """RFC 9051 §6.3.6: "renaming a mailbox doesn't update subscription information on the original name"; a
+    client that wants it moved sends SUBSCRIBE new, UNSUBSCRIBE old (Dovecot does the same)."""
+    u = await new_user(store)
+    await store.create_mailbox(u.id, "R/child")
+    await store.set_subscribed(u.id, "R", True)
+    await store.set_subscribed(u.id, "R/child", True)
+    await store.rename_mailbox(u.id, "R", "S")
+    subs = await store.list_subscriptions(u.id)
+    assert "R" in subs and "R/child" in subs and "S" not in subs and "S/child" not in subs
+    assert not (await store.get_mailbox(u.id, "S")).subscribed  # type: ignore[union-attr]
+
+
+async def test_subscriptions_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from postroom.store import names
+
+    monkeypatch.setattr(names, "MAX_SUBSCRIPTIONS", len(SPECIAL_USE_DEFAULTS) + 1)
+    u = await new_user(store)
+    await store.set_subscribed(u.id, "one", True)
+    with pytest.raises(Invalid):
+        await store.set_subscribed(u.id, "two", True)
+    await store.set_subscribed(u.id, "one", True)  # already there: no new row, no error
+    await store.set_subscribed(u.id, "one", False)
+    await store.set_subscribed(u.id, "two", True)
+
+
+async def test_remove_user_drops_subscriptions(store: Store) -> None:
+    u = await new_user(store)
+    await store.set_subscribed(u.id, "gone/name", True)
+    await store.remove_user(u.address)
+    again = await new_user(store)
+    assert await store.list_subscriptions(again.id) == sorted(name for name, _ in SPECIAL_USE_DEFAULTS)

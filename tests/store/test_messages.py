@@ -32,7 +32,8 @@ async def test_append_and_read(store: Store) -> None:
     )
     assert (r.uid, r.uidvalidity) == (1, box.uidvalidity) and r.modseq > box.highestmodseq
     assert [(c.kind, c.uid, c.modseq, c.flags, c.keywords, c.user_id) for c in r.changes] == [
-        (ChangeKind.APPEND, 1, r.modseq, Flag.SEEN | Flag.DRAFT, frozenset({"$Label1"}), u.id)
+        (ChangeKind.APPEND, 1, r.modseq, Flag.SEEN | Flag.DRAFT, frozenset({"$Label1"}), u.id),
+        (ChangeKind.MAILBOX_KEYWORDS, 0, 0, 0, frozenset({"$Label1"}), u.id),  # the mailbox's first keyword
     ]
     info = await store.get_message(box.id, r.uid)
     assert info is not None
@@ -245,7 +246,8 @@ async def test_copy_messages(store: Store) -> None:
     assert res.uidvalidity == dest.uidvalidity
     assert res.source_uids == (1, 3) and res.dest_uids == (2, 3)
     assert [(c.kind, c.mailbox_id, c.uid) for c in res.changes] == [
-        (ChangeKind.APPEND, dest.id, 2), (ChangeKind.APPEND, dest.id, 3)
+        (ChangeKind.APPEND, dest.id, 2), (ChangeKind.APPEND, dest.id, 3),
+        (ChangeKind.MAILBOX_KEYWORDS, dest.id, 0),  # "k" is new to the destination (api invariant 9)
     ]
     src_msgs = {m.uid: m for m in await store.list_messages(box.id)}
     copies = {m.uid: m for m in await store.list_messages(dest.id)}
@@ -405,3 +407,55 @@ async def test_write_metas_replaces_metadata_of_stored_bodies(store: Store) -> N
     infos = await store.list_messages(box.id)
     assert [m.size for m in infos] == [len(msg(1).raw), len(msg(2).raw)]  # the bodies are untouched
     assert await store.read_message(a) == msg(1).raw
+
+
+# ---- the keywords a mailbox has had (issue 15 item 5): IMAP's FLAGS response (RFC 9051 §7.3.5)
+
+
+async def test_mailbox_keywords_grow_and_are_announced(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    other = await store.create_mailbox(u.id, "Other")
+    assert box.keywords == frozenset()
+    r = await store.append(box.id, msg(1))
+    assert [c.kind for c in r.changes] == [ChangeKind.APPEND]  # no keyword: nothing about keywords
+    w = await store.store_flags(box.id, [r.uid], StoreMode.ADD, Flag.SEEN, ["$NewKW", "Work"])
+    assert [(c.kind, c.mailbox_id, c.keywords) for c in w.changes] == [
+        (ChangeKind.FLAGS, box.id, frozenset({"$NewKW", "Work"})),
+        (ChangeKind.MAILBOX_KEYWORDS, box.id, frozenset({"$NewKW", "Work"})),
+    ]
+    assert (await store.get_mailbox_by_id(box.id)).keywords == {"$NewKW", "Work"}  # type: ignore[union-attr]
+    # known keywords (in any case) do not grow the set; removing one does not shrink it (Dovecot keeps them too)
+    w = await store.store_flags(box.id, [r.uid], StoreMode.REPLACE, 0, ["$newkw"])
+    assert [c.kind for c in w.changes] == [ChangeKind.FLAGS]
+    assert (await store.get_mailbox(u.id, "INBOX")).keywords == {"$NewKW", "Work"}  # type: ignore[union-attr]
+    # APPEND, COPY and MOVE bring keywords into the destination's set
+    a = await store.append(other.id, msg(2, keywords=frozenset({"Appended"})))
+    assert [(c.kind, c.keywords) for c in a.changes] == [
+        (ChangeKind.APPEND, frozenset({"Appended"})), (ChangeKind.MAILBOX_KEYWORDS, frozenset({"Appended"}))]
+    c = await store.copy_messages(box.id, [r.uid], other.id)
+    assert [(ch.kind, ch.mailbox_id, ch.keywords) for ch in c.changes if ch.kind is ChangeKind.MAILBOX_KEYWORDS] == [
+        (ChangeKind.MAILBOX_KEYWORDS, other.id, frozenset({"$NewKW"}))]
+    third = await store.create_mailbox(u.id, "Third")
+    await store.move_messages(other.id, [a.uid], third.id)
+    assert (await store.get_mailbox_by_id(third.id)).keywords == {"Appended"}  # type: ignore[union-attr]
+    assert (await store.get_mailbox_by_id(other.id)).keywords == {"Appended", "$NewKW"}  # type: ignore[union-attr]
+    # deliveries (one body into several mailboxes) too, each mailbox with its own change
+    d = await store.deliver([box.id, third.id], msg(3, keywords=frozenset({"$Delivered"})))
+    grown = [ch.mailbox_id for res in d for ch in res.changes if ch.kind is ChangeKind.MAILBOX_KEYWORDS]
+    assert grown == [box.id, third.id]
+
+
+async def test_mailbox_keywords_are_capped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from postroom.store import names
+
+    monkeypatch.setattr(names, "MAX_MAILBOX_KEYWORDS", 2)
+    u = await new_user(store)
+    box = await inbox(store, u)
+    r = await store.append(box.id, msg(1, keywords=frozenset({"a", "b"})))
+    with pytest.raises(Invalid):
+        await store.store_flags(box.id, [r.uid], StoreMode.ADD, 0, ["c"])
+    with pytest.raises(Invalid):
+        await store.append(box.id, msg(2, keywords=frozenset({"c"})))
+    await store.store_flags(box.id, [r.uid], StoreMode.REPLACE, 0, ["A"])  # known ones are always fine
+    assert (await store.get_message(box.id, r.uid)).keywords == {"a"}  # type: ignore[union-attr]

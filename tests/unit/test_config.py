@@ -23,6 +23,8 @@ def test_defaults_need_no_file() -> None:
     assert cfg.auth.allow_plaintext is False
     assert cfg.store_url.startswith("sqlite:///") and cfg.store_url.endswith("postroom-data/postroom.db")
     assert cfg.cert_path == cfg.data_path / "tls" / "cert.pem"
+    # IMAP's whole-command limit is its own (64 KiB, like Dovecot); SMTP and POP3 keep limits.line_length.
+    assert cfg.limits.imap_command_length == 65536 and cfg.limits.line_length == 8192
 
 
 def test_sample_is_the_defaults(tmp_path: Path) -> None:
@@ -62,6 +64,7 @@ url = "sqlite:///db/x.db"
     ("[limits]\nmessage_size = 'big'\n", "limits.message_size must be a whole number"),
     ("[limits]\nrecipients = 0\n", "limits.recipients must be at least 1"),
     ("[limits]\nline_length = 100\n", "limits.line_length must be at least 1000"),
+    ("[limits]\nimap_command_length = 4096\n", "limits.imap_command_length must be at least 8192"),
     ("[auth]\nallow_plaintext = 'yes'\n", "auth.allow_plaintext must be true or false"),
     ("[listeners]\nsmtp = 'nohostport'\n", "listeners.smtp"),
     ("[listeners]\nsmtp = '127.0.0.1:99999'\n", "out of range"),

@@ -104,6 +104,30 @@ def test_next_line_for_idle_and_sasl() -> None:
     assert f.next_event() == P.RawCommand(b"c NOOP\r\n")
 
 
+def test_one_line_may_be_the_whole_command_limit() -> None:
+    """The session makes max_line == max_command (limits.imap_command_length): a command line as long as the
+    command limit passes, a longer one is "Command too long"; whole and byte by byte."""
+    ok = b"a ID (" + b'"k" "' + b"v" * 970 + b'")\r\n'
+    bad = b"b ID (" + b'"k" "' + b"v" * 1200 + b'")\r\n'
+    assert len(ok) <= 1000 < len(bad)
+    expected = [P.RawCommand(ok), P.FramingError("b", "Command too long"), P.RawCommand(b"c NOOP\r\n")]
+    data = ok + bad + b"c NOOP\r\n"
+    assert drive([data], P.Framer(max_line=1000, max_command=1000)) == expected
+    assert drive([data[i:i + 1] for i in range(len(data))], P.Framer(max_line=1000, max_command=1000)) == expected
+
+
+def test_next_line_has_its_own_limit() -> None:
+    f = P.Framer(max_line=1000, max_command=1000)
+    f.feed(b"x" * 30 + b"\r\nDONE\r\n")
+    assert f.next_line(16) == P.FramingError("*", "Line too long")
+    assert f.next_line(16) == b"DONE"
+    f.feed(b"DONE" + b" " * 40)  # the limit applies before the line end arrives, too
+    err = f.next_line(16)
+    assert isinstance(err, P.FramingError) and err.text == "Line too long"
+    f.feed(b"   \r\nd NOOP\r\n")
+    assert f.next_event() == P.RawCommand(b"d NOOP\r\n")
+
+
 def test_buffered_counts_pipelined_bytes() -> None:
     f = P.Framer()
     f.feed(b"a STARTTLS\r\nb LOGIN x y\r\n")
@@ -202,6 +226,35 @@ def test_list_forms() -> None:
         parse(b'a LIST (RECURSIVEMATCH) "" *')
     with pytest.raises(P.ParseError):
         parse(b'a LIST "" * RETURN (BOGUS)')
+
+
+@pytest.mark.parametrize("line", [
+    b'a LIST (RECURSIVEMATCH) "" *',
+    b'a LIST (RECURSIVEMATCH REMOTE) "" ""',  # issue 15 item 4
+    b'a LIST (REMOTE RECURSIVEMATCH) "" *',
+    b'a LIST (RECURSIVEMATCH RECURSIVEMATCH) "" *',
+    b'a LIST (BOGUS) "" *',  # an option the server does not know
+    b'a LIST (SUBSCRIBED) "" * RETURN (BOGUS)',
+    b'a LIST "" * RETURN (STATUS)',  # STATUS takes its item list
+    b'a LIST "" * RETURN (STATUS ())',
+])
+def test_list_extended_option_rules_bad(line: bytes) -> None:
+    """RFC 5258 §3.1 / RFC 9051 §6.3.9.1: RECURSIVEMATCH "MUST NOT occur as the only selection option (or only
+    with REMOTE) ... The server MUST return a BAD tagged response"; §3: "A server MUST respond to options it does
+    not recognize with a BAD response"."""
+    with pytest.raises(P.ParseError):
+        parse(line)
+
+
+def test_list_extended_option_rules_ok() -> None:
+    # RFC 5258 §3: an option given twice is acted on as if given once.
+    a = parse(b'a LIST (SUBSCRIBED SUBSCRIBED RECURSIVEMATCH REMOTE) "" * RETURN (CHILDREN CHILDREN)').args
+    assert isinstance(a, P.ListArgs)
+    assert a.selection == ("SUBSCRIBED", "RECURSIVEMATCH", "REMOTE") and a.returns == ("CHILDREN",)
+    # RFC 5258 §6 list-select-opts: the list may be empty; the command is then extended (no "" special case).
+    assert parse(b'a LIST () "" ""').args == P.ListArgs("", ("",), extended=True)
+    assert parse(b'a LIST (SPECIAL-USE RECURSIVEMATCH) "" *').args == P.ListArgs(
+        "", ("*",), ("SPECIAL-USE", "RECURSIVEMATCH"), extended=True)
 
 
 def test_status_append_id_enable() -> None:

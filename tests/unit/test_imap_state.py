@@ -132,3 +132,29 @@ def test_encoder() -> None:
     assert encoder.decode_mailbox("&AOk-t&AOk-", utf8=False) == "été"
     assert encoder.decode_mailbox("&AOk-t", utf8=True) == "&AOk-t"
     assert encoder.string("x" * 2000).startswith(b"{2000}\r\n")
+
+
+SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
+
+
+def test_new_keywords_are_announced_before_the_fetch_that_shows_them() -> None:
+    """RFC 9051 §7.3.5 (state invariant 5): FLAGS and PERMANENTFLAGS come before the FETCH carrying a keyword
+    this session has not announced, whether the store's MAILBOX_KEYWORDS change arrived or not."""
+    s = sel([1, 2])
+    s.learn({"$Seen1"})
+    s.absorb(Change(ChangeKind.FLAGS, 1, 7, 2, 40, 0, frozenset({"$new"})))
+    assert s.report(False) == [
+        b"* FLAGS (" + SYSTEM + b" $Seen1 $new)\r\n",
+        b"* OK [PERMANENTFLAGS (" + SYSTEM + b" $Seen1 $new \\*)] Flags permitted\r\n",
+        b"* 2 FETCH (FLAGS ($new) UID 2)\r\n",
+    ]
+    s.absorb(Change(ChangeKind.MAILBOX_KEYWORDS, 1, 7, keywords=frozenset({"$NEW"})))  # known, in any case
+    assert s.report(False) == []
+    s.absorb(Change(ChangeKind.MAILBOX_KEYWORDS, 1, 8, keywords=frozenset({"other"})))  # another mailbox
+    assert s.report(False) == []
+    s.absorb(Change(ChangeKind.MAILBOX_KEYWORDS, 1, 7, keywords=frozenset({"later"})))
+    assert s.report(False)[0] == b"* FLAGS (" + SYSTEM + b" $Seen1 $new later)\r\n"
+    assert s.announce(["LATER", "$seen1"]) == []
+    ro = Selected(MBOX, True, [1], rev2=True)  # read-only: FLAGS only; PERMANENTFLAGS stays ()
+    assert ro.announce(["x"]) == [b"* FLAGS (" + SYSTEM + b" x)\r\n"]
+    assert ro.permanentflags_line() == b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"

@@ -142,7 +142,7 @@ class AccountsMixin(Base):
             )
             user_id = int(cur.lastrowid or 0)
             for mailbox_name, special_use in SPECIAL_USE_DEFAULTS:
-                insert_mailbox(tx, user_id, mailbox_name, special_use, subscribed=True)
+                insert_mailbox(tx, user_id, mailbox_name, special_use, subscribe=True)
             return User(user_id, address, domain_id, password_hash, scram, quota_bytes, now)
 
         return await self._engine.write(op)

@@ -33,12 +33,17 @@ class Base:
     _clock: Callable[[], float]
 
 
-MAILBOX_COLUMNS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+# `FROM mailboxes` (not aliased): `subscribed` is whether the name is in the user's subscriptions (schema 8).
+MAILBOX_COLUMNS = (
+    "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use,"
+    " EXISTS(SELECT 1 FROM subscriptions s WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name),"
+    " keywords"
+)
 MESSAGE_COLUMNS = "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id"
 
 
 def mailbox_from_row(row: Any) -> Mailbox:
-    id_, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed = row
+    id_, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed, keywords = row
     return Mailbox(
         id=int(id_),
         user_id=int(user_id),
@@ -48,6 +53,7 @@ def mailbox_from_row(row: Any) -> Mailbox:
         highestmodseq=int(highestmodseq),
         special_use=None if special_use is None else str(special_use),
         subscribed=bool(subscribed),
+        keywords=decode_keywords(str(keywords)),
     )
 
 

@@ -13,6 +13,8 @@ Invariants:
 4. Creating or renaming to "a/b/c" creates missing "a" and "a/b" (RFC 9051 §6.3.4); deleting "a" leaves "a/b".
 5. `recent_uid` (the IMAP \\Recent watermark, schema invariant 6) changes only in `claim_recent`, which reads and
    advances it in one write job: two claims can never both get the same UID.
+6. Subscriptions are rows of their own keyed (user, name) (api invariant 8): CREATE, DELETE and RENAME never
+   touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _check_user(conn: sqlite3.Connection, user_id: int) -> None:
         raise NotFound(f"no user with id {user_id}")
 
 
-def insert_mailbox(tx: Tx, user_id: int, name: str, special_use: str | None, subscribed: bool) -> Mailbox:
+def insert_mailbox(tx: Tx, user_id: int, name: str, special_use: str | None, subscribe: bool) -> Mailbox:
+    """A new mailbox row (and, with `subscribe`, its name among the user's subscriptions)."""
     row = tx.conn.execute(
         "UPDATE counters SET value = max(value + 1, ?) WHERE name = 'uidvalidity' RETURNING value",
         (int(time.time()),),
@@ -73,18 +76,26 @@ def insert_mailbox(tx: Tx, user_id: int, name: str, special_use: str | None, sub
     if uidvalidity > MAX_UIDVALIDITY:
         raise StoreError("UIDVALIDITY counter exhausted")
     cur = tx.conn.execute(
-        "INSERT INTO mailboxes(user_id, name, uidvalidity, special_use, subscribed) VALUES (?, ?, ?, ?, ?)",
-        (user_id, name, uidvalidity, special_use, int(subscribed)),
+        "INSERT INTO mailboxes(user_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
+        (user_id, name, uidvalidity, special_use),
     )
+    if subscribe:
+        tx.conn.execute("INSERT OR IGNORE INTO subscriptions(user_id, name) VALUES (?, ?)", (user_id, name))
+    subscribed = _is_subscribed(tx.conn, user_id, name)  # invariant 6: maybe from before the mailbox was made
     mbox = Mailbox(int(cur.lastrowid or 0), user_id, name, uidvalidity, 1, 1, special_use, subscribed)
     tx.changes.append(Change(ChangeKind.MAILBOX_CREATED, user_id, mbox.id, name=name))
     return mbox
 
 
+def _is_subscribed(conn: sqlite3.Connection, user_id: int, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM subscriptions WHERE user_id = ? AND name = ?", (user_id, name)).fetchone()
+    return row is not None
+
+
 def _create_parents(tx: Tx, user_id: int, name: str) -> None:
     for parent in names.parents(name):
         if find_mailbox(tx.conn, user_id, parent) is None:
-            insert_mailbox(tx, user_id, parent, None, subscribed=False)
+            insert_mailbox(tx, user_id, parent, None, subscribe=False)
 
 
 def _need(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox:
@@ -130,7 +141,7 @@ class MailboxesMixin(Base):
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
             _create_parents(tx, user_id, name)
-            return insert_mailbox(tx, user_id, name, use, subscribed=False)
+            return insert_mailbox(tx, user_id, name, use, subscribe=False)
 
         return await self._engine.write(op)
 
@@ -196,7 +207,7 @@ class MailboxesMixin(Base):
     @staticmethod
     def _rename_inbox(tx: Tx, inbox: Mailbox, new: str) -> None:
         _create_parents(tx, inbox.user_id, new)
-        dest = insert_mailbox(tx, inbox.user_id, new, None, subscribed=False)
+        dest = insert_mailbox(tx, inbox.user_id, new, None, subscribe=False)
         rows = tx.conn.execute(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox.id,)
         ).fetchall()
@@ -208,15 +219,31 @@ class MailboxesMixin(Base):
         name = names.mailbox(name)
 
         def op(tx: Tx) -> WriteResult:
-            mbox = _need(tx.conn, user_id, name)
-            if mbox.subscribed == bool(subscribed):
+            _check_user(tx.conn, user_id)
+            if _is_subscribed(tx.conn, user_id, name) == bool(subscribed):
                 return WriteResult()
-            tx.conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(bool(subscribed)), mbox.id))
-            change = Change(ChangeKind.MAILBOX_SUBSCRIBED, user_id, mbox.id, name=name)
+            if subscribed:
+                (count,) = tx.conn.execute(
+                    "SELECT count(*) FROM subscriptions WHERE user_id = ?", (user_id,)
+                ).fetchone()
+                if count >= names.MAX_SUBSCRIPTIONS:
+                    raise Invalid(f"too many subscriptions (at most {names.MAX_SUBSCRIPTIONS})")
+                tx.conn.execute("INSERT INTO subscriptions(user_id, name) VALUES (?, ?)", (user_id, name))
+            else:
+                tx.conn.execute("DELETE FROM subscriptions WHERE user_id = ? AND name = ?", (user_id, name))
+            mbox = find_mailbox(tx.conn, user_id, name)
+            change = Change(ChangeKind.MAILBOX_SUBSCRIBED, user_id, 0 if mbox is None else mbox.id, name=name)
             tx.changes.append(change)
             return WriteResult((change,))
 
         return await self._engine.write(op)
+
+    async def list_subscriptions(self, user_id: int) -> list[str]:
+        def q(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT name FROM subscriptions WHERE user_id = ? ORDER BY name", (user_id,))
+            return [str(r[0]) for r in rows]
+
+        return await self._engine.read(q)
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         def op(tx: Tx) -> tuple[int, int]:

@@ -17,10 +17,13 @@ Invariants:
    STORE that changes nothing takes none.
 3. Every removed message leaves an `expunged(mailbox_id, uid, modseq)` row for QRESYNC and releases its blob.
 4. Copy and move stay within one user (api 6): a destination of another user is Invalid.
+5. Every write that puts keywords on a row of a mailbox passes them through `grow_keywords` in the same job, so
+   `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from array import array
@@ -73,8 +76,34 @@ class NewMessage:
     blob_id: str
 
 
+def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | None:
+    """Add to the mailbox's keyword set those of `keywords` it has not had (case-insensitively, invariant 5).
+    Returns the MAILBOX_KEYWORDS change (also appended to `tx.changes`), or None if the set did not grow.
+    Invalid if it would hold more than `names.MAX_MAILBOX_KEYWORDS`."""
+    wanted = list(keywords)
+    if not wanted:
+        return None
+    (text,) = tx.conn.execute("SELECT keywords FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
+    known = {k.lower(): k for k in decode_keywords(str(text))}
+    new: dict[str, str] = {}
+    for kw in wanted:
+        low = kw.lower()
+        if low not in known:
+            new.setdefault(low, kw)
+    if not new:
+        return None
+    if len(known) + len(new) > names.MAX_MAILBOX_KEYWORDS:
+        raise Invalid(f"a mailbox may have at most {names.MAX_MAILBOX_KEYWORDS} keywords")
+    known.update(new)
+    tx.conn.execute("UPDATE mailboxes SET keywords = ? WHERE id = ?", (encode_keywords(known.values()), mbox.id))
+    change = Change(ChangeKind.MAILBOX_KEYWORDS, mbox.user_id, mbox.id, keywords=frozenset(new.values()))
+    tx.changes.append(change)
+    return change
+
+
 def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[AppendResult]:
-    """Insert rows with fresh UIDs and MODSEQs. Blob references are the caller's business."""
+    """Insert rows with fresh UIDs and MODSEQs; grow the mailbox's keyword set (invariant 5). Blob references are
+    the caller's business."""
     row = tx.conn.execute("SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
     uid, modseq = int(row[0]), int(row[1])
     rows = []
@@ -89,6 +118,9 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[
         uid += 1
     tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
+    grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
+    if grown is not None and len(results) == 1:  # a single append reports it with its own change
+        results[0] = dataclasses.replace(results[0], changes=(*results[0].changes, grown))
     return results
 
 
@@ -385,6 +417,10 @@ class MessagesMixin(Base):
                 )
                 tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, mailbox_id))
             tx.changes.extend(changes)
+            if updates and mode is not StoreMode.REMOVE:
+                grown = grow_keywords(tx, mbox, kws.values())  # invariant 5
+                if grown is not None:
+                    changes.append(grown)
             return WriteResult(tuple(changes))
 
         return await self._engine.write(op)

@@ -11,6 +11,11 @@ as files by version 1 stay files and are still read; nothing is moved by the mig
 issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its selector) and, per queue
 recipient, whether its one delay notice was sent. 4 adds `mailboxes.recent_uid`, the persistent IMAP \\Recent
 watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so nothing old turns recent on upgrade.
+5 (issue 15) adds `subscriptions(user_id, name)`: subscriptions are names, which outlive their mailbox (RFC 3501
+§6.3.9); the rows marked `mailboxes.subscribed = 1` are copied into it, and that column is no longer read or
+written (it stays: DROP COLUMN needs SQLite 3.35, newer than some distributions ship). It also adds
+`mailboxes.keywords`, the keywords the mailbox's messages have carried (invariant 7), learnt from the messages
+there are.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -26,6 +31,9 @@ Invariants:
    rows do not belong in a WITHOUT ROWID b-tree.
 6. `mailboxes.recent_uid` < `uidnext`: the highest UID some IMAP session has claimed as \\Recent (RFC 3501
    §2.3.2). It only grows, and only by `claim_recent`, which moves it to `uidnext - 1` in one write.
+7. `mailboxes.keywords` (encoded as `messages.keywords` is: space-separated, sorted case-insensitively) holds
+   every keyword of every message row of the mailbox, case-insensitively; it only grows (api invariant 9).
+8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE counters(
@@ -180,7 +188,30 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: sqlite3.Connection) -> None:
+    """Subscriptions by name in their own table (invariant 8), copied from `mailboxes.subscribed`; each mailbox's
+    keyword set (invariant 7), learnt from its messages (one spelling per keyword, the first in UID order)."""
+    conn.execute(
+        "CREATE TABLE subscriptions(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " name TEXT NOT NULL, PRIMARY KEY(user_id, name)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO subscriptions(user_id, name) SELECT user_id, name FROM mailboxes WHERE subscribed <> 0")
+    conn.execute("ALTER TABLE mailboxes ADD COLUMN keywords TEXT NOT NULL DEFAULT ''")
+    learnt: dict[int, dict[str, str]] = {}
+    rows = conn.execute(
+        "SELECT mailbox_id, keywords FROM messages WHERE keywords <> '' ORDER BY mailbox_id, uid"
+    )
+    for mailbox_id, text in rows:
+        known = learnt.setdefault(int(mailbox_id), {})
+        for keyword in str(text).split():
+            known.setdefault(keyword.lower(), keyword)
+    conn.executemany(
+        "UPDATE mailboxes SET keywords = ? WHERE id = ?",
+        [(" ".join(sorted(known.values(), key=str.lower)), mailbox_id) for mailbox_id, known in learnt.items()],
+    )
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
