@@ -251,6 +251,20 @@ class QueueEntry:
     recipients: tuple[QueueRecipient, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class AuthFailures:
+    """Failed logins of one client address (`username` "") or of one user from one address, as the
+    Authenticator (auth/authenticator.py) keeps them. Times are seconds since the epoch."""
+
+    address: str  # the client's address as the Authenticator keys it (IPv6: the /64)
+    username: str  # lower-case login name, "" for the address's own record
+    failures: int  # counted since the first failure of the current window
+    last_failure: float
+    locked_since: float  # a (user, address) pair's lock began here; 0: never locked
+    locked_until: float  # refused until then; 0: not locked
+    expires: float  # after this the record means nothing: the store may drop it
+
+
 # --------------------------------------------------------------------------------------------------------
 # Change feed
 
@@ -513,3 +527,13 @@ class Store(Protocol):
 
     async def queue_length(self) -> int:
         """Recipients not yet final."""
+
+    # ---- login throttling (auth/authenticator.py)
+    async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:
+        """The records with `expires` > now, at most `limit` of them (those that expire last). Records expired
+        or beyond the limit are deleted, so the table never holds more than the caller keeps in memory."""
+
+    async def save_auth_failures(self, records: Sequence[AuthFailures], remove: Sequence[tuple[str, str]],
+                                 now: float) -> None:
+        """Insert or replace `records` (keyed by address and username), delete the (address, username) keys in
+        `remove`, and delete every record whose `expires` <= now."""

@@ -11,6 +11,8 @@ as files by version 1 stay files and are still read; nothing is moved by the mig
 issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its selector) and, per queue
 recipient, whether its one delay notice was sent. 4 adds `mailboxes.recent_uid`, the persistent IMAP \\Recent
 watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so nothing old turns recent on upgrade.
+5 adds `auth_failures`: failed logins per client address and per (user, address) pair, so login throttling and
+locks survive a restart (auth/authenticator.py; rows expire, and the table is bounded, authfail.py).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -36,7 +38,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE counters(
@@ -180,7 +182,18 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: sqlite3.Connection) -> None:
+    """Failed-login records (auth/authenticator.py, store/sqlite/authfail.py); a new table, nothing to convert."""
+    conn.execute(
+        "CREATE TABLE auth_failures("
+        "address TEXT NOT NULL, username TEXT NOT NULL, failures INTEGER NOT NULL, last_failure REAL NOT NULL,"
+        " locked_since REAL NOT NULL, locked_until REAL NOT NULL, expires REAL NOT NULL,"
+        " PRIMARY KEY(address, username)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX auth_failures_expires ON auth_failures(expires)")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
