@@ -97,6 +97,9 @@ class Envelope:
     envid: str = ""
     ret: str = ""
     may_relay: bool = False  # the client may send to non-local domains (authenticated, relay network)
+    # The From header was checked to be the sender's (submission) or the source is trusted: the queue's DKIM
+    # signer may then sign with the From domain (dkim.py invariant 3). False: relayed for others.
+    from_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,9 +387,9 @@ class Router:
         local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw) if users else _zero()
         queue_job = self.store.enqueue(
             env.raw, env.mail_from, [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()],
-            envid=env.envid, ret=env.ret) if remote else None
+            envid=env.envid, ret=env.ret, from_checked=env.from_checked) if remote else None
         others = [self._hold(ml, env.mail_from, env.raw) if ml.policy is ListPolicy.MODERATED
-                  else self.distribute(ml, env.raw) for ml in lists.values()]
+                  else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
         others += [self._act(act) for act in actions]
         local, entry, parts = await _all(local_job, queue_job, others)
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
@@ -400,8 +403,9 @@ class Router:
         return Accepted(local, len(remote), queue_ids, held)
 
     # --- lists ---------------------------------------------------------------------------------------------------
-    async def distribute(self, ml: MailingList, raw: bytes) -> Accepted:
-        """One copy per member, list headers prepended, envelope sender = the list's bounce address."""
+    async def distribute(self, ml: MailingList, raw: bytes, from_checked: bool = False) -> Accepted:
+        """One copy per member, list headers prepended, envelope sender = the list's bounce address.
+        `from_checked`: the post's From was checked (see `Envelope`); an approved held post counts as unchecked."""
         copy = list_headers(ml) + raw
         users: dict[int, str] = {}
         remote: list[str] = []
@@ -415,8 +419,8 @@ class Router:
                     remote.append(d.address)
                 # a list inside a list, or an action address, is not expanded further (loops)
         local_job = deliver_local(self.store, self.config.limits, users, ml.bounce_address, copy)
-        queue_job = self.store.enqueue(copy, ml.bounce_address,
-                                       [QueueRecipient(r) for r in dict.fromkeys(remote)]) if remote else None
+        queue_job = self.store.enqueue(copy, ml.bounce_address, [QueueRecipient(r) for r in dict.fromkeys(remote)],
+                                       from_checked=from_checked) if remote else None
         local, entry, _ = await _all(local_job, queue_job, [])
         return Accepted(local, len(set(remote)), (entry.id,) if entry is not None else (), 0)
 
@@ -429,7 +433,8 @@ class Router:
         local = await deliver_local(self.store, self.config.limits, users, ml.bounce_address, notice)
         ids: tuple[int, ...] = ()
         if remote:
-            entry = await self.store.enqueue(notice, ml.bounce_address, [QueueRecipient(r) for r in remote])
+            entry = await self.store.enqueue(notice, ml.bounce_address, [QueueRecipient(r) for r in remote],
+                                             from_checked=True)  # our own notice
             ids = (entry.id,)
         log.info("list post held list=%s token=%s from=%s", ml.address, token[:8], mail_from)
         return Accepted(local, len(remote), ids, 1)

@@ -314,7 +314,10 @@ class Session:
                                  recipients=recipients, now=self.clock())
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay())
+                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
+                       # Submission checked every From address below; relay networks and POP-before-SMTP
+                       # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
+                       from_checked=self.may_relay())
         try:
             if self.policy.submission:
                 # RFC 6409 §6.1: the header's From/Sender must be the user's too, or the queue would DKIM-sign

@@ -249,6 +249,7 @@ class QueueEntry:
     ret: str  # RFC 3461 RET: "", "FULL" or "HDRS"
     created: float
     recipients: tuple[QueueRecipient, ...]
+    from_checked: bool = True  # the From header was checked or the source is trusted: DKIM may align with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +511,12 @@ class Store(Protocol):
         recipients: Sequence[QueueRecipient],
         envid: str = "",
         ret: str = "",
-    ) -> QueueEntry: ...
+        from_checked: bool = True,
+    ) -> QueueEntry:
+        """`from_checked`: the From header's addresses were checked to be the sender's (submission) or the source
+        is trusted (sendmail, relay networks, the server's own DSNs and notices); False for mail relayed on
+        behalf of others (forwards, list copies of outside posts). The DKIM signer only aligns with a From domain
+        for checked entries."""
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
 

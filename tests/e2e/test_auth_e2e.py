@@ -163,13 +163,13 @@ def test_scram_salt_of_an_unknown_user_depends_on_the_server_secret(tmp_path: Pa
         assert fake["i"] == real["i"] == "4096"
         assert len(base64.b64decode(fake["s"])) == len(base64.b64decode(real["s"])) == 16
         assert scram_first(server, "nobody@example.org")["s"] == fake["s"]  # asking twice tells nothing
-        secret = Path(server.config.data_path) / "server-secret"
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32
         other = start_server(tmp_path / "other-data")  # another installation, with its own secret
         try:
             assert scram_first(other, "nobody@example.org")["s"] != fake["s"]
         finally:
             other.stop()
+        secret = Path(server.config.data_path) / "server-secret"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32
         server = restart(server)  # the same installation after a restart: the same answers
         assert scram_first(server, "nobody@example.org")["s"] == fake["s"]
         assert scram_first(server, ALICE)["s"] == real["s"]

@@ -12,7 +12,10 @@ issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its
 recipient, whether its one delay notice was sent. 4 adds `mailboxes.recent_uid`, the persistent IMAP \\Recent
 watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so nothing old turns recent on upgrade.
 5 adds `auth_failures`: failed logins per client address and per (user, address) pair, so login throttling and
-locks survive a restart (auth/authenticator.py; rows expire, and the table is bounded, authfail.py).
+locks survive a restart (auth/authenticator.py; rows expire, and the table is bounded, authfail.py); and
+`queue.from_checked`: whether the message's From was checked (submission) or came from a trusted source, which
+decides whether DKIM may sign with the From domain (delivery/dkim.py). Entries queued before say 1, as they were
+signed before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -183,7 +186,8 @@ def _v4(conn: sqlite3.Connection) -> None:
 
 
 def _v5(conn: sqlite3.Connection) -> None:
-    """Failed-login records (auth/authenticator.py, store/sqlite/authfail.py); a new table, nothing to convert."""
+    """Failed-login records (auth/authenticator.py, store/sqlite/authfail.py), and the queue's from_checked mark
+    (delivery/dkim.py) with 1 for what is queued already (signed as before)."""
     conn.execute(
         "CREATE TABLE auth_failures("
         "address TEXT NOT NULL, username TEXT NOT NULL, failures INTEGER NOT NULL, last_failure REAL NOT NULL,"
@@ -191,6 +195,7 @@ def _v5(conn: sqlite3.Connection) -> None:
         " PRIMARY KEY(address, username)) WITHOUT ROWID"
     )
     conn.execute("CREATE INDEX auth_failures_expires ON auth_failures(expires)")
+    conn.execute("ALTER TABLE queue ADD COLUMN from_checked INTEGER NOT NULL DEFAULT 1")
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
