@@ -202,7 +202,9 @@ class Authenticator:
             changed.append(pair)
         for r in changed:
             self._records[(r.address, r.username)] = r
-        await self.store.save_auth_failures(changed, self._evict(now), now)
+        gone = self._evict(now)
+        kept = [r for r in changed if (r.address, r.username) in self._records]  # the store mirrors memory
+        await self.store.save_auth_failures(kept, gone, now)
 
     async def succeeded(self, ip: str, username: str) -> None:
         """A correct password: forget the pair's failures (the address keeps its own, invariant 2 needs no more)."""
