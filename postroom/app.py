@@ -1,6 +1,7 @@
 """Builds the running server from a Config and runs it in one asyncio event loop.
 
-Start order: data folder -> TLS certificate -> store (schema) -> metrics -> protocol listeners -> HTTP.
+Start order: data folder -> TLS certificate -> store (schema) -> metrics -> server secret -> protocol listeners
+-> HTTP.
 Stop order is the reverse: stop accepting, let sessions finish up to `server.shutdown_grace_seconds`, stop
 HTTP, close the store (which finishes pending writes). SIGTERM and SIGINT both start a graceful stop.
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
+from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
@@ -113,7 +115,8 @@ class Postroom:
             bounce = router_bounce(Router(store, cfg, on_queued=wake))
             self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
             self.queue.start()
-        self.services = Services(cfg, store, Authenticator(store, cfg.auth), self.metrics, tls, wake)
+        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM's answers for unknown users
+        self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake)
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():

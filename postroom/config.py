@@ -73,9 +73,15 @@ class StoreConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     allow_plaintext: bool = False  # password logins without TLS: for tests and benchmarks only
-    max_failures_per_ip: int = 10  # failed logins in `lockout_seconds` before an IP is refused
+    # Failed logins from one address (in `lockout_seconds`) answered without delay; after that every login
+    # attempt from the address waits 1 s, doubling per further failure, at most `max_delay_seconds`.
+    max_failures_per_ip: int = 3
+    max_delay_seconds: float = 15.0
+    # Failed logins for one user from one address (in `lockout_seconds`) before that pair alone is refused for
+    # `lockout_seconds`; attempts while refused extend it, never past `max_lockout_seconds` from its start.
     max_failures_per_user: int = 5
     lockout_seconds: float = 300.0
+    max_lockout_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,13 @@ def _validate(cfg: Config, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: smtp.relay_networks[{i}]: {net!r} is not an address or network "
                               f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    for name in ("max_failures_per_ip", "max_failures_per_user"):
+        if getattr(cfg.auth, name) < 1:
+            raise ConfigError(f"{where}: auth.{name} must be at least 1")
+    if cfg.auth.lockout_seconds <= 0 or cfg.auth.max_delay_seconds < 0:
+        raise ConfigError(f"{where}: auth.lockout_seconds must be positive and auth.max_delay_seconds not negative")
+    if cfg.auth.max_lockout_seconds < cfg.auth.lockout_seconds:
+        raise ConfigError(f"{where}: auth.max_lockout_seconds must be at least auth.lockout_seconds")
     if cfg.smtp.max_received < 1:
         raise ConfigError(f"{where}: smtp.max_received must be at least 1")
     if cfg.smtp.pop_before_smtp_minutes < 0:
@@ -409,9 +422,11 @@ url = ""                           # empty: sqlite:///<data_dir>/postroom.db
 
 [auth]
 allow_plaintext = false            # true: password logins without TLS (tests and benchmarks only)
-max_failures_per_ip = 10
-max_failures_per_user = 5
-lockout_seconds = 300
+max_failures_per_ip = 3            # failures from an address before its logins are delayed (1 s, doubling)
+max_delay_seconds = 15             # the longest such delay
+max_failures_per_user = 5          # failures for a user from one address before that pair is refused
+lockout_seconds = 300              # the window failures count in, and how long a pair is refused
+max_lockout_seconds = 3600         # attempts while refused extend the refusal, never past this
 
 [limits]
 message_size = 52428800            # bytes

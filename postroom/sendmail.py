@@ -13,6 +13,12 @@ local copies and queues the rest; the running server's queue delivers them at it
     -i, -oi       a line with a single "." does not end the message
     -F NAME       the full name for a From header that has to be added
 
+Sender identity. Whoever runs it is trusted as Postfix trusts its `sendmail`: any envelope sender (`-f`) and any
+From, no check against an account, and the queue may DKIM-sign it with the From domain (dkim.py invariant 3).
+That is sound only because running it needs write access to the data folder, which already means control of
+the server; it is not a door for users without it. Submission (SMTP AUTH) is the door for users, and there the
+sender must be theirs (`Router.may_send_as`).
+
 Invariants
 1. The message that is stored has CRLF line ends, a Received field naming the local user, and From, Date and
    Message-ID fields (added only when missing; present ones are kept byte for byte).

@@ -1,4 +1,4 @@
-"""Logins for every protocol: password checks with lockout, and the SASL mechanisms the sessions offer.
+"""Logins for every protocol: password checks with throttling, and the SASL mechanisms the sessions offer.
 
 Theory of operation
 -------------------
@@ -7,17 +7,34 @@ asks `mechanisms(tls=...)` what it may advertise, starts an exchange with `start
 the client's decoded responses; each step answers a challenge to send, a success with the `User`, or a failure.
 The protocol core does the framing (base64 lines, `+ ` continuations, `334`); this module sees raw bytes.
 
+Guessing is made slow for the guesser, never impossible for the owner (like Dovecot's auth penalty):
+
+    the address     failures from one client address (IPv6: its /64) count in a window of `lockout_seconds`;
+                    past `max_failures_per_ip` of them, every login attempt from it waits before it is
+                    judged: 1 s, doubling per further failure, at most `max_delay_seconds`. The wait is an
+                    `await`: it holds that session only, never the event loop or anyone else.
+    the pair        failures for one user from one address: past `max_failures_per_user` in the window, that
+                    (user, address) pair alone is refused for `lockout_seconds`. Attempts while refused extend
+                    the refusal, but never past `max_lockout_seconds` after it began.
+
+Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
+
 Invariants
-1. A password is never stored, logged or put in an exception message here.
-2. Failures are counted per IP and per user in a sliding window (`auth.lockout_seconds`). Past
-   `max_failures_per_ip` / `max_failures_per_user` every attempt from that IP or for that user fails at once,
-   without checking the password, until the window has passed; the answer is the same as for a wrong password,
-   so a locked-out prober learns nothing.
-3. An unknown user costs the same argon2 work as a known one (a dummy hash is verified), so timing does not
-   tell which addresses exist.
-4. argon2 runs in a worker thread, at most one check per CPU at a time: a login never stalls the event loop,
+1. A password is never stored, logged or put in an exception message here; neither is the server secret.
+2. A correct password is refused only for a (user, address) pair that itself kept failing: failures for other
+   users at the same address, or for the same user from other addresses, only ever delay it.
+3. A refusal for a locked pair reads the same as a wrong password (same reply, same delay), so a prober learns
+   nothing it did not cause itself.
+4. A lock has a maximum length (`max_lockout_seconds` from its start) whatever follows; a delay is at most
+   `max_delay_seconds`.
+5. The records are bounded: at most `MAX_RECORDS` in memory and in the store (the earliest to expire are dropped
+   first), usernames longer than an address are keyed by their hash, and expired records are forgotten.
+6. An unknown user costs the same argon2 work as a known one (a dummy hash is verified), and SCRAM answers an
+   unknown user with a salt and iteration count of the same shape as a real user's, derived from the server
+   secret (RFC 5802 §9), so neither timing nor the server-first-message tells which addresses exist.
+7. argon2 runs in a worker thread, at most one check per CPU at a time: a login never stalls the event loop,
    and a burst of logins queues instead of starving every other session of CPU.
-5. Plain-text mechanisms (PLAIN, LOGIN) are offered only over TLS unless `auth.allow_plaintext` is set
+8. Plain-text mechanisms (PLAIN, LOGIN) are offered only over TLS unless `auth.allow_plaintext` is set
    (RFC 4954 §4, RFC 9051 §6.2.3 LOGINDISABLED). SCRAM-SHA-256 never exposes the password and is offered always.
 """
 
@@ -26,20 +43,25 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import os
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import AuthConfig
-from ..store.api import Store, User
-from .passwords import hash_password, parse_scram_verifier, verify_password_async
+from ..store.api import AuthFailures, Store, User
+from .passwords import SCRAM_ITERATIONS, SCRAM_SALT_BYTES, hash_password, parse_scram_verifier, verify_password_async
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
 SCRAM = "SCRAM-SHA-256"
+
+MAX_RECORDS = 20_000  # invariant 5: ~10 MB at worst (usernames are at most 254 bytes as keys)
+_EVICT = MAX_RECORDS // 10  # records dropped at once past the cap, so the sort behind it is rare
+_MAX_NAME_KEY = 254  # RFC 5321 §4.5.3.1.3: the longest path; longer login names are keyed by their hash
 
 _DUMMY_HASH = hash_password(os.urandom(16).hex())
 
@@ -64,43 +86,42 @@ def _fail(reason: str) -> Step:
     return Step(done=True, error=reason)
 
 
-class _Window:
-    """Failure timestamps per key, kept for `span` seconds."""
+def address_key(ip: str) -> str:
+    """The key failures of a client address count under: the address itself, or for IPv6 its /64 (one
+    subscriber's whole prefix, which an attacker can cycle through at no cost). Not an address: as given."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
-    def __init__(self, span: float, clock: Callable[[], float]) -> None:
-        self.span = span
-        self.clock = clock
-        self._events: dict[str, deque[float]] = {}
 
-    def count(self, key: str) -> int:
-        events = self._events.get(key)
-        if not events:
-            return 0
-        horizon = self.clock() - self.span
-        while events and events[0] < horizon:
-            events.popleft()
-        if not events:
-            del self._events[key]
-            return 0
-        return len(events)
-
-    def add(self, key: str) -> None:
-        self._events.setdefault(key, deque()).append(self.clock())
-        if len(self._events) > 100_000:  # bound memory under a spray of addresses: forget the stalest keys
-            for stale in list(self._events)[:10_000]:
-                del self._events[stale]
-
-    def clear(self, key: str) -> None:
-        self._events.pop(key, None)
+def _name_key(username: str) -> str:
+    name = username.strip().lower()
+    if len(name) <= _MAX_NAME_KEY:
+        return name
+    return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()  # invariant 5
 
 
 class Authenticator:
-    def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    """The one place logins are judged (see the module doc). `clock` gives seconds since the epoch (records
+    outlive the process); `sleep` waits (tests inject both); `secret` keys SCRAM's answers for unknown users
+    (`auth.secret.load_or_create`; None: a random one, stable for this object only)."""
+
+    def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.time, *,
+                 secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.store = store
         self.config = config
-        self._by_ip = _Window(config.lockout_seconds, clock)
-        self._by_user = _Window(config.lockout_seconds, clock)
         self._clock = clock
+        self._sleep = sleep
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._records: dict[tuple[str, str], AuthFailures] = {}
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
         self._logins: dict[str, float] = {}
         # argon2 is CPU- and memory-hard on purpose: more checks at once than cores only starve the event loop
         # (a login storm made every session slow in bench/imap.py), so extra logins wait their turn here.
@@ -115,16 +136,93 @@ class Authenticator:
         mechs = list(PLAINTEXT_MECHANISMS) if self.plaintext_allowed(tls) else []
         return mechs + [SCRAM]
 
-    def locked_out(self, ip: str, username: str = "") -> bool:
-        if self._by_ip.count(ip) >= self.config.max_failures_per_ip:
-            return True
-        return bool(username) and self._by_user.count(username.lower()) >= self.config.max_failures_per_user
+    def _record(self, address: str, username: str, now: float) -> AuthFailures | None:
+        rec = self._records.get((address, username))
+        return rec if rec is not None and rec.expires > now else None
 
-    def failed(self, ip: str, username: str) -> None:
-        """Count a failed login (also for callers that judged it themselves, like SCRAM's proof check)."""
-        self._by_ip.add(ip)
-        if username:
-            self._by_user.add(username.lower())
+    def delay(self, ip: str) -> float:
+        """Seconds a login attempt from `ip` waits before it is judged: 0 until the address has
+        `max_failures_per_ip` failures in the window, then 1 s doubling per failure, capped (from memory, as
+        `locked_out`)."""
+        rec = self._record(address_key(ip), "", self._clock())
+        free = self.config.max_failures_per_ip
+        if rec is None or rec.failures < free:
+            return 0.0
+        return float(min(self.config.max_delay_seconds, 2.0 ** min(rec.failures - free, 32)))
+
+    def locked_out(self, ip: str, username: str) -> bool:
+        """Is the pair (`username`, address of `ip`) refused right now? Never true for other pairs (invariant 2).
+        Answers from memory: the records are loaded by the first `throttle` or `failed`, which every login
+        path awaits before asking."""
+        now = self._clock()
+        rec = self._record(address_key(ip), _name_key(username), now) if username.strip() else None
+        return rec is not None and rec.locked_until > now
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        async with self._load_lock:
+            if not self._loaded:
+                for rec in await self.store.load_auth_failures(self._clock(), MAX_RECORDS):
+                    self._records[(rec.address, rec.username)] = rec
+                self._loaded = True
+
+    async def throttle(self, ip: str) -> None:
+        """Wait the address's delay (see `delay`); only this coroutine waits."""
+        await self._load()
+        wait = self.delay(ip)
+        if wait > 0:
+            await self._sleep(wait)
+
+    async def failed(self, ip: str, username: str) -> None:
+        """Count a failed login (also for callers that judged it themselves, like SCRAM's proof check, or IMAP
+        LOGIN with a name that is not UTF-8). Durable when it returns."""
+        await self._load()
+        cfg, now = self.config, self._clock()
+        address, window = address_key(ip), cfg.lockout_seconds
+        changed: list[AuthFailures] = []
+        rec = self._record(address, "", now)
+        count = rec.failures + 1 if rec is not None and now - rec.last_failure <= window else 1
+        changed.append(AuthFailures(address, "", count, now, 0.0, 0.0, now + window))
+        name = _name_key(username) if username.strip() else ""
+        if name:
+            pair = self._record(address, name, now)
+            if pair is not None and pair.locked_until > now:
+                # Still refused: extend, but never past the lock's maximum length (invariant 4).
+                until = max(pair.locked_until, min(now + window, pair.locked_since + cfg.max_lockout_seconds))
+                pair = dataclasses.replace(pair, failures=pair.failures + 1, last_failure=now, locked_until=until,
+                                           expires=max(now + window, until))
+            else:
+                fresh = pair is None or pair.locked_until > 0 or now - pair.last_failure > window
+                count = 1 if fresh or pair is None else pair.failures + 1
+                since = until = 0.0
+                if count >= cfg.max_failures_per_user:
+                    since, until = now, now + window
+                pair = AuthFailures(address, name, count, now, since, until, max(now + window, until))
+            changed.append(pair)
+        for r in changed:
+            self._records[(r.address, r.username)] = r
+        gone = self._evict(now)
+        kept = [r for r in changed if (r.address, r.username) in self._records]  # the store mirrors memory
+        await self.store.save_auth_failures(kept, gone, now)
+
+    async def succeeded(self, ip: str, username: str) -> None:
+        """A correct password: forget the pair's failures (the address keeps its own, invariant 2 needs no more)."""
+        key = (address_key(ip), _name_key(username))
+        if self._records.pop(key, None) is not None:
+            await self.store.save_auth_failures([], [key], self._clock())
+
+    def _evict(self, now: float) -> list[tuple[str, str]]:
+        """Keys to drop so that memory and store stay within MAX_RECORDS (invariant 5)."""
+        if len(self._records) <= MAX_RECORDS:
+            return []
+        gone = [k for k, r in self._records.items() if r.expires <= now]
+        if len(self._records) - len(gone) > MAX_RECORDS - _EVICT:
+            live = sorted((r.expires, k) for k, r in self._records.items() if r.expires > now)
+            gone += [k for _, k in live[: len(live) - (MAX_RECORDS - _EVICT)]]
+        for k in gone:
+            del self._records[k]
+        return gone
 
     # ---- POP-before-SMTP (the seeds): a successful POP3/IMAP login lets that IP relay for a while
     def note_login(self, ip: str) -> None:
@@ -140,22 +238,29 @@ class Authenticator:
 
     # ---- passwords (LOGIN, USER/PASS, PLAIN, LOGIN mechanism)
     async def check_password(self, username: str, password: str, ip: str) -> User | None:
-        """The user if `password` is right and neither the IP nor the user is locked out; else None."""
+        """The user if `password` is right and the pair (user, address) is not refused; else None. Waits the
+        address's delay first."""
         username = username.strip().lower()
-        if self.locked_out(ip, username):
-            self.failed(ip, username)
+        await self.throttle(ip)
+        if username and self.locked_out(ip, username):
+            await self.failed(ip, username)  # invariant 3: counted and answered like a wrong password
             return None
         user = await self.store.get_user(username) if username else None
         async with self._argon2_slots:
             ok = await verify_password_async(user.password_hash if user else _DUMMY_HASH, password)
         if user is None or not ok:
-            self.failed(ip, username)
+            await self.failed(ip, username)
             return None
-        self.succeeded(username)
+        await self.succeeded(ip, username)
         return user
 
-    def succeeded(self, username: str) -> None:
-        self._by_user.clear(username.lower())
+    # ---- SCRAM (RFC 5802 §9)
+    def scram_decoy(self, username: str) -> tuple[int, bytes]:
+        """(iterations, salt) for a user without a verifier: the shape of a verifier made now (same iteration
+        count, same salt length), stable per name, and not computable without the server secret."""
+        salt = hmac.new(self._secret, b"scram-salt\x00" + username.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()[:SCRAM_SALT_BYTES]
+        return SCRAM_ITERATIONS, salt
 
     # ---- SASL
     def start(self, mechanism: str, ip: str, tls: bool) -> Exchange:
@@ -284,17 +389,18 @@ class _Scram(Exchange):
             return _fail("authorization identity differs")
         self._gs2_header = f"{gs2_flag},{authzid},"
         self._client_first_bare = bare
-        user = None if self.auth.locked_out(self.ip, self.username) else await self.auth.store.get_user(self.username)
+        # The salt is answered whether or not the pair is refused: a lock is judged at the proof, so the first
+        # message never differs because of one (invariant 3).
+        user = await self.auth.store.get_user(self.username)
         try:
             iterations, salt, stored_key, server_key = parse_scram_verifier(user.scram) if user else (0, b"", b"", b"")
         except ValueError:
             user = None
             iterations, salt = 0, b""
         if user is None:
-            # Answer as if the user existed (RFC 5802 §9 suggests not revealing unknown users): a made-up salt
-            # that is stable per name, and the exchange fails at the proof.
-            salt = hashlib.sha256(b"postroom-scram" + self.username.encode()).digest()[:16]
-            iterations = 4096
+            # RFC 5802 §9: answer as if the user existed, with a salt and iteration count of a real verifier's
+            # shape that only the server secret can produce (invariant 6); the exchange fails at the proof.
+            iterations, salt = self.auth.scram_decoy(self.username)
         else:
             self._user = user
             self._keys = (stored_key, server_key)
@@ -307,16 +413,17 @@ class _Scram(Exchange):
             message = data.decode("utf-8")
         except UnicodeDecodeError:
             return _fail("client-final-message is not UTF-8")
+        await self.auth.throttle(self.ip)
         without_proof, sep, proof_b64 = message.rpartition(",p=")
         attrs = _scram_attrs(without_proof)
         if not sep or attrs.get("r") != self._nonce:
-            self.auth.failed(self.ip, self.username)
+            await self.auth.failed(self.ip, self.username)
             return _fail("malformed client-final-message or wrong nonce")
         if attrs.get("c") != base64.b64encode(self._gs2_header.encode("utf-8")).decode("ascii"):
-            self.auth.failed(self.ip, self.username)
+            await self.auth.failed(self.ip, self.username)
             return _fail("channel binding mismatch")
-        if self._user is None or self._keys is None:
-            self.auth.failed(self.ip, self.username)
+        if self._user is None or self._keys is None or self.auth.locked_out(self.ip, self.username):
+            await self.auth.failed(self.ip, self.username)
             return _fail("bad credentials")
         stored_key, server_key = self._keys
         auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
@@ -326,13 +433,13 @@ class _Scram(Exchange):
             proof = b""
         client_signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
         if len(proof) != len(client_signature):
-            self.auth.failed(self.ip, self.username)
+            await self.auth.failed(self.ip, self.username)
             return _fail("bad credentials")
         client_key = bytes(a ^ b for a, b in zip(proof, client_signature))
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key):
-            self.auth.failed(self.ip, self.username)
+            await self.auth.failed(self.ip, self.username)
             return _fail("bad credentials")
         server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
-        self.auth.succeeded(self.username)
+        await self.auth.succeeded(self.ip, self.username)
         return Step(done=True, user=self._user,
                     server_final=b"v=" + base64.b64encode(server_signature))

@@ -25,6 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 _hasher = PasswordHasher()
 
 SCRAM_ITERATIONS = 4096  # RFC 7677 §4: at least 4096
+SCRAM_SALT_BYTES = 16  # every verifier made now; SCRAM's answer for an unknown user has the same length
 
 
 def hash_password(password: str) -> str:
@@ -54,7 +55,7 @@ def needs_rehash(stored_hash: str) -> bool:
 def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
     """RFC 5802 §3 keys for SCRAM-SHA-256, as "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>" (base64),
     the layout PostgreSQL uses. The password itself is not recoverable from it."""
-    salt = salt if salt is not None else os.urandom(16)
+    salt = salt if salt is not None else os.urandom(SCRAM_SALT_BYTES)
     # RFC 5802 §2.2: Hi() is PBKDF2 with HMAC; the password should be SASLprep'd (RFC 4013). For the
     # passwords Postroom accepts (printable Unicode), NFKC normalisation is the part of SASLprep that matters.
     normalized = unicodedata.normalize("NFKC", password).encode("utf-8")

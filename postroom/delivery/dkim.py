@@ -23,6 +23,12 @@ Invariants
 1. A message is signed only for a local domain with keys; the bytes after the prepended fields are unchanged.
 2. Domain keys are cached for `KEY_TTL` seconds, so a key made by `postroom domain add` in another process is
    used at most that long after.
+3. A signature aligned with the From domain (the one DMARC looks at) is made only for queue entries whose From
+   was checked (`QueueEntry.from_checked`: submission checks every From address, `Router.may_send_as`) or whose
+   source is trusted (`postroom sendmail`, `smtp.relay_networks`, POP-before-SMTP, the server's own DSNs and
+   notices). Mail relayed for others (forwards, list copies of outside posts) gets at most a signature of the
+   envelope sender's domain, and none when that domain aligns with a From domain: an outsider who sends
+   `From: ceo@our.domain` to an alias that forwards cannot get our domain's signature on it.
 """
 
 from __future__ import annotations
@@ -192,15 +198,26 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
 
 
-def from_domain(raw: bytes) -> str:
+def from_domains(raw: bytes) -> list[str]:
+    """The domains of every From address, in order (RFC 5322 §3.6.2 allows several)."""
     fields, _ = split_message(raw[:256 * 1024])
+    out: list[str] = []
     for name, whole in fields:
         if name == b"from":
-            addrs = parse_address_list(whole.split(b":", 1)[1])
-            for a in addrs:
-                if a.mailbox and a.host:
-                    return a.host.lower().rstrip(".")
-    return ""
+            out += [a.host.lower().rstrip(".") for a in parse_address_list(whole.split(b":", 1)[1])
+                    if a.mailbox and a.host]
+    return out
+
+
+def from_domain(raw: bytes) -> str:
+    domains = from_domains(raw)
+    return domains[0] if domains else ""
+
+
+def aligned(a: str, b: str) -> bool:
+    """DMARC relaxed alignment (RFC 7489 §3.1.1) without a public suffix list: the same name, or one below the
+    other. Errs towards "aligned", which is the safe side for the one use here (refusing to sign)."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 class Signer:
@@ -227,10 +244,19 @@ class Signer:
         self._cache[name] = (now, domain)
         return domain
 
-    async def sign(self, raw: bytes, mail_from: str) -> bytes:
-        domain = await self._domain(from_domain(raw))
-        if domain is None or not (domain.dkim_private_key or domain.dkim_ed25519_key):
-            domain = await self._domain(_domain_of(mail_from))
+    async def sign(self, raw: bytes, mail_from: str, from_checked: bool = True) -> bytes:
+        """`raw` with our DKIM-Signature fields prepended, or unchanged (invariants 1 and 3). `from_checked`: the
+        queue entry's mark (the From was checked at submission, or the source is trusted)."""
+        if from_checked:
+            domain = await self._domain(from_domain(raw))
+            if domain is None or not (domain.dkim_private_key or domain.dkim_ed25519_key):
+                domain = await self._domain(_domain_of(mail_from))
+        else:
+            # Relayed for others (a forward, a list copy of an outside post): our signature must not vouch for
+            # a From nobody checked (invariant 3). Sign as the envelope sender's domain only when no From
+            # domain would align with it, so the signature can never make the From pass DMARC.
+            env = _domain_of(mail_from)
+            domain = None if any(aligned(env, d) for d in from_domains(raw)) else await self._domain(env)
         if domain is None or not (domain.dkim_private_key or domain.dkim_ed25519_key):
             return raw  # invariant 1
         keys = [(domain.dkim_selector, domain.dkim_private_key),

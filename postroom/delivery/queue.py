@@ -287,7 +287,7 @@ class Scheduler:
             raw = await self.store.read_message(entry.blob_id)
         except NotFound:
             return {}, client  # deleted meanwhile (`postroom queue delete`)
-        raw = await self.signer.sign(raw, entry.mail_from)
+        raw = await self.signer.sign(raw, entry.mail_from, entry.from_checked)  # dkim.py invariant 3
         for attempt in range(2):
             if client is not None and (client.closed or client.transactions >= self.delivery.messages_per_connection):
                 await client.quit()
@@ -447,7 +447,7 @@ def router_bounce(router: object) -> BounceSink:
     assert isinstance(router, Router)
 
     async def sink(address: str, raw: bytes) -> None:
-        accepted = await router.accept(Envelope("", (Rcpt(address),), raw, may_relay=True))
+        accepted = await router.accept(Envelope("", (Rcpt(address),), raw, may_relay=True, from_checked=True))
         if not (accepted.local or accepted.queued):
             log.warning("queue dsn to %s had nowhere to go (no such local address)", address)
 

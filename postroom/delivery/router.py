@@ -31,6 +31,8 @@ Invariants
 4. The message bytes are never re-serialised: local delivery prepends Return-Path, list copies prepend their
    headers, and the body that follows is byte-exact.
 5. A message with more than `smtp.max_received` Received header fields is refused as a loop (554 5.4.6).
+6. Who may send as whom is decided in one place, `may_send_as`: submission asks it for MAIL FROM and for every
+   From and Sender header address. A catch-all never makes an address anyone's to send as.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from postroom.config import Config
-from postroom.store.api import ListPolicy, MailingList, QueueEntry, QueueRecipient, Store
+from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+from postroom.mime.headers import split_fields
+from postroom.store import names
+from postroom.store.api import ListPolicy, MailingList, QueueEntry, QueueRecipient, Store, StoreError
 
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
 from .local import deliver_local
@@ -54,6 +59,7 @@ log = logging.getLogger("postroom.delivery")
 
 MAX_DEPTH = 10
 MAX_TARGETS = 1000
+MAX_HEADER_SENDERS = 100  # From + Sender addresses checked in one submitted message
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 
 
@@ -91,6 +97,9 @@ class Envelope:
     envid: str = ""
     ret: str = ""
     may_relay: bool = False  # the client may send to non-local domains (authenticated, relay network)
+    # The From header was checked to be the sender's (submission) or the source is trusted: the queue's DKIM
+    # signer may then sign with the From domain (dkim.py invariant 3). False: relayed for others.
+    from_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,32 @@ Destination = LocalUser | Remote | ListPost | ListAction
 def split(address: str) -> tuple[str, str]:
     local, at, domain = address.rpartition("@")
     return (local, domain) if at else (address, "")
+
+
+def header_sender_fields(raw: bytes) -> list[tuple[str, list[str]]]:
+    """("From" | "Sender", [address, ...]) for each such field in the header of `raw`, in order; group syntax
+    contributes its members; a mailbox without a local part or domain makes the list empty (not checkable)."""
+    end = raw.find(b"\r\n\r\n")
+    fields, _ = split_fields(raw, 0, len(raw) if end < 0 else end + 2)
+    out: list[tuple[str, list[str]]] = []
+    for f in fields:
+        if f.name not in ("from", "sender"):
+            continue
+        addresses: list[str] = []
+        broken = False
+        for a in parse_address_list(f.value):
+            if a.host is None:
+                continue  # a group's start or end marker; its members come as mailboxes
+            if not a.mailbox or MISSING_DOMAIN in (a.mailbox, a.host) or MISSING_MAILBOX in (a.mailbox, a.host):
+                broken = True
+                continue
+            addresses.append(f"{a.mailbox}@{a.host}".lower())
+        out.append(("From" if f.name == "from" else "Sender", [] if broken else addresses))
+    return out
+
+
+def _printable(text: str, limit: int = 100) -> str:
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in text[:limit])
 
 
 def received_count(raw: bytes) -> int:
@@ -262,23 +297,64 @@ class Router:
                 raise RELAY_DENIED
         return dests
 
-    async def sender_allowed(self, user_address: str, mail_from: str) -> bool:
-        """Submission: may the user `user_address` send as `mail_from`? Their own address (with any
-        +detail), or an address whose alias (exact or catch-all) leads to them."""
-        m = mail_from.strip().lower()
-        u = user_address.lower()
-        if not m:
+    async def may_send_as(self, user_address: str, address: str) -> bool:
+        """May the authenticated user `user_address` present `address` as its sender? The one rule behind
+        submission's MAIL FROM and every From/Sender header address (RFC 6409 §6.1; invariant 6). Yes for the
+        user's own address and its `+detail` forms, an address whose explicit aliases lead to the user (directly
+        or through other aliases, at most `MAX_DEPTH` levels), and a list the user owns. Never for an address
+        that only a catch-all `@domain` would deliver to them: owning every unknown name of a domain is not
+        owning its other users' names. Never raises; an address that is no address is False."""
+        u = user_address.strip().lower()
+        try:
+            a = names.address(address)
+        except StoreError:
             return False
-        local, domain = split(m)
-        candidates = [m] + ([f"{local.split('+', 1)[0]}@{domain}"] if "+" in local else [])
+        local, domain = split(a)
+        candidates = [a] + ([f"{local.split('+', 1)[0]}@{domain}"] if "+" in local else [])
         if u in candidates:
             return True
         for cand in candidates:
-            if any(al.target == u for al in await self.store.list_aliases(cand)):
+            if await self._aliases_lead_to(cand, u, 0, set()):
                 return True
-        if domain and await self.is_local_domain(domain):
-            catch = await self.store.list_aliases(f"@{domain}")
-            if any(al.target == u for al in catch) and await self.store.get_user(m) is None:
+            ml = await self.store.get_list(cand)
+            if ml is not None and ml.owner.lower() == u:
+                return True
+        return False
+
+    async def check_header_senders(self, user_address: str, raw: bytes) -> None:
+        """Submission: raise RouteError `553 5.7.1` unless every address of every From and Sender header field
+        of `raw` passes `may_send_as` (RFC 5322 §3.6.2 allows several From addresses, with a Sender). A message
+        without From is left alone (nothing is claimed); a From or Sender field with no address that can be
+        checked is refused, as are more than MAX_HEADER_SENDERS addresses (the checks are store lookups)."""
+        fields = header_sender_fields(raw)
+        checked: set[str] = set()
+        for name, addresses in fields:
+            if not addresses:
+                raise RouteError(553, "5.7.1", f"The {name} header field has no address that can be checked")
+            for address in addresses:
+                if address in checked:
+                    continue
+                if len(checked) >= MAX_HEADER_SENDERS:
+                    raise RouteError(553, "5.7.1", "Too many From/Sender addresses to check")
+                checked.add(address)
+                if not await self.may_send_as(user_address, address):
+                    raise RouteError(553, "5.7.1", f"{name} address <{_printable(address)}> does not belong to "
+                                     f"the authenticated user")
+
+    async def _aliases_lead_to(self, source: str, user: str, depth: int, seen: set[str]) -> bool:
+        if depth > MAX_DEPTH or source in seen or source.startswith("@"):
+            return False
+        seen.add(source)
+        try:
+            aliases = await self.store.list_aliases(source)
+        except StoreError:
+            return False
+        for al in aliases:
+            target = al.target.lower()
+            t_local, t_domain = split(target)
+            if user in (target, f"{t_local.split('+', 1)[0]}@{t_domain}"):
+                return True
+            if await self._aliases_lead_to(target, user, depth + 1, seen):
                 return True
         return False
 
@@ -311,9 +387,9 @@ class Router:
         local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw) if users else _zero()
         queue_job = self.store.enqueue(
             env.raw, env.mail_from, [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()],
-            envid=env.envid, ret=env.ret) if remote else None
+            envid=env.envid, ret=env.ret, from_checked=env.from_checked) if remote else None
         others = [self._hold(ml, env.mail_from, env.raw) if ml.policy is ListPolicy.MODERATED
-                  else self.distribute(ml, env.raw) for ml in lists.values()]
+                  else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
         others += [self._act(act) for act in actions]
         local, entry, parts = await _all(local_job, queue_job, others)
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
@@ -327,8 +403,9 @@ class Router:
         return Accepted(local, len(remote), queue_ids, held)
 
     # --- lists ---------------------------------------------------------------------------------------------------
-    async def distribute(self, ml: MailingList, raw: bytes) -> Accepted:
-        """One copy per member, list headers prepended, envelope sender = the list's bounce address."""
+    async def distribute(self, ml: MailingList, raw: bytes, from_checked: bool = False) -> Accepted:
+        """One copy per member, list headers prepended, envelope sender = the list's bounce address.
+        `from_checked`: the post's From was checked (see `Envelope`); an approved held post counts as unchecked."""
         copy = list_headers(ml) + raw
         users: dict[int, str] = {}
         remote: list[str] = []
@@ -342,8 +419,8 @@ class Router:
                     remote.append(d.address)
                 # a list inside a list, or an action address, is not expanded further (loops)
         local_job = deliver_local(self.store, self.config.limits, users, ml.bounce_address, copy)
-        queue_job = self.store.enqueue(copy, ml.bounce_address,
-                                       [QueueRecipient(r) for r in dict.fromkeys(remote)]) if remote else None
+        queue_job = self.store.enqueue(copy, ml.bounce_address, [QueueRecipient(r) for r in dict.fromkeys(remote)],
+                                       from_checked=from_checked) if remote else None
         local, entry, _ = await _all(local_job, queue_job, [])
         return Accepted(local, len(set(remote)), (entry.id,) if entry is not None else (), 0)
 
@@ -356,7 +433,8 @@ class Router:
         local = await deliver_local(self.store, self.config.limits, users, ml.bounce_address, notice)
         ids: tuple[int, ...] = ()
         if remote:
-            entry = await self.store.enqueue(notice, ml.bounce_address, [QueueRecipient(r) for r in remote])
+            entry = await self.store.enqueue(notice, ml.bounce_address, [QueueRecipient(r) for r in remote],
+                                             from_checked=True)  # our own notice
             ids = (entry.id,)
         log.info("list post held list=%s token=%s from=%s", ml.address, token[:8], mail_from)
         return Accepted(local, len(remote), ids, 1)

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Logins go through `auth.Authenticator` (lockout, constant work for unknown users, SASL mechanisms). A
+Logins go through `auth.Authenticator` (throttling, constant work for unknown users, SASL mechanisms). A
 successful login subscribes the session to the user's change feed, notes the IP for POP-before-SMTP and
 answers with the post-login CAPABILITY as a response code (RFC 9051 §6.2.2, §6.2.3).
 
@@ -11,8 +11,8 @@ Invariants
    (LOGINDISABLED, RFC 9051 §6.2.3; `[PRIVACYREQUIRED]`).
 2. STARTTLS refuses when plaintext is pipelined after it (CVE-2011-0411): nothing buffered may be read as if
    it came over TLS. After the upgrade the framer is empty and the client must ask CAPABILITY again.
-3. Failed logins answer `NO [AUTHENTICATIONFAILED]` whatever the reason (unknown user, wrong password,
-   lockout), so a prober learns nothing.
+3. Failed logins answer `NO [AUTHENTICATIONFAILED]` whatever the reason (unknown user, wrong password, a
+   refused user/address pair), so a prober learns nothing.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ async def login(s: Session, cmd: P.Command) -> Result:
         cmd.args.user.encode("utf-8")
         cmd.args.password.encode("utf-8")
     except UnicodeEncodeError:  # bytes that are not UTF-8 cannot match any stored name or password
-        s.auth.failed(s.conn.peer[0], "")
+        await s.auth.failed(s.conn.peer[0], "")
         raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
     user = await s.auth.check_password(cmd.args.user, cmd.args.password, s.conn.peer[0])
     if user is None:

@@ -12,7 +12,9 @@ Three listeners, three policies (`Policy.for_listener`):
                            client is in `smtp.relay_networks` or logged in to POP3/IMAP within
                            `smtp.pop_before_smtp_minutes` (POP-before-SMTP). STARTTLS offered; AUTH is not.
     submission (587)       STARTTLS before AUTH (unless `auth.allow_plaintext`), AUTH before MAIL, and the
-                           envelope sender must be the user's address or an alias of theirs (RFC 6409 §4.1).
+                           envelope sender and every From/Sender header address must be the user's (their
+                           address, `+detail`, an explicit alias leading to them, a list they own; never a
+                           catch-all: `Router.may_send_as`), else `553 5.7.1` (RFC 6409 §6.1).
     submissions (465)      the same over implicit TLS (RFC 8314).
 
 The message goes to `delivery.Router.accept` (the one door) with this hop's Received header prepended
@@ -285,7 +287,7 @@ class Session:
             if not self.core.authenticated:
                 self.core.send(R.R530_AUTH_REQUIRED)  # RFC 4954 §6
                 return
-            if not await self.router.sender_allowed(self.core.authenticated, ev.address):
+            if not await self.router.may_send_as(self.core.authenticated, ev.address):
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
         self.core.accept_mail()
@@ -312,8 +314,15 @@ class Session:
                                  recipients=recipients, now=self.clock())
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay())
+                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
+                       # Submission checked every From address below; relay networks and POP-before-SMTP
+                       # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
+                       from_checked=self.may_relay())
         try:
+            if self.policy.submission:
+                # RFC 6409 §6.1: the header's From/Sender must be the user's too, or the queue would DKIM-sign
+                # a forgery with our domain (`Router.may_send_as` is the one rule, as for MAIL FROM).
+                await self.router.check_header_senders(core.authenticated, ev.raw)
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))

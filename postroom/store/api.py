@@ -259,6 +259,21 @@ class QueueEntry:
     ret: str  # RFC 3461 RET: "", "FULL" or "HDRS"
     created: float
     recipients: tuple[QueueRecipient, ...]
+    from_checked: bool = True  # the From header was checked or the source is trusted: DKIM may align with it
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailures:
+    """Failed logins of one client address (`username` "") or of one user from one address, as the
+    Authenticator (auth/authenticator.py) keeps them. Times are seconds since the epoch."""
+
+    address: str  # the client's address as the Authenticator keys it (IPv6: the /64)
+    username: str  # lower-case login name, "" for the address's own record
+    failures: int  # counted since the first failure of the current window
+    last_failure: float
+    locked_since: float  # a (user, address) pair's lock began here; 0: never locked
+    locked_until: float  # refused until then; 0: not locked
+    expires: float  # after this the record means nothing: the store may drop it
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -519,7 +534,12 @@ class Store(Protocol):
         recipients: Sequence[QueueRecipient],
         envid: str = "",
         ret: str = "",
-    ) -> QueueEntry: ...
+        from_checked: bool = True,
+    ) -> QueueEntry:
+        """`from_checked`: the From header's addresses were checked to be the sender's (submission) or the source
+        is trusted (sendmail, relay networks, the server's own DSNs and notices); False for mail relayed on
+        behalf of others (forwards, list copies of outside posts). The DKIM signer only aligns with a From domain
+        for checked entries."""
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
 
@@ -536,3 +556,13 @@ class Store(Protocol):
 
     async def queue_length(self) -> int:
         """Recipients not yet final."""
+
+    # ---- login throttling (auth/authenticator.py)
+    async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:
+        """The records with `expires` > now, at most `limit` of them (those that expire last). Records expired
+        or beyond the limit are deleted, so the table never holds more than the caller keeps in memory."""
+
+    async def save_auth_failures(self, records: Sequence[AuthFailures], remove: Sequence[tuple[str, str]],
+                                 now: float) -> None:
+        """Insert or replace `records` (keyed by address and username), delete the (address, username) keys in
+        `remove`, and delete every record whose `expires` <= now."""

@@ -76,10 +76,11 @@ def test_imaps_login(imap: Any) -> None:
     assert c.logout()[0] == "BYE"
 
 
+@pytest.mark.parametrize("server_overrides", [{"auth": {"max_failures_per_ip": 100}}])  # no delays here
 def test_lockout_after_repeated_failures(imap: Any) -> None:
     ctx = imap.tls_client_context()
     r = Raw(imap.port("imaps"), ctx)
     for i in range(6):
         assert r.cmd(f"f{i} LOGIN {ADDR} wrong")[-1].startswith(b"f%d NO [AUTHENTICATIONFAILED]" % i)
-    # the right password is refused too while the user is locked out, with the same answer
+    # the right password is refused too while this (user, address) pair is locked, with the same answer
     assert r.cmd(f"g LOGIN {ADDR} {PW}")[-1] == b"g NO [AUTHENTICATIONFAILED] Authentication failed\r\n"

@@ -151,3 +151,20 @@ def test_remote_550_brings_a_bounce_to_the_sender_inbox(pair: Pair) -> None:
     assert per_rcpt["Status"].startswith("5.1.") and per_rcpt["Diagnostic-Code"].startswith("smtp; 550")
     assert b"Subject: over the wire" in raw
     assert inbox(pair.b, "bob@b.test") == []
+
+
+def test_forward_of_a_forged_local_from_is_not_signed(pair: Pair) -> None:
+    """An outsider sends `From: CEO <ceo@a.test>` to a.test's MX, to an alias that forwards to b.test: a.test
+    relays it but must not DKIM-sign it with d=a.test (that would make the forgery pass DMARC)."""
+    pair.a.run(pair.a.store.add_alias("fwd@a.test", ["bob@b.test"]))
+    forged = MESSAGE.replace(b"From: Alice <alice@a.test>", b"From: CEO <ceo@a.test>")
+    with smtplib.SMTP("127.0.0.1", pair.a.port("smtp"), timeout=30) as s:
+        assert s.sendmail("ceo@a.test", ["fwd@a.test"], forged) == {}
+    got = wait_for(lambda: inbox(pair.b, "bob@b.test"))
+    assert got, "the forward did not arrive at b.test"
+    [raw] = got
+    assert raw.endswith(forged.split(b"\r\n\r\n", 1)[1])
+    assert b"DKIM-Signature:" not in raw
+    submit(pair.a, ["bob@b.test"], MESSAGE)  # alice's own From through submission is still signed
+    got = wait_for(lambda: len(inbox(pair.b, "bob@b.test")) == 2 and inbox(pair.b, "bob@b.test"))
+    assert got and sum(m.count(b"DKIM-Signature:") for m in got) == 2

@@ -147,16 +147,17 @@ def test_plain_listener_needs_stls_before_user(server: Any) -> None:
     p.quit()
 
 
+@pytest.mark.parametrize("server_overrides", [{"auth": {"max_failures_per_ip": 100}}])  # no delays here
 def test_wrong_password_and_lockout(server: Any) -> None:
     fill(server, 1)
     p = pop3s(server)
-    for _ in range(5):  # auth.max_failures_per_user
+    for _ in range(5):  # auth.max_failures_per_user, from this one address
         p.user(ADDR)
         with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] Authentication failed"):
             p.pass_("wrong")
     p.user(ADDR)
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
-        p.pass_(PW)  # locked out: the right password fails the same way
+        p.pass_(PW)  # this (user, address) pair is refused: the right password fails the same way
     p.quit()
 
 

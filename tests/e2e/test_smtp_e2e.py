@@ -24,6 +24,8 @@ from postroom.store.api import ListPolicy, QueueEntry
 PW = "correct horse battery"
 BODY = (b"From: Bob <bob@remote.test>\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\n"
         b"Hi Alice,\r\n.leading dot\r\n\r\n")
+# What alice submits: her own From (submission refuses anyone else's, RFC 6409 §6.1).
+SUBMITTED = BODY.replace(b"From: Bob <bob@remote.test>", b"From: Alice <alice@example.org>")
 
 
 @pytest.fixture
@@ -284,15 +286,15 @@ def test_submission_requires_tls_then_auth_then_own_sender(srv: Any) -> None:
         assert c.mail("")[0] == 553
         c.rset()
         for sender in ("alice@example.org", "Alice+x@example.org", "sales@example.org"):
-            assert c.sendmail(sender, ["carol@example.org"], BODY) == {}
-        errors = c.sendmail("alice@example.org", ["far@remote.test"], BODY,
+            assert c.sendmail(sender, ["carol@example.org"], SUBMITTED) == {}
+        errors = c.sendmail("alice@example.org", ["far@remote.test"], SUBMITTED,
                             mail_options=["RET=HDRS", "ENVID=abc+2B1"],
                             rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;far@remote.test"])
         assert errors == {}
     stored = inbox(srv, "carol@example.org")
     assert len(stored) == 3
     (_, received), rest = split_prepended(stored[0])
-    assert rest == BODY
+    assert rest == SUBMITTED
     assert b"with ESMTPSA id" in received and b"authenticated as alice@example.org" in received
     [entry] = queue(srv)
     assert (entry.mail_from, entry.ret, entry.envid) == ("alice@example.org", "HDRS", "abc+2B1")
@@ -306,12 +308,12 @@ def test_submissions_implicit_tls_aiosmtplib(srv: Any) -> None:
                                  tls_context=srv.tls_client_context(), timeout=10)
         async with client:
             await client.login("alice@example.org", PW)
-            return await client.sendmail("alice@example.org", ["carol@example.org"], BODY)
+            return await client.sendmail("alice@example.org", ["carol@example.org"], SUBMITTED)
 
     errors, _ = asyncio.run(send())
     assert errors == {}
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == BODY
+    assert split_prepended(stored)[1] == SUBMITTED
 
 
 def test_auth_lockout_per_user(srv: Any) -> None:
@@ -456,11 +458,11 @@ def test_curl_smtp_to_mx(srv: Any, tmp_path: Any) -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (apt-get install curl)")
 def test_curl_smtps_submission(srv: Any, tmp_path: Any) -> None:
     msg = tmp_path / "msg.eml"
-    msg.write_bytes(BODY)
+    msg.write_bytes(SUBMITTED)
     result = subprocess.run(
         ["curl", "-sS", "-k", f"smtps://127.0.0.1:{srv.port('submissions')}", "--user", f"alice@example.org:{PW}",
          "--mail-from", "alice@example.org", "--mail-rcpt", "carol@example.org", "--upload-file", str(msg)],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == BODY
+    assert split_prepended(stored)[1] == SUBMITTED

@@ -98,6 +98,21 @@ async def test_signer_picks_from_domain_then_sender(keys: Keys) -> None:
     assert store.calls == calls  # cached
 
 
+async def test_unchecked_from_is_never_signed_in_alignment(keys: Keys) -> None:
+    """Mail relayed for others (a forward, a list copy of an outside post): no signature that DMARC could align
+    with its From (RFC 7489 §3.1.1 relaxed alignment), whatever the envelope says."""
+    store = FakeStore({"a.test": domain_with(keys)})
+    signer = Signer(store, clock=lambda: 1_700_000_000)  # type: ignore[arg-type]
+    assert await signer.sign(RAW, "ceo@a.test", from_checked=False) == RAW  # forged From and envelope: a.test
+    assert await signer.sign(RAW, "someone@far.test", from_checked=False) == RAW  # a forward of a.test's From
+    sub = RAW.replace(b"alice@a.test", b"alice@news.a.test")
+    assert await signer.sign(sub, "list-bounces@a.test", from_checked=False) == sub  # a subdomain aligns too
+    outside = RAW.replace(b"alice@a.test", b"dave@far.test")
+    signed = await signer.sign(outside, "list-bounces@a.test", from_checked=False)
+    assert signed.endswith(outside) and b"d=a.test" in signed  # the list's own signature, not aligned
+    assert await signer.sign(RAW, "bounce@elsewhere.test", from_checked=True) != RAW  # checked: as before
+
+
 def test_dns_records(keys: Keys) -> None:
     recs = dns_records(domain_with(keys), "mx.a.test")
     assert recs[0] == ("a.test.", "MX", "10 mx.a.test.")

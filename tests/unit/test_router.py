@@ -102,14 +102,50 @@ def test_check_recipient_relay_and_unknown(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-def test_sender_allowed(tmp_path: Path) -> None:
+def test_may_send_as(tmp_path: Path) -> None:
     async def body(store: Store, r: Router) -> None:
         await store.add_alias("sales@example.org", ["alice@example.org"])
+        await store.add_alias("team@example.org", ["sales@example.org", "bob@example.org"])  # alias of an alias
+        await store.add_alias("desk@example.org", ["alice+desk@example.org"])
         await store.add_alias("@other.org", ["alice@example.org"])
+        await store.add_alias("@example.org", ["alice@example.org"])
+        await store.create_list("news@example.org", "alice@example.org", ListPolicy.OPEN)
+        await store.create_list("talk@example.org", "bob@example.org", ListPolicy.OPEN)
         for sender, ok in [("alice@example.org", True), ("ALICE+x@example.org", True), ("sales@example.org", True),
-                           ("sales+q@example.org", True), ("whoever@other.org", True), ("bob@example.org", False),
-                           ("", False), ("alice@far.test", False)]:
-            assert await r.sender_allowed("alice@example.org", sender) is ok, sender
+                           ("sales+q@example.org", True), ("team@example.org", True), ("desk@example.org", True),
+                           ("news@example.org", True),  # a list alice owns
+                           ("talk@example.org", False),  # a list bob owns
+                           # a catch-all delivers these to alice, but they are not hers to send as
+                           ("whoever@other.org", False), ("whoever@example.org", False), ("@example.org", False),
+                           ("bob@example.org", False), ("", False), ("alice@far.test", False), ("x y@z", False)]:
+            assert await r.may_send_as("alice@example.org", sender) is ok, sender
+
+    run(tmp_path, body)
+
+
+def test_header_senders(tmp_path: Path) -> None:
+    async def body(store: Store, r: Router) -> None:
+        await store.add_alias("sales@example.org", ["alice@example.org"])
+
+        async def check(head: bytes) -> tuple[int, str] | None:
+            try:
+                await r.check_header_senders("alice@example.org", head + b"\r\nbody\r\n")
+            except RouteError as exc:
+                return exc.code, exc.esc
+            return None
+
+        for ok in (b"From: Alice <alice@example.org>\r\n", b"From: alice+x@EXAMPLE.org (me)\r\n",
+                   b"From: alice@example.org,\r\n sales@example.org\r\nSender: alice@example.org\r\n",
+                   b"From: team: alice@example.org, sales@example.org;\r\n", b"Subject: no From at all\r\n"):
+            assert await check(ok) is None, ok
+        for bad in (b"From: Bob <bob@example.org>\r\n",  # the forgery of issue 11 item 6
+                    b"From: alice@example.org, bob@example.org\r\nSender: alice@example.org\r\n",
+                    b"From: alice@example.org\r\nSender: bob@example.org\r\n",
+                    b"From: alice@example.org\r\nFrom: bob@example.org\r\n",
+                    b"From: \"bob\"@example.org\r\n", b"From: undisclosed:;\r\n", b"From: bob\r\n",
+                    b"FROM :\r\n\tBob <bob@example.org>\r\n",
+                    b"From: " + b", ".join(b"alice+%d@example.org" % i for i in range(101)) + b"\r\n"):
+            assert await check(bad) == (553, "5.7.1"), bad
 
     run(tmp_path, body)
 

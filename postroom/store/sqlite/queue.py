@@ -22,7 +22,7 @@ from postroom.store.blobs import blob_id_of
 from postroom.store.sqlite.common import CHUNK, Base, acquire_blob, release_blobs
 from postroom.store.sqlite.engine import Tx
 
-ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created"
+ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked"
 RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
 PENDING = (RcptState.QUEUED.value, RcptState.DEFERRED.value)
 RET_VALUES = ("", "FULL", "HDRS")
@@ -57,7 +57,7 @@ def _entries(conn: sqlite3.Connection, rows: Sequence[Any]) -> list[QueueEntry]:
     return [
         QueueEntry(
             id=r[0], blob_id=r[1], size=r[2], mail_from=r[3], envid=r[4], ret=r[5], created=r[6],
-            recipients=tuple(rcpts[int(r[0])]),
+            recipients=tuple(rcpts[int(r[0])]), from_checked=bool(r[7]),
         )
         for r in rows
     ]
@@ -76,6 +76,7 @@ class QueueMixin(Base):
         recipients: Sequence[QueueRecipient],
         envid: str = "",
         ret: str = "",
+        from_checked: bool = True,
     ) -> QueueEntry:
         rcpts = tuple(recipients)
         if not rcpts:
@@ -93,8 +94,9 @@ class QueueMixin(Base):
         def op(tx: Tx) -> QueueEntry:
             acquire_blob(tx, blob_id, raw)
             cur = tx.conn.execute(
-                "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (blob_id, len(raw), mail_from, envid, ret, now),
+                "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created, from_checked)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (blob_id, len(raw), mail_from, envid, ret, now, int(from_checked)),
             )
             queue_id = int(cur.lastrowid or 0)
             tx.conn.executemany(
@@ -106,7 +108,7 @@ class QueueMixin(Base):
                     for i, r in enumerate(rcpts)
                 ],
             )
-            return QueueEntry(queue_id, blob_id, len(raw), mail_from, envid, ret, now, rcpts)
+            return QueueEntry(queue_id, blob_id, len(raw), mail_from, envid, ret, now, rcpts, from_checked)
 
         if self._engine.inline(len(raw)):
             return await self._engine.write(op, size=len(raw))  # the job stores the body in its transaction

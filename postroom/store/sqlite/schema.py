@@ -16,6 +16,11 @@ watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so noth
 written (it stays: DROP COLUMN needs SQLite 3.35, newer than some distributions ship). It also adds
 `mailboxes.keywords`, the keywords the mailbox's messages have carried (invariant 7), learnt from the messages
 there are.
+6 adds `auth_failures`: failed logins per client address and per (user, address) pair, so login throttling and
+locks survive a restart (auth/authenticator.py; rows expire, and the table is bounded, authfail.py); and
+`queue.from_checked`: whether the message's From was checked (submission) or came from a trusted source, which
+decides whether DKIM may sign with the From domain (delivery/dkim.py). Entries queued before say 1, as they were
+signed before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -44,7 +49,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE counters(
@@ -211,7 +216,20 @@ def _v5(conn: sqlite3.Connection) -> None:
     )
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(conn: sqlite3.Connection) -> None:
+    """Failed-login records (auth/authenticator.py, store/sqlite/authfail.py), and the queue's from_checked mark
+    (delivery/dkim.py) with 1 for what is queued already (signed as before)."""
+    conn.execute(
+        "CREATE TABLE auth_failures("
+        "address TEXT NOT NULL, username TEXT NOT NULL, failures INTEGER NOT NULL, last_failure REAL NOT NULL,"
+        " locked_since REAL NOT NULL, locked_until REAL NOT NULL, expires REAL NOT NULL,"
+        " PRIMARY KEY(address, username)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX auth_failures_expires ON auth_failures(expires)")
+    conn.execute("ALTER TABLE queue ADD COLUMN from_checked INTEGER NOT NULL DEFAULT 1")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,111 @@
+"""Submission: an authenticated user sends only as themselves, in the envelope and in the header (RFC 6409 §6.1),
+so the queue never DKIM-signs someone else's From with our domain. smtplib with STARTTLS and AUTH; BDAT over a
+raw TLS socket (smtplib has no CHUNKING)."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import socket
+from typing import Any
+
+import pytest
+
+from postroom.store.api import ListPolicy
+
+PW = "correct horse battery"
+FORGED = (b"From: Bob <bob@example.test>\r\nTo: far@remote.test\r\nSubject: pay this invoice\r\n\r\n"
+          b"Please pay.\r\n")
+
+
+@pytest.fixture
+def srv(server: Any) -> Any:
+    server.add_user("alice@example.test", PW)
+    server.add_user("bob@example.test", PW)
+    server.add_user("carol@example.test", PW)
+    return server
+
+
+def submit(srv: Any) -> smtplib.SMTP:
+    c = smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=10)
+    c.ehlo("laptop")
+    c.starttls(context=srv.tls_client_context())
+    c.ehlo("laptop")
+    c.login("alice@example.test", PW)
+    return c
+
+
+def nothing_stored(srv: Any) -> None:
+    async def go() -> tuple[int, int]:
+        user = await srv.store.get_user("carol@example.test")
+        box = await srv.store.get_mailbox(user.id, "INBOX")
+        return len(await srv.store.list_messages(box.id)), len(await srv.store.queue_list())
+
+    assert srv.run(go()) == (0, 0)
+
+
+def test_header_from_of_another_user_is_refused_at_end_of_data(srv: Any) -> None:
+    with submit(srv) as c:
+        for rcpts in (["far@remote.test"], ["carol@example.test"]):
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                c.sendmail("alice@example.test", rcpts, FORGED)
+            assert info.value.smtp_code == 553
+            assert info.value.smtp_error.startswith(b"5.7.1 From address <bob@example.test> does not belong")
+        # Several From addresses (RFC 5322 §3.6.2): every one must be hers, and so must the Sender.
+        for head in (b"From: alice@example.test, bob@example.test\r\nSender: alice@example.test\r\n",
+                     b"From: alice@example.test\r\nSender: bob@example.test\r\n"):
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                c.sendmail("alice@example.test", ["carol@example.test"], head + b"Subject: x\r\n\r\nhi\r\n")
+            assert info.value.smtp_code == 553
+    nothing_stored(srv)
+
+
+def test_own_detail_alias_and_owned_list_are_accepted(srv: Any) -> None:
+    srv.run(srv.store.add_alias("billing@example.test", ["alice@example.test"]))
+    srv.run(srv.store.create_list("news@example.test", "alice@example.test", ListPolicy.OPEN))
+    with submit(srv) as c:
+        for head in (b"From: Alice <alice@example.test>\r\n", b"From: alice+shop@example.test\r\n",
+                     b"From: Billing <billing@example.test>\r\nSender: alice@example.test\r\n",
+                     b"From: News <news@example.test>\r\n"):
+            assert c.sendmail("alice@example.test", ["carol@example.test"], head + b"Subject: x\r\n\r\nhi\r\n") == {}
+
+
+def test_catch_all_makes_no_address_hers_to_send_as(srv: Any) -> None:
+    srv.run(srv.store.add_alias("@example.test", ["alice@example.test"]))
+    with submit(srv) as c:
+        code, text = c.mail("ceo@example.test")  # the envelope rule: the same answer as the header's
+        assert (code, text) == (553, b"5.7.1 Sender address does not belong to the authenticated user")
+        c.rset()
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            c.sendmail("alice@example.test", ["carol@example.test"],
+                       b"From: CEO <ceo@example.test>\r\nSubject: x\r\n\r\nhi\r\n")
+        assert info.value.smtp_code == 553
+    nothing_stored(srv)
+
+
+def test_bdat_with_forged_from_is_refused_at_last_chunk(srv: Any) -> None:
+    ctx = srv.tls_client_context()
+    token = base64.b64encode(f"\0alice@example.test\0{PW}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", srv.port("submissions")), timeout=10) as sock, \
+            ctx.wrap_socket(sock) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            lines = []
+            while True:
+                line = f.readline()
+                lines.append(line)
+                if line[3:4] != b"-":
+                    return b"".join(lines)
+
+        reply()
+        for line in (b"EHLO laptop", f"AUTH PLAIN {token}".encode(), b"MAIL FROM:<alice@example.test>",
+                     b"RCPT TO:<carol@example.test>"):
+            s.sendall(line + b"\r\n")
+            assert reply()[:1] == b"2"
+        head, rest = FORGED[:20], FORGED[20:]
+        s.sendall(b"BDAT %d\r\n%s" % (len(head), head))
+        assert reply().startswith(b"250")
+        s.sendall(b"BDAT %d LAST\r\n%s" % (len(rest), rest))
+        assert reply().startswith(b"553 5.7.1 From address <bob@example.test>")
+    nothing_stored(srv)
