@@ -11,6 +11,10 @@ as files by version 1 stay files and are still read; nothing is moved by the mig
 issue's columns: a second DKIM key per domain (Ed25519 beside RSA, each with its selector) and, per queue
 recipient, whether its one delay notice was sent. 4 adds `mailboxes.recent_uid`, the persistent IMAP \\Recent
 watermark (invariant 6); mailboxes that already exist get `uidnext - 1`, so nothing old turns recent on upgrade.
+5 adds `blobs.crlf_size`, the body's size with every line ended by CRLF (what POP3 LIST/STAT announce and RETR
+sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
+yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
+`Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 7).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -26,6 +30,8 @@ Invariants:
    rows do not belong in a WITHOUT ROWID b-tree.
 6. `mailboxes.recent_uid` < `uidnext`: the highest UID some IMAP session has claimed as \\Recent (RFC 3501
    §2.3.2). It only grows, and only by `claim_recent`, which moves it to `uidnext - 1` in one write.
+7. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 5 on), or filled
+   in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE counters(
@@ -180,7 +186,13 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: sqlite3.Connection) -> None:
+    """The CRLF-normalised size of each body for POP3 (invariant 7). Existing rows stay NULL: they are counted
+    from their body on first use, so the upgrade itself reads no bodies."""
+    conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
