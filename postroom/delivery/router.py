@@ -17,6 +17,13 @@ actions; then the same for the address without its `+detail`; then the catch-all
 operator can redirect a user's mail; an alias that leads back to an address already being expanded resolves
 that address without its aliases (so `alice -> alice, alice@elsewhere` keeps a local copy and forwards one).
 
+postmaster (RFC 5321 §4.5.1: every domain MUST accept it; §2.4: its local part is case-insensitive) needs no
+configuration. When none of the above names `postmaster@dom`, `postmaster_route` decides: the domain's first
+user (the oldest account), else the server's administrator, which is the first user of the first domain that
+has one (oldest domain, oldest account). Both are local mailboxes, so postmaster mail is never forwarded and
+cannot bounce-loop. Only a server with no user at all has nowhere to put it: RCPT answers `451 4.3.5`, so the
+sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route.
+
 `check_recipient` is called at RCPT time (so unknown users get `550 5.1.1` in the SMTP dialogue, never a
 bounce later) and `accept` after the data: it expands again (the store may have changed; cheap), then runs
 every write concurrently: one `store.deliver` for all local INBOXes, one `store.enqueue` for all remote
@@ -74,6 +81,9 @@ NOT_OWNER = RouteError(550, "5.7.1", "Only the list owner may approve or reject 
 NULL_SENDER_TO_LIST = RouteError(550, "5.7.1", "Lists do not accept mail from the null sender")
 LOOP = RouteError(554, "5.4.6", "Too many Received headers: mail loop detected")
 TOO_MANY_TARGETS = RouteError(550, "5.4.6", "Alias expansion too large or too deep")
+# RFC 3463 X.3.5 "system incorrectly configured": temporary, so the sender keeps the message and retries.
+NO_POSTMASTER_YET = RouteError(451, "4.3.5", "No mailbox for postmaster yet (the server has no user); try later")
+POSTMASTER = "postmaster"
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,25 @@ class Router:
                 for alias in catch_all:
                     await self._expand(alias.target, depth + 1, expanding, out)
                 return True
+        if local == POSTMASTER:
+            _, dests = await self.postmaster_route(domain)
+            out.extend(dests)
+            return bool(dests)
         return False
+
+    async def postmaster_route(self, domain: str) -> tuple[str, list[Destination]]:
+        """Where `postmaster@domain` goes when no alias, user, list or catch-all names it (module docstring):
+        ("first user", [the domain's oldest account]) or ("administrator", [the first user of the first domain
+        that has one]); ("none", []) when the server has no user. `domain` is a local domain, lower-case."""
+        users = await self.store.list_users(domain)
+        if users:
+            first = min(users, key=lambda u: u.id)
+            return "first user", [LocalUser(first.id, first.address)]
+        everyone = await self.store.list_users()
+        if not everyone:
+            return "none", []
+        admin = min(everyone, key=lambda u: (u.domain_id, u.id))  # ids only grow: the oldest domain, account
+        return "administrator", [LocalUser(admin.id, admin.address)]
 
     async def _expand_exact(self, cand: str, original: str, depth: int, expanding: set[str],
                             out: list[Destination]) -> bool:
@@ -244,7 +272,7 @@ class Router:
             raise RELAY_DENIED  # invariant 2
         dests = await self.resolve(a)
         if not dests:
-            raise NO_SUCH_USER
+            raise NO_POSTMASTER_YET if local == POSTMASTER else NO_SUCH_USER
         sender = mail_from.lower()
         for d in dests:
             if isinstance(d, ListPost):

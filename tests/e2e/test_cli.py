@@ -105,6 +105,24 @@ def test_domain_user_alias_list_lifecycle(conf: Path, capsys, monkeypatch) -> No
     assert r("domain", "remove", "example.org")[0] == 0
 
 
+def test_domain_list_and_show_say_where_postmaster_mail_goes(conf: Path, capsys, monkeypatch) -> None:
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "example.org")[0] == 0
+    code, out, _ = r("domain", "show", "example.org")
+    assert code == 0 and "postmaster nowhere yet: no user on this server" in out
+    assert r("user", "add", "alice@example.org", "--password-stdin", stdin="longenough\n")[0] == 0
+    assert r("domain", "add", "example.test")[0] == 0
+    code, out, _ = r("domain", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert rows["example.org"].endswith("alice@example.org (first user)")
+    assert rows["example.test"].endswith("alice@example.org (administrator)")
+    assert r("alias", "add", "postmaster@example.test", "ops@remote.test")[0] == 0
+    code, out, _ = r("domain", "show", "example.test")
+    assert "postmaster ops@remote.test (alias, user or list)" in out
+    code, _, err = r("domain", "show", "nowhere.test")
+    assert code == 1 and "domain add nowhere.test" in err
+
+
 def test_bad_input_gets_clear_errors(conf: Path, capsys, monkeypatch) -> None:
     r = lambda *a: run(conf, *a, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
     code, _, err = r("domain", "add", "bad_domain!")

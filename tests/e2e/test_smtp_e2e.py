@@ -187,6 +187,44 @@ def test_postmaster_without_domain(srv: Any) -> None:
     assert len(inbox(srv, "postmaster@localhost")) == 1
 
 
+def test_postmaster_works_right_after_domain_add(srv: Any) -> None:
+    """RFC 5321 §4.5.1: every domain MUST accept mail for postmaster, whose local part is case-insensitive
+    (§2.4), and the bare `<Postmaster>` (§4.1.1.3); nobody has to add an alias first."""
+    srv.run(srv.store.add_domain("example.test"))  # a new domain: no user, no alias
+
+    def send(rcpt: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+            c.ehlo("client.remote.test")
+            c.mail("")  # a bounce: the null sender, as mail to postmaster often is
+            code, text = c.rcpt(rcpt)
+            if code == 250:
+                c.data(BODY)
+            return code, text
+
+    # no user in example.test: the server's administrator, the first user of the first domain (alice)
+    for rcpt in ("postmaster@example.test", "PostMaster@EXAMPLE.test", "<Postmaster>"):
+        assert send(rcpt)[0] == 250
+    assert len(inbox(srv, "alice@example.org")) == 3
+    srv.add_user("bob@example.test", PW)  # the domain's first user
+    srv.add_user("dave@example.test", PW)
+    assert send("POSTMASTER@example.test")[0] == 250
+    assert len(inbox(srv, "bob@example.test")) == 1 and len(inbox(srv, "dave@example.test")) == 0
+    srv.run(srv.store.add_alias("postmaster@example.test", ["dave@example.test"]))  # an explicit alias wins
+    assert send("postmaster@example.test")[0] == 250
+    assert len(inbox(srv, "dave@example.test")) == 1 and len(inbox(srv, "bob@example.test")) == 1
+
+
+def test_postmaster_without_any_user_is_a_temporary_refusal(server: Any) -> None:
+    # Nowhere to put it yet: 451 4.3.5 keeps the message with the sender (it retries), never lost or bounced.
+    server.run(server.store.add_domain("example.test"))
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as c:
+        c.ehlo("client.remote.test")
+        c.mail("bob@remote.test")
+        code, text = c.rcpt("postmaster@example.test")
+        assert (code, text[:5]) == (451, b"4.3.5")
+        assert c.rcpt("nobody@example.test")[0] == 550
+
+
 # --------------------------------------------------------------------------------------------------------
 # Routing: +detail, aliases, catch-all, forwards
 
