@@ -25,7 +25,7 @@ from . import __version__
 from . import config as config_mod
 from .auth.passwords import make_credentials
 from .mailformats import FormatError
-from .store import open_store
+from .store import names, open_store
 from .store.api import AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
 EXIT_REFUSED = 1
@@ -43,16 +43,25 @@ class CliError(Exception):
 
 
 def normalize_address(value: str, *, allow_catchall: bool = False) -> str:
-    """'User@Example.ORG' -> 'user@example.org'. '@example.org' only with allow_catchall. Raises CliError."""
+    """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x' (`store.names.local_part`).
+    '@example.org' only with allow_catchall. Raises CliError."""
     value = value.strip().lower()
     local, sep, domain = value.rpartition("@")
     if not sep:
         raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
     if not local and not allow_catchall:
         raise CliError(f"{value!r} has no local part (write user@{domain})", EXIT_USAGE)
-    if any(c.isspace() or c in '<>()[],;:\\"@' for c in local) or len(local) > 64:
-        # RFC 5321 §4.5.3.1.1: at most 64 octets; quoted local parts are not accepted for accounts.
-        raise CliError(f"{value!r}: the part before @ has characters Postroom does not accept", EXIT_USAGE)
+    if local.startswith('"'):
+        # RFC 5321 §4.1.2 Quoted-string: one spelling, the one SMTP resolves ('"john"' is 'john').
+        try:
+            local = names.local_part(local)
+        except Invalid as exc:
+            raise CliError(f"{value!r}: {exc}", EXIT_USAGE) from None
+    elif any(c.isspace() or c in '<>()[],;:\\"@' for c in local):
+        raise CliError(f"{value!r}: the part before @ has characters that need quotes (write \"{local}\"@...)",
+                       EXIT_USAGE)
+    if len(local.encode()) > 64:  # RFC 5321 §4.5.3.1.1: at most 64 octets
+        raise CliError(f"{value!r}: the part before @ is longer than 64 octets", EXIT_USAGE)
     return f"{local}@{normalize_domain(domain)}"
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+from postroom.store.names import quote_local
 from postroom.mime.compose import make_message_id
 
 
@@ -96,7 +97,8 @@ def prepare(
     if extract:
         for name, value, _, _ in fields:
             if name in ("to", "cc", "bcc"):
-                rcpts += [f"{a.mailbox}@{a.host}" for a in parse_address_list(value)
+                # the header parser unquotes the local part; the envelope needs it quoted where it must be
+                rcpts += [f"{quote_local(a.mailbox)}@{a.host}" for a in parse_address_list(value)
                           if a.mailbox and a.host and MISSING_DOMAIN not in (a.mailbox, a.host)
                           and MISSING_MAILBOX not in (a.mailbox, a.host)]
         drop = {i for name, _, start, end in fields if name == "bcc" for i in range(start, end)}

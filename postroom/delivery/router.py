@@ -38,6 +38,9 @@ Invariants
 4. The message bytes are never re-serialised: local delivery prepends Return-Path, list copies prepend their
    headers, and the body that follows is byte-exact.
 5. A message with more than `smtp.max_received` Received header fields is refused as a loop (554 5.4.6).
+6. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
+   §4.1.2, included) is normalised to the store's one spelling (`names.address`) and resolves to destinations
+   or to none (550 5.1.1), never to `451` with a traceback.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from postroom.config import Config
-from postroom.store.api import ListPolicy, MailingList, QueueEntry, QueueRecipient, Store
+from postroom.store import names
+from postroom.store.api import Alias, Invalid, ListPolicy, MailingList, QueueEntry, QueueRecipient, Store
 
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
 from .local import deliver_local
@@ -144,6 +148,14 @@ def split(address: str) -> tuple[str, str]:
     return (local, domain) if at else (address, "")
 
 
+def _without_detail(local: str) -> list[str]:
+    """`user+detail` -> ["user"]; [] without a detail. A quoted local part has no detail: `"a+b"` is one name
+    (cutting inside the quotes would make a local part that is not even syntax)."""
+    if "+" not in local or local.startswith('"'):
+        return []
+    return [local.split("+", 1)[0]]
+
+
 def received_count(raw: bytes) -> int:
     end = raw.find(b"\r\n\r\n")
     head = raw if end < 0 else raw[:end + 2]
@@ -170,8 +182,15 @@ class Router:
             return False
 
     async def normalize(self, address: str) -> str:
-        """Lower-case; `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>."""
+        """Lower-case, one spelling of the local part (`names.address`: `"john"@x` is `john@x`, RFC 5321
+        §4.1.2); `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>. An
+        address the store cannot name is returned lower-cased; it then resolves to nothing."""
         a = address.strip().lower()
+        if "@" in a:
+            try:
+                a = names.address(a)
+            except Invalid:
+                pass
         if "@" not in a and a == "postmaster":
             host = self.config.server.hostname.lower()
             if await self.is_local_domain(host):
@@ -196,14 +215,12 @@ class Router:
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
             return True
-        candidates = [a]
-        if "+" in local:
-            candidates.append(f"{local.split('+', 1)[0]}@{domain}")
+        candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         for cand in candidates:
             if await self._expand_exact(cand, a, depth, expanding, out):
                 return True
         if a not in expanding:
-            catch_all = await self.store.list_aliases(f"@{domain}")
+            catch_all = await self._aliases(f"@{domain}")
             if catch_all:
                 expanding = expanding | {a}
                 for alias in catch_all:
@@ -232,7 +249,7 @@ class Router:
     async def _expand_exact(self, cand: str, original: str, depth: int, expanding: set[str],
                             out: list[Destination]) -> bool:
         if cand not in expanding:
-            aliases = await self.store.list_aliases(cand)
+            aliases = await self._aliases(cand)
             if aliases:
                 inner = expanding | {cand, original}
                 for alias in aliases:
@@ -246,9 +263,9 @@ class Router:
         if ml is not None:
             out.append(ListPost(ml))
             return True
-        m = ACTION_RE.match(split(original)[0]) if cand == original else None
+        m = ACTION_RE.match(names.unquote_local(split(original)[0])) if cand == original else None
         if m is not None:
-            ml = await self.store.get_list(f"{m['base']}@{split(cand)[1]}")
+            ml = await self.store.get_list(f"{names.quote_local(m['base'])}@{split(cand)[1]}")
             if ml is not None:
                 out.append(ListAction(ml, m["action"], m["token"]))
                 return True
@@ -257,6 +274,14 @@ class Router:
                 await self._expand(ml.owner, depth + 1, expanding | {cand}, out)
                 return True
         return False
+
+    async def _aliases(self, source: str) -> list[Alias]:
+        """The aliases of `source`; none for a name the store refuses (`Invalid`), so an address a client
+        may send (any RFC 5321 §4.1.2 form) resolves to a definite answer, never an exception (invariant 6)."""
+        try:
+            return await self.store.list_aliases(source)
+        except Invalid:
+            return []
 
     async def _lists_in(self, domain: str) -> list[MailingList]:
         return [ml for ml in await self.store.list_lists() if split(ml.address)[1] == domain]
@@ -297,15 +322,19 @@ class Router:
         u = user_address.lower()
         if not m:
             return False
+        try:
+            m = names.address(m)
+        except Invalid:
+            return False  # not an address the store can hold: no user owns it
         local, domain = split(m)
-        candidates = [m] + ([f"{local.split('+', 1)[0]}@{domain}"] if "+" in local else [])
+        candidates = [m] + [f"{base}@{domain}" for base in _without_detail(local)]
         if u in candidates:
             return True
         for cand in candidates:
-            if any(al.target == u for al in await self.store.list_aliases(cand)):
+            if any(al.target == u for al in await self._aliases(cand)):
                 return True
         if domain and await self.is_local_domain(domain):
-            catch = await self.store.list_aliases(f"@{domain}")
+            catch = await self._aliases(f"@{domain}")
             if any(al.target == u for al in catch) and await self.store.get_user(m) is None:
                 return True
         return False

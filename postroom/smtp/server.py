@@ -385,7 +385,7 @@ class Session:
             self.core.send(R.R252_CANNOT_VRFY)
             return
         if await self.router.resolve(address):
-            self.core.send(R.reply(250, "2.1.5", f"<{address.lower()}>"))
+            self.core.send(R.reply(250, "2.1.5", f"<{await self.router.normalize(address)}>"))
         else:
             self.core.send(R.R550_VRFY_UNKNOWN)
 

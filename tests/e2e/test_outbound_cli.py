@@ -108,3 +108,10 @@ def test_prepare() -> None:
     assert b"From: Jo Ann <s@a.test>\r\n" in p.raw and p.raw.endswith(b"\r\n\r\nhello world, no header\r\n")
     with pytest.raises(SendmailError):
         prepare(b"To: x\n\n", recipients=[], sender=None, extract=True, ignore_dots=False, hostname="h", user="u")
+
+
+def test_prepare_extracts_quoted_local_parts_quoted() -> None:
+    # RFC 5321 §4.1.2: the envelope keeps the quotes a local part needs (the header parser removes them).
+    p = prepare(b'To: "John Doe" <"john doe"@b.test>, "jane"@b.test\n\nhi\n', recipients=[], sender=None,
+                extract=True, ignore_dots=False, hostname="h", user="u")
+    assert p.recipients == ('"john doe"@b.test', "jane@b.test")

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import re
 import shutil
@@ -225,6 +226,31 @@ def test_postmaster_without_any_user_is_a_temporary_refusal(server: Any) -> None
         assert c.rcpt("nobody@example.test")[0] == 550
 
 
+def test_quoted_local_parts_get_a_definite_answer(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 5321 §4.1.2: a Quoted-string local part is valid. It is 250 when the mailbox exists and 550 5.1.1
+    when it does not, never 451 (which makes senders retry for days) and never a traceback."""
+    def rcpt(*paths: str) -> list[tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+            c.ehlo("client.remote.test")
+            c.mail("bob@remote.test")
+            # docmd: smtplib.rcpt() would re-quote the path through email.utils
+            return [c.docmd(f"RCPT TO:{p}") for p in paths]
+
+    forms = ('<"john doe"@example.org>', '<"a\\ b"@example.org>')
+    assert [(code, text[:5]) for code, text in rcpt(*forms)] == [(550, b"5.1.1")] * 2
+    srv.add_user('"John Doe"@example.org', PW)
+    srv.run(srv.store.add_alias('"a b"@example.org', ["carol@example.org"]))
+    assert [code for code, _ in rcpt(*forms, '<"alice"@example.org>', '<"no body"@example.org>')] \
+        == [250, 250, 250, 550]
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        c.ehlo("client.remote.test")
+        c.mail("bob@remote.test")
+        assert c.docmd('RCPT TO:<"john\\ doe"@EXAMPLE.org>')[0] == 250  # the same mailbox, spelled otherwise
+        assert c.data(BODY)[0] == 250
+    assert len(inbox(srv, '"john doe"@example.org')) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Routing: +detail, aliases, catch-all, forwards
 
@@ -420,6 +446,26 @@ class TestVrfyEnabled:
     @pytest.fixture
     def server_overrides(self) -> dict[str, Any]:
         return {"smtp": {"vrfy_expn": True}}
+
+    def test_vrfy_expn_and_mail_from_with_quoted_local_parts(self, srv: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+        srv.add_user('"john doe"@example.org', PW)
+        srv.run(srv.store.create_list('"the team"@example.org', "alice@example.org", ListPolicy.OPEN))
+        srv.run(srv.store.add_list_member('"the team"@example.org', '"john doe"@example.org'))
+        with smtplib.SMTP_SSL("127.0.0.1", srv.port("submissions"), timeout=10,
+                              context=srv.tls_client_context()) as c:
+            c.login("alice@example.org", PW)
+            assert c.docmd('VRFY "john doe"@example.org') == (250, b'2.1.5 <"john doe"@example.org>')
+            assert c.docmd('VRFY "a\\ b"@example.org')[0] == 550
+            assert c.docmd('VRFY "john"b@example.org')[0] == 550
+            assert c.docmd('EXPN "the team"@example.org') == (250, b'2.1.5 <"john doe"@example.org>')
+            assert c.docmd('EXPN "no team"@example.org')[0] == 550
+            c.ehlo_or_helo_if_needed()
+            # RFC 6409 §6.1: not alice's address: 553, whatever its form
+            assert c.docmd('MAIL FROM:<"john doe"@example.org>')[0] == 553
+            assert c.docmd('MAIL FROM:<"x+y"@example.org>')[0] == 553
+            assert c.docmd('MAIL FROM:<"alice"@example.org>')[0] == 250
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
     def test_vrfy_expn_authenticated(self, srv: Any) -> None:
         srv.run(srv.store.create_list("team@example.org", "alice@example.org", ListPolicy.OPEN))
