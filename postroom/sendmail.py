@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+from postroom.mime.compose import make_message_id, rfc5322_date
 from postroom.store.names import quote_local
-from postroom.mime.compose import make_message_id
 
 
 class SendmailError(Exception):
@@ -115,11 +115,11 @@ def prepare(
         addr = sender or f"{user}@{hostname}"
         added.append(("From: " + (email.utils.formataddr((full_name, addr)) if full_name else addr)).encode())
     if "date" not in names:
-        added.append(f"Date: {email.utils.formatdate(t, localtime=False)}".encode())
+        added.append(f"Date: {rfc5322_date(t)}".encode())  # RFC 6409 §8.3: local zone, real offset
     if "message-id" not in names:
         added.append(f"Message-ID: {make_id(hostname)}".encode())
     who = f"{user}" + (f" (uid {uid})" if uid is not None else "")
     received = f"Received: by {hostname} (Postroom sendmail) id local from {who};\r\n\t" \
-               f"{email.utils.formatdate(t, localtime=False)}".encode()
+               f"{rfc5322_date(t)}".encode()
     raw = b"\r\n".join([received, *head, *added, b"", *body]) + b"\r\n"
     return Prepared(sender, tuple(rcpts), raw)

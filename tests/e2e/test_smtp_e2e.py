@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 import logging
@@ -15,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from typing import Any
 
 import aiosmtplib
@@ -62,6 +64,13 @@ def split_prepended(stored: bytes) -> tuple[list[bytes], bytes]:
     m = re.match(rb"Received: [^\r]*\r\n(?:\t[^\r]*\r\n)*", rest)
     assert m is not None
     return [stored[:rp_end], m.group(0)], rest[m.end():]
+
+
+def completed(rest: bytes) -> bytes:
+    """What a submission client sent, below the Date and Message-ID the server added (RFC 6409 §8.3, §8.4)."""
+    m = re.match(rb"Date: [^\r]+\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", rest)
+    assert m is not None, rest[:200]
+    return rest[m.end():]
 
 
 def raw_dialogue(port: int, data: bytes, until: bytes = b"221 ", tls: ssl.SSLContext | None = None) -> bytes:
@@ -356,12 +365,39 @@ def test_submission_requires_tls_then_auth_then_own_sender(srv: Any) -> None:
     stored = inbox(srv, "carol@example.org")
     assert len(stored) == 3
     (_, received), rest = split_prepended(stored[0])
-    assert rest == BODY
+    assert re.match(rb"Date: [^\r]+\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", rest)  # RFC 6409 §8.3/8.4
+    assert rest.endswith(BODY)
     assert b"with ESMTPSA id" in received and b"authenticated as alice@example.org" in received
     [entry] = queue(srv)
     assert (entry.mail_from, entry.ret, entry.envid) == ("alice@example.org", "HDRS", "abc+2B1")
     [r] = entry.recipients
     assert (r.rcpt, r.notify, r.orcpt) == ("far@remote.test", "FAILURE,DELAY", "rfc822;far@remote.test")
+
+
+def test_submission_completes_date_and_message_id(srv: Any, india_time: None) -> None:
+    """RFC 6409 §8.3 (Date) and §8.4 (Message-ID): an MSA adds what a submitted message lacks, before it is
+    delivered or queued; the Date is in the server's zone with its real offset (RFC 5322 §3.3), the Message-ID
+    has the server's host name. Mail arriving on the MX port is not changed."""
+    bare = b"From: alice@example.org\r\nTo: carol@example.org\r\nSubject: no date\r\n\r\nbody\r\n"
+    dated = b"Date: Mon, 1 Jan 2024 10:00:00 +0100\r\nMessage-ID: <given@x.test>\r\n" + bare
+    with smtplib.SMTP_SSL("127.0.0.1", srv.port("submissions"), timeout=10,
+                          context=srv.tls_client_context()) as c:
+        c.login("alice@example.org", PW)
+        before = time.time()
+        assert c.sendmail("alice@example.org", ["carol@example.org", "far@remote.test"], bare) == {}
+        after = time.time()
+        assert c.sendmail("alice@example.org", ["carol@example.org"], dated) == {}
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        assert c.sendmail("bob@remote.test", ["carol@example.org"], bare) == {}
+    first, second, mx = [split_prepended(m)[1] for m in inbox(srv, "carol@example.org")]
+    m = re.match(rb"Date: ([^\r]+)\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", first)
+    assert m is not None and first[m.end():] == bare
+    date = email.utils.parsedate_to_datetime(m.group(1).decode())
+    assert m.group(1).endswith(b" +0530") and before - 1 <= date.timestamp() <= after + 1
+    assert second == dated and mx == bare  # complete messages and MX mail: not a byte changed
+    [entry] = queue(srv)  # the queued copy (to be DKIM-signed when sent) is the completed one
+    queued = srv.run(srv.store.read_message(entry.blob_id))
+    assert split_prepended(b"Return-Path: <x>\r\n" + queued)[1] == first
 
 
 def test_submissions_implicit_tls_aiosmtplib(srv: Any) -> None:
@@ -375,7 +411,7 @@ def test_submissions_implicit_tls_aiosmtplib(srv: Any) -> None:
     errors, _ = asyncio.run(send())
     assert errors == {}
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == BODY
+    assert completed(split_prepended(stored)[1]) == BODY
 
 
 def test_auth_lockout_per_user(srv: Any) -> None:
@@ -520,7 +556,7 @@ def test_swaks_submission_with_tls_and_auth(srv: Any) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     [stored] = inbox(srv, "carol@example.org")
     (_, received), rest = split_prepended(stored)
-    assert rest == body.encode() + b"\r\n"
+    assert completed(rest) == body.encode() + b"\r\n"
     assert b"ESMTPSA" in received
 
 
@@ -547,4 +583,4 @@ def test_curl_smtps_submission(srv: Any, tmp_path: Any) -> None:
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == BODY
+    assert completed(split_prepended(stored)[1]) == BODY
