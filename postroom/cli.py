@@ -25,7 +25,7 @@ from . import __version__
 from . import config as config_mod
 from .auth.passwords import make_credentials
 from .mailformats import FormatError
-from .store import open_store
+from .store import names, open_store
 from .store.api import AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
 EXIT_REFUSED = 1
@@ -43,16 +43,25 @@ class CliError(Exception):
 
 
 def normalize_address(value: str, *, allow_catchall: bool = False) -> str:
-    """'User@Example.ORG' -> 'user@example.org'. '@example.org' only with allow_catchall. Raises CliError."""
+    """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x' (`store.names.local_part`).
+    '@example.org' only with allow_catchall. Raises CliError."""
     value = value.strip().lower()
     local, sep, domain = value.rpartition("@")
     if not sep:
         raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
     if not local and not allow_catchall:
         raise CliError(f"{value!r} has no local part (write user@{domain})", EXIT_USAGE)
-    if any(c.isspace() or c in '<>()[],;:\\"@' for c in local) or len(local) > 64:
-        # RFC 5321 §4.5.3.1.1: at most 64 octets; quoted local parts are not accepted for accounts.
-        raise CliError(f"{value!r}: the part before @ has characters Postroom does not accept", EXIT_USAGE)
+    if local.startswith('"'):
+        # RFC 5321 §4.1.2 Quoted-string: one spelling, the one SMTP resolves ('"john"' is 'john').
+        try:
+            local = names.local_part(local)
+        except Invalid as exc:
+            raise CliError(f"{value!r}: {exc}", EXIT_USAGE) from None
+    elif any(c.isspace() or c in '<>()[],;:\\"@' for c in local):
+        raise CliError(f"{value!r}: the part before @ has characters that need quotes (write \"{local}\"@...)",
+                       EXIT_USAGE)
+    if len(local.encode()) > 64:  # RFC 5321 §4.5.3.1.1: at most 64 octets
+        raise CliError(f"{value!r}: the part before @ is longer than 64 octets", EXIT_USAGE)
     return f"{local}@{normalize_domain(domain)}"
 
 
@@ -123,14 +132,43 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         name = normalize_domain(args.name)
         await store.remove_domain(name)
         print(f"domain {name} removed")
+    elif args.action == "show":
+        name = normalize_domain(args.name)
+        domain = await store.get_domain(name)
+        if domain is None:
+            raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
+        users = await store.list_users(name)
+        aliases = [a for a in await store.list_aliases() if a.source.rpartition("@")[2] == name]
+        lists = [m for m in await store.list_lists() if m.address.rpartition("@")[2] == name]
+        print(f"domain     {name}\nusers      {len(users)}\naliases    {len(aliases)}\nlists      {len(lists)}")
+        print(f"DKIM       {'yes' if domain.dkim_private_key else 'no'}")
+        print(f"postmaster {await _postmaster_route(args, store, name)}")
     else:
         domains = await store.list_domains()
         users = await store.list_users()
         counts: dict[int, int] = {}
         for u in users:
             counts[u.domain_id] = counts.get(u.domain_id, 0) + 1
-        print(table([(d.name, counts.get(d.id, 0)) for d in domains], ("domain", "users")))
+        rows = [(d.name, counts.get(d.id, 0), await _postmaster_route(args, store, d.name)) for d in domains]
+        print(table(rows, ("domain", "users", "postmaster")))
     return 0
+
+
+async def _postmaster_route(args: argparse.Namespace, store: Store, domain: str) -> str:
+    """Where mail for postmaster@domain goes (RFC 5321 §4.5.1), as the router will resolve it."""
+    from .delivery.router import POSTMASTER, LocalUser, Remote, Router
+
+    router = Router(store, args.cfg)
+    address = f"{POSTMASTER}@{domain}"
+    dests = await router.resolve(address)
+    how = "alias, user or list"
+    if not await store.list_aliases(address) and await store.get_user(address) is None \
+            and await store.get_list(address) is None:
+        how = "catch-all" if await store.list_aliases(f"@{domain}") else (await router.postmaster_route(domain))[0]
+    if not dests:
+        return "nowhere yet: no user on this server (senders are told 451 4.3.5 and retry)"
+    names = [d.address if isinstance(d, (LocalUser, Remote)) else d.ml.address for d in dests]
+    return f"{', '.join(names)} ({how})"
 
 
 async def _make_dkim_keys(store: Store, name: str) -> Any:
@@ -436,11 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="read the configuration, report problems, print the effective settings")
     sub.add_parser("config-sample", help="print a commented configuration file with every default")
 
-    d = sub.add_parser("domain", help="local domains: add | list | remove")
+    d = sub.add_parser("domain", help="local domains: add | list | show | remove")
     dsub = d.add_subparsers(dest="action", required=True)
     dsub.add_parser("add", help="accept mail for a domain").add_argument("name")
     dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)").add_argument("name")
-    dsub.add_parser("list", help="list local domains")
+    dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
+    dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
     dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
 
     dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC")

@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
-from postroom.mime.compose import make_message_id
+from postroom.mime.compose import make_message_id, rfc5322_date
+from postroom.store.names import quote_local
 
 
 class SendmailError(Exception):
@@ -102,7 +103,8 @@ def prepare(
     if extract:
         for name, value, _, _ in fields:
             if name in ("to", "cc", "bcc"):
-                rcpts += [f"{a.mailbox}@{a.host}" for a in parse_address_list(value)
+                # the header parser unquotes the local part; the envelope needs it quoted where it must be
+                rcpts += [f"{quote_local(a.mailbox)}@{a.host}" for a in parse_address_list(value)
                           if a.mailbox and a.host and MISSING_DOMAIN not in (a.mailbox, a.host)
                           and MISSING_MAILBOX not in (a.mailbox, a.host)]
         drop = {i for name, _, start, end in fields if name == "bcc" for i in range(start, end)}
@@ -119,11 +121,11 @@ def prepare(
         addr = sender or f"{user}@{hostname}"
         added.append(("From: " + (email.utils.formataddr((full_name, addr)) if full_name else addr)).encode())
     if "date" not in names:
-        added.append(f"Date: {email.utils.formatdate(t, localtime=False)}".encode())
+        added.append(f"Date: {rfc5322_date(t)}".encode())  # RFC 6409 §8.3: local zone, real offset
     if "message-id" not in names:
         added.append(f"Message-ID: {make_id(hostname)}".encode())
     who = f"{user}" + (f" (uid {uid})" if uid is not None else "")
     received = f"Received: by {hostname} (Postroom sendmail) id local from {who};\r\n\t" \
-               f"{email.utils.formatdate(t, localtime=False)}".encode()
+               f"{rfc5322_date(t)}".encode()
     raw = b"\r\n".join([received, *head, *added, b"", *body]) + b"\r\n"
     return Prepared(sender, tuple(rcpts), raw)

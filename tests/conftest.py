@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,3 +38,20 @@ def require_command(command: str) -> str:
                     and line.split()[-1] == command]
         pytest.skip(f"{command} is not installed (apt-get install {packages[0] if packages else command})")
     return path
+
+
+@pytest.fixture
+def india_time() -> Iterator[None]:
+    """The process's local zone is Asia/Kolkata (+05:30) during the test: a date written "in the server's zone
+    with its real offset" (RFC 5322 §3.3) must then say +0530, which neither UTC nor "-0000" can fake."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

@@ -27,12 +27,12 @@ Invariants
 
 from __future__ import annotations
 
-import email.utils
+import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from postroom.mime.compose import RawPart, compose_report, make_message_id
+from postroom.mime.compose import RawPart, compose_report, make_message_id, rfc5322_date
 
 RETURN_FULL_LIMIT = 2 * 1024 * 1024  # bytes; a larger original comes back as its header only
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -83,7 +83,20 @@ def wanted(notify: str, action: str) -> bool:
 
 
 def _date(t: float) -> str:
-    return email.utils.formatdate(t, localtime=False)
+    # RFC 3464 §2.2.5, §2.3.7, §2.3.9: RFC 5322 date-times, with the real zone offset (RFC 5322 §3.3: "-0000"
+    # would say the zone is unknown).
+    return rfc5322_date(t)
+
+
+def mta_name(host: str) -> str:
+    """The mta-name of a "dns" Remote-MTA (RFC 3464 §2.3.5): the host's DNS name as routing knew it (the MX
+    exchange, the configured route host); a host known only by its address is written as an address literal
+    (RFC 5321 §4.1.3: `[192.0.2.1]`, `[IPv6:2001:db8::1]`), which is what a domain position holds for it."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
 
 
 def _clean(text: str) -> str:
@@ -118,7 +131,7 @@ def status_fields(reporting_mta: str, envid: str, arrival: float, reports: Seque
         lines.append(f"Action: {r.action}")  # §2.3.3
         lines.append(f"Status: {r.status}")  # §2.3.4
         if r.remote_mta:
-            lines.append(f"Remote-MTA: dns; {_clean(r.remote_mta)}")  # §2.3.5
+            lines.append(f"Remote-MTA: dns; {_clean(mta_name(r.remote_mta))}")  # §2.3.5
         if r.diagnostic:
             lines.append(f"Diagnostic-Code: smtp; {_clean(r.diagnostic)}")  # §2.3.6
         if r.last_attempt is not None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from postroom.fsutil import fsync_dir, write_all
 from postroom.mime.compose import Attachment, compose
+from postroom.store import names
 from postroom.store.api import MailingList
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -51,8 +52,9 @@ def list_headers(ml: MailingList) -> bytes:
 
 
 def action_address(ml: MailingList, action: str, token: str) -> str:
-    local, _, domain = ml.address.partition("@")
-    return f"{local}+{action}-{token}@{domain}"
+    """`list+approve-<token>@domain`; for a quoted list name the suffix goes inside the quotes."""
+    local, _, domain = ml.address.rpartition("@")
+    return f"{names.quote_local(f'{names.unquote_local(local)}+{action}-{token}')}@{domain}"
 
 
 @dataclass(frozen=True)

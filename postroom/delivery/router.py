@@ -17,6 +17,13 @@ actions; then the same for the address without its `+detail`; then the catch-all
 operator can redirect a user's mail; an alias that leads back to an address already being expanded resolves
 that address without its aliases (so `alice -> alice, alice@elsewhere` keeps a local copy and forwards one).
 
+postmaster (RFC 5321 §4.5.1: every domain MUST accept it; §2.4: its local part is case-insensitive) needs no
+configuration. When none of the above names `postmaster@dom`, `postmaster_route` decides: the domain's first
+user (the oldest account), else the server's administrator, which is the first user of the first domain that
+has one (oldest domain, oldest account). Both are local mailboxes, so postmaster mail is never forwarded and
+cannot bounce-loop. Only a server with no user at all has nowhere to put it: RCPT answers `451 4.3.5`, so the
+sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route.
+
 `check_recipient` is called at RCPT time (so unknown users get `550 5.1.1` in the SMTP dialogue, never a
 bounce later) and `accept` after the data: it expands again (the store may have changed; cheap), then runs
 every write concurrently: one `store.deliver` for all local INBOXes, one `store.enqueue` for all remote
@@ -33,6 +40,9 @@ Invariants
 5. A message with more than `smtp.max_received` Received header fields is refused as a loop (554 5.4.6).
 6. Who may send as whom is decided in one place, `may_send_as`: submission asks it for MAIL FROM and for every
    From and Sender header address. A catch-all never makes an address anyone's to send as.
+7. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
+   §4.1.2, included) is normalised to the store's one spelling (`names.address`) and resolves to destinations
+   or to none (550 5.1.1), never to `451` with a traceback.
 """
 
 from __future__ import annotations
@@ -50,7 +60,16 @@ from postroom.config import Config
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.headers import split_fields
 from postroom.store import names
-from postroom.store.api import ListPolicy, MailingList, QueueEntry, QueueRecipient, Store, StoreError
+from postroom.store.api import (
+    Alias,
+    Invalid,
+    ListPolicy,
+    MailingList,
+    QueueEntry,
+    QueueRecipient,
+    Store,
+    StoreError,
+)
 
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
 from .local import deliver_local
@@ -80,6 +99,9 @@ NOT_OWNER = RouteError(550, "5.7.1", "Only the list owner may approve or reject 
 NULL_SENDER_TO_LIST = RouteError(550, "5.7.1", "Lists do not accept mail from the null sender")
 LOOP = RouteError(554, "5.4.6", "Too many Received headers: mail loop detected")
 TOO_MANY_TARGETS = RouteError(550, "5.4.6", "Alias expansion too large or too deep")
+# RFC 3463 X.3.5 "system incorrectly configured": temporary, so the sender keeps the message and retries.
+NO_POSTMASTER_YET = RouteError(451, "4.3.5", "No mailbox for postmaster yet (the server has no user); try later")
+POSTMASTER = "postmaster"
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,14 @@ def _printable(text: str, limit: int = 100) -> str:
     return "".join(c if 32 < ord(c) < 127 else "?" for c in text[:limit])
 
 
+def _without_detail(local: str) -> list[str]:
+    """`user+detail` -> ["user"]; [] without a detail. A quoted local part has no detail: `"a+b"` is one name
+    (cutting inside the quotes would make a local part that is not even syntax)."""
+    if "+" not in local or local.startswith('"'):
+        return []
+    return [local.split("+", 1)[0]]
+
+
 def received_count(raw: bytes) -> int:
     end = raw.find(b"\r\n\r\n")
     head = raw if end < 0 else raw[:end + 2]
@@ -195,8 +225,15 @@ class Router:
             return False
 
     async def normalize(self, address: str) -> str:
-        """Lower-case; `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>."""
+        """Lower-case, one spelling of the local part (`names.address`: `"john"@x` is `john@x`, RFC 5321
+        §4.1.2); `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>. An
+        address the store cannot name is returned lower-cased; it then resolves to nothing."""
         a = address.strip().lower()
+        if "@" in a:
+            try:
+                a = names.address(a)
+            except Invalid:
+                pass
         if "@" not in a and a == "postmaster":
             host = self.config.server.hostname.lower()
             if await self.is_local_domain(host):
@@ -221,25 +258,41 @@ class Router:
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
             return True
-        candidates = [a]
-        if "+" in local:
-            candidates.append(f"{local.split('+', 1)[0]}@{domain}")
+        candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         for cand in candidates:
             if await self._expand_exact(cand, a, depth, expanding, out):
                 return True
         if a not in expanding:
-            catch_all = await self.store.list_aliases(f"@{domain}")
+            catch_all = await self._aliases(f"@{domain}")
             if catch_all:
                 expanding = expanding | {a}
                 for alias in catch_all:
                     await self._expand(alias.target, depth + 1, expanding, out)
                 return True
+        if local == POSTMASTER:
+            _, dests = await self.postmaster_route(domain)
+            out.extend(dests)
+            return bool(dests)
         return False
+
+    async def postmaster_route(self, domain: str) -> tuple[str, list[Destination]]:
+        """Where `postmaster@domain` goes when no alias, user, list or catch-all names it (module docstring):
+        ("first user", [the domain's oldest account]) or ("administrator", [the first user of the first domain
+        that has one]); ("none", []) when the server has no user. `domain` is a local domain, lower-case."""
+        users = await self.store.list_users(domain)
+        if users:
+            first = min(users, key=lambda u: u.id)
+            return "first user", [LocalUser(first.id, first.address)]
+        everyone = await self.store.list_users()
+        if not everyone:
+            return "none", []
+        admin = min(everyone, key=lambda u: (u.domain_id, u.id))  # ids only grow: the oldest domain, account
+        return "administrator", [LocalUser(admin.id, admin.address)]
 
     async def _expand_exact(self, cand: str, original: str, depth: int, expanding: set[str],
                             out: list[Destination]) -> bool:
         if cand not in expanding:
-            aliases = await self.store.list_aliases(cand)
+            aliases = await self._aliases(cand)
             if aliases:
                 inner = expanding | {cand, original}
                 for alias in aliases:
@@ -253,9 +306,9 @@ class Router:
         if ml is not None:
             out.append(ListPost(ml))
             return True
-        m = ACTION_RE.match(split(original)[0]) if cand == original else None
+        m = ACTION_RE.match(names.unquote_local(split(original)[0])) if cand == original else None
         if m is not None:
-            ml = await self.store.get_list(f"{m['base']}@{split(cand)[1]}")
+            ml = await self.store.get_list(f"{names.quote_local(m['base'])}@{split(cand)[1]}")
             if ml is not None:
                 out.append(ListAction(ml, m["action"], m["token"]))
                 return True
@@ -264,6 +317,14 @@ class Router:
                 await self._expand(ml.owner, depth + 1, expanding | {cand}, out)
                 return True
         return False
+
+    async def _aliases(self, source: str) -> list[Alias]:
+        """The aliases of `source`; none for a name the store refuses (`Invalid`), so an address a client
+        may send (any RFC 5321 §4.1.2 form) resolves to a definite answer, never an exception (invariant 7)."""
+        try:
+            return await self.store.list_aliases(source)
+        except Invalid:
+            return []
 
     async def _lists_in(self, domain: str) -> list[MailingList]:
         return [ml for ml in await self.store.list_lists() if split(ml.address)[1] == domain]
@@ -279,7 +340,7 @@ class Router:
             raise RELAY_DENIED  # invariant 2
         dests = await self.resolve(a)
         if not dests:
-            raise NO_SUCH_USER
+            raise NO_POSTMASTER_YET if local == POSTMASTER else NO_SUCH_USER
         sender = mail_from.lower()
         for d in dests:
             if isinstance(d, ListPost):
@@ -310,7 +371,7 @@ class Router:
         except StoreError:
             return False
         local, domain = split(a)
-        candidates = [a] + ([f"{local.split('+', 1)[0]}@{domain}"] if "+" in local else [])
+        candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         if u in candidates:
             return True
         for cand in candidates:
@@ -345,14 +406,10 @@ class Router:
         if depth > MAX_DEPTH or source in seen or source.startswith("@"):
             return False
         seen.add(source)
-        try:
-            aliases = await self.store.list_aliases(source)
-        except StoreError:
-            return False
-        for al in aliases:
+        for al in await self._aliases(source):
             target = al.target.lower()
             t_local, t_domain = split(target)
-            if user in (target, f"{t_local.split('+', 1)[0]}@{t_domain}"):
+            if user == target or user in [f"{base}@{t_domain}" for base in _without_detail(t_local)]:
                 return True
             if await self._aliases_lead_to(target, user, depth + 1, seen):
                 return True

@@ -51,6 +51,55 @@ def make_message_id(domain: str) -> str:
     return f"<{uuid.uuid4().hex}@{domain}>"
 
 
+def rfc5322_date(t: float) -> str:
+    """`t` (seconds since the epoch) as an RFC 5322 §3.3 date-time in the server's local zone with its real
+    offset, e.g. `Mon, 01 Jan 2024 18:30:00 +0530`. Never `-0000`: §3.3 gives that the meaning "the time is
+    UTC but the local zone is unknown", which is not true of this server (UTC itself is `+0000`). Every date
+    Postroom writes into a message goes through here."""
+    return email.utils.formatdate(t, localtime=True)
+
+
+def complete_submission(raw: bytes, domain: str, *, now: Callable[[], float] = time.time,
+                        make_id: Callable[[str], str] = make_message_id) -> bytes:
+    """RFC 6409 §8.3, §8.4: a submitted message without a Date or Message-ID field gets it (`rfc5322_date`,
+    `make_message_id(domain)`), written before the existing header so no byte of the message changes.
+    `raw` is CRLF text as SMTP carries it; a message that starts with no header at all (its first line is not
+    a field) gets the new fields and a blank line before it, so its text stays the body."""
+    have: set[bytes] = set()
+    starts_with_field = False
+    pos = 0
+    first = True
+    while pos < len(raw):
+        end = raw.find(b"\n", pos)
+        line = raw[pos:(len(raw) if end < 0 else end)].rstrip(b"\r")
+        if not line:
+            break  # the blank line: the header ends
+        if line[:1] not in (b" ", b"\t"):
+            name, colon, _ = line.partition(b":")
+            is_field = bool(colon) and bool(name) and all(33 <= c <= 126 for c in name)  # RFC 5322 §2.2
+            if first:
+                starts_with_field = is_field
+            if not is_field:
+                break
+            have.add(name.lower())
+        elif first:
+            break
+        first = False
+        if end < 0:
+            break
+        pos = end + 1
+    added = []
+    if b"date" not in have:
+        added.append(f"Date: {rfc5322_date(now())}\r\n".encode())
+    if b"message-id" not in have:
+        added.append(f"Message-ID: {make_id(domain)}\r\n".encode())
+    if not added:
+        return raw
+    if not starts_with_field and raw:
+        added.append(b"\r\n")  # no header: what the client sent is the body
+    return b"".join(added) + raw
+
+
 def _text_cte(text: str) -> str:
     if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
         return "7bit"
@@ -91,7 +140,7 @@ def compose(
     if reply_to:
         msg["Reply-To"] = reply_to
     msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(now() if date is None else date, localtime=False)
+    msg["Date"] = rfc5322_date(now() if date is None else date)
     msg["Message-ID"] = message_id or make_id(domain)
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
@@ -173,7 +222,7 @@ def compose_report(
     if to:
         msg["To"] = ", ".join(to)
     msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(now() if date is None else date, localtime=False)
+    msg["Date"] = rfc5322_date(now() if date is None else date)
     msg["Message-ID"] = message_id or make_id(domain)
     msg["MIME-Version"] = "1.0"
     for name, value in headers:

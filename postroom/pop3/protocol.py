@@ -23,7 +23,10 @@ what the client sent (`receive_data`) and asks for the next thing to do (`next_e
 Replies are built only here, so every wording, response code and RFC citation lives in one file.
 
 The maildrop (RFC 1939 §4, §5) is the list of `Entry` handed to `login_ok`: fixed for the session, numbered
-from 1, each with its size and its unique-id. DELE marks, RSET unmarks, only `Update` at QUIT removes.
+from 1, each with its size and its unique-id. DELE marks, RSET unmarks, only `Update` at QUIT removes. An
+entry's size is the message's octets as RETR sends them (`store.blobs.crlf_size`: bare LFs sent as CRLF, a last
+line ended; byte-stuffing and the terminator not counted), so LIST, STAT and the RETR reply agree with what
+arrives (RFC 1939 §11).
 
 Line reading follows `net/connection.py`: a line may end in CRLF or a bare LF; a line longer than the limit is
 answered with one `-ERR` as soon as the limit is crossed and its remainder is dropped as it arrives, so the
@@ -50,6 +53,8 @@ import binascii
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from postroom.store.blobs import crlf_size
 
 # ---------------------------------------------------------------------------------------------------------
 # States, events, options
@@ -627,7 +632,8 @@ class POP3Core:
         self._waiting = False
         if lines is None:
             self.retrieved.add(number)
-            return [ok(f"{len(raw)} octets"), *dot_stuff(raw)]
+            # RFC 1939 §11: the count is of the message as sent (CRLF line ends), the same number LIST gave.
+            return [ok(f"{crlf_size(raw)} octets"), *dot_stuff(raw)]
         return [ok("top of message follows"), *dot_stuff(top(raw, lines))]
 
     def message_gone(self, number: int) -> bytes:

@@ -268,10 +268,13 @@ class Session:
                 return _release_and(self.locks, user.id, conn.session_id,
                                     core.login_failed("SYS/PERM", "this account has no INBOX"))
             messages = await store.list_messages(mailbox.id)
+            # RFC 1939 §11: announce the octets RETR will send (line ends as CRLF), kept per body at delivery.
+            octets = await store.crlf_sizes(m.blob_id for m in messages)
         except BaseException:
             self.locks.release(user.id, conn.session_id)
             raise
-        entries = [Entry(m.uid, m.size, m.blob_id, make_uidl(mailbox.uidvalidity, m.uid)) for m in messages]
+        entries = [Entry(m.uid, octets.get(m.blob_id, m.size), m.blob_id, make_uidl(mailbox.uidvalidity, m.uid))
+                   for m in messages]
         self.user = user
         self.mailbox_id = mailbox.id
         self.locks.note_login(user.id)

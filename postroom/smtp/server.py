@@ -17,6 +17,9 @@ Three listeners, three policies (`Policy.for_listener`):
                            catch-all: `Router.may_send_as`), else `553 5.7.1` (RFC 6409 §6.1).
     submissions (465)      the same over implicit TLS (RFC 8314).
 
+On the submission listeners a message without Date or Message-ID gets them (RFC 6409 §8.3, §8.4; large
+receivers refuse mail without a Message-ID), added before the existing header; MX mail is left as it came.
+
 The message goes to `delivery.Router.accept` (the one door) with this hop's Received header prepended
 (RFC 5321 §4.4, with the TLS version and cipher and the authenticated user, RFC 3848 protocol names); the
 `250` is sent only when the router returns, i.e. when every copy is durable.
@@ -34,7 +37,6 @@ Invariants
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import logging
 import time
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
 from postroom.delivery.router import Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
     IdleTimeout,
@@ -136,7 +139,7 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
         comments.append(f"authenticated as {_safe(user)}")
     if comments:
         lines.append("\t(" + "; ".join(comments) + ")")
-    date = email.utils.formatdate(now, localtime=False).replace("-0000", "+0000")
+    date = rfc5322_date(now)
     if len(recipients) == 1 and len(recipients[0]) < 500:
         # RFC 5321 §7.2: name the recipient only when there is one (no disclosure of the others).
         lines.append(f"\tfor <{recipients[0]}>; {date}")
@@ -308,13 +311,18 @@ class Session:
         self.message_seq += 1
         message_id = f"{conn.session_id}.{self.message_seq}"
         recipients = [r.address for r in ev.recipients]
+        raw = ev.raw
+        if self.policy.submission:
+            # RFC 6409 §8.3/§8.4: complete it before it is delivered, queued and (at sending) DKIM-signed. Mail
+            # arriving on the MX port is never changed (only the Received field is prepended).
+            raw = complete_submission(raw, self.services.config.server.hostname, now=self.clock)
         header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
+                       raw=header + raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay())
@@ -394,7 +402,7 @@ class Session:
             self.core.send(R.R252_CANNOT_VRFY)
             return
         if await self.router.resolve(address):
-            self.core.send(R.reply(250, "2.1.5", f"<{address.lower()}>"))
+            self.core.send(R.reply(250, "2.1.5", f"<{await self.router.normalize(address)}>"))
         else:
             self.core.send(R.R550_VRFY_UNKNOWN)
 

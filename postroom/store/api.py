@@ -491,6 +491,13 @@ class Store(Protocol):
 
     async def read_meta(self, blob_id: str) -> bytes | None: ...
 
+    async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
+        """The size in octets of each body with every line ended by CRLF (`store.blobs.crlf_size`: a bare LF
+        counts 2, an unterminated last line gets its CRLF): what POP3 sends, so what LIST and STAT announce
+        (RFC 1939 §11). Counted when the body was stored, so a listing reads no bodies; a body stored before
+        engines kept the number is counted from its bytes on first ask and the number kept. A blob id that is
+        not stored is left out."""
+
     async def read_metas(self, blob_ids: Iterable[str]) -> dict[str, bytes | None]:
         """`read_meta` of many bodies at once (FETCH ENVELOPE or SEARCH over a range): a few queries, not one
         per body. A blob id that is not stored (its message was expunged meanwhile) is left out; None means

@@ -50,6 +50,43 @@ def blob_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class CrlfCounter:
+    """`crlf_size` of a body fed in pieces (a file read in chunks): a CR at the end of one piece and an LF at
+    the start of the next are one CRLF, not a bare LF."""
+
+    def __init__(self) -> None:
+        self.octets = 0  # bytes fed
+        self.bare_lf = 0  # LFs not preceded by CR
+        self._last = b""  # the last byte fed
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        data = bytes(chunk)
+        if not data:
+            return
+        self.bare_lf += data.count(b"\n") - data.count(b"\r\n")
+        if data[:1] == b"\n" and self._last == b"\r":
+            self.bare_lf -= 1
+        self.octets += len(data)
+        self._last = data[-1:]
+
+    @property
+    def size(self) -> int:
+        """The octets fed with every bare LF counted as CRLF and an unterminated last line ended (+2)."""
+        unterminated = 2 if self.octets and self._last != b"\n" else 0
+        return self.octets + self.bare_lf + unterminated
+
+
+def crlf_size(data: bytes) -> int:
+    """Octets of `data` in canonical form: every line ended by CRLF (RFC 5322 §2.1), i.e. each bare LF counted
+    as CRLF and a last line without a line end counted with one. This is what POP3 sends for a stored body
+    (`pop3.protocol.dot_stuff`, before byte-stuffing) and so what LIST/STAT/RETR announce (RFC 1939 §11).
+    Two C-speed passes; a body stored with CRLF throughout (anything SMTP accepted) gives len(data) (+2 if it
+    does not end in CRLF)."""
+    counter = CrlfCounter()
+    counter.feed(data)
+    return counter.size
+
+
 def check_id(blob_id: str) -> str:
     if len(blob_id) != 64 or not _HEX.issuperset(blob_id):
         raise Invalid(f"bad blob id: {blob_id!r}")
@@ -137,25 +174,26 @@ class BlobStore:
                 pass  # its writer finished (or another sweep won)
         return removed
 
-    def hash_file(self, src: Path) -> tuple[str, int]:
-        """(sha256 hex, size) of a file, read in bounded chunks."""
+    def hash_file(self, src: Path) -> tuple[str, int, int]:
+        """(sha256 hex, size, `crlf_size`) of a file, read in bounded chunks."""
         digest = hashlib.sha256()
-        size = 0
+        counter = CrlfCounter()
         with open(src, "rb", buffering=0) as f:
             buf = bytearray(HASH_CHUNK)
             view = memoryview(buf)
             while n := f.readinto(buf):
                 digest.update(view[:n])
-                size += n
-        return digest.hexdigest(), size
+                counter.feed(view[:n])
+        return digest.hexdigest(), counter.octets, counter.size
 
-    def adopt(self, src: Path) -> tuple[str, int]:
+    def adopt(self, src: Path) -> tuple[str, int, int]:
         """Make the file `src` (in `staging`, same file system) a blob without copying it: hash it, fsync it,
         link it under its final name (or keep the file already there: same name, same bytes), fsync that
-        directory. Returns (blob id, size). `src` itself stays; the caller removes it (invariant 6)."""
-        blob_id, size = self.hash_file(src)
+        directory. Returns (blob id, size, `crlf_size`). `src` itself stays; the caller removes it
+        (invariant 6)."""
+        blob_id, size, crlf = self.hash_file(src)
         self.link(blob_id, src, size)
-        return blob_id, size
+        return blob_id, size, crlf
 
     def link(self, blob_id: str, src: Path, size: int) -> bool:
         """The `write()` of a body already in the file `src`. True if this call created the blob's file."""
@@ -192,6 +230,17 @@ class BlobStore:
             return self.path(blob_id).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"no message body {blob_id}") from None
+
+    def crlf_size(self, blob_id: str) -> int:
+        """`crlf_size` of a body file, read in bounded chunks. NotFound if there is no such file."""
+        counter = CrlfCounter()
+        try:
+            with open(self.path(blob_id), "rb", buffering=0) as f:
+                while chunk := f.read(HASH_CHUNK):
+                    counter.feed(chunk)
+        except FileNotFoundError:
+            raise NotFound(f"no message body {blob_id}") from None
+        return counter.size
 
     def delete(self, blob_id: str) -> None:
         self.path(blob_id).unlink(missing_ok=True)

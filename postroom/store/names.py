@@ -10,6 +10,8 @@ Invariants:
    name the same parent.
 3. A mailbox name has no empty component, no leading or trailing separator and no control characters.
 4. Keywords are IMAP atoms (RFC 9051 §9 `flag-keyword`); they never start with a backslash (system flags do).
+5. An address has one spelling, the one `smtp.protocol.parse_path` produces from the wire: a local part that
+   can be a Dot-string is never quoted; one that cannot is quoted with only the escapes it needs.
 """
 
 from __future__ import annotations
@@ -35,13 +37,76 @@ def domain(name: str) -> str:
     return d
 
 
+# RFC 5321 §4.1.2 atext (RFC 5322 §3.2.3); RFC 6531 §3.3 adds every non-ASCII character.
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+
+def _dot_string(s: str) -> bool:
+    return bool(s) and all(part and all(c in _ATEXT or ord(c) >= 0x80 for c in part) for part in s.split("."))
+
+
+def local_part(local: str) -> str:
+    """The one spelling of a local part (invariant 5). A Quoted-string (RFC 5321 §4.1.2) is unquoted when its
+    content is a Dot-string (`"john"` and `john` are the same mailbox, and §4.1.2 says the unquoted form
+    SHOULD be used), else written with only the quoted-pairs it needs (`"a\\ b"` -> `"a b"`, `\\` and `"`
+    escaped). Any other local part is taken as given if it has no space or control character. Invalid
+    otherwise (an unterminated quote, a bad quoted-pair, a control character)."""
+    if not local.startswith('"'):
+        if not local or any(c.isspace() or ord(c) < 32 for c in local):
+            raise Invalid(f"bad local part: {local!r}")
+        return local
+    out: list[str] = []
+    i, n = 1, len(local)
+    while True:
+        if i >= n:
+            raise Invalid(f"unterminated quoted local part: {local!r}")
+        c = local[i]
+        if c == '"':
+            if i != n - 1:
+                raise Invalid(f"text after the quoted local part: {local!r}")
+            break
+        if c == "\\":
+            if i + 1 >= n or not (32 <= ord(local[i + 1]) <= 126 or ord(local[i + 1]) >= 0x80):
+                raise Invalid(f"bad quoted-pair in local part: {local!r}")  # RFC 5321 §4.1.2 quoted-pairSMTP
+            c = local[i + 1]
+            i += 1
+        elif not (32 <= ord(c) <= 126 or ord(c) >= 0x80):
+            raise Invalid(f"bad character in quoted local part: {local!r}")  # qtextSMTP
+        out.append(c)
+        i += 1
+    return quote_local("".join(out))
+
+
+def quote_local(content: str) -> str:
+    """The canonical local part for the mailbox name `content` (unquoted): itself if it is a Dot-string, else
+    a Quoted-string escaping only backslash and DQUOTE (RFC 5321 §4.1.2)."""
+    if _dot_string(content):
+        return content
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unquote_local(local: str) -> str:
+    """The mailbox name inside a canonical local part (`quote_local` undone): '"a b"' -> 'a b'."""
+    if len(local) < 2 or not local.startswith('"') or not local.endswith('"'):
+        return local
+    out: list[str] = []
+    i = 1
+    while i < len(local) - 1:
+        if local[i] == "\\" and i + 1 < len(local) - 1:
+            i += 1
+        out.append(local[i])
+        i += 1
+    return "".join(out)
+
+
 def address(addr: str) -> str:
-    """'User@Example.ORG' -> 'user@example.org'. Invalid unless it is local@domain."""
+    """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x'; '"john"@x' -> 'john@x'.
+    Invalid unless it is local@domain (the last '@' starts the domain: a quoted local part may hold '@')."""
     a = addr.strip().lower()
     local, at, dom = a.rpartition("@")
-    if not at or not local or any(c.isspace() or ord(c) < 32 for c in a):
+    if not at or not local:
         raise Invalid(f"bad address: {addr!r}")
-    return f"{local}@{domain(dom)}"
+    return f"{local_part(local)}@{domain(dom)}"
 
 
 def alias_source(source: str) -> str:

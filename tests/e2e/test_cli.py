@@ -105,6 +105,44 @@ def test_domain_user_alias_list_lifecycle(conf: Path, capsys, monkeypatch) -> No
     assert r("domain", "remove", "example.org")[0] == 0
 
 
+def test_domain_list_and_show_say_where_postmaster_mail_goes(conf: Path, capsys, monkeypatch) -> None:
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "example.org")[0] == 0
+    code, out, _ = r("domain", "show", "example.org")
+    assert code == 0 and "postmaster nowhere yet: no user on this server" in out
+    assert r("user", "add", "alice@example.org", "--password-stdin", stdin="longenough\n")[0] == 0
+    assert r("domain", "add", "example.test")[0] == 0
+    code, out, _ = r("domain", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert rows["example.org"].endswith("alice@example.org (first user)")
+    assert rows["example.test"].endswith("alice@example.org (administrator)")
+    assert r("alias", "add", "postmaster@example.test", "ops@remote.test")[0] == 0
+    code, out, _ = r("domain", "show", "example.test")
+    assert "postmaster ops@remote.test (alias, user or list)" in out
+    code, _, err = r("domain", "show", "nowhere.test")
+    assert code == 1 and "domain add nowhere.test" in err
+
+
+def test_quoted_local_parts_in_user_alias_and_list(conf: Path, capsys, monkeypatch) -> None:
+    # RFC 5321 §4.1.2: one spelling per mailbox, the one SMTP resolves ('"john"' is 'john'; only needed quotes).
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "example.org")[0] == 0
+    code, out, _ = r("user", "add", '"John Doe"@Example.org', "--password-stdin", stdin="longenough\n")
+    assert code == 0 and 'user "john doe"@example.org added' in out
+    code, _, err = r("user", "add", '"john\\ doe"@example.org', "--password-stdin", stdin="longenough\n")
+    assert code == 1 and "already exists" in err
+    code, out, _ = r("user", "add", '"plain"@example.org', "--password-stdin", stdin="longenough\n")
+    assert code == 0 and "user plain@example.org added" in out
+    code, out, _ = r("alias", "add", '"sales team"@example.org', '"john doe"@example.org', '"ext one"@far.test')
+    assert code == 0 and 'alias "sales team"@example.org -> "john doe"@example.org, "ext one"@far.test' in out
+    code, out, _ = r("list", "create", '"the list"@example.org', "--owner", '"john doe"@example.org')
+    assert code == 0 and '"the list"@example.org' in out
+    for bad in ('"unterminated@example.org', '"a"b@example.org', "john doe@example.org", '"a\tb"@example.org'):
+        code, _, err = r("user", "add", bad, "--password-stdin", stdin="longenough\n")
+        assert code == 2 and err.startswith("postroom: "), bad
+        assert "Traceback" not in err
+
+
 def test_bad_input_gets_clear_errors(conf: Path, capsys, monkeypatch) -> None:
     r = lambda *a: run(conf, *a, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
     code, _, err = r("domain", "add", "bad_domain!")

@@ -91,13 +91,15 @@ def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "no recipients" in err
 
 
-def test_prepare() -> None:
+def test_prepare(india_time: None) -> None:
     p = prepare(b"Subject: hi\n\nbody\n.\nafter\n", recipients=["b@b.test"], sender=None, extract=False,
                 ignore_dots=True, hostname="mx.a.test", user="root", uid=0, now=lambda: 0.0,
                 make_id=lambda d: f"<id@{d}>")
     assert p.sender == "root@mx.a.test" and p.recipients == ("b@b.test",)
-    assert p.raw.startswith(b"Received: by mx.a.test (Postroom sendmail) id local from root (uid 0);\r\n\t")
-    assert b"\r\nSubject: hi\r\nFrom: root@mx.a.test\r\nDate: Thu, 01 Jan 1970 00:00:00 -0000\r\n" \
+    # RFC 6409 §8.3 / RFC 5322 §3.3: the server's zone with its real offset, never "-0000" (zone unknown)
+    assert p.raw.startswith(b"Received: by mx.a.test (Postroom sendmail) id local from root (uid 0);\r\n\t"
+                            b"Thu, 01 Jan 1970 05:30:00 +0530\r\n")
+    assert b"\r\nSubject: hi\r\nFrom: root@mx.a.test\r\nDate: Thu, 01 Jan 1970 05:30:00 +0530\r\n" \
            b"Message-ID: <id@mx.a.test>\r\n\r\nbody\r\n.\r\nafter\r\n" in p.raw
     assert b"\n" not in p.raw.replace(b"\r\n", b"")
     p = prepare(b"From: Me <me@a.test>\r\nDate: x\r\nMessage-ID: <m>\r\n\r\nbody\r\n", recipients=["b@b.test"],
@@ -108,3 +110,10 @@ def test_prepare() -> None:
     assert b"From: Jo Ann <s@a.test>\r\n" in p.raw and p.raw.endswith(b"\r\n\r\nhello world, no header\r\n")
     with pytest.raises(SendmailError):
         prepare(b"To: x\n\n", recipients=[], sender=None, extract=True, ignore_dots=False, hostname="h", user="u")
+
+
+def test_prepare_extracts_quoted_local_parts_quoted() -> None:
+    # RFC 5321 §4.1.2: the envelope keeps the quotes a local part needs (the header parser removes them).
+    p = prepare(b'To: "John Doe" <"john doe"@b.test>, "jane"@b.test\n\nhi\n', recipients=[], sender=None,
+                extract=True, ignore_dots=False, hostname="h", user="u")
+    assert p.recipients == ('"john doe"@b.test', "jane@b.test")

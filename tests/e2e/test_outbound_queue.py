@@ -147,11 +147,38 @@ async def test_550_bounces_that_recipient_only_with_a_correct_dsn(tmp_path: Path
         assert msg["Subject"] == "Undelivered Mail Returned to Sender" and msg["To"] == "alice@a.test"
         assert recipient_fields(msg) == [{
             "Original-Recipient": "rfc822;Nobody@b.test", "Final-Recipient": "rfc822;nobody@b.test",
-            "Action": "failed", "Status": "5.1.1", "Remote-MTA": "dns; 127.0.0.1",
+            "Action": "failed", "Status": "5.1.1", "Remote-MTA": "dns; [127.0.0.1]",
             "Diagnostic-Code": "smtp; 550 5.1.1 no such user", "Last-Attempt-Date": recipient_fields(msg)[0][
                 "Last-Attempt-Date"]}]
         assert msg.get_payload()[2].get_content_type() == "text/rfc822-headers"  # type: ignore[index]
         assert "Original-Envelope-Id: E1" in msg.get_payload()[1].as_string()  # type: ignore[index]
+    finally:
+        await finish(hs)
+
+
+async def test_dsn_names_the_mx_by_its_dns_name_and_dates_carry_the_offset(tmp_path: Path,
+                                                                              india_time: None) -> None:
+    """RFC 3464 §2.3.5: Remote-MTA is "dns; <the MX's name>" when the name is known (here from DNS), not its
+    address; §2.2.5/§2.3.7 dates are RFC 5322 date-times with the real zone offset (§3.3: -0000 = unknown)."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(rcpt_reply=lambda a: "550 5.1.1 no such user")
+        resolver = StaticResolver({"b.test": [(10, "mx.b.test")]}, {"mx.b.test": ["127.0.0.1"]})
+        s = hs.scheduler(resolver=resolver, mx_port=peer.port)
+        await hs.enqueue("nobody@b.test")
+        await s.run_once()
+        msg = hs.dsn()
+        [fields] = recipient_fields(msg)
+        assert fields["Remote-MTA"] == "dns; mx.b.test"
+        assert fields["Last-Attempt-Date"].endswith(" +0530")
+        per_message = msg.get_payload()[1].get_payload()[0]  # type: ignore[index]
+        assert str(per_message["Arrival-Date"]).endswith(" +0530") and msg["Date"].endswith(" +0530")
+        # a host configured by address has no name to give: an address literal (RFC 5321 §4.1.3), not "dns; 1.2.3.4"
+        hs.dsns.clear()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        await hs.enqueue("nobody@b.test")
+        await s.run_once()
+        assert recipient_fields(hs.dsn())[0]["Remote-MTA"] == "dns; [127.0.0.1]"
     finally:
         await finish(hs)
 

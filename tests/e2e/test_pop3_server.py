@@ -131,6 +131,29 @@ def test_poplib_every_command_and_durable_delete(server: Any) -> None:
     p.quit()
 
 
+def test_octet_counts_are_the_octets_sent(server: Any) -> None:
+    # RFC 1939 §5 (LIST/STAT: "the exact size of the message in octets") and §11: a message stored with bare
+    # LF line ends (an IMAP APPEND or an import may store one) is sent with CRLF, so its size is what is sent.
+    bare = b"From: bob@example.org\nTo: alice@example.org\nSubject: LF\n\nline one\nline 2\n"
+    assert (len(bare), bare.count(b"\n")) == (73, 6)
+    crlf = raw_message(1)
+    user = server.add_user(ADDR, PW)
+    inbox = server.run(server.store.get_mailbox(user.id, "INBOX"))
+    server.run(server.store.append_many(inbox.id, [AppendRequest(raw=bare), AppendRequest(raw=crlf)]))
+    p = pop3s(server)
+    p.user(ADDR)
+    p.pass_(PW)
+    assert p.list()[1] == [b"1 79", b"2 %d" % len(crlf)]
+    assert p.list(1) == b"+OK 1 79"
+    assert p.stat() == (2, 79 + len(crlf))
+    resp, lines, octets = p.retr(1)
+    assert resp == b"+OK 79 octets"
+    assert octets == 79  # poplib counts what arrived (lines with their CRLF, un-stuffed)
+    assert b"\r\n".join(lines) + b"\r\n" == bare.replace(b"\n", b"\r\n")
+    assert p.retr(2)[0] == b"+OK %d octets" % len(crlf)
+    p.quit()
+
+
 def test_plain_listener_needs_stls_before_user(server: Any) -> None:
     fill(server, 1)
     p = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=10)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
+import logging
 import os
 import re
 import shutil
@@ -14,6 +16,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from typing import Any
 
 import aiosmtplib
@@ -63,6 +66,13 @@ def split_prepended(stored: bytes) -> tuple[list[bytes], bytes]:
     m = re.match(rb"Received: [^\r]*\r\n(?:\t[^\r]*\r\n)*", rest)
     assert m is not None
     return [stored[:rp_end], m.group(0)], rest[m.end():]
+
+
+def completed(rest: bytes) -> bytes:
+    """What a submission client sent, below the Date and Message-ID the server added (RFC 6409 §8.3, §8.4)."""
+    m = re.match(rb"Date: [^\r]+\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", rest)
+    assert m is not None, rest[:200]
+    return rest[m.end():]
 
 
 def raw_dialogue(port: int, data: bytes, until: bytes = b"221 ", tls: ssl.SSLContext | None = None) -> bytes:
@@ -189,6 +199,69 @@ def test_postmaster_without_domain(srv: Any) -> None:
     assert len(inbox(srv, "postmaster@localhost")) == 1
 
 
+def test_postmaster_works_right_after_domain_add(srv: Any) -> None:
+    """RFC 5321 §4.5.1: every domain MUST accept mail for postmaster, whose local part is case-insensitive
+    (§2.4), and the bare `<Postmaster>` (§4.1.1.3); nobody has to add an alias first."""
+    srv.run(srv.store.add_domain("example.test"))  # a new domain: no user, no alias
+
+    def send(rcpt: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+            c.ehlo("client.remote.test")
+            c.mail("")  # a bounce: the null sender, as mail to postmaster often is
+            code, text = c.rcpt(rcpt)
+            if code == 250:
+                c.data(BODY)
+            return code, text
+
+    # no user in example.test: the server's administrator, the first user of the first domain (alice)
+    for rcpt in ("postmaster@example.test", "PostMaster@EXAMPLE.test", "<Postmaster>"):
+        assert send(rcpt)[0] == 250
+    assert len(inbox(srv, "alice@example.org")) == 3
+    srv.add_user("bob@example.test", PW)  # the domain's first user
+    srv.add_user("dave@example.test", PW)
+    assert send("POSTMASTER@example.test")[0] == 250
+    assert len(inbox(srv, "bob@example.test")) == 1 and len(inbox(srv, "dave@example.test")) == 0
+    srv.run(srv.store.add_alias("postmaster@example.test", ["dave@example.test"]))  # an explicit alias wins
+    assert send("postmaster@example.test")[0] == 250
+    assert len(inbox(srv, "dave@example.test")) == 1 and len(inbox(srv, "bob@example.test")) == 1
+
+
+def test_postmaster_without_any_user_is_a_temporary_refusal(server: Any) -> None:
+    # Nowhere to put it yet: 451 4.3.5 keeps the message with the sender (it retries), never lost or bounced.
+    server.run(server.store.add_domain("example.test"))
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as c:
+        c.ehlo("client.remote.test")
+        c.mail("bob@remote.test")
+        code, text = c.rcpt("postmaster@example.test")
+        assert (code, text[:5]) == (451, b"4.3.5")
+        assert c.rcpt("nobody@example.test")[0] == 550
+
+
+def test_quoted_local_parts_get_a_definite_answer(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 5321 §4.1.2: a Quoted-string local part is valid. It is 250 when the mailbox exists and 550 5.1.1
+    when it does not, never 451 (which makes senders retry for days) and never a traceback."""
+    def rcpt(*paths: str) -> list[tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+            c.ehlo("client.remote.test")
+            c.mail("bob@remote.test")
+            # docmd: smtplib.rcpt() would re-quote the path through email.utils
+            return [c.docmd(f"RCPT TO:{p}") for p in paths]
+
+    forms = ('<"john doe"@example.org>', '<"a\\ b"@example.org>')
+    assert [(code, text[:5]) for code, text in rcpt(*forms)] == [(550, b"5.1.1")] * 2
+    srv.add_user('"John Doe"@example.org', PW)
+    srv.run(srv.store.add_alias('"a b"@example.org', ["carol@example.org"]))
+    assert [code for code, _ in rcpt(*forms, '<"alice"@example.org>', '<"no body"@example.org>')] \
+        == [250, 250, 250, 550]
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        c.ehlo("client.remote.test")
+        c.mail("bob@remote.test")
+        assert c.docmd('RCPT TO:<"john\\ doe"@EXAMPLE.org>')[0] == 250  # the same mailbox, spelled otherwise
+        assert c.data(BODY)[0] == 250
+    assert len(inbox(srv, '"john doe"@example.org')) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Routing: +detail, aliases, catch-all, forwards
 
@@ -294,12 +367,39 @@ def test_submission_requires_tls_then_auth_then_own_sender(srv: Any) -> None:
     stored = inbox(srv, "carol@example.org")
     assert len(stored) == 3
     (_, received), rest = split_prepended(stored[0])
-    assert rest == SUBMITTED
+    assert re.match(rb"Date: [^\r]+\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", rest)  # RFC 6409 §8.3/8.4
+    assert rest.endswith(SUBMITTED)
     assert b"with ESMTPSA id" in received and b"authenticated as alice@example.org" in received
     [entry] = queue(srv)
     assert (entry.mail_from, entry.ret, entry.envid) == ("alice@example.org", "HDRS", "abc+2B1")
     [r] = entry.recipients
     assert (r.rcpt, r.notify, r.orcpt) == ("far@remote.test", "FAILURE,DELAY", "rfc822;far@remote.test")
+
+
+def test_submission_completes_date_and_message_id(srv: Any, india_time: None) -> None:
+    """RFC 6409 §8.3 (Date) and §8.4 (Message-ID): an MSA adds what a submitted message lacks, before it is
+    delivered or queued; the Date is in the server's zone with its real offset (RFC 5322 §3.3), the Message-ID
+    has the server's host name. Mail arriving on the MX port is not changed."""
+    bare = b"From: alice@example.org\r\nTo: carol@example.org\r\nSubject: no date\r\n\r\nbody\r\n"
+    dated = b"Date: Mon, 1 Jan 2024 10:00:00 +0100\r\nMessage-ID: <given@x.test>\r\n" + bare
+    with smtplib.SMTP_SSL("127.0.0.1", srv.port("submissions"), timeout=10,
+                          context=srv.tls_client_context()) as c:
+        c.login("alice@example.org", PW)
+        before = time.time()
+        assert c.sendmail("alice@example.org", ["carol@example.org", "far@remote.test"], bare) == {}
+        after = time.time()
+        assert c.sendmail("alice@example.org", ["carol@example.org"], dated) == {}
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        assert c.sendmail("bob@remote.test", ["carol@example.org"], bare) == {}
+    first, second, mx = [split_prepended(m)[1] for m in inbox(srv, "carol@example.org")]
+    m = re.match(rb"Date: ([^\r]+)\r\nMessage-ID: <[0-9a-f]{32}@localhost>\r\n", first)
+    assert m is not None and first[m.end():] == bare
+    date = email.utils.parsedate_to_datetime(m.group(1).decode())
+    assert m.group(1).endswith(b" +0530") and before - 1 <= date.timestamp() <= after + 1
+    assert second == dated and mx == bare  # complete messages and MX mail: not a byte changed
+    [entry] = queue(srv)  # the queued copy (to be DKIM-signed when sent) is the completed one
+    queued = srv.run(srv.store.read_message(entry.blob_id))
+    assert split_prepended(b"Return-Path: <x>\r\n" + queued)[1] == first
 
 
 def test_submissions_implicit_tls_aiosmtplib(srv: Any) -> None:
@@ -313,7 +413,7 @@ def test_submissions_implicit_tls_aiosmtplib(srv: Any) -> None:
     errors, _ = asyncio.run(send())
     assert errors == {}
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == SUBMITTED
+    assert completed(split_prepended(stored)[1]) == SUBMITTED
 
 
 def test_auth_lockout_per_user(srv: Any) -> None:
@@ -385,6 +485,26 @@ class TestVrfyEnabled:
     def server_overrides(self) -> dict[str, Any]:
         return {"smtp": {"vrfy_expn": True}}
 
+    def test_vrfy_expn_and_mail_from_with_quoted_local_parts(self, srv: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+        srv.add_user('"john doe"@example.org', PW)
+        srv.run(srv.store.create_list('"the team"@example.org', "alice@example.org", ListPolicy.OPEN))
+        srv.run(srv.store.add_list_member('"the team"@example.org', '"john doe"@example.org'))
+        with smtplib.SMTP_SSL("127.0.0.1", srv.port("submissions"), timeout=10,
+                              context=srv.tls_client_context()) as c:
+            c.login("alice@example.org", PW)
+            assert c.docmd('VRFY "john doe"@example.org') == (250, b'2.1.5 <"john doe"@example.org>')
+            assert c.docmd('VRFY "a\\ b"@example.org')[0] == 550
+            assert c.docmd('VRFY "john"b@example.org')[0] == 550
+            assert c.docmd('EXPN "the team"@example.org') == (250, b'2.1.5 <"john doe"@example.org>')
+            assert c.docmd('EXPN "no team"@example.org')[0] == 550
+            c.ehlo_or_helo_if_needed()
+            # RFC 6409 §6.1: not alice's address: 553, whatever its form
+            assert c.docmd('MAIL FROM:<"john doe"@example.org>')[0] == 553
+            assert c.docmd('MAIL FROM:<"x+y"@example.org>')[0] == 553
+            assert c.docmd('MAIL FROM:<"alice"@example.org>')[0] == 250
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
     def test_vrfy_expn_authenticated(self, srv: Any) -> None:
         srv.run(srv.store.create_list("team@example.org", "alice@example.org", ListPolicy.OPEN))
         srv.run(srv.store.add_list_member("team@example.org", "carol@example.org"))
@@ -438,7 +558,7 @@ def test_swaks_submission_with_tls_and_auth(srv: Any) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     [stored] = inbox(srv, "carol@example.org")
     (_, received), rest = split_prepended(stored)
-    assert rest == body.encode() + b"\r\n"
+    assert completed(rest) == body.encode() + b"\r\n"
     assert b"ESMTPSA" in received
 
 
@@ -465,4 +585,4 @@ def test_curl_smtps_submission(srv: Any, tmp_path: Any) -> None:
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     [stored] = inbox(srv, "carol@example.org")
-    assert split_prepended(stored)[1] == SUBMITTED
+    assert completed(split_prepended(stored)[1]) == SUBMITTED

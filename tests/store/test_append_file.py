@@ -138,10 +138,10 @@ async def test_a_raced_deletion_is_repaired_from_the_staging_file(
     data = body(LARGE, 5)
     real_adopt = blobs.adopt
 
-    def adopt_then_lose(src: Path) -> tuple[str, int]:
-        blob_id, size = real_adopt(src)
+    def adopt_then_lose(src: Path) -> tuple[str, int, int]:
+        blob_id, size, crlf = real_adopt(src)
         blobs.delete(blob_id)
-        return blob_id, size
+        return blob_id, size, crlf
 
     monkeypatch.setattr(blobs, "adopt", adopt_then_lose)
     res = await store.append_file(mbox.id, stage(store, data))

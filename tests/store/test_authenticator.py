@@ -311,7 +311,7 @@ async def test_pop_before_smtp_window(store: Store) -> None:
 
 
 async def test_a_version_4_database_with_data_migrates(tmp_path: Path) -> None:
-    """Schema step 5 (auth_failures) on a database as version 4 left it, with a user in it."""
+    """Schema step 6 (auth_failures) on a database as version 4 left it, with a user in it."""
     db = tmp_path / "v4.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("BEGIN")

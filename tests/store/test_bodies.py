@@ -256,3 +256,72 @@ async def test_inline_bytes_bound_a_batch(tmp_path: Path, monkeypatch: pytest.Mo
         assert sorted([await store.read_message(m.blob_id) for m in infos]) == sorted(raws)
     finally:
         await store.close()
+
+
+# RFC 1939 §11 / RFC 5322 §2.1: the size POP3 announces is that of the message with every line ended by CRLF.
+BARE_LF = b"From: bob@example.org\nTo: alice@example.org\nSubject: LF\n\nline one\nline 2\n"  # 73 octets, 6 LFs
+CRLF_SIZES = [
+    (BARE_LF, 79),
+    (BARE_LF.replace(b"\n", b"\r\n"), 79),
+    (b"Subject: mixed\r\n\r\none\ntwo\r\n", 27 + 1),
+    (b"Subject: x\r\n\r\nno line end", 25 + 2),  # the last line is ended when sent
+    (b"a\r\r\nb\n", 6 + 1),  # a CR before CRLF is not a line end of its own
+    (b"", 0),
+]
+
+
+async def test_crlf_sizes_counted_at_delivery(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", tmp_path / "blobs", inline_max=LIMIT)
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        # one body over the threshold (a file) and one streamed in with `append_file` whose CRLF straddles the
+        # 1 MiB read chunk: "\r" is its last byte of the first chunk, "\n" the first of the second
+        big = b"Subject: big\n\n" + b"x" * 2000 + b"\n"
+        straddle = b"Subject: s\r\n\r\n" + b"y" * ((1 << 20) - 15) + b"\r\n" + b"z\n"
+        assert straddle[(1 << 20) - 1:(1 << 20) + 1] == b"\r\n"
+        cases = [*CRLF_SIZES, (big, len(big) + 3), (straddle, len(straddle) + 1)]
+        for raw, _ in cases[:-1]:
+            await store.append(box.id, AppendRequest(raw))
+        staged = store.staging_dir() / "straddle"
+        staged.write_bytes(straddle)
+        await store.append_file(box.id, staged)
+        got = await store.crlf_sizes([blob_id_of(raw) for raw, _ in cases] + ["0" * 64])
+        assert got == {blob_id_of(raw): want for raw, want in cases}  # an unknown blob is left out
+        assert await store.crlf_sizes([]) == {}
+    finally:
+        await store.close()
+
+
+async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> None:
+    """A store written at schema 6 (no `crlf_size`), bodies inline and as files, then opened by this code."""
+    store = SQLiteStore(tmp_path / "v4.db", tmp_path / "blobs", inline_max=LIMIT)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    big = b"Subject: big\n\n" + b"x" * 2000 + b"\n"
+    for raw in (BARE_LF, big):
+        await store.append(box.id, AppendRequest(raw))
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "v4.db")
+    conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
+    conn.execute("PRAGMA user_version = 6")
+    conn.commit()
+    conn.close()
+
+    def column() -> dict[str, int | None]:
+        c = sqlite3.connect(tmp_path / "v4.db")
+        try:
+            return dict(c.execute("SELECT id, crlf_size FROM blobs").fetchall())
+        finally:
+            c.close()
+
+    store = SQLiteStore(tmp_path / "v4.db", tmp_path / "blobs", inline_max=LIMIT)
+    await store.open()
+    try:
+        assert column() == {blob_id_of(BARE_LF): None, blob_id_of(big): None}  # the upgrade read no body
+        want = {blob_id_of(BARE_LF): 79, blob_id_of(big): len(big) + 3}
+        assert await store.crlf_sizes(want) == want
+        assert column() == want  # kept: the next listing reads no body
+        assert await store.crlf_sizes(want) == want
+    finally:
+        await store.close()

@@ -26,11 +26,12 @@ def check_wire(raw: bytes) -> None:
     assert scan(raw).defects == []
 
 
-def test_text_only() -> None:
+def test_text_only(india_time: None) -> None:
     raw = _compose(from_="a@example.org", to=["b@example.net"], subject="hi", text="hello\n")
     check_wire(raw)
     assert b"Message-ID: <fixed@example.org>\r\n" in raw
-    assert b"Date: Thu, 01 Jan 1970 00:00:00 -0000\r\n" in raw
+    # RFC 5322 §3.3: the server's zone with its real offset; "-0000" would say the zone is unknown
+    assert b"Date: Thu, 01 Jan 1970 05:30:00 +0530\r\n" in raw
     assert b"Content-Transfer-Encoding: 7bit" in raw
     assert shape(raw) == [("1", "text/plain")]
 
@@ -118,3 +119,22 @@ def test_generated_message_ids_differ() -> None:
     ida = compute_meta(a).envelope.rsplit(b" ", 1)[1]
     idb = compute_meta(b).envelope.rsplit(b" ", 1)[1]
     assert ida != idb and ida.endswith(b'@example.org>")')
+
+
+def test_complete_submission(india_time: None) -> None:
+    # RFC 6409 §8.3 (Date), §8.4 (Message-ID): added when absent, before the existing header, nothing else changed
+    from postroom.mime.compose import complete_submission
+
+    def done(raw: bytes) -> bytes:
+        return complete_submission(raw, "mx.example.org", now=lambda: 0.0, make_id=lambda d: f"<id@{d}>")
+
+    added = b"Date: Thu, 01 Jan 1970 05:30:00 +0530\r\nMessage-ID: <id@mx.example.org>\r\n"
+    assert done(b"Subject: x\r\n\r\nbody\r\n") == added + b"Subject: x\r\n\r\nbody\r\n"
+    assert done(b"DATE: whenever\r\nSubject: x\r\n\r\n") == b"Message-ID: <id@mx.example.org>\r\n" \
+        b"DATE: whenever\r\nSubject: x\r\n\r\n"
+    folded = b"Subject: x\r\n message-id: in a folded line is not a field\r\nmessage-id:<a@b>\r\n\r\nDate: body\r\n"
+    assert done(folded) == b"Date: Thu, 01 Jan 1970 05:30:00 +0530\r\n" + folded
+    whole = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-Id: <m@x>\r\n\r\n"
+    assert done(whole) is whole
+    assert done(b"no header at all\r\n") == added + b"\r\nno header at all\r\n"  # the text stays the body
+    assert done(b"") == added

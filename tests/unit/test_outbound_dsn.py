@@ -30,7 +30,7 @@ def fields(block: EmailMessage) -> dict[str, str]:
     return {k: str(v) for k, v in block.items()}
 
 
-def test_failure_report_every_field() -> None:
+def test_failure_report_every_field(india_time: None) -> None:
     raw = dsn([RecipientReport("bob@b.test", "failed", "5.1.1", orcpt="rfc822;Bob+2B1@b.test",
                                diagnostic="550 5.1.1 No such user", remote_mta="mx.b.test", last_attempt=T0 + 30)],
               envid="ENV+2Bid")
@@ -48,7 +48,8 @@ def test_failure_report_every_field() -> None:
     assert status.get_content_type() == "message/delivery-status"
     per_message, per_rcpt = status.get_payload()
     assert fields(per_message) == {"Reporting-MTA": "dns; mx.a.test", "Original-Envelope-Id": "ENV+id",
-                                   "Arrival-Date": "Tue, 14 Nov 2023 22:13:20 -0000"}
+                                   # RFC 3464 §2.2.5 / RFC 5322 §3.3: the real offset ("-0000" = zone unknown)
+                                   "Arrival-Date": "Wed, 15 Nov 2023 03:43:20 +0530"}
     assert fields(per_rcpt) == {
         "Original-Recipient": "rfc822;Bob+1@b.test",
         "Final-Recipient": "rfc822;bob@b.test",
@@ -56,8 +57,9 @@ def test_failure_report_every_field() -> None:
         "Status": "5.1.1",
         "Remote-MTA": "dns; mx.b.test",
         "Diagnostic-Code": "smtp; 550 5.1.1 No such user",
-        "Last-Attempt-Date": "Tue, 14 Nov 2023 22:13:50 -0000",
+        "Last-Attempt-Date": "Wed, 15 Nov 2023 03:43:50 +0530",  # RFC 3464 §2.3.7
     }
+    assert msg["Date"] == "Wed, 15 Nov 2023 03:44:20 +0530"
     assert returned.get_content_type() == "message/rfc822"
     assert ORIGINAL in raw  # byte for byte
     inner = returned.get_payload()[0]
@@ -80,7 +82,7 @@ def test_large_original_returns_header_only() -> None:
     assert parse(raw).get_payload()[2].get_content_type() == "text/rfc822-headers"  # type: ignore[index]
 
 
-def test_delay_notice() -> None:
+def test_delay_notice(india_time: None) -> None:
     raw = dsn([RecipientReport("bob@b.test", "delayed", "4.4.1", diagnostic="connection refused",
                                last_attempt=T0 + 100, will_retry_until=T0 + 86400)])
     assert raw is not None
@@ -89,7 +91,7 @@ def test_delay_notice() -> None:
     _, status, returned = msg.get_payload()  # type: ignore[misc]
     rcpt = fields(status.get_payload()[1])
     assert rcpt["Action"] == "delayed" and rcpt["Status"] == "4.4.1"
-    assert rcpt["Will-Retry-Until"] == "Wed, 15 Nov 2023 22:13:20 -0000"
+    assert rcpt["Will-Retry-Until"] == "Thu, 16 Nov 2023 03:43:20 +0530"  # RFC 3464 §2.3.9, real offset
     assert "Original-Envelope-Id" not in fields(status.get_payload()[0])
     assert returned.get_content_type() == "text/rfc822-headers"  # RFC 3461 §4.3: not a failure -> headers
 

@@ -341,6 +341,22 @@ def test_retr_is_dot_stuffed_and_exact(d: Driver) -> None:
     assert out.split(b"\r\n", 1)[1] == b"..dot header?\r\n\r\n...two dots\r\n..\r\nend\r\n.\r\n"
 
 
+def test_retr_octets_are_the_octets_sent_for_bare_lf() -> None:
+    # RFC 1939 §11: the count is of the message as sent; a message stored with bare LF line ends (73 octets,
+    # 6 lines) goes out with CRLF, so 79 octets arrive before the terminator.
+    raw = b"From: bob@example.org\nTo: alice@example.org\nSubject: LF\n\nline one\nline 2\n"
+    assert (len(raw), raw.count(b"\n")) == (73, 6)
+    core = POP3Core(Options(user_without_tls=True))
+    core.login_ok("alice", [Entry(1, 79, "b", "7.1")])
+    first, *rest = core.message_reply(1, raw, None)
+    sent = b"".join(rest)
+    assert first == b"+OK 79 octets\r\n"
+    assert sent.endswith(b"\r\n.\r\n") and len(sent) - len(b".\r\n") == 79
+    # an unterminated last line is ended before the terminator: counted too
+    first, *rest = core.message_reply(1, b"A: b\r\n\r\nend", None)
+    assert first == b"+OK 13 octets\r\n" and b"".join(rest) == b"A: b\r\n\r\nend\r\n.\r\n"
+
+
 def test_top(d: Driver) -> None:
     assert d.feed(b"TOP 1 0\r\n") == b"+OK top of message follows\r\nSubject: one\r\n\r\n.\r\n"
     assert d.feed(b"TOP 1 2\r\n").endswith(b"\r\n\r\nfirst line\r\n..starts with a dot\r\n.\r\n")

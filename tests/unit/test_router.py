@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from postroom import config as config_mod
+from postroom.delivery.lists import action_address
 from postroom.delivery.router import (
     Envelope,
     ListAction,
@@ -170,3 +171,46 @@ def test_accept_loop_and_relay_at_the_door(tmp_path: Path) -> None:
 def test_received_count_only_in_header() -> None:
     assert received_count(b"Received: a\r\n\tfolded\r\nSubject: x\r\n\r\nReceived: in body\r\n") == 1
     assert received_count(b"X-Received: a\r\n\r\n") == 0
+
+
+# RFC 5321 §4.1.2: Local-part = Dot-string / Quoted-string. Every form a client can send resolves to a definite
+# answer (destinations or none), never an exception.
+QUOTED_FORMS = ['"john doe"@example.org', '"a\\ b"@example.org', '"a b"@example.org', '"x+y z"@example.org',
+                '"a@b"@example.org', '"bad@example.org', '"a"b@example.org', 'a b@example.org', '"\\"q\\""@example.org',
+                '"john doe"+x@example.org', '"unterminated+approve-' + "0" * 32 + '@example.org']
+
+
+def test_quoted_local_parts_resolve_to_a_definite_answer(tmp_path: Path) -> None:
+    async def body(store: Store, r: Router) -> None:
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        for form in QUOTED_FORMS:
+            assert await r.resolve(form) == [], form
+            with pytest.raises(RouteError) as exc:
+                await r.check_recipient(form, "bob@far.test", False)
+            assert (exc.value.code, exc.value.esc) == (550, "5.1.1"), form
+            assert await r.may_send_as("alice@example.org", form) is False
+        # "alice" and alice are the same mailbox (§4.1.2: a quoted form that need not be quoted)
+        assert await r.resolve('"alice"@example.org') == [LocalUser(alice.id, "alice@example.org")]
+        assert await r.may_send_as("alice@example.org", '"alice"@example.org')
+        # a quoted name can be a user, an alias source and target, a list, and its quoted-pairs are one name
+        john = await store.add_user('"John Doe"@example.org', "x")
+        assert john.address == '"john doe"@example.org'
+        assert await r.resolve('"john\\ doe"@Example.org') == [LocalUser(john.id, john.address)]
+        await store.add_alias('"sales team"@example.org', ['"john doe"@example.org', '"ext user"@far.test'])
+        assert set(await r.resolve('"sales team"@example.org')) == {LocalUser(john.id, john.address),
+                                                                      Remote('"ext user"@far.test')}
+        assert await r.may_send_as('"john doe"@example.org', '"sales team"@example.org')
+        ml = await store.create_list('"the list"@example.org', "alice@example.org", ListPolicy.OPEN)
+        assert ml.bounce_address == '"the list-bounces"@example.org'  # the suffix inside the quotes
+        [post] = await r.resolve('"the list"@example.org')
+        assert isinstance(post, ListPost)
+        assert await r.resolve(ml.bounce_address) == [LocalUser(alice.id, "alice@example.org")]
+        approve = action_address(ml, "approve", "0" * 32)
+        assert approve == '"the list+approve-' + "0" * 32 + '"@example.org'
+        [act] = await r.resolve(approve)
+        assert isinstance(act, ListAction) and act.ml.address == ml.address
+        await store.add_alias("@other.org", ['"john doe"@example.org'])
+        assert await r.resolve('"any one"@other.org') == [LocalUser(john.id, john.address)]
+
+    run(tmp_path, body)

@@ -581,3 +581,14 @@ def test_reply_rendering() -> None:
         R.Reply(550, "4.0.0", ("x",))
     with pytest.raises(ValueError):
         R.Reply(250, "2.0.0", ("a\r\nb",))
+
+
+@pytest.mark.parametrize("path", ['<"john doe"@Example.TEST>', '<"a\\ b"@x.test>', '<"john"@x.test>',
+                                  '<"a\\"b"@x.test>', '<"a@b"@x.test>', '<"a\\\\b"@x.test>', '<j.d@x.test>'])
+def test_parse_path_and_the_store_spell_an_address_alike(path: str) -> None:
+    # store/names.py invariant 5: what RCPT resolves is what `user add` / `alias add` stored.
+    from postroom.store import names
+
+    address, _ = parse_path(path, allow_null=False, utf8=True)
+    assert names.address(address) == address.lower()
+    assert names.address(path[1:-1]) == address.lower()

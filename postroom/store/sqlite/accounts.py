@@ -275,7 +275,7 @@ class AccountsMixin(Base):
             bounce_address = names.address(bounce_address)
         else:
             local, _, dom = address.rpartition("@")
-            bounce_address = f"{local}-bounces@{dom}"
+            bounce_address = f"{names.quote_local(names.unquote_local(local) + '-bounces')}@{dom}"
 
         def op(tx: Tx) -> MailingList:
             domain_id = _domain_id(tx.conn, names.domain_of(address))

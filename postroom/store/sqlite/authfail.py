@@ -1,4 +1,4 @@
-"""Failed-login records in SQLite (table `auth_failures`, schema version 5), for auth/authenticator.py.
+"""Failed-login records in SQLite (table `auth_failures`, schema version 6), for auth/authenticator.py.
 
 The Authenticator holds every record in memory and writes each change through here, so a restart is not a
 reset for an attacker. This module only keeps rows: the policy (windows, delays, locks) is the Authenticator's.

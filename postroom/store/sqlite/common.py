@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from postroom.store.api import ChangeHub, Mailbox, MessageInfo, NotFound
-from postroom.store.blobs import BlobStore
+from postroom.store.blobs import BlobStore, crlf_size
 from postroom.store.sqlite.engine import Engine, Tx
 
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
@@ -114,18 +114,21 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
 
 
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
-                 source: Path | None = None, size: int | None = None) -> None:
+                 source: Path | None = None, size: int | None = None, crlf: int | None = None) -> None:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
-    With `source` the body is the file `source` of `size` bytes (`append_file`, always a file): `raw` is unused
-    and a raced deletion is repaired by linking `source` again."""
+    With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
+    always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
+    its `crlf_size` (schema invariant 9)."""
     length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
     )
     if cur.rowcount == 0:
+        crlf_octets = crlf_size(raw) if source is None else crlf
         tx.conn.execute(
-            "INSERT INTO blobs(id, size, refcount, meta) VALUES (?, ?, ?, ?)", (blob_id, length, count, meta)
+            "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
+            (blob_id, length, count, meta, crlf_octets),
         )
         if source is not None:
             if not tx.blobs.exists(blob_id):

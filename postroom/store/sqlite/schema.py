@@ -21,6 +21,10 @@ locks survive a restart (auth/authenticator.py; rows expire, and the table is bo
 `queue.from_checked`: whether the message's From was checked (submission) or came from a trusted source, which
 decides whether DKIM may sign with the From domain (delivery/dkim.py). Entries queued before say 1, as they were
 signed before.
+7 adds `blobs.crlf_size`, the body's size with every line ended by CRLF (what POP3 LIST/STAT announce and RETR
+sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
+yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
+`Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -39,6 +43,8 @@ Invariants:
 7. `mailboxes.keywords` (encoded as `messages.keywords` is: space-separated, sorted case-insensitively) holds
    every keyword of every message row of the mailbox, case-insensitively; it only grows (api invariant 9).
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
+9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
+   in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE counters(
@@ -229,7 +235,15 @@ def _v6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE queue ADD COLUMN from_checked INTEGER NOT NULL DEFAULT 1")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
+def _v7(conn: sqlite3.Connection) -> None:
+    """The CRLF-normalised size of each body for POP3 (invariant 9). Existing rows stay NULL: they are counted
+    from their body on first use, so the upgrade itself reads no bodies."""
+    conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+}
 
 
 def migrate(conn: sqlite3.Connection) -> int:
