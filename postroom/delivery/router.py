@@ -182,7 +182,8 @@ def header_sender_fields(raw: bytes) -> list[tuple[str, list[str]]]:
             if not a.mailbox or MISSING_DOMAIN in (a.mailbox, a.host) or MISSING_MAILBOX in (a.mailbox, a.host):
                 broken = True
                 continue
-            addresses.append(f"{a.mailbox}@{a.host}".lower())
+            # the parser gives a quoted local part's content; the store spells it quoted (names invariant 5)
+            addresses.append(f"{names.quote_local(a.mailbox)}@{a.host}".lower())
         out.append(("From" if f.name == "from" else "Sender", [] if broken else addresses))
     return out
 

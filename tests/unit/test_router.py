@@ -147,6 +147,10 @@ def test_header_senders(tmp_path: Path) -> None:
                     b"FROM :\r\n\tBob <bob@example.org>\r\n",
                     b"From: " + b", ".join(b"alice+%d@example.org" % i for i in range(101)) + b"\r\n"):
             assert await check(bad) == (553, "5.7.1"), bad
+        # a user whose local part must be quoted (RFC 5321 §4.1.2) may put it in From, quoted or escaped
+        await store.add_user('"john doe"@example.org', "x")
+        for own in (b'From: "John Doe" <"john doe"@example.org>\r\n', b'From: "john\\ doe"@example.org\r\n'):
+            await r.check_header_senders('"john doe"@example.org', own + b"\r\nbody\r\n")
 
     run(tmp_path, body)
 
