@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import LISTENERS, ServerHandle
 from imap_support import wire_imap
+from smtp_support import smtps_dialogue
 
 from postroom import config as config_mod
 
@@ -128,20 +129,7 @@ def test_only_the_failing_pair_is_refused_and_a_restart_keeps_it(tmp_path: Path)
 
 def scram_first(server: Any, user: str) -> dict[str, str]:
     """SMTP AUTH SCRAM-SHA-256 on submissions up to the server-first-message, then cancel: its attributes."""
-    ctx = server.tls_client_context()
-    with socket.create_connection(("127.0.0.1", server.port("submissions")), timeout=10) as sock, \
-            ctx.wrap_socket(sock) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            lines = []
-            while True:
-                line = f.readline()
-                lines.append(line)
-                if line[3:4] != b"-":
-                    return b"".join(lines)
-
-        reply()
+    with smtps_dialogue(server) as (s, reply):
         s.sendall(b"EHLO scram\r\n")
         reply()
         first = f"n,,n={user},r={base64.b64encode(os.urandom(12)).decode()}"

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from smtp_support import smtps_dialogue
 
 from postroom.store.api import ListPolicy, QueueEntry
 
@@ -431,19 +432,8 @@ def test_auth_lockout_per_user(srv: Any) -> None:
         c.login("carol@example.org", PW)  # another user is not affected
 
 
-def _scram_client(port: int, ctx: ssl.SSLContext, user: str, password: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, ctx.wrap_socket(sock) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            lines = []
-            while True:
-                line = f.readline()
-                lines.append(line)
-                if line[3:4] != b"-":
-                    return b"".join(lines)
-
-        reply()
+def _scram_client(srv: Any, user: str, password: str) -> bytes:
+    with smtps_dialogue(srv) as (s, reply):
         s.sendall(b"EHLO scram\r\n")
         reply()
         nonce = base64.b64encode(os.urandom(12)).decode()
@@ -469,7 +459,7 @@ def _scram_client(port: int, ctx: ssl.SSLContext, user: str, password: str) -> b
 
 
 def test_auth_scram_sha256(srv: Any) -> None:
-    assert _scram_client(srv.port("submissions"), srv.tls_client_context(), "alice@example.org", PW) \
+    assert _scram_client(srv, "alice@example.org", PW) \
         .startswith(b"235 2.7.0")
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import base64
 import smtplib
-import socket
 from typing import Any
 
 import pytest
+from smtp_support import smtps_dialogue
 
 from postroom.store.api import ListPolicy
 
@@ -84,21 +84,8 @@ def test_catch_all_makes_no_address_hers_to_send_as(srv: Any) -> None:
 
 
 def test_bdat_with_forged_from_is_refused_at_last_chunk(srv: Any) -> None:
-    ctx = srv.tls_client_context()
     token = base64.b64encode(f"\0alice@example.test\0{PW}".encode()).decode()
-    with socket.create_connection(("127.0.0.1", srv.port("submissions")), timeout=10) as sock, \
-            ctx.wrap_socket(sock) as s:
-        f = s.makefile("rb")
-
-        def reply() -> bytes:
-            lines = []
-            while True:
-                line = f.readline()
-                lines.append(line)
-                if line[3:4] != b"-":
-                    return b"".join(lines)
-
-        reply()
+    with smtps_dialogue(srv) as (s, reply):
         for line in (b"EHLO laptop", f"AUTH PLAIN {token}".encode(), b"MAIL FROM:<alice@example.test>",
                      b"RCPT TO:<carol@example.test>"):
             s.sendall(line + b"\r\n")

@@ -1,0 +1,37 @@
+"""Helpers of the SMTP end-to-end tests: a raw dialogue over implicit TLS, for what smtplib cannot send
+(SCRAM exchanges, BDAT chunks, exact bytes).
+
+    with smtps_dialogue(server) as (sock, reply):   # greeting already read
+        sock.sendall(b"EHLO x\\r\\n")
+        assert reply().startswith(b"250")           # every line of one reply (RFC 5321 §4.2.1 multiline)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def smtps_dialogue(server: Any, listener: str = "submissions",
+                   ctx: ssl.SSLContext | None = None) -> Iterator[tuple[ssl.SSLSocket, Callable[[], bytes]]]:
+    """A TLS connection to `listener` of the test server, its greeting read: the socket and a reader of one
+    whole reply (all its lines joined)."""
+    ctx = ctx or server.tls_client_context()
+    with socket.create_connection(("127.0.0.1", server.port(listener)), timeout=10) as raw, \
+            ctx.wrap_socket(raw) as s:
+        f = s.makefile("rb")
+
+        def reply() -> bytes:
+            lines = []
+            while True:
+                line = f.readline()
+                lines.append(line)
+                if line[3:4] != b"-":
+                    return b"".join(lines)
+
+        reply()
+        yield s, reply
