@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,7 @@ class SoakServer:
             f"[listeners]\n{listeners}\n{off}\n"
             "[auth]\nallow_plaintext = true\n"
             f"[limits]\nmessage_size = {MESSAGE_SIZE}\nliteral_size = {MESSAGE_SIZE}\n"
-            "connections_per_ip = 1000\nconnections_total = 2000\n"
+            "connections_per_ip = 100\nconnections_total = 2000\n"
             "[delivery]\nenabled = false\n"
         )
         exe = Path(sys.executable).with_name("postroom")
@@ -209,37 +210,49 @@ def message(i: int, sender: str, to: str, size: int = 5000) -> tuple[str, bytes]
 # Well-behaved clients
 
 
-async def smtp_client(port: int, rcpts: list[str], stats: Stats, stop: asyncio.Event, n: int) -> None:
-    counter = 0
+async def reconnecting(proto: str, port: int, stats: Stats, stop: asyncio.Event,
+                       session: Callable[[Conn], Awaitable[None]]) -> None:
+    """Run `session` on fresh connections until `stop`; a failure counts as an error (unless stopping), then
+    the client waits half a second and connects again."""
     while not stop.is_set():
         try:
-            c = await Conn.open(port, stats, "smtp")
+            c = await Conn.open(port, stats, proto)
             try:
-                await c.smtp_reply()
-                await c.timed(b"EHLO client.soak\r\n", c.smtp_reply, "smtp")
-                for _ in range(5):
-                    if stop.is_set():
-                        break
-                    counter += 1
-                    to = rcpts[(n + counter) % len(rcpts)]
-                    mid, raw = message(n * 1_000_000 + counter, "sender@remote.test", to)
-                    for cmd in (b"MAIL FROM:<sender@remote.test>\r\n", f"RCPT TO:<{to}>\r\n".encode(), b"DATA\r\n"):
-                        got = await c.timed(cmd, c.smtp_reply, "smtp")
-                        if not got.startswith((b"250", b"354")):
-                            stats.errors[f"smtp {cmd.split()[0].decode()} {got[:40]!r}"] += 1
-                            raise ConnectionError("refused")
-                    got = await c.timed(raw.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n", c.smtp_reply, "smtp")
-                    if got.startswith(b"250"):
-                        stats.acked.append((to, mid))
-                    else:
-                        stats.errors[f"smtp DATA {got[:40]!r}"] += 1
-                c.w.write(b"QUIT\r\n")
+                await session(c)
             finally:
                 c.close()
         except (TimeoutError, OSError, ConnectionError) as exc:
             if not stop.is_set():
-                stats.errors[f"smtp {type(exc).__name__}"] += 1
+                stats.errors[f"{proto} {exc if str(exc) == 'login refused' else type(exc).__name__}"] += 1
                 await asyncio.sleep(0.5)
+
+
+async def smtp_client(port: int, rcpts: list[str], stats: Stats, stop: asyncio.Event, n: int) -> None:
+    counter = 0
+
+    async def session(c: Conn) -> None:
+        nonlocal counter
+        await c.smtp_reply()
+        await c.timed(b"EHLO client.soak\r\n", c.smtp_reply, "smtp")
+        for _ in range(5):
+            if stop.is_set():
+                break
+            counter += 1
+            to = rcpts[(n + counter) % len(rcpts)]
+            mid, raw = message(n * 1_000_000 + counter, "sender@remote.test", to)
+            for cmd in (b"MAIL FROM:<sender@remote.test>\r\n", f"RCPT TO:<{to}>\r\n".encode(), b"DATA\r\n"):
+                got = await c.timed(cmd, c.smtp_reply, "smtp")
+                if not got.startswith((b"250", b"354")):
+                    stats.errors[f"smtp {cmd.split()[0].decode()} {got[:40]!r}"] += 1
+                    raise ConnectionError("refused")
+            got = await c.timed(raw.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n", c.smtp_reply, "smtp")
+            if got.startswith(b"250"):
+                stats.acked.append((to, mid))
+            else:
+                stats.errors[f"smtp DATA {got[:40]!r}"] += 1
+        c.w.write(b"QUIT\r\n")
+
+    await reconnecting("smtp", port, stats, stop, session)
 
 
 async def imap_client(port: int, user: str, stats: Stats, stop: asyncio.Event) -> None:
@@ -270,28 +283,21 @@ async def imap_client(port: int, user: str, stats: Stats, stop: asyncio.Event) -
                 raise ConnectionError("login refused")
         return exists
 
-    while not stop.is_set():
-        try:
-            c = await Conn.open(port, stats, "imap")
-            try:
-                await c.line()
-                await command(c, f'LOGIN "{user}" "{PASSWORD}"', "login")
-                for i in range(200):
-                    if stop.is_set():
-                        break
-                    exists = await command(c, "SELECT INBOX")
-                    if exists:
-                        await command(c, f"FETCH {max(1, exists - 19)}:{exists} (FLAGS ENVELOPE RFC822.SIZE)")
-                        await command(c, f"STORE {exists} {'+' if i % 2 else '-'}FLAGS (\\Seen)")
-                    await command(c, "UID SEARCH UNSEEN")
-                    await command(c, "NOOP")
-                await command(c, "LOGOUT")
-            finally:
-                c.close()
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            if not stop.is_set():
-                stats.errors[f"imap {exc if str(exc) == 'login refused' else type(exc).__name__}"] += 1
-                await asyncio.sleep(0.5)
+    async def session(c: Conn) -> None:
+        await c.line()
+        await command(c, f'LOGIN "{user}" "{PASSWORD}"', "login")
+        for i in range(200):
+            if stop.is_set():
+                break
+            exists = await command(c, "SELECT INBOX")
+            if exists:
+                await command(c, f"FETCH {max(1, exists - 19)}:{exists} (FLAGS ENVELOPE RFC822.SIZE)")
+                await command(c, f"STORE {exists} {'+' if i % 2 else '-'}FLAGS (\\Seen)")
+            await command(c, "UID SEARCH UNSEEN")
+            await command(c, "NOOP")
+        await command(c, "LOGOUT")
+
+    await reconnecting("imap", port, stats, stop, session)
 
 
 async def pop3_client(port: int, user: str, stats: Stats, stop: asyncio.Event) -> None:
@@ -310,44 +316,36 @@ async def pop3_client(port: int, user: str, stats: Stats, stop: asyncio.Event) -
                 raise ConnectionError("login refused")
         return got
 
-    while not stop.is_set():
-        try:
-            c = await Conn.open(port, stats, "pop3")
-            try:
-                await c.line()
-                await command(c, f"USER {user}", kind="login")
-                await command(c, f"PASS {PASSWORD}", kind="login")
-                stat = await command(c, "STAT")
-                count = int(stat.split()[1]) if stat.startswith(b"+OK") else 0
-                for i in range(100):
-                    if stop.is_set():
-                        break
-                    await command(c, "LIST", multi=True)
-                    if count:
-                        await command(c, f"RETR {1 + i % count}", multi=True)
-                    await command(c, "NOOP")
-                await command(c, "QUIT")
-            finally:
-                c.close()
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            if not stop.is_set():
-                stats.errors[f"pop3 {exc if str(exc) == 'login refused' else type(exc).__name__}"] += 1
-                await asyncio.sleep(0.5)
+    async def session(c: Conn) -> None:
+        await c.line()
+        await command(c, f"USER {user}", kind="login")
+        await command(c, f"PASS {PASSWORD}", kind="login")
+        stat = await command(c, "STAT")
+        count = int(stat.split()[1]) if stat.startswith(b"+OK") else 0
+        for i in range(100):
+            if stop.is_set():
+                break
+            await command(c, "LIST", multi=True)
+            if count:
+                await command(c, f"RETR {1 + i % count}", multi=True)
+            await command(c, "NOOP")
+        await command(c, "QUIT")
+
+    await reconnecting("pop3", port, stats, stop, session)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Hostile clients: each kind is one short attack; the server may refuse it any way it likes, but must live.
 
 
-async def _raw(port: int, data: bytes | list[bytes], read_for: float = 2.0, pause: float = 0.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _raw(port: int, data: bytes | list[bytes], read_for: float = 2.0, source: str = "127.0.0.1") -> bytes:
+    """Send `data` (pieces written one after the other) from `source`, then read what comes for `read_for` s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     got = bytearray()
     try:
         for piece in data if isinstance(data, list) else [data]:
             writer.write(piece)
             await writer.drain()
-            if pause:
-                await asyncio.sleep(pause)
         end = time.monotonic() + read_for
         while time.monotonic() < end and len(got) < 1_000_000:
             try:
@@ -368,14 +366,21 @@ def _smtp_session(body: bytes, to: str = HOSTILE_USER) -> bytes:
 
 
 class Hostile:
-    def __init__(self, ports: dict[str, int], victims: list[str], stats: Stats) -> None:
+    """One attacker with an address of its own (127.1.0.1 and up: all of 127/8 is loopback on Linux), as on the
+    Internet: per-address limits, throttling and locks then meet attackers, not the well-behaved clients."""
+
+    def __init__(self, ports: dict[str, int], victims: list[str], stats: Stats, index: int) -> None:
         self.ports, self.victims, self.stats = ports, victims, stats
+        self.source = f"127.1.{index // 250}.{index % 250 + 1}"
         self.rng = random.Random()
+
+    async def _raw(self, port: int, data: bytes | list[bytes], read_for: float = 2.0) -> bytes:
+        return await _raw(port, data, read_for, source=self.source)
 
     async def html_bomb(self) -> None:
         mid, _ = message(0, "evil@evil.test", HOSTILE_USER)
         body = f"Message-ID: {mid}\r\nContent-Type: text/html\r\n\r\n".encode() + b"<a " * 20000
-        got = await _raw(self.ports["smtp"], _smtp_session(body), read_for=60)
+        got = await self._raw(self.ports["smtp"], _smtp_session(body), read_for=60)
         if b"\r\n250 " in got.split(b"354", 1)[-1]:
             self.stats.acked.append((HOSTILE_USER, mid))
 
@@ -384,7 +389,7 @@ class Hostile:
         body = (f"Message-ID: {mid}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
                 "--b\r\nContent-Type: application/pdf\r\n").encode() + \
             b"Content-Disposition: attachment; filename*=iso-8859-1''caf\xe9.pdf\r\n\r\nxx\r\n--b--"
-        got = await _raw(self.ports["smtp"], _smtp_session(body), read_for=30)
+        got = await self._raw(self.ports["smtp"], _smtp_session(body), read_for=30)
         if b"\r\n250 " in got.split(b"354", 1)[-1]:
             self.stats.acked.append((HOSTILE_USER, mid))
 
@@ -392,19 +397,19 @@ class Hostile:
         head = b"EHLO evil.test\r\nMAIL FROM:<evil@evil.test>\r\n" + f"RCPT TO:<{HOSTILE_USER}>\r\n".encode()
         chunk = b"X" * 998 + b"\r\n"
         pieces = [head + b"DATA\r\n"] + [chunk * 1024] * (2 * MESSAGE_SIZE // (1000 * 1024)) + [b".\r\nQUIT\r\n"]
-        await _raw(self.ports["smtp"], pieces, read_for=30)
+        await self._raw(self.ports["smtp"], pieces, read_for=30)
 
     async def bare_cr_nul(self) -> None:
         body = self.rng.choice([b"hello\r.\r\nMAIL FROM:<x@y>", b"a\r\n\x00.\r\nb", b"c\rd\ne"])
-        await _raw(self.ports["smtp"], _smtp_session(b"Subject: x\r\n\r\n" + body), read_for=5)
+        await self._raw(self.ports["smtp"], _smtp_session(b"Subject: x\r\n\r\n" + body), read_for=5)
 
     async def long_line(self) -> None:
         port = self.ports[self.rng.choice(["smtp", "imap", "pop3"])]
-        await _raw(port, [b"A" * 65536] * 16 + [b"\r\n"], read_for=3)
+        await self._raw(port, [b"A" * 65536] * 16 + [b"\r\n"], read_for=3)
 
     async def trickle(self) -> None:
         port = self.ports[self.rng.choice(["smtp", "imap", "pop3"])]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(self.source, 0))
         try:
             for b in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP\r\n":
                 writer.write(bytes([b]))
@@ -424,27 +429,27 @@ class Hostile:
             data = b"".join(f'x{i} LOGIN "{victim}" "wrong{i}"\r\n'.encode() for i in range(5)) + b"x LOGOUT\r\n"
         else:
             data = b"".join(f"USER {victim}\r\nPASS wrong{i}\r\n".encode() for i in range(5)) + b"QUIT\r\n"
-        await _raw(self.ports[proto], data, read_for=30)
+        await self._raw(self.ports[proto], data, read_for=30)
 
     async def imap_attacks(self) -> None:
         kind = self.rng.randrange(3)
         login = f'h1 LOGIN "{HOSTILE_USER}" "{PASSWORD}"\r\nh2 SELECT INBOX\r\n'.encode()
         if kind == 0:
             keys = b" ".join([b"NOT TEXT zzqx%d" % i for i in range(650)])
-            await _raw(self.ports["imap"], [login, b"h3 SEARCH " + keys + b"\r\nh4 LOGOUT\r\n"], read_for=30)
+            await self._raw(self.ports["imap"], [login, b"h3 SEARCH " + keys + b"\r\nh4 LOGOUT\r\n"], read_for=30)
         elif kind == 1:
             items = b" ".join([b"RFC822"] * 500)
-            await _raw(self.ports["imap"], [login, b"h3 FETCH 1 (" + items + b")\r\nh4 LOGOUT\r\n"], read_for=30)
+            await self._raw(self.ports["imap"], [login, b"h3 FETCH 1 (" + items + b")\r\nh4 LOGOUT\r\n"], read_for=30)
         else:
             names = [b"\xff", b"a\xc3", b"&Jjo", b"&-\xfe"]
             cmds = b"".join(b"h%d %s \"%s\"\r\n" % (i, v, n) for i, (v, n) in enumerate(
                 (v, n) for v in (b"CREATE", b"SELECT", b"STATUS", b"DELETE", b"SUBSCRIBE") for n in names))
-            await _raw(self.ports["imap"], [login, cmds + b"h9 LOGOUT\r\n"], read_for=10)
+            await self._raw(self.ports["imap"], [login, cmds + b"h9 LOGOUT\r\n"], read_for=10)
 
     async def fuzz(self) -> None:
         proto = self.rng.choice(["smtp", "imap", "pop3"])
         data = mutate(self.rng, self.rng.choice(SEEDS[proto]), SEEDS[proto])
-        await _raw(self.ports[proto], data, read_for=2)
+        await self._raw(self.ports[proto], data, read_for=2)
 
     async def run(self, stop: asyncio.Event) -> None:
         attacks = [self.html_bomb, self.bad_param, self.oversize, self.bare_cr_nul, self.long_line, self.trickle,
@@ -480,7 +485,7 @@ async def phase(server: SoakServer, users: dict[str, list[str]], seconds: float,
     tasks += [asyncio.create_task(imap_client(server.ports["imap"], u, stats, stop)) for u in users["imap"]]
     tasks += [asyncio.create_task(pop3_client(server.ports["pop3"], u, stats, stop)) for u in users["pop3"]]
     victims = users["imap"] + users["pop3"]
-    tasks += [asyncio.create_task(Hostile(server.ports, victims, stats).run(stop)) for _ in range(hostile)]
+    tasks += [asyncio.create_task(Hostile(server.ports, victims, stats, i).run(stop)) for i in range(hostile)]
     start = time.monotonic()
     next_report = start + 30
     while time.monotonic() - start < seconds:
