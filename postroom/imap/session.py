@@ -58,7 +58,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import AlreadyExists, ChangeKind, Invalid, NotFound, StoreError, User
+from postroom.store.api import STAGING_THRESHOLD, AlreadyExists, ChangeKind, Invalid, NotFound, StoreError, User
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
@@ -74,7 +74,7 @@ ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
 AUTHED = frozenset({AUTH, SELECTED})
 ONLY_SELECTED = frozenset({SELECTED})
 FLUSH_BYTES = 256 * 1024
-STREAM_LITERAL_MIN = 1024 * 1024  # APPEND literals larger than this go to a staging file, not into memory
+STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
 
 

@@ -346,7 +346,8 @@ class Connection(asyncio.Protocol):
             data = bytes(buf)
             buf.clear()
         else:
-            data = bytes(buf[:max_bytes])
+            with memoryview(buf) as view:
+                data = bytes(view[:max_bytes])
             del buf[:max_bytes]
         self._consumed()
         return data

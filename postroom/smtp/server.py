@@ -28,6 +28,11 @@ Invariants
    with its id; never a password or message content.
 5. Replies to an idle client (`421 4.4.2`, RFC 5321 §4.5.3.2.7) and at shutdown (`421 4.3.2`) end the
    session; a failed session never affects another.
+6. A body past `STAGING_THRESHOLD` (store/api.py; the core's `spill_at`) is written to one staging file as it
+   arrives and handed to the router as `Envelope.staged`; the file is removed when the message is answered,
+   discarded (`BodyDiscarded`) or the session ends. So a session holds at most about the threshold plus one
+   read of input in memory while receiving, whatever the client sends; data past SIZE is not even written.
+   A full disk is `452 4.3.1` (RFC 3463 §3.4), like the store's `InsufficientStorage`.
 """
 
 from __future__ import annotations
@@ -35,13 +40,17 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
 from postroom.delivery.router import Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.fsutil import write_all
 from postroom.net.connection import (
     Connection,
     IdleTimeout,
@@ -49,6 +58,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import Handler, logfmt
+from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
 from .protocol import (
@@ -56,6 +66,8 @@ from .protocol import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BodyData,
+    BodyDiscarded,
     Closed,
     Expand,
     MailFrom,
@@ -155,12 +167,13 @@ class Session:
         cfg = services.config
         self.core = ServerCore(cfg.server.hostname, max_size=cfg.limits.message_size,
                                max_recipients=cfg.limits.recipients, line_length=cfg.limits.line_length,
-                               max_errors=cfg.limits.errors_per_session)
+                               max_errors=cfg.limits.errors_per_session, spill_at=STAGING_THRESHOLD)
         self.exchange: Exchange | None = None
         self.final_pending: Step | None = None  # SCRAM server-final sent as a 334; waiting for the empty reply
         self.user = ""
         self.message_seq = 0
         self.rcpts_refused = 0
+        self.staged: _Staged | None = None  # invariant 6: the body being received, past STAGING_THRESHOLD
 
     # --- policy hooks ----------------------------------------------------------------------------------------
     def _update_offers(self) -> None:
@@ -213,10 +226,15 @@ class Session:
                 elif isinstance(ev, StartTLS):
                     if not await self._starttls():
                         return
+                elif isinstance(ev, BodyData):
+                    self._spill(ev.data)
+                elif isinstance(ev, BodyDiscarded):
+                    self._drop_staged()
                 else:
                     await self._handle(ev)
             await self._flush()
         finally:
+            self._drop_staged()
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
 
@@ -249,6 +267,12 @@ class Session:
                 raise AssertionError(f"unhandled event {ev!r}")
         except RouteError as exc:
             self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
+        except InsufficientStorage as exc:
+            log.warning("session %s: %s", self.conn.session_id, exc)
+            if isinstance(ev, Message):
+                self.core.message_done(R.R452_NO_STORAGE)  # RFC 3463 §3.4: X.3.1 mail system full
+            else:
+                self.core.send(R.R452_NO_STORAGE)
         except Exception:
             log.exception("session %s: error handling %s", self.conn.session_id, type(ev).__name__)
             if isinstance(ev, (AuthStart, AuthResponse)):
@@ -310,24 +334,68 @@ class Session:
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
+        staged: Path | None = None
+        if ev.spilled:
+            staged = self._finish_staged(ev.raw)  # the body is in the file; `header` goes before it
+            raw = header
+        else:
+            raw = header + ev.raw
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + ev.raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay())
+                       raw=raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
+                       staged=staged)
         try:
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
             return
+        finally:
+            self._drop_staged()
         self.services.metrics.message_accepted()
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
         message_log.info("%s", logfmt("message", [
             ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
-            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(env.raw)),
+            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(header) + ev.size),
             ("chunked", ev.chunked), ("local", accepted.local), ("queued", accepted.queued),
             ("held", accepted.held), ("queue_ids", ",".join(map(str, accepted.queue_ids)) or "-"),
             ("user", core.authenticated or "-")]))
         core.message_done(R.queued(message_id))
+
+    # --- the staging file of a large body (invariant 6) ---------------------------------------------------------
+    def _spill(self, data: bytes | bytearray) -> None:
+        """Append a piece of the body to the staging file (made on the first piece). A write error (disk full)
+        is kept and answered when the message ends; the rest of the body is then only counted."""
+        st = self.staged
+        if st is None:
+            fd, name = tempfile.mkstemp(dir=self.router.staging_dir(), prefix="smtp-data.")
+            st = self.staged = _Staged(Path(name), fd)
+        if st.error is not None:
+            return
+        try:
+            write_all(st.fd, data)  # page cache: no fsync here; the store fsyncs before it commits
+        except OSError as exc:
+            st.error = exc
+            st.close()
+            st.path.unlink(missing_ok=True)
+
+    def _finish_staged(self, tail: bytes) -> Path:
+        """Write the last bytes and close the file: it now holds the whole body. Raises the write error."""
+        st = self.staged
+        if st is None:  # pragma: no cover - the core spilled, so there is a file
+            raise AssertionError("spilled body without a staging file")
+        self._spill(tail)
+        if st.error is not None:
+            self._drop_staged()
+            raise InsufficientStorage.from_os_error(st.error)
+        st.close()
+        return st.path
+
+    def _drop_staged(self) -> None:
+        st, self.staged = self.staged, None
+        if st is not None:
+            st.close()
+            st.path.unlink(missing_ok=True)
 
     # --- AUTH (RFC 4954) ---------------------------------------------------------------------------------------
     async def _auth_start(self, ev: AuthStart) -> None:
@@ -401,6 +469,20 @@ class Session:
             return
         members = [f"<{m}>" for m in lists[0].members] or [f"<{lists[0].owner}>"]
         self.core.send(R.Reply(250, "2.1.5", tuple(members)))
+
+
+class _Staged:
+    """The open staging file of the body being received."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def smtp_handler_factory(services: Services, listener: str) -> Handler:

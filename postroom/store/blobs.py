@@ -34,6 +34,7 @@ import hashlib
 import os
 import secrets
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,6 +137,24 @@ class BlobStore:
             except FileNotFoundError:
                 pass  # its writer finished (or another sweep won)
         return removed
+
+    def stage_copy(self, src: Path, prefix: bytes) -> Path:
+        """A new staging file holding `prefix` followed by the bytes of `src`, copied in `HASH_CHUNK` pieces (never
+        whole in memory): a body that gets headers prepended at delivery (Return-Path, list headers). The caller
+        removes it, or hands it to the store."""
+        fd, name = tempfile.mkstemp(dir=self.staging, prefix="prefixed.")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out, open(src, "rb", buffering=0) as f:
+                write_all(out.fileno(), prefix)
+                buf = bytearray(HASH_CHUNK)
+                view = memoryview(buf)
+                while n := f.readinto(buf):
+                    write_all(out.fileno(), view[:n])
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
 
     def hash_file(self, src: Path) -> tuple[str, int]:
         """(sha256 hex, size) of a file, read in bounded chunks."""
