@@ -54,6 +54,7 @@ from postroom.fsutil import write_all
 from postroom.net.connection import (
     Connection,
     ConnectionClosed,
+    DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
     ShuttingDown,
@@ -186,6 +187,7 @@ class Session:
     # ---- reading
     async def read_more(self, between_commands: bool = False) -> None:
         await self.flush()
+        self.conn.data_phase(self.framer.in_literal)  # net invariant 7: literals by rate, lines by deadline
         data = await self.conn.read_some(interruptible=between_commands)
         self.framer.feed(data)
 
@@ -279,6 +281,10 @@ class Session:
                     self._drop_staged()  # invariant 6: a command that did not take its file
         except Bye as e:
             self.write(b"* BYE %s\r\n" % str(e).encode())
+        except DeadlineExceeded as e:
+            self.write(b"* BYE %s\r\n" % (b"Literal data arriving too slowly" if e.reason == "min-data-rate"
+                                           else b"Command not received in time"))
+            conn.end = "timeout"
         except IdleTimeout:
             self.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 9051 §5.4
             conn.end = "timeout"
@@ -320,6 +326,7 @@ class Session:
         """Read the accepted literal into a new staging file (module doc); `self.staged` names it."""
         fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
         path = Path(name)
+        self.conn.data_phase(True)  # net invariant 7
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
                 got = 0

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 from postroom.auth.authenticator import Exchange, Step
 from postroom.net.connection import (
     Connection,
+    DeadlineExceeded,
     IdleTimeout,
     NetError,
     PlaintextAfterStartTLS,
@@ -182,6 +183,9 @@ class Session:
         conn.write(core.greeting())
         try:
             await self._loop()
+        except DeadlineExceeded:
+            conn.write(err("command not received in time"))  # net invariant 7; no UPDATE either
+            conn.end = "timeout"
         except IdleTimeout:
             # RFC 1939 §3: the autologout timer; the session ends without entering UPDATE (invariant 1).
             conn.write(err("autologout: idle for too long"))

@@ -81,6 +81,8 @@ R354_DATA = reply(354, "", "End data with <CR><LF>.<CR><LF>")
 # --- 4xx -------------------------------------------------------------------------------------------------
 R421_SHUTDOWN = reply(421, "4.3.2", "Service shutting down, closing connection")
 R421_TIMEOUT = reply(421, "4.4.2", "Idle timeout, closing connection")
+R421_SLOW_COMMAND = reply(421, "4.4.2", "Command not received in time, closing connection")  # net invariant 7
+R421_SLOW_DATA = reply(421, "4.4.2", "Data arriving too slowly, closing connection")  # net invariant 7
 R421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 R421_TLS_PIPELINED = reply(421, "4.7.0", "Plaintext pipelined after STARTTLS, closing connection")
 R451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")

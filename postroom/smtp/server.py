@@ -53,6 +53,7 @@ from postroom.delivery.router import Envelope, ListPost, Rcpt, RouteError, Route
 from postroom.fsutil import write_all
 from postroom.net.connection import (
     Connection,
+    DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
     ShuttingDown,
@@ -209,8 +210,13 @@ class Session:
                 if ev is NEED_DATA:
                     await self._flush()
                     between = core.mode is Mode.COMMAND and core.pending_input == 0
+                    conn.data_phase(core.mode is Mode.DATA or core.mode is Mode.BDAT)  # net invariant 7
                     try:
                         data = await conn.read_some(READ_SIZE, interruptible=between)
+                    except DeadlineExceeded as exc:
+                        core.close_with(R.R421_SLOW_DATA if exc.reason == "min-data-rate" else R.R421_SLOW_COMMAND)
+                        conn.end = "timeout"
+                        break
                     except IdleTimeout:
                         core.close_with(R.R421_TIMEOUT)
                         conn.end = "timeout"
