@@ -134,3 +134,22 @@ def test_accept_loop_and_relay_at_the_door(tmp_path: Path) -> None:
 def test_received_count_only_in_header() -> None:
     assert received_count(b"Received: a\r\n\tfolded\r\nSubject: x\r\n\r\nReceived: in body\r\n") == 1
     assert received_count(b"X-Received: a\r\n\r\n") == 0
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: x\r\n\r\nhi\r\n\x00.\r\n",  # issue 11 item 7: NUL, as an inbound message carried it
+    b"Subject: x\r\n\r\nhello\r.\r\nMAIL FROM:<evil@x.test>\r\n",  # bare CR: smuggling downstream
+])
+def test_accept_refuses_stray_cr_lf_nul_at_the_door(tmp_path: Path, raw: bytes) -> None:
+    async def body(store: Store, r: Router) -> None:
+        for rcpt in ("alice@example.org", "someone@far.test"):
+            with pytest.raises(RouteError) as info:
+                await r.accept(Envelope("x@far.test", (Rcpt(rcpt),), raw, may_relay=True))
+            assert (info.value.code, info.value.esc) == (550, "5.6.0")  # RFC 5322 §2.3, RFC 5321 §2.3.8
+        assert await store.queue_list() == []
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        box = await store.get_mailbox(alice.id, "INBOX")
+        assert box is not None and await store.list_messages(box.id) == []
+
+    run(tmp_path, body)
