@@ -59,7 +59,17 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import STAGING_THRESHOLD, AlreadyExists, ChangeKind, Invalid, NotFound, StoreError, User
+from postroom.store.api import (
+    STAGING_THRESHOLD,
+    AlreadyExists,
+    ChangeKind,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    StoreError,
+    User,
+    is_out_of_space,
+)
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
@@ -83,9 +93,10 @@ STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a 
 class StagedLiteral:
     """An APPEND literal read into a file of the store's staging directory (module doc)."""
 
-    path: Path
+    path: Path | None  # None only with `error`
     size: int
     binary: bool  # literal8
+    error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
 
 
 class Bad(Exception):
@@ -323,25 +334,51 @@ class Session:
             await self._stream_literal(req)
 
     async def _stream_literal(self, req: P.LiteralRequest) -> None:
-        """Read the accepted literal into a new staging file (module doc); `self.staged` names it."""
-        fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
-        path = Path(name)
+        """Read the accepted literal into a new staging file (module doc); `self.staged` names it. A full disk
+        does not end the session: the rest of the literal is read and dropped, and APPEND answers NO."""
         self.conn.data_phase(True)  # net invariant 7
+        error: InsufficientStorage | None = None
+        fd = -1
+        path: Path | None = None
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                got = 0
-                while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
-                    got += write_all(f.fileno(), chunk)
-                left = 0
-                need = req.size - got
-                while left < need:  # the rest, straight from the connection, in bounded chunks
-                    data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
-                    left += write_all(f.fileno(), data)
+            fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
+            path = Path(name)
+        except OSError as exc:
+            if not is_out_of_space(exc):
+                raise
+            error = InsufficientStorage.from_os_error(exc)
+
+        def write(data: bytes) -> int:
+            nonlocal error
+            if error is None:
+                try:
+                    write_all(fd, data)
+                except OSError as exc:  # a full disk: read the rest of the literal, then answer NO [OVERQUOTA]
+                    if not is_out_of_space(exc):
+                        raise
+                    error = InsufficientStorage.from_os_error(exc)
+            return len(data)
+
+        try:
+            got = 0
+            while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
+                got += write(chunk)
+            left = 0
+            need = req.size - got
+            while left < need:  # the rest, straight from the connection, in bounded chunks
+                data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
+                left += write(data)
             self.framer.external_done(left)
         except BaseException:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
             raise
-        self.staged = StagedLiteral(path, req.size, req.binary)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if error is not None and path is not None:
+            path.unlink(missing_ok=True)
+        self.staged = StagedLiteral(None if error is not None else path, req.size, req.binary, error)
 
     def take_staged(self) -> StagedLiteral | None:
         """The APPEND handler's file, now its business (it must remove it, or have the store take it)."""
@@ -350,7 +387,7 @@ class Session:
 
     def _drop_staged(self) -> None:
         staged, self.staged = self.staged, None
-        if staged is not None:
+        if staged is not None and staged.path is not None:
             staged.path.unlink(missing_ok=True)
 
     def _count_error(self) -> None:
@@ -386,6 +423,10 @@ class Session:
             status, code, text = "NO", "ALREADYEXISTS", _clean(e)
         except Invalid as e:
             status, code, text = "NO", "CANNOT", _clean(e)
+        except InsufficientStorage as e:
+            # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
+            log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
+            status, code, text = "NO", "OVERQUOTA", "Not enough disk space on the server, try again later"
         except Silent:
             await self.flush()
             return

@@ -61,7 +61,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import NotFound, Store, User
+from postroom.store.api import InsufficientStorage, NotFound, Store, User
 
 from .protocol import (
     NEED_DATA,
@@ -216,6 +216,9 @@ class Session:
                 chunks = await self._handle(event)
             except NetError:
                 raise
+            except InsufficientStorage as exc:  # disk full: no traceback, the same -ERR [SYS/TEMP] (RFC 3206)
+                log.warning("pop3 session %s: %s", conn.session_id, exc)
+                chunks = [core.internal_error()]
             except Exception:  # invariant 5
                 log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
                 chunks = [core.internal_error()]
@@ -362,6 +365,9 @@ class Session:
             return core.update_done(0)
         try:
             await self.services.store.remove_messages(self.mailbox_id, event.uids)  # durable when it returns
+        except InsufficientStorage as exc:
+            log.warning("pop3 session %s: UPDATE failed: %s", self.conn.session_id, exc)
+            return core.update_failed()
         except Exception:
             log.exception("pop3 session %s: UPDATE failed for user %s", self.conn.session_id,
                           self.user.address if self.user else "?")

@@ -450,7 +450,8 @@ class Store(Protocol):
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
         create a file of their own in it (e.g. `tempfile.mkstemp(dir=...)`); nothing else may live there. Files
-        older than an hour are garbage (a crash left them): `open()` may remove them."""
+        older than an hour are garbage (a crash left them): `open()` may remove them, and every file when no
+        other process has the store open."""
 
     async def append_file(
         self,

@@ -24,7 +24,8 @@ Invariants:
    over (`Store.append_file`); `adopt()` links such a file under its final name after an fsync of the file,
    so a body is never copied. The staging name is removed by the engine after the commit; a crash can leave
    staging files behind (garbage, like ".tmp." files). `sweep()` (run when the store opens) removes both kinds
-   once older than `STALE_AGE`: never younger, since another process sharing the store may be writing one.
+   once older than `max_age`: `STALE_AGE` while another process shares the store (it may be writing one),
+   0 when the store's lock shows none does (sqlite/__init__.py invariant 3).
 """
 
 from __future__ import annotations

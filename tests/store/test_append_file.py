@@ -151,8 +151,10 @@ async def test_a_raced_deletion_is_repaired_from_the_staging_file(
 
 
 async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store]) -> None:
-    """What a crash left in staging (and half-written ".tmp." body files) goes at the next open, once it is
-    older than an hour; a younger file may be another process's write in flight and stays."""
+    """What a crash left in staging (and half-written ".tmp." body files) goes at the next open. While another
+    process (here: another store object, with its own lock) has the store open, only files older than an hour
+    go: a younger one may be its write in flight. Opened alone, the store removes every one at once (sqlite
+    invariant 3; issue 11: four killed APPENDs left 120 MB for an hour)."""
     s = store_factory()
     await s.open()
     try:
@@ -168,18 +170,28 @@ async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store
         two_hours_ago = time.time() - 7200
         for p in (old, *tmps[:1], *tmps[2:]):
             os.utime(p, (two_hours_ago, two_hours_ago))
+        other = store_factory()  # opened while `s` is open: not alone
+        await other.open()
+        try:
+            assert staged(other) == [fresh]
+            if tmps:
+                assert [p.exists() for p in tmps] == [False, True, True]  # a blob's own file is never swept
+            user = await new_user(other)
+            box = await inbox(other, user)
+            r = await other.append_file(box.id, fresh)  # the fresh one is still usable
+            info = await other.get_message(box.id, r.uid)
+            assert info is not None and await other.read_message(info.blob_id) == b"fresh"
+            assert staged(other) == []
+            young = stage(other, b"young, from a process that died")
+        finally:
+            await other.close()
     finally:
         await s.close()
-    s = store_factory()
-    await s.open()
+    alone = store_factory()
+    await alone.open()
     try:
-        assert staged(s) == [fresh]
+        assert not young.exists() and staged(alone) == []  # no other holder: swept at once, whatever its age
         if tmps:
-            assert [p.exists() for p in tmps] == [False, True, True]  # a blob's own file is never swept
-        user = await new_user(s)
-        box = await inbox(s, user)
-        r = await s.append_file(box.id, fresh)  # the fresh one is still usable
-        info = await s.get_message(box.id, r.uid)
-        assert info is not None and await s.read_message(info.blob_id) == b"fresh" and staged(s) == []
+            assert [p.exists() for p in tmps] == [False, False, True]
     finally:
-        await s.close()
+        await alone.close()
