@@ -103,6 +103,11 @@ class Framer:
         return len(self._buf) + sum(len(p) for p in self._parts)
 
     @property
+    def command_bytes(self) -> int:
+        """Bytes of the command being framed held here so far (its lines and in-memory literals)."""
+        return sum(len(p) for p in self._parts)
+
+    @property
     def in_literal(self) -> bool:
         """The next bytes expected are literal data (accepted, skipped or external), not a line."""
         return self._state in (_LITERAL, _SKIP, _EXTERNAL)

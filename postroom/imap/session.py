@@ -30,7 +30,9 @@ Invariants
 1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
    continuation requests of AUTHENTICATE, APPEND and IDLE).
 2. Every read has a limit: the line length and command size in the framer, the literal size
-   (`limits.literal_size`, APPEND: `limits.message_size`) before the `+` is sent.
+   (`limits.literal_size`, APPEND: `limits.message_size`) before the `+` is sent, and the bytes one command
+   holds in memory (`STREAM_LITERAL_MIN` + the command size): only the one APPEND literal that is streamed to
+   a file may be larger, and only after login.
 3. A BAD never drops the connection; after `limits.errors_per_session` of them the server says BYE.
 4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
@@ -326,6 +328,15 @@ class Session:
             return
         stream = (req.verb == "APPEND" and req.size > STREAM_LITERAL_MIN and self.state in AUTHED
                   and self.staged is None)
+        held = self.framer.command_bytes + req.size
+        if not stream and held > STREAM_LITERAL_MIN + self.framer.max_command:
+            # Invariant 2: what one command holds in memory is capped, however many literals it has (a second
+            # large APPEND literal, many 1 MiB strings, a large APPEND before login): RFC 7889 §4 TOOBIG.
+            self.framer.reject_literal()
+            self.write(b"%s NO [TOOBIG] Command larger than %d bytes in memory\r\n"
+                       % (req.tag.encode(), STREAM_LITERAL_MIN + self.framer.max_command))
+            self._count_error()
+            return
         self.framer.accept_literal(external=stream)
         if req.sync:
             self.write(b"+ Ready for literal data\r\n")
