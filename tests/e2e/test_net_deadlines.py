@@ -22,7 +22,9 @@ TRICKLE_BYTES = 30  # at one byte a second: 30 s, ten times the command deadline
 
 @pytest.fixture
 def server_overrides() -> dict[str, Any]:
-    return {"limits": {"command_deadline_seconds": 3, "min_data_rate": 500, "data_rate_grace_seconds": 2},
+    # Not whole seconds: a deadline never falls on the moment the next trickled byte arrives (a close with
+    # that byte unread would be a reset, which can take the goodbye with it).
+    return {"limits": {"command_deadline_seconds": 2.5, "min_data_rate": 500, "data_rate_grace_seconds": 1.5},
             "auth": {"allow_plaintext": True}}
 
 
@@ -57,9 +59,13 @@ def trickle(sock: socket.socket, data: bytes, interval: float = 1.0) -> bytes:
             chunk = sock.recv(65536)
         except TimeoutError:
             continue
+        except OSError:
+            break
         if not chunk:
             break
         got += chunk
+        if got.endswith(b"\r\n"):
+            break  # the goodbye: stop sending
     return got
 
 
