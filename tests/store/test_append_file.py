@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, Store
+from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, QueueRecipient, Store
 from postroom.store.blobs import blob_id_of
 from postroom.store.sqlite import INLINE_MAX
 
@@ -148,6 +148,31 @@ async def test_a_raced_deletion_is_repaired_from_the_staging_file(
     info = await store.get_message(mbox.id, res.uid)
     assert info is not None and await store.read_message(info.blob_id) == data
     assert staged(store) == []
+
+
+@pytest.mark.parametrize("size", [LARGE, SMALL])
+@pytest.mark.parametrize("prefix", [b"", b"Return-Path: <a@example.org>\r\n"])
+async def test_deliver_file_and_enqueue_file_store_prefix_and_body_and_leave_the_file(
+        store: Store, size: int, prefix: bytes) -> None:
+    """`deliver_file` / `enqueue_file` (large SMTP bodies, issue 11 item 2): prefix + file content, byte-exact,
+    into several mailboxes in one write and into the queue; the staging file stays the caller's."""
+    data = body(size, salt=7)
+    path = stage(store, data)
+    a, b = await new_user(store, "a@example.org"), await new_user(store, "b@example.org")
+    boxes = [(await inbox(store, a)).id, (await inbox(store, b)).id]
+    results = await store.deliver_file(boxes, path, prefix=prefix)
+    assert len(results) == 2 and path.exists()
+    for box, r in zip(boxes, results):
+        info = await store.get_message(box, r.uid)
+        assert info is not None and info.size == len(prefix) + size
+        assert await store.read_message(info.blob_id) == prefix + data
+    entry = await store.enqueue_file(path, "a@example.org", [QueueRecipient("x@far.test")], prefix=b"X: 1\r\n")
+    assert entry.size == size + 6 and await store.read_message(entry.blob_id) == b"X: 1\r\n" + data
+    assert path.exists()
+    path.unlink()
+    assert staged(store) == []  # no prefixed copy left behind
+    with pytest.raises(Invalid):
+        await store.deliver_file(boxes, Path(tempfile.gettempdir()) / "elsewhere")
 
 
 async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store]) -> None:
