@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 `Connection` is an `asyncio.Protocol`. The transport pushes bytes into one `bytearray` (`data_received`); the
 session pulls from it with `read_line`, `read_exact`, `read_some` or `skip`. Reads are served from the buffer
-first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer, so
-an idle session costs one small object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions
-must fit comfortably).
+first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer (and
+a second while a deadline of invariant 7 runs: an unfinished line, or data), so an idle session costs one small
+object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions must fit comfortably).
 
 Line reading. `read_line` returns one line including its terminator; the protocol decides whether a bare LF is
 acceptable (the reader splits on LF, so a CRLF line ends in b"\\r\\n" and an LF-only line in b"\\n"). A line whose

@@ -21,7 +21,8 @@ The message goes to `delivery.Router.accept` (the one door) with this hop's Rece
 
 Invariants
 1. The SMTP code never touches the store: recipients, senders and messages go through the router.
-2. No `250` after DATA/BDAT before `Router.accept` returned; any failure there is `451 4.3.0` (and logged).
+2. No `250` after DATA/BDAT before `Router.accept` returned; a full disk there (`InsufficientStorage`) is
+   `452 4.3.1` (RFC 3463 §3.4) with one log line, any other failure `451 4.3.0` with its traceback.
 3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
    anything is read as if it came over TLS (CVE-2011-0411).
 4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
