@@ -97,6 +97,9 @@ class LimitsConfig:
     imap_idle_seconds: float = 1800.0  # RFC 9051 §5.4: at least 30 minutes
     pop3_idle_seconds: float = 600.0  # RFC 1939 §3: at least 10 minutes
     errors_per_session: int = 20  # protocol errors before the server closes the session
+    command_deadline_seconds: float = 60.0  # a command line must arrive whole this soon after its first byte; 0: off
+    min_data_rate: float = 500.0  # bytes/s a DATA/BDAT body or IMAP literal must average after the grace; 0: off
+    data_rate_grace_seconds: float = 10.0  # seconds of data before min_data_rate applies
     mime_depth: int = 50  # nested multipart / message levels parsed
     mime_parts: int = 5000  # parts parsed in one message
 
@@ -309,6 +312,9 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("smtp_idle_seconds", "imap_idle_seconds", "pop3_idle_seconds"):
         if getattr(cfg.limits, name) <= 0:
             raise ConfigError(f"{where}: limits.{name} must be positive")
+    for name in ("command_deadline_seconds", "min_data_rate", "data_rate_grace_seconds"):
+        if getattr(cfg.limits, name) < 0:
+            raise ConfigError(f"{where}: limits.{name} must be 0 (off) or more")
     for i, net in enumerate(cfg.smtp.relay_networks):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -440,6 +446,9 @@ smtp_idle_seconds = 300
 imap_idle_seconds = 1800
 pop3_idle_seconds = 600
 errors_per_session = 20
+command_deadline_seconds = 60      # a command line (AUTH lines too) must arrive whole within this; 0: off
+min_data_rate = 500                # bytes/s a DATA/BDAT body or IMAP literal must average after the grace; 0: off
+data_rate_grace_seconds = 10
 mime_depth = 50
 mime_parts = 5000
 

@@ -24,6 +24,11 @@ Invariants
    Message-ID fields (added only when missing; present ones are kept byte for byte).
 2. Input is read up to `limits.message_size` bytes; a larger message is refused, never cut.
 3. Without recipients nothing is stored (exit status 2, like sendmail's usage error).
+4. Lines end at LF (a CR before it is dropped, as sendmail(8) reads them); a CR anywhere else and every NUL
+   become a space (`mime.lineends.normalise`, like Postfix's `cleanup_replace_stray_cr_lf`), so a program
+   cannot smuggle a second message into a receiver that ends DATA on a bare CR: `hello\r.\r\nMAIL FROM:...`
+   is stored as `hello .` CRLF `MAIL FROM:...`, one message. (Present header fields are byte for byte but
+   for such characters; RFC 5322 §2.3 forbids them anyway.)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.compose import make_message_id, rfc5322_date
+from postroom.mime.lineends import normalise
 from postroom.store.names import quote_local
 
 
@@ -128,4 +134,5 @@ def prepare(
     received = f"Received: by {hostname} (Postroom sendmail) id local from {who};\r\n\t" \
                f"{rfc5322_date(t)}".encode()
     raw = b"\r\n".join([received, *head, *added, b"", *body]) + b"\r\n"
-    return Prepared(sender, tuple(rcpts), raw)
+    # Invariant 4: a stray CR (or NUL) inside a line becomes a space, as Postfix's cleanup does.
+    return Prepared(sender, tuple(rcpts), normalise(raw))

@@ -25,7 +25,9 @@ exactly as stored, with only the dot-stuffing of §4.5.2.
 Invariants
 1. Every read has a limit: a reply line is at most `MAX_LINE` bytes, a reply at most `MAX_REPLY_LINES` lines,
    and each wait has the RFC 5321 §4.5.3.2 time-out given (`command_timeout`, 10 minutes at most for ".").
-2. Message bytes are sent unchanged except for dot-stuffing (and a final CRLF added if missing).
+2. Message bytes are sent unchanged except for dot-stuffing (and a final CRLF added if missing), and never with
+   a stray CR, LF or NUL: `send` refuses such data with `UnsafeContent` before the transaction starts (the last
+   line of defence against SMTP smuggling; the router's door and the queue see to it before, mime/lineends.py).
 3. A network failure or time-out raises `ConnectionLost`; a reply never raises: it is returned, so the caller
    decides per recipient. After `ConnectionLost` the client is closed and must not be used again.
 """
@@ -40,6 +42,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from postroom.delivery.mx import Hop
+from postroom.mime.lineends import stray
 
 MAX_LINE = 4096  # RFC 5321 §4.5.3.1.5 asks 512 for a reply line; be generous, but bounded
 MAX_REPLY_LINES = 200
@@ -278,6 +281,12 @@ class SmtpClient:
         return int(value) if value.isdigit() else 0
 
     async def send(self, tx: Transaction) -> Result:
+        """One mail transaction (RFC 5321 §3.3), pipelined when the server offers PIPELINING (RFC 2920).
+        Raises UnsafeContent, before sending anything, for data with a stray CR, LF or NUL (invariant 2)."""
+        fault = stray(tx.data)
+        if fault is not None:
+            # Last line of defence against SMTP smuggling: RFC 5321 §2.3.8, CR and LF only as CRLF.
+            raise UnsafeContent(f"refusing to send a message with a {fault}")
         if self._dirty:
             reply = await self.command(b"RSET")
             if reply.code != 250:
@@ -336,6 +345,10 @@ class SmtpClient:
         for r in tx.recipients:
             result.rcpt[r] = result.mail
         return result
+
+
+class UnsafeContent(ValueError):
+    """The message has a stray CR, LF or NUL (`mime.lineends.stray`); it was not sent."""
 
 
 class Refused(Exception):

@@ -20,7 +20,9 @@ and reports naming non-ASCII addresses use message/global-delivery-status (RFC 6
 
 Invariants
 1. Never a DSN to the null reverse-path (RFC 5321 §4.5.5, RFC 3464 §2.2.1): `build_dsn` returns None for it.
-2. The original message is included byte for byte (only a final CRLF is added if it lacked one).
+2. The original message is included byte for byte (only a final CRLF is added if it lacked one), except that
+   a stray CR, LF or NUL becomes what `mime.lineends.normalise` makes of it: none passes the router's door
+   today, but an entry queued by an older version may carry one, and a DSN must not carry it onwards.
 3. A DSN is sent from the null reverse-path and says `Auto-Submitted: auto-replied` (RFC 3834 §5), so a DSN
    about a DSN never happens.
 """
@@ -33,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.mime.compose import RawPart, compose_report, make_message_id, rfc5322_date
+from postroom.mime.lineends import normalise
 
 RETURN_FULL_LIMIT = 2 * 1024 * 1024  # bytes; a larger original comes back as its header only
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -182,6 +185,7 @@ def build_dsn(
     if not chosen:
         return None
     any_failed = any(r.action == "failed" for r in chosen)
+    original = normalise(original)  # invariant 2
     head = header_section(original)
     utf8_header = not head.isascii()
     utf8_addresses = not all(r.rcpt.isascii() and r.orcpt.isascii() for r in chosen)

@@ -36,7 +36,7 @@ from pathlib import Path
 from postroom.fsutil import fsync_dir, write_all
 from postroom.mime.compose import Attachment, compose
 from postroom.store import names
-from postroom.store.api import MailingList
+from postroom.store.api import InsufficientStorage, MailingList, is_out_of_space
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 ACTION_RE = re.compile(r"^(?P<base>.+)\+(?P<action>approve|reject)-(?P<token>[0-9a-f]{32})$")
@@ -92,7 +92,13 @@ class HeldPosts:
         return token
 
     async def hold(self, list_address: str, mail_from: str, raw: bytes) -> str:
-        return await asyncio.to_thread(self._hold_sync, list_address, mail_from, raw)
+        """Keep the post (fsync'd) and return its token. A full disk is `InsufficientStorage`, as in the store."""
+        try:
+            return await asyncio.to_thread(self._hold_sync, list_address, mail_from, raw)
+        except OSError as exc:
+            if is_out_of_space(exc):
+                raise InsufficientStorage.from_os_error(exc) from exc
+            raise
 
     def _get_sync(self, token: str) -> HeldPost | None:
         if not TOKEN_RE.match(token):  # invariant 3

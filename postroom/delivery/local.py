@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 
 from postroom.config import LimitsConfig
 from postroom.mime.meta import compute_meta
@@ -38,19 +39,38 @@ async def meta_for(raw: bytes, limits: LimitsConfig) -> bytes:
     return compute_meta(raw, limits).to_bytes()
 
 
-async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes) -> int:
-    """Deliver to the INBOX of each user; returns how many INBOXes got it."""
-    ids = sorted(set(user_ids))  # invariant 3
-    if not ids:
-        return 0
+async def _inboxes(store: Store, user_ids: Iterable[int]) -> list[int]:
     boxes = []
-    for uid in ids:
+    for uid in sorted(set(user_ids)):  # invariant 3
         box = await store.get_mailbox(uid, "INBOX")
         if box is None:
             raise NotFound(f"user {uid} has no INBOX")
         boxes.append(box.id)
+    return boxes
+
+
+async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
+                        raw: bytes) -> int:
+    """Deliver to the INBOX of each user; returns how many INBOXes got it."""
+    boxes = await _inboxes(store, user_ids)
+    if not boxes:
+        return 0
     stored = return_path(mail_from) + raw  # invariant 1
     request = AppendRequest(raw=stored, meta=await meta_for(stored, limits))
     await store.deliver(boxes, request)
+    return len(boxes)
+
+
+async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
+                             prefix: bytes, path: Path) -> int:
+    """`deliver_local` of `prefix` + the staging file `path` (left in place), stored from the file
+    (`Store.deliver_file`). The metadata scan needs the bytes: they are read once, in a thread, and dropped."""
+    boxes = await _inboxes(store, user_ids)
+    if not boxes:
+        return 0
+    head = return_path(mail_from) + prefix  # invariant 1
+    stored = await asyncio.to_thread(lambda: head + path.read_bytes())
+    meta = await meta_for(stored, limits)
+    del stored
+    await store.deliver_file(boxes, path, prefix=head, meta=meta)
     return len(boxes)

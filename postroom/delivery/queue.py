@@ -62,6 +62,7 @@ from postroom.delivery.client import (
 from postroom.delivery.dkim import Signer
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.delivery.mx import DnsResolver, Resolver, Route, RouteFailure, RouteFinder
+from postroom.mime.lineends import normalise
 from postroom.store.api import NotFound, QueueEntry, QueueRecipient, RcptState, Store
 
 log = logging.getLogger("postroom.queue")
@@ -287,7 +288,9 @@ class Scheduler:
             raw = await self.store.read_message(entry.blob_id)
         except NotFound:
             return {}, client  # deleted meanwhile (`postroom queue delete`)
-        raw = await self.signer.sign(raw, entry.mail_from, entry.from_checked)  # dkim.py invariant 3
+        # Nothing with a stray CR, LF or NUL passes the router's door; an entry queued by an older version might
+        # carry one: repair it before signing, so the signature covers what is sent (client.py refuses it).
+        raw = await self.signer.sign(normalise(raw), entry.mail_from, entry.from_checked)  # dkim.py invariant 3
         for attempt in range(2):
             if client is not None and (client.closed or client.transactions >= self.delivery.messages_per_connection):
                 await client.quit()

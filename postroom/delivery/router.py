@@ -43,11 +43,19 @@ Invariants
 7. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
    §4.1.2, included) is normalised to the store's one spelling (`names.address`) and resolves to destinations
    or to none (550 5.1.1), never to `451` with a traceback.
+8. Content with a bare CR, a bare LF or a NUL (`mime.lineends.stray`) is refused at this door (550 5.6.0),
+   whoever the caller: nothing the router stores or queues can smuggle a message into a receiver downstream.
+   Callers repair or refuse earlier (SMTP refuses in the core, `postroom sendmail` normalises).
+9. A message the caller staged in a file (`Envelope.staged`, SMTP bodies over `store.api.STAGING_THRESHOLD`)
+   is stored and queued from the file (`deliver_file`, `enqueue_file`), never read whole on the event loop.
+   What needs the bytes reads them once, in a thread, bounded by `limits.message_size`: the metadata of the
+   local copy (`compute_meta` scans bytes) and list copies or held posts (rare for large messages).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import re
@@ -59,6 +67,7 @@ from typing import Any
 from postroom.config import Config
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.headers import split_fields
+from postroom.mime.lineends import Checker, stray
 from postroom.store import names
 from postroom.store.api import (
     Alias,
@@ -72,13 +81,14 @@ from postroom.store.api import (
 )
 
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
-from .local import deliver_local
+from .local import deliver_local, deliver_local_file
 
 log = logging.getLogger("postroom.delivery")
 
 MAX_DEPTH = 10
 MAX_TARGETS = 1000
 MAX_HEADER_SENDERS = 100  # From + Sender addresses checked in one submitted message
+HEAD_LIMIT = 256 * 1024  # bytes of a staged message read to find its header (Received count)
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 
 
@@ -102,6 +112,7 @@ TOO_MANY_TARGETS = RouteError(550, "5.4.6", "Alias expansion too large or too de
 # RFC 3463 X.3.5 "system incorrectly configured": temporary, so the sender keeps the message and retries.
 NO_POSTMASTER_YET = RouteError(451, "4.3.5", "No mailbox for postmaster yet (the server has no user); try later")
 POSTMASTER = "postmaster"
+STRAY_CONTENT = RouteError(550, "5.6.0", "Message refused: bare CR or LF, or NUL, in the content")
 
 
 @dataclass(frozen=True)
@@ -115,13 +126,21 @@ class Rcpt:
 class Envelope:
     mail_from: str  # "" for the null reverse-path
     recipients: tuple[Rcpt, ...]
-    raw: bytes  # the message as it will be stored (with this hop's Received header)
+    raw: bytes  # the message as it will be stored (with this hop's Received header); with `staged`, its start
     envid: str = ""
     ret: str = ""
     may_relay: bool = False  # the client may send to non-local domains (authenticated, relay network)
     # The From header was checked to be the sender's (submission) or the source is trusted: the queue's DKIM
     # signer may then sign with the From domain (dkim.py invariant 3). False: relayed for others.
     from_checked: bool = False
+    staged: Path | None = None  # a file in the store's staging directory holding the rest of the message
+
+    def head(self, limit: int = HEAD_LIMIT) -> bytes:
+        """At least the first `limit` bytes of the message (all of it if shorter). Reads the staged file's start."""
+        if self.staged is None or len(self.raw) >= limit:
+            return self.raw
+        with open(self.staged, "rb") as f:
+            return self.raw + f.read(limit - len(self.raw))
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,16 @@ def _without_detail(local: str) -> list[str]:
     return [local.split("+", 1)[0]]
 
 
+def file_stray(path: Path, chunk: int = 1 << 20) -> str | None:
+    """`mime.lineends.stray` of a file's content, read in `chunk`-byte pieces (blocking: run it in a thread)."""
+    checker = Checker()
+    with open(path, "rb") as f:
+        while piece := f.read(chunk):
+            if checker.feed(piece) is not None:
+                return checker.fault
+    return checker.finish()
+
+
 def received_count(raw: bytes) -> int:
     end = raw.find(b"\r\n\r\n")
     head = raw if end < 0 else raw[:end + 2]
@@ -215,6 +244,10 @@ class Router:
         self._ids = itertools.count(1)
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
+
+    def staging_dir(self) -> Path:
+        """Where a session writes a large message body before `accept` (`Envelope.staged`; store/api.py)."""
+        return self.store.staging_dir()
 
     # --- resolution ----------------------------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
@@ -419,8 +452,12 @@ class Router:
     # --- the door ------------------------------------------------------------------------------------------------
     async def accept(self, env: Envelope) -> Accepted:
         """Deliver, queue or hold for every recipient; return once all of it is durable (invariant 1)."""
-        if received_count(env.raw) > self.config.smtp.max_received:
+        if received_count(env.head() if env.staged is None else await asyncio.to_thread(env.head)) \
+                > self.config.smtp.max_received:
             raise LOOP  # invariant 5
+        if stray(env.raw) is not None or (env.staged is not None
+                                          and await asyncio.to_thread(file_stray, env.staged) is not None):
+            raise STRAY_CONTENT  # invariant 8
         users: dict[int, str] = {}
         remote: dict[str, Rcpt] = {}
         lists: dict[str, MailingList] = {}
@@ -441,11 +478,23 @@ class Router:
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
+        if env.staged is not None and (lists or actions):
+            # List copies and held posts take the bytes (invariant 9): one copy of the message, in a thread.
+            staged = env.staged
+            env = dataclasses.replace(env, raw=await asyncio.to_thread(lambda: env.raw + staged.read_bytes()),
+                                      staged=None)
         limits = self.config.limits
-        local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw) if users else _zero()
-        queue_job = self.store.enqueue(
-            env.raw, env.mail_from, [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()],
-            envid=env.envid, ret=env.ret, from_checked=env.from_checked) if remote else None
+        queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
+        if env.staged is None:
+            local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw) if users else _zero()
+            queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
+                                           from_checked=env.from_checked) if remote else None
+        else:  # invariant 9: from the file
+            local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
+                                           env.staged) if users else _zero()
+            queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
+                                                envid=env.envid, ret=env.ret,
+                                                from_checked=env.from_checked) if remote else None
         others = [self._hold(ml, env.mail_from, env.raw) if ml.policy is ListPolicy.MODERATED
                   else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
         others += [self._act(act) for act in actions]

@@ -18,11 +18,17 @@ call for all of them; their FETCH then carries FLAGS even when not asked for.
 Invariants
 1. One store query per run of the sequence set for the message records; bodies and metadata only when an
    item needs them.
-2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, flushing every
-   `session.FLUSH_BYTES`; a message expunged by another session (but not yet reported) is skipped.
+2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, item by item, flushing
+   every `session.FLUSH_BYTES`: no response is built whole, so memory per session stays within one item (at
+   most the message, plus its NUL-safe copy) and the flush threshold, whatever the request. A message expunged
+   by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with
+   an unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
 3. UID FETCH always includes UID (RFC 9051 §6.4.9).
 4. BODY[...] data goes out as a literal with NUL turned into 0x80 (`literal_safe`); BINARY[...] data with NUL
    as literal8 `~{n}` (RFC 3516 §4.2).
+5. Each distinct data item is answered once per message however often it was asked for (`unique_atts`;
+   `FETCH 1 (RFC822 RFC822 ...)` gets one RFC822). A FETCH response fills the client's cache of a message's
+   items by name (RFC 9051 §7.5.2), so a repeat carries nothing new; BODY.PEEK[x] and BODY[x] are one item.
 """
 
 from __future__ import annotations
@@ -244,8 +250,9 @@ def _label(att: P.FetchAtt) -> bytes:
     return label
 
 
-def _literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
+def _literal(label: bytes, data: bytes) -> list[bytes]:
+    """`label {n}` CRLF and the data, as two pieces (RFC 9051 §4.3)."""
+    return [label + b" {%d}\r\n" % len(data), data]
 
 
 @command("FETCH", ONLY_SELECTED)
@@ -255,7 +262,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     assert isinstance(a, P.FetchArgs)
     sel = sel_of(s)
     uids = resolve(s, a.seqset, cmd.uid)
-    atts = list(a.atts)
+    atts = unique_atts(a.atts)  # invariant 5
     if cmd.uid and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
     names = {t.name for t in atts}
@@ -294,80 +301,109 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             expunged = True
             continue
         meta = (metas.get(m.blob_id) or await load_meta(s, m, raw)) if need_meta else None
-        items: list[bytes] = []
-        for att in atts:
-            items.append(_item(s, att, m, raw, meta))
-        if m.uid in seen_now and "FLAGS" not in names:
-            items.append(b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel.is_recent(m.uid)))
+        if raw is not None and meta is not None:
+            _check_binary(atts, raw, meta)  # the one item that can fail, before any of this response is written
         if m.keywords and ("FLAGS" in names or m.uid in seen_now):
             s.write(*sel.announce(m.keywords))  # state.py invariant 5: FLAGS before the FETCH
-        s.write(b"* %d FETCH (%b)\r\n" % (n, b" ".join(items)))
+        # Invariant 2: item by item, so no response is ever built whole in memory.
+        sep = b"* %d FETCH (" % n
+        for att in atts:
+            s.write(sep, *_item(s, att, m, raw, meta))
+            sep = b" "
+            await s.maybe_flush()
+        if m.uid in seen_now and "FLAGS" not in names:
+            s.write(sep, b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel.is_recent(m.uid)))
+        s.write(b")\r\n")
         await s.maybe_flush()
     if expunged:
         return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
     return "", "FETCH completed"
 
 
+def unique_atts(atts: Sequence[P.FetchAtt]) -> list[P.FetchAtt]:
+    """The requested items, each once, in the order first asked (invariant 5). BODY.PEEK[x] and BODY[x] are
+    one item: both are answered as BODY[x] (RFC 9051 §7.5.2); \\Seen is decided from the request as sent."""
+    seen: set[tuple[str, str, tuple[int, int] | None]] = set()
+    out: list[P.FetchAtt] = []
+    for att in atts:
+        key = (att.name, att.section_text, att.partial)
+        if key not in seen:
+            seen.add(key)
+            out.append(att)
+    return out
+
+
+def _check_binary(atts: Sequence[P.FetchAtt], raw: bytes, meta: MessageMeta) -> None:
+    """Raise No [UNKNOWN-CTE] (RFC 3516 §4.3) if a BINARY item names a part that cannot be decoded."""
+    parts = {att.section.part for att in atts if att.name in ("BINARY", "BINARY.SIZE") and att.section is not None}
+    for part in parts:
+        try:
+            meta.binary_size(raw, part)
+        except UnknownCTE:
+            raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
+
+
 def _with_flags(m: MessageInfo, flags: int) -> MessageInfo:
     return dataclasses.replace(m, flags=flags)
 
 
-def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: MessageMeta | None) -> bytes:
+def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: MessageMeta | None) -> list[bytes]:
+    """One data item of a FETCH response, as pieces to write: a literal is not copied again to join its label."""
     name = att.name
     if name == "UID":
-        return b"UID %d" % m.uid
+        return [b"UID %d" % m.uid]
     if name == "FLAGS":
-        return b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel_of(s).is_recent(m.uid))
+        return [b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel_of(s).is_recent(m.uid))]
     if name == "INTERNALDATE":
-        return b"INTERNALDATE " + encoder.internal_date(m.internal_date)
+        return [b"INTERNALDATE " + encoder.internal_date(m.internal_date)]
     if name == "RFC822.SIZE":
-        return b"RFC822.SIZE %d" % m.size
+        return [b"RFC822.SIZE %d" % m.size]
     if name == "ENVELOPE":
         assert meta is not None
-        return b"ENVELOPE " + meta.envelope
+        return [b"ENVELOPE ", meta.envelope]
     if name == "BODYSTRUCTURE":
         assert meta is not None
-        return b"BODYSTRUCTURE " + meta.bodystructure
+        return [b"BODYSTRUCTURE ", meta.bodystructure]
     if name == "BODY":
         assert meta is not None
-        return b"BODY " + meta.body
+        return [b"BODY ", meta.body]
     assert raw is not None
     if name == "RFC822":
-        return b"RFC822 " + _literal(literal_safe(raw))
+        return _literal(b"RFC822", literal_safe(raw))
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
         assert meta is not None
         part = meta.section(raw, _HEADER if name == "RFC822.HEADER" else _TEXT) or b""
-        return name.encode() + b" " + _literal(literal_safe(part))
+        return _literal(name.encode(), literal_safe(part))
     assert att.section is not None
     if name == "BODY[]" and att.section == _WHOLE:
         whole = literal_safe(raw)
         if att.partial is not None:
             whole = partial(whole, att.partial[0], att.partial[1])
-        return _label(att) + b" " + _literal(whole)
+        return _literal(_label(att), whole)
     assert meta is not None
     if name == "BODY[]":
         data = meta.section(raw, att.section)
         if data is None:
-            return _label(att) + b" NIL"
+            return [_label(att) + b" NIL"]
         data = literal_safe(data)
         if att.partial is not None:
             data = partial(data, att.partial[0], att.partial[1])
-        return _label(att) + b" " + _literal(data)
+        return _literal(_label(att), data)
     if name == "BINARY.SIZE":
         try:
             size = meta.binary_size(raw, att.section.part)
         except UnknownCTE:
             raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
-        return _label(att) + (b" NIL" if size is None else b" %d" % size)
+        return [_label(att) + (b" NIL" if size is None else b" %d" % size)]
     # BINARY
     try:
         data = meta.binary(raw, att.section.part)
     except UnknownCTE:
         raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None  # RFC 3516 §4.3
     if data is None:
-        return _label(att) + b" NIL"
+        return [_label(att) + b" NIL"]
     if att.partial is not None:
         data = partial(data, att.partial[0], att.partial[1])
     if b"\x00" in data:
-        return _label(att) + b" ~{%d}\r\n" % len(data) + data  # invariant 4
-    return _label(att) + b" " + _literal(data)
+        return [_label(att) + b" ~{%d}\r\n" % len(data), data]  # invariant 4
+    return _literal(_label(att), data)

@@ -109,6 +109,16 @@ class Framer:
         return len(self._buf) + sum(len(p) for p in self._parts)
 
     @property
+    def command_bytes(self) -> int:
+        """Bytes of the command being framed held here so far (its lines and in-memory literals)."""
+        return sum(len(p) for p in self._parts)
+
+    @property
+    def in_literal(self) -> bool:
+        """The next bytes expected are literal data (accepted, skipped or external), not a line."""
+        return self._state in (_LITERAL, _SKIP, _EXTERNAL)
+
+    @property
     def in_command(self) -> bool:
         return bool(self._parts) or self._state != _LINE
 

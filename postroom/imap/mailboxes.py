@@ -356,6 +356,8 @@ async def append(s: Session, cmd: P.Command) -> Result:
         mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
         if mbox is None:
             raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
+        if staged is not None and staged.error is not None:
+            raise staged.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
         if staged is not None and a.message:
             raise Bad("The message must be the only large literal")
         size = len(a.message) if staged is None else staged.size
@@ -366,6 +368,7 @@ async def append(s: Session, cmd: P.Command) -> Result:
         flags, keywords = parse_flags(a.flags)
         date = a.date if a.date is not None else time.time()
         if staged is not None:
+            assert staged.path is not None  # no error, so a file
             meta = await asyncio.to_thread(_file_meta, staged.path, s.limits, staged.binary)
             if meta is None:
                 raise Bad("NUL in a literal (use literal8)")  # as syntax.Cursor.literal says for small ones
@@ -373,7 +376,7 @@ async def append(s: Session, cmd: P.Command) -> Result:
                                             internal_date=date, meta=meta.to_bytes())
             return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
     finally:
-        if staged is not None:
+        if staged is not None and staged.path is not None:
             staged.path.unlink(missing_ok=True)
     raw = a.message
     if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop

@@ -32,8 +32,9 @@ Invariants
 2. Every read has a limit: the command size in the framer (`limits.imap_command_length`, for the command's
    text and so for any one line of it), the literal size (`limits.literal_size`, APPEND:
    `limits.message_size`) before the `+` is sent, an AUTHENTICATE response line (`sasl_line_max()`: the
-   command limit, since the same bytes may come as a SASL-IR argument inside the command) and IDLE's `DONE`
-   line (`IDLE_LINE_MAX`).
+   command limit, since the same bytes may come as a SASL-IR argument inside the command), IDLE's `DONE`
+   line (`IDLE_LINE_MAX`), and the bytes one command holds in memory (`STREAM_LITERAL_MIN` + the command
+   size): only the one APPEND literal that is streamed to a file may be larger, and only after login.
 3. A BAD never drops the connection; after `limits.errors_per_session` of them the server says BYE.
 4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
@@ -57,11 +58,22 @@ from postroom.fsutil import write_all
 from postroom.net.connection import (
     Connection,
     ConnectionClosed,
+    DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import AlreadyExists, ChangeKind, Invalid, NotFound, StoreError, User
+from postroom.store.api import (
+    STAGING_THRESHOLD,
+    AlreadyExists,
+    ChangeKind,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    StoreError,
+    User,
+    is_out_of_space,
+)
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
@@ -77,7 +89,7 @@ ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
 AUTHED = frozenset({AUTH, SELECTED})
 ONLY_SELECTED = frozenset({SELECTED})
 FLUSH_BYTES = 256 * 1024
-STREAM_LITERAL_MIN = 1024 * 1024  # APPEND literals larger than this go to a staging file, not into memory
+STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
 IDLE_LINE_MAX = 1024  # IDLE's "DONE" line (RFC 2177 §3), line end included; a longer line is BAD
 
@@ -86,9 +98,10 @@ IDLE_LINE_MAX = 1024  # IDLE's "DONE" line (RFC 2177 §3), line end included; a 
 class StagedLiteral:
     """An APPEND literal read into a file of the store's staging directory (module doc)."""
 
-    path: Path
+    path: Path | None  # None only with `error`
     size: int
     binary: bool  # literal8
+    error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
 
 
 class Bad(Exception):
@@ -198,6 +211,7 @@ class Session:
     # ---- reading
     async def read_more(self, between_commands: bool = False) -> None:
         await self.flush()
+        self.conn.data_phase(self.framer.in_literal)  # net invariant 7: literals by rate, lines by deadline
         data = await self.conn.read_some(interruptible=between_commands)
         self.framer.feed(data)
 
@@ -296,6 +310,10 @@ class Session:
                     self._drop_staged()  # invariant 6: a command that did not take its file
         except Bye as e:
             self.write(b"* BYE %s\r\n" % str(e).encode())
+        except DeadlineExceeded as e:
+            self.write(b"* BYE %s\r\n" % (b"Literal data arriving too slowly" if e.reason == "min-data-rate"
+                                           else b"Command not received in time"))
+            conn.end = "timeout"
         except IdleTimeout:
             self.write(b"* BYE Autologout; idle for too long\r\n")  # RFC 9051 §5.4
             conn.end = "timeout"
@@ -326,6 +344,15 @@ class Session:
             return
         stream = (req.verb == "APPEND" and req.size > STREAM_LITERAL_MIN and self.state in AUTHED
                   and self.staged is None)
+        held = self.framer.command_bytes + req.size
+        if not stream and held > STREAM_LITERAL_MIN + self.framer.max_command:
+            # Invariant 2: what one command holds in memory is capped, however many literals it has (a second
+            # large APPEND literal, many 1 MiB strings, a large APPEND before login): RFC 7889 §4 TOOBIG.
+            self.framer.reject_literal()
+            self.write(b"%s NO [TOOBIG] Command larger than %d bytes in memory\r\n"
+                       % (req.tag.encode(), STREAM_LITERAL_MIN + self.framer.max_command))
+            self._count_error()
+            return
         self.framer.accept_literal(external=stream)
         if req.sync:
             self.write(b"+ Ready for literal data\r\n")
@@ -334,24 +361,51 @@ class Session:
             await self._stream_literal(req)
 
     async def _stream_literal(self, req: P.LiteralRequest) -> None:
-        """Read the accepted literal into a new staging file (module doc); `self.staged` names it."""
-        fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
-        path = Path(name)
+        """Read the accepted literal into a new staging file (module doc); `self.staged` names it. A full disk
+        does not end the session: the rest of the literal is read and dropped, and APPEND answers NO."""
+        self.conn.data_phase(True)  # net invariant 7
+        error: InsufficientStorage | None = None
+        fd = -1
+        path: Path | None = None
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                got = 0
-                while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
-                    got += write_all(f.fileno(), chunk)
-                left = 0
-                need = req.size - got
-                while left < need:  # the rest, straight from the connection, in bounded chunks
-                    data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
-                    left += write_all(f.fileno(), data)
+            fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="imap-append.")
+            path = Path(name)
+        except OSError as exc:
+            if not is_out_of_space(exc):
+                raise
+            error = InsufficientStorage.from_os_error(exc)
+
+        def write(data: bytes) -> int:
+            nonlocal error
+            if error is None:
+                try:
+                    write_all(fd, data)
+                except OSError as exc:  # a full disk: read the rest of the literal, then answer NO [OVERQUOTA]
+                    if not is_out_of_space(exc):
+                        raise
+                    error = InsufficientStorage.from_os_error(exc)
+            return len(data)
+
+        try:
+            got = 0
+            while chunk := self.framer.take_external(STREAM_CHUNK):  # what the framer already buffered
+                got += write(chunk)
+            left = 0
+            need = req.size - got
+            while left < need:  # the rest, straight from the connection, in bounded chunks
+                data = await self.conn.read_some(min(need - left, STREAM_CHUNK))
+                left += write(data)
             self.framer.external_done(left)
         except BaseException:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
             raise
-        self.staged = StagedLiteral(path, req.size, req.binary)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if error is not None and path is not None:
+            path.unlink(missing_ok=True)
+        self.staged = StagedLiteral(None if error is not None else path, req.size, req.binary, error)
 
     def take_staged(self) -> StagedLiteral | None:
         """The APPEND handler's file, now its business (it must remove it, or have the store take it)."""
@@ -360,7 +414,7 @@ class Session:
 
     def _drop_staged(self) -> None:
         staged, self.staged = self.staged, None
-        if staged is not None:
+        if staged is not None and staged.path is not None:
             staged.path.unlink(missing_ok=True)
 
     def _count_error(self) -> None:
@@ -396,6 +450,10 @@ class Session:
             status, code, text = "NO", "ALREADYEXISTS", _clean(e)
         except Invalid as e:
             status, code, text = "NO", "CANNOT", _clean(e)
+        except InsufficientStorage as e:
+            # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
+            log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
+            status, code, text = "NO", "OVERQUOTA", "Not enough disk space on the server, try again later"
         except Silent:
             await self.flush()
             return

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 `Connection` is an `asyncio.Protocol`. The transport pushes bytes into one `bytearray` (`data_received`); the
 session pulls from it with `read_line`, `read_exact`, `read_some` or `skip`. Reads are served from the buffer
-first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer, so
-an idle session costs one small object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions
-must fit comfortably).
+first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer (and
+a second while a deadline of invariant 7 runs: an unfinished line, or data), so an idle session costs one small
+object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions must fit comfortably).
 
 Line reading. `read_line` returns one line including its terminator; the protocol decides whether a bare LF is
 acceptable (the reader splits on LF, so a CRLF line ends in b"\\r\\n" and an LF-only line in b"\\n"). A line whose
@@ -29,11 +29,21 @@ Invariants
 2. While `_discarding` is true the buffer is empty: the tail of an overlong line never reaches a session.
 3. The buffer never grows past `high_water` because of the peer alone: reading is paused above it and
    resumed when a read needs more data or the buffer drains below a quarter of it.
-4. Idle time is silence: the timer restarts whenever a read wakes on new data, so a large literal arriving
-   slowly but steadily never times out; a peer that stops reading our output times out in `drain()` likewise.
+4. Idle time is silence: the timer restarts whenever a read wakes on new data; a peer that stops reading our
+   output times out in `drain()` likewise. Trickling is not silence, so two deadlines bound it (invariant 7).
 5. After `connection_lost`, reads serve what is still buffered, then raise `ConnectionClosed`; writes are
    dropped and `drain()` raises `ConnectionClosed`.
 6. The connection logs no payload. Sessions put safe fields in `log`; passwords never go there.
+7. Deadlines, like Postfix's `smtpd_per_record_deadline` and `smtpd_min_data_rate`, for every protocol. The
+   connection watches the raw stream for line ends, so it knows when an unfinished line began; the session
+   says when the bytes are data instead (`data_phase`: SMTP DATA/BDAT, IMAP literals). In the command phase a
+   line (a command, an AUTH response, a line of an IMAP command between literals) must be complete within
+   `limits.command_deadline_seconds` of its first byte. In the data phase the bytes received since it began
+   must keep up with `limits.min_data_rate` bytes/s after `limits.data_rate_grace_seconds`: the deadline is
+   start + grace + received / rate (Postfix adds N / rate per read likewise). Only a waiting read can expire
+   (the server's own processing time never counts against the client); it raises `DeadlineExceeded` (an
+   `IdleTimeout`, so every session already answers it: SMTP `421 4.4.2`, IMAP `* BYE`, POP3 `-ERR`) and puts
+   the reason in `log["timeout"]` for the session's one log line.
 """
 
 from __future__ import annotations
@@ -64,6 +74,15 @@ class TLSFailed(ConnectionClosed):
 
 class IdleTimeout(NetError):
     """No data arrived (or our output was not read) for the idle timeout."""
+
+
+class DeadlineExceeded(IdleTimeout):
+    """A line took longer than the command deadline, or data arrived slower than the minimum rate
+    (invariant 7). `reason` is "command-deadline" or "min-data-rate"."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 class ShuttingDown(NetError):
@@ -160,6 +179,12 @@ class Connection(asyncio.Protocol):
         self._tls = False
         self._tls_version: str | None = None
         self._tls_cipher: str | None = None
+        # invariant 7
+        self._data_phase = False
+        self._partial_since: float | None = None  # loop time the unfinished line of the stream began
+        self._data_since = 0.0
+        self._data_bytes = 0
+        self._paused_at = 0.0
 
     # --- properties ----------------------------------------------------------------------------------------
     @property
@@ -210,6 +235,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        # invariant 7: where the stream's unfinished line began (one C-speed rfind per chunk)
+        if self._data_phase:
+            self._data_bytes += len(data)
+        i = data.rfind(b"\n")
+        if i == len(data) - 1:
+            self._partial_since = None
+        elif i >= 0 or self._partial_since is None:
+            self._partial_since = self._loop.time()
         if self._discarding:  # invariant 2
             i = data.find(b"\n")
             if i < 0:
@@ -221,6 +254,7 @@ class Connection(asyncio.Protocol):
         self._buffer += data
         if len(self._buffer) > self._high_water and not self._paused_reading and self._transport is not None:
             self._paused_reading = True
+            self._paused_at = self._loop.time()
             self._transport.pause_reading()  # invariant 3
         self._wake()
 
@@ -262,7 +296,44 @@ class Connection(asyncio.Protocol):
     def _idle_expired(self, fut: asyncio.Future[None]) -> None:
         if not fut.done():
             self.ended_by = "timeout"
+            self.log.setdefault("timeout", "idle")
             fut.set_exception(IdleTimeout(f"no activity for {self.idle_timeout:g} s"))
+
+    def data_phase(self, on: bool) -> None:
+        """The bytes the session reads next are message data (True: SMTP DATA/BDAT, an IMAP literal; judged by
+        the minimum data rate) or lines (False, the default: judged by the command deadline). Invariant 7."""
+        if on == self._data_phase:
+            return
+        self._data_phase = on
+        if on:
+            self._data_since = self._loop.time()
+            self._data_bytes = 0
+        elif self._partial_since is not None:
+            self._partial_since = self._loop.time()  # the line after the data starts now
+
+    def _deadline(self) -> tuple[float, str] | None:
+        """(loop time, reason) at which the current wait expires under invariant 7, or None."""
+        lim = self.limits
+        if self._data_phase:
+            if lim.min_data_rate > 0:
+                return (self._data_since + lim.data_rate_grace_seconds + self._data_bytes / lim.min_data_rate,
+                        "min-data-rate")
+        elif self._partial_since is not None and lim.command_deadline_seconds > 0:
+            return self._partial_since + lim.command_deadline_seconds, "command-deadline"
+        return None
+
+    def _deadline_error(self, reason: str) -> DeadlineExceeded:
+        self.ended_by = "timeout"
+        self.log["timeout"] = reason
+        if reason == "min-data-rate":
+            text = f"data arriving slower than {self.limits.min_data_rate:g} bytes/s"
+        else:
+            text = f"command line not complete within {self.limits.command_deadline_seconds:g} s"
+        return DeadlineExceeded(reason, text)
+
+    def _deadline_expired(self, fut: asyncio.Future[None], reason: str) -> None:
+        if not fut.done():
+            fut.set_exception(self._deadline_error(reason))
 
     def request_shutdown(self) -> None:
         """The server is stopping: a read waiting between commands raises ShuttingDown now, later ones at once."""
@@ -283,25 +354,41 @@ class Connection(asyncio.Protocol):
         if self._waiter is not None:  # invariant 1
             raise RuntimeError("another read is already waiting on this connection")
         if self._paused_reading and self._transport is not None:
-            self._paused_reading = False
-            self._transport.resume_reading()
+            self._resume_reading()
+        deadline = self._deadline()
+        if deadline is not None and deadline[0] <= self._loop.time():
+            raise self._deadline_error(deadline[1])
         fut: asyncio.Future[None] = self._loop.create_future()
         self._waiter = fut
         self._waiter_interruptible = interruptible
         timer = (self._loop.call_later(self.idle_timeout, self._idle_expired, fut)
                  if self.idle_timeout else None)
+        dl_timer = (self._loop.call_at(deadline[0], self._deadline_expired, fut, deadline[1])
+                    if deadline is not None else None)
         try:
             await fut
         finally:
             self._waiter = None
             if timer is not None:
                 timer.cancel()
+            if dl_timer is not None:
+                dl_timer.cancel()
 
     def _consumed(self) -> None:
         self._scanned = 0
         if self._paused_reading and len(self._buffer) <= self._high_water // 4 and self._transport is not None:
-            self._paused_reading = False
-            self._transport.resume_reading()
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Resume the transport. While it was paused the peer could not send: that time does not count against
+        its deadlines (invariant 7)."""
+        assert self._transport is not None
+        self._paused_reading = False
+        paused = self._loop.time() - self._paused_at
+        self._data_since += paused
+        if self._partial_since is not None:
+            self._partial_since += paused
+        self._transport.resume_reading()
 
     # --- reading -------------------------------------------------------------------------------------------
     async def read_line(self, limit: int | None = None, *, interruptible: bool = True) -> bytes:
@@ -346,7 +433,8 @@ class Connection(asyncio.Protocol):
             data = bytes(buf)
             buf.clear()
         else:
-            data = bytes(buf[:max_bytes])
+            with memoryview(buf) as view:
+                data = bytes(view[:max_bytes])
             del buf[:max_bytes]
         self._consumed()
         return data

@@ -55,12 +55,13 @@ from typing import TYPE_CHECKING
 from postroom.auth.authenticator import Exchange, Step
 from postroom.net.connection import (
     Connection,
+    DeadlineExceeded,
     IdleTimeout,
     NetError,
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.store.api import NotFound, Store, User
+from postroom.store.api import InsufficientStorage, NotFound, Store, User
 
 from .protocol import (
     NEED_DATA,
@@ -182,6 +183,9 @@ class Session:
         conn.write(core.greeting())
         try:
             await self._loop()
+        except DeadlineExceeded:
+            conn.write(err("command not received in time"))  # net invariant 7; no UPDATE either
+            conn.end = "timeout"
         except IdleTimeout:
             # RFC 1939 §3: the autologout timer; the session ends without entering UPDATE (invariant 1).
             conn.write(err("autologout: idle for too long"))
@@ -212,6 +216,9 @@ class Session:
                 chunks = await self._handle(event)
             except NetError:
                 raise
+            except InsufficientStorage as exc:  # disk full: no traceback, the same -ERR [SYS/TEMP] (RFC 3206)
+                log.warning("pop3 session %s: %s", conn.session_id, exc)
+                chunks = [core.internal_error()]
             except Exception:  # invariant 5
                 log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
                 chunks = [core.internal_error()]
@@ -361,6 +368,9 @@ class Session:
             return core.update_done(0)
         try:
             await self.services.store.remove_messages(self.mailbox_id, event.uids)  # durable when it returns
+        except InsufficientStorage as exc:
+            log.warning("pop3 session %s: UPDATE failed: %s", self.conn.session_id, exc)
+            return core.update_failed()
         except Exception:
             log.exception("pop3 session %s: UPDATE failed for user %s", self.conn.session_id,
                           self.user.address if self.user else "?")

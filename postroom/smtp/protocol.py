@@ -11,16 +11,19 @@ one write.
 The core has four modes, switched only by the core itself (STYLE habit 2):
 
     COMMAND  lines up to `line_length` (RFC 5321 §4.5.3.1.4); bare LF is accepted as a command terminator
-    DATA     after `354`: the message up to CRLF.CRLF, found with bytes.find and dot-unstuffed with one
-             bytes.replace (RFC 5321 §4.5.2); bare CR or LF anywhere refuses the message (SMTP smuggling)
-    BDAT     exactly n octets, binary, no unstuffing (RFC 3030 §2)
+    DATA     after `354`: the message up to CRLF.CRLF, found with bytes.find, unstuffed (RFC 5321 §4.5.2) and
+             checked a piece of whole lines (`DATA_PIECE`) at a time; a bare CR or LF or a NUL anywhere refuses
+             the message (SMTP smuggling; `mime.lineends`)
+    BDAT     exactly n octets, no unstuffing (RFC 3030 §2), the same checks across chunks (BINARYMIME is not
+             offered, so BDAT carries 7bit or 8bit lines, RFC 3030 §3)
     SASL     one base64 line per step of an AUTH exchange, "*" cancels (RFC 4954 §4)
 
 What needs no knowledge of the world is answered by the core itself: syntax errors (500/501/555), bad sequence
 (503), HELO/EHLO, NOOP, RSET, HELP, QUIT, the 354 that starts DATA, BDAT chunk acknowledgements, limits
 (recipients 452 4.5.3, size 552 5.3.4). What needs the world becomes an event the session must answer before it
 asks for the next one: `MailFrom` -> `accept_mail()` or `send(error)`; `RcptTo` -> `accept_rcpt()` or
-`send(error)`; `Message` -> `message_done(reply)`; `StartTLS` -> `tls_started()` (after its own 220 via
+`send(error)`; `Message` -> `message_done(reply)`; `BodyData` and `BodyDiscarded` need no answer (write the piece
+to the staging file / drop the file); `StartTLS` -> `tls_started()` (after its own 220 via
 `send`); `AuthStart`/`AuthResponse` -> `auth_challenge()` or `auth_done()`; `Verify`/`Expand` -> `send()`.
 
 State rules are data (`ALLOWED`): the session state is INIT (no HELO yet), READY, MAIL (sender given) or RCPT
@@ -29,11 +32,14 @@ State rules are data (`ALLOWED`): the session state is INIT (no HELO yet), READY
 Invariants
 1. Replies are emitted in the order of the commands that caused them, one reply per command (RFC 2920 §3.1),
    including a BDAT whose chunk is refused: the chunk is read and dropped, then the error is sent (RFC 3030 §2).
-2. The core never buffers more than `line_length` bytes of a command line, `12288` of a SASL line (RFC 4954 §4)
-   or about `max_size` of a message (then it discards and answers 552 at the end of the data).
-3. A DATA message ends only at CRLF "." CRLF. Any CR not followed by LF, or LF not preceded by CR, inside the
-   data refuses the whole message (550 5.6.0): a message cannot hide a second, smuggled one
-   (CVE-2023-51766 family).
+2. The core never buffers more than `line_length` bytes of a command line, `12288` of a SASL line (RFC 4954 §4),
+   about `DATA_PIECE` plus what one `receive_data` brought of unread DATA, and `spill_at` of a body: past it the
+   body goes out as `BodyData` events (the session writes them to a staging file). Past `max_size` a body is
+   counted and dropped as it arrives, never kept, and answered 552 5.3.4 at its end (RFC 1870 §6). A body
+   that fails after some of it went out is followed by one `BodyDiscarded`.
+3. A DATA message ends only at CRLF "." CRLF. Any CR not followed by LF, LF not preceded by CR, or NUL, in
+   DATA or BDAT, refuses the whole message (550 5.6.0): a message cannot hide a second, smuggled one
+   (CVE-2023-51766 family) nor carry one onwards (`mime.lineends`).
 4. Every error reply (4xx/5xx) counts towards `max_errors`; reaching it sends 421 4.7.0 and the core closes.
 5. After `tls_started()` the core forgets everything the client said before (RFC 3207 §4.2): back to INIT.
 6. While an event awaits its answer, `next_event` refuses to run (RuntimeError): replies cannot be reordered.
@@ -46,6 +52,8 @@ import binascii
 import enum
 import string
 from dataclasses import dataclass, field
+
+from postroom.mime.lineends import NUL, Checker
 
 from . import replies as R
 from .replies import Reply, SMTPError
@@ -99,6 +107,23 @@ class Message:
     params: MailParams
     recipients: tuple[Recipient, ...]
     chunked: bool  # arrived with BDAT
+    spilled: bool = False  # the body's first bytes went out as BodyData events; `raw` is only the rest
+    size: int = -1  # octets of the whole message (BodyData pieces and raw); -1: len(raw)
+
+
+@dataclass(frozen=True)
+class BodyData:
+    """The next piece of the message being received (unstuffed), once it is past the core's `spill_at`: the
+    session appends it to its staging file. No answer is expected. The `Message` that ends the body carries
+    only the bytes after the last `BodyData` (`Message.spilled` tells the session to use its file)."""
+
+    data: bytes | bytearray  # handed over, not copied: the core never touches it again
+
+
+@dataclass(frozen=True)
+class BodyDiscarded:
+    """The body whose pieces went out as `BodyData` will not become a message (too big, stray CR/LF/NUL,
+    RSET, EHLO, an error in a BDAT chunk): the session drops its staging file. No answer is expected."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +164,8 @@ class Closed:
     reason: str  # "quit" | "errors"
 
 
-Event = MailFrom | RcptTo | Message | StartTLS | AuthStart | AuthResponse | AuthAborted | Verify | Expand | Closed
+Event = (MailFrom | RcptTo | Message | BodyData | BodyDiscarded | StartTLS | AuthStart | AuthResponse
+         | AuthAborted | Verify | Expand | Closed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,6 +220,7 @@ SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: at least 12288 octets for an AUTH line
 MAX_PATH = 512
 MAX_RECEIVED_DIGITS = 20  # BDAT / SIZE numbers longer than this are nonsense
+DATA_PIECE = 64 * 1024  # DATA is unstuffed and checked in pieces of about this many bytes (invariant 2)
 
 
 @dataclass
@@ -201,7 +228,6 @@ class Transaction:
     mail_from: str
     params: MailParams
     recipients: list[Recipient] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)  # BDAT chunks so far
     chunked: bool = False
     failed: Reply | None = None  # a BDAT chunk failed: later chunks get this until LAST / RSET
 
@@ -356,9 +382,10 @@ class ServerCore:
     """One SMTP server session's protocol state. See the module doc for the contract."""
 
     def __init__(self, hostname: str, *, max_size: int, max_recipients: int, line_length: int = 8192,
-                 max_errors: int = 20) -> None:
+                 max_errors: int = 20, spill_at: int = 0) -> None:
         self.hostname = hostname
         self.max_size = max_size
+        self.spill_at = spill_at  # body bytes held before they go out as BodyData events; 0: never (invariant 2)
         self.max_recipients = max_recipients
         self.line_length = line_length
         self.max_errors = max_errors
@@ -385,9 +412,15 @@ class ServerCore:
         self._discarding = False  # dropping the rest of an overlong line
         self._awaiting: type | None = None  # invariant 6
         self._pending_mail: MailFrom | None = None
+        # The body of the transaction (DATA or BDAT chunks), unstuffed
+        self._body = bytearray()  # bytes not yet handed out as BodyData
+        self._body_size = 0  # octets so far, handed out or not
+        self._spilled = False  # some went out as BodyData
+        self._discard_pending = False  # a BodyDiscarded event is due
+        self._body_fault: Reply | None = None  # too big or stray CR/LF/NUL: the rest is counted, not kept
+        self._lines = Checker()
         # DATA mode
-        self._data_at_start = True
-        self._data_dropped = 0
+        self._line_start = True  # the unread data starts a line (so "." CRLF there ends the data)
         # BDAT mode
         self._bdat_left = 0
         self._bdat_size = 0
@@ -416,6 +449,11 @@ class ServerCore:
     def pending_input(self) -> int:
         """Bytes received and not consumed (plaintext after STARTTLS shows up here: see the session)."""
         return len(self._in)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of client input the core holds: unread input plus the body not yet handed out (invariant 2)."""
+        return len(self._in) + len(self._body)
 
     def send(self, reply: Reply) -> None:
         """Queue a reply (the answer to an event, or an error the session decided). Counts errors (inv. 4)."""
@@ -483,6 +521,7 @@ class ServerCore:
         self.helo = ""
         self.esmtp = False
         self.txn = None
+        self._drop_body()
         self._in.clear()
         self._scan = 0
 
@@ -491,6 +530,9 @@ class ServerCore:
         if self._awaiting is not None:
             raise RuntimeError(f"the session must answer the pending {self._awaiting.__name__} first")
         while True:
+            if self._discard_pending:
+                self._discard_pending = False
+                return BodyDiscarded()
             if self.closed:
                 return Closed(self._close_reason)
             if self.mode is Mode.DATA:
@@ -518,7 +560,7 @@ class ServerCore:
                 return NEED_DATA
             if ev is not None:
                 assert not isinstance(ev, _NeedData)
-                if not isinstance(ev, (AuthAborted, Closed)):
+                if not isinstance(ev, (AuthAborted, Closed, BodyData, BodyDiscarded)):
                     self._awaiting = type(ev)
                 return ev
 
@@ -764,58 +806,108 @@ class ServerCore:
         if self.txn.chunked:
             raise SMTPError(R.R503_BDAT_THEN_DATA)
         self.mode = Mode.DATA
-        self._data_at_start = True
-        self._data_dropped = 0
+        self._line_start = True  # the CRLF that ended the DATA line counts before a final "." (RFC 5321 §4.1.1.4)
         self._scan = 0
         self._emit(R.R354_DATA)
 
     def _data(self) -> Event | _NeedData | None:
         buf = self._in
-        if self._data_at_start:
-            # The CRLF that ended the DATA line counts as the one before the final "." (RFC 5321 §4.1.1.4).
-            if buf[:3] == b".\r\n":
-                del buf[:3]
-                return self._data_end(b"")
-            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+        while True:
+            if self._line_start:
+                if buf[:3] == b".\r\n":
+                    del buf[:3]
+                    return self._data_end()
+                if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+                    return NEED_DATA
+            i = buf.find(b"\r\n.\r\n", max(0, self._scan - 4))
+            if i >= 0:
+                cut = i + 2  # the rest starts with "." CRLF at a line start: the end, next time round
+            elif len(buf) < DATA_PIECE:
+                self._scan = len(buf)
                 return NEED_DATA
-            self._data_at_start = False
-        i = buf.find(b"\r\n.\r\n", max(0, self._scan - 4))
-        if i < 0:
-            self._scan = len(buf)
-            # invariant 2: past the limit (allowing for dot-stuffing), keep only a tail that may start the end mark.
-            if len(buf) > self.max_size + self.max_size // 16 + 64:
-                self._data_dropped += len(buf) - 4
-                del buf[:-4]
-                self._scan = 4
-                self._data_at_start = False
-            return NEED_DATA
-        stuffed = bytes(buf[:i + 2])
-        del buf[:i + 5]
-        return self._data_end(stuffed)
+            else:
+                # Invariant 2: hand on whole lines; one longer than a piece is cut, never between CR and LF.
+                j = buf.rfind(b"\r\n")
+                cut = j + 2 if j >= 0 else len(buf) - (buf[-1] == 0x0D)
+            ev = self._data_piece(cut)
+            if ev is not None:
+                return ev
 
-    def _data_end(self, stuffed: bytes) -> Message | None:
+    def _data_piece(self, n: int) -> BodyData | None:
+        """Unstuff and keep the next `n` bytes of DATA; they never end between CR and LF."""
+        buf = self._in
+        with memoryview(buf) as view:
+            piece = bytes(view[:n])
+        del buf[:n]
+        self._scan = 0
+        start = self._line_start
+        self._line_start = piece.endswith(b"\r\n")
+        if self._body_fault is not None:
+            return None  # counted as read, not kept (invariant 2)
+        # RFC 5321 §4.5.2: remove the first "." of every line that starts with one.
+        raw = piece.replace(b"\r\n.", b"\r\n")
+        if start and raw.startswith(b"."):
+            raw = raw[1:]
+        return self._keep(raw)
+
+    def _data_end(self) -> Message | None:
         self.mode = Mode.COMMAND
         self._scan = 0
-        assert self.txn is not None
-        if self._data_dropped:
-            self._end_transaction()
-            self._emit(R.R552_TOO_BIG)
+        return self._body_end(chunked=False)
+
+    def _keep(self, raw: bytes) -> BodyData | None:
+        """Account for the next bytes of the body: past `max_size` or at a stray CR/LF/NUL the body fails and
+        the rest is only counted (invariants 2 and 3); past `spill_at` they go out as `BodyData`."""
+        if self._body_fault is not None:
             return None
-        # Invariant 3: bare CR / bare LF. Three C-speed counts instead of a scan per byte.
-        crlf = stuffed.count(b"\r\n")
-        if stuffed.count(b"\n") != crlf or stuffed.count(b"\r") != crlf:
-            self._end_transaction()
-            self._emit(R.R550_BARE_LINE_ENDING)
+        self._body_size += len(raw)
+        if self._body_size > self.max_size:
+            self._fail_body(R.R552_TOO_BIG)  # RFC 1870 §6 / RFC 5321 §4.5.3.1.10
             return None
-        # RFC 5321 §4.5.2: remove the first "." of every line that starts with one.
-        raw = stuffed.replace(b"\r\n.", b"\r\n")
-        if raw.startswith(b"."):
-            raw = raw[1:]
-        if len(raw) > self.max_size:
-            self._end_transaction()
-            self._emit(R.R552_TOO_BIG)
+        fault = self._lines.feed(raw)
+        if fault is not None:
+            self._fail_body(R.R550_NUL if fault == NUL else R.R550_BARE_LINE_ENDING)
             return None
-        return Message(raw, self.txn.mail_from, self.txn.params, tuple(self.txn.recipients), False)
+        self._body += raw
+        if self.spill_at and (self._spilled or len(self._body) >= self.spill_at):
+            data, self._body = self._body, bytearray()
+            self._spilled = True
+            return BodyData(data)
+        return None
+
+    def _fail_body(self, reply: Reply) -> None:
+        self._body_fault = reply
+        self._body.clear()
+        if self._spilled:
+            self._spilled = False
+            self._discard_pending = True
+
+    def _drop_body(self) -> None:
+        """Forget the body (end of transaction); the session hears of a spilled one (BodyDiscarded)."""
+        if self._spilled:
+            self._discard_pending = True
+        self._body = bytearray()
+        self._body_size = 0
+        self._spilled = False
+        self._body_fault = None
+        self._lines = Checker()
+
+    def _body_end(self, chunked: bool) -> Message | None:
+        """The body is complete: the Message, or the failure's reply (and the transaction ends)."""
+        if self._body_fault is None and self._lines.finish() is not None:
+            self._fail_body(R.R550_BARE_LINE_ENDING)
+        fault = self._body_fault
+        txn = self.txn
+        assert txn is not None
+        if fault is not None:
+            self._end_transaction()
+            self._emit(fault)
+            return None
+        msg = Message(bytes(self._body), txn.mail_from, txn.params, tuple(txn.recipients), chunked,
+                      spilled=self._spilled, size=self._body_size)
+        self._spilled = False  # the session has the file now
+        self._body = bytearray()
+        return msg
 
     # --- BDAT (RFC 3030) --------------------------------------------------------------------------------------
     def _cmd_bdat(self, arg: str) -> Event | _NeedData | None:
@@ -831,11 +923,8 @@ class ServerCore:
         last = len(words) == 2
         txn = self.txn
         if error is None and txn is not None:
-            if txn.failed is not None:
-                error = txn.failed
-            elif len(txn.body) + size > self.max_size:
-                error = txn.failed = R.R552_TOO_BIG
-        if txn is not None:
+            if self._body_fault is None and self._body_size + size > self.max_size:
+                self._fail_body(R.R552_TOO_BIG)  # known before the chunk arrives: it is skipped
             txn.chunked = True
         self.mode = Mode.BDAT
         self._bdat_left = size
@@ -847,31 +936,36 @@ class ServerCore:
     def _bdat(self) -> Event | _NeedData | None:
         buf = self._in
         take = min(self._bdat_left, len(buf))
+        ev: BodyData | None = None
         if take:
             if self._bdat_error is None and self.txn is not None:
-                self.txn.body += buf[:take]
+                with memoryview(buf) as view:
+                    ev = self._keep(bytes(view[:take]))
             del buf[:take]
             self._bdat_left -= take
+        if ev is not None:
+            return ev
         if self._bdat_left:
             return NEED_DATA
         self.mode = Mode.COMMAND
         self._scan = 0
         error = self._bdat_error
-        if error is not None:
-            if self._bdat_last and self.txn is not None:
-                self._end_transaction()
+        if error is not None:  # out of sequence: no transaction to end
             self._emit(error)
             return None
         assert self.txn is not None
-        if not self._bdat_last:
-            self._emit(R.bdat_received(self._bdat_size))
+        if self._bdat_last:
+            return self._body_end(chunked=True)
+        if self._body_fault is not None:
+            self._emit(self._body_fault)  # RFC 3030 §2: each chunk is answered; a failed body fails them all
             return None
-        txn = self.txn
-        return Message(bytes(txn.body), txn.mail_from, txn.params, tuple(txn.recipients), True)
+        self._emit(R.bdat_received(self._bdat_size))
+        return None
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def _end_transaction(self) -> None:
         self.txn = None
         self._pending_mail = None
+        self._drop_body()
         if self.state in (State.MAIL, State.RCPT):
             self.state = State.READY

@@ -81,10 +81,13 @@ R354_DATA = reply(354, "", "End data with <CR><LF>.<CR><LF>")
 # --- 4xx -------------------------------------------------------------------------------------------------
 R421_SHUTDOWN = reply(421, "4.3.2", "Service shutting down, closing connection")
 R421_TIMEOUT = reply(421, "4.4.2", "Idle timeout, closing connection")
+R421_SLOW_COMMAND = reply(421, "4.4.2", "Command not received in time, closing connection")  # net invariant 7
+R421_SLOW_DATA = reply(421, "4.4.2", "Data arriving too slowly, closing connection")  # net invariant 7
 R421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 R421_TLS_PIPELINED = reply(421, "4.7.0", "Plaintext pipelined after STARTTLS, closing connection")
 R451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
 R452_TOO_MANY_RCPTS = reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10
+R452_NO_STORAGE = reply(452, "4.3.1", "Insufficient system storage, try again later")  # RFC 3463 §3.4, RFC 5321 §4.2.2
 R454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 R454_AUTH_TEMP = reply(454, "4.7.0", "Temporary authentication failure")
 
@@ -120,7 +123,8 @@ R538_ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for request
 R550_NO_SUCH_USER = reply(550, "5.1.1", "No such user here")
 R550_RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 R550_LIST_MEMBERS_ONLY = reply(550, "5.7.1", "Only members may post to this list")
-R550_BARE_LINE_ENDING = reply(550, "5.6.0", "Message refused: bare CR or LF in DATA (lines must end in CRLF)")
+R550_BARE_LINE_ENDING = reply(550, "5.6.0", "Message refused: bare CR or LF in the data (lines must end in CRLF)")
+R550_NUL = reply(550, "5.6.0", "Message refused: NUL character in the data")  # RFC 5322 §2.3, RFC 2045 §2.8
 R550_VRFY_UNKNOWN = reply(550, "5.1.1", "No such user here")
 R552_TOO_BIG = reply(552, "5.3.4", "Message size exceeds the fixed maximum message size")  # RFC 1870 §6
 R553_SENDER_NOT_OWNED = reply(553, "5.7.1", "Sender address does not belong to the authenticated user")

@@ -26,34 +26,46 @@ The message goes to `delivery.Router.accept` (the one door) with this hop's Rece
 
 Invariants
 1. The SMTP code never touches the store: recipients, senders and messages go through the router.
-2. No `250` after DATA/BDAT before `Router.accept` returned; any failure there is `451 4.3.0` (and logged).
+2. No `250` after DATA/BDAT before `Router.accept` returned; a full disk there (`InsufficientStorage`) is
+   `452 4.3.1` (RFC 3463 §3.4) with one log line, any other failure `451 4.3.0` with its traceback.
 3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
    anything is read as if it came over TLS (CVE-2011-0411).
 4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
    with its id; never a password or message content.
 5. Replies to an idle client (`421 4.4.2`, RFC 5321 §4.5.3.2.7) and at shutdown (`421 4.3.2`) end the
    session; a failed session never affects another.
+6. A body past `STAGING_THRESHOLD` (store/api.py; the core's `spill_at`) is written to one staging file as it
+   arrives and handed to the router as `Envelope.staged`; the file is removed when the message is answered,
+   discarded (`BodyDiscarded`) or the session ends. So a session holds at most about the threshold plus one
+   read of input in memory while receiving, whatever the client sends; data past SIZE is not even written.
+   A full disk is `452 4.3.1` (RFC 3463 §3.4), like the store's `InsufficientStorage`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
-from postroom.delivery.router import Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.delivery.router import HEAD_LIMIT, Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.fsutil import write_all
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
+    DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
 from postroom.net.listener import Handler, logfmt
+from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
 from .protocol import (
@@ -61,6 +73,8 @@ from .protocol import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BodyData,
+    BodyDiscarded,
     Closed,
     Expand,
     MailFrom,
@@ -160,12 +174,13 @@ class Session:
         cfg = services.config
         self.core = ServerCore(cfg.server.hostname, max_size=cfg.limits.message_size,
                                max_recipients=cfg.limits.recipients, line_length=cfg.limits.line_length,
-                               max_errors=cfg.limits.errors_per_session)
+                               max_errors=cfg.limits.errors_per_session, spill_at=STAGING_THRESHOLD)
         self.exchange: Exchange | None = None
         self.final_pending: Step | None = None  # SCRAM server-final sent as a 334; waiting for the empty reply
         self.user = ""
         self.message_seq = 0
         self.rcpts_refused = 0
+        self.staged: _Staged | None = None  # invariant 6: the body being received, past STAGING_THRESHOLD
 
     # --- policy hooks ----------------------------------------------------------------------------------------
     def _update_offers(self) -> None:
@@ -201,8 +216,13 @@ class Session:
                 if ev is NEED_DATA:
                     await self._flush()
                     between = core.mode is Mode.COMMAND and core.pending_input == 0
+                    conn.data_phase(core.mode is Mode.DATA or core.mode is Mode.BDAT)  # net invariant 7
                     try:
                         data = await conn.read_some(READ_SIZE, interruptible=between)
+                    except DeadlineExceeded as exc:
+                        core.close_with(R.R421_SLOW_DATA if exc.reason == "min-data-rate" else R.R421_SLOW_COMMAND)
+                        conn.end = "timeout"
+                        break
                     except IdleTimeout:
                         core.close_with(R.R421_TIMEOUT)
                         conn.end = "timeout"
@@ -218,10 +238,15 @@ class Session:
                 elif isinstance(ev, StartTLS):
                     if not await self._starttls():
                         return
+                elif isinstance(ev, BodyData):
+                    self._spill(ev.data)
+                elif isinstance(ev, BodyDiscarded):
+                    self._drop_staged()
                 else:
                     await self._handle(ev)
             await self._flush()
         finally:
+            self._drop_staged()
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
 
@@ -254,6 +279,12 @@ class Session:
                 raise AssertionError(f"unhandled event {ev!r}")
         except RouteError as exc:
             self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
+        except InsufficientStorage as exc:
+            log.warning("session %s: %s", self.conn.session_id, exc)
+            if isinstance(ev, Message):
+                self.core.message_done(R.R452_NO_STORAGE)  # RFC 3463 §3.4: X.3.1 mail system full
+            else:
+                self.core.send(R.R452_NO_STORAGE)
         except Exception:
             log.exception("session %s: error handling %s", self.conn.session_id, type(ev).__name__)
             if isinstance(ev, (AuthStart, AuthResponse)):
@@ -311,40 +342,89 @@ class Session:
         self.message_seq += 1
         message_id = f"{conn.session_id}.{self.message_seq}"
         recipients = [r.address for r in ev.recipients]
-        raw = ev.raw
+        staged: Path | None = None
+        head = ev.raw  # the start of the message, for the submission fix-ups and checks
+        if ev.spilled:
+            head = self.staged.head if self.staged is not None else b""
+            staged = self._finish_staged(ev.raw)  # the body is in the file; the prefix goes before it
+        added = b""
         if self.policy.submission:
             # RFC 6409 §8.3/§8.4: complete it before it is delivered, queued and (at sending) DKIM-signed. Mail
-            # arriving on the MX port is never changed (only the Received field is prepended).
-            raw = complete_submission(raw, self.services.config.server.hostname, now=self.clock)
+            # arriving on the MX port is never changed (only the Received field is prepended). The new fields
+            # go before the message's own header, so they are a prefix like the Received field.
+            completed = complete_submission(head, self.services.config.server.hostname, now=self.clock)
+            added = completed[:len(completed) - len(head)]
         header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + raw, envid=ev.params.envid, ret=ev.params.ret, may_relay=self.may_relay(),
+                       raw=header + added + (b"" if ev.spilled else ev.raw), envid=ev.params.envid,
+                       ret=ev.params.ret, may_relay=self.may_relay(), staged=staged,
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay())
         try:
             if self.policy.submission:
+                if ev.spilled and not header_complete(head):
+                    # A From field past what is kept of a large body's start could not be checked.
+                    raise RouteError(552, "5.3.4", f"Message header longer than {HEAD_LIMIT // 1024} KiB")
                 # RFC 6409 §6.1: the header's From/Sender must be the user's too, or the queue would DKIM-sign
                 # a forgery with our domain (`Router.may_send_as` is the one rule, as for MAIL FROM).
-                await self.router.check_header_senders(core.authenticated, ev.raw)
+                await self.router.check_header_senders(core.authenticated, head)
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
             return
+        finally:
+            self._drop_staged()
         self.services.metrics.message_accepted()
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
         message_log.info("%s", logfmt("message", [
             ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
-            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(env.raw)),
+            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(header) + ev.size),
             ("chunked", ev.chunked), ("local", accepted.local), ("queued", accepted.queued),
             ("held", accepted.held), ("queue_ids", ",".join(map(str, accepted.queue_ids)) or "-"),
             ("user", core.authenticated or "-")]))
         core.message_done(R.queued(message_id))
+
+    # --- the staging file of a large body (invariant 6) ---------------------------------------------------------
+    def _spill(self, data: bytes | bytearray) -> None:
+        """Append a piece of the body to the staging file (made on the first piece). A write error (disk full)
+        is kept and answered when the message ends; the rest of the body is then only counted."""
+        st = self.staged
+        if st is None:
+            fd, name = tempfile.mkstemp(dir=self.router.staging_dir(), prefix="smtp-data.")
+            st = self.staged = _Staged(Path(name), fd)
+        st.keep_head(data)
+        if st.error is not None:
+            return
+        try:
+            write_all(st.fd, data)  # page cache: no fsync here; the store fsyncs before it commits
+        except OSError as exc:
+            st.error = exc
+            st.close()
+            st.path.unlink(missing_ok=True)
+
+    def _finish_staged(self, tail: bytes) -> Path:
+        """Write the last bytes and close the file: it now holds the whole body. Raises the write error."""
+        st = self.staged
+        if st is None:  # pragma: no cover - the core spilled, so there is a file
+            raise AssertionError("spilled body without a staging file")
+        self._spill(tail)
+        if st.error is not None:
+            self._drop_staged()
+            raise InsufficientStorage.from_os_error(st.error)
+        st.close()
+        return st.path
+
+    def _drop_staged(self) -> None:
+        st, self.staged = self.staged, None
+        if st is not None:
+            st.close()
+            st.path.unlink(missing_ok=True)
 
     # --- AUTH (RFC 4954) ---------------------------------------------------------------------------------------
     async def _auth_start(self, ev: AuthStart) -> None:
@@ -418,6 +498,31 @@ class Session:
             return
         members = [f"<{m}>" for m in lists[0].members] or [f"<{lists[0].owner}>"]
         self.core.send(R.Reply(250, "2.1.5", tuple(members)))
+
+
+class _Staged:
+    """The open staging file of the body being received."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.error: OSError | None = None
+        self.head = b""  # the first HEAD_LIMIT bytes: the header, for submission's fix-ups and From check
+
+    def keep_head(self, data: bytes | bytearray) -> None:
+        """Keep `data`, a piece of the body as it arrives, while the start kept is under HEAD_LIMIT bytes."""
+        if len(self.head) < HEAD_LIMIT:
+            self.head += bytes(data[:HEAD_LIMIT - len(self.head)])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def header_complete(head: bytes) -> bool:
+    """Does `head`, the start of a message, hold its whole header (RFC 5322 §2.1: it ends at the empty line)?"""
+    return head.startswith(b"\r\n") or b"\r\n\r\n" in head
 
 
 def smtp_handler_factory(services: Services, listener: str) -> Handler:

@@ -39,6 +39,8 @@ Mailbox names are case-sensitive except INBOX (RFC 9051 §5.1).
 from __future__ import annotations
 
 import enum
+import errno
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,33 @@ class AlreadyExists(StoreError):
 
 class Invalid(StoreError):
     """The request breaks a rule (bad name, INBOX rename target taken, deleting a mailbox with children...)."""
+
+
+class InsufficientStorage(StoreError):
+    """The disk (or the database) is full: ENOSPC or EDQUOT from a file write, SQLITE_FULL from SQLite. Nothing
+    was stored. Each protocol answers it with its own code: SMTP `452 4.3.1` (RFC 3463 §3.4 "mail system
+    full"), IMAP `NO [LIMIT]` (RFC 5530 §3), POP3 `-ERR [SYS/TEMP]` (RFC 3206). Engines raise it for every
+    write that fails for lack of space, never `OSError` or `sqlite3.OperationalError`."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> InsufficientStorage:
+        return cls(f"insufficient storage: {exc.strerror or exc}")
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for the errors `InsufficientStorage` stands for: ENOSPC / EDQUOT, SQLite's SQLITE_FULL."""
+    if isinstance(exc, InsufficientStorage):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return False
+
+
+STAGING_THRESHOLD = 1 << 20
+"""Bytes: a message body larger than this is written to a file in `Store.staging_dir()` as it arrives (SMTP DATA
+and BDAT, IMAP APPEND literals), never held whole in a session's memory."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,7 +482,8 @@ class Store(Protocol):
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
         create a file of their own in it (e.g. `tempfile.mkstemp(dir=...)`); nothing else may live there. Files
-        older than an hour are garbage (a crash left them): `open()` may remove them."""
+        older than an hour are garbage (a crash left them): `open()` may remove them, and every file when no
+        other process has the store open."""
 
     async def append_file(
         self,
@@ -477,6 +507,14 @@ class Store(Protocol):
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob."""
+
+    async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
+                           meta: bytes | None = None) -> list[AppendResult]:
+        """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
+        otherwise), with no flags and the time of delivery: a large message received by SMTP is stored without
+        being held in memory (the prefix, e.g. Return-Path, is copied with the body into a new file in bounded
+        pieces; without one the file is linked, not copied). Unlike `append_file`, `path` stays the caller's: it
+        is left in place, so one staged body can be delivered and queued."""
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         """UID order; reads no bodies."""
@@ -547,6 +585,20 @@ class Store(Protocol):
         is trusted (sendmail, relay networks, the server's own DSNs and notices); False for mail relayed on
         behalf of others (forwards, list copies of outside posts). The DKIM signer only aligns with a From domain
         for checked entries."""
+
+    async def enqueue_file(
+        self,
+        path: Path,
+        mail_from: str,
+        recipients: Sequence[QueueRecipient],
+        *,
+        prefix: bytes = b"",
+        envid: str = "",
+        ret: str = "",
+        from_checked: bool = True,
+    ) -> QueueEntry:
+        """`enqueue` of `prefix` + the bytes of the staging file `path`, as `deliver_file` stores them (the file
+        stays the caller's); `from_checked` as for `enqueue`."""
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
 

@@ -24,7 +24,8 @@ Invariants:
    over (`Store.append_file`); `adopt()` links such a file under its final name after an fsync of the file,
    so a body is never copied. The staging name is removed by the engine after the commit; a crash can leave
    staging files behind (garbage, like ".tmp." files). `sweep()` (run when the store opens) removes both kinds
-   once older than `STALE_AGE`: never younger, since another process sharing the store may be writing one.
+   once older than `max_age`: `STALE_AGE` while another process shares the store (it may be writing one),
+   0 when the store's lock shows none does (sqlite/__init__.py invariant 3).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import hashlib
 import os
 import secrets
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,6 +175,24 @@ class BlobStore:
             except FileNotFoundError:
                 pass  # its writer finished (or another sweep won)
         return removed
+
+    def stage_copy(self, src: Path, prefix: bytes) -> Path:
+        """A new staging file holding `prefix` followed by the bytes of `src`, copied in `HASH_CHUNK` pieces (never
+        whole in memory): a body that gets headers prepended at delivery (Return-Path, list headers). The caller
+        removes it, or hands it to the store."""
+        fd, name = tempfile.mkstemp(dir=self.staging, prefix="prefixed.")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out, open(src, "rb", buffering=0) as f:
+                write_all(out.fileno(), prefix)
+                buf = bytearray(HASH_CHUNK)
+                view = memoryview(buf)
+                while n := f.readinto(buf):
+                    write_all(out.fileno(), view[:n])
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
 
     def hash_file(self, src: Path) -> tuple[str, int, int]:
         """(sha256 hex, size, `crlf_size`) of a file, read in bounded chunks."""

@@ -149,3 +149,24 @@ def test_disconnect_mid_literal_stores_nothing(imap: Any) -> None:
     assert inbox_messages(imap) == []
     assert imap.run(imap.store.mailbox_status(
         imap.run(imap.store.get_mailbox(imap.run(imap.store.get_user(ADDR)).id, "INBOX")).id)).size == 0
+
+
+def test_memory_per_command_is_capped_whatever_the_literals(imap: Any) -> None:
+    # issue 11 item 2: before login a large APPEND literal was accepted ("+") and buffered whole, and so was a
+    # second large literal in one APPEND, or any number of 1 MiB strings: now each is refused with TOOBIG
+    # (RFC 7889 §4) before the client sends it, and the session goes on.
+    r = Raw(imap.port("imap"), timeout=30)
+    r.send(b"a APPEND INBOX {%d}\r\n" % (20 * STREAM_LITERAL_MIN))
+    assert r.line().startswith(b"a NO [TOOBIG]")
+    r.login(ADDR, PW)
+    big = big_message(2 * STREAM_LITERAL_MIN)
+    r.send(b"b APPEND INBOX {%d}\r\n" % len(big))
+    assert r.line().startswith(b"+")
+    r.send(big + b" {%d}\r\n" % len(big))  # a second large literal in the same command
+    assert r.line().startswith(b"b NO [TOOBIG]")
+    piece = b"x" * 64000  # under the 64 KiB limit of one string literal; 20 of them are not
+    r.send(b"c SEARCH" + b"".join(b" TEXT {%d+}\r\n" % len(piece) + piece for _ in range(20)) + b"\r\n")
+    assert r.line().startswith(b"c NO [TOOBIG] Command larger than")
+    assert r.cmd("d NOOP")[-1].startswith(b"d OK")
+    r.close()
+    assert inbox_messages(imap) == [] and list(staging(imap).iterdir()) == []

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from postroom import cli
+from postroom.mime.lineends import stray
 from postroom.sendmail import SendmailError, prepare
 from postroom.store import open_store
 from postroom.store.api import QueueEntry
@@ -117,3 +118,29 @@ def test_prepare_extracts_quoted_local_parts_quoted() -> None:
     p = prepare(b'To: "John Doe" <"john doe"@b.test>, "jane"@b.test\n\nhi\n', recipients=[], sender=None,
                 extract=True, ignore_dots=False, hostname="h", user="u")
     assert p.recipients == ('"john doe"@b.test', "jane@b.test")
+
+
+def test_sendmail_normalises_bare_cr_and_nul(conf: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 11 item 7: this body used to be queued verbatim, a second message smuggled into any receiver that
+    # ends DATA on CR "." CRLF. Now each stray CR (and NUL) is a space, as Postfix's cleanup does.
+    run(conf, "domain", "add", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    msg = (b"Subject: smuggle\n\nhello\r.\r\nMAIL FROM:<admin@a.test>\r\nRCPT TO:<victim@b.test>\r\nDATA\r\n"
+           b"Subject: forged\r\n\x00\r\n.\r\n")
+    code, _, err = run(conf, "sendmail", "-i", "-f", "cron@a.test", "bob@b.test", stdin=msg, capsys=capsys,
+                       monkeypatch=monkeypatch)
+    assert code == 0, err
+    [entry] = queue(conf)
+    data = conf.parent / "data"
+
+    async def read() -> bytes:
+        store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+        await store.open()
+        try:
+            return await store.read_message(entry.blob_id)
+        finally:
+            await store.close()
+
+    raw = asyncio.run(read())
+    assert stray(raw) is None
+    assert b"\r\n\r\nhello .\r\nMAIL FROM:<admin@a.test>\r\n" in raw and b"\r\n \r\n.\r\n" in raw

@@ -19,10 +19,11 @@ import pytest
 from outbound_support import DnsServer, FakeClock, SmtpPeer
 
 from postroom import config as config_mod
-from postroom.delivery.client import Hop, SmtpClient, Transaction, dot_stuff
+from postroom.delivery.client import Hop, SmtpClient, Transaction, UnsafeContent, dot_stuff
 from postroom.delivery.dkim import generate_keys
 from postroom.delivery.mx import DnsResolver, RouteFinder, StaticResolver
 from postroom.delivery.queue import Scheduler
+from postroom.mime.lineends import stray
 from postroom.net.tls import ensure_certificate, server_context
 from postroom.store.api import QueueRecipient, RcptState, Store
 from postroom.store.sqlite import SQLiteStore
@@ -460,3 +461,29 @@ async def test_client_pieces(tmp_path: Path) -> None:
         assert c.closed
     finally:
         await peer.close()
+
+
+async def test_stray_cr_never_leaves_client_refuses_and_queue_repairs_old_entries(tmp_path: Path) -> None:
+    # issue 11 item 7, the last line of defence (client.py invariant 2): content with a bare CR is never sent.
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        smuggling = MSG + b"hello\r.\r\nMAIL FROM:<admin@a.test>\r\n"
+        client = await SmtpClient.open(Hop("127.0.0.1", "127.0.0.1", peer.port), "mx.a.test", connect_timeout=5,
+                                       command_timeout=5)
+        try:
+            with pytest.raises(UnsafeContent):
+                await client.send(Transaction("alice@a.test", ("bob@b.test",), smuggling))
+            with pytest.raises(UnsafeContent):
+                await client.send(Transaction("alice@a.test", ("bob@b.test",), MSG + b"\x00\r\n"))
+        finally:
+            await client.quit()
+        assert peer.seen == []  # not even MAIL FROM went out
+        # An entry queued before the router refused such content goes out repaired, signed as sent.
+        await hs.enqueue("bob@b.test", raw=smuggling)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        assert await s.run_once() == 1
+        [seen] = peer.delivered
+        assert stray(seen.data) is None and b"hello .\r\nMAIL FROM:<admin@a.test>\r\n" in seen.data
+    finally:
+        await finish(hs)

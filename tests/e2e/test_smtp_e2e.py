@@ -141,15 +141,38 @@ def test_unknown_user_and_relay_refused_at_rcpt(srv: Any) -> None:
     assert queue(srv) == []
 
 
-def test_bdat_binary_raw_socket(srv: Any) -> None:
-    payload = b"Subject: bin\r\n\r\n" + bytes(range(256)) + b"\r\n.\r\nnot the end\n"
-    script = (b"EHLO raw.test\r\nMAIL FROM:<bob@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
+def test_bdat_8bit_raw_socket(srv: Any) -> None:
+    octets = bytes(b for b in range(256) if b not in (0, 10, 13))
+    payload = b"Subject: bin\r\n\r\n" + octets + b"\r\n.\r\nnot the end\r\n"
+    script = (b"EHLO raw.test\r\nMAIL FROM:<bob@remote.test> BODY=8BITMIME\r\nRCPT TO:<alice@example.org>\r\n"
               b"BDAT 100\r\n" + payload[:100] + b"BDAT %d LAST\r\n" % (len(payload) - 100) + payload[100:] +
               b"QUIT\r\n")
     out = raw_dialogue(srv.port("smtp"), script)
     assert b"250 2.0.0 100 octets received\r\n" in out and b"250 2.0.0 OK queued as" in out
     [stored] = inbox(srv, "alice@example.org")
     assert split_prepended(stored)[1] == payload
+
+
+@pytest.mark.parametrize("payload", [
+    b"Subject: bin\r\n\r\n" + bytes(range(256)) + b"\r\n.\r\nnot the end\n",  # binary: NUL, bare CR and LF
+    b"Subject: nul\r\n\r\nhi\r\n\x00.\r\n",  # issue 11 item 7: NUL before the dot
+])
+def test_bdat_stray_cr_lf_or_nul_refused(srv: Any, payload: bytes) -> None:
+    # BINARYMIME is not offered, so BDAT carries 7bit/8bit lines (RFC 3030 §3; RFC 5322 §2.3, RFC 2045 §2.8).
+    script = (b"EHLO raw.test\r\nMAIL FROM:<bob@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
+              b"BDAT %d LAST\r\n" % len(payload) + payload + b"QUIT\r\n")
+    out = raw_dialogue(srv.port("smtp"), script)
+    assert b"550 5.6.0" in out
+    assert inbox(srv, "alice@example.org") == []
+
+
+def test_data_nul_refused(srv: Any) -> None:
+    # issue 11 item 7: "\r\n\x00.\r\n" was accepted and forwarded verbatim.
+    script = (b"EHLO raw.test\r\nMAIL FROM:<bob@remote.test>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n"
+              b"Subject: a\r\n\r\nx\r\n\x00.\r\n.\r\nQUIT\r\n")
+    out = raw_dialogue(srv.port("smtp"), script)
+    assert b"550 5.6.0 Message refused: NUL" in out
+    assert inbox(srv, "alice@example.org") == []
 
 
 def test_pipelined_batch_in_one_write(srv: Any) -> None:

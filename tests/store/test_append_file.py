@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, Store
+from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, QueueRecipient, Store
 from postroom.store.blobs import blob_id_of
 from postroom.store.sqlite import INLINE_MAX
 
@@ -150,9 +150,36 @@ async def test_a_raced_deletion_is_repaired_from_the_staging_file(
     assert staged(store) == []
 
 
+@pytest.mark.parametrize("size", [LARGE, SMALL])
+@pytest.mark.parametrize("prefix", [b"", b"Return-Path: <a@example.org>\r\n"])
+async def test_deliver_file_and_enqueue_file_store_prefix_and_body_and_leave_the_file(
+        store: Store, size: int, prefix: bytes) -> None:
+    """`deliver_file` / `enqueue_file` (large SMTP bodies, issue 11 item 2): prefix + file content, byte-exact,
+    into several mailboxes in one write and into the queue; the staging file stays the caller's."""
+    data = body(size, salt=7)
+    path = stage(store, data)
+    a, b = await new_user(store, "a@example.org"), await new_user(store, "b@example.org")
+    boxes = [(await inbox(store, a)).id, (await inbox(store, b)).id]
+    results = await store.deliver_file(boxes, path, prefix=prefix)
+    assert len(results) == 2 and path.exists()
+    for box, r in zip(boxes, results):
+        info = await store.get_message(box, r.uid)
+        assert info is not None and info.size == len(prefix) + size
+        assert await store.read_message(info.blob_id) == prefix + data
+    entry = await store.enqueue_file(path, "a@example.org", [QueueRecipient("x@far.test")], prefix=b"X: 1\r\n")
+    assert entry.size == size + 6 and await store.read_message(entry.blob_id) == b"X: 1\r\n" + data
+    assert path.exists()
+    path.unlink()
+    assert staged(store) == []  # no prefixed copy left behind
+    with pytest.raises(Invalid):
+        await store.deliver_file(boxes, Path(tempfile.gettempdir()) / "elsewhere")
+
+
 async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store]) -> None:
-    """What a crash left in staging (and half-written ".tmp." body files) goes at the next open, once it is
-    older than an hour; a younger file may be another process's write in flight and stays."""
+    """What a crash left in staging (and half-written ".tmp." body files) goes at the next open. While another
+    process (here: another store object, with its own lock) has the store open, only files older than an hour
+    go: a younger one may be its write in flight. Opened alone, the store removes every one at once (sqlite
+    invariant 3; issue 11: four killed APPENDs left 120 MB for an hour)."""
     s = store_factory()
     await s.open()
     try:
@@ -168,18 +195,28 @@ async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store
         two_hours_ago = time.time() - 7200
         for p in (old, *tmps[:1], *tmps[2:]):
             os.utime(p, (two_hours_ago, two_hours_ago))
+        other = store_factory()  # opened while `s` is open: not alone
+        await other.open()
+        try:
+            assert staged(other) == [fresh]
+            if tmps:
+                assert [p.exists() for p in tmps] == [False, True, True]  # a blob's own file is never swept
+            user = await new_user(other)
+            box = await inbox(other, user)
+            r = await other.append_file(box.id, fresh)  # the fresh one is still usable
+            info = await other.get_message(box.id, r.uid)
+            assert info is not None and await other.read_message(info.blob_id) == b"fresh"
+            assert staged(other) == []
+            young = stage(other, b"young, from a process that died")
+        finally:
+            await other.close()
     finally:
         await s.close()
-    s = store_factory()
-    await s.open()
+    alone = store_factory()
+    await alone.open()
     try:
-        assert staged(s) == [fresh]
+        assert not young.exists() and staged(alone) == []  # no other holder: swept at once, whatever its age
         if tmps:
-            assert [p.exists() for p in tmps] == [False, True, True]  # a blob's own file is never swept
-        user = await new_user(s)
-        box = await inbox(s, user)
-        r = await s.append_file(box.id, fresh)  # the fresh one is still usable
-        info = await s.get_message(box.id, r.uid)
-        assert info is not None and await s.read_message(info.blob_id) == b"fresh" and staged(s) == []
+            assert [p.exists() for p in tmps] == [False, False, True]
     finally:
-        await s.close()
+        await alone.close()

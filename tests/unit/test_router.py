@@ -218,3 +218,22 @@ def test_quoted_local_parts_resolve_to_a_definite_answer(tmp_path: Path) -> None
         assert await r.resolve('"any one"@other.org') == [LocalUser(john.id, john.address)]
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: x\r\n\r\nhi\r\n\x00.\r\n",  # issue 11 item 7: NUL, as an inbound message carried it
+    b"Subject: x\r\n\r\nhello\r.\r\nMAIL FROM:<evil@x.test>\r\n",  # bare CR: smuggling downstream
+])
+def test_accept_refuses_stray_cr_lf_nul_at_the_door(tmp_path: Path, raw: bytes) -> None:
+    async def body(store: Store, r: Router) -> None:
+        for rcpt in ("alice@example.org", "someone@far.test"):
+            with pytest.raises(RouteError) as info:
+                await r.accept(Envelope("x@far.test", (Rcpt(rcpt),), raw, may_relay=True))
+            assert (info.value.code, info.value.esc) == (550, "5.6.0")  # RFC 5322 §2.3, RFC 5321 §2.3.8
+        assert await store.queue_list() == []
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        box = await store.get_mailbox(alice.id, "INBOX")
+        assert box is not None and await store.list_messages(box.id) == []
+
+    run(tmp_path, body)

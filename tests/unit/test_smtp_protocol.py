@@ -11,10 +11,13 @@ import pytest
 
 from postroom.smtp import replies as R
 from postroom.smtp.protocol import (
+    DATA_PIECE,
     NEED_DATA,
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BodyData,
+    BodyDiscarded,
     Closed,
     Expand,
     MailFrom,
@@ -191,7 +194,7 @@ def test_helo_needs_domain() -> None:
 PIPELINE = (b"EHLO c.test\r\nMAIL FROM:<a@b.test> SIZE=20 BODY=8BITMIME\r\nRCPT TO:<r@mx.test>\r\n"
             b"RCPT TO:<s@mx.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;s+40mx.test\r\nDATA\r\n"
             b"Subject: x\r\n\r\n..dot\r\n.\r\n"
-            b"MAIL FROM:<>\r\nRCPT TO:<r@mx.test>\r\nBDAT 7\r\n\x00\r\n.\r\n\nBDAT 0 LAST\r\nNOOP\r\nQUIT\r\n")
+            b"MAIL FROM:<>\r\nRCPT TO:<r@mx.test>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 0 LAST\r\nNOOP\r\nQUIT\r\n")
 
 
 def _normalise(events: list[object]) -> list[object]:
@@ -206,7 +209,7 @@ def test_pipelined_batch_whole() -> None:
     assert msgs[0].params.size == 20 and msgs[0].params.body == "8BITMIME"
     assert msgs[0].recipients[1].notify == "SUCCESS,DELAY"
     assert msgs[0].recipients[1].orcpt == "rfc822;s+40mx.test"
-    assert msgs[1].raw == b"\x00\r\n.\r\n\n" and msgs[1].chunked and msgs[1].mail_from == ""
+    assert msgs[1].raw == b"ab\r\n.\r\n" and msgs[1].chunked and msgs[1].mail_from == ""
     assert isinstance(events[-1], Closed)
 
 
@@ -288,9 +291,10 @@ def test_data_oversize_is_552_and_session_goes_on() -> None:
 def test_data_oversize_memory_bounded_when_streamed() -> None:
     core = make(max_size=10_000)
     drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n"])
-    for _ in range(100):
+    for i in range(100):
         drive(core, [b"y" * 998 + b"\r\n"])
-        assert core.pending_input < 12_000
+        # past max_size the body is dropped as it arrives: only the unread piece stays
+        assert core.held_bytes < (DATA_PIECE + 1000 if i > 10 else 12_000 + DATA_PIECE)
     out, _ = drive(core, [b".\r\nNOOP\r\n"])
     assert codes(out) == ["552", "250"]
 
@@ -318,8 +322,11 @@ def test_data_after_bdat_and_bdat_out_of_sequence_consumes_chunk() -> None:
 # BDAT with binary data (RFC 3030)
 
 
-def test_bdat_binary_every_byte_value() -> None:
-    payload = bytes(range(256)) * 4 + b"\r\n.\r\n\n\r.\x00"
+def test_bdat_8bit_every_byte_value() -> None:
+    # Every octet but NUL, CR and LF, in CRLF lines, split across chunks: kept byte for byte (RFC 3030 §3 with
+    # BODY=8BITMIME; BINARYMIME is not offered).
+    octets = bytes(b for b in range(256) if b not in (0, 10, 13))
+    payload = (octets + b"\r\n") * 4 + b".\r\n..\r\n"
     head = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"
     script = head + b"BDAT 300\r\n" + payload[:300] + b"BDAT %d LAST\r\n" % (len(payload) - 300) + payload[300:]
     whole = session(script)
@@ -329,6 +336,30 @@ def test_bdat_binary_every_byte_value() -> None:
     assert msgs[0].raw == payload and msgs[0].chunked
     for i in range(1, len(script), 7):
         assert drive(make(), [script[:i], script[i:]]) == whole
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"a\r\n\x00.\r\n"],  # the issue's input: NUL
+    [b"hello\r.\r\n"],  # bare CR
+    [b"a\r", b"b\r\n"],  # a CR ending one chunk, not followed by LF in the next
+    [b"a\nb\r\n"],  # bare LF
+    [b"a\r\n", b"\n"],  # LF at the start of a chunk, no CR before it
+    [b"a\r\nb\r"],  # a CR at the very end of the message
+])
+def test_bdat_stray_cr_lf_nul_refused(chunks: list[bytes]) -> None:
+    script = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"
+    for i, c in enumerate(chunks):
+        script += b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
+    out, events = session(script + b"NOOP\r\n")
+    assert codes(out)[-2:] == ["550", "250"]
+    assert b"550 5.6.0" in out
+    assert not [e for e in events if isinstance(e, Message)]
+
+
+def test_bdat_crlf_split_between_chunks_accepted() -> None:
+    out, events = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nBDAT 2\r\na\r"
+                          b"BDAT 1 LAST\r\n\n")
+    assert [e.raw for e in events if isinstance(e, Message)] == [b"a\r\n"]
 
 
 def test_bdat_oversize_and_following_chunks_fail_until_last() -> None:
@@ -592,3 +623,73 @@ def test_parse_path_and_the_store_spell_an_address_alike(path: str) -> None:
     address, _ = parse_path(path, allow_null=False, utf8=True)
     assert names.address(address) == address.lower()
     assert names.address(path[1:-1]) == address.lower()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bodies past `spill_at` go out as BodyData (the session's staging file); the core holds a bounded amount
+
+
+def _spilled_body(events: list[object]) -> tuple[bytes, list[Message]]:
+    data = b"".join(e.data for e in events if isinstance(e, BodyData))
+    return data, [e for e in events if isinstance(e, Message)]
+
+
+def _stuffed_lines(n: int) -> tuple[bytes, bytes]:
+    """(raw, stuffed) of n lines, many starting with dots, some long."""
+    rng = random.Random(n)
+    lines = []
+    for i in range(n):
+        line = b"." * rng.randrange(3) + bytes(rng.choice(b"ab.\xe9 ") for _ in range(rng.randrange(200)))
+        if i % 97 == 0:
+            line += b"z" * 70_000  # longer than a piece: cut inside the line
+        lines.append(line + b"\r\n")
+    raw = b"".join(lines)
+    stuffed = b"".join(b"." + ln if ln.startswith(b".") else ln for ln in lines)
+    return raw, stuffed
+
+
+def test_data_spills_past_threshold_byte_exact_at_any_split() -> None:
+    raw, stuffed = _stuffed_lines(3000)
+    head = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n"
+    script = head + stuffed + b".\r\nNOOP\r\n"
+    rng = random.Random(3)
+    for _ in range(5):
+        cuts = sorted(rng.sample(range(1, len(script)), 40))
+        parts = [script[a:b] for a, b in zip([0] + cuts, cuts + [len(script)])]
+        core = ServerCore("mx.test", max_size=len(raw), max_recipients=5, spill_at=100_000)
+        out, events = drive(core, parts)
+        spilled, msgs = _spilled_body(events)
+        assert codes(out)[-2:] == ["250", "250"]
+        assert len(msgs) == 1 and msgs[0].spilled and msgs[0].size == len(raw)
+        assert spilled + msgs[0].raw == raw
+        assert len(msgs[0].raw) < 100_000 + DATA_PIECE
+
+
+def test_data_over_size_is_dropped_as_it_arrives_and_spilled_file_discarded() -> None:
+    core = ServerCore("mx.test", max_size=300_000, max_recipients=5, spill_at=100_000)
+    out, events = drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\nDATA\r\n"])
+    line = b"x" * 998 + b"\r\n"
+    for _ in range(1000):  # 1 MB, over three times the limit
+        o, ev = drive(core, [line * 10])
+        events += ev
+        assert core.held_bytes < 100_000 + DATA_PIECE + 10_000
+    out, ev = drive(core, [b".\r\nNOOP\r\n"])
+    events += ev
+    assert codes(out) == ["552", "250"] and b"552 5.3.4" in out
+    assert sum(isinstance(e, BodyDiscarded) for e in events) == 1
+    assert not [e for e in events if isinstance(e, Message)]
+    assert sum(len(e.data) for e in events if isinstance(e, BodyData)) <= 300_000
+
+
+def test_bdat_spills_and_rset_discards() -> None:
+    core = ServerCore("mx.test", max_size=10_000_000, max_recipients=5, spill_at=1000)
+    chunk = (b"y" * 98 + b"\r\n") * 30
+    out, events = drive(core, [b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n",
+                               b"BDAT %d\r\n" % len(chunk) + chunk, b"RSET\r\n"])
+    assert codes(out)[-2:] == ["250", "250"]
+    assert [type(e).__name__ for e in events if isinstance(e, (BodyData, BodyDiscarded))][-1] == "BodyDiscarded"
+    out, events = drive(core, [b"MAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n",
+                               b"BDAT %d\r\n" % len(chunk) + chunk, b"BDAT 3 LAST\r\nz\r\n"])
+    spilled, msgs = _spilled_body(events)
+    assert spilled + msgs[0].raw == chunk + b"z\r\n" and msgs[0].spilled
+    assert not [e for e in events if isinstance(e, BodyDiscarded)]

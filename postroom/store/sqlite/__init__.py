@@ -12,20 +12,28 @@ first: its invariants are the ones api.py promises (durable when awaited, commit
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.
 2. `open()` and `close()` are idempotent; `close()` lets every queued write finish before it returns.
-3. `open()` removes staging and ".tmp." files older than an hour (`BlobStore.sweep`), nothing younger.
+3. Every process that opens the store holds a shared `flock` on `<database>.lock` until `close()`. `open()`
+   first tries that lock exclusively without waiting: if it gets it, no other process (server or admin
+   command) has the store open, so every staging and ".tmp." file is a crash's leftover and all are removed
+   at once (four APPENDs killed mid-literal no longer leave 120 MB for an hour); then it keeps the lock
+   shared. Otherwise it waits for the shared lock and removes only files older than an hour
+   (`BlobStore.sweep`, `STALE_AGE`), never a younger one another process may be writing. Where `flock` is not
+   available the hour rule alone applies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
 from postroom.store.api import ChangeHub
-from postroom.store.blobs import BlobStore
+from postroom.store.blobs import STALE_AGE, BlobStore
 from postroom.store.hub import Hub
 from postroom.store.sqlite.accounts import AccountsMixin
 from postroom.store.sqlite.authfail import AuthFailuresMixin
@@ -62,6 +70,7 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
         self._clock = clock
         self._blobs = BlobStore(Path(blob_dir))
         self._engine = Engine(self.path, self._blobs, self.hub, inline_max=inline_max, readers=readers)
+        self._lock_fd = -1  # invariant 3
 
     @property
     def on_commit(self) -> Callable[[float, int], None] | None:
@@ -78,14 +87,49 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
 
     async def open(self) -> None:
         if not self._engine.is_open:
+            alone = await asyncio.to_thread(self._lock)
             await asyncio.to_thread(self._engine.start)
-            await asyncio.to_thread(self._sweep)
+            await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
 
-    def _sweep(self) -> None:
-        """Remove what a crash left in the blob directory (blobs.py invariants 5 and 6). Only files older than
-        `STALE_AGE`, so another process sharing the store never loses a file it is writing."""
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _lock(self) -> bool:
+        """Take the store's lock (invariant 3); True if this process is the only one with the store open."""
+        if self._lock_fd >= 0:
+            return False
         try:
-            removed = self._blobs.sweep()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as e:
+            log.warning("no lock file %s (%s): stale files are swept after an hour only", self.lock_path, e)
+            return False
+        alone = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_SH)  # from exclusive: a conversion; else waits out another's sweep
+        except OSError as e:
+            os.close(fd)
+            log.warning("cannot lock %s (%s): stale files are swept after an hour only", self.lock_path, e)
+            return False
+        self._lock_fd = fd
+        return alone
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)  # releases the flock
+
+    def _sweep(self, max_age: float = STALE_AGE) -> None:
+        """Remove what a crash left in the blob directory (blobs.py invariants 5 and 6): everything when no other
+        process has the store open, else only files older than `STALE_AGE` (invariant 3)."""
+        try:
+            removed = self._blobs.sweep(max_age)
         except OSError as e:  # garbage left in place costs disk only; never refuse to open for it
             log.warning("could not sweep stale files under %s: %s", self._blobs.root, e)
             return
@@ -98,6 +142,7 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
         if self._engine.begin_stop():
             await asyncio.to_thread(self._engine.stop)
             await asyncio.sleep(0)  # let the last batch's callbacks (answers, broadcasts) run
+        self._unlock()
 
     async def __aenter__(self) -> Self:
         await self.open()

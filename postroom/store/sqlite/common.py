@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from postroom.store.api import ChangeHub, Mailbox, MessageInfo, NotFound
+from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size
 from postroom.store.sqlite.engine import Engine, Tx
 
@@ -32,8 +32,15 @@ class Base:
     _blobs: BlobStore
     _clock: Callable[[], float]
 
+    def _check_staged(self, path: Path) -> Path:
+        """`path` if it names a file in the staging directory (`Store.staging_dir`); Invalid otherwise."""
+        path = Path(path)
+        if path.parent.resolve() != self._blobs.staging.resolve() or path.name in ("", ".", ".."):
+            raise Invalid(f"not a file in the staging directory: {path}")
+        return path
 
-# `FROM mailboxes` (not aliased): `subscribed` is whether the name is in the user's subscriptions (schema 8).
+
+# `FROM mailboxes` (not aliased): `subscribed` is whether the name is in the user's subscriptions (schema invariant 8).
 MAILBOX_COLUMNS = (
     "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use,"
     " EXISTS(SELECT 1 FROM subscriptions s WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name),"

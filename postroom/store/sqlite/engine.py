@@ -54,6 +54,8 @@ Invariants
    the transaction that drops its last reference.
 5. The write connection is used by the writer thread only; a read connection only by the thread that made it
    (a pool thread, or the event-loop thread for quick point lookups).
+6. A write or file job that fails for lack of space (ENOSPC, EDQUOT, SQLITE_FULL) reaches its caller as
+   `api.InsufficientStorage`, whatever raised it (`Engine.write`, `Engine.io`): protocols answer one type.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from postroom.store.api import Change, ChangeHub, StoreError
+from postroom.store.api import Change, ChangeHub, InsufficientStorage, StoreError, is_out_of_space
 from postroom.store.blobs import BlobStore
 from postroom.store.sqlite.schema import migrate
 
@@ -100,6 +102,12 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
     size: int = 0  # bytes of inline bodies the job will insert
+
+
+def _raise_if_out_of_space(exc: Exception) -> None:
+    """Raise `InsufficientStorage` (from `exc`) if `exc` is a full disk or database (invariant 6)."""
+    if is_out_of_space(exc) and not isinstance(exc, InsufficientStorage):
+        raise InsufficientStorage(f"insufficient storage: {exc}") from exc
 
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
@@ -214,7 +222,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, future, loop, size))
-        return await future
+        try:
+            return await future
+        except Exception as exc:
+            _raise_if_out_of_space(exc)
+            raise
 
     async def read(self, fn: Callable[[sqlite3.Connection], T], *, quick: bool = False) -> T:
         """Run `fn(conn)` inside one read transaction on a reader thread.
@@ -235,7 +247,11 @@ class Engine:
         """Run blocking file work (blob writes and reads) on the I/O pool."""
         if not self._open or self._io is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        except Exception as exc:
+            _raise_if_out_of_space(exc)
+            raise
 
     async def write_blobs(self, items: dict[str, bytes]) -> None:
         """Write and fsync every blob (in parallel) before the job referencing them is queued (invariant 3).

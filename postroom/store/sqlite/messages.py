@@ -267,6 +267,38 @@ class MessagesMixin(Base):
         finally:
             path.unlink(missing_ok=True)
 
+    async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
+                           meta: bytes | None = None) -> list[AppendResult]:
+        path = self._check_staged(path)
+        if not mailbox_ids:
+            return []
+        body = await self._engine.io(self._blobs.stage_copy, path, prefix) if prefix else path
+        try:
+            size = os.stat(body).st_size
+            if self._engine.inline(size):
+                raw = await self._engine.io(body.read_bytes)
+                return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta))
+            blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
+            item = NewMessage(self._clock(), size, 0, frozenset(), blob_id)
+            wanted = list(mailbox_ids)
+
+            def op(tx: Tx) -> list[AppendResult]:
+                results = []
+                for mailbox_id in wanted:
+                    mbox = load_mailbox(tx.conn, mailbox_id)
+                    acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
+                    results.extend(insert_messages(tx, mbox, [item]))
+                return results
+
+            try:
+                return await self._engine.write(op)
+            except Exception:
+                await self._engine.forget_blobs({blob_id})
+                raise
+        finally:
+            if body != path:
+                body.unlink(missing_ok=True)
+
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         if not messages:
             return []

@@ -13,8 +13,10 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
@@ -63,6 +65,48 @@ def _entries(conn: sqlite3.Connection, rows: Sequence[Any]) -> list[QueueEntry]:
     ]
 
 
+def _check_entry(recipients: Sequence[QueueRecipient], ret: str) -> tuple[tuple[QueueRecipient, ...], str]:
+    rcpts = tuple(recipients)
+    if not rcpts:
+        raise Invalid("a queue entry needs at least one recipient")
+    if len({r.rcpt for r in rcpts}) != len(rcpts):
+        raise Invalid("a recipient appears twice")
+    if any(not r.rcpt for r in rcpts):
+        raise Invalid("empty recipient")
+    ret = ret.upper()
+    if ret not in RET_VALUES:
+        raise Invalid(f"RET must be FULL or HDRS, not {ret!r}")
+    return rcpts, ret
+
+
+def _enqueue_op(blob_id: str, size: int, raw: bytes, source: Path | None, mail_from: str, envid: str, ret: str,
+                now: float, rcpts: tuple[QueueRecipient, ...], from_checked: bool,
+                crlf: int | None = None) -> Callable[[Tx], QueueEntry]:
+    """The job of `enqueue` (body `raw`) or `enqueue_file` (body in the file `source`, already linked, with its
+    `crlf_size` `crlf`)."""
+
+    def op(tx: Tx) -> QueueEntry:
+        acquire_blob(tx, blob_id, raw, source=source, size=size if source is not None else None, crlf=crlf)
+        cur = tx.conn.execute(
+            "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created, from_checked)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (blob_id, size, mail_from, envid, ret, now, int(from_checked)),
+        )
+        queue_id = int(cur.lastrowid or 0)
+        tx.conn.executemany(
+            "INSERT INTO queue_rcpt(queue_id, position, rcpt, orcpt, notify, state, attempts, next_try,"
+            " last_error, delay_notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (queue_id, i, r.rcpt, r.orcpt, r.notify, RcptState(r.state).value, r.attempts, r.next_try,
+                 r.last_error, int(r.delay_notified))
+                for i, r in enumerate(rcpts)
+            ],
+        )
+        return QueueEntry(queue_id, blob_id, size, mail_from, envid, ret, now, rcpts, from_checked)
+
+    return op
+
+
 def _drop(tx: Tx, queue_id: int, blob_id: str) -> None:
     tx.conn.execute("DELETE FROM queue WHERE id = ?", (queue_id,))  # cascades to queue_rcpt
     release_blobs(tx, {blob_id: 1})
@@ -78,38 +122,9 @@ class QueueMixin(Base):
         ret: str = "",
         from_checked: bool = True,
     ) -> QueueEntry:
-        rcpts = tuple(recipients)
-        if not rcpts:
-            raise Invalid("a queue entry needs at least one recipient")
-        if len({r.rcpt for r in rcpts}) != len(rcpts):
-            raise Invalid("a recipient appears twice")
-        if any(not r.rcpt for r in rcpts):
-            raise Invalid("empty recipient")
-        ret = ret.upper()
-        if ret not in RET_VALUES:
-            raise Invalid(f"RET must be FULL or HDRS, not {ret!r}")
+        rcpts, ret = _check_entry(recipients, ret)
         blob_id = blob_id_of(raw)
-        now = self._clock()
-
-        def op(tx: Tx) -> QueueEntry:
-            acquire_blob(tx, blob_id, raw)
-            cur = tx.conn.execute(
-                "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created, from_checked)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (blob_id, len(raw), mail_from, envid, ret, now, int(from_checked)),
-            )
-            queue_id = int(cur.lastrowid or 0)
-            tx.conn.executemany(
-                "INSERT INTO queue_rcpt(queue_id, position, rcpt, orcpt, notify, state, attempts, next_try,"
-                " last_error, delay_notified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (queue_id, i, r.rcpt, r.orcpt, r.notify, RcptState(r.state).value, r.attempts, r.next_try,
-                     r.last_error, int(r.delay_notified))
-                    for i, r in enumerate(rcpts)
-                ],
-            )
-            return QueueEntry(queue_id, blob_id, len(raw), mail_from, envid, ret, now, rcpts, from_checked)
-
+        op = _enqueue_op(blob_id, len(raw), raw, None, mail_from, envid, ret, self._clock(), rcpts, from_checked)
         if self._engine.inline(len(raw)):
             return await self._engine.write(op, size=len(raw))  # the job stores the body in its transaction
         await self._engine.write_blobs({blob_id: raw})
@@ -118,6 +133,37 @@ class QueueMixin(Base):
         except Exception:
             await self._engine.forget_blobs({blob_id})
             raise
+
+    async def enqueue_file(
+        self,
+        path: Path,
+        mail_from: str,
+        recipients: Sequence[QueueRecipient],
+        *,
+        prefix: bytes = b"",
+        envid: str = "",
+        ret: str = "",
+        from_checked: bool = True,
+    ) -> QueueEntry:
+        rcpts, ret = _check_entry(recipients, ret)
+        path = self._check_staged(path)
+        body = await self._engine.io(self._blobs.stage_copy, path, prefix) if prefix else path
+        try:
+            size = os.stat(body).st_size
+            if self._engine.inline(size):
+                raw = await self._engine.io(body.read_bytes)
+                return await self.enqueue(raw, mail_from, rcpts, envid, ret, from_checked)
+            blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
+            op = _enqueue_op(blob_id, size, b"", body, mail_from, envid, ret, self._clock(), rcpts, from_checked,
+                             crlf)
+            try:
+                return await self._engine.write(op)
+            except Exception:
+                await self._engine.forget_blobs({blob_id})
+                raise
+        finally:
+            if body != path:
+                body.unlink(missing_ok=True)
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None:
         def q(conn: sqlite3.Connection) -> QueueEntry | None:
