@@ -96,3 +96,41 @@ def test_bdat_with_forged_from_is_refused_at_last_chunk(srv: Any) -> None:
         s.sendall(b"BDAT %d LAST\r\n%s" % (len(rest), rest))
         assert reply().startswith(b"553 5.7.1 From address <bob@example.test>")
     nothing_stored(srv)
+
+
+# ---- large submissions are staged in a file (issue 11 item 2): the header is still checked and completed
+
+def large(head: bytes, size: int = 3 * 1024 * 1024) -> bytes:
+    """`head` (header fields and the blank line) and a body of `size` bytes: past the staging threshold."""
+    return head + (b"line of a large attachment, base64 or not\r\n" * (size // 43 + 1))
+
+
+def test_large_submission_with_forged_from_is_refused(srv: Any) -> None:
+    with submit(srv) as c:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            c.sendmail("alice@example.test", ["carol@example.test"], large(FORGED.split(b"\r\n\r\n")[0] + b"\r\n\r\n"))
+        assert info.value.smtp_code == 553
+    nothing_stored(srv)
+
+
+def test_large_submission_is_completed_and_a_huge_header_refused(srv: Any) -> None:
+    # RFC 6409 §8.3/§8.4: Date and Message-ID are added to a staged message too, as a prefix of the file's bytes.
+    own = b"From: Alice <alice@example.test>\r\nTo: carol@example.test\r\nSubject: big\r\n\r\n"
+    with submit(srv) as c:
+        c.sendmail("alice@example.test", ["carol@example.test"], large(own))
+        # A From the server could not see (past the 256 KiB it keeps of a staged message's start) is refused.
+        filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 900) for i in range(300))
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            c.sendmail("alice@example.test", ["carol@example.test"],
+                       large(filler + b"From: Bob <bob@example.test>\r\n\r\n"))
+        assert (info.value.smtp_code, info.value.smtp_error[:5]) == (552, b"5.3.4")
+
+    async def stored() -> list[bytes]:
+        user = await srv.store.get_user("carol@example.test")
+        box = await srv.store.get_mailbox(user.id, "INBOX")
+        return [await srv.store.read_message(m.blob_id) for m in await srv.store.list_messages(box.id)]
+
+    [raw] = srv.run(stored())
+    header = raw[:raw.index(b"\r\n\r\n")]
+    assert b"\r\nDate: " in header and b"\r\nMessage-ID: <" in header
+    assert raw.endswith(large(own)[-1000:]) and raw.index(b"Message-ID: <") < raw.index(b"From: Alice")
