@@ -55,6 +55,8 @@ _LITERAL_SPEC = re.compile(rb"(~?)\{(\d{1,20})\+?\}\r?\n")
 # RFC 9051 §9: date-day = 1*2DIGIT (search dates); date-day-fixed = (SP DIGIT) / 2DIGIT (APPEND date-time).
 # A one-digit day without the space is accepted in date-time too: iOS Mail sends it, and Dovecot takes it.
 _DATE = re.compile(r"(\d{1,2})-([A-Za-z]{3})-(\d{4})\Z")
+FIRST_INSTANT = calendar.timegm((1, 1, 1, 0, 0, 0))  # 0001-01-01 00:00:00 UTC
+LAST_INSTANT = calendar.timegm((9999, 12, 31, 23, 59, 59))
 _DATE_TIME = re.compile(r"( \d|\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
 
 
@@ -282,8 +284,16 @@ class Cursor:
         day, year, hh, mm, ss = int(m.group(1)), int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6))
         if not (_valid_day(year, month, day) and hh < 24 and mm < 60 and ss < 61):
             raise self.error("Invalid date-time")
-        zone = (int(m.group(8)) * 60 + int(m.group(9))) * 60 * (1 if m.group(7) == "+" else -1)
+        zone_h, zone_m = int(m.group(8)), int(m.group(9))
+        if zone_h > 23 or zone_m > 59:  # RFC 9051 §9 zone: hours and minutes east of Greenwich
+            raise self.error("Invalid time zone")
+        zone = (zone_h * 60 + zone_m) * 60 * (1 if m.group(7) == "+" else -1)
         try:
-            return float(calendar.timegm((year, month, day, hh, mm, ss)) - zone)
+            when = calendar.timegm((year, month, day, hh, mm, ss)) - zone
         except (ValueError, OverflowError):
             raise self.error("Invalid date-time") from None
+        # INTERNALDATE is answered in +0000 and its date-year is 4DIGIT (RFC 9051 §9): the instant must fall in
+        # years 1-9999 there, or "1-Jan-0001 00:00:00 +0100" would come back in year 0.
+        if not FIRST_INSTANT <= when <= LAST_INSTANT:
+            raise self.error("Date-time out of range")
+        return float(when)

@@ -60,9 +60,12 @@ def rfc5322_date(t: float) -> str:
 
 
 def complete_submission(raw: bytes, domain: str, *, now: Callable[[], float] = time.time,
-                        make_id: Callable[[str], str] = make_message_id) -> bytes:
+                        make_id: Callable[[str], str] = make_message_id, sender: str = "") -> bytes:
     """RFC 6409 §8.3, §8.4: a submitted message without a Date or Message-ID field gets it (`rfc5322_date`,
-    `make_message_id(domain)`), written before the existing header so no byte of the message changes.
+    `make_message_id(domain)`), written before the existing header so no byte of the message changes. With
+    `sender` (the envelope sender, already checked to be the user's), a message without From gets
+    `From: <sender>` too: RFC 5322 §3.6 requires one, and receivers refuse mail without it (Postfix's cleanup
+    adds the same for its local submissions).
     `raw` is CRLF text as SMTP carries it; a message that starts with no header at all (its first line is not
     a field) gets the new fields and a blank line before it, so its text stays the body."""
     have: set[bytes] = set()
@@ -93,6 +96,8 @@ def complete_submission(raw: bytes, domain: str, *, now: Callable[[], float] = t
         added.append(f"Date: {rfc5322_date(now())}\r\n".encode())
     if b"message-id" not in have:
         added.append(f"Message-ID: {make_id(domain)}\r\n".encode())
+    if sender and b"from" not in have:
+        added.append(f"From: <{sender}>\r\n".encode())
     if not added:
         return raw
     if not starts_with_field and raw:

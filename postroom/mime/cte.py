@@ -28,11 +28,13 @@ Invariants:
 from __future__ import annotations
 
 import binascii
+import re
 
 IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
 
 _B64_DELETE = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/=")))
 _BLANKS = b" \t"
+_EQUALS_RUN = re.compile(rb"=(?==)")  # an "=" followed by another: fixed-width lookahead, linear
 
 
 class UnknownCTE(Exception):
@@ -86,6 +88,10 @@ def decode_qp(data: bytes) -> bytes:
         lines = data.split(b"\n")
         last = lines.pop().rstrip(_BLANKS)  # the last line has no line end (a lone CR there is data)
         data = b"\n".join([*(_strip_line(line) for line in lines), last])
+    if b"==" in data:
+        # `binascii.a2b_qp` reads "==" as an escaped "=", which no encoder writes: keep the first "=" as it is
+        # and go on from the second (§6.7 note 2, as for any "=" that starts no escape): "a==41" -> "a=A".
+        data = _EQUALS_RUN.sub(b"=3D", data)
     return binascii.a2b_qp(data)
 
 

@@ -352,7 +352,8 @@ class Session:
             # RFC 6409 §8.3/§8.4: complete it before it is delivered, queued and (at sending) DKIM-signed. Mail
             # arriving on the MX port is never changed (only the Received field is prepended). The new fields
             # go before the message's own header, so they are a prefix like the Received field.
-            completed = complete_submission(head, self.services.config.server.hostname, now=self.clock)
+            completed = complete_submission(head, self.services.config.server.hostname, now=self.clock,
+                                            sender=ev.mail_from)
             added = completed[:len(completed) - len(head)]
         header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,

@@ -571,7 +571,8 @@ def test_swaks_submission_with_tls_and_auth(srv: Any) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     [stored] = inbox(srv, "carol@example.org")
     (_, received), rest = split_prepended(stored)
-    assert completed(rest) == body.encode() + b"\r\n"
+    # swaks sent no From: the server adds the (checked) envelope sender's (RFC 5322 §3.6)
+    assert completed(rest) == b"From: <alice@example.org>\r\n" + body.encode() + b"\r\n"
     assert b"ESMTPSA" in received
 
 

@@ -410,3 +410,13 @@ def test_search_date_forms(date: bytes) -> None:
 def test_days_that_do_not_exist_are_bad(bad: bytes) -> None:
     with pytest.raises(P.ParseError):
         parse(bad)
+
+
+@pytest.mark.parametrize("when", [b"1-Jan-0001 00:00:00 +0100", b"31-Dec-9999 23:59:59 -1200",
+                                  b"3-Feb-2025 10:00:00 +2400", b"3-Feb-2025 10:00:00 +1399"])
+def test_append_date_times_that_cannot_be_answered_are_bad(when: bytes) -> None:
+    # RFC 9051 §9: INTERNALDATE (answered in +0000) has a 4DIGIT year, and a zone is hours and minutes
+    with pytest.raises(P.ParseError):
+        parse(b'a APPEND x "' + when + b'" {1}\r\nx')
+    ok = parse(b'a APPEND x "1-Jan-0001 00:00:00 -0100" {1}\r\nx')  # 01:00 UTC on the first day: fine
+    assert ok.verb == "APPEND"

@@ -138,3 +138,9 @@ def test_complete_submission(india_time: None) -> None:
     assert done(whole) is whole
     assert done(b"no header at all\r\n") == added + b"\r\nno header at all\r\n"  # the text stays the body
     assert done(b"") == added
+    # With the envelope sender (submission), a missing From is added too (RFC 5322 §3.6: one is required)
+    with_from = complete_submission(b"Subject: x\r\n\r\nhi\r\n", "mx.example.org", now=lambda: 0.0,
+                                    make_id=lambda d: f"<id@{d}>", sender="alice@example.org")
+    assert with_from == added + b"From: <alice@example.org>\r\nSubject: x\r\n\r\nhi\r\n"
+    has_from = b"FROM: Alice <alice@example.org>\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\n"
+    assert complete_submission(has_from, "mx.example.org", sender="alice@example.org") is has_from

@@ -41,6 +41,8 @@ def test_qp_trailing_blanks_and_padded_soft_break() -> None:
     (b"caf=c3=a9", "café".encode()),  # lower-case hex: note 1, accepted
     (b"50=% off =XY", b"50=% off =XY"),  # "=" starting no escape is kept as is (note 2)
     (b"x=\r\ny=3D1", b"xy=1"),
+    (b"a==41\r\n", b"a=A\r\n"),  # "=" then "=41": the first starts no escape and is kept (note 2)
+    (b"a===\r\nb", b"a==b"),  # two kept, the third a soft line break
 ])
 def test_qp_cases(encoded: bytes, decoded: bytes) -> None:
     assert decode_qp(encoded) == decoded
