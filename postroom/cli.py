@@ -7,7 +7,9 @@ work, and exits. Errors are one line on stderr saying what to do next, and a non
 Invariants:
 1. A password never comes from the command line unless `--password` is given explicitly; it is read from a
    prompt or from `--password-stdin`, and it is never printed or logged.
-2. Addresses and domain names are lower-cased before they reach the store.
+2. Domain names are lower-cased before they reach the store, and so are the addresses Postroom answers for
+   (users, alias sources, lists). Addresses that are sent onward (alias targets, list owners and members) keep
+   their local part's case (RFC 5321 §2.4); the store compares them case-insensitively.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ class CliError(Exception):
 # Small helpers
 
 
-def normalize_address(value: str, *, allow_catchall: bool = False) -> str:
+def normalize_address(value: str, *, allow_catchall: bool = False, keep_case: bool = False) -> str:
     """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x' (`store.names.local_part`).
+    With keep_case the local part keeps its case ('User@example.org', '"John Doe"@x': invariant 2).
     '@example.org' only with allow_catchall. Raises CliError."""
-    value = value.strip().lower()
+    value = value.strip() if keep_case else value.strip().lower()
     local, sep, domain = value.rpartition("@")
     if not sep:
         raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
@@ -346,11 +349,11 @@ async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
     source = normalize_address(args.source, allow_catchall=True)
     if args.action == "add":
         await _require_local_domain(store, source)
-        targets = [normalize_address(t) for t in args.targets]
+        targets = [normalize_address(t, keep_case=True) for t in args.targets]
         await store.add_alias(source, targets)
         print(f"alias {source} -> {', '.join(targets)}")
     else:
-        target = normalize_address(args.target) if args.target else None
+        target = normalize_address(args.target, keep_case=True) if args.target else None
         await store.remove_alias(source, target)
         print(f"alias {source}{' -> ' + target if target else ''} removed")
     return 0
@@ -360,20 +363,20 @@ async def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if args.action == "create":
         address = normalize_address(args.address)
         await _require_local_domain(store, address)
-        owner = normalize_address(args.owner)
+        owner = normalize_address(args.owner, keep_case=True)
         ml = await store.create_list(address, owner, ListPolicy(args.policy))
         for member in args.members:
-            await store.add_list_member(address, normalize_address(member))
+            await store.add_list_member(address, normalize_address(member, keep_case=True))
         print(f"list {ml.address} created (owner {ml.owner}, posting {ml.policy.value}, bounces {ml.bounce_address})")
     elif args.action == "add":
         address = normalize_address(args.address)
         for member in args.members:
-            await store.add_list_member(address, normalize_address(member))
+            await store.add_list_member(address, normalize_address(member, keep_case=True))
         print(f"{len(args.members)} member(s) added to {address}")
     elif args.action == "remove":
         address = normalize_address(args.address)
         for member in args.members:
-            await store.remove_list_member(address, normalize_address(member))
+            await store.remove_list_member(address, normalize_address(member, keep_case=True))
         print(f"{len(args.members)} member(s) removed from {address}")
     elif args.action == "policy":
         address = normalize_address(args.address)

@@ -41,8 +41,13 @@ Invariants
 6. Who may send as whom is decided in one place, `may_send_as`: submission asks it for MAIL FROM and for every
    From and Sender header address. A catch-all never makes an address anyone's to send as.
 7. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
-   §4.1.2, included) is normalised to the store's one spelling (`names.address`) and resolves to destinations
-   or to none (550 5.1.1), never to `451` with a traceback.
+   §4.1.2, included) is normalised to the store's one spelling (`names.address_as_given`) and resolves to
+   destinations or to none (550 5.1.1), never to `451` with a traceback.
+10. A local part keeps its case wherever the address goes onward (RFC 5321 §2.4: only the receiving host may
+   treat it case-insensitively): a `Remote` destination, hence the queue's RCPT TO and a DSN's
+   Final-Recipient, is spelt as the sender, alias target or list member spelt it; only the domain is
+   lower-cased. Local names (users, alias sources, lists, postmaster, list actions) are looked up and compared
+   by their lower-case key, so `Alice@EXAMPLE.org` is alice's.
 8. Content with a bare CR, a bare LF or a NUL (`mime.lineends.stray`) is refused at this door (550 5.6.0),
    whoever the caller: nothing the router stores or queues can smuggle a message into a receiver downstream.
    Callers repair or refuse earlier (SMTP refuses in the core, `postroom sendmail` normalises).
@@ -259,16 +264,18 @@ class Router:
             return False
 
     async def normalize(self, address: str) -> str:
-        """Lower-case, one spelling of the local part (`names.address`: `"john"@x` is `john@x`, RFC 5321
-        §4.1.2); `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>. An
-        address the store cannot name is returned lower-cased; it then resolves to nothing."""
-        a = address.strip().lower()
+        """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),
+        its case kept (invariant 10), the domain lower-cased; `postmaster` without a domain (RFC 5321
+        §4.1.1.3, any case) becomes postmaster@<a local domain>. An address the store cannot name is returned
+        with its domain lower-cased; it then resolves to nothing."""
+        a = address.strip()
         if "@" in a:
             try:
-                a = names.address(a)
+                a = names.address_as_given(a)
             except Invalid:
-                pass
-        if "@" not in a and a == "postmaster":
+                local, _, domain = a.rpartition("@")
+                a = f"{local}@{domain.lower()}"
+        if "@" not in a and a.lower() == "postmaster":
             host = self.config.server.hostname.lower()
             if await self.is_local_domain(host):
                 return f"postmaster@{host}"
@@ -286,12 +293,17 @@ class Router:
         return [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
 
     async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> bool:
+        """Append the destinations of `a` (as given: a Remote keeps it, invariant 10) to `out`. `expanding`
+        holds the lower-case keys of the addresses being expanded (loops)."""
         if depth > MAX_DEPTH or len(out) > MAX_TARGETS:
             raise TOO_MANY_TARGETS
         local, domain = split(a)
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
             return True
+        # From here on `a` is a local name: its lower-case key is what the store and the loop check compare.
+        a = a.lower()
+        local = local.lower()
         candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         for cand in candidates:
             if await self._expand_exact(cand, a, depth, expanding, out):
@@ -374,16 +386,16 @@ class Router:
             raise RELAY_DENIED  # invariant 2
         dests = await self.resolve(a)
         if not dests:
-            raise NO_POSTMASTER_YET if local == POSTMASTER else NO_SUCH_USER
-        sender = mail_from.lower()
+            raise NO_POSTMASTER_YET if local.lower() == POSTMASTER else NO_SUCH_USER
+        sender = mail_from.lower()  # compared by key: members and owners keep their case (invariant 10)
         for d in dests:
             if isinstance(d, ListPost):
                 if not sender:
                     raise NULL_SENDER_TO_LIST
-                if d.ml.policy is ListPolicy.MEMBERS and sender not in d.ml.members:
+                if d.ml.policy is ListPolicy.MEMBERS and sender not in {m.lower() for m in d.ml.members}:
                     raise MEMBERS_ONLY
             elif isinstance(d, ListAction):
-                if sender != d.ml.owner:
+                if sender != d.ml.owner.lower():
                     raise NOT_OWNER
                 post = await self.held.get(d.token)
                 if post is None or post.list_address != d.ml.address:
