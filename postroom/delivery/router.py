@@ -16,13 +16,18 @@ Lookup order for an address in a local domain: aliases of the exact address, the
 actions; then the same for the address without its `+detail`; then the catch-all. Aliases come first so an
 operator can redirect a user's mail; an alias that leads back to an address already being expanded resolves
 that address without its aliases (so `alice -> alice, alice@elsewhere` keeps a local copy and forwards one).
+An alias of a user's (or list's) own address therefore shadows that mailbox, as Postfix's virtual_alias_maps
+win over its mailbox maps: legitimate (forwarding a user's mail), so it is allowed, and `postroom user add`,
+`alias add` and `list create` warn when it happens (`explain` is how they see it).
 
 postmaster (RFC 5321 §4.5.1: every domain MUST accept it; §2.4: its local part is case-insensitive) needs no
 configuration. When none of the above names `postmaster@dom`, `postmaster_route` decides: the domain's first
 user (the oldest account), else the server's administrator, which is the first user of the first domain that
 has one (oldest domain, oldest account). Both are local mailboxes, so postmaster mail is never forwarded and
 cannot bounce-loop. Only a server with no user at all has nowhere to put it: RCPT answers `451 4.3.5`, so the
-sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route.
+sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route
+as `explain` finds it (the same code delivery runs), and say when the chosen mailbox's own mail is aliased
+elsewhere (then postmaster mail still lands in that INBOX, which its owner may not read).
 
 `check_recipient` is called at RCPT time (so unknown users get `550 5.1.1` in the SMTP dialogue, never a
 bounce later) and `accept` after the data: it expands again (the store may have changed; cheap), then runs
@@ -184,6 +189,18 @@ class ListAction:
 Destination = LocalUser | Remote | ListPost | ListAction
 
 
+@dataclass(frozen=True)
+class Route:
+    """What `Router.explain` found for one address: its normalised spelling, the rule of the lookup order that
+    decided ("alias", "user", "list", "list action", "list bounce address", "catch-all", the postmaster's
+    "first user" or "administrator", "remote"; "" when nothing matched) and the destinations. No destinations
+    is a refusal at RCPT (550 5.1.1; 451 4.3.5 for postmaster), also when a rule matched (an alias whose
+    targets do not exist)."""
+    address: str
+    rule: str
+    destinations: tuple[Destination, ...]
+
+
 def split(address: str) -> tuple[str, str]:
     local, at, domain = address.rpartition("@")
     return (local, domain) if at else (address, "")
@@ -285,41 +302,49 @@ class Router:
 
     async def resolve(self, address: str) -> list[Destination]:
         """Destinations of one address; [] for an unknown address in a local domain."""
+        return list((await self.explain(address)).destinations)
+
+    async def explain(self, address: str) -> Route:
+        """Where mail for `address` goes and which rule of the lookup order decided (module docstring): the one
+        resolution delivery uses, so `postroom domain list|show` and the CLI's shadowing warnings cannot
+        disagree with it. Raises only RouteError (TOO_MANY_TARGETS), as `resolve`."""
         a = await self.normalize(address)
         out: list[Destination] = []
-        await self._expand(a, 0, set(), out)
+        rule = await self._expand(a, 0, set(), out)
         # de-duplicate, keeping order
         seen: set[Destination] = set()
-        return [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+        dests = [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+        return Route(a, rule, tuple(dests))
 
-    async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> bool:
-        """Append the destinations of `a` (as given: a Remote keeps it, invariant 10) to `out`. `expanding`
-        holds the lower-case keys of the addresses being expanded (loops)."""
+    async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> str:
+        """Append the destinations of `a` (as given: a Remote keeps it, invariant 10) to `out`; return the rule
+        that matched (`Route.rule`), "" for none. `expanding` holds the lower-case keys of the addresses being
+        expanded (loops)."""
         if depth > MAX_DEPTH or len(out) > MAX_TARGETS:
             raise TOO_MANY_TARGETS
         local, domain = split(a)
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
-            return True
+            return "remote"
         # From here on `a` is a local name: its lower-case key is what the store and the loop check compare.
         a = a.lower()
         local = local.lower()
         candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         for cand in candidates:
-            if await self._expand_exact(cand, a, depth, expanding, out):
-                return True
+            if rule := await self._expand_exact(cand, a, depth, expanding, out):
+                return rule
         if a not in expanding:
             catch_all = await self._aliases(f"@{domain}")
             if catch_all:
                 expanding = expanding | {a}
                 for alias in catch_all:
                     await self._expand(alias.target, depth + 1, expanding, out)
-                return True
+                return "catch-all"
         if local == POSTMASTER:
-            _, dests = await self.postmaster_route(domain)
+            how, dests = await self.postmaster_route(domain)
             out.extend(dests)
-            return bool(dests)
-        return False
+            return how if dests else ""
+        return ""
 
     async def postmaster_route(self, domain: str) -> tuple[str, list[Destination]]:
         """Where `postmaster@domain` goes when no alias, user, list or catch-all names it (module docstring):
@@ -336,33 +361,33 @@ class Router:
         return "administrator", [LocalUser(admin.id, admin.address)]
 
     async def _expand_exact(self, cand: str, original: str, depth: int, expanding: set[str],
-                            out: list[Destination]) -> bool:
+                            out: list[Destination]) -> str:
         if cand not in expanding:
             aliases = await self._aliases(cand)
             if aliases:
                 inner = expanding | {cand, original}
                 for alias in aliases:
                     await self._expand(alias.target, depth + 1, inner, out)
-                return True
+                return "alias"
         user = await self.store.get_user(cand)
         if user is not None:
             out.append(LocalUser(user.id, user.address))
-            return True
+            return "user"
         ml = await self.store.get_list(cand)
         if ml is not None:
             out.append(ListPost(ml))
-            return True
+            return "list"
         m = ACTION_RE.match(names.unquote_local(split(original)[0])) if cand == original else None
         if m is not None:
             ml = await self.store.get_list(f"{names.quote_local(m['base'])}@{split(cand)[1]}")
             if ml is not None:
                 out.append(ListAction(ml, m["action"], m["token"]))
-                return True
+                return "list action"
         for ml in await self._lists_in(split(cand)[1]):
             if ml.bounce_address == cand:
                 await self._expand(ml.owner, depth + 1, expanding | {cand}, out)
-                return True
-        return False
+                return "list bounce address"
+        return ""
 
     async def _aliases(self, source: str) -> list[Alias]:
         """The aliases of `source`; none for a name the store refuses (`Invalid`), so an address a client
