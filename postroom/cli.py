@@ -7,7 +7,9 @@ work, and exits. Errors are one line on stderr saying what to do next, and a non
 Invariants:
 1. A password never comes from the command line unless `--password` is given explicitly; it is read from a
    prompt or from `--password-stdin`, and it is never printed or logged.
-2. Addresses and domain names are lower-cased before they reach the store.
+2. Domain names are lower-cased before they reach the store, and so are the addresses Postroom answers for
+   (users, alias sources, lists). Addresses that are sent onward (alias targets, list owners and members) keep
+   their local part's case (RFC 5321 §2.4); the store compares them case-insensitively.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ class CliError(Exception):
 # Small helpers
 
 
-def normalize_address(value: str, *, allow_catchall: bool = False) -> str:
+def normalize_address(value: str, *, allow_catchall: bool = False, keep_case: bool = False) -> str:
     """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x' (`store.names.local_part`).
+    With keep_case the local part keeps its case ('User@example.org', '"John Doe"@x': invariant 2).
     '@example.org' only with allow_catchall. Raises CliError."""
-    value = value.strip().lower()
+    value = value.strip() if keep_case else value.strip().lower()
     local, sep, domain = value.rpartition("@")
     if not sep:
         raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
@@ -155,20 +158,66 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
 
 
 async def _postmaster_route(args: argparse.Namespace, store: Store, domain: str) -> str:
-    """Where mail for postmaster@domain goes (RFC 5321 §4.5.1), as the router will resolve it."""
-    from .delivery.router import POSTMASTER, LocalUser, Remote, Router
+    """Where mail for postmaster@domain goes (RFC 5321 §4.5.1), as the router resolves it (`Router.explain`,
+    the code delivery runs), with the rule that decided and what that rule hides (`_shadow_note`)."""
+    from .delivery.router import POSTMASTER, LocalUser, Router
 
     router = Router(store, args.cfg)
-    address = f"{POSTMASTER}@{domain}"
-    dests = await router.resolve(address)
-    how = "alias, user or list"
-    if not await store.list_aliases(address) and await store.get_user(address) is None \
-            and await store.get_list(address) is None:
-        how = "catch-all" if await store.list_aliases(f"@{domain}") else (await router.postmaster_route(domain))[0]
-    if not dests:
+    route = await router.explain(f"{POSTMASTER}@{domain}")
+    if not route.destinations:
+        if route.rule:
+            return f"nowhere: the {route.rule} leads to no mailbox (senders are told 451 4.3.5 and retry)"
         return "nowhere yet: no user on this server (senders are told 451 4.3.5 and retry)"
-    names = [d.address if isinstance(d, (LocalUser, Remote)) else d.ml.address for d in dests]
-    return f"{', '.join(names)} ({how})"
+    notes = [route.rule]
+    if route.rule == "alias":
+        notes.append(await _shadow_note(router, store, route.address))
+    elif route.rule in ("first user", "administrator"):
+        for d in route.destinations:  # the implicit route is a mailbox; is that mailbox's own mail elsewhere?
+            if isinstance(d, LocalUser) and (own := await router.explain(d.address)).rule == "alias" \
+                    and d not in own.destinations:
+                notes.append(f"its INBOX, though an alias sends {d.address}'s own mail to "
+                             f"{_describe(own.destinations)}")
+    return f"{_describe(route.destinations)} ({'; '.join(n for n in notes if n)})"
+
+
+def _describe(dests: Sequence[Any]) -> str:
+    from .delivery.router import LocalUser, Remote
+
+    return ", ".join(d.address if isinstance(d, (LocalUser, Remote)) else d.ml.address for d in dests)
+
+
+async def _shadow_note(router: Any, store: Store, address: str) -> str:
+    """"" unless an alias of `address` takes the mail of a user or list with that same address (aliases win,
+    as Postfix's virtual_alias_maps win over mailboxes: router module docstring); else says so and where the
+    mail goes instead. Uses `Router.explain`, the resolution delivery runs."""
+    from .delivery.router import ListPost, LocalUser
+
+    user = await store.get_user(address)
+    ml = None if user is not None else await store.get_list(address)
+    if user is None and ml is None:
+        return ""
+    route = await router.explain(address)
+    if route.rule != "alias":
+        return ""
+    owner = LocalUser(user.id, user.address) if user is not None else None
+    if any(d == owner or (isinstance(d, ListPost) and ml is not None and d.ml.address == ml.address)
+           for d in route.destinations):
+        return ""  # the alias names the address itself: the mailbox or list keeps its copy
+    what = f"the user {user.address}" if user is not None else f"the list {ml.address if ml else address}"
+    where = _describe(route.destinations) if route.destinations else \
+        "nowhere (no target exists: senders are told 550 5.1.1)"
+    return f"the alias {route.address} takes the mail of {what}: it goes to {where} instead"
+
+
+async def _warn_shadowing(store: Store, cfg: config_mod.Config, address: str) -> None:
+    """Print a warning (not a refusal) when an alias shadows the user or list at `address`, with the way out."""
+    from .delivery.router import Router
+
+    note = await _shadow_note(Router(store, cfg), store, address)
+    if note:
+        print(f"warning: {note} (aliases come before mailboxes and lists). To keep a copy there too: "
+              f"postroom alias add {address} {address}; to undo: postroom alias remove {address}",
+              file=sys.stderr)
 
 
 async def _make_dkim_keys(store: Store, name: str) -> Any:
@@ -320,6 +369,7 @@ async def cmd_user(args: argparse.Namespace, store: Store) -> int:
         password_hash, scram = make_credentials(read_password(args))
         await store.add_user(address, password_hash, scram, quota_bytes=args.quota)
         print(f"user {address} added")
+        await _warn_shadowing(store, args.cfg, address)
     elif args.action == "passwd":
         if await store.get_user(address) is None:
             raise CliError(f"no user {address}")
@@ -346,11 +396,13 @@ async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
     source = normalize_address(args.source, allow_catchall=True)
     if args.action == "add":
         await _require_local_domain(store, source)
-        targets = [normalize_address(t) for t in args.targets]
+        targets = [normalize_address(t, keep_case=True) for t in args.targets]
         await store.add_alias(source, targets)
         print(f"alias {source} -> {', '.join(targets)}")
+        if not source.startswith("@"):  # a catch-all comes after users and lists: it shadows nothing
+            await _warn_shadowing(store, args.cfg, source)
     else:
-        target = normalize_address(args.target) if args.target else None
+        target = normalize_address(args.target, keep_case=True) if args.target else None
         await store.remove_alias(source, target)
         print(f"alias {source}{' -> ' + target if target else ''} removed")
     return 0
@@ -360,20 +412,21 @@ async def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if args.action == "create":
         address = normalize_address(args.address)
         await _require_local_domain(store, address)
-        owner = normalize_address(args.owner)
+        owner = normalize_address(args.owner, keep_case=True)
         ml = await store.create_list(address, owner, ListPolicy(args.policy))
         for member in args.members:
-            await store.add_list_member(address, normalize_address(member))
+            await store.add_list_member(address, normalize_address(member, keep_case=True))
         print(f"list {ml.address} created (owner {ml.owner}, posting {ml.policy.value}, bounces {ml.bounce_address})")
+        await _warn_shadowing(store, args.cfg, ml.address)
     elif args.action == "add":
         address = normalize_address(args.address)
         for member in args.members:
-            await store.add_list_member(address, normalize_address(member))
+            await store.add_list_member(address, normalize_address(member, keep_case=True))
         print(f"{len(args.members)} member(s) added to {address}")
     elif args.action == "remove":
         address = normalize_address(args.address)
         for member in args.members:
-            await store.remove_list_member(address, normalize_address(member))
+            await store.remove_list_member(address, normalize_address(member, keep_case=True))
         print(f"{len(args.members)} member(s) removed from {address}")
     elif args.action == "policy":
         address = normalize_address(args.address)

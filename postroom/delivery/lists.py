@@ -6,6 +6,18 @@ A post to a list goes out as one copy per member with List-Id / List-Post / List
 (RFC 2919, RFC 2369) and the envelope sender rewritten to the list's bounce address, so bounces reach the list,
 not the poster. Mail to the bounce address goes to the list owner.
 
+The headers are valid for any list name, quoted local parts (`"the list"@dom`) included (invariant 4):
+
+    List-Id            `<label.domain>`: RFC 2919 §2 makes the label dot-atom-text, so it is the list's local
+                       part unquoted, each character outside ASCII atext (space, `"`, `@`, non-ASCII, ...)
+                       replaced by "-", empty dot-separated pieces dropped: `"the list"` -> `the-list`. Two
+                       lists can share a label (`"the list"` and `the-list`); the domain keeps it unique per
+                       domain otherwise.
+    List-Post          `<mailto:addr>`, List-Unsubscribe `<mailto:owner?subject=unsubscribe%20addr>`:
+                       RFC 2369 §2 takes URLs, and in a mailto URI (RFC 6068 §2) everything a URI may not
+                       hold, plus `%`, `"`, space, `@` inside a local part and gen-delims, is percent-encoded
+                       (UTF-8 octets too): `"the list"@dom` -> `mailto:%22the%20list%22@dom`.
+
 Moderation (policy `moderated`). The post is not distributed: it is held, and the owner gets a notice with the
 post attached and two addresses carrying a random 128-bit token:
 
@@ -21,6 +33,8 @@ Invariants
 1. A held post is durable before the SMTP `250` that accepted it.
 2. A token is used once: approval or rejection removes the held files; a second use is 550 5.1.1.
 3. Held files are found only by a token of exactly 32 lower-case hex digits (no path can be smuggled in).
+4. The header lines `list_headers` writes are ASCII and valid by their RFC's grammar for every list address,
+   owner and bounce address the store accepts (see above).
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from postroom.fsutil import fsync_dir, write_all
 from postroom.mime.compose import Attachment, compose
@@ -42,13 +57,47 @@ TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 ACTION_RE = re.compile(r"^(?P<base>.+)\+(?P<action>approve|reject)-(?P<token>[0-9a-f]{32})$")
 
 
+# RFC 5322 §3.2.3 atext (ASCII only: the header must stay 7-bit for any receiver).
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+
+def list_label(address: str) -> str:
+    """The RFC 2919 §2 list-label (dot-atom-text) of a list address: its local part unquoted, every character
+    outside ASCII atext made "-", empty dot-separated pieces dropped (module doc). '"the list"@x' -> 'the-list'."""
+    local = names.unquote_local(address.rpartition("@")[0])
+    pieces = ["".join(c if c in _ATEXT else "-" for c in piece) for piece in local.split(".")]
+    return ".".join(p for p in pieces if p) or "-"
+
+
+def mailto_addr(address: str) -> str:
+    """An addr-spec as the `to` of a mailto URI (RFC 6068 §2): the local part percent-encoded (UTF-8 octets,
+    and `"`, space, `%`, `@`, `,`, gen-delims, `&`, `;`, `=`), then `@domain`. '"not@me"@example.org' ->
+    '%22not%40me%22@example.org' (the RFC's own example, §6.1)."""
+    local, _, domain = address.rpartition("@")
+    return f"{quote(local, safe=_MAILTO_LOCAL_SAFE)}@{quote(domain, safe='')}"
+
+
+_MAILTO_LOCAL_SAFE = "!$'()*+"  # sub-delims RFC 6068 §2 lets stay, minus ",", which separates addresses
+_MAILTO_HFVALUE_SAFE = "!$'()*+,;:@"  # RFC 6068 §2 some-delims: what an hfvalue may hold unencoded
+
+
+def _ascii_domain(domain: str) -> str:
+    """A domain as ASCII for the List-Id namespace: IDNA A-labels (RFC 5890), or "-" for what cannot be."""
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "".join(c if ord(c) < 128 else "-" for c in domain)
+
+
 def list_headers(ml: MailingList) -> bytes:
-    local, _, domain = ml.address.partition("@")
-    # RFC 2919 §2: list-id = "<" local "." domain ">"; RFC 2369 §3: mailto URLs in angle brackets.
-    return (f"List-Id: <{local}.{domain}>\r\n"
-            f"List-Post: <mailto:{ml.address}>\r\n"
-            f"List-Unsubscribe: <mailto:{ml.owner}?subject=unsubscribe%20{ml.address}>\r\n"
-            f"Precedence: list\r\n").encode("ascii", "replace")
+    """The header lines a list copy gets (module doc; invariant 4), CRLF-terminated ASCII."""
+    domain = ml.address.rpartition("@")[2]
+    subject = quote(f"unsubscribe {ml.address}", safe=_MAILTO_HFVALUE_SAFE)
+    # RFC 2919 §2: list-id = "<" list-label "." namespace ">"; RFC 2369 §2: URLs in angle brackets.
+    return (f"List-Id: <{list_label(ml.address)}.{_ascii_domain(domain)}>\r\n"
+            f"List-Post: <mailto:{mailto_addr(ml.address)}>\r\n"
+            f"List-Unsubscribe: <mailto:{mailto_addr(ml.owner)}?subject={subject}>\r\n"
+            f"Precedence: list\r\n").encode("ascii")
 
 
 def action_address(ml: MailingList, action: str, token: str) -> str:

@@ -16,13 +16,18 @@ Lookup order for an address in a local domain: aliases of the exact address, the
 actions; then the same for the address without its `+detail`; then the catch-all. Aliases come first so an
 operator can redirect a user's mail; an alias that leads back to an address already being expanded resolves
 that address without its aliases (so `alice -> alice, alice@elsewhere` keeps a local copy and forwards one).
+An alias of a user's (or list's) own address therefore shadows that mailbox, as Postfix's virtual_alias_maps
+win over its mailbox maps: legitimate (forwarding a user's mail), so it is allowed, and `postroom user add`,
+`alias add` and `list create` warn when it happens (`explain` is how they see it).
 
 postmaster (RFC 5321 §4.5.1: every domain MUST accept it; §2.4: its local part is case-insensitive) needs no
 configuration. When none of the above names `postmaster@dom`, `postmaster_route` decides: the domain's first
 user (the oldest account), else the server's administrator, which is the first user of the first domain that
 has one (oldest domain, oldest account). Both are local mailboxes, so postmaster mail is never forwarded and
 cannot bounce-loop. Only a server with no user at all has nowhere to put it: RCPT answers `451 4.3.5`, so the
-sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route.
+sender keeps it and retries (nothing is lost) until a user exists. `postroom domain list|show` print the route
+as `explain` finds it (the same code delivery runs), and say when the chosen mailbox's own mail is aliased
+elsewhere (then postmaster mail still lands in that INBOX, which its owner may not read).
 
 `check_recipient` is called at RCPT time (so unknown users get `550 5.1.1` in the SMTP dialogue, never a
 bounce later) and `accept` after the data: it expands again (the store may have changed; cheap), then runs
@@ -41,8 +46,13 @@ Invariants
 6. Who may send as whom is decided in one place, `may_send_as`: submission asks it for MAIL FROM and for every
    From and Sender header address. A catch-all never makes an address anyone's to send as.
 7. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
-   §4.1.2, included) is normalised to the store's one spelling (`names.address`) and resolves to destinations
-   or to none (550 5.1.1), never to `451` with a traceback.
+   §4.1.2, included) is normalised to the store's one spelling (`names.address_as_given`) and resolves to
+   destinations or to none (550 5.1.1), never to `451` with a traceback.
+10. A local part keeps its case wherever the address goes onward (RFC 5321 §2.4: only the receiving host may
+   treat it case-insensitively): a `Remote` destination, hence the queue's RCPT TO and a DSN's
+   Final-Recipient, is spelt as the sender, alias target or list member spelt it; only the domain is
+   lower-cased. Local names (users, alias sources, lists, postmaster, list actions) are looked up and compared
+   by their lower-case key, so `Alice@EXAMPLE.org` is alice's.
 8. Content with a bare CR, a bare LF or a NUL (`mime.lineends.stray`) is refused at this door (550 5.6.0),
    whoever the caller: nothing the router stores or queues can smuggle a message into a receiver downstream.
    Callers repair or refuse earlier (SMTP refuses in the core, `postroom sendmail` normalises).
@@ -179,6 +189,18 @@ class ListAction:
 Destination = LocalUser | Remote | ListPost | ListAction
 
 
+@dataclass(frozen=True)
+class Route:
+    """What `Router.explain` found for one address: its normalised spelling, the rule of the lookup order that
+    decided ("alias", "user", "list", "list action", "list bounce address", "catch-all", the postmaster's
+    "first user" or "administrator", "remote"; "" when nothing matched) and the destinations. No destinations
+    is a refusal at RCPT (550 5.1.1; 451 4.3.5 for postmaster), also when a rule matched (an alias whose
+    targets do not exist)."""
+    address: str
+    rule: str
+    destinations: tuple[Destination, ...]
+
+
 def split(address: str) -> tuple[str, str]:
     local, at, domain = address.rpartition("@")
     return (local, domain) if at else (address, "")
@@ -259,16 +281,18 @@ class Router:
             return False
 
     async def normalize(self, address: str) -> str:
-        """Lower-case, one spelling of the local part (`names.address`: `"john"@x` is `john@x`, RFC 5321
-        §4.1.2); `postmaster` without a domain (RFC 5321 §4.1.1.3) becomes postmaster@<a local domain>. An
-        address the store cannot name is returned lower-cased; it then resolves to nothing."""
-        a = address.strip().lower()
+        """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),
+        its case kept (invariant 10), the domain lower-cased; `postmaster` without a domain (RFC 5321
+        §4.1.1.3, any case) becomes postmaster@<a local domain>. An address the store cannot name is returned
+        with its domain lower-cased; it then resolves to nothing."""
+        a = address.strip()
         if "@" in a:
             try:
-                a = names.address(a)
+                a = names.address_as_given(a)
             except Invalid:
-                pass
-        if "@" not in a and a == "postmaster":
+                local, _, domain = a.rpartition("@")
+                a = f"{local}@{domain.lower()}"
+        if "@" not in a and a.lower() == "postmaster":
             host = self.config.server.hostname.lower()
             if await self.is_local_domain(host):
                 return f"postmaster@{host}"
@@ -278,36 +302,49 @@ class Router:
 
     async def resolve(self, address: str) -> list[Destination]:
         """Destinations of one address; [] for an unknown address in a local domain."""
+        return list((await self.explain(address)).destinations)
+
+    async def explain(self, address: str) -> Route:
+        """Where mail for `address` goes and which rule of the lookup order decided (module docstring): the one
+        resolution delivery uses, so `postroom domain list|show` and the CLI's shadowing warnings cannot
+        disagree with it. Raises only RouteError (TOO_MANY_TARGETS), as `resolve`."""
         a = await self.normalize(address)
         out: list[Destination] = []
-        await self._expand(a, 0, set(), out)
+        rule = await self._expand(a, 0, set(), out)
         # de-duplicate, keeping order
         seen: set[Destination] = set()
-        return [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+        dests = [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
+        return Route(a, rule, tuple(dests))
 
-    async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> bool:
+    async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> str:
+        """Append the destinations of `a` (as given: a Remote keeps it, invariant 10) to `out`; return the rule
+        that matched (`Route.rule`), "" for none. `expanding` holds the lower-case keys of the addresses being
+        expanded (loops)."""
         if depth > MAX_DEPTH or len(out) > MAX_TARGETS:
             raise TOO_MANY_TARGETS
         local, domain = split(a)
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
-            return True
+            return "remote"
+        # From here on `a` is a local name: its lower-case key is what the store and the loop check compare.
+        a = a.lower()
+        local = local.lower()
         candidates = [a] + [f"{base}@{domain}" for base in _without_detail(local)]
         for cand in candidates:
-            if await self._expand_exact(cand, a, depth, expanding, out):
-                return True
+            if rule := await self._expand_exact(cand, a, depth, expanding, out):
+                return rule
         if a not in expanding:
             catch_all = await self._aliases(f"@{domain}")
             if catch_all:
                 expanding = expanding | {a}
                 for alias in catch_all:
                     await self._expand(alias.target, depth + 1, expanding, out)
-                return True
+                return "catch-all"
         if local == POSTMASTER:
-            _, dests = await self.postmaster_route(domain)
+            how, dests = await self.postmaster_route(domain)
             out.extend(dests)
-            return bool(dests)
-        return False
+            return how if dests else ""
+        return ""
 
     async def postmaster_route(self, domain: str) -> tuple[str, list[Destination]]:
         """Where `postmaster@domain` goes when no alias, user, list or catch-all names it (module docstring):
@@ -324,33 +361,33 @@ class Router:
         return "administrator", [LocalUser(admin.id, admin.address)]
 
     async def _expand_exact(self, cand: str, original: str, depth: int, expanding: set[str],
-                            out: list[Destination]) -> bool:
+                            out: list[Destination]) -> str:
         if cand not in expanding:
             aliases = await self._aliases(cand)
             if aliases:
                 inner = expanding | {cand, original}
                 for alias in aliases:
                     await self._expand(alias.target, depth + 1, inner, out)
-                return True
+                return "alias"
         user = await self.store.get_user(cand)
         if user is not None:
             out.append(LocalUser(user.id, user.address))
-            return True
+            return "user"
         ml = await self.store.get_list(cand)
         if ml is not None:
             out.append(ListPost(ml))
-            return True
+            return "list"
         m = ACTION_RE.match(names.unquote_local(split(original)[0])) if cand == original else None
         if m is not None:
             ml = await self.store.get_list(f"{names.quote_local(m['base'])}@{split(cand)[1]}")
             if ml is not None:
                 out.append(ListAction(ml, m["action"], m["token"]))
-                return True
+                return "list action"
         for ml in await self._lists_in(split(cand)[1]):
             if ml.bounce_address == cand:
                 await self._expand(ml.owner, depth + 1, expanding | {cand}, out)
-                return True
-        return False
+                return "list bounce address"
+        return ""
 
     async def _aliases(self, source: str) -> list[Alias]:
         """The aliases of `source`; none for a name the store refuses (`Invalid`), so an address a client
@@ -374,16 +411,16 @@ class Router:
             raise RELAY_DENIED  # invariant 2
         dests = await self.resolve(a)
         if not dests:
-            raise NO_POSTMASTER_YET if local == POSTMASTER else NO_SUCH_USER
-        sender = mail_from.lower()
+            raise NO_POSTMASTER_YET if local.lower() == POSTMASTER else NO_SUCH_USER
+        sender = mail_from.lower()  # compared by key: members and owners keep their case (invariant 10)
         for d in dests:
             if isinstance(d, ListPost):
                 if not sender:
                     raise NULL_SENDER_TO_LIST
-                if d.ml.policy is ListPolicy.MEMBERS and sender not in d.ml.members:
+                if d.ml.policy is ListPolicy.MEMBERS and sender not in {m.lower() for m in d.ml.members}:
                     raise MEMBERS_ONLY
             elif isinstance(d, ListAction):
-                if sender != d.ml.owner:
+                if sender != d.ml.owner.lower():
                     raise NOT_OWNER
                 post = await self.held.get(d.token)
                 if post is None or post.list_address != d.ml.address:

@@ -31,8 +31,11 @@ Invariants every engine keeps:
    changes of the same write. At most `names.MAX_MAILBOX_KEYWORDS` per mailbox: a write that would bring more
    is Invalid (and changes nothing).
 
-Names are case-insensitive where mail is: domain names and the local part of addresses are stored lower-case
-(RFC 5321 §2.4 lets the local part be case-sensitive; Postroom, like Postfix and Dovecot by default, is not).
+Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
+alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
+decide; Postroom, like Postfix and Dovecot by default, is case-insensitive). Addresses kept to be sent onward
+(alias targets, list owners and members) keep the case of their local part (§2.4: a host "MUST take care to
+preserve the case of mailbox local-parts"), and are compared by their lower-case key (`names.address`).
 Mailbox names are case-sensitive except INBOX (RFC 9051 §5.1).
 """
 
@@ -182,16 +185,16 @@ class User:
 @dataclass(frozen=True)
 class Alias:
     source: str  # "user@domain" or "@domain" (catch-all)
-    target: str  # one local or external address
+    target: str  # one local or external address, its local part as given (module doc: names)
 
 
 @dataclass(frozen=True)
 class MailingList:
-    address: str
-    owner: str
+    address: str  # lower-case (a local name)
+    owner: str  # local part as given
     policy: ListPolicy
     bounce_address: str  # envelope sender of list copies
-    members: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()  # local parts as given; one per lower-case key
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,8 @@ class Store(Protocol):
 
     # ---- aliases
     async def add_alias(self, source: str, targets: Sequence[str]) -> None:
-        """`source` is an address or "@domain" (catch-all) of a local domain. Adding an existing pair is a no-op."""
+        """`source` is an address or "@domain" (catch-all) of a local domain. Targets keep their local part's case;
+        adding a target the source has already (compared case-insensitively) is a no-op."""
 
     async def remove_alias(self, source: str, target: str | None = None) -> None:
         """Remove one target, or every target of `source` when `target` is None. NotFound if nothing matched."""
@@ -433,9 +437,11 @@ class Store(Protocol):
 
     async def set_list_policy(self, address: str, policy: ListPolicy) -> None: ...
 
-    async def add_list_member(self, address: str, member: str) -> None: ...
+    async def add_list_member(self, address: str, member: str) -> None:
+        """`member` is kept with its local part's case; AlreadyExists if the list has it in any case."""
 
-    async def remove_list_member(self, address: str, member: str) -> None: ...
+    async def remove_list_member(self, address: str, member: str) -> None:
+        """Removes the member whatever the case it is given in; NotFound if the list has no such member."""
 
     async def delete_list(self, address: str) -> None: ...
 

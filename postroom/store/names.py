@@ -4,7 +4,10 @@ The engines call these before touching the database, so a bad name is `Invalid` 
 conformance suite can check the rules once.
 
 Invariants:
-1. Domains and addresses come out lower-case and stripped (api.py: names are case-insensitive where mail is).
+1. Domains come out lower-case and stripped. `address` (the lookup key of users, alias sources and lists)
+   comes out lower-case too; `address_as_given` keeps the local part's case, for addresses that are stored to
+   be sent onward (alias targets, list owners and members): RFC 5321 §2.4 lets only the receiving host decide
+   that `Big.Member` and `big.member` are one mailbox. `address(x) == address_as_given(x).lower()`.
 2. A mailbox name comes out with INBOX spelled "INBOX" whatever case it was given in, also as the first component
    of a child ("inbox/x" -> "INBOX/x"), because RFC 9051 §5.1 makes INBOX case-insensitive and a child must
    name the same parent.
@@ -100,9 +103,19 @@ def unquote_local(local: str) -> str:
 
 
 def address(addr: str) -> str:
-    """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x'; '"john"@x' -> 'john@x'.
-    Invalid unless it is local@domain (the last '@' starts the domain: a quoted local part may hold '@')."""
-    a = addr.strip().lower()
+    """The lookup key of an address (invariant 1): 'User@Example.ORG' -> 'user@example.org';
+    '"John Doe"@x' -> '"john doe"@x'; '"john"@x' -> 'john@x'. Local users, alias sources and lists are found
+    by it, so they match whatever the case (as Postfix and Dovecot do by default). Invalid unless it is
+    local@domain (the last '@' starts the domain: a quoted local part may hold '@')."""
+    return address_as_given(addr).lower()
+
+
+def address_as_given(addr: str) -> str:
+    """An address to store and send onward: the local part keeps its case and gets its one spelling
+    (invariant 5), the domain is lower-cased. 'Ext.User@Remote.TEST' -> 'Ext.User@remote.test';
+    '"Quoted Name"@x' stays; '"John"@x' -> 'John@x'. RFC 5321 §2.4: a host "MUST take care to preserve the case
+    of mailbox local-parts"; domains are case-insensitive. Invalid as `address`."""
+    a = addr.strip()
     local, at, dom = a.rpartition("@")
     if not at or not local:
         raise Invalid(f"bad address: {addr!r}")

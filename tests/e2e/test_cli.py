@@ -118,7 +118,7 @@ def test_domain_list_and_show_say_where_postmaster_mail_goes(conf: Path, capsys,
     assert rows["example.test"].endswith("alice@example.org (administrator)")
     assert r("alias", "add", "postmaster@example.test", "ops@remote.test")[0] == 0
     code, out, _ = r("domain", "show", "example.test")
-    assert "postmaster ops@remote.test (alias, user or list)" in out
+    assert "postmaster ops@remote.test (alias)" in out
     code, _, err = r("domain", "show", "nowhere.test")
     assert code == 1 and "domain add nowhere.test" in err
 
@@ -175,3 +175,63 @@ def test_console_script_help_and_check(conf: Path) -> None:
     assert proc.returncode == 0 and "serve" in proc.stdout and "import" in proc.stdout
     proc = subprocess.run([str(exe), "--config", str(conf), "check"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "OK" in proc.stdout and "imaps" in proc.stdout
+
+
+def test_alias_targets_list_owner_and_members_keep_their_case(conf: Path, capsys, monkeypatch) -> None:
+    # RFC 5321 §2.4: a local part sent onward keeps its case; local names are still lower-cased keys.
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    assert r("domain", "add", "example.test")[0] == 0
+    code, out, _ = r("alias", "add", "Fwd2@Example.test", "Ext.User@Remote.test")
+    assert code == 0 and "alias fwd2@example.test -> Ext.User@remote.test" in out
+    code, out, _ = r("alias", "list")
+    assert "Ext.User@remote.test" in out
+    code, out, _ = r("list", "create", "Team@example.test", "--owner", "The.Owner@remote.test")
+    assert code == 0 and "list team@example.test created (owner The.Owner@remote.test" in out
+    assert r("list", "add", "team@example.test", "Big.Member@remote.test")[0] == 0
+    code, _, err = r("list", "add", "team@example.test", "big.member@remote.test")
+    assert code == 1 and "Big.Member@remote.test is already a member" in err
+    code, out, _ = r("list", "show", "team@example.test")
+    assert "  Big.Member@remote.test" in out and "big.member" not in out
+    assert r("list", "remove", "team@example.test", "BIG.MEMBER@remote.test")[0] == 0
+    code, out, _ = r("list", "show", "team@example.test")
+    assert "members  0" in out
+
+
+def test_aliases_shadowing_mailboxes_are_warned_and_postmaster_shown_as_routed(conf: Path, capsys,
+                                                                              monkeypatch) -> None:
+    # Aliases win over mailboxes (as Postfix's virtual_alias_maps): allowed, but said out loud.
+    r = lambda *a, stdin=None: run(conf, *a, stdin=stdin, capsys=capsys, monkeypatch=monkeypatch)  # noqa: E731
+    for d in ("example.test", "empty.test", "d2.test"):
+        assert r("domain", "add", d)[0] == 0
+    assert r("user", "add", "bob@example.test", "--password-stdin", stdin="longenough\n")[0] == 0
+    code, _, err = r("alias", "add", "postmaster@empty.test", "bob@example.test")
+    assert code == 0 and "warning" not in err  # no mailbox there yet: nothing shadowed
+    code, out, err = r("user", "add", "PostMaster@empty.test", "--password-stdin", stdin="longenough\n")
+    assert code == 0 and "user postmaster@empty.test added" in out
+    assert ("warning: the alias postmaster@empty.test takes the mail of the user postmaster@empty.test: it goes "
+            "to bob@example.test instead") in err
+    assert "postroom alias remove postmaster@empty.test" in err
+    code, _, err = r("alias", "add", "bob@example.test", "u1@d2.test")
+    assert code == 0
+    assert ("warning: the alias bob@example.test takes the mail of the user bob@example.test: it goes to "
+            "nowhere (no target exists: senders are told 550 5.1.1) instead") in err
+    assert r("user", "add", "u1@d2.test", "--password-stdin", stdin="longenough\n")[0] == 0
+    code, _, err = r("alias", "add", "bob@example.test", "u1@d2.test")  # the same pair again: warned again
+    assert ("warning: the alias bob@example.test takes the mail of the user bob@example.test: it goes to "
+            "u1@d2.test instead") in err
+    code, out, _ = r("domain", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    # postmaster@example.test has no alias: the implicit route is bob's INBOX, whose own mail goes to u1.
+    assert rows["example.test"].endswith("bob@example.test (first user; its INBOX, though an alias sends "
+                                         "bob@example.test's own mail to u1@d2.test)")
+    # postmaster@empty.test follows its alias to the end (bob's alias too), not the shadowed mailbox.
+    assert rows["empty.test"].endswith("u1@d2.test (alias; the alias postmaster@empty.test takes the mail "
+                                       "of the user postmaster@empty.test: it goes to u1@d2.test instead)")
+    code, out, _ = r("domain", "show", "empty.test")
+    assert "postmaster u1@d2.test (alias; the alias postmaster@empty.test takes the mail" in out
+    # An alias that names the address itself keeps the mailbox's copy: no warning.
+    code, _, err = r("alias", "add", "bob@example.test", "bob@example.test")
+    assert code == 0 and "warning" not in err
+    code, out, _ = r("domain", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert rows["example.test"].endswith("bob@example.test (first user)")

@@ -174,16 +174,17 @@ async def test_remove_user_releases_everything(store: Store) -> None:
 
 async def test_aliases(store: Store) -> None:
     await store.add_domain("example.org")
-    await store.add_alias("Sales@Example.org", ["Bob@example.org", "carol@elsewhere.example"])
-    await store.add_alias("sales@example.org", ["bob@example.org"])  # existing pair: no-op
+    # The source is a local name (its key, lower-case); targets keep their local part's case (RFC 5321 §2.4).
+    await store.add_alias("Sales@Example.org", ["Bob@EXAMPLE.org", "carol@elsewhere.example"])
+    await store.add_alias("sales@example.org", ["bob@example.org"])  # existing pair in another case: no-op
     await store.add_alias("@example.org", ["postmaster@example.org"])
     assert await store.list_aliases("sales@example.org") == [
-        Alias("sales@example.org", "bob@example.org"),
+        Alias("sales@example.org", "Bob@example.org"),
         Alias("sales@example.org", "carol@elsewhere.example"),
     ]
     assert await store.list_aliases() == [
         Alias("@example.org", "postmaster@example.org"),
-        Alias("sales@example.org", "bob@example.org"),
+        Alias("sales@example.org", "Bob@example.org"),
         Alias("sales@example.org", "carol@elsewhere.example"),
     ]
     assert await store.list_aliases("none@example.org") == []
@@ -217,7 +218,7 @@ async def test_mailing_lists(store: Store) -> None:
     await store.add_domain("example.org")
     ml = await store.create_list("Team@example.org", "Boss@example.org", ListPolicy.MEMBERS)
     assert (ml.address, ml.owner, ml.policy, ml.members) == (
-        "team@example.org", "boss@example.org", ListPolicy.MEMBERS, ()
+        "team@example.org", "Boss@example.org", ListPolicy.MEMBERS, ()
     )
     assert ml.bounce_address == "team-bounces@example.org"
     other = await store.create_list("news@example.org", "boss@example.org", ListPolicy.OPEN, "b@example.org")
@@ -225,7 +226,7 @@ async def test_mailing_lists(store: Store) -> None:
     await store.add_list_member("team@example.org", "Zed@example.org")
     await store.add_list_member("team@example.org", "amy@elsewhere.example")
     got = await store.get_list("TEAM@example.org")
-    assert got is not None and got.members == ("amy@elsewhere.example", "zed@example.org")
+    assert got is not None and got.members == ("Zed@example.org", "amy@elsewhere.example")
     await store.set_list_policy("team@example.org", ListPolicy.MODERATED)
     await store.remove_list_member("team@example.org", "zed@EXAMPLE.org")
     got = await store.get_list("team@example.org")
@@ -254,6 +255,7 @@ async def test_mailing_list_errors(store: Store) -> None:
     await store.add_list_member("team@example.org", "m@example.org")
     with pytest.raises(AlreadyExists):
         await store.add_list_member("team@example.org", "M@example.org")
+    await store.add_list_member("team@example.org", '"Big Member"@Remote.example')
     with pytest.raises(NotFound):
         await store.add_list_member("none@example.org", "m@example.org")
     with pytest.raises(NotFound):
@@ -264,3 +266,25 @@ async def test_mailing_list_errors(store: Store) -> None:
         await store.set_list_policy("none@example.org", ListPolicy.OPEN)
     with pytest.raises(NotFound):
         await store.delete_list("none@example.org")
+
+
+async def test_targets_and_members_keep_their_case_one_per_key(store: Store) -> None:
+    """RFC 5321 §2.4: the local part of an address that is sent onward keeps its case; one entry per
+    case-insensitive key (accounts invariant 5), the first spelling stays; removal works in any case."""
+    await store.add_domain("example.org")
+    await store.add_alias("fwd@example.org", ["Ext.User@Remote.TEST", '"Quoted Name"@remote.test'])
+    await store.add_alias("fwd@example.org", ["ext.user@remote.test", '"QUOTED NAME"@remote.test'])
+    assert [a.target for a in await store.list_aliases("FWD@example.org")] == [
+        '"Quoted Name"@remote.test', "Ext.User@remote.test"]
+    await store.remove_alias("fwd@example.org", "EXT.USER@remote.test")
+    assert [a.target for a in await store.list_aliases("fwd@example.org")] == ['"Quoted Name"@remote.test']
+
+    await store.create_list("team@example.org", "The.Owner@remote.test", ListPolicy.OPEN)
+    await store.add_list_member("team@example.org", "Big.Member@remote.test")
+    with pytest.raises(AlreadyExists, match="Big.Member@remote.test"):
+        await store.add_list_member("team@example.org", "big.member@REMOTE.test")
+    got = await store.get_list("team@example.org")
+    assert got is not None and (got.owner, got.members) == ("The.Owner@remote.test", ("Big.Member@remote.test",))
+    await store.remove_list_member("team@example.org", "BIG.MEMBER@remote.test")
+    got = await store.get_list("team@example.org")
+    assert got is not None and got.members == ()

@@ -237,3 +237,25 @@ def test_accept_refuses_stray_cr_lf_nul_at_the_door(tmp_path: Path, raw: bytes) 
         assert box is not None and await store.list_messages(box.id) == []
 
     run(tmp_path, body)
+
+
+def test_explain_is_the_resolution_delivery_uses(tmp_path: Path) -> None:
+    # `postroom domain list|show` print `explain`; here it is checked against what `accept` really delivers.
+    async def body(store: Store, r: Router) -> None:
+        alice = await store.get_user("alice@example.org")
+        bob = await store.get_user("bob@example.org")
+        assert alice is not None and bob is not None
+        await store.add_alias("alice@example.org", ["bob@example.org"])  # alice's own mail goes to bob
+        route = await r.explain("PostMaster@Example.org")
+        assert (route.rule, route.destinations) == ("first user", (LocalUser(alice.id, "alice@example.org"),))
+        assert (await r.explain("alice@example.org")).rule == "alias"
+        assert (await r.explain("ALICE+x@example.org")).destinations == (LocalUser(bob.id, "bob@example.org"),)
+        assert (await r.explain("Far.Away@Elsewhere.test")) == \
+            type(route)("Far.Away@elsewhere.test", "remote", (Remote("Far.Away@elsewhere.test"),))
+        assert (await r.explain("nobody@example.org")).destinations == ()
+        got = await r.accept(Envelope("x@far.test", (Rcpt("postmaster@example.org"),), b"Subject: x\r\n\r\nhi\r\n"))
+        assert got.local == 1
+        box = await store.get_mailbox(alice.id, "INBOX")
+        assert box is not None and len(await store.list_messages(box.id)) == 1  # alice's INBOX, as shown
+
+    run(tmp_path, body)

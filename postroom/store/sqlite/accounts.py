@@ -1,7 +1,14 @@
 """Domains, users, aliases and mailing lists in SQLite.
 
 Invariants:
-1. Every address and domain is normalised by `store.names` before it reaches SQL (lower-case, validated).
+1. Every address and domain is normalised by `store.names` before it reaches SQL (validated). Users, alias
+   sources and list addresses are stored as their lower-case key (`names.address`), so they are found whatever
+   the case; alias targets, list owners and list members are stored with the local part as given
+   (`names.address_as_given`, RFC 5321 §2.4), since they are sent onward.
+5. An alias has each target once and a list each member once, compared by the lower-case key: adding
+   `big.member@x` to a list holding `Big.Member@x` is AlreadyExists (an alias: a no-op), the first spelling
+   stays, and removing either spelling removes it (as Mailman keeps one case-preserved address per member).
+   Rows stored lower-case by versions before this rule keep that spelling: their case cannot be recovered.
 2. A user, alias source or list address belongs to a domain row that exists; a domain cannot be removed while
    any of them remain (Invalid), so the foreign keys never dangle.
 3. A user and a list never share an address (the router must find exactly one owner of an address).
@@ -223,16 +230,20 @@ class AccountsMixin(Base):
         source = names.alias_source(source)
         if isinstance(targets, str):
             raise Invalid("targets must be a sequence of addresses, not one string")
-        clean = [names.address(t) for t in targets]
+        clean = [names.address_as_given(t) for t in targets]
         if not clean:
             raise Invalid("an alias needs at least one target")
 
         def op(tx: Tx) -> None:
             domain_id = _domain_id(tx.conn, names.domain_of(source))
-            tx.conn.executemany(
-                "INSERT OR IGNORE INTO aliases(source, target, domain_id) VALUES (?, ?, ?)",
-                [(source, t, domain_id) for t in clean],
-            )
+            rows = tx.conn.execute("SELECT target FROM aliases WHERE source = ?", (source,)).fetchall()
+            known = {str(r[0]).lower() for r in rows}
+            new = []
+            for t in clean:  # invariant 5: one target per key, the first spelling stays
+                if t.lower() not in known:
+                    known.add(t.lower())
+                    new.append((source, t, domain_id))
+            tx.conn.executemany("INSERT INTO aliases(source, target, domain_id) VALUES (?, ?, ?)", new)
 
         await self._engine.write(op)
 
@@ -244,7 +255,10 @@ class AccountsMixin(Base):
             if tgt is None:
                 cur = tx.conn.execute("DELETE FROM aliases WHERE source = ?", (source,))
             else:
-                cur = tx.conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?", (source, tgt))
+                rows = tx.conn.execute("SELECT target FROM aliases WHERE source = ?", (source,)).fetchall()
+                stored = [str(r[0]) for r in rows if str(r[0]).lower() == tgt]  # invariant 5: by key
+                cur = tx.conn.execute("DELETE FROM aliases WHERE source = ? AND target = ?",
+                                      (source, stored[0] if stored else tgt))
             if cur.rowcount == 0:
                 raise NotFound(f"no such alias: {source}" + ("" if tgt is None else f" -> {tgt}"))
 
@@ -269,7 +283,7 @@ class AccountsMixin(Base):
         self, address: str, owner: str, policy: ListPolicy, bounce_address: str = ""
     ) -> MailingList:
         address = names.address(address)
-        owner = names.address(owner)
+        owner = names.address_as_given(owner)
         policy = ListPolicy(policy)
         if bounce_address:
             bounce_address = names.address(bounce_address)
@@ -325,29 +339,27 @@ class AccountsMixin(Base):
 
     async def add_list_member(self, address: str, member: str) -> None:
         address = names.address(address)
-        member = names.address(member)
+        member = names.address_as_given(member)
 
         def op(tx: Tx) -> None:
             _require_list(tx, address)
-            cur = tx.conn.execute(
-                "INSERT OR IGNORE INTO list_members(list_address, member) VALUES (?, ?)", (address, member)
-            )
-            if cur.rowcount == 0:
-                raise AlreadyExists(f"{member} is already a member of {address}")
+            known = _member_spelling(tx, address, member)
+            if known is not None:  # invariant 5
+                raise AlreadyExists(f"{known} is already a member of {address}")
+            tx.conn.execute("INSERT INTO list_members(list_address, member) VALUES (?, ?)", (address, member))
 
         await self._engine.write(op)
 
     async def remove_list_member(self, address: str, member: str) -> None:
         address = names.address(address)
-        member = names.address(member)
+        member = names.address_as_given(member)
 
         def op(tx: Tx) -> None:
             _require_list(tx, address)
-            cur = tx.conn.execute(
-                "DELETE FROM list_members WHERE list_address = ? AND member = ?", (address, member)
-            )
-            if cur.rowcount == 0:
+            known = _member_spelling(tx, address, member)
+            if known is None:
                 raise NotFound(f"{member} is not a member of {address}")
+            tx.conn.execute("DELETE FROM list_members WHERE list_address = ? AND member = ?", (address, known))
 
         await self._engine.write(op)
 
@@ -360,6 +372,16 @@ class AccountsMixin(Base):
                 raise NotFound(f"no such list: {address}")
 
         await self._engine.write(op)
+
+
+def _member_spelling(tx: Tx, list_address: str, member: str) -> str | None:
+    """The stored spelling of `member` in the list, compared by the lower-case key (invariant 5); None if absent.
+    Reads the list's members: an admin write, and lists are small enough for that."""
+    key = member.lower()
+    for (stored,) in tx.conn.execute("SELECT member FROM list_members WHERE list_address = ?", (list_address,)):
+        if str(stored).lower() == key:
+            return str(stored)
+    return None
 
 
 def _require_list(tx: Tx, address: str) -> None:
