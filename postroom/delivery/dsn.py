@@ -25,6 +25,11 @@ Invariants
    today, but an entry queued by an older version may carry one, and a DSN must not carry it onwards.
 3. A DSN is sent from the null reverse-path and says `Auto-Submitted: auto-replied` (RFC 3834 §5), so a DSN
    about a DSN never happens.
+4. `Diagnostic-Code: smtp; ...` carries only an SMTP reply that a remote MTA sent (RFC 3464 §2.3.6: the "smtp"
+   diagnostic-type is for SMTP replies), and `Remote-MTA` names only the MTA that sent it (§2.3.5: the MTA that
+   reported the delivery status). A status Postroom decided itself (no host took the connection, a DNS
+   answer, a size or SMTPUTF8 refusal before the transaction, local delivery) has neither field: the Status
+   code says what happened and the text/plain part explains it (`RecipientReport.explanation`).
 """
 
 from __future__ import annotations
@@ -50,8 +55,11 @@ class RecipientReport:
     status: str  # RFC 3463 code, "5.1.1"
     orcpt: str = ""  # as stored: "rfc822;" + xtext
     notify: str = ""  # as stored
-    diagnostic: str = ""  # the remote's reply ("550 5.1.1 No such user") or our own explanation
-    remote_mta: str = ""  # host name of the server that answered, if any
+    # The SMTP reply of the remote MTA that decided the status ("550 5.1.1 No such user"), only when one did:
+    # it becomes `Diagnostic-Code: smtp; ...` (invariant 4).
+    diagnostic: str = ""
+    remote_mta: str = ""  # host name of the MTA that gave `diagnostic`; "" when none answered (invariant 4)
+    explanation: str = ""  # our own words for people (the text/plain part only): "connect to ... failed"
     last_attempt: float | None = None
     will_retry_until: float | None = None  # for "delayed"
 
@@ -134,14 +142,19 @@ def status_fields(reporting_mta: str, envid: str, arrival: float, reports: Seque
         lines.append(f"Action: {r.action}")  # §2.3.3
         lines.append(f"Status: {r.status}")  # §2.3.4
         if r.remote_mta:
-            lines.append(f"Remote-MTA: dns; {_clean(mta_name(r.remote_mta))}")  # §2.3.5
+            lines.append(f"Remote-MTA: dns; {_clean(mta_name(r.remote_mta))}")  # §2.3.5, invariant 4
         if r.diagnostic:
-            lines.append(f"Diagnostic-Code: smtp; {_clean(r.diagnostic)}")  # §2.3.6
+            lines.append(f"Diagnostic-Code: smtp; {_clean(r.diagnostic)}")  # §2.3.6, invariant 4
         if r.last_attempt is not None:
             lines.append(f"Last-Attempt-Date: {_date(r.last_attempt)}")  # §2.3.7
         if r.action == "delayed" and r.will_retry_until is not None:
             lines.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")  # §2.3.9
     return "\r\n".join(lines) + "\r\n"
+
+
+def _said(r: RecipientReport) -> str:
+    """One recipient's line of the text/plain part: our explanation, else the remote's reply, else the status."""
+    return _clean(r.explanation or r.diagnostic or r.status)
 
 
 def _human(reporting_mta: str, reports: Sequence[RecipientReport]) -> str:
@@ -151,17 +164,17 @@ def _human(reporting_mta: str, reports: Sequence[RecipientReport]) -> str:
     out = [f"This is the mail system at {reporting_mta}.", ""]
     if failed:
         out += ["Your message could not be delivered to the following recipients. It will not be tried again.", ""]
-        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in failed] + [""]
+        out += [f"<{r.rcpt}>: {_said(r)}" for r in failed] + [""]
     if delayed:
         until = [r.will_retry_until for r in delayed if r.will_retry_until is not None]
         out += ["Your message could not be delivered yet to the following recipients. It is still being tried"
                 + (f" until {_date(min(until))}." if until else "."), "You do not need to send it again.", ""]
-        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in delayed] + [""]
+        out += [f"<{r.rcpt}>: {_said(r)}" for r in delayed] + [""]
     if done:
         out += ["Your message was delivered to the following recipients"
                 + (" (or handed to a server that does not report delivery)" if any(r.action == "relayed"
                                                                                  for r in done) else "") + ".", ""]
-        out += [f"<{r.rcpt}>: {r.diagnostic or r.status}" for r in done] + [""]
+        out += [f"<{r.rcpt}>: {_said(r)}" for r in done] + [""]
     return "\r\n".join(out)
 
 

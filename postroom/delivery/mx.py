@@ -10,6 +10,10 @@ The order of precedence is:
 2. the static routes table (`[delivery.routes]`, "domain" = "host[:port]"), exact domain match: the seeds'
    host-table idea, for tests and private networks;
 3. the smart host (`delivery.smarthost`), which then gets all other remote mail (with AUTH if configured);
+   a configured host name (2, 3) is looked up in DNS first and, when DNS does not know it, through the
+   system resolver (`getaddrinfo`: /etc/hosts and whatever nsswitch.conf names), as Postfix does with
+   `smtp_host_lookup = dns, native`, so `localhost` or a name in /etc/hosts works as a route; MX hosts (4)
+   come from DNS only (RFC 5321 §5.1);
 4. DNS (RFC 5321 §5.1): the MX records in preference order, equal preferences in random order (§5.1: "the
    sender-SMTP MUST randomize them to spread the load"); each MX host's A then AAAA addresses. No MX record at
    all (NOERROR, no data) means the domain itself is the only host ("implicit MX", §5.1). A null MX (RFC 7505
@@ -18,7 +22,8 @@ The order of precedence is:
    (5.1.2); a DNS time-out or SERVFAIL is temporary (4.4.3).
 
 The resolver is injected (`Resolver` protocol): `DnsResolver` uses dnspython, optionally against given name
-servers (the e2e tests run a DNS server of their own on a loopback port); unit tests pass a dictionary.
+servers (the e2e tests run a DNS server of their own on a loopback port); unit tests pass a dictionary. The
+system lookup of configured names is injected too (`HostLookup`, default `system_addresses`).
 
 Invariants
 1. A returned Route has at least one hop and at most `MAX_HOPS`.
@@ -29,9 +34,11 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -170,6 +177,26 @@ class StaticResolver:
         return list(self.a_records.get(host, []))
 
 
+HostLookup = Callable[[str], Awaitable[list[str]]]
+"""Addresses (text) of a configured host name from the system resolver; [] when it does not know the name.
+Raises DnsTemporary when the lookup may succeed later."""
+
+
+async def system_addresses(host: str) -> list[str]:
+    """`HostLookup` through `getaddrinfo` (/etc/hosts, then what nsswitch.conf names), in its order, no repeats."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise DnsTemporary(f"{host}: system resolver: {exc.strerror}") from None
+        return []  # EAI_NONAME and the like: the system does not know the name
+    out: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and str(sockaddr[0]) not in out:
+            out.append(str(sockaddr[0]))
+    return out
+
+
 def _literal(domain: str) -> str | None:
     """'[192.0.2.1]' -> '192.0.2.1'; '[IPv6:2001:db8::1]' -> '2001:db8::1' (RFC 5321 §4.1.3); else None."""
     if not (domain.startswith("[") and domain.endswith("]")):
@@ -195,10 +222,12 @@ class RouteFinder:
     """Finds the Route of a destination domain (see the module doc)."""
 
     def __init__(self, config: DeliveryConfig, resolver: Resolver,
-                 shuffle: Callable[[list[str]], None] = random.shuffle) -> None:
+                 shuffle: Callable[[list[str]], None] = random.shuffle,
+                 hosts: HostLookup = system_addresses) -> None:
         self.config = config
         self.resolver = resolver
         self.shuffle = shuffle
+        self.hosts = hosts  # configured host names DNS does not know (module doc, item 3)
         self.routes = {k.lower().rstrip("."): v for k, v in config.routes.items()}
 
     async def route(self, domain: str) -> Route:
@@ -223,12 +252,20 @@ class RouteFinder:
         try:
             addrs = await self.resolver.addresses(host)
         except DnsNotFound:
-            # A configured host that does not resolve is the operator's mistake, which may be fixed: wait.
-            raise RouteFailure(False, 451, "4.4.3", f"configured host {host} not found in DNS") from None
+            addrs = []
         except DnsTemporary as exc:
-            raise RouteFailure(False, 451, "4.4.3", f"DNS lookup failed: {exc}") from None
+            raise RouteFailure(False, 451, "4.4.3", f"DNS lookup of configured host {host} failed: {exc}") from None
         if not addrs:
-            raise RouteFailure(False, 451, "4.4.3", f"configured host {host} has no address")
+            # Not in DNS: the system resolver (/etc/hosts), as Postfix's smtp_host_lookup = dns, native.
+            try:
+                addrs = await self.hosts(host)
+            except DnsTemporary as exc:
+                raise RouteFailure(False, 451, "4.4.3", f"lookup of configured host {host} failed: {exc}") from None
+        if not addrs:
+            # The operator's mistake, which may be fixed: wait (temporary), and say how to fix it.
+            raise RouteFailure(False, 451, "4.4.3", f"configured host {host} has no address in DNS or in the "
+                               "system resolver (/etc/hosts); configure an IP address (\"192.0.2.1:25\", "
+                               "\"[2001:db8::1]:25\") or a name that resolves")
         return tuple(Hop(host, a, port, smarthost) for a in addrs[:MAX_HOPS])
 
     async def _mx(self, domain: str) -> Route:

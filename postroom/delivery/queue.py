@@ -61,7 +61,15 @@ from postroom.delivery.client import (
 )
 from postroom.delivery.dkim import Signer
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
-from postroom.delivery.mx import DnsResolver, Resolver, Route, RouteFailure, RouteFinder
+from postroom.delivery.mx import (
+    DnsResolver,
+    HostLookup,
+    Resolver,
+    Route,
+    RouteFailure,
+    RouteFinder,
+    system_addresses,
+)
 from postroom.mime.lineends import normalise
 from postroom.store.api import NotFound, QueueEntry, QueueRecipient, RcptState, Store
 
@@ -75,10 +83,14 @@ BounceSink = Callable[[str, bytes], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Outcome:
+    """What one attempt decided for a recipient. `text` is the remote's SMTP reply when `remote` is set (it
+    becomes the DSN's Diagnostic-Code and Remote-MTA), else our own explanation, which only the DSN's text part
+    and `last_error` carry (dsn.py invariant 4: no fake SMTP diagnostic, no Remote-MTA where none answered)."""
+
     kind: str  # "ok" | "temp" | "perm"
-    text: str  # reply or explanation, for last_error and Diagnostic-Code
+    text: str  # the reply ("550 5.1.1 no such user") or our explanation; for last_error and the DSN
     status: str  # RFC 3463
-    remote: str = ""  # host that answered
+    remote: str = ""  # host name of the MTA whose reply `text` is; "" when no MTA replied
     dsn_passed_on: bool = False  # the remote speaks DSN and got NOTIFY: it reports success itself
 
 
@@ -119,13 +131,15 @@ class Scheduler:
         tls: ssl.SSLContext | None = None,
         signer: Signer | None = None,
         shuffle: Callable[[list[str]], None] = random.shuffle,
+        hosts: HostLookup = system_addresses,
     ) -> None:
         self.store = store
         self.config = config
         self.delivery = config.delivery
         self.bounce = bounce
         self.clock = clock
-        self.routes = RouteFinder(config.delivery, resolver or DnsResolver(config.delivery.dns_servers), shuffle)
+        self.routes = RouteFinder(config.delivery, resolver or DnsResolver(config.delivery.dns_servers), shuffle,
+                                  hosts)
         self.tls = tls if tls is not None else (opportunistic_tls_context() if config.delivery.starttls else None)
         self.signer = signer if signer is not None else Signer(store, clock)
         self._slots = asyncio.Semaphore(config.delivery.concurrency)
@@ -237,7 +251,9 @@ class Scheduler:
                         await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
                     return
                 except _Unreachable as u:
-                    outcome = Outcome("temp", u.text, u.status, u.remote)
+                    # with the refusing host's reply as the diagnostic, else our explanation (dsn.py invariant 4)
+                    outcome = Outcome("temp", u.reply, u.status, u.remote) if u.reply else \
+                        Outcome("temp", u.text, u.status)
                     batch = [job, *jobs]  # a dead destination: the jobs behind this one would fail alike
                     jobs.clear()
                     for j in batch:
@@ -251,6 +267,7 @@ class Scheduler:
     async def _connect(self, route: Route) -> SmtpClient:
         errors: list[str] = []
         last_reply: Reply | None = None
+        replied = ""  # the host whose reply is the last error, if the last error was a reply
         d = self.delivery
         auth = (d.smarthost_user, d.smarthost_password) if d.smarthost_user else None
         for hop in route.hops:
@@ -271,15 +288,19 @@ class Scheduler:
                     continue
                 except ConnectionLost as exc:
                     errors.append(str(exc))
+                    last_reply, replied = None, ""
                 except Refused as exc:
                     errors.append(f"{hop.host}[{hop.address}] {exc}")
-                    last_reply = exc.reply
+                    last_reply, replied = exc.reply, hop.host
                 break
         # RFC 5321 §5.1: every host was tried. Only a permanent greeting/AUTH refusal by the last host... is
         # still treated as temporary: another host may be fixed before expiry.
         status = last_reply.status if last_reply is not None and not last_reply.permanent else "4.4.1"
-        raise _Unreachable(f"no host of {route.domain} took the connection: " + "; ".join(errors[-3:]),
-                           status if status.startswith("4") else "4.4.1", route.hops[-1].host)
+        text = f"no host of {route.domain} took the connection: " + "; ".join(errors[-3:])
+        # RFC 3464 §2.3.5, §2.3.6: a refusal the last host sent is its SMTP reply; a connection nobody took has
+        # no reply and no remote MTA (dsn.py invariant 4).
+        raise _Unreachable(text, status if status.startswith("4") else "4.4.1", replied,
+                           str(last_reply) if last_reply is not None and replied else "")
 
     async def _deliver(self, job: Job, route: Route, client: SmtpClient | None
                        ) -> tuple[dict[str, Outcome], SmtpClient | None]:
@@ -309,28 +330,29 @@ class Scheduler:
                 if reused and attempt == 0:
                     client = None  # the server closed an idle reused connection: once more on a new one
                     continue
-                out = Outcome("temp", f"{client.hop.host}: {exc}", "4.4.2", client.hop.host)
+                out = Outcome("temp", f"{client.hop.host}: {exc}", "4.4.2")  # no reply (dsn.py invariant 4)
                 return {r.rcpt: out for r in job.rcpts}, None
             host = client.hop.host
             return {r.rcpt: _outcome(result.rcpt[r.rcpt], host, dsn and bool(r.notify)) for r in job.rcpts}, client
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check(self, job: Job, raw: bytes, client: SmtpClient) -> dict[str, Outcome] | None:
-        """What must fail before the transaction starts: size, 8BITMIME, SMTPUTF8."""
+        """What must fail before the transaction starts: size, 8BITMIME, SMTPUTF8. These are our decisions from
+        the EHLO answer, not a reply to this message: no Remote-MTA or SMTP diagnostic (dsn.py invariant 4)."""
         host = client.hop.host
         limit = client.size_limit
         if limit and len(raw) > limit:
             # RFC 1870 §6.2: larger than the fixed maximum the server declared: a permanent failure.
-            out = Outcome("perm", f"message is {len(raw)} bytes; {host} accepts at most {limit}", "5.3.4", host)
+            out = Outcome("perm", f"message is {len(raw)} bytes; {host} accepts at most {limit}", "5.3.4")
             return {r.rcpt: out for r in job.rcpts}
         if needs_smtputf8(job.entry, job.rcpts, raw) and not client.supports("SMTPUTF8"):
             # RFC 6531 §3.2: the message needs SMTPUTF8 and the server does not offer it: non-delivery.
-            out = Outcome("perm", f"{host} does not support SMTPUTF8, which this message needs", "5.6.7", host)
+            out = Outcome("perm", f"{host} does not support SMTPUTF8, which this message needs", "5.6.7")
             return {r.rcpt: out for r in job.rcpts}
         if not raw.isascii() and not client.supports("8BITMIME"):
             # RFC 6152 §3: 8-bit data to a server without 8BITMIME is returned (Postroom does not re-encode:
             # that would break DKIM signatures and the "raw bytes are sacred" rule).
-            out = Outcome("perm", f"{host} does not support 8BITMIME, which this message needs", "5.6.3", host)
+            out = Outcome("perm", f"{host} does not support 8BITMIME, which this message needs", "5.6.3")
             return {r.rcpt: out for r in job.rcpts}
         return None
 
@@ -377,8 +399,10 @@ class Scheduler:
             for r in job.rcpts:
                 o = outcomes[r.rcpt]
                 attempts = r.attempts + 1
+                # dsn.py invariant 4: the text is an SMTP diagnostic only if a remote MTA replied it
                 base = RecipientReport(r.rcpt, "failed", o.status, orcpt=r.orcpt, notify=r.notify,
-                                       diagnostic=o.text, remote_mta=o.remote, last_attempt=now)
+                                       diagnostic=o.text if o.remote else "", remote_mta=o.remote,
+                                       explanation="" if o.remote else o.text, last_attempt=now)
                 if o.kind == "ok":
                     updates.append(dataclasses.replace(r, state=RcptState.DELIVERED, attempts=attempts,
                                                        last_error=""))
@@ -393,7 +417,7 @@ class Scheduler:
                     updates.append(dataclasses.replace(r, state=RcptState.BOUNCED, attempts=attempts,
                                                        last_error=text[:1000]))
                     self.stats["bounced"] += 1
-                    reports.append(dataclasses.replace(base, status=status, diagnostic=text))
+                    reports.append(dataclasses.replace(base, status=status, explanation=text))
                     log.info("queue bounced id=%s rcpt=%s reply=%r", entry.id, r.rcpt, text[:200])
                 else:
                     notify_delay = (d.delay_notice_seconds > 0 and not r.delay_notified
@@ -422,7 +446,7 @@ class Scheduler:
         if not reports or not entry.mail_from:
             return
         # One DSN per kind: a failure report, a delay notice and a success report are different messages.
-        for kinds in (("failed",), ("delayed",), ("delivered", "relayed")):
+        for kinds in (("failed",), ("delayed",), ("delivered", "relayed", "expanded")):
             chosen = [r for r in reports if r.action in kinds and wanted(r.notify, r.action)]
             if not chosen:
                 continue
@@ -435,11 +459,15 @@ class Scheduler:
 
 
 class _Unreachable(Exception):
-    def __init__(self, text: str, status: str, remote: str) -> None:
+    """No hop of a route took the connection. `remote` and `reply`: the last hop's refusal (greeting, EHLO,
+    AUTH), when the last error was one; "" when it was a connection that failed or was lost."""
+
+    def __init__(self, text: str, status: str, remote: str, reply: str) -> None:
         super().__init__(text)
         self.text = text
         self.status = status
         self.remote = remote
+        self.reply = reply
 
 
 def router_bounce(router: object) -> BounceSink:

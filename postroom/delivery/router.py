@@ -48,11 +48,6 @@ Invariants
 7. Resolving never raises for the address's form: any address a client can send (quoted local parts, RFC 5321
    §4.1.2, included) is normalised to the store's one spelling (`names.address_as_given`) and resolves to
    destinations or to none (550 5.1.1), never to `451` with a traceback.
-10. A local part keeps its case wherever the address goes onward (RFC 5321 §2.4: only the receiving host may
-   treat it case-insensitively): a `Remote` destination, hence the queue's RCPT TO and a DSN's
-   Final-Recipient, is spelt as the sender, alias target or list member spelt it; only the domain is
-   lower-cased. Local names (users, alias sources, lists, postmaster, list actions) are looked up and compared
-   by their lower-case key, so `Alice@EXAMPLE.org` is alice's.
 8. Content with a bare CR, a bare LF or a NUL (`mime.lineends.stray`) is refused at this door (550 5.6.0),
    whoever the caller: nothing the router stores or queues can smuggle a message into a receiver downstream.
    Callers repair or refuse earlier (SMTP refuses in the core, `postroom sendmail` normalises).
@@ -60,6 +55,23 @@ Invariants
    is stored and queued from the file (`deliver_file`, `enqueue_file`), never read whole on the event loop.
    What needs the bytes reads them once, in a thread, bounded by `limits.message_size`: the metadata of the
    local copy (`compute_meta` scans bytes) and list copies or held posts (rare for large messages).
+10. A local part keeps its case wherever the address goes onward (RFC 5321 §2.4: only the receiving host may
+   treat it case-insensitively): a `Remote` destination, hence the queue's RCPT TO and a DSN's
+   Final-Recipient, is spelt as the sender, alias target or list member spelt it; only the domain is
+   lower-cased. Local names (users, alias sources, lists, postmaster, list actions) are looked up and compared
+   by their lower-case key, so `Alice@EXAMPLE.org` is alice's.
+11. Success reports for what this server delivers (RFC 3461 §6.2.7; RFC 3464 §2.3.3). A recipient that asked
+    for NOTIFY=SUCCESS and resolves here gets, once every copy is durable and before `accept` returns (so
+    before the SMTP 250), one report to the envelope sender (never the null sender), made by `dsn.build_dsn`
+    with its ORCPT, ENVID and NOTIFY: "delivered" when it resolves to one local destination (a mailbox, through
+    `+detail` or a one-target alias; a list, whose exploder is its final delivery, §2.3.3: the list copies go
+    out from the list's bounce address); "expanded" when an alias or catch-all leads to several destinations,
+    and then SUCCESS is taken out of the NOTIFY passed on to remote targets (the sender has had its report;
+    FAILURE and DELAY still come from further on). A recipient that only leads elsewhere (a forward: one remote
+    target, or a remote domain) gets no report here: its DSN parameters go into the queue, which reports
+    "relayed" or passes them on (queue.py). The report is itself mail from the null sender through this door:
+    stored in a local sender's INBOX or queued (durable, retried). If writing it fails, `accept` raises
+    (invariant 1): the client retries, so the sender may get a duplicate message, never a lost report.
 """
 
 from __future__ import annotations
@@ -69,12 +81,14 @@ import dataclasses
 import itertools
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from postroom.config import Config
+from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.headers import split_fields
 from postroom.mime.lineends import Checker, stray
@@ -499,18 +513,24 @@ class Router:
         remote: dict[str, Rcpt] = {}
         lists: dict[str, MailingList] = {}
         actions: list[ListAction] = []
+        successes: list[RecipientReport] = []
         for rcpt in env.recipients:
             a = await self.normalize(rcpt.address)
             _, domain = split(a)
             dests: Sequence[Destination] = (await self.resolve(a)) if await self.is_local_domain(domain) \
                 else [Remote(a)]
+            action = success_action(dests)  # invariant 11
+            notify_on = without_success(rcpt.notify) if action == "expanded" else rcpt.notify
+            if action is not None and env.mail_from and wanted(rcpt.notify, action):
+                successes.append(RecipientReport(a, action, "2.0.0", orcpt=rcpt.orcpt, notify=rcpt.notify,
+                                                 explanation=_EXPLAINED[action]))
             for d in dests:
                 if isinstance(d, LocalUser):
                     users[d.user_id] = d.address
                 elif isinstance(d, Remote):
                     if not env.may_relay and d.address == a:
                         raise RELAY_DENIED  # invariant 2, checked again at the door
-                    remote.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, rcpt.notify))
+                    remote.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, notify_on))
                 elif isinstance(d, ListPost):
                     lists[d.ml.address] = d.ml
                 else:
@@ -544,7 +564,22 @@ class Router:
             held += part.held
         if queue_ids and self.on_queued is not None:
             self.on_queued()
+        if successes:
+            await self._report_success(env, successes)  # invariant 11: after every copy is durable
         return Accepted(local, len(remote), queue_ids, held)
+
+    async def _report_success(self, env: Envelope, reports: list[RecipientReport]) -> None:
+        """Invariant 10: one success DSN about `reports` to the envelope sender, durable on return."""
+        # Success reports return the header only (RFC 3461 §4.3), which the start of a staged message holds.
+        original = env.raw if env.staged is None else await asyncio.to_thread(env.head)
+        dsn = build_dsn(reporting_mta=self.config.server.hostname, mail_from=env.mail_from, envid=env.envid,
+                        ret=env.ret, arrival=time.time(), reports=reports, original=original)
+        if dsn is None:
+            return
+        # From the null sender, so no report is ever made about this one (dsn.py invariant 3).
+        sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), dsn, may_relay=True, from_checked=True))
+        if not (sent.local or sent.queued):
+            log.warning("success dsn to %s had nowhere to go (no such local address)", _printable(env.mail_from))
 
     # --- lists ---------------------------------------------------------------------------------------------------
     async def distribute(self, ml: MailingList, raw: bytes, from_checked: bool = False) -> Accepted:
@@ -594,6 +629,33 @@ class Router:
         log.info("list post %s list=%s token=%s", "approved" if act.action == "approve" else "rejected",
                  act.ml.address, act.token[:8])
         return result
+
+
+_EXPLAINED = {"delivered": "delivered", "expanded": "delivered to an alias of several recipients; their own "
+              "delivery is reported only if it fails or is delayed"}
+
+
+def success_action(dests: Sequence[Destination]) -> str | None:
+    """The RFC 3464 §2.3.3 action this server reports for a recipient with these destinations (invariant 11):
+    "delivered" for one local destination (a mailbox, a list exploder, a list robot address); "expanded" for
+    several (RFC 3461 §6.2.7: an alias of several recipients); None when the one destination is remote (a
+    forward or a remote domain: the DSN parameters travel on with it and the queue reports)."""
+    if not dests:
+        return None
+    if len(dests) > 1:
+        return "expanded"
+    return None if isinstance(dests[0], Remote) else "delivered"
+
+
+def without_success(notify: str) -> str:
+    """NOTIFY for the targets of an expanded recipient: its own list less SUCCESS, already reported (RFC 3461
+    §6.2.7; Postfix does the same); NEVER if nothing is left, since an empty NOTIFY would mean the default
+    FAILURE,DELAY, which the sender did not ask for. "" (the default) stays ""."""
+    kinds = [k.strip() for k in notify.split(",") if k.strip()]
+    if not kinds:
+        return notify
+    kept = [k for k in kinds if k.upper() != "SUCCESS"]
+    return ",".join(kept) if kept else "NEVER"
 
 
 async def _zero() -> int:

@@ -212,8 +212,117 @@ async def test_unreachable_retried_on_schedule_delay_notice_then_bounce_at_expir
         assert "Will-Retry-Until" in delayed
         failed = recipient_fields(hs.dsn(1))[0]
         assert failed["Action"] == "failed" and failed["Status"] == "4.4.7"
-        assert "refused" in failed["Diagnostic-Code"].lower() or "connect" in failed["Diagnostic-Code"].lower()
+        # no MTA answered: no SMTP Diagnostic-Code, no Remote-MTA (dsn.py invariant 4); the text part explains
+        assert "Diagnostic-Code" not in failed and "Remote-MTA" not in failed
+        assert "no host of b.test took the connection" in human_text(hs.dsn(1))
     finally:
+        await finish(hs)
+
+
+def human_text(msg: email.message.EmailMessage) -> str:
+    return str(msg.get_payload()[0].get_content())  # type: ignore[index]
+
+
+async def test_connection_refused_report_has_no_smtp_diagnostic_and_no_remote_mta(tmp_path: Path) -> None:
+    """RFC 3464 §2.3.6: the "smtp" diagnostic-type carries an SMTP reply, and a refused connection got none;
+    §2.3.5: Remote-MTA is the MTA that reported the status, and none did. Both fields are left out (they are
+    optional); Status 4.4.1 (RFC 3463: no answer from host) and the text part say what happened."""
+    hs = await harness(tmp_path)
+    try:
+        dead = await hs.peer()
+        port = dead.port
+        await dead.close()  # connection refused
+        s = hs.scheduler({"down.test": f"127.0.0.1:{port}"}, delay_notice_seconds=60, retry_seconds=[60])
+        await hs.enqueue("bob@down.test")
+        await s.run_once()  # first attempt: deferred, no notice yet
+        hs.clock.advance(60)
+        await s.run_once()  # second attempt, past delay_notice_seconds: the delay notice
+        [(to, raw)] = hs.dsns
+        assert to == "alice@a.test"
+        [fields] = recipient_fields(hs.dsn())
+        assert fields["Action"] == "delayed" and fields["Status"] == "4.4.1"
+        assert "Diagnostic-Code" not in fields and "Remote-MTA" not in fields
+        assert b"smtp;" not in raw and b"Remote-MTA" not in raw
+        text = human_text(hs.dsn())
+        assert "<bob@down.test>: no host of down.test took the connection:" in text
+    finally:
+        await finish(hs)
+
+
+async def test_greeting_refusal_is_the_remote_mtas_smtp_reply(tmp_path: Path) -> None:
+    """A host that answers with a refusal did report a status: its reply is the Diagnostic-Code (smtp) and it is
+    the Remote-MTA (RFC 3464 §2.3.5, §2.3.6)."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(greeting="421 4.3.2 peer.test busy")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, max_lifetime_seconds=1)
+        await hs.enqueue("bob@b.test")
+        hs.clock.advance(1)  # past the lifetime at the first attempt: bounced at once
+        await s.run_once()
+        [fields] = recipient_fields(hs.dsn())
+        assert fields["Action"] == "failed" and fields["Status"] == "4.4.7"
+        assert fields["Remote-MTA"] == "dns; [127.0.0.1]"
+        assert fields["Diagnostic-Code"] == "smtp; 421 4.3.2 peer.test busy"
+        assert "gave up after 1 attempts" in human_text(hs.dsn())
+    finally:
+        await finish(hs)
+
+
+async def test_refusal_before_the_transaction_is_ours_not_the_remotes(tmp_path: Path) -> None:
+    """A message over the SIZE the server declared is refused by us before MAIL FROM (RFC 1870 §6.2): the
+    remote sent no reply about it, so no smtp Diagnostic-Code and no Remote-MTA (RFC 3464 §2.3.5, §2.3.6)."""
+    hs = await harness(tmp_path)
+    try:
+        small = await hs.peer(extensions=["SIZE 100"])
+        s = hs.scheduler({"b.test": f"127.0.0.1:{small.port}"})
+        await hs.enqueue("bob@b.test", raw=MSG + b"x" * 200)
+        await s.run_once()
+        [fields] = recipient_fields(hs.dsn())
+        assert fields["Status"] == "5.3.4" and "Diagnostic-Code" not in fields and "Remote-MTA" not in fields
+        assert "accepts at most 100" in human_text(hs.dsn())
+    finally:
+        await finish(hs)
+
+
+async def test_static_route_to_a_name_in_dns_names_it_as_remote_mta(tmp_path: Path) -> None:
+    """A static route to a host name resolved by the tests' DNS server: Remote-MTA is that name (RFC 3464
+    §2.3.5, "dns" MTA-name type), the Diagnostic-Code the reply it sent."""
+    hs = await harness(tmp_path)
+    dns_server = DnsServer()
+    await dns_server.start()
+    try:
+        peer = await hs.peer(rcpt_reply=lambda a: "550 5.1.1 no such user")
+        dns_server.a["relay.b.test"] = ["127.0.0.1"]
+        s = hs.scheduler({"b.test": f"relay.b.test:{peer.port}"},
+                         resolver=DnsResolver((f"127.0.0.1:{dns_server.port}",), lifetime=5))
+        await hs.enqueue("nobody@b.test")
+        await s.run_once()
+        [fields] = recipient_fields(hs.dsn())
+        assert fields["Remote-MTA"] == "dns; relay.b.test"
+        assert fields["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+        assert ("relay.b.test", "A") in dns_server.queries
+    finally:
+        dns_server.close()
+        await finish(hs)
+
+
+async def test_static_route_to_a_name_only_in_etc_hosts(tmp_path: Path) -> None:
+    """`"named.test" = "localhost:PORT"`: DNS (the tests' server) does not know localhost; the system resolver
+    (/etc/hosts) does, as with Postfix's smtp_host_lookup = dns, native. The mail is delivered."""
+    hs = await harness(tmp_path)
+    dns_server = DnsServer()
+    await dns_server.start()
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"named.test": f"localhost:{peer.port}"},
+                         resolver=DnsResolver((f"127.0.0.1:{dns_server.port}",), lifetime=5))
+        qid = await hs.enqueue("bob@named.test")
+        await s.run_once()
+        assert [seen.rcpts for seen in peer.delivered] == [["bob@named.test"]]
+        assert await hs.store.queue_get(qid) is None and hs.dsns == []
+        assert ("localhost", "A") in dns_server.queries  # DNS was asked first
+    finally:
+        dns_server.close()
         await finish(hs)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import email.utils
 import hashlib
 import hmac
@@ -600,3 +602,27 @@ def test_curl_smtps_submission(srv: Any, tmp_path: Any) -> None:
     assert result.returncode == 0, result.stderr
     [stored] = inbox(srv, "carol@example.org")
     assert completed(split_prepended(stored)[1]) == SUBMITTED
+
+
+def test_notify_success_over_the_mx_port_brings_a_delivered_report(srv: Any) -> None:
+    """RFC 3461 §6.2.7 / RFC 3464 §2.3.3 (router invariant 10): a remote sender asks NOTIFY=SUCCESS for a local
+    mailbox; after the 250 the report to it is already queued (durable): Action delivered, its ORCPT and ENVID,
+    the header only, from the null sender. Without SUCCESS in NOTIFY nothing is queued."""
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        assert c.sendmail("bob@remote.test", ["carol@example.org"], BODY) == {}
+        assert queue(srv) == []  # default NOTIFY: no success report
+        assert c.sendmail("bob@remote.test", ["alice@example.org"], BODY, mail_options=["RET=FULL", "ENVID=q+2B1"],
+                          rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;Alice+2Bdsn@example.org"]) == {}
+    assert len(inbox(srv, "alice@example.org")) == 1
+    [entry] = queue(srv)
+    assert entry.mail_from == "" and [r.rcpt for r in entry.recipients] == ["bob@remote.test"]
+    raw = srv.run(srv.store.read_message(entry.blob_id))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["To"] == "bob@remote.test" and msg["Subject"] == "Successful Mail Delivery Report"
+    text, status, returned = msg.get_payload()  # type: ignore[misc]
+    per_message, per_rcpt = ({k: str(v) for k, v in block.items()} for block in status.get_payload())
+    assert per_message["Original-Envelope-Id"] == "q+1"
+    assert per_rcpt == {"Original-Recipient": "rfc822;Alice+dsn@example.org",
+                        "Final-Recipient": "rfc822;alice@example.org", "Action": "delivered", "Status": "2.0.0"}
+    assert returned.get_content_type() == "text/rfc822-headers"  # RFC 3461 §4.3: RET=FULL is for failures
+    assert b"Subject: hello" in raw and b"Hi Alice" not in raw

@@ -83,14 +83,17 @@ def test_large_original_returns_header_only() -> None:
 
 
 def test_delay_notice(india_time: None) -> None:
-    raw = dsn([RecipientReport("bob@b.test", "delayed", "4.4.1", diagnostic="connection refused",
+    raw = dsn([RecipientReport("bob@b.test", "delayed", "4.4.1", explanation="connect to 192.0.2.1:25 refused",
                                last_attempt=T0 + 100, will_retry_until=T0 + 86400)])
     assert raw is not None
     msg = parse(raw)
     assert msg["Subject"] == "Delayed Mail (still being retried)"
-    _, status, returned = msg.get_payload()  # type: ignore[misc]
+    text, status, returned = msg.get_payload()  # type: ignore[misc]
     rcpt = fields(status.get_payload()[1])
     assert rcpt["Action"] == "delayed" and rcpt["Status"] == "4.4.1"
+    # RFC 3464 §2.3.6 / §2.3.5 (invariant 4): our own explanation is no SMTP reply and no MTA reported it
+    assert "Diagnostic-Code" not in rcpt and "Remote-MTA" not in rcpt
+    assert "<bob@b.test>: connect to 192.0.2.1:25 refused" in text.get_content()
     assert rcpt["Will-Retry-Until"] == "Thu, 16 Nov 2023 03:43:20 +0530"  # RFC 3464 §2.3.9, real offset
     assert "Original-Envelope-Id" not in fields(status.get_payload()[0])
     assert returned.get_content_type() == "text/rfc822-headers"  # RFC 3461 §4.3: not a failure -> headers

@@ -7,13 +7,22 @@ import dataclasses
 import pytest
 
 from postroom.config import DeliveryConfig
-from postroom.delivery.mx import MAX_HOPS, Hop, RouteFailure, RouteFinder, StaticResolver, _host_port
+from postroom.delivery.mx import MAX_HOPS, Hop, HostLookup, RouteFailure, RouteFinder, StaticResolver, _host_port
 
 CFG = DeliveryConfig()
 
 
-def finder(resolver: StaticResolver, **cfg: object) -> RouteFinder:
-    return RouteFinder(dataclasses.replace(CFG, **cfg), resolver, shuffle=lambda hosts: hosts.reverse())
+def system_hosts(table: dict[str, list[str]]) -> HostLookup:
+    """A system resolver (/etc/hosts) knowing only `table`: unit tests never ask the machine's resolver."""
+    async def lookup(host: str) -> list[str]:
+        return list(table.get(host, []))
+
+    return lookup
+
+
+def finder(resolver: StaticResolver, hosts: HostLookup | None = None, **cfg: object) -> RouteFinder:
+    return RouteFinder(dataclasses.replace(CFG, **cfg), resolver, shuffle=lambda hosts: hosts.reverse(),
+                       hosts=hosts or system_hosts({}))
 
 
 async def test_mx_in_preference_order_with_addresses() -> None:
@@ -87,7 +96,25 @@ async def test_static_route_comes_before_dns_and_smarthost() -> None:
 async def test_static_route_to_unknown_host_waits() -> None:
     with pytest.raises(RouteFailure) as e:
         await finder(StaticResolver(), routes={"b.test": "nowhere.test:25"}).route("b.test")
-    assert not e.value.permanent
+    assert not e.value.permanent and e.value.status == "4.4.3"
+    # the operator is told where the name was looked for and how to fix it
+    assert "nowhere.test has no address in DNS or in the system resolver (/etc/hosts)" in e.value.text
+    assert "configure an IP address" in e.value.text
+
+
+async def test_configured_host_not_in_dns_is_looked_up_by_the_system_resolver() -> None:
+    """As Postfix's smtp_host_lookup = dns, native: DNS first, then getaddrinfo (/etc/hosts), for route and
+    smart host names only; MX hosts stay DNS-only (RFC 5321 §5.1)."""
+    dns_known = StaticResolver({}, {"relay.test": ["192.0.2.7"]})
+    etc_hosts = system_hosts({"localhost": ["127.0.0.1"], "relay.test": ["192.0.2.99"], "smart": ["192.0.2.8"]})
+    f = finder(dns_known, etc_hosts, routes={"a.test": "localhost:2525", "b.test": "relay.test"},
+               smarthost="smart:587")
+    assert (await f.route("a.test")).hops == (Hop("localhost", "127.0.0.1", 2525),)
+    assert (await f.route("b.test")).hops == (Hop("relay.test", "192.0.2.7", 25),)  # DNS wins when it knows
+    assert (await f.route("c.test")).hops == (Hop("smart", "192.0.2.8", 587, smarthost=True),)
+    mx_only = finder(StaticResolver({"d.test": [(10, "localhost")]}, {}), etc_hosts)
+    with pytest.raises(RouteFailure):
+        await mx_only.route("d.test")
 
 
 async def test_address_literals() -> None:

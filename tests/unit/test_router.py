@@ -259,3 +259,75 @@ def test_explain_is_the_resolution_delivery_uses(tmp_path: Path) -> None:
         assert box is not None and len(await store.list_messages(box.id)) == 1  # alice's INBOX, as shown
 
     run(tmp_path, body)
+
+
+def _status_blocks(raw: bytes) -> tuple[dict[str, str], list[dict[str, str]]]:
+    import email
+    import email.policy
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    status = msg.get_payload()[1]  # type: ignore[index]
+    blocks = [{k: str(v) for k, v in b.items()} for b in status.get_payload()]
+    return blocks[0], blocks[1:]
+
+
+def test_success_dsn_for_local_delivery_aliases_lists_and_forwards(tmp_path: Path) -> None:
+    """RFC 3461 §6.2.7 and RFC 3464 §2.3.3 (router invariant 11): NOTIFY=SUCCESS for a recipient delivered here
+    brings one "delivered" report to the envelope sender, queued (a remote sender) with ORCPT and ENVID; an
+    alias of several recipients is "expanded" and its remote targets lose SUCCESS; a list is "delivered" (the
+    exploder is its final delivery); a forward carries the parameters on and gets no report here."""
+    msg = b"From: s@far.test\r\nTo: alice@example.org\r\nSubject: dsn\r\n\r\nbody\r\n"
+
+    async def body(store: Store, r: Router) -> None:
+        await store.add_alias("both@example.org", ["bob@example.org", "carol@far.test"])
+        await store.add_alias("fwd@example.org", ["dave@far.test"])
+        await store.create_list("team@example.org", "alice@example.org", ListPolicy.OPEN)
+        env = Envelope("s@far.test", (Rcpt("Alice+x@example.org", "rfc822;Alice+2Bx@example.org", "SUCCESS"),
+                                      Rcpt("both@example.org", "", "SUCCESS,FAILURE"),
+                                      Rcpt("team@example.org", "", "SUCCESS"),
+                                      Rcpt("fwd@example.org", "rfc822;fwd@example.org", "SUCCESS"),
+                                      Rcpt("bob@example.org", "", "FAILURE")),  # no success asked
+                       msg, envid="E+2B1", ret="FULL")
+        await r.accept(env)
+        entries = await store.queue_list()
+        reports = [e for e in entries if e.mail_from == ""]
+        [report] = reports
+        assert [q.rcpt for q in report.recipients] == ["s@far.test"]
+        raw = await store.read_message(report.blob_id)
+        per_message, blocks = _status_blocks(raw)
+        assert per_message["Original-Envelope-Id"] == "E+1"
+        assert [(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks] == [
+            ("rfc822;alice+x@example.org", "delivered", "2.0.0"),  # the address the sender gave, normalised
+            ("rfc822;both@example.org", "expanded", "2.0.0"),
+            ("rfc822;team@example.org", "delivered", "2.0.0")]
+        assert blocks[0]["Original-Recipient"] == "rfc822;Alice+x@example.org"
+        assert all("Remote-MTA" not in b and "Diagnostic-Code" not in b for b in blocks)  # no MTA replied
+        assert b"Subject: Successful Mail Delivery Report" in raw and b"\r\nAuto-Submitted: auto-replied" in raw
+        assert b"Content-Type: text/rfc822-headers" in raw and b"\r\n\r\nbody\r\n" not in raw  # RFC 3461 §4.3
+        # what goes on: the forward keeps its parameters, the expanded alias's remote target loses SUCCESS
+        [onward] = [e for e in entries if e.mail_from == "s@far.test"]
+        assert {q.rcpt: (q.notify, q.orcpt) for q in onward.recipients} == {
+            "carol@far.test": ("FAILURE", ""), "dave@far.test": ("SUCCESS", "rfc822;fwd@example.org")}
+        # the list's copies go out from its bounce address, without the sender's DSN parameters
+        assert all(q.notify == "" for e in entries if e.mail_from.startswith("team") for q in e.recipients)
+
+    run(tmp_path, body)
+
+
+def test_success_dsn_to_a_local_sender_and_never_to_the_null_sender(tmp_path: Path) -> None:
+    msg = b"From: bob@example.org\r\nSubject: dsn\r\n\r\nbody\r\n"
+
+    async def body(store: Store, r: Router) -> None:
+        await r.accept(Envelope("", (Rcpt("alice@example.org", "", "SUCCESS"),), msg))  # RFC 5321 §4.5.5
+        assert await store.queue_list() == []
+        await r.accept(Envelope("bob@example.org", (Rcpt("alice@example.org", "", "SUCCESS"),), msg))
+        bob = await store.get_user("bob@example.org")
+        assert bob is not None
+        box = await store.get_mailbox(bob.id, "INBOX")
+        assert box is not None
+        [m] = await store.list_messages(box.id)
+        raw = await store.read_message(m.blob_id)
+        assert raw.startswith(b"Return-Path: <>\r\n")  # from the null sender: no report about the report
+        _, [block] = _status_blocks(raw)
+        assert (block["Final-Recipient"], block["Action"]) == ("rfc822;alice@example.org", "delivered")
+
+    run(tmp_path, body)
