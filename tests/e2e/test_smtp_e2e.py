@@ -605,7 +605,7 @@ def test_curl_smtps_submission(srv: Any, tmp_path: Any) -> None:
 
 
 def test_notify_success_over_the_mx_port_brings_a_delivered_report(srv: Any) -> None:
-    """RFC 3461 §6.2.7 / RFC 3464 §2.3.3 (router invariant 10): a remote sender asks NOTIFY=SUCCESS for a local
+    """RFC 3461 §6.2.7 / RFC 3464 §2.3.3 (router invariant 11): a remote sender asks NOTIFY=SUCCESS for a local
     mailbox; after the 250 the report to it is already queued (durable): Action delivered, its ORCPT and ENVID,
     the header only, from the null sender. Without SUCCESS in NOTIFY nothing is queued."""
     with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:

@@ -296,7 +296,7 @@ def test_success_dsn_for_local_delivery_aliases_lists_and_forwards(tmp_path: Pat
         per_message, blocks = _status_blocks(raw)
         assert per_message["Original-Envelope-Id"] == "E+1"
         assert [(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks] == [
-            ("rfc822;alice+x@example.org", "delivered", "2.0.0"),  # the address the sender gave, normalised
+            ("rfc822;Alice+x@example.org", "delivered", "2.0.0"),  # as the sender gave it (RFC 5321 §2.4)
             ("rfc822;both@example.org", "expanded", "2.0.0"),
             ("rfc822;team@example.org", "delivered", "2.0.0")]
         assert blocks[0]["Original-Recipient"] == "rfc822;Alice+x@example.org"
