@@ -19,6 +19,9 @@ Invariants
    `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing. A large
    message arrives as a staging file (session.py, `Session.staged`): its metadata is computed in a thread from
    one read of the file, and the file goes to `Store.append_file`; the handler removes it if it fails first.
+4. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
+   modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
+   store in a form it cannot encode (and nothing is logged as a server error for it).
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message l
 
 
 def stored_name(s: Session, name: str) -> str:
+    """The store's name for a client's mailbox argument (module invariant 4). Raises `No` [CANNOT] for a name
+    that is not valid modified UTF-7 (rev1) or not valid UTF-8 (8-bit bytes reach here surrogate-escaped)."""
     try:
         name = encoder.decode_mailbox(name, s.rev2)
     except ValueError:
         raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # RFC 9051 §5.1: mailbox names are UTF-8; RFC 5530 §3 CANNOT: a name this server cannot hold.
+        raise No("Mailbox name is not valid UTF-8", "CANNOT") from None
     if name.upper() == "INBOX" or name[:6].upper() == "INBOX" + SEP:
         name = "INBOX" + name[5:]
     return name
