@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from postroom.config import LimitsConfig
 from postroom.mime import headers as H
@@ -38,6 +40,7 @@ from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
 FORMAT_VERSION = 1
+_T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
 
@@ -197,7 +200,7 @@ def _filename(part: Part) -> str | None:
     return name
 
 
-def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
+def _row(section: tuple[int, ...], part: Part, defects: list[tuple[int, str]]) -> PartRow:
     if section and part.message is not None:
         ihs, ibs = part.message.header_start, part.message.body_start
     else:
@@ -214,7 +217,7 @@ def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
         part.mime_type,
         part.encoding.lower(),
         H.param_value(part.params, "charset"),
-        _filename(part),
+        _guarded(_filename, part, defects, "filename"),
         part.disposition[0].lower() if part.disposition else None,
         H.to_str(part.id) if part.id is not None else None,
         flags,
@@ -235,26 +238,90 @@ def _sent_date(root: Part) -> float | None:
         return None
 
 
+def _guarded(fn: Callable[[Part], _T], part: Part, defects: list[tuple[int, str]], what: str) -> _T | None:
+    """fn(part), or None and a defect `<what>-failed:<exception>` if it raises (invariant 1: an extra may fail,
+    delivery may not)."""
+    try:
+        return fn(part)
+    except Exception as e:  # noqa: BLE001 - invariant 1
+        defects.append((part.header_start, f"{what}-failed:{type(e).__name__}"))
+        return None
+
+
 def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
-    """Parse once, at delivery: everything FETCH, SEARCH and the web page read later (invariant 1)."""
+    """Parse once, at delivery: everything FETCH, SEARCH and the web page read later. Never raises (invariant
+    1): a step that fails is recorded as a defect and left out, and if the scan or a structural step fails the
+    result is `minimal_meta` with that defect. Linear in len(raw) (module invariant 5). Where it runs (on the
+    event loop or in a worker process) is decided by `mime.pool`, not by callers."""
+    try:
+        return _compute(raw, limits)
+    except Exception as e:  # noqa: BLE001 - invariant 1
+        return minimal_meta(raw, f"meta-failed:{type(e).__name__}")
+
+
+def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     st = scan(raw, limits)
     root = st.root
     defects = list(st.defects)
-    try:
-        text = search_text(raw, root)
-    except Exception as e:  # noqa: BLE001 - invariant 1: an extra may fail, delivery may not
-        defects.append((0, f"search-text-failed:{type(e).__name__}"))
-        text = SearchText((), "")
+    text = _guarded(lambda r: search_text(raw, r), root, defects, "search-text")
+    envelope = _guarded(lambda r: imap.envelope(r.fields), root, defects, "envelope")
+    sent_date = _guarded(_sent_date, root, defects, "date")
     envelopes: dict[int, bytes] = {}
+    bodystructure = imap.bodystructure(root, True, envelopes)
+    body = imap.bodystructure(root, False, envelopes)
+    parts = tuple(_row(sec, p, defects) for sec, p in walk(root))
     return MessageMeta(
         size=len(raw),
-        envelope=imap.envelope(root.fields),
-        bodystructure=imap.bodystructure(root, True, envelopes),
-        body=imap.bodystructure(root, False, envelopes),
-        parts=tuple(_row(sec, p, root) for sec, p in walk(root)),
+        envelope=NIL_ENVELOPE if envelope is None else envelope,
+        bodystructure=bodystructure,
+        body=body,
+        parts=parts,
         defects=tuple(defects),
-        search=text,
-        sent_date=_sent_date(root),
+        search=SearchText((), "") if text is None else text,
+        sent_date=sent_date,
+    )
+
+
+NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+MINIMAL_HEADER_MAX = 64 * 1024  # bytes of header `minimal_meta` still reads for the ENVELOPE
+
+
+def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
+    """What is cheap to know of a message whose full metadata could not be computed (a step raised, or the
+    worker computing it ran past `mime.pool.META_SECONDS` and was killed): the size, the ENVELOPE of a header
+    of at most `MINIMAL_HEADER_MAX` bytes (else NIL), the whole body as one text/plain part (so HEADER, TEXT
+    and BODY[1] still answer from the raw bytes), no search text, and `defect` at offset 0. Linear, C-speed
+    scans only; never raises."""
+    crlf = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    ends = [e for e in (crlf + 4 if crlf >= 0 else -1, lf + 2 if lf >= 0 else -1) if e >= 0]
+    body_start = min(ends) if ends else len(raw)
+    defects = [(0, defect)]
+    env = NIL_ENVELOPE
+    fields: list[H.Field] = []
+    if body_start <= MINIMAL_HEADER_MAX:
+        try:
+            fields, _ = H.split_fields(raw, 0, body_start)
+            env = imap.envelope(fields)
+        except Exception as e:  # noqa: BLE001 - invariant 1
+            defects.append((0, f"envelope-failed:{type(e).__name__}"))
+    size = len(raw) - body_start
+    lines = raw.count(b"\n", body_start)
+    basic = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (size, lines)
+    rows = tuple(
+        PartRow(section, 0, body_start, len(raw), lines, 0, body_start, "text/plain", "", "us-ascii", None, None,
+                None, 0)
+        for section in ("", "1")
+    )
+    return MessageMeta(
+        size=len(raw),
+        envelope=env,
+        bodystructure=basic + b" NIL NIL NIL NIL)",
+        body=basic + b")",
+        parts=rows,
+        defects=tuple(defects),
+        search=SearchText((), ""),
+        sent_date=None,
     )
 
 
@@ -265,4 +332,5 @@ __all__ = [
     "PartRow",
     "UnknownCTE",
     "compute_meta",
+    "minimal_meta",
 ]

@@ -8,8 +8,9 @@ Theory of operation
 * Bodies: every text/* leaf (outside encoded message parts) has its transfer encoding undone and its charset
   decoded; text/html is reduced to text with `html.parser` (script/style dropped, block elements become line
   ends, entities resolved). Encapsulated messages contribute their headers too.
-* Charsets: any codec Python knows (aliases through `codecs.lookup`); an unknown charset is read as UTF-8 and
-  then Windows-1252. Decoding never raises (errors="replace").
+* Charsets: any text codec Python knows (aliases through `codecs.lookup`) except names that are no charset
+  (`headers.charset_codec`: `idna`, `utf-7`, bytes-to-bytes codecs such as `rot13`); an unknown charset is
+  read as UTF-8 and then Windows-1252. Decoding never raises (errors="replace").
 
 Invariants:
 1. Nothing here raises on received mail.
@@ -21,7 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import binascii
-import codecs
 import html
 import html.parser
 import re
@@ -42,13 +42,9 @@ _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 def charset_decode(data: bytes, charset: str | None) -> str:
     """Bytes in a named charset -> str. Unknown or absent charset: UTF-8 if valid, else Windows-1252."""
     if charset:
-        cs = charset.strip().strip('"').lower()
-        if cs in ("us-ascii", "ascii", "ansi_x3.4-1968"):
+        cs = H.charset_codec(charset) or ""  # unknown, or no charset at all (`rot13`, `idna`): undeclared
+        if cs == "ascii":
             cs = ""  # 8-bit in "us-ascii" text is common: read it as undeclared (UTF-8, else Windows-1252)
-        try:
-            codecs.lookup(cs)
-        except (LookupError, ValueError):  # unknown, or a name with a NUL in it
-            cs = ""
         if cs:
             try:
                 return data.decode(cs, "replace")

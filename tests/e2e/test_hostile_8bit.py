@@ -169,9 +169,9 @@ def test_smtp_8bit_arguments_fuzz(server: Any, caplog: pytest.LogCaptureFixture)
         sock = socket.create_connection(("127.0.0.1", server.port(listener)), timeout=10)
         f = sock.makefile("rb")
 
-        def reply() -> bytes:
+        def reply(f: Any = f) -> bytes:
             while True:
-                line = f.readline()
+                line: bytes = f.readline()
                 if line[3:4] != b"-":
                     return line
 
