@@ -31,8 +31,9 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from postroom.mime import pool
 from postroom.mime.imap import Section, UnknownCTE, literal_safe, partial
-from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta
+from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Flag, MessageInfo, NotFound, StoreMode
 
 from . import encoder
@@ -50,6 +51,7 @@ _WHOLE = Section()
 
 _LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
 META_BATCH = 1000  # messages whose metadata is read in one store call
+PARSE_SLICE = 1024 * 1024  # bytes of stored metadata parsed (JSON) between two yields to the event loop
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -90,8 +92,7 @@ async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> 
     if meta is None:  # imported before metadata existed, or an older format: compute it now
         if raw is None:
             raw = await s.store.read_message(info.blob_id)
-        meta = await asyncio.to_thread(compute_meta, raw, s.limits) if len(raw) > 256 * 1024 \
-            else compute_meta(raw, s.limits)
+        meta = await pool.meta_of(raw, s.limits)
     META_CACHE.put(info.blob_id, meta)
     return meta
 
@@ -141,9 +142,14 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
         else:
             out[m.blob_id] = meta
     if missing:
+        parsed = 0
         for blob_id, data in (await s.store.read_metas(missing)).items():
             if data is None:
                 continue
+            parsed += len(data)
+            if parsed >= PARSE_SLICE:  # a batch can be 1,000 metas of ~300 KB (search text): not in one go
+                parsed = 0
+                await asyncio.sleep(0)
             try:
                 meta = MessageMeta.from_bytes(data)
             except MetaFormatError:

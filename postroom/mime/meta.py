@@ -288,21 +288,23 @@ MINIMAL_HEADER_MAX = 64 * 1024  # bytes of header `minimal_meta` still reads for
 
 def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
     """What is cheap to know of a message whose full metadata could not be computed (a step raised, or the
-    worker computing it ran past `mime.pool.META_SECONDS` and was killed): the size, the ENVELOPE of a header
-    of at most `MINIMAL_HEADER_MAX` bytes (else NIL), the whole body as one text/plain part (so HEADER, TEXT
-    and BODY[1] still answer from the raw bytes), no search text, and `defect` at offset 0. Linear, C-speed
-    scans only; never raises."""
+    worker computing it ran past `mime.pool.META_SECONDS` and was killed): the size, the ENVELOPE and decoded
+    header text (SEARCH SUBJECT, FROM, ...) of a header of at most `MINIMAL_HEADER_MAX` bytes (else NIL and
+    none), the whole body as one text/plain part (so HEADER, TEXT and BODY[1] still answer from the raw
+    bytes), no body search text, and `defect` at offset 0. Linear, and capped where it is not C-speed; never
+    raises."""
     crlf = raw.find(b"\r\n\r\n")
     lf = raw.find(b"\n\n")
     ends = [e for e in (crlf + 4 if crlf >= 0 else -1, lf + 2 if lf >= 0 else -1) if e >= 0]
     body_start = min(ends) if ends else len(raw)
     defects = [(0, defect)]
     env = NIL_ENVELOPE
-    fields: list[H.Field] = []
+    headers: tuple[tuple[str, str], ...] = ()
     if body_start <= MINIMAL_HEADER_MAX:
         try:
             fields, _ = H.split_fields(raw, 0, body_start)
             env = imap.envelope(fields)
+            headers = tuple((f.name, decode_words(f.value)) for f in fields)
         except Exception as e:  # noqa: BLE001 - invariant 1
             defects.append((0, f"envelope-failed:{type(e).__name__}"))
     size = len(raw) - body_start
@@ -320,7 +322,7 @@ def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
         body=basic + b")",
         parts=rows,
         defects=tuple(defects),
-        search=SearchText((), ""),
+        search=SearchText(headers, ""),
         sent_date=None,
     )
 
