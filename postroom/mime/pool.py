@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import struct
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -69,21 +70,30 @@ class _WorkerFailed(Exception):
 
 
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader) -> None:
         self.proc = proc
+        self.stdin = stdin
+        self.stdout = stdout
 
     @classmethod
     async def start(cls) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "postroom.mime.pool",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        # Popen forks and waits for the exec in the calling thread (tens of ms on a busy machine), so it runs on
+        # a worker thread; asyncio.create_subprocess_exec would do it on the event loop.
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "postroom.mime.pool"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             start_new_session=True,  # invariant 4: a terminal's SIGINT is the server's to handle
         )
-        return cls(proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, proc.stdin)
+        return cls(proc, asyncio.StreamWriter(transport, protocol, None, loop), reader)
 
     async def call(self, header: dict[str, object], raw: bytes | None) -> tuple[bytes, bytes]:
-        stdin, stdout = self.proc.stdin, self.proc.stdout
-        assert stdin is not None and stdout is not None
+        stdin, stdout = self.stdin, self.stdout
         stdin.write(json.dumps(header).encode() + b"\n")
         if raw:
             view = memoryview(raw)
@@ -96,21 +106,21 @@ class _Worker:
 
     def kill(self) -> asyncio.Task[int] | None:
         """SIGKILL now; returns the task that reaps it (the caller keeps it referenced)."""
-        if self.proc.returncode is not None:
+        self.stdin.close()
+        if self.proc.poll() is not None:
             return None
         try:
             self.proc.kill()
         except ProcessLookupError:
             pass
-        return asyncio.ensure_future(self.proc.wait())
+        return asyncio.ensure_future(asyncio.to_thread(self.proc.wait))
 
     async def close(self) -> None:
         """Ask it to end (EOF on stdin), then make sure it did."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        self.stdin.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), 2.0)
-        except TimeoutError:
+            await asyncio.to_thread(self.proc.wait, 2.0)
+        except subprocess.TimeoutExpired:
             task = self.kill()
             if task is not None:
                 await task
