@@ -109,7 +109,8 @@ def test_html_to_text_cases(markup: str, text: str) -> None:
 
 @pytest.mark.parametrize(
     "unit",
-    ["<a ", "<a>", "<!--", "<p a='", "</", "<", "&amp;", " \u3000", "<script>", "<a b=x", "= ", "<p>w &amp; <b>x</b>\n"],
+    ["<a ", "<a>", "<!--", "<p a='", "</", "<", "&amp;", " \u3000", "<script>", "<a b=x", "= ",
+     "<p>w &amp; <b>x</b>\n"],
 )
 def test_html_to_text_is_linear(unit: str) -> None:
     # Issue 11: html.parser took ~30 s for 60 KB of "<a " (quadratic: ~2 hours for 1 MB). Every shape here is
