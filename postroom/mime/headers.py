@@ -11,7 +11,10 @@ Content-Type, Content-Disposition and their parameters are read by a small token
 UTF-8 with `surrogateescape`, so every original byte survives a round trip (`to_bytes`) even when a peer put
 8-bit or invalid UTF-8 in a header. RFC 2231 continuations (`name*0`, `name*1*`, ...) are merged into one
 parameter; an extended value keeps its `name*` form and `charset'lang'%XX` text the way Dovecot returns it in
-BODYSTRUCTURE, and `param_value` decodes it for callers that want text.
+BODYSTRUCTURE, and `param_value` decodes it for callers that want text. An extended value with raw 8-bit
+bytes (RFC 2231 §7 allows only %-encoded octets; old mailers write them) is decoded with those octets taken as
+themselves, and `parse_params` reports it as not ok (a defect for the caller). Charset names from any header
+go through `charset_codec`, which only ever answers a text codec that is a real charset.
 
 Invariants:
 1. Nothing here raises on any input; malformed syntax gives the best reading plus `False` from the `ok` flag

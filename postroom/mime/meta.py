@@ -17,11 +17,17 @@ mime_type, encoding, charset, filename, disposition, content_id, flags):
 * flags: 1 = multipart, 2 = encapsulated message (BINARY returns these undecoded).
 
 Invariants:
-1. `compute_meta` never raises on any bytes (structure and text never do; a bug in an extra is caught and
-   recorded as a defect so delivery goes on with what was computed).
+1. `compute_meta` never raises on any bytes (structure and text never do; a step that fails anyway, search
+   text, ENVELOPE, Date, a file name, is caught and recorded as a defect `<step>-failed:<exception>` so
+   delivery goes on with what was computed; if the scan or BODYSTRUCTURE fails, the result is `minimal_meta`
+   with the defect `meta-failed:<exception>`).
 2. `MessageMeta.from_bytes(m.to_bytes()) == m`.
 3. For every row, the slices it names are exactly what `imap.section_bytes` returns on the scanned tree.
 4. No pickle: the format is plain JSON with a version number; an unknown version is an error, not a guess.
+5. `compute_meta` is linear in len(raw): the scan is bounded `bytes.find` work per level (structure.py), header
+   parameters and encoded words are read left to right, search text is capped (text.py invariant 2) and HTML
+   is reduced by a forward-only scanner (text.py invariant 4). `mime.pool` relies on this to run it on the
+   event loop for small messages.
 """
 
 from __future__ import annotations

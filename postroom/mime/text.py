@@ -17,6 +17,9 @@ Invariants:
 2. `SearchText.body` is at most `max_body` characters, and the bytes decoded per part are bounded by a small
    multiple of it, so a 100 MB attachment costs no more than a small one.
 3. Header values keep their field order; a field repeated is joined with ", ".
+4. Every step is linear in its input: `html_to_text` only searches forward and stops at an unterminated
+   construct, blank runs are collapsed without backtracking regexes, charset names are looked up once
+   (`headers.charset_codec`, cached).
 """
 
 from __future__ import annotations
