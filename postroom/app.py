@@ -32,6 +32,7 @@ from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
 from .metrics import Metrics
+from .mime import pool as meta_pool
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
 from .pop3.session import pop3_handler
@@ -163,6 +164,7 @@ class Postroom:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.store is not None:
             await self.store.close()
+        await meta_pool.shutdown()  # the metadata workers (mime/pool.py invariant 4)
 
 
 async def ensure_demo(store: Store, data_dir: Path) -> str:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
+from postroom.config import LimitsConfig
 from postroom.mailformats import (
     FormatError,
     MaildirWriter,
@@ -63,7 +64,7 @@ from postroom.mailformats import (
     read_mbox,
     read_message_file,
 )
-from postroom.mime.meta import compute_meta
+from postroom.mime import pool
 from postroom.progress import ProgressSink, human_bytes
 from postroom.store.api import (
     AlreadyExists,
@@ -113,6 +114,7 @@ def _factory(progress: ProgressArg | None) -> tuple[ProgressFactory | None, Prog
 
 
 _BATCH_BYTES = 32 * 1024 * 1024  # invariant 3: 200 messages of 20 MB each would be 4 GB
+_IMPORT_LIMITS = LimitsConfig()  # MIME depth and part limits of the scan: the defaults, as delivery has them
 _EXPORT_CHUNK = 64  # messages read from the store per worker-thread hop when exporting
 _UW_PSEUDO_SUBJECT = b"DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA"
 
@@ -272,8 +274,9 @@ async def _append_batch(
     store: Store, mailbox: Mailbox, records: Sequence[MailRecord], report: ImportReport
 ) -> tuple[int, int]:
     # Parse once, at delivery (ARCHITECTURE principle 3): imported mail gets the same stored metadata as mail
-    # that arrives by SMTP or APPEND. The scan is CPU work, so it runs off the event loop.
-    metas = await asyncio.to_thread(lambda: [compute_meta(r.raw).to_bytes() for r in records])
+    # that arrives by SMTP or APPEND, computed the same way (mime/pool.py: large ones in worker processes, in
+    # parallel, each with the same time limit).
+    metas = await asyncio.gather(*(pool.meta_bytes(r.raw, _IMPORT_LIMITS) for r in records))
     requests = [
         AppendRequest(raw=r.raw, flags=r.flags, keywords=r.keywords, internal_date=r.internal_date, meta=m)
         for r, m in zip(records, metas)

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The router hands over the message bytes (already carrying the Received header of the hop that brought it), the
 envelope sender and the users. `deliver_local` prepends `Return-Path:` (RFC 5321 §4.4: added at final
-delivery, from the MAIL FROM reverse-path), parses the result once (`mime.meta.compute_meta`, in a worker thread
-for large messages so the event loop never stalls), and calls `store.deliver` once for all the INBOXes: one
-transaction, one blob, one fsync shared with every concurrent delivery (group commit).
+delivery, from the MAIL FROM reverse-path), parses the result once (`mime.pool.meta_bytes`: on the event loop
+up to `mime.pool.INLINE_MAX` bytes, else in a worker process that is killed past `mime.pool.META_SECONDS`, the
+message then stored with minimal metadata and a defect), and calls `store.deliver` once for all the INBOXes:
+one transaction, one blob, one fsync shared with every concurrent delivery (group commit).
 
 Invariants
 1. Return-Path is the first line of the stored message; the rest is byte-exact as received.
@@ -21,22 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from postroom.config import LimitsConfig
-from postroom.mime.meta import compute_meta
+from postroom.mime import pool
 from postroom.store.api import AppendRequest, NotFound, Store
-
-PARSE_IN_THREAD = 64 * 1024  # bytes; smaller messages parse faster than a thread hand-off
 
 
 def return_path(mail_from: str) -> bytes:
     # RFC 5321 §4.4: Return-Path: <reverse-path>; "<>" for the null sender. The address came through our
     # parser (no CR/LF, no '>').
     return b"Return-Path: <" + mail_from.encode("utf-8") + b">\r\n"
-
-
-async def meta_for(raw: bytes, limits: LimitsConfig) -> bytes:
-    if len(raw) >= PARSE_IN_THREAD:
-        return await asyncio.to_thread(lambda: compute_meta(raw, limits).to_bytes())
-    return compute_meta(raw, limits).to_bytes()
 
 
 async def _inboxes(store: Store, user_ids: Iterable[int]) -> list[int]:
@@ -56,7 +49,7 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
     if not boxes:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
-    request = AppendRequest(raw=stored, meta=await meta_for(stored, limits))
+    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
     await store.deliver(boxes, request)
     return len(boxes)
 
@@ -70,7 +63,7 @@ async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Itera
         return 0
     head = return_path(mail_from) + prefix  # invariant 1
     stored = await asyncio.to_thread(lambda: head + path.read_bytes())
-    meta = await meta_for(stored, limits)
+    meta = await pool.meta_bytes(stored, limits)
     del stored
     await store.deliver_file(boxes, path, prefix=head, meta=meta)
     return len(boxes)

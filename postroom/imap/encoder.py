@@ -58,10 +58,15 @@ def mailbox(name: str, utf8: bool) -> bytes:
 
 
 def decode_mailbox(name: str, utf8: bool) -> str:
-    """The stored name for a client's mailbox argument. Raises ValueError for broken modified UTF-7."""
+    """The stored name for a client's mailbox argument. Raises ValueError for broken modified UTF-7, including
+    a 7-bit name that is not in the one canonical form (RFC 3501 §5.1.3: base64 "MUST NOT be used to represent
+    any printing US-ASCII character which can represent itself"; `&AGE-` for "a" would alias a second name)."""
     if utf8 or "&" not in name:
         return name  # a rev1 client sending raw UTF-8 means it; accept it as Dovecot does
-    return mutf7_decode(name)
+    decoded = mutf7_decode(name)
+    if name.isascii() and mutf7_encode(decoded) != name:
+        raise ValueError("modified UTF-7 not in canonical form")
+    return decoded
 
 
 @functools.lru_cache(maxsize=4096)

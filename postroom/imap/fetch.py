@@ -40,9 +40,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from postroom.mime import pool
 from postroom.mime.cte import UnknownCTE
 from postroom.mime.imap import Section, literal_safe, partial
-from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta
+from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Flag, MessageInfo, NotFound, StoreError, StoreMode
 
 from . import encoder
@@ -61,27 +62,48 @@ _WHOLE = Section()
 _LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
 META_BATCH = 1000  # messages whose metadata is read in one store call
 log = logging.getLogger("postroom.imap")
+PARSE_SLICE = 1024 * 1024  # bytes of stored metadata parsed (JSON) between two yields to the event loop
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
 
 class MetaCache:
-    """blob id -> MessageMeta, least recently used out (metadata is per body and never changes)."""
+    """blob id -> MessageMeta, least recently used out (metadata is per body and never changes). Bounded by
+    count and by an estimate of the bytes held (`weight`): one message's search text can be ~300 KB, so 4,096
+    of them by count alone could hold over a gigabyte, shared by every session (issue 11: memory is bounded)."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.size = size
-        self._d: OrderedDict[str, MessageMeta] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.held = 0  # sum of `weight` over the entries
+        self._d: OrderedDict[str, tuple[MessageMeta, int]] = OrderedDict()
+
+    @staticmethod
+    def weight(meta: MessageMeta) -> int:
+        """About how many bytes `meta` holds: its IMAP strings, search text and part rows."""
+        st = meta.search
+        return (len(meta.envelope) + len(meta.bodystructure) + len(meta.body) + len(st.body)
+                + sum(len(k) + len(v) for k, v in st.headers) + 200 * len(meta.parts) + 200)
 
     def get(self, key: str) -> MessageMeta | None:
-        m = self._d.get(key)
-        if m is not None:
-            self._d.move_to_end(key)
-        return m
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self._d.move_to_end(key)
+        return hit[0]
 
     def put(self, key: str, meta: MessageMeta) -> None:
-        self._d[key] = meta
-        if len(self._d) > self.size:
-            self._d.popitem(last=False)
+        w = self.weight(meta)
+        if w > self.max_bytes // 4:
+            return  # one huge entry would push out everything else: not cached
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+        self._d[key] = (meta, w)
+        self.held += w
+        while len(self._d) > self.size or self.held > self.max_bytes:
+            _, (_, gone) = self._d.popitem(last=False)
+            self.held -= gone
 
 
 META_CACHE = MetaCache()
@@ -95,12 +117,6 @@ def _parse_meta(data: bytes | None) -> MessageMeta | None:
         return MessageMeta.from_bytes(data)
     except MetaFormatError:
         return None
-
-
-async def _compute_meta(s: Session, raw: bytes) -> MessageMeta:
-    if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop
-        return await asyncio.to_thread(compute_meta, raw, s.limits)
-    return compute_meta(raw, s.limits)
 
 
 async def _store_back(s: Session, metas: dict[str, bytes]) -> None:
@@ -123,7 +139,7 @@ async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> 
     if meta is None:  # imported before metadata existed, or an older format: compute it now, once
         if raw is None:
             raw = await s.store.read_message(info.blob_id)
-        meta = await _compute_meta(s, raw)
+        meta = await pool.meta_of(raw, s.limits)
         await _store_back(s, {info.blob_id: meta.to_bytes()})
     META_CACHE.put(info.blob_id, meta)
     return meta
@@ -177,14 +193,20 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     if not missing:
         return out
     fresh: dict[str, bytes] = {}
+    parsed = 0
     for blob_id, data in (await s.store.read_metas(missing)).items():
+        if data is not None:
+            parsed += len(data)
+            if parsed >= PARSE_SLICE:  # a batch can be 1,000 metas of ~300 KB (search text): not in one go
+                parsed = 0
+                await asyncio.sleep(0)
         meta = _parse_meta(data)
         if meta is None:
             try:
                 raw = await s.store.read_message(blob_id)
             except NotFound:  # expunged (and its body released) since the listing
                 continue
-            meta = await _compute_meta(s, raw)
+            meta = await pool.meta_of(raw, s.limits)
             fresh[blob_id] = meta.to_bytes()
             await asyncio.sleep(0)  # an upgrade of a whole batch lets other sessions run between bodies
         out[blob_id] = meta

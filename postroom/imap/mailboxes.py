@@ -23,25 +23,26 @@ Invariants
 1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
 2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
-3. APPEND computes the message's metadata once (`compute_meta`) and stores it with the body; a message over
-   `limits.message_size` is refused with TOOBIG before its literal is read when it was synchronizing. A large
-   message arrives as a staging file (session.py, `Session.staged`): its metadata is computed in a thread from
-   one read of the file, and the file goes to `Store.append_file`; the handler removes it if it fails first.
+3. APPEND computes the message's metadata once (`mime.pool`: on the loop up to `INLINE_MAX` bytes, else in a
+   worker process with a time limit) and stores it with the body; a message over `limits.message_size` is
+   refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
+   staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
+   file goes to `Store.append_file`; the handler removes it if it fails first.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
+5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
+   modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
+   store in a form it cannot encode (and nothing is logged as a server error for it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import time
 from array import array
-from pathlib import Path
 
-from postroom.config import LimitsConfig
-from postroom.mime.meta import MessageMeta, compute_meta
+from postroom.mime import pool
 from postroom.store import names
 from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
 
@@ -57,10 +58,17 @@ _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message l
 
 
 def stored_name(s: Session, name: str) -> str:
+    """The store's name for a client's mailbox argument (module invariant 5). Raises `No` [CANNOT] for a name
+    that is not valid modified UTF-7 (rev1) or not valid UTF-8 (8-bit bytes reach here surrogate-escaped)."""
     try:
         name = encoder.decode_mailbox(name, s.rev2)
     except ValueError:
         raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # RFC 9051 §5.1: mailbox names are UTF-8; RFC 5530 §3 CANNOT: a name this server cannot hold.
+        raise No("Mailbox name is not valid UTF-8", "CANNOT") from None
     if name.upper() == "INBOX" or name[:6].upper() == "INBOX" + SEP:
         name = "INBOX" + name[5:]
     return name
@@ -369,9 +377,10 @@ async def append(s: Session, cmd: P.Command) -> Result:
         date = a.date if a.date is not None else time.time()
         if staged is not None:
             assert staged.path is not None  # no error, so a file
-            meta = await asyncio.to_thread(_file_meta, staged.path, s.limits, staged.binary)
-            if meta is None:
-                raise Bad("NUL in a literal (use literal8)")  # as syntax.Cursor.literal says for small ones
+            try:
+                meta = await pool.meta_of_file(staged.path, staged.size, s.limits, allow_nul=staged.binary)
+            except pool.NulInLiteral:
+                raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
             res = await s.store.append_file(mbox.id, staged.path, flags=flags, keywords=frozenset(keywords),
                                             internal_date=date, meta=meta.to_bytes())
             return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
@@ -379,19 +388,7 @@ async def append(s: Session, cmd: P.Command) -> Result:
         if staged is not None and staged.path is not None:
             staged.path.unlink(missing_ok=True)
     raw = a.message
-    if len(raw) > 256 * 1024:  # parsing a large message must not stall the loop
-        meta = await asyncio.to_thread(compute_meta, raw, s.limits)
-    else:
-        meta = compute_meta(raw, s.limits)
+    meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (mime/pool.py)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
-                                                      internal_date=date, meta=meta.to_bytes()))
+                                                      internal_date=date, meta=meta_bytes))
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
-
-
-def _file_meta(path: Path, limits: LimitsConfig, binary: bool) -> MessageMeta | None:
-    """compute_meta over a staged file, or None if it holds a NUL and was not a literal8. The scan needs a
-    `bytes` (startswith, count), so the file is read once here and dropped when this returns."""
-    raw = path.read_bytes()
-    if not binary and b"\x00" in raw:
-        return None
-    return compute_meta(raw, limits)

@@ -17,13 +17,25 @@ Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...`
 ENABLE IMAP4rev2 (RFC 9051 §7.3.4). RETURN (SAVE) stores the result as `$` (RFC 5182 §2.4: with MIN or MAX
 only those are saved; SAVE alone sends no ESEARCH).
 
+Bounded work (issue 11): a SEARCH may name at most `MAX_SEARCH_KEYS` keys (every key, NOT, OR and list
+counts; more is `NO [LIMIT]` before any work). A text key is evaluated once per message however often it
+appears (`_text_tests`: each distinct test, its needle case-folded once, each haystack case-folded once per
+message), and the work is counted: characters compared, key nodes evaluated. The evaluation yields to the event
+loop every `SLICE_CHARS` characters or `SLICE_NODES` nodes, so other sessions are served in between, and a
+SEARCH that would compare more than `MAX_SEARCH_WORK` characters is abandoned with `NO [LIMIT]` saying why.
+Answers are those of the plain evaluation: the same tests, evaluated in another order.
+
 Invariants
 1. Only messages the client knows are searched (announced UIDs); arrivals not yet reported are not.
 2. A key that needs no metadata never loads any; one that does loads each message's metadata once.
+3. No synchronous stretch of a SEARCH does more than about `SLICE_CHARS` characters of comparison or
+   `SLICE_NODES` key evaluations (plus one message's case-folding, at most `mime.text` bounds) before it
+   yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison.
 """
 
 from __future__ import annotations
 
+import asyncio
 from array import array
 from typing import Any
 
@@ -47,6 +59,12 @@ _FLAG_TESTS = {
     "SEEN": (int(Flag.SEEN), True), "UNSEEN": (int(Flag.SEEN), False),
 }
 DAY = 86400.0
+MAX_SEARCH_KEYS = 1000  # key nodes in one SEARCH: a few hundred keys on a line are real (issue 15 item 6); RFC 9051
+# sets no limit; RFC 5530 §3 LIMIT answers past it. Work is bounded apart (MAX_SEARCH_WORK, slices that yield).
+MAX_SEARCH_WORK = 1 << 31  # characters of message text compared by one SEARCH (about 1-2 s of CPU)
+SLICE_CHARS = 2 * 1024 * 1024  # characters compared between two yields to the event loop (~1-2 ms)
+SLICE_NODES = 20_000  # key nodes evaluated between two yields (~5 ms)
+_TEXT_OPS = frozenset(("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "BODY", "TEXT"))
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -65,15 +83,76 @@ def _seqsets(key: P.Key, out: list[tuple[P.Key, P.SeqSet]]) -> None:
             _seqsets(a, out)
 
 
+def count_keys(key: P.Key) -> int:
+    """Key nodes in a search program (every key, NOT, OR and parenthesised list); depth is bounded by the
+    parser (syntax.MAX_DEPTH), so the recursion is too."""
+    return 1 + sum(count_keys(a) for a in key.args if isinstance(a, P.Key))
+
+
+_Test = tuple[str, tuple[Any, ...]]  # (op, args) of one text key: equal tests are evaluated once per message
+
+
+def _text_tests(key: P.Key, out: dict[_Test, str]) -> None:
+    """Each distinct text test of the program -> its needle, case-folded once (RFC 9051 §6.4.4: string keys
+    match case-insensitively as substrings)."""
+    if key.op in _TEXT_OPS:
+        needle = key.args[1] if key.op == "HEADER" else key.args[0]
+        assert isinstance(needle, str)
+        out[(key.op, key.args)] = needle.casefold()
+    for a in key.args:
+        if isinstance(a, P.Key):
+            _text_tests(a, out)
+
+
 class _Ctx:
     def __init__(self, s: Session, sets: dict[int, set[int]]) -> None:
         self.s = s
         self.sel = sel_of(s)
         self.sets = sets
+        self.hits: dict[_Test, bool] = {}  # the text tests' results for the message being matched
+        self.compared = 0  # characters compared so far (invariant 3, MAX_SEARCH_WORK)
+        self.chars = 0  # ... and nodes evaluated, since the last yield
+        self.nodes = 0
 
+    async def tick(self, chars: int = 0, nodes: int = 0) -> None:
+        """Count work; yield to the event loop when a slice is full (invariant 3)."""
+        self.chars += chars
+        self.nodes += nodes
+        if self.chars >= SLICE_CHARS or self.nodes >= SLICE_NODES:
+            self.chars = self.nodes = 0
+            await asyncio.sleep(0)
 
-def _contains(haystack: str, needle: str) -> bool:
-    return needle.casefold() in haystack.casefold()
+    def budget(self, chars: int) -> None:
+        self.compared += chars
+        if self.compared > MAX_SEARCH_WORK:
+            raise No(f"SEARCH abandoned: it would compare more than {MAX_SEARCH_WORK} characters of message text "
+                     "(use fewer or narrower keys)", "LIMIT")
+
+    async def evaluate_text(self, tests: dict[_Test, str], meta: MessageMeta) -> None:
+        """`hits` for one message: each distinct test once, each haystack case-folded once, in slices."""
+        st = meta.search
+        hay: dict[tuple[str, str], str] = {}
+        self.hits = {}
+        for test, needle in tests.items():
+            op, args = test
+            if op == "HEADER":
+                name = str(args[0]).lower()
+                if not needle:  # RFC 9051 §6.4.4: an empty string matches every message with that field
+                    self.hits[test] = any(k == name for k, _ in st.headers)
+                    continue
+                where = ("h", name)
+            elif op in ("BODY", "TEXT"):
+                where = (op, "")
+            else:
+                where = ("h", op.lower())
+            text = hay.get(where)
+            if text is None:
+                raw = st.body if op == "BODY" else st.text() if op == "TEXT" else st.header(where[1])
+                text = hay[where] = raw.casefold()
+                await self.tick(chars=len(raw))
+            self.budget(len(text))
+            self.hits[test] = needle in text
+            await self.tick(chars=len(text))
 
 
 def _day(ts: float) -> float:
@@ -116,18 +195,8 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
     if op == "SINCE":
         return bool(_day(m.internal_date) >= args[0])
     assert meta is not None
-    st = meta.search
-    if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        return _contains(st.header(op.lower()), args[0])
-    if op == "HEADER":
-        name = args[0].lower()
-        if not args[1]:  # RFC 9051 §6.4.4: an empty string matches every message with that field
-            return any(k == name for k, _ in st.headers)
-        return _contains(st.header(name), args[1])
-    if op == "BODY":
-        return _contains(st.body, args[0])
-    if op == "TEXT":
-        return _contains(st.text(), args[0])
+    if op in _TEXT_OPS:
+        return ctx.hits[(op, args)]  # evaluated before, in slices (`_Ctx.evaluate_text`)
     # RFC 9051 §6.4.4: SENT* compare the Date field's date "disregarding time and timezone", i.e. the calendar
     # date as the sender wrote it, not the UTC day. Without a valid Date field there is no such date: no match.
     sent = meta.sent_day
@@ -191,10 +260,12 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
         out = []
         row = _Row()
         kw_at = cols.keywords_at
+        nodes = count_keys(key)
         for i, (uid, flags, size, date) in enumerate(zip(cols.uids, cols.flags, cols.sizes, cols.internal_dates)):
             row.uid, row.flags, row.size, row.internal_date, row.keywords = uid, flags, size, date, kw_at(i)
             if _match(key, row, None, ctx):
                 out.append(uid)
+            await ctx.tick(nodes=nodes)  # invariant 3
     if announced is not None:
         out = [u for u in out if u in announced]
     return out
@@ -206,14 +277,19 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx) -> list[int]:
     sel = ctx.sel
     known = sel.uids
     infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
+    tests: dict[_Test, str] = {}
+    _text_tests(key, tests)
+    nodes = count_keys(key)
     out: list[int] = []
     for k in range(0, len(infos), META_BATCH):
         batch = infos[k:k + META_BATCH]
         metas = await prefetch_meta(s, batch)
         for m in batch:
             meta = metas.get(m.blob_id) or await load_meta(s, m)
+            await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
             if _match(key, m, meta, ctx):
                 out.append(m.uid)
+            await ctx.tick(nodes=nodes)
     return out
 
 
@@ -226,6 +302,9 @@ async def search(s: Session, cmd: P.Command) -> Result:
         raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")  # RFC 9051 §6.4.4
     sel = sel_of(s)
     try:
+        if count_keys(a.key) > MAX_SEARCH_KEYS:
+            # RFC 5530 §3 LIMIT: "an implementation limit of some kind"; checked before any work.
+            raise No(f"Too many search keys (at most {MAX_SEARCH_KEYS})", "LIMIT")
         uids = await run_search(s, a.key, cmd.uid)
     except Exception:
         if a.returns is not None and "SAVE" in a.returns:

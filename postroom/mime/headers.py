@@ -11,7 +11,10 @@ Content-Type, Content-Disposition and their parameters are read by a small token
 UTF-8 with `surrogateescape`, so every original byte survives a round trip (`to_bytes`) even when a peer put
 8-bit or invalid UTF-8 in a header. RFC 2231 continuations (`name*0`, `name*1*`, ...) are merged into one
 parameter; an extended value keeps its `name*` form and `charset'lang'%XX` text the way Dovecot returns it in
-BODYSTRUCTURE, and `param_value` decodes it for callers that want text.
+BODYSTRUCTURE, and `param_value` decodes it for callers that want text. An extended value with raw 8-bit
+bytes (RFC 2231 §7 allows only %-encoded octets; old mailers write them) is decoded with those octets taken as
+themselves, and `parse_params` reports it as not ok (a defect for the caller). Charset names from any header
+go through `charset_codec`, which only ever answers a text codec that is a real charset.
 
 Invariants:
 1. Nothing here raises on any input; malformed syntax gives the best reading plus `False` from the `ok` flag
@@ -23,6 +26,8 @@ Invariants:
 
 from __future__ import annotations
 
+import codecs
+import functools
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ Params = tuple[tuple[str, str], ...]
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 _CONT = re.compile(r"^(.*?)\*(\d+)(\*?)$")
+_EXT_VALUE = re.compile(r"[!-~]*")  # RFC 2231 §7 extended-value: attribute-char, "%" hex, "'" (all 7-bit)
 
 
 def to_str(value: bytes) -> str:
@@ -221,6 +227,8 @@ def parse_params(s: str, i: int) -> tuple[Params, bool]:
                 value = value[:paren]
             value = value.strip(" \t\r\n")
             j = end
+        if name.endswith("*") and not _EXT_VALUE.fullmatch(value):
+            ok = False  # RFC 2231 §7: an extended value is %-encoded US-ASCII; raw 8-bit is kept, but a defect
         raw.append((name, value))
         i = j
     return _merge_2231(raw), ok
@@ -279,15 +287,45 @@ def param_value(params: Params, name: str) -> str | None:
 
 
 def decode_2231(value: str) -> str:
+    """An RFC 2231 extended value `charset'language'%XX...` as text (never raises, invariant 1). Octets that
+    arrived raw instead of %-encoded (8-bit bytes old mailers write) count as themselves; an unknown charset,
+    or a name that is no charset (`charset_codec`), reads as UTF-8 with replacement."""
     parts = value.split("'", 2)
     if len(parts) != 3:
         return urllib.parse.unquote(value, errors="replace")
-    charset = parts[0] or "us-ascii"
-    data = urllib.parse.unquote_to_bytes(parts[2])
+    # to_bytes: the value is surrogate-escaped bytes; unquote_to_bytes would encode a str as strict UTF-8.
+    data = urllib.parse.unquote_to_bytes(to_bytes(parts[2]))
+    codec = charset_codec(parts[0] or "us-ascii") or "utf-8"
     try:
-        return data.decode(charset, "replace")
-    except LookupError:
+        return data.decode(codec, "replace")
+    except (LookupError, UnicodeError, ValueError):  # a codec that fails anyway must not stop delivery
         return data.decode("utf-8", "replace")
+
+
+# Codecs Python knows that are not character sets a message may declare: host-name and escape codecs, the
+# codec that always fails, and UTF-7 (RFC 2152), which the WHATWG Encoding Standard forbids supporting because
+# its shifted base64 turns harmless-looking bytes into markup. They read as an undeclared charset instead.
+_NOT_CHARSETS = frozenset({"idna", "punycode", "unicode-escape", "raw-unicode-escape", "undefined", "utf-7",
+                           "mbcs", "oem"})
+_CHARSET_NAME = re.compile(r"[!-~]{1,40}")  # RFC 2978 §2.3: at most 40 printable US-ASCII characters
+
+
+@functools.lru_cache(maxsize=256)
+def charset_codec(name: str) -> str | None:
+    """The Python codec for a MIME charset name (RFC 2045 §5.1 `charset`, RFC 2047 / RFC 2231 charset), or
+    None when the name is not a charset: unknown, longer than 40 characters, with a NUL, blank or 8-bit byte in
+    it, a codec that is not a text encoding (`rot13`, `base64`, `zlib`: bytes-to-bytes), or one of
+    `_NOT_CHARSETS`. Never raises; cached, since a mailbox uses few names."""
+    name = name.strip().strip('"')
+    if not _CHARSET_NAME.fullmatch(name):
+        return None
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, UnicodeError):
+        return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return None
+    return info.name
 
 
 def parse_content_type(value: bytes) -> tuple[str, str, Params, bool]:
@@ -309,13 +347,14 @@ def parse_content_type(value: bytes) -> tuple[str, str, Params, bool]:
     return typ, sub, params, ok
 
 
-def parse_disposition(value: bytes) -> tuple[str, Params]:
-    """`inline; filename=...` (RFC 2183) -> (type, params); type '' when unusable."""
+def parse_disposition(value: bytes) -> tuple[str, Params, bool]:
+    """`inline; filename=...` (RFC 2183) -> (type, params, ok); type '' when unusable, ok False when the
+    parameters were malformed (the caller records a defect)."""
     s = to_str(value)
     i = skip_cfws(s, 0)
     typ, i = read_token(s, i)
-    params, _ = parse_params(s, i)
-    return typ, params
+    params, ok = parse_params(s, i)
+    return typ, params, ok
 
 
 def parse_token_value(value: bytes) -> str:

@@ -23,17 +23,25 @@ as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 an
 back (`imap/fetch.py`, `Store.write_metas`), so each body of an older store is upgraded once, on first use.
 
 Invariants:
-1. `compute_meta` never raises on any bytes (structure and text never do; a bug in an extra is caught and
-   recorded as a defect so delivery goes on with what was computed).
+1. `compute_meta` never raises on any bytes (structure and text never do; a step that fails anyway, search
+   text, ENVELOPE, Date, a file name, is caught and recorded as a defect `<step>-failed:<exception>` so
+   delivery goes on with what was computed; if the scan or BODYSTRUCTURE fails, the result is `minimal_meta`
+   with the defect `meta-failed:<exception>`).
 2. `MessageMeta.from_bytes(m.to_bytes()) == m`.
 3. For every row, the slices it names are exactly what `imap.section_bytes` returns on the scanned tree.
 4. No pickle: the format is plain JSON with a version number; an unknown version is an error, not a guess.
+5. `compute_meta` is linear in len(raw): the scan is bounded `bytes.find` work per level (structure.py), header
+   parameters and encoded words are read left to right, search text is capped (text.py invariant 2) and HTML
+   is reduced by a forward-only scanner (text.py invariant 4). `mime.pool` relies on this to run it on the
+   event loop for small messages.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from postroom.config import LimitsConfig
 from postroom.mime import headers as H
@@ -45,6 +53,7 @@ from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
 FORMAT_VERSION = 2
+_T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
 
@@ -207,7 +216,7 @@ def _filename(part: Part) -> str | None:
     return name
 
 
-def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
+def _row(section: tuple[int, ...], part: Part, defects: list[tuple[int, str]]) -> PartRow:
     if section and part.message is not None:
         ihs, ibs = part.message.header_start, part.message.body_start
     else:
@@ -224,7 +233,7 @@ def _row(section: tuple[int, ...], part: Part, root: Part) -> PartRow:
         part.mime_type,
         part.encoding.lower(),
         H.param_value(part.params, "charset"),
-        _filename(part),
+        _guarded(_filename, part, defects, "filename"),
         part.disposition[0].lower() if part.disposition else None,
         H.to_str(part.id) if part.id is not None else None,
         flags,
@@ -240,28 +249,94 @@ def _sent_date(root: Part) -> tuple[float | None, int | None]:
     return (None, None) if sent is None else (sent.instant, sent.day)
 
 
+def _guarded(fn: Callable[[Part], _T], part: Part, defects: list[tuple[int, str]], what: str) -> _T | None:
+    """fn(part), or None and a defect `<what>-failed:<exception>` if it raises (invariant 1: an extra may fail,
+    delivery may not)."""
+    try:
+        return fn(part)
+    except Exception as e:  # noqa: BLE001 - invariant 1
+        defects.append((part.header_start, f"{what}-failed:{type(e).__name__}"))
+        return None
+
+
 def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
-    """Parse once, at delivery: everything FETCH, SEARCH and the web page read later (invariant 1)."""
+    """Parse once, at delivery: everything FETCH, SEARCH and the web page read later. Never raises (invariant
+    1): a step that fails is recorded as a defect and left out, and if the scan or a structural step fails the
+    result is `minimal_meta` with that defect. Linear in len(raw) (module invariant 5). Where it runs (on the
+    event loop or in a worker process) is decided by `mime.pool`, not by callers."""
+    try:
+        return _compute(raw, limits)
+    except Exception as e:  # noqa: BLE001 - invariant 1
+        return minimal_meta(raw, f"meta-failed:{type(e).__name__}")
+
+
+def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     st = scan(raw, limits)
     root = st.root
     defects = list(st.defects)
-    try:
-        text = search_text(raw, root)
-    except Exception as e:  # noqa: BLE001 - invariant 1: an extra may fail, delivery may not
-        defects.append((0, f"search-text-failed:{type(e).__name__}"))
-        text = SearchText((), "")
+    text = _guarded(lambda r: search_text(raw, r), root, defects, "search-text")
+    envelope = _guarded(lambda r: imap.envelope(r.fields), root, defects, "envelope")
+    sent = _guarded(_sent_date, root, defects, "date")
     envelopes: dict[int, bytes] = {}
-    sent_date, sent_day = _sent_date(root)
+    sent_date, sent_day = sent if sent is not None else (None, None)
+    bodystructure = imap.bodystructure(root, True, envelopes)
+    body = imap.bodystructure(root, False, envelopes)
+    parts = tuple(_row(sec, p, defects) for sec, p in walk(root))
     return MessageMeta(
         size=len(raw),
-        envelope=imap.envelope(root.fields),
-        bodystructure=imap.bodystructure(root, True, envelopes),
-        body=imap.bodystructure(root, False, envelopes),
-        parts=tuple(_row(sec, p, root) for sec, p in walk(root)),
+        envelope=NIL_ENVELOPE if envelope is None else envelope,
+        bodystructure=bodystructure,
+        body=body,
+        parts=parts,
         defects=tuple(defects),
-        search=text,
+        search=SearchText((), "") if text is None else text,
         sent_date=sent_date,
         sent_day=sent_day,
+    )
+
+
+NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+MINIMAL_HEADER_MAX = 64 * 1024  # bytes of header `minimal_meta` still reads for the ENVELOPE
+
+
+def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
+    """What is cheap to know of a message whose full metadata could not be computed (a step raised, or the
+    worker computing it ran past `mime.pool.META_SECONDS` and was killed): the size, the ENVELOPE and decoded
+    header text (SEARCH SUBJECT, FROM, ...) of a header of at most `MINIMAL_HEADER_MAX` bytes (else NIL and
+    none), the whole body as one text/plain part (so HEADER, TEXT and BODY[1] still answer from the raw
+    bytes), no body search text, and `defect` at offset 0. Linear, and capped where it is not C-speed; never
+    raises."""
+    crlf = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    ends = [e for e in (crlf + 4 if crlf >= 0 else -1, lf + 2 if lf >= 0 else -1) if e >= 0]
+    body_start = min(ends) if ends else len(raw)
+    defects = [(0, defect)]
+    env = NIL_ENVELOPE
+    headers: tuple[tuple[str, str], ...] = ()
+    if body_start <= MINIMAL_HEADER_MAX:
+        try:
+            fields, _ = H.split_fields(raw, 0, body_start)
+            env = imap.envelope(fields)
+            headers = tuple((f.name, decode_words(f.value)) for f in fields)
+        except Exception as e:  # noqa: BLE001 - invariant 1
+            defects.append((0, f"envelope-failed:{type(e).__name__}"))
+    size = len(raw) - body_start
+    lines = raw.count(b"\n", body_start)
+    basic = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (size, lines)
+    rows = tuple(
+        PartRow(section, 0, body_start, len(raw), lines, 0, body_start, "text/plain", "", "us-ascii", None, None,
+                None, 0)
+        for section in ("", "1")
+    )
+    return MessageMeta(
+        size=len(raw),
+        envelope=env,
+        bodystructure=basic + b" NIL NIL NIL NIL)",
+        body=basic + b")",
+        parts=rows,
+        defects=tuple(defects),
+        search=SearchText(headers, ""),
+        sent_date=None,
     )
 
 
@@ -272,4 +347,5 @@ __all__ = [
     "PartRow",
     "UnknownCTE",
     "compute_meta",
+    "minimal_meta",
 ]

@@ -164,9 +164,11 @@ class _Scanner:
                     part.md5 = f.unfolded()
             elif name == "content-disposition":
                 if part.disposition is None:
-                    dtype, dparams = H.parse_disposition(f.value)
+                    dtype, dparams, dok = H.parse_disposition(f.value)
                     if dtype:
                         part.disposition = (dtype, dparams)
+                    if not dok:
+                        self.defect(f.start, "bad-content-disposition-params")
             elif name == "content-language":
                 if part.language is None:
                     part.language = H.parse_language(f.value) or None

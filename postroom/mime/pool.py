@@ -1,0 +1,297 @@
+"""Where `compute_meta` runs: on the event loop for small messages, in a worker process for the rest.
+
+Theory of operation
+-------------------
+Every caller that needs a message's metadata (local delivery for SMTP and `sendmail`, IMAP APPEND, FETCH and
+SEARCH of a message stored without it, `postroom import`) asks this module: `meta_bytes(raw, limits)` for the
+serialised form the store keeps, `meta_of(raw, limits)` for a `MessageMeta`, `meta_of_file(path, ...)` for a
+large APPEND that arrived in a staging file. One threshold decides where the work runs:
+
+* `raw` of at most `INLINE_MAX` bytes: `compute_meta` runs right here, on the event loop. It is linear in its
+  input (mime/meta.py invariant 5), so the size cap bounds the stall: the worst shapes measured at 16 KiB
+  (an address list of 4,000 addresses, 1,300 MIME parts, 16 KiB of `<` in HTML) cost 10-30 ms of CPU on a
+  busy 2-CPU VM, and a process hop would cost more than a typical small message's parse.
+* anything larger goes to a worker process of the event loop's `MetaPool`. A process, not a thread: a thread
+  holds the GIL while it parses (the loop still stalls) and cannot be stopped; a process can be killed.
+
+A worker (`python -m postroom.mime.pool`) reads one job at a time from its stdin and answers on its stdout:
+a JSON header line (`n`: message bytes that follow, or `path`: a file to read; `depth`/`parts`: the MIME
+limits; `nul`: refuse a NUL, as an APPEND literal must) then the message; the answer is one status byte
+(`M` meta follows, `N` the file held a NUL, `E` an error text follows), an 8-byte big-endian length and the
+payload. A job that runs past `META_SECONDS` is abandoned: the worker is killed (SIGKILL) and a new one is
+started for the next job, and the caller gets `minimal_meta` with the defect `meta-timeout`, so the message is
+still stored (with its size, ENVELOPE, one text part and no search text). The same happens, with the defect
+`meta-worker-failed`, when a worker dies or cannot be started.
+
+Invariants
+1. No code outside this module calls `compute_meta` on the event loop for a message over `INLINE_MAX` bytes;
+   the call sites (delivery/local.py, imap/mailboxes.py APPEND, imap/fetch.py on demand, transfer.py import)
+   all come through `meta_bytes`, `meta_of` or `meta_of_file`.
+2. A job never runs longer than `META_SECONDS` after the worker took it (waiting for a free worker and
+   starting one do not count): then its worker is killed and the caller goes on with `minimal_meta`.
+3. At most `MetaPool.size` workers per event loop; more callers wait their turn (`asyncio.Semaphore`).
+4. A worker never outlives the process that started it: it ends at EOF on its stdin, which the kernel closes
+   when that process exits however it exits; `shutdown()` (called at `Postroom.stop` and after a CLI
+   command) closes them at once. Workers run in a session of their own, so a terminal's Ctrl-C goes to the
+   server, which then closes them.
+5. Nothing here raises to a caller for anything a message holds: every failure ends in `minimal_meta`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+from typing import IO
+
+from postroom.config import LimitsConfig
+from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta, minimal_meta
+
+log = logging.getLogger("postroom.mime.pool")
+
+INLINE_MAX = 16 * 1024  # bytes: at most this much is parsed on the event loop (module doc)
+META_SECONDS = 2.0  # seconds a worker may spend on one message before it is killed (invariant 2)
+WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker's pipe between two drains (bounded pipe buffer)
+_ANSWER = struct.Struct(">cQ")  # status byte, payload length
+
+
+class NulInLiteral(Exception):
+    """The staged file of an APPEND literal (not literal8) held a NUL (RFC 9051 §4.3)."""
+
+
+class _WorkerFailed(Exception):
+    """A worker answered with an error, died, or could not be started."""
+
+
+class _Worker:
+    def __init__(self, proc: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.stdin = stdin
+        self.stdout = stdout
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        # Popen forks and waits for the exec in the calling thread (tens of ms on a busy machine), so it runs on
+        # a worker thread; asyncio.create_subprocess_exec would do it on the event loop.
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "postroom.mime.pool"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            start_new_session=True,  # invariant 4: a terminal's SIGINT is the server's to handle
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, proc.stdin)
+        return cls(proc, asyncio.StreamWriter(transport, protocol, None, loop), reader)
+
+    async def call(self, header: dict[str, object], raw: bytes | None) -> tuple[bytes, bytes]:
+        stdin, stdout = self.stdin, self.stdout
+        stdin.write(json.dumps(header).encode() + b"\n")
+        if raw:
+            view = memoryview(raw)
+            for start in range(0, len(raw), WRITE_CHUNK):
+                stdin.write(view[start : start + WRITE_CHUNK])
+                await stdin.drain()
+        await stdin.drain()
+        status, length = _ANSWER.unpack(await stdout.readexactly(_ANSWER.size))
+        return status, await stdout.readexactly(length)
+
+    def kill(self) -> asyncio.Task[int] | None:
+        """SIGKILL now; returns the task that reaps it (the caller keeps it referenced)."""
+        self.stdin.close()
+        if self.proc.poll() is not None:
+            return None
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        return asyncio.ensure_future(asyncio.to_thread(self.proc.wait))
+
+    async def close(self) -> None:
+        """Ask it to end (EOF on stdin), then make sure it did."""
+        self.stdin.close()
+        try:
+            await asyncio.to_thread(self.proc.wait, 2.0)
+        except subprocess.TimeoutExpired:
+            task = self.kill()
+            if task is not None:
+                await task
+
+
+class MetaPool:
+    """Worker processes computing metadata for one event loop (invariants 2-4). `size` workers at most (default:
+    one per CPU, at most 4), each job limited to `seconds`."""
+
+    def __init__(self, size: int | None = None, seconds: float = META_SECONDS) -> None:
+        self.size = size or max(1, min(4, os.cpu_count() or 1))
+        self.seconds = seconds
+        self._idle: list[_Worker] = []
+        self._slots = asyncio.Semaphore(self.size)
+        self._reaping: set[asyncio.Task[int]] = set()
+        self.timeouts = 0  # jobs abandoned (for tests and the log)
+
+    async def run(self, header: dict[str, object], raw: bytes | None) -> tuple[bytes, bytes]:
+        """One job: (status, payload). Raises TimeoutError past `seconds` (the worker is killed), _WorkerFailed
+        when the worker died or could not be started."""
+        async with self._slots:
+            try:
+                worker = self._idle.pop() if self._idle else await _Worker.start()
+            except OSError as e:
+                raise _WorkerFailed(f"cannot start a worker: {e}") from e
+            done = False
+            try:
+                async with asyncio.timeout(self.seconds):
+                    answer = await worker.call(header, raw)
+                done = True
+                return answer
+            except TimeoutError:
+                self.timeouts += 1
+                raise
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                raise _WorkerFailed(f"worker ended: {type(e).__name__}") from e
+            finally:
+                if done:
+                    self._idle.append(worker)
+                else:  # timed out, died, or the caller was cancelled mid-job: its state is unknown
+                    task = worker.kill()
+                    if task is not None:
+                        self._reaping.add(task)
+                        task.add_done_callback(self._reaping.discard)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(w.close() for w in idle), *self._reaping, return_exceptions=True)
+
+
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MetaPool] = weakref.WeakKeyDictionary()
+
+
+def pool() -> MetaPool:
+    """The running event loop's pool (made on first use; workers start on first job)."""
+    loop = asyncio.get_running_loop()
+    p = _POOLS.get(loop)
+    if p is None:
+        p = _POOLS[loop] = MetaPool()
+    return p
+
+
+async def shutdown() -> None:
+    """Close the running loop's workers (invariant 4): at `Postroom.stop` and at the end of a CLI command."""
+    p = _POOLS.pop(asyncio.get_running_loop(), None)
+    if p is not None:
+        await p.close()
+
+
+def _header(limits: LimitsConfig) -> dict[str, object]:
+    return {"depth": limits.mime_depth, "parts": limits.mime_parts}
+
+
+async def _remote(raw: bytes, limits: LimitsConfig) -> bytes:
+    """meta bytes from a worker, or `minimal_meta` bytes with the defect saying why (invariant 5)."""
+    try:
+        status, payload = await pool().run({**_header(limits), "n": len(raw)}, raw)
+        if status == b"M":
+            return payload
+        raise _WorkerFailed(payload.decode("utf-8", "replace"))
+    except TimeoutError:
+        log.warning("metadata of a %d-byte message took over %g s: worker killed, stored with minimal "
+                    "metadata", len(raw), pool().seconds)
+        return minimal_meta(raw, "meta-timeout").to_bytes()
+    except _WorkerFailed as e:
+        log.error("metadata worker failed (%s): message stored with minimal metadata", e)
+        return minimal_meta(raw, "meta-worker-failed").to_bytes()
+
+
+async def meta_bytes(raw: bytes, limits: LimitsConfig) -> bytes:
+    """`compute_meta(raw, limits).to_bytes()`, on the loop up to `INLINE_MAX` bytes, else in a worker (module
+    doc). Never raises for anything in `raw`."""
+    if len(raw) <= INLINE_MAX:
+        return compute_meta(raw, limits).to_bytes()
+    return await _remote(raw, limits)
+
+
+async def meta_of(raw: bytes, limits: LimitsConfig) -> MessageMeta:
+    """`compute_meta(raw, limits)`, placed as `meta_bytes` places it."""
+    if len(raw) <= INLINE_MAX:
+        return compute_meta(raw, limits)
+    data = await _remote(raw, limits)
+    try:
+        return MessageMeta.from_bytes(data)
+    except MetaFormatError:  # cannot happen with this module's own workers; never raise for a message
+        return minimal_meta(raw, "meta-worker-failed")
+
+
+async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul: bool) -> MessageMeta:
+    """The metadata of a message in a file (a staged APPEND literal of `size` bytes), read by the worker itself
+    so the message never crosses a pipe. Raises NulInLiteral if the file holds a NUL and `allow_nul` is False
+    (a literal8 may hold one, RFC 3516 §4.2)."""
+    if size <= INLINE_MAX:
+        raw = await asyncio.to_thread(path.read_bytes)
+        if not allow_nul and b"\x00" in raw:
+            raise NulInLiteral()
+        return compute_meta(raw, limits)
+    why = "meta-worker-failed"
+    try:
+        status, payload = await pool().run({**_header(limits), "path": str(path), "nul": not allow_nul}, None)
+        if status == b"N":
+            raise NulInLiteral()
+        if status == b"M":
+            return MessageMeta.from_bytes(payload)
+        log.error("metadata worker failed (%s): message stored with minimal metadata",
+                  payload.decode("utf-8", "replace"))
+    except TimeoutError:
+        why = "meta-timeout"
+        log.warning("metadata of a %d-byte message took over %g s: worker killed, stored with minimal "
+                    "metadata", size, pool().seconds)
+    except (_WorkerFailed, MetaFormatError) as e:
+        log.error("metadata worker failed (%s): message stored with minimal metadata", e)
+    raw = await asyncio.to_thread(path.read_bytes)
+    if not allow_nul and b"\x00" in raw:
+        raise NulInLiteral()
+    return minimal_meta(raw, why)
+
+
+# ---- the worker process ------------------------------------------------------------------------------------
+
+def _answer(out: IO[bytes], status: bytes, payload: bytes) -> None:
+    out.write(_ANSWER.pack(status, len(payload)))
+    out.write(payload)
+    out.flush()
+
+
+def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
+    """One job after another until EOF (invariant 4)."""
+    while True:
+        line = inp.readline()
+        if not line:
+            return
+        job = json.loads(line)
+        limits = LimitsConfig(mime_depth=int(job["depth"]), mime_parts=int(job["parts"]))
+        try:
+            if "path" in job:
+                raw = Path(job["path"]).read_bytes()
+                if job.get("nul") and b"\x00" in raw:
+                    _answer(out, b"N", b"")
+                    continue
+            else:
+                n = int(job["n"])
+                raw = inp.read(n)
+                if len(raw) != n:
+                    return
+            data = compute_meta(raw, limits).to_bytes()
+        except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta itself never raises
+            _answer(out, b"E", f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
+            continue
+        _answer(out, b"M", data)
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

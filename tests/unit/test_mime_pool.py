@@ -1,0 +1,93 @@
+"""mime/pool.py: metadata computed in real worker processes, the time limit that kills them, and the one size
+threshold below which the event loop computes it itself."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from postroom.config import LimitsConfig
+from postroom.mime import pool
+from postroom.mime.meta import MessageMeta, compute_meta
+
+LIMITS = LimitsConfig()
+
+
+def big_message(size: int) -> bytes:
+    head = b"From: Ann <ann@example.org>\r\nSubject: big\r\nContent-Type: text/html\r\n\r\n"
+    unit = b"<p>para &amp; <b>bold</b></p>\r\n"
+    return head + unit * (size // len(unit))
+
+
+def test_large_message_in_a_worker_same_answer() -> None:
+    raw = big_message(300_000)
+
+    async def go() -> tuple[bytes, MessageMeta, int]:
+        try:
+            data = await pool.meta_bytes(raw, LIMITS)
+            meta = await pool.meta_of(raw, LIMITS)
+            return data, meta, len(pool.pool()._idle)
+        finally:
+            await pool.shutdown()
+
+    data, meta, idle = asyncio.run(go())
+    assert data == compute_meta(raw, LIMITS).to_bytes()
+    assert meta == compute_meta(raw, LIMITS)
+    assert idle == 1  # the worker was used twice and kept
+
+
+def test_small_message_never_starts_a_worker() -> None:
+    raw = big_message(pool.INLINE_MAX - 100)
+
+    async def go() -> int:
+        await pool.meta_bytes(raw, LIMITS)
+        n = len(pool.pool()._idle)
+        await pool.shutdown()
+        return n
+
+    assert asyncio.run(go()) == 0
+
+
+def test_timeout_kills_the_worker_and_keeps_the_message() -> None:
+    raw = big_message(3_000_000)
+
+    async def go() -> tuple[MessageMeta, int, MessageMeta, int | None]:
+        p = pool.pool()
+        p.seconds = 0.05  # compute_meta of 3 MB of HTML takes far longer than 50 ms
+        slow = await pool.meta_of(raw, LIMITS)
+        assert not p._idle  # the worker that ran past the limit is gone ...
+        p.seconds = 60.0
+        small = raw[:100_000]
+        ok = await pool.meta_of(small, LIMITS)  # ... and the next job gets a new one
+        worker = p._idle[0]
+        await pool.shutdown()
+        return slow, p.timeouts, ok, worker.proc.returncode
+
+    slow, timeouts, ok, code = asyncio.run(go())
+    assert timeouts == 1
+    assert slow.defects == ((0, "meta-timeout"),) and slow.size == len(raw)
+    assert slow.envelope.startswith(b'(NIL "big" (("Ann" NIL "ann" "example.org"))')
+    assert ok == compute_meta(raw[:100_000], LIMITS)
+    assert code == 0  # shutdown closed stdin and the worker ended on its own
+
+
+def test_staged_file(tmp_path: Path) -> None:
+    raw = big_message(200_000)
+    good = tmp_path / "good"
+    good.write_bytes(raw)
+    nul = tmp_path / "nul"
+    nul.write_bytes(raw + b"\x00")
+
+    async def go() -> MessageMeta:
+        try:
+            meta = await pool.meta_of_file(good, len(raw), LIMITS, allow_nul=False)
+            with pytest.raises(pool.NulInLiteral):
+                await pool.meta_of_file(nul, len(raw) + 1, LIMITS, allow_nul=False)
+            await pool.meta_of_file(nul, len(raw) + 1, LIMITS, allow_nul=True)  # a literal8 may hold a NUL
+            return meta
+        finally:
+            await pool.shutdown()
+
+    assert asyncio.run(go()) == compute_meta(raw, LIMITS)
