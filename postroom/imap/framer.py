@@ -11,11 +11,19 @@ follow, and after them the command line goes on. `feed(bytes)` appends; `next_ev
   `accept_literal()` (and, when `sync`, send the `+` continuation request, RFC 9051 §7.5) or
   `reject_literal()` (and send a tagged NO/BAD). A rejected synchronizing literal is never sent by the client,
   so the framer forgets the command; a rejected non-synchronizing literal is on its way anyway, so the framer
-  skips its bytes and the rest of the command (RFC 7888 §4);
+  skips its bytes and the rest of the command (RFC 7888 §4, invariant 4);
 * `RawCommand(data)`: the whole command, lines and literals as received (for `parser.parse_command`);
 * `FramingError(tag, text)`: a line or a command was longer than the limits ("Line too long" when `max_line`
-  cut in, "Command too long" when the command's `max_command` did); its bytes were dropped and the next event
-  starts with the next command.
+  cut in, "Command too long" when the command's `max_command` did, "Too many literals"); its bytes were
+  dropped and the next event starts with the next command.
+
+Refused commands and their literals (RFC 9051 §4.3, RFC 7888 §4): a literal's octets are data, never command
+text. Whenever the framer drops a command line (too long, the command too long, too many literals, a rejected
+literal), it still looks at how that line ended. `{n+}` or `~{n+}`: the client sends those n octets without
+waiting, so they are skipped (counted, not kept), and the command's text goes on after them; its next lines are
+dropped the same way, without a second error, until one ends without a literal announcement. `{n}` or `~{n}`:
+the client waits for a `+` that a refused command never gets, so nothing of it follows. An overlong line's tail
+is dropped as it arrives, so only its last `WINDOW` bytes are kept to recognise the announcement.
 
 A command line may be as long as what is left of `max_command`, and no longer than `max_line`. The IMAP session
 makes both the command limit (`limits.imap_command_length`): in IMAP the whole command is what is limited
@@ -33,7 +41,12 @@ Invariants
 1. Nothing here raises on any input; every byte sequence gives events.
 2. At most `max_command` bytes of command text (and of one line, at most `max_line`; of a bare line, its own
    limit) are buffered; literal bytes count against the size the session accepted, never more.
-3. A line's tail past `max_line` is dropped as it arrives (never buffered), up to and including its LF.
+3. A line's tail past `max_line` is dropped as it arrives (never buffered), up to and including its LF; only
+   its last `WINDOW` bytes are kept (invariant 4).
+4. No byte inside a literal is ever framed as a command line: every path that drops a command line checks its
+   end for a non-synchronizing announcement and skips that literal, and the lines of a refused command that
+   follow, up to one that ends without an announcement (`_dropped_line_end`). Skipping counts bytes and keeps
+   none, whatever n is (up to 20 digits, as for any announcement).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import re
 from dataclasses import dataclass
 
 MAX_LITERALS = 1000  # literals in one command
+WINDOW = 32  # last bytes of a dropped line kept to see its literal announcement: `~{` 20 digits `+}\r\n` is 26
 
 @dataclass(frozen=True, slots=True)
 class _NeedData:
@@ -100,6 +114,8 @@ class Framer:
         self._need = 0  # literal bytes still expected (_LITERAL / _SKIP)
         self._request: LiteralRequest | None = None
         self._discard_line = False  # dropping the tail of an overlong line
+        self._drop_command = False  # ... and that line is command text (its end may announce a literal)
+        self._window = b""  # the last bytes of the line being dropped (invariant 4)
         self._discard_command = False  # dropping the rest of a command after a refused non-sync literal
         self._tag = "*"
 
@@ -123,21 +139,27 @@ class Framer:
         return bool(self._parts) or self._state != _LINE
 
     def feed(self, data: bytes) -> None:
-        if self._discard_line:
+        if self._discard_line:  # invariant 3: dropped as it arrives; invariant 4: its end is kept
             i = data.find(b"\n")
             if i < 0:
+                self._window = (self._window + data[-WINDOW:])[-WINDOW:]
                 return
+            self._window = (self._window + data[max(0, i + 1 - WINDOW): i + 1])[-WINDOW:]
             self._discard_line = False
             data = data[i + 1:]
+            self._dropped_line_end()
         self._buf += data
 
     def reset(self) -> None:
         """Forget everything buffered (after STARTTLS)."""
         self.__init__(self.max_line, self.max_command)  # type: ignore[misc]
 
-    def _take_line(self, limit: int, text: str = "Line too long") -> bytes | None | FramingError:
+    def _take_line(self, limit: int, text: str = "Line too long", command: bool = False
+                   ) -> bytes | None | FramingError:
         """The next line (with its end) if it is complete and at most `limit` bytes; FramingError(text) if it
-        is longer (its bytes are dropped, invariant 3); None if more bytes are needed."""
+        is longer (its bytes are dropped, invariant 3); None if more bytes are needed. For a `command` line,
+        the caller must call `_dropped_line_end()` after a FramingError if `_discard_line` is not set (the
+        line end was already here); otherwise `feed()` calls it when the line end arrives (invariant 4)."""
         buf = self._buf
         i = buf.find(b"\n", self._scanned, limit)
         if i >= 0:
@@ -147,10 +169,13 @@ class Framer:
             return line
         if len(buf) >= limit:
             tag = guess_tag(bytes(buf[:64])) if not self._parts else self._tag
+            self._drop_command = command
             j = buf.find(b"\n", limit)
             if j >= 0:
+                self._window = bytes(buf[max(0, j + 1 - WINDOW): j + 1])
                 del buf[: j + 1]
             else:
+                self._window = bytes(buf[-WINDOW:])
                 buf.clear()
                 self._discard_line = True
             self._scanned = 0
@@ -159,10 +184,29 @@ class Framer:
         return None
 
     def _take_command_line(self) -> bytes | None | FramingError:
+        if self._discard_command:  # a refused command's text is dropped, not counted: only its lines are capped
+            return self._take_line(self.max_line, command=True)
         left = self.max_command - self._text  # invariant 2: the command's text, not only this line, is capped
         if left <= self.max_line:
-            return self._take_line(max(left, 1), "Command too long")
-        return self._take_line(self.max_line)
+            return self._take_line(max(left, 1), "Command too long", command=True)
+        return self._take_line(self.max_line, command=True)
+
+    def _dropped_line_end(self) -> None:
+        """The line being dropped has ended (its last bytes are in `_window`). If it was command text ending in
+        a non-synchronizing literal announcement, skip that literal and go on dropping the command (invariant
+        4); otherwise the refused command is over."""
+        window, self._window = self._window, b""
+        if not self._drop_command:
+            return  # a bare line (IDLE, AUTHENTICATE) has no literals
+        self._drop_command = False
+        m = _LITERAL_END.search(window)
+        if m and m.group(3):
+            # RFC 7888 §4: the client sends a non-synchronizing literal without waiting, refused or not.
+            self._state, self._need, self._discard_command = _SKIP, int(m.group(2)), True
+        else:
+            # A synchronizing literal (RFC 9051 §7.5) is only sent after a `+`, which a refused command never
+            # gets: nothing of this command follows, and the next line is the next command.
+            self._state, self._discard_command = _LINE, False
 
     def next_line(self, limit: int | None = None) -> bytes | None | FramingError:
         """One bare line without its line end (IDLE, AUTHENTICATE), or None if none is complete yet.
@@ -193,7 +237,12 @@ class Framer:
             if line is None:
                 return NEED_DATA
             if isinstance(line, FramingError):
+                refused = self._discard_command  # this command was refused before: no second answer
                 self._abandon()
+                if not self._discard_line:  # its line end is already here (invariant 4)
+                    self._dropped_line_end()
+                if refused:
+                    continue
                 return line
             if not self._parts and not self._discard_command:
                 self._tag = guess_tag(line)

@@ -32,6 +32,8 @@ State rules are data (`ALLOWED`): the session state is INIT (no HELO yet), READY
 Invariants
 1. Replies are emitted in the order of the commands that caused them, one reply per command (RFC 2920 §3.1),
    including a BDAT whose chunk is refused: the chunk is read and dropped, then the error is sent (RFC 3030 §2).
+   Any chunk-size of ASCII digits is taken (leading zeros too); only a BDAT line with no readable size (501,
+   or past `line_length`: 500) leaves its chunk to be read as commands, and no conforming client sends one.
 2. The core never buffers more than `line_length` bytes of a command line, `12288` of a SASL line (RFC 4954 §4),
    about `DATA_PIECE` plus what one `receive_data` brought of unread DATA, and `spill_at` of a body: past it the
    body goes out as `BodyData` events (the session writes them to a staging file). Past `max_size` a body is
@@ -735,7 +737,8 @@ class ServerCore:
         smtputf8 = False
         for key, value in params.items():
             if key == "SIZE":  # RFC 1870 §6
-                if value is None or not value.isdigit() or len(value) > MAX_RECEIVED_DIGITS:
+                # RFC 1870 §3: size-value is 1*20DIGIT, ASCII digits (str.isdigit takes any script's, and "²")
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > MAX_RECEIVED_DIGITS:
                     raise SMTPError(R.R501_SYNTAX)
                 size = int(value)
                 if size > self.max_size:
@@ -915,8 +918,10 @@ class ServerCore:
 
     def _bdat_start(self, arg: str, error: Reply | None) -> Event | _NeedData | None:
         words = arg.split()
-        if not words or len(words) > 2 or not words[0].isdigit() or len(words[0]) > MAX_RECEIVED_DIGITS \
-                or (len(words) == 2 and words[1].upper() != "LAST"):
+        # RFC 3030 §2: chunk-size is 1*DIGIT (ASCII), leading zeros allowed: a valid size must be taken, or
+        # the chunk the client sends without waiting would be read as commands.
+        if not words or len(words) > 2 or not (words[0].isascii() and words[0].isdigit()) \
+                or len(words[0].lstrip("0")) > MAX_RECEIVED_DIGITS or (len(words) == 2 and words[1].upper() != "LAST"):
             # The size is unknown, so the chunk cannot be skipped; the client's bytes will read as commands.
             raise SMTPError(R.R501_SYNTAX)
         size = int(words[0])

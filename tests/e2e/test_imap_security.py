@@ -84,3 +84,17 @@ def test_lockout_after_repeated_failures(imap: Any) -> None:
         assert r.cmd(f"f{i} LOGIN {ADDR} wrong")[-1].startswith(b"f%d NO [AUTHENTICATIONFAILED]" % i)
     # the right password is refused too while this (user, address) pair is locked, with the same answer
     assert r.cmd(f"g LOGIN {ADDR} {PW}")[-1] == b"g NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+
+
+def test_refused_command_literals_are_not_run(imap: Any) -> None:
+    """Finding F1 (issue 15): a command past the 64 KiB command limit ends in LITERAL+ `{21+}` (RFC 7888 §4);
+    the 21 octets the client sends without waiting are the literal's, so `x2 CREATE injected2` is data and never
+    runs. The second form: many short lines that add up past the limit, each with a `{3+}` literal `abc`."""
+    r = Raw(imap.port("imaps"), imap.tls_client_context())
+    r.login(ADDR, PW)
+    r.send(b'a6 SEARCH SUBJECT "' + b"y" * 70000 + b'" BODY {21+}\r\n' + b"x2 CREATE injected2\r\n" + b"\r\n")
+    assert r.line() == b"a6 BAD Command too long\r\n"
+    r.send(b"a7 SEARCH " + (b'SUBJECT "' + b"y" * 2000 + b'" SUBJECT {3+}\r\nabc') * 40 + b"\r\n")
+    assert r.line() == b"a7 BAD Command too long\r\n"
+    assert r.cmd("a8 NOOP") == [b"a8 OK NOOP completed\r\n"]
+    assert r.cmd('a9 LIST "" "injected*"') == [b"a9 OK LIST completed\r\n"]

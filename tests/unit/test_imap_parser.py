@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from postroom.imap import parser as P
@@ -173,6 +173,76 @@ def test_external_literal_fully_buffered_keeps_pipelined_bytes() -> None:
     cmd = P.parse_command(ev.data)
     assert isinstance(cmd.args, P.AppendArgs) and cmd.args.message == b""
     assert f.next_event() == P.RawCommand(b"b NOOP\r\n")
+
+
+# ---- a refused command's non-synchronizing literals are data, never commands (RFC 9051 §4.3, RFC 7888 §4)
+
+def chunkings(data: bytes, whole_only: bool = False) -> list[list[bytes]]:
+    """`data` whole, and (unless `whole_only`) byte by byte and at five random splits."""
+    if whole_only:
+        return [[data]]
+    return [[data], [data[i:i + 1] for i in range(len(data))], *(splits(data, seed) for seed in range(5))]
+
+
+@pytest.mark.parametrize("announce", [b"{21+}", b"~{21+}"])
+@pytest.mark.parametrize("limit, pad", [(1000, 1100), (65536, 70000)])
+def test_overlong_line_skips_its_nonsync_literal(announce: bytes, limit: int, pad: int) -> None:
+    """Finding F1, first form: one line past the command limit ends in `{21+}`; the 21 octets that follow
+    (`x2 CREATE injected2\\r\\n`) are the literal, and the empty line after them ends the refused command."""
+    data = (b'a6 SEARCH SUBJECT "' + b"y" * pad + b'" BODY ' + announce + b"\r\n" + b"x2 CREATE injected2\r\n"
+            + b"\r\na7 NOOP\r\n")
+    expected = [P.FramingError("a6", "Command too long"), P.RawCommand(b"a7 NOOP\r\n")]
+    for chunks in chunkings(data, whole_only=limit > 1000):
+        assert drive(chunks, P.Framer(max_line=limit, max_command=limit)) == expected
+
+
+@pytest.mark.parametrize("announce", [b"{3+}", b"~{3+}"])
+@pytest.mark.parametrize("limit, pad", [(1000, 40), (65536, 2000)])
+def test_command_over_limit_by_many_lines_skips_its_nonsync_literal(announce: bytes, limit: int, pad: int) -> None:
+    """Finding F1, second form: 40 lines, each well under the limit and each ending in a literal, add up past
+    the command limit; the literal after the line that crosses it is not read as a command (`abc ...`)."""
+    seg = b'SUBJECT "' + b"y" * pad + b'" SUBJECT ' + announce + b"\r\nabc"
+    data = b"a7 SEARCH " + seg * 40 + b"\r\na8 NOOP\r\n"
+    lines_fit = (limit - len(b"a7 SEARCH ")) // (len(seg) - 3)  # how many announcements the framer passes on
+    assert lines_fit < 40
+    request = P.LiteralRequest(3, False, "a7", announce.startswith(b"~"), "SEARCH")
+    expected = [request] * lines_fit + [P.FramingError("a7", "Command too long"), P.RawCommand(b"a8 NOOP\r\n")]
+    for chunks in chunkings(data, whole_only=limit > 1000):
+        assert drive(chunks, P.Framer(max_line=limit, max_command=limit)) == expected
+
+
+def test_refused_command_chain_of_literals_is_skipped() -> None:
+    """After a skipped literal the refused command goes on; each line of it that ends in `{m+}` (long or
+    short) announces one more literal to skip, until a line ends without one."""
+    data = (b"a1 SEARCH " + b"y" * 300 + b" {12+}\r\n" + b"x1 LOGOUT\r\n "
+            + b" BODY {12+}\r\n" + b"x2 LOGOUT\r\n "          # a short continuation line
+            + b"y" * 500 + b" ~{12+}\r\n" + b"x3 LOGOUT\r\n "  # an overlong continuation line
+            + b"y" * 20 + b"\r\na2 NOOP\r\n")
+    expected = [P.FramingError("a1", "Line too long"), P.RawCommand(b"a2 NOOP\r\n")]
+    for chunks in chunkings(data):
+        assert drive(chunks) == expected
+
+
+def test_refused_line_ending_in_sync_literal_ends_the_command() -> None:
+    """RFC 9051 §7.5: the client waits for `+` before it sends a synchronizing literal; a refused command never
+    gets one, so the next line is the next command."""
+    data = b"a1 SEARCH " + b"y" * 300 + b" {9}\r\nx1 NOOP\r\n"
+    for chunks in chunkings(data):
+        assert drive(chunks) == [P.FramingError("a1", "Line too long"), P.RawCommand(b"x1 NOOP\r\n")]
+
+
+def test_refused_command_huge_literal_is_counted_not_kept() -> None:
+    """A literal size up to 20 digits is skipped by counting (nothing buffered); 21 digits is no announcement
+    (as for a command that is not refused)."""
+    f = P.Framer(max_line=200, max_command=1000)
+    assert drive([b"a1 SEARCH " + b"y" * 300 + b" {99999999999999999999+}\r\n"], f) == [
+        P.FramingError("a1", "Line too long")]
+    for _ in range(100):
+        f.feed(b"x1 CREATE injected\r\n" * 100)
+        assert f.next_event() is P.NEED_DATA and f.buffered == 0 and f.in_literal
+    data = b"a1 SEARCH " + b"y" * 300 + b" {999999999999999999999+}\r\nx1 NOOP\r\n"
+    for chunks in chunkings(data):
+        assert drive(chunks) == [P.FramingError("a1", "Line too long"), P.RawCommand(b"x1 NOOP\r\n")]
 
 
 # ---- syntax
@@ -386,6 +456,41 @@ def test_framer_never_raises_and_stays_bounded(data: bytes, step: int, accept: b
             if isinstance(ev, P.LiteralRequest):
                 f.accept_literal() if accept and ev.size < 100 else f.reject_literal()
         assert len(f._buf) <= 64 + step
+
+
+_ATOM = st.binary(min_size=1, max_size=12).map(lambda b: bytes(0x61 + c % 26 for c in b))
+_INNER_LINE = st.builds(  # what an attacker hides in a literal: "tag CMD args", maybe announcing a literal itself
+    lambda tag, cmd, tail: tag + b" " + cmd + tail + b"\r\n", _ATOM,
+    st.sampled_from([b"CREATE injected", b"DELETE INBOX", b"LOGOUT", b"NOOP", b"SEARCH ALL"]),
+    st.sampled_from([b"", b" {3+}", b" ~{3+}", b" {3}"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=400), _INNER_LINE, st.booleans()), min_size=1,
+                max_size=6),
+       st.integers(min_value=0, max_value=400), st.sampled_from([(64, 256), (256, 256)]), st.booleans(),
+       st.randoms(use_true_random=False))
+def test_refused_command_never_frames_its_literals_as_commands(
+        segments: list[tuple[int, bytes, bool]], last: int, limits: tuple[int, int], accept: bool,
+        rnd: random.Random) -> None:
+    """F1 property: a command refused as too long (or whose literal is rejected), with LITERAL+ / literal8
+    literals holding "tag CMD" lines, gives no RawCommand: the only one is the NOOP after it (RFC 7888 §4)."""
+    data = b"a1 SEARCH"
+    for pad, inner, binary in segments:
+        data += b" " + b"y" * pad + b" " + (b"~" if binary else b"") + b"{%d+}\r\n" % len(inner) + inner
+    data += b" " + b"y" * last + b"\r\n"
+    max_line, max_command = limits
+    text = data.split(b"\r\n")  # the command's lines, literals aside, are what the limits count
+    assume(len(data) - sum(len(inner) for _, inner, _ in segments) > max_command
+           or any(len(line) + 2 > max_line for line in text))
+    stream = data + b"z9 NOOP\r\n"
+    cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randint(0, 12))))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    f = P.Framer(max_line=max_line, max_command=max_command)
+    events = drive(chunks, f, accept=accept)
+    assert [ev for ev in events if isinstance(ev, P.RawCommand)] == [P.RawCommand(b"z9 NOOP\r\n")]
+    assert events[-1] == P.RawCommand(b"z9 NOOP\r\n")
+    assert not f.in_command and f.buffered == 0
 
 
 @pytest.mark.parametrize("day", [b"3", b" 3", b"03"])

@@ -375,6 +375,26 @@ def test_bdat_syntax() -> None:
     assert codes(out) == ["250", "250", "250", "501", "501", "501", "250"]
 
 
+def test_bdat_chunk_size_with_leading_zeros_is_a_chunk() -> None:
+    """RFC 3030 §2: chunk-size is 1*DIGIT, so leading zeros are allowed however many; refusing the command would
+    leave its chunk (sent without waiting) to be read as commands."""
+    chunk = b"RSET\r\nQUIT\r\n"
+    out, events = session(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@mx.test>\r\n"
+                          b"BDAT " + b"0" * 30 + b"%d LAST\r\n" % len(chunk) + chunk + b"NOOP\r\n")
+    assert [e.raw for e in events if isinstance(e, Message)] == [chunk]
+    assert codes(out) == ["250", "250", "250", "250", "250"]
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "\u0661\u0662", "\uff11"])
+def test_bdat_and_size_numbers_are_ascii_digits(number: str) -> None:
+    """RFC 3030 §2 chunk-size and RFC 1870 size-value are ASCII DIGITs (RFC 5234 B.1): a superscript or another
+    script's digit is a 501, never an exception from int()."""
+    out, events = session((f"EHLO c\r\nMAIL FROM:<a@b.test> SIZE={number}\r\nMAIL FROM:<a@b.test>\r\n"
+                           f"RCPT TO:<r@mx.test>\r\nBDAT {number} LAST\r\nQUIT\r\n").encode())
+    assert codes(out) == ["250", "501", "250", "250", "501", "221"]
+    assert not [e for e in events if isinstance(e, Message)]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Paths and parameters
 
