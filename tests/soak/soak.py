@@ -11,10 +11,11 @@ filled through the store with users. Two phases follow, against the same server:
 1. baseline: the well-behaved clients alone, for `--baseline-minutes`;
 2. mixed: the same well-behaved clients beside `--hostile` hostile ones, for `--minutes`.
 
-Well-behaved clients speak SMTP (MX delivery to local users, 5 KB messages with unique Message-IDs), IMAP
-(SELECT, FETCH, SEARCH, STORE, NOOP on a long-lived session) and POP3 (STAT, LIST, RETR, NOOP; each its own
-maildrop), timing every command from the last byte sent to the whole reply read. Logins are timed apart: they
-cost an argon2 check by design, and a login storm may queue them.
+Well-behaved clients speak SMTP (MX delivery to `SINKS` local users, 5 KB messages with unique
+Message-IDs), IMAP (SELECT, FETCH, SEARCH, STORE, NOOP on a long-lived session) and POP3 (STAT, LIST, RETR,
+NOOP; each its own maildrop). IMAP and POP3 users start with `READER_MESSAGES` messages and SMTP delivers
+elsewhere, so their work is the same in both phases. Every command is timed from the last byte sent to the
+whole reply read. Logins are timed apart: they cost an argon2 check by design, and a login storm may queue them.
 
 Hostile clients loop over the inputs of the hostile-input issue and a mutation fuzzer (tests/fuzz): quadratic
 HTML, a 650-key SEARCH over large messages, DATA at twice SIZE, FETCH of one item 500 times, 8-bit header
@@ -55,11 +56,15 @@ from common import free_port, stop_process, wait_port  # noqa: E402  (bench/comm
 from fuzz_targets import SEEDS, mutate  # noqa: E402
 
 from postroom.auth.passwords import make_credentials  # noqa: E402
+from postroom.mime.meta import compute_meta  # noqa: E402
 from postroom.store import open_store  # noqa: E402
+from postroom.store.api import AppendRequest  # noqa: E402
 
 DOMAIN = "soak.test"
 PASSWORD = "soak-password-1"
 HOSTILE_USER = f"target@{DOMAIN}"
+READER_MESSAGES = 200  # in each IMAP and POP3 user's INBOX, fixed for the run
+SINKS = 10  # users the well-behaved SMTP clients deliver to (nobody reads them during the run)
 MESSAGE_SIZE = 8 * 1024 * 1024
 LISTENERS = ("smtp", "imap", "pop3", "http")
 RSS_GOAL = 300 * 1024 * 1024
@@ -80,7 +85,9 @@ class SoakServer:
         self.ports = {name: free_port() for name in LISTENERS}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def create(self, users: list[str]) -> None:
+    def create(self, users: list[str], readers: list[str]) -> None:
+        """The domain and `users`; each of `readers` gets `READER_MESSAGES` messages in INBOX (as delivery
+        stores them), so IMAP and POP3 clients work on mailboxes that do not grow during the run."""
         self.data.mkdir(parents=True)
 
         async def fill() -> None:
@@ -90,7 +97,13 @@ class SoakServer:
                 await store.add_domain(DOMAIN)
                 h, scram = await asyncio.to_thread(make_credentials, PASSWORD)
                 for user in users:
-                    await store.add_user(user, h, scram)
+                    account = await store.add_user(user, h, scram)
+                    if user in readers:
+                        box = await store.get_mailbox(account.id, "INBOX")
+                        assert box is not None
+                        raws = [message(i, "filler@remote.test", user)[1] for i in range(READER_MESSAGES)]
+                        await store.append_many(box.id, [AppendRequest(raw=r, meta=compute_meta(r).to_bytes())
+                                                         for r in raws])
             finally:
                 await store.close()
 
@@ -558,14 +571,16 @@ def main(argv: list[str] | None = None) -> int:
     users = {"imap": [f"imap{i}@{DOMAIN}" for i in range(n_imap)],
              "pop3": [f"pop{i}@{DOMAIN}" for i in range(n_pop3)],
              "smtp": [f"smtp{i}" for i in range(n_smtp)]}
-    users["rcpt"] = users["imap"] + users["pop3"]
+    # SMTP delivers to users nobody reads during the run, so the mailboxes IMAP and POP3 work on stay the same
+    # size in both phases: the comparison is then of the hostile clients' effect, not of mailbox growth.
+    users["rcpt"] = [f"sink{i}@{DOMAIN}" for i in range(SINKS)]
     base = args.keep or Path(tempfile.mkdtemp(prefix="postroom-soak-"))
     server = SoakServer(base)
     try:
         print(f"soak: {args.well} well-behaved clients ({n_smtp} SMTP, {n_imap} IMAP, {n_pop3} POP3), "
               f"{args.hostile} hostile; baseline {args.baseline_minutes:g} min, mixed {args.minutes:g} min; "
               f"work in {base}", file=sys.stderr)
-        server.create(users["rcpt"] + [HOSTILE_USER])
+        server.create(users["rcpt"] + users["imap"] + users["pop3"] + [HOSTILE_USER], users["imap"] + users["pop3"])
         server.start()
         asyncio.run(prepare_hostile_mailbox(server.ports["smtp"]))
         peak_base, peak_mixed = [0], [0]
