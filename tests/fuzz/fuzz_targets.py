@@ -8,8 +8,8 @@ returns normally for every input; anything else is a finding. Besides "does not 
 core's own promises, so a fuzzer finds wrong behaviour and not only crashes:
 
 * `smtp`: every byte written is a well-formed reply line (RFC 5321 §4.2: three digits, SP or "-", text, CRLF);
-  no more than one final reply per command line outside DATA/BDAT; the buffer never holds more than a line's
-  limit plus the chunk just fed, outside DATA and BDAT (invariant 2 of `smtp/protocol.py`).
+  the buffer never holds more than a line's limit plus the chunk just fed outside DATA and BDAT, nor more than
+  the message limit plus one DATA piece inside them (invariant 2 of `smtp/protocol.py`).
 * `pop3`: every reply line starts with `+OK`, `-ERR` or `+ ` (RFC 1939 §3, RFC 5034 §4), or is message data;
   the buffer stays within one line's limit plus the chunk (the module's line-reading rule).
 * `imap`: the framer never raises and stays within its limits (framer invariants 1-2); every framed command
@@ -106,8 +106,11 @@ def smtp(chunks: list[bytes]) -> None:
             _smtp_answer(core, ev, turn)
         if core.mode in (SP.Mode.COMMAND, SP.Mode.SASL) and core.pending_input > 12288 + len(chunk):
             raise Finding(f"SMTP core buffers {core.pending_input} bytes of a command line")
-        if core.pending_input > SMTP_MAX_SIZE * 2 + SMTP_LINE + len(chunk):
-            raise Finding(f"SMTP core buffers {core.pending_input} bytes, over twice the message limit")
+        # smtp/protocol.py invariant 2: unread DATA is held up to about DATA_PIECE plus the chunk just fed, and a
+        # body up to max_size (no spill_at here); data past max_size is counted, never kept.
+        bound = SMTP_MAX_SIZE + SP.DATA_PIECE + SMTP_LINE + len(chunk)
+        if core.pending_input > bound or core.held_bytes > bound:
+            raise Finding(f"SMTP core holds {core.pending_input} / {core.held_bytes} bytes, over {bound}")
         out += core.data_to_send()
         if core.closed:
             break
