@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from postroom.mime.address import parse_address_list
+from postroom.mime.address import sender_addresses
 from postroom.store.api import Domain, Store
 
 SIGNED_HEADERS = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
@@ -198,14 +198,18 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
 
 
-def from_domains(raw: bytes) -> list[str]:
-    """The domains of every From address, in order (RFC 5322 §3.6.2 allows several)."""
+def from_domains(raw: bytes) -> list[str] | None:
+    """The domains of every From address, in order (RFC 5322 §3.6.2 allows several); None if a From field is
+    too long to be read on the event loop (`address.sender_addresses`): the caller then does not sign in
+    alignment with it."""
     fields, _ = split_message(raw[:256 * 1024])
     out: list[str] = []
     for name, whole in fields:
         if name == b"from":
-            out += [a.host.lower().rstrip(".") for a in parse_address_list(whole.split(b":", 1)[1])
-                    if a.mailbox and a.host]
+            found = sender_addresses(whole.split(b":", 1)[1])
+            if found is None:
+                return None
+            out += [a.host.lower().rstrip(".") for a in found if a.mailbox and a.host]
     return out
 
 
@@ -256,7 +260,9 @@ class Signer:
             # a From nobody checked (invariant 3). Sign as the envelope sender's domain only when no From
             # domain would align with it, so the signature can never make the From pass DMARC.
             env = _domain_of(mail_from)
-            domain = None if any(aligned(env, d) for d in from_domains(raw)) else await self._domain(env)
+            domains = from_domains(raw)
+            unsafe = domains is None or any(aligned(env, d) for d in domains)
+            domain = None if unsafe else await self._domain(env)
         if domain is None or not (domain.dkim_private_key or domain.dkim_ed25519_key):
             return raw  # invariant 1
         keys = [(domain.dkim_selector, domain.dkim_private_key),

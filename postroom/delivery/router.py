@@ -89,7 +89,7 @@ from typing import Any
 
 from postroom.config import Config
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
-from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
 from postroom.mime.headers import split_fields
 from postroom.mime.lineends import Checker, stray
 from postroom.store import names
@@ -230,10 +230,9 @@ def header_sender_fields(raw: bytes) -> list[tuple[str, list[str]]]:
         if f.name not in ("from", "sender"):
             continue
         addresses: list[str] = []
-        broken = False
-        for a in parse_address_list(f.value):
-            if a.host is None:
-                continue  # a group's start or end marker; its members come as mailboxes
+        found = sender_addresses(f.value)  # None: too long to check on the event loop (refused, as broken)
+        broken = found is None
+        for a in found or ():
             if not a.mailbox or MISSING_DOMAIN in (a.mailbox, a.host) or MISSING_MAILBOX in (a.mailbox, a.host):
                 broken = True
                 continue

@@ -10,7 +10,7 @@ Modules (each opens with its theory of operation and invariants):
     dates       the Date: field as SEARCH SENT* (day as written) and SORT DATE (UTC instant) need it
     text        search text: RFC 2047 headers and decoded text bodies, HTML reduced to text
     meta        compute_meta(): all of the above once, as a compact blob the store keeps per message
-    pool        where compute_meta runs: on the event loop up to 16 KiB, else in worker processes with a time limit
+    pool        where compute_meta runs: on the event loop up to 8 KiB, else in worker processes with a time limit
     compose     building messages (text, HTML alternative, attachments, inline images) over stdlib `email`
 
 Typical use: at delivery `await pool.meta_bytes(raw, config.limits)` goes into `AppendRequest.meta`; FETCH

@@ -296,7 +296,7 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
 
 
 NIL_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
-MINIMAL_HEADER_MAX = 64 * 1024  # bytes of header `minimal_meta` still reads for the ENVELOPE
+MINIMAL_HEADER_MAX = 8 * 1024  # bytes of header `minimal_meta` reads for the ENVELOPE: it runs on the event loop
 
 
 def minimal_meta(raw: bytes, defect: str) -> MessageMeta:

@@ -8,8 +8,9 @@ serialised form the store keeps, `meta_of(raw, limits)` for a `MessageMeta`, `me
 large APPEND that arrived in a staging file. One threshold decides where the work runs:
 
 * `raw` of at most `INLINE_MAX` bytes: `compute_meta` runs right here, on the event loop. It is linear in its
-  input (mime/meta.py invariant 5), so the size cap bounds the stall: the worst shapes measured at 16 KiB
-  (an address list of 4,000 addresses, 1,300 MIME parts, 16 KiB of `<` in HTML) cost 10-30 ms of CPU on a
+  input (mime/meta.py invariant 5), so the size cap bounds the stall: at 16 KiB the worst shapes measured
+  cost 10-30 ms of CPU (an address list of 4,000 addresses, 16 KiB of `<` in HTML), and up to 94 ms for
+  5,000 empty digest parts (found by the attack on issue 11), so the cap is 8 KiB: under 50 ms for any shape on a
   busy 2-CPU VM, and a process hop would cost more than a typical small message's parse.
 * anything larger goes to a worker process of the event loop's `MetaPool`. A process, not a thread: a thread
   holds the GIL while it parses (the loop still stalls) and cannot be stopped; a process can be killed.
@@ -24,7 +25,8 @@ still stored (with its size, ENVELOPE, one text part and no search text). The sa
 `meta-worker-failed`, when a worker dies or cannot be started.
 
 Invariants
-1. No code outside this module calls `compute_meta` on the event loop for a message over `INLINE_MAX` bytes;
+1. No code outside this module calls `compute_meta` on the event loop for a message that `inline` refuses
+   (over `INLINE_MAX` bytes, or with more than `INLINE_PARTS` part lines or `INLINE_COMMAS` commas);
    the call sites (delivery/local.py, imap/mailboxes.py APPEND, imap/fetch.py on demand, transfer.py import)
    all come through `meta_bytes`, `meta_of` or `meta_of_file`.
 2. A job never runs longer than `META_SECONDS` after the worker took it (waiting for a free worker and
@@ -55,7 +57,16 @@ from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta, minim
 
 log = logging.getLogger("postroom.mime.pool")
 
-INLINE_MAX = 16 * 1024  # bytes: at most this much is parsed on the event loop (module doc)
+INLINE_MAX = 8 * 1024  # bytes: at most this much is parsed on the event loop (module doc)
+INLINE_PARTS = 100  # lines starting "--" (possible MIME parts) a message parsed on the loop may have
+INLINE_COMMAS = 1000  # commas (possible addresses) a message parsed on the loop may have
+
+
+def inline(raw: bytes) -> bool:
+    """May `raw`'s metadata be computed on the event loop? Small, and without the shapes whose cost grows per
+    element faster than per byte: many MIME parts (an empty digest part costs ~60 us: 1,600 of them in 8 KiB
+    took 98 ms) or many addresses (4,000 in 8 KiB: 36 ms). Two C-speed counts decide (invariant 1)."""
+    return len(raw) <= INLINE_MAX and raw.count(b"\n--") <= INLINE_PARTS and raw.count(b",") <= INLINE_COMMAS
 META_SECONDS = 2.0  # seconds a worker may spend on one message before it is killed (invariant 2)
 WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker's pipe between two drains (bounded pipe buffer)
 _ANSWER = struct.Struct(">cQ")  # status byte, payload length
@@ -213,14 +224,14 @@ async def _remote(raw: bytes, limits: LimitsConfig) -> bytes:
 async def meta_bytes(raw: bytes, limits: LimitsConfig) -> bytes:
     """`compute_meta(raw, limits).to_bytes()`, on the loop up to `INLINE_MAX` bytes, else in a worker (module
     doc). Never raises for anything in `raw`."""
-    if len(raw) <= INLINE_MAX:
+    if inline(raw):
         return compute_meta(raw, limits).to_bytes()
     return await _remote(raw, limits)
 
 
 async def meta_of(raw: bytes, limits: LimitsConfig) -> MessageMeta:
     """`compute_meta(raw, limits)`, placed as `meta_bytes` places it."""
-    if len(raw) <= INLINE_MAX:
+    if inline(raw):
         return compute_meta(raw, limits)
     data = await _remote(raw, limits)
     try:
@@ -237,7 +248,7 @@ async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul
         raw = await asyncio.to_thread(path.read_bytes)
         if not allow_nul and b"\x00" in raw:
             raise NulInLiteral()
-        return compute_meta(raw, limits)
+        return await meta_of(raw, limits)
     why = "meta-worker-failed"
     try:
         status, payload = await pool().run({**_header(limits), "path": str(path), "nul": not allow_nul}, None)

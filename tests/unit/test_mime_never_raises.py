@@ -120,3 +120,41 @@ def test_minimal_meta_answers_sections() -> None:
     assert meta.section(raw, Section.parse("TEXT")) == b"line 1\r\nline 2\r\n"
     assert meta.section(raw, Section.parse("1")) == b"line 1\r\nline 2\r\n"
     assert meta.section(raw, Section.parse("HEADER")) == b"From: a@example.org\r\nSubject: hi\r\n\r\n"
+
+
+def test_address_list_is_linear_in_its_length() -> None:
+    # Attack on issue 11, F1: every colon after a "<...>" rescanned the item, K atoms x K colons. At K = 8,000
+    # that took 2.9 s on the event loop; 64,000 would take minutes. Linear, it is well under a second.
+    import time
+
+    from postroom.mime.address import parse_address_list
+
+    k = 64_000
+    start = time.process_time()
+    parse_address_list(b"." * k + b"<>" + b":" * k)
+    assert time.process_time() - start < 5.0  # generous: the quadratic version needs about 190 s
+
+
+def test_sender_checks_read_a_bounded_from_field() -> None:
+    # The From/Sender checks (submission, DKIM alignment) run on the event loop: a value longer than
+    # MAX_SENDER_FIELD is not parsed, and both callers take it as "cannot be checked".
+    from postroom.delivery.dkim import from_domains
+    from postroom.delivery.router import header_sender_fields
+    from postroom.mime.address import MAX_SENDER_FIELD, sender_addresses
+
+    long_from = b"From: " + b"." * MAX_SENDER_FIELD + b"<alice@example.test>\r\n\r\nbody\r\n"
+    assert sender_addresses(b"." * MAX_SENDER_FIELD + b"<a@b>") is None
+    assert header_sender_fields(long_from) == [("From", [])]  # refused by check_header_senders (553)
+    assert from_domains(long_from) is None  # the DKIM signer does not sign in alignment with it
+    assert from_domains(b"From: Alice <alice@Example.test>\r\n\r\nx\r\n") == ["example.test"]
+
+
+def test_shapes_costly_per_element_are_not_parsed_on_the_loop() -> None:
+    # Attack on issue 11, F6: 1,600 empty digest parts in 8 KiB cost ~100 ms of CPU; such a message goes to a
+    # worker however small it is (mime/pool.py `inline`).
+    from postroom.mime import pool
+
+    digest = (b"Content-Type: multipart/digest; boundary=b\r\n\r\n" + b"--b\n\n" * 2000)[:pool.INLINE_MAX]
+    assert not pool.inline(digest)
+    assert not pool.inline(b"To: " + b"a," * 2000 + b"\r\n\r\nx\r\n")
+    assert pool.inline(b"From: a@b.test\r\nTo: c@d.test, e@f.test\r\n\r\nhello\r\n")
