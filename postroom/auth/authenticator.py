@@ -53,7 +53,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import AuthConfig
-from ..store.api import AuthFailures, Store, User
+from ..store import names
+from ..store.api import AuthFailures, Store, StoreError, User
 from .passwords import SCRAM_ITERATIONS, SCRAM_SALT_BYTES, hash_password, parse_scram_verifier, verify_password_async
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
@@ -100,8 +101,20 @@ def address_key(ip: str) -> str:
     return str(addr)
 
 
+def canonical_name(username: str) -> str:
+    """The account a login name denotes, spelled as the store spells it (`names.address`: `Alice@Example.test.`,
+    `"alice"@example.test` and `alice@example.test` are one account), else the name stripped and lower-cased.
+    Failures are counted, pairs refused and SCRAM decoys keyed by it, so another spelling of a name is neither
+    a fresh set of guesses nor a way to tell real accounts from unknown ones (attack on issue 11)."""
+    name = username.strip()
+    try:
+        return names.address(name)
+    except StoreError:
+        return name.lower()
+
+
 def _name_key(username: str) -> str:
-    name = username.strip().lower()
+    name = canonical_name(username)
     if len(name) <= _MAX_NAME_KEY:
         return name
     return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()  # invariant 5
@@ -240,7 +253,7 @@ class Authenticator:
     async def check_password(self, username: str, password: str, ip: str) -> User | None:
         """The user if `password` is right and the pair (user, address) is not refused; else None. Waits the
         address's delay first."""
-        username = username.strip().lower()
+        username = canonical_name(username)
         await self.throttle(ip)
         if username and self.locked_out(ip, username):
             await self.failed(ip, username)  # invariant 3: counted and answered like a wrong password
@@ -258,8 +271,8 @@ class Authenticator:
     def scram_decoy(self, username: str) -> tuple[int, bytes]:
         """(iterations, salt) for a user without a verifier: the shape of a verifier made now (same iteration
         count, same salt length), stable per name, and not computable without the server secret."""
-        salt = hmac.new(self._secret, b"scram-salt\x00" + username.encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).digest()[:SCRAM_SALT_BYTES]
+        key = canonical_name(username).encode("utf-8", "surrogatepass")
+        salt = hmac.new(self._secret, b"scram-salt\x00" + key, hashlib.sha256).digest()[:SCRAM_SALT_BYTES]
         return SCRAM_ITERATIONS, salt
 
     # ---- SASL

@@ -335,3 +335,20 @@ async def test_a_version_4_database_with_data_migrates(tmp_path: Path) -> None:
         assert again.locked_out("192.0.2.1", "old@example.org")
     finally:
         await store.close()
+
+
+async def test_other_spellings_of_a_name_are_the_same_account(store: Store) -> None:
+    # Attack on issue 11, F2 and F3: the store reads `alice@example.org.`, `"alice"@example.org` and
+    # `ALICE@example.org` as one account, so failures, refusals and SCRAM decoys must too. Otherwise each
+    # spelling was a fresh set of guesses, and an unknown user's salt changed with the spelling while a real
+    # user's did not.
+    auth, _ = await setup(store, max_failures_per_ip=100)
+    for i in range(3):
+        assert await auth.check_password("alice@example.org", f"wrong{i}", "192.0.2.1") is None
+    for spelling in ("alice@example.org.", '"alice"@example.org', " ALICE@Example.org", "alice@example.org.."):
+        assert auth.locked_out("192.0.2.1", spelling), spelling
+        assert await auth.check_password(spelling, "correct-horse", "192.0.2.1") is None, spelling
+    assert await auth.check_password("alice@example.org.", "correct-horse", "198.51.100.9") is not None
+    fake = (await server_first(auth, "nobody@example.org"))["s"]
+    for spelling in ("nobody@example.org.", "NOBODY@example.org", '"nobody"@example.org'):
+        assert (await server_first(auth, spelling))["s"] == fake, spelling
