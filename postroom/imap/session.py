@@ -212,6 +212,7 @@ class Session:
     async def read_more(self, between_commands: bool = False) -> None:
         await self.flush()
         self.conn.data_phase(self.framer.in_literal)  # net invariant 7: literals by rate, lines by deadline
+        self.conn.command_span(self.framer.in_command)  # ... and a command across literals by one deadline
         data = await self.conn.read_some(interruptible=between_commands)
         self.framer.feed(data)
 

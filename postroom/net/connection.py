@@ -43,7 +43,9 @@ Invariants
    start + grace + received / rate (Postfix adds N / rate per read likewise). Only a waiting read can expire
    (the server's own processing time never counts against the client); it raises `DeadlineExceeded` (an
    `IdleTimeout`, so every session already answers it: SMTP `421 4.4.2`, IMAP `* BYE`, POP3 `-ERR`) and puts
-   the reason in `log["timeout"]` for the session's one log line.
+   the reason in `log["timeout"]` for the session's one log line. A command that spans lines and literals
+   (IMAP, `command_span`) is bounded as a whole from its start: the command deadline, one data grace, and its
+   literal bytes at the minimum rate.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ class Connection(asyncio.Protocol):
         self._partial_since: float | None = None  # loop time the unfinished line of the stream began
         self._data_since = 0.0
         self._data_bytes = 0
+        self._span_since: float | None = None  # loop time a command spanning lines and literals began
+        self._span_bytes = 0  # its literal bytes so far
         self._paused_at = 0.0
 
     # --- properties ----------------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class Connection(asyncio.Protocol):
         # invariant 7: where the stream's unfinished line began (one C-speed rfind per chunk)
         if self._data_phase:
             self._data_bytes += len(data)
+            self._span_bytes += len(data)
         i = data.rfind(b"\n")
         if i == len(data) - 1:
             self._partial_since = None
@@ -311,16 +316,35 @@ class Connection(asyncio.Protocol):
         elif self._partial_since is not None:
             self._partial_since = self._loop.time()  # the line after the data starts now
 
+    def command_span(self, on: bool) -> None:
+        """The bytes read next continue one command that goes on across lines and literals (IMAP, RFC 9051
+        §4.3: a literal's end does not end the command). Its whole time is then bounded from its start: the
+        command deadline, one data grace, and its literal bytes at the minimum rate, however many lines and
+        literals it is cut into. Without this each line after a literal had a deadline of its own, and a command
+        of tiny LITERAL+ literals could last days (attack on issue 11). Invariant 7."""
+        if on and self._span_since is None:
+            self._span_since = self._partial_since if self._partial_since is not None else self._loop.time()
+            self._span_bytes = 0
+        elif not on:
+            self._span_since = None
+
     def _deadline(self) -> tuple[float, str] | None:
         """(loop time, reason) at which the current wait expires under invariant 7, or None."""
         lim = self.limits
+        found: tuple[float, str] | None = None
         if self._data_phase:
             if lim.min_data_rate > 0:
-                return (self._data_since + lim.data_rate_grace_seconds + self._data_bytes / lim.min_data_rate,
-                        "min-data-rate")
+                found = (self._data_since + lim.data_rate_grace_seconds + self._data_bytes / lim.min_data_rate,
+                         "min-data-rate")
         elif self._partial_since is not None and lim.command_deadline_seconds > 0:
-            return self._partial_since + lim.command_deadline_seconds, "command-deadline"
-        return None
+            found = (self._partial_since + lim.command_deadline_seconds, "command-deadline")
+        if self._span_since is not None and lim.command_deadline_seconds > 0:
+            rate = self._span_bytes / lim.min_data_rate if lim.min_data_rate > 0 else float("inf")
+            span = (self._span_since + lim.command_deadline_seconds + lim.data_rate_grace_seconds + rate,
+                    "command-deadline")
+            if found is None or span[0] < found[0]:
+                found = span
+        return found
 
     def _deadline_error(self, reason: str) -> DeadlineExceeded:
         self.ended_by = "timeout"
@@ -388,6 +412,8 @@ class Connection(asyncio.Protocol):
         self._data_since += paused
         if self._partial_since is not None:
             self._partial_since += paused
+        if self._span_since is not None:
+            self._span_since += paused
         self._transport.resume_reading()
 
     # --- reading -------------------------------------------------------------------------------------------

@@ -142,6 +142,39 @@ def test_imap_append_literal_trickled_gets_bye(srv: Any, caplog: pytest.LogCaptu
     assert wait_for_log(caplog, "timeout=min-data-rate")
 
 
+def test_imap_command_cut_by_literal_plus_literals_has_one_deadline(srv: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Attack on issue 11: each line after a literal had a deadline of its own, so a command cut into tiny
+    # LITERAL+ literals (RFC 7888), each line sent just inside the deadline, lasted as long as the client liked,
+    # before login too. Now the command as a whole must arrive within the deadline, one grace and its literal
+    # bytes at the minimum rate (2.5 + 1.5 + 0.002 s here); 12 segments of 1.5 s would take 18 s.
+    caplog.set_level(logging.INFO, logger="postroom.net.session")
+    with socket.create_connection(("127.0.0.1", srv.port("imap"))) as sock:
+        read_until(sock, b"\r\n")
+        start = time.monotonic()
+        sock.sendall(b"b XYZZY")
+        got = b""
+        for _ in range(12):
+            time.sleep(1.5)
+            try:
+                sock.sendall(b" {1+}\r\nx")
+            except OSError:
+                break
+            sock.settimeout(0.01)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            got += chunk
+            if not chunk or b"BYE" in got:
+                break
+        got += read_until(sock, b"BYE", timeout=5)
+        elapsed = time.monotonic() - start
+    assert got.startswith(b"* BYE Command not received in time"), got
+    assert elapsed < 12, elapsed  # cut after about 4 s, not after the client's 18 s
+    assert wait_for_log(caplog, "timeout=command-deadline")
+
+
 def test_pop3_command_trickled_gets_err(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="postroom.net.session")
     with socket.create_connection(("127.0.0.1", srv.port("pop3"))) as sock:
