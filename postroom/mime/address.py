@@ -213,6 +213,28 @@ def sender_addresses(value: bytes) -> list[Address] | None:
     alignment), or None when the value is longer than `MAX_SENDER_FIELD`: such a value (about a hundred
     addresses) is no sender anyone writes, and these checks run on the event loop, so their work is capped
     (issue 11 rule 1). Callers treat None as "cannot be checked" and refuse or do not sign."""
-    if len(value) > MAX_SENDER_FIELD:
+    if len(value) > MAX_SENDER_FIELD or _ambiguous(value):
         return None
     return [a for a in parse_address_list(value) if a.host is not None]
+
+
+def _ambiguous(value: bytes) -> bool:
+    """Does a list element carry more than its one angle-address (`<alice@x> <bob@y>`, `<alice@x> bob@y`)?
+    RFC 5322 §3.4 allows one; parsers differ on which address such a mailbox is (Python's `email` reads both),
+    so a check that trusts one reading must not pass it (attack on issue 11). Linear, one token pass."""
+    depth = 0
+    closed = False  # this element's angle-address has ended
+    for kind, _ in _tokens(to_str(value)):
+        if kind == "comment":
+            continue
+        if depth == 0 and kind in (",", ";", ":"):
+            closed = False
+            continue
+        if depth == 0 and closed:
+            return True
+        if kind == "<":
+            depth += 1
+        elif kind == ">" and depth > 0:
+            depth -= 1
+            closed = depth == 0
+    return False

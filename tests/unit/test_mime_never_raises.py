@@ -158,3 +158,18 @@ def test_shapes_costly_per_element_are_not_parsed_on_the_loop() -> None:
     assert not pool.inline(digest)
     assert not pool.inline(b"To: " + b"a," * 2000 + b"\r\n\r\nx\r\n")
     assert pool.inline(b"From: a@b.test\r\nTo: c@d.test, e@f.test\r\n\r\nhello\r\n")
+
+
+def test_a_from_mailbox_with_two_addresses_cannot_be_checked() -> None:
+    # Attack on issue 11, F5: "From: <alice@x> <bob@y>" passed the check as alice, while Python's email reads
+    # alice and bob; RFC 5322 §3.4 gives a mailbox one angle-address. Such a value is refused on submission.
+    from postroom.delivery.router import header_sender_fields
+    from postroom.mime.address import sender_addresses
+
+    for bad in (b"<alice@example.test> <bob@example.test>", b"<alice@example.test> bob@example.test",
+                b"Alice <alice@example.test> (c) <bob@example.test>", b"a@x.test, <alice@x.test> <bob@x.test>"):
+        assert sender_addresses(bad) is None, bad
+        assert header_sender_fields(b"From: " + bad + b"\r\n\r\nx\r\n") == [("From", [])]
+    for good in (b"Alice <alice@example.test> (work)", b"<alice@example.test>, Bob <bob@example.test>",
+                 b"team: <a@x.test>, b@x.test;", b'"Al <i> ce" <alice@example.test>'):
+        assert sender_addresses(good), good
