@@ -11,14 +11,17 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size
 from postroom.store.sqlite.engine import Engine, Tx
+
+T = TypeVar("T")
 
 # SQLite's default limit on host parameters is 32766 since 3.32; stay far below it.
 CHUNK = 500
@@ -38,6 +41,26 @@ class Base:
         if path.parent.resolve() != self._blobs.staging.resolve() or path.name in ("", ".", ".."):
             raise Invalid(f"not a file in the staging directory: {path}")
         return path
+
+    @contextlib.asynccontextmanager
+    async def _prefixed(self, path: Path, prefix: bytes) -> AsyncIterator[Path]:
+        """The staged body to store: `path` itself, or a new staging file of `prefix` + `path` (removed on the
+        way out; `path` stays the caller's). For `deliver_file` and `enqueue_file`."""
+        body = await self._engine.io(self._blobs.stage_copy, path, prefix) if prefix else path
+        try:
+            yield body
+        finally:
+            if body != path:
+                body.unlink(missing_ok=True)
+
+    async def _write_with_new_blobs(self, op: Callable[[Tx], T], blob_ids: set[str]) -> T:
+        """Run the write job `op`, whose blobs' files were written before it; if it fails, those files are
+        forgotten (deleted unless a committed row names them), so a failed write leaves no orphan file."""
+        try:
+            return await self._engine.write(op)
+        except Exception:
+            await self._engine.forget_blobs(blob_ids)
+            raise
 
 
 # `FROM mailboxes` (not aliased): `subscribed` is whether the name is in the user's subscriptions (schema invariant 8).

@@ -259,11 +259,7 @@ class MessagesMixin(Base):
                 acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
                 return insert_messages(tx, mbox, [item])[0]
 
-            try:
-                return await self._engine.write(op)
-            except Exception:
-                await self._engine.forget_blobs({blob_id})
-                raise
+            return await self._write_with_new_blobs(op, {blob_id})
         finally:
             path.unlink(missing_ok=True)
 
@@ -272,8 +268,7 @@ class MessagesMixin(Base):
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
-        body = await self._engine.io(self._blobs.stage_copy, path, prefix) if prefix else path
-        try:
+        async with self._prefixed(path, prefix) as body:
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
@@ -290,14 +285,7 @@ class MessagesMixin(Base):
                     results.extend(insert_messages(tx, mbox, [item]))
                 return results
 
-            try:
-                return await self._engine.write(op)
-            except Exception:
-                await self._engine.forget_blobs({blob_id})
-                raise
-        finally:
-            if body != path:
-                body.unlink(missing_ok=True)
+            return await self._write_with_new_blobs(op, {blob_id})
 
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         if not messages:

@@ -128,11 +128,7 @@ class QueueMixin(Base):
         if self._engine.inline(len(raw)):
             return await self._engine.write(op, size=len(raw))  # the job stores the body in its transaction
         await self._engine.write_blobs({blob_id: raw})
-        try:
-            return await self._engine.write(op)
-        except Exception:
-            await self._engine.forget_blobs({blob_id})
-            raise
+        return await self._write_with_new_blobs(op, {blob_id})
 
     async def enqueue_file(
         self,
@@ -147,8 +143,7 @@ class QueueMixin(Base):
     ) -> QueueEntry:
         rcpts, ret = _check_entry(recipients, ret)
         path = self._check_staged(path)
-        body = await self._engine.io(self._blobs.stage_copy, path, prefix) if prefix else path
-        try:
+        async with self._prefixed(path, prefix) as body:
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
@@ -156,14 +151,7 @@ class QueueMixin(Base):
             blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
             op = _enqueue_op(blob_id, size, b"", body, mail_from, envid, ret, self._clock(), rcpts, from_checked,
                              crlf)
-            try:
-                return await self._engine.write(op)
-            except Exception:
-                await self._engine.forget_blobs({blob_id})
-                raise
-        finally:
-            if body != path:
-                body.unlink(missing_ok=True)
+            return await self._write_with_new_blobs(op, {blob_id})
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None:
         def q(conn: sqlite3.Connection) -> QueueEntry | None:
