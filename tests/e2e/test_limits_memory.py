@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serve_support import start_serve
 
 from postroom.auth.passwords import make_credentials
 from postroom.store import open_store
@@ -93,20 +91,8 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
                                                       "http"))
                     + f"[limits]\nmessage_size = {LIMIT}\nliteral_size = {LIMIT}\nconnections_per_ip = 1000\n"
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's code
-    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--log-level",
-                             "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    text = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "Stop with" not in text:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        text += line
-    ports = {name: int(port) for name, port in re.findall(r"^\s+(smtp|imap)\s+127\.0\.0\.1:(\d+)", text, re.M)}
+    proc, ports = start_serve(conf)
     try:
-        assert set(ports) == {"smtp", "imap"}, text
         yield Served(proc, ports)
     finally:
         proc.kill()

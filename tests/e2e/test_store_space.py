@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import imaplib
 import os
-import re
 import shutil
 import signal
 import smtplib
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 from imap_support import wire_imap
+from serve_support import start_serve
 
 USER = "full@example.org"
 PW = "disk-full-password"
@@ -121,23 +121,8 @@ def test_smtp_and_append_answer_a_full_disk_with_its_own_codes(srv: Any, tiny_di
 
 
 def _serve(conf: Path) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's code
-    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--log-level",
-                             "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    text = ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "Stop with" not in text:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        text += line
-    m = re.search(r"^\s+imap\s+127\.0\.0\.1:(\d+)", text, re.M)
-    if m is None:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"no banner: {text!r}")
-    return proc, int(m.group(1))
+    proc, ports = start_serve(conf)
+    return proc, ports["imap"]
 
 
 def _half_append(port: int, size: int) -> socket.socket:
