@@ -502,8 +502,8 @@ class Router:
     # --- the door ------------------------------------------------------------------------------------------------
     async def accept(self, env: Envelope) -> Accepted:
         """Deliver, queue or hold for every recipient; return once all of it is durable (invariant 1)."""
-        if received_count(env.head() if env.staged is None else await asyncio.to_thread(env.head)) \
-                > self.config.smtp.max_received:
+        head = env.raw if env.staged is None else await asyncio.to_thread(env.head)  # a file read: off the loop
+        if received_count(head) > self.config.smtp.max_received:
             raise LOOP  # invariant 5
         if stray(env.raw) is not None or (env.staged is not None
                                           and await asyncio.to_thread(file_stray, env.staged) is not None):
