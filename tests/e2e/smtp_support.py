@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import smtplib
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -35,3 +36,13 @@ def smtps_dialogue(server: Any, listener: str = "submissions",
 
         reply()
         yield s, reply
+
+
+def submission_login(server: Any, user: str, password: str) -> smtplib.SMTP:
+    """smtplib on the `submission` listener: EHLO, STARTTLS (RFC 3207), EHLO again, AUTH as `user`."""
+    c = smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10)
+    c.ehlo("laptop")
+    c.starttls(context=server.tls_client_context())
+    c.ehlo("laptop")
+    c.login(user, password)
+    return c

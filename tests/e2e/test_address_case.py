@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from outbound_support import SmtpPeer
+from smtp_support import submission_login
 
 from postroom.store.api import ListPolicy
 
@@ -70,12 +71,7 @@ def srv(server: Any) -> Any:
 
 
 def submission(srv: Any) -> smtplib.SMTP:
-    c = smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=10)
-    c.ehlo("laptop")
-    c.starttls(context=srv.tls_client_context())
-    c.ehlo("laptop")
-    c.login("alice@example.test", PW)
-    return c
+    return submission_login(srv, "alice@example.test", PW)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:

@@ -9,7 +9,7 @@ import smtplib
 from typing import Any
 
 import pytest
-from smtp_support import smtps_dialogue
+from smtp_support import smtps_dialogue, submission_login
 
 from postroom.store.api import ListPolicy
 
@@ -27,12 +27,7 @@ def srv(server: Any) -> Any:
 
 
 def submit(srv: Any) -> smtplib.SMTP:
-    c = smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=10)
-    c.ehlo("laptop")
-    c.starttls(context=srv.tls_client_context())
-    c.ehlo("laptop")
-    c.login("alice@example.test", PW)
-    return c
+    return submission_login(srv, "alice@example.test", PW)
 
 
 def nothing_stored(srv: Any) -> None:
