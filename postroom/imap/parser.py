@@ -173,8 +173,8 @@ class IdArgs:
     params: tuple[tuple[str, str | None], ...] | None
 
 
-Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs | SearchArgs
-        | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
+Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
 
 
 @dataclass(frozen=True, slots=True)

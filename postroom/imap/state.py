@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from postroom.store import names
@@ -74,6 +74,53 @@ def uid_ranges(items: Iterable[int | tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((lo, hi))
     return out
+
+
+def in_ranges(ranges: Sequence[tuple[int, int]]) -> Callable[[int], bool]:
+    """A membership test for sorted, merged ranges (`uid_ranges`): one bisection per number."""
+    starts = [lo for lo, _ in ranges]
+
+    def inside(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ranges[i][1]
+
+    return inside
+
+
+def missing_ranges(ranges: Sequence[tuple[int, int]], present: Sequence[int]) -> list[tuple[int, int]]:
+    """The numbers of sorted, merged `ranges` that are not in `present` (ascending), as ranges: the QRESYNC
+    fallback's "every UID asked about that is not in the mailbox" (RFC 7162 §3.2.5.2, §3.2.6). Work: the
+    ranges plus the present UIDs inside them."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        start = lo
+        i = bisect.bisect_left(present, lo)
+        while i < len(present) and present[i] <= hi:
+            if present[i] > start:
+                out.append((start, present[i] - 1))
+            start = present[i] + 1
+            i += 1
+        if start <= hi:
+            out.append((start, hi))
+    return out
+
+
+def seq_match_floor(seqs: Sequence[tuple[int, int]], uids: Sequence[tuple[int, int]], view: Sequence[int]) -> int:
+    """RFC 7162 §3.2.5.2 seq-match-data: the client's (message number, UID) pairs, in order, checked against
+    `view` until the first that does not match; the UID of the last matching one (0 if none). The client knows
+    of every expunge up to it, so the fallback reports none at or below it. At most len(view) + 1 pairs are
+    looked at, however large the sets."""
+
+    def each(ranges: Sequence[tuple[int, int]]) -> Iterator[int]:
+        for lo, hi in ranges:
+            yield from range(lo, hi + 1)
+
+    floor = 0
+    for seq, uid in zip(each(seqs), each(uids)):
+        if not 1 <= seq <= len(view) or view[seq - 1] != uid:
+            break
+        floor = uid
+    return floor
 
 
 def vanished_lines(items: Iterable[int | tuple[int, int]], earlier: bool = False) -> list[bytes]:
