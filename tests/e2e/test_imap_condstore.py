@@ -334,3 +334,22 @@ def test_imapclient_condstore(imap: Any) -> None:
     assert c.search(["MODSEQ", str(m + 1)]) == [3]
     assert c.folder_status("INBOX", [b"HIGHESTMODSEQ"]) == {b"HIGHESTMODSEQ": m + 1}
     c.logout()
+
+
+def test_server_prunes_past_the_configured_retention(imap: Any) -> None:
+    """The running server forgets expunged UIDs older than imap.expunged_retention_days (30 by default)."""
+    fill(imap, ADDR, PW, 3)
+    _, hms, _ = _cache(imap)
+    b = raw(imap)
+    b.cmd("a SELECT INBOX")
+    b.cmd("b STORE 2 +FLAGS.SILENT (\\Deleted)")
+    b.cmd("c EXPUNGE")
+    retention = imap.postroom.retention
+    assert retention is not None and retention.days == imap.config.imap.expunged_retention_days == 30
+    retention.clock = lambda: time.time() + 29 * 86400
+    assert imap.run(retention.run_once()) == 0
+    retention.clock = lambda: time.time() + 31 * 86400
+    assert imap.run(retention.run_once()) == 1
+    user = imap.run(imap.store.get_user(ADDR))
+    box = imap.run(imap.store.get_mailbox(user.id, "INBOX"))
+    assert not imap.run(imap.store.vanished(box.id, hms)).complete

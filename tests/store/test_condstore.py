@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -180,5 +181,33 @@ async def test_migration_to_8_dates_the_record_and_keeps_it_complete(tmp_path: P
         await store.store_flags(box.id, [4], StoreMode.ADD, Flag.DELETED)
         await store.expunge(box.id)
         assert list((await store.vanished(box.id, 0)).uids) == [2, 3, 4]
+    finally:
+        await store.close()
+
+
+async def test_retention_forgets_what_is_older_than_its_days(tmp_path: Path) -> None:
+    """`postroom serve`'s pruning task (store/retention.py) keeps `imap.expunged_retention_days` of records."""
+    from postroom.store.retention import DAY, ExpungedRetention
+
+    now = [1_000_000.0]
+    store = SQLiteStore(tmp_path / "r.db", tmp_path / "blobs", clock=lambda: now[0])
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        await store.append_many(box.id, [msg(i) for i in range(1, 4)])
+        await store.store_flags(box.id, [1, 2], StoreMode.ADD, Flag.DELETED)
+        await store.expunge(box.id)
+        retention = ExpungedRetention(store, days=30, clock=lambda: now[0])
+        now[0] += 29 * DAY
+        assert await retention.run_once() == 0  # a client syncing weekly still gets exact answers
+        assert (await store.vanished(box.id, 0)).complete
+        now[0] += 2 * DAY
+        assert await retention.run_once() == 2
+        assert not (await store.vanished(box.id, 0)).complete
+        retention.interval = 0.01
+        retention.start()  # the loop of the server: runs now, then every interval, until stopped
+        await asyncio.sleep(0.05)
+        await retention.stop()
+        await retention.stop()  # idempotent
     finally:
         await store.close()
