@@ -113,7 +113,7 @@ def test_unchangedsince_and_modified(imap: Any) -> None:
     b.cmd("t STORE 7 +FLAGS.SILENT (\\Flagged)")  # m + 1
     b.cmd("u STORE 9 +FLAGS.SILENT (\\Deleted)")  # m + 2
     b.cmd("v EXPUNGE")  # m + 3
-    assert a.cmd("d105 STORE 7,5,9 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Deleted)" % m) == [
+    assert a.cmd(f"d105 STORE 7,5,9 (UNCHANGEDSINCE {m}) +FLAGS.SILENT (\\Deleted)") == [
         b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % m,  # an enabling command: what this session has seen (§3.1)
         b"* 5 FETCH (MODSEQ (%d))\r\n" % (m + 4),
         b"* 7 FETCH (FLAGS (\\Flagged) UID 7 MODSEQ (%d))\r\n" % (m + 1),
@@ -124,7 +124,7 @@ def test_unchangedsince_and_modified(imap: Any) -> None:
     # UID STORE names UIDs; UNCHANGEDSINCE 0 always fails (RFC 7162 §3.1.3, example 11)
     assert a.cmd("a102 UID STORE 10 (UNCHANGEDSINCE 0) +FLAGS.SILENT ($MDNSent)") == [
         b"a102 OK [MODIFIED 10] STORE completed\r\n"]
-    assert a.cmd("a103 UID STORE 8,10 (UNCHANGEDSINCE %d) FLAGS ($MDNSent)" % (m + 4)) == [
+    assert a.cmd(f"a103 UID STORE 8,10 (UNCHANGEDSINCE {m + 4}) FLAGS ($MDNSent)") == [
         b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $MDNSent)\r\n",
         b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $MDNSent \\*)] Flags permitted\r\n",
         b"* 8 FETCH (FLAGS ($MDNSent) UID 8 MODSEQ (%d))\r\n" % (m + 5),
@@ -139,13 +139,13 @@ def test_fetch_changedsince(imap: Any) -> None:
     r.cmd("s SELECT INBOX (CONDSTORE)")
     r.cmd("t STORE 4,2 +FLAGS.SILENT (\\Seen)")
     # RFC 7162 §3.1.4.1: only messages changed after m, MODSEQ added to the items
-    assert r.cmd("s100 FETCH 1:* (UID FLAGS) (CHANGEDSINCE %d)" % m) == [
+    assert r.cmd(f"s100 FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m})") == [
         b"* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ (%d))\r\n" % (m + 1),
         b"* 4 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (%d))\r\n" % (m + 2),
         b"s100 OK FETCH completed\r\n"]
-    assert r.cmd("s101 UID FETCH 3:* (FLAGS) (CHANGEDSINCE %d)" % (m + 1)) == [
+    assert r.cmd(f"s101 UID FETCH 3:* (FLAGS) (CHANGEDSINCE {m + 1})") == [
         b"* 4 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (%d))\r\n" % (m + 2), b"s101 OK FETCH completed\r\n"]
-    assert r.cmd("s102 FETCH 1:3 (FLAGS) (CHANGEDSINCE %d)" % (m + 2)) == [b"s102 OK FETCH completed\r\n"]
+    assert r.cmd(f"s102 FETCH 1:3 (FLAGS) (CHANGEDSINCE {m + 2})") == [b"s102 OK FETCH completed\r\n"]
     assert r.cmd("s103 FETCH 7 (FLAGS) (CHANGEDSINCE 1)")[-1].startswith(b"s103 BAD")  # beyond EXISTS
     # VANISHED: UID FETCH only, and only after ENABLE QRESYNC (§3.2.6, §3.2.3)
     assert r.cmd("s104 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")[-1].startswith(b"s104 BAD")
@@ -159,14 +159,14 @@ def test_search_modseq(imap: Any) -> None:
     r.cmd("s SELECT INBOX (CONDSTORE)")
     r.cmd("t STORE 2 +FLAGS.SILENT (\\Draft)")
     r.cmd("u STORE 5 +FLAGS.SILENT (\\Flagged)")
-    assert r.cmd("a SEARCH MODSEQ %d" % (m + 1)) == [b"* SEARCH 2 5 (MODSEQ %d)\r\n" % (m + 2),
+    assert r.cmd(f"a SEARCH MODSEQ {m + 1}") == [b"* SEARCH 2 5 (MODSEQ %d)\r\n" % (m + 2),
                                                      b"a OK SEARCH completed\r\n"]
-    assert r.cmd('b SEARCH MODSEQ "/flags/\\\\draft" all %d' % (m + 1)) == [
+    assert r.cmd(f'b SEARCH MODSEQ "/flags/\\\\draft" all {m + 1}') == [
         b"* SEARCH 2 5 (MODSEQ %d)\r\n" % (m + 2), b"b OK SEARCH completed\r\n"]
-    assert r.cmd("c SEARCH MODSEQ %d" % (m + 3)) == [b"* SEARCH\r\n", b"c OK SEARCH completed\r\n"]  # none
-    assert r.cmd("d UID SEARCH RETURN (MIN) MODSEQ %d" % (m + 1)) == [
+    assert r.cmd(f"c SEARCH MODSEQ {m + 3}") == [b"* SEARCH\r\n", b"c OK SEARCH completed\r\n"]  # none
+    assert r.cmd(f"d UID SEARCH RETURN (MIN) MODSEQ {m + 1}") == [
         b'* ESEARCH (TAG "d") UID MIN 2 MODSEQ %d\r\n' % (m + 1), b"d OK SEARCH completed\r\n"]
-    assert r.cmd("e SEARCH RETURN (COUNT) OR MODSEQ %d SEEN" % (m + 1)) == [
+    assert r.cmd(f"e SEARCH RETURN (COUNT) OR MODSEQ {m + 1} SEEN") == [
         b'* ESEARCH (TAG "e") COUNT 2 MODSEQ %d\r\n' % (m + 2), b"e OK SEARCH completed\r\n"]
     assert r.cmd("f SEARCH UNSEEN MODSEQ 1") == [b"* SEARCH 1 2 3 4 5 (MODSEQ %d)\r\n" % (m + 2),
                                                  b"f OK SEARCH completed\r\n"]
@@ -207,7 +207,7 @@ def test_qresync_resynchronisation(imap: Any) -> None:
     assert uids == list(range(1, 11))
     _client_b_changes(imap)
     a = raw(imap, "QRESYNC")
-    lines = a.cmd("r1 SELECT INBOX (QRESYNC (%d %d 1:10))" % (uv, hms))
+    lines = a.cmd(f"r1 SELECT INBOX (QRESYNC ({uv} {hms} 1:10))")
     # Exactly: the expunged known UIDs, then the changed known messages (RFC 7162 §3.2.5.1); nothing else.
     # UID 11 is not among the known UIDs: it is learnt from EXISTS / UIDNEXT (the client fetches it itself).
     assert _resync_lines(lines) == [
@@ -218,7 +218,7 @@ def test_qresync_resynchronisation(imap: Any) -> None:
     assert b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % (hms + 7) in lines
     assert lines[-1] == b"r1 OK [READ-WRITE] SELECT completed\r\n"
     # Without known UIDs the server takes 1:UIDNEXT-1: the new message is fetched too
-    lines = a.cmd("r2 SELECT INBOX (QRESYNC (%d %d))" % (uv, hms))
+    lines = a.cmd(f"r2 SELECT INBOX (QRESYNC ({uv} {hms}))")
     assert lines[0] == b"* OK [CLOSED] Previous mailbox closed\r\n"
     assert _resync_lines(lines) == [
         b"* VANISHED (EARLIER) 3,7\r\n",
@@ -226,10 +226,10 @@ def test_qresync_resynchronisation(imap: Any) -> None:
         b"* 4 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % (hms + 2),
         b"* 9 FETCH (UID 11 FLAGS () MODSEQ (%d))\r\n" % (hms + 7)]
     # A client up to date is told nothing; a UIDVALIDITY that differs means a plain SELECT (§3.2.5)
-    assert _resync_lines(a.cmd("r3 EXAMINE INBOX (QRESYNC (%d %d 1:11))" % (uv, hms + 7))) == []
-    assert _resync_lines(a.cmd("r4 SELECT INBOX (QRESYNC (%d %d 1:10))" % (uv + 1, hms))) == []
+    assert _resync_lines(a.cmd(f"r3 EXAMINE INBOX (QRESYNC ({uv} {hms + 7} 1:11))")) == []
+    assert _resync_lines(a.cmd(f"r4 SELECT INBOX (QRESYNC ({uv + 1} {hms} 1:10))")) == []
     # The same with UID FETCH (CHANGEDSINCE n VANISHED): VANISHED (EARLIER) before the FETCHes (§3.2.6)
-    assert a.cmd("r5 UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % hms) == [
+    assert a.cmd(f"r5 UID FETCH 1:* (FLAGS) (CHANGEDSINCE {hms} VANISHED)") == [
         b"* VANISHED (EARLIER) 3,7\r\n",
         b"* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % (hms + 1),
         b"* 4 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % (hms + 2),
@@ -237,7 +237,7 @@ def test_qresync_resynchronisation(imap: Any) -> None:
         b"r5 OK FETCH completed\r\n"]
     # QRESYNC parameters without ENABLE QRESYNC are BAD (§3.2.3)
     plain = raw(imap)
-    assert plain.cmd("p SELECT INBOX (QRESYNC (%d %d))" % (uv, hms))[-1].startswith(b"p BAD")
+    assert plain.cmd(f"p SELECT INBOX (QRESYNC ({uv} {hms}))")[-1].startswith(b"p BAD")
 
 
 def test_qresync_after_the_record_was_pruned(imap: Any) -> None:
@@ -248,21 +248,21 @@ def test_qresync_after_the_record_was_pruned(imap: Any) -> None:
     _client_b_changes(imap)
     assert imap.run(imap.store.prune_expunged(time.time() + 1)) == 2
     a = raw(imap, "QRESYNC")
-    lines = a.cmd("r1 SELECT INBOX (QRESYNC (%d %d 1:10))" % (uv, hms))
+    lines = a.cmd(f"r1 SELECT INBOX (QRESYNC ({uv} {hms} 1:10))")
     assert _resync_lines(lines) == [
         b"* VANISHED (EARLIER) 3,7\r\n",
         b"* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % (hms + 1),
         b"* 4 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % (hms + 2)]
     # seq-match-data: message 4 still being UID 4 means the client knew of every expunge up to 4 (§3.2.5.2)
-    lines = a.cmd("r2 SELECT INBOX (QRESYNC (%d %d 1:10 (1,2,4 1,2,4)))" % (uv, hms))
+    lines = a.cmd(f"r2 SELECT INBOX (QRESYNC ({uv} {hms} 1:10 (1,2,4 1,2,4)))")
     assert _resync_lines(lines)[0] == b"* VANISHED (EARLIER) 3,7\r\n"  # message 3 is UID 4 now: no match
-    lines = a.cmd("r3 SELECT INBOX (QRESYNC (%d %d 1:10 (1:3 1,2,4)))" % (uv, hms))
+    lines = a.cmd(f"r3 SELECT INBOX (QRESYNC ({uv} {hms} 1:10 (1:3 1,2,4)))")
     assert _resync_lines(lines)[0] == b"* VANISHED (EARLIER) 7\r\n"  # (3, 4) matches: nothing up to 4
     # UID FETCH VANISHED falls back the same way, over the UIDs asked for
-    assert a.cmd("r4 UID FETCH 1:10 (FLAGS) (CHANGEDSINCE %d VANISHED)" % hms)[0] == (
+    assert a.cmd(f"r4 UID FETCH 1:10 (FLAGS) (CHANGEDSINCE {hms} VANISHED)")[0] == (
         b"* VANISHED (EARLIER) 3,7\r\n")
     # a client whose MODSEQ is newer than what was pruned still gets the exact answer
-    assert _resync_lines(a.cmd("r5 SELECT INBOX (QRESYNC (%d %d))" % (uv, hms + 6))) == [
+    assert _resync_lines(a.cmd(f"r5 SELECT INBOX (QRESYNC ({uv} {hms + 6}))")) == [
         b"* 9 FETCH (UID 11 FLAGS () MODSEQ (%d))\r\n" % (hms + 7)]
 
 
@@ -310,7 +310,7 @@ def test_imaplib_qresync_resync(imap: Any) -> None:
     c = imaplib.IMAP4("127.0.0.1", imap.port("imap"), timeout=10)
     c.login(ADDR, PW)
     assert c._simple_command("ENABLE", "QRESYNC")[0] == "OK"
-    typ, _ = c.select("INBOX (QRESYNC (%d %d 1:10))" % (uv, hms))
+    typ, _ = c.select(f"INBOX (QRESYNC ({uv} {hms} 1:10))")
     assert typ == "OK"
     assert c.untagged_responses["VANISHED"] == [b"(EARLIER) 3,7"]
     assert c.untagged_responses["FETCH"] == [b"2 (UID 2 FLAGS (\\Flagged) MODSEQ (%d))" % (hms + 1),
@@ -329,7 +329,7 @@ def test_imapclient_condstore(imap: Any) -> None:
     info = c.select_folder("INBOX")
     assert info[b"HIGHESTMODSEQ"] == m
     c.add_flags([3], [b"$Done"])
-    got = c.fetch([1, 2, 3, 4], ["FLAGS"], modifiers=["CHANGEDSINCE %d" % m])
+    got = c.fetch([1, 2, 3, 4], ["FLAGS"], modifiers=[f"CHANGEDSINCE {m}"])
     assert got == {3: {b"FLAGS": (b"\\Recent", b"$Done"), b"MODSEQ": (m + 1,), b"SEQ": 3}}
     assert c.search(["MODSEQ", str(m + 1)]) == [3]
     assert c.folder_status("INBOX", [b"HIGHESTMODSEQ"]) == {b"HIGHESTMODSEQ": m + 1}
