@@ -54,7 +54,7 @@ from postroom.mime import pool
 from postroom.mime.cte import UnknownCTE
 from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
-from postroom.store.api import Flag, MessageInfo, NotFound, StoreError, StoreMode
+from postroom.store.api import Flag, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
 
 from . import encoder
 from . import parser as P
@@ -227,21 +227,26 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     return out
 
 
-async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
-    """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE), from
-    one columnar listing per run (`list_columns`): no object per message. True if a message named was
-    expunged meanwhile."""
+async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
+                      listed: MessageColumns | None = None) -> bool:
+    """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ),
+    from one columnar listing per run (`list_columns`), or from `listed` when the caller has the rows already
+    (CHANGEDSINCE: `uids` are among them): no object per message. True if a message named was expunged
+    meanwhile."""
     sel = sel_of(s)
     view = sel.uids
     recent = sel.is_recent
     found = 0
-    for first, last in runs(view, uids):
-        cols = await s.store.list_columns(sel.id, first, last)
-        found += len(cols)
+    wanted = None if listed is None else set(uids)
+    for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
+        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last)
+        found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
         lines: list[bytes] = []
         for i, uid in enumerate(cols.uids):
+            if wanted is not None and uid not in wanted:
+                continue
             while j < len(view) and view[j] < uid:
                 j += 1
             if j == len(view) or view[j] != uid:
@@ -281,9 +286,9 @@ async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> Non
     await light_fetch(s, uids, atts)
 
 
-async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> list[int]:
-    """FETCH (CHANGEDSINCE n [VANISHED]): the announced UIDs of the set changed after n, ascending; with
-    VANISHED, the removals are reported first (module doc). Store work proportional to the changes."""
+async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> tuple[list[int], MessageColumns | None]:
+    """FETCH (CHANGEDSINCE n [VANISHED]): the announced UIDs of the set changed after n, ascending, and their
+    rows; with VANISHED, the removals are reported first (module doc). Store work proportional to the changes."""
     assert a.changedsince is not None
     sel = sel_of(s)
     if a.vanished:
@@ -292,9 +297,9 @@ async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> list[int]:
     inside = member(s, a.seqset, uid_cmd)  # BAD for a message number beyond EXISTS (messages invariant 2)
     view = sel.uids
     if not view:
-        return []
+        return [], None
     cols = await s.store.list_changed(sel.id, a.changedsince, view[0], view[-1])
-    return [u for u in cols.uids if sel.msn(u) and inside(u)]
+    return [u for u in cols.uids if sel.msn(u) and inside(u)], cols
 
 
 async def vanished_earlier(s: Session, seqset: P.SeqSet, since: int) -> None:
@@ -347,8 +352,9 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     if cmd.uid and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
+    listed = None
     if a.changedsince is not None:
-        uids = await changed_uids(s, a, cmd.uid)
+        uids, listed = await changed_uids(s, a, cmd.uid)
     else:
         uids = resolve(s, a.seqset, cmd.uid)
     names = {t.name for t in atts}
@@ -358,7 +364,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     sets_seen = not sel.readonly and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
     if names <= _LIGHT:
-        if await light_fetch(s, uids, atts):
+        if await light_fetch(s, uids, atts, listed):
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)
