@@ -30,6 +30,9 @@ Invariants every engine keeps:
    mailbox has not had adds it and returns (and publishes) a `MAILBOX_KEYWORDS` change after the message
    changes of the same write. At most `names.MAX_MAILBOX_KEYWORDS` per mailbox: a write that would bring more
    is Invalid (and changes nothing).
+10. **Removals are remembered until pruned.** Every message leaving a mailbox (expunge, move, INBOX rename) is
+   answered by `vanished` with its UID for any MODSEQ below its removal, until `prune_expunged` forgets it; from
+   then on `vanished` says it is not complete for such a MODSEQ, never silently leaves a UID out.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
