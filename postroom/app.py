@@ -39,6 +39,7 @@ from .pop3.session import pop3_handler
 from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Store
+from .store.retention import ExpungedRetention
 from .web.app import create_app
 from .web.server import HttpServer, serve_http
 
@@ -94,6 +95,7 @@ class Postroom:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
+    retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
 
     async def start(self) -> None:
         cfg = self.config
@@ -107,6 +109,8 @@ class Postroom:
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
+        self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
+        self.retention.start()
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
             if self.queue is not None:
@@ -162,6 +166,8 @@ class Postroom:
             await self.http.stop()
         if self.queue is not None:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
+        if self.retention is not None:
+            await self.retention.stop()
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (mime/pool.py invariant 4)

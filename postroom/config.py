@@ -105,6 +105,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class IMAPConfig:
+    # QRESYNC (RFC 7162 §3.2.5): how long the UIDs of expunged messages are remembered, so a client that comes
+    # back within this time is told exactly which of its messages went; after it, the RFC's fallback answers.
+    expunged_retention_days: int = 30
+
+
+@dataclass(frozen=True)
 class POP3Config:
     login_delay_seconds: int = 0  # RFC 2449 §6.8 LOGIN-DELAY: 0 = no delay (not advertised); else enforced
     expire: str = ""  # RFC 2449 §6.7 EXPIRE: "" = not advertised, "never", or "0" (retrieved mail deleted at QUIT)
@@ -149,6 +156,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -321,6 +329,8 @@ def _validate(cfg: Config, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: smtp.relay_networks[{i}]: {net!r} is not an address or network "
                               f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    if cfg.imap.expunged_retention_days < 1:
+        raise ConfigError(f"{where}: imap.expunged_retention_days must be at least 1")
     for name in ("max_failures_per_ip", "max_failures_per_user"):
         if getattr(cfg.auth, name) < 1:
             raise ConfigError(f"{where}: auth.{name} must be at least 1")
@@ -451,6 +461,9 @@ min_data_rate = 500                # bytes/s a DATA/BDAT body or IMAP literal mu
 data_rate_grace_seconds = 10
 mime_depth = 50
 mime_parts = 5000
+
+[imap]
+expunged_retention_days = 30       # QRESYNC: days the UIDs of expunged messages are kept for resyncing clients
 
 [pop3]
 login_delay_seconds = 0            # RFC 2449 LOGIN-DELAY: minimum seconds between logins of a user; 0: none

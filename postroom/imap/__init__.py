@@ -13,5 +13,10 @@ Layers, from the wire up:
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
 
+CONDSTORE and QRESYNC (RFC 7162) are not a family of their own: they modify SELECT/EXAMINE (`mailboxes`), FETCH
+(`fetch`), STORE and the expunging commands (`messages`), SEARCH (`search`), STATUS and ENABLE; what a session
+has enabled lives in `session.Session` and `state.Selected`, and every EXPUNGE / VANISHED is written by
+`Selected.expunged`.
+
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.
 """

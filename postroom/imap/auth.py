@@ -138,6 +138,13 @@ async def enable(s: Session, cmd: P.Command) -> Result:
         if cap == "IMAP4REV2" and not s.rev2:  # RFC 9051 §6.3.1; unknown names are ignored (RFC 5161 §3.1)
             s.rev2 = True
             enabled.append("IMAP4rev2")
+        elif cap == "CONDSTORE" and not s.condstore:  # RFC 7162 §3.1: an enabling command
+            s.enable_condstore()
+            enabled.append("CONDSTORE")
+        elif cap == "QRESYNC" and not s.qresync:  # RFC 7162 §3.2.3: implies CONDSTORE
+            s.enable_condstore()
+            s.qresync = True
+            enabled.append("QRESYNC")
     s.write(b"* ENABLED" + b"".join(b" " + c.encode() for c in enabled) + b"\r\n")
     return "", "ENABLE completed"
 

@@ -13,7 +13,17 @@ A message stored without metadata (imported before it was computed), or with met
 upgraded once: a store written by an older Postroom needs no migration step and answers right at once.
 
 Non-PEEK body items set \\Seen (RFC 9051 §6.4.5) before the responses are built, with one `store_flags`
-call for all of them; their FETCH then carries FLAGS even when not asked for.
+call for all of them; their FETCH then carries FLAGS even when not asked for (and MODSEQ, and with QRESYNC UID,
+once CONDSTORE is enabled: RFC 7162 §3.1, §3.2.4).
+
+CONDSTORE and QRESYNC (RFC 7162 §3.1.4, §3.2.6): the MODSEQ item comes from the message rows like FLAGS. With
+(CHANGEDSINCE n), the messages are those the store finds changed after n through its (mailbox, MODSEQ) index
+(`Store.list_changed`), tested against the sequence set without listing it (`messages.member`); MODSEQ is
+added to the items. With VANISHED (UID FETCH only, after ENABLE QRESYNC), expunges this session still holds are
+reported first (plain VANISHED), then `VANISHED (EARLIER)` names the UIDs of the set removed after n
+(`Store.vanished`), before any FETCH. When the store no longer has the record of removals that old (pruned,
+`imap.expunged_retention_days`), the fallback of RFC 7162 §3.2.6 is used: every UID of the set, up to UIDNEXT-1,
+that is not in the mailbox (a superset; the client ignores UIDs it never had).
 
 Invariants
 1. One store query per run of the sequence set for the message records; bodies and metadata only when an
@@ -44,12 +54,13 @@ from postroom.mime import pool
 from postroom.mime.cte import UnknownCTE
 from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
-from postroom.store.api import Flag, MessageInfo, NotFound, StoreError, StoreMode
+from postroom.store.api import Flag, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
 
 from . import encoder
 from . import parser as P
-from .messages import resolve, sel_of
-from .session import ONLY_SELECTED, No, Result, Session, command
+from .messages import member, resolve, sel_of
+from .session import ONLY_SELECTED, Bad, No, Result, Session, command
+from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
                 "RFC822.TEXT"}
@@ -59,7 +70,8 @@ _HEADER = Section((), "HEADER")
 _TEXT = Section((), "TEXT")
 _WHOLE = Section()
 
-_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
+_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}  # items the message rows answer alone
+UID_MAX = 0xFFFFFFFF  # "*" in VANISHED's UID set: every UID the client may have known
 META_BATCH = 1000  # messages whose metadata is read in one store call
 log = logging.getLogger("postroom.imap")
 PARSE_SLICE = 1024 * 1024  # bytes of stored metadata parsed (JSON) between two yields to the event loop
@@ -215,21 +227,26 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     return out
 
 
-async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
-    """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE), from
-    one columnar listing per run (`list_columns`): no object per message. True if a message named was
-    expunged meanwhile."""
+async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
+                      listed: MessageColumns | None = None) -> bool:
+    """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ),
+    from one columnar listing per run (`list_columns`), or from `listed` when the caller has the rows already
+    (CHANGEDSINCE: `uids` are among them): no object per message. True if a message named was expunged
+    meanwhile."""
     sel = sel_of(s)
     view = sel.uids
     recent = sel.is_recent
     found = 0
-    for first, last in runs(view, uids):
-        cols = await s.store.list_columns(sel.id, first, last)
-        found += len(cols)
+    wanted = None if listed is None else set(uids)
+    for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
+        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last)
+        found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
         lines: list[bytes] = []
         for i, uid in enumerate(cols.uids):
+            if wanted is not None and uid not in wanted:
+                continue
             while j < len(view) and view[j] < uid:
                 j += 1
             if j == len(view) or view[j] != uid:
@@ -246,6 +263,8 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -
                     items.append(b"FLAGS " + encoder.flag_list(flags[i], kws, recent(uid)))
                 elif name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
+                elif name == "MODSEQ":  # RFC 7162 §3.1.4.2
+                    items.append(b"MODSEQ (%d)" % cols.modseqs[i])
                 else:  # RFC822.SIZE
                     items.append(b"RFC822.SIZE %d" % cols.sizes[i])
             lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))
@@ -259,9 +278,47 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -
 
 
 async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> None:
-    """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs)."""
+    """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs); with MODSEQ once
+    CONDSTORE is enabled (RFC 7162 §3.1)."""
     atts = [P.FetchAtt("FLAGS"), P.FetchAtt("UID")] if with_uid else [P.FetchAtt("FLAGS")]
+    if sel_of(s).condstore:
+        atts.append(P.FetchAtt("MODSEQ"))
     await light_fetch(s, uids, atts)
+
+
+async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> tuple[list[int], MessageColumns | None]:
+    """FETCH (CHANGEDSINCE n [VANISHED]): the announced UIDs of the set changed after n, ascending, and their
+    rows; with VANISHED, the removals are reported first (module doc). Store work proportional to the changes."""
+    assert a.changedsince is not None
+    sel = sel_of(s)
+    if a.vanished:
+        await s.notify(allow_expunge=True)  # held expunges as plain VANISHED first (a UID command may)
+        await vanished_earlier(s, a.seqset, a.changedsince)
+    inside = member(s, a.seqset, uid_cmd)  # BAD for a message number beyond EXISTS (messages invariant 2)
+    view = sel.uids
+    if not view:
+        return [], None
+    cols = await s.store.list_changed(sel.id, a.changedsince, view[0], view[-1])
+    return [u for u in cols.uids if sel.msn(u) and inside(u)], cols
+
+
+async def vanished_earlier(s: Session, seqset: P.SeqSet, since: int) -> None:
+    """`* VANISHED (EARLIER)` for the UIDs of `seqset` removed after MODSEQ `since` (RFC 7162 §3.2.6), or the
+    fallback when the store's record of removals does not reach back that far (module doc)."""
+    sel = sel_of(s)
+    v = await s.store.vanished(sel.id, since)
+    if v.complete:
+        inside = member(s, seqset, True, star=UID_MAX)
+        s.write(*vanished_lines((u for u in v.uids if inside(u) and not sel.msn(u)), earlier=True))
+        return
+    if seqset.saved:
+        asked = uid_ranges(sel.saved)
+    else:
+        asked = uid_ranges((min(lo, hi), max(lo, hi)) for lo, hi in (
+            (UID_MAX if lo == P.STAR else lo, UID_MAX if hi == P.STAR else hi) for lo, hi in seqset.ranges))
+    top = v.uidnext - 1
+    asked = [(lo, min(hi, top)) for lo, hi in asked if lo <= top]
+    s.write(*vanished_lines(missing_ranges(asked, sel.uids), earlier=True))
 
 
 def _label(att: P.FetchAtt) -> bytes:
@@ -283,10 +340,23 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.FetchArgs)
     sel = sel_of(s)
-    uids = resolve(s, a.seqset, cmd.uid)
+    if a.vanished:
+        if not cmd.uid:
+            raise Bad("VANISHED is only allowed with UID FETCH")  # RFC 7162 §3.2.6
+        if not s.qresync:
+            raise Bad("VANISHED needs ENABLE QRESYNC first")  # RFC 7162 §3.2.3
     atts = unique_atts(a.atts)  # invariant 5
+    if a.changedsince is not None and not any(t.name == "MODSEQ" for t in atts):
+        atts.append(P.FetchAtt("MODSEQ"))  # RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ
+    if any(t.name == "MODSEQ" for t in atts):
+        s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     if cmd.uid and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
+    listed = None
+    if a.changedsince is not None:
+        uids, listed = await changed_uids(s, a, cmd.uid)
+    else:
+        uids = resolve(s, a.seqset, cmd.uid)
     names = {t.name for t in atts}
     # BODY[] of the whole message is the raw bytes: no metadata needed for the commonest body fetch.
     need_meta = any(t.name in _META_NEEDED and not (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)
@@ -294,7 +364,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     sets_seen = not sel.readonly and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
     if names <= _LIGHT:
-        if await light_fetch(s, uids, atts):
+        if await light_fetch(s, uids, atts, listed):
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)
@@ -306,9 +376,9 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             new_flags = {}
             for ch in res.changes:
                 sel.own_modseqs.add(ch.modseq)
-                new_flags[ch.uid] = ch.flags
+                new_flags[ch.uid] = (ch.flags, ch.modseq)
                 seen_now.add(ch.uid)
-            infos = [_with_flags(m, new_flags[m.uid]) if m.uid in new_flags else m for m in infos]
+            infos = [_with_flags(m, *new_flags[m.uid]) if m.uid in new_flags else m for m in infos]
     expunged = len(infos) < len(uids)
     metas: dict[str, MessageMeta] = {}
     for k, m in enumerate(infos):
@@ -335,6 +405,11 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             await s.maybe_flush()
         if m.uid in seen_now and "FLAGS" not in names:
             s.write(sep, b"FLAGS " + encoder.flag_list(m.flags, m.keywords, sel.is_recent(m.uid)))
+        if m.uid in seen_now and sel.condstore:  # RFC 7162 §3.1, §3.2.4: a change this FETCH made
+            if "MODSEQ" not in names:
+                s.write(b" MODSEQ (%d)" % m.modseq)
+            if sel.qresync and "UID" not in names:
+                s.write(b" UID %d" % m.uid)
         s.write(b")\r\n")
         await s.maybe_flush()
     if expunged:
@@ -365,8 +440,8 @@ def _check_binary(atts: Sequence[P.FetchAtt], raw: bytes, meta: MessageMeta) -> 
             raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
 
 
-def _with_flags(m: MessageInfo, flags: int) -> MessageInfo:
-    return dataclasses.replace(m, flags=flags)
+def _with_flags(m: MessageInfo, flags: int, modseq: int) -> MessageInfo:
+    return dataclasses.replace(m, flags=flags, modseq=modseq)
 
 
 def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: MessageMeta | None) -> list[bytes]:
@@ -380,6 +455,8 @@ def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: 
         return [b"INTERNALDATE " + encoder.internal_date(m.internal_date)]
     if name == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % m.size]
+    if name == "MODSEQ":  # RFC 7162 §3.1.4.2
+        return [b"MODSEQ (%d)" % m.modseq]
     if name == "ENVELOPE":
         assert meta is not None
         return [b"ENVELOPE ", meta.envelope]

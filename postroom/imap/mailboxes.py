@@ -19,6 +19,17 @@ information"). So LSUB and LIST (SUBSCRIBED) may list names no mailbox has: LIST
 (RFC 9051 §6.3.9.6 table 3); LSUB lists them as subscribed, and marks `\\Noselect` only the unsubscribed
 level a `%` stopped at above a subscribed name (RFC 3501 §6.3.9).
 
+SELECT and EXAMINE with CONDSTORE and QRESYNC (RFC 7162 §3.1.8, §3.2.5): `(CONDSTORE)` enables CONDSTORE, and
+once it is on the answer carries `OK [HIGHESTMODSEQ n]`. `(QRESYNC (uidvalidity modseq [known-uids
+[seq-match-data]]))` needs ENABLE QRESYNC first (else BAD, §3.2.3). When the UIDVALIDITY matches, the answer
+goes on, before the tagged OK, with what `UID FETCH known-uids (FLAGS) (CHANGEDSINCE modseq VANISHED)` would say
+(§3.2.5.1): `VANISHED (EARLIER)` for the known UIDs removed after modseq, then `FETCH (UID FLAGS MODSEQ)` for
+the known messages changed after it (known-uids left out: 1:UIDNEXT-1, so new messages are fetched too). Both
+come from the store's indexes (`Store.vanished`, `Store.list_changed`), in proportion to the changes. When the
+record of removals was pruned past modseq (`imap.expunged_retention_days`), the fallback of §3.2.5.2 is used:
+every known UID not in the mailbox, above the last (message number, UID) pair of seq-match-data that still
+matches. Selecting while a mailbox is selected first says `OK [CLOSED]` (§3.2.11, RFC 9051 §7.1).
+
 Invariants
 1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
@@ -50,7 +61,7 @@ from . import encoder
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
-from .state import Selected
+from .state import Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
 
 SEP = "/"
 
@@ -88,12 +99,17 @@ def _user_id(s: Session) -> int:
 @command("SELECT", AUTHED)
 @command("EXAMINE", AUTHED)
 async def select(s: Session, cmd: P.Command) -> Result:
-    assert isinstance(cmd.args, P.MailboxArg)
-    if s.sel is not None and s.rev2:
-        s.write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 9051 §7.1
+    a = cmd.args
+    assert isinstance(a, P.SelectArgs)
+    if a.qresync is not None and not s.qresync:
+        raise Bad("QRESYNC needs ENABLE QRESYNC first")  # RFC 7162 §3.2.3: MUST be BAD
+    if s.sel is not None:
+        s.write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 9051 §7.1, RFC 7162 §3.2.11
     s.sel = None
     s.state = AUTH  # a failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2)
-    name = stored_name(s, cmd.args.mailbox)
+    if a.condstore:
+        s.enable_condstore()  # RFC 7162 §3.1.8 (no mailbox is selected now: nothing is written)
+    name = stored_name(s, a.mailbox)
     mbox = await s.store.get_mailbox(_user_id(s), name)
     if mbox is None:
         raise No("Mailbox does not exist", "NONEXISTENT")
@@ -101,7 +117,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     cols = await s.store.list_columns(mbox.id)
     uids = array("I", cols.uids)
     readonly = cmd.name == "EXAMINE"
-    sel = Selected(mbox, readonly, uids, rev2=s.rev2, modseq=mbox.highestmodseq)
+    sel = Selected(mbox, readonly, uids, rev2=s.rev2, modseq=mbox.highestmodseq, condstore=s.condstore,
+                   qresync=s.qresync)
     if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it
         if readonly:  # EXAMINE shows what nobody claimed, and claims nothing (RFC 3501 §6.3.2)
             watermark = await s.store.recent_watermark(mbox.id)
@@ -125,11 +142,46 @@ async def select(s: Session, cmd: P.Command) -> Result:
     s.write(sel.permanentflags_line())
     s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
     s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
+    if s.condstore:  # RFC 7162 §3.1.2.1; read before the listing, so no change above it is missed
+        s.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % max(mbox.highestmodseq, 1))
     if s.rev2:
         s.write(b'* LIST () "/" ' + wire_name(s, mbox.name) + b"\r\n")  # RFC 9051 §6.3.2
+    if a.qresync is not None and a.qresync.uidvalidity == mbox.uidvalidity:
+        # RFC 7162 §3.2.5: a UIDVALIDITY that differs means "start over": the rest is ignored
+        await _resync(s, sel, a.qresync)
     s.sel = sel
     s.state = SELECTED
     return ("READ-ONLY" if readonly else "READ-WRITE"), f"{cmd.name} completed"
+
+
+async def _resync(s: Session, sel: Selected, q: P.Qresync) -> None:
+    """QRESYNC's part of the SELECT answer (module doc): VANISHED (EARLIER), then FETCH of the changed messages."""
+    view = sel.uids
+    v = await s.store.vanished(sel.id, q.modseq)
+    known = uid_ranges(q.known_uids) if q.known_uids is not None else [(1, max(v.uidnext - 1, 1))]
+    is_known = in_ranges(known)
+    if v.complete:
+        s.write(*vanished_lines((u for u in v.uids if is_known(u) and not sel.msn(u)), earlier=True))
+    else:
+        # RFC 7162 §3.2.5.2: the removals after modseq are not all on record (pruned); every known UID that is
+        # not here is reported instead, above what seq-match-data shows the client knows already.
+        floor = seq_match_floor(*q.seq_match, view) if q.seq_match is not None else 0
+        top = v.uidnext - 1
+        asked = [(max(lo, floor + 1), min(hi, top)) for lo, hi in known if hi > floor and lo <= top]
+        s.write(*vanished_lines(missing_ranges(asked, view), earlier=True))
+    if not view:
+        return
+    cols = await s.store.list_changed(sel.id, q.modseq, view[0], view[-1])
+    for i, uid in enumerate(cols.uids):
+        n = sel.msn(uid)
+        if not n or not is_known(uid):
+            continue  # arrived after the listing: its EXISTS comes with the next report
+        kws = cols.keywords_at(i)
+        if kws:
+            s.write(*sel.announce(kws))  # state.py invariant 5
+        s.write(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
+            n, uid, encoder.flag_list(cols.flags[i], kws, sel.is_recent(uid)), cols.modseqs[i]))
+        await s.maybe_flush()
 
 
 # ---- CREATE / DELETE / RENAME / SUBSCRIBE / UNSUBSCRIBE (RFC 9051 §6.3.4 - §6.3.8)
@@ -319,6 +371,8 @@ async def lsub(s: Session, cmd: P.Command) -> Result:
 # ---- STATUS (RFC 9051 §6.3.11, RFC 8438 SIZE, RFC 7889 APPENDLIMIT)
 
 async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> bytes:
+    if "HIGHESTMODSEQ" in items:
+        s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     st: MailboxStatus = await s.store.mailbox_status(mbox.id)
     out: list[str] = []
     for item in items:
@@ -336,6 +390,8 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
             value = st.size
         elif item == "APPENDLIMIT":
             value = s.limits.message_size
+        elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.7
+            value = st.mailbox.highestmodseq
         else:  # RECENT: messages no session has been told about yet
             claimed = await s.store.recent_watermark(mbox.id)
             value = len(await s.store.list_messages(mbox.id, claimed + 1)) if st.messages else 0

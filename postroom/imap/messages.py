@@ -5,8 +5,16 @@ Theory of operation
 -------------------
 Sequence sets are resolved against the session's view (`Selected.uids`) into UIDs (`resolve`); every store
 call takes UIDs. A write returns its change records: this session reports them itself (FETCH for STORE,
-EXPUNGE for EXPUNGE and MOVE) and marks them as its own so the hub's echo is not reported twice
-(`state` invariant 3).
+EXPUNGE or VANISHED for EXPUNGE and MOVE, through `Selected.expunged`) and marks them as its own so the hub's
+echo is not reported twice (`state` invariant 3). `member` answers "is this UID in the set" without listing
+the set, for CHANGEDSINCE and VANISHED, whose work follows the changes, not the mailbox.
+
+CONDSTORE (RFC 7162 §3.1.3): STORE (UNCHANGEDSINCE n) leaves alone every message changed after n, and every
+message expunged by another session whose expunge this session has not reported yet (its removal is a change
+after any n the client holds); the tagged OK lists them in `[MODIFIED set]` (sequence numbers for STORE, UIDs
+for UID STORE). Once CONDSTORE is enabled, STORE's FETCH responses carry MODSEQ, and even `.SILENT` answers with
+`FETCH (MODSEQ ...)` for the messages it did not refuse, so the client's cache learns their new mod-sequence.
+With QRESYNC, EXPUNGE, UID EXPUNGE and MOVE end with `OK [HIGHESTMODSEQ n]` (§3.2.7, §3.2.9; not CLOSE, §3.2.8).
 
 Invariants
 1. A read-only (EXAMINE) session changes nothing: STORE, EXPUNGE, MOVE answer NO [READ-ONLY]; CLOSE does not
@@ -20,7 +28,7 @@ Invariants
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from postroom.store import names
 from postroom.store.api import FLAG_BY_NAME, ChangeKind, Invalid, StoreMode
@@ -28,7 +36,7 @@ from postroom.store.api import FLAG_BY_NAME, ChangeKind, Invalid, StoreMode
 from . import encoder
 from . import parser as P
 from .session import AUTH, ONLY_SELECTED, Bad, No, Result, Session, command
-from .state import Selected
+from .state import Selected, in_ranges, uid_ranges
 
 
 def sel_of(s: Session) -> Selected:
@@ -55,6 +63,31 @@ def parse_flags(flags: Iterable[str]) -> tuple[int, list[str]]:
             except Invalid:
                 raise Bad(f"Invalid keyword {f[:40]}") from None
     return bits, keywords
+
+
+def member(s: Session, seqset: P.SeqSet, uid: bool, star: int = 0) -> Callable[[int], bool]:
+    """A test "is this UID named by `seqset`" in the session's view, made without listing the set (the set may be
+    1:* of a large mailbox). A message number beyond EXISTS is BAD (invariant 2). `star` is what "*" means in a
+    UID set (default: the highest UID in the view)."""
+    sel = sel_of(s)
+    if seqset.saved:
+        saved = set(sel.saved)
+        return saved.__contains__
+    top = len(sel.uids) if not uid else (star or (sel.uids[-1] if sel.uids else 0))
+    ranges: list[tuple[int, int]] = []
+    for lo, hi in seqset.ranges:
+        lo = top if lo == P.STAR else lo
+        hi = top if hi == P.STAR else hi
+        lo, hi = min(lo, hi), max(lo, hi)
+        if lo == 0:  # "*" of an empty mailbox
+            continue
+        if not uid and hi > top:
+            raise Bad("Invalid message sequence number")
+        ranges.append((lo, hi))
+    inside = in_ranges(uid_ranges(ranges))
+    if uid:
+        return inside
+    return lambda u: inside(sel.msn(u))
 
 
 def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
@@ -110,10 +143,12 @@ async def store(s: Session, cmd: P.Command) -> Result:
     uids = resolve(s, a.seqset, cmd.uid)
     if sel.readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
+    if a.unchangedsince is not None:
+        s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     if not uids:
         return "", "STORE completed"
     mode = {"": StoreMode.REPLACE, "+": StoreMode.ADD, "-": StoreMode.REMOVE}[a.mode]
-    result = await s.store.store_flags(sel.id, uids, mode, bits, keywords)
+    result = await s.store.store_flags(sel.id, uids, mode, bits, keywords, unchanged_since=a.unchangedsince)
     changed: dict[int, tuple[int, frozenset[str]]] = {}
     for ch in result.changes:
         if ch.kind is ChangeKind.MAILBOX_KEYWORDS:
@@ -122,13 +157,22 @@ async def store(s: Session, cmd: P.Command) -> Result:
             continue
         sel.own_modseqs.add(ch.modseq)
         changed[ch.uid] = (ch.flags, ch.keywords)
-    if a.silent:
-        return "", "STORE completed"
-    # The new flags of every message named (RFC 9051 §6.4.6), read back in one query per range.
-    from .fetch import flags_fetch
+    code = ""
+    if result.modified:  # RFC 7162 §3.1.3 (module doc)
+        failed = list(result.modified) if cmd.uid else [n for n in map(sel.msn, result.modified) if n]
+        code = "MODIFIED " + encoder.seqset(failed).decode()
+    from .fetch import flags_fetch, light_fetch
 
-    await flags_fetch(s, uids, with_uid=cmd.uid)
-    return "", "STORE completed"
+    with_uid = cmd.uid or sel.qresync  # RFC 7162 §3.2.4: UID in every FETCH once QRESYNC is on
+    if a.silent:
+        if sel.condstore:  # RFC 7162 §3.1.3: the new MODSEQs, even with .SILENT
+            refused = set(result.modified)
+            atts = [P.FetchAtt("UID"), P.FetchAtt("MODSEQ")] if with_uid else [P.FetchAtt("MODSEQ")]
+            await light_fetch(s, [u for u in uids if u not in refused], atts)
+        return code, "STORE completed"
+    # The new flags of every message named (RFC 9051 §6.4.6), read back in one query per range.
+    await flags_fetch(s, uids, with_uid=with_uid)
+    return code, "STORE completed"
 
 
 # ---- COPY / MOVE (RFC 9051 §6.4.7, RFC 6851, RFC 4315 COPYUID)
@@ -181,32 +225,33 @@ async def move(s: Session, cmd: P.Command) -> Result:
         # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
         s.write(b"* OK [" + _copyuid(res.uidvalidity, res.source_uids, res.dest_uids).encode()
                 + b"] Moved\r\n")
-    for uid in res.source_uids:
-        n = sel.removed(uid)
-        if n:
-            s.write(b"* %d EXPUNGE\r\n" % n)
-    return "", "MOVE completed"
+    s.write(*sel.expunged(res.source_uids))  # EXPUNGE, or VANISHED with QRESYNC (RFC 6851 §4.4)
+    top = max((ch.modseq for ch in res.changes if ch.kind is ChangeKind.EXPUNGE and ch.mailbox_id == sel.id),
+              default=0)
+    return (f"HIGHESTMODSEQ {top}" if sel.qresync and top else ""), "MOVE completed"
 
 
 # ---- EXPUNGE / UID EXPUNGE / CLOSE / UNSELECT / CHECK
 
-async def _expunge(s: Session, uids: list[int] | None, report: bool) -> None:
+async def _expunge(s: Session, uids: list[int] | None, report: bool) -> str:
+    """Expunge and announce (unless `report` is off: CLOSE); returns the tagged OK's response code: with QRESYNC,
+    `HIGHESTMODSEQ n` when something went (RFC 7162 §3.2.7, §3.2.9)."""
     sel = sel_of(s)
     if report:
         await s.notify(allow_expunge=True)
     res = await s.store.expunge(sel.id, uids)
-    for ch in sorted(res.changes, key=lambda c: c.uid):
-        n = sel.removed(ch.uid)
-        if n and report:
-            s.write(b"* %d EXPUNGE\r\n" % n)  # invariant 3
+    lines = sel.expunged(ch.uid for ch in sorted(res.changes, key=lambda c: c.uid))  # invariant 3
+    if report:
+        s.write(*lines)
+    top = max((ch.modseq for ch in res.changes), default=0)
+    return f"HIGHESTMODSEQ {top}" if report and sel.qresync and top else ""
 
 
 @command("EXPUNGE", ONLY_SELECTED)
 async def expunge(s: Session, cmd: P.Command) -> Result:
     if sel_of(s).readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
-    await _expunge(s, None, True)
-    return "", "EXPUNGE completed"
+    return await _expunge(s, None, True), "EXPUNGE completed"
 
 
 @command("UID EXPUNGE", ONLY_SELECTED)
@@ -215,9 +260,8 @@ async def uid_expunge(s: Session, cmd: P.Command) -> Result:
     uids = resolve(s, cmd.args.seqset, True)
     if sel_of(s).readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
-    if uids:
-        await _expunge(s, uids, True)
-    return "", "UID EXPUNGE completed"
+    code = await _expunge(s, uids, True) if uids else ""
+    return code, "UID EXPUNGE completed"
 
 
 def _deselect(s: Session) -> None:

@@ -13,8 +13,11 @@ Invariants
 2. The parser recurses at most `syntax.MAX_DEPTH` levels (parenthesised search keys, NOT, OR).
 3. Mailbox names come out as the client's text (UTF-8 decoded, undecodable bytes kept as surrogates); the
    session, which knows whether UTF-8 names were enabled, does the modified UTF-7 step (RFC 3501 §5.1.3).
-4. Arguments the server does not implement (SELECT/FETCH/STORE modifiers of CONDSTORE, MULTIAPPEND) are
-   syntax errors, not silently ignored.
+4. Arguments the server does not implement (unknown SELECT, FETCH and STORE modifiers, MULTIAPPEND) are
+   syntax errors, not silently ignored. The CONDSTORE and QRESYNC ones (RFC 7162 §7) are parsed here; what
+   depends on the session (QRESYNC enabled, VANISHED only with UID FETCH) is checked by the handlers.
+5. Sets that a client may make as long as it likes (known-uids, seq-match-data) are kept as ranges, never
+   expanded: what a command holds stays proportional to its text.
 """
 
 from __future__ import annotations
@@ -80,6 +83,25 @@ class MailboxArg:
 
 
 @dataclass(frozen=True, slots=True)
+class Qresync:
+    """SELECT/EXAMINE's QRESYNC parameter (RFC 7162 §3.2.5): ranges as the client wrote them (no "*")."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: tuple[tuple[int, int], ...] | None = None  # None: not given (1:UIDNEXT-1)
+    seq_match: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None = None  # (seqs, uids)
+
+
+@dataclass(frozen=True, slots=True)
+class SelectArgs:
+    """SELECT / EXAMINE with their RFC 4466 select-params (RFC 7162 §3.1.8 CONDSTORE, §3.2.5 QRESYNC)."""
+
+    mailbox: str
+    condstore: bool = False
+    qresync: Qresync | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rename:
     old: str
     new: str
@@ -122,6 +144,8 @@ class FetchArgs:
     seqset: SeqSet
     atts: tuple[FetchAtt, ...]
     macro: str = ""  # ALL / FAST / FULL
+    changedsince: int | None = None  # RFC 7162 §3.1.4.1 CHANGEDSINCE modifier
+    vanished: bool = False  # RFC 7162 §3.2.6 VANISHED modifier (only with CHANGEDSINCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +154,7 @@ class StoreArgs:
     mode: str  # "", "+", "-"
     silent: bool
     flags: tuple[str, ...]
+    unchangedsince: int | None = None  # RFC 7162 §3.1.3 UNCHANGEDSINCE modifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +173,8 @@ class IdArgs:
     params: tuple[tuple[str, str | None], ...] | None
 
 
-Args = (None | Login | Authenticate | Names | MailboxArg | Rename | ListArgs | StatusArgs | AppendArgs | SearchArgs
-        | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
+Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,13 +235,74 @@ def _p_mailbox(c: Cursor) -> MailboxArg:
     return MailboxArg(name)
 
 
-def _p_select(c: Cursor) -> MailboxArg:
+MODSEQ_MAX = (1 << 63) - 1  # RFC 7162 §7 mod-sequence-value: an unsigned 63-bit integer
+
+
+def _modseq(c: Cursor) -> int:
+    """mod-sequence-valzer (RFC 7162 §7). 0 is taken where mod-sequence-value says positive too (CHANGEDSINCE,
+    QRESYNC): it asks for everything, which is what a client sending it wants."""
+    return c.number(limit=MODSEQ_MAX)
+
+
+def _uid_ranges(c: Cursor, what: str) -> tuple[tuple[int, int], ...]:
+    """A sequence-set without "*" or "$" (RFC 7162 §7 known-uids, known-sequence-set, known-uid-set)."""
+    s = c.seqset()
+    if s.saved or any(lo == STAR or hi == STAR for lo, hi in s.ranges):
+        raise c.error(f"{what}: \"*\" and \"$\" are not allowed")
+    return tuple((min(lo, hi), max(lo, hi)) for lo, hi in s.ranges)
+
+
+def _count(ranges: tuple[tuple[int, int], ...]) -> int:
+    return sum(hi - lo + 1 for lo, hi in ranges)
+
+
+def _qresync(c: Cursor) -> Qresync:
+    """RFC 7162 §7 qresync-param, after "QRESYNC SP"."""
+    c.expect(b"(")
+    uidvalidity = c.number(nonzero=True)
+    c.sp()
+    modseq = _modseq(c)
+    known: tuple[tuple[int, int], ...] | None = None
+    match = None
+    if c.take(b" "):
+        if c.peek() != 0x28:
+            known = _uid_ranges(c, "known-uids")
+            if c.take(b" "):
+                if c.peek() != 0x28:
+                    raise c.error("Expected seq-match-data")
+        if c.peek() == 0x28:  # RFC 7162 §3.2.5.2 seq-match-data
+            c.expect(b"(")
+            seqs = _uid_ranges(c, "known-sequence-set")
+            c.sp()
+            uids = _uid_ranges(c, "known-uid-set")
+            c.expect(b")")
+            if _count(seqs) != _count(uids):  # the two sets pair up element by element
+                raise c.error("seq-match-data: the sets differ in size")
+            match = (seqs, uids)
+    c.expect(b")")
+    return Qresync(uidvalidity, modseq, known, match)
+
+
+def _p_select(c: Cursor) -> SelectArgs:
     c.sp()
     name = c.mailbox()
-    if c.peek() == 0x20:  # RFC 4466 select-params: none are supported (no CONDSTORE/QRESYNC)
-        raise c.error("Unknown SELECT parameters")
+    condstore = False
+    qresync = None
+    if c.take(b" ("):  # RFC 4466 select-params
+        while True:
+            word = c.atom().upper()
+            if word == "CONDSTORE":  # RFC 7162 §3.1.8
+                condstore = True
+            elif word == "QRESYNC" and qresync is None:  # RFC 7162 §3.2.5
+                c.sp()
+                qresync = _qresync(c)
+            else:
+                raise c.error(f"Unknown SELECT parameter {word[:40]}")
+            if c.take(b")"):
+                break
+            c.sp()
     c.end()
-    return MailboxArg(name)
+    return SelectArgs(name, condstore, qresync)
 
 
 def _p_rename(c: Cursor) -> Rename:
@@ -296,7 +382,8 @@ def _p_lsub(c: Cursor) -> ListArgs:
     return ListArgs(ref, (pattern,))
 
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT",
+                "HIGHESTMODSEQ"}  # RFC 7162 §3.1.7
 
 
 def _check_status_items(c: Cursor, items: list[str]) -> None:
@@ -410,6 +497,15 @@ def _search_key(c: Cursor) -> Key:
     if word == "UID":
         c.sp()
         return Key(word, (c.seqset(),))
+    if word == "MODSEQ":  # RFC 7162 §3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+        c.sp()
+        if c.peek() == 0x22:
+            _entry_name(c)  # one MODSEQ per message here: the entry only has to be well formed
+            c.sp()
+            if c.atom().lower() not in ("priv", "shared", "all"):
+                raise c.error("Expected priv, shared or all")
+            c.sp()
+        return Key(word, (_modseq(c),))
     if word == "NOT":
         c.sp()
         c.enter()
@@ -425,6 +521,16 @@ def _search_key(c: Cursor) -> Key:
         c.leave()
         return Key(word, (a, b))
     raise c.error(f"Unknown search key {word}")
+
+
+def _entry_name(c: Cursor) -> str:
+    """RFC 7162 §7 entry-flag-name: DQUOTE "/flags/" attr-flag DQUOTE (a system flag's "\\" escaped)."""
+    name = c.text(c.quoted())
+    flag = name[7:] if name[:7].lower() == "/flags/" else ""
+    body = flag[1:] if flag.startswith("\\") else flag
+    if not body or any(ord(ch) > 0x7E or ch.encode() not in ATOM_CHARS for ch in body):
+        raise c.error("Expected an entry name \"/flags/<flag>\"")
+    return name
 
 
 def _p_search(c: Cursor) -> SearchArgs:
@@ -452,7 +558,7 @@ def _p_search(c: Cursor) -> SearchArgs:
 # ---- FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY)
 
 _SIMPLE_ATTS = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODYSTRUCTURE", "UID", "BODY"}
+                "BODYSTRUCTURE", "UID", "BODY", "MODSEQ"}  # MODSEQ: RFC 7162 §3.1.4.2
 MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -552,16 +658,44 @@ def _p_fetch(c: Cursor) -> FetchArgs:
         else:
             c.pos = save
             atts.append(_fetch_att(c))
-    if c.peek() == 0x20 and c.data[c.pos + 1:].strip(b" "):
-        raise c.error("FETCH modifiers are not supported")  # RFC 4466 fetch-modifiers (CONDSTORE not offered)
+    changedsince: int | None = None
+    vanished = False
+    if c.take(b" ("):  # RFC 4466 fetch-modifiers
+        while True:
+            word = c.atom().upper()
+            if word == "CHANGEDSINCE" and changedsince is None:  # RFC 7162 §3.1.4.1
+                c.sp()
+                changedsince = _modseq(c)
+            elif word == "VANISHED" and not vanished:  # RFC 7162 §3.2.6
+                vanished = True
+            else:
+                raise c.error(f"Unknown or repeated FETCH modifier {word[:40]}")
+            if c.take(b")"):
+                break
+            c.sp()
+        if vanished and changedsince is None:  # RFC 7162 §3.2.6: MUST be BAD
+            raise c.error("VANISHED needs CHANGEDSINCE")
     c.end()
-    return FetchArgs(seqset, tuple(atts), macro)
+    return FetchArgs(seqset, tuple(atts), macro, changedsince, vanished)
 
 
 def _p_store(c: Cursor) -> StoreArgs:
     c.sp()
     seqset = c.seqset()
     c.sp()
+    unchangedsince: int | None = None
+    if c.take(b"("):  # RFC 4466 store-modifiers
+        while True:
+            word = c.atom().upper()
+            if word == "UNCHANGEDSINCE" and unchangedsince is None:  # RFC 7162 §3.1.3: only one
+                c.sp()
+                unchangedsince = _modseq(c)
+            else:
+                raise c.error(f"Unknown or repeated STORE modifier {word[:40]}")
+            if c.take(b")"):
+                break
+            c.sp()
+        c.sp()
     mode = ""
     if c.peek() in (0x2B, 0x2D):
         mode = chr(c.peek())
@@ -577,7 +711,7 @@ def _p_store(c: Cursor) -> StoreArgs:
             c.sp()
             flags.append(c.flag())
     c.end()
-    return StoreArgs(seqset, mode, silent, tuple(flags))
+    return StoreArgs(seqset, mode, silent, tuple(flags), unchangedsince)
 
 
 def _p_copy(c: Cursor) -> CopyArgs:

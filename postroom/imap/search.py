@@ -13,6 +13,12 @@ with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subse
 calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
 sender's zone (SENT*, `MessageMeta.sent_day`).
 
+MODSEQ n (RFC 7162 §3.1.5) matches messages whose MODSEQ is n or more; Postroom keeps one MODSEQ per message, so
+the optional entry name and type (a flag's own mod-sequence) are checked for syntax and answered with the
+message's. It is a CONDSTORE enabling command, and a non-empty answer carries the highest MODSEQ of the messages
+returned: `* SEARCH ... (MODSEQ m)` (§3.1.6), or `MODSEQ m` in ESEARCH (RFC 4731 §3.2: of the MIN and/or MAX
+message when only those are asked for).
+
 Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...` with RETURN or after
 ENABLE IMAP4rev2 (RFC 9051 §7.3.4). RETURN (SAVE) stores the result as `$` (RFC 5182 §2.4: with MIN or MAX
 only those are saved; SAVE alone sends no ESEARCH).
@@ -184,6 +190,8 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
     if op in ("KEYWORD", "UNKEYWORD"):
         has = args[0].lower() in (k.lower() for k in m.keywords)
         return has == (op == "KEYWORD")
+    if op == "MODSEQ":  # RFC 7162 §3.1.5: "equal to or greater than"
+        return bool(m.modseq >= args[0])
     if op == "LARGER":
         return bool(m.size > args[0])
     if op == "SMALLER":
@@ -214,10 +222,11 @@ class _Row:
     """The one message `_match` looks at when no metadata is needed: filled in place from `MessageColumns`, so
     a search of a large mailbox makes no object per message."""
 
-    __slots__ = ("uid", "flags", "size", "internal_date", "keywords")
+    __slots__ = ("uid", "modseq", "flags", "size", "internal_date", "keywords")
 
     def __init__(self) -> None:
         self.uid = 0
+        self.modseq = 0
         self.flags = 0
         self.size = 0
         self.internal_date = 0.0
@@ -241,8 +250,13 @@ def _fast(key: P.Key, cols: MessageColumns) -> list[int] | None:
     return [u for u, f in zip(cols.uids, cols.flags) if not f & bit]
 
 
-async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
-    """UIDs matching `key`, ascending (invariant 1)."""
+def uses_modseq(key: P.Key) -> bool:
+    """The program has a MODSEQ key (RFC 7162 §3.1.5: a CONDSTORE enabling command; the answer names a MODSEQ)."""
+    return key.op == "MODSEQ" or any(isinstance(a, P.Key) and uses_modseq(a) for a in key.args)
+
+
+async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, int] | None = None) -> list[int]:
+    """UIDs matching `key`, ascending (invariant 1). With `modseqs`, the MODSEQ of each match is put there."""
     sel = sel_of(s)
     found: list[tuple[P.Key, P.SeqSet]] = []
     _seqsets(key, found)
@@ -252,7 +266,7 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
     if not known:
         return []
     if _needs_meta(key):
-        return await _meta_search(s, key, ctx)
+        return await _meta_search(s, key, ctx, modseqs)
     cols = await s.store.list_columns(sel.id, known[0], known[-1])
     announced = None if array("I", cols.uids) == known else set(known)
     out = _fast(key, cols)
@@ -263,15 +277,19 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
         nodes = count_keys(key)
         for i, (uid, flags, size, date) in enumerate(zip(cols.uids, cols.flags, cols.sizes, cols.internal_dates)):
             row.uid, row.flags, row.size, row.internal_date, row.keywords = uid, flags, size, date, kw_at(i)
+            row.modseq = cols.modseqs[i]
             if _match(key, row, None, ctx):
                 out.append(uid)
             await ctx.tick(nodes=nodes)  # invariant 3
     if announced is not None:
         out = [u for u in out if u in announced]
+    if modseqs is not None and out:
+        index = {u: i for i, u in enumerate(cols.uids)}
+        modseqs.update((u, cols.modseqs[index[u]]) for u in out)
     return out
 
 
-async def _meta_search(s: Session, key: P.Key, ctx: _Ctx) -> list[int]:
+async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None) -> list[int]:
     """A search with text or Date-header keys: the records, then the metadata `META_BATCH` messages per
     store call (invariant 2)."""
     sel = ctx.sel
@@ -289,6 +307,8 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx) -> list[int]:
             await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
             if _match(key, m, meta, ctx):
                 out.append(m.uid)
+                if modseqs is not None:
+                    modseqs[m.uid] = m.modseq
             await ctx.tick(nodes=nodes)
     return out
 
@@ -301,11 +321,15 @@ async def search(s: Session, cmd: P.Command) -> Result:
     if a.charset is not None and a.charset not in _CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")  # RFC 9051 §6.4.4
     sel = sel_of(s)
+    modseqs: dict[int, int] | None = None
+    if uses_modseq(a.key):
+        s.enable_condstore()  # RFC 7162 §3.1
+        modseqs = {}
     try:
         if count_keys(a.key) > MAX_SEARCH_KEYS:
             # RFC 5530 §3 LIMIT: "an implementation limit of some kind"; checked before any work.
             raise No(f"Too many search keys (at most {MAX_SEARCH_KEYS})", "LIMIT")
-        uids = await run_search(s, a.key, cmd.uid)
+        uids = await run_search(s, a.key, cmd.uid, modseqs)
     except Exception:
         if a.returns is not None and "SAVE" in a.returns:
             sel.saved = []  # RFC 5182 §2.1: a failed SEARCH with SAVE leaves $ empty
@@ -321,7 +345,8 @@ async def search(s: Session, cmd: P.Command) -> Result:
         if returns == ("SAVE",):
             return "", "SEARCH completed"
     if returns is None and not s.rev2:
-        s.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        tail = b" (MODSEQ %d)" % max(modseqs.values()) if modseqs else b""  # RFC 7162 §3.1.6: if non-empty
+        s.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail + b"\r\n")
         return "", "SEARCH completed"
     opts = [o for o in (returns or ()) if o != "SAVE"] or ["ALL"]
     line = b'* ESEARCH (TAG ' + encoder.quoted(cmd.tag) + b")"
@@ -339,5 +364,11 @@ async def search(s: Session, cmd: P.Command) -> Result:
                 line += b" MAX %d" % numbers[-1]
             else:
                 line += b" ALL " + encoder.seqset(numbers)
+    if modseqs and uids:
+        # RFC 4731 §3.2: the MODSEQ of the one message MIN or MAX names, the higher of the two if both, else of
+        # every message found.
+        shown = uids if ("ALL" in opts or "COUNT" in opts) else [
+            uids[0] if o == "MIN" else uids[-1] for o in opts if o in ("MIN", "MAX")]
+        line += b" MODSEQ %d" % max(modseqs[u] for u in shown)
     s.write(line + b"\r\n")
     return "", "SEARCH completed"

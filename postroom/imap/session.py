@@ -26,6 +26,11 @@ Before every tagged response the queued changes of the selected mailbox are repo
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
 reports them as they come.
 
+CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
+(`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ
+or CHANGEDSINCE, SEARCH MODSEQ, STORE UNCHANGEDSINCE; §3.1) and `qresync` by ENABLE QRESYNC (§3.2.3); both
+stay on until the connection ends and are copied into each `Selected` (state.py), which writes accordingly.
+
 Invariants
 1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
    continuation requests of AUTHENTICATE, APPEND and IDLE).
@@ -135,7 +140,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     connection."""
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
-            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE"]
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC"]
 
 
 class Service:
@@ -165,6 +170,8 @@ class Session:
         self.sel: Selected | None = None
         self.sub: Any = None  # HubSubscription once logged in
         self.rev2 = False
+        self.condstore = False  # RFC 7162 §3.1: a CONDSTORE enabling command was seen (module doc)
+        self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC was answered
         self.errors = 0
         self.out: list[bytes] = []
         self.out_size = 0
@@ -227,6 +234,19 @@ class Session:
                 raise Bad(line.text)
             await self.read_more()
 
+    # ---- CONDSTORE (RFC 7162 §3.1)
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command: from now on FETCH responses carry MODSEQ. If a mailbox is selected, its
+        HIGHESTMODSEQ is announced at once (as Dovecot does), so a client that enabled mid-session has a
+        value to start from; it is the session's, below any change not reported yet (state.py)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.sel
+        if sel is not None:
+            sel.condstore = True
+            self.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % max(sel.modseq, 1))
+
     # ---- change feed
     def subscribe(self, user: User) -> None:
         self.sub = self.store.hub.subscribe(user.id)
@@ -262,9 +282,10 @@ class Session:
                 await self.claim_recent()
                 self.write(*self.sel.report(allow_expunge))
                 return
-        if self.sel is not None and (self.sel.pending or (allow_expunge and self.sel.held)):
+        sel = self.sel
+        if sel is not None and (sel.pending or (sel.held and (allow_expunge or sel.condstore))):
             await self.claim_recent()
-            self.write(*self.sel.report(allow_expunge))
+            self.write(*sel.report(allow_expunge))
 
     async def claim_recent(self) -> None:
         """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of

@@ -12,6 +12,13 @@ FLAGS and PERMANENTFLAGS when the mailbox's keyword set grew, EXPUNGE (only when
 never during FETCH, STORE or SEARCH, nor between commands), EXISTS and RECENT for arrivals, FETCH (FLAGS) for
 flag changes of announced messages.
 
+CONDSTORE and QRESYNC (RFC 7162): once a CONDSTORE enabling command was seen (`condstore`), every FETCH written
+here carries the message's MODSEQ (§3.1); while expunges are held back, a FETCH may show a MODSEQ above theirs,
+so `report` then adds `OK [HIGHESTMODSEQ n]` below the lowest held one (§3.2: the client must not skip them on a
+later resync). Once QRESYNC is enabled (`qresync`), removals are announced as `VANISHED uids` instead of EXPUNGE
+(§3.2.10.2). `expunged(uids)` is the one place that announces removals, for every caller (EXPUNGE, UID EXPUNGE,
+MOVE, changes from other sessions in NOOP and IDLE); `vanished_lines` writes VANISHED, also `(EARLIER)`.
+
 Keywords (RFC 9051 §2.3.2, §7.3.5 FLAGS: "The update from the FLAGS response MUST be recorded by the client"):
 `keywords` is the set this session has announced with FLAGS (at SELECT: the mailbox's keyword set, store
 invariant 9). `announce(kws)` returns the FLAGS and PERMANENTFLAGS responses for a set grown by `kws`, or
@@ -35,13 +42,15 @@ Invariants
 4. `saved` (`$`, RFC 5182) holds UIDs, so expunges and arrivals never make it point at another message.
 5. No FETCH response carries a keyword before a FLAGS response of this session has listed it; `keywords` only
    grows while the mailbox is selected (at most `names.MAX_MAILBOX_KEYWORDS` plus what one listing carries).
+6. A VANISHED response without (EARLIER) names only announced UIDs, each once, and removes them from `uids`
+   like EXPUNGE does (RFC 7162 §3.2.10.2); one response line holds at most `VANISHED_RANGES` ranges.
 """
 
 from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from postroom.store import names
@@ -51,6 +60,79 @@ from . import encoder
 
 SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
 _MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
+VANISHED_RANGES = 1000  # ranges in one VANISHED line (invariant 6): a few KB, whatever was removed
+
+
+def uid_ranges(items: Iterable[int | tuple[int, int]]) -> list[tuple[int, int]]:
+    """UIDs and (lo, hi) ranges as sorted, merged ranges."""
+    pairs = sorted((x, x) if isinstance(x, int) else x for x in items)
+    out: list[tuple[int, int]] = []
+    for lo, hi in pairs:
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def in_ranges(ranges: Sequence[tuple[int, int]]) -> Callable[[int], bool]:
+    """A membership test for sorted, merged ranges (`uid_ranges`): one bisection per number."""
+    starts = [lo for lo, _ in ranges]
+
+    def inside(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ranges[i][1]
+
+    return inside
+
+
+def missing_ranges(ranges: Sequence[tuple[int, int]], present: Sequence[int]) -> list[tuple[int, int]]:
+    """The numbers of sorted, merged `ranges` that are not in `present` (ascending), as ranges: the QRESYNC
+    fallback's "every UID asked about that is not in the mailbox" (RFC 7162 §3.2.5.2, §3.2.6). Work: the
+    ranges plus the present UIDs inside them."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        start = lo
+        i = bisect.bisect_left(present, lo)
+        while i < len(present) and present[i] <= hi:
+            if present[i] > start:
+                out.append((start, present[i] - 1))
+            start = present[i] + 1
+            i += 1
+        if start <= hi:
+            out.append((start, hi))
+    return out
+
+
+def seq_match_floor(seqs: Sequence[tuple[int, int]], uids: Sequence[tuple[int, int]], view: Sequence[int]) -> int:
+    """RFC 7162 §3.2.5.2 seq-match-data: the client's (message number, UID) pairs, in order, checked against
+    `view` until the first that does not match; the UID of the last matching one (0 if none). The client knows
+    of every expunge up to it, so the fallback reports none at or below it. At most len(view) + 1 pairs are
+    looked at, however large the sets."""
+
+    def each(ranges: Sequence[tuple[int, int]]) -> Iterator[int]:
+        for lo, hi in ranges:
+            yield from range(lo, hi + 1)
+
+    floor = 0
+    for seq, uid in zip(each(seqs), each(uids)):
+        if not 1 <= seq <= len(view) or view[seq - 1] != uid:
+            break
+        floor = uid
+    return floor
+
+
+def vanished_lines(items: Iterable[int | tuple[int, int]], earlier: bool = False) -> list[bytes]:
+    """`* VANISHED [(EARLIER)] uid-set` (RFC 7162 §3.2.10) for UIDs and UID ranges, in as many lines as it takes
+    at `VANISHED_RANGES` ranges a line; [] for none."""
+    ranges = uid_ranges(items)
+    head = b"* VANISHED (EARLIER) " if earlier else b"* VANISHED "
+    out = []
+    for i in range(0, len(ranges), VANISHED_RANGES):
+        part = ranges[i:i + VANISHED_RANGES]
+        out.append(head + b",".join(b"%d" % lo if lo == hi else b"%d:%d" % (lo, hi) for lo, hi in part) + b"\r\n")
+    return out
 
 
 @dataclass
@@ -70,6 +152,9 @@ class Selected:
     saved: list[int] = field(default_factory=list)
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
+    condstore: bool = False  # a CONDSTORE enabling command was seen: FETCHes carry MODSEQ (RFC 7162 §3.1)
+    qresync: bool = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2.10.2)
+    held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
 
     def __post_init__(self) -> None:
         if not isinstance(self.uids, array):
@@ -156,6 +241,23 @@ class Selected:
         if change.kind in _MESSAGE_KINDS or change.kind is ChangeKind.MAILBOX_KEYWORDS:
             self.pending.append(change)
 
+    def expunged(self, uids: Iterable[int]) -> list[bytes]:
+        """Announce the removal of `uids` (in the order given) and drop them from the view: `* n EXPUNGE` each,
+        numbered after the previous one went, or one VANISHED for the announced ones once QRESYNC is enabled
+        (invariants 1, 3 and 6). UIDs never announced are dropped silently."""
+        out: list[bytes] = []
+        gone: list[int] = []
+        for uid in uids:
+            n = self.removed(uid)
+            if n:
+                if self.qresync:
+                    gone.append(uid)
+                else:
+                    out.append(b"* %d EXPUNGE\r\n" % n)
+        if not self.held:
+            self.held_modseq = 0
+        return vanished_lines(gone) if self.qresync else out
+
     def removed(self, uid: int) -> int:
         """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
         was never announced) and drops it (invariants 1 and 3)."""
@@ -197,22 +299,19 @@ class Selected:
                     new_set.discard(ch.uid)
                     self.gone.add(ch.uid)
                 elif ch.uid not in self.gone and self.msn(ch.uid):
+                    if ch.uid not in self.held:
+                        self.held_modseq = min(self.held_modseq or ch.modseq, ch.modseq)
                     self.held.add(ch.uid)
                 flag_updates.pop(ch.uid, None)
         out.extend(self.announce(new_keywords))  # invariant 5: before any FETCH below
         if allow_expunge and self.held:
-            for uid in sorted(self.held):
-                n = self.msn(uid)
-                if n:
-                    del self.uids[n - 1]
-                    out.append(b"* %d EXPUNGE\r\n" % n)
-                self.gone.add(uid)
-            self.held.clear()
+            out.extend(self.expunged(sorted(self.held)))
         for uid, ch in flag_updates.items():
             n = self.msn(uid)
             if n and uid not in self.held:
-                out.append(b"* %d FETCH (FLAGS %s UID %d)\r\n" % (
-                    n, encoder.flag_list(ch.flags, ch.keywords, self.is_recent(uid)), uid))
+                line = b"* %d FETCH (FLAGS %s UID %d" % (n, encoder.flag_list(ch.flags, ch.keywords,
+                                                                                self.is_recent(uid)), uid)
+                out.append(line + (b" MODSEQ (%d))\r\n" % ch.modseq if self.condstore else b")\r\n"))
         if new:
             self.uids.extend(new)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
@@ -222,6 +321,9 @@ class Selected:
             self.gone = set(sorted(self.gone)[-10_000:])
         if len(self.own_modseqs) > 100_000:
             self.own_modseqs = set(sorted(self.own_modseqs)[-10_000:])
+        if self.condstore and self.held and self.held_modseq:
+            # RFC 7162 §3.2: MODSEQs shown while expunges wait must not let the client skip those on a resync.
+            out.append(b"* OK [HIGHESTMODSEQ %d] Expunges pending\r\n" % max(self.held_modseq - 1, 1))
         return out
 
     def resync(self, current: list[tuple[int, int, int, frozenset[str]]]) -> None:
@@ -232,8 +334,8 @@ class Selected:
         uid_, mbox = self.mailbox.user_id, self.mailbox.id
         self.pending.clear()  # everything queued is in the listing too
         for uid in self.uids:
-            if uid not in cur and uid not in self.held:
-                self.pending.append(Change(ChangeKind.EXPUNGE, uid_, mbox, uid))
+            if uid not in cur and uid not in self.held:  # removed after what the client knew: modseq + 1
+                self.pending.append(Change(ChangeKind.EXPUNGE, uid_, mbox, uid, self.modseq + 1))
         last = self.uids[-1] if self.uids else 0
         top = self.modseq
         for uid, modseq, flags, keywords in current:

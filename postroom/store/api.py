@@ -30,6 +30,9 @@ Invariants every engine keeps:
    mailbox has not had adds it and returns (and publishes) a `MAILBOX_KEYWORDS` change after the message
    changes of the same write. At most `names.MAX_MAILBOX_KEYWORDS` per mailbox: a write that would bring more
    is Invalid (and changes nothing).
+10. **Removals are remembered until pruned.** Every message leaving a mailbox (expunge, move, INBOX rename) is
+   answered by `vanished` with its UID for any MODSEQ below its removal, until `prune_expunged` forgets it; from
+   then on `vanished` says it is not complete for such a MODSEQ, never silently leaves a UID out.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -357,6 +360,16 @@ class CopyResult:
 @dataclass(frozen=True)
 class WriteResult:
     changes: tuple[Change, ...] = ()
+    modified: tuple[int, ...] = ()  # store_flags with unchanged_since: the UIDs it left alone (RFC 7162 §3.1.3)
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """What `Store.vanished` answers: the UIDs removed from a mailbox after a MODSEQ (RFC 7162 §3.2.5, §3.2.6)."""
+
+    uids: Sequence[int]  # ascending; empty when not `complete`
+    complete: bool  # False: records of removals after that MODSEQ were pruned, `uids` cannot be given
+    uidnext: int  # the mailbox's UIDNEXT as of the same read
 
 
 class Subscription(Protocol):
@@ -563,8 +576,27 @@ class Store(Protocol):
         unchanged_since: int | None = None,
     ) -> WriteResult:
         """Changes flags of the given UIDs (missing UIDs ignored). Only messages whose flags or keywords really
-        change get a new MODSEQ and a Change. With `unchanged_since` (RFC 7162), messages with a larger MODSEQ are
-        left alone."""
+        change get a new MODSEQ and a Change. With `unchanged_since` (RFC 7162 §3.1.3), messages with a larger
+        MODSEQ are left alone, and so are UIDs no longer in the mailbox (their removal is a change after any
+        MODSEQ the caller can hold); both are listed in `WriteResult.modified`, ascending."""
+
+    async def list_changed(self, mailbox_id: int, modseq: int, uid_min: int = 1,
+                           uid_max: int | None = None) -> MessageColumns:
+        """The messages of a UID range whose MODSEQ is above `modseq` (RFC 7162 CHANGEDSINCE, QRESYNC), as
+        columns in UID order. Found through an index on (mailbox, MODSEQ): the work is proportional to the
+        messages changed since `modseq`, not to the mailbox. NotFound if the mailbox is gone."""
+
+    async def vanished(self, mailbox_id: int, modseq: int) -> Vanished:
+        """The UIDs removed from the mailbox (expunge, move, INBOX rename) with a MODSEQ above `modseq`
+        (RFC 7162 VANISHED), through an index, proportional to their number. The record of removals is kept for
+        a limited time (`prune_expunged`); when removals after `modseq` may have been forgotten, the answer
+        says it is not `complete` and the caller falls back (RFC 7162 §3.2.5.2, §3.2.6). NotFound if the
+        mailbox is gone."""
+
+    async def prune_expunged(self, before: float) -> int:
+        """Forget the records of removals made before `before` (seconds since the epoch), in bounded batches;
+        each mailbox then answers `vanished` as not complete for a MODSEQ below the newest one forgotten.
+        Returns how many records went."""
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
         """Removes the given UIDs that carry \\Deleted; with uids=None, every \\Deleted message."""

@@ -270,6 +270,9 @@ SEEDS: dict[str, list[bytes]] = {
         b'b1 APPEND INBOX (\\Seen) "3-Feb-2025 10:00:00 +0000" {5+}\r\nhello\r\nb2 LIST (RECURSIVEMATCH '
         b'SUBSCRIBED) "" "*" RETURN (CHILDREN STATUS (MESSAGES))\r\nb3 ID ("name" "x")\r\nb4 IDLE\r\nDONE\r\n',
         b'c1 CREATE "\xff"\r\nc2 RENAME a/b "&AOk-t&AOk-"\r\nc3 APPEND x ~{3+}\r\n\x00\x01\x02\r\nc4 LOGOUT\r\n',
+        b"d1 ENABLE QRESYNC\r\nd2 SELECT INBOX (QRESYNC (67890007 9006011519 41:211,214:541 (1:3,9 2,4:6)))\r\n"
+        b"d3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\nd4 STORE 7,5 (UNCHANGEDSINCE 3) +FLAGS.SILENT "
+        b'(\\Deleted)\r\nd5 SEARCH MODSEQ "/flags/\\\\draft" all 620162338\r\nd6 STATUS x (HIGHESTMODSEQ)\r\n',
     ],
     "mime": [
         _MSG,

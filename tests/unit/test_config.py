@@ -94,3 +94,11 @@ def test_overrides_merge(tmp_path: Path) -> None:
     cfg = config.load(None, {"server": {"data_dir": str(tmp_path)}, "listeners": {"smtp": "127.0.0.1:0"}})
     assert cfg.data_path == tmp_path.resolve()
     assert cfg.listeners.enabled()["smtp"] == ("127.0.0.1", 0)
+
+
+def test_imap_expunged_retention_days(tmp_path: Path) -> None:
+    assert config.load().imap.expunged_retention_days == 30  # a client syncing weekly gets exact answers
+    assert config.load(write(tmp_path, config.SAMPLE)).imap == config.load().imap
+    assert config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 90\n")).imap.expunged_retention_days == 90
+    with pytest.raises(config.ConfigError, match="imap.expunged_retention_days"):
+        config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 0\n"))

@@ -180,11 +180,12 @@ class MailboxesMixin(Base):
                 raise AlreadyExists(f"mailbox exists: {new}")
             mark = len(tx.changes)
             if old == "INBOX":
-                self._rename_inbox(tx, src, new)
+                self._rename_inbox(tx, src, new, now)
             else:
                 self._rename_tree(tx, src, new)
             return WriteResult(tuple(tx.changes[mark:]))
 
+        now = self._clock()
         return await self._engine.write(op)
 
     @staticmethod
@@ -205,7 +206,7 @@ class MailboxesMixin(Base):
         )
 
     @staticmethod
-    def _rename_inbox(tx: Tx, inbox: Mailbox, new: str) -> None:
+    def _rename_inbox(tx: Tx, inbox: Mailbox, new: str, now: float) -> None:
         _create_parents(tx, inbox.user_id, new)
         dest = insert_mailbox(tx, inbox.user_id, new, None, subscribe=False)
         rows = tx.conn.execute(
@@ -213,7 +214,7 @@ class MailboxesMixin(Base):
         ).fetchall()
         msgs = [message_from_row(r) for r in rows]
         insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs])
-        delete_messages(tx, inbox, msgs, release=False)
+        delete_messages(tx, inbox, msgs, now=now, release=False)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
         name = names.mailbox(name)

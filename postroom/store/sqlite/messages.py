@@ -15,7 +15,9 @@ Invariants:
 1. `uidnext` only grows: rows are never renumbered, expunge never lowers it, so a UID is never reused (api 3).
 2. Every append, flag change and removal takes a MODSEQ above `highestmodseq` and stores it back (api 4). A
    STORE that changes nothing takes none.
-3. Every removed message leaves an `expunged(mailbox_id, uid, modseq)` row for QRESYNC and releases its blob.
+3. Every removed message leaves an `expunged(mailbox_id, uid, modseq, at)` row for QRESYNC and releases its
+   blob. Rows leave only through `prune_expunged`, which raises the mailbox's `expunged_floor` past them
+   first (schema invariant 10), so `vanished` knows when its answer would be incomplete.
 4. Copy and move stay within one user (api 6): a destination of another user is Invalid.
 5. Every write that puts keywords on a row of a mailbox passes them through `grow_keywords` in the same job, so
    `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
@@ -45,6 +47,7 @@ from postroom.store.api import (
     MessageInfo,
     NotFound,
     StoreMode,
+    Vanished,
     WriteResult,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
@@ -63,6 +66,8 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
+
+PRUNE_BATCH = 10_000  # expunged records forgotten per write transaction (`prune_expunged`)
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,10 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[
     return results
 
 
-def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, release: bool = True) -> list[Change]:
-    """Remove rows, record them in `expunged`, and (unless the bodies moved elsewhere) release their blobs."""
+def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, now: float,
+                    release: bool = True) -> list[Change]:
+    """Remove rows, record them in `expunged` (dated `now`, for `prune_expunged`), and (unless the bodies moved
+    elsewhere) release their blobs."""
     if not msgs:
         return []
     modseq = int(tx.conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()[0])
@@ -133,10 +140,10 @@ def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, relea
     changes = []
     for m in msgs:
         modseq += 1
-        gone.append((mbox.id, m.uid, modseq))
+        gone.append((mbox.id, m.uid, modseq, now))
         changes.append(Change(ChangeKind.EXPUNGE, mbox.user_id, mbox.id, m.uid, modseq))
     tx.conn.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mbox.id, m.uid) for m in msgs])
-    tx.conn.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)", gone)
+    tx.conn.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq, at) VALUES (?, ?, ?, ?)", gone)
     tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, mbox.id))
     if release:
         release_blobs(tx, count_blobs(m.blob_id for m in msgs))
@@ -337,6 +344,67 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
+    async def list_changed(self, mailbox_id: int, modseq: int, uid_min: int = 1,
+                           uid_max: int | None = None) -> MessageColumns:
+        top = uid_max if uid_max is not None else 2**63 - 1
+        since = min(max(modseq, 0), 2**63 - 1)
+
+        def q(conn: sqlite3.Connection) -> MessageColumns:
+            load_mailbox(conn, mailbox_id)
+            # The (mailbox_id, modseq) index, named so the planner cannot prefer the primary key for its order:
+            # the rows read are the rows changed (api: proportional to the changes), sorted here by UID.
+            rows = sorted(conn.execute(
+                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords FROM messages"
+                " INDEXED BY messages_modseq WHERE mailbox_id = ? AND modseq > ? AND uid BETWEEN ? AND ?",
+                (mailbox_id, since, uid_min, top),
+            ).fetchall())
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {})
+            uids, modseqs, flags, sizes, dates, blob_ids, kws = zip(*rows)
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords)
+
+        return await self._engine.read(q)
+
+    async def vanished(self, mailbox_id: int, modseq: int) -> Vanished:
+        since = min(max(modseq, 0), 2**63 - 1)
+
+        def q(conn: sqlite3.Connection) -> Vanished:
+            row = conn.execute("SELECT uidnext, expunged_floor FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            uidnext, floor = int(row[0]), int(row[1])
+            if since < floor:  # schema invariant 10: removals in (since, floor] may have been forgotten
+                return Vanished((), False, uidnext)
+            uids = sorted(r[0] for r in conn.execute(
+                "SELECT uid FROM expunged INDEXED BY expunged_modseq WHERE mailbox_id = ? AND modseq > ?",
+                (mailbox_id, since)))
+            return Vanished(array("I", uids), True, uidnext)
+
+        return await self._engine.read(q)
+
+    async def prune_expunged(self, before: float) -> int:
+        def op(tx: Tx) -> int:
+            rows = tx.conn.execute(
+                "SELECT mailbox_id, uid, modseq FROM expunged INDEXED BY expunged_at WHERE at < ? LIMIT ?",
+                (before, PRUNE_BATCH),
+            ).fetchall()
+            floors: dict[int, int] = {}
+            for mailbox_id, _, modseq in rows:
+                floors[mailbox_id] = max(floors.get(mailbox_id, 0), int(modseq))
+            # Schema invariant 10: the floor first, then the rows, in one transaction.
+            tx.conn.executemany("UPDATE mailboxes SET expunged_floor = max(expunged_floor, ?) WHERE id = ?",
+                                [(m, mailbox_id) for mailbox_id, m in floors.items()])
+            tx.conn.executemany("DELETE FROM expunged WHERE mailbox_id = ? AND uid = ?", [r[:2] for r in rows])
+            return len(rows)
+
+        total = 0
+        while True:  # one bounded write per batch, so other writers get their turn in between
+            done = await self._engine.write(op)
+            total += done
+            if done < PRUNE_BATCH:
+                return total
+
     async def read_message(self, blob_id: str) -> bytes:
         check_id(blob_id)
 
@@ -464,9 +532,16 @@ class MessagesMixin(Base):
             modseq = mbox.highestmodseq
             updates = []
             changes = []
-            for uid, old_modseq, old_flags, old_text in _flag_rows(tx.conn, mailbox_id, wanted):
+            modified: set[int] = set()
+            rows = _flag_rows(tx.conn, mailbox_id, wanted)
+            if unchanged_since is not None:
+                # RFC 7162 §3.1.3: a UID no longer here was removed after any MODSEQ the caller holds: it fails
+                # the test like a message changed since (api: store_flags).
+                modified = set(wanted).difference(r[0] for r in rows)
+            for uid, old_modseq, old_flags, old_text in rows:
                 if unchanged_since is not None and old_modseq > unchanged_since:
-                    continue  # RFC 7162 §3.2: modified since; left alone
+                    modified.add(uid)
+                    continue  # RFC 7162 §3.1.3: modified since; left alone
                 if flags_only:  # the common STORE +FLAGS / -FLAGS: no keyword to decode or compare
                     new_flags = old_flags | flags if adding else old_flags & ~flags
                     if new_flags == old_flags:
@@ -492,7 +567,7 @@ class MessagesMixin(Base):
                 grown = grow_keywords(tx, mbox, kws.values())  # invariant 5
                 if grown is not None:
                     changes.append(grown)
-            return WriteResult(tuple(changes))
+            return WriteResult(tuple(changes), tuple(sorted(modified)))
 
         return await self._engine.write(op)
 
@@ -509,8 +584,9 @@ class MessagesMixin(Base):
                 msgs = [message_from_row(r) for r in rows]
             else:
                 msgs = [m for m in select_messages(tx.conn, mailbox_id, wanted) if m.flags & Flag.DELETED]
-            return WriteResult(tuple(delete_messages(tx, mbox, msgs)))
+            return WriteResult(tuple(delete_messages(tx, mbox, msgs, now=now)))
 
+        now = self._clock()
         return await self._engine.write(op)
 
     async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> WriteResult:
@@ -518,8 +594,10 @@ class MessagesMixin(Base):
 
         def op(tx: Tx) -> WriteResult:
             mbox = load_mailbox(tx.conn, mailbox_id)
-            return WriteResult(tuple(delete_messages(tx, mbox, select_messages(tx.conn, mailbox_id, wanted))))
+            return WriteResult(tuple(delete_messages(tx, mbox, select_messages(tx.conn, mailbox_id, wanted),
+                                                     now=now)))
 
+        now = self._clock()
         return await self._engine.write(op)
 
     async def _copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, move: bool) -> CopyResult:
@@ -535,7 +613,7 @@ class MessagesMixin(Base):
             items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs]
             results = insert_messages(tx, dest, items)
             if move:
-                delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, release=False)
+                delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
             else:
                 add_blob_refs(tx, count_blobs(m.blob_id for m in msgs))
             return CopyResult(
@@ -545,6 +623,7 @@ class MessagesMixin(Base):
                 changes=tuple(tx.changes[mark:]),
             )
 
+        now = self._clock()
         return await self._engine.write(op)
 
     async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:

@@ -25,6 +25,10 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
+8 keeps the expunged-UID record for QRESYNC (RFC 7162 §3.2.5, §3.2.6) for a limited time: `expunged.at` (when the
+row was written; rows that exist get the time of the upgrade, so they are kept a full retention period from then),
+`mailboxes.expunged_floor` (invariant 10) and two indexes, `expunged(mailbox_id, modseq)` for "expunged since
+MODSEQ n" and `expunged(at)` for pruning, so neither reads more rows than it answers.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -45,6 +49,9 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
+10. Every message removed from a mailbox with a MODSEQ above `mailboxes.expunged_floor` has its `expunged` row
+   (messages.py invariant 3). Rows are only deleted by `prune_expunged`, which first raises the floor to the
+   largest MODSEQ it deletes; the floor only grows (0: the record is complete since the mailbox was made).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE counters(
@@ -241,8 +248,20 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    """The expunged-UID record with a time of its own and a per-mailbox floor (invariant 10), for QRESYNC's
+    VANISHED (RFC 7162 §3.2.5, §3.2.6) over a limited retention. Rows that exist are dated now, so a client that
+    synchronised before the upgrade keeps its exact answers for a full retention period; nothing was pruned
+    before, so every floor starts at 0."""
+    conn.execute("ALTER TABLE expunged ADD COLUMN at REAL NOT NULL DEFAULT 0")
+    conn.execute("UPDATE expunged SET at = ?", (time.time(),))
+    conn.execute("ALTER TABLE mailboxes ADD COLUMN expunged_floor INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX expunged_modseq ON expunged(mailbox_id, modseq)")
+    conn.execute("CREATE INDEX expunged_at ON expunged(at)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }
 
 
