@@ -15,6 +15,8 @@ Invariants:
    advances it in one write job: two claims can never both get the same UID.
 6. Subscriptions are rows of their own keyed (user, name) (api invariant 8): CREATE, DELETE and RENAME never
    touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
+7. A mailbox created below an existing one gets a copy of its ACL (acl.py invariant 4); RENAME keeps a
+   mailbox's ACL (its rows follow the mailbox id), DELETE drops it (cascade).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from postroom.store.api import (
     StoreError,
     WriteResult,
 )
+from postroom.store.sqlite import acl
 from postroom.store.sqlite.common import (
     MAILBOX_COLUMNS,
     MESSAGE_COLUMNS,
@@ -140,8 +143,12 @@ class MailboxesMixin(Base):
             _check_user(tx.conn, user_id)
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
+            parent = acl.nearest_existing(tx.conn, user_id, name)
+            mark = len(tx.changes)
             _create_parents(tx, user_id, name)
-            return insert_mailbox(tx, user_id, name, use, subscribe=False)
+            mbox = insert_mailbox(tx, user_id, name, use, subscribe=False)
+            acl.inherit(tx, parent, [c.mailbox_id for c in tx.changes[mark:]])  # acl.py invariant 4
+            return mbox
 
         return await self._engine.write(op)
 

@@ -25,6 +25,8 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
+8 (issue 14) adds `acl`: the access control list entries of mailboxes (RFC 4314; invariant 10). Existing
+mailboxes get none, so nothing is shared by the upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -45,6 +47,10 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
+10. An `acl` row grants (or, `negative` = 1, takes away) `rights` on one mailbox to one user of the owner's
+   domain (`grantee_id`), or to every such user (`grantee_id` NULL: "anyone"); at most one row per (mailbox,
+   grantee, sign), never one naming the owner, never empty rights. Rows go with their mailbox and with their
+   grantee (cascades), so a removed user's entries never name a later one (ids are never reused, invariant 1).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE counters(
@@ -241,8 +247,21 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    """Mailbox access control lists (RFC 4314; invariant 10). `grantee_id` NULL is "anyone"; the unique index
+    keeps one row per (mailbox, grantee, sign); `acl_grantee` finds what is shared with a user."""
+    conn.execute(
+        "CREATE TABLE acl(id INTEGER PRIMARY KEY,"
+        " mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,"
+        " grantee_id INTEGER REFERENCES users(id) ON DELETE CASCADE,"
+        " negative INTEGER NOT NULL DEFAULT 0, rights TEXT NOT NULL)"
+    )
+    conn.execute("CREATE UNIQUE INDEX acl_entry ON acl(mailbox_id, ifnull(grantee_id, 0), negative)")
+    conn.execute("CREATE INDEX acl_grantee ON acl(grantee_id)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }
 
 
