@@ -35,6 +35,9 @@ Invariants
 4. `saved` (`$`, RFC 5182) holds UIDs, so expunges and arrivals never make it point at another message.
 5. No FETCH response carries a keyword before a FLAGS response of this session has listed it; `keywords` only
    grows while the mailbox is selected (at most `names.MAX_MAILBOX_KEYWORDS` plus what one listing carries).
+6. `rights` is None for a mailbox of the session's own user (every right); for another user's mailbox it holds
+   the session user's RFC 4314 rights as last read (imap/acl.py reads them again before every command and when
+   a MAILBOX_ACL change arrives: `acl_changed`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class Selected:
     saved: list[int] = field(default_factory=list)
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
+    rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 6)
+    acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
 
     def __post_init__(self) -> None:
         if not isinstance(self.uids, array):
@@ -149,9 +154,16 @@ class Selected:
             n += max(0, bisect.bisect_right(self.uids, r_hi) - bisect.bisect_left(self.uids, r_lo))
         return n
 
+    def may(self, right: str) -> bool:
+        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 6)."""
+        return self.rights is None or right in self.rights
+
     # ---- changes
     def absorb(self, change: Change) -> None:
         if change.mailbox_id != self.mailbox.id:
+            return
+        if change.kind is ChangeKind.MAILBOX_ACL:
+            self.acl_changed = True
             return
         if change.kind in _MESSAGE_KINDS or change.kind is ChangeKind.MAILBOX_KEYWORDS:
             self.pending.append(change)

@@ -136,6 +136,19 @@ def flags_to_names(flags: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES.items() if flags & bit]
 
 
+def flags_allowed(rights: str) -> int:
+    """The system flags a user with the RFC 4314 `rights` may set or clear (§4: STORE, APPEND, COPY): \\Seen
+    with "s", \\Deleted with "t", the others with "w" (keywords need "w" too)."""
+    mask = 0
+    if "s" in rights:
+        mask |= Flag.SEEN
+    if "t" in rights:
+        mask |= Flag.DELETED
+    if "w" in rights:
+        mask |= Flag.ANSWERED | Flag.FLAGGED | Flag.DRAFT
+    return int(mask)
+
+
 class StoreMode(enum.Enum):
     """How `store_flags` combines the given flags with the present ones (IMAP STORE FLAGS / +FLAGS / -FLAGS)."""
 

@@ -33,7 +33,6 @@ from postroom.store.api import (
     AclEntry,
     Change,
     ChangeKind,
-    Flag,
     Invalid,
     NotFound,
     SharedMailbox,
@@ -62,19 +61,6 @@ def effective(rows: Iterable[tuple[Any, Any]]) -> str:
     for negative, rights in rows:
         (minus if negative else plus).update(str(rights))
     return "".join(r for r in RIGHTS if r in plus and r not in minus)
-
-
-def flag_mask(rights: str) -> int:
-    """The system flags a user with `rights` may set or clear (RFC 4314 §4 STORE, APPEND, COPY): \\Seen with
-    "s", \\Deleted with "t", the others with "w" (keywords too: the caller checks "w" for them)."""
-    mask = 0
-    if "s" in rights:
-        mask |= int(Flag.SEEN)
-    if "t" in rights:
-        mask |= int(Flag.DELETED)
-    if "w" in rights:
-        mask |= int(Flag.ANSWERED | Flag.FLAGGED | Flag.DRAFT)
-    return mask
 
 
 def _owner(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from postroom.store.api import (
     NotFound,
     StoreMode,
     WriteResult,
+    flags_allowed,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
 from postroom.store.sqlite import acl
@@ -543,7 +544,7 @@ class MessagesMixin(Base):
                 rights = acl.rights_of(tx.conn, as_user, dest_mailbox_id)
                 if "i" not in rights:
                     raise Forbidden("no right to insert messages into the mailbox")
-                mask = acl.flag_mask(rights)
+                mask = flags_allowed(rights)
                 keep_keywords = "w" in rights
             msgs = select_messages(tx.conn, mailbox_id, wanted)
             mark = len(tx.changes)
