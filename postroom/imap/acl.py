@@ -49,6 +49,7 @@ from postroom.store.api import ANYONE, RIGHTS, Invalid, Mailbox
 from . import encoder
 from . import parser as P
 from .session import AUTHED, ONLY_SELECTED, Bad, No, Result, Session, command
+from .syntax import ATOM_CHARS
 
 if TYPE_CHECKING:
     from postroom.store.api import User
@@ -90,6 +91,16 @@ def shared_name(owner: str, name: str) -> str:
     return f"{OTHER_PREFIX}{owner}/{name}"
 
 
+_ATOM = frozenset(ATOM_CHARS)
+
+
+def astring(value: str) -> bytes:
+    """An identifier or rights string as RFC 4314 §7 sends it (astring): an atom when it can be one, as the RFC's
+    examples (some clients read only those), else a string."""
+    b = value.encode("utf-8", "surrogateescape")
+    return b if b and _ATOM.issuperset(b) else encoder.string(b)
+
+
 def _user(s: Session) -> User:
     assert s.user is not None
     return s.user
@@ -114,14 +125,15 @@ async def resolve(s: Session, name: str) -> Target | None:
     return Target(shared.mailbox, shared.rights, shared.owner, shared_name(shared.owner, shared.mailbox.name), True)
 
 
-async def nearest_parent(s: Session, owner: str, name: str) -> Target | None:
-    """The nearest existing parent of `name` in `owner`'s hierarchy that the user has a right on (CREATE and
-    RENAME in the other users' namespace need "k" there: RFC 4314 §4), or None."""
+async def need_parent(s: Session, owner: str, name: str, what: str) -> Target:
+    """The nearest existing parent of `name` in `owner`'s hierarchy, if the user has "k" on it (CREATE, and
+    RENAME's new name, in the other users' namespace: RFC 4314 §4); else NO [NOPERM], the same whether there
+    is no such parent or one the user may not see (invariant 2)."""
     for parent in reversed(names.parents(name)):
         target = await resolve(s, shared_name(owner, parent))
-        if target is not None:
-            return target
-    return None
+        if target is not None and VISIBLE.intersection(target.rights):
+            return need(target, "k", what)
+    raise No(f"{what} cannot make a mailbox there", "NOPERM")
 
 
 def need(target: Target | None, rights: str, what: str, missing: str = "NONEXISTENT") -> Target:
@@ -253,7 +265,7 @@ async def getacl(s: Session, cmd: P.Command) -> Result:
     entries = [(target.owner, RIGHTS)] + [(e.identifier, e.rights) for e in await s.store.get_acl(target.mailbox.id)]
     # RFC 4314 §3.6: * ACL mailbox *(SP identifier SP rights); the owner's implicit entry first.
     s.write(b"* ACL " + encoder.mailbox(target.name, s.rev2)
-            + b"".join(b" " + encoder.string(i) + b" " + encoder.string(with_obsolete(r)) for i, r in entries)
+            + b"".join(b" " + astring(i) + b" " + astring(with_obsolete(r)) for i, r in entries)
             + b"\r\n")
     return "", "GETACL completed"
 
@@ -270,8 +282,8 @@ async def listrights(s: Session, cmd: P.Command) -> Result:
     else:
         groups = [""]  # nothing can be granted to a user of another domain or to no user
     # §3.4: the identifier in the form the client gave it.
-    s.write(b"* LISTRIGHTS " + encoder.mailbox(target.name, s.rev2) + b" " + encoder.string(identifier)
-            + b"".join(b" " + encoder.string(g) for g in groups) + b"\r\n")
+    s.write(b"* LISTRIGHTS " + encoder.mailbox(target.name, s.rev2) + b" " + astring(identifier)
+            + b"".join(b" " + astring(g) for g in groups) + b"\r\n")
     return "", "LISTRIGHTS completed"
 
 
@@ -287,5 +299,5 @@ async def _grantable(s: Session, key: str, owner: str) -> bool:
 async def myrights(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "")  # RFC 4314 §4: any right that lets the user see the mailbox
     s.write(b"* MYRIGHTS " + encoder.mailbox(target.name, s.rev2) + b" "
-            + encoder.string(with_obsolete(target.rights)) + b"\r\n")
+            + astring(with_obsolete(target.rights)) + b"\r\n")
     return "", "MYRIGHTS completed"

@@ -156,7 +156,7 @@ async def create(s: Session, cmd: P.Command) -> Result:
         raise No("INBOX always exists", "ALREADYEXISTS")
     other = acl.split_other(name)
     if other is not None and other[1]:  # in another user's hierarchy: RFC 4314 §4, "k" on the parent
-        parent = acl.need(await acl.nearest_parent(s, *other), "k", "CREATE", "NOPERM")
+        parent = await acl.need_parent(s, *other, "CREATE")
         await s.store.create_mailbox(parent.mailbox.user_id, other[1])
         return "", "CREATE completed"
     if acl.in_other_namespace(name):
@@ -198,7 +198,7 @@ async def rename(s: Session, cmd: P.Command) -> Result:
             raise No("Cannot rename a mailbox out of its owner's hierarchy", "CANNOT")
         new_name = other[1]
         # RFC 4314 §4: "k" on the new name's parent
-        acl.need(await acl.nearest_parent(s, source.owner, new_name), "k", "RENAME", "NOPERM")
+        await acl.need_parent(s, source.owner, new_name, "RENAME")
     await s.store.rename_mailbox(source.mailbox.user_id, source.mailbox.name, new_name)
     if s.sel is not None and s.sel.id == source.mailbox.id and source.mailbox.name != "INBOX":
         s.sel.mailbox = dataclasses.replace(
@@ -320,7 +320,7 @@ async def list_(s: Session, cmd: P.Command) -> Result:
         if childinfo:
             extended.append(b'"CHILDINFO" ("SUBSCRIBED")')  # RFC 5258 §3.5
         if want_rights and m is not None:  # RFC 8440 §3: the rights MYRIGHTS would answer
-            extended.append(b'"MYRIGHTS" ' + encoder.quoted(acl.with_obsolete(rights[name])))
+            extended.append(b'"MYRIGHTS" ' + acl.astring(acl.with_obsolete(rights[name])))
         if extended:
             line += b" (" + b" ".join(extended) + b")"
         s.write(line + b"\r\n")
