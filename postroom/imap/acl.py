@@ -125,15 +125,17 @@ async def resolve(s: Session, name: str) -> Target | None:
     return Target(shared.mailbox, shared.rights, shared.owner, shared_name(shared.owner, shared.mailbox.name), True)
 
 
-async def need_parent(s: Session, owner: str, name: str, what: str) -> Target:
-    """The nearest existing parent of `name` in `owner`'s hierarchy, if the user has "k" on it (CREATE, and
-    RENAME's new name, in the other users' namespace: RFC 4314 §4); else NO [NOPERM], the same whether there
-    is no such parent or one the user may not see (invariant 2)."""
-    for parent in reversed(names.parents(name)):
-        target = await resolve(s, shared_name(owner, parent))
-        if target is not None and VISIBLE.intersection(target.rights):
-            return need(target, "k", what)
-    raise No(f"{what} cannot make a mailbox there", "NOPERM")
+async def owner_id(s: Session, owner: str, what: str) -> int:
+    """The id of a user of the session user's domain named in the other users' namespace (CREATE below one of
+    their mailboxes); NO [NOPERM] otherwise, the answer a parent without "k" gets too (invariant 2)."""
+    try:
+        user = await s.store.get_user(owner)
+    except Invalid:
+        user = None
+    me = _user(s)
+    if user is None or user.id == me.id or user.domain_id != me.domain_id:
+        raise No(f"{what} cannot make a mailbox there", "NOPERM")
+    return user.id
 
 
 def need(target: Target | None, rights: str, what: str, missing: str = "NONEXISTENT") -> Target:

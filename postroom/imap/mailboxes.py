@@ -51,7 +51,7 @@ from array import array
 
 from postroom.mime import pool
 from postroom.store import names
-from postroom.store.api import RIGHTS, AppendRequest, Flag, Mailbox, MailboxStatus, flags_allowed
+from postroom.store.api import RIGHTS, AppendRequest, Flag, Forbidden, Mailbox, MailboxStatus, flags_allowed
 
 from . import acl, encoder
 from . import parser as P
@@ -156,8 +156,11 @@ async def create(s: Session, cmd: P.Command) -> Result:
         raise No("INBOX always exists", "ALREADYEXISTS")
     other = acl.split_other(name)
     if other is not None and other[1]:  # in another user's hierarchy: RFC 4314 §4, "k" on the parent
-        parent = await acl.need_parent(s, *other, "CREATE")
-        await s.store.create_mailbox(parent.mailbox.user_id, other[1])
+        owner = await acl.owner_id(s, other[0], "CREATE")
+        try:  # the store checks "k" on the nearest existing parent, hidden or not, in its transaction
+            await s.store.create_mailbox(owner, other[1], as_user=_user_id(s))
+        except Forbidden:
+            raise No("CREATE cannot make a mailbox there", "NOPERM") from None
         return "", "CREATE completed"
     if acl.in_other_namespace(name):
         raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
@@ -197,9 +200,11 @@ async def rename(s: Session, cmd: P.Command) -> Result:
         if other is None or not other[1] or names.address(other[0]) != source.owner:
             raise No("Cannot rename a mailbox out of its owner's hierarchy", "CANNOT")
         new_name = other[1]
-        # RFC 4314 §4: "k" on the new name's parent
-        await acl.need_parent(s, source.owner, new_name, "RENAME")
-    await s.store.rename_mailbox(source.mailbox.user_id, source.mailbox.name, new_name)
+    try:  # RFC 4314 §4: "x" on the old name, "k" on the new one's parent, checked again by the store
+        await s.store.rename_mailbox(source.mailbox.user_id, source.mailbox.name, new_name,
+                                     as_user=_user_id(s) if source.shared else None)
+    except Forbidden:
+        raise No("RENAME cannot make a mailbox there", "NOPERM") from None
     if s.sel is not None and s.sel.id == source.mailbox.id and source.mailbox.name != "INBOX":
         s.sel.mailbox = dataclasses.replace(
             s.sel.mailbox, name=acl.shared_name(source.owner, new_name) if source.shared else new_name)

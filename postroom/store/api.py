@@ -507,15 +507,20 @@ class Store(Protocol):
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
 
-    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken."""
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
+                             as_user: int | None = None) -> Mailbox:
+        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken. With `as_user` (another user
+        acting through the ACL, RFC 4314 §4) that user needs "k" on the nearest existing parent, checked in the
+        transaction: Forbidden otherwise, also when there is no parent. A new mailbox gets a copy of the nearest
+        existing parent's ACL (§4 SHOULD), whoever creates it."""
 
     async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
         """Deletes the mailbox and its messages; children stay (RFC 9051 §6.3.5). INBOX cannot be deleted."""
 
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+    async def rename_mailbox(self, user_id: int, old: str, new: str, *, as_user: int | None = None) -> WriteResult:
         """Renames with its children. Renaming INBOX moves its messages to a new mailbox and leaves INBOX
-        empty (RFC 9051 §6.3.6)."""
+        empty (RFC 9051 §6.3.6). With `as_user` (RFC 4314 §4) that user needs "x" on `old` and "k" on the nearest
+        existing parent of `new`, checked in the transaction (Forbidden otherwise)."""
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
         """Add `name` to the user's subscriptions, or remove it (invariant 8), whether or not a mailbox has that

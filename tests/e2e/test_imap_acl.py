@@ -262,7 +262,7 @@ def test_create_delete_rename_in_another_users_hierarchy(imap: Any) -> None:
     alice = login(imap, ALICE)
     ok(alice.cmd("2 CREATE Mine"))
     assert alice.cmd('3 CREATE "Other Users/bob@example.org/Shared/Sub"')[-1] == (
-        b"3 NO [NOPERM] CREATE needs the right(s) k on this mailbox\r\n")
+        b"3 NO [NOPERM] CREATE cannot make a mailbox there\r\n")
     assert alice.cmd('4 CREATE "Other Users/bob@example.org/Top"')[-1] == (
         b"4 NO [NOPERM] CREATE cannot make a mailbox there\r\n")
     assert alice.cmd(f"5 DELETE {SHARED}")[-1] == b"5 NO [NOPERM] DELETE needs the right(s) x on this mailbox\r\n"
@@ -281,6 +281,14 @@ def test_create_delete_rename_in_another_users_hierarchy(imap: Any) -> None:
     assert [e.rights for e in imap.run(imap.store.get_acl(sub.id))] == ["lrkx"]
     ok(alice.cmd('12 RENAME "Other Users/bob@example.org/Shared/Sub" "Other Users/bob@example.org/Shared/Sub2"'))
     ok(alice.cmd('13 DELETE "Other Users/bob@example.org/Shared/Sub2"'))
+    # "k" is needed on the nearest existing parent, even one she cannot see (RFC 4314 §4).
+    ok(bob.cmd("14 CREATE Shared/Hidden"))
+    ok(bob.cmd(f"15 DELETEACL Shared/Hidden {ALICE}"))  # it inherited her entry; taken away
+    assert alice.cmd('16 CREATE "Other Users/bob@example.org/Shared/Hidden/X"')[-1] == (
+        b"16 NO [NOPERM] CREATE cannot make a mailbox there\r\n")
+    assert alice.cmd('17 CREATE "Other Users/eve@other.test/Shared/X"')[-1] == (
+        b"17 NO [NOPERM] CREATE cannot make a mailbox there\r\n")
+    ok(bob.cmd("18 DELETE Shared/Hidden"))
     assert [m.name for m in imap.run(imap.store.list_mailboxes(bob_user.id))] == [
         "INBOX", "Archive", "Drafts", "Junk", "Private", "Sent", "Shared", "Trash"]
 

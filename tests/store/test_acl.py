@@ -141,6 +141,30 @@ async def test_rename_keeps_the_acl_and_create_inherits_it(store: Store) -> None
     assert await store.get_acl((await store.create_mailbox(bob_id, "Loose")).id) == []
 
 
+async def test_create_and_rename_as_another_user_need_k_and_x(store: Store) -> None:
+    alice = await new_user(store, ALICE)
+    bob_id, box = await _folder(store)
+    await store.set_acl(box, ALICE, "lr")
+    with pytest.raises(Forbidden):
+        await store.create_mailbox(bob_id, "Shared/Sub", as_user=alice.id)  # RFC 4314 §4: "k" on the parent
+    with pytest.raises(Forbidden):
+        await store.create_mailbox(bob_id, "Top", as_user=alice.id)  # no parent at all
+    await store.set_acl(box, ALICE, "lrk")
+    hidden = await store.create_mailbox(bob_id, "Shared/Hidden")
+    await store.set_acl(hidden.id, ALICE, "")
+    with pytest.raises(Forbidden):  # the nearest existing parent counts, seen or not
+        await store.create_mailbox(bob_id, "Shared/Hidden/X", as_user=alice.id)
+    sub = await store.create_mailbox(bob_id, "Shared/Sub", as_user=alice.id)
+    assert sub.user_id == bob_id and await store.get_acl(sub.id) == [AclEntry(ALICE, "lrk")]
+    with pytest.raises(Forbidden):
+        await store.rename_mailbox(bob_id, "Shared/Sub", "Shared/Sub2", as_user=alice.id)  # no "x"
+    await store.set_acl(sub.id, ALICE, "lrx")
+    with pytest.raises(Forbidden):
+        await store.rename_mailbox(bob_id, "Shared/Sub", "Elsewhere", as_user=alice.id)  # no parent with "k"
+    await store.rename_mailbox(bob_id, "Shared/Sub", "Shared/Sub2", as_user=alice.id)
+    assert await store.get_mailbox(bob_id, "Shared/Sub2") is not None
+
+
 async def test_too_many_entries(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from postroom.store import names
 

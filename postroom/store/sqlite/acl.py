@@ -33,6 +33,7 @@ from postroom.store.api import (
     AclEntry,
     Change,
     ChangeKind,
+    Forbidden,
     Invalid,
     NotFound,
     SharedMailbox,
@@ -107,6 +108,12 @@ def rights_of(conn: sqlite3.Connection, user_id: int, mailbox_id: int) -> str:
         (mailbox_id, user_id),
     ).fetchall()
     return effective(rows)
+
+
+def require_parent(conn: sqlite3.Connection, user_id: int, parent_id: int | None) -> None:
+    """Forbidden unless the user has "k" on `parent_id` (the nearest existing parent: RFC 4314 §4 CREATE)."""
+    if parent_id is None or "k" not in rights_of(conn, user_id, parent_id):
+        raise Forbidden("no right to create a mailbox there")
 
 
 def inherit(tx: Tx, parent_id: int | None, new_ids: Iterable[int]) -> None:

@@ -29,6 +29,7 @@ from postroom.store.api import (
     AlreadyExists,
     Change,
     ChangeKind,
+    Forbidden,
     Invalid,
     Mailbox,
     MailboxStatus,
@@ -135,15 +136,18 @@ class MailboxesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
-    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
+                             as_user: int | None = None) -> Mailbox:
         name = names.mailbox(name)
         use = _special_use(special_use)
 
         def op(tx: Tx) -> Mailbox:
             _check_user(tx.conn, user_id)
+            parent = acl.nearest_existing(tx.conn, user_id, name)
+            if as_user is not None:
+                acl.require_parent(tx.conn, as_user, parent)
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
-            parent = acl.nearest_existing(tx.conn, user_id, name)
             mark = len(tx.changes)
             _create_parents(tx, user_id, name)
             mbox = insert_mailbox(tx, user_id, name, use, subscribe=False)
@@ -173,7 +177,7 @@ class MailboxesMixin(Base):
 
         return await self._engine.write(op)
 
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+    async def rename_mailbox(self, user_id: int, old: str, new: str, *, as_user: int | None = None) -> WriteResult:
         old = names.mailbox(old)
         new = names.mailbox(new)
         if new == old:
@@ -183,6 +187,10 @@ class MailboxesMixin(Base):
 
         def op(tx: Tx) -> WriteResult:
             src = _need(tx.conn, user_id, old)
+            if as_user is not None:  # RFC 4314 §4: "x" on the old name, "k" on the new one's parent
+                if "x" not in acl.rights_of(tx.conn, as_user, src.id):
+                    raise Forbidden("no right to rename the mailbox")
+                acl.require_parent(tx.conn, as_user, acl.nearest_existing(tx.conn, user_id, new))
             if find_mailbox(tx.conn, user_id, new) is not None:
                 raise AlreadyExists(f"mailbox exists: {new}")
             mark = len(tx.changes)
