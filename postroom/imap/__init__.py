@@ -11,7 +11,8 @@ Layers, from the wire up:
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
-  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
+  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `acl` (SETACL DELETEACL GETACL LISTRIGHTS MYRIGHTS,
+  RFC 4314; the "Other Users" namespace and the rights every command checks on another user's mailbox).
 
 CONDSTORE and QRESYNC (RFC 7162) are not a family of their own: they modify SELECT/EXAMINE (`mailboxes`), FETCH
 (`fetch`), STORE and the expunging commands (`messages`), SEARCH (`search`), STATUS and ENABLE; what a session

@@ -361,7 +361,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     # BODY[] of the whole message is the raw bytes: no metadata needed for the commonest body fetch.
     need_meta = any(t.name in _META_NEEDED and not (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)
     need_raw = bool(names & _RAW_NEEDED)
-    sets_seen = not sel.readonly and (bool(names & _SETS_SEEN) or any(
+    # RFC 4314 §4: \Seen is set by FETCH only with the "s" right.
+    sets_seen = not sel.readonly and sel.may("s") and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
     if names <= _LIGHT:
         if await light_fetch(s, uids, atts, listed):

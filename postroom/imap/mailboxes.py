@@ -30,8 +30,15 @@ record of removals was pruned past modseq (`imap.expunged_retention_days`), the 
 every known UID not in the mailbox, above the last (message number, UID) pair of seq-match-data that still
 matches. Selecting while a mailbox is selected first says `OK [CLOSED]` (§3.2.11, RFC 9051 §7.1).
 
+Other users' mailboxes (ACL, RFC 4314; "Other Users" namespace, RFC 2342) are resolved and checked by `acl.py`:
+every command that takes a mailbox name goes through `acl.resolve` and asks `acl.need` for the rights RFC 4314
+§4 gives it. LIST adds the mailboxes other users share with the user's "l" right, under `acl.OTHER_PREFIX`, with
+`RETURN (MYRIGHTS)` (RFC 8440) answering each mailbox's rights. Personal mailboxes cannot be made in that
+namespace (a name there would be hidden by it).
+
 Invariants
-1. A session reaches only the mailboxes of its own user: every store call passes `s.user.id`, and names are
+1. A session reaches only the mailboxes of its own user, and those of other users through `acl.resolve` alone
+   (acl.py invariant 1): store calls pass `s.user.id` or the owner's id from a resolved target, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
 2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
 3. APPEND computes the message's metadata once (`mime.pool`: on the loop up to `INLINE_MAX` bytes, else in a
@@ -55,9 +62,9 @@ from array import array
 
 from postroom.mime import pool
 from postroom.store import names
-from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
+from postroom.store.api import RIGHTS, AppendRequest, Flag, Forbidden, Mailbox, MailboxStatus, flags_allowed
 
-from . import encoder
+from . import acl, encoder
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
@@ -109,18 +116,23 @@ async def select(s: Session, cmd: P.Command) -> Result:
     s.state = AUTH  # a failed SELECT leaves no mailbox selected (RFC 9051 §6.3.2)
     if a.condstore:
         s.enable_condstore()  # RFC 7162 §3.1.8 (no mailbox is selected now: nothing is written)
+    if s.sub is not None:
+        s.sub.watch(None)
     name = stored_name(s, a.mailbox)
-    mbox = await s.store.get_mailbox(_user_id(s), name)
-    if mbox is None:
-        raise No("Mailbox does not exist", "NONEXISTENT")
+    target = acl.need(await acl.resolve(s, name), "r", cmd.name)  # RFC 4314 §4
+    mbox = target.mailbox
+    if target.shared and s.sub is not None:
+        s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
     cols = await s.store.list_columns(mbox.id)
     uids = array("I", cols.uids)
-    readonly = cmd.name == "EXAMINE"
-    sel = Selected(mbox, readonly, uids, rev2=s.rev2, modseq=mbox.highestmodseq, condstore=s.condstore,
-                   qresync=s.qresync)
+    readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
+    sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2,
+                   modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync,
+                   rights=target.rights if target.shared else None)
     if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it
-        if readonly:  # EXAMINE shows what nobody claimed, and claims nothing (RFC 3501 §6.3.2)
+        if readonly or target.shared:  # EXAMINE shows what nobody claimed, and claims nothing (RFC 3501 §6.3.2);
+            # nor does a session of another user than the owner (acl.py)
             watermark = await s.store.recent_watermark(mbox.id)
             sel.grant_recent(watermark + 1, uids[-1] if uids else 0)
         else:  # listed first, then claimed: a message arriving in between is ours and announced later
@@ -145,7 +157,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     if s.condstore:  # RFC 7162 §3.1.2.1; read before the listing, so no change above it is missed
         s.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % max(mbox.highestmodseq, 1))
     if s.rev2:
-        s.write(b'* LIST () "/" ' + wire_name(s, mbox.name) + b"\r\n")  # RFC 9051 §6.3.2
+        s.write(b'* LIST () "/" ' + wire_name(s, target.name) + b"\r\n")  # RFC 9051 §6.3.2
     if a.qresync is not None and a.qresync.uidvalidity == mbox.uidvalidity:
         # RFC 7162 §3.2.5: a UIDVALIDITY that differs means "start over": the rest is ignored
         await _resync(s, sel, a.qresync)
@@ -194,6 +206,16 @@ async def create(s: Session, cmd: P.Command) -> Result:
         raise No("Invalid mailbox name", "CANNOT")
     if name.upper() == "INBOX":
         raise No("INBOX always exists", "ALREADYEXISTS")
+    other = acl.split_other(name)
+    if other is not None and other[1]:  # in another user's hierarchy: RFC 4314 §4, "k" on the parent
+        owner = await acl.owner_id(s, other[0], "CREATE")
+        try:  # the store checks "k" on the nearest existing parent, hidden or not, in its transaction
+            await s.store.create_mailbox(owner, other[1], as_user=_user_id(s))
+        except Forbidden:
+            raise No("CREATE cannot make a mailbox there", "NOPERM") from None
+        return "", "CREATE completed"
+    if acl.in_other_namespace(name):
+        raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
     await s.store.create_mailbox(_user_id(s), name)
     return "", "CREATE completed"
 
@@ -204,11 +226,10 @@ async def delete(s: Session, cmd: P.Command) -> Result:
     name = stored_name(s, cmd.args.mailbox)
     if name == "INBOX":
         raise No("INBOX cannot be deleted", "CANNOT")  # RFC 9051 §6.3.5
-    if s.sel is not None and s.sel.mailbox.name == name:
+    target = acl.need(await acl.resolve(s, name), "x", "DELETE")  # RFC 4314 §4
+    if s.sel is not None and s.sel.id == target.mailbox.id:
         raise No("Cannot delete the selected mailbox; UNSELECT first", "INUSE")
-    if await s.store.get_mailbox(_user_id(s), name) is None:
-        raise No("Mailbox does not exist", "NONEXISTENT")
-    await s.store.delete_mailbox(_user_id(s), name)
+    await s.store.delete_mailbox(target.mailbox.user_id, target.mailbox.name)
     return "", "DELETE completed"
 
 
@@ -221,9 +242,24 @@ async def rename(s: Session, cmd: P.Command) -> Result:
         raise No("Invalid mailbox name", "CANNOT")
     if new.upper() == "INBOX":
         raise No("INBOX already exists", "ALREADYEXISTS")
-    await s.store.rename_mailbox(_user_id(s), old, new)
-    if s.sel is not None and s.sel.mailbox.name == old and old != "INBOX":
-        s.sel.mailbox = dataclasses.replace(s.sel.mailbox, name=new)
+    source = acl.need(await acl.resolve(s, old), "x", "RENAME")  # RFC 4314 §4: "x" on the old name
+    other = acl.split_other(new)
+    if not source.shared:
+        if acl.in_other_namespace(new):
+            raise No("Cannot rename a mailbox into another user's hierarchy", "CANNOT")
+        new_name = new
+    else:
+        if other is None or not other[1] or names.address(other[0]) != source.owner:
+            raise No("Cannot rename a mailbox out of its owner's hierarchy", "CANNOT")
+        new_name = other[1]
+    try:  # RFC 4314 §4: "x" on the old name, "k" on the new one's parent, checked again by the store
+        await s.store.rename_mailbox(source.mailbox.user_id, source.mailbox.name, new_name,
+                                     as_user=_user_id(s) if source.shared else None)
+    except Forbidden:
+        raise No("RENAME cannot make a mailbox there", "NOPERM") from None
+    if s.sel is not None and s.sel.id == source.mailbox.id and source.mailbox.name != "INBOX":
+        s.sel.mailbox = dataclasses.replace(
+            s.sel.mailbox, name=acl.shared_name(source.owner, new_name) if source.shared else new_name)
     return "", "RENAME completed"
 
 
@@ -240,7 +276,8 @@ async def subscribe(s: Session, cmd: P.Command) -> Result:
 
 @command("NAMESPACE", AUTHED)
 async def namespace(s: Session, cmd: P.Command) -> Result:
-    s.write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')  # RFC 2342 §5: one personal namespace
+    # RFC 2342 §5: the personal namespace, and other users' (acl.py); no shared namespace.
+    s.write(b'* NAMESPACE (("" "/")) (("' + acl.OTHER_PREFIX.encode() + b'" "/")) NIL\r\n')
     return "", "NAMESPACE completed"
 
 
@@ -283,7 +320,13 @@ async def list_(s: Session, cmd: P.Command) -> Result:
         return any(r.match(name) for r in regexes)
 
     mboxes = await s.store.list_mailboxes(_user_id(s))
-    by_name = {m.name: m for m in mboxes}
+    by_name = {m.name: m for m in mboxes if not acl.in_other_namespace(m.name)}  # hidden by the namespace
+    rights: dict[str, str] = dict.fromkeys(by_name, RIGHTS)
+    for shared in await s.store.list_shared_mailboxes(_user_id(s)):  # RFC 4314 §4: those with "l"
+        full = acl.shared_name(shared.owner, shared.mailbox.name)
+        by_name[full] = dataclasses.replace(shared.mailbox, name=full)
+        rights[full] = shared.rights
+    want_rights = "MYRIGHTS" in a.returns  # RFC 8440
     virtual: set[str] = set()
     has_children: set[str] = set()
     for name in by_name:
@@ -330,10 +373,15 @@ async def list_(s: Session, cmd: P.Command) -> Result:
         if m is not None and m.special_use:
             attrs.append(m.special_use)
         line = b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + wire_name(s, name)
+        extended: list[bytes] = []
         if childinfo:
-            line += b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 §3.5
+            extended.append(b'"CHILDINFO" ("SUBSCRIBED")')  # RFC 5258 §3.5
+        if want_rights and m is not None:  # RFC 8440 §3: the rights MYRIGHTS would answer
+            extended.append(b'"MYRIGHTS" ' + acl.astring(acl.with_obsolete(rights[name])))
+        if extended:
+            line += b" (" + b" ".join(extended) + b")"
         s.write(line + b"\r\n")
-        if status_items and m is not None:
+        if status_items and m is not None and "r" in rights[name]:  # RFC 4314 §4: STATUS needs "r"
             s.write(await status_line(s, m, status_items))
         await s.maybe_flush()
     return "", "LIST completed"
@@ -402,10 +450,8 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
 @command("STATUS", AUTHED)
 async def status(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.StatusArgs)
-    mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, cmd.args.mailbox))
-    if mbox is None:
-        raise No("Mailbox does not exist", "NONEXISTENT")
-    s.write(await status_line(s, mbox, cmd.args.items))
+    target = acl.need(await acl.resolve(s, stored_name(s, cmd.args.mailbox)), "r", "STATUS")  # RFC 4314 §4
+    s.write(await status_line(s, dataclasses.replace(target.mailbox, name=target.name), cmd.args.items))
     return "", "STATUS completed"
 
 
@@ -417,9 +463,9 @@ async def append(s: Session, cmd: P.Command) -> Result:
     assert isinstance(a, P.AppendArgs)
     staged = s.take_staged()  # a large message, already in a staging file (module invariant 3)
     try:
-        mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
-        if mbox is None:
-            raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
+        # RFC 9051 §6.3.12 TRYCREATE; RFC 4314 §4: "i" to append
+        target = acl.need(await acl.resolve(s, stored_name(s, a.mailbox)), "i", "APPEND", "TRYCREATE")
+        mbox = target.mailbox
         if staged is not None and staged.error is not None:
             raise staged.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
         if staged is not None and a.message:
@@ -430,6 +476,9 @@ async def append(s: Session, cmd: P.Command) -> Result:
         if not size:
             raise No("Empty message", "CANNOT")
         flags, keywords = parse_flags(a.flags)
+        if target.shared:  # RFC 4314 §4: flags the user may not set are left off ("s", "t", "w")
+            flags &= flags_allowed(target.rights)
+            keywords = keywords if "w" in target.rights else []
         date = a.date if a.date is not None else time.time()
         if staged is not None:
             assert staged.path is not None  # no error, so a file

@@ -23,6 +23,10 @@ Invariants
    (RFC 9051 §6.4.8).
 3. EXPUNGE responses written here always follow the session's own numbering: each one's number is computed
    after the previous one was removed.
+4. On another user's mailbox every change checks the RFC 4314 §4 right first (`Selected.may`, rights read
+   again before the command: acl.py): STORE "s" for \\Seen, "t" for \\Deleted, "w" for the rest; EXPUNGE "e"
+   (CLOSE expunges only with it); COPY and MOVE "i" on the destination ("t" and "e" on the source to MOVE),
+   and the store checks them again (`as_user`). A right missing is NO [NOPERM] (RFC 5530), before READ-ONLY.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ import bisect
 from collections.abc import Callable, Iterable
 
 from postroom.store import names
-from postroom.store.api import FLAG_BY_NAME, ChangeKind, Invalid, StoreMode
+from postroom.store.api import FLAG_BY_NAME, ChangeKind, Flag, Invalid, StoreMode, flags_allowed
 
-from . import encoder
+from . import acl, encoder
 from . import parser as P
 from .session import AUTH, ONLY_SELECTED, Bad, No, Result, Session, command
 from .state import Selected, in_ranges, uid_ranges
@@ -141,6 +145,8 @@ async def store(s: Session, cmd: P.Command) -> Result:
     sel = sel_of(s)
     bits, keywords = parse_flags(a.flags)
     uids = resolve(s, a.seqset, cmd.uid)
+    if sel.rights is not None:
+        bits, keywords = _allowed_flags(sel.rights, a.mode, bits, keywords)
     if sel.readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
     if a.unchangedsince is not None:
@@ -175,16 +181,37 @@ async def store(s: Session, cmd: P.Command) -> Result:
     return code, "STORE completed"
 
 
+def _allowed_flags(rights: str, mode: str, bits: int, keywords: list[str]) -> tuple[int, list[str]]:
+    """The flags of a STORE the user may change on another user's mailbox (invariant 4). RFC 4314 §4: a STORE
+    "SHOULD NOT fail if the user has rights to modify at least one flag", so the others are dropped; NO
+    [NOPERM] if none is left. Replacing every flag (`FLAGS` without + or -) changes all kinds: "s", "t" and
+    "w" are all needed."""
+    if mode == "":
+        if not {"s", "t", "w"} <= set(rights):
+            raise No("STORE FLAGS needs the rights s, t and w here; use +FLAGS or -FLAGS", "NOPERM")
+        return bits, keywords
+    kept = bits & flags_allowed(rights)
+    kept_keywords = keywords if "w" in rights else []
+    if (bits or keywords) and not (kept or kept_keywords):
+        wanted = ("s" if bits & Flag.SEEN else "") + ("t" if bits & Flag.DELETED else "")
+        wanted += "w" if bits & ~(Flag.SEEN | Flag.DELETED) or keywords else ""
+        raise No(f"STORE needs the right(s) {wanted} on this mailbox", "NOPERM")
+    return kept, kept_keywords
+
+
 # ---- COPY / MOVE (RFC 9051 §6.4.7, RFC 6851, RFC 4315 COPYUID)
 
-async def _destination(s: Session, name: str) -> int:
+async def _destination(s: Session, name: str, verb: str) -> acl.Target:
     from .mailboxes import stored_name
 
+    # RFC 9051 §6.4.7 TRYCREATE; RFC 4314 §4: "i" on the destination
+    return acl.need(await acl.resolve(s, stored_name(s, name)), "i", verb, "TRYCREATE")
+
+
+def _as_user(s: Session, dest: acl.Target) -> int | None:
+    """The user the store checks the rights of (invariant 4), when another user's mailbox takes part."""
     assert s.user is not None
-    mbox = await s.store.get_mailbox(s.user.id, stored_name(s, name))
-    if mbox is None:
-        raise No("Mailbox does not exist", "TRYCREATE")
-    return mbox.id
+    return s.user.id if dest.shared or sel_of(s).rights is not None else None
 
 
 def _copyuid(uidvalidity: int, src: tuple[int, ...], dst: tuple[int, ...]) -> str:
@@ -198,10 +225,10 @@ async def copy(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.CopyArgs)
     uids = resolve(s, a.seqset, cmd.uid)
-    dest = await _destination(s, a.mailbox)
+    dest = await _destination(s, a.mailbox, "COPY")
     if not uids:
         return "", "COPY completed"
-    res = await s.store.copy_messages(sel_of(s).id, uids, dest)
+    res = await s.store.copy_messages(sel_of(s).id, uids, dest.mailbox.id, as_user=_as_user(s, dest))
     if not res.source_uids:
         raise No("Messages were expunged", "EXPUNGEISSUED")
     return _copyuid(res.uidvalidity, res.source_uids, res.dest_uids), "COPY completed"
@@ -214,13 +241,15 @@ async def move(s: Session, cmd: P.Command) -> Result:
     assert isinstance(a, P.CopyArgs)
     sel = sel_of(s)
     uids = resolve(s, a.seqset, cmd.uid)
-    dest = await _destination(s, a.mailbox)
+    dest = await _destination(s, a.mailbox, "MOVE")
+    if not (sel.may("t") and sel.may("e")):  # RFC 4314 §4 / RFC 6851: moving out deletes and expunges
+        raise No("MOVE needs the rights t and e on the selected mailbox", "NOPERM")
     if sel.readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
     if not uids:
         return "", "MOVE completed"
     await s.notify(allow_expunge=True)  # report earlier changes first, so numbers below are the client's
-    res = await s.store.move_messages(sel.id, uids, dest)
+    res = await s.store.move_messages(sel.id, uids, dest.mailbox.id, as_user=_as_user(s, dest))
     if res.source_uids:
         # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
         s.write(b"* OK [" + _copyuid(res.uidvalidity, res.source_uids, res.dest_uids).encode()
@@ -247,8 +276,14 @@ async def _expunge(s: Session, uids: list[int] | None, report: bool) -> str:
     return f"HIGHESTMODSEQ {top}" if report and sel.qresync and top else ""
 
 
+def _need_expunge(s: Session) -> None:
+    if not sel_of(s).may("e"):  # RFC 4314 §4
+        raise No("EXPUNGE needs the right e on this mailbox", "NOPERM")
+
+
 @command("EXPUNGE", ONLY_SELECTED)
 async def expunge(s: Session, cmd: P.Command) -> Result:
+    _need_expunge(s)
     if sel_of(s).readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
     return await _expunge(s, None, True), "EXPUNGE completed"
@@ -258,6 +293,7 @@ async def expunge(s: Session, cmd: P.Command) -> Result:
 async def uid_expunge(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.SeqArg)
     uids = resolve(s, cmd.args.seqset, True)
+    _need_expunge(s)
     if sel_of(s).readonly:
         raise No("Mailbox is read-only", "READ-ONLY")
     code = await _expunge(s, uids, True) if uids else ""
@@ -267,11 +303,13 @@ async def uid_expunge(s: Session, cmd: P.Command) -> Result:
 def _deselect(s: Session) -> None:
     s.sel = None
     s.state = AUTH
+    if s.sub is not None:
+        s.sub.watch(None)  # another user's mailbox no more (acl.py)
 
 
 @command("CLOSE", ONLY_SELECTED)
 async def close(s: Session, cmd: P.Command) -> Result:
-    if not sel_of(s).readonly:
+    if not sel_of(s).readonly and sel_of(s).may("e"):  # RFC 4314 §4: CLOSE expunges only with "e"
         await _expunge(s, None, False)  # RFC 9051 §6.4.1: silently, no EXPUNGE responses
     _deselect(s)
     return "", "CLOSE completed"

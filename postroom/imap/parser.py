@@ -173,8 +173,17 @@ class IdArgs:
     params: tuple[tuple[str, str | None], ...] | None
 
 
+@dataclass(frozen=True, slots=True)
+class AclArgs:
+    """SETACL, DELETEACL, GETACL, LISTRIGHTS, MYRIGHTS (RFC 4314 §3): the fields the command has, else ""."""
+
+    mailbox: str
+    identifier: str = ""
+    rights: str = ""  # SETACL's mod-rights, as sent ("+", "-" or neither first)
+
+
 Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs
-        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +325,7 @@ def _p_rename(c: Cursor) -> Rename:
 
 _LIST_SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
 _LIST_SELECTION_BASE = {"SUBSCRIBED", "SPECIAL-USE"}  # RFC 5258 §6 list-select-base-opt (+ RFC 6154 §6)
-_LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
+_LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS", "MYRIGHTS"}  # MYRIGHTS: RFC 8440
 
 
 def _p_list(c: Cursor) -> ListArgs:
@@ -723,6 +732,25 @@ def _p_copy(c: Cursor) -> CopyArgs:
     return CopyArgs(seqset, name)
 
 
+def _acl_parser(identifier: bool, rights: bool) -> Callable[[Cursor], AclArgs]:
+    """RFC 4314 §7: `mailbox [SP identifier [SP mod-rights]]`, identifier and rights being astrings."""
+
+    def parse(c: Cursor) -> AclArgs:
+        c.sp()
+        name = c.mailbox()
+        who = mod = ""
+        if identifier:
+            c.sp()
+            who = c.text(c.astring())
+        if rights:
+            c.sp()
+            mod = c.text(c.astring())
+        c.end()
+        return AclArgs(name, who, mod)
+
+    return parse
+
+
 _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "CAPABILITY": _p_none, "NOOP": _p_none, "LOGOUT": _p_none, "STARTTLS": _p_none, "CHECK": _p_none,
     "CLOSE": _p_none, "UNSELECT": _p_none, "IDLE": _p_none, "NAMESPACE": _p_none, "EXPUNGE": _p_none,
@@ -732,6 +760,10 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
 }
+_PARSERS.update({  # RFC 4314 §3 (ACL)
+    "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),
+    "LISTRIGHTS": _acl_parser(True, False), "MYRIGHTS": _acl_parser(False, False),
+})
 _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "EXPUNGE": _p_expunge_uid,

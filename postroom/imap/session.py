@@ -11,7 +11,7 @@ return the tagged OK's response code and text, or raise:
 
 * `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
 * `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
-* a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT;
+* a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT / NOPERM;
 * anything else: logged with its traceback, tagged `NO [SERVERBUG]`; the session goes on.
 
 Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announced after login, is not
@@ -24,7 +24,8 @@ that did not take it (`_drop_staged`), or when the connection fails mid-literal.
 Change notification (RFC 9051 §7.5.1, §5.2): after login the session subscribes to the user's change feed.
 Before every tagged response the queued changes of the selected mailbox are reported (`notify`): EXISTS,
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
-reports them as they come.
+reports them as they come. A selected mailbox of another user (ACL, RFC 4314) is watched on the feed, and its
+rights are read again before each command and when its ACL changes (`acl.guard`, `acl.refresh`).
 
 CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
 (`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ
@@ -72,6 +73,7 @@ from postroom.store.api import (
     STAGING_THRESHOLD,
     AlreadyExists,
     ChangeKind,
+    Forbidden,
     InsufficientStorage,
     Invalid,
     NotFound,
@@ -140,7 +142,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     connection."""
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
-            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC"]
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
+            "ACL", "RIGHTS=texk", "LIST-MYRIGHTS"]  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
 
 
 class Service:
@@ -268,10 +271,14 @@ class Session:
     async def notify(self, allow_expunge: bool) -> None:
         """Report what changed in the selected mailbox (module doc)."""
         self.drain_changes()
+        if self.sel is not None and self.sel.acl_changed:
+            from .acl import refresh  # (acl.py imports this module)
+
+            await refresh(self)
         if self.overflowed:
             self.overflowed = False
             self.sub.reset()
-            if self.sel is not None:
+            if self.sel is not None and self.sel.may("r"):  # a revoked mailbox is never read again (acl.py)
                 mbox = await self.store.get_mailbox_by_id(self.sel.id)
                 cols = await self.store.list_columns(self.sel.id)
                 self.sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i))
@@ -291,7 +298,7 @@ class Session:
         """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of
         those no session has claimed yet (state.py). One write per batch, none if another session has them."""
         sel = self.sel
-        if sel is None or sel.readonly or sel.rev2:
+        if sel is None or sel.readonly or sel.rev2 or sel.rights is not None:  # never another user's \Recent
             return
         top = max((ch.uid for ch in sel.pending if ch.kind is ChangeKind.APPEND), default=0)
         if top <= sel.recent_seen:
@@ -460,6 +467,10 @@ class Session:
             return
         status, code, text = "OK", "", ""
         try:
+            if self.sel is not None and self.sel.rights is not None:  # another user's mailbox: RFC 4314
+                from .acl import guard  # (acl.py imports this module)
+
+                await guard(self, cmd, states)
             code, text = await handler(self, cmd)
         except (Bad, P.ParseError) as e:
             status, code, text = "BAD", getattr(e, "code", ""), e.text
@@ -472,6 +483,8 @@ class Session:
             status, code, text = "NO", "ALREADYEXISTS", _clean(e)
         except Invalid as e:
             status, code, text = "NO", "CANNOT", _clean(e)
+        except Forbidden as e:  # RFC 5530 §3 NOPERM: the ACL (RFC 4314) does not allow it
+            status, code, text = "NO", "NOPERM", _clean(e)
         except InsufficientStorage as e:
             # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
             log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
@@ -514,7 +527,7 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
+    from . import acl, auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
 
     service = Service(services, listener)
 

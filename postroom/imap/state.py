@@ -44,6 +44,9 @@ Invariants
    grows while the mailbox is selected (at most `names.MAX_MAILBOX_KEYWORDS` plus what one listing carries).
 6. A VANISHED response without (EARLIER) names only announced UIDs, each once, and removes them from `uids`
    like EXPUNGE does (RFC 7162 §3.2.10.2); one response line holds at most `VANISHED_RANGES` ranges.
+7. `rights` is None for a mailbox of the session's own user (every right); for another user's mailbox it holds
+   the session user's RFC 4314 rights as last read (imap/acl.py reads them again before every command and when
+   a MAILBOX_ACL change arrives: `acl_changed`).
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ class Selected:
     condstore: bool = False  # a CONDSTORE enabling command was seen: FETCHes carry MODSEQ (RFC 7162 §3.1)
     qresync: bool = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2.10.2)
     held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
+    rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
+    acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
 
     def __post_init__(self) -> None:
         if not isinstance(self.uids, array):
@@ -234,9 +239,16 @@ class Selected:
             n += max(0, bisect.bisect_right(self.uids, r_hi) - bisect.bisect_left(self.uids, r_lo))
         return n
 
+    def may(self, right: str) -> bool:
+        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 6)."""
+        return self.rights is None or right in self.rights
+
     # ---- changes
     def absorb(self, change: Change) -> None:
         if change.mailbox_id != self.mailbox.id:
+            return
+        if change.kind is ChangeKind.MAILBOX_ACL:
+            self.acl_changed = True
             return
         if change.kind in _MESSAGE_KINDS or change.kind is ChangeKind.MAILBOX_KEYWORDS:
             self.pending.append(change)

@@ -17,8 +17,12 @@ Invariants every engine keeps:
    `Mailbox.highestmodseq` is the largest MODSEQ given out.
 5. **Message bytes are sacred.** `read_message` returns exactly the bytes given to `append` (or held by the
    file given to `append_file`).
-6. **One user's data is keyed by user id.** Every mailbox call takes the mailbox id obtained from the user's
-   own listing; engines never resolve names across users.
+6. **One user's data is keyed by user id; another user's mailbox is reached only through its ACL.** Every
+   mailbox call takes a mailbox id obtained from the user's own listing, or from `get_shared_mailbox` /
+   `list_shared_mailboxes`, which resolve a mailbox of another user of the same domain only when its ACL
+   (RFC 4314) grants the asking user at least one right, and say which rights. Engines never resolve names
+   across users otherwise. The caller checks the returned rights before each use of such an id (imap/acl.py),
+   and `copy_messages` / `move_messages` with `as_user` check them again in their transaction.
 7. **\\Recent is claimed once.** Each mailbox keeps a watermark that only `claim_recent` moves (to UIDNEXT - 1,
    atomically); a UID is handed out as recent to at most one caller, ever, restarts included.
 8. **Subscriptions are names.** A user's subscriptions are a set of mailbox names kept apart from the mailboxes:
@@ -33,6 +37,11 @@ Invariants every engine keeps:
 10. **Removals are remembered until pruned.** Every message leaving a mailbox (expunge, move, INBOX rename) is
    answered by `vanished` with its UID for any MODSEQ below its removal, until `prune_expunged` forgets it; from
    then on `vanished` says it is not complete for such a MODSEQ, never silently leaves a UID out.
+11. **An ACL names users of the owner's domain.** `set_acl` takes `anyone` (every user of the owner's domain)
+   or the address of such a user, optionally prefixed with `-` (negative rights, RFC 4314 §2), never the
+   owner, whose rights are always all of `RIGHTS`; at most `names.MAX_ACL_ENTRIES` entries per mailbox. A
+   user's rights on a mailbox of another user are the union of the positive entries naming them or `anyone`,
+   minus the union of the negative ones (RFC 4314 §2). A user removed loses their entries with them.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -70,6 +79,11 @@ class AlreadyExists(StoreError):
 
 class Invalid(StoreError):
     """The request breaks a rule (bad name, INBOX rename target taken, deleting a mailbox with children...)."""
+
+
+class Forbidden(StoreError):
+    """The mailbox's ACL (RFC 4314) does not give the asking user the right the request needs. IMAP answers it
+    `NO [NOPERM]` (RFC 5530 §3)."""
 
 
 class InsufficientStorage(StoreError):
@@ -125,6 +139,19 @@ def flags_to_names(flags: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES.items() if flags & bit]
 
 
+def flags_allowed(rights: str) -> int:
+    """The system flags a user with the RFC 4314 `rights` may set or clear (§4: STORE, APPEND, COPY): \\Seen
+    with "s", \\Deleted with "t", the others with "w" (keywords need "w" too)."""
+    mask = 0
+    if "s" in rights:
+        mask |= Flag.SEEN
+    if "t" in rights:
+        mask |= Flag.DELETED
+    if "w" in rights:
+        mask |= Flag.ANSWERED | Flag.FLAGGED | Flag.DRAFT
+    return int(mask)
+
+
 class StoreMode(enum.Enum):
     """How `store_flags` combines the given flags with the present ones (IMAP STORE FLAGS / +FLAGS / -FLAGS)."""
 
@@ -144,6 +171,11 @@ SPECIAL_USE_DEFAULTS: tuple[tuple[str, str | None], ...] = (
 """Mailboxes every new user gets, with their RFC 6154 special-use attribute."""
 
 HIERARCHY_SEPARATOR = "/"
+
+RIGHTS = "lrswipkxtea"
+"""The access rights of RFC 4314 §2.1, in its order: lookup, read, seen, write, insert, post, create (k), delete
+mailbox (x), delete messages (t), expunge (e), administer. A mailbox's owner has all of them (invariant 11)."""
+ANYONE = "anyone"  # RFC 4314 §2: the identifier every user matches (here: every user of the owner's domain)
 
 
 class ListPolicy(enum.Enum):
@@ -211,6 +243,23 @@ class Mailbox:
     special_use: str | None  # "\\Sent", ... or None
     subscribed: bool  # the name is among the user's subscriptions (invariant 8)
     keywords: frozenset[str] = frozenset()  # every keyword its messages have carried, first spelling (invariant 9)
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    """One entry of a mailbox's access control list (RFC 4314 §2)."""
+
+    identifier: str  # "anyone" or a user's address (lower-case), "-" before it for negative rights
+    rights: str  # letters of RIGHTS, in that order
+
+
+@dataclass(frozen=True)
+class SharedMailbox:
+    """A mailbox of another user as the asking user may use it (invariant 6)."""
+
+    mailbox: Mailbox  # the owner's record: `name` is the owner's name for it
+    owner: str  # the owner's address (lower-case)
+    rights: str  # the asking user's rights on it (RFC 4314 §2), letters of RIGHTS in order; never empty
 
 
 @dataclass(frozen=True)
@@ -324,6 +373,7 @@ class ChangeKind(enum.Enum):
     MAILBOX_RENAMED = "mailbox_renamed"  # name is the new name, old_name the old
     MAILBOX_SUBSCRIBED = "mailbox_subscribed"  # name subscribed or unsubscribed; mailbox_id 0 if no such mailbox
     MAILBOX_KEYWORDS = "mailbox_keywords"  # the mailbox's keyword set grew by `keywords` (invariant 9)
+    MAILBOX_ACL = "mailbox_acl"  # the mailbox's ACL changed (user_id is the owner's; name the identifier)
 
 
 @dataclass(frozen=True)
@@ -376,6 +426,10 @@ class Subscription(Protocol):
     """A live subscription to the change feed: iterate, or `get()` one change; `close()` when done."""
 
     def get_nowait(self) -> Change | None: ...
+
+    def watch(self, mailbox_id: int | None) -> None:
+        """Receive the changes of this one mailbox of another user too (a shared mailbox the subscriber has
+        selected, resolved through its ACL: invariant 6), instead of any mailbox watched before; None: none."""
 
     async def get(self) -> Change: ...
 
@@ -466,15 +520,20 @@ class Store(Protocol):
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
 
-    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken."""
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
+                             as_user: int | None = None) -> Mailbox:
+        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken. With `as_user` (another user
+        acting through the ACL, RFC 4314 §4) that user needs "k" on the nearest existing parent, checked in the
+        transaction: Forbidden otherwise, also when there is no parent. A new mailbox gets a copy of the nearest
+        existing parent's ACL (§4 SHOULD), whoever creates it."""
 
     async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
         """Deletes the mailbox and its messages; children stay (RFC 9051 §6.3.5). INBOX cannot be deleted."""
 
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+    async def rename_mailbox(self, user_id: int, old: str, new: str, *, as_user: int | None = None) -> WriteResult:
         """Renames with its children. Renaming INBOX moves its messages to a new mailbox and leaves INBOX
-        empty (RFC 9051 §6.3.6)."""
+        empty (RFC 9051 §6.3.6). With `as_user` (RFC 4314 §4) that user needs "x" on `old` and "k" on the nearest
+        existing parent of `new`, checked in the transaction (Forbidden otherwise)."""
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
         """Add `name` to the user's subscriptions, or remove it (invariant 8), whether or not a mailbox has that
@@ -604,10 +663,42 @@ class Store(Protocol):
     async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> WriteResult:
         """Removes the given messages whatever their flags (POP3 UPDATE state, admin)."""
 
-    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult: ...
+    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,
+                            as_user: int | None = None) -> CopyResult:
+        """Copy the messages (flags, keywords and dates with them) into `dest_mailbox_id`. Without `as_user` both
+        mailboxes must be one user's (Invalid otherwise). With `as_user` (RFC 4314 §4) they may be different
+        users' and the rights of `as_user` are checked in the transaction: `r` on the source and `i` on the
+        destination (Forbidden otherwise), and the copies get \\Seen only with `s`, \\Deleted only with `t`
+        and the other flags and keywords only with `w` on the destination."""
 
-    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
-        """Copy then remove from the source, in one transaction (RFC 6851)."""
+    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,
+                            as_user: int | None = None) -> CopyResult:
+        """Copy then remove from the source, in one transaction (RFC 6851). `as_user` as for `copy_messages`;
+        the source needs `t` and `e` too (the move expunges there)."""
+
+    # ---- access control (RFC 4314; invariants 6 and 10)
+    async def get_acl(self, mailbox_id: int) -> list[AclEntry]:
+        """The mailbox's ACL entries (not the owner's implicit one), sorted by identifier. NotFound if the
+        mailbox is gone."""
+
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> WriteResult:
+        """Replace the rights of `identifier` (invariant 11: "anyone" or a user of the owner's domain, "-" before
+        it for negative rights) on the mailbox; "" removes the entry. Rights are letters of RIGHTS in any
+        order. One MAILBOX_ACL change for the owner's mailbox when something changed. Invalid for an unknown
+        right, the owner, a user of another domain or an unknown user, or an entry past
+        `names.MAX_ACL_ENTRIES`; NotFound if the mailbox is gone."""
+
+    async def my_rights(self, user_id: int, mailbox_id: int) -> str:
+        """The rights of the user on the mailbox (invariant 11), letters of RIGHTS in order: all of them for the
+        owner, "" for a mailbox that is gone or of another domain."""
+
+    async def get_shared_mailbox(self, user_id: int, owner: str, name: str) -> SharedMailbox | None:
+        """The mailbox `name` of the user `owner` (an address), for `user_id`: None unless it exists, the owner
+        is another user of the same domain and `user_id` has at least one right on it (invariant 6)."""
+
+    async def list_shared_mailboxes(self, user_id: int, right: str = "l") -> list[SharedMailbox]:
+        """The mailboxes of other users of the user's domain on which the user has `right` (LIST: "l"), sorted
+        by owner and name; at most `names.MAX_SHARED_LISTED`."""
 
     # ---- outbound queue
     async def enqueue(

@@ -31,6 +31,8 @@ MAX_MAILBOX_NAME = 1000
 MAX_KEYWORD = 200
 MAX_SUBSCRIPTIONS = 10_000  # names one user may subscribe (api invariant 8): LIST (SUBSCRIBED) reads them all
 MAX_MAILBOX_KEYWORDS = 1000  # keywords one mailbox may have had (api invariant 9): every SELECT sends them all
+MAX_ACL_ENTRIES = 100  # entries of one mailbox's ACL (api invariant 11): GETACL lists them all
+MAX_SHARED_LISTED = 10_000  # other users' mailboxes one LIST shows (api invariant 6)
 
 
 def domain(name: str) -> str:

@@ -140,3 +140,34 @@ def msg(n: int = 0, size: int = 0, **kw: Any) -> AppendRequest:
     if size > len(body):
         body += b"x" * (size - len(body))
     return AppendRequest(raw=body, **kw)
+
+
+# What each schema step added, undone (newest last). A migration test that fills a store with the current code
+# and then needs exactly an older schema calls `downgrade`; a new schema step adds its undo here, once.
+SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
+    7: ("ALTER TABLE blobs DROP COLUMN crlf_size",),
+    8: (
+        "DROP INDEX expunged_modseq",
+        "DROP INDEX expunged_at",
+        "ALTER TABLE expunged DROP COLUMN at",
+        "ALTER TABLE mailboxes DROP COLUMN expunged_floor",
+    ),
+    9: ("DROP TABLE acl",),
+}
+
+
+def downgrade(db: Path, version: int) -> None:
+    """Turn the SQLite database `db` (at the current schema) into exactly schema `version` (>= 6), keeping its
+    rows: each later step's additions are dropped, newest first, and `user_version` is set."""
+    from postroom.store.sqlite.schema import SCHEMA_VERSION
+
+    assert set(SCHEMA_UNDO) == set(range(7, SCHEMA_VERSION + 1)), "a schema step without its undo in SCHEMA_UNDO"
+    conn = sqlite3.connect(db)
+    try:
+        for step in range(SCHEMA_VERSION, version, -1):
+            for statement in SCHEMA_UNDO[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+    finally:
+        conn.close()

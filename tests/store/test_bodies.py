@@ -14,7 +14,7 @@ from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.sqlite import INLINE_MAX, SQLiteStore, engine
 from postroom.store.sqlite.schema import _STEPS, SCHEMA_VERSION
 
-from .conftest import blob_files, inbox, inline_bodies, new_user, stored_bodies
+from .conftest import blob_files, downgrade, inbox, inline_bodies, new_user, stored_bodies
 
 LIMIT = 1000  # a small threshold, so both kinds are cheap to make
 
@@ -302,15 +302,7 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
     for raw in (BARE_LF, big):
         await store.append(box.id, AppendRequest(raw))
     await store.close()
-    conn = sqlite3.connect(tmp_path / "v4.db")
-    conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
-    conn.execute("DROP INDEX expunged_modseq")  # ... and without what version 8 adds
-    conn.execute("DROP INDEX expunged_at")
-    conn.execute("ALTER TABLE expunged DROP COLUMN at")
-    conn.execute("ALTER TABLE mailboxes DROP COLUMN expunged_floor")
-    conn.execute("PRAGMA user_version = 6")
-    conn.commit()
-    conn.close()
+    downgrade(tmp_path / "v4.db", 6)  # exactly the version 6 tables, with the rows
 
     def column() -> dict[str, int | None]:
         c = sqlite3.connect(tmp_path / "v4.db")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from postroom.store.api import Flag, Store, StoreMode
 from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite.schema import SCHEMA_VERSION
 
-from .conftest import inbox, msg, new_user
+from .conftest import downgrade, inbox, msg, new_user
 
 
 async def test_list_changed_is_what_changed_after_a_modseq(store: Store) -> None:
@@ -156,14 +157,7 @@ async def test_migration_to_8_dates_the_record_and_keeps_it_complete(tmp_path: P
     await store.store_flags(box.id, [2, 3], StoreMode.ADD, Flag.DELETED)
     await store.expunge(box.id)
     await store.close()
-    conn = sqlite3.connect(tmp_path / "v7.db")
-    conn.execute("DROP INDEX expunged_modseq")  # back to exactly the version 7 tables
-    conn.execute("DROP INDEX expunged_at")
-    conn.execute("ALTER TABLE expunged DROP COLUMN at")
-    conn.execute("ALTER TABLE mailboxes DROP COLUMN expunged_floor")
-    conn.execute("PRAGMA user_version = 7")
-    conn.commit()
-    conn.close()
+    downgrade(tmp_path / "v7.db", 7)  # back to exactly the version 7 tables, with the rows
 
     store = SQLiteStore(tmp_path / "v7.db", tmp_path / "blobs", clock=lambda: 2000.0)
     await store.open()
@@ -173,7 +167,7 @@ async def test_migration_to_8_dates_the_record_and_keeps_it_complete(tmp_path: P
         assert await store.prune_expunged(2000.0) == 0  # dated at the upgrade (now), not at 0
         conn = sqlite3.connect(tmp_path / "v7.db")
         try:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             (at,) = conn.execute("SELECT min(at) FROM expunged").fetchone()
             assert at > 2000.0  # the real time of the upgrade
         finally:

@@ -15,6 +15,8 @@ Invariants:
    advances it in one write job: two claims can never both get the same UID.
 6. Subscriptions are rows of their own keyed (user, name) (api invariant 8): CREATE, DELETE and RENAME never
    touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
+7. A mailbox created below an existing one gets a copy of its ACL (acl.py invariant 4); RENAME keeps a
+   mailbox's ACL (its rows follow the mailbox id), DELETE drops it (cascade).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from postroom.store.api import (
     AlreadyExists,
     Change,
     ChangeKind,
+    Forbidden,
     Invalid,
     Mailbox,
     MailboxStatus,
@@ -34,6 +37,7 @@ from postroom.store.api import (
     StoreError,
     WriteResult,
 )
+from postroom.store.sqlite import acl
 from postroom.store.sqlite.common import (
     MAILBOX_COLUMNS,
     MESSAGE_COLUMNS,
@@ -132,16 +136,23 @@ class MailboxesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
-    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
+                             as_user: int | None = None) -> Mailbox:
         name = names.mailbox(name)
         use = _special_use(special_use)
 
         def op(tx: Tx) -> Mailbox:
             _check_user(tx.conn, user_id)
+            parent = acl.nearest_existing(tx.conn, user_id, name)
+            if as_user is not None:
+                acl.require_parent(tx.conn, as_user, parent)
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
+            mark = len(tx.changes)
             _create_parents(tx, user_id, name)
-            return insert_mailbox(tx, user_id, name, use, subscribe=False)
+            mbox = insert_mailbox(tx, user_id, name, use, subscribe=False)
+            acl.inherit(tx, parent, [c.mailbox_id for c in tx.changes[mark:]])  # acl.py invariant 4
+            return mbox
 
         return await self._engine.write(op)
 
@@ -166,7 +177,7 @@ class MailboxesMixin(Base):
 
         return await self._engine.write(op)
 
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> WriteResult:
+    async def rename_mailbox(self, user_id: int, old: str, new: str, *, as_user: int | None = None) -> WriteResult:
         old = names.mailbox(old)
         new = names.mailbox(new)
         if new == old:
@@ -176,6 +187,10 @@ class MailboxesMixin(Base):
 
         def op(tx: Tx) -> WriteResult:
             src = _need(tx.conn, user_id, old)
+            if as_user is not None:  # RFC 4314 §4: "x" on the old name, "k" on the new one's parent
+                if "x" not in acl.rights_of(tx.conn, as_user, src.id):
+                    raise Forbidden("no right to rename the mailbox")
+                acl.require_parent(tx.conn, as_user, acl.nearest_existing(tx.conn, user_id, new))
             if find_mailbox(tx.conn, user_id, new) is not None:
                 raise AlreadyExists(f"mailbox exists: {new}")
             mark = len(tx.changes)

@@ -18,7 +18,9 @@ Invariants:
 3. Every removed message leaves an `expunged(mailbox_id, uid, modseq, at)` row for QRESYNC and releases its
    blob. Rows leave only through `prune_expunged`, which raises the mailbox's `expunged_floor` past them
    first (schema invariant 10), so `vanished` knows when its answer would be incomplete.
-4. Copy and move stay within one user (api 6): a destination of another user is Invalid.
+4. Copy and move stay within one user (api 6): a destination of another user is Invalid, unless the caller
+   names the user it acts for (`as_user`), whose ACL rights on both mailboxes are then checked in the same job
+   (acl.py, RFC 4314 §4): a right missing is Forbidden, flags the user may not set are left off the copies.
 5. Every write that puts keywords on a row of a mailbox passes them through `grow_keywords` in the same job, so
    `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
 """
@@ -41,6 +43,7 @@ from postroom.store.api import (
     ChangeKind,
     CopyResult,
     Flag,
+    Forbidden,
     Invalid,
     Mailbox,
     MessageColumns,
@@ -49,8 +52,10 @@ from postroom.store.api import (
     StoreMode,
     Vanished,
     WriteResult,
+    flags_allowed,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
+from postroom.store.sqlite import acl
 from postroom.store.sqlite.common import (
     CHUNK,
     MESSAGE_COLUMNS,
@@ -600,17 +605,29 @@ class MessagesMixin(Base):
         now = self._clock()
         return await self._engine.write(op)
 
-    async def _copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, move: bool) -> CopyResult:
+    async def _copy(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, move: bool,
+                    as_user: int | None) -> CopyResult:
         wanted = list(uids)
 
         def op(tx: Tx) -> CopyResult:
             src = load_mailbox(tx.conn, mailbox_id)
             dest = load_mailbox(tx.conn, dest_mailbox_id)
-            if src.user_id != dest.user_id:
-                raise Invalid("cannot copy or move messages to another user's mailbox")
+            mask, keep_keywords = int(names.ALL_FLAGS), True
+            if as_user is None:
+                if src.user_id != dest.user_id:
+                    raise Invalid("cannot copy or move messages to another user's mailbox")
+            else:  # invariant 4
+                if not set("rte" if move else "r") <= set(acl.rights_of(tx.conn, as_user, mailbox_id)):
+                    raise Forbidden("no right to " + ("move messages out of" if move else "read") + " the mailbox")
+                rights = acl.rights_of(tx.conn, as_user, dest_mailbox_id)
+                if "i" not in rights:
+                    raise Forbidden("no right to insert messages into the mailbox")
+                mask = flags_allowed(rights)
+                keep_keywords = "w" in rights
             msgs = select_messages(tx.conn, mailbox_id, wanted)
             mark = len(tx.changes)
-            items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs]
+            items = [NewMessage(m.internal_date, m.size, m.flags & mask,
+                                m.keywords if keep_keywords else frozenset(), m.blob_id) for m in msgs]
             results = insert_messages(tx, dest, items)
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
@@ -626,8 +643,10 @@ class MessagesMixin(Base):
         now = self._clock()
         return await self._engine.write(op)
 
-    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
-        return await self._copy(mailbox_id, uids, dest_mailbox_id, move=False)
+    async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,
+                            as_user: int | None = None) -> CopyResult:
+        return await self._copy(mailbox_id, uids, dest_mailbox_id, False, as_user)
 
-    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int) -> CopyResult:
-        return await self._copy(mailbox_id, uids, dest_mailbox_id, move=True)
+    async def move_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,
+                            as_user: int | None = None) -> CopyResult:
+        return await self._copy(mailbox_id, uids, dest_mailbox_id, True, as_user)

@@ -29,6 +29,8 @@ yet"): the migration reads no bodies (it would hold the write lock for as long a
 row was written; rows that exist get the time of the upgrade, so they are kept a full retention period from then),
 `mailboxes.expunged_floor` (invariant 10) and two indexes, `expunged(mailbox_id, modseq)` for "expunged since
 MODSEQ n" and `expunged(at)` for pruning, so neither reads more rows than it answers.
+9 (issue 14) adds `acl`: the access control list entries of mailboxes (RFC 4314; invariant 11). Existing
+mailboxes get none, so nothing is shared by the upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -52,6 +54,10 @@ Invariants:
 10. Every message removed from a mailbox with a MODSEQ above `mailboxes.expunged_floor` has its `expunged` row
    (messages.py invariant 3). Rows are only deleted by `prune_expunged`, which first raises the floor to the
    largest MODSEQ it deletes; the floor only grows (0: the record is complete since the mailbox was made).
+11. An `acl` row grants (or, `negative` = 1, takes away) `rights` on one mailbox to one user of the owner's
+   domain (`grantee_id`), or to every such user (`grantee_id` NULL: "anyone"); at most one row per (mailbox,
+   grantee, sign), never one naming the owner, never empty rights. Rows go with their mailbox and with their
+   grantee (cascades), so a removed user's entries never name a later one (ids are never reused, invariant 1).
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _V1 = """
 CREATE TABLE counters(
@@ -260,8 +266,21 @@ def _v8(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX expunged_at ON expunged(at)")
 
 
+def _v9(conn: sqlite3.Connection) -> None:
+    """Mailbox access control lists (RFC 4314; invariant 11). `grantee_id` NULL is "anyone"; the unique index
+    keeps one row per (mailbox, grantee, sign); `acl_grantee` finds what is shared with a user."""
+    conn.execute(
+        "CREATE TABLE acl(id INTEGER PRIMARY KEY,"
+        " mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,"
+        " grantee_id INTEGER REFERENCES users(id) ON DELETE CASCADE,"
+        " negative INTEGER NOT NULL DEFAULT 0, rights TEXT NOT NULL)"
+    )
+    conn.execute("CREATE UNIQUE INDEX acl_entry ON acl(mailbox_id, ifnull(grantee_id, 0), negative)")
+    conn.execute("CREATE INDEX acl_grantee ON acl(grantee_id)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
 }
 
 
