@@ -71,7 +71,7 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    items: tuple[str, ...]  # ENABLE capabilities
+    items: tuple[str, ...]  # ENABLE capabilities; COMPRESS's one mechanism
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +201,14 @@ def _p_enable(c: Cursor) -> Names:
         raise c.error("ENABLE needs at least one capability")
     c.end()
     return Names(tuple(items))
+
+
+def _p_compress(c: Cursor) -> Names:
+    """RFC 4978 §5: `"COMPRESS" SP algorithm`; the mechanism comes out upper-case."""
+    c.sp()
+    mechanism = c.atom().upper()
+    c.end()
+    return Names((mechanism,))
 
 
 def _p_mailbox(c: Cursor) -> MailboxArg:
@@ -597,6 +605,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "SUBSCRIBE": _p_mailbox, "UNSUBSCRIBE": _p_mailbox, "RENAME": _p_rename,
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
+    "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none,
 }
 _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
