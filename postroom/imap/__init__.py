@@ -8,7 +8,8 @@ Layers, from the wire up:
 * `state`: the Selected state (sequence numbers, \\Recent, pending changes, `$`), no I/O;
 * `session`: the asyncio state machine over one `net.Connection`, the `{verb: states}` dispatch table and the
   one place that turns exceptions into BAD / NO;
-* one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
+* one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
+  UNAUTHENTICATE),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress` (COMPRESS, RFC 4978: the deflate layer

@@ -135,7 +135,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     connection."""
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
-            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "COMPRESS=DEFLATE"]
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "COMPRESS=DEFLATE", "UNAUTHENTICATE"]
 
 
 class Service:
@@ -230,6 +230,21 @@ class Session:
     # ---- change feed
     def subscribe(self, user: User) -> None:
         self.sub = self.store.hub.subscribe(user.id)
+
+    def forget_user(self) -> None:
+        """Back to the not-authenticated state (UNAUTHENTICATE, RFC 8437): the selected mailbox is closed without
+        expunging, the change feed subscription closed, and everything the user or ENABLE set is dropped, so
+        the next login, of any user, starts as on a new connection. TLS and COMPRESS stay (they are the
+        connection's)."""
+        if self.sub is not None:
+            self.sub.close()
+        self.sub = None
+        self.sel = None
+        self.user = None
+        self.rev2 = False
+        self.overflowed = False
+        self.state = NOT_AUTH
+        self.conn.log.pop("user", None)
 
     def drain_changes(self) -> None:
         sub = self.sub
