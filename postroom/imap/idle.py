@@ -56,8 +56,7 @@ async def idle(s: Session, cmd: P.Command) -> Result:
                 except SubscriptionOverflow:
                     s.overflowed = True
                 else:
-                    if s.sel is not None:
-                        s.sel.absorb(change)
+                    s.take_change(change)  # to the selected mailbox, or through NOTIFY's filters (RFC 5465 §4)
                 await s.notify(allow_expunge=True)
                 await s.flush()
             if read_task in done:
