@@ -13,7 +13,8 @@ Layers, from the wire up:
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress` (COMPRESS, RFC 4978: the deflate layer
-  itself is the connection's, `net/connection.py`).
+  itself is the connection's, `net/connection.py`), `notify` (NOTIFY, RFC 5465: which changes of which mailboxes
+  are told, and when).
 
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.
 """

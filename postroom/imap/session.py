@@ -24,7 +24,10 @@ that did not take it (`_drop_staged`), or when the connection fails mid-literal.
 Change notification (RFC 9051 §7.5.1, §5.2): after login the session subscribes to the user's change feed.
 Before every tagged response the queued changes of the selected mailbox are reported (`notify`): EXISTS,
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
-reports them as they come.
+reports them as they come. Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
+`Notifier` instead (`take_change`), which also queues STATUS and LIST responses for other mailboxes, and
+`read_more` waits on the feed as well as the client between commands, so those go out at once.
+UNAUTHENTICATE (RFC 8437) drops all of it with the user (`forget_user`).
 
 Invariants
 1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
