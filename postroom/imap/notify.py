@@ -47,6 +47,8 @@ Invariants
    EXPUNGE responses are written, whatever NOTIFY drops.
 4. The name map (`names`, mailbox id -> name) and the subscriptions are the user's own, kept current from the
    feed, so each decision is a few dictionary lookups, never a store call per change.
+5. A NOTIFY has at most `MAX_GROUPS` groups and `MAX_NAMES` mailbox names (else `NO [LIMIT]`, RFC 5530), so
+   matching one change costs at most `MAX_GROUPS` set lookups per level of its name.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from postroom.store import names as store_names
-from postroom.store.api import Change, ChangeKind, NotFound
+from postroom.store.api import Change, ChangeKind, NotFound, StoreError
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
@@ -66,7 +69,11 @@ from .mailboxes import status_line, stored_name, wire_name
 from .session import AUTHED, No, Result, Session, command
 from .state import Selected
 
+log = logging.getLogger("postroom.imap")
+
 MAX_QUEUED = 1000  # invariant 1
+MAX_GROUPS = 100  # event groups of one NOTIFY: each change is matched against them (invariant 5)
+MAX_NAMES = 1000  # SUBTREE and MAILBOXES names of one NOTIFY, all groups together
 SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 _MESSAGE_CHANGES = {ChangeKind.APPEND: "MessageNew", ChangeKind.EXPUNGE: "MessageExpunge",
@@ -138,9 +145,7 @@ class Notifier:
         elif kind is ChangeKind.MAILBOX_DELETED:
             self.names.pop(ch.mailbox_id, None)
         elif self.subscribed is not None and kind is ChangeKind.MAILBOX_SUBSCRIBED:
-            self.subscribed.add(ch.name)
-        elif self.subscribed is not None and kind is ChangeKind.MAILBOX_UNSUBSCRIBED:
-            self.subscribed.discard(ch.name)
+            self.subscribed.add(ch.name)  # (an unsubscribed name leaves the set below, once it was matched)
         sel = s.sel
         if kind in _MESSAGE_CHANGES or kind is ChangeKind.MAILBOX_KEYWORDS:
             if sel is not None and ch.mailbox_id == sel.id:
@@ -157,8 +162,10 @@ class Notifier:
             if self.match(ch.name, "MailboxName") or (ch.old_name and self.match(ch.old_name, "MailboxName")):
                 self._queue(s, self._list_line(s, ch))
         elif kind in _SUBSCRIPTION_CHANGES:
-            if self.match(ch.name, "SubscriptionChange"):
+            if self.match(ch.name, "SubscriptionChange"):  # SUBSCRIBED covers a name being unsubscribed too
                 self._queue(s, self._list_line(s, ch))
+            if self.subscribed is not None and kind is ChangeKind.MAILBOX_UNSUBSCRIBED:
+                self.subscribed.discard(ch.name)
 
     def _selected(self, s: Session, sel: Selected, ch: Change) -> None:
         events = self.selected_events
@@ -264,7 +271,10 @@ class Notifier:
                         s.take_change(task.result())
                     except SubscriptionOverflow:
                         s.overflowed = True
-                    await self.push(s)
+                    try:
+                        await self.push(s)
+                    except StoreError:  # the server's fault, not the client's: say so in the log, go on
+                        log.exception("NOTIFY push failed (session %s)", s.conn.session_id)
                 if read_task in done:
                     return read_task.result()
         finally:
@@ -307,6 +317,8 @@ async def notify(s: Session, cmd: P.Command) -> Result:
     groups: list[Group] = []
     selected: P.NotifyGroup | None = None
     if a.groups is not None:
+        if len(a.groups) > MAX_GROUPS or sum(len(g.mailboxes) for g in a.groups) > MAX_NAMES:
+            raise No(f"At most {MAX_GROUPS} event groups and {MAX_NAMES} mailbox names", "LIMIT")  # invariant 5
         unsupported = sorted({e for g in a.groups for e in g.events} - set(SUPPORTED))
         if unsupported:
             # RFC 5465 §3.1: an event the server does not support is NO [BADEVENT], which lists what it does.

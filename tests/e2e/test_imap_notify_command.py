@@ -219,3 +219,31 @@ def test_unauthenticate_forgets_notify(server: Any) -> None:
     a.login(ADDR, PW)
     fill(server, ADDR, PW, 1)
     assert nothing_more(a)  # a new login has no NOTIFY settings
+
+
+def test_subscribed_filter_follows_the_subscriptions(server: Any) -> None:
+    """§6.4: SUBSCRIBED is the subscriptions as they are when an event happens; unsubscribing a name is told to
+    a client that watched it."""
+    fill(server, ADDR, PW, 0)
+    a, b = session(server, select=None), session(server, select=None)
+    b.cmd("1 CREATE News")
+    assert a.cmd("n NOTIFY SET (subscribed (MessageNew MessageExpunge SubscriptionChange))")[-1].startswith(b"n OK")
+    b.cmd(b"2 APPEND News {%d+}\r\n" % len(message(1)) + message(1))
+    assert nothing_more(a)  # News is not subscribed
+    b.cmd("3 SUBSCRIBE News")
+    assert a.line() == b'* LIST (\\Subscribed) "/" "News"\r\n'
+    b.cmd(b"4 APPEND News {%d+}\r\n" % len(message(2)) + message(2))
+    assert a.line().startswith(b'* STATUS "News" (MESSAGES 2 UIDNEXT 3 ')
+    b.cmd("5 UNSUBSCRIBE News")
+    assert a.line() == b'* LIST () "/" "News"\r\n'
+    b.cmd(b"6 APPEND News {%d+}\r\n" % len(message(3)) + message(3))
+    assert nothing_more(a)
+
+
+def test_too_many_groups_is_limit(server: Any) -> None:
+    fill(server, ADDR, PW, 0)
+    a = session(server, select=None)
+    many = " ".join(f"(mailboxes m{i} (MessageNew MessageExpunge))" for i in range(101))
+    assert a.cmd(f"1 NOTIFY SET {many}")[0].startswith(b"1 NO [LIMIT]")
+    names = " ".join(f"m{i}" for i in range(1001))
+    assert a.cmd(f"2 NOTIFY SET (mailboxes ({names}) (MessageNew MessageExpunge))")[0].startswith(b"2 NO [LIMIT]")
