@@ -247,3 +247,28 @@ def test_too_many_groups_is_limit(server: Any) -> None:
     assert a.cmd(f"1 NOTIFY SET {many}")[0].startswith(b"1 NO [LIMIT]")
     names = " ".join(f"m{i}" for i in range(1001))
     assert a.cmd(f"2 NOTIFY SET (mailboxes ({names}) (MessageNew MessageExpunge))")[0].startswith(b"2 NO [LIMIT]")
+
+
+def test_imapclient_idles_with_notify(server: Any) -> None:
+    """imapclient (which has no NOTIFY method) sends the command raw, then IDLEs on Archive: a delivery to INBOX
+    reaches it as a STATUS response it parses."""
+    from imapclient import IMAPClient
+
+    fill(server, ADDR, PW, 0)
+    c = IMAPClient("127.0.0.1", port=server.port("imap"), ssl=False, timeout=10)
+    c.login(ADDR, PW)
+    assert b"NOTIFY" in c.capabilities()
+    c.select_folder("Archive")
+    import imaplib  # imapclient drives an imaplib.IMAP4 (subclass) underneath
+    imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
+    typ, _ = c._imap._simple_command("NOTIFY", "SET (selected (MessageNew MessageExpunge)) "
+                                                "(inboxes (MessageNew MessageExpunge))")
+    assert typ == "OK"
+    c.idle()
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
+        smtp.sendmail("someone@example.test", [ADDR], message(1))
+    got = c.idle_check(timeout=10)
+    c.idle_done()
+    inbox = uidvalidity(server, "INBOX")
+    assert got == [(b"STATUS", b"INBOX", (b"MESSAGES", 1, b"UIDNEXT", 2, b"UIDVALIDITY", inbox, b"UNSEEN", 1))]
+    c.logout()
