@@ -8,10 +8,13 @@ Layers, from the wire up:
 * `state`: the Selected state (sequence numbers, \\Recent, pending changes, `$`), no I/O;
 * `session`: the asyncio state machine over one `net.Connection`, the `{verb: states}` dispatch table and the
   one place that turns exceptions into BAD / NO;
-* one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
+* one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
+  UNAUTHENTICATE),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
-  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `acl` (SETACL DELETEACL GETACL LISTRIGHTS MYRIGHTS,
+  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress` (COMPRESS, RFC 4978: the deflate layer
+  itself is the connection's, `net/connection.py`), `notify` (NOTIFY, RFC 5465: which changes of which mailboxes
+  are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS MYRIGHTS,
   RFC 4314; the "Other Users" namespace and the rights every command checks on another user's mailbox).
 
 CONDSTORE and QRESYNC (RFC 7162) are not a family of their own: they modify SELECT/EXAMINE (`mailboxes`), FETCH

@@ -1,4 +1,5 @@
-"""Any-state and not-authenticated commands: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE, ENABLE, ID.
+"""Any-state and not-authenticated commands: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE, ENABLE, ID;
+and UNAUTHENTICATE (RFC 8437), which leads back to the not-authenticated state.
 
 Theory of operation
 -------------------
@@ -13,6 +14,9 @@ Invariants
    it came over TLS. After the upgrade the framer is empty and the client must ask CAPABILITY again.
 3. Failed logins answer `NO [AUTHENTICATIONFAILED]` whatever the reason (unknown user, wrong password, a
    refused user/address pair), so a prober learns nothing.
+4. After UNAUTHENTICATE nothing of the previous user remains in the session (`Session.forget_user`): no
+   selected mailbox (closed without expunge), no change feed, no ENABLEd extension; the next login may be
+   another user's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from postroom.store.api import User
 
 from . import parser as P
 from .encoder import quoted
-from .session import ANY, AUTH, LOGOUT, NOT_AUTH, Bad, No, Result, Session, Silent, b64decode, command
+from .session import ANY, AUTH, AUTHED, LOGOUT, NOT_AUTH, Bad, No, Result, Session, Silent, b64decode, command
 
 _NOT_AUTH = frozenset({NOT_AUTH})
 _AUTH_ONLY = frozenset({AUTH})
@@ -128,6 +132,13 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
         if line == b"*":
             raise Bad("Authentication cancelled")
     return _logged_in(s, step.user)
+
+
+@command("UNAUTHENTICATE", AUTHED)
+async def unauthenticate(s: Session, cmd: P.Command) -> Result:
+    # RFC 8437 §3: back to not authenticated; a selected mailbox is closed without expunging (as UNSELECT).
+    s.forget_user()  # invariant 4
+    return s.capability_code(), "UNAUTHENTICATE completed"
 
 
 @command("ENABLE", _AUTH_ONLY)

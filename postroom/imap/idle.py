@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 After the `+ idling` continuation, two things are awaited at once: the next bytes from the client (the
-`DONE` line) and the next change on the session's hub subscription. A change is absorbed and reported at
-once (EXPUNGE included: a command is in progress, RFC 9051 §7.5.1), and written with a flush, so a delivery
-reaches an idling client as soon as its transaction commits. `DONE` ends the command with the tagged OK;
+`DONE` line) and the next change on the session's hub subscription. A change is taken (by the selected
+mailbox, or by NOTIFY's filters once the client used NOTIFY: RFC 5465 §4) and reported at once (EXPUNGE
+included: a command is in progress, RFC 9051 §7.5.1), and written with a flush, so a delivery reaches an
+idling client as soon as its transaction commits. `DONE` ends the command with the tagged OK;
 any other line ends it with BAD (RFC 2177 §3).
 
 Invariants
@@ -56,8 +57,7 @@ async def idle(s: Session, cmd: P.Command) -> Result:
                 except SubscriptionOverflow:
                     s.overflowed = True
                 else:
-                    if s.sel is not None:
-                        s.sel.absorb(change)
+                    s.take_change(change)  # to the selected mailbox, or through NOTIFY's filters (RFC 5465 §4)
                 await s.notify(allow_expunge=True)
                 await s.flush()
             if read_task in done:

@@ -74,7 +74,7 @@ class Authenticate:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    items: tuple[str, ...]  # ENABLE capabilities
+    items: tuple[str, ...]  # ENABLE capabilities; COMPRESS's one mechanism
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +182,26 @@ class AclArgs:
     rights: str = ""  # SETACL's mod-rights, as sent ("+", "-" or neither first)
 
 
+
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One event group of NOTIFY SET (RFC 5465 §8 `event-group`)."""
+
+    filter: str  # SELECTED SELECTED-DELAYED INBOXES PERSONAL SUBSCRIBED SUBTREE MAILBOXES (upper-case)
+    mailboxes: tuple[str, ...] = ()  # SUBTREE / MAILBOXES names, as the client wrote them
+    events: tuple[str, ...] = ()  # event names as RFC 5465 spells them, others as sent; () for NONE
+    fetch_atts: tuple[FetchAtt, ...] = ()  # MessageNew's fetch-att list (RFC 5465 §5.2)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyArgs:
+    groups: tuple[NotifyGroup, ...] | None  # None: NOTIFY NONE
+    status: bool = False  # NOTIFY SET STATUS
+
+
+
 Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs
-        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs)
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs | NotifyArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +253,14 @@ def _p_enable(c: Cursor) -> Names:
         raise c.error("ENABLE needs at least one capability")
     c.end()
     return Names(tuple(items))
+
+
+def _p_compress(c: Cursor) -> Names:
+    """RFC 4978 §5: `"COMPRESS" SP algorithm`; the mechanism comes out upper-case."""
+    c.sp()
+    mechanism = c.atom().upper()
+    c.end()
+    return Names((mechanism,))
 
 
 def _p_mailbox(c: Cursor) -> MailboxArg:
@@ -751,6 +777,91 @@ def _acl_parser(identifier: bool, rights: bool) -> Callable[[Cursor], AclArgs]:
     return parse
 
 
+# ---- NOTIFY (RFC 5465 §8)
+
+NOTIFY_EVENTS = {e.upper(): e for e in ("MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange",
+                                         "MailboxName", "SubscriptionChange", "MailboxMetadataChange",
+                                         "ServerMetadataChange")}
+NOTIFY_MESSAGE_EVENTS = frozenset({"MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange"})
+_NOTIFY_SELECTED = {"SELECTED", "SELECTED-DELAYED"}
+_NOTIFY_OTHER = {"INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"}
+
+
+def _notify_group(c: Cursor) -> NotifyGroup:
+    c.expect(b"(")
+    word = c.atom().upper()
+    if word not in _NOTIFY_SELECTED and word not in _NOTIFY_OTHER:
+        raise c.error(f"Unknown NOTIFY mailbox filter {word[:40]}")
+    names: list[str] = []
+    if word in ("SUBTREE", "MAILBOXES"):  # one-or-more-mailbox
+        c.sp()
+        if c.take(b"("):
+            while True:
+                names.append(c.mailbox())
+                if c.take(b")"):
+                    break
+                c.sp()
+        else:
+            names.append(c.mailbox())
+    c.sp()
+    events: list[str] = []
+    atts: list[FetchAtt] = []
+    if not c.take(b"NONE"):
+        c.expect(b"(")
+        while True:
+            name = c.atom()
+            event = NOTIFY_EVENTS.get(name.upper(), name)  # event-ext: any atom, answered [BADEVENT] later
+            if event in events:
+                raise c.error(f"{event} given twice")
+            events.append(event)
+            if event == "MessageNew" and c.peek() == 0x20 and c.data[c.pos + 1:c.pos + 2] == b"(":
+                c.sp()
+                c.expect(b"(")
+                while True:
+                    atts.append(_fetch_att(c))
+                    if len(atts) > 100:
+                        raise c.error("Too many fetch attributes")
+                    if c.take(b")"):
+                        break
+                    c.sp()
+            if c.take(b")"):
+                break
+            c.sp()
+    c.expect(b")")
+    ev = set(events)
+    # RFC 5465 §5: MessageNew and MessageExpunge come together or not at all; FlagChange and AnnotationChange
+    # need both. Otherwise "the server MUST respond with the tagged BAD response".
+    if ("MessageNew" in ev) != ("MessageExpunge" in ev):
+        raise c.error("MessageNew and MessageExpunge must be given together")
+    if ev & {"FlagChange", "AnnotationChange"} and "MessageNew" not in ev:
+        raise c.error("FlagChange and AnnotationChange need MessageNew and MessageExpunge")
+    if word in _NOTIFY_SELECTED and ev - NOTIFY_MESSAGE_EVENTS:
+        # RFC 5465 §6.1 and the §8 ABNF: the selected mailbox filters take message events only.
+        raise c.error(f"{word} takes message events only")
+    return NotifyGroup(word, tuple(names), tuple(events), tuple(atts))
+
+
+def _p_notify(c: Cursor) -> NotifyArgs:
+    c.sp()
+    if c.take(b"NONE"):
+        c.end()
+        return NotifyArgs(None)
+    c.expect(b"SET")
+    c.sp()
+    status = False
+    if c.take(b"STATUS"):
+        status = True
+        c.sp()
+    groups = [_notify_group(c)]
+    while c.peek() == 0x20 and c.data[c.pos + 1:].strip(b" "):
+        c.sp()
+        groups.append(_notify_group(c))
+    c.end()
+    if sum(g.filter in _NOTIFY_SELECTED for g in groups) > 1:
+        raise c.error("Only one SELECTED or SELECTED-DELAYED filter")  # RFC 5465 §8 filter-mailboxes-selected
+    return NotifyArgs(tuple(groups), status)
+
+
 _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "CAPABILITY": _p_none, "NOOP": _p_none, "LOGOUT": _p_none, "STARTTLS": _p_none, "CHECK": _p_none,
     "CLOSE": _p_none, "UNSELECT": _p_none, "IDLE": _p_none, "NAMESPACE": _p_none, "EXPUNGE": _p_none,
@@ -759,6 +870,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "SUBSCRIBE": _p_mailbox, "UNSUBSCRIBE": _p_mailbox, "RENAME": _p_rename,
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
+    "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none, "NOTIFY": _p_notify,
 }
 _PARSERS.update({  # RFC 4314 §3 (ACL)
     "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),
@@ -808,6 +920,8 @@ __all__ = [
     "FramingError",
     "Key",
     "LiteralRequest",
+    "NotifyArgs",
+    "NotifyGroup",
     "ParseError",
     "RawCommand",
     "SeqSet",

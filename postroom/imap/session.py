@@ -32,6 +32,11 @@ CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the f
 or CHANGEDSINCE, SEARCH MODSEQ, STORE UNCHANGEDSINCE; §3.1) and `qresync` by ENABLE QRESYNC (§3.2.3); both
 stay on until the connection ends and are copied into each `Selected` (state.py), which writes accordingly.
 
+reports them as they come. Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
+`Notifier` instead (`take_change`), which also queues STATUS and LIST responses for other mailboxes, and
+`read_more` waits on the feed as well as the client between commands, so those go out at once.
+UNAUTHENTICATE (RFC 8437) drops all of it with the user (`forget_user`).
+
 Invariants
 1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
    continuation requests of AUTHENTICATE, APPEND and IDLE).
@@ -72,6 +77,7 @@ from postroom.net.connection import (
 from postroom.store.api import (
     STAGING_THRESHOLD,
     AlreadyExists,
+    Change,
     ChangeKind,
     Forbidden,
     InsufficientStorage,
@@ -88,6 +94,8 @@ from .state import Selected
 
 if TYPE_CHECKING:
     from postroom.app import Services
+
+    from .notify import Notifier
 
 log = logging.getLogger("postroom.imap")
 
@@ -143,7 +151,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
-            "ACL", "RIGHTS=texk", "LIST-MYRIGHTS"]  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
+            "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
+            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY"]
 
 
 class Service:
@@ -180,6 +189,7 @@ class Session:
         self.out_size = 0
         self.overflowed = False
         self.staged: StagedLiteral | None = None  # invariant 6
+        self.notifier: Notifier | None = None  # NOTIFY (RFC 5465, notify.py) once the client used it
 
     # ---- output
     def write(self, *chunks: bytes) -> None:
@@ -223,7 +233,10 @@ class Session:
         await self.flush()
         self.conn.data_phase(self.framer.in_literal)  # net invariant 7: literals by rate, lines by deadline
         self.conn.command_span(self.framer.in_command)  # ... and a command across literals by one deadline
-        data = await self.conn.read_some(interruptible=between_commands)
+        if between_commands and self.notifier is not None and self.notifier.pushes:
+            data = await self.notifier.read_or_push(self)  # RFC 5465 §3: notifications while no command runs
+        else:
+            data = await self.conn.read_some(interruptible=between_commands)
         self.framer.feed(data)
 
     async def read_line(self, limit: int) -> bytes:
@@ -254,6 +267,30 @@ class Session:
     def subscribe(self, user: User) -> None:
         self.sub = self.store.hub.subscribe(user.id)
 
+    def forget_user(self) -> None:
+        """Back to the not-authenticated state (UNAUTHENTICATE, RFC 8437): the selected mailbox is closed without
+        expunging, the change feed subscription closed, and everything the user or ENABLE set is dropped, so
+        the next login, of any user, starts as on a new connection. TLS and COMPRESS stay (they are the
+        connection's)."""
+        if self.sub is not None:
+            self.sub.close()
+        self.sub = None
+        self.sel = None
+        self.user = None
+        self.rev2 = False
+        self.overflowed = False
+        self.notifier = None
+        self.state = NOT_AUTH
+        self.conn.log.pop("user", None)
+
+    def take_change(self, ch: Change) -> None:
+        """One change from the feed: to NOTIFY's filters once the client used NOTIFY, else to the selected
+        mailbox's queue."""
+        if self.notifier is not None:
+            self.notifier.take(self, ch)
+        elif self.sel is not None:
+            self.sel.absorb(ch)
+
     def drain_changes(self) -> None:
         sub = self.sub
         if sub is None:
@@ -263,13 +300,12 @@ class Session:
                 ch = sub.get_nowait()
                 if ch is None:
                     return
-                if self.sel is not None:
-                    self.sel.absorb(ch)
+                self.take_change(ch)
         except SubscriptionOverflow:
             self.overflowed = True
 
     async def notify(self, allow_expunge: bool) -> None:
-        """Report what changed in the selected mailbox (module doc)."""
+        """Report what changed in the selected mailbox (module doc), and what NOTIFY has queued."""
         self.drain_changes()
         if self.sel is not None and self.sel.acl_changed:
             from .acl import refresh  # (acl.py imports this module)
@@ -278,21 +314,35 @@ class Session:
         if self.overflowed:
             self.overflowed = False
             self.sub.reset()
+            if self.notifier is not None:
+                self.notifier.overflow(self)  # RFC 5465 §5.8: NOTIFICATIONOVERFLOW, then as NOTIFY NONE
+                return
             if self.sel is not None and self.sel.may("r"):  # a revoked mailbox is never read again (acl.py)
-                mbox = await self.store.get_mailbox_by_id(self.sel.id)
-                cols = await self.store.list_columns(self.sel.id)
-                self.sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i))
-                                 for i, u in enumerate(cols.uids)])
-                # keyword changes may be among those lost: announce what the mailbox has now (state.py 5)
-                self.write(*self.sel.announce([*(mbox.keywords if mbox else ()),
-                                               *(k for kws in cols.keywords.values() for k in kws)]))
-                await self.claim_recent()
-                self.write(*self.sel.report(allow_expunge))
+                await self.resync_selected(allow_expunge)
                 return
         sel = self.sel
+        top = sel.uids[-1] if sel is not None and sel.uids else 0
         if sel is not None and (sel.pending or (sel.held and (allow_expunge or sel.condstore))):
             await self.claim_recent()
             self.write(*sel.report(allow_expunge))
+        if self.notifier is not None:
+            await self.notifier.report(self, top)
+
+    async def resync_selected(self, allow_expunge: bool) -> None:
+        """Re-read the selected mailbox and report how it differs from what the client was told: after the
+        change feed overflowed, or when NOTIFY reports the mailbox again after a time it did not."""
+        sel = self.sel
+        assert sel is not None
+        if not sel.may("r"):  # a revoked mailbox is never read again (acl.py)
+            return
+        mbox = await self.store.get_mailbox_by_id(sel.id)
+        cols = await self.store.list_columns(sel.id)
+        sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i)) for i, u in enumerate(cols.uids)])
+        # keyword changes may be among those lost: announce what the mailbox has now (state.py 5)
+        self.write(*sel.announce([*(mbox.keywords if mbox else ()),
+                                  *(k for kws in cols.keywords.values() for k in kws)]))
+        await self.claim_recent()
+        self.write(*sel.report(allow_expunge))
 
     async def claim_recent(self) -> None:
         """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of
@@ -527,7 +577,7 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import acl, auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
+    from . import acl, auth, compress, fetch, idle, mailboxes, messages, notify, search  # noqa: F401 - they register
 
     service = Service(services, listener)
 

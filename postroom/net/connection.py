@@ -24,6 +24,15 @@ sending the "ready to start TLS" reply and answer with an error instead, and, if
 (the bytes arrived while the reply was being sent), to close the connection without reading them. Bytes that
 arrive after the check go to the TLS layer, where they break the handshake and never reach the session.
 
+Compression (RFC 4978 COMPRESS=DEFLATE; any protocol may use it). After `start_compression()` both directions
+are raw deflate (RFC 1951, zlib `wbits` -15), a layer the session does not see: bytes from the transport (the
+TLS layer's plaintext, so compression sits inside TLS: RFC 4978 §4) are inflated into the same buffer every
+reader uses, and every `write`/`writelines` call is deflated and ended with a sync flush (`Z_SYNC_FLUSH`), so
+one response burst of the session reaches the peer whole and at once (§4: "the server MUST flush").
+Inflating is bounded (invariant 8): compressed bytes wait in `_zin` and are inflated only while the buffer is
+below `high_water`, `max_length` at a time, so a decompression bomb (a few KB that inflate to gigabytes) is
+only ever a buffer's worth of plaintext, which the session's own limits (line length, command size) judge.
+
 Invariants
 1. At most one read waits at a time (a second concurrent read is a programming error: RuntimeError).
 2. While `_discarding` is true the buffer is empty: the tail of an overlong line never reaches a session.
@@ -46,6 +55,10 @@ Invariants
    the reason in `log["timeout"]` for the session's one log line. A command that spans lines and literals
    (IMAP, `command_span`) is bounded as a whole from its start: the command deadline, one data grace, and its
    literal bytes at the minimum rate.
+8. With compression on, plaintext is made only while the buffer holds less than `high_water` (at most that much
+   per step), and compressed input waiting in `_zin` past `high_water` pauses reading like the buffer does:
+   memory per connection stays about 2 x `high_water` whatever the compression ratio. Corrupt deflate data ends
+   the connection (`log["compress"] = "corrupt"`); it cannot be resynchronised.
 """
 
 from __future__ import annotations
@@ -53,10 +66,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from postroom.config import LimitsConfig
+
+_INFLATE_STEPS = 4  # inflate steps (each at most high_water bytes out) per callback before yielding (invariant 8)
 
 # ---------------------------------------------------------------------------------------------------------
 # Exceptions a session sees
@@ -189,6 +205,12 @@ class Connection(asyncio.Protocol):
         self._span_since: float | None = None  # loop time a command spanning lines and literals began
         self._span_bytes = 0  # its literal bytes so far
         self._paused_at = 0.0
+        # compression (invariant 8)
+        self._inflater: Any = None  # zlib decompressobj once start_compression() ran
+        self._deflater: Any = None
+        self._zin = bytearray()  # compressed bytes received and not inflated yet
+        self._inflate_full = False  # the last inflate step filled its room: zlib may hold more output
+        self._inflate_scheduled = False
 
     # --- properties ----------------------------------------------------------------------------------------
     @property
@@ -205,8 +227,20 @@ class Connection(asyncio.Protocol):
 
     @property
     def pending(self) -> int:
-        """Bytes received and not read yet (check before answering STARTTLS: see the module doc)."""
-        return len(self._buffer)
+        """Bytes received and not read yet (check before answering STARTTLS or COMPRESS: see the module doc);
+        compressed bytes not inflated yet count too."""
+        return len(self._buffer) + len(self._zin)
+
+    @property
+    def tls_compression(self) -> str | None:
+        """The compression TLS itself negotiated (None: none; Python's default contexts never enable it)."""
+        sslobj = self._transport.get_extra_info("ssl_object") if self._tls and self._transport else None
+        return sslobj.compression() if sslobj is not None else None
+
+    @property
+    def compressed(self) -> bool:
+        """COMPRESS=DEFLATE is on (module doc)."""
+        return self._deflater is not None
 
     @property
     def closed(self) -> bool:
@@ -239,10 +273,22 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        # invariant 7: where the stream's unfinished line began (one C-speed rfind per chunk)
-        if self._data_phase:
+        if self._data_phase:  # invariant 7: the rate is judged on the bytes the peer sends
             self._data_bytes += len(data)
             self._span_bytes += len(data)
+        if self._inflater is not None:
+            self._zin += data
+            self._inflate()
+            if len(self._zin) > self._high_water and not self._paused_reading and self._transport is not None:
+                self._paused_reading = True  # invariant 8: compressed input waits for the reader too
+                self._paused_at = self._loop.time()
+                self._transport.pause_reading()
+            return
+        self._plain(data)
+
+    def _plain(self, data: bytes) -> None:
+        """Plaintext into the buffer (straight from the transport, or inflated)."""
+        # invariant 7: where the stream's unfinished line began (one C-speed rfind per chunk)
         i = data.rfind(b"\n")
         if i == len(data) - 1:
             self._partial_since = None
@@ -400,8 +446,71 @@ class Connection(asyncio.Protocol):
 
     def _consumed(self) -> None:
         self._scanned = 0
-        if self._paused_reading and len(self._buffer) <= self._high_water // 4 and self._transport is not None:
+        if self._inflater is not None and self._zin_more:
+            self._inflate()  # invariant 8: refill from the compressed input as the reader makes room
+        if (self._paused_reading and len(self._buffer) <= self._high_water // 4
+                and len(self._zin) <= self._high_water // 4 and self._transport is not None):
             self._resume_reading()
+
+    # --- compression (module doc, invariant 8) -------------------------------------------------------------
+    @property
+    def _zin_more(self) -> bool:
+        return bool(self._zin) or self._inflate_full
+
+    def start_compression(self) -> None:
+        """Deflate both directions from now on (RFC 4978): the session has just written (and the caller will
+        flush) its last uncompressed response, and checked that nothing is buffered (`pending` is 0: bytes
+        that came before this point were sent uncompressed, so they would be misread). RuntimeError if already
+        on. Works the same over TLS (the layer sits inside it, RFC 4978 §4)."""
+        if self._deflater is not None:
+            raise RuntimeError("compression is already active")
+        self._inflater = zlib.decompressobj(-15)  # raw deflate, no zlib header (RFC 4978 §3)
+        self._deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        self._inflate_full = False
+
+    def _inflate(self) -> None:
+        """Inflate waiting compressed input into the buffer while it is below high_water (invariant 8); at most
+        `_INFLATE_STEPS` steps per call, then again from the loop, so a bomb never holds the loop for long."""
+        d = self._inflater
+        if d is None or self._lost:
+            return
+        for _ in range(_INFLATE_STEPS):
+            room = self._high_water - len(self._buffer)
+            if room <= 0 or not (self._zin or self._inflate_full):
+                return
+            data = bytes(self._zin)
+            try:
+                out = d.decompress(data, room)
+            except zlib.error:
+                self.log["compress"] = "corrupt"  # cannot be resynchronised: end the connection
+                self._zin.clear()
+                self._inflate_full = False
+                if self._transport is not None:
+                    self._transport.abort()
+                self._mark_lost()
+                return
+            self._zin[:] = d.unconsumed_tail
+            self._inflate_full = len(out) == room
+            if out:
+                self._plain(out)
+            elif not self._zin:
+                return
+        if not self._inflate_scheduled and (self._zin or self._inflate_full):
+            self._inflate_scheduled = True
+            self._loop.call_soon(self._inflate_later)
+
+    def _inflate_later(self) -> None:
+        self._inflate_scheduled = False
+        self._inflate()
+        if (self._paused_reading and len(self._buffer) <= self._high_water // 4
+                and len(self._zin) <= self._high_water // 4 and self._transport is not None):
+            self._resume_reading()
+
+    def _deflate(self, chunks: list[bytes]) -> bytes:
+        d = self._deflater
+        out = [d.compress(c) for c in chunks]
+        out.append(d.flush(zlib.Z_SYNC_FLUSH))  # RFC 4978 §4: the peer gets each burst whole, at once
+        return b"".join(out)
 
     def _resume_reading(self) -> None:
         """Resume the transport. While it was paused the peer could not send: that time does not count against
@@ -510,11 +619,18 @@ class Connection(asyncio.Protocol):
         """Queue `data` for sending (invariant 5: dropped once the connection is closed)."""
         if self._transport is None or self._lost or self._closing:
             return
+        if self._deflater is not None:
+            data = self._deflate([data])
         self.bytes_out += len(data)
         self._transport.write(data)
 
     def writelines(self, chunks: list[bytes]) -> None:
         if self._transport is None or self._lost or self._closing:
+            return
+        if self._deflater is not None:
+            data = self._deflate(chunks)
+            self.bytes_out += len(data)
+            self._transport.write(data)
             return
         self.bytes_out += sum(len(c) for c in chunks)
         self._transport.writelines(chunks)

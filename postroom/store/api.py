@@ -371,7 +371,8 @@ class ChangeKind(enum.Enum):
     MAILBOX_CREATED = "mailbox_created"
     MAILBOX_DELETED = "mailbox_deleted"
     MAILBOX_RENAMED = "mailbox_renamed"  # name is the new name, old_name the old
-    MAILBOX_SUBSCRIBED = "mailbox_subscribed"  # name subscribed or unsubscribed; mailbox_id 0 if no such mailbox
+    MAILBOX_SUBSCRIBED = "mailbox_subscribed"  # name subscribed; mailbox_id 0 if no such mailbox
+    MAILBOX_UNSUBSCRIBED = "mailbox_unsubscribed"  # name unsubscribed; mailbox_id 0 if no such mailbox
     MAILBOX_KEYWORDS = "mailbox_keywords"  # the mailbox's keyword set grew by `keywords` (invariant 9)
     MAILBOX_ACL = "mailbox_acl"  # the mailbox's ACL changed (user_id is the owner's; name the identifier)
 
@@ -537,8 +538,9 @@ class Store(Protocol):
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
         """Add `name` to the user's subscriptions, or remove it (invariant 8), whether or not a mailbox has that
-        name. A change (MAILBOX_SUBSCRIBED) only when the set changed. Invalid for a bad name, or when adding
-        would make more than `names.MAX_SUBSCRIPTIONS`; NotFound for an unknown user."""
+        name. A change (MAILBOX_SUBSCRIBED, or MAILBOX_UNSUBSCRIBED when removing) only when the set changed.
+        Invalid for a bad name, or when adding would make more than `names.MAX_SUBSCRIPTIONS`; NotFound for an
+        unknown user."""
 
     async def list_subscriptions(self, user_id: int) -> list[str]:
         """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""

@@ -42,6 +42,8 @@ async def test_feed_carries_every_change(store: Store) -> None:
         ]
         await store.set_subscribed(u.id, "R", True)
         assert [c.kind for c in drain(sub)] == [ChangeKind.MAILBOX_SUBSCRIBED]
+        await store.set_subscribed(u.id, "R", False)
+        assert [(c.kind, c.name) for c in drain(sub)] == [(ChangeKind.MAILBOX_UNSUBSCRIBED, "R")]
         await store.delete_mailbox(u.id, "R")
         assert [c.kind for c in drain(sub)] == [ChangeKind.MAILBOX_DELETED]
         assert drain(other_sub) == []  # nothing of u's reaches other

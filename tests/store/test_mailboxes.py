@@ -187,7 +187,9 @@ async def test_set_subscribed(store: Store) -> None:
     assert [(c.kind, c.mailbox_id) for c in result.changes] == [(ChangeKind.MAILBOX_SUBSCRIBED, m.id)]
     assert (await store.get_mailbox(u.id, "News")).subscribed  # type: ignore[union-attr]
     assert (await store.set_subscribed(u.id, "News", True)).changes == ()
-    await store.set_subscribed(u.id, "News", False)
+    result = await store.set_subscribed(u.id, "News", False)
+    # the direction is in the kind (IMAP NOTIFY SubscriptionChange, RFC 5465 §5.5, tells the two apart)
+    assert [(c.kind, c.mailbox_id, c.name) for c in result.changes] == [(ChangeKind.MAILBOX_UNSUBSCRIBED, m.id, "News")]
     assert not (await store.get_mailbox(u.id, "News")).subscribed  # type: ignore[union-attr]
     await store.set_subscribed(u.id, "inbox", False)
     assert not (await inbox(store, u)).subscribed
@@ -274,7 +276,7 @@ async def test_subscriptions_outlive_their_mailbox(store: Store) -> None:
     await store.delete_mailbox(u.id, "a/b")
     # UNSUBSCRIBE of a name whose mailbox is gone works (RFC 9051 §6.3.8)
     result = await store.set_subscribed(u.id, "a/b", False)
-    assert [(c.kind, c.mailbox_id, c.name) for c in result.changes] == [(ChangeKind.MAILBOX_SUBSCRIBED, 0, "a/b")]
+    assert [(c.kind, c.mailbox_id, c.name) for c in result.changes] == [(ChangeKind.MAILBOX_UNSUBSCRIBED, 0, "a/b")]
     assert "a/b" not in await store.list_subscriptions(u.id)
 
 

@@ -248,7 +248,8 @@ class MailboxesMixin(Base):
             else:
                 tx.conn.execute("DELETE FROM subscriptions WHERE user_id = ? AND name = ?", (user_id, name))
             mbox = find_mailbox(tx.conn, user_id, name)
-            change = Change(ChangeKind.MAILBOX_SUBSCRIBED, user_id, 0 if mbox is None else mbox.id, name=name)
+            kind = ChangeKind.MAILBOX_SUBSCRIBED if subscribed else ChangeKind.MAILBOX_UNSUBSCRIBED
+            change = Change(kind, user_id, 0 if mbox is None else mbox.id, name=name)
             tx.changes.append(change)
             return WriteResult((change,))
 
