@@ -304,6 +304,8 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
     await store.close()
     conn = sqlite3.connect(tmp_path / "v4.db")
     conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
+    for table in ("fts_docs", "fts_backlog", "fts_head", "fts_body"):  # and no later step's tables (8)
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 6")
     conn.commit()
     conn.close()

@@ -48,6 +48,7 @@ from postroom.store.api import (
     WriteResult,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
+from postroom.store.sqlite import fts
 from postroom.store.sqlite.common import (
     CHUNK,
     MESSAGE_COLUMNS,
@@ -387,7 +388,9 @@ class MessagesMixin(Base):
             check_id(blob_id)
 
         def op(tx: Tx) -> None:
-            tx.conn.executemany("UPDATE blobs SET meta = ? WHERE id = ?", rows)
+            for meta, blob_id in rows:
+                if tx.conn.execute("UPDATE blobs SET meta = ? WHERE id = ?", (meta, blob_id)).rowcount:
+                    fts.reindex_blob(tx.conn, blob_id, meta)  # common invariant 4: the index follows the meta
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))
