@@ -283,10 +283,11 @@ class TextCandidates:
 
 @dataclass(frozen=True)
 class IndexProgress:
-    """One step of `Store.index_backlog`: bodies indexed, bodies whose metadata must be computed first (missing
-    or of an older format: the caller computes it and stores it with `write_metas`, which indexes them), the
-    last blob id looked at (the next step's `after`), and how many are left in the backlog after it."""
+    """One step of `Store.index_backlog`: bodies looked at, bodies indexed, bodies whose metadata must be computed
+    first (missing or of an older format: the caller computes it and stores it with `write_metas`, which indexes
+    them), the last blob id looked at (the next step's `after`), and how many are left in the backlog after it."""
 
+    looked: int
     indexed: int
     needs_meta: list[str]
     last: str

@@ -7,7 +7,7 @@ Invariants:
 2. Keywords are stored as one space-separated string sorted case-insensitively (keywords are atoms: no spaces).
 3. `acquire_blob` decides where a *new* body goes (`tx.inline_max`); a body already stored, inline or as a file,
    only gains references where it is (dedup by sha256 works across both kinds).
-4. They keep the full-text index with the references (fts.py invariant 1): `acquire_blob` with metadata
+4. They keep the full-text index with the references (fts.py invariant 1): `acquire_blob` for a message
    indexes a body not indexed yet (or backlogs it), `release_blobs` unindexes a body with its last reference,
    in the same transaction as the rows.
 """
@@ -148,18 +148,19 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
 
 
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
-                 source: Path | None = None, size: int | None = None, crlf: int | None = None) -> None:
+                 source: Path | None = None, size: int | None = None, crlf: int | None = None,
+                 searchable: bool = True) -> None:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
     With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
     always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
-    its `crlf_size` (schema invariant 9). With `meta` (a message, not a queue entry) the body is indexed if it
-    is not yet (invariant 4)."""
+    its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
+    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4)."""
     length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
     )
-    if cur.rowcount == 1 and meta is not None and not fts.is_indexed(tx.conn, blob_id):
+    if cur.rowcount == 1 and searchable and not fts.is_indexed(tx.conn, blob_id):
         stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
         fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
     if cur.rowcount == 0:
@@ -168,7 +169,7 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
             "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
             (blob_id, length, count, meta, crlf_octets),
         )
-        if meta is not None:
+        if searchable:
             fts.index_blob(tx.conn, blob_id, meta)
         if source is not None:
             if not tx.blobs.exists(blob_id):

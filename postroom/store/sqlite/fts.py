@@ -238,4 +238,4 @@ def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProg
         else:
             needs.append(last)
     remaining = conn.execute("SELECT count(*) FROM fts_backlog WHERE blob_id > ?", (last,)).fetchone()[0]
-    return IndexProgress(indexed, needs, last, int(remaining))
+    return IndexProgress(len(rows), indexed, needs, last, int(remaining))
