@@ -135,7 +135,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     connection."""
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
-            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE"]
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "WITHIN"]
 
 
 class Service:
