@@ -150,3 +150,32 @@ async def test_a_schema_7_store_with_messages_is_indexed_in_steps(tmp_path: Path
         assert (await store.index_backlog(8)).looked == 0
     finally:
         await store.close()
+
+
+async def test_an_index_of_another_version_is_built_again(tmp_path: Path) -> None:
+    """fts.py invariant 2: rows are deleted with values derived again from the metadata, so an index made by a
+    derivation of another version (another Python Unicode database, another text format) cannot be trusted:
+    opening the store empties it and puts every body back in the backlog; searches stay right meanwhile."""
+    db, blobs = tmp_path / "s.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(1, "alpha report", "one"), mail(2, "beta report", "two")])
+    await store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'fts_version'")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    try:
+        top = 2**32 - 1
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "alpha"))
+        assert found is not None and uids(found) == [1, 2] and found.unindexed == 2
+        assert _count(store, "SELECT count(*) FROM fts_docs") == 0
+        step = await store.index_backlog(10)
+        assert (step.looked, step.indexed, step.remaining) == (2, 2, 0)
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "alpha"))
+        assert found is not None and uids(found) == [1] and found.unindexed == 0
+    finally:
+        await store.close()

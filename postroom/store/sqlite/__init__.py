@@ -36,6 +36,7 @@ from typing import Self
 from postroom.store.api import ChangeHub
 from postroom.store.blobs import STALE_AGE, BlobStore
 from postroom.store.hub import Hub
+from postroom.store.sqlite import fts
 from postroom.store.sqlite.accounts import AccountsMixin
 from postroom.store.sqlite.authfail import AuthFailuresMixin
 from postroom.store.sqlite.engine import Engine
@@ -92,6 +93,8 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
             alone = await asyncio.to_thread(self._lock)
             await asyncio.to_thread(self._engine.start)
             await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
+            if await self._engine.write(lambda tx: fts.check_version(tx.conn)):
+                log.warning("full-text index made by another version: emptied, to be built again (postroom index)")
 
     @property
     def lock_path(self) -> Path:

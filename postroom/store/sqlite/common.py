@@ -193,9 +193,9 @@ def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
             "UPDATE blobs SET refcount = refcount - ? WHERE id = ? RETURNING refcount", (n, blob_id)
         ).fetchone()
         if row is not None and row[0] <= 0:
+            fts.unindex_blob(tx.conn, blob_id)  # first: it derives the rows to delete from blobs.meta
             inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
-            fts.unindex_blob(tx.conn, blob_id)
             if not inline:
                 tx.dead_blobs.add(blob_id)
 

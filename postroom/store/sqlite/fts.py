@@ -5,8 +5,12 @@ Theory of operation
 The index is **per body** (blob), not per message: a body is content-addressed and shared by every message that
 holds it (a list post to 50 local members, COPY, MOVE), so it is tokenised once, COPY and MOVE cost nothing here,
 and the rows go when the body's last reference goes. `fts_docs` gives each indexed body an integer document id
-(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text) and keeps the indexed text, zlib-compressed:
-the FTS5 tables are contentless, and a contentless row is deleted by giving FTS5 the very values it indexed.
+(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (the text is
+not stored a second time: measured, a zlib-compressed copy was 2.5 times the index itself), and a contentless row
+is deleted by giving FTS5 the very values it indexed: they are derived again from `blobs.meta`, which is what
+they were derived from (`write_metas` re-indexes before it replaces it). The derivation is versioned
+(`INDEX_VERSION`: this module's text format and Python's Unicode version, which `str.casefold` follows): a store
+indexed under another version is emptied and put back in the backlog when it is opened (`check_version`).
 
 * `index_blob` (in a write job): the text of `textindex.index_fields(meta)` into `fts_head` (per header column)
   and `fts_body`; a body whose metadata is missing or of an older format goes to `fts_backlog` instead.
@@ -19,8 +23,10 @@ Invariants
 1. (schema invariant 10) A body with message references is in `fts_docs` or in `fts_backlog`: `acquire_blob`
    indexes a body that arrives with metadata or backlogs it, `write_metas` re-indexes, `release_blobs`
    unindexes with the last reference.
-2. The FTS5 rows of a document are exactly `fts_docs.packed` (inserted and deleted with those values), and a
-   document id is never reused (AUTOINCREMENT), so a row can never be taken for another body's.
+2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
+   inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
+   metadata first); a document id is never reused (AUTOINCREMENT), so a row can never be taken for another
+   body's. A store whose `fts_version` differs from `INDEX_VERSION` is re-indexed from scratch.
 3. `candidates` never leaves out a message that the exact check would match (textindex invariant 1, plus the
    backlog); it returns None, "no narrowing", rather than a list it cannot vouch for (a term with no piece long
    enough under an OR, or more than `MAX_DOCS` documents for one lookup).
@@ -28,9 +34,8 @@ Invariants
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import zlib
+import unicodedata
 from collections.abc import Sequence
 
 from postroom.mime.meta import MessageMeta, MetaFormatError
@@ -38,6 +43,9 @@ from postroom.store.api import IndexProgress, MessageInfo, TextCandidates
 from postroom.store.sqlite import common  # (a module: common calls index_blob, this uses its helpers)
 from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields, trigrams
 
+FORMAT = 1  # of `textindex.index_fields`; a change to what is indexed bumps it
+_MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
+INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
 _HEAD_COLS = tuple(f"h_{c}" for c in HEAD_COLUMNS)
 _INSERT_HEAD = f"INSERT INTO fts_head(rowid, {', '.join(_HEAD_COLS)}) VALUES (?{', ?' * len(_HEAD_COLS)})"
@@ -54,11 +62,26 @@ def _parse(meta: bytes | None) -> MessageMeta | None:
         return None
 
 
-def _values(packed: bytes) -> list[str]:
+def _values(meta: MessageMeta) -> list[str]:
     """The indexed values, in `HEAD_COLUMNS` order and then the body."""
-    values = json.loads(zlib.decompress(packed).decode("utf-8"))
-    assert isinstance(values, list) and len(values) == len(HEAD_COLUMNS) + 1
-    return [str(v) for v in values]
+    fields = index_fields(meta)
+    return [fields[c] for c in HEAD_COLUMNS] + [fields["body"]]
+
+
+def check_version(conn: sqlite3.Connection) -> bool:
+    """At open: if the store was indexed under another `INDEX_VERSION`, empty the index and put every body in
+    the backlog (invariant 2); record the version. True if it was reset."""
+    row = conn.execute("SELECT value FROM counters WHERE name = 'fts_version'").fetchone()
+    if row is not None and int(row[0]) == INDEX_VERSION:
+        return False
+    reset = row is not None
+    if reset:
+        conn.execute("INSERT INTO fts_head(fts_head) VALUES ('delete-all')")
+        conn.execute("INSERT INTO fts_body(fts_body) VALUES ('delete-all')")
+        conn.execute("DELETE FROM fts_docs")
+        conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs")
+    conn.execute("INSERT OR REPLACE INTO counters(name, value) VALUES ('fts_version', ?)", (INDEX_VERSION,))
+    return reset
 
 
 def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bool:
@@ -68,11 +91,9 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bo
     if parsed is None:
         conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
         return False
-    fields = index_fields(parsed)
-    values = [fields[c] for c in HEAD_COLUMNS] + [fields["body"]]
-    packed = zlib.compress(json.dumps(values, ensure_ascii=False).encode("utf-8"), 1)
+    values = _values(parsed)
     docid = conn.execute(
-        "INSERT INTO fts_docs(blob_id, packed) VALUES (?, ?) RETURNING docid", (blob_id, packed)
+        "INSERT INTO fts_docs(blob_id, version) VALUES (?, ?) RETURNING docid", (blob_id, INDEX_VERSION)
     ).fetchone()[0]
     conn.execute(_INSERT_HEAD, (docid, *values[:-1]))
     conn.execute("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", (docid, values[-1]))
@@ -81,13 +102,18 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bo
 
 
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
-    """Remove body `blob_id` from the index and the backlog (its last reference went, or it is re-indexed)."""
-    row = conn.execute("SELECT docid, packed FROM fts_docs WHERE blob_id = ?", (blob_id,)).fetchone()
+    """Remove body `blob_id` from the index and the backlog (its last reference goes, or it is re-indexed).
+    Call it while `blobs.meta` still holds the metadata it was indexed from (invariant 2)."""
+    row = conn.execute(
+        "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id"
+        " WHERE d.blob_id = ?", (blob_id,)).fetchone()
     if row is not None:
-        docid, packed = int(row[0]), bytes(row[1])
-        values = _values(packed)
-        conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # invariant 2: the values it was indexed with
-        conn.execute("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", (docid, values[-1]))
+        docid, version = int(row[0]), int(row[1])
+        parsed = _parse(None if row[2] is None else bytes(row[2]))
+        if version == INDEX_VERSION and parsed is not None:  # else unreachable rows stay (invariant 2)
+            values = _values(parsed)
+            conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # the values it was indexed with
+            conn.execute("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", (docid, values[-1]))
         conn.execute("DELETE FROM fts_docs WHERE docid = ?", (docid,))
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
 
@@ -96,10 +122,15 @@ def is_indexed(conn: sqlite3.Connection, blob_id: str) -> bool:
     return conn.execute("SELECT 1 FROM fts_docs WHERE blob_id = ?", (blob_id,)).fetchone() is not None
 
 
-def reindex_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes) -> None:
-    """New metadata for a stored body (`write_metas`): the old rows out, the new text in."""
+def replace_meta(conn: sqlite3.Connection, blob_id: str, meta: bytes) -> bool:
+    """New metadata for a stored body (`write_metas`): the old rows out (with the old metadata), the metadata
+    replaced, the new text in. False if the body is not stored."""
+    if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is None:
+        return False
     unindex_blob(conn, blob_id)
+    conn.execute("UPDATE blobs SET meta = ? WHERE id = ?", (meta, blob_id))
     index_blob(conn, blob_id, meta)
+    return True
 
 
 class _TooMany(Exception):

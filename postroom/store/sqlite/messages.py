@@ -389,8 +389,7 @@ class MessagesMixin(Base):
 
         def op(tx: Tx) -> None:
             for meta, blob_id in rows:
-                if tx.conn.execute("UPDATE blobs SET meta = ? WHERE id = ?", (meta, blob_id)).rowcount:
-                    fts.reindex_blob(tx.conn, blob_id, meta)  # common invariant 4: the index follows the meta
+                fts.replace_meta(tx.conn, blob_id, meta)  # common invariant 4: the index follows the meta
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))

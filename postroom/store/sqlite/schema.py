@@ -25,11 +25,12 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
-8 (issue 14) adds the full-text index (`store/sqlite/fts.py`, invariant 10): `fts_docs` (blob -> document id and
-the indexed text, compressed), the FTS5 tables `fts_head` and `fts_body`, and `fts_backlog`, the bodies not indexed
-yet. The step indexes nothing: it names every stored body in the backlog (one INSERT ... SELECT of ids, no
-bodies or metadata read), and the backlog is worked off in batches afterwards (`Store.index_backlog`, driven by
-`postroom index` and by `postroom serve` in the background), while SEARCH scans backlog bodies exactly.
+8 (issue 14) adds the full-text index (`store/sqlite/fts.py`, invariant 10): `fts_docs` (blob -> document id and the
+version of the text derivation it was indexed with), the FTS5 tables `fts_head` and `fts_body`, and `fts_backlog`,
+the bodies not indexed yet. The step indexes nothing: it names every stored body in the backlog (one INSERT ...
+SELECT of ids, no bodies or metadata read), and the backlog is worked off in batches afterwards
+(`Store.index_backlog`, driven by `postroom index` and by `postroom serve` in the background), while SEARCH scans
+backlog bodies exactly.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -51,7 +52,7 @@ Invariants:
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
 10. A body referenced by messages is in exactly one of `fts_docs` (indexed: its text is in `fts_head` and
-   `fts_body` under `fts_docs.docid`, as `fts_docs.packed` holds it) and `fts_backlog` (not indexed yet); the
+   `fts_body` under `fts_docs.docid`, as derived from `blobs.meta`) and `fts_backlog` (not indexed yet); the
    index rows go with the last reference (fts.py invariants).
 """
 
@@ -252,13 +253,14 @@ def _v7(conn: sqlite3.Connection) -> None:
 def _v8(conn: sqlite3.Connection) -> None:
     """The full-text index (invariant 10, store/sqlite/fts.py). FTS5's trigram tokenizer (SQLite 3.34) gives
     substring lookups; `case_sensitive 1` because the text is case-folded by Python before (textindex.py), as
-    the exact check folds it. Contentless (`content=''`): the text is kept once, compressed, in `fts_docs`.
+    the exact check folds it. Contentless (`content=''`): the text is not stored again; rows are deleted with
+    the values derived again from `blobs.meta` (fts.py invariant 2).
     Headers keep `detail=column` (SUBJECT, FROM, ... look in their own column); the body, most of the index,
     `detail=none` (no positions: a trigram lookup admits a few more candidates, which the exact check drops).
     Every stored body goes to the backlog; nothing is read or indexed here."""
     conn.execute(
         "CREATE TABLE fts_docs(docid INTEGER PRIMARY KEY AUTOINCREMENT, blob_id TEXT NOT NULL UNIQUE,"
-        " packed BLOB NOT NULL)"
+        " version INTEGER NOT NULL)"
     )
     conn.execute("CREATE TABLE fts_backlog(blob_id TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute(
