@@ -10,7 +10,8 @@ Layers, from the wire up:
   one place that turns exceptions into BAD / NO;
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
-  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
+  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES, WITHIN;
+  narrowed by the store's full-text index), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
 
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.
