@@ -179,3 +179,42 @@ async def test_an_index_of_another_version_is_built_again(tmp_path: Path) -> Non
         assert found is not None and uids(found) == [1] and found.unindexed == 0
     finally:
         await store.close()
+
+
+async def test_build_index_works_off_the_backlog_with_a_progress_display(tmp_path: Path) -> None:
+    """`postroom index` (indexing.build_index): a schema-7 store with messages, one with an older metadata
+    format, is indexed in steps with a progress display; the older metadata is computed again and stored."""
+    import io
+
+    from postroom.config import LimitsConfig
+    from postroom.indexing import build_index
+    from postroom.progress import Progress
+
+    db, blobs = tmp_path / "v7.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(i, f"subject {i}", f"body {i}") for i in range(450)])
+    await store.close()
+    conn = sqlite3.connect(db)
+    for table in ("fts_docs", "fts_backlog", "fts_head", "fts_body"):  # exactly the version 7 schema
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DELETE FROM counters WHERE name = 'fts_version'")
+    conn.execute("UPDATE blobs SET meta = CAST('{\"v\":1}' AS BLOB) WHERE id = (SELECT blob_id FROM messages"
+                 " WHERE uid = 5)")
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+    out = io.StringIO()
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    try:
+        done = await build_index(store, LimitsConfig(), lambda total, label: Progress(total, label, out, tty=False))
+        assert done == 450
+        assert out.getvalue().startswith("index: 450 messages")  # the summary line of a non-terminal display
+        found = await store.search_text(box.id, 1, 2**32 - 1, TextTerm("subject", "subject 4"))
+        assert found is not None and found.unindexed == 0
+        assert [m.uid for m in found.messages] == [5, *range(41, 51), *range(401, 451)]
+        assert await build_index(store, LimitsConfig()) == 0  # nothing left
+    finally:
+        await store.close()
