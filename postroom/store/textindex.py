@@ -18,19 +18,21 @@ folds it (`str.casefold`):
 match. A piece never spans what the index joins differently from the exact haystack: a TEXT needle is cut at
 line ends (TEXT's haystack joins headers, body and names by line ends), a HEADER needle for a field without a
 column of its own at commas (a repeated field's values are joined by ", " in the haystack, by lines in
-`headers`). Each piece is then looked up by its trigrams (`trigrams`): only pieces of three characters or more
-narrow; a needle with none (e.g. one or two CJK characters) is left to the exact scan.
+`headers`), and every needle at lone surrogates (a client may send UTF-8-encoded surrogates; the index holds
+U+FFFD where the text had one). Each piece is then looked up by its trigrams (`trigrams`): only pieces of three
+characters or more narrow; a needle with none (e.g. one or two CJK characters) is left to the exact scan.
 
 Invariants
 1. If `casefold(needle)` is a substring of the exact haystack of a key, every piece of `pieces(key, needle)`
    is a substring of one of the index fields `FIELDS_OF[key]` of that message, and every trigram of that piece
    occurs in that field. Hence a lookup by trigrams never loses a match (it may add some).
-2. `index_fields` is a pure function of the stored metadata, and contains no lone surrogate (they become U+FFFD;
-   a needle from the wire is UTF-8 and has none, so no match is lost).
+2. `index_fields` is a pure function of the stored metadata, and contains no lone surrogate (they become U+FFFD,
+   and needles are cut at theirs, so no match is lost).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,6 +42,7 @@ HEADER_FIELDS = ("subject", "from", "to", "cc", "bcc")  # header fields with an 
 HEAD_COLUMNS = (*HEADER_FIELDS, "headers", "names")  # the header-side columns, in this order
 MIN_PIECE = 3  # characters: a trigram index cannot look up less
 MAX_PIECES = 4  # pieces of one needle looked up (the longest); the rest are left to the exact check
+_SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_TRIGRAMS = 12  # trigrams of one piece looked up (spread over it); more only cost time
 
 # The index fields each kind of key may be found in; ("header", name) keys use HEADER_FIELDS or "headers".
@@ -119,6 +122,8 @@ def pieces(key: str, needle: str) -> list[str]:
         parts = folded.replace("\n", ",").split(",")
     else:
         parts = [folded]
+    if not folded.isascii() and _SURROGATES.search(folded):  # invariant 2: U+FFFD in the index there
+        parts = [p for part in parts for p in _SURROGATES.split(part)]
     usable = sorted({p for p in parts if len(p) >= MIN_PIECE}, key=len, reverse=True)
     return usable[:MAX_PIECES]
 

@@ -90,3 +90,9 @@ def test_index_fields_have_no_lone_surrogates() -> None:
     for text in fields.values():
         text.encode("utf-8")  # raises on a lone surrogate
     assert fields["subject"] == "ok" and fields["body"].startswith("body")
+
+
+def test_a_needle_is_cut_at_lone_surrogates() -> None:
+    # A client can send UTF-8-encoded surrogates (ED A0 80); the index holds U+FFFD where text had one.
+    assert pieces("subject", "abc\ud800defg") == ["defg", "abc"]
+    assert pieces("body", "\ud800ab") == []
