@@ -31,6 +31,7 @@ from .config import IMPLICIT_TLS, Config
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
+from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .mime import pool as meta_pool
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
@@ -96,6 +97,7 @@ class Postroom:
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
+    indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
 
     async def start(self) -> None:
         cfg = self.config
@@ -111,6 +113,7 @@ class Postroom:
         store = self.store
         self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
         self.retention.start()
+        self.indexer = asyncio.create_task(_index_in_background(store, cfg))
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
             if self.queue is not None:
@@ -160,6 +163,9 @@ class Postroom:
             self.addresses["http"] = (host, self.http.port)
 
     async def stop(self) -> None:
+        if self.indexer is not None:
+            self.indexer.cancel()
+            await asyncio.gather(self.indexer, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:
@@ -171,6 +177,17 @@ class Postroom:
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (mime/pool.py invariant 4)
+
+
+async def _index_in_background(store: Store, cfg: Config) -> None:
+    """Index the bodies stored before the full-text index existed (indexing.py), with log lines for progress.
+    SEARCH is right meanwhile (it scans what is not indexed); a failure is logged and leaves the scan."""
+    try:
+        await build_index(store, cfg.limits, LogProgress, pause=0.05)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - the index is an accelerator: the server runs on without it
+        log.exception("full-text index: building the backlog failed; SEARCH scans what is not indexed")
 
 
 async def ensure_demo(store: Store, data_dir: Path) -> str:

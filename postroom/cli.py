@@ -486,6 +486,17 @@ async def cmd_export(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+async def cmd_index(args: argparse.Namespace, store: Store) -> int:
+    """Work off the full-text index backlog now, with a progress display (`postroom serve` does it too, in the
+    background; this is for an upgrade done before the server starts, or to watch it)."""
+    from .indexing import build_index
+    from .progress import Progress
+
+    done = await build_index(store, args.cfg.limits, Progress)
+    print(f"full-text index: {done} bodies indexed; nothing left in the backlog")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Argument parsing
 
@@ -507,6 +518,7 @@ examples:
   postroom list create team@example.org --owner alice@example.org --policy members
   postroom import --user alice@example.org ~/mail/inbox.mbox
   postroom export --user alice@example.org --format maildir ./alice-backup
+  postroom index                             index mail stored before the full-text index existed, now
   postroom dns example.org                   the MX, SPF, DKIM and DMARC records to publish
   postroom queue list                        what waits in the outbound queue, and why
   printf 'Subject: hi\\n\\nhello\\n' | postroom sendmail -f alice@example.org bob@example.net
@@ -615,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--mailbox", default=None, help="one mailbox (default: all of them)")
     ex.add_argument("--format", choices=["mbox", "maildir"], required=True)
     ex.add_argument("path", help="file or folder to write; '-' writes one mailbox as mbox to standard output")
+    sub.add_parser("index", help="build the full-text index for mail stored before it existed (after an upgrade)")
     return p
 
 
@@ -628,6 +641,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "list": cmd_list,
     "import": cmd_import,
     "export": cmd_export,
+    "index": cmd_index,
 }
 
 

@@ -11,7 +11,8 @@ Layers, from the wire up:
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
   UNAUTHENTICATE),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
-  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
+  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES, WITHIN;
+  narrowed by the store's full-text index), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress` (COMPRESS, RFC 4978: the deflate layer
   itself is the connection's, `net/connection.py`), `notify` (NOTIFY, RFC 5465: which changes of which mailboxes
   are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS MYRIGHTS,

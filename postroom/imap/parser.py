@@ -529,6 +529,9 @@ def _search_key(c: Cursor) -> Key:
     if word in ("LARGER", "SMALLER"):
         c.sp()
         return Key(word, (c.number(limit=(1 << 63) - 1),))
+    if word in ("OLDER", "YOUNGER"):  # RFC 5032 §4: ("OLDER" / "YOUNGER") SP nz-number, seconds
+        c.sp()
+        return Key(word, (c.number(nonzero=True),))
     if word == "UID":
         c.sp()
         return Key(word, (c.seqset(),))

@@ -8,10 +8,18 @@ comprehension over the flags column). Only text and Date-header keys read the re
 the stored metadata (decoded headers, body text and the Date header, computed at delivery), in batches
 (`fetch.prefetch_meta`: one store call per batch). Sequence sets inside the key are resolved once.
 
+Narrowing by the full-text index (issue 14): when the program's string keys (TEXT, BODY, SUBJECT, FROM, TO, CC,
+BCC, HEADER) under its top-level AND, or under ORs of such keys, can be looked up (`_narrowing`, a
+`store.textindex.TextFilter`), the store returns the candidates (`Store.search_text`: every message whose text
+may match, and every message whose body is not indexed yet) and only those are read and evaluated; the
+evaluation is the same exact one, so answers are those of the full scan (textindex invariant 1). A string too
+short to look up (under three characters), or a program whose text keys sit under NOT, leaves the full scan.
+
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
 calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
-sender's zone (SENT*, `MessageMeta.sent_day`).
+sender's zone (SENT*, `MessageMeta.sent_day`). OLDER and YOUNGER (RFC 5032, WITHIN) compare the internal date
+with the time the SEARCH started, to the second.
 
 MODSEQ n (RFC 7162 §3.1.5) matches messages whose MODSEQ is n or more; Postroom keeps one MODSEQ per message, so
 the optional entry name and type (a flag's own mod-sequence) are checked for syntax and answered with the
@@ -33,7 +41,8 @@ Answers are those of the plain evaluation: the same tests, evaluated in another 
 
 Invariants
 1. Only messages the client knows are searched (announced UIDs); arrivals not yet reported are not.
-2. A key that needs no metadata never loads any; one that does loads each message's metadata once.
+2. A key that needs no metadata never loads any; one that does loads each message's metadata once, and with
+   narrowing only the candidates' (a whole-mailbox SUBJECT search reads no other message's body text).
 3. No synchronous stretch of a SEARCH does more than about `SLICE_CHARS` characters of comparison or
    `SLICE_NODES` key evaluations (plus one message's case-folding, at most `mime.text` bounds) before it
    yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison.
@@ -42,11 +51,13 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import time
 from array import array
 from typing import Any
 
 from postroom.mime.meta import MessageMeta
 from postroom.store.api import Flag, MessageColumns, MessageInfo
+from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder
 from . import parser as P
@@ -115,6 +126,7 @@ class _Ctx:
         self.s = s
         self.sel = sel_of(s)
         self.sets = sets
+        self.now = time.time()  # RFC 5032 §1: OLDER / YOUNGER count back from "the current date and time"
         self.hits: dict[_Test, bool] = {}  # the text tests' results for the message being matched
         self.compared = 0  # characters compared so far (invariant 3, MAX_SEARCH_WORK)
         self.chars = 0  # ... and nodes evaluated, since the last yield
@@ -153,12 +165,20 @@ class _Ctx:
                 where = ("h", op.lower())
             text = hay.get(where)
             if text is None:
-                raw = st.body if op == "BODY" else st.text() if op == "TEXT" else st.header(where[1])
+                raw = st.body if op == "BODY" else _text(meta) if op == "TEXT" else st.header(where[1])
                 text = hay[where] = raw.casefold()
                 await self.tick(chars=len(raw))
             self.budget(len(text))
             self.hits[test] = needle in text
             await self.tick(chars=len(text))
+
+
+def _text(meta: MessageMeta) -> str:
+    """TEXT's haystack: the header and body text, and the attachments' file names (RFC 9051 §6.4.4: TEXT
+    covers "the header (including MIME header fields) or body", and a file name is a MIME header parameter)."""
+    names = "".join("\n" + r.filename for r in meta.parts if r.filename)
+    text = meta.search.text()
+    return text + names if names else text
 
 
 def _day(ts: float) -> float:
@@ -202,6 +222,12 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return bool(_day(m.internal_date) == args[0])
     if op == "SINCE":
         return bool(_day(m.internal_date) >= args[0])
+    # RFC 5032 §2: OLDER n, internal date older than now - n; YOUNGER n, younger. The instant itself counts as
+    # older (as Dovecot does), so every message is exactly one of OLDER n and YOUNGER n.
+    if op == "OLDER":
+        return bool(m.internal_date <= ctx.now - args[0])
+    if op == "YOUNGER":
+        return bool(m.internal_date > ctx.now - args[0])
     assert meta is not None
     if op in _TEXT_OPS:
         return ctx.hits[(op, args)]  # evaluated before, in slices (`_Ctx.evaluate_text`)
@@ -289,12 +315,34 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
     return out
 
 
+def _narrowing(key: P.Key) -> TextFilter | None:
+    """The index lookups that every message matching `key` passes (module essay), or None if there are none:
+    string keys, and ANDs and ORs of them; an AND keeps the parts that narrow, an OR needs both sides to."""
+    op = key.op
+    if op in _TEXT_OPS:
+        if op == "HEADER":
+            return TextTerm("header", str(key.args[1]), str(key.args[0]).lower())
+        return TextTerm(op.lower(), str(key.args[0]))
+    if op == "AND":
+        parts = [f for f in (_narrowing(k) for k in key.args if isinstance(k, P.Key)) if f is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else TextAll(tuple(parts))
+    if op == "OR":
+        a, b = (_narrowing(k) for k in key.args if isinstance(k, P.Key))
+        return None if a is None or b is None else TextAny((a, b))
+    return None
+
+
 async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None) -> list[int]:
-    """A search with text or Date-header keys: the records, then the metadata `META_BATCH` messages per
-    store call (invariant 2)."""
+    """A search with text or Date-header keys: the records (only the index's candidates when it can narrow),
+    then the metadata `META_BATCH` messages per store call (invariant 2)."""
     sel = ctx.sel
     known = sel.uids
-    infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
+    flt = _narrowing(key)
+    found = None if flt is None else await s.store.search_text(sel.id, known[0], known[-1], flt)
+    if found is not None:
+        infos = [m for m in found.messages if sel.msn(m.uid)]
+    else:
+        infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
     tests: dict[_Test, str] = {}
     _text_tests(key, tests)
     nodes = count_keys(key)

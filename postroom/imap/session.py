@@ -152,7 +152,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
-            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY"]
+            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN"]
 
 
 class Service:

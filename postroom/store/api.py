@@ -59,7 +59,10 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from postroom.store.textindex import TextFilter
 
 # --------------------------------------------------------------------------------------------------------
 # Errors
@@ -319,6 +322,28 @@ class AppendRequest:
     keywords: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: now
     meta: bytes | None = None  # parsed metadata (mime/), stored with the blob; opaque to the store
+
+
+@dataclass(frozen=True)
+class TextCandidates:
+    """What `Store.search_text` found: the messages that may match (UID order) and how many of them are there
+    only because their body is not indexed yet."""
+
+    messages: list[MessageInfo]
+    unindexed: int
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    """One step of `Store.index_backlog`: bodies looked at, bodies indexed, bodies whose metadata must be computed
+    first (missing or of an older format: the caller computes it and stores it with `write_metas`, which indexes
+    them), the last blob id looked at (the next step's `after`), and how many are left in the backlog after it."""
+
+    looked: int
+    indexed: int
+    needs_meta: list[str]
+    last: str
+    remaining: int
 
 
 @dataclass(frozen=True)
@@ -626,6 +651,19 @@ class Store(Protocol):
         reader that found metadata of an older format recomputed it and stores it back, so each body is
         upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
         body, which does not change)."""
+
+    async def search_text(self, mailbox_id: int, uid_min: int, uid_max: int,
+                          flt: TextFilter) -> TextCandidates | None:
+        """Narrow a SEARCH by the full-text index (`store/textindex.py`): the messages with UIDs in [uid_min,
+        uid_max] whose text may satisfy `flt`, a superset of those whose decoded text does (textindex invariant
+        1), including every message whose body is not indexed yet; None when the index cannot narrow `flt`
+        (e.g. a string under an OR too short to look up). The caller confirms each candidate exactly. Raises
+        NotFound for an unknown mailbox."""
+
+    async def index_backlog(self, limit: int, after: str = "") -> IndexProgress:
+        """Index up to `limit` bodies of the backlog (bodies stored before the index existed) with blob ids
+        above `after`, in one write transaction, so a large store is indexed in short steps while the server
+        runs. Bodies no message references leave the backlog unindexed."""
 
     async def store_flags(
         self,

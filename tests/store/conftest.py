@@ -153,6 +153,13 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE mailboxes DROP COLUMN expunged_floor",
     ),
     9: ("DROP TABLE acl",),
+    10: (
+        "DROP TABLE fts_docs",
+        "DROP TABLE fts_backlog",
+        "DROP TABLE fts_head",
+        "DROP TABLE fts_body",
+        "DELETE FROM counters WHERE name = 'fts_version'",
+    ),
 }
 
 

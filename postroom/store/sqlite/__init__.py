@@ -6,9 +6,9 @@ content-addressed files under `blob_dir` (blobs.py), each written and fsync'd be
 through the WAL would cost more than their fsyncs save. engine.py says more.
 
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
-`authfail.py`, access control lists in `acl.py`) over one `Engine` (engine.py: the writer thread and group commit,
-reader threads). Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit
-then broadcast).
+`authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`) over one
+`Engine` (engine.py: the writer thread and group commit, reader threads). Read engine.py first: its invariants
+are the ones api.py promises (durable when awaited, commit then broadcast).
 
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.
@@ -36,6 +36,7 @@ from typing import Self
 from postroom.store.api import ChangeHub
 from postroom.store.blobs import STALE_AGE, BlobStore
 from postroom.store.hub import Hub
+from postroom.store.sqlite import fts
 from postroom.store.sqlite.accounts import AccountsMixin
 from postroom.store.sqlite.acl import AclMixin
 from postroom.store.sqlite.authfail import AuthFailuresMixin
@@ -43,6 +44,7 @@ from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
+from postroom.store.sqlite.search import SearchMixin
 
 log = logging.getLogger("postroom.store")
 
@@ -52,7 +54,9 @@ above vs -1): bodies in the database were ~3x faster than files at 64 KiB and 1.
 writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not worth the database growth."""
 
 
-class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin):
+class SQLiteStore(
+    AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin
+):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:
     it only decides where new bodies go."""
@@ -92,6 +96,8 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
             alone = await asyncio.to_thread(self._lock)
             await asyncio.to_thread(self._engine.start)
             await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
+            if await self._engine.write(lambda tx: fts.check_version(tx.conn)):
+                log.warning("full-text index made by another version: emptied, to be built again (postroom index)")
 
     @property
     def lock_path(self) -> Path:

@@ -7,6 +7,9 @@ Invariants:
 2. Keywords are stored as one space-separated string sorted case-insensitively (keywords are atoms: no spaces).
 3. `acquire_blob` decides where a *new* body goes (`tx.inline_max`); a body already stored, inline or as a file,
    only gains references where it is (dedup by sha256 works across both kinds).
+4. They keep the full-text index with the references (fts.py invariant 1): `acquire_blob` for a message
+   indexes a body not indexed yet (or backlogs it), `release_blobs` unindexes a body with its last reference,
+   in the same transaction as the rows.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, TypeVar
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size
+from postroom.store.sqlite import fts
 from postroom.store.sqlite.engine import Engine, Tx
 
 T = TypeVar("T")
@@ -144,22 +148,29 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
 
 
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
-                 source: Path | None = None, size: int | None = None, crlf: int | None = None) -> None:
+                 source: Path | None = None, size: int | None = None, crlf: int | None = None,
+                 searchable: bool = True) -> None:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
     With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
     always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
-    its `crlf_size` (schema invariant 9)."""
+    its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
+    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4)."""
     length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
     )
+    if cur.rowcount == 1 and searchable and not fts.is_indexed(tx.conn, blob_id):
+        stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
+        fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
     if cur.rowcount == 0:
         crlf_octets = crlf_size(raw) if source is None else crlf
         tx.conn.execute(
             "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
             (blob_id, length, count, meta, crlf_octets),
         )
+        if searchable:
+            fts.index_blob(tx.conn, blob_id, meta)
         if source is not None:
             if not tx.blobs.exists(blob_id):
                 tx.blobs.link(blob_id, source, length)
@@ -182,6 +193,7 @@ def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
             "UPDATE blobs SET refcount = refcount - ? WHERE id = ? RETURNING refcount", (n, blob_id)
         ).fetchone()
         if row is not None and row[0] <= 0:
+            fts.unindex_blob(tx.conn, blob_id)  # first: it derives the rows to delete from blobs.meta
             inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             if not inline:

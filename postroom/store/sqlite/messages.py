@@ -55,7 +55,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
-from postroom.store.sqlite import acl
+from postroom.store.sqlite import acl, fts
 from postroom.store.sqlite.common import (
     CHUNK,
     MESSAGE_COLUMNS,
@@ -460,7 +460,8 @@ class MessagesMixin(Base):
             check_id(blob_id)
 
         def op(tx: Tx) -> None:
-            tx.conn.executemany("UPDATE blobs SET meta = ? WHERE id = ?", rows)
+            for meta, blob_id in rows:
+                fts.replace_meta(tx.conn, blob_id, meta)  # common invariant 4: the index follows the meta
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))

@@ -86,7 +86,8 @@ def _enqueue_op(blob_id: str, size: int, raw: bytes, source: Path | None, mail_f
     `crlf_size` `crlf`)."""
 
     def op(tx: Tx) -> QueueEntry:
-        acquire_blob(tx, blob_id, raw, source=source, size=size if source is not None else None, crlf=crlf)
+        acquire_blob(tx, blob_id, raw, source=source, size=size if source is not None else None, crlf=crlf,
+                     searchable=False)  # a queue entry is not searched
         cur = tx.conn.execute(
             "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created, from_checked)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",

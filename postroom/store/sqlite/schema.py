@@ -31,6 +31,12 @@ row was written; rows that exist get the time of the upgrade, so they are kept a
 MODSEQ n" and `expunged(at)` for pruning, so neither reads more rows than it answers.
 9 (issue 14) adds `acl`: the access control list entries of mailboxes (RFC 4314; invariant 11). Existing
 mailboxes get none, so nothing is shared by the upgrade.
+10 (issue 14) adds the full-text index (`store/sqlite/fts.py`, invariant 12): `fts_docs` (blob -> document id and the
+version of the text derivation it was indexed with), the FTS5 tables `fts_head` and `fts_body`, and `fts_backlog`,
+the bodies not indexed yet. The step indexes nothing: it names every stored body in the backlog (one INSERT ...
+SELECT of ids, no bodies or metadata read), and the backlog is worked off in batches afterwards
+(`Store.index_backlog`, driven by `postroom index` and by `postroom serve` in the background), while SEARCH scans
+backlog bodies exactly.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -58,6 +64,9 @@ Invariants:
    domain (`grantee_id`), or to every such user (`grantee_id` NULL: "anyone"); at most one row per (mailbox,
    grantee, sign), never one naming the owner, never empty rights. Rows go with their mailbox and with their
    grantee (cascades), so a removed user's entries never name a later one (ids are never reused, invariant 1).
+12. A body referenced by messages is in exactly one of `fts_docs` (indexed: its text is in `fts_head` and
+   `fts_body` under `fts_docs.docid`, as derived from `blobs.meta`) and `fts_backlog` (not indexed yet); the
+   index rows go with the last reference (fts.py invariants).
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _V1 = """
 CREATE TABLE counters(
@@ -279,8 +288,34 @@ def _v9(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX acl_grantee ON acl(grantee_id)")
 
 
+
+def _v10(conn: sqlite3.Connection) -> None:
+    """The full-text index (invariant 12, store/sqlite/fts.py). FTS5's trigram tokenizer (SQLite 3.34) gives
+    substring lookups; `case_sensitive 1` because the text is case-folded by Python before (textindex.py), as
+    the exact check folds it. Contentless (`content=''`): the text is not stored again; rows are deleted with
+    the values derived again from `blobs.meta` (fts.py invariant 2).
+    Headers keep `detail=column` (SUBJECT, FROM, ... look in their own column); the body, most of the index,
+    `detail=none` (no positions: a trigram lookup admits a few more candidates, which the exact check drops).
+    Every stored body goes to the backlog; nothing is read or indexed here."""
+    conn.execute(
+        "CREATE TABLE fts_docs(docid INTEGER PRIMARY KEY AUTOINCREMENT, blob_id TEXT NOT NULL UNIQUE,"
+        " version INTEGER NOT NULL)"
+    )
+    conn.execute("CREATE TABLE fts_backlog(blob_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute(
+        "CREATE VIRTUAL TABLE fts_head USING fts5(h_subject, h_from, h_to, h_cc, h_bcc, h_headers, h_names,"
+        " tokenize='trigram case_sensitive 1', detail=column, content='')"
+    )
+    conn.execute(
+        "CREATE VIRTUAL TABLE fts_body USING fts5(body, tokenize='trigram case_sensitive 1', detail=none,"
+        " content='')"
+    )
+    conn.execute("INSERT INTO fts_backlog(blob_id) SELECT id FROM blobs")
+
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10,
 }
 
 

@@ -1,0 +1,272 @@
+"""The full-text index on SQLite: FTS5 tables written with the message, read to narrow SEARCH.
+
+Theory of operation
+-------------------
+The index is **per body** (blob), not per message: a body is content-addressed and shared by every message that
+holds it (a list post to 50 local members, COPY, MOVE), so it is tokenised once, COPY and MOVE cost nothing here,
+and the rows go when the body's last reference goes. `fts_docs` gives each indexed body an integer document id
+(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (the text is
+not stored a second time: measured, a zlib-compressed copy was 2.7 times the index itself), and a contentless row
+is deleted by giving FTS5 the very values it indexed: they are derived again from `blobs.meta`, which is what
+they were derived from (`write_metas` re-indexes before it replaces it). The derivation is versioned
+(`INDEX_VERSION`: this module's text format and Python's Unicode version, which `str.casefold` follows): a store
+indexed under another version is emptied and put back in the backlog when it is opened (`check_version`).
+
+* `index_blob` (in a write job): the text of `textindex.index_fields(meta)` into `fts_head` (per header column)
+  and `fts_body`; a body whose metadata is missing or of an older format goes to `fts_backlog` instead.
+* `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
+* `candidates` (in a read): a `TextFilter` -> the messages of a UID range whose text may match: per piece of a
+  needle, the documents holding all its trigrams in the key's columns (one FTS5 MATCH per table), combined by
+  the filter's AND / OR, mapped to messages of the mailbox, plus every message whose body is in the backlog.
+
+Invariants
+1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog`: `acquire_blob`
+   indexes a body that arrives with metadata or backlogs it, `write_metas` re-indexes, `release_blobs`
+   unindexes with the last reference.
+2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
+   inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
+   metadata first); a document id is never reused (AUTOINCREMENT), so a row can never be taken for another
+   body's. A store whose `fts_version` differs from `INDEX_VERSION` is re-indexed from scratch.
+3. `candidates` never leaves out a message that the exact check would match (textindex invariant 1, plus the
+   backlog); it returns None, "no narrowing", rather than a list it cannot vouch for (a term with no piece long
+   enough under an OR, or more than `MAX_DOCS` documents for one lookup).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import unicodedata
+from collections.abc import Sequence
+
+from postroom.mime.meta import MessageMeta, MetaFormatError
+from postroom.store.api import IndexProgress, MessageInfo, TextCandidates
+from postroom.store.sqlite import common  # (a module: common calls index_blob, this uses its helpers)
+from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields, trigrams
+
+FORMAT = 1  # of `textindex.index_fields`; a change to what is indexed bumps it
+_MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
+INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
+MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
+_HEAD_COLS = tuple(f"h_{c}" for c in HEAD_COLUMNS)
+_INSERT_HEAD = f"INSERT INTO fts_head(rowid, {', '.join(_HEAD_COLS)}) VALUES (?{', ?' * len(_HEAD_COLS)})"
+_DELETE_HEAD = (f"INSERT INTO fts_head(fts_head, rowid, {', '.join(_HEAD_COLS)})"
+                f" VALUES ('delete', ?{', ?' * len(_HEAD_COLS)})")
+
+
+def _parse(meta: bytes | None) -> MessageMeta | None:
+    if meta is None:
+        return None
+    try:
+        return MessageMeta.from_bytes(meta)
+    except MetaFormatError:
+        return None
+
+
+def _values(meta: MessageMeta) -> list[str]:
+    """The indexed values, in `HEAD_COLUMNS` order and then the body."""
+    fields = index_fields(meta)
+    return [fields[c] for c in HEAD_COLUMNS] + [fields["body"]]
+
+
+def check_version(conn: sqlite3.Connection) -> bool:
+    """At open: if the store was indexed under another `INDEX_VERSION`, empty the index and put every body in
+    the backlog (invariant 2); record the version. True if it was reset."""
+    row = conn.execute("SELECT value FROM counters WHERE name = 'fts_version'").fetchone()
+    if row is not None and int(row[0]) == INDEX_VERSION:
+        return False
+    reset = row is not None
+    if reset:
+        conn.execute("INSERT INTO fts_head(fts_head) VALUES ('delete-all')")
+        conn.execute("INSERT INTO fts_body(fts_body) VALUES ('delete-all')")
+        conn.execute("DELETE FROM fts_docs")
+        conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs")
+    conn.execute("INSERT OR REPLACE INTO counters(name, value) VALUES ('fts_version', ?)", (INDEX_VERSION,))
+    return reset
+
+
+def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bool:
+    """Index body `blob_id` (not indexed now) from its stored metadata `meta`; if that is missing or of an older
+    format, put it in the backlog instead (invariant 1). True if indexed."""
+    parsed = _parse(meta)
+    if parsed is None:
+        conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
+        return False
+    values = _values(parsed)
+    docid = conn.execute(
+        "INSERT INTO fts_docs(blob_id, version) VALUES (?, ?) RETURNING docid", (blob_id, INDEX_VERSION)
+    ).fetchone()[0]
+    conn.execute(_INSERT_HEAD, (docid, *values[:-1]))
+    conn.execute("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", (docid, values[-1]))
+    conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
+    return True
+
+
+def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
+    """Remove body `blob_id` from the index and the backlog (its last reference goes, or it is re-indexed).
+    Call it while `blobs.meta` still holds the metadata it was indexed from (invariant 2)."""
+    row = conn.execute(
+        "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id"
+        " WHERE d.blob_id = ?", (blob_id,)).fetchone()
+    if row is not None:
+        docid, version = int(row[0]), int(row[1])
+        parsed = _parse(None if row[2] is None else bytes(row[2]))
+        if version == INDEX_VERSION and parsed is not None:  # else unreachable rows stay (invariant 2)
+            values = _values(parsed)
+            conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # the values it was indexed with
+            conn.execute("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", (docid, values[-1]))
+        conn.execute("DELETE FROM fts_docs WHERE docid = ?", (docid,))
+    conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
+
+
+def is_indexed(conn: sqlite3.Connection, blob_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM fts_docs WHERE blob_id = ?", (blob_id,)).fetchone() is not None
+
+
+def replace_meta(conn: sqlite3.Connection, blob_id: str, meta: bytes) -> bool:
+    """New metadata for a stored body (`write_metas`): the old rows out (with the old metadata), the metadata
+    replaced, the new text in. False if the body is not stored."""
+    if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is None:
+        return False
+    unindex_blob(conn, blob_id)
+    conn.execute("UPDATE blobs SET meta = ? WHERE id = ?", (meta, blob_id))
+    index_blob(conn, blob_id, meta)
+    return True
+
+
+class _TooMany(Exception):
+    """A lookup matched more than MAX_DOCS documents: narrowing is not worth its memory."""
+
+
+def _quote(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def _match(conn: sqlite3.Connection, table: str, query: str) -> set[int]:
+    rows = conn.execute(f"SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT ?", (query, MAX_DOCS + 1))
+    found = {int(r[0]) for r in rows}
+    if len(found) > MAX_DOCS:
+        raise _TooMany
+    return found
+
+
+def _term_docs(conn: sqlite3.Connection, term: TextTerm) -> set[int] | None:
+    """Documents that may match `term`; None if it cannot narrow (no piece of three characters or more)."""
+    pieces = term.pieces()
+    if not pieces:
+        return None
+    fields = term.fields()
+    head = [f"h_{f}" for f in fields if f != "body"]
+    out: set[int] | None = None
+    for piece in pieces:
+        grams = " AND ".join(_quote(t) for t in trigrams(piece))
+        docs: set[int] = set()
+        if head:
+            docs |= _match(conn, "fts_head", "{" + " ".join(head) + "} : (" + grams + ")")
+        if "body" in fields:
+            docs |= _match(conn, "fts_body", grams)
+        out = docs if out is None else out & docs
+        if not out:
+            break
+    return out
+
+
+def _filter_docs(conn: sqlite3.Connection, flt: TextFilter) -> set[int] | None:
+    if isinstance(flt, TextTerm):
+        return _term_docs(conn, flt)
+    parts = []
+    for t in flt.terms:
+        docs = _filter_docs(conn, t)
+        if docs is None and isinstance(flt, TextAny):
+            return None  # one side cannot narrow: neither can the OR
+        if docs is not None:
+            parts.append(docs)
+            if isinstance(flt, TextAll) and not docs:
+                return docs
+    if not parts:
+        return None
+    if isinstance(flt, TextAll):
+        return set.intersection(*parts)
+    return set.union(*parts)
+
+
+def candidates(conn: sqlite3.Connection, mailbox_id: int, uid_min: int, uid_max: int,
+               flt: TextFilter) -> TextCandidates | None:
+    """The messages of `mailbox_id` with UIDs in [uid_min, uid_max] that may match `flt` (invariant 3), or None
+    when the index cannot narrow it."""
+    try:
+        docs = _filter_docs(conn, flt)
+    except _TooMany:
+        return None
+    if docs is None:
+        return None
+    found: dict[int, MessageInfo] = {}
+    in_range = conn.execute(
+        "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max)
+    ).fetchone()[0]
+    if len(docs) <= 2 * int(in_range):
+        # Few documents: from each to its body's messages (index messages_blob).
+        ids = sorted(docs)
+        for i in range(0, len(ids), common.CHUNK):
+            chunk = ids[i:i + common.CHUNK]
+            marks = ",".join("?" * len(chunk))
+            blobs = [str(r[0]) for r in conn.execute(f"SELECT blob_id FROM fts_docs WHERE docid IN ({marks})",
+                                                      chunk)]
+            _add_by_blob(conn, found, mailbox_id, uid_min, uid_max, blobs)
+    else:
+        # Documents from all over the store: walk the range once and keep those indexed in the set.
+        rows = conn.execute(
+            f"SELECT d.docid, {', '.join('m.' + c.strip() for c in common.MESSAGE_COLUMNS.split(','))}"
+            " FROM messages m JOIN fts_docs d ON d.blob_id = m.blob_id"
+            " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max))
+        for r in rows:
+            if int(r[0]) in docs:
+                m = common.message_from_row(r[1:])
+                found[m.uid] = m
+    unindexed = 0
+    if conn.execute("SELECT 1 FROM fts_backlog LIMIT 1").fetchone() is not None:
+        rows = conn.execute(
+            f"SELECT {', '.join('m.' + c.strip() for c in common.MESSAGE_COLUMNS.split(','))}"
+            " FROM messages m JOIN fts_backlog b ON b.blob_id = m.blob_id"
+            " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max))
+        for r in rows:
+            m = common.message_from_row(r)
+            if m.uid not in found:
+                unindexed += 1
+            found[m.uid] = m
+    return TextCandidates([found[u] for u in sorted(found)], unindexed)
+
+
+def _add_by_blob(conn: sqlite3.Connection, found: dict[int, MessageInfo], mailbox_id: int, uid_min: int,
+                 uid_max: int, blobs: Sequence[str]) -> None:
+    if not blobs:
+        return
+    marks = ",".join("?" * len(blobs))
+    rows = conn.execute(
+        f"SELECT {common.MESSAGE_COLUMNS} FROM messages INDEXED BY messages_blob"
+        f" WHERE blob_id IN ({marks}) AND mailbox_id = ? AND uid BETWEEN ? AND ?",
+        (*blobs, mailbox_id, uid_min, uid_max))
+    for r in rows:
+        m = common.message_from_row(r)
+        found[m.uid] = m
+
+
+def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProgress:
+    """One step of the backlog (`Store.index_backlog`), in the caller's write transaction."""
+    rows = conn.execute(
+        "SELECT b.blob_id, s.meta, EXISTS(SELECT 1 FROM messages m WHERE m.blob_id = b.blob_id)"
+        " FROM fts_backlog b LEFT JOIN blobs s ON s.id = b.blob_id WHERE b.blob_id > ? ORDER BY b.blob_id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    indexed = 0
+    needs: list[str] = []
+    last = after
+    for blob_id, meta, referenced in rows:
+        last = str(blob_id)
+        if not referenced or is_indexed(conn, last):  # a body only queued, or gone: nothing to search
+            conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (last,))
+        elif index_blob(conn, last, None if meta is None else bytes(meta)):
+            indexed += 1
+        else:
+            needs.append(last)
+    remaining = conn.execute("SELECT count(*) FROM fts_backlog WHERE blob_id > ?", (last,)).fetchone()[0]
+    return IndexProgress(len(rows), indexed, needs, last, int(remaining))

@@ -1,0 +1,32 @@
+"""Store calls of the full-text index (fts.py does the work): narrowing a SEARCH, working off the backlog."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from postroom.store.api import IndexProgress, Invalid, TextCandidates
+from postroom.store.sqlite import fts
+from postroom.store.sqlite.common import Base, load_mailbox
+from postroom.store.sqlite.engine import Tx
+from postroom.store.textindex import TextFilter
+
+MAX_BACKLOG_STEP = 2000  # bodies indexed in one write transaction: ~1-2 s of the writer at most
+
+
+class SearchMixin(Base):
+    async def search_text(self, mailbox_id: int, uid_min: int, uid_max: int,
+                          flt: TextFilter) -> TextCandidates | None:
+        def q(conn: sqlite3.Connection) -> TextCandidates | None:
+            load_mailbox(conn, mailbox_id)
+            return fts.candidates(conn, mailbox_id, uid_min, uid_max, flt)
+
+        return await self._engine.read(q)
+
+    async def index_backlog(self, limit: int, after: str = "") -> IndexProgress:
+        if not 0 < limit <= MAX_BACKLOG_STEP:
+            raise Invalid(f"index_backlog limit must be 1..{MAX_BACKLOG_STEP}")
+
+        def op(tx: Tx) -> IndexProgress:
+            return fts.index_backlog(tx.conn, limit, after)
+
+        return await self._engine.write(op)

@@ -1,0 +1,216 @@
+"""The full-text index through the store interface (`search_text`, `index_backlog`): written with the message,
+shared by copies, gone with the last reference, re-indexed with new metadata; and the schema-8 migration of a
+store written at schema 7 with messages, worked off in steps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from postroom.mime.meta import compute_meta
+from postroom.store.api import AppendRequest, Flag, NotFound, Store, StoreMode, TextCandidates
+from postroom.store.sqlite import SQLiteStore
+from postroom.store.textindex import TextAll, TextAny, TextTerm
+
+from .conftest import BODY_BACKENDS, downgrade, inbox, new_user
+
+
+def mail(n: int, subject: str, body: str, with_meta: bool = True) -> AppendRequest:
+    raw = (f"From: Ann <ann@example.org>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{n}@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+    return AppendRequest(raw=raw, meta=compute_meta(raw).to_bytes() if with_meta else None)
+
+
+def uids(found: TextCandidates | None) -> list[int]:
+    assert found is not None
+    return [m.uid for m in found.messages]
+
+
+@BODY_BACKENDS
+async def test_narrowing_finds_what_matches_and_little_else(store: Store) -> None:
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [
+        mail(1, "Quarterly budget", "numbers in the spreadsheet"),
+        mail(2, "会议报告", "明天下午开会, 请准备预算"),
+        mail(3, "Re: lunch", "Tiếng Việt: cảm ơn nhiều; привет из Москвы"),
+    ])
+    top = 2**32 - 1
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("subject", "BUDGET"))) == [1]
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("body", "准备预算"))) == [2]
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("text", "cảm ơn"))) == [3]
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("text", "МОСКВ"))) == [3]
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("from", "ann@"))) == [1, 2, 3]
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("header", "<2@exam", "message-id"))) == [2]
+    assert uids(await store.search_text(box.id, 2, 3, TextTerm("from", "ann@"))) == [2, 3]  # the range holds
+    assert uids(await store.search_text(box.id, 1, top, TextTerm("subject", "absent"))) == []
+    # AND keeps what narrows; OR needs both sides; a term under three characters cannot narrow alone.
+    both = TextAll((TextTerm("body", "会"), TextTerm("subject", "议报告")))
+    assert uids(await store.search_text(box.id, 1, top, both)) == [2]
+    either = TextAny((TextTerm("subject", "lunch"), TextTerm("subject", "budget")))
+    assert uids(await store.search_text(box.id, 1, top, either)) == [1, 3]
+    assert await store.search_text(box.id, 1, top, TextTerm("body", "会")) is None
+    assert await store.search_text(box.id, 1, top, TextAny((TextTerm("body", "会"), TextTerm("body", "abc")))) is None
+    with pytest.raises(NotFound):
+        await store.search_text(box.id + 1000, 1, top, TextTerm("body", "abc"))
+
+
+@BODY_BACKENDS
+async def test_copies_share_the_index_and_the_last_reference_removes_it(store: Store) -> None:
+    user = await new_user(store)
+    box = await inbox(store, user)
+    other = await store.create_mailbox(user.id, "Kept")
+    await store.append(box.id, mail(1, "unique xylophone", "body"))
+    await store.copy_messages(box.id, [1], other.id)
+    top = 2**32 - 1
+    rare = TextTerm("subject", "xylophone")
+    assert uids(await store.search_text(other.id, 1, top, rare)) == [1]
+    await store.move_messages(other.id, [1], box.id)  # MOVE: a copy and a removal, the body stays
+    assert uids(await store.search_text(box.id, 1, top, rare)) == [1, 2]
+    assert uids(await store.search_text(other.id, 1, top, rare)) == []
+    await store.store_flags(box.id, [1], mode=StoreMode.ADD, flags=int(Flag.DELETED))
+    await store.expunge(box.id)
+    assert uids(await store.search_text(box.id, 1, top, rare)) == [2]
+    await store.remove_messages(box.id, [2])  # the last reference
+    assert uids(await store.search_text(box.id, 1, top, rare)) == []
+    if isinstance(store, SQLiteStore):
+        assert _count(store, "SELECT count(*) FROM fts_docs") == 0
+        assert _count(store, "SELECT count(*) FROM fts_body WHERE fts_body MATCH '\"xyl\"'") == 0
+        assert _count(store, "SELECT count(*) FROM fts_head WHERE fts_head MATCH '\"xyl\"'") == 0
+
+
+@BODY_BACKENDS
+async def test_new_metadata_is_indexed_and_metadata_less_bodies_are_candidates(store: Store) -> None:
+    box = await inbox(store, await new_user(store))
+    req = mail(1, "later", "text computed afterwards", with_meta=False)
+    await store.append(box.id, req)
+    await store.append(box.id, mail(2, "other", "nothing to see"))
+    top = 2**32 - 1
+    found = await store.search_text(box.id, 1, top, TextTerm("body", "afterwards"))
+    assert found is not None and uids(found) == [1] and found.unindexed == 1  # not indexed: scanned exactly
+    found = await store.search_text(box.id, 1, top, TextTerm("body", "nothing"))
+    assert found is not None and uids(found) == [1, 2] and found.unindexed == 1
+    info = (await store.list_messages(box.id))[0]
+    await store.write_metas({info.blob_id: compute_meta(req.raw).to_bytes()})
+    found = await store.search_text(box.id, 1, top, TextTerm("body", "nothing"))
+    assert found is not None and uids(found) == [2] and found.unindexed == 0
+
+
+def _count(store: SQLiteStore, sql: str) -> int:
+    conn = sqlite3.connect(store.path)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_schema_7_store_with_messages_is_indexed_in_steps(tmp_path: Path) -> None:
+    """Schema step 10 (with 8 and 9) on a store as version 7 left it: every body in the backlog (searched
+    exactly meanwhile), then indexed in steps by `index_backlog`; a body with an older metadata format is
+    reported for upgrade."""
+    db, blobs = tmp_path / "v7.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs, inline_max=1000)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(i, f"subject {i}", f"body {i} " + ("filler " * (i * 40))) for i in range(30)])
+    old = mail(99, "old format", "rare-word-here")
+    await store.append(box.id, old)
+    await store.close()
+    downgrade(db, 7)  # exactly the version 7 schema, with the rows
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE blobs SET meta = CAST('{\"v\":1}' AS BLOB)"  # an older metadata format
+                 " WHERE id = (SELECT blob_id FROM messages WHERE uid = 31)")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db, blobs, inline_max=1000)
+    await store.open()
+    try:
+        top = 2**32 - 1
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "subject 7"))
+        assert found is not None and found.unindexed == 31 and len(found.messages) == 31  # all scanned
+        steps = []
+        after = ""
+        while True:
+            step = await store.index_backlog(8, after)
+            steps.append(step)
+            if step.remaining == 0:
+                break
+            after = step.last
+        assert [s.looked for s in steps] == [8, 8, 8, 7] and sum(s.indexed for s in steps) == 30
+        needs = [b for s in steps for b in s.needs_meta]
+        assert len(needs) == 1
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "subject 7"))
+        assert found is not None and uids(found) == [8, 31] and found.unindexed == 1  # 31: not indexed yet
+        await store.write_metas({needs[0]: compute_meta(old.raw).to_bytes()})
+        found = await store.search_text(box.id, 1, top, TextTerm("body", "RARE-WORD"))
+        assert found is not None and uids(found) == [31] and found.unindexed == 0
+        assert (await store.index_backlog(8)).looked == 0
+    finally:
+        await store.close()
+
+
+async def test_an_index_of_another_version_is_built_again(tmp_path: Path) -> None:
+    """fts.py invariant 2: rows are deleted with values derived again from the metadata, so an index made by a
+    derivation of another version (another Python Unicode database, another text format) cannot be trusted:
+    opening the store empties it and puts every body back in the backlog; searches stay right meanwhile."""
+    db, blobs = tmp_path / "s.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(1, "alpha report", "one"), mail(2, "beta report", "two")])
+    await store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'fts_version'")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    try:
+        top = 2**32 - 1
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "alpha"))
+        assert found is not None and uids(found) == [1, 2] and found.unindexed == 2
+        assert _count(store, "SELECT count(*) FROM fts_docs") == 0
+        step = await store.index_backlog(10)
+        assert (step.looked, step.indexed, step.remaining) == (2, 2, 0)
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "alpha"))
+        assert found is not None and uids(found) == [1] and found.unindexed == 0
+    finally:
+        await store.close()
+
+
+async def test_build_index_works_off_the_backlog_with_a_progress_display(tmp_path: Path) -> None:
+    """`postroom index` (indexing.build_index): a schema-7 store with messages, one with an older metadata
+    format, is indexed in steps with a progress display; the older metadata is computed again and stored."""
+    import io
+
+    from postroom.config import LimitsConfig
+    from postroom.indexing import build_index
+    from postroom.progress import Progress
+
+    db, blobs = tmp_path / "v7.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(i, f"subject {i}", f"body {i}") for i in range(450)])
+    await store.close()
+    downgrade(db, 7)  # exactly the version 7 schema, with the rows
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE blobs SET meta = CAST('{\"v\":1}' AS BLOB) WHERE id = (SELECT blob_id FROM messages"
+                 " WHERE uid = 5)")
+    conn.commit()
+    conn.close()
+    out = io.StringIO()
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    try:
+        done = await build_index(store, LimitsConfig(), lambda total, label: Progress(total, label, out, tty=False))
+        assert done == 450
+        assert out.getvalue().startswith("index: 450 messages")  # the summary line of a non-terminal display
+        found = await store.search_text(box.id, 1, 2**32 - 1, TextTerm("subject", "subject 4"))
+        assert found is not None and found.unindexed == 0
+        assert [m.uid for m in found.messages] == [5, *range(41, 51), *range(401, 451)]
+        assert await build_index(store, LimitsConfig()) == 0  # nothing left
+    finally:
+        await store.close()
