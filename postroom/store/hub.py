@@ -4,6 +4,12 @@ Theory of operation: an IMAP session (or POP3, IDLE, the web page) calls `hub.su
 `Change` records with `await sub.get()` or `sub.get_nowait()`. The store calls `hub.publish(changes)` on the
 event loop thread once a transaction is committed. Each subscription has its own bounded buffer.
 
+Other processes: the hub itself is in-process, and what this process's store commits is published here by
+its writer (the fast path). What other processes using the same store commit (`postroom sendmail`, `postroom
+import`, another server) is published here by the store's cross-process feed (store/sqlite/feed.py), in the
+same commit order, a few tens of milliseconds later. When the feed cannot tell what was missed (this process
+fell behind the pruning of the change table), it calls `publish_lost()`: every subscription overflows.
+
 Overflow: a subscriber that does not read (a stuck client, a session busy streaming a huge FETCH) must not make
 the server grow without bound. When a change arrives and the buffer is full, the subscription drops everything
 it holds and becomes *overflowed*: `get()` and `get_nowait()` raise `SubscriptionOverflow` until the owner calls
@@ -13,7 +19,8 @@ flags, MODSEQ) and reports the difference, which is what it does after any resyn
 Invariants:
 1. `publish` is called on the event loop thread (the store's writer hands batches over with
    `call_soon_threadsafe`); nothing here takes a lock or blocks.
-2. A subscriber sees changes in commit order, and only those of its own user.
+2. A subscriber sees changes in commit order, and only those of its own user: the changes of every process
+   using the store, each once (feed.py invariant 3), or an overflow where some were lost.
 3. A subscription never holds more than `maxsize` changes; overflow is sticky until `reset()`.
 4. A closed subscription receives nothing and costs nothing; `close()` is idempotent.
 """
@@ -55,6 +62,13 @@ class HubSubscription:
             self.overflowed = True
         else:
             self._buffer.append(change)
+        self._wake()
+
+    def _overflow(self) -> None:
+        if self.closed or self.overflowed:
+            return
+        self._buffer.clear()
+        self.overflowed = True
         self._wake()
 
     def _wake(self) -> None:
@@ -137,6 +151,13 @@ class Hub:
         for change in changes:
             for sub in subs.get(change.user_id, ()):
                 sub._push(change)
+
+    def publish_lost(self) -> None:
+        """Some committed changes cannot be delivered (the cross-process feed fell behind its pruning): every
+        subscription overflows, so each subscriber resyncs from the store (invariant 3's overflow)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub._overflow()
 
     def subscriber_count(self, user_id: int | None = None) -> int:
         if user_id is None:

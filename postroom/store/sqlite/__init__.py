@@ -19,11 +19,16 @@ Invariants:
    shared. Otherwise it waits for the shared lock and removes only files older than an hour
    (`BlobStore.sweep`, `STALE_AGE`), never a younger one another process may be writing. Where `flock` is not
    available the hour rule alone applies.
+4. Every change any process commits to the store reaches `hub`: this process's own from its writer right after
+   the commit, other processes' from the `changes` table (feed.py), polled while the store is open by one task
+   on the loop that opened it (started by `open()`, stopped by `close()` before the engine stops), in commit
+   order, within about 50 ms; a process that fell behind the table's pruning gets `hub.publish_lost()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -38,6 +43,7 @@ from postroom.store.hub import Hub
 from postroom.store.sqlite.accounts import AccountsMixin
 from postroom.store.sqlite.authfail import AuthFailuresMixin
 from postroom.store.sqlite.engine import Engine
+from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
@@ -64,13 +70,19 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
         clock: Callable[[], float] = time.time,
         readers: int = 4,
         inline_max: int = INLINE_MAX,
+        keep_changes: int = KEEP_ROWS,
+        keep_changes_seconds: float = KEEP_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.hub = hub if hub is not None else Hub()
         self._clock = clock
         self._blobs = BlobStore(Path(blob_dir))
-        self._engine = Engine(self.path, self._blobs, self.hub, inline_max=inline_max, readers=readers)
+        self.feed = ChangeFeed(self.path, self.hub, keep_rows=keep_changes, keep_seconds=keep_changes_seconds,
+                               clock=clock)
+        self._engine = Engine(self.path, self._blobs, self.hub, inline_max=inline_max, readers=readers,
+                              feed=self.feed)
         self._lock_fd = -1  # invariant 3
+        self._poller: asyncio.Task[None] | None = None  # invariant 4
 
     @property
     def on_commit(self) -> Callable[[float, int], None] | None:
@@ -90,6 +102,9 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
             alone = await asyncio.to_thread(self._lock)
             await asyncio.to_thread(self._engine.start)
             await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
+            self.feed.loop = asyncio.get_running_loop()
+            self._poller = asyncio.create_task(self.feed.poll_forever(self._engine.feed_catch_up),
+                                               name="postroom-change-feed")
 
     @property
     def lock_path(self) -> Path:
@@ -139,6 +154,14 @@ class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, Auth
             log.warning("removed %d stale staging/temporary file(s) under %s", len(removed), self._blobs.root)
 
     async def close(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            if poller.get_loop() is asyncio.get_running_loop():
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            else:
+                poller.get_loop().call_soon_threadsafe(poller.cancel)
         if self._engine.begin_stop():
             await asyncio.to_thread(self._engine.stop)
             await asyncio.sleep(0)  # let the last batch's callbacks (answers, broadcasts) run

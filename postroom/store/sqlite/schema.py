@@ -25,6 +25,10 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
+8 (issue 16) adds `changes`: one row per change record a write made, in the write's transaction, read by the
+other processes that have the store open (store/sqlite/feed.py), pruned by the writers; and the `counters` row
+'changes_pruned', the highest seq pruning deleted. Nothing older is written into it: a process starts reading
+at the newest change.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -45,6 +49,9 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
+10. `changes.seq` is AUTOINCREMENT (never reused, also once pruning emptied the table) and is given out in
+   commit order; every row of `changes` belongs to a committed write, and rows are deleted only from the oldest
+   on, by `feed.prune`, which raises 'changes_pruned' to the highest seq it deleted.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE counters(
@@ -241,8 +248,21 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    """The cross-process change feed (invariant 10, store/sqlite/feed.py): one row per committed change, with the
+    process that wrote it (`origin`) and when (`created`, for pruning). No foreign keys: a change outlives what
+    it names (a deleted mailbox's MAILBOX_DELETED row)."""
+    conn.execute(
+        "CREATE TABLE changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, origin INTEGER NOT NULL, created REAL NOT NULL,"
+        " user_id INTEGER NOT NULL, mailbox_id INTEGER NOT NULL, kind TEXT NOT NULL, uid INTEGER NOT NULL,"
+        " modseq INTEGER NOT NULL, flags INTEGER NOT NULL, keywords TEXT NOT NULL, name TEXT NOT NULL,"
+        " old_name TEXT NOT NULL)"
+    )
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('changes_pruned', 0)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }
 
 
