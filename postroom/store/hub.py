@@ -23,13 +23,16 @@ Invariants:
    using the store, each once (feed.py invariant 3), or an overflow where some were lost.
 3. A subscription never holds more than `maxsize` changes; overflow is sticky until `reset()`.
 4. A closed subscription receives nothing and costs nothing; `close()` is idempotent.
+5. `on_first_subscriber`, if set, is called on the event loop thread inside the `subscribe()` that takes the
+   number of subscriptions from 0 to 1, before it returns: the cross-process feed, which does nothing while
+   nobody listens, notes there where the new subscriber's changes begin (feed.py invariant 5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Self
 
 from postroom.store.api import Change, StoreError
@@ -137,11 +140,16 @@ class Hub:
 
     def __init__(self, maxsize: int = DEFAULT_MAXSIZE) -> None:
         self.maxsize = maxsize
+        self.on_first_subscriber: Callable[[], None] | None = None  # invariant 5
         self._subs: dict[int, set[HubSubscription]] = {}
+        self._count = 0
 
     def subscribe(self, user_id: int) -> HubSubscription:
         sub = HubSubscription(self, user_id, self.maxsize)
         self._subs.setdefault(user_id, set()).add(sub)
+        self._count += 1
+        if self._count == 1 and self.on_first_subscriber is not None:
+            self.on_first_subscriber()
         return sub
 
     def publish(self, changes: Iterable[Change]) -> None:
@@ -161,13 +169,14 @@ class Hub:
 
     def subscriber_count(self, user_id: int | None = None) -> int:
         if user_id is None:
-            return sum(len(s) for s in self._subs.values())
+            return self._count
         return len(self._subs.get(user_id, ()))
 
     def _remove(self, sub: HubSubscription) -> None:
         subs = self._subs.get(sub.user_id)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            self._count -= 1
             if not subs:
                 del self._subs[sub.user_id]
 

@@ -14,8 +14,9 @@ only write connection, and every write coroutine hands it a function instead of 
     jobs.put((fn, future, loop))  -->  take every pending job (a batch)
     await future                       BEGIN IMMEDIATE
                                        feed: other processes' changes since the last look (feed.py)
-                                       for each job: SAVEPOINT; fn(tx); its changes -> `changes` rows; RELEASE
-                                         (ROLLBACK TO on error; a small body is INSERTed into blob_data here)
+                                       for each job: SAVEPOINT; fn(tx); RELEASE    (ROLLBACK TO on error)
+                                         (a small body is INSERTed into blob_data right here)
+                                       the Change records of the jobs that succeeded -> `changes` rows
                                        COMMIT                                      (one fsync for the batch)
                                        on_commit(seconds, ops)
                                        delete blob files whose last reference went (under the write lock)
@@ -45,8 +46,9 @@ Invariants
    COMMIT fails, every job of the batch gets that exception, including those whose function succeeded.
 2. Commit, then broadcast: a batch's Change records are published on the hub after its commit, on the event loop
    thread, before the writers' futures are resolved, in commit order. The same records are rows of `changes`,
-   written in each job's SAVEPOINT, so other processes publish them too, and only once committed (feed.py);
-   the changes other processes committed before this batch are published just before it.
+   written in the batch's transaction for the jobs that succeeded, so other processes publish them too, and
+   only once committed (feed.py); the changes other processes committed before this batch are published
+   just before it.
 3. Blob files a job references were written and fsync'd before the job was queued (by the caller). A job that
    inserts a blob row which has no file (a concurrent deletion won the race) writes the file itself first.
    Inline bodies are written by the job, in its transaction: the commit that makes the reference durable
@@ -77,7 +79,7 @@ from typing import Any, Generic, TypeVar
 
 from postroom.store.api import Change, ChangeHub, InsufficientStorage, StoreError, is_out_of_space
 from postroom.store.blobs import BlobStore
-from postroom.store.sqlite.feed import ChangeFeed, last_seq
+from postroom.store.sqlite.feed import ChangeFeed
 from postroom.store.sqlite.schema import migrate
 
 log = logging.getLogger("postroom.store")
@@ -350,7 +352,7 @@ class Engine:
         started = time.perf_counter()
         outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]] = []
         locked = False
-        lost, foreign = False, list[Change]()
+        lost, foreign = 0, list[tuple[int, Change]]()
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -362,7 +364,6 @@ class Engine:
                     conn.execute("SAVEPOINT job")
                     try:
                         result = job.fn(tx)
-                        feed.record(conn, tx.changes)  # feed invariant 1: in the job's SAVEPOINT
                     except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
@@ -370,9 +371,13 @@ class Engine:
                     else:
                         conn.execute("RELEASE job")
                         outcomes.append((job, True, result, tx))
+                # feed invariant 1: the changes of the jobs that succeeded, in this transaction (one statement:
+                # a row costs ~1.6 us this way, ~4 us with a statement per job); if it fails, the batch does
+                recorded = feed.record(conn, [c for _, ok, _, tx in outcomes if ok and tx is not None
+                                              for c in tx.changes])
                 if feed.due_for_pruning():
                     self._prune_changes(conn)
-                top = last_seq(conn)  # under the write lock: every seq up to it is ours or read above
+                top = feed.cursor + recorded  # under the write lock: see feed.committed
                 conn.execute("COMMIT")
                 feed.committed(top)
             except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: every job of the batch hears it
@@ -397,7 +402,7 @@ class Engine:
         conn.execute("RELEASE prune")
 
     def _after_commit(self, batch: list[_Job[Any]], outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]],
-                      started: float, lost: bool, foreign: list[Change]) -> None:
+                      started: float, lost: int, foreign: list[tuple[int, Change]]) -> None:
         seconds = time.perf_counter() - started
         if self.on_commit is not None:
             try:
@@ -412,8 +417,8 @@ class Engine:
             self._delete_dead_blobs(dead)
         self._hand_back(outcomes, lost, foreign)
 
-    def _hand_back(self, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: bool = False,
-                   foreign: list[Change] | None = None) -> None:
+    def _hand_back(self, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: int = 0,
+                   foreign: list[tuple[int, Change]] | None = None) -> None:
         """Schedule `_resolve` on each caller's loop; other processes' changes (`lost`, `foreign`) go first, on
         the feed's loop (the store's), in the same callback as that loop's own changes (feed invariant 3)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], bool, Any, Tx | None]]] = {}
@@ -427,12 +432,12 @@ class Engine:
                 if loop is target:
                     loop.call_soon_threadsafe(self._resolve, items, lost, foreign or [])
                 else:
-                    loop.call_soon_threadsafe(self._resolve, items, False, [])
+                    loop.call_soon_threadsafe(self._resolve, items, 0, [])
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-    def _resolve(self, items: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: bool = False,
-                 foreign: list[Change] | None = None) -> None:
+    def _resolve(self, items: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: int = 0,
+                 foreign: list[tuple[int, Change]] | None = None) -> None:
         """On the event loop thread: broadcast other processes' changes, then the batch's, then answer each
         writer."""
         if lost or foreign:

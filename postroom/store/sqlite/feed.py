@@ -11,8 +11,8 @@ another process committed reaches this process's hub through the `changes` table
     ----------------------------                          ------------
     BEGIN IMMEDIATE
     catch up (below), then run the batch's jobs;
-      each job's Change records -> INSERT INTO changes   event loop, every POLL_SECONDS:
-      (seq, origin, ..., in the job's SAVEPOINT)           PRAGMA data_version on a connection of its own
+    their Change records -> INSERT INTO changes          event loop, every POLL_SECONDS:
+      (seq, origin, ...: one statement per batch)          PRAGMA data_version on a connection of its own
     COMMIT                                                  (read from the WAL index in shared memory: no
     hub.publish(own changes)                                 disk I/O, ~12 us; it changes when any other
                                                              connection committed)
@@ -33,13 +33,18 @@ Bounds: the table is pruned by the writers (`prune`): rows older than `keep_seco
 `keep_rows` go, and the highest seq deleted is kept in `counters` ('changes_pruned'). A process whose cursor
 is below that mark may have missed rows: it calls `hub.publish_lost()`, every subscriber overflows and
 resyncs from the store (what IMAP does after any overflow), and the cursor jumps ahead. So does a catch-up
-that finds more than CATCH_UP_MAX rows, which bounds the work of one read. With nobody subscribed, a change
-of `data_version` only moves the cursor to the newest seq (one point lookup); nothing is decoded.
+that finds more than CATCH_UP_MAX rows, which bounds the work of one read.
+
+Nobody subscribed: the poller parks (no timer, no query) until the hub's first subscription. Inside that
+`subscribe()` (hub invariant 5) the feed reads the newest seq into `floor`: what is older was committed before
+the subscription, so the subscriber's own reads of the store see it, and it is never published; everything
+newer is. The writer's catch-ups go on meanwhile (publishing to nobody costs nothing).
 
 Invariants:
-1. A job's rows are inserted in the job's SAVEPOINT: they commit with the job's changes or not at all, so a
-   row in `changes` is a committed change and every committed change has a row (store invariant 2 across
-   processes: commit, then broadcast).
+1. A batch's rows are inserted in the batch's transaction, after its jobs, for the jobs that succeeded only
+   (a job rolled back to its SAVEPOINT changed nothing): they commit with the changes or not at all, so a row
+   in `changes` is a committed change and every committed change has a row (store invariant 2 across
+   processes: commit, then broadcast). If the insert fails, the batch fails as a failed COMMIT does.
 2. `cursor` only grows. It moves, and publications are scheduled, only while `lock` is held; the event loop
    thread never waits for `lock` (it tries, and polls again later).
 3. Each change reaches this process's hub once: its own through the writer, others' through a catch-up of
@@ -47,6 +52,9 @@ Invariants:
    order, and a gap (pruned rows not seen) is always reported as `publish_lost()`, never skipped silently.
 4. The feed never stops the store: a failed poll (a busy or locked database, an I/O error) is logged and
    retried at the next tick; the event loop's connection has no busy timeout, so a poll never blocks it.
+5. A subscriber gets the changes committed after its `subscribe()`, not those before: `floor` (set on the
+   event loop thread at the first subscription, read and compared there) is the newest seq at that moment,
+   and `publish` drops the rows and the loss marks at or below it.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from postroom.store.api import Change, ChangeHub, ChangeKind
+from postroom.store.hub import Hub
 
 log = logging.getLogger("postroom.store")
 
@@ -85,6 +94,10 @@ _SELECT = (
     "SELECT seq, origin, user_id, mailbox_id, kind, uid, modseq, flags, keywords, name, old_name FROM changes"
     " WHERE seq > ? ORDER BY seq LIMIT ?"
 )
+_MARKS = (
+    "SELECT (SELECT value FROM counters WHERE name = 'changes_pruned'),"
+    " (SELECT seq FROM sqlite_sequence WHERE name = 'changes')"
+)
 _KINDS = {kind.value: kind for kind in ChangeKind}
 
 
@@ -98,6 +111,12 @@ def pruned_seq(conn: sqlite3.Connection) -> int:
     """The highest seq pruning has deleted (0 for none)."""
     row = conn.execute("SELECT value FROM counters WHERE name = 'changes_pruned'").fetchone()
     return int(row[0]) if row else 0
+
+
+def marks(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(`pruned_seq`, `last_seq`) in one statement."""
+    pruned, last = conn.execute(_MARKS).fetchone()
+    return int(pruned or 0), int(last or 0)
 
 
 def _change(row: Sequence[Any]) -> Change:
@@ -129,7 +148,14 @@ class ChangeFeed:
         self.origin = random.getrandbits(63)
         self.lock = threading.Lock()  # invariant 2
         self.cursor = 0
+        self.floor = 0  # invariant 5
+        self.polls = 0  # ticks of the poller, each one `PRAGMA data_version`
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._count: Callable[[], int] | None = None  # a hub that tells of its first subscriber: park meanwhile
+        if isinstance(hub, Hub):
+            hub.on_first_subscriber = self._first_subscriber
+            self._count = hub.subscriber_count
         self._inserted = 0  # rows this process inserted since it last pruned
         self._pruned_at = 0.0
         self._poll_conn: sqlite3.Connection | None = None
@@ -139,36 +165,40 @@ class ChangeFeed:
     # ---- the writer thread (any process)
     def start(self, conn: sqlite3.Connection) -> None:
         """At open: begin at the newest change (what is older, a reader of the store sees anyway)."""
-        self.cursor = max(last_seq(conn), pruned_seq(conn))
+        self.cursor = max(marks(conn))
         self._pruned_at = time.monotonic()
 
-    def record(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
-        """INSERT one row per change, inside the job's SAVEPOINT (invariant 1)."""
+    def record(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
+        """INSERT one row per change, in the writer's transaction (invariant 1). Returns the rows inserted."""
         now = self.clock()
         rows = [(self.origin, now, c.user_id, c.mailbox_id, c.kind.value, c.uid, c.modseq, c.flags,
                  " ".join(sorted(c.keywords)), c.name, c.old_name) for c in changes]
         if rows:
             conn.executemany(_INSERT, rows)
             self._inserted += len(rows)
+        return len(rows)
 
-    def catch_up(self, conn: sqlite3.Connection) -> tuple[bool, list[Change]]:
-        """The changes other processes committed past the cursor, in commit order, and whether some were lost
-        (pruned before this process read them, or more than CATCH_UP_MAX pending). Moves the cursor past them.
-        Call it with `lock` held, inside a transaction of `conn`."""
-        lost = pruned_seq(conn) > self.cursor
-        if lost:
-            self.cursor = pruned_seq(conn)
+    def catch_up(self, conn: sqlite3.Connection) -> tuple[int, list[tuple[int, Change]]]:
+        """The changes other processes committed past the cursor, as (seq, change) in commit order, and the
+        highest seq of those lost (pruned before this process read them, or more than CATCH_UP_MAX pending;
+        0: none). Moves the cursor past them. Call it with `lock` held, inside a transaction of `conn`."""
+        self.cursor = max(self.cursor, self.floor)  # nobody wants older ones (invariant 5)
+        pruned, last = marks(conn)
+        lost = pruned if pruned > self.cursor else 0
+        self.cursor = max(self.cursor, pruned)
+        if last <= self.cursor:  # the usual case: one statement, nothing new
+            return lost, []
         rows = conn.execute(_SELECT, (self.cursor, CATCH_UP_MAX + 1)).fetchall()
+        self.cursor = last  # this snapshot holds no row past it
         if len(rows) > CATCH_UP_MAX:
-            self.cursor = max(self.cursor, last_seq(conn))
-            return True, []
-        if rows:
-            self.cursor = int(rows[-1][0])
-        return lost, [_change(r) for r in rows if r[1] != self.origin]
+            return last, []
+        return lost, [(int(r[0]), _change(r)) for r in rows if r[1] != self.origin]
 
     def committed(self, top: int) -> None:
-        """After this process's COMMIT (lock held): `top` is `last_seq` read just before it, under the write
-        lock, so every row up to it is this batch's (published by the writer) or was read by `catch_up`."""
+        """After this process's COMMIT (lock held): every seq up to `top` is this batch's (published by the
+        writer) or was read by `catch_up`. The writer passes the cursor after its catch-up plus the rows it
+        inserted under the write lock: AUTOINCREMENT gives each at least one more, so `top` is never past the
+        batch's last row (a row of ours beyond it would be read later and skipped by its origin)."""
         self.cursor = max(self.cursor, top)
 
     def due_for_pruning(self) -> bool:
@@ -192,15 +222,29 @@ class ChangeFeed:
                      " ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)", (upto,))
 
     # ---- the event loop
-    def publish(self, lost: bool, changes: list[Change]) -> None:
-        """On the event loop thread: the overflow mark first (its changes are older), then the changes."""
+    def publish(self, lost: int, changes: list[tuple[int, Change]]) -> None:
+        """On the event loop thread: the overflow mark first (its changes are older), then the changes; what is
+        not past `floor` is older than every subscription (invariant 5)."""
+        floor = self.floor
         try:
-            if lost:
+            if lost > floor:
                 self.hub.publish_lost()
             if changes:
-                self.hub.publish(changes)
+                self.hub.publish([c for seq, c in changes if seq > floor])
         except Exception:
             log.exception("change hub publish failed")
+
+    def _first_subscriber(self) -> None:
+        """The hub's first subscription is being made (hub invariant 5): note the newest seq, wake the poller."""
+        if self.loop is None:  # the store is not open: nothing to publish from
+            return
+        try:
+            self.floor = max(self.floor, last_seq(self._connection()))
+        except sqlite3.Error as e:  # the subscriber may then get a few changes older than itself; it copes
+            log.warning("change feed: reading %s failed (%s)", self.path, e)
+            self._close_poll_conn()
+        self._version = None  # read at the next tick whatever data_version says
+        self._wake.set()
 
     async def poll_forever(self, catch_up: Callable[[], Awaitable[None]]) -> None:
         """Check for other processes' commits every `poll_seconds` until cancelled. `catch_up()` runs on a
@@ -209,7 +253,11 @@ class ChangeFeed:
         self.loop = asyncio.get_running_loop()
         try:
             while True:
-                await asyncio.sleep(self.poll_seconds)
+                if self._count is not None and self._count() == 0:
+                    self._wake.clear()
+                    await self._wake.wait()  # until the first subscription (_first_subscriber)
+                else:
+                    await asyncio.sleep(self.poll_seconds)
                 try:
                     self._tick(catch_up)
                 except sqlite3.Error as e:  # invariant 4
@@ -221,26 +269,9 @@ class ChangeFeed:
     def _tick(self, catch_up: Callable[[], Awaitable[None]]) -> None:
         if self._reading:
             return
-        conn = self._poll_conn
-        if conn is None:
-            conn = self._poll_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 0")  # invariant 4: the loop never waits for SQLite
-            conn.execute("PRAGMA query_only = ON")
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        self.polls += 1
+        version = int(self._connection().execute("PRAGMA data_version").fetchone()[0])
         if version == self._version:
-            return
-        count = getattr(self.hub, "subscriber_count", None)
-        if count is not None and count() == 0:
-            if self.lock.acquire(blocking=False):  # invariant 2: else the writer has it; next tick
-                try:
-                    conn.execute("BEGIN")
-                    try:
-                        self.cursor = max(self.cursor, last_seq(conn), pruned_seq(conn))
-                    finally:
-                        conn.execute("ROLLBACK")
-                    self._version = version
-                finally:
-                    self.lock.release()
             return
         self._version = version  # before the read: a commit after this point changes it again
         self._reading = True
@@ -253,6 +284,15 @@ class ChangeFeed:
         if exc is not None:
             self._version = None  # read again at the next tick
             log.warning("change feed: reading %s failed (%s); retrying", self.path, exc)
+
+    def _connection(self) -> sqlite3.Connection:
+        """The event loop thread's own connection (engine invariant 5), for `data_version` and `floor`."""
+        conn = self._poll_conn
+        if conn is None:
+            conn = self._poll_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 0")  # invariant 4: the loop never waits for SQLite
+            conn.execute("PRAGMA query_only = ON")
+        return conn
 
     def _close_poll_conn(self) -> None:
         conn, self._poll_conn = self._poll_conn, None
