@@ -264,6 +264,7 @@ class ChangeFeed:
                     log.warning("change feed: polling %s failed (%s); retrying", self.path, e)
                     self._close_poll_conn()
         finally:
+            self.loop = None  # closed: a later subscription opens nothing (_first_subscriber)
             self._close_poll_conn()
 
     def _tick(self, catch_up: Callable[[], Awaitable[None]]) -> None:
