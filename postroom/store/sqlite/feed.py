@@ -19,10 +19,10 @@ another process committed reaches this process's hub through the `changes` table
                                                            changed -> a reader thread: rows seq > cursor
                                                              whose origin is not ours -> hub.publish
 
-`seq` (AUTOINCREMENT) is handed out inside the write transaction, and SQLite has one writer at a time across
-processes, so seq order is commit order. `origin` is a random 63-bit number per open store: a process skips
-the rows it wrote itself, which its writer already published. The `cursor` is the highest seq this process
-has published or skipped.
+`seq` (the rowid: the largest + 1; pruning never deletes the newest row) is handed out inside the write
+transaction, and SQLite has one writer at a time across processes, so seq order is commit order. `origin` is
+a random 63-bit number per open store: a process skips the rows it wrote itself, which its writer already
+published. The `cursor` is the highest seq this process has published or skipped.
 
 Order across the two paths: the writer, holding the database's write lock, first reads the foreign rows past
 the cursor and publishes them just before its own changes, in the same call on the event loop; and the cursor
@@ -30,7 +30,8 @@ moves, and publications are scheduled (`call_soon_threadsafe`, FIFO), only under
 changes of every process in commit order, as hub invariant 2 promises.
 
 Bounds: the table is pruned by the writers (`prune`): rows older than `keep_seconds` or beyond the newest
-`keep_rows` go, and the highest seq deleted is kept in `counters` ('changes_pruned'). A process whose cursor
+`keep_rows` go (never the newest, schema invariant 10), and the highest seq deleted is kept in `counters`
+('changes_pruned'). A process whose cursor
 is below that mark may have missed rows: it calls `hub.publish_lost()`, every subscriber overflows and
 resyncs from the store (what IMAP does after any overflow), and the cursor jumps ahead. So does a catch-up
 that finds more than CATCH_UP_MAX rows, which bounds the work of one read.
@@ -96,15 +97,14 @@ _SELECT = (
 )
 _MARKS = (
     "SELECT (SELECT value FROM counters WHERE name = 'changes_pruned'),"
-    " (SELECT seq FROM sqlite_sequence WHERE name = 'changes')"
+    " (SELECT max(seq) FROM changes)"
 )
 _KINDS = {kind.value: kind for kind in ChangeKind}
 
 
 def last_seq(conn: sqlite3.Connection) -> int:
-    """The highest seq ever given out (0 for none); AUTOINCREMENT keeps it in `sqlite_sequence` after pruning."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
-    return int(row[0]) if row else 0
+    """The highest seq given out (0 for none): the newest row, which pruning leaves (schema invariant 10)."""
+    return int(conn.execute("SELECT max(seq) FROM changes").fetchone()[0] or 0)
 
 
 def pruned_seq(conn: sqlite3.Connection) -> int:
@@ -197,8 +197,8 @@ class ChangeFeed:
     def committed(self, top: int) -> None:
         """After this process's COMMIT (lock held): every seq up to `top` is this batch's (published by the
         writer) or was read by `catch_up`. The writer passes the cursor after its catch-up plus the rows it
-        inserted under the write lock: AUTOINCREMENT gives each at least one more, so `top` is never past the
-        batch's last row (a row of ours beyond it would be read later and skipped by its origin)."""
+        inserted under the write lock, each the largest seq + 1 (were SQLite ever to skip, `top` would fall
+        short, never beyond: a row of ours past it would be read later and skipped by its origin)."""
         self.cursor = max(self.cursor, top)
 
     def due_for_pruning(self) -> bool:
@@ -214,7 +214,7 @@ class ChangeFeed:
         upto = newest - self.keep_rows
         row = conn.execute("SELECT seq FROM changes WHERE created >= ? ORDER BY seq LIMIT 1",
                            (self.clock() - self.keep_seconds,)).fetchone()
-        upto = max(upto, (int(row[0]) - 1) if row else newest)
+        upto = min(max(upto, (int(row[0]) - 1) if row else newest), newest - 1)  # the newest stays (module doc)
         if upto <= pruned_seq(conn):
             return
         conn.execute("DELETE FROM changes WHERE seq <= ?", (upto,))

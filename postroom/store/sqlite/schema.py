@@ -49,9 +49,10 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
-10. `changes.seq` is AUTOINCREMENT (never reused, also once pruning emptied the table) and is given out in
-   commit order; every row of `changes` belongs to a committed write, and rows are deleted only from the oldest
-   on, by `feed.prune`, which raises 'changes_pruned' to the highest seq it deleted.
+10. `changes.seq` only grows and is given out in commit order: it is the rowid (max + 1 at each insert; not
+   AUTOINCREMENT, whose `sqlite_sequence` row would be one more page written by every commit), and pruning,
+   the only deletion, deletes from the oldest on and never the newest row, so the maximum never goes back.
+   Every row belongs to a committed write; 'changes_pruned' is the highest seq pruning deleted.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def _v8(conn: sqlite3.Connection) -> None:
     process that wrote it (`origin`) and when (`created`, for pruning). No foreign keys: a change outlives what
     it names (a deleted mailbox's MAILBOX_DELETED row)."""
     conn.execute(
-        "CREATE TABLE changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, origin INTEGER NOT NULL, created REAL NOT NULL,"
+        "CREATE TABLE changes(seq INTEGER PRIMARY KEY, origin INTEGER NOT NULL, created REAL NOT NULL,"
         " user_id INTEGER NOT NULL, mailbox_id INTEGER NOT NULL, kind TEXT NOT NULL, uid INTEGER NOT NULL,"
         " modseq INTEGER NOT NULL, flags INTEGER NOT NULL, keywords TEXT NOT NULL, name TEXT NOT NULL,"
         " old_name TEXT NOT NULL)"
