@@ -21,8 +21,9 @@ Invariants:
    available the hour rule alone applies.
 4. Every change any process commits to the store reaches `hub`: this process's own from its writer right after
    the commit, other processes' from the `changes` table (feed.py), polled while the store is open by one task
-   on the loop that opened it (started by `open()`, stopped by `close()` before the engine stops), in commit
-   order, within about 50 ms; a process that fell behind the table's pruning gets `hub.publish_lost()`.
+   on the loop that opened it (started by `open()`, stopped by `close()` before the engine stops; parked while
+   the hub has no subscriber), in commit order, within about 50 ms; a process that fell behind the table's
+   pruning gets `hub.publish_lost()`. A subscriber gets what is committed after its `subscribe()`.
 """
 
 from __future__ import annotations
