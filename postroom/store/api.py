@@ -10,7 +10,9 @@ Invariants every engine keeps:
    written and fsync'd before that commit. Concurrent writers share one commit (group commit), so N concurrent
    deliveries of small messages cost about one fsync.
 2. **Commit, then broadcast.** The changes a write made are returned to the caller *and* published on
-   `store.hub` after the commit, never before.
+   `store.hub` after the commit, never before: on the hub of the writing process at once, and on the hub of
+   every other process that has the store open within about 100 ms, in commit order (`publish_lost()` where
+   a process fell too far behind to know them).
 3. **UIDs strictly increase** within a mailbox and are never reused, across restarts and after expunges.
    UIDVALIDITY differs for every mailbox ever created (a deleted and re-created name gets a new one).
 4. **MODSEQ strictly increases** per mailbox on every change to a message in it (append, flags, expunge);
@@ -466,6 +468,10 @@ class ChangeHub(Protocol):
     def subscribe(self, user_id: int) -> Subscription: ...
 
     def publish(self, changes: Iterable[Change]) -> None: ...
+
+    def publish_lost(self) -> None:
+        """Changes were committed that cannot be delivered (another process's, pruned before this process read
+        them): every subscriber must resync from the store."""
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ that selected a mailbox shared with its user through the mailbox's ACL (api inva
 mailbox's changes, and no other change of its owner. The session watches only what the ACL let it resolve and
 stops watching when it leaves the mailbox or loses the right to read it (imap/acl.py).
 
+Other processes: the hub itself is in-process, and what this process's store commits is published here by
+its writer (the fast path). What other processes using the same store commit (`postroom sendmail`, `postroom
+import`, another server) is published here by the store's cross-process feed (store/sqlite/feed.py), in the
+same commit order, a few tens of milliseconds later. When the feed cannot tell what was missed (this process
+fell behind the pruning of the change table), it calls `publish_lost()`: every subscription overflows.
+
 Overflow: a subscriber that does not read (a stuck client, a session busy streaming a huge FETCH) must not make
 the server grow without bound. When a change arrives and the buffer is full, the subscription drops everything
 it holds and becomes *overflowed*: `get()` and `get_nowait()` raise `SubscriptionOverflow` until the owner calls
@@ -19,16 +25,20 @@ Invariants:
 1. `publish` is called on the event loop thread (the store's writer hands batches over with
    `call_soon_threadsafe`); nothing here takes a lock or blocks.
 2. A subscriber sees changes in commit order, and only those of its own user and of the one mailbox it
-   watches (if any); a change of both kinds reaches it once.
+   watches (if any); a change of both kinds reaches it once. Those are the changes of every process using the
+   store, each once (feed.py invariant 3), or an overflow where some were lost.
 3. A subscription never holds more than `maxsize` changes; overflow is sticky until `reset()`.
 4. A closed subscription receives nothing and costs nothing; `close()` is idempotent.
+5. `on_first_subscriber`, if set, is called on the event loop thread inside the `subscribe()` that takes the
+   number of subscriptions from 0 to 1, before it returns: the cross-process feed, which does nothing while
+   nobody listens, notes there where the new subscriber's changes begin (feed.py invariant 5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Self
 
 from postroom.store.api import Change, StoreError
@@ -62,6 +72,13 @@ class HubSubscription:
             self.overflowed = True
         else:
             self._buffer.append(change)
+        self._wake()
+
+    def _overflow(self) -> None:
+        if self.closed or self.overflowed:
+            return
+        self._buffer.clear()
+        self.overflowed = True
         self._wake()
 
     def _wake(self) -> None:
@@ -138,12 +155,17 @@ class Hub:
 
     def __init__(self, maxsize: int = DEFAULT_MAXSIZE) -> None:
         self.maxsize = maxsize
+        self.on_first_subscriber: Callable[[], None] | None = None  # invariant 5
         self._subs: dict[int, set[HubSubscription]] = {}
         self._watchers: dict[int, set[HubSubscription]] = {}  # mailbox id -> subscriptions watching it
+        self._count = 0
 
     def subscribe(self, user_id: int) -> HubSubscription:
         sub = HubSubscription(self, user_id, self.maxsize)
         self._subs.setdefault(user_id, set()).add(sub)
+        self._count += 1
+        if self._count == 1 and self.on_first_subscriber is not None:
+            self.on_first_subscriber()
         return sub
 
     def publish(self, changes: Iterable[Change]) -> None:
@@ -159,9 +181,16 @@ class Hub:
                     if sub.user_id != change.user_id:  # invariant 2: once
                         sub._push(change)
 
+    def publish_lost(self) -> None:
+        """Some committed changes cannot be delivered (the cross-process feed fell behind its pruning): every
+        subscription overflows, so each subscriber resyncs from the store (invariant 3's overflow)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub._overflow()
+
     def subscriber_count(self, user_id: int | None = None) -> int:
         if user_id is None:
-            return sum(len(s) for s in self._subs.values())
+            return self._count
         return len(self._subs.get(user_id, ()))
 
     def _watch(self, sub: HubSubscription, old: int | None, new: int | None) -> None:
@@ -171,6 +200,9 @@ class Hub:
             self._watchers.setdefault(new, set()).add(sub)
 
     def _remove(self, sub: HubSubscription) -> None:
+        subs = self._subs.get(sub.user_id)
+        if subs is not None and sub in subs:
+            self._count -= 1
         self._discard(self._subs, sub.user_id, sub)
         if sub.watching is not None:
             self._discard(self._watchers, sub.watching, sub)

@@ -160,6 +160,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "DROP TABLE fts_body",
         "DELETE FROM counters WHERE name = 'fts_version'",
     ),
+    11: ("DROP TABLE changes", "DELETE FROM counters WHERE name = 'changes_pruned'"),
 }
 
 

@@ -20,11 +20,17 @@ Invariants:
    shared. Otherwise it waits for the shared lock and removes only files older than an hour
    (`BlobStore.sweep`, `STALE_AGE`), never a younger one another process may be writing. Where `flock` is not
    available the hour rule alone applies.
+4. Every change any process commits to the store reaches `hub`: this process's own from its writer right after
+   the commit, other processes' from the `changes` table (feed.py), polled while the store is open by one task
+   on the loop that opened it (started by `open()`, stopped by `close()` before the engine stops; parked while
+   the hub has no subscriber), in commit order, within about 50 ms; a process that fell behind the table's
+   pruning gets `hub.publish_lost()`. A subscriber gets what is committed after its `subscribe()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -41,6 +47,7 @@ from postroom.store.sqlite.accounts import AccountsMixin
 from postroom.store.sqlite.acl import AclMixin
 from postroom.store.sqlite.authfail import AuthFailuresMixin
 from postroom.store.sqlite.engine import Engine
+from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
@@ -70,13 +77,19 @@ class SQLiteStore(
         clock: Callable[[], float] = time.time,
         readers: int = 4,
         inline_max: int = INLINE_MAX,
+        keep_changes: int = KEEP_ROWS,
+        keep_changes_seconds: float = KEEP_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.hub = hub if hub is not None else Hub()
         self._clock = clock
         self._blobs = BlobStore(Path(blob_dir))
-        self._engine = Engine(self.path, self._blobs, self.hub, inline_max=inline_max, readers=readers)
+        self.feed = ChangeFeed(self.path, self.hub, keep_rows=keep_changes, keep_seconds=keep_changes_seconds,
+                               clock=clock)
+        self._engine = Engine(self.path, self._blobs, self.hub, inline_max=inline_max, readers=readers,
+                              feed=self.feed)
         self._lock_fd = -1  # invariant 3
+        self._poller: asyncio.Task[None] | None = None  # invariant 4
 
     @property
     def on_commit(self) -> Callable[[float, int], None] | None:
@@ -98,6 +111,9 @@ class SQLiteStore(
             await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
             if await self._engine.write(lambda tx: fts.check_version(tx.conn)):
                 log.warning("full-text index made by another version: emptied, to be built again (postroom index)")
+            self.feed.loop = asyncio.get_running_loop()
+            self._poller = asyncio.create_task(self.feed.poll_forever(self._engine.feed_catch_up),
+                                               name="postroom-change-feed")
 
     @property
     def lock_path(self) -> Path:
@@ -147,6 +163,14 @@ class SQLiteStore(
             log.warning("removed %d stale staging/temporary file(s) under %s", len(removed), self._blobs.root)
 
     async def close(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            if poller.get_loop() is asyncio.get_running_loop():
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            else:
+                poller.get_loop().call_soon_threadsafe(poller.cancel)
         if self._engine.begin_stop():
             await asyncio.to_thread(self._engine.stop)
             await asyncio.sleep(0)  # let the last batch's callbacks (answers, broadcasts) run

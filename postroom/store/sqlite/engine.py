@@ -13,12 +13,14 @@ only write connection, and every write coroutine hands it a function instead of 
       file, fsync, link, fsync dir)
     jobs.put((fn, future, loop))  -->  take every pending job (a batch)
     await future                       BEGIN IMMEDIATE
-                                       for each job: SAVEPOINT; fn(tx); RELEASE   (ROLLBACK TO on error)
+                                       feed: other processes' changes since the last look (feed.py)
+                                       for each job: SAVEPOINT; fn(tx); RELEASE    (ROLLBACK TO on error)
                                          (a small body is INSERTed into blob_data right here)
+                                       the Change records of the jobs that succeeded -> `changes` rows
                                        COMMIT                                      (one fsync for the batch)
                                        on_commit(seconds, ops)
                                        delete blob files whose last reference went (under the write lock)
-                   <-- call_soon_threadsafe: hub.publish(changes); set each future
+                   <-- call_soon_threadsafe: hub.publish(others' changes, then the batch's); set each future
 
 While one batch commits, new jobs pile up and form the next batch: N concurrent writers cost about one fsync,
 not N. A batch holds at most MAX_BATCH jobs and stops growing past MAX_BATCH_BYTES of inline bodies. Each job
@@ -43,7 +45,10 @@ Invariants
 1. A write future is resolved only after COMMIT returned (synchronous=FULL: the WAL is fsync'd). If BEGIN or
    COMMIT fails, every job of the batch gets that exception, including those whose function succeeded.
 2. Commit, then broadcast: a batch's Change records are published on the hub after its commit, on the event loop
-   thread, before the writers' futures are resolved, in commit order.
+   thread, before the writers' futures are resolved, in commit order. The same records are rows of `changes`,
+   written in the batch's transaction for the jobs that succeeded, so other processes publish them too, and
+   only once committed (feed.py); the changes other processes committed before this batch are published
+   just before it.
 3. Blob files a job references were written and fsync'd before the job was queued (by the caller). A job that
    inserts a blob row which has no file (a concurrent deletion won the race) writes the file itself first.
    Inline bodies are written by the job, in its transaction: the commit that makes the reference durable
@@ -74,6 +79,7 @@ from typing import Any, Generic, TypeVar
 
 from postroom.store.api import Change, ChangeHub, InsufficientStorage, StoreError, is_out_of_space
 from postroom.store.blobs import BlobStore
+from postroom.store.sqlite.feed import ChangeFeed
 from postroom.store.sqlite.schema import migrate
 
 log = logging.getLogger("postroom.store")
@@ -135,10 +141,12 @@ class Engine:
         inline_max: int = 256 * 1024,
         readers: int = 4,
         io_threads: int = 64,
+        feed: ChangeFeed | None = None,
     ):
         self.path = path
         self.blobs = blobs
         self.hub = hub
+        self.feed = feed if feed is not None else ChangeFeed(path, hub)
         self.inline_max = inline_max
         self.on_commit: Callable[[float, int], None] | None = None
         self._n_readers = readers
@@ -167,6 +175,7 @@ class Engine:
         conn = connect(self.path, writer=True)
         try:
             migrate(conn)
+            self.feed.start(conn)
         except BaseException:
             conn.close()
             raise
@@ -242,6 +251,21 @@ class Engine:
         if quick:
             return self._run_read(fn)
         return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+
+    async def feed_catch_up(self) -> None:
+        """Publish what other processes committed since the last look (feed.py), read on a reader thread."""
+        if self._open and self._readers is not None:
+            await asyncio.get_running_loop().run_in_executor(self._readers, self._feed_read)
+
+    def _feed_read(self) -> None:
+        feed = self.feed
+        with feed.lock:  # feed invariant 2: read, move the cursor and schedule the publication as one step
+            lost, changes = self._run_read(feed.catch_up)
+            if (lost or changes) and feed.loop is not None:
+                try:
+                    feed.loop.call_soon_threadsafe(feed.publish, lost, changes)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking file work (blob writes and reads) on the I/O pool."""
@@ -324,29 +348,61 @@ class Engine:
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         conn = self._wconn
         assert conn is not None
+        feed = self.feed
         started = time.perf_counter()
         outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]] = []
+        locked = False
+        lost, foreign = 0, list[tuple[int, Change]]()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                tx = Tx(conn, self.blobs, self.inline_max)
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.fn(tx)
-                except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, False, exc, None))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, True, result, tx))
-            conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: every job of the batch hears it
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            log.error("store writer: batch of %d failed: %s", len(batch), exc)
-            self._hand_back([(job, False, exc, None) for job in batch])
-            return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                feed.lock.acquire()  # held until the batch is handed back (feed invariant 2)
+                locked = True
+                lost, foreign = feed.catch_up(conn)
+                for job in batch:
+                    tx = Tx(conn, self.blobs, self.inline_max)
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        result = job.fn(tx)
+                    except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        outcomes.append((job, False, exc, None))
+                    else:
+                        conn.execute("RELEASE job")
+                        outcomes.append((job, True, result, tx))
+                # feed invariant 1: the changes of the jobs that succeeded, in this transaction (one statement:
+                # a row costs ~1.6 us this way, ~4 us with a statement per job); if it fails, the batch does
+                recorded = feed.record(conn, [c for _, ok, _, tx in outcomes if ok and tx is not None
+                                              for c in tx.changes])
+                if feed.due_for_pruning():
+                    self._prune_changes(conn)
+                top = feed.cursor + recorded  # under the write lock: see feed.committed
+                conn.execute("COMMIT")
+                feed.committed(top)
+            except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: every job of the batch hears it
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                log.error("store writer: batch of %d failed: %s", len(batch), exc)
+                self._hand_back([(job, False, exc, None) for job in batch], lost, foreign)
+                return
+            self._after_commit(batch, outcomes, started, lost, foreign)
+        finally:
+            if locked:
+                feed.lock.release()
+
+    def _prune_changes(self, conn: sqlite3.Connection) -> None:
+        """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT)."""
+        conn.execute("SAVEPOINT prune")
+        try:
+            self.feed.prune(conn)
+        except Exception:
+            conn.execute("ROLLBACK TO prune")
+            log.exception("store writer: pruning the change feed failed")
+        conn.execute("RELEASE prune")
+
+    def _after_commit(self, batch: list[_Job[Any]], outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]],
+                      started: float, lost: int, foreign: list[tuple[int, Change]]) -> None:
         seconds = time.perf_counter() - started
         if self.on_commit is not None:
             try:
@@ -359,20 +415,33 @@ class Engine:
                 dead |= done.dead_blobs
         if dead:  # before answering: once a removal returns, its bodies are gone
             self._delete_dead_blobs(dead)
-        self._hand_back(outcomes)
+        self._hand_back(outcomes, lost, foreign)
 
-    def _hand_back(self, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]]) -> None:
+    def _hand_back(self, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: int = 0,
+                   foreign: list[tuple[int, Change]] | None = None) -> None:
+        """Schedule `_resolve` on each caller's loop; other processes' changes (`lost`, `foreign`) go first, on
+        the feed's loop (the store's), in the same callback as that loop's own changes (feed invariant 3)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job[Any], bool, Any, Tx | None]]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        target = self.feed.loop or next(iter(by_loop), None)
+        if (lost or foreign) and target is not None:
+            by_loop.setdefault(target, [])
         for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(self._resolve, items)
+                if loop is target:
+                    loop.call_soon_threadsafe(self._resolve, items, lost, foreign or [])
+                else:
+                    loop.call_soon_threadsafe(self._resolve, items, 0, [])
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-    def _resolve(self, items: list[tuple[_Job[Any], bool, Any, Tx | None]]) -> None:
-        """On the event loop thread: broadcast the batch's changes, then answer each writer."""
+    def _resolve(self, items: list[tuple[_Job[Any], bool, Any, Tx | None]], lost: int = 0,
+                 foreign: list[tuple[int, Change]] | None = None) -> None:
+        """On the event loop thread: broadcast other processes' changes, then the batch's, then answer each
+        writer."""
+        if lost or foreign:
+            self.feed.publish(lost, foreign or [])
         changes = [c for _, ok, _, tx in items if ok and tx is not None for c in tx.changes]
         if changes:
             try:

@@ -37,6 +37,10 @@ the bodies not indexed yet. The step indexes nothing: it names every stored body
 SELECT of ids, no bodies or metadata read), and the backlog is worked off in batches afterwards
 (`Store.index_backlog`, driven by `postroom index` and by `postroom serve` in the background), while SEARCH scans
 backlog bodies exactly.
+11 (issue 16) adds `changes`: one row per change record a write made, in the write's transaction, read by the
+other processes that have the store open (store/sqlite/feed.py), pruned by the writers; and the `counters` row
+'changes_pruned', the highest seq pruning deleted. Nothing older is written into it: a process starts reading
+at the newest change.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -67,6 +71,10 @@ Invariants:
 12. A body referenced by messages is in exactly one of `fts_docs` (indexed: its text is in `fts_head` and
    `fts_body` under `fts_docs.docid`, as derived from `blobs.meta`) and `fts_backlog` (not indexed yet); the
    index rows go with the last reference (fts.py invariants).
+13. `changes.seq` only grows and is given out in commit order: it is the rowid (max + 1 at each insert; not
+   AUTOINCREMENT, whose `sqlite_sequence` row would be one more page written by every commit), and pruning,
+   the only deletion, deletes from the oldest on and never the newest row, so the maximum never goes back.
+   Every row belongs to a committed write; 'changes_pruned' is the highest seq pruning deleted.
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 _V1 = """
 CREATE TABLE counters(
@@ -313,9 +321,21 @@ def _v10(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO fts_backlog(blob_id) SELECT id FROM blobs")
 
 
+def _v11(conn: sqlite3.Connection) -> None:
+    """The cross-process change feed (invariant 13, store/sqlite/feed.py): one row per committed change, with the
+    process that wrote it (`origin`) and when (`created`, for pruning). No foreign keys: a change outlives what
+    it names (a deleted mailbox's MAILBOX_DELETED row)."""
+    conn.execute(
+        "CREATE TABLE changes(seq INTEGER PRIMARY KEY, origin INTEGER NOT NULL, created REAL NOT NULL,"
+        " user_id INTEGER NOT NULL, mailbox_id INTEGER NOT NULL, kind TEXT NOT NULL, uid INTEGER NOT NULL,"
+        " modseq INTEGER NOT NULL, flags INTEGER NOT NULL, keywords TEXT NOT NULL, name TEXT NOT NULL,"
+        " old_name TEXT NOT NULL)"
+    )
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('changes_pruned', 0)")
+
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11,
 }
 
 
