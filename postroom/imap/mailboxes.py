@@ -1,6 +1,6 @@
 """Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, NAMESPACE,
 STATUS, APPEND (RFC 9051 §6.3; LIST-EXTENDED RFC 5258, SPECIAL-USE RFC 6154, LIST-STATUS RFC 5819,
-CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438).
+CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438, MULTIAPPEND RFC 3502).
 
 Theory of operation
 -------------------
@@ -28,6 +28,8 @@ Invariants
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
    file goes to `Store.append_file`; the handler removes it if it fails first.
+6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
+   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
 5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
@@ -44,12 +46,12 @@ from array import array
 
 from postroom.mime import pool
 from postroom.store import names
-from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
+from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus, StagedAppend
 
 from . import encoder
 from . import parser as P
 from .messages import parse_flags
-from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
+from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
 from .state import Selected
 
 SEP = "/"
@@ -353,42 +355,89 @@ async def status(s: Session, cmd: P.Command) -> Result:
     return "", "STATUS completed"
 
 
-# ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8)
+# ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8, MULTIAPPEND RFC 3502)
 
 @command("APPEND", AUTHED)
 async def append(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.AppendArgs)
-    staged = s.take_staged()  # a large message, already in a staging file (module invariant 3)
+    staged = s.take_staged()  # large messages, already in staging files (module invariant 3)
     try:
         mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, a.mailbox))
         if mbox is None:
             raise No("Mailbox does not exist", "TRYCREATE")  # RFC 9051 §6.3.12
-        if staged is not None and staged.error is not None:
-            raise staged.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
-        if staged is not None and a.message:
+        for st in staged:
+            if st.error is not None:
+                raise st.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
+        messages = a.messages()
+        if len(messages) > 1:
+            return await _multiappend(s, mbox, messages, staged)
+        if len(staged) > 1 or (staged and a.message):
             raise Bad("The message must be the only large literal")
-        size = len(a.message) if staged is None else staged.size
+        one = staged[0] if staged else None
+        size = len(a.message) if one is None else one.size
         if size > s.limits.message_size:
             raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")
         if not size:
             raise No("Empty message", "CANNOT")
         flags, keywords = parse_flags(a.flags)
         date = a.date if a.date is not None else time.time()
-        if staged is not None:
-            assert staged.path is not None  # no error, so a file
-            try:
-                meta = await pool.meta_of_file(staged.path, staged.size, s.limits, allow_nul=staged.binary)
-            except pool.NulInLiteral:
-                raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
-            res = await s.store.append_file(mbox.id, staged.path, flags=flags, keywords=frozenset(keywords),
-                                            internal_date=date, meta=meta.to_bytes())
+        if one is not None:
+            assert one.path is not None  # no error, so a file
+            meta = await _file_meta(s, one)
+            res = await s.store.append_file(mbox.id, one.path, flags=flags, keywords=frozenset(keywords),
+                                            internal_date=date, meta=meta)
             return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
     finally:
-        if staged is not None and staged.path is not None:
-            staged.path.unlink(missing_ok=True)
+        for st in staged:
+            if st.path is not None:
+                st.path.unlink(missing_ok=True)
     raw = a.message
     meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (mime/pool.py)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
                                                       internal_date=date, meta=meta_bytes))
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
+
+
+async def _file_meta(s: Session, st: StagedLiteral) -> bytes:
+    """The metadata of a staged message, computed by a worker that reads the file (module invariant 3)."""
+    assert st.path is not None
+    try:
+        meta = await pool.meta_of_file(st.path, st.size, s.limits, allow_nul=st.binary)
+    except pool.NulInLiteral:
+        raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
+    return meta.to_bytes()
+
+
+async def _multiappend(s: Session, mbox: Mailbox, messages: tuple[P.AppendMessage, ...],
+                       staged: list[StagedLiteral]) -> Result:
+    """RFC 3502: several messages in one APPEND, all stored in one store transaction or none (§3: "all or
+    nothing"); the answer is APPENDUID with the UID set (RFC 4315 §3 append-uid). Staged messages stay files
+    (`StagedAppend`); the caller removes whatever the store did not take."""
+    # A staged message left an empty literal in the command (session.py); a literal the client sent empty is
+    # an empty message, refused like a single one (so the counts differ).
+    empties = sum(1 for m in messages if not m.message)
+    if len(staged) > empties:
+        raise Bad("A large literal that is not a message")
+    if len(staged) < empties:
+        raise No("Empty message", "CANNOT")
+    files = iter(staged)
+    now = time.time()
+    items: list[AppendRequest | StagedAppend] = []
+    for m in messages:
+        st = next(files) if not m.message else None
+        size = len(m.message) if st is None else st.size
+        if size > s.limits.message_size:
+            raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")  # RFC 7889 §4
+        flags, keywords = parse_flags(m.flags)
+        date = m.date if m.date is not None else now
+        if st is not None:
+            assert st.path is not None
+            items.append(StagedAppend(st.path, flags, frozenset(keywords), date, await _file_meta(s, st)))
+        else:
+            items.append(AppendRequest(m.message, flags, frozenset(keywords), date,
+                                       await pool.meta_bytes(m.message, s.limits)))
+    results = await s.store.append_multi(mbox.id, items)
+    uidvalidity = results[0].uidvalidity
+    uid_set = encoder.seqset([r.uid for r in results]).decode("ascii")
+    return f"APPENDUID {uidvalidity} {uid_set}", "APPEND completed"

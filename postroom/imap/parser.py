@@ -13,8 +13,8 @@ Invariants
 2. The parser recurses at most `syntax.MAX_DEPTH` levels (parenthesised search keys, NOT, OR).
 3. Mailbox names come out as the client's text (UTF-8 decoded, undecodable bytes kept as surrogates); the
    session, which knows whether UTF-8 names were enabled, does the modified UTF-7 step (RFC 3501 §5.1.3).
-4. Arguments the server does not implement (SELECT/FETCH/STORE modifiers of CONDSTORE, MULTIAPPEND) are
-   syntax errors, not silently ignored.
+4. Arguments the server does not implement (SELECT/FETCH/STORE modifiers of CONDSTORE) are syntax errors,
+   not silently ignored.
 """
 
 from __future__ import annotations
@@ -102,12 +102,27 @@ class StatusArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND: its flags, date-time and literal (RFC 3502 append-message)."""
+
+    flags: tuple[str, ...]
+    date: float | None
+    message: bytes
+    binary: bool  # literal8 (RFC 3516 §4.4)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendArgs:
     mailbox: str
     flags: tuple[str, ...]
     date: float | None
     message: bytes
     binary: bool  # literal8 (RFC 3516 §4.4)
+    more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND (RFC 3502): the second message on
+
+    def messages(self) -> tuple[AppendMessage, ...]:
+        """Every message of the command, in order."""
+        return (AppendMessage(self.flags, self.date, self.message, self.binary), *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,10 +332,9 @@ def _p_status(c: Cursor) -> StatusArgs:
     return StatusArgs(name, tuple(items))
 
 
-def _p_append(c: Cursor) -> AppendArgs:
-    c.sp()
-    name = c.mailbox()
-    c.sp()
+def _append_message(c: Cursor) -> AppendMessage:
+    """RFC 3502 §6: append-message = append-opts SP append-data, append-opts = [SP flag-list] [SP date-time]
+    (the SP before it already taken)."""
     flags: list[str] = []
     date = None
     if c.peek() == 0x28:
@@ -332,10 +346,20 @@ def _p_append(c: Cursor) -> AppendArgs:
     if c.peek() not in (0x7B, 0x7E):
         raise c.error("Expected the message literal")
     message, binary = c.literal(allow8=True)
-    if c.peek() == 0x20 and not c.at_end() and c.data[c.pos:].strip(b" "):
-        raise c.error("MULTIAPPEND is not supported")
+    return AppendMessage(tuple(flags), date, message, binary)
+
+
+def _p_append(c: Cursor) -> AppendArgs:
+    c.sp()
+    name = c.mailbox()
+    c.sp()
+    first = _append_message(c)
+    more: list[AppendMessage] = []
+    while c.peek() == 0x20 and c.data[c.pos:].strip(b" "):  # RFC 3502: 1*append-message
+        c.sp()
+        more.append(_append_message(c))
     c.end()
-    return AppendArgs(name, tuple(flags), date, message, binary)
+    return AppendArgs(name, first.flags, first.date, first.message, first.binary, tuple(more))
 
 
 def _p_id(c: Cursor) -> IdArgs:

@@ -270,6 +270,18 @@ class AppendRequest:
 
 
 @dataclass(frozen=True)
+class StagedAppend:
+    """One message of `Store.append_multi` whose body is the file `path` in `Store.staging_dir()` (as
+    `append_file` takes it); the other fields as in `AppendRequest`."""
+
+    path: Path
+    flags: int = 0
+    keywords: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: now
+    meta: bytes | None = None
+
+
+@dataclass(frozen=True)
 class QueueRecipient:
     rcpt: str
     orcpt: str = ""  # RFC 3461 ORCPT, as given ("rfc822;user@example.org"), "" if none
@@ -510,6 +522,14 @@ class Store(Protocol):
 
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         """Like append for each, in one transaction (imports)."""
+
+    async def append_multi(self, mailbox_id: int,
+                           messages: Sequence[AppendRequest | StagedAppend]) -> list[AppendResult]:
+        """IMAP MULTIAPPEND (RFC 3502 §3: "all or nothing"): every message appended in one transaction, in order
+        (consecutive UIDs), or none of them. A `StagedAppend` body is a staging file as `append_file` takes it,
+        never read into memory (stored as a file whatever its size). Every staging file named is gone once this
+        returns or raises; a path outside `staging_dir()` is Invalid before anything is stored (that file is
+        left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob."""
