@@ -1,6 +1,7 @@
 """Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, NAMESPACE,
 STATUS, APPEND (RFC 9051 §6.3; LIST-EXTENDED RFC 5258, SPECIAL-USE RFC 6154, LIST-STATUS RFC 5819,
-CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438, MULTIAPPEND RFC 3502).
+CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438, MULTIAPPEND RFC 3502,
+CREATE-SPECIAL-USE RFC 6154 §3).
 
 Theory of operation
 -------------------
@@ -46,7 +47,7 @@ from array import array
 
 from postroom.mime import pool
 from postroom.store import names
-from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus, StagedAppend
+from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus, SpecialUseTaken, StagedAppend
 
 from . import encoder
 from . import parser as P
@@ -136,15 +137,41 @@ async def select(s: Session, cmd: P.Command) -> Result:
 
 # ---- CREATE / DELETE / RENAME / SUBSCRIBE / UNSUBSCRIBE (RFC 9051 §6.3.4 - §6.3.8)
 
+# CREATE-SPECIAL-USE (RFC 6154 §3): the uses a CREATE may give. Of §2's seven, \All and \Flagged name virtual
+# mailboxes (every message, every flagged message) that this server does not keep: a real mailbox marked so would
+# mislead clients, so they are refused like unknown ones.
+CREATE_USES = {u.lower(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
+
+
+def create_use(uses: tuple[str, ...]) -> str | None:
+    """The one special use of a CREATE (USE (...)), or None. Raises No [USEATTR] (RFC 6154 §3: "the specified
+    special use is not supported or cannot be assigned") for an attribute not in `CREATE_USES` or for more
+    than one: the store keeps one special use per mailbox."""
+    distinct = {u.lower() for u in uses}
+    if not distinct:
+        return None
+    if len(distinct) > 1:
+        raise No("A mailbox can have one special use here", "USEATTR")
+    (use,) = distinct
+    if use not in CREATE_USES:
+        raise No(f"Special use {use[:40]} cannot be given to a mailbox here", "USEATTR")
+    return CREATE_USES[use]
+
+
 @command("CREATE", AUTHED)
 async def create(s: Session, cmd: P.Command) -> Result:
-    assert isinstance(cmd.args, P.MailboxArg)
+    assert isinstance(cmd.args, P.Create)
     name = stored_name(s, cmd.args.mailbox).rstrip(SEP)  # RFC 9051 §6.3.4: a trailing separator is intent
     if not name or "*" in name or "%" in name:
         raise No("Invalid mailbox name", "CANNOT")
     if name.upper() == "INBOX":
         raise No("INBOX always exists", "ALREADYEXISTS")
-    await s.store.create_mailbox(_user_id(s), name)
+    use = create_use(cmd.args.uses)
+    try:
+        await s.store.create_mailbox(_user_id(s), name, use)
+    except SpecialUseTaken:
+        # RFC 6154 §3: the mailbox is not created; one mailbox per special use per user (store api).
+        raise No(f"Another mailbox is {use} already", "USEATTR") from None
     return "", "CREATE completed"
 
 

@@ -80,6 +80,12 @@ class MailboxArg:
 
 
 @dataclass(frozen=True, slots=True)
+class Create:
+    mailbox: str
+    uses: tuple[str, ...] = ()  # CREATE-SPECIAL-USE (RFC 6154 §3): the USE attributes as given
+
+
+@dataclass(frozen=True, slots=True)
 class Rename:
     old: str
     new: str
@@ -163,7 +169,7 @@ class IdArgs:
     params: tuple[tuple[str, str | None], ...] | None
 
 
-Args = (None | Login | Authenticate | Names | MailboxArg | Rename | ListArgs | StatusArgs | AppendArgs | SearchArgs
+Args = (None | Login | Authenticate | Names | MailboxArg | Create | Rename | ListArgs | StatusArgs | AppendArgs | SearchArgs
         | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
 
 
@@ -232,6 +238,33 @@ def _p_select(c: Cursor) -> MailboxArg:
         raise c.error("Unknown SELECT parameters")
     c.end()
     return MailboxArg(name)
+
+
+def _p_create(c: Cursor) -> Create:
+    """RFC 4466 §2.2 create-params, of which RFC 6154 §6 defines one: "USE" SP "(" [use-attr *(SP use-attr)] ")",
+    each use-attr a backslash and an atom. Any other parameter is BAD (parser invariant 4)."""
+    c.sp()
+    name = c.mailbox()
+    uses: list[str] = []
+    if c.peek() == 0x20 and c.data[c.pos:].strip(b" "):
+        c.sp()
+        c.expect(b"(")
+        seen = False
+        while True:
+            word = c.atom().upper()
+            if word != "USE" or seen:
+                raise c.error(f"Unknown CREATE parameter {word[:40]}")
+            seen = True
+            c.sp()
+            for attr in c.flag_list():
+                if not attr.startswith("\\") or attr == "\\*":
+                    raise c.error("A special use is a backslash and an atom")
+                uses.append(attr)
+            if c.take(b")"):
+                break
+            c.sp()
+    c.end()
+    return Create(name, tuple(uses))
 
 
 def _p_rename(c: Cursor) -> Rename:
@@ -617,7 +650,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "CAPABILITY": _p_none, "NOOP": _p_none, "LOGOUT": _p_none, "STARTTLS": _p_none, "CHECK": _p_none,
     "CLOSE": _p_none, "UNSELECT": _p_none, "IDLE": _p_none, "NAMESPACE": _p_none, "EXPUNGE": _p_none,
     "LOGIN": _p_login, "AUTHENTICATE": _p_authenticate, "ENABLE": _p_enable,
-    "SELECT": _p_select, "EXAMINE": _p_select, "CREATE": _p_mailbox, "DELETE": _p_mailbox,
+    "SELECT": _p_select, "EXAMINE": _p_select, "CREATE": _p_create, "DELETE": _p_mailbox,
     "SUBSCRIBE": _p_mailbox, "UNSUBSCRIBE": _p_mailbox, "RENAME": _p_rename,
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,

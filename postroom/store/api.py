@@ -69,6 +69,11 @@ class Invalid(StoreError):
     """The request breaks a rule (bad name, INBOX rename target taken, deleting a mailbox with children...)."""
 
 
+class SpecialUseTaken(Invalid):
+    """Another mailbox of the user already has that special use (`create_mailbox`: one mailbox per special use
+    per user)."""
+
+
 class InsufficientStorage(StoreError):
     """The disk (or the database) is full: ENOSPC or EDQUOT from a file write, SQLITE_FULL from SQLite. Nothing
     was stored. Each protocol answers it with its own code: SMTP `452 4.3.1` (RFC 3463 §3.4 "mail system
@@ -466,7 +471,10 @@ class Store(Protocol):
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken."""
+        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken. `special_use` is one RFC 6154
+        attribute ("\\Sent", any case) or None; Invalid for an unknown one, SpecialUseTaken when another mailbox
+        of the user has it already (one mailbox per special use per user: what a client finds with
+        LIST (SPECIAL-USE) is then never ambiguous)."""
 
     async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
         """Deletes the mailbox and its messages; children stay (RFC 9051 §6.3.5). INBOX cannot be deleted."""

@@ -15,6 +15,9 @@ Invariants:
    advances it in one write job: two claims can never both get the same UID.
 6. Subscriptions are rows of their own keyed (user, name) (api invariant 8): CREATE, DELETE and RENAME never
    touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
+7. `create_mailbox` gives a special use only to the user's first mailbox with it (checked in the job that
+   creates the row, so two concurrent CREATEs cannot both get it); the mailboxes made for a new user have one
+   each.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from postroom.store.api import (
     Mailbox,
     MailboxStatus,
     NotFound,
+    SpecialUseTaken,
     StoreError,
     WriteResult,
 )
@@ -140,6 +144,9 @@ class MailboxesMixin(Base):
             _check_user(tx.conn, user_id)
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
+            if use is not None and tx.conn.execute(
+                    "SELECT 1 FROM mailboxes WHERE user_id = ? AND special_use = ?", (user_id, use)).fetchone():
+                raise SpecialUseTaken(f"another mailbox is {use} already")  # invariant 7
             _create_parents(tx, user_id, name)
             return insert_mailbox(tx, user_id, name, use, subscribe=False)
 
