@@ -59,7 +59,7 @@ _HEADER = Section((), "HEADER")
 _TEXT = Section((), "TEXT")
 _WHOLE = Section()
 
-_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}  # items the message rows answer alone
+_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "SAVEDATE"}  # items the message rows answer alone
 META_BATCH = 1000  # messages whose metadata is read in one store call
 log = logging.getLogger("postroom.imap")
 PARSE_SLICE = 1024 * 1024  # bytes of stored metadata parsed (JSON) between two yields to the event loop
@@ -246,6 +246,8 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -
                     items.append(b"FLAGS " + encoder.flag_list(flags[i], kws, recent(uid)))
                 elif name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
+                elif name == "SAVEDATE":
+                    items.append(savedate_item(cols.save_dates[i]))
                 else:  # RFC822.SIZE
                     items.append(b"RFC822.SIZE %d" % cols.sizes[i])
             lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))
@@ -262,6 +264,12 @@ async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> Non
     """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs)."""
     atts = [P.FetchAtt("FLAGS"), P.FetchAtt("UID")] if with_uid else [P.FetchAtt("FLAGS")]
     await light_fetch(s, uids, atts)
+
+
+def savedate_item(save_date: float | None) -> bytes:
+    """`SAVEDATE date-time`, or `SAVEDATE NIL` for a message whose save date the store does not have (saved
+    before schema 8): RFC 8514 §4.2, NIL where "the underlying mailbox storage does not support" it."""
+    return b"SAVEDATE " + (b"NIL" if save_date is None else encoder.internal_date(save_date))
 
 
 def _label(att: P.FetchAtt) -> bytes:
@@ -380,6 +388,8 @@ def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: 
         return [b"INTERNALDATE " + encoder.internal_date(m.internal_date)]
     if name == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % m.size]
+    if name == "SAVEDATE":
+        return [savedate_item(m.save_date)]
     if name == "ENVELOPE":
         assert meta is not None
         return [b"ENVELOPE ", meta.envelope]

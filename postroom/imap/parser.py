@@ -169,8 +169,8 @@ class IdArgs:
     params: tuple[tuple[str, str | None], ...] | None
 
 
-Args = (None | Login | Authenticate | Names | MailboxArg | Create | Rename | ListArgs | StatusArgs | AppendArgs | SearchArgs
-        | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
+Args = (None | Login | Authenticate | Names | MailboxArg | Create | Rename | ListArgs | StatusArgs | AppendArgs
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,9 +425,11 @@ def _p_expunge_uid(c: Cursor) -> SeqArg:
 # ---- SEARCH (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES)
 
 _FLAG_KEYS = {"ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",
-              "UNFLAGGED", "UNSEEN", "ALL", "NEW", "OLD", "RECENT"}
+              "UNFLAGGED", "UNSEEN", "ALL", "NEW", "OLD", "RECENT",
+              "SAVEDATESUPPORTED"}  # RFC 8514 §4.3
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # RFC 8514 §4.3
 SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
 
 
@@ -509,7 +511,8 @@ def _p_search(c: Cursor) -> SearchArgs:
 # ---- FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY)
 
 _SIMPLE_ATTS = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODYSTRUCTURE", "UID", "BODY"}
+                "BODYSTRUCTURE", "UID", "BODY",
+                "SAVEDATE"}  # RFC 8514 §4.2
 MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),

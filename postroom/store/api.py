@@ -239,6 +239,7 @@ class MessageInfo:
     flags: int  # Flag bitmask
     keywords: frozenset[str]  # IMAP keywords, case preserved as first set
     blob_id: str  # sha256 hex of the bytes
+    save_date: float | None = None  # RFC 8514: when it was saved to this mailbox (append, copy, move); None: unknown
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ class MessageColumns:
     internal_dates: Sequence[float]
     blob_ids: Sequence[str]
     keywords: dict[int, frozenset[str]]  # index -> keywords, only for messages with at least one
+    save_dates: Sequence[float | None] = ()  # RFC 8514 save dates (`MessageInfo.save_date`)
 
     def __len__(self) -> int:
         return len(self.uids)

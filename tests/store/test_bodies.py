@@ -304,6 +304,7 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
     await store.close()
     conn = sqlite3.connect(tmp_path / "v4.db")
     conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
+    conn.execute("ALTER TABLE messages DROP COLUMN save_date")  # ... and no later step's column
     conn.execute("PRAGMA user_version = 6")
     conn.commit()
     conn.close()

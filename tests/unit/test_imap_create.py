@@ -3,25 +3,12 @@ whole, byte by byte and at random splits; what is not that syntax is BAD."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from imap_frames import events, splits
 
 from postroom.imap import parser as P
 
 COMMAND = b'c1 CREATE {7}\r\nMy Sent (USE (\\Sent))\r\n'
-
-
-def events(chunks: list[bytes]) -> list[object]:
-    f = P.Framer(max_line=1000, max_command=10_000)
-    out: list[object] = []
-    for chunk in chunks:
-        f.feed(chunk)
-        while (ev := f.next_event()) is not P.NEED_DATA:
-            out.append(ev)
-            if isinstance(ev, P.LiteralRequest):
-                f.accept_literal()
-    return out
 
 
 def check(evs: list[object]) -> None:
@@ -40,9 +27,7 @@ def test_create_use_byte_by_byte() -> None:
 
 @pytest.mark.parametrize("seed", range(30))
 def test_create_use_random_splits(seed: int) -> None:
-    rnd = random.Random(seed)
-    cuts = sorted(rnd.sample(range(1, len(COMMAND)), rnd.randint(1, 8)))
-    check(events([COMMAND[a:b] for a, b in zip([0, *cuts], [*cuts, len(COMMAND)])]))
+    check(events(splits(COMMAND, seed)))
 
 
 @pytest.mark.parametrize(("line", "uses"), [

@@ -3,9 +3,8 @@ random splits; what is not RFC 3502 §6 syntax is BAD (ParseError)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from imap_frames import events, splits
 
 from postroom.imap import parser as P
 
@@ -16,22 +15,6 @@ COMMAND = (b'm1 APPEND Drafts (\\Seen) {5}\r\nfirst {6+}\r\nsecond'
            b' "06-Feb-2024 11:30:00 +0100" {4+}\r\nlast\r\n')
 
 
-def events(chunks: list[bytes]) -> list[object]:
-    f = P.Framer(max_line=1000, max_command=10_000)
-    out: list[object] = []
-    for chunk in chunks:
-        f.feed(chunk)
-        while (ev := f.next_event()) is not P.NEED_DATA:
-            out.append(ev)
-            if isinstance(ev, P.LiteralRequest):
-                f.accept_literal()
-    return out
-
-
-def splits(data: bytes, seed: int) -> list[bytes]:
-    rnd = random.Random(seed)
-    cuts = sorted(rnd.sample(range(1, len(data)), rnd.randint(1, 10)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
 
 
 def check(evs: list[object]) -> None:

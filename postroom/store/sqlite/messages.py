@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import time
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,9 +103,11 @@ def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | No
     return change
 
 
-def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[AppendResult]:
-    """Insert rows with fresh UIDs and MODSEQs; grow the mailbox's keyword set (invariant 5). Blob references are
-    the caller's business."""
+def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage],
+                    saved: float | None = None) -> list[AppendResult]:
+    """Insert rows with fresh UIDs and MODSEQs, saved now (`saved`, default the clock: RFC 8514 save date, schema
+    invariant 10); grow the mailbox's keyword set (invariant 5). Blob references are the caller's business."""
+    save_date = time.time() if saved is None else saved
     row = tx.conn.execute("SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
     uid, modseq = int(row[0]), int(row[1])
     rows = []
@@ -112,12 +115,12 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[
     for item in items:
         modseq += 1
         kws = encode_keywords(item.keywords)
-        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id))
+        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id, save_date))
         change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
         tx.changes.append(change)
         results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
         uid += 1
-    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
     grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
     if grown is not None and len(results) == 1:  # a single append reports it with its own change
@@ -213,7 +216,7 @@ class MessagesMixin(Base):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
-                results.extend(insert_messages(tx, mbox, [item]))
+                results.extend(insert_messages(tx, mbox, [item], now))
             return results
 
         await self._engine.write_blobs(bodies)
@@ -258,7 +261,7 @@ class MessagesMixin(Base):
             def op(tx: Tx) -> AppendResult:
                 mbox = load_mailbox(tx.conn, mailbox_id)
                 acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
-                return insert_messages(tx, mbox, [item])[0]
+                return insert_messages(tx, mbox, [item], self._clock())[0]
 
             return await self._write_with_new_blobs(op, {blob_id})
         finally:
@@ -283,7 +286,7 @@ class MessagesMixin(Base):
                 for mailbox_id in wanted:
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
-                    results.extend(insert_messages(tx, mbox, [item]))
+                    results.extend(insert_messages(tx, mbox, [item], item.internal_date))
                 return results
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -336,7 +339,7 @@ class MessagesMixin(Base):
                         acquire_blob(tx, item.blob_id, raw, 1, meta)
                     else:
                         acquire_blob(tx, item.blob_id, b"", 1, meta, source=source, size=item.size, crlf=crlf)
-                return insert_messages(tx, mbox, [p[0] for p in prepared])  # RFC 3502 §3: one transaction
+                return insert_messages(tx, mbox, [p[0] for p in prepared], now)  # RFC 3502 §3: one transaction
 
             adopted.update(bodies)
             await self._engine.write_blobs(bodies)
@@ -373,15 +376,15 @@ class MessagesMixin(Base):
         def q(conn: sqlite3.Connection) -> MessageColumns:
             load_mailbox(conn, mailbox_id)
             rows = conn.execute(
-                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords FROM messages"
+                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords, save_date FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
                 (mailbox_id, uid_min, top),
             ).fetchall()
             if not rows:
-                return MessageColumns(array("I"), (), (), (), (), (), {})
-            uids, modseqs, flags, sizes, dates, blob_ids, kws = zip(*rows)  # column by column, in C
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, sizes, dates, blob_ids, kws, saved = zip(*rows)  # column by column, in C
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords)
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
         return await self._engine.read(q)
 
@@ -590,7 +593,7 @@ class MessagesMixin(Base):
             msgs = select_messages(tx.conn, mailbox_id, wanted)
             mark = len(tx.changes)
             items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs]
-            results = insert_messages(tx, dest, items)
+            results = insert_messages(tx, dest, items, self._clock())  # a new save date (RFC 8514 §3)
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, release=False)
             else:

@@ -25,6 +25,10 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
+8 (issue 14, IMAP extras) adds `messages.save_date` (RFC 8514 SAVEDATE: when the message was saved to the mailbox
+it is in; invariant 10). Rows that exist get NULL: their save date was never recorded, and the RFC's answer for a
+save date the storage does not have is NIL in FETCH and the internal date in SEARCH (RFC 8514 §4.2, §4.3), not a
+guess written now.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -45,6 +49,10 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
+10. `messages.save_date` is set when the row is inserted (an append, a delivery, a copy or move into the
+   mailbox: RFC 8514 §3 "the current date and time at which the message is delivered to a mailbox") and never
+   changed while the row exists (§3 "MUST NOT change as long as the message is contained within the same
+   mailbox"); NULL only for rows older than schema 8.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE counters(
@@ -241,8 +249,14 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    """IMAP extras (issue 14): the save date of each message (RFC 8514, invariant 10), NULL for the rows that
+    exist (not recorded: FETCH SAVEDATE answers NIL and SEARCH SAVED* uses the internal date for them)."""
+    conn.execute("ALTER TABLE messages ADD COLUMN save_date REAL")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }
 
 
