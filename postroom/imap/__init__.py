@@ -11,7 +11,7 @@ Layers, from the wire up:
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND
   with MULTIAPPEND),
-  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
+  `fetch` (FETCH and its planner; SAVEDATE, RFC 8514), `preview` (FETCH PREVIEW, RFC 8970), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
   EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
 
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.

@@ -46,7 +46,7 @@ from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Flag, MessageInfo, NotFound, StoreError, StoreMode
 
-from . import encoder
+from . import encoder, preview
 from . import parser as P
 from .messages import resolve, sel_of
 from .session import ONLY_SELECTED, No, Result, Session, command
@@ -306,6 +306,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)
+    want_preview = next((t for t in atts if t.name == "PREVIEW"), None)  # RFC 8970 (imap/preview.py)
+    previews: dict[str, str | None] = {}
     seen_now: set[int] = set()
     if sets_seen:
         unseen = [m.uid for m in infos if not m.flags & _SEEN]
@@ -322,6 +324,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     for k, m in enumerate(infos):
         if need_meta and k % META_BATCH == 0:
             metas = await prefetch_meta(s, infos[k:k + META_BATCH])
+        if want_preview is not None and k % META_BATCH == 0:
+            previews = await preview.previews(s, infos[k:k + META_BATCH], want_preview.lazy)
         n = sel.msn(m.uid)
         if not n:
             continue
@@ -338,7 +342,10 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         # Invariant 2: item by item, so no response is ever built whole in memory.
         sep = b"* %d FETCH (" % n
         for att in atts:
-            s.write(sep, *_item(s, att, m, raw, meta))
+            if att.name == "PREVIEW":
+                s.write(sep, preview.preview_item(previews.get(m.blob_id)))
+            else:
+                s.write(sep, *_item(s, att, m, raw, meta))
             sep = b" "
             await s.maybe_flush()
         if m.uid in seen_now and "FLAGS" not in names:

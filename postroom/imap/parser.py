@@ -47,6 +47,7 @@ class FetchAtt:
     section_text: str = ""  # the section as the client wrote it, echoed in the answer
     partial: tuple[int, int] | None = None  # (start, length)
     peek: bool = False
+    lazy: bool = False  # PREVIEW (LAZY), RFC 8970 §6
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +587,20 @@ def _fetch_att(c: Cursor) -> FetchAtt:
         return FetchAtt("BINARY" if binary else "BODY[]", section, text, part, word.endswith(".PEEK"))
     if word in _SIMPLE_ATTS:
         return FetchAtt(word)
+    if word == "PREVIEW":  # RFC 8970 §6: "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]
+        lazy = False
+        if c.startswith(b" ("):
+            save = c.pos
+            c.sp()
+            try:
+                mods = [m.upper() for m in c.paren_list()]
+            except ParseError:
+                mods = []
+            if mods and all(m == "LAZY" for m in mods):
+                lazy = True
+            else:  # not preview modifiers: FETCH modifiers (RFC 4466) after a bare PREVIEW, or an error later
+                c.pos = save
+        return FetchAtt("PREVIEW", lazy=lazy)
     raise c.error(f"Unknown fetch attribute {word}")
 
 

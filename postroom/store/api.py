@@ -583,6 +583,15 @@ class Store(Protocol):
         upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
         body, which does not change)."""
 
+    async def read_previews(self, blob_ids: Iterable[str]) -> dict[str, str]:
+        """The stored preview text (RFC 8970; `mime.preview`) of each body that has one, in one or a few queries.
+        A body whose preview was never written, or that is not stored, is left out."""
+
+    async def write_previews(self, previews: Mapping[str, str]) -> None:
+        """Keep the preview text of bodies (blob id -> text of at most 256 characters), in one transaction, so the
+        next FETCH PREVIEW reads it instead of the body. Bodies no longer stored are skipped; Invalid for a text
+        over 1,024 characters (a preview is small); no change records (derived from the body, like metadata)."""
+
     async def store_flags(
         self,
         mailbox_id: int,

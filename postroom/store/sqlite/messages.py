@@ -452,6 +452,38 @@ class MessagesMixin(Base):
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))
 
+    async def read_previews(self, blob_ids: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(blob_ids))
+        for blob_id in wanted:
+            check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for i in range(0, len(wanted), CHUNK):
+                chunk = wanted[i:i + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for blob_id, text in conn.execute(
+                        f"SELECT id, preview FROM blobs WHERE id IN ({marks}) AND preview IS NOT NULL", chunk):
+                    out[str(blob_id)] = str(text)
+            return out
+
+        if not wanted:
+            return {}
+        return await self._engine.read(q)
+
+    async def write_previews(self, previews: Mapping[str, str]) -> None:
+        rows = [(str(text), blob_id) for blob_id, text in previews.items()]
+        for text, blob_id in rows:
+            check_id(blob_id)
+            if len(text) > 1024:
+                raise Invalid("a preview is at most 1,024 characters")
+
+        def op(tx: Tx) -> None:
+            tx.conn.executemany("UPDATE blobs SET preview = ? WHERE id = ?", rows)  # schema invariant 11
+
+        if rows:
+            await self._engine.write(op, size=sum(len(t) for t, _ in rows))
+
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(blob_ids))
         for blob_id in wanted:

@@ -28,7 +28,8 @@ yet"): the migration reads no bodies (it would hold the write lock for as long a
 8 (issue 14, IMAP extras) adds `messages.save_date` (RFC 8514 SAVEDATE: when the message was saved to the mailbox
 it is in; invariant 10). Rows that exist get NULL: their save date was never recorded, and the RFC's answer for a
 save date the storage does not have is NIL in FETCH and the internal date in SEARCH (RFC 8514 §4.2, §4.3), not a
-guess written now.
+guess written now. It also adds `blobs.preview`, the RFC 8970 preview text of the body (invariant 11), NULL until
+IMAP first computes it.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -53,6 +54,8 @@ Invariants:
    mailbox: RFC 8514 §3 "the current date and time at which the message is delivered to a mailbox") and never
    changed while the row exists (§3 "MUST NOT change as long as the message is contained within the same
    mailbox"); NULL only for rows older than schema 8.
+11. `blobs.preview` is NULL ("not computed yet") or the preview text of the body (`mime.preview`), written once
+   by `write_previews`: like the body, it never changes.
 """
 
 from __future__ import annotations
@@ -251,8 +254,10 @@ def _v7(conn: sqlite3.Connection) -> None:
 
 def _v8(conn: sqlite3.Connection) -> None:
     """IMAP extras (issue 14): the save date of each message (RFC 8514, invariant 10), NULL for the rows that
-    exist (not recorded: FETCH SAVEDATE answers NIL and SEARCH SAVED* uses the internal date for them)."""
+    exist (not recorded: FETCH SAVEDATE answers NIL and SEARCH SAVED* uses the internal date for them); the
+    preview text of each body (RFC 8970, invariant 11), NULL until first asked for."""
     conn.execute("ALTER TABLE messages ADD COLUMN save_date REAL")
+    conn.execute("ALTER TABLE blobs ADD COLUMN preview TEXT")  # invariant 11: computed on first ask
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
