@@ -9,10 +9,10 @@ Layers, from the wire up:
 * `session`: the asyncio state machine over one `net.Connection`, the `{verb: states}` dispatch table and the
   one place that turns exceptions into BAD / NO;
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
-  `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND
-  with MULTIAPPEND),
-  `fetch` (FETCH and its planner; SAVEDATE, RFC 8514), `preview` (FETCH PREVIEW, RFC 8970), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
-  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
+  `mailboxes` (SELECT EXAMINE CREATE with CREATE-SPECIAL-USE, DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB
+  NAMESPACE STATUS APPEND with MULTIAPPEND), `fetch` (FETCH and its planner; SAVEDATE, RFC 8514), `preview`
+  (FETCH PREVIEW, RFC 8970), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE EXPUNGE
+  UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `metadata` (GETMETADATA SETMETADATA, RFC 5464).
 
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.
 """

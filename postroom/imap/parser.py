@@ -87,6 +87,24 @@ class Create:
 
 
 @dataclass(frozen=True, slots=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 §4.2): options, mailbox ("" for the server) and entry names."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None  # §4.2.1 MAXSIZE
+    depth: int = 0  # §4.2.2 DEPTH: 0, 1, or -1 for "infinity"
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 §4.3): mailbox ("" for the server) and (entry, value or None to remove) pairs."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Rename:
     old: str
     new: str
@@ -171,7 +189,7 @@ class IdArgs:
 
 
 Args = (None | Login | Authenticate | Names | MailboxArg | Create | Rename | ListArgs | StatusArgs | AppendArgs
-        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs)
+        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | GetMetadata | SetMetadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +432,81 @@ def _p_id(c: Cursor) -> IdArgs:
             c.sp()
     c.end()
     return IdArgs(tuple(params))
+
+
+# ---- METADATA (RFC 5464 §5 formal syntax)
+
+MAX_METADATA_ITEMS = 1000  # entries named in one GETMETADATA or SETMETADATA
+
+
+def _entry(c: Cursor) -> str:
+    """entry = astring (RFC 5464 §5); its rules (`store.names.metadata_entry`) are checked by the handler."""
+    return c.text(c.astring())
+
+
+def _p_getmetadata(c: Cursor) -> GetMetadata:
+    c.sp()
+    maxsize: int | None = None
+    depth = 0
+    if c.peek() == 0x28:  # getmetadata-options = "(" getmetadata-option *(SP getmetadata-option) ")"
+        c.pos += 1
+        seen: set[str] = set()
+        while True:
+            opt = c.atom().upper()
+            if opt in seen or opt not in ("MAXSIZE", "DEPTH"):
+                raise c.error(f"Unknown or repeated GETMETADATA option {opt[:40]}")
+            seen.add(opt)
+            c.sp()
+            if opt == "MAXSIZE":
+                maxsize = c.number()
+            else:
+                word = c.atom().lower()
+                if word not in ("0", "1", "infinity"):
+                    raise c.error("DEPTH is 0, 1 or infinity")
+                depth = -1 if word == "infinity" else int(word)
+            if c.take(b")"):
+                break
+            c.sp()
+        c.sp()
+    name = c.mailbox()
+    c.sp()
+    entries: list[str] = []
+    if c.take(b"("):
+        while True:
+            entries.append(_entry(c))
+            if len(entries) > MAX_METADATA_ITEMS:
+                raise c.error("Too many entries")
+            if c.take(b")"):
+                break
+            c.sp()
+    else:
+        entries.append(_entry(c))
+    c.end()
+    return GetMetadata(name, tuple(entries), maxsize, depth)
+
+
+def _p_setmetadata(c: Cursor) -> SetMetadata:
+    c.sp()
+    name = c.mailbox()
+    c.sp()
+    c.expect(b"(")
+    entries: list[tuple[str, bytes | None]] = []
+    while True:
+        entry = _entry(c)
+        c.sp()
+        value: bytes | None
+        if c.peek() in (0x7B, 0x7E):  # value = nstring / literal8
+            value = c.literal(allow8=True)[0]
+        else:
+            value = c.nstring()
+        entries.append((entry, value))
+        if len(entries) > MAX_METADATA_ITEMS:
+            raise c.error("Too many entries")
+        if c.take(b")"):
+            break
+        c.sp()
+    c.end()
+    return SetMetadata(name, tuple(entries))
 
 
 def _p_expunge_uid(c: Cursor) -> SeqArg:
@@ -672,6 +765,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "SUBSCRIBE": _p_mailbox, "UNSUBSCRIBE": _p_mailbox, "RENAME": _p_rename,
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
+    "GETMETADATA": _p_getmetadata, "SETMETADATA": _p_setmetadata,
 }
 _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,

@@ -141,7 +141,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "MULTIAPPEND",
-            "CREATE-SPECIAL-USE", "SAVEDATE", "PREVIEW"]
+            "CREATE-SPECIAL-USE", "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER"]
 
 
 class Service:
@@ -510,7 +510,7 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
+    from . import auth, fetch, idle, mailboxes, messages, metadata, search  # noqa: F401 - they register commands
 
     service = Service(services, listener)
 

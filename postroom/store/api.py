@@ -74,6 +74,10 @@ class SpecialUseTaken(Invalid):
     per user)."""
 
 
+class MetadataTooMany(Invalid):
+    """`set_metadata` would give the user more than `names.MAX_METADATA_ENTRIES` entries (RFC 5464 TOOMANY)."""
+
+
 class InsufficientStorage(StoreError):
     """The disk (or the database) is full: ENOSPC or EDQUOT from a file write, SQLITE_FULL from SQLite. Nothing
     was stored. Each protocol answers it with its own code: SMTP `452 4.3.1` (RFC 3463 §3.4 "mail system
@@ -494,6 +498,21 @@ class Store(Protocol):
         """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # ---- IMAP METADATA (RFC 5464)
+    async def get_metadata(self, user_id: int, mailbox_id: int, names: Sequence[str],
+                           depth: int = 0) -> list[tuple[str, bytes]]:
+        """The stored entries (name, value) of `user_id` on the mailbox `mailbox_id` (0: the server) among
+        `names` (entry names, any case), sorted by name and each once: with `depth` 0 the named entries, 1 also
+        their children (one "/" level deeper), -1 every descendant (RFC 5464 §4.2.2 DEPTH). Names come back
+        lower-case (entry names are case-insensitive). Entries not stored are left out."""
+
+    async def set_metadata(self, user_id: int, mailbox_id: int, entries: Sequence[tuple[str, bytes | None]]) -> None:
+        """Set (or, for a None value, remove) entries of `user_id` on the mailbox `mailbox_id` (0: the server), in
+        one transaction: all or none (RFC 5464 §4.3). NotFound if the mailbox is not the user's or is gone;
+        Invalid for a name that is not a valid entry name (`names.metadata_entry`) or a value over
+        `names.MAX_METADATA_VALUE` octets; MetadataTooMany if the user would have more than
+        `names.MAX_METADATA_ENTRIES` entries. A mailbox's entries are deleted with it."""
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         """IMAP \\Recent (RFC 3501 §2.3.2): atomically move the mailbox's watermark (the highest UID some session

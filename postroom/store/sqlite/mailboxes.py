@@ -166,6 +166,7 @@ class MailboxesMixin(Base):
             )
             tx.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
             tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))  # cascades to expunged
+            tx.conn.execute("DELETE FROM metadata WHERE mailbox_id = ?", (mbox.id,))  # schema invariant 12
             release_blobs(tx, counts)
             change = Change(ChangeKind.MAILBOX_DELETED, user_id, mbox.id, name=name)
             tx.changes.append(change)

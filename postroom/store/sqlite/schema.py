@@ -29,7 +29,8 @@ yet"): the migration reads no bodies (it would hold the write lock for as long a
 it is in; invariant 10). Rows that exist get NULL: their save date was never recorded, and the RFC's answer for a
 save date the storage does not have is NIL in FETCH and the internal date in SEARCH (RFC 8514 §4.2, §4.3), not a
 guess written now. It also adds `blobs.preview`, the RFC 8970 preview text of the body (invariant 11), NULL until
-IMAP first computes it.
+IMAP first computes it, and `metadata(user_id, mailbox_id, name, value)`: IMAP METADATA entries (RFC 5464) of a
+user, on a mailbox or (mailbox_id 0) on the server (invariant 12).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -56,6 +57,9 @@ Invariants:
    mailbox"); NULL only for rows older than schema 8.
 11. `blobs.preview` is NULL ("not computed yet") or the preview text of the body (`mime.preview`), written once
    by `write_previews`: like the body, it never changes.
+12. A `metadata` row belongs to a user (cascade on user removal) and to one of that user's mailboxes, or to the
+   server when `mailbox_id` is 0; deleting a mailbox deletes its rows in the same transaction. Names are stored
+   lower-case (entry names are case-insensitive); a user has at most `names.MAX_METADATA_ENTRIES` rows.
 """
 
 from __future__ import annotations
@@ -255,9 +259,15 @@ def _v7(conn: sqlite3.Connection) -> None:
 def _v8(conn: sqlite3.Connection) -> None:
     """IMAP extras (issue 14): the save date of each message (RFC 8514, invariant 10), NULL for the rows that
     exist (not recorded: FETCH SAVEDATE answers NIL and SEARCH SAVED* uses the internal date for them); the
-    preview text of each body (RFC 8970, invariant 11), NULL until first asked for."""
+    preview text of each body (RFC 8970, invariant 11), NULL until first asked for; the METADATA entries
+    (RFC 5464, invariant 12), none yet."""
     conn.execute("ALTER TABLE messages ADD COLUMN save_date REAL")
     conn.execute("ALTER TABLE blobs ADD COLUMN preview TEXT")  # invariant 11: computed on first ask
+    conn.execute(
+        "CREATE TABLE metadata(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " mailbox_id INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,"
+        " PRIMARY KEY(user_id, mailbox_id, name)) WITHOUT ROWID"
+    )  # invariant 12
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
