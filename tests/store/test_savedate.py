@@ -54,6 +54,7 @@ async def test_save_date_is_when_saved_to_this_mailbox(tmp_path: Path) -> None:
 
 
 async def test_messages_from_before_schema_8_have_no_save_date(tmp_path: Path) -> None:
+    """Schema step 8 on a database as version 7 left it, with a user and a message in it."""
     db = tmp_path / "v7.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("BEGIN")
@@ -83,6 +84,12 @@ async def test_messages_from_before_schema_8_have_no_save_date(tmp_path: Path) -
         res = await store.append(box_id, msg(1))
         new = await store.get_message(box_id, res.uid)
         assert new is not None and new.save_date is not None
+        # the step's other parts work on the upgraded store: previews (none yet) and METADATA entries
+        assert await store.read_previews([old.blob_id]) == {}
+        await store.write_previews({old.blob_id: "hello"})
+        assert await store.read_previews([old.blob_id]) == {old.blob_id: "hello"}
+        await store.set_metadata(1, box_id, [("/private/comment", b"kept")])
+        assert await store.get_metadata(1, box_id, ["/private/comment"]) == [("/private/comment", b"kept")]
     finally:
         await store.close()
 
