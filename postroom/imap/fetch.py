@@ -247,7 +247,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -
                 elif name == "INTERNALDATE":
                     items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
                 elif name == "SAVEDATE":
-                    items.append(savedate_item(cols.save_dates[i]))
+                    items.append(savedate_item(cols.save_dates[i] if cols.save_dates else None))
                 else:  # RFC822.SIZE
                     items.append(b"RFC822.SIZE %d" % cols.sizes[i])
             lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))

@@ -306,6 +306,7 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
     conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
     conn.execute("ALTER TABLE messages DROP COLUMN save_date")  # ... and no later step's columns
     conn.execute("ALTER TABLE blobs DROP COLUMN preview")
+    conn.execute("DROP TABLE metadata")
     conn.execute("PRAGMA user_version = 6")
     conn.commit()
     conn.close()
