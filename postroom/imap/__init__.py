@@ -10,13 +10,14 @@ Layers, from the wire up:
   one place that turns exceptions into BAD / NO;
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
   UNAUTHENTICATE),
-  `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
-  `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES, WITHIN;
-  narrowed by the store's full-text index), `messages` (STORE COPY MOVE
-  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress` (COMPRESS, RFC 4978: the deflate layer
-  itself is the connection's, `net/connection.py`), `notify` (NOTIFY, RFC 5465: which changes of which mailboxes
-  are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS MYRIGHTS,
-  RFC 4314; the "Other Users" namespace and the rights every command checks on another user's mailbox).
+  `mailboxes` (SELECT EXAMINE CREATE with CREATE-SPECIAL-USE, DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB
+  NAMESPACE STATUS APPEND with MULTIAPPEND), `fetch` (FETCH and its planner; SAVEDATE, RFC 8514), `preview`
+  (FETCH PREVIEW, RFC 8970), `search` (SEARCH, ESEARCH, SEARCHRES, WITHIN; narrowed by the store's full-text
+  index), `messages` (STORE COPY MOVE EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress`
+  (COMPRESS, RFC 4978: the deflate layer itself is the connection's, `net/connection.py`), `notify` (NOTIFY,
+  RFC 5465: which changes of which mailboxes are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS
+  MYRIGHTS, RFC 4314; the "Other Users" namespace and the rights every command checks on another user's
+  mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464).
 
 CONDSTORE and QRESYNC (RFC 7162) are not a family of their own: they modify SELECT/EXAMINE (`mailboxes`), FETCH
 (`fetch`), STORE and the expunging commands (`messages`), SEARCH (`search`), STATUS and ENABLE; what a session

@@ -56,7 +56,7 @@ from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Flag, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
 
-from . import encoder
+from . import encoder, preview
 from . import parser as P
 from .messages import member, resolve, sel_of
 from .session import ONLY_SELECTED, Bad, No, Result, Session, command
@@ -70,7 +70,7 @@ _HEADER = Section((), "HEADER")
 _TEXT = Section((), "TEXT")
 _WHOLE = Section()
 
-_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}  # items the message rows answer alone
+_LIGHT = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "SAVEDATE"}  # items the message rows answer alone
 UID_MAX = 0xFFFFFFFF  # "*" in VANISHED's UID set: every UID the client may have known
 META_BATCH = 1000  # messages whose metadata is read in one store call
 log = logging.getLogger("postroom.imap")
@@ -265,6 +265,8 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
                     items.append(b"INTERNALDATE " + encoder.internal_date(cols.internal_dates[i]))
                 elif name == "MODSEQ":  # RFC 7162 §3.1.4.2
                     items.append(b"MODSEQ (%d)" % cols.modseqs[i])
+                elif name == "SAVEDATE":
+                    items.append(savedate_item(cols.save_dates[i] if cols.save_dates else None))
                 else:  # RFC822.SIZE
                     items.append(b"RFC822.SIZE %d" % cols.sizes[i])
             lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))
@@ -321,6 +323,12 @@ async def vanished_earlier(s: Session, seqset: P.SeqSet, since: int) -> None:
     s.write(*vanished_lines(missing_ranges(asked, sel.uids), earlier=True))
 
 
+def savedate_item(save_date: float | None) -> bytes:
+    """`SAVEDATE date-time`, or `SAVEDATE NIL` for a message whose save date the store does not have (saved
+    before schema 12): RFC 8514 §4.2, NIL where "the underlying mailbox storage does not support" it."""
+    return b"SAVEDATE " + (b"NIL" if save_date is None else encoder.internal_date(save_date))
+
+
 def _label(att: P.FetchAtt) -> bytes:
     base = b"BINARY" if att.name == "BINARY" else b"BINARY.SIZE" if att.name == "BINARY.SIZE" else b"BODY"
     label = base + b"[" + att.section_text.encode("utf-8", "surrogateescape") + b"]"
@@ -369,6 +377,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)
+    want_preview = next((t for t in atts if t.name == "PREVIEW"), None)  # RFC 8970 (imap/preview.py)
+    previews: dict[str, str | None] = {}
     seen_now: set[int] = set()
     if sets_seen:
         unseen = [m.uid for m in infos if not m.flags & _SEEN]
@@ -385,6 +395,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     for k, m in enumerate(infos):
         if need_meta and k % META_BATCH == 0:
             metas = await prefetch_meta(s, infos[k:k + META_BATCH])
+        if want_preview is not None and k % META_BATCH == 0:
+            previews = await preview.previews(s, infos[k:k + META_BATCH], want_preview.lazy)
         n = sel.msn(m.uid)
         if not n:
             continue
@@ -401,7 +413,10 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         # Invariant 2: item by item, so no response is ever built whole in memory.
         sep = b"* %d FETCH (" % n
         for att in atts:
-            s.write(sep, *_item(s, att, m, raw, meta))
+            if att.name == "PREVIEW":
+                s.write(sep, preview.preview_item(previews.get(m.blob_id)))
+            else:
+                s.write(sep, *_item(s, att, m, raw, meta))
             sep = b" "
             await s.maybe_flush()
         if m.uid in seen_now and "FLAGS" not in names:
@@ -458,6 +473,8 @@ def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: 
         return [b"RFC822.SIZE %d" % m.size]
     if name == "MODSEQ":  # RFC 7162 §3.1.4.2
         return [b"MODSEQ (%d)" % m.modseq]
+    if name == "SAVEDATE":
+        return [savedate_item(m.save_date)]
     if name == "ENVELOPE":
         assert meta is not None
         return [b"ENVELOPE ", meta.envelope]

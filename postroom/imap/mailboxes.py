@@ -1,6 +1,7 @@
 """Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, NAMESPACE,
 STATUS, APPEND (RFC 9051 §6.3; LIST-EXTENDED RFC 5258, SPECIAL-USE RFC 6154, LIST-STATUS RFC 5819,
-CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438).
+CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438, MULTIAPPEND RFC 3502,
+CREATE-SPECIAL-USE RFC 6154 §3).
 
 Theory of operation
 -------------------
@@ -46,6 +47,8 @@ Invariants
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
    file goes to `Store.append_file`; the handler removes it if it fails first.
+6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
+   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
 5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
@@ -62,12 +65,22 @@ from array import array
 
 from postroom.mime import pool
 from postroom.store import names
-from postroom.store.api import RIGHTS, AppendRequest, Flag, Forbidden, Mailbox, MailboxStatus, flags_allowed
+from postroom.store.api import (
+    RIGHTS,
+    AppendRequest,
+    Flag,
+    Forbidden,
+    Mailbox,
+    MailboxStatus,
+    SpecialUseTaken,
+    StagedAppend,
+    flags_allowed,
+)
 
 from . import acl, encoder
 from . import parser as P
 from .messages import parse_flags
-from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
+from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
 from .state import Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
 
 SEP = "/"
@@ -198,16 +211,40 @@ async def _resync(s: Session, sel: Selected, q: P.Qresync) -> None:
 
 # ---- CREATE / DELETE / RENAME / SUBSCRIBE / UNSUBSCRIBE (RFC 9051 §6.3.4 - §6.3.8)
 
+# CREATE-SPECIAL-USE (RFC 6154 §3): the uses a CREATE may give. Of §2's seven, \All and \Flagged name virtual
+# mailboxes (every message, every flagged message) that this server does not keep: a real mailbox marked so would
+# mislead clients, so they are refused like unknown ones.
+CREATE_USES = {u.lower(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
+
+
+def create_use(uses: tuple[str, ...]) -> str | None:
+    """The one special use of a CREATE (USE (...)), or None. Raises No [USEATTR] (RFC 6154 §3: "the specified
+    special use is not supported or cannot be assigned") for an attribute not in `CREATE_USES` or for more
+    than one: the store keeps one special use per mailbox."""
+    distinct = {u.lower() for u in uses}
+    if not distinct:
+        return None
+    if len(distinct) > 1:
+        raise No("A mailbox can have one special use here", "USEATTR")
+    (use,) = distinct
+    if use not in CREATE_USES:
+        raise No(f"Special use {use[:40]} cannot be given to a mailbox here", "USEATTR")
+    return CREATE_USES[use]
+
+
 @command("CREATE", AUTHED)
 async def create(s: Session, cmd: P.Command) -> Result:
-    assert isinstance(cmd.args, P.MailboxArg)
+    assert isinstance(cmd.args, P.Create)
     name = stored_name(s, cmd.args.mailbox).rstrip(SEP)  # RFC 9051 §6.3.4: a trailing separator is intent
     if not name or "*" in name or "%" in name:
         raise No("Invalid mailbox name", "CANNOT")
     if name.upper() == "INBOX":
         raise No("INBOX always exists", "ALREADYEXISTS")
+    use = create_use(cmd.args.uses)
     other = acl.split_other(name)
     if other is not None and other[1]:  # in another user's hierarchy: RFC 4314 §4, "k" on the parent
+        if use is not None:  # RFC 6154 §3: special uses are the owner's to give
+            raise No("Special-use attributes are for your own mailboxes", "USEATTR")
         owner = await acl.owner_id(s, other[0], "CREATE")
         try:  # the store checks "k" on the nearest existing parent, hidden or not, in its transaction
             await s.store.create_mailbox(owner, other[1], as_user=_user_id(s))
@@ -216,7 +253,11 @@ async def create(s: Session, cmd: P.Command) -> Result:
         return "", "CREATE completed"
     if acl.in_other_namespace(name):
         raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
-    await s.store.create_mailbox(_user_id(s), name)
+    try:
+        await s.store.create_mailbox(_user_id(s), name, use)
+    except SpecialUseTaken:
+        # RFC 6154 §3: the mailbox is not created; one mailbox per special use per user (store api).
+        raise No(f"Another mailbox is {use} already", "USEATTR") from None
     return "", "CREATE completed"
 
 
@@ -455,22 +496,27 @@ async def status(s: Session, cmd: P.Command) -> Result:
     return "", "STATUS completed"
 
 
-# ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8)
+# ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8, MULTIAPPEND RFC 3502)
 
 @command("APPEND", AUTHED)
 async def append(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.AppendArgs)
-    staged = s.take_staged()  # a large message, already in a staging file (module invariant 3)
+    staged = s.take_staged()  # large messages, already in staging files (module invariant 3)
     try:
         # RFC 9051 §6.3.12 TRYCREATE; RFC 4314 §4: "i" to append
         target = acl.need(await acl.resolve(s, stored_name(s, a.mailbox)), "i", "APPEND", "TRYCREATE")
         mbox = target.mailbox
-        if staged is not None and staged.error is not None:
-            raise staged.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
-        if staged is not None and a.message:
+        for st in staged:
+            if st.error is not None:
+                raise st.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
+        messages = a.messages()
+        if len(messages) > 1:
+            return await _multiappend(s, mbox, messages, staged, target.rights if target.shared else None)
+        if len(staged) > 1 or (staged and a.message):
             raise Bad("The message must be the only large literal")
-        size = len(a.message) if staged is None else staged.size
+        one = staged[0] if staged else None
+        size = len(a.message) if one is None else one.size
         if size > s.limits.message_size:
             raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")
         if not size:
@@ -480,20 +526,66 @@ async def append(s: Session, cmd: P.Command) -> Result:
             flags &= flags_allowed(target.rights)
             keywords = keywords if "w" in target.rights else []
         date = a.date if a.date is not None else time.time()
-        if staged is not None:
-            assert staged.path is not None  # no error, so a file
-            try:
-                meta = await pool.meta_of_file(staged.path, staged.size, s.limits, allow_nul=staged.binary)
-            except pool.NulInLiteral:
-                raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
-            res = await s.store.append_file(mbox.id, staged.path, flags=flags, keywords=frozenset(keywords),
-                                            internal_date=date, meta=meta.to_bytes())
+        if one is not None:
+            assert one.path is not None  # no error, so a file
+            meta = await _file_meta(s, one)
+            res = await s.store.append_file(mbox.id, one.path, flags=flags, keywords=frozenset(keywords),
+                                            internal_date=date, meta=meta)
             return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
     finally:
-        if staged is not None and staged.path is not None:
-            staged.path.unlink(missing_ok=True)
+        for st in staged:
+            if st.path is not None:
+                st.path.unlink(missing_ok=True)
     raw = a.message
     meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (mime/pool.py)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
                                                       internal_date=date, meta=meta_bytes))
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
+
+
+async def _file_meta(s: Session, st: StagedLiteral) -> bytes:
+    """The metadata of a staged message, computed by a worker that reads the file (module invariant 3)."""
+    assert st.path is not None
+    try:
+        meta = await pool.meta_of_file(st.path, st.size, s.limits, allow_nul=st.binary)
+    except pool.NulInLiteral:
+        raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
+    return meta.to_bytes()
+
+
+async def _multiappend(s: Session, mbox: Mailbox, messages: tuple[P.AppendMessage, ...],
+                       staged: list[StagedLiteral], rights: str | None) -> Result:
+    """RFC 3502: several messages in one APPEND, all stored in one store transaction or none (§3: "all or
+    nothing"); the answer is APPENDUID with the UID set (RFC 4315 §3 append-uid). Staged messages stay files
+    (`StagedAppend`); the caller removes whatever the store did not take. `rights`: the user's rights on
+    another user's mailbox (None: their own); flags they may not set are left off, as for one message."""
+    # A staged message left an empty literal in the command (session.py); a literal the client sent empty is
+    # an empty message, refused like a single one (so the counts differ).
+    empties = sum(1 for m in messages if not m.message)
+    if len(staged) > empties:
+        raise Bad("A large literal that is not a message")
+    if len(staged) < empties:
+        raise No("Empty message", "CANNOT")
+    files = iter(staged)
+    now = time.time()
+    items: list[AppendRequest | StagedAppend] = []
+    for m in messages:
+        st = next(files) if not m.message else None
+        size = len(m.message) if st is None else st.size
+        if size > s.limits.message_size:
+            raise No(f"Message larger than {s.limits.message_size} bytes", "TOOBIG")  # RFC 7889 §4
+        flags, keywords = parse_flags(m.flags)
+        if rights is not None:  # RFC 4314 §4, as in `append`
+            flags &= flags_allowed(rights)
+            keywords = keywords if "w" in rights else []
+        date = m.date if m.date is not None else now
+        if st is not None:
+            assert st.path is not None
+            items.append(StagedAppend(st.path, flags, frozenset(keywords), date, await _file_meta(s, st)))
+        else:
+            items.append(AppendRequest(m.message, flags, frozenset(keywords), date,
+                                       await pool.meta_bytes(m.message, s.limits)))
+    results = await s.store.append_multi(mbox.id, items)
+    uidvalidity = results[0].uidvalidity
+    uid_set = encoder.seqset([r.uid for r in results]).decode("ascii")
+    return f"APPENDUID {uidvalidity} {uid_set}", "APPEND completed"

@@ -13,7 +13,7 @@ Invariants
 2. The parser recurses at most `syntax.MAX_DEPTH` levels (parenthesised search keys, NOT, OR).
 3. Mailbox names come out as the client's text (UTF-8 decoded, undecodable bytes kept as surrogates); the
    session, which knows whether UTF-8 names were enabled, does the modified UTF-7 step (RFC 3501 §5.1.3).
-4. Arguments the server does not implement (unknown SELECT, FETCH and STORE modifiers, MULTIAPPEND) are
+4. Arguments the server does not implement (unknown SELECT, FETCH and STORE modifiers) are
    syntax errors, not silently ignored. The CONDSTORE and QRESYNC ones (RFC 7162 §7) are parsed here; what
    depends on the session (QRESYNC enabled, VANISHED only with UID FETCH) is checked by the handlers.
 5. Sets that a client may make as long as it likes (known-uids, seq-match-data) are kept as ranges, never
@@ -50,6 +50,7 @@ class FetchAtt:
     section_text: str = ""  # the section as the client wrote it, echoed in the answer
     partial: tuple[int, int] | None = None  # (start, length)
     peek: bool = False
+    lazy: bool = False  # PREVIEW (LAZY), RFC 8970 §6
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,30 @@ class SelectArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class Create:
+    mailbox: str
+    uses: tuple[str, ...] = ()  # CREATE-SPECIAL-USE (RFC 6154 §3): the USE attributes as given
+
+
+@dataclass(frozen=True, slots=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 §4.2): options, mailbox ("" for the server) and entry names."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None  # §4.2.1 MAXSIZE
+    depth: int = 0  # §4.2.2 DEPTH: 0, 1, or -1 for "infinity"
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 §4.3): mailbox ("" for the server) and (entry, value or None to remove) pairs."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Rename:
     old: str
     new: str
@@ -124,12 +149,27 @@ class StatusArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND: its flags, date-time and literal (RFC 3502 append-message)."""
+
+    flags: tuple[str, ...]
+    date: float | None
+    message: bytes
+    binary: bool  # literal8 (RFC 3516 §4.4)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendArgs:
     mailbox: str
     flags: tuple[str, ...]
     date: float | None
     message: bytes
     binary: bool  # literal8 (RFC 3516 §4.4)
+    more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND (RFC 3502): the second message on
+
+    def messages(self) -> tuple[AppendMessage, ...]:
+        """Every message of the command, in order."""
+        return (AppendMessage(self.flags, self.date, self.message, self.binary), *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +239,9 @@ class NotifyArgs:
     status: bool = False  # NOTIFY SET STATUS
 
 
-
-Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Rename | ListArgs | StatusArgs | AppendArgs
-        | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs | NotifyArgs)
+Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Create | Rename | ListArgs | StatusArgs
+        | AppendArgs | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs | NotifyArgs
+        | GetMetadata | SetMetadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +380,33 @@ def _p_select(c: Cursor) -> SelectArgs:
     return SelectArgs(name, condstore, qresync)
 
 
+def _p_create(c: Cursor) -> Create:
+    """RFC 4466 §2.2 create-params, of which RFC 6154 §6 defines one: "USE" SP "(" [use-attr *(SP use-attr)] ")",
+    each use-attr a backslash and an atom. Any other parameter is BAD (parser invariant 4)."""
+    c.sp()
+    name = c.mailbox()
+    uses: list[str] = []
+    if c.peek() == 0x20 and c.data[c.pos:].strip(b" "):
+        c.sp()
+        c.expect(b"(")
+        seen = False
+        while True:
+            word = c.atom().upper()
+            if word != "USE" or seen:
+                raise c.error(f"Unknown CREATE parameter {word[:40]}")
+            seen = True
+            c.sp()
+            for attr in c.flag_list():
+                if not attr.startswith("\\") or attr == "\\*":
+                    raise c.error("A special use is a backslash and an atom")
+                uses.append(attr)
+            if c.take(b")"):
+                break
+            c.sp()
+    c.end()
+    return Create(name, tuple(uses))
+
+
 def _p_rename(c: Cursor) -> Rename:
     c.sp()
     old = c.mailbox()
@@ -439,10 +506,9 @@ def _p_status(c: Cursor) -> StatusArgs:
     return StatusArgs(name, tuple(items))
 
 
-def _p_append(c: Cursor) -> AppendArgs:
-    c.sp()
-    name = c.mailbox()
-    c.sp()
+def _append_message(c: Cursor) -> AppendMessage:
+    """RFC 3502 §6: append-message = append-opts SP append-data, append-opts = [SP flag-list] [SP date-time]
+    (the SP before it already taken)."""
     flags: list[str] = []
     date = None
     if c.peek() == 0x28:
@@ -454,10 +520,20 @@ def _p_append(c: Cursor) -> AppendArgs:
     if c.peek() not in (0x7B, 0x7E):
         raise c.error("Expected the message literal")
     message, binary = c.literal(allow8=True)
-    if c.peek() == 0x20 and not c.at_end() and c.data[c.pos:].strip(b" "):
-        raise c.error("MULTIAPPEND is not supported")
+    return AppendMessage(tuple(flags), date, message, binary)
+
+
+def _p_append(c: Cursor) -> AppendArgs:
+    c.sp()
+    name = c.mailbox()
+    c.sp()
+    first = _append_message(c)
+    more: list[AppendMessage] = []
+    while c.peek() == 0x20 and c.data[c.pos:].strip(b" "):  # RFC 3502: 1*append-message
+        c.sp()
+        more.append(_append_message(c))
     c.end()
-    return AppendArgs(name, tuple(flags), date, message, binary)
+    return AppendArgs(name, first.flags, first.date, first.message, first.binary, tuple(more))
 
 
 def _p_id(c: Cursor) -> IdArgs:
@@ -480,6 +556,81 @@ def _p_id(c: Cursor) -> IdArgs:
     return IdArgs(tuple(params))
 
 
+# ---- METADATA (RFC 5464 §5 formal syntax)
+
+MAX_METADATA_ITEMS = 1000  # entries named in one GETMETADATA or SETMETADATA
+
+
+def _entry(c: Cursor) -> str:
+    """entry = astring (RFC 5464 §5); its rules (`store.names.metadata_entry`) are checked by the handler."""
+    return c.text(c.astring())
+
+
+def _p_getmetadata(c: Cursor) -> GetMetadata:
+    c.sp()
+    maxsize: int | None = None
+    depth = 0
+    if c.peek() == 0x28:  # getmetadata-options = "(" getmetadata-option *(SP getmetadata-option) ")"
+        c.pos += 1
+        seen: set[str] = set()
+        while True:
+            opt = c.atom().upper()
+            if opt in seen or opt not in ("MAXSIZE", "DEPTH"):
+                raise c.error(f"Unknown or repeated GETMETADATA option {opt[:40]}")
+            seen.add(opt)
+            c.sp()
+            if opt == "MAXSIZE":
+                maxsize = c.number()
+            else:
+                word = c.atom().lower()
+                if word not in ("0", "1", "infinity"):
+                    raise c.error("DEPTH is 0, 1 or infinity")
+                depth = -1 if word == "infinity" else int(word)
+            if c.take(b")"):
+                break
+            c.sp()
+        c.sp()
+    name = c.mailbox()
+    c.sp()
+    entries: list[str] = []
+    if c.take(b"("):
+        while True:
+            entries.append(_entry(c))
+            if len(entries) > MAX_METADATA_ITEMS:
+                raise c.error("Too many entries")
+            if c.take(b")"):
+                break
+            c.sp()
+    else:
+        entries.append(_entry(c))
+    c.end()
+    return GetMetadata(name, tuple(entries), maxsize, depth)
+
+
+def _p_setmetadata(c: Cursor) -> SetMetadata:
+    c.sp()
+    name = c.mailbox()
+    c.sp()
+    c.expect(b"(")
+    entries: list[tuple[str, bytes | None]] = []
+    while True:
+        entry = _entry(c)
+        c.sp()
+        value: bytes | None
+        if c.peek() in (0x7B, 0x7E):  # value = nstring / literal8
+            value = c.literal(allow8=True)[0]
+        else:
+            value = c.nstring()
+        entries.append((entry, value))
+        if len(entries) > MAX_METADATA_ITEMS:
+            raise c.error("Too many entries")
+        if c.take(b")"):
+            break
+        c.sp()
+    c.end()
+    return SetMetadata(name, tuple(entries))
+
+
 def _p_expunge_uid(c: Cursor) -> SeqArg:
     c.sp()
     s = c.seqset()
@@ -490,9 +641,11 @@ def _p_expunge_uid(c: Cursor) -> SeqArg:
 # ---- SEARCH (RFC 9051 §6.4.4, RFC 4731 ESEARCH, RFC 5182 SEARCHRES)
 
 _FLAG_KEYS = {"ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT",
-              "UNFLAGGED", "UNSEEN", "ALL", "NEW", "OLD", "RECENT"}
+              "UNFLAGGED", "UNSEEN", "ALL", "NEW", "OLD", "RECENT",
+              "SAVEDATESUPPORTED"}  # RFC 8514 §4.3
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # RFC 8514 §4.3
 SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
 
 
@@ -596,7 +749,8 @@ def _p_search(c: Cursor) -> SearchArgs:
 # ---- FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY)
 
 _SIMPLE_ATTS = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-                "BODYSTRUCTURE", "UID", "BODY", "MODSEQ"}  # MODSEQ: RFC 7162 §3.1.4.2
+                "BODYSTRUCTURE", "UID", "BODY", "MODSEQ",  # MODSEQ: RFC 7162 §3.1.4.2
+                "SAVEDATE"}  # RFC 8514 §4.2
 MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -670,6 +824,20 @@ def _fetch_att(c: Cursor) -> FetchAtt:
         return FetchAtt("BINARY" if binary else "BODY[]", section, text, part, word.endswith(".PEEK"))
     if word in _SIMPLE_ATTS:
         return FetchAtt(word)
+    if word == "PREVIEW":  # RFC 8970 §6: "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]
+        lazy = False
+        if c.startswith(b" ("):
+            save = c.pos
+            c.sp()
+            try:
+                mods = [m.upper() for m in c.paren_list()]
+            except ParseError:
+                mods = []
+            if mods and all(m == "LAZY" for m in mods):
+                lazy = True
+            else:  # not preview modifiers: FETCH modifiers (RFC 4466) after a bare PREVIEW, or an error later
+                c.pos = save
+        return FetchAtt("PREVIEW", lazy=lazy)
     raise c.error(f"Unknown fetch attribute {word}")
 
 
@@ -869,11 +1037,12 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "CAPABILITY": _p_none, "NOOP": _p_none, "LOGOUT": _p_none, "STARTTLS": _p_none, "CHECK": _p_none,
     "CLOSE": _p_none, "UNSELECT": _p_none, "IDLE": _p_none, "NAMESPACE": _p_none, "EXPUNGE": _p_none,
     "LOGIN": _p_login, "AUTHENTICATE": _p_authenticate, "ENABLE": _p_enable,
-    "SELECT": _p_select, "EXAMINE": _p_select, "CREATE": _p_mailbox, "DELETE": _p_mailbox,
+    "SELECT": _p_select, "EXAMINE": _p_select, "CREATE": _p_create, "DELETE": _p_mailbox,
     "SUBSCRIBE": _p_mailbox, "UNSUBSCRIBE": _p_mailbox, "RENAME": _p_rename,
     "LIST": _p_list, "LSUB": _p_lsub, "STATUS": _p_status, "APPEND": _p_append, "ID": _p_id,
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none, "NOTIFY": _p_notify,
+    "GETMETADATA": _p_getmetadata, "SETMETADATA": _p_setmetadata,
 }
 _PARSERS.update({  # RFC 4314 §3 (ACL)
     "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),

@@ -18,8 +18,9 @@ short to look up (under three characters), or a program whose text keys sit unde
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
 calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
-sender's zone (SENT*, `MessageMeta.sent_day`). OLDER and YOUNGER (RFC 5032, WITHIN) compare the internal date
-with the time the SEARCH started, to the second.
+sender's zone (SENT*, `MessageMeta.sent_day`), or the UTC day of the save date (SAVED*, RFC 8514 §4.3; the
+internal date for a message saved before schema 12, whose save date was not recorded). OLDER and YOUNGER (RFC
+5032, WITHIN) compare the internal date with the time the SEARCH started, to the second.
 
 MODSEQ n (RFC 7162 §3.1.5) matches messages whose MODSEQ is n or more; Postroom keeps one MODSEQ per message, so
 the optional entry name and type (a flag's own mod-sequence) are checked for syntax and answered with the
@@ -228,6 +229,14 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return bool(m.internal_date <= ctx.now - args[0])
     if op == "YOUNGER":
         return bool(m.internal_date > ctx.now - args[0])
+    if op in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+        # RFC 8514 §4.3: the save date's UTC day, as BEFORE/ON/SINCE take the internal date's; a message whose
+        # save date is not stored (saved before schema 12) is judged by its internal date, the fallback §4.3
+        # gives where the storage has no save date.
+        day = _day(m.internal_date if m.save_date is None else m.save_date)
+        return bool(day < args[0] if op == "SAVEDBEFORE" else day == args[0] if op == "SAVEDON" else day >= args[0])
+    if op == "SAVEDATESUPPORTED":
+        return True  # RFC 8514 §4.3: every mailbox here keeps save dates
     assert meta is not None
     if op in _TEXT_OPS:
         return ctx.hits[(op, args)]  # evaluated before, in slices (`_Ctx.evaluate_text`)
@@ -248,7 +257,7 @@ class _Row:
     """The one message `_match` looks at when no metadata is needed: filled in place from `MessageColumns`, so
     a search of a large mailbox makes no object per message."""
 
-    __slots__ = ("uid", "modseq", "flags", "size", "internal_date", "keywords")
+    __slots__ = ("uid", "modseq", "flags", "size", "internal_date", "keywords", "save_date")
 
     def __init__(self) -> None:
         self.uid = 0
@@ -257,6 +266,7 @@ class _Row:
         self.size = 0
         self.internal_date = 0.0
         self.keywords: frozenset[str] = frozenset()
+        self.save_date: float | None = None
 
 
 _Msg = MessageInfo | _Row
@@ -300,10 +310,12 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
         out = []
         row = _Row()
         kw_at = cols.keywords_at
+        saved = cols.save_dates
         nodes = count_keys(key)
         for i, (uid, flags, size, date) in enumerate(zip(cols.uids, cols.flags, cols.sizes, cols.internal_dates)):
             row.uid, row.flags, row.size, row.internal_date, row.keywords = uid, flags, size, date, kw_at(i)
             row.modseq = cols.modseqs[i]
+            row.save_date = saved[i] if saved else None
             if _match(key, row, None, ctx):
                 out.append(uid)
             await ctx.tick(nodes=nodes)  # invariant 3

@@ -15,11 +15,13 @@ return the tagged OK's response code and text, or raise:
 * anything else: logged with its traceback, tagged `NO [SERVERBUG]`; the session goes on.
 
 Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announced after login, is not
-buffered by the framer. `_stream_literal` writes it from the connection in chunks of at most `STREAM_CHUNK`
-bytes straight into a file in the store's staging directory (`Store.staging_dir`), the command text keeps an
-empty literal in its place, and the APPEND handler hands the file to `Store.append_file`, which moves it into
-the store without a copy. The file is removed whatever happens: by the store, by the handler, after a command
-that did not take it (`_drop_staged`), or when the connection fails mid-literal.
+buffered by the framer; nor is one that would take the command's memory past `STREAM_LITERAL_MIN` plus the
+command size (the later messages of a MULTIAPPEND, RFC 3502). `_stream_literal` writes it from the connection
+in chunks of at most `STREAM_CHUNK` bytes straight into a file in the store's staging directory
+(`Store.staging_dir`), the command text keeps an empty literal in its place, and the APPEND handler hands the
+files to `Store.append_file` / `append_multi`, which move them into the store without a copy. A file is removed
+whatever happens: by the store, by the handler, after a command that did not take it (`_drop_staged`), or when
+the connection fails mid-literal.
 
 Change notification (RFC 9051 §7.5.1, §5.2): after login the session subscribes to the user's change feed.
 Before every tagged response the queued changes of the selected mailbox are reported (`notify`): EXISTS,
@@ -45,12 +47,13 @@ Invariants
    `limits.message_size`) before the `+` is sent, an AUTHENTICATE response line (`sasl_line_max()`: the
    command limit, since the same bytes may come as a SASL-IR argument inside the command), IDLE's `DONE`
    line (`IDLE_LINE_MAX`), and the bytes one command holds in memory (`STREAM_LITERAL_MIN` + the command
-   size): only the one APPEND literal that is streamed to a file may be larger, and only after login.
+   size): only APPEND literals streamed to files (at most `MAX_STAGED_LITERALS` per command) lie beyond it,
+   and only after login.
 3. A BAD never drops the connection; after `limits.errors_per_session` of them the server says BYE.
 4. Output is buffered and written with one `writelines` per response batch; a long FETCH flushes (and
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
 5. Passwords never reach the log (`conn.log` gets the user name only).
-6. At most one staged APPEND file per session, and none outlives the command it came with.
+6. At most `MAX_STAGED_LITERALS` staged APPEND files per command, and none outlives the command it came with.
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ FLUSH_BYTES = 256 * 1024
 STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
 IDLE_LINE_MAX = 1024  # IDLE's "DONE" line (RFC 2177 §3), line end included; a longer line is BAD
+MAX_STAGED_LITERALS = 16  # staging files of one APPEND (MULTIAPPEND): disk and the metadata computed per message
+# are held until the one store transaction (RFC 3502 §3), so both are bounded; more is `NO [LIMIT]`
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
-            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN"]
+            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
+            "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER"]
 
 
 class Service:
@@ -188,7 +194,7 @@ class Session:
         self.out: list[bytes] = []
         self.out_size = 0
         self.overflowed = False
-        self.staged: StagedLiteral | None = None  # invariant 6
+        self.staged: list[StagedLiteral] = []  # invariant 6: this command's files, in literal order
         self.notifier: Notifier | None = None  # NOTIFY (RFC 5465, notify.py) once the client used it
 
     # ---- output
@@ -421,10 +427,19 @@ class Session:
             self.write(b"%s NO [TOOBIG] Literal larger than %d bytes\r\n" % (req.tag.encode(), limit))
             self._count_error()
             return
-        stream = (req.verb == "APPEND" and req.size > STREAM_LITERAL_MIN and self.state in AUTHED
-                  and self.staged is None)
         held = self.framer.command_bytes + req.size
-        if not stream and held > STREAM_LITERAL_MIN + self.framer.max_command:
+        cap = STREAM_LITERAL_MIN + self.framer.max_command
+        # A large APPEND message, or one that would take the command past its memory cap (MULTIAPPEND), goes to a
+        # file; at most MAX_STAGED_LITERALS of them per command (invariant 6).
+        stream = (req.verb == "APPEND" and (req.size > STREAM_LITERAL_MIN or held > cap)
+                  and self.state in AUTHED)
+        if stream and len(self.staged) >= MAX_STAGED_LITERALS:
+            self.framer.reject_literal()
+            self.write(b"%s NO [LIMIT] At most %d large messages in one APPEND\r\n"
+                       % (req.tag.encode(), MAX_STAGED_LITERALS))  # RFC 5530 §3 LIMIT
+            self._count_error()
+            return
+        if not stream and held > cap:
             # Invariant 2: what one command holds in memory is capped, however many literals it has (a second
             # large APPEND literal, many 1 MiB strings, a large APPEND before login): RFC 7889 §4 TOOBIG.
             self.framer.reject_literal()
@@ -440,7 +455,7 @@ class Session:
             await self._stream_literal(req)
 
     async def _stream_literal(self, req: P.LiteralRequest) -> None:
-        """Read the accepted literal into a new staging file (module doc); `self.staged` names it. A full disk
+        """Read the accepted literal into a new staging file (module doc); `self.staged` gets it. A full disk
         does not end the session: the rest of the literal is read and dropped, and APPEND answers NO."""
         self.conn.data_phase(True)  # net invariant 7
         error: InsufficientStorage | None = None
@@ -484,17 +499,19 @@ class Session:
                 os.close(fd)
         if error is not None and path is not None:
             path.unlink(missing_ok=True)
-        self.staged = StagedLiteral(None if error is not None else path, req.size, req.binary, error)
+        self.staged.append(StagedLiteral(None if error is not None else path, req.size, req.binary, error))
 
-    def take_staged(self) -> StagedLiteral | None:
-        """The APPEND handler's file, now its business (it must remove it, or have the store take it)."""
-        staged, self.staged = self.staged, None
+    def take_staged(self) -> list[StagedLiteral]:
+        """The APPEND handler's files, in literal order, now its business (it must remove them, or have the
+        store take them)."""
+        staged, self.staged = self.staged, []
         return staged
 
     def _drop_staged(self) -> None:
-        staged, self.staged = self.staged, None
-        if staged is not None and staged.path is not None:
-            staged.path.unlink(missing_ok=True)
+        staged, self.staged = self.staged, []
+        for st in staged:
+            if st.path is not None:
+                st.path.unlink(missing_ok=True)
 
     def _count_error(self) -> None:
         self.errors += 1
@@ -577,7 +594,7 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import acl, auth, compress, fetch, idle, mailboxes, messages, notify, search  # noqa: F401 - they register
+    from . import acl, auth, compress, fetch, idle, mailboxes, messages, metadata, notify, search  # noqa: F401
 
     service = Service(services, listener)
 

@@ -91,6 +91,15 @@ class Forbidden(StoreError):
     `NO [NOPERM]` (RFC 5530 §3)."""
 
 
+class SpecialUseTaken(Invalid):
+    """Another mailbox of the user already has that special use (`create_mailbox`: one mailbox per special use
+    per user)."""
+
+
+class MetadataTooMany(Invalid):
+    """`set_metadata` would give the user more than `names.MAX_METADATA_ENTRIES` entries (RFC 5464 TOOMANY)."""
+
+
 class InsufficientStorage(StoreError):
     """The disk (or the database) is full: ENOSPC or EDQUOT from a file write, SQLITE_FULL from SQLite. Nothing
     was stored. Each protocol answers it with its own code: SMTP `452 4.3.1` (RFC 3463 §3.4 "mail system
@@ -291,6 +300,7 @@ class MessageInfo:
     flags: int  # Flag bitmask
     keywords: frozenset[str]  # IMAP keywords, case preserved as first set
     blob_id: str  # sha256 hex of the bytes
+    save_date: float | None = None  # RFC 8514: when it was saved to this mailbox (append, copy, move); None: unknown
 
 
 @dataclass(frozen=True)
@@ -306,6 +316,7 @@ class MessageColumns:
     internal_dates: Sequence[float]
     blob_ids: Sequence[str]
     keywords: dict[int, frozenset[str]]  # index -> keywords, only for messages with at least one
+    save_dates: Sequence[float | None] = ()  # RFC 8514 save dates (`MessageInfo.save_date`)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -346,6 +357,18 @@ class IndexProgress:
     needs_meta: list[str]
     last: str
     remaining: int
+
+
+@dataclass(frozen=True)
+class StagedAppend:
+    """One message of `Store.append_multi` whose body is the file `path` in `Store.staging_dir()` (as
+    `append_file` takes it); the other fields as in `AppendRequest`."""
+
+    path: Path
+    flags: int = 0
+    keywords: frozenset[str] = frozenset()
+    internal_date: float | None = None  # None: now
+    meta: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -554,10 +577,13 @@ class Store(Protocol):
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
                              as_user: int | None = None) -> Mailbox:
-        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken. With `as_user` (another user
-        acting through the ACL, RFC 4314 §4) that user needs "k" on the nearest existing parent, checked in the
-        transaction: Forbidden otherwise, also when there is no parent. A new mailbox gets a copy of the nearest
-        existing parent's ACL (§4 SHOULD), whoever creates it."""
+        """Creates missing parents too (RFC 9051 §6.3.4). AlreadyExists if taken. `special_use` is one RFC 6154
+        attribute ("\\Sent", any case) or None; Invalid for an unknown one, SpecialUseTaken when another mailbox
+        of the user has it already (one mailbox per special use per user: what a client finds with
+        LIST (SPECIAL-USE) is then never ambiguous). With `as_user` (another user acting through the ACL, RFC
+        4314 §4) that user needs "k" on the nearest existing parent, checked in the transaction: Forbidden
+        otherwise, also when there is no parent. A new mailbox gets a copy of the nearest existing parent's ACL
+        (§4 SHOULD), whoever creates it."""
 
     async def delete_mailbox(self, user_id: int, name: str) -> WriteResult:
         """Deletes the mailbox and its messages; children stay (RFC 9051 §6.3.5). INBOX cannot be deleted."""
@@ -577,6 +603,21 @@ class Store(Protocol):
         """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # ---- IMAP METADATA (RFC 5464)
+    async def get_metadata(self, user_id: int, mailbox_id: int, names: Sequence[str],
+                           depth: int = 0) -> list[tuple[str, bytes]]:
+        """The stored entries (name, value) of `user_id` on the mailbox `mailbox_id` (0: the server) among
+        `names` (entry names, any case), sorted by name and each once: with `depth` 0 the named entries, 1 also
+        their children (one "/" level deeper), -1 every descendant (RFC 5464 §4.2.2 DEPTH). Names come back
+        lower-case (entry names are case-insensitive). Entries not stored are left out."""
+
+    async def set_metadata(self, user_id: int, mailbox_id: int, entries: Sequence[tuple[str, bytes | None]]) -> None:
+        """Set (or, for a None value, remove) entries of `user_id` on the mailbox `mailbox_id` (0: the server), in
+        one transaction: all or none (RFC 5464 §4.3). NotFound if the mailbox is not the user's or is gone;
+        Invalid for a name that is not a valid entry name (`names.metadata_entry`) or a value over
+        `names.MAX_METADATA_VALUE` octets; MetadataTooMany if the user would have more than
+        `names.MAX_METADATA_ENTRIES` entries. A mailbox's entries are deleted with it."""
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         """IMAP \\Recent (RFC 3501 §2.3.2): atomically move the mailbox's watermark (the highest UID some session
@@ -615,6 +656,14 @@ class Store(Protocol):
 
     async def append_many(self, mailbox_id: int, messages: Sequence[AppendRequest]) -> list[AppendResult]:
         """Like append for each, in one transaction (imports)."""
+
+    async def append_multi(self, mailbox_id: int,
+                           messages: Sequence[AppendRequest | StagedAppend]) -> list[AppendResult]:
+        """IMAP MULTIAPPEND (RFC 3502 §3: "all or nothing"): every message appended in one transaction, in order
+        (consecutive UIDs), or none of them. A `StagedAppend` body is a staging file as `append_file` takes it,
+        never read into memory (stored as a file whatever its size). Every staging file named is gone once this
+        returns or raises; a path outside `staging_dir()` is Invalid before anything is stored (that file is
+        left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob."""
@@ -670,6 +719,15 @@ class Store(Protocol):
         """Index up to `limit` bodies of the backlog (bodies stored before the index existed) with blob ids
         above `after`, in one write transaction, so a large store is indexed in short steps while the server
         runs. Bodies no message references leave the backlog unindexed."""
+
+    async def read_previews(self, blob_ids: Iterable[str]) -> dict[str, str]:
+        """The stored preview text (RFC 8970; `mime.preview`) of each body that has one, in one or a few queries.
+        A body whose preview was never written, or that is not stored, is left out."""
+
+    async def write_previews(self, previews: Mapping[str, str]) -> None:
+        """Keep the preview text of bodies (blob id -> text of at most 256 characters), in one transaction, so the
+        next FETCH PREVIEW reads it instead of the body. Bodies no longer stored are skipped; Invalid for a text
+        over 1,024 characters (a preview is small); no change records (derived from the body, like metadata)."""
 
     async def store_flags(
         self,

@@ -30,6 +30,9 @@ _ATOM_SPECIALS = frozenset('(){ %*"\\]')
 MAX_MAILBOX_NAME = 1000
 MAX_KEYWORD = 200
 MAX_SUBSCRIPTIONS = 10_000  # names one user may subscribe (api invariant 8): LIST (SUBSCRIBED) reads them all
+MAX_METADATA_ENTRIES = 500  # IMAP METADATA entries one user may have, server and mailboxes together (RFC 5464)
+MAX_METADATA_VALUE = 16 * 1024  # octets of one METADATA value (RFC 5464 §4.3 MAXSIZE); fits in one IMAP command
+MAX_METADATA_NAME = 256  # characters of one METADATA entry name
 MAX_MAILBOX_KEYWORDS = 1000  # keywords one mailbox may have had (api invariant 9): every SELECT sends them all
 MAX_ACL_ENTRIES = 100  # entries of one mailbox's ACL (api invariant 11): GETACL lists them all
 MAX_SHARED_LISTED = 10_000  # other users' mailboxes one LIST shows (api invariant 6)
@@ -173,6 +176,24 @@ def keyword(kw: str) -> str:
     ):
         raise Invalid(f"bad keyword: {kw!r}")
     return kw
+
+
+def metadata_entry(name: str, *, prefix_ok: bool = False) -> str:
+    """An IMAP METADATA entry name, lower-case (RFC 5464 §3.2: case-insensitive). It starts with "/private/" or
+    "/shared/" and has no "*", "%", non-ASCII or control characters, no empty component ("//") and no trailing
+    "/" (RFC 5464 §3.2, §5 entry); at most `MAX_METADATA_NAME` characters. `prefix_ok` also takes the bare
+    "/private" and "/shared" (what GETMETADATA may ask for with a DEPTH). Raises Invalid."""
+    low = name.lower()
+    ok = (
+        0 < len(low) <= MAX_METADATA_NAME
+        and all(0x20 < ord(c) < 0x7F and c not in "*%" for c in low)
+        and (low.startswith(("/private/", "/shared/")) or (prefix_ok and low in ("/private", "/shared")))
+        and "//" not in low
+        and not low.endswith("/")
+    )
+    if not ok:
+        raise Invalid(f"bad METADATA entry name: {name[:80]!r}")
+    return low
 
 
 def keywords(kws: Iterable[str]) -> dict[str, str]:

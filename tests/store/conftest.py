@@ -161,6 +161,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "DELETE FROM counters WHERE name = 'fts_version'",
     ),
     11: ("DROP TABLE changes", "DELETE FROM counters WHERE name = 'changes_pruned'"),
+    12: ("ALTER TABLE messages DROP COLUMN save_date", "ALTER TABLE blobs DROP COLUMN preview", "DROP TABLE metadata"),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from postroom.store.api import AppendRequest, QueueRecipient
+from postroom.store.api import AppendRequest, Invalid, QueueRecipient, Store
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.sqlite import INLINE_MAX, SQLiteStore, engine
 from postroom.store.sqlite.schema import _STEPS, SCHEMA_VERSION
@@ -321,3 +321,20 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
         assert await store.crlf_sizes(want) == want
     finally:
         await store.close()
+
+
+async def test_previews_are_kept_per_body(store: Store) -> None:
+    """`read_previews` / `write_previews` (RFC 8970 previews, schema invariant 11): kept per body, so every
+    message with that body has it; a body without one, or not stored, is left out."""
+    box = await inbox(store, await new_user(store))
+    a = await store.append(box.id, AppendRequest(b"Subject: a\r\n\r\nfirst\r\n"))
+    b = await store.append(box.id, AppendRequest(b"Subject: b\r\n\r\nsecond\r\n"))
+    ia, ib = [await store.get_message(box.id, r.uid) for r in (a, b)]
+    assert ia is not None and ib is not None
+    assert await store.read_previews([ia.blob_id, ib.blob_id]) == {}
+    await store.write_previews({ia.blob_id: "first", "0" * 64: "gone"})
+    assert await store.read_previews([ia.blob_id, ib.blob_id, "0" * 64]) == {ia.blob_id: "first"}
+    await store.write_previews({ib.blob_id: ""})  # an empty preview is a preview (a message without text)
+    assert await store.read_previews([ib.blob_id]) == {ib.blob_id: ""}
+    with pytest.raises(Invalid):
+        await store.write_previews({ia.blob_id: "x" * 2000})

@@ -14,6 +14,7 @@ from postroom.store.api import (
     Flag,
     Invalid,
     NotFound,
+    SpecialUseTaken,
     Store,
 )
 
@@ -328,3 +329,18 @@ async def test_remove_user_drops_subscriptions(store: Store) -> None:
     await store.remove_user(u.address)
     again = await new_user(store)
     assert await store.list_subscriptions(again.id) == sorted(name for name, _ in SPECIAL_USE_DEFAULTS)
+
+
+async def test_one_mailbox_per_special_use(store: Store) -> None:
+    # create_mailbox: a special use another mailbox of the user has is SpecialUseTaken, and nothing is created;
+    # another user, or the same user after the first is deleted, may have it.
+    alice = await new_user(store)
+    bob = await new_user(store, "bob@example.org")
+    with pytest.raises(SpecialUseTaken):
+        await store.create_mailbox(alice.id, "Sent2", "\\sent")  # "Sent" has \Sent from add_user
+    assert await store.get_mailbox(alice.id, "Sent2") is None
+    await store.create_mailbox(bob.id, "Flagged mail", "\\Flagged")
+    m = await store.create_mailbox(alice.id, "Flagged mail", "\\Flagged")
+    assert m.special_use == "\\Flagged"
+    await store.delete_mailbox(alice.id, "Sent")
+    assert (await store.create_mailbox(alice.id, "Sent2", "\\Sent")).special_use == "\\Sent"

@@ -275,8 +275,8 @@ def test_authenticate_sasl_ir() -> None:
 
 def test_mailbox_names() -> None:
     assert parse(b"a SELECT inbox").args == P.SelectArgs("INBOX")
-    assert parse(b'a CREATE "Foo Bar/&AOk-t&AOk-"').args == P.MailboxArg("Foo Bar/&AOk-t&AOk-")
-    assert parse("a CREATE \"été\"".encode()).args == P.MailboxArg("été")
+    assert parse(b'a CREATE "Foo Bar/&AOk-t&AOk-"').args == P.Create("Foo Bar/&AOk-t&AOk-")
+    assert parse("a CREATE \"été\"".encode()).args == P.Create("été")
     assert parse(b"a RENAME a b]").args == P.Rename("a", "b]")
     with pytest.raises(P.ParseError):
         parse(b"a CREATE a*b")

@@ -6,9 +6,10 @@ content-addressed files under `blob_dir` (blobs.py), each written and fsync'd be
 through the WAL would cost more than their fsyncs save. engine.py says more.
 
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
-`authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`) over one
-`Engine` (engine.py: the writer thread and group commit, reader threads). Read engine.py first: its invariants
-are the ones api.py promises (durable when awaited, commit then broadcast).
+`authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`, IMAP
+METADATA in `metadata.py`) over one `Engine` (engine.py: the writer thread and group commit, reader threads).
+Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit then
+broadcast).
 
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.
@@ -50,6 +51,7 @@ from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
+from postroom.store.sqlite.metadata import MetadataMixin
 from postroom.store.sqlite.queue import QueueMixin
 from postroom.store.sqlite.search import SearchMixin
 
@@ -62,7 +64,7 @@ writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not 
 
 
 class SQLiteStore(
-    AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin
+    AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin, MetadataMixin
 ):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:

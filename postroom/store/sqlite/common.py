@@ -73,7 +73,7 @@ MAILBOX_COLUMNS = (
     " EXISTS(SELECT 1 FROM subscriptions s WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name),"
     " keywords"
 )
-MESSAGE_COLUMNS = "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id"
+MESSAGE_COLUMNS = "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id, save_date"
 
 
 def mailbox_from_row(row: Any) -> Mailbox:
@@ -92,7 +92,7 @@ def mailbox_from_row(row: Any) -> Mailbox:
 
 
 def message_from_row(row: Any) -> MessageInfo:
-    mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id = row
+    mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id, save_date = row
     return MessageInfo(
         mailbox_id=int(mailbox_id),
         uid=int(uid),
@@ -102,6 +102,7 @@ def message_from_row(row: Any) -> MessageInfo:
         flags=int(flags),
         keywords=decode_keywords(str(keywords)),
         blob_id=str(blob_id),
+        save_date=None if save_date is None else float(save_date),
     )
 
 

@@ -17,6 +17,9 @@ Invariants:
    touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
 7. A mailbox created below an existing one gets a copy of its ACL (acl.py invariant 4); RENAME keeps a
    mailbox's ACL (its rows follow the mailbox id), DELETE drops it (cascade).
+8. `create_mailbox` gives a special use only to the user's first mailbox with it (checked in the job that
+   creates the row, so two concurrent CREATEs cannot both get it); the mailboxes made for a new user have one
+   each.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from postroom.store.api import (
     Mailbox,
     MailboxStatus,
     NotFound,
+    SpecialUseTaken,
     StoreError,
     WriteResult,
 )
@@ -148,6 +152,9 @@ class MailboxesMixin(Base):
                 acl.require_parent(tx.conn, as_user, parent)
             if find_mailbox(tx.conn, user_id, name) is not None:
                 raise AlreadyExists(f"mailbox exists: {name}")
+            if use is not None and tx.conn.execute(
+                    "SELECT 1 FROM mailboxes WHERE user_id = ? AND special_use = ?", (user_id, use)).fetchone():
+                raise SpecialUseTaken(f"another mailbox is {use} already")  # invariant 8
             mark = len(tx.changes)
             _create_parents(tx, user_id, name)
             mbox = insert_mailbox(tx, user_id, name, use, subscribe=False)
@@ -170,6 +177,7 @@ class MailboxesMixin(Base):
             )
             tx.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
             tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))  # cascades to expunged
+            tx.conn.execute("DELETE FROM metadata WHERE mailbox_id = ?", (mbox.id,))  # schema invariant 12
             release_blobs(tx, counts)
             change = Change(ChangeKind.MAILBOX_DELETED, user_id, mbox.id, name=name)
             tx.changes.append(change)

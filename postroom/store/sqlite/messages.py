@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import time
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from postroom.store.api import (
     MessageColumns,
     MessageInfo,
     NotFound,
+    StagedAppend,
     StoreMode,
     Vanished,
     WriteResult,
@@ -111,9 +113,11 @@ def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | No
     return change
 
 
-def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[AppendResult]:
-    """Insert rows with fresh UIDs and MODSEQs; grow the mailbox's keyword set (invariant 5). Blob references are
-    the caller's business."""
+def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage],
+                    saved: float | None = None) -> list[AppendResult]:
+    """Insert rows with fresh UIDs and MODSEQs, saved now (`saved`, default the clock: RFC 8514 save date, schema
+    invariant 14); grow the mailbox's keyword set (invariant 5). Blob references are the caller's business."""
+    save_date = time.time() if saved is None else saved
     row = tx.conn.execute("SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
     uid, modseq = int(row[0]), int(row[1])
     rows = []
@@ -121,12 +125,12 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[
     for item in items:
         modseq += 1
         kws = encode_keywords(item.keywords)
-        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id))
+        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id, save_date))
         change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
         tx.changes.append(change)
         results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
         uid += 1
-    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
     grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
     if grown is not None and len(results) == 1:  # a single append reports it with its own change
@@ -224,7 +228,7 @@ class MessagesMixin(Base):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
-                results.extend(insert_messages(tx, mbox, [item]))
+                results.extend(insert_messages(tx, mbox, [item], now))
             return results
 
         await self._engine.write_blobs(bodies)
@@ -269,7 +273,7 @@ class MessagesMixin(Base):
             def op(tx: Tx) -> AppendResult:
                 mbox = load_mailbox(tx.conn, mailbox_id)
                 acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
-                return insert_messages(tx, mbox, [item])[0]
+                return insert_messages(tx, mbox, [item], self._clock())[0]
 
             return await self._write_with_new_blobs(op, {blob_id})
         finally:
@@ -294,7 +298,7 @@ class MessagesMixin(Base):
                 for mailbox_id in wanted:
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
-                    results.extend(insert_messages(tx, mbox, [item]))
+                    results.extend(insert_messages(tx, mbox, [item], item.internal_date))
                 return results
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -303,6 +307,62 @@ class MessagesMixin(Base):
         if not messages:
             return []
         return await self._append_job([mailbox_id] * len(messages), messages)
+
+    async def append_multi(self, mailbox_id: int,
+                           messages: Sequence[AppendRequest | StagedAppend]) -> list[AppendResult]:
+        staged = [m.path for m in messages if isinstance(m, StagedAppend)]
+        try:
+            for path in staged:
+                self._check_staged(path)
+        except Invalid:
+            for path in staged:  # api: a path outside staging is left alone, the others removed
+                if Path(path).parent.resolve() == self._blobs.staging.resolve():
+                    Path(path).unlink(missing_ok=True)
+            raise
+        adopted: set[str] = set()
+        try:
+            now = self._clock()
+            bodies: dict[str, bytes] = {}
+            inline_bytes = 0
+            # (item, raw body or None, meta, staged source, crlf size) per message, in order
+            prepared: list[tuple[NewMessage, bytes | None, bytes | None, Path | None, int | None]] = []
+            for m in messages:
+                date = now if m.internal_date is None else float(m.internal_date)
+                flags = names.flags(m.flags)
+                kws = frozenset(names.keywords(m.keywords).values())
+                if isinstance(m, StagedAppend):
+                    # Always a file, whatever its size: the point is not to hold these bodies in memory.
+                    blob_id, size, crlf = await self._engine.io(self._blobs.adopt, Path(m.path))
+                    adopted.add(blob_id)
+                    prepared.append((NewMessage(date, size, flags, kws, blob_id), None, m.meta, Path(m.path), crlf))
+                    continue
+                blob_id = blob_id_of(m.raw)
+                if self._engine.inline(len(m.raw)):
+                    inline_bytes += len(m.raw)
+                else:
+                    bodies[blob_id] = m.raw
+                prepared.append((NewMessage(date, len(m.raw), flags, kws, blob_id), m.raw, m.meta, None, None))
+
+            def op(tx: Tx) -> list[AppendResult]:
+                mbox = load_mailbox(tx.conn, mailbox_id)
+                for item, raw, meta, source, crlf in prepared:
+                    if source is None:
+                        assert raw is not None
+                        acquire_blob(tx, item.blob_id, raw, 1, meta)
+                    else:
+                        acquire_blob(tx, item.blob_id, b"", 1, meta, source=source, size=item.size, crlf=crlf)
+                return insert_messages(tx, mbox, [p[0] for p in prepared], now)  # RFC 3502 §3: one transaction
+
+            adopted.update(bodies)
+            await self._engine.write_blobs(bodies)
+            return await self._engine.write(op, size=inline_bytes)
+        except Exception:
+            if adopted:  # no row names the files written for this call: they go (engine invariant 4)
+                await self._engine.forget_blobs(adopted)
+            raise
+        finally:
+            for path in staged:
+                Path(path).unlink(missing_ok=True)
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
         if not mailbox_ids:
@@ -328,15 +388,15 @@ class MessagesMixin(Base):
         def q(conn: sqlite3.Connection) -> MessageColumns:
             load_mailbox(conn, mailbox_id)
             rows = conn.execute(
-                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords FROM messages"
+                "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords, save_date FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
                 (mailbox_id, uid_min, top),
             ).fetchall()
             if not rows:
-                return MessageColumns(array("I"), (), (), (), (), (), {})
-            uids, modseqs, flags, sizes, dates, blob_ids, kws = zip(*rows)  # column by column, in C
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, sizes, dates, blob_ids, kws, saved = zip(*rows)  # column by column, in C
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords)
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
         return await self._engine.read(q)
 
@@ -465,6 +525,38 @@ class MessagesMixin(Base):
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))
+
+    async def read_previews(self, blob_ids: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(blob_ids))
+        for blob_id in wanted:
+            check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for i in range(0, len(wanted), CHUNK):
+                chunk = wanted[i:i + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for blob_id, text in conn.execute(
+                        f"SELECT id, preview FROM blobs WHERE id IN ({marks}) AND preview IS NOT NULL", chunk):
+                    out[str(blob_id)] = str(text)
+            return out
+
+        if not wanted:
+            return {}
+        return await self._engine.read(q)
+
+    async def write_previews(self, previews: Mapping[str, str]) -> None:
+        rows = [(str(text), blob_id) for blob_id, text in previews.items()]
+        for text, blob_id in rows:
+            check_id(blob_id)
+            if len(text) > 1024:
+                raise Invalid("a preview is at most 1,024 characters")
+
+        def op(tx: Tx) -> None:
+            tx.conn.executemany("UPDATE blobs SET preview = ? WHERE id = ?", rows)  # schema invariant 15
+
+        if rows:
+            await self._engine.write(op, size=sum(len(t) for t, _ in rows))
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(blob_ids))
@@ -629,7 +721,7 @@ class MessagesMixin(Base):
             mark = len(tx.changes)
             items = [NewMessage(m.internal_date, m.size, m.flags & mask,
                                 m.keywords if keep_keywords else frozenset(), m.blob_id) for m in msgs]
-            results = insert_messages(tx, dest, items)
+            results = insert_messages(tx, dest, items, self._clock())  # a new save date (RFC 8514 §3)
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
             else:

@@ -41,6 +41,12 @@ backlog bodies exactly.
 other processes that have the store open (store/sqlite/feed.py), pruned by the writers; and the `counters` row
 'changes_pruned', the highest seq pruning deleted. Nothing older is written into it: a process starts reading
 at the newest change.
+12 (issue 14, IMAP extras) adds `messages.save_date` (RFC 8514 SAVEDATE: when the message was saved to the mailbox
+it is in; invariant 14). Rows that exist get NULL: their save date was never recorded, and the RFC's answer for a
+save date the storage does not have is NIL in FETCH and the internal date in SEARCH (RFC 8514 §4.2, §4.3), not a
+guess written now. It also adds `blobs.preview`, the RFC 8970 preview text of the body (invariant 15), NULL until
+IMAP first computes it, and `metadata(user_id, mailbox_id, name, value)`: IMAP METADATA entries (RFC 5464) of a
+user, on a mailbox or (mailbox_id 0) on the server (invariant 16).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -75,6 +81,15 @@ Invariants:
    AUTOINCREMENT, whose `sqlite_sequence` row would be one more page written by every commit), and pruning,
    the only deletion, deletes from the oldest on and never the newest row, so the maximum never goes back.
    Every row belongs to a committed write; 'changes_pruned' is the highest seq pruning deleted.
+14. `messages.save_date` is set when the row is inserted (an append, a delivery, a copy or move into the
+   mailbox: RFC 8514 §3 "the current date and time at which the message is delivered to a mailbox") and never
+   changed while the row exists (§3 "MUST NOT change as long as the message is contained within the same
+   mailbox"); NULL only for rows older than schema 12.
+15. `blobs.preview` is NULL ("not computed yet") or the preview text of the body (`mime.preview`), written once
+   by `write_previews`: like the body, it never changes.
+16. A `metadata` row belongs to a user (cascade on user removal) and to one of that user's mailboxes, or to the
+   server when `mailbox_id` is 0; deleting a mailbox deletes its rows in the same transaction. Names are stored
+   lower-case (entry names are case-insensitive); a user has at most `names.MAX_METADATA_ENTRIES` rows.
 """
 
 from __future__ import annotations
@@ -85,7 +100,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 _V1 = """
 CREATE TABLE counters(
@@ -334,8 +349,22 @@ def _v11(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('changes_pruned', 0)")
 
 
+def _v12(conn: sqlite3.Connection) -> None:
+    """IMAP extras (issue 14): the save date of each message (RFC 8514, invariant 14), NULL for the rows that
+    exist (not recorded: FETCH SAVEDATE answers NIL and SEARCH SAVED* uses the internal date for them); the
+    preview text of each body (RFC 8970, invariant 15), NULL until first asked for; the METADATA entries
+    (RFC 5464, invariant 16), none yet."""
+    conn.execute("ALTER TABLE messages ADD COLUMN save_date REAL")
+    conn.execute("ALTER TABLE blobs ADD COLUMN preview TEXT")  # invariant 15: computed on first ask
+    conn.execute(
+        "CREATE TABLE metadata(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " mailbox_id INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,"
+        " PRIMARY KEY(user_id, mailbox_id, name)) WITHOUT ROWID"
+    )  # invariant 16
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
 }
 
 
