@@ -293,6 +293,15 @@ async def test_crlf_sizes_counted_at_delivery(tmp_path: Path) -> None:
         await store.close()
 
 
+def undo_schema_8(conn: sqlite3.Connection) -> None:
+    """Take a database back to exactly schema 7 (schema.py step 8 undone)."""
+    conn.execute("DROP TABLE message_keys")
+    conn.execute("DROP TABLE thread_refs")
+    conn.execute("DROP INDEX messages_thread")
+    conn.execute("ALTER TABLE messages DROP COLUMN thread_id")
+    conn.execute("DELETE FROM counters WHERE name = 'thread'")
+
+
 async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> None:
     """A store written at schema 6 (no `crlf_size`), bodies inline and as files, then opened by this code."""
     store = SQLiteStore(tmp_path / "v4.db", tmp_path / "blobs", inline_max=LIMIT)
@@ -303,6 +312,7 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
         await store.append(box.id, AppendRequest(raw))
     await store.close()
     conn = sqlite3.connect(tmp_path / "v4.db")
+    undo_schema_8(conn)
     conn.execute("ALTER TABLE blobs DROP COLUMN crlf_size")  # exactly the version 6 table
     conn.execute("PRAGMA user_version = 6")
     conn.commit()

@@ -6,7 +6,7 @@ content-addressed files under `blob_dir` (blobs.py), each written and fsync'd be
 through the WAL would cost more than their fsyncs save. engine.py says more.
 
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
-`authfail.py`) over one `Engine` (engine.py: the writer thread and group commit, reader threads). Read engine.py
+`authfail.py`, sort keys and thread ids in `threads.py`) over one `Engine` (engine.py: the writer thread and group commit, reader threads). Read engine.py
 first: its invariants are the ones api.py promises (durable when awaited, commit then broadcast).
 
 Invariants:
@@ -41,6 +41,7 @@ from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.queue import QueueMixin
+from postroom.store.sqlite.threads import ThreadsMixin
 
 log = logging.getLogger("postroom.store")
 
@@ -50,7 +51,7 @@ above vs -1): bodies in the database were ~3x faster than files at 64 KiB and 1.
 writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not worth the database growth."""
 
 
-class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin):
+class SQLiteStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, ThreadsMixin):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:
     it only decides where new bodies go."""

@@ -183,6 +183,7 @@ def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
         ).fetchone()
         if row is not None and row[0] <= 0:
             inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
+            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 10
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             if not inline:
                 tx.dead_blobs.add(blob_id)

@@ -19,6 +19,8 @@ Invariants:
 4. Copy and move stay within one user (api 6): a destination of another user is Invalid.
 5. Every write that puts keywords on a row of a mailbox passes them through `grow_keywords` in the same job, so
    `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
+6. A new message row gets its thread id in the job that inserts it (threads.py): its source's when it is a
+   copy, else `assign_thread` from its body's keys, which the job stored first (`put_keys`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.threads import assign_thread, put_keys, refresh_keys, thread_ids_of
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class NewMessage:
     flags: int
     keywords: frozenset[str]
     blob_id: str
+    thread_id: int = 0  # a copy's (invariant 6); 0: given by `assign_thread`
 
 
 def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | None:
@@ -111,12 +115,14 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage]) -> list[
     for item in items:
         modseq += 1
         kws = encode_keywords(item.keywords)
-        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id))
+        thread = item.thread_id or assign_thread(tx.conn, mbox.user_id, item.blob_id)  # invariant 6
+        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id, thread))
         change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
         tx.changes.append(change)
         results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
         uid += 1
-    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}, thread_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows)
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
     grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
     if grown is not None and len(results) == 1:  # a single append reports it with its own change
@@ -212,6 +218,7 @@ class MessagesMixin(Base):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
+                put_keys(tx.conn, blob_id, req.meta)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item]))
             return results
 
@@ -257,6 +264,7 @@ class MessagesMixin(Base):
             def op(tx: Tx) -> AppendResult:
                 mbox = load_mailbox(tx.conn, mailbox_id)
                 acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
+                put_keys(tx.conn, blob_id, meta)
                 return insert_messages(tx, mbox, [item])[0]
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -282,6 +290,7 @@ class MessagesMixin(Base):
                 for mailbox_id in wanted:
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
+                    put_keys(tx.conn, blob_id, meta)
                     results.extend(insert_messages(tx, mbox, [item]))
                 return results
 
@@ -388,6 +397,7 @@ class MessagesMixin(Base):
 
         def op(tx: Tx) -> None:
             tx.conn.executemany("UPDATE blobs SET meta = ? WHERE id = ?", rows)
+            refresh_keys(tx, ((b, m) for m, b in rows))  # threads.py invariant 2
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))
@@ -532,7 +542,9 @@ class MessagesMixin(Base):
                 raise Invalid("cannot copy or move messages to another user's mailbox")
             msgs = select_messages(tx.conn, mailbox_id, wanted)
             mark = len(tx.changes)
-            items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs]
+            threads = thread_ids_of(tx.conn, mailbox_id, [m.uid for m in msgs])  # invariant 6
+            items = [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id, threads.get(m.uid, 0))
+                     for m in msgs]
             results = insert_messages(tx, dest, items)
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, release=False)

@@ -25,6 +25,12 @@ signed before.
 sends, RFC 1939 §11), so a POP3 listing never reads bodies. Bodies stored before it get NULL ("not counted
 yet"): the migration reads no bodies (it would hold the write lock for as long as reading the whole store takes);
 `Store.crlf_sizes` counts such a body the first time it is asked and writes the number back (invariant 9).
+8 (issue 14) adds what SORT, THREAD and OBJECTID read without parsing metadata: `message_keys`, one row per body
+with its sort and thread keys (store/sqlite/threads.py; invariant 10), `messages.thread_id` (invariant 11) and
+`thread_refs`, the per-user map from Message-IDs and base subjects to thread ids. Existing bodies get no row and
+existing messages thread id 0: the migration parses no metadata (their metadata is of an older format anyway);
+the first reader that recomputes a body's metadata writes it back with `write_metas`, which stores the keys and
+gives the body's messages their thread (the lazy upgrade of `mime.meta` formats).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -45,6 +51,10 @@ Invariants:
 8. `subscriptions` rows belong to a user (cascade on user removal), never to a mailbox (api invariant 8).
 9. `blobs.crlf_size` is NULL or `blobs.crlf_size(body)`: set when the row is inserted (schema 7 on), or filled
    in once from the body by `crlf_sizes` for rows older than that; never changed otherwise (bodies never are).
+10. A `message_keys` row exists only with its `blobs` row (deleted in the same transaction) and holds the keys
+   `mime.meta.keys_of` reads from that body's metadata.
+11. `messages.thread_id` is 0 only while its body has no `message_keys` row; once given it never changes (RFC
+   8474 §5.2), and copies keep it.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE counters(
@@ -241,8 +251,26 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE blobs ADD COLUMN crlf_size INTEGER")
 
 
+def _v8(conn: sqlite3.Connection) -> None:
+    """Sort and thread keys per body, a thread id per message, the per-user thread map (invariants 10, 11).
+    Self-contained: existing rows get no keys and thread id 0, filled in lazily (module doc)."""
+    conn.execute(
+        "CREATE TABLE message_keys(blob_id TEXT PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
+        " sent REAL, subject TEXT NOT NULL, reply INTEGER NOT NULL, from_key TEXT NOT NULL, to_key TEXT NOT NULL,"
+        " cc_key TEXT NOT NULL, display_from TEXT NOT NULL, display_to TEXT NOT NULL, message_id TEXT,"
+        " refs TEXT NOT NULL)"
+    )
+    conn.execute("ALTER TABLE messages ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX messages_thread ON messages(thread_id)")
+    conn.execute(
+        "CREATE TABLE thread_refs(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " ref TEXT NOT NULL, thread_id INTEGER NOT NULL, PRIMARY KEY(user_id, ref)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('thread', 0)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }
 
 
