@@ -135,7 +135,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     connection."""
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
-            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE"]
+            "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT"]
 
 
 class Service:
@@ -493,7 +494,7 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import auth, fetch, idle, mailboxes, messages, search  # noqa: F401 - they register commands
+    from . import auth, fetch, idle, mailboxes, messages, search, sort, thread  # noqa: F401 - they register commands
 
     service = Service(services, listener)
 

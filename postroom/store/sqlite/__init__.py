@@ -6,8 +6,9 @@ content-addressed files under `blob_dir` (blobs.py), each written and fsync'd be
 through the WAL would cost more than their fsyncs save. engine.py says more.
 
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
-`authfail.py`, sort keys and thread ids in `threads.py`) over one `Engine` (engine.py: the writer thread and group commit, reader threads). Read engine.py
-first: its invariants are the ones api.py promises (durable when awaited, commit then broadcast).
+`authfail.py`, sort keys and thread ids in `threads.py`) over one `Engine` (engine.py: the writer thread and
+group commit, reader threads). Read engine.py first: its invariants are the ones api.py promises (durable when
+awaited, commit then broadcast).
 
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.
