@@ -46,7 +46,7 @@ from postroom.mime import pool
 from postroom.store import names
 from postroom.store.api import AppendRequest, Flag, Mailbox, MailboxStatus
 
-from . import encoder
+from . import encoder, objectid
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, command
@@ -125,6 +125,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     s.write(sel.permanentflags_line())
     s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
     s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
+    s.write(b"* OK [MAILBOXID (%s)] Ok\r\n" % objectid.mailbox_id(mbox.id, mbox.uidvalidity).encode())  # RFC 8474
     if s.rev2:
         s.write(b'* LIST () "/" ' + wire_name(s, mbox.name) + b"\r\n")  # RFC 9051 §6.3.2
     s.sel = sel
@@ -142,8 +143,8 @@ async def create(s: Session, cmd: P.Command) -> Result:
         raise No("Invalid mailbox name", "CANNOT")
     if name.upper() == "INBOX":
         raise No("INBOX always exists", "ALREADYEXISTS")
-    await s.store.create_mailbox(_user_id(s), name)
-    return "", "CREATE completed"
+    mbox = await s.store.create_mailbox(_user_id(s), name)
+    return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
 
 
 @command("DELETE", AUTHED)
@@ -322,6 +323,9 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
     st: MailboxStatus = await s.store.mailbox_status(mbox.id)
     out: list[str] = []
     for item in items:
+        if item == "MAILBOXID":  # RFC 8474 §4.3
+            out.append(f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})")
+            continue
         if item == "MESSAGES":
             value = st.messages
         elif item == "UIDNEXT":

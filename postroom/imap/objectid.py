@@ -27,11 +27,13 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 
 from postroom.store.api import MessageInfo, SortRow
 
+from . import parser as P
 from .session import Session
 
 
@@ -84,3 +86,46 @@ async def ensure_keys(s: Session, rows: Sequence[SortRow]) -> list[SortRow]:
             back[r.blob_id] = meta.to_bytes()
         await s.store.write_metas(back)  # the store keeps the keys and gives the messages their thread
     return [r for r in out if r is not None]
+
+
+OBJECT_KEYS = ("EMAILID", "THREADID")
+SLICE = 5000  # identifiers computed between two yields
+
+
+def object_keys(key: P.Key, out: list[P.Key]) -> None:
+    """The EMAILID and THREADID keys of a search program (RFC 8474 §6)."""
+    if key.op in OBJECT_KEYS:
+        out.append(key)
+    for a in key.args:
+        if isinstance(a, P.Key):
+            object_keys(a, out)
+
+
+async def matching(s: Session, op: str, value: str) -> set[int]:
+    """UIDs of the selected mailbox whose EMAILID or THREADID is `value` (SEARCH EMAILID / THREADID, RFC 8474
+    §6): one listing, identifiers computed in slices."""
+    sel = s.sel
+    if sel is None or not sel.uids:
+        return set()
+    user = s.user.id if s.user is not None else 0
+    out: set[int] = set()
+    if op == "EMAILID":
+        cols = await s.store.list_columns(sel.id, sel.uids[0], sel.uids[-1])
+        pairs: list[tuple[int, str]] = list(zip(cols.uids, cols.blob_ids))
+        for n, (uid, blob_id) in enumerate(pairs):
+            if email_id(user, blob_id) == value:
+                out.add(uid)
+            if n % SLICE == SLICE - 1:
+                await asyncio.sleep(0)
+        return out
+    threads = await s.store.thread_ids(sel.id, sel.uids[0], sel.uids[-1])
+    names: dict[int, str | None] = {}
+    for n, (uid, tid) in enumerate(threads.items()):
+        name = names.get(tid)
+        if name is None:
+            name = names[tid] = thread_id(tid)
+        if name == value:
+            out.add(uid)
+        if n % SLICE == SLICE - 1:
+            await asyncio.sleep(0)
+    return out

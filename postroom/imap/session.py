@@ -136,7 +136,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
     return ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT"]
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID"]
 
 
 class Service:

@@ -170,10 +170,10 @@ def esearch(s: Session, cmd: P.Command, returns: tuple[str, ...], partial: tuple
         line += b" MAX %d" % numbers[-1]
     if numbers and "ALL" in opts:
         line += b" ALL " + ordered_set(numbers)
-    if "COUNT" in opts:
-        line += b" COUNT %d" % len(numbers)
     if partial is not None:
         line += b" " + partial_item(partial, numbers)
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(numbers)
     s.write(line + b"\r\n")
 
 

@@ -149,7 +149,8 @@ MESSAGES: list[tuple[bytes, int]] = [
 ]
 
 # Every sort key (RFC 5256 §3, RFC 5957), REVERSE, several keys, search criteria, UID SORT, ESORT's RETURN
-# (RFC 5267), both thread algorithms (RFC 5256 §3), with UID THREAD and criteria.
+# (RFC 5267) with PARTIAL for SORT and SEARCH (§4.4), both thread algorithms (RFC 5256 §3), with UID THREAD and
+# criteria.
 COMMANDS = [
     "SORT (ARRIVAL) UTF-8 ALL",
     "SORT (DATE) UTF-8 ALL",
@@ -177,6 +178,12 @@ COMMANDS = [
     "SORT RETURN () (REVERSE DATE) UTF-8 ALL",
     "UID SORT RETURN (MIN MAX ALL COUNT) (SIZE) UTF-8 ALL",
     "SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT nothing-matches-this",
+    "SORT RETURN (PARTIAL 2:4) (DATE) UTF-8 ALL",
+    "SORT RETURN (MIN PARTIAL 40:50) (REVERSE SUBJECT) UTF-8 ALL",
+    "UID SORT RETURN (PARTIAL 1:3 COUNT) (SIZE) UTF-8 SUBJECT nothing-matches-this",
+    "SEARCH RETURN (PARTIAL 1:5) ALL",
+    "UID SEARCH RETURN (COUNT PARTIAL 40:50) ALL",
+    "SEARCH RETURN (PARTIAL 100:200) ALL",
     "THREAD REFERENCES UTF-8 ALL",
     "THREAD ORDEREDSUBJECT UTF-8 ALL",
     "UID THREAD REFERENCES UTF-8 ALL",
