@@ -24,6 +24,8 @@ Invariants:
 3. At most `MAX_REFERENCES` references are kept, the last ones (the parent is the last, RFC 5256 §3 step
    1.B); RFC 5256 step 1.B treats a shortened References field as the truncated field it already handles.
 4. Message-IDs are compared as written (case-sensitive), without the angle brackets.
+5. Every string is text a database can store: 8-bit bytes of a field are read as UTF-8, else Windows-1252
+   (as `mime.text` reads undeclared header text), never kept as lone surrogates.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from functools import lru_cache
 
 from postroom.mime import headers as H
 from postroom.mime.address import Address, parse_address_list
-from postroom.mime.text import decode_words
+from postroom.mime.text import charset_decode, decode_words
 
 MAX_REFERENCES = 500
 MAX_KEY_CHARS = 1024  # characters of an address key kept (a display name longer than this sorts by its start)
@@ -170,11 +172,16 @@ def _first_address(fields: list[H.Field], name: str) -> Address | None:
     return None
 
 
+def _text(value: str) -> str:
+    """Header text as read by `headers.to_str` (8-bit bytes as surrogates) made storable (invariant 5)."""
+    return value if value.isascii() else charset_decode(H.to_bytes(value), None)
+
+
 def _mailbox(addr: Address | None) -> str:
     """RFC 5256 §3: the [IMAP] addr-mailbox of the address ("" without one)."""
     if addr is None or addr.mailbox is None:
         return ""
-    return casemap(addr.mailbox[:MAX_KEY_CHARS])
+    return casemap(_text(addr.mailbox[:MAX_KEY_CHARS]))
 
 
 def _display(addr: Address | None) -> str:
@@ -187,13 +194,13 @@ def _display(addr: Address | None) -> str:
         if addr.mailbox is None:
             return ""
         name = addr.mailbox if addr.host is None else f"{addr.mailbox}@{addr.host}"
-    return casemap(name[:MAX_KEY_CHARS])
+    return casemap(_text(name[:MAX_KEY_CHARS]))
 
 
 def message_ids(value: str) -> list[str]:
     """The msg-ids of a Message-ID, References or In-Reply-To value, in order, without <> (RFC 5322 §3.6.4:
     "<" id-left "@" id-right ">"; anything between them but blanks and angle brackets is taken)."""
-    return _MSG_ID.findall(value)
+    return [_text(m) for m in _MSG_ID.findall(value)]
 
 
 def sort_keys(fields: list[H.Field]) -> SortKeys:

@@ -104,9 +104,18 @@ def test_meta_carries_the_keys_and_round_trips() -> None:
     assert keys_of(b'{"v": 2}') is None  # an older format: the reader recomputes it
 
 
+def test_eight_bit_fields_give_storable_text() -> None:
+    raw = b"From: J\xc3\xb6rg \xff <j\xf6rg@example.org>\r\nMessage-ID: <\xff@x>\r\nSubject: \xe9t\xe9\r\n\r\n"
+    k = sort_keys(H.split_fields(raw, 0, len(raw))[0])
+    for text in (k.subject, k.from_, k.display_from, k.message_id or ""):
+        text.encode("utf-8")  # no lone surrogates (module invariant 5): SQLite must be able to store it
+    assert k.from_ == casemap("jörg") and k.message_id == "ÿ@x"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_sort_keys_never_raise(data: bytes) -> None:
     raw = b"Subject: " + data + b"\r\nFrom: " + data + b"\r\nReferences: " + data + b"\r\n\r\n"
-    sort_keys(H.split_fields(raw, 0, len(raw))[0])
+    k = sort_keys(H.split_fields(raw, 0, len(raw))[0])
+    "".join((k.subject, k.from_, k.display_from, k.message_id or "", *k.references)).encode("utf-8")
     base_subject(data.decode("utf-8", "replace"))

@@ -29,6 +29,8 @@ Invariants:
 2. `messages.thread_id` is 0 exactly while its body has no `message_keys` row; once set it never changes.
 3. `thread_refs` only grows (per user; removed with the user): an expunged message's ids still lead later
    replies to its thread.
+4. Keys never fail the write that stores a message: what cannot be stored is left out (the body then has no
+   keys; SORT computes them from its metadata).
 """
 
 from __future__ import annotations
@@ -56,11 +58,22 @@ def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, repl
     if got is None:
         return False
     sent, k = got
+    values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,
+              k.message_id, " ".join(k.references))
+    if any(isinstance(v, str) and not _storable(v) for v in values):
+        return False  # invariant 4: never fails the write that stores the message
     conn.execute(
         f"INSERT OR REPLACE INTO message_keys(blob_id, {_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to, k.message_id,
-         " ".join(k.references)),
+        values,
     )
+    return True
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (mime.sortkeys invariant 5 says there is none)
+        return False
     return True
 
 
