@@ -3,20 +3,20 @@
 Theory of operation
 -------------------
 The search program is evaluated by SEARCH's own code (`search.run_search`), so both answer the same set. The
-matching messages' sort keys come from the store as narrow columns (`Store.list_sort_rows`: one query, no
-metadata parsed); a body stored by an older version gets its keys from its metadata once (`objectid.ensure_keys`).
+order comes from the store (`Store.sort_uids`): the keys are narrow columns written at delivery, so the engine
+sorts with its own sorter in its reader thread, and the event loop only filters the answer to the matches in
+slices. A body stored by an older version gets its keys from its metadata first, once (`objectid.ensure_keys`).
 Strings are compared as the i;unicode-casemap keys stored at delivery (`mime.sortkeys`), numbers as numbers:
 
 * ARRIVAL: the internal date; DATE: the sent date (the Date field's instant in UTC), else the internal date
   (RFC 5256 §2.2); SIZE: RFC822.SIZE;
 * SUBJECT: the base subject (RFC 5256 §2.1); FROM, TO, CC: the addr-mailbox of the first address;
 * DISPLAYFROM, DISPLAYTO: the display name of the first address, else its addr-spec (RFC 5957 §3);
-* REVERSE reverses the key it precedes; ties of every key are broken by the sequence number, ascending
-  (RFC 5256 §3: "an implicit sort criterion of sequence number", which REVERSE does not touch).
+* REVERSE reverses the key it precedes; ties of every key are broken by the sequence number (UID order),
+  ascending (RFC 5256 §3: "an implicit sort criterion of sequence number", which REVERSE does not touch).
 
-`order` is the sort as a generator that yields between slices: it builds one key tuple per message (the sequence
-index last, so every key is distinct), sorts runs of `SORT_CHUNK` messages and merges them, yielding every
-`SLICE_ROWS` messages; `drive` runs it on the event loop, giving other sessions their turn in between.
+`sorted_steps` and `drive` are the sliced sort THREAD uses (thread.py): runs of `SORT_CHUNK` keys sorted apart and
+merged, yielding to the event loop every `SLICE_ROWS` keys.
 
 Answer: `* SORT n...` (RFC 5256 §4); with RETURN, `* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT PARTIAL` where MIN
 and MAX are the first and last in sort order and ALL keeps the order (RFC 5267 §3.1, `results.ordered_set`).
@@ -24,14 +24,14 @@ and MAX are the first and last in sort order and ALL keeps the order (RFC 5267 �
 Invariants
 1. SORT answers exactly the messages SEARCH would (announced ones, SEARCH invariant 1), each once.
 2. No synchronous stretch handles more than about `SLICE_ROWS` messages or one sort of `SORT_CHUNK` keys.
-3. No metadata is parsed for a body whose keys are stored.
+3. No metadata is parsed for a body whose keys are stored; no key is computed per command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, TypeVar
 
 from postroom.store.api import SortRow
@@ -61,65 +61,6 @@ async def drive(steps: Steps[_T]) -> _T:
         return done.value  # type: ignore[no-any-return]
 
 
-class _Inverse(dict[int, int]):
-    """str.translate table that reverses code point order (REVERSE on a string key)."""
-
-    def __missing__(self, c: int) -> int:
-        v = 0x10FFFE - min(c, 0x10FFFE)
-        self[c] = v
-        return v
-
-
-_INVERSE = _Inverse()
-
-
-def _inverse(text: str) -> str:
-    """A key that orders strings in reverse: each code point mirrored, then the largest one, so a string sorts
-    after every string it is a prefix of."""
-    return text.translate(_INVERSE) + "\U0010ffff"
-
-
-def _date(r: SortRow) -> float:
-    return r.sent if r.sent is not None else r.internal_date  # RFC 5256 §2.2
-
-
-_GETTERS: dict[str, Callable[[SortRow], Any]] = {
-    "ARRIVAL": lambda r: r.internal_date,
-    "DATE": _date,
-    "SIZE": lambda r: r.size,
-    "SUBJECT": lambda r: r.subject,
-    "FROM": lambda r: r.from_,
-    "TO": lambda r: r.to,
-    "CC": lambda r: r.cc,
-    "DISPLAYFROM": lambda r: r.display_from,
-    "DISPLAYTO": lambda r: r.display_to,
-}
-_NUMERIC = {"ARRIVAL", "DATE", "SIZE"}
-
-
-def _part(name: str, reverse: bool) -> Callable[[SortRow], Any]:
-    """The key of one criterion; REVERSE negates a number and mirrors a string (`_inverse`)."""
-    get = _GETTERS[name]
-    if not reverse:
-        return get
-    if name in _NUMERIC:
-        return lambda r: -get(r)
-    return lambda r: _inverse(get(r))
-
-
-def order(rows: Sequence[SortRow], criteria: Sequence[tuple[str, bool]]) -> Steps[list[int]]:
-    """The UIDs of `rows` (given in sequence order) sorted by `criteria` (RFC 5256 §3), yielding between slices
-    (invariant 2)."""
-    parts = [_part(name, reverse) for name, reverse in criteria]
-    keys: list[tuple[Any, ...]] = []
-    for i, r in enumerate(rows):
-        keys.append((*(p(r) for p in parts), i))  # the sequence index breaks ties, ascending (RFC 5256 §3)
-        if i % SLICE_ROWS == SLICE_ROWS - 1:
-            yield
-    ordered = yield from sorted_steps(keys)
-    return [rows[key[-1]].uid for key in ordered]
-
-
 def sorted_steps(keys: list[tuple[Any, ...]]) -> Steps[list[tuple[Any, ...]]]:
     """`sorted(keys)` (distinct tuples) in slices: runs of `SORT_CHUNK` sorted apart, then merged, yielding
     every `SLICE_ROWS` keys (invariant 2)."""
@@ -134,6 +75,28 @@ def sorted_steps(keys: list[tuple[Any, ...]]) -> Steps[list[tuple[Any, ...]]]:
         out.append(key)
         if n % SLICE_ROWS == SLICE_ROWS - 1:
             yield
+    return out
+
+
+_STORE_KEYS = {"ARRIVAL": "arrival", "DATE": "date", "SIZE": "size", "SUBJECT": "subject", "FROM": "from", "TO": "to",
+               "CC": "cc", "DISPLAYFROM": "display_from", "DISPLAYTO": "display_to"}
+
+
+async def sorted_uids(s: Session, uids: Sequence[int], criteria: Sequence[tuple[str, bool]]) -> list[int]:
+    """`uids` (ascending, announced) in SORT order: bodies without stored keys get them first (invariant 3), then
+    the store sorts (`Store.sort_uids`, in its reader thread: the event loop only filters the answer)."""
+    if not uids:
+        return []
+    sel = sel_of(s)
+    missing = await s.store.list_sort_rows(sel.id, uids[0], uids[-1], unknown_only=True)
+    if missing:
+        await ensure_keys(s, missing)
+    ordered = await s.store.sort_uids(sel.id, [(_STORE_KEYS[k], r) for k, r in criteria], uids[0], uids[-1])
+    wanted = set(uids)
+    out: list[int] = []
+    for k in range(0, len(ordered), SLICE_ROWS):
+        out.extend(u for u in ordered[k:k + SLICE_ROWS] if u in wanted)
+        await asyncio.sleep(0)
     return out
 
 
@@ -185,8 +148,7 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     check_program(a.charset, a.key)
     sel = sel_of(s)
     uids = await run_search(s, a.key, cmd.uid)  # invariant 1
-    rows = await sort_rows(s, uids)
-    ordered = await drive(order(rows, a.criteria))
+    ordered = await sorted_uids(s, uids, a.criteria)
     numbers = ordered if cmd.uid else [sel.msn(u) for u in ordered]
     if a.returns is None:
         s.write(b"* SORT")

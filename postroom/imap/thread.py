@@ -136,21 +136,23 @@ def references(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
     roots = [x for x in range(len(f.row)) if f.parent[x] < 0]
     yield
     # (3) and (4): dummies without children go; a dummy with children gives them to its parent (at the root
-    # only a single child is promoted). Bottom-up, iteratively: each node's children are final before it.
-    for node in (yield from _post_order(f, roots)):
-        kids = f.kids[node]
-        if not any(f.row[k] < 0 for k in kids):
-            continue
+    # only a single child is promoted). A dummy below the root hands its children, and those of the dummies
+    # below it, to its nearest ancestor that is a message or a root: each dummy is expanded once.
+    owners = {p for x, p in enumerate(f.parent) if f.row[x] < 0 and p >= 0 and (f.row[p] >= 0 or f.parent[p] < 0)}
+    for n, node in enumerate(owners):
         new: list[int] = []
-        for k in kids:
+        stack = list(reversed(f.kids[node]))
+        while stack:
+            k = stack.pop()
             if f.row[k] >= 0:
+                f.parent[k] = node
                 new.append(k)
-                continue
-            for g in f.kids[k]:
-                f.parent[g] = node
-                new.append(g)
-            f.kids[k] = []
+            else:
+                stack.extend(reversed(f.kids[k]))
+                f.kids[k] = []
         f.kids[node] = new
+        if n % SLICE_ROWS == SLICE_ROWS - 1:
+            yield
     top: list[int] = []
     for x in roots:
         if f.row[x] >= 0:
@@ -209,10 +211,14 @@ def references(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
             table[subject] = d
             kept.append(d)
     final = [x for x in kept if x not in removed and f.parent[x] < 0]
-    # (7) Every set of siblings by date, the deepest first (a dummy sorts by its first child).
-    for node in (yield from _post_order(f, final)):
-        if len(f.kids[node]) > 1:
-            f.kids[node].sort(key=lambda k: _first_key(f, rows, k))
+    # (7) Every set of siblings by date, the deepest first: only the root can hold dummies now (step 4 left
+    # none below it, step 6 makes them there), whose children are messages, so every set is sorted by its
+    # messages' own dates and a dummy then by its first child.
+    for n, kids in enumerate(f.kids):
+        if len(kids) > 1:
+            kids.sort(key=lambda k: _date_key(rows, f.row[k]))
+        if n % SLICE_ROWS == SLICE_ROWS - 1:
+            yield
     final = yield from _by_date(f, rows, final)
     return f, final
 
@@ -227,22 +233,6 @@ def _by_date(f: _Forest, rows: Sequence[SortRow], nodes: list[int]) -> Steps[lis
     keyed = [(*_first_key(f, rows, x), x) for x in nodes]
     ordered = yield from sorted_steps(keyed)
     return [k[-1] for k in ordered]
-
-
-def _post_order(f: _Forest, roots: Sequence[int]) -> Steps[list[int]]:
-    """Every node under `roots`, children before their parent, without recursion."""
-    out: list[int] = []
-    stack = [(x, False) for x in reversed(roots)]
-    while stack:
-        x, done = stack.pop()
-        if done:
-            out.append(x)
-            if len(out) % SLICE_ROWS == 0:
-                yield
-            continue
-        stack.append((x, True))
-        stack.extend((k, False) for k in reversed(f.kids[x]))
-    return out
 
 
 def ordered_subject(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:

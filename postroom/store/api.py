@@ -556,9 +556,20 @@ class Store(Protocol):
 
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
 
-    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[SortRow]:
-        """The messages of a UID range with their sort keys (`SortRow`), UID order, one query: what SORT and
-        THREAD read (no metadata is parsed). NotFound if the mailbox is gone."""
+    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                             unknown_only: bool = False) -> list[SortRow]:
+        """The messages of a UID range with their sort keys (`SortRow`), UID order, one query: what THREAD reads
+        (no metadata is parsed). With `unknown_only`, only those whose body's keys are not stored (`known` 0).
+        NotFound if the mailbox is gone."""
+
+    async def sort_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]], uid_min: int = 1,
+                        uid_max: int | None = None) -> list[int]:
+        """The UIDs of a range in SORT order (RFC 5256 §3), sorted by the engine: `criteria` is (key, reversed)
+        with key one of "arrival" (internal date), "date" (sent date, else internal date, RFC 5256 §2.2),
+        "size", "subject", "from", "to", "cc", "display_from", "display_to" (the `SortRow` keys, strings in
+        code point order), and ties are broken by UID, ascending, whatever is reversed. A body whose keys are not
+        stored sorts with empty strings and its internal date (callers fill them first: `list_sort_rows` with
+        `unknown_only`). Invalid for an unknown key; NotFound if the mailbox is gone."""
 
     async def thread_ids(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> dict[int, int]:
         """uid -> thread id (RFC 8474 THREADID) of the messages of a UID range. A message's thread is given in the

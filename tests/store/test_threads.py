@@ -8,7 +8,7 @@ from pathlib import Path
 
 from postroom.mime.meta import compute_meta
 from postroom.mime.sortkeys import casemap
-from postroom.store.api import AppendRequest, Store
+from postroom.store.api import AppendRequest, Invalid, Store
 from postroom.store.sqlite import SQLiteStore
 
 from .conftest import inbox, new_user
@@ -137,3 +137,26 @@ async def test_schema_8_on_a_version_7_store_with_data(tmp_path: Path) -> None:
         assert all(r.known for r in await store.list_sort_rows(box.id))
     finally:
         await store.close()
+
+
+async def test_sort_uids_orders_by_keys_with_uid_ties(store: Store) -> None:
+    box = await inbox(store, await new_user(store))
+    for subject, date, frm in [("b", "Mon, 1 Jan 2024 10:00:00 +0000", "x@e"), ("ab", "Mon, 1 Jan 2024 09:00:00 +0000",
+                                                                              "y@e"),
+                               ("a", "Mon, 1 Jan 2024 10:00:00 +0000", "x@e"), ("Re: A", "no date", "é@e")]:
+        req = mail(subject, date=date, frm=frm)
+        await store.append(box.id, AppendRequest(req.raw, internal_date=1704096000.0, meta=req.meta))
+    # 4 has no valid Date: its internal date (08:00) is its sent date (RFC 5256 §2.2).
+    assert await store.sort_uids(box.id, [("date", False)]) == [4, 2, 1, 3]
+    assert await store.sort_uids(box.id, [("date", True)]) == [1, 3, 2, 4]  # ties stay by UID, ascending
+    assert await store.sort_uids(box.id, [("subject", False)]) == [3, 4, 2, 1]  # "A" twice, then "AB", "B"
+    assert await store.sort_uids(box.id, [("subject", True)]) == [1, 2, 3, 4]
+    # RFC 5051: É decomposes to E + U+0301, so it sorts among the Es, before X.
+    assert await store.sort_uids(box.id, [("from", False), ("arrival", False)]) == [4, 1, 3, 2]
+    assert await store.sort_uids(box.id, [("size", False)], 2, 3) == [3, 2]
+    try:
+        await store.sort_uids(box.id, [("modseq", False)])
+    except Invalid:
+        pass
+    else:
+        raise AssertionError("an unknown key is Invalid")

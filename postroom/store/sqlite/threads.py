@@ -39,7 +39,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from postroom.mime.meta import keys_of
-from postroom.store.api import SortRow
+from postroom.store.api import Invalid, SortRow
 from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
 
@@ -145,9 +145,46 @@ def refresh_keys(tx: Tx, metas: Iterable[tuple[str, bytes]]) -> None:
                          (assign_thread(conn, int(user_id), blob_id), mailbox_id, uid))
 
 
+# Store.sort_uids key -> the SQL expression it sorts by (BINARY collation: UTF-8 byte order is code point order,
+# the order of the collation keys mime.sortkeys stores).
+SORT_EXPRESSIONS = {
+    "arrival": "m.internal_date",
+    "date": "COALESCE(k.sent, m.internal_date)",  # RFC 5256 §2.2
+    "size": "m.size",
+    "subject": "COALESCE(k.subject, '')",
+    "from": "COALESCE(k.from_key, '')",
+    "to": "COALESCE(k.to_key, '')",
+    "cc": "COALESCE(k.cc_key, '')",
+    "display_from": "COALESCE(k.display_from, '')",
+    "display_to": "COALESCE(k.display_to, '')",
+}
+
+
 class ThreadsMixin(Base):
-    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[SortRow]:
+    async def sort_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]], uid_min: int = 1,
+                        uid_max: int | None = None) -> list[int]:
         top = uid_max if uid_max is not None else 2**63 - 1
+        try:
+            terms = [SORT_EXPRESSIONS[key] + (" DESC" if reverse else "") for key, reverse in criteria]
+        except KeyError as e:
+            raise Invalid(f"unknown sort key {e}") from None
+        order = ", ".join([*terms, "m.uid"])  # ties by UID, ascending, whatever is reversed (RFC 5256 §3)
+
+        def q(conn: sqlite3.Connection) -> list[int]:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT m.uid FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
+                f" WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY {order}",
+                (mailbox_id, uid_min, top),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._engine.read(q)
+
+    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                             unknown_only: bool = False) -> list[SortRow]:
+        top = uid_max if uid_max is not None else 2**63 - 1
+        only = " AND k.blob_id IS NULL" if unknown_only else ""
 
         def q(conn: sqlite3.Connection) -> list[SortRow]:
             load_mailbox(conn, mailbox_id)
@@ -157,7 +194,7 @@ class ThreadsMixin(Base):
                 " COALESCE(k.to_key, ''), COALESCE(k.cc_key, ''), COALESCE(k.display_from, ''),"
                 " COALESCE(k.display_to, ''), k.message_id, COALESCE(k.refs, '')"
                 " FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
-                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
+                f" WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?{only} ORDER BY m.uid",
                 (mailbox_id, uid_min, top),
             )
             make = SortRow._make
