@@ -11,7 +11,10 @@ Layers, from the wire up:
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID),
   `mailboxes` (SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB NAMESPACE STATUS APPEND),
   `fetch` (FETCH and its planner), `search` (SEARCH, ESEARCH, SEARCHRES), `messages` (STORE COPY MOVE
-  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE).
+  EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `sort` (SORT, UID SORT, ESORT), `thread` (THREAD,
+  UID THREAD);
+* shared by families: `objectid` (OBJECTID's MAILBOXID / EMAILID / THREADID, used by `mailboxes`, `fetch` and
+  `search`; the lazy fill of sort keys), `results` (ESEARCH items of SEARCH and SORT: ordered sets, PARTIAL).
 
 `session.imap_handler` is what `app.HANDLER_FACTORIES` runs for the "imap" and "imaps" listeners.
 """
