@@ -149,7 +149,12 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     sel = sel_of(s)
     uids = await run_search(s, a.key, cmd.uid)  # invariant 1
     ordered = await sorted_uids(s, uids, a.criteria)
-    numbers = ordered if cmd.uid else [sel.msn(u) for u in ordered]
+    numbers = ordered
+    if not cmd.uid:
+        numbers = []
+        for k in range(0, len(ordered), SLICE_ROWS):
+            numbers.extend(sel.msn(u) for u in ordered[k:k + SLICE_ROWS])
+            await asyncio.sleep(0)
     if a.returns is None:
         s.write(b"* SORT")
         for k in range(0, len(numbers), SLICE_ROWS):

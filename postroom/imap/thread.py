@@ -31,6 +31,7 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from postroom.store.api import SortRow
@@ -230,7 +231,10 @@ def _first_key(f: _Forest, rows: Sequence[SortRow], x: int) -> tuple[float, int]
 
 
 def _by_date(f: _Forest, rows: Sequence[SortRow], nodes: list[int]) -> Steps[list[int]]:
-    keyed = [(*_first_key(f, rows, x), x) for x in nodes]
+    keyed: list[tuple[float, int, int]] = []
+    for k in range(0, len(nodes), SLICE_ROWS):
+        keyed.extend((*_first_key(f, rows, x), x) for x in nodes[k:k + SLICE_ROWS])
+        yield
     ordered = yield from sorted_steps(keyed)
     return [k[-1] for k in ordered]
 
@@ -238,8 +242,10 @@ def _by_date(f: _Forest, rows: Sequence[SortRow], nodes: list[int]) -> Steps[lis
 def ordered_subject(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
     """RFC 5256 §3 ORDEREDSUBJECT: by base subject then sent date; each subject's first message is the parent
     of the others; threads by their first message's date."""
-    keyed = [(r.subject, *_date_key(rows, i)) for i, r in enumerate(rows)]
-    yield
+    keyed: list[tuple[str, float, int]] = []
+    for k in range(0, len(rows), SLICE_ROWS):
+        keyed.extend((rows[i].subject, *_date_key(rows, i)) for i in range(k, min(k + SLICE_ROWS, len(rows))))
+        yield
     ordered = yield from sorted_steps(keyed)
     f = _Forest()
     roots: list[int] = []
@@ -302,7 +308,11 @@ async def thread(s: Session, cmd: P.Command) -> Result:
     rows = await sort_rows(s, uids)
     algorithm = references if a.algorithm == "REFERENCES" else ordered_subject
     forest, roots = await drive(algorithm(rows))
-    numbers = [r.uid for r in rows] if cmd.uid else [sel.msn(r.uid) for r in rows]
+    numbers = [r.uid for r in rows]
+    if not cmd.uid:
+        for k in range(0, len(numbers), SLICE_ROWS):
+            numbers[k:k + SLICE_ROWS] = [sel.msn(u) for u in numbers[k:k + SLICE_ROWS]]
+            await asyncio.sleep(0)
     pieces = await drive(render(forest, roots, numbers))
     s.write(b"* THREAD" + (b" " if pieces else b""))
     for k in range(0, len(pieces), SLICE_ROWS):
