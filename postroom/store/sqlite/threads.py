@@ -31,6 +31,8 @@ Invariants:
    replies to its thread.
 4. Keys never fail the write that stores a message: what cannot be stored is left out (the body then has no
    keys; SORT computes them from its metadata).
+5. Giving a thread costs at most `THREAD_REFS` + 2 lookups and as many inserts per message, however long its
+   References field: the last references (the parent and its nearest ancestors) are the ones used.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from postroom.store.sqlite.engine import Tx
 
 _KEY_COLUMNS = ("sent, subject, reply, from_key, to_key, cc_key, display_from, display_to, message_id, refs")
 SUBJECT_PREFIX = "subject:"
+THREAD_REFS = 50  # the last references a new message is looked up by and recorded under (invariant 5)
 
 
 def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
@@ -90,7 +93,7 @@ def assign_thread(conn: sqlite3.Connection, user_id: int, blob_id: str) -> int:
     if row is None:
         return 0
     message_id, refs, subject = row
-    ids = [f"<{r}>" for r in str(refs).split()]
+    ids = [f"<{r}>" for r in str(refs).split()[-THREAD_REFS:]]  # invariant 5
     if message_id:
         ids.append(f"<{message_id}>")
     thread = 0
