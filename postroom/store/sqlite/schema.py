@@ -261,7 +261,7 @@ def _v8(conn: sqlite3.Connection) -> None:
         " refs TEXT NOT NULL)"
     )
     conn.execute("ALTER TABLE messages ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0")
-    conn.execute("CREATE INDEX messages_thread ON messages(thread_id)")
+    conn.execute("CREATE INDEX messages_thread ON messages(thread_id, mailbox_id)")  # a thread; keys unknown (0)
     conn.execute(
         "CREATE TABLE thread_refs(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
         " ref TEXT NOT NULL, thread_id INTEGER NOT NULL, PRIMARY KEY(user_id, ref)) WITHOUT ROWID"

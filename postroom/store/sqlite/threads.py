@@ -187,7 +187,7 @@ class ThreadsMixin(Base):
     async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
                              unknown_only: bool = False) -> list[SortRow]:
         top = uid_max if uid_max is not None else 2**63 - 1
-        only = " AND k.blob_id IS NULL" if unknown_only else ""
+        only = " AND m.thread_id = 0" if unknown_only else ""  # invariant 2: 0 exactly while keys are unknown
 
         def q(conn: sqlite3.Connection) -> list[SortRow]:
             load_mailbox(conn, mailbox_id)
