@@ -257,8 +257,6 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool) -> list[int]:
     known = sel.uids
     if not known:
         return []
-    if key.op == "ALL" or (key.op == "AND" and all(isinstance(k, P.Key) and k.op == "ALL" for k in key.args)):
-        return list(known)  # every announced message (SORT and THREAD ... ALL, the webmail's common case)
     if _needs_meta(key):
         return await _meta_search(s, key, ctx)
     cols = await s.store.list_columns(sel.id, known[0], known[-1])
