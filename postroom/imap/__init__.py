@@ -13,11 +13,14 @@ Layers, from the wire up:
   `mailboxes` (SELECT EXAMINE CREATE with CREATE-SPECIAL-USE, DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB
   NAMESPACE STATUS APPEND with MULTIAPPEND), `fetch` (FETCH and its planner; SAVEDATE, RFC 8514), `preview`
   (FETCH PREVIEW, RFC 8970), `search` (SEARCH, ESEARCH, SEARCHRES, WITHIN; narrowed by the store's full-text
-  index), `messages` (STORE COPY MOVE EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `compress`
+  index), `messages` (STORE COPY MOVE EXPUNGE UID EXPUNGE CLOSE UNSELECT CHECK), `idle` (IDLE), `sort` (SORT, UID SORT,
+  ESORT), `thread` (THREAD, UID THREAD), `compress`
   (COMPRESS, RFC 4978: the deflate layer itself is the connection's, `net/connection.py`), `notify` (NOTIFY,
   RFC 5465: which changes of which mailboxes are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS
   MYRIGHTS, RFC 4314; the "Other Users" namespace and the rights every command checks on another user's
-  mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464).
+  mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464);
+* shared by families: `objectid` (OBJECTID's MAILBOXID / EMAILID / THREADID, used by `mailboxes`, `fetch` and
+  `search`; the lazy fill of sort keys), `results` (ESEARCH items of SEARCH and SORT: ordered sets, PARTIAL).
 
 CONDSTORE and QRESYNC (RFC 7162) are not a family of their own: they modify SELECT/EXAMINE (`mailboxes`), FETCH
 (`fetch`), STORE and the expunging commands (`messages`), SEARCH (`search`), STATUS and ENABLE; what a session

@@ -56,7 +56,7 @@ from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Flag, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
 
-from . import encoder, preview
+from . import encoder, objectid, preview
 from . import parser as P
 from .messages import member, resolve, sel_of
 from .session import ONLY_SELECTED, Bad, No, Result, Session, command
@@ -379,6 +379,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     infos = await plan(s, uids)
     want_preview = next((t for t in atts if t.name == "PREVIEW"), None)  # RFC 8970 (imap/preview.py)
     previews: dict[str, str | None] = {}
+    ids = await _object_ids(s, infos) if names & _OBJECT_IDS else {}  # RFC 8474 EMAILID, THREADID
     seen_now: set[int] = set()
     if sets_seen:
         unseen = [m.uid for m in infos if not m.flags & _SEEN]
@@ -415,6 +416,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         for att in atts:
             if att.name == "PREVIEW":
                 s.write(sep, preview.preview_item(previews.get(m.blob_id)))
+            elif att.name in _OBJECT_IDS:
+                s.write(sep, ids[att.name, m.uid])
             else:
                 s.write(sep, *_item(s, att, m, raw, meta))
             sep = b" "
@@ -431,6 +434,31 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     if expunged:
         return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
     return "", "FETCH completed"
+
+
+_OBJECT_IDS = {"EMAILID", "THREADID"}
+
+
+async def _object_ids(s: Session, infos: Sequence[MessageInfo]) -> dict[tuple[str, int], bytes]:
+    """(item, uid) -> `EMAILID (M...)` / `THREADID (T...)` or `THREADID NIL` (RFC 8474 §5, §7) of `infos`, with
+    one store query for the thread ids; a message stored before thread ids existed gets one now
+    (`objectid.ensure_keys`)."""
+    if not infos:
+        return {}
+    sel = sel_of(s)
+    user = s.user.id if s.user is not None else 0
+    threads = await s.store.thread_ids(sel.id, infos[0].uid, infos[-1].uid)
+    if any(not threads.get(m.uid, 1) for m in infos):
+        wanted = {m.uid for m in infos if not threads.get(m.uid, 1)}
+        rows = [r for r in await s.store.list_sort_rows(sel.id, min(wanted), max(wanted)) if r.uid in wanted]
+        await objectid.ensure_keys(s, rows)
+        threads = await s.store.thread_ids(sel.id, infos[0].uid, infos[-1].uid)
+    out: dict[tuple[str, int], bytes] = {}
+    for m in infos:
+        out["EMAILID", m.uid] = b"EMAILID (%s)" % objectid.email_id(user, m.blob_id).encode()
+        tid = objectid.thread_id(threads.get(m.uid, 0))
+        out["THREADID", m.uid] = b"THREADID NIL" if tid is None else b"THREADID (%s)" % tid.encode()
+    return out
 
 
 def unique_atts(atts: Sequence[P.FetchAtt]) -> list[P.FetchAtt]:

@@ -77,7 +77,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 
-from . import acl, encoder
+from . import acl, encoder, objectid
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
@@ -169,6 +169,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     s.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mbox.uidnext)
     if s.condstore:  # RFC 7162 §3.1.2.1; read before the listing, so no change above it is missed
         s.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % max(mbox.highestmodseq, 1))
+    s.write(b"* OK [MAILBOXID (%s)] Ok\r\n" % objectid.mailbox_id(mbox.id, mbox.uidvalidity).encode())  # RFC 8474
     if s.rev2:
         s.write(b'* LIST () "/" ' + wire_name(s, target.name) + b"\r\n")  # RFC 9051 §6.3.2
     if a.qresync is not None and a.qresync.uidvalidity == mbox.uidvalidity:
@@ -247,18 +248,18 @@ async def create(s: Session, cmd: P.Command) -> Result:
             raise No("Special-use attributes are for your own mailboxes", "USEATTR")
         owner = await acl.owner_id(s, other[0], "CREATE")
         try:  # the store checks "k" on the nearest existing parent, hidden or not, in its transaction
-            await s.store.create_mailbox(owner, other[1], as_user=_user_id(s))
+            mbox = await s.store.create_mailbox(owner, other[1], as_user=_user_id(s))
         except Forbidden:
             raise No("CREATE cannot make a mailbox there", "NOPERM") from None
-        return "", "CREATE completed"
+        return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
     if acl.in_other_namespace(name):
         raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
     try:
-        await s.store.create_mailbox(_user_id(s), name, use)
+        mbox = await s.store.create_mailbox(_user_id(s), name, use)
     except SpecialUseTaken:
         # RFC 6154 §3: the mailbox is not created; one mailbox per special use per user (store api).
         raise No(f"Another mailbox is {use} already", "USEATTR") from None
-    return "", "CREATE completed"
+    return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
 
 
 @command("DELETE", AUTHED)
@@ -465,6 +466,9 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
     st: MailboxStatus = await s.store.mailbox_status(mbox.id)
     out: list[str] = []
     for item in items:
+        if item == "MAILBOXID":  # RFC 8474 §4.3
+            out.append(f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})")
+            continue
         if item == "MESSAGES":
             value = st.messages
         elif item == "UIDNEXT":

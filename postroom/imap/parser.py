@@ -177,6 +177,27 @@ class SearchArgs:
     key: Key
     charset: str | None = None
     returns: tuple[str, ...] | None = None  # None: no RETURN (plain SEARCH); () : RETURN () = ALL
+    partial: tuple[int, int] | None = None  # RETURN (PARTIAL low:high), RFC 5267 §4.4; low <= high
+
+
+@dataclass(frozen=True, slots=True)
+class SortArgs:
+    """SORT (RFC 5256 §3, RFC 5957 DISPLAY keys) with ESORT's RETURN (RFC 5267 §3)."""
+
+    criteria: tuple[tuple[str, bool], ...]  # (key, reversed) in order
+    charset: str
+    key: Key
+    returns: tuple[str, ...] | None = None  # as SearchArgs
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadArgs:
+    """THREAD (RFC 5256 §3): the algorithm's name upper-case, the charset and the search program."""
+
+    algorithm: str
+    charset: str
+    key: Key
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +262,7 @@ class NotifyArgs:
 
 Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Create | Rename | ListArgs | StatusArgs
         | AppendArgs | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs | NotifyArgs
-        | GetMetadata | SetMetadata)
+        | GetMetadata | SetMetadata | SortArgs | ThreadArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,7 +506,8 @@ def _p_lsub(c: Cursor) -> ListArgs:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT",
-                "HIGHESTMODSEQ"}  # RFC 7162 §3.1.7
+                "HIGHESTMODSEQ",  # RFC 7162 §3.1.7
+                "MAILBOXID"}  # RFC 8474 §4.2
 
 
 def _check_status_items(c: Cursor, items: list[str]) -> None:
@@ -697,6 +719,9 @@ def _search_key(c: Cursor) -> Key:
                 raise c.error("Expected priv, shared or all")
             c.sp()
         return Key(word, (_modseq(c),))
+    if word in ("EMAILID", "THREADID"):  # RFC 8474 §6: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        c.sp()
+        return Key(word, (_objectid(c),))
     if word == "NOT":
         c.sp()
         c.enter()
@@ -724,33 +749,121 @@ def _entry_name(c: Cursor) -> str:
     return name
 
 
-def _p_search(c: Cursor) -> SearchArgs:
-    c.sp()
-    returns: tuple[str, ...] | None = None
-    if c.take(b"RETURN "):
-        opts = [o.upper() for o in c.paren_list()]
-        for o in opts:
-            if o not in SEARCH_RETURN:
-                raise c.error(f"Unknown SEARCH return option {o}")
-        returns = tuple(opts)
-        c.sp()
-    charset = None
-    if c.take(b"CHARSET "):
-        charset = c.text(c.astring()).upper()
-        c.sp()
+_OBJECTID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+def _objectid(c: Cursor) -> str:
+    """RFC 8474 §6 objectid; a quoted form is accepted too (a string argument)."""
+    quoted = c.take(b'"')
+    value = c.chars(_OBJECTID_CHARS, "an object id").decode("ascii")
+    if quoted:
+        c.expect(b'"')
+    if len(value) > 255:
+        raise c.error("Object id too long")
+    return value
+
+
+def _return_opts(c: Cursor, allowed: set[str]) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """`RETURN (...)` of SEARCH (RFC 4731 §3.1) and SORT (RFC 5267 §3), with PARTIAL low:high (RFC 5267 §4.4:
+    partial-range = nz-number ":" nz-number; the two numbers may come in either order)."""
+    c.expect(b"(")
+    opts: list[str] = []
+    partial = None
+    while not c.take(b")"):
+        o = c.atom().upper()
+        if o == "PARTIAL":
+            if partial is not None:
+                raise c.error("PARTIAL given twice")
+            c.sp()
+            a = c.number(nonzero=True)
+            c.expect(b":")
+            b = c.number(nonzero=True)
+            partial = (min(a, b), max(a, b))
+        elif o not in allowed:
+            raise c.error(f"Unknown return option {o}")
+        opts.append(o)
+        if c.peek() == 0x20:
+            c.sp()
+            if c.peek() == 0x29:
+                raise c.error("Expected a return option")
+    return tuple(opts), partial
+
+
+def _search_program(c: Cursor) -> Key:
     keys = [_search_key(c)]
     while c.peek() == 0x20 and c.data[c.pos + 1:].strip(b" "):
         c.sp()
         keys.append(_search_key(c))
     c.end()
-    return SearchArgs(keys[0] if len(keys) == 1 else Key("AND", tuple(keys)), charset, returns)
+    return keys[0] if len(keys) == 1 else Key("AND", tuple(keys))
+
+
+def _p_search(c: Cursor) -> SearchArgs:
+    c.sp()
+    returns: tuple[str, ...] | None = None
+    partial = None
+    if c.take(b"RETURN "):
+        returns, partial = _return_opts(c, SEARCH_RETURN)
+        c.sp()
+    charset = None
+    if c.take(b"CHARSET "):
+        charset = c.text(c.astring()).upper()
+        c.sp()
+    return SearchArgs(_search_program(c), charset, returns, partial)
+
+
+# ---- SORT and THREAD (RFC 5256 §3, RFC 5957, RFC 5267)
+
+SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+SORT_RETURN = {"MIN", "MAX", "ALL", "COUNT"}  # RFC 5267 §3 (SAVE is SEARCHRES's, for SEARCH only)
+MAX_SORT_CRITERIA = 20  # each key is meaningful once; a longer list is an attack on the sort's work
+
+
+def _p_sort(c: Cursor) -> SortArgs:
+    c.sp()
+    returns: tuple[str, ...] | None = None
+    partial = None
+    if c.take(b"RETURN "):  # RFC 5267 §3: sort =/ ["UID" SP] "SORT" [search-return-opts] SP sort-criteria ...
+        returns, partial = _return_opts(c, SORT_RETURN)
+        c.sp()
+    c.expect(b"(")
+    criteria: list[tuple[str, bool]] = []
+    while True:
+        reverse = False
+        word = c.atom().upper()
+        if word == "REVERSE":
+            reverse = True
+            c.sp()
+            word = c.atom().upper()
+        if word not in SORT_KEYS:
+            raise c.error(f"Unknown sort key {word}")
+        criteria.append((word, reverse))
+        if len(criteria) > MAX_SORT_CRITERIA:
+            raise c.error("Too many sort criteria")
+        if c.take(b")"):
+            break
+        c.sp()
+    c.sp()
+    charset = c.text(c.astring()).upper()  # RFC 5256 §3: the charset is not optional in SORT
+    c.sp()
+    return SortArgs(tuple(criteria), charset, _search_program(c), returns, partial)
+
+
+def _p_thread(c: Cursor) -> ThreadArgs:
+    c.sp()
+    algorithm = c.atom().upper()
+    c.sp()
+    charset = c.text(c.astring()).upper()
+    c.sp()
+    return ThreadArgs(algorithm, charset, _search_program(c))
 
 
 # ---- FETCH (RFC 9051 §6.4.5, RFC 3516 BINARY)
 
 _SIMPLE_ATTS = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
                 "BODYSTRUCTURE", "UID", "BODY", "MODSEQ",  # MODSEQ: RFC 7162 §3.1.4.2
-                "SAVEDATE"}  # RFC 8514 §4.2
+                "SAVEDATE",  # RFC 8514 §4.2
+                "EMAILID", "THREADID"}  # RFC 8474 §5
 MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -1043,6 +1156,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none, "NOTIFY": _p_notify,
     "GETMETADATA": _p_getmetadata, "SETMETADATA": _p_setmetadata,
+    "SORT": _p_sort, "THREAD": _p_thread,
 }
 _PARSERS.update({  # RFC 4314 §3 (ACL)
     "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),
@@ -1050,7 +1164,7 @@ _PARSERS.update({  # RFC 4314 §3 (ACL)
 })
 _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
-    "EXPUNGE": _p_expunge_uid,
+    "EXPUNGE": _p_expunge_uid, "SORT": _p_sort, "THREAD": _p_thread,
 }
 COMMANDS = frozenset(_PARSERS)
 
@@ -1097,6 +1211,8 @@ __all__ = [
     "ParseError",
     "RawCommand",
     "SeqSet",
+    "SortArgs",
+    "ThreadArgs",
     "guess_tag",
     "parse_command",
 ]

@@ -29,8 +29,9 @@ returned: `* SEARCH ... (MODSEQ m)` (§3.1.6), or `MODSEQ m` in ESEARCH (RFC 473
 message when only those are asked for).
 
 Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...` with RETURN or after
-ENABLE IMAP4rev2 (RFC 9051 §7.3.4). RETURN (SAVE) stores the result as `$` (RFC 5182 §2.4: with MIN or MAX
-only those are saved; SAVE alone sends no ESEARCH).
+ENABLE IMAP4rev2 (RFC 9051 §7.3.4), with PARTIAL (RFC 5267 §4.4) when asked. EMAILID and THREADID (RFC 8474
+§6) are resolved to UID sets before the evaluation, like sequence sets (`objectid.matching`). RETURN (SAVE)
+stores the result as `$` (RFC 5182 §2.4: with MIN or MAX only those are saved; SAVE alone sends no ESEARCH).
 
 Bounded work (issue 11): a SEARCH may name at most `MAX_SEARCH_KEYS` keys (every key, NOT, OR and list
 counts; more is `NO [LIMIT]` before any work). A text key is evaluated once per message however often it
@@ -60,10 +61,11 @@ from postroom.mime.meta import MessageMeta
 from postroom.store.api import Flag, MessageColumns, MessageInfo
 from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
-from . import encoder
+from . import encoder, objectid
 from . import parser as P
 from .fetch import META_BATCH, load_meta, prefetch_meta
 from .messages import resolve, sel_of
+from .results import partial_item
 from .session import ONLY_SELECTED, No, Result, Session, command
 
 _CHARSETS = ("UTF-8", "US-ASCII")
@@ -200,8 +202,8 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return _match(args[0], m, meta, ctx) or _match(args[1], m, meta, ctx)
     if op == "NOT":
         return not _match(args[0], m, meta, ctx)
-    if op in ("SEQ", "UID"):
-        return m.uid in ctx.sets[id(key)]
+    if op in ("SEQ", "UID", "EMAILID", "THREADID"):
+        return m.uid in ctx.sets[id(key)]  # resolved before the evaluation (run_search)
     if op == "RECENT":
         return ctx.sel.is_recent(m.uid)
     if op == "NEW":
@@ -297,6 +299,10 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
     found: list[tuple[P.Key, P.SeqSet]] = []
     _seqsets(key, found)
     sets = {id(k): set(resolve(s, ss, k.op == "UID")) for k, ss in found}
+    ids: list[P.Key] = []
+    objectid.object_keys(key, ids)
+    for k in ids:  # RFC 8474 §6: EMAILID and THREADID, as UID sets
+        sets[id(k)] = await objectid.matching(s, k.op, str(k.args[0]))
     ctx = _Ctx(s, sets)
     known = sel.uids
     if not known:
@@ -412,8 +418,10 @@ async def search(s: Session, cmd: P.Command) -> Result:
     line = b'* ESEARCH (TAG ' + encoder.quoted(cmd.tag) + b")"
     if cmd.uid:
         line += b" UID"
-    for o in ("MIN", "MAX", "ALL", "COUNT"):
-        if o not in opts:
+    for o in ("MIN", "MAX", "ALL", "PARTIAL", "COUNT"):
+        if o == "PARTIAL" and a.partial is not None:
+            line += b" " + partial_item(a.partial, numbers)  # RFC 5267 §4.4
+        if o not in opts or o == "PARTIAL":
             continue
         if o == "COUNT":
             line += b" COUNT %d" % len(numbers)

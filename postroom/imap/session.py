@@ -158,7 +158,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
-            "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER"]
+            "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID"]
 
 
 class Service:
@@ -594,7 +595,20 @@ def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
 
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import acl, auth, compress, fetch, idle, mailboxes, messages, metadata, notify, search  # noqa: F401
+    from . import (  # noqa: F401 - they register commands
+        acl,
+        auth,
+        compress,
+        fetch,
+        idle,
+        mailboxes,
+        messages,
+        metadata,
+        notify,
+        search,
+        sort,
+        thread,
+    )
 
     service = Service(services, listener)
 

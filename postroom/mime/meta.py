@@ -18,7 +18,9 @@ mime_type, encoding, charset, filename, disposition, content_id, flags):
 
 Format versions (`FORMAT_VERSION`): 1 kept the Date field only as a UTC POSIX time. 2 adds `sent_day`, the
 Date field's calendar date as written (RFC 9051 §6.4.4 SENT* disregard time and zone), treats an unknown zone
-as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 and 5 in the search text.
+as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 and 5 in the search text. 3 adds
+`keys`, the SORT / THREAD keys of the header (`mime.sortkeys`: base subject, first addresses, Message-ID and
+references), which the store also keeps as narrow columns.
 `from_bytes` refuses any other version; readers then recompute the metadata from the raw message and store it
 back (`imap/fetch.py`, `Store.write_metas`), so each body of an older store is upgraded once, on first use.
 
@@ -49,10 +51,11 @@ from postroom.mime import imap
 from postroom.mime.cte import IDENTITY_ENCODINGS, UnknownCTE, decode_body
 from postroom.mime.dates import parse_date
 from postroom.mime.imap import Section
+from postroom.mime.sortkeys import EMPTY_KEYS, SortKeys, sort_keys
 from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
@@ -95,6 +98,7 @@ class MessageMeta:
     search: SearchText
     sent_date: float | None = None  # the Date header's instant, POSIX seconds UTC (RFC 5256 §2.2: SORT DATE)
     sent_day: int | None = None  # its calendar date as written, days since 1970-01-01 (RFC 9051 §6.4.4 SENT*)
+    keys: SortKeys = EMPTY_KEYS  # SORT / THREAD keys of the header (mime.sortkeys)
     _index: dict[str, PartRow] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +137,7 @@ class MessageMeta:
             "text": self.search.body,
             "date": self.sent_date,
             "day": self.sent_day,
+            "keys": self.keys.to_list(),
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
@@ -155,6 +160,7 @@ class MessageMeta:
                 search=SearchText(tuple((k, v) for k, v in doc["hdr"]), doc["text"]),
                 sent_date=doc["date"],
                 sent_day=doc["day"],
+                keys=SortKeys.from_list(doc["keys"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise MetaFormatError(str(e)) from e
@@ -279,6 +285,7 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     sent = _guarded(_sent_date, root, defects, "date")
     envelopes: dict[int, bytes] = {}
     sent_date, sent_day = sent if sent is not None else (None, None)
+    keys = _guarded(lambda r: sort_keys(r.fields), root, defects, "sort-keys")
     bodystructure = imap.bodystructure(root, True, envelopes)
     body = imap.bodystructure(root, False, envelopes)
     parts = tuple(_row(sec, p, defects) for sec, p in walk(root))
@@ -292,6 +299,7 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
         search=SearchText((), "") if text is None else text,
         sent_date=sent_date,
         sent_day=sent_day,
+        keys=EMPTY_KEYS if keys is None else keys,
     )
 
 
@@ -313,11 +321,13 @@ def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
     defects = [(0, defect)]
     env = NIL_ENVELOPE
     headers: tuple[tuple[str, str], ...] = ()
+    keys = EMPTY_KEYS
     if body_start <= MINIMAL_HEADER_MAX:
         try:
             fields, _ = H.split_fields(raw, 0, body_start)
             env = imap.envelope(fields)
             headers = tuple((f.name, decode_words(f.value)) for f in fields)
+            keys = sort_keys(fields)
         except Exception as e:  # noqa: BLE001 - invariant 1
             defects.append((0, f"envelope-failed:{type(e).__name__}"))
     size = len(raw) - body_start
@@ -337,7 +347,18 @@ def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
         defects=tuple(defects),
         search=SearchText(headers, ""),
         sent_date=None,
+        keys=keys,
     )
+
+
+def keys_of(data: bytes) -> tuple[float | None, SortKeys] | None:
+    """(sent date, sort keys) from serialised metadata, or None when it is of another format or unreadable
+    (the store keeps them as narrow columns: store/sqlite/threads.py). Never raises."""
+    try:
+        meta = MessageMeta.from_bytes(data)
+    except MetaFormatError:
+        return None
+    return meta.sent_date, meta.keys
 
 
 __all__ = [
@@ -347,5 +368,7 @@ __all__ = [
     "PartRow",
     "UnknownCTE",
     "compute_meta",
+    "keys_of",
     "minimal_meta",
 ]
+

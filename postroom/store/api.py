@@ -61,7 +61,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from postroom.store.textindex import TextFilter
@@ -326,6 +326,31 @@ class MessageColumns:
 
 
 _NO_KEYWORDS: frozenset[str] = frozenset()
+
+
+class SortRow(NamedTuple):
+    """One message as SORT and THREAD read it (`Store.list_sort_rows`): its record's columns and its body's sort
+    keys (`mime.sortkeys.SortKeys`, strings as i;unicode-casemap collation keys; "" where the field is
+    missing). `known` is 0 while the body's keys are not stored yet (a body stored by an older version, or
+    without metadata): the key fields are then empty and the caller computes them from the metadata, whose
+    write-back (`write_metas`) stores them."""
+
+    uid: int
+    internal_date: float
+    size: int
+    blob_id: str
+    thread_id: int  # RFC 8474 THREADID; 0 while the keys are not known
+    known: int
+    sent: float | None  # the Date field's instant (RFC 5256 §2.2), None without a valid one
+    subject: str  # base subject (RFC 5256 §2.1)
+    reply: int  # 1 if the base subject extraction removed a reply / forward marker
+    from_: str  # addr-mailbox of the first From address (RFC 5256 §3)
+    to: str
+    cc: str
+    display_from: str  # RFC 5957
+    display_to: str
+    message_id: str | None
+    references: str  # msg-ids (without <>) separated by spaces, RFC 5256 §3 REFERENCES step 1
 
 
 @dataclass(frozen=True)
@@ -685,6 +710,30 @@ class Store(Protocol):
 
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
 
+    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                             unknown_only: bool = False) -> list[SortRow]:
+        """The messages of a UID range with their sort keys (`SortRow`), UID order, one query: what THREAD reads
+        (no metadata is parsed). With `unknown_only`, only those whose body's keys are not stored (`known` 0).
+        NotFound if the mailbox is gone."""
+
+    async def sort_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]], uid_min: int = 1,
+                        uid_max: int | None = None) -> list[int]:
+        """The UIDs of a range in SORT order (RFC 5256 §3), sorted by the engine: `criteria` is (key, reversed)
+        with key one of "arrival" (internal date), "date" (sent date, else internal date, RFC 5256 §2.2),
+        "size", "subject", "from", "to", "cc", "display_from", "display_to" (the `SortRow` keys, strings in
+        code point order), and ties are broken by UID, ascending, whatever is reversed. A body whose keys are not
+        stored sorts with empty strings and its internal date (callers fill them first: `list_sort_rows` with
+        `unknown_only`). Invalid for an unknown key; NotFound if the mailbox is gone."""
+
+    async def thread_ids(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> dict[int, int]:
+        """uid -> thread id (RFC 8474 THREADID) of the messages of a UID range. A message's thread is given in the
+        transaction that stores it, from its Message-ID, References / In-Reply-To and base subject, and per user:
+        messages that share a Message-ID, or (RFC 5256 §3 step 6) a base subject, share a thread; copies and
+        moved messages keep theirs; it never changes. 0 for a message whose body's keys are not known yet
+        (stored by an older version or without metadata): `write_metas` of its metadata gives it one. NotFound
+        if the mailbox is gone."""
+
+
     async def read_message(self, blob_id: str) -> bytes: ...
 
     async def read_meta(self, blob_id: str) -> bytes | None: ...
@@ -705,7 +754,8 @@ class Store(Protocol):
         """Replace the stored metadata of bodies (blob id -> serialised `MessageMeta`), in one transaction: a
         reader that found metadata of an older format recomputed it and stores it back, so each body is
         upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
-        body, which does not change)."""
+        body, which does not change). The sort keys kept beside the metadata are replaced too, and messages of
+        these bodies that had no thread id get one (`thread_ids`)."""
 
     async def search_text(self, mailbox_id: int, uid_min: int, uid_max: int,
                           flt: TextFilter) -> TextCandidates | None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from imap_support import Raw, fill, message, wire_imap
 
+from postroom.imap import objectid
 from postroom.mime.meta import compute_meta
 
 ADDR = "ann@example.org"
@@ -206,10 +207,11 @@ def test_literals_sync_nonsync_and_too_big(imap: Any) -> None:
 
 def test_create_list_rename_delete(imap: Any) -> None:
     r = raw(imap)
-    assert r.cmd("a CREATE Projects/2024/") == [b"a OK CREATE completed\r\n"]
+    assert re.fullmatch(rb"a OK \[MAILBOXID \(F[0-9a-f]{24}\)\] CREATE completed\r\n",  # RFC 8474 §4.1
+                        r.cmd("a CREATE Projects/2024/")[0])
     assert r.cmd("a CREATE Projects")[-1].startswith(b"a NO [ALREADYEXISTS]")
     assert r.cmd("a CREATE inbox")[-1].startswith(b"a NO [ALREADYEXISTS]")
-    assert r.cmd('a CREATE "&AOk-t&AOk-"') == [b"a OK CREATE completed\r\n"]
+    assert r.cmd('a CREATE "&AOk-t&AOk-"')[0].endswith(b"] CREATE completed\r\n")
     lines = r.cmd('b LIST "" *')
     assert b'* LIST (\\HasChildren) "/" "Projects"\r\n' in lines
     assert b'* LIST (\\HasNoChildren) "/" "Projects/2024"\r\n' in lines
@@ -301,7 +303,7 @@ def test_subscriptions_outlive_their_mailbox(imap: Any) -> None:
     the subscription list even if a mailbox by that name no longer exists"; RFC 9051 §6.3.9.1 (SUBSCRIBED: the
     list may "contain the names of mailboxes that don't exist") and §6.3.9.3's `(\\Subscribed \\NonExistent)`."""
     r = raw(imap)
-    assert r.cmd("a CREATE a/b")[-1] == b"a OK CREATE completed\r\n"
+    assert r.cmd("a CREATE a/b")[-1].endswith(b"] CREATE completed\r\n")
     r.cmd("b SUBSCRIBE a/b")
     assert r.cmd("c DELETE a/b")[-1] == b"c OK DELETE completed\r\n"
     assert r.cmd('d LSUB "" a/*') == [b'* LSUB () "/" "a/b"\r\n', b"d OK LSUB completed\r\n"]
@@ -334,7 +336,7 @@ def test_subscribe_names_that_do_not_exist(imap: Any) -> None:
     lines = r.cmd('e LIST (SUBSCRIBED RECURSIVEMATCH) "" x*')
     assert len(lines) == 2 and lines[0].endswith(b' "/" "x/y"\r\n')
     assert _attrs(lines[0]) == {b"\\Subscribed", b"\\NonExistent"}
-    assert r.cmd("f CREATE x/y")[-1] == b"f OK CREATE completed\r\n"  # made later: subscribed already
+    assert r.cmd("f CREATE x/y")[-1].startswith(b"f OK [MAILBOXID (")  # made later: subscribed already
     lines = r.cmd('g LIST "" x/y RETURN (SUBSCRIBED)')
     assert len(lines) == 2 and _attrs(lines[0]) == {b"\\HasNoChildren", b"\\Subscribed"}
 
@@ -411,6 +413,7 @@ def test_select_and_examine_responses(imap: Any) -> None:
         b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft \\*)] Flags permitted\r\n",
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mb.uidvalidity,
         b"* OK [UIDNEXT 4] Predicted next UID\r\n",
+        b"* OK [MAILBOXID (%s)] Ok\r\n" % objectid.mailbox_id(mid, mb.uidvalidity).encode(),  # RFC 8474 §4.1
         b"a OK [READ-WRITE] SELECT completed\r\n",
     ]
     # \Recent went to the first session only

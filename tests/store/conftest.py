@@ -162,6 +162,13 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     ),
     11: ("DROP TABLE changes", "DELETE FROM counters WHERE name = 'changes_pruned'"),
     12: ("ALTER TABLE messages DROP COLUMN save_date", "ALTER TABLE blobs DROP COLUMN preview", "DROP TABLE metadata"),
+    13: (
+        "DROP TABLE message_keys",
+        "DROP TABLE thread_refs",
+        "DROP INDEX messages_thread",
+        "ALTER TABLE messages DROP COLUMN thread_id",
+        "DELETE FROM counters WHERE name = 'thread'",
+    ),
 }
 
 

@@ -54,6 +54,7 @@ from postroom.store.sqlite.common import (
 )
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.messages import NewMessage, delete_messages, insert_messages
+from postroom.store.sqlite.threads import thread_ids_of
 
 # RFC 6154 §2 and RFC 8457 (\Important).
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important"})
@@ -236,7 +237,9 @@ class MailboxesMixin(Base):
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox.id,)
         ).fetchall()
         msgs = [message_from_row(r) for r in rows]
-        insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id) for m in msgs])
+        threads = thread_ids_of(tx.conn, inbox.id, [m.uid for m in msgs])  # RFC 8474 §5.2: messages keep theirs
+        insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id,
+                                              threads.get(m.uid, 0)) for m in msgs])
         delete_messages(tx, inbox, msgs, now=now, release=False)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:

@@ -23,6 +23,8 @@ Invariants:
    (acl.py, RFC 4314 §4): a right missing is Forbidden, flags the user may not set are left off the copies.
 5. Every write that puts keywords on a row of a mailbox passes them through `grow_keywords` in the same job, so
    `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
+6. A new message row gets its thread id in the job that inserts it (threads.py): its source's when it is a
+   copy, else `assign_thread` from its body's keys, which the job stored first (`put_keys`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.threads import assign_thread, put_keys, refresh_keys, thread_ids_of
 
 PRUNE_BATCH = 10_000  # expunged records forgotten per write transaction (`prune_expunged`)
 
@@ -86,6 +89,7 @@ class NewMessage:
     flags: int
     keywords: frozenset[str]
     blob_id: str
+    thread_id: int = 0  # a copy's (invariant 6); 0: given by `assign_thread`
 
 
 def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | None:
@@ -125,12 +129,15 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage],
     for item in items:
         modseq += 1
         kws = encode_keywords(item.keywords)
-        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id, save_date))
+        thread = item.thread_id or assign_thread(tx.conn, mbox.user_id, item.blob_id)  # invariant 6
+        rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, kws, item.blob_id, save_date,
+                     thread))
         change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
         tx.changes.append(change)
         results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
         uid += 1
-    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}, thread_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows)
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
     grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
     if grown is not None and len(results) == 1:  # a single append reports it with its own change
@@ -228,6 +235,7 @@ class MessagesMixin(Base):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
+                put_keys(tx.conn, blob_id, req.meta)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now))
             return results
 
@@ -273,6 +281,7 @@ class MessagesMixin(Base):
             def op(tx: Tx) -> AppendResult:
                 mbox = load_mailbox(tx.conn, mailbox_id)
                 acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
+                put_keys(tx.conn, blob_id, meta)
                 return insert_messages(tx, mbox, [item], self._clock())[0]
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -298,6 +307,7 @@ class MessagesMixin(Base):
                 for mailbox_id in wanted:
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
+                    put_keys(tx.conn, blob_id, meta)
                     results.extend(insert_messages(tx, mbox, [item], item.internal_date))
                 return results
 
@@ -351,6 +361,7 @@ class MessagesMixin(Base):
                         acquire_blob(tx, item.blob_id, raw, 1, meta)
                     else:
                         acquire_blob(tx, item.blob_id, b"", 1, meta, source=source, size=item.size, crlf=crlf)
+                    put_keys(tx.conn, item.blob_id, meta)  # invariant 6
                 return insert_messages(tx, mbox, [p[0] for p in prepared], now)  # RFC 3502 §3: one transaction
 
             adopted.update(bodies)
@@ -522,6 +533,7 @@ class MessagesMixin(Base):
         def op(tx: Tx) -> None:
             for meta, blob_id in rows:
                 fts.replace_meta(tx.conn, blob_id, meta)  # common invariant 4: the index follows the meta
+            refresh_keys(tx, ((b, m) for m, b in rows))  # threads.py invariant 2
 
         if rows:
             await self._engine.write(op, size=sum(len(m) for m, _ in rows))
@@ -719,8 +731,9 @@ class MessagesMixin(Base):
                 keep_keywords = "w" in rights
             msgs = select_messages(tx.conn, mailbox_id, wanted)
             mark = len(tx.changes)
-            items = [NewMessage(m.internal_date, m.size, m.flags & mask,
-                                m.keywords if keep_keywords else frozenset(), m.blob_id) for m in msgs]
+            threads = thread_ids_of(tx.conn, mailbox_id, [m.uid for m in msgs])  # invariant 6
+            items = [NewMessage(m.internal_date, m.size, m.flags & mask, m.keywords if keep_keywords else frozenset(),
+                                m.blob_id, threads.get(m.uid, 0)) for m in msgs]
             results = insert_messages(tx, dest, items, self._clock())  # a new save date (RFC 8514 §3)
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)

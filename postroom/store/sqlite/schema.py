@@ -47,6 +47,12 @@ save date the storage does not have is NIL in FETCH and the internal date in SEA
 guess written now. It also adds `blobs.preview`, the RFC 8970 preview text of the body (invariant 15), NULL until
 IMAP first computes it, and `metadata(user_id, mailbox_id, name, value)`: IMAP METADATA entries (RFC 5464) of a
 user, on a mailbox or (mailbox_id 0) on the server (invariant 16).
+13 (issue 14) adds what SORT, THREAD and OBJECTID read without parsing metadata: `message_keys`, one row per body
+with its sort and thread keys (store/sqlite/threads.py; invariant 17), `messages.thread_id` (invariant 18) and
+`thread_refs`, the per-user map from Message-IDs and base subjects to thread ids. Existing bodies get no row and
+existing messages thread id 0: the migration parses no metadata (their metadata is of an older format anyway);
+the first reader that recomputes a body's metadata writes it back with `write_metas`, which stores the keys and
+gives the body's messages their thread (the lazy upgrade of `mime.meta` formats).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -90,6 +96,10 @@ Invariants:
 16. A `metadata` row belongs to a user (cascade on user removal) and to one of that user's mailboxes, or to the
    server when `mailbox_id` is 0; deleting a mailbox deletes its rows in the same transaction. Names are stored
    lower-case (entry names are case-insensitive); a user has at most `names.MAX_METADATA_ENTRIES` rows.
+17. A `message_keys` row exists only with its `blobs` row (deleted in the same transaction) and holds the keys
+   `mime.meta.keys_of` reads from that body's metadata.
+18. `messages.thread_id` is 0 only while its body has no `message_keys` row; once given it never changes (RFC
+   8474 §5.2), and copies keep it.
 """
 
 from __future__ import annotations
@@ -100,7 +110,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 _V1 = """
 CREATE TABLE counters(
@@ -363,8 +373,26 @@ def _v12(conn: sqlite3.Connection) -> None:
     )  # invariant 16
 
 
+def _v13(conn: sqlite3.Connection) -> None:
+    """Sort and thread keys per body, a thread id per message, the per-user thread map (invariants 17, 18).
+    Self-contained: existing rows get no keys and thread id 0, filled in lazily (module doc)."""
+    conn.execute(
+        "CREATE TABLE message_keys(blob_id TEXT PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
+        " sent REAL, subject TEXT NOT NULL, reply INTEGER NOT NULL, from_key TEXT NOT NULL, to_key TEXT NOT NULL,"
+        " cc_key TEXT NOT NULL, display_from TEXT NOT NULL, display_to TEXT NOT NULL, message_id TEXT,"
+        " refs TEXT NOT NULL)"
+    )
+    conn.execute("ALTER TABLE messages ADD COLUMN thread_id INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX messages_thread ON messages(thread_id, mailbox_id)")  # a thread; keys unknown (0)
+    conn.execute(
+        "CREATE TABLE thread_refs(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " ref TEXT NOT NULL, thread_id INTEGER NOT NULL, PRIMARY KEY(user_id, ref)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('thread', 0)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
 }
 
 

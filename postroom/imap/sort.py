@@ -1,0 +1,166 @@
+"""SORT and UID SORT (RFC 5256 §3; DISPLAYFROM / DISPLAYTO, RFC 5957; ESORT's RETURN, RFC 5267 §3).
+
+Theory of operation
+-------------------
+The search program is evaluated by SEARCH's own code (`search.run_search`), so both answer the same set. The
+order comes from the store (`Store.sort_uids`): the keys are narrow columns written at delivery, so the engine
+sorts with its own sorter in its reader thread, and the event loop only filters the answer to the matches in
+slices. A body stored by an older version gets its keys from its metadata first, once (`objectid.ensure_keys`).
+Strings are compared as the i;unicode-casemap keys stored at delivery (`mime.sortkeys`), numbers as numbers:
+
+* ARRIVAL: the internal date; DATE: the sent date (the Date field's instant in UTC), else the internal date
+  (RFC 5256 §2.2); SIZE: RFC822.SIZE;
+* SUBJECT: the base subject (RFC 5256 §2.1); FROM, TO, CC: the addr-mailbox of the first address;
+* DISPLAYFROM, DISPLAYTO: the display name of the first address, else its addr-spec (RFC 5957 §3);
+* REVERSE reverses the key it precedes; ties of every key are broken by the sequence number (UID order),
+  ascending (RFC 5256 §3: "an implicit sort criterion of sequence number", which REVERSE does not touch).
+
+`sorted_steps` and `drive` are the sliced sort THREAD uses (thread.py): runs of `SORT_CHUNK` keys sorted apart and
+merged, yielding to the event loop every `SLICE_ROWS` keys.
+
+Answer: `* SORT n...` (RFC 5256 §4); with RETURN, `* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT PARTIAL` where MIN
+and MAX are the first and last in sort order and ALL keeps the order (RFC 5267 §3.1, `results.ordered_set`).
+
+Invariants
+1. SORT answers exactly the messages SEARCH would (announced ones, SEARCH invariant 1), each once.
+2. No synchronous stretch handles more than about `SLICE_ROWS` messages or one sort of `SORT_CHUNK` keys.
+3. No metadata is parsed for a body whose keys are stored; no key is computed per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Generator, Sequence
+from typing import Any, TypeVar
+
+from postroom.store.api import SortRow
+
+from . import encoder
+from . import parser as P
+from .messages import sel_of
+from .objectid import ensure_keys
+from .results import ordered_set, partial_item
+from .search import MAX_SEARCH_KEYS, count_keys, run_search
+from .session import ONLY_SELECTED, No, Result, Session, command
+
+CHARSETS = ("UTF-8", "US-ASCII")
+SLICE_ROWS = 5000  # messages handled between two yields (~2-5 ms)
+SORT_CHUNK = 8192  # keys sorted in one go (~3-6 ms)
+_T = TypeVar("_T")
+Steps = Generator[None, None, _T]
+
+
+async def drive(steps: Steps[_T]) -> _T:
+    """Run a generator that yields between slices of work, yielding to the event loop each time (invariant 2)."""
+    try:
+        while True:
+            next(steps)
+            await asyncio.sleep(0)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def sorted_steps(keys: list[tuple[Any, ...]]) -> Steps[list[tuple[Any, ...]]]:
+    """`sorted(keys)` (distinct tuples) in slices: runs of `SORT_CHUNK` sorted apart, then merged, yielding
+    every `SLICE_ROWS` keys (invariant 2)."""
+    if len(keys) <= SORT_CHUNK:
+        return sorted(keys)
+    runs: list[list[tuple[Any, ...]]] = []
+    for k in range(0, len(keys), SORT_CHUNK):
+        runs.append(sorted(keys[k:k + SORT_CHUNK]))
+        yield
+    out: list[tuple[Any, ...]] = []
+    for n, key in enumerate(heapq.merge(*runs)):
+        out.append(key)
+        if n % SLICE_ROWS == SLICE_ROWS - 1:
+            yield
+    return out
+
+
+_STORE_KEYS = {"ARRIVAL": "arrival", "DATE": "date", "SIZE": "size", "SUBJECT": "subject", "FROM": "from", "TO": "to",
+               "CC": "cc", "DISPLAYFROM": "display_from", "DISPLAYTO": "display_to"}
+
+
+async def sorted_uids(s: Session, uids: Sequence[int], criteria: Sequence[tuple[str, bool]]) -> list[int]:
+    """`uids` (ascending, announced) in SORT order: bodies without stored keys get them first (invariant 3), then
+    the store sorts (`Store.sort_uids`, in its reader thread: the event loop only filters the answer)."""
+    if not uids:
+        return []
+    sel = sel_of(s)
+    missing = await s.store.list_sort_rows(sel.id, uids[0], uids[-1], unknown_only=True)
+    if missing:
+        await ensure_keys(s, missing)
+    ordered = await s.store.sort_uids(sel.id, [(_STORE_KEYS[k], r) for k, r in criteria], uids[0], uids[-1])
+    wanted = set(uids)
+    out: list[int] = []
+    for k in range(0, len(ordered), SLICE_ROWS):
+        out.extend(u for u in ordered[k:k + SLICE_ROWS] if u in wanted)
+        await asyncio.sleep(0)
+    return out
+
+
+async def sort_rows(s: Session, uids: Sequence[int]) -> list[SortRow]:
+    """The `SortRow`s of `uids` (ascending, announced), keys filled in (invariant 3): one store query over their
+    UID span."""
+    if not uids:
+        return []
+    sel = sel_of(s)
+    wanted = set(uids)
+    rows = [r for r in await s.store.list_sort_rows(sel.id, uids[0], uids[-1]) if r.uid in wanted]
+    return await ensure_keys(s, rows)
+
+
+def check_program(charset: str, key: P.Key) -> None:
+    """The charset and the key count, as SEARCH checks them."""
+    if charset not in CHARSETS:
+        raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")  # RFC 5256 §3, RFC 9051 §6.4.4
+    if count_keys(key) > MAX_SEARCH_KEYS:
+        raise No(f"Too many search keys (at most {MAX_SEARCH_KEYS})", "LIMIT")  # RFC 5530 §3
+
+
+def esearch(s: Session, cmd: P.Command, returns: tuple[str, ...], partial: tuple[int, int] | None,
+            numbers: Sequence[int]) -> None:
+    """`* ESEARCH (TAG "t") [UID] ...` for results in their answer order (RFC 5267 §3.1): MIN and MAX are the
+    first and the last."""
+    opts = set(returns) or ({"ALL"} if partial is None else set())
+    line = b"* ESEARCH (TAG " + encoder.quoted(cmd.tag) + b")"
+    if cmd.uid:
+        line += b" UID"
+    if numbers and "MIN" in opts:
+        line += b" MIN %d" % numbers[0]
+    if numbers and "MAX" in opts:
+        line += b" MAX %d" % numbers[-1]
+    if numbers and "ALL" in opts:
+        line += b" ALL " + ordered_set(numbers)
+    if partial is not None:
+        line += b" " + partial_item(partial, numbers)
+    if "COUNT" in opts:
+        line += b" COUNT %d" % len(numbers)
+    s.write(line + b"\r\n")
+
+
+@command("SORT", ONLY_SELECTED)
+@command("UID SORT", ONLY_SELECTED)
+async def sort(s: Session, cmd: P.Command) -> Result:
+    a = cmd.args
+    assert isinstance(a, P.SortArgs)
+    check_program(a.charset, a.key)
+    sel = sel_of(s)
+    uids = await run_search(s, a.key, cmd.uid)  # invariant 1
+    ordered = await sorted_uids(s, uids, a.criteria)
+    numbers = ordered
+    if not cmd.uid:
+        numbers = []
+        for k in range(0, len(ordered), SLICE_ROWS):
+            numbers.extend(sel.msn(u) for u in ordered[k:k + SLICE_ROWS])
+            await asyncio.sleep(0)
+    if a.returns is None:
+        s.write(b"* SORT")
+        for k in range(0, len(numbers), SLICE_ROWS):
+            s.write(b"".join(b" %d" % n for n in numbers[k:k + SLICE_ROWS]))
+            await s.maybe_flush()
+        s.write(b"\r\n")
+    else:
+        esearch(s, cmd, a.returns, a.partial, numbers)
+    return "", "SORT completed"

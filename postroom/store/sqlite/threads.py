@@ -1,0 +1,217 @@
+"""Sort keys and thread ids in SQLite: the narrow columns SORT and THREAD read, and a thread id per message.
+
+Theory of operation
+-------------------
+A body's sort and thread keys (`mime.sortkeys.SortKeys` and the sent date) are derived from its metadata, so
+they are kept per body: `message_keys`, one row per `blobs` row, written in the same transaction as the body
+(`acquire_blob`) or when metadata is written back (`write_metas`), from the metadata bytes the store is given.
+`list_sort_rows` reads a UID range joined with those rows in one query: no metadata is parsed for a SORT.
+
+Thread ids (RFC 8474 THREADID; the webmail's conversation view) are per user and stored per message
+(`messages.thread_id`), assigned by `assign_thread` in the transaction that inserts the message row:
+
+* the message joins the thread of any message of the user that shares a Message-ID with it: one whose
+  Message-ID is among its references, one that referenced its Message-ID, or a copy (`thread_refs` maps
+  each "<msg-id>" seen in a Message-ID or References field to the first thread that named it);
+* else, like RFC 5256 §3 REFERENCES step 6 groups threads, the thread whose messages had the same non-empty
+  base subject (`thread_refs` key "subject:" + the collation key);
+* else a new thread (`counters` row 'thread').
+
+When two known threads meet (a message references both), it joins the older one and the two stay apart: RFC
+8474 §5.2 never lets a message's THREADID change. COPY, MOVE and INBOX's RENAME keep the source's thread id.
+A body whose keys are not known yet (stored before schema 13, or without metadata) gets `thread_id` 0; when its
+metadata is written back (`write_metas`, the lazy upgrade every reader does) its keys are stored and its
+messages get their thread then.
+
+Invariants:
+1. A `message_keys` row exists only with its `blobs` row (deleted with it by `release_blobs`; the foreign key
+   cascades as well) and holds what `mime.meta.keys_of` reads from the body's stored metadata.
+2. `messages.thread_id` is 0 exactly while its body has no `message_keys` row; once set it never changes.
+3. `thread_refs` only grows (per user; removed with the user): an expunged message's ids still lead later
+   replies to its thread.
+4. Keys never fail the write that stores a message: what cannot be stored is left out (the body then has no
+   keys; SORT computes them from its metadata).
+5. Giving a thread costs at most `THREAD_REFS` + 2 lookups and as many inserts per message, however long its
+   References field: the last references (the parent and its nearest ancestors) are the ones used.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from postroom.mime.meta import keys_of
+from postroom.store.api import Invalid, SortRow
+from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
+from postroom.store.sqlite.engine import Tx
+
+_KEY_COLUMNS = ("sent, subject, reply, from_key, to_key, cc_key, display_from, display_to, message_id, refs")
+SUBJECT_PREFIX = "subject:"
+THREAD_REFS = 50  # the last references a new message is looked up by and recorded under (invariant 5)
+
+
+def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
+    """Store the keys of a body from its serialised metadata (invariant 1); False if there are none to read.
+    Without `replace`, a body that has its row keeps it."""
+    if meta is None:
+        return False
+    if not replace and conn.execute("SELECT 1 FROM message_keys WHERE blob_id = ?", (blob_id,)).fetchone():
+        return True
+    got = keys_of(bytes(meta))
+    if got is None:
+        return False
+    sent, k = got
+    values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,
+              k.message_id, " ".join(k.references))
+    if any(isinstance(v, str) and not _storable(v) for v in values):
+        return False  # invariant 4: never fails the write that stores the message
+    conn.execute(
+        f"INSERT OR REPLACE INTO message_keys(blob_id, {_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        values,
+    )
+    return True
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (mime.sortkeys invariant 5 says there is none)
+        return False
+    return True
+
+
+def _new_thread(conn: sqlite3.Connection) -> int:
+    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('thread', 0)")
+    (value,) = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'thread' RETURNING value").fetchone()
+    return int(value)
+
+
+def assign_thread(conn: sqlite3.Connection, user_id: int, blob_id: str) -> int:
+    """The thread a new message of `user_id` with body `blob_id` joins (module doc), its ids recorded; 0 if the
+    body's keys are not known (invariant 2)."""
+    row = conn.execute("SELECT message_id, refs, subject FROM message_keys WHERE blob_id = ?", (blob_id,)).fetchone()
+    if row is None:
+        return 0
+    message_id, refs, subject = row
+    ids = [f"<{r}>" for r in str(refs).split()[-THREAD_REFS:]]  # invariant 5
+    if message_id:
+        ids.append(f"<{message_id}>")
+    thread = 0
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i:i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found = conn.execute(
+            f"SELECT MIN(thread_id) FROM thread_refs WHERE user_id = ? AND ref IN ({marks})", (user_id, *chunk)
+        ).fetchone()[0]
+        if found is not None and (not thread or int(found) < thread):
+            thread = int(found)
+    subject_ref = SUBJECT_PREFIX + str(subject) if subject else None
+    if not thread and subject_ref is not None:  # RFC 5256 §3 step 6: the same base subject, one thread
+        found = conn.execute("SELECT thread_id FROM thread_refs WHERE user_id = ? AND ref = ?",
+                             (user_id, subject_ref)).fetchone()
+        thread = int(found[0]) if found else 0
+    if not thread:
+        thread = _new_thread(conn)
+    if subject_ref is not None:
+        ids.append(subject_ref)
+    conn.executemany("INSERT OR IGNORE INTO thread_refs(user_id, ref, thread_id) VALUES (?, ?, ?)",
+                     [(user_id, r, thread) for r in ids])
+    return thread
+
+
+def thread_ids_of(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> dict[int, int]:
+    """uid -> thread id of the given messages of a mailbox (those that exist)."""
+    out: dict[int, int] = {}
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), CHUNK):
+        chunk = wanted[i:i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        out.update(conn.execute(
+            f"SELECT uid, thread_id FROM messages WHERE mailbox_id = ? AND uid IN ({marks})", (mailbox_id, *chunk)))
+    return out
+
+
+def refresh_keys(tx: Tx, metas: Iterable[tuple[str, bytes]]) -> None:
+    """`write_metas`: store the keys of bodies whose metadata was recomputed, and give their messages that have
+    none a thread (invariant 2)."""
+    conn = tx.conn
+    for blob_id, meta in metas:
+        if not put_keys(conn, blob_id, meta, replace=True):
+            continue
+        rows = conn.execute(
+            "SELECT m.mailbox_id, m.uid, b.user_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+            " WHERE m.blob_id = ? AND m.thread_id = 0",
+            (blob_id,),
+        ).fetchall()
+        for mailbox_id, uid, user_id in rows:
+            conn.execute("UPDATE messages SET thread_id = ? WHERE mailbox_id = ? AND uid = ?",
+                         (assign_thread(conn, int(user_id), blob_id), mailbox_id, uid))
+
+
+# Store.sort_uids key -> the SQL expression it sorts by (BINARY collation: UTF-8 byte order is code point order,
+# the order of the collation keys mime.sortkeys stores).
+SORT_EXPRESSIONS = {
+    "arrival": "m.internal_date",
+    "date": "COALESCE(k.sent, m.internal_date)",  # RFC 5256 §2.2
+    "size": "m.size",
+    "subject": "COALESCE(k.subject, '')",
+    "from": "COALESCE(k.from_key, '')",
+    "to": "COALESCE(k.to_key, '')",
+    "cc": "COALESCE(k.cc_key, '')",
+    "display_from": "COALESCE(k.display_from, '')",
+    "display_to": "COALESCE(k.display_to, '')",
+}
+
+
+class ThreadsMixin(Base):
+    async def sort_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]], uid_min: int = 1,
+                        uid_max: int | None = None) -> list[int]:
+        top = uid_max if uid_max is not None else 2**63 - 1
+        try:
+            terms = [SORT_EXPRESSIONS[key] + (" DESC" if reverse else "") for key, reverse in criteria]
+        except KeyError as e:
+            raise Invalid(f"unknown sort key {e}") from None
+        order = ", ".join([*terms, "m.uid"])  # ties by UID, ascending, whatever is reversed (RFC 5256 §3)
+
+        def q(conn: sqlite3.Connection) -> list[int]:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT m.uid FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
+                f" WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY {order}",
+                (mailbox_id, uid_min, top),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._engine.read(q)
+
+    async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                             unknown_only: bool = False) -> list[SortRow]:
+        top = uid_max if uid_max is not None else 2**63 - 1
+        only = " AND m.thread_id = 0" if unknown_only else ""  # invariant 2: 0 exactly while keys are unknown
+
+        def q(conn: sqlite3.Connection) -> list[SortRow]:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT m.uid, m.internal_date, m.size, m.blob_id, m.thread_id, k.blob_id IS NOT NULL,"
+                " k.sent, COALESCE(k.subject, ''), COALESCE(k.reply, 0), COALESCE(k.from_key, ''),"
+                " COALESCE(k.to_key, ''), COALESCE(k.cc_key, ''), COALESCE(k.display_from, ''),"
+                " COALESCE(k.display_to, ''), k.message_id, COALESCE(k.refs, '')"
+                " FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
+                f" WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?{only} ORDER BY m.uid",
+                (mailbox_id, uid_min, top),
+            )
+            make = SortRow._make
+            return [make(r) for r in rows]
+
+        return await self._engine.read(q)
+
+    async def thread_ids(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> dict[int, int]:
+        top = uid_max if uid_max is not None else 2**63 - 1
+
+        def q(conn: sqlite3.Connection) -> dict[int, int]:
+            load_mailbox(conn, mailbox_id)
+            return dict(conn.execute(
+                "SELECT uid, thread_id FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
+                (mailbox_id, uid_min, top)))
+
+        return await self._engine.read(q)

@@ -1,0 +1,144 @@
+"""SORT, THREAD, ESORT and OBJECTID end to end: imaplib and imapclient against a real server on loopback, errors
+answered as the RFCs say, and messages stored by an older version (no keys, no thread id) answered at once."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from typing import Any
+
+import pytest
+from imap_support import Raw, wire_imap
+from imapclient import IMAPClient
+
+from postroom.mime.meta import compute_meta
+from postroom.store.api import AppendRequest
+
+ADDR, PW = "sorter@example.org", "sort-password"
+
+
+@pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    return {"auth": {"allow_plaintext": True}}
+
+
+def mail(subject: str, date: str, msgid: str, refs: str = "", frm: str = "ann@example.org") -> bytes:
+    extra = f"References: {refs}\r\n" if refs else ""
+    return (f"From: {frm}\r\nTo: bob@example.org\r\nSubject: {subject}\r\nDate: {date}\r\n"
+            f"Message-ID: <{msgid}>\r\n{extra}\r\nbody of {msgid}\r\n").encode()
+
+
+MAILS = [
+    mail("Plans", "Mon, 1 Jan 2024 10:00:00 +0000", "p1@x", frm="zed@example.org"),
+    mail("Re: Plans", "Mon, 1 Jan 2024 11:00:00 +0000", "p2@x", "<p1@x>", frm="amy@example.org"),
+    mail("Another", "Sun, 31 Dec 2023 09:00:00 +0000", "a1@x", frm="max@example.org"),
+    mail("Re: Re: Plans", "Mon, 1 Jan 2024 12:00:00 +0000", "p3@x", "<p1@x> <p2@x>", frm="bea@example.org"),
+]
+
+
+@pytest.fixture
+def imap(server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    wire_imap(monkeypatch)
+    user = server.add_user(ADDR, PW)
+    box = server.run(server.store.get_mailbox(user.id, "INBOX"))
+    server.run(server.store.append_many(box.id, [AppendRequest(m, meta=compute_meta(m).to_bytes()) for m in MAILS]))
+    return server
+
+
+def test_imaplib_sort_and_thread(imap: Any) -> None:
+    c = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    c.login(ADDR, PW)
+    c.select("INBOX")
+    assert c.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert c.sort("(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"4 2 1 3"])
+    assert c.sort("(FROM)", "UTF-8", "SUBJECT", "plans") == ("OK", [b"2 4 1"])  # amy, bea, zed
+    assert c.uid("SORT", "(SUBJECT DATE)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert c.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])
+    assert c.thread("ORDEREDSUBJECT", "UTF-8", "ALL") == ("OK", [b"(3)(1 (2)(4))"])
+    c.logout()
+
+
+def test_imapclient_sort_thread_and_object_ids(imap: Any) -> None:
+    with IMAPClient("127.0.0.1", port=imap.port("imap"), ssl=False) as c:
+        c.login(ADDR, PW)
+        for cap in (b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT", b"ESORT", b"OBJECTID"):
+            assert c.has_capability(cap.decode())
+        c.select_folder("INBOX")
+        assert c.sort(["REVERSE DATE"]) == [4, 2, 1, 3]
+        assert c.sort(["DISPLAYFROM"], ["SINCE", "1-Jan-2000"]) == [2, 4, 3, 1]
+        assert c.thread("REFERENCES") == ((3,), (1, 2, 4))
+        ids = c.fetch([1, 2, 3, 4], ["EMAILID", "THREADID"])
+        threads = {n: ids[n][b"THREADID"] for n in ids}
+        assert threads[1] == threads[2] == threads[4] != threads[3]
+        assert len({ids[n][b"EMAILID"] for n in ids}) == 4
+        for value in (*threads.values(), *(ids[n][b"EMAILID"] for n in ids)):  # imapclient parses "(id)" to a tuple
+            assert isinstance(value, tuple) and re.fullmatch(rb"[MT][0-9a-f]{24}", value[0])
+
+
+def test_object_ids_are_stable_and_searchable(imap: Any) -> None:
+    r = Raw(imap.port("imap"))
+    r.login(ADDR, PW)
+    status = r.cmd("a STATUS INBOX (MAILBOXID MESSAGES)")[0]
+    m = re.match(rb"\* STATUS \"INBOX\" \(MAILBOXID \((F[0-9a-f]{24})\) MESSAGES 4\)", status)
+    assert m, status
+    created = r.cmd("b CREATE Work")[-1]
+    work_id = re.match(rb"b OK \[MAILBOXID \((F[0-9a-f]{24})\)\]", created)
+    assert work_id, created
+    assert r.cmd("c RENAME Work Play")[-1].startswith(b"c OK")
+    assert work_id.group(1) in r.cmd("d STATUS Play (MAILBOXID)")[0]  # RFC 8474 §4: RENAME keeps it
+    select = r.cmd("e SELECT INBOX")
+    assert b"* OK [MAILBOXID (%s)] Ok\r\n" % m.group(1) in select
+    fetched = r.cmd("f FETCH 1:4 (EMAILID THREADID)")
+    ids = [re.search(rb"EMAILID \((M\w+)\) THREADID \((T\w+)\)", ln) for ln in fetched[:-1]]
+    assert all(ids)
+    email1, thread1 = ids[0].group(1), ids[0].group(2)  # type: ignore[union-attr]
+    assert r.cmd(f"g SEARCH EMAILID {email1.decode()}")[0] == b"* SEARCH 1\r\n"
+    assert r.cmd(f"h SEARCH THREADID {thread1.decode()}")[0] == b"* SEARCH 1 2 4\r\n"
+    assert r.cmd("i SEARCH THREADID T0000")[0] == b"* SEARCH\r\n"
+    # RFC 8474 §5.1, §5.2: a copy keeps both identifiers.
+    assert r.cmd("j COPY 1 Play")[-1].startswith(b"j OK")
+    assert r.cmd("k SELECT Play")[-1].startswith(b"k OK")
+    assert r.cmd("l FETCH 1 (EMAILID THREADID)")[0] == b"* 1 FETCH (EMAILID (%s) THREADID (%s))\r\n" % (
+        email1, thread1)
+
+
+def test_esort_and_partial(imap: Any) -> None:
+    r = Raw(imap.port("imap"))
+    r.login(ADDR, PW)
+    r.cmd("s SELECT INBOX")
+    assert r.cmd("a SORT RETURN (MIN MAX COUNT ALL) (REVERSE DATE) UTF-8 ALL")[0] == (
+        b'* ESEARCH (TAG "a") MIN 4 MAX 3 ALL 4,2,1,3 COUNT 4\r\n')  # RFC 5267 §3.1: in sort order
+    assert r.cmd("b UID SORT RETURN (PARTIAL 2:3) (DATE) UTF-8 ALL")[0] == (
+        b'* ESEARCH (TAG "b") UID PARTIAL (2:3 1:2)\r\n')
+    assert r.cmd("c SEARCH RETURN (PARTIAL 3:9) ALL")[0] == b'* ESEARCH (TAG "c") PARTIAL (3:9 3:4)\r\n'
+    assert r.cmd("d SORT RETURN () (DATE) UTF-8 NOT ALL")[0] == b'* ESEARCH (TAG "d")\r\n'
+
+
+def test_errors(imap: Any) -> None:
+    r = Raw(imap.port("imap"))
+    r.login(ADDR, PW)
+    assert r.cmd("a SORT (DATE) UTF-8 ALL")[-1].startswith(b"a BAD")  # not in the authenticated state
+    r.cmd("s SELECT INBOX")
+    assert r.cmd("b SORT (DATE) KOI8-R ALL")[-1].startswith(b"b NO [BADCHARSET (UTF-8 US-ASCII)]")
+    assert r.cmd("c THREAD REFS UTF-8 ALL")[-1].startswith(b"c BAD")  # not advertised
+    assert r.cmd("d SORT (NOSUCHKEY) UTF-8 ALL")[-1].startswith(b"d BAD")
+    assert r.cmd("e SORT (DATE) UTF-8 " + "(" * 200 + "ALL" + ")" * 200)[-1].startswith(b"e BAD")
+    assert r.cmd("f SORT (DATE) UTF-8 " + " ".join(["SEEN"] * 1001))[-1].startswith(b"f NO [LIMIT]")
+    assert r.cmd("g NOOP")[-1].startswith(b"g OK")  # the session goes on
+
+
+def test_messages_of_an_older_store_are_sorted_threaded_and_get_a_thread_id(imap: Any) -> None:
+    """Bodies stored without metadata (as imports and older versions left them): keys and thread ids come from
+    the metadata computed on first use, and the store keeps them."""
+    user = imap.run(imap.store.get_user(ADDR))
+    box = imap.run(imap.store.create_mailbox(user.id, "Old"))
+    imap.run(imap.store.append_many(box.id, [AppendRequest(m + b"old\r\n") for m in MAILS]))  # new bodies
+    assert {r.known for r in imap.run(imap.store.list_sort_rows(box.id))} == {0}
+    r = Raw(imap.port("imap"))
+    r.login(ADDR, PW)
+    r.cmd("s SELECT Old")
+    assert r.cmd("a FETCH 1 THREADID")[0].startswith(b"* 1 FETCH (THREADID (T")
+    assert r.cmd("b THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (3)(1 2 4)\r\n"
+    assert r.cmd("c SORT (DATE) UTF-8 ALL")[0] == b"* SORT 3 1 2 4\r\n"
+    rows = imap.run(imap.store.list_sort_rows(box.id))
+    assert all(row.known and row.thread_id for row in rows)

@@ -1,0 +1,188 @@
+"""SORT, THREAD, ESORT / PARTIAL and OBJECTID syntax fed to the sans-I/O reader (whole, byte by byte, at random
+splits), and the sort and thread algorithms on rows (RFC 5256 §3), without a server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from postroom.imap import parser as P
+from postroom.imap.results import ordered_set, partial_item
+from postroom.imap.thread import ordered_subject, references, render
+from postroom.mime.sortkeys import casemap
+from postroom.store.api import SortRow
+
+
+def framed(data: bytes, chunks: list[bytes]) -> list[P.Command]:
+    """Commands framed from `chunks` (literals accepted) and parsed."""
+    f = P.Framer(max_line=1000, max_command=4000)
+    out: list[P.Command] = []
+    for chunk in chunks:
+        f.feed(chunk)
+        while True:
+            ev = f.next_event()
+            if ev is P.NEED_DATA:
+                break
+            if isinstance(ev, P.LiteralRequest):
+                f.accept_literal()
+                continue
+            assert isinstance(ev, P.RawCommand)
+            out.append(P.parse_command(ev.data))
+    return out
+
+
+def every_split(data: bytes) -> list[list[bytes]]:
+    """`data` whole, byte by byte, and at five random splits."""
+    ways = [[data], [data[i:i + 1] for i in range(len(data))]]
+    for seed in range(5):
+        rnd = random.Random(seed)
+        cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, 6)))
+        ways.append([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])])
+    return ways
+
+
+ALL = P.Key("ALL")
+
+CASES: list[tuple[bytes, P.Command]] = [
+    (b"a SORT (DATE) UTF-8 ALL\r\n",
+     P.Command("a", "SORT", P.SortArgs((("DATE", False),), "UTF-8", ALL))),
+    (b"b UID SORT (REVERSE ARRIVAL subject DISPLAYFROM) us-ascii SUBJECT {5}\r\nhello UNSEEN\r\n",
+     P.Command("b", "SORT", P.SortArgs((("ARRIVAL", True), ("SUBJECT", False), ("DISPLAYFROM", False)), "US-ASCII",
+                                       P.Key("AND", (P.Key("SUBJECT", ("hello",)), P.Key("UNSEEN")))), uid=True)),
+    (b"c SORT RETURN (MIN MAX COUNT ALL) (SIZE CC TO FROM DISPLAYTO) UTF-8 1:5\r\n",
+     P.Command("c", "SORT", P.SortArgs((("SIZE", False), ("CC", False), ("TO", False), ("FROM", False),
+                                        ("DISPLAYTO", False)), "UTF-8", P.Key("SEQ", (P.SeqSet(((1, 5),)),)),
+                                       ("MIN", "MAX", "COUNT", "ALL")))),
+    (b"d SORT RETURN (PARTIAL 10:1 COUNT) (DATE) UTF-8 ALL\r\n",
+     P.Command("d", "SORT", P.SortArgs((("DATE", False),), "UTF-8", ALL, ("PARTIAL", "COUNT"), (1, 10)))),
+    (b"e THREAD REFERENCES UTF-8 ALL\r\n", P.Command("e", "THREAD", P.ThreadArgs("REFERENCES", "UTF-8", ALL))),
+    (b"f UID THREAD orderedsubject \"UTF-8\" NOT DELETED\r\n",
+     P.Command("f", "THREAD", P.ThreadArgs("ORDEREDSUBJECT", "UTF-8", P.Key("NOT", (P.Key("DELETED"),))), uid=True)),
+    (b"g SEARCH RETURN (PARTIAL 1:100) ALL\r\n",
+     P.Command("g", "SEARCH", P.SearchArgs(ALL, None, ("PARTIAL",), (1, 100)))),
+    (b"h UID SEARCH EMAILID M6d99ac3275bb4e THREADID \"T64b478a75b7ea9\"\r\n",
+     P.Command("h", "SEARCH", P.SearchArgs(P.Key("AND", (P.Key("EMAILID", ("M6d99ac3275bb4e",)),
+                                                        P.Key("THREADID", ("T64b478a75b7ea9",))))), uid=True)),
+    (b"i FETCH 1:* (EMAILID THREADID UID)\r\n",
+     P.Command("i", "FETCH", P.FetchArgs(P.SeqSet(((1, P.STAR),)), (P.FetchAtt("EMAILID"), P.FetchAtt("THREADID"),
+                                                                     P.FetchAtt("UID"))))),
+    (b"j STATUS INBOX (MAILBOXID MESSAGES)\r\n",
+     P.Command("j", "STATUS", P.StatusArgs("INBOX", ("MAILBOXID", "MESSAGES")))),
+]
+
+
+@pytest.mark.parametrize("data, want", CASES, ids=[c[0][:1].decode() for c in CASES])
+def test_new_syntax_whole_byte_by_byte_and_split(data: bytes, want: P.Command) -> None:
+    for chunks in every_split(data):
+        assert framed(data, chunks) == [want]
+
+
+def test_pipelined_sort_and_thread_split_anywhere() -> None:
+    stream = b"".join(d for d, _ in CASES)
+    want = [c for _, c in CASES]
+    for chunks in every_split(stream):
+        assert framed(stream, chunks) == want
+
+
+@pytest.mark.parametrize("line", [
+    b"a SORT DATE UTF-8 ALL",  # criteria need parentheses (RFC 5256 §4)
+    b"a SORT () UTF-8 ALL",
+    b"a SORT (DATE) ALL",  # the charset is required
+    b"a SORT (DATE) UTF-8",
+    b"a SORT (REVERSE) UTF-8 ALL",
+    b"a SORT (REVERSE REVERSE DATE) UTF-8 ALL",
+    b"a SORT (MODSEQ) UTF-8 ALL",
+    b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL",  # SAVE is SEARCHRES's (RFC 5182), not ESORT's
+    b"a SORT RETURN (PARTIAL 0:5) (DATE) UTF-8 ALL",  # nz-number
+    b"a SORT RETURN (PARTIAL 5) (DATE) UTF-8 ALL",
+    b"a SORT RETURN (PARTIAL 1:2 PARTIAL 3:4) (DATE) UTF-8 ALL",
+    b"a SORT (" + b"DATE " * 21 + b"SIZE) UTF-8 ALL",
+    b"a THREAD UTF-8 ALL",
+    b"a THREAD REFERENCES ALL",
+    b"a SEARCH EMAILID ab.c",
+    b"a SEARCH THREADID " + b"T" * 256,
+    b"a SEARCH RETURN (PARTIAL 1:x) ALL",
+    b"a FETCH 1 (EMAILID[])",
+    b"a STATUS INBOX (MAILBOXID BOGUS)",
+])
+def test_bad_syntax_is_a_parse_error(line: bytes) -> None:
+    with pytest.raises(P.ParseError):
+        P.parse_command(line + b"\r\n")
+
+
+# ---- ESEARCH items
+
+def test_ordered_set_folds_only_ascending_runs() -> None:
+    assert ordered_set([3, 1, 2, 7, 6, 5, 8, 9, 10]) == b"3,1:2,7,6,5,8:10"  # RFC 5267 §3.1: SORT order kept
+    assert ordered_set([4]) == b"4"
+
+
+def test_partial_item() -> None:
+    assert partial_item((2, 4), [9, 8, 7, 6]) == b"PARTIAL (2:4 8,7,6)"  # RFC 5267 §4.4
+    assert partial_item((5, 9), [9, 8, 7, 6]) == b"PARTIAL (5:9 NIL)"
+
+
+# ---- the algorithms on rows
+
+def row(uid: int, *, date: float | None = None, arrival: float = 0.0, size: int = 0, subject: str = "",
+        reply: bool = False, frm: str = "", msgid: str | None = None, refs: str = "") -> SortRow:
+    return SortRow(uid, arrival, size, f"b{uid}", 0, 1, date, casemap(subject), int(reply), casemap(frm), "", "",
+                   "", "", msgid, refs)
+
+
+def run(steps: Generator[None, None, Any]) -> Any:
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
+
+
+def thread_text(rows: list[SortRow], algorithm: str = "REFERENCES") -> str:
+    f, roots = run((references if algorithm == "REFERENCES" else ordered_subject)(rows))
+    return b"".join(run(render(f, roots, [r.uid for r in rows]))).decode()
+
+
+def test_references_rfc_steps() -> None:
+    rows = [
+        row(1, date=1, subject="a", msgid="a1"),
+        row(2, date=2, subject="a", reply=True, msgid="a2", refs="a1"),
+        row(3, date=3, subject="a", reply=True, msgid="a3", refs="a1 a2"),
+        row(4, date=4, subject="x", msgid="a1"),  # duplicate Message-ID: gets a unique one (step 1.A)
+        row(5, date=5, subject="k", reply=True, msgid="k1", refs="gone"),  # dummies (steps 3, 4)
+        row(6, date=0.5, subject="k", reply=True, msgid="k2", refs="gone"),
+        row(7, date=7, subject="c", msgid="c1", refs="c2"),  # a cycle (step 1.B: no loop)
+        row(8, date=8, subject="c2", msgid="c2", refs="c1"),
+    ]
+    # The dummy "gone" keeps two children at the root, sorted by date, and sorts by its first child (steps 5,
+    # 7); (1 2 3) is a chain; (4) is apart; 8 is the root of the cycle (7's link to it came first, so 8's link
+    # to 7 would loop).
+    assert thread_text(rows) == "((6)(5))(1 2 3)(4)(8 7)"
+
+
+def test_references_subject_merge_rules() -> None:
+    rows = [
+        row(1, date=1, subject="topic", msgid="t1"),
+        row(2, date=2, subject="topic", reply=True, msgid="t2"),  # a reply: a child of the original (step 6.C)
+        row(3, date=3, subject="other", msgid="o1"),
+        row(4, date=4, subject="other", msgid="o2"),  # neither a reply: a new dummy holds both
+        row(5, date=5, subject="", msgid="e1"),  # empty base subject: never merged (step 6.B.ii)
+        row(6, date=6, subject="", msgid="e2"),
+    ]
+    assert thread_text(rows) == "(1 2)((3)(4))(5)(6)"
+
+
+def test_ordered_subject() -> None:
+    rows = [row(1, date=3, subject="b"), row(2, date=1, subject="a"), row(3, date=2, subject="b"),
+            row(4, date=4, subject="b"), row(5, date=0, subject="c")]
+    assert thread_text(rows, "ORDEREDSUBJECT") == "(5)(2)(3 (1)(4))"  # RFC 5256 §3 ORDEREDSUBJECT
+
+
+def test_a_deep_reply_chain_needs_no_recursion() -> None:
+    depth = 20_000  # far past Python's recursion limit
+    rows = [row(1, date=0, subject="s", msgid="m1")]
+    rows += [row(i, date=i, subject="s", reply=True, msgid=f"m{i}", refs=f"m{i - 1}") for i in range(2, depth + 1)]
+    assert thread_text(rows) == "(" + " ".join(str(i) for i in range(1, depth + 1)) + ")"
