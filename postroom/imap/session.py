@@ -285,6 +285,8 @@ class Session:
         self.sel = None
         self.user = None
         self.rev2 = False
+        self.condstore = False  # RFC 8437 §3: what ENABLE (or a CONDSTORE enabling command) turned on goes too
+        self.qresync = False
         self.overflowed = False
         self.notifier = None
         self.state = NOT_AUTH

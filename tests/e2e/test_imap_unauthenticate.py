@@ -66,6 +66,21 @@ def test_unauthenticate_then_another_user_sees_nothing_of_the_first(server: Any)
     assert raw.cmd("11 FETCH 1 FLAGS")[0].startswith(b"* 1 FETCH (FLAGS (\\Deleted")
 
 
+def test_unauthenticate_drops_condstore_and_qresync(server: Any) -> None:
+    """RFC 8437 §3: what ENABLE turned on is dropped: after ENABLE QRESYNC and UNAUTHENTICATE, the next user's
+    session is a plain one (no MODSEQ in FETCH, EXPUNGE rather than VANISHED, RFC 7162 §3.2.10)."""
+    fill(server, ANN, ANN_PW, 1)
+    fill(server, BOB, BOB_PW, 1)
+    raw = Raw(server.port("imap"))
+    raw.login(ANN, ANN_PW)
+    assert raw.cmd("1 ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
+    assert raw.cmd("2 UNAUTHENTICATE")[0].startswith(b"2 OK")
+    raw.login(BOB, BOB_PW)
+    raw.cmd("3 SELECT INBOX")
+    assert raw.cmd("4 STORE 1 +FLAGS (\\Deleted)")[0] == b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n"
+    assert raw.cmd("5 EXPUNGE") == [b"* 1 EXPUNGE\r\n", b"5 OK EXPUNGE completed\r\n"]
+
+
 def test_unauthenticate_with_imaplib(server: Any) -> None:
     fill(server, ANN, ANN_PW, 2)
     fill(server, BOB, BOB_PW, 5)
