@@ -58,6 +58,12 @@ def preview_text(raw: bytes, meta: MessageMeta) -> str:
             return ""  # not text we can read
         text = charset_decode(data, part.charset)
         if part.mime_type == "text/html":
+            if len(body) < part.end - part.body_start:
+                # cut at SOURCE_MAX: a tag (or comment) cut in two would read as text ("<di"); drop the tail
+                # after the last "<" that no ">" follows (RFC 8970 §3: the preview is text, never markup)
+                lt = text.rfind("<")
+                if lt >= 0 and text.find(">", lt) < 0:
+                    text = text[:lt]
             words = html_to_text(text).split()
         else:  # plain text quotes with ">" at the start of a line (RFC 3676 §4.5); such lines are left out
             words = " ".join(ln for ln in text.splitlines() if not ln.lstrip().startswith(">")).split()

@@ -32,6 +32,14 @@ def test_html_reduced_to_text() -> None:
     assert preview(raw) == "Hello wörld second&line"
 
 
+def test_html_cut_inside_a_tag_shows_no_markup() -> None:
+    """Only the first 64 KiB of a part are read: a tag cut there must not show as text (RFC 8970 §3: text)."""
+    raw = b"Content-Type: text/html\r\n\r\n" + b"<div>" * 100_000 + b"deep" + b"</div>" * 100_000 + b"\r\n"
+    assert preview(raw) == ""
+    raw = b"Content-Type: text/html\r\n\r\n<p>Hello</p>" + b"<span>" * 20_000 + b"\r\n"
+    assert preview(raw) == "Hello"
+
+
 def test_first_text_part_alternative_plain_first() -> None:
     raw = (b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n--m\r\n'
            b'Content-Type: multipart/alternative; boundary="a"\r\n\r\n--a\r\n'
