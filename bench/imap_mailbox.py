@@ -147,10 +147,15 @@ async def run_all(port: int, count: int, runs: int, only: set[str], label: str) 
     q = await Client.connect(port)  # the resyncing client: QRESYNC enabled only here (it adds MODSEQ to FETCH)
     await q.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
     rng = random.Random(7162)
+    q_state = {"enabled": False}
 
     async def qresync_prepare() -> bytes:
         # q caches the mailbox state, `other` changes 1 % of the flags and expunges 0.1 %, q re-selects.
-        await command(q, b"ENABLE QRESYNC")
+        if not q_state["enabled"]:
+            await command(q, b"ENABLE QRESYNC")  # RFC 5161 §3.1: in the authenticated state only, so once
+            q_state["enabled"] = True
+        else:
+            await q.cmd(b"UNSELECT")  # the last timed run left the mailbox selected
         state = mailbox_state(await command(q, b"SELECT INBOX"))
         await q.cmd(b"UNSELECT")
         exists = count  # sequence numbers, roughly: expunges shrink the mailbox a little each run
