@@ -32,7 +32,8 @@ rights are read again before each command and when its ACL changes (`acl.guard`,
 CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
 (`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ
 or CHANGEDSINCE, SEARCH MODSEQ, STORE UNCHANGEDSINCE; §3.1) and `qresync` by ENABLE QRESYNC (§3.2.3); both
-stay on until the connection ends and are copied into each `Selected` (state.py), which writes accordingly.
+stay on until the connection ends (or UNAUTHENTICATE, RFC 8437 §3) and are copied into each `Selected`
+(state.py), which writes accordingly.
 UIDONLY (RFC 9586) likewise: `uidonly` is set by ENABLE UIDONLY, copied into `Selected`, and from then on every
 command that takes message numbers is refused with `BAD [UIDREQUIRED]` in `_dispatch` (`uidonly.refusal`).
 
