@@ -6,6 +6,8 @@ without it, which must not change."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imap_frames import parsed
 
 from postroom.imap import parser as P
@@ -118,3 +120,22 @@ def test_without_uidonly_nothing_changes() -> None:
     s.absorb(change(ChangeKind.EXPUNGE, 5, 31))
     assert s.report(True) == [b"* 2 EXPUNGE\r\n", b"* 2 FETCH (FLAGS (\\Seen) UID 8)\r\n"]
     assert s.fetch_head(8, 2) == b"* 2 FETCH ("
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"a FETCH ", b"a UID SEARCH ", b"a UID SORT (DATE) UTF-8 ", b"a UID THREAD REFERENCES UTF-8 ",
+                        b"a SELECT INBOX ", b"a UID STORE "]),
+       st.lists(st.sampled_from([b"1", b":", b"*", b"$", b",", b" ", b"(", b")", b"NOT ", b"OR ", b"UID ", b"ALL",
+                                 b"QRESYNC", b"FLAGS", b"+FLAGS", b"(\\Seen)"]), max_size=30))
+def test_refusal_never_raises(head: bytes, parts: list[bytes]) -> None:
+    # uidonly.py invariant 2: whatever parses is judged without an exception
+    try:
+        cmd = P.parse_command(head + b"".join(parts) + b"\r\n")
+    except P.ParseError:
+        return
+    why = uidonly.refusal(cmd)
+    if cmd.name == "FETCH" and not cmd.uid:
+        assert why is not None  # a non-UID FETCH is refused whatever its set
+    elif cmd.name == "STORE" or (cmd.name == "SELECT" and isinstance(cmd.args, P.SelectArgs)
+                                 and cmd.args.qresync is None):
+        assert why is None  # UID STORE, SELECT without seq-match-data: allowed
