@@ -19,6 +19,8 @@ Layers, from the wire up:
   RFC 5465: which changes of which mailboxes are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS
   MYRIGHTS, RFC 4314; the "Other Users" namespace and the rights every command checks on another user's
   mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464);
+* `uidonly` (RFC 9586): which commands a session that enabled UIDONLY may no longer send (`BAD [UIDREQUIRED]`);
+  its UIDFETCH and VANISHED responses are written by `state.Selected`;
 * shared by families: `objectid` (OBJECTID's MAILBOXID / EMAILID / THREADID, used by `mailboxes`, `fetch` and
   `search`; the lazy fill of sort keys), `results` (ESEARCH items of SEARCH and SORT: ordered sets, PARTIAL).
 

@@ -156,6 +156,9 @@ async def enable(s: Session, cmd: P.Command) -> Result:
             s.enable_condstore()
             s.qresync = True
             enabled.append("QRESYNC")
+        elif cap == "UIDONLY" and not s.uidonly:  # RFC 9586 §3.1 (uidonly.py)
+            s.uidonly = True
+            enabled.append("UIDONLY")
     s.write(b"* ENABLED" + b"".join(b" " + c.encode() for c in enabled) + b"\r\n")
     return "", "ENABLE completed"
 

@@ -33,7 +33,8 @@ Invariants
    most the message, plus its NUL-safe copy) and the flush threshold, whatever the request. A message expunged
    by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with
    an unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
-3. UID FETCH always includes UID (RFC 9051 §6.4.9).
+3. UID FETCH always includes UID (RFC 9051 §6.4.9): as the UID data item, or, once UIDONLY is enabled, as the
+   number of `* uid UIDFETCH (...)` (RFC 9586 §3.3), where the UID item comes only when asked for by name.
 4. BODY[...] data goes out as a literal with NUL turned into 0x80 (`literal_safe`); BINARY[...] data with NUL
    as literal8 `~{n}` (RFC 3516 §4.2).
 5. Each distinct data item is answered once per message however often it was asked for (`unique_atts`;
@@ -269,7 +270,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
                     items.append(savedate_item(cols.save_dates[i] if cols.save_dates else None))
                 else:  # RFC822.SIZE
                     items.append(b"RFC822.SIZE %d" % cols.sizes[i])
-            lines.append(b"* %d FETCH (%b)\r\n" % (j + 1, b" ".join(items)))
+            lines.append(sel.fetch_head(uid, j + 1) + b" ".join(items) + b")\r\n")
             if len(lines) >= 1000:
                 s.write(*lines)
                 lines = []
@@ -358,7 +359,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         atts.append(P.FetchAtt("MODSEQ"))  # RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ
     if any(t.name == "MODSEQ" for t in atts):
         s.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
-    if cmd.uid and not any(t.name == "UID" for t in atts):
+    if cmd.uid and not sel.uidonly and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
     listed = None
     if a.changedsince is not None:
@@ -412,7 +413,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         if m.keywords and ("FLAGS" in names or m.uid in seen_now):
             s.write(*sel.announce(m.keywords))  # state.py invariant 5: FLAGS before the FETCH
         # Invariant 2: item by item, so no response is ever built whole in memory.
-        sep = b"* %d FETCH (" % n
+        sep = sel.fetch_head(m.uid, n)
         for att in atts:
             if att.name == "PREVIEW":
                 s.write(sep, preview.preview_item(previews.get(m.blob_id)))
@@ -427,7 +428,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         if m.uid in seen_now and sel.condstore:  # RFC 7162 §3.1, §3.2.4: a change this FETCH made
             if "MODSEQ" not in names:
                 s.write(b" MODSEQ (%d)" % m.modseq)
-            if sel.qresync and "UID" not in names:
+            if sel.qresync and "UID" not in names and not sel.uidonly:
                 s.write(b" UID %d" % m.uid)
         s.write(b")\r\n")
         await s.maybe_flush()

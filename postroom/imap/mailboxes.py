@@ -141,7 +141,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     uids = array("I", cols.uids)
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
     sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2,
-                   modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync,
+                   modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync, uidonly=s.uidonly,
                    rights=target.rights if target.shared else None)
     if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it
         if readonly or target.shared:  # EXAMINE shows what nobody claimed, and claims nothing (RFC 3501 §6.3.2);
@@ -162,7 +162,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     s.write(b"* %d EXISTS\r\n" % len(uids))
     if not s.rev2:
         s.write(b"* %d RECENT\r\n" % sel.recent_count())
-        if first_unseen:
+        if first_unseen and not s.uidonly:  # RFC 9586 §3: UNSEEN is a message number (RFC 3501 §7.1)
             s.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     s.write(sel.permanentflags_line())
     s.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mbox.uidvalidity)
@@ -205,8 +205,9 @@ async def _resync(s: Session, sel: Selected, q: P.Qresync) -> None:
         kws = cols.keywords_at(i)
         if kws:
             s.write(*sel.announce(kws))  # state.py invariant 5
-        s.write(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
-            n, uid, encoder.flag_list(cols.flags[i], kws, sel.is_recent(uid)), cols.modseqs[i]))
+        s.write(sel.fetch_head(uid, n) + (b"" if sel.uidonly else b"UID %d " % uid)  # RFC 9586 §3.3
+                + b"FLAGS %s MODSEQ (%d))\r\n" % (encoder.flag_list(cols.flags[i], kws, sel.is_recent(uid)),
+                                                   cols.modseqs[i]))
         await s.maybe_flush()
 
 

@@ -169,7 +169,8 @@ async def store(s: Session, cmd: P.Command) -> Result:
         code = "MODIFIED " + encoder.seqset(failed).decode()
     from .fetch import flags_fetch, light_fetch
 
-    with_uid = cmd.uid or sel.qresync  # RFC 7162 §3.2.4: UID in every FETCH once QRESYNC is on
+    # RFC 7162 §3.2.4: UID in every FETCH once QRESYNC is on; a UIDFETCH starts with it (RFC 9586 §3.3)
+    with_uid = (cmd.uid or sel.qresync) and not sel.uidonly
     if a.silent:
         if sel.condstore:  # RFC 7162 §3.1.3: the new MODSEQs, even with .SILENT
             refused = set(result.modified)

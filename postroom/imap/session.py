@@ -32,7 +32,10 @@ rights are read again before each command and when its ACL changes (`acl.guard`,
 CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
 (`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ
 or CHANGEDSINCE, SEARCH MODSEQ, STORE UNCHANGEDSINCE; §3.1) and `qresync` by ENABLE QRESYNC (§3.2.3); both
-stay on until the connection ends and are copied into each `Selected` (state.py), which writes accordingly.
+stay on until the connection ends (or UNAUTHENTICATE, RFC 8437 §3) and are copied into each `Selected`
+(state.py), which writes accordingly.
+UIDONLY (RFC 9586) likewise: `uidonly` is set by ENABLE UIDONLY, copied into `Selected`, and from then on every
+command that takes message numbers is refused with `BAD [UIDREQUIRED]` in `_dispatch` (`uidonly.refusal`).
 
 reports them as they come. Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
 `Notifier` instead (`take_change`), which also queues STATUS and LIST responses for other mailboxes, and
@@ -159,7 +162,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID"]
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY"]
 
 
 class Service:
@@ -191,6 +194,7 @@ class Session:
         self.rev2 = False
         self.condstore = False  # RFC 7162 §3.1: a CONDSTORE enabling command was seen (module doc)
         self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC was answered
+        self.uidonly = False  # RFC 9586 §3.1: ENABLE UIDONLY was answered (uidonly.py)
         self.errors = 0
         self.out: list[bytes] = []
         self.out_size = 0
@@ -287,6 +291,7 @@ class Session:
         self.rev2 = False
         self.condstore = False  # RFC 8437 §3: what ENABLE (or a CONDSTORE enabling command) turned on goes too
         self.qresync = False
+        self.uidonly = False
         self.overflowed = False
         self.notifier = None
         self.state = NOT_AUTH
@@ -541,6 +546,12 @@ class Session:
                 from .acl import guard  # (acl.py imports this module)
 
                 await guard(self, cmd, states)
+            if self.uidonly:
+                from .uidonly import CODE, refusal
+
+                why = refusal(cmd)
+                if why is not None:
+                    raise Bad(why, CODE)  # RFC 9586 §3: BAD with the UIDREQUIRED response code
             code, text = await handler(self, cmd)
         except (Bad, P.ParseError) as e:
             status, code, text = "BAD", getattr(e, "code", ""), e.text

@@ -19,6 +19,9 @@ later resync). Once QRESYNC is enabled (`qresync`), removals are announced as `V
 (§3.2.10.2). `expunged(uids)` is the one place that announces removals, for every caller (EXPUNGE, UID EXPUNGE,
 MOVE, changes from other sessions in NOOP and IDLE); `vanished_lines` writes VANISHED, also `(EARLIER)`.
 
+UIDONLY (RFC 9586, `uidonly`): message data is `* uid UIDFETCH (...)` instead of `* n FETCH (...)` and removals
+are VANISHED even without QRESYNC (invariant 8; the rules are in imap/uidonly.py).
+
 Keywords (RFC 9051 §2.3.2, §7.3.5 FLAGS: "The update from the FLAGS response MUST be recorded by the client"):
 `keywords` is the set this session has announced with FLAGS (at SELECT: the mailbox's keyword set, store
 invariant 9). `announce(kws)` returns the FLAGS and PERMANENTFLAGS responses for a set grown by `kws`, or
@@ -47,6 +50,9 @@ Invariants
 7. `rights` is None for a mailbox of the session's own user (every right); for another user's mailbox it holds
    the session user's RFC 4314 rights as last read (imap/acl.py reads them again before every command and when
    a MAILBOX_ACL change arrives: `acl_changed`).
+8. Once UIDONLY is enabled (`uidonly`, RFC 9586) no response written here carries a message number: message
+   data starts `* uid UIDFETCH (` (`fetch_head`, which every writer of message data uses) and removals are
+   VANISHED. `uids` is kept all the same: it is still the client's view (invariant 1, imap/uidonly.py).
 """
 
 from __future__ import annotations
@@ -157,6 +163,7 @@ class Selected:
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
     condstore: bool = False  # a CONDSTORE enabling command was seen: FETCHes carry MODSEQ (RFC 7162 §3.1)
     qresync: bool = False  # QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 §3.2.10.2)
+    uidonly: bool = False  # UIDONLY enabled: UIDFETCH, VANISHED, no message numbers (RFC 9586, invariant 8)
     held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
@@ -214,6 +221,11 @@ class Selected:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
 
+    def fetch_head(self, uid: int, n: int) -> bytes:
+        """The start of a message's data response: `* n FETCH (`, or `* uid UIDFETCH (` once UIDONLY is enabled
+        (RFC 9586 §3.3, invariant 8)."""
+        return b"* %d UIDFETCH (" % uid if self.uidonly else b"* %d FETCH (" % n
+
     def is_recent(self, uid: int) -> bool:
         return not self.rev2 and (self.recent_lo <= uid <= self.recent_hi
                                   or any(lo <= uid <= hi for lo, hi in self.recent_more))
@@ -255,20 +267,21 @@ class Selected:
 
     def expunged(self, uids: Iterable[int]) -> list[bytes]:
         """Announce the removal of `uids` (in the order given) and drop them from the view: `* n EXPUNGE` each,
-        numbered after the previous one went, or one VANISHED for the announced ones once QRESYNC is enabled
-        (invariants 1, 3 and 6). UIDs never announced are dropped silently."""
+        numbered after the previous one went, or one VANISHED for the announced ones once QRESYNC or UIDONLY is
+        enabled (invariants 1, 3, 6 and 8). UIDs never announced are dropped silently."""
         out: list[bytes] = []
         gone: list[int] = []
+        vanished = self.qresync or self.uidonly  # RFC 7162 §3.2.10.2; RFC 9586 §3: no EXPUNGE, its number
         for uid in uids:
             n = self.removed(uid)
             if n:
-                if self.qresync:
+                if vanished:
                     gone.append(uid)
                 else:
                     out.append(b"* %d EXPUNGE\r\n" % n)
         if not self.held:
             self.held_modseq = 0
-        return vanished_lines(gone) if self.qresync else out
+        return vanished_lines(gone) if vanished else out
 
     def removed(self, uid: int) -> int:
         """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
@@ -321,8 +334,10 @@ class Selected:
         for uid, ch in flag_updates.items():
             n = self.msn(uid)
             if n and uid not in self.held:
-                line = b"* %d FETCH (FLAGS %s UID %d" % (n, encoder.flag_list(ch.flags, ch.keywords,
-                                                                                self.is_recent(uid)), uid)
+                line = self.fetch_head(uid, n) + b"FLAGS " + encoder.flag_list(ch.flags, ch.keywords,
+                                                                              self.is_recent(uid))
+                if not self.uidonly:  # a UIDFETCH names the UID already (invariant 8)
+                    line += b" UID %d" % uid
                 out.append(line + (b" MODSEQ (%d))\r\n" % ch.modseq if self.condstore else b")\r\n"))
         if new:
             self.uids.extend(new)
