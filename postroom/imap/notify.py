@@ -177,6 +177,10 @@ class Notifier:
         events = self.selected_events
         if ch.kind is ChangeKind.FLAGS:
             wanted = "FlagChange" in events
+            if not wanted and sel.contexts:
+                sel.context_changes.append(ch)  # RFC 5267 UPDATE contexts follow flags all the same (update.py)
+                if len(sel.context_changes) > MAX_QUEUED:
+                    s.overflowed = True  # invariant 1
         elif ch.kind is ChangeKind.MAILBOX_KEYWORDS:
             wanted = bool(events)  # FLAGS must announce a keyword before a FETCH shows it (state.py 5)
         else:

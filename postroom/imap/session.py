@@ -159,7 +159,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID"]
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID",
+            "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267 §4
 
 
 class Service:
@@ -329,9 +330,10 @@ class Session:
                 return
         sel = self.sel
         top = sel.uids[-1] if sel is not None and sel.uids else 0
-        if sel is not None and (sel.pending or (sel.held and (allow_expunge or sel.condstore))):
+        if sel is not None and (sel.pending or sel.context_changes
+                                or (sel.held and (allow_expunge or sel.condstore))):
             await self.claim_recent()
-            self.write(*sel.report(allow_expunge))
+            await self.report_selected(allow_expunge)
         if self.notifier is not None:
             await self.notifier.report(self, top)
 
@@ -349,7 +351,20 @@ class Session:
         self.write(*sel.announce([*(mbox.keywords if mbox else ()),
                                   *(k for kws in cols.keywords.values() for k in kws)]))
         await self.claim_recent()
+        await self.report_selected(allow_expunge)
+
+    async def report_selected(self, allow_expunge: bool) -> None:
+        """Write the selected mailbox's queued changes (state.py `report`), then the RFC 5267 UPDATE contexts'
+        ADDTO / REMOVEFROM for them (update.py), so an ADDTO follows the EXISTS it depends on."""
+        sel = self.sel
+        assert sel is not None
+        changes = [*sel.context_changes, *sel.pending] if sel.contexts else []
+        sel.context_changes = []
         self.write(*sel.report(allow_expunge))
+        if changes:
+            from .update import follow  # (update.py imports this module)
+
+            await follow(self, sel, changes)
 
     async def claim_recent(self) -> None:
         """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of
@@ -608,6 +623,7 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
         search,
         sort,
         thread,
+        update,
     )
 
     service = Service(services, listener)
