@@ -112,9 +112,17 @@ class UpdateContext:
     def add_search(self, uids: Iterable[int], msn: Callable[[int], int]) -> bytes:
         """SEARCH: insert `uids` (not yet results) in mailbox order; `ADDTO (0 set)`, or b"" if none."""
         added = sorted(set(uids))
-        for u in added:
-            bisect.insort(self.members, u)  # `results` is the same array (create)
+        if len(added) > _MANY:  # one merge, not an insertion (a move of the array's tail) per message
+            self.members = self.results = array("I", sorted({*self.members, *added}))
+        else:
+            for u in added:
+                bisect.insort(self.members, u)  # `results` is the same array (create)
         return b"ADDTO (0 " + ordered_set([self.number(u, msn) for u in added]) + b")" if added else b""
+
+    def replace(self, ordered: Sequence[int]) -> None:
+        """SORT: the results are now `ordered` (the old ones and additions, in the requested order)."""
+        self.results = array("I", ordered)
+        self.members = array("I", sorted(ordered))
 
     def insert(self, index: int, uid: int) -> None:
         """SORT: `uid` at 0-based `index` of the requested order (update.py found the index)."""

@@ -23,12 +23,15 @@ SORT contexts place an addition by binary search over the results in their sort 
 message's stored sort keys (`Store.list_sort_rows` over one UID), compared as `Store.sort_uids` orders them
 (`sort_key`: the same columns, REVERSE per key, ties by UID ascending), so an arrival costs about log2(results)
 point reads, and the keys probed are kept per context (a message's sort keys never change) up to `KEY_CACHE`.
+Past `BULK` additions in one batch (a STORE over a range) the store sorts the results and the additions together
+(`sort.sorted_uids`, one read of their UID span) and each addition is placed at its final position.
 
 Invariants
 1. Every line is built from the context state as changed by the lines before it (context.py invariant 2), and a
    message number in it is that of the view when it is written.
 2. No message other than those the changes name is read, save the probes of a SORT insertion (at most about
-   log2(results) + 1 per added message).
+   log2(results) + 1 per added message, and at most `BULK` messages placed so), or one sort of the results'
+   span when more than `BULK` are added at once.
 3. A context whose mailbox this session may no longer read (ACL revoked, RFC 4314) is told nothing more.
 """
 
@@ -46,10 +49,12 @@ from .messages import sel_of
 from .objectid import ensure_keys
 from .search import matching
 from .session import ONLY_SELECTED, Result, Session, command
+from .sort import sorted_uids
 from .state import Selected
 
 KEY_CACHE = 4096  # sort keys kept per SORT context (probed messages); past it the cache starts again
 POINT_READS = 64  # messages in one batch read one by one; more are read as one UID range
+BULK = 32  # additions to a SORT context placed by binary search one by one; more are sorted with the results
 
 _FIELDS: dict[str, Callable[[SortRow], Any]] = {  # as store/sqlite/threads.py SORT_EXPRESSIONS
     "ARRIVAL": lambda r: r.internal_date,
@@ -120,9 +125,30 @@ async def _key_of(s: Session, sel: Selected, ctx: UpdateContext, uid: int) -> tu
     return k
 
 
+async def _add_many(s: Session, sel: Selected, ctx: UpdateContext, add: list[int], items: list[bytes]) -> None:
+    """Many additions at once (a STORE over a range): the results and the additions sorted together by the store,
+    one sort of their span, instead of a binary search each; the ADDTO places them in their final order, each at
+    its final position (every result before it is in place by then). A result gone from the store meanwhile
+    is removed first (RFC 5267 §4.3.4)."""
+    assert ctx.criteria is not None
+    new = set(add)
+    ordered = await sorted_uids(s, sorted({*ctx.results, *add}), ctx.criteria)
+    present = set(ordered)
+    lost = [u for u in ctx.results if u not in present]
+    if lost:
+        items.append(ctx.remove(lost, sel.msn))
+    placed = [(i + 1, u) for i, u in enumerate(ordered) if u in new]
+    ctx.replace(ordered)
+    if placed:
+        items.append(ctx.addto(placed, sel.msn))
+
+
 async def _add_sorted(s: Session, sel: Selected, ctx: UpdateContext, add: list[int], items: list[bytes]) -> None:
     """Insert `add` (UIDs that now match) at their places in SORT order, appending the ADDTO items, and a
     REMOVEFROM for any probed result found gone from the store meanwhile (its expunge not yet seen here)."""
+    if len(add) > BULK:
+        await _add_many(s, sel, ctx, add, items)
+        return
     placed: list[tuple[int, int]] = []
     for uid in sorted(add):
         new = await _key_of(s, sel, ctx, uid)

@@ -173,3 +173,59 @@ def test_notify_pushes_updates_between_commands(imap: Any) -> None:
     b.cmd(b"2 APPEND INBOX (\\Flagged) {%d+}\r\n" % len(raw) + raw)
     assert [a.line(), a.line()] == [b"* 3 EXISTS\r\n", b'* ESEARCH (TAG "F1") UID ADDTO (0 3)\r\n']
     assert a.cmd("3 NOOP") == [b"3 OK NOOP completed\r\n"]
+
+
+def _expand(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        a, b = int(lo), int(hi or lo)
+        out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
+    return out
+
+
+def apply(results: list[int], line: bytes) -> list[int]:
+    """A client's processing of one ESEARCH update line (RFC 5267 §4.3.2-§4.3.4): items and pairs in order."""
+    words = line.decode().split("UID ", 1)[1].rstrip("\r\n")
+    out = list(results)
+    while words:
+        name, rest = words.split(" (", 1)
+        body, _, words = rest.partition(")")
+        words = words.strip()
+        parts = body.split()
+        for pos, numbers in zip(parts[::2], parts[1::2]):
+            p, nums = int(pos), _expand(numbers)
+            if p == 0:  # §4.3.3, §4.3.4: mailbox order, removed wherever they are
+                out = sorted(set(out) | set(nums)) if name == "ADDTO" else [u for u in out if u not in nums]
+            elif name == "ADDTO":
+                out[p - 1:p - 1] = nums
+            else:
+                assert out[p - 1:p - 1 + len(nums)] == nums
+                del out[p - 1:p - 1 + len(nums)]
+    return out
+
+
+def test_many_changes_at_once_keep_the_order(imap: Any) -> None:
+    """A STORE over a range changes many results at once (the bulk paths: one sort of the span for SORT, one
+    merge for SEARCH); applying the updates as a client does gives what a new SORT / SEARCH answers."""
+    subjects(imap, *(f"s{(i * 37) % 101:03d}" for i in range(1, 81)))
+    a, b = session(imap), session(imap)
+    every7 = ",".join(str(u) for u in range(1, 81, 7))
+    assert a.cmd(f"0 STORE {every7} +FLAGS.SILENT (\\Flagged)")[-1][:4] == b"0 OK"
+
+    def sort() -> list[int]:
+        return _expand(a.cmd("q UID SORT RETURN () (SUBJECT) UTF-8 FLAGGED")[0].decode().split("ALL ")[1].strip())
+
+    held = _expand(a.cmd("M1 UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 FLAGGED")[0].decode().split("ALL ")[1].strip())
+    assert held == sort() and len(held) == 12
+    searched = _expand(a.cmd("M2 UID SEARCH RETURN (UPDATE) FLAGGED")[0].decode().split("ALL ")[1].strip())
+    b.cmd("1 STORE 2:70 +FLAGS.SILENT (\\Flagged)")
+    b.cmd("2 STORE 30:40,75 -FLAGS.SILENT (\\Flagged)")
+    lines = a.cmd("3 NOOP")
+    for line in lines:
+        if line.startswith(b'* ESEARCH (TAG "M1")'):
+            held = apply(held, line)
+        elif line.startswith(b'* ESEARCH (TAG "M2")'):
+            searched = apply(searched, line)
+    assert held == sort()
+    assert searched == _expand(a.cmd("r UID SEARCH RETURN () FLAGGED")[0].decode().split("ALL ")[1].strip())
