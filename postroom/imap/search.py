@@ -32,6 +32,9 @@ Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...`
 ENABLE IMAP4rev2 (RFC 9051 §7.3.4), with PARTIAL (RFC 5267 §4.4) when asked. EMAILID and THREADID (RFC 8474
 §6) are resolved to UID sets before the evaluation, like sequence sets (`objectid.matching`). RETURN (SAVE)
 stores the result as `$` (RFC 5182 §2.4: with MIN or MAX only those are saved; SAVE alone sends no ESEARCH).
+RETURN (UPDATE) (RFC 5267 §4.3, CONTEXT=SEARCH) keeps the program, its sequence sets as resolved now, and the
+answer as an update context (`start_context`, context.py); `matching` evaluates the messages a later change
+names against it (update.py). UPDATE and CONTEXT return no data of their own: alone, they answer ALL.
 
 Bounded work (issue 11): a SEARCH may name at most `MAX_SEARCH_KEYS` keys (every key, NOT, OR and list
 counts; more is `NO [LIMIT]` before any work). A text key is evaluated once per message however often it

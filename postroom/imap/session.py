@@ -28,6 +28,8 @@ Before every tagged response the queued changes of the selected mailbox are repo
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
 reports them as they come. A selected mailbox of another user (ACL, RFC 4314) is watched on the feed, and its
 rights are read again before each command and when its ACL changes (`acl.guard`, `acl.refresh`).
+`report_selected` writes them and then the ADDTO / REMOVEFROM of the RFC 5267 UPDATE contexts for the same
+changes (update.py), so an ADDTO follows the EXISTS it names.
 
 CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
 (`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ

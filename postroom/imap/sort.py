@@ -20,6 +20,7 @@ merged, yielding to the event loop every `SLICE_ROWS` keys.
 
 Answer: `* SORT n...` (RFC 5256 §4); with RETURN, `* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT PARTIAL` where MIN
 and MAX are the first and last in sort order and ALL keeps the order (RFC 5267 §3.1, `results.ordered_set`).
+RETURN (UPDATE) keeps the answer, in sort order, as a CONTEXT=SORT update context (RFC 5267 §4.3, update.py).
 
 Invariants
 1. SORT answers exactly the messages SEARCH would (announced ones, SEARCH invariant 1), each once.
