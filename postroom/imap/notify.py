@@ -7,14 +7,15 @@ groups. From the first NOTIFY on, every change of the user's feed (store/hub.py:
 session, delivery or process of this server) goes through `Notifier.take` instead of straight to the selected
 mailbox (`Session.take_change`):
 
-* message changes of the selected mailbox (APPEND, EXPUNGE, FLAGS, new keywords) go to `Selected` as before
-  when the SELECTED or SELECTED-DELAYED group asks for them (MessageNew + MessageExpunge, FlagChange), and are
+* message changes of the selected mailbox (APPEND, EXPUNGE, FLAGS, new keywords) go to `Selected` as before when
+  the SELECTED or SELECTED-DELAYED group asks for them (MessageNew + MessageExpunge, FlagChange), and are
   reported by the rules of RFC 9051 §7.5.1 (`state.py`): EXISTS and FETCH at any time, EXPUNGE only while a
-  command that allows it runs (never between commands, nor during FETCH, STORE, SEARCH). SELECTED pushes them
-  as they come, between commands too; SELECTED-DELAYED leaves them to the end of the next command or IDLE
-  (RFC 5465 §6.1 lets the server hold any event there). A MessageNew fetch-att list (§5.2) is answered by an
-  unsolicited `UID FETCH` of each new message after its EXISTS (non-PEEK items set \\Seen as FETCH does, and
-  say so with FLAGS). Changes the filters do not ask for are dropped; the mailbox is then marked stale, and
+  command that allows it runs (never between commands, nor during FETCH, STORE, SEARCH). SELECTED pushes them as
+  they come, between commands too; SELECTED-DELAYED leaves them to the end of the next command or IDLE (RFC 5465
+  §6.1 lets the server hold any event there). A flag change the filters do not ask for still reaches the RFC
+  5267 UPDATE contexts (`Selected.context_changes`, update.py). A MessageNew fetch-att list (§5.2) is answered
+  by an unsolicited `UID FETCH` of each new message after its EXISTS (non-PEEK items set \\Seen as FETCH does,
+  and say so with FLAGS). Changes the filters do not ask for are dropped; the mailbox is then marked stale, and
   re-read (`Session.resync_selected`) when a later NOTIFY asks for its events again;
 * message changes of any other mailbox become one `* STATUS name (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)` per
   mailbox per batch (§5.1-§5.3: the items each event needs, coalesced), read from the store when written;
@@ -177,6 +178,10 @@ class Notifier:
         events = self.selected_events
         if ch.kind is ChangeKind.FLAGS:
             wanted = "FlagChange" in events
+            if not wanted and sel.contexts:
+                sel.context_changes.append(ch)  # RFC 5267 UPDATE contexts follow flags all the same (update.py)
+                if len(sel.context_changes) > MAX_QUEUED:
+                    s.overflowed = True  # invariant 1
         elif ch.kind is ChangeKind.MAILBOX_KEYWORDS:
             wanted = bool(events)  # FLAGS must announce a keyword before a FETCH shows it (state.py 5)
         else:

@@ -668,7 +668,8 @@ _FLAG_KEYS = {"ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "UNANSWERED", "
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
               "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # RFC 8514 §4.3
-SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT"}  # RFC 5267 §4.2, §4.3: CONTEXT=SEARCH
+NO_DATA_OPTIONS = ("UPDATE", "CONTEXT", "SAVE")  # return options that ask for no result data (RFC 5267 §4.1)
 
 
 def _search_key(c: Cursor) -> Key:
@@ -815,7 +816,7 @@ def _p_search(c: Cursor) -> SearchArgs:
 # ---- SORT and THREAD (RFC 5256 §3, RFC 5957, RFC 5267)
 
 SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
-SORT_RETURN = {"MIN", "MAX", "ALL", "COUNT"}  # RFC 5267 §3 (SAVE is SEARCHRES's, for SEARCH only)
+SORT_RETURN = {"MIN", "MAX", "ALL", "COUNT", "UPDATE", "CONTEXT"}  # RFC 5267 §3, §4 (SAVE: SEARCH only)
 MAX_SORT_CRITERIA = 20  # each key is meaningful once; a longer list is an attack on the sort's work
 
 
@@ -847,6 +848,18 @@ def _p_sort(c: Cursor) -> SortArgs:
     charset = c.text(c.astring()).upper()  # RFC 5256 §3: the charset is not optional in SORT
     c.sp()
     return SortArgs(tuple(criteria), charset, _search_program(c), returns, partial)
+
+
+def _p_cancelupdate(c: Cursor) -> Names:
+    """RFC 5267 §5: command-select =/ "CANCELUPDATE" 1*(SP quoted): the tags of searching commands."""
+    tags: list[str] = []
+    while c.peek() == 0x20:
+        c.sp()
+        tags.append(c.text(c.quoted()))
+    if not tags:
+        raise c.error("Expected the tag of a searching command")
+    c.end()
+    return Names(tuple(tags))
 
 
 def _p_thread(c: Cursor) -> ThreadArgs:
@@ -1156,7 +1169,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "SEARCH": _p_search, "FETCH": _p_fetch, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none, "NOTIFY": _p_notify,
     "GETMETADATA": _p_getmetadata, "SETMETADATA": _p_setmetadata,
-    "SORT": _p_sort, "THREAD": _p_thread,
+    "SORT": _p_sort, "THREAD": _p_thread, "CANCELUPDATE": _p_cancelupdate,
 }
 _PARSERS.update({  # RFC 4314 §3 (ACL)
     "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),

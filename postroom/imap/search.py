@@ -32,6 +32,9 @@ Answer: `* SEARCH n...` for rev1 without RETURN; `* ESEARCH (TAG "t") [UID] ...`
 ENABLE IMAP4rev2 (RFC 9051 §7.3.4), with PARTIAL (RFC 5267 §4.4) when asked. EMAILID and THREADID (RFC 8474
 §6) are resolved to UID sets before the evaluation, like sequence sets (`objectid.matching`). RETURN (SAVE)
 stores the result as `$` (RFC 5182 §2.4: with MIN or MAX only those are saved; SAVE alone sends no ESEARCH).
+RETURN (UPDATE) (RFC 5267 §4.3, CONTEXT=SEARCH) keeps the program, its sequence sets as resolved now, and the
+answer as an update context (`start_context`, context.py); `matching` evaluates the messages a later change
+names against it (update.py). UPDATE and CONTEXT return no data of their own: alone, they answer ALL.
 
 Bounded work (issue 11): a SEARCH may name at most `MAX_SEARCH_KEYS` keys (every key, NOT, OR and list
 counts; more is `NO [LIMIT]` before any work). A text key is evaluated once per message however often it
@@ -55,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from postroom.mime.meta import MessageMeta
@@ -63,10 +67,11 @@ from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder, objectid
 from . import parser as P
+from .context import MAX_CONTEXTS, UidRanges, UpdateContext
 from .fetch import META_BATCH, load_meta, prefetch_meta
 from .messages import resolve, sel_of
 from .results import partial_item
-from .session import ONLY_SELECTED, No, Result, Session, command
+from .session import ONLY_SELECTED, Bad, No, Result, Session, command
 
 _CHARSETS = ("UTF-8", "US-ASCII")
 _META_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
@@ -125,7 +130,7 @@ def _text_tests(key: P.Key, out: dict[_Test, str]) -> None:
 
 
 class _Ctx:
-    def __init__(self, s: Session, sets: dict[int, set[int]]) -> None:
+    def __init__(self, s: Session, sets: Mapping[int, Container[int]]) -> None:
         self.s = s
         self.sel = sel_of(s)
         self.sets = sets
@@ -293,8 +298,10 @@ def uses_modseq(key: P.Key) -> bool:
     return key.op == "MODSEQ" or any(isinstance(a, P.Key) and uses_modseq(a) for a in key.args)
 
 
-async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, int] | None = None) -> list[int]:
-    """UIDs matching `key`, ascending (invariant 1). With `modseqs`, the MODSEQ of each match is put there."""
+async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, int] | None = None,
+                     resolved: dict[int, Container[int]] | None = None) -> list[int]:
+    """UIDs matching `key`, ascending (invariant 1). With `modseqs`, the MODSEQ of each match is put there; with
+    `resolved`, the UID set each sequence set, EMAILID and THREADID key was resolved to (by `id` of its key)."""
     sel = sel_of(s)
     found: list[tuple[P.Key, P.SeqSet]] = []
     _seqsets(key, found)
@@ -303,6 +310,8 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
     objectid.object_keys(key, ids)
     for k in ids:  # RFC 8474 §6: EMAILID and THREADID, as UID sets
         sets[id(k)] = await objectid.matching(s, k.op, str(k.args[0]))
+    if resolved is not None:
+        resolved.update((k, UidRanges(v)) for k, v in sets.items())  # RFC 5267 §4.3: as when the command ran
     ctx = _Ctx(s, sets)
     known = sel.uids
     if not known:
@@ -379,6 +388,28 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
     return out
 
 
+async def matching(s: Session, key: P.Key, sets: Mapping[int, Container[int]],
+                   infos: Sequence[MessageInfo]) -> set[int]:
+    """The UIDs of `infos` that match `key`, its sequence sets as resolved when the command ran (`sets`): RFC
+    5267 §4.3's re-evaluation of changed messages for UPDATE contexts (update.py). The work is that of `infos`
+    alone, in slices as every search (invariant 3); no other message is read."""
+    ctx = _Ctx(s, sets)
+    tests: dict[_Test, str] = {}
+    _text_tests(key, tests)
+    need = _needs_meta(key)
+    nodes = count_keys(key)
+    out: set[int] = set()
+    for m in infos:
+        meta = None
+        if need:
+            meta = await load_meta(s, m)
+            await ctx.evaluate_text(tests, meta)
+        if _match(key, m, meta, ctx):
+            out.add(m.uid)
+        await ctx.tick(nodes=nodes)
+    return out
+
+
 @command("SEARCH", ONLY_SELECTED)
 @command("UID SEARCH", ONLY_SELECTED)
 async def search(s: Session, cmd: P.Command) -> Result:
@@ -387,6 +418,8 @@ async def search(s: Session, cmd: P.Command) -> Result:
     if a.charset is not None and a.charset not in _CHARSETS:
         raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")  # RFC 9051 §6.4.4
     sel = sel_of(s)
+    update = check_update(s, cmd, a.returns)
+    resolved: dict[int, Container[int]] | None = {} if update else None
     modseqs: dict[int, int] | None = None
     if uses_modseq(a.key):
         s.enable_condstore()  # RFC 7162 §3.1
@@ -395,7 +428,7 @@ async def search(s: Session, cmd: P.Command) -> Result:
         if count_keys(a.key) > MAX_SEARCH_KEYS:
             # RFC 5530 §3 LIMIT: "an implementation limit of some kind"; checked before any work.
             raise No(f"Too many search keys (at most {MAX_SEARCH_KEYS})", "LIMIT")
-        uids = await run_search(s, a.key, cmd.uid, modseqs)
+        uids = await run_search(s, a.key, cmd.uid, modseqs, resolved)
     except Exception:
         if a.returns is not None and "SAVE" in a.returns:
             sel.saved = []  # RFC 5182 §2.1: a failed SEARCH with SAVE leaves $ empty
@@ -408,13 +441,17 @@ async def search(s: Session, cmd: P.Command) -> Result:
             sel.saved = sorted({uids[0] if o == "MIN" else uids[-1] for o in minmax})
         else:
             sel.saved = uids
-        if returns == ("SAVE",):
+        if not [o for o in returns if o not in P.NO_DATA_OPTIONS]:  # SAVE alone (UPDATE, CONTEXT ask for none)
+            if resolved is not None:
+                start_context(s, cmd, a.key, resolved, None, uids)
             return "", "SEARCH completed"
     if returns is None and not s.rev2:
         tail = b" (MODSEQ %d)" % max(modseqs.values()) if modseqs else b""  # RFC 7162 §3.1.6: if non-empty
         s.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail + b"\r\n")
         return "", "SEARCH completed"
-    opts = [o for o in (returns or ()) if o != "SAVE"] or ["ALL"]
+    # RFC 5267 §4.1: UPDATE and CONTEXT have no interaction with the other options and return no data of their
+    # own, so RETURN (UPDATE) answers as RETURN () does: ALL (the results the updates then change).
+    opts = [o for o in (returns or ()) if o not in P.NO_DATA_OPTIONS] or ["ALL"]
     line = b'* ESEARCH (TAG ' + encoder.quoted(cmd.tag) + b")"
     if cmd.uid:
         line += b" UID"
@@ -439,4 +476,29 @@ async def search(s: Session, cmd: P.Command) -> Result:
             uids[0] if o == "MIN" else uids[-1] for o in opts if o in ("MIN", "MAX")]
         line += b" MODSEQ %d" % max(modseqs[u] for u in shown)
     s.write(line + b"\r\n")
+    if resolved is not None:
+        start_context(s, cmd, a.key, resolved, None, uids)
     return "", "SEARCH completed"
+
+
+def check_update(s: Session, cmd: P.Command, returns: tuple[str, ...] | None) -> bool:
+    """Whether the searching command asks for UPDATE (RFC 5267 §4.3); BAD, before any work, when its tag is that
+    of a context still updating ("An attempt to use UPDATE where a tag is already in use ... SHALL result in the
+    server rejecting the searching command with a BAD response")."""
+    if returns is None or "UPDATE" not in returns:
+        return False
+    if cmd.tag in sel_of(s).contexts:
+        raise Bad("Tag reuse")
+    return True
+
+
+def start_context(s: Session, cmd: P.Command, key: P.Key, resolved: dict[int, Container[int]],
+                  criteria: tuple[tuple[str, bool], ...] | None, ordered: Sequence[int]) -> None:
+    """Keep an UPDATE context whose client now holds `ordered` (UIDs in the requested order), or, past
+    `MAX_CONTEXTS`, refuse with the untagged `NO [NOUPDATE "tag"]` after the results (RFC 5267 §4.3.1: "Other
+    return options specified SHALL still be honoured")."""
+    sel = sel_of(s)
+    if len(sel.contexts) >= MAX_CONTEXTS:
+        s.write(b"* NO [NOUPDATE " + encoder.quoted(cmd.tag) + b"] Too many contexts\r\n")
+        return
+    sel.contexts[cmd.tag] = UpdateContext.create(cmd.tag, cmd.uid, key, resolved, criteria, ordered)

@@ -28,6 +28,8 @@ Before every tagged response the queued changes of the selected mailbox are repo
 RECENT, FETCH FLAGS always; EXPUNGE except after FETCH, STORE and SEARCH (the UID forms excepted). IDLE
 reports them as they come. A selected mailbox of another user (ACL, RFC 4314) is watched on the feed, and its
 rights are read again before each command and when its ACL changes (`acl.guard`, `acl.refresh`).
+`report_selected` writes them and then the ADDTO / REMOVEFROM of the RFC 5267 UPDATE contexts for the same
+changes (update.py), so an ADDTO follows the EXISTS it names.
 
 CONDSTORE and QRESYNC (RFC 7162) are per connection: `condstore` is set by the first CONDSTORE enabling command
 (`enable_condstore`: ENABLE CONDSTORE or QRESYNC, SELECT/EXAMINE (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ
@@ -162,7 +164,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY"]
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY",
+            "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267 §4
 
 
 class Service:
@@ -336,9 +339,10 @@ class Session:
                 return
         sel = self.sel
         top = sel.uids[-1] if sel is not None and sel.uids else 0
-        if sel is not None and (sel.pending or (sel.held and (allow_expunge or sel.condstore))):
+        if sel is not None and (sel.pending or sel.context_changes
+                                or (sel.held and (allow_expunge or sel.condstore))):
             await self.claim_recent()
-            self.write(*sel.report(allow_expunge))
+            await self.report_selected(allow_expunge)
         if self.notifier is not None:
             await self.notifier.report(self, top)
 
@@ -356,7 +360,20 @@ class Session:
         self.write(*sel.announce([*(mbox.keywords if mbox else ()),
                                   *(k for kws in cols.keywords.values() for k in kws)]))
         await self.claim_recent()
+        await self.report_selected(allow_expunge)
+
+    async def report_selected(self, allow_expunge: bool) -> None:
+        """Write the selected mailbox's queued changes (state.py `report`), then the RFC 5267 UPDATE contexts'
+        ADDTO / REMOVEFROM for them (update.py), so an ADDTO follows the EXISTS it depends on."""
+        sel = self.sel
+        assert sel is not None
+        changes = [*sel.context_changes, *sel.pending] if sel.contexts else []
+        sel.context_changes = []
         self.write(*sel.report(allow_expunge))
+        if changes:
+            from .update import follow  # (update.py imports this module)
+
+            await follow(self, sel, changes)
 
     async def claim_recent(self) -> None:
         """Before arrivals are announced to a read-write rev1 session: claim (in the store) the \\Recent of
@@ -621,6 +638,7 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
         search,
         sort,
         thread,
+        update,
     )
 
     service = Service(services, listener)

@@ -20,6 +20,7 @@ merged, yielding to the event loop every `SLICE_ROWS` keys.
 
 Answer: `* SORT n...` (RFC 5256 §4); with RETURN, `* ESEARCH (TAG "t") [UID] MIN MAX ALL COUNT PARTIAL` where MIN
 and MAX are the first and last in sort order and ALL keeps the order (RFC 5267 §3.1, `results.ordered_set`).
+RETURN (UPDATE) keeps the answer, in sort order, as a CONTEXT=SORT update context (RFC 5267 §4.3, update.py).
 
 Invariants
 1. SORT answers exactly the messages SEARCH would (announced ones, SEARCH invariant 1), each once.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Generator, Sequence
+from collections.abc import Container, Generator, Sequence
 from typing import Any, TypeVar
 
 from postroom.store.api import SortRow
@@ -41,7 +42,7 @@ from . import parser as P
 from .messages import sel_of
 from .objectid import ensure_keys
 from .results import ordered_set, partial_item
-from .search import MAX_SEARCH_KEYS, count_keys, run_search
+from .search import MAX_SEARCH_KEYS, check_update, count_keys, run_search, start_context
 from .session import ONLY_SELECTED, No, Result, Session, command
 
 CHARSETS = ("UTF-8", "US-ASCII")
@@ -123,7 +124,8 @@ def esearch(s: Session, cmd: P.Command, returns: tuple[str, ...], partial: tuple
             numbers: Sequence[int]) -> None:
     """`* ESEARCH (TAG "t") [UID] ...` for results in their answer order (RFC 5267 §3.1): MIN and MAX are the
     first and the last."""
-    opts = set(returns) or ({"ALL"} if partial is None else set())
+    # RFC 5267 §4.1: UPDATE and CONTEXT return no data of their own; alone they answer as RETURN () (ALL)
+    opts = {o for o in returns if o not in P.NO_DATA_OPTIONS} or ({"ALL"} if partial is None else set())
     line = b"* ESEARCH (TAG " + encoder.quoted(cmd.tag) + b")"
     if cmd.uid:
         line += b" UID"
@@ -147,7 +149,8 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     assert isinstance(a, P.SortArgs)
     check_program(a.charset, a.key)
     sel = sel_of(s)
-    uids = await run_search(s, a.key, cmd.uid)  # invariant 1
+    resolved: dict[int, Container[int]] | None = {} if check_update(s, cmd, a.returns) else None
+    uids = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
     ordered = await sorted_uids(s, uids, a.criteria)
     numbers = ordered
     if not cmd.uid:
@@ -163,4 +166,6 @@ async def sort(s: Session, cmd: P.Command) -> Result:
         s.write(b"\r\n")
     else:
         esearch(s, cmd, a.returns, a.partial, numbers)
+        if resolved is not None:  # RFC 5267 §4.3: CONTEXT=SORT
+            start_context(s, cmd, a.key, resolved, a.criteria, ordered)
     return "", "SORT completed"

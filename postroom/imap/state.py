@@ -53,6 +53,9 @@ Invariants
 8. Once UIDONLY is enabled (`uidonly`, RFC 9586) no response written here carries a message number: message
    data starts `* uid UIDFETCH (` (`fetch_head`, which every writer of message data uses) and removals are
    VANISHED. `uids` is kept all the same: it is still the client's view (invariant 1, imap/uidonly.py).
+9. `contexts` (RFC 5267 UPDATE contexts, context.py) live and die with this state: CLOSE, UNSELECT and another
+   SELECT end their updates (§4.3). A result that is expunged is removed from every context, and its
+   REMOVEFROM written, in `expunged`, before the EXPUNGE or VANISHED that announces it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from postroom.store import names
 from postroom.store.api import FLAG_NAMES, Change, ChangeKind, Mailbox
 
 from . import encoder
+from .context import UpdateContext, removal_lines
 
 SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
 _MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
@@ -167,6 +171,8 @@ class Selected:
     held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
+    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 8)
+    context_changes: list[Change] = field(default_factory=list)  # changes for the contexts alone (NOTIFY dropped)
 
     def __post_init__(self) -> None:
         if not isinstance(self.uids, array):
@@ -268,7 +274,10 @@ class Selected:
     def expunged(self, uids: Iterable[int]) -> list[bytes]:
         """Announce the removal of `uids` (in the order given) and drop them from the view: `* n EXPUNGE` each,
         numbered after the previous one went, or one VANISHED for the announced ones once QRESYNC or UIDONLY is
-        enabled (invariants 1, 3, 6 and 8). UIDs never announced are dropped silently."""
+        enabled (invariants 1, 3, 6, 8 and 9). UIDs never announced are dropped silently."""
+        uids = list(uids)
+        # RFC 5267 §4.3.4: the REMOVEFROM of an expunged result before its EXPUNGE, numbered in the old view
+        first = removal_lines(self.contexts, uids, self.msn) if self.contexts else []
         out: list[bytes] = []
         gone: list[int] = []
         vanished = self.qresync or self.uidonly  # RFC 7162 §3.2.10.2; RFC 9586 §3: no EXPUNGE, its number
@@ -281,7 +290,7 @@ class Selected:
                     out.append(b"* %d EXPUNGE\r\n" % n)
         if not self.held:
             self.held_modseq = 0
-        return vanished_lines(gone) if vanished else out
+        return first + (vanished_lines(gone) if vanished else out)
 
     def removed(self, uid: int) -> int:
         """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
