@@ -77,7 +77,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 
-from . import acl, encoder, objectid
+from . import acl, catenate, encoder, objectid
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
@@ -515,6 +515,8 @@ async def append(s: Session, cmd: P.Command) -> Result:
             if st.error is not None:
                 raise st.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
         messages = a.messages()
+        if any(m.catenate is not None for m in messages):
+            return await catenate.append(s, target, messages, staged)  # RFC 4469
         if len(messages) > 1:
             return await _multiappend(s, mbox, messages, staged, target.rights if target.shared else None)
         if len(staged) > 1 or (staged and a.message):

@@ -122,6 +122,7 @@ class StagedLiteral:
     size: int
     binary: bool  # literal8
     error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
+    at: int = -1  # offset in the command text of the empty literal left in its place (parser `CatPart.at`)
 
 
 class Bad(Exception):
@@ -459,6 +460,7 @@ class Session:
         """Read the accepted literal into a new staging file (module doc); `self.staged` gets it. A full disk
         does not end the session: the rest of the literal is read and dropped, and APPEND answers NO."""
         self.conn.data_phase(True)  # net invariant 7
+        at = self.framer.command_bytes  # the empty literal's data starts here in the command text
         error: InsufficientStorage | None = None
         fd = -1
         path: Path | None = None
@@ -500,7 +502,7 @@ class Session:
                 os.close(fd)
         if error is not None and path is not None:
             path.unlink(missing_ok=True)
-        self.staged.append(StagedLiteral(None if error is not None else path, req.size, req.binary, error))
+        self.staged.append(StagedLiteral(None if error is not None else path, req.size, req.binary, error, at))
 
     def take_staged(self) -> list[StagedLiteral]:
         """The APPEND handler's files, in literal order, now its business (it must remove them, or have the
