@@ -303,16 +303,6 @@ async def _add_url(s: Session, j: Joiner, url: str) -> None:
         raise BadUrl("message expunged meanwhile") from None
 
 
-async def _meta(s: Session, j: Joiner, allow_nul: bool) -> bytes:
-    if j.path is None:
-        return await pool.meta_bytes(bytes(j.buf), s.limits)
-    try:
-        meta = await pool.meta_of_file(j.path, j.size, s.limits, allow_nul=allow_nul)
-    except pool.NulInLiteral:
-        raise Bad("NUL in a literal (use literal8)") from None  # as syntax.Cursor.literal says
-    return meta.to_bytes()
-
-
 async def append(s: Session, target: acl.Target, messages: tuple[P.AppendMessage, ...],
                  staged: list[StagedLiteral]) -> Result:
     """APPEND with CATENATE in one or more of `messages` (module doc); `staged`: the command's literals in
@@ -377,11 +367,15 @@ async def append(s: Session, target: acl.Target, messages: tuple[P.AppendMessage
                 j.close()
             if not j.size:
                 raise No("Empty message", "CANNOT")
-            meta_bytes = await _meta(s, j, allow_nul=True)  # literals were checked for NUL; sources are as stored
+            # The metadata, computed once as for any APPEND (mailboxes invariant 3). Literals were checked for NUL
+            # already; what URLs gave is as stored.
             if j.path is not None:
-                items.append(StagedAppend(j.path, flags, frozenset(keywords), date, meta_bytes))
+                meta = await pool.meta_of_file(j.path, j.size, s.limits, allow_nul=True)
+                items.append(StagedAppend(j.path, flags, frozenset(keywords), date, meta.to_bytes()))
             else:
-                items.append(AppendRequest(bytes(j.buf), flags, frozenset(keywords), date, meta_bytes))
+                raw, j.buf = bytes(j.buf), bytearray()
+                items.append(AppendRequest(raw, flags, frozenset(keywords), date,
+                                           await pool.meta_bytes(raw, s.limits)))
         mbox = target.mailbox
         if len(items) == 1:
             item = items[0]

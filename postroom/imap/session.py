@@ -18,8 +18,9 @@ Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announ
 buffered by the framer; nor is one that would take the command's memory past `STREAM_LITERAL_MIN` plus the
 command size (the later messages of a MULTIAPPEND, RFC 3502). `_stream_literal` writes it from the connection
 in chunks of at most `STREAM_CHUNK` bytes straight into a file in the store's staging directory
-(`Store.staging_dir`), the command text keeps an empty literal in its place, and the APPEND handler hands the
-files to `Store.append_file` / `append_multi`, which move them into the store without a copy. A file is removed
+(`Store.staging_dir`), the command text keeps an empty literal in its place (its offset is `StagedLiteral.at`,
+so a CATENATE TEXT part, RFC 4469, finds its file), and the APPEND handler hands the files to
+`Store.append_file` / `append_multi`, which move them into the store without a copy. A file is removed
 whatever happens: by the store, by the handler, after a command that did not take it (`_drop_staged`), or when
 the connection fails mid-literal.
 
