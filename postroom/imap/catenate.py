@@ -52,11 +52,12 @@ from pathlib import Path
 
 from postroom.fsutil import write_all
 from postroom.mime import pool
-from postroom.mime.imap import BadSection, Section, header_fields
+from postroom.mime.imap import Section, header_fields
 from postroom.store.api import (
     STAGING_THRESHOLD,
     AppendRequest,
     InsufficientStorage,
+    Invalid,
     NotFound,
     StagedAppend,
     flags_allowed,
@@ -162,7 +163,7 @@ def _message_part(text: str, mailbox: str | None, uidvalidity: int | None) -> Im
     if m.group(2) is not None:
         try:
             section = Section.parse(_unescape(m.group(2)))
-        except BadSection:
+        except ValueError:  # BadSection, or a part number too long for int()
             raise BadUrl("bad section") from None
     partial = None
     if m.group(3) is not None:
@@ -261,7 +262,10 @@ async def _add_url(s: Session, j: Joiner, url: str) -> None:
             raise BadUrl("no mailbox selected")
         name = s.sel.mailbox.name
         uidvalidity = uidvalidity or s.sel.mailbox.uidvalidity
-    target = await acl.resolve(s, name)
+    try:
+        target = await acl.resolve(s, name)
+    except Invalid:  # a name the store cannot hold names no mailbox
+        raise BadUrl("no such mailbox") from None
     if target is None or "r" not in target.rights:  # RFC 4314 §4; invariant 4
         raise BadUrl("no such mailbox")
     if uidvalidity is not None and uidvalidity != target.mailbox.uidvalidity:

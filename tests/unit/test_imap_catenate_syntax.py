@@ -126,6 +126,7 @@ HOST, USER = "mail.example.org", "ann@example.org"
     ("/IN%FFBOX/;UID=1", None),  # not UTF-8
     ("/IN BOX/;UID=1", None),  # not a bchar
     ("/INBOX/;UID=1/;SECTION=1.0", None),
+    ("/INBOX/;UID=1/;SECTION=" + "9" * 5000, None),  # past int()'s digit limit: BADURL, not a server error
     ("", None),
 ])
 def test_parse_url(url: str, want: catenate.ImapUrl | None) -> None:
