@@ -1,7 +1,7 @@
 """Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, NAMESPACE,
 STATUS, APPEND (RFC 9051 §6.3; LIST-EXTENDED RFC 5258, SPECIAL-USE RFC 6154, LIST-STATUS RFC 5819,
 CHILDREN RFC 3348, UIDPLUS RFC 4315, APPENDLIMIT RFC 7889, STATUS=SIZE RFC 8438, MULTIAPPEND RFC 3502,
-CREATE-SPECIAL-USE RFC 6154 §3).
+CREATE-SPECIAL-USE RFC 6154 §3; CATENATE RFC 4469 in catenate.py).
 
 Theory of operation
 -------------------
@@ -48,7 +48,8 @@ Invariants
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
    file goes to `Store.append_file`; the handler removes it if it fails first.
 6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
-   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none.
+   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
+   CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
 5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
@@ -77,7 +78,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 
-from . import acl, encoder, objectid
+from . import acl, catenate, encoder, objectid
 from . import parser as P
 from .messages import parse_flags
 from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
@@ -516,6 +517,8 @@ async def append(s: Session, cmd: P.Command) -> Result:
             if st.error is not None:
                 raise st.error  # the disk filled while the literal was read: NO [OVERQUOTA] (session.py)
         messages = a.messages()
+        if any(m.catenate is not None for m in messages):
+            return await catenate.append(s, target, messages, staged)  # RFC 4469
         if len(messages) > 1:
             return await _multiappend(s, mbox, messages, staged, target.rights if target.shared else None)
         if len(staged) > 1 or (staged and a.message):

@@ -23,7 +23,7 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from postroom.mime.imap import Section
 
@@ -149,13 +149,28 @@ class StatusArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class CatPart:
+    """One cat-part of APPEND ... CATENATE (RFC 4469 §5): `TEXT literal` (url None) or `URL astring` (text b"").
+    `at`: the offset in the command of the literal's data (a literal streamed to a staging file left an empty one
+    there, session.py `StagedLiteral.at`); -1 for a URL."""
+
+    url: str | None
+    text: bytes = b""
+    binary: bool = False  # literal8 (RFC 3516 §4.4, as APPEND's own literal)
+    at: int = field(default=-1, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendMessage:
-    """One message of an APPEND: its flags, date-time and literal (RFC 3502 append-message)."""
+    """One message of an APPEND: its flags, date-time and literal (RFC 3502 append-message), or its CATENATE
+    parts (RFC 4469: then `message` is b"")."""
 
     flags: tuple[str, ...]
     date: float | None
     message: bytes
     binary: bool  # literal8 (RFC 3516 §4.4)
+    catenate: tuple[CatPart, ...] | None = None
+    at: int = field(default=-1, compare=False)  # offset of the literal's data in the command (as CatPart.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +181,12 @@ class AppendArgs:
     message: bytes
     binary: bool  # literal8 (RFC 3516 §4.4)
     more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND (RFC 3502): the second message on
+    first: AppendMessage | None = field(default=None, compare=False)  # the first message as parsed
 
     def messages(self) -> tuple[AppendMessage, ...]:
         """Every message of the command, in order."""
-        return (AppendMessage(self.flags, self.date, self.message, self.binary), *self.more)
+        first = self.first or AppendMessage(self.flags, self.date, self.message, self.binary)
+        return (first, *self.more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,10 +556,38 @@ def _append_message(c: Cursor) -> AppendMessage:
     if c.peek() == 0x22:
         date = c.date_time()
         c.sp()
+    if c.peek() in (0x43, 0x63):  # "C": RFC 4469 §5 append-data-ext
+        return AppendMessage(tuple(flags), date, b"", False, _catenate(c))
     if c.peek() not in (0x7B, 0x7E):
         raise c.error("Expected the message literal")
     message, binary = c.literal(allow8=True)
-    return AppendMessage(tuple(flags), date, message, binary)
+    return AppendMessage(tuple(flags), date, message, binary, None, c.pos - len(message))
+
+
+def _catenate(c: Cursor) -> tuple[CatPart, ...]:
+    """RFC 4469 §5: "CATENATE" SP "(" cat-part *(SP cat-part) ")", cat-part = text-literal / url,
+    text-literal = "TEXT" SP literal, url = "URL" SP astring. TEXT also takes a literal8, as APPEND's own
+    message does with BINARY (RFC 3516 §4.4; Dovecot does the same)."""
+    if c.atom().upper() != "CATENATE":
+        raise c.error("Expected the message literal or CATENATE")
+    c.sp()
+    c.expect(b"(")
+    parts: list[CatPart] = []
+    while True:
+        kind = c.atom().upper()
+        c.sp()
+        if kind == "TEXT":
+            if c.peek() not in (0x7B, 0x7E):
+                raise c.error("TEXT needs a literal")
+            text, binary = c.literal(allow8=True)
+            parts.append(CatPart(None, text, binary, c.pos - len(text)))
+        elif kind == "URL":
+            parts.append(CatPart(c.text(c.astring())))
+        else:
+            raise c.error("Expected TEXT or URL")
+        if c.take(b")"):
+            return tuple(parts)
+        c.sp()
 
 
 def _p_append(c: Cursor) -> AppendArgs:
@@ -555,7 +600,7 @@ def _p_append(c: Cursor) -> AppendArgs:
         c.sp()
         more.append(_append_message(c))
     c.end()
-    return AppendArgs(name, first.flags, first.date, first.message, first.binary, tuple(more))
+    return AppendArgs(name, first.flags, first.date, first.message, first.binary, tuple(more), first)
 
 
 def _p_id(c: Cursor) -> IdArgs:
@@ -1212,6 +1257,7 @@ __all__ = [
     "MONTHS",
     "NEED_DATA",
     "STAR",
+    "CatPart",
     "Command",
     "Event",
     "FetchAtt",

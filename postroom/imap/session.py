@@ -18,8 +18,9 @@ Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announ
 buffered by the framer; nor is one that would take the command's memory past `STREAM_LITERAL_MIN` plus the
 command size (the later messages of a MULTIAPPEND, RFC 3502). `_stream_literal` writes it from the connection
 in chunks of at most `STREAM_CHUNK` bytes straight into a file in the store's staging directory
-(`Store.staging_dir`), the command text keeps an empty literal in its place, and the APPEND handler hands the
-files to `Store.append_file` / `append_multi`, which move them into the store without a copy. A file is removed
+(`Store.staging_dir`), the command text keeps an empty literal in its place (its offset is `StagedLiteral.at`,
+so a CATENATE TEXT part, RFC 4469, finds its file), and the APPEND handler hands the files to
+`Store.append_file` / `append_multi`, which move them into the store without a copy. A file is removed
 whatever happens: by the store, by the handler, after a command that did not take it (`_drop_staged`), or when
 the connection fails mid-literal.
 
@@ -127,6 +128,7 @@ class StagedLiteral:
     size: int
     binary: bool  # literal8
     error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
+    at: int = -1  # offset in the command text of the empty literal left in its place (parser `CatPart.at`)
 
 
 class Bad(Exception):
@@ -162,7 +164,7 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "ESEARCH", "SEARCHRES",
             "BINARY", f"APPENDLIMIT={limits_message_size}", "STATUS=SIZE", "CONDSTORE", "QRESYNC",
             "ACL", "RIGHTS=texk", "LIST-MYRIGHTS",  # RFC 4314 §2.1 (RIGHTS=: the rights after RFC 2086), RFC 8440
-            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CREATE-SPECIAL-USE",
+            "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CATENATE", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY",
             "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267 §4
@@ -483,6 +485,7 @@ class Session:
         """Read the accepted literal into a new staging file (module doc); `self.staged` gets it. A full disk
         does not end the session: the rest of the literal is read and dropped, and APPEND answers NO."""
         self.conn.data_phase(True)  # net invariant 7
+        at = self.framer.command_bytes  # the empty literal's data starts here in the command text
         error: InsufficientStorage | None = None
         fd = -1
         path: Path | None = None
@@ -524,7 +527,7 @@ class Session:
                 os.close(fd)
         if error is not None and path is not None:
             path.unlink(missing_ok=True)
-        self.staged.append(StagedLiteral(None if error is not None else path, req.size, req.binary, error))
+        self.staged.append(StagedLiteral(None if error is not None else path, req.size, req.binary, error, at))
 
     def take_staged(self) -> list[StagedLiteral]:
         """The APPEND handler's files, in literal order, now its business (it must remove them, or have the

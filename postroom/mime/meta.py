@@ -170,21 +170,31 @@ class MessageMeta:
     def row(self, part: tuple[int, ...]) -> PartRow | None:
         return self._index.get(".".join(map(str, part)))
 
-    def section(self, raw: bytes, section: Section) -> bytes | None:
-        """BODY[section] from the raw message and the part table; same answer as `imap.section_bytes`."""
+    def span(self, section: Section) -> tuple[int, int] | None:
+        """The octets [start, end) of the raw message that BODY[section] is, from the part table alone (no body
+        needed); for HEADER.FIELDS[.NOT], the header block the fields are chosen from. None for a missing part."""
         r = self.row(section.part)
         if r is None:
             return None
         spec = section.specifier
         if spec == "":
-            return raw if not section.part else raw[r.body_start : r.end]
+            return (0, self.size) if not section.part else (r.body_start, r.end)
         if spec == "MIME":
-            return raw[r.header_start : r.body_start]
+            return r.header_start, r.body_start
         if spec == "TEXT":
-            return raw[r.inner_body_start : r.end]
-        if spec == "HEADER":
-            return raw[r.inner_header_start : r.inner_body_start]
-        return imap.header_fields(raw, r.inner_header_start, r.inner_body_start, section)
+            return r.inner_body_start, r.end
+        return r.inner_header_start, r.inner_body_start  # HEADER, HEADER.FIELDS[.NOT]
+
+    def section(self, raw: bytes, section: Section) -> bytes | None:
+        """BODY[section] from the raw message and the part table; same answer as `imap.section_bytes`."""
+        if not section.part and not section.specifier:
+            return raw
+        span = self.span(section)
+        if span is None:
+            return None
+        if section.specifier.startswith("HEADER.FIELDS"):
+            return imap.header_fields(raw, span[0], span[1], section)
+        return raw[span[0] : span[1]]
 
     def binary(self, raw: bytes, part: tuple[int, ...]) -> bytes | None:
         """BINARY[part] (RFC 3516): decoded content; None for a missing part; raises cte.UnknownCTE."""

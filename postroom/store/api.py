@@ -736,6 +736,11 @@ class Store(Protocol):
 
     async def read_message(self, blob_id: str) -> bytes: ...
 
+    async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
+        """At most `length` octets of a body from octet `start` (fewer at its end, b"" past it), so a large body
+        can be read in pieces and never held whole (IMAP CATENATE, RFC 4469). NotFound if there is no such
+        body."""
+
     async def read_meta(self, blob_id: str) -> bytes | None: ...
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:

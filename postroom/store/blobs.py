@@ -251,6 +251,15 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"no message body {blob_id}") from None
 
+    def read_range(self, blob_id: str, start: int, length: int) -> bytes:
+        """At most `length` bytes of a body file from `start` (Store.read_message_range)."""
+        try:
+            with open(self.path(blob_id), "rb", buffering=0) as f:
+                f.seek(start)
+                return f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"no message body {blob_id}") from None
+
     def crlf_size(self, blob_id: str) -> int:
         """`crlf_size` of a body file, read in bounded chunks. NotFound if there is no such file."""
         counter = CrlfCounter()

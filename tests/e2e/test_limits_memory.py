@@ -186,3 +186,40 @@ def test_repeated_fetch_items_are_answered_once_and_memory_stays_flat(served: Se
         assert head.count(b"RFC822.SIZE") == 1 and head.count(b"BODY[]") == 1
     finally:
         imap.logout()
+
+
+def _twenty_mb_message() -> bytes:
+    line = b"c" * 76 + b"\r\n"
+    return b"From: a@example.org\r\nSubject: twenty megabytes\r\n\r\n" + line * (20 * MB // len(line))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("served", [[_twenty_mb_message()]], indirect=True)
+def test_catenate_of_a_large_message_reads_it_in_pieces(served: Served) -> None:
+    # CATENATE (RFC 4469) of a 20 MB message: the source is read 256 KiB at a time and the joined message goes
+    # to a staging file past 1 MiB (imap/catenate.py invariant 2), so the server's peak grows by a few MB, not
+    # by the message (reading it whole, or joining it in memory, would add 20 MB or more).
+    pid = served.proc.pid
+    raw = _twenty_mb_message()
+    with socket.create_connection(("127.0.0.1", served.ports["imap"]), timeout=120) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+
+        def cmd(line: bytes) -> bytes:
+            sock.sendall(line + b"\r\n")
+            tag = line.split(b" ", 1)[0] + b" "
+            while not (answer := f.readline()).startswith(tag):
+                assert answer
+            return answer
+
+        assert cmd(f'a LOGIN "{USER}" "{PASSWORD}"'.encode()).startswith(b"a OK")
+        assert cmd(b'b APPEND INBOX CATENATE (TEXT {8+}\r\nX-A: 1\r\n URL "/INBOX/;UID=1")').startswith(b"b OK")
+        base = reset_peak(pid)
+        answer = cmd(b'c APPEND INBOX CATENATE (TEXT {8+}\r\nX-C: 3\r\n URL "/INBOX/;UID=1")')
+        peak = vm(pid, "VmHWM")
+        assert answer.startswith(b"c OK [APPENDUID"), answer
+        assert peak - base < 10 * MB, f"peak RSS grew by {(peak - base) / MB:.0f} MB"
+        assert cmd(b"d SELECT INBOX").startswith(b"d OK")
+        sock.sendall(b"e FETCH 3 (RFC822.SIZE)\r\n")
+        assert f.readline() == b"* 3 FETCH (RFC822.SIZE %d)\r\n" % (len(raw) + 8)
+        assert f.readline().startswith(b"e OK")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from postroom.store.api import AppendRequest, Invalid, QueueRecipient, Store
+from postroom.store.api import AppendRequest, Invalid, NotFound, QueueRecipient, Store
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.sqlite import INLINE_MAX, SQLiteStore, engine
 from postroom.store.sqlite.schema import _STEPS, SCHEMA_VERSION
 
-from .conftest import blob_files, downgrade, inbox, inline_bodies, new_user, stored_bodies
+from .conftest import BODY_BACKENDS, blob_files, downgrade, inbox, inline_bodies, new_user, stored_bodies
 
 LIMIT = 1000  # a small threshold, so both kinds are cheap to make
 
@@ -338,3 +338,21 @@ async def test_previews_are_kept_per_body(store: Store) -> None:
     assert await store.read_previews([ib.blob_id]) == {ib.blob_id: ""}
     with pytest.raises(Invalid):
         await store.write_previews({ia.blob_id: "x" * 2000})
+
+
+@BODY_BACKENDS
+async def test_read_message_range(store: Store) -> None:
+    # Store.read_message_range (IMAP CATENATE reads source bodies in pieces): the same octets as a slice of
+    # read_message, inline and as a file, fewer at the end, none past it; NotFound for an unknown body.
+    u = await new_user(store)
+    box = await inbox(store, u)
+    for raw in (body(1_000, salt=2), body(300_000, salt=3)):  # inline (backend "sqlite") and a file
+        res = await store.append(box.id, AppendRequest(raw))
+        (info,) = [m for m in await store.list_messages(box.id) if m.uid == res.uid]
+        n = len(raw)
+        for start, length in ((0, 10), (5, 262_144), (n - 10, 100), (n, 5), (n + 99, 5), (17, 0)):
+            assert await store.read_message_range(info.blob_id, start, length) == raw[start:start + length]
+    with pytest.raises(NotFound):
+        await store.read_message_range("0" * 64, 0, 10)
+    with pytest.raises(Invalid):
+        await store.read_message_range(info.blob_id, -1, 10)
