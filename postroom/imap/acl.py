@@ -243,11 +243,9 @@ async def setacl(s: Session, cmd: P.Command) -> Result:
     key = _identifier_key(a.identifier)
     if _is_owner(target, key):
         raise No("The owner of a mailbox always has every right", "CANNOT")
-    if sign:  # RFC 4314 §3.1: "+" adds to the identifier's rights, "-" removes from them
-        current = next((e.rights for e in await s.store.get_acl(target.mailbox.id) if e.identifier == key), "")
-        merged = set(current) | set(letters) if sign == "+" else set(current) - set(letters)
-        letters = "".join(r for r in RIGHTS if r in merged)
-    await s.store.set_acl(target.mailbox.id, key, letters)  # Invalid (another domain, unknown user): CANNOT
+    # RFC 4314 §3.1: "+" adds to the identifier's rights, "-" removes from them; the store reads and writes the
+    # entry in one transaction (store/sqlite/acl.py invariant 5). Invalid (another domain, no such user): CANNOT.
+    await s.store.set_acl(target.mailbox.id, key, letters, modify=sign)
     return "", "SETACL completed"
 
 

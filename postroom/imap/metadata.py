@@ -4,10 +4,17 @@ Theory of operation
 -------------------
 Entries are named like "/private/comment" or "/shared/comment" and live on a mailbox or, for the mailbox name "",
 on the server. The store keeps them per user (`Store.get_metadata` / `set_metadata`, schema invariant 16):
-"/private" entries are the user's own; "/shared" entries of a mailbox are kept with its owner, which for now is
-always the user (mailboxes are not shared yet); "/shared" entries of the server are kept per user too, the
+"/private" entries are the user's own; "/shared" entries of a mailbox are kept with its owner, so everyone who
+may use the mailbox sees the same ones (store/sqlite/metadata.py); "/shared" entries of the server are kept per
+user too, the
 server as this user sees it (as Dovecot keeps them), so one user cannot write what another reads. Deleting a
 mailbox deletes its entries.
+
+Another user's mailbox (ACL, RFC 4314) is named and resolved as every command does (acl.py): RFC 5464 §3.3 ties
+the entries to the mailbox's rights, so GETMETADATA needs "r" (both kinds of entries), SETMETADATA "r" and, for
+any "/shared" entry, "w"; "/private" entries stay the asking user's own. A mailbox the user may not see is
+answered as one that does not exist, one seen without the right `NO [NOPERM]` (acl.py invariant 2); the store
+checks the rights again in its transaction.
 
 Two entries are the server's own and read-only (SETMETADATA of them is `NO [CANNOT]`):
 * "/shared/admin" on the server (RFC 5464 §3.2.1.1): a URI for the administrator, `mailto:postmaster@` the user's
@@ -29,11 +36,13 @@ Invariants
 
 from __future__ import annotations
 
+import dataclasses
+
 from postroom.mime.imap import istring
 from postroom.store import names
 from postroom.store.api import Invalid, Mailbox, MetadataTooMany
 
-from . import encoder
+from . import acl, encoder
 from . import parser as P
 from .mailboxes import stored_name, wire_name
 from .session import AUTHED, Bad, No, Result, Session, command
@@ -45,14 +54,13 @@ _READ_ONLY_SERVER = {ADMIN}
 _READ_ONLY_MAILBOX = {SPECIALUSE}
 
 
-async def _target(s: Session, name: str) -> tuple[int, Mailbox | None]:
-    """(store mailbox id, mailbox) for a command's mailbox argument; (0, None) for the server ("")."""
+async def _target(s: Session, name: str, rights: str, what: str) -> tuple[int, Mailbox | None]:
+    """(store mailbox id, mailbox under the session's name for it) for a command's mailbox argument; (0, None)
+    for the server (""). Another user's mailbox needs `rights` (module doc; acl.need's answers)."""
     if name == "":
         return 0, None
-    mbox = await s.store.get_mailbox(_user_id(s), stored_name(s, name))
-    if mbox is None:
-        raise No("Mailbox does not exist", "NONEXISTENT")
-    return mbox.id, mbox
+    target = acl.need(await acl.resolve(s, stored_name(s, name)), rights, what)
+    return target.mailbox.id, dataclasses.replace(target.mailbox, name=target.name)
 
 
 def _user_id(s: Session) -> int:
@@ -101,7 +109,7 @@ async def getmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.GetMetadata)
     wanted = sorted({_entry(e, prefix_ok=True) for e in a.entries})
-    mailbox_id, mbox = await _target(s, a.mailbox)
+    mailbox_id, mbox = await _target(s, a.mailbox, "r", "GETMETADATA")  # RFC 5464 §3.3
     found = dict(await s.store.get_metadata(_user_id(s), mailbox_id, wanted, a.depth))
     for name, fixed in _computed(s, mbox).items():
         if any(_under(name, w, a.depth) for w in wanted):
@@ -138,7 +146,9 @@ async def setmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SetMetadata)
     entries = [(_entry(name), value) for name, value in a.entries]
-    mailbox_id, mbox = await _target(s, a.mailbox)
+    # RFC 5464 §3.3: "/shared" entries of a mailbox need write access ("w"), "/private" ones are the user's own
+    needed = "rw" if any(name.startswith("/shared") for name, _ in entries) else "r"
+    mailbox_id, mbox = await _target(s, a.mailbox, needed, "SETMETADATA")
     read_only = _READ_ONLY_SERVER if mbox is None else _READ_ONLY_MAILBOX
     for name, value in entries:
         if name in read_only:

@@ -25,7 +25,7 @@ mailbox (`Session.take_change`):
 
 A mailbox matches the first group whose filter covers it and that names the event, and none if the first
 group that covers it has NONE (as Dovecot and mox read §6); the selected mailbox's message events are the
-SELECTED group's alone. PERSONAL is every mailbox (Postroom has one personal namespace), INBOXES is INBOX
+SELECTED group's alone. PERSONAL is every mailbox of the user (not "Other Users": invariant 6), INBOXES is INBOX
 (deliveries go nowhere else), SUBSCRIBED follows the subscriptions as they change (§6.4), SUBTREE a name and
 everything under it, MAILBOXES exactly the names given. A name no mailbox has yet is no error.
 
@@ -50,6 +50,12 @@ Invariants
    feed, so each decision is a few dictionary lookups, never a store call per change.
 5. A NOTIFY has at most `MAX_GROUPS` groups and `MAX_NAMES` mailbox names (else `NO [LIMIT]`, RFC 5530), so
    matching one change costs at most `MAX_GROUPS` set lookups per level of its name.
+6. Other users' mailboxes (ACL, RFC 4314): NOTIFY resolves those its SUBTREE, MAILBOXES and SUBSCRIBED filters
+   name among the ones the user may read ("r", `Store.list_shared_mailboxes`), maps them to their "Other Users/"
+   names and watches them on the feed (`watch_also`); nothing else of their owners reaches the session. Each
+   STATUS of one reads the rights again first: without "r" nothing is written (never a leak). A mailbox shared,
+   renamed or deleted after the NOTIFY joins or leaves the set at the next NOTIFY. The owner's mailbox events
+   (names in the owner's namespace) are never turned into LIST responses.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +72,7 @@ from postroom.store import names as store_names
 from postroom.store.api import Change, ChangeKind, NotFound, StoreError
 from postroom.store.hub import SubscriptionOverflow
 
+from . import acl
 from . import parser as P
 from .mailboxes import status_line, stored_name, wire_name
 from .session import AUTHED, No, Result, Session, command
@@ -121,8 +129,8 @@ class Notifier:
     # ---- matching (RFC 5465 §6)
     def _covers(self, g: Group, name: str) -> bool:
         f = g.filter
-        if f == "PERSONAL":
-            return True
+        if f == "PERSONAL":  # RFC 5465 §6: the personal namespace, not "Other Users" (acl.py)
+            return not acl.in_other_namespace(name)
         if f == "INBOXES":
             return name == "INBOX"
         if f == "SUBSCRIBED":
@@ -147,13 +155,20 @@ class Notifier:
     # ---- taking changes (synchronous: called while the feed is drained)
     def take(self, s: Session, ch: Change) -> None:
         kind = ch.kind
-        if kind is ChangeKind.MAILBOX_CREATED or kind is ChangeKind.MAILBOX_RENAMED:  # invariant 4
+        sel = s.sel
+        if s.user is not None and ch.user_id != s.user.id:  # a watched mailbox of another user (invariant 6)
+            if kind is ChangeKind.MAILBOX_ACL and sel is not None and ch.mailbox_id == sel.id:
+                sel.absorb(ch)  # its rights are read again (acl.refresh), IDLE included
+            elif kind is ChangeKind.MAILBOX_DELETED or kind is ChangeKind.MAILBOX_RENAMED:
+                self.names.pop(ch.mailbox_id, None)  # its names are the owner's: it leaves the NOTIFY set
+            if kind not in _MESSAGE_CHANGES and kind is not ChangeKind.MAILBOX_KEYWORDS:
+                return
+        elif kind is ChangeKind.MAILBOX_CREATED or kind is ChangeKind.MAILBOX_RENAMED:  # invariant 4
             self.names[ch.mailbox_id] = ch.name
         elif kind is ChangeKind.MAILBOX_DELETED:
             self.names.pop(ch.mailbox_id, None)
         elif self.subscribed is not None and kind is ChangeKind.MAILBOX_SUBSCRIBED:
             self.subscribed.add(ch.name)  # (an unsubscribed name leaves the set below, once it was matched)
-        sel = s.sel
         if kind in _MESSAGE_CHANGES or kind is ChangeKind.MAILBOX_KEYWORDS:
             if sel is not None and ch.mailbox_id == sel.id:
                 self._selected(s, sel, ch)
@@ -239,9 +254,14 @@ class Notifier:
         if s.sel is not None and s.sel.id == mailbox_id:
             return None  # its changes are told by EXISTS, EXPUNGE and FETCH
         mbox = await s.store.get_mailbox_by_id(mailbox_id)
-        if mbox is None or s.user is None or mbox.user_id != s.user.id:
+        if mbox is None or s.user is None:
             return None
-        if self.names.get(mailbox_id) is None:
+        if mbox.user_id != s.user.id:  # invariant 6: one of the shared mailboxes NOTIFY resolved, with "r" now
+            name = self.names.get(mailbox_id)
+            if name is None or "r" not in await s.store.my_rights(s.user.id, mailbox_id):  # RFC 4314 §4: STATUS
+                return None
+            mbox = dataclasses.replace(mbox, name=name)
+        elif self.names.get(mailbox_id) is None:
             self.names[mailbox_id] = mbox.name
             if not self.wants_status(mbox.name):
                 return None
@@ -261,6 +281,8 @@ class Notifier:
         self.queued_ids.clear()
         if s.sel is not None:
             self.stale = s.sel
+        if s.sub is not None:
+            s.sub.watch_also(())
         if had:
             s.write(b"* OK [NOTIFICATIONOVERFLOW] Too many notifications; NOTIFY is now NONE\r\n")
 
@@ -320,6 +342,21 @@ async def fetch_new(s: Session, uids: list[int], atts: tuple[P.FetchAtt, ...]) -
         await fetch(s, cmd)
 
 
+async def _shared(s: Session, groups: list[Group], subscribed: set[str] | None) -> dict[int, str]:
+    """The mailboxes of other users a NOTIFY's filters name (SUBTREE, MAILBOXES, SUBSCRIBED: PERSONAL and
+    INBOXES never cover them) that the user may read ("r", RFC 4314 §4 STATUS), id -> the session's name."""
+    if not any(g.filter in ("SUBTREE", "MAILBOXES", "SUBSCRIBED") and g.events for g in groups):
+        return {}
+    assert s.user is not None
+    probe = Notifier(groups, None, {}, subscribed)
+    out: dict[int, str] = {}
+    for shared in await s.store.list_shared_mailboxes(s.user.id, "r"):
+        name = acl.shared_name(shared.owner, shared.mailbox.name)
+        if probe.wants_status(name):
+            out[shared.mailbox.id] = name
+    return out
+
+
 @command("NOTIFY", AUTHED)
 async def notify(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
@@ -344,6 +381,10 @@ async def notify(s: Session, cmd: P.Command) -> Result:
     names = {m.id: m.name for m in await s.store.list_mailboxes(s.user.id)} if groups else {}
     subscribed = (set(await s.store.list_subscriptions(s.user.id))
                   if any(g.filter == "SUBSCRIBED" for g in groups) else None)
+    shared = await _shared(s, groups, subscribed)
+    names.update(shared)
+    if s.sub is not None:
+        s.sub.watch_also(shared)  # invariant 6 (none after NOTIFY NONE)
     new = Notifier(groups, selected, names, subscribed)
     if old is not None:
         new.queue, new.queued_ids, new.stale = old.queue, old.queued_ids, old.stale  # already due: still told
@@ -352,9 +393,16 @@ async def notify(s: Session, cmd: P.Command) -> Result:
         new.stale = None
         await s.resync_selected(allow_expunge=True)  # what was dropped while the mailbox was not watched
     if a.status:  # invariant 2; RFC 5465 §3.1
-        for mbox in sorted(await s.store.list_mailboxes(s.user.id), key=lambda m: m.name):
+        own = [m for m in await s.store.list_mailboxes(s.user.id) if not acl.in_other_namespace(m.name)]
+        for mbox in sorted(own, key=lambda m: m.name):
             if (s.sel is None or mbox.id != s.sel.id) and new.wants_status(mbox.name):
                 with contextlib.suppress(NotFound):
                     s.write(await status_line(s, mbox, status_items(s)))
+                await s.maybe_flush()
+        for mailbox_id, name in sorted(shared.items(), key=lambda item: item[1]):
+            if (s.sel is None or mailbox_id != s.sel.id) and new.wants_status(name):
+                line = await new._status(s, mailbox_id)
+                if line:
+                    s.write(line)
                 await s.maybe_flush()
     return "", "NOTIFY completed"

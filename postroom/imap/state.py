@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from postroom.store import names
-from postroom.store.api import FLAG_NAMES, Change, ChangeKind, Mailbox
+from postroom.store.api import FLAG_NAMES, Change, ChangeKind, Mailbox, flags_allowed
 
 from . import encoder
 from .context import UpdateContext, removal_lines
@@ -199,11 +199,18 @@ class Selected:
         return b"* FLAGS (" + SYSTEM_FLAGS + self._keyword_text() + b")\r\n"
 
     def permanentflags_line(self) -> bytes:
-        """`* OK [PERMANENTFLAGS (...)]` (RFC 9051 §7.1): none when read-only; `\\*` while keywords may be made."""
+        """`* OK [PERMANENTFLAGS (...)]` (RFC 9051 §7.1): none when read-only; `\\*` while keywords may be made;
+        on another user's mailbox only the flags its rights let the user change (invariant 7, RFC 4314 §4)."""
         if self.readonly:
             return b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
         more = b" \\*" if len(self.keywords) < names.MAX_MAILBOX_KEYWORDS else b""
-        return b"* OK [PERMANENTFLAGS (" + SYSTEM_FLAGS + self._keyword_text() + more + b")] Flags permitted\r\n"
+        system, keywords = SYSTEM_FLAGS, self._keyword_text()
+        if self.rights is not None:  # RFC 4314 §4: only what the user's rights let STORE change
+            allowed = flags_allowed(self.rights)
+            system = " ".join(n for f, n in FLAG_NAMES.items() if allowed & f).encode()
+            if "w" not in self.rights:  # keywords need "w": none listed, and no \\* (no new ones either)
+                keywords = more = b""
+        return b"* OK [PERMANENTFLAGS (" + system + keywords + more + b")] Flags permitted\r\n"
 
     def flags_responses(self) -> list[bytes]:
         """The responses that announce the current set: FLAGS, and PERMANENTFLAGS unless read-only."""

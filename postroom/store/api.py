@@ -840,11 +840,12 @@ class Store(Protocol):
         """The mailbox's ACL entries (not the owner's implicit one), sorted by identifier. NotFound if the
         mailbox is gone."""
 
-    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> WriteResult:
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str, modify: str = "") -> WriteResult:
         """Replace the rights of `identifier` (invariant 11: "anyone" or a user of the owner's domain, "-" before
         it for negative rights) on the mailbox; "" removes the entry. Rights are letters of RIGHTS in any
-        order. One MAILBOX_ACL change for the owner's mailbox when something changed. Invalid for an unknown
-        right, the owner, a user of another domain or an unknown user, or an entry past
+        order. `modify` "+" adds them to the entry's rights, "-" removes them (RFC 4314 §3.1), read and written
+        in the same transaction. One MAILBOX_ACL change for the owner's mailbox when something changed. Invalid
+        for an unknown right, the owner, a user of another domain or an unknown user, or an entry past
         `names.MAX_ACL_ENTRIES`; NotFound if the mailbox is gone."""
 
     async def my_rights(self, user_id: int, mailbox_id: int) -> str:

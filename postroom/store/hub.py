@@ -7,7 +7,9 @@ event loop thread once a transaction is committed. Each subscription has its own
 Shared mailboxes: a subscription may also *watch* one mailbox of another user (`watch(mailbox_id)`): a session
 that selected a mailbox shared with its user through the mailbox's ACL (api invariant 6) receives that
 mailbox's changes, and no other change of its owner. The session watches only what the ACL let it resolve and
-stops watching when it leaves the mailbox or loses the right to read it (imap/acl.py).
+stops watching when it leaves the mailbox or loses the right to read it (imap/acl.py). A subscription may also
+watch a set of such mailboxes (`watch_also`: NOTIFY's STATUS of shared mailboxes, imap/notify.py), apart from
+the one `watch` names.
 
 Other processes: the hub itself is in-process, and what this process's store commits is published here by
 its writer (the fast path). What other processes using the same store commit (`postroom sendmail`, `postroom
@@ -24,9 +26,9 @@ flags, MODSEQ) and reports the difference, which is what it does after any resyn
 Invariants:
 1. `publish` is called on the event loop thread (the store's writer hands batches over with
    `call_soon_threadsafe`); nothing here takes a lock or blocks.
-2. A subscriber sees changes in commit order, and only those of its own user and of the one mailbox it
-   watches (if any); a change of both kinds reaches it once. Those are the changes of every process using the
-   store, each once (feed.py invariant 3), or an overflow where some were lost.
+2. A subscriber sees changes in commit order, and only those of its own user and of the mailboxes it
+   watches (`watch`, `watch_also`; none by default); a change of several kinds reaches it once. Those are
+   the changes of every process using the store, each once (feed.py invariant 3), or an overflow where some were lost.
 3. A subscription never holds more than `maxsize` changes; overflow is sticky until `reset()`.
 4. A closed subscription receives nothing and costs nothing; `close()` is idempotent.
 5. `on_first_subscriber`, if set, is called on the event loop thread inside the `subscribe()` that takes the
@@ -59,6 +61,7 @@ class HubSubscription:
         self.overflowed = False
         self.closed = False
         self.watching: int | None = None  # a mailbox of another user whose changes it receives too
+        self.also: frozenset[int] = frozenset()  # more such mailboxes (`watch_also`)
         self._hub = hub
         self._buffer: collections.deque[Change] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -115,8 +118,23 @@ class HubSubscription:
         watched before; None stops watching."""
         if self.closed or mailbox_id == self.watching:
             return
-        self._hub._watch(self, self.watching, mailbox_id)
+        self._hub._watch(self, None if self.watching in self.also else self.watching,
+                         None if mailbox_id in self.also else mailbox_id)
         self.watching = mailbox_id
+
+    def watch_also(self, mailbox_ids: Iterable[int]) -> None:
+        """Receive the changes of these mailboxes too, instead of those given to the previous call (module doc:
+        NOTIFY's STATUS of shared mailboxes); independent of `watch`. An empty set stops it."""
+        new = frozenset(mailbox_ids)
+        if self.closed or new == self.also:
+            return
+        for gone in self.also - new:
+            if gone != self.watching:
+                self._hub._watch(self, gone, None)
+        for added in new - self.also:
+            if added != self.watching:
+                self._hub._watch(self, None, added)
+        self.also = new
 
     def reset(self) -> None:
         """Clear the overflow mark (and anything buffered): call it right before re-reading the store."""
@@ -204,9 +222,10 @@ class Hub:
         if subs is not None and sub in subs:
             self._count -= 1
         self._discard(self._subs, sub.user_id, sub)
-        if sub.watching is not None:
-            self._discard(self._watchers, sub.watching, sub)
-            sub.watching = None
+        for mailbox_id in sub.also | ({sub.watching} if sub.watching is not None else set()):
+            self._discard(self._watchers, mailbox_id, sub)
+        sub.watching = None
+        sub.also = frozenset()
 
     @staticmethod
     def _discard(index: dict[int, set[HubSubscription]], key: int, sub: HubSubscription) -> None:

@@ -18,6 +18,8 @@ Invariants:
    domain only).
 4. A mailbox created below one that has an ACL gets a copy of the nearest existing parent's entries
    (`inherit`, RFC 4314 §4: the new mailbox "SHOULD inherit the ACL from the parent mailbox").
+5. A SETACL modification ("+" / "-") reads the entry and writes the result in one write job (`set_acl`'s
+   `modify`): two sessions adding different rights at once both get theirs.
 """
 
 from __future__ import annotations
@@ -155,8 +157,10 @@ class AclMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
-    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> WriteResult:
-        wanted = canonical(rights)  # invariant 2
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str, modify: str = "") -> WriteResult:
+        if modify not in ("", "+", "-"):
+            raise Invalid(f"bad ACL modification {modify!r}")
+        given = canonical(rights)  # invariant 2
 
         def op(tx: Tx) -> WriteResult:
             owner_id, domain_id = _owner(tx.conn, mailbox_id)
@@ -165,7 +169,12 @@ class AclMixin(Base):
                 "SELECT id, rights FROM acl WHERE mailbox_id = ? AND ifnull(grantee_id, 0) = ? AND negative = ?",
                 (mailbox_id, grantee or 0, int(negative)),
             ).fetchone()
-            if (row[1] if row is not None else "") == wanted:
+            current = str(row[1]) if row is not None else ""
+            # RFC 4314 §3.1: "+" adds to the identifier's rights, "-" removes from them; read and written in this
+            # one transaction (invariant 5), so concurrent modifications never lose each other's rights.
+            wanted = (given if not modify else
+                      canonical(set(current) | set(given) if modify == "+" else set(current) - set(given)))
+            if current == wanted:
                 return WriteResult()
             if not wanted:
                 tx.conn.execute("DELETE FROM acl WHERE id = ?", (row[0],))

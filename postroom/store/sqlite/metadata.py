@@ -6,9 +6,18 @@ the named entries and, for depth 1 or infinity, the rows whose names start with 
 name); depth 1 keeps those with no further "/". A SETMETADATA is one write job: every entry checked, then set or
 removed, then the user's count checked, so a refusal changes nothing (RFC 5464 §4.3).
 
+Another user's mailbox (RFC 5464 §3.3 with ACL, RFC 4314): the asking user's "/private" entries on it are rows
+of the asking user; its "/shared" entries are rows of its owner, the same rows the owner reads and writes. Reading
+either needs "r" on the mailbox, writing "/shared" entries needs "w" too; the rights are checked in the same
+read or write job (`_keeper`), whatever the caller checked before.
+
 Invariants:
-1. Every call is scoped by user id; a mailbox id must be one of that user's mailboxes (api invariant 6).
-2. A user never has more than `names.MAX_METADATA_ENTRIES` rows, nor a value over `names.MAX_METADATA_VALUE`.
+1. Every call is scoped by user id; a mailbox id must be one of that user's mailboxes, or one whose ACL gives the
+   user the rights the call needs (api invariant 6); anything else is NotFound.
+2. A user never has more than `names.MAX_METADATA_ENTRIES` rows, nor a value over `names.MAX_METADATA_VALUE`
+   (a sharee's "/shared" entries count for the owner, who granted "w").
+3. A "/private" entry is only ever read or written in the asking user's rows, a "/shared" entry of a mailbox
+   only in its owner's (`_holder`).
 """
 
 from __future__ import annotations
@@ -18,18 +27,33 @@ from collections.abc import Sequence
 
 from postroom.store import names
 from postroom.store.api import Invalid, MetadataTooMany, NotFound
+from postroom.store.sqlite.acl import rights_of
 from postroom.store.sqlite.common import Base
 from postroom.store.sqlite.engine import Tx
 
 
-def _check_mailbox(conn: sqlite3.Connection, user_id: int, mailbox_id: int) -> None:
+def _keeper(conn: sqlite3.Connection, user_id: int, mailbox_id: int, needed: str) -> int:
+    """The user whose rows hold the mailbox's "/shared" entries (its owner; for the server, `user_id`), after
+    checking that `user_id` may use them (invariant 1): their own mailbox, or one whose ACL gives them every
+    right in `needed` (RFC 5464 §3.3). NotFound otherwise, and for a mailbox or user that is gone."""
     if mailbox_id == 0:
         if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
             raise NotFound(f"no user with id {user_id}")
-        return
-    row = conn.execute("SELECT 1 FROM mailboxes WHERE id = ? AND user_id = ?", (mailbox_id, user_id)).fetchone()
+        return user_id
+    row = conn.execute("SELECT user_id FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
     if row is None:
-        raise NotFound(f"no mailbox with id {mailbox_id}")  # invariant 1
+        raise NotFound(f"no mailbox with id {mailbox_id}")
+    owner = int(row[0])
+    if owner != user_id:
+        rights = rights_of(conn, user_id, mailbox_id)  # "" across domains (acl.py invariant 3)
+        if not rights or any(r not in rights for r in needed):
+            raise NotFound(f"no mailbox with id {mailbox_id}")  # invariant 1
+    return owner
+
+
+def _holder(name: str, user_id: int, keeper: int) -> int:
+    """Whose row an entry is (invariant 3): "/private" entries the user's, "/shared" ones the keeper's."""
+    return keeper if name.startswith("/shared") else user_id
 
 
 class MetadataMixin(Base):
@@ -40,11 +64,12 @@ class MetadataMixin(Base):
             raise Invalid(f"bad METADATA depth {depth}")
 
         def q(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
-            _check_mailbox(conn, user_id, mailbox_id)
+            keeper = _keeper(conn, user_id, mailbox_id, "r")
             found: dict[str, bytes] = {}
             for name in wanted:
+                holder = _holder(name, user_id, keeper)
                 row = conn.execute("SELECT value FROM metadata WHERE user_id = ? AND mailbox_id = ? AND name = ?",
-                                   (user_id, mailbox_id, name)).fetchone()
+                                   (holder, mailbox_id, name)).fetchone()
                 if row is not None:
                     found[name] = bytes(row[0])
                 if depth == 0:
@@ -52,7 +77,7 @@ class MetadataMixin(Base):
                 # The rows under "<name>/": names between "<name>/" and "<name>0" ("0" follows "/" in ASCII).
                 for child, value in conn.execute(
                         "SELECT name, value FROM metadata WHERE user_id = ? AND mailbox_id = ? AND name > ?"
-                        " AND name < ?", (user_id, mailbox_id, name + "/", name + "0")):
+                        " AND name < ?", (holder, mailbox_id, name + "/", name + "0")):
                     if depth == 1 and "/" in str(child)[len(name) + 1:]:
                         continue
                     found[str(child)] = bytes(value)
@@ -69,17 +94,22 @@ class MetadataMixin(Base):
             checked.append((names.metadata_entry(name), None if value is None else bytes(value)))
 
         def op(tx: Tx) -> None:
-            _check_mailbox(tx.conn, user_id, mailbox_id)
+            shared = any(name.startswith("/shared") for name, _ in checked)
+            keeper = _keeper(tx.conn, user_id, mailbox_id, "rw" if shared else "r")  # RFC 5464 §3.3
+            holders: set[int] = set()
             for name, value in checked:
+                holder = _holder(name, user_id, keeper)
+                holders.add(holder)
                 if value is None:
                     tx.conn.execute("DELETE FROM metadata WHERE user_id = ? AND mailbox_id = ? AND name = ?",
-                                    (user_id, mailbox_id, name))
+                                    (holder, mailbox_id, name))
                 else:
                     tx.conn.execute("INSERT OR REPLACE INTO metadata(user_id, mailbox_id, name, value)"
-                                    " VALUES (?, ?, ?, ?)", (user_id, mailbox_id, name, value))
-            (count,) = tx.conn.execute("SELECT count(*) FROM metadata WHERE user_id = ?", (user_id,)).fetchone()
-            if count > names.MAX_METADATA_ENTRIES:  # invariant 2; raising rolls this job's changes back
-                raise MetadataTooMany(f"at most {names.MAX_METADATA_ENTRIES} METADATA entries per user")
+                                    " VALUES (?, ?, ?, ?)", (holder, mailbox_id, name, value))
+            for holder in holders:
+                (count,) = tx.conn.execute("SELECT count(*) FROM metadata WHERE user_id = ?", (holder,)).fetchone()
+                if count > names.MAX_METADATA_ENTRIES:  # invariant 2; raising rolls this job's changes back
+                    raise MetadataTooMany(f"at most {names.MAX_METADATA_ENTRIES} METADATA entries per user")
 
         if checked:
             await self._engine.write(op, size=sum(len(v or b"") for _, v in checked))

@@ -93,8 +93,10 @@ Invariants:
    mailbox"); NULL only for rows older than schema 12.
 15. `blobs.preview` is NULL ("not computed yet") or the preview text of the body (`mime.preview`), written once
    by `write_previews`: like the body, it never changes.
-16. A `metadata` row belongs to a user (cascade on user removal) and to one of that user's mailboxes, or to the
-   server when `mailbox_id` is 0; deleting a mailbox deletes its rows in the same transaction. Names are stored
+16. A `metadata` row belongs to a user (cascade on user removal) and to one of that user's mailboxes, to a
+   mailbox another user shares with them (their "/private" entries on it: store/sqlite/metadata.py; kept, not
+   readable, while they have no "r" on it), or to the server when `mailbox_id` is 0; deleting a mailbox deletes
+   its rows, every user's, in the same transaction. Names are stored
    lower-case (entry names are case-insensitive); a user has at most `names.MAX_METADATA_ENTRIES` rows.
 17. A `message_keys` row exists only with its `blobs` row (deleted in the same transaction) and holds the keys
    `mime.meta.keys_of` reads from that body's metadata.
