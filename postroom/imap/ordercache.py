@@ -14,10 +14,11 @@ and the next command with the same key sends it without reading a row or sorting
 for the same view after each flag change gets it from here. The digests are BLAKE2b over the UIDs as 32-bit
 integers (16 bytes: a collision would need 2^64 tries by someone who cannot choose the UIDs anyway).
 
-The value is read before the answer is computed, on the event loop, and looked up in the same synchronous
-stretch: an answer computed from a later state than the version it is kept under is only ever found by a
-command that read that same version before the later state was committed, which cannot happen after it was
-committed; so such an entry is never used (it ages out).
+The version is read before the answer is computed, so an answer may come from a later state than the version
+it is kept under, never an earlier one. The version moves with every change an answer depends on, so such an
+entry can only be found by a command that read the same version before that change was committed; that
+command might as well have read the store after the change (its own reads come later too), so what it is sent
+is an answer it could have computed. Once the change is committed nobody reads that version again.
 
 One cache per store object (a process may hold several in tests), shared by that store's sessions.
 
