@@ -26,12 +26,15 @@ Invariants
 1. SORT answers exactly the messages SEARCH would (announced ones, SEARCH invariant 1), each once.
 2. No synchronous stretch handles more than about `SLICE_ROWS` messages or one sort of `SORT_CHUNK` keys.
 3. No metadata is parsed for a body whose keys are stored; no key is computed per command.
+4. An answer is kept (`ordercache`) under the mailbox's content version and the digests of the matched and the
+   announced UIDs, and sent again only under an equal key: the same bytes as sorting again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+from array import array
 from collections.abc import Container, Generator, Sequence
 from typing import Any, TypeVar
 
@@ -41,6 +44,7 @@ from . import encoder
 from . import parser as P
 from .messages import sel_of
 from .objectid import ensure_keys
+from .ordercache import cache_of, digest
 from .results import ordered_set, partial_item
 from .search import MAX_SEARCH_KEYS, check_update, count_keys, run_search, start_context
 from .session import ONLY_SELECTED, No, Result, Session, command
@@ -48,6 +52,7 @@ from .session import ONLY_SELECTED, No, Result, Session, command
 CHARSETS = ("UTF-8", "US-ASCII")
 SLICE_ROWS = 5000  # messages handled between two yields (~2-5 ms)
 SORT_CHUNK = 8192  # keys sorted in one go (~3-6 ms)
+WRITE_CHUNK = 64 * 1024  # bytes of a kept answer handed to the connection between two flush checks
 _T = TypeVar("_T")
 Steps = Generator[None, None, _T]
 
@@ -112,6 +117,19 @@ async def sort_rows(s: Session, uids: Sequence[int]) -> list[SortRow]:
     return await ensure_keys(s, rows)
 
 
+def _is_all(key: P.Key) -> bool:
+    return key.op == "ALL" or (key.op == "AND" and all(isinstance(k, P.Key) and _is_all(k) for k in key.args))
+
+
+async def matched(s: Session, key: P.Key, uid_cmd: bool) -> Sequence[int]:
+    """The UIDs the search program matches (`search.run_search`); for ALL, the announced UIDs without reading
+    the store: SORT and THREAD read the rows anyway and drop those expunged meanwhile, which is what the
+    search would have dropped (a UID announced was stored before, and a stored message only ever leaves)."""
+    if _is_all(key):
+        return array("I", sel_of(s).uids)
+    return await run_search(s, key, uid_cmd)
+
+
 def check_program(charset: str, key: P.Key) -> None:
     """The charset and the key count, as SEARCH checks them."""
     if charset not in CHARSETS:
@@ -150,22 +168,49 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     check_program(a.charset, a.key)
     sel = sel_of(s)
     resolved: dict[int, Container[int]] | None = {} if check_update(s, cmd, a.returns) else None
-    uids = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
-    ordered = await sorted_uids(s, uids, a.criteria)
-    numbers = ordered
-    if not cmd.uid:
-        numbers = []
-        for k in range(0, len(ordered), SLICE_ROWS):
-            numbers.extend(sel.msn(u) for u in ordered[k:k + SLICE_ROWS])
-            await asyncio.sleep(0)
+    if resolved is not None:
+        # RFC 5267 §4.3 CONTEXT=SORT: the context keeps the program's sets as resolved now and the results in
+        # sort order, so this answer is computed afresh (no ALL shortcut, no kept answer)
+        uids = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
+        ordered = await sorted_uids(s, uids, a.criteria)
+        numbers: Sequence[int] | None = ordered
+        if not cmd.uid:
+            numbers = [sel.msn(u) for u in ordered]
+        esearch(s, cmd, a.returns or (), a.partial, numbers)
+        start_context(s, cmd, a.key, resolved, a.criteria, ordered)
+        return "", "SORT completed"
+    uids = await matched(s, a.key, cmd.uid)  # invariant 1
+    cache = cache_of(s.store)
+    key = ("SORT", sel.id, a.criteria, await s.store.content_version(sel.id), digest(uids),
+           cmd.uid or digest(sel.uids))  # invariant 4
+    if a.returns is None:  # the plain answer is kept as its bytes
+        line: bytes | None = cache.get((*key, "line"))
+        if line is not None:
+            s.write(b"* SORT")
+            for k in range(0, len(line), WRITE_CHUNK):
+                s.write(line[k:k + WRITE_CHUNK])
+                await s.maybe_flush()
+            s.write(b"\r\n")
+            return "", "SORT completed"
+    numbers = cache.get(key)
+    if numbers is None:
+        ordered = await sorted_uids(s, uids, a.criteria)
+        numbers = ordered
+        if not cmd.uid:
+            numbers = []
+            for k in range(0, len(ordered), SLICE_ROWS):
+                numbers.extend(sel.msn(u) for u in ordered[k:k + SLICE_ROWS])
+                await asyncio.sleep(0)
+        cache.put(key, array("I", numbers))
     if a.returns is None:
         s.write(b"* SORT")
+        pieces = []
         for k in range(0, len(numbers), SLICE_ROWS):
-            s.write(b"".join(b" %d" % n for n in numbers[k:k + SLICE_ROWS]))
+            pieces.append(b"".join(b" %d" % n for n in numbers[k:k + SLICE_ROWS]))
+            s.write(pieces[-1])
             await s.maybe_flush()
         s.write(b"\r\n")
+        cache.put((*key, "line"), b"".join(pieces))
     else:
         esearch(s, cmd, a.returns, a.partial, numbers)
-        if resolved is not None:  # RFC 5267 §4.3: CONTEXT=SORT
-            start_context(s, cmd, a.key, resolved, a.criteria, ordered)
     return "", "SORT completed"

@@ -27,6 +27,7 @@ Invariants
 2. No synchronous stretch handles more than about `sort.SLICE_ROWS` nodes (or one `sort.SORT_CHUNK` sort).
 3. A loop check walks at most the ancestors of one node, and none when the child has no children (a new
    message has none), so step 1 is linear in the references in practice.
+4. An answer is kept (`ordercache`, as SORT's: sort.py invariant 4) and sent again only under an equal key.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from postroom.store.api import SortRow
 
 from . import parser as P
 from .messages import sel_of
-from .search import run_search
+from .ordercache import cache_of, digest
 from .session import ONLY_SELECTED, Bad, Result, Session, command
-from .sort import SLICE_ROWS, Steps, check_program, drive, sort_rows, sorted_steps
+from .sort import SLICE_ROWS, WRITE_CHUNK, Steps, check_program, drive, matched, sort_rows, sorted_steps
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
@@ -304,19 +305,26 @@ async def thread(s: Session, cmd: P.Command) -> Result:
         raise Bad(f"Unknown threading algorithm {a.algorithm}")  # RFC 5256 §3: only the advertised ones
     check_program(a.charset, a.key)
     sel = sel_of(s)
-    uids = await run_search(s, a.key, cmd.uid)  # invariant 1
-    rows = await sort_rows(s, uids)
-    algorithm = references if a.algorithm == "REFERENCES" else ordered_subject
-    forest, roots = await drive(algorithm(rows))
-    numbers = [r.uid for r in rows]
-    if not cmd.uid:
-        for k in range(0, len(numbers), SLICE_ROWS):
-            numbers[k:k + SLICE_ROWS] = [sel.msn(u) for u in numbers[k:k + SLICE_ROWS]]
-            await asyncio.sleep(0)
-    pieces = await drive(render(forest, roots, numbers))
-    s.write(b"* THREAD" + (b" " if pieces else b""))
-    for k in range(0, len(pieces), SLICE_ROWS):
-        s.write(*pieces[k:k + SLICE_ROWS])
+    uids = await matched(s, a.key, cmd.uid)  # invariant 1
+    cache = cache_of(s.store)
+    key = ("THREAD", sel.id, a.algorithm, await s.store.content_version(sel.id), digest(uids),
+           cmd.uid or digest(sel.uids))  # invariant 4
+    answer: bytes | None = cache.get(key)
+    if answer is None:
+        rows = await sort_rows(s, uids)
+        algorithm = references if a.algorithm == "REFERENCES" else ordered_subject
+        forest, roots = await drive(algorithm(rows))
+        numbers = [r.uid for r in rows]
+        if not cmd.uid:
+            for k in range(0, len(numbers), SLICE_ROWS):
+                numbers[k:k + SLICE_ROWS] = [sel.msn(u) for u in numbers[k:k + SLICE_ROWS]]
+                await asyncio.sleep(0)
+        pieces = await drive(render(forest, roots, numbers))
+        answer = b"".join(pieces)
+        cache.put(key, answer)
+    s.write(b"* THREAD" + (b" " if answer else b""))
+    for k in range(0, len(answer), WRITE_CHUNK):
+        s.write(answer[k:k + WRITE_CHUNK])
         await s.maybe_flush()
     s.write(b"\r\n")
     return "", "THREAD completed"

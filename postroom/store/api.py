@@ -725,6 +725,13 @@ class Store(Protocol):
         stored sorts with empty strings and its internal date (callers fill them first: `list_sort_rows` with
         `unknown_only`). Invalid for an unknown key; NotFound if the mailbox is gone."""
 
+    async def content_version(self, mailbox_id: int) -> tuple[int, ...]:
+        """A value that changes whenever the set of messages of the mailbox or the sort keys of any body change:
+        an arrival (UIDNEXT), a removal (the newest expunge's MODSEQ, the expunged-record floor), keys stored or
+        replaced later (`write_metas`). Flag changes leave it alone. Equal values mean SORT and THREAD over the
+        same UIDs give the same answer, so callers may keep answers keyed by it. A point lookup (cheap enough for
+        the event loop). NotFound if the mailbox is gone."""
+
     async def thread_ids(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> dict[int, int]:
         """uid -> thread id (RFC 8474 THREADID) of the messages of a UID range. A message's thread is given in the
         transaction that stores it, from its Message-ID, References / In-Reply-To and base subject, and per user:

@@ -142,3 +142,39 @@ def test_messages_of_an_older_store_are_sorted_threaded_and_get_a_thread_id(imap
     assert r.cmd("c SORT (DATE) UTF-8 ALL")[0] == b"* SORT 3 1 2 4\r\n"
     rows = imap.run(imap.store.list_sort_rows(box.id))
     assert all(row.known and row.thread_id for row in rows)
+
+
+def test_kept_answers_follow_other_sessions_changes(imap: Any) -> None:
+    """Answers are kept (imap/ordercache.py) until the mailbox's messages change: another session's flag change
+    keeps them (served again, nothing new kept), its expunge and append do not (RFC 5256 §3 answers anew)."""
+    from postroom.imap.ordercache import cache_of
+
+    a = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    a.login(ADDR, PW)
+    a.select("INBOX")
+    b = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    b.login(ADDR, PW)
+    b.select("INBOX")
+    kept = cache_of(imap.store)
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])
+    held = len(kept)
+    assert held >= 2
+    assert b.store("1:4", "+FLAGS", "(\\Seen)")[0] == "OK"  # flags: no answer depends on them
+    a.noop()
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])
+    assert len(kept) == held  # served from what was kept
+    assert b.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert b.expunge()[0] == "OK"  # "Plans" (UID 1) goes: its replies now hang under a dummy
+    reply = mail("Re: Another", "Tue, 2 Jan 2024 08:00:00 +0000", "a2@x", "<a1@x>")
+    assert b.append("INBOX", None, None, reply)[0] == "OK"  # UID 5
+    a.noop()  # A learns of both: UIDs 2 3 4 5 are sequence numbers 1 2 3 4
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"2 1 3 4"])
+    assert a.uid("SORT", "(DATE)", "UTF-8", "ALL") == ("OK", [b"3 2 4 5"])
+    # RFC 5256 §3 REFERENCES: the dummy for <p1@x> has one child (Re: Plans), which is promoted (step 4);
+    # "Another" with its reply first by date (step 5).
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(2 4)(1 3)"])
+    assert a.thread("REFERENCES", "UTF-8", "SUBJECT", "plans") == ("OK", [b"(1 3)"])
+    a.logout()
+    b.logout()

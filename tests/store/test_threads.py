@@ -8,7 +8,7 @@ from pathlib import Path
 
 from postroom.mime.meta import compute_meta
 from postroom.mime.sortkeys import casemap
-from postroom.store.api import AppendRequest, Invalid, Store
+from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, Store, StoreMode
 from postroom.store.sqlite import SQLiteStore
 
 from .conftest import downgrade, inbox, new_user
@@ -155,3 +155,50 @@ async def test_sort_uids_orders_by_keys_with_uid_ties(store: Store) -> None:
         pass
     else:
         raise AssertionError("an unknown key is Invalid")
+
+
+async def test_content_version_moves_with_the_messages_and_their_keys_not_with_flags(tmp_path: Path) -> None:
+    """The value SORT and THREAD answers are kept under (imap/ordercache.py): an arrival, a removal, pruning the
+    record of removals and keys written again each move it on; a flag change does not (no answer depends on it)."""
+    now = [1_000_000.0]
+    store = SQLiteStore(tmp_path / "v.db", tmp_path / "blobs", clock=lambda: now[0])
+    await store.open()
+    try:
+        user = await new_user(store)
+        box = await inbox(store, user)
+        other = await store.create_mailbox(user.id, "Other")
+        seen: list[tuple[int, ...]] = [await store.content_version(box.id)]
+
+        async def moved() -> bool:
+            version = await store.content_version(box.id)
+            fresh = version not in seen
+            seen.append(version)
+            return fresh
+
+        await store.append(box.id, mail("one", "1@x"))
+        assert await moved()
+        raw = b"Subject: Re: late keys\r\nMessage-ID: <k@x>\r\n\r\nbody\r\n"
+        await store.append(box.id, AppendRequest(raw))  # keys not known yet
+        assert await moved()
+        await store.store_flags(box.id, [1, 2], StoreMode.ADD, Flag.SEEN)
+        assert not await moved()
+        await store.append(other.id, mail("elsewhere", "e@x"))  # another mailbox's arrival
+        assert not await moved()
+        [_, late] = await store.list_sort_rows(box.id)
+        await store.write_metas({late.blob_id: compute_meta(raw).to_bytes()})  # keys stored later
+        assert await moved()
+        await store.store_flags(box.id, [1], StoreMode.ADD, Flag.DELETED)
+        assert not await moved()
+        await store.expunge(box.id)
+        assert await moved()
+        now[0] += 86400
+        assert await store.prune_expunged(now[0]) == 1  # the record of that removal is forgotten
+        assert await moved()
+        try:
+            await store.content_version(9999)
+        except NotFound:
+            pass
+        else:
+            raise AssertionError("an unknown mailbox is NotFound")
+    finally:
+        await store.close()

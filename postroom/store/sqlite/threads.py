@@ -33,6 +33,11 @@ Invariants:
    keys; SORT computes them from its metadata).
 5. Giving a thread costs at most `THREAD_REFS` + 2 lookups and as many inserts per message, however long its
    References field: the last references (the parent and its nearest ancestors) are the ones used.
+6. The sort keys of a message in a mailbox change only when `refresh_keys` stores keys for its body, and every
+   such write moves the `counters` row 'sort_keys' on; a message enters a mailbox with a UID at or above
+   UIDNEXT and leaves it through `delete_messages` (an `expunged` row with a MODSEQ above every earlier one),
+   and pruning that record raises `expunged_floor`. So `content_version` (UIDNEXT, newest expunged MODSEQ,
+   floor, keys generation) is equal only while SORT and THREAD over the same UIDs answer the same.
 """
 
 from __future__ import annotations
@@ -41,13 +46,14 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from postroom.mime.meta import keys_of
-from postroom.store.api import Invalid, SortRow
+from postroom.store.api import Invalid, NotFound, SortRow
 from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
 
 _KEY_COLUMNS = ("sent, subject, reply, from_key, to_key, cc_key, display_from, display_to, message_id, refs")
 SUBJECT_PREFIX = "subject:"
 THREAD_REFS = 50  # the last references a new message is looked up by and recorded under (invariant 5)
+KEYS_GENERATION = "sort_keys"  # the `counters` row `refresh_keys` moves on (invariant 6)
 
 
 def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
@@ -133,11 +139,16 @@ def thread_ids_of(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]
 
 def refresh_keys(tx: Tx, metas: Iterable[tuple[str, bytes]]) -> None:
     """`write_metas`: store the keys of bodies whose metadata was recomputed, and give their messages that have
-    none a thread (invariant 2)."""
+    none a thread (invariant 2); the keys generation moves on (invariant 6)."""
     conn = tx.conn
+    bumped = False
     for blob_id, meta in metas:
         if not put_keys(conn, blob_id, meta, replace=True):
             continue
+        if not bumped:  # invariant 6: keys of stored messages may have changed; cached orders are stale
+            conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (KEYS_GENERATION,))
+            conn.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (KEYS_GENERATION,))
+            bumped = True
         rows = conn.execute(
             "SELECT m.mailbox_id, m.uid, b.user_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
             " WHERE m.blob_id = ? AND m.thread_id = 0",
@@ -188,6 +199,9 @@ class ThreadsMixin(Base):
                              unknown_only: bool = False) -> list[SortRow]:
         top = uid_max if uid_max is not None else 2**63 - 1
         only = " AND m.thread_id = 0" if unknown_only else ""  # invariant 2: 0 exactly while keys are unknown
+        # Only the unknown ones: the (thread_id, mailbox_id) index holds them together (with their UIDs), so the
+        # common answer, none, reads no row of the mailbox.
+        indexed = " INDEXED BY messages_thread" if unknown_only else ""
 
         def q(conn: sqlite3.Connection) -> list[SortRow]:
             load_mailbox(conn, mailbox_id)
@@ -196,7 +210,7 @@ class ThreadsMixin(Base):
                 " k.sent, COALESCE(k.subject, ''), COALESCE(k.reply, 0), COALESCE(k.from_key, ''),"
                 " COALESCE(k.to_key, ''), COALESCE(k.cc_key, ''), COALESCE(k.display_from, ''),"
                 " COALESCE(k.display_to, ''), k.message_id, COALESCE(k.refs, '')"
-                " FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
+                f" FROM messages m{indexed} LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
                 f" WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?{only} ORDER BY m.uid",
                 (mailbox_id, uid_min, top),
             )
@@ -204,6 +218,18 @@ class ThreadsMixin(Base):
             return [make(r) for r in rows]
 
         return await self._engine.read(q)
+
+    async def content_version(self, mailbox_id: int) -> tuple[int, ...]:
+        def q(conn: sqlite3.Connection) -> tuple[int, ...]:  # invariant 6: three point lookups
+            row = conn.execute("SELECT uidnext, expunged_floor FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            (gone,) = conn.execute("SELECT max(modseq) FROM expunged INDEXED BY expunged_modseq WHERE mailbox_id = ?",
+                                   (mailbox_id,)).fetchone()
+            gen = conn.execute("SELECT value FROM counters WHERE name = ?", (KEYS_GENERATION,)).fetchone()
+            return int(row[0]), int(gone or 0), int(row[1]), int(gen[0]) if gen else 0
+
+        return await self._engine.read(q, quick=True)
 
     async def thread_ids(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> dict[int, int]:
         top = uid_max if uid_max is not None else 2**63 - 1
