@@ -36,7 +36,7 @@ Params = tuple[tuple[str, str], ...]
 
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
-_CONT = re.compile(r"^(.*?)\*(\d+)(\*?)$")
+_CONT = re.compile(r"^(.*?)\*(\d{1,9})(\*?)$")  # RFC 2231 §3 section numbers; 9 digits keep int() cheap and bounded
 _EXT_VALUE = re.compile(r"[!-~]*")  # RFC 2231 §7 extended-value: attribute-char, "%" hex, "'" (all 7-bit)
 
 

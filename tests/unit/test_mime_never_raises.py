@@ -50,6 +50,15 @@ EVIL_CHARSETS = ["utf-7", "UTF-7", "idna", "punycode", "rot13", "rot_13", "hex",
                  "\udcff", "x" * 41, "", " ", "utf 8"]
 
 
+def test_rfc2231_section_number_of_5000_digits() -> None:
+    """A section number is digits (RFC 2231 §3) but not 5,000 of them: such a name is a plain parameter name,
+    and the message keeps its metadata (it used to fail whole, int() refusing the digits)."""
+    raw = b"Content-Type: text/plain; name*" + b"7" * 5000 + b"=x\r\nSubject: kept\r\n\r\nbody\r\n"
+    meta = compute_meta(raw)
+    assert not any(code.startswith("meta-failed") for _, code in meta.defects)
+    assert meta.parts and meta.parts[0].mime_type == "text/plain"
+
+
 def test_charset_codec_refuses_non_charsets() -> None:
     for name in EVIL_CHARSETS:
         assert H.charset_codec(name) is None, name
