@@ -171,13 +171,10 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     if resolved is not None:
         # RFC 5267 §4.3 CONTEXT=SORT: the context keeps the program's sets as resolved now and the results in
         # sort order, so this answer is computed afresh (no ALL shortcut, no kept answer)
-        uids = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
-        ordered = await sorted_uids(s, uids, a.criteria)
-        numbers: Sequence[int] | None = ordered
-        if not cmd.uid:
-            numbers = [sel.msn(u) for u in ordered]
-        esearch(s, cmd, a.returns or (), a.partial, numbers)
-        start_context(s, cmd, a.key, resolved, a.criteria, ordered)
+        found = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
+        in_order = await sorted_uids(s, found, a.criteria)
+        esearch(s, cmd, a.returns or (), a.partial, in_order if cmd.uid else [sel.msn(u) for u in in_order])
+        start_context(s, cmd, a.key, resolved, a.criteria, in_order)
         return "", "SORT completed"
     uids = await matched(s, a.key, cmd.uid)  # invariant 1
     cache = cache_of(s.store)
@@ -192,7 +189,7 @@ async def sort(s: Session, cmd: P.Command) -> Result:
                 await s.maybe_flush()
             s.write(b"\r\n")
             return "", "SORT completed"
-    numbers = cache.get(key)
+    numbers: Sequence[int] | None = cache.get(key)
     if numbers is None:
         ordered = await sorted_uids(s, uids, a.criteria)
         numbers = ordered
