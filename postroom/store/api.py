@@ -867,6 +867,16 @@ class Store(Protocol):
         """The mailboxes of other users of the user's domain on which the user has `right` (LIST: "l"), sorted
         by owner and name; at most `names.MAX_SHARED_LISTED`."""
 
+    async def shared_folders_owner(self, domain: str, create: bool = False) -> int | None:
+        """The user id of the owner of `domain`'s shared folders (RFC 2342 §5 "Shared Folders"), made first
+        when `create` (a user row no login or delivery can reach: `names.shared_owner`); None if there is none.
+        Its mailboxes are made and deleted with the mailbox calls, their ACL with `set_acl`. NotFound for an
+        unknown domain when `create`."""
+
+    async def get_shared_folder(self, user_id: int, name: str) -> SharedMailbox | None:
+        """The shared folder `name` of the user's domain, for `user_id`: None unless it exists and `user_id`
+        has at least one right on it (invariant 6; its `owner` is `names.shared_owner(domain)`)."""
+
     # ---- outbound queue
     async def enqueue(
         self,
