@@ -124,10 +124,10 @@ async def resolve(s: Session, name: str) -> Target | None:
     the user has any right on (invariant 1)."""
     user = _user(s)
     if name.startswith(SHARED_PREFIX):
-        folder = await s.store.get_shared_folder(user.id, name[len(SHARED_PREFIX):])
-        if folder is None:
+        found = await s.store.get_shared_folder(user.id, name[len(SHARED_PREFIX):])
+        if found is None:
             return None
-        return Target(folder.mailbox, folder.rights, folder.owner, SHARED_PREFIX + folder.mailbox.name, True)
+        return Target(found.mailbox, found.rights, found.owner, SHARED_PREFIX + found.mailbox.name, True)
     other = split_other(name)
     if other is None:
         if name in (OTHER, SHARED):

@@ -256,7 +256,9 @@ async def create(s: Session, cmd: P.Command) -> Result:
             raise No("CREATE cannot make a mailbox there", "NOPERM") from None
         return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
     if acl.in_other_namespace(name):
-        raise No(f"{acl.OTHER} and {acl.SHARED} hold other users' and shared mailboxes", "CANNOT")
+        if name.split(SEP, 1)[0] == acl.SHARED:
+            raise No(f"{acl.SHARED} holds the domain's shared folders", "CANNOT")  # made by the admin
+        raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
     try:
         mbox = await s.store.create_mailbox(_user_id(s), name, use)
     except SpecialUseTaken:

@@ -21,10 +21,10 @@ Invariants every engine keeps:
    file given to `append_file`).
 6. **One user's data is keyed by user id; another user's mailbox is reached only through its ACL.** Every
    mailbox call takes a mailbox id obtained from the user's own listing, or from `get_shared_mailbox` /
-   `list_shared_mailboxes`, which resolve a mailbox of another user of the same domain only when its ACL
-   (RFC 4314) grants the asking user at least one right, and say which rights. Engines never resolve names
-   across users otherwise. The caller checks the returned rights before each use of such an id (imap/acl.py),
-   and `copy_messages` / `move_messages` with `as_user` check them again in their transaction.
+   `get_shared_folder` / `list_shared_mailboxes`, which resolve a mailbox of another user of the same domain
+   only when its ACL (RFC 4314) grants the asking user at least one right, and say which rights. Engines never
+   resolve names across users otherwise. The caller checks the returned rights before each use of such an id
+   (imap/acl.py), and `copy_messages` / `move_messages` with `as_user` check them again in their transaction.
 7. **\\Recent is claimed once.** Each mailbox keeps a watermark that only `claim_recent` moves (to UIDNEXT - 1,
    atomically); a UID is handed out as recent to at most one caller, ever, restarts included.
 8. **Subscriptions are names.** A user's subscriptions are a set of mailbox names kept apart from the mailboxes:

@@ -76,7 +76,8 @@ def test_alice_with_lrsi_lists_selects_appends_and_stores_seen_only(shared: Any)
     assert alice.cmd("4 FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n"
     assert message(1) in alice.cmd("5 FETCH 1 BODY[]")[0]
     ok(alice.cmd("6 STORE 1 -FLAGS.SILENT (\\Seen)"))  # "s"
-    assert alice.cmd("7 STORE 1 +FLAGS (\\Flagged)")[-1] == b"7 NO [NOPERM] STORE needs the right(s) w on this mailbox\r\n"
+    assert alice.cmd("7 STORE 1 +FLAGS (\\Flagged)")[-1] == (
+        b"7 NO [NOPERM] STORE needs the right(s) w on this mailbox\r\n")
     assert alice.cmd("8 EXPUNGE")[-1] == b"8 NO [NOPERM] EXPUNGE needs the right e on this mailbox\r\n"
     assert alice.cmd(f"9 GETACL {TEAM}")[-1] == b"9 NO [NOPERM] GETACL needs the right(s) a on this mailbox\r\n"
     assert alice.cmd(f"10 MYRIGHTS {TEAM}")[0] == b'* MYRIGHTS "Shared Folders/Team" lrsi\r\n'

@@ -113,7 +113,8 @@ class AccountsMixin(Base):
                 ("users WHERE domain_id = ? AND id NOT IN (SELECT user_id FROM shared_owners)", "users"),
                 ("aliases WHERE domain_id = ?", "aliases"),
                 ("lists WHERE domain_id = ?", "mailing lists"),
-                ("mailboxes WHERE user_id IN (SELECT user_id FROM shared_owners WHERE domain_id = ?)", "shared folders"),
+                ("mailboxes WHERE user_id IN (SELECT user_id FROM shared_owners WHERE domain_id = ?)",
+                 "shared folders"),
             ):
                 if tx.conn.execute(f"SELECT 1 FROM {sql} LIMIT 1", (domain_id,)).fetchone():
                     raise Invalid(f"domain {name} still has {what}")
