@@ -116,6 +116,10 @@ def test_a_user_with_a_administers_the_folder_with_setacl(shared: Any) -> None:
     bob = login(shared, BOB)
     assert b'* LIST (\\HasNoChildren) "/" "Shared Folders/Team"\r\n' in ok(bob.cmd('1 LIST "" "Shared*/%"'))
     assert bob.cmd(f"2 EXAMINE {TEAM}")[-1] == b"2 OK [READ-ONLY] EXAMINE completed\r\n"
+    # Another user's change to the folder reaches a session that has it open (the change feed's watch).
+    msg = message(3)
+    ok(alice.cmd(b"5 APPEND " + TEAM.encode() + b" {%d+}\r\n" % len(msg) + msg))
+    assert bob.cmd("3 NOOP")[0] == b"* 1 EXISTS\r\n"
 
 
 @pytest.mark.parametrize("server_overrides", [  # a dozen failures from one address: no growing delay here
