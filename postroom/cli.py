@@ -29,7 +29,7 @@ from .auth.passwords import make_credentials
 from .mailformats import FormatError
 from .mime import pool as meta_pool
 from .store import names, open_store
-from .store.api import AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
+from .store.api import ANYONE, RIGHTS, AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -410,6 +410,55 @@ async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _grant(value: str) -> tuple[str, str]:
+    """ID=RIGHTS of `mailbox share --grant`: ("anyone" or an address, "-" kept in front; the rights letters)."""
+    ident, eq, rights = value.partition("=")
+    if not eq or not ident:
+        raise CliError(f"--grant takes ID=RIGHTS (an address or 'anyone', then RFC 4314 rights letters): {value!r}")
+    negative = ident.startswith("-")
+    ident = ident[1:] if negative else ident
+    key = ANYONE if ident.lower() == ANYONE else normalize_address(ident)
+    unknown = sorted(set(rights) - set(RIGHTS))
+    if unknown:
+        raise CliError(f"unknown rights {''.join(unknown)!r} in --grant {value!r} (rights are letters of {RIGHTS})")
+    return ("-" if negative else "") + key, rights
+
+
+async def cmd_mailbox(args: argparse.Namespace, store: Store) -> int:
+    """`mailbox share` / `mailbox shared`: a domain's shared folders (RFC 2342 §5 "Shared Folders/<name>"),
+    mailboxes of the domain's shared-folders owner that users reach only through their ACL (RFC 4314)."""
+    domain = normalize_domain(args.domain)
+    if await store.get_domain(domain) is None:
+        raise CliError(f"domain {domain} is not local; add it first: postroom domain add {domain}")
+    if args.action == "shared":
+        owner = await store.shared_folders_owner(domain)
+        rows = []
+        for mbox in await store.list_mailboxes(owner) if owner is not None else []:
+            acl = await store.get_acl(mbox.id)
+            rows.append((mbox.name, " ".join(f"{e.identifier}={e.rights}" for e in acl) or "(nobody)"))
+        print(table(rows, ("shared folder", "access (RFC 4314 rights)")))
+        return 0
+    grants = [_grant(g) for g in args.grant]
+    for ident, _ in grants:  # every grantee checked before anything is made
+        address = ident.lstrip("-")
+        user = None if address == ANYONE else await store.get_user(address)
+        if address != ANYONE and (user is None or names.domain_of(user.address) != domain):
+            raise CliError(f"{address} is not a user of {domain}: only they can be given rights")
+    owner = await store.shared_folders_owner(domain, create=True)
+    assert owner is not None
+    name = names.mailbox(args.name)
+    try:
+        mbox = await store.create_mailbox(owner, name)
+        print(f"shared folder {name} of {domain} created (IMAP: Shared Folders/{name})")
+    except AlreadyExists:
+        mbox = next(m for m in await store.list_mailboxes(owner) if m.name == name)
+        print(f"shared folder {name} of {domain} exists")
+    for ident, rights in grants:
+        await store.set_acl(mbox.id, ident, rights)
+        print(f"  {ident}: {rights or '(entry removed)'}")
+    return 0
+
+
 async def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if args.action == "create":
         address = normalize_address(args.address)
@@ -614,6 +663,23 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("delete", help="delete a list").add_argument("address")
     msub.add_parser("all", help="list every mailing list")
 
+    mb = sub.add_parser("mailbox", help="a domain's shared folders: share | shared")
+    mbsub = mb.add_subparsers(dest="action", required=True)
+    ms = mbsub.add_parser(
+        "share", help="create a shared folder of a domain (or change its access)",
+        description="Create the shared folder NAME of DOMAIN, seen by IMAP clients as 'Shared Folders/NAME' (RFC"
+        " 2342 §5), or change who may use it. Nobody owns it: users of the domain reach it only through the"
+        " rights given here (RFC 4314: l lookup, r read, s keep seen, w write flags, i insert, p post, k create"
+        " below, x delete, t delete messages, e expunge, a administer), and users with 'a' may change them with"
+        " SETACL. Example: postroom mailbox share example.org Team --grant alice@example.org=lrsi"
+        " --grant anyone=lr")
+    ms.add_argument("domain")
+    ms.add_argument("name", help="the folder's name ('/' separates levels)")
+    ms.add_argument("--grant", action="append", default=[], metavar="ID=RIGHTS",
+                    help="give RIGHTS to ID (an address of the domain, 'anyone' for all its users, '-ID' for"
+                    " rights taken away); empty RIGHTS removes the entry; repeatable")
+    mbsub.add_parser("shared", help="list a domain's shared folders with their access").add_argument("domain")
+
     im = sub.add_parser("import", help="import mbox, Maildir or single-message files into a user's mailbox")
     im.add_argument("--user", required=True)
     im.add_argument("--mailbox", default=None,
@@ -645,6 +711,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "user": cmd_user,
     "alias": cmd_alias,
     "list": cmd_list,
+    "mailbox": cmd_mailbox,
     "import": cmd_import,
     "export": cmd_export,
     "index": cmd_index,

@@ -9,6 +9,13 @@ store's mailbox record, the session user's rights on it and the session's name f
 users' namespace is resolved only by `Store.get_shared_mailbox`, which answers only when the mailbox's ACL gives
 the user a right (store invariant 6); the user's own mailboxes carry every right (`RIGHTS`).
 
+A domain's shared folders (RFC 2342 §5's shared namespace, `SHARED_PREFIX`) are named `Shared Folders/<name>`:
+mailboxes of the domain's shared-folders owner (`Store.shared_folders_owner`, made by `postroom mailbox share`),
+which no one logs in as; `resolve` finds them only by `Store.get_shared_folder`, through the same ACL check, and
+every right on them is one their ACL grants (GETACL shows no owner entry). `shared_name` gives either namespace's
+name, so LIST, NOTIFY and RENAME of a selected mailbox name them alike. Personal mailboxes cannot be made in
+either namespace; CREATE and RENAME into "Shared Folders" are refused (the admin makes shared folders).
+
 Each command asks `need(target, rights, what)` for what RFC 4314 §4's table says it needs: a mailbox the user
 has no right on, or only rights that do not reveal it (`VISIBLE`: l r i k x a, the table's "any" column), is
 answered exactly like one that does not exist (§6: the ACL commands, and every other, must not reveal what the
@@ -56,6 +63,8 @@ if TYPE_CHECKING:
 
 OTHER = "Other Users"  # RFC 2342 §5: the other users' namespace, "Other Users/<address>/<mailbox>"
 OTHER_PREFIX = OTHER + "/"
+SHARED = "Shared Folders"  # RFC 2342 §5: the shared namespace, "Shared Folders/<mailbox>" of the user's domain
+SHARED_PREFIX = SHARED + "/"
 VISIBLE = frozenset("lrikxa")  # RFC 4314 §4 ("any" column) and §6: rights that let the user know it exists
 WRITE_RIGHTS = frozenset("swte")  # RFC 4314 §4: rights that change a selected mailbox; none: READ-ONLY
 _OBSOLETE = {"c": "k", "d": "xte"}  # RFC 4314 §2.1.1: the members this server gives "c" and "d"
@@ -83,11 +92,15 @@ def split_other(name: str) -> tuple[str, str] | None:
 
 
 def in_other_namespace(name: str) -> bool:
-    """Whether a name belongs to the other users' namespace (personal mailboxes may not be made there)."""
-    return name == OTHER or name.startswith(OTHER_PREFIX)
+    """Whether a name belongs to the other users' or the shared namespace (personal mailboxes may not be made
+    there)."""
+    return name in (OTHER, SHARED) or name.startswith((OTHER_PREFIX, SHARED_PREFIX))
 
 
 def shared_name(owner: str, name: str) -> str:
+    """The session's name for the mailbox `name` of `owner`, another user or the domain's shared-folders owner."""
+    if names.is_shared_owner(owner):
+        return SHARED_PREFIX + name
     return f"{OTHER_PREFIX}{owner}/{name}"
 
 
@@ -110,9 +123,14 @@ async def resolve(s: Session, name: str) -> Target | None:
     """The mailbox a stored-form name (`mailboxes.stored_name`) names for this session, or None if there is none
     the user has any right on (invariant 1)."""
     user = _user(s)
+    if name.startswith(SHARED_PREFIX):
+        found = await s.store.get_shared_folder(user.id, name[len(SHARED_PREFIX):])
+        if found is None:
+            return None
+        return Target(found.mailbox, found.rights, found.owner, SHARED_PREFIX + found.mailbox.name, True)
     other = split_other(name)
     if other is None:
-        if name == OTHER:
+        if name in (OTHER, SHARED):
             return None
         mbox = await s.store.get_mailbox(user.id, name)
         return None if mbox is None else Target(mbox, RIGHTS, user.address, mbox.name, False)
@@ -262,7 +280,8 @@ async def deleteacl(s: Session, cmd: P.Command) -> Result:
 @command("GETACL", AUTHED)
 async def getacl(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
-    entries = [(target.owner, RIGHTS)] + [(e.identifier, e.rights) for e in await s.store.get_acl(target.mailbox.id)]
+    entries = [] if names.is_shared_owner(target.owner) else [(target.owner, RIGHTS)]  # a shared folder: no owner
+    entries += [(e.identifier, e.rights) for e in await s.store.get_acl(target.mailbox.id)]
     # RFC 4314 §3.6: * ACL mailbox *(SP identifier SP rights); the owner's implicit entry first.
     s.write(b"* ACL " + encoder.mailbox(target.name, s.rev2)
             + b"".join(b" " + astring(i) + b" " + astring(with_obsolete(r)) for i, r in entries)

@@ -34,8 +34,9 @@ matches. Selecting while a mailbox is selected first says `OK [CLOSED]` (§3.2.1
 Other users' mailboxes (ACL, RFC 4314; "Other Users" namespace, RFC 2342) are resolved and checked by `acl.py`:
 every command that takes a mailbox name goes through `acl.resolve` and asks `acl.need` for the rights RFC 4314
 §4 gives it. LIST adds the mailboxes other users share with the user's "l" right, under `acl.OTHER_PREFIX`, with
-`RETURN (MYRIGHTS)` (RFC 8440) answering each mailbox's rights. Personal mailboxes cannot be made in that
-namespace (a name there would be hidden by it).
+`RETURN (MYRIGHTS)` (RFC 8440) answering each mailbox's rights, and the domain's shared folders with "l" under
+`acl.SHARED_PREFIX` (RFC 2342 §5's shared namespace). Personal mailboxes cannot be made in either namespace (a
+name there would be hidden by it).
 
 Invariants
 1. A session reaches only the mailboxes of its own user, and those of other users through `acl.resolve` alone
@@ -255,6 +256,8 @@ async def create(s: Session, cmd: P.Command) -> Result:
             raise No("CREATE cannot make a mailbox there", "NOPERM") from None
         return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
     if acl.in_other_namespace(name):
+        if name.split(SEP, 1)[0] == acl.SHARED:
+            raise No(f"{acl.SHARED} holds the domain's shared folders", "CANNOT")  # made by the admin
         raise No(f"{acl.OTHER} holds other users' mailboxes", "CANNOT")
     try:
         mbox = await s.store.create_mailbox(_user_id(s), name, use)
@@ -320,8 +323,11 @@ async def subscribe(s: Session, cmd: P.Command) -> Result:
 
 @command("NAMESPACE", AUTHED)
 async def namespace(s: Session, cmd: P.Command) -> Result:
-    # RFC 2342 §5: the personal namespace, and other users' (acl.py); no shared namespace.
-    s.write(b'* NAMESPACE (("" "/")) (("' + acl.OTHER_PREFIX.encode() + b'" "/")) NIL\r\n')
+    # RFC 2342 §5: the personal namespace, other users' and the shared one (acl.py). The shared namespace is
+    # announced always, whether or not the domain has a shared folder yet: §5 answers NIL for a namespace the
+    # server does not support, and the admin may share a folder at any time during a session that read this once.
+    s.write(b'* NAMESPACE (("" "/")) (("' + acl.OTHER_PREFIX.encode() + b'" "/")) (("'
+            + acl.SHARED_PREFIX.encode() + b'" "/"))\r\n')
     return "", "NAMESPACE completed"
 
 

@@ -21,10 +21,10 @@ Invariants every engine keeps:
    file given to `append_file`).
 6. **One user's data is keyed by user id; another user's mailbox is reached only through its ACL.** Every
    mailbox call takes a mailbox id obtained from the user's own listing, or from `get_shared_mailbox` /
-   `list_shared_mailboxes`, which resolve a mailbox of another user of the same domain only when its ACL
-   (RFC 4314) grants the asking user at least one right, and say which rights. Engines never resolve names
-   across users otherwise. The caller checks the returned rights before each use of such an id (imap/acl.py),
-   and `copy_messages` / `move_messages` with `as_user` check them again in their transaction.
+   `get_shared_folder` / `list_shared_mailboxes`, which resolve a mailbox of another user of the same domain
+   only when its ACL (RFC 4314) grants the asking user at least one right, and say which rights. Engines never
+   resolve names across users otherwise. The caller checks the returned rights before each use of such an id
+   (imap/acl.py), and `copy_messages` / `move_messages` with `as_user` check them again in their transaction.
 7. **\\Recent is claimed once.** Each mailbox keeps a watermark that only `claim_recent` moves (to UIDNEXT - 1,
    atomically); a UID is handed out as recent to at most one caller, ever, restarts included.
 8. **Subscriptions are names.** A user's subscriptions are a set of mailbox names kept apart from the mailboxes:
@@ -866,6 +866,16 @@ class Store(Protocol):
     async def list_shared_mailboxes(self, user_id: int, right: str = "l") -> list[SharedMailbox]:
         """The mailboxes of other users of the user's domain on which the user has `right` (LIST: "l"), sorted
         by owner and name; at most `names.MAX_SHARED_LISTED`."""
+
+    async def shared_folders_owner(self, domain: str, create: bool = False) -> int | None:
+        """The user id of the owner of `domain`'s shared folders (RFC 2342 §5 "Shared Folders"), made first
+        when `create` (a user row no login or delivery can reach: `names.shared_owner`); None if there is none.
+        Its mailboxes are made and deleted with the mailbox calls, their ACL with `set_acl`. NotFound for an
+        unknown domain when `create`."""
+
+    async def get_shared_folder(self, user_id: int, name: str) -> SharedMailbox | None:
+        """The shared folder `name` of the user's domain, for `user_id`: None unless it exists and `user_id`
+        has at least one right on it (invariant 6; its `owner` is `names.shared_owner(domain)`)."""
 
     # ---- outbound queue
     async def enqueue(

@@ -15,6 +15,9 @@ Invariants:
 4. Keywords are IMAP atoms (RFC 9051 §9 `flag-keyword`); they never start with a backslash (system flags do).
 5. An address has one spelling, the one `smtp.protocol.parse_path` produces from the wire: a local part that
    can be a Dot-string is never quoted; one that cannot is quoted with only the escapes it needs.
+6. The owner of a domain's shared folders (`shared_owner`) has an address `address` refuses (an unquoted local
+   part with a space), so no lookup by address (login, delivery, `user add`, `alias add`, an ACL identifier,
+   "Other Users/<owner>") ever finds it, and no real address can ever be the same string.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MAX_METADATA_NAME = 256  # characters of one METADATA entry name
 MAX_MAILBOX_KEYWORDS = 1000  # keywords one mailbox may have had (api invariant 9): every SELECT sends them all
 MAX_ACL_ENTRIES = 100  # entries of one mailbox's ACL (api invariant 11): GETACL lists them all
 MAX_SHARED_LISTED = 10_000  # other users' mailboxes one LIST shows (api invariant 6)
+SHARED_OWNER_LOCAL = "shared folders"  # the local part of a domain's shared-folders owner (invariant 6)
 
 
 def domain(name: str) -> str:
@@ -133,6 +137,17 @@ def alias_source(source: str) -> str:
     if s.startswith("@"):
         return "@" + domain(s[1:])
     return address(s)
+
+
+def shared_owner(dom: str) -> str:
+    """The stored address of the owner of the shared folders of `dom` (invariant 6; RFC 2342 §5 "Shared
+    Folders"). Not an address: `address` refuses it."""
+    return f"{SHARED_OWNER_LOCAL}@{domain(dom)}"
+
+
+def is_shared_owner(addr: str) -> bool:
+    """Whether a stored owner address is a domain's shared-folders owner (`shared_owner`)."""
+    return addr.startswith(SHARED_OWNER_LOCAL + "@")
 
 
 def domain_of(addr: str) -> str:

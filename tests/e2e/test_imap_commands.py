@@ -289,7 +289,7 @@ def test_subscribe_lsub_namespace(imap: Any) -> None:
     assert b'* LSUB () "/" "Foo/Bar"\r\n' not in r.cmd('f LSUB "" *')
     assert r.cmd("g SUBSCRIBE Nope") == [b"g OK SUBSCRIBE completed\r\n"]  # RFC 9051 §6.3.7: names, not mailboxes
     # RFC 2342 §5: personal, other users' (ACL, imap/acl.py), no shared namespace
-    assert r.cmd("h NAMESPACE") == [b'* NAMESPACE (("" "/")) (("Other Users/" "/")) NIL\r\n',
+    assert r.cmd("h NAMESPACE") == [b'* NAMESPACE (("" "/")) (("Other Users/" "/")) (("Shared Folders/" "/"))\r\n',
                                     b"h OK NAMESPACE completed\r\n"]
 
 

@@ -169,6 +169,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE messages DROP COLUMN thread_id",
         "DELETE FROM counters WHERE name = 'thread'",
     ),
+    14: ("DROP TABLE shared_owners",),
 }
 
 

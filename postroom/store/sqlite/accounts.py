@@ -107,9 +107,19 @@ class AccountsMixin(Base):
 
         def op(tx: Tx) -> None:
             domain_id = _domain_id(tx.conn, name)
-            for table, what in (("users", "users"), ("aliases", "aliases"), ("lists", "mailing lists")):
-                if tx.conn.execute(f"SELECT 1 FROM {table} WHERE domain_id = ? LIMIT 1", (domain_id,)).fetchone():
+            # schema invariant 19: the shared-folders owner is not one of the domain's users; it goes with the
+            # domain once its last shared folder is gone.
+            for sql, what in (
+                ("users WHERE domain_id = ? AND id NOT IN (SELECT user_id FROM shared_owners)", "users"),
+                ("aliases WHERE domain_id = ?", "aliases"),
+                ("lists WHERE domain_id = ?", "mailing lists"),
+                ("mailboxes WHERE user_id IN (SELECT user_id FROM shared_owners WHERE domain_id = ?)",
+                 "shared folders"),
+            ):
+                if tx.conn.execute(f"SELECT 1 FROM {sql} LIMIT 1", (domain_id,)).fetchone():
                     raise Invalid(f"domain {name} still has {what}")
+            tx.conn.execute("DELETE FROM users WHERE id IN (SELECT user_id FROM shared_owners WHERE domain_id = ?)",
+                            (domain_id,))
             tx.conn.execute("DELETE FROM domains WHERE id = ?", (domain_id,))
 
         await self._engine.write(op)
@@ -177,11 +187,12 @@ class AccountsMixin(Base):
         dom = None if domain is None else names.domain(domain)
 
         def q(conn: sqlite3.Connection) -> list[User]:
+            real = "id NOT IN (SELECT user_id FROM shared_owners)"  # schema invariant 19: not a user to list
             if dom is None:
-                rows = conn.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY address").fetchall()
+                rows = conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE {real} ORDER BY address").fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {USER_COLUMNS} FROM users WHERE domain_id = ? ORDER BY address",
+                    f"SELECT {USER_COLUMNS} FROM users WHERE domain_id = ? AND {real} ORDER BY address",
                     (_domain_id(conn, dom),),
                 ).fetchall()
             return [_user(r) for r in rows]

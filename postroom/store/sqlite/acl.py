@@ -9,6 +9,11 @@ the union of the negative ones (RFC 4314 §2). Rows cascade with their mailbox a
 Another user's mailbox is found only here (`get_shared_mailbox`, `list_shared_mailboxes`), and only when the
 asking user has a right on it: the one door api invariant 6 leaves open.
 
+A domain's "Shared Folders" (RFC 2342 §5) are the mailboxes of one more user of the domain, its shared-folders
+owner (`shared_folders_owner`, schema invariant 19), which nobody can log in as or send mail to; every right on
+them comes from their ACL. `get_shared_folder` finds one by name; `list_shared_mailboxes` lists them among the
+other users' mailboxes, with that owner's address (`names.is_shared_owner` tells them apart).
+
 Invariants:
 1. Every identifier passes `_grantee` before it reaches SQL: "anyone", or the address of an existing user of
    the owner's domain who is not the owner; anything else is Invalid (so no user of another domain can ever be
@@ -213,6 +218,61 @@ class AclMixin(Base):
                 return None
             rights = rights_of(conn, user_id, mbox.id)  # invariant 3: "" across domains
             return SharedMailbox(mbox, owner, rights) if rights else None
+
+        return await self._engine.read(q, quick=True)
+
+    async def shared_folders_owner(self, domain: str, create: bool = False) -> int | None:
+        dom = names.domain(domain)
+
+        def find(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT s.user_id FROM shared_owners s JOIN domains d ON d.id = s.domain_id WHERE d.name = ?", (dom,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        now = self._clock()
+
+        def op(tx: Tx) -> int:
+            found = find(tx.conn)
+            if found is not None:
+                return found
+            row = tx.conn.execute("SELECT id FROM domains WHERE name = ?", (dom,)).fetchone()
+            if row is None:
+                raise NotFound(f"no such domain: {dom}")
+            # schema invariant 19: empty hash and verifier (nothing verifies), no mailboxes, an address that no
+            # lookup by address finds (names invariant 6).
+            cur = tx.conn.execute(
+                "INSERT INTO users(address, domain_id, password_hash, scram, quota_bytes, created)"
+                " VALUES (?, ?, '', '', 0, ?)",
+                (names.shared_owner(dom), int(row[0]), now),
+            )
+            user_id = int(cur.lastrowid or 0)
+            tx.conn.execute("INSERT INTO shared_owners(domain_id, user_id) VALUES (?, ?)", (int(row[0]), user_id))
+            return user_id
+
+        if not create:
+            return await self._engine.read(find, quick=True)
+        return await self._engine.write(op)
+
+    async def get_shared_folder(self, user_id: int, name: str) -> SharedMailbox | None:
+        try:
+            name = names.mailbox(name)
+        except Invalid:
+            return None
+
+        def q(conn: sqlite3.Connection) -> SharedMailbox | None:
+            row = conn.execute(
+                "SELECT o.id, o.address FROM users u JOIN shared_owners s ON s.domain_id = u.domain_id"
+                " JOIN users o ON o.id = s.user_id WHERE u.id = ?",
+                (user_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            mbox = find_mailbox(conn, int(row[0]), name)
+            if mbox is None:
+                return None
+            rights = rights_of(conn, user_id, mbox.id)  # only what the ACL grants: nobody owns it
+            return SharedMailbox(mbox, str(row[1]), rights) if rights else None
 
         return await self._engine.read(q, quick=True)
 

@@ -53,6 +53,9 @@ with its sort and thread keys (store/sqlite/threads.py; invariant 17), `messages
 existing messages thread id 0: the migration parses no metadata (their metadata is of an older format anyway);
 the first reader that recomputes a body's metadata writes it back with `write_metas`, which stores the keys and
 gives the body's messages their thread (the lazy upgrade of `mime.meta` formats).
+14 (issue 14) adds `shared_owners(domain_id, user_id)`: the owner of a domain's "Shared Folders" (RFC 2342 §5),
+a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Nothing exists yet, so nothing is
+made by the upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -102,6 +105,9 @@ Invariants:
    `mime.meta.keys_of` reads from that body's metadata.
 18. `messages.thread_id` is 0 only while its body has no `message_keys` row; once given it never changes (RFC
    8474 §5.2), and copies keep it.
+19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
+   address is `names.shared_owner(domain)` (not an address: no lookup by address finds it), with an empty
+   password hash and SCRAM verifier (nothing verifies against them), no default mailboxes, and no login.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 _V1 = """
 CREATE TABLE counters(
@@ -393,8 +399,17 @@ def _v13(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('thread', 0)")
 
 
+def _v14(conn: sqlite3.Connection) -> None:
+    """The owners of the domains' shared folders (invariant 19), none yet: each is made on demand."""
+    conn.execute(
+        "CREATE TABLE shared_owners(domain_id INTEGER PRIMARY KEY REFERENCES domains(id) ON DELETE CASCADE,"
+        " user_id INTEGER NOT NULL UNIQUE REFERENCES users(id) ON DELETE CASCADE)"
+    )
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
+    14: _v14,
 }
 
 
