@@ -24,7 +24,8 @@ Two entries are the server's own and read-only (SETMETADATA of them is `NO [CANN
 Limits (RFC 5464 §4.3): a value is at most `names.MAX_METADATA_VALUE` octets (`NO [METADATA MAXSIZE n]`), a user
 has at most `names.MAX_METADATA_ENTRIES` entries (`NO [METADATA TOOMANY]`), a command names at most
 `parser.MAX_METADATA_ITEMS` entries. Private entries are supported, so `[METADATA NOPRIVATE]` is never sent.
-Unsolicited METADATA responses (§4.4.2) are not sent.
+Unsolicited METADATA responses (§4.4.2) are sent to sessions that ask NOTIFY for MailboxMetadataChange or
+ServerMetadataChange (RFC 5465 §5.6, §5.7: imap/notify.py), from the change records SETMETADATA publishes.
 
 Invariants
 1. Every entry name passes `names.metadata_entry` before any store call (BAD otherwise); a mailbox name passes
@@ -92,7 +93,7 @@ def _under(name: str, wanted: str, depth: int) -> bool:
     return depth == -1 or "/" not in name[len(wanted) + 1:]
 
 
-def _name(name: str) -> bytes:
+def entry_name(name: str) -> bytes:
     """An entry name as an atom when it can be one (as RFC 5464's examples write them), else a string."""
     b = name.encode("ascii")  # names.metadata_entry: printable ASCII
     return b if all(ch in ATOM_CHARS for ch in b) else istring(b)
@@ -132,7 +133,7 @@ async def getmetadata(s: Session, cmd: P.Command) -> Result:
         s.write(b"* METADATA " + mailbox + b" (")
         sep = b""
         for name, item in items:  # invariant 3
-            s.write(sep, _name(name), b" ", _value(item))
+            s.write(sep, entry_name(name), b" ", _value(item))
             sep = b" "
             await s.maybe_flush()
         s.write(b")\r\n")

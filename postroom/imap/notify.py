@@ -21,7 +21,15 @@ mailbox (`Session.take_change`):
   mailbox per batch (§5.1-§5.3: the items each event needs, coalesced), read from the store when written;
 * CREATE, DELETE, RENAME (MailboxName, §5.4) and SUBSCRIBE, UNSUBSCRIBE (SubscriptionChange, §5.5) become
   `* LIST` responses: `\\NonExistent` for a deleted mailbox, `("OLDNAME" (old))` for a renamed one,
-  `\\Subscribed` or not.
+  `\\Subscribed` or not;
+* SETMETADATA of a mailbox entry (MailboxMetadataChange, §5.6) or a server entry (ServerMetadataChange, §5.7)
+  becomes an unsolicited `* METADATA "name" entry` (RFC 5464 §4.4.2: the entry-list form, names only; the client
+  reads values with GETMETADATA), one per changed entry per batch. The mailbox is matched as MailboxName is (the
+  selected one too: SELECTED takes message events only, §6.1); ServerMetadataChange belongs to no mailbox, so
+  any group naming it asks for it. The change records (store/sqlite/metadata.py invariant 4) reach only the
+  feed of the user whose row changed: a "/private" entry its own user's, a mailbox's "/shared" entry its
+  owner's and the sessions watching that mailbox; of another user's mailbox only "/shared" entries are told
+  (invariant 6).
 
 A mailbox matches the first group whose filter covers it and that names the event, and none if the first
 group that covers it has NONE (as Dovecot and mox read §6); the selected mailbox's message events are the
@@ -33,12 +41,13 @@ Between commands `Session.read_more` waits on the client and on the feed at once
 non-selected events and SELECTED's arrivals and flag changes reach an idle client without IDLE (§3: "at any
 time"); during a command they wait for its end, and IDLE (§4) reports them as it reports the rest.
 
-AnnotationChange, MailboxMetadataChange and ServerMetadataChange need METADATA / ANNOTATE, which this server
-does not offer: a NOTIFY naming them (or any other event) is refused `NO [BADEVENT (...)]` with the events
-that are supported (§3.1), and changes nothing.
+AnnotationChange needs ANNOTATE (RFC 5257), which this server does not offer: a NOTIFY naming it (or any other
+event not in `SUPPORTED`) is refused `NO [BADEVENT (...)]` with the events that are supported (§3.1), and
+changes nothing. MailboxMetadataChange and ServerMetadataChange are supported, as §5.6 and §5.7 require of a
+server with METADATA.
 
 Invariants
-1. Bounded: at most `MAX_QUEUED` STATUS mailboxes and LIST lines wait for the client, and at most
+1. Bounded: at most `MAX_QUEUED` STATUS mailboxes, LIST lines and METADATA entries wait for the client, and at most
    `MAX_QUEUED` changes wait in a SELECTED-DELAYED mailbox; past either, or when the change feed itself
    overflows (hub.SubscriptionOverflow), the session says `* OK [NOTIFICATIONOVERFLOW]` and behaves as after
    NOTIFY NONE (RFC 5465 §5.8): the client re-synchronises and sets NOTIFY again.
@@ -52,8 +61,9 @@ Invariants
    matching one change costs at most `MAX_GROUPS` set lookups per level of its name.
 6. Other users' mailboxes (ACL, RFC 4314): NOTIFY resolves those its SUBTREE, MAILBOXES and SUBSCRIBED filters
    name among the ones the user may read ("r", `Store.list_shared_mailboxes`), maps them to their "Other Users/"
-   names and watches them on the feed (`watch_also`); nothing else of their owners reaches the session. Each
-   STATUS of one reads the rights again first: without "r" nothing is written (never a leak). A mailbox shared,
+   names and watches them on the feed (`watch_also`); nothing else of their owners reaches the session, and of
+   their metadata only "/shared" entries (another user's "/private" ones are never told). Each STATUS or
+   METADATA of one reads the rights again first: without "r" nothing is written (never a leak). A mailbox shared,
    renamed or deleted after the NOTIFY joins or leaves the set at the next NOTIFY. The owner's mailbox events
    (names in the owner's namespace) are never turned into LIST responses.
 """
@@ -75,6 +85,7 @@ from postroom.store.hub import SubscriptionOverflow
 from . import acl
 from . import parser as P
 from .mailboxes import status_line, stored_name, wire_name
+from .metadata import entry_name
 from .session import AUTHED, No, Result, Session, command
 from .state import Selected
 
@@ -83,7 +94,8 @@ log = logging.getLogger("postroom.imap")
 MAX_QUEUED = 1000  # invariant 1
 MAX_GROUPS = 100  # event groups of one NOTIFY: each change is matched against them (invariant 5)
 MAX_NAMES = 1000  # SUBTREE and MAILBOXES names of one NOTIFY, all groups together
-SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
+SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange",
+             "MailboxMetadataChange", "ServerMetadataChange")
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 
@@ -117,8 +129,10 @@ class Notifier:
         self.fetch_atts = selected.fetch_atts if selected is not None else ()
         self.names = names  # invariant 4
         self.subscribed = subscribed  # None: no SUBSCRIBED filter, so not kept
-        self.queue: list[int | bytes] = []  # mailbox ids due a STATUS, LIST lines; in order (invariant 1)
+        # mailbox ids due a STATUS, LIST lines, (mailbox id, entry) due a METADATA; in order (invariant 1)
+        self.queue: list[int | bytes | tuple[int, str]] = []
         self.queued_ids: set[int] = set()
+        self.queued_entries: set[tuple[int, str]] = set()  # the METADATA items in `queue`
         self.stale: Selected | None = None  # the selected mailbox whose changes were dropped
 
     @property
@@ -152,6 +166,14 @@ class Notifier:
     def wants_status(self, name: str) -> bool:
         return any(self.match(name, e) for e in ("MessageNew", "MessageExpunge", "FlagChange"))
 
+    def wants_watch(self, name: str) -> bool:
+        """Whether anything of the (shared) mailbox `name` is to be told: a STATUS or its metadata."""
+        return self.wants_status(name) or self.match(name, "MailboxMetadataChange")
+
+    def wants_server_metadata(self) -> bool:
+        """ServerMetadataChange (RFC 5465 §5.7) belongs to no mailbox: any group naming it asks for it."""
+        return any("ServerMetadataChange" in g.events for g in self.groups)
+
     # ---- taking changes (synchronous: called while the feed is drained)
     def take(self, s: Session, ch: Change) -> None:
         kind = ch.kind
@@ -161,7 +183,9 @@ class Notifier:
                 sel.absorb(ch)  # its rights are read again (acl.refresh), IDLE included
             elif kind is ChangeKind.MAILBOX_DELETED or kind is ChangeKind.MAILBOX_RENAMED:
                 self.names.pop(ch.mailbox_id, None)  # its names are the owner's: it leaves the NOTIFY set
-            if kind not in _MESSAGE_CHANGES and kind is not ChangeKind.MAILBOX_KEYWORDS:
+            if kind is ChangeKind.METADATA and ch.mailbox_id and ch.name.startswith("/shared"):
+                pass  # the owner's "/shared" entry of a watched mailbox; never another user's "/private" one
+            elif kind not in _MESSAGE_CHANGES and kind is not ChangeKind.MAILBOX_KEYWORDS:
                 return
         elif kind is ChangeKind.MAILBOX_CREATED or kind is ChangeKind.MAILBOX_RENAMED:  # invariant 4
             self.names[ch.mailbox_id] = ch.name
@@ -183,11 +207,28 @@ class Notifier:
         elif kind in _MAILBOX_CHANGES:
             if self.match(ch.name, "MailboxName") or (ch.old_name and self.match(ch.old_name, "MailboxName")):
                 self._queue(s, self._list_line(s, ch))
+        elif kind is ChangeKind.METADATA:
+            self._metadata_change(s, ch)
         elif kind in _SUBSCRIPTION_CHANGES:
             if self.match(ch.name, "SubscriptionChange"):  # SUBSCRIBED covers a name being unsubscribed too
                 self._queue(s, self._list_line(s, ch))
             if self.subscribed is not None and kind is ChangeKind.MAILBOX_UNSUBSCRIBED:
                 self.subscribed.discard(ch.name)
+
+    def _metadata_change(self, s: Session, ch: Change) -> None:
+        """RFC 5465 §5.6, §5.7: an entry of a mailbox or of the server changed; its name is told when written
+        (`_metadata`), the mailbox's rights read again then (invariant 6)."""
+        if not self.groups:
+            return  # SELECTED takes message events only (§6.1): no other group, nothing to tell
+        if not ch.mailbox_id:
+            wanted = self.wants_server_metadata()
+        else:
+            name = self.names.get(ch.mailbox_id)
+            wanted = name is None or self.match(name, "MailboxMetadataChange")  # unknown: looked up when written
+        item = (ch.mailbox_id, ch.name)
+        if wanted and item not in self.queued_entries:
+            self.queued_entries.add(item)
+            self._queue(s, item)
 
     def _selected(self, s: Session, sel: Selected, ch: Change) -> None:
         events = self.selected_events
@@ -208,7 +249,7 @@ class Notifier:
             if len(sel.pending) > MAX_QUEUED:
                 s.overflowed = True  # invariant 1
 
-    def _queue(self, s: Session, item: int | bytes) -> None:
+    def _queue(self, s: Session, item: int | bytes | tuple[int, str]) -> None:
         if len(self.queue) >= MAX_QUEUED:
             s.overflowed = True  # invariant 1
             return
@@ -241,9 +282,14 @@ class Notifier:
                 await fetch_new(s, new, self.fetch_atts)
         queue, self.queue = self.queue, []
         self.queued_ids.clear()
+        self.queued_entries.clear()
         for item in queue:
             if isinstance(item, bytes):
                 s.write(item)
+            elif isinstance(item, tuple):
+                line = await self._metadata(s, *item)
+                if line:
+                    s.write(line)
             else:
                 line = await self._status(s, item)
                 if line:
@@ -270,6 +316,30 @@ class Notifier:
         except NotFound:
             return None  # deleted meanwhile: MailboxName says so, if asked
 
+    async def _metadata(self, s: Session, mailbox_id: int, entry: str) -> bytes | None:
+        """The unsolicited METADATA response naming a changed entry (RFC 5464 §4.4.2, RFC 5465 §5.6: the entry
+        name only; the client asks GETMETADATA for the value), or None if it is not to be told."""
+        if s.user is None:
+            return None
+        if not mailbox_id:
+            mailbox = b'""'  # RFC 5464 §5: the empty mailbox name is the server
+        else:
+            mbox = await s.store.get_mailbox_by_id(mailbox_id)
+            if mbox is None:
+                return None
+            name = self.names.get(mailbox_id)
+            if mbox.user_id != s.user.id:  # invariant 6: a shared mailbox NOTIFY resolved, still readable
+                if name is None or "r" not in await s.store.my_rights(s.user.id, mailbox_id):  # RFC 5464 §3.3
+                    return None
+            elif name is None:
+                self.names[mailbox_id] = name = mbox.name
+                if not self.match(name, "MailboxMetadataChange"):
+                    return None
+            mailbox = wire_name(s, name)
+        # RFC 5464 §5: metadata-resp = "METADATA" SP mailbox SP (entry-values / entry-list); the unsolicited
+        # form is the entry-list, entry names without parentheses or values.
+        return b"* METADATA " + mailbox + b" " + entry_name(entry) + b"\r\n"
+
     def overflow(self, s: Session) -> None:
         """RFC 5465 §5.8: too much to tell; from now on as after NOTIFY NONE (invariant 1)."""
         had = self.pushes or bool(self.selected_events)
@@ -279,6 +349,7 @@ class Notifier:
         self.fetch_atts = ()
         self.queue = []
         self.queued_ids.clear()
+        self.queued_entries.clear()
         if s.sel is not None:
             self.stale = s.sel
         if s.sub is not None:
@@ -352,7 +423,7 @@ async def _shared(s: Session, groups: list[Group], subscribed: set[str] | None) 
     out: dict[int, str] = {}
     for shared in await s.store.list_shared_mailboxes(s.user.id, "r"):
         name = acl.shared_name(shared.owner, shared.mailbox.name)
-        if probe.wants_status(name):
+        if probe.wants_watch(name):
             out[shared.mailbox.id] = name
     return out
 
@@ -388,6 +459,7 @@ async def notify(s: Session, cmd: P.Command) -> Result:
     new = Notifier(groups, selected, names, subscribed)
     if old is not None:
         new.queue, new.queued_ids, new.stale = old.queue, old.queued_ids, old.stale  # already due: still told
+        new.queued_entries = old.queued_entries
     s.notifier = new  # invariant 2: replaces the previous settings whole
     if new.selected_events and s.sel is not None and new.stale is s.sel:
         new.stale = None

@@ -450,6 +450,8 @@ class ChangeKind(enum.Enum):
     MAILBOX_UNSUBSCRIBED = "mailbox_unsubscribed"  # name unsubscribed; mailbox_id 0 if no such mailbox
     MAILBOX_KEYWORDS = "mailbox_keywords"  # the mailbox's keyword set grew by `keywords` (invariant 9)
     MAILBOX_ACL = "mailbox_acl"  # the mailbox's ACL changed (user_id is the owner's; name the identifier)
+    METADATA = "metadata"  # entry `name` of mailbox_id (0: the server) was set or removed; user_id is whose
+    # row it is: the setter's for "/private" and server entries, the mailbox owner's for its "/shared" ones
 
 
 @dataclass(frozen=True)

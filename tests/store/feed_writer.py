@@ -10,6 +10,7 @@ hub (what the other processes' subscribers must receive), flushed at once, then 
     flags:UID:+FLAG       STORE +FLAGS (or -FLAG, =FLAG); FLAG is \\Seen, \\Deleted... or a keyword
     expunge               EXPUNGE INBOX
     create:NAME  rename:OLD:NEW  delete:NAME  subscribe:NAME
+    metadata:ENTRY=VALUE  SETMETADATA of INBOX's ENTRY (an empty VALUE removes it); servermetadata:... the server's
     forever               append one message after another until killed (kill -9 tests)
 
 --keep ROWS: keep at most ROWS rows in the change table (the store's `keep_changes`), so this writer prunes
@@ -81,6 +82,10 @@ async def main(args: argparse.Namespace) -> None:
                 await store.delete_mailbox(user.id, rest)
             elif verb == "subscribe":
                 await store.set_subscribed(user.id, rest, True)
+            elif verb in ("metadata", "servermetadata"):
+                entry, _, value = rest.partition("=")
+                await store.set_metadata(user.id, inbox.id if verb == "metadata" else 0,
+                                         [(entry, value.encode() or None)])
             else:
                 raise SystemExit(f"unknown op {op!r}")
             emit(own)

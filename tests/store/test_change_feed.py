@@ -77,6 +77,24 @@ async def test_every_kind_of_change_crosses_processes(store: Store, data_dir: Pa
         sub.close()
 
 
+async def test_metadata_changes_cross_processes(store: Store, data_dir: Path) -> None:
+    """SETMETADATA's change records (RFC 5465 §5.6, §5.7: what NOTIFY's metadata events need) round-trip through
+    the change table: the kind, the mailbox (0 for the server) and the entry name."""
+    u = await new_user(store, ADDR)
+    box = await inbox(store, u)
+    sub = store.hub.subscribe(u.id)
+    try:
+        published = await run_writer(data_dir, "metadata:/private/comment=hello", "servermetadata:/shared/motd=hi",
+                                     "metadata:/private/comment=", "metadata:/private/never=")
+        assert [(c["kind"], c["mailbox_id"], c["name"]) for c in published] == [
+            ("metadata", box.id, "/private/comment"), ("metadata", 0, "/shared/motd"),
+            ("metadata", box.id, "/private/comment")]  # removing an entry that was never set changes nothing
+        assert await receive(sub, len(published)) == published
+        assert sub.get_nowait() is None
+    finally:
+        sub.close()
+
+
 async def test_own_changes_are_published_once(store: Store, data_dir: Path) -> None:
     u = await new_user(store, ADDR)
     box = await inbox(store, u)

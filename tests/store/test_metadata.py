@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from postroom.store import names
-from postroom.store.api import Invalid, MetadataTooMany, NotFound, Store
+from postroom.store.api import ChangeKind, Invalid, MetadataTooMany, NotFound, Store
 
 from .conftest import inbox, new_user
 
@@ -65,3 +65,29 @@ async def test_limits_and_all_or_nothing(store: Store, monkeypatch: pytest.Monke
     await store.set_metadata(user.id, box.id, [("/private/c", b"3"), ("/private/a", None)])  # 3 after: fine
     await store.set_metadata(user.id, 0, [("/private/a", None), ("/private/e", b"5")])  # a removal makes room
     assert [n for n, _ in await store.get_metadata(user.id, 0, ["/private"], -1)] == ["/private/b", "/private/e"]
+
+
+async def test_changes_are_published_to_the_holder_of_the_row(store: Store) -> None:
+    """Each entry set, or removed where it was, is one METADATA change record for the user whose row it is (store
+    invariant 4): a sharee's "/private" entry reaches only the sharee's feed, a "/shared" one the owner's."""
+    alice = await new_user(store)
+    bob = await new_user(store, "bob@example.org")
+    box = await store.create_mailbox(alice.id, "Projects")
+    await store.set_acl(box.id, "bob@example.org", "lrw")
+    subs = {u.id: store.hub.subscribe(u.id) for u in (alice, bob)}
+
+    def drained(user_id: int) -> list[tuple[ChangeKind, int, str]]:
+        out = []
+        while (c := subs[user_id].get_nowait()) is not None:
+            out.append((c.kind, c.mailbox_id, c.name))
+        return out
+
+    try:
+        await store.set_metadata(bob.id, box.id, [("/private/comment", b"bob's"), ("/shared/comment", b"ours")])
+        await store.set_metadata(bob.id, 0, [("/private/motd", b"hi"), ("/private/none", None)])
+        assert drained(bob.id) == [(ChangeKind.METADATA, box.id, "/private/comment"),
+                                   (ChangeKind.METADATA, 0, "/private/motd")]
+        assert drained(alice.id) == [(ChangeKind.METADATA, box.id, "/shared/comment")]
+    finally:
+        for sub in subs.values():
+            sub.close()

@@ -18,6 +18,10 @@ Invariants:
    (a sharee's "/shared" entries count for the owner, who granted "w").
 3. A "/private" entry is only ever read or written in the asking user's rows, a "/shared" entry of a mailbox
    only in its owner's (`_holder`).
+4. Each entry a SETMETADATA sets, or removes where there was one, is one METADATA change record, published once
+   the write commits (NOTIFY's MailboxMetadataChange and ServerMetadataChange, RFC 5465 §5.6, §5.7). Its
+   user_id is the row's holder, so a "/private" entry reaches only its user's feed and a mailbox's "/shared"
+   entry the owner's feed and the sessions watching the mailbox (store/hub.py), the sharees among them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from postroom.store import names
-from postroom.store.api import Invalid, MetadataTooMany, NotFound
+from postroom.store.api import Change, ChangeKind, Invalid, MetadataTooMany, NotFound
 from postroom.store.sqlite.acl import rights_of
 from postroom.store.sqlite.common import Base
 from postroom.store.sqlite.engine import Tx
@@ -101,11 +105,14 @@ class MetadataMixin(Base):
                 holder = _holder(name, user_id, keeper)
                 holders.add(holder)
                 if value is None:
-                    tx.conn.execute("DELETE FROM metadata WHERE user_id = ? AND mailbox_id = ? AND name = ?",
-                                    (holder, mailbox_id, name))
+                    gone = tx.conn.execute("DELETE FROM metadata WHERE user_id = ? AND mailbox_id = ? AND name = ?",
+                                           (holder, mailbox_id, name)).rowcount
+                    if not gone:
+                        continue  # nothing changed, nothing to tell
                 else:
                     tx.conn.execute("INSERT OR REPLACE INTO metadata(user_id, mailbox_id, name, value)"
                                     " VALUES (?, ?, ?, ?)", (holder, mailbox_id, name, value))
+                tx.changes.append(Change(ChangeKind.METADATA, holder, mailbox_id, name=name))  # invariant 4
             for holder in holders:
                 (count,) = tx.conn.execute("SELECT count(*) FROM metadata WHERE user_id = ?", (holder,)).fetchone()
                 if count > names.MAX_METADATA_ENTRIES:  # invariant 2; raising rolls this job's changes back
