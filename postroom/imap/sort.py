@@ -130,6 +130,17 @@ async def matched(s: Session, key: P.Key, uid_cmd: bool) -> Sequence[int]:
     return await run_search(s, key, uid_cmd)
 
 
+async def message_numbers(s: Session, uids: Sequence[int]) -> list[int]:
+    """The selected mailbox's message numbers of `uids`, in their order, `SLICE_ROWS` at a time with a yield
+    between slices, so a 100,000-message answer does not hold the event loop."""
+    sel = sel_of(s)
+    out: list[int] = []
+    for k in range(0, len(uids), SLICE_ROWS):
+        out.extend(sel.msn(u) for u in uids[k:k + SLICE_ROWS])
+        await asyncio.sleep(0)
+    return out
+
+
 def check_program(charset: str, key: P.Key) -> None:
     """The charset and the key count, as SEARCH checks them."""
     if charset not in CHARSETS:
@@ -173,7 +184,7 @@ async def sort(s: Session, cmd: P.Command) -> Result:
         # sort order, so this answer is computed afresh (no ALL shortcut, no kept answer)
         found = await run_search(s, a.key, cmd.uid, None, resolved)  # invariant 1
         in_order = await sorted_uids(s, found, a.criteria)
-        esearch(s, cmd, a.returns or (), a.partial, in_order if cmd.uid else [sel.msn(u) for u in in_order])
+        esearch(s, cmd, a.returns or (), a.partial, in_order if cmd.uid else await message_numbers(s, in_order))
         start_context(s, cmd, a.key, resolved, a.criteria, in_order)
         return "", "SORT completed"
     uids = await matched(s, a.key, cmd.uid)  # invariant 1
@@ -192,12 +203,7 @@ async def sort(s: Session, cmd: P.Command) -> Result:
     numbers: Sequence[int] | None = cache.get(key)
     if numbers is None:
         ordered = await sorted_uids(s, uids, a.criteria)
-        numbers = ordered
-        if not cmd.uid:
-            numbers = []
-            for k in range(0, len(ordered), SLICE_ROWS):
-                numbers.extend(sel.msn(u) for u in ordered[k:k + SLICE_ROWS])
-                await asyncio.sleep(0)
+        numbers = ordered if cmd.uid else await message_numbers(s, ordered)
         cache.put(key, array("I", numbers))
     if a.returns is None:
         s.write(b"* SORT")

@@ -32,7 +32,6 @@ Invariants
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from postroom.store.api import SortRow
@@ -41,7 +40,17 @@ from . import parser as P
 from .messages import sel_of
 from .ordercache import cache_of, digest
 from .session import ONLY_SELECTED, Bad, Result, Session, command
-from .sort import SLICE_ROWS, WRITE_CHUNK, Steps, check_program, drive, matched, sort_rows, sorted_steps
+from .sort import (
+    SLICE_ROWS,
+    WRITE_CHUNK,
+    Steps,
+    check_program,
+    drive,
+    matched,
+    message_numbers,
+    sort_rows,
+    sorted_steps,
+)
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
@@ -316,9 +325,7 @@ async def thread(s: Session, cmd: P.Command) -> Result:
         forest, roots = await drive(algorithm(rows))
         numbers = [r.uid for r in rows]
         if not cmd.uid:
-            for k in range(0, len(numbers), SLICE_ROWS):
-                numbers[k:k + SLICE_ROWS] = [sel.msn(u) for u in numbers[k:k + SLICE_ROWS]]
-                await asyncio.sleep(0)
+            numbers = await message_numbers(s, numbers)
         pieces = await drive(render(forest, roots, numbers))
         answer = b"".join(pieces)
         cache.put(key, answer)
