@@ -52,6 +52,18 @@ PASSWORD = "bench-password"
 OPS = ("LOGIN", "SELECT", "FETCH headers", "FETCH body", "SEARCH", "STORE", "APPEND", "IDLE", "LOGOUT")
 
 
+def with_body(head: bytes, body: bytes, attachment: bool) -> bytes:
+    """A message of the header fields `head` and the text `body`: text/plain, or with `attachment` a
+    multipart/mixed of the text and a small base64 attachment."""
+    if not attachment:
+        return head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body
+    att = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n" * 20
+    return (head + b'Content-Type: multipart/mixed; boundary="bb"\r\n\r\n--bb\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body +
+            b"\r\n--bb\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + att + b"--bb--\r\n")
+
+
 def make_messages(count: int) -> list[bytes]:
     rng = random.Random(3501)
     line = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
@@ -62,14 +74,7 @@ def make_messages(count: int) -> list[bytes]:
                 f"Subject: bench message {i} topic{i % 50}\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
                 f"Message-ID: <{i}@bench.example>\r\nMIME-Version: 1.0\r\n").encode()
         body = (line * (target // len(line) + 1))[:target].rstrip(b"\r\n") + b"\r\n"  # no bare CR at the end
-        if i % 4 == 0:
-            att = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n" * 20
-            out.append(head + b'Content-Type: multipart/mixed; boundary="bb"\r\n\r\n--bb\r\n'
-                       b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body +
-                       b"\r\n--bb\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
-                       b"Content-Transfer-Encoding: base64\r\n\r\n" + att + b"--bb--\r\n")
-        else:
-            out.append(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body)
+        out.append(with_body(head, body, attachment=i % 4 == 0))
     return out
 
 

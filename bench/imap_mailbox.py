@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py
 from common import progress, servers_stopped  # bench/common.py
-from imap import PASSWORD, USER, Client, rss_tree, start_dovecot, start_postroom  # bench/imap.py
+from imap import PASSWORD, USER, Client, rss_tree, start_dovecot, start_postroom, with_body  # bench/imap.py
 
 RARE = "zanzibar"
 LINE = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
@@ -84,14 +84,7 @@ def make_messages(count: int) -> list[bytes]:
         body = (LINE * (target // len(LINE) + 1))[:target].rstrip(b"\r\n") + b"\r\n"
         if i % 100 == 7:
             body = b"A line with the rare word " + RARE.encode() + b" in it.\r\n" + body
-        if i % 4 == 0:
-            att = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n" * 20
-            out.append(head + b'Content-Type: multipart/mixed; boundary="bb"\r\n\r\n--bb\r\n'
-                       b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body +
-                       b"\r\n--bb\r\nContent-Type: application/octet-stream; name=a.bin\r\n"
-                       b"Content-Transfer-Encoding: base64\r\n\r\n" + att + b"--bb--\r\n")
-        else:
-            out.append(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body)
+        out.append(with_body(head, body, attachment=i % 4 == 0))
     return out
 
 
