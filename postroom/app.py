@@ -39,9 +39,11 @@ from .net.tls import ensure_certificate, server_context
 from .pop3.session import pop3_handler
 from .smtp.server import smtp_handler_factory
 from .store import open_store
-from .store.api import Store
+from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention
 from .web.app import create_app
+from .web.autoconfig import ClientSettings
+from .web.autoconfig import endpoints as autoconfig_endpoints
 from .web.server import HttpServer, serve_http
 
 log = logging.getLogger("postroom")
@@ -158,7 +160,17 @@ class Postroom:
             async def refresh() -> None:
                 metrics.queue_length.set(await store.queue_length())
 
-            app = create_app(self.metrics, health, refresh)
+            addresses = self.addresses
+
+            async def settings_for(domain: str) -> ClientSettings | None:
+                try:
+                    if await store.get_domain(domain) is None:
+                        return None
+                except Invalid:  # not a domain name at all
+                    return None
+                return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
+
+            app = create_app(self.metrics, health, refresh, settings_for)
             self.http = await serve_http(app, host, port)
             self.addresses["http"] = (host, self.http.port)
 
