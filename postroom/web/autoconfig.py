@@ -18,6 +18,9 @@ reach its servers, and sets itself up from the answer:
   POP3, SMTP; `Server`, `Port`, `LoginName`, `SSL`, `Encryption` `SSL` for implicit TLS or `TLS` for STARTTLS,
   `SPA` off, `AuthRequired` on) in the `.../outlook/responseschema/2006a` namespace.
 
+* **DNS SRV records** (RFC 6186, RFC 8314 §5.1) for clients that look there (`srv_records`, printed by
+  `postroom dns`), and the `autoconfig.DOMAIN` / `autodiscover.DOMAIN` names the two URLs above need.
+
 What is offered comes from the listeners actually bound (`Endpoint`), host name `server.hostname`: implicit TLS
 first (RFC 8314 §3 asks clients to prefer it), then STARTTLS. A listener without TLS is never offered to a
 client (Postroom's listeners all have TLS: STARTTLS or implicit), and the MX listener (`smtp`) is not a
@@ -79,6 +82,34 @@ def endpoints(bound: Mapping[str, tuple[str, int]]) -> tuple[Endpoint, ...]:
     """The client endpoints among the bound listeners (`{name: (host, port)}`), preferred first."""
     return tuple(Endpoint(proto, bound[name][1], security)
                  for name, (proto, security) in CLIENT_LISTENERS.items() if name in bound)
+
+
+SRV_SERVICES = (  # (service label, listener), RFC 6186 §3.1-3.3 and RFC 8314 §5.1; implicit TLS first
+    ("_submissions", "submissions"), ("_submission", "submission"),
+    ("_imaps", "imaps"), ("_imap", "imap"), ("_pop3s", "pop3s"), ("_pop3", "pop3"),
+)
+
+
+def srv_records(domain: str, hostname: str,
+                listeners: Mapping[str, tuple[str, int]]) -> list[tuple[str, str, str]]:
+    """(name, type, value) of the SRV records that locate `domain`'s submission and access services on
+    `hostname` at the ports of `listeners` (`{name: (host, port)}`, the enabled ones); plus CNAMEs of the
+    autoconfig and autodiscover names (Thunderbird's and Outlook's first guesses) to `hostname`.
+
+    RFC 8314 §5.1: implicit TLS is preferred, so its records have the lower priority (0, STARTTLS 10);
+    RFC 6186 §3.4: a service that is not offered is published with the target "." so clients do not guess."""
+    target = hostname.rstrip(".") + "."
+    out: list[tuple[str, str, str]] = []
+    for label, listener in SRV_SERVICES:
+        name = f"{label}._tcp.{domain}."
+        if listener in listeners:
+            priority = 0 if listener in ("submissions", "imaps", "pop3s") else 10
+            out.append((name, "SRV", f"{priority} 1 {listeners[listener][1]} {target}"))
+        else:
+            out.append((name, "SRV", "0 0 0 ."))
+    out.append((f"autoconfig.{domain}.", "CNAME", target))
+    out.append((f"autodiscover.{domain}.", "CNAME", target))
+    return out
 
 
 def address_domain(address: str) -> str | None:
@@ -179,4 +210,4 @@ def autodiscover_xml(settings: ClientSettings, address: str) -> bytes:
 
 
 __all__ = ["BadRequest", "ClientSettings", "Endpoint", "SettingsFor", "address_domain", "autodiscover_address",
-           "autodiscover_xml", "endpoints", "host_domain", "thunderbird_xml"]
+           "autodiscover_xml", "endpoints", "host_domain", "srv_records", "thunderbird_xml"]
