@@ -55,7 +55,7 @@ class ListenersConfig:
         for name in LISTENER_NAMES:
             value = getattr(self, name)
             if value:
-                out[name] = split_hostport(value)
+                out[name] = listen_address(value)
         return out
 
 
@@ -179,6 +179,14 @@ class Config:
         return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """A listener's address: `split_hostport`, and "*:25" -> ("", 25): every address of the machine, IPv4 and
+    IPv6 (one socket per family). Raises ValueError."""
+    if value.startswith("*:"):
+        return "", split_hostport("0.0.0.0" + value[1:])[1]
+    return split_hostport(value)
+
+
 def split_hostport(value: str) -> tuple[str, int]:
     """'127.0.0.1:25' -> ('127.0.0.1', 25); '[::1]:25' -> ('::1', 25). Raises ValueError."""
     host, sep, port_s = value.rpartition(":")
@@ -294,9 +302,10 @@ def _validate(cfg: Config, where: str) -> None:
         if not value:
             continue
         try:
-            hp = split_hostport(value)
+            hp = listen_address(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)") from None
+            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", \"*:port\" for every "
+                              "address, or \"\" to disable)") from None
         if hp[1] != 0 and hp in seen:
             raise ConfigError(f"{where}: listeners.{name}: {value} is already used by listeners.{seen[hp]}")
         seen[hp] = name
