@@ -568,6 +568,7 @@ keeps its data in ./postroom-data). Administer it with the other commands; they 
 EPILOG = """\
 examples:
   postroom serve --demo                      run with a demo domain and user, print how to connect
+  postroom setup example.org                 a real server for example.org: config, user, DKIM, unit, DNS
   postroom domain add example.org
   postroom user add alice@example.org        (asks for the password)
   echo "$PW" | postroom user add bob@example.org --password-stdin
@@ -606,6 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
     dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
+
+    st = sub.add_parser("setup", help="set up a mail server for DOMAIN on this machine: configuration, domain, "
+                                      "first user, DKIM keys, systemd unit, and the DNS records to publish",
+                        description="Writes the configuration (--config, else /etc/postroom/postroom.toml as root, "
+                                    "else ./postroom.toml) with every listener on its standard port on every "
+                                    "address, creates the store, DOMAIN with DKIM keys and the first user (its "
+                                    "password asked on a terminal, else generated and printed once), writes a "
+                                    "systemd unit, and prints the DNS records to publish and what is left to do.")
+    st.add_argument("domain", help="the mail domain, e.g. example.org")
+    st.add_argument("--hostname", help="this server's public name, the MX target (default: the machine's fully "
+                                       "qualified name, else mail.DOMAIN)")
+    st.add_argument("--data-dir", help="the data folder (default /var/lib/postroom as root, else ./postroom-data)")
+    st.add_argument("--user", help="the first user's address (default postmaster@DOMAIN)")
+    st.add_argument("--systemd-unit", metavar="PATH", help="where to write the systemd unit (default as root: "
+                                                          "/etc/systemd/system/postroom.service; \"\": none)")
+    st.add_argument("--force", action="store_true", help="replace an existing configuration file")
 
     dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC, and the SRV "
                                          "records and autoconfig names mail clients use to find the services")
@@ -735,6 +752,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config-sample":
             sys.stdout.write(config_mod.SAMPLE)
             return 0
+        if args.command == "setup":
+            from .setup import SetupError, run
+
+            try:
+                return run(args)
+            except SetupError as exc:
+                print(f"postroom setup: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
         cfg = config_mod.load(args.config)
         if args.command == "check":
             print(f"{cfg.source}: OK")
