@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .acme import CertificateManager
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -100,6 +101,8 @@ class Postroom:
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
+    certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
+    acme_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -107,6 +110,8 @@ class Postroom:
         if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
             log.info("tls generated self-signed certificate path=%s", cfg.cert_path)
         tls = server_context(cfg.cert_path, cfg.key_path)
+        if cfg.acme.directory:  # the certificate comes from the CA, and is swapped into `tls` when it does
+            self.certificates = CertificateManager(cfg, tls)
 
         self.metrics = Metrics()
         self.store = open_store(cfg.store_url, cfg.data_path)
@@ -170,14 +175,18 @@ class Postroom:
                     return None
                 return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
 
-            app = create_app(self.metrics, health, refresh, settings_for)
+            challenges = self.certificates.challenges if self.certificates is not None else None
+            app = create_app(self.metrics, health, refresh, settings_for, acme_challenges=challenges)
             self.http = await serve_http(app, host, port)
             self.addresses["http"] = (host, self.http.port)
+        if self.certificates is not None:  # after the http listener: the CA checks the challenge there
+            self.acme_task = asyncio.create_task(self.certificates.run(), name="acme")
 
     async def stop(self) -> None:
-        if self.indexer is not None:
-            self.indexer.cancel()
-            await asyncio.gather(self.indexer, return_exceptions=True)
+        for task in (self.indexer, self.acme_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:

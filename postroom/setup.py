@@ -190,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
 ;  - publish the records above in the DNS of {domain}, and an A/AAAA record for {hostname} with reverse DNS
 ;    (PTR) naming {hostname} at your hosting provider;
 ;  - open the ports of the listeners in the firewall: {', '.join(str(p) for p in STANDARD_PORTS.values())};
-;  - the TLS certificate is self-signed until you set tls.cert and tls.key to one a public CA issued for
-;    {hostname} (clients warn until then);
+;  - the TLS certificate is self-signed (clients warn) until you add to the configuration, once {hostname}
+;    resolves to this machine:  [acme] directory = "https://acme-v02.api.letsencrypt.org/directory"
+;    (the certificate then comes from Let's Encrypt by HTTP-01 on port 80, renewed on its own);
 ;  - mail clients set themselves up from the address {address} and its password (autoconfig, Autodiscover,
 ;    SRV records).""")
     return code

@@ -18,7 +18,7 @@ Invariants
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,10 +36,12 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 def create_app(metrics: Metrics, health: HealthCheck,
                before_scrape: Callable[[], Awaitable[None]] | None = None,
-               settings_for: autoconfig.SettingsFor | None = None) -> Starlette:
+               settings_for: autoconfig.SettingsFor | None = None,
+               acme_challenges: Mapping[str, str] | None = None) -> Starlette:
     """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering;
     `settings_for(domain)` gives a hosted domain's client settings (None: not hosted), and without it the
-    autoconfiguration URLs are not served."""
+    autoconfiguration URLs are not served; `acme_challenges` (token -> key authorization, acme.py) is answered at
+    `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3) while an order is in progress."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -92,6 +94,13 @@ def create_app(metrics: Metrics, health: HealthCheck,
         return Response(autoconfig.autodiscover_xml(settings, address), media_type="application/xml",
                         headers=xml_headers)
 
+    async def acme_challenge(request: Request) -> Response:
+        assert acme_challenges is not None
+        answer = acme_challenges.get(request.path_params["token"])
+        if answer is None:
+            return Response("no such challenge\n", status_code=404, media_type="text/plain")
+        return Response(answer, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -103,6 +112,8 @@ def create_app(metrics: Metrics, health: HealthCheck,
             Route("/autodiscover/autodiscover.xml", autodiscover, methods=["GET", "POST"]),
             Route("/Autodiscover/Autodiscover.xml", autodiscover, methods=["GET", "POST"]),
         ]
+    if acme_challenges is not None:
+        routes.append(Route("/.well-known/acme-challenge/{token}", acme_challenge, methods=["GET"]))
     app = Starlette(routes=routes)
     app.state.metrics = metrics
     return app
