@@ -140,6 +140,7 @@ class SMTPConfig:
     client_message_rate: int = 120  # MX messages (MAIL) per minute from one address; 0: no limit
     submission_messages_per_hour: int = 500  # per user; 0: no limit
     submission_recipients_per_hour: int = 2000  # per user; 0: no limit
+    greylist_seconds: float = 0.0  # MX greylisting: a new (network, sender, recipient) waits this long; 0: off
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,7 @@ def _validate(cfg: Config, where: str) -> None:
             except ValueError:
                 raise ConfigError(f"{where}: smtp.{key}[{i}]: {net!r} is not an address or network "
                                   f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
-    for key in ("greet_delay_seconds", "client_connection_rate", "client_message_rate",
+    for key in ("greet_delay_seconds", "greylist_seconds", "client_connection_rate", "client_message_rate",
                 "submission_messages_per_hour", "submission_recipients_per_hour"):
         if getattr(cfg.smtp, key) < 0:
             raise ConfigError(f"{where}: smtp.{key} must be 0 (off) or more")
@@ -544,6 +545,7 @@ client_connection_rate = 60        # MX connections per minute from one address 
 client_message_rate = 120          # MX messages per minute from one address (0: no limit)
 submission_messages_per_hour = 500 # per user on submission (0: no limit)
 submission_recipients_per_hour = 2000  # per user on submission (0: no limit)
+greylist_seconds = 0               # >0: MX greylisting, a new (network, sender, recipient) is retried after this
 
 [delivery]
 enabled = true                     # run the outbound queue in `postroom serve`

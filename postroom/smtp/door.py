@@ -17,6 +17,12 @@ SMTP session):
   make the server a spam cannon. MAIL is `450 4.7.1` once the messages are used up, RCPT `450 4.7.1` once
   the recipients are; both count what was accepted (a message when its data is accepted).
 
+* **Greylisting** (optional, `smtp.greylist_seconds`, off by default): the first attempt of a triplet (the
+  client's network, /24 for IPv4 and /64 for IPv6 as senders retry from pools; the envelope sender; the
+  recipient) is answered `450 4.7.1` at RCPT; a retry after the delay and within `GREY_RETRY_SECONDS` is
+  accepted, and the triplet is then let through at once for `GREY_KEEP_SECONDS` (postgrey's defaults: retry
+  within a day, remembered 35 days).
+
 Addresses in `smtp.screen_exempt` (loopback by default, as Postfix's `permit_mynetworks`) and in
 `smtp.relay_networks` pass the MX tests without a delay and are not rate-limited; users are never exempt.
 
@@ -40,6 +46,8 @@ from postroom.config import SMTPConfig
 
 MAX_KEYS = 100_000  # per table: ~10 MB at most
 PASS_SECONDS = 86400.0  # a passed pregreet test is remembered this long (postscreen_greet_ttl is 1 day)
+GREY_RETRY_SECONDS = 86400.0  # a greylisted triplet must be retried within this
+GREY_KEEP_SECONDS = 35 * 86400.0  # a triplet that passed is let through this long after its last message
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -94,6 +102,48 @@ class PassCache:
             self._until.popitem(last=False)
 
 
+class Greylist:
+    """First-seen and passed times of (network, sender, recipient) triplets (module essay; invariant 2)."""
+
+    def __init__(self, delay: float, max_keys: int = MAX_KEYS) -> None:
+        self.delay = delay
+        self.max_keys = max_keys
+        self._seen: OrderedDict[tuple[str, str, str], tuple[float, bool]] = OrderedDict()  # -> (time, passed)
+
+    @staticmethod
+    def network(ip: str) -> str:
+        """The client's network as greylisting counts it: /24 (IPv4) or /64 (IPv6)."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return ip
+        prefix = 24 if addr.version == 4 else 64
+        return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+    def check(self, ip: str, sender: str, recipient: str, now: float) -> float:
+        """0 if the triplet may pass now (and it is remembered as passed), else the seconds left to wait."""
+        key = (self.network(ip), sender.lower(), recipient.lower())
+        entry = self._seen.pop(key, None)
+        if entry is not None:
+            when, passed = entry
+            if passed and now - when <= GREY_KEEP_SECONDS:
+                self._remember(key, (now, True))
+                return 0.0
+            if not passed and self.delay <= now - when <= GREY_RETRY_SECONDS:
+                self._remember(key, (now, True))
+                return 0.0
+            if not passed and now - when < self.delay:
+                self._remember(key, entry)  # too early: the first sighting still counts
+                return self.delay - (now - when)
+        self._remember(key, (now, False))  # new, or expired: start again
+        return self.delay
+
+    def _remember(self, key: tuple[str, str, str], value: tuple[float, bool]) -> None:
+        self._seen[key] = value
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+
+
 def networks(values: Iterable[str]) -> tuple[Network, ...]:
     """CIDR strings as networks (config validation has checked them)."""
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
@@ -110,6 +160,7 @@ class Door:
         self.messages = Window(60.0)
         self.user_messages = Window(3600.0)
         self.user_recipients = Window(3600.0)
+        self.greylist = Greylist(cfg.greylist_seconds) if cfg.greylist_seconds > 0 else None
 
     def exempt(self, ip: str) -> bool:
         """Whether a client address skips the MX tests and rates (screen_exempt, relay_networks)."""
@@ -148,4 +199,4 @@ class Door:
         self.user_recipients.hit(user, now, recipients)
 
 
-__all__ = ["Door", "PassCache", "Window"]
+__all__ = ["Door", "Greylist", "PassCache", "Window"]

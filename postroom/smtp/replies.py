@@ -91,6 +91,11 @@ R421_CONNECTION_RATE = reply(421, "4.7.0", "Too many connections from your addre
 R450_MESSAGE_RATE = reply(450, "4.7.1", "Too many messages from your address; try again later")
 R450_USER_MESSAGES = reply(450, "4.7.1", "Hourly limit of messages for your account reached; try again later")
 R450_USER_RECIPIENTS = reply(450, "4.7.1", "Hourly limit of recipients for your account reached; try again later")
+
+
+def greylisted(wait: float) -> Reply:
+    """450 4.7.1 for a greylisted triplet (door.py): try again after `wait` seconds."""
+    return reply(450, "4.7.1", f"Greylisted, please try again in {max(1, int(wait + 0.999))} seconds")
 R452_TOO_MANY_RCPTS = reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10
 R452_NO_STORAGE = reply(452, "4.3.1", "Insufficient system storage, try again later")  # RFC 3463 §3.4, RFC 5321 §4.2.2
 R454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")

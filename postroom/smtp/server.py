@@ -390,6 +390,13 @@ class Session:
         except RouteError:
             self.rcpts_refused += 1
             raise
+        # Greylisting after the recipient is known to be ours: an unknown one gets its 550, not a 450 to retry.
+        grey = door.greylist if door is not None and not self.policy.submission else None
+        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
+            wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
+            if wait > 0:
+                self._refused("greylisted", R.greylisted(wait))
+                return
         self.core.accept_rcpt(ev.recipient)
 
     # --- the message -------------------------------------------------------------------------------------------

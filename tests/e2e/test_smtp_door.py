@@ -91,3 +91,21 @@ def test_loopback_is_exempt_by_default(server: Any) -> None:
     with socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=10) as s:
         s.sendall(b"EHLO local\r\n")
         assert s.recv(1000).startswith(b"220 ")
+
+
+@pytest.mark.parametrize("server_overrides", [_overrides(greylist_seconds=300)])
+def test_greylisting(server: Any) -> None:
+    server.add_user("bob@example.org", PW)
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as c:
+        c.ehlo("mx.sender.example")
+        c.mail("a@sender.example")
+        assert c.rcpt("nobody@example.org")[0] == 550  # unknown users are refused for good, not greylisted
+        code, text = c.rcpt("bob@example.org")
+        assert code == 450 and text.startswith(b"4.7.1 Greylisted, please try again in ")
+    # the retry after the delay passes (the server's greylist is asked as if 5 minutes had gone by)
+    grey = server.postroom.services.door.greylist
+    key = (grey.network("127.0.0.1"), "a@sender.example", "bob@example.org")
+    first, passed = grey._seen[key]
+    grey._seen[key] = (first - 300, passed)
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as c:
+        assert c.sendmail("a@sender.example", ["bob@example.org"], b"Subject: x\r\n\r\nhi\r\n") == {}

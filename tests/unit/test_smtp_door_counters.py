@@ -44,3 +44,19 @@ def test_exempt_and_limits() -> None:
     assert not door.user_may_add_recipient("u", 1, 0.0)
     door.user_sent("u", 1, 0.0)
     assert not door.user_may_send("u", 0.0) and door.user_may_send("u", 3600.0)  # a new hour
+
+
+def test_greylist_triplets() -> None:
+    from postroom.smtp.door import GREY_KEEP_SECONDS, GREY_RETRY_SECONDS, Greylist
+
+    g = Greylist(300.0)
+    assert g.check("192.0.2.10", "a@x.example", "bob@example.org", 0.0) == 300.0  # first sighting
+    assert g.check("192.0.2.10", "a@x.example", "bob@example.org", 100.0) == 200.0  # too early
+    assert g.check("192.0.2.77", "A@X.example", "Bob@example.org", 300.0) == 0.0  # retry from the same /24
+    assert g.check("192.0.2.10", "a@x.example", "bob@example.org", 300.0 + GREY_KEEP_SECONDS - 1) == 0.0
+    assert g.check("192.0.2.10", "a@x.example", "carol@example.org", 0.0) == 300.0  # another triplet
+    assert g.check("198.51.100.1", "a@x.example", "bob@example.org", 0.0) == 300.0  # another network
+    # a retry after the retry window starts again
+    assert g.check("203.0.113.5", "s@y.example", "bob@example.org", 0.0) == 300.0
+    assert g.check("203.0.113.5", "s@y.example", "bob@example.org", GREY_RETRY_SECONDS + 1) == 300.0
+    assert Greylist.network("2001:db8::1") == "2001:db8::/64" and Greylist.network("192.0.2.9") == "192.0.2.0/24"
