@@ -54,15 +54,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from postroom.net.receivebuffer import NEED_DATA as NEED_DATA  # re-exported: the sessions import it from here
+from postroom.net.receivebuffer import TOO_LONG, ReceiveBuffer
+from postroom.net.receivebuffer import NeedData as _NeedData
+
 MAX_LITERALS = 1000  # literals in one command
 WINDOW = 32  # last bytes of a dropped line kept to see its literal announcement: `~{` 20 digits `+}\r\n` is 26
-
-@dataclass(frozen=True, slots=True)
-class _NeedData:
-    pass
-
-
-NEED_DATA = _NeedData()
+# NEED_DATA, the one marker of the cores, comes from net/receivebuffer.py (re-exported above).
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,23 +104,20 @@ class Framer:
     def __init__(self, max_line: int = 8192, max_command: int = 65536) -> None:
         self.max_line = max_line
         self.max_command = max_command
-        self._buf = bytearray()
-        self._scanned = 0
+        self._in = ReceiveBuffer(keep_tail=WINDOW)  # net/receivebuffer.py; a dropped line's end in `.tail`
         self._parts: list[bytes] = []
         self._text = 0  # command text bytes (not literals) so far
         self._state = _LINE
         self._need = 0  # literal bytes still expected (_LITERAL / _SKIP)
         self._request: LiteralRequest | None = None
-        self._discard_line = False  # dropping the tail of an overlong line
-        self._drop_command = False  # ... and that line is command text (its end may announce a literal)
-        self._window = b""  # the last bytes of the line being dropped (invariant 4)
+        self._drop_command = False  # the line being dropped is command text (its end may announce a literal)
         self._discard_command = False  # dropping the rest of a command after a refused non-sync literal
         self._tag = "*"
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet handed out (check before STARTTLS: pipelined plaintext)."""
-        return len(self._buf) + sum(len(p) for p in self._parts)
+        return len(self._in) + sum(len(p) for p in self._parts)
 
     @property
     def command_bytes(self) -> int:
@@ -139,16 +134,8 @@ class Framer:
         return bool(self._parts) or self._state != _LINE
 
     def feed(self, data: bytes) -> None:
-        if self._discard_line:  # invariant 3: dropped as it arrives; invariant 4: its end is kept
-            i = data.find(b"\n")
-            if i < 0:
-                self._window = (self._window + data[-WINDOW:])[-WINDOW:]
-                return
-            self._window = (self._window + data[max(0, i + 1 - WINDOW): i + 1])[-WINDOW:]
-            self._discard_line = False
-            data = data[i + 1:]
+        if self._in.feed(data):  # invariant 3: a dropped line's tail went as it arrived; invariant 4: its end kept
             self._dropped_line_end()
-        self._buf += data
 
     def reset(self) -> None:
         """Forget everything buffered (after STARTTLS)."""
@@ -158,30 +145,19 @@ class Framer:
                    ) -> bytes | None | FramingError:
         """The next line (with its end) if it is complete and at most `limit` bytes; FramingError(text) if it
         is longer (its bytes are dropped, invariant 3); None if more bytes are needed. For a `command` line,
-        the caller must call `_dropped_line_end()` after a FramingError if `_discard_line` is not set (the
+        the caller must call `_dropped_line_end()` after a FramingError if the buffer is not `discarding` (the
         line end was already here); otherwise `feed()` calls it when the line end arrives (invariant 4)."""
-        buf = self._buf
-        i = buf.find(b"\n", self._scanned, limit)
-        if i >= 0:
-            line = bytes(buf[: i + 1])
-            del buf[: i + 1]
-            self._scanned = 0
-            return line
-        if len(buf) >= limit:
-            tag = guess_tag(bytes(buf[:64])) if not self._parts else self._tag
+        data = self._in.data
+        head = bytes(data[:64]) if len(data) >= limit and not self._parts else b""  # a tag, should it be too long
+        line = self._in.take_line(limit)
+        if line is NEED_DATA:
+            return None
+        if line is TOO_LONG:
+            tag = guess_tag(head) if not self._parts else self._tag
             self._drop_command = command
-            j = buf.find(b"\n", limit)
-            if j >= 0:
-                self._window = bytes(buf[max(0, j + 1 - WINDOW): j + 1])
-                del buf[: j + 1]
-            else:
-                self._window = bytes(buf[-WINDOW:])
-                buf.clear()
-                self._discard_line = True
-            self._scanned = 0
             return FramingError(tag, text)
-        self._scanned = len(buf)
-        return None
+        assert isinstance(line, bytes)
+        return line
 
     def _take_command_line(self) -> bytes | None | FramingError:
         if self._discard_command:  # a refused command's text is dropped, not counted: only its lines are capped
@@ -192,10 +168,10 @@ class Framer:
         return self._take_line(self.max_line, command=True)
 
     def _dropped_line_end(self) -> None:
-        """The line being dropped has ended (its last bytes are in `_window`). If it was command text ending in
-        a non-synchronizing literal announcement, skip that literal and go on dropping the command (invariant
-        4); otherwise the refused command is over."""
-        window, self._window = self._window, b""
+        """The line being dropped has ended (its last bytes are in the buffer's `tail`). If it was command text
+        ending in a non-synchronizing literal announcement, skip that literal and go on dropping the command
+        (invariant 4); otherwise the refused command is over."""
+        window, self._in.tail = self._in.tail, b""
         if not self._drop_command:
             return  # a bare line (IDLE, AUTHENTICATE) has no literals
         self._drop_command = False
@@ -223,23 +199,24 @@ class Framer:
             if self._state == _EXTERNAL:
                 raise RuntimeError("external_done() first")
             if self._state in (_LITERAL, _SKIP):
-                n = min(self._need, len(self._buf))
+                n = min(self._need, len(self._in))
                 if n:
                     if self._state == _LITERAL:
-                        self._parts.append(bytes(self._buf[:n]))
-                    del self._buf[:n]
+                        self._parts.append(self._in.take(n))
+                    else:
+                        self._in.drop(n)
                     self._need -= n
                 if self._need:
                     return NEED_DATA
                 self._state = _LINE
-                self._scanned = 0
+                self._in.scanned = 0
             line = self._take_command_line()
             if line is None:
                 return NEED_DATA
             if isinstance(line, FramingError):
                 refused = self._discard_command  # this command was refused before: no second answer
                 self._abandon()
-                if not self._discard_line:  # its line end is already here (invariant 4)
+                if not self._in.discarding:  # its line end is already here (invariant 4)
                     self._dropped_line_end()
                 if refused:
                     continue
@@ -294,10 +271,8 @@ class Framer:
     def take_external(self, max_bytes: int) -> bytes:
         """Up to `max_bytes` buffered bytes of the external literal being read (may be b"")."""
         assert self._state == _EXTERNAL
-        n = min(self._need, len(self._buf), max_bytes)
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        self._need -= n
+        data = self._in.take(min(self._need, max_bytes))
+        self._need -= len(data)
         return data
 
     @property
@@ -307,8 +282,8 @@ class Framer:
 
     def external_done(self, read_elsewhere: int) -> None:
         """The session read `read_elsewhere` bytes of the external literal from the connection itself."""
-        assert self._state == _EXTERNAL and read_elsewhere == self._need and not (read_elsewhere and self._buf)
-        self._state, self._need, self._scanned = _LINE, 0, 0
+        assert self._state == _EXTERNAL and read_elsewhere == self._need and not (read_elsewhere and self._in.data)
+        self._state, self._need, self._in.scanned = _LINE, 0, 0
 
     def reject_literal(self) -> None:
         assert self._state == _DECIDE and self._request is not None

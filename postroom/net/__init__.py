@@ -1,20 +1,5 @@
-"""What every protocol shares: listeners, TLS, the line/literal reader with limits, per-IP connection limits,
-idle timeouts and the session log line. See `connection.py` and `listener.py` for the rules."""
+"""What every protocol shares: listeners (`listener.py`), TLS (`tls.py`), the connection driver with its limits,
+idle timeouts and deadlines (`connection.py`), and the receive buffer of the sans-I/O cores (`receivebuffer.py`).
 
-from postroom.net.connection import (
-    Connection,
-    ConnectionClosed,
-    IdleTimeout,
-    LineTooLong,
-    LiteralTooLarge,
-    NetError,
-    PlaintextAfterStartTLS,
-    ShuttingDown,
-    TLSFailed,
-)
-from postroom.net.listener import Handler, ListenerSpec, NetServer, refusal
-
-__all__ = [
-    "Connection", "ConnectionClosed", "Handler", "IdleTimeout", "LineTooLong", "ListenerSpec", "LiteralTooLarge",
-    "NetError", "NetServer", "PlaintextAfterStartTLS", "ShuttingDown", "TLSFailed", "refusal",
-]
+Nothing is imported here, so a protocol core can use `receivebuffer` without pulling in asyncio or sockets.
+"""

@@ -54,7 +54,10 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from postroom.store.blobs import crlf_size
+from postroom.mime.lineends import crlf_size
+from postroom.net.receivebuffer import NEED_DATA as NEED_DATA  # the one marker of the cores, re-exported
+from postroom.net.receivebuffer import TOO_LONG, ReceiveBuffer
+from postroom.net.receivebuffer import NeedData as _NeedData
 
 # ---------------------------------------------------------------------------------------------------------
 # States, events, options
@@ -66,12 +69,6 @@ class State(enum.Enum):
     UPDATE = "update"
 
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 
 
 @dataclass(frozen=True)
@@ -262,10 +259,8 @@ class POP3Core:
         self.deleted: set[int] = set()  # message numbers marked by DELE (1-based)
         self.retrieved: set[int] = set()  # message numbers sent whole by RETR
         self.username = ""
-        self._buffer = bytearray()
-        self._scanned = 0
+        self._in = ReceiveBuffer()  # net/receivebuffer.py
         self._peeked = 0  # bytes at the start of the buffer already seen by upcoming_retrievals
-        self._discarding = False
         self._pending_user: str | None = None  # set by USER, consumed by the very next command (RFC 1939 §7)
         self._sasl = False  # SASL mode: lines are responses, not commands
         self._waiting = False  # an event is with the session; no new command until it answers
@@ -277,48 +272,29 @@ class POP3Core:
 
     # --- input ----------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        if self._discarding:
-            i = data.find(b"\n")
-            if i < 0:
-                return
-            self._discarding = False
-            data = data[i + 1:]
-        self._buffer += data
+        self._in.feed(data)
 
     @property
     def buffered(self) -> int:
         """Bytes fed and not consumed as lines yet (the session checks this before answering STLS)."""
-        return len(self._buffer) + (1 if self._discarding else 0)
+        return len(self._in) + (1 if self._in.discarding else 0)
 
     @property
     def between_commands(self) -> bool:
         """Nothing of a next line has arrived and no exchange is in progress: a shutdown may interrupt."""
-        return not self._buffer and not self._sasl and not self._discarding
+        return not self._in.data and not self._sasl and not self._in.discarding
 
     def _next_line(self) -> bytes | None | _Error:
-        buf = self._buffer
-        limit = self.options.line_limit
-        end = min(len(buf), limit)
-        i = buf.find(b"\n", self._scanned, end)
-        if i >= 0:
-            line = bytes(buf[:i + 1])
-            del buf[:i + 1]
-            self._scanned = 0
-            self._peeked = max(0, self._peeked - (i + 1))
-            return line
-        if len(buf) >= limit:
-            j = buf.find(b"\n", limit)
-            if j >= 0:
-                del buf[:j + 1]
-            else:
-                buf.clear()
-                self._discarding = True
-            self._scanned = 0
+        line = self._in.take_line(self.options.line_limit)
+        if line is NEED_DATA:
+            return None
+        if line is TOO_LONG:
             self._peeked = 0
             # RFC 2449 §4: commands are at most 255 octets; we allow `line_limit` and refuse longer ones.
             return _Error("line too long")
-        self._scanned = end
-        return None
+        assert isinstance(line, bytes)
+        self._peeked = max(0, self._peeked - len(line))
+        return line
 
     def next_event(self) -> Event:
         if self.closed:
@@ -548,7 +524,7 @@ class POP3Core:
         out: list[Entry] = []
         octets = 0
         pos = self._peeked
-        buf = self._buffer
+        buf = self._in.data
         while len(out) < max_count:
             nl = buf.find(b"\n", pos, pos + 64)
             if nl < 0:
@@ -624,8 +600,7 @@ class POP3Core:
         """RFC 2595 §4: TLS is on; the client must ask CAPA again and we answer with the TLS capabilities."""
         self._waiting = False
         self.tls = True
-        self._buffer.clear()  # nothing read before the handshake is trusted (CVE-2011-0411)
-        self._discarding = False
+        self._in.clear()  # nothing read before the handshake is trusted (CVE-2011-0411)
 
     def message_reply(self, number: int, raw: bytes, lines: int | None) -> list[bytes]:
         """RETR (lines None) or TOP: "+OK", the dot-stuffed bytes, the terminator (RFC 1939 §5, §7)."""

@@ -56,6 +56,9 @@ import string
 from dataclasses import dataclass, field
 
 from postroom.mime.lineends import NUL, Checker
+from postroom.net.receivebuffer import NEED_DATA as NEED_DATA  # the one marker of the cores, re-exported
+from postroom.net.receivebuffer import TOO_LONG, ReceiveBuffer
+from postroom.net.receivebuffer import NeedData as _NeedData
 
 from . import replies as R
 from .replies import Reply, SMTPError
@@ -64,12 +67,6 @@ from .replies import Reply, SMTPError
 # Events
 
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 
 
 @dataclass(frozen=True)
@@ -408,10 +405,8 @@ class ServerCore:
         self._close_reason = "closed"
         self.messages = 0
 
-        self._in = bytearray()
+        self._in = ReceiveBuffer()  # net/receivebuffer.py: lines, BDAT chunks; DATA is scanned in `_in.data`
         self._out: list[bytes] = []
-        self._scan = 0  # bytes at the start of _in known to hold no terminator
-        self._discarding = False  # dropping the rest of an overlong line
         self._awaiting: type | None = None  # invariant 6
         self._pending_mail: MailFrom | None = None
         # The body of the transaction (DATA or BDAT chunks), unstuffed
@@ -434,13 +429,7 @@ class ServerCore:
         self._emit(R.greeting(self.hostname))
 
     def receive_data(self, data: bytes) -> None:
-        if self._discarding and self.mode is not Mode.DATA and self.mode is not Mode.BDAT:
-            i = data.find(b"\n")
-            if i < 0:
-                return
-            self._discarding = False
-            data = data[i + 1:]
-        self._in += data
+        self._in.feed(data)
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -525,7 +514,6 @@ class ServerCore:
         self.txn = None
         self._drop_body()
         self._in.clear()
-        self._scan = 0
 
     # --- the reader ------------------------------------------------------------------------------------------
     def next_event(self) -> Event | _NeedData:
@@ -567,24 +555,12 @@ class ServerCore:
                 return ev
 
     def _line(self, limit: int) -> bytes | Reply | None:
-        buf = self._in
-        i = buf.find(b"\n", self._scan, limit)
-        if i < 0:
-            if len(buf) >= limit:
-                # RFC 5321 §4.5.3.1.4: 500 for the overlong line; drop it up to its LF and carry on.
-                j = buf.find(b"\n", limit)
-                if j >= 0:
-                    del buf[:j + 1]
-                else:
-                    buf.clear()
-                    self._discarding = True
-                self._scan = 0
-                return R.R500_LINE_TOO_LONG
-            self._scan = len(buf)
+        line = self._in.take_line(limit)
+        if line is NEED_DATA:
             return None
-        line = bytes(buf[:i + 1])
-        del buf[:i + 1]
-        self._scan = 0
+        if line is TOO_LONG:
+            return R.R500_LINE_TOO_LONG  # RFC 5321 §4.5.3.1.4: 500 for the overlong line, dropped up to its LF
+        assert isinstance(line, bytes)
         return line.rstrip(b"\n").removesuffix(b"\r")
 
     # --- commands --------------------------------------------------------------------------------------------
@@ -810,23 +786,24 @@ class ServerCore:
             raise SMTPError(R.R503_BDAT_THEN_DATA)
         self.mode = Mode.DATA
         self._line_start = True  # the CRLF that ended the DATA line counts before a final "." (RFC 5321 §4.1.1.4)
-        self._scan = 0
+        self._in.scanned = 0
         self._emit(R.R354_DATA)
 
     def _data(self) -> Event | _NeedData | None:
-        buf = self._in
+        rb = self._in
+        buf = rb.data
         while True:
             if self._line_start:
                 if buf[:3] == b".\r\n":
-                    del buf[:3]
+                    rb.drop(3)
                     return self._data_end()
                 if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
                     return NEED_DATA
-            i = buf.find(b"\r\n.\r\n", max(0, self._scan - 4))
+            i = buf.find(b"\r\n.\r\n", max(0, rb.scanned - 4))
             if i >= 0:
                 cut = i + 2  # the rest starts with "." CRLF at a line start: the end, next time round
             elif len(buf) < DATA_PIECE:
-                self._scan = len(buf)
+                rb.scanned = len(buf)
                 return NEED_DATA
             else:
                 # Invariant 2: hand on whole lines; one longer than a piece is cut, never between CR and LF.
@@ -838,11 +815,7 @@ class ServerCore:
 
     def _data_piece(self, n: int) -> BodyData | None:
         """Unstuff and keep the next `n` bytes of DATA; they never end between CR and LF."""
-        buf = self._in
-        with memoryview(buf) as view:
-            piece = bytes(view[:n])
-        del buf[:n]
-        self._scan = 0
+        piece = self._in.take(n)
         start = self._line_start
         self._line_start = piece.endswith(b"\r\n")
         if self._body_fault is not None:
@@ -855,7 +828,6 @@ class ServerCore:
 
     def _data_end(self) -> Message | None:
         self.mode = Mode.COMMAND
-        self._scan = 0
         return self._body_end(chunked=False)
 
     def _keep(self, raw: bytes) -> BodyData | None:
@@ -939,21 +911,19 @@ class ServerCore:
         return self._bdat()
 
     def _bdat(self) -> Event | _NeedData | None:
-        buf = self._in
-        take = min(self._bdat_left, len(buf))
+        take = min(self._bdat_left, len(self._in))
         ev: BodyData | None = None
         if take:
             if self._bdat_error is None and self.txn is not None:
-                with memoryview(buf) as view:
-                    ev = self._keep(bytes(view[:take]))
-            del buf[:take]
+                ev = self._keep(self._in.take(take))
+            else:
+                self._in.drop(take)
             self._bdat_left -= take
         if ev is not None:
             return ev
         if self._bdat_left:
             return NEED_DATA
         self.mode = Mode.COMMAND
-        self._scan = 0
         error = self._bdat_error
         if error is not None:  # out of sequence: no transaction to end
             self._emit(error)

@@ -12,7 +12,8 @@ import pytest
 
 from postroom.config import LimitsConfig
 from postroom.metrics import Metrics
-from postroom.net import Connection, ListenerSpec, NetServer
+from postroom.net.connection import Connection
+from postroom.net.listener import ListenerSpec, NetServer
 from postroom.web import create_app, serve_http
 
 T = TypeVar("T")

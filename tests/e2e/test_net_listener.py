@@ -16,16 +16,8 @@ import pytest
 
 from postroom.config import LimitsConfig
 from postroom.metrics import Metrics
-from postroom.net import (
-    Connection,
-    IdleTimeout,
-    LineTooLong,
-    ListenerSpec,
-    NetServer,
-    PlaintextAfterStartTLS,
-    ShuttingDown,
-    refusal,
-)
+from postroom.net.connection import Connection, IdleTimeout, LineTooLong, PlaintextAfterStartTLS, ShuttingDown
+from postroom.net.listener import ListenerSpec, NetServer, refusal
 from postroom.net.tls import client_context_trusting, ensure_certificate, server_context
 
 T = TypeVar("T")

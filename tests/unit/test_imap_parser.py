@@ -455,7 +455,7 @@ def test_framer_never_raises_and_stays_bounded(data: bytes, step: int, accept: b
                 break
             if isinstance(ev, P.LiteralRequest):
                 f.accept_literal() if accept and ev.size < 100 else f.reject_literal()
-        assert len(f._buf) <= 64 + step
+        assert len(f._in) <= 64 + step
 
 
 _ATOM = st.binary(min_size=1, max_size=12).map(lambda b: bytes(0x61 + c % 26 for c in b))
