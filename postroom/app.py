@@ -17,13 +17,13 @@ import logging
 import os
 import secrets
 import signal
-import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import metapool as meta_pool
 from .acme import CertificateManager
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
@@ -34,10 +34,10 @@ from .delivery.router import Router
 from .imap.session import imap_handler
 from .indexing import LogProgress, build_index
 from .metrics import Metrics
-from .mime import pool as meta_pool
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
 from .pop3.session import pop3_handler
+from .services import Services
 from .smtp.door import Door
 from .smtp.server import smtp_handler_factory
 from .store import open_store
@@ -59,19 +59,6 @@ PROTOCOL_OF = {
     "pop3": "pop3",
     "pop3s": "pop3",
 }
-
-@dataclass(frozen=True)
-class Services:
-    """What a protocol session may use. Built once by `Postroom.start()`, shared by every session."""
-
-    config: Config
-    store: Store
-    auth: Authenticator
-    metrics: Metrics
-    tls: ssl.SSLContext
-    wake_queue: Callable[[], None] = lambda: None  # the outbound scheduler's wake(), when it runs
-    door: Door | None = None  # SMTP defence at the door (smtp/door.py): pregreet passes, rates, send limits
-
 
 # Listener name -> factory of its session handler.
 HANDLER_FACTORIES: dict[str, Callable[[Services, str], Handler]] = {
@@ -200,7 +187,7 @@ class Postroom:
             await self.retention.stop()
         if self.store is not None:
             await self.store.close()
-        await meta_pool.shutdown()  # the metadata workers (mime/pool.py invariant 4)
+        await meta_pool.shutdown()  # the metadata workers (metapool.py invariant 4)
 
 
 async def _index_in_background(store: Store, cfg: Config) -> None:

@@ -25,9 +25,9 @@ from typing import Any
 
 from . import __version__
 from . import config as config_mod
+from . import metapool as meta_pool
 from .auth.passwords import make_credentials
 from .mailformats import FormatError
-from .mime import pool as meta_pool
 from .store import names, open_store
 from .store.api import ANYONE, RIGHTS, AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
@@ -113,7 +113,7 @@ async def with_store(cfg: config_mod.Config, work: Callable[[Store], Awaitable[i
         return (await work(store)) or 0
     finally:
         await store.close()
-        await meta_pool.shutdown()  # workers started by import or sendmail (mime/pool.py invariant 4)
+        await meta_pool.shutdown()  # workers started by import or sendmail (metapool.py invariant 4)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ The schema step that adds the index (store/sqlite/schema.py, 8) indexes nothing:
 backlog, so opening a large store is quick. `build_index` then works the backlog off in steps of `STEP`
 bodies, each one short write transaction (`Store.index_backlog`), so deliveries and flag changes get the
 writer between steps and no step holds the write lock for long. A body whose stored metadata is missing or of an
-older format has it computed (`mime.pool`, as delivery does) and stored with `Store.write_metas`, which
+older format has it computed (`metapool`, as delivery does) and stored with `Store.write_metas`, which
 indexes it. Until a body is indexed, SEARCH reads it by the exact scan (`Store.search_text` counts it as a
 candidate), so answers are right at every moment of the build.
 
@@ -26,8 +26,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from postroom import metapool as pool
 from postroom.config import LimitsConfig
-from postroom.mime import pool
 from postroom.progress import ProgressSink
 from postroom.store.api import NotFound, Store, StoreError
 

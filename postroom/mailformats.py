@@ -74,7 +74,6 @@ Invariants
 
 from __future__ import annotations
 
-import base64
 import calendar
 import email.utils
 import itertools
@@ -88,6 +87,8 @@ from pathlib import Path
 from typing import BinaryIO, Literal, Self
 
 from postroom.fsutil import fsync_dir, write_all
+from postroom.imap.mutf7 import mutf7_decode as mutf7_decode  # re-exported (import/export tools)
+from postroom.imap.mutf7 import mutf7_encode as mutf7_encode
 from postroom.store.api import Flag
 
 MboxVariant = Literal["mboxrd", "mboxo"]
@@ -535,50 +536,7 @@ def read_message_file(path: str | os.PathLike[str]) -> MailRecord:
                       origin=os.fspath(path))
 
 
-# ---- Maildir++ folder names: IMAP modified UTF-7 (RFC 3501 §5.1.3)
-
-
-def mutf7_encode(text: str, force: str = "") -> str:
-    """`text` in IMAP modified UTF-7; characters in `force` are base64-encoded even if printable."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            b64 = base64.b64encode("".join(pending).encode("utf-16-be")).decode("ascii")
-            out.append("&" + b64.rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for ch in text:
-        if "\x20" <= ch <= "\x7e" and ch not in force:
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    return "".join(out)
-
-
-def mutf7_decode(text: str) -> str:
-    """Decode IMAP modified UTF-7; raises ValueError on malformed input."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "&":
-            out.append(ch)
-            i += 1
-            continue
-        j = text.find("-", i)
-        if j < 0:
-            raise ValueError(f"unterminated modified UTF-7 in {text!r}")
-        if j == i + 1:
-            out.append("&")
-        else:
-            b64 = text[i + 1 : j].replace(",", "/")
-            out.append(base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True).decode("utf-16-be"))
-        i = j + 1
-    return "".join(out)
+# ---- Maildir++ folder names: IMAP modified UTF-7 (RFC 3501 §5.1.3), imap/mutf7.py
 
 
 def maildir_folders(root: str | os.PathLike[str]) -> list[tuple[str, Path]]:

@@ -15,7 +15,7 @@ large APPEND that arrived in a staging file. One threshold decides where the wor
 * anything larger goes to a worker process of the event loop's `MetaPool`. A process, not a thread: a thread
   holds the GIL while it parses (the loop still stalls) and cannot be stopped; a process can be killed.
 
-A worker (`python -m postroom.mime.pool`) reads one job at a time from its stdin and answers on its stdout:
+A worker (`python -m postroom.metapool`) reads one job at a time from its stdin and answers on its stdout:
 a JSON header line (`n`: message bytes that follow, or `path`: a file to read; `depth`/`parts`: the MIME
 limits; `nul`: refuse a NUL, as an APPEND literal must) then the message; the answer is one status byte
 (`M` meta follows, `N` the file held a NUL, `E` an error text follows), an 8-byte big-endian length and the
@@ -55,7 +55,7 @@ from typing import IO
 from postroom.config import LimitsConfig
 from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta, minimal_meta
 
-log = logging.getLogger("postroom.mime.pool")
+log = logging.getLogger("postroom.metapool")
 
 INLINE_MAX = 8 * 1024  # bytes: at most this much is parsed on the event loop (module doc)
 INLINE_PARTS = 100  # lines starting "--" (possible MIME parts) a message parsed on the loop may have
@@ -92,7 +92,7 @@ class _Worker:
         # Popen forks and waits for the exec in the calling thread (tens of ms on a busy machine), so it runs on
         # a worker thread; asyncio.create_subprocess_exec would do it on the event loop.
         proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "postroom.mime.pool"],
+            subprocess.Popen, [sys.executable, "-m", "postroom.metapool"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             start_new_session=True,  # invariant 4: a terminal's SIGINT is the server's to handle
         )

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
+from postroom import metapool as pool
 from postroom.config import LimitsConfig
 from postroom.mailformats import (
     FormatError,
@@ -64,7 +65,6 @@ from postroom.mailformats import (
     read_mbox,
     read_message_file,
 )
-from postroom.mime import pool
 from postroom.progress import ProgressSink, human_bytes
 from postroom.store.api import (
     AlreadyExists,
@@ -274,7 +274,7 @@ async def _append_batch(
     store: Store, mailbox: Mailbox, records: Sequence[MailRecord], report: ImportReport
 ) -> tuple[int, int]:
     # Parse once, at delivery (ARCHITECTURE principle 3): imported mail gets the same stored metadata as mail
-    # that arrives by SMTP or APPEND, computed the same way (mime/pool.py: large ones in worker processes, in
+    # that arrives by SMTP or APPEND, computed the same way (metapool.py: large ones in worker processes, in
     # parallel, each with the same time limit).
     metas = await asyncio.gather(*(pool.meta_bytes(r.raw, _IMPORT_LIMITS) for r in records))
     requests = [

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 The router hands over the message bytes (already carrying the Received header of the hop that brought it), the
 envelope sender and the users. `deliver_local` prepends `Return-Path:` (RFC 5321 §4.4: added at final
-delivery, from the MAIL FROM reverse-path), parses the result once (`mime.pool.meta_bytes`: on the event loop
-up to `mime.pool.INLINE_MAX` bytes, else in a worker process that is killed past `mime.pool.META_SECONDS`, the
+delivery, from the MAIL FROM reverse-path), parses the result once (`metapool.meta_bytes`: on the event loop
+up to `metapool.INLINE_MAX` bytes, else in a worker process that is killed past `metapool.META_SECONDS`, the
 message then stored with minimal metadata and a defect), and calls `store.deliver` once for all the INBOXes:
 one transaction, one blob, one fsync shared with every concurrent delivery (group commit).
 
@@ -21,8 +21,8 @@ import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
+from postroom import metapool as pool
 from postroom.config import LimitsConfig
-from postroom.mime import pool
 from postroom.store.api import AppendRequest, NotFound, Store
 
 

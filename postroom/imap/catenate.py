@@ -11,7 +11,7 @@ BODY.PEEK[section]<partial> gives, located through the message's part table (`Me
 the store in `CHUNK`-sized pieces (`Store.read_message_range`); no source body is read whole. The joined
 message stays in memory while the command's joined messages together hold at most `STAGING_THRESHOLD` bytes,
 else it goes on in a new staging file. Then the existing append path takes over: the metadata is computed once
-(`mime.pool`, from the file by a worker for a staged one), and `Store.append` / `append_file` / `append_multi`
+(`metapool`, from the file by a worker for a staged one), and `Store.append` / `append_file` / `append_multi`
 store the message(s), so the full-text index, thread keys and the change feed follow as for any APPEND.
 
 URLs (RFC 5092 §6, §7.1): `imap://host/mailbox[;UIDVALIDITY=n]/;UID=m[/;SECTION=s][/;PARTIAL=o[.l]]` (host: this
@@ -50,8 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from postroom import metapool as pool
 from postroom.fsutil import write_all
-from postroom.mime import pool
 from postroom.mime.imap import Section, header_fields
 from postroom.store.api import (
     STAGING_THRESHOLD,

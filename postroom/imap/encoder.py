@@ -20,9 +20,9 @@ import re
 import time
 from collections.abc import Sequence
 
-from postroom.mailformats import mutf7_decode, mutf7_encode
+from postroom.flags import flags_to_names
+from postroom.imap.mutf7 import mutf7_decode, mutf7_encode
 from postroom.mime.imap import istring
-from postroom.store.api import flags_to_names
 
 from .parser import MONTHS
 

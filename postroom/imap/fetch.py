@@ -51,7 +51,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from postroom.mime import pool
+from postroom import metapool as pool
 from postroom.mime.cte import UnknownCTE
 from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError

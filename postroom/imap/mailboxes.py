@@ -43,7 +43,7 @@ Invariants
    (acl.py invariant 1): store calls pass `s.user.id` or the owner's id from a resolved target, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
 2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
-3. APPEND computes the message's metadata once (`mime.pool`: on the loop up to `INLINE_MAX` bytes, else in a
+3. APPEND computes the message's metadata once (`metapool`: on the loop up to `INLINE_MAX` bytes, else in a
    worker process with a time limit) and stores it with the body; a message over `limits.message_size` is
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
@@ -65,7 +65,7 @@ import re
 import time
 from array import array
 
-from postroom.mime import pool
+from postroom import metapool as pool
 from postroom.store import names
 from postroom.store.api import (
     RIGHTS,
@@ -550,7 +550,7 @@ async def append(s: Session, cmd: P.Command) -> Result:
             if st.path is not None:
                 st.path.unlink(missing_ok=True)
     raw = a.message
-    meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (mime/pool.py)
+    meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (metapool.py)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
                                                       internal_date=date, meta=meta_bytes))
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"

@@ -102,7 +102,7 @@ from . import parser as P
 from .state import Selected
 
 if TYPE_CHECKING:
-    from postroom.app import Services
+    from postroom.services import Services
 
     from .notify import Notifier
 

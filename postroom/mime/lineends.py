@@ -89,3 +89,40 @@ def normalise(data: bytes) -> bytes:
         return data
     text = data.replace(b"\r\n", b"\n").replace(b"\r", b" ").replace(b"\x00", b" ")
     return text.replace(b"\n", b"\r\n")
+
+
+class CrlfCounter:
+    """`crlf_size` of a body fed in pieces (a file read in chunks): a CR at the end of one piece and an LF at
+    the start of the next are one CRLF, not a bare LF."""
+
+    def __init__(self) -> None:
+        self.octets = 0  # bytes fed
+        self.bare_lf = 0  # LFs not preceded by CR
+        self._last = b""  # the last byte fed
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        data = bytes(chunk)
+        if not data:
+            return
+        self.bare_lf += data.count(b"\n") - data.count(b"\r\n")
+        if data[:1] == b"\n" and self._last == b"\r":
+            self.bare_lf -= 1
+        self.octets += len(data)
+        self._last = data[-1:]
+
+    @property
+    def size(self) -> int:
+        """The octets fed with every bare LF counted as CRLF and an unterminated last line ended (+2)."""
+        unterminated = 2 if self.octets and self._last != b"\n" else 0
+        return self.octets + self.bare_lf + unterminated
+
+
+def crlf_size(data: bytes) -> int:
+    """Octets of `data` in canonical form: every line ended by CRLF (RFC 5322 §2.1), i.e. each bare LF counted
+    as CRLF and a last line without a line end counted with one. This is what POP3 sends for a stored body
+    (`pop3.protocol.dot_stuff`, before byte-stuffing) and so what LIST/STAT/RETR announce (RFC 1939 §11).
+    Two C-speed passes; a body stored with CRLF throughout (anything SMTP accepted) gives len(data) (+2 if it
+    does not end in CRLF)."""
+    counter = CrlfCounter()
+    counter.feed(data)
+    return counter.size

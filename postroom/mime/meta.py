@@ -34,7 +34,7 @@ Invariants:
 4. No pickle: the format is plain JSON with a version number; an unknown version is an error, not a guess.
 5. `compute_meta` is linear in len(raw): the scan is bounded `bytes.find` work per level (structure.py), header
    parameters and encoded words are read left to right, search text is capped (text.py invariant 2) and HTML
-   is reduced by a forward-only scanner (text.py invariant 4). `mime.pool` relies on this to run it on the
+   is reduced by a forward-only scanner (text.py invariant 4). `metapool` relies on this to run it on the
    event loop for small messages.
 """
 
@@ -279,7 +279,7 @@ def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
     """Parse once, at delivery: everything FETCH, SEARCH and the web page read later. Never raises (invariant
     1): a step that fails is recorded as a defect and left out, and if the scan or a structural step fails the
     result is `minimal_meta` with that defect. Linear in len(raw) (module invariant 5). Where it runs (on the
-    event loop or in a worker process) is decided by `mime.pool`, not by callers."""
+    event loop or in a worker process) is decided by `metapool`, not by callers."""
     try:
         return _compute(raw, limits)
     except Exception as e:  # noqa: BLE001 - invariant 1
@@ -319,7 +319,7 @@ MINIMAL_HEADER_MAX = 8 * 1024  # bytes of header `minimal_meta` reads for the EN
 
 def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
     """What is cheap to know of a message whose full metadata could not be computed (a step raised, or the
-    worker computing it ran past `mime.pool.META_SECONDS` and was killed): the size, the ENVELOPE and decoded
+    worker computing it ran past `metapool.META_SECONDS` and was killed): the size, the ENVELOPE and decoded
     header text (SEARCH SUBJECT, FROM, ...) of a header of at most `MINIMAL_HEADER_MAX` bytes (else NIL and
     none), the whole body as one text/plain part (so HEADER, TEXT and BODY[1] still answer from the raw
     bytes), no body search text, and `defect` at offset 0. Linear, and capped where it is not C-speed; never

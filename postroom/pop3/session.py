@@ -80,8 +80,8 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from postroom.app import Services
     from postroom.net.listener import Handler
+    from postroom.services import Services
 
 log = logging.getLogger("postroom.pop3")
 

@@ -90,7 +90,7 @@ from .protocol import (
 from .replies import Reply
 
 if TYPE_CHECKING:
-    from postroom.app import Services
+    from postroom.services import Services
 
 log = logging.getLogger("postroom.smtp")
 message_log = logging.getLogger("postroom.smtp.message")

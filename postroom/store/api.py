@@ -63,6 +63,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from postroom.flags import FLAG_BY_NAME as FLAG_BY_NAME  # re-exported: the store's API names them
+from postroom.flags import FLAG_NAMES as FLAG_NAMES
+from postroom.flags import Flag as Flag
+from postroom.flags import flags_to_names as flags_to_names
+
 if TYPE_CHECKING:
     from postroom.store.textindex import TextFilter
 
@@ -131,26 +136,7 @@ and BDAT, IMAP APPEND literals), never held whole in a session's memory."""
 # System flags: a bitmask in storage. \Recent is per-session (RFC 9051 dropped it) and never stored.
 
 
-class Flag(enum.IntFlag):
-    SEEN = 1
-    ANSWERED = 2
-    FLAGGED = 4
-    DELETED = 8
-    DRAFT = 16
-
-
-FLAG_NAMES: dict[Flag, str] = {
-    Flag.SEEN: "\\Seen",
-    Flag.ANSWERED: "\\Answered",
-    Flag.FLAGGED: "\\Flagged",
-    Flag.DELETED: "\\Deleted",
-    Flag.DRAFT: "\\Draft",
-}
-FLAG_BY_NAME: dict[str, Flag] = {v.lower(): k for k, v in FLAG_NAMES.items()}
-
-
-def flags_to_names(flags: int) -> list[str]:
-    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
+# (Flag, FLAG_NAMES, FLAG_BY_NAME and flags_to_names live in postroom/flags.py, shared with the protocol cores.)
 
 
 def flags_allowed(rights: str) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from imap_support import Raw, wire_imap
 
-from postroom.mime import pool
+from postroom import metapool as pool
 from postroom.mime.meta import MessageMeta, compute_meta
 from postroom.store.api import AppendRequest
 

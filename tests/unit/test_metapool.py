@@ -1,4 +1,4 @@
-"""mime/pool.py: metadata computed in real worker processes, the time limit that kills them, and the one size
+"""metapool.py: metadata computed in real worker processes, the time limit that kills them, and the one size
 threshold below which the event loop computes it itself."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from postroom import metapool as pool
 from postroom.config import LimitsConfig
-from postroom.mime import pool
 from postroom.mime.meta import MessageMeta, compute_meta
 
 LIMITS = LimitsConfig()

@@ -160,8 +160,8 @@ def test_sender_checks_read_a_bounded_from_field() -> None:
 
 def test_shapes_costly_per_element_are_not_parsed_on_the_loop() -> None:
     # Attack on issue 11, F6: 1,600 empty digest parts in 8 KiB cost ~100 ms of CPU; such a message goes to a
-    # worker however small it is (mime/pool.py `inline`).
-    from postroom.mime import pool
+    # worker however small it is (metapool.py `inline`).
+    from postroom import metapool as pool
 
     digest = (b"Content-Type: multipart/digest; boundary=b\r\n\r\n" + b"--b\n\n" * 2000)[:pool.INLINE_MAX]
     assert not pool.inline(digest)
