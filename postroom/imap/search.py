@@ -327,8 +327,9 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
         return await _meta_search(s, key, ctx, modseqs)
     flag_test = _flag_test(key)
     if flag_test is not None and modseqs is None:  # SEEN, UNSEEN, DELETED...: the store filters, in SQL
-        flagged = await s.store.uids_with_flag(sel.id, known[0], known[-1], *flag_test)
-        return [u for u in flagged if sel.msn(u)]  # only what the session has announced
+        # Every message of the store between the first and the last announced UID has been announced: a new one
+        # always gets a UID above all others (RFC 9051 §2.3.1.1), so nothing needs filtering out.
+        return await s.store.uids_with_flag(sel.id, known[0], known[-1], *flag_test)
     cols = await s.store.list_columns(sel.id, known[0], known[-1])
     announced = None if array("I", cols.uids) == known else set(known)
     out = _fast(key, cols)
