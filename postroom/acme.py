@@ -195,7 +195,7 @@ class CertificateManager:
         return acme
 
     def _order(self) -> tuple[bytes, bytes]:
-        from acme import challenges, crypto_util
+        from acme import challenges, crypto_util, messages
 
         acme = self._client()
         key = ec.generate_private_key(ec.SECP256R1())
@@ -206,6 +206,8 @@ class CertificateManager:
         tokens: list[str] = []
         try:
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # RFC 8555 §7.1.4: a CA may reuse a valid authorization (Let's Encrypt does, 30 days)
                 http01 = [c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)]
                 if not http01:
                     raise RuntimeError(f"the CA offers no HTTP-01 challenge for {authz.body.identifier.value}")
