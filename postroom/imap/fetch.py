@@ -239,11 +239,16 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
     recent = sel.is_recent
     found = 0
     wanted = None if listed is None else set(uids)
+    names = [att.name for att in atts]
+    fast = all(n in _FLAG_ITEMS for n in names)
     for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
         cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last)
         found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
+        if wanted is None and fast:
+            await _flag_lines(s, cols, view, j, names)
+            continue
         lines: list[bytes] = []
         for i, uid in enumerate(cols.uids):
             if wanted is not None and uid not in wanted:
@@ -278,6 +283,50 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
         s.write(*lines)
         await s.maybe_flush()
     return found < len(uids)
+
+
+_FLAG_ITEMS = frozenset(("UID", "FLAGS", "MODSEQ"))
+
+
+async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
+    """`light_fetch` for UID, FLAGS and MODSEQ only (FETCH 1:* (FLAGS), STORE's answers, resyncs): the same lines,
+    with the per-message work cut to an index step and a lookup of the item text, which a mailbox has few
+    distinct values of (issue 17: a whole-mailbox FLAGS fetch)."""
+    sel = sel_of(s)
+    recent_ranges = [] if sel.rev2 else [(sel.recent_lo, sel.recent_hi), *sel.recent_more]
+    flags, kw_at, modseqs = cols.flags, cols.keywords_at, cols.modseqs
+    texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
+    head = b"* %d UIDFETCH (" if sel.uidonly else b"* %d FETCH ("
+    lines: list[bytes] = []
+    n = len(view)
+    for i, uid in enumerate(cols.uids):
+        while j < n and view[j] < uid:
+            j += 1
+        if j == n or view[j] != uid:
+            continue  # not announced (cannot happen inside a run; kept safe)
+        items: list[bytes] = []
+        for name in names:
+            if name == "UID":
+                items.append(b"UID %d" % uid)
+            elif name == "FLAGS":
+                kws = kw_at(i)
+                if kws:
+                    lines.extend(sel.announce(kws))  # state.py invariant 5: FLAGS before the FETCH
+                rec = any(lo <= uid <= hi for lo, hi in recent_ranges) if recent_ranges else False
+                key = (flags[i], kws, rec)
+                text = texts.get(key)
+                if text is None:
+                    text = texts[key] = b"FLAGS " + encoder.flag_list(flags[i], kws, rec)
+                items.append(text)
+            else:  # MODSEQ, RFC 7162 §3.1.4.2
+                items.append(b"MODSEQ (%d)" % modseqs[i])
+        lines.append(head % (uid if sel.uidonly else j + 1) + b" ".join(items) + b")\r\n")
+        if len(lines) >= 4000:
+            s.write(*lines)
+            lines = []
+            await s.maybe_flush()
+    s.write(*lines)
+    await s.maybe_flush()
 
 
 async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> None:
