@@ -87,6 +87,8 @@ def parse_record(text: str) -> DmarcRecord | None:
     """RFC 7489 §6.3-6.4. None when the record is not to be applied (no valid p=, and no valid rua= to fall
     back to p=none with, §6.6.3)."""
     tags: dict[str, str] = {}
+    if text.split("=", 1)[0].strip().lower() != "v":
+        return None  # §6.3: "v" MUST be the first tag
     for part in text.split(";"):
         name, eq, value = part.partition("=")
         name, value = name.strip().lower(), value.strip()
