@@ -515,13 +515,13 @@ starttls = true                    # use STARTTLS when the peer offers it
 poll_seconds = 1                   # how often the queue looks for due mail
 messages_per_connection = 100
 
+[delivery.routes]                  # static routes, checked before DNS: "domain" = "host[:port]"
+# "partner.example" = "10.0.0.5:25"
+
 [inbound]                          # sender authentication on the MX listener (Authentication-Results)
 spf = true                         # RFC 7208: MAIL FROM and HELO
 dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 key sizes, RFC 8463 Ed25519)
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
-
-[delivery.routes]                  # static routes, checked before DNS: "domain" = "host[:port]"
-# "partner.example" = "10.0.0.5:25"
 '''
