@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from postroom.config import Config
@@ -47,7 +47,7 @@ class Verdict:
     header: bytes
     spf: SpfResult | None = None
     helo_spf: SpfResult | None = None
-    dkim: list[DkimResult] = field(default_factory=list)
+    dkim: list[DkimResult] | None = None  # None: not checked
     dmarc: DmarcResult | None = None
 
     def log_fields(self) -> list[tuple[str, object]]:
@@ -57,10 +57,8 @@ class Verdict:
             out.append(("spf", self.spf.result))
         if self.helo_spf is not None:
             out.append(("spf_helo", self.helo_spf.result))
-        if self.dkim:
-            out.append(("dkim", ",".join(f"{r.result}:{r.domain or '-'}" for r in self.dkim)))
-        elif self.spf is not None or self.dmarc is not None:
-            out.append(("dkim", "none"))
+        if self.dkim is not None:
+            out.append(("dkim", ",".join(f"{r.result}:{r.domain or '-'}" for r in self.dkim) or "none"))
         if self.dmarc is not None:
             out.append(("dmarc", self.dmarc.result))
             if self.dmarc.policy:
@@ -104,9 +102,10 @@ class InboundChecks:
                 action = "reject" if self.inbound.dmarc_reject == "reject" else "quarantine"
             elif dmarc.result == "fail" and dmarc.disposition == "quarantine":
                 action = "quarantine"
+        checked = dkim if self.inbound.dkim else None
         header = authres.header(self.authserv_id, spf=spf, helo_spf=helo_spf, mail_from=mail_from, helo=helo,
-                                dkim=dkim if self.inbound.dkim else None, dmarc=dmarc)
-        return Verdict(action, header, spf, helo_spf, dkim, dmarc)
+                                dkim=checked, dmarc=dmarc)
+        return Verdict(action, header, spf, helo_spf, checked, dmarc)
 
     async def _spf(self, ip: str, helo: str, mail_from: str) -> tuple[SpfResult, SpfResult | None]:
         """(MAIL FROM result, HELO result). The HELO identity is checked when it is a domain name (RFC 7208

@@ -39,7 +39,8 @@ Invariants
    discarded (`BodyDiscarded`) or the session ends. So a session holds at most about the threshold plus one
    read of input in memory while receiving, whatever the client sends; data past SIZE is not even written.
    A full disk is `452 4.3.1` (RFC 3463 §3.4), like the store's `InsufficientStorage`.
-7. Inbound trust (postroom/inbound/check.py) on the MX listener, for clients not logged in: SPF, DKIM and DMARC
+7. Inbound trust (postroom/inbound/check.py) on the MX listener, for clients that may not relay (not in
+   `smtp.relay_networks`, no POP-before-SMTP: those are ours, like Postfix's mynetworks): SPF, DKIM and DMARC
    run on the message exactly as received, before anything is changed; the Authentication-Results field goes
    on top (RFC 8601 §5), above this hop's Received. A DMARC reject is `550 5.7.1` with the message's log line
    saying `refused=dmarc`; a quarantine goes to the recipients' Junk (`Envelope.junk`). On every listener, an
@@ -371,7 +372,7 @@ class Session:
                                  recipients=recipients, now=self.clock())
         body = b"" if ev.spilled else ev.raw
         verdict: Verdict | None = None
-        if self.checks is not None and not core.authenticated:
+        if self.checks is not None and not core.authenticated and not self.may_relay():
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
             verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
                                               raw=None if ev.spilled else ev.raw, path=staged)

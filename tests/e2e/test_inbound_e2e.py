@@ -78,8 +78,14 @@ def dmarc_reject() -> str:
 
 
 @pytest.fixture
-def server_overrides(zone: ZoneThread, dmarc_reject: str) -> dict[str, Any]:
+def relay_networks() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def server_overrides(zone: ZoneThread, dmarc_reject: str, relay_networks: list[str]) -> dict[str, Any]:
     return {"server": {"hostname": HOST}, "auth": {"allow_plaintext": True},
+            "smtp": {"relay_networks": relay_networks},
             "delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]},
             "inbound": {"spf": True, "dkim": True, "dmarc": True, "dmarc_reject": dmarc_reject,
                         "dns_timeout_seconds": 1.0}}
@@ -219,5 +225,13 @@ def test_submission_is_not_checked(srv: Any) -> None:
     with smtplib.SMTP("127.0.0.1", srv.port("submission")) as c:
         c.login("carol@b.test", "secret-password")
         c.sendmail("carol@b.test", ["bob@b.test"], message("carol@b.test"))
+    [stored] = mailbox(srv, "bob@b.test", "INBOX")
+    assert auth_results(stored) == []
+
+
+@pytest.mark.parametrize("relay_networks", [["127.0.0.0/8"]])
+def test_relay_network_clients_are_trusted_not_checked(srv: Any) -> None:
+    # Like Postfix's mynetworks with OpenDMARC's IgnoreHosts: our own hosts' mail is not judged by DMARC.
+    send(srv, "mallory@evil.test", message("ceo@evil.test"))
     [stored] = mailbox(srv, "bob@b.test", "INBOX")
     assert auth_results(stored) == []
