@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from typing import Any
 
 import dns.flags
@@ -190,3 +191,23 @@ def _rdata(rdtype: str, value: Any) -> dns.rdata.Rdata | None:
         return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), str(value))
     except Exception:
         return None
+
+
+class ZoneThread:
+    """A ZoneDns in an event loop of its own (the server runs in another thread)."""
+
+    def __init__(self) -> None:
+        self.dns = ZoneDns()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.dns.start(), self.loop).result(10)
+
+    def add(self, name: str, rdtype: str, value: Any) -> None:
+        self.dns.add(name, rdtype, value)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.dns.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -10,41 +10,19 @@ authserv-id removed, others kept; §2.2 the field's syntax).
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import logging
 import smtplib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from dkim_support import SigningKey
-from dns_support import ZoneDns
+from dns_support import ZoneThread
 
 HOST = "mx.postroom.test"
 KEY = SigningKey.rsa(2048)
-
-
-class ZoneThread:
-    """A ZoneDns in an event loop of its own (the server runs in another thread)."""
-
-    def __init__(self) -> None:
-        self.dns = ZoneDns()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.dns.start(), self.loop).result(10)
-
-    def add(self, name: str, rdtype: str, value: Any) -> None:
-        self.dns.add(name, rdtype, value)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.dns.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
