@@ -82,10 +82,6 @@ class InboundChecks:
         self.spf = SpfChecker(self.dns, receiver=config.server.hostname)
         self.dmarc = DmarcChecker(self.dns)
 
-    @property
-    def enabled(self) -> bool:
-        return self.inbound.spf or self.inbound.dkim or self.inbound.dmarc
-
     async def check(self, *, ip: str, helo: str, mail_from: str, head: bytes, raw: bytes | None = None,
                     path: Path | None = None) -> Verdict:
         """Check the message `raw` (or the file `path`) whose first bytes are `head`, from client `ip` that said

@@ -589,11 +589,10 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     """`app.HANDLER_FACTORIES` entry for the `smtp`, `submission` and `submissions` listeners."""
     router = Router(services.store, services.config, on_queued=services.wake_queue)
     policy = Policy.for_listener(listener, services)
+    inbound = services.config.inbound
     checks: InboundChecks | None = None
-    if listener == "smtp":  # the MX listener: mail from the world (submission's users are not checked)
-        checks = InboundChecks(services.config)
-        if not checks.enabled:
-            checks = None
+    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
+        checks = InboundChecks(services.config)  # the MX listener: mail from the world (submission is not checked)
 
     async def handler(conn: Connection) -> None:
         await Session(services, router, policy, conn, checks=checks).run()
