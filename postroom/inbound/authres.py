@@ -35,7 +35,7 @@ from postroom.inbound.dmarc import DmarcResult
 from postroom.inbound.spf import SpfResult
 
 MAX_VALUE = 300  # characters of one property value or reason (invariant 1)
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+\Z")  # RFC 2045 token plus "@" (RFC 8601 §2.2 pvalue)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+\Z")  # RFC 2045 token plus "@" (RFC 8601 §2.2 pvalue)
 
 
 def _value(text: str) -> str:
