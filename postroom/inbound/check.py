@@ -83,10 +83,12 @@ class InboundChecks:
         self.dmarc = DmarcChecker(self.dns)
 
     async def check(self, *, ip: str, helo: str, mail_from: str, head: bytes, raw: bytes | None = None,
-                    path: Path | None = None) -> Verdict:
+                    path: Path | None = None, helo_known: SpfResult | None = None) -> Verdict:
         """Check the message `raw` (or the file `path`) whose first bytes are `head`, from client `ip` that said
-        `helo` and gave `mail_from` ("" for the null reverse-path). Never raises (invariant 1)."""
-        spf_job = self._spf(ip, helo, mail_from) if self.inbound.spf else _nothing_spf()
+        `helo` and gave `mail_from` ("" for the null reverse-path). `helo_known`: the HELO identity's result
+        from an earlier message of the session (the same client and name: not looked up again). Never raises
+        (invariant 1)."""
+        spf_job = self._spf(ip, helo, mail_from, helo_known) if self.inbound.spf else _nothing_spf()
         dkim_job = verify_message(self.dns, head, raw=raw, path=path) if self.inbound.dkim else _no_dkim()
         (spf, helo_spf), dkim = await asyncio.gather(spf_job, dkim_job)
         dmarc: DmarcResult | None = None
@@ -103,7 +105,8 @@ class InboundChecks:
                                 dkim=checked, dmarc=dmarc)
         return Verdict(action, header, spf, helo_spf, checked, dmarc)
 
-    async def _spf(self, ip: str, helo: str, mail_from: str) -> tuple[SpfResult, SpfResult | None]:
+    async def _spf(self, ip: str, helo: str, mail_from: str,
+                   helo_known: SpfResult | None) -> tuple[SpfResult, SpfResult | None]:
         """(MAIL FROM result, HELO result). The HELO identity is checked when it is a domain name (RFC 7208
         §2.3: an address literal has no SPF); for the null sender the MAIL FROM result is the HELO one."""
         helo_name = helo.strip("[]")
@@ -115,6 +118,8 @@ class InboundChecks:
             return r, None
         if is_literal:
             return await self.spf.check_mail_from(ip, helo, mail_from), None
+        if helo_known is not None and helo_known.domain == helo:
+            return await self.spf.check_mail_from(ip, helo, mail_from), helo_known
         mf, hl = await asyncio.gather(self.spf.check_mail_from(ip, helo, mail_from), self.spf.check_helo(ip, helo))
         return mf, hl
 

@@ -66,6 +66,7 @@ from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, R
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
@@ -178,6 +179,7 @@ class Session:
                  clock: Callable[[], float] = time.time, checks: InboundChecks | None = None) -> None:
         self.services = services
         self.checks = checks  # inbound trust checks (MX listener only; invariant 7)
+        self.helo_spf: SpfResult | None = None  # the HELO identity's SPF result, once known
         self.router = router
         self.policy = policy
         self.conn = conn
@@ -375,7 +377,10 @@ class Session:
         if self.checks is not None and not core.authenticated and not self.may_relay():
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
             verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
-                                              raw=None if ev.spilled else ev.raw, path=staged)
+                                              raw=None if ev.spilled else ev.raw, path=staged,
+                                              helo_known=self.helo_spf)
+            if verdict.helo_spf is not None and verdict.helo_spf.result != "temperror":
+                self.helo_spf = verdict.helo_spf  # the same for the session's next messages (same client, name)
             if verdict.action == "reject":
                 self._drop_staged()
                 self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict,

@@ -213,3 +213,15 @@ def test_relay_network_clients_are_trusted_not_checked(srv: Any) -> None:
     send(srv, "mallory@evil.test", message("ceo@evil.test"))
     [stored] = mailbox(srv, "bob@b.test", "INBOX")
     assert auth_results(stored) == []
+
+
+def test_helo_identity_checked_once_per_session(srv: Any, zone: ZoneThread) -> None:
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), local_hostname="client.a.test") as c:
+        for n in range(3):
+            c.sendmail("alice@a.test", ["bob@b.test"], KEY.sign(message("alice@a.test", body=b"%d\r\n" % n),
+                                                                "a.test"))
+    stored = mailbox(srv, "bob@b.test", "INBOX")
+    assert len(stored) == 3
+    assert all("smtp.helo=client.a.test" in " ".join(auth_results(m)) for m in stored)
+    assert zone.dns.queries.count(("client.a.test", "TXT")) == 1
+    assert zone.dns.queries.count(("a.test", "TXT")) == 3  # MAIL FROM: per message
