@@ -232,6 +232,7 @@ async def _make_dkim_keys(store: Store, name: str) -> Any:
 
 async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
     from .delivery.dkim import dns_records, txt_strings
+    from .web.autoconfig import srv_records
 
     name = normalize_domain(args.domain)
     domain = await store.get_domain(name)
@@ -247,6 +248,14 @@ async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
         print(f"{rname:<40} 3600 IN {rtype:<4} {shown}")
     if not domain.dkim_private_key:
         print(f"; no DKIM keys yet (the domain predates them): make them with: postroom domain dkim {name}")
+    listeners = args.cfg.listeners.enabled()
+    print("; Mail clients find the IMAP, POP3 and submission services by these (RFC 6186, RFC 8314), and by the")
+    print("; autoconfiguration documents on the web listener, reached through the autoconfig/autodiscover names.")
+    for rname, rtype, value in srv_records(name, hostname, listeners):
+        print(f"{rname:<40} 3600 IN {rtype:<5} {value}")
+    local = sorted(n for n, (host, _) in listeners.items() if host in ("127.0.0.1", "::1", "localhost"))
+    if local:
+        print(f"; these listeners bind a loopback address, so no other machine reaches them: {', '.join(local)}")
     return 0
 
 
@@ -559,6 +568,7 @@ keeps its data in ./postroom-data). Administer it with the other commands; they 
 EPILOG = """\
 examples:
   postroom serve --demo                      run with a demo domain and user, print how to connect
+  postroom setup example.org                 a real server for example.org: config, user, DKIM, unit, DNS
   postroom domain add example.org
   postroom user add alice@example.org        (asks for the password)
   echo "$PW" | postroom user add bob@example.org --password-stdin
@@ -568,7 +578,7 @@ examples:
   postroom import --user alice@example.org ~/mail/inbox.mbox
   postroom export --user alice@example.org --format maildir ./alice-backup
   postroom index                             index mail stored before the full-text index existed, now
-  postroom dns example.org                   the MX, SPF, DKIM and DMARC records to publish
+  postroom dns example.org                   the DNS records to publish: MX, SPF, DKIM, DMARC, SRV
   postroom queue list                        what waits in the outbound queue, and why
   printf 'Subject: hi\\n\\nhello\\n' | postroom sendmail -f alice@example.org bob@example.net
   postroom config-sample > postroom.toml     then: postroom --config postroom.toml serve
@@ -598,7 +608,24 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
     dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
 
-    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC")
+    st = sub.add_parser("setup", help="set up a mail server for DOMAIN on this machine: configuration, domain, "
+                                      "first user, DKIM keys, systemd unit, and the DNS records to publish",
+                        description="Writes the configuration (--config, else /etc/postroom/postroom.toml as root, "
+                                    "else ./postroom.toml) with every listener on its standard port on every "
+                                    "address, creates the store, DOMAIN with DKIM keys and the first user (its "
+                                    "password asked on a terminal, else generated and printed once), writes a "
+                                    "systemd unit, and prints the DNS records to publish and what is left to do.")
+    st.add_argument("domain", help="the mail domain, e.g. example.org")
+    st.add_argument("--hostname", help="this server's public name, the MX target (default: the machine's fully "
+                                       "qualified name, else mail.DOMAIN)")
+    st.add_argument("--data-dir", help="the data folder (default /var/lib/postroom as root, else ./postroom-data)")
+    st.add_argument("--user", help="the first user's address (default postmaster@DOMAIN)")
+    st.add_argument("--systemd-unit", metavar="PATH", help="where to write the systemd unit (default as root: "
+                                                          "/etc/systemd/system/postroom.service; \"\": none)")
+    st.add_argument("--force", action="store_true", help="replace an existing configuration file")
+
+    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC, and the SRV "
+                                         "records and autoconfig names mail clients use to find the services")
     dn.add_argument("domain")
 
     q = sub.add_parser("queue", help="the outbound queue: list | show | retry | delete | flush")
@@ -725,6 +752,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config-sample":
             sys.stdout.write(config_mod.SAMPLE)
             return 0
+        if args.command == "setup":
+            from .setup import SetupError, run
+
+            try:
+                return run(args)
+            except SetupError as exc:
+                print(f"postroom setup: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
         cfg = config_mod.load(args.config)
         if args.command == "check":
             print(f"{cfg.source}: OK")

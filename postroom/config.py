@@ -55,7 +55,7 @@ class ListenersConfig:
         for name in LISTENER_NAMES:
             value = getattr(self, name)
             if value:
-                out[name] = split_hostport(value)
+                out[name] = listen_address(value)
         return out
 
 
@@ -63,6 +63,16 @@ class ListenersConfig:
 class TLSConfig:
     cert: str = ""  # empty: a self-signed certificate is generated into data_dir
     key: str = ""
+
+
+@dataclass(frozen=True)
+class ACMEConfig:
+    """Certificates from an ACME CA (RFC 8555) by the HTTP-01 challenge (postroom/acme.py)."""
+
+    directory: str = ""  # the CA's directory URL; "" = off (tls.cert/tls.key or a self-signed certificate)
+    email: str = ""  # contact address given to the CA (expiry notices); "" = none
+    names: tuple[str, ...] = ()  # names on the certificate; empty: server.hostname
+    ca_bundle: str = ""  # PEM file of the CAs that sign the directory's HTTPS certificate; "" = the system's
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,14 @@ class SMTPConfig:
     vrfy_expn: bool = False  # VRFY/EXPN give real answers to authenticated clients (always 252/502 to others)
     max_received: int = 50  # more Received header fields than this: a mail loop, 554 5.4.6 (RFC 5321 §6.3)
     pop_before_smtp_minutes: float = 0.0  # a POP3/IMAP login lets that IP relay for this long; 0: off
+    # Defence at the door (smtp/door.py)
+    greet_delay_seconds: float = 6.0  # MX: a new client is greeted after this; talking first is refused; 0: off
+    screen_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # no greeting delay, no rate limits on the MX
+    client_connection_rate: int = 60  # MX connections per minute from one address; 0: no limit
+    client_message_rate: int = 120  # MX messages (MAIL) per minute from one address; 0: no limit
+    submission_messages_per_hour: int = 500  # per user; 0: no limit
+    submission_recipients_per_hour: int = 2000  # per user; 0: no limit
+    greylist_seconds: float = 0.0  # MX greylisting: a new (network, sender, recipient) waits this long; 0: off
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    acme: ACMEConfig = field(default_factory=ACMEConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -185,11 +204,28 @@ class Config:
 
     @property
     def cert_path(self) -> Path:
+        if self.acme.directory:
+            return self.data_path / "acme" / "cert.pem"
         return Path(self.tls.cert) if self.tls.cert else self.data_path / "tls" / "cert.pem"
 
     @property
     def key_path(self) -> Path:
+        if self.acme.directory:
+            return self.data_path / "acme" / "key.pem"
         return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
+
+    @property
+    def acme_names(self) -> tuple[str, ...]:
+        """The names ACME certifies: `acme.names`, else the server's host name."""
+        return self.acme.names or (self.server.hostname,)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """A listener's address: `split_hostport`, and "*:25" -> ("", 25): every address of the machine, IPv4 and
+    IPv6 (one socket per family). Raises ValueError."""
+    if value.startswith("*:"):
+        return "", split_hostport("0.0.0.0" + value[1:])[1]
+    return split_hostport(value)
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -301,15 +337,30 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
     if not cfg.server.data_dir:
         raise ConfigError(f"{where}: server.data_dir must not be empty")
+    if cfg.acme.directory:
+        if not cfg.acme.directory.startswith("https://"):
+            raise ConfigError(f"{where}: acme.directory must be an https:// URL (RFC 8555 §6.1), "
+                              f"not {cfg.acme.directory!r}")
+        if cfg.tls.cert or cfg.tls.key:
+            raise ConfigError(f"{where}: acme.directory and tls.cert/tls.key are both set: the certificate comes "
+                              "from one or the other (leave tls.cert and tls.key empty to use ACME)")
+        if "http" not in cfg.listeners.enabled():
+            raise ConfigError(f"{where}: acme.directory needs listeners.http: the CA checks the HTTP-01 challenge "
+                              "there (on port 80 of every name)")
+        for name in cfg.acme_names:
+            if not name or "." not in name or any(c.isspace() or c in "/*:" for c in name):
+                raise ConfigError(f"{where}: acme.names: {name!r} is not a public host name a CA can certify "
+                                  "(set server.hostname or acme.names)")
     seen: dict[tuple[str, int], str] = {}
     for name in LISTENER_NAMES:
         value = getattr(cfg.listeners, name)
         if not value:
             continue
         try:
-            hp = split_hostport(value)
+            hp = listen_address(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)") from None
+            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", \"*:port\" for every "
+                              "address, or \"\" to disable)") from None
         if hp[1] != 0 and hp in seen:
             raise ConfigError(f"{where}: listeners.{name}: {value} is already used by listeners.{seen[hp]}")
         seen[hp] = name
@@ -336,12 +387,20 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("command_deadline_seconds", "min_data_rate", "data_rate_grace_seconds"):
         if getattr(cfg.limits, name) < 0:
             raise ConfigError(f"{where}: limits.{name} must be 0 (off) or more")
-    for i, net in enumerate(cfg.smtp.relay_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"{where}: smtp.relay_networks[{i}]: {net!r} is not an address or network "
-                              f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    for key in ("relay_networks", "screen_exempt"):
+        for i, net in enumerate(getattr(cfg.smtp, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: smtp.{key}[{i}]: {net!r} is not an address or network "
+                                  f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    for key in ("greet_delay_seconds", "greylist_seconds", "client_connection_rate", "client_message_rate",
+                "submission_messages_per_hour", "submission_recipients_per_hour"):
+        if getattr(cfg.smtp, key) < 0:
+            raise ConfigError(f"{where}: smtp.{key} must be 0 (off) or more")
+    if cfg.smtp.greet_delay_seconds > 60:
+        raise ConfigError(f"{where}: smtp.greet_delay_seconds must be at most 60 (clients wait 5 minutes for the "
+                          "greeting, RFC 5321 §4.5.3.2.1, but a long delay only slows real mail)")
     if cfg.imap.expunged_retention_days < 1:
         raise ConfigError(f"{where}: imap.expunged_retention_days must be at least 1")
     for name in ("max_failures_per_ip", "max_failures_per_user"):
@@ -455,6 +514,12 @@ http = "127.0.0.1:8080"
 cert = ""                          # empty: a self-signed certificate is generated into data_dir
 key = ""
 
+[acme]                             # certificates from an ACME CA (Let's Encrypt) by HTTP-01 on the http listener
+directory = ""                     # e.g. "https://acme-v02.api.letsencrypt.org/directory"; "" = off
+email = ""                         # contact for the CA
+names = []                         # names on the certificate; empty: server.hostname
+ca_bundle = ""                     # CAs of the directory's own HTTPS certificate (a private CA); "": the system's
+
 [store]
 url = ""                           # empty: sqlite:///<data_dir>/postroom.db
 
@@ -496,6 +561,13 @@ relay_networks = []                # e.g. ["192.0.2.0/24"]: may relay through th
 vrfy_expn = false                  # true: VRFY/EXPN answer authenticated clients (others get 252/502)
 max_received = 50                  # more Received headers than this is a mail loop (554 5.4.6)
 pop_before_smtp_minutes = 0        # >0: a POP3/IMAP login lets that IP relay for this many minutes
+greet_delay_seconds = 6            # MX: new clients are greeted after this; a client that talks first is refused
+screen_exempt = ["127.0.0.0/8", "::1/128"]  # MX clients without greeting delay and rate limits
+client_connection_rate = 60        # MX connections per minute from one address (0: no limit)
+client_message_rate = 120          # MX messages per minute from one address (0: no limit)
+submission_messages_per_hour = 500 # per user on submission (0: no limit)
+submission_recipients_per_hour = 2000  # per user on submission (0: no limit)
+greylist_seconds = 0               # >0: MX greylisting, a new (network, sender, recipient) is retried after this
 
 [delivery]
 enabled = true                     # run the outbound queue in `postroom serve`

@@ -70,6 +70,7 @@ from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
+    ConnectionClosed,
     DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
@@ -222,6 +223,10 @@ class Session:
         conn, core = self.conn, self.core
         core.tls = conn.tls
         self._update_offers()
+        if not self.policy.submission and not await self._screen():
+            await self._flush()
+            conn.log.update({"helo": "-", "user": "-", "messages": 0, "errors": 0})
+            return
         core.greet()
         try:
             while True:
@@ -262,6 +267,37 @@ class Session:
             self._drop_staged()
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
+
+    async def _screen(self) -> bool:
+        """The MX tests before the greeting (door.py): the connection rate, then the pregreet test. False: the
+        session ends with the reply already queued (and `conn.end` saying why)."""
+        door, ip = self.services.door, self.conn.peer[0]
+        if door is None or door.exempt(ip):
+            return True
+        now = self.clock()
+        if not door.connection_allowed(ip, now):
+            self._refuse_at_door(R.R421_CONNECTION_RATE, "connection-rate")
+            return False
+        delay = self.services.config.smtp.greet_delay_seconds
+        if delay <= 0 or door.passes.passed(ip, now):
+            return True
+        try:
+            early = await asyncio.wait_for(self.conn.read_some(1024, interruptible=True), delay)
+        except TimeoutError:
+            door.passes.add(ip, self.clock())  # it waited for the greeting, as RFC 5321 §3.1 asks
+            return True
+        except (ConnectionClosed, ShuttingDown):
+            self.conn.end = "eof"
+            return False
+        self._refuse_at_door(R.R554_PREGREET, "pregreet", early=len(early))
+        return False
+
+    def _refuse_at_door(self, reply: Reply, reason: str, **fields: object) -> None:
+        self.core.close_with(reply)
+        self.conn.end = "refused"
+        self.conn.log["refused"] = reason
+        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
+                                                ("reason", reason), *fields.items()]).strip())
 
     async def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -330,6 +366,7 @@ class Session:
 
     # --- MAIL / RCPT -------------------------------------------------------------------------------------------
     async def _mail(self, ev: MailFrom) -> None:
+        door = self.services.door
         if self.policy.submission:
             if not self.core.authenticated:
                 self.core.send(R.R530_AUTH_REQUIRED)  # RFC 4954 §6
@@ -337,16 +374,41 @@ class Session:
             if not await self.router.may_send_as(self.core.authenticated, ev.address):
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
+            if door is not None and not door.user_may_send(self.core.authenticated, self.clock()):
+                self._refused("send-limit-messages", R.R450_USER_MESSAGES)
+                return
+        elif door is not None and not door.exempt(self.conn.peer[0]) \
+                and not door.message_allowed(self.conn.peer[0], self.clock()):
+            self._refused("message-rate", R.R450_MESSAGE_RATE)
+            return
         self.core.accept_mail()
+
+    def _refused(self, reason: str, reply: Reply) -> None:
+        """Answer a command with a door refusal, logged with its reason (one line)."""
+        self.core.send(reply)
+        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
+                                                ("user", self.core.authenticated or "-"), ("reason", reason)]).strip())
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
         assert txn is not None
+        door, user = self.services.door, self.core.authenticated
+        if self.policy.submission and door is not None and user \
+                and not door.user_may_add_recipient(user, len(txn.recipients), self.clock()):
+            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            return
         try:
             await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
         except RouteError:
             self.rcpts_refused += 1
             raise
+        # Greylisting after the recipient is known to be ours: an unknown one gets its 550, not a 450 to retry.
+        grey = door.greylist if door is not None and not self.policy.submission else None
+        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
+            wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
+            if wait > 0:
+                self._refused("greylisted", R.greylisted(wait))
+                return
         self.core.accept_rcpt(ev.recipient)
 
     # --- the message -------------------------------------------------------------------------------------------
@@ -421,6 +483,8 @@ class Session:
         finally:
             self._drop_staged()
         self.services.metrics.message_accepted()
+        if self.policy.submission and self.services.door is not None and core.authenticated:
+            self.services.door.user_sent(core.authenticated, len(recipients), self.clock())  # door.py send limits
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
         self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted)

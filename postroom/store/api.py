@@ -286,6 +286,7 @@ class MailboxStatus:
     deleted: int  # messages with \\Deleted (RFC 9051 STATUS DELETED)
     size: int  # total octets (RFC 8438 STATUS SIZE)
     first_unseen_uid: int | None
+    recent: int = 0  # messages past the mailbox's \Recent watermark: no session has been told of them (RECENT)
 
 
 @dataclass(frozen=True)
@@ -709,6 +710,11 @@ class Store(Protocol):
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
         """What `list_messages` returns, as columns (`MessageColumns`): one query, no object per message, for
         listings of a large mailbox."""
+
+    async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
+        """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query
+        answering IMAP SEARCH SEEN / UNSEEN / DELETED ... without a row per message in Python. NotFound for an
+        unknown mailbox."""
 
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
 
