@@ -167,6 +167,18 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class InboundConfig:
+    """Sender authentication of mail arriving on the MX listener (postroom/inbound/): each check's result goes
+    into the Authentication-Results field added to the message (RFC 8601) and into its log line."""
+
+    spf: bool = True  # RFC 7208 check of the MAIL FROM and HELO identities
+    dkim: bool = True  # RFC 6376 verification of every DKIM-Signature
+    dmarc: bool = True  # RFC 7489 alignment and policy (needs spf and dkim)
+    dmarc_reject: str = "reject"  # what p=reject does: "reject" (550 5.7.1 at the end of DATA) or "quarantine"
+    dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -179,6 +191,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -402,6 +415,15 @@ def _validate(cfg: Config, where: str) -> None:
     if cfg.smtp.pop_before_smtp_minutes < 0:
         raise ConfigError(f"{where}: smtp.pop_before_smtp_minutes must not be negative (0 switches it off)")
     _validate_delivery(cfg.delivery, where)
+    if cfg.inbound.dmarc_reject not in ("reject", "quarantine"):
+        raise ConfigError(f"{where}: inbound.dmarc_reject must be \"reject\" or \"quarantine\", "
+                          f"not {cfg.inbound.dmarc_reject!r}")
+    if cfg.inbound.dmarc and not (cfg.inbound.spf and cfg.inbound.dkim):
+        # RFC 7489 §4.2: DMARC passes on an aligned SPF or DKIM pass; with one check off, mail that would pass
+        # through it would fail and its owner's policy would be applied to it.
+        raise ConfigError(f"{where}: inbound.dmarc needs inbound.spf and inbound.dkim on")
+    if cfg.inbound.dns_timeout_seconds <= 0:
+        raise ConfigError(f"{where}: inbound.dns_timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
         raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
     if cfg.pop3.expire not in ("", "never", "0"):
@@ -567,4 +589,11 @@ messages_per_connection = 100
 
 [delivery.routes]                  # static routes, checked before DNS: "domain" = "host[:port]"
 # "partner.example" = "10.0.0.5:25"
+
+[inbound]                          # sender authentication on the MX listener (Authentication-Results)
+spf = true                         # RFC 7208: MAIL FROM and HELO
+dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 key sizes, RFC 8463 Ed25519)
+dmarc = true                       # RFC 7489: needs spf and dkim
+dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
+dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
 '''

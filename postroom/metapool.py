@@ -37,6 +37,11 @@ Invariants
    command) closes them at once. Workers run in a session of their own, so a terminal's Ctrl-C goes to the
    server, which then closes them.
 5. Nothing here raises to a caller for anything a message holds: every failure ends in `minimal_meta`.
+
+Other content work shares the workers: `work(kind, params, raw=|path=)` sends a job with a "kind" (today
+"dkim": inbound/dkim.py verifies signatures there, so hashing and public-key work stay off the loop) and gets
+its payload back, or `WorkFailed` (an error, a dead worker, or `WORK_SECONDS` passed: the worker is killed, as
+in invariant 2). The caller decides what a failure means (for DKIM: `temperror`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def inline(raw: bytes) -> bool:
     took 98 ms) or many addresses (4,000 in 8 KiB: 36 ms). Two C-speed counts decide (invariant 1)."""
     return len(raw) <= INLINE_MAX and raw.count(b"\n--") <= INLINE_PARTS and raw.count(b",") <= INLINE_COMMAS
 META_SECONDS = 2.0  # seconds a worker may spend on one message before it is killed (invariant 2)
+WORK_SECONDS = 10.0  # seconds a `work` job (DKIM verification: hashing a body of up to limits.message_size) may take
 WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker's pipe between two drains (bounded pipe buffer)
 _ANSWER = struct.Struct(">cQ")  # status byte, payload length
 
@@ -149,9 +155,10 @@ class MetaPool:
         self._reaping: set[asyncio.Task[int]] = set()
         self.timeouts = 0  # jobs abandoned (for tests and the log)
 
-    async def run(self, header: dict[str, object], raw: bytes | None) -> tuple[bytes, bytes]:
-        """One job: (status, payload). Raises TimeoutError past `seconds` (the worker is killed), _WorkerFailed
-        when the worker died or could not be started."""
+    async def run(self, header: dict[str, object], raw: bytes | None,
+                  seconds: float | None = None) -> tuple[bytes, bytes]:
+        """One job: (status, payload). Raises TimeoutError past `seconds` (default: the pool's; the worker is
+        killed), _WorkerFailed when the worker died or could not be started."""
         async with self._slots:
             try:
                 worker = self._idle.pop() if self._idle else await _Worker.start()
@@ -159,7 +166,7 @@ class MetaPool:
                 raise _WorkerFailed(f"cannot start a worker: {e}") from e
             done = False
             try:
-                async with asyncio.timeout(self.seconds):
+                async with asyncio.timeout(seconds or self.seconds):
                     answer = await worker.call(header, raw)
                 done = True
                 return answer
@@ -270,6 +277,40 @@ async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul
     return minimal_meta(raw, why)
 
 
+class WorkFailed(Exception):
+    """A `work` job failed: the worker answered with an error, died, could not be started or timed out."""
+
+
+async def work(kind: str, params: dict[str, object], *, raw: bytes | None = None, path: Path | None = None,
+               seconds: float = WORK_SECONDS) -> bytes:
+    """Run a content job other than metadata in a worker (invariants 2-4): `kind` names it ("dkim":
+    `inbound.dkim.verify_in_worker`), `params` are its JSON parameters, the message is `raw` or the file `path`.
+    Returns the job's payload. Raises WorkFailed (past `seconds` too), so callers decide what a failure means."""
+    header: dict[str, object] = {"kind": kind, "params": params, "depth": 0, "parts": 0}
+    if path is not None:
+        header["path"] = str(path)
+    else:
+        header["n"] = len(raw or b"")
+    try:
+        status, payload = await pool().run(header, raw if path is None else None, seconds)
+    except TimeoutError:
+        raise WorkFailed(f"{kind} job took over {seconds:g} s") from None
+    except _WorkerFailed as e:
+        raise WorkFailed(str(e)) from None
+    if status != b"M":
+        raise WorkFailed(payload.decode("utf-8", "replace"))
+    return payload
+
+
+def _job(kind: str, raw: bytes, params: dict[str, object]) -> bytes:
+    """A `work` job in the worker."""
+    if kind == "dkim":
+        from postroom.inbound.dkim import verify_in_worker
+
+        return verify_in_worker(raw, params)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
 # ---- the worker process ------------------------------------------------------------------------------------
 
 def _answer(out: IO[bytes], status: bytes, payload: bytes) -> None:
@@ -297,7 +338,10 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 raw = inp.read(n)
                 if len(raw) != n:
                     return
-            data = compute_meta(raw, limits).to_bytes()
+            if "kind" in job:
+                data = _job(str(job["kind"]), raw, dict(job["params"]))
+            else:
+                data = compute_meta(raw, limits).to_bytes()
         except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta itself never raises
             _answer(out, b"E", f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
             continue

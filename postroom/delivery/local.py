@@ -13,6 +13,8 @@ Invariants
 1. Return-Path is the first line of the stored message; the rest is byte-exact as received.
 2. When `deliver_local` returns, the message is durable in every INBOX it names (store invariant 1).
 3. Each user gets at most one copy per call, whatever number of aliases led to them.
+4. A message the inbound checks quarantined (DMARC, `Envelope.junk`) goes to each user's Junk mailbox instead
+   of the INBOX; a user without one gets one made (special use \\Junk, RFC 6154).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from postroom import metapool as pool
 from postroom.config import LimitsConfig
-from postroom.store.api import AppendRequest, NotFound, Store
+from postroom.store.api import AlreadyExists, AppendRequest, NotFound, Store
 
 
 def return_path(mail_from: str) -> bytes:
@@ -32,9 +34,31 @@ def return_path(mail_from: str) -> bytes:
     return b"Return-Path: <" + mail_from.encode("utf-8") + b">\r\n"
 
 
-async def _inboxes(store: Store, user_ids: Iterable[int]) -> list[int]:
+async def _junk(store: Store, uid: int) -> int | None:
+    """The user's Junk mailbox (RFC 6154 \\Junk special use, else the one named "Junk"); made when missing (every
+    new user gets one, store/api.SPECIAL_USE_DEFAULTS, but a user may have deleted it)."""
+    boxes = await store.list_mailboxes(uid)
+    for box in boxes:
+        if box.special_use == "\\Junk":
+            return box.id
+    for box in boxes:
+        if box.name == "Junk":
+            return box.id
+    try:
+        return (await store.create_mailbox(uid, "Junk", "\\Junk")).id
+    except AlreadyExists:  # made meanwhile by the user or another delivery
+        made = await store.get_mailbox(uid, "Junk")
+        return made.id if made is not None else None
+
+
+async def _inboxes(store: Store, user_ids: Iterable[int], junk: bool = False) -> list[int]:
     boxes = []
     for uid in sorted(set(user_ids)):  # invariant 3
+        if junk:
+            junk_id = await _junk(store, uid)
+            if junk_id is not None:
+                boxes.append(junk_id)
+                continue
         box = await store.get_mailbox(uid, "INBOX")
         if box is None:
             raise NotFound(f"user {uid} has no INBOX")
@@ -43,9 +67,10 @@ async def _inboxes(store: Store, user_ids: Iterable[int]) -> list[int]:
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes) -> int:
-    """Deliver to the INBOX of each user; returns how many INBOXes got it."""
-    boxes = await _inboxes(store, user_ids)
+                        raw: bytes, junk: bool = False) -> int:
+    """Deliver to the INBOX of each user (their Junk mailbox when `junk`: a DMARC quarantine); returns how many
+    mailboxes got it."""
+    boxes = await _inboxes(store, user_ids, junk)
     if not boxes:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
@@ -55,10 +80,10 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
 
 
 async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                             prefix: bytes, path: Path) -> int:
+                             prefix: bytes, path: Path, junk: bool = False) -> int:
     """`deliver_local` of `prefix` + the staging file `path` (left in place), stored from the file
     (`Store.deliver_file`). The metadata scan needs the bytes: they are read once, in a thread, and dropped."""
-    boxes = await _inboxes(store, user_ids)
+    boxes = await _inboxes(store, user_ids, junk)
     if not boxes:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1

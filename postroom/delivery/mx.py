@@ -44,9 +44,11 @@ from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.reversename
 
 from postroom.config import DeliveryConfig, split_hostport
 
@@ -120,8 +122,26 @@ class DnsResolver:
             return None
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
             raise DnsTemporary(f"{name} {rdtype}: {type(exc).__name__}") from None
+        except (dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.NameTooLong):
+            raise DnsNotFound(f"{name}: not a valid name") from None
         except dns.exception.DNSException as exc:
             raise DnsTemporary(f"{name} {rdtype}: {exc}") from None
+
+    async def txt(self, name: str) -> list[bytes]:
+        """Each TXT record at `name` as its strings joined (RFC 7208 §3.3); [] for none. Raises like `mx`."""
+        answer = await self._query(name, "TXT")
+        return [] if answer is None else [b"".join(r.strings) for r in answer]
+
+    async def ips(self, name: str, rdtype: str) -> list[str]:
+        """The "A" or "AAAA" addresses at `name` as text; [] for none. Raises like `mx` (DnsNotFound also for a
+        name that is not a valid DNS name)."""
+        answer = await self._query(name, rdtype)
+        return [] if answer is None else [r.address for r in answer]
+
+    async def ptr(self, ip: str) -> list[str]:
+        """The PTR names of address `ip` (RFC 1035 §3.5 / RFC 3596 §2.5 reverse names), no final dot."""
+        answer = await self._query(dns.reversename.from_address(ip).to_text(), "PTR")
+        return [] if answer is None else [r.target.to_text(omit_final_dot=True) for r in answer]
 
     async def mx(self, domain: str) -> list[tuple[int, str]]:
         answer = await self._query(domain, "MX")

@@ -168,6 +168,7 @@ class Envelope:
     # signer may then sign with the From domain (dkim.py invariant 3). False: relayed for others.
     from_checked: bool = False
     staged: Path | None = None  # a file in the store's staging directory holding the rest of the message
+    junk: bool = False  # DMARC quarantine (inbound/check.py): local copies go to each user's Junk, not INBOX
 
     def head(self, limit: int = HEAD_LIMIT) -> bytes:
         """At least the first `limit` bytes of the message (all of it if shorter). Reads the staged file's start."""
@@ -570,12 +571,13 @@ class Router:
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
         if env.staged is None:
-            local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw) if users else _zero()
+            local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw,
+                                      junk=env.junk) if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
             local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
-                                           env.staged) if users else _zero()
+                                           env.staged, junk=env.junk) if users else _zero()
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None

@@ -39,6 +39,12 @@ Invariants
    discarded (`BodyDiscarded`) or the session ends. So a session holds at most about the threshold plus one
    read of input in memory while receiving, whatever the client sends; data past SIZE is not even written.
    A full disk is `452 4.3.1` (RFC 3463 §3.4), like the store's `InsufficientStorage`.
+7. Inbound trust (postroom/inbound/check.py) on the MX listener, for clients that may not relay (not in
+   `smtp.relay_networks`, no POP-before-SMTP: those are ours, like Postfix's mynetworks): SPF, DKIM and DMARC
+   run on the message exactly as received, before anything is changed; the Authentication-Results field goes
+   on top (RFC 8601 §5), above this hop's Received. A DMARC reject is `550 5.7.1` with the message's log line
+   saying `refused=dmarc`; a quarantine goes to the recipients' Junk (`Envelope.junk`). On every listener, an
+   incoming Authentication-Results field that claims our host name as authserv-id is removed (RFC 8601 §5).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,8 +62,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
-from postroom.delivery.router import HEAD_LIMIT, Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, Rcpt, RouteError, Router
 from postroom.fsutil import write_all
+from postroom.inbound import authres
+from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
@@ -167,8 +177,10 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
 
 class Session:
     def __init__(self, services: Services, router: Router, policy: Policy, conn: Connection,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, checks: InboundChecks | None = None) -> None:
         self.services = services
+        self.checks = checks  # inbound trust checks (MX listener only; invariant 7)
+        self.helo_spf: SpfResult | None = None  # the HELO identity's SPF result, once known
         self.router = router
         self.policy = policy
         self.conn = conn
@@ -422,13 +434,40 @@ class Session:
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
+        body = b"" if ev.spilled else ev.raw
+        verdict: Verdict | None = None
+        if self.checks is not None and not core.authenticated and not self.may_relay():
+            # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
+            verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
+                                              raw=None if ev.spilled else ev.raw, path=staged,
+                                              helo_known=self.helo_spf)
+            if verdict.helo_spf is not None and verdict.helo_spf.result != "temperror":
+                self.helo_spf = verdict.helo_spf  # the same for the session's next messages (same client, name)
+            if verdict.action == "reject":
+                self._drop_staged()
+                self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict,
+                                  refused="dmarc")
+                domain = verdict.dmarc.domain if verdict.dmarc is not None else ""
+                # RFC 7489 §7.3: a rejection at the end of DATA, 5.7.1 (RFC 7372 §3.3 has no DMARC code).
+                core.message_done(Reply(550, "5.7.1", (f"Message refused: the DMARC policy of {domain} says "
+                                                       f"reject and it failed authentication",)))
+                return
+            header = verdict.header + header
+        spans = authres.own_fields(head, self.services.config.server.hostname)
+        if spans:
+            # RFC 8601 §5: fields claiming our authserv-id came from elsewhere: removed (invariant 7).
+            if ev.spilled and staged is not None:
+                await asyncio.to_thread(_remove_from_file, staged, spans)
+            else:
+                body = authres.remove_spans(body, spans)
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + added + (b"" if ev.spilled else ev.raw), envid=ev.params.envid,
+                       raw=header + added + body, envid=ev.params.envid,
                        ret=ev.params.ret, may_relay=self.may_relay(), staged=staged,
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
-                       from_checked=self.may_relay())
+                       from_checked=self.may_relay(),
+                       junk=verdict is not None and verdict.action == "quarantine")
         try:
             if self.policy.submission:
                 if ev.spilled and not header_complete(head):
@@ -448,13 +487,25 @@ class Session:
             self.services.door.user_sent(core.authenticated, len(recipients), self.clock())  # door.py send limits
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
-        message_log.info("%s", logfmt("message", [
-            ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
-            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", len(header) + ev.size),
-            ("chunked", ev.chunked), ("local", accepted.local), ("queued", accepted.queued),
-            ("held", accepted.held), ("queue_ids", ",".join(map(str, accepted.queue_ids)) or "-"),
-            ("user", core.authenticated or "-")]))
+        self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted)
         core.message_done(R.queued(message_id))
+
+    def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
+                     accepted: Accepted | None = None, refused: str = "") -> None:
+        """Invariant 4: the one line per message, accepted or refused by a check (with the check's name)."""
+        conn = self.conn
+        fields: list[tuple[str, object]] = [
+            ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
+            ("from", ev.mail_from or "<>"), ("rcpts", len(recipients)), ("size", size), ("chunked", ev.chunked)]
+        if accepted is not None:
+            fields += [("local", accepted.local), ("queued", accepted.queued), ("held", accepted.held),
+                       ("queue_ids", ",".join(map(str, accepted.queue_ids)) or "-")]
+        fields.append(("user", self.core.authenticated or "-"))
+        if verdict is not None:
+            fields += verdict.log_fields()
+        if refused:
+            fields.append(("refused", refused))
+        message_log.info("%s", logfmt("message", fields))
 
     # --- the staging file of a large body (invariant 6) ---------------------------------------------------------
     def _spill(self, data: bytes | bytearray) -> None:
@@ -586,6 +637,18 @@ class _Staged:
             self.fd = -1
 
 
+def _remove_from_file(path: Path, spans: list[tuple[int, int]]) -> None:
+    """Cut the byte ranges `spans` (all in the header, at the file's start) out of the staged message at `path`:
+    the rest is copied in bounded pieces into a new file that then replaces it (run in a thread)."""
+    last = spans[-1][1]
+    tmp = path.with_name(path.name + ".ar")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        start = src.read(last)
+        dst.write(authres.remove_spans(start, spans))
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, path)
+
+
 def header_complete(head: bytes) -> bool:
     """Does `head`, the start of a message, hold its whole header (RFC 5322 §2.1: it ends at the empty line)?"""
     return head.startswith(b"\r\n") or b"\r\n\r\n" in head
@@ -595,8 +658,12 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     """`app.HANDLER_FACTORIES` entry for the `smtp`, `submission` and `submissions` listeners."""
     router = Router(services.store, services.config, on_queued=services.wake_queue)
     policy = Policy.for_listener(listener, services)
+    inbound = services.config.inbound
+    checks: InboundChecks | None = None
+    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
+        checks = InboundChecks(services.config)  # the MX listener: mail from the world (submission is not checked)
 
     async def handler(conn: Connection) -> None:
-        await Session(services, router, policy, conn).run()
+        await Session(services, router, policy, conn, checks=checks).run()
 
     return handler

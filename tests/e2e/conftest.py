@@ -23,6 +23,7 @@ from postroom.auth.passwords import make_credentials
 from postroom.store.api import Store, User
 
 T = TypeVar("T")
+INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False}
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 
 
@@ -83,6 +84,8 @@ def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerH
         # The outbound queue stays off unless a test turns it on with its own loopback DNS and peers: a test
         # must never look up or connect to anything beyond this machine.
         "delivery": {"enabled": False},
+        # Likewise the inbound checks (SPF, DKIM, DMARC look up DNS): on only where a test gives its own DNS.
+        "inbound": INBOUND_OFF,
     }
     cfg = config_mod.load(None, config_mod.merge(base, server_overrides))
     handle = ServerHandle(cfg)

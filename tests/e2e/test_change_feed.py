@@ -45,7 +45,8 @@ def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
 def conf_for(data: Path, tmp_path: Path) -> Path:
     """A configuration for the admin commands: the running server's data folder, nothing else."""
     conf = tmp_path / "admin.toml"
-    conf.write_text(f'[server]\ndata_dir = "{data}"\n[delivery]\nenabled = false\n')
+    conf.write_text(f'[server]\ndata_dir = "{data}"\n[delivery]\nenabled = false\n'
+                    '[inbound]\nspf = false\ndkim = false\ndmarc = false\n')
     return conf
 
 
@@ -183,7 +184,8 @@ def test_a_stalled_server_resyncs_its_session_after_the_pruning(tmp_path: Path) 
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nimap = "127.0.0.1:0"\n'
                     + "".join(f'{n} = ""\n' for n in ("smtp", "submission", "submissions", "imaps", "pop3",
                                                       "pop3s", "http"))
-                    + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n")
+                    + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
+                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
     postroom(conf, "domain", "add", "example.org")
     postroom(conf, "user", "add", ADDR, "--password", PW)
     writer(data, "append:5")

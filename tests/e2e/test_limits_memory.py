@@ -90,7 +90,8 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
                     + "".join(f'{n} = ""\n' for n in ("submission", "submissions", "imaps", "pop3", "pop3s",
                                                       "http"))
                     + f"[limits]\nmessage_size = {LIMIT}\nliteral_size = {LIMIT}\nconnections_per_ip = 1000\n"
-                    + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n")
+                    + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
+                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
     proc, ports = start_serve(conf)
     try:
         yield Served(proc, ports)

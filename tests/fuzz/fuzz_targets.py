@@ -14,6 +14,8 @@ core's own promises, so a fuzzer finds wrong behaviour and not only crashes:
   the buffer stays within one line's limit plus the chunk (the module's line-reading rule).
 * `imap`: the framer never raises and stays within its limits (framer invariants 1-2); every framed command
   either parses or raises `ParseError` (answered BAD), never anything else.
+* `inbound`: the SPF record parser raises only PermError; DKIM tag lists, DMARC records and the search for our
+  Authentication-Results fields never raise, and the spans found lie inside the input, in order.
 * `mime`: `compute_meta` never raises (meta invariant 1); the serialised meta reads back equal (invariant 2);
   every part-table row names slices inside the message; section and BINARY reads of every part give bytes or
   the documented `UnknownCTE`.
@@ -36,6 +38,8 @@ from collections.abc import Callable
 
 from postroom.config import LimitsConfig
 from postroom.imap import parser as IP
+from postroom.inbound import authres, dmarc, spf
+from postroom.inbound import dkim as dkim_in
 from postroom.mime.imap import Section, UnknownCTE
 from postroom.mime.meta import MessageMeta, compute_meta
 from postroom.pop3 import protocol as P3
@@ -236,7 +240,28 @@ def mime(chunks: list[bytes]) -> None:
             pass
 
 
-TARGETS: dict[str, Target] = {"smtp": smtp, "pop3": pop3, "imap": imap, "mime": mime}
+def inbound(chunks: list[bytes]) -> None:
+    """The inbound-trust parsers on the joined bytes: an SPF record parses or is PermError (never anything
+    else); DKIM-Signature tag lists, DMARC records and our Authentication-Results spans never raise, and the
+    spans lie inside the header, in order."""
+    raw = b"".join(chunks)
+    text = raw.decode("latin-1")
+    try:
+        spf.parse_record("v=spf1 " + text.replace("\r", " ").replace("\n", " "))
+    except spf.PermError:
+        pass
+    dkim_in.signature_tags(raw)
+    dmarc.parse_record(text)
+    last = 0
+    for start, stop in authres.own_fields(raw, "mx.example.test"):
+        if not (last <= start < stop <= len(raw)):
+            raise Finding(f"Authentication-Results span {start}-{stop} out of order or outside the input")
+        last = stop
+    authres.header("mx.example.test", spf=spf.SpfResult("fail", text[:300], reason=text[:300]),
+                   mail_from=text[:300]).decode("ascii")
+
+
+TARGETS: dict[str, Target] = {"smtp": smtp, "pop3": pop3, "imap": imap, "mime": mime, "inbound": inbound}
 
 # ---------------------------------------------------------------------------------------------------------
 # Seeds and mutation
@@ -273,6 +298,13 @@ SEEDS: dict[str, list[bytes]] = {
         b"d1 ENABLE QRESYNC\r\nd2 SELECT INBOX (QRESYNC (67890007 9006011519 41:211,214:541 (1:3,9 2,4:6)))\r\n"
         b"d3 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\nd4 STORE 7,5 (UNCHANGEDSINCE 3) +FLAGS.SILENT "
         b'(\\Deleted)\r\nd5 SEARCH MODSEQ "/flags/\\\\draft" all 620162338\r\nd6 STATUS x (HIGHESTMODSEQ)\r\n',
+    ],
+    "inbound": [
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=sel;\r\n\th=from:to; bh=abc=; b=def=\r\n"
+        b"Authentication-Results: (c) mx.example.test; dkim=pass\r\n\r\nbody\r\n",
+        b"ip4:192.0.2.0/24 a:%{d2}.example mx/24//64 include:_spf.%{o} exists:%{ir}.%{v}.%{d} redirect=x.test "
+        b"exp=%{l1r-}.x ~all",
+        b"v=DMARC1; p=reject; sp=none; pct=50; adkim=s; rua=mailto:x@y.test",
     ],
     "mime": [
         _MSG,

@@ -68,6 +68,9 @@ url = "sqlite:///db/x.db"
     ("[limits]\ncommand_deadline_seconds = -1\n", "limits.command_deadline_seconds must be 0 (off) or more"),
     ("[limits]\nmin_data_rate = -5\n", "limits.min_data_rate must be 0 (off) or more"),
     ("[auth]\nallow_plaintext = 'yes'\n", "auth.allow_plaintext must be true or false"),
+    ("[inbound]\ndmarc_reject = 'drop'\n", "inbound.dmarc_reject must be \"reject\" or \"quarantine\""),
+    ("[inbound]\ndkim = false\n", "inbound.dmarc needs inbound.spf and inbound.dkim on"),
+    ("[inbound]\ndns_timeout_seconds = 0\n", "inbound.dns_timeout_seconds must be positive"),
     ("[listeners]\nsmtp = 'nohostport'\n", "listeners.smtp"),
     ("[listeners]\nsmtp = '127.0.0.1:99999'\n", "out of range"),
     ("[listeners]\nsmtp = '127.0.0.1:2000'\nimap = '127.0.0.1:2000'\n", "already used by listeners.smtp"),
@@ -112,3 +115,10 @@ def test_imap_expunged_retention_days(tmp_path: Path) -> None:
     assert config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 90\n")).imap.expunged_retention_days == 90
     with pytest.raises(config.ConfigError, match="imap.expunged_retention_days"):
         config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 0\n"))
+
+
+def test_the_sample_in_the_docs_is_the_sample() -> None:
+    """docs/CONFIG.md shows `postroom config-sample` as it is: the block and config.SAMPLE are the same text."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
+    start = doc.index("```toml\n") + len("```toml\n")
+    assert doc[start:doc.index("```", start)] == config.SAMPLE

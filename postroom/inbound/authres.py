@@ -1,0 +1,141 @@
+"""Authentication-Results (RFC 8601): the header field that carries this server's verdicts to the reader.
+
+Theory of operation
+-------------------
+`header(authserv_id, spf, helo_spf, dkim, dmarc)` writes one field, one result per folded line:
+
+    Authentication-Results: mx.example.org;
+        spf=pass smtp.mailfrom=alice@a.example;
+        spf=pass smtp.helo=mail.a.example;
+        dkim=pass header.d=a.example header.s=sel header.b=AbCdEfGh;
+        dmarc=pass header.from=a.example
+
+(continuation lines start with a tab; RFC 8601 §2.2 syntax, §2.7 methods and properties, RFC 6008 header.b,
+RFC 7489 §11.2 header.from). A check
+that was not run is left out; with none run the field says `none` (§2.2). Reasons go in `reason="..."` (§2.3).
+
+`own_fields(head, authserv_id)` finds the Authentication-Results fields in a message's header that claim our
+authserv-id, which the MX must remove before adding its own (§5: a border MTA "MUST ... delete" such fields
+that claim to be from it, else anyone could write "dkim=pass" in our name). `remove_spans` cuts them out.
+
+Invariants
+1. The field is ASCII, each line under 998 octets (RFC 5322 §2.1.1): values are cut at `MAX_VALUE` and anything
+   outside the token characters is quoted (§2.2 `value` is a token or a quoted-string).
+2. Only fields whose authserv-id equals ours (case-insensitive) are removed; every other byte of the message is
+   left as it came.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from postroom.inbound.dkim import DkimResult
+from postroom.inbound.dmarc import DmarcResult
+from postroom.inbound.spf import SpfResult
+
+MAX_VALUE = 300  # characters of one property value or reason (invariant 1)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+\Z")  # RFC 2045 token plus "@" (RFC 8601 §2.2 pvalue)
+
+
+def _value(text: str) -> str:
+    text = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in text[:MAX_VALUE])
+    if text and _TOKEN.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _reason(text: str) -> str:
+    return f" reason={_value(text)}" if text else ""
+
+
+def header(authserv_id: str, *, spf: SpfResult | None = None, helo_spf: SpfResult | None = None,
+           mail_from: str = "", helo: str = "", dkim: Sequence[DkimResult] | None = None,
+           dmarc: DmarcResult | None = None) -> bytes:
+    """The Authentication-Results field (with its CRLF) for the results given (module doc)."""
+    parts: list[str] = []
+    if spf is not None:
+        identity = f"smtp.mailfrom={_value(mail_from)}" if mail_from else f"smtp.helo={_value(helo)}"
+        parts.append(f"spf={spf.result}{_reason(spf.reason)} {identity}")
+    if helo_spf is not None:
+        parts.append(f"spf={helo_spf.result}{_reason(helo_spf.reason)} smtp.helo={_value(helo)}")
+    if dkim is not None:
+        if not dkim:
+            parts.append("dkim=none")
+        for r in dkim:
+            props = "".join(f" header.{k}={_value(v)}" for k, v in (("d", r.domain), ("s", r.selector),
+                                                                    ("b", r.b)) if v)
+            parts.append(f"dkim={r.result}{_reason(r.reason)}{props}")
+    if dmarc is not None:
+        comment = f" (p={dmarc.policy} dis={dmarc.disposition})" if dmarc.policy else ""
+        prop = f" header.from={_value(dmarc.domain)}" if dmarc.domain else ""
+        parts.append(f"dmarc={dmarc.result}{comment}{_reason(dmarc.reason)}{prop}")
+    if not parts:
+        parts.append("none")
+    text = f"Authentication-Results: {_value(authserv_id)};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"
+    return text.encode("ascii", "replace")
+
+
+def _header_end(head: bytes) -> int:
+    if head.startswith(b"\r\n"):
+        return 0
+    end = head.find(b"\r\n\r\n")
+    return len(head) if end < 0 else end + 2
+
+
+_FIELD_START = re.compile(rb"(?im)^authentication-results[ \t]*:")
+
+
+def _authserv_id(value: bytes) -> str:
+    """The authserv-id of a field value (RFC 8601 §2.2: [CFWS] authserv-id): comments and folding skipped."""
+    text = re.sub(rb"\r?\n[ \t]", b" ", value).decode("ascii", "replace")
+    while True:
+        text = text.lstrip()
+        if not text.startswith("("):
+            break
+        depth, cut = 0, len(text)
+        for i, c in enumerate(text):
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    cut = i + 1
+                    break
+        text = text[cut:]
+    if text.startswith('"'):
+        m = re.match(r'"((?:[^"\\]|\\.)*)"', text)
+        return re.sub(r"\\(.)", r"\1", m.group(1)).lower() if m else ""
+    return re.split(r"[\s;(]", text, maxsplit=1)[0].lower()
+
+
+def own_fields(head: bytes, authserv_id: str) -> list[tuple[int, int]]:
+    """Byte spans [start, end) in `head` (the message start, CRLF line ends) of the Authentication-Results fields
+    in its header that claim `authserv_id` (invariant 2), continuation lines included."""
+    end = _header_end(head)
+    block = head[:end]
+    ours = authserv_id.lower()
+    spans = []
+    for m in _FIELD_START.finditer(block):
+        stop = m.end()
+        while True:
+            nl = block.find(b"\n", stop)
+            if nl < 0:
+                stop = len(block)
+                break
+            stop = nl + 1
+            if stop >= len(block) or block[stop:stop + 1] not in (b" ", b"\t"):
+                break
+        if _authserv_id(block[m.end():stop]) == ours:
+            spans.append((m.start(), stop))
+    return spans
+
+
+def remove_spans(data: bytes, spans: Sequence[tuple[int, int]]) -> bytes:
+    """`data` without the byte ranges `spans` (sorted, not overlapping)."""
+    out, pos = [], 0
+    for start, stop in spans:
+        out.append(data[pos:start])
+        pos = stop
+    out.append(data[pos:])
+    return b"".join(out)
