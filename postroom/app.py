@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metapool as meta_pool
+from . import mtasts
 from .acme import CertificateManager
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
@@ -165,8 +166,20 @@ class Postroom:
                     return None
                 return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
 
+            async def mta_sts_policy(host: str) -> str | None:
+                name = host.strip().lower().rsplit(":", 1)[0].rstrip(".") if not host.startswith("[") else ""
+                if not name.startswith("mta-sts.") or cfg.mta_sts.mode == "none":
+                    return None
+                try:
+                    if await store.get_domain(name[len("mta-sts."):]) is None:
+                        return None
+                except Invalid:
+                    return None
+                return mtasts.policy_text(cfg.mta_sts.mode, cfg.server.hostname, cfg.mta_sts.max_age_days * 86400)
+
             challenges = self.certificates.challenges if self.certificates is not None else None
-            app = create_app(self.metrics, health, refresh, settings_for, acme_challenges=challenges)
+            app = create_app(self.metrics, health, refresh, settings_for, acme_challenges=challenges,
+                             mta_sts_policy=mta_sts_policy)
             self.http = await serve_http(app, host, port)
             self.addresses["http"] = (host, self.http.port)
         if self.certificates is not None:  # after the http listener: the CA checks the challenge there

@@ -231,6 +231,7 @@ async def _make_dkim_keys(store: Store, name: str) -> Any:
 
 
 async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
+    from . import mtasts
     from .delivery.dkim import dns_records, txt_strings
     from .web.autoconfig import srv_records
 
@@ -248,6 +249,14 @@ async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
         print(f"{rname:<40} 3600 IN {rtype:<4} {shown}")
     if not domain.dkim_private_key:
         print(f"; no DKIM keys yet (the domain predates them): make them with: postroom domain dkim {name}")
+    sts = args.cfg.mta_sts
+    if sts.mode != "none":
+        print(f"; MTA-STS (RFC 8461, mode {sts.mode}) and TLS reports (RFC 8460): senders fetch the policy from "
+              f"https://mta-sts.{name}/.well-known/mta-sts.txt,")
+        print(f"; served by this server's web listener; its certificate must name mta-sts.{name} (acme.names).")
+        for rname, rtype, value in mtasts.dns_records(name, hostname, sts.mode, sts.max_age_days * 86400):
+            shown = txt_strings(value) if rtype == "TXT" else value
+            print(f"{rname:<40} 3600 IN {rtype:<5} {shown}")
     listeners = args.cfg.listeners.enabled()
     print("; Mail clients find the IMAP, POP3 and submission services by these (RFC 6186, RFC 8314), and by the")
     print("; autoconfiguration documents on the web listener, reached through the autoconfig/autodiscover names.")

@@ -115,6 +115,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class MTASTSConfig:
+    """The MTA-STS policy (RFC 8461) served for every hosted domain (postroom/mtasts.py)."""
+
+    mode: str = "testing"  # "testing", "enforce" or "none" (RFC 8461 §5)
+    max_age_days: int = 7  # how long senders cache the policy
+
+
+@dataclass(frozen=True)
 class IMAPConfig:
     # QRESYNC (RFC 7162 §3.2.5): how long the UIDs of expunged messages are remembered, so a client that comes
     # back within this time is told exactly which of its messages went; after it, the RFC's fallback answers.
@@ -188,6 +196,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -401,6 +410,11 @@ def _validate(cfg: Config, where: str) -> None:
     if cfg.smtp.greet_delay_seconds > 60:
         raise ConfigError(f"{where}: smtp.greet_delay_seconds must be at most 60 (clients wait 5 minutes for the "
                           "greeting, RFC 5321 §4.5.3.2.1, but a long delay only slows real mail)")
+    if cfg.mta_sts.mode not in ("testing", "enforce", "none"):
+        raise ConfigError(f"{where}: mta_sts.mode must be \"testing\", \"enforce\" or \"none\", "
+                          f"not {cfg.mta_sts.mode!r}")
+    if not 1 <= cfg.mta_sts.max_age_days <= 365:  # RFC 8461 §3.2: max_age at most 31557600 s
+        raise ConfigError(f"{where}: mta_sts.max_age_days must be 1 to 365")
     if cfg.imap.expunged_retention_days < 1:
         raise ConfigError(f"{where}: imap.expunged_retention_days must be at least 1")
     for name in ("max_failures_per_ip", "max_failures_per_user"):
@@ -548,6 +562,10 @@ min_data_rate = 500                # bytes/s a DATA/BDAT body or IMAP literal mu
 data_rate_grace_seconds = 10
 mime_depth = 50
 mime_parts = 5000
+
+[mta_sts]                          # RFC 8461 policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+mode = "testing"                   # "testing", then "enforce" once the certificate is from a public CA; "none"
+max_age_days = 7
 
 [imap]
 expunged_retention_days = 30       # QRESYNC: days the UIDs of expunged messages are kept for resyncing clients

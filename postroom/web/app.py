@@ -37,11 +37,13 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 def create_app(metrics: Metrics, health: HealthCheck,
                before_scrape: Callable[[], Awaitable[None]] | None = None,
                settings_for: autoconfig.SettingsFor | None = None,
-               acme_challenges: Mapping[str, str] | None = None) -> Starlette:
+               acme_challenges: Mapping[str, str] | None = None,
+               mta_sts_policy: Callable[[str], Awaitable[str | None]] | None = None) -> Starlette:
     """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering;
     `settings_for(domain)` gives a hosted domain's client settings (None: not hosted), and without it the
     autoconfiguration URLs are not served; `acme_challenges` (token -> key authorization, acme.py) is answered at
-    `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3) while an order is in progress."""
+    `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3) while an order is in progress; `mta_sts_policy(host)` is the
+    MTA-STS policy text for a request's Host (`mta-sts.DOMAIN`), None when that domain is not hosted."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -101,6 +103,14 @@ def create_app(metrics: Metrics, health: HealthCheck,
             return Response("no such challenge\n", status_code=404, media_type="text/plain")
         return Response(answer, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
+    async def mta_sts(request: Request) -> Response:
+        assert mta_sts_policy is not None
+        text = await mta_sts_policy(request.headers.get("host", ""))
+        if text is None:
+            return Response("no MTA-STS policy for that name here\n", status_code=404, media_type="text/plain")
+        # RFC 8461 §3.3: text/plain; senders cache it by max_age, not by HTTP caching
+        return Response(text, media_type="text/plain", headers={"Cache-Control": "no-store"})
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -112,6 +122,8 @@ def create_app(metrics: Metrics, health: HealthCheck,
             Route("/autodiscover/autodiscover.xml", autodiscover, methods=["GET", "POST"]),
             Route("/Autodiscover/Autodiscover.xml", autodiscover, methods=["GET", "POST"]),
         ]
+    if mta_sts_policy is not None:
+        routes.append(Route("/.well-known/mta-sts.txt", mta_sts, methods=["GET"]))
     if acme_challenges is not None:
         routes.append(Route("/.well-known/acme-challenge/{token}", acme_challenge, methods=["GET"]))
     app = Starlette(routes=routes)
