@@ -123,8 +123,9 @@ class Postroom:
             bounce = router_bounce(Router(store, cfg, on_queued=wake))
             self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
             self.queue.start()
-        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM's answers for unknown users
-        self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake)
+        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics)
+        self.services = Services(cfg, store, auth, self.metrics, tls, wake)
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():

@@ -82,6 +82,13 @@ class AuthConfig:
     max_failures_per_user: int = 5
     lockout_seconds: float = 300.0
     max_lockout_seconds: float = 3600.0
+    # Addresses (CIDRs) whose logins are never delayed or refused for failures (an office NAT, a webmail
+    # front end): their failures are logged but not counted.
+    trusted_networks: tuple[str, ...] = ()
+    # Successful password checks remembered this many seconds (like Dovecot's auth_cache_ttl), so a client
+    # that reconnects often does not cost an argon2 check each time; 0: off. At most `cache_size` entries.
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
 
 
 @dataclass(frozen=True)
@@ -338,6 +345,14 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: auth.lockout_seconds must be positive and auth.max_delay_seconds not negative")
     if cfg.auth.max_lockout_seconds < cfg.auth.lockout_seconds:
         raise ConfigError(f"{where}: auth.max_lockout_seconds must be at least auth.lockout_seconds")
+    if cfg.auth.cache_ttl < 0 or cfg.auth.cache_size < 0:
+        raise ConfigError(f"{where}: auth.cache_ttl and auth.cache_size must be 0 (off) or more")
+    for i, net in enumerate(cfg.auth.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: auth.trusted_networks[{i}]: {net!r} is not an address or network "
+                              f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
     if cfg.smtp.max_received < 1:
         raise ConfigError(f"{where}: smtp.max_received must be at least 1")
     if cfg.smtp.pop_before_smtp_minutes < 0:
@@ -443,6 +458,9 @@ max_delay_seconds = 15             # the longest such delay
 max_failures_per_user = 5          # failures for a user from one address before that pair is refused
 lockout_seconds = 300              # the window failures count in, and how long a pair is refused
 max_lockout_seconds = 3600         # attempts while refused extend the refusal, never past this
+trusted_networks = []              # e.g. ["192.0.2.0/24"]: never delayed or refused for failed logins
+cache_ttl = 300                    # seconds a successful password check is remembered; 0: off
+cache_size = 10000                 # remembered checks at most (least recently used dropped first)
 
 [limits]
 message_size = 52428800            # bytes
