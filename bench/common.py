@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -141,7 +142,9 @@ class PrivatePostroom(Server):
     """`postroom serve` as its own process: base/data, base/postroom.toml, stderr in base/postroom.log.
 
     One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port, every other one off; `settings` is more
-    TOML appended to the configuration (it may be replaced on each start).
+    TOML appended to the configuration (it may be replaced on each start). `server.event_loop` is taken from
+    the environment variable POSTROOM_EVENT_LOOP when it is set ("asyncio", "uvloop", "auto"), so any bench
+    can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`.
     """
 
     def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None) -> None:
@@ -170,7 +173,9 @@ class PrivatePostroom(Server):
         if settings is not None:
             self.settings = settings
         off = "\n".join(f'{n} = ""' for n in LISTENERS if n != self.listener)
-        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n'
+        loop = os.environ.get("POSTROOM_EVENT_LOOP", "")
+        loop_line = f'event_loop = "{loop}"\n' if loop else ""
+        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}'
                              f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
         exe = Path(sys.executable).with_name("postroom")
         cmd = [str(exe), "--config", str(self.conf), "serve"]

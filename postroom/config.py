@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import tomllib
 import types
@@ -31,8 +32,12 @@ class ServerConfig:
     hostname: str = "localhost"  # greetings and Received headers
     data_dir: str = "./postroom-data"
     shutdown_grace_seconds: float = 10.0  # SIGTERM: how long sessions may finish before they are cut
+    # The asyncio event loop `postroom serve` runs on: "asyncio" (the standard library's), "uvloop" (libuv's;
+    # refused at start when the uvloop package is not installed), or "auto" (uvloop when importable).
+    event_loop: str = "asyncio"
 
 
+EVENT_LOOPS = ("asyncio", "uvloop", "auto")
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 # Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
@@ -295,6 +300,12 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
     if not cfg.server.data_dir:
         raise ConfigError(f"{where}: server.data_dir must not be empty")
+    if cfg.server.event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"{where}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
+                          f"not {cfg.server.event_loop!r}")
+    if cfg.server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(f"{where}: server.event_loop = \"uvloop\" but the uvloop package is not installed "
+                          "(pip install uvloop, or write \"auto\" to fall back to the standard loop)")
     seen: dict[tuple[str, int], str] = {}
     for name in LISTENER_NAMES:
         value = getattr(cfg.listeners, name)
@@ -433,6 +444,7 @@ SAMPLE = '''\
 [server]
 hostname = "localhost"            # used in greetings and Received headers
 data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)
 
 [listeners]                        # "host:port"; "" disables a listener
 smtp = "127.0.0.1:2525"            # MX: inbound from the world
