@@ -102,3 +102,15 @@ def test_imap_expunged_retention_days(tmp_path: Path) -> None:
     assert config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 90\n")).imap.expunged_retention_days == 90
     with pytest.raises(config.ConfigError, match="imap.expunged_retention_days"):
         config.load(write(tmp_path, "[imap]\nexpunged_retention_days = 0\n"))
+
+
+def test_auth_cache_trusted_networks_and_event_loop_are_checked() -> None:
+    cfg = config.load(None, {"auth": {"trusted_networks": ["192.0.2.0/24", "2001:db8::1"], "cache_ttl": 0},
+                             "server": {"event_loop": "asyncio"}})
+    assert cfg.auth.trusted_networks == ("192.0.2.0/24", "2001:db8::1") and cfg.auth.cache_ttl == 0.0
+    with pytest.raises(config.ConfigError, match=r"auth.trusted_networks\[1\]: 'office' is not an address"):
+        config.load(None, {"auth": {"trusted_networks": ["192.0.2.0/24", "office"]}})
+    with pytest.raises(config.ConfigError, match="auth.cache_ttl and auth.cache_size must be 0"):
+        config.load(None, {"auth": {"cache_ttl": -1}})
+    with pytest.raises(config.ConfigError, match="server.event_loop must be one of asyncio, uvloop, auto"):
+        config.load(None, {"server": {"event_loop": "tokio"}})
