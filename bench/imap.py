@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, Server, progress, servers_stopped  # bench/common.py
+from common import PrivatePostroom, Server, cpu_seconds, progress, servers_stopped  # bench/common.py
 from dovecot import PrivateDovecot
 
 from postroom.auth.passwords import hash_password
@@ -340,12 +340,16 @@ def main() -> int:
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
+    cpu: dict[str, float] = {}
     servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
     with servers_stopped(work) as started:
         for name, start in servers:
             server, port = start(work, messages, args.idle)
             started.append(server)
+            cpu0 = cpu_seconds(server.pid)
             secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name))
+            time.sleep(0.5)  # Dovecot's per-session processes are reaped (their CPU time moves to the master)
+            cpu[name] = cpu_seconds(server.pid) - cpu0
             per_idle = asyncio.run(idle_memory(port, server.pid, args.idle, name)) if args.idle else 0
             results[name] = (secs, lat, per_idle)
             server.stop()
@@ -364,6 +368,7 @@ def main() -> int:
     ops_a = sum(len(v) for v in results[pr][1].values()) / results[pr][0]
     ops_b = sum(len(v) for v in results[dv][1].values()) / results[dv][0]
     print(f"| **operations/s** | {ops_a:,.0f} | {ops_b:,.0f} | {ops_a / ops_b:.2f}x (Postroom / Dovecot) |")
+    print(f"| **server CPU s** (all processes) | {cpu[pr]:.1f} | {cpu[dv]:.1f} | {cpu[pr] / cpu[dv]:.2f}x |")
     if args.idle:
         ma, mb = results[pr][2], results[dv][2]
         print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "
