@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -42,6 +43,31 @@ def progress(text: str = "", end: str = "\n") -> None:
     """Progress goes to stderr (the tables go to stdout)."""
     sys.stderr.write(text + end)
     sys.stderr.flush()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, seconds) used so far by `pid`, its live descendants, and the children they
+    reaped (from /proc). Unlike wall time it hardly moves with other load on the machine, so it compares two
+    runs of one server (e.g. two event loops) on a busy machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        used[int(entry)] = sum(int(f) for f in fields[11:15]) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += used.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
 
 
 def free_port() -> int:
@@ -141,7 +167,9 @@ class PrivatePostroom(Server):
     """`postroom serve` as its own process: base/data, base/postroom.toml, stderr in base/postroom.log.
 
     One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port, every other one off; `settings` is more
-    TOML appended to the configuration (it may be replaced on each start).
+    TOML appended to the configuration (it may be replaced on each start). `server.event_loop` is taken from
+    the environment variable POSTROOM_EVENT_LOOP when it is set ("asyncio", "uvloop", "auto"), so any bench
+    can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`.
     """
 
     def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None) -> None:
@@ -170,7 +198,9 @@ class PrivatePostroom(Server):
         if settings is not None:
             self.settings = settings
         off = "\n".join(f'{n} = ""' for n in LISTENERS if n != self.listener)
-        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n'
+        loop = os.environ.get("POSTROOM_EVENT_LOOP", "")
+        loop_line = f'event_loop = "{loop}"\n' if loop else ""
+        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}'
                              f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
         exe = Path(sys.executable).with_name("postroom")
         cmd = [str(exe), "--config", str(self.conf), "serve"]

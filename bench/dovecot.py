@@ -44,13 +44,14 @@ class PrivateDovecot(Server):
     """protocols: "imap" and/or "pop3". password: the passwd-file entry with its scheme, e.g. "{PLAIN}secret".
 
     folders: more Maildir++ folders besides INBOX (e.g. "Drafts"). limit: if given, the process and client
-    limits (and per-user connections) are raised to serve that many sessions at once.
+    limits (and per-user connections) are raised to serve that many sessions at once. extra: more lines for
+    dovecot.conf (e.g. "auth_cache_size = 10M").
     """
 
     stop_timeout = 15.0
 
     def __init__(self, base: Path, protocols: Sequence[str], user: str, password: str,
-                 folders: Sequence[str] = (), limit: int | None = None) -> None:
+                 folders: Sequence[str] = (), limit: int | None = None, extra: str = "") -> None:
         if not available():
             pkgs = " ".join(f"dovecot-{p}d" for p in protocols)
             raise RuntimeError(f"dovecot not installed (Debian: apt-get install {pkgs})")
@@ -60,6 +61,7 @@ class PrivateDovecot(Server):
         self.protocols = list(protocols)
         self.user, self.password = user, password
         self.limit = limit
+        self.extra = extra  # more dovecot.conf lines (e.g. "auth_cache_size = 10M")
         self.ports = {p: free_port() for p in self.protocols}
         for folder in ["", *(f".{f}" for f in folders)]:
             for sub in ("cur", "new", "tmp"):
@@ -118,6 +120,7 @@ userdb {{
   args = uid={uid} gid={gid} home={d}
 }}
 mail_location = maildir:{self.maildir}
+{self.extra}
 {limits}{services}""")
 
     def start(self, timeout: float = 30.0) -> None:

@@ -1,6 +1,7 @@
 """IMAP load: Postroom beside Dovecot on the same mailbox, with a realistic command mix and 1,000 idle sessions.
 
     .venv/bin/python bench/imap.py [--count 2000] [--clients 20] [--sessions 5] [--idle 1000] [--dir PATH]
+    .venv/bin/python bench/imap.py --churn [--count 2000] [--clients 10] [--sessions 20]
 
 A mailbox of --count messages (plain and multipart, sizes spread around 6 KiB) is put into a fresh Postroom
 data folder (through the store, with its metadata computed as delivery does) and into a Maildir for a
@@ -23,6 +24,16 @@ session) is compared before and after: bytes per idle session.
 
 Each server gets one untimed warm-up session first (Dovecot builds its index, both fill the page cache).
 Progress goes to stderr, the table to stdout.
+
+--churn measures login churn instead: phones that poll. Each session is a new connection doing
+
+    LOGIN, SELECT INBOX, FETCH of the last 10 messages' (UID FLAGS), LOGOUT
+
+so every fourth command is a LOGIN with the same argon2id hash on both servers (64 MiB, t=3, p=4). Four servers
+run one after the other on the same mailbox: Postroom with its auth cache off (`auth.cache_ttl = 0`, every
+LOGIN runs argon2) and on (the default, 300 s), Dovecot without an auth cache (its default) and with one
+(`auth_cache_size = 10M`, `auth_cache_ttl = 300s`). The table gives commands/s and LOGIN latency per server,
+and the ratios within the run.
 """
 
 from __future__ import annotations
@@ -33,16 +44,18 @@ import os
 import random
 import re
 import resource
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, progress, servers_stopped  # bench/common.py
+from common import PrivatePostroom, Server, cpu_seconds, progress, servers_stopped  # bench/common.py
 from dovecot import PrivateDovecot
 
 from postroom.auth.passwords import hash_password
@@ -210,9 +223,35 @@ async def one_session(port: int, count: int, rng: random.Random, lat: dict[str, 
     c.close()
 
 
-async def load(port: int, count: int, clients: int, sessions: int, label: str) -> tuple[float, dict[str, list[float]]]:
-    lat: dict[str, list[float]] = {op: [] for op in OPS}
-    await one_session(port, count, random.Random(0), {op: [] for op in OPS})  # warm-up
+CHURN_OPS = ("LOGIN", "SELECT", "FETCH flags", "LOGOUT")
+
+
+async def churn_session(port: int, count: int, rng: random.Random, lat: dict[str, list[float]]) -> None:
+    """One poll of a phone: connect and LOGIN, SELECT, the last 10 messages' flags, LOGOUT."""
+    t = time.perf_counter()
+    c = await Client.connect(port)
+    await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+    lat["LOGIN"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    await c.cmd(b"SELECT INBOX")
+    lat["SELECT"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    await c.cmd(b"FETCH %d:* (UID FLAGS)" % max(1, count - 9))
+    lat["FETCH flags"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    try:
+        await c.cmd(b"LOGOUT")
+    except EOFError:
+        pass
+    lat["LOGOUT"].append(time.perf_counter() - t)
+    c.close()
+
+
+async def load(port: int, count: int, clients: int, sessions: int, label: str,
+               session: Callable[..., Awaitable[None]] = one_session,
+               ops: tuple[str, ...] = OPS) -> tuple[float, dict[str, list[float]]]:
+    lat: dict[str, list[float]] = {op: [] for op in ops}
+    await session(port, count, random.Random(0), {op: [] for op in ops})  # warm-up
     done = 0
     total = clients * sessions
 
@@ -220,7 +259,7 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str) -
         nonlocal done
         rng = random.Random(w)
         for _ in range(sessions):
-            await one_session(port, count, rng, lat)
+            await session(port, count, rng, lat)
             done += 1
             progress(f"\r  {label:<28} sessions {done:>5}/{total}", end="")
 
@@ -257,18 +296,18 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
 # --- the servers -----------------------------------------------------------------------------------------
 
 
-def start_postroom(work: Path, messages: list[bytes], idle: int) -> tuple[PrivatePostroom, int]:
+def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "") -> tuple[PrivatePostroom, int]:
     server = PrivatePostroom(work / "postroom", "imap",
-                             f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n"
+                             f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n{auth}"
                              f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n")
     server.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
     return server, server.start(greeting=b"* OK", timeout=30)
 
 
-def start_dovecot(work: Path, messages: list[bytes], idle: int) -> tuple[PrivateDovecot, int]:
+def start_dovecot(work: Path, messages: list[bytes], idle: int, extra: str = "") -> tuple[PrivateDovecot, int]:
     # The same argon2id hash Postroom keeps, so a LOGIN costs both servers the same work.
     server = PrivateDovecot(work / "dovecot", ["imap"], USER, f"{{ARGON2ID}}{hash_password(PASSWORD)}",
-                            folders=("Drafts", "Sent", "Trash"), limit=idle + 500)
+                            folders=("Drafts", "Sent", "Trash"), limit=idle + 500, extra=extra)
     server.fill(messages)
     server.start()
     return server, server.ports["imap"]
@@ -288,7 +327,10 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=5, help="sessions per client")
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions for the memory measurement")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--churn", action="store_true", help="login churn: short polling sessions (see above)")
     args = ap.parse_args()
+    if args.churn:
+        return churn_main(args)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * args.idle + 1000))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the servers inherit it
@@ -298,12 +340,16 @@ def main() -> int:
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
+    cpu: dict[str, float] = {}
     servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
     with servers_stopped(work) as started:
         for name, start in servers:
             server, port = start(work, messages, args.idle)
             started.append(server)
+            cpu0 = cpu_seconds(server.pid)
             secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name))
+            time.sleep(0.5)  # Dovecot's per-session processes are reaped (their CPU time moves to the master)
+            cpu[name] = cpu_seconds(server.pid) - cpu0
             per_idle = asyncio.run(idle_memory(port, server.pid, args.idle, name)) if args.idle else 0
             results[name] = (secs, lat, per_idle)
             server.stop()
@@ -322,10 +368,48 @@ def main() -> int:
     ops_a = sum(len(v) for v in results[pr][1].values()) / results[pr][0]
     ops_b = sum(len(v) for v in results[dv][1].values()) / results[dv][0]
     print(f"| **operations/s** | {ops_a:,.0f} | {ops_b:,.0f} | {ops_a / ops_b:.2f}x (Postroom / Dovecot) |")
+    print(f"| **server CPU s** (all processes) | {cpu[pr]:.1f} | {cpu[dv]:.1f} | {cpu[pr] / cpu[dv]:.2f}x |")
     if args.idle:
         ma, mb = results[pr][2], results[dv][2]
         print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "
               f"{mb / ma if ma else 0:.1f}x less for Postroom |")
+    return 0
+
+
+def churn_main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="imap-churn-", dir=args.dir))
+    messages = make_messages(args.count)
+    progress(f"imap login churn: {args.count} messages, {args.clients} clients x {args.sessions} sessions, in {work}")
+    dv_cache = "auth_cache_size = 10M\nauth_cache_ttl = 300s\n"
+    runs: list[tuple[str, Callable[[], tuple[Server, int]]]] = [
+        ("Postroom, cache off", lambda: start_postroom(work, messages, 0, "cache_ttl = 0\n")),
+        ("Postroom, cache on", lambda: start_postroom(work, messages, 0, "cache_ttl = 300\n")),
+        (f"Dovecot {dovecot.version()}", lambda: start_dovecot(work, messages, 0)),
+        ("Dovecot, auth_cache", lambda: start_dovecot(work, messages, 0, dv_cache)),
+    ]
+    rates: dict[str, float] = {}
+    logins: dict[str, list[float]] = {}
+    with servers_stopped(work) as started:
+        for name, start in runs:
+            for sub in ("postroom", "dovecot"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+            server, port = start()
+            started.append(server)
+            secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name, churn_session,
+                                         CHURN_OPS))
+            rates[name] = sum(len(v) for v in lat.values()) / secs
+            logins[name] = lat["LOGIN"]
+            server.stop()
+    names = [name for name, _ in runs]
+    print(f"\nIMAP login churn: {args.clients} clients x {args.sessions} sessions of LOGIN, SELECT, FETCH (UID FLAGS)"
+          f" of 10, LOGOUT; {args.count} messages; the same argon2id hash everywhere")
+    print("| server | commands/s | LOGIN p50 / p95 ms | / Postroom cache off | / Dovecot | / Dovecot auth_cache |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in names:
+        lp = " / ".join(f"{pct(logins[name], p) * 1000:.1f}" for p in (50, 95))
+        r = rates[name]
+        print(f"| {name} | {r:,.0f} | {lp} | {r / rates[names[0]]:.2f}x | {r / rates[names[2]]:.2f}x | "
+              f"{r / rates[names[3]]:.2f}x |")
     return 0
 
 

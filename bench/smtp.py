@@ -43,7 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
-from common import PrivatePostroom, free_port, progress, stop_process, wait_port  # noqa: E402  (bench/common.py)
+from common import (  # noqa: E402  (bench/common.py)
+    PrivatePostroom,
+    cpu_seconds,
+    free_port,
+    progress,
+    stop_process,
+    wait_port,
+)
 
 USER = "sink@example.org"
 
@@ -126,6 +133,10 @@ class Postroom:
 
     def wait_delivered(self, count: int) -> None:
         pass  # a 250 from Postroom already means delivered and durable
+
+    def cpu(self) -> float:
+        """CPU seconds the server (and its metadata workers) used so far."""
+        return cpu_seconds(self.server.pid)
 
     def stop(self) -> None:
         self.server.stop(60)
@@ -259,6 +270,7 @@ def main() -> int:
     elif not args.no_postfix:
         progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     results: dict[tuple[str, int], float] = {}
+    postroom_cpu: dict[int, float] = {}
     try:
         for cls in servers:
             for n in sessions:
@@ -272,9 +284,12 @@ def main() -> int:
                     progress(f"{server.name}: {args.count} messages, {n} sessions, driver "
                         f"{'smtp-source' if use_source else 'built-in'} ...")
                     start = time.monotonic()
+                    cpu0 = server.cpu() if isinstance(server, Postroom) else 0.0
                     drive(port, args.count, n, args.size)
                     server.wait_delivered(args.count)
                     elapsed = time.monotonic() - start
+                    if isinstance(server, Postroom):
+                        postroom_cpu[n] = server.cpu() - cpu0
                 finally:
                     server.stop()
                 results[(server.name, n)] = args.count / elapsed
@@ -291,6 +306,8 @@ def main() -> int:
         row = [f"{results[(name, n)]:,.0f}" for name in names]
         ratios = [f"{results[('Postroom', n)] / results[(name, n)]:.2f}x" for name in names[1:]]
         print(f"| {n} | " + " | ".join(row + ratios) + " |")
+    print("\nPostroom's server CPU seconds (user + system, its workers included) per run: "
+          + ", ".join(f"{n} sessions {postroom_cpu[n]:.1f} s" for n in sessions if n in postroom_cpu))
     return 0
 
 

@@ -120,9 +120,9 @@ class Postroom:
             bounce = router_bounce(Router(store, cfg, on_queued=wake))
             self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
             self.queue.start()
-        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM's answers for unknown users
-        self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake,
-                                 Door(cfg.smtp))
+        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics)
+        self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp))
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():
@@ -273,7 +273,8 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
         await server.start()
         demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
         print(banner(server, demo_password), flush=True)
-        log.info("started listeners=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()))
+        log.info("started listeners=%s loop=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()),
+                 type(loop).__module__.partition(".")[0])
         await stop.wait()
         log.info("stopping grace=%ss", cfg.server.shutdown_grace_seconds)
     finally:
@@ -281,9 +282,25 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
         log.info("stopped")
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loop for `server.event_loop` (`choice`): "asyncio" the standard library's loop,
+    "uvloop" libuv's (ImportError when the package is missing; config validation refuses that earlier), "auto"
+    uvloop when it imports, else the standard loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def run_server(cfg: Config, demo: bool = False) -> int:
     try:
-        asyncio.run(serve_forever(cfg, demo))
+        with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
+            runner.run(serve_forever(cfg, demo))
     except OSError as exc:
         print(f"postroom: cannot start: {exc} (is another server using that port? change [listeners] in the config)",
               file=sys.stderr)

@@ -80,6 +80,11 @@ def normalize_domain(value: str) -> str:
     return value
 
 
+# The line `postroom serve` writes to stderr: "2026-12-01 02:46:19,123 WARNING postroom.auth login result=..."
+# (docs/fail2ban/postroom.conf matches it).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
 def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
     if getattr(args, "password", None) is not None:
         password: str = args.password
@@ -779,8 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .app import run_server
 
-            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                                format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
             return run_server(cfg, demo=args.demo)
         handler = COMMANDS[args.command]
         args.cfg = cfg  # commands that need settings (dns, sendmail) read them here

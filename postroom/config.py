@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import tomllib
 import types
@@ -31,8 +32,12 @@ class ServerConfig:
     hostname: str = "localhost"  # greetings and Received headers
     data_dir: str = "./postroom-data"
     shutdown_grace_seconds: float = 10.0  # SIGTERM: how long sessions may finish before they are cut
+    # The asyncio event loop `postroom serve` runs on: "asyncio" (the standard library's), "uvloop" (libuv's;
+    # refused at start when the uvloop package is not installed), or "auto" (uvloop when importable).
+    event_loop: str = "asyncio"
 
 
+EVENT_LOOPS = ("asyncio", "uvloop", "auto")
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 # Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
@@ -92,6 +97,13 @@ class AuthConfig:
     max_failures_per_user: int = 5
     lockout_seconds: float = 300.0
     max_lockout_seconds: float = 3600.0
+    # Addresses (CIDRs) whose logins are never delayed or refused for failures (an office NAT, a webmail
+    # front end): their failures are logged but not counted.
+    trusted_networks: tuple[str, ...] = ()
+    # Successful password checks remembered this many seconds (like Dovecot's auth_cache_ttl), so a client
+    # that reconnects often does not cost an argon2 check each time; 0: off. At most `cache_size` entries.
+    cache_ttl: float = 300.0
+    cache_size: int = 10000
 
 
 @dataclass(frozen=True)
@@ -360,6 +372,12 @@ def _validate(cfg: Config, where: str) -> None:
             if not name or "." not in name or any(c.isspace() or c in "/*:" for c in name):
                 raise ConfigError(f"{where}: acme.names: {name!r} is not a public host name a CA can certify "
                                   "(set server.hostname or acme.names)")
+    if cfg.server.event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"{where}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
+                          f"not {cfg.server.event_loop!r}")
+    if cfg.server.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError(f"{where}: server.event_loop = \"uvloop\" but the uvloop package is not installed "
+                          "(pip install uvloop, or write \"auto\" to fall back to the standard loop)")
     seen: dict[tuple[str, int], str] = {}
     for name in LISTENER_NAMES:
         value = getattr(cfg.listeners, name)
@@ -424,6 +442,14 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: auth.lockout_seconds must be positive and auth.max_delay_seconds not negative")
     if cfg.auth.max_lockout_seconds < cfg.auth.lockout_seconds:
         raise ConfigError(f"{where}: auth.max_lockout_seconds must be at least auth.lockout_seconds")
+    if cfg.auth.cache_ttl < 0 or cfg.auth.cache_size < 0:
+        raise ConfigError(f"{where}: auth.cache_ttl and auth.cache_size must be 0 (off) or more")
+    for i, net in enumerate(cfg.auth.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: auth.trusted_networks[{i}]: {net!r} is not an address or network "
+                              f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
     if cfg.smtp.max_received < 1:
         raise ConfigError(f"{where}: smtp.max_received must be at least 1")
     if cfg.smtp.pop_before_smtp_minutes < 0:
@@ -513,6 +539,7 @@ SAMPLE = '''\
 [server]
 hostname = "localhost"            # used in greetings and Received headers
 data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)
 
 [listeners]                        # "host:port"; "" disables a listener
 smtp = "127.0.0.1:2525"            # MX: inbound from the world
@@ -544,6 +571,9 @@ max_delay_seconds = 15             # the longest such delay
 max_failures_per_user = 5          # failures for a user from one address before that pair is refused
 lockout_seconds = 300              # the window failures count in, and how long a pair is refused
 max_lockout_seconds = 3600         # attempts while refused extend the refusal, never past this
+trusted_networks = []              # e.g. ["192.0.2.0/24"]: never delayed or refused for failed logins
+cache_ttl = 300                    # seconds a successful password check is remembered; 0: off
+cache_size = 10000                 # remembered checks at most (least recently used dropped first)
 
 [limits]
 message_size = 52428800            # bytes

@@ -59,6 +59,9 @@ class Metrics:
                                               namespace=NAMESPACE, registry=reg, buckets=COMMIT_BUCKETS)
         self.store_commit_ops = Histogram("store_commit_ops", "Write operations folded into one store commit.",
                                           namespace=NAMESPACE, registry=reg, buckets=COMMIT_OPS_BUCKETS)
+        self.password_checks_total = Counter(
+            "password_checks", "Password logins judged, by how: argon2 (a hash check ran) or cache (a remembered "
+            "success, auth.cache_ttl).", ["how"], namespace=NAMESPACE, registry=reg)
 
     # --- reporting helpers -------------------------------------------------------------------------------
     def session_started(self, protocol: str) -> None:
@@ -76,6 +79,10 @@ class Metrics:
 
     def message_delivered(self, count: int = 1) -> None:
         self.messages_delivered_total.inc(count)
+
+    def password_checked(self, how: str) -> None:
+        """One password login judged: `how` is "argon2" or "cache"."""
+        self.password_checks_total.labels(how).inc()
 
     def observe_commit(self, seconds: float, ops: int) -> None:
         """One store commit took `seconds` and carried `ops` write operations."""

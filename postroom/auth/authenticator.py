@@ -18,6 +18,21 @@ Guessing is made slow for the guesser, never impossible for the owner (like Dove
                     the refusal, but never past `max_lockout_seconds` after it began.
 
 Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
+Addresses in `auth.trusted_networks` are never delayed or refused: their failures are logged, not counted.
+
+A correct password is remembered for `auth.cache_ttl` seconds (`cache.AuthCache`, like Dovecot's auth_cache):
+the next login with the same name and password skips argon2 while the user's stored hash is unchanged. The
+delay and the pair's refusal are judged before the cache is asked, exactly as before an argon2 check.
+
+Refusals are logged on the logger `postroom.auth`, one line each, in logfmt (docs/CONFIG.md has a fail2ban
+filter for them):
+
+    login result=failed ip=192.0.2.7 user=alice@example.org ip_failures=2 user_failures=2
+    login result=throttled ip=192.0.2.7 user=alice@example.org delay=2.000 reason="..."     (WARNING)
+    login result=locked ip=192.0.2.7 user=alice@example.org until=1767225600 reason="..."   (WARNING)
+
+`throttled`: the attempt waits `delay` seconds before it is judged; `locked`: the pair is refused until `until`
+(seconds since the epoch), logged when the lock begins and for every attempt it refuses.
 
 Invariants
 1. A password is never stored, logged or put in an exception message here; neither is the server secret.
@@ -33,9 +48,14 @@ Invariants
    unknown user with a salt and iteration count of the same shape as a real user's, derived from the server
    secret (RFC 5802 §9), so neither timing nor the server-first-message tells which addresses exist.
 7. argon2 runs in a worker thread, at most one check per CPU at a time: a login never stalls the event loop,
-   and a burst of logins queues instead of starving every other session of CPU.
+   and a burst of logins queues instead of starving every other session of CPU. `argon2_checks` counts the
+   checks run (and the metric `postroom_password_checks_total{how="argon2"}`); cache hits count as "cache".
 8. Plain-text mechanisms (PLAIN, LOGIN) are offered only over TLS unless `auth.allow_plaintext` is set
    (RFC 4954 §4, RFC 9051 §6.2.3 LOGINDISABLED). SCRAM-SHA-256 never exposes the password and is offered always.
+9. The cache answers only for a name and password that passed argon2 against the user's current stored hash,
+   within `cache_ttl`, and never for a throttled wait or a refused pair (those are judged first); a pair that
+   becomes locked drops the user's cached checks (cache.py invariants).
+10. A client address in `auth.trusted_networks` is never delayed, never refused as a pair, and adds no record.
 """
 
 from __future__ import annotations
@@ -47,14 +67,18 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import AuthConfig
+from ..metrics import Metrics
+from ..net.listener import logfmt
 from ..store import names
 from ..store.api import AuthFailures, Store, StoreError, User
+from .cache import AuthCache
 from .passwords import SCRAM_ITERATIONS, SCRAM_SALT_BYTES, hash_password, parse_scram_verifier, verify_password_async
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
@@ -65,6 +89,9 @@ _EVICT = MAX_RECORDS // 10  # records dropped at once past the cap, so the sort 
 _MAX_NAME_KEY = 254  # RFC 5321 §4.5.3.1.3: the longest path; longer login names are keyed by their hash
 
 _DUMMY_HASH = hash_password(os.urandom(16).hex())
+_LOG_NAME_MAX = 100  # characters of a login name in a log line
+
+log = logging.getLogger("postroom.auth")
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,16 @@ def address_key(ip: str) -> str:
     return str(addr)
 
 
+def _ip_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def canonical_name(username: str) -> str:
     """The account a login name denotes, spelled as the store spells it (`names.address`: `Alice@Example.test.`,
     `"alice"@example.test` and `alice@example.test` are one account), else the name stripped and lower-cased.
@@ -123,15 +160,21 @@ def _name_key(username: str) -> str:
 class Authenticator:
     """The one place logins are judged (see the module doc). `clock` gives seconds since the epoch (records
     outlive the process); `sleep` waits (tests inject both); `secret` keys SCRAM's answers for unknown users
-    (`auth.secret.load_or_create`; None: a random one, stable for this object only)."""
+    and the auth cache's entries (`auth.secret.load_or_create`; None: a random one, stable for this object
+    only); `metrics` counts password checks by how they were answered."""
 
     def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.time, *,
-                 secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.config = config
         self._clock = clock
         self._sleep = sleep
         self._secret = secret if secret is not None else os.urandom(32)
+        self._metrics = metrics
+        self.cache = AuthCache(self._secret, config.cache_ttl, config.cache_size, clock)
+        self.argon2_checks = 0  # invariant 7: password checks that ran argon2 (cache hits do not)
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted_networks)
         self._records: dict[tuple[str, str], AuthFailures] = {}
         self._loaded = False
         self._load_lock = asyncio.Lock()
@@ -149,6 +192,20 @@ class Authenticator:
         mechs = list(PLAINTEXT_MECHANISMS) if self.plaintext_allowed(tls) else []
         return mechs + [SCRAM]
 
+    def trusted(self, ip: str) -> bool:
+        """Is `ip` in `auth.trusted_networks` (an IPv4-mapped IPv6 address counts as its IPv4 address)?"""
+        if not self._trusted:
+            return False
+        addr = _ip_address(ip)
+        return addr is not None and any(addr in net for net in self._trusted)
+
+    def _log(self, result: str, ip: str, username: str, **fields: object) -> None:
+        level = logging.INFO if result == "failed" else logging.WARNING
+        if log.isEnabledFor(level):
+            name = username[:_LOG_NAME_MAX]
+            log.log(level, "%s", logfmt("login", [("result", result), ("ip", ip), ("user", name or "-"),
+                                                  *fields.items()]))
+
     def _record(self, address: str, username: str, now: float) -> AuthFailures | None:
         rec = self._records.get((address, username))
         return rec if rec is not None and rec.expires > now else None
@@ -156,7 +213,9 @@ class Authenticator:
     def delay(self, ip: str) -> float:
         """Seconds a login attempt from `ip` waits before it is judged: 0 until the address has
         `max_failures_per_ip` failures in the window, then 1 s doubling per failure, capped (from memory, as
-        `locked_out`)."""
+        `locked_out`). Always 0 for a trusted address."""
+        if self.trusted(ip):
+            return 0.0
         rec = self._record(address_key(ip), "", self._clock())
         free = self.config.max_failures_per_ip
         if rec is None or rec.failures < free:
@@ -166,7 +225,9 @@ class Authenticator:
     def locked_out(self, ip: str, username: str) -> bool:
         """Is the pair (`username`, address of `ip`) refused right now? Never true for other pairs (invariant 2).
         Answers from memory: the records are loaded by the first `throttle` or `failed`, which every login
-        path awaits before asking."""
+        path awaits before asking. Never true for a trusted address."""
+        if self.trusted(ip):
+            return False
         now = self._clock()
         rec = self._record(address_key(ip), _name_key(username), now) if username.strip() else None
         return rec is not None and rec.locked_until > now
@@ -180,16 +241,33 @@ class Authenticator:
                     self._records[(rec.address, rec.username)] = rec
                 self._loaded = True
 
-    async def throttle(self, ip: str) -> None:
-        """Wait the address's delay (see `delay`); only this coroutine waits."""
+    async def throttle(self, ip: str, username: str = "") -> None:
+        """Wait the address's delay (see `delay`); only this coroutine waits. A wait is logged as `throttled`
+        with `username` (the name the client gave, for the log only)."""
         await self._load()
         wait = self.delay(ip)
         if wait > 0:
+            rec = self._record(address_key(ip), "", self._clock())
+            failures = rec.failures if rec is not None else 0
+            self._log("throttled", ip, username, delay=wait,
+                      reason=f"{failures} failed logins from this address in {self.config.lockout_seconds:g} s "
+                             f"(auth.max_failures_per_ip = {self.config.max_failures_per_ip})")
             await self._sleep(wait)
+
+    def refused_locked(self, ip: str, username: str) -> None:
+        """Log that an attempt of the locked pair (`username`, address of `ip`) was refused."""
+        rec = self._record(address_key(ip), _name_key(username), self._clock())
+        until = rec.locked_until if rec is not None else 0.0
+        self._log("locked", ip, username, until=int(until),
+                  reason="refused while locked: failed logins for this user from this address "
+                         f"(auth.max_failures_per_user = {self.config.max_failures_per_user})")
 
     async def failed(self, ip: str, username: str) -> None:
         """Count a failed login (also for callers that judged it themselves, like SCRAM's proof check, or IMAP
-        LOGIN with a name that is not UTF-8). Durable when it returns."""
+        LOGIN with a name that is not UTF-8). Durable when it returns. From a trusted address: logged only."""
+        if self.trusted(ip):
+            self._log("failed", ip, username, trusted="yes")
+            return
         await self._load()
         cfg, now = self.config, self._clock()
         address, window = address_key(ip), cfg.lockout_seconds
@@ -212,9 +290,16 @@ class Authenticator:
                 if count >= cfg.max_failures_per_user:
                     since, until = now, now + window
                 pair = AuthFailures(address, name, count, now, since, until, max(now + window, until))
+                if until:
+                    dropped = self.cache.forget(name)  # invariant 9: a lock ends the user's cached checks
+                    self._log("locked", ip, username, until=int(until), cache_dropped=dropped,
+                              reason=f"{count} failed logins for this user from this address in {window:g} s "
+                                     f"(auth.max_failures_per_user = {cfg.max_failures_per_user})")
             changed.append(pair)
         for r in changed:
             self._records[(r.address, r.username)] = r
+        self._log("failed", ip, username, ip_failures=changed[0].failures,
+                  user_failures=changed[1].failures if len(changed) > 1 else 0)
         gone = self._evict(now)
         kept = [r for r in changed if (r.address, r.username) in self._records]  # the store mirrors memory
         await self.store.save_auth_failures(kept, gone, now)
@@ -252,20 +337,32 @@ class Authenticator:
     # ---- passwords (LOGIN, USER/PASS, PLAIN, LOGIN mechanism)
     async def check_password(self, username: str, password: str, ip: str) -> User | None:
         """The user if `password` is right and the pair (user, address) is not refused; else None. Waits the
-        address's delay first."""
+        address's delay first; then a remembered success (the cache, invariant 9) or argon2 decides."""
         username = canonical_name(username)
-        await self.throttle(ip)
+        await self.throttle(ip, username)
         if username and self.locked_out(ip, username):
+            self.refused_locked(ip, username)
             await self.failed(ip, username)  # invariant 3: counted and answered like a wrong password
             return None
         user = await self.store.get_user(username) if username else None
+        if user is not None and self.cache.lookup(username, password, user.password_hash):
+            self._count("cache")
+            await self.succeeded(ip, username)
+            return user
         async with self._argon2_slots:
+            self.argon2_checks += 1
+            self._count("argon2")
             ok = await verify_password_async(user.password_hash if user else _DUMMY_HASH, password)
         if user is None or not ok:
             await self.failed(ip, username)
             return None
+        self.cache.remember(username, password, user.password_hash)
         await self.succeeded(ip, username)
         return user
+
+    def _count(self, how: str) -> None:
+        if self._metrics is not None:
+            self._metrics.password_checked(how)
 
     # ---- SCRAM (RFC 5802 §9)
     def scram_decoy(self, username: str) -> tuple[int, bytes]:
@@ -426,7 +523,7 @@ class _Scram(Exchange):
             message = data.decode("utf-8")
         except UnicodeDecodeError:
             return _fail("client-final-message is not UTF-8")
-        await self.auth.throttle(self.ip)
+        await self.auth.throttle(self.ip, self.username)
         without_proof, sep, proof_b64 = message.rpartition(",p=")
         attrs = _scram_attrs(without_proof)
         if not sep or attrs.get("r") != self._nonce:
@@ -436,6 +533,8 @@ class _Scram(Exchange):
             await self.auth.failed(self.ip, self.username)
             return _fail("channel binding mismatch")
         if self._user is None or self._keys is None or self.auth.locked_out(self.ip, self.username):
+            if self.auth.locked_out(self.ip, self.username):
+                self.auth.refused_locked(self.ip, self.username)
             await self.auth.failed(self.ip, self.username)
             return _fail("bad credentials")
         stored_key, server_key = self._keys

@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import typing
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -257,7 +258,8 @@ class Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not an isinstance assertion: uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = typing.cast(asyncio.Transport, transport)
         if self._transport is not None:  # an SSL layer announcing itself; the session already knows us
             self._transport = transport
             return
@@ -679,6 +681,16 @@ class Connection(asyncio.Protocol):
         if transport is None or self._lost:
             raise ConnectionClosed("connection lost before the TLS handshake")
         self._paused_reading = False  # loop.start_tls resumes the raw transport itself
+        if self._implicit_tls and self._buffer:
+            # Implicit TLS: the bytes are the start of the handshake (the ClientHello). uvloop starts reading
+            # right after connection_made whatever the protocol asked there, so they may already be here; they
+            # go to the TLS layer first. The callback is queued before start_tls queues the TLS protocol's
+            # connection_made and the transport's resume_reading, so the layer holds them in its incoming
+            # buffer before the handshake starts and before any later byte (both loops' SSLProtocol keep bytes
+            # that arrive before connection_made). STARTTLS never gets here with bytes: start_tls refused.
+            early, self._buffer = bytes(self._buffer), bytearray()
+            self._partial_since = None
+            self._loop.call_soon(_replay, transport, early)
         try:
             new = await self._loop.start_tls(transport, self, ctx, server_side=True,
                                              ssl_handshake_timeout=handshake_timeout)
@@ -733,3 +745,21 @@ class Connection(asyncio.Protocol):
     def __repr__(self) -> str:
         return (f"<Connection {self.session_id} {self.listener} peer={self.peer[0]}:{self.peer[1]}"
                 f" tls={self._tls_version or 'no'}>")
+
+
+def _replay(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand `data` to the protocol `transport` now feeds (the TLS layer start_tls put there), as the transport
+    would have: through the BufferedProtocol calls, or data_received."""
+    if transport.is_closing():
+        return
+    proto: typing.Any = transport.get_protocol()  # uvloop's SSLProtocol has the methods, not the base class
+    if hasattr(proto, "buffer_updated"):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(proto.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            proto.buffer_updated(n)
+            view = view[n:]
+    else:
+        proto.data_received(data)

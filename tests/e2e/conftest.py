@@ -4,11 +4,16 @@
 the test's tmp_path; sync clients (smtplib, imaplib, poplib, subprocesses) talk to it over real sockets, and
 `server.run(coro)` runs a coroutine (a store call) in the server's loop. Override settings per test module with
 a `server_overrides` fixture returning a dict shaped like the TOML file.
+
+The loop is the one `server.event_loop` names (as `postroom serve` makes it); the environment variable
+POSTROOM_TEST_EVENT_LOOP sets that key for every test here, so the whole suite can be run on uvloop once:
+`POSTROOM_TEST_EVENT_LOOP=uvloop ./run test tests/e2e`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
@@ -18,12 +23,13 @@ from typing import Any, TypeVar
 import pytest
 
 from postroom import config as config_mod
-from postroom.app import Postroom
+from postroom.app import Postroom, loop_factory
 from postroom.auth.passwords import make_credentials
 from postroom.store.api import Store, User
 
 T = TypeVar("T")
 INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False}
+TEST_LOOP = os.environ.get("POSTROOM_TEST_EVENT_LOOP", "")
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 
 
@@ -31,7 +37,7 @@ class ServerHandle:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.config = cfg
         self.postroom = Postroom(cfg)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(cfg.server.event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, name="postroom-test-server", daemon=True)
         self._thread.start()
 
@@ -79,7 +85,8 @@ def server_overrides() -> dict[str, Any]:
 @pytest.fixture
 def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerHandle]:
     base: dict[str, Any] = {
-        "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 2.0},
+        "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 2.0,
+                   **({"event_loop": TEST_LOOP} if TEST_LOOP else {})},
         "listeners": {name: "127.0.0.1:0" for name in LISTENERS},
         # The outbound queue stays off unless a test turns it on with its own loopback DNS and peers: a test
         # must never look up or connect to anything beyond this machine.

@@ -122,3 +122,15 @@ def test_the_sample_in_the_docs_is_the_sample() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
     start = doc.index("```toml\n") + len("```toml\n")
     assert doc[start:doc.index("```", start)] == config.SAMPLE
+
+
+def test_auth_cache_trusted_networks_and_event_loop_are_checked() -> None:
+    cfg = config.load(None, {"auth": {"trusted_networks": ["192.0.2.0/24", "2001:db8::1"], "cache_ttl": 0},
+                             "server": {"event_loop": "asyncio"}})
+    assert cfg.auth.trusted_networks == ("192.0.2.0/24", "2001:db8::1") and cfg.auth.cache_ttl == 0.0
+    with pytest.raises(config.ConfigError, match=r"auth.trusted_networks\[1\]: 'office' is not an address"):
+        config.load(None, {"auth": {"trusted_networks": ["192.0.2.0/24", "office"]}})
+    with pytest.raises(config.ConfigError, match="auth.cache_ttl and auth.cache_size must be 0"):
+        config.load(None, {"auth": {"cache_ttl": -1}})
+    with pytest.raises(config.ConfigError, match="server.event_loop must be one of asyncio, uvloop, auto"):
+        config.load(None, {"server": {"event_loop": "tokio"}})
