@@ -38,7 +38,7 @@ from array import array
 from collections.abc import Container, Generator, Sequence
 from typing import Any, TypeVar
 
-from postroom.store.api import SortRow
+from postroom.store.api import ThreadRow
 
 from . import encoder
 from . import parser as P
@@ -106,15 +106,25 @@ async def sorted_uids(s: Session, uids: Sequence[int], criteria: Sequence[tuple[
     return out
 
 
-async def sort_rows(s: Session, uids: Sequence[int]) -> list[SortRow]:
-    """The `SortRow`s of `uids` (ascending, announced), keys filled in (invariant 3): one store query over their
-    UID span."""
+async def thread_rows(s: Session, uids: Sequence[int]) -> list[ThreadRow]:
+    """The `ThreadRow`s of `uids` (ascending, announced), keys filled in (invariant 3): bodies without stored keys
+    get them first, as for SORT, then one store query reads the narrow rows of their UID span. A row whose keys
+    could not be stored (`ensure_keys` still computed them) takes the computed ones."""
     if not uids:
         return []
     sel = sel_of(s)
     wanted = set(uids)
-    rows = [r for r in await s.store.list_sort_rows(sel.id, uids[0], uids[-1]) if r.uid in wanted]
-    return await ensure_keys(s, rows)
+    missing = [r for r in await s.store.list_sort_rows(sel.id, uids[0], uids[-1], unknown_only=True)
+               if r.uid in wanted]
+    computed = {r.uid: ThreadRow(r.uid, r.internal_date if r.sent is None else r.sent, r.subject, r.reply,
+                                 r.message_id, r.references)
+                for r in (await ensure_keys(s, missing) if missing else ())}
+    out: list[ThreadRow] = []
+    rows = await s.store.thread_rows(sel.id, uids[0], uids[-1])
+    for k in range(0, len(rows), SLICE_ROWS):
+        out.extend(computed.get(r.uid, r) for r in rows[k:k + SLICE_ROWS] if r.uid in wanted)
+        await asyncio.sleep(0)
+    return out
 
 
 def _is_all(key: P.Key) -> bool:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from postroom.store.api import SortRow
+from postroom.store.api import ThreadRow
 
 from . import parser as P
 from .messages import sel_of
@@ -48,7 +48,7 @@ from .sort import (
     drive,
     matched,
     message_numbers,
-    sort_rows,
+    thread_rows,
     sorted_steps,
 )
 
@@ -95,12 +95,11 @@ class _Forest:
         return walked
 
 
-def _date_key(rows: Sequence[SortRow], i: int) -> tuple[float, int]:
-    r = rows[i]
-    return (r.sent if r.sent is not None else r.internal_date, i)  # RFC 5256 §2.2, ties by sequence number
+def _date_key(rows: Sequence[ThreadRow], i: int) -> tuple[float, int]:
+    return (rows[i].date, i)  # RFC 5256 §2.2 (the sent date, else the internal date), ties by sequence number
 
 
-def references(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
+def references(rows: Sequence[ThreadRow]) -> Steps[tuple[_Forest, list[int]]]:
     """RFC 5256 §3 REFERENCES over `rows` (sequence order): the forest and its ordered roots."""
     f = _Forest()
     ids: dict[str, int] = {}
@@ -234,13 +233,13 @@ def references(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
     return f, final
 
 
-def _first_key(f: _Forest, rows: Sequence[SortRow], x: int) -> tuple[float, int]:
+def _first_key(f: _Forest, rows: Sequence[ThreadRow], x: int) -> tuple[float, int]:
     while f.row[x] < 0 and f.kids[x]:
         x = f.kids[x][0]
     return _date_key(rows, f.row[x])
 
 
-def _by_date(f: _Forest, rows: Sequence[SortRow], nodes: list[int]) -> Steps[list[int]]:
+def _by_date(f: _Forest, rows: Sequence[ThreadRow], nodes: list[int]) -> Steps[list[int]]:
     keyed: list[tuple[float, int, int]] = []
     for k in range(0, len(nodes), SLICE_ROWS):
         keyed.extend((*_first_key(f, rows, x), x) for x in nodes[k:k + SLICE_ROWS])
@@ -249,7 +248,7 @@ def _by_date(f: _Forest, rows: Sequence[SortRow], nodes: list[int]) -> Steps[lis
     return [k[-1] for k in ordered]
 
 
-def ordered_subject(rows: Sequence[SortRow]) -> Steps[tuple[_Forest, list[int]]]:
+def ordered_subject(rows: Sequence[ThreadRow]) -> Steps[tuple[_Forest, list[int]]]:
     """RFC 5256 §3 ORDEREDSUBJECT: by base subject then sent date; each subject's first message is the parent
     of the others; threads by their first message's date."""
     keyed: list[tuple[str, float, int]] = []
@@ -320,7 +319,7 @@ async def thread(s: Session, cmd: P.Command) -> Result:
            cmd.uid or digest(sel.uids))  # invariant 4
     answer: bytes | None = cache.get(key)
     if answer is None:
-        rows = await sort_rows(s, uids)
+        rows = await thread_rows(s, uids)
         algorithm = references if a.algorithm == "REFERENCES" else ordered_subject
         forest, roots = await drive(algorithm(rows))
         numbers = [r.uid for r in rows]

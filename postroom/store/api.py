@@ -353,6 +353,18 @@ class SortRow(NamedTuple):
     references: str  # msg-ids (without <>) separated by spaces, RFC 5256 §3 REFERENCES step 1
 
 
+class ThreadRow(NamedTuple):
+    """One message as THREAD reads it (`Store.thread_rows`): the `SortRow` fields the RFC 5256 §3 algorithms
+    use, with the sent date already falling back to the internal date (RFC 5256 §2.2)."""
+
+    uid: int
+    date: float  # the Date field's instant, else the internal date (RFC 5256 §2.2)
+    subject: str  # base subject (RFC 5256 §2.1), as an i;unicode-casemap key
+    reply: int  # 1 if the base subject extraction removed a reply / forward marker
+    message_id: str | None
+    references: str  # msg-ids (without <>) separated by spaces, RFC 5256 §3 REFERENCES step 1
+
+
 @dataclass(frozen=True)
 class AppendRequest:
     raw: bytes
@@ -726,6 +738,11 @@ class Store(Protocol):
         code point order), and ties are broken by UID, ascending, whatever is reversed. A body whose keys are not
         stored sorts with empty strings and its internal date (callers fill them first: `list_sort_rows` with
         `unknown_only`). Invalid for an unknown key; NotFound if the mailbox is gone."""
+
+    async def thread_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[ThreadRow]:
+        """The `ThreadRow`s of a UID range, UID order, one range read of narrow rows (what THREAD reads; no
+        metadata parsed). A body whose keys are not stored gives empty keys and its internal date (callers fill
+        them first: `list_sort_rows` with `unknown_only`). NotFound if the mailbox is gone."""
 
     async def content_version(self, mailbox_id: int) -> tuple[int, ...]:
         """A value that changes whenever the set of messages of the mailbox or the sort keys of any body change:

@@ -13,7 +13,7 @@ from postroom.imap import parser as P
 from postroom.imap.results import ordered_set, partial_item
 from postroom.imap.thread import ordered_subject, references, render
 from postroom.mime.sortkeys import casemap
-from postroom.store.api import SortRow
+from postroom.store.api import ThreadRow
 
 
 def framed(data: bytes, chunks: list[bytes]) -> list[P.Command]:
@@ -127,10 +127,10 @@ def test_partial_item() -> None:
 
 # ---- the algorithms on rows
 
-def row(uid: int, *, date: float | None = None, arrival: float = 0.0, size: int = 0, subject: str = "",
-        reply: bool = False, frm: str = "", msgid: str | None = None, refs: str = "") -> SortRow:
-    return SortRow(uid, arrival, size, f"b{uid}", 0, 1, date, casemap(subject), int(reply), casemap(frm), "", "",
-                   "", "", msgid, refs)
+def row(uid: int, *, date: float | None = None, arrival: float = 0.0, subject: str = "", reply: bool = False,
+        msgid: str | None = None, refs: str = "") -> ThreadRow:
+    """What `Store.thread_rows` gives THREAD: the sent date, else the arrival (RFC 5256 §2.2)."""
+    return ThreadRow(uid, arrival if date is None else date, casemap(subject), int(reply), msgid, refs)
 
 
 def run(steps: Generator[None, None, Any]) -> Any:
@@ -141,7 +141,7 @@ def run(steps: Generator[None, None, Any]) -> Any:
         return done.value
 
 
-def thread_text(rows: list[SortRow], algorithm: str = "REFERENCES") -> str:
+def thread_text(rows: list[ThreadRow], algorithm: str = "REFERENCES") -> str:
     f, roots = run((references if algorithm == "REFERENCES" else ordered_subject)(rows))
     return b"".join(run(render(f, roots, [r.uid for r in rows]))).decode()
 
