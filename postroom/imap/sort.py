@@ -33,12 +33,13 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 from array import array
 from collections.abc import Container, Generator, Sequence
 from typing import Any, TypeVar
 
-from postroom.store.api import ThreadRow
+from postroom.store.api import ThreadColumns
 
 from . import encoder
 from . import parser as P
@@ -106,25 +107,64 @@ async def sorted_uids(s: Session, uids: Sequence[int], criteria: Sequence[tuple[
     return out
 
 
-async def thread_rows(s: Session, uids: Sequence[int]) -> list[ThreadRow]:
-    """The `ThreadRow`s of `uids` (ascending, announced), keys filled in (invariant 3): bodies without stored keys
-    get them first, as for SORT, then one store query reads the narrow rows of their UID span. A row whose keys
-    could not be stored (`ensure_keys` still computed them) takes the computed ones."""
+async def thread_rows(s: Session, uids: Sequence[int], orders: Sequence[Sequence[tuple[str, bool]]] = ()
+                      ) -> tuple[ThreadColumns, list[list[int]] | None]:
+    """The `ThreadColumns` of `uids` (ascending, announced), keys filled in (invariant 3), and for each of
+    `orders` (`Store.sort_uids` criteria) the indexes of those messages in that order. Bodies without stored keys
+    get them first, as for SORT; then the rows and the orders are read at once (reader threads: the store sorts).
+    If some body's keys could not be stored (`ensure_keys` still computed them), its message takes the computed
+    keys and the orders are None (the store sorted other keys): the caller sorts the rows itself."""
     if not uids:
-        return []
+        return ThreadColumns(), [[] for _ in orders]
     sel = sel_of(s)
     wanted = set(uids)
     missing = [r for r in await s.store.list_sort_rows(sel.id, uids[0], uids[-1], unknown_only=True)
                if r.uid in wanted]
-    computed = {r.uid: ThreadRow(r.uid, r.internal_date if r.sent is None else r.sent, r.subject, r.reply,
-                                 r.message_id, r.references)
+    computed = {r.uid: (r.uid, r.internal_date if r.sent is None else r.sent, r.subject, r.reply, r.message_id,
+                        r.references)
                 for r in (await ensure_keys(s, missing) if missing else ())}
-    out: list[ThreadRow] = []
-    rows = await s.store.thread_rows(sel.id, uids[0], uids[-1])
-    for k in range(0, len(rows), SLICE_ROWS):
-        out.extend(computed.get(r.uid, r) for r in rows[k:k + SLICE_ROWS] if r.uid in wanted)
+    reading = asyncio.ensure_future(s.store.thread_rows(sel.id, uids[0], uids[-1]))
+    try:
+        sorted_uids = await asyncio.gather(*(s.store.sort_uids(sel.id, criteria, uids[0], uids[-1])
+                                             for criteria in orders))
+    finally:
+        stored = await reading
+    # The reads are separate transactions: a message expunged between them is left out of all (SORT and THREAD
+    # drop what is expunged meanwhile, `matched`); the messages present in every order are kept.
+    present: set[int] | None = None
+    for order in sorted_uids:
+        present = set(order) if present is None else present.intersection(order)
         await asyncio.sleep(0)
-    return out
+    out = stored
+    if not (len(stored) == len(wanted) == (len(present) if present is not None else len(stored))
+            and wanted.issuperset(stored.uids) and (present is None or present.issuperset(stored.uids))):
+        out = ThreadColumns()  # not exactly the wanted messages: copied, `SLICE_ROWS` at a time
+        for k in range(0, len(stored), SLICE_ROWS):
+            for i in range(k, min(k + SLICE_ROWS, len(stored))):
+                uid = stored.uids[i]
+                if uid in wanted and (present is None or uid in present):
+                    out.add(*stored.row(i))
+            await asyncio.sleep(0)
+    exact = True  # every computed key equals the stored one
+    for uid, row in computed.items():
+        i = bisect.bisect_left(out.uids, uid)
+        if i < len(out) and out.uids[i] == uid and out.row(i) != row:
+            out.set(i, *row)
+            exact = False
+    if not exact:
+        return out, None  # the store sorted keys other than these: invariant 3 kept, its orders dropped
+    index: dict[int, int] = {}
+    for k in range(0, len(out), SLICE_ROWS):
+        index.update((out.uids[i], i) for i in range(k, min(k + SLICE_ROWS, len(out))))
+        await asyncio.sleep(0)
+    positions: list[list[int]] = []
+    for order in sorted_uids:
+        at: list[int] = []
+        for k in range(0, len(order), SLICE_ROWS):
+            at.extend(index[u] for u in order[k:k + SLICE_ROWS] if u in index)
+            await asyncio.sleep(0)
+        positions.append(at)
+    return out, positions
 
 
 def _is_all(key: P.Key) -> bool:

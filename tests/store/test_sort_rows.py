@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from postroom.mime.meta import compute_meta
-from postroom.store.api import AppendRequest, Flag, Store, StoreMode, ThreadRow
+from postroom.store.api import AppendRequest, Flag, Store, StoreMode
 from postroom.store.sqlite import SQLiteStore, schema
 
 from .conftest import downgrade, inbox, new_user
@@ -67,9 +67,9 @@ async def test_every_write_keeps_one_row_per_message(store: Store) -> None:
     await store.deliver([box.id, other.id], mail("Delivered", "d@x"))
     assert check(store) == 8
     got = await store.thread_rows(box.id)
-    assert got[0] == ThreadRow(1, 1704189600.0, "LUNCH", 0, "l1@x", "")
-    assert got[1] == ThreadRow(2, 1e9, "LUNCH", 1, "l2@x", "l1@x")  # no valid Date: the internal date
-    assert got[2] == ThreadRow(3, 1e9, "", 0, None, "")  # keys not known yet
+    assert got.row(0) == (1, 1704189600.0, "LUNCH", 0, "l1@x", "")
+    assert got.row(1) == (2, 1e9, "LUNCH", 1, "l2@x", "l1@x")  # no valid Date: the internal date
+    assert got.row(2) == (3, 1e9, "", 0, None, "")  # keys not known yet
     copied = await store.copy_messages(box.id, [1, 2, 3], other.id)
     assert check(store) == 11 and len(copied.dest_uids) == 3
     await store.move_messages(box.id, [4, 5], other.id)
@@ -82,12 +82,12 @@ async def test_every_write_keeps_one_row_per_message(store: Store) -> None:
     [late] = [r for r in await store.list_sort_rows(box.id) if not r.known]
     await store.write_metas({late.blob_id: compute_meta(bare).to_bytes()})
     assert check(store) == 9
-    assert [r.subject for r in await store.thread_rows(box.id, 3, 3)] == ["STORED WITHOUT METADATA"]
+    assert (await store.thread_rows(box.id, 3, 3)).subjects == ["STORED WITHOUT METADATA"]
     await store.rename_mailbox(user.id, "Other", "Renamed")  # same mailbox id, same rows
     assert check(store) == 9
     await store.rename_mailbox(user.id, "INBOX", "Old inbox")  # the messages move to a new mailbox
     assert check(store) == 9
-    assert await store.thread_rows(box.id) == []
+    assert len(await store.thread_rows(box.id)) == 0
     await store.delete_mailbox(user.id, "Renamed")
     assert check(store) == 4
     await store.remove_user(user.address)
@@ -154,6 +154,6 @@ async def test_schema_15_fills_the_rows_of_a_store_with_messages(tmp_path: Path,
         lines = [r.getMessage() for r in caplog.records if "schema 15" in r.getMessage()]
         assert lines[-1] == "schema 15: sort rows of 11 of 11 messages written" and len(lines) == 3
         assert await store.sort_uids(boxes[0].id, [("subject", True)]) == [3, 2, 1, 4]  # "no keys 0" unknown: ""
-        assert [r.uid for r in await store.thread_rows(boxes[1].id)] == [1, 3, 4]
+        assert (await store.thread_rows(boxes[1].id)).uids == [1, 3, 4]
     finally:
         await store.close()
