@@ -130,7 +130,8 @@ def main() -> int:
         ports = {"postroom": pr.port, "dovecot": dv.ports["imap"]}
         print(f"SORT / THREAD on {args.count} messages, median of {args.rounds} (Dovecot {version()})")
         print(f"{'command':<34} {'postroom s':>11} {'dovecot s':>10} {'ratio':>6} {'first: postroom':>16} "
-              f"{'dovecot':>8} {'after an arrival: postroom':>27} {'dovecot':>8} {'ratio':>6}  same answer: first / after")
+              f"{'dovecot':>8} {'after an arrival: postroom':>27} {'dovecot':>8} {'ratio':>6}"
+              "  same answer: first / after")
         for n, (verb, arg) in enumerate(COMMANDS, 1):
             times: dict[str, float] = {}
             first: dict[str, float] = {}

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 The search program is evaluated by SEARCH's own code (`search.run_search`), so both answer the same set. The
-order comes from the store (`Store.sort_uids`): the keys are narrow columns written at delivery, so the engine
-sorts with its own sorter in its reader thread, and the event loop only filters the answer to the matches in
-slices. A body stored by an older version gets its keys from its metadata first, once (`objectid.ensure_keys`).
+order comes from the store (`Store.sort_uids`): the keys are copied at delivery into one narrow row per
+message, clustered by (mailbox, UID), so the engine reads one range of them and sorts it with its own sorter in
+its reader thread, and the event loop only filters the answer to the matches in slices. A body stored by an
+older version gets its keys from its metadata first, once (`objectid.ensure_keys`).
 Strings are compared as the i;unicode-casemap keys stored at delivery (`mime.sortkeys`), numbers as numbers:
 
 * ARRIVAL: the internal date; DATE: the sent date (the Date field's instant in UTC), else the internal date

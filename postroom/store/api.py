@@ -752,9 +752,10 @@ class Store(Protocol):
 
     async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
                              unknown_only: bool = False) -> list[SortRow]:
-        """The messages of a UID range with their sort keys (`SortRow`), UID order, one query: what THREAD reads
-        (no metadata is parsed). With `unknown_only`, only those whose body's keys are not stored (`known` 0).
-        NotFound if the mailbox is gone."""
+        """The messages of a UID range with their sort keys (`SortRow`), UID order, one query (no metadata is
+        parsed): what a SORT context's update and FETCH THREADID read for a few messages, and, with
+        `unknown_only`, only those whose body's keys are not stored (`known` 0: found through an index, so none
+        costs no row read). NotFound if the mailbox is gone."""
 
     async def sort_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]], uid_min: int = 1,
                         uid_max: int | None = None) -> list[int]:
