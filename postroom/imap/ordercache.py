@@ -20,6 +20,11 @@ entry can only be found by a command that read the same version before that chan
 command might as well have read the store after the change (its own reads come later too), so what it is sent
 is an answer it could have computed. Once the change is committed nobody reads that version again.
 
+SORT also keeps its last order per (mailbox, criteria) with the version and the matched UIDs it was computed
+for (`sort.placed_arrivals`, sort.py invariant 5): when only arrivals moved the version, the next SORT places
+them into that order instead of sorting the mailbox, and checks the version again after its reads (unchanged:
+every read saw one state).
+
 One cache per store object (a process may hold several in tests), shared by that store's sessions.
 
 Invariants

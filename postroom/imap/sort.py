@@ -183,6 +183,8 @@ async def placed_arrivals(s: Session, criteria: Sequence[tuple[str, bool]], vers
                 hi = mid
         out.insert(lo, key[-1])  # the UID (sort_key's last item)
         probed[key[-1]] = key
+    if await s.store.content_version(sel.id) != version:
+        return None  # a change committed while probing: the probes may mix two states (ordercache module doc)
     return out
 
 
