@@ -43,8 +43,9 @@ Invariants:
    keys; SORT computes them from its metadata).
 5. Giving a thread costs at most `THREAD_REFS` + 2 lookups and as many inserts per message, however long its
    References field: the last references (the parent and its nearest ancestors) are the ones used.
-6. The sort keys of a message in a mailbox change only when `refresh_keys` stores keys for its body, and every
-   such write moves the `counters` row 'sort_keys' on; a message enters a mailbox with a UID at or above
+6. The sort keys of a message in a mailbox change only when keys are stored for its body while it names it
+   (`keys_stored`: from `refresh_keys`, or `put_keys` of a body stored before without keys), and every such
+   write moves the `counters` row 'sort_keys' on; a message enters a mailbox with a UID at or above
    UIDNEXT and leaves it through `delete_messages` (an `expunged` row with a MODSEQ above every earlier one),
    and pruning that record raises `expunged_floor`. So `content_version` (UIDNEXT, newest expunged MODSEQ,
    floor, keys generation) is equal only while SORT and THREAD over the same UIDs answer the same.
