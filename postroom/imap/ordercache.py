@@ -20,6 +20,11 @@ entry can only be found by a command that read the same version before that chan
 command might as well have read the store after the change (its own reads come later too), so what it is sent
 is an answer it could have computed. Once the change is committed nobody reads that version again.
 
+SORT also keeps its last order per (mailbox, criteria) with the version and the matched UIDs it was computed
+for (`sort.placed_arrivals`, sort.py invariant 5): when only arrivals moved the version, the next SORT places
+them into that order instead of sorting the mailbox, and checks the version again after its reads (unchanged:
+every read saw one state).
+
 One cache per store object (a process may hold several in tests), shared by that store's sessions.
 
 Invariants
@@ -66,9 +71,10 @@ class AnswerCache:
         self._items.move_to_end(key)
         return got[0]
 
-    def put(self, key: Hashable, value: bytes | array[int]) -> None:
-        """Keep `value` under `key` (invariant 2: not if it is over a quarter of the byte budget)."""
-        size = len(value) * (value.itemsize if isinstance(value, array) else 1) + 200
+    def put(self, key: Hashable, value: bytes | array[int] | tuple[Any, ...]) -> None:
+        """Keep `value` under `key` (invariant 2: not if it is over a quarter of the byte budget). A tuple is
+        counted by its bytes and arrays (other items as 200 bytes)."""
+        size = _size(value)
         if size > self.max_bytes // 4:
             return
         old = self._items.pop(key, None)
@@ -82,6 +88,16 @@ class AnswerCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, array):
+        return len(value) * value.itemsize + 200
+    if isinstance(value, bytes):
+        return len(value) + 200
+    if isinstance(value, tuple):
+        return sum(_size(v) for v in value) + 200
+    return 200
 
 
 _CACHES: weakref.WeakKeyDictionary[object, AnswerCache] = weakref.WeakKeyDictionary()

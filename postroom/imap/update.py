@@ -37,11 +37,10 @@ Invariants
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from postroom.store.api import Change, ChangeKind, MessageInfo, SortRow
+from postroom.store.api import Change, ChangeKind, MessageInfo
 
 from . import parser as P
 from .context import UpdateContext, removal_lines
@@ -49,51 +48,12 @@ from .messages import sel_of
 from .objectid import ensure_keys
 from .search import matching
 from .session import ONLY_SELECTED, Result, Session, command
-from .sort import sorted_uids
+from .sort import sort_key, sorted_uids
 from .state import Selected
 
 KEY_CACHE = 4096  # sort keys kept per SORT context (probed messages); past it the cache starts again
 POINT_READS = 64  # messages in one batch read one by one; more are read as one UID range
 BULK = 32  # additions to a SORT context placed by binary search one by one; more are sorted with the results
-
-_FIELDS: dict[str, Callable[[SortRow], Any]] = {  # as store/sqlite/threads.py SORT_EXPRESSIONS
-    "ARRIVAL": lambda r: r.internal_date,
-    "DATE": lambda r: r.internal_date if r.sent is None else r.sent,  # RFC 5256 §2.2
-    "SIZE": lambda r: r.size,
-    "SUBJECT": lambda r: r.subject,
-    "FROM": lambda r: r.from_,
-    "TO": lambda r: r.to,
-    "CC": lambda r: r.cc,
-    "DISPLAYFROM": lambda r: r.display_from,
-    "DISPLAYTO": lambda r: r.display_to,
-}
-
-
-@functools.total_ordering
-class _Desc:
-    """A sort key under REVERSE: compares the other way round."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v: Any) -> None:
-        self.v = v
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and bool(self.v == other.v)
-
-    def __lt__(self, other: _Desc) -> bool:
-        return bool(other.v < self.v)
-
-    def __hash__(self) -> int:
-        return hash(self.v)
-
-
-def sort_key(row: SortRow, criteria: Sequence[tuple[str, bool]]) -> tuple[Any, ...]:
-    """The place of `row` in SORT order, as `Store.sort_uids` sorts: each criterion's column (strings are the
-    stored i;unicode-casemap keys, compared as SQLite's BINARY collation compares them: by code point), REVERSE
-    per criterion, then the UID ascending (RFC 5256 §3)."""
-    return (*(_Desc(_FIELDS[k](row)) if rev else _FIELDS[k](row) for k, rev in criteria), row.uid)
-
 
 async def _records(s: Session, sel: Selected, uids: list[int]) -> dict[int, MessageInfo]:
     if len(uids) <= POINT_READS:

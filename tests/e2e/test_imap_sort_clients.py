@@ -178,3 +178,48 @@ def test_kept_answers_follow_other_sessions_changes(imap: Any) -> None:
     assert a.thread("REFERENCES", "UTF-8", "SUBJECT", "plans") == ("OK", [b"(1 3)"])
     a.logout()
     b.logout()
+
+
+def test_a_sort_after_arrivals_places_them_into_the_kept_order(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sort.py invariant 5: after another session's appends, SORT places the new messages into the order kept
+    for the criteria (no sort of the mailbox by the store), with the answer RFC 5256 §3 gives; a search that
+    matches other old messages, or an expunge, sorts again."""
+    sorts: list[object] = []
+    real = imap.store.sort_uids
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        sorts.append(args[1])
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(imap.store, "sort_uids", counted)
+    a = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    a.login(ADDR, PW)
+    a.select("INBOX")
+    b = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    b.login(ADDR, PW)
+    b.select("INBOX")
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert a.sort("(REVERSE FROM)", "UTF-8", "ALL") == ("OK", [b"1 3 4 2"])  # zed max bea amy
+    assert a.sort("(FROM)", "UTF-8", "SUBJECT", "plans") == ("OK", [b"2 4 1"])
+    assert len(sorts) == 3
+    for m in (mail("Lunch", "Mon, 1 Jan 2024 10:30:00 +0000", "l1@x", frm="cat@example.org"),  # UID 5
+              mail("Re: Plans", "Sun, 31 Dec 2023 08:00:00 +0000", "p4@x", "<p1@x>", frm="abe@example.org")):
+        assert b.append("INBOX", None, None, m)[0] == "OK"
+    a.noop()
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"6 3 1 5 2 4"])  # RFC 5256 §2.2: the Date fields
+    assert a.uid("SORT", "(DATE)", "UTF-8", "ALL") == ("OK", [b"6 3 1 5 2 4"])
+    assert a.sort("(REVERSE FROM)", "UTF-8", "ALL") == ("OK", [b"1 3 5 4 2 6"])  # zed max cat bea amy abe
+    assert a.sort("(FROM)", "UTF-8", "SUBJECT", "plans") == ("OK", [b"6 2 4 1"])  # abe amy bea zed
+    assert len(sorts) == 3  # every answer placed the arrivals into a kept order
+    assert b.store("3", "+FLAGS", "(\\Seen)")[0] == "OK"
+    a.noop()
+    assert a.sort("(DATE)", "UTF-8", "UNSEEN") == ("OK", [b"6 1 5 2 4"])  # other old messages: sorted again
+    assert len(sorts) == 4
+    assert b.store("1", "+FLAGS", "(\\Deleted)")[0] == "OK"
+    assert b.expunge()[0] == "OK"
+    assert b.append("INBOX", None, None, mail("Early", "Sat, 30 Dec 2023 08:00:00 +0000", "e1@x"))[0] == "OK"
+    a.noop()  # UIDs 2 3 4 5 6 7 are now 1 2 3 4 5 6
+    assert a.sort("(DATE)", "UTF-8", "ALL") == ("OK", [b"6 5 2 4 1 3"])  # a removal: sorted again
+    assert len(sorts) == 5
+    a.logout()
+    b.logout()

@@ -13,7 +13,7 @@ from postroom.imap import parser as P
 from postroom.imap.results import ordered_set, partial_item
 from postroom.imap.thread import ordered_subject, references, render
 from postroom.mime.sortkeys import casemap
-from postroom.store.api import SortRow
+from postroom.store.api import ThreadColumns
 
 
 def framed(data: bytes, chunks: list[bytes]) -> list[P.Command]:
@@ -127,10 +127,13 @@ def test_partial_item() -> None:
 
 # ---- the algorithms on rows
 
-def row(uid: int, *, date: float | None = None, arrival: float = 0.0, size: int = 0, subject: str = "",
-        reply: bool = False, frm: str = "", msgid: str | None = None, refs: str = "") -> SortRow:
-    return SortRow(uid, arrival, size, f"b{uid}", 0, 1, date, casemap(subject), int(reply), casemap(frm), "", "",
-                   "", "", msgid, refs)
+Row = tuple[int, float, str, int, "str | None", str]
+
+
+def row(uid: int, *, date: float | None = None, arrival: float = 0.0, subject: str = "", reply: bool = False,
+        msgid: str | None = None, refs: str = "") -> Row:
+    """One message as `Store.thread_rows` gives it to THREAD: the sent date, else the arrival (RFC 5256 §2.2)."""
+    return (uid, arrival if date is None else date, casemap(subject), int(reply), msgid, refs)
 
 
 def run(steps: Generator[None, None, Any]) -> Any:
@@ -141,9 +144,25 @@ def run(steps: Generator[None, None, Any]) -> Any:
         return done.value
 
 
-def thread_text(rows: list[SortRow], algorithm: str = "REFERENCES") -> str:
-    f, roots = run((references if algorithm == "REFERENCES" else ordered_subject)(rows))
-    return b"".join(run(render(f, roots, [r.uid for r in rows]))).decode()
+def thread_text(rows: list[Row], algorithm: str = "REFERENCES") -> str:
+    """The thread-list of `rows` (sequence order), computed twice: with the date (and subject) orders sorted by
+    the algorithm itself, and with them given as the store's sorter gives them (`sort.thread_rows`), here from
+    a plain `sorted`; both must agree."""
+    cols = ThreadColumns()
+    for r in rows:
+        cols.add(*r)
+    n = len(rows)
+    by_date = sorted(range(n), key=lambda i: (rows[i][1], i))
+    by_subject = sorted(range(n), key=lambda i: (rows[i][2], rows[i][1], i))
+    answers = []
+    for given in (False, True):
+        if algorithm == "REFERENCES":
+            f, roots = run(references(cols, by_date) if given else references(cols))
+        else:
+            f, roots = run(ordered_subject(cols, by_subject, by_date) if given else ordered_subject(cols))
+        answers.append(b"".join(run(render(f, roots, cols.uids))).decode())
+    assert answers[0] == answers[1]
+    return answers[0]
 
 
 def test_references_rfc_steps() -> None:

@@ -39,6 +39,7 @@ from postroom.store.api import (
 from postroom.store.sqlite.common import Base, release_blobs
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.mailboxes import insert_mailbox
+from postroom.store.sqlite.threads import drop_sort_rows
 
 USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created"
 DOMAIN_COLUMNS = "id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key"
@@ -230,6 +231,8 @@ class AccountsMixin(Base):
             tx.conn.execute(
                 "DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_id = ?)", (user_id,)
             )
+            for box_id, _ in boxes:
+                drop_sort_rows(tx.conn, box_id)  # threads.py invariant 7
             tx.conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades to mailboxes, expunged
             release_blobs(tx, counts)
             tx.changes.extend(Change(ChangeKind.MAILBOX_DELETED, user_id, b[0], name=b[1]) for b in boxes)

@@ -54,7 +54,7 @@ from postroom.store.sqlite.common import (
 )
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.messages import NewMessage, delete_messages, insert_messages
-from postroom.store.sqlite.threads import thread_ids_of
+from postroom.store.sqlite.threads import drop_sort_rows, thread_ids_of
 
 # RFC 6154 §2 and RFC 8457 (\Important).
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important"})
@@ -177,6 +177,7 @@ class MailboxesMixin(Base):
                 ).fetchall()
             )
             tx.conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
+            drop_sort_rows(tx.conn, mbox.id)  # threads.py invariant 7
             tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))  # cascades to expunged
             tx.conn.execute("DELETE FROM metadata WHERE mailbox_id = ?", (mbox.id,))  # schema invariant 12
             release_blobs(tx, counts)

@@ -25,6 +25,8 @@ Invariants:
    `mailboxes.keywords` holds them by the commit that makes the row hold them (schema invariant 7, api 9).
 6. A new message row gets its thread id in the job that inserts it (threads.py): its source's when it is a
    copy, else `assign_thread` from its body's keys, which the job stored first (`put_keys`).
+7. Every message row inserted or deleted here has its `sort_rows` row inserted or deleted in the same job
+   (`add_sort_rows`, `drop_sort_rows`: threads.py invariant 7, schema invariant 20).
 """
 
 from __future__ import annotations
@@ -75,7 +77,14 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
-from postroom.store.sqlite.threads import assign_thread, put_keys, refresh_keys, thread_ids_of
+from postroom.store.sqlite.threads import (
+    add_sort_rows,
+    assign_thread,
+    drop_sort_rows,
+    put_keys,
+    refresh_keys,
+    thread_ids_of,
+)
 
 PRUNE_BATCH = 10_000  # expunged records forgotten per write transaction (`prune_expunged`)
 
@@ -138,6 +147,8 @@ def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage],
         uid += 1
     tx.conn.executemany(f"INSERT INTO messages({MESSAGE_COLUMNS}, thread_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows)
+    if rows:
+        add_sort_rows(tx.conn, mbox.id, rows[0][1], rows[-1][1])  # invariant 7
     tx.conn.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?", (uid, modseq, mbox.id))
     grown = grow_keywords(tx, mbox, (kw for item in items for kw in item.keywords))
     if grown is not None and len(results) == 1:  # a single append reports it with its own change
@@ -159,6 +170,7 @@ def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, now: 
         gone.append((mbox.id, m.uid, modseq, now))
         changes.append(Change(ChangeKind.EXPUNGE, mbox.user_id, mbox.id, m.uid, modseq))
     tx.conn.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mbox.id, m.uid) for m in msgs])
+    drop_sort_rows(tx.conn, mbox.id, [m.uid for m in msgs])  # invariant 7
     tx.conn.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq, at) VALUES (?, ?, ?, ?)", gone)
     tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, mbox.id))
     if release:

@@ -56,6 +56,11 @@ gives the body's messages their thread (the lazy upgrade of `mime.meta` formats)
 14 (issue 14) adds `shared_owners(domain_id, user_id)`: the owner of a domain's "Shared Folders" (RFC 2342 §5),
 a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Nothing exists yet, so nothing is
 made by the upgrade.
+15 (issue 14) adds `sort_rows`: one narrow row per message, clustered by (mailbox_id, uid), with the message's
+internal date and size and its body's sort and thread keys (invariant 20), so SORT and THREAD read a UID range of
+one table instead of joining every message to `message_keys` by its body's id. The step fills it from `messages`
+and `message_keys` in (mailbox, uid) order, logging its progress on large stores (one INSERT ... SELECT per
+`FILL_BATCH` messages, no metadata parsed).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -108,17 +113,25 @@ Invariants:
 19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
    address is `names.shared_owner(domain)` (not an address: no lookup by address finds it), with an empty
    password hash and SCRAM verifier (nothing verifies against them), no default mailboxes, and no login.
+20. Every `messages` row has exactly one `sort_rows` row under its (mailbox_id, uid), and there is no other:
+   `arrival` and `size` are its internal date and size, the key columns those of its body's `message_keys` row,
+   or (while the body has none, `messages.thread_id` 0) NULL `sent` and `message_id`, empty strings and 0. Every
+   write that inserts or deletes message rows, or stores a body's keys, writes `sort_rows` in the same
+   transaction (store/sqlite/threads.py invariant 7).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
+FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
+log = logging.getLogger("postroom.store")
 
 _V1 = """
 CREATE TABLE counters(
@@ -407,9 +420,43 @@ def _v14(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v15(conn: sqlite3.Connection) -> None:
+    """One narrow row per message with what SORT and THREAD read (invariant 20), clustered by (mailbox_id, uid);
+    filled from `messages` and `message_keys` (what the store holds now; a body without keys gets the empty
+    ones, as a new message without keys does), `FILL_BATCH` messages per statement with a progress line."""
+    conn.execute(
+        "CREATE TABLE sort_rows(mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,"
+        " uid INTEGER NOT NULL, arrival REAL NOT NULL, size INTEGER NOT NULL, sent REAL, subject TEXT NOT NULL,"
+        " reply INTEGER NOT NULL, from_key TEXT NOT NULL, to_key TEXT NOT NULL, cc_key TEXT NOT NULL,"
+        " display_from TEXT NOT NULL, display_to TEXT NOT NULL, message_id TEXT, refs TEXT NOT NULL,"
+        " PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID"
+    )
+    (total,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+    done = 0
+    after = (-1, -1)  # (mailbox_id, uid) of the last message copied
+    while done < total:
+        row = conn.execute(
+            "SELECT mailbox_id, uid FROM messages WHERE (mailbox_id, uid) > (?, ?) ORDER BY mailbox_id, uid"
+            " LIMIT 1 OFFSET ?", (*after, FILL_BATCH - 1)).fetchone()
+        last = (int(row[0]), int(row[1])) if row is not None else (2**63 - 1, 2**63 - 1)
+        n = conn.execute(
+            "INSERT INTO sort_rows SELECT m.mailbox_id, m.uid, m.internal_date, m.size, k.sent,"
+            " COALESCE(k.subject, ''), COALESCE(k.reply, 0), COALESCE(k.from_key, ''), COALESCE(k.to_key, ''),"
+            " COALESCE(k.cc_key, ''), COALESCE(k.display_from, ''), COALESCE(k.display_to, ''), k.message_id,"
+            " COALESCE(k.refs, '') FROM messages m LEFT JOIN message_keys k ON k.blob_id = m.blob_id"
+            " WHERE (m.mailbox_id, m.uid) > (?, ?) AND (m.mailbox_id, m.uid) <= (?, ?)"
+            " ORDER BY m.mailbox_id, m.uid", (*after, *last)).rowcount
+        if n <= 0:
+            break
+        done += n
+        after = last
+        if total > FILL_BATCH:
+            log.info("schema 15: sort rows of %d of %d messages written", done, total)
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14,
+    14: _v14, 15: _v15,
 }
 
 
