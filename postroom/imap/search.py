@@ -63,6 +63,7 @@ from typing import Any
 
 from postroom.mime.meta import MessageMeta
 from postroom.store.api import Flag, MessageColumns, MessageInfo
+from postroom.store.scanform import ScanTest, text_haystack
 from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder, objectid
@@ -90,6 +91,7 @@ MAX_SEARCH_WORK = 1 << 31  # characters of message text compared by one SEARCH (
 SLICE_CHARS = 2 * 1024 * 1024  # characters compared between two yields to the event loop (~1-2 ms)
 SLICE_NODES = 20_000  # key nodes evaluated between two yields (~5 ms)
 _TEXT_OPS = frozenset(("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "BODY", "TEXT"))
+_SENT_KEYS = frozenset(("SENTBEFORE", "SENTON", "SENTSINCE"))
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -182,11 +184,10 @@ class _Ctx:
 
 
 def _text(meta: MessageMeta) -> str:
-    """TEXT's haystack: the header and body text, and the attachments' file names (RFC 9051 §6.4.4: TEXT
-    covers "the header (including MIME header fields) or body", and a file name is a MIME header parameter)."""
-    names = "".join("\n" + r.filename for r in meta.parts if r.filename)
-    text = meta.search.text()
-    return text + names if names else text
+    """TEXT's haystack: the header and body text, the attachments' file names and the body parts' header fields
+    (RFC 9051 §6.4.4: TEXT covers "the header (including MIME header fields) or body"; `scanform.text_haystack`,
+    which the scan form is built from)."""
+    return text_haystack(meta)
 
 
 def _day(ts: float) -> float:
@@ -244,9 +245,9 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return bool(day < args[0] if op == "SAVEDBEFORE" else day == args[0] if op == "SAVEDON" else day >= args[0])
     if op == "SAVEDATESUPPORTED":
         return True  # RFC 8514 §4.3: every mailbox here keeps save dates
-    assert meta is not None
     if op in _TEXT_OPS:
-        return ctx.hits[(op, args)]  # evaluated before, in slices (`_Ctx.evaluate_text`)
+        return ctx.hits[(op, args)]  # evaluated before: `_Ctx.evaluate_text`, or on the scan forms
+    assert meta is not None
     # RFC 9051 §6.4.4: SENT* compare the Date field's date "disregarding time and timezone", i.e. the calendar
     # date as the sender wrote it, not the UTC day. Without a valid Date field there is no such date: no match.
     sent = meta.sent_day
@@ -372,20 +373,50 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
         infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
     tests: dict[_Test, str] = {}
     _text_tests(key, tests)
+    order = list(tests)
+    # The scan forms answer the string keys (store/scanform.py); SENT* need the metadata itself.
+    scan = None if _needs_sent(key) else [_scan_test(t, tests[t]) for t in order]
     nodes = count_keys(key)
     out: list[int] = []
     for k in range(0, len(infos), META_BATCH):
         batch = infos[k:k + META_BATCH]
-        metas = await prefetch_meta(s, batch)
+        hits: dict[str, int] = {}
+        if scan:
+            # Off the event loop: a reader thread decompresses and compares (invariant 3); the budget holds.
+            found_hits = await s.store.scan_texts(list({m.blob_id: None for m in batch}), scan,
+                                                  MAX_SEARCH_WORK - ctx.compared)
+            ctx.budget(found_hits.compared)
+            hits = found_hits.hits
+        rest = [m for m in batch if m.blob_id not in hits]
+        metas = await prefetch_meta(s, rest) if rest else {}
         for m in batch:
-            meta = metas.get(m.blob_id) or await load_meta(s, m)
-            await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
+            bits = hits.get(m.blob_id)
+            meta: MessageMeta | None = None
+            if bits is not None:
+                ctx.hits = {t: bool(bits >> i & 1) for i, t in enumerate(order)}
+            else:
+                meta = metas.get(m.blob_id) or await load_meta(s, m)
+                await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
             if _match(key, m, meta, ctx):
                 out.append(m.uid)
                 if modseqs is not None:
                     modseqs[m.uid] = m.modseq
             await ctx.tick(nodes=nodes)
     return out
+
+
+def _needs_sent(key: P.Key) -> bool:
+    """The program has a SENT* key (compared with the metadata's Date, not a string)."""
+    return key.op in _SENT_KEYS or any(isinstance(a, P.Key) and _needs_sent(a) for a in key.args)
+
+
+def _scan_test(test: _Test, needle: str) -> ScanTest:
+    """One text test as the scan form answers it: TEXT and BODY by their haystacks, the others by field."""
+    op, args = test
+    data = needle.encode("utf-8", "surrogatepass")  # case-folded already (`_text_tests`)
+    if op in ("TEXT", "BODY"):
+        return ScanTest(op.lower(), data)
+    return ScanTest("header", data, str(args[0]).lower() if op == "HEADER" else op.lower())
 
 
 async def matching(s: Session, key: P.Key, sets: Mapping[int, Container[int]],

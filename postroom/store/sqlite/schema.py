@@ -56,6 +56,11 @@ gives the body's messages their thread (the lazy upgrade of `mime.meta` formats)
 14 (issue 14) adds `shared_owners(domain_id, user_id)`: the owner of a domain's "Shared Folders" (RFC 2342 §5),
 a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Nothing exists yet, so nothing is
 made by the upgrade.
+15 (issue 14) adds `fts_scan(docid, form)`: the scan form of each indexed body (`store/scanform.py`: its search
+text case-folded and compressed, what SEARCH's exact check compares), keyed like the FTS5 rows (invariant 20).
+The step writes none: it marks the index as of no version (`counters` 'fts_version' 0), so opening the store
+empties it into the backlog (fts.py `check_version`), and `postroom index` or the server's background build
+fills it again, forms included, with progress; until then those bodies are searched from their metadata.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -108,6 +113,8 @@ Invariants:
 19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
    address is `names.shared_owner(domain)` (not an address: no lookup by address finds it), with an empty
    password hash and SCRAM verifier (nothing verifies against them), no default mailboxes, and no login.
+20. An `fts_scan` row belongs to the `fts_docs` row of the same docid (written and deleted with it, fts.py
+   invariant 4); a document without one is searched from its body's metadata.
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 _V1 = """
 CREATE TABLE counters(
@@ -407,9 +414,18 @@ def _v14(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v15(conn: sqlite3.Connection) -> None:
+    """The scan form of each indexed body (invariant 20), none yet. A rowid table of its own, not a column of
+    `fts_docs`: the forms are large, and `fts_docs` is read by narrowing lookups that never need them."""
+    conn.execute("CREATE TABLE fts_scan(docid INTEGER PRIMARY KEY, form BLOB NOT NULL)")
+    # Bodies indexed before have no scan form: the index is marked as of no version, so opening the store
+    # empties it into the backlog (fts.py `check_version`) to be built again with the forms.
+    conn.execute("UPDATE counters SET value = 0 WHERE name = 'fts_version'")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14,
+    14: _v14, 15: _v15,
 }
 
 
