@@ -15,6 +15,13 @@ may match, and every message whose body is not indexed yet) and only those are r
 evaluation is the same exact one, so answers are those of the full scan (textindex invariant 1). A string too
 short to look up (under three characters), or a program whose text keys sit under NOT, leaves the full scan.
 
+The exact check on scan forms (schema 15): every text test of the program is handed to the store with the
+message bodies, `META_BATCH` per call (`Store.scan_texts`), and a reader thread answers them from each body's
+scan form (`store/scanform.py`: the haystacks below, case-folded once at indexing, compressed): one bit per test
+and body. The event loop then only evaluates the program per message with those bits (`_Ctx.hits`). A body
+without a form (not indexed yet) is checked from its metadata as before, and so is every message of a program
+with a SENT* key (the Date is in the metadata, not in the form); the answers are the same (scanform invariant 1).
+
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
 calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
@@ -46,11 +53,13 @@ Answers are those of the plain evaluation: the same tests, evaluated in another 
 
 Invariants
 1. Only messages the client knows are searched (announced UIDs); arrivals not yet reported are not.
-2. A key that needs no metadata never loads any; one that does loads each message's metadata once, and with
-   narrowing only the candidates' (a whole-mailbox SUBJECT search reads no other message's body text).
+2. A key that needs no metadata never loads any; one that does loads each message's metadata once (or its scan
+   form instead, off the loop), and with narrowing only the candidates' (a whole-mailbox SUBJECT search reads no
+   other message's body text).
 3. No synchronous stretch of a SEARCH does more than about `SLICE_CHARS` characters of comparison or
    `SLICE_NODES` key evaluations (plus one message's case-folding, at most `mime.text` bounds) before it
-   yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison.
+   yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison, counted alike on the
+   scan forms (the store stops past the budget it is given) and on the metadata.
 """
 
 from __future__ import annotations
@@ -362,7 +371,8 @@ def _narrowing(key: P.Key) -> TextFilter | None:
 
 async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None) -> list[int]:
     """A search with text or Date-header keys: the records (only the index's candidates when it can narrow),
-    then the metadata `META_BATCH` messages per store call (invariant 2)."""
+    then `META_BATCH` messages per store call: the text tests answered on their scan forms in the store, the
+    metadata of the others read and checked here (invariant 2)."""
     sel = ctx.sel
     known = sel.uids
     flt = _narrowing(key)

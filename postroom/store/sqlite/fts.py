@@ -5,8 +5,8 @@ Theory of operation
 The index is **per body** (blob), not per message: a body is content-addressed and shared by every message that
 holds it (a list post to 50 local members, COPY, MOVE), so it is tokenised once, COPY and MOVE cost nothing here,
 and the rows go when the body's last reference goes. `fts_docs` gives each indexed body an integer document id
-(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (the text is
-not stored a second time: measured, a zlib-compressed copy was 2.7 times the index itself), and a contentless row
+(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (FTS5 keeps no
+copy of the text; the scan form in `fts_scan` is one, but for the exact check, not for FTS5), and a contentless row
 is deleted by giving FTS5 the very values it indexed: they are derived again from `blobs.meta`, which is what
 they were derived from (`write_metas` re-indexes before it replaces it). The derivation is versioned
 (`INDEX_VERSION`: this module's text format and Python's Unicode version, which `str.casefold` follows): a store
