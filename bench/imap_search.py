@@ -125,7 +125,9 @@ def measure(port: int, runs: int, label: str) -> dict[str, tuple[float, int]]:
     for name, query in searches():
         progress(f"  {label}: {name} ...")
         first = c.cmd(b"UID SEARCH CHARSET UTF-8 " + query)  # warm-up (Dovecot builds its cache here)
-        hits = len(first[0].split()) - 2 if first[0].startswith(b"* SEARCH") else 0
+        # Dovecot may send "* OK Searched 40% of the mailbox" lines first: count the SEARCH line's numbers.
+        found = [ln for ln in first if ln.startswith(b"* SEARCH")]
+        hits = len(found[0].split()) - 2 if found else 0
         times = []
         for _ in range(runs):
             t = time.perf_counter()
