@@ -20,8 +20,9 @@ where the fields are one per distinct header field name (lower-case, first-seen 
 FROM, ..., HEADER compare: `SearchText.header(name).casefold()` (repeated fields joined by ", "), and the *_chars
 are the haystacks' lengths in characters (what `MAX_SEARCH_WORK` counts). Text is encoded with "surrogatepass"
 (decoded mail may hold lone surrogates). Zstandard level 1, not zlib and not uncompressed: on the bench mail
-(bench/RESULTS.md) it keeps 0.42x of the text against zlib's 0.46x, decompresses about eight times faster than
-zlib, and about half as fast as reading it uncompressed, which would double the database.
+(bench/scanform.py, bench/RESULTS.md) it keeps 0.42x of the text against zlib level 1's 0.46x and scans 4-8
+times faster than zlib; uncompressed scans faster still but adds about the bodies' size to the database, and
+lz4 scans about twice as fast at 0.65x.
 
 `evaluate(data, tests)` -> (bit mask of the tests that hold, characters compared). A test is a `ScanTest`: the
 key's haystack ("text", "body" or "header" with a field name) and its needle, case-folded and UTF-8 encoded.
