@@ -7,8 +7,9 @@ backlog, so opening a large store is quick. `build_index` then works the backlog
 bodies, each one short write transaction (`Store.index_backlog`), so deliveries and flag changes get the
 writer between steps and no step holds the write lock for long. A body whose stored metadata is missing or of an
 older format has it computed (`metapool`, as delivery does) and stored with `Store.write_metas`, which
-indexes it. Until a body is indexed, SEARCH reads it by the exact scan (`Store.search_text` counts it as a
-candidate), so answers are right at every moment of the build.
+indexes it; indexing also writes the body's scan form (store/scanform.py). Until a body is indexed, SEARCH
+reads it by the exact scan of its metadata (`Store.search_text` counts it as a candidate, `Store.scan_texts`
+leaves it out), so answers are right at every moment of the build.
 
 It runs from `postroom index` (with the progress display of `postroom.progress`) and in the background of
 `postroom serve` (progress lines in the log), whichever comes first; both may run at once (each step is its own

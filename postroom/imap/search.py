@@ -15,6 +15,13 @@ may match, and every message whose body is not indexed yet) and only those are r
 evaluation is the same exact one, so answers are those of the full scan (textindex invariant 1). A string too
 short to look up (under three characters), or a program whose text keys sit under NOT, leaves the full scan.
 
+The exact check on scan forms (schema 16): every text test of the program is handed to the store with the
+message bodies, `META_BATCH` per call (`Store.scan_texts`), and a reader thread answers them from each body's
+scan form (`store/scanform.py`: the haystacks below, case-folded once at indexing, compressed): one bit per test
+and body. The event loop then only evaluates the program per message with those bits (`_Ctx.hits`). A body
+without a form (not indexed yet) is checked from its metadata as before, and so is every message of a program
+with a SENT* key (the Date is in the metadata, not in the form); the answers are the same (scanform invariant 1).
+
 String keys match case-insensitively as substrings of the decoded text (RFC 9051 §6.4.4); the charset given
 with CHARSET is only checked: arguments are UTF-8 already (US-ASCII is its subset). Date keys compare the
 calendar day in UTC of the internal date (BEFORE, ON, SINCE), or the Date header's date as written, in the
@@ -46,11 +53,13 @@ Answers are those of the plain evaluation: the same tests, evaluated in another 
 
 Invariants
 1. Only messages the client knows are searched (announced UIDs); arrivals not yet reported are not.
-2. A key that needs no metadata never loads any; one that does loads each message's metadata once, and with
-   narrowing only the candidates' (a whole-mailbox SUBJECT search reads no other message's body text).
+2. A key that needs no metadata never loads any; one that does loads each message's metadata once (or its scan
+   form instead, off the loop), and with narrowing only the candidates' (a whole-mailbox SUBJECT search reads no
+   other message's body text).
 3. No synchronous stretch of a SEARCH does more than about `SLICE_CHARS` characters of comparison or
    `SLICE_NODES` key evaluations (plus one message's case-folding, at most `mime.text` bounds) before it
-   yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison.
+   yields; the whole SEARCH does at most `MAX_SEARCH_WORK` characters of comparison, counted alike on the
+   scan forms (the store stops past the budget it is given) and on the metadata.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from typing import Any
 
 from postroom.mime.meta import MessageMeta
 from postroom.store.api import Flag, MessageColumns, MessageInfo
+from postroom.store.scanform import ScanTest, text_haystack
 from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder, objectid
@@ -90,6 +100,7 @@ MAX_SEARCH_WORK = 1 << 31  # characters of message text compared by one SEARCH (
 SLICE_CHARS = 2 * 1024 * 1024  # characters compared between two yields to the event loop (~1-2 ms)
 SLICE_NODES = 20_000  # key nodes evaluated between two yields (~5 ms)
 _TEXT_OPS = frozenset(("FROM", "TO", "CC", "BCC", "SUBJECT", "HEADER", "BODY", "TEXT"))
+_SENT_KEYS = frozenset(("SENTBEFORE", "SENTON", "SENTSINCE"))
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -182,11 +193,10 @@ class _Ctx:
 
 
 def _text(meta: MessageMeta) -> str:
-    """TEXT's haystack: the header and body text, and the attachments' file names (RFC 9051 §6.4.4: TEXT
-    covers "the header (including MIME header fields) or body", and a file name is a MIME header parameter)."""
-    names = "".join("\n" + r.filename for r in meta.parts if r.filename)
-    text = meta.search.text()
-    return text + names if names else text
+    """TEXT's haystack: the header and body text, the attachments' file names and the body parts' header fields
+    (RFC 9051 §6.4.4: TEXT covers "the header (including MIME header fields) or body"; `scanform.text_haystack`,
+    which the scan form is built from)."""
+    return text_haystack(meta)
 
 
 def _day(ts: float) -> float:
@@ -244,9 +254,9 @@ def _match(key: P.Key, m: _Msg, meta: MessageMeta | None, ctx: _Ctx) -> bool:
         return bool(day < args[0] if op == "SAVEDBEFORE" else day == args[0] if op == "SAVEDON" else day >= args[0])
     if op == "SAVEDATESUPPORTED":
         return True  # RFC 8514 §4.3: every mailbox here keeps save dates
-    assert meta is not None
     if op in _TEXT_OPS:
-        return ctx.hits[(op, args)]  # evaluated before, in slices (`_Ctx.evaluate_text`)
+        return ctx.hits[(op, args)]  # evaluated before: `_Ctx.evaluate_text`, or on the scan forms
+    assert meta is not None
     # RFC 9051 §6.4.4: SENT* compare the Date field's date "disregarding time and timezone", i.e. the calendar
     # date as the sender wrote it, not the UTC day. Without a valid Date field there is no such date: no match.
     sent = meta.sent_day
@@ -373,7 +383,8 @@ def _narrowing(key: P.Key) -> TextFilter | None:
 
 async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None) -> list[int]:
     """A search with text or Date-header keys: the records (only the index's candidates when it can narrow),
-    then the metadata `META_BATCH` messages per store call (invariant 2)."""
+    then `META_BATCH` messages per store call: the text tests answered on their scan forms in the store, the
+    metadata of the others read and checked here (invariant 2)."""
     sel = ctx.sel
     known = sel.uids
     flt = _narrowing(key)
@@ -384,20 +395,50 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
         infos = [m for m in await s.store.list_messages(sel.id, known[0], known[-1]) if sel.msn(m.uid)]
     tests: dict[_Test, str] = {}
     _text_tests(key, tests)
+    order = list(tests)
+    # The scan forms answer the string keys (store/scanform.py); SENT* need the metadata itself.
+    scan = None if _needs_sent(key) else [_scan_test(t, tests[t]) for t in order]
     nodes = count_keys(key)
     out: list[int] = []
     for k in range(0, len(infos), META_BATCH):
         batch = infos[k:k + META_BATCH]
-        metas = await prefetch_meta(s, batch)
+        hits: dict[str, int] = {}
+        if scan:
+            # Off the event loop: a reader thread decompresses and compares (invariant 3); the budget holds.
+            found_hits = await s.store.scan_texts(list({m.blob_id: None for m in batch}), scan,
+                                                  MAX_SEARCH_WORK - ctx.compared)
+            ctx.budget(found_hits.compared)
+            hits = found_hits.hits
+        rest = [m for m in batch if m.blob_id not in hits]
+        metas = await prefetch_meta(s, rest) if rest else {}
         for m in batch:
-            meta = metas.get(m.blob_id) or await load_meta(s, m)
-            await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
+            bits = hits.get(m.blob_id)
+            meta: MessageMeta | None = None
+            if bits is not None:
+                ctx.hits = {t: bool(bits >> i & 1) for i, t in enumerate(order)}
+            else:
+                meta = metas.get(m.blob_id) or await load_meta(s, m)
+                await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
             if _match(key, m, meta, ctx):
                 out.append(m.uid)
                 if modseqs is not None:
                     modseqs[m.uid] = m.modseq
             await ctx.tick(nodes=nodes)
     return out
+
+
+def _needs_sent(key: P.Key) -> bool:
+    """The program has a SENT* key (compared with the metadata's Date, not a string)."""
+    return key.op in _SENT_KEYS or any(isinstance(a, P.Key) and _needs_sent(a) for a in key.args)
+
+
+def _scan_test(test: _Test, needle: str) -> ScanTest:
+    """One text test as the scan form answers it: TEXT and BODY by their haystacks, the others by field."""
+    op, args = test
+    data = needle.encode("utf-8", "surrogatepass")  # case-folded already (`_text_tests`)
+    if op in ("TEXT", "BODY"):
+        return ScanTest(op.lower(), data)
+    return ScanTest("header", data, str(args[0]).lower() if op == "HEADER" else op.lower())
 
 
 async def matching(s: Session, key: P.Key, sets: Mapping[int, Container[int]],

@@ -20,7 +20,9 @@ Format versions (`FORMAT_VERSION`): 1 kept the Date field only as a UTC POSIX ti
 Date field's calendar date as written (RFC 9051 §6.4.4 SENT* disregard time and zone), treats an unknown zone
 as UTC in `sent_date`, and decodes quoted-printable by RFC 2045 §6.7 rules 3 and 5 in the search text. 3 adds
 `keys`, the SORT / THREAD keys of the header (`mime.sortkeys`: base subject, first addresses, Message-ID and
-references), which the store also keeps as narrow columns.
+references), which the store also keeps as narrow columns. 4 adds `mime` to the search text, the header fields
+of the body parts (`text.part_fields`), which SEARCH TEXT matches (RFC 9051 §6.4.4 "including MIME header
+fields").
 `from_bytes` refuses any other version; readers then recompute the metadata from the raw message and store it
 back (`imap/fetch.py`, `Store.write_metas`), so each body of an older store is upgraded once, on first use.
 
@@ -55,7 +57,7 @@ from postroom.mime.sortkeys import EMPTY_KEYS, SortKeys, sort_keys
 from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
@@ -135,6 +137,7 @@ class MessageMeta:
             "defects": [list(d) for d in self.defects],
             "hdr": [list(h) for h in self.search.headers],
             "text": self.search.body,
+            "mime": [list(h) for h in self.search.mime],
             "date": self.sent_date,
             "day": self.sent_day,
             "keys": self.keys.to_list(),
@@ -157,7 +160,8 @@ class MessageMeta:
                 body=doc["body"].encode("latin-1"),
                 parts=tuple(PartRow(*row) for row in doc["parts"]),
                 defects=tuple((int(o), str(c)) for o, c in doc["defects"]),
-                search=SearchText(tuple((k, v) for k, v in doc["hdr"]), doc["text"]),
+                search=SearchText(tuple((k, v) for k, v in doc["hdr"]), doc["text"],
+                                  tuple((k, v) for k, v in doc["mime"])),
                 sent_date=doc["date"],
                 sent_day=doc["day"],
                 keys=SortKeys.from_list(doc["keys"]),

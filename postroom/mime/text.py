@@ -20,6 +20,8 @@ Invariants:
 4. Every step is linear in its input: `html_to_text` only searches forward and stops at an unterminated
    construct, blank runs are collapsed without backtracking regexes, charset names are looked up once
    (`headers.charset_codec`, cached).
+5. `SearchText.mime` holds the header fields of the body parts (not those of the message itself, which are
+   `headers`), at most about `MAX_HEADER_CHARS` characters of values; each part header is read once.
 """
 
 from __future__ import annotations
@@ -205,10 +207,12 @@ def html_to_text(markup: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SearchText:
-    """Decoded text of one message. `headers` are (lower-case name, decoded value) in message order."""
+    """Decoded text of one message. `headers` are (lower-case name, decoded value) in message order; `mime` the
+    same for the header fields of the body parts (invariant 5), in part order."""
 
     headers: tuple[tuple[str, str], ...]
     body: str
+    mime: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> str:
         name = name.lower()
@@ -274,4 +278,32 @@ def search_text(raw: bytes, root: Part, max_body: int = MAX_BODY_CHARS) -> Searc
             chunks.append(t)
             left -= len(t) + 1
     body = "\n".join(chunks)[:max_body]
-    return SearchText(tuple(headers), body)
+    return SearchText(tuple(headers), body, part_fields(raw, root))
+
+
+def part_fields(raw: bytes, root: Part, limit: int = MAX_HEADER_CHARS) -> tuple[tuple[str, str], ...]:
+    """The header fields of every body part below the message's own header (invariant 5): each part's MIME
+    header (Content-Type, Content-Disposition, Content-Description, ...; RFC 2045 §3) and the header of each
+    encapsulated message, as (lower-case name, decoded value), depth first in part order, at most about `limit`
+    characters of values. These are what RFC 9051 §6.4.4 TEXT adds to the message header ("the header
+    (including MIME header fields) or body"); BODY does not look at them."""
+    out: list[tuple[str, str]] = []
+    size = 0
+    stack: list[tuple[Part, bool]] = [(root, False)]  # (part, whether its own header is a body part's)
+    while stack and size <= limit:
+        part, own = stack.pop()
+        fields = H.split_fields(raw, part.header_start, part.body_start)[0] if own else []
+        if part.message is not None:
+            fields = fields + part.message.fields  # the encapsulated message's header (scanned already)
+            inner = part.message
+            kids = inner.children
+        else:
+            kids = part.children
+        for f in fields:
+            if size > limit:
+                break
+            v = decode_words(f.value)
+            size += len(v)
+            out.append((f.name, v))
+        stack.extend((k, True) for k in reversed(kids))
+    return tuple(out)

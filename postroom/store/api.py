@@ -69,6 +69,7 @@ from postroom.flags import Flag as Flag
 from postroom.flags import flags_to_names as flags_to_names
 
 if TYPE_CHECKING:
+    from postroom.store.scanform import ScanTest
     from postroom.store.textindex import TextFilter
 
 # --------------------------------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ def is_out_of_space(exc: BaseException) -> bool:
 STAGING_THRESHOLD = 1 << 20
 """Bytes: a message body larger than this is written to a file in `Store.staging_dir()` as it arrives (SMTP DATA
 and BDAT, IMAP APPEND literals), never held whole in a session's memory."""
+MAX_SCAN_BODIES = 2000  # bodies one `Store.scan_texts` call checks: one reader-thread job of at most ~0.1-0.5 s
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -394,6 +396,16 @@ class TextCandidates:
 
     messages: list[MessageInfo]
     unindexed: int
+
+
+@dataclass(frozen=True)
+class TextScan:
+    """What `Store.scan_texts` found: blob id -> bit mask of the tests that hold on that body (bit i: tests[i]),
+    for each body it could answer from its scan form, and the characters of text compared (what
+    `imap.search.MAX_SEARCH_WORK` bounds; past the caller's `max_chars` the scan stopped early)."""
+
+    hits: dict[str, int]
+    compared: int
 
 
 @dataclass(frozen=True)
@@ -814,6 +826,14 @@ class Store(Protocol):
         1), including every message whose body is not indexed yet; None when the index cannot narrow `flt`
         (e.g. a string under an OR too short to look up). The caller confirms each candidate exactly. Raises
         NotFound for an unknown mailbox."""
+
+    async def scan_texts(self, blob_ids: Sequence[str], tests: Sequence[ScanTest], max_chars: int) -> TextScan:
+        """The exact check of SEARCH string keys (RFC 9051 §6.4.4, `store/scanform.py`) on the bodies `blob_ids`,
+        at most `MAX_SCAN_BODIES` of them, done off the event loop on each body's scan form: bit i of
+        `hits[blob]` is set when `tests[i]` holds, as `imap.search` would find from the metadata (scanform
+        invariant 1). A body without a usable scan form (not indexed yet, or a form of another format) is left
+        out of `hits`: the caller checks it from its metadata. Stops after the body that took the characters
+        compared past `max_chars`. Invalid for more than `MAX_SCAN_BODIES` bodies."""
 
     async def index_backlog(self, limit: int, after: str = "") -> IndexProgress:
         """Index up to `limit` bodies of the backlog (bodies stored before the index existed) with blob ids

@@ -11,7 +11,9 @@ folds it (`str.casefold`):
 
     subject, from, to, cc, bcc   exactly `SearchText.header(name)`: what SUBJECT, FROM, TO, CC, BCC compare
     headers                      every field as "name: value" lines: the header part of `SearchText.text()`
-    names                        attachment file names, one per line (`PartRow.filename`)
+    names                        attachment file names, one per line (`PartRow.filename`), then the body
+                                 parts' header fields as "name: value" lines (`SearchText.mime`): the
+                                 rest of TEXT's haystack (`scanform.text_haystack`)
     body                         exactly `SearchText.body`: what BODY compares
 
 `pieces(field_key, needle)` cuts a needle into substrings that must each occur in one index field for the key to
@@ -106,7 +108,9 @@ def index_fields(meta: MessageMeta) -> dict[str, str]:
     st = meta.search
     out = {name: _clean(st.header(name)) for name in HEADER_FIELDS}
     out["headers"] = _clean("\n".join(f"{k}: {v}" for k, v in st.headers))
-    out["names"] = _clean("\n".join(r.filename for r in meta.parts if r.filename))
+    names = [r.filename for r in meta.parts if r.filename]
+    names.extend(f"{k}: {v}" for k, v in st.mime)
+    out["names"] = _clean("\n".join(names))
     out["body"] = _clean(st.body)
     return out
 

@@ -171,6 +171,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     ),
     14: ("DROP TABLE shared_owners",),
     15: ("DROP TABLE sort_rows",),
+    16: ("DROP TABLE fts_scan",),
 }
 
 

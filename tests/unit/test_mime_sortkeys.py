@@ -98,7 +98,7 @@ def test_references_are_capped_keeping_the_last() -> None:
 def test_meta_carries_the_keys_and_round_trips() -> None:
     raw = b"Subject: [list] Re: Hello\r\nDate: Tue, 2 Jan 2024 01:00:00 +0500\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n"
     meta = compute_meta(raw)
-    assert FORMAT_VERSION == 3 and meta.keys.subject == "HELLO" and meta.keys.reply
+    assert FORMAT_VERSION == 4 and meta.keys.subject == "HELLO" and meta.keys.reply
     assert MessageMeta.from_bytes(meta.to_bytes()) == meta
     assert keys_of(meta.to_bytes()) == (meta.sent_date, meta.keys)
     assert keys_of(b'{"v": 2}') is None  # an older format: the reader recomputes it

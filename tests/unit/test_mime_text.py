@@ -75,6 +75,28 @@ def test_encapsulated_message_headers_and_body() -> None:
     assert "subject: inner" in body and "inner body" in body
 
 
+def test_part_fields_are_the_body_parts_headers() -> None:
+    """`SearchText.mime`: each body part's header fields and an encapsulated message's header, decoded, in part
+    order; not the message's own header (that is `headers`)."""
+    raw = (b"Subject: top\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Type: text/plain\r\nContent-Description: =?utf-8?q?caf=C3=A9?= notes\r\n\r\nhi\r\n--b\r\n"
+           b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=c\r\n"
+           b"\r\n--c\r\nX-Part: deep\r\n\r\nx\r\n--c--\r\n--b--\r\n")
+    st = search_text(raw, scan(raw).root)
+    assert st.headers == (("subject", "top"), ("content-type", "multipart/mixed; boundary=b"))
+    assert st.mime == (("content-type", "text/plain"), ("content-description", "café notes"),
+                       ("content-type", "message/rfc822"), ("subject", "inner"),
+                       ("content-type", "multipart/mixed; boundary=c"), ("x-part", "deep"))
+    assert search_text(b"Subject: one part\r\n\r\nbody\r\n", scan(b"Subject: one part\r\n\r\nbody\r\n").root).mime == ()
+
+
+def test_part_fields_are_bounded() -> None:
+    part = b"--b\r\nContent-Description: " + b"d" * 1000 + b"\r\n\r\nx\r\n"
+    raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + part * 200 + b"--b--\r\n"
+    mime = search_text(raw, scan(raw).root).mime
+    assert 64 * 1024 <= sum(len(v) for _, v in mime) <= 64 * 1024 + 2000  # MAX_HEADER_CHARS, one field over
+
+
 def test_bounded() -> None:
     text = base64.encodebytes(("x" * 70 + "\n").encode() * 200_000).decode()
     raw = ("Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + text).encode()

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from postroom.mime.meta import compute_meta
+from postroom.store.scanform import text_haystack
 from postroom.store.textindex import FIELDS_OF, HEADER_FIELDS, TextTerm, index_fields, pieces, trigrams
 
 WORDS = ["invoice", "Straße", "İstanbul", "ﬁle", "你好世界", "会议报告", "東京の会議", "カタカナ", "Tiếng Việt",
@@ -25,7 +26,7 @@ def _message(rng: random.Random) -> bytes:
     if rng.random() < 0.5:
         return (head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
                 "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n--b\r\n"
-                "Content-Type: application/octet-stream\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Description: {phrase()}\r\n"
                 f"Content-Disposition: attachment; filename=\"{rng.choice(WORDS)}.pdf\"\r\n\r\nxx\r\n--b--\r\n"
                 ).encode()
     return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
@@ -35,11 +36,10 @@ def _haystacks(raw: bytes) -> dict[str, str]:
     """The exact check's haystacks (imap/search.py), case-folded: per key."""
     meta = compute_meta(raw)
     st = meta.search
-    names = "".join("\n" + r.filename for r in meta.parts if r.filename)
     out = {f: st.header(f) for f in HEADER_FIELDS}
     out["header"] = st.header("x-tag")
     out["body"] = st.body
-    out["text"] = st.text() + names
+    out["text"] = text_haystack(meta)
     return {k: v.casefold() for k, v in out.items()}
 
 

@@ -5,16 +5,19 @@ Theory of operation
 The index is **per body** (blob), not per message: a body is content-addressed and shared by every message that
 holds it (a list post to 50 local members, COPY, MOVE), so it is tokenised once, COPY and MOVE cost nothing here,
 and the rows go when the body's last reference goes. `fts_docs` gives each indexed body an integer document id
-(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (the text is
-not stored a second time: measured, a zlib-compressed copy was 2.7 times the index itself), and a contentless row
+(FTS5 rowids are integers; `blobs` is keyed by the SHA-256 text). The FTS5 tables are contentless (FTS5 keeps no
+copy of the text; the scan form in `fts_scan` is one, but for the exact check, not for FTS5), and a contentless row
 is deleted by giving FTS5 the very values it indexed: they are derived again from `blobs.meta`, which is what
 they were derived from (`write_metas` re-indexes before it replaces it). The derivation is versioned
 (`INDEX_VERSION`: this module's text format and Python's Unicode version, which `str.casefold` follows): a store
 indexed under another version is emptied and put back in the backlog when it is opened (`check_version`).
 
 * `index_blob` (in a write job): the text of `textindex.index_fields(meta)` into `fts_head` (per header column)
-  and `fts_body`; a body whose metadata is missing or of an older format goes to `fts_backlog` instead.
+  and `fts_body`, and the body's scan form (`scanform.build`, the case-folded haystacks) into `fts_scan`; a
+  body whose metadata is missing or of an older format goes to `fts_backlog` instead.
 * `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
+* `scan` (in a read): the exact check of SEARCH string keys on the scan forms (`scanform.evaluate`) of a batch
+  of bodies, for `Store.scan_texts`: a reader thread decompresses and compares, the event loop only combines.
 * `candidates` (in a read): a `TextFilter` -> the messages of a UID range whose text may match: per piece of a
   needle, the documents holding all its trigrams in the key's columns (one FTS5 MATCH per table), combined by
   the filter's AND / OR, mapped to messages of the mailbox, plus every message whose body is in the backlog.
@@ -30,6 +33,9 @@ Invariants
 3. `candidates` never leaves out a message that the exact check would match (textindex invariant 1, plus the
    backlog); it returns None, "no narrowing", rather than a list it cannot vouch for (a term with no piece long
    enough under an OR, or more than `MAX_DOCS` documents for one lookup).
+4. A document's `fts_scan` row (schema 16) is `scanform.build` of the same metadata its FTS5 rows were derived
+   from, written and deleted with them; `scan` answers only from rows of the current `INDEX_VERSION`, so a
+   body missing from its answer (in the backlog, or indexed before schema 16) is checked from its metadata.
 """
 
 from __future__ import annotations
@@ -39,11 +45,13 @@ import unicodedata
 from collections.abc import Sequence
 
 from postroom.mime.meta import MessageMeta, MetaFormatError
-from postroom.store.api import IndexProgress, MessageInfo, TextCandidates
+from postroom.store import scanform
+from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
 from postroom.store.sqlite import common  # (a module: common calls index_blob, this uses its helpers)
 from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields, trigrams
 
-FORMAT = 1  # of `textindex.index_fields`; a change to what is indexed bumps it
+FORMAT = 2  # of `textindex.index_fields` and `scanform.build`; a change to what is indexed bumps it (2: the
+# body parts' header fields in h_names, and the scan form)
 _MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
 INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
@@ -79,6 +87,7 @@ def check_version(conn: sqlite3.Connection) -> bool:
         conn.execute("INSERT INTO fts_head(fts_head) VALUES ('delete-all')")
         conn.execute("INSERT INTO fts_body(fts_body) VALUES ('delete-all')")
         conn.execute("DELETE FROM fts_docs")
+        conn.execute("DELETE FROM fts_scan")
         conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs")
     conn.execute("INSERT OR REPLACE INTO counters(name, value) VALUES ('fts_version', ?)", (INDEX_VERSION,))
     return reset
@@ -97,6 +106,7 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bo
     ).fetchone()[0]
     conn.execute(_INSERT_HEAD, (docid, *values[:-1]))
     conn.execute("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", (docid, values[-1]))
+    conn.execute("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", (docid, scanform.build(parsed)))
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
     return True
 
@@ -115,6 +125,7 @@ def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
             conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # the values it was indexed with
             conn.execute("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", (docid, values[-1]))
         conn.execute("DELETE FROM fts_docs WHERE docid = ?", (docid,))
+        conn.execute("DELETE FROM fts_scan WHERE docid = ?", (docid,))
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
 
 
@@ -270,3 +281,29 @@ def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProg
             needs.append(last)
     remaining = conn.execute("SELECT count(*) FROM fts_backlog WHERE blob_id > ?", (last,)).fetchone()[0]
     return IndexProgress(len(rows), indexed, needs, last, int(remaining))
+
+
+def scan(conn: sqlite3.Connection, blob_ids: Sequence[str], tests: Sequence[scanform.ScanTest],
+         max_chars: int) -> TextScan:
+    """`Store.scan_texts` (invariant 4): the tests evaluated on the scan form of each body of `blob_ids` that has
+    one under the current `INDEX_VERSION`; the others are left out (the caller reads their metadata). Stops
+    once more than `max_chars` characters were compared."""
+    hits: dict[str, int] = {}
+    compared = 0
+    ids = list(dict.fromkeys(blob_ids))
+    for i in range(0, len(ids), common.CHUNK):
+        chunk = ids[i:i + common.CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT d.blob_id, s.form FROM fts_docs d JOIN fts_scan s ON s.docid = d.docid"
+            f" WHERE d.blob_id IN ({marks}) AND d.version = ?", (*chunk, INDEX_VERSION))
+        for blob_id, form in rows:
+            try:
+                bits, chars = scanform.evaluate(form, tests)
+            except scanform.ScanFormError:
+                continue  # scanform invariant 2: the metadata decides
+            hits[str(blob_id)] = bits
+            compared += chars
+            if compared > max_chars:
+                return TextScan(hits, compared)
+    return TextScan(hits, compared)

@@ -61,6 +61,11 @@ internal date and size and its body's sort and thread keys (invariant 20), so SO
 one table instead of joining every message to `message_keys` by its body's id. The step fills it from `messages`
 and `message_keys` in (mailbox, uid) order, logging its progress on large stores (one INSERT ... SELECT per
 `FILL_BATCH` messages, no metadata parsed).
+16 (issue 14) adds `fts_scan(docid, form)`: the scan form of each indexed body (`store/scanform.py`: its search
+text case-folded and compressed, what SEARCH's exact check compares), keyed like the FTS5 rows (invariant 21).
+The step writes none: it marks the index as of no version (`counters` 'fts_version' 0), so opening the store
+empties it into the backlog (fts.py `check_version`), and `postroom index` or the server's background build
+fills it again, forms included, with progress; until then those bodies are searched from their metadata.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -118,6 +123,8 @@ Invariants:
    or (while the body has none, `messages.thread_id` 0) NULL `sent` and `message_id`, empty strings and 0. Every
    write that inserts or deletes message rows, or stores a body's keys, writes `sort_rows` in the same
    transaction (store/sqlite/threads.py invariant 7).
+21. An `fts_scan` row belongs to the `fts_docs` row of the same docid (written and deleted with it, fts.py
+   invariant 4); a document without one is searched from its body's metadata.
 """
 
 from __future__ import annotations
@@ -129,7 +136,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -454,9 +461,18 @@ def _v15(conn: sqlite3.Connection) -> None:
             log.info("schema 15: sort rows of %d of %d messages written", done, total)
 
 
+def _v16(conn: sqlite3.Connection) -> None:
+    """The scan form of each indexed body (invariant 21), none yet. A rowid table of its own, not a column of
+    `fts_docs`: the forms are large, and `fts_docs` is read by narrowing lookups that never need them."""
+    conn.execute("CREATE TABLE fts_scan(docid INTEGER PRIMARY KEY, form BLOB NOT NULL)")
+    # Bodies indexed before have no scan form: the index is marked as of no version, so opening the store
+    # empties it into the backlog (fts.py `check_version`) to be built again with the forms.
+    conn.execute("UPDATE counters SET value = 0 WHERE name = 'fts_version'")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15,
+    14: _v14, 15: _v15, 16: _v16,
 }
 
 

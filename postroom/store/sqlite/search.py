@@ -1,10 +1,13 @@
-"""Store calls of the full-text index (fts.py does the work): narrowing a SEARCH, working off the backlog."""
+"""Store calls of the full-text index (fts.py does the work): narrowing a SEARCH, checking it on scan forms,
+working off the backlog."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
-from postroom.store.api import IndexProgress, Invalid, TextCandidates
+from postroom.store.api import MAX_SCAN_BODIES, IndexProgress, Invalid, TextCandidates, TextScan
+from postroom.store.scanform import ScanTest
 from postroom.store.sqlite import fts
 from postroom.store.sqlite.common import Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
@@ -21,6 +24,12 @@ class SearchMixin(Base):
             return fts.candidates(conn, mailbox_id, uid_min, uid_max, flt)
 
         return await self._engine.read(q)
+
+    async def scan_texts(self, blob_ids: Sequence[str], tests: Sequence[ScanTest], max_chars: int) -> TextScan:
+        if len(blob_ids) > MAX_SCAN_BODIES:
+            raise Invalid(f"scan_texts takes at most {MAX_SCAN_BODIES} bodies")
+        ids = list(blob_ids)
+        return await self._engine.read(lambda conn: fts.scan(conn, ids, tests, max_chars))
 
     async def index_backlog(self, limit: int, after: str = "") -> IndexProgress:
         if not 0 < limit <= MAX_BACKLOG_STEP:
