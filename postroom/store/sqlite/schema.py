@@ -56,6 +56,8 @@ gives the body's messages their thread (the lazy upgrade of `mime.meta` formats)
 14 (issue 14) adds `shared_owners(domain_id, user_id)`: the owner of a domain's "Shared Folders" (RFC 2342 §5),
 a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Nothing exists yet, so nothing is
 made by the upgrade.
+15 (issue 10) adds `web_sessions`: the webmail's signed-in sessions (store/sqlite/websessions.py, invariant 20),
+keyed by the SHA-256 of the session id (the id itself is only ever in the browser's cookie). None exist before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -108,6 +110,8 @@ Invariants:
 19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
    address is `names.shared_owner(domain)` (not an address: no lookup by address finds it), with an empty
    password hash and SCRAM verifier (nothing verifies against them), no default mailboxes, and no login.
+20. A `web_sessions` row belongs to a user (cascade on user removal) and is keyed by the SHA-256 hex of its
+   session id, never the id; `last_seen` >= `created`.
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 _V1 = """
 CREATE TABLE counters(
@@ -407,9 +411,22 @@ def _v14(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v15(conn: sqlite3.Connection) -> None:
+    """The webmail's sessions (invariant 20), none yet; `web_sessions_user` finds a user's for "sign out
+    everywhere", `web_sessions_seen` and `web_sessions_created` the expired ones for pruning."""
+    conn.execute(
+        "CREATE TABLE web_sessions(id_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id)"
+        " ON DELETE CASCADE, csrf TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL)"
+        " WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX web_sessions_user ON web_sessions(user_id)")
+    conn.execute("CREATE INDEX web_sessions_seen ON web_sessions(last_seen)")
+    conn.execute("CREATE INDEX web_sessions_created ON web_sessions(created)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14,
+    14: _v14, 15: _v15,
 }
 
 
