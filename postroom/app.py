@@ -44,6 +44,7 @@ from .store.retention import ExpungedRetention
 from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
+from .web.mail import Webmail
 from .web.server import HttpServer, serve_http
 
 log = logging.getLogger("postroom")
@@ -94,6 +95,7 @@ class Postroom:
     metrics: Metrics | None = None
     net: NetServer | None = None
     http: HttpServer | None = None
+    https: HttpServer | None = None  # the same web app over TLS (listeners.https)
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
@@ -130,7 +132,7 @@ class Postroom:
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():
-            if name == "http":
+            if name in ("http", "https"):
                 continue
             protocol = PROTOCOL_OF[name]
             idle = {"smtp": cfg.limits.smtp_idle_seconds, "imap": cfg.limits.imap_idle_seconds,
@@ -144,8 +146,8 @@ class Postroom:
         await self.net.start()
         self.addresses.update(self.net.addresses)
 
-        if "http" in cfg.listeners.enabled():
-            host, port = cfg.listeners.enabled()["http"]
+        web = {n: hp for n, hp in cfg.listeners.enabled().items() if n in ("http", "https")}
+        if web:
 
             async def health() -> dict[str, Any]:
                 try:
@@ -170,9 +172,17 @@ class Postroom:
                     return None
                 return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
 
-            app = create_app(self.metrics, health, refresh, settings_for)
-            self.http = await serve_http(app, host, port)
-            self.addresses["http"] = (host, self.http.port)
+            webmail = Webmail(store, self.services.auth, cfg)
+            app = create_app(self.metrics, health, refresh, settings_for, webmail)
+            if "http" in web:
+                host, port = web["http"]
+                self.http = await serve_http(app, host, port)
+                self.addresses["http"] = (host, self.http.port)
+            if "https" in web:
+                host, port = web["https"]
+                self.https = await serve_http(app, host, port, name="https", ssl_certfile=str(cfg.cert_path),
+                                              ssl_keyfile=str(cfg.key_path))
+                self.addresses["https"] = (host, self.https.port)
 
     async def stop(self) -> None:
         if self.indexer is not None:
@@ -182,6 +192,8 @@ class Postroom:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:
             await self.http.stop()
+        if self.https is not None:
+            await self.https.stop()
         if self.queue is not None:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:

@@ -122,12 +122,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any) -> HttpServer:
-    """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1)."""
+async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http", **uvicorn_options: Any) -> HttpServer:
+    """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1). `name` is the
+    listener's, for messages; TLS (the `https` listener) through uvicorn's `ssl_certfile` / `ssl_keyfile`."""
     try:
         sock = _bind(host, port)
     except OSError as exc:
-        raise OSError(exc.errno, f"listener http: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {
         "loop": "none",
         "lifespan": "off",
@@ -149,5 +150,5 @@ async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any)
             raise RuntimeError(f"HTTP server did not start: {failure!r}") from failure
         await asyncio.sleep(0.005)
     http = HttpServer(server, sock, task)
-    log.info("listening listener=http address=%s:%d", http.host, http.port)
+    log.info("listening listener=%s address=%s:%d", name, http.host, http.port)
     return http

@@ -23,7 +23,7 @@ from postroom.auth.passwords import make_credentials
 from postroom.store.api import Store, User
 
 T = TypeVar("T")
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
 class ServerHandle:
