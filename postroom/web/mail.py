@@ -28,7 +28,8 @@ Invariants
 1. A page or download answers only for objects of the signed-in user (module doc); otherwise 404.
 2. Every POST is checked for the CSRF token and same-origin before it changes anything; the sign-in POST for its
    double-submit token (sessions.py).
-3. Every response carries `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and a CSP; pages
+3. Every response carries `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin` (not no-referrer:
+   with it browsers send `Origin: null` on the app's own forms) and a CSP; pages
    also `X-Frame-Options: DENY` / `frame-ancestors 'none'`; only the HTML-mail frame may be framed, by this
    origin alone, and it has its own CSP with `sandbox` (render.py). Over TLS, `Strict-Transport-Security`.
 4. Redirects go only to paths built here from ids and integers: no URL from the request is ever followed.
@@ -106,7 +107,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 have = {k.lower() for k, _ in headers}
-                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
                          (b"content-security-policy", PAGE_CSP.encode()), (b"x-frame-options", b"DENY")]
                 if tls:
                     extra.append((b"strict-transport-security", HSTS.encode()))
