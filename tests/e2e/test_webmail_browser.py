@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from web_support import base, deliver, mailbox_id
 
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -11,12 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from web_support import client, csrf_of, deliver, mailbox_id, page_csrf, sign_in, signed_in
 
 from postroom.store.api import Flag
 from postroom.web.mail import Webmail
 from postroom.web.sessions import Sessions, id_hash
-
-from web_support import client, csrf_of, deliver, mailbox_id, page_csrf, sign_in, signed_in
 
 ALICE, BOB, PW = "alice@example.org", "bob@example.org", "web-pass-1"
 PLAIN = b"From: Carol <carol@example.net>\r\nTo: alice@example.org\r\nSubject: Hello there\r\n\r\nHi Alice\r\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
 from typing import Any
 
 import httpx
@@ -18,9 +19,14 @@ def base(server: Any, tls: bool = False) -> str:
     return f"https://127.0.0.1:{server.port('https')}" if tls else f"http://127.0.0.1:{server.port('http')}"
 
 
+_VERIFY: weakref.WeakKeyDictionary[httpx.Client, Any] = weakref.WeakKeyDictionary()
+
+
 def client(server: Any, tls: bool = False) -> httpx.Client:
     verify: Any = server.tls_client_context() if tls else True
-    return httpx.Client(base_url=base(server, tls), verify=verify, follow_redirects=False, timeout=30)
+    c = httpx.Client(base_url=base(server, tls), verify=verify, follow_redirects=False, timeout=30)
+    _VERIFY[c] = verify
+    return c
 
 
 def csrf_of(html: str) -> str:
@@ -33,7 +39,7 @@ def sign_in(c: httpx.Client, address: str, password: str) -> httpx.Response:
     """GET the sign-in form, POST it; the response to the POST."""
     page = c.get("/mail/")
     if page.status_code == 303:  # signed in already: the form comes from a fresh browser, its token cookie too
-        fresh = httpx.Client(base_url=str(c.base_url), verify=c._transport._pool._ssl_context or True)  # noqa: SLF001
+        fresh = httpx.Client(base_url=str(c.base_url), verify=_VERIFY.get(c, True))
         page = fresh.get("/mail/")
         for name, value in fresh.cookies.items():
             c.cookies.set(name, value)
