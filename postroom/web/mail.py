@@ -85,6 +85,7 @@ PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; frame-s
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"  # links open apart; no script, forms, top navigation
 FRAME_CSP = ("default-src 'none'; img-src cid: data:; style-src 'unsafe-inline'; base-uri 'none'; "
              f"form-action 'none'; frame-ancestors 'self'; sandbox {FRAME_SANDBOX}")
+DOWNLOAD_CSP = "default-src 'none'; sandbox"  # a download a browser shows anyway is an inert, opaque-origin document
 HSTS = "max-age=31536000"
 SPECIAL_ICONS = {"\\Inbox": "📥", "\\Sent": "📤", "\\Drafts": "📝", "\\Trash": "🗑", "\\Junk": "⚠", "\\Archive": "🗄",
                  "\\All": "🗂", "\\Flagged": "⚑", "\\Important": "❗"}
@@ -330,7 +331,8 @@ class Webmail:
 
     def _signin_page(self, request: Request, error: str = "", status: int = 200, username: str = "") -> Response:
         tls = _tls(request)
-        token = new_token()
+        held = request.cookies.get(cookie_name(tls, pre=True), "")
+        token = held if len(held) == 43 else new_token()  # a second tab keeps the first one's form working
         refused = not self._plain_ok(request)
         response = self._page("signin.html", status=status, csrf=token, error=error, username=username,
                               refused=refused, signed=None)
@@ -583,13 +585,15 @@ class Webmail:
         data = await asyncio.to_thread(render.decoded, raw, meta, row)
         name = row.filename or f"part-{row.section}" + (".eml" if row.mime_type == "message/rfc822" else "")
         return Response(data, media_type=render.safe_type(row.mime_type),
-                        headers={"Content-Disposition": content_disposition(name), "Cache-Control": "no-store"})
+                        headers={"Content-Disposition": content_disposition(name), "Cache-Control": "no-store",
+                                 "Content-Security-Policy": DOWNLOAD_CSP})
 
     async def source(self, request: Request) -> Response:
         got = await self._raw_and_meta(request)
         if isinstance(got, Response):
             return got
-        return Response(got[0], media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-store"})
+        return Response(got[0], media_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
 
 
 def _tls(request: Request) -> bool:

@@ -232,8 +232,10 @@ def test_download_source_and_security_headers(server: Any) -> None:
     uid = deliver(server, alice, raw)
     box = mailbox_id(server, alice)
     c = signed_in(server, ALICE, PW)
+    assert not server.run(server.store.get_message(box, uid)).flags & Flag.SEEN
     page = c.get(f"/mail/box/{box}/{uid}")
     assert page.status_code == 200
+    assert server.run(server.store.get_message(box, uid)).flags & Flag.SEEN  # opening it marks it read
     csp = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src" not in csp and "default-src 'none'" in csp
     assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
@@ -246,6 +248,7 @@ def test_download_source_and_security_headers(server: Any) -> None:
     assert r.headers["content-disposition"] == (
         "attachment; filename=\"r_sum_ final.bin\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20final.bin")
     assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == "default-src 'none'; sandbox"
     src = c.get(f"/mail/box/{box}/{uid}/source")
     assert src.content == raw and src.headers["content-type"].startswith("text/plain")
     assert src.headers["x-content-type-options"] == "nosniff"
@@ -292,3 +295,26 @@ def test_folders_create_rename_delete_and_unread_counts(server: Any) -> None:
     page = c.get(f"/mail/box/{inbox}").text
     assert re.search(r'Inbox</span> <span class="count">1<', page)  # one unread of two
     assert "📤" in page and "🗑" in page  # special-use markers (Sent, Trash)
+
+
+def test_delete_moves_to_trash_and_in_trash_expunges(server: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    uid = deliver(server, alice, PLAIN)
+    inbox, trash = mailbox_id(server, alice), mailbox_id(server, alice, "Trash")
+    c = signed_in(server, ALICE, PW)
+    token = page_csrf(c, f"/mail/box/{inbox}")
+    r = c.post(f"/mail/box/{inbox}", data={"csrf": token, "action": "delete", "uid": str(uid)})
+    assert r.status_code == 303 and r.headers["location"] == f"/mail/box/{inbox}"
+    assert server.run(server.store.get_message(inbox, uid)) is None
+    [moved] = server.run(server.store.list_messages(trash))
+    assert "Delete for good" in c.get(f"/mail/box/{trash}").text
+    r = c.post(f"/mail/box/{trash}", data={"csrf": token, "action": "delete", "uid": str(moved.uid)})
+    assert r.status_code == 303
+    assert server.run(server.store.list_messages(trash)) == []
+    # A move to a folder of one's own, with the page kept (?below= built from the integer alone).
+    uid2 = deliver(server, alice, PLAIN)
+    archive = mailbox_id(server, alice, "Archive")
+    r = c.post(f"/mail/box/{inbox}", data={"csrf": token, "action": "move", "uid": str(uid2), "dest": str(archive),
+                                           "below": "99"})
+    assert r.status_code == 303 and r.headers["location"] == f"/mail/box/{inbox}?below=99"
+    assert len(server.run(server.store.list_messages(archive))) == 1
