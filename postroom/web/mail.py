@@ -17,8 +17,8 @@ change feed), so IMAP sessions see them at once. Opening a message sets \\Seen, 
 (RFC 9051 §6.4.5).
 
 The message list reads one page: `Store.page_messages` (newest UID first, `web.page_size` rows) plus two
-one-row probes for the "newer" and "older" links, and the metadata of those rows; nothing reads the mailbox
-whole. Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
+one-row probes for the "newer" and "older" links, and the metadata of those rows; the folder tree's unread
+counts come from `Store.unseen_counts` (a partial index of unseen messages); nothing reads a mailbox whole. Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
 
 Password sign-in goes through the one `Authenticator` IMAP, POP3 and SMTP use (the same throttling and
 locks, shared in memory and in the store). Over plain HTTP it is refused unless the client is on loopback or
@@ -127,7 +127,7 @@ class Folder:
     label: str  # the last level of the name
     depth: int  # levels below the top
     unseen: int
-    messages: int
+    messages: int  # 0 unless asked for (`Webmail._folders`)
     icon: str  # the special-use marker ("" for none)
 
 
@@ -279,13 +279,10 @@ class Webmail:
             else:
                 out[m.blob_id] = hit
         fresh: dict[str, bytes] = {}
-        for blob_id, data in (await self.store.read_metas(missing)).items() if missing else ():
-            meta: MessageMeta | None = None
-            if data is not None:
-                try:
-                    meta = MessageMeta.from_bytes(data)
-                except MetaFormatError:
-                    meta = None
+        stored = await self.store.read_metas(missing) if missing else {}
+        parsed = await asyncio.to_thread(_parse_metas, stored)  # ~50 JSON documents of up to ~300 KB: off the loop
+        for blob_id in stored:
+            meta = parsed.get(blob_id)
             if meta is None:
                 try:
                     raw = await self.store.read_message(blob_id)
@@ -302,14 +299,17 @@ class Webmail:
                 log.warning("could not store recomputed metadata of %d bodies", len(fresh), exc_info=True)
         return out
 
-    async def _folders(self, user_id: int) -> list[Folder]:
+    async def _folders(self, user_id: int, totals: bool = False) -> list[Folder]:
+        """The folder tree, INBOX first, with unread counts (`Store.unseen_counts`: work in proportion to the unread
+        messages); with `totals`, message counts too (a count of each mailbox: the folders page only)."""
         boxes = sorted(await self.store.list_mailboxes(user_id),
                        key=lambda b: (b.name.upper() != "INBOX", b.name.split("/")))
+        unseen = await self.store.unseen_counts(user_id)
         out = []
         for b in boxes:
-            status = await self.store.mailbox_status(b.id)
+            messages = (await self.store.mailbox_status(b.id)).messages if totals else 0
             icon = SPECIAL_ICONS["\\Inbox"] if b.name.upper() == "INBOX" else SPECIAL_ICONS.get(b.special_use or "", "")
-            out.append(Folder(b, b.name.rsplit("/", 1)[-1], b.name.count("/"), status.unseen, status.messages, icon))
+            out.append(Folder(b, b.name.rsplit("/", 1)[-1], b.name.count("/"), unseen.get(b.id, 0), messages, icon))
         return out
 
     async def _user_address(self, user_id: int) -> str:
@@ -400,7 +400,7 @@ class Webmail:
         return await self._folders_response(signed, request.query_params.get("error", ""))
 
     async def _folders_response(self, signed: Signed, error: str = "", status: int = 200) -> Response:
-        folders = await self._folders(signed.user_id)
+        folders = await self._folders(signed.user_id, totals=True)
         return self._page("folders.html", status=status, signed=signed, csrf=signed.csrf, folders=folders,
                           current=None, error=error, address=await self._user_address(signed.user_id))
 
@@ -594,6 +594,18 @@ class Webmail:
             return got
         return Response(got[0], media_type="text/plain; charset=utf-8",
                         headers={"Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
+
+
+def _parse_metas(stored: dict[str, bytes | None]) -> dict[str, MessageMeta]:
+    """The stored metadata that parses (none, or an older format, is left out: recomputed by the caller)."""
+    out = {}
+    for blob_id, data in stored.items():
+        if data is not None:
+            try:
+                out[blob_id] = MessageMeta.from_bytes(data)
+            except MetaFormatError:
+                continue
+    return out
 
 
 def _tls(request: Request) -> bool:

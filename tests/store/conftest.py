@@ -170,7 +170,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "DELETE FROM counters WHERE name = 'thread'",
     ),
     14: ("DROP TABLE shared_owners",),
-    15: ("DROP TABLE web_sessions",),
+    15: ("DROP TABLE web_sessions", "DROP INDEX messages_unseen"),
 }
 
 

@@ -69,3 +69,23 @@ async def test_page_messages_newest_first_by_uid_ranges(store: Store) -> None:
     assert [m.uid for m in await store.page_messages(box.id, 5, above=10)] == [12, 11]
     with pytest.raises(NotFound):
         await store.page_messages(box.id + 999, 5)
+
+
+async def test_unseen_counts_per_mailbox_of_the_user(store: Store) -> None:
+    u = await new_user(store)
+    other = await new_user(store, "bob@example.org")
+    box = await inbox(store, u)
+    trash = await store.get_mailbox(u.id, "Trash")
+    assert trash is not None
+    for i in range(5):
+        await store.append(box.id, msg(i, flags=Flag.SEEN if i < 2 else 0))
+    await store.append(trash.id, msg(9))
+    await store.append((await inbox(store, other)).id, msg(10))
+    counts = await store.unseen_counts(u.id)
+    assert counts[box.id] == 3 and counts[trash.id] == 1
+    assert set(counts) == {b.id for b in await store.list_mailboxes(u.id)}  # every mailbox, 0s included
+    assert all(n == 0 for k, n in counts.items() if k not in (box.id, trash.id))
+    await store.store_flags(box.id, [3, 4], StoreMode.ADD, flags=Flag.SEEN | Flag.FLAGGED)
+    await store.store_flags(box.id, [1], StoreMode.REMOVE, flags=Flag.SEEN)
+    assert (await store.unseen_counts(u.id))[box.id] == 2  # uids 1 and 5
+    assert await store.unseen_counts(99999) == {}

@@ -295,6 +295,19 @@ class MailboxesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
+    async def unseen_counts(self, user_id: int) -> dict[int, int]:
+        def q(conn: sqlite3.Connection) -> dict[int, int]:
+            out = {int(r[0]): 0 for r in conn.execute("SELECT id FROM mailboxes WHERE user_id = ?", (user_id,))}
+            # `flags & 1 = 0` is the partial index's own condition (schema 15): SQLite then counts its entries only.
+            for box, n in conn.execute(
+                    "SELECT mailbox_id, count(*) FROM messages INDEXED BY messages_unseen"
+                    " WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_id = ?) AND flags & 1 = 0"
+                    " GROUP BY mailbox_id", (user_id,)):
+                out[int(box)] = int(n)
+            return out
+
+        return await self._engine.read(q)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def q(conn: sqlite3.Connection) -> MailboxStatus:
             mbox = load_mailbox(conn, mailbox_id)

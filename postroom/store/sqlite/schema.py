@@ -58,6 +58,9 @@ a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Not
 made by the upgrade.
 15 (issue 10) adds `web_sessions`: the webmail's signed-in sessions (store/sqlite/websessions.py, invariant 20),
 keyed by the SHA-256 of the session id (the id itself is only ever in the browser's cookie). None exist before.
+It also adds `messages_unseen`, a partial index of the messages without \\Seen, so the webmail's folder tree counts
+unread messages in work proportional to them, not to the mailboxes (`Store.unseen_counts`); building it reads the
+message rows once (no bodies).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -422,6 +425,7 @@ def _v15(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX web_sessions_user ON web_sessions(user_id)")
     conn.execute("CREATE INDEX web_sessions_seen ON web_sessions(last_seen)")
     conn.execute("CREATE INDEX web_sessions_created ON web_sessions(created)")
+    conn.execute("CREATE INDEX messages_unseen ON messages(mailbox_id) WHERE flags & 1 = 0")  # Store.unseen_counts
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
