@@ -107,8 +107,11 @@ class HttpServer:
 
 def _bind(host: str, port: int) -> socket.socket:
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, addr = infos[0]
+    # The protocol number matters: asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP, and
+    # without it every keep-alive response waited ~40 ms (Nagle holding the body behind the headers until the
+    # client's delayed ACK; measured with bench/web.py).
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
