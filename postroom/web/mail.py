@@ -18,7 +18,8 @@ change feed), so IMAP sessions see them at once. Opening a message sets \\Seen, 
 
 The message list reads one page: `Store.page_messages` (newest UID first, `web.page_size` rows) plus two
 one-row probes for the "newer" and "older" links, and the metadata of those rows; the folder tree's unread
-counts come from `Store.unseen_counts` (a partial index of unseen messages); nothing reads a mailbox whole. Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
+counts come from `Store.unseen_counts` (a partial index of unseen messages); nothing reads a mailbox whole.
+Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
 
 Password sign-in goes through the one `Authenticator` IMAP, POP3 and SMTP use (the same throttling and
 locks, shared in memory and in the store). Over plain HTTP it is refused unless the client is on loopback or
@@ -58,7 +59,7 @@ from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
 from postroom.imap.fetch import META_CACHE
 from postroom.mime import pool
-from postroom.mime.meta import MessageMeta, MetaFormatError
+from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
 from postroom.store.api import (
     AlreadyExists,
     Flag,
@@ -160,6 +161,7 @@ def when(t: float) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Is `host` (an IP address as text, IPv6 possibly with a zone) a loopback address (127.0.0.0/8, ::1)?"""
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
@@ -318,9 +320,11 @@ class Webmail:
 
     # ---- sign-in and out
     async def root(self, request: Request) -> Response:
+        """GET /: on to /mail/."""
         return RedirectResponse("/mail/", status_code=303)
 
     async def home(self, request: Request) -> Response:
+        """GET /mail/: the INBOX when signed in, else the sign-in form."""
         signed = await self._signed(request)
         if signed is not None:
             inbox = await self.store.get_mailbox(signed.user_id, "INBOX")
@@ -344,6 +348,8 @@ class Webmail:
         return _tls(request) or is_loopback(client) or self.config.web.allow_plain_http
 
     async def signin(self, request: Request) -> Response:
+        """POST /mail/signin: check the form token and the password (module doc); a new session and 303 to
+        /mail/, or the form again with 401; 403 over plain HTTP off loopback (unless allowed) or without the token."""
         tls, peer = _tls(request), _peer(request)
         if not self._plain_ok(request):
             log.warning("web signin result=refused reason=plain-http peer=%s", peer)
@@ -377,6 +383,7 @@ class Webmail:
         return response
 
     async def signout(self, request: Request) -> Response:
+        """POST /mail/signout: end this session, or with `everywhere=1` every session of the user."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -394,6 +401,7 @@ class Webmail:
 
     # ---- folders
     async def folders_page(self, request: Request) -> Response:
+        """GET /mail/folders: the folder management page."""
         signed = await self._signed(request)
         if signed is None:
             return RedirectResponse("/mail/", status_code=303)
@@ -405,6 +413,8 @@ class Webmail:
                           current=None, error=error, address=await self._user_address(signed.user_id))
 
     async def folders_post(self, request: Request) -> Response:
+        """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`) or delete (`mailbox` id,
+        `confirm=1` when it holds messages); 303 back, or the page with the reason (400, 409)."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -439,6 +449,7 @@ class Webmail:
 
     # ---- the message list
     async def list_page(self, request: Request) -> Response:
+        """GET /mail/box/{id}[?below=UID|?above=UID]: one page of the mailbox, newest first."""
         signed = await self._signed(request)
         if signed is None:
             return RedirectResponse("/mail/", status_code=303)
@@ -472,6 +483,8 @@ class Webmail:
                           below=below, above=above, address=await self._user_address(signed.user_id))
 
     async def list_post(self, request: Request) -> Response:
+        """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id) or delete on the `uid`s;
+        303 back to the page the form was on."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -523,6 +536,7 @@ class Webmail:
 
     # ---- reading
     async def read_page(self, request: Request) -> Response:
+        """GET /mail/box/{id}/{uid}: the reading page; sets \\Seen."""
         signed = await self._signed(request)
         if signed is None:
             return RedirectResponse("/mail/", status_code=303)
@@ -564,6 +578,7 @@ class Webmail:
         return raw, meta
 
     async def html_frame(self, request: Request) -> Response:
+        """GET .../html/{section}: the cleaned HTML part as a document of its own, under FRAME_CSP."""
         got = await self._raw_and_meta(request)
         if isinstance(got, Response):
             return got
@@ -575,12 +590,13 @@ class Webmail:
                                           "Cache-Control": "no-store"})
 
     async def download(self, request: Request) -> Response:
+        """GET .../part/{section}: the part's decoded bytes as an attachment (RFC 6266)."""
         got = await self._raw_and_meta(request)
         if isinstance(got, Response):
             return got
         raw, meta = got
         row = render.find_row(meta, str(request.path_params["section"]))
-        if row is None or row.flags & 1:  # a multipart container is not a download
+        if row is None or row.flags & FLAG_MULTIPART:  # a multipart container is not a download
             return Response("no such part\n", status_code=404, media_type="text/plain")
         data = await asyncio.to_thread(render.decoded, raw, meta, row)
         name = row.filename or f"part-{row.section}" + (".eml" if row.mime_type == "message/rfc822" else "")
@@ -589,6 +605,7 @@ class Webmail:
                                  "Content-Security-Policy": DOWNLOAD_CSP})
 
     async def source(self, request: Request) -> Response:
+        """GET .../source: the message's bytes as stored, as text/plain."""
         got = await self._raw_and_meta(request)
         if isinstance(got, Response):
             return got
