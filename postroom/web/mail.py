@@ -88,8 +88,10 @@ FRAME_CSP = ("default-src 'none'; img-src cid: data:; style-src 'unsafe-inline';
              f"form-action 'none'; frame-ancestors 'self'; sandbox {FRAME_SANDBOX}")
 DOWNLOAD_CSP = "default-src 'none'; sandbox"  # a download a browser shows anyway is an inert, opaque-origin document
 HSTS = "max-age=31536000"
-SPECIAL_ICONS = {"\\Inbox": "📥", "\\Sent": "📤", "\\Drafts": "📝", "\\Trash": "🗑", "\\Junk": "⚠", "\\Archive": "🗄",
-                 "\\All": "🗂", "\\Flagged": "⚑", "\\Important": "❗"}
+# Special-use markers (RFC 6154), from Unicode's dingbats and symbols that common fonts (DejaVu) carry: no emoji
+# font needed. Decorative: the folder's name is its accessible name.
+SPECIAL_ICONS = {"\\Inbox": "✉", "\\Sent": "➤", "\\Drafts": "✎", "\\Trash": "✖", "\\Junk": "⚠", "\\Archive": "▤",
+                 "\\All": "☰", "\\Flagged": "⚑", "\\Important": "❢"}
 ACTIONS = {"read", "unread", "flag", "unflag", "move", "delete"}
 
 

@@ -294,7 +294,8 @@ def test_folders_create_rename_delete_and_unread_counts(server: Any) -> None:
     assert server.run(server.store.get_mailbox(alice.id, "Projects/Mail")) is None
     page = c.get(f"/mail/box/{inbox}").text
     assert re.search(r'Inbox</span> <span class="count">1<', page)  # one unread of two
-    assert "📤" in page and "🗑" in page  # special-use markers (Sent, Trash)
+    assert '<span class="icon" aria-hidden="true">➤</span><span class="name">Sent' in page  # RFC 6154 markers
+    assert '<span class="icon" aria-hidden="true">✖</span><span class="name">Trash' in page
 
 
 def test_delete_moves_to_trash_and_in_trash_expunges(server: Any) -> None:
