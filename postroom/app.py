@@ -180,8 +180,7 @@ class Postroom:
                 self.addresses["http"] = (host, self.http.port)
             if "https" in web:
                 host, port = web["https"]
-                self.https = await serve_http(app, host, port, name="https", ssl_certfile=str(cfg.cert_path),
-                                              ssl_keyfile=str(cfg.key_path))
+                self.https = await serve_http(app, host, port, name="https", ssl_context=tls)
                 self.addresses["https"] = (host, self.https.port)
 
     async def stop(self) -> None:

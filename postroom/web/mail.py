@@ -148,13 +148,10 @@ class Row:
 
 
 def human_size(n: int) -> str:
-    """Octets as a short figure: "812 B", "4.2 KB", "3.1 MB" (powers of 1024)."""
-    size = float(n)
-    for unit in ("B", "KB", "MB"):
-        if size < 1024 or unit == "MB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"  # pragma: no cover - the loop returns at MB
+    """Octets as a short figure: "812 B", "4.2 KB", "3.1 MB" (powers of 1024; MB however large)."""
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / (1024 * 1024):.1f} MB"
 
 
 def when(t: float) -> str:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Generator
 from typing import Any
@@ -125,9 +126,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http", **uvicorn_options: Any) -> HttpServer:
+async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http",
+                     ssl_context: ssl.SSLContext | None = None, **uvicorn_options: Any) -> HttpServer:
     """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1). `name` is the
-    listener's, for messages; TLS (the `https` listener) through uvicorn's `ssl_certfile` / `ssl_keyfile`."""
+    listener's, for messages. With `ssl_context` the listener speaks TLS with that very context (the `https`
+    listener gets the mail listeners' one, so a certificate loaded into it later serves HTTPS too)."""
     try:
         sock = _bind(host, port)
     except OSError as exc:
@@ -144,6 +147,9 @@ async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http", 
     }
     options.update(uvicorn_options)
     config = uvicorn.Config(AccessLog(app), **options)
+    if ssl_context is not None:
+        config.load()  # what serve() would do, so that its own context can be replaced by ours
+        config.ssl = ssl_context
     server = _GuestServer(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="http-server")
     while not server.started:

@@ -319,3 +319,32 @@ def test_delete_moves_to_trash_and_in_trash_expunges(server: Any) -> None:
                                            "below": "99"})
     assert r.status_code == 303 and r.headers["location"] == f"/mail/box/{inbox}?below=99"
     assert len(server.run(server.store.list_messages(archive))) == 1
+
+
+def test_https_uses_the_mail_listeners_tls_context_and_follows_a_new_certificate(server: Any, tmp_path: Any) -> None:
+    """The https listener speaks with the very SSLContext of imaps & co, so a certificate loaded into it (as the
+    ACME renewal does) is what HTTPS clients get next, without a restart."""
+    import socket
+    import ssl
+
+    from postroom.net.tls import ensure_certificate
+
+    def served_cert(port: int) -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only reading what is served
+        with socket.create_connection(("127.0.0.1", port)) as raw, ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    original = ssl.PEM_cert_to_DER_cert(server.config.cert_path.read_text())
+    assert served_cert(server.port("https")) == original == served_cert(server.port("imaps"))
+    cert, key = tmp_path / "new-cert.pem", tmp_path / "new-key.pem"
+    ensure_certificate(cert, key, "renewed.example")
+
+    async def swap() -> None:
+        server.postroom.services.tls.load_cert_chain(str(cert), str(key))
+
+    server.run(swap())
+    renewed = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    assert renewed != original and served_cert(server.port("https")) == renewed
