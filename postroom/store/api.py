@@ -644,10 +644,10 @@ class Store(Protocol):
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
 
-    async def unseen_counts(self, user_id: int) -> dict[int, int]:
-        """Mailbox id -> how many of its messages lack \\Seen, for every mailbox of the user (0s included), in one
-        query whose work is proportional to the unseen messages, not to the mailboxes' size (the webmail's folder
-        tree on every page)."""
+    async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
+        """Mailbox id -> how many of its messages lack \\Seen, counted up to `limit` (a mailbox with more answers
+        `limit`: "1000+"), for every mailbox of the user (0s included). The work is at most `limit` index entries
+        per mailbox, whatever the mailboxes' size (the webmail's folder tree on every page)."""
 
     # ---- IMAP METADATA (RFC 5464)
     async def get_metadata(self, user_id: int, mailbox_id: int, names: Sequence[str],

@@ -18,7 +18,8 @@ change feed), so IMAP sessions see them at once. Opening a message sets \\Seen, 
 
 The message list reads one page: `Store.page_messages` (newest UID first, `web.page_size` rows) plus two
 one-row probes for the "newer" and "older" links, and the metadata of those rows; the folder tree's unread
-counts come from `Store.unseen_counts` (a partial index of unseen messages); nothing reads a mailbox whole.
+counts come from `Store.unseen_counts` (a partial index of unseen messages, at most 1,000 entries read per
+mailbox: more shows as "999+"); nothing reads a mailbox whole.
 Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
 
 Password sign-in goes through the one `Authenticator` IMAP, POP3 and SMTP use (the same throttling and
@@ -80,6 +81,7 @@ log = logging.getLogger("postroom.web")
 
 MAX_FORM = 64 * 1024  # octets of one form body
 MAX_SELECTED = 1000  # messages one list action may name
+UNSEEN_SHOWN = 999  # unread counts above this show as "999+": counting further would read big mailboxes whole
 HERE = Path(__file__).parent
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; frame-src 'self'; form-action 'self'; "
             "base-uri 'none'; frame-ancestors 'none'")
@@ -129,7 +131,7 @@ class Folder:
     mailbox: Mailbox
     label: str  # the last level of the name
     depth: int  # levels below the top
-    unseen: int
+    unseen: int  # up to UNSEEN_SHOWN (then shown as "999+")
     messages: int  # 0 unless asked for (`Webmail._folders`)
     icon: str  # the special-use marker ("" for none)
 
@@ -305,7 +307,7 @@ class Webmail:
         messages); with `totals`, message counts too (a count of each mailbox: the folders page only)."""
         boxes = sorted(await self.store.list_mailboxes(user_id),
                        key=lambda b: (b.name.upper() != "INBOX", b.name.split("/")))
-        unseen = await self.store.unseen_counts(user_id)
+        unseen = await self.store.unseen_counts(user_id, limit=UNSEEN_SHOWN + 1)
         out = []
         for b in boxes:
             messages = (await self.store.mailbox_status(b.id)).messages if totals else 0

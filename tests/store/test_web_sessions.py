@@ -88,4 +88,7 @@ async def test_unseen_counts_per_mailbox_of_the_user(store: Store) -> None:
     await store.store_flags(box.id, [3, 4], StoreMode.ADD, flags=Flag.SEEN | Flag.FLAGGED)
     await store.store_flags(box.id, [1], StoreMode.REMOVE, flags=Flag.SEEN)
     assert (await store.unseen_counts(u.id))[box.id] == 2  # uids 1 and 5
+    await store.append(box.id, msg(11))
+    assert (await store.unseen_counts(u.id, limit=2))[box.id] == 2  # counted up to the limit only
+    assert (await store.unseen_counts(u.id, limit=5))[box.id] == 3
     assert await store.unseen_counts(99999) == {}

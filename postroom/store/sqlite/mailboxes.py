@@ -295,14 +295,17 @@ class MailboxesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
-    async def unseen_counts(self, user_id: int) -> dict[int, int]:
+    async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
+        cap = max(0, limit)
+
         def q(conn: sqlite3.Connection) -> dict[int, int]:
-            out = {int(r[0]): 0 for r in conn.execute("SELECT id FROM mailboxes WHERE user_id = ?", (user_id,))}
-            # `flags & 1 = 0` is the partial index's own condition (schema 15): SQLite then counts its entries only.
-            for box, n in conn.execute(
-                    "SELECT mailbox_id, count(*) FROM messages INDEXED BY messages_unseen"
-                    " WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE user_id = ?) AND flags & 1 = 0"
-                    " GROUP BY mailbox_id", (user_id,)):
+            out = {}
+            for (box,) in conn.execute("SELECT id FROM mailboxes WHERE user_id = ?", (user_id,)).fetchall():
+                # At most `cap` entries of the partial index of unseen messages (schema 15): its own condition,
+                # `flags & 1 = 0`, lets SQLite read the index alone, and the LIMIT bounds it.
+                (n,) = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages INDEXED BY messages_unseen"
+                    " WHERE mailbox_id = ? AND flags & 1 = 0 LIMIT ?)", (box, cap)).fetchone()
                 out[int(box)] = int(n)
             return out
 

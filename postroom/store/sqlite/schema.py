@@ -59,8 +59,8 @@ made by the upgrade.
 15 (issue 10) adds `web_sessions`: the webmail's signed-in sessions (store/sqlite/websessions.py, invariant 20),
 keyed by the SHA-256 of the session id (the id itself is only ever in the browser's cookie). None exist before.
 It also adds `messages_unseen`, a partial index of the messages without \\Seen, so the webmail's folder tree counts
-unread messages in work proportional to them, not to the mailboxes (`Store.unseen_counts`); building it reads the
-message rows once (no bodies).
+unread messages (up to 1,000 a mailbox) without reading the mailboxes (`Store.unseen_counts`); building it reads
+the message rows once (no bodies).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
