@@ -36,7 +36,7 @@ from postroom.mime.meta import compute_meta
 from postroom.store import open_store
 from postroom.store.api import AppendRequest
 
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
 def progress(text: str = "", end: str = "\n") -> None:

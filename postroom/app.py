@@ -47,6 +47,7 @@ from .store.retention import ExpungedRetention
 from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
+from .web.mail import Webmail
 from .web.server import HttpServer, serve_http
 
 log = logging.getLogger("postroom")
@@ -85,6 +86,7 @@ class Postroom:
     metrics: Metrics | None = None
     net: NetServer | None = None
     http: HttpServer | None = None
+    https: HttpServer | None = None  # the same web app over TLS (listeners.https)
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
@@ -126,7 +128,7 @@ class Postroom:
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():
-            if name == "http":
+            if name in ("http", "https"):
                 continue
             protocol = PROTOCOL_OF[name]
             idle = {"smtp": cfg.limits.smtp_idle_seconds, "imap": cfg.limits.imap_idle_seconds,
@@ -140,8 +142,8 @@ class Postroom:
         await self.net.start()
         self.addresses.update(self.net.addresses)
 
-        if "http" in cfg.listeners.enabled():
-            host, port = cfg.listeners.enabled()["http"]
+        web = {n: hp for n, hp in cfg.listeners.enabled().items() if n in ("http", "https")}
+        if web:
 
             async def health() -> dict[str, Any]:
                 try:
@@ -178,10 +180,17 @@ class Postroom:
                 return mtasts.policy_text(cfg.mta_sts.mode, cfg.server.hostname, cfg.mta_sts.max_age_days * 86400)
 
             challenges = self.certificates.challenges if self.certificates is not None else None
-            app = create_app(self.metrics, health, refresh, settings_for, acme_challenges=challenges,
+            webmail = Webmail(store, self.services.auth, cfg)
+            app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
                              mta_sts_policy=mta_sts_policy)
-            self.http = await serve_http(app, host, port)
-            self.addresses["http"] = (host, self.http.port)
+            if "http" in web:
+                host, port = web["http"]
+                self.http = await serve_http(app, host, port)
+                self.addresses["http"] = (host, self.http.port)
+            if "https" in web:
+                host, port = web["https"]
+                self.https = await serve_http(app, host, port, name="https", ssl_context=tls)
+                self.addresses["https"] = (host, self.https.port)
         if self.certificates is not None:  # after the http listener: the CA checks the challenge there
             self.acme_task = asyncio.create_task(self.certificates.run(), name="acme")
 
@@ -194,6 +203,8 @@ class Postroom:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:
             await self.http.stop()
+        if self.https is not None:
+            await self.https.stop()
         if self.queue is not None:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:

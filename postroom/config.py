@@ -38,9 +38,9 @@ class ServerConfig:
 
 
 EVENT_LOOPS = ("asyncio", "uvloop", "auto")
-LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
-# Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314).
-IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
+LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+# Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314; `https`: RFC 2818).
+IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ListenersConfig:
     pop3: str = "127.0.0.1:2110"
     pop3s: str = "127.0.0.1:2995"
     http: str = "127.0.0.1:8080"
+    https: str = "127.0.0.1:8443"  # the web listener over TLS, with the mail listeners' certificate
 
     def enabled(self) -> dict[str, tuple[str, int]]:
         """Listener name -> (host, port) for every listener that is switched on."""
@@ -199,6 +200,18 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The webmail on the `http` and `https` listeners (postroom/web/mail.py, web/sessions.py)."""
+
+    # Password sign-in over plain HTTP from anything but loopback: refused unless this is true (a TLS-terminating
+    # proxy in front; otherwise the password crosses the network in clear text).
+    allow_plain_http: bool = False
+    session_idle_seconds: float = 1800.0  # a session unused this long is signed out
+    session_max_seconds: float = 43200.0  # and any session this long after its sign-in, used or not
+    page_size: int = 50  # messages on one page of the message list
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -213,6 +226,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -464,6 +478,11 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: inbound.dmarc needs inbound.spf and inbound.dkim on")
     if cfg.inbound.dns_timeout_seconds <= 0:
         raise ConfigError(f"{where}: inbound.dns_timeout_seconds must be positive")
+    if cfg.web.session_idle_seconds <= 0 or cfg.web.session_max_seconds < cfg.web.session_idle_seconds:
+        raise ConfigError(f"{where}: web.session_idle_seconds must be positive and web.session_max_seconds at least "
+                          f"as long")
+    if not 1 <= cfg.web.page_size <= 1000:
+        raise ConfigError(f"{where}: web.page_size must be 1 to 1000")
     if cfg.pop3.login_delay_seconds < 0:
         raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
     if cfg.pop3.expire not in ("", "never", "0"):
@@ -549,7 +568,8 @@ imap = "127.0.0.1:2143"
 imaps = "127.0.0.1:2993"
 pop3 = "127.0.0.1:2110"
 pop3s = "127.0.0.1:2995"
-http = "127.0.0.1:8080"
+http = "127.0.0.1:8080"            # webmail, health, metrics, client autoconfiguration
+https = "127.0.0.1:8443"           # the same over TLS (the [tls] certificate)
 
 [tls]
 cert = ""                          # empty: a self-signed certificate is generated into data_dir
@@ -634,6 +654,12 @@ command_timeout_seconds = 300
 starttls = true                    # use STARTTLS when the peer offers it
 poll_seconds = 1                   # how often the queue looks for due mail
 messages_per_connection = 100
+
+[web]
+allow_plain_http = false           # true: password sign-in over plain HTTP from other hosts (behind a TLS proxy)
+session_idle_seconds = 1800        # a webmail session unused this long is signed out
+session_max_seconds = 43200        # every session ends this long after its sign-in
+page_size = 50                     # messages per page of the message list
 
 [delivery.routes]                  # static routes, checked before DNS: "domain" = "host[:port]"
 # "partner.example" = "10.0.0.5:25"

@@ -14,7 +14,7 @@ complete):
    `postmaster@DOMAIN`: RFC 5321 §4.5.1 requires that mailbox), its password asked twice on a terminal or,
    without one, generated and printed once;
 3. write the configuration: every listener on every address at its standard port (SMTP 25, submission 587,
-   submissions 465, IMAP 143, IMAPS 993, POP3 110, POP3S 995, the web listener 80);
+   submissions 465, IMAP 143, IMAPS 993, POP3 110, POP3S 995, the web listeners 80 and 443);
 4. write a systemd unit (`--systemd-unit PATH`; as root by default `/etc/systemd/system/postroom.service`;
    `--systemd-unit ""` writes none);
 5. print every DNS record to publish (`postroom dns`'s set) and the steps left to the operator.
@@ -44,7 +44,7 @@ from postroom.store import open_store
 
 STANDARD_PORTS = {  # listener -> port (IANA; RFC 8314 for the implicit TLS ones)
     "smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
-    "http": 80,
+    "http": 80, "https": 443,
 }
 
 

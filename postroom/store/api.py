@@ -472,6 +472,18 @@ class AuthFailures:
     expires: float  # after this the record means nothing: the store may drop it
 
 
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    """A signed-in webmail session (postroom/web/sessions.py). The session id itself is never stored: the row is
+    keyed by its SHA-256 (hex), so a copy of the store signs nobody in."""
+
+    id_hash: str  # SHA-256 hex of the 256-bit session id carried by the cookie
+    user_id: int
+    csrf: str  # the per-session synchronizer token every state-changing request carries
+    created: float  # seconds since the epoch: the absolute expiry counts from here
+    last_seen: float  # the idle expiry counts from here (refreshed at most once a minute)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Change feed
 
@@ -668,6 +680,11 @@ class Store(Protocol):
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
 
+    async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
+        """Mailbox id -> how many of its messages lack \\Seen, counted up to `limit` (a mailbox with more answers
+        `limit`: "1000+"), for every mailbox of the user (0s included). The work is at most `limit` index entries
+        per mailbox, whatever the mailboxes' size (the webmail's folder tree on every page)."""
+
     # ---- IMAP METADATA (RFC 5464)
     async def get_metadata(self, user_id: int, mailbox_id: int, names: Sequence[str],
                            depth: int = 0) -> list[tuple[str, bytes]]:
@@ -753,6 +770,13 @@ class Store(Protocol):
         unknown mailbox."""
 
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
+
+    async def page_messages(self, mailbox_id: int, limit: int, *, below: int | None = None,
+                            above: int | None = None) -> list[MessageInfo]:
+        """One page of a mailbox, newest (highest UID) first: the `limit` highest UIDs below `below`, or, with
+        `above`, the `limit` lowest UIDs above it (the page before, for a "newer" link), still newest first;
+        neither: the newest `limit`. One index range scan of at most `limit` rows, whatever the mailbox's size
+        (the webmail's message list). NotFound if the mailbox is gone."""
 
     async def list_sort_rows(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
                              unknown_only: bool = False) -> list[SortRow]:
@@ -979,6 +1003,24 @@ class Store(Protocol):
 
     async def queue_length(self) -> int:
         """Recipients not yet final."""
+
+    # ---- webmail sessions (web/sessions.py)
+    async def add_web_session(self, session: WebSession) -> None:
+        """Store a new session (its id hash must be new: AlreadyExists otherwise). NotFound for an unknown user."""
+
+    async def get_web_session(self, id_hash: str) -> WebSession | None:
+        """The session with that id hash, or None (a point lookup, cheap enough for every request)."""
+
+    async def touch_web_session(self, id_hash: str, now: float) -> None:
+        """Set the session's `last_seen` to `now` (the idle expiry starts again); nothing if it is gone."""
+
+    async def delete_web_sessions(self, *, id_hash: str | None = None, user_id: int | None = None) -> int:
+        """Delete one session (`id_hash`: sign-out) or every session of a user (`user_id`: sign out everywhere);
+        returns how many went. Invalid unless exactly one of them is given."""
+
+    async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
+        """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
+        since the epoch); returns how many went."""
 
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:

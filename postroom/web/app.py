@@ -1,5 +1,6 @@
-"""The Starlette application: operational endpoints (health, metrics) and client autoconfiguration
-(autoconfig.py). Webmail and admin will mount here.
+"""The Starlette application: operational endpoints (health, metrics), client autoconfiguration
+(autoconfig.py) and, when given, the webmail (mail.py). The same application serves the `http` and `https`
+listeners.
 
 Theory of operation
 -------------------
@@ -11,7 +12,8 @@ Invariants
    `health()` raising, is 503 with a JSON body (a load balancer takes the node out; nothing leaks but the
    exception's type).
 2. `GET /metrics` is the Prometheus text exposition of the process's own registry.
-3. The autoconfiguration URLs (Thunderbird's two, Outlook's Autodiscover in both spellings) answer only for a
+3. Every response carries the security headers of mail.py invariant 3 (`SecurityHeaders`), the webmail's or not.
+4. The autoconfiguration URLs (Thunderbird's two, Outlook's Autodiscover in both spellings) answer only for a
    domain `settings_for` knows, else 404; a malformed Autodiscover request is 400 with a one-line reason.
 """
 
@@ -22,12 +24,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from postroom.metrics import Metrics
 from postroom.web import autoconfig
+from postroom.web.mail import SecurityHeaders, Webmail
 
 log = logging.getLogger("postroom.http")
 
@@ -36,14 +40,15 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 def create_app(metrics: Metrics, health: HealthCheck,
                before_scrape: Callable[[], Awaitable[None]] | None = None,
-               settings_for: autoconfig.SettingsFor | None = None,
+               settings_for: autoconfig.SettingsFor | None = None, webmail: Webmail | None = None,
                acme_challenges: Mapping[str, str] | None = None,
                mta_sts_policy: Callable[[str], Awaitable[str | None]] | None = None) -> Starlette:
     """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering;
     `settings_for(domain)` gives a hosted domain's client settings (None: not hosted), and without it the
-    autoconfiguration URLs are not served; `acme_challenges` (token -> key authorization, acme.py) is answered at
-    `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3) while an order is in progress; `mta_sts_policy(host)` is the
-    MTA-STS policy text for a request's Host (`mta-sts.DOMAIN`), None when that domain is not hosted."""
+    autoconfiguration URLs are not served; `webmail` adds its routes (`/` and `/mail/...`); `acme_challenges`
+    (token -> key authorization, acme.py) is answered at `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3)
+    while an order is in progress; `mta_sts_policy(host)` is the MTA-STS policy text for a request's Host
+    (`mta-sts.DOMAIN`), None when that domain is not hosted."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -111,7 +116,7 @@ def create_app(metrics: Metrics, health: HealthCheck,
         # RFC 8461 §3.3: text/plain; senders cache it by max_age, not by HTTP caching
         return Response(text, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
@@ -126,6 +131,8 @@ def create_app(metrics: Metrics, health: HealthCheck,
         routes.append(Route("/.well-known/mta-sts.txt", mta_sts, methods=["GET"]))
     if acme_challenges is not None:
         routes.append(Route("/.well-known/acme-challenge/{token}", acme_challenge, methods=["GET"]))
-    app = Starlette(routes=routes)
+    if webmail is not None:
+        routes += webmail.routes()
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
     app.state.metrics = metrics
     return app

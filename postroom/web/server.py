@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Generator
 from typing import Any
@@ -114,8 +115,11 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         infos = infos[:1]
     socks: list[socket.socket] = []
     try:
-        for family, _, _, _, addr in infos:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+        for family, _, proto, _, addr in infos:
+            # The protocol number matters: asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP,
+            # and without it every keep-alive response waited ~40 ms (Nagle holding the body behind the headers
+            # until the client's delayed ACK; measured with bench/web.py).
+            sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -130,12 +134,15 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any) -> HttpServer:
-    """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1)."""
+async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http",
+                     ssl_context: ssl.SSLContext | None = None, **uvicorn_options: Any) -> HttpServer:
+    """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1). `name` is the
+    listener's, for messages. With `ssl_context` the listener speaks TLS with that very context (the `https`
+    listener gets the mail listeners' one, so a certificate loaded into it later serves HTTPS too)."""
     try:
         socks = _bind(host, port)
     except OSError as exc:
-        raise OSError(exc.errno, f"listener http: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {
         "loop": "none",
         "lifespan": "off",
@@ -148,6 +155,9 @@ async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any)
     }
     options.update(uvicorn_options)
     config = uvicorn.Config(AccessLog(app), **options)
+    if ssl_context is not None:
+        config.load()  # what serve() would do, so that its own context can be replaced by ours
+        config.ssl = ssl_context
     server = _GuestServer(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=socks), name="http-server")
     while not server.started:
@@ -158,5 +168,5 @@ async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any)
             raise RuntimeError(f"HTTP server did not start: {failure!r}") from failure
         await asyncio.sleep(0.005)
     http = HttpServer(server, socks, task)
-    log.info("listening listener=http address=%s:%d", http.host, http.port)
+    log.info("listening listener=%s address=%s:%d", name, http.host, http.port)
     return http

@@ -30,7 +30,7 @@ from postroom.store.api import Store, User
 T = TypeVar("T")
 INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False}
 TEST_LOOP = os.environ.get("POSTROOM_TEST_EVENT_LOOP", "")
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
 class ServerHandle:

@@ -183,7 +183,7 @@ def test_a_stalled_server_resyncs_its_session_after_the_pruning(tmp_path: Path) 
     conf = tmp_path / "postroom.toml"
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nimap = "127.0.0.1:0"\n'
                     + "".join(f'{n} = ""\n' for n in ("smtp", "submission", "submissions", "imaps", "pop3",
-                                                      "pop3s", "http"))
+                                                      "pop3s", "http", "https"))
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
                     + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
     postroom(conf, "domain", "add", "example.org")

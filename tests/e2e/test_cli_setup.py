@@ -35,7 +35,8 @@ def test_setup_writes_everything_and_prints_the_password_once(tmp_path: Path,
     # IANA ports (RFC 8314 for the implicit TLS ones), on every address of the machine
     assert cfg.listeners.enabled() == {"smtp": ("", 25), "submission": ("", 587), "submissions": ("", 465),
                                        "imap": ("", 143), "imaps": ("", 993), "pop3": ("", 110),
-                                       "pop3s": ("", 995), "http": ("", 80)}
+                                       "pop3s": ("", 995), "http": ("", 80),
+                                       "https": ("", 443)}
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     unit = (tmp_path / "postroom.service").read_text()

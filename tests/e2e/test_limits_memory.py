@@ -88,7 +88,7 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     conf = tmp_path / "postroom.toml"
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nsmtp = "127.0.0.1:0"\nimap = "127.0.0.1:0"\n'
                     + "".join(f'{n} = ""\n' for n in ("submission", "submissions", "imaps", "pop3", "pop3s",
-                                                      "http"))
+                                                      "http", "https"))
                     + f"[limits]\nmessage_size = {LIMIT}\nliteral_size = {LIMIT}\nconnections_per_ip = 1000\n"
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
                     + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")

@@ -107,3 +107,16 @@ def test_http_bind_failure_is_reported() -> None:
             with pytest.raises(OSError, match="listener http"):
                 await serve_http(create_app(Metrics(), health), "127.0.0.1", taken.getsockname()[1])
     run(main())
+
+
+def test_http_socket_is_tcp_so_asyncio_sets_nodelay() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose `proto` is IPPROTO_TCP; with proto 0 every keep-alive
+    response waited for the client's delayed ACK (~40 ms) before its body left (web/server.py `_bind`)."""
+    from postroom.web.server import _bind
+
+    socks = _bind("127.0.0.1", 0)
+    try:
+        assert [sock.proto for sock in socks] == [socket.IPPROTO_TCP]
+    finally:
+        for sock in socks:
+            sock.close()

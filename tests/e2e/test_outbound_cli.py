@@ -91,7 +91,7 @@ def test_dns_prints_srv_records_for_the_listeners(tmp_path: Path, capsys: pytest
     assert ["autodiscover.a.test.", "3600", "IN", "CNAME", "mx.a.test."] in records
     # smtp and http are left at their loopback defaults: said, since no other machine could reach them
     [warning] = [line for line in out.splitlines() if "bind a loopback address" in line]
-    assert warning.endswith(": http, smtp")
+    assert warning.endswith(": http, https, smtp")
 
 
 def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[str],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
 def start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:

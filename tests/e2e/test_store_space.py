@@ -144,7 +144,7 @@ def test_staging_files_of_killed_appends_are_swept_at_the_next_start(tmp_path: P
     conf = tmp_path / "postroom.toml"
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\nimap = "127.0.0.1:0"\n'
                     + "".join(f'{n} = ""\n' for n in ("smtp", "submission", "submissions", "imaps", "pop3",
-                                                      "pop3s", "http"))
+                                                      "pop3s", "http", "https"))
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
                     + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
     subprocess.run([sys.executable, "-m", "postroom", "--config", str(conf), "domain", "add", "example.org"],

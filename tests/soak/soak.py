@@ -112,7 +112,7 @@ class SoakServer:
     def start(self) -> None:
         conf = self.base / "postroom.toml"
         listeners = "\n".join(f'{n} = "127.0.0.1:{p}"' for n, p in self.ports.items())
-        off = "\n".join(f'{n} = ""' for n in ("submission", "submissions", "imaps", "pop3s"))
+        off = "\n".join(f'{n} = ""' for n in ("submission", "submissions", "imaps", "pop3s", "https"))
         conf.write_text(
             f'[server]\nhostname = "mx.{DOMAIN}"\ndata_dir = "{self.data}"\nshutdown_grace_seconds = 5\n'
             f"[listeners]\n{listeners}\n{off}\n"

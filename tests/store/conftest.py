@@ -172,6 +172,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     14: ("DROP TABLE shared_owners",),
     15: ("DROP TABLE sort_rows",),
     16: ("DROP TABLE fts_scan",),
+    17: ("DROP TABLE web_sessions", "DROP INDEX messages_unseen"),
 }
 
 

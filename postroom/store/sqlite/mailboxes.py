@@ -296,6 +296,22 @@ class MailboxesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
+    async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
+        cap = max(0, limit)
+
+        def q(conn: sqlite3.Connection) -> dict[int, int]:
+            out = {}
+            for (box,) in conn.execute("SELECT id FROM mailboxes WHERE user_id = ?", (user_id,)).fetchall():
+                # At most `cap` entries of the partial index of unseen messages (schema 15): its own condition,
+                # `flags & 1 = 0`, lets SQLite read the index alone, and the LIMIT bounds it.
+                (n,) = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages INDEXED BY messages_unseen"
+                    " WHERE mailbox_id = ? AND flags & 1 = 0 LIMIT ?)", (box, cap)).fetchone()
+                out[int(box)] = int(n)
+            return out
+
+        return await self._engine.read(q)
+
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def q(conn: sqlite3.Connection) -> MailboxStatus:
             mbox = load_mailbox(conn, mailbox_id)

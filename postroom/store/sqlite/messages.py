@@ -443,6 +443,26 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
+    async def page_messages(self, mailbox_id: int, limit: int, *, below: int | None = None,
+                            above: int | None = None) -> list[MessageInfo]:
+        limit = max(0, min(limit, 10_000))
+        top = 2**63 - 1
+
+        def q(conn: sqlite3.Connection) -> list[MessageInfo]:
+            load_mailbox(conn, mailbox_id)
+            if above is not None:  # the lowest `limit` above it (the primary key's range, ascending), reversed
+                rows = conn.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid > ? ORDER BY uid LIMIT ?",
+                    (mailbox_id, max(0, above), limit)).fetchall()
+                rows.reverse()
+            else:  # schema invariant 4: the (mailbox_id, uid) key scanned backwards from `below`, `limit` rows
+                rows = conn.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = ? AND uid < ? ORDER BY uid DESC"
+                    " LIMIT ?", (mailbox_id, min(below, top) if below is not None else top, limit)).fetchall()
+            return [message_from_row(r) for r in rows]
+
+        return await self._engine.read(q)
+
     async def list_changed(self, mailbox_id: int, modseq: int, uid_min: int = 1,
                            uid_max: int | None = None) -> MessageColumns:
         top = uid_max if uid_max is not None else 2**63 - 1

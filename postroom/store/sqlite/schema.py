@@ -66,6 +66,11 @@ text case-folded and compressed, what SEARCH's exact check compares), keyed like
 The step writes none: it marks the index as of no version (`counters` 'fts_version' 0), so opening the store
 empties it into the backlog (fts.py `check_version`), and `postroom index` or the server's background build
 fills it again, forms included, with progress; until then those bodies are searched from their metadata.
+17 (issue 10) adds `web_sessions`: the webmail's signed-in sessions (store/sqlite/websessions.py, invariant 22),
+keyed by the SHA-256 of the session id (the id itself is only ever in the browser's cookie). None exist before.
+It also adds `messages_unseen`, a partial index of the messages without \\Seen, so the webmail's folder tree counts
+unread messages (up to 1,000 a mailbox) without reading the mailboxes (`Store.unseen_counts`); building it reads
+the message rows once (no bodies).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -125,6 +130,8 @@ Invariants:
    transaction (store/sqlite/threads.py invariant 7).
 21. An `fts_scan` row belongs to the `fts_docs` row of the same docid (written and deleted with it, fts.py
    invariant 4); a document without one is searched from its body's metadata.
+22. A `web_sessions` row belongs to a user (cascade on user removal) and is keyed by the SHA-256 hex of its
+   session id, never the id; `last_seen` >= `created`.
 """
 
 from __future__ import annotations
@@ -136,7 +143,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -470,9 +477,23 @@ def _v16(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE counters SET value = 0 WHERE name = 'fts_version'")
 
 
+def _v17(conn: sqlite3.Connection) -> None:
+    """The webmail's sessions (invariant 22), none yet; `web_sessions_user` finds a user's for "sign out
+    everywhere", `web_sessions_seen` and `web_sessions_created` the expired ones for pruning."""
+    conn.execute(
+        "CREATE TABLE web_sessions(id_hash TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id)"
+        " ON DELETE CASCADE, csrf TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL)"
+        " WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX web_sessions_user ON web_sessions(user_id)")
+    conn.execute("CREATE INDEX web_sessions_seen ON web_sessions(last_seen)")
+    conn.execute("CREATE INDEX web_sessions_created ON web_sessions(created)")
+    conn.execute("CREATE INDEX messages_unseen ON messages(mailbox_id) WHERE flags & 1 = 0")  # Store.unseen_counts
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17,
 }
 
 
