@@ -31,6 +31,7 @@ class ServerConfig:
     hostname: str = "localhost"  # greetings and Received headers
     data_dir: str = "./postroom-data"
     shutdown_grace_seconds: float = 10.0  # SIGTERM: how long sessions may finish before they are cut
+    user: str = ""  # started as root: bind the ports, then run as this system user (process.py); "": stay
 
 
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
@@ -346,6 +347,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
     if not cfg.server.data_dir:
         raise ConfigError(f"{where}: server.data_dir must not be empty")
+    if cfg.server.user and (cfg.server.user != cfg.server.user.strip() or ":" in cfg.server.user):
+        raise ConfigError(f"{where}: server.user must be a user name (or \"\" to keep the starting user)")
     if cfg.acme.directory:
         if not cfg.acme.directory.startswith("https://"):
             raise ConfigError(f"{where}: acme.directory must be an https:// URL (RFC 8555 §6.1), "
@@ -513,6 +516,8 @@ SAMPLE = '''\
 [server]
 hostname = "localhost"            # used in greetings and Received headers
 data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+shutdown_grace_seconds = 10       # SIGTERM: how long sessions may finish before they are cut
+user = ""                         # started as root: bind the ports, then run as this system user
 
 [listeners]                        # "host:port"; "" disables a listener
 smtp = "127.0.0.1:2525"            # MX: inbound from the world
@@ -524,7 +529,7 @@ pop3 = "127.0.0.1:2110"
 pop3s = "127.0.0.1:2995"
 http = "127.0.0.1:8080"
 
-[tls]
+[tls]                              # re-read by SIGHUP / postroom reload; the files must exist and parse
 cert = ""                          # empty: a self-signed certificate is generated into data_dir
 key = ""
 
