@@ -8,6 +8,11 @@ admitted connection gets one task that (for implicit TLS, RFC 8314 §3) performs
 spec's handler, then closes the socket and writes the session log line. A refused connection never reaches a
 handler: it gets the spec's one-line `refuse` text (over TLS for implicit-TLS listeners) and is closed.
 
+Binding and accepting are two steps: `bind()` binds every socket without listening (a connection attempt is
+refused by the kernel meanwhile), `start()` listens and accepts. `app.py` binds while it may still be root and
+accepts once it has dropped privileges and opened the store. `reconfigure()` swaps the TLS context and limits
+that connections accepted from then on get (a reload); a connection keeps those it was accepted with.
+
 Stopping: `stop(grace)` closes the listening sockets at once, tells every connection that the server is
 stopping (a session waiting between commands gets `ShuttingDown` so it can say goodbye), waits up to `grace`
 seconds for the session tasks, then cancels what is left and aborts those sockets.

@@ -123,7 +123,7 @@ def ensure_certificate(cert_path: str | os.PathLike[str], key_path: str | os.Pat
     for parent in {cert_p.parent, key_p.parent}:
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_private(key_p, key_pem, 0o600)
-    _write_private(cert_p, cert_pem, 0o644)
+    _write_private(cert_p, cert_pem, 0o600)  # public, but the data folder is private (process.py)
     return True
 
 
