@@ -130,6 +130,7 @@ class Postroom:
     handlers: dict[str, Handler] = field(default_factory=dict)  # listener -> its session handler, current config
     _bounce_router: Router | None = None  # the router the scheduler's DSNs enter by
     _http_socks: list[socket.socket] = field(default_factory=list)  # bound before the privilege drop, served after
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         cfg = self.config
@@ -256,7 +257,12 @@ class Postroom:
         """Re-read the configuration (`new`, or `self.loader()`: the file the server started with) and the
         certificate, and use them for new sessions, deliveries and logins (module doc, "Reload"). Settings that
         need a restart keep their running values and are named in the log line. When the file or the
-        certificate is unusable nothing changes and the log line says why. Returns whether it was applied."""
+        certificate is unusable nothing changes and the log line says why. Returns whether it was applied.
+        Reloads run one at a time (two quick SIGHUPs: the second reads the file after the first applied)."""
+        async with self._reload_lock:
+            return await self._reload(new)
+
+    async def _reload(self, new: Config | None) -> bool:
         old = self.config
         try:
             if new is None:

@@ -577,10 +577,15 @@ def cmd_check(cfg: config_mod.Config) -> int:
     for name, (host, port) in cfg.listeners.enabled().items():
         print(f"  {name:<12}{host}:{port}")
     try:
-        if cfg.tls.cert or cfg.cert_path.exists() or cfg.key_path.exists():
-            print(f"  tls       {cfg.cert_path} ({fingerprint(check_files(cfg.cert_path, cfg.key_path))})")
-        else:
+        present = cfg.cert_path.exists(), cfg.key_path.exists()
+        if not cfg.tls.cert and present == (False, False):
             print(f"  tls       {cfg.cert_path} (self-signed, generated at the first start)")
+        elif not cfg.tls.cert and present != (True, True):
+            there, missing = (cfg.cert_path, cfg.key_path) if present[0] else (cfg.key_path, cfg.cert_path)
+            raise CertificateError(f"TLS: {there} exists but {missing} does not; restore it, or remove both to have "
+                                   f"a new self-signed pair generated")
+        else:
+            print(f"  tls       {cfg.cert_path} ({fingerprint(check_files(cfg.cert_path, cfg.key_path))})")
         if cfg.server.user:
             account = lookup_account(cfg.server.user)
             print(f"  user      {account.name} (uid {account.uid}): the server drops to it when started as root")

@@ -10,6 +10,7 @@ reload; a refused reload names its reason and changes nothing.
 from __future__ import annotations
 
 import hashlib
+import imaplib
 import os
 import re
 import signal
@@ -293,18 +294,30 @@ def test_reload_changes_the_route_of_the_next_delivery(server: ServerHandle) -> 
                                 {"delivery": {"enabled": True, "poll_seconds": 0.05, "retry_seconds": [3600]},
                                  "smtp": {"relay_networks": ["127.0.0.1/32"]}})
 
-        def reload(route_port: int, size: int) -> None:
+        def reload(route_port: int, size: int, plaintext: bool = False) -> None:
             cfg = config_mod.load(None, config_mod.merge(base, {
-                "delivery": {"routes": {"far.test": f"127.0.0.1:{route_port}"}}, "limits": {"message_size": size}}))
+                "delivery": {"routes": {"far.test": f"127.0.0.1:{route_port}"}}, "limits": {"message_size": size},
+                "auth": {"allow_plaintext": plaintext}}))
             assert server.run(pr.reload(cfg)) is True
 
+        def imap_capabilities() -> tuple[str, ...]:
+            imap = imaplib.IMAP4("127.0.0.1", server.port("imap"), timeout=10)
+            try:
+                return tuple(imap.capabilities)
+            finally:
+                imap.logout()
+
         reload(first.port, 100000)
+        # RFC 9051 §6.2.3: LOGINDISABLED while plaintext logins are refused (auth.allow_plaintext = false).
+        assert "LOGINDISABLED" in imap_capabilities() and "APPENDLIMIT=100000" in imap_capabilities()
         with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
             smtp.ehlo("c.test")
             assert int(smtp.esmtp_features["size"]) == 100000
             smtp.sendmail("a@client.test", ["x@far.test"], b"Subject: one\r\n\r\nfirst route\r\n")
         _wait(lambda: first.delivered)
-        reload(second.port, 150000)
+        reload(second.port, 150000, plaintext=True)
+        caps = imap_capabilities()
+        assert "LOGINDISABLED" not in caps and "AUTH=PLAIN" in caps and "APPENDLIMIT=150000" in caps, caps
         with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
             smtp.ehlo("c.test")
             assert int(smtp.esmtp_features["size"]) == 150000
@@ -329,3 +342,14 @@ def test_unit_reload_keeps_restart_only_settings() -> None:
     assert sorted(restart) == ["listeners.smtp", "server.data_dir"]
     assert kept.listeners == old.listeners and kept.server.data_dir == "/a"
     assert sorted(config_changes(old, kept)) == ["limits.recipients", "server.hostname"]
+
+
+def test_unknown_server_user_is_refused_by_check_and_serve(tmp_path: Path) -> None:
+    conf = tmp_path / "postroom.toml"
+    write_conf(conf, tmp_path / "data", size=100000)
+    conf.write_text(conf.read_text().replace("[server]\n", '[server]\nuser = "no-such-user-zz"\n'))
+    for command in ("check", "serve"):
+        done = postroom(conf, command)
+        assert done.returncode == 2, done
+        assert "there is no system user 'no-such-user-zz'" in done.stderr and "Traceback" not in done.stderr
+    assert postroom(conf, "reload").returncode == 1  # nothing runs: said, not signalled
