@@ -13,7 +13,8 @@ and `CertificateManager.run` (a task of `postroom serve`) obtains a real one at 
    listener serves it at `/.well-known/acme-challenge/TOKEN` (web/app.py), and the CA is told to check;
 3. poll until the order is valid, finalize, download the full chain; write key and chain (atomically, key 0600)
    and load them into the one server `SSLContext` every listener uses (`load_cert_chain` on the same object:
-   handshakes from then on get the new certificate, open sessions keep theirs).
+   handshakes from then on get the new certificate, open sessions keep theirs). A reload (SIGHUP) makes a new
+   context from the files and hands it, with the new configuration, to the manager (`app.Postroom.reload`).
 
 The `acme` library (certbot's, with `josepy` for JOSE) is synchronous (requests), so every call to the CA runs in
 a thread (`asyncio.to_thread`); `challenges` is a plain dict the thread writes and the loop reads.

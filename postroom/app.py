@@ -18,8 +18,9 @@ TLS and STARTTLS), every login (the `auth.*` throttling settings apply at once, 
 Authenticator is shared), and every delivery the queue starts (routes, DNS servers, smart host, retry schedule,
 timeouts, concurrency). Mailing lists keep their settings in the store, read per message, so they never need a
 reload. A session already open keeps the settings it started with (its limits, its offers, the context its
-STARTTLS would use). What cannot change in a running process (`RESTART_ONLY`: listener addresses, the data
-folder, the store, `server.user`, `delivery.enabled`) keeps its running value; the log line names it under
+STARTTLS would use). ACME (acme.py) takes the new `acme.*` names for its next order and loads renewals into the
+new context. What cannot change in a running process (`RESTART_ONLY`: listener addresses, the data folder, the
+store, `server.user`, `delivery.enabled`, `acme.directory`) keeps its running value; the log line names it under
 `restart_needed=`. One structured line reports each reload:
 
     reload result=applied source=/etc/postroom/postroom.toml changed=limits.message_size,tls.certificate

@@ -692,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
         " running on the data folder (its PID is in <data_dir>/postroom.pid). The server reads its own"
         " configuration file again: limits, auth, smtp, pop3, imap, delivery (routes, DNS, smart host) and the"
         " certificate apply to new sessions and deliveries at once; sessions already open keep theirs. A file that"
-        " does not load changes nothing (the server logs why). Listener addresses, data_dir, store and"
-        " server.user need a restart (the log line names them).")
+        " does not load changes nothing (the server logs why). Listener addresses, data_dir, store, server.user,"
+        " delivery.enabled and acme.directory need a restart (the log line names them).")
     sub.add_parser("config-sample", help="print a commented configuration file with every default")
 
     d = sub.add_parser("domain", help="local domains: add | list | show | remove")
