@@ -233,6 +233,13 @@ def test_second_serve_on_one_data_folder_is_refused(tmp_path: Path, serve: Calla
     third = serve(conf)
     assert pid_file.read_text().strip() == str(third.proc.pid)
     assert ehlo_size(third.ports["smtp"]) == 100000
+    # Without server.user too, the data folder is private (umask 077, process.py): the database and its
+    # -wal/-shm, the message files, the secret, the generated key and certificate, the PID file.
+    data = tmp_path / "data"
+    entries = [data] + [Path(root) / name for root, dirs, files in os.walk(data) for name in dirs + files]
+    assert {"postroom.db", "postroom.db-wal", "server-secret", "key.pem", "postroom.pid"} <= {p.name for p in entries}
+    loose = [(str(p), oct(p.lstat().st_mode)) for p in entries if p.lstat().st_mode & 0o077]
+    assert loose == []
 
 
 def test_configured_certificate_must_exist_and_parse(tmp_path: Path) -> None:
