@@ -360,3 +360,19 @@ def test_unknown_server_user_is_refused_by_check_and_serve(tmp_path: Path) -> No
         assert done.returncode == 2, done
         assert "there is no system user 'no-such-user-zz'" in done.stderr and "Traceback" not in done.stderr
     assert postroom(conf, "reload").returncode == 1  # nothing runs: said, not signalled
+
+
+def test_unit_door_reconfigure_keeps_counts_and_applies_new_limits() -> None:
+    from postroom.smtp.door import Door
+
+    old = config_mod.load(None, {"smtp": {"client_message_rate": 2}}).smtp
+    door = Door(old)
+    now = 600.0  # the start of a minute window
+    assert door.message_allowed("192.0.2.1", now) and door.message_allowed("192.0.2.1", now)
+    assert not door.message_allowed("192.0.2.1", now)  # the third in this minute
+    assert door.greylist is None
+    door.reconfigure(config_mod.load(None, {"smtp": {"client_message_rate": 4, "greylist_seconds": 60,
+                                                     "screen_exempt": ["192.0.2.0/24"]}}).smtp)
+    assert door.message_allowed("192.0.2.1", now)  # the fourth: counted with the three before
+    assert not door.message_allowed("192.0.2.1", now)
+    assert door.greylist is not None and door.greylist.delay == 60 and door.exempt("192.0.2.9")
