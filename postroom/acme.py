@@ -13,7 +13,8 @@ and `CertificateManager.run` (a task of `postroom serve`) obtains a real one at 
    listener serves it at `/.well-known/acme-challenge/TOKEN` (web/app.py), and the CA is told to check;
 3. poll until the order is valid, finalize, download the full chain; write key and chain (atomically, key 0600)
    and load them into the one server `SSLContext` every listener uses (`load_cert_chain` on the same object:
-   handshakes from then on get the new certificate, open sessions keep theirs).
+   handshakes from then on get the new certificate, open sessions keep theirs). A reload (SIGHUP) makes a new
+   context from the files and hands it, with the new configuration, to the manager (`app.Postroom.reload`).
 
 The `acme` library (certbot's, with `josepy` for JOSE) is synchronous (requests), so every call to the CA runs in
 a thread (`asyncio.to_thread`); `challenges` is a plain dict the thread writes and the loop reads.
@@ -115,6 +116,7 @@ class CertificateManager:
     def __init__(self, cfg: Config, context: ssl.SSLContext | None) -> None:
         self.cfg = cfg
         self.context = context
+        self.more_contexts: list[ssl.SSLContext] = []  # other listeners' contexts to load it into (https)
         self.challenges: dict[str, str] = {}
         self.dir = cfg.data_path / "acme"
         self.issued = asyncio.Event()  # set after each certificate obtained (tests and `run` callers wait on it)
@@ -146,8 +148,9 @@ class CertificateManager:
         key_pem, chain_pem = await asyncio.to_thread(self._order)
         _write_private(self.cfg.key_path, key_pem, 0o600)  # invariant 1: key first, then its chain
         _write_private(self.cfg.cert_path, chain_pem, 0o644)
-        if self.context is not None:
-            self.context.load_cert_chain(self.cfg.cert_path, self.cfg.key_path)
+        for context in (self.context, *self.more_contexts):
+            if context is not None:
+                context.load_cert_chain(self.cfg.cert_path, self.cfg.key_path)
         state = read_state(self.cfg.cert_path)
         assert state is not None
         due = renewal_time(state, self.cfg.acme_names)

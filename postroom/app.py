@@ -1,22 +1,51 @@
 """Builds the running server from a Config and runs it in one asyncio event loop.
 
-Start order: data folder -> TLS certificate -> store (schema) -> metrics -> server secret -> protocol listeners
--> HTTP.
+Start order: data folder and its PID lock (process.py) -> TLS certificate -> listeners bound, not accepting ->
+(as root with `server.user`: data folder handed to that user, privileges dropped) -> store (schema) -> metrics
+-> server secret -> listeners accept -> HTTP.
 Stop order is the reverse: stop accepting, let sessions finish up to `server.shutdown_grace_seconds`, stop
-HTTP, close the store (which finishes pending writes). SIGTERM and SIGINT both start a graceful stop.
+HTTP, close the store (which finishes pending writes), release the lock. SIGTERM and SIGINT both start a
+graceful stop.
+
+Reload
+------
+SIGHUP, or `postroom reload` (which signals the PID in the data folder's lock file), runs `Postroom.reload`:
+the configuration file is read again and the certificate files too, and both are checked in full before
+anything changes. A file that does not load, or a certificate that does not, changes nothing: the server keeps
+running as it was and logs one `reload result=refused reason=...` line. Otherwise the new settings serve every
+session accepted from then on (limits, auth, smtp, pop3, imap, server.hostname, the certificate for implicit
+TLS and STARTTLS), every login (the `auth.*` throttling settings apply at once, to open sessions too: the
+Authenticator is shared), and every delivery the queue starts (routes, DNS servers, smart host, retry schedule,
+timeouts, concurrency). Mailing lists keep their settings in the store, read per message, so they never need a
+reload. A session already open keeps the settings it started with (its limits, its offers, the context its
+STARTTLS would use). ACME (acme.py) takes the new `acme.*` names for its next order and loads renewals into the
+new context (and into the https listener's, which keeps the context it started with). What cannot change in a
+running process (`RESTART_ONLY`: listener addresses, the data folder, the store, `server.user`,
+`server.event_loop`, `delivery.enabled`, `acme.directory`) keeps its running value; the log line names it under
+`restart_needed=`. One structured line reports each reload:
+
+    reload result=applied source=/etc/postroom/postroom.toml changed=limits.message_size,tls.certificate
+           certificate=sha256:3f5a... restart_needed=listeners.imaps
 
 Invariants:
-1. Nothing listens until the store is open: a client never reaches a session that cannot store.
+1. Nothing accepts connections until the store is open: a client never reaches a session that cannot store.
+   (Listening sockets are bound earlier, while the process may still be root, but accept nothing yet.)
 2. Every listener that is configured is bound before `start()` returns, or start fails naming it.
+3. One `postroom serve` per data folder: `start()` takes the folder's lock first, or fails naming the PID
+   that holds it (process.py).
+4. A reload either applies a configuration and certificate that loaded in full, or changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,15 +58,18 @@ from .acme import CertificateManager
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
-from .config import IMPLICIT_TLS, Config
+from .config import IMPLICIT_TLS, Config, ConfigError
+from .config import load as config_load
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
 from .indexing import LogProgress, build_index
 from .metrics import Metrics
-from .net.listener import Handler, ListenerSpec, NetServer, refusal
-from .net.tls import ensure_certificate, server_context
+from .net.connection import Connection
+from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
+from .net.tls import CertificateError, ensure_certificate, fingerprint, load_context
 from .pop3.session import pop3_handler
+from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
 from .services import Services
 from .smtp.door import Door
 from .smtp.server import smtp_handler_factory
@@ -48,7 +80,7 @@ from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
 from .web.mail import Webmail
-from .web.server import HttpServer, serve_http
+from .web.server import HttpServer, bind_http, serve_http
 
 log = logging.getLogger("postroom")
 
@@ -95,17 +127,57 @@ class Postroom:
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
     certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
     acme_task: asyncio.Task[None] | None = None
+    loader: Callable[[], Config] | None = None  # what `reload()` reads; None: the file `config` came from
+    lock: ServerLock | None = None  # the data folder's PID lock (process.py), held while running
+    tls: ssl.SSLContext | None = None  # the server TLS context now in use (replaced by a reload)
+    certificate: str = ""  # its certificate's fingerprint (net.tls.fingerprint)
+    handlers: dict[str, Handler] = field(default_factory=dict)  # listener -> its session handler, current config
+    _bounce_router: Router | None = None  # the router the scheduler's DSNs enter by
+    _web_tls: ssl.SSLContext | None = None  # the context the https listener was started with
+    _web_socks: dict[str, list[socket.socket]] = field(default_factory=dict)  # http/https: bound before the
+    # privilege drop, served after
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.data_path.mkdir(parents=True, exist_ok=True)
-        if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
-            log.info("tls generated self-signed certificate path=%s", cfg.cert_path)
-        tls = server_context(cfg.cert_path, cfg.key_path)
+        cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.lock = ServerLock(cfg.data_path)
+        self.lock.acquire()  # invariant 3
+        account = switch_needed(cfg.server.user)
+        if account is None and os.geteuid() == 0:
+            log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
+                        "useradd --system postroom) to have the server drop to it after binding its ports")
+        tls, cert = await asyncio.to_thread(load_tls, cfg)  # as root: the key may be readable by root only
+        self.tls, self.certificate = tls, fingerprint(cert)
         if cfg.acme.directory:  # the certificate comes from the CA, and is swapped into `tls` when it does
             self.certificates = CertificateManager(cfg, tls)
-
         self.metrics = Metrics()
+
+        specs = []
+        for name, (host, port) in cfg.listeners.enabled().items():
+            if name in ("http", "https"):
+                continue
+            protocol = PROTOCOL_OF[name]
+            idle = {"smtp": cfg.limits.smtp_idle_seconds, "imap": cfg.limits.imap_idle_seconds,
+                    "pop3": cfg.limits.pop3_idle_seconds}[protocol]
+            refuse = refusal(protocol, cfg.server.hostname)
+            specs.append(ListenerSpec(name=name, host=host, port=port, handler=self._dispatcher(name),
+                                      implicit_tls=name in IMPLICIT_TLS, idle_timeout=idle,
+                                      protocol=protocol, refuse=refuse))
+        self.net = NetServer(specs, tls, cfg.limits, metrics=self.metrics)
+        await self.net.bind()  # bound, not accepting yet (invariant 1): ports below 1024 need root
+        for name in ("http", "https"):  # the web listeners, bound now too (ports 80 and 443 need root)
+            if name in cfg.listeners.enabled():
+                self._web_socks[name] = bind_http(*cfg.listeners.enabled()[name], name=name)
+        if account is not None:  # process.py: hand the data folder over, then drop root for good
+            self.lock.chown(account.uid, account.gid)
+            changed = await asyncio.to_thread(own_data_dir, cfg.data_path, account, deep=True)
+            drop_privileges(account)
+            log.info("privileges dropped user=%s uid=%d gid=%d data_entries_changed=%d", account.name, account.uid,
+                     account.gid, changed)
+        else:
+            await asyncio.to_thread(own_data_dir, cfg.data_path, None, deep=False)
+
         self.store = open_store(cfg.store_url, cfg.data_path)
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
@@ -119,31 +191,17 @@ class Postroom:
                 self.queue.wake()
 
         if cfg.delivery.enabled:  # outbound delivery; DSNs enter through the router like any mail
-            bounce = router_bounce(Router(store, cfg, on_queued=wake))
-            self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
+            self._bounce_router = Router(store, cfg, on_queued=wake)
+            self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router), **self.queue_options)
             self.queue.start()
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics)
         self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp))
-
-        specs = []
-        for name, (host, port) in cfg.listeners.enabled().items():
-            if name in ("http", "https"):
-                continue
-            protocol = PROTOCOL_OF[name]
-            idle = {"smtp": cfg.limits.smtp_idle_seconds, "imap": cfg.limits.imap_idle_seconds,
-                    "pop3": cfg.limits.pop3_idle_seconds}[protocol]
-            handler = HANDLER_FACTORIES[name](self.services, name)
-            refuse = refusal(protocol, cfg.server.hostname)
-            specs.append(ListenerSpec(name=name, host=host, port=port, handler=handler,
-                                      implicit_tls=name in IMPLICIT_TLS, idle_timeout=idle,
-                                      protocol=protocol, refuse=refuse))
-        self.net = NetServer(specs, tls, cfg.limits, metrics=self.metrics)
+        self.handlers = self._make_handlers(self.services)
         await self.net.start()
         self.addresses.update(self.net.addresses)
 
-        web = {n: hp for n, hp in cfg.listeners.enabled().items() if n in ("http", "https")}
-        if web:
+        if self._web_socks:
 
             async def health() -> dict[str, Any]:
                 try:
@@ -166,35 +224,108 @@ class Postroom:
                         return None
                 except Invalid:  # not a domain name at all
                     return None
-                return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
+                return ClientSettings(domain, self.config.server.hostname, autoconfig_endpoints(addresses))
 
             async def mta_sts_policy(host: str) -> str | None:
                 name = host.strip().lower().rsplit(":", 1)[0].rstrip(".") if not host.startswith("[") else ""
-                if not name.startswith("mta-sts.") or cfg.mta_sts.mode == "none":
+                if not name.startswith("mta-sts.") or self.config.mta_sts.mode == "none":
                     return None
                 try:
                     if await store.get_domain(name[len("mta-sts."):]) is None:
                         return None
                 except Invalid:
                     return None
-                return mtasts.policy_text(cfg.mta_sts.mode, cfg.server.hostname, cfg.mta_sts.max_age_days * 86400)
+                live = self.config  # a reload's mta_sts.* and hostname apply to the next request
+                return mtasts.policy_text(live.mta_sts.mode, live.server.hostname, live.mta_sts.max_age_days * 86400)
 
             challenges = self.certificates.challenges if self.certificates is not None else None
             webmail = Webmail(store, self.services.auth, cfg)
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
                              mta_sts_policy=mta_sts_policy)
-            if "http" in web:
-                host, port = web["http"]
-                self.http = await serve_http(app, host, port)
-                self.addresses["http"] = (host, self.http.port)
-            if "https" in web:
-                host, port = web["https"]
-                self.https = await serve_http(app, host, port, name="https", ssl_context=tls)
-                self.addresses["https"] = (host, self.https.port)
+            for name, socks in list(self._web_socks.items()):
+                host, port = cfg.listeners.enabled()[name]
+                server = await serve_http(app, host, port, socks=socks, name=name,
+                                          ssl_context=tls if name == "https" else None)
+                if name == "https":  # its context is the one made at start: reloads and ACME load into it too
+                    self.https, self._web_tls = server, tls
+                    if self.certificates is not None:
+                        self.certificates.more_contexts = [tls]
+                else:
+                    self.http = server
+                self.addresses[name] = (host, server.port)
+            self._web_socks = {}
         if self.certificates is not None:  # after the http listener: the CA checks the challenge there
             self.acme_task = asyncio.create_task(self.certificates.run(), name="acme")
 
+    def _dispatcher(self, listener: str) -> Handler:
+        """The handler a listener calls: the one `self.handlers` has for it when the connection arrives, so a
+        reload's new handlers (new settings) serve new connections while open ones keep theirs."""
+        async def handler(conn: Connection) -> None:
+            await self.handlers[listener](conn)
+
+        return handler
+
+    def _make_handlers(self, services: Services) -> dict[str, Handler]:
+        return {name: HANDLER_FACTORIES[name](services, name)
+                for name in self.config.listeners.enabled() if name not in ("http", "https")}
+
+    async def reload(self, new: Config | None = None) -> bool:
+        """Re-read the configuration (`new`, or `self.loader()`: the file the server started with) and the
+        certificate, and use them for new sessions, deliveries and logins (module doc, "Reload"). Settings that
+        need a restart keep their running values and are named in the log line. When the file or the
+        certificate is unusable nothing changes and the log line says why. Returns whether it was applied.
+        Reloads run one at a time (two quick SIGHUPs: the second reads the file after the first applied)."""
+        async with self._reload_lock:
+            return await self._reload(new)
+
+    async def _reload(self, new: Config | None) -> bool:
+        old = self.config
+        try:
+            if new is None:
+                new = await asyncio.to_thread(self.loader or _reloader(old))
+            new, restart = keep_restart_only(old, new)
+            tls, cert = await asyncio.to_thread(load_tls, new)
+        except (ConfigError, CertificateError, OSError) as exc:
+            log.warning("%s", logfmt("reload", [("result", "refused"), ("reason", str(exc)),
+                                               ("kept", "the running configuration")]))
+            return False
+        changed = config_changes(old, new)
+        certificate = fingerprint(cert)
+        if certificate != self.certificate:
+            changed.append("tls.certificate")
+        self.config, self.tls, self.certificate = new, tls, certificate
+        if self.services is not None:
+            self.services.auth.config = new.auth  # the failure records are kept: the auth.* limits apply to them
+            if self.services.door is not None:  # its passes and counts are kept; the new limits apply to them
+                self.services.door.reconfigure(new.smtp)
+            self.services = dataclasses.replace(self.services, config=new, tls=tls)
+            self.handlers = self._make_handlers(self.services)
+        if self.net is not None:
+            self.net.reconfigure(tls, new.limits)
+        if self.queue is not None:
+            self.queue.reconfigure(new)
+        if self._bounce_router is not None:
+            self._bounce_router.config = new
+        if self.retention is not None:
+            self.retention.days = new.imap.expunged_retention_days
+        if self.certificates is not None:  # ACME: the next order uses the new names; it loads into the new context
+            self.certificates.cfg, self.certificates.context = new, tls
+        if self._web_tls is not None and "tls.certificate" in changed:  # https serves through its first context
+            try:
+                self._web_tls.load_cert_chain(new.cert_path, new.key_path)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("reload: the https listener keeps its certificate: %s", exc)
+        fields: list[tuple[str, Any]] = [("result", "applied"), ("source", new.source),
+                                         ("changed", ",".join(changed) or "nothing"), ("certificate", certificate)]
+        if restart:
+            fields.append(("restart_needed", ",".join(restart)))
+        log.log(logging.WARNING if restart else logging.INFO, "%s", logfmt("reload", fields))
+        return True
+
     async def stop(self) -> None:
+        for sock in (s for socks in self._web_socks.values() for s in socks):
+            sock.close()
+        self._web_socks = {}
         for task in (self.indexer, self.acme_task):
             if task is not None:
                 task.cancel()
@@ -212,6 +343,63 @@ class Postroom:
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (metapool.py invariant 4)
+        if self.lock is not None:
+            self.lock.release()
+
+
+# Settings a running server cannot change: its sockets are bound, its store open, its privileges dropped, the
+# scheduler started or not. A reload keeps their running values and names them as needing a restart.
+RESTART_ONLY = ("listeners", "server.data_dir", "server.user", "server.event_loop", "store", "delivery.enabled",
+                "acme.directory")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.name == "source":
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update(_flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The dotted keys whose values differ between `old` and `new` (e.g. ['limits.message_size'])."""
+    a, b = _flatten(old), _flatten(new)
+    return [key for key in a if a[key] != b[key]]
+
+
+def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the `RESTART_ONLY` settings of `old` (what the running server keeps), and the dotted keys of
+    those that differ (for the log line: they need a restart)."""
+    restart = [key for key in config_changes(old, new)
+               if any(key == k or key.startswith(k + ".") for k in RESTART_ONLY)]
+    kept = dataclasses.replace(
+        new, listeners=old.listeners, store=old.store,
+        server=dataclasses.replace(new.server, data_dir=old.server.data_dir, user=old.server.user),
+        delivery=dataclasses.replace(new.delivery, enabled=old.delivery.enabled),
+        acme=dataclasses.replace(new.acme, directory=old.acme.directory))
+    return kept, restart
+
+
+def _reloader(cfg: Config) -> Callable[[], Config]:
+    path = None if cfg.source == "<defaults>" else cfg.source
+    return lambda: config_load(path)
+
+
+def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
+    """The server TLS context of `cfg` and its certificate. The built-in location (`tls.cert` empty) is
+    generated when missing; configured files must exist and parse. Raises CertificateError naming the file."""
+    if not cfg.tls.cert:
+        try:
+            if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
+                log.info("tls generated self-signed certificate path=%s", cfg.cert_path)
+        except OSError as exc:
+            raise CertificateError(f"TLS: {exc}") from None
+    return load_context(cfg.cert_path, cfg.key_path)
 
 
 async def _index_in_background(store: Store, cfg: Config) -> None:
@@ -280,6 +468,17 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def hangup() -> None:  # SIGHUP: re-read the configuration and certificates (module doc, "Reload")
+        if server.services is None:
+            log.warning("%s", logfmt("reload", [("result", "refused"), ("reason", "the server is still starting")]))
+            return
+        task = loop.create_task(server.reload(), name="postroom-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         await server.start()
         demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
@@ -287,8 +486,10 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
         log.info("started listeners=%s loop=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()),
                  type(loop).__module__.partition(".")[0])
         await stop.wait()
-        log.info("stopping grace=%ss", cfg.server.shutdown_grace_seconds)
+        log.info("stopping grace=%ss", server.config.server.shutdown_grace_seconds)
     finally:
+        for task in list(reloads):
+            task.cancel()
         await server.stop()
         log.info("stopped")
 
@@ -309,11 +510,20 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run_server(cfg: Config, demo: bool = False) -> int:
+    """`postroom serve`: run until SIGTERM/SIGINT. Returns the exit status; start failures are one line on
+    stderr naming what to fix (1; 2 for a certificate or `server.user` that the configuration names wrongly)."""
     try:
         with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
             runner.run(serve_forever(cfg, demo))
+    except AlreadyRunning as exc:
+        print(f"postroom: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except (CertificateError, PrivilegeError) as exc:
+        print(f"postroom: cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"postroom: cannot start: {exc} (is another server using that port? change [listeners] in the config)",
-              file=sys.stderr)
+        hint = " (is another server using that port? change [listeners] in the config)" \
+            if "cannot listen on" in str(exc) else ""
+        print(f"postroom: cannot start: {exc}{hint}", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from . import config as config_mod
 from . import metapool as meta_pool
 from .auth.passwords import make_credentials
 from .mailformats import FormatError
+from .process import PRIVATE_UMASK, PrivilegeError
 from .store import names, open_store
 from .store.api import ANYONE, RIGHTS, AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
@@ -569,6 +571,78 @@ async def cmd_index(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def cmd_check(cfg: config_mod.Config) -> int:
+    """`postroom check`: the configuration loaded (main did that), the certificate files and `server.user`.
+    Generates nothing: a missing built-in certificate is reported as to be generated at the first start."""
+    from .net.tls import CertificateError, check_files, fingerprint
+    from .process import lookup_account
+
+    print(f"{cfg.source}: OK")
+    print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}")
+    for name, (host, port) in cfg.listeners.enabled().items():
+        print(f"  {name:<12}{host}:{port}")
+    try:
+        present = cfg.cert_path.exists(), cfg.key_path.exists()
+        if not cfg.tls.cert and present == (False, False):
+            print(f"  tls       {cfg.cert_path} (self-signed, generated at the first start)")
+        elif not cfg.tls.cert and present != (True, True):
+            there, missing = (cfg.cert_path, cfg.key_path) if present[0] else (cfg.key_path, cfg.cert_path)
+            raise CertificateError(f"TLS: {there} exists but {missing} does not; restore it, or remove both to have "
+                                   f"a new self-signed pair generated")
+        else:
+            print(f"  tls       {cfg.cert_path} ({fingerprint(check_files(cfg.cert_path, cfg.key_path))})")
+        if cfg.server.user:
+            account = lookup_account(cfg.server.user)
+            print(f"  user      {account.name} (uid {account.uid}): the server drops to it when started as root")
+    except (CertificateError, PrivilegeError) as exc:
+        print(f"postroom: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def cmd_reload(cfg: config_mod.Config) -> int:
+    """`postroom reload`: check the configuration (main loaded it) and certificate here, so a mistake is told
+    to the operator at once, then send SIGHUP to the `postroom serve` holding the data folder's lock."""
+    import signal
+
+    from .net.tls import CertificateError, check_files
+    from .process import running_pid
+
+    pid = running_pid(cfg.data_path)
+    if pid is None:
+        raise CliError(f"no postroom serve is running on the data folder {cfg.data_path} (nothing to reload; "
+                       f"start it with: postroom serve)")
+    if cfg.tls.cert or cfg.cert_path.exists():
+        try:
+            check_files(cfg.cert_path, cfg.key_path)
+        except CertificateError as exc:
+            raise CliError(f"{exc}; the server was not signalled and keeps its configuration", EXIT_USAGE) from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CliError(f"the server (PID {pid}) has just ended; nothing to reload") from None
+    except PermissionError:
+        raise CliError(f"not allowed to signal the server (PID {pid}): run this as root or as its user") from None
+    print(f"asked postroom serve (PID {pid}) to reload {cfg.source}; it logs a line \"reload result=...\" with "
+          f"what changed")
+    return 0
+
+
+def become_server_user(cfg: config_mod.Config) -> None:
+    """An admin command run as root with `server.user` set runs as that user (process.py), so the files it
+    creates in the data folder belong to the server. Raises PrivilegeError or OSError."""
+    from .process import drop_privileges, own_data_dir, switch_needed
+
+    if os.geteuid() != 0 or not cfg.server.user:
+        return
+    account = switch_needed(cfg.server.user)
+    if account is None:
+        return
+    cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    own_data_dir(cfg.data_path, account, deep=False)
+    drop_privileges(account)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Argument parsing
 
@@ -596,6 +670,7 @@ examples:
   postroom queue list                        what waits in the outbound queue, and why
   printf 'Subject: hi\\n\\nhello\\n' | postroom sendmail -f alice@example.org bob@example.net
   postroom config-sample > postroom.toml     then: postroom --config postroom.toml serve
+  postroom reload                            re-read the configuration and certificates (or: kill -HUP PID)
 """
 
 
@@ -606,12 +681,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"postroom {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("serve", help="run the server until SIGTERM or Ctrl-C")
+    s = sub.add_parser(
+        "serve", help="run the server until SIGTERM or Ctrl-C (SIGHUP: reload)",
+        description="Run the server until SIGTERM or Ctrl-C. SIGHUP (or `postroom reload`) re-reads the"
+        " configuration and certificates. Started as root with server.user set, it binds its ports, then runs"
+        " as that user; one server per data folder (a second one refuses, naming the first one's PID).")
     s.add_argument("--demo", action="store_true",
                    help="make sure the domain 'localhost' and the user demo@localhost exist; print how to connect")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    sub.add_parser("check", help="read the configuration, report problems, print the effective settings")
+    sub.add_parser("check", help="read the configuration and certificate, report problems, print the settings")
+    sub.add_parser(
+        "reload", help="make the running server re-read its configuration and certificates (as SIGHUP does)",
+        description="Check the configuration and certificate files, then send SIGHUP to the `postroom serve`"
+        " running on the data folder (its PID is in <data_dir>/postroom.pid). The server reads its own"
+        " configuration file again: limits, auth, smtp, pop3, imap, delivery (routes, DNS, smart host) and the"
+        " certificate apply to new sessions and deliveries at once; sessions already open keep theirs. A file that"
+        " does not load changes nothing (the server logs why). Listener addresses, data_dir, store, server.user,"
+        " delivery.enabled and acme.directory need a restart (the log line names them).")
     sub.add_parser("config-sample", help="print a commented configuration file with every default")
 
     d = sub.add_parser("domain", help="local domains: add | list | show | remove")
@@ -762,6 +849,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    umask = os.umask(0o022)
+    os.umask(umask)
     try:
         if args.command == "config-sample":
             sys.stdout.write(config_mod.SAMPLE)
@@ -776,11 +865,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_REFUSED
         cfg = config_mod.load(args.config)
         if args.command == "check":
-            print(f"{cfg.source}: OK")
-            print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}")
-            for name, (host, port) in cfg.listeners.enabled().items():
-                print(f"  {name:<12}{host}:{port}")
-            return 0
+            return cmd_check(cfg)
+        if args.command == "reload":
+            return cmd_reload(cfg)
+        os.umask(PRIVATE_UMASK)  # process.py: the data folder's files 0600, folders 0700
         if args.command == "serve":
             from .app import run_server
 
@@ -788,6 +876,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_server(cfg, demo=args.demo)
         handler = COMMANDS[args.command]
         args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
+        try:
+            become_server_user(cfg)
+        except (PrivilegeError, OSError) as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
         return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
     except config_mod.ConfigError as exc:
         print(f"postroom: configuration error: {exc}", file=sys.stderr)
@@ -809,6 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(umask)  # in-process callers (tests) get theirs back
 
 
 if __name__ == "__main__":  # pragma: no cover

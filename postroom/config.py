@@ -35,6 +35,7 @@ class ServerConfig:
     # The asyncio event loop `postroom serve` runs on: "asyncio" (the standard library's), "uvloop" (libuv's;
     # refused at start when the uvloop package is not installed), or "auto" (uvloop when importable).
     event_loop: str = "asyncio"
+    user: str = ""  # started as root: bind the ports, then run as this system user (process.py); "": stay
 
 
 EVENT_LOOPS = ("asyncio", "uvloop", "auto")
@@ -372,6 +373,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
     if not cfg.server.data_dir:
         raise ConfigError(f"{where}: server.data_dir must not be empty")
+    if cfg.server.user and (cfg.server.user != cfg.server.user.strip() or ":" in cfg.server.user):
+        raise ConfigError(f"{where}: server.user must be a user name (or \"\" to keep the starting user)")
     if cfg.acme.directory:
         if not cfg.acme.directory.startswith("https://"):
             raise ConfigError(f"{where}: acme.directory must be an https:// URL (RFC 8555 §6.1), "
@@ -558,6 +561,8 @@ SAMPLE = '''\
 [server]
 hostname = "localhost"            # used in greetings and Received headers
 data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+shutdown_grace_seconds = 10       # SIGTERM: how long sessions may finish before they are cut
+user = ""                         # started as root: bind the ports, then run as this system user
 event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)
 
 [listeners]                        # "host:port"; "" disables a listener
@@ -571,7 +576,7 @@ pop3s = "127.0.0.1:2995"
 http = "127.0.0.1:8080"            # webmail, health, metrics, client autoconfiguration
 https = "127.0.0.1:8443"           # the same over TLS (the [tls] certificate)
 
-[tls]
+[tls]                              # re-read by SIGHUP / postroom reload; the files must exist and parse
 cert = ""                          # empty: a self-signed certificate is generated into data_dir
 key = ""
 

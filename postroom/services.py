@@ -1,4 +1,4 @@
-"""`Services`: what a protocol session may use, built once by `app.Postroom.start()` and shared by every session.
+"""`Services`: what a protocol session may use, built by `app.Postroom.start()` and again by each reload.
 
 Its own module so that the protocol sessions (smtp/server.py, imap/session.py, pop3/session.py) name it without
 importing the application that starts them (only cli.py imports app.py).
@@ -19,7 +19,8 @@ from postroom.store.api import Store
 
 @dataclass(frozen=True)
 class Services:
-    """What a protocol session may use. Built once by `Postroom.start()`, shared by every session."""
+    """What a protocol session may use. Built by `Postroom.start()` and again by each reload (with the new
+    `config` and `tls`); a session keeps the one it started with. `auth` and `door` are one object throughout."""
 
     config: Config
     store: Store

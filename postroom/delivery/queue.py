@@ -134,10 +134,11 @@ class Scheduler:
         hosts: HostLookup = system_addresses,
     ) -> None:
         self.store = store
-        self.config = config
-        self.delivery = config.delivery
         self.bounce = bounce
         self.clock = clock
+        self._given = (resolver, tls, shuffle, hosts)  # what a test injected; kept by `reconfigure`
+        self.config = config
+        self.delivery = config.delivery
         self.routes = RouteFinder(config.delivery, resolver or DnsResolver(config.delivery.dns_servers), shuffle,
                                   hosts)
         self.tls = tls if tls is not None else (opportunistic_tls_context() if config.delivery.starttls else None)
@@ -151,6 +152,20 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "connections": 0}
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` (a reload, `app.Postroom.reload`) from the next dispatch on: routes, smart host, DNS
+        servers, STARTTLS, retry schedule, timeouts and concurrency. A transaction in progress finishes with
+        the settings it started with; the slots it holds belong to the old `delivery.concurrency`, so for a
+        moment there may be as many transactions as the old and new limits allow together."""
+        resolver, tls, shuffle, hosts = self._given
+        self.config = config
+        self.delivery = config.delivery
+        self.routes = RouteFinder(config.delivery, resolver or DnsResolver(config.delivery.dns_servers), shuffle,
+                                  hosts)
+        self.tls = tls if tls is not None else (opportunistic_tls_context() if config.delivery.starttls else None)
+        self._slots = asyncio.Semaphore(config.delivery.concurrency)
+        self.wake()
 
     # --- running ----------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -8,6 +8,11 @@ admitted connection gets one task that (for implicit TLS, RFC 8314 §3) performs
 spec's handler, then closes the socket and writes the session log line. A refused connection never reaches a
 handler: it gets the spec's one-line `refuse` text (over TLS for implicit-TLS listeners) and is closed.
 
+Binding and accepting are two steps: `bind()` binds every socket without listening (a connection attempt is
+refused by the kernel meanwhile), `start()` listens and accepts. `app.py` binds while it may still be root and
+accepts once it has dropped privileges and opened the store. `reconfigure()` swaps the TLS context and limits
+that connections accepted from then on get (a reload); a connection keeps those it was accepted with.
+
 Stopping: `stop(grace)` closes the listening sockets at once, tells every connection that the server is
 stopping (a session waiting between commands gets `ShuttingDown` so it can say goodbye), waits up to `grace`
 seconds for the session tasks, then cancels what is left and aborts those sockets.
@@ -207,10 +212,12 @@ class NetServer:
         return self._per_ip.get(ip, 0)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Bind every listener. On failure nothing stays bound and the OSError names the listener."""
+    async def bind(self) -> None:
+        """Bind every listener's socket without accepting yet (connections are refused by the kernel until
+        `start()`): `app.py` binds while it may still be root, then drops privileges, then opens the store.
+        On failure nothing stays bound and the OSError names the listener."""
         if self._servers or self._stopping:
-            raise RuntimeError("NetServer.start() may be called once")
+            raise RuntimeError("NetServer.bind() may be called once")
         loop = asyncio.get_running_loop()
         for spec in self.specs:
             if spec.implicit_tls and self.tls_context is None:
@@ -219,7 +226,7 @@ class NetServer:
             try:
                 server = await loop.create_server(lambda spec=spec: self._make_connection(spec),
                                                   spec.host or None, spec.port, backlog=self._backlog,
-                                                  reuse_address=True)
+                                                  reuse_address=True, start_serving=False)
             except OSError as exc:
                 await self._close_servers()
                 raise OSError(exc.errno, f"listener {spec.name}: cannot listen on "
@@ -227,6 +234,17 @@ class NetServer:
             self._servers[spec.name] = server
             sockname = server.sockets[0].getsockname()
             self.addresses[spec.name] = (str(sockname[0]), int(sockname[1]))
+
+    async def start(self) -> None:
+        """Bind every listener (unless `bind()` did) and start accepting. On failure nothing stays bound and the
+        OSError names the listener."""
+        if not self._servers:
+            await self.bind()
+        for spec in self.specs:
+            server = self._servers[spec.name]
+            if server.is_serving():
+                continue
+            await server.start_serving()
             log.info("listening %s", logfmt("", [("listener", spec.name), ("protocol", spec.label),
                                                    ("address", format_peer(self.addresses[spec.name])),
                                                    ("tls", "implicit" if spec.implicit_tls else "no")]).strip())
@@ -267,6 +285,14 @@ class NetServer:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
             except TimeoutError:
                 pass
+
+    def reconfigure(self, tls_context: ssl.SSLContext | None, limits: LimitsConfig) -> None:
+        """Use this TLS context and these limits for connections accepted from now on (`Postroom.reload`).
+        Open connections keep what they were accepted with (their STARTTLS uses the context of their start).
+        The connection counters carry over: a lower `connections_total` refuses new connections until enough
+        of the open ones have ended."""
+        self.tls_context = tls_context
+        self.limits = limits
 
     # --- admission -----------------------------------------------------------------------------------------
     def _make_connection(self, spec: ListenerSpec) -> Connection:

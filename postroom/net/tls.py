@@ -7,6 +7,12 @@ has obtained a real certificate. `ensure_certificate` therefore writes a self-si
 and only when, both files are missing. A production config points `tls.cert` / `tls.key` at real files and this
 module never touches them.
 
+Only the built-in location (`<data_dir>/tls/cert.pem` and `key.pem`, used while `tls.cert` is empty) is ever
+generated. A configured `tls.cert` / `tls.key` must name files that exist and parse: `load_context` checks each
+file on its own first, so the error names the file and what is wrong with it (missing, unreadable, not PEM, a key
+with a passphrase, a key that does not belong to the certificate), rather than OpenSSL's "PEM lib". The same
+function serves the start, `postroom check` and a reload (SIGHUP), which keeps the old context when it raises.
+
 Invariants
 1. An existing certificate or key is never overwritten. If exactly one of the two files exists the pair is
    inconsistent and `ensure_certificate` raises rather than guessing.
@@ -21,10 +27,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -115,8 +123,66 @@ def ensure_certificate(cert_path: str | os.PathLike[str], key_path: str | os.Pat
     for parent in {cert_p.parent, key_p.parent}:
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_private(key_p, key_pem, 0o600)
-    _write_private(cert_p, cert_pem, 0o644)
+    _write_private(cert_p, cert_pem, 0o600)  # public, but the data folder is private (process.py)
     return True
+
+
+class CertificateError(Exception):
+    """A certificate or key file is unusable. The message names the file and the problem, for the operator."""
+
+
+def _brief(exc: Exception) -> str:
+    """cryptography's parse error without its pointer to the FAQ."""
+    return re.sub(r"\s*See https?://\S+ for more details\.", "", str(exc)).strip() or type(exc).__name__
+
+
+def _read(path: Path, what: str, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CertificateError(
+            f"TLS: {setting} names {path}, which does not exist (put the {what} there, or leave tls.cert and "
+            f"tls.key empty to have a self-signed pair generated in the data folder)") from None
+    except OSError as exc:
+        raise CertificateError(f"TLS: cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def check_files(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> x509.Certificate:
+    """Check that `cert_path` holds a PEM certificate (the first is the server's, the rest its chain) and
+    `key_path` an unencrypted PEM private key that belongs to it. Returns the server's certificate.
+    Raises CertificateError naming the file and the problem."""
+    cert_p, key_p = Path(cert_path), Path(key_path)
+    cert_pem = _read(cert_p, "certificate", "tls.cert")
+    key_pem = _read(key_p, "private key", "tls.key")
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError as exc:
+        raise CertificateError(f"TLS: {cert_p} is not a PEM certificate ({_brief(exc)}); it must hold -----BEGIN "
+                               f"CERTIFICATE----- blocks, the server's certificate first") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise CertificateError(f"TLS: the private key {key_p} is protected by a passphrase; give Postroom an "
+                               f"unencrypted key (mode 0600), e.g. openssl pkey -in {key_p.name} -out new.pem") \
+            from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"TLS: {key_p} is not a PEM private key ({_brief(exc)})") from None
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
+        raise CertificateError(f"TLS: the private key {key_p} does not belong to the certificate {cert_p} (the first "
+                               f"certificate in the file must be the server's own)")
+    return chain[0]
+
+
+def load_context(cert_path: str | os.PathLike[str],
+                 key_path: str | os.PathLike[str]) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """`check_files`, then the server context over those files (invariant 3), with the server's certificate.
+    Raises CertificateError."""
+    cert = check_files(cert_path, key_path)
+    try:
+        return server_context(cert_path, key_path), cert
+    except (ssl.SSLError, OSError) as exc:
+        raise CertificateError(f"TLS: OpenSSL refused {os.fspath(cert_path)} / {os.fspath(key_path)}: {exc}") from None
 
 
 def server_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> ssl.SSLContext:
@@ -126,6 +192,12 @@ def server_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLik
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
     return ctx
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """'sha256:' and the hex SHA-256 of the certificate's DER form, as `openssl x509 -fingerprint -sha256`
+    shows it (without the colons): how logs name the certificate a listener serves."""
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
 
 
 def client_context_trusting(cert_path: str | os.PathLike[str]) -> ssl.SSLContext:

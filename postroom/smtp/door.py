@@ -162,6 +162,19 @@ class Door:
         self.user_recipients = Window(3600.0)
         self.greylist = Greylist(cfg.greylist_seconds) if cfg.greylist_seconds > 0 else None
 
+    def reconfigure(self, cfg: SMTPConfig) -> None:
+        """New `[smtp]` settings (a reload, `app.Postroom.reload`): limits, exempt networks and the greylisting
+        delay apply from the next check on; passes, counts and triplets are kept (greylisting switched off
+        forgets its triplets; switched on, it starts empty)."""
+        self.cfg = cfg
+        self.exempt_networks = networks((*cfg.screen_exempt, *cfg.relay_networks))
+        if cfg.greylist_seconds <= 0:
+            self.greylist = None
+        elif self.greylist is None:
+            self.greylist = Greylist(cfg.greylist_seconds)
+        else:
+            self.greylist.delay = cfg.greylist_seconds
+
     def exempt(self, ip: str) -> bool:
         """Whether a client address skips the MX tests and rates (screen_exempt, relay_networks)."""
         if not self.exempt_networks:

@@ -94,7 +94,7 @@ class BlobStore:
             pass
         self._make_dirs(directory)
         tmp = directory / f".tmp.{blob_id[:16]}.{os.getpid()}.{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
                 write_all(fd, data)

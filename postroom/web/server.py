@@ -107,9 +107,20 @@ class HttpServer:
                 sock.close()
 
 
-def _bind(host: str, port: int) -> list[socket.socket]:
+def bind_http(host: str, port: int, name: str = "http") -> list[socket.socket]:
+    """Sockets bound to host:port (as `_bind`) that do not accept yet: `serve_http(socks=...)` starts listening
+    on them. `app.py` binds while it may still be root, before it drops privileges. Raises OSError naming the
+    listener."""
+    try:
+        return _bind(host, port, listen=False)
+    except OSError as exc:
+        raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _bind(host: str, port: int, listen: bool = True) -> list[socket.socket]:
     """Listening sockets for host:port; host "" is every address: one socket per address family (as the mail
-    listeners get from asyncio), except with port 0, where the families could get different ports."""
+    listeners get from asyncio), except with port 0, where the families could get different ports. Without
+    `listen` they are only bound (uvicorn's asyncio server calls listen() when it starts serving them)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if host or port == 0:
         infos = infos[:1]
@@ -125,7 +136,8 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
-            sock.listen(512)
+            if listen:
+                sock.listen(512)
             sock.setblocking(False)
     except BaseException:
         for sock in socks:
@@ -134,15 +146,19 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     return socks
 
 
-async def serve_http(app: ASGIApp, host: str, port: int, *, name: str = "http",
-                     ssl_context: ssl.SSLContext | None = None, **uvicorn_options: Any) -> HttpServer:
-    """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1). `name` is the
-    listener's, for messages. With `ssl_context` the listener speaks TLS with that very context (the `https`
-    listener gets the mail listeners' one, so a certificate loaded into it later serves HTTPS too)."""
-    try:
-        socks = _bind(host, port)
-    except OSError as exc:
-        raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+async def serve_http(app: ASGIApp, host: str, port: int, *, socks: list[socket.socket] | None = None,
+                     name: str = "http", ssl_context: ssl.SSLContext | None = None,
+                     **uvicorn_options: Any) -> HttpServer:
+    """Start serving `app` on host:port (port 0: any free port), or on `socks` from `bind_http`, in the running
+    loop (invariant 1). `name` is the listener's, for messages. With `ssl_context` the listener speaks TLS with
+    that very context (the `https` listener gets the mail listeners' one, so a certificate loaded into it later
+    serves HTTPS too)."""
+    if socks is None:
+        try:
+            socks = _bind(host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: {exc.strerror or exc}") \
+                from exc
     options: dict[str, Any] = {
         "loop": "none",
         "lifespan": "off",

@@ -135,6 +135,11 @@ def test_certificate_obtained_by_http01_and_served_without_restart(tmp_path: Pat
             assert oct(cfg.key_path.stat().st_mode & 0o777) == "0o600"
             # nothing left of the challenge once the order is done (acme.py invariant 2)
             assert server.certificates.challenges == {}
+            # A reload (SIGHUP) builds a new TLS context from the files, so the ACME certificate stays served, and
+            # a later renewal must be loaded into that new context (app.py, Postroom.reload).
+            assert await server.reload(cfg) is True
+            again = await asyncio.to_thread(_served_certificate, imaps, root)
+            assert again["serialNumber"] == first["serialNumber"]
             # a renewal (what `run` does when the certificate is due) is served the same way
             server.certificates.issued.clear()
             await server.certificates.obtain()

@@ -55,3 +55,42 @@ def test_contexts(tmp_path: Path) -> None:
     assert server.options & ssl.OP_NO_COMPRESSION
     client = client_context_trusting(cert)
     assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
+
+
+def test_check_files_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from postroom.net.tls import CertificateError, check_files, fingerprint, load_context
+
+    cert, key = tmp_path / "a" / "cert.pem", tmp_path / "a" / "key.pem"
+    ensure_certificate(cert, key, "a.test")
+    parsed = check_files(cert, key)
+    assert fingerprint(parsed) == "sha256:" + parsed.fingerprint(parsed.signature_hash_algorithm).hex()
+    ctx, same = load_context(cert, key)
+    assert isinstance(ctx, ssl.SSLContext) and same == parsed
+
+    def problem(c: Path, k: Path) -> str:
+        with pytest.raises(CertificateError) as caught:
+            check_files(c, k)
+        return str(caught.value)
+
+    missing = tmp_path / "nowhere" / "cert.pem"
+    assert f"tls.cert names {missing}, which does not exist" in problem(missing, key)
+    assert f"tls.key names {tmp_path / 'k.pem'}, which does not exist" in problem(cert, tmp_path / "k.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"hello\n")
+    assert f"{junk} is not a PEM certificate" in problem(junk, key)
+    assert f"{junk} is not a PEM private key" in problem(cert, junk)
+    other_cert, other_key = tmp_path / "b" / "cert.pem", tmp_path / "b" / "key.pem"
+    ensure_certificate(other_cert, other_key, "b.test")
+    assert f"the private key {other_key} does not belong to the certificate {cert}" in problem(cert, other_key)
+    # A key with a passphrase: Postroom cannot ask for it, so it says so.
+    loaded = serialization.load_pem_private_key(key.read_bytes(), None)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    assert f"the private key {locked} is protected by a passphrase" in problem(cert, locked)
+    # A chain file: the server's certificate first, then the rest, is accepted.
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(cert.read_bytes() + other_cert.read_bytes())
+    assert check_files(chain, key) == parsed

@@ -131,7 +131,7 @@ class SQLiteStore(
             return False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             log.warning("no lock file %s (%s): stale files are swept after an hour only", self.lock_path, e)
             return False
