@@ -112,8 +112,9 @@ def _password(generated: list[str]) -> str:
 async def _fill_store(cfg: config_mod.Config, domain: str, address: str, generated: list[str]) -> None:
     from postroom.cli import _make_dkim_keys
 
-    cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(cfg.data_path, 0o700)
+    if not cfg.data_path.exists():  # a folder that exists already is left as it is (it may hold other things)
+        cfg.data_path.mkdir(parents=True, mode=0o700)
+        os.chmod(cfg.data_path, 0o700)
     store = open_store(cfg.store_url, cfg.data_path)
     await store.open()
     try:

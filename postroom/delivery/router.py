@@ -76,9 +76,10 @@ Invariants
     at the next hop: a copy for a remote address reached through a local address (an alias, a catch-all, the
     address an SRS bounce stands for) is queued with `SRS0=...@<that local address's domain>` as MAIL FROM,
     unless the sender is null, already in a local domain, or too long to rewrite. Direct relays (submission,
-    relay networks) keep their sender. A recipient `SRS0=...@<local domain>` (or SRS1) resolves to the address it
-    stands for, only if its hash and age check out (else 550 5.1.1): bounces of forwards reach the original
-    sender, and nobody else can relay through the form.
+    relay networks) keep their sender. A recipient `SRS0=...@<local domain>` (or SRS1) takes mail from the null
+    sender only (else 550 5.7.1: bounces are what comes back to a forward) and resolves to the address it stands
+    for only if its hash (8 characters) and age check out (else 550 5.1.1); that copy keeps its null sender. So
+    bounces of forwards reach the original sender, and nobody can relay through the form.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ NO_POSTMASTER_YET = RouteError(451, "4.3.5", "No mailbox for postmaster yet (the
 POSTMASTER = "postmaster"
 STRAY_CONTENT = RouteError(550, "5.6.0", "Message refused: bare CR or LF, or NUL, in the content")
 BAD_SRS = RouteError(550, "5.1.1", "No such user here (an SRS address that was not made here, or has expired)")
+SRS_BOUNCES_ONLY = RouteError(550, "5.7.1", "An SRS address takes bounces only (the null sender <>)")
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,10 @@ class Router:
             if may_relay:
                 return [Remote(a)]
             raise RELAY_DENIED  # invariant 2
+        if srs.is_srs(local) and mail_from:
+            # invariant 12: what comes back to a forward is a bounce (RFC 5321 §4.5.5: from the null sender); any
+            # other sender could use a valid SRS address to relay to its original sender.
+            raise SRS_BOUNCES_ONLY
         dests = await self.resolve(a)
         if not dests:
             raise NO_POSTMASTER_YET if local.lower() == POSTMASTER else NO_SUCH_USER
@@ -602,7 +608,7 @@ class Router:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when
         the sender stays as it is: a direct relay, the null sender, a sender in a local domain, or one too long
         to rewrite (invariant 12)."""
-        if d.address == a or not mail_from or sender_local:
+        if d.address == a or not mail_from or sender_local or srs.is_srs(split(a)[0]):
             return None
         try:
             return srs.forward(mail_from, split(a)[1].lower(), await self.secret())

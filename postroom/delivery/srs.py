@@ -37,7 +37,7 @@ import hashlib
 import hmac
 import time
 
-HASH_LENGTH = 4  # characters of base64: 24 bits, as libsrs2's default
+HASH_LENGTH = 8  # characters of base64, compared without case: about 40 bits (libsrs2 uses 4: guessable)
 MAX_AGE_DAYS = 21  # as libsrs2 and postsrsd
 MAX_LOCAL = 200  # octets of a rewritten local part (RFC 5321 §4.5.3.1.1 says 64; real MTAs take more, SRS needs it)
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

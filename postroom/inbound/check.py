@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,16 @@ class InboundChecks:
         dmarc: DmarcResult | None = None
         action = "accept"
         if self.inbound.dmarc:
-            domains = from_domains(header_block(head)) or []
-            dmarc = await self.dmarc.check(domains, spf, dkim)
+            block = header_block(head)
+            domains = from_domains(block)
+            if not domains and _FROM_FIELD.search(block):
+                # RFC 7489 §6.6.1: a From field that yields no usable domain (two angle-addresses, no domain, a
+                # field too long to read) cannot be checked; such messages are "typically rejected". Skipping the
+                # policy would let anyone avoid a domain's p=reject by malforming the field.
+                dmarc = DmarcResult("permerror", reason="From header field without a single usable domain")
+                action = "reject"
+            else:
+                dmarc = await self.dmarc.check(domains or [], spf, dkim)
             if dmarc.result == "fail" and dmarc.disposition == "reject":
                 action = "reject" if self.inbound.dmarc_reject == "reject" else "quarantine"
             elif dmarc.result == "fail" and dmarc.disposition == "quarantine":
@@ -122,6 +131,9 @@ class InboundChecks:
             return await self.spf.check_mail_from(ip, helo, mail_from), helo_known
         mf, hl = await asyncio.gather(self.spf.check_mail_from(ip, helo, mail_from), self.spf.check_helo(ip, helo))
         return mf, hl
+
+
+_FROM_FIELD = re.compile(rb"(?im)^from[ \t]*:")
 
 
 def _is_ip(text: str) -> bool:

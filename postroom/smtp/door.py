@@ -10,12 +10,13 @@ SMTP session):
   is greeted only after `smtp.greet_delay_seconds`. RFC 5321 §3.1 has the client wait for the greeting; a
   client that talks first is a bot that does not read replies, and is answered `554 5.5.1` and disconnected.
   A client that waited passes for a day (`PASS_SECONDS`) and is greeted at once after that.
-* **Rates per client address** (anvil's): connections per minute and messages (MAIL commands) per minute on
-  the MX listener; past either the connection is answered `421 4.7.0` or MAIL `450 4.7.1`, temporary, so a
+* **Rates per client address** (anvil's; IPv6 per /64): connections per minute and messages (MAIL commands)
+  per minute on the MX listener; past either the connection is answered `421 4.7.0` or MAIL `450 4.7.1`, temporary, so a
   real server retries later.
 * **Send limits per user** on submission: messages and recipients per hour, so that a stolen password cannot
   make the server a spam cannon. MAIL is `450 4.7.1` once the messages are used up, RCPT `450 4.7.1` once
-  the recipients are; both count what was accepted (a message when its data is accepted).
+  the recipients are; each MAIL and RCPT is counted when it is accepted (so parallel sessions share the limit;
+  an abandoned transaction still counts).
 
 * **Greylisting** (optional, `smtp.greylist_seconds`, off by default): the first attempt of a triplet (the
   client's network, /24 for IPv4 and /64 for IPv6 as senders retry from pools; the envelope sender; the
@@ -144,6 +145,17 @@ class Greylist:
             self._seen.popitem(last=False)
 
 
+def client_key(ip: str) -> str:
+    """What the rates count a client by: its IPv4 address, or its IPv6 /64 (a host gets a whole /64 and could
+    otherwise take a fresh address for every connection)."""
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    except ValueError:
+        return ip
+
+
 def networks(values: Iterable[str]) -> tuple[Network, ...]:
     """CIDR strings as networks (config validation has checked them)."""
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
@@ -186,30 +198,33 @@ class Door:
         return any(addr in net for net in self.exempt_networks)
 
     def connection_allowed(self, ip: str, now: float) -> bool:
-        """Count a connection of `ip` to the MX; False past `smtp.client_connection_rate` per minute."""
+        """Count a connection of `ip` to the MX; False past `smtp.client_connection_rate` per minute. IPv6
+        addresses count per /64 (`client_key`), as one host usually holds the whole prefix."""
         limit = self.cfg.client_connection_rate
-        return limit <= 0 or self.connections.hit(ip, now) <= limit
+        return limit <= 0 or self.connections.hit(client_key(ip), now) <= limit
 
     def message_allowed(self, ip: str, now: float) -> bool:
-        """Count a MAIL of `ip` on the MX; False past `smtp.client_message_rate` per minute."""
+        """Count a MAIL of `ip` on the MX; False past `smtp.client_message_rate` per minute (IPv6 per /64)."""
         limit = self.cfg.client_message_rate
-        return limit <= 0 or self.messages.hit(ip, now) <= limit
+        return limit <= 0 or self.messages.hit(client_key(ip), now) <= limit
 
-    def user_may_send(self, user: str, now: float) -> bool:
-        """Whether `user` has messages left this hour (`smtp.submission_messages_per_hour`)."""
+    def take_message(self, user: str, now: float) -> bool:
+        """Count a MAIL of `user` on submission; False (nothing counted) once `smtp.submission_messages_per_hour`
+        are used. Counted when asked, not when the message is accepted, so parallel sessions share the limit."""
         limit = self.cfg.submission_messages_per_hour
-        return limit <= 0 or self.user_messages.count(user, now) < limit
-
-    def user_may_add_recipient(self, user: str, in_transaction: int, now: float) -> bool:
-        """Whether `user` may have one recipient more, with `in_transaction` already accepted for the message
-        being built (`smtp.submission_recipients_per_hour`)."""
-        limit = self.cfg.submission_recipients_per_hour
-        return limit <= 0 or self.user_recipients.count(user, now) + in_transaction < limit
-
-    def user_sent(self, user: str, recipients: int, now: float) -> None:
-        """A message of `user` with `recipients` recipients was accepted."""
+        if limit > 0 and self.user_messages.count(user, now) >= limit:
+            return False
         self.user_messages.hit(user, now)
-        self.user_recipients.hit(user, now, recipients)
+        return True
+
+    def take_recipient(self, user: str, now: float) -> bool:
+        """Count a RCPT of `user` on submission; False (nothing counted) once
+        `smtp.submission_recipients_per_hour` are used (counted when asked, like `take_message`)."""
+        limit = self.cfg.submission_recipients_per_hour
+        if limit > 0 and self.user_recipients.count(user, now) >= limit:
+            return False
+        self.user_recipients.hit(user, now)
+        return True
 
 
 __all__ = ["Door", "Greylist", "PassCache", "Window"]

@@ -374,7 +374,7 @@ class Session:
             if not await self.router.may_send_as(self.core.authenticated, ev.address):
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
-            if door is not None and not door.user_may_send(self.core.authenticated, self.clock()):
+            if door is not None and not door.take_message(self.core.authenticated, self.clock()):
                 self._refused("send-limit-messages", R.R450_USER_MESSAGES)
                 return
         elif door is not None and not door.exempt(self.conn.peer[0]) \
@@ -393,8 +393,7 @@ class Session:
         txn = self.core.txn
         assert txn is not None
         door, user = self.services.door, self.core.authenticated
-        if self.policy.submission and door is not None and user \
-                and not door.user_may_add_recipient(user, len(txn.recipients), self.clock()):
+        if self.policy.submission and door is not None and user and not door.take_recipient(user, self.clock()):
             self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
             return
         try:
@@ -435,6 +434,12 @@ class Session:
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
         body = b"" if ev.spilled else ev.raw
+        if ev.spilled and not header_complete(head):
+            # Every check of the header (Authentication-Results removal, RFC 8601 §5; DMARC's From; submission's
+            # From) reads the first HEAD_LIMIT bytes: a header longer than that is refused, not half-checked.
+            self._drop_staged()
+            core.message_done(Reply(552, "5.3.4", (f"Message header longer than {HEAD_LIMIT // 1024} KiB",)))
+            return
         verdict: Verdict | None = None
         if self.checks is not None and not core.authenticated and not self.may_relay():
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
@@ -449,8 +454,11 @@ class Session:
                                   refused="dmarc")
                 domain = verdict.dmarc.domain if verdict.dmarc is not None else ""
                 # RFC 7489 §7.3: a rejection at the end of DATA, 5.7.1 (RFC 7372 §3.3 has no DMARC code).
-                core.message_done(Reply(550, "5.7.1", (f"Message refused: the DMARC policy of {domain} says "
-                                                       f"reject and it failed authentication",)))
+                text = (f"Message refused: the DMARC policy of {domain} says reject and it failed authentication"
+                        if verdict.dmarc is None or verdict.dmarc.result != "permerror" else
+                        "Message refused: its From header field names no single domain DMARC can check "
+                        "(RFC 7489 §6.6.1)")
+                core.message_done(Reply(550, "5.7.1", (text,)))
                 return
             header = verdict.header + header
         spans = authres.own_fields(head, self.services.config.server.hostname)
@@ -483,8 +491,6 @@ class Session:
         finally:
             self._drop_staged()
         self.services.metrics.message_accepted()
-        if self.policy.submission and self.services.door is not None and core.authenticated:
-            self.services.door.user_sent(core.authenticated, len(recipients), self.clock())  # door.py send limits
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
         self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted)

@@ -36,6 +36,7 @@ Invariants
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -115,8 +116,9 @@ def srv_records(domain: str, hostname: str,
 def address_domain(address: str) -> str | None:
     """The domain of `address` ("local@domain"), lower-case; None if it is not shaped like an address."""
     local, at, domain = address.strip().rpartition("@")
-    if not at or not local or not domain or any(c.isspace() or c in "<>/\\" for c in address.strip()):
-        return None
+    if not at or not local or not domain or any(c.isspace() or c in "<>/\\" or ord(c) < 0x20 or ord(c) == 0x7F
+                                               for c in address.strip()):
+        return None  # control characters included: they cannot go into an XML document (XML 1.0 §2.2)
     return domain.rstrip(".").lower() or None
 
 
@@ -168,8 +170,15 @@ def autodiscover_address(body: bytes) -> str:
     """The `EMailAddress` of a POX Autodiscover request body. Raises BadRequest (invariant 2)."""
     if len(body) > MAX_REQUEST:
         raise BadRequest(f"request larger than {MAX_REQUEST} bytes")
+    # Invariant 2 holds for what the parser will read: only ASCII-compatible encodings are accepted (a UTF-16 or
+    # UTF-32 body, recognised by its NUL bytes, would hide a DTD from the byte search below).
+    if b"\x00" in body or body.startswith((b"\xfe\xff", b"\xff\xfe")):
+        raise BadRequest("only UTF-8 is accepted")
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
         raise BadRequest("a DTD or entity declaration is not accepted")
+    declared = re.match(rb"<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)", body.lstrip(b"\xef\xbb\xbf"))
+    if declared and declared.group(1).lower() not in (b"utf-8", b"us-ascii", b"ascii", b"iso-8859-1"):
+        raise BadRequest("only UTF-8 is accepted")
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:

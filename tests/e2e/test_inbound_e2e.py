@@ -225,3 +225,28 @@ def test_helo_identity_checked_once_per_session(srv: Any, zone: ZoneThread) -> N
     assert all("smtp.helo=client.a.test" in " ".join(auth_results(m)) for m in stored)
     assert zone.dns.queries.count(("client.a.test", "TXT")) == 1
     assert zone.dns.queries.count(("a.test", "TXT")) == 3  # MAIL FROM: per message
+
+
+@pytest.mark.parametrize("from_field", [
+    b"From: <ceo@a.test> <x@evil.test>\r\n",  # two angle-addresses: not RFC 5322 syntax, no usable domain
+    b"From: " + b"Ceo " * 2300 + b"<ceo@a.test>\r\n",  # longer than the 8 KiB a From field is read to
+])
+def test_an_unusable_from_cannot_skip_dmarc(srv: Any, from_field: bytes) -> None:
+    """RFC 7489 §6.6.1: a From the policy cannot be evaluated on is refused, not waved through (the fresh review's
+    finding: a malformed From gave dmarc=none and skipped a p=reject)."""
+    raw = from_field + b"To: bob@b.test\r\nSubject: hi\r\nMessage-ID: <u@x>\r\n\r\nHello.\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(srv, "mallory@evil.test", raw)
+    assert info.value.smtp_code == 550 and b"RFC 7489" in info.value.smtp_error
+    assert mailbox(srv, "bob@b.test", "INBOX") == []
+
+
+def test_a_header_longer_than_what_is_checked_is_refused(srv: Any) -> None:
+    """RFC 8601 §5 asks forged Authentication-Results to be removed; a header past the 256 KiB that every check
+    reads is refused on the MX too (it was half-checked: a forged field after the padding survived)."""
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 990) for i in range(300))
+    raw = (padding + b"Authentication-Results: " + HOST.encode() + b"; dmarc=pass\r\n"
+           + message("alice@a.test", body=b"x" * 1_200_000 + b"\r\n"))
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(srv, "alice@a.test", raw)
+    assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.3.4")

@@ -94,3 +94,20 @@ def test_expired_or_altered_srs_addresses_are_refused(srv: Any) -> None:
             code, text = c.rcpt(addr)
             assert code == 550 and text.startswith(b"5.1.1") and b"SRS" in text, (addr, text)
         assert c.rcpt(good)[0] == 250
+
+
+def test_a_valid_srs_address_is_no_relay_for_other_senders(srv: Any) -> None:
+    """The attack a fresh review found: with a valid SRS address (from any bounce of a forward), a non-null
+    sender could relay to the original sender, and the copy got an SRS address of its own to chain on. An SRS
+    address takes the null sender only, and what goes through it keeps that null sender."""
+    secret = load_or_create(srv.postroom.config.data_path)
+    good = srs.forward("attacker@evil.test", LOCAL, secret)
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        c.ehlo("x")
+        c.mail("target@victim.test")
+        code, text = c.rcpt(good)
+        assert code == 550 and text.startswith(b"5.7.1"), text
+    assert queued(srv) == []
+    send(srv, "", [good], b"Subject: bounce\r\n\r\nx\r\n")
+    [(sender, rcpts, _)] = queued(srv)
+    assert (sender, rcpts) == ("", ["attacker@evil.test"])

@@ -139,3 +139,13 @@ def test_outlook_autodiscover_refuses_what_is_not_a_request(server: Any) -> None
         r = httpx.post(url, content=body)
         assert r.status_code == 400 and reason in r.content, r.content
     assert httpx.post(url, content=REQUEST % b"dave@elsewhere.test").status_code == 404
+    # the review's finding: the same bomb in UTF-16 hid its DTD from a byte search (6 MB answered to 1 KB)
+    utf16 = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx">]>'
+             "<Autodiscover><Request><EMailAddress>&x;@example.org</EMailAddress></Request></Autodiscover>")
+    for body in (utf16.encode("utf-16"), utf16.encode("utf-16-le"), utf16.encode("utf-32")):
+        r = httpx.post(url, content=body)
+        assert r.status_code == 400 and b"only UTF-8" in r.content, r.content
+    utf7 = b'<?xml version="1.0" encoding="UTF-7"?><Autodiscover/>'
+    assert httpx.post(url, content=utf7).status_code == 400
+    # control characters cannot go into the XML answer: no such address
+    assert httpx.get(url, params={"email": "\x01\x02x@example.org"}).status_code == 404

@@ -37,13 +37,13 @@ def test_exempt_and_limits() -> None:
     assert not door.exempt("198.51.100.1") and not door.exempt("not an address")
     assert [door.connection_allowed("198.51.100.1", 0.0) for _ in range(3)] == [True, True, False]
     assert all(door.message_allowed("198.51.100.1", 0.0) for _ in range(1000))  # 0: no limit
-    assert door.user_may_send("u", 0.0) and door.user_may_add_recipient("u", 2, 0.0)
-    assert not door.user_may_add_recipient("u", 3, 0.0)
-    door.user_sent("u", 2, 0.0)
-    assert door.user_may_send("u", 0.0) and door.user_may_add_recipient("u", 0, 0.0)
-    assert not door.user_may_add_recipient("u", 1, 0.0)
-    door.user_sent("u", 1, 0.0)
-    assert not door.user_may_send("u", 0.0) and door.user_may_send("u", 3600.0)  # a new hour
+    # counted when asked: parallel sessions of one user share the hour's allowance
+    assert [door.take_recipient("u", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert [door.take_message("u", 0.0) for _ in range(3)] == [True, True, False]
+    assert door.take_message("u", 3600.0) and door.take_recipient("u", 3600.0)  # a new hour
+    assert door.take_message("v", 0.0)  # another user
+    # IPv6 clients count per /64: a fresh address in the same prefix is the same client
+    assert [door.connection_allowed(f"2001:db8::{i}", 60.0) for i in range(3)] == [True, True, False]
 
 
 def test_greylist_triplets() -> None:
