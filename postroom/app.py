@@ -29,6 +29,7 @@ from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config
+from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
@@ -115,13 +116,16 @@ class Postroom:
             if self.queue is not None:
                 self.queue.wake()
 
+        # One resolver with one cache for outbound delivery, the inbound checks and the door (issue 12 item 9).
+        dns = DnsResolver(cfg.delivery.dns_servers, cache=DnsCache(cfg.delivery.dns_cache_size,
+                                                                   cfg.delivery.dns_cache_max_ttl_seconds))
         if cfg.delivery.enabled:  # outbound delivery; DSNs enter through the router like any mail
             bounce = router_bounce(Router(store, cfg, on_queued=wake))
-            self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
+            self.queue = Scheduler(store, cfg, bounce=bounce, **{"resolver": dns, **self.queue_options})
             self.queue.start()
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM's answers for unknown users
         self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake,
-                                 Door(cfg.smtp))
+                                 Door(cfg.smtp), dns)
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():

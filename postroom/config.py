@@ -154,6 +154,8 @@ class DeliveryConfig:
     routes: dict[str, str] = field(default_factory=dict)  # domain -> "host[:port]", checked before DNS
     mx_port: int = 25  # port of the hosts found in DNS (tests and private networks change it)
     dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; empty: the system's (/etc/resolv.conf)
+    dns_cache_size: int = 10000  # answers kept by the one resolver (delivery, inbound checks, door); 0: none
+    dns_cache_max_ttl_seconds: float = 3600.0  # no cached answer outlives this, whatever its TTL
     retry_seconds: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)  # last one repeats
     max_lifetime_seconds: float = 5 * 86400.0  # then a deferred recipient bounces (RFC 5321 §4.5.4.1)
     delay_notice_seconds: float = 4 * 3600.0  # a deferred recipient older than this gets one delay DSN; 0: none
@@ -462,6 +464,9 @@ def _validate_delivery(d: DeliveryConfig, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: delivery.dns_servers[{i}]: {server!r} is not an IP address "
                               f"(write \"192.0.2.53\" or \"192.0.2.53:5353\")") from None
+    if d.dns_cache_size < 0 or d.dns_cache_max_ttl_seconds <= 0:
+        raise ConfigError(f"{where}: delivery.dns_cache_size must be 0 (no cache) or more and "
+                          "delivery.dns_cache_max_ttl_seconds positive")
     if not 1 <= d.mx_port <= 65535:
         raise ConfigError(f"{where}: delivery.mx_port must be 1-65535")
     if not d.retry_seconds or any(s <= 0 for s in d.retry_seconds):
@@ -576,6 +581,8 @@ smarthost_user = ""                # AUTH at the smart host (only after STARTTLS
 smarthost_password = ""
 mx_port = 25                       # port of the MX hosts found in DNS
 dns_servers = []                   # e.g. ["192.0.2.53"]; empty: the system resolver
+dns_cache_size = 10000             # DNS answers cached for their TTL (delivery, inbound checks, door); 0: none
+dns_cache_max_ttl_seconds = 3600   # no cached answer is kept longer than this
 retry_seconds = [300, 900, 1800, 3600, 7200, 14400]   # waits between attempts; the last repeats
 max_lifetime_seconds = 432000      # 5 days, then a deferred recipient bounces
 delay_notice_seconds = 14400       # one delay notice after 4 hours; 0: none

@@ -661,7 +661,9 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     inbound = services.config.inbound
     checks: InboundChecks | None = None
     if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
-        checks = InboundChecks(services.config)  # the MX listener: mail from the world (submission is not checked)
+        # The MX listener: mail from the world (submission is not checked), through the server's one resolver.
+        dns = services.dns.with_lifetime(inbound.dns_timeout_seconds) if services.dns is not None else None
+        checks = InboundChecks(services.config, dns)
 
     async def handler(conn: Connection) -> None:
         await Session(services, router, policy, conn, checks=checks).run()
