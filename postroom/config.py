@@ -141,6 +141,9 @@ class SMTPConfig:
     submission_messages_per_hour: int = 500  # per user; 0: no limit
     submission_recipients_per_hour: int = 2000  # per user; 0: no limit
     greylist_seconds: float = 0.0  # MX greylisting: a new (network, sender, recipient) waits this long; 0: off
+    dnsbl_zones: tuple[str, ...] = ()  # DNS blocklists asked about MX clients (RFC 5782), e.g. "zen.spamhaus.org"
+    dnsbl_timeout_seconds: float = 5.0  # per blocklist / reverse-DNS lookup; then: not listed / "unknown"
+    reverse_dns: bool = True  # look up the forward-confirmed reverse DNS name of MX clients (Received, log)
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,11 @@ def _validate(cfg: Config, where: str) -> None:
                 "submission_messages_per_hour", "submission_recipients_per_hour"):
         if getattr(cfg.smtp, key) < 0:
             raise ConfigError(f"{where}: smtp.{key} must be 0 (off) or more")
+    for i, zone in enumerate(cfg.smtp.dnsbl_zones):
+        if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
+            raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    if cfg.smtp.dnsbl_timeout_seconds <= 0:
+        raise ConfigError(f"{where}: smtp.dnsbl_timeout_seconds must be positive")
     if cfg.smtp.greet_delay_seconds > 60:
         raise ConfigError(f"{where}: smtp.greet_delay_seconds must be at most 60 (clients wait 5 minutes for the "
                           "greeting, RFC 5321 §4.5.3.2.1, but a long delay only slows real mail)")
@@ -573,6 +581,9 @@ client_message_rate = 120          # MX messages per minute from one address (0:
 submission_messages_per_hour = 500 # per user on submission (0: no limit)
 submission_recipients_per_hour = 2000  # per user on submission (0: no limit)
 greylist_seconds = 0               # >0: MX greylisting, a new (network, sender, recipient) is retried after this
+dnsbl_zones = []                   # e.g. ["zen.spamhaus.org"]: MX clients listed there are refused at RCPT (554)
+dnsbl_timeout_seconds = 5          # per blocklist or reverse-DNS lookup; a time-out means not listed
+reverse_dns = true                 # record MX clients' forward-confirmed reverse DNS name (Received, log)
 
 [delivery]
 enabled = true                     # run the outbound queue in `postroom serve`

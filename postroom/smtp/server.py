@@ -45,6 +45,11 @@ Invariants
    on top (RFC 8601 §5), above this hop's Received. A DMARC reject is `550 5.7.1` with the message's log line
    saying `refused=dmarc`; a quarantine goes to the recipients' Junk (`Envelope.junk`). On every listener, an
    incoming Authentication-Results field that claims our host name as authserv-id is removed (RFC 8601 §5).
+8. An MX client that is not exempt (`smtp.screen_exempt`, relay networks) is looked up at connect, beside the
+   pregreet wait (smtp/dnsbl.py): blocklists (`smtp.dnsbl_zones`) and its forward-confirmed reverse DNS name.
+   A listed client gets `554 5.7.1` at every RCPT (logged `reason=dnsbl` with zone, sender and recipient); the
+   name goes into the Received field's TCP-info (RFC 5321 §4.4: `from helo (name [ip])`, only when
+   confirmed) and into the session log line (`rdns=`, "unknown" when not confirmed). Exempt clients: no lookups.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import Handler, logfmt
+from postroom.smtp.dnsbl import ClientInfo, look_up_client
 from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
@@ -148,15 +154,18 @@ def _safe(text: str, limit: int = 255) -> str:
 
 def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_version: str | None,
                     tls_cipher: str | None, user: str, smtputf8: bool, message_id: str, recipients: list[str],
-                    now: float) -> bytes:
-    """RFC 5321 §4.4 time-stamp line. `with` names the protocol as RFC 3848 / RFC 6531 §3.7.3 register them."""
+                    now: float, rdns: str | None = None) -> bytes:
+    """RFC 5321 §4.4 time-stamp line; `rdns` the client's forward-confirmed name (or "unknown" / None: the
+    address alone). `with` names the protocol as RFC 3848 / RFC 6531 §3.7.3 register them."""
     if smtputf8:
         proto = "UTF8SMTP"
     else:
         proto = "ESMTP" if esmtp else "SMTP"
     if proto != "SMTP":
         proto += ("S" if tls_version else "") + ("A" if user else "")
-    lines = [f"Received: from {_safe(helo)} ({ip_literal(ip)})",
+    # RFC 5321 §4.4 TCP-info: the client's name only when forward-confirmed (smtp/dnsbl.py), else the address.
+    tcp_info = f"{_safe(rdns)} {ip_literal(ip)}" if rdns and rdns != "unknown" else ip_literal(ip)
+    lines = [f"Received: from {_safe(helo)} ({tcp_info})",
              f"\tby {hostname} (Postroom) with {proto} id {message_id}"]
     comments = []
     if tls_version:
@@ -195,6 +204,7 @@ class Session:
         self.message_seq = 0
         self.rcpts_refused = 0
         self.staged: _Staged | None = None  # invariant 6: the body being received, past STAGING_THRESHOLD
+        self.client_lookups: asyncio.Task[ClientInfo] | None = None  # blocklists and FCrDNS (dnsbl.py)
 
     # --- policy hooks ----------------------------------------------------------------------------------------
     def _update_offers(self) -> None:
@@ -223,9 +233,11 @@ class Session:
         conn, core = self.conn, self.core
         core.tls = conn.tls
         self._update_offers()
+        self._start_client_lookups()
         if not self.policy.submission and not await self._screen():
             await self._flush()
             conn.log.update({"helo": "-", "user": "-", "messages": 0, "errors": 0})
+            self._end_client_lookups()
             return
         core.greet()
         try:
@@ -267,6 +279,39 @@ class Session:
             self._drop_staged()
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
+            self._end_client_lookups()
+
+    def _start_client_lookups(self) -> None:
+        """Start the blocklist and FCrDNS lookups of an MX client (smtp/dnsbl.py) at connect, so they run beside
+        the pregreet wait; exempt and relay clients are not looked up (issue 12 item 7)."""
+        smtp, door, dns, ip = self.services.config.smtp, self.services.door, self.services.dns, self.conn.peer[0]
+        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns):
+            return
+        if (door is not None and door.exempt(ip)) or self.policy.in_relay_networks(ip):
+            return
+        timeout = smtp.dnsbl_timeout_seconds
+        self.client_lookups = asyncio.create_task(
+            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns))
+
+    async def _client_info(self) -> ClientInfo | None:
+        """The lookups' result (waiting for them, bounded by their time-out), or None when not looked up."""
+        if self.client_lookups is None:
+            return None
+        info = await self.client_lookups
+        if info.rdns is not None:
+            self.conn.log["rdns"] = info.rdns
+        return info
+
+    def _end_client_lookups(self) -> None:
+        """At the session's end: the name into its log line when known; unfinished lookups cancelled."""
+        task = self.client_lookups
+        if task is None:
+            return
+        if task.done() and not task.cancelled() and task.exception() is None:
+            if task.result().rdns is not None:
+                self.conn.log["rdns"] = task.result().rdns
+        else:
+            task.cancel()
 
     async def _screen(self) -> bool:
         """The MX tests before the greeting (door.py): the connection rate, then the pregreet test. False: the
@@ -383,11 +428,12 @@ class Session:
             return
         self.core.accept_mail()
 
-    def _refused(self, reason: str, reply: Reply) -> None:
+    def _refused(self, reason: str, reply: Reply, **fields: object) -> None:
         """Answer a command with a door refusal, logged with its reason (one line)."""
         self.core.send(reply)
         log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("user", self.core.authenticated or "-"), ("reason", reason)]).strip())
+                                                ("user", self.core.authenticated or "-"), ("reason", reason),
+                                                *fields.items()]).strip())
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
@@ -396,6 +442,17 @@ class Session:
         if self.policy.submission and door is not None and user \
                 and not door.user_may_add_recipient(user, len(txn.recipients), self.clock()):
             self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            return
+        # DNS blocklists are applied here, not instead of the greeting (Postfix's reject_rbl_client, not
+        # postscreen): the refusal's log line then names the sender and the recipient, so a listed but wanted
+        # correspondent can be found and let in, and RFC 5321 §3.1's 554 greeting (then 503 to everything but
+        # QUIT) is not needed. The lookups started at connect; here they are normally long done.
+        info = await self._client_info()
+        if info is not None and info.listed is not None:
+            zone, answer = info.listed
+            self.rcpts_refused += 1
+            self._refused("dnsbl", R.dnsbl_blocked(self.conn.peer[0], zone), zone=zone, answer=answer,
+                          sender=txn.mail_from or "<>", recipient=ev.recipient.address)
             return
         try:
             await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
@@ -430,7 +487,9 @@ class Session:
             completed = complete_submission(head, self.services.config.server.hostname, now=self.clock,
                                             sender=ev.mail_from)
             added = completed[:len(completed) - len(head)]
-        header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
+        info = await self._client_info()
+        header = received_header(helo=core.helo, ip=conn.peer[0], rdns=info.rdns if info is not None else None,
+                                 hostname=self.services.config.server.hostname,
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
