@@ -184,6 +184,14 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class RspamdConfig:
+    """rspamd asked about each message on the MX listener (postroom/inbound/rspamd.py)."""
+
+    url: str = ""  # "http://127.0.0.1:11333" (its normal worker); "": rspamd is not asked
+    timeout_seconds: float = 15.0  # the whole exchange; past it the message is delivered unjudged
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -197,6 +205,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -434,6 +443,14 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: inbound.dmarc needs inbound.spf and inbound.dkim on")
     if cfg.inbound.dns_timeout_seconds <= 0:
         raise ConfigError(f"{where}: inbound.dns_timeout_seconds must be positive")
+    if cfg.rspamd.url:
+        from postroom.inbound.rspamd import parse_url
+        try:
+            parse_url(cfg.rspamd.url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rspamd.url: {exc} (write \"http://127.0.0.1:11333\")") from None
+    if cfg.rspamd.timeout_seconds <= 0:
+        raise ConfigError(f"{where}: rspamd.timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
         raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
     if cfg.pop3.expire not in ("", "never", "0"):
@@ -614,4 +631,8 @@ dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 ke
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+
+[rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
+url = ""                           # e.g. "http://127.0.0.1:11333"; "": off
+timeout_seconds = 15               # then the message is delivered unjudged (and the log says so)
 '''

@@ -50,6 +50,10 @@ Invariants
    A listed client gets `554 5.7.1` at every RCPT (logged `reason=dnsbl` with zone, sender and recipient); the
    name goes into the Received field's TCP-info (RFC 5321 §4.4: `from helo (name [ip])`, only when
    confirmed) and into the session log line (`rdns=`, "unknown" when not confirmed). Exempt clients: no lookups.
+9. rspamd (`rspamd.url`, postroom/inbound/rspamd.py) judges MX mail from clients that may not relay, after the
+   inbound checks and before delivery: reject is `550 5.7.1`, soft reject / greylist `451 4.7.1`, add header /
+   rewrite subject go to Junk with `$Junk` and an `X-Spam` field (and rspamd's Subject); rspamd unreachable
+   means delivered, with `rspamd=unavailable` on the message's log line. Never both refused and stored.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, R
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
 from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
@@ -186,9 +191,11 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
 
 class Session:
     def __init__(self, services: Services, router: Router, policy: Policy, conn: Connection,
-                 clock: Callable[[], float] = time.time, checks: InboundChecks | None = None) -> None:
+                 clock: Callable[[], float] = time.time, checks: InboundChecks | None = None,
+                 rspamd: RspamdClient | None = None) -> None:
         self.services = services
         self.checks = checks  # inbound trust checks (MX listener only; invariant 7)
+        self.rspamd = rspamd  # rspamd's verdict on MX mail (invariant 9)
         self.helo_spf: SpfResult | None = None  # the HELO identity's SPF result, once known
         self.router = router
         self.policy = policy
@@ -519,6 +526,38 @@ class Session:
                 await asyncio.to_thread(_remove_from_file, staged, spans)
             else:
                 body = authres.remove_spans(body, spans)
+        scan: RspamdResult | None = None
+        scan_log: list[tuple[str, object]] = []
+        if self.rspamd is not None and not core.authenticated and not self.may_relay():
+            # invariant 9: rspamd sees the message as it would be stored (our Received, Authentication-Results).
+            scan = await self.rspamd.check(
+                prefix=header + added, raw=None if ev.spilled else body, path=staged if ev.spilled else None,
+                ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, recipients=recipients,
+                hostname=info.rdns if info is not None and info.rdns != "unknown" else None,
+                queue_id=message_id, user=core.authenticated)
+            scan_log = [("rspamd", "unavailable")] if scan is None else [
+                ("rspamd", scan.action.replace(" ", "-")), ("rspamd_score", f"{scan.score:.2f}")]
+            if scan is not None and scan.action in ("reject", "soft reject", "greylist"):
+                self._drop_staged()
+                self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, refused="rspamd",
+                                  extra=scan_log)
+                if scan.action == "reject":
+                    core.message_done(Reply(550, "5.7.1", ("Message refused as spam",)))
+                else:  # soft reject, greylist: the sender's server tries again later
+                    core.message_done(Reply(451, "4.7.1", ("Try again later",)))
+                return
+            if scan is not None and scan.junk:
+                added += scan.x_spam()
+                if scan.subject is not None:
+                    # Replace the Subject field by rspamd's (below our trace fields; RFC 5322 §3.6 lets the
+                    # fields come in any order). Found in the kept start of the message, as it now is.
+                    now_head = authres.remove_spans(head, spans) if spans else head
+                    old = subject_spans(now_head)
+                    if old and ev.spilled and staged is not None:
+                        await asyncio.to_thread(_remove_from_file, staged, old)
+                    elif old:
+                        body = authres.remove_spans(body, old)
+                    added += subject_field(scan.subject)
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
                        raw=header + added + body, envid=ev.params.envid,
@@ -526,7 +565,8 @@ class Session:
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay(),
-                       junk=verdict is not None and verdict.action == "quarantine")
+                       junk=(verdict is not None and verdict.action == "quarantine")
+                       or (scan is not None and scan.junk))
         try:
             if self.policy.submission:
                 if ev.spilled and not header_complete(head):
@@ -546,11 +586,12 @@ class Session:
             self.services.door.user_sent(core.authenticated, len(recipients), self.clock())  # door.py send limits
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
-        self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted)
+        self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted, extra=scan_log)
         core.message_done(R.queued(message_id))
 
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
-                     accepted: Accepted | None = None, refused: str = "") -> None:
+                     accepted: Accepted | None = None, refused: str = "",
+                     extra: list[tuple[str, object]] | None = None) -> None:
         """Invariant 4: the one line per message, accepted or refused by a check (with the check's name)."""
         conn = self.conn
         fields: list[tuple[str, object]] = [
@@ -562,6 +603,7 @@ class Session:
         fields.append(("user", self.core.authenticated or "-"))
         if verdict is not None:
             fields += verdict.log_fields()
+        fields += extra or []
         if refused:
             fields.append(("refused", refused))
         message_log.info("%s", logfmt("message", fields))
@@ -723,8 +765,11 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
         # The MX listener: mail from the world (submission is not checked), through the server's one resolver.
         dns = services.dns.with_lifetime(inbound.dns_timeout_seconds) if services.dns is not None else None
         checks = InboundChecks(services.config, dns)
+    rspamd: RspamdClient | None = None
+    if listener == "smtp" and services.config.rspamd.url:
+        rspamd = RspamdClient(services.config.rspamd.url, services.config.rspamd.timeout_seconds)
 
     async def handler(conn: Connection) -> None:
-        await Session(services, router, policy, conn, checks=checks).run()
+        await Session(services, router, policy, conn, checks=checks, rspamd=rspamd).run()
 
     return handler
