@@ -31,7 +31,9 @@ time limit over the same cache) and to the door (blocklists, reverse DNS). An an
 smallest TTL of the CNAME chain and the answer, RFC 1035 §3.2.1 / RFC 2181 §5.2); a negative answer (NXDOMAIN,
 or the name exists without records of the type) for the SOA's negative TTL, min(SOA TTL, SOA MINIMUM) (RFC 2308
 §5), or `NEGATIVE_TTL_NO_SOA` when the answer carries no SOA; nothing past the configured `max_ttl`. Failures
-(time-out, SERVFAIL) are never cached: the next lookup asks again.
+(time-out, SERVFAIL) are never cached: the next lookup asks again. Lookups of one name and type made while
+that question is already out wait for its answer instead of asking again (so 50 sessions of one new client ask
+once), each for at most its own time limit.
 
 Invariants
 1. A returned Route has at least one hop and at most `MAX_HOPS`.
@@ -52,7 +54,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -125,6 +127,9 @@ class DnsCache:
         self.max_ttl = max_ttl
         self.clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[float, object]] = OrderedDict()
+        # Questions being asked now (of one event loop: the server's), so that concurrent lookups of one name
+        # and type make one query; at most one entry per lookup in progress.
+        self.inflight: dict[tuple[str, str], asyncio.Future[dns.resolver.Answer | None]] = {}
 
     def get(self, key: tuple[str, str]) -> tuple[bool, object]:
         """(True, value) for a live entry, else (False, None); an expired entry is dropped."""
@@ -153,6 +158,12 @@ class DnsCache:
 
 
 NXDOMAIN_ENTRY = object()  # the cached value of a name that does not exist
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an in-flight lookup's exception as seen (its waiters may all have gone)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _negative_ttl(response: dns.message.Message | None) -> float:
@@ -197,13 +208,40 @@ class DnsResolver:
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         key = (name.lower().rstrip("."), rdtype)
-        if self.cache is not None:
-            hit, value = self.cache.get(key)
-            if hit:
-                if value is NXDOMAIN_ENTRY:
-                    raise DnsNotFound(f"{name}: no such domain")
-                assert value is None or isinstance(value, dns.resolver.Answer)
-                return value
+        cache = self.cache
+        if cache is None:
+            return await self._ask(name, rdtype, key)
+        hit, value = cache.get(key)
+        if hit:
+            if value is NXDOMAIN_ENTRY:
+                raise DnsNotFound(f"{name}: no such domain")
+            assert value is None or isinstance(value, dns.resolver.Answer)
+            return value
+        pending = cache.inflight.get(key)
+        if pending is not None:  # the same question is being asked: wait for its answer (module doc)
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending), self.lifetime)
+            except TimeoutError:
+                raise DnsTemporary(f"{name} {rdtype}: Timeout") from None
+        future: asyncio.Future[dns.resolver.Answer | None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        cache.inflight[key] = future
+        try:
+            answer = await self._ask(name, rdtype, key)
+        except (DnsNotFound, DnsTemporary) as exc:
+            future.set_exception(exc)
+            raise
+        except BaseException:  # cancelled: the waiters ask again next time
+            future.set_exception(DnsTemporary(f"{name} {rdtype}: abandoned"))
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            del cache.inflight[key]
+
+    async def _ask(self, name: str, rdtype: str, key: tuple[str, str]) -> dns.resolver.Answer | None:
+        """One question to the name servers; the answer (positive or negative) goes into the cache."""
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False, lifetime=self.lifetime)
         except dns.resolver.NXDOMAIN as exc:

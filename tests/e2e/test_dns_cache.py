@@ -5,6 +5,8 @@ entry outlives the configured maximum. The clock is the test's own, so nothing h
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from dns_support import ZoneDns
 
@@ -120,3 +122,16 @@ def test_a_zero_size_cache_keeps_nothing() -> None:
     cache = DnsCache(size=0)
     cache.put(("a.example", "A"), None, 60)
     assert len(cache) == 0 and cache.get(("a.example", "A")) == (False, None)
+
+
+async def test_concurrent_lookups_of_one_name_make_one_query() -> None:
+    server = await started()
+    try:
+        dns = DnsResolver((f"127.0.0.1:{server.port}",), lifetime=2, cache=DnsCache(clock=Clock()))
+        results = await asyncio.gather(*(dns.ips("mail.example", "A") for _ in range(20)),
+                                       *(dns.ips("gone.example", "A") for _ in range(5)), return_exceptions=True)
+        assert results[:20] == [["192.0.2.1"]] * 20
+        assert all(isinstance(r, DnsNotFound) for r in results[20:])
+        assert count(server, "mail.example", "A") == 1 and count(server, "gone.example", "A") == 1
+    finally:
+        server.close()
