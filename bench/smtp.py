@@ -1,6 +1,7 @@
 """SMTP messages/s accepted and durable: Postroom beside aiosmtpd (fsync per message) and Postfix (Maildir).
 
     .venv/bin/python bench/smtp.py [--count N] [--size BYTES] [--sessions 1,10,50] [--dir PATH] [--no-postfix]
+                                   [--checks]
 
 Each server listens on 127.0.0.1 on a free high port; each is driven with N messages of about --size bytes
 (default 10,000 x 4 KB) from 1, 10 and 50 parallel sessions that reuse their connection:
@@ -15,6 +16,13 @@ Each server listens on 127.0.0.1 on a free high port; each is driven with N mess
   means the message is fsync'd in Postfix's queue. The clock stops when every message is in the Maildir's
   new/. Postfix's defaults apply except `smtpd_client_connection_count_limit = 0` and
   `default_process_limit = 200`, so that 50 sessions from 127.0.0.1 are all served at once.
+
+--checks adds "Postroom+checks": the same server with every inbound check on (issue 12): SPF of the MAIL
+FROM and HELO, DKIM (the bench messages are unsigned: the header is scanned, no key fetched), DMARC, the DNS
+blocklist lookup and forward-confirmed reverse DNS of the client (loopback is made not exempt; greeting delay
+and rate limits off), all through the server's one cached resolver against a DNS server of the bench's own on
+loopback (tests/e2e/dns_support.py) serving the records. rspamd is not in it (a separate daemon). The table
+then has a "checks / off" column: the goal is at least 0.8x.
 
 The driver is Postfix's `smtp-source` when installed (`-d -s SESSIONS -m COUNT -l SIZE`), else a built-in
 asyncio client doing the same (one message per MAIL/RCPT/DATA exchange, connections reused).
@@ -42,6 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
 import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
 from common import (  # noqa: E402  (bench/common.py)
     PrivatePostroom,
@@ -51,6 +61,7 @@ from common import (  # noqa: E402  (bench/common.py)
     stop_process,
     wait_port,
 )
+from dns_support import ZoneThread  # noqa: E402  (tests/e2e/dns_support.py: the tests' loopback DNS server)
 
 USER = "sink@example.org"
 
@@ -140,6 +151,37 @@ class Postroom:
 
     def stop(self) -> None:
         self.server.stop(60)
+
+
+class PostroomChecks(Postroom):
+    """Postroom with every inbound check on, its DNS a loopback server of the bench's own (module doc)."""
+
+    name = "Postroom+checks"
+
+    def __init__(self, work: Path) -> None:
+        self.zone = ZoneThread()
+        z = self.zone
+        z.add("remote.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")  # the MAIL FROM domain (smtp-source's too)
+        z.add("_dmarc.remote.test", "TXT", "v=DMARC1; p=none")
+        z.add("1.0.0.127.in-addr.arpa", "PTR", "client.remote.test")
+        z.add("client.remote.test", "A", "127.0.0.1")
+        z.add("client.remote.test", "TXT", "v=spf1 a -all")
+        self.server = PrivatePostroom(
+            work / "postroom", "smtp",
+            "[limits]\nconnections_per_ip = 200\n"
+            f'[delivery]\nenabled = false\ndns_servers = ["127.0.0.1:{z.dns.port}"]\n'
+            "[smtp]\nscreen_exempt = []\ngreet_delay_seconds = 0\nclient_connection_rate = 0\n"
+            'client_message_rate = 0\ndnsbl_zones = ["bl.bench.test"]\nreverse_dns = true\n'
+            "[inbound]\nspf = true\ndkim = true\ndmarc = true\n", log_level="warning")
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            asked = self.zone.dns.queries
+            names = ", ".join(sorted({f"{n} {t}" for n, t in asked}))
+            progress(f"  DNS queries the server made: {len(asked)} ({names})")
+            self.zone.close()
 
 
 class Aiosmtpd:
@@ -252,6 +294,7 @@ def main() -> int:
     ap.add_argument("--sessions", default="1,10,50")
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--checks", action="store_true", help="add Postroom with every inbound check on")
     args = ap.parse_args()
     sessions = [int(s) for s in args.sessions.split(",")]
     Path(args.dir).mkdir(parents=True, exist_ok=True)
@@ -259,7 +302,7 @@ def main() -> int:
     work.chmod(0o755)  # Postfix's virtual agent (user postfix) writes its Maildir under it
     use_source = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") is not None
     drive = drive_smtp_source if use_source else drive_builtin
-    servers: list[type] = [Postroom]
+    servers: list[type] = [Postroom, PostroomChecks] if args.checks else [Postroom]
     try:
         import aiosmtpd  # noqa: F401
         servers.append(Aiosmtpd)
@@ -299,12 +342,17 @@ def main() -> int:
     names = [cls.name for cls in servers if all((cls.name, n) in results for n in sessions)]
     print(f"\nSMTP: {args.count} messages of ~{args.size} bytes, messages/s accepted and durable "
           f"(driver: {'smtp-source' if use_source else 'built-in asyncio client'})\n")
-    header = "| sessions | " + " | ".join(names) + " | " + " | ".join(f"Postroom / {n}" for n in names[1:]) + " |"
+    others = [n for n in names[1:] if n != PostroomChecks.name]
+    checks = PostroomChecks.name in names
+    columns = ["sessions", *names, *(f"Postroom / {n}" for n in others)] + (["checks / off"] if checks else [])
+    header = "| " + " | ".join(columns) + " |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for n in sessions:
         row = [f"{results[(name, n)]:,.0f}" for name in names]
-        ratios = [f"{results[('Postroom', n)] / results[(name, n)]:.2f}x" for name in names[1:]]
+        ratios = [f"{results[('Postroom', n)] / results[(name, n)]:.2f}x" for name in others]
+        if checks:
+            ratios.append(f"{results[(PostroomChecks.name, n)] / results[('Postroom', n)]:.2f}x")
         print(f"| {n} | " + " | ".join(row + ratios) + " |")
     print("\nPostroom's server CPU seconds (user + system, its workers included) per run: "
           + ", ".join(f"{n} sessions {postroom_cpu[n]:.1f} s" for n in sessions if n in postroom_cpu))

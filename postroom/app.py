@@ -60,6 +60,7 @@ from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
+from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
@@ -190,13 +191,17 @@ class Postroom:
             if self.queue is not None:
                 self.queue.wake()
 
+        # One resolver with one cache for outbound delivery, the inbound checks and the door (issue 12 item 9).
+        dns = DnsResolver(cfg.delivery.dns_servers, cache=DnsCache(cfg.delivery.dns_cache_size,
+                                                                   cfg.delivery.dns_cache_max_ttl_seconds))
         if cfg.delivery.enabled:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
-            self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router), **self.queue_options)
+            self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
+                                   **{"resolver": dns, **self.queue_options})
             self.queue.start()
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics)
-        self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp))
+        self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp), dns)
         self.handlers = self._make_handlers(self.services)
         await self.net.start()
         self.addresses.update(self.net.addresses)

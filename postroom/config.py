@@ -163,6 +163,9 @@ class SMTPConfig:
     submission_messages_per_hour: int = 500  # per user; 0: no limit
     submission_recipients_per_hour: int = 2000  # per user; 0: no limit
     greylist_seconds: float = 0.0  # MX greylisting: a new (network, sender, recipient) waits this long; 0: off
+    dnsbl_zones: tuple[str, ...] = ()  # DNS blocklists asked about MX clients (RFC 5782), e.g. "zen.spamhaus.org"
+    dnsbl_timeout_seconds: float = 5.0  # per blocklist / reverse-DNS lookup; then: not listed / "unknown"
+    reverse_dns: bool = True  # look up the forward-confirmed reverse DNS name of MX clients (Received, log)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ class DeliveryConfig:
     routes: dict[str, str] = field(default_factory=dict)  # domain -> "host[:port]", checked before DNS
     mx_port: int = 25  # port of the hosts found in DNS (tests and private networks change it)
     dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port" resolvers; empty: the system's (/etc/resolv.conf)
+    dns_cache_size: int = 10000  # answers kept by the one resolver (delivery, inbound checks, door); 0: none
+    dns_cache_max_ttl_seconds: float = 3600.0  # no cached answer outlives this, whatever its TTL
     retry_seconds: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)  # last one repeats
     max_lifetime_seconds: float = 5 * 86400.0  # then a deferred recipient bounces (RFC 5321 §4.5.4.1)
     delay_notice_seconds: float = 4 * 3600.0  # a deferred recipient older than this gets one delay DSN; 0: none
@@ -213,6 +218,14 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class RspamdConfig:
+    """rspamd asked about each message on the MX listener (postroom/inbound/rspamd.py)."""
+
+    url: str = ""  # "http://127.0.0.1:11333" (its normal worker); "": rspamd is not asked
+    timeout_seconds: float = 15.0  # the whole exchange; past it the message is delivered unjudged
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
@@ -228,6 +241,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     source: str = "<defaults>"  # where this came from, for messages
 
     @property
@@ -262,6 +276,19 @@ def listen_address(value: str) -> tuple[str, int]:
     if value.startswith("*:"):
         return "", split_hostport("0.0.0.0" + value[1:])[1]
     return split_hostport(value)
+
+
+def parse_http_url(url: str) -> tuple[str, int, str]:
+    """'http://127.0.0.1:11333' -> ('127.0.0.1', 11333, ''); raises ValueError for anything but an http URL
+    with a host (rspamd's own HTTPCrypt is not spoken, nor TLS: rspamd is meant to listen on loopback)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// URL with a host")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{url!r}: no query, fragment or user name allowed")
+    return parts.hostname, parts.port or 11333, parts.path.rstrip("/")
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -442,6 +469,11 @@ def _validate(cfg: Config, where: str) -> None:
                 "submission_messages_per_hour", "submission_recipients_per_hour"):
         if getattr(cfg.smtp, key) < 0:
             raise ConfigError(f"{where}: smtp.{key} must be 0 (off) or more")
+    for i, zone in enumerate(cfg.smtp.dnsbl_zones):
+        if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
+            raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    if cfg.smtp.dnsbl_timeout_seconds <= 0:
+        raise ConfigError(f"{where}: smtp.dnsbl_timeout_seconds must be positive")
     if cfg.smtp.greet_delay_seconds > 60:
         raise ConfigError(f"{where}: smtp.greet_delay_seconds must be at most 60 (clients wait 5 minutes for the "
                           "greeting, RFC 5321 §4.5.3.2.1, but a long delay only slows real mail)")
@@ -486,6 +518,13 @@ def _validate(cfg: Config, where: str) -> None:
                           f"as long")
     if not 1 <= cfg.web.page_size <= 1000:
         raise ConfigError(f"{where}: web.page_size must be 1 to 1000")
+    if cfg.rspamd.url:
+        try:
+            parse_http_url(cfg.rspamd.url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rspamd.url: {exc} (write \"http://127.0.0.1:11333\")") from None
+    if cfg.rspamd.timeout_seconds <= 0:
+        raise ConfigError(f"{where}: rspamd.timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
         raise ConfigError(f"{where}: pop3.login_delay_seconds must be 0 (no delay) or more")
     if cfg.pop3.expire not in ("", "never", "0"):
@@ -524,6 +563,9 @@ def _validate_delivery(d: DeliveryConfig, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: delivery.dns_servers[{i}]: {server!r} is not an IP address "
                               f"(write \"192.0.2.53\" or \"192.0.2.53:5353\")") from None
+    if d.dns_cache_size < 0 or d.dns_cache_max_ttl_seconds <= 0:
+        raise ConfigError(f"{where}: delivery.dns_cache_size must be 0 (no cache) or more and "
+                          "delivery.dns_cache_max_ttl_seconds positive")
     if not 1 <= d.mx_port <= 65535:
         raise ConfigError(f"{where}: delivery.mx_port must be 1-65535")
     if not d.retry_seconds or any(s <= 0 for s in d.retry_seconds):
@@ -641,6 +683,9 @@ client_message_rate = 120          # MX messages per minute from one address (0:
 submission_messages_per_hour = 500 # per user on submission (0: no limit)
 submission_recipients_per_hour = 2000  # per user on submission (0: no limit)
 greylist_seconds = 0               # >0: MX greylisting, a new (network, sender, recipient) is retried after this
+dnsbl_zones = []                   # e.g. ["zen.spamhaus.org"]: MX clients listed there are refused at RCPT (554)
+dnsbl_timeout_seconds = 5          # per blocklist or reverse-DNS lookup; a time-out means not listed
+reverse_dns = true                 # record MX clients' forward-confirmed reverse DNS name (Received, log)
 
 [delivery]
 enabled = true                     # run the outbound queue in `postroom serve`
@@ -649,6 +694,8 @@ smarthost_user = ""                # AUTH at the smart host (only after STARTTLS
 smarthost_password = ""
 mx_port = 25                       # port of the MX hosts found in DNS
 dns_servers = []                   # e.g. ["192.0.2.53"]; empty: the system resolver
+dns_cache_size = 10000             # DNS answers cached for their TTL (delivery, inbound checks, door); 0: none
+dns_cache_max_ttl_seconds = 3600   # no cached answer is kept longer than this
 retry_seconds = [300, 900, 1800, 3600, 7200, 14400]   # waits between attempts; the last repeats
 max_lifetime_seconds = 432000      # 5 days, then a deferred recipient bounces
 delay_notice_seconds = 14400       # one delay notice after 4 hours; 0: none
@@ -675,4 +722,8 @@ dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 ke
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+
+[rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
+url = ""                           # e.g. "http://127.0.0.1:11333"; "": off
+timeout_seconds = 15               # then the message is delivered unjudged (and the log says so)
 '''

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
+from postroom.delivery.mx import DnsResolver
 from postroom.metrics import Metrics
 from postroom.smtp.door import Door
 from postroom.store.api import Store
@@ -29,6 +30,7 @@ class Services:
     tls: ssl.SSLContext
     wake_queue: Callable[[], None] = lambda: None  # the outbound scheduler's wake(), when it runs
     door: Door | None = None  # SMTP defence at the door (smtp/door.py): pregreet passes, rates, send limits
+    dns: DnsResolver | None = None  # the one resolver and its cache (delivery/mx.py): delivery, inbound, door
 
 
 __all__ = ["Services"]

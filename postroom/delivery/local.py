@@ -13,8 +13,10 @@ Invariants
 1. Return-Path is the first line of the stored message; the rest is byte-exact as received.
 2. When `deliver_local` returns, the message is durable in every INBOX it names (store invariant 1).
 3. Each user gets at most one copy per call, whatever number of aliases led to them.
-4. A message the inbound checks quarantined (DMARC, `Envelope.junk`) goes to each user's Junk mailbox instead
-   of the INBOX; a user without one gets one made (special use \\Junk, RFC 6154).
+4. A message the inbound checks quarantined (DMARC, rspamd; `Envelope.junk`) goes to each user's Junk mailbox
+   instead of the INBOX, with the `$Junk` keyword (the IANA IMAP keyword registry, RFC 5788: "the message is
+   spam"; what Thunderbird and other clients read); a user without a Junk mailbox gets one made (special use
+   \\Junk, RFC 6154).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from postroom import metapool as pool
 from postroom.config import LimitsConfig
 from postroom.store.api import AlreadyExists, AppendRequest, NotFound, Store
+
+JUNK_KEYWORDS = frozenset({"$Junk"})  # invariant 4
 
 
 def return_path(mail_from: str) -> bytes:
@@ -74,7 +78,8 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
     if not boxes:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
-    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
+    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits),
+                            keywords=JUNK_KEYWORDS if junk else frozenset())
     await store.deliver(boxes, request)
     return len(boxes)
 
@@ -90,5 +95,5 @@ async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Itera
     stored = await asyncio.to_thread(lambda: head + path.read_bytes())
     meta = await pool.meta_bytes(stored, limits)
     del stored
-    await store.deliver_file(boxes, path, prefix=head, meta=meta)
+    await store.deliver_file(boxes, path, prefix=head, meta=meta, keywords=JUNK_KEYWORDS if junk else frozenset())
     return len(boxes)

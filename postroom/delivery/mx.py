@@ -25,11 +25,23 @@ The resolver is injected (`Resolver` protocol): `DnsResolver` uses dnspython, op
 servers (the e2e tests run a DNS server of their own on a loopback port); unit tests pass a dictionary. The
 system lookup of configured names is injected too (`HostLookup`, default `system_addresses`).
 
+One resolver, one cache (issue 12 item 9): the server builds one `DnsResolver` with one `DnsCache` (app.py) and
+hands it to outbound delivery, to the inbound checks (SPF, DKIM keys, DMARC: `with_lifetime` gives them their own
+time limit over the same cache) and to the door (blocklists, reverse DNS). An answer is kept for its TTL (the
+smallest TTL of the CNAME chain and the answer, RFC 1035 §3.2.1 / RFC 2181 §5.2); a negative answer (NXDOMAIN,
+or the name exists without records of the type) for the SOA's negative TTL, min(SOA TTL, SOA MINIMUM) (RFC 2308
+§5), or `NEGATIVE_TTL_NO_SOA` when the answer carries no SOA; nothing past the configured `max_ttl`. Failures
+(time-out, SERVFAIL) are never cached: the next lookup asks again. Lookups of one name and type made while
+that question is already out wait for its answer instead of asking again (so 50 sessions of one new client ask
+once), each for at most its own time limit.
+
 Invariants
 1. A returned Route has at least one hop and at most `MAX_HOPS`.
 2. Hops of a lower MX preference always come before hops of a higher one; shuffling only reorders equals.
 3. Only a permanent DNS answer (NXDOMAIN, null MX, no address for an implicit MX) raises a permanent
    RouteFailure; anything that may be transient is temporary, so mail waits rather than bounces.
+4. A cached answer is never served after its TTL, nor after `max_ttl`; the cache never holds more than its
+   `size` entries (the least recently used goes first).
 """
 
 from __future__ import annotations
@@ -38,15 +50,19 @@ import asyncio
 import ipaddress
 import random
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.resolver
 import dns.reversename
 
@@ -54,6 +70,7 @@ from postroom.config import DeliveryConfig, split_hostport
 
 MAX_HOPS = 10  # addresses tried per delivery attempt (Postfix: smtp_mx_address_limit = 5, per MX host)
 DNS_LIFETIME = 20.0  # seconds for one lookup, retries included
+NEGATIVE_TTL_NO_SOA = 60  # seconds a negative answer without an SOA record is kept (RFC 2308 §5 needs the SOA)
 
 
 class DnsNotFound(Exception):
@@ -97,10 +114,76 @@ class RouteFailure(Exception):
         self.text = text
 
 
-class DnsResolver:
-    """`Resolver` over dnspython. `servers`: "ip" or "ip:port" strings; empty uses /etc/resolv.conf."""
+class DnsCache:
+    """A bounded cache of DNS answers keyed by (lower-case name, type) (module doc, invariant 4).
 
-    def __init__(self, servers: tuple[str, ...] = (), lifetime: float = DNS_LIFETIME) -> None:
+    `size`: the most entries kept (0: nothing is kept); `max_ttl`: no entry outlives this many seconds, whatever
+    its TTL; `clock`: seconds, monotonic (tests pass their own). A value is a dnspython Answer, None (the name
+    exists, no records of the type) or `NXDOMAIN_ENTRY`."""
+
+    def __init__(self, size: int = 10000, max_ttl: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.max_ttl = max_ttl
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, object]] = OrderedDict()
+        # Questions being asked now (of one event loop: the server's), so that concurrent lookups of one name
+        # and type make one query; at most one entry per lookup in progress.
+        self.inflight: dict[tuple[str, str], asyncio.Future[dns.resolver.Answer | None]] = {}
+
+    def get(self, key: tuple[str, str]) -> tuple[bool, object]:
+        """(True, value) for a live entry, else (False, None); an expired entry is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        expires, value = entry
+        if self.clock() >= expires:
+            del self._entries[key]
+            return False, None
+        self._entries.move_to_end(key)
+        return True, value
+
+    def put(self, key: tuple[str, str], value: object, ttl: float) -> None:
+        """Keep `value` for min(`ttl`, max_ttl) seconds; a TTL of 0 is not kept (RFC 1035 §3.2.1)."""
+        ttl = min(ttl, self.max_ttl)
+        if self.size <= 0 or ttl <= 0:
+            return
+        self._entries[key] = (self.clock() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+NXDOMAIN_ENTRY = object()  # the cached value of a name that does not exist
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an in-flight lookup's exception as seen (its waiters may all have gone)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float:
+    """RFC 2308 §5: a negative answer is kept for min(SOA TTL, SOA MINIMUM) of the SOA in its authority section;
+    without one, `NEGATIVE_TTL_NO_SOA`."""
+    if response is not None:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                soa = rrset[0]
+                assert isinstance(soa, dns.rdtypes.ANY.SOA.SOA)
+                return float(min(rrset.ttl, soa.minimum))
+    return float(NEGATIVE_TTL_NO_SOA)
+
+
+class DnsResolver:
+    """`Resolver` over dnspython. `servers`: "ip" or "ip:port" strings; empty uses /etc/resolv.conf. `lifetime`:
+    seconds one lookup may take, retries included. `cache`: the answers cache (module doc); None keeps nothing."""
+
+    def __init__(self, servers: tuple[str, ...] = (), lifetime: float = DNS_LIFETIME,
+                 cache: DnsCache | None = None) -> None:
         self._resolver = dns.asyncresolver.Resolver(configure=not servers)
         if servers:
             nameservers: list[dns.nameserver.Nameserver | str] = []
@@ -112,13 +195,63 @@ class DnsResolver:
                 nameservers.append(dns.nameserver.Do53Nameserver(host, port))
             self._resolver.nameservers = nameservers
         self._resolver.lifetime = lifetime
+        self.lifetime = lifetime
+        self.cache = cache
+
+    def with_lifetime(self, lifetime: float) -> DnsResolver:
+        """The same servers and the same cache, with another time limit per lookup (the inbound checks')."""
+        other = DnsResolver.__new__(DnsResolver)
+        other._resolver = self._resolver
+        other.lifetime = lifetime
+        other.cache = self.cache
+        return other
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        key = (name.lower().rstrip("."), rdtype)
+        cache = self.cache
+        if cache is None:
+            return await self._ask(name, rdtype, key)
+        hit, value = cache.get(key)
+        if hit:
+            if value is NXDOMAIN_ENTRY:
+                raise DnsNotFound(f"{name}: no such domain")
+            assert value is None or isinstance(value, dns.resolver.Answer)
+            return value
+        pending = cache.inflight.get(key)
+        if pending is not None:  # the same question is being asked: wait for its answer (module doc)
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending), self.lifetime)
+            except TimeoutError:
+                raise DnsTemporary(f"{name} {rdtype}: Timeout") from None
+        future: asyncio.Future[dns.resolver.Answer | None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        cache.inflight[key] = future
         try:
-            return await self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
+            answer = await self._ask(name, rdtype, key)
+        except (DnsNotFound, DnsTemporary) as exc:
+            future.set_exception(exc)
+            raise
+        except BaseException:  # cancelled: the waiters ask again next time
+            future.set_exception(DnsTemporary(f"{name} {rdtype}: abandoned"))
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            del cache.inflight[key]
+
+    async def _ask(self, name: str, rdtype: str, key: tuple[str, str]) -> dns.resolver.Answer | None:
+        """One question to the name servers; the answer (positive or negative) goes into the cache."""
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False, lifetime=self.lifetime)
+        except dns.resolver.NXDOMAIN as exc:
+            if self.cache is not None:
+                responses = list(exc.kwargs.get("responses", {}).values())
+                self.cache.put(key, NXDOMAIN_ENTRY, _negative_ttl(responses[-1] if responses else None))
             raise DnsNotFound(f"{name}: no such domain") from None
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as exc:
+            if self.cache is not None:
+                self.cache.put(key, None, _negative_ttl(exc.kwargs.get("response")))
             return None
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN) as exc:
             raise DnsTemporary(f"{name} {rdtype}: {type(exc).__name__}") from None
@@ -126,6 +259,9 @@ class DnsResolver:
             raise DnsNotFound(f"{name}: not a valid name") from None
         except dns.exception.DNSException as exc:
             raise DnsTemporary(f"{name} {rdtype}: {exc}") from None
+        if self.cache is not None:
+            self.cache.put(key, answer, float(answer.chaining_result.minimum_ttl))
+        return answer
 
     async def txt(self, name: str) -> list[bytes]:
         """Each TXT record at `name` as its strings joined (RFC 7208 §3.3); [] for none. Raises like `mx`."""

@@ -24,6 +24,8 @@ SMTP session):
   accepted, and the triplet is then let through at once for `GREY_KEEP_SECONDS` (postgrey's defaults: retry
   within a day, remembered 35 days).
 
+DNS blocklists and the client's forward-confirmed reverse DNS, also asked at the door, are in smtp/dnsbl.py.
+
 Addresses in `smtp.screen_exempt` (loopback by default, as Postfix's `permit_mynetworks`) and in
 `smtp.relay_networks` pass the MX tests without a delay and are not rate-limited; users are never exempt.
 

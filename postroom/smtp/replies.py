@@ -145,6 +145,12 @@ R554_PREGREET = reply(554, "5.5.1", "Protocol error: talked before the greeting"
 R555_PARAM = reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")  # RFC 5321 §4.1.1.11
 
 
+def dnsbl_blocked(ip: str, zone: str) -> Reply:
+    """554 5.7.1 for an MX client a DNS blocklist lists (smtp/dnsbl.py), in Postfix's words (reject_rbl_client,
+    whose reply code is 554 too: any 5yz is permanent to the client, RFC 5321 §4.2.1)."""
+    return reply(554, "5.7.1", f"Service unavailable; Client host [{ip}] blocked using {zone}")
+
+
 def greeting(hostname: str) -> Reply:
     # RFC 5321 §4.2: the greeting's first word is the server's domain. Invariant 1: no enhanced code.
     return reply(220, "", f"{hostname} ESMTP Postroom")

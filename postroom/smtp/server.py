@@ -45,6 +45,15 @@ Invariants
    on top (RFC 8601 §5), above this hop's Received. A DMARC reject is `550 5.7.1` with the message's log line
    saying `refused=dmarc`; a quarantine goes to the recipients' Junk (`Envelope.junk`). On every listener, an
    incoming Authentication-Results field that claims our host name as authserv-id is removed (RFC 8601 §5).
+8. An MX client that is not exempt (`smtp.screen_exempt`, relay networks) is looked up at connect, beside the
+   pregreet wait (smtp/dnsbl.py): blocklists (`smtp.dnsbl_zones`) and its forward-confirmed reverse DNS name.
+   A listed client gets `554 5.7.1` at every RCPT (logged `reason=dnsbl` with zone, sender and recipient); the
+   name goes into the Received field's TCP-info (RFC 5321 §4.4: `from helo (name [ip])`, only when
+   confirmed) and into the session log line (`rdns=`, "unknown" when not confirmed). Exempt clients: no lookups.
+9. rspamd (`rspamd.url`, postroom/inbound/rspamd.py) judges MX mail from clients that may not relay, after the
+   inbound checks and before delivery: reject is `550 5.7.1`, soft reject / greylist `451 4.7.1`, add header /
+   rewrite subject go to Junk with `$Junk` and an `X-Spam` field (and rspamd's Subject); rspamd unreachable
+   means delivered, with `rspamd=unavailable` on the message's log line. Never both refused and stored.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, R
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
 from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
@@ -77,6 +87,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import Handler, logfmt
+from postroom.smtp.dnsbl import ClientInfo, look_up_client
 from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
@@ -148,15 +159,18 @@ def _safe(text: str, limit: int = 255) -> str:
 
 def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_version: str | None,
                     tls_cipher: str | None, user: str, smtputf8: bool, message_id: str, recipients: list[str],
-                    now: float) -> bytes:
-    """RFC 5321 §4.4 time-stamp line. `with` names the protocol as RFC 3848 / RFC 6531 §3.7.3 register them."""
+                    now: float, rdns: str | None = None) -> bytes:
+    """RFC 5321 §4.4 time-stamp line; `rdns` the client's forward-confirmed name (or "unknown" / None: the
+    address alone). `with` names the protocol as RFC 3848 / RFC 6531 §3.7.3 register them."""
     if smtputf8:
         proto = "UTF8SMTP"
     else:
         proto = "ESMTP" if esmtp else "SMTP"
     if proto != "SMTP":
         proto += ("S" if tls_version else "") + ("A" if user else "")
-    lines = [f"Received: from {_safe(helo)} ({ip_literal(ip)})",
+    # RFC 5321 §4.4 TCP-info: the client's name only when forward-confirmed (smtp/dnsbl.py), else the address.
+    tcp_info = f"{_safe(rdns)} {ip_literal(ip)}" if rdns and rdns != "unknown" else ip_literal(ip)
+    lines = [f"Received: from {_safe(helo)} ({tcp_info})",
              f"\tby {hostname} (Postroom) with {proto} id {message_id}"]
     comments = []
     if tls_version:
@@ -177,9 +191,11 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
 
 class Session:
     def __init__(self, services: Services, router: Router, policy: Policy, conn: Connection,
-                 clock: Callable[[], float] = time.time, checks: InboundChecks | None = None) -> None:
+                 clock: Callable[[], float] = time.time, checks: InboundChecks | None = None,
+                 rspamd: RspamdClient | None = None) -> None:
         self.services = services
         self.checks = checks  # inbound trust checks (MX listener only; invariant 7)
+        self.rspamd = rspamd  # rspamd's verdict on MX mail (invariant 9)
         self.helo_spf: SpfResult | None = None  # the HELO identity's SPF result, once known
         self.router = router
         self.policy = policy
@@ -195,6 +211,7 @@ class Session:
         self.message_seq = 0
         self.rcpts_refused = 0
         self.staged: _Staged | None = None  # invariant 6: the body being received, past STAGING_THRESHOLD
+        self.client_lookups: asyncio.Task[ClientInfo] | None = None  # blocklists and FCrDNS (dnsbl.py)
 
     # --- policy hooks ----------------------------------------------------------------------------------------
     def _update_offers(self) -> None:
@@ -223,9 +240,11 @@ class Session:
         conn, core = self.conn, self.core
         core.tls = conn.tls
         self._update_offers()
+        self._start_client_lookups()
         if not self.policy.submission and not await self._screen():
             await self._flush()
             conn.log.update({"helo": "-", "user": "-", "messages": 0, "errors": 0})
+            self._end_client_lookups()
             return
         core.greet()
         try:
@@ -267,6 +286,39 @@ class Session:
             self._drop_staged()
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
+            self._end_client_lookups()
+
+    def _start_client_lookups(self) -> None:
+        """Start the blocklist and FCrDNS lookups of an MX client (smtp/dnsbl.py) at connect, so they run beside
+        the pregreet wait; exempt and relay clients are not looked up (issue 12 item 7)."""
+        smtp, door, dns, ip = self.services.config.smtp, self.services.door, self.services.dns, self.conn.peer[0]
+        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns):
+            return
+        if (door is not None and door.exempt(ip)) or self.policy.in_relay_networks(ip):
+            return
+        timeout = smtp.dnsbl_timeout_seconds
+        self.client_lookups = asyncio.create_task(
+            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns))
+
+    async def _client_info(self) -> ClientInfo | None:
+        """The lookups' result (waiting for them, bounded by their time-out), or None when not looked up."""
+        if self.client_lookups is None:
+            return None
+        info = await self.client_lookups
+        if info.rdns is not None:
+            self.conn.log["rdns"] = info.rdns
+        return info
+
+    def _end_client_lookups(self) -> None:
+        """At the session's end: the name into its log line when known; unfinished lookups cancelled."""
+        task = self.client_lookups
+        if task is None:
+            return
+        if task.done() and not task.cancelled() and task.exception() is None:
+            if task.result().rdns is not None:
+                self.conn.log["rdns"] = task.result().rdns
+        else:
+            task.cancel()
 
     async def _screen(self) -> bool:
         """The MX tests before the greeting (door.py): the connection rate, then the pregreet test. False: the
@@ -383,11 +435,12 @@ class Session:
             return
         self.core.accept_mail()
 
-    def _refused(self, reason: str, reply: Reply) -> None:
+    def _refused(self, reason: str, reply: Reply, **fields: object) -> None:
         """Answer a command with a door refusal, logged with its reason (one line)."""
         self.core.send(reply)
         log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("user", self.core.authenticated or "-"), ("reason", reason)]).strip())
+                                                ("user", self.core.authenticated or "-"), ("reason", reason),
+                                                *fields.items()]).strip())
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
@@ -395,6 +448,17 @@ class Session:
         door, user = self.services.door, self.core.authenticated
         if self.policy.submission and door is not None and user and not door.take_recipient(user, self.clock()):
             self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            return
+        # DNS blocklists are applied here, not instead of the greeting (Postfix's reject_rbl_client, not
+        # postscreen): the refusal's log line then names the sender and the recipient, so a listed but wanted
+        # correspondent can be found and let in, and RFC 5321 §3.1's 554 greeting (then 503 to everything but
+        # QUIT) is not needed. The lookups started at connect; here they are normally long done.
+        info = await self._client_info()
+        if info is not None and info.listed is not None:
+            zone, answer = info.listed
+            self.rcpts_refused += 1
+            self._refused("dnsbl", R.dnsbl_blocked(self.conn.peer[0], zone), zone=zone, answer=answer,
+                          sender=txn.mail_from or "<>", recipient=ev.recipient.address)
             return
         try:
             await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
@@ -429,7 +493,9 @@ class Session:
             completed = complete_submission(head, self.services.config.server.hostname, now=self.clock,
                                             sender=ev.mail_from)
             added = completed[:len(completed) - len(head)]
-        header = received_header(helo=core.helo, ip=conn.peer[0], hostname=self.services.config.server.hostname,
+        info = await self._client_info()
+        header = received_header(helo=core.helo, ip=conn.peer[0], rdns=info.rdns if info is not None else None,
+                                 hostname=self.services.config.server.hostname,
                                  esmtp=core.esmtp, tls_version=conn.tls_version, tls_cipher=conn.tls_cipher,
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
@@ -468,6 +534,38 @@ class Session:
                 await asyncio.to_thread(_remove_from_file, staged, spans)
             else:
                 body = authres.remove_spans(body, spans)
+        scan: RspamdResult | None = None
+        scan_log: list[tuple[str, object]] = []
+        if self.rspamd is not None and not core.authenticated and not self.may_relay():
+            # invariant 9: rspamd sees the message as it would be stored (our Received, Authentication-Results).
+            scan = await self.rspamd.check(
+                prefix=header + added, raw=None if ev.spilled else body, path=staged if ev.spilled else None,
+                ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, recipients=recipients,
+                hostname=info.rdns if info is not None and info.rdns != "unknown" else None,
+                queue_id=message_id, user=core.authenticated)
+            scan_log = [("rspamd", "unavailable")] if scan is None else [
+                ("rspamd", scan.action.replace(" ", "-")), ("rspamd_score", f"{scan.score:.2f}")]
+            if scan is not None and scan.action in ("reject", "soft reject", "greylist"):
+                self._drop_staged()
+                self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, refused="rspamd",
+                                  extra=scan_log)
+                if scan.action == "reject":
+                    core.message_done(Reply(550, "5.7.1", ("Message refused as spam",)))
+                else:  # soft reject, greylist: the sender's server tries again later
+                    core.message_done(Reply(451, "4.7.1", ("Try again later",)))
+                return
+            if scan is not None and scan.junk:
+                added += scan.x_spam()
+                if scan.subject is not None:
+                    # Replace the Subject field by rspamd's (below our trace fields; RFC 5322 §3.6 lets the
+                    # fields come in any order). Found in the kept start of the message, as it now is.
+                    now_head = authres.remove_spans(head, spans) if spans else head
+                    old = subject_spans(now_head)
+                    if old and ev.spilled and staged is not None:
+                        await asyncio.to_thread(_remove_from_file, staged, old)
+                    elif old:
+                        body = authres.remove_spans(body, old)
+                    added += subject_field(scan.subject)
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
                        raw=header + added + body, envid=ev.params.envid,
@@ -475,7 +573,8 @@ class Session:
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay(),
-                       junk=verdict is not None and verdict.action == "quarantine")
+                       junk=(verdict is not None and verdict.action == "quarantine")
+                       or (scan is not None and scan.junk))
         try:
             if self.policy.submission:
                 if ev.spilled and not header_complete(head):
@@ -493,11 +592,12 @@ class Session:
         self.services.metrics.message_accepted()
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
-        self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted)
+        self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted, extra=scan_log)
         core.message_done(R.queued(message_id))
 
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
-                     accepted: Accepted | None = None, refused: str = "") -> None:
+                     accepted: Accepted | None = None, refused: str = "",
+                     extra: list[tuple[str, object]] | None = None) -> None:
         """Invariant 4: the one line per message, accepted or refused by a check (with the check's name)."""
         conn = self.conn
         fields: list[tuple[str, object]] = [
@@ -509,6 +609,7 @@ class Session:
         fields.append(("user", self.core.authenticated or "-"))
         if verdict is not None:
             fields += verdict.log_fields()
+        fields += extra or []
         if refused:
             fields.append(("refused", refused))
         message_log.info("%s", logfmt("message", fields))
@@ -667,9 +768,14 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     inbound = services.config.inbound
     checks: InboundChecks | None = None
     if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
-        checks = InboundChecks(services.config)  # the MX listener: mail from the world (submission is not checked)
+        # The MX listener: mail from the world (submission is not checked), through the server's one resolver.
+        dns = services.dns.with_lifetime(inbound.dns_timeout_seconds) if services.dns is not None else None
+        checks = InboundChecks(services.config, dns)
+    rspamd: RspamdClient | None = None
+    if listener == "smtp" and services.config.rspamd.url:
+        rspamd = RspamdClient(services.config.rspamd.url, services.config.rspamd.timeout_seconds)
 
     async def handler(conn: Connection) -> None:
-        await Session(services, router, policy, conn, checks=checks).run()
+        await Session(services, router, policy, conn, checks=checks, rspamd=rspamd).run()
 
     return handler

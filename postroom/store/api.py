@@ -750,12 +750,14 @@ class Store(Protocol):
         """One message into several mailboxes (of one or many users) in one transaction, one blob."""
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
-                           meta: bytes | None = None) -> list[AppendResult]:
+                           meta: bytes | None = None,
+                           keywords: frozenset[str] = frozenset()) -> list[AppendResult]:
         """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
-        otherwise), with no flags and the time of delivery: a large message received by SMTP is stored without
-        being held in memory (the prefix, e.g. Return-Path, is copied with the body into a new file in bounded
-        pieces; without one the file is linked, not copied). Unlike `append_file`, `path` stays the caller's: it
-        is left in place, so one staged body can be delivered and queued."""
+        otherwise), with no flags, the `keywords` given (`$Junk` for a quarantine) and the time of delivery: a
+        large message received by SMTP is stored without being held in memory (the prefix, e.g. Return-Path, is
+        copied with the body into a new file in bounded pieces; without one the file is linked, not copied).
+        Unlike `append_file`, `path` stays the caller's: it is left in place, so one staged body can be delivered
+        and queued."""
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         """UID order; reads no bodies."""

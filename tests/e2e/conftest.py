@@ -93,6 +93,8 @@ def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerH
         "delivery": {"enabled": False},
         # Likewise the inbound checks (SPF, DKIM, DMARC look up DNS): on only where a test gives its own DNS.
         "inbound": INBOUND_OFF,
+        # And the reverse DNS of MX clients that are not exempt (the door tests make loopback not exempt).
+        "smtp": {"reverse_dns": False},
     }
     cfg = config_mod.load(None, config_mod.merge(base, server_overrides))
     handle = ServerHandle(cfg)

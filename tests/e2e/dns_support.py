@@ -12,6 +12,9 @@ The answers follow the suite's own driver (pyspf's testspf.py):
 * SPF (type 99) records are also served as TXT unless the name lists TXT records of its own;
 * a TXT or SPF value "NONE" is no record.
 
+Every record has TTL `ttl` (60 seconds unless a test changes it); when `soa` is set ((owner, TTL, MINIMUM)),
+negative answers (NXDOMAIN, no records of the type) carry that SOA in their authority section (RFC 2308 §3).
+
 dnspython builds the wire messages, so the client side (`delivery.mx.DnsResolver`) is the real one. A dropped
 query is simply not answered; the test's resolver lifetime decides how long that takes.
 """
@@ -55,6 +58,8 @@ class ZoneDns:
     def __init__(self, zone: dict[str, list[Any]] | None = None) -> None:
         self.zone: dict[str, list[Any]] = {k.lower().rstrip("."): v for k, v in (zone or {}).items()}
         self.queries: list[tuple[str, str]] = []
+        self.ttl = 60
+        self.soa: tuple[str, int, int] | None = None
         self.port = 0
         self._udp: asyncio.BaseTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
@@ -119,10 +124,20 @@ class ZoneDns:
             if name.startswith("error."):
                 raise _Drop()
             response.set_rcode(dns.rcode.NXDOMAIN)
+            self._negative(response)
             return response
         for rrset in self._records(q.name, name, rdtype, entries, follow=True):
             response.answer.append(rrset)
+        if not response.answer:
+            self._negative(response)
         return response
+
+    def _negative(self, response: dns.message.Message) -> None:
+        if self.soa is not None:
+            owner, ttl, minimum = self.soa
+            rrset = dns.rrset.from_text(f"{owner}.", ttl, "IN", "SOA",
+                                        f"ns.{owner}. hostmaster.{owner}. 1 3600 600 86400 {minimum}")
+            response.authority.append(rrset)
 
     def _records(self, qname: dns.name.Name, name: str, rdtype: str, entries: list[Any],
                  follow: bool) -> list[dns.rrset.RRset]:
@@ -156,7 +171,7 @@ class ZoneDns:
                     key = (name, st)
                     if key not in out:
                         out[key] = dns.rrset.RRset(qname, dns.rdataclass.IN, rdata.rdtype)
-                        out[key].ttl = 60
+                        out[key].ttl = self.ttl
                     out[key].add(rdata)
                     if st == "CNAME" and rdtype != "CNAME":
                         cnames.append(str(v))

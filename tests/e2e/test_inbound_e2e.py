@@ -61,10 +61,16 @@ def relay_networks() -> list[str]:
 
 
 @pytest.fixture
-def server_overrides(zone: ZoneThread, dmarc_reject: str, relay_networks: list[str]) -> dict[str, Any]:
+def dns_cache_size() -> int:
+    return 10000
+
+
+@pytest.fixture
+def server_overrides(zone: ZoneThread, dmarc_reject: str, relay_networks: list[str],
+                     dns_cache_size: int) -> dict[str, Any]:
     return {"server": {"hostname": HOST}, "auth": {"allow_plaintext": True},
             "smtp": {"relay_networks": relay_networks},
-            "delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]},
+            "delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"], "dns_cache_size": dns_cache_size},
             "inbound": {"spf": True, "dkim": True, "dmarc": True, "dmarc_reject": dmarc_reject,
                         "dns_timeout_seconds": 1.0}}
 
@@ -215,6 +221,7 @@ def test_relay_network_clients_are_trusted_not_checked(srv: Any) -> None:
     assert auth_results(stored) == []
 
 
+@pytest.mark.parametrize("dns_cache_size", [0])  # no DNS cache: the session itself keeps the HELO result
 def test_helo_identity_checked_once_per_session(srv: Any, zone: ZoneThread) -> None:
     with smtplib.SMTP("127.0.0.1", srv.port("smtp"), local_hostname="client.a.test") as c:
         for n in range(3):
@@ -250,3 +257,15 @@ def test_a_header_longer_than_what_is_checked_is_refused(srv: Any) -> None:
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(srv, "alice@a.test", raw)
     assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.3.4")
+
+
+def test_one_cached_resolver_serves_every_session(srv: Any, zone: ZoneThread) -> None:
+    """Issue 12 item 9: the checks of two sessions go through the server's one resolver; the records (TTL 60 s)
+    are asked once (the clock cannot pass 60 s here: two SMTP sessions on loopback)."""
+    for _ in range(2):
+        send(srv, "alice@a.test", KEY.sign(message("alice@a.test"), "a.test"))
+    assert len(mailbox(srv, "bob@b.test", "INBOX")) == 2
+    asked = zone.dns.queries
+    assert asked.count(("a.test", "TXT")) == 1, asked
+    assert asked.count(("_dmarc.a.test", "TXT")) == 1, asked
+    assert asked.count(("sel._domainkey.a.test", "TXT")) == 1, asked

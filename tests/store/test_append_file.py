@@ -220,3 +220,15 @@ async def test_open_sweeps_stale_staging_files(store_factory: Callable[[], Store
             assert [p.exists() for p in tmps] == [False, False, True]
     finally:
         await alone.close()
+
+
+@pytest.mark.parametrize("size", [LARGE, SMALL])
+async def test_deliver_file_with_keywords(store: Store, size: int) -> None:
+    """`deliver_file(keywords=...)`: a quarantined large SMTP body lands with `$Junk` (delivery/local.py)."""
+    path = stage(store, body(size, salt=9))
+    user = await new_user(store, "j@example.org")
+    box = (await inbox(store, user)).id
+    [r] = await store.deliver_file([box], path, keywords=frozenset({"$Junk"}))
+    info = await store.get_message(box, r.uid)
+    assert info is not None and info.keywords == frozenset({"$Junk"})
+    path.unlink()

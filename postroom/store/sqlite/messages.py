@@ -301,7 +301,7 @@ class MessagesMixin(Base):
             path.unlink(missing_ok=True)
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
-                           meta: bytes | None = None) -> list[AppendResult]:
+                           meta: bytes | None = None, keywords: frozenset[str] = frozenset()) -> list[AppendResult]:
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
@@ -309,9 +309,9 @@ class MessagesMixin(Base):
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
-                return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta))
+                return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta, keywords=keywords))
             blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
-            item = NewMessage(self._clock(), size, 0, frozenset(), blob_id)
+            item = NewMessage(self._clock(), size, 0, frozenset(names.keywords(keywords).values()), blob_id)
             wanted = list(mailbox_ids)
 
             def op(tx: Tx) -> list[AppendResult]:
