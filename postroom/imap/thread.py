@@ -25,6 +25,28 @@ thread whose first message is the parent of the others; threads ordered by their
 
 Answer: `* THREAD (...)(...)` (RFC 5256 §4 thread-list: a chain is "1 2 3", branches are nested lists).
 
+After arrivals. Besides the answer's bytes (`ordercache`), the last answer per mailbox, algorithm and form
+(UID or sequence numbers) is kept as a `Kept`: the forest, each thread's text, the threads' date keys, and for
+REFERENCES the id table and parents of step 1 and the base subjects of step 6. When only arrivals moved the
+content version (as SORT's sort.py invariant 5: the kept matched UIDs start the new ones, at most
+`sort.ARRIVALS_MAX` new ones, with stored keys), each arrival, the highest sequence number so far and so the
+last message step 1 handles, is placed into it where RFC 5256 §3 gives provably the same answer as computing
+again, and refused otherwise (the answer is then computed again and kept from there):
+
+* ORDEREDSUBJECT, always: the message joins its base subject's thread in date order; if it is the earliest,
+  it becomes the thread's first message (the parent of the others) and the thread moves to its date.
+* REFERENCES, when step 1 makes no link but the message's own: its Message-ID is new or a duplicate of a
+  message's (1.A: it gets a unique one), not an id a dummy holds (it would take the dummy's children); every
+  reference is a known id; each link 1.A would make between two consecutive references exists already or
+  would close a loop. With references, its parent is the last one, which must be a message: under a message
+  steps 2-6 leave it where it is (they move dummies and whole root trees), and step 7 puts it among its
+  siblings by date; the tree's first message, so its place, does not change. Without references it is a new
+  root, placed by date (step 5), if its base subject is empty or no root had it (step 6 merges nothing).
+  Under a dummy, a new dummy, a new link between old messages, or a subject step 6 would merge: refused.
+
+Only the thread it joined is written again, so a placement costs a few binary searches and that thread's
+text, bounded by `SLICE_ROWS` (a larger thread is refused); the answer is the threads' texts joined.
+
 Invariants
 1. THREAD answers exactly the messages SEARCH would, each once.
 2. No synchronous stretch handles more than about `sort.SLICE_ROWS` nodes (or one `sort.SORT_CHUNK` sort).
@@ -35,6 +57,12 @@ Invariants
    from the store's sorter (`Store.sort_uids`, in a reader thread) and turned into a rank per row; nodes are then
    ordered by placing them at their first message's rank, not by comparing keys. The store's order is used only
    when every row's keys are the stored ones (`sort.thread_rows`), else it is sorted here from the rows.
+6. An answer computed from arrivals placed into a `Kept` one is byte for byte the answer computed again over
+   all the messages (module doc "After arrivals"; tests/unit/test_imap_sort.py compares them on random
+   mailboxes). A `Kept` is changed only in one synchronous stretch, by the command that finds it still kept
+   for the version it read, so no command sees it half changed; one partly changed is dropped. A `Kept` is
+   kept only if its rows are the store's at the version it is kept under (read again after computing) and its
+   keys the stored ones; at most `STATES_MAX` per store, a few hundred bytes per message each.
 """
 
 from __future__ import annotations
@@ -421,24 +449,16 @@ class Kept:
     (`groups`, the first one being the thread's root). `arrive` places one arrival or refuses; an answer is
     `b"".join(pieces)`."""
 
-    def __init__(self, algorithm: str, dates: list[float], numbers: list[int], f: _Forest,
-                 roots: list[int], pieces: list[bytes], subjects: Sequence[str]) -> None:
+    def __init__(self, algorithm: str, dates: list[float], numbers: list[int], f: _Forest, roots: list[int],
+                 root_keys: list[tuple[float, int]], pieces: list[bytes], groups: dict[str, list[int]]) -> None:
         self.algorithm = algorithm
         self.dates = dates
         self.numbers = numbers
         self.f = f
+        self.roots = roots  # REFERENCES: nodes of `f`; ORDEREDSUBJECT: rows
+        self.root_keys = root_keys
         self.pieces = pieces
-        self.groups: dict[str, list[int]] = {}
-        if algorithm == "REFERENCES":
-            self.roots = roots
-            # step 6's dummies are not in step 1's table: their parents there are none
-            f.parent1.extend([-1] * (len(f.row) - len(f.parent1)))
-            self.root_keys = [self._key(_first_row(f, x)) for x in roots]
-        else:  # the thread of a root is the root and its children (`ordered_subject`); roots are rows here
-            self.roots = [f.row[x] for x in roots]
-            for x in roots:
-                self.groups[subjects[f.row[x]]] = [f.row[x], *(f.row[k] for k in f.kids[x])]
-            self.root_keys = [self._key(r) for r in self.roots]
+        self.groups = groups
 
     def _key(self, row: int) -> tuple[float, int]:
         return (self.dates[row], row)
@@ -564,10 +584,31 @@ _Slot = tuple[tuple[int, ...], "array[int]", tuple[int, bytes], Kept]  # version
 
 def kept_answer(algorithm: str, rows: ThreadColumns, f: _Forest, roots: list[int], numbers: Sequence[int]
                 ) -> Steps[Kept]:
-    """The `Kept` of an answer just computed by `references` or `ordered_subject` over `rows` (taken over, not
-    copied: `dates` grows with arrivals), `numbers[row]` what the client sees."""
+    """The `Kept` of an answer just computed by `references` or `ordered_subject` over `rows` (its dates taken
+    over, not copied: they grow with arrivals), `numbers[row]` what the client sees. In slices (invariant 2)."""
     pieces = yield from render(f, roots, numbers)
-    return Kept(algorithm, rows.dates, list(numbers), f, roots, pieces, rows.subjects)
+    dates = rows.dates
+    keys: list[tuple[float, int]] = []
+    groups: dict[str, list[int]] = {}
+    kept_roots = roots
+    if algorithm == "REFERENCES":
+        # step 6's dummies are not in step 1's table: their parents there are none
+        f.parent1.extend([-1] * (len(f.row) - len(f.parent1)))
+        for k in range(0, len(roots), SLICE_ROWS):
+            keys.extend((dates[r], r) for r in (_first_row(f, x) for x in roots[k:k + SLICE_ROWS]))
+            yield
+    else:  # a thread is its first message and that one's children (`ordered_subject`); roots are rows here
+        kept_roots = [f.row[x] for x in roots]
+        n = 0
+        for x in roots:
+            r = f.row[x]
+            keys.append((dates[r], r))
+            groups[rows.subjects[r]] = [r, *(f.row[k] for k in f.kids[x])]
+            n += 1 + len(f.kids[x])
+            if n >= SLICE_ROWS:
+                n = 0
+                yield
+    return Kept(algorithm, dates, list(numbers), f, kept_roots, keys, pieces, groups)
 
 
 STATES_MAX = 4  # `Kept` answers per store (one per mailbox, algorithm and form): invariant 6

@@ -7,8 +7,8 @@ import random
 from collections.abc import Generator
 from typing import Any
 
+import hypothesis
 import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postroom.imap import parser as P
@@ -257,8 +257,8 @@ def arrivals_answer(algorithm: str, mails: list[tuple[int, str, bool, str | None
     return kept.answer(), placed
 
 
-@settings(max_examples=400, deadline=None)
-@given(mails=st.lists(mail, max_size=30), arrivals=st.lists(mail, min_size=1, max_size=8),
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(mails=st.lists(mail, max_size=30), arrivals=st.lists(mail, min_size=1, max_size=8),
        algorithm=st.sampled_from(["REFERENCES", "ORDEREDSUBJECT"]), by_uid=st.booleans())
 def test_arrivals_placed_equal_computing_again(mails: list[Any], arrivals: list[Any], algorithm: str,
                                                by_uid: bool) -> None:
