@@ -651,18 +651,19 @@ async def _after_arrivals(s: Session, algorithm: str, uid_form: bool, version: t
         return None  # not only arrivals: the search matched other old messages this time
     if not uid_form and (len(sel.uids) < announced[0] or digest(sel.uids[:announced[0]]) != announced[1]):
         return None  # the kept sequence numbers are not this session's
+    if not extra:
+        return kept.answer()  # the same messages (the session has not learnt of the arrivals yet): kept as it was
     rows = ThreadColumns()
-    if extra:
-        wanted = set(extra)
-        if any(r.uid in wanted for r in await s.store.list_sort_rows(sel.id, extra[0], extra[-1],
-                                                                       unknown_only=True)):
-            return None  # keys not stored: computed again (`sort.thread_rows` fills them)
-        stored = await s.store.thread_rows(sel.id, extra[0], extra[-1])
-        for i in range(len(stored)):
-            if stored.uids[i] in wanted:
-                rows.add(*stored.row(i))
-        if rows.uids != extra or await s.store.content_version(sel.id) != version:
-            return None  # one left, or a change committed while reading (the reads may mix two states)
+    wanted = set(extra)
+    if any(r.uid in wanted for r in await s.store.list_sort_rows(sel.id, extra[0], extra[-1],
+                                                                   unknown_only=True)):
+        return None  # keys not stored: computed again (`sort.thread_rows` fills them)
+    stored = await s.store.thread_rows(sel.id, extra[0], extra[-1])
+    for i in range(len(stored)):
+        if stored.uids[i] in wanted:
+            rows.add(*stored.row(i))
+    if rows.uids != extra or await s.store.content_version(sel.id) != version:
+        return None  # one left, or a change committed while reading (the reads may mix two states)
     # From here on nothing awaits: the kept answer changes in one go, and only the one still kept.
     if states.get(slot_key) is not slot:
         return None
