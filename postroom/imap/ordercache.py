@@ -25,6 +25,9 @@ for (`sort.placed_arrivals`, sort.py invariant 5): when only arrivals moved the 
 them into that order instead of sorting the mailbox, and checks the version again after its reads (unchanged:
 every read saw one state).
 
+THREAD keeps its last answer per (mailbox, algorithm, form) apart, as a forest with each thread's text
+(`thread.Kept`, thread.py invariant 6), and places arrivals into it where RFC 5256 §3 gives the same answer.
+
 One cache per store object (a process may hold several in tests), shared by that store's sessions.
 
 Invariants

@@ -223,3 +223,42 @@ def test_a_sort_after_arrivals_places_them_into_the_kept_order(imap: Any, monkey
     assert len(sorts) == 5
     a.logout()
     b.logout()
+
+
+def test_a_thread_after_arrivals_places_them_into_the_kept_answer(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """thread.py invariant 6: after another session's appends, THREAD places them into the answer kept for the
+    mailbox (no rows of the old messages read), by RFC 5256 §3; one it cannot place computes the answer again."""
+    from postroom.imap.thread import Kept
+
+    placed: list[bool] = []
+    real = Kept.arrive
+
+    def counted(self: Kept, *args: Any) -> bool:
+        placed.append(real(self, *args))
+        return placed[-1]
+
+    monkeypatch.setattr(Kept, "arrive", counted)
+    a = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    a.login(ADDR, PW)
+    a.select("INBOX")
+    b = imaplib.IMAP4("127.0.0.1", imap.port("imap"))
+    b.login(ADDR, PW)
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])
+    assert a.uid("THREAD", "ORDEREDSUBJECT", "UTF-8", "ALL") == ("OK", [b"(3)(1 (2)(4))"])
+    # UID 5: a reply to "Another" (a message), earlier than every other message of the mailbox
+    assert b.append("INBOX", None, None, mail("Re: Another", "Sun, 31 Dec 2023 10:00:00 +0000", "a2@x",
+                                              "<a1@x>"))[0] == "OK"
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])  # A has not learnt of it yet
+    assert placed == []
+    a.noop()
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3 5)(1 2 4)"])  # under 3 (RFC 5256 §3 step 1)
+    assert a.uid("THREAD", "ORDEREDSUBJECT", "UTF-8", "ALL") == ("OK", [b"(3 5)(1 (2)(4))"])  # base subject
+    assert placed == [True, True]
+    # UID 6: "Plans" again without references: a root whose base subject a thread has (step 6 merges them)
+    assert b.append("INBOX", None, None, mail("Plans", "Tue, 2 Jan 2024 10:00:00 +0000", "p9@x"))[0] == "OK"
+    a.noop()
+    # neither is a reply: a new dummy holds both (RFC 5256 §3 step 6)
+    assert a.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3 5)((1 2 4)(6))"])
+    assert placed == [True, True, False]
+    a.logout()
+    b.logout()

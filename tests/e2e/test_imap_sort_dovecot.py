@@ -74,3 +74,47 @@ def test_capabilities_name_what_dovecot_and_the_rfcs_call_them(loaded: Raw) -> N
     for name in (b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT", b"ESORT"):
         assert name in caps
         assert name.decode() in EXPECTED["CAPABILITY"][0].split()
+
+
+@pytest.mark.parametrize("late", [1, 6, 15])
+def test_thread_after_arrivals_is_dovecots_on_the_whole_mailbox(server: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                late: int) -> None:
+    """thread.py invariant 6: THREAD answered on all but the last `late` messages, those APPENDed by another
+    session, THREAD again: each answer is Dovecot's on the whole mailbox (what computing it again gives), and
+    some arrivals were placed into the kept answers rather than computed again."""
+    from postroom.imap.thread import Kept
+
+    placed: list[bool] = []
+    real = Kept.arrive
+
+    def counted(self: Kept, *args: Any) -> bool:
+        placed.append(real(self, *args))
+        return placed[-1]
+
+    monkeypatch.setattr(Kept, "arrive", counted)
+    wire_imap(monkeypatch)
+    server.add_user(USER, PASSWORD)
+    dates = json.loads((DATA / "mailbox" / "internaldates.json").read_text())
+    names = sorted(dates)
+    writer = imaplib.IMAP4("127.0.0.1", server.port("imap"))
+    writer.login(USER, PASSWORD)
+
+    def append(name: str) -> None:
+        raw = (DATA / "mailbox" / name).read_bytes()
+        assert writer.append("INBOX", "", imaplib.Time2Internaldate(dates[name]), raw)[0] == "OK"
+
+    for name in names[:-late]:
+        append(name)
+    reader = Raw(server.port("imap"))
+    reader.login(USER, PASSWORD)
+    assert reader.cmd("s SELECT INBOX")[-1].startswith(b"s OK")
+    commands = [c for c in COMMANDS if "THREAD" in c]
+    for command in commands:
+        _untagged(reader.cmd("t " + command))  # kept for the messages so far
+    for name in names[-late:]:
+        append(name)
+    writer.logout()
+    assert reader.cmd("n NOOP")[-1].startswith(b"n OK")  # the reader learns of the arrivals
+    for command in commands:
+        assert _untagged(reader.cmd("t " + command)) == EXPECTED[command], command
+    assert any(placed)

@@ -7,11 +7,13 @@ import random
 from collections.abc import Generator
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from postroom.imap import parser as P
 from postroom.imap.results import ordered_set, partial_item
-from postroom.imap.thread import ordered_subject, references, render
+from postroom.imap.thread import Kept, kept_answer, ordered_subject, references, render
 from postroom.mime.sortkeys import casemap
 from postroom.store.api import ThreadColumns
 
@@ -205,3 +207,90 @@ def test_a_deep_reply_chain_needs_no_recursion() -> None:
     rows = [row(1, date=0, subject="s", msgid="m1")]
     rows += [row(i, date=i, subject="s", reply=True, msgid=f"m{i}", refs=f"m{i - 1}") for i in range(2, depth + 1)]
     assert thread_text(rows) == "(" + " ".join(str(i) for i in range(1, depth + 1)) + ")"
+
+
+# THREAD after arrivals (thread.py invariant 6): the kept answer with arrivals placed into it equals computing
+# it again over every message, byte for byte; mailboxes in the style of tests/data/sortthread (duplicate and
+# missing Message-IDs, dangling references, reply cycles, references to itself, equal dates, empty subjects).
+
+IDS = [f"m{k}" for k in range(10)]
+mail = st.tuples(
+    st.integers(0, 6),  # sent date: few values, so ties are common (broken by sequence number)
+    st.sampled_from(["", "a", "b", "c"]),  # base subject
+    st.booleans(),  # the extraction removed a reply marker
+    st.one_of(st.none(), st.sampled_from(IDS)),  # Message-ID
+    st.lists(st.sampled_from(IDS), max_size=3).map(" ".join),  # references
+)
+
+
+def columns(mails: list[tuple[int, str, bool, str | None, str]]) -> ThreadColumns:
+    cols = ThreadColumns()
+    for n, (date, subject, reply, msgid, refs) in enumerate(mails):
+        cols.add(3 * n + 2, float(date), subject, int(reply), msgid, refs)  # UIDs with gaps
+    return cols
+
+
+def computed(algorithm: str, mails: list[tuple[int, str, bool, str | None, str]], numbers: list[int]) -> Kept:
+    """The answer over `mails` computed from scratch, kept (`thread.kept_answer`)."""
+    cols = columns(mails)
+    f, roots = run(references(cols) if algorithm == "REFERENCES" else ordered_subject(cols))
+    kept: Kept = run(kept_answer(algorithm, cols, f, roots, numbers))
+    assert kept.answer() == b"".join(run(render(f, roots, numbers)))
+    return kept
+
+
+def arrivals_answer(algorithm: str, mails: list[tuple[int, str, bool, str | None, str]], start: int,
+                    by_uid: bool) -> tuple[bytes, int]:
+    """The answer over `mails` kept for the first `start` and the rest placed one by one (computed again where
+    `Kept.arrive` refuses, as the server does), and how many were placed."""
+    def numbers(k: int) -> list[int]:
+        return [3 * n + 2 if by_uid else n + 1 for n in range(k)]
+
+    kept = computed(algorithm, mails[:start], numbers(start))
+    placed = 0
+    for k in range(start, len(mails)):
+        date, subject, reply, msgid, refs = mails[k]
+        if kept.arrive(float(date), subject, msgid, refs, numbers(k + 1)[-1]):
+            placed += 1
+        else:
+            kept = computed(algorithm, mails[:k + 1], numbers(k + 1))
+    return kept.answer(), placed
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(mails=st.lists(mail, max_size=30), arrivals=st.lists(mail, min_size=1, max_size=8),
+       algorithm=st.sampled_from(["REFERENCES", "ORDEREDSUBJECT"]), by_uid=st.booleans())
+def test_arrivals_placed_equal_computing_again(mails: list[Any], arrivals: list[Any], algorithm: str,
+                                               by_uid: bool) -> None:
+    everything = mails + arrivals
+    want = computed(algorithm, everything, [3 * n + 2 if by_uid else n + 1 for n in range(len(everything))])
+    got, _ = arrivals_answer(algorithm, everything, len(mails), by_uid)
+    assert got == want.answer()
+
+
+def test_arrivals_placed_or_refused_by_rfc_5256_step() -> None:
+    """Which arrivals are placed into a kept REFERENCES answer and which make it computed again (invariant 6),
+    each case checked against computing it again."""
+    base = [(1, "a", False, "a1", ""), (2, "a", True, "a2", "a1"), (3, "b", False, "b1", "gone"),
+            (4, "c", False, "c1", ""), (5, "d", False, "d1", "x1"), (6, "d", True, "d2", "x1")]
+    cases = [
+        ((0, "a", True, "a3", "a1 a2"), True),  # a reply in a chain: under a2, the tree's first message stays
+        ((9, "a", True, "a4", "a1"), True),  # a second child of a1: the siblings by date (step 7)
+        ((0, "e", False, "e1", ""), True),  # a new subject, the earliest date: a root placed first (step 5)
+        ((7, "", False, "z1", ""), True),  # an empty subject is never merged (step 6.B.ii)
+        ((7, "q", False, "a1", "c1"), True),  # a duplicate Message-ID gets a unique one (step 1.A)
+        ((7, "b", False, "x9", ""), False),  # a root whose subject a thread has: step 6 merges
+        ((7, "b", True, "b2", "gone"), False),  # under a dummy: steps 3-4 move it
+        ((7, "q", False, "gone", ""), False),  # the Message-ID a dummy holds: it gets that dummy's children
+        ((7, "q", True, "q1", "c1 a1"), False),  # step 1.A would link a1 under c1
+        ((7, "q", True, "q1", "new"), False),  # a new dummy
+        ((7, "q", True, "q1", "a2 a1"), True),  # a1 under a2 would close a loop: no link (step 1.A)
+    ]
+    for arrival, placed in cases:
+        got, n = arrivals_answer("REFERENCES", [*base, arrival], len(base), by_uid=True)
+        assert n == int(placed), arrival
+        assert got == computed("REFERENCES", [*base, arrival], [3 * k + 2 for k in range(7)]).answer()
+    # ORDEREDSUBJECT places every arrival: a new first message of its subject moves the thread (RFC 5256 §3)
+    got, n = arrivals_answer("ORDEREDSUBJECT", [*base, (0, "d", False, "d3", ""), (2, "d", False, "d4", "")],
+                             len(base), by_uid=False)
+    assert n == 2 and got == b"(7 (8)(5)(6))(1 2)(3)(4)"  # 7 (date 0) first; 8, 5, 6 by date
