@@ -170,6 +170,14 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "DELETE FROM counters WHERE name = 'thread'",
     ),
     14: ("DROP TABLE shared_owners",),
+    15: (
+        "DROP TRIGGER quota_user",
+        "DROP TRIGGER quota_in",
+        "DROP TRIGGER quota_out",
+        "DROP TABLE quota_usage",
+        "ALTER TABLE users DROP COLUMN quota_messages",
+        "ALTER TABLE domains DROP COLUMN quota_bytes",
+    ),
 }
 
 

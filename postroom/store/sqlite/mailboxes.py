@@ -239,7 +239,7 @@ class MailboxesMixin(Base):
         msgs = [message_from_row(r) for r in rows]
         threads = thread_ids_of(tx.conn, inbox.id, [m.uid for m in msgs])  # RFC 8474 §5.2: messages keep theirs
         insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id,
-                                              threads.get(m.uid, 0)) for m in msgs])
+                                              threads.get(m.uid, 0)) for m in msgs], quota=False)  # same user
         delete_messages(tx, inbox, msgs, now=now, release=False)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:

@@ -56,6 +56,12 @@ gives the body's messages their thread (the lazy upgrade of `mime.meta` formats)
 14 (issue 14) adds `shared_owners(domain_id, user_id)`: the owner of a domain's "Shared Folders" (RFC 2342 §5),
 a `users` row made on demand by `Store.shared_folders_owner` (invariant 19). Nothing exists yet, so nothing is
 made by the upgrade.
+15 (issue 13, quotas) adds `quota_usage`, one counter row per user (storage in octets, message count, the last
+quota warning level sent; invariant 20), kept by triggers on `messages` and `users`, so every insert, copy,
+move, expunge, mailbox and user removal updates it in its own transaction whatever code path made it; the
+step computes it once for the messages that exist. It also adds `users.quota_messages` (a message-count limit)
+and `domains.quota_bytes` (the total the domain's users may hold). Existing users and domains get 0: no new
+limit appears on upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -108,6 +114,12 @@ Invariants:
 19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
    address is `names.shared_owner(domain)` (not an address: no lookup by address finds it), with an empty
    password hash and SCRAM verifier (nothing verifies against them), no default mailboxes, and no login.
+20. Every `users` row has exactly one `quota_usage` row (made by a trigger on insert, gone by cascade), and its
+   `storage` and `messages` equal the sum of `messages.size` and the count of `messages` rows over the user's
+   mailboxes, at every commit: the triggers `quota_in` and `quota_out` change it in the statement that inserts
+   or deletes a message row (no code path updates `messages.size` or `messages.mailbox_id`; a mailbox's rows
+   are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
+   columns; `warned` is written only by `set_quota_warned`.
 """
 
 from __future__ import annotations
@@ -118,7 +130,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 _V1 = """
 CREATE TABLE counters(
@@ -407,9 +419,40 @@ def _v14(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v15(conn: sqlite3.Connection) -> None:
+    """Quotas (invariant 20): the per-user usage counters, the triggers that keep them, their values for what is
+    stored (one grouped scan of `messages`, run once), a message-count limit per user and a quota per domain."""
+    conn.execute(
+        "CREATE TABLE quota_usage(user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,"
+        " storage INTEGER NOT NULL DEFAULT 0, messages INTEGER NOT NULL DEFAULT 0, warned INTEGER NOT NULL DEFAULT 0)"
+    )
+    conn.execute(
+        "INSERT INTO quota_usage(user_id, storage, messages)"
+        " SELECT u.id, coalesce(s.storage, 0), coalesce(s.messages, 0) FROM users u LEFT JOIN"
+        " (SELECT b.user_id AS user_id, sum(m.size) AS storage, count(*) AS messages FROM messages m"
+        "  JOIN mailboxes b ON b.id = m.mailbox_id GROUP BY b.user_id) s ON s.user_id = u.id"
+    )
+    conn.execute(
+        "CREATE TRIGGER quota_user AFTER INSERT ON users BEGIN"
+        " INSERT INTO quota_usage(user_id) VALUES (NEW.id); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER quota_in AFTER INSERT ON messages BEGIN"
+        " UPDATE quota_usage SET storage = storage + NEW.size, messages = messages + 1"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER quota_out AFTER DELETE ON messages BEGIN"
+        " UPDATE quota_usage SET storage = storage - OLD.size, messages = messages - 1"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id); END"
+    )
+    conn.execute("ALTER TABLE users ADD COLUMN quota_messages INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14,
+    14: _v14, 15: _v15,
 }
 
 
