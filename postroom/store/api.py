@@ -259,7 +259,7 @@ class QuotaUsage:
     """A user's usage and limits (invariant 12), as one read saw them. Sizes are octets (the sum of the messages'
     RFC822.SIZE; IMAP reports STORAGE in units of 1024 octets, RFC 9208 §5.1); a limit of 0 is "none".
     `warned` is the highest quota warning level (percent: 0, 80 or 95) sent to the user since usage was last
-    below it (`Store.set_quota_warned`)."""
+    below it (`Store.raise_quota_warned`)."""
     user_id: int
     storage: int
     messages: int
@@ -917,8 +917,10 @@ class Store(Protocol):
     async def set_domain_quota(self, name: str, storage: int) -> None:
         """Set the octets all the domain's users may hold together (0: none). NotFound, Invalid (negative)."""
 
-    async def set_quota_warned(self, user_id: int, level: int) -> None:
-        """Record the last quota warning level sent to the user (0, 80 or 95 percent; Invalid otherwise)."""
+    async def raise_quota_warned(self, user_id: int, percent: int) -> bool:
+        """Mark the quota warning of `percent` (80 or 95; Invalid otherwise) as sent to the user, if the mark
+        was lower: True for the one caller that raised it (who then sends the warning), False if it was already
+        there. The mark falls by itself when removals (or a raised limit) take usage below it."""
 
     async def my_rights(self, user_id: int, mailbox_id: int) -> str:
         """The rights of the user on the mailbox (invariant 11), letters of RIGHTS in order: all of them for the

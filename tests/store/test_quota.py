@@ -145,10 +145,11 @@ async def test_limits_and_warned_are_validated(store: Store) -> None:
     with pytest.raises(Invalid):
         await store.set_user_quota(alice.address, storage=-1)
     with pytest.raises(Invalid):
-        await store.set_quota_warned(alice.id, 50)
+        await store.raise_quota_warned(alice.id, 50)
     with pytest.raises(NotFound):
         await store.get_quota(alice.id + 1000)
-    await store.set_quota_warned(alice.id, 95)
+    assert await store.raise_quota_warned(alice.id, 95)
+    assert not await store.raise_quota_warned(alice.id, 95) and not await store.raise_quota_warned(alice.id, 80)
     assert (await store.get_quota(alice.id)).warned == 95
     user = await store.get_user(alice.address)
     assert user is not None and user.quota_messages == 0
@@ -186,3 +187,23 @@ async def test_schema_15_counts_what_a_version_14_store_holds(tmp_path: Path) ->
         assert ((await store.get_quota(alice.id)).messages) == 3
     finally:
         await store.close()
+
+
+async def test_warned_mark_falls_with_usage(store: Store) -> None:
+    """The warning mark is lowered to the level usage is at when messages go (or the limit rises), so the next
+    crossing warns again; a message that arrives does not lower it."""
+    alice = await new_user(store)
+    box = await inbox(store, alice)
+    await store.set_user_quota(alice.address, storage=1000)
+    await store.append_many(box.id, [msg(1, size=500), msg(2, size=300), msg(3, size=160)])  # 960: 96 %
+    assert await store.raise_quota_warned(alice.id, 95)
+    await store.remove_messages(box.id, [3])  # 800: 80 %
+    assert (await store.get_quota(alice.id)).warned == 80
+    await store.append(box.id, msg(4, size=50))
+    assert (await store.get_quota(alice.id)).warned == 80
+    await store.remove_messages(box.id, [1])  # 350
+    assert (await store.get_quota(alice.id)).warned == 0
+    await store.append(box.id, msg(5, size=500))  # 850
+    assert await store.raise_quota_warned(alice.id, 80)
+    await store.set_user_quota(alice.address, storage=10_000)
+    assert (await store.get_quota(alice.id)).warned == 0

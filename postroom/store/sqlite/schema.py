@@ -119,7 +119,8 @@ Invariants:
    mailboxes, at every commit: the triggers `quota_in` and `quota_out` change it in the statement that inserts
    or deletes a message row (no code path updates `messages.size` or `messages.mailbox_id`; a mailbox's rows
    are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
-   columns; `warned` is written only by `set_quota_warned`.
+   columns. `warned` (0, 80 or 95) only rises through `raise_quota_warned`, and falls to the level usage is
+   at (the same percent rule as quota.py `level`) when `quota_out` removes a message or a limit changes.
 """
 
 from __future__ import annotations
@@ -432,6 +433,8 @@ def _v15(conn: sqlite3.Connection) -> None:
         " (SELECT b.user_id AS user_id, sum(m.size) AS storage, count(*) AS messages FROM messages m"
         "  JOIN mailboxes b ON b.id = m.mailbox_id GROUP BY b.user_id) s ON s.user_id = u.id"
     )
+    conn.execute("ALTER TABLE users ADD COLUMN quota_messages INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0")
     conn.execute(
         "CREATE TRIGGER quota_user AFTER INSERT ON users BEGIN"
         " INSERT INTO quota_usage(user_id) VALUES (NEW.id); END"
@@ -441,13 +444,20 @@ def _v15(conn: sqlite3.Connection) -> None:
         " UPDATE quota_usage SET storage = storage + NEW.size, messages = messages + 1"
         " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id); END"
     )
+    # A removal also lowers `warned` to the level the usage is now at (invariant 20), so the next crossing of
+    # 80 % or 95 % warns again ("once per crossing").
     conn.execute(
         "CREATE TRIGGER quota_out AFTER DELETE ON messages BEGIN"
         " UPDATE quota_usage SET storage = storage - OLD.size, messages = messages - 1"
-        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id); END"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id);"
+        " UPDATE quota_usage SET warned = min(warned, (SELECT CASE"
+        "  WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 95 * u.quota_bytes)"
+        "   OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 95 * u.quota_messages) THEN 95"
+        "  WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 80 * u.quota_bytes)"
+        "   OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 80 * u.quota_messages) THEN 80"
+        "  ELSE 0 END FROM users u WHERE u.id = quota_usage.user_id))"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id) AND warned > 0; END"
     )
-    conn.execute("ALTER TABLE users ADD COLUMN quota_messages INTEGER NOT NULL DEFAULT 0")
-    conn.execute("ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0")
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
