@@ -43,14 +43,15 @@ async def _inboxes(store: Store, user_ids: Iterable[int]) -> list[int]:
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes) -> int:
-    """Deliver to the INBOX of each user; returns how many INBOXes got it."""
+                        raw: bytes, *, enforce_quota: bool = True) -> int:
+    """Deliver to the INBOX of each user; returns how many INBOXes got it. OverQuota if one user cannot take it
+    (nothing stored), unless `enforce_quota` is False (the server's own notices: store api invariant 12)."""
     boxes = await _inboxes(store, user_ids)
     if not boxes:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
     request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
-    await store.deliver(boxes, request)
+    await store.deliver(boxes, request, enforce_quota=enforce_quota)
     return len(boxes)
 
 

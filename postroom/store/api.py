@@ -143,6 +143,20 @@ def is_out_of_space(exc: BaseException) -> bool:
     return False
 
 
+QUOTA_WARNING_LEVELS = (80, 95)
+"""Percent of a limit at which a user is warned once per crossing (invariant 12, `Store.raise_quota_warned`)."""
+
+
+def quota_level(storage: int, messages: int, storage_limit: int, message_limit: int) -> int:
+    """The highest of QUOTA_WARNING_LEVELS that a usage (octets, messages) has reached on one of its limits
+    (0 = none); 0 when it reached none or there are no limits. SQLite's schema step 15 computes the same."""
+    for percent in sorted(QUOTA_WARNING_LEVELS, reverse=True):
+        if (storage_limit and storage * 100 >= percent * storage_limit) or (
+                message_limit and messages * 100 >= percent * message_limit):
+            return percent
+    return 0
+
+
 STAGING_THRESHOLD = 1 << 20
 """Bytes: a message body larger than this is written to a file in `Store.staging_dir()` as it arrives (SMTP DATA
 and BDAT, IMAP APPEND literals), never held whole in a session's memory."""

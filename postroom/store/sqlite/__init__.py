@@ -7,9 +7,9 @@ through the WAL would cost more than their fsyncs save. engine.py says more.
 
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
 `authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`, IMAP
-METADATA in `metadata.py`, sort keys and thread ids in `threads.py`, quotas in `quota.py`) over one `Engine` (engine.py: the writer
-thread and group commit, reader threads). Read engine.py first: its invariants are the ones api.py promises
-(durable when awaited, commit then broadcast).
+METADATA in `metadata.py`, sort keys and thread ids in `threads.py`, quotas in `quota.py`) over one `Engine`
+(engine.py: the writer thread and group commit, reader threads). Read engine.py first: its invariants are the
+ones api.py promises (durable when awaited, commit then broadcast).
 
 Invariants:
 1. Every write goes through `Engine.write` (one writer thread, group commit); nothing else writes the database.

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postroom.store import names
-from postroom.store.sqlite.quota import check as quota_check
 from postroom.store.api import (
     AppendRequest,
     AppendResult,
@@ -79,6 +78,7 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.quota import check as quota_check
 from postroom.store.sqlite.threads import assign_thread, put_keys, refresh_keys, thread_ids_of
 
 PRUNE_BATCH = 10_000  # expunged records forgotten per write transaction (`prune_expunged`)

@@ -31,22 +31,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from postroom.store import names
-from postroom.store.api import Invalid, NotFound, OverQuota, QuotaUsage
+from postroom.store.api import QUOTA_WARNING_LEVELS, Invalid, NotFound, OverQuota, QuotaUsage, quota_level
 from postroom.store.sqlite.common import Base
 from postroom.store.sqlite.engine import Tx
-
-WARNING_LEVELS = (0, 80, 95)
-"""The quota warning levels (percent of a limit); 0 is "none sent"."""
-
-
-def level(storage: int, messages: int, storage_limit: int, message_limit: int) -> int:
-    """The highest of WARNING_LEVELS that the usage has reached on a limit (0 when none, or no limits). The
-    `quota_out` trigger of schema step 15 computes the same."""
-    for percent in (95, 80):
-        if (storage_limit and storage * 100 >= percent * storage_limit) or (
-                message_limit and messages * 100 >= percent * message_limit):
-            return percent
-    return 0
 
 _USAGE = (
     "SELECT u.id, q.storage, q.messages, u.quota_bytes, u.quota_messages, u.domain_id, d.quota_bytes, q.warned"
@@ -121,7 +108,7 @@ class QuotaMixin(Base):
             if messages is not None:
                 tx.conn.execute("UPDATE users SET quota_messages = ? WHERE id = ?", (messages, row[0]))
             q = usage(tx.conn, int(row[0]))  # a raised limit may put usage below a warned level (schema inv. 20)
-            now_at = level(q.storage, q.messages, q.storage_limit, q.message_limit)
+            now_at = quota_level(q.storage, q.messages, q.storage_limit, q.message_limit)
             tx.conn.execute("UPDATE quota_usage SET warned = min(warned, ?) WHERE user_id = ?", (now_at, row[0]))
 
         await self._engine.write(op)
@@ -137,8 +124,8 @@ class QuotaMixin(Base):
         await self._engine.write(op)
 
     async def raise_quota_warned(self, user_id: int, percent: int) -> bool:
-        if percent not in WARNING_LEVELS[1:]:
-            raise Invalid(f"quota warning level must be one of {WARNING_LEVELS[1:]}")
+        if percent not in QUOTA_WARNING_LEVELS:
+            raise Invalid(f"quota warning level must be one of {QUOTA_WARNING_LEVELS}")
 
         def op(tx: Tx) -> bool:
             cur = tx.conn.execute("UPDATE quota_usage SET warned = ? WHERE user_id = ? AND warned < ?",

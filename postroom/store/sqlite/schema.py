@@ -120,7 +120,7 @@ Invariants:
    or deletes a message row (no code path updates `messages.size` or `messages.mailbox_id`; a mailbox's rows
    are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
    columns. `warned` (0, 80 or 95) only rises through `raise_quota_warned`, and falls to the level usage is
-   at (the same percent rule as quota.py `level`) when `quota_out` removes a message or a limit changes.
+   at (the rule of `api.quota_level`) when `quota_out` removes a message or a limit changes.
 """
 
 from __future__ import annotations
