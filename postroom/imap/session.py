@@ -83,6 +83,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
+from postroom.net.listener import logfmt
 from postroom.store.api import (
     STAGING_THRESHOLD,
     AlreadyExists,
@@ -92,6 +93,7 @@ from postroom.store.api import (
     InsufficientStorage,
     Invalid,
     NotFound,
+    OverQuota,
     StoreError,
     User,
     is_out_of_space,
@@ -167,7 +169,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CATENATE", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY",
-            "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267 §4
+            "CONTEXT=SEARCH", "CONTEXT=SORT",  # RFC 5267 §4
+            "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE"]  # RFC 9208 §6 (quota.py; no QUOTASET)
 
 
 class Service:
@@ -586,6 +589,11 @@ class Session:
             status, code, text = "NO", "CANNOT", _clean(e)
         except Forbidden as e:  # RFC 5530 §3 NOPERM: the ACL (RFC 4314) does not allow it
             status, code, text = "NO", "NOPERM", _clean(e)
+        except OverQuota as e:  # RFC 9208 §4.3, RFC 5530 §3: a quota (quota.py), nothing stored
+            log.info("%s", logfmt("refused", [("session", self.conn.session_id), ("command", cmd.verb),
+                                              ("user", self.user.address if self.user else "-"),
+                                              ("reason", "over-quota"), ("detail", e)]))
+            status, code, text = "NO", "OVERQUOTA", "Quota exceeded: " + _clean(e)
         except InsufficientStorage as e:
             # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
             log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
@@ -638,6 +646,7 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
         messages,
         metadata,
         notify,
+        quota,
         search,
         sort,
         thread,

@@ -60,7 +60,7 @@ def test_message_larger_than_the_quota_is_552_and_rcpt_of_a_full_user_is_452(
         code, text = c.data(body(QUOTA + 5000))
         assert (code, text[:5]) == (552, b"5.2.2"), text
         # A declared SIZE larger than the quota: refused at RCPT, permanently (RFC 1870 §6.2).
-        c.mail("someone@far.test", ["SIZE=%d" % (QUOTA + 1)])
+        c.mail("someone@far.test", [f"SIZE={QUOTA + 1}"])
         code, text = c.rcpt(FULL)
         assert (code, text[:5]) == (552, b"5.2.2"), text
         c.rset()
