@@ -445,6 +445,18 @@ class Session:
                 conn.writelines(self.out)
                 self.out = []
 
+    async def _quota_warning(self) -> None:
+        """A quota warning mail (delivery/quota.py) if this write took the user past 80 % or 95 %; the write
+        itself is done, so a failure here is logged, never the command's answer."""
+        from postroom.delivery.quota import warn
+
+        if self.user is None:
+            return
+        try:
+            await warn(self.store, self.limits, self.service.hostname, self.user.id, self.user.address)
+        except StoreError:
+            log.exception("quota warning for %s failed (session %s)", self.user.address, self.conn.session_id)
+
     async def _literal(self, req: P.LiteralRequest) -> None:
         # Invariant 2: only APPEND carries a message; any other literal is a string argument.
         if req.verb == "APPEND":
@@ -576,6 +588,8 @@ class Session:
                 if why is not None:
                     raise Bad(why, CODE)  # RFC 9586 §3: BAD with the UIDREQUIRED response code
             code, text = await handler(self, cmd)
+            if cmd.name in ("APPEND", "COPY"):
+                await self._quota_warning()
         except (Bad, P.ParseError) as e:
             status, code, text = "BAD", getattr(e, "code", ""), e.text
             self._count_error()

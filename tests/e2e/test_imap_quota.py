@@ -102,9 +102,9 @@ def test_writes_over_quota_are_no_overquota_and_logged(imap: Any, caplog: pytest
     ok(r.cmd("s SELECT INBOX"))
     assert r.cmd("k COPY 1:3 Keep")[-1].startswith(b"k NO [OVERQUOTA]")  # 6 messages > 5
     assert used(imap) == before  # nothing stored by any of them
-    ok(r.cmd("n APPEND Keep {2+}\r\nhi"))  # one message: 4 of 5, fits
-    ok(r.cmd("n APPEND Keep {2+}\r\nho"))  # 5 of 5
-    assert r.cmd("n APPEND Keep {2+}\r\nhu")[-1].startswith(b"n NO [OVERQUOTA]")
+    ok(r.cmd("n APPEND Keep {2+}\r\nhi"))  # one message: 4 of 5 fits, and 80 % brings a warning mail (5 of 5)
+    assert used(imap)[1] == 5
+    assert r.cmd("n APPEND Keep {2+}\r\nho")[-1].startswith(b"n NO [OVERQUOTA]")
     r.send(b'c APPEND Keep CATENATE (TEXT {5+}\r\nhello)\r\n')  # RFC 4469: the same path
     assert r.until(b"c")[-1].startswith(b"c NO [OVERQUOTA]")
     ok(r.cmd("v MOVE 1:3 Keep"))  # within the user: usage unchanged, never refused
@@ -136,3 +136,19 @@ def test_imaplib_and_imapclient_read_the_quota(imap: Any) -> None:
     with pytest.raises(imapclient.exceptions.IMAPClientError, match="OVERQUOTA"):
         client.append("INBOX", message(9) + b"z" * 6000)
     client.logout()
+
+
+def test_append_past_80_percent_brings_one_warning_mail(imap: Any) -> None:
+    imap.run(imap.store.set_user_quota(USER, storage=40960, messages=0))  # storage alone decides here
+    r = login(imap)
+    storage, _ = used(imap)
+    body = b"Subject: filler\r\n\r\n" + b"f" * (int(40960 * 0.85) - storage - 19) + b"\r\n"
+    r.send(b"a APPEND Drafts {%d+}\r\n" % len(body) + body + b"\r\n")
+    ok(r.until(b"a"))
+    ok(r.cmd("b APPEND Drafts {5+}\r\nsmall"))  # still past 80 %: no second warning
+    ok(r.cmd("s SELECT INBOX"))
+    subjects = ok(r.cmd("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])"))
+    warnings = [line for line in subjects if b"Your mailbox is 80 % full" in line]
+    assert len(warnings) == 1, subjects
+    assert any(b"postmaster@example.org" in line for line in subjects), subjects
+    r.close()
