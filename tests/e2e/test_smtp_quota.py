@@ -7,7 +7,9 @@ Warning mails at 80 % and 95 %, once per crossing, from postmaster into the INBO
 from __future__ import annotations
 
 import logging
+import shutil
 import smtplib
+import subprocess
 from typing import Any
 
 import pytest
@@ -132,3 +134,22 @@ def test_warnings_at_80_and_95_percent_once_per_crossing(srv: Any) -> None:
     subjects = inbox_subjects(srv, FULL)
     assert sum(1 for s in subjects if s == b"Your mailbox is 80 % full") + sum(
         1 for s in subjects if s == b"Your mailbox is 95 % full") == 3, subjects
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (apt-get install swaks)")
+def test_swaks_sees_552_for_a_message_larger_than_the_quota_and_452_once_full(srv: Any) -> None:
+    def swaks(size: int) -> subprocess.CompletedProcess[str]:
+        data = "Subject: via swaks\r\n\r\n" + ("s" * 98 + "\r\n") * (size // 100)
+        return subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(srv.port("smtp")), "--from", "someone@far.test",
+             "--to", FULL, "--data", data],
+            capture_output=True, text=True, timeout=60)
+
+    result = swaks(QUOTA + 2000)
+    assert result.returncode != 0 and "552 5.2.2" in result.stdout, result.stdout
+    assert swaks(500).returncode == 0
+    storage, _ = usage(srv, FULL)
+    srv.run(srv.store.set_user_quota(FULL, storage=storage))  # now exactly full: RCPT is refused
+    result = swaks(500)
+    assert result.returncode != 0 and "<** 452 4.2.2" in result.stdout, result.stdout
+    assert usage(srv, FULL) == (storage, 1)
