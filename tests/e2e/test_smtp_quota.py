@@ -153,3 +153,27 @@ def test_swaks_sees_552_for_a_message_larger_than_the_quota_and_452_once_full(sr
     result = swaks(500)
     assert result.returncode != 0 and "<** 452 4.2.2" in result.stdout, result.stdout
     assert usage(srv, FULL) == (storage, 1)
+
+
+def test_aliases_and_lists_leave_out_only_the_full_mailbox(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from postroom.store.api import ListPolicy
+
+    caplog.set_level(logging.INFO)
+    srv.run(srv.store.add_alias("both@example.org", [FULL, ROOMY]))
+    srv.run(srv.store.create_list("team@example.org", SENDER, ListPolicy.OPEN))
+    for member in (FULL, ROOMY):
+        srv.run(srv.store.add_list_member("team@example.org", member))
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail(SENDER)
+        assert c.rcpt("both@example.org")[0] == 250  # an alias of two: accepted, one of them has room
+        assert c.data(body(QUOTA + 1000, "to the alias"))[0] == 250
+        c.mail(SENDER)
+        assert c.rcpt("team@example.org")[0] == 250
+        assert c.data(body(QUOTA + 1000, "to the list"))[0] == 250
+    roomy = inbox_subjects(srv, ROOMY)
+    assert b"to the alias" in roomy and any(b"to the list" in s for s in roomy), roomy
+    assert usage(srv, FULL) == (0, 0)
+    assert len(inbox_subjects(srv, SENDER)) == 1  # the alias's failure report; the list's copy is the list's
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert any("stage=data" in r for r in refused) and any("stage=list" in r for r in refused), refused
