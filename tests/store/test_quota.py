@@ -207,3 +207,19 @@ async def test_warned_mark_falls_with_usage(store: Store) -> None:
     assert await store.raise_quota_warned(alice.id, 80)
     await store.set_user_quota(alice.address, storage=10_000)
     assert (await store.get_quota(alice.id)).warned == 0
+
+
+async def test_concurrent_deliveries_never_pass_the_limit_together(store: Store) -> None:
+    """The check runs in the inserting transaction (quota.py invariant 1): 20 deliveries of 100 octets at once
+    into a quota of 1,000 store exactly 10, whatever the group commit batches together."""
+    import asyncio
+
+    alice = await new_user(store)
+    box = await inbox(store, alice)
+    await store.set_user_quota(alice.address, storage=1000)
+    outcomes = await asyncio.gather(*(store.deliver([box.id], msg(i, size=100)) for i in range(20)),
+                                    return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, OverQuota)]
+    assert len(refused) == 10 and len(outcomes) - len(refused) == 10, outcomes
+    q = await store.get_quota(alice.id)
+    assert (q.storage, q.messages) == (1000, 10) == await truth(store, alice)
