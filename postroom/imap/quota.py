@@ -23,7 +23,9 @@ and no STATUS DELETED-STORAGE (not implemented, so not advertised).
 
 A write over a limit (APPEND, MULTIAPPEND, CATENATE, COPY, MOVE to a mailbox of another user) is refused by the
 store in its transaction (`OverQuota`); the session answers `NO [OVERQUOTA]` (RFC 9208 §4.3, RFC 5530 §3) and
-logs a `refused ... reason=over-quota` line. A MOVE within the user's own mailboxes never changes usage and is
+logs a `refused ... reason=over-quota` line. An APPEND literal that cannot fit one of the user's own mailboxes
+(named on the command's first line) is refused before it is sent (`Session._over_quota_early`): no continuation,
+so a large message over quota is never read. A MOVE within the user's own mailboxes never changes usage and is
 never refused for quota.
 
 Invariants

@@ -102,6 +102,7 @@ from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
 from .state import Selected
+from .syntax import Cursor
 
 if TYPE_CHECKING:
     from postroom.app import Services
@@ -457,6 +458,29 @@ class Session:
         except StoreError:
             log.exception("quota warning for %s failed (session %s)", self.user.address, self.conn.session_id)
 
+    async def _over_quota_early(self, req: P.LiteralRequest) -> bool:
+        """An APPEND literal for one of the user's own mailboxes that cannot fit their quota now is refused
+        before it is sent, `NO [OVERQUOTA]` instead of the continuation (RFC 9208 §4.3; RFC 9051 §7.5 lets a
+        server answer a command before its literal), not read and then refused. A mailbox of the other users' or
+        shared namespaces has its owner's quota, which the store checks when the message is there. True when
+        refused."""
+        from postroom.delivery.quota import refusal
+
+        from .acl import OTHER_PREFIX, SHARED_PREFIX
+
+        name = append_target(self.framer.first_line, req.tag)
+        if name is None or self.user is None or name.startswith((OTHER_PREFIX, SHARED_PREFIX)):
+            return False
+        why = refusal(await self.store.get_quota(self.user.id), req.size)
+        if why is None:
+            return False
+        self.framer.reject_literal()
+        log.info("%s", logfmt("refused", [("session", self.conn.session_id), ("command", "APPEND"),
+                                          ("user", self.user.address), ("reason", "over-quota"),
+                                          ("detail", f"{why.reason}: a literal of {req.size} octets")]))
+        self.write(b"%s NO [OVERQUOTA] Quota exceeded: %s\r\n" % (req.tag.encode(), why.reason.encode()))
+        return True
+
     async def _literal(self, req: P.LiteralRequest) -> None:
         # Invariant 2: only APPEND carries a message; any other literal is a string argument.
         if req.verb == "APPEND":
@@ -488,6 +512,8 @@ class Session:
             self.write(b"%s NO [TOOBIG] Command larger than %d bytes in memory\r\n"
                        % (req.tag.encode(), STREAM_LITERAL_MIN + self.framer.max_command))
             self._count_error()
+            return
+        if req.verb == "APPEND" and self.state in AUTHED and await self._over_quota_early(req):
             return
         self.framer.accept_literal(external=stream)
         if req.sync:
@@ -625,6 +651,22 @@ class Session:
             await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
         self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
         await self.flush()
+
+
+def append_target(line: bytes, tag: str) -> str | None:
+    """The mailbox an APPEND command's first line names, as sent (modified UTF-7 or UTF-8), when it is an atom
+    or a quoted string on that line; None when it is a literal itself, or the line is not an APPEND."""
+    c = Cursor(line, tag)
+    try:
+        c.pos = len(tag) + 1
+        if c.atom().upper() != "APPEND":
+            return None
+        c.sp()
+        if c.peek() == 0x7B:  # "{": the name is a literal, not on this line
+            return None
+        return c.mailbox()
+    except (P.ParseError, ValueError, IndexError):
+        return None
 
 
 def _clean(e: Exception) -> str:

@@ -152,3 +152,23 @@ def test_append_past_80_percent_brings_one_warning_mail(imap: Any) -> None:
     assert len(warnings) == 1, subjects
     assert any(b"postmaster@example.org" in line for line in subjects), subjects
     r.close()
+
+
+def test_a_synchronizing_append_that_cannot_fit_is_refused_before_its_literal(imap: Any) -> None:
+    r = login(imap)
+    r.send(b"a APPEND INBOX (\\Seen) {50000}\r\n")
+    reply = r.line()  # no "+ " continuation: the answer comes first (RFC 9051 §7.5)
+    assert reply.startswith(b"a NO [OVERQUOTA]"), reply
+    ok(r.cmd("n NOOP"))  # the session goes on; nothing of the literal was expected
+    # A literal that fits is accepted as usual, and a mailbox given as a literal is checked by the store.
+    r.send(b"b APPEND INBOX {4}\r\n")
+    assert r.line().startswith(b"+ ")
+    r.send(b"tiny\r\n")
+    ok(r.until(b"b"))
+    r.send(b"c APPEND {5}\r\n")
+    assert r.line().startswith(b"+ ")
+    r.send(b"INBOX {9000}\r\n")
+    assert r.line().startswith(b"+ ")  # the target is not known early here: read, then refused by the store
+    r.send(b"Subject: late\r\n\r\n" + b"l" * (9000 - 17) + b"\r\n")  # the literal, then the command's end
+    assert r.until(b"c")[-1].startswith(b"c NO [OVERQUOTA]")
+    r.close()

@@ -97,3 +97,17 @@ def test_roots_and_quota_response_bytes() -> None:
     both = quota.roots(usage(message_limit=5, domain_storage=3 * 1024, domain_storage_limit=100 * 1024), "ex.org")
     assert both == {"": [("MESSAGE", 0, 5)], "ex.org": [("STORAGE", 3, 100)]}
     assert quota.quota_response("ex.org", both["ex.org"]) == b'* QUOTA "ex.org" (STORAGE 3 100)\r\n'
+
+
+@pytest.mark.parametrize("line, target", [
+    (b"a APPEND INBOX {5}\r\n", "INBOX"),
+    (b'a append "My &AOQ-pfel" (\\Seen) "05-Feb-2024 10:00:00 +0000" {5+}\r\n', "My &AOQ-pfel"),
+    (b"a APPEND {5}\r\n", None),  # the name is the literal: the store checks later
+    (b"a UID APPEND INBOX {5}\r\n", None),
+    (b"a SETMETADATA INBOX (/private/x {5}\r\n", None),
+    (b"a APPEND \"unterminated {5}\r\n", None),
+])
+def test_append_target_of_a_first_line(line: bytes, target: str | None) -> None:
+    from postroom.imap.session import append_target
+
+    assert append_target(line, "a") == target
