@@ -15,11 +15,13 @@ RFC 3463 §3.3: X.2.2 is "mailbox full", "useful for both permanent and persiste
 552 are RFC 5321 §4.2.2's "insufficient system storage" and "exceeded storage allocation" (RFC 1870 §6.2 gives
 552 at RCPT for a SIZE that exceeds a recipient's fixed limit).
 
-Warnings: after a delivery, `warn` compares the user's usage with `raise_quota_warned`'s mark; when usage has
-crossed 80 % or 95 % of a limit (storage or message count) since the mark was last below, the one caller that
-raises the mark delivers a warning from postmaster@<the user's domain> into the user's INBOX, exempt from the
-quota (else a 95 % warning could itself be refused). The store lowers the mark when usage falls (schema
-invariant 20), so each crossing warns once, not each message.
+Warnings: after a delivery (and after an IMAP APPEND or COPY, imap/session.py), `warn` compares the user's
+usage with `raise_quota_warned`'s mark; when usage has crossed 80 % or 95 % of a limit (storage or message
+count) since the mark was last below, the one caller that raises the mark delivers a warning from
+postmaster@<the user's domain> into the user's INBOX, exempt from the quota (else a 95 % warning could itself
+be refused). The store lowers the mark when usage falls (schema
+invariant 20), so each crossing warns once, not each message. Warnings are about the user's own limits; a
+domain quota refuses mail without warning anyone first.
 
 Invariants
 1. `refusal` never lets a message through that the store would refuse for the same usage; the store's check

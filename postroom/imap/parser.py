@@ -533,7 +533,8 @@ def _p_lsub(c: Cursor) -> ListArgs:
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT",
                 "HIGHESTMODSEQ",  # RFC 7162 §3.1.7
-                "MAILBOXID"}  # RFC 8474 §4.2
+                "MAILBOXID",  # RFC 8474 §4.2
+                "DELETED-STORAGE"}  # RFC 9208 §4.2.2 (QUOTA=RES-STORAGE)
 
 
 def _check_status_items(c: Cursor, items: list[str]) -> None:

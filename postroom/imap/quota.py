@@ -18,8 +18,9 @@ root, named after the domain, with the domain's STORAGE. Both are read from the 
 A mailbox of another user (shared through its ACL) is governed by its owner's quota, which is not this user's
 to read: GETQUOTAROOT names no root for it. SETQUOTA is answered `NO [NOPERM]` (RFC 9208 §4.1.3 needs the
 QUOTASET capability, not advertised: administrators set quotas with the CLI); its arguments are still parsed,
-so bad syntax is BAD. Capabilities (RFC 9208 §6): QUOTA, QUOTA=RES-STORAGE, QUOTA=RES-MESSAGE; not QUOTASET,
-and no STATUS DELETED-STORAGE (not implemented, so not advertised).
+so bad syntax is BAD. Capabilities (RFC 9208 §6): QUOTA, QUOTA=RES-STORAGE, QUOTA=RES-MESSAGE; not QUOTASET.
+STATUS takes DELETED-STORAGE (RFC 9208 §4.2.2: what an EXPUNGE would free, the RFC822.SIZE of the messages
+marked \\Deleted, in units of 1024 octets; imap/mailboxes.py `status_line`, counted in the store's STATUS query).
 
 A write over a limit (APPEND, MULTIAPPEND, CATENATE, COPY, MOVE to a mailbox of another user) is refused by the
 store in its transaction (`OverQuota`); the session answers `NO [OVERQUOTA]` (RFC 9208 §4.3, RFC 5530 §3) and

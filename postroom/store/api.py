@@ -340,6 +340,7 @@ class MailboxStatus:
     size: int  # total octets (RFC 8438 STATUS SIZE)
     first_unseen_uid: int | None
     recent: int = 0  # messages past the mailbox's \Recent watermark: no session has been told of them (RECENT)
+    deleted_size: int = 0  # octets (sum of RFC822.SIZE) of the messages with \\Deleted (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True)

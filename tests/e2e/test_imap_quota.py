@@ -172,3 +172,21 @@ def test_a_synchronizing_append_that_cannot_fit_is_refused_before_its_literal(im
     r.send(b"Subject: late\r\n\r\n" + b"l" * (9000 - 17) + b"\r\n")  # the literal, then the command's end
     assert r.until(b"c")[-1].startswith(b"c NO [OVERQUOTA]")
     r.close()
+
+
+def test_status_deleted_storage_is_what_expunge_would_free(imap: Any) -> None:
+    r = login(imap)
+    big = b"Subject: big\r\n\r\n" + b"d" * 2100 + b"\r\n"  # 2,118 octets: 2 units of 1024
+    imap.run(imap.store.set_user_quota(USER, storage=0, messages=0))
+    r.send(b"a APPEND INBOX (\\Deleted) {%d+}\r\n" % len(big) + big + b"\r\n")
+    ok(r.until(b"a"))
+    ok(r.cmd("s SELECT INBOX"))
+    ok(r.cmd("f STORE 1 +FLAGS.SILENT (\\Deleted)"))
+    first = imap.run(imap.store.list_messages(imap.run(imap.store.get_mailbox(
+        imap.run(imap.store.get_user(USER)).id, "INBOX")).id))[0].size
+    lines = ok(r.cmd("t STATUS INBOX (DELETED DELETED-STORAGE)"))
+    # RFC 9208 §4.2.2: the sum of RFC822.SIZE of the \Deleted messages, in units of 1024 octets (rounded down).
+    assert lines == [b'* STATUS "INBOX" (DELETED 2 DELETED-STORAGE %d)\r\n' % ((first + len(big)) // 1024)]
+    ok(r.cmd("e EXPUNGE"))
+    assert ok(r.cmd("t STATUS INBOX (DELETED-STORAGE)"))[-1] == b'* STATUS "INBOX" (DELETED-STORAGE 0)\r\n'
+    r.close()

@@ -111,3 +111,10 @@ def test_append_target_of_a_first_line(line: bytes, target: str | None) -> None:
     from postroom.imap.session import append_target
 
     assert append_target(line, "a") == target
+
+
+def test_status_takes_deleted_storage_however_split() -> None:
+    data = b"a STATUS INBOX (MESSAGES DELETED-STORAGE)\r\n"  # RFC 9208 §4.2.2, §7 status-att
+    for chunks in chunkings(data):
+        cmd = parse_fed(chunks)
+        assert isinstance(cmd.args, P.StatusArgs) and cmd.args.items == ("MESSAGES", "DELETED-STORAGE")
