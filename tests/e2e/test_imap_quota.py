@@ -190,3 +190,20 @@ def test_status_deleted_storage_is_what_expunge_would_free(imap: Any) -> None:
     ok(r.cmd("e EXPUNGE"))
     assert ok(r.cmd("t STATUS INBOX (DELETED-STORAGE)"))[-1] == b'* STATUS "INBOX" (DELETED-STORAGE 0)\r\n'
     r.close()
+
+
+def test_move_into_another_users_mailbox_counts_against_the_owners_quota(imap: Any) -> None:
+    other = imap.run(imap.store.get_user(OTHER))
+    shared = imap.run(imap.store.create_mailbox(other.id, "Drop"))
+    imap.run(imap.store.set_acl(shared.id, USER, "lrswite"))
+    imap.run(imap.store.set_user_quota(OTHER, messages=2))
+    r = login(imap)
+    ok(r.cmd("s SELECT INBOX"))
+    target = '"Other Users/other@example.org/Drop"'
+    assert r.cmd(f"m MOVE 1:3 {target}")[-1].startswith(b"m NO [OVERQUOTA]")  # 3 > 2 of the owner's
+    assert used(imap)[1] == 3  # nothing moved
+    ok(r.cmd(f"m MOVE 1:2 {target}"))  # fits the owner's quota; the mover's usage goes down
+    assert used(imap)[1] == 1
+    lines = ok(r.cmd(f"g GETQUOTAROOT {target}"))
+    assert lines == [b'* QUOTAROOT ' + target.encode() + b"\r\n"]  # the owner's quota is not shown to others
+    r.close()
