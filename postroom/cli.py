@@ -127,12 +127,55 @@ async def with_store(cfg: config_mod.Config, work: Callable[[Store], Awaitable[i
 # Commands
 
 
+def size_arg(text: str) -> int:
+    """A quota in bytes for argparse: a whole number, optionally with K, M, G or T (powers of 1024); 0 is none."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    number = t[:-1] if unit else t
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or a number with K, M, G, T)")
+    return int(number) * units[unit]
+
+
+def count_arg(text: str) -> int:
+    """A whole number, 0 or more, for argparse."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def _quota_text(used: int, limit: int, unit: str = "") -> str:
+    """"used / limit (percent)" with sizes in KiB/MiB when `unit` is "bytes"; "used" alone without a limit."""
+    def show(n: int) -> str:
+        if unit != "bytes":
+            return str(n)
+        for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if n >= size:
+                return f"{n / size:.1f} {name}"
+        return f"{n} B"
+    if not limit:
+        return show(used)
+    return f"{show(used)} / {show(limit)} ({used * 100 // limit} %)"
+
+
 async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
     if args.action == "add":
         name = normalize_domain(args.name)
         await store.add_domain(name)
         await _make_dkim_keys(store, name)
+        if args.quota:
+            await store.set_domain_quota(name, args.quota)
         print(f"domain {name} added, with DKIM keys; the DNS records to publish: postroom dns {name}")
+    elif args.action == "set":
+        name = normalize_domain(args.name)
+        if await store.get_domain(name) is None:
+            raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
+        if args.quota is None:
+            raise CliError("nothing to set: give --quota BYTES (0 = none)", EXIT_USAGE)
+        await store.set_domain_quota(name, args.quota)
+        print(f"quota of {name}: {_quota_text(args.quota, 0, 'bytes') if args.quota else 'none'}"
+              " (all its users together)")
     elif args.action == "dkim":
         name = normalize_domain(args.name)
         if await store.get_domain(name) is None:
@@ -154,6 +197,8 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         lists = [m for m in await store.list_lists() if m.address.rpartition("@")[2] == name]
         print(f"domain     {name}\nusers      {len(users)}\naliases    {len(aliases)}\nlists      {len(lists)}")
         print(f"DKIM       {'yes' if domain.dkim_private_key else 'no'}")
+        used = sum([(await store.get_quota(u.id)).storage for u in users])
+        print(f"storage    {_quota_text(used, domain.quota_bytes, 'bytes')}")
         print(f"postmaster {await _postmaster_route(args, store, name)}")
     else:
         domains = await store.list_domains()
@@ -161,8 +206,9 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         counts: dict[int, int] = {}
         for u in users:
             counts[u.domain_id] = counts.get(u.domain_id, 0) + 1
-        rows = [(d.name, counts.get(d.id, 0), await _postmaster_route(args, store, d.name)) for d in domains]
-        print(table(rows, ("domain", "users", "postmaster")))
+        rows = [(d.name, counts.get(d.id, 0), _quota_text(d.quota_bytes, 0, "bytes") if d.quota_bytes else "-",
+                 await _postmaster_route(args, store, d.name)) for d in domains]
+        print(table(rows, ("domain", "users", "quota", "postmaster")))
     return 0
 
 
@@ -383,8 +429,12 @@ async def cmd_sendmail(args: argparse.Namespace, store: Store) -> int:
 async def cmd_user(args: argparse.Namespace, store: Store) -> int:
     if args.action == "list":
         users = await store.list_users(normalize_domain(args.domain) if args.domain else None)
-        rows = [(u.address, u.quota_bytes or "-") for u in users]
-        print(table(rows, ("address", "quota")))
+        rows = []
+        for u in users:
+            q = await store.get_quota(u.id)  # the store's counters: one row per user
+            rows.append((u.address, _quota_text(q.storage, q.storage_limit, "bytes"),
+                         _quota_text(q.messages, q.message_limit)))
+        print(table(rows, ("address", "storage used / quota", "messages / quota")))
         return 0
     address = normalize_address(args.address)
     if args.action == "add":
@@ -395,8 +445,21 @@ async def cmd_user(args: argparse.Namespace, store: Store) -> int:
             raise CliError(f"user {address} already exists (change the password with: postroom user passwd)")
         password_hash, scram = make_credentials(read_password(args))
         await store.add_user(address, password_hash, scram, quota_bytes=args.quota)
+        if args.quota_messages:
+            await store.set_user_quota(address, messages=args.quota_messages)
         print(f"user {address} added")
         await _warn_shadowing(store, args.cfg, address)
+    elif args.action == "set":
+        if await store.get_user(address) is None:
+            raise CliError(f"no user {address}")
+        if args.quota is None and args.quota_messages is None:
+            raise CliError("nothing to set: give --quota BYTES and/or --quota-messages N (0 = none)", EXIT_USAGE)
+        await store.set_user_quota(address, storage=args.quota, messages=args.quota_messages)
+        user = await store.get_user(address)
+        assert user is not None
+        q = await store.get_quota(user.id)
+        print(f"{address}: storage {_quota_text(q.storage, q.storage_limit, 'bytes')}, "
+              f"messages {_quota_text(q.messages, q.message_limit)}")
     elif args.action == "passwd":
         if await store.get_user(address) is None:
             raise CliError(f"no user {address}")
@@ -701,9 +764,16 @@ def build_parser() -> argparse.ArgumentParser:
         " delivery.enabled and acme.directory need a restart (the log line names them).")
     sub.add_parser("config-sample", help="print a commented configuration file with every default")
 
-    d = sub.add_parser("domain", help="local domains: add | list | show | remove")
+    d = sub.add_parser("domain", help="local domains: add | set | list | show | remove")
     dsub = d.add_subparsers(dest="action", required=True)
-    dsub.add_parser("add", help="accept mail for a domain").add_argument("name")
+    da = dsub.add_parser("add", help="accept mail for a domain")
+    da.add_argument("name")
+    da.add_argument("--quota", type=size_arg, default=0, metavar="BYTES",
+                    help="what all the domain's users may hold together (K, M, G suffixes; 0 = none)")
+    ds = dsub.add_parser("set", help="change a domain's settings: --quota")
+    ds.add_argument("name")
+    ds.add_argument("--quota", type=size_arg, metavar="BYTES",
+                    help="what all the domain's users may hold together (K, M, G suffixes; 0 = none)")
     dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)").add_argument("name")
     dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
@@ -746,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("-F", dest="full_name", metavar="NAME", help="full name for a From header that is added")
     sm.add_argument("recipients", nargs="*")
 
-    u = sub.add_parser("user", help="mail users: add | passwd | list | remove")
+    u = sub.add_parser("user", help="mail users: add | set | passwd | list | remove")
     usub = u.add_subparsers(dest="action", required=True)
     for action, helptext in (("add", "create a user (login = full address) with the standard mailboxes"),
                              ("passwd", "change a user's password")):
@@ -756,7 +826,15 @@ def build_parser() -> argparse.ArgumentParser:
         src.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
         src.add_argument("--password", help="the password itself (visible to other local users in `ps`: avoid)")
         if action == "add":
-            ua.add_argument("--quota", type=int, default=0, metavar="BYTES", help="mailbox quota, 0 = none")
+            ua.add_argument("--quota", type=size_arg, default=0, metavar="BYTES",
+                            help="storage quota: the sum of the user's message sizes (K, M, G suffixes; 0 = none)")
+            ua.add_argument("--quota-messages", type=count_arg, default=0, metavar="N",
+                            help="how many messages the user may keep (0 = no limit)")
+    us = usub.add_parser("set", help="change a user's quotas (usage is shown by: postroom user list)")
+    us.add_argument("address")
+    us.add_argument("--quota", type=size_arg, metavar="BYTES",
+                    help="storage quota: the sum of the user's message sizes (K, M, G suffixes; 0 = none)")
+    us.add_argument("--quota-messages", type=count_arg, metavar="N", help="message count quota (0 = none)")
     usub.add_parser("remove", help="delete a user and all their mail").add_argument("address")
     ul = usub.add_parser("list", help="list users")
     ul.add_argument("--domain")

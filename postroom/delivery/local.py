@@ -71,16 +71,17 @@ async def _inboxes(store: Store, user_ids: Iterable[int], junk: bool = False) ->
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes, junk: bool = False) -> int:
-    """Deliver to the INBOX of each user (their Junk mailbox when `junk`: a DMARC quarantine); returns how many
-    mailboxes got it."""
+                        raw: bytes, junk: bool = False, *, enforce_quota: bool = True) -> int:
+    """Deliver to the INBOX of each user (their Junk mailbox when `junk`: a DMARC or spam quarantine); returns how
+    many mailboxes got it. OverQuota if one user cannot take it (nothing stored), unless `enforce_quota` is False
+    (the server's own notices: store api invariant 12)."""
     boxes = await _inboxes(store, user_ids, junk)
     if not boxes:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
     request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits),
                             keywords=JUNK_KEYWORDS if junk else frozenset())
-    await store.deliver(boxes, request)
+    await store.deliver(boxes, request, enforce_quota=enforce_quota)
     return len(boxes)
 
 

@@ -80,6 +80,16 @@ Invariants
     sender only (else 550 5.7.1: bounces are what comes back to a forward) and resolves to the address it stands
     for only if its hash (8 characters) and age check out (else 550 5.1.1); that copy keeps its null sender. So
     bounces of forwards reach the original sender, and nobody can relay through the form.
+13. Quotas (delivery/quota.py). At RCPT a recipient whose every destination is a local user who cannot take
+    the message (already full, or the declared SIZE does not fit) is refused, `452 4.2.2`, or `552 5.2.2`
+    when the message could never fit. After the data the stored size is known: a local user it does not fit
+    is left out, and if that leaves no recipient anything the message is refused the same way; otherwise the
+    others get it, the sender gets one failure DSN (5.2.2) for the users left out (there is no local retry
+    queue: after 250 a copy that cannot be stored can only bounce), and a list member over quota misses the
+    post. Every refusal is one `refused ... reason=over-quota` log line. The store still checks in the
+    transaction; a race past the early check is `452 4.2.2` for the message. After a delivery each user who
+    got it may get a warning mail at 80 % / 95 % (delivery/quota.py); moderation notices and warnings are
+    exempt from the quota (the server's own mail about the account).
 """
 
 from __future__ import annotations
@@ -102,12 +112,15 @@ from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
 from postroom.mime.headers import split_fields
 from postroom.mime.lineends import Checker, stray
+from postroom.net.listener import logfmt
 from postroom.store import names
 from postroom.store.api import (
     Alias,
     Invalid,
     ListPolicy,
     MailingList,
+    NotFound,
+    OverQuota,
     QueueEntry,
     QueueRecipient,
     Store,
@@ -115,7 +128,8 @@ from postroom.store.api import (
 )
 
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
-from .local import deliver_local, deliver_local_file
+from .local import deliver_local, deliver_local_file, return_path
+from .quota import Refusal, refusal, warn
 
 log = logging.getLogger("postroom.delivery")
 
@@ -441,8 +455,10 @@ class Router:
         return [ml for ml in await self.store.list_lists() if split(ml.address)[1] == domain]
 
     # --- RCPT time ---------------------------------------------------------------------------------------------
-    async def check_recipient(self, address: str, mail_from: str, may_relay: bool) -> list[Destination]:
-        """Raise RouteError if `address` must be refused at RCPT time; else its destinations."""
+    async def check_recipient(self, address: str, mail_from: str, may_relay: bool,
+                              size: int | None = None) -> list[Destination]:
+        """Raise RouteError if `address` must be refused at RCPT time; else its destinations. `size`: the
+        message size the client declared (RFC 1870 SIZE), checked against the quotas (invariant 13)."""
         a = await self.normalize(address)
         local, domain = split(a)
         if not await self.is_local_domain(domain):
@@ -471,7 +487,27 @@ class Router:
                     raise NO_SUCH_USER  # lists.py invariant 2
             elif isinstance(d, Remote) and not may_relay and a == d.address:
                 raise RELAY_DENIED
+        if all(isinstance(d, LocalUser) for d in dests):  # invariant 13: only when every copy would be refused
+            refusals = [await self._quota_refusal(d, size) for d in dests if isinstance(d, LocalUser)]
+            if all(refusals):
+                worst = next((r for r in refusals if r and r.permanent), refusals[0])
+                assert worst is not None
+                self._log_refused(a, mail_from, worst, "rcpt")
+                raise _quota_error(worst)
         return dests
+
+    async def _quota_refusal(self, d: LocalUser, size: int | None) -> Refusal | None:
+        try:
+            return refusal(await self.store.get_quota(d.user_id), size)
+        except NotFound:
+            return None  # removed meanwhile: delivery finds no INBOX and says so
+
+    @staticmethod
+    def _log_refused(rcpt: str, mail_from: str, why: Refusal, stage: str) -> None:
+        code, esc = why.code
+        log.info("%s", logfmt("refused", [("rcpt", rcpt), ("from", mail_from or "<>"), ("stage", stage),
+                                          ("reason", "over-quota"), ("code", f"{code} {esc}"),
+                                          ("detail", why.reason)]))
 
     async def may_send_as(self, user_address: str, address: str) -> bool:
         """May the authenticated user `user_address` present `address` as its sender? The one rule behind
@@ -546,11 +582,13 @@ class Router:
         lists: dict[str, MailingList] = {}
         actions: list[ListAction] = []
         successes: list[RecipientReport] = []
+        expanded: list[tuple[Rcpt, str, Sequence[Destination]]] = []
         for rcpt in env.recipients:
             a = await self.normalize(rcpt.address)
             _, domain = split(a)
             dests: Sequence[Destination] = (await self.resolve(a)) if await self.is_local_domain(domain) \
                 else [Remote(a)]
+            expanded.append((rcpt, a, dests))
             action = success_action(dests)  # invariant 11
             notify_on = without_success(rcpt.notify) if action == "expanded" else rcpt.notify
             if action is not None and env.mail_from and wanted(rcpt.notify, action):
@@ -569,6 +607,10 @@ class Router:
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
+        failures = await self._over_quota(env, users, expanded) if users else []
+        if failures:
+            failed = {f.rcpt for f in failures}
+            successes = [r for r in successes if r.rcpt not in failed]
         if env.staged is not None and (lists or actions):
             # List copies and held posts take the bytes (invariant 9): one copy of the message, in a thread.
             staged = env.staged
@@ -591,7 +633,13 @@ class Router:
                   else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
         others += [self._enqueue_forward(env, sender, list(rcpts.values())) for sender, rcpts in forwarded.items()]
         others += [self._act(act) for act in actions]
-        local, entry, parts = await _all(local_job, queue_job, others)
+        try:
+            local, entry, parts = await _all(local_job, queue_job, others)
+        except OverQuota as exc:  # quota.py invariant 1: a race past the early check; the sender retries
+            log.info("%s", logfmt("refused", [("from", env.mail_from or "<>"), ("stage", "data"),
+                                              ("reason", "over-quota"), ("code", "452 4.2.2"), ("detail", exc)]))
+            raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
+        await self._warn(users)
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
         held = 0
         for part in parts:
@@ -602,6 +650,8 @@ class Router:
             self.on_queued()
         if successes:
             await self._report_success(env, successes)  # invariant 11: after every copy is durable
+        if failures:
+            await self._report_failures(env, failures)  # invariant 13
         return Accepted(local, len(remote) + sum(map(len, forwarded.values())), queue_ids, held)
 
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
@@ -627,6 +677,71 @@ class Router:
                                                   ret=env.ret, from_checked=env.from_checked)
         return Accepted(0, 0, (entry.id,), 0)
 
+    async def _stored_size(self, env: Envelope) -> int:
+        """The octets the local copy will hold: Return-Path, the message (and its staged rest)."""
+        size = len(return_path(env.mail_from)) + len(env.raw)
+        if env.staged is not None:
+            size += (await asyncio.to_thread(env.staged.stat)).st_size
+        return size
+
+    async def _over_quota(self, env: Envelope, users: dict[int, str],
+                          expanded: list[tuple[Rcpt, str, Sequence[Destination]]]) -> list[RecipientReport]:
+        """Invariant 13: take the users the message does not fit out of `users` (logged), and return the failure
+        reports for them. RouteError when no recipient gets anything at all: 552 5.2.2 if the message could
+        never fit any of them, else 452 4.2.2 (the whole message is refused in the dialogue)."""
+        size = await self._stored_size(env)
+        refused: dict[int, Refusal] = {}
+        for user_id in users:
+            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size)
+            if why is not None:
+                refused[user_id] = why
+        if not refused:
+            return []
+        nothing_left = all(all(isinstance(d, LocalUser) and d.user_id in refused for d in dests)
+                           for _, _, dests in expanded)
+        for user_id, why in refused.items():
+            self._log_refused(users[user_id], env.mail_from, why, "data")
+        if nothing_left:
+            whys = list(refused.values())
+            raise _quota_error(Refusal(True, whys[0].reason) if all(w.permanent for w in whys)
+                               else next(w for w in whys if not w.permanent))
+        reports = []
+        for rcpt, a, dests in expanded:
+            for d in dests:
+                if isinstance(d, LocalUser) and d.user_id in refused:
+                    # Accepted in the dialogue for its other recipients: this copy can only bounce (RFC 3464
+                    # "failed"; RFC 3463 X.2.2 mailbox full).
+                    one = len(dests) == 1
+                    reports.append(RecipientReport(a if one else d.address, "failed", "5.2.2",
+                                                   orcpt=rcpt.orcpt if one else "", notify=rcpt.notify,
+                                                   explanation=refused[d.user_id].reason))
+        for user_id in refused:
+            del users[user_id]
+        return reports
+
+    async def _report_failures(self, env: Envelope, reports: list[RecipientReport]) -> None:
+        """One failure DSN about the recipients quota kept out (invariant 13), durable on return."""
+        original = env.raw if env.staged is None else await asyncio.to_thread(env.head)
+        dsn = build_dsn(reporting_mta=self.config.server.hostname, mail_from=env.mail_from, envid=env.envid,
+                        ret="HDRS", arrival=time.time(), reports=reports, original=original)
+        if dsn is None:
+            return
+        try:
+            sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), dsn, may_relay=True, from_checked=True))
+        except RouteError as exc:  # the sender's own mailbox is full too: the other copies are delivered
+            log.warning("quota failure dsn to %s refused: %s", _printable(env.mail_from), exc)
+            return
+        if not (sent.local or sent.queued):
+            log.warning("quota failure dsn to %s had nowhere to go", _printable(env.mail_from))
+
+    async def _warn(self, users: dict[int, str]) -> None:
+        """Quota warnings (delivery/quota.py) for the users who just received mail."""
+        for user_id, address in users.items():
+            try:
+                await warn(self.store, self.config.limits, self.config.server.hostname, user_id, address)
+            except StoreError:
+                log.exception("quota warning for %s failed", _printable(address))
+
     async def _report_success(self, env: Envelope, reports: list[RecipientReport]) -> None:
         """Invariant 10: one success DSN about `reports` to the envelope sender, durable on return."""
         # Success reports return the header only (RFC 3461 §4.3), which the start of a staged message holds.
@@ -636,7 +751,11 @@ class Router:
         if dsn is None:
             return
         # From the null sender, so no report is ever made about this one (dsn.py invariant 3).
-        sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), dsn, may_relay=True, from_checked=True))
+        try:
+            sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), dsn, may_relay=True, from_checked=True))
+        except RouteError as exc:  # a local sender over quota (invariant 13): the copies are delivered already
+            log.warning("success dsn to %s refused: %s", _printable(env.mail_from), exc)
+            return
         if not (sent.local or sent.queued):
             log.warning("success dsn to %s had nowhere to go (no such local address)", _printable(env.mail_from))
 
@@ -656,10 +775,17 @@ class Router:
                 elif isinstance(d, Remote):
                     remote.append(d.address)
                 # a list inside a list, or an action address, is not expanded further (loops)
+        size = len(return_path(ml.bounce_address)) + len(copy)
+        for user_id, address in list(users.items()):  # invariant 13: a full member misses this post, logged
+            why = await self._quota_refusal(LocalUser(user_id, address), size)
+            if why is not None:
+                self._log_refused(address, ml.bounce_address, why, "list")
+                del users[user_id]
         local_job = deliver_local(self.store, self.config.limits, users, ml.bounce_address, copy)
         queue_job = self.store.enqueue(copy, ml.bounce_address, [QueueRecipient(r) for r in dict.fromkeys(remote)],
                                        from_checked=from_checked) if remote else None
         local, entry, _ = await _all(local_job, queue_job, [])
+        await self._warn(users)
         return Accepted(local, len(set(remote)), (entry.id,) if entry is not None else (), 0)
 
     async def _hold(self, ml: MailingList, mail_from: str, raw: bytes) -> Accepted:
@@ -668,7 +794,9 @@ class Router:
         owner = await self.resolve(ml.owner)
         users = {d.user_id: d.address for d in owner if isinstance(d, LocalUser)}
         remote = [d.address for d in owner if isinstance(d, Remote)]
-        local = await deliver_local(self.store, self.config.limits, users, ml.bounce_address, notice)
+        # Our own notice: exempt from the owner's quota, or a full owner would refuse the post after it was held.
+        local = await deliver_local(self.store, self.config.limits, users, ml.bounce_address, notice,
+                                    enforce_quota=False)
         ids: tuple[int, ...] = ()
         if remote:
             entry = await self.store.enqueue(notice, ml.bounce_address, [QueueRecipient(r) for r in remote],
@@ -715,6 +843,16 @@ def without_success(notify: str) -> str:
         return notify
     kept = [k for k in kinds if k.upper() != "SUCCESS"]
     return ",".join(kept) if kept else "NEVER"
+
+
+def _quota_error(why: Refusal) -> RouteError:
+    """The SMTP answer for a recipient quota keeps out (delivery/quota.py): 452 4.2.2 or 552 5.2.2."""
+    code, esc = why.code
+    text = "Mailbox full (over quota), try again later" if code == 452 else \
+        "Message larger than the recipient's quota allows"
+    if "domain" in why.reason:
+        text = text.replace("Mailbox full", "Domain full").replace("recipient's quota", "domain's quota")
+    return RouteError(code, esc, text)
 
 
 async def _zero() -> int:

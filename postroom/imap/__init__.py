@@ -18,7 +18,8 @@ Layers, from the wire up:
   (COMPRESS, RFC 4978: the deflate layer itself is the connection's, `net/connection.py`), `notify` (NOTIFY,
   RFC 5465: which changes of which mailboxes are told, and when), `acl` (SETACL DELETEACL GETACL LISTRIGHTS
   MYRIGHTS, RFC 4314; the "Other Users" namespace and the rights every command checks on another user's
-  mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464);
+  mailbox), `metadata` (GETMETADATA SETMETADATA, RFC 5464), `quota` (GETQUOTA GETQUOTAROOT SETQUOTA, RFC 9208;
+  `NO [OVERQUOTA]` for a write over a limit);
 * `uidonly` (RFC 9586): which commands a session that enabled UIDONLY may no longer send (`BAD [UIDREQUIRED]`);
   its UIDFETCH and VANISHED responses are written by `state.Selected`;
 * shared by families: `objectid` (OBJECTID's MAILBOXID / EMAILID / THREADID, used by `mailboxes`, `fetch` and

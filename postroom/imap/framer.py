@@ -125,6 +125,11 @@ class Framer:
         return sum(len(p) for p in self._parts)
 
     @property
+    def first_line(self) -> bytes:
+        """The first line of the command being framed (with its literal announcement), b"" before one."""
+        return self._parts[0] if self._parts else b""
+
+    @property
     def in_literal(self) -> bool:
         """The next bytes expected are literal data (accepted, skipped or external), not a line."""
         return self._state in (_LITERAL, _SKIP, _EXTERNAL)

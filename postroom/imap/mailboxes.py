@@ -489,6 +489,8 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
             value = st.deleted
         elif item == "SIZE":
             value = st.size
+        elif item == "DELETED-STORAGE":  # RFC 9208 §4.2.2: what EXPUNGE would free, in units of 1024 octets
+            value = st.deleted_size // 1024
         elif item == "APPENDLIMIT":
             value = s.limits.message_size
         elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.7

@@ -277,9 +277,18 @@ class NotifyArgs:
     status: bool = False  # NOTIFY SET STATUS
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaArgs:
+    """GETQUOTA and SETQUOTA (RFC 9208 §4.2, §4.1): the quota root's name; SETQUOTA's (resource, limit) pairs,
+    resource names upper-case, limits as sent (number64)."""
+
+    root: str
+    resources: tuple[tuple[str, int], ...] = ()
+
+
 Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Create | Rename | ListArgs | StatusArgs
         | AppendArgs | SearchArgs | FetchArgs | StoreArgs | CopyArgs | SeqArg | IdArgs | AclArgs | NotifyArgs
-        | GetMetadata | SetMetadata | SortArgs | ThreadArgs)
+        | GetMetadata | SetMetadata | SortArgs | ThreadArgs | QuotaArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +533,8 @@ def _p_lsub(c: Cursor) -> ListArgs:
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "APPENDLIMIT",
                 "HIGHESTMODSEQ",  # RFC 7162 §3.1.7
-                "MAILBOXID"}  # RFC 8474 §4.2
+                "MAILBOXID",  # RFC 8474 §4.2
+                "DELETED-STORAGE"}  # RFC 9208 §4.2.2 (QUOTA=RES-STORAGE)
 
 
 def _check_status_items(c: Cursor, items: list[str]) -> None:
@@ -1119,6 +1129,38 @@ def _acl_parser(identifier: bool, rights: bool) -> Callable[[Cursor], AclArgs]:
     return parse
 
 
+# ---- QUOTA (RFC 9208 §7)
+
+NUMBER64_MAX = (1 << 63) - 1  # RFC 9051 §9 number64: 0 to 2^63 - 1
+
+
+def _p_getquota(c: Cursor) -> QuotaArgs:
+    """`getquota = "GETQUOTA" SP quota-root-name`, quota-root-name = astring (RFC 9208 §7)."""
+    c.sp()
+    root = c.text(c.astring())
+    c.end()
+    return QuotaArgs(root)
+
+
+def _p_setquota(c: Cursor) -> QuotaArgs:
+    """`setquota = "SETQUOTA" SP quota-root-name SP setquota-list`; `setquota-list = "(" [setquota-resource
+    *(SP setquota-resource)] ")"`; `setquota-resource = resource-name SP resource-limit` (RFC 9208 §7)."""
+    c.sp()
+    root = c.text(c.astring())
+    c.sp()
+    c.expect(b"(")
+    pairs: list[tuple[str, int]] = []
+    while c.peek() != 0x29:
+        if pairs:
+            c.sp()
+        name = c.atom().upper()
+        c.sp()
+        pairs.append((name, c.number(limit=NUMBER64_MAX)))
+    c.expect(b")")
+    c.end()
+    return QuotaArgs(root, tuple(pairs))
+
+
 # ---- NOTIFY (RFC 5465 §8)
 
 NOTIFY_EVENTS = {e.upper(): e for e in ("MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange",
@@ -1215,6 +1257,7 @@ _PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "COMPRESS": _p_compress, "UNAUTHENTICATE": _p_none, "NOTIFY": _p_notify,
     "GETMETADATA": _p_getmetadata, "SETMETADATA": _p_setmetadata,
     "SORT": _p_sort, "THREAD": _p_thread, "CANCELUPDATE": _p_cancelupdate,
+    "GETQUOTA": _p_getquota, "GETQUOTAROOT": _p_mailbox, "SETQUOTA": _p_setquota,  # RFC 9208
 }
 _PARSERS.update({  # RFC 4314 §3 (ACL)
     "SETACL": _acl_parser(True, True), "DELETEACL": _acl_parser(True, False), "GETACL": _acl_parser(False, False),
@@ -1268,6 +1311,7 @@ __all__ = [
     "NotifyArgs",
     "NotifyGroup",
     "ParseError",
+    "QuotaArgs",
     "RawCommand",
     "SeqSet",
     "SortArgs",

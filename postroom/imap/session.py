@@ -83,6 +83,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
+from postroom.net.listener import logfmt
 from postroom.store.api import (
     STAGING_THRESHOLD,
     AlreadyExists,
@@ -92,6 +93,7 @@ from postroom.store.api import (
     InsufficientStorage,
     Invalid,
     NotFound,
+    OverQuota,
     StoreError,
     User,
     is_out_of_space,
@@ -100,6 +102,7 @@ from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
 from .state import Selected
+from .syntax import Cursor
 
 if TYPE_CHECKING:
     from postroom.services import Services
@@ -167,7 +170,8 @@ def base_capabilities(limits_message_size: int) -> list[str]:
             "COMPRESS=DEFLATE", "UNAUTHENTICATE", "NOTIFY", "WITHIN", "MULTIAPPEND", "CATENATE", "CREATE-SPECIAL-USE",
             "SAVEDATE", "PREVIEW", "METADATA", "METADATA-SERVER", "SORT", "SORT=DISPLAY",
             "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "ESORT", "OBJECTID", "UIDONLY",
-            "CONTEXT=SEARCH", "CONTEXT=SORT"]  # RFC 5267 §4
+            "CONTEXT=SEARCH", "CONTEXT=SORT",  # RFC 5267 §4
+            "QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE"]  # RFC 9208 §6 (quota.py; no QUOTASET)
 
 
 class Service:
@@ -442,6 +446,41 @@ class Session:
                 conn.writelines(self.out)
                 self.out = []
 
+    async def _quota_warning(self) -> None:
+        """A quota warning mail (delivery/quota.py) if this write took the user past 80 % or 95 %; the write
+        itself is done, so a failure here is logged, never the command's answer."""
+        from postroom.delivery.quota import warn
+
+        if self.user is None:
+            return
+        try:
+            await warn(self.store, self.limits, self.service.hostname, self.user.id, self.user.address)
+        except StoreError:
+            log.exception("quota warning for %s failed (session %s)", self.user.address, self.conn.session_id)
+
+    async def _over_quota_early(self, req: P.LiteralRequest) -> bool:
+        """An APPEND literal for one of the user's own mailboxes that cannot fit their quota now is refused
+        before it is sent, `NO [OVERQUOTA]` instead of the continuation (RFC 9208 §4.3; RFC 9051 §7.5 lets a
+        server answer a command before its literal), not read and then refused. A mailbox of the other users' or
+        shared namespaces has its owner's quota, which the store checks when the message is there. True when
+        refused."""
+        from postroom.delivery.quota import refusal
+
+        from .acl import OTHER_PREFIX, SHARED_PREFIX
+
+        name = append_target(self.framer.first_line, req.tag)
+        if name is None or self.user is None or name.startswith((OTHER_PREFIX, SHARED_PREFIX)):
+            return False
+        why = refusal(await self.store.get_quota(self.user.id), req.size)
+        if why is None:
+            return False
+        self.framer.reject_literal()
+        log.info("%s", logfmt("refused", [("session", self.conn.session_id), ("command", "APPEND"),
+                                          ("user", self.user.address), ("reason", "over-quota"),
+                                          ("detail", f"{why.reason}: a literal of {req.size} octets")]))
+        self.write(b"%s NO [OVERQUOTA] Quota exceeded: %s\r\n" % (req.tag.encode(), why.reason.encode()))
+        return True
+
     async def _literal(self, req: P.LiteralRequest) -> None:
         # Invariant 2: only APPEND carries a message; any other literal is a string argument.
         if req.verb == "APPEND":
@@ -473,6 +512,8 @@ class Session:
             self.write(b"%s NO [TOOBIG] Command larger than %d bytes in memory\r\n"
                        % (req.tag.encode(), STREAM_LITERAL_MIN + self.framer.max_command))
             self._count_error()
+            return
+        if req.verb == "APPEND" and self.state in AUTHED and await self._over_quota_early(req):
             return
         self.framer.accept_literal(external=stream)
         if req.sync:
@@ -573,6 +614,8 @@ class Session:
                 if why is not None:
                     raise Bad(why, CODE)  # RFC 9586 §3: BAD with the UIDREQUIRED response code
             code, text = await handler(self, cmd)
+            if cmd.name in ("APPEND", "COPY"):
+                await self._quota_warning()
         except (Bad, P.ParseError) as e:
             status, code, text = "BAD", getattr(e, "code", ""), e.text
             self._count_error()
@@ -586,6 +629,11 @@ class Session:
             status, code, text = "NO", "CANNOT", _clean(e)
         except Forbidden as e:  # RFC 5530 §3 NOPERM: the ACL (RFC 4314) does not allow it
             status, code, text = "NO", "NOPERM", _clean(e)
+        except OverQuota as e:  # RFC 9208 §4.3, RFC 5530 §3: a quota (quota.py), nothing stored
+            log.info("%s", logfmt("refused", [("session", self.conn.session_id), ("command", cmd.verb),
+                                              ("user", self.user.address if self.user else "-"),
+                                              ("reason", "over-quota"), ("detail", e)]))
+            status, code, text = "NO", "OVERQUOTA", "Quota exceeded: " + _clean(e)
         except InsufficientStorage as e:
             # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
             log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
@@ -603,6 +651,22 @@ class Session:
             await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
         self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
         await self.flush()
+
+
+def append_target(line: bytes, tag: str) -> str | None:
+    """The mailbox an APPEND command's first line names, as sent (modified UTF-7 or UTF-8), when it is an atom
+    or a quoted string on that line; None when it is a literal itself, or the line is not an APPEND."""
+    c = Cursor(line, tag)
+    try:
+        c.pos = len(tag) + 1
+        if c.atom().upper() != "APPEND":
+            return None
+        c.sp()
+        if c.peek() == 0x7B:  # "{": the name is a literal, not on this line
+            return None
+        return c.mailbox()
+    except (P.ParseError, ValueError, IndexError):
+        return None
 
 
 def _clean(e: Exception) -> str:
@@ -638,6 +702,7 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
         messages,
         metadata,
         notify,
+        quota,
         search,
         sort,
         thread,

@@ -461,7 +461,9 @@ class Session:
                           sender=txn.mail_from or "<>", recipient=ev.recipient.address)
             return
         try:
-            await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
+            # RFC 1870 §6.2: a declared SIZE is checked against the recipient's quota here (452 / 552 5.2.2).
+            await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay(),
+                                              size=txn.params.size)
         except RouteError:
             self.rcpts_refused += 1
             raise

@@ -44,6 +44,13 @@ Invariants every engine keeps:
    owner, whose rights are always all of `RIGHTS`; at most `names.MAX_ACL_ENTRIES` entries per mailbox. A
    user's rights on a mailbox of another user are the union of the positive entries naming them or `anyone`,
    minus the union of the negative ones (RFC 4314 §2). A user removed loses their entries with them.
+12. **Quotas hold.** A user's usage (`get_quota`: octets as the sum of RFC822.SIZE, and messages) is kept
+   exactly, in the transaction of every write that adds or removes a message, never summed per check. Every
+   write that adds messages (append, deliver, copy, move to another user) fails with `OverQuota`, storing
+   nothing, if it would take the owner past a limit (`User.quota_bytes`, `User.quota_messages`), or the
+   owner's domain past `Domain.quota_bytes` (the total of its users); a limit of 0 is none. A move within one
+   user changes no usage and is never refused for it; `deliver(..., enforce_quota=False)` is for the server's
+   own notices about quota.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -117,6 +124,20 @@ class InsufficientStorage(StoreError):
         return cls(f"insufficient storage: {exc.strerror or exc}")
 
 
+class OverQuota(StoreError):
+    """The write would take a user's usage, or their domain's, past its quota (invariant 12). Nothing was
+    stored. `resource` is the RFC 9208 §5 resource name, "STORAGE" (octets; reported in units of 1024) or
+    "MESSAGE"; `scope` is "user" or "domain"; `alone` is true when the write could never fit, even into an
+    empty mailbox (one message larger than the limit). IMAP answers it `NO [OVERQUOTA]` (RFC 9208 §4.3, RFC 5530
+    §3); SMTP `452 4.2.2` or, `alone`, `552 5.2.2` (RFC 3463 §3.3 "mailbox full")."""
+
+    def __init__(self, message: str, *, resource: str = "STORAGE", scope: str = "user", alone: bool = False) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.scope = scope
+        self.alone = alone
+
+
 def is_out_of_space(exc: BaseException) -> bool:
     """True for the errors `InsufficientStorage` stands for: ENOSPC / EDQUOT, SQLite's SQLITE_FULL."""
     if isinstance(exc, InsufficientStorage):
@@ -126,6 +147,20 @@ def is_out_of_space(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
     return False
+
+
+QUOTA_WARNING_LEVELS = (80, 95)
+"""Percent of a limit at which a user is warned once per crossing (invariant 12, `Store.raise_quota_warned`)."""
+
+
+def quota_level(storage: int, messages: int, storage_limit: int, message_limit: int) -> int:
+    """The highest of QUOTA_WARNING_LEVELS that a usage (octets, messages) has reached on one of its limits
+    (0 = none); 0 when it reached none or there are no limits. SQLite's schema step 15 computes the same."""
+    for percent in sorted(QUOTA_WARNING_LEVELS, reverse=True):
+        if (storage_limit and storage * 100 >= percent * storage_limit) or (
+                message_limit and messages * 100 >= percent * message_limit):
+            return percent
+    return 0
 
 
 STAGING_THRESHOLD = 1 << 20
@@ -206,6 +241,7 @@ class Domain:
     dkim_private_key: str = ""  # RSA 2048, PKCS#8 PEM; "" if none (DKIM signing off for the domain)
     dkim_ed25519_selector: str = ""  # RFC 8463: a second signature with its own selector
     dkim_ed25519_key: str = ""  # Ed25519, PKCS#8 PEM; "" if none
+    quota_bytes: int = 0  # octets all the domain's users may hold together; 0: no domain quota
 
 
 @dataclass(frozen=True)
@@ -215,8 +251,25 @@ class User:
     domain_id: int
     password_hash: str  # argon2id, PHC string
     scram: str  # SCRAM-SHA-256 verifier (auth/passwords.py), "" if none
-    quota_bytes: int  # 0: no quota
+    quota_bytes: int  # octets of messages (sum of RFC822.SIZE) the user may hold; 0: no quota
     created: float
+    quota_messages: int = 0  # messages the user may hold; 0: no limit
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """A user's usage and limits (invariant 12), as one read saw them. Sizes are octets (the sum of the messages'
+    RFC822.SIZE; IMAP reports STORAGE in units of 1024 octets, RFC 9208 §5.1); a limit of 0 is "none".
+    `warned` is the highest quota warning level (percent: 0, 80 or 95) sent to the user since usage was last
+    below it (`Store.raise_quota_warned`)."""
+    user_id: int
+    storage: int
+    messages: int
+    storage_limit: int
+    message_limit: int
+    domain_storage: int  # octets held by all the users of the user's domain
+    domain_storage_limit: int
+    warned: int = 0
 
 
 @dataclass(frozen=True)
@@ -275,6 +328,7 @@ class MailboxStatus:
     size: int  # total octets (RFC 8438 STATUS SIZE)
     first_unseen_uid: int | None
     recent: int = 0  # messages past the mailbox's \Recent watermark: no session has been told of them (RECENT)
+    deleted_size: int = 0  # octets (sum of RFC822.SIZE) of the messages with \\Deleted (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True)
@@ -746,12 +800,15 @@ class Store(Protocol):
         returns or raises; a path outside `staging_dir()` is Invalid before anything is stored (that file is
         left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
-    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
-        """One message into several mailboxes (of one or many users) in one transaction, one blob."""
+    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
+                      enforce_quota: bool = True) -> list[AppendResult]:
+        """One message into several mailboxes (of one or many users) in one transaction, one blob. OverQuota
+        (nothing stored for anyone) if one owner would pass a limit, unless `enforce_quota` is False
+        (invariant 12)."""
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
-                           meta: bytes | None = None,
-                           keywords: frozenset[str] = frozenset()) -> list[AppendResult]:
+                           meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
+                           enforce_quota: bool = True) -> list[AppendResult]:
         """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
         otherwise), with no flags, the `keywords` given (`$Junk` for a quarantine) and the time of delivery: a
         large message received by SMTP is stored without being held in memory (the prefix, e.g. Return-Path, is
@@ -938,6 +995,23 @@ class Store(Protocol):
         in the same transaction. One MAILBOX_ACL change for the owner's mailbox when something changed. Invalid
         for an unknown right, the owner, a user of another domain or an unknown user, or an entry past
         `names.MAX_ACL_ENTRIES`; NotFound if the mailbox is gone."""
+
+    # quotas (invariant 12) ----------------------------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> QuotaUsage:
+        """The user's usage and limits, and their domain's (invariant 12). NotFound for an unknown user id."""
+
+    async def set_user_quota(self, address: str, *, storage: int | None = None,
+                             messages: int | None = None) -> None:
+        """Set the user's storage limit (octets) and/or message limit (None: unchanged; 0: none). Lowering a
+        limit below the usage removes nothing; further inserts are refused. NotFound, Invalid (negative)."""
+
+    async def set_domain_quota(self, name: str, storage: int) -> None:
+        """Set the octets all the domain's users may hold together (0: none). NotFound, Invalid (negative)."""
+
+    async def raise_quota_warned(self, user_id: int, percent: int) -> bool:
+        """Mark the quota warning of `percent` (80 or 95; Invalid otherwise) as sent to the user, if the mark
+        was lower: True for the one caller that raised it (who then sends the warning), False if it was already
+        there. The mark falls by itself when removals (or a raised limit) take usage below it."""
 
     async def my_rights(self, user_id: int, mailbox_id: int) -> str:
         """The rights of the user on the mailbox (invariant 11), letters of RIGHTS in order: all of them for the

@@ -173,6 +173,14 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     15: ("DROP TABLE sort_rows",),
     16: ("DROP TABLE fts_scan",),
     17: ("DROP TABLE web_sessions", "DROP INDEX messages_unseen"),
+    18: (
+        "DROP TRIGGER quota_user",
+        "DROP TRIGGER quota_in",
+        "DROP TRIGGER quota_out",
+        "DROP TABLE quota_usage",
+        "ALTER TABLE users DROP COLUMN quota_messages",
+        "ALTER TABLE domains DROP COLUMN quota_bytes",
+    ),
 }
 
 

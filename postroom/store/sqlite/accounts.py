@@ -41,13 +41,14 @@ from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.mailboxes import insert_mailbox
 from postroom.store.sqlite.threads import drop_sort_rows
 
-USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created"
-DOMAIN_COLUMNS = "id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key"
+USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created, quota_messages"
+DOMAIN_COLUMNS = ("id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key,"
+                  " quota_bytes")
 
 
 def _domain(row: Any) -> Domain:
     return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4],
-                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6])
+                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6], quota_bytes=row[7])
 
 
 def _user(row: Any) -> User:

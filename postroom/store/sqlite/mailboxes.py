@@ -240,7 +240,7 @@ class MailboxesMixin(Base):
         msgs = [message_from_row(r) for r in rows]
         threads = thread_ids_of(tx.conn, inbox.id, [m.uid for m in msgs])  # RFC 8474 §5.2: messages keep theirs
         insert_messages(tx, dest, [NewMessage(m.internal_date, m.size, m.flags, m.keywords, m.blob_id,
-                                              threads.get(m.uid, 0)) for m in msgs])
+                                              threads.get(m.uid, 0)) for m in msgs], quota=False)  # same user
         delete_messages(tx, inbox, msgs, now=now, release=False)
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> WriteResult:
@@ -315,14 +315,16 @@ class MailboxesMixin(Base):
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def q(conn: sqlite3.Connection) -> MailboxStatus:
             mbox = load_mailbox(conn, mailbox_id)
-            count, unseen, deleted, size, first_unseen, recent = conn.execute(
+            count, unseen, deleted, size, first_unseen, recent, deleted_size = conn.execute(
                 "SELECT count(*), total(flags & 1 = 0), total(flags & 8 <> 0), total(size),"
                 " min(CASE WHEN flags & 1 = 0 THEN uid END),"
-                " total(uid > (SELECT recent_uid FROM mailboxes WHERE id = ?1))"
+                " total(uid > (SELECT recent_uid FROM mailboxes WHERE id = ?1)),"
+                " total(CASE WHEN flags & 8 <> 0 THEN size ELSE 0 END)"
                 " FROM messages WHERE mailbox_id = ?1",
                 (mailbox_id,),
             ).fetchone()
-            return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen, int(recent))
+            return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen, int(recent),
+                                 int(deleted_size))
 
         return await self._engine.read(q)
 

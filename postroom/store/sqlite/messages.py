@@ -27,6 +27,9 @@ Invariants:
    copy, else `assign_thread` from its body's keys, which the job stored first (`put_keys`).
 7. Every message row inserted or deleted here has its `sort_rows` row inserted or deleted in the same job
    (`add_sort_rows`, `drop_sort_rows`: threads.py invariant 7, schema invariant 20).
+8. Every insert checks the owner's quota in its job before the rows go in (`insert_messages` -> quota.py
+   `check`; quota.py invariant 1), except a move within one user and a delivery made with `enforce_quota=False`.
+   The usage counters themselves follow every row by trigger (schema invariant 23).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from postroom.store.sqlite.common import (
     select_messages,
 )
 from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.quota import check as quota_check
 from postroom.store.sqlite.threads import (
     add_sort_rows,
     assign_thread,
@@ -127,9 +131,12 @@ def grow_keywords(tx: Tx, mbox: Mailbox, keywords: Iterable[str]) -> Change | No
 
 
 def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage],
-                    saved: float | None = None) -> list[AppendResult]:
+                    saved: float | None = None, *, quota: bool = True) -> list[AppendResult]:
     """Insert rows with fresh UIDs and MODSEQs, saved now (`saved`, default the clock: RFC 8514 save date, schema
-    invariant 14); grow the mailbox's keyword set (invariant 5). Blob references are the caller's business."""
+    invariant 14); grow the mailbox's keyword set (invariant 5). Blob references are the caller's business.
+    With `quota` (invariant 7) the owner's limits are checked first: OverQuota, and nothing inserted."""
+    if quota:
+        quota_check(tx.conn, mbox.user_id, [item.size for item in items])
     save_date = time.time() if saved is None else saved
     row = tx.conn.execute("SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?", (mbox.id,)).fetchone()
     uid, modseq = int(row[0]), int(row[1])
@@ -224,8 +231,10 @@ def _flag_rows(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -
 
 
 class MessagesMixin(Base):
-    async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest]) -> list[AppendResult]:
-        """Append reqs[i] to mailbox_ids[i] for every i, in one job (one transaction)."""
+    async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest],
+                          quota: bool = True) -> list[AppendResult]:
+        """Append reqs[i] to mailbox_ids[i] for every i, in one job (one transaction); `quota`: checked
+        (invariant 7)."""
         now = self._clock()
         prepared = []
         bodies: dict[str, bytes] = {}
@@ -248,7 +257,7 @@ class MessagesMixin(Base):
                 boxes[mailbox_id] = mbox
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
                 put_keys(tx.conn, blob_id, req.meta)  # invariant 6
-                results.extend(insert_messages(tx, mbox, [item], now))
+                results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
             return results
 
         await self._engine.write_blobs(bodies)
@@ -301,7 +310,8 @@ class MessagesMixin(Base):
             path.unlink(missing_ok=True)
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
-                           meta: bytes | None = None, keywords: frozenset[str] = frozenset()) -> list[AppendResult]:
+                           meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
+                           enforce_quota: bool = True) -> list[AppendResult]:
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
@@ -309,7 +319,8 @@ class MessagesMixin(Base):
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
-                return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta, keywords=keywords))
+                return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta, keywords=keywords),
+                                          enforce_quota=enforce_quota)
             blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
             item = NewMessage(self._clock(), size, 0, frozenset(names.keywords(keywords).values()), blob_id)
             wanted = list(mailbox_ids)
@@ -320,7 +331,7 @@ class MessagesMixin(Base):
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
                     put_keys(tx.conn, blob_id, meta)
-                    results.extend(insert_messages(tx, mbox, [item], item.internal_date))
+                    results.extend(insert_messages(tx, mbox, [item], item.internal_date, quota=enforce_quota))
                 return results
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -387,10 +398,11 @@ class MessagesMixin(Base):
             for path in staged:
                 Path(path).unlink(missing_ok=True)
 
-    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest) -> list[AppendResult]:
+    async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
+                      enforce_quota: bool = True) -> list[AppendResult]:
         if not mailbox_ids:
             return []
-        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids))
+        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids), enforce_quota)
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         top = uid_max if uid_max is not None else 2**63 - 1
@@ -793,7 +805,8 @@ class MessagesMixin(Base):
             threads = thread_ids_of(tx.conn, mailbox_id, [m.uid for m in msgs])  # invariant 6
             items = [NewMessage(m.internal_date, m.size, m.flags & mask, m.keywords if keep_keywords else frozenset(),
                                 m.blob_id, threads.get(m.uid, 0)) for m in msgs]
-            results = insert_messages(tx, dest, items, self._clock())  # a new save date (RFC 8514 §3)
+            # A new save date (RFC 8514 §3); a move within one user leaves its usage as it is (invariant 7).
+            results = insert_messages(tx, dest, items, self._clock(), quota=not (move and src.user_id == dest.user_id))
             if move:
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
             else:

@@ -71,6 +71,12 @@ keyed by the SHA-256 of the session id (the id itself is only ever in the browse
 It also adds `messages_unseen`, a partial index of the messages without \\Seen, so the webmail's folder tree counts
 unread messages (up to 1,000 a mailbox) without reading the mailboxes (`Store.unseen_counts`); building it reads
 the message rows once (no bodies).
+18 (issue 13, quotas) adds `quota_usage`, one counter row per user (storage in octets, message count, the last
+quota warning level sent; invariant 23), kept by triggers on `messages` and `users`, so every insert, copy,
+move, expunge, mailbox and user removal updates it in its own transaction whatever code path made it; the
+step computes it once for the messages that exist. It also adds `users.quota_messages` (a message-count limit)
+and `domains.quota_bytes` (the total the domain's users may hold). Existing users and domains get 0: no new
+limit appears on upgrade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -132,6 +138,13 @@ Invariants:
    invariant 4); a document without one is searched from its body's metadata.
 22. A `web_sessions` row belongs to a user (cascade on user removal) and is keyed by the SHA-256 hex of its
    session id, never the id; `last_seen` >= `created`.
+23. Every `users` row has exactly one `quota_usage` row (made by a trigger on insert, gone by cascade), and its
+   `storage` and `messages` equal the sum of `messages.size` and the count of `messages` rows over the user's
+   mailboxes, at every commit: the triggers `quota_in` and `quota_out` change it in the statement that inserts
+   or deletes a message row (no code path updates `messages.size` or `messages.mailbox_id`; a mailbox's rows
+   are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
+   columns. `warned` (0, 80 or 95) only rises through `raise_quota_warned`, and falls to the level usage is
+   at (the rule of `api.quota_level`) when `quota_out` removes a message or a limit changes.
 """
 
 from __future__ import annotations
@@ -143,7 +156,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -491,9 +504,49 @@ def _v17(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX messages_unseen ON messages(mailbox_id) WHERE flags & 1 = 0")  # Store.unseen_counts
 
 
+def _v18(conn: sqlite3.Connection) -> None:
+    """Quotas (invariant 23): the per-user usage counters, the triggers that keep them, their values for what is
+    stored (one grouped scan of `messages`, run once), a message-count limit per user and a quota per domain."""
+    conn.execute(
+        "CREATE TABLE quota_usage(user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,"
+        " storage INTEGER NOT NULL DEFAULT 0, messages INTEGER NOT NULL DEFAULT 0, warned INTEGER NOT NULL DEFAULT 0)"
+    )
+    conn.execute(
+        "INSERT INTO quota_usage(user_id, storage, messages)"
+        " SELECT u.id, coalesce(s.storage, 0), coalesce(s.messages, 0) FROM users u LEFT JOIN"
+        " (SELECT b.user_id AS user_id, sum(m.size) AS storage, count(*) AS messages FROM messages m"
+        "  JOIN mailboxes b ON b.id = m.mailbox_id GROUP BY b.user_id) s ON s.user_id = u.id"
+    )
+    conn.execute("ALTER TABLE users ADD COLUMN quota_messages INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE domains ADD COLUMN quota_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "CREATE TRIGGER quota_user AFTER INSERT ON users BEGIN"
+        " INSERT INTO quota_usage(user_id) VALUES (NEW.id); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER quota_in AFTER INSERT ON messages BEGIN"
+        " UPDATE quota_usage SET storage = storage + NEW.size, messages = messages + 1"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id); END"
+    )
+    # A removal also lowers `warned` to the level the usage is now at (invariant 23), so the next crossing of
+    # 80 % or 95 % warns again ("once per crossing").
+    conn.execute(
+        "CREATE TRIGGER quota_out AFTER DELETE ON messages BEGIN"
+        " UPDATE quota_usage SET storage = storage - OLD.size, messages = messages - 1"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id);"
+        " UPDATE quota_usage SET warned = min(warned, (SELECT CASE"
+        "  WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 95 * u.quota_bytes)"
+        "   OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 95 * u.quota_messages) THEN 95"
+        "  WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 80 * u.quota_bytes)"
+        "   OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 80 * u.quota_messages) THEN 80"
+        "  ELSE 0 END FROM users u WHERE u.id = quota_usage.user_id))"
+        " WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id) AND warned > 0; END"
+    )
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18,
 }
 
 
