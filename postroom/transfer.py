@@ -82,7 +82,6 @@ from postroom.mailformats import (
 )
 from postroom.mime import pool
 from postroom.progress import ProgressSink, human_bytes
-from postroom.store.blobs import blob_id_of
 from postroom.store.api import (
     AlreadyExists,
     AppendRequest,
@@ -94,6 +93,7 @@ from postroom.store.api import (
     StoreError,
     User,
 )
+from postroom.store.blobs import blob_id_of
 
 ImportFormat = Literal["auto", "mbox", "maildir", "eml"]
 ExportFormat = Literal["mbox", "maildir"]
