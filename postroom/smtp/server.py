@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postroom.auth.authenticator import Exchange, Step
 from postroom.delivery.router import HEAD_LIMIT, Envelope, ListPost, Rcpt, RouteError, Router
@@ -64,7 +64,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.net.listener import Handler, logfmt
+from postroom.net.listener import Handler, log_refusal, logfmt
 from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
@@ -250,6 +250,23 @@ class Session:
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
 
+    def _refused(self, exc: RouteError, ev: object) -> None:
+        """The one log line of a refused MAIL, RCPT or message (relay denied, list policy, unknown user, ...)."""
+        txn = self.core.txn
+        fields: list[tuple[str, Any]] = [("code", exc.code), ("esc", exc.esc)]
+        if isinstance(ev, RcptTo):
+            what = "rcpt"
+            fields += [("from", (txn.mail_from if txn is not None else "") or "<>"),
+                       ("to", ev.recipient.address)]
+        elif isinstance(ev, Message):
+            what = "data"
+            fields += [("from", ev.mail_from or "<>"), ("rcpts", len(ev.recipients))]
+        else:
+            what = "mail" if isinstance(ev, MailFrom) else type(ev).__name__.lower()
+        if self.core.authenticated:
+            fields.append(("user", self.core.authenticated))
+        log_refusal(self.conn, what, exc.text, fields)
+
     async def _flush(self) -> None:
         out = self.core.data_to_send()
         if out:
@@ -278,6 +295,7 @@ class Session:
             else:  # pragma: no cover - every event type is handled above
                 raise AssertionError(f"unhandled event {ev!r}")
         except RouteError as exc:
+            self._refused(exc, ev)
             self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
         except InsufficientStorage as exc:
             log.warning("session %s: %s", self.conn.session_id, exc)
@@ -319,9 +337,12 @@ class Session:
     async def _mail(self, ev: MailFrom) -> None:
         if self.policy.submission:
             if not self.core.authenticated:
+                log_refusal(self.conn, "mail", "authentication required", [("code", 530), ("from", ev.address)])
                 self.core.send(R.R530_AUTH_REQUIRED)  # RFC 4954 §6
                 return
             if not await self.router.may_send_as(self.core.authenticated, ev.address):
+                log_refusal(self.conn, "mail", "sender address not owned by the user",
+                            [("code", 553), ("from", ev.address), ("user", self.core.authenticated)])
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
         self.core.accept_mail()
@@ -376,6 +397,7 @@ class Session:
                 await self.router.check_header_senders(core.authenticated, head)
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
+            self._refused(exc, ev)
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
             return
         finally:
@@ -467,6 +489,8 @@ class Session:
         self.conn.log["auth_failed"] = int(self.conn.log.get("auth_failed", 0)) + 1
         if username:
             self.conn.log["auth_user"] = username
+        log_refusal(self.conn, "login", step.error or "authentication failed",
+                    [("code", 535), ("user", username[:100] or "-")])
         core.auth_done(R.R535_AUTH_FAILED)
 
     # --- VRFY / EXPN (RFC 5321 §3.5, §7.3) -------------------------------------------------------------------
