@@ -114,7 +114,7 @@ def test_msmtp_example_by_ip_address(server: Any, home: Path) -> None:
     # By address without the README's override: the certificate check refuses, as the README says.
     proc = subprocess.run(["msmtp", BOB], input=message, capture_output=True, text=True, env=env(home), timeout=60)
     assert proc.returncode != 0 and inbox(server, BOB) == []
-    assert "does not match" in proc.stderr and "127.0.0.1" in proc.stderr, proc.stderr
+    assert "name in the certificate does not match" in proc.stderr, proc.stderr
     (home / ".msmtprc").write_text(rc.replace("tls_starttls off\n",
                                               "tls_starttls off\ntls_host_override mail.example.org\n"))
     proc = subprocess.run(["msmtp", BOB], input=message, capture_output=True, text=True, env=env(home), timeout=60)
