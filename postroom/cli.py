@@ -819,63 +819,70 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `postroom` command line; returns the exit status (invariant 5: failures are one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "config-sample":
-            sys.stdout.write(config_mod.SAMPLE)
-            return 0
-        found = config_mod.discover(args.config)
-        cfg = config_mod.load(found.path, how=found.how)
-        if args.command == "check":
-            print(f"{cfg.source}: OK")
-            print(f"  config    {found.describe()}")
-            made = "" if store_exists(cfg) else "  (not made yet: `postroom serve` or `postroom domain add` makes it)"
-            print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}{made}")
-            for name, (host, port) in cfg.listeners.enabled().items():
-                print(f"  {name:<12}{host}:{port}")
-            return 0
-        if args.command == "serve":
-            from .app import run_server
-
-            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                                format="%(asctime)s %(levelname)s %(name)s %(message)s")
-            return run_server(cfg, demo=args.demo)
-        handler = COMMANDS[args.command]
-        require_store(args, cfg, found)
-        args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
-        return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe is found here, not by the interpreter's flush at exit
+        return code
     except config_mod.ConfigError as exc:
-        print(f"postroom: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"configuration error: {exc}", EXIT_USAGE)
     except CliError as exc:
-        print(f"postroom: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(str(exc), exc.code)
     except NotFound as exc:
-        print(f"postroom: not found: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"not found: {exc}", EXIT_REFUSED)
     except AlreadyExists as exc:
-        print(f"postroom: already exists: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"already exists: {exc}", EXIT_REFUSED)
     except (Invalid, StoreError) as exc:
-        print(f"postroom: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"refused: {exc}", EXIT_REFUSED)
     except FormatError as exc:
-        print(f"postroom: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(str(exc), EXIT_REFUSED)
     except BrokenPipeError:
         # `postroom export ... - | head`: the reader left. Later writes to stdout (and the interpreter's own flush
         # at exit) must not fail again, so stdout now goes nowhere (Python's documented SIGPIPE recipe).
         _silence_stdout()
-        print("postroom: stopped: the output was closed before the end (broken pipe)", file=sys.stderr)
-        return EXIT_PIPE
+        return _fail("stopped: the output was closed before the end (broken pipe)", EXIT_PIPE)
     except OSError as exc:  # a missing or unreadable file, a full disk, a folder that cannot be made
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"postroom: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"{where}{exc.strerror or exc}", EXIT_REFUSED)
     except KeyboardInterrupt:
-        print("postroom: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config-sample":
+        sys.stdout.write(config_mod.SAMPLE)
+        return 0
+    found = config_mod.discover(args.config)
+    cfg = config_mod.load(found.path, how=found.how)
+    if args.command == "check":
+        print(f"{cfg.source}: OK")
+        print(f"  config    {found.describe()}")
+        made = "" if store_exists(cfg) else "  (not made yet: `postroom serve` or `postroom domain add` makes it)"
+        print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}{made}")
+        for name, (host, port) in cfg.listeners.enabled().items():
+            print(f"  {name:<12}{host}:{port}")
+        return 0
+    if args.command == "serve":
+        from .app import run_server
+
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return run_server(cfg, demo=args.demo)
+    handler = COMMANDS[args.command]
+    require_store(args, cfg, found)
+    args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
+    return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
+
+
+def _fail(message: str, code: int) -> int:
+    """Print "postroom: message" on stderr (if stderr itself is gone, say nothing) and return `code`."""
+    try:
+        print(f"postroom: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return code
 
 
 def _silence_stdout() -> None:

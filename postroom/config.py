@@ -276,6 +276,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0, "Spec")
+            raise ConfigError(f"{where}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     if overrides:
         raw = merge(raw, overrides)
     cfg = _build(Config, raw, where, "")

@@ -221,6 +221,27 @@ def test_export_into_a_closed_pipe_ends_with_one_line(conf: Path, tmp_path: Path
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
 
 
+def test_small_output_into_a_closed_pipe_and_a_config_that_is_not_text(conf: Path, tmp_path: Path) -> None:
+    # Output small enough to sit in stdout's buffer until exit: the closed pipe is still one line, status 141.
+    env = {config_mod.ENV_VAR: str(conf)}
+    assert sh("domain", "add", "example.org", cwd=tmp_path, env=env).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        proc = subprocess.run([EXE, "domain", "list"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path, env={**os.environ, **env}, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141
+    assert one_line(proc.stderr) == "postroom: stopped: the output was closed before the end (broken pipe)"
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[server]\n")
+    proc = sh("--config", str(binary), "check", cwd=tmp_path)
+    assert proc.returncode == 2 and "not UTF-8" in one_line(proc.stderr)
+    proc = sh("--config", str(tmp_path), "check", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a folder" in one_line(proc.stderr)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Item 3: export twice, import twice
 

@@ -150,7 +150,7 @@ def test_banner_names_a_real_user_or_says_how_to_add_one(tmp_path: Path) -> None
     proc, ports, text = start(tmp_path, demo=False)
     try:
         assert "demo@localhost" not in text and "no user yet" not in text
-        assert f"['first@example.test']" in text and "-u 'first@example.test:PASSWORD'" in text
+        assert "['first@example.test']" in text and "-u 'first@example.test:PASSWORD'" in text
         # The line the banner prints does deliver (the user is real).
         with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as smtp:
             assert smtp.sendmail("you@example.org", ["first@example.test"], b"Subject: hello\r\n\r\nHi!\r\n") == {}
