@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .acme import CertificateManager
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -39,9 +40,11 @@ from .net.tls import ensure_certificate, server_context
 from .pop3.session import pop3_handler
 from .smtp.server import smtp_handler_factory
 from .store import open_store
-from .store.api import Store
+from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention
 from .web.app import create_app
+from .web.autoconfig import ClientSettings
+from .web.autoconfig import endpoints as autoconfig_endpoints
 from .web.server import HttpServer, serve_http
 
 log = logging.getLogger("postroom")
@@ -98,6 +101,8 @@ class Postroom:
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
+    certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
+    acme_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -105,6 +110,8 @@ class Postroom:
         if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
             log.info("tls generated self-signed certificate path=%s", cfg.cert_path)
         tls = server_context(cfg.cert_path, cfg.key_path)
+        if cfg.acme.directory:  # the certificate comes from the CA, and is swapped into `tls` when it does
+            self.certificates = CertificateManager(cfg, tls)
 
         self.metrics = Metrics()
         self.store = open_store(cfg.store_url, cfg.data_path)
@@ -158,14 +165,28 @@ class Postroom:
             async def refresh() -> None:
                 metrics.queue_length.set(await store.queue_length())
 
-            app = create_app(self.metrics, health, refresh)
+            addresses = self.addresses
+
+            async def settings_for(domain: str) -> ClientSettings | None:
+                try:
+                    if await store.get_domain(domain) is None:
+                        return None
+                except Invalid:  # not a domain name at all
+                    return None
+                return ClientSettings(domain, cfg.server.hostname, autoconfig_endpoints(addresses))
+
+            challenges = self.certificates.challenges if self.certificates is not None else None
+            app = create_app(self.metrics, health, refresh, settings_for, acme_challenges=challenges)
             self.http = await serve_http(app, host, port)
             self.addresses["http"] = (host, self.http.port)
+        if self.certificates is not None:  # after the http listener: the CA checks the challenge there
+            self.acme_task = asyncio.create_task(self.certificates.run(), name="acme")
 
     async def stop(self) -> None:
-        if self.indexer is not None:
-            self.indexer.cancel()
-            await asyncio.gather(self.indexer, return_exceptions=True)
+        for task in (self.indexer, self.acme_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.http is not None:

@@ -11,9 +11,9 @@ Invariants:
    (users, alias sources, lists). Addresses that are sent onward (alias targets, list owners and members) keep
    their local part's case (RFC 5321 §2.4); the store compares them case-insensitively.
 3. The configuration is found in one order (`config.discover`: --config, $POSTROOM_CONFIG, ./postroom.toml,
-   /etc/postroom/postroom.toml, defaults), and only `serve` and `domain add` make a store that does not exist:
-   every other command refuses with one line naming the database it looked for and how the configuration was
-   chosen (`require_store`), so a command run from the wrong directory leaves nothing behind.
+   /etc/postroom/postroom.toml, defaults), and only `serve`, `setup` and `domain add` make a store that does not
+   exist: every other command refuses with one line naming the database it looked for and how the configuration
+   was chosen (`require_store`), so a command run from the wrong directory leaves nothing behind.
 4. A command that deletes what cannot be recovered (`user remove`, `domain remove`, `list delete`, `queue
    delete`) asks on a terminal, or needs `--yes`; without a terminal and without `--yes` it refuses and changes
    nothing (`confirm`).
@@ -132,7 +132,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 # Commands that may make a new, empty store: `domain add` is where every server's data starts (users, aliases and
-# lists need a local domain first). Every other command only works on a store that exists (invariant 3).
+# lists need a local domain first; `setup` and `serve` make theirs without coming here). Every other command only
+# works on a store that exists (invariant 3).
 CREATES_STORE = frozenset({("domain", "add")})
 
 
@@ -151,7 +152,7 @@ def require_store(args: argparse.Namespace, cfg: config_mod.Config, found: confi
     if (args.command, getattr(args, "action", None)) not in CREATES_STORE:
         raise CliError(f"no Postroom store at {db} (using {found.describe()}); nothing was created: give the "
                        f"server's configuration with --config or ${config_mod.ENV_VAR}, or make a new store with "
-                       f"`postroom domain add DOMAIN`", EXIT_USAGE)
+                       f"`postroom setup DOMAIN` or `postroom domain add DOMAIN`", EXIT_USAGE)
     print(f"postroom: making a new store at {db} (using {found.describe()})", file=sys.stderr)
 
 
@@ -287,6 +288,7 @@ async def _make_dkim_keys(store: Store, name: str) -> Any:
 
 async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
     from .delivery.dkim import dns_records, txt_strings
+    from .web.autoconfig import srv_records
 
     name = normalize_domain(args.domain)
     domain = await store.get_domain(name)
@@ -302,6 +304,14 @@ async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
         print(f"{rname:<40} 3600 IN {rtype:<4} {shown}")
     if not domain.dkim_private_key:
         print(f"; no DKIM keys yet (the domain predates them): make them with: postroom domain dkim {name}")
+    listeners = args.cfg.listeners.enabled()
+    print("; Mail clients find the IMAP, POP3 and submission services by these (RFC 6186, RFC 8314), and by the")
+    print("; autoconfiguration documents on the web listener, reached through the autoconfig/autodiscover names.")
+    for rname, rtype, value in srv_records(name, hostname, listeners):
+        print(f"{rname:<40} 3600 IN {rtype:<5} {value}")
+    local = sorted(n for n, (host, _) in listeners.items() if host in ("127.0.0.1", "::1", "localhost"))
+    if local:
+        print(f"; these listeners bind a loopback address, so no other machine reaches them: {', '.join(local)}")
     return 0
 
 
@@ -625,13 +635,14 @@ Start the server with `postroom serve` (no configuration needed: it listens on h
 keeps its data in ./postroom-data). Administer it with the other commands; they work while it runs.
 
 The configuration is the first of: --config FILE, the file named by $POSTROOM_CONFIG, ./postroom.toml,
-/etc/postroom/postroom.toml; with none of them, the built-in defaults. Commands other than `serve` and
-`domain add` never make a store: run where none exists, they say where they looked and stop.
+/etc/postroom/postroom.toml; with none of them, the built-in defaults. Commands other than `serve`, `setup`
+and `domain add` never make a store: run where none exists, they say where they looked and stop.
 """
 
 EPILOG = """\
 examples:
   postroom serve --demo                      run with a demo domain and user, print how to connect
+  postroom setup example.org                 a real server for example.org: config, user, DKIM, unit, DNS
   postroom domain add example.org
   postroom user add alice@example.org        (asks for the password)
   echo "$PW" | postroom user add bob@example.org --password-stdin
@@ -641,7 +652,7 @@ examples:
   postroom import --user alice@example.org ~/mail/inbox.mbox
   postroom export --user alice@example.org --format maildir ./alice-backup
   postroom index                             index mail stored before the full-text index existed, now
-  postroom dns example.org                   the MX, SPF, DKIM and DMARC records to publish
+  postroom dns example.org                   the DNS records to publish: MX, SPF, DKIM, DMARC, SRV
   postroom queue list                        what waits in the outbound queue, and why
   printf 'Subject: hi\\n\\nhello\\n' | postroom sendmail -f alice@example.org bob@example.net
   postroom config-sample > postroom.toml     then: postroom --config postroom.toml serve
@@ -680,7 +691,24 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
     dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
 
-    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC")
+    st = sub.add_parser("setup", help="set up a mail server for DOMAIN on this machine: configuration, domain, "
+                                      "first user, DKIM keys, systemd unit, and the DNS records to publish",
+                        description="Writes the configuration (--config, else /etc/postroom/postroom.toml as root, "
+                                    "else ./postroom.toml) with every listener on its standard port on every "
+                                    "address, creates the store, DOMAIN with DKIM keys and the first user (its "
+                                    "password asked on a terminal, else generated and printed once), writes a "
+                                    "systemd unit, and prints the DNS records to publish and what is left to do.")
+    st.add_argument("domain", help="the mail domain, e.g. example.org")
+    st.add_argument("--hostname", help="this server's public name, the MX target (default: the machine's fully "
+                                       "qualified name, else mail.DOMAIN)")
+    st.add_argument("--data-dir", help="the data folder (default /var/lib/postroom as root, else ./postroom-data)")
+    st.add_argument("--user", help="the first user's address (default postmaster@DOMAIN)")
+    st.add_argument("--systemd-unit", metavar="PATH", help="where to write the systemd unit (default as root: "
+                                                          "/etc/systemd/system/postroom.service; \"\": none)")
+    st.add_argument("--force", action="store_true", help="replace an existing configuration file")
+
+    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC, and the SRV "
+                                         "records and autoconfig names mail clients use to find the services")
     dn.add_argument("domain")
 
     q = sub.add_parser("queue", help="the outbound queue: list | show | retry | delete | flush")
@@ -854,12 +882,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config-sample":
         sys.stdout.write(config_mod.SAMPLE)
         return 0
+    if args.command == "setup":  # writes a configuration: its path is setup's own choice (setup.py step 1)
+        from .setup import SetupError, run
+
+        try:
+            return run(args)
+        except SetupError as exc:
+            print(f"postroom setup: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     found = config_mod.discover(args.config)
     cfg = config_mod.load(found.path, how=found.how)
     if args.command == "check":
         print(f"{cfg.source}: OK")
         print(f"  config    {found.describe()}")
-        made = "" if store_exists(cfg) else "  (not made yet: `postroom serve` or `postroom domain add` makes it)"
+        made = "" if store_exists(cfg) else "  (not made yet: `postroom serve`, `setup` or `domain add` makes it)"
         print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}{made}")
         for name, (host, port) in cfg.listeners.enabled().items():
             print(f"  {name:<12}{host}:{port}")

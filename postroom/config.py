@@ -59,7 +59,7 @@ class ListenersConfig:
         for name in LISTENER_NAMES:
             value = getattr(self, name)
             if value:
-                out[name] = split_hostport(value)
+                out[name] = listen_address(value)
         return out
 
 
@@ -67,6 +67,16 @@ class ListenersConfig:
 class TLSConfig:
     cert: str = ""  # empty: a self-signed certificate is generated into data_dir
     key: str = ""
+
+
+@dataclass(frozen=True)
+class ACMEConfig:
+    """Certificates from an ACME CA (RFC 8555) by the HTTP-01 challenge (postroom/acme.py)."""
+
+    directory: str = ""  # the CA's directory URL; "" = off (tls.cert/tls.key or a self-signed certificate)
+    email: str = ""  # contact address given to the CA (expiry notices); "" = none
+    names: tuple[str, ...] = ()  # names on the certificate; empty: server.hostname
+    ca_bundle: str = ""  # PEM file of the CAs that sign the directory's HTTPS certificate; "" = the system's
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    acme: ACMEConfig = field(default_factory=ACMEConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -176,11 +187,28 @@ class Config:
 
     @property
     def cert_path(self) -> Path:
+        if self.acme.directory:
+            return self.data_path / "acme" / "cert.pem"
         return Path(self.tls.cert) if self.tls.cert else self.data_path / "tls" / "cert.pem"
 
     @property
     def key_path(self) -> Path:
+        if self.acme.directory:
+            return self.data_path / "acme" / "key.pem"
         return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
+
+    @property
+    def acme_names(self) -> tuple[str, ...]:
+        """The names ACME certifies: `acme.names`, else the server's host name."""
+        return self.acme.names or (self.server.hostname,)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """A listener's address: `split_hostport`, and "*:25" -> ("", 25): every address of the machine, IPv4 and
+    IPv6 (one socket per family). Raises ValueError."""
+    if value.startswith("*:"):
+        return "", split_hostport("0.0.0.0" + value[1:])[1]
+    return split_hostport(value)
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -359,15 +387,30 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: server.hostname must be a host name without spaces")
     if not cfg.server.data_dir:
         raise ConfigError(f"{where}: server.data_dir must not be empty")
+    if cfg.acme.directory:
+        if not cfg.acme.directory.startswith("https://"):
+            raise ConfigError(f"{where}: acme.directory must be an https:// URL (RFC 8555 §6.1), "
+                              f"not {cfg.acme.directory!r}")
+        if cfg.tls.cert or cfg.tls.key:
+            raise ConfigError(f"{where}: acme.directory and tls.cert/tls.key are both set: the certificate comes "
+                              "from one or the other (leave tls.cert and tls.key empty to use ACME)")
+        if "http" not in cfg.listeners.enabled():
+            raise ConfigError(f"{where}: acme.directory needs listeners.http: the CA checks the HTTP-01 challenge "
+                              "there (on port 80 of every name)")
+        for name in cfg.acme_names:
+            if not name or "." not in name or any(c.isspace() or c in "/*:" for c in name):
+                raise ConfigError(f"{where}: acme.names: {name!r} is not a public host name a CA can certify "
+                                  "(set server.hostname or acme.names)")
     seen: dict[tuple[str, int], str] = {}
     for name in LISTENER_NAMES:
         value = getattr(cfg.listeners, name)
         if not value:
             continue
         try:
-            hp = split_hostport(value)
+            hp = listen_address(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", or \"\" to disable)") from None
+            raise ConfigError(f"{where}: listeners.{name}: {exc} (write \"host:port\", \"*:port\" for every "
+                              "address, or \"\" to disable)") from None
         if hp[1] != 0 and hp in seen:
             raise ConfigError(f"{where}: listeners.{name}: {value} is already used by listeners.{seen[hp]}")
         seen[hp] = name
@@ -481,7 +524,10 @@ def _absolutise(cfg: Config, base: Path | None) -> Config:
     store = cfg.store
     if store.url.startswith("sqlite:///"):
         store = dataclasses.replace(store, url="sqlite:///" + absolute(store.url[len("sqlite:///"):]))
-    return dataclasses.replace(cfg, server=server, tls=tls, store=store)
+    acme = cfg.acme
+    if acme.ca_bundle:
+        acme = dataclasses.replace(acme, ca_bundle=absolute(acme.ca_bundle))
+    return dataclasses.replace(cfg, server=server, tls=tls, store=store, acme=acme)
 
 
 def sqlite_path(url: str) -> Path:
@@ -510,6 +556,12 @@ http = "127.0.0.1:8080"
 [tls]
 cert = ""                          # empty: a self-signed certificate is generated into data_dir
 key = ""
+
+[acme]                             # certificates from an ACME CA (Let's Encrypt) by HTTP-01 on the http listener
+directory = ""                     # e.g. "https://acme-v02.api.letsencrypt.org/directory"; "" = off
+email = ""                         # contact for the CA
+names = []                         # names on the certificate; empty: server.hostname
+ca_bundle = ""                     # CAs of the directory's own HTTPS certificate (a private CA); "": the system's
 
 [store]
 url = ""                           # empty: sqlite:///<data_dir>/postroom.db

@@ -493,9 +493,8 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
             value = s.limits.message_size
         elif item == "HIGHESTMODSEQ":  # RFC 7162 §3.1.7
             value = st.mailbox.highestmodseq
-        else:  # RECENT: messages no session has been told about yet
-            claimed = await s.store.recent_watermark(mbox.id)
-            value = len(await s.store.list_messages(mbox.id, claimed + 1)) if st.messages else 0
+        else:  # RECENT: messages no session has been told about yet, counted with the rest (one query)
+            value = st.recent
         out.append(f"{item} {value}")
     return b"* STATUS " + wire_name(s, mbox.name) + b" (" + " ".join(out).encode() + b")\r\n"
 

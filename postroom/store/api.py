@@ -286,6 +286,7 @@ class MailboxStatus:
     deleted: int  # messages with \\Deleted (RFC 9051 STATUS DELETED)
     size: int  # total octets (RFC 8438 STATUS SIZE)
     first_unseen_uid: int | None
+    recent: int = 0  # messages past the mailbox's \Recent watermark: no session has been told of them (RECENT)
 
 
 @dataclass(frozen=True)

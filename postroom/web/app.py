@@ -1,4 +1,5 @@
-"""The Starlette application: operational endpoints (health, metrics). Webmail and admin will mount here.
+"""The Starlette application: operational endpoints (health, metrics) and client autoconfiguration
+(autoconfig.py). Webmail and admin will mount here.
 
 Theory of operation
 -------------------
@@ -10,12 +11,14 @@ Invariants
    `health()` raising, is 503 with a JSON body (a load balancer takes the node out; nothing leaks but the
    exception's type).
 2. `GET /metrics` is the Prometheus text exposition of the process's own registry.
+3. The autoconfiguration URLs (Thunderbird's two, Outlook's Autodiscover in both spellings) answer only for a
+   domain `settings_for` knows, else 404; a malformed Autodiscover request is 400 with a one-line reason.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from postroom.metrics import Metrics
+from postroom.web import autoconfig
 
 log = logging.getLogger("postroom.http")
 
@@ -31,8 +35,13 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def create_app(metrics: Metrics, health: HealthCheck,
-               before_scrape: Callable[[], Awaitable[None]] | None = None) -> Starlette:
-    """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering."""
+               before_scrape: Callable[[], Awaitable[None]] | None = None,
+               settings_for: autoconfig.SettingsFor | None = None,
+               acme_challenges: Mapping[str, str] | None = None) -> Starlette:
+    """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering;
+    `settings_for(domain)` gives a hosted domain's client settings (None: not hosted), and without it the
+    autoconfiguration URLs are not served; `acme_challenges` (token -> key authorization, acme.py) is answered at
+    `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3) while an order is in progress."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -53,9 +62,58 @@ def create_app(metrics: Metrics, health: HealthCheck,
         body, content_type = metrics.render()
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
-    app = Starlette(routes=[
+    xml_headers = {"Cache-Control": "no-store"}
+
+    async def thunderbird(request: Request) -> Response:
+        assert settings_for is not None
+        given = request.query_params.get("emailaddress", "")
+        domain = autoconfig.address_domain(given) if given else autoconfig.host_domain(request.headers.get("host", ""))
+        settings = await settings_for(domain) if domain else None
+        if settings is None:
+            return Response("no mail service for that domain here\n", status_code=404, media_type="text/plain")
+        return Response(autoconfig.thunderbird_xml(settings), media_type="application/xml", headers=xml_headers)
+
+    async def autodiscover(request: Request) -> Response:
+        assert settings_for is not None
+        if request.method == "POST":
+            body = b""
+            async for chunk in request.stream():  # invariant 2 of autoconfig: read no more than MAX_REQUEST
+                body += chunk
+                if len(body) > autoconfig.MAX_REQUEST:
+                    break
+            try:
+                address = autoconfig.autodiscover_address(body)
+            except autoconfig.BadRequest as exc:
+                return Response(f"bad Autodiscover request: {exc}\n", status_code=400, media_type="text/plain")
+        else:  # some clients ask with GET ?email= (or emailaddress=)
+            address = request.query_params.get("email") or request.query_params.get("emailaddress") or ""
+        domain = autoconfig.address_domain(address)
+        settings = await settings_for(domain) if domain else None
+        if settings is None:
+            return Response("no mail service for that address here\n", status_code=404, media_type="text/plain")
+        return Response(autoconfig.autodiscover_xml(settings, address), media_type="application/xml",
+                        headers=xml_headers)
+
+    async def acme_challenge(request: Request) -> Response:
+        assert acme_challenges is not None
+        answer = acme_challenges.get(request.path_params["token"])
+        if answer is None:
+            return Response("no such challenge\n", status_code=404, media_type="text/plain")
+        return Response(answer, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+    routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ])
+    ]
+    if settings_for is not None:
+        routes += [
+            Route("/mail/config-v1.1.xml", thunderbird, methods=["GET"]),
+            Route("/.well-known/autoconfig/mail/config-v1.1.xml", thunderbird, methods=["GET"]),
+            Route("/autodiscover/autodiscover.xml", autodiscover, methods=["GET", "POST"]),
+            Route("/Autodiscover/Autodiscover.xml", autodiscover, methods=["GET", "POST"]),
+        ]
+    if acme_challenges is not None:
+        routes.append(Route("/.well-known/acme-challenge/{token}", acme_challenge, methods=["GET"]))
+    app = Starlette(routes=routes)
     app.state.metrics = metrics
     return app

@@ -80,11 +80,11 @@ def _safe(text: str) -> str:
 class HttpServer:
     """A running uvicorn server in this loop. `.port` is the bound port."""
 
-    def __init__(self, server: uvicorn.Server, sock: socket.socket, task: asyncio.Task[None]) -> None:
+    def __init__(self, server: uvicorn.Server, socks: list[socket.socket], task: asyncio.Task[None]) -> None:
         self._server = server
-        self._sock = sock
+        self._socks = socks
         self._task = task
-        name = sock.getsockname()
+        name = socks[0].getsockname()
         self.host: str = str(name[0])
         self.port: int = int(name[1])
 
@@ -102,30 +102,38 @@ class HttpServer:
         except Exception:
             log.exception("HTTP server failed while stopping")
         finally:
-            self._sock.close()
+            for sock in self._socks:
+                sock.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host:port; host "" is every address: one socket per address family (as the mail
+    listeners get from asyncio), except with port 0, where the families could get different ports."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    if host or port == 0:
+        infos = infos[:1]
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(512)
-        sock.setblocking(False)
+        for family, _, _, _, addr in infos:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(512)
+            sock.setblocking(False)
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    return socks
 
 
 async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any) -> HttpServer:
     """Start serving `app` on host:port (port 0: any free port) in the running loop (invariant 1)."""
     try:
-        sock = _bind(host, port)
+        socks = _bind(host, port)
     except OSError as exc:
         raise OSError(exc.errno, f"listener http: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {
@@ -141,13 +149,14 @@ async def serve_http(app: ASGIApp, host: str, port: int, **uvicorn_options: Any)
     options.update(uvicorn_options)
     config = uvicorn.Config(AccessLog(app), **options)
     server = _GuestServer(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="http-server")
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=socks), name="http-server")
     while not server.started:
         if task.done():
-            sock.close()
+            for sock in socks:
+                sock.close()
             failure = task.exception() if not task.cancelled() else None
             raise RuntimeError(f"HTTP server did not start: {failure!r}") from failure
         await asyncio.sleep(0.005)
-    http = HttpServer(server, sock, task)
+    http = HttpServer(server, socks, task)
     log.info("listening listener=http address=%s:%d", http.host, http.port)
     return http

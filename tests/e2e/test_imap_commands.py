@@ -371,6 +371,20 @@ def test_status_items(imap: Any) -> None:
     assert r.cmd("c STATUS Nope (MESSAGES)")[-1].startswith(b"c NO [NONEXISTENT]")
 
 
+def test_status_recent_counts_what_no_session_was_told(imap: Any) -> None:
+    """RFC 3501 §6.3.10 RECENT: the messages with \\Recent, i.e. that no session has been told of yet; STATUS
+    does not claim them (a later SELECT still sees them as recent)."""
+    fill(imap, ADDR, PW, 2)
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")  # claims UIDs 1-2
+    r.cmd("b UNSELECT")
+    fill(imap, ADDR, PW, 3)  # three more, told to no session
+    assert r.cmd("c STATUS INBOX (MESSAGES RECENT)")[0] == b'* STATUS "INBOX" (MESSAGES 5 RECENT 3)\r\n'
+    assert r.cmd("d STATUS INBOX (RECENT)")[0] == b'* STATUS "INBOX" (RECENT 3)\r\n'
+    assert b"* 3 RECENT\r\n" in r.cmd("e SELECT INBOX")
+    assert r.cmd("f STATUS INBOX (RECENT)")[0] == b'* STATUS "INBOX" (RECENT 0)\r\n'
+
+
 def test_append_with_flags_date_and_appenduid(imap: Any) -> None:
     r = raw(imap)
     msg = message(7)

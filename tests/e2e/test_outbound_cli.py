@@ -66,6 +66,34 @@ def test_domain_add_makes_keys_and_dns_prints_records(conf: Path, capsys: pytest
     assert code == 1 and "not a local domain" in err
 
 
+def test_dns_prints_srv_records_for_the_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 6186 §3.1-3.3 and RFC 8314 §5.1: one SRV record per submission/access service at its port, implicit
+    TLS preferred (lower priority); a service that is not offered has the target "." (RFC 6186 §3.4)."""
+    conf = tmp_path / "postroom.toml"
+    conf.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\nhostname = "mx.a.test"\n'
+                    '[listeners]\nsubmissions = "0.0.0.0:465"\nsubmission = "0.0.0.0:587"\nimaps = "[::]:993"\n'
+                    'imap = "0.0.0.0:143"\npop3s = ""\npop3 = ""\n')
+    run(conf, "domain", "add", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    code, out, _ = run(conf, "dns", "a.test", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0
+    records = [line.split() for line in out.splitlines() if not line.startswith(";")]
+    srv = [r for r in records if r[3] == "SRV"]
+    assert srv == [
+        ["_submissions._tcp.a.test.", "3600", "IN", "SRV", "0", "1", "465", "mx.a.test."],
+        ["_submission._tcp.a.test.", "3600", "IN", "SRV", "10", "1", "587", "mx.a.test."],
+        ["_imaps._tcp.a.test.", "3600", "IN", "SRV", "0", "1", "993", "mx.a.test."],
+        ["_imap._tcp.a.test.", "3600", "IN", "SRV", "10", "1", "143", "mx.a.test."],
+        ["_pop3s._tcp.a.test.", "3600", "IN", "SRV", "0", "0", "0", "."],
+        ["_pop3._tcp.a.test.", "3600", "IN", "SRV", "0", "0", "0", "."],
+    ]
+    assert ["autoconfig.a.test.", "3600", "IN", "CNAME", "mx.a.test."] in records
+    assert ["autodiscover.a.test.", "3600", "IN", "CNAME", "mx.a.test."] in records
+    # smtp and http are left at their loopback defaults: said, since no other machine could reach them
+    [warning] = [line for line in out.splitlines() if "bind a loopback address" in line]
+    assert warning.endswith(": http, smtp")
+
+
 def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     run(conf, "domain", "add", "a.test", capsys=capsys, monkeypatch=monkeypatch)

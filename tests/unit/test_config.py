@@ -85,6 +85,16 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, fragment: str) -> N
     assert fragment in message, message
 
 
+def test_listener_on_every_address() -> None:
+    """"*:port": every address of the machine, IPv4 and IPv6 (host "" for the listeners)."""
+    cfg = config.load(None, {"listeners": {"smtp": "*:25", "imaps": "*:993"}})
+    assert cfg.listeners.enabled()["smtp"] == ("", 25) and cfg.listeners.enabled()["imaps"] == ("", 993)
+    with pytest.raises(config.ConfigError, match="already used by listeners.smtp"):
+        config.load(None, {"listeners": {"smtp": "*:25", "imap": "*:25"}})
+    with pytest.raises(config.ConfigError, match="every address"):
+        config.load(None, {"listeners": {"smtp": "*:x"}})
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="no such file"):
         config.load(tmp_path / "absent.toml")

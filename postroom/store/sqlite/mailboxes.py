@@ -298,12 +298,14 @@ class MailboxesMixin(Base):
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def q(conn: sqlite3.Connection) -> MailboxStatus:
             mbox = load_mailbox(conn, mailbox_id)
-            count, unseen, deleted, size, first_unseen = conn.execute(
+            count, unseen, deleted, size, first_unseen, recent = conn.execute(
                 "SELECT count(*), total(flags & 1 = 0), total(flags & 8 <> 0), total(size),"
-                " min(CASE WHEN flags & 1 = 0 THEN uid END) FROM messages WHERE mailbox_id = ?",
+                " min(CASE WHEN flags & 1 = 0 THEN uid END),"
+                " total(uid > (SELECT recent_uid FROM mailboxes WHERE id = ?1))"
+                " FROM messages WHERE mailbox_id = ?1",
                 (mailbox_id,),
             ).fetchone()
-            return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen)
+            return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen, int(recent))
 
         return await self._engine.read(q)
 
