@@ -156,3 +156,17 @@ def test_banner_names_a_real_user_or_says_how_to_add_one(tmp_path: Path) -> None
             assert smtp.sendmail("you@example.org", ["first@example.test"], b"Subject: hello\r\n\r\nHi!\r\n") == {}
     finally:
         stop(proc)
+
+
+def test_banner_commands_reach_wildcard_listeners_through_loopback(tmp_path: Path) -> None:
+    # "*:port" listeners (`postroom setup` writes them) bind every address: the banner lists them as "*" and its
+    # commands use loopback, not an unconnectable "0.0.0.0" or an empty host.
+    from postroom import config as config_mod
+    from postroom.app import Postroom, banner
+
+    server = Postroom(config_mod.load(None, {"server": {"data_dir": str(tmp_path)}}))
+    server.addresses = {"smtp": ("", 25), "imaps": ("::", 993), "pop3s": ("192.0.2.7", 995), "http": ("0.0.0.0", 80)}
+    text = banner(server, None, "a@example.test")
+    assert "  smtp         *:25  (plain)" in text and "  http         *:80  (HTTP)" in text
+    assert "curl http://127.0.0.1:80/healthz" in text and "smtplib.SMTP('127.0.0.1', 25)" in text
+    assert "imaps://[::1]:993/INBOX" in text and "pop3s://192.0.2.7:995/1" in text
