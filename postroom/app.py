@@ -253,7 +253,8 @@ def banner(server: Postroom, demo_password: str | None, user: str | None = None)
     who exists and read it back: the demo user with `demo_password`, else `user` (with PASSWORD for its
     password, which the server does not know), else how to add one."""
     cfg = server.config
-    lines = [f"Postroom is running (data in {cfg.data_path}, store {cfg.store_url})", ""]
+    conf = "built-in defaults" if cfg.source == "<defaults>" else cfg.source  # config.discover chose it
+    lines = [f"Postroom is running (configuration {conf}; data in {cfg.data_path}, store {cfg.store_url})", ""]
     for name, (host, port) in server.addresses.items():
         shown = "*" if host in _WILDCARDS else f"[{host}]" if ":" in host else host  # "*": every address
         kind = "implicit TLS" if name in IMPLICIT_TLS else ("HTTP" if name == "http" else "plain")

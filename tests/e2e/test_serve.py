@@ -167,6 +167,7 @@ def test_banner_commands_reach_wildcard_listeners_through_loopback(tmp_path: Pat
     server = Postroom(config_mod.load(None, {"server": {"data_dir": str(tmp_path)}}))
     server.addresses = {"smtp": ("", 25), "imaps": ("::", 993), "pop3s": ("192.0.2.7", 995), "http": ("0.0.0.0", 80)}
     text = banner(server, None, "a@example.test")
+    assert text.startswith("Postroom is running (configuration built-in defaults; data in ")
     assert "  smtp         *:25  (plain)" in text and "  http         *:80  (HTTP)" in text
     assert "curl http://127.0.0.1:80/healthz" in text and "smtplib.SMTP('127.0.0.1', 25)" in text
     assert "imaps://[::1]:993/INBOX" in text and "pop3s://192.0.2.7:995/1" in text
