@@ -38,6 +38,7 @@ from .mime import pool as meta_pool
 from .net.listener import Handler, ListenerSpec, NetServer, refusal
 from .net.tls import ensure_certificate, server_context
 from .pop3.session import pop3_handler
+from .smtp.door import Door
 from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Invalid, Store
@@ -69,6 +70,7 @@ class Services:
     metrics: Metrics
     tls: ssl.SSLContext
     wake_queue: Callable[[], None] = lambda: None  # the outbound scheduler's wake(), when it runs
+    door: Door | None = None  # SMTP defence at the door (smtp/door.py): pregreet passes, rates, send limits
 
 
 # Listener name -> factory of its session handler.
@@ -131,7 +133,8 @@ class Postroom:
             self.queue = Scheduler(store, cfg, bounce=bounce, **self.queue_options)
             self.queue.start()
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM's answers for unknown users
-        self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake)
+        self.services = Services(cfg, store, Authenticator(store, cfg.auth, secret=secret), self.metrics, tls, wake,
+                                 Door(cfg.smtp))
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():

@@ -137,6 +137,14 @@ class SMTPConfig:
     vrfy_expn: bool = False  # VRFY/EXPN give real answers to authenticated clients (always 252/502 to others)
     max_received: int = 50  # more Received header fields than this: a mail loop, 554 5.4.6 (RFC 5321 §6.3)
     pop_before_smtp_minutes: float = 0.0  # a POP3/IMAP login lets that IP relay for this long; 0: off
+    # Defence at the door (smtp/door.py)
+    greet_delay_seconds: float = 6.0  # MX: a new client is greeted after this; talking first is refused; 0: off
+    screen_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # no greeting delay, no rate limits on the MX
+    client_connection_rate: int = 60  # MX connections per minute from one address; 0: no limit
+    client_message_rate: int = 120  # MX messages (MAIL) per minute from one address; 0: no limit
+    submission_messages_per_hour: int = 500  # per user; 0: no limit
+    submission_recipients_per_hour: int = 2000  # per user; 0: no limit
+    greylist_seconds: float = 0.0  # MX greylisting: a new (network, sender, recipient) waits this long; 0: off
 
 
 @dataclass(frozen=True)
@@ -437,12 +445,20 @@ def _validate(cfg: Config, where: str) -> None:
     for name in ("command_deadline_seconds", "min_data_rate", "data_rate_grace_seconds"):
         if getattr(cfg.limits, name) < 0:
             raise ConfigError(f"{where}: limits.{name} must be 0 (off) or more")
-    for i, net in enumerate(cfg.smtp.relay_networks):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"{where}: smtp.relay_networks[{i}]: {net!r} is not an address or network "
-                              f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    for key in ("relay_networks", "screen_exempt"):
+        for i, net in enumerate(getattr(cfg.smtp, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: smtp.{key}[{i}]: {net!r} is not an address or network "
+                                  f"(write \"192.0.2.0/24\" or \"2001:db8::1\")") from None
+    for key in ("greet_delay_seconds", "greylist_seconds", "client_connection_rate", "client_message_rate",
+                "submission_messages_per_hour", "submission_recipients_per_hour"):
+        if getattr(cfg.smtp, key) < 0:
+            raise ConfigError(f"{where}: smtp.{key} must be 0 (off) or more")
+    if cfg.smtp.greet_delay_seconds > 60:
+        raise ConfigError(f"{where}: smtp.greet_delay_seconds must be at most 60 (clients wait 5 minutes for the "
+                          "greeting, RFC 5321 §4.5.3.2.1, but a long delay only slows real mail)")
     if cfg.imap.expunged_retention_days < 1:
         raise ConfigError(f"{where}: imap.expunged_retention_days must be at least 1")
     for name in ("max_failures_per_ip", "max_failures_per_user"):
@@ -604,6 +620,13 @@ relay_networks = []                # e.g. ["192.0.2.0/24"]: may relay through th
 vrfy_expn = false                  # true: VRFY/EXPN answer authenticated clients (others get 252/502)
 max_received = 50                  # more Received headers than this is a mail loop (554 5.4.6)
 pop_before_smtp_minutes = 0        # >0: a POP3/IMAP login lets that IP relay for this many minutes
+greet_delay_seconds = 6            # MX: new clients are greeted after this; a client that talks first is refused
+screen_exempt = ["127.0.0.0/8", "::1/128"]  # MX clients without greeting delay and rate limits
+client_connection_rate = 60        # MX connections per minute from one address (0: no limit)
+client_message_rate = 120          # MX messages per minute from one address (0: no limit)
+submission_messages_per_hour = 500 # per user on submission (0: no limit)
+submission_recipients_per_hour = 2000  # per user on submission (0: no limit)
+greylist_seconds = 0               # >0: MX greylisting, a new (network, sender, recipient) is retried after this
 
 [delivery]
 enabled = true                     # run the outbound queue in `postroom serve`

@@ -73,6 +73,13 @@ Invariants
     "relayed" or passes them on (queue.py). The report is itself mail from the null sender through this door:
     stored in a local sender's INBOX or queued (durable, retried). If writing it fails, `accept` raises
     (invariant 1): the client retries, so the sender may get a duplicate message, never a lost report.
+12. Forwards are sent with an SRS envelope sender (srs.py), so SPF of the original sender's domain does not fail
+    at the next hop: a copy for a remote address reached through a local address (an alias, a catch-all, the
+    address an SRS bounce stands for) is queued with `SRS0=...@<that local address's domain>` as MAIL FROM,
+    unless the sender is null, already in a local domain, or too long to rewrite. Direct relays (submission,
+    relay networks) keep their sender. A recipient `SRS0=...@<local domain>` (or SRS1) resolves to the address it
+    stands for, only if its hash and age check out (else 550 5.1.1): bounces of forwards reach the original
+    sender, and nobody else can relay through the form.
 """
 
 from __future__ import annotations
@@ -88,7 +95,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from postroom.auth.secret import load_or_create as load_secret
 from postroom.config import Config
+from postroom.delivery import srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
 from postroom.mime.headers import split_fields
@@ -138,6 +147,7 @@ TOO_MANY_TARGETS = RouteError(550, "5.4.6", "Alias expansion too large or too de
 NO_POSTMASTER_YET = RouteError(451, "4.3.5", "No mailbox for postmaster yet (the server has no user); try later")
 POSTMASTER = "postmaster"
 STRAY_CONTENT = RouteError(550, "5.6.0", "Message refused: bare CR or LF, or NUL, in the content")
+BAD_SRS = RouteError(550, "5.1.1", "No such user here (an SRS address that was not made here, or has expired)")
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,13 @@ class Router:
         self._ids = itertools.count(1)
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
+        self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
+
+    async def secret(self) -> bytes:
+        """The server secret, read (or made) once, off the loop."""
+        if self._secret is None:
+            self._secret = await asyncio.to_thread(load_secret, Path(self.config.data_path))
+        return self._secret
 
     def staging_dir(self) -> Path:
         """Where a session writes a large message body before `accept` (`Envelope.staged`; store/api.py)."""
@@ -340,6 +357,13 @@ class Router:
         if not await self.is_local_domain(domain):
             out.append(Remote(a))
             return "remote"
+        if srs.is_srs(local):  # a bounce (or reply) to an address a forward of ours left with (invariant 12)
+            try:
+                out.append(Remote(srs.reverse(local, await self.secret())))
+            except srs.SRSError as exc:
+                log.info("srs refused address=%s reason=%r", _printable(a), str(exc))
+                raise BAD_SRS from None
+            return "srs"
         # From here on `a` is a local name: its lower-case key is what the store and the loop check compare.
         a = a.lower()
         local = local.lower()
@@ -512,7 +536,9 @@ class Router:
                                           and await asyncio.to_thread(file_stray, env.staged) is not None):
             raise STRAY_CONTENT  # invariant 8
         users: dict[int, str] = {}
-        remote: dict[str, Rcpt] = {}
+        remote: dict[str, Rcpt] = {}  # relayed with the envelope sender as it came
+        forwarded: dict[str, dict[str, Rcpt]] = {}  # SRS sender -> recipients (invariant 12)
+        sender_local = bool(env.mail_from) and await self.is_local_domain(split(env.mail_from)[1])
         lists: dict[str, MailingList] = {}
         actions: list[ListAction] = []
         successes: list[RecipientReport] = []
@@ -532,7 +558,9 @@ class Router:
                 elif isinstance(d, Remote):
                     if not env.may_relay and d.address == a:
                         raise RELAY_DENIED  # invariant 2, checked again at the door
-                    remote.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, notify_on))
+                    sender = await self._forward_sender(env.mail_from, sender_local, a, d)
+                    target = remote if sender is None else forwarded.setdefault(sender, {})
+                    target.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, notify_on))
                 elif isinstance(d, ListPost):
                     lists[d.ml.address] = d.ml
                 else:
@@ -558,6 +586,7 @@ class Router:
         others = [self._hold(ml, env.mail_from, env.raw)
                   if ml.policy is ListPolicy.MODERATED and env.mail_from.lower() != ml.owner.lower()
                   else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
+        others += [self._enqueue_forward(env, sender, list(rcpts.values())) for sender, rcpts in forwarded.items()]
         others += [self._act(act) for act in actions]
         local, entry, parts = await _all(local_job, queue_job, others)
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
@@ -570,7 +599,30 @@ class Router:
             self.on_queued()
         if successes:
             await self._report_success(env, successes)  # invariant 11: after every copy is durable
-        return Accepted(local, len(remote), queue_ids, held)
+        return Accepted(local, len(remote) + sum(map(len, forwarded.values())), queue_ids, held)
+
+    async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
+        """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when
+        the sender stays as it is: a direct relay, the null sender, a sender in a local domain, or one too long
+        to rewrite (invariant 12)."""
+        if d.address == a or not mail_from or sender_local:
+            return None
+        try:
+            return srs.forward(mail_from, split(a)[1].lower(), await self.secret())
+        except srs.SRSError as exc:
+            log.info("srs not rewritten sender=%s reason=%r", _printable(mail_from), str(exc))
+            return None
+
+    async def _enqueue_forward(self, env: Envelope, sender: str, rcpts: list[Rcpt]) -> Accepted:
+        """Queue forwarded copies under their SRS sender (from the staged file when there is one, invariant 9)."""
+        queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in rcpts]
+        if env.staged is None:
+            entry = await self.store.enqueue(env.raw, sender, queue_rcpts, envid=env.envid, ret=env.ret,
+                                             from_checked=env.from_checked)
+        else:
+            entry = await self.store.enqueue_file(env.staged, sender, queue_rcpts, prefix=env.raw, envid=env.envid,
+                                                  ret=env.ret, from_checked=env.from_checked)
+        return Accepted(0, 0, (entry.id,), 0)
 
     async def _report_success(self, env: Envelope, reports: list[RecipientReport]) -> None:
         """Invariant 10: one success DSN about `reports` to the envelope sender, durable on return."""

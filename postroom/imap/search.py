@@ -279,6 +279,13 @@ class _Row:
 _Msg = MessageInfo | _Row
 
 
+def _flag_test(key: P.Key) -> tuple[int, bool] | None:
+    """(flag bit, present) when `key` is one system-flag test (UNSEEN, DELETED, ...), alone; else None."""
+    if key.op == "AND" and len(key.args) == 1 and isinstance(key.args[0], P.Key):
+        return _flag_test(key.args[0])
+    return _FLAG_TESTS.get(key.op)
+
+
 def _fast(key: P.Key, cols: MessageColumns) -> list[int] | None:
     """A search on flags only (UNSEEN, DELETED, ...) as one comprehension over the flags column; None for
     any other key."""
@@ -318,6 +325,10 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
         return []
     if _needs_meta(key):
         return await _meta_search(s, key, ctx, modseqs)
+    flag_test = _flag_test(key)
+    if flag_test is not None and modseqs is None:  # SEEN, UNSEEN, DELETED...: the store filters, in SQL
+        flagged = await s.store.uids_with_flag(sel.id, known[0], known[-1], *flag_test)
+        return [u for u in flagged if sel.msn(u)]  # only what the session has announced
     cols = await s.store.list_columns(sel.id, known[0], known[-1])
     announced = None if array("I", cols.uids) == known else set(known)
     out = _fast(key, cols)

@@ -86,6 +86,16 @@ R421_SLOW_DATA = reply(421, "4.4.2", "Data arriving too slowly, closing connecti
 R421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 R421_TLS_PIPELINED = reply(421, "4.7.0", "Plaintext pipelined after STARTTLS, closing connection")
 R451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
+# Defence at the door (door.py): temporary, so a real server or client tries again later (RFC 5321 §4.2.1)
+R421_CONNECTION_RATE = reply(421, "4.7.0", "Too many connections from your address; try again later")
+R450_MESSAGE_RATE = reply(450, "4.7.1", "Too many messages from your address; try again later")
+R450_USER_MESSAGES = reply(450, "4.7.1", "Hourly limit of messages for your account reached; try again later")
+R450_USER_RECIPIENTS = reply(450, "4.7.1", "Hourly limit of recipients for your account reached; try again later")
+
+
+def greylisted(wait: float) -> Reply:
+    """450 4.7.1 for a greylisted triplet (door.py): try again after `wait` seconds."""
+    return reply(450, "4.7.1", f"Greylisted, please try again in {max(1, int(wait + 0.999))} seconds")
 R452_TOO_MANY_RCPTS = reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10
 R452_NO_STORAGE = reply(452, "4.3.1", "Insufficient system storage, try again later")  # RFC 3463 §3.4, RFC 5321 §4.2.2
 R454_TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
@@ -131,6 +141,7 @@ R553_SENDER_NOT_OWNED = reply(553, "5.7.1", "Sender address does not belong to t
 R553_UTF8_ADDRESS = reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")  # RFC 6531 §3.5
 R554_NO_VALID_RCPTS = reply(554, "5.5.1", "No valid recipients")  # RFC 5321 §3.3
 R554_LOOP = reply(554, "5.4.6", "Too many Received headers: mail loop detected")  # RFC 5321 §6.3
+R554_PREGREET = reply(554, "5.5.1", "Protocol error: talked before the greeting")  # RFC 5321 §3.1 (door.py)
 R555_PARAM = reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")  # RFC 5321 §4.1.1.11
 
 

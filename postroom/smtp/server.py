@@ -43,6 +43,7 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -59,6 +60,7 @@ from postroom.fsutil import write_all
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
     Connection,
+    ConnectionClosed,
     DeadlineExceeded,
     IdleTimeout,
     PlaintextAfterStartTLS,
@@ -209,6 +211,10 @@ class Session:
         conn, core = self.conn, self.core
         core.tls = conn.tls
         self._update_offers()
+        if not self.policy.submission and not await self._screen():
+            await self._flush()
+            conn.log.update({"helo": "-", "user": "-", "messages": 0, "errors": 0})
+            return
         core.greet()
         try:
             while True:
@@ -250,7 +256,7 @@ class Session:
             conn.log.update({"helo": core.helo or "-", "user": self.user or "-", "messages": core.messages,
                              "errors": core.errors})
 
-    def _refused(self, exc: RouteError, ev: object) -> None:
+    def _log_route_refusal(self, exc: RouteError, ev: object) -> None:
         """The one log line of a refused MAIL, RCPT or message (relay denied, list policy, unknown user, ...)."""
         txn = self.core.txn
         fields: list[tuple[str, Any]] = [("code", exc.code), ("esc", exc.esc)]
@@ -266,6 +272,37 @@ class Session:
         if self.core.authenticated:
             fields.append(("user", self.core.authenticated))
         log_refusal(self.conn, what, exc.text, fields)
+
+    async def _screen(self) -> bool:
+        """The MX tests before the greeting (door.py): the connection rate, then the pregreet test. False: the
+        session ends with the reply already queued (and `conn.end` saying why)."""
+        door, ip = self.services.door, self.conn.peer[0]
+        if door is None or door.exempt(ip):
+            return True
+        now = self.clock()
+        if not door.connection_allowed(ip, now):
+            self._refuse_at_door(R.R421_CONNECTION_RATE, "connection-rate")
+            return False
+        delay = self.services.config.smtp.greet_delay_seconds
+        if delay <= 0 or door.passes.passed(ip, now):
+            return True
+        try:
+            early = await asyncio.wait_for(self.conn.read_some(1024, interruptible=True), delay)
+        except TimeoutError:
+            door.passes.add(ip, self.clock())  # it waited for the greeting, as RFC 5321 §3.1 asks
+            return True
+        except (ConnectionClosed, ShuttingDown):
+            self.conn.end = "eof"
+            return False
+        self._refuse_at_door(R.R554_PREGREET, "pregreet", early=len(early))
+        return False
+
+    def _refuse_at_door(self, reply: Reply, reason: str, **fields: object) -> None:
+        self.core.close_with(reply)
+        self.conn.end = "refused"
+        self.conn.log["refused"] = reason
+        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
+                                                ("reason", reason), *fields.items()]).strip())
 
     async def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -295,7 +332,7 @@ class Session:
             else:  # pragma: no cover - every event type is handled above
                 raise AssertionError(f"unhandled event {ev!r}")
         except RouteError as exc:
-            self._refused(exc, ev)
+            self._log_route_refusal(exc, ev)
             self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
         except InsufficientStorage as exc:
             log.warning("session %s: %s", self.conn.session_id, exc)
@@ -335,6 +372,7 @@ class Session:
 
     # --- MAIL / RCPT -------------------------------------------------------------------------------------------
     async def _mail(self, ev: MailFrom) -> None:
+        door = self.services.door
         if self.policy.submission:
             if not self.core.authenticated:
                 log_refusal(self.conn, "mail", "authentication required", [("code", 530), ("from", ev.address)])
@@ -345,16 +383,41 @@ class Session:
                             [("code", 553), ("from", ev.address), ("user", self.core.authenticated)])
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
+            if door is not None and not door.user_may_send(self.core.authenticated, self.clock()):
+                self._refused("send-limit-messages", R.R450_USER_MESSAGES)
+                return
+        elif door is not None and not door.exempt(self.conn.peer[0]) \
+                and not door.message_allowed(self.conn.peer[0], self.clock()):
+            self._refused("message-rate", R.R450_MESSAGE_RATE)
+            return
         self.core.accept_mail()
+
+    def _refused(self, reason: str, reply: Reply) -> None:
+        """Answer a command with a door refusal, logged with its reason (one line)."""
+        self.core.send(reply)
+        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
+                                                ("user", self.core.authenticated or "-"), ("reason", reason)]).strip())
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
         assert txn is not None
+        door, user = self.services.door, self.core.authenticated
+        if self.policy.submission and door is not None and user \
+                and not door.user_may_add_recipient(user, len(txn.recipients), self.clock()):
+            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            return
         try:
             await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
         except RouteError:
             self.rcpts_refused += 1
             raise
+        # Greylisting after the recipient is known to be ours: an unknown one gets its 550, not a 450 to retry.
+        grey = door.greylist if door is not None and not self.policy.submission else None
+        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
+            wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
+            if wait > 0:
+                self._refused("greylisted", R.greylisted(wait))
+                return
         self.core.accept_rcpt(ev.recipient)
 
     # --- the message -------------------------------------------------------------------------------------------
@@ -397,12 +460,14 @@ class Session:
                 await self.router.check_header_senders(core.authenticated, head)
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
-            self._refused(exc, ev)
+            self._log_route_refusal(exc, ev)
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
             return
         finally:
             self._drop_staged()
         self.services.metrics.message_accepted()
+        if self.policy.submission and self.services.door is not None and core.authenticated:
+            self.services.door.user_sent(core.authenticated, len(recipients), self.clock())  # door.py send limits
         if accepted.local:
             self.services.metrics.message_delivered(accepted.local)
         message_log.info("%s", logfmt("message", [

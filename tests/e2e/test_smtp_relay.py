@@ -42,6 +42,11 @@ TRICKS: list[tuple[str, str, str]] = [
     ("<spammer@bad.test>", "<victim@exämple.org>", "non-ASCII look-alike of our domain"),
     ("<spammer@bad.test>", f"<victim\\@outside.test@{LOCAL}>", "escaped @"),
     ("<spammer@bad.test>", f"<@:{VICTIM}>", "empty source route"),
+    # SRS forms (delivery/srs.py) made up by the sender: the hash is not one this server made
+    ("<spammer@bad.test>", f"<SRS0=AAAA=AB=outside.test=victim@{LOCAL}>", "forged SRS0"),
+    ("<>", f"<SRS0=AAAA=AB=outside.test=victim@{LOCAL}>", "forged SRS0, null sender"),
+    ("<spammer@bad.test>", f"<SRS1=AAAA=outside.test==AAAA=AB=x.test=victim@{LOCAL}>", "forged SRS1"),
+    ("<spammer@bad.test>", f"<srs0=x@{LOCAL}>", "malformed SRS0"),
 ]
 
 
@@ -89,6 +94,7 @@ def test_open_relay_matrix(srv: Any) -> None:
     assert results["IPv4 literal of the server"] == (550, b"5.7.1 Relaying denied")
     assert results["null sender"] == (550, b"5.7.1 Relaying denied")
     assert results["trailing dot"][0] == 501
+    assert all(results[n][0] == 550 and b"SRS" in results[n][1] for n in results if "SRS" in n)
     assert results["non-ASCII look-alike of our domain"][0] == 553
     assert srv.run(srv.store.queue_list()) == []
 

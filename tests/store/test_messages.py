@@ -379,6 +379,23 @@ async def test_list_columns_matches_list_messages(store: Store) -> None:
         await store.list_columns(987654)
 
 
+async def test_uids_with_flag_is_the_flag_column_filtered(store: Store) -> None:
+    u = await new_user(store)
+    box = await inbox(store, u)
+    await store.append_many(box.id, [msg(i, flags=(Flag.SEEN if i % 3 else 0) | (Flag.FLAGGED if i % 5 == 0 else 0))
+                                     for i in range(1, 301)])
+    await store.store_flags(box.id, [7, 8], StoreMode.ADD, Flag.DELETED)
+    await store.expunge(box.id, [7, 8])
+    for lo, hi in ((1, 300), (10, 20), (299, 5000), (400, 500)):
+        cols = await store.list_columns(box.id, lo, hi)
+        for flag in (Flag.SEEN, Flag.FLAGGED, Flag.DELETED):
+            for present in (True, False):
+                want = [uid for uid, f in zip(cols.uids, cols.flags) if bool(f & flag) == present]
+                assert await store.uids_with_flag(box.id, lo, hi, int(flag), present) == want
+    with pytest.raises(NotFound):
+        await store.uids_with_flag(987654, 1, 10, int(Flag.SEEN), True)
+
+
 async def test_read_metas_many_at_once(store: Store) -> None:
     u = await new_user(store)
     box = await inbox(store, u)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from postroom import config as config_mod
+from postroom.delivery import srs
 from postroom.delivery.lists import action_address
 from postroom.delivery.router import (
     Envelope,
@@ -303,8 +304,11 @@ def test_success_dsn_for_local_delivery_aliases_lists_and_forwards(tmp_path: Pat
         assert all("Remote-MTA" not in b and "Diagnostic-Code" not in b for b in blocks)  # no MTA replied
         assert b"Subject: Successful Mail Delivery Report" in raw and b"\r\nAuto-Submitted: auto-replied" in raw
         assert b"Content-Type: text/rfc822-headers" in raw and b"\r\n\r\nbody\r\n" not in raw  # RFC 3461 §4.3
-        # what goes on: the forward keeps its parameters, the expanded alias's remote target loses SUCCESS
-        [onward] = [e for e in entries if e.mail_from == "s@far.test"]
+        # what goes on: the forward keeps its parameters, the expanded alias's remote target loses SUCCESS; both
+        # leave with the SRS form of the sender in the forwarding domain (router invariant 12)
+        [onward] = [e for e in entries if e.mail_from.startswith("SRS0=")]
+        assert onward.mail_from.endswith("@example.org")
+        assert srs.reverse(onward.mail_from.rpartition("@")[0], await r.secret()) == "s@far.test"
         assert {q.rcpt: (q.notify, q.orcpt) for q in onward.recipients} == {
             "carol@far.test": ("FAILURE", ""), "dave@far.test": ("SUCCESS", "rfc822;fwd@example.org")}
         # the list's copies go out from its bounce address, without the sender's DSN parameters

@@ -411,6 +411,17 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
+    async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
+        op = "<>" if present else "="
+
+        def q(conn: sqlite3.Connection) -> list[int]:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(f"SELECT uid FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+                                f" AND flags & ? {op} 0 ORDER BY uid", (mailbox_id, uid_min, uid_max, flag))
+            return [r[0] for r in rows]
+
+        return await self._engine.read(q)
+
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
         def q(conn: sqlite3.Connection) -> MessageInfo | None:
             row = conn.execute(
