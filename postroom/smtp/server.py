@@ -301,8 +301,7 @@ class Session:
         self.core.close_with(reply)
         self.conn.end = "refused"
         self.conn.log["refused"] = reason
-        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("reason", reason), *fields.items()]).strip())
+        log_refusal(self.conn, "connect", reason, [("code", reply.code), *fields.items()])
 
     async def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -384,19 +383,20 @@ class Session:
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
             if door is not None and not door.user_may_send(self.core.authenticated, self.clock()):
-                self._refused("send-limit-messages", R.R450_USER_MESSAGES)
+                self._refused("send-limit-messages", R.R450_USER_MESSAGES, "mail")
                 return
         elif door is not None and not door.exempt(self.conn.peer[0]) \
                 and not door.message_allowed(self.conn.peer[0], self.clock()):
-            self._refused("message-rate", R.R450_MESSAGE_RATE)
+            self._refused("message-rate", R.R450_MESSAGE_RATE, "mail")
             return
         self.core.accept_mail()
 
-    def _refused(self, reason: str, reply: Reply) -> None:
-        """Answer a command with a door refusal, logged with its reason (one line)."""
+    def _refused(self, reason: str, reply: Reply, what: str) -> None:
+        """Answer a command (`what`: "mail", "rcpt") with a door refusal, logged with its reason (one line,
+        `log_refusal`)."""
         self.core.send(reply)
-        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("user", self.core.authenticated or "-"), ("reason", reason)]).strip())
+        log_refusal(self.conn, what, reason, [("code", reply.code), ("esc", reply.esc),
+                                              ("user", self.core.authenticated or "-")])
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
@@ -404,7 +404,7 @@ class Session:
         door, user = self.services.door, self.core.authenticated
         if self.policy.submission and door is not None and user \
                 and not door.user_may_add_recipient(user, len(txn.recipients), self.clock()):
-            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS, "rcpt")
             return
         try:
             await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay())
@@ -416,7 +416,7 @@ class Session:
         if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
             wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
             if wait > 0:
-                self._refused("greylisted", R.greylisted(wait))
+                self._refused("greylisted", R.greylisted(wait), "rcpt")
                 return
         self.core.accept_rcpt(ev.recipient)
 
