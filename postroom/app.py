@@ -437,11 +437,33 @@ async def ensure_demo(store: Store, data_dir: Path) -> str:
     return password
 
 
-def banner(server: Postroom, demo_password: str | None) -> str:
+async def banner_user(store: Store | None) -> str | None:
+    """The user the banner's "send mail" line names when there is no demo user: the first one there is (the
+    one postmaster mail goes to: delivery/router.py), or None on a server without users."""
+    if store is None:
+        return None
+    users = await store.list_users()
+    return min(users, key=lambda u: u.id).address if users else None
+
+
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # "every address" -> one that reaches it here
+
+
+def _url_host(host: str) -> str:
+    """A listener's host as the banner's commands use it: a wildcard becomes loopback, IPv6 gets brackets."""
+    host = _WILDCARDS.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(server: Postroom, demo_password: str | None, user: str | None = None) -> str:
+    """What `postroom serve` prints once listening: the addresses, and commands that send a message to a user
+    who exists and read it back: the demo user with `demo_password`, else `user` (with PASSWORD for its
+    password, which the server does not know), else how to add one."""
     cfg = server.config
-    lines = [f"Postroom is running (data in {cfg.data_path}, store {cfg.store_url})", ""]
+    conf = "built-in defaults" if cfg.source == "<defaults>" else cfg.source  # config.discover chose it
+    lines = [f"Postroom is running (configuration {conf}; data in {cfg.data_path}, store {cfg.store_url})", ""]
     for name, (host, port) in server.addresses.items():
-        shown = f"[{host}]" if ":" in host else host
+        shown = "*" if host in _WILDCARDS else f"[{host}]" if ":" in host else host  # "*": every address
         kind = "implicit TLS" if name in IMPLICIT_TLS else ("HTTP" if name == "http" else "plain")
         lines.append(f"  {name:<12} {shown}:{port}  ({kind})")
     lines.append("")
@@ -449,19 +471,30 @@ def banner(server: Postroom, demo_password: str | None) -> str:
         kept = cfg.data_path / "demo-password"
         lines.append(f"  demo login  {DEMO_USER}  password {demo_password}  (kept in {kept})")
     http = server.addresses.get("http")
-    if http:
-        lines.append(f"  health      curl http://{http[0]}:{http[1]}/healthz")
-    login = f"{DEMO_USER}:{demo_password}" if demo_password is not None else "USER:PASSWORD"
+    if http:  # what the web listener serves today (webmail and admin will join them)
+        web = f"http://{_url_host(http[0])}:{http[1]}"
+        lines.append(f"  health      curl {web}/healthz")
+        lines.append(f"  metrics     curl {web}/metrics")
+    who = DEMO_USER if demo_password is not None else user
+    if who is None:
+        lines.append("  no user yet: postroom domain add example.org; postroom user add you@example.org"
+                     "   (or try it out: postroom serve --demo)")
+        lines.append("")
+        lines.append("Stop with Ctrl-C or SIGTERM.")
+        return "\n".join(lines)
+    login = f"{who}:{demo_password}" if demo_password is not None else f"{who}:PASSWORD"
     smtp = server.addresses.get("smtp")
     if smtp:
-        lines.append(f"  send mail   python3 -c \"import smtplib; smtplib.SMTP('{smtp[0]}', {smtp[1]}).sendmail("
-                     f"'you@example.org', ['{DEMO_USER}'], 'Subject: hello\\\\r\\\\n\\\\r\\\\nHi!\\\\r\\\\n')\"")
+        host = _WILDCARDS.get(smtp[0], smtp[0])
+        lines.append(f"  send mail   python3 -c \"import smtplib; smtplib.SMTP('{host}', {smtp[1]}).sendmail("
+                     f"'you@example.org', ['{who}'], 'Subject: hello\\\\r\\\\n\\\\r\\\\nHi!\\\\r\\\\n')\"")
     imaps = server.addresses.get("imaps")
     if imaps:
-        lines.append(f"  read mail   curl -k -u '{login}' 'imaps://{imaps[0]}:{imaps[1]}/INBOX;UID=1'   (IMAP)")
+        url = f"imaps://{_url_host(imaps[0])}:{imaps[1]}/INBOX;UID=1"
+        lines.append(f"  read mail   curl -k -u '{login}' '{url}'   (IMAP)")
     pop3s = server.addresses.get("pop3s")
     if pop3s:
-        lines.append(f"  or          curl -k -u '{login}' pop3s://{pop3s[0]}:{pop3s[1]}/1   (POP3)")
+        lines.append(f"  or          curl -k -u '{login}' pop3s://{_url_host(pop3s[0])}:{pop3s[1]}/1   (POP3)")
     lines.append("")
     lines.append("Stop with Ctrl-C or SIGTERM.")
     return "\n".join(lines)
@@ -487,7 +520,7 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
     try:
         await server.start()
         demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
-        print(banner(server, demo_password), flush=True)
+        print(banner(server, demo_password, await banner_user(server.store)), flush=True)
         log.info("started listeners=%s loop=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()),
                  type(loop).__module__.partition(".")[0])
         await stop.wait()

@@ -10,6 +10,16 @@ Invariants:
 2. Domain names are lower-cased before they reach the store, and so are the addresses Postroom answers for
    (users, alias sources, lists). Addresses that are sent onward (alias targets, list owners and members) keep
    their local part's case (RFC 5321 §2.4); the store compares them case-insensitively.
+3. The configuration is found in one order (`config.discover`: --config, $POSTROOM_CONFIG, ./postroom.toml,
+   /etc/postroom/postroom.toml, defaults), and only `serve`, `setup` and `domain add` make a store that does not
+   exist: every other command refuses with one line naming the database it looked for and how the configuration
+   was chosen (`require_store`), so a command run from the wrong directory leaves nothing behind.
+4. A command that deletes what cannot be recovered (`user remove`, `domain remove`, `list delete`, `queue
+   delete`) asks on a terminal, or needs `--yes`; without a terminal and without `--yes` it refuses and changes
+   nothing (`confirm`).
+5. Every failure ends in one line on stderr ("postroom: ...") and a non-zero status, never a traceback: bad
+   names, missing users, domains and mailboxes, unreadable or missing files (OSError), a closed output pipe
+   (`export ... - | head`: status 141, as a shell reports SIGPIPE) and Ctrl-C (130).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from .store.api import ANYONE, RIGHTS, AlreadyExists, Invalid, ListPolicy, NotFo
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_PIPE = 141  # what a shell reports for a program ended by SIGPIPE (128 + 13), e.g. in `set -o pipefail`
 
 
 class CliError(Exception):
@@ -104,6 +115,20 @@ def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
     return password
 
 
+def confirm(args: argparse.Namespace, what: str) -> None:
+    """Invariant 4: go on if `--yes` was given or a person at a terminal answers yes to "`what`?"; else raise
+    CliError (nothing done). `what` says what is lost, e.g. "remove the user a@b and all their mail"."""
+    if getattr(args, "yes", False):
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"not done: {what} cannot be undone; add --yes to confirm (there is no terminal to ask on)",
+                       EXIT_USAGE)
+    print(f"{what[0].upper()}{what[1:]}? This cannot be undone. [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("not done: nothing was changed")
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -112,7 +137,34 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# Commands that may make a new, empty store: `domain add` is where every server's data starts (users, aliases and
+# lists need a local domain first; `setup` and `serve` make theirs without coming here). Every other command only
+# works on a store that exists (invariant 3).
+CREATES_STORE = frozenset({("domain", "add")})
+
+
+def store_exists(cfg: config_mod.Config) -> bool:
+    """Whether the store `cfg` names has been made (its SQLite database file exists)."""
+    return config_mod.sqlite_path(cfg.store_url).exists()
+
+
+def require_store(args: argparse.Namespace, cfg: config_mod.Config, found: config_mod.Discovery) -> None:
+    """Refuse (CliError, exit 2) when the store does not exist and the command is not one that creates it; say
+    on stderr when `domain add` makes a new one. The message names the database and where the configuration
+    was looked for, so a command run from the wrong directory says so instead of making an empty store."""
+    if store_exists(cfg):
+        return
+    db = config_mod.sqlite_path(cfg.store_url)
+    if (args.command, getattr(args, "action", None)) not in CREATES_STORE:
+        raise CliError(f"no Postroom store at {db} (using {found.describe()}); nothing was created: give the "
+                       f"server's configuration with --config or ${config_mod.ENV_VAR}, or make a new store with "
+                       f"`postroom setup DOMAIN` or `postroom domain add DOMAIN`", EXIT_USAGE)
+    print(f"postroom: making a new store at {db} (using {found.describe()})", file=sys.stderr)
+
+
 async def with_store(cfg: config_mod.Config, work: Callable[[Store], Awaitable[int | None]]) -> int:
+    """Open the store, run `work`, close it (and the parse workers that import or sendmail started); returns
+    the command's exit status. The caller has checked that the store exists or may be made (`require_store`)."""
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg.store_url, cfg.data_path)
     await store.open()
@@ -185,6 +237,9 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
               f"before the old records go: postroom dns {name}")
     elif args.action == "remove":
         name = normalize_domain(args.name)
+        if await store.get_domain(name) is None:
+            raise CliError(f"{name} is not a local domain (postroom domain list shows them)")
+        confirm(args, f"remove the domain {name} and its DKIM keys")
         await store.remove_domain(name)
         print(f"domain {name} removed")
     elif args.action == "show":
@@ -371,6 +426,10 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
         return 0
     if args.action == "delete":
         for qid in args.ids:
+            if await store.queue_get(qid) is None:
+                raise CliError(f"no queue entry {qid} (it may have been delivered meanwhile); nothing deleted")
+        confirm(args, f"drop {len(args.ids)} queued message(s) without telling their senders")
+        for qid in args.ids:
             await store.queue_delete(qid)
             print(f"queue entry {qid} deleted (no bounce is sent)")
         return 0
@@ -393,7 +452,6 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_sendmail(args: argparse.Namespace, store: Store) -> int:
     import getpass
-    import os
     import re
 
     from .delivery.router import Envelope, Rcpt, RouteError, Router
@@ -467,6 +525,12 @@ async def cmd_user(args: argparse.Namespace, store: Store) -> int:
         await store.set_password(address, password_hash, scram)
         print(f"password of {address} changed")
     elif args.action == "remove":
+        user = await store.get_user(address)
+        if user is None:
+            raise CliError(f"no user {address}")
+        boxes = await store.list_mailboxes(user.id)
+        count = sum([(await store.mailbox_status(b.id)).messages for b in boxes])
+        confirm(args, f"remove the user {address} and all their mail ({count} messages in {len(boxes)} mailboxes)")
         await store.remove_user(address)
         print(f"user {address} removed, with all their mail")
     return 0
@@ -583,6 +647,10 @@ async def cmd_list(args: argparse.Namespace, store: Store) -> int:
             print(f"  {m}")
     elif args.action == "delete":
         address = normalize_address(args.address)
+        doomed = await store.get_list(address)
+        if doomed is None:
+            raise CliError(f"no list {address}")
+        confirm(args, f"delete the list {address} and its {len(doomed.members)} members")
         await store.delete_list(address)
         print(f"list {address} deleted")
     else:
@@ -600,7 +668,7 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     if await store.get_user(address) is None:
         raise CliError(f"no user {address}")
     report = await import_messages(store, address, Path(args.path), args.format, mailbox=args.mailbox or "INBOX",
-                                   progress=Progress)
+                                   progress=Progress, duplicates=args.duplicates)
     print(report.summary())
     return 0
 
@@ -617,7 +685,8 @@ async def cmd_export(args: argparse.Namespace, store: Store) -> int:
         raise CliError("only --format mbox can be written to standard output ('-')", EXIT_USAGE)
     path = Path("/dev/stdout") if to_stdout else Path(args.path)
     mailbox = args.mailbox or ("INBOX" if to_stdout else None)
-    report = await export_messages(store, address, path, args.format, mailbox=mailbox, progress=Progress)
+    report = await export_messages(store, address, path, args.format, mailbox=mailbox, progress=Progress,
+                                   incremental=not to_stdout)
     # With the mail on stdout, the summary goes to stderr so the two never mix.
     print(report.summary(), file=sys.stderr if to_stdout else sys.stdout)
     return 0
@@ -634,14 +703,17 @@ async def cmd_index(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def cmd_check(cfg: config_mod.Config) -> int:
-    """`postroom check`: the configuration loaded (main did that), the certificate files and `server.user`.
-    Generates nothing: a missing built-in certificate is reported as to be generated at the first start."""
+def cmd_check(cfg: config_mod.Config, found: config_mod.Discovery) -> int:
+    """`postroom check`: the configuration loaded (main did that; `found` says where from), the store, the
+    certificate files and `server.user`. Generates nothing: a missing built-in certificate is reported as to be
+    generated at the first start."""
     from .net.tls import CertificateError, check_files, fingerprint
     from .process import lookup_account
 
     print(f"{cfg.source}: OK")
-    print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}")
+    print(f"  config    {found.describe()}")
+    made = "" if store_exists(cfg) else "  (not made yet: `postroom serve`, `setup` or `domain add` makes it)"
+    print(f"  data_dir  {cfg.data_path}\n  store     {cfg.store_url}{made}")
     for name, (host, port) in cfg.listeners.enabled().items():
         print(f"  {name:<12}{host}:{port}")
     try:
@@ -714,6 +786,10 @@ Postroom: an all-in-one Internet mail server (SMTP, submission, queue, IMAP, POP
 
 Start the server with `postroom serve` (no configuration needed: it listens on high ports on 127.0.0.1 and
 keeps its data in ./postroom-data). Administer it with the other commands; they work while it runs.
+
+The configuration is the first of: --config FILE, the file named by $POSTROOM_CONFIG, ./postroom.toml,
+/etc/postroom/postroom.toml; with none of them, the built-in defaults. Commands other than `serve`, `setup`
+and `domain add` never make a store: run where none exists, they say where they looked and stop.
 """
 
 EPILOG = """\
@@ -737,10 +813,17 @@ examples:
 """
 
 
+def _yes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask for confirmation (needed when not run on a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="postroom", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file (default: built-in defaults)")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help=f"TOML configuration file. Without it: {config_mod.DISCOVERY_ORDER}. Relative paths in the "
+                   "file are relative to its folder")
     p.add_argument("--version", action="version", version=f"postroom {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -774,7 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name")
     ds.add_argument("--quota", type=size_arg, metavar="BYTES",
                     help="what all the domain's users may hold together (K, M, G suffixes; 0 = none)")
-    dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)").add_argument("name")
+    dr = dsub.add_parser("remove", help="stop accepting mail for a domain (it must have no users left)")
+    dr.add_argument("name")
+    _yes(dr)
     dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
     dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
@@ -805,7 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     qsub.add_parser("show", help="show one queued message: envelope, recipients, errors, header").add_argument(
         "id", type=int)
     qsub.add_parser("retry", help="try these entries again now").add_argument("ids", type=int, nargs="*")
-    qsub.add_parser("delete", help="drop entries from the queue (no bounce)").add_argument("ids", type=int, nargs="+")
+    qd = qsub.add_parser("delete", help="drop entries from the queue (no bounce)")
+    qd.add_argument("ids", type=int, nargs="+")
+    _yes(qd)
     qsub.add_parser("flush", help="try every queued message again now")
 
     sm = sub.add_parser("sendmail", help="send the message on standard input (sendmail(8) flags)")
@@ -835,7 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     us.add_argument("--quota", type=size_arg, metavar="BYTES",
                     help="storage quota: the sum of the user's message sizes (K, M, G suffixes; 0 = none)")
     us.add_argument("--quota-messages", type=count_arg, metavar="N", help="message count quota (0 = none)")
-    usub.add_parser("remove", help="delete a user and all their mail").add_argument("address")
+    ur = usub.add_parser("remove", help="delete a user and all their mail (asks first, or --yes)")
+    ur.add_argument("address")
+    _yes(ur)
     ul = usub.add_parser("list", help="list users")
     ul.add_argument("--domain")
 
@@ -866,7 +955,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("address")
     mp.add_argument("policy", choices=[p.value for p in ListPolicy])
     msub.add_parser("show", help="show a list and its members").add_argument("address")
-    msub.add_parser("delete", help="delete a list").add_argument("address")
+    mdel = msub.add_parser("delete", help="delete a list (asks first, or --yes)")
+    mdel.add_argument("address")
+    _yes(mdel)
     msub.add_parser("all", help="list every mailing list")
 
     mb = sub.add_parser("mailbox", help="a domain's shared folders: share | shared")
@@ -886,15 +977,27 @@ def build_parser() -> argparse.ArgumentParser:
                     " rights taken away); empty RIGHTS removes the entry; repeatable")
     mbsub.add_parser("shared", help="list a domain's shared folders with their access").add_argument("domain")
 
-    im = sub.add_parser("import", help="import mbox, Maildir or single-message files into a user's mailbox")
+    im = sub.add_parser(
+        "import", help="import mbox, Maildir or single-message files into a user's mailbox",
+        description="Import mail into a user's mailboxes (created as needed). A message whose exact bytes the"
+        " target mailbox already holds is left out (importing the same file twice, or an export of the same"
+        " mailbox, adds nothing); --duplicates imports every message regardless.")
     im.add_argument("--user", required=True)
     im.add_argument("--mailbox", default=None,
                     help="target mailbox (default INBOX; Maildir++ trees keep their folders)")
     im.add_argument("--format", choices=["auto", "mbox", "maildir", "eml"], default="auto",
                     help="auto (default): a folder with cur/ or new/ is Maildir, a file starting with 'From ' is mbox, "
                          "any other file is one message (eml)")
+    im.add_argument("--duplicates", action="store_true",
+                    help="import messages the mailbox already holds (same bytes) too")
     im.add_argument("path")
-    ex = sub.add_parser("export", help="export a user's mail as mbox or Maildir")
+    ex = sub.add_parser(
+        "export", help="export a user's mail as mbox or Maildir (incremental)",
+        description="Export a user's mail. Existing files and Maildirs are added to, and only with what they did"
+        " not get before: each destination keeps a list of the messages written to it (postroom-exported inside"
+        " a Maildir folder, .NAME.postroom-exported beside an mbox file), so running the same export again"
+        " writes only new mail. Delete that file (or empty the mbox) to write everything again. '-' (standard"
+        " output) always gets everything.")
     ex.add_argument("--user", required=True)
     ex.add_argument("--mailbox", default=None, help="one mailbox (default: all of them)")
     ex.add_argument("--format", choices=["mbox", "maildir"], required=True)
@@ -925,62 +1028,91 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `postroom` command line; returns the exit status (invariant 5: failures are one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     umask = os.umask(0o022)
     os.umask(umask)
     try:
-        if args.command == "config-sample":
-            sys.stdout.write(config_mod.SAMPLE)
-            return 0
-        if args.command == "setup":
-            from .setup import SetupError, run
-
-            try:
-                return run(args)
-            except SetupError as exc:
-                print(f"postroom setup: {exc}", file=sys.stderr)
-                return EXIT_REFUSED
-        cfg = config_mod.load(args.config)
-        if args.command == "check":
-            return cmd_check(cfg)
-        if args.command == "reload":
-            return cmd_reload(cfg)
-        os.umask(PRIVATE_UMASK)  # process.py: the data folder's files 0600, folders 0700
-        if args.command == "serve":
-            from .app import run_server
-
-            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
-            return run_server(cfg, demo=args.demo)
-        handler = COMMANDS[args.command]
-        args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
-        try:
-            become_server_user(cfg)
-        except (PrivilegeError, OSError) as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
-        return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe is found here, not by the interpreter's flush at exit
+        return code
     except config_mod.ConfigError as exc:
-        print(f"postroom: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"configuration error: {exc}", EXIT_USAGE)
     except CliError as exc:
-        print(f"postroom: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(str(exc), exc.code)
     except NotFound as exc:
-        print(f"postroom: not found: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"not found: {exc}", EXIT_REFUSED)
     except AlreadyExists as exc:
-        print(f"postroom: already exists: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"already exists: {exc}", EXIT_REFUSED)
     except (Invalid, StoreError) as exc:
-        print(f"postroom: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"refused: {exc}", EXIT_REFUSED)
     except FormatError as exc:
-        print(f"postroom: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(str(exc), EXIT_REFUSED)
+    except BrokenPipeError:
+        # `postroom export ... - | head`: the reader left. Later writes to stdout (and the interpreter's own flush
+        # at exit) must not fail again, so stdout now goes nowhere (Python's documented SIGPIPE recipe).
+        _silence_stdout()
+        return _fail("stopped: the output was closed before the end (broken pipe)", EXIT_PIPE)
+    except OSError as exc:  # a missing or unreadable file, a full disk, a folder that cannot be made
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", EXIT_REFUSED)
     except KeyboardInterrupt:
-        return 130
+        return _fail("interrupted", 130)
     finally:
         os.umask(umask)  # in-process callers (tests) get theirs back
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config-sample":
+        sys.stdout.write(config_mod.SAMPLE)
+        return 0
+    if args.command == "setup":  # writes a configuration: its path is setup's own choice (setup.py step 1)
+        from .setup import SetupError, run
+
+        try:
+            return run(args)
+        except SetupError as exc:
+            print(f"postroom setup: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    found = config_mod.discover(args.config)
+    cfg = config_mod.load(found.path, how=found.how)
+    if args.command == "check":
+        return cmd_check(cfg, found)
+    if args.command == "reload":
+        return cmd_reload(cfg)
+    os.umask(PRIVATE_UMASK)  # process.py: the data folder's files 0600, folders 0700
+    if args.command == "serve":
+        from .app import run_server
+
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+        return run_server(cfg, demo=args.demo)
+    handler = COMMANDS[args.command]
+    require_store(args, cfg, found)
+    args.cfg = cfg  # commands that need settings (dns, sendmail) read them here
+    try:
+        become_server_user(cfg)
+    except (PrivilegeError, OSError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return asyncio.run(with_store(cfg, lambda store: handler(args, store)))
+
+
+def _fail(message: str, code: int) -> int:
+    """Print "postroom: message" on stderr (if stderr itself is gone, say nothing) and return `code`."""
+    try:
+        print(f"postroom: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return code
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no file descriptor (replaced by a test's capture): nothing to do
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,8 +6,11 @@ Every setting has a default, so `postroom serve` needs no file at all: it then l
 Invariants:
 1. An unknown section or key, a value of the wrong type or out of range is a `ConfigError` whose message names
    the file, the dotted key and what is wrong. Nothing starts on a bad file.
-2. Relative paths are resolved against the current directory when the config is loaded, so the running server
-   never depends on a later `chdir`.
+2. Relative paths are made absolute when the config is loaded, so the running server never depends on a later
+   `chdir`: paths in a file are relative to that file's folder (an admin command run from any directory finds
+   the same data folder as the server), the defaults and overrides without a file to the current directory.
+3. Where the file comes from is decided in one place, `discover`, in the order `DISCOVERY_ORDER` documents;
+   `Config.source` names the file (or "<defaults>") so every message can say which configuration was used.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -305,10 +309,69 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Finding the file
+
+ENV_VAR = "POSTROOM_CONFIG"
+LOCAL_CONFIG = "postroom.toml"  # in the current directory
+SYSTEM_CONFIG = "/etc/postroom/postroom.toml"
+DISCOVERY_ORDER = (f"--config FILE, then ${ENV_VAR}, then ./{LOCAL_CONFIG}, then {SYSTEM_CONFIG}; "
+                   "the first one given or found is used, else the built-in defaults (data in ./postroom-data)")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Which configuration file to use and how it was chosen.
+
+    `path` is None when nothing was given or found (the defaults apply); `how` is one of "--config",
+    "$POSTROOM_CONFIG", "./postroom.toml", the system path, or "defaults"; `looked` lists what was tried, in
+    order, for messages such as "no store here; looked for a configuration in ..."."""
+
+    path: Path | None
+    how: str
+    looked: tuple[str, ...]
+
+    def describe(self) -> str:
+        """'the configuration /x/postroom.toml (from $POSTROOM_CONFIG)' or 'the built-in defaults (no
+        configuration found: looked for ...)'."""
+        if self.path is not None:
+            return f"the configuration {self.path} (from {self.how})"
+        return f"the built-in defaults (no configuration found: looked for {', '.join(self.looked)})"
+
+
+def discover(explicit: str | os.PathLike[str] | None = None, environ: typing.Mapping[str, str] | None = None,
+             cwd: Path | None = None) -> Discovery:
+    """The configuration file to use, in `DISCOVERY_ORDER`: `explicit` (the --config option), then the file named
+    by $POSTROOM_CONFIG (`environ`, default os.environ), then ./postroom.toml in `cwd` (default the current
+    directory), then /etc/postroom/postroom.toml (`SYSTEM_CONFIG`). A file named by --config or the variable is
+    used even if it does not exist (`load` then says so); the other two only when they exist. Never raises."""
+    env = os.environ if environ is None else environ
+    looked: list[str] = []
+    if explicit is not None and str(explicit) != "":
+        return Discovery(Path(explicit), "--config", ("--config",))
+    looked.append("--config")
+    named = env.get(ENV_VAR, "")
+    if named:
+        return Discovery(Path(named), f"${ENV_VAR}", (*looked, f"${ENV_VAR}"))
+    looked.append(f"${ENV_VAR} (not set)")
+    local = (cwd if cwd is not None else Path.cwd()) / LOCAL_CONFIG
+    looked.append(str(local))
+    if local.is_file():
+        return Discovery(local, f"./{LOCAL_CONFIG}", tuple(looked))
+    looked.append(SYSTEM_CONFIG)
+    if Path(SYSTEM_CONFIG).is_file():
+        return Discovery(Path(SYSTEM_CONFIG), SYSTEM_CONFIG, tuple(looked))
+    return Discovery(None, "defaults", tuple(looked))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Loading
 
-def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read `path` (None: defaults only), apply `overrides` (same shape as the TOML), validate."""
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None, how: str = "--config") -> Config:
+    """Read `path` (None: defaults only), apply `overrides` (same shape as the TOML), validate.
+
+    Relative paths in the file are taken relative to the file's folder (invariant 2). `how` names where the path
+    came from ("--config", "$POSTROOM_CONFIG", ...: `Discovery.how`) for the message when the file is missing.
+    Raises ConfigError."""
     where = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
@@ -316,15 +379,23 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
             with open(path, "rb") as fh:
                 raw = tomllib.load(fh)
         except FileNotFoundError:
-            raise ConfigError(f"{where}: no such file (write one, or leave out --config to use the defaults)") from None
+            way_out = (f"unset {how[1:]}" if how.startswith("$") else f"leave out {how}") + " to look elsewhere"
+            raise ConfigError(f"{where}: no such file (named by {how}; write one, or {way_out})") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{where}: is a folder, not a configuration file") from None
+        except PermissionError:
+            raise ConfigError(f"{where}: cannot be read (permission denied; run as the user the server runs as)") \
+                from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0, "Spec")
+            raise ConfigError(f"{where}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     if overrides:
         raw = merge(raw, overrides)
     cfg = _build(Config, raw, where, "")
     cfg = dataclasses.replace(cfg, source=where)
     _validate(cfg, where)
-    return _absolutise(cfg)
+    return _absolutise(cfg, Path(path).expanduser().absolute().parent if path is not None else None)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -580,15 +651,25 @@ def _validate_delivery(d: DeliveryConfig, where: str) -> None:
             raise ConfigError(f"{where}: delivery.{name} must be at least 1")
 
 
-def _absolutise(cfg: Config) -> Config:
-    server = dataclasses.replace(cfg.server, data_dir=str(Path(cfg.server.data_dir).expanduser().resolve()))
+def _absolutise(cfg: Config, base: Path | None) -> Config:
+    """Every path absolute: relative ones against `base` (the file's folder) or, without a file, the current
+    directory (invariant 2)."""
+
+    def absolute(value: str) -> str:
+        p = Path(value).expanduser()
+        return str((p if p.is_absolute() or base is None else base / p).resolve())
+
+    server = dataclasses.replace(cfg.server, data_dir=absolute(cfg.server.data_dir))
     tls = cfg.tls
     if tls.cert:
-        tls = TLSConfig(cert=str(Path(tls.cert).expanduser().resolve()), key=str(Path(tls.key).expanduser().resolve()))
+        tls = dataclasses.replace(tls, cert=absolute(tls.cert), key=absolute(tls.key))
     store = cfg.store
     if store.url.startswith("sqlite:///"):
-        store = StoreConfig(url="sqlite:///" + str(Path(store.url[len("sqlite:///"):]).expanduser().resolve()))
-    return dataclasses.replace(cfg, server=server, tls=tls, store=store)
+        store = dataclasses.replace(store, url="sqlite:///" + absolute(store.url[len("sqlite:///"):]))
+    acme = cfg.acme
+    if acme.ca_bundle:
+        acme = dataclasses.replace(acme, ca_bundle=absolute(acme.ca_bundle))
+    return dataclasses.replace(cfg, server=server, tls=tls, store=store, acme=acme)
 
 
 def sqlite_path(url: str) -> Path:
@@ -602,7 +683,7 @@ SAMPLE = '''\
 # Postroom configuration. Every key is optional; these are the defaults.
 [server]
 hostname = "localhost"            # used in greetings and Received headers
-data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate
+data_dir = "./postroom-data"      # SQLite database, message files, TLS certificate (relative: to this file)
 shutdown_grace_seconds = 10       # SIGTERM: how long sessions may finish before they are cut
 user = ""                         # started as root: bind the ports, then run as this system user
 event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)

@@ -26,6 +26,19 @@ mbox files UW-IMAP and Pine wrote; it holds UIDs, not mail), files in a director
 mbox, Maildir files that vanished while reading (another program moved them), and messages the store refuses.
 A batch the store refuses is retried one message at a time so one bad message does not lose 199 good ones.
 
+Doing it twice. Export is incremental: every destination (a Maildir folder, an mbox file) has a ledger of what
+was written to it, the SHA-256 of each message's bytes (its store blob id) one per line: `postroom-exported`
+inside the Maildir folder (beside Dovecot's `dovecot-keywords`), `.<file>.postroom-exported` beside the mbox
+file (a dotfile, which the mbox-directory reader ignores). A message whose digest the ledger holds is left out,
+counted as a multiset, so a mailbox holding the same bytes twice exports them twice, once. Deleting the ledger
+(or the mbox file: an mbox file that is empty or missing starts a new ledger) exports everything again. Standard
+output has no ledger. The ledger is extended after the messages it names were written, so a crash in between
+can repeat those messages in the next export, never leave one out.
+
+Import skips a message whose bytes the target mailbox already holds (same SHA-256, again as a multiset) unless
+`duplicates=True`; skipped ones are counted in the report, not listed. Exporting then importing the export into
+the same mailbox is therefore a no-op, and so is importing one file twice.
+
 Invariants
 ----------
 1. A message is counted in the report only after the store returned from appending it (an awaited write is
@@ -35,6 +48,8 @@ Invariants
 3. Memory stays bounded whatever the source size: one batch (at most `batch` messages and `_BATCH_BYTES`
    bytes, or one message if it is larger) is held at a time.
 4. An export never changes the store.
+5. Digests are computed in worker threads with the reading or writing of the batch they belong to, never on
+   the event loop (their cost grows with message size).
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ import functools
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +93,7 @@ from postroom.store.api import (
     StoreError,
     User,
 )
+from postroom.store.blobs import blob_id_of
 
 ImportFormat = Literal["auto", "mbox", "maildir", "eml"]
 ExportFormat = Literal["mbox", "maildir"]
@@ -131,6 +148,7 @@ class ImportReport:
     bytes: int = 0  # octets appended (CRLF message sizes)
     skipped: list[Skipped] = field(default_factory=list)
     mailboxes: dict[str, int] = field(default_factory=dict)  # mailbox name -> messages appended to it
+    duplicates: int = 0  # messages left out because the mailbox already held the same bytes
 
     def summary(self) -> str:
         """A few lines for a person: what was imported where, and every skipped message with its reason."""
@@ -138,6 +156,9 @@ class ImportReport:
             f"imported {self.count} messages ({human_bytes(self.bytes)}) into {len(self.mailboxes)} mailboxes"
             + "".join(f"\n  {name}: {n}" for name, n in self.mailboxes.items())
         ]
+        if self.duplicates:
+            lines.append(f"left out {self.duplicates} messages the mailbox already holds (same bytes; "
+                         "--duplicates imports them anyway)")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}:")
             lines.extend(f"  {s.where}: {s.reason}" for s in self.skipped)
@@ -152,6 +173,7 @@ class ExportReport:
     paths: list[Path] = field(default_factory=list)  # one mbox file or Maildir folder per mailbox
     # What the format could not keep (a Maildir folder has 26 keyword letters) or names that cannot be files.
     warnings: list[str] = field(default_factory=list)
+    already: int = 0  # messages left out because the destination's ledger says they were exported there before
 
     def summary(self) -> str:
         """A few lines for a person: what was written where, and what could not be kept."""
@@ -161,6 +183,9 @@ class ExportReport:
                 f"\n  {name}: {n} -> {path}" for (name, n), path in zip(self.mailboxes.items(), self.paths)
             )
         ]
+        if self.already:
+            lines.append(f"left out {self.already} messages exported there before (each destination's "
+                         f"{LEDGER} file lists them; delete it to export everything again)")
         if self.warnings:
             lines.append("warnings:")
             lines.extend(f"  {w}" for w in self.warnings)
@@ -258,8 +283,9 @@ def _is_uw_pseudo_message(raw: bytes) -> bool:
     return _UW_PSEUDO_SUBJECT in head and re.search(rb"(?im)^X-IMAP:", head) is not None
 
 
-def _take(records: Iterator[MailRecord], limit: int) -> list[MailRecord]:
-    """Up to `limit` records and `_BATCH_BYTES` bytes (always at least one record if any is left)."""
+def _take(records: Iterator[MailRecord], limit: int, digests: bool = False) -> tuple[list[MailRecord], list[str]]:
+    """Up to `limit` records and `_BATCH_BYTES` bytes (always at least one record if any is left), with their
+    SHA-256 digests (store blob ids) when `digests` is true, else an empty list (invariant 5)."""
     out: list[MailRecord] = []
     size = 0
     for record in records:
@@ -267,7 +293,7 @@ def _take(records: Iterator[MailRecord], limit: int) -> list[MailRecord]:
         size += len(record.raw)
         if len(out) >= limit or size >= _BATCH_BYTES:
             break
-    return out
+    return out, [blob_id_of(r.raw) for r in out] if digests else []
 
 
 async def _append_batch(
@@ -307,6 +333,7 @@ async def _import_source(
     report: ImportReport,
     progress: ProgressFactory | None,
     batch: int,
+    duplicates: bool = False,
 ) -> None:
     def skip(where: str, why: str) -> None:
         report.skipped.append(Skipped(where, why))
@@ -328,17 +355,24 @@ async def _import_source(
     else:
         records = read_mbox(source.path)
     report.mailboxes.setdefault(mailbox.name, 0)
+    # What the mailbox holds already, by digest and count: a message with the same bytes is left out.
+    present: Counter[str] = Counter()
+    if not duplicates:
+        present.update(i.blob_id for i in await store.list_messages(mailbox.id))
     sink = progress(total, mailbox.name) if progress is not None else None
     first = True
     try:
         while True:
-            chunk = await asyncio.to_thread(_take, records, batch)
+            chunk, digests = await asyncio.to_thread(_take, records, batch, bool(present))
             if not chunk:
                 break
             keep: list[MailRecord] = []
-            for record in chunk:
+            for i, record in enumerate(chunk):
                 if first and source.kind == "mbox" and _is_uw_pseudo_message(record.raw):
                     skip(record.origin, "UW-IMAP folder internal data (not a message)")
+                elif digests and present[digests[i]] > 0:
+                    present[digests[i]] -= 1
+                    report.duplicates += 1
                 else:
                     keep.append(record)
                 first = False
@@ -363,11 +397,14 @@ async def import_messages(
     mailbox: str = "INBOX",
     progress: ProgressArg | None = None,
     batch: int = 200,
+    duplicates: bool = False,
 ) -> ImportReport:
     """Import an mbox file, a directory of mbox files or a Maildir(++) tree into the user's mailboxes.
 
-    Missing mailboxes are created. Raises NotFound for an unknown user, FileNotFoundError for a missing path and
-    FormatError when a single file or directory is not in the format asked for."""
+    Missing mailboxes are created. A message whose bytes the target mailbox already holds is left out and
+    counted in `ImportReport.duplicates`, unless `duplicates` is true. Raises NotFound for an unknown user,
+    FileNotFoundError for a missing path (other OSErrors for unreadable ones) and FormatError when a single file
+    or directory is not in the format asked for."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
     user = await _user(store, user_address)
@@ -386,7 +423,7 @@ async def import_messages(
                 report.skipped.append(Skipped(str(source.path), "not an mbox file"))
                 continue
             target = _target_name(mailbox, source.name)
-            await _import_source(store, user, source, target, report, factory, batch)
+            await _import_source(store, user, source, target, report, factory, batch, duplicates)
     finally:
         if job_sink is not None:
             job_sink.close()
@@ -421,6 +458,17 @@ class _MboxFile:
     def add(self, record: MailRecord) -> None:
         self._f.write(mbox_entry(record))
 
+    @property
+    def regular(self) -> bool:
+        """True for a regular file (one that can have a ledger), False for a pipe or terminal."""
+        return self._regular
+
+    def flush(self) -> None:
+        """Make what was added durable (the export's ledger is written only after)."""
+        self._f.flush()
+        if self._regular:
+            os.fsync(self._f.fileno())
+
     def close(self) -> None:
         self._f.flush()
         if self._regular:
@@ -428,9 +476,62 @@ class _MboxFile:
         self._f.close()
 
 
-def _add_all(writer: _MboxFile | MaildirWriter, records: Sequence[MailRecord]) -> None:
+LEDGER = "postroom-exported"
+
+
+class _Ledger:
+    """What was exported to one destination: one SHA-256 hex digest (store blob id) per message written, one per
+    line, in the file `path`; read as a multiset (module docstring, "Doing it twice"). Blocking I/O: used from
+    worker threads only."""
+
+    def __init__(self, path: Path, reset: bool) -> None:
+        self.path = path
+        self.seen: Counter[str] = Counter()
+        if reset:
+            path.unlink(missing_ok=True)
+            return
+        try:
+            text = path.read_text("ascii", "replace")
+        except FileNotFoundError:
+            return
+        self.seen.update(line for line in text.split() if len(line) == 64)
+
+    def take(self, blob_id: str) -> bool:
+        """True (and one count used up) if the ledger holds `blob_id`: the message was exported here before."""
+        if self.seen[blob_id] > 0:
+            self.seen[blob_id] -= 1
+            return True
+        return False
+
+    def record(self, blob_ids: Sequence[str]) -> None:
+        """Add digests of messages written (after they were: invariant of the module docstring), durably."""
+        if not blob_ids:
+            return
+        with open(self.path, "a", encoding="ascii") as f:
+            f.write("".join(b + "\n" for b in blob_ids))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _ledger_path(target: Path, fmt: ExportFormat) -> Path:
+    """`postroom-exported` inside a Maildir folder; `.<name>.postroom-exported` beside an mbox file."""
+    return target / LEDGER if fmt == "maildir" else target.with_name(f".{target.name}.{LEDGER}")
+
+
+def _open_ledger(target: Path, fmt: ExportFormat) -> _Ledger:
+    # An mbox that is missing or empty was deleted or emptied since: what its ledger says no longer holds.
+    empty_mbox = fmt == "mbox" and (not target.is_file() or target.stat().st_size == 0)
+    return _Ledger(_ledger_path(target, fmt), reset=empty_mbox)
+
+
+def _add_all(writer: _MboxFile | MaildirWriter, records: Sequence[MailRecord], ledger: _Ledger | None,
+             blob_ids: Sequence[str]) -> None:
     for record in records:
         writer.add(record)
+    if ledger is not None:
+        if isinstance(writer, _MboxFile):
+            writer.flush()  # the messages are on disk before the ledger names them
+        ledger.record(blob_ids)
 
 
 def _safe_relative(name: str) -> Path | None:
@@ -447,14 +548,20 @@ async def _export_mailbox(
     writer: _MboxFile | MaildirWriter,
     report: ExportReport,
     progress: ProgressFactory | None,
+    ledger: _Ledger | None = None,
 ) -> None:
     infos = await store.list_messages(mailbox.id)
+    if ledger is not None:  # incremental: what this destination got before is left out
+        todo = [i for i in infos if not ledger.take(i.blob_id)]
+        report.already += len(infos) - len(todo)
+        infos = todo
     sink = progress(len(infos), mailbox.name) if progress is not None else None
     written = 0
     try:
         for start in range(0, len(infos), _EXPORT_CHUNK):
             chunk: list[MessageInfo] = infos[start : start + _EXPORT_CHUNK]
             records: list[MailRecord] = []
+            blob_ids: list[str] = []
             for info in chunk:
                 try:
                     raw = await store.read_message(info.blob_id)
@@ -462,12 +569,13 @@ async def _export_mailbox(
                     # Expunged by a client of the running server since the listing: it is gone, not lost.
                     report.warnings.append(f"{mailbox.name}: UID {info.uid} was expunged during the export")
                     continue
+                blob_ids.append(info.blob_id)
                 records.append(
                     MailRecord(
                         raw, info.flags, info.keywords, info.internal_date, f"{mailbox.name}:{info.uid}"
                     )
                 )
-            await asyncio.to_thread(_add_all, writer, records)
+            await asyncio.to_thread(_add_all, writer, records, ledger, blob_ids)
             size = sum(len(r.raw) for r in records)
             written += len(records)
             report.count += len(records)
@@ -493,13 +601,16 @@ async def export_messages(
     fmt: ExportFormat,
     mailbox: str | None = "INBOX",
     progress: ProgressArg | None = None,
+    incremental: bool = True,
 ) -> ExportReport:
     """Export one mailbox, or all of the user's mailboxes (`mailbox=None`), to mbox or Maildir.
 
     One mailbox: mbox -> the file `dest_path` (or `dest_path/<name>.mbox` if that is an existing directory);
     Maildir -> the Maildir `dest_path`. All mailboxes: mbox -> `dest_path/<name>.mbox`, one file per mailbox
     with `/` in names as sub-directories; Maildir -> a Maildir++ tree with INBOX at `dest_path`.
-    Existing files and Maildirs are added to, never truncated."""
+    Existing files and Maildirs are added to, never truncated. With `incremental` (the default) a message
+    written to a destination before (its ledger says so) is left out and counted in `ExportReport.already`;
+    a pipe or terminal has no ledger. Raises NotFound (user, mailbox), OSError (unwritable destination)."""
     if fmt not in ("mbox", "maildir"):
         raise ValueError(f"unknown format {fmt!r}: expected mbox or maildir")
     user = await _user(store, user_address)
@@ -515,7 +626,7 @@ async def export_messages(
         boxes = sorted(await store.list_mailboxes(user.id), key=lambda m: (m.name.upper() != "INBOX", m.name))
     factory, job_sink = _factory(progress)
     try:
-        await _export_boxes(store, boxes, dest, fmt, mailbox is not None, report, factory)
+        await _export_boxes(store, boxes, dest, fmt, mailbox is not None, report, factory, incremental)
     finally:
         if job_sink is not None:
             job_sink.close()
@@ -530,6 +641,7 @@ async def _export_boxes(
     single: bool,
     report: ExportReport,
     progress: ProgressFactory | None,
+    incremental: bool = True,
 ) -> None:
     for box in boxes:
         writer: _MboxFile | MaildirWriter
@@ -542,10 +654,14 @@ async def _export_boxes(
                     report.warnings.append(f"{box.name}: not exported: the name cannot be a file name")
                     continue
                 target = dest / rel.with_name(rel.name + ".mbox")
+            ledger = await asyncio.to_thread(_open_ledger, target, fmt) if incremental else None
             writer = await asyncio.to_thread(_MboxFile, target)
         else:
             target = dest if single else maildir_folder_path(dest, box.name)
+            ledger = await asyncio.to_thread(_open_ledger, target, fmt) if incremental else None
             sub = not single and box.name.upper() != "INBOX"
             writer = await asyncio.to_thread(functools.partial(MaildirWriter, target, maildirfolder=sub))
         report.paths.append(target)
-        await _export_mailbox(store, box, writer, report, progress)
+        if ledger is not None and isinstance(writer, _MboxFile) and not writer.regular:
+            ledger = None  # a pipe: nothing stays there to compare with
+        await _export_mailbox(store, box, writer, report, progress, ledger)

@@ -18,6 +18,11 @@ The headers are valid for any list name, quoted local parts (`"the list"@dom`) i
                        hold, plus `%`, `"`, space, `@` inside a local part and gen-delims, is percent-encoded
                        (UTF-8 octets too): `"the list"@dom` -> `mailto:%22the%20list%22@dom`.
 
+Who may post: anyone (`open`), the members and the owner (`members`: the owner runs the list, member or not),
+or anyone but held for approval (`moderated`), except the owner's own posts, which go out at once (the owner is
+the one who would approve them). The router checks the envelope sender (`Router.check_recipient`); there is no
+separate moderator role: the owner moderates.
+
 Moderation (policy `moderated`). The post is not distributed: it is held, and the owner gets a notice with the
 post attached and two addresses carrying a random 128-bit token:
 

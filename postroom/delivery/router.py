@@ -7,7 +7,8 @@ A recipient address resolves to destinations:
     local user            its INBOX (`user+detail@dom` too: the detail is dropped, the mail lands in INBOX)
     alias                 each target, recursively (local users, lists, other aliases, or external: a forward)
     catch-all `@dom`      used when nothing else in a local domain matches
-    list                  a post: copies to members (lists.py), or held for the owner when moderated
+    list                  a post: copies to members (lists.py), or held for the owner when moderated (the
+                          owner's own posts are never held; members-only lists take the owner's posts too)
     list bounce address   the list owner
     list+approve-<tok>    distribute a held post (lists.py); list+reject-<tok>: drop it
     anything in a domain that is not local   the outbound queue (only if the caller may relay)
@@ -477,7 +478,9 @@ class Router:
             if isinstance(d, ListPost):
                 if not sender:
                     raise NULL_SENDER_TO_LIST
-                if d.ml.policy is ListPolicy.MEMBERS and sender not in {m.lower() for m in d.ml.members}:
+                # The owner may post to a members-only list without being a member (they run it).
+                if d.ml.policy is ListPolicy.MEMBERS and sender != d.ml.owner.lower() \
+                        and sender not in {m.lower() for m in d.ml.members}:
                     raise MEMBERS_ONLY
             elif isinstance(d, ListAction):
                 if sender != d.ml.owner.lower():
@@ -629,7 +632,9 @@ class Router:
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None
-        others = [self._hold(ml, env.mail_from, env.raw) if ml.policy is ListPolicy.MODERATED
+        # The owner approves held posts, so the owner's own post is not held for them (lists.py).
+        others = [self._hold(ml, env.mail_from, env.raw)
+                  if ml.policy is ListPolicy.MODERATED and env.mail_from.lower() != ml.owner.lower()
                   else self.distribute(ml, env.raw, env.from_checked) for ml in lists.values()]
         others += [self._enqueue_forward(env, sender, list(rcpts.values())) for sender, rcpts in forwarded.items()]
         others += [self._act(act) for act in actions]

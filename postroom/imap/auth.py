@@ -25,6 +25,7 @@ import base64
 
 from postroom import __version__ as _version
 from postroom.net.connection import PlaintextAfterStartTLS
+from postroom.net.listener import log_refusal
 from postroom.store.api import User
 
 from . import parser as P
@@ -95,9 +96,12 @@ async def login(s: Session, cmd: P.Command) -> Result:
         cmd.args.password.encode("utf-8")
     except UnicodeEncodeError:  # bytes that are not UTF-8 cannot match any stored name or password
         await s.auth.failed(s.conn.peer[0], "")
+        log_refusal(s.conn, "login", "user name or password not UTF-8", [("user", s.conn.log["login"])])
         raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
     user = await s.auth.check_password(cmd.args.user, cmd.args.password, s.conn.peer[0])
     if user is None:
+        log_refusal(s.conn, "login", "wrong user name or password (or too many failures)",
+                    [("user", s.conn.log["login"])])
         raise No("Authentication failed", "AUTHENTICATIONFAILED")  # invariant 3
     return _logged_in(s, user)
 
@@ -124,6 +128,8 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
     if exchange.username:
         s.conn.log["login"] = exchange.username[:100]
     if not step.ok or step.user is None:
+        log_refusal(s.conn, "login", step.error or "authentication failed",
+                    [("mechanism", cmd.args.mechanism), ("user", exchange.username[:100] or "-")])
         raise No("Authentication failed", "AUTHENTICATIONFAILED")
     if step.server_final:
         # IMAP has no "additional data with success": send it as a challenge and take the empty answer.

@@ -64,6 +64,7 @@ from postroom.net.connection import (
 
 log = logging.getLogger("postroom.net")
 session_log = logging.getLogger("postroom.net.session")
+refusal_log = logging.getLogger("postroom.refusal")
 
 Handler = Callable[[Connection], Awaitable[None]]
 
@@ -143,6 +144,21 @@ def logfmt_key(key: str) -> str:
 
 def logfmt(message: str, fields: Iterable[tuple[str, Any]]) -> str:
     return " ".join([message] + [f"{logfmt_key(k)}={logfmt_value(v)}" for k, v in fields])
+
+
+def log_refusal(conn: Any, what: str, reason: str, fields: Iterable[tuple[str, Any]] = ()) -> None:
+    """One logfmt line for a request a session refused, at INFO on the "postroom.refusal" logger:
+
+        refused protocol=smtp listener=smtp id=k3xa1 ip=203.0.113.7 what=rcpt code=550 esc=5.7.1
+            from=a@far.test to=x@other.test reason="Relaying denied"
+
+    `conn` is the session's Connection (protocol, listener, session id, peer); `what` names the request
+    ("login", "mail", "rcpt", "data"); `fields` come before `reason`, which is always last. `ip` is the bare
+    client address (no port, no brackets) so that a fail2ban `failregex` can take it as <HOST>
+    (docs/ARCHITECTURE.md, "Log lines"). Never raises for odd values (logfmt quotes them)."""
+    refusal_log.info("%s", logfmt("refused", [
+        ("protocol", conn.protocol), ("listener", conn.listener), ("id", conn.session_id), ("ip", conn.peer[0]),
+        ("what", what), *fields, ("reason", reason)]))
 
 
 def format_peer(peer: tuple[str, int]) -> str:

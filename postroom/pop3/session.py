@@ -61,6 +61,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
+from postroom.net.listener import log_refusal
 from postroom.store.api import InsufficientStorage, NotFound, Store, User
 
 from .protocol import (
@@ -240,6 +241,7 @@ class Session:
         if isinstance(event, CheckPassword):
             self.mechanism = "USER"
             user = await self.services.auth.check_password(event.username, event.password, self.conn.peer[0])
+            self._failure = "wrong user name or password (or too many failures)"
             return [await self._logged_in(user, event.username)]
         if isinstance(event, StartSasl):
             return [await self._sasl_start(event)]
@@ -260,9 +262,12 @@ class Session:
         self.exchange = None
         if user is None:
             conn.log["auth_failed"] = int(conn.log.get("auth_failed", 0)) + 1
+            log_refusal(conn, "login", self._failure or "authentication failed",
+                        [("mechanism", self.mechanism or "-"), ("user", name[:100] or "-")])
             return core.login_failed("AUTH", "Authentication failed")
         if not self.locks.acquire(user.id, conn.session_id):
             # RFC 1939 §8 / RFC 2449 §8.1.1: authenticated, but another POP3 session has the maildrop.
+            log_refusal(conn, "login", "maildrop in use by another POP3 session", [("user", user.address)])
             return core.login_failed("IN-USE", "maildrop is locked by another POP3 session")
         try:
             if self.locks.too_soon(user.id, self.options.login_delay):
@@ -303,10 +308,12 @@ class Session:
         return await self._sasl_answer(await exchange.respond(event.data))
 
     _final_user: User | None = None
+    _failure = ""  # why the last credential check failed, for the refusal log line
 
     async def _sasl_answer(self, step: Step) -> bytes:
         exchange = self.exchange
         name = exchange.username if exchange is not None else ""
+        self._failure = step.error
         if not step.done:
             return self.core.sasl_challenge(step.challenge)
         if step.ok and step.server_final:
@@ -320,6 +327,8 @@ class Session:
     async def _finish_sasl(self, data: bytes) -> bytes:
         user, self._final_user = self._final_user, None
         if data:
+            log_refusal(self.conn, "login", "a non-empty response after SASL success",
+                        [("mechanism", self.mechanism or "-")])
             return self.core.login_failed("AUTH", "Authentication failed (expected an empty response)")
         return await self._logged_in(user, user.address if user else "")
 

@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postroom.auth.authenticator import Exchange, Step
 from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, Rcpt, RouteError, Router
@@ -86,7 +86,7 @@ from postroom.net.connection import (
     PlaintextAfterStartTLS,
     ShuttingDown,
 )
-from postroom.net.listener import Handler, logfmt
+from postroom.net.listener import Handler, log_refusal, logfmt
 from postroom.smtp.dnsbl import ClientInfo, look_up_client
 from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
@@ -320,6 +320,23 @@ class Session:
         else:
             task.cancel()
 
+    def _log_route_refusal(self, exc: RouteError, ev: object) -> None:
+        """The one log line of a refused MAIL, RCPT or message (relay denied, list policy, unknown user, ...)."""
+        txn = self.core.txn
+        fields: list[tuple[str, Any]] = [("code", exc.code), ("esc", exc.esc)]
+        if isinstance(ev, RcptTo):
+            what = "rcpt"
+            fields += [("from", (txn.mail_from if txn is not None else "") or "<>"),
+                       ("to", ev.recipient.address)]
+        elif isinstance(ev, Message):
+            what = "data"
+            fields += [("from", ev.mail_from or "<>"), ("rcpts", len(ev.recipients))]
+        else:
+            what = "mail" if isinstance(ev, MailFrom) else type(ev).__name__.lower()
+        if self.core.authenticated:
+            fields.append(("user", self.core.authenticated))
+        log_refusal(self.conn, what, exc.text, fields)
+
     async def _screen(self) -> bool:
         """The MX tests before the greeting (door.py): the connection rate, then the pregreet test. False: the
         session ends with the reply already queued (and `conn.end` saying why)."""
@@ -348,8 +365,7 @@ class Session:
         self.core.close_with(reply)
         self.conn.end = "refused"
         self.conn.log["refused"] = reason
-        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("reason", reason), *fields.items()]).strip())
+        log_refusal(self.conn, "connect", reason, [("code", reply.code), *fields.items()])
 
     async def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -379,6 +395,7 @@ class Session:
             else:  # pragma: no cover - every event type is handled above
                 raise AssertionError(f"unhandled event {ev!r}")
         except RouteError as exc:
+            self._log_route_refusal(exc, ev)
             self.core.send(Reply(exc.code, exc.esc, (exc.text,)))
         except InsufficientStorage as exc:
             log.warning("session %s: %s", self.conn.session_id, exc)
@@ -421,33 +438,36 @@ class Session:
         door = self.services.door
         if self.policy.submission:
             if not self.core.authenticated:
+                log_refusal(self.conn, "mail", "authentication required", [("code", 530), ("from", ev.address)])
                 self.core.send(R.R530_AUTH_REQUIRED)  # RFC 4954 §6
                 return
             if not await self.router.may_send_as(self.core.authenticated, ev.address):
+                log_refusal(self.conn, "mail", "sender address not owned by the user",
+                            [("code", 553), ("from", ev.address), ("user", self.core.authenticated)])
                 self.core.send(R.R553_SENDER_NOT_OWNED)  # RFC 6409 §6.1
                 return
             if door is not None and not door.take_message(self.core.authenticated, self.clock()):
-                self._refused("send-limit-messages", R.R450_USER_MESSAGES)
+                self._refused("send-limit-messages", R.R450_USER_MESSAGES, "mail")
                 return
         elif door is not None and not door.exempt(self.conn.peer[0]) \
                 and not door.message_allowed(self.conn.peer[0], self.clock()):
-            self._refused("message-rate", R.R450_MESSAGE_RATE)
+            self._refused("message-rate", R.R450_MESSAGE_RATE, "mail")
             return
         self.core.accept_mail()
 
-    def _refused(self, reason: str, reply: Reply, **fields: object) -> None:
-        """Answer a command with a door refusal, logged with its reason (one line)."""
+    def _refused(self, reason: str, reply: Reply, what: str, **fields: object) -> None:
+        """Answer a command (`what`: "mail", "rcpt") with a door refusal, logged with its reason (one line,
+        `log_refusal`)."""
         self.core.send(reply)
-        log.info("%s", logfmt("smtp refused", [("session", self.conn.session_id), ("peer", self.conn.peer[0]),
-                                                ("user", self.core.authenticated or "-"), ("reason", reason),
-                                                *fields.items()]).strip())
+        log_refusal(self.conn, what, reason, [("code", reply.code), ("esc", reply.esc),
+                                              ("user", self.core.authenticated or "-"), *fields.items()])
 
     async def _rcpt(self, ev: RcptTo) -> None:
         txn = self.core.txn
         assert txn is not None
         door, user = self.services.door, self.core.authenticated
         if self.policy.submission and door is not None and user and not door.take_recipient(user, self.clock()):
-            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS)
+            self._refused("send-limit-recipients", R.R450_USER_RECIPIENTS, "rcpt")
             return
         # DNS blocklists are applied here, not instead of the greeting (Postfix's reject_rbl_client, not
         # postscreen): the refusal's log line then names the sender and the recipient, so a listed but wanted
@@ -457,7 +477,7 @@ class Session:
         if info is not None and info.listed is not None:
             zone, answer = info.listed
             self.rcpts_refused += 1
-            self._refused("dnsbl", R.dnsbl_blocked(self.conn.peer[0], zone), zone=zone, answer=answer,
+            self._refused("dnsbl", R.dnsbl_blocked(self.conn.peer[0], zone), "rcpt", zone=zone, answer=answer,
                           sender=txn.mail_from or "<>", recipient=ev.recipient.address)
             return
         try:
@@ -472,7 +492,7 @@ class Session:
         if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
             wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
             if wait > 0:
-                self._refused("greylisted", R.greylisted(wait))
+                self._refused("greylisted", R.greylisted(wait), "rcpt")
                 return
         self.core.accept_rcpt(ev.recipient)
 
@@ -587,6 +607,7 @@ class Session:
                 await self.router.check_header_senders(core.authenticated, head)
             accepted = await self.router.accept(env)  # invariant 2
         except RouteError as exc:
+            self._log_route_refusal(exc, ev)
             core.message_done(Reply(exc.code, exc.esc, (exc.text,)))
             return
         finally:
@@ -692,6 +713,8 @@ class Session:
         self.conn.log["auth_failed"] = int(self.conn.log.get("auth_failed", 0)) + 1
         if username:
             self.conn.log["auth_user"] = username
+        log_refusal(self.conn, "login", step.error or "authentication failed",
+                    [("code", 535), ("user", username[:100] or "-")])
         core.auth_done(R.R535_AUTH_FAILED)
 
     # --- VRFY / EXPN (RFC 5321 §3.5, §7.3) -------------------------------------------------------------------

@@ -95,14 +95,14 @@ def test_domain_user_alias_list_lifecycle(conf: Path, capsys, monkeypatch) -> No
     assert "bob@remote.test" not in out and "open" in out
     code, out, _ = r("list", "all")
     assert "team@example.org" in out
-    assert r("list", "delete", "team@example.org")[0] == 0
+    assert r("list", "delete", "team@example.org", "--yes")[0] == 0
 
-    code, _, err = r("domain", "remove", "example.org")
+    code, _, err = r("domain", "remove", "example.org", "--yes")
     assert code == 1  # users and aliases remain
     assert r("alias", "remove", "postmaster@example.org")[0] == 0
     assert r("alias", "remove", "@example.org")[0] == 0
-    assert r("user", "remove", "alice@example.org")[0] == 0
-    assert r("domain", "remove", "example.org")[0] == 0
+    assert r("user", "remove", "alice@example.org", "--yes")[0] == 0
+    assert r("domain", "remove", "example.org", "--yes")[0] == 0
 
 
 def test_domain_list_and_show_say_where_postmaster_mail_goes(conf: Path, capsys, monkeypatch) -> None:

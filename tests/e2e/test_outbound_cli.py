@@ -112,7 +112,7 @@ def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[
     assert code == 0 and "2 recipient(s)" in out
     code, out, _ = run(conf, "queue", "flush", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0 and "2 recipient(s)" in out
-    code, out, _ = run(conf, "queue", "delete", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    code, out, _ = run(conf, "queue", "delete", str(entry.id), "--yes", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0 and queue(conf) == []
     code, _, err = run(conf, "queue", "show", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
     assert code == 1

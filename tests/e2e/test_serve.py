@@ -22,7 +22,7 @@ import pytest
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
-def start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
+def start(tmp_path: Path, demo: bool = True) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     conf = tmp_path / "postroom.toml"
     lines = [f'[server]\ndata_dir = "{tmp_path / "data"}"\nshutdown_grace_seconds = 2\n[listeners]']
     lines += [f'{name} = "127.0.0.1:0"' for name in LISTENERS]
@@ -30,7 +30,7 @@ def start(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     conf.write_text("\n".join(lines) + "\n")
     # `python -m postroom` from this checkout (not whatever `postroom` the venv's script points at).
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--demo"],
+    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve"] + ["--demo"] * demo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     banner = []
     deadline = time.monotonic() + 60
@@ -130,3 +130,45 @@ def test_serve_demo_all_listeners(tmp_path: Path) -> None:
         assert password in text
     finally:
         stop(proc)
+
+
+@pytest.mark.timeout(120)
+def test_banner_names_a_real_user_or_says_how_to_add_one(tmp_path: Path) -> None:
+    # Issue 13: without --demo the banner named demo@localhost, who does not exist.
+    proc, ports, text = start(tmp_path, demo=False)
+    stop(proc)
+    assert "demo@localhost" not in text
+    assert "no user yet: postroom domain add example.org; postroom user add you@example.org" in text
+    assert f"health      curl http://127.0.0.1:{ports['http']}/healthz" in text
+    assert f"metrics     curl http://127.0.0.1:{ports['http']}/metrics" in text
+    conf = str(tmp_path / "postroom.toml")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for argv, stdin in ((["domain", "add", "example.test"], ""),
+                        (["user", "add", "first@example.test", "--password-stdin"], "long-password\n")):
+        done = subprocess.run([sys.executable, "-m", "postroom", "--config", conf, *argv], input=stdin, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    proc, ports, text = start(tmp_path, demo=False)
+    try:
+        assert "demo@localhost" not in text and "no user yet" not in text
+        assert "['first@example.test']" in text and "-u 'first@example.test:PASSWORD'" in text
+        # The line the banner prints does deliver (the user is real).
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as smtp:
+            assert smtp.sendmail("you@example.org", ["first@example.test"], b"Subject: hello\r\n\r\nHi!\r\n") == {}
+    finally:
+        stop(proc)
+
+
+def test_banner_commands_reach_wildcard_listeners_through_loopback(tmp_path: Path) -> None:
+    # "*:port" listeners (`postroom setup` writes them) bind every address: the banner lists them as "*" and its
+    # commands use loopback, not an unconnectable "0.0.0.0" or an empty host.
+    from postroom import config as config_mod
+    from postroom.app import Postroom, banner
+
+    server = Postroom(config_mod.load(None, {"server": {"data_dir": str(tmp_path)}}))
+    server.addresses = {"smtp": ("", 25), "imaps": ("::", 993), "pop3s": ("192.0.2.7", 995), "http": ("0.0.0.0", 80)}
+    text = banner(server, None, "a@example.test")
+    assert text.startswith("Postroom is running (configuration built-in defaults; data in ")
+    assert "  smtp         *:25  (plain)" in text and "  http         *:80  (HTTP)" in text
+    assert "curl http://127.0.0.1:80/healthz" in text and "smtplib.SMTP('127.0.0.1', 25)" in text
+    assert "imaps://[::1]:993/INBOX" in text and "pop3s://192.0.2.7:995/1" in text

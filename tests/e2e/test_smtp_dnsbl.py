@@ -87,7 +87,7 @@ def test_listed_client_refused_at_rcpt(srv: Any, zone: ZoneThread, caplog: pytes
     assert (code, text) == (554, b"5.7.1 Service unavailable; Client host [127.0.0.2] blocked using bl.test")
     assert inbox(srv) == []
     [line] = [r.getMessage() for r in caplog.records if "reason=dnsbl" in r.getMessage()]
-    assert "peer=127.0.0.2" in line and "zone=bl.test" in line and "answer=127.0.0.2" in line
+    assert "ip=127.0.0.2" in line and "what=rcpt" in line and "zone=bl.test" in line and "answer=127.0.0.2" in line
     assert "sender=alice@a.example" in line and "recipient=bob@b.test" in line
     assert ("2.0.0.127.bl.test", "A") in zone.dns.queries  # RFC 5782 §2.1: the reversed octets
 

@@ -20,13 +20,14 @@ def _overrides(**smtp: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("server_overrides", [_overrides(greet_delay_seconds=1.5)])
 def test_pregreet_talker_refused_patient_client_passes(server: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="postroom.smtp")
+    caplog.set_level(logging.INFO, logger="postroom.refusal")  # the one refusal format (net/listener.log_refusal)
     with socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=10) as s:
         s.sendall(b"EHLO bot.example\r\n")  # before the greeting: a bot that does not read replies
         reply = s.recv(1000)
         assert reply.startswith(b"554 5.5.1 "), reply  # RFC 5321 §3.1: the client waits for the greeting
         assert s.recv(1000) == b""  # and the connection is closed
-    assert any("reason=pregreet" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("refused protocol=smtp listener=smtp ") and "what=connect code=554"
+               in r.getMessage() and r.getMessage().endswith("reason=pregreet") for r in caplog.records)
     # a client that waits for the greeting is served, and passes from then on
     with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as c:
         assert c.ehlo("mx.example")[0] == 250

@@ -337,6 +337,31 @@ def test_list_open_members_and_headers(srv: Any) -> None:
     assert entry.mail_from == "team-bounces@example.org" and [r.rcpt for r in entry.recipients] == ["dave@far.test"]
 
 
+def test_list_owner_may_post_to_members_only_list(srv: Any) -> None:
+    # Issue 13: the owner of a members-only list was refused on their own list; owners may post (not members).
+    srv.run(srv.store.create_list("staff@example.org", "Alice@example.org", ListPolicy.MEMBERS))
+    srv.run(srv.store.add_list_member("staff@example.org", "carol@example.org"))
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        assert c.sendmail("alice@example.org", ["staff@example.org"], BODY) == {}  # owner, case aside
+        c.ehlo("x")
+        c.mail("bob@example.org")  # a local user who is neither owner nor member: still refused
+        assert c.rcpt("staff@example.org") == (550, b"5.7.1 Only members may post to this list")
+        c.rset()
+    [stored] = inbox(srv, "carol@example.org")
+    assert stored.endswith(BODY)
+
+
+def test_list_owner_post_to_moderated_list_is_not_held(srv: Any) -> None:
+    # The owner is the moderator: holding their post for their own approval would only add a round trip.
+    srv.run(srv.store.create_list("mod2@example.org", "alice@example.org", ListPolicy.MODERATED))
+    srv.run(srv.store.add_list_member("mod2@example.org", "carol@example.org"))
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
+        assert c.sendmail("alice@example.org", ["mod2@example.org"], BODY) == {}
+    [stored] = inbox(srv, "carol@example.org")
+    assert stored.endswith(BODY)
+    assert inbox(srv, "alice@example.org") == []  # no approval request went to the owner
+
+
 def test_list_moderated_hold_and_approve(srv: Any) -> None:
     srv.run(srv.store.create_list("mod@example.org", "alice@example.org", ListPolicy.MODERATED))
     srv.run(srv.store.add_list_member("mod@example.org", "carol@example.org"))

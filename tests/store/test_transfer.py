@@ -377,3 +377,70 @@ async def test_progress_class_instance_and_summaries(
     assert "\n  Archive/2024: 2" in imported.summary()
     imported.skipped.append(Skipped("x.mbox:0", "a reason"))
     assert imported.summary().endswith("skipped 1:\n  x.mbox:0: a reason")
+
+
+async def test_export_twice_is_incremental(store: Store, tmp_path: Path) -> None:
+    # Issue 13: exporting twice into one Maildir doubled it. Each destination's ledger leaves out what it has.
+    u = await new_user(store)
+    src = tmp_path / "in.mbox"
+    src.write_bytes(MBOX)
+    await import_messages(store, u.address, src)
+    box = await store.get_mailbox(u.id, "INBOX")
+    assert box is not None
+    md, mb = tmp_path / "Maildir", tmp_path / "out.mbox"
+    for dest, fmt in ((md, "maildir"), (mb, "mbox")):
+        first = await export_messages(store, u.address, dest, fmt)  # type: ignore[arg-type]
+        again = await export_messages(store, u.address, dest, fmt)  # type: ignore[arg-type]
+        assert (first.count, first.already, again.count, again.already) == (3, 0, 0, 3)
+        assert "left out 3 messages exported there before" in again.summary()
+    assert len(list(read_maildir(md))) == 3 and len(list(read_mbox(mb))) == 3
+    # A new message, and a second copy of bytes already there (a multiset: it goes out once more).
+    raw0 = await store.read_message((await store.list_messages(box.id))[0].blob_id)
+    await store.append(box.id, AppendRequest(b"Subject: new\r\n\r\nnew\r\n", 0, frozenset(), T0))
+    await store.append(box.id, AppendRequest(raw0, 0, frozenset(), T0))
+    for dest, fmt, read in ((md, "maildir", read_maildir), (mb, "mbox", read_mbox)):
+        third = await export_messages(store, u.address, dest, fmt)  # type: ignore[arg-type]
+        assert (third.count, third.already) == (2, 3)
+        assert len(list(read(dest))) == 5  # type: ignore[operator]
+    assert (md / "postroom-exported").read_text().split().count(
+        (await store.list_messages(box.id))[0].blob_id) == 2
+    # An mbox emptied (or deleted) since: its ledger no longer holds, everything is written again.
+    mb.write_bytes(b"")
+    assert (await export_messages(store, u.address, mb, "mbox")).count == 5
+    # Whole-account exports are incremental per folder; the ledgers are not mistaken for mail on import.
+    tree = tmp_path / "tree"
+    assert (await export_messages(store, u.address, tree, "mbox", mailbox=None)).count == 5
+    assert (await export_messages(store, u.address, tree, "mbox", mailbox=None)).count == 0
+    assert (tree / ".INBOX.mbox.postroom-exported").is_file()
+    v = await new_user(store, "victor@example.org")
+    report = await import_messages(store, v.address, tree)
+    assert report.count == 5 and report.skipped == []
+    # Without the ledger (incremental=False, as for standard output) everything goes out again.
+    assert (await export_messages(store, u.address, md, "maildir", incremental=False)).count == 5
+
+
+async def test_import_leaves_out_what_the_mailbox_holds(store: Store, tmp_path: Path) -> None:
+    # Issue 13: importing an export brought in duplicates. Same bytes already in the mailbox: left out.
+    u = await new_user(store)
+    src = tmp_path / "in.mbox"
+    src.write_bytes(MBOX)
+    first = await import_messages(store, u.address, src)
+    again = await import_messages(store, u.address, src)
+    assert (first.count, first.duplicates, again.count, again.duplicates) == (3, 0, 0, 3)
+    assert "left out 3 messages the mailbox already holds" in again.summary()
+    md = tmp_path / "Maildir"
+    await export_messages(store, u.address, md, "maildir")
+    assert (await import_messages(store, u.address, md)).count == 0  # export then import: a no-op
+    # Another mailbox does not hold them: imported there.
+    assert (await import_messages(store, u.address, src, mailbox="Other")).count == 3
+    # A source holding the same message twice, into a mailbox with one copy: one more copy (a multiset).
+    box = await store.get_mailbox(u.id, "INBOX")
+    assert box is not None
+    twice = tmp_path / "twice.mbox"
+    twice.write_bytes(MBOX.split(b"\nFrom bob")[0] + b"\n" + MBOX.split(b"\nFrom bob")[0] + b"\n")
+    assert (await import_messages(store, u.address, twice)).count == 1
+    assert len(await store.list_messages(box.id)) == 4
+    # Told to, it imports every one.
+    forced = await import_messages(store, u.address, src, duplicates=True)
+    assert (forced.count, forced.duplicates) == (3, 0)
+    assert len(await store.list_messages(box.id)) == 7

@@ -134,3 +134,21 @@ def test_auth_cache_trusted_networks_and_event_loop_are_checked() -> None:
         config.load(None, {"auth": {"cache_ttl": -1}})
     with pytest.raises(config.ConfigError, match="server.event_loop must be one of asyncio, uvloop, auto"):
         config.load(None, {"server": {"event_loop": "tokio"}})
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 13: run from another directory, admin commands made an empty ./postroom-data. Paths in a file now
+    # belong to the file's folder; without a file, to the current directory.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "postroom.toml").write_text('[server]\ndata_dir = "data"\n[tls]\ncert = "tls/c.pem"\nkey = "tls/k.pem"\n'
+                                        '[store]\nurl = "sqlite:///db/p.db"\n[acme]\nca_bundle = "ca.pem"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load("../site/postroom.toml")
+    assert cfg.data_path == site / "data"
+    assert (cfg.tls.cert, cfg.tls.key) == (str(site / "tls/c.pem"), str(site / "tls/k.pem"))
+    assert cfg.store_url == f"sqlite:///{site / 'db/p.db'}"
+    assert cfg.acme.ca_bundle == str(site / "ca.pem")
+    assert config.load(None, {"server": {"data_dir": "d"}}).data_path == elsewhere / "d"
