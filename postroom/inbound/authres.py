@@ -109,6 +109,19 @@ def _authserv_id(value: bytes) -> str:
     return re.split(r"[\s;(]", text, maxsplit=1)[0].lower()
 
 
+def field_end(block: bytes, pos: int) -> int:
+    """The end of the header field that goes on at `pos` in a header `block`: past its line end and every
+    continuation line (RFC 5322 §2.2.3: a line that starts with a space or tab goes on the field before)."""
+    stop = pos
+    while True:
+        nl = block.find(b"\n", stop)
+        if nl < 0:
+            return len(block)
+        stop = nl + 1
+        if stop >= len(block) or block[stop:stop + 1] not in (b" ", b"\t"):
+            return stop
+
+
 def own_fields(head: bytes, authserv_id: str) -> list[tuple[int, int]]:
     """Byte spans [start, end) in `head` (the message start, CRLF line ends) of the Authentication-Results fields
     in its header that claim `authserv_id` (invariant 2), continuation lines included."""
@@ -117,15 +130,7 @@ def own_fields(head: bytes, authserv_id: str) -> list[tuple[int, int]]:
     ours = authserv_id.lower()
     spans = []
     for m in _FIELD_START.finditer(block):
-        stop = m.end()
-        while True:
-            nl = block.find(b"\n", stop)
-            if nl < 0:
-                stop = len(block)
-                break
-            stop = nl + 1
-            if stop >= len(block) or block[stop:stop + 1] not in (b" ", b"\t"):
-                break
+        stop = field_end(block, m.end())
         if _authserv_id(block[m.end():stop]) == ours:
             spans.append((m.start(), stop))
     return spans

@@ -43,6 +43,7 @@ from email.header import Header
 from pathlib import Path
 
 from postroom.config import parse_http_url as parse_url  # re-exported: the URL rule lives with the setting
+from postroom.inbound.authres import field_end
 
 log = logging.getLogger("postroom.inbound.rspamd")
 
@@ -185,14 +186,6 @@ def subject_spans(head: bytes) -> list[tuple[int, int]]:
     block = head[:len(head) if end < 0 else end + 2]
     spans = []
     for m in _SUBJECT.finditer(block):
-        stop = m.end()
-        while True:
-            nl = block.find(b"\n", stop)
-            if nl < 0:
-                stop = len(block)
-                break
-            stop = nl + 1
-            if stop >= len(block) or block[stop:stop + 1] not in (b" ", b"\t"):
-                break
+        stop = field_end(block, m.end())
         spans.append((m.start(), stop))
     return spans
