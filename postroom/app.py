@@ -470,8 +470,14 @@ def banner(server: Postroom, demo_password: str | None, user: str | None = None)
     if demo_password is not None:
         kept = cfg.data_path / "demo-password"
         lines.append(f"  demo login  {DEMO_USER}  password {demo_password}  (kept in {kept})")
-    http = server.addresses.get("http")
-    if http:  # what the web listener serves today (webmail and admin will join them)
+    http, https = server.addresses.get("http"), server.addresses.get("https")
+    if http:
+        lines.append(f"  webmail     http://{_url_host(http[0])}:{http[1]}/   (password sign-in over plain HTTP: "
+                     f"from this machine only)")
+    if https:
+        lines.append(f"  webmail     https://{_url_host(https[0])}:{https[1]}/   (the server's certificate: "
+                     f"{'self-signed' if not cfg.tls.cert and not cfg.acme.directory else 'as configured'})")
+    if http:
         web = f"http://{_url_host(http[0])}:{http[1]}"
         lines.append(f"  health      curl {web}/healthz")
         lines.append(f"  metrics     curl {web}/metrics")

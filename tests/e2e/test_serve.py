@@ -141,6 +141,10 @@ def test_banner_names_a_real_user_or_says_how_to_add_one(tmp_path: Path) -> None
     assert "no user yet: postroom domain add example.org; postroom user add you@example.org" in text
     assert f"health      curl http://127.0.0.1:{ports['http']}/healthz" in text
     assert f"metrics     curl http://127.0.0.1:{ports['http']}/metrics" in text
+    # the Quickstart's promise: the banner says where the webmail is
+    assert f"webmail     http://127.0.0.1:{ports['http']}/" in text
+    if "https" in ports:
+        assert f"webmail     https://127.0.0.1:{ports['https']}/" in text
     conf = str(tmp_path / "postroom.toml")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     for argv, stdin in ((["domain", "add", "example.test"], ""),
