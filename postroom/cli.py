@@ -878,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--user", help="the first user's address (default postmaster@DOMAIN)")
     st.add_argument("--systemd-unit", metavar="PATH", help="where to write the systemd unit (default as root: "
                                                           "/etc/systemd/system/postroom.service; \"\": none)")
+    st.add_argument("--run-as", default="postroom", metavar="USER",
+                    help="as root: the system user the server runs as after binding its ports (server.user), if it "
+                         "exists (default postroom; make it with: useradd --system --no-create-home postroom)")
     st.add_argument("--force", action="store_true", help="replace an existing configuration file")
 
     dn = sub.add_parser("dns", help="print the DNS records to publish for a domain: MX, SPF, DKIM, DMARC, and the SRV "

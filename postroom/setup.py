@@ -13,7 +13,8 @@ complete):
 2. create the store in the data folder, the domain with its DKIM keys, and the first user (`--user`, default
    `postmaster@DOMAIN`: RFC 5321 §4.5.1 requires that mailbox), its password asked twice on a terminal or,
    without one, generated and printed once;
-3. write the configuration: every listener on every address at its standard port (SMTP 25, submission 587,
+3. write the configuration: as root, `server.user` = `--run-as` (default `postroom`) when that system user
+   exists (else a line says how to make it); every listener on every address at its standard port (SMTP 25, submission 587,
    submissions 465, IMAP 143, IMAPS 993, POP3 110, POP3S 995, the web listeners 80 and 443);
 4. write a systemd unit (`--systemd-unit PATH`; as root by default `/etc/systemd/system/postroom.service`;
    `--systemd-unit ""` writes none);
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -62,12 +64,14 @@ def default_hostname(domain: str) -> str:
     return fqdn if "." in fqdn and not fqdn.startswith("localhost") else f"mail.{domain}"
 
 
-def config_text(hostname: str, data_dir: Path) -> str:
-    """The configuration file setup writes (TOML)."""
+def config_text(hostname: str, data_dir: Path, user: str = "") -> str:
+    """The configuration file setup writes (TOML); `user`: the system user the server drops to (`server.user`)."""
     listeners = "\n".join(f'{name:<12}= "*:{port}"' for name, port in STANDARD_PORTS.items())
+    run_as = f"user = \"{user}\"                 # started as root: bind the ports, then run as this user\n" \
+        if user else ""
     return (f"# Written by `postroom setup`. Every key is documented in docs/CONFIG.md; `postroom config-sample`\n"
             f"# prints them all with their defaults, `postroom check` checks this file.\n"
-            f"[server]\nhostname = \"{hostname}\"\ndata_dir = \"{data_dir}\"\n\n"
+            f"[server]\nhostname = \"{hostname}\"\ndata_dir = \"{data_dir}\"\n{run_as}\n"
             f"# \"*:port\": every address of the machine, IPv4 and IPv6\n[listeners]\n{listeners}\n")
 
 
@@ -160,7 +164,16 @@ def run(args: argparse.Namespace) -> int:
     hostname = args.hostname or default_hostname(domain)
     if config_path.exists() and not args.force:
         raise SetupError(f"{config_path} exists; setup writes a new one only with --force (or use --config PATH)")
-    text = config_text(hostname, data_dir)
+    run_as = ""
+    if root:  # the server drops root after binding its ports (process.py), to this user when it exists
+        try:
+            pwd.getpwnam(args.run_as)
+            run_as = args.run_as
+        except KeyError:
+            print(f"; the system user {args.run_as!r} does not exist: the server will run as root (it warns). Make "
+                  f"it with `useradd --system --no-create-home {args.run_as}`, then add user = \"{args.run_as}\" "
+                  f"under [server]")
+    text = config_text(hostname, data_dir, run_as)
     try:
         cfg = config_mod.load(None, tomllib.loads(text))
     except config_mod.ConfigError as exc:

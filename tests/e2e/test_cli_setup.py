@@ -5,6 +5,7 @@ systemd unit, and the DNS records; run again, it refuses to overwrite."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import stat
 from pathlib import Path
@@ -77,3 +78,17 @@ def test_setup_refuses_a_user_of_another_domain(tmp_path: Path, capsys: pytest.C
     code, _, err = _setup(tmp_path, capsys, "--user", "admin@elsewhere.test")
     assert code == 1 and "must be in example.org" in err
     assert not (tmp_path / "etc" / "postroom.toml").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="server.user is only set when setup runs as root")
+def test_setup_as_root_sets_the_user_to_run_as_when_it_exists(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The review's finding: a setup-made server ran as root. As root, setup names the system user the server
+    drops to (server.user) when that user exists, and says how to make it when it does not."""
+    code, out, err = _setup(tmp_path, capsys, "--run-as", "no-such-user-here")
+    assert code == 0, err
+    assert "useradd --system --no-create-home no-such-user-here" in out
+    assert config_mod.load(tmp_path / "etc" / "postroom.toml").server.user == ""
+    code, out, err = _setup(tmp_path, capsys, "--run-as", "nobody", "--force")
+    assert code == 0, err
+    assert config_mod.load(tmp_path / "etc" / "postroom.toml").server.user == "nobody"
