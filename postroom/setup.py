@@ -14,8 +14,8 @@ complete):
    `postmaster@DOMAIN`: RFC 5321 §4.5.1 requires that mailbox), its password asked twice on a terminal or,
    without one, generated and printed once;
 3. write the configuration: as root, `server.user` = `--run-as` (default `postroom`) when that system user
-   exists (else a line says how to make it); every listener on every address at its standard port (SMTP 25, submission 587,
-   submissions 465, IMAP 143, IMAPS 993, POP3 110, POP3S 995, the web listeners 80 and 443);
+   exists (else a line says how to make it); every listener on every address at its standard port (SMTP 25,
+   submission 587, submissions 465, IMAP 143, IMAPS 993, POP3 110, POP3S 995, the web listeners 80 and 443);
 4. write a systemd unit (`--systemd-unit PATH`; as root by default `/etc/systemd/system/postroom.service`;
    `--systemd-unit ""` writes none);
 5. print every DNS record to publish (`postroom dns`'s set) and the steps left to the operator.
