@@ -1,0 +1,198 @@
+"""The PostgreSQL schema and its version.
+
+The table `schema_version` holds one row, the schema version. `migrate()` brings a database from any older
+version to `SCHEMA_VERSION` in one transaction under an advisory lock (two nodes opening a fresh database at
+once cannot both create it), and refuses a database written by a newer Postroom. A change adds a step to
+`_STEPS`; it never edits an existing step. The numbering is this engine's own: it does not follow SQLite's.
+
+Versions: 1 is the core: domains, users, aliases, lists, mailboxes, subscriptions, bodies, messages, the
+expunged record, the shared-folders owners, access control lists and the change feed (the SQLite schema's
+invariants 1-11, 13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
+index, metadata, sort and thread keys, quotas, web sessions, failed logins, come as later steps).
+
+Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
+bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
+"inline"), a large one several, so a range read fetches only the chunks it needs and no row is ever larger than
+a chunk. The column is STORAGE EXTERNAL: mail bodies are mostly compressed or base64 already, and PostgreSQL's
+pglz pass on every write would cost CPU for little.
+
+Invariants:
+1. `blobs.refcount` equals the number of `messages` rows naming the blob; the row goes (its chunks by cascade)
+   in the transaction that drops the last reference (common.py).
+2. A `blobs` row has chunks 0..n-1 whose lengths add up to `size` (written in the transaction that inserts it).
+3. `mailboxes.uidvalidity` is UNIQUE and comes from the `counters` row 'uidvalidity' (seeded with the clock).
+4. Identity columns hand out ids that are never reused (PostgreSQL sequences never go back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from postroom.store.api import StoreError
+
+SCHEMA_VERSION = 1
+CHUNK_SIZE = 256 * 1024
+MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
+
+_V1 = """
+CREATE TABLE counters(name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE domains(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    dkim_selector text NOT NULL DEFAULT '',
+    dkim_private_key text NOT NULL DEFAULT '',
+    dkim_ed25519_selector text NOT NULL DEFAULT '',
+    dkim_ed25519_key text NOT NULL DEFAULT '',
+    quota_bytes bigint NOT NULL DEFAULT 0,
+    created double precision NOT NULL
+);
+CREATE TABLE users(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    address text NOT NULL UNIQUE,
+    domain_id bigint NOT NULL REFERENCES domains(id),
+    password_hash text NOT NULL,
+    scram text NOT NULL DEFAULT '',
+    quota_bytes bigint NOT NULL DEFAULT 0,
+    quota_messages bigint NOT NULL DEFAULT 0,
+    created double precision NOT NULL
+);
+CREATE INDEX users_domain ON users(domain_id);
+CREATE TABLE aliases(
+    source text NOT NULL,
+    target text NOT NULL,
+    domain_id bigint NOT NULL REFERENCES domains(id),
+    PRIMARY KEY(source, target)
+);
+CREATE INDEX aliases_domain ON aliases(domain_id);
+CREATE TABLE lists(
+    address text PRIMARY KEY,
+    domain_id bigint NOT NULL REFERENCES domains(id),
+    owner text NOT NULL,
+    policy text NOT NULL,
+    bounce_address text NOT NULL
+);
+CREATE INDEX lists_domain ON lists(domain_id);
+CREATE TABLE list_members(
+    list_address text NOT NULL REFERENCES lists(address) ON DELETE CASCADE,
+    member text NOT NULL,
+    PRIMARY KEY(list_address, member)
+);
+CREATE TABLE shared_owners(
+    domain_id bigint PRIMARY KEY REFERENCES domains(id) ON DELETE CASCADE,
+    user_id bigint NOT NULL UNIQUE REFERENCES users(id) ON DELETE CASCADE
+);
+CREATE TABLE mailboxes(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    uidvalidity bigint NOT NULL UNIQUE,
+    uidnext bigint NOT NULL DEFAULT 1,
+    highestmodseq bigint NOT NULL DEFAULT 1,
+    special_use text,
+    keywords text NOT NULL DEFAULT '',
+    recent_uid bigint NOT NULL DEFAULT 0,
+    expunged_floor bigint NOT NULL DEFAULT 0,
+    UNIQUE(user_id, name)
+);
+CREATE TABLE subscriptions(
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name text NOT NULL,
+    PRIMARY KEY(user_id, name)
+);
+CREATE TABLE blobs(
+    id text PRIMARY KEY,
+    size bigint NOT NULL,
+    refcount bigint NOT NULL,
+    meta bytea,
+    crlf_size bigint,
+    preview text
+);
+CREATE TABLE blob_chunks(
+    id text NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    n integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY(id, n)
+);
+ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE TABLE messages(
+    mailbox_id bigint NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    internal_date double precision NOT NULL,
+    size bigint NOT NULL,
+    flags integer NOT NULL DEFAULT 0,
+    keywords text NOT NULL DEFAULT '',
+    blob_id text NOT NULL REFERENCES blobs(id),
+    save_date double precision,
+    thread_id bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY(mailbox_id, uid)
+);
+CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+CREATE INDEX messages_blob ON messages(blob_id);
+CREATE INDEX messages_unseen ON messages(mailbox_id) WHERE flags & 1 = 0;
+CREATE TABLE expunged(
+    mailbox_id bigint NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    at double precision NOT NULL,
+    PRIMARY KEY(mailbox_id, uid)
+);
+CREATE INDEX expunged_modseq ON expunged(mailbox_id, modseq);
+CREATE INDEX expunged_at ON expunged(at);
+CREATE TABLE acl(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    mailbox_id bigint NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    grantee_id bigint REFERENCES users(id) ON DELETE CASCADE,
+    negative integer NOT NULL DEFAULT 0,
+    rights text NOT NULL
+);
+CREATE UNIQUE INDEX acl_entry ON acl(mailbox_id, coalesce(grantee_id, 0), negative);
+CREATE INDEX acl_grantee ON acl(grantee_id);
+CREATE TABLE changes(
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    origin text NOT NULL,
+    token bigint NOT NULL,
+    created double precision NOT NULL,
+    user_id bigint NOT NULL,
+    mailbox_id bigint NOT NULL,
+    kind text NOT NULL,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    flags integer NOT NULL,
+    keywords text NOT NULL,
+    name text NOT NULL,
+    old_name text NOT NULL
+);
+CREATE INDEX changes_write ON changes(origin, token);
+CREATE INDEX changes_created ON changes(created);
+"""
+
+
+async def _v1(conn: asyncpg.Connection) -> None:
+    await conn.execute(_V1)
+    await conn.execute("INSERT INTO counters(name, value) VALUES ('uidvalidity', $1)", int(time.time()) - 1)
+
+
+_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1]
+assert len(_STEPS) == SCHEMA_VERSION
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the database to `SCHEMA_VERSION`; return the version it had. StoreError if it is newer."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version(version integer NOT NULL)")
+        version = await conn.fetchval("SELECT version FROM schema_version")
+        if version is None:
+            await conn.execute("INSERT INTO schema_version(version) VALUES (0)")
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the database has schema {version}, newer than this Postroom's ({SCHEMA_VERSION})")
+        for step in range(version, SCHEMA_VERSION):
+            await _STEPS[step](conn)
+        if version != SCHEMA_VERSION:
+            await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION)
+        return int(version)
