@@ -3,11 +3,11 @@
 Work in progress, not offered yet: `open_store` and `config check` still refuse `postgresql://` URLs until the
 whole conformance suite (tests/store) passes on this engine. What is here passes the test modules listed in
 tests/store/conftest.py `POSTGRESQL_READY`; the concerns not ported yet (the outbound queue, the full-text
-index, IMAP METADATA, sort and thread keys, quotas, webmail sessions, failed logins) raise
+index, IMAP METADATA, sort and thread keys, quotas) raise
 `StoreError("... not available on PostgreSQL yet")` rather than pretend.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
-(accounts, mailboxes, messages, acl) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
+(accounts, mailboxes, messages, acl, authfail, websessions) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
 and retries), with the change feed on LISTEN/NOTIFY (feed.py) and the schema's own numbered steps
 (schema.py). Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit
 then broadcast), kept with several writers at once instead of SQLite's one.
@@ -32,10 +32,12 @@ from postroom.store.blobs import BlobStore
 from postroom.store.hub import Hub
 from postroom.store.postgresql.accounts import AccountsMixin
 from postroom.store.postgresql.acl import AclMixin
+from postroom.store.postgresql.authfail import AuthFailuresMixin
 from postroom.store.postgresql.engine import POOL_SIZE, Engine
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
 from postroom.store.postgresql.messages import MessagesMixin
+from postroom.store.postgresql.websessions import WebSessionsMixin
 
 NOT_PORTED = (
     # queue
@@ -49,13 +51,10 @@ NOT_PORTED = (
     "list_sort_rows", "sort_uids", "thread_rows", "content_version", "thread_ids",
     # quotas
     "get_quota", "set_user_quota", "set_domain_quota", "raise_quota_warned",
-    # webmail sessions, failed logins
-    "add_web_session", "get_web_session", "touch_web_session", "delete_web_sessions", "prune_web_sessions",
-    "load_auth_failures", "save_auth_failures",
 )
 
 
-class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, AclMixin):
+class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, AclMixin, AuthFailuresMixin, WebSessionsMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

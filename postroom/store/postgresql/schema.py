@@ -8,7 +8,8 @@ once cannot both create it), and refuses a database written by a newer Postroom.
 Versions: 1 is the core: domains, users, aliases, lists, mailboxes, subscriptions, bodies, messages, the
 expunged record, the shared-folders owners, access control lists and the change feed (the SQLite schema's
 invariants 1-11, 13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
-index, metadata, sort and thread keys, quotas, web sessions, failed logins, come as later steps).
+index, metadata, sort and thread keys, quotas, come as later steps). 2 adds `web_sessions` and `auth_failures`
+(the SQLite schema's invariant 22 and version 6's table).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -33,7 +34,7 @@ import asyncpg
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -176,7 +177,34 @@ async def _v1(conn: asyncpg.Connection) -> None:
     await conn.execute("INSERT INTO counters(name, value) VALUES ('uidvalidity', $1)", int(time.time()) - 1)
 
 
-_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1]
+async def _v2(conn: asyncpg.Connection) -> None:
+    """Webmail sessions (websessions.py) and failed-login records (authfail.py), none yet."""
+    await conn.execute("""
+CREATE TABLE web_sessions(
+    id_hash text PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf text NOT NULL,
+    created double precision NOT NULL,
+    last_seen double precision NOT NULL
+);
+CREATE INDEX web_sessions_user ON web_sessions(user_id);
+CREATE INDEX web_sessions_seen ON web_sessions(last_seen);
+CREATE INDEX web_sessions_created ON web_sessions(created);
+CREATE TABLE auth_failures(
+    address text NOT NULL,
+    username text NOT NULL,
+    failures bigint NOT NULL,
+    last_failure double precision NOT NULL,
+    locked_since double precision NOT NULL,
+    locked_until double precision NOT NULL,
+    expires double precision NOT NULL,
+    PRIMARY KEY(address, username)
+);
+CREATE INDEX auth_failures_expires ON auth_failures(expires);
+""")
+
+
+_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
