@@ -2,12 +2,12 @@
 
 Work in progress, not offered yet: `open_store` and `config check` still refuse `postgresql://` URLs until the
 whole conformance suite (tests/store) passes on this engine. What is here passes the test modules listed in
-tests/store/conftest.py `POSTGRESQL_READY`; the concerns not ported yet (the outbound queue, the full-text
+tests/store/conftest.py `POSTGRESQL_READY`; the concerns not ported yet (the full-text
 index, IMAP METADATA, sort and thread keys, quotas) raise
 `StoreError("... not available on PostgreSQL yet")` rather than pretend.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
-(accounts, mailboxes, messages, acl, authfail, websessions) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
+(accounts, mailboxes, messages, queue, acl, authfail, websessions) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
 and retries), with the change feed on LISTEN/NOTIFY (feed.py) and the schema's own numbered steps
 (schema.py). Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit
 then broadcast), kept with several writers at once instead of SQLite's one.
@@ -18,17 +18,25 @@ Invariants:
 2. Message bodies live in the database (schema.py: chunk rows); `staging_dir()` is a local folder only for
    bodies on their way in (`append_file`, `deliver_file`), each read a chunk at a time into the database and
    then removed.
+3. The staging folder is this machine's: every process of this machine that opens the store holds a shared
+   `flock` on `<staging root>/staging.lock` until `close()`, taken as the SQLite engine takes its lock
+   (sqlite/__init__.py invariant 3): a process that gets it exclusively first is alone, and removes every
+   staged file a crash left; otherwise only files older than `STALE_AGE`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
 from postroom.store.api import ChangeHub, StoreError
-from postroom.store.blobs import BlobStore
+from postroom.store.blobs import STALE_AGE, BlobStore
 from postroom.store.hub import Hub
 from postroom.store.postgresql.accounts import AccountsMixin
 from postroom.store.postgresql.acl import AclMixin
@@ -37,12 +45,12 @@ from postroom.store.postgresql.engine import POOL_SIZE, Engine
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
 from postroom.store.postgresql.messages import MessagesMixin
+from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
 
+log = logging.getLogger("postroom.store")
+
 NOT_PORTED = (
-    # queue
-    "enqueue", "enqueue_file", "queue_get", "queue_list", "queue_due", "queue_update", "queue_delete",
-    "queue_length",
     # full-text index and search
     "search_text", "scan_texts", "index_backlog",
     # IMAP METADATA
@@ -54,7 +62,8 @@ NOT_PORTED = (
 )
 
 
-class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, AclMixin, AuthFailuresMixin, WebSessionsMixin):
+class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
+                      WebSessionsMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 
@@ -66,14 +75,63 @@ class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, AclMixin, Au
         self._staging = BlobStore(Path(staging_root))
         self.feed = ChangeFeed(self.hub)
         self._engine = Engine(dsn, self.feed, pool_size=pool_size)
+        self._lock_fd = -1  # invariant 3
 
     async def open(self) -> None:
         if not self._engine.is_open:
-            await self._engine.start()
+            alone = await asyncio.to_thread(self._lock)
+            try:
+                await self._engine.start()
+            except BaseException:
+                self._unlock()
+                raise
+            await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
 
     async def close(self) -> None:
         if self._engine.is_open:
             await self._engine.stop()
+        self._unlock()
+
+    def _lock(self) -> bool:
+        """Take the staging folder's lock (invariant 3); True if no other local process has the store open."""
+        if self._lock_fd >= 0:
+            return False
+        root = self._staging.root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root / "staging.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            log.warning("no staging lock under %s (%s): stale files are swept after an hour only", root, e)
+            return False
+        alone = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as e:
+            os.close(fd)
+            log.warning("cannot lock the staging folder under %s (%s): stale files are swept after an hour only",
+                        root, e)
+            return False
+        self._lock_fd = fd
+        return alone
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _sweep(self, max_age: float) -> None:
+        try:
+            removed = self._staging.sweep(max_age)
+        except OSError as e:  # garbage left in place costs disk only; never refuse to open for it
+            log.warning("could not sweep stale files under %s: %s", self._staging.root, e)
+            return
+        if removed:
+            log.warning("removed %d stale staging file(s) under %s", len(removed), self._staging.root)
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -9,7 +9,8 @@ Versions: 1 is the core: domains, users, aliases, lists, mailboxes, subscription
 expunged record, the shared-folders owners, access control lists and the change feed (the SQLite schema's
 invariants 1-11, 13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
 index, metadata, sort and thread keys, quotas, come as later steps). 2 adds `web_sessions` and `auth_failures`
-(the SQLite schema's invariant 22 and version 6's table).
+(the SQLite schema's invariant 22 and version 6's table). 3 adds the outbound queue, `queue` and
+`queue_rcpt` (schema invariant 1 then counts `queue` rows among a body's references).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -18,7 +19,7 @@ a chunk. The column is STORAGE EXTERNAL: mail bodies are mostly compressed or ba
 pglz pass on every write would cost CPU for little.
 
 Invariants:
-1. `blobs.refcount` equals the number of `messages` rows naming the blob; the row goes (its chunks by cascade)
+1. `blobs.refcount` equals the number of `messages` and `queue` rows naming the blob; the row goes (its chunks by cascade)
    in the transaction that drops the last reference (common.py).
 2. A `blobs` row has chunks 0..n-1 whose lengths add up to `size` (written in the transaction that inserts it).
 3. `mailboxes.uidvalidity` is UNIQUE and comes from the `counters` row 'uidvalidity' (seeded with the clock).
@@ -34,7 +35,7 @@ import asyncpg
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -204,7 +205,38 @@ CREATE INDEX auth_failures_expires ON auth_failures(expires);
 """)
 
 
-_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2]
+async def _v3(conn: asyncpg.Connection) -> None:
+    """The outbound queue (queue.py), empty."""
+    await conn.execute("""
+CREATE TABLE queue(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    blob_id text NOT NULL REFERENCES blobs(id),
+    size bigint NOT NULL,
+    mail_from text NOT NULL,
+    envid text NOT NULL DEFAULT '',
+    ret text NOT NULL DEFAULT '',
+    created double precision NOT NULL,
+    from_checked integer NOT NULL DEFAULT 1
+);
+CREATE INDEX queue_blob ON queue(blob_id);
+CREATE TABLE queue_rcpt(
+    queue_id bigint NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+    position integer NOT NULL,
+    rcpt text NOT NULL,
+    orcpt text NOT NULL DEFAULT '',
+    notify text NOT NULL DEFAULT '',
+    state text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_try double precision NOT NULL DEFAULT 0,
+    last_error text NOT NULL DEFAULT '',
+    delay_notified integer NOT NULL DEFAULT 0,
+    PRIMARY KEY(queue_id, rcpt)
+);
+CREATE INDEX queue_rcpt_due ON queue_rcpt(next_try) WHERE state IN ('queued', 'deferred');
+""")
+
+
+_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2, _v3]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
