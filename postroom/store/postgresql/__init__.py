@@ -3,11 +3,11 @@
 Work in progress, not offered yet: `open_store` and `config check` still refuse `postgresql://` URLs until the
 whole conformance suite (tests/store) passes on this engine. What is here passes the test modules listed in
 tests/store/conftest.py `POSTGRESQL_READY`; the concerns not ported yet (the full-text
-index, IMAP METADATA, sort and thread keys, quotas) raise
+index, sort and thread keys) raise
 `StoreError("... not available on PostgreSQL yet")` rather than pretend.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
-(accounts, mailboxes, messages, queue, acl, authfail, websessions) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
+(accounts, mailboxes, messages, queue, acl, authfail, metadata, websessions, quota) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
 and retries), with the change feed on LISTEN/NOTIFY (feed.py) and the schema's own numbered steps
 (schema.py). Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit
 then broadcast), kept with several writers at once instead of SQLite's one.
@@ -45,7 +45,9 @@ from postroom.store.postgresql.engine import POOL_SIZE, Engine
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
 from postroom.store.postgresql.messages import MessagesMixin
+from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.queue import QueueMixin
+from postroom.store.postgresql.quota import QuotaMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
 
 log = logging.getLogger("postroom.store")
@@ -53,17 +55,13 @@ log = logging.getLogger("postroom.store")
 NOT_PORTED = (
     # full-text index and search
     "search_text", "scan_texts", "index_backlog",
-    # IMAP METADATA
-    "get_metadata", "set_metadata",
     # sort and thread keys
     "list_sort_rows", "sort_uids", "thread_rows", "content_version", "thread_ids",
-    # quotas
-    "get_quota", "set_user_quota", "set_domain_quota", "raise_quota_warned",
 )
 
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
-                      WebSessionsMixin):
+                      MetadataMixin, WebSessionsMixin, QuotaMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

@@ -149,6 +149,7 @@ class MailboxesMixin(Base):
                 "SELECT blob_id, count(*) FROM messages WHERE mailbox_id = $1 GROUP BY blob_id", mbox.id)}
             await tx.conn.execute("DELETE FROM messages WHERE mailbox_id = $1", mbox.id)
             await tx.conn.execute("DELETE FROM mailboxes WHERE id = $1", mbox.id)  # cascades to expunged, acl
+            await tx.conn.execute("DELETE FROM metadata WHERE mailbox_id = $1", mbox.id)  # every user's entries
             await release_blobs(tx, counts)
             change = Change(ChangeKind.MAILBOX_DELETED, user_id, mbox.id, name=name)
             tx.changes.append(change)

@@ -7,8 +7,8 @@ come from one `UPDATE mailboxes SET uidnext = uidnext + n, highestmodseq = highe
 so concurrent appends on several nodes queue on that row and never share a UID or a MODSEQ. Bodies are stored
 by `common.acquire_blob` in the job's transaction (chunk rows), staged files a chunk at a time.
 
-Invariants (the SQLite module's 1-5 hold as written; 6-8 are not on this engine yet: new messages get thread
-id 0 and no sort row, and quotas are not checked):
+Invariants (the SQLite module's 1-5 and 8 hold as written; 6-7 are not on this engine yet: new messages get
+thread id 0 and no sort row):
 1. `uidnext` only grows; a UID is never reused.
 2. Every append, flag change and removal takes a MODSEQ above `highestmodseq` and stores it back; a STORE that
    changes nothing takes none.
@@ -16,6 +16,8 @@ id 0 and no sort row, and quotas are not checked):
    `prune_expunged`, which raises `expunged_floor` first.
 4. Copy and move stay within one user unless `as_user` is named, whose ACL rights are checked in the job.
 5. Keywords put on a row grow the mailbox's keyword set in the same job.
+8. Every insert checks the owner's quota in its job before the rows go in (quota.py `check`, which locks the
+   owner's counters), except a move within one user and a delivery with `enforce_quota=False`.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from postroom.store.postgresql.common import (
     select_messages,
 )
 from postroom.store.postgresql.engine import Tx
+from postroom.store.postgresql.quota import check as quota_check
 from postroom.store.sqlite.messages import _apply, _check_request
 
 PRUNE_BATCH = 10_000
@@ -113,6 +116,8 @@ async def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage], sa
     """Insert rows with fresh UIDs and MODSEQs (one locking UPDATE ... RETURNING: module doc), saved now."""
     if not items:
         return []
+    if quota:
+        await quota_check(tx.conn, mbox.user_id, [item.size for item in items])
     save_date = time.time() if saved is None else saved
     n = len(items)
     row = await tx.conn.fetchrow(

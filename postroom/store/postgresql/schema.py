@@ -10,7 +10,9 @@ expunged record, the shared-folders owners, access control lists and the change 
 invariants 1-11, 13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
 index, metadata, sort and thread keys, quotas, come as later steps). 2 adds `web_sessions` and `auth_failures`
 (the SQLite schema's invariant 22 and version 6's table). 3 adds the outbound queue, `queue` and
-`queue_rcpt` (schema invariant 1 then counts `queue` rows among a body's references).
+`queue_rcpt` (schema invariant 1 then counts `queue` rows among a body's references). 4 adds IMAP METADATA
+(`metadata`, the SQLite schema's invariant 16) and quotas: `quota_usage` and the triggers that keep it (the
+SQLite schema's invariant 23, in PL/pgSQL).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -35,7 +37,7 @@ import asyncpg
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -236,7 +238,61 @@ CREATE INDEX queue_rcpt_due ON queue_rcpt(next_try) WHERE state IN ('queued', 'd
 """)
 
 
-_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2, _v3]
+async def _v4(conn: asyncpg.Connection) -> None:
+    """METADATA entries (metadata.py) and the per-user quota counters with their triggers (quota.py): the
+    counters of the users and messages that exist are computed once."""
+    await conn.execute("""
+CREATE TABLE metadata(
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    mailbox_id bigint NOT NULL,
+    name text NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY(user_id, mailbox_id, name)
+);
+CREATE INDEX metadata_mailbox ON metadata(mailbox_id);
+CREATE TABLE quota_usage(
+    user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    storage bigint NOT NULL DEFAULT 0,
+    messages bigint NOT NULL DEFAULT 0,
+    warned integer NOT NULL DEFAULT 0
+);
+INSERT INTO quota_usage(user_id, storage, messages)
+    SELECT u.id, coalesce(s.storage, 0), coalesce(s.messages, 0) FROM users u LEFT JOIN
+    (SELECT b.user_id AS user_id, sum(m.size) AS storage, count(*) AS messages FROM messages m
+     JOIN mailboxes b ON b.id = m.mailbox_id GROUP BY b.user_id) s ON s.user_id = u.id;
+CREATE FUNCTION quota_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO quota_usage(user_id) VALUES (NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER quota_user AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION quota_user();
+CREATE FUNCTION quota_in() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE quota_usage SET storage = storage + NEW.size, messages = messages + 1
+        WHERE user_id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER quota_in AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION quota_in();
+CREATE FUNCTION quota_out() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE owner bigint;
+BEGIN
+    SELECT user_id INTO owner FROM mailboxes WHERE id = OLD.mailbox_id;
+    UPDATE quota_usage SET storage = storage - OLD.size, messages = messages - 1 WHERE user_id = owner;
+    -- the warning level falls to the level usage is now at, so the next crossing warns again
+    UPDATE quota_usage SET warned = least(warned, (SELECT CASE
+        WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 95 * u.quota_bytes)
+          OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 95 * u.quota_messages) THEN 95
+        WHEN (u.quota_bytes > 0 AND quota_usage.storage * 100 >= 80 * u.quota_bytes)
+          OR (u.quota_messages > 0 AND quota_usage.messages * 100 >= 80 * u.quota_messages) THEN 80
+        ELSE 0 END FROM users u WHERE u.id = quota_usage.user_id))
+        WHERE user_id = owner AND warned > 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER quota_out AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION quota_out();
+""")
+
+
+_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2, _v3, _v4]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
