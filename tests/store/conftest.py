@@ -39,8 +39,10 @@ _STORES = pytest.StashKey[list[Any]]()
 
 # The test modules the PostgreSQL engine passes whole; the others are skipped on it until their concern is ported.
 POSTGRESQL_READY: frozenset[str] = frozenset({
-    "test_accounts", "test_acl", "test_append_multi", "test_bodies", "test_changes", "test_condstore",
-    "test_durability", "test_mailboxes", "test_change_feed", "test_metadata", "test_quota", "test_queue", "test_append_file", "test_auth_cache", "test_authenticator", "test_web_sessions", "test_messages", "test_savedate", "test_shared_folders", "test_transfer",
+    "test_accounts", "test_acl", "test_append_file", "test_append_multi", "test_auth_cache", "test_authenticator",
+    "test_bodies", "test_change_feed", "test_changes", "test_condstore", "test_durability", "test_mailboxes",
+    "test_messages", "test_metadata", "test_queue", "test_quota", "test_savedate", "test_shared_folders",
+    "test_sort_rows", "test_threads", "test_transfer", "test_web_sessions",
 })
 
 

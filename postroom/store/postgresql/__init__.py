@@ -2,15 +2,15 @@
 
 Work in progress, not offered yet: `open_store` and `config check` still refuse `postgresql://` URLs until the
 whole conformance suite (tests/store) passes on this engine. What is here passes the test modules listed in
-tests/store/conftest.py `POSTGRESQL_READY`; the concerns not ported yet (the full-text
-index, sort and thread keys) raise
+tests/store/conftest.py `POSTGRESQL_READY`; the concern not ported yet (the full-text index) raises
 `StoreError("... not available on PostgreSQL yet")` rather than pretend.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
-(accounts, mailboxes, messages, queue, acl, authfail, metadata, websessions, quota) over one `Engine` (engine.py: the asyncpg pool, transactions, row locks
-and retries), with the change feed on LISTEN/NOTIFY (feed.py) and the schema's own numbered steps
-(schema.py). Read engine.py first: its invariants are the ones api.py promises (durable when awaited, commit
-then broadcast), kept with several writers at once instead of SQLite's one.
+(accounts, mailboxes, messages, queue, acl, authfail, metadata, threads, websessions, quota) over one `Engine`
+(engine.py: the asyncpg pool, transactions, row locks and retries), with the change feed on LISTEN/NOTIFY
+(feed.py) and the schema's own numbered steps (schema.py). Read engine.py first: its invariants are the ones
+api.py promises (durable when awaited, commit then broadcast), kept with several writers at once instead of
+SQLite's one.
 
 Invariants:
 1. `open()` and `close()` are idempotent; `close()` waits for nothing but the pool's connections to close:
@@ -48,6 +48,7 @@ from postroom.store.postgresql.messages import MessagesMixin
 from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.quota import QuotaMixin
+from postroom.store.postgresql.threads import ThreadsMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
 
 log = logging.getLogger("postroom.store")
@@ -55,13 +56,11 @@ log = logging.getLogger("postroom.store")
 NOT_PORTED = (
     # full-text index and search
     "search_text", "scan_texts", "index_backlog",
-    # sort and thread keys
-    "list_sort_rows", "sort_uids", "thread_rows", "content_version", "thread_ids",
 )
 
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
-                      MetadataMixin, WebSessionsMixin, QuotaMixin):
+                      MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

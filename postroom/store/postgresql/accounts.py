@@ -25,6 +25,7 @@ from postroom.store.api import (
     User,
 )
 from postroom.store.postgresql.common import Base, release_blobs
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 from postroom.store.postgresql.mailboxes import insert_mailbox
 
@@ -42,14 +43,14 @@ def _user(row: asyncpg.Record) -> User:
     return User(*tuple(row))
 
 
-async def _domain_id(conn: asyncpg.Connection, name: str) -> int:
+async def _domain_id(conn: Conn, name: str) -> int:
     found = await conn.fetchval("SELECT id FROM domains WHERE name = $1", name)
     if found is None:
         raise NotFound(f"no such domain: {name}")
     return int(found)
 
 
-async def _list(conn: asyncpg.Connection, row: asyncpg.Record) -> MailingList:
+async def _list(conn: Conn, row: asyncpg.Record) -> MailingList:
     members = await conn.fetch("SELECT member FROM list_members WHERE list_address = $1 ORDER BY member", row[0])
     return MailingList(address=row[0], owner=row[1], policy=ListPolicy(row[2]), bounce_address=row[3],
                        members=tuple(m[0] for m in members))
@@ -77,14 +78,14 @@ class AccountsMixin(Base):
     async def get_domain(self, name: str) -> Domain | None:
         name = names.domain(name)
 
-        async def q(conn: asyncpg.Connection) -> Domain | None:
+        async def q(conn: Conn) -> Domain | None:
             row = await conn.fetchrow(f"SELECT {DOMAIN_COLUMNS} FROM domains WHERE name = $1", name)
             return None if row is None else _domain(row)
 
         return await self._engine.read(q)
 
     async def list_domains(self) -> list[Domain]:
-        async def q(conn: asyncpg.Connection) -> list[Domain]:
+        async def q(conn: Conn) -> list[Domain]:
             return [_domain(r) for r in await conn.fetch(f"SELECT {DOMAIN_COLUMNS} FROM domains ORDER BY name")]
 
         return await self._engine.read(q)
@@ -164,14 +165,14 @@ class AccountsMixin(Base):
         except Invalid:
             return None
 
-        async def q(conn: asyncpg.Connection) -> User | None:
+        async def q(conn: Conn) -> User | None:
             row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE address = $1", address)
             return None if row is None else _user(row)
 
         return await self._engine.read(q)
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        async def q(conn: asyncpg.Connection) -> User | None:
+        async def q(conn: Conn) -> User | None:
             row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
             return None if row is None else _user(row)
 
@@ -180,7 +181,7 @@ class AccountsMixin(Base):
     async def list_users(self, domain: str | None = None) -> list[User]:
         dom = None if domain is None else names.domain(domain)
 
-        async def q(conn: asyncpg.Connection) -> list[User]:
+        async def q(conn: Conn) -> list[User]:
             real = "id NOT IN (SELECT user_id FROM shared_owners)"  # not a user to list
             if dom is None:
                 found = await conn.fetch(f"SELECT {USER_COLUMNS} FROM users WHERE {real} ORDER BY address")
@@ -270,7 +271,7 @@ class AccountsMixin(Base):
     async def list_aliases(self, source: str | None = None) -> list[Alias]:
         src = None if source is None else names.alias_source(source)
 
-        async def q(conn: asyncpg.Connection) -> list[Alias]:
+        async def q(conn: Conn) -> list[Alias]:
             if src is None:
                 found = await conn.fetch("SELECT source, target FROM aliases ORDER BY source, target")
             else:
@@ -315,7 +316,7 @@ class AccountsMixin(Base):
         except Invalid:
             return None
 
-        async def q(conn: asyncpg.Connection) -> MailingList | None:
+        async def q(conn: Conn) -> MailingList | None:
             row = await conn.fetchrow(
                 "SELECT address, owner, policy, bounce_address FROM lists WHERE address = $1", address)
             return None if row is None else await _list(conn, row)
@@ -323,7 +324,7 @@ class AccountsMixin(Base):
         return await self._engine.read(q)
 
     async def list_lists(self) -> list[MailingList]:
-        async def q(conn: asyncpg.Connection) -> list[MailingList]:
+        async def q(conn: Conn) -> list[MailingList]:
             found = await conn.fetch("SELECT address, owner, policy, bounce_address FROM lists ORDER BY address")
             return [await _list(conn, r) for r in found]
 

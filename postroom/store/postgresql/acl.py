@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import asyncpg
-
 from postroom.store import names
 from postroom.store.api import (
     ANYONE,
@@ -25,13 +23,14 @@ from postroom.store.api import (
     WriteResult,
 )
 from postroom.store.postgresql.common import MAILBOX_COLUMNS, Base, find_mailbox, mailbox_from_row
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
 from postroom.store.sqlite.acl import canonical, effective
 
 ALL_RIGHTS = RIGHTS
 
 
-async def _owner(conn: asyncpg.Connection, mailbox_id: int, *, lock: bool = False) -> tuple[int, int]:
+async def _owner(conn: Conn, mailbox_id: int, *, lock: bool = False) -> tuple[int, int]:
     """(owner's user id, owner's domain id) of a mailbox; NotFound if it is gone. `lock`: the mailbox row."""
     row = await conn.fetchrow(
         "SELECT m.user_id, u.domain_id FROM mailboxes m JOIN users u ON u.id = m.user_id WHERE m.id = $1"
@@ -41,7 +40,7 @@ async def _owner(conn: asyncpg.Connection, mailbox_id: int, *, lock: bool = Fals
     return int(row[0]), int(row[1])
 
 
-async def _grantee(conn: asyncpg.Connection, identifier: str, owner_id: int,
+async def _grantee(conn: Conn, identifier: str, owner_id: int,
                    domain_id: int) -> tuple[int | None, bool]:
     negative = identifier.startswith("-")
     ident = identifier[1:] if negative else identifier
@@ -56,7 +55,7 @@ async def _grantee(conn: asyncpg.Connection, identifier: str, owner_id: int,
     return int(row[0]), negative
 
 
-async def rights_of(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> str:
+async def rights_of(conn: Conn, user_id: int, mailbox_id: int) -> str:
     """The user's rights on the mailbox; "" if it is gone or of another domain."""
     row = await conn.fetchrow(
         "SELECT m.user_id, o.domain_id, (SELECT domain_id FROM users WHERE id = $1)"
@@ -73,7 +72,7 @@ async def rights_of(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> 
     return effective((r[0], r[1]) for r in found)
 
 
-async def require_parent(conn: asyncpg.Connection, user_id: int, parent_id: int | None) -> None:
+async def require_parent(conn: Conn, user_id: int, parent_id: int | None) -> None:
     """Forbidden unless the user has "k" on `parent_id` (RFC 4314 §4 CREATE)."""
     if parent_id is None or "k" not in await rights_of(conn, user_id, parent_id):
         raise Forbidden("no right to create a mailbox there")
@@ -92,7 +91,7 @@ async def inherit(tx: Tx, parent_id: int | None, new_ids: Iterable[int]) -> None
         [(new_id, r[0], r[1], r[2]) for new_id in new_ids for r in found])
 
 
-async def nearest_existing(conn: asyncpg.Connection, user_id: int, name: str) -> int | None:
+async def nearest_existing(conn: Conn, user_id: int, name: str) -> int | None:
     """The id of the nearest existing parent of `name` in the user's hierarchy, None if none exists."""
     for parent in reversed(names.parents(name)):
         mbox = await find_mailbox(conn, user_id, parent)
@@ -103,7 +102,7 @@ async def nearest_existing(conn: asyncpg.Connection, user_id: int, name: str) ->
 
 class AclMixin(Base):
     async def get_acl(self, mailbox_id: int) -> list[AclEntry]:
-        async def q(conn: asyncpg.Connection) -> list[AclEntry]:
+        async def q(conn: Conn) -> list[AclEntry]:
             await _owner(conn, mailbox_id)
             found = await conn.fetch(
                 "SELECT u.address, a.negative, a.rights FROM acl a LEFT JOIN users u ON u.id = a.grantee_id"
@@ -159,7 +158,7 @@ class AclMixin(Base):
         except Invalid:
             return None
 
-        async def q(conn: asyncpg.Connection) -> SharedMailbox | None:
+        async def q(conn: Conn) -> SharedMailbox | None:
             owner_id = await conn.fetchval("SELECT id FROM users WHERE address = $1", owner)
             if owner_id is None or int(owner_id) == user_id:
                 return None
@@ -174,7 +173,7 @@ class AclMixin(Base):
     async def shared_folders_owner(self, domain: str, create: bool = False) -> int | None:
         dom = names.domain(domain)
 
-        async def find(conn: asyncpg.Connection) -> int | None:
+        async def find(conn: Conn) -> int | None:
             found = await conn.fetchval(
                 "SELECT s.user_id FROM shared_owners s JOIN domains d ON d.id = s.domain_id WHERE d.name = $1", dom)
             return None if found is None else int(found)
@@ -204,7 +203,7 @@ class AclMixin(Base):
         except Invalid:
             return None
 
-        async def q(conn: asyncpg.Connection) -> SharedMailbox | None:
+        async def q(conn: Conn) -> SharedMailbox | None:
             row = await conn.fetchrow(
                 "SELECT o.id, o.address FROM users u JOIN shared_owners s ON s.domain_id = u.domain_id"
                 " JOIN users o ON o.id = s.user_id WHERE u.id = $1", user_id)
@@ -219,7 +218,7 @@ class AclMixin(Base):
         return await self._engine.read(q)
 
     async def list_shared_mailboxes(self, user_id: int, right: str = "l") -> list[SharedMailbox]:
-        async def q(conn: asyncpg.Connection) -> list[SharedMailbox]:
+        async def q(conn: Conn) -> list[SharedMailbox]:
             domain_id = await conn.fetchval("SELECT domain_id FROM users WHERE id = $1", user_id)
             if domain_id is None:
                 return []

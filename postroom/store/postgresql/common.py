@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Engine, Tx
 from postroom.store.postgresql.schema import CHUNK_SIZE
 from postroom.store.sqlite.common import (
@@ -59,7 +58,7 @@ MAILBOX_COLUMNS = (
 MESSAGE_COLUMNS = "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id, save_date"
 
 
-async def load_mailbox(conn: asyncpg.Connection, mailbox_id: int, *, lock: bool = False) -> Mailbox:
+async def load_mailbox(conn: Conn, mailbox_id: int, *, lock: bool = False) -> Mailbox:
     """The mailbox `mailbox_id` (NotFound if none); with `lock`, its row locked until the transaction ends
     (engine.py: every write that reads a mailbox's messages to change them locks it first)."""
     row = await conn.fetchrow(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1"
@@ -69,13 +68,13 @@ async def load_mailbox(conn: asyncpg.Connection, mailbox_id: int, *, lock: bool 
     return mailbox_from_row(tuple(row))
 
 
-async def find_mailbox(conn: asyncpg.Connection, user_id: int, name: str, *, lock: bool = False) -> Mailbox | None:
+async def find_mailbox(conn: Conn, user_id: int, name: str, *, lock: bool = False) -> Mailbox | None:
     row = await conn.fetchrow(f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = $1 AND name = $2"
                               + (" FOR UPDATE" if lock else ""), user_id, name)
     return None if row is None else mailbox_from_row(tuple(row))
 
 
-async def select_messages(conn: asyncpg.Connection, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+async def select_messages(conn: Conn, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
     """The messages among `uids` that exist, in UID order."""
     wanted = sorted(set(uids))
     if not wanted:
@@ -135,7 +134,7 @@ async def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
             await tx.conn.execute("DELETE FROM blobs WHERE id = $1", blob_id)  # chunks by cascade
 
 
-async def read_body(conn: asyncpg.Connection, blob_id: str, start: int = 0, length: int | None = None) -> bytes:
+async def read_body(conn: Conn, blob_id: str, start: int = 0, length: int | None = None) -> bytes:
     """The body's bytes [start, start + length) (all of it by default); NotFound if there is no such body."""
     size = await conn.fetchval("SELECT size FROM blobs WHERE id = $1", blob_id)
     if size is None:

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from postroom.store.api import Change, InsufficientStorage, StoreError
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.schema import migrate
 
@@ -65,7 +66,7 @@ POOL_SIZE = 10
 class Tx:
     """What a write job gets: the connection, inside its transaction, and the Change records it made."""
 
-    conn: asyncpg.Connection
+    conn: Conn
     changes: list[Change] = field(default_factory=list)
 
 
@@ -135,7 +136,7 @@ class Engine:
             await self.feed.published(token, tx.changes)
         return result
 
-    async def read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `await fn(conn)` in one REPEATABLE READ, READ ONLY transaction (one snapshot)."""
         pool = self._need_pool()
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):

@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 Every write transaction that made Change records inserts them into `changes` (seq from a sequence) and, in the
-same transaction, `pg_notify(CHANNEL, "<origin> <token> <count>")`; the rows carry the same origin and token. PostgreSQL delivers a
-notification only once its transaction committed, to every listening connection, in commit order. Each open
-store has one connection of its own that LISTENs; its notifications go into one queue worked off by one task
-on the store's event loop, so they are handled one at a time, in commit order:
+same transaction, `pg_notify(CHANNEL, "<origin> <token> <count>")`; the rows carry the same origin and token.
+PostgreSQL delivers a notification only once its transaction committed, to every listening connection, in commit
+order. Each open store has one connection of its own that LISTENs; its notifications go into one queue worked off
+by one task on the store's event loop, so they are handled one at a time, in commit order:
 
     own (origin is ours)     the write that made it registered (token -> its changes) before COMMIT: they are
                              published from memory, and the waiting write is released (engine invariant 2)
@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 
 from postroom.store.api import Change, ChangeHub, ChangeKind
+from postroom.store.postgresql.dbtypes import Conn
 
 log = logging.getLogger("postroom.store")
 
@@ -58,7 +59,7 @@ class ChangeFeed:
         self._tokens = itertools.count(1)
         self._pending: dict[int, tuple[Sequence[Change], asyncio.Future[None]]] = {}
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Conn | None = None
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
         self._recorded = 0
@@ -88,14 +89,14 @@ class ChangeFeed:
                 future.set_result(None)
         self._pending.clear()
 
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._queue.put_nowait(payload)
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._queue.put_nowait(str(payload))
 
     def _on_lost(self, conn: Any) -> None:
         log.error("store: the change feed's PostgreSQL connection was lost; subscribers resync")
         self.hub.publish_lost()
 
-    async def record(self, conn: asyncpg.Connection, changes: Sequence[Change]) -> int | None:
+    async def record(self, conn: Conn, changes: Sequence[Change]) -> int | None:
         """In the write's transaction: the rows and the notification of `changes` (invariant 1); the token the
         write then waits on with `published`, None when there is nothing to publish."""
         if not changes:

@@ -38,12 +38,13 @@ from postroom.store.postgresql.common import (
     message_from_row,
     release_blobs,
 )
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.messages import NewMessage, delete_messages, insert_messages
 from postroom.store.sqlite.mailboxes import MAX_UIDVALIDITY, _special_use
 
 
-async def _lock_user(conn: asyncpg.Connection, user_id: int) -> None:
+async def _lock_user(conn: Conn, user_id: int) -> None:
     """NotFound if the user is gone; else their row is locked until the transaction ends (module doc)."""
     if await conn.fetchval("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id) is None:
         raise NotFound(f"no user with id {user_id}")
@@ -71,7 +72,7 @@ async def insert_mailbox(tx: Tx, user_id: int, name: str, special_use: str | Non
     return mbox
 
 
-async def _is_subscribed(conn: asyncpg.Connection, user_id: int, name: str) -> bool:
+async def _is_subscribed(conn: Conn, user_id: int, name: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM subscriptions WHERE user_id = $1 AND name = $2", user_id, name))
 
 
@@ -81,7 +82,7 @@ async def _create_parents(tx: Tx, user_id: int, name: str) -> None:
             await insert_mailbox(tx, user_id, parent, None, subscribe=False)
 
 
-async def _need(conn: asyncpg.Connection, user_id: int, name: str) -> Mailbox:
+async def _need(conn: Conn, user_id: int, name: str) -> Mailbox:
     mbox = await find_mailbox(conn, user_id, name, lock=True)
     if mbox is None:
         raise NotFound(f"no such mailbox: {name}")
@@ -90,7 +91,7 @@ async def _need(conn: asyncpg.Connection, user_id: int, name: str) -> Mailbox:
 
 class MailboxesMixin(Base):
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
-        async def q(conn: asyncpg.Connection) -> list[Mailbox]:
+        async def q(conn: Conn) -> list[Mailbox]:
             found = await conn.fetch(
                 f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = $1 ORDER BY name <> 'INBOX', name",
                 user_id)
@@ -106,7 +107,7 @@ class MailboxesMixin(Base):
         return await self._engine.read(lambda conn: find_mailbox(conn, user_id, name))
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
-        async def q(conn: asyncpg.Connection) -> Mailbox | None:
+        async def q(conn: Conn) -> Mailbox | None:
             try:
                 return await load_mailbox(conn, mailbox_id)
             except NotFound:
@@ -233,7 +234,7 @@ class MailboxesMixin(Base):
         return await self._engine.write(op)
 
     async def list_subscriptions(self, user_id: int) -> list[str]:
-        async def q(conn: asyncpg.Connection) -> list[str]:
+        async def q(conn: Conn) -> list[str]:
             found = await conn.fetch("SELECT name FROM subscriptions WHERE user_id = $1 ORDER BY name", user_id)
             return [str(r[0]) for r in found]
 
@@ -254,7 +255,7 @@ class MailboxesMixin(Base):
         return await self._engine.write(op)
 
     async def recent_watermark(self, mailbox_id: int) -> int:
-        async def q(conn: asyncpg.Connection) -> int:
+        async def q(conn: Conn) -> int:
             found = await conn.fetchval("SELECT recent_uid FROM mailboxes WHERE id = $1", mailbox_id)
             if found is None:
                 raise NotFound(f"no mailbox with id {mailbox_id}")
@@ -265,7 +266,7 @@ class MailboxesMixin(Base):
     async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
         cap = max(0, limit)
 
-        async def q(conn: asyncpg.Connection) -> dict[int, int]:
+        async def q(conn: Conn) -> dict[int, int]:
             out = {}
             for (box,) in await conn.fetch("SELECT id FROM mailboxes WHERE user_id = $1", user_id):
                 # At most `cap` entries of the partial index of unseen messages: the LIMIT bounds the work.
@@ -277,7 +278,7 @@ class MailboxesMixin(Base):
         return await self._engine.read(q)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
-        async def q(conn: asyncpg.Connection) -> MailboxStatus:
+        async def q(conn: Conn) -> MailboxStatus:
             mbox = await load_mailbox(conn, mailbox_id)
             row = await conn.fetchrow(
                 "SELECT count(*), count(*) FILTER (WHERE flags & 1 = 0), count(*) FILTER (WHERE flags & 8 <> 0),"
@@ -285,6 +286,7 @@ class MailboxesMixin(Base):
                 " count(*) FILTER (WHERE uid > (SELECT recent_uid FROM mailboxes WHERE id = $1)),"
                 " coalesce(sum(size) FILTER (WHERE flags & 8 <> 0), 0)"
                 " FROM messages WHERE mailbox_id = $1", mailbox_id)
+            assert row is not None  # an aggregate without GROUP BY: always one row
             count, unseen, deleted, size, first_unseen, recent, deleted_size = row
             return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size),
                                  None if first_unseen is None else int(first_unseen), int(recent), int(deleted_size))

@@ -7,8 +7,8 @@ come from one `UPDATE mailboxes SET uidnext = uidnext + n, highestmodseq = highe
 so concurrent appends on several nodes queue on that row and never share a UID or a MODSEQ. Bodies are stored
 by `common.acquire_blob` in the job's transaction (chunk rows), staged files a chunk at a time.
 
-Invariants (the SQLite module's 1-5 and 8 hold as written; 6-7 are not on this engine yet: new messages get
-thread id 0 and no sort row):
+Invariants (the SQLite module's 1-6 and 8 hold as written; 7 has no object here: there is no `sort_rows`
+copy on PostgreSQL, threads.py):
 1. `uidnext` only grows; a UID is never reused.
 2. Every append, flag change and removal takes a MODSEQ above `highestmodseq` and stores it back; a STORE that
    changes nothing takes none.
@@ -16,6 +16,8 @@ thread id 0 and no sort row):
    `prune_expunged`, which raises `expunged_floor` first.
 4. Copy and move stay within one user unless `as_user` is named, whose ACL rights are checked in the job.
 5. Keywords put on a row grow the mailbox's keyword set in the same job.
+6. A new message row gets its thread id in the job that inserts it: its source's when it is a copy, else
+   `assign_thread` from its body's keys, which the job stored first (`put_keys`).
 8. Every insert checks the owner's quota in its job before the rows go in (quota.py `check`, which locks the
    owner's counters), except a move within one user and a delivery with `enforce_quota=False`.
 """
@@ -29,8 +31,6 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncpg
 
 from postroom.store import names
 from postroom.store.api import (
@@ -68,8 +68,10 @@ from postroom.store.postgresql.common import (
     release_blobs,
     select_messages,
 )
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
+from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
 from postroom.store.sqlite.messages import _apply, _check_request
 
 PRUNE_BATCH = 10_000
@@ -130,8 +132,9 @@ async def insert_messages(tx: Tx, mbox: Mailbox, items: Sequence[NewMessage], sa
     results = []
     for item in items:
         modseq += 1
+        thread = item.thread_id or await assign_thread(tx.conn, mbox.user_id, item.blob_id)  # invariant 6
         rows.append((mbox.id, uid, modseq, item.internal_date, item.size, item.flags, encode_keywords(item.keywords),
-                     item.blob_id, save_date, item.thread_id))
+                     item.blob_id, save_date, thread))
         change = Change(ChangeKind.APPEND, mbox.user_id, mbox.id, uid, modseq, item.flags, item.keywords)
         tx.changes.append(change)
         results.append(AppendResult(uid, modseq, mbox.uidvalidity, (change,)))
@@ -183,11 +186,13 @@ class _Body:
     crlf: int | None = None
 
     async def acquire(self, tx: Tx) -> None:
+        """One more reference to the body (stored if new), and its sort and thread keys (invariant 6)."""
         if self.source is None:
             await acquire_blob(tx, self.blob_id, self.raw, 1, self.meta)
         else:
             await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                crlf=self.crlf)
+        await put_keys(tx.conn, self.blob_id, self.meta)
 
 
 class MessagesMixin(Base):
@@ -320,7 +325,7 @@ class MessagesMixin(Base):
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         top = min(uid_max if uid_max is not None else TOP, TOP)
 
-        async def q(conn: asyncpg.Connection) -> list[MessageInfo]:
+        async def q(conn: Conn) -> list[MessageInfo]:
             await load_mailbox(conn, mailbox_id)
             found = await conn.fetch(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = $1"
                                      " AND uid BETWEEN $2 AND $3 ORDER BY uid", mailbox_id, uid_min, top)
@@ -331,7 +336,7 @@ class MessagesMixin(Base):
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
         top = min(uid_max if uid_max is not None else TOP, TOP)
 
-        async def q(conn: asyncpg.Connection) -> MessageColumns:
+        async def q(conn: Conn) -> MessageColumns:
             await load_mailbox(conn, mailbox_id)
             found = await conn.fetch(
                 "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords, save_date FROM messages"
@@ -347,7 +352,7 @@ class MessagesMixin(Base):
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
 
-        async def q(conn: asyncpg.Connection) -> list[int]:
+        async def q(conn: Conn) -> list[int]:
             await load_mailbox(conn, mailbox_id)
             found = await conn.fetch(f"SELECT uid FROM messages WHERE mailbox_id = $1 AND uid BETWEEN $2 AND $3"
                                      f" AND flags & $4 {op} 0 ORDER BY uid", mailbox_id, uid_min, min(uid_max, TOP),
@@ -357,7 +362,7 @@ class MessagesMixin(Base):
         return await self._engine.read(q)
 
     async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
-        async def q(conn: asyncpg.Connection) -> MessageInfo | None:
+        async def q(conn: Conn) -> MessageInfo | None:
             row = await conn.fetchrow(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE mailbox_id = $1 AND uid = $2",
                                       mailbox_id, uid)
             return None if row is None else message_from_row(tuple(row))
@@ -370,7 +375,7 @@ class MessagesMixin(Base):
                             above: int | None = None) -> list[MessageInfo]:
         limit = max(0, min(limit, 10_000))
 
-        async def q(conn: asyncpg.Connection) -> list[MessageInfo]:
+        async def q(conn: Conn) -> list[MessageInfo]:
             await load_mailbox(conn, mailbox_id)
             if above is not None:
                 found = list(await conn.fetch(
@@ -390,7 +395,7 @@ class MessagesMixin(Base):
         top = min(uid_max if uid_max is not None else TOP, TOP)
         since = min(max(modseq, 0), TOP)
 
-        async def q(conn: asyncpg.Connection) -> MessageColumns:
+        async def q(conn: Conn) -> MessageColumns:
             await load_mailbox(conn, mailbox_id)
             found = await conn.fetch(
                 "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords FROM messages"
@@ -407,7 +412,7 @@ class MessagesMixin(Base):
     async def vanished(self, mailbox_id: int, modseq: int) -> Vanished:
         since = min(max(modseq, 0), TOP)
 
-        async def q(conn: asyncpg.Connection) -> Vanished:
+        async def q(conn: Conn) -> Vanished:
             row = await conn.fetchrow("SELECT uidnext, expunged_floor FROM mailboxes WHERE id = $1", mailbox_id)
             if row is None:
                 raise NotFound(f"no mailbox with id {mailbox_id}")
@@ -428,8 +433,8 @@ class MessagesMixin(Base):
             floors: dict[int, int] = {}
             for mailbox_id, _, modseq in found:
                 floors[int(mailbox_id)] = max(floors.get(int(mailbox_id), 0), int(modseq))
-            await tx.conn.executemany("UPDATE mailboxes SET expunged_floor = greatest(expunged_floor, $1) WHERE id = $2",
-                                      [(m, mailbox_id) for mailbox_id, m in sorted(floors.items())])
+            await tx.conn.executemany("UPDATE mailboxes SET expunged_floor = greatest(expunged_floor, $1)"
+                                      " WHERE id = $2", [(m, mailbox_id) for mailbox_id, m in sorted(floors.items())])
             await tx.conn.executemany("DELETE FROM expunged WHERE mailbox_id = $1 AND uid = $2",
                                       [(r[0], r[1]) for r in found])
             return len(found)
@@ -454,7 +459,7 @@ class MessagesMixin(Base):
     async def read_meta(self, blob_id: str) -> bytes | None:
         check_id(blob_id)
 
-        async def q(conn: asyncpg.Connection) -> bytes | None:
+        async def q(conn: Conn) -> bytes | None:
             row = await conn.fetchrow("SELECT meta FROM blobs WHERE id = $1", blob_id)
             if row is None:
                 raise NotFound(f"no message body {blob_id}")
@@ -467,7 +472,7 @@ class MessagesMixin(Base):
         for blob_id in wanted:
             check_id(blob_id)
 
-        async def q(conn: asyncpg.Connection) -> dict[str, bytes | None]:
+        async def q(conn: Conn) -> dict[str, bytes | None]:
             found = await conn.fetch("SELECT id, meta FROM blobs WHERE id = ANY($1::text[])", wanted)
             return {str(r[0]): None if r[1] is None else bytes(r[1]) for r in found}
 
@@ -482,6 +487,7 @@ class MessagesMixin(Base):
 
         async def op(tx: Tx) -> None:
             await tx.conn.executemany("UPDATE blobs SET meta = $1 WHERE id = $2", found)
+            await refresh_keys(tx, ((b, m) for m, b in found))  # threads.py: keys follow the metadata
 
         if found:
             await self._engine.write(op)
@@ -491,7 +497,7 @@ class MessagesMixin(Base):
         for blob_id in wanted:
             check_id(blob_id)
 
-        async def q(conn: asyncpg.Connection) -> dict[str, str]:
+        async def q(conn: Conn) -> dict[str, str]:
             found = await conn.fetch(
                 "SELECT id, preview FROM blobs WHERE id = ANY($1::text[]) AND preview IS NOT NULL", wanted)
             return {str(r[0]): str(r[1]) for r in found}
@@ -518,7 +524,7 @@ class MessagesMixin(Base):
         for blob_id in wanted:
             check_id(blob_id)
 
-        async def q(conn: asyncpg.Connection) -> dict[str, int]:
+        async def q(conn: Conn) -> dict[str, int]:
             out: dict[str, int] = {}
             for blob_id, octets in await conn.fetch("SELECT id, crlf_size FROM blobs WHERE id = ANY($1::text[])",
                                                     wanted):

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
-
 from postroom.store import names
 from postroom.store.api import Change, ChangeKind, Invalid, MetadataTooMany, NotFound
 from postroom.store.postgresql.acl import rights_of
 from postroom.store.postgresql.common import Base
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 from postroom.store.sqlite.metadata import _holder
 
 
-async def _keeper(conn: asyncpg.Connection, user_id: int, mailbox_id: int, needed: str) -> int:
+async def _keeper(conn: Conn, user_id: int, mailbox_id: int, needed: str) -> int:
     """The user whose rows hold the mailbox's "/shared" entries, after checking `user_id` may use them
     (RFC 5464 §3.3); NotFound otherwise."""
     if mailbox_id == 0:
@@ -41,7 +40,7 @@ class MetadataMixin(Base):
         if depth not in (0, 1, -1):
             raise Invalid(f"bad METADATA depth {depth}")
 
-        async def q(conn: asyncpg.Connection) -> list[tuple[str, bytes]]:
+        async def q(conn: Conn) -> list[tuple[str, bytes]]:
             keeper = await _keeper(conn, user_id, mailbox_id, "r")
             found: dict[str, bytes] = {}
             for name in wanted:

@@ -16,6 +16,7 @@ import asyncpg
 from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
 from postroom.store.blobs import blob_id_of
 from postroom.store.postgresql.common import Base, acquire_blob, release_blobs
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 from postroom.store.sqlite.queue import PENDING, _check_entry
 
@@ -23,7 +24,7 @@ ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked
 RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
 
 
-async def _entries(conn: asyncpg.Connection, found: Sequence[asyncpg.Record]) -> list[QueueEntry]:
+async def _entries(conn: Conn, found: Sequence[asyncpg.Record]) -> list[QueueEntry]:
     if not found:
         return []
     rcpts: dict[int, list[QueueRecipient]] = {int(r[0]): [] for r in found}
@@ -68,7 +69,8 @@ class QueueMixin(Base):
         return await self._enqueue(blob_id_of(raw), len(raw), raw, None, mail_from, envid, ret, rcpts, from_checked)
 
     async def enqueue_file(self, path: Path, mail_from: str, recipients: Sequence[QueueRecipient], *,
-                           prefix: bytes = b"", envid: str = "", ret: str = "", from_checked: bool = True) -> QueueEntry:
+                           prefix: bytes = b"", envid: str = "", ret: str = "",
+                           from_checked: bool = True) -> QueueEntry:
         rcpts, ret = _check_entry(recipients, ret)
         path = self._check_staged(path)
         body = await asyncio.to_thread(self._staging.stage_copy, path, prefix) if prefix else path
@@ -80,7 +82,7 @@ class QueueMixin(Base):
                 body.unlink(missing_ok=True)
 
     async def queue_get(self, queue_id: int) -> QueueEntry | None:
-        async def q(conn: asyncpg.Connection) -> QueueEntry | None:
+        async def q(conn: Conn) -> QueueEntry | None:
             found = await _entries(conn, await conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id = $1",
                                                           queue_id))
             return found[0] if found else None
@@ -88,13 +90,13 @@ class QueueMixin(Base):
         return await self._engine.read(q)
 
     async def queue_list(self) -> list[QueueEntry]:
-        async def q(conn: asyncpg.Connection) -> list[QueueEntry]:
+        async def q(conn: Conn) -> list[QueueEntry]:
             return await _entries(conn, await conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue ORDER BY created, id"))
 
         return await self._engine.read(q)
 
     async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
-        async def q(conn: asyncpg.Connection) -> list[QueueEntry]:
+        async def q(conn: Conn) -> list[QueueEntry]:
             return await _entries(conn, await conn.fetch(
                 f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id IN"
                 " (SELECT queue_id FROM queue_rcpt WHERE state = ANY($1::text[]) AND next_try <= $2)"
@@ -133,7 +135,7 @@ class QueueMixin(Base):
         await self._engine.write(op)
 
     async def queue_length(self) -> int:
-        async def q(conn: asyncpg.Connection) -> int:
+        async def q(conn: Conn) -> int:
             return int(await conn.fetchval("SELECT count(*) FROM queue_rcpt WHERE state = ANY($1::text[])",
                                            list(PENDING)))
 

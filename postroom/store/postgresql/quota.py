@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
-
 from postroom.store import names
 from postroom.store.api import QUOTA_WARNING_LEVELS, NotFound, OverQuota, QuotaUsage, quota_level
 from postroom.store.postgresql.common import Base
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 from postroom.store.sqlite.quota import _limit
 
@@ -24,13 +23,13 @@ _USAGE = (
 )
 
 
-async def _domain_storage(conn: asyncpg.Connection, domain_id: int) -> int:
+async def _domain_storage(conn: Conn, domain_id: int) -> int:
     return int(await conn.fetchval(
         "SELECT coalesce(sum(q.storage), 0) FROM users u JOIN quota_usage q ON q.user_id = u.id"
         " WHERE u.domain_id = $1", domain_id))
 
 
-async def usage(conn: asyncpg.Connection, user_id: int) -> QuotaUsage:
+async def usage(conn: Conn, user_id: int) -> QuotaUsage:
     """The user's `QuotaUsage` as `conn` sees it. NotFound for an unknown user id."""
     row = await conn.fetchrow(_USAGE + " WHERE u.id = $1", user_id)
     if row is None:
@@ -40,7 +39,7 @@ async def usage(conn: asyncpg.Connection, user_id: int) -> QuotaUsage:
                       domain_storage_limit=int(row[6]), warned=int(row[7]))
 
 
-async def check(conn: asyncpg.Connection, user_id: int, sizes: Sequence[int]) -> None:
+async def check(conn: Conn, user_id: int, sizes: Sequence[int]) -> None:
     """OverQuota if adding messages of `sizes` octets to `user_id`'s mailboxes would pass a limit (module doc)."""
     if not sizes:
         return

@@ -5,14 +5,16 @@ version to `SCHEMA_VERSION` in one transaction under an advisory lock (two nodes
 once cannot both create it), and refuses a database written by a newer Postroom. A change adds a step to
 `_STEPS`; it never edits an existing step. The numbering is this engine's own: it does not follow SQLite's.
 
-Versions: 1 is the core: domains, users, aliases, lists, mailboxes, subscriptions, bodies, messages, the
-expunged record, the shared-folders owners, access control lists and the change feed (the SQLite schema's
-invariants 1-11, 13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
+Versions: 1 is the core: domains, users, aliases, lists, mailboxes, subscriptions, bodies, messages, the expunged
+record, the shared-folders owners, access control lists and the change feed (the SQLite schema's invariants 1-11,
+13, 14, 19 hold here in the same words; the tables of the concerns not on this engine yet, queue, full-text
 index, metadata, sort and thread keys, quotas, come as later steps). 2 adds `web_sessions` and `auth_failures`
-(the SQLite schema's invariant 22 and version 6's table). 3 adds the outbound queue, `queue` and
-`queue_rcpt` (schema invariant 1 then counts `queue` rows among a body's references). 4 adds IMAP METADATA
-(`metadata`, the SQLite schema's invariant 16) and quotas: `quota_usage` and the triggers that keep it (the
-SQLite schema's invariant 23, in PL/pgSQL).
+(the SQLite schema's invariant 22 and version 6's table). 3 adds the outbound queue, `queue` and `queue_rcpt`
+(schema invariant 1 then counts `queue` rows among a body's references). 4 adds IMAP METADATA (`metadata`, the
+SQLite schema's invariant 16) and quotas: `quota_usage` and the triggers that keep it (the SQLite schema's
+invariant 23, in PL/pgSQL). 5 adds sort and thread keys: `message_keys` (one row per body, removed with it),
+`thread_refs` and the `messages_thread` index (threads.py; the SQLite schema's invariants 17, 18; no `sort_rows`
+copy: threads.py says why).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -21,8 +23,8 @@ a chunk. The column is STORAGE EXTERNAL: mail bodies are mostly compressed or ba
 pglz pass on every write would cost CPU for little.
 
 Invariants:
-1. `blobs.refcount` equals the number of `messages` and `queue` rows naming the blob; the row goes (its chunks by cascade)
-   in the transaction that drops the last reference (common.py).
+1. `blobs.refcount` equals the number of `messages` and `queue` rows naming the blob; the row goes (its chunks
+   by cascade) in the transaction that drops the last reference (common.py).
 2. A `blobs` row has chunks 0..n-1 whose lengths add up to `size` (written in the transaction that inserts it).
 3. `mailboxes.uidvalidity` is UNIQUE and comes from the `counters` row 'uidvalidity' (seeded with the clock).
 4. Identity columns hand out ids that are never reused (PostgreSQL sequences never go back).
@@ -33,11 +35,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from postroom.store.api import StoreError
+from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -175,12 +176,12 @@ CREATE INDEX changes_created ON changes(created);
 """
 
 
-async def _v1(conn: asyncpg.Connection) -> None:
+async def _v1(conn: Conn) -> None:
     await conn.execute(_V1)
     await conn.execute("INSERT INTO counters(name, value) VALUES ('uidvalidity', $1)", int(time.time()) - 1)
 
 
-async def _v2(conn: asyncpg.Connection) -> None:
+async def _v2(conn: Conn) -> None:
     """Webmail sessions (websessions.py) and failed-login records (authfail.py), none yet."""
     await conn.execute("""
 CREATE TABLE web_sessions(
@@ -207,7 +208,7 @@ CREATE INDEX auth_failures_expires ON auth_failures(expires);
 """)
 
 
-async def _v3(conn: asyncpg.Connection) -> None:
+async def _v3(conn: Conn) -> None:
     """The outbound queue (queue.py), empty."""
     await conn.execute("""
 CREATE TABLE queue(
@@ -238,7 +239,7 @@ CREATE INDEX queue_rcpt_due ON queue_rcpt(next_try) WHERE state IN ('queued', 'd
 """)
 
 
-async def _v4(conn: asyncpg.Connection) -> None:
+async def _v4(conn: Conn) -> None:
     """METADATA entries (metadata.py) and the per-user quota counters with their triggers (quota.py): the
     counters of the users and messages that exist are computed once."""
     await conn.execute("""
@@ -292,11 +293,37 @@ CREATE TRIGGER quota_out AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION 
 """)
 
 
-_STEPS: list[Callable[[asyncpg.Connection], Awaitable[None]]] = [_v1, _v2, _v3, _v4]
+async def _v5(conn: Conn) -> None:
+    """Sort and thread keys (threads.py): none yet, filled as bodies are stored or their metadata written back."""
+    await conn.execute("""
+CREATE TABLE message_keys(
+    blob_id text PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,
+    sent double precision,
+    subject text NOT NULL,
+    reply integer NOT NULL,
+    from_key text NOT NULL,
+    to_key text NOT NULL,
+    cc_key text NOT NULL,
+    display_from text NOT NULL,
+    display_to text NOT NULL,
+    message_id text,
+    refs text NOT NULL
+);
+CREATE TABLE thread_refs(
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    ref text NOT NULL,
+    thread_id bigint NOT NULL,
+    PRIMARY KEY(user_id, ref)
+);
+CREATE INDEX messages_thread ON messages(thread_id, mailbox_id);
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
-async def migrate(conn: asyncpg.Connection) -> int:
+async def migrate(conn: Conn) -> int:
     """Bring the database to `SCHEMA_VERSION`; return the version it had. StoreError if it is newer."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)

@@ -11,6 +11,7 @@ import asyncpg
 
 from postroom.store.api import AlreadyExists, Invalid, NotFound, WebSession
 from postroom.store.postgresql.common import Base
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 
 _COLUMNS = "id_hash, user_id, csrf, created, last_seen"
@@ -31,7 +32,7 @@ class WebSessionsMixin(Base):
         await self._engine.write(op)
 
     async def get_web_session(self, id_hash: str) -> WebSession | None:
-        async def q(conn: asyncpg.Connection) -> WebSession | None:
+        async def q(conn: Conn) -> WebSession | None:
             r = await conn.fetchrow(f"SELECT {_COLUMNS} FROM web_sessions WHERE id_hash = $1", id_hash)
             if r is None:
                 return None
