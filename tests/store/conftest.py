@@ -10,8 +10,9 @@ against it too, through `pytestmark = BODY_BACKENDS`, so both ways of storing a 
 
 "postgresql" is the PostgreSQL engine (postroom/store/postgresql/) on a real server started once per session
 (tests/pgcluster.py, the `pg_cluster` fixture), a new database per test; its URL is written to
-`data_dir/postgresql.url` so that `make_store` (also run by the kill -9 tests' child processes) finds it. The
-engine is being built (issue 16): a module not in `POSTGRESQL_READY` is skipped on it, with that reason.
+`data_dir/postgresql.url` so that `make_store` (also run by the kill -9 tests' child processes) finds it. A test
+of something only one engine has (SQLite's files, its `sort_rows` copy, its row-bounded change table) skips
+the other, saying why.
 
 Engine-specific checks (where bodies are) go through `stored_bodies()`, which returns None where it does not
 apply.
@@ -37,13 +38,6 @@ TEST_TIMEOUT = 30.0
 
 _STORES = pytest.StashKey[list[Any]]()
 
-# The test modules the PostgreSQL engine passes whole; the others are skipped on it until their concern is ported.
-POSTGRESQL_READY: frozenset[str] = frozenset({
-    "test_accounts", "test_acl", "test_append_file", "test_append_multi", "test_auth_cache", "test_authenticator",
-    "test_bodies", "test_change_feed", "test_changes", "test_condstore", "test_durability", "test_mailboxes",
-    "test_messages", "test_metadata", "test_queue", "test_quota", "test_savedate", "test_shared_folders",
-    "test_sort_rows", "test_threads", "test_transfer", "test_web_sessions",
-})
 
 
 def make_store(backend: str, data_dir: Path) -> Store:
@@ -66,9 +60,6 @@ def backend(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
     if name != "postgresql":
         yield name
         return
-    module = request.node.module.__name__.rpartition(".")[2]
-    if module not in POSTGRESQL_READY:
-        pytest.skip(f"{module} is not ported to the PostgreSQL engine yet (issue 16)")
     cluster = request.getfixturevalue("pg_cluster")
     url = cluster.create_database()
     data_dir.mkdir(parents=True, exist_ok=True)

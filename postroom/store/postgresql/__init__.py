@@ -33,11 +33,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-from postroom.store.api import ChangeHub, StoreError
+from postroom.store.api import ChangeHub
 from postroom.store.blobs import STALE_AGE, BlobStore
 from postroom.store.hub import Hub
+from postroom.store.postgresql import fts
 from postroom.store.postgresql.accounts import AccountsMixin
 from postroom.store.postgresql.acl import AclMixin
 from postroom.store.postgresql.authfail import AuthFailuresMixin
@@ -47,20 +48,16 @@ from postroom.store.postgresql.mailboxes import MailboxesMixin
 from postroom.store.postgresql.messages import MessagesMixin
 from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.queue import QueueMixin
+from postroom.store.postgresql.search import SearchMixin
 from postroom.store.postgresql.quota import QuotaMixin
 from postroom.store.postgresql.threads import ThreadsMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
 
 log = logging.getLogger("postroom.store")
 
-NOT_PORTED = (
-    # full-text index and search
-    "search_text", "scan_texts", "index_backlog",
-)
-
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
-                      MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin):
+                      SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 
@@ -83,6 +80,8 @@ class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, 
                 self._unlock()
                 raise
             await asyncio.to_thread(self._sweep, 0.0 if alone else STALE_AGE)
+            if await self._engine.write(lambda tx: fts.check_version(tx.conn)):
+                log.warning("full-text index made by another version: emptied, to be built again (postroom index)")
 
     async def close(self) -> None:
         if self._engine.is_open:
@@ -136,13 +135,6 @@ class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, 
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in NOT_PORTED:
-            async def missing(*args: object, **kwargs: object) -> Any:
-                raise StoreError(f"{name} is not available on PostgreSQL yet (issue 16)")
-            return missing
-        raise AttributeError(name)
 
 
 __all__ = ["PostgreSQLStore"]

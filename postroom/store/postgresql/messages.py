@@ -53,7 +53,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 from postroom.store.blobs import blob_id_of, check_id, crlf_size
-from postroom.store.postgresql import acl
+from postroom.store.postgresql import acl, fts
 from postroom.store.postgresql.common import (
     MESSAGE_COLUMNS,
     Base,
@@ -193,6 +193,7 @@ class _Body:
             await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                crlf=self.crlf)
         await put_keys(tx.conn, self.blob_id, self.meta)
+        await fts.index_if_new(tx.conn, self.blob_id)  # fts.py invariant 1
 
 
 class MessagesMixin(Base):
@@ -486,7 +487,8 @@ class MessagesMixin(Base):
             check_id(blob_id)
 
         async def op(tx: Tx) -> None:
-            await tx.conn.executemany("UPDATE blobs SET meta = $1 WHERE id = $2", found)
+            for meta, blob_id in found:
+                await fts.replace_meta(tx.conn, blob_id, meta)  # the index follows the metadata
             await refresh_keys(tx, ((b, m) for m, b in found))  # threads.py: keys follow the metadata
 
         if found:

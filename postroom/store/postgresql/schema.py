@@ -14,7 +14,9 @@ index, metadata, sort and thread keys, quotas, come as later steps). 2 adds `web
 SQLite schema's invariant 16) and quotas: `quota_usage` and the triggers that keep it (the SQLite schema's
 invariant 23, in PL/pgSQL). 5 adds sort and thread keys: `message_keys` (one row per body, removed with it),
 `thread_refs` and the `messages_thread` index (threads.py; the SQLite schema's invariants 17, 18; no `sort_rows`
-copy: threads.py says why).
+copy: threads.py says why). 6 adds the full-text index: the pg_trgm extension, `fts_text` (the indexed text,
+scan form and version of each indexed body, with a trigram GIN index per text column) and `fts_backlog` (fts.py;
+the SQLite schema's invariants 12 and 21); every body messages name goes to the backlog.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -38,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -319,7 +321,22 @@ CREATE INDEX messages_thread ON messages(thread_id, mailbox_id);
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5]
+async def _v6(conn: Conn) -> None:
+    """The full-text index (fts.py): the bodies messages name go to the backlog; nothing is read here."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # a trusted extension: the database owner may
+    columns = ("h_subject", "h_from", "h_to", "h_cc", "h_bcc", "h_headers", "h_names", "body")
+    await conn.execute(
+        "CREATE TABLE fts_text(blob_id text PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
+        " version bigint NOT NULL, form bytea NOT NULL, "
+        + ", ".join(f"{c} text NOT NULL" for c in columns) + ")")
+    await conn.execute("ALTER TABLE fts_text ALTER COLUMN form SET STORAGE EXTERNAL")  # compressed already
+    for c in columns:
+        await conn.execute(f"CREATE INDEX fts_text_{c} ON fts_text USING gin ({c} gin_trgm_ops)")
+    await conn.execute("CREATE TABLE fts_backlog(blob_id text PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE)")
+    await conn.execute("INSERT INTO fts_backlog(blob_id) SELECT DISTINCT blob_id FROM messages")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
