@@ -17,7 +17,10 @@ changes were published. `origin` is a random 63-bit number per open store.
 
 Bounds: rows older than KEEP_SECONDS are deleted by the writers every PRUNE_EVERY records. A notification
 whose rows were pruned before they were read, or a lost listening connection, is reported as
-`hub.publish_lost()`: every subscriber resyncs from the store.
+`hub.publish_lost()`: every subscriber resyncs from the store. A lost listening connection is made again (every
+RECONNECT_SECONDS until it works, then `publish_lost()` once more for what was missed meanwhile); until then
+each write publishes its own changes right after its commit, so no write waits for a notification that cannot
+come.
 
 Invariants:
 1. A `changes` row and its notification commit with the write or not at all.
@@ -35,7 +38,6 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
@@ -48,6 +50,7 @@ CHANNEL = "postroom_changes"
 KEEP_SECONDS = 600.0
 PRUNE_EVERY = 1000
 PUBLISH_WAIT = 5.0
+RECONNECT_SECONDS = 1.0
 
 
 class ChangeFeed:
@@ -62,28 +65,48 @@ class ChangeFeed:
         self._listener: Conn | None = None
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._direct: set[int] = set()  # tokens of writes that publish their own changes (module doc)
+        self._dsn = ""
         self._recorded = 0
 
     async def start(self, dsn: str, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._dsn = dsn
         self._queue = asyncio.Queue()
-        conn = await asyncpg.connect(dsn)
+        await self._listen()
+        self._task = asyncio.create_task(self._work(), name="postroom-change-feed")
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
         await conn.add_listener(CHANNEL, self._on_notify)
         conn.add_termination_listener(self._on_lost)
         self._listener = conn
-        self._task = asyncio.create_task(self._work(), name="postroom-change-feed")
+
+    async def _listen_again(self) -> None:
+        while True:
+            await asyncio.sleep(RECONNECT_SECONDS)
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("store: the change feed cannot listen again yet: %s", e)
+                continue
+            log.info("store: the change feed listens again")
+            self.hub.publish_lost()  # what was committed while nobody listened
+            return
 
     async def stop(self) -> None:
+        for task in (self._reconnect, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reconnect = self._task = None
         conn, self._listener = self._listener, None
         if conn is not None:
             conn.remove_termination_listener(self._on_lost)
             with contextlib.suppress(Exception):
                 await conn.close()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         for _, future in self._pending.values():
             if not future.done():
                 future.set_result(None)
@@ -92,9 +115,17 @@ class ChangeFeed:
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._queue.put_nowait(str(payload))
 
-    def _on_lost(self, conn: Any) -> None:
+    def _on_lost(self, conn: object) -> None:
         log.error("store: the change feed's PostgreSQL connection was lost; subscribers resync")
+        self._listener = None
         self.hub.publish_lost()
+        for token, (changes, future) in list(self._pending.items()):  # their notifications may never come
+            del self._pending[token]
+            self.hub.publish(changes)
+            if not future.done():
+                future.set_result(None)
+        if self._task is not None and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = asyncio.get_running_loop().create_task(self._listen_again())
 
     async def record(self, conn: Conn, changes: Sequence[Change]) -> int | None:
         """In the write's transaction: the rows and the notification of `changes` (invariant 1); the token the
@@ -113,7 +144,10 @@ class ChangeFeed:
             [c.name for c in changes], [c.old_name for c in changes], token,
         )
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{self.origin} {token} {len(changes)}")
-        self._pending[token] = (changes, asyncio.get_running_loop().create_future())
+        if self._listener is None:  # nobody listens (module doc): the write publishes its changes itself
+            self._direct.add(token)
+        else:
+            self._pending[token] = (changes, asyncio.get_running_loop().create_future())
         self._recorded += len(changes)
         if self._recorded >= PRUNE_EVERY:
             self._recorded = 0
@@ -123,9 +157,14 @@ class ChangeFeed:
     def forget(self, token: int) -> None:
         """The write's transaction did not commit: nothing to wait for."""
         self._pending.pop(token, None)
+        self._direct.discard(token)
 
     async def published(self, token: int, changes: Sequence[Change]) -> None:
         """After COMMIT: wait until the feed published this write's changes (invariant 3)."""
+        if token in self._direct:
+            self._direct.discard(token)
+            self.hub.publish(changes)
+            return
         entry = self._pending.get(token)
         if entry is None:
             return
