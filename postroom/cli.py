@@ -144,7 +144,11 @@ CREATES_STORE = frozenset({("domain", "add")})
 
 
 def store_exists(cfg: config_mod.Config) -> bool:
-    """Whether the store `cfg` names has been made (its SQLite database file exists)."""
+    """Whether the store `cfg` names has been made: its SQLite database file exists. A PostgreSQL database is
+    made by its administrator (Postroom makes its tables on first use), so one named counts as made; a
+    database that is not there is refused when the store opens."""
+    if cfg.store_url.startswith("postgresql://"):
+        return True
     return config_mod.sqlite_path(cfg.store_url).exists()
 
 
