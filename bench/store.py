@@ -1,7 +1,7 @@
 """Durable message writes per second: Postroom's store beside one-file-per-message Maildir delivery.
 
     .venv/bin/python bench/store.py [--count N] [--size BYTES] [--large-count N] [--large-size BYTES]
-                                    [--inline-max BYTES] [--dir PATH] [--postgresql auto|URL]
+                                    [--inline-max BYTES] [--dir PATH] [--postgresql auto|URL] [--users N]
 
 Postroom: `await store.append(...)` on a fresh SQLite store with the default inline threshold, every call
 durable when it returns, with 1 and with 50 concurrent writers. Small messages (--size, default 4 KiB) are
@@ -14,7 +14,8 @@ new/, fsync new/ (with 1 writer, and with 50 writer threads).
 --postgresql: the same appends on the PostgreSQL engine as well, side by side (a PostgreSQL column and the ratio
 PostgreSQL/SQLite): "auto" starts a throwaway server from Debian's `postgresql` (tests/pgcluster.py: fsync on,
 its data in a temporary folder, stopped at the end), or give the URL of an empty database. Bodies there are rows
-(schema.py), whatever their size.
+(schema.py), whatever their size. --users N: the messages go to the INBOXes of N users in turn (default 1: all
+into one mailbox, where PostgreSQL serialises the appends on the mailbox's row, fsync included).
 
 The work happens under --dir (default: a temporary directory in bench/results/, on the repository's disk; a
 tmpfs would make every fsync free and the numbers meaningless). Progress goes to stderr, the table to stdout.
@@ -84,7 +85,7 @@ def human(size: int) -> str:
 
 
 async def bench_postroom(work: Path, count: int, size: int, writers: int, inline_max: int,
-                         pg_url: str = "") -> float:
+                         pg_url: str = "", users: int = 1) -> float:
     """Appends per second on a fresh store: SQLite, or PostgreSQL at `pg_url` (an empty database)."""
     d = work / f"postroom-{size}-{writers}{'-pg' if pg_url else ''}"
     store: Store
@@ -95,9 +96,12 @@ async def bench_postroom(work: Path, count: int, size: int, writers: int, inline
     await store.open()
     try:
         await store.add_domain("example.org")
-        user = await store.add_user("user@example.org", "x")
-        box = await store.get_mailbox(user.id, "INBOX")
-        assert box is not None
+        boxes = []
+        for n in range(users):
+            user = await store.add_user(f"user{n}@example.org", "x")
+            box = await store.get_mailbox(user.id, "INBOX")
+            assert box is not None
+            boxes.append(box.id)
         bodies = [message(i, size) for i in range(count)]
         progress = Progress(f"Postroom{' PG' if pg_url else ''}, {human(size)}, {writers} writer(s)", count)
         queue = list(range(count))
@@ -105,13 +109,13 @@ async def bench_postroom(work: Path, count: int, size: int, writers: int, inline
         async def writer() -> None:
             while queue:
                 i = queue.pop()
-                await store.append(box.id, AppendRequest(bodies[i]))
+                await store.append(boxes[i % users], AppendRequest(bodies[i]))
                 progress.tick()
 
         started = time.perf_counter()
         await asyncio.gather(*(writer() for _ in range(writers)))
         elapsed = time.perf_counter() - started
-        assert len(await store.list_messages(box.id)) == count
+        assert sum([len(await store.list_messages(b)) for b in boxes]) == count
         return count / elapsed
     finally:
         await store.close()
@@ -169,6 +173,7 @@ def main() -> None:
         "--inline-max", type=int, default=INLINE_MAX, help=f"Postroom's inline threshold ({INLINE_MAX})"
     )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: bench/results/tmp*)")
+    parser.add_argument("--users", type=int, default=1, help="users whose INBOXes the messages go to (default 1)")
     parser.add_argument("--postgresql", default="", help='also on PostgreSQL: "auto" (a throwaway server) or a URL')
     args = parser.parse_args()
     cluster = None
@@ -196,11 +201,11 @@ def main() -> None:
     try:
         for count, size in runs:
             for writers in WRITER_COUNTS:
-                ours = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max))
+                ours = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max, "", args.users))
                 pg = 0.0
                 if args.postgresql:
                     url = cluster.create_database() if cluster is not None else args.postgresql
-                    pg = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max, url))
+                    pg = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max, url, args.users))
                 theirs = bench_maildir(work, count, size, writers)
                 rows.append((count, size, writers, ours, theirs, pg))
     finally:
@@ -209,7 +214,7 @@ def main() -> None:
             cluster.stop()
 
     print()
-    print("Durable message writes, every write fsync'd before it is acknowledged")
+    print(f"Durable message writes, every write fsync'd before it is acknowledged; {args.users} user(s)' INBOXes")
     print()
     pg_head = " PostgreSQL msg/s | PostgreSQL/SQLite |" if args.postgresql else ""
     pg_rule = "-----------------:|------------------:|" if args.postgresql else ""
