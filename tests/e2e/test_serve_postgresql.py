@@ -92,3 +92,29 @@ def test_smtp_in_imap_and_pop3_out_on_postgresql(tmp_path: Path, pg_cluster: Any
         assert not (tmp_path / "data" / "postroom.db").exists()
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def server_overrides(pg_cluster: Any) -> dict[str, Any]:
+    """The in-process server of tests/e2e/conftest.py, on a PostgreSQL database of its own."""
+    return {"auth": {"allow_plaintext": True}, "store": {"url": pg_cluster.create_database()}}
+
+
+def test_idle_on_postgresql_hears_what_postroom_sendmail_delivers(server: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16's cross-process feed on PostgreSQL: `postroom sendmail`, its own process, delivers into the
+    database; the session in IDLE on the server is pushed EXISTS within FEED_WAIT (LISTEN/NOTIFY)."""
+    from imap_support import wire_imap
+
+    from tests.e2e.test_change_feed import ADDR, PW, done, idling, postroom, pushed
+
+    wire_imap(monkeypatch)
+    server.add_user(ADDR, PW)
+    a = idling(server.port("imap"))
+    conf = tmp_path / "admin.toml"
+    conf.write_text(f'[server]\ndata_dir = "{server.config.data_path}"\n[store]\nurl = "{server.config.store_url}"\n'
+                    '[delivery]\nenabled = false\n[inbound]\nspf = false\ndkim = false\ndmarc = false\n')
+    postroom(conf, "sendmail", "-f", "cron@example.org", ADDR, stdin=b"Subject: from cron\n\nnightly report\n")
+    assert pushed(a) == b"* 1 EXISTS\r\n"
+    done(a)
+    assert b"Subject: from cron\r\n" in a.cmd("f FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")[0]
