@@ -9,7 +9,8 @@ engine with every body a file; the modules where bodies matter (messages, queue,
 against it too, through `pytestmark = BODY_BACKENDS`, so both ways of storing a body meet the same suite.
 
 "postgresql" is the PostgreSQL engine (postroom/store/postgresql/) on a real server started once per session
-(tests/pgcluster.py, the `pg_cluster` fixture), a new database per test; its URL is written to
+(tests/pgcluster.py, the `pg_cluster` fixture), an empty database per test (new, or one a finished test gave
+back, emptied); its URL is written to
 `data_dir/postgresql.url` so that `make_store` (also run by the kill -9 tests' child processes) finds it. A test
 of something only one engine has (SQLite's files, its `sort_rows` copy, its row-bounded change table) skips
 the other, saying why.
@@ -37,7 +38,6 @@ BODY_BACKENDS = pytest.mark.parametrize("backend", [*BACKENDS, "sqlite-files"], 
 TEST_TIMEOUT = 30.0
 
 _STORES = pytest.StashKey[list[Any]]()
-
 
 
 def make_store(backend: str, data_dir: Path) -> Store:
