@@ -15,9 +15,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size
@@ -147,10 +146,6 @@ async def read_body(conn: Conn, blob_id: str, start: int = 0, length: int | None
     data = b"".join(bytes(r[1]) for r in rows)
     offset = start - (start // CHUNK_SIZE) * CHUNK_SIZE
     return data[offset:offset + (end - start)]
-
-
-def rows(records: Iterable[Any]) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in records]
 
 
 __all__ = [

@@ -46,7 +46,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -147,10 +147,6 @@ def rowcount(status: str) -> int:
     """The row count of a command status string ("UPDATE 3" -> 3, "INSERT 0 1" -> 1)."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-def as_args(rows: Any) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in rows]
 
 
 __all__ = ["Engine", "Tx", "rowcount"]
