@@ -98,9 +98,10 @@ def _read_chunk(path: Path, n: int) -> bytes:
 
 
 async def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
-                       source: Path | None = None, size: int | None = None, crlf: int | None = None) -> None:
+                       source: Path | None = None, size: int | None = None, crlf: int | None = None) -> bool:
     """Add `count` references to a body, storing it if it is new (invariant 1). With `source`, the body is that
-    file of `size` bytes with `crlf` its `crlf_size` (read a chunk at a time, never whole); else `raw`."""
+    file of `size` bytes with `crlf` its `crlf_size` (read a chunk at a time, never whole); else `raw`. True if
+    the body was new (this transaction stored it)."""
     length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     octets = crlf_size(raw) if source is None else crlf
     inserted = await tx.conn.fetchval(
@@ -109,14 +110,15 @@ async def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: b
         " meta = COALESCE(blobs.meta, EXCLUDED.meta) RETURNING (xmax = 0)",
         blob_id, length, count, meta, octets)
     if not inserted:
-        return
+        return False
     if source is None:
         await tx.conn.executemany("INSERT INTO blob_chunks(id, n, data) VALUES ($1, $2, $3)",
                                   [(blob_id, n, part) for n, part in chunks_of(raw)])
-        return
+        return True
     for n in range(max(1, -(-length // CHUNK_SIZE))):
         part = await asyncio.to_thread(_read_chunk, source, n)
         await tx.conn.execute("INSERT INTO blob_chunks(id, n, data) VALUES ($1, $2, $3)", blob_id, n, part)
+    return True
 
 
 async def add_blob_refs(tx: Tx, counts: Mapping[str, int]) -> None:

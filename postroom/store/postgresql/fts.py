@@ -55,9 +55,9 @@ async def check_version(conn: Conn) -> bool:
     return found is not None
 
 
-async def index_blob(conn: Conn, blob_id: str, meta: bytes | None) -> bool:
+async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: bool = False) -> bool:
     """Index body `blob_id` from its stored metadata, or put it in the backlog when that is missing or of an
-    older format. True if indexed."""
+    older format. True if indexed. `fresh`: stored by this transaction, so not in the backlog."""
     parsed = _parse(meta)
     if parsed is None:
         await conn.execute("INSERT INTO fts_backlog(blob_id) VALUES ($1) ON CONFLICT DO NOTHING", blob_id)
@@ -66,7 +66,8 @@ async def index_blob(conn: Conn, blob_id: str, meta: bytes | None) -> bool:
     await conn.execute(
         f"INSERT INTO fts_text(blob_id, version, form, {', '.join(_COLUMNS)}) VALUES ($1, $2, $3, {marks})"
         " ON CONFLICT (blob_id) DO NOTHING", blob_id, INDEX_VERSION, scanform.build(parsed), *_values(parsed))
-    await conn.execute("DELETE FROM fts_backlog WHERE blob_id = $1", blob_id)
+    if not fresh:
+        await conn.execute("DELETE FROM fts_backlog WHERE blob_id = $1", blob_id)
     return True
 
 

@@ -29,12 +29,14 @@ _KEY_COLUMNS = "sent, subject, reply, from_key, to_key, cc_key, display_from, di
 TOP = 2**63 - 1
 
 
-async def put_keys(conn: Conn, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
+async def put_keys(conn: Conn, blob_id: str, meta: bytes | None, *, replace: bool = False,
+                   fresh: bool = False) -> bool:
     """Store the keys of a body from its serialised metadata; False if there are none to read. Without
-    `replace`, a body that has its row keeps it."""
+    `replace`, a body that has its row keeps it. `fresh`: the body was stored by this transaction, so it has no
+    keys and no message names it yet (nothing to look up first, no messages to give a thread)."""
     if meta is None:
         return False
-    if not replace and await conn.fetchval("SELECT 1 FROM message_keys WHERE blob_id = $1", blob_id):
+    if not replace and not fresh and await conn.fetchval("SELECT 1 FROM message_keys WHERE blob_id = $1", blob_id):
         return True
     got = keys_of(bytes(meta))
     if got is None:
@@ -50,7 +52,7 @@ async def put_keys(conn: Conn, blob_id: str, meta: bytes | None, *, replace: boo
         " reply = EXCLUDED.reply, from_key = EXCLUDED.from_key, to_key = EXCLUDED.to_key, cc_key = EXCLUDED.cc_key,"
         " display_from = EXCLUDED.display_from, display_to = EXCLUDED.display_to,"
         " message_id = EXCLUDED.message_id, refs = EXCLUDED.refs", *values)
-    if not replace:
+    if not replace and not fresh:
         await keys_stored(conn, blob_id)
     return True
 
