@@ -396,6 +396,16 @@ class SortRow(NamedTuple):
     references: str  # msg-ids (without <>) separated by spaces, RFC 5256 §3 REFERENCES step 1
 
 
+class ImapStructure(NamedTuple):
+    """What FETCH answers from a body's structure alone, already encoded as IMAP data (RFC 9051 §7.4.2, §7.5.2):
+    the ENVELOPE, BODYSTRUCTURE and BODY values (without the item names), as `mime.meta.MessageMeta` holds them.
+    Kept per body (`Store.read_structures`) so a FETCH of these items over a mailbox decodes no metadata."""
+
+    envelope: bytes
+    bodystructure: bytes
+    body: bytes
+
+
 @dataclass(slots=True)
 class ThreadColumns:
     """Messages as THREAD reads them (`Store.thread_rows`), one list per column, index i the i-th message in UID
@@ -901,6 +911,17 @@ class Store(Protocol):
         upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
         body, which does not change). The sort keys kept beside the metadata are replaced too, and messages of
         these bodies that had no thread id get one (`thread_ids`)."""
+
+    async def read_structures(self, blob_ids: Iterable[str]) -> dict[str, ImapStructure]:
+        """The kept `ImapStructure` of bodies (FETCH ENVELOPE / BODYSTRUCTURE / BODY over a range): a few queries,
+        not one per body. Kept for every body stored with metadata of the current format, and for older ones once
+        `write_structures` stored theirs; a body without one (or no longer stored) is left out, and the caller
+        decodes its metadata instead."""
+
+    async def write_structures(self, items: Mapping[str, ImapStructure]) -> None:
+        """Keep the `ImapStructure` of bodies stored before it was kept (blob id -> items, from metadata of the
+        current format a reader decoded anyway), in one transaction; bodies no longer stored are skipped, and a
+        body that has one keeps it (the same values: they derive from the body). No change records."""
 
     async def search_text(self, mailbox_id: int, uid_min: int, uid_max: int,
                           flt: TextFilter) -> TextCandidates | None:

@@ -196,7 +196,8 @@ def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
         if row is not None and row[0] <= 0:
             fts.unindex_blob(tx.conn, blob_id)  # first: it derives the rows to delete from blobs.meta
             inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
-            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 10
+            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 17
+            tx.conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blob_id,))  # schema invariant 24
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             if not inline:
                 tx.dead_blobs.add(blob_id)
