@@ -195,9 +195,9 @@ def trusted_pass(arc: ArcResult | None, from_domain: str, trusted: tuple[str, ..
         return ""
     if arc.sealer not in {t.lower().rstrip(".") for t in trusted}:
         return ""
-    for method, result, props in arc.origin:
-        if result != "pass":
-            continue
+    passes = [(m, p) for m, r, p in arc.origin if r == "pass"]
+    passes.sort(key=lambda mp: ("dmarc", "spf", "dkim", mp[0]).index(mp[0]))  # DMARC's own verdict first
+    for method, props in passes:
         if method == "dmarc" and props.get("header.from", "").lower().rstrip(".") == from_domain:
             return f"sealer {arc.sealer}, i=1 dmarc=pass"
         if method == "spf":

@@ -1,0 +1,224 @@
+"""ARC end to end, Postroom to Postroom (issue 12 item 4): list.test runs a list and a forward, b.test is the
+next hop. A loopback DNS server publishes what `postroom dns list.test` prints (MX, SPF, DKIM keys, DMARC) and
+the author's domain origin.test (SPF for the loopback client, a DKIM key, DMARC p=reject); list.test's queue
+delivers to b.test's MX.
+
+Expected values come from RFC 8617: the copy list.test sends on carries one ARC Set, i=1, cv=none (§5.1.1), by
+d=list.test, whose AAR repeats list.test's Authentication-Results (§4.1.1: dmarc=pass for origin.test, or
+auth=pass for a post that came by submission); it verifies at b.test (arc=pass, oldest-pass 0, smtp.remote-ip:
+§10.1) and with dkimpy's own verifier on the bytes b.test stored. When the list's change breaks the author's
+DKIM signature (the author over-signs List-Id, RFC 6376 §8.15, which the list then adds), DMARC fails at
+b.test: with list.test a trusted sealer the message is delivered (RFC 7489 §7.2 local policy, reason "arc"),
+otherwise origin.test's policy applies.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from conftest import LISTENERS, ServerHandle
+from dkim_support import SigningKey
+from dns_support import ZoneThread
+
+from postroom import config as config_mod
+from postroom.delivery.dkim import dns_records, generate_keys
+from postroom.store.api import ListPolicy
+
+AUTHOR_KEY = SigningKey.rsa(2048)
+BODY = b"Lunch at noon?\r\n"
+
+
+def start(tmp: Path, name: str, extra: dict[str, Any]) -> ServerHandle:
+    base: dict[str, Any] = {
+        "server": {"data_dir": str(tmp / name), "shutdown_grace_seconds": 1.0, "hostname": f"mx.{name}"},
+        "listeners": {n: "127.0.0.1:0" for n in LISTENERS},
+        "auth": {"allow_plaintext": True},
+        "smtp": {"reverse_dns": False},
+        "delivery": {"poll_seconds": 3600, "retry_seconds": [3600]},
+    }
+    handle = ServerHandle(config_mod.load(None, config_mod.merge(base, extra)))
+    try:
+        handle.run(handle.postroom.start())
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@contextmanager
+def pair(tmp: Path, trusted: list[str], dmarc_reject: str = "reject") -> Iterator[tuple[ServerHandle, ServerHandle,
+                                                                                       ZoneThread]]:
+    zone = ZoneThread()
+    dns = {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]}
+    checks = {"spf": True, "dkim": True, "dmarc": True, "arc": True, "dns_timeout_seconds": 2.0}
+    b = start(tmp, "b.test", {"delivery": {**dns, "enabled": False},
+                              "inbound": {**checks, "arc_trusted_sealers": trusted, "dmarc_reject": dmarc_reject}})
+    a = None
+    try:
+        zone.add("b.test", "MX", [10, "mx.b.test"])
+        zone.add("mx.b.test", "A", "127.0.0.1")
+        zone.add("origin.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+        zone.add("_dmarc.origin.test", "TXT", "v=DMARC1; p=reject")
+        zone.add("sel._domainkey.origin.test", "TXT", AUTHOR_KEY.record)
+        a = start(tmp, "list.test", {"delivery": {**dns, "mx_port": b.port("smtp")}, "inbound": checks})
+        a.add_user("alice@list.test")
+        b.add_user("bob@b.test")
+        keys = generate_keys()
+        a.run(a.store.set_dkim("list.test", keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector,
+                               keys.ed25519_pem))
+        ml = a.run(a.store.create_list("news@list.test", "alice@list.test", ListPolicy.OPEN))
+        a.run(a.store.add_list_member(ml.address, "bob@b.test"))
+        a.run(a.store.add_alias("fwd@list.test", ["bob@b.test"]))
+        domain = a.run(a.store.get_domain("list.test"))
+        assert domain is not None
+        for name, rtype, value in dns_records(domain, "mx.list.test"):
+            if rtype == "MX":
+                pref, host = value.split()
+                zone.add(name, "MX", [int(pref), host.rstrip(".")])
+            else:
+                zone.add(name, rtype, [value[i:i + 255] for i in range(0, len(value), 255)])
+        zone.add("mx.list.test", "A", "127.0.0.1")
+        yield a, b, zone
+    finally:
+        if a is not None:
+            a.stop()
+        b.stop()
+        zone.close()
+
+
+def authored(to: str, sign_list_id: bool = False) -> bytes:
+    """A message by alice@origin.test, DKIM-signed by origin.test (dkimpy); `sign_list_id`: List-Id is in h=
+    although absent, so a list that adds it breaks the signature (RFC 6376 §8.15 over-signing)."""
+    raw = (f"From: Alice <alice@origin.test>\r\nTo: {to}\r\nSubject: lunch\r\n"
+           f"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{time.monotonic_ns()}@origin.test>\r\n\r\n"
+           ).encode() + BODY
+    names = [b"from", b"to", b"subject"] + ([b"list-id"] if sign_list_id else [])
+    sig = dkim.sign(raw, b"sel", b"origin.test", AUTHOR_KEY.private, include_headers=names)
+    return bytes(sig) + raw
+
+
+def send_mx(a: ServerHandle, rcpt: str, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", a.port("smtp"), local_hostname="mail.origin.test", timeout=30) as c:
+        assert c.sendmail("alice@origin.test", [rcpt], raw) == {}
+
+
+def mailbox(b: ServerHandle, name: str) -> list[bytes]:
+    async def go() -> list[bytes]:
+        user = await b.store.get_user("bob@b.test")
+        assert user is not None
+        box = await b.store.get_mailbox(user.id, name)
+        if box is None:
+            return []
+        return [await b.store.read_message(m.blob_id) for m in await b.store.list_messages(box.id)]
+
+    return b.run(go())
+
+
+def fields(raw: bytes, name: str) -> list[str]:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    return [" ".join(v.split()) for v in msg.get_all(name) or []]
+
+
+def zone_dnsfunc(zone: ZoneThread) -> Callable[..., bytes]:
+    """dkimpy's DNS, answered from the test zone (what a receiver's resolver would get)."""
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
+        for entry in zone.dns.zone.get(name.decode().rstrip(".").lower(), []):
+            if isinstance(entry, dict) and "TXT" in entry:
+                value = entry["TXT"]
+                return ("".join(value) if isinstance(value, list) else value).encode()
+        return b""
+
+    return dnsfunc
+
+
+def check_sealed_copy(stored: bytes, zone: ZoneThread, *aar_has: str) -> None:
+    """One ARC Set by list.test, i=1, cv=none, verifying at b.test and with dkimpy on the stored bytes."""
+    [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+    assert "arc=pass" in ours and "header.oldest-pass=0" in ours and "smtp.remote-ip=127.0.0.1" in ours, ours
+    [seal] = fields(stored, "ARC-Seal")
+    assert "i=1;" in seal and "cv=none;" in seal and "d=list.test;" in seal
+    [aar] = fields(stored, "ARC-Authentication-Results")
+    assert aar.startswith("i=1; mx.list.test;") and all(x in aar for x in aar_has), aar
+    cv, results, reason = dkim.arc_verify(stored, dnsfunc=zone_dnsfunc(zone))
+    assert cv == dkim.CV_Pass, reason
+    assert stored.endswith(BODY)
+
+
+def test_list_post_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path) -> None:
+    with pair(tmp_path, []) as (a, b, zone):
+        send_mx(a, "news@list.test", authored("news@list.test"))
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        check_sealed_copy(stored, zone, "dmarc=pass", "header.from=origin.test", "arc=none")
+        [ams] = fields(stored, "ARC-Message-Signature")
+        assert "list-id" in ams  # the seal covers the list's own fields (made after them)
+        [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+        assert "dmarc=pass" in ours  # the author's signature survived the list here
+
+
+def test_forward_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path) -> None:
+    with pair(tmp_path, []) as (a, b, zone):
+        raw = authored("fwd@list.test")
+        send_mx(a, "fwd@list.test", raw)
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        check_sealed_copy(stored, zone, "dkim=pass header.d=origin.test")
+        assert stored.endswith(raw)  # forwarded bytes untouched below the prepended fields
+
+
+def test_submitted_list_post_is_sealed_with_auth_pass(tmp_path: Path) -> None:
+    with pair(tmp_path, []) as (a, b, zone):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", a.port("submission"), timeout=30) as s:
+            s.starttls(context=ctx)
+            s.login("alice@list.test", "secret-password")
+            s.sendmail("alice@list.test", ["news@list.test"],
+                       b"From: Alice <alice@list.test>\r\nTo: news@list.test\r\nSubject: hello\r\n\r\n" + BODY)
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        check_sealed_copy(stored, zone, "auth=pass")
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-sealer", "untrusted-sealer"])
+def test_dmarc_failure_after_the_list_changed_the_message(tmp_path: Path, trusted: bool,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="postroom.smtp.message")
+    with pair(tmp_path, ["list.test"] if trusted else [], dmarc_reject="quarantine") as (a, b, zone):
+        send_mx(a, "news@list.test", authored("news@list.test", sign_list_id=True))
+        box = "INBOX" if trusted else "Junk"
+        [stored] = wait_for(lambda: mailbox(b, box))
+        assert mailbox(b, "Junk" if trusted else "INBOX") == []
+        [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+        assert "dkim=fail" in ours and "header.d=origin.test" in ours  # the list's List-Id broke it
+        assert "arc=pass" in ours
+        line = wait_for(lambda: [r.getMessage() for r in caplog.records
+                                 if r.name == "postroom.smtp.message" and "mx.b.test" not in r.getMessage()
+                                 and "header_from=origin.test" in r.getMessage() and "arc=pass:list.test" in
+                                 r.getMessage()])
+        assert line, [r.getMessage() for r in caplog.records if r.name == "postroom.smtp.message"]
+        if trusted:
+            assert 'dmarc=fail (p=reject dis=none; arc override: sealer list.test, i=1 dmarc=pass) reason="arc"' \
+                in ours, ours
+            assert any("dmarc_override=" in x and "sealer list.test" in x for x in line), line
+        else:
+            assert "dmarc=fail (p=reject dis=reject)" in ours and "arc override" not in ours, ours
+            assert all("dmarc_override" not in x for x in line) and any("action=quarantine" in x for x in line)
