@@ -36,6 +36,7 @@ from postroom.delivery.dkim import dns_records, generate_keys
 from postroom.store.api import ListPolicy
 
 AUTHOR_KEY = SigningKey.rsa(2048)
+EXT_KEY = SigningKey.rsa(2048)  # ext.test: a list server elsewhere that seals what it sends (dkimpy)
 BODY = b"Lunch at noon?\r\n"
 
 
@@ -80,6 +81,8 @@ def pair(tmp: Path, trusted: list[str], dmarc_reject: str = "reject") -> Iterato
         zone.add("origin.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
         zone.add("_dmarc.origin.test", "TXT", "v=DMARC1; p=reject")
         zone.add("sel._domainkey.origin.test", "TXT", AUTHOR_KEY.record)
+        zone.add("ext.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+        zone.add("arc._domainkey.ext.test", "TXT", EXT_KEY.record)
         a = start(tmp, "list.test", {"delivery": {**dns, "mx_port": b.port("smtp")}, "inbound": checks})
         a.add_user("alice@list.test")
         b.add_user("bob@b.test")
@@ -222,3 +225,65 @@ def test_dmarc_failure_after_the_list_changed_the_message(tmp_path: Path, truste
         else:
             assert "dmarc=fail (p=reject dis=reject)" in ours and "arc override" not in ours, ours
             assert all("dmarc_override" not in x for x in line) and any("action=quarantine" in x for x in line)
+
+
+def ext_sealed(raw: bytes, results: str) -> bytes:
+    """`raw` sealed by ext.test with dkimpy, ext.test's own Authentication-Results being `results`."""
+    ar = f"Authentication-Results: mx.ext.test; {results}\r\n".encode()
+    sealed = dkim.arc_sign(ar + raw, b"arc", b"ext.test", EXT_KEY.private, b"mx.ext.test",
+                           include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    assert sealed
+    return b"".join(sealed) + raw
+
+
+def test_incoming_chain_is_extended_with_cv_pass(tmp_path: Path) -> None:
+    # ext.test sealed (i=1); list.test verifies it (arc=pass) and seals i=2 with cv=pass (RFC 8617 §5.1.1).
+    with pair(tmp_path, []) as (a, b, zone):
+        send_mx(a, "fwd@list.test", ext_sealed(authored("fwd@list.test"), "dmarc=pass header.from=origin.test"))
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        seals = fields(stored, "ARC-Seal")
+        assert len(seals) == 2 and any("i=2; cv=pass;" in x and "d=list.test;" in x for x in seals), seals
+        [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+        assert "arc=pass (i=2 sealer=list.test)" in ours, ours
+        assert dkim.arc_verify(stored, dnsfunc=zone_dnsfunc(zone))[0] == dkim.CV_Pass
+
+
+def test_broken_incoming_chain_is_sealed_cv_fail_and_not_after(tmp_path: Path) -> None:
+    with pair(tmp_path, []) as (a, b, zone):
+        # ext.test's AAR changed after it sealed (the seal covers it; the author's DKIM signature does not, so
+        # DMARC still passes everywhere): list.test finds arc=fail and seals with cv=fail (§5.1.2), so b.test
+        # sees a failed chain.
+        sealed = ext_sealed(authored("fwd@list.test"), "dmarc=pass header.from=origin.test")
+        broken = sealed.replace(b"header.from=origin.test", b"header.from=origin.test (edited)", 1)
+        assert broken != sealed
+        send_mx(a, "fwd@list.test", broken)
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        assert any("i=2; cv=fail;" in x for x in fields(stored, "ARC-Seal")), fields(stored, "ARC-Seal")
+        [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+        assert "arc=fail" in ours, ours
+        # A chain whose newest seal says cv=fail gets no further set (§5.1).
+        send_mx(a, "fwd@list.test", stored.split(b"\r\n", 1)[1])  # as b.test got it, less Return-Path
+        got = wait_for(lambda: mailbox(b, "INBOX")[1:])
+        assert got and len(fields(got[0], "ARC-Seal")) == 2
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-sealer", "untrusted-sealer"])
+def test_subject_tag_and_footer_by_a_trusted_list_elsewhere(tmp_path: Path, trusted: bool) -> None:
+    # ext.test's list tags the subject and adds a footer (breaking origin.test's DKIM), then seals with what it
+    # saw before: dmarc=pass. At b.test DMARC fails (p=reject); ARC passes.
+    with pair(tmp_path, ["ext.test"] if trusted else [], dmarc_reject="reject") as (a, b, zone):
+        changed = authored("list@ext.test").replace(b"Subject: lunch", b"Subject: [ext] lunch") + b"-- \r\next\r\n"
+        raw = ext_sealed(changed, "dkim=pass header.d=origin.test; dmarc=pass header.from=origin.test")
+        with smtplib.SMTP("127.0.0.1", b.port("smtp"), local_hostname="mx.ext.test", timeout=30) as c:
+            if trusted:
+                assert c.sendmail("list-bounces@ext.test", ["bob@b.test"], raw) == {}
+            else:
+                with pytest.raises(smtplib.SMTPDataError) as info:
+                    c.sendmail("list-bounces@ext.test", ["bob@b.test"], raw)
+                assert info.value.smtp_code == 550  # origin.test's p=reject applies
+        if trusted:
+            [stored] = mailbox(b, "INBOX")
+            [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+            assert "dkim=fail" in ours and 'reason="arc"' in ours and "arc=pass (i=1 sealer=ext.test)" in ours
+        else:
+            assert mailbox(b, "INBOX") == [] and mailbox(b, "Junk") == []
