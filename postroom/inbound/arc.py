@@ -103,7 +103,11 @@ def arc_fields(head: bytes) -> list[ArcField]:
             out.append(ArcField(name, _instance(v) if eq and key.strip().lower() == "i" else None))
             continue
         tags = parse_tags(value)
-        out.append(ArcField(name, _instance(tags.get("i")) if tags is not None else None, tags))
+        if tags is None:  # still name its instance, so the reason can say what is wrong with it
+            m_i = re.search(r"(?:^|;)\s*i\s*=\s*([0-9]+)\s*(?:;|$)", value)
+            out.append(ArcField(name, _instance(m_i.group(1)) if m_i else None, None))
+            continue
+        out.append(ArcField(name, _instance(tags.get("i")), tags))
     return out
 
 
