@@ -97,6 +97,10 @@ class Sealer:
             return b""
         if not out:
             log.info("arc seal not added domain=%s reason=%r", d.name, "the chain's result is unknown")
+            return b""
+        m = re.match(rb"ARC-Seal: i=([0-9]+); cv=([a-z]+)", out)
+        log.info("arc sealed domain=%s i=%s cv=%s", d.name, m.group(1).decode() if m else "?",
+                 m.group(2).decode() if m else "?")
         return out
 
 

@@ -167,7 +167,9 @@ def check_sealed_copy(stored: bytes, zone: ZoneThread, *aar_has: str) -> None:
     assert stored.endswith(BODY)
 
 
-def test_list_post_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path) -> None:
+def test_list_post_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="postroom.arc")
     with pair(tmp_path, []) as (a, b, zone):
         send_mx(a, "news@list.test", authored("news@list.test"))
         [stored] = wait_for(lambda: mailbox(b, "INBOX"))
@@ -176,6 +178,7 @@ def test_list_post_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path) -
         assert "list-id" in ams  # the seal covers the list's own fields (made after them)
         [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
         assert "dmarc=pass" in ours  # the author's signature survived the list here
+        assert "arc sealed domain=list.test i=1 cv=none" in [r.getMessage() for r in caplog.records]
 
 
 def test_forward_is_sealed_and_verifies_at_the_next_postroom(tmp_path: Path) -> None:
