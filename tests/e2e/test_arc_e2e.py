@@ -109,12 +109,12 @@ def pair(tmp: Path, trusted: list[str], dmarc_reject: str = "reject") -> Iterato
         zone.close()
 
 
-def authored(to: str, sign_list_id: bool = False) -> bytes:
+def authored(to: str, sign_list_id: bool = False, body: bytes = BODY) -> bytes:
     """A message by alice@origin.test, DKIM-signed by origin.test (dkimpy); `sign_list_id`: List-Id is in h=
     although absent, so a list that adds it breaks the signature (RFC 6376 §8.15 over-signing)."""
     raw = (f"From: Alice <alice@origin.test>\r\nTo: {to}\r\nSubject: lunch\r\n"
            f"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{time.monotonic_ns()}@origin.test>\r\n\r\n"
-           ).encode() + BODY
+           ).encode() + body
     names = [b"from", b"to", b"subject"] + ([b"list-id"] if sign_list_id else [])
     sig = dkim.sign(raw, b"sel", b"origin.test", AUTHOR_KEY.private, include_headers=names)
     return bytes(sig) + raw
@@ -290,3 +290,19 @@ def test_subject_tag_and_footer_by_a_trusted_list_elsewhere(tmp_path: Path, trus
             assert "dkim=fail" in ours and 'reason="arc"' in ours and "arc=pass (i=1 sealer=ext.test)" in ours
         else:
             assert mailbox(b, "INBOX") == [] and mailbox(b, "Junk") == []
+
+
+def test_large_forward_is_verified_and_sealed_from_its_staging_file(tmp_path: Path) -> None:
+    # Over STAGING_THRESHOLD (1 MiB) the message is staged in a file on arrival: list.test verifies ext.test's
+    # chain from that file and seals the forward from its start plus the file (metapool: raw + path).
+    big = b"".join(b"line %07d of a long report\r\n" % i for i in range(60_000))  # about 1.7 MB
+    with pair(tmp_path, []) as (a, b, zone):
+        raw = ext_sealed(authored("fwd@list.test", body=big), "dmarc=pass header.from=origin.test")
+        assert len(raw) > 1 << 20
+        send_mx(a, "fwd@list.test", raw)
+        [stored] = wait_for(lambda: mailbox(b, "INBOX"))
+        assert stored.endswith(raw)
+        [ours] = [r for r in fields(stored, "Authentication-Results") if r.startswith("mx.b.test;")]
+        assert "arc=pass (i=2 sealer=list.test)" in ours, ours
+        assert any("i=2; cv=pass;" in x for x in fields(stored, "ARC-Seal"))
+        assert dkim.arc_verify(stored, dnsfunc=zone_dnsfunc(zone))[0] == dkim.CV_Pass
