@@ -263,13 +263,9 @@ def verify_in_worker(raw: bytes, params: dict[str, Any]) -> bytes:
         return json.dumps({"result": "fail", "reason": reason}).encode()
     if cv != dkim.CV_Pass:
         return json.dumps({"result": "none" if cv == dkim.CV_None else "fail", "reason": reason}).encode()
-    oldest = 0  # RFC 8617 §5.2 step 5: 0 when every AMS validates
-    for r in results:  # newest first
-        if not r.get("ams-valid"):
-            break
-        oldest = int(r["instance"])
-    else:
-        oldest = 0
+    # RFC 8617 §5.2 step 5: down from the newest, the last instance whose AMS still validates; 0 when all do.
+    valid = [bool(r.get("ams-valid")) for r in results]  # newest first
+    oldest = 0 if all(valid) else int(results[valid.index(False) - 1]["instance"])
     origin: list[tuple[str, str, dict[str, str]]] = []
     first = [r for r in results if int(r["instance"]) == 1]
     if first:

@@ -10,6 +10,8 @@ and an i=1 AAR that recorded a pass for the From domain."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postroom.inbound import authres
 from postroom.inbound.arc import ArcResult, arc_fields, chain_structure, parse_tags, trusted_pass
@@ -121,3 +123,13 @@ def test_authentication_results_arc_and_override() -> None:
     assert field.endswith(b'\tarc=fail reason="ARC-Seal i=2 says cv=fail" smtp.remote-ip="2001:db8::1"\r\n')
     # (RFC 8601 §2.2: a value with ":" is not a token, so it is quoted)
     assert authres.header("mx.example.org", arc=ArcResult("none")).endswith(b"\tarc=none\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"ARC-Seal:", b"ARC-Message-Signature:", b"ARC-Authentication-Results:", b" i=",
+                                 b"1", b"51", b";", b"=", b"cv=", b"none", b"fail", b"\r\n", b"\r\n\t", b"\n",
+                                 b"d=x.example", b"s=", b"\xff", b"(", b"\"", b"\r\n\r\n"]), max_size=40))
+def test_never_raises(pieces: list[bytes]) -> None:
+    # Whatever the header holds, the reader gives a structure, never an exception (arc.py invariant 2).
+    st_ = chain_structure(b"".join(pieces) + b"\r\n\r\nbody\r\n")
+    assert st_.result in ("", "none", "fail")
