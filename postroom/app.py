@@ -54,7 +54,7 @@ from typing import Any
 
 from . import metapool as meta_pool
 from . import mtasts
-from .acme import CertificateManager
+from .acme import CertificateManager, settle_pair
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -397,7 +397,13 @@ def _reloader(cfg: Config) -> Callable[[], Config]:
 
 def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
     """The server TLS context of `cfg` and its certificate. The built-in location (`tls.cert` empty) is
-    generated when missing; configured files must exist and parse. Raises CertificateError naming the file."""
+    generated when missing; configured files must exist and parse. With ACME, an installation a crash
+    interrupted is settled first (acme.py `settle_pair`). Raises CertificateError naming the file."""
+    if cfg.acme.directory:
+        try:
+            settle_pair(cfg.cert_path, cfg.key_path)
+        except OSError as exc:
+            raise CertificateError(f"TLS: {exc}") from None
     if not cfg.tls.cert:
         try:
             if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
