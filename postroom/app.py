@@ -55,6 +55,7 @@ from typing import Any
 from . import metapool as meta_pool
 from . import mtasts
 from .acme import CertificateManager, settle_pair
+from .adminops import DNS_CHECK_SECONDS
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -77,6 +78,7 @@ from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention
+from .web.admin import Admin
 from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
@@ -245,8 +247,11 @@ class Postroom:
 
             challenges = self.certificates.challenges if self.certificates is not None else None
             webmail = Webmail(store, self.services.auth, cfg, settings_for)
+            admin = Admin(webmail, cfg, self.metrics, addresses,
+                          router=lambda: Router(store, self.config, on_queued=wake),
+                          lookup=dns.with_lifetime(DNS_CHECK_SECONDS))
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
-                             mta_sts_policy=mta_sts_policy)
+                             mta_sts_policy=mta_sts_policy, admin=admin)
             for name, socks in list(self._web_socks.items()):
                 host, port = cfg.listeners.enabled()[name]
                 server = await serve_http(app, host, port, socks=socks, name=name,

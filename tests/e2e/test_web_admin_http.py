@@ -1,0 +1,141 @@
+"""The web admin over HTTP (issue 13 item 7; web/admin.py): who reaches it (404 for everyone but admins, exactly
+like an unknown URL), CSRF on every POST, the lock-out guard, one log line per action, and the admin flag on the
+command line (`user add --admin`, `user admin ADDR on|off`, `user list`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web_support import client, csrf_of, page_csrf, signed_in
+
+from postroom import cli
+
+ADMIN, USER, PW = "root@example.org", "user@example.org", "admin-pass-1"
+PAGES = ["/admin/", "/admin/domains", "/admin/users", "/admin/aliases", "/admin/lists", "/admin/queue",
+         "/admin/queue/1", "/admin/dns", "/admin/dns/example.org"]
+POSTS = ["/admin/domains", "/admin/users", "/admin/aliases", "/admin/lists", "/admin/queue",
+         "/admin/dns/example.org"]
+
+
+def make_admin(server: Any, address: str = ADMIN) -> None:
+    server.add_user(address, PW)
+    server.run(server.store.set_admin(address, True))
+
+
+def is_admin(server: Any, address: str) -> bool:
+    user = server.run(server.store.get_user(address))
+    return bool(user is not None and user.admin)
+
+
+def test_everyone_but_an_admin_gets_the_404_of_an_unknown_url(server: Any) -> None:
+    make_admin(server)
+    server.add_user(USER, PW)
+    unknown = client(server).get("/admin/no-such-page")
+    assert unknown.status_code == 404
+    plain = signed_in(server, USER, PW)
+    token = page_csrf(plain, plain.get("/mail/").headers["location"])  # a valid token of the user's own session
+    for who in (client(server), plain):
+        for path in PAGES:
+            r = who.get(path)
+            assert (r.status_code, r.text) == (404, unknown.text), path
+        for path in POSTS:
+            r = who.post(path, data={"csrf": token, "action": "add", "name": "evil.example", "user": USER,
+                                     "on": "1"})
+            assert (r.status_code, r.text) == (404, unknown.text), path
+    assert server.run(server.store.get_domain("evil.example")) is None
+    assert not is_admin(server, USER)
+    # The same user made admin reaches every page (the queue entry 1 does not exist: the page says so).
+    server.run(server.store.set_admin(USER, True))
+    for path in PAGES:
+        assert plain.get(path).status_code == (404 if path == "/admin/queue/1" else 200), path
+
+
+def test_a_post_without_the_csrf_token_is_403_and_changes_nothing(server: Any) -> None:
+    make_admin(server)
+    c = signed_in(server, ADMIN, PW)
+    for data in ({"action": "add", "name": "new.example"}, {"action": "add", "name": "new.example", "csrf": "x" * 43}):
+        r = c.post("/admin/domains", data=data)
+        assert r.status_code == 403
+    assert server.run(server.store.get_domain("new.example")) is None
+    # Another site's form, even with the token, is refused by origin (mail.py invariant 2).
+    token = page_csrf(c, "/admin/domains")
+    r = c.post("/admin/domains", data={"csrf": token, "action": "add", "name": "new.example"},
+               headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert server.run(server.store.get_domain("new.example")) is None
+    r = c.post("/admin/domains", data={"csrf": token, "action": "add", "name": "new.example"})
+    assert r.status_code == 200 and "Domain new.example added" in r.text
+    domain = server.run(server.store.get_domain("new.example"))
+    assert domain is not None and domain.dkim_private_key and domain.dkim_ed25519_key  # made as `domain add` does
+
+
+def test_an_admin_cannot_lock_themselves_out(server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    make_admin(server)
+    make_admin(server, "other@example.org")
+    c = signed_in(server, ADMIN, PW)
+    page = c.get("/admin/users")
+    assert f"Take admin from {ADMIN}" not in page.text and 'aria-label="Remove root@example.org"' not in page.text
+    token = csrf_of(page.text)
+    caplog.set_level(logging.INFO, "postroom.web.admin")
+    r = c.post("/admin/users", data={"csrf": token, "action": "admin", "user": ADMIN, "on": "0"})
+    assert r.status_code == 400 and "cannot remove your own admin flag" in r.text
+    r = c.post("/admin/users", data={"csrf": token, "action": "remove", "user": "Root@Example.org", "confirm": "1"})
+    assert r.status_code == 400 and "cannot remove your own account" in r.text
+    assert is_admin(server, ADMIN)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "postroom.web.admin"]
+    assert any(re.search(r"action=user-admin target=root@example.org by=root@example.org result=refused", m)
+               for m in lines), lines
+    # Another admin can, and it is logged with who did it.
+    other = signed_in(server, "other@example.org", PW)
+    r = other.post("/admin/users", data={"csrf": page_csrf(other, "/admin/users"), "action": "admin", "user": ADMIN,
+                                         "on": "0"})
+    assert r.status_code == 200 and not is_admin(server, ADMIN)
+    assert any("action=user-admin target=root@example.org by=other@example.org result=ok" in rec.getMessage()
+               for rec in caplog.records)
+    assert c.get("/admin/").status_code == 404  # the session that was admin is not any more
+
+
+def test_removing_needs_the_confirmation_box(server: Any) -> None:
+    make_admin(server)
+    server.add_user(USER, PW)
+    c = signed_in(server, ADMIN, PW)
+    token = page_csrf(c, "/admin/users")
+    r = c.post("/admin/users", data={"csrf": token, "action": "remove", "user": USER})
+    assert r.status_code == 400 and "tick the confirmation box" in r.text
+    assert server.run(server.store.get_user(USER)) is not None
+    r = c.post("/admin/users", data={"csrf": token, "action": "remove", "user": USER, "confirm": "1"})
+    assert r.status_code == 200 and server.run(server.store.get_user(USER)) is None
+
+
+def test_the_admin_flag_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    conf = tmp_path / "postroom.toml"
+    conf.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO("long-password\n"))
+        code = cli.main(["--config", str(conf), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("domain", "add", "example.org")[0] == 0
+    code, out, _ = run("user", "add", "--admin", "--password-stdin", "boss@example.org")
+    assert code == 0 and "admin" in out
+    assert run("user", "add", "--password-stdin", "plain@example.org")[0] == 0
+    code, out, _ = run("user", "list")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:] if "@" in line}
+    assert rows == {"boss@example.org": "yes", "plain@example.org": "-"}
+    assert run("user", "admin", "plain@example.org", "on")[0] == 0
+    assert run("user", "admin", "boss@example.org", "off")[0] == 0  # root on the machine may: no guard here
+    rows = {line.split()[0]: line.split()[-1] for line in run("user", "list")[1].splitlines()[1:] if "@" in line}
+    assert rows == {"boss@example.org": "-", "plain@example.org": "yes"}
+    code, _, err = run("user", "admin", "nobody@example.org", "on")
+    assert code == 1 and "no user nobody@example.org" in err
