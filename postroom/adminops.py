@@ -13,10 +13,12 @@ and keeps them beside the ones that sign (`Domain.dkim_next`); the DNS records s
 only once the operator has published the new records does `switch_dkim` make them the signing keys, in one
 transaction. The old selectors' records should stay published for a few days more (messages in transit).
 
-DNS check. `dns_records` is every record `postroom dns` prints; `check_dns` asks the server's one resolver
-(delivery/mx.py, with a short time limit) for each and says whether what DNS answers today matches, differs,
-or is missing. Host names compare without case and final dot; TXT values by their joined strings, spaces
-around `;` ignored (RFC 6376 §3.6.2.2 and RFC 7208 §4.6 tag lists are whitespace-tolerant).
+DNS check. `dns_records` is every record `postroom dns` prints; `check_dns` asks the server's resolver
+(delivery/mx.py: its servers, with a short time limit and without its cache, so a record just published shows)
+for each and says whether what DNS answers today matches, differs, or is missing (a TXT record of another kind
+at the name, `v=` tag different, is not counted: SPF shares its name with verification strings). Host names
+compare without case and final dot; TXT values by their joined strings, spaces around `;` ignored (DKIM's tag
+lists allow them, RFC 6376 §3.2).
 
 Invariants
 1. An operation changes nothing when it refuses: every check comes before the first write.
@@ -176,10 +178,12 @@ async def remove_domain(store: Store, name: str) -> None:
 async def rotate_dkim(store: Store, name: str) -> Any:
     """Make new DKIM keys for `name` under new selectors and keep them beside the signing ones (module doc);
     returns the `Keys`. Selectors already in use are never reused (a second rotation in one month gets a
-    longer stamp)."""
+    longer stamp). AdminError while keys of an earlier rotation wait for their switch."""
     from postroom.delivery.dkim import generate_keys
 
     domain = await _domain(store, normalize_domain(name))
+    if domain.dkim_next:  # they may be published already: replacing them would break that (switch them first)
+        raise AdminError(f"{domain.name} has new DKIM keys waiting already: publish them and switch to them first")
     taken = {domain.dkim_selector, domain.dkim_ed25519_selector}
     keys = await asyncio.to_thread(generate_keys)
     if {keys.rsa_selector, keys.ed25519_selector} & taken:
@@ -402,6 +406,12 @@ def _canonical(rtype: str, value: str) -> str:
                     for i, p in enumerate(text.split()))
 
 
+def _version(text: str) -> str:
+    """The `v=` tag a TXT record starts with, lower-case ("v=spf1", "v=dkim1"); "" without one."""
+    m = re.match(r"v=[^;\s]+", text.strip())
+    return m.group(0).lower() if m else ""
+
+
 async def check_dns(lookup: Lookup, records: list[Record], timeout: float = DNS_CHECK_SECONDS) -> list[Checked]:
     """Each record beside the answer DNS gives today (module doc), all asked at once, each within `timeout`
     seconds."""
@@ -417,9 +427,9 @@ async def check_dns(lookup: Lookup, records: list[Record], timeout: float = DNS_
         want = _canonical(record.rtype, record.value)
         if any(_canonical(record.rtype, f) == want for f in found):
             return Checked(record, "match", tuple(found))
-        if record.rtype == "TXT":  # other TXT records may share the name (SPF beside verification strings)
-            prefix = record.value.split(";", 1)[0].strip()
-            found = [f for f in found if f.startswith(prefix)]
+        version = _version(record.value) if record.rtype == "TXT" else ""
+        if version:  # other TXT records may share the name (SPF beside verification strings): only this kind
+            found = [f for f in found if _version(f) == version]
         return Checked(record, "differs" if found else "missing", tuple(found))
 
     return list(await asyncio.gather(*(one(r) for r in records)))

@@ -249,7 +249,7 @@ class Postroom:
             webmail = Webmail(store, self.services.auth, cfg, settings_for)
             admin = Admin(webmail, cfg, self.metrics, addresses,
                           router=lambda: Router(store, self.config, on_queued=wake),
-                          lookup=dns.with_lifetime(DNS_CHECK_SECONDS))
+                          lookup=dns.uncached(DNS_CHECK_SECONDS))
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
                              mta_sts_policy=mta_sts_policy, admin=admin)
             for name, socks in list(self._web_socks.items()):

@@ -206,6 +206,13 @@ class DnsResolver:
         other.cache = self.cache
         return other
 
+    def uncached(self, lifetime: float) -> DnsResolver:
+        """The same servers without the cache, with another time limit per lookup: the web admin's DNS page,
+        which must see a record the moment it is published, not a negative answer cached for delivery."""
+        other = self.with_lifetime(lifetime)
+        other.cache = None
+        return other
+
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         key = (name.lower().rstrip("."), rdtype)
         cache = self.cache

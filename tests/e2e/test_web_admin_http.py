@@ -139,3 +139,17 @@ def test_the_admin_flag_on_the_command_line(tmp_path: Path, capsys: pytest.Captu
     assert rows == {"boss@example.org": "-", "plain@example.org": "yes"}
     code, _, err = run("user", "admin", "nobody@example.org", "on")
     assert code == 1 and "no user nobody@example.org" in err
+
+
+def test_a_second_rotation_waits_for_the_switch(server: Any) -> None:
+    make_admin(server)
+    c = signed_in(server, ADMIN, PW)
+    token = page_csrf(c, "/admin/dns/example.org")
+    assert c.post("/admin/dns/example.org", data={"csrf": token, "action": "rotate"}).status_code == 200
+    kept = server.run(server.store.get_domain("example.org")).dkim_next
+    r = c.post("/admin/dns/example.org", data={"csrf": token, "action": "rotate"})  # e.g. a reload sending it again
+    assert r.status_code == 400 and "waiting already" in r.text
+    assert server.run(server.store.get_domain("example.org")).dkim_next == kept  # the published keys are kept
+    r = c.post("/admin/dns/example.org", data={"csrf": token, "action": "switch"})
+    assert r.status_code == 400 and server.run(server.store.get_domain("example.org")).dkim_next == kept
+    assert c.get("/admin/dns/no-such.example").status_code == 404
