@@ -153,3 +153,41 @@ def test_a_second_rotation_waits_for_the_switch(server: Any) -> None:
     r = c.post("/admin/dns/example.org", data={"csrf": token, "action": "switch"})
     assert r.status_code == 400 and server.run(server.store.get_domain("example.org")).dkim_next == kept
     assert c.get("/admin/dns/no-such.example").status_code == 404
+
+
+def test_status_page_shows_listeners_sessions_and_figures_from_the_registry(server: Any) -> None:
+    import imaplib
+
+    make_admin(server)
+    c = signed_in(server, ADMIN, PW)
+    imap = imaplib.IMAP4("127.0.0.1", server.port("imap"))  # one open IMAP session
+    try:
+        imap.noop()
+        page = c.get("/admin/").text
+    finally:
+        imap.logout()
+    for name in ("smtp", "imaps", "http", "https"):
+        assert f"<td>{name}</td><td>127.0.0.1:{server.port(name)}</td>" in page
+    assert "<tr><td>imap</td><td>1</td></tr>" in page  # sessions open, per protocol
+    assert "postroom_sessions_total" in page and "postroom_messages_accepted_total" in page
+    assert "1 domains, 1 users" in page and "0 messages in the outbound queue" in page
+
+
+def test_aliases_added_and_removed(server: Any) -> None:
+    make_admin(server)
+    c = signed_in(server, ADMIN, PW)
+    token = page_csrf(c, "/admin/aliases")
+    r = c.post("/admin/aliases", data={"csrf": token, "action": "add", "source": "Sales@Example.org",
+                                       "targets": "root@example.org, Someone@elsewhere.example"})
+    assert r.status_code == 200
+    assert "Alias sales@example.org -&gt; root@example.org, Someone@elsewhere.example" in r.text
+    assert {(a.source, a.target) for a in server.run(server.store.list_aliases())} == {
+        ("sales@example.org", "root@example.org"), ("sales@example.org", "Someone@elsewhere.example")}
+    r = c.post("/admin/aliases", data={"csrf": token, "action": "add", "source": "x@not-local.example",
+                                       "targets": "root@example.org"})
+    assert r.status_code == 400 and "not-local.example is not a local domain" in r.text
+    r = c.post("/admin/aliases", data={"csrf": token, "action": "remove", "source": "sales@example.org",
+                                       "target": "root@example.org", "confirm": "1"})
+    assert r.status_code == 200
+    assert [(a.source, a.target) for a in server.run(server.store.list_aliases())] == [
+        ("sales@example.org", "Someone@elsewhere.example")]
