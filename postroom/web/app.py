@@ -1,5 +1,5 @@
 """The Starlette application: operational endpoints (health, metrics), client autoconfiguration
-(autoconfig.py) and, when given, the webmail (mail.py). The same application serves the `http` and `https`
+(autoconfig.py) and, when given, the webmail (mail.py) and the web admin (admin.py). The same application serves the `http` and `https`
 listeners.
 
 Theory of operation
