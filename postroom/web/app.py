@@ -1,6 +1,6 @@
 """The Starlette application: operational endpoints (health, metrics), client autoconfiguration
-(autoconfig.py) and, when given, the webmail (mail.py) and the web admin (admin.py). The same application serves the `http` and `https`
-listeners.
+(autoconfig.py) and, when given, the webmail (mail.py) and the web admin (admin.py). The same application serves
+the `http` and `https` listeners.
 
 Theory of operation
 -------------------
