@@ -12,9 +12,10 @@ and `CertificateManager.run` (a task of `postroom serve`) obtains a real one at 
    challenge (RFC 8555 §8.3): the key authorization is put in `challenges` under its token, where the web
    listener serves it at `/.well-known/acme-challenge/TOKEN` (web/app.py), and the CA is told to check;
 3. poll until the order is valid, finalize, download the full chain; install key and chain as a pair
-   (`install_steps`, below; key 0600) and load them into the one server `SSLContext` every listener uses (`load_cert_chain` on the same object:
-   handshakes from then on get the new certificate, open sessions keep theirs). A reload (SIGHUP) makes a new
-   context from the files and hands it, with the new configuration, to the manager (`app.Postroom.reload`).
+   (`install_steps`, below; key 0600) and load them into the one server `SSLContext` every listener uses
+   (`load_cert_chain` on the same object: handshakes from then on get the new certificate, open sessions keep
+   theirs). A reload (SIGHUP) makes a new context from the files and hands it, with the new configuration, to
+   the manager (`app.Postroom.reload`).
 
 The `acme` library (certbot's, with `josepy` for JOSE) is synchronous (requests), so every call to the CA runs in
 a thread (`asyncio.to_thread`); `challenges` is a plain dict the thread writes and the loop reads.

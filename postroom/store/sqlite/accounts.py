@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -54,7 +53,8 @@ def _domain(row: Any) -> Domain:
 
 
 def _user(row: Any) -> User:
-    return User(*row[:8], admin=bool(row[8]))
+    return User(id=row[0], address=row[1], domain_id=row[2], password_hash=row[3], scram=row[4], quota_bytes=row[5],
+                created=row[6], quota_messages=row[7], admin=bool(row[8]))
 
 
 def _domain_id(conn: sqlite3.Connection, name: str) -> int:
