@@ -247,7 +247,7 @@ class Postroom:
 
             challenges = self.certificates.challenges if self.certificates is not None else None
             webmail = Webmail(store, self.services.auth, cfg, settings_for)
-            admin = Admin(webmail, cfg, self.metrics, addresses,
+            admin = Admin(webmail, lambda: self.config, self.metrics, addresses,
                           router=lambda: Router(store, self.config, on_queued=wake),
                           lookup=dns.uncached(DNS_CHECK_SECONDS))
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,

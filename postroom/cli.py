@@ -171,9 +171,18 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         name = normalize_domain(args.name)
         if await store.get_domain(name) is None:
             raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
-        keys = await adminops.make_dkim_keys(store, name)
-        print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}); publish them "
-              f"before the old records go: postroom dns {name}")
+        if args.rotate:  # adminops module doc: publish first, switch later
+            keys = await adminops.rotate_dkim(store, name)
+            print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}), not signing "
+                  f"yet: publish their records (postroom dns {name}), then: postroom domain dkim {name} --switch")
+        elif args.switch:
+            switched = await adminops.switch_dkim(store, name)
+            print(f"{name} signs with selectors {switched.dkim_selector}, {switched.dkim_ed25519_selector} now; keep "
+                  "the old records published for a few days")
+        else:
+            keys = await adminops.make_dkim_keys(store, name)
+            print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}); publish them "
+                  f"before the old records go: postroom dns {name}")
     elif args.action == "remove":
         name = normalize_domain(args.name)
         if await store.get_domain(name) is None:
@@ -780,7 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
     _yes(dr)
     dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
-    dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
+    dk = dsub.add_parser("dkim", help="DKIM keys (RSA 2048 and Ed25519) of a domain: replace now, or rotate safely "
+                                      "with --rotate (publish) then --switch")
+    dk.add_argument("name")
+    step = dk.add_mutually_exclusive_group()
+    step.add_argument("--rotate", action="store_true", help="make new keys under new selectors, kept beside the "
+                      "signing ones: publish their records (postroom dns), then --switch")
+    step.add_argument("--switch", action="store_true", help="sign with the keys --rotate made (publish them first)")
 
     st = sub.add_parser("setup", help="set up a mail server for DOMAIN on this machine: configuration, domain, "
                                       "first user, DKIM keys, systemd unit, and the DNS records to publish",

@@ -73,20 +73,22 @@ class Held:
 
 
 class Admin:
-    """The admin routes over the webmail's store and sessions (module doc). `addresses` is the live
+    """The admin routes over the webmail's store and sessions (module doc). `config()` gives the server's current
+    settings; `addresses` is the live
     `{listener: (host, port)}` of the server; `router()` makes the router that distributes approved posts;
     `lookup` is the server's resolver for the DNS page (None: the page shows records without checking)."""
 
-    def __init__(self, webmail: Webmail, config: Config, metrics: Metrics, addresses: Mapping[str, tuple[str, int]],
-                 router: Callable[[], Any], lookup: adminops.Lookup | None = None) -> None:
+    def __init__(self, webmail: Webmail, config: Callable[[], Config], metrics: Metrics,
+                 addresses: Mapping[str, tuple[str, int]], router: Callable[[], Any],
+                 lookup: adminops.Lookup | None = None) -> None:
         self.webmail = webmail
         self.store = webmail.store
-        self.config = config
+        self._config = config
         self.metrics = metrics
         self.addresses = addresses
         self.router = router
         self.lookup = lookup
-        self.held = HeldPosts(config.data_path / "held")
+        self.held = HeldPosts(config().data_path / "held")  # the data folder needs a restart to change
 
     def routes(self) -> list[BaseRoute]:
         """The routes to add to the web app (all under /admin/)."""
@@ -109,6 +111,11 @@ class Admin:
         ]
 
     # ---- plumbing --------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        """The server's settings now (a reload's host name and MTA-STS mode show at the next page)."""
+        return self._config()
+
     @staticmethod
     def _hidden() -> Response:
         """What an unknown URL gets from Starlette (invariant 1)."""

@@ -191,3 +191,35 @@ def test_aliases_added_and_removed(server: Any) -> None:
     assert r.status_code == 200
     assert [(a.source, a.target) for a in server.run(server.store.list_aliases())] == [
         ("sales@example.org", "Someone@elsewhere.example")]
+
+
+def test_dkim_rotation_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same rotation as the DNS page (adminops): new keys shown by `postroom dns`, signing only after
+    --switch."""
+    conf = tmp_path / "postroom.toml"
+    conf.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\nhostname = "mail.example.org"\n')
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--config", str(conf), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("domain", "add", "example.org")[0] == 0
+    before = run("dns", "example.org")[1]
+    old = re.search(r"^(pr\w+r)\._domainkey", before, re.M)
+    assert old is not None
+    code, out, _ = run("domain", "dkim", "example.org", "--rotate")
+    assert code == 0 and "not signing yet" in out
+    new = re.search(r"selectors (pr\w+r),", out)
+    assert new is not None and new.group(1) != old.group(1)
+    shown = run("dns", "example.org")[1]
+    assert f"{old.group(1)}._domainkey" in shown and f"{new.group(1)}._domainkey" in shown
+    assert "rotation under way" in shown
+    code, _, err = run("domain", "dkim", "example.org", "--rotate")
+    assert code == 1 and "waiting already" in err
+    code, out, _ = run("domain", "dkim", "example.org", "--switch")
+    assert code == 0 and f"signs with selectors {new.group(1)}" in out
+    after = run("dns", "example.org")[1]
+    assert f"{new.group(1)}._domainkey" in after and f"{old.group(1)}._domainkey" not in after
+    code, _, err = run("domain", "dkim", "example.org", "--switch")
+    assert code == 1 and "no new DKIM keys waiting" in err
