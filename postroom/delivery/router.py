@@ -825,6 +825,21 @@ class Router:
         log.info("list post held list=%s token=%s from=%s", ml.address, token[:8], mail_from)
         return Accepted(local, len(remote), ids, 1)
 
+    async def moderate(self, token: str, approve: bool) -> Accepted | None:
+        """Approve (distribute) or reject the held post `token`, as its owner's mail to `list+approve-TOKEN` /
+        `list+reject-TOKEN` would (the web admin's moderation queue); None when no such post is held (handled
+        already: lists.py invariant 2) or its list is gone."""
+        post = await self.held.get(token)
+        if post is None:
+            return None
+        ml = await self.store.get_list(post.list_address)
+        if ml is None:
+            return None
+        result = await self._act(ListAction(ml, "approve" if approve else "reject", token))
+        if result.queue_ids and self.on_queued is not None:
+            self.on_queued()
+        return result
+
     async def _act(self, act: ListAction) -> Accepted:
         post = await self.held.get(act.token)
         if post is None or post.list_address != act.ml.address:

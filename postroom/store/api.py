@@ -242,6 +242,9 @@ class Domain:
     dkim_ed25519_selector: str = ""  # RFC 8463: a second signature with its own selector
     dkim_ed25519_key: str = ""  # Ed25519, PKCS#8 PEM; "" if none
     quota_bytes: int = 0  # octets all the domain's users may hold together; 0: no domain quota
+    # DKIM keys of a rotation under way (published first, switched to by `Store.switch_dkim`): JSON of
+    # {"selector", "private_key", "ed25519_selector", "ed25519_key"}; "" when none
+    dkim_next: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ class User:
     quota_bytes: int  # octets of messages (sum of RFC822.SIZE) the user may hold; 0: no quota
     created: float
     quota_messages: int = 0  # messages the user may hold; 0: no limit
+    admin: bool = False  # may use the web admin pages (web/admin.py)
 
 
 @dataclass(frozen=True)
@@ -665,6 +669,15 @@ class Store(Protocol):
                        ed25519_key_pem: str = "") -> None:
         """Replace the domain's DKIM keys (all four values; "" clears one)."""
 
+    async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
+                            ed25519_key_pem: str) -> None:
+        """Keep new DKIM keys beside the ones in use (`Domain.dkim_next`), not signing yet; replaces keys kept
+        before. NotFound for an unknown domain."""
+
+    async def switch_dkim(self, name: str) -> bool:
+        """In one transaction, make the kept keys (`set_dkim_next`) the ones in use and clear them: True; False
+        (nothing changed) when none were kept. NotFound for an unknown domain."""
+
     # ---- users
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         """The domain must exist (NotFound otherwise). Creates SPECIAL_USE_DEFAULTS mailboxes, subscribed."""
@@ -676,6 +689,9 @@ class Store(Protocol):
     async def list_users(self, domain: str | None = None) -> list[User]: ...
 
     async def set_password(self, address: str, password_hash: str, scram: str = "") -> None: ...
+
+    async def set_admin(self, address: str, admin: bool) -> None:
+        """Give or take the user's admin flag (`User.admin`). NotFound for an unknown user."""
 
     async def remove_user(self, address: str) -> None:
         """Removes the user, their mailboxes and messages (blobs lose a reference)."""

@@ -73,7 +73,7 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render
+from postroom.web import autoconfig, profile, render
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
 
@@ -180,13 +180,18 @@ def content_disposition(name: str) -> str:
 class Webmail:
     """The webmail's routes over `store`, signing in through `auth` (the server's one `Authenticator`)."""
 
-    def __init__(self, store: Store, auth: Authenticator, config: Config) -> None:
+    def __init__(self, store: Store, auth: Authenticator, config: Config,
+                 settings_for: autoconfig.SettingsFor | None = None) -> None:
+        """`settings_for(domain)`: the client settings autoconfig.py gives (None: not hosted); without it the
+        Apple configuration profile is not offered."""
         self.store = store
         self.auth = auth
         self.config = config
+        self.settings_for = settings_for
         self.sessions = Sessions(store, config.web)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
+        self.env.globals["apple_profile"] = settings_for is not None
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the root of the web app."""
@@ -203,6 +208,7 @@ class Webmail:
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
+            Route("/mail/apple.mobileconfig", self.apple_profile, methods=["GET"]),
             Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -612,6 +618,29 @@ class Webmail:
             return got
         return Response(got[0], media_type="text/plain; charset=utf-8",
                         headers={"Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
+
+
+    # ---- account set-up
+    async def apple_profile(self, request: Request) -> Response:
+        """GET /mail/apple.mobileconfig: the signed-in user's Apple configuration profile (profile.py), signed
+        with the server's TLS key when it can be; 404 without client settings for the user's domain."""
+        signed = await self._signed(request)
+        if signed is None:
+            return RedirectResponse("/mail/", status_code=303)
+        address = await self._user_address(signed.user_id)
+        settings = await self.settings_for(address.rpartition("@")[2]) if self.settings_for and address else None
+        if settings is None:
+            return self._error(404, "No client settings are offered for your domain here.", signed)
+        try:
+            body = profile.profile_plist(settings, address)
+        except ValueError as exc:
+            return self._error(404, f"No profile can be made: {exc}.", signed)
+        signed_body = await asyncio.to_thread(profile.sign, body, self.config.cert_path, self.config.key_path)
+        log.info("web profile user=%s signed=%s peer=%s", _safe(address), "yes" if signed_body else "no",
+                 _peer(request))
+        return Response(signed_body or body, media_type=profile.MEDIA_TYPE,
+                        headers={"Content-Disposition": content_disposition(profile.file_name(address)),
+                                 "Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
 
 
 def _parse_metas(stored: dict[str, bytes | None]) -> dict[str, MessageMeta]:

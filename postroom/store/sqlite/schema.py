@@ -82,6 +82,10 @@ BODYSTRUCTURE and BODY of a body (invariant 24), so FETCH of those items over a 
 per message instead of decoding each body's metadata (a JSON document that carries the search text too). Rows are
 written with the metadata from then on; bodies stored before get theirs from the first FETCH that needs them
 (`Store.write_structures`), so the step writes none and upgrades in no time.
+20 (issue 13, web admin) adds `users.admin` (0 or 1): whether the user may use the web admin pages
+(web/admin.py), and `domains.dkim_next`: DKIM keys made by a rotation and waiting to be published before the
+switch (JSON of the four key columns' values; "" when no rotation is under way). Existing users get 0 (an
+upgrade makes nobody an admin) and existing domains "".
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -165,7 +169,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -562,9 +566,16 @@ def _v19(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v20(conn: sqlite3.Connection) -> None:
+    """The admin flag of users and the DKIM keys waiting for a switch (module doc, step 20). Self-contained: two
+    added columns, which no other step touches."""
+    conn.execute("ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE domains ADD COLUMN dkim_next TEXT NOT NULL DEFAULT ''")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20,
 }
 
 
