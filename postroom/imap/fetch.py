@@ -54,7 +54,7 @@ import bisect
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from postroom import metapool as pool
 from postroom.mime.cte import UnknownCTE
@@ -110,6 +110,18 @@ class MetaCache:
             return None
         self._d.move_to_end(key)
         return hit[0]
+
+    def split(self, blob_ids: Iterable[str]) -> tuple[dict[str, MessageMeta], list[str]]:
+        """(the cached metadata of `blob_ids` by id, the ids not cached, in order)."""
+        found: dict[str, MessageMeta] = {}
+        missing: list[str] = []
+        for blob_id in blob_ids:
+            meta = self.get(blob_id)
+            if meta is None:
+                missing.append(blob_id)
+            else:
+                found[blob_id] = meta
+        return found, missing
 
     def put(self, key: str, meta: MessageMeta) -> None:
         w = self.weight(meta)
@@ -201,14 +213,7 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     """The metadata of `infos`, with one store call (`read_metas`) for what is not cached. Metadata that is
     missing or of an older format (`meta.FORMAT_VERSION`) is computed from the body, one body in memory at a
     time, and written back in one store call per batch. A message expunged meanwhile is left out."""
-    out: dict[str, MessageMeta] = {}
-    missing: list[str] = []
-    for m in infos:
-        meta = META_CACHE.get(m.blob_id)
-        if meta is None:
-            missing.append(m.blob_id)
-        else:
-            out[m.blob_id] = meta
+    out, missing = META_CACHE.split(m.blob_id for m in infos)
     if not missing:
         return out
     fresh: dict[str, bytes] = {}
@@ -239,14 +244,8 @@ async def prefetch_structure(s: Session, infos: Sequence[MessageInfo]) -> dict[s
     rows (`Store.read_structures`, one call), else the metadata (`prefetch_meta`), whose structure is then kept
     for the next FETCH (`Store.write_structures`: bodies stored before the rows existed). A message expunged
     meanwhile is left out."""
-    out: dict[str, ImapStructure | MessageMeta] = {}
-    wanted: list[str] = []
-    for m in infos:
-        meta = META_CACHE.get(m.blob_id)
-        if meta is None:
-            wanted.append(m.blob_id)
-        else:
-            out[m.blob_id] = meta
+    cached, wanted = META_CACHE.split(m.blob_id for m in infos)
+    out: dict[str, ImapStructure | MessageMeta] = dict(cached)
     if not wanted:
         return out
     out.update(await s.store.read_structures(wanted))

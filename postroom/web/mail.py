@@ -279,14 +279,7 @@ class Webmail:
 
     async def _metas(self, infos: list[MessageInfo]) -> dict[str, MessageMeta]:
         """Metadata of the listed messages: cached (shared with IMAP), stored, or computed and stored back."""
-        out: dict[str, MessageMeta] = {}
-        missing = []
-        for m in infos:
-            hit = META_CACHE.get(m.blob_id)
-            if hit is None:
-                missing.append(m.blob_id)
-            else:
-                out[m.blob_id] = hit
+        out, missing = META_CACHE.split(m.blob_id for m in infos)
         fresh: dict[str, bytes] = {}
         stored = await self.store.read_metas(missing) if missing else {}
         parsed = await asyncio.to_thread(_parse_metas, stored)  # ~50 JSON documents of up to ~300 KB: off the loop
