@@ -275,7 +275,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
     names = [att.name for att in atts]
     fast = all(n in _FLAG_ITEMS for n in names)
     for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
-        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last)
+        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last, flags_only=fast)
         found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at

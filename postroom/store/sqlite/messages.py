@@ -417,8 +417,20 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
-    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                           flags_only: bool = False) -> MessageColumns:
         top = uid_max if uid_max is not None else 2**63 - 1
+
+        def narrow(conn: sqlite3.Connection) -> MessageColumns:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+                " ORDER BY uid", (mailbox_id, uid_min, top)).fetchall()
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, kws = zip(*rows)
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, (), (), (), keywords, ())
 
         def q(conn: sqlite3.Connection) -> MessageColumns:
             load_mailbox(conn, mailbox_id)
@@ -433,7 +445,7 @@ class MessagesMixin(Base):
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
-        return await self._engine.read(q)
+        return await self._engine.read(narrow if flags_only else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
