@@ -86,6 +86,10 @@ written with the metadata from then on; bodies stored before get theirs from the
 (web/admin.py), and `domains.dkim_next`: DKIM keys made by a rotation and waiting to be published before the
 switch (JSON of the four key columns' values; "" when no rotation is under way). Existing users get 0 (an
 upgrade makes nobody an admin) and existing domains "".
+21 (issue 17) adds `blobs_crlf`, an index of `blobs` on (id, crlf_size): POP3's login reads the octet count of
+every message of the maildrop (RFC 1939 §11), and each `blobs` row carries the body's metadata, so a lookup by
+primary key walked pages of metadata for one number (5,000 messages: ~70 ms of CPU per login; through the
+index, ~6 ms). Building it reads each `blobs` row once.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -169,7 +173,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 20
+SCHEMA_VERSION = 21
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -573,9 +577,14 @@ def _v20(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE domains ADD COLUMN dkim_next TEXT NOT NULL DEFAULT ''")
 
 
+def _v21(conn: sqlite3.Connection) -> None:
+    """The narrow index of body octet counts POP3 reads (module doc, step 21)."""
+    conn.execute("CREATE INDEX blobs_crlf ON blobs(id, crlf_size)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21,
 }
 
 
