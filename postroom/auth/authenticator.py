@@ -18,6 +18,9 @@ Guessing is made slow for the guesser, never impossible for the owner (like Dove
                     the refusal, but never past `max_lockout_seconds` after it began.
 
 Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
+With `shared` (the worker processes of `server.workers` > 1 share one store), the two records a login is judged
+by (the address's and the pair's) are read again from the store before it is judged and before a failure is
+counted, so a failure counted in one worker counts in every other: the store is the authority, memory a copy.
 Addresses in `auth.trusted_networks` are never delayed or refused: their failures are logged, not counted.
 
 A correct password is remembered for `auth.cache_ttl` seconds (`cache.AuthCache`, like Dovecot's auth_cache):
@@ -165,8 +168,9 @@ class Authenticator:
 
     def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.time, *,
                  secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared: bool = False) -> None:
         self.store = store
+        self.shared = shared  # other processes count failures in the same store: read them before judging
         self.config = config
         self._clock = clock
         self._sleep = sleep
@@ -241,10 +245,26 @@ class Authenticator:
                     self._records[(rec.address, rec.username)] = rec
                 self._loaded = True
 
+    async def _refresh(self, ip: str, username: str) -> None:
+        """`shared`: replace the address's and the pair's records in memory with the store's (module doc)."""
+        if not self.shared or self.trusted(ip):
+            return
+        address = address_key(ip)
+        keys = [(address, "")] + ([(address, _name_key(username))] if username.strip() else [])
+        found = {(r.address, r.username): r for r in await self.store.read_auth_failures(keys, self._clock())}
+        for key in keys:
+            rec = found.get(key)
+            if rec is None:
+                self._records.pop(key, None)
+            else:
+                self._records[key] = rec
+
     async def throttle(self, ip: str, username: str = "") -> None:
         """Wait the address's delay (see `delay`); only this coroutine waits. A wait is logged as `throttled`
-        with `username` (the name the client gave, for the log only)."""
+        with `username` (the name the client gave, for the log only). With `shared`, the address's and the
+        pair's records are read from the store first, so `locked_out` afterwards answers for every worker."""
         await self._load()
+        await self._refresh(ip, username)
         wait = self.delay(ip)
         if wait > 0:
             rec = self._record(address_key(ip), "", self._clock())
@@ -269,6 +289,7 @@ class Authenticator:
             self._log("failed", ip, username, trusted="yes")
             return
         await self._load()
+        await self._refresh(ip, username)
         cfg, now = self.config, self._clock()
         address, window = address_key(ip), cfg.lockout_seconds
         changed: list[AuthFailures] = []
