@@ -221,7 +221,8 @@ class Postroom:
                 worker.on_wake(self.queue.wake)
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None)
-        self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp), dns)
+        door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
+        self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)
         self.handlers = self._make_handlers(self.services)
         await self.net.start()
         self.addresses.update(self.net.addresses)

@@ -35,8 +35,10 @@ What must be one across workers is one (the same list as across nodes, issue 16 
 * ACME challenges: files in the data folder (`ChallengeFiles`), so whichever worker the CA reaches answers;
   a certificate worker 0 obtained reaches the others by a reload (worker 0 sends SIGHUP to the parent);
 * IMAP IDLE and NOTIFY: each worker's change feed (store/sqlite/feed.py) reads what the others committed.
-What stays per worker: the SMTP door's counters (smtp/door.py: pregreet passes, rates, greylisting, send limits)
-and the POP-before-SMTP window, each in the worker's memory (docs/ARCHITECTURE.md says so).
+* the SMTP door's counters (smtp/door.py: rates, pregreet passes, greylisting, send limits): one shared map
+  (net/sharedmap.py) made by the parent.
+What stays per worker: the POP-before-SMTP window (`Authenticator.note_login`), in the worker's memory
+(docs/ARCHITECTURE.md says so).
 
 Signals: the parent blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP and takes them one at a time with
 `sigtimedwait`. SIGHUP is sent on to every worker (each reloads: app.py "Reload"); SIGTERM or SIGINT to every
@@ -73,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postroom.net.counts import SharedCounts
+from postroom.net.sharedmap import SharedMap
 
 log = logging.getLogger("postroom.workers")
 
@@ -80,6 +83,7 @@ BACKOFF_FIRST = 1.0  # seconds before restarting a worker that died young
 BACKOFF_MAX = 60.0
 YOUNG_SECONDS = 30.0  # a worker that lived shorter than this died "young": the next restart waits longer
 STOP_MARGIN = 15.0  # after the grace period, how long the parent waits for workers before SIGKILL
+DOOR_ENTRIES = 1 << 19  # the SMTP door's shared tables: 20 MiB of address space, touched as keys arrive
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
@@ -104,6 +108,7 @@ class Worker:
     count: int
     sockets: dict[str, list[socket.socket]]
     counts: SharedCounts
+    door: SharedMap  # the SMTP door's tables (smtp/door.py)
     metrics_dir: Path
     challenges_dir: Path
     parent: int
@@ -218,6 +223,7 @@ class Supervisor:
     def prepare(self) -> None:
         """The shared pieces, made before any fork: counts, pipes, the metrics and challenge folders."""
         self.counts = SharedCounts(self.count, self.slots_per_worker, self.data_dir / "connections.lock")
+        self.door = SharedMap(DOOR_ENTRIES, self.data_dir / "door.lock")
         self.metrics_dir = self.data_dir / "metrics"
         shutil.rmtree(self.metrics_dir, ignore_errors=True)  # the counts of a previous run are not this run's
         self.metrics_dir.mkdir(mode=0o700)
@@ -237,7 +243,7 @@ class Supervisor:
             try:
                 _become_worker(parent)
                 self.counts.bind(slot)
-                status = self.main(Worker(slot, self.count, self.sockets, self.counts, self.metrics_dir,
+                status = self.main(Worker(slot, self.count, self.sockets, self.counts, self.door, self.metrics_dir,
                                           self.challenges_dir, parent, self._wake_r, self._wake_w, self._ready_w))
             except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code in the child
                 logging.getLogger("postroom").exception("worker %d failed", slot)

@@ -243,11 +243,11 @@ def test_login_failures_count_across_workers(served: Served) -> None:
         if len(conns) == 2 and all(len(v) >= 3 for v in conns.values()):
             break
     assert len(conns) == 2, "every IMAP connection landed on one worker"
-    for pid, imaps in conns.items():
+    for imaps in conns.values():
         for imap in imaps[:2]:
             with pytest.raises(imaplib.IMAP4.error):
                 imap.login(ADDR, "wrong")
-    for pid, imaps in conns.items():  # locked in both workers: the right password is refused too
+    for imaps in conns.values():  # locked in both workers: the right password is refused too
         with pytest.raises(imaplib.IMAP4.error):
             imaps[2].login(ADDR, PW)
     assert "login result=locked" in served.log.read_text()
@@ -337,3 +337,23 @@ def test_kill9_of_a_worker_restarts_it_and_loses_no_acknowledged_message(served:
         assert subjects.count(f"number {i}") == 1, i
     assert "worker exited slot=" in served.log.read_text() and f"pid={victim} status=killed by SIGKILL" in \
         served.log.read_text()
+
+
+@pytest.mark.parametrize("conf_extra", ["[smtp]\nscreen_exempt = []\ngreet_delay_seconds = 0\n"
+                                        "client_connection_rate = 4\n"])
+def test_smtp_door_rate_counts_every_worker(served: Served) -> None:
+    """smtp.client_connection_rate is the server's: 4 connections a minute from 127.0.0.1 whichever worker
+    takes them, then `421 4.7.0` (smtp/door.py); workers counting alone would admit up to 8."""
+    pids = []
+    for _ in range(4):
+        client = smtplib.SMTP("127.0.0.1", served.ports["smtp"], timeout=30)
+        pids.append(served.worker_of(client.sock, "smtp"))
+        client.quit()
+    refused = 0
+    for _ in range(4):
+        try:
+            smtplib.SMTP("127.0.0.1", served.ports["smtp"], timeout=30).quit()
+        except smtplib.SMTPConnectError as exc:
+            assert exc.smtp_code == 421
+            refused += 1
+    assert refused == 4, pids
