@@ -220,7 +220,8 @@ class Postroom:
             if worker is not None:
                 worker.on_wake(self.queue.wake)
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
-        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None)
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None,
+                             logins=worker.door if worker is not None else None)
         door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
         self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)
         self.handlers = self._make_handlers(self.services)

@@ -35,10 +35,8 @@ What must be one across workers is one (the same list as across nodes, issue 16 
 * ACME challenges: files in the data folder (`ChallengeFiles`), so whichever worker the CA reaches answers;
   a certificate worker 0 obtained reaches the others by a reload (worker 0 sends SIGHUP to the parent);
 * IMAP IDLE and NOTIFY: each worker's change feed (store/sqlite/feed.py) reads what the others committed.
-* the SMTP door's counters (smtp/door.py: rates, pregreet passes, greylisting, send limits): one shared map
-  (net/sharedmap.py) made by the parent.
-What stays per worker: the POP-before-SMTP window (`Authenticator.note_login`), in the worker's memory
-(docs/ARCHITECTURE.md says so).
+* the SMTP door's counters (smtp/door.py: rates, pregreet passes, greylisting, send limits) and the
+  POP-before-SMTP login times (`Authenticator.note_login`): one shared map (net/sharedmap.py) made by the parent.
 
 Signals: the parent blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP and takes them one at a time with
 `sigtimedwait`. SIGHUP is sent on to every worker (each reloads: app.py "Reload"); SIGTERM or SIGINT to every

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from ..config import AuthConfig
 from ..metrics import Metrics
 from ..net.listener import logfmt
+from ..net.sharedmap import SharedMap
 from ..store import names
 from ..store.api import AuthFailures, Store, StoreError, User
 from .cache import AuthCache
@@ -168,9 +169,10 @@ class Authenticator:
 
     def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.time, *,
                  secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 metrics: Metrics | None = None, shared: bool = False) -> None:
+                 metrics: Metrics | None = None, shared: bool = False, logins: SharedMap | None = None) -> None:
         self.store = store
         self.shared = shared  # other processes count failures in the same store: read them before judging
+        self.logins = logins  # the POP-before-SMTP times of every worker process (net/sharedmap.py), or None
         self.config = config
         self._clock = clock
         self._sleep = sleep
@@ -345,13 +347,24 @@ class Authenticator:
 
     # ---- POP-before-SMTP (the seeds): a successful POP3/IMAP login lets that IP relay for a while
     def note_login(self, ip: str) -> None:
-        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this)."""
+        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this); in `logins` when
+        given, so that every worker process knows of it."""
+        if self.logins is not None:
+            now = self._clock()
+            with self.logins.locked():
+                self.logins.put(SharedMap.key("login", ip), now, 0.0, now)
+            return
         self._logins[ip] = self._clock()
         if len(self._logins) > 100_000:
             for stale in list(self._logins)[:10_000]:
                 del self._logins[stale]
 
     def logged_in_recently(self, ip: str, seconds: float) -> bool:
+        """Whether `ip` logged in to a mailbox within `seconds` (POP-before-SMTP)."""
+        if self.logins is not None:
+            with self.logins.locked():
+                found = self.logins.get(SharedMap.key("login", ip))
+            return found is not None and self._clock() - found[0] <= seconds
         when = self._logins.get(ip)
         return when is not None and self._clock() - when <= seconds
 

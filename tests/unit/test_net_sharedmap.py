@@ -93,3 +93,18 @@ def test_greylist_triplet_seen_by_one_process_passes_in_the_other(tmp_path: Path
 
     assert in_child(child)
     assert door.greylist.check("192.0.2.7", "bob@example.net", "ann@example.org", 1500.0) == 0.0  # passed
+
+
+def test_pop_before_smtp_login_in_one_process_opens_the_window_in_the_other(tmp_path: Path) -> None:
+    from postroom.auth.authenticator import Authenticator
+    from postroom.config import AuthConfig
+
+    table = SharedMap(4096, tmp_path / "lock")
+    clock = [5000.0]
+    auth = Authenticator(None, AuthConfig(), clock=lambda: clock[0], logins=table)  # type: ignore[arg-type]
+    assert not auth.logged_in_recently("192.0.2.7", 600)
+    assert in_child(lambda: Authenticator(None, AuthConfig(), clock=lambda: 5000.0,  # type: ignore[arg-type]
+                                          logins=table).note_login("192.0.2.7") is None)
+    assert auth.logged_in_recently("192.0.2.7", 600) and not auth.logged_in_recently("192.0.2.8", 600)
+    clock[0] += 601
+    assert not auth.logged_in_recently("192.0.2.7", 600)
