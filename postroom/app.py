@@ -635,7 +635,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
         demo_password, user = asyncio.run(_prepare_store(cfg, demo))
         supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
-                                cfg.server.shutdown_grace_seconds)
+                                cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())
         supervisor.prepare()
         if not supervisor.start():
             return 1

@@ -214,6 +214,7 @@ class Supervisor:
     data_dir: Path
     main: Callable[[Worker], int]
     grace: float
+    lock_fd: int = -1  # the parent's PID lock: closed in each worker, so the lock dies with the parent alone
     slots_per_worker: int = 4096
     slots: list[_Slot] = field(default_factory=list)
     stopping: bool = False
@@ -240,6 +241,8 @@ class Supervisor:
             status = 1
             try:
                 _become_worker(parent)
+                if self.lock_fd >= 0:
+                    os.close(self.lock_fd)  # the flock stays the parent's (its own descriptor holds it)
                 self.counts.bind(slot)
                 status = self.main(Worker(slot, self.count, self.sockets, self.counts, self.door, self.metrics_dir,
                                           self.challenges_dir, parent, self._wake_r, self._wake_w, self._ready_w))
