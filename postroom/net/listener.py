@@ -8,6 +8,9 @@ admitted connection gets one task that (for implicit TLS, RFC 8314 §3) performs
 spec's handler, then closes the socket and writes the session log line. A refused connection never reaches a
 handler: it gets the spec's one-line `refuse` text (over TLS for implicit-TLS listeners) and is closed.
 
+A worker process (workers.py) gets its listening sockets from its parent (`sockets`): `bind()` makes an asyncio
+server on each instead of binding its own.
+
 Binding and accepting are two steps: `bind()` binds every socket without listening (a connection attempt is
 refused by the kernel meanwhile), `start()` listens and accepts. `app.py` binds while it may still be root and
 accepts once it has dropped privileges and opened the store. `reconfigure()` swaps the TLS context and limits
@@ -29,7 +32,9 @@ a built-in field is dropped.
 
 Invariants
 1. A handler is called only for an admitted connection; admission and the counters change synchronously in
-   the event loop, so the limits cannot be overshot by a burst of connections.
+   the event loop, so the limits cannot be overshot by a burst of connections. With `shared` (the worker
+   processes of `server.workers`) the limits are checked against, and counted in, every worker's counts in one
+   locked step (net/counts.py), so a burst spread over the workers cannot overshoot them either.
 2. Whatever a handler does (raise, hang, never read), it affects only its own connection: exceptions stop at
    the session task, and the socket is closed in all cases.
 3. Exactly one session log line per admitted or refused connection, with no payload (no passwords, no
