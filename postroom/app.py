@@ -82,7 +82,7 @@ from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
 from .web.mail import Webmail
 from .web.server import HttpServer, bind_http, serve_http
-from .workers import ChallengeFiles, Supervisor, Worker, worker_count
+from .workers import ChallengeFiles, Supervisor, Worker, bind_per_worker, worker_count
 
 log = logging.getLogger("postroom")
 
@@ -615,15 +615,14 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
     cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = ServerLock(cfg.data_path)
     lock.acquire()  # invariant 3: the parent's, for as long as it runs
-    sockets: dict[str, list[socket.socket]] = {}
+    sockets: list[dict[str, list[socket.socket]]] = []
     try:
         account = switch_needed(cfg.server.user)
         if account is None and os.geteuid() == 0:
             log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
                         "useradd --system postroom) to have the server drop to it after binding its ports")
         load_tls(cfg)  # generated once, here, when missing: every worker loads the same files
-        for name, (host, port) in cfg.listeners.enabled().items():
-            sockets[name] = bind_http(host, port, name=name)  # bound, not listening (invariant 1)
+        sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound, not listening (invariant 1)
         if account is not None:
             lock.chown(account.uid, account.gid)
             changed = own_data_dir(cfg.data_path, account, deep=True)
@@ -640,8 +639,8 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         if not supervisor.start():
             return 1
         shown = Postroom(cfg)
-        for name in sorted(sockets, key=lambda n: n in ("http", "https")):  # mail listeners first, as in one process
-            host, port = sockets[name][0].getsockname()[:2]
+        for name in sorted(sockets[0], key=lambda n: n in ("http", "https")):  # mail listeners first, as before
+            host, port = sockets[0][name][0].getsockname()[:2]
             shown.addresses[name] = (str(host), int(port))
         print(banner(shown, demo_password, user, workers=count), flush=True)
         log.info("started workers=%d pids=%s", count, ",".join(str(s.pid) for s in supervisor.slots))
@@ -649,7 +648,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         log.info("stopped")
         return 0
     finally:
-        for sock in (s for socks in sockets.values() for s in socks):
+        for sock in (s for slot in sockets for socks in slot.values() for s in socks):
             sock.close()
         lock.release()
 

@@ -19,10 +19,17 @@ parent and N workers:
     fork N workers; banner once all are ready
     then: wait for signals and deaths
 
-The workers accept from the same listening sockets (inherited over fork): one accept queue per listener that
-the kernel hands to whichever worker accepts first, which balances by who is free. (SO_REUSEPORT would give
-each worker its own queue, balanced by a hash of the client's address and port whatever the worker's load,
-and a dying worker would drop the connections waiting in its queue; one shared queue has neither problem.)
+Each worker accepts from listening sockets of its own: the parent binds, for every listener address, one
+socket per worker slot with SO_REUSEPORT, and the kernel spreads new connections over the sockets of a group by
+a hash of the client's address and port. Measured first the other way, one socket (one accept queue) shared
+by every worker: the worker that woke first took whole bursts (asyncio accepts up to its backlog per wake-up;
+with one per wake-up still, on this loaded 2-core machine): all 20 sessions of smtp-source landed in one worker,
+the other idle. With SO_REUSEPORT the split is the kernel's, at SYN time, whoever is scheduled. The parent keeps
+every slot's sockets open, so connections that reach a dead worker's socket wait in its queue for the
+replacement (started at once after a long life). Before binding a group the parent binds the address once
+without SO_REUSEPORT, so a port in use by another program (or another Postroom) is refused as in one process,
+never shared; the sockets are the parent's (root's, before the privilege drop): a process of another user
+cannot join their group.
 
 What must be one across workers is one (the same list as across nodes, issue 16 item 3):
 * the outbound queue: its scheduler runs in worker 0 only; another worker that queues mail writes one byte on
@@ -96,10 +103,47 @@ def worker_count(setting: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def bind_per_worker(listeners: dict[str, tuple[str, int]], count: int) -> list[dict[str, list[socket.socket]]]:
+    """For each of `count` worker slots, its own bound (not listening) sockets for every listener (name ->
+    (host, port); host "" is every address: one socket per address family, as in one process, except with
+    port 0), one SO_REUSEPORT group per address (module doc). Raises OSError naming the listener."""
+    slots: list[dict[str, list[socket.socket]]] = [{} for _ in range(count)]
+    try:
+        for name, (host, port) in listeners.items():
+            try:
+                infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+                if host or port == 0:
+                    infos = infos[:1]
+                for family, _, proto, _, addr in infos:
+                    with socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP) as probe:
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds
+                        if family == socket.AF_INET6:
+                            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        probe.bind(addr)  # in use by anyone: refused here, not joined (module doc)
+                        addr = probe.getsockname()  # port 0: the port the kernel chose, for the whole group
+                    for slot in slots:
+                        sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
+                        slot.setdefault(name, []).append(sock)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                        if family == socket.AF_INET6:
+                            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        sock.bind(addr)
+                        sock.setblocking(False)
+            except OSError as exc:
+                raise OSError(exc.errno, f"listener {name}: cannot listen on {host}:{port}: "
+                                         f"{exc.strerror or exc}") from exc
+    except BaseException:
+        for sock in (s for slot in slots for socks in slot.values() for s in socks):
+            sock.close()
+        raise
+    return slots
+
+
 @dataclass
 class Worker:
     """What a worker process gets from its parent (module doc): its `slot` (0-based; slot 0 runs the
-    singletons), the listening sockets by listener name, the shared connection counts, the metrics folder,
+    singletons), its own listening sockets by listener name, the shared connection counts, the metrics folder,
     and the pipes to wake the queue (`wake_queue`/`on_wake`) and to say it is accepting (`ready`)."""
 
     slot: int
@@ -206,11 +250,12 @@ class _Slot:
 
 @dataclass
 class Supervisor:
-    """The parent of the workers (module doc). `sockets`: every listener's bound sockets; `main(worker)` runs
-    a worker to its end and returns its exit status (app.py); `grace`: `server.shutdown_grace_seconds`."""
+    """The parent of the workers (module doc). `sockets`: each slot's bound sockets by listener
+    (`bind_per_worker`); `main(worker)` runs a worker to its end and returns its exit status (app.py); `grace`:
+    `server.shutdown_grace_seconds`."""
 
     count: int
-    sockets: dict[str, list[socket.socket]]
+    sockets: list[dict[str, list[socket.socket]]]
     data_dir: Path
     main: Callable[[Worker], int]
     grace: float
@@ -243,9 +288,14 @@ class Supervisor:
                 _become_worker(parent)
                 if self.lock_fd >= 0:
                     os.close(self.lock_fd)  # the flock stays the parent's (its own descriptor holds it)
+                for other, socks in enumerate(self.sockets):  # the other slots' sockets are not this one's
+                    if other != slot:
+                        for sock in (s for group in socks.values() for s in group):
+                            sock.close()
                 self.counts.bind(slot)
-                status = self.main(Worker(slot, self.count, self.sockets, self.counts, self.door, self.metrics_dir,
-                                          self.challenges_dir, parent, self._wake_r, self._wake_w, self._ready_w))
+                status = self.main(Worker(slot, self.count, self.sockets[slot], self.counts, self.door,
+                                          self.metrics_dir, self.challenges_dir, parent, self._wake_r, self._wake_w,
+                                          self._ready_w))
             except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code in the child
                 logging.getLogger("postroom").exception("worker %d failed", slot)
             finally:
