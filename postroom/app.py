@@ -622,7 +622,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
             log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
                         "useradd --system postroom) to have the server drop to it after binding its ports")
         load_tls(cfg)  # generated once, here, when missing: every worker loads the same files
-        sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound, not listening (invariant 1)
+        sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound; listening only once the store is ready
         if account is not None:
             lock.chown(account.uid, account.gid)
             changed = own_data_dir(cfg.data_path, account, deep=True)

@@ -24,7 +24,9 @@ socket per worker slot with SO_REUSEPORT, and the kernel spreads new connections
 a hash of the client's address and port. Measured first the other way, one socket (one accept queue) shared
 by every worker: the worker that woke first took whole bursts (asyncio accepts up to its backlog per wake-up;
 with one per wake-up still, on this loaded 2-core machine): all 20 sessions of smtp-source landed in one worker,
-the other idle. With SO_REUSEPORT the split is the kernel's, at SYN time, whoever is scheduled. The parent keeps
+the other idle. With SO_REUSEPORT the split is the kernel's, at SYN time, whoever is scheduled. Every socket
+listens from just before the fork (a socket joins its group when it listens: one that waited for its worker
+would miss the first burst), so connections made while the workers start wait in their queues. The parent keeps
 every slot's sockets open, so connections that reach a dead worker's socket wait in its queue for the
 replacement (started at once after a long life). Before binding a group the parent binds the address once
 without SO_REUSEPORT, so a port in use by another program (or another Postroom) is refused as in one process,
@@ -88,6 +90,7 @@ BACKOFF_FIRST = 1.0  # seconds before restarting a worker that died young
 BACKOFF_MAX = 60.0
 YOUNG_SECONDS = 30.0  # a worker that lived shorter than this died "young": the next restart waits longer
 STOP_MARGIN = 15.0  # after the grace period, how long the parent waits for workers before SIGKILL
+LISTEN_BACKLOG = 512  # as NetServer's
 DOOR_ENTRIES = 1 << 19  # the SMTP door's shared tables: 20 MiB of address space, touched as keys arrive
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
@@ -311,6 +314,11 @@ class Supervisor:
         if threading.active_count() > 1:  # invariant 1
             raise RuntimeError(f"cannot fork workers: {threading.active_count() - 1} other thread(s) running")
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        for sock in (s for slot in self.sockets for group in slot.values() for s in group):
+            # Every slot's socket joins its SO_REUSEPORT group now, before any worker runs: a socket only
+            # listening once its worker started would miss the connections of the first seconds (measured:
+            # smtp-source's 20 sessions all in the worker that listened first). They wait in their queues.
+            sock.listen(LISTEN_BACKLOG)
         for slot in range(self.count):
             self._spawn(slot)
         ready: set[int] = set()
