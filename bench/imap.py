@@ -381,6 +381,11 @@ def main() -> int:
         ops_one = sum(len(v) for v in results[one][1].values()) / results[one][0]
         print(f"| **operations/s, {one}** | {ops_one:,.0f} | | {ops_one / ops_b:.2f}x (/ Dovecot); "
               f"Postroom / {one}: {ops_a / ops_one:.2f}x |")
+        n_a = sum(len(v) for v in results[pr][1].values())
+        n_one = sum(len(v) for v in results[one][1].values())
+        print(f"| **server CPU ms per operation** | {cpu[pr] / n_a * 1000:.2f} ({pr}) | "
+              f"{cpu[dv] / sum(len(v) for v in results[dv][1].values()) * 1000:.2f} | "
+              f"{cpu[one] / n_one * 1000:.2f} ({one}) |")
     if args.idle:
         ma, mb = results[pr][2], results[dv][2]
         print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "

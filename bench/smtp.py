@@ -325,7 +325,7 @@ def main() -> int:
     elif not args.no_postfix:
         progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     results: dict[tuple[str, int], float] = {}
-    postroom_cpu: dict[int, float] = {}
+    postroom_cpu: dict[tuple[str, int], float] = {}
     try:
         for cls in servers:
             for n in sessions:
@@ -344,7 +344,7 @@ def main() -> int:
                     server.wait_delivered(args.count)
                     elapsed = time.monotonic() - start
                     if isinstance(server, Postroom):
-                        postroom_cpu[n] = server.cpu() - cpu0
+                        postroom_cpu[(server.name, n)] = server.cpu() - cpu0
                 finally:
                     server.stop()
                 results[(server.name, n)] = args.count / elapsed
@@ -366,8 +366,12 @@ def main() -> int:
         if checks:
             ratios.append(f"{results[(PostroomChecks.name, n)] / results[('Postroom', n)]:.2f}x")
         print(f"| {n} | " + " | ".join(row + ratios) + " |")
-    print("\nPostroom's server CPU seconds (user + system, its workers included) per run: "
-          + ", ".join(f"{n} sessions {postroom_cpu[n]:.1f} s" for n in sessions if n in postroom_cpu))
+    for name in names:
+        if any((name, n) in postroom_cpu for n in sessions):
+            print(f"\n{name}: server CPU seconds (user + system, all its processes) per run: "
+                  + ", ".join(f"{n} sessions {postroom_cpu[(name, n)]:.1f} s ("
+                              f"{postroom_cpu[(name, n)] / args.count * 1000:.2f} ms/message)"
+                              for n in sessions if (name, n) in postroom_cpu))
     return 0
 
 
