@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from outbound_support import SmtpPeer
+from test_address_case import PeerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -73,9 +75,10 @@ class Served:
     def write_conf(self, extra: str = "") -> None:
         self.conf.write_text(
             f'[server]\ndata_dir = "{self.data}"\nshutdown_grace_seconds = 2\n'
-            '[listeners]\nsmtp = "127.0.0.1:0"\nsubmission = ""\nsubmissions = ""\nimap = "127.0.0.1:0"\n'
-            'imaps = ""\npop3 = "127.0.0.1:0"\npop3s = ""\nhttp = "127.0.0.1:0"\nhttps = ""\n'
-            '[delivery]\nenabled = false\n[inbound]\nspf = false\ndkim = false\ndmarc = false\n'
+            '[listeners]\nsmtp = "127.0.0.1:0"\nsubmission = "127.0.0.1:0"\nsubmissions = ""\n'
+            'imap = "127.0.0.1:0"\nimaps = ""\npop3 = "127.0.0.1:0"\npop3s = ""\nhttp = "127.0.0.1:0"\nhttps = ""\n'
+            + ("" if "[delivery]" in extra else '[delivery]\nenabled = false\n')
+            + '[inbound]\nspf = false\ndkim = false\ndmarc = false\n'
             '[auth]\nallow_plaintext = true\n' + extra)  # `extra` may go on with [auth] keys
 
     def workers(self) -> list[int]:
@@ -357,3 +360,46 @@ def test_smtp_door_rate_counts_every_worker(served: Served) -> None:
             assert exc.smtp_code == 421
             refused += 1
     assert refused == 4, pids
+
+
+@pytest.fixture
+def peer() -> Iterator[SmtpPeer]:
+    p = PeerThread(SmtpPeer())
+    yield p.peer
+    p.stop()
+
+
+@pytest.fixture
+def conf_extra(peer: SmtpPeer) -> str:
+    # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
+    return (f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
+            f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
+
+
+def test_queue_runs_once_and_is_woken_from_either_worker(served: Served, peer: SmtpPeer) -> None:
+    """The scheduler runs in worker 0 only (workers.py invariant 2): mail submitted through worker 0, then
+    through the other worker (which wakes worker 0 over the wake pipe: the poll is hourly), leaves at once and
+    reaches the next hop exactly once."""
+    slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
+    sent = 0
+    for in_slot0 in (True, False):
+        done = 0
+        for _ in range(200):
+            client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
+            if (served.worker_of(client.sock, "submission") == slot0) == in_slot0:
+                client.login(ADDR, PW)
+                client.sendmail(ADDR, ["far@remote.test"],
+                                message(1000 + sent).replace(b"bob@example.net", ADDR.encode(), 1))
+                sent += 1
+                done += 1
+            client.quit()
+            if done == 3:
+                break
+        assert done == 3
+        deadline = time.monotonic() + 20
+        while len(peer.delivered) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(peer.delivered) == sent, (in_slot0, len(peer.delivered))
+    time.sleep(1.0)  # a second scheduler would deliver again in this time
+    subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
+    assert subjects == sorted(f"number {1000 + i}" for i in range(6))
