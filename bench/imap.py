@@ -22,7 +22,8 @@ Each command's latency is recorded by kind; the table gives operations per secon
 (LOGIN, SELECT, IDLE) and the server's resident memory (all its processes: Dovecot runs one `imap` process per
 session) is compared before and after: bytes per idle session.
 
-Each server gets one untimed warm-up session first (Dovecot builds its index, both fill the page cache).
+Each server gets four untimed warm-up sessions first, at once (Dovecot builds its index, both fill the page
+cache, every Postroom worker process warms its caches).
 Progress goes to stderr, the table to stdout.
 
 --churn measures login churn instead: phones that poll. Each session is a new connection doing
@@ -251,7 +252,9 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str,
                session: Callable[..., Awaitable[None]] = one_session,
                ops: tuple[str, ...] = OPS) -> tuple[float, dict[str, list[float]]]:
     lat: dict[str, list[float]] = {op: [] for op in ops}
-    await session(port, count, random.Random(0), {op: [] for op in ops})  # warm-up
+    # Warm-up, untimed: four sessions at once, so that every worker process of Postroom (connections are
+    # spread by the kernel) and Dovecot's index start warm.
+    await asyncio.gather(*(session(port, count, random.Random(i), {op: [] for op in ops}) for i in range(4)))
     done = 0
     total = clients * sessions
 
