@@ -370,16 +370,21 @@ def peer() -> Iterator[SmtpPeer]:
 
 
 @pytest.fixture
-def conf_extra(peer: SmtpPeer) -> str:
+def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
     # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
-    return (f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
-            f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
+    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
+                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def test_queue_runs_once_and_is_woken_from_either_worker(served: Served, peer: SmtpPeer) -> None:
+def test_queue_runs_once_and_is_woken_from_either_worker(queued: Served, peer: SmtpPeer) -> None:
     """The scheduler runs in worker 0 only (workers.py invariant 2): mail submitted through worker 0, then
     through the other worker (which wakes worker 0 over the wake pipe: the poll is hourly), leaves at once and
     reaches the next hop exactly once."""
+    served = queued
     slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
     sent = 0
     for in_slot0 in (True, False):
