@@ -408,3 +408,39 @@ def test_queue_runs_once_and_is_woken_from_either_worker(queued: Served, peer: S
     time.sleep(1.0)  # a second scheduler would deliver again in this time
     subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
     assert subjects == sorted(f"number {1000 + i}" for i in range(6))
+
+
+def test_recent_is_claimed_once_across_workers(served: Served) -> None:
+    """RFC 3501 §2.3.2: \\Recent is set for one session only; two sessions selecting the mailbox at once in
+    two workers see the new message as recent in one of them, not both (the claim is one store transaction)."""
+    client = smtplib.SMTP("127.0.0.1", served.ports["smtp"], timeout=30)
+    client.sendmail("bob@example.net", [ADDR], message(7))
+    client.quit()
+    sessions: dict[int, socket.socket] = {}
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", served.ports["imap"]), timeout=10)
+        sock.recv(4096)  # the greeting: accepted
+        pid = served.worker_of(sock, "imap")
+        if pid in sessions:
+            sock.close()
+        else:
+            sessions[pid] = sock
+        if len(sessions) == 2:
+            break
+    assert len(sessions) == 2, "every IMAP connection landed on one worker"
+    files = {pid: sock.makefile("rb") for pid, sock in sessions.items()}
+    for sock in sessions.values():
+        sock.sendall(f'a LOGIN "{ADDR}" "{PW}"\r\n'.encode())
+    for f in files.values():
+        while not f.readline().startswith(b"a OK"):
+            pass
+    for sock in sessions.values():  # both at once
+        sock.sendall(b"b SELECT INBOX\r\n")
+    recent = []
+    for f in files.values():
+        while not (line := f.readline()).startswith(b"b OK"):
+            if line.endswith(b" RECENT\r\n"):
+                recent.append(int(line.split()[1]))
+    assert sorted(recent) == [0, 1]
+    for sock in sessions.values():
+        sock.close()
