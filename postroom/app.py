@@ -7,6 +7,12 @@ Stop order is the reverse: stop accepting, let sessions finish up to `server.shu
 HTTP, close the store (which finishes pending writes), release the lock. SIGTERM and SIGINT both start a
 graceful stop.
 
+With `server.workers` > 1 (`run_workers`, workers.py) this process is the parent: it takes the lock, makes the
+certificate, binds one socket per worker for every listener, drops privileges, makes the server secret and
+opens the store once (its schema steps), then forks the workers. Each runs `Postroom.start(worker=...)`: the
+same steps from the certificate on, minus the lock, the binding and the privilege drop (done), on its own
+inherited sockets; only worker 0 runs the queue scheduler, expunged-UID retention, the index backlog and ACME.
+
 Reload
 ------
 SIGHUP, or `postroom reload` (which signals the PID in the data folder's lock file), runs `Postroom.reload`:
