@@ -1,7 +1,7 @@
 """SMTP messages/s accepted and durable: Postroom beside aiosmtpd (fsync per message) and Postfix (Maildir).
 
     .venv/bin/python bench/smtp.py [--count N] [--size BYTES] [--sessions 1,10,50] [--dir PATH] [--no-postfix]
-                                   [--checks]
+                                   [--checks] [--one-worker]
 
 Each server listens on 127.0.0.1 on a free high port; each is driven with N messages of about --size bytes
 (default 10,000 x 4 KB) from 1, 10 and 50 parallel sessions that reuse their connection:
@@ -131,12 +131,13 @@ def drive_builtin(port: int, count: int, sessions: int, size: int) -> float:
 
 class Postroom:
     name = "Postroom"
+    workers: int | None = None  # server.workers: the default (one per CPU), or POSTROOM_WORKERS
 
     def __init__(self, work: Path) -> None:
         # The inbound checks (SPF/DKIM/DMARC) would ask the system's DNS: off, as in the runs before they existed.
         self.server = PrivatePostroom(work / "postroom", "smtp", "[limits]\nconnections_per_ip = 200\n"
                                       "[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n",
-                                      log_level="warning")
+                                      log_level="warning", workers=self.workers)
 
     def start(self) -> int:
         self.server.create(user=USER, password="bench-password")
@@ -151,6 +152,13 @@ class Postroom:
 
     def stop(self) -> None:
         self.server.stop(60)
+
+
+class PostroomOne(Postroom):
+    """Postroom as one process (`server.workers = 1`), beside the default of one worker per CPU (--one-worker)."""
+
+    name = "Postroom 1 worker"
+    workers = 1
 
 
 class PostroomChecks(Postroom):
@@ -295,6 +303,8 @@ def main() -> int:
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--checks", action="store_true", help="add Postroom with every inbound check on")
+    ap.add_argument("--one-worker", action="store_true",
+                    help="add Postroom as one process (server.workers = 1) beside the default (one per CPU)")
     args = ap.parse_args()
     sessions = [int(s) for s in args.sessions.split(",")]
     Path(args.dir).mkdir(parents=True, exist_ok=True)
@@ -303,6 +313,8 @@ def main() -> int:
     use_source = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") is not None
     drive = drive_smtp_source if use_source else drive_builtin
     servers: list[type] = [Postroom, PostroomChecks] if args.checks else [Postroom]
+    if args.one_worker:
+        servers.insert(1, PostroomOne)
     try:
         import aiosmtpd  # noqa: F401
         servers.append(Aiosmtpd)
@@ -313,7 +325,7 @@ def main() -> int:
     elif not args.no_postfix:
         progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     results: dict[tuple[str, int], float] = {}
-    postroom_cpu: dict[int, float] = {}
+    postroom_cpu: dict[tuple[str, int], float] = {}
     try:
         for cls in servers:
             for n in sessions:
@@ -332,7 +344,7 @@ def main() -> int:
                     server.wait_delivered(args.count)
                     elapsed = time.monotonic() - start
                     if isinstance(server, Postroom):
-                        postroom_cpu[n] = server.cpu() - cpu0
+                        postroom_cpu[(server.name, n)] = server.cpu() - cpu0
                 finally:
                     server.stop()
                 results[(server.name, n)] = args.count / elapsed
@@ -354,8 +366,12 @@ def main() -> int:
         if checks:
             ratios.append(f"{results[(PostroomChecks.name, n)] / results[('Postroom', n)]:.2f}x")
         print(f"| {n} | " + " | ".join(row + ratios) + " |")
-    print("\nPostroom's server CPU seconds (user + system, its workers included) per run: "
-          + ", ".join(f"{n} sessions {postroom_cpu[n]:.1f} s" for n in sessions if n in postroom_cpu))
+    for name in names:
+        if any((name, n) in postroom_cpu for n in sessions):
+            print(f"\n{name}: server CPU seconds (user + system, all its processes) per run: "
+                  + ", ".join(f"{n} sessions {postroom_cpu[(name, n)]:.1f} s ("
+                              f"{postroom_cpu[(name, n)] / args.count * 1000:.2f} ms/message)"
+                              for n in sessions if (name, n) in postroom_cpu))
     return 0
 
 

@@ -59,7 +59,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,9 +199,10 @@ class CertificateManager:
         self.cfg = cfg
         self.context = context
         self.more_contexts: list[ssl.SSLContext] = []  # other listeners' contexts to load it into (https)
-        self.challenges: dict[str, str] = {}
+        self.challenges: MutableMapping[str, str] = {}  # workers.ChallengeFiles with several worker processes
         self.dir = cfg.data_path / "acme"
         self.issued = asyncio.Event()  # set after each certificate obtained (tests and `run` callers wait on it)
+        self.on_obtained: Callable[[], None] | None = None  # after each certificate: worker 0 reloads the others
 
     # ---- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -239,6 +240,8 @@ class CertificateManager:
         log.info("acme certificate obtained names=%s not_after=%s renew_at=%s", ",".join(sorted(state.names)),
                  state.not_after.isoformat(timespec="seconds"), due.isoformat(timespec="seconds") if due else "now")
         self.issued.set()
+        if self.on_obtained is not None:
+            self.on_obtained()
         return state
 
     # ---- the protocol (in a thread) ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
@@ -762,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true",
                    help="make sure the domain 'localhost' and the user demo@localhost exist; print how to connect")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the listeners (server.workers: 0 one per CPU, 1 one process)")
 
     sub.add_parser("check", help="read the configuration and certificate, report problems, print the settings")
     sub.add_parser(
@@ -1026,6 +1029,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .app import run_server
 
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+        if args.workers is not None:
+            if not 0 <= args.workers <= config_mod.MAX_WORKERS:
+                print(f"postroom: --workers must be 0 (one per CPU) to {config_mod.MAX_WORKERS}", file=sys.stderr)
+                return 2
+            cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, workers=args.workers))
         return run_server(cfg, demo=args.demo)
     handler = COMMANDS[args.command]
     require_store(args, cfg, found)

@@ -41,9 +41,11 @@ class ServerConfig:
     # refused at start when the uvloop package is not installed), or "auto" (uvloop when importable).
     event_loop: str = "asyncio"
     user: str = ""  # started as root: bind the ports, then run as this system user (process.py); "": stay
+    workers: int = 0  # worker processes (workers.py): 0 one per CPU; 1 one process, no parent
 
 
 EVENT_LOOPS = ("asyncio", "uvloop", "auto")
+MAX_WORKERS = 256
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 # Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314; `https`: RFC 2818).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
@@ -493,6 +495,8 @@ def _validate(cfg: Config, where: str) -> None:
             if not name or "." not in name or any(c.isspace() or c in "/*:" for c in name):
                 raise ConfigError(f"{where}: acme.names: {name!r} is not a public host name a CA can certify "
                                   "(set server.hostname or acme.names)")
+    if not 0 <= cfg.server.workers <= MAX_WORKERS:
+        raise ConfigError(f"{where}: server.workers must be 0 (one per CPU) to {MAX_WORKERS}, not {cfg.server.workers}")
     if cfg.server.event_loop not in EVENT_LOOPS:
         raise ConfigError(f"{where}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
                           f"not {cfg.server.event_loop!r}")
@@ -699,6 +703,7 @@ data_dir = "./postroom-data"      # SQLite database, message files, TLS certific
 shutdown_grace_seconds = 10       # SIGTERM: how long sessions may finish before they are cut
 user = ""                         # started as root: bind the ports, then run as this system user
 event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)
+workers = 0                       # worker processes sharing the ports: 0 one per CPU, 1 a single process
 
 [listeners]                        # "host:port"; "" disables a listener
 smtp = "127.0.0.1:2525"            # MX: inbound from the world

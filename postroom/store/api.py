@@ -1144,6 +1144,10 @@ class Store(Protocol):
         """The records with `expires` > now, at most `limit` of them (those that expire last). Records expired
         or beyond the limit are deleted, so the table never holds more than the caller keeps in memory."""
 
+    async def read_auth_failures(self, keys: Sequence[tuple[str, str]], now: float) -> list[AuthFailures]:
+        """The records of the (address, username) `keys` whose `expires` > now (fewer when some have none): what
+        another process using the same store has counted (`server.workers`: auth/authenticator.py)."""
+
     async def save_auth_failures(self, records: Sequence[AuthFailures], remove: Sequence[tuple[str, str]],
                                  now: float) -> None:
         """Insert or replace `records` (keyed by address and username), delete the (address, username) keys in
