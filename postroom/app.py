@@ -244,7 +244,7 @@ class Postroom:
                 return mtasts.policy_text(live.mta_sts.mode, live.server.hostname, live.mta_sts.max_age_days * 86400)
 
             challenges = self.certificates.challenges if self.certificates is not None else None
-            webmail = Webmail(store, self.services.auth, cfg)
+            webmail = Webmail(store, self.services.auth, cfg, door=self.services.door, on_queued=wake)
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
                              mta_sts_policy=mta_sts_policy)
             for name, socks in list(self._web_socks.items()):

@@ -45,6 +45,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
 from postroom.imap.fetch import META_CACHE
 from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
+from postroom.smtp.door import Door
 from postroom.store.api import (
     AlreadyExists,
     Flag,
@@ -74,6 +76,7 @@ from postroom.store.api import (
     StoreMode,
 )
 from postroom.web import render
+from postroom.web.compose import Compose
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
 
@@ -180,13 +183,17 @@ def content_disposition(name: str) -> str:
 class Webmail:
     """The webmail's routes over `store`, signing in through `auth` (the server's one `Authenticator`)."""
 
-    def __init__(self, store: Store, auth: Authenticator, config: Config) -> None:
+    def __init__(self, store: Store, auth: Authenticator, config: Config, door: Door | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        """`door` (the SMTP send limits) and `on_queued` (wakes the outbound queue) are the writing pages'
+        (compose.py)."""
         self.store = store
         self.auth = auth
         self.config = config
         self.sessions = Sessions(store, config.web)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
+        self.compose = Compose(self, door, on_queued)
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the root of the web app."""
@@ -203,6 +210,7 @@ class Webmail:
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
+            *self.compose.routes(),
             Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 

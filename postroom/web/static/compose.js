@@ -1,0 +1,81 @@
+// The compose page's enhancements (compose.py): the draft saved while you type, and completion of addresses
+// from your correspondents. Without script the form works the same, with "Save draft" and plain inputs.
+"use strict";
+(function () {
+  const form = document.getElementById("compose-form");
+  if (!form) return;
+  const status = document.getElementById("compose-status");
+  const seconds = Number(form.dataset.autosave) || 0;
+  let changed = false;
+  let saving = false;
+  let sending = false;
+
+  function say(text) { if (status) status.textContent = text; }
+
+  function keptList(attachments) {
+    const box = document.getElementById("c-kept");
+    if (!box) return;
+    box.querySelectorAll("label").forEach((l) => l.remove());
+    for (const a of attachments) {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "checkbox"; input.name = "keep"; input.value = a.section; input.checked = true;
+      const size = document.createElement("span");
+      size.className = "meta"; size.textContent = " (" + a.size + ")";
+      label.append(input, " " + a.name, size);
+      box.append(label);
+    }
+    box.hidden = attachments.length === 0;
+  }
+
+  async function autosave() {
+    if (!changed || saving || sending) return;
+    saving = true; changed = false;
+    const data = new FormData(form);
+    data.set("action", "save");
+    data.set("autosave", "1");
+    try {
+      const r = await fetch(form.action, { method: "POST", body: data, credentials: "same-origin" });
+      const answer = await r.json();
+      if (!r.ok) { say("Draft not saved: " + (answer.error || r.status)); changed = true; return; }
+      form.elements.namedItem("draft").value = String(answer.draft);
+      form.elements.namedItem("source").value = answer.source;
+      form.elements.namedItem("attach_message").value = "";
+      keptList(answer.attachments);
+      const files = document.getElementById("c-files");
+      if (files) files.value = "";  // they are in the draft now, listed above
+      say("Draft saved at " + new Date().toLocaleTimeString());
+    } catch (e) {
+      say("Draft not saved (no connection?)"); changed = true;
+    } finally {
+      saving = false;
+    }
+  }
+
+  form.addEventListener("input", () => { changed = true; });
+  form.addEventListener("submit", () => { sending = true; });
+  if (seconds > 0) setInterval(autosave, seconds * 1000);
+
+  // Completion: the datalist offers "what you typed before the last comma, " + a known address.
+  const list = document.getElementById("c-people");
+  let timer = 0;
+  async function suggest(input) {
+    const text = input.value;
+    const cut = text.lastIndexOf(",");
+    const before = cut >= 0 ? text.slice(0, cut + 1) + " " : "";
+    const word = text.slice(cut + 1).trim();
+    if (word.length < 1) { list.replaceChildren(); return; }
+    try {
+      const r = await fetch("/mail/compose/correspondents?q=" + encodeURIComponent(word),
+                            { credentials: "same-origin" });
+      if (!r.ok) return;
+      const found = await r.json();
+      list.replaceChildren(...found.map((a) => { const o = document.createElement("option"); o.value = before + a; return o; }));
+    } catch (e) { /* completion is a convenience */ }
+  }
+  for (const id of ["c-to", "c-cc", "c-bcc"]) {
+    const input = document.getElementById(id);
+    if (!input || !list) continue;
+    input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => suggest(input), 150); });
+  }
+})();
