@@ -37,7 +37,7 @@ def _split_quote(line: str) -> tuple[int, str]:
     while depth < len(line) and line[depth] == ">":
         depth += 1
     rest = line[depth:]
-    return depth, rest[1:] if rest.startswith(" ") else rest
+    return depth, rest[1:] if depth and rest.startswith(" ") else rest
 
 
 def _needs_stuffing(text: str) -> bool:

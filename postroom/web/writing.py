@@ -334,7 +334,7 @@ def write_message(out: BinaryIO, draft: Draft, head: bytes) -> int:
         marker = b"--" + boundary.encode()
         if not any(marker in v for v in verbatim):
             break
-    put(head + f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode())
+    put(head + f'Content-Type: multipart/mixed;\r\n boundary="{boundary}"\r\n\r\n'.encode())  # folded: < 78
     put(b"This is a message in MIME format.\r\n")
     put(b"\r\n" + marker + b"\r\n" + text)
     for a in draft.attachments:
