@@ -50,6 +50,7 @@ import nh3
 from postroom.mime import flowed
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.compose import rfc5322_date
+from postroom.mime.text import charset_decode
 
 POLICY = email.policy.SMTP
 CHUNK = 57 * 1024  # bytes of an attachment read at a time: a multiple of 57, so base64 lines are whole (76 chars)
@@ -198,12 +199,11 @@ def _body_text(msg: EmailMessage) -> str:
     if part is None or not isinstance(part, EmailMessage):
         return ""
     try:
-        text = part.get_content()
-    except (LookupError, ValueError, AssertionError, KeyError):
         payload = part.get_payload(decode=True)
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    if not isinstance(text, str):
+    except Exception:  # a transfer encoding the parser cannot undo: nothing to quote
         return ""
+    # every charset Python knows; none or an unknown one: UTF-8, else Windows-1252 (mime/text.py)
+    text = charset_decode(payload, part.get_content_charset()) if isinstance(payload, bytes) else ""
     if part.get_content_subtype() == "html":
         # nh3 with no tags keeps the text (script and style content dropped), entities as entities
         text = html.unescape(nh3.clean(re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h\d>", "\n", text), tags=set()))

@@ -35,7 +35,8 @@
     data.set("action", "save");
     data.set("autosave", "1");
     try {
-      const r = await fetch(form.action, { method: "POST", body: data, credentials: "same-origin" });
+      // getAttribute: form.action would be the buttons named "action"
+      const r = await fetch(form.getAttribute("action"), { method: "POST", body: data, credentials: "same-origin" });
       const answer = await r.json();
       if (!r.ok) { say("Draft not saved: " + (answer.error || r.status)); changed = true; return; }
       form.elements.namedItem("draft").value = String(answer.draft);
