@@ -75,7 +75,16 @@ from postroom.delivery.router import Envelope, Rcpt, RouteError, Router
 from postroom.mime.compose import make_message_id, rfc5322_date
 from postroom.mime.meta import FLAG_MULTIPART
 from postroom.smtp.door import Door
-from postroom.store.api import AlreadyExists, Flag, Mailbox, MessageInfo, NotFound, StoreError, StoreMode
+from postroom.store.api import (
+    AlreadyExists,
+    Flag,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    OverQuota,
+    StoreError,
+    StoreMode,
+)
 from postroom.web import render, writing
 from postroom.web.server import _safe
 from postroom.web.sessions import Signed, csrf_ok
@@ -504,7 +513,10 @@ class Compose:
                 raise _Refusal(400 if exc.code >= 500 else 503, "router",
                                f"The message was not sent: {exc.text}.") from None
             sent = await self._special(signed.user_id, "\\Sent", "Sent")
-            await self._keep_copy(sent, path, size, Flag.SEEN)
+            try:
+                await self._keep_copy(sent, path, size, Flag.SEEN)
+            except StoreError as exc:  # sent already (durable, router invariant 1): only the copy is missing
+                log.warning("web send sent-copy=failed reason=%s user=%s", type(exc).__name__, _safe(user))
         finally:
             path.unlink(missing_ok=True)
         await self._mark_original(signed, context)
@@ -581,7 +593,11 @@ class Compose:
         path, size = await self._write(draft, head)
         try:
             drafts = await self._special(signed.user_id, "\\Drafts", "Drafts")
-            uid = await self._keep_copy(drafts, path, size, Flag.DRAFT | Flag.SEEN)
+            try:
+                uid = await self._keep_copy(drafts, path, size, Flag.DRAFT | Flag.SEEN)
+            except OverQuota:
+                raise _Refusal(507, "over-quota", "Your mailbox is full: the draft was not saved. Delete some "
+                                                  "mail (or send the message) and try again.") from None
         finally:
             path.unlink(missing_ok=True)
         if context["draft_uid"] != str(uid):
