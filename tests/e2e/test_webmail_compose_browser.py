@@ -24,7 +24,8 @@ ALICE, BOB, PW = "alice@example.org", "bob@example.org", "compose-browser-1"
 ATTACHED = bytes(range(256)) * 40 + b"\x00\r\n\r\nend"
 ORIGINAL = (b"From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: Lunch?\r\n"
             b"Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <lunch-2@example.org>\r\n"
-            b"References: <lunch-1@example.org>\r\nIn-Reply-To: <lunch-1@example.org>\r\n\r\nNoon at the caf\xc3\xa9?\r\n")
+            b"References: <lunch-1@example.org>\r\nIn-Reply-To: <lunch-1@example.org>\r\n\r\n"
+            b"Noon at the caf\xc3\xa9?\r\n")
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,8 @@ def test_draft_saved_reopened_and_sent(server: Any, page: Any, tmp_path: Path) -
 def test_autosave_and_completion_with_script(server: Any, page: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postroom.web.compose, "AUTOSAVE_SECONDS", 1)
     alice = server.add_user(ALICE, PW)
-    deliver(server, alice, b"From: Frank Friend <frank@example.net>\r\nTo: alice@example.org\r\nSubject: hi\r\n\r\nx\r\n")
+    deliver(server, alice, b"From: Frank Friend <frank@example.net>\r\nTo: alice@example.org\r\n"
+                           b"Subject: hi\r\n\r\nx\r\n")
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -253,7 +253,8 @@ def test_draft_saved_reopened_replaced_and_sent(server: Any) -> None:
 def test_autosave_answers_json_and_completion_is_the_users_own(server: Any) -> None:
     alice = server.add_user(ALICE, PW)
     bob = server.add_user(BOB, PW)
-    deliver(server, alice, b"From: Frank Friend <frank@example.net>\r\nTo: alice@example.org\r\nSubject: a\r\n\r\nx\r\n")
+    deliver(server, alice, b"From: Frank Friend <frank@example.net>\r\nTo: alice@example.org\r\n"
+                           b"Subject: a\r\n\r\nx\r\n")
     deliver(server, bob, b"From: Secret Sam <sam@example.net>\r\nTo: bob@example.org\r\nSubject: b\r\n\r\nx\r\n")
     c = signed_in(server, ALICE, PW)
     token = page_csrf(c, "/mail/compose")
