@@ -226,3 +226,26 @@ def test_autosave_and_completion_with_script(server: Any, page: Any, monkeypatch
         (second,) = _uids(imap, "Drafts")  # the first draft was replaced, not kept beside it
         assert second != first and b"typing away, more" in _fetch(imap, "Drafts", second, "BODY.PEEK[TEXT]")
     assert errors == []  # no CSP violation, no script error
+
+
+def test_files_dropped_on_the_form_are_attached(server: Any, page: Any) -> None:
+    server.add_user(ALICE, PW)
+    server.add_user(BOB, PW)
+    _sign_in(page, server)
+    page.get_by_role("link", name="Write").click()
+    page.get_by_label("To").fill(BOB)
+    page.get_by_label("Subject").fill("Dropped")
+    # A drag from the desktop, as the browser delivers it: a drop event whose DataTransfer holds a File.
+    dropped = page.evaluate_handle("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array([0, 1, 2, 254, 255, 13, 10])], "drop.bin",
+                              {type: "application/octet-stream"}));
+        return dt; }""")
+    page.get_by_label("Message").dispatch_event("drop", {"dataTransfer": dropped})
+    page.get_by_role("status").filter(has_text="1 file to attach").wait_for()
+    assert page.get_by_label("Message").input_value() == ""  # the browser's own drop did not type the name in
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("heading", name="Sent").wait_for()
+    with _imap(server, BOB) as imap:
+        (uid,) = _uids(imap, "INBOX")
+        assert _fetch(imap, "INBOX", uid, "BINARY.PEEK[2]") == bytes([0, 1, 2, 254, 255, 13, 10])

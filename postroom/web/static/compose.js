@@ -54,6 +54,23 @@
   }
 
   form.addEventListener("input", () => { changed = true; });
+
+  // Files dropped anywhere on the form join those picked in "Attach files" (the same input, the same upload).
+  const picker = document.getElementById("c-files");
+  function carriesFiles(e) { return e.dataTransfer && Array.from(e.dataTransfer.types).includes("Files"); }
+  form.addEventListener("dragover", (e) => { if (carriesFiles(e)) { e.preventDefault(); form.classList.add("dropping"); } });
+  form.addEventListener("dragleave", () => form.classList.remove("dropping"));
+  form.addEventListener("drop", (e) => {
+    form.classList.remove("dropping");
+    if (!picker || !e.dataTransfer || e.dataTransfer.files.length === 0) return;
+    e.preventDefault();  // not the browser's own drop (opening the file, or its name typed into the text)
+    const all = new DataTransfer();
+    for (const f of picker.files) all.items.add(f);
+    for (const f of e.dataTransfer.files) all.items.add(f);
+    picker.files = all.files;
+    changed = true;
+    say(all.files.length === 1 ? "1 file to attach" : all.files.length + " files to attach");
+  });
   form.addEventListener("submit", () => { sending = true; });
   if (seconds > 0) setInterval(autosave, seconds * 1000);
 
