@@ -274,3 +274,43 @@ def test_autosave_answers_json_and_completion_is_the_users_own(server: Any) -> N
     # The compose page allows its own script and nothing inline.
     csp = c.get("/mail/compose").headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_forward_inline_keeps_attachments_and_others_messages_are_404(server: Any, caplog: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    bob = server.add_user(BOB, PW)
+    import base64
+
+    data = bytes(range(256)) * 4
+    with_file = (b"From: dana@example.net\r\nTo: alice@example.org\r\nSubject: report\r\nMIME-Version: 1.0\r\n"
+                 b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n"
+                 b"numbers attached\r\n--b1\r\nContent-Type: application/octet-stream\r\n"
+                 b"Content-Disposition: attachment; filename=data.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                 + base64.encodebytes(data).replace(b"\n", b"\r\n") + b"--b1--\r\n")
+    uid = deliver(server, alice, with_file)
+    box = mailbox_id(server, alice)
+    bob_uid = deliver(server, bob, ORIGINAL)
+    c = signed_in(server, ALICE, PW)
+    page = c.get(f"/mail/compose?mode=forward&box={box}&uid={uid}").text
+    assert 'value="Fwd: report"' in page and "---------- Forwarded message ----------" in page
+    assert "&gt; From: dana@example.net" in page and "&gt; numbers attached" in page
+    assert 'name="keep" value="2" checked' in page and "data.bin" in page
+    token = page_csrf(c, "/mail/compose")
+    r = _send(c, token, to=BOB, subject="Fwd: report", body="see", mode="forward", origin=f"{box}:{uid}",
+              source=f"{box}:{uid}", keep="2")
+    assert r.status_code == 303
+    (got,) = _messages(server, bob)[1:]
+    (part,) = list(email.message_from_bytes(got, policy=email.policy.default).iter_attachments())
+    assert part.get_filename() == "data.bin" and part.get_content() == data
+    assert "$Forwarded" in _flags(server, alice, "INBOX", uid)[1]
+    # invariant 1: bob's message can start nothing of alice's, nor be attached, kept or flagged
+    bob_box = mailbox_id(server, bob)
+    for mode in ("reply", "all", "forward", "attach"):
+        assert c.get(f"/mail/compose?mode={mode}&box={bob_box}&uid={bob_uid}").status_code == 404
+    with caplog.at_level(logging.INFO, logger="postroom.web"):
+        r = _send(c, token, to=BOB, subject="x", body="y", attach_message=f"{bob_box}:{bob_uid}")
+        assert r.status_code == 404 and "y" in r.text
+        r = _send(c, token, to=BOB, subject="x", body="y", mode="reply", origin=f"{bob_box}:{bob_uid}")
+        assert r.status_code == 303
+    assert not _flags(server, bob, "INBOX", bob_uid)[0] & Flag.ANSWERED
+    assert any("web send result=refused reason=no-original" in rec.getMessage() for rec in caplog.records)
