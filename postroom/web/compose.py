@@ -281,7 +281,8 @@ class Compose:
         parsed = await asyncio.to_thread(_draft_fields, raw)
         draft = writing.Draft(from_=parsed.get("from", ""), to=original.to, cc=original.cc,
                               bcc=parsed.get("bcc", ""), subject=original.subject, text=original.text,
-                              in_reply_to=original.in_reply_to, references=original.references)
+                              in_reply_to=original.in_reply_to, references=original.references,
+                              rich=parsed.get("rich") == "1")
         kind, _, origin = parsed.get("origin", "").partition(" ")
         info = await self.store.get_message(*_ref(ref))
         context.update(draft_uid=str(uid), source=ref,
@@ -369,7 +370,7 @@ class Compose:
             draft = writing.Draft(
                 from_=form.get("from"), to=form.get("to"), cc=form.get("cc"), bcc=form.get("bcc"),
                 subject=form.get("subject"), text=form.get("body").replace("\x00", ""),
-                in_reply_to=form.get("in_reply_to"), references=form.get("references"))
+                in_reply_to=form.get("in_reply_to"), references=form.get("references"), rich=form.get("rich") == "1")
             context: dict[str, Any] = {
                 "mode": form.get("mode") if form.get("mode") in ("reply", "forward") else "",
                 "origin": form.get("origin") if _ref(form.get("origin")) != (0, 0) else "",
@@ -660,7 +661,8 @@ class Compose:
 
 
 def _draft_fields(raw: bytes) -> dict[str, str]:
-    """From, Bcc and the draft-origin field of a stored draft (decoded)."""
+    """From, Bcc and the draft-origin field of a stored draft (decoded), and "rich" ("1" when it has an HTML
+    part: it was written in the rich-text mode)."""
     import email.parser
     import email.policy
 
@@ -673,6 +675,11 @@ def _draft_fields(raw: bytes) -> dict[str, str]:
             continue
         if value is not None:
             out[key] = " ".join(str(value).split())
+    full = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
+    try:
+        out["rich"] = "1" if full.get_body(preferencelist=("html",)) is not None else ""
+    except Exception:  # a structure the parser cannot walk: plain
+        out["rich"] = ""
     return out
 
 

@@ -12,7 +12,10 @@ as a part of a `multipart/mixed` (RFC 2046 §5.1.3): files in base64 (RFC 2045 �
 pieces, with their names in RFC 2231 parameters; a forwarded message as `message/rfc822` (RFC 2046 §5.2.1:
 no base64 there; 7bit or 8bit, its bytes exact). Bcc is written only into drafts (`with_bcc`): a sent
 message's header never carries it (RFC 5322 §3.6.3 lets the sender choose; the envelope carries those
-recipients).
+recipients). In the rich-text mode (`Draft.rich`) the text is sent as a multipart/alternative (RFC 2046 §5.1.4)
+of the flowed text and its HTML twin made by `rich_html` from a small safe subset: the text is escaped, then
+paragraphs, line breaks, `**strong**`, `*emphasis*`, "- " lists, ">" quotes and links become markup, and
+nothing else can.
 
 A reply (RFC 5322 §3.6.4): `In-Reply-To` is the parent's Message-ID, `References` the parent's References (or,
 without them, its one In-Reply-To id) followed by its Message-ID; the subject gets one "Re: " (§3.6.5: "Re: "
@@ -87,6 +90,7 @@ class Draft:
     text: str = ""
     in_reply_to: str = ""
     references: str = ""
+    rich: bool = False  # also an HTML twin of the text (`rich_html`), as multipart/alternative
     attachments: list[Attachment] = field(default_factory=list)
 
 
@@ -295,6 +299,98 @@ def text_part(text: str) -> bytes:
     return part.as_bytes(policy=POLICY)
 
 
+_LINK = re.compile(r"(?i)\b(?:https?://|mailto:)[^\s<>\"']+")
+_STRONG = re.compile(r"\*\*(?=\S)([^*]+?)(?<=\S)\*\*")
+_EM = re.compile(r"(?<![*\w])[*_](?=\S)([^*_]+?)(?<=\S)[*_](?![*\w])")
+_LIST_ITEM = re.compile(r"^\s*[-*] ")
+
+
+def _inline(text: str) -> str:
+    """One line's text as HTML: escaped; links (http, https, mailto) made `<a>`; `**strong**`, `*em*`/`_em_`."""
+    out = []
+    pos = 0
+    for m in _LINK.finditer(text):
+        url = m.group(0).rstrip(".,;:!?)]}")
+        out.append(_emphasis(html.escape(text[pos:m.start()], quote=False)))
+        out.append(f'<a href="{html.escape(url)}">{html.escape(url, quote=False)}</a>')
+        pos = m.start() + len(url)
+    out.append(_emphasis(html.escape(text[pos:], quote=False)))
+    return "".join(out)
+
+
+def _emphasis(escaped: str) -> str:
+    return _EM.sub(r"<em>\1</em>", _STRONG.sub(r"<strong>\1</strong>", escaped))
+
+
+def _blocks(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith(">"):  # a quote: its lines without one ">" (and a stuffing space), read again
+            inner = []
+            while i < len(lines) and lines[i].startswith(">"):
+                rest = lines[i][1:]
+                inner.append(rest[1:] if rest.startswith(" ") else rest)
+                i += 1
+            out.append("<blockquote>" + "".join(_blocks(inner)) + "</blockquote>")
+        elif _LIST_ITEM.match(line):
+            items = []
+            while i < len(lines) and _LIST_ITEM.match(lines[i]):
+                items.append("<li>" + _inline(_LIST_ITEM.sub("", lines[i], count=1)) + "</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        elif not line.strip():
+            i += 1
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(">") \
+                    and not _LIST_ITEM.match(lines[i]):
+                para.append(_inline(lines[i]))
+                i += 1
+            out.append("<p>" + "<br>\n".join(para) + "</p>")
+    return out
+
+
+def rich_html(text: str) -> str:
+    """The rich-text mode's HTML twin of the typed text, from a small safe subset (nothing of the text is ever
+    markup: it is escaped first): paragraphs (blank lines) and line breaks, `**strong**`, `*emphasis*`,
+    lists of lines starting "- " or "* ", quotes of lines starting ">", and http(s)/mailto links."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    body = "\n".join(_blocks(lines))
+    return f'<!doctype html>\n<html><head><meta charset="utf-8"></head><body>\n{body}\n</body></html>\n'
+
+
+def html_part(text: str) -> bytes:
+    """`rich_html(text)` as a whole text/html MIME part, 7bit when ASCII, else quoted-printable."""
+    doc = rich_html(text)
+    part = MIMEPart(policy=POLICY)
+    part.set_content(doc, subtype="html", charset="utf-8", cte="7bit" if doc.isascii() and
+                     all(len(line) <= 998 for line in doc.split("\n")) else "quoted-printable")
+    return part.as_bytes(policy=POLICY)
+
+
+def _boundary(verbatim: Sequence[bytes]) -> tuple[str, bytes]:
+    """A boundary and its delimiter line (invariant 2)."""
+    while True:
+        boundary = f"=_postroom_{uuid.uuid4().hex}"
+        marker = b"--" + boundary.encode()
+        if not any(marker in v for v in verbatim):
+            return boundary, marker
+
+
+def body_part(draft: Draft) -> bytes:
+    """The text (`text_part`), or with `draft.rich` a multipart/alternative of the text and its HTML twin (RFC 2046
+    §5.1.4: the plainest first), as a whole MIME part."""
+    text = text_part(draft.text)
+    if not draft.rich:
+        return text
+    html_bytes = html_part(draft.text)
+    boundary, marker = _boundary([text, html_bytes])
+    return (f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode()
+            + marker + b"\r\n" + text + b"\r\n" + marker + b"\r\n" + html_bytes + b"\r\n" + marker + b"--\r\n")
+
+
 def attachment_head(a: Attachment, cte: str) -> bytes:
     """The Content-* fields of an attachment part (RFC 2231 names) and the blank line."""
     part = MIMEPart(policy=POLICY)
@@ -317,7 +413,7 @@ def _rfc822_cte(data: bytes) -> str:
 def write_message(out: BinaryIO, draft: Draft, head: bytes) -> int:
     """Write the whole message (module essay) into `out`: `head` (from `header_bytes`), then the body with the
     draft's text and attachments. Returns the octets written. Runs in a worker thread (invariant 3)."""
-    text = text_part(draft.text)
+    text = body_part(draft)
     written = 0
 
     def put(data: bytes) -> None:
@@ -328,12 +424,8 @@ def write_message(out: BinaryIO, draft: Draft, head: bytes) -> int:
     if not draft.attachments:
         put(head + text)
         return written
-    verbatim = [text] + [a.source for a in draft.attachments if a.rfc822 and isinstance(a.source, bytes)]
-    while True:  # invariant 2
-        boundary = f"=_postroom_{uuid.uuid4().hex}"
-        marker = b"--" + boundary.encode()
-        if not any(marker in v for v in verbatim):
-            break
+    boundary, marker = _boundary([text] + [a.source for a in draft.attachments
+                                           if a.rfc822 and isinstance(a.source, bytes)])
     put(head + f'Content-Type: multipart/mixed;\r\n boundary="{boundary}"\r\n\r\n'.encode())  # folded: < 78
     put(b"This is a message in MIME format.\r\n")
     put(b"\r\n" + marker + b"\r\n" + text)

@@ -314,3 +314,29 @@ def test_forward_inline_keeps_attachments_and_others_messages_are_404(server: An
         assert r.status_code == 303
     assert not _flags(server, bob, "INBOX", bob_uid)[0] & Flag.ANSWERED
     assert any("web send result=refused reason=no-original" in rec.getMessage() for rec in caplog.records)
+
+
+def test_rich_text_mode_sends_an_html_twin_and_a_draft_keeps_the_mode(server: Any) -> None:
+    server.add_user(ALICE, PW)
+    bob = server.add_user(BOB, PW)
+    c = signed_in(server, ALICE, PW)
+    token = page_csrf(c, "/mail/compose")
+    r = c.post("/mail/compose", data={"csrf": token, "action": "save", "to": BOB, "subject": "rich",
+                                      "body": "**bold** <i>not markup</i>", "rich": "1"}, files={"files": ("", b"")})
+    page = c.get(r.headers["location"]).text
+    assert 'name="rich" value="1" checked' in page
+    draft = re.search(r'name="draft" value="(\d+)"', page).group(1)
+    r = _send(c, token, to=BOB, subject="rich", body="**bold** <i>not markup</i>", rich="1", draft=draft)
+    assert r.status_code == 303
+    (got,) = _messages(server, bob)
+    msg = email.message_from_bytes(got, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg.get_body(("plain",)).get_content().strip() == "**bold** <i>not markup</i>"
+    html_body = msg.get_body(("html",)).get_content()
+    assert "<strong>bold</strong> &lt;i&gt;not markup&lt;/i&gt;" in html_body
+    # read in the webmail, the HTML twin is what shows (in its sandboxed frame)
+    cb = signed_in(server, BOB, PW)
+    box = mailbox_id(server, bob)
+    uid = server.run(server.store.list_messages(box))[0].uid
+    assert "/html/2" in cb.get(f"/mail/box/{box}/{uid}").text
+    assert "<strong>bold</strong>" in cb.get(f"/mail/box/{box}/{uid}/html/2").text

@@ -168,3 +168,31 @@ def test_addresses_idna_and_names() -> None:
     assert writing.parse_addresses("Zoë <zoe@bücher.example>, b@example.org", "To") == [
         ("Zoë", "zoe@xn--bcher-kva.example"), ("", "b@example.org")]
     assert writing.parse_addresses("  ", "To") == []
+
+
+def test_rich_html_is_a_small_safe_subset() -> None:
+    doc = writing.rich_html("Hi **Bob**, *soon*: https://example.org/?a=1&b=2.\n<script>alert(1)</script> "
+                            "<b onclick=x>no</b>\n\n- one\n- two\n\n> quoted\n>> deeper\n2*3*4 snake_case")
+    assert "<p>Hi <strong>Bob</strong>, <em>soon</em>: " in doc
+    assert '<a href="https://example.org/?a=1&amp;b=2">https://example.org/?a=1&amp;b=2</a>.<br>' in doc
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;b onclick=x&gt;no&lt;/b&gt;" in doc  # text, never markup
+    assert "<ul><li>one</li><li>two</li></ul>" in doc
+    assert "<blockquote><p>quoted</p><blockquote><p>deeper</p></blockquote></blockquote>" in doc
+    assert "2*3*4 snake_case" in doc
+    assert doc.count("<") == doc.count(">")
+
+
+def test_rich_message_is_multipart_alternative_text_first() -> None:
+    raw = _build(writing.Draft(to="b@example.org", subject="r", text="**Zoë**", rich=True, attachments=[
+        writing.Attachment("a.txt", "text/plain", b"a")]))
+    assert stray(raw) is None
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/mixed"
+    alt = next(iter(msg.iter_parts()))
+    assert alt.get_content_type() == "multipart/alternative"
+    plain, rich = list(alt.iter_parts())  # RFC 2046 §5.1.4: the plainest first
+    assert plain.get_content_type() == "text/plain" and plain.get_param("format") == "flowed"
+    assert rich.get_content_type() == "text/html" and "<strong>Zoë</strong>" in rich.get_content()
+    single = email.message_from_bytes(_build(writing.Draft(to="b@example.org", text="x", rich=True)),
+                                      policy=email.policy.default)
+    assert single.get_content_type() == "multipart/alternative" and single["MIME-Version"] == "1.0"
