@@ -100,6 +100,7 @@ CORRESPONDENTS_SECONDS = 60.0
 MAX_SUGGESTIONS = 20
 MAX_TEXT_FIELD = 2 * 1024 * 1024  # octets of one text field (the body)
 MAX_FILES = 100
+MAX_IDENTITIES = 200  # aliases followed back from one user
 ORIGIN_FIELD = "X-Postroom-Draft-Origin"
 COMPOSE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -202,13 +203,22 @@ class Compose:
         user = await self.store.get_user_by_id(user_id)
         if user is None:
             return []
-        out = [user.address]
+        # Walk the alias table backwards from the user (one read of it): only sources whose chain can reach them
+        # are asked of `may_send_as`, the one rule, so the store lookups grow with the user's aliases alone.
+        sources: dict[str, list[str]] = {}
         for alias in await self.store.list_aliases():
-            source = alias.source
-            if source.startswith("@") or source in out:
-                continue
-            if await self.router.may_send_as(user.address, source):
-                out.append(source)
+            if not alias.source.startswith("@"):  # a catch-all is never an identity (router invariant 6)
+                sources.setdefault(_base(alias.target), []).append(alias.source)
+        out = [user.address]
+        todo = [_base(user.address)]
+        seen = set(todo)
+        while todo and len(seen) <= MAX_IDENTITIES:
+            for source in sources.get(todo.pop(), []):
+                if _base(source) not in seen:
+                    seen.add(_base(source))
+                    todo.append(_base(source))
+                    if await self.router.may_send_as(user.address, source):
+                        out.append(source)
         return out
 
     async def _special(self, user_id: int, use: str, name: str) -> Mailbox:
@@ -681,6 +691,12 @@ def _draft_fields(raw: bytes) -> dict[str, str]:
     except Exception:  # a structure the parser cannot walk: plain
         out["rich"] = ""
     return out
+
+
+def _base(address: str) -> str:
+    """An address without its `+detail`, lower-cased: what an alias leads to (router's lookup order)."""
+    local, _, domain = address.lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
 
 
 def _chosen_identity(original: writing.Original, own: list[str]) -> str:

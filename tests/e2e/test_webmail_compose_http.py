@@ -116,10 +116,14 @@ def test_sending_as_another_users_address_or_a_catch_all_is_refused(server: Any)
     alice = server.add_user(ALICE, PW)
     bob = server.add_user(BOB, PW)
     server.run(server.store.add_alias("team@example.org", [ALICE]))
+    server.run(server.store.add_alias("news@example.org", ["alice+news@example.org"]))  # +detail leads to her
+    server.run(server.store.add_alias("all@example.org", ["team@example.org", BOB]))  # through another alias
+    server.run(server.store.add_alias("bobs@example.org", [BOB]))
     server.run(server.store.add_alias("@example.org", [ALICE]))  # a catch-all: never an identity
     c = signed_in(server, ALICE, PW)
     page = c.get("/mail/compose").text
-    assert re.findall(r'<option value="([^"]+)"', page) == [ALICE, "team@example.org"]
+    assert sorted(re.findall(r'<option value="([^"]+)"', page)) == sorted(
+        [ALICE, "team@example.org", "news@example.org", "all@example.org"])
     token = page_csrf(c, "/mail/compose")
     for sender in (BOB, "nobody@example.org"):
         r = _send(c, token, to=BOB, subject="forged", body="kept text 123", **{"from": sender})

@@ -50,6 +50,7 @@
       say("Draft not saved (no connection?)"); changed = true;
     } finally {
       saving = false;
+      if (waiting !== null) { const button = waiting; waiting = null; form.requestSubmit(button); }
     }
   }
 
@@ -71,7 +72,13 @@
     changed = true;
     say(all.files.length === 1 ? "1 file to attach" : all.files.length + " files to attach");
   });
-  form.addEventListener("submit", () => { sending = true; });
+  // A send (or save) clicked while a save is on its way waits for it: the form then names the draft just saved,
+  // which the server replaces, so no draft is left behind.
+  let waiting = null;
+  form.addEventListener("submit", (e) => {
+    if (saving) { e.preventDefault(); waiting = e.submitter || null; return; }
+    sending = true;
+  });
   if (seconds > 0) setInterval(autosave, seconds * 1000);
 
   // Completion: the datalist offers "what you typed before the last comma, " + a known address.
