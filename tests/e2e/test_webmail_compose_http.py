@@ -344,3 +344,22 @@ def test_rich_text_mode_sends_an_html_twin_and_a_draft_keeps_the_mode(server: An
     uid = server.run(server.store.list_messages(box))[0].uid
     assert "/html/2" in cb.get(f"/mail/box/{box}/{uid}").text
     assert "<strong>bold</strong>" in cb.get(f"/mail/box/{box}/{uid}/html/2").text
+
+
+def test_malformed_requests_get_a_clear_answer_not_a_traceback(server: Any) -> None:
+    server.add_user(ALICE, PW)
+    c = signed_in(server, ALICE, PW)
+    token = page_csrf(c, "/mail/compose")
+    r = c.post("/mail/compose", data={"csrf": token, "action": "send", "to": BOB})  # urlencoded, not multipart
+    assert r.status_code == 400 and "multipart/form-data" in r.text
+    r = c.post("/mail/compose", content=b"--x\r\ngarbage", headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 400 and "could not be read" in r.text  # no boundary
+    r = c.post("/mail/compose", content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n",
+               headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 400  # a part without a name
+    too_many = [("files", (f"f{i}.txt", b"x", "text/plain")) for i in range(101)]
+    r = c.post("/mail/compose", data={"csrf": token, "action": "send", "to": BOB}, files=too_many)
+    assert r.status_code == 400 and "Too many files" in r.text
+    assert c.get("/mail/compose?mode=nonsense&box=1&uid=1").status_code == 400
+    assert c.get("/mail/compose?mode=draft&uid=12345").status_code == 404
+    assert c.get("/mail/compose?mode=reply&box=x&uid=-1").status_code == 404
