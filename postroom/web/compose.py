@@ -73,6 +73,7 @@ from starlette.routing import BaseRoute, Route
 from postroom import metapool as pool
 from postroom.delivery.router import Envelope, Rcpt, RouteError, Router
 from postroom.mime.compose import make_message_id, rfc5322_date
+from postroom.mime.cte import UnknownCTE, decode_body
 from postroom.mime.meta import FLAG_MULTIPART
 from postroom.smtp.door import Door
 from postroom.store.api import (
@@ -423,19 +424,19 @@ class Compose:
         source = context["source"]
         if source and form.keep:
             found = await self.mail._message(signed, *_ref(source))
-            if found is None:
+            meta = (await self.mail._metas([found[1]])).get(found[1].blob_id) if found is not None else None
+            if found is None or meta is None:
                 raise _Refusal(404, "no-source", "The draft or message these attachments came from is gone "
                                                  "(saved again in another window?). Open it again.")
-            try:
-                raw = await self.store.read_message(found[1].blob_id)
-            except NotFound:
-                raise _Refusal(404, "no-source", "The message these attachments came from is gone.") from None
-            meta = (await self.mail._metas([found[1]])).get(found[1].blob_id)
             for section in dict.fromkeys(form.keep):
-                row = render.find_row(meta, section) if meta is not None else None
+                row = render.find_row(meta, section)
                 if row is None or row.flags & FLAG_MULTIPART:
                     continue
-                data = await asyncio.to_thread(render.decoded, raw, meta, row)  # type: ignore[arg-type]
+                try:  # the part's octets alone, not the whole message
+                    encoded = await self.store.read_message_range(found[1].blob_id, row.body_start, row.size)
+                except NotFound:
+                    raise _Refusal(404, "no-source", "The message these attachments came from is gone.") from None
+                data = await asyncio.to_thread(_decoded, encoded, row.encoding)  # invariant 4
                 name = row.filename or f"part-{row.section}"
                 draft.attachments.append(writing.Attachment(name, row.mime_type, data,
                                                             rfc822=row.mime_type == "message/rfc822"))
@@ -691,6 +692,14 @@ def _draft_fields(raw: bytes) -> dict[str, str]:
     except Exception:  # a structure the parser cannot walk: plain
         out["rich"] = ""
     return out
+
+
+def _decoded(encoded: bytes, encoding: str) -> bytes:
+    """A part's body with its transfer encoding undone; as stored for an encoding this server does not know."""
+    try:
+        return decode_body(encoded, encoding)
+    except UnknownCTE:
+        return encoded
 
 
 def _base(address: str) -> str:
