@@ -48,12 +48,10 @@ from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from typing import BinaryIO
 
-import nh3
-
 from postroom.mime import flowed
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.compose import rfc5322_date
-from postroom.mime.text import charset_decode
+from postroom.mime.text import charset_decode, html_to_text
 
 POLICY = email.policy.SMTP
 CHUNK = 57 * 1024  # bytes of an attachment read at a time: a multiple of 57, so base64 lines are whole (76 chars)
@@ -209,8 +207,7 @@ def _body_text(msg: EmailMessage) -> str:
     # every charset Python knows; none or an unknown one: UTF-8, else Windows-1252 (mime/text.py)
     text = charset_decode(payload, part.get_content_charset()) if isinstance(payload, bytes) else ""
     if part.get_content_subtype() == "html":
-        # nh3 with no tags keeps the text (script and style content dropped), entities as entities
-        text = html.unescape(nh3.clean(re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</h\d>", "\n", text), tags=set()))
+        text = html_to_text(text)  # the search text's reader: script and style dropped, blocks as line ends
     elif str(part.get_param("format", "")).lower() == "flowed":
         text = flowed.decode(text)
     return text.replace("\r\n", "\n").strip("\n")
