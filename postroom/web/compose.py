@@ -524,8 +524,9 @@ class Compose:
             except RouteError as exc:
                 raise _Refusal(400 if exc.code >= 500 else 503, "router",
                                f"The message was not sent: {exc.text}.") from None
-            sent = await self._special(signed.user_id, "\\Sent", "Sent")
+            sent: Mailbox | None = None
             try:
+                sent = await self._special(signed.user_id, "\\Sent", "Sent")
                 await self._keep_copy(sent, path, size, Flag.SEEN)
             except StoreError as exc:  # sent already (durable, router invariant 1): only the copy is missing
                 log.warning("web send sent-copy=failed reason=%s user=%s", type(exc).__name__, _safe(user))
@@ -536,7 +537,8 @@ class Compose:
         self._correspondents.pop(signed.user_id, None)
         log.info("web send result=ok user=%s from=%s rcpts=%d size=%d local=%d queued=%d peer=%s", _safe(user),
                  _safe(sender), len(rcpts), size, accepted.local, accepted.queued, _peer(request))
-        return RedirectResponse(f"/mail/box/{sent.id}", status_code=303)  # invariant 4 of mail.py: integers
+        # mail.py invariant 4: a path built from an integer
+        return RedirectResponse(f"/mail/box/{sent.id}" if sent is not None else "/mail/", status_code=303)
 
     def _take_limits(self, user: str, recipients: int, now: float) -> None:
         """The submission send limits of smtp/door.py, counted as a submission of this message would count them

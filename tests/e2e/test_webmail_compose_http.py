@@ -363,3 +363,19 @@ def test_malformed_requests_get_a_clear_answer_not_a_traceback(server: Any) -> N
     assert c.get("/mail/compose?mode=nonsense&box=1&uid=1").status_code == 400
     assert c.get("/mail/compose?mode=draft&uid=12345").status_code == 404
     assert c.get("/mail/compose?mode=reply&box=x&uid=-1").status_code == 404
+
+
+def test_a_full_mailbox_still_sends_but_keeps_no_sent_copy_and_refuses_a_draft(server: Any, caplog: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    bob = server.add_user(BOB, PW)
+    server.run(server.store.set_user_quota(ALICE, storage=1))  # full at the first octet
+    c = signed_in(server, ALICE, PW)
+    token = page_csrf(c, "/mail/compose")
+    with caplog.at_level(logging.INFO, logger="postroom.web"):
+        r = _send(c, token, to=BOB, subject="still goes", body="x")
+    assert r.status_code == 303 and len(_messages(server, bob)) == 1  # the sending is what matters
+    assert _messages(server, alice, "Sent") == []
+    assert any("sent-copy=failed reason=OverQuota" in rec.getMessage() for rec in caplog.records)
+    r = c.post("/mail/compose", data={"csrf": token, "action": "save", "to": BOB, "subject": "d",
+                                      "body": "my draft text"}, files={"files": ("", b"")})
+    assert r.status_code == 507 and "Your mailbox is full" in r.text and "my draft text" in r.text
