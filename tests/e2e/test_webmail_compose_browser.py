@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,22 @@ def test_files_dropped_on_the_form_are_attached(server: Any, page: Any) -> None:
     with _imap(server, BOB) as imap:
         (uid,) = _uids(imap, "INBOX")
         assert _fetch(imap, "INBOX", uid, "BINARY.PEEK[2]") == bytes([0, 1, 2, 254, 255, 13, 10])
+
+
+def test_compose_on_a_phone_fits_and_screenshots(server: Any, page: Any, tmp_path: Path) -> None:
+    # Screenshots go to $POSTROOM_SCREENSHOTS when set (the README's come from there), else to the test's tmp.
+    out = Path(os.environ.get("POSTROOM_SCREENSHOTS", "") or tmp_path)
+    alice = server.add_user(ALICE, PW)
+    deliver(server, alice, ORIGINAL)
+    _sign_in(page, server)
+    page.get_by_role("link", name="Lunch?").click()
+    page.get_by_role("link", name="Reply", exact=True).click()
+    page.get_by_role("heading", name="Reply").wait_for()
+    page.screenshot(path=str(out / "compose.png"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    for label in ("From", "To", "Cc", "Bcc", "Subject", "Message", "Attach files"):
+        box = page.get_by_label(label, exact=True).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, label  # no sideways scroll
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.get_by_role("button", name="Send").scroll_into_view_if_needed()
+    page.screenshot(path=str(out / "compose-phone.png"), full_page=True)
