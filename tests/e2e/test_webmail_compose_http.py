@@ -134,6 +134,10 @@ def test_sending_as_another_users_address_or_a_catch_all_is_refused(server: Any)
     (got,) = _messages(server, bob)
     assert b"From: team@example.org\r\n" in got and b"Return-Path: <team@example.org>" in got
     assert _messages(server, alice, "Sent")
+    # A reply to mail that came to an alias is written from that alias.
+    uid = deliver(server, alice, b"From: x@example.net\r\nTo: team@example.org\r\nSubject: t\r\n\r\nhi\r\n")
+    page = c.get(f"/mail/compose?mode=reply&box={mailbox_id(server, alice)}&uid={uid}").text
+    assert re.findall(r'<option value="([^"]+)" selected>', page) == ["team@example.org"]
 
 
 def test_errors_come_back_on_the_form_with_the_text_kept(server: Any) -> None:
