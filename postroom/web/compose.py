@@ -498,12 +498,6 @@ class Compose:
         if not rcpts:
             raise _Refusal(400, "no-recipients", "Add at least one recipient in To, Cc or Bcc.")
         await self._parts(signed, draft, form, context)
-        for r in rcpts:
-            try:
-                await self.router.check_recipient(r, sender, True)  # as RCPT TO of an authenticated client
-            except RouteError as exc:
-                raise _Refusal(400 if exc.code >= 500 else 503, "recipient",
-                               f"{r}: {exc.text}. Correct or remove this address and send again.") from None
         now = time.time()
         hostname = self.config.server.hostname
         message_id = make_message_id(hostname)
@@ -511,6 +505,12 @@ class Compose:
                                     with_bcc=False)
         path, size = await self._write(draft, head)
         try:
+            for r in rcpts:
+                try:  # as RCPT TO of an authenticated client with SIZE (RFC 1870 §6.2: quotas checked too)
+                    await self.router.check_recipient(r, sender, True, size=size)
+                except RouteError as exc:
+                    raise _Refusal(400 if exc.code >= 500 else 503, "recipient",
+                                   f"{r}: {exc.text}. Correct or remove this address and send again.") from None
             self._take_limits(user, len(rcpts), now)
             try:
                 await self.router.check_header_senders(user, head)

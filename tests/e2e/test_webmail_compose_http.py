@@ -383,3 +383,8 @@ def test_a_full_mailbox_still_sends_but_keeps_no_sent_copy_and_refuses_a_draft(s
     r = c.post("/mail/compose", data={"csrf": token, "action": "save", "to": BOB, "subject": "d",
                                       "body": "my draft text"}, files={"files": ("", b"")})
     assert r.status_code == 507 and "Your mailbox is full" in r.text and "my draft text" in r.text
+    # A recipient whose mailbox cannot take the message is refused on the form, as RCPT with SIZE would be.
+    server.run(server.store.set_user_quota(BOB, storage=100))
+    r = _send(c, token, to=BOB, subject="too big for bob", body="y" * 500)
+    assert r.status_code in (400, 503) and "bob@example.org: " in r.text and "y" * 500 in r.text
+    assert len(_messages(server, bob)) == 1
