@@ -14,17 +14,18 @@ file to a temporary file (in memory up to 1 MB, then on disk); `_Uploads` counts
 keeping data past `limits.message_size` (the text fields, which the form puts first, are kept, so the page
 comes back with them and a message that says what to do); a body more than twice that is cut off (413).
 
-Sending is an authenticated submission by the signed-in user, through the same router calls in the same order
-as the submission listener (smtp/server.py): the sender must pass `Router.may_send_as` (the user's address or
-an explicit alias leading to them, never a catch-all: the From menu lists exactly those), the send limits of
-`smtp/door.py` are taken per message and per recipient, each recipient passes `Router.check_recipient`
-(relaying allowed, as for an authenticated client), the header's From passes `check_header_senders`, and
-`Router.accept` stores local copies and queues the rest (the queue DKIM-signs at sending, dkim.py invariant 3,
-and sends DSNs). The message is written (writing.py) into a file in the store's staging directory and handed
-over as `Envelope.staged` with a Received field as prefix, so neither the router nor the store holds it whole
-again. Then the same file becomes the copy in Sent (`\\Sent`, made when missing) with `\\Seen`; the original
-of a reply gets `\\Answered`, of a forward `$Forwarded` (through the store, so IMAP sessions see it); a draft
-the message was resumed from is expunged.
+Sending is an authenticated submission by the signed-in user, through the same router calls as the submission
+listener (smtp/server.py): the sender must pass `Router.may_send_as` (the user's address or an explicit alias
+leading to them, never a catch-all: the From menu lists exactly those), each recipient passes
+`Router.check_recipient` with the message's size (relaying allowed, as for an authenticated client; quotas as
+for RCPT with SIZE), the send limits of `smtp/door.py` are taken, one message and one per recipient, once the
+message is known to be sendable (so a form refused for a typo costs nothing), the header's From passes
+`check_header_senders`, and `Router.accept` stores local copies and queues the rest (the queue DKIM-signs at
+sending, dkim.py invariant 3, and sends DSNs). The message is written (writing.py) into a file in the store's
+staging directory and handed over as `Envelope.staged` with a Received field as prefix, so neither the router
+nor the store holds it whole again. Then the same file becomes the copy in Sent (`\\Sent`, made when
+missing) with `\\Seen`; the original of a reply gets `\\Answered`, of a forward `$Forwarded` (through the
+store, so IMAP sessions see it); a draft the message was resumed from is expunged.
 
 "Save draft" writes the message (with Bcc, and an `X-Postroom-Draft-Origin` field naming the message replied
 to or forwarded, so a resumed draft still flags it) into Drafts (`\\Drafts`, made when missing) with
@@ -32,7 +33,9 @@ to or forwarded, so a resumed draft still flags it) into Drafts (`\\Drafts`, mad
 lists its attachments as kept: hidden `source` (box:uid) and a `keep` checkbox per part section, read back
 from the stored message when the form is sent (the same path keeps a forwarded message's attachments). With
 script, static/compose.js saves the draft every `AUTOSAVE_SECONDS` while the text changes (the same POST with
-`autosave=1`, answered in JSON) and fills the address fields' `<datalist>` from the correspondents endpoint.
+`autosave=1`, answered in JSON), adds files dropped on the form to its file input, and fills the address
+fields' `<datalist>` from the correspondents endpoint. "Rich text" (`rich=1`) sends an HTML twin of the text as
+well (writing.py); a draft keeps the choice.
 The page's CSP (`COMPOSE_CSP`) allows script from this origin only: still no inline script.
 
 Correspondents are the addresses in the From fields of the user's last `RECENT` Inbox messages and the To/Cc
@@ -44,9 +47,10 @@ Invariants
    through the signed-in user (`Webmail._message`); anything else answers 404 and changes nothing.
 2. Nothing is sent or saved before the session, the same-origin check and the CSRF token have passed.
 3. A refused send (address, sender, limit, size, a router refusal) answers the form again with every field
-   kept (uploaded files excepted: the browser cannot be given them back), a status (400, 403, 413, 429, or
-   the router's 4xx/5xx mapped to 400/503) and one log line `web send result=refused reason=...`; an accepted
-   one logs `web send result=ok` with the counts.
+   kept (uploaded files excepted: the browser cannot be given them back), a status (400, 403, 404, 413, 429,
+   507, or the router's 5xx/4xx as 400/503) and one log line `web send result=refused reason=...` (`web save`
+   for a draft); an accepted one logs `web send result=ok` with the counts. Once `Router.accept` has returned
+   the message is sent: nothing after it (the Sent copy, flags, the old draft) can turn it into an error.
 4. The work that grows with the message (writing, base64, metadata, parsing an original) runs in worker
    threads or the metadata workers, never on the event loop.
 """
