@@ -27,16 +27,17 @@ nor the store holds it whole again. Then the same file becomes the copy in Sent 
 missing) with `\\Seen`; the original of a reply gets `\\Answered`, of a forward `$Forwarded` (through the
 store, so IMAP sessions see it); a draft the message was resumed from is expunged.
 
-"Save draft" writes the message (with Bcc, and an `X-Postroom-Draft-Origin` field naming the message replied
-to or forwarded, so a resumed draft still flags it) into Drafts (`\\Drafts`, made when missing) with
-`\\Draft \\Seen`, and expunges the draft it replaces. Opening a draft (`mode=draft`) fills the form from it and
-lists its attachments as kept: hidden `source` (box:uid) and a `keep` checkbox per part section, read back
-from the stored message when the form is sent (the same path keeps a forwarded message's attachments). With
-script, static/compose.js saves the draft every `AUTOSAVE_SECONDS` while the text changes (the same POST with
-`autosave=1`, answered in JSON), adds files dropped on the form to its file input, and fills the address
-fields' `<datalist>` from the correspondents endpoint. "Rich text" (`rich=1`) sends an HTML twin of the text as
-well (writing.py); a draft keeps the choice.
-The page's CSP (`COMPOSE_CSP`) allows script from this origin only: still no inline script.
+"Save draft" writes the message (with Bcc, an `X-Postroom-Draft-Origin` field naming the message replied to or
+forwarded, so a resumed draft still flags it, and an address field that does not parse yet, half typed, as the
+text typed in `X-Postroom-Draft-To` / `-Cc` / `-Bcc`, since the address fields cannot hold it) into Drafts
+(`\\Drafts`, made when missing) with `\\Draft \\Seen`, and expunges the draft it replaces. Opening a draft
+(`mode=draft`) fills the form from it and lists its attachments as kept: hidden `source` (box:uid) and a `keep`
+checkbox per part section, read back from the stored message when the form is sent (the same path keeps a
+forwarded message's attachments). With script, static/compose.js saves the draft every `AUTOSAVE_SECONDS` while
+the text changes (the same POST with `autosave=1`, answered in JSON), adds files dropped on the form to its file
+input, and fills the address fields' `<datalist>` from the correspondents endpoint. "Rich text" (`rich=1`) sends
+an HTML twin of the text as well (writing.py); a draft keeps the choice. The page's CSP (`COMPOSE_CSP`) allows
+script from this origin only: still no inline script.
 
 Correspondents are the addresses in the From fields of the user's last `RECENT` Inbox messages and the To/Cc
 of the last `RECENT` in Sent, read through the metadata (no body): bounded work whatever the mailbox size,
@@ -107,6 +108,7 @@ MAX_TEXT_FIELD = 2 * 1024 * 1024  # octets of one text field (the body)
 MAX_FILES = 100
 MAX_IDENTITIES = 200  # aliases followed back from one user
 ORIGIN_FIELD = "X-Postroom-Draft-Origin"
+TYPED_FIELD = "X-Postroom-Draft"  # + "-To", "-Cc", "-Bcc": an address field of a draft that does not parse yet
 COMPOSE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 MODES = {"reply", "all", "forward", "attach", "draft"}
@@ -294,8 +296,10 @@ class Compose:
     async def _resumed(self, raw: bytes, original: writing.Original, ref: str, uid: int,
                        context: dict[str, Any]) -> tuple[writing.Draft, dict[str, Any]]:
         parsed = await asyncio.to_thread(_draft_fields, raw)
-        draft = writing.Draft(from_=parsed.get("from", ""), to=original.to, cc=original.cc,
-                              bcc=parsed.get("bcc", ""), subject=original.subject, text=original.text,
+        draft = writing.Draft(from_=parsed.get("from", ""), to=parsed.get("typed-to", original.to),
+                              cc=parsed.get("typed-cc", original.cc),
+                              bcc=parsed.get("typed-bcc", parsed.get("bcc", "")), subject=original.subject,
+                              text=original.text,
                               in_reply_to=original.in_reply_to, references=original.references,
                               rich=parsed.get("rich") == "1")
         kind, _, origin = parsed.get("origin", "").partition(" ")
@@ -596,13 +600,14 @@ class Compose:
                     context: dict[str, Any]) -> Response:
         sender, _ = await self._sender(signed, draft)
         pairs: dict[str, list[tuple[str, str]]] = {}
+        extra = []
         for what, value in (("To", draft.to), ("Cc", draft.cc), ("Bcc", draft.bcc)):
             try:
                 pairs[what] = writing.parse_addresses(value, what)
-            except writing.BadAddress:  # a draft may hold an address half typed: kept as typed
-                pairs[what] = [("", " ".join(value.split()))] if value.strip() else []
+            except writing.BadAddress:  # half typed: kept as typed in a text field of our own, resumed from it
+                pairs[what] = []
+                extra.append((f"{TYPED_FIELD}-{what}", " ".join(value.split())[:2000]))
         await self._parts(signed, draft, form, context)
-        extra = []
         if context["origin"] and context["mode"]:
             extra.append((ORIGIN_FIELD, f"{context['mode']} {context['origin']}"))
         head = writing.header_bytes(draft, from_=sender, to=pairs["To"], cc=pairs["Cc"], bcc=pairs["Bcc"],
@@ -678,14 +683,16 @@ class Compose:
 
 
 def _draft_fields(raw: bytes) -> dict[str, str]:
-    """From, Bcc and the draft-origin field of a stored draft (decoded), and "rich" ("1" when it has an HTML
-    part: it was written in the rich-text mode)."""
+    """From, Bcc, the draft-origin field and the address fields kept as typed (`typed-to`...) of a stored draft
+    (decoded), and "rich" ("1" when it has an HTML part: it was written in the rich-text mode)."""
     import email.parser
     import email.policy
 
     msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
     out = {}
-    for key, name in (("from", "from"), ("bcc", "bcc"), ("origin", ORIGIN_FIELD.lower())):
+    names = [("from", "from"), ("bcc", "bcc"), ("origin", ORIGIN_FIELD.lower())]
+    names += [(f"typed-{w}", f"{TYPED_FIELD}-{w}".lower()) for w in ("to", "cc", "bcc")]
+    for key, name in names:
         try:
             value = msg.get(name)
         except Exception:

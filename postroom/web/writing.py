@@ -40,6 +40,7 @@ import email.headerregistry
 import email.policy
 import email.utils
 import html
+import ipaddress
 import re
 import uuid
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ MAX_RECIPIENTS = 100  # per field
 _RE = re.compile(r"(?i)^\s*(?:(?:re|aw|sv)\s*(?:\[\d+\])?\s*:\s*)+")
 _FWD = re.compile(r"(?i)^\s*(?:fwd?|wg)\s*:")
 _MSGID = re.compile(r"<[^<>\s]+>")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")  # RFC 5322 §3.2.3
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?")
 
 
 class BadAddress(ValueError):
@@ -121,18 +124,34 @@ def check_address(addr: str, what: str) -> str:
     shown = addr[:80] or "(empty)"
     if not at or not local or not domain or any(c in addr for c in " <>,;\"\\\x00\t"):
         raise BadAddress(f"{what}: “{shown}” is not an email address (it should look like name@example.org).")
-    if not local.isascii() or not local.isprintable():
+    if not _DOT_ATOM.fullmatch(local):  # RFC 5321 §4.1.2 Dot-string (a quoted local part is not offered)
         raise BadAddress(f"{what}: “{shown}” has characters this server cannot send in the part before @.")
+    if domain.startswith("["):  # an address literal, RFC 5321 §4.1.3
+        literal = domain[1:-1] if domain.endswith("]") else ""
+        try:
+            ipaddress.ip_address(literal[5:] if literal.lower().startswith("ipv6:") else literal)
+        except ValueError:
+            raise BadAddress(f"{what}: “{shown}” has a domain that is not a valid name.") from None
+        return f"{local}@{domain}"
     try:
         ascii_domain = domain.encode("idna").decode("ascii").lower()
     except (UnicodeError, ValueError):
         raise BadAddress(f"{what}: “{shown}” has a domain that is not a valid name.") from None
+    if not _DOMAIN.fullmatch(ascii_domain):
+        raise BadAddress(f"{what}: “{shown}” has a domain that is not a valid name.")
     return f"{local}@{ascii_domain}"
+
+
+def one_line(text: str) -> str:
+    """`text` fit for a header field: control characters (CR, LF, NUL...) as spaces, blanks collapsed (RFC 5322
+    §2.2: a field body is printable characters and blanks; the rest would be a stray, lineends.py)."""
+    return " ".join("".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).split())
 
 
 def formatted(pairs: Sequence[tuple[str, str]]) -> str:
     """Address pairs as one header value (names RFC 2047-encoded later by the policy)."""
-    return ", ".join(email.utils.formataddr(p) if p[0] else p[1] for p in pairs)
+    return ", ".join(email.utils.formataddr((one_line(name), addr)) if one_line(name) else addr
+                     for name, addr in pairs)
 
 
 def reply_subject(subject: str) -> str:
@@ -271,7 +290,7 @@ def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc:
         msg["Cc"] = formatted(cc)
     if bcc and with_bcc:
         msg["Bcc"] = formatted(bcc)
-    msg["Subject"] = " ".join(draft.subject.split())
+    msg["Subject"] = one_line(draft.subject)
     msg["Date"] = rfc5322_date(date)
     msg["Message-ID"] = message_id
     in_reply_to = " ".join(_MSGID.findall(draft.in_reply_to))
@@ -281,7 +300,7 @@ def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc:
     if references:
         msg["References"] = references
     for name, value in extra:
-        msg[name] = value
+        msg[name] = one_line(value)
     msg["MIME-Version"] = "1.0"
     return b"".join(POLICY.fold_binary(name, value) for name, value in msg.raw_items())
 
@@ -394,7 +413,7 @@ def attachment_head(a: Attachment, cte: str) -> bytes:
     mime_type = a.mime_type if re.fullmatch(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+", a.mime_type.lower()) \
         else "application/octet-stream"
     part["Content-Type"] = mime_type.lower()
-    name = " ".join(a.filename.split())[:200] or "attachment"
+    name = one_line(a.filename)[:200] or "attachment"
     if not a.rfc822:
         part.set_param("name", name)
     part["Content-Disposition"] = "attachment"

@@ -388,3 +388,18 @@ def test_a_full_mailbox_still_sends_but_keeps_no_sent_copy_and_refuses_a_draft(s
     r = _send(c, token, to=BOB, subject="too big for bob", body="y" * 500)
     assert r.status_code in (400, 503) and "bob@example.org: " in r.text and "y" * 500 in r.text
     assert len(_messages(server, bob)) == 1
+
+
+def test_a_draft_keeps_half_typed_addresses_as_typed(server: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    c = signed_in(server, ALICE, PW)
+    token = page_csrf(c, "/mail/compose")
+    for typed in ("bob@", "Zoë <", "Bob Example"):
+        r = c.post("/mail/compose", data={"csrf": token, "action": "save", "to": typed, "cc": "c@example.org",
+                                          "subject": "half", "body": "b"}, files={"files": ("", b"")})
+        assert r.status_code == 303, (typed, r.text[:300])
+        page = c.get(r.headers["location"]).text
+        to = re.search(r'id="c-to" name="to" value="([^"]*)"', page).group(1)
+        assert to.replace("&lt;", "<") == typed and 'value="c@example.org"' in page
+    raw = _messages(server, alice, "Drafts")[-1]
+    assert b"X-Postroom-Draft-To: Bob Example" in raw and b"\r\nTo:" not in raw

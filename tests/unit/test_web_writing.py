@@ -9,6 +9,8 @@ import email.policy
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postroom.mime.lineends import stray
 from postroom.mime.meta import compute_meta
@@ -196,3 +198,35 @@ def test_rich_message_is_multipart_alternative_text_first() -> None:
     single = email.message_from_bytes(_build(writing.Draft(to="b@example.org", text="x", rich=True)),
                                       policy=email.policy.default)
     assert single.get_content_type() == "multipart/alternative" and single["MIME-Version"] == "1.0"
+
+
+_PIECES = [*"ab@<>\"\\(),;:. é\t[]=?\r\n\x00z1-_", "Zoë", "IPv6:", "=?utf-8?q?x?=", "127.0.0.1"]
+_typed = st.lists(st.sampled_from(_PIECES), max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_typed, _typed, _typed)
+def test_anything_typed_is_refused_with_a_reason_or_written_cleanly(to: str, subject: str, body: str) -> None:
+    # bad input gets a clear refusal (BadAddress), never a traceback; what is written has no stray CR/LF/NUL
+    try:
+        pairs = writing.parse_addresses(to, "To")
+    except writing.BadAddress as exc:
+        assert str(exc).startswith("To: ")
+        pairs = []
+    draft = writing.Draft(subject=subject, text=body.replace("\x00", ""))
+    typed = [("X-Postroom-Draft-To", " ".join(to.split()))]
+    head = writing.header_bytes(draft, from_="a@example.org", to=pairs, cc=[], bcc=[], date=0.0,
+                                message_id="<m@x>", with_bcc=True, extra=typed)
+    out = io.BytesIO()
+    writing.write_message(out, draft, head)
+    assert stray(out.getvalue()) is None and head.isascii()
+
+
+def test_control_characters_in_names_never_reach_the_header() -> None:
+    draft = writing.Draft(to="b@example.org", subject="a\x00b\r\nBcc: evil@example.net", text="x", attachments=[
+        writing.Attachment("evil\x00\r\nname.txt", "text/plain", b"x")])
+    raw = _build(draft)
+    assert stray(raw) is None and b"\r\nBcc:" not in raw
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "a b Bcc: evil@example.net"  # header injection is text
+    assert next(iter(msg.iter_attachments())).get_filename() == "evil name.txt"
