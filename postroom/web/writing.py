@@ -29,8 +29,10 @@ Invariants
 2. The multipart boundary occurs in no part: it starts with "=_", which neither quoted-printable nor base64 can
    produce, and is checked against the 7bit/8bit parts (the text, a forwarded message).
 3. An attachment is read in `CHUNK` pieces, never whole: memory does not grow with it.
-4. An address that is not `local@domain` (ASCII local part, a domain that IDNA can write) is refused with
-   `BadAddress` naming it, never passed on.
+4. An address that is not `local@domain` (a Dot-string local part, RFC 5321 §4.1.2; a domain name that IDNA
+   can write, or an address literal, §4.1.3) is refused with `BadAddress` naming the field, never passed on.
+5. No control character typed (CR, LF, NUL...) reaches a header field (`one_line`): a subject or a file name
+   cannot add a field, and the message never holds a stray CR, LF or NUL (mime/lineends.py).
 """
 
 from __future__ import annotations
