@@ -257,7 +257,8 @@ def forward_text(original: Original) -> str:
 
 def reply_recipients(original: Original, own: Sequence[str], reply_all: bool) -> tuple[str, str]:
     """(To, Cc) of a reply: Reply-To, else From (RFC 5322 §3.6.2); with `reply_all` the original's To and Cc
-    besides; never an address of `own` (the user's identities, compared without case), each once."""
+    besides; never an address of `own` (the user's identities, compared without case), each once. A reply to the
+    user's own message goes to its To."""
     mine = {a.lower() for a in own}
     seen: set[str] = set()
 
@@ -271,11 +272,13 @@ def reply_recipients(original: Original, own: Sequence[str], reply_all: bool) ->
         return out
 
     to = keep(original.reply_to or original.from_)
+    if not to:  # a reply to one's own message (in Sent): to its recipients
+        to = keep(original.to)
     if not reply_all:
         return ", ".join(to), ""
     to += keep(original.to)
     cc = keep(original.cc)
-    if not to and cc:  # a reply to one's own message: its recipients
+    if not to and cc:
         to, cc = cc, []
     return ", ".join(to), ", ".join(cc)
 

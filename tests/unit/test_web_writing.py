@@ -143,6 +143,8 @@ def test_reply_recipients() -> None:
     assert to == "Dana <dana@example.net>, Erin <erin@example.net>" and cc == "bob@example.org"
     with_reply_to = writing.Original(**{**original.__dict__, "reply_to": "list@example.net"})
     assert writing.reply_recipients(with_reply_to, own, False)[0] == "list@example.net"  # RFC 5322 §3.6.2
+    mine = writing.Original(**{**original.__dict__, "from_": "Alice <alice@example.org>"})  # from Sent
+    assert writing.reply_recipients(mine, own, False) == ("Erin <erin@example.net>", "")
 
 
 def test_reply_text_quotes_under_an_attribution() -> None:
