@@ -54,7 +54,8 @@ from typing import Any
 
 from . import metapool as meta_pool
 from . import mtasts
-from .acme import CertificateManager
+from .acme import CertificateManager, settle_pair
+from .adminops import DNS_CHECK_SECONDS
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -77,6 +78,7 @@ from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention
+from .web.admin import Admin
 from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
@@ -244,9 +246,13 @@ class Postroom:
                 return mtasts.policy_text(live.mta_sts.mode, live.server.hostname, live.mta_sts.max_age_days * 86400)
 
             challenges = self.certificates.challenges if self.certificates is not None else None
-            webmail = Webmail(store, self.services.auth, cfg, door=self.services.door, on_queued=wake)
+            webmail = Webmail(store, self.services.auth, cfg, settings_for, door=self.services.door,
+                              on_queued=wake)
+            admin = Admin(webmail, lambda: self.config, self.metrics, addresses,
+                          router=lambda: Router(store, self.config, on_queued=wake),
+                          lookup=dns.uncached(DNS_CHECK_SECONDS))
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
-                             mta_sts_policy=mta_sts_policy)
+                             mta_sts_policy=mta_sts_policy, admin=admin)
             for name, socks in list(self._web_socks.items()):
                 host, port = cfg.listeners.enabled()[name]
                 server = await serve_http(app, host, port, socks=socks, name=name,
@@ -397,7 +403,13 @@ def _reloader(cfg: Config) -> Callable[[], Config]:
 
 def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
     """The server TLS context of `cfg` and its certificate. The built-in location (`tls.cert` empty) is
-    generated when missing; configured files must exist and parse. Raises CertificateError naming the file."""
+    generated when missing; configured files must exist and parse. With ACME, an installation a crash
+    interrupted is settled first (acme.py `settle_pair`). Raises CertificateError naming the file."""
+    if cfg.acme.directory:
+        try:
+            settle_pair(cfg.cert_path, cfg.key_path)
+        except OSError as exc:
+            raise CertificateError(f"TLS: {exc}") from None
     if not cfg.tls.cert:
         try:
             if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):

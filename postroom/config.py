@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -206,6 +207,11 @@ class InboundConfig:
     dkim: bool = True  # RFC 6376 verification of every DKIM-Signature
     dmarc: bool = True  # RFC 7489 alignment and policy (needs spf and dkim)
     dmarc_reject: str = "reject"  # what p=reject does: "reject" (550 5.7.1 at the end of DATA) or "quarantine"
+    arc: bool = True  # RFC 8617 verification of the ARC chain (Authentication-Results arc=)
+    # ARC sealers (domains, the newest ARC-Seal's d=) trusted to report what the first hop saw: a DMARC failure of
+    # a message whose chain passes, sealed by one of them, whose i=1 ARC-Authentication-Results says the From
+    # domain passed, is delivered as if DMARC had passed (RFC 7489 §7.2 local policy; RFC 8617 §7.2).
+    arc_trusted_sealers: tuple[str, ...] = ()
     dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
 
 
@@ -582,6 +588,12 @@ def _validate(cfg: Config, where: str) -> None:
         # RFC 7489 §4.2: DMARC passes on an aligned SPF or DKIM pass; with one check off, mail that would pass
         # through it would fail and its owner's policy would be applied to it.
         raise ConfigError(f"{where}: inbound.dmarc needs inbound.spf and inbound.dkim on")
+    for i, sealer in enumerate(cfg.inbound.arc_trusted_sealers):
+        if not re.fullmatch(r"(?i)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+\.?", sealer):
+            raise ConfigError(f"{where}: inbound.arc_trusted_sealers[{i}]: {sealer!r} is not a domain name "
+                              f"(write \"lists.example.org\")")
+    if cfg.inbound.arc_trusted_sealers and not (cfg.inbound.arc and cfg.inbound.dmarc):
+        raise ConfigError(f"{where}: inbound.arc_trusted_sealers needs inbound.arc and inbound.dmarc on")
     if cfg.inbound.dns_timeout_seconds <= 0:
         raise ConfigError(f"{where}: inbound.dns_timeout_seconds must be positive")
     if cfg.web.session_idle_seconds <= 0 or cfg.web.session_max_seconds < cfg.web.session_idle_seconds:
@@ -802,6 +814,8 @@ spf = true                         # RFC 7208: MAIL FROM and HELO
 dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 key sizes, RFC 8463 Ed25519)
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
+arc = true                         # RFC 8617: verify the ARC chain (arc= in Authentication-Results)
+arc_trusted_sealers = []           # e.g. ["lists.example.org"]: their passing chains may override a DMARC failure
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
 
 [rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)

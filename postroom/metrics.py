@@ -93,6 +93,20 @@ class Metrics:
         """Read the queue length from `callback` at every scrape (invariant 2). It must be cheap and sync."""
         self.queue_length.set_function(callback)
 
+    def figures(self) -> list[tuple[str, str, float]]:
+        """The counters and gauges of the registry as (metric name, labels as `k="v"` text, value), read from
+        the registry itself (the web admin's status page; no HTTP scrape). Histograms are left out."""
+        out = []
+        for family in self.registry.collect():
+            if family.type not in ("counter", "gauge"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out.append((sample.name, labels, float(sample.value)))
+        return out
+
     # --- exposition ----------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
         """The registry in the Prometheus text format, and its content type."""

@@ -91,6 +91,12 @@ Invariants
     transaction; a race past the early check is `452 4.2.2` for the message. After a delivery each user who
     got it may get a warning mail at 80 % / 95 % (delivery/quota.py); moderation notices and warnings are
     exempt from the quota (the server's own mail about the account).
+14. What this server sends on for others carries an ARC Set (RFC 8617, delivery/arc.py) when the forwarding
+    domain has a DKIM key: the list copies for remote members (sealed by the list's domain after the list's
+    fields are prepended, so the seal covers them) and the SRS-rewritten forwards (sealed by the domain of the
+    local address that forwarded). The AAR repeats the Authentication-Results this server added at the MX.
+    Local copies and direct relays get none; a forward whose sender stays as it came (null, or in a local
+    domain) is queued with the direct relays and is not sealed either. Sealing never stops a copy.
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ from postroom.store.api import (
     StoreError,
 )
 
+from .arc import Sealer
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
 from .local import deliver_local, deliver_local_file, return_path
 from .quota import Refusal, refusal, warn
@@ -308,6 +315,7 @@ class Router:
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
+        self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
     async def secret(self) -> bytes:
         """The server secret, read (or made) once, off the loop."""
@@ -672,14 +680,16 @@ class Router:
             return None
 
     async def _enqueue_forward(self, env: Envelope, sender: str, rcpts: list[Rcpt]) -> Accepted:
-        """Queue forwarded copies under their SRS sender (from the staged file when there is one, invariant 9)."""
+        """Queue forwarded copies under their SRS sender (from the staged file when there is one, invariant 9),
+        ARC-sealed by the forwarding domain (the SRS sender's, invariant 14)."""
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in rcpts]
+        arc_set = await self.sealer.seal(env.raw, split(sender)[1], staged=env.staged, submitted=env.from_checked)
         if env.staged is None:
-            entry = await self.store.enqueue(env.raw, sender, queue_rcpts, envid=env.envid, ret=env.ret,
+            entry = await self.store.enqueue(arc_set + env.raw, sender, queue_rcpts, envid=env.envid, ret=env.ret,
                                              from_checked=env.from_checked)
         else:
-            entry = await self.store.enqueue_file(env.staged, sender, queue_rcpts, prefix=env.raw, envid=env.envid,
-                                                  ret=env.ret, from_checked=env.from_checked)
+            entry = await self.store.enqueue_file(env.staged, sender, queue_rcpts, prefix=arc_set + env.raw,
+                                                  envid=env.envid, ret=env.ret, from_checked=env.from_checked)
         return Accepted(0, 0, (entry.id,), 0)
 
     async def _stored_size(self, env: Envelope) -> int:
@@ -787,8 +797,13 @@ class Router:
                 self._log_refused(address, ml.bounce_address, why, "list")
                 del users[user_id]
         local_job = deliver_local(self.store, self.config.limits, users, ml.bounce_address, copy)
-        queue_job = self.store.enqueue(copy, ml.bounce_address, [QueueRecipient(r) for r in dict.fromkeys(remote)],
-                                       from_checked=from_checked) if remote else None
+        queue_job = None
+        if remote:
+            # Invariant 14: the remote copies are sealed after the list's own fields, so the seal covers them.
+            arc_set = await self.sealer.seal(copy, split(ml.address)[1], submitted=from_checked)
+            queue_job = self.store.enqueue(arc_set + copy, ml.bounce_address,
+                                           [QueueRecipient(r) for r in dict.fromkeys(remote)],
+                                           from_checked=from_checked)
         local, entry, _ = await _all(local_job, queue_job, [])
         await self._warn(users)
         return Accepted(local, len(set(remote)), (entry.id,) if entry is not None else (), 0)
@@ -809,6 +824,21 @@ class Router:
             ids = (entry.id,)
         log.info("list post held list=%s token=%s from=%s", ml.address, token[:8], mail_from)
         return Accepted(local, len(remote), ids, 1)
+
+    async def moderate(self, token: str, approve: bool) -> Accepted | None:
+        """Approve (distribute) or reject the held post `token`, as its owner's mail to `list+approve-TOKEN` /
+        `list+reject-TOKEN` would (the web admin's moderation queue); None when no such post is held (handled
+        already: lists.py invariant 2) or its list is gone."""
+        post = await self.held.get(token)
+        if post is None:
+            return None
+        ml = await self.store.get_list(post.list_address)
+        if ml is None:
+            return None
+        result = await self._act(ListAction(ml, "approve" if approve else "reject", token))
+        if result.queue_ids and self.on_queued is not None:
+            self.on_queued()
+        return result
 
     async def _act(self, act: ListAction) -> Accepted:
         post = await self.held.get(act.token)

@@ -118,13 +118,16 @@ def parse_record(text: str) -> DmarcRecord | None:
 @dataclass(frozen=True)
 class DmarcResult:
     """`result` ("none", "pass", "fail", "temperror"), the From `domain`, the `policy` its owner published for it
-    ("" when none applies), the `disposition` after pct ("none", "quarantine", "reject"), a `reason`."""
+    ("" when none applies), the `disposition` after pct ("none", "quarantine", "reject"), a `reason`, and
+    `override`: why local policy did not apply the owner's policy to a failure ("" when it was not overridden;
+    inbound/check.py: a trusted ARC sealer, RFC 7489 §7.2)."""
 
     result: str
     domain: str = ""
     policy: str = ""
     disposition: str = "none"
     reason: str = ""
+    override: str = ""
 
 
 class DmarcChecker:

@@ -204,15 +204,25 @@ class Session:
 
     async def _loop(self) -> None:
         conn, core = self.conn, self.core
+        # Replies to pipelined commands are gathered and handed to the connection together (at most
+        # DRAIN_ABOVE bytes, plus one reply, wait here): one send for many small replies, as a corked socket
+        # would, instead of one system call each.
+        pending: list[bytes] = []
         unflushed = 0
         while True:
             event = core.next_event()
             if event is NEED_DATA:
+                if pending:
+                    conn.writelines(pending)
+                    pending = []
                 await conn.drain()
                 unflushed = 0
                 data = await conn.read_some(READ_CHUNK, interruptible=core.between_commands)
                 core.receive_data(data)
                 continue
+            if pending and not isinstance(event, (Send, Retrieve)):
+                conn.writelines(pending)  # a login, STLS or QUIT may write itself or take a while: in order
+                pending = []
             try:
                 chunks = await self._handle(event)
             except NetError:
@@ -224,12 +234,16 @@ class Session:
                 log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
                 chunks = [core.internal_error()]
             if chunks:
-                conn.writelines(chunks)
+                pending += chunks
                 unflushed += sum(len(c) for c in chunks)
                 if unflushed > DRAIN_ABOVE:
+                    conn.writelines(pending)
+                    pending = []
                     await conn.drain()
                     unflushed = 0
             if core.closed:
+                if pending:
+                    conn.writelines(pending)
                 if conn.end is None:
                     conn.end = "quit" if core.quit else "errors"
                 await conn.drain()

@@ -792,7 +792,7 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     policy = Policy.for_listener(listener, services)
     inbound = services.config.inbound
     checks: InboundChecks | None = None
-    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
+    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc or inbound.arc):
         # The MX listener: mail from the world (submission is not checked), through the server's one resolver.
         dns = services.dns.with_lifetime(inbound.dns_timeout_seconds) if services.dns is not None else None
         checks = InboundChecks(services.config, dns)

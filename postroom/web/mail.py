@@ -75,7 +75,7 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render
+from postroom.web import autoconfig, profile, render
 from postroom.web.compose import Compose
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
@@ -183,16 +183,20 @@ def content_disposition(name: str) -> str:
 class Webmail:
     """The webmail's routes over `store`, signing in through `auth` (the server's one `Authenticator`)."""
 
-    def __init__(self, store: Store, auth: Authenticator, config: Config, door: Door | None = None,
+    def __init__(self, store: Store, auth: Authenticator, config: Config,
+                 settings_for: autoconfig.SettingsFor | None = None, door: Door | None = None,
                  on_queued: Callable[[], None] | None = None) -> None:
-        """`door` (the SMTP send limits) and `on_queued` (wakes the outbound queue) are the writing pages'
-        (compose.py)."""
+        """`settings_for(domain)`: the client settings autoconfig.py gives (None: not hosted); without it the
+        Apple configuration profile is not offered. `door` (the SMTP send limits) and `on_queued` (wakes the
+        outbound queue) are the writing pages' (compose.py)."""
         self.store = store
         self.auth = auth
         self.config = config
+        self.settings_for = settings_for
         self.sessions = Sessions(store, config.web)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
+        self.env.globals["apple_profile"] = settings_for is not None
         self.compose = Compose(self, door, on_queued)
 
     def routes(self) -> list[BaseRoute]:
@@ -210,6 +214,7 @@ class Webmail:
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
+            Route("/mail/apple.mobileconfig", self.apple_profile, methods=["GET"]),
             *self.compose.routes(),
             Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -281,14 +286,7 @@ class Webmail:
 
     async def _metas(self, infos: list[MessageInfo]) -> dict[str, MessageMeta]:
         """Metadata of the listed messages: cached (shared with IMAP), stored, or computed and stored back."""
-        out: dict[str, MessageMeta] = {}
-        missing = []
-        for m in infos:
-            hit = META_CACHE.get(m.blob_id)
-            if hit is None:
-                missing.append(m.blob_id)
-            else:
-                out[m.blob_id] = hit
+        out, missing = META_CACHE.split(m.blob_id for m in infos)
         fresh: dict[str, bytes] = {}
         stored = await self.store.read_metas(missing) if missing else {}
         parsed = await asyncio.to_thread(_parse_metas, stored)  # ~50 JSON documents of up to ~300 KB: off the loop
@@ -620,6 +618,29 @@ class Webmail:
             return got
         return Response(got[0], media_type="text/plain; charset=utf-8",
                         headers={"Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
+
+
+    # ---- account set-up
+    async def apple_profile(self, request: Request) -> Response:
+        """GET /mail/apple.mobileconfig: the signed-in user's Apple configuration profile (profile.py), signed
+        with the server's TLS key when it can be; 404 without client settings for the user's domain."""
+        signed = await self._signed(request)
+        if signed is None:
+            return RedirectResponse("/mail/", status_code=303)
+        address = await self._user_address(signed.user_id)
+        settings = await self.settings_for(address.rpartition("@")[2]) if self.settings_for and address else None
+        if settings is None:
+            return self._error(404, "No client settings are offered for your domain here.", signed)
+        try:
+            body = profile.profile_plist(settings, address)
+        except ValueError as exc:
+            return self._error(404, f"No profile can be made: {exc}.", signed)
+        signed_body = await asyncio.to_thread(profile.sign, body, self.config.cert_path, self.config.key_path)
+        log.info("web profile user=%s signed=%s peer=%s", _safe(address), "yes" if signed_body else "no",
+                 _peer(request))
+        return Response(signed_body or body, media_type=profile.MEDIA_TYPE,
+                        headers={"Content-Disposition": content_disposition(profile.file_name(address)),
+                                 "Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
 
 
 def _parse_metas(stored: dict[str, bytes | None]) -> dict[str, MessageMeta]:

@@ -55,6 +55,7 @@ from postroom.store.sqlite.metadata import MetadataMixin
 from postroom.store.sqlite.queue import QueueMixin
 from postroom.store.sqlite.quota import QuotaMixin
 from postroom.store.sqlite.search import SearchMixin
+from postroom.store.sqlite.structure import StructureMixin
 from postroom.store.sqlite.threads import ThreadsMixin
 from postroom.store.sqlite.websessions import WebSessionsMixin
 
@@ -68,7 +69,7 @@ writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not 
 
 class SQLiteStore(
     AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin, MetadataMixin,
-    ThreadsMixin, WebSessionsMixin, QuotaMixin,
+    ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin,
 ):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:

@@ -77,6 +77,15 @@ move, expunge, mailbox and user removal updates it in its own transaction whatev
 step computes it once for the messages that exist. It also adds `users.quota_messages` (a message-count limit)
 and `domains.quota_bytes` (the total the domain's users may hold). Existing users and domains get 0: no new
 limit appears on upgrade.
+19 (issue 17) adds `imap_structure(blob_id, envelope, bodystructure, body)`: the IMAP-encoded ENVELOPE,
+BODYSTRUCTURE and BODY of a body (invariant 24), so FETCH of those items over a whole mailbox reads one narrow row
+per message instead of decoding each body's metadata (a JSON document that carries the search text too). Rows are
+written with the metadata from then on; bodies stored before get theirs from the first FETCH that needs them
+(`Store.write_structures`), so the step writes none and upgrades in no time.
+20 (issue 13, web admin) adds `users.admin` (0 or 1): whether the user may use the web admin pages
+(web/admin.py), and `domains.dkim_next`: DKIM keys made by a rotation and waiting to be published before the
+switch (JSON of the four key columns' values; "" when no rotation is under way). Existing users get 0 (an
+upgrade makes nobody an admin) and existing domains "".
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -123,7 +132,7 @@ Invariants:
    its rows, every user's, in the same transaction. Names are stored
    lower-case (entry names are case-insensitive); a user has at most `names.MAX_METADATA_ENTRIES` rows.
 17. A `message_keys` row exists only with its `blobs` row (deleted in the same transaction) and holds the keys
-   `mime.meta.keys_of` reads from that body's metadata.
+   of that body's metadata (`MessageMeta.keys` and `sent_date`).
 18. `messages.thread_id` is 0 only while its body has no `message_keys` row; once given it never changes (RFC
    8474 §5.2), and copies keep it.
 19. A `shared_owners` row names the one owner of a domain's shared folders: a `users` row of that domain whose
@@ -145,6 +154,10 @@ Invariants:
    are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
    columns. `warned` (0, 80 or 95) only rises through `raise_quota_warned`, and falls to the level usage is
    at (the rule of `api.quota_level`) when `quota_out` removes a message or a limit changes.
+24. An `imap_structure` row exists only with its `blobs` row (deleted in the same transaction, like
+   `message_keys`) and holds exactly the `envelope`, `bodystructure` and `body` of that body's metadata of the
+   current format: written from the metadata it is stored or replaced with, or by a
+   reader that decoded that metadata.
 """
 
 from __future__ import annotations
@@ -156,7 +169,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 20
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -544,9 +557,25 @@ def _v18(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v19(conn: sqlite3.Connection) -> None:
+    """The IMAP structure items of each body (invariant 24): none written here (module doc, step 19)."""
+    # A rowid table: a BODYSTRUCTURE can be kilobytes, too large a row for a WITHOUT ROWID b-tree (invariant 5).
+    conn.execute(
+        "CREATE TABLE imap_structure(blob_id TEXT PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
+        " envelope BLOB NOT NULL, bodystructure BLOB NOT NULL, body BLOB NOT NULL)"
+    )
+
+
+def _v20(conn: sqlite3.Connection) -> None:
+    """The admin flag of users and the DKIM keys waiting for a switch (module doc, step 20). Self-contained: two
+    added columns, which no other step touches."""
+    conn.execute("ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE domains ADD COLUMN dkim_next TEXT NOT NULL DEFAULT ''")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20,
 }
 
 
