@@ -278,7 +278,8 @@ class Postroom:
                 challenges = self.certificates.challenges
             elif worker is not None and cfg.acme.directory:  # worker 0 orders; whichever worker the CA reaches answers
                 challenges = ChallengeFiles(worker.challenges_dir)
-            webmail = Webmail(store, self.services.auth, cfg, settings_for)
+            webmail = Webmail(store, self.services.auth, cfg, settings_for, door=self.services.door,
+                              on_queued=wake)
             admin = Admin(webmail, lambda: self.config, self.metrics, addresses,
                           router=lambda: Router(store, self.config, on_queued=wake),
                           lookup=dns.uncached(DNS_CHECK_SECONDS))

@@ -45,6 +45,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
 from postroom.imap.fetch import META_CACHE
 from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
+from postroom.smtp.door import Door
 from postroom.store.api import (
     AlreadyExists,
     Flag,
@@ -74,6 +76,7 @@ from postroom.store.api import (
     StoreMode,
 )
 from postroom.web import autoconfig, profile, render
+from postroom.web.compose import Compose
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
 
@@ -181,9 +184,11 @@ class Webmail:
     """The webmail's routes over `store`, signing in through `auth` (the server's one `Authenticator`)."""
 
     def __init__(self, store: Store, auth: Authenticator, config: Config,
-                 settings_for: autoconfig.SettingsFor | None = None) -> None:
+                 settings_for: autoconfig.SettingsFor | None = None, door: Door | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
         """`settings_for(domain)`: the client settings autoconfig.py gives (None: not hosted); without it the
-        Apple configuration profile is not offered."""
+        Apple configuration profile is not offered. `door` (the SMTP send limits) and `on_queued` (wakes the
+        outbound queue) are the writing pages' (compose.py)."""
         self.store = store
         self.auth = auth
         self.config = config
@@ -192,6 +197,7 @@ class Webmail:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
         self.env.globals["apple_profile"] = settings_for is not None
+        self.compose = Compose(self, door, on_queued)
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the root of the web app."""
@@ -209,6 +215,7 @@ class Webmail:
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
             Route("/mail/apple.mobileconfig", self.apple_profile, methods=["GET"]),
+            *self.compose.routes(),
             Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
