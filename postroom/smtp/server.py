@@ -54,6 +54,13 @@ Invariants
    inbound checks and before delivery: reject is `550 5.7.1`, soft reject / greylist `451 4.7.1`, add header /
    rewrite subject go to Junk with `$Junk` and an `X-Spam` field (and rspamd's Subject); rspamd unreachable
    means delivered, with `rspamd=unavailable` on the message's log line. Never both refused and stored.
+   rspamd's Junk filing is `Envelope.spam`: a recipient's authenticated allow rule skips it (invariant 10).
+10. Sender rules (inbound/senders.py) on every listener: an envelope sender that a block rule of every user a
+   recipient leads to blocks is refused at that RCPT, `550 5.7.1`, with one refusal line `reason=sender-blocked`
+   naming the rule's scope and pattern (router invariant 14 decides the rest at delivery). On the MX, an allow
+   rule matching MAIL FROM skips greylisting only once SPF passes for it (the session log says
+   `greylist=skipped-allowed`); after DATA the checks' authenticated senders go to the router
+   (`Envelope.authenticated`), where an allow rule can only skip the spam filing.
 """
 
 from __future__ import annotations
@@ -65,17 +72,28 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from postroom.auth.authenticator import Exchange, Step
-from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.delivery.router import (
+    HEAD_LIMIT,
+    Accepted,
+    Destination,
+    Envelope,
+    ListPost,
+    Rcpt,
+    RouteError,
+    Router,
+    header_sender_fields,
+)
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
 from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
+from postroom.inbound.senders import authenticated_senders
 from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
@@ -482,19 +500,39 @@ class Session:
             return
         try:
             # RFC 1870 §6.2: a declared SIZE is checked against the recipient's quota here (452 / 552 5.2.2).
-            await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay(),
-                                              size=txn.params.size)
+            dests = await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay(),
+                                                      size=txn.params.size)
         except RouteError:
             self.rcpts_refused += 1
             raise
+        # Sender block lists (invariant 10, inbound/senders.py): refused for this recipient only.
+        rule = await self.router.blocked_at_rcpt(dests, txn.mail_from)
+        if rule is not None:
+            self.rcpts_refused += 1
+            whose = "the recipient" if rule.user_id is not None else f"the domain {rule.scope}"
+            self._refused("sender-blocked", Reply(550, "5.7.1", (f"Sender refused by a block rule of {whose}",)),
+                          "rcpt", scope=rule.scope, rule=rule.pattern, sender=txn.mail_from,
+                          recipient=ev.recipient.address)
+            return
         # Greylisting after the recipient is known to be ours: an unknown one gets its 550, not a 450 to retry.
         grey = door.greylist if door is not None and not self.policy.submission else None
-        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
+        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]) \
+                and not await self._allowed_sender(dests, txn.mail_from):
             wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
             if wait > 0:
                 self._refused("greylisted", R.greylisted(wait), "rcpt")
                 return
         self.core.accept_rcpt(ev.recipient)
+
+    async def _allowed_sender(self, dests: Sequence[Destination], mail_from: str) -> bool:
+        """Whether an allow rule of a recipient counts for `mail_from` at RCPT (invariant 10): a rule matches and
+        SPF of the MAIL FROM domain passes (the only identity known before DATA: inbound/senders.py)."""
+        if self.checks is None or not self.checks.inbound.spf or not await self.router.allows(dests, mail_from):
+            return False
+        spf = await self.checks.spf.check_mail_from(self.conn.peer[0], self.core.helo, mail_from)
+        if spf.result == "pass":
+            self.conn.log["greylist"] = "skipped-allowed"
+        return spf.result == "pass"
 
     # --- the message -------------------------------------------------------------------------------------------
     async def _message(self, ev: Message) -> None:
@@ -595,8 +633,9 @@ class Session:
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay(),
-                       junk=(verdict is not None and verdict.action == "quarantine")
-                       or (scan is not None and scan.junk))
+                       junk=verdict is not None and verdict.action == "quarantine",
+                       spam=scan is not None and scan.junk,
+                       authenticated=self._authenticated(ev.mail_from, head, verdict))
         try:
             if self.policy.submission:
                 if ev.spilled and not header_complete(head):
@@ -617,6 +656,14 @@ class Session:
             self.services.metrics.message_delivered(accepted.local)
         self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted, extra=scan_log)
         core.message_done(R.queued(message_id))
+
+    @staticmethod
+    def _authenticated(mail_from: str, head: bytes, verdict: Verdict | None) -> frozenset[str]:
+        """The sender addresses the checks authenticated (inbound/senders.py), for the allow rules."""
+        if verdict is None:
+            return frozenset()
+        header_from = [a for name, found in header_sender_fields(head) if name == "From" for a in found]
+        return authenticated_senders(mail_from, header_from, verdict.spf, verdict.dkim, verdict.dmarc)
 
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
                      accepted: Accepted | None = None, refused: str = "",

@@ -51,6 +51,12 @@ Invariants every engine keeps:
    owner's domain past `Domain.quota_bytes` (the total of its users); a limit of 0 is none. A move within one
    user changes no usage and is never refused for it; `deliver(..., enforce_quota=False)` is for the server's
    own notices about quota.
+13. **Sender rules have one scope and one kind per pattern.** A `SenderRule` belongs to a user or to a hosted
+   domain and goes with it; a pattern is an address, "@domain" or "@.domain" (`names.sender_pattern`), and a
+   scope holds at most one rule per pattern (adding the other kind replaces it) and at most
+   `names.MAX_SENDER_RULES` rules. The store keeps them; what they mean is inbound/senders.py's.
+14. **A training signal is kept until it is sent or given up.** `add_training_signals` is durable when it
+   returns; a signal leaves only by `finish_training_signal` without a retry time (or with its user).
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -536,6 +542,34 @@ class WebSession:
     csrf: str  # the per-session synchronizer token every state-changing request carries
     created: float  # seconds since the epoch: the absolute expiry counts from here
     last_seen: float  # the idle expiry counts from here (refreshed at most once a minute)
+
+
+@dataclass(frozen=True)
+class SenderRule:
+    """One allow or block rule (invariant 13). `scope` is the user's address or the domain's name (the one with
+    no "@"); exactly one of `user_id` and `domain_id` is set. `pattern` is in `names.sender_pattern` form."""
+
+    id: int
+    scope: str
+    kind: str  # "allow" | "block"
+    pattern: str
+    created: float  # seconds since the epoch
+    user_id: int | None = None
+    domain_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSignal:
+    """A user's verdict on a message, to be sent to the spam filter's learning (invariant 14): `kind` "spam" (moved
+    into Junk or marked $Junk) or "ham" (moved out of Junk), the body's `blob_id`, when it was `created` and
+    how many `attempts` to send it failed."""
+
+    id: int
+    user_id: int
+    kind: str
+    blob_id: int
+    created: float
+    attempts: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1097,6 +1131,36 @@ class Store(Protocol):
     async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
         """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
         since the epoch); returns how many went."""
+
+    # ---- sender allow and block lists (invariant 13; inbound/senders.py)
+    async def list_sender_rules(self, scope: str) -> list[SenderRule]:
+        """The rules of one scope, sorted by pattern: `scope` a user's address or a domain's name (no "@").
+        NotFound for an unknown user or domain."""
+
+    async def sender_rules(self, user_id: int) -> list[SenderRule]:
+        """Every rule that applies to mail for the user: theirs and their domain's (one read; what RCPT and
+        delivery decide by). Empty for an unknown user id."""
+
+    async def add_sender_rule(self, scope: str, kind: str, pattern: str) -> SenderRule:
+        """Allow ("allow") or block ("block") senders matching `pattern` (`names.sender_pattern`: an address,
+        "@domain" or "@.domain") for `scope` (as `list_sender_rules`). A rule for the same pattern in the scope
+        is replaced (invariant 13: one kind per pattern). NotFound for an unknown scope; Invalid for a bad kind
+        or pattern, or past `names.MAX_SENDER_RULES` rules in the scope."""
+
+    async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
+        """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
+
+    # ---- spam training signals (invariant 14; inbound/learn.py)
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[int], now: float) -> int:
+        """Record that the user judged these bodies "spam" or "ham" (Invalid otherwise); returns how many rows
+        were written (unknown users: none). Each row is due at once."""
+
+    async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
+        """Signals whose next try is at or before `now`, oldest first, at most `limit`."""
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+        """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
+        again at `retry_at`."""
 
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:

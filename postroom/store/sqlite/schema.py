@@ -77,6 +77,9 @@ move, expunge, mailbox and user removal updates it in its own transaction whatev
 step computes it once for the messages that exist. It also adds `users.quota_messages` (a message-count limit)
 and `domains.quota_bytes` (the total the domain's users may hold). Existing users and domains get 0: no new
 limit appears on upgrade.
+19 (issue 12, trust) adds `sender_rules`: the allow and block lists of a user or of a hosted domain (one row per
+scope and pattern; store/sqlite/senders.py, invariant 24), and `spam_training`: the training signals a user's
+moves into and out of Junk leave for rspamd's learning (invariant 25). None exist before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -145,6 +148,12 @@ Invariants:
    are deleted before the mailbox is, so the trigger still finds its owner). Nothing else writes the two
    columns. `warned` (0, 80 or 95) only rises through `raise_quota_warned`, and falls to the level usage is
    at (the rule of `api.quota_level`) when `quota_out` removes a message or a limit changes.
+24. A `sender_rules` row belongs to exactly one scope, a user or a domain (never both, never neither; it goes
+   with its scope by cascade), has `kind` 'allow' or 'block' and a `pattern` in `names.sender_pattern` form;
+   (scope, pattern) is unique, so one pattern is either allowed or blocked in a scope, never both.
+25. A `spam_training` row belongs to a user (cascade) and names a body (`blob_id`, no foreign key: the body may
+   be released before the signal is sent, which then drops it) and whether it is to be learnt as spam or ham;
+   rows are deleted once sent, or dropped after the retention (inbound/learn.py).
 """
 
 from __future__ import annotations
@@ -156,7 +165,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -544,9 +553,33 @@ def _v18(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v19(conn: sqlite3.Connection) -> None:
+    """Sender allow/block rules (invariant 24) and spam training signals (invariant 25), none yet. A rule belongs
+    to exactly one scope, a user or a domain (gone with it, by cascade); `sender_rules_user` and
+    `sender_rules_domain` make (scope, pattern) unique and find a scope's rules. `spam_training_due` finds the
+    signals due to be sent."""
+    conn.execute(
+        "CREATE TABLE sender_rules(id INTEGER PRIMARY KEY,"
+        " user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,"
+        " domain_id INTEGER REFERENCES domains(id) ON DELETE CASCADE,"
+        " kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')), pattern TEXT NOT NULL, created REAL NOT NULL,"
+        " CHECK ((user_id IS NULL) != (domain_id IS NULL)))"
+    )
+    conn.execute("CREATE UNIQUE INDEX sender_rules_user ON sender_rules(user_id, pattern) WHERE user_id IS NOT NULL")
+    conn.execute(
+        "CREATE UNIQUE INDEX sender_rules_domain ON sender_rules(domain_id, pattern) WHERE domain_id IS NOT NULL")
+    conn.execute(
+        "CREATE TABLE spam_training(id INTEGER PRIMARY KEY,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " kind TEXT NOT NULL CHECK (kind IN ('spam', 'ham')), blob_id INTEGER NOT NULL, created REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX spam_training_due ON spam_training(next_try)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19,
 }
 
 

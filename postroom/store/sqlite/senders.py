@@ -1,0 +1,152 @@
+"""Sender allow/block rules and spam training signals in SQLite (schema step 19, schema invariants 24 and 25).
+
+Theory of operation
+-------------------
+`sender_rules` holds one row per (scope, pattern): the scope is a user (`user_id`) or a hosted domain
+(`domain_id`), never both; the partial unique indexes `sender_rules_user` and `sender_rules_domain` keep one
+row per pattern in a scope, so `add_sender_rule` is an upsert (a pattern changes kind in place). What a rule
+means for a message (which one wins, when an allow counts) is inbound/senders.py's; this module only keeps rows.
+
+`spam_training` holds the signals a user's moves into and out of Junk leave (inbound/learn.py writes and sends
+them). A row names the body by its blob id; the body may be released before the signal goes out, and the
+sender then drops the row.
+
+Invariants
+1. `sender_rules(user_id)` is two index range reads (the user's rules, their domain's), never a scan.
+2. A scope never holds more than `names.MAX_SENDER_RULES` rules: an insert past it is refused in the same
+   transaction that counts them.
+3. `due_training_signals` reads the `spam_training_due` index range up to `now`, at most `limit` rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from postroom.store import names
+from postroom.store.api import Invalid, NotFound, SenderRule, TrainingSignal
+from postroom.store.sqlite.common import Base
+from postroom.store.sqlite.engine import Tx
+
+KINDS = ("allow", "block")
+SIGNALS = ("spam", "ham")
+
+
+def _scope(conn: sqlite3.Connection, scope: str) -> tuple[str, int | None, int | None]:
+    """(the scope's spelling, user id, domain id) of a user's address or a domain's name; NotFound if unknown."""
+    if "@" in scope:
+        address = names.address(scope)
+        row = conn.execute("SELECT id FROM users WHERE address = ?", (address,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such user: {address}")
+        return address, int(row[0]), None
+    name = names.domain(scope)
+    row = conn.execute("SELECT id FROM domains WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"no such domain: {name}")
+    return name, None, int(row[0])
+
+
+def _where(user_id: int | None, domain_id: int | None) -> tuple[str, int]:
+    if user_id is not None:
+        return "user_id = ?", user_id
+    assert domain_id is not None
+    return "domain_id = ?", domain_id
+
+
+def _rules(conn: sqlite3.Connection, scope: str, user_id: int | None, domain_id: int | None) -> list[SenderRule]:
+    where, key = _where(user_id, domain_id)
+    rows = conn.execute(f"SELECT id, kind, pattern, created FROM sender_rules WHERE {where} ORDER BY pattern",
+                        (key,)).fetchall()
+    return [SenderRule(int(r[0]), scope, str(r[1]), str(r[2]), float(r[3]), user_id, domain_id) for r in rows]
+
+
+class SendersMixin(Base):
+    async def list_sender_rules(self, scope: str) -> list[SenderRule]:
+        def q(conn: sqlite3.Connection) -> list[SenderRule]:
+            spelled, user_id, domain_id = _scope(conn, scope)
+            return _rules(conn, spelled, user_id, domain_id)
+
+        return await self._engine.read(q, quick=True)
+
+    async def sender_rules(self, user_id: int) -> list[SenderRule]:
+        def q(conn: sqlite3.Connection) -> list[SenderRule]:
+            row = conn.execute("SELECT u.address, d.id, d.name FROM users u JOIN domains d ON d.id = u.domain_id"
+                               " WHERE u.id = ?", (user_id,)).fetchone()
+            if row is None:
+                return []
+            return _rules(conn, str(row[0]), user_id, None) + _rules(conn, str(row[2]), None, int(row[1]))
+
+        return await self._engine.read(q, quick=True)  # invariant 1
+
+    async def add_sender_rule(self, scope: str, kind: str, pattern: str) -> SenderRule:
+        if kind not in KINDS:
+            raise Invalid(f"a sender rule is 'allow' or 'block', not {kind!r}")
+        spelled_pattern = names.sender_pattern(pattern)
+        now = time.time()
+
+        def op(tx: Tx) -> SenderRule:
+            spelled, user_id, domain_id = _scope(tx.conn, scope)
+            where, key = _where(user_id, domain_id)
+            row = tx.conn.execute(f"SELECT id FROM sender_rules WHERE {where} AND pattern = ?",
+                                  (key, spelled_pattern)).fetchone()
+            if row is not None:
+                tx.conn.execute("UPDATE sender_rules SET kind = ?, created = ? WHERE id = ?", (kind, now, row[0]))
+                return SenderRule(int(row[0]), spelled, kind, spelled_pattern, now, user_id, domain_id)
+            count = tx.conn.execute(f"SELECT count(*) FROM sender_rules WHERE {where}", (key,)).fetchone()[0]
+            if count >= names.MAX_SENDER_RULES:  # invariant 2
+                raise Invalid(f"{spelled} already has {names.MAX_SENDER_RULES} sender rules")
+            cur = tx.conn.execute(
+                "INSERT INTO sender_rules(user_id, domain_id, kind, pattern, created) VALUES (?, ?, ?, ?, ?)",
+                (user_id, domain_id, kind, spelled_pattern, now))
+            assert cur.lastrowid is not None
+            return SenderRule(cur.lastrowid, spelled, kind, spelled_pattern, now, user_id, domain_id)
+
+        return await self._engine.write(op)
+
+    async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
+        spelled_pattern = names.sender_pattern(pattern)
+
+        def op(tx: Tx) -> bool:
+            _, user_id, domain_id = _scope(tx.conn, scope)
+            where, key = _where(user_id, domain_id)
+            cur = tx.conn.execute(f"DELETE FROM sender_rules WHERE {where} AND pattern = ?", (key, spelled_pattern))
+            return cur.rowcount > 0
+
+        return bool(await self._engine.write(op))
+
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[int], now: float) -> int:
+        if kind not in SIGNALS:
+            raise Invalid(f"a training signal is 'spam' or 'ham', not {kind!r}")
+        if not blob_ids:
+            return 0
+
+        def op(tx: Tx) -> int:
+            if tx.conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                return 0
+            tx.conn.executemany(
+                "INSERT INTO spam_training(user_id, kind, blob_id, created, next_try) VALUES (?, ?, ?, ?, ?)",
+                [(user_id, kind, b, now, now) for b in blob_ids])
+            return len(blob_ids)
+
+        return int(await self._engine.write(op))
+
+    async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
+        def q(conn: sqlite3.Connection) -> list[TrainingSignal]:
+            rows = conn.execute(  # invariant 3
+                "SELECT id, user_id, kind, blob_id, created, attempts FROM spam_training WHERE next_try <= ?"
+                " ORDER BY next_try, id LIMIT ?", (now, limit)).fetchall()
+            return [TrainingSignal(int(r[0]), int(r[1]), str(r[2]), int(r[3]), float(r[4]), int(r[5])) for r in rows]
+
+        return await self._engine.read(q, quick=True)
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+        def op(tx: Tx) -> None:
+            if retry_at is None:
+                tx.conn.execute("DELETE FROM spam_training WHERE id = ?", (signal_id,))
+            else:
+                tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = ? WHERE id = ?",
+                                (retry_at, signal_id))
+
+        await self._engine.write(op)
