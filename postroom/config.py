@@ -198,6 +198,29 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """The built-in spam score of MX mail (postroom/inbound/score.py): one weight per sign, summed. Weights are on
+    SpamAssassin's scale (its default threshold is 5), each chosen so that no single sign a legitimate small
+    sender may show (no SPF record, no DKIM, no reverse DNS) reaches the Junk threshold alone."""
+
+    enabled: bool = True  # score MX mail (when the inbound checks run); false: no score, no Junk filing by it
+    junk_threshold: float = 5.0  # a score over this: each recipient's Junk with $Junk (allow rules excepted)
+    reject_threshold: float = 0.0  # > 0: a score over this is 550 5.7.1 at the end of DATA; 0: never
+    spf_fail: float = 2.5  # the MAIL FROM domain says this host may not send for it (RFC 7208 §2.6.4)
+    spf_softfail: float = 1.0  # "probably not authorized" (§2.6.5)
+    spf_none: float = 0.5  # no SPF record (§2.6.1): common for small domains, so small
+    spf_permerror: float = 0.5  # a broken record (§2.6.7)
+    dkim_fail: float = 1.0  # a signature that does not verify (changed in transit, or forged; lists break some)
+    dkim_none: float = 0.5  # no DKIM signature at all
+    dmarc_fail: float = 2.0  # DMARC fail where the policy applied nothing (p=none, or pct left it out)
+    dnsbl: float = 3.0  # per zone of dnsbl_zones that lists the client
+    dnsbl_zones: tuple[str, ...] = ()  # blocklists that add to the score instead of refusing (smtp.dnsbl_zones)
+    rdns_none: float = 1.0  # the client has no forward-confirmed reverse DNS name (smtp.reverse_dns)
+    helo_not_fqdn: float = 1.0  # HELO/EHLO name without a dot (RFC 5321 §4.1.1.1 asks for the FQDN)
+    helo_bare_ip: float = 2.0  # HELO/EHLO name is an IP address without brackets (RFC 5321 §4.1.3: a literal)
+
+
+@dataclass(frozen=True)
 class InboundConfig:
     """Sender authentication of mail arriving on the MX listener (postroom/inbound/): each check's result goes
     into the Authentication-Results field added to the message (RFC 8601) and into its log line."""
@@ -207,6 +230,7 @@ class InboundConfig:
     dmarc: bool = True  # RFC 7489 alignment and policy (needs spf and dkim)
     dmarc_reject: str = "reject"  # what p=reject does: "reject" (550 5.7.1 at the end of DATA) or "quarantine"
     dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # [inbound.score]
 
 
 @dataclass(frozen=True)
@@ -543,6 +567,18 @@ def _validate(cfg: Config, where: str) -> None:
     for i, zone in enumerate(cfg.smtp.dnsbl_zones):
         if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
             raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    score = cfg.inbound.score
+    for f in dataclasses.fields(score):
+        value = getattr(score, f.name)
+        if isinstance(value, float) and value < 0:
+            raise ConfigError(f"{where}: inbound.score.{f.name} must be 0 or more")
+    if score.junk_threshold <= 0:
+        raise ConfigError(f"{where}: inbound.score.junk_threshold must be positive")
+    if score.reject_threshold and score.reject_threshold <= score.junk_threshold:
+        raise ConfigError(f"{where}: inbound.score.reject_threshold must be over junk_threshold (or 0: off)")
+    for i, zone in enumerate(score.dnsbl_zones):
+        if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
+            raise ConfigError(f"{where}: inbound.score.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
     if cfg.smtp.dnsbl_timeout_seconds <= 0:
         raise ConfigError(f"{where}: smtp.dnsbl_timeout_seconds must be positive")
     if cfg.smtp.greet_delay_seconds > 60:
@@ -803,6 +839,23 @@ dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 ke
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+
+[inbound.score]                    # the built-in spam score of MX mail: weights summed (docs/CONFIG.md: why each)
+enabled = true
+junk_threshold = 5.0               # over it: the recipients' Junk with $Junk
+reject_threshold = 0.0             # > 0: over it, 550 5.7.1 at the end of DATA; 0: never
+spf_fail = 2.5
+spf_softfail = 1.0
+spf_none = 0.5
+spf_permerror = 0.5
+dkim_fail = 1.0
+dkim_none = 0.5
+dmarc_fail = 2.0                   # a DMARC fail the policy let through (p=none, pct)
+dnsbl = 3.0                        # per listing in one of dnsbl_zones
+dnsbl_zones = []                   # blocklists that add to the score instead of refusing
+rdns_none = 1.0                    # no forward-confirmed reverse DNS (smtp.reverse_dns)
+helo_not_fqdn = 1.0
+helo_bare_ip = 2.0
 
 [rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
 url = ""                           # e.g. "http://127.0.0.1:11333"; "": off

@@ -50,10 +50,12 @@ class ClientDns(Protocol):
 @dataclass(frozen=True)
 class ClientInfo:
     """The result: `rdns` the forward-confirmed name, "unknown", or None when not looked up; `listed` the
-    (zone, answer) of the first blocklist (in configured order) that lists the client, else None."""
+    (zone, answer) of the first blocklist (in configured order) that lists the client, else None; `scored`
+    every score zone's listing (they add to the built-in score, inbound/score.py, and refuse nothing)."""
 
     rdns: str | None = None
     listed: tuple[str, str] | None = None
+    scored: tuple[tuple[str, str], ...] = ()  # (zone, answer) of each `inbound.score.dnsbl_zones` listing
 
 
 def dnsbl_name(ip: str, zone: str) -> str:
@@ -111,12 +113,16 @@ async def forward_confirmed(dns: ClientDns, ip: str, timeout: float) -> str:
 
 
 async def look_up_client(dns: ClientDns, ip: str, zones: tuple[str, ...], timeout: float,
-                         rdns: bool) -> ClientInfo:
-    """Blocklists `zones` and (when `rdns`) FCrDNS of client `ip`, all at once (module doc). Never raises."""
+                         rdns: bool, score_zones: tuple[str, ...] = ()) -> ClientInfo:
+    """Blocklists `zones` and `score_zones` and (when `rdns`) FCrDNS of client `ip`, all at once (module doc).
+    Never raises."""
     async def no_name() -> str | None:
         return None
 
     name_job = forward_confirmed(dns, ip, timeout) if rdns else no_name()
-    name, *answers = await asyncio.gather(name_job, *(listed_in(dns, ip, z, timeout) for z in zones))
-    listed = next(((z, a) for z, a in zip(zones, answers, strict=True) if a is not None), None)
-    return ClientInfo(name, listed)
+    every = (*zones, *score_zones)
+    name, *answers = await asyncio.gather(name_job, *(listed_in(dns, ip, z, timeout) for z in every))
+    found = list(zip(every, answers, strict=True))
+    listed = next(((z, a) for z, a in found[:len(zones)] if a is not None), None)
+    scored = tuple((z, a) for z, a in found[len(zones):] if a is not None)
+    return ClientInfo(name, listed, scored)

@@ -61,6 +61,12 @@ Invariants
    rule matching MAIL FROM skips greylisting only once SPF passes for it (the session log says
    `greylist=skipped-allowed`); after DATA the checks' authenticated senders go to the router
    (`Envelope.authenticated`), where an allow rule can only skip the spam filing.
+11. The built-in score (inbound/score.py, `[inbound.score]`) of MX mail the inbound checks ran on: its field
+   `X-Postroom-Score` goes on top with Authentication-Results (one arriving under that name is removed on every
+   listener, like ours of RFC 8601 §5), its total and parts on the message's log line. When rspamd answered,
+   the score is only logged (`score_role=logged`); otherwise over `reject_threshold` (when set) the message
+   is `550 5.7.1` (`refused=score`), over `junk_threshold` it is spam (`Envelope.spam`: Junk with `$Junk`,
+   except for recipients whose authenticated allow rule counts).
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
 from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
+from postroom.inbound.score import Score, score
+from postroom.inbound.score import field_spans as score_spans
 from postroom.inbound.senders import authenticated_senders
 from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
@@ -310,13 +318,15 @@ class Session:
         """Start the blocklist and FCrDNS lookups of an MX client (smtp/dnsbl.py) at connect, so they run beside
         the pregreet wait; exempt and relay clients are not looked up (issue 12 item 7)."""
         smtp, door, dns, ip = self.services.config.smtp, self.services.door, self.services.dns, self.conn.peer[0]
-        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns):
+        score = self.services.config.inbound.score
+        score_zones = score.dnsbl_zones if score.enabled and self.checks is not None else ()
+        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns or score_zones):
             return
         if (door is not None and door.exempt(ip)) or self.policy.in_relay_networks(ip):
             return
         timeout = smtp.dnsbl_timeout_seconds
         self.client_lookups = asyncio.create_task(
-            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns))
+            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns, score_zones))
 
     async def _client_info(self) -> ClientInfo | None:
         """The lookups' result (waiting for them, bounded by their time-out), or None when not looked up."""
@@ -567,6 +577,7 @@ class Session:
             core.message_done(Reply(552, "5.3.4", (f"Message header longer than {HEAD_LIMIT // 1024} KiB",)))
             return
         verdict: Verdict | None = None
+        spam_score: Score | None = None
         if self.checks is not None and not core.authenticated and not self.may_relay():
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
             verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
@@ -586,10 +597,17 @@ class Session:
                         "(RFC 7489 §6.6.1)")
                 core.message_done(Reply(550, "5.7.1", (text,)))
                 return
+            score_cfg = self.services.config.inbound.score
+            if score_cfg.enabled:
+                spam_score = score(score_cfg, spf=verdict.spf, dkim=verdict.dkim, dmarc=verdict.dmarc,
+                                   helo=core.helo, rdns=info.rdns if info is not None else None,
+                                   listed=info.scored if info is not None else ())
+                header = spam_score.field() + header
             header = verdict.header + header
-        spans = authres.own_fields(head, self.services.config.server.hostname)
+        # RFC 8601 §5: fields claiming our authserv-id came from elsewhere, and so did a score field claiming to
+        # be ours (inbound/score.py): removed (invariant 7).
+        spans = sorted(authres.own_fields(head, self.services.config.server.hostname) + score_spans(head))
         if spans:
-            # RFC 8601 §5: fields claiming our authserv-id came from elsewhere: removed (invariant 7).
             if ev.spilled and staged is not None:
                 await asyncio.to_thread(_remove_from_file, staged, spans)
             else:
@@ -614,6 +632,8 @@ class Session:
                 else:  # soft reject, greylist: the sender's server tries again later
                     core.message_done(Reply(451, "4.7.1", ("Try again later",)))
                 return
+            if scan is not None and spam_score is not None:
+                scan_log.append(("score_role", "logged"))  # invariant 11: rspamd answered, rspamd decides
             if scan is not None and scan.junk:
                 added += scan.x_spam()
                 if scan.subject is not None:
@@ -626,6 +646,18 @@ class Session:
                     elif old:
                         body = authres.remove_spans(body, old)
                     added += subject_field(scan.subject)
+        spam = scan is not None and scan.junk
+        if scan is None and spam_score is not None:  # invariant 11: no rspamd verdict, ours decides
+            score_cfg = self.services.config.inbound.score
+            if score_cfg.reject_threshold and spam_score.total > score_cfg.reject_threshold:
+                self._drop_staged()
+                self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, refused="score",
+                                  extra=scan_log + spam_score.log_fields())
+                core.message_done(Reply(550, "5.7.1", (f"Message refused as spam (score {spam_score.total:g})",)))
+                return
+            spam = spam_score.total > score_cfg.junk_threshold
+        if spam_score is not None:
+            scan_log += spam_score.log_fields()
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
                        raw=header + added + body, envid=ev.params.envid,
@@ -634,7 +666,7 @@ class Session:
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay(),
                        junk=verdict is not None and verdict.action == "quarantine",
-                       spam=scan is not None and scan.junk,
+                       spam=spam,
                        authenticated=self._authenticated(ev.mail_from, head, verdict))
         try:
             if self.policy.submission:
