@@ -582,7 +582,9 @@ class Session:
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
             verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
                                               raw=None if ev.spilled else ev.raw, path=staged,
-                                              helo_known=self.helo_spf)
+                                              helo_known=self.helo_spf,
+                                              iprev=(info.iprev, info.rdns or "unknown")
+                                              if info is not None and info.iprev else None)
             if verdict.helo_spf is not None and verdict.helo_spf.result != "temperror":
                 self.helo_spf = verdict.helo_spf  # the same for the session's next messages (same client, name)
             if verdict.action == "reject":
