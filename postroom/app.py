@@ -64,6 +64,7 @@ from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
+from .inbound.learn import Learner
 from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .net.connection import Connection
@@ -125,6 +126,7 @@ class Postroom:
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
+    learner: Learner | None = None  # sends users' Junk verdicts to rspamd's controller (inbound/learn.py)
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
     certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
     acme_task: asyncio.Task[None] | None = None
@@ -185,6 +187,8 @@ class Postroom:
         store = self.store
         self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
         self.retention.start()
+        self.learner = Learner(store, cfg.rspamd)  # rspamd learning from users' Junk verdicts, when configured
+        self.learner.start()
         self.indexer = asyncio.create_task(_index_in_background(store, cfg))
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
@@ -313,6 +317,8 @@ class Postroom:
             self._bounce_router.config = new
         if self.retention is not None:
             self.retention.days = new.imap.expunged_retention_days
+        if self.learner is not None:
+            self.learner.configure(new.rspamd)
         if self.certificates is not None:  # ACME: the next order uses the new names; it loads into the new context
             self.certificates.cfg, self.certificates.context = new, tls
         if self._web_tls is not None and "tls.certificate" in changed:  # https serves through its first context
@@ -345,6 +351,8 @@ class Postroom:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:
             await self.retention.stop()
+        if self.learner is not None:
+            await self.learner.stop()
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (metapool.py invariant 4)

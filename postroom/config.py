@@ -251,6 +251,11 @@ class RspamdConfig:
 
     url: str = ""  # "http://127.0.0.1:11333" (its normal worker); "": rspamd is not asked
     timeout_seconds: float = 15.0  # the whole exchange; past it the message is delivered unjudged
+    # rspamd's controller worker ("http://127.0.0.1:11334"): users' moves into and out of Junk are recorded and
+    # sent to its /learnspam and /learnham (inbound/learn.py); "": nothing is recorded or sent
+    controller_url: str = ""
+    controller_password: str = ""  # the controller's (enable_)password, sent as its Password header; a secret
+    learn_days: int = 3  # a signal rspamd could not take for this long is dropped (with a log line)
 
 
 @dataclass(frozen=True)
@@ -630,6 +635,13 @@ def _validate(cfg: Config, where: str) -> None:
             parse_http_url(cfg.rspamd.url)
         except ValueError as exc:
             raise ConfigError(f"{where}: rspamd.url: {exc} (write \"http://127.0.0.1:11333\")") from None
+    if cfg.rspamd.controller_url:
+        try:
+            parse_http_url(cfg.rspamd.controller_url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rspamd.controller_url: {exc} (write \"http://127.0.0.1:11334\")") from None
+    if cfg.rspamd.learn_days < 1:
+        raise ConfigError(f"{where}: rspamd.learn_days must be 1 or more")
     if cfg.rspamd.timeout_seconds <= 0:
         raise ConfigError(f"{where}: rspamd.timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
@@ -860,4 +872,7 @@ helo_bare_ip = 2.0
 [rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
 url = ""                           # e.g. "http://127.0.0.1:11333"; "": off
 timeout_seconds = 15               # then the message is delivered unjudged (and the log says so)
+controller_url = ""                # e.g. "http://127.0.0.1:11334": learn from users' moves into/out of Junk
+controller_password = ""           # the controller's password (a secret: never logged)
+learn_days = 3                     # a training signal rspamd cannot take for this long is dropped
 '''

@@ -55,8 +55,10 @@ Invariants every engine keeps:
    domain and goes with it; a pattern is an address, "@domain" or "@.domain" (`names.sender_pattern`), and a
    scope holds at most one rule per pattern (adding the other kind replaces it) and at most
    `names.MAX_SENDER_RULES` rules. The store keeps them; what they mean is inbound/senders.py's.
-14. **A training signal is kept until it is sent or given up.** `add_training_signals` is durable when it
-   returns; a signal leaves only by `finish_training_signal` without a retry time (or with its user).
+14. **A training signal is kept until it is sent or given up.** With `training_signals` on, the write that moves,
+   copies or flags a message as the user's verdict (`training_signals` says which) records it in the same
+   transaction; `add_training_signals` is durable when it returns; a signal leaves only by
+   `finish_training_signal` without a retry time (or with its user).
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -567,7 +569,7 @@ class TrainingSignal:
     id: int
     user_id: int
     kind: str
-    blob_id: int
+    blob_id: str
     created: float
     attempts: int = 0
 
@@ -1151,9 +1153,16 @@ class Store(Protocol):
         """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
 
     # ---- spam training signals (invariant 14; inbound/learn.py)
-    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[int], now: float) -> int:
+    training_signals: bool
+    """When true, the store records a training signal in the transaction of each user move that judges a message
+    (invariant 14): a copy or move into the user's Junk mailbox (special use \\Junk, else named "Junk") or
+    `$Junk` added by a flag change: "spam"; a move out of Junk into any mailbox but Trash: "ham". False (the
+    default): nothing is recorded (no learner to send them)."""
+
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[str], now: float) -> int:
         """Record that the user judged these bodies "spam" or "ham" (Invalid otherwise); returns how many rows
-        were written (unknown users: none). Each row is due at once."""
+        were written (unknown users: none). Each row is due at once; a pending signal for the same body is
+        replaced."""
 
     async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
         """Signals whose next try is at or before `now`, oldest first, at most `limit`."""

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from postroom.store import names
-from postroom.store.api import Invalid, NotFound, Store
+from postroom.store.api import Invalid, NotFound, Store, StoreMode
 from postroom.store.sqlite import SQLiteStore
 
-from .conftest import downgrade, new_user
+from .conftest import downgrade, inbox, msg, new_user
 
 
 async def test_rules_by_scope_one_kind_per_pattern(store: Store) -> None:
@@ -83,22 +83,61 @@ async def test_rules_per_scope_are_bounded(store: Store, monkeypatch: pytest.Mon
 async def test_training_signals_until_sent_or_given_up(store: Store) -> None:
     alice = await new_user(store, "alice@example.org")
     with pytest.raises(Invalid):
-        await store.add_training_signals(alice.id, "maybe", [1], 10.0)
-    assert await store.add_training_signals(alice.id, "spam", [11, 12], 100.0) == 2
-    assert await store.add_training_signals(alice.id, "ham", [13], 101.0) == 1
-    assert await store.add_training_signals(999_999, "ham", [13], 101.0) == 0
+        await store.add_training_signals(alice.id, "maybe", ["b1"], 10.0)
+    assert await store.add_training_signals(alice.id, "spam", ["b11", "b12"], 100.0) == 2
+    assert await store.add_training_signals(alice.id, "ham", ["b13"], 101.0) == 1
+    assert await store.add_training_signals(999_999, "ham", ["b13"], 101.0) == 0
     assert await store.due_training_signals(99.0) == []
     due = await store.due_training_signals(101.0)
-    assert [(s.kind, s.blob_id, s.attempts) for s in due] == [("spam", 11, 0), ("spam", 12, 0), ("ham", 13, 0)]
+    assert [(s.kind, s.blob_id, s.attempts) for s in due] == [("spam", "b11", 0), ("spam", "b12", 0), ("ham", "b13", 0)]
     assert all(s.user_id == alice.id for s in due)
     await store.finish_training_signal(due[0].id)  # sent
     await store.finish_training_signal(due[1].id, retry_at=500.0)  # failed: later
-    assert [s.blob_id for s in await store.due_training_signals(200.0)] == [13]
+    assert [s.blob_id for s in await store.due_training_signals(200.0)] == ["b13"]
     later = await store.due_training_signals(500.0)
-    assert [(s.blob_id, s.attempts) for s in later] == [(13, 0), (12, 1)]
+    assert [(s.blob_id, s.attempts) for s in later] == [("b13", 0), ("b12", 1)]
     assert len(await store.due_training_signals(500.0, limit=1)) == 1
+    # A newer verdict on a pending body replaces it (schema invariant 25): the user changed their mind.
+    await store.add_training_signals(alice.id, "ham", ["b12"], 600.0)
+    assert [(s.kind, s.blob_id, s.attempts) for s in await store.due_training_signals(600.0)] == \
+        [("ham", "b13", 0), ("ham", "b12", 0)]
     await store.remove_user("alice@example.org")  # the signals go with their user (schema invariant 25)
     assert await store.due_training_signals(1e12) == []
+
+
+async def signals(store: Store) -> list[tuple[str, str]]:
+    return [(s.kind, s.blob_id) for s in await store.due_training_signals(1e12)]
+
+
+async def test_moves_and_flags_record_the_users_verdict(store: Store) -> None:
+    """api invariant 14: into Junk or +$Junk is "spam", out of Junk (not to Trash) is "ham", in the same write;
+    deliveries into Junk and other moves record nothing; with `training_signals` off nothing at all."""
+    alice = await new_user(store, "alice@example.org")
+    box = await inbox(store, alice)
+    junk = await store.get_mailbox(alice.id, "Junk")
+    trash = await store.get_mailbox(alice.id, "Trash")
+    archive = await store.create_mailbox(alice.id, "Projects")
+    assert junk is not None and junk.special_use == "\\Junk" and trash is not None
+    r = [await store.append(box.id, msg(i)) for i in range(5)]
+    blobs = {m.uid: m.blob_id for m in await store.list_messages(box.id)}
+    await store.move_messages(box.id, [r[0].uid], junk.id)  # off: nothing recorded
+    assert await signals(store) == []
+    store.training_signals = True
+    await store.move_messages(box.id, [r[1].uid], junk.id)
+    await store.copy_messages(box.id, [r[2].uid], junk.id)
+    await store.store_flags(box.id, [r[3].uid], StoreMode.ADD, keywords=["$junk"])
+    await store.store_flags(box.id, [r[3].uid], StoreMode.ADD, keywords=["$Junk"])  # already there: nothing new
+    await store.move_messages(box.id, [r[4].uid], archive.id)  # not a verdict
+    assert await signals(store) == [("spam", blobs[r[1].uid]), ("spam", blobs[r[2].uid]), ("spam", blobs[r[3].uid])]
+    in_junk = {m.blob_id: m.uid for m in await store.list_messages(junk.id)}
+    await store.move_messages(junk.id, [in_junk[blobs[r[0].uid]]], trash.id)  # deleting spam is not ham
+    await store.move_messages(junk.id, [in_junk[blobs[r[1].uid]]], archive.id)  # not spam after all
+    assert ("ham", blobs[r[1].uid]) in await signals(store) and ("spam", blobs[r[1].uid]) not in await signals(store)
+    assert all(b != blobs[r[0].uid] for _, b in await signals(store))
+    # The server's own deliveries into Junk (the filters' verdicts) are not the user's.
+    before = await signals(store)
+    await store.deliver([junk.id], msg(9))
+    assert await signals(store) == before
 
 
 async def test_schema_19_on_a_version_18_store(tmp_path: Path) -> None:
@@ -117,6 +156,6 @@ async def test_schema_19_on_a_version_18_store(tmp_path: Path) -> None:
         assert await store.list_sender_rules("alice@example.org") == []
         await store.add_sender_rule("alice@example.org", "block", "@bad.example")
         assert [r.pattern for r in await store.sender_rules(alice.id)] == ["@bad.example"]
-        assert await store.add_training_signals(alice.id, "spam", [1], 1.0) == 1
+        assert await store.add_training_signals(alice.id, "spam", ["b1"], 1.0) == 1
     finally:
         await store.close()

@@ -81,6 +81,7 @@ from postroom.store.sqlite.common import (
 )
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.quota import check as quota_check
+from postroom.store.sqlite.senders import copy_verdict, record_signals
 from postroom.store.sqlite.threads import (
     add_sort_rows,
     assign_thread,
@@ -188,6 +189,11 @@ def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, now: 
 
 def _check_request(req: AppendRequest) -> tuple[int, frozenset[str]]:
     return names.flags(req.flags), frozenset(names.keywords(req.keywords).values())
+
+
+def _has_junk(kws: Iterable[str]) -> bool:
+    """Whether a keyword set holds $Junk (keywords compare case-insensitively, RFC 9051 §2.3.2)."""
+    return any(k.lower() == "$junk" for k in kws)
 
 
 def _apply(mode: StoreMode, flags: int, kws: dict[str, str], old_flags: int,
@@ -715,6 +721,7 @@ class MessagesMixin(Base):
             changes = []
             modified: set[int] = set()
             rows = _flag_rows(tx.conn, mailbox_id, wanted)
+            junked: list[int] = []
             if unchanged_since is not None:
                 # RFC 7162 §3.1.3: a UID no longer here was removed after any MODSEQ the caller holds: it fails
                 # the test like a message changed since (api: store_flags).
@@ -734,6 +741,8 @@ class MessagesMixin(Base):
                     if new_flags == old_flags and new_kws == old_kws:
                         continue
                 modseq += 1
+                if training and not _has_junk(old_kws) and _has_junk(new_kws):
+                    junked.append(uid)
                 text = old_text if new_kws is old_kws else encode_keywords(new_kws)
                 updates.append((new_flags, text, modseq, mailbox_id, uid))
                 changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, uid, modseq, new_flags, new_kws))
@@ -748,8 +757,15 @@ class MessagesMixin(Base):
                 grown = grow_keywords(tx, mbox, kws.values())  # invariant 5
                 if grown is not None:
                     changes.append(grown)
+            if junked:  # senders.py invariant 4: $Junk added is the user's "spam", in the same transaction
+                blobs = [r[0] for r in tx.conn.execute(
+                    f"SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(junked))})",
+                    (mailbox_id, *junked))]
+                record_signals(tx.conn, mbox.user_id, "spam", blobs, now)
             return WriteResult(tuple(changes), tuple(sorted(modified)))
 
+        now = self._clock()
+        training = self.training_signals and mode is not StoreMode.REMOVE and "$junk" in kws
         return await self._engine.write(op)
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
@@ -811,6 +827,10 @@ class MessagesMixin(Base):
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
             else:
                 add_blob_refs(tx, count_blobs(m.blob_id for m in msgs))
+            verdict = copy_verdict(src, dest, move) if training and msgs else None
+            if verdict is not None:  # senders.py invariant 4: the user's verdict, in the same transaction
+                record_signals(tx.conn, as_user if as_user is not None else dest.user_id, verdict,
+                               (m.blob_id for m in msgs), now)
             return CopyResult(
                 uidvalidity=dest.uidvalidity,
                 source_uids=tuple(m.uid for m in msgs),
@@ -819,6 +839,7 @@ class MessagesMixin(Base):
             )
 
         now = self._clock()
+        training = self.training_signals
         return await self._engine.write(op)
 
     async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,

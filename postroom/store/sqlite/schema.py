@@ -153,7 +153,8 @@ Invariants:
    (scope, pattern) is unique, so one pattern is either allowed or blocked in a scope, never both.
 25. A `spam_training` row belongs to a user (cascade) and names a body (`blob_id`, no foreign key: the body may
    be released before the signal is sent, which then drops it) and whether it is to be learnt as spam or ham;
-   rows are deleted once sent, or dropped after the retention (inbound/learn.py).
+   at most one row per (user, body): a newer verdict replaces a pending one (the user changed their mind before
+   it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 """
 
 from __future__ import annotations
@@ -557,7 +558,7 @@ def _v19(conn: sqlite3.Connection) -> None:
     """Sender allow/block rules (invariant 24) and spam training signals (invariant 25), none yet. A rule belongs
     to exactly one scope, a user or a domain (gone with it, by cascade); `sender_rules_user` and
     `sender_rules_domain` make (scope, pattern) unique and find a scope's rules. `spam_training_due` finds the
-    signals due to be sent."""
+    signals due to be sent; `spam_training_body` keeps one pending signal per (user, body)."""
     conn.execute(
         "CREATE TABLE sender_rules(id INTEGER PRIMARY KEY,"
         " user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,"
@@ -571,10 +572,11 @@ def _v19(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE spam_training(id INTEGER PRIMARY KEY,"
         " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
-        " kind TEXT NOT NULL CHECK (kind IN ('spam', 'ham')), blob_id INTEGER NOT NULL, created REAL NOT NULL,"
+        " kind TEXT NOT NULL CHECK (kind IN ('spam', 'ham')), blob_id TEXT NOT NULL, created REAL NOT NULL,"
         " attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL)"
     )
     conn.execute("CREATE INDEX spam_training_due ON spam_training(next_try)")
+    conn.execute("CREATE UNIQUE INDEX spam_training_body ON spam_training(user_id, blob_id)")
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {

@@ -7,25 +7,29 @@ Theory of operation
 row per pattern in a scope, so `add_sender_rule` is an upsert (a pattern changes kind in place). What a rule
 means for a message (which one wins, when an allow counts) is inbound/senders.py's; this module only keeps rows.
 
-`spam_training` holds the signals a user's moves into and out of Junk leave (inbound/learn.py writes and sends
-them). A row names the body by its blob id; the body may be released before the signal goes out, and the
-sender then drops the row.
+`spam_training` holds the signals a user's moves into and out of Junk leave (recorded here, in the move's own
+transaction, invariant 4; inbound/learn.py sends them). A row names the body by its blob id; the body may be
+released before the signal goes out, and the sender then drops the row.
 
 Invariants
 1. `sender_rules(user_id)` is two index range reads (the user's rules, their domain's), never a scan.
 2. A scope never holds more than `names.MAX_SENDER_RULES` rules: an insert past it is refused in the same
    transaction that counts them.
 3. `due_training_signals` reads the `spam_training_due` index range up to `now`, at most `limit` rows.
+4. With `training_signals` on, the message writes record the user's verdicts in their own transaction
+   (messages.py `_copy` and `store_flags` call `record_signals`): a copy or move into Junk, or `$Junk` added, is
+   "spam"; a move out of Junk into anything but Trash is "ham" (`copy_verdict`). A crash can lose neither the
+   move nor its signal without the other. Deliveries into Junk (the filters' own verdicts) record nothing.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from postroom.store import names
-from postroom.store.api import Invalid, NotFound, SenderRule, TrainingSignal
+from postroom.store.api import Invalid, Mailbox, NotFound, SenderRule, TrainingSignal
 from postroom.store.sqlite.common import Base
 from postroom.store.sqlite.engine import Tx
 
@@ -60,6 +64,37 @@ def _rules(conn: sqlite3.Connection, scope: str, user_id: int | None, domain_id:
     rows = conn.execute(f"SELECT id, kind, pattern, created FROM sender_rules WHERE {where} ORDER BY pattern",
                         (key,)).fetchall()
     return [SenderRule(int(r[0]), scope, str(r[1]), str(r[2]), float(r[3]), user_id, domain_id) for r in rows]
+
+
+def record_signals(conn: sqlite3.Connection, user_id: int, kind: str, blob_ids: Iterable[str], now: float) -> int:
+    """Write the user's verdict `kind` on each body, due at once, in the caller's transaction (invariant 4): a
+    pending signal for the same (user, body) is replaced (schema invariant 25). Returns how many were written."""
+    rows = [(user_id, kind, b, now, now) for b in dict.fromkeys(blob_ids)]
+    conn.executemany(
+        "INSERT INTO spam_training(user_id, kind, blob_id, created, next_try) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(user_id, blob_id) DO UPDATE SET kind = excluded.kind, created = excluded.created,"
+        " attempts = 0, next_try = excluded.next_try", rows)
+    return len(rows)
+
+
+def is_junk(box: Mailbox) -> bool:
+    """The user's Junk mailbox: special use \\Junk (RFC 6154), else named "Junk" (delivery/local.py's rule)."""
+    return box.special_use == "\\Junk" or (box.special_use is None and box.name == "Junk")
+
+
+def is_trash(box: Mailbox) -> bool:
+    """The user's Trash: special use \\Trash, else named "Trash"."""
+    return box.special_use == "\\Trash" or (box.special_use is None and box.name == "Trash")
+
+
+def copy_verdict(src: Mailbox, dest: Mailbox, move: bool) -> str | None:
+    """The training signal a copy or move from `src` to `dest` is (invariant 4): into Junk "spam"; a move out
+    of Junk into anything but Trash "ham" (deleting spam is not calling it ham); else None."""
+    if is_junk(dest) and not is_junk(src):
+        return "spam"
+    if move and is_junk(src) and not is_junk(dest) and not is_trash(dest):
+        return "ham"
+    return None
 
 
 class SendersMixin(Base):
@@ -116,7 +151,7 @@ class SendersMixin(Base):
 
         return bool(await self._engine.write(op))
 
-    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[int], now: float) -> int:
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[str], now: float) -> int:
         if kind not in SIGNALS:
             raise Invalid(f"a training signal is 'spam' or 'ham', not {kind!r}")
         if not blob_ids:
@@ -125,10 +160,7 @@ class SendersMixin(Base):
         def op(tx: Tx) -> int:
             if tx.conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
                 return 0
-            tx.conn.executemany(
-                "INSERT INTO spam_training(user_id, kind, blob_id, created, next_try) VALUES (?, ?, ?, ?, ?)",
-                [(user_id, kind, b, now, now) for b in blob_ids])
-            return len(blob_ids)
+            return record_signals(tx.conn, user_id, kind, blob_ids, now)
 
         return int(await self._engine.write(op))
 
@@ -137,7 +169,7 @@ class SendersMixin(Base):
             rows = conn.execute(  # invariant 3
                 "SELECT id, user_id, kind, blob_id, created, attempts FROM spam_training WHERE next_try <= ?"
                 " ORDER BY next_try, id LIMIT ?", (now, limit)).fetchall()
-            return [TrainingSignal(int(r[0]), int(r[1]), str(r[2]), int(r[3]), float(r[4]), int(r[5])) for r in rows]
+            return [TrainingSignal(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5])) for r in rows]
 
         return await self._engine.read(q, quick=True)
 
