@@ -21,8 +21,10 @@ Each server listens on 127.0.0.1 on a free high port; each is driven with N mess
 FROM and HELO, DKIM (the bench messages are unsigned: the header is scanned, no key fetched), DMARC, the DNS
 blocklist lookup and forward-confirmed reverse DNS of the client (loopback is made not exempt; greeting delay
 and rate limits off), all through the server's one cached resolver against a DNS server of the bench's own on
-loopback (tests/e2e/dns_support.py) serving the records. rspamd is not in it (a separate daemon). The table
-then has a "checks / off" column: the goal is at least 0.8x.
+loopback (tests/e2e/dns_support.py) serving the records; and the built-in spam score (`[inbound.score]`, with a
+score blocklist zone as well). rspamd is not in it (a separate daemon). In both Postroom modes every delivery
+reads the recipient's sender allow/block rules. The table then has a "checks / off" column: the goal is at
+least 0.8x.
 
 The driver is Postfix's `smtp-source` when installed (`-d -s SESSIONS -m COUNT -l SIZE`), else a built-in
 asyncio client doing the same (one message per MAIL/RCPT/DATA exchange, connections reused).
@@ -172,7 +174,8 @@ class PostroomChecks(Postroom):
             f'[delivery]\nenabled = false\ndns_servers = ["127.0.0.1:{z.dns.port}"]\n'
             "[smtp]\nscreen_exempt = []\ngreet_delay_seconds = 0\nclient_connection_rate = 0\n"
             'client_message_rate = 0\ndnsbl_zones = ["bl.bench.test"]\nreverse_dns = true\n'
-            "[inbound]\nspf = true\ndkim = true\ndmarc = true\n", log_level="warning")
+            "[inbound]\nspf = true\ndkim = true\ndmarc = true\n"
+            '[inbound.score]\nenabled = true\ndnsbl_zones = ["score.bench.test"]\n', log_level="warning")
 
     def stop(self) -> None:
         try:

@@ -230,6 +230,8 @@ class InboundConfig:
     dmarc: bool = True  # RFC 7489 alignment and policy (needs spf and dkim)
     dmarc_reject: str = "reject"  # what p=reject does: "reject" (550 5.7.1 at the end of DATA) or "quarantine"
     dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
+    dmarc_reports: bool = False  # record DMARC results and send daily aggregate reports to rua (RFC 7489 §7.2)
+    dmarc_report_from: str = ""  # the reports' sender address (needed when dmarc_reports is on)
     score: ScoreConfig = field(default_factory=ScoreConfig)  # [inbound.score]
 
 
@@ -572,6 +574,13 @@ def _validate(cfg: Config, where: str) -> None:
     for i, zone in enumerate(cfg.smtp.dnsbl_zones):
         if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
             raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    if cfg.inbound.dmarc_reports:
+        sender = cfg.inbound.dmarc_report_from
+        if sender.count("@") != 1 or not all(sender.split("@")) or any(c.isspace() or c in "<>," for c in sender):
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc_report_from, the reports' sender "
+                              "address (e.g. \"dmarc-reports@example.org\", an address of a local domain)")
+        if not cfg.inbound.dmarc:
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc on")
     score = cfg.inbound.score
     for f in dataclasses.fields(score):
         value = getattr(score, f.name)
@@ -851,6 +860,8 @@ dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 ke
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+dmarc_reports = false              # true: daily DMARC aggregate reports (RFC 7489 §7.2) to the domains' rua
+dmarc_report_from = ""             # the reports' sender, e.g. "dmarc-reports@example.org" (needed when true)
 
 [inbound.score]                    # the built-in spam score of MX mail: weights summed (docs/CONFIG.md: why each)
 enabled = true

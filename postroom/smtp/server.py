@@ -67,6 +67,8 @@ Invariants
    the score is only logged (`score_role=logged`); otherwise over `reject_threshold` (when set) the message
    is `550 5.7.1` (`refused=score`), over `junk_threshold` it is spam (`Envelope.spam`: Junk with `$Junk`,
    except for recipients whose authenticated allow rule counts).
+12. With `inbound.dmarc_reports` on, each MX message whose DMARC record has `rua` leaves one durable row for the
+   domain's daily aggregate report (inbound/dmarc_reports.py) before it is answered, refused messages included.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ from postroom.delivery.router import (
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.dmarc_reports import evaluation as dmarc_evaluation
 from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
 from postroom.inbound.score import Score, score
 from postroom.inbound.score import field_spans as score_spans
@@ -587,6 +590,12 @@ class Session:
                                               if info is not None and info.iprev else None)
             if verdict.helo_spf is not None and verdict.helo_spf.result != "temperror":
                 self.helo_spf = verdict.helo_spf  # the same for the session's next messages (same client, name)
+            if self.services.config.inbound.dmarc_reports and verdict.dmarc is not None:
+                # inbound/dmarc_reports.py: kept (durably) for the domain's aggregate report, refusals too
+                row = dmarc_evaluation(now=self.clock(), ip=conn.peer[0], dmarc=verdict.dmarc, spf=verdict.spf,
+                                       dkim=verdict.dkim, action=verdict.action)
+                if row is not None:
+                    await self.services.store.add_dmarc_result(row)
             if verdict.action == "reject":
                 self._drop_staged()
                 self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict,

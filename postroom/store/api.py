@@ -59,6 +59,7 @@ Invariants every engine keeps:
    copies or flags a message as the user's verdict (`training_signals` says which) records it in the same
    transaction; `add_training_signals` is durable when it returns; a signal leaves only by
    `finish_training_signal` without a retry time (or with its user).
+15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -572,6 +573,26 @@ class TrainingSignal:
     blob_id: str
     created: float
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DmarcEvaluation:
+    """One message's DMARC evaluation, kept for an aggregate report (RFC 7489 §7.2, Appendix C; invariant 15).
+    `policy` holds the published record's tags as JSON ({"adkim", "aspf", "p", "sp", "pct", "fo", "rua"}), `auth`
+    the raw results as JSON ({"dkim": [[domain, selector, result], ...], "spf": [domain, scope, result]}).
+    `count` is 1 for a message, the number of messages for an aggregated row (`Store.dmarc_aggregate`)."""
+
+    at: float  # seconds since the epoch
+    policy_domain: str  # where the record was found
+    policy: str
+    source_ip: str
+    header_from: str
+    envelope_from: str
+    disposition: str  # "none" | "quarantine" | "reject": what was done
+    dkim_aligned: bool
+    spf_aligned: bool
+    auth: str
+    count: int = 1
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1170,6 +1191,19 @@ class Store(Protocol):
     async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
         """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
         again at `retry_at`."""
+
+    # ---- DMARC aggregate reports (invariant 15; inbound/dmarc_reports.py)
+    async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:
+        """Keep one message's evaluation until the report that covers it (durable when it returns)."""
+
+    async def dmarc_aggregate(self, before: float) -> tuple[list[DmarcEvaluation], int]:
+        """The evaluations made before `before`, aggregated: one row per distinct (policy domain, policy, source
+        address, From domain, envelope domain, disposition, alignments, results) with its `count` and the newest
+        `at`; and the highest row id they cover (0: none), for `delete_dmarc_results`."""
+
+    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
+        """Delete the evaluations of `policy_domain` with id <= `up_to_id` made before `before` (those its report
+        covered); returns how many."""
 
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:

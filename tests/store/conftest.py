@@ -181,7 +181,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE users DROP COLUMN quota_messages",
         "ALTER TABLE domains DROP COLUMN quota_bytes",
     ),
-    19: ("DROP TABLE sender_rules", "DROP TABLE spam_training"),
+    19: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
 }
 
 

@@ -66,3 +66,26 @@ def test_forged_fields_found_with_their_continuation_lines() -> None:
     spans = field_spans(head)
     assert [head[a:b] for a, b in spans] == [b"x-postroom-score: -100\r\n (trust me)\r\n", b"X-Postroom-Score:0\r\n"]
     assert field_spans(b"\r\nX-Postroom-Score: 1\r\n") == []
+
+
+def test_the_trust_settings_are_checked() -> None:
+    """Every new setting of issue 12's trust work is validated at load (one line naming the key)."""
+    import pytest
+
+    from postroom import config
+
+    cfg = config.load(None, {"inbound": {"score": {"spf_fail": 4, "dnsbl_zones": ["pbl.example"]}}})
+    assert cfg.inbound.score.spf_fail == 4.0 and cfg.inbound.score.dnsbl_zones == ("pbl.example",)
+    for bad, key in (({"inbound": {"score": {"junk_threshold": 0}}}, "junk_threshold"),
+                     ({"inbound": {"score": {"reject_threshold": 3}}}, "reject_threshold"),
+                     ({"inbound": {"score": {"dkim_none": -1}}}, "dkim_none"),
+                     ({"inbound": {"score": {"dnsbl_zones": ["a b"]}}}, "dnsbl_zones"),
+                     ({"inbound": {"score": {"weight": 1}}}, "inbound.score.weight"),
+                     ({"inbound": {"dmarc_reports": True}}, "dmarc_report_from"),
+                     ({"rspamd": {"controller_url": "https://x"}}, "rspamd.controller_url"),
+                     ({"rspamd": {"learn_days": 0}}, "rspamd.learn_days")):
+        with pytest.raises(config.ConfigError, match=key):
+            config.load(None, bad)
+    ok = config.load(None, {"inbound": {"dmarc_reports": True, "dmarc_report_from": "r@example.org"},
+                            "rspamd": {"controller_url": "http://127.0.0.1:11334", "controller_password": "x"}})
+    assert ok.inbound.dmarc_reports and ok.rspamd.controller_url == "http://127.0.0.1:11334"

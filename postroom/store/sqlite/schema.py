@@ -78,8 +78,9 @@ step computes it once for the messages that exist. It also adds `users.quota_mes
 and `domains.quota_bytes` (the total the domain's users may hold). Existing users and domains get 0: no new
 limit appears on upgrade.
 19 (issue 12, trust) adds `sender_rules`: the allow and block lists of a user or of a hosted domain (one row per
-scope and pattern; store/sqlite/senders.py, invariant 24), and `spam_training`: the training signals a user's
-moves into and out of Junk leave for rspamd's learning (invariant 25). None exist before.
+scope and pattern; store/sqlite/senders.py, invariant 24), `spam_training`: the training signals a user's
+moves into and out of Junk leave for rspamd's learning (invariant 25), and `dmarc_results`: the DMARC evaluation
+of each message whose policy asks for aggregate reports (invariant 26). None exist before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -155,6 +156,8 @@ Invariants:
    be released before the signal is sent, which then drops it) and whether it is to be learnt as spam or ham;
    at most one row per (user, body): a newer verdict replaces a pending one (the user changed their mind before
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
+26. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
+   with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
 """
 
 from __future__ import annotations
@@ -555,7 +558,8 @@ def _v18(conn: sqlite3.Connection) -> None:
 
 
 def _v19(conn: sqlite3.Connection) -> None:
-    """Sender allow/block rules (invariant 24) and spam training signals (invariant 25), none yet. A rule belongs
+    """Sender allow/block rules (invariant 24), spam training signals (invariant 25) and DMARC results for
+    aggregate reports (invariant 26), none yet. A rule belongs
     to exactly one scope, a user or a domain (gone with it, by cascade); `sender_rules_user` and
     `sender_rules_domain` make (scope, pattern) unique and find a scope's rules. `spam_training_due` finds the
     signals due to be sent; `spam_training_body` keeps one pending signal per (user, body)."""
@@ -577,6 +581,13 @@ def _v19(conn: sqlite3.Connection) -> None:
     )
     conn.execute("CREATE INDEX spam_training_due ON spam_training(next_try)")
     conn.execute("CREATE UNIQUE INDEX spam_training_body ON spam_training(user_id, blob_id)")
+    conn.execute(
+        "CREATE TABLE dmarc_results(id INTEGER PRIMARY KEY, at REAL NOT NULL, policy_domain TEXT NOT NULL,"
+        " policy TEXT NOT NULL, source_ip TEXT NOT NULL, header_from TEXT NOT NULL, envelope_from TEXT NOT NULL,"
+        " disposition TEXT NOT NULL, dkim_aligned INTEGER NOT NULL, spf_aligned INTEGER NOT NULL,"
+        " auth TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {

@@ -1,4 +1,5 @@
-"""Sender allow/block rules and spam training signals in SQLite (schema step 19, schema invariants 24 and 25).
+"""Sender allow/block rules, spam training signals and DMARC results in SQLite (schema step 19, schema invariants
+24 to 26).
 
 Theory of operation
 -------------------
@@ -20,6 +21,12 @@ Invariants
    (messages.py `_copy` and `store_flags` call `record_signals`): a copy or move into Junk, or `$Junk` added, is
    "spam"; a move out of Junk into anything but Trash is "ham" (`copy_verdict`). A crash can lose neither the
    move nor its signal without the other. Deliveries into Junk (the filters' own verdicts) record nothing.
+5. `dmarc_aggregate` groups in SQL (one row per distinct outcome, with its count), and it and
+   `delete_dmarc_results` cover the same rows: those up to one id and before one time, so a message evaluated
+   while a report is made is neither lost nor reported twice.
+
+`dmarc_results` holds one row per message whose DMARC policy asks for aggregate reports (inbound/dmarc_reports.py
+writes them and reports them daily).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from postroom.store import names
-from postroom.store.api import Invalid, Mailbox, NotFound, SenderRule, TrainingSignal
+from postroom.store.api import DmarcEvaluation, Invalid, Mailbox, NotFound, SenderRule, TrainingSignal
 from postroom.store.sqlite.common import Base
 from postroom.store.sqlite.engine import Tx
 
@@ -182,3 +189,40 @@ class SendersMixin(Base):
                                 (retry_at, signal_id))
 
         await self._engine.write(op)
+
+    async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:
+        e = evaluation
+
+        def op(tx: Tx) -> None:
+            tx.conn.execute(
+                "INSERT INTO dmarc_results(at, policy_domain, policy, source_ip, header_from, envelope_from,"
+                " disposition, dkim_aligned, spf_aligned, auth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.at, e.policy_domain, e.policy, e.source_ip, e.header_from, e.envelope_from, e.disposition,
+                 int(e.dkim_aligned), int(e.spf_aligned), e.auth))
+
+        await self._engine.write(op)
+
+    async def dmarc_aggregate(self, before: float) -> tuple[list[DmarcEvaluation], int]:
+        def q(conn: sqlite3.Connection) -> tuple[list[DmarcEvaluation], int]:
+            top = conn.execute("SELECT max(id) FROM dmarc_results WHERE at < ?", (before,)).fetchone()[0]
+            if top is None:
+                return [], 0
+            # invariant 5: grouped by SQLite, so memory holds one row per distinct outcome, not per message
+            rows = conn.execute(
+                "SELECT max(at), policy_domain, (SELECT policy FROM dmarc_results p WHERE p.policy_domain ="
+                " r.policy_domain AND p.id <= ? ORDER BY p.id DESC LIMIT 1), source_ip, header_from,"
+                " envelope_from, disposition, dkim_aligned, spf_aligned, auth, count(*) FROM dmarc_results r"
+                " WHERE id <= ? AND at < ? GROUP BY policy_domain, source_ip, header_from, envelope_from,"
+                " disposition, dkim_aligned, spf_aligned, auth ORDER BY policy_domain, source_ip",
+                (top, top, before)).fetchall()
+            return [DmarcEvaluation(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
+                                    bool(r[7]), bool(r[8]), str(r[9]), int(r[10])) for r in rows], int(top)
+
+        return await self._engine.read(q)
+
+    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
+        def op(tx: Tx) -> int:
+            return tx.conn.execute("DELETE FROM dmarc_results WHERE id <= ? AND at < ? AND policy_domain = ?",
+                                   (up_to_id, before, policy_domain)).rowcount
+
+        return int(await self._engine.write(op))
