@@ -316,7 +316,7 @@ def main() -> int:
     elif not args.no_postfix:
         progress("Postfix not available (apt-get install postfix, run as root): its column is skipped")
     results: dict[tuple[str, int], float] = {}
-    postroom_cpu: dict[int, float] = {}
+    postroom_cpu: dict[tuple[str, int], float] = {}  # (server name, sessions) -> CPU seconds of that run
     try:
         for cls in servers:
             for n in sessions:
@@ -334,8 +334,8 @@ def main() -> int:
                     drive(port, args.count, n, args.size)
                     server.wait_delivered(args.count)
                     elapsed = time.monotonic() - start
-                    if isinstance(server, Postroom):
-                        postroom_cpu[n] = server.cpu() - cpu0
+                    if isinstance(server, Postroom):  # Postroom and Postroom+checks, each its own entry
+                        postroom_cpu[(server.name, n)] = server.cpu() - cpu0
                 finally:
                     server.stop()
                 results[(server.name, n)] = args.count / elapsed
@@ -357,8 +357,15 @@ def main() -> int:
         if checks:
             ratios.append(f"{results[(PostroomChecks.name, n)] / results[('Postroom', n)]:.2f}x")
         print(f"| {n} | " + " | ".join(row + ratios) + " |")
-    print("\nPostroom's server CPU seconds (user + system, its workers included) per run: "
-          + ", ".join(f"{n} sessions {postroom_cpu[n]:.1f} s" for n in sessions if n in postroom_cpu))
+    for name in (Postroom.name, PostroomChecks.name):
+        if any((name, n) in postroom_cpu for n in sessions):
+            print(f"\n{name}'s server CPU seconds (user + system, its workers included) per run: "
+                  + ", ".join(f"{n} sessions {postroom_cpu[(name, n)]:.1f} s" for n in sessions
+                              if (name, n) in postroom_cpu))
+    if checks:  # CPU per message is steadier than throughput on a loaded machine
+        print("CPU seconds checks / off: " + ", ".join(
+            f"{n} sessions {postroom_cpu[(PostroomChecks.name, n)] / postroom_cpu[(Postroom.name, n)]:.2f}x"
+            for n in sessions if (PostroomChecks.name, n) in postroom_cpu and postroom_cpu[(Postroom.name, n)]))
     return 0
 
 
