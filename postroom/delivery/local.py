@@ -77,19 +77,17 @@ async def _boxes(store: Store, user_ids: Iterable[int],
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
                         raw: bytes, junk: bool | AbstractSet[int] = False, *, enforce_quota: bool = True) -> int:
-    """Deliver to the INBOX of each user (their Junk mailbox when `junk` is True or holds their id: a DMARC or
-    spam quarantine, a blocked sender); returns how many mailboxes got it. One store write, two when some copies
-    go to Junk and others do not (the keywords differ). OverQuota if one user cannot take it (nothing stored),
-    unless `enforce_quota` is False (the server's own notices: store api invariant 12)."""
+    """Deliver to the INBOX of each user (their Junk mailbox, with `$Junk`, when `junk` is True or holds their id:
+    a DMARC or spam quarantine, a blocked sender); returns how many mailboxes got it. One store write for all
+    (invariant 2). OverQuota if one user cannot take it (nothing stored), unless `enforce_quota` is False (the
+    server's own notices: store api invariant 12)."""
     inboxes, junks = await _boxes(store, user_ids, junk)
     if not inboxes and not junks:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
-    meta = await pool.meta_bytes(stored, limits)
-    for boxes, keywords in ((inboxes, frozenset[str]()), (junks, JUNK_KEYWORDS)):
-        if boxes:
-            request = AppendRequest(raw=stored, meta=meta, keywords=keywords)
-            await store.deliver(boxes, request, enforce_quota=enforce_quota)
+    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
+    await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
+                        box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
     return len(inboxes) + len(junks)
 
 
@@ -104,7 +102,6 @@ async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Itera
     stored = await asyncio.to_thread(lambda: head + path.read_bytes())
     meta = await pool.meta_bytes(stored, limits)
     del stored
-    for boxes, keywords in ((inboxes, frozenset[str]()), (junks, JUNK_KEYWORDS)):
-        if boxes:
-            await store.deliver_file(boxes, path, prefix=head, meta=meta, keywords=keywords)
+    await store.deliver_file(inboxes + junks, path, prefix=head, meta=meta,
+                             box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))
     return len(inboxes) + len(junks)

@@ -858,14 +858,17 @@ class Store(Protocol):
         left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob. OverQuota
         (nothing stored for anyone) if one owner would pass a limit, unless `enforce_quota` is False
-        (invariant 12)."""
+        (invariant 12). `box_keywords`: keywords added to the copy in some of the mailboxes (`$Junk` for the
+        users whose copy goes to Junk), still in the one transaction."""
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
         otherwise), with no flags, the `keywords` given (`$Junk` for a quarantine) and the time of delivery: a
         large message received by SMTP is stored without being held in memory (the prefix, e.g. Return-Path, is

@@ -159,3 +159,21 @@ async def test_schema_19_on_a_version_18_store(tmp_path: Path) -> None:
         assert await store.add_training_signals(alice.id, "spam", ["b1"], 1.0) == 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("size", [100, 300 * 1024])  # inline, and a body file past the inline threshold
+async def test_deliver_with_keywords_for_some_boxes(store: Store, size: int) -> None:
+    """One delivery where some copies go to Junk with $Junk (a blocked sender, router invariant 14): one write,
+    the keyword only on those copies; from memory and from a staged file."""
+    alice = await new_user(store, "alice@example.org")
+    bob = await new_user(store, "bob@example.org")
+    a_in, b_junk = await inbox(store, alice), await store.get_mailbox(bob.id, "Junk")
+    assert b_junk is not None
+    extra = {b_junk.id: frozenset({"$Junk"})}
+    await store.deliver([a_in.id, b_junk.id], msg(1, size=size), box_keywords=extra)
+    staged = store.staging_dir() / "staged-test"
+    staged.write_bytes(msg(2, size=size).raw)
+    await store.deliver_file([a_in.id, b_junk.id], staged, prefix=b"Return-Path: <x@y.example>\r\n",
+                             box_keywords=extra)
+    assert [m.keywords for m in await store.list_messages(a_in.id)] == [frozenset(), frozenset()]
+    assert [m.keywords for m in await store.list_messages(b_junk.id)] == [frozenset({"$Junk"})] * 2

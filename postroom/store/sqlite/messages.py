@@ -191,6 +191,11 @@ def _check_request(req: AppendRequest) -> tuple[int, frozenset[str]]:
     return names.flags(req.flags), frozenset(names.keywords(req.keywords).values())
 
 
+def _kws(keywords: Iterable[str]) -> frozenset[str]:
+    """Validated keywords, one spelling each (`names.keywords`)."""
+    return frozenset(names.keywords(keywords).values())
+
+
 def _has_junk(kws: Iterable[str]) -> bool:
     """Whether a keyword set holds $Junk (keywords compare case-insensitively, RFC 9051 §2.3.2)."""
     return any(k.lower() == "$junk" for k in kws)
@@ -317,18 +322,22 @@ class MessagesMixin(Base):
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
+        extra = box_keywords or {}
         async with self._prefixed(path, prefix) as body:
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
                 return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta, keywords=keywords),
-                                          enforce_quota=enforce_quota)
+                                          enforce_quota=enforce_quota, box_keywords=box_keywords)
             blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
-            item = NewMessage(self._clock(), size, 0, frozenset(names.keywords(keywords).values()), blob_id)
+            now = self._clock()
+            items = {b: NewMessage(now, size, 0, _kws(keywords | extra.get(b, frozenset())),
+                                   blob_id) for b in mailbox_ids}
             wanted = list(mailbox_ids)
 
             def op(tx: Tx) -> list[AppendResult]:
@@ -337,6 +346,7 @@ class MessagesMixin(Base):
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
                     put_keys(tx.conn, blob_id, meta)
+                    item = items[mailbox_id]
                     results.extend(insert_messages(tx, mbox, [item], item.internal_date, quota=enforce_quota))
                 return results
 
@@ -405,10 +415,14 @@ class MessagesMixin(Base):
                 Path(path).unlink(missing_ok=True)
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         if not mailbox_ids:
             return []
-        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids), enforce_quota)
+        extra = box_keywords or {}
+        reqs = [dataclasses.replace(message, keywords=message.keywords | extra[b]) if extra.get(b) else message
+                for b in mailbox_ids]
+        return await self._append_job(list(mailbox_ids), reqs, enforce_quota)
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         top = uid_max if uid_max is not None else 2**63 - 1
