@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from web_support import deliver, mailbox_id, page_csrf, signed_in
 
 from postroom.config import RspamdConfig
 from postroom.inbound.learn import Learner
@@ -234,3 +235,16 @@ def test_wrong_password_is_retried_not_lost(server: Any, rspamd: Rspamd, tmp_pat
 
     server.run(right())
     assert rspamd.learns("spam") == spam0 + 1
+
+
+def test_the_webmails_move_into_junk_teaches_rspamd(server: Any, rspamd: Rspamd) -> None:
+    """The webmail's "move" to the Junk folder is the same verdict as IMAP's (the store records it)."""
+    bob = server.add_user("bob@b.test", PW)
+    uid = deliver(server, bob, message(21, "from the web"))
+    inbox, junk = mailbox_id(server, bob), mailbox_id(server, bob, "Junk")
+    spam0 = rspamd.learns("spam")
+    c = signed_in(server, "bob@b.test", PW)
+    token = page_csrf(c, f"/mail/box/{inbox}")
+    r = c.post(f"/mail/box/{inbox}", data={"csrf": token, "action": "move", "uid": str(uid), "dest": str(junk)})
+    assert r.status_code == 303
+    wait_for(lambda: rspamd.learns("spam"), spam0 + 1)
