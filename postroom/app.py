@@ -71,6 +71,8 @@ from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
+from .inbound.dmarc_reports import DmarcReporter
+from .inbound.learn import Learner
 from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .net.connection import Connection
@@ -134,6 +136,8 @@ class Postroom:
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
+    learner: Learner | None = None  # sends users' Junk verdicts to rspamd's controller (inbound/learn.py)
+    dmarc_reports: DmarcReporter | None = None  # daily DMARC aggregate reports (inbound/dmarc_reports.py)
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
     certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
     acme_task: asyncio.Task[None] | None = None
@@ -206,6 +210,9 @@ class Postroom:
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
+        # rspamd learning from users' Junk verdicts, when configured: every worker records, one sends.
+        self.learner = Learner(store, cfg.rspamd, sending=singletons)
+        self.learner.start()
         if singletons:
             self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
             self.retention.start()
@@ -220,6 +227,11 @@ class Postroom:
         # One resolver with one cache for outbound delivery, the inbound checks and the door (issue 12 item 9).
         dns = DnsResolver(cfg.delivery.dns_servers, cache=DnsCache(cfg.delivery.dns_cache_size,
                                                                    cfg.delivery.dns_cache_max_ttl_seconds))
+        # DMARC aggregate reports (inbound/dmarc_reports.py): the task runs always (in one worker), and reports
+        # only while inbound.dmarc_reports is on (a reload may switch it).
+        if singletons:
+            self.dmarc_reports = DmarcReporter(store, cfg, dns.with_lifetime(cfg.inbound.dns_timeout_seconds), wake)
+            self.dmarc_reports.start()
         if cfg.delivery.enabled and singletons:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
             self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
@@ -351,6 +363,10 @@ class Postroom:
             self._bounce_router.config = new
         if self.retention is not None:
             self.retention.days = new.imap.expunged_retention_days
+        if self.learner is not None:
+            self.learner.configure(new.rspamd)
+        if self.dmarc_reports is not None:
+            self.dmarc_reports.config = new
         if self.certificates is not None:  # ACME: the next order uses the new names; it loads into the new context
             self.certificates.cfg, self.certificates.context = new, tls
         if self._web_tls is not None and "tls.certificate" in changed:  # https serves through its first context
@@ -383,6 +399,10 @@ class Postroom:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:
             await self.retention.stop()
+        if self.learner is not None:
+            await self.learner.stop()
+        if self.dmarc_reports is not None:
+            await self.dmarc_reports.stop()
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (metapool.py invariant 4)

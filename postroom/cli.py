@@ -490,6 +490,28 @@ async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+async def cmd_senders(args: argparse.Namespace, store: Store) -> int:
+    """`senders list | allow | block | remove`: the sender rules of a user or a domain (inbound/senders.py)."""
+    scope = names.address(args.user) if args.user else names.domain(args.domain)
+    if args.action == "list":
+        rules = await store.list_sender_rules(scope)
+        print(table([(r.kind, r.pattern) for r in rules], ("kind", "pattern")) if rules
+              else f"no sender rules for {scope}")
+        return 0
+    if args.action == "remove":
+        if not await store.remove_sender_rule(scope, args.pattern):
+            raise CliError(f"{scope} has no sender rule for {names.sender_pattern(args.pattern)}")
+        print(f"sender rule for {names.sender_pattern(args.pattern)} removed from {scope}")
+        return 0
+    rule = await store.add_sender_rule(scope, args.action, args.pattern)
+    print(f"{scope}: {rule.kind} {rule.pattern}")
+    if rule.kind == "allow":
+        print("note: an allow rule counts only for a sender the checks authenticate (SPF pass of the MAIL FROM"
+              " domain, an aligned DKIM pass, or DMARC pass); it skips spam filing and greylisting, never a DMARC"
+              " reject or quarantine")
+    return 0
+
+
 def _grant(value: str) -> tuple[str, str]:
     """ID=RIGHTS of `mailbox share --grant`: ("anyone" or an address, "-" kept in front; the rights letters)."""
     ident, eq, rights = value.partition("=")
@@ -881,6 +903,30 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("target", nargs="?")
     asub.add_parser("list", help="list aliases")
 
+    sn = sub.add_parser(
+        "senders", help="sender allow and block lists of a user or a domain: list | allow | block | remove",
+        description="Sender rules for mail to a user (--user) or to every user of a hosted domain (--domain)."
+        " PATTERN is an address (bob@example.com), a domain (@example.com: that domain only) or the subdomains"
+        " of one (@.example.com: not example.com itself). block: an envelope sender that matches is refused at"
+        " RCPT for that recipient (550 5.7.1); a matching From header address sends the copy to the user's Junk"
+        " with $Junk. allow: skips spam filing (the built-in score and rspamd's add header) and greylisting,"
+        " but only when the checks authenticate the sender (SPF pass of the MAIL FROM domain, an aligned DKIM"
+        " pass, or DMARC pass): an unauthenticated allow list would let anyone in who forges an allowed"
+        " address. Which rule decides: the user's own before the domain's, then the most specific pattern"
+        " (address, @domain, the longest @.domain); block wins over allow across a message's addresses.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    snsub = sn.add_subparsers(dest="action", required=True)
+    for action, helptext in (("list", "show the rules of the user or domain"),
+                             ("allow", "allow senders matching PATTERN (when authenticated)"),
+                             ("block", "block senders matching PATTERN"),
+                             ("remove", "remove the rule for PATTERN")):
+        sa = snsub.add_parser(action, help=helptext)
+        who = sa.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", metavar="ADDR", help="the rules of one user")
+        who.add_argument("--domain", metavar="DOMAIN", help="the rules of every user of a hosted domain")
+        if action != "list":
+            sa.add_argument("pattern", metavar="PATTERN", help="bob@example.com, @example.com or @.example.com")
+
     ml = sub.add_parser("list", help="mailing lists: create | add | remove | policy | show | delete | all")
     msub = ml.add_subparsers(dest="action", required=True)
     mc = msub.add_parser("create", help="create a mailing list")
@@ -962,6 +1008,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "sendmail": cmd_sendmail,
     "user": cmd_user,
     "alias": cmd_alias,
+    "senders": cmd_senders,
     "list": cmd_list,
     "mailbox": cmd_mailbox,
     "import": cmd_import,

@@ -201,6 +201,29 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """The built-in spam score of MX mail (postroom/inbound/score.py): one weight per sign, summed. Weights are on
+    SpamAssassin's scale (its default threshold is 5), each chosen so that no single sign a legitimate small
+    sender may show (no SPF record, no DKIM, no reverse DNS) reaches the Junk threshold alone."""
+
+    enabled: bool = True  # score MX mail (when the inbound checks run); false: no score, no Junk filing by it
+    junk_threshold: float = 5.0  # a score over this: each recipient's Junk with $Junk (allow rules excepted)
+    reject_threshold: float = 0.0  # > 0: a score over this is 550 5.7.1 at the end of DATA; 0: never
+    spf_fail: float = 2.5  # the MAIL FROM domain says this host may not send for it (RFC 7208 §2.6.4)
+    spf_softfail: float = 1.0  # "probably not authorized" (§2.6.5)
+    spf_none: float = 0.5  # no SPF record (§2.6.1): common for small domains, so small
+    spf_permerror: float = 0.5  # a broken record (§2.6.7)
+    dkim_fail: float = 1.0  # a signature that does not verify (changed in transit, or forged; lists break some)
+    dkim_none: float = 0.5  # no DKIM signature at all
+    dmarc_fail: float = 2.0  # DMARC fail where the policy applied nothing (p=none, or pct left it out)
+    dnsbl: float = 3.0  # per zone of dnsbl_zones that lists the client
+    dnsbl_zones: tuple[str, ...] = ()  # blocklists that add to the score instead of refusing (smtp.dnsbl_zones)
+    rdns_none: float = 1.0  # the client has no forward-confirmed reverse DNS name (smtp.reverse_dns)
+    helo_not_fqdn: float = 1.0  # HELO/EHLO name without a dot (RFC 5321 §4.1.1.1 asks for the FQDN)
+    helo_bare_ip: float = 2.0  # HELO/EHLO name is an IP address without brackets (RFC 5321 §4.1.3: a literal)
+
+
+@dataclass(frozen=True)
 class InboundConfig:
     """Sender authentication of mail arriving on the MX listener (postroom/inbound/): each check's result goes
     into the Authentication-Results field added to the message (RFC 8601) and into its log line."""
@@ -215,6 +238,9 @@ class InboundConfig:
     # domain passed, is delivered as if DMARC had passed (RFC 7489 §7.2 local policy; RFC 8617 §7.2).
     arc_trusted_sealers: tuple[str, ...] = ()
     dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
+    dmarc_reports: bool = False  # record DMARC results and send daily aggregate reports to rua (RFC 7489 §7.2)
+    dmarc_report_from: str = ""  # the reports' sender address (needed when dmarc_reports is on)
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # [inbound.score]
 
 
 @dataclass(frozen=True)
@@ -235,6 +261,11 @@ class RspamdConfig:
 
     url: str = ""  # "http://127.0.0.1:11333" (its normal worker); "": rspamd is not asked
     timeout_seconds: float = 15.0  # the whole exchange; past it the message is delivered unjudged
+    # rspamd's controller worker ("http://127.0.0.1:11334"): users' moves into and out of Junk are recorded and
+    # sent to its /learnspam and /learnham (inbound/learn.py); "": nothing is recorded or sent
+    controller_url: str = ""
+    controller_password: str = ""  # the controller's (enable_)password, sent as its Password header; a secret
+    learn_days: int = 3  # a signal rspamd could not take for this long is dropped (with a log line)
 
 
 @dataclass(frozen=True)
@@ -553,6 +584,25 @@ def _validate(cfg: Config, where: str) -> None:
     for i, zone in enumerate(cfg.smtp.dnsbl_zones):
         if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
             raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    if cfg.inbound.dmarc_reports:
+        sender = cfg.inbound.dmarc_report_from
+        if sender.count("@") != 1 or not all(sender.split("@")) or any(c.isspace() or c in "<>," for c in sender):
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc_report_from, the reports' sender "
+                              "address (e.g. \"dmarc-reports@example.org\", an address of a local domain)")
+        if not cfg.inbound.dmarc:
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc on")
+    score = cfg.inbound.score
+    for f in dataclasses.fields(score):
+        value = getattr(score, f.name)
+        if isinstance(value, float) and value < 0:
+            raise ConfigError(f"{where}: inbound.score.{f.name} must be 0 or more")
+    if score.junk_threshold <= 0:
+        raise ConfigError(f"{where}: inbound.score.junk_threshold must be positive")
+    if score.reject_threshold and score.reject_threshold <= score.junk_threshold:
+        raise ConfigError(f"{where}: inbound.score.reject_threshold must be over junk_threshold (or 0: off)")
+    for i, zone in enumerate(score.dnsbl_zones):
+        if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
+            raise ConfigError(f"{where}: inbound.score.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
     if cfg.smtp.dnsbl_timeout_seconds <= 0:
         raise ConfigError(f"{where}: smtp.dnsbl_timeout_seconds must be positive")
     if cfg.smtp.greet_delay_seconds > 60:
@@ -610,6 +660,13 @@ def _validate(cfg: Config, where: str) -> None:
             parse_http_url(cfg.rspamd.url)
         except ValueError as exc:
             raise ConfigError(f"{where}: rspamd.url: {exc} (write \"http://127.0.0.1:11333\")") from None
+    if cfg.rspamd.controller_url:
+        try:
+            parse_http_url(cfg.rspamd.controller_url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rspamd.controller_url: {exc} (write \"http://127.0.0.1:11334\")") from None
+    if cfg.rspamd.learn_days < 1:
+        raise ConfigError(f"{where}: rspamd.learn_days must be 1 or more")
     if cfg.rspamd.timeout_seconds <= 0:
         raise ConfigError(f"{where}: rspamd.timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
@@ -822,8 +879,30 @@ dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quaranti
 arc = true                         # RFC 8617: verify the ARC chain (arc= in Authentication-Results)
 arc_trusted_sealers = []           # e.g. ["lists.example.org"]: their passing chains may override a DMARC failure
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+dmarc_reports = false              # true: daily DMARC aggregate reports (RFC 7489 §7.2) to the domains' rua
+dmarc_report_from = ""             # the reports' sender, e.g. "dmarc-reports@example.org" (needed when true)
+
+[inbound.score]                    # the built-in spam score of MX mail: weights summed (docs/CONFIG.md: why each)
+enabled = true
+junk_threshold = 5.0               # over it: the recipients' Junk with $Junk
+reject_threshold = 0.0             # > 0: over it, 550 5.7.1 at the end of DATA; 0: never
+spf_fail = 2.5
+spf_softfail = 1.0
+spf_none = 0.5
+spf_permerror = 0.5
+dkim_fail = 1.0
+dkim_none = 0.5
+dmarc_fail = 2.0                   # a DMARC fail the policy let through (p=none, pct)
+dnsbl = 3.0                        # per listing in one of dnsbl_zones
+dnsbl_zones = []                   # blocklists that add to the score instead of refusing
+rdns_none = 1.0                    # no forward-confirmed reverse DNS (smtp.reverse_dns)
+helo_not_fqdn = 1.0
+helo_bare_ip = 2.0
 
 [rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
 url = ""                           # e.g. "http://127.0.0.1:11333"; "": off
 timeout_seconds = 15               # then the message is delivered unjudged (and the log says so)
+controller_url = ""                # e.g. "http://127.0.0.1:11334": learn from users' moves into/out of Junk
+controller_password = ""           # the controller's password (a secret: never logged)
+learn_days = 3                     # a training signal rspamd cannot take for this long is dropped
 '''

@@ -97,6 +97,13 @@ Invariants
     local address that forwarded). The AAR repeats the Authentication-Results this server added at the MX.
     Local copies and direct relays get none; a forward whose sender stays as it came (null, or in a local
     domain) is queued with the direct relays and is not sealed either. Sealing never stops a copy.
+15. Sender rules (inbound/senders.py). `blocked_at_rcpt` finds the block rule that refuses an envelope sender
+    at RCPT: only when every destination of the recipient is a local user whose rules block it (else the others
+    would lose their copy). At `accept` each local user's rules are read once and decide where their copy goes:
+    blocked (envelope sender or a From address) -> Junk with `$Junk`; else a DMARC quarantine (`Envelope.junk`)
+    -> Junk; else spam by score (`Envelope.spam`) -> Junk unless an allow rule counts (an authenticated
+    sender, `Envelope.authenticated`); else the INBOX. A copy filed by a rule gets one `junk` log line naming
+    the rule, its scope and the user.
 """
 
 from __future__ import annotations
@@ -116,6 +123,7 @@ from postroom.auth.secret import load_or_create as load_secret
 from postroom.config import Config
 from postroom.delivery import srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
+from postroom.inbound.senders import Senders, SenderVerdict, deciding_rule, verdict
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
 from postroom.mime.headers import split_fields
 from postroom.mime.lineends import Checker, stray
@@ -130,6 +138,7 @@ from postroom.store.api import (
     OverQuota,
     QueueEntry,
     QueueRecipient,
+    SenderRule,
     Store,
     StoreError,
 )
@@ -193,6 +202,10 @@ class Envelope:
     from_checked: bool = False
     staged: Path | None = None  # a file in the store's staging directory holding the rest of the message
     junk: bool = False  # DMARC quarantine (inbound/check.py): local copies go to each user's Junk, not INBOX
+    # Spam by score (inbound/score.py, rspamd's add header): Junk, except for users who allow an authenticated
+    # sender (invariant 15).
+    spam: bool = False
+    authenticated: frozenset[str] = frozenset()  # sender addresses the checks authenticated (inbound/senders.py)
 
     def head(self, limit: int = HEAD_LIMIT) -> bytes:
         """At least the first `limit` bytes of the message (all of it if shorter). Reads the staged file's start."""
@@ -629,14 +642,15 @@ class Router:
                                       staged=None)
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
+        junk = await self._junk_users(env, head, users) if users else frozenset()
         if env.staged is None:
             local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw,
-                                      junk=env.junk) if users else _zero()
+                                      junk=junk) if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
             local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
-                                           env.staged, junk=env.junk) if users else _zero()
+                                           env.staged, junk=junk) if users else _zero()
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None
@@ -666,6 +680,50 @@ class Router:
         if failures:
             await self._report_failures(env, failures)  # invariant 13
         return Accepted(local, len(remote) + sum(map(len, forwarded.values())), queue_ids, held)
+
+    async def blocked_at_rcpt(self, dests: Sequence[Destination], mail_from: str) -> SenderRule | None:
+        """The block rule that refuses `mail_from` for a recipient with `dests` at RCPT (invariant 15), or None.
+        The null sender is never blocked (bounces must reach their sender)."""
+        if not mail_from or not dests or not all(isinstance(d, LocalUser) for d in dests):
+            return None
+        found: SenderRule | None = None
+        for d in dests:
+            assert isinstance(d, LocalUser)
+            rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+            if rule is None or rule.kind != "block":
+                return None
+            found = found or rule
+        return found
+
+    async def allows(self, dests: Sequence[Destination], mail_from: str) -> bool:
+        """Whether some local user among `dests` has an allow rule deciding for `mail_from` (the session then
+        checks SPF before it lets that skip greylisting: inbound/senders.py)."""
+        for d in dests:
+            if isinstance(d, LocalUser) and mail_from:
+                rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+                if rule is not None and rule.kind == "allow":
+                    return True
+        return False
+
+    async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
+        """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
+        header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
+        senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+        out: set[int] = set()
+        for uid, address in users.items():
+            v: SenderVerdict = verdict(await self.store.sender_rules(uid), senders)
+            if v.blocked is not None:
+                out.add(uid)
+                log.info("%s", logfmt("junk", [("rcpt", address), ("from", env.mail_from or "<>"),
+                                               ("reason", "sender-blocked"), ("scope", v.blocked.scope),
+                                               ("rule", v.blocked.pattern)]))
+            elif env.junk or (env.spam and v.allowed is None):
+                out.add(uid)
+            elif env.spam and v.allowed is not None:
+                log.info("%s", logfmt("inbox", [("rcpt", address), ("from", env.mail_from or "<>"),
+                                                ("reason", "sender-allowed"), ("scope", v.allowed.scope),
+                                                ("rule", v.allowed.pattern)]))
+        return frozenset(out)
 
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when

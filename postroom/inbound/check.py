@@ -100,11 +100,13 @@ class InboundChecks:
         self.dmarc = DmarcChecker(self.dns)
 
     async def check(self, *, ip: str, helo: str, mail_from: str, head: bytes, raw: bytes | None = None,
-                    path: Path | None = None, helo_known: SpfResult | None = None) -> Verdict:
+                    path: Path | None = None, helo_known: SpfResult | None = None,
+                    iprev: tuple[str, str] | None = None) -> Verdict:
         """Check the message `raw` (or the file `path`) whose first bytes are `head`, from client `ip` that said
         `helo` and gave `mail_from` ("" for the null reverse-path). `helo_known`: the HELO identity's result
-        from an earlier message of the session (the same client and name: not looked up again). Never raises
-        (invariant 1)."""
+        from an earlier message of the session (the same client and name: not looked up again). `iprev`: the
+        door's reverse DNS result and name (smtp/dnsbl.py), reported as RFC 8601 §3 iprev; None: not looked
+        up. Never raises (invariant 1)."""
         spf_job = self._spf(ip, helo, mail_from, helo_known) if self.inbound.spf else _nothing_spf()
         dkim_job = verify_message(self.dns, head, raw=raw, path=path) if self.inbound.dkim else _no_dkim()
         arc_job = verify_chain(self.dns, head, raw=raw, path=path) if self.inbound.arc else _no_arc()
@@ -132,7 +134,8 @@ class InboundChecks:
                 action = "quarantine"
         checked = dkim if self.inbound.dkim else None
         header = authres.header(self.authserv_id, spf=spf, helo_spf=helo_spf, mail_from=mail_from, helo=helo,
-                                dkim=checked, dmarc=dmarc, arc=arc, remote_ip=ip)
+                                dkim=checked, dmarc=dmarc, arc=arc, remote_ip=ip,
+                                iprev=(iprev[0], ip, iprev[1]) if iprev is not None else None)
         return Verdict(action, header, spf, helo_spf, checked, dmarc, arc)
 
     async def _spf(self, ip: str, helo: str, mail_from: str,

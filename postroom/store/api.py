@@ -51,6 +51,15 @@ Invariants every engine keeps:
    owner's domain past `Domain.quota_bytes` (the total of its users); a limit of 0 is none. A move within one
    user changes no usage and is never refused for it; `deliver(..., enforce_quota=False)` is for the server's
    own notices about quota.
+13. **Sender rules have one scope and one kind per pattern.** A `SenderRule` belongs to a user or to a hosted
+   domain and goes with it; a pattern is an address, "@domain" or "@.domain" (`names.sender_pattern`), and a
+   scope holds at most one rule per pattern (adding the other kind replaces it) and at most
+   `names.MAX_SENDER_RULES` rules. The store keeps them; what they mean is inbound/senders.py's.
+14. **A training signal is kept until it is sent or given up.** With `training_signals` on, the write that moves,
+   copies or flags a message as the user's verdict (`training_signals` says which) records it in the same
+   transaction; `add_training_signals` is durable when it returns; a signal leaves only by
+   `finish_training_signal` without a retry time (or with its user).
+15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -553,6 +562,54 @@ class WebSession:
     last_seen: float  # the idle expiry counts from here (refreshed at most once a minute)
 
 
+@dataclass(frozen=True)
+class SenderRule:
+    """One allow or block rule (invariant 13). `scope` is the user's address or the domain's name (the one with
+    no "@"); exactly one of `user_id` and `domain_id` is set. `pattern` is in `names.sender_pattern` form."""
+
+    id: int
+    scope: str
+    kind: str  # "allow" | "block"
+    pattern: str
+    created: float  # seconds since the epoch
+    user_id: int | None = None
+    domain_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSignal:
+    """A user's verdict on a message, to be sent to the spam filter's learning (invariant 14): `kind` "spam" (moved
+    into Junk or marked $Junk) or "ham" (moved out of Junk), the body's `blob_id`, when it was `created` and
+    how many `attempts` to send it failed."""
+
+    id: int
+    user_id: int
+    kind: str
+    blob_id: str
+    created: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DmarcEvaluation:
+    """One message's DMARC evaluation, kept for an aggregate report (RFC 7489 §7.2, Appendix C; invariant 15).
+    `policy` holds the published record's tags as JSON ({"adkim", "aspf", "p", "sp", "pct", "fo", "rua"}), `auth`
+    the raw results as JSON ({"dkim": [[domain, selector, result], ...], "spf": [domain, scope, result]}).
+    `count` is 1 for a message, the number of messages for an aggregated row (`Store.dmarc_aggregate`)."""
+
+    at: float  # seconds since the epoch
+    policy_domain: str  # where the record was found
+    policy: str
+    source_ip: str
+    header_from: str
+    envelope_from: str
+    disposition: str  # "none" | "quarantine" | "reject": what was done
+    dkim_aligned: bool
+    spf_aligned: bool
+    auth: str
+    count: int = 1
+
+
 # --------------------------------------------------------------------------------------------------------
 # Change feed
 
@@ -828,14 +885,17 @@ class Store(Protocol):
         left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob. OverQuota
         (nothing stored for anyone) if one owner would pass a limit, unless `enforce_quota` is False
-        (invariant 12)."""
+        (invariant 12). `box_keywords`: keywords added to the copy in some of the mailboxes (`$Junk` for the
+        users whose copy goes to Junk), still in the one transaction."""
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
         otherwise), with no flags, the `keywords` given (`$Junk` for a quarantine) and the time of delivery: a
         large message received by SMTP is stored without being held in memory (the prefix, e.g. Return-Path, is
@@ -1138,6 +1198,56 @@ class Store(Protocol):
     async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
         """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
         since the epoch); returns how many went."""
+
+    # ---- sender allow and block lists (invariant 13; inbound/senders.py)
+    async def list_sender_rules(self, scope: str) -> list[SenderRule]:
+        """The rules of one scope, sorted by pattern: `scope` a user's address or a domain's name (no "@").
+        NotFound for an unknown user or domain."""
+
+    async def sender_rules(self, user_id: int) -> list[SenderRule]:
+        """Every rule that applies to mail for the user: theirs and their domain's (one read; what RCPT and
+        delivery decide by). Empty for an unknown user id."""
+
+    async def add_sender_rule(self, scope: str, kind: str, pattern: str) -> SenderRule:
+        """Allow ("allow") or block ("block") senders matching `pattern` (`names.sender_pattern`: an address,
+        "@domain" or "@.domain") for `scope` (as `list_sender_rules`). A rule for the same pattern in the scope
+        is replaced (invariant 13: one kind per pattern). NotFound for an unknown scope; Invalid for a bad kind
+        or pattern, or past `names.MAX_SENDER_RULES` rules in the scope."""
+
+    async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
+        """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
+
+    # ---- spam training signals (invariant 14; inbound/learn.py)
+    training_signals: bool
+    """When true, the store records a training signal in the transaction of each user move that judges a message
+    (invariant 14): a copy or move into the user's Junk mailbox (special use \\Junk, else named "Junk") or
+    `$Junk` added by a flag change: "spam"; a move out of Junk into any mailbox but Trash: "ham". False (the
+    default): nothing is recorded (no learner to send them)."""
+
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[str], now: float) -> int:
+        """Record that the user judged these bodies "spam" or "ham" (Invalid otherwise); returns how many rows
+        were written (unknown users: none). Each row is due at once; a pending signal for the same body is
+        replaced."""
+
+    async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
+        """Signals whose next try is at or before `now`, oldest first, at most `limit`."""
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+        """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
+        again at `retry_at`."""
+
+    # ---- DMARC aggregate reports (invariant 15; inbound/dmarc_reports.py)
+    async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:
+        """Keep one message's evaluation until the report that covers it (durable when it returns)."""
+
+    async def dmarc_aggregate(self, before: float) -> tuple[list[DmarcEvaluation], int]:
+        """The evaluations made before `before`, aggregated: one row per distinct (policy domain, policy, source
+        address, From domain, envelope domain, disposition, alignments, results) with its `count` and the newest
+        `at`; and the highest row id they cover (0: none), for `delete_dmarc_results`."""
+
+    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
+        """Delete the evaluations of `policy_domain` with id <= `up_to_id` made before `before` (those its report
+        covered); returns how many."""
 
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:

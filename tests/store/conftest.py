@@ -184,6 +184,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     19: ("DROP TABLE imap_structure",),
     20: ("ALTER TABLE users DROP COLUMN admin", "ALTER TABLE domains DROP COLUMN dkim_next"),
     21: ("DROP INDEX blobs_crlf",),
+    22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
 }
 
 

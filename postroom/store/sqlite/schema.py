@@ -90,6 +90,10 @@ upgrade makes nobody an admin) and existing domains "".
 every message of the maildrop (RFC 1939 §11), and each `blobs` row carries the body's metadata, so a lookup by
 primary key walked pages of metadata for one number (5,000 messages: ~70 ms of CPU per login; through the
 index, ~6 ms). Building it reads each `blobs` row once.
+22 (issue 12, trust) adds `sender_rules`: the allow and block lists of a user or of a hosted domain (one row per
+scope and pattern; store/sqlite/senders.py, invariant 25), `spam_training`: the training signals a user's
+moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmarc_results`: the DMARC evaluation
+of each message whose policy asks for aggregate reports (invariant 27). None exist before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -162,6 +166,15 @@ Invariants:
    `message_keys`) and holds exactly the `envelope`, `bodystructure` and `body` of that body's metadata of the
    current format: written from the metadata it is stored or replaced with, or by a
    reader that decoded that metadata.
+25. A `sender_rules` row belongs to exactly one scope, a user or a domain (never both, never neither; it goes
+   with its scope by cascade), has `kind` 'allow' or 'block' and a `pattern` in `names.sender_pattern` form;
+   (scope, pattern) is unique, so one pattern is either allowed or blocked in a scope, never both.
+26. A `spam_training` row belongs to a user (cascade) and names a body (`blob_id`, no foreign key: the body may
+   be released before the signal is sent, which then drops it) and whether it is to be learnt as spam or ham;
+   at most one row per (user, body): a newer verdict replaces a pending one (the user changed their mind before
+   it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
+27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
+   with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
 """
 
 from __future__ import annotations
@@ -173,7 +186,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 21
+SCHEMA_VERSION = 22
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -582,9 +595,42 @@ def _v21(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX blobs_crlf ON blobs(id, crlf_size)")
 
 
+def _v22(conn: sqlite3.Connection) -> None:
+    """Sender allow/block rules (invariant 25), spam training signals (invariant 26) and DMARC results for
+    aggregate reports (invariant 27), none yet. A rule belongs
+    to exactly one scope, a user or a domain (gone with it, by cascade); `sender_rules_user` and
+    `sender_rules_domain` make (scope, pattern) unique and find a scope's rules. `spam_training_due` finds the
+    signals due to be sent; `spam_training_body` keeps one pending signal per (user, body)."""
+    conn.execute(
+        "CREATE TABLE sender_rules(id INTEGER PRIMARY KEY,"
+        " user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,"
+        " domain_id INTEGER REFERENCES domains(id) ON DELETE CASCADE,"
+        " kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')), pattern TEXT NOT NULL, created REAL NOT NULL,"
+        " CHECK ((user_id IS NULL) != (domain_id IS NULL)))"
+    )
+    conn.execute("CREATE UNIQUE INDEX sender_rules_user ON sender_rules(user_id, pattern) WHERE user_id IS NOT NULL")
+    conn.execute(
+        "CREATE UNIQUE INDEX sender_rules_domain ON sender_rules(domain_id, pattern) WHERE domain_id IS NOT NULL")
+    conn.execute(
+        "CREATE TABLE spam_training(id INTEGER PRIMARY KEY,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " kind TEXT NOT NULL CHECK (kind IN ('spam', 'ham')), blob_id TEXT NOT NULL, created REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX spam_training_due ON spam_training(next_try)")
+    conn.execute("CREATE UNIQUE INDEX spam_training_body ON spam_training(user_id, blob_id)")
+    conn.execute(
+        "CREATE TABLE dmarc_results(id INTEGER PRIMARY KEY, at REAL NOT NULL, policy_domain TEXT NOT NULL,"
+        " policy TEXT NOT NULL, source_ip TEXT NOT NULL, header_from TEXT NOT NULL, envelope_from TEXT NOT NULL,"
+        " disposition TEXT NOT NULL, dkim_aligned INTEGER NOT NULL, spf_aligned INTEGER NOT NULL,"
+        " auth TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22,
 }
 
 
