@@ -120,6 +120,7 @@ class Postroom:
     net: NetServer | None = None
     http: HttpServer | None = None
     https: HttpServer | None = None  # the same web app over TLS (listeners.https)
+    webmail: Webmail | None = None  # the webmail both serve (its live event streams end at stop)
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
@@ -244,7 +245,7 @@ class Postroom:
                 return mtasts.policy_text(live.mta_sts.mode, live.server.hostname, live.mta_sts.max_age_days * 86400)
 
             challenges = self.certificates.challenges if self.certificates is not None else None
-            webmail = Webmail(store, self.services.auth, cfg)
+            webmail = self.webmail = Webmail(store, self.services.auth, cfg)
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
                              mta_sts_policy=mta_sts_policy)
             for name, socks in list(self._web_socks.items()):
@@ -337,6 +338,8 @@ class Postroom:
                 await asyncio.gather(task, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
+        if self.webmail is not None:
+            self.webmail.live.close()  # open pages' event streams end now, so the listeners stop at once
         if self.http is not None:
             await self.http.stop()
         if self.https is not None:

@@ -74,6 +74,7 @@ from postroom.store.api import (
     StoreMode,
 )
 from postroom.web import render
+from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
 
@@ -83,8 +84,10 @@ MAX_FORM = 64 * 1024  # octets of one form body
 MAX_SELECTED = 1000  # messages one list action may name
 UNSEEN_SHOWN = 999  # unread counts above this show as "999+": counting further would read big mailboxes whole
 HERE = Path(__file__).parent
-PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; frame-src 'self'; form-action 'self'; "
-            "base-uri 'none'; frame-ancestors 'none'")
+# Script only from the app's own static files (live.js: no inline script), connections (the event stream, the
+# list's refetch) only to the app itself.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"  # links open apart; no script, forms, top navigation
 FRAME_CSP = ("default-src 'none'; img-src cid: data:; style-src 'unsafe-inline'; base-uri 'none'; "
              f"form-action 'none'; frame-ancestors 'self'; sandbox {FRAME_SANDBOX}")
@@ -185,6 +188,8 @@ class Webmail:
         self.auth = auth
         self.config = config
         self.sessions = Sessions(store, config.web)
+        self.live = Live(store, self.sessions, self._signed,
+                         lambda request: request.cookies.get(cookie_name(_tls(request))))
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
 
@@ -195,6 +200,7 @@ class Webmail:
             Route("/mail/", self.home, methods=["GET"]),
             Route("/mail/signin", self.signin, methods=["POST"]),
             Route("/mail/signout", self.signout, methods=["POST"]),
+            Route("/mail/events", self.live.events, methods=["GET"]),
             Route("/mail/folders", self.folders_page, methods=["GET"]),
             Route("/mail/folders", self.folders_post, methods=["POST"]),
             Route("/mail/box/{box:int}", self.list_page, methods=["GET"]),
