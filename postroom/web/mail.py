@@ -73,7 +73,7 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render
+from postroom.web import render, search
 from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
@@ -456,7 +456,8 @@ class Webmail:
 
     # ---- the message list
     async def list_page(self, request: Request) -> Response:
-        """GET /mail/box/{id}[?below=UID|?above=UID]: one page of the mailbox, newest first."""
+        """GET /mail/box/{id}[?below=UID|?above=UID][&q=QUERY]: one page of the mailbox, or of the messages the
+        search `q` finds in it (search.py), newest first."""
         signed = await self._signed(request)
         if signed is None:
             return RedirectResponse("/mail/", status_code=303)
@@ -466,15 +467,48 @@ class Webmail:
         size = self.config.web.page_size
         below = _opt_int(request.query_params.get("below"))
         above = _opt_int(request.query_params.get("above"))
+        query = request.query_params.get("q", "")
+        found: int | None = None  # search results in the whole mailbox
+        query_error = ""
         try:
-            if above is not None:
-                infos = await self.store.page_messages(box.id, size, above=above)
+            if query.strip():  # the search box (search.py): a page of what IMAP's UID SEARCH finds
+                infos, newer_uid, older_uid, found, query_error = await self._search_page(box, query, size,
+                                                                                          below, above)
             else:
-                infos = await self.store.page_messages(box.id, size, below=below)
-            newer = bool(infos) and bool(await self.store.page_messages(box.id, 1, above=infos[0].uid))
-            older = bool(infos) and bool(await self.store.page_messages(box.id, 1, below=infos[-1].uid))
+                infos, newer_uid, older_uid = await self._plain_page(box, size, below, above)
         except NotFound:
             return self._error(404, "No such folder.", signed)
+        rows = await self._rows(infos)
+        folders = await self._folders(signed.user_id)
+        return self._page("mailbox.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
+                          current_label=_label(box), rows=rows, newer=newer_uid, older=older_uid,
+                          below=below, above=above, query=query, found=found, query_error=query_error,
+                          address=await self._user_address(signed.user_id))
+
+    async def _plain_page(self, box: Mailbox, size: int, below: int | None,
+                          above: int | None) -> tuple[list[MessageInfo], int | None, int | None]:
+        """A page of the mailbox by UID, newest first, and the `above` / `below` values of the pages around it."""
+        if above is not None:
+            infos = await self.store.page_messages(box.id, size, above=above)
+        else:
+            infos = await self.store.page_messages(box.id, size, below=below)
+        newer = bool(infos) and bool(await self.store.page_messages(box.id, 1, above=infos[0].uid))
+        older = bool(infos) and bool(await self.store.page_messages(box.id, 1, below=infos[-1].uid))
+        return infos, infos[0].uid if newer else None, infos[-1].uid if older else None
+
+    async def _search_page(self, box: Mailbox, query: str, size: int, below: int | None, above: int | None
+                           ) -> tuple[list[MessageInfo], int | None, int | None, int | None, str]:
+        """A page of search results (search.py), or none and the reason the query was refused."""
+        try:
+            parsed = search.parse(query)
+            matched = await search.search(self.store, self.config.limits, box, parsed)
+        except search.QueryError as exc:
+            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
+            return [], None, None, None, str(exc)
+        got = await search.page(self.store, box, matched, size, below, above)
+        return got.infos, got.newer, got.older, got.total, ""
+
+    async def _rows(self, infos: list[MessageInfo]) -> list[Row]:
         metas = await self._metas(infos)
         rows = []
         for m in infos:
@@ -483,11 +517,7 @@ class Webmail:
             subject = meta.search.header("subject") if meta else ""
             rows.append(Row(m.uid, sender or "(no sender)", subject or "(no subject)", when(m.internal_date),
                             human_size(m.size), bool(m.flags & Flag.SEEN), bool(m.flags & Flag.FLAGGED)))
-        folders = await self._folders(signed.user_id)
-        return self._page("mailbox.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
-                          current_label=_label(box), rows=rows,
-                          newer=infos[0].uid if newer else None, older=infos[-1].uid if older else None,
-                          below=below, above=above, address=await self._user_address(signed.user_id))
+        return rows
 
     async def list_post(self, request: Request) -> Response:
         """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id) or delete on the `uid`s;
@@ -660,8 +690,13 @@ def _opt_int(value: str | None) -> int | None:
 
 
 def _paging(form: dict[str, list[str]]) -> str:
+    """The list page's query string back (invariant 4: integers, and the search text percent-encoded as a value)."""
     below, above = _int(_one(form, "below")), _int(_one(form, "above"))
-    return f"?below={below}" if below else (f"?above={above}" if above else "")
+    params: list[tuple[str, str | int]] = [("below", below)] if below else [("above", above)] if above else []
+    query = (_one(form, "q") or "")[:search.MAX_QUERY]
+    if query.strip():
+        params.append(("q", query))
+    return "?" + urllib.parse.urlencode(params) if params else ""
 
 
 def _label(box: Mailbox) -> str:
