@@ -73,7 +73,7 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render, search
+from postroom.web import render, search, sort
 from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
@@ -188,6 +188,7 @@ class Webmail:
         self.auth = auth
         self.config = config
         self.sessions = Sessions(store, config.web)
+        self.orders = sort.Orders(store, config.limits)
         self.live = Live(store, self.sessions, self._signed,
                          lambda request: request.cookies.get(cookie_name(_tls(request))))
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -468,10 +469,22 @@ class Webmail:
         below = _opt_int(request.query_params.get("below"))
         above = _opt_int(request.query_params.get("above"))
         query = request.query_params.get("q", "")
+        order = request.query_params.get("sort", "")
+        order = order if order in sort.SORTS else ""
+        start = _int(request.query_params.get("start"))
         found: int | None = None  # search results in the whole mailbox
         query_error = ""
+        previous = following = None  # offsets of a sorted list's pages around this one
         try:
-            if query.strip():  # the search box (search.py): a page of what IMAP's UID SEARCH finds
+            if order:  # sort.py: IMAP SORT's keys from the narrow sort rows, the order kept while it holds
+                matched = None
+                if query.strip():
+                    matched, query_error = await self._matched(box, query)
+                got = await self.orders.page(box, order, start, size, matched)
+                infos, newer_uid, older_uid = got.infos, None, None
+                previous, following = got.previous, got.next
+                found = got.total if query.strip() and not query_error else None
+            elif query.strip():  # the search box (search.py): a page of what IMAP's UID SEARCH finds
                 infos, newer_uid, older_uid, found, query_error = await self._search_page(box, query, size,
                                                                                           below, above)
             else:
@@ -483,6 +496,7 @@ class Webmail:
         return self._page("mailbox.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
                           current_label=_label(box), rows=rows, newer=newer_uid, older=older_uid,
                           below=below, above=above, query=query, found=found, query_error=query_error,
+                          sort=order, sorts=sort.SORTS, start=start, previous=previous, following=following,
                           address=await self._user_address(signed.user_id))
 
     async def _plain_page(self, box: Mailbox, size: int, below: int | None,
@@ -496,15 +510,21 @@ class Webmail:
         older = bool(infos) and bool(await self.store.page_messages(box.id, 1, below=infos[-1].uid))
         return infos, infos[0].uid if newer else None, infos[-1].uid if older else None
 
+    async def _matched(self, box: Mailbox, query: str) -> tuple[list[int], str]:
+        """The UIDs the search finds (search.py), or none and the reason the query was refused."""
+        try:
+            parsed = search.parse(query)
+            return await search.search(self.store, self.config.limits, box, parsed), ""
+        except search.QueryError as exc:
+            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
+            return [], str(exc)
+
     async def _search_page(self, box: Mailbox, query: str, size: int, below: int | None, above: int | None
                            ) -> tuple[list[MessageInfo], int | None, int | None, int | None, str]:
         """A page of search results (search.py), or none and the reason the query was refused."""
-        try:
-            parsed = search.parse(query)
-            matched = await search.search(self.store, self.config.limits, box, parsed)
-        except search.QueryError as exc:
-            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
-            return [], None, None, None, str(exc)
+        matched, error = await self._matched(box, query)
+        if error:
+            return [], None, None, None, error
         got = await search.page(self.store, box, matched, size, below, above)
         return got.infos, got.newer, got.older, got.total, ""
 
@@ -696,6 +716,11 @@ def _paging(form: dict[str, list[str]]) -> str:
     query = (_one(form, "q") or "")[:search.MAX_QUERY]
     if query.strip():
         params.append(("q", query))
+    order, start = _one(form, "sort") or "", _int(_one(form, "start"))
+    if order in sort.SORTS and order:
+        params.append(("sort", order))
+        if start:
+            params.append(("start", start))
     return "?" + urllib.parse.urlencode(params) if params else ""
 
 
