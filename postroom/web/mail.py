@@ -73,7 +73,7 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render, search, sort
+from postroom.web import conversations, render, search, sort
 from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
@@ -207,6 +207,7 @@ class Webmail:
             Route("/mail/box/{box:int}", self.list_page, methods=["GET"]),
             Route("/mail/box/{box:int}", self.list_post, methods=["POST"]),
             Route("/mail/box/{box:int}/{uid:int}", self.read_page, methods=["GET"]),
+            Route("/mail/box/{box:int}/thread/{thread:int}", self.thread_page, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
@@ -468,6 +469,8 @@ class Webmail:
         size = self.config.web.page_size
         below = _opt_int(request.query_params.get("below"))
         above = _opt_int(request.query_params.get("above"))
+        if request.query_params.get("view") == "conversations":
+            return await self._conversations(signed, box, size, below)
         query = request.query_params.get("q", "")
         order = request.query_params.get("sort", "")
         order = order if order in sort.SORTS else ""
@@ -498,6 +501,41 @@ class Webmail:
                           below=below, above=above, query=query, found=found, query_error=query_error,
                           sort=order, sorts=sort.SORTS, start=start, previous=previous, following=following,
                           address=await self._user_address(signed.user_id))
+
+    async def _conversations(self, signed: Signed, box: Mailbox, size: int, below: int | None) -> Response:
+        """The conversation list (conversations.py): a page of threads, newest first."""
+        try:
+            got = await conversations.page(self.store, box, size, below)
+        except NotFound:
+            return self._error(404, "No such folder.", signed)
+        metas = await self._metas([c.newest for c in got.rows])
+        rows = []
+        for c in got.rows:
+            meta = metas.get(c.newest.blob_id)
+            rows.append((c, (meta.search.header("from") if meta else "") or "(no sender)",
+                         (meta.search.header("subject") if meta else "") or "(no subject)", when(c.newest_date)))
+        return self._page("conversations.html", signed=signed, csrf=signed.csrf,
+                          folders=await self._folders(signed.user_id), current=box, current_label=_label(box),
+                          rows=rows, older=got.older, address=await self._user_address(signed.user_id))
+
+    async def thread_page(self, request: Request) -> Response:
+        """GET /mail/box/{id}/thread/{thread id}: the conversation's messages in this mailbox, oldest first."""
+        signed = await self._signed(request)
+        if signed is None:
+            return RedirectResponse("/mail/", status_code=303)
+        box = await self._mailbox(signed, int(request.path_params["box"]))
+        if box is None:
+            return self._error(404, "No such folder.", signed)
+        try:
+            infos = await conversations.messages(self.store, box, int(request.path_params["thread"]))
+        except NotFound:
+            infos = []
+        if not infos:
+            return self._error(404, "No such conversation.", signed)
+        rows = await self._rows(infos)
+        return self._page("thread.html", signed=signed, csrf=signed.csrf, folders=await self._folders(signed.user_id),
+                          current=box, current_label=_label(box), rows=rows,
+                          subject=rows[-1].subject, address=await self._user_address(signed.user_id))
 
     async def _plain_page(self, box: Mailbox, size: int, below: int | None,
                           above: int | None) -> tuple[list[MessageInfo], int | None, int | None]:
