@@ -399,7 +399,7 @@ class SortRow(NamedTuple):
 class ThreadSummary(NamedTuple):
     """A thread's messages in one mailbox (`Store.thread_summaries`)."""
 
-    count: int
+    messages: int  # how many are in this mailbox
     newest_uid: int
     newest_date: float  # the latest internal date, seconds since the epoch
     unseen: int  # how many lack \\Seen

@@ -79,7 +79,7 @@ async def page(store: Store, box: Mailbox, size: int, below: int | None = None) 
                 seen.add(tid)
                 got = summaries.get(tid)
                 if got is not None and got.newest_uid == m.uid:  # invariant 2: listed at its newest message
-                    rows.append(Conversation(tid, m, got.count, got.unseen, got.newest_date))
+                    rows.append(Conversation(tid, m, got.messages, got.unseen, got.newest_date))
             if len(rows) >= size:
                 break
         cursor = chunk[-1].uid
