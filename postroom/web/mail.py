@@ -52,8 +52,7 @@ from typing import Any
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom import metapool as pool
@@ -74,6 +73,7 @@ from postroom.store.api import (
     StoreMode,
 )
 from postroom.web import conversations, render, search, sort
+from postroom.web.assets import Assets
 from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
@@ -97,7 +97,7 @@ HSTS = "max-age=31536000"
 # font needed. Decorative: the folder's name is its accessible name.
 SPECIAL_ICONS = {"\\Inbox": "✉", "\\Sent": "➤", "\\Drafts": "✎", "\\Trash": "✖", "\\Junk": "⚠", "\\Archive": "▤",
                  "\\All": "☰", "\\Flagged": "⚑", "\\Important": "❢"}
-ACTIONS = {"read", "unread", "flag", "unflag", "move", "delete"}
+ACTIONS = {"read", "unread", "flag", "unflag", "move", "delete", "archive", "junk"}
 
 
 class SecurityHeaders:
@@ -193,6 +193,8 @@ class Webmail:
                          lambda request: request.cookies.get(cookie_name(_tls(request))))
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
+        self.assets = Assets(HERE / "static")
+        self.env.globals["asset"] = self.assets.url
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the root of the web app."""
@@ -206,12 +208,13 @@ class Webmail:
             Route("/mail/folders", self.folders_post, methods=["POST"]),
             Route("/mail/box/{box:int}", self.list_page, methods=["GET"]),
             Route("/mail/box/{box:int}", self.list_post, methods=["POST"]),
+            Route("/mail/box/{box:int}/empty", self.empty_trash, methods=["POST"]),
             Route("/mail/box/{box:int}/{uid:int}", self.read_page, methods=["GET"]),
             Route("/mail/box/{box:int}/thread/{thread:int}", self.thread_page, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
-            Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Route("/mail/static/{name}", self.assets.serve, methods=["GET"]),
         ]
 
     # ---- plumbing
@@ -422,8 +425,9 @@ class Webmail:
                           current=None, error=error, address=await self._user_address(signed.user_id))
 
     async def folders_post(self, request: Request) -> Response:
-        """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`) or delete (`mailbox` id,
-        `confirm=1` when it holds messages); 303 back, or the page with the reason (400, 409)."""
+        """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`), delete (`mailbox` id,
+        `confirm=1` when it holds messages), subscribe or unsubscribe (`mailbox` id: the IMAP subscription, RFC 9051
+        §6.3.7, that mail programs list by); 303 back, or the page with the reason (400, 409)."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -433,6 +437,11 @@ class Webmail:
             if action == "create":
                 name = _folder_name(_one(form, "name"))
                 await self.store.create_mailbox(signed.user_id, name)
+            elif action in ("subscribe", "unsubscribe"):
+                box = await self._mailbox(signed, _int(_one(form, "mailbox")))
+                if box is None:
+                    return self._error(404, "No such folder.", signed)
+                await self.store.set_subscribed(signed.user_id, box.name, action == "subscribe")
             elif action in ("rename", "delete"):
                 box = await self._mailbox(signed, _int(_one(form, "mailbox")))
                 if box is None:
@@ -578,8 +587,9 @@ class Webmail:
         return rows
 
     async def list_post(self, request: Request) -> Response:
-        """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id) or delete on the `uid`s;
-        303 back to the page the form was on."""
+        """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id), delete (to \\Trash; in it,
+        for good), archive (to \\Archive) or junk (to \\Junk with $Junk) on the `uid`s; 303 back to the page the
+        form was on."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -605,29 +615,63 @@ class Webmail:
                     return self._error(404, "No such folder.", signed)
                 if dest.id != box.id:
                     await self.store.move_messages(box.id, uids, dest.id)
+            elif action == "archive":  # to the \Archive mailbox (RFC 6154 §2), made when missing
+                dest = await self._special(signed.user_id, "\\Archive", "Archive")
+                if dest.id != box.id:
+                    await self.store.move_messages(box.id, uids, dest.id)
+            elif action == "junk":  # to \Junk (RFC 6154 §2), with the $Junk keyword spam filters learn from
+                dest = await self._special(signed.user_id, "\\Junk", "Junk")
+                await self.store.store_flags(box.id, uids, StoreMode.REMOVE, keywords=["$NotJunk"])
+                await self.store.store_flags(box.id, uids, StoreMode.ADD, keywords=["$Junk"])
+                if dest.id != box.id:
+                    await self.store.move_messages(box.id, uids, dest.id)
             else:  # delete: to Trash; in Trash, for good
                 if box.special_use == "\\Trash":
                     await self.store.store_flags(box.id, uids, StoreMode.ADD, Flag.DELETED)
                     await self.store.expunge(box.id, uids)
                 else:
-                    trash = await self._trash(signed.user_id)
+                    trash = await self._special(signed.user_id, "\\Trash", "Trash")
                     await self.store.move_messages(box.id, uids, trash.id)
         except NotFound:
             return self._error(404, "No such folder.", signed)
         log.info("web action=%s messages=%d mailbox_id=%d user_id=%d", action, len(uids), box.id, signed.user_id)
         return RedirectResponse(back, status_code=303)
 
-    async def _trash(self, user_id: int) -> Mailbox:
+    async def _special(self, user_id: int, use: str, name: str) -> Mailbox:
+        """The user's mailbox marked `use` (RFC 6154), made as `name` when there is none."""
         for b in await self.store.list_mailboxes(user_id):
-            if b.special_use == "\\Trash":
+            if b.special_use == use:
                 return b
         try:
-            return await self.store.create_mailbox(user_id, "Trash", "\\Trash")
-        except AlreadyExists:  # a "Trash" without the marker: use it
-            found = await self.store.get_mailbox(user_id, "Trash")
+            return await self.store.create_mailbox(user_id, name, use)
+        except AlreadyExists:  # a mailbox of that name without the marker: use it
+            found = await self.store.get_mailbox(user_id, name)
             if found is None:
                 raise
             return found
+
+    async def empty_trash(self, request: Request) -> Response:
+        """POST /mail/box/{id}/empty: delete every message of the Trash for good; `confirm=1` required (else 400:
+        the page says what to tick). 404 for a mailbox that is not the user's \\Trash."""
+        checked = await self._checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        signed, form = checked
+        box = await self._mailbox(signed, int(request.path_params["box"]))
+        if box is None or box.special_use != "\\Trash":
+            return self._error(404, "No such Trash folder.", signed)
+        if _one(form, "confirm") != "1":
+            return self._error(400, "Tick \"Yes, delete them for good\" to empty the Trash.", signed)
+        try:
+            uids = await self.store.uids_with_flag(box.id, 1, 2**32 - 1, 0, False)  # no flag bit: every UID
+            for k in range(0, len(uids), MAX_SELECTED):
+                part = uids[k:k + MAX_SELECTED]
+                await self.store.store_flags(box.id, part, StoreMode.ADD, Flag.DELETED)
+                await self.store.expunge(box.id, part)
+        except NotFound:
+            return self._error(404, "No such Trash folder.", signed)
+        log.info("web action=empty-trash messages=%d mailbox_id=%d user_id=%d", len(uids), box.id, signed.user_id)
+        return RedirectResponse(f"/mail/box/{box.id}", status_code=303)
 
     # ---- reading
     async def read_page(self, request: Request) -> Response:
