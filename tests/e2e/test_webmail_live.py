@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import httpx
 import pytest
 from web_support import base, client, deliver, mailbox_id, signed_in
 
+from postroom.mime.meta import compute_meta
+from postroom.store.api import AppendRequest
+from postroom.store.hub import DEFAULT_MAXSIZE
 from postroom.web import live
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -153,3 +157,28 @@ def test_streams_per_user_are_capped(server: Any, monkeypatch: pytest.MonkeyPatc
     assert webmail.live.open_streams(None) == 0
     with c.stream("GET", "/mail/events") as r:
         assert r.status_code == 200
+
+
+def test_an_overflowed_subscription_ends_the_stream(server: Any) -> None:
+    """More changes at once than a stream's subscription holds: `event: overflow`, then the stream ends (the page
+    refetches the list and reconnects: live.js); the server keeps nothing of it."""
+    alice = server.add_user(ALICE, PW)
+    inbox = mailbox_id(server, alice)
+    c = signed_in(server, ALICE, PW)
+    server.store.hub.maxsize = 3  # read by each new subscription (hub.py)
+    try:
+        with c.stream("GET", f"/mail/events?box={inbox}") as r:
+            assert r.status_code == 200
+            chunks = r.iter_raw()
+            assert next(chunks).startswith(b"retry: ")
+            raw = b"From: x@example.net\r\nSubject: many\r\n\r\nx\r\n"
+            reqs = [AppendRequest(raw, internal_date=time.time(), meta=compute_meta(raw).to_bytes())
+                    for _ in range(5)]
+            server.run(server.store.append_many(inbox, reqs))  # one commit: five changes published at once
+            got = b"".join(chunks)  # to the end of the stream
+    finally:
+        server.store.hub.maxsize = DEFAULT_MAXSIZE
+    assert got.endswith(b"event: overflow\ndata: {}\n\n")
+    assert b"event: message" not in got
+    webmail = server.postroom.webmail
+    assert webmail is not None and webmail.live.open_streams(alice.id) == 0
