@@ -270,3 +270,26 @@ def test_static_files_are_compressed_versioned_and_cached(server: Any) -> None:
         assert again.status_code == 304 and again.content == b""
     assert plain.get("/mail/static/../mail.py").status_code == 404
     assert plain.get("/mail/static/nothing.js").status_code == 404
+
+
+def test_sort_and_conversations_in_the_browser(server: Any, browser: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    deliver(server, alice, _mail("Banana", extra="Message-ID: <b1@x>\r\n"))
+    deliver(server, alice, _mail("Apple", extra="Message-ID: <a1@x>\r\n"))
+    deliver(server, alice, _mail("Re: Banana", extra="Message-ID: <b2@x>\r\nIn-Reply-To: <b1@x>\r\n"))
+    page = _page(browser)
+    sign_in(page, server)
+    page.get_by_role("combobox", name="Sort by").select_option(label="Subject")
+    page.get_by_role("button", name="Sort", exact=True).click()
+    table = page.get_by_role("table", name="Messages in Inbox, subject")
+    table.wait_for()
+    subjects = table.locator("td.subject").all_inner_texts()
+    assert subjects == ["Apple", "Banana", "Re: Banana"]  # RFC 5256 §2.1: "Re:" is not part of the base subject
+    page.get_by_role("navigation", name="View").get_by_role("link", name="Conversations").click()
+    rows = page.get_by_role("table", name="Conversations in Inbox, newest first").get_by_role("row")
+    assert rows.count() == 3  # the header and two conversations
+    assert page.get_by_role("row", name="Re: Banana").locator("td.count-cell").inner_text() == "2 (2 unread)"
+    page.get_by_role("link", name="Re: Banana").click()
+    page.get_by_role("heading", name="Re: Banana").wait_for()
+    assert page.get_by_role("listitem").filter(has_text="Banana").count() == 2
+    page.context.close()
