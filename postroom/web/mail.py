@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 `Webmail(store, auth, config)` gives Starlette routes under `/mail/` (and `/` redirecting there). Pages are Jinja2
-templates (`templates/`, autoescaped) styled by one stylesheet (`static/style.css`); there is no script: every
-control is a link or a form button, so the pages work without JavaScript and a Content-Security-Policy without
-any script source can hold. Each request finds its session from the cookie (sessions.py), and every object it
+templates (`templates/`, autoescaped) styled by one stylesheet (`static/style.css`). Every control is a link or
+a form button, so the pages work without JavaScript; two small scripts of the app's own (`static/live.js`: live
+updates, live.py; `static/keys.js`: keyboard shortcuts, drag and drop) only enhance them, loaded as files (the
+CSP allows `script-src 'self'` and no inline script), served versioned, cached and compressed (assets.py). Each request finds its session from the cookie (sessions.py), and every object it
 names is resolved through the signed-in user: a mailbox id must be one of the user's own mailboxes, a UID a
 message of that mailbox, a section a part of that message's part table; anything else answers 404, exactly like
 a missing object, so ids of other users' objects tell nothing.
@@ -20,7 +21,9 @@ The message list reads one page: `Store.page_messages` (newest UID first, `web.p
 one-row probes for the "newer" and "older" links, and the metadata of those rows; the folder tree's unread
 counts come from `Store.unseen_counts` (a partial index of unseen messages, at most 1,000 entries read per
 mailbox: more shows as "999+"); nothing reads a mailbox whole.
-Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
+Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives. The same page also
+shows a search's results (`?q=`, search.py: IMAP SEARCH's own code), a sorted list (`?sort=`, sort.py: IMAP SORT's
+stored keys, paged by offset `?start=`) and the conversation view (`?view=conversations`, conversations.py).
 
 Password sign-in goes through the one `Authenticator` IMAP, POP3 and SMTP use (the same throttling and
 locks, shared in memory and in the store). Over plain HTTP it is refused unless the client is on loopback or
