@@ -6,7 +6,8 @@ Theory of operation
 templates (`templates/`, autoescaped) styled by one stylesheet (`static/style.css`). Every control is a link or
 a form button, so the pages work without JavaScript; two small scripts of the app's own (`static/live.js`: live
 updates, live.py; `static/keys.js`: keyboard shortcuts, drag and drop) only enhance them, loaded as files (the
-CSP allows `script-src 'self'` and no inline script), served versioned, cached and compressed (assets.py). Each request finds its session from the cookie (sessions.py), and every object it
+CSP allows `script-src 'self'` and no inline script), served versioned, cached and compressed (assets.py).
+Each request finds its session from the cookie (sessions.py), and every object it
 names is resolved through the signed-in user: a mailbox id must be one of the user's own mailboxes, a UID a
 message of that mailbox, a section a part of that message's part table; anything else answers 404, exactly like
 a missing object, so ids of other users' objects tell nothing.
