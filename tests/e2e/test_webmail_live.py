@@ -73,7 +73,7 @@ def test_smtp_delivery_imap_flag_and_expunge_show_on_the_open_page(server: Any, 
         smtp.sendmail("dana@example.net", [ALICE],
                       b"From: Dana <dana@example.net>\r\nTo: alice@example.org\r\nSubject: Fresh news\r\n\r\nhi\r\n")
     # Within 2 s, without a reload: the row by role and accessible name, and the count in the folder tree.
-    page.get_by_role("link", name="Fresh news").wait_for(timeout=2_000)
+    page.get_by_role("row", name="Fresh news").wait_for(timeout=2_000)
     folders.get_by_role("link", name="Inbox 2 unread").wait_for(timeout=2_000)
     page.get_by_role("status").filter(has_text="A new message arrived.").wait_for(timeout=2_000)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # no reload happened
@@ -88,7 +88,7 @@ def test_smtp_delivery_imap_flag_and_expunge_show_on_the_open_page(server: Any, 
         folders.get_by_role("link", name="Inbox 1 unread").wait_for(timeout=2_000)
         imap.uid("STORE", uids[0], "+FLAGS", "(\\Deleted)")
         imap.expunge()
-        page.get_by_role("link", name="Fresh news").wait_for(state="detached", timeout=2_000)
+        page.get_by_role("row", name="Fresh news").wait_for(state="detached", timeout=2_000)
         assert page.get_by_role("link", name="already here").is_visible()
     finally:
         imap.logout()
