@@ -491,6 +491,7 @@ class Webmail:
         found: int | None = None  # search results in the whole mailbox
         query_error = ""
         previous = following = None  # offsets of a sorted list's pages around this one
+        searched = False  # a search's page (its total is known only when it fit on the first page)
         try:
             if order:  # sort.py: IMAP SORT's keys from the narrow sort rows, the order kept while it holds
                 matched = None
@@ -503,6 +504,7 @@ class Webmail:
             elif query.strip():  # the search box (search.py): a page of what IMAP's UID SEARCH finds
                 infos, newer_uid, older_uid, found, query_error = await self._search_page(box, query, size,
                                                                                           below, above)
+                searched = True
             else:
                 infos, newer_uid, older_uid = await self._plain_page(box, size, below, above)
         except NotFound:
@@ -513,6 +515,7 @@ class Webmail:
                           current_label=_label(box), rows=rows, newer=newer_uid, older=older_uid,
                           below=below, above=above, query=query, found=found, query_error=query_error,
                           sort=order, sorts=sort.SORTS, start=start, previous=previous, following=following,
+                          searched=searched and not query_error,
                           address=await self._user_address(signed.user_id))
 
     async def _conversations(self, signed: Signed, box: Mailbox, size: int, below: int | None) -> Response:
@@ -572,11 +575,13 @@ class Webmail:
 
     async def _search_page(self, box: Mailbox, query: str, size: int, below: int | None, above: int | None
                            ) -> tuple[list[MessageInfo], int | None, int | None, int | None, str]:
-        """A page of search results (search.py), or none and the reason the query was refused."""
-        matched, error = await self._matched(box, query)
-        if error:
-            return [], None, None, None, error
-        got = await search.page(self.store, box, matched, size, below, above)
+        """A page of search results (search.py: by UID windows, newest first), or none and the reason the query
+        was refused."""
+        try:
+            got = await search.page(self.store, self.config.limits, box, search.parse(query), size, below, above)
+        except search.QueryError as exc:
+            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
+            return [], None, None, None, str(exc)
         return got.infos, got.newer, got.older, got.total, ""
 
     async def _rows(self, infos: list[MessageInfo]) -> list[Row]:

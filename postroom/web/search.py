@@ -32,20 +32,26 @@ index-only query, `Store.uids_with_flag` with no flag: 4 octets a message, as an
 IMAP4rev2 (no \\Recent). Nothing else of an IMAP session is touched by a program this parser makes (no
 sequence sets, no EMAILID/THREADID, no RECENT), which `parse` guarantees by construction.
 
-Results are UIDs ascending; `page` cuts one page of them newest first, by UID like the plain list
-(`below` / `above`), and reads the records of that page only (a point lookup each).
+Windows: IMAP SEARCH answers every match, and a page needs `page_size` of them, newest first. So `page` searches
+the mailbox by UID windows, from the top down (or, for "newer results", from `above` up): `FIRST_WINDOW` UIDs,
+then twice as many each step (at most `MAX_WINDOW`), each window one `run_search` over just its UIDs (the
+full-text index narrows within the window's range), until more than a page is found or the mailbox's end is
+reached. Within each window the answer is exactly IMAP's, so the pages together are exactly `UID SEARCH`'s answer,
+newest first; a page costs the windows it needed, which for a query matching often is the first one, whatever
+the mailbox's size. The total is known only when the search reached the end on the first page ("N messages
+found"); otherwise the page says that more follow. Paging is by UID (`below` / `above`), like the plain list, and
+reads the records of the page only (a point lookup each).
 
 Invariants
 1. Every query either gives an IMAP program the IMAP parser accepts, or raises `QueryError`; no other exception
    leaves `parse` for any input (tests feed it arbitrary text).
 2. A query has at most `MAX_TERMS` terms and `MAX_QUERY` characters; control characters are refused.
 3. The answer is the one `UID SEARCH CHARSET UTF-8 <imap_text>` gives over IMAP for the same mailbox (tested with
-   imaplib).
+   imaplib), page after page; every UID of the mailbox is in exactly one window of a walk.
 """
 
 from __future__ import annotations
 
-import bisect
 import datetime
 from array import array
 from dataclasses import dataclass
@@ -59,6 +65,8 @@ from postroom.imap.state import Selected
 from postroom.store.api import Mailbox, MessageInfo, Store
 
 MAX_QUERY = 500  # characters of one query
+FIRST_WINDOW = 200  # UIDs searched by a page's first step (4 pages of 50); each further step twice as many
+MAX_WINDOW = 64_000  # ... up to this many
 MAX_TERMS = 20  # terms of one query
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _IS = {"unread": "UNSEEN", "read": "SEEN", "seen": "SEEN", "unseen": "UNSEEN", "flagged": "FLAGGED",
@@ -181,10 +189,11 @@ class SearchScope:
         self.sel = Selected(box, readonly=False, uids=array("I", uids), rev2=True)
 
 
-async def search(store: Store, limits: LimitsConfig, box: Mailbox, parsed: Parsed) -> list[int]:
-    """The UIDs of `box` matching the program, ascending (invariant 3). QueryError when the search is refused
-    for its size (`imap.search.MAX_SEARCH_WORK`); NotFound when the mailbox is gone."""
-    uids = await store.uids_with_flag(box.id, 1, 2**32 - 1, 0, False)  # no flag bit: every UID, from the index
+async def search(store: Store, limits: LimitsConfig, box: Mailbox, parsed: Parsed, uid_min: int = 1,
+                 uid_max: int = 2**32 - 1) -> list[int]:
+    """The UIDs of `box` in [uid_min, uid_max] matching the program, ascending (invariant 3). QueryError when the
+    search is refused for its size (`imap.search.MAX_SEARCH_WORK`); NotFound when the mailbox is gone."""
+    uids = await store.uids_with_flag(box.id, uid_min, uid_max, 0, False)  # no flag bit: every UID, from the index
     if not uids:
         return []
     scope = SearchScope(store, limits, box, uids)
@@ -200,26 +209,39 @@ class Page:
     """One page of results, newest first, and the paging around it."""
 
     infos: list[MessageInfo]
-    total: int  # results in the whole mailbox
+    total: int | None  # results in the whole mailbox when the search covered it (all fit on this page), else None
     newer: int | None  # the `above` value of the page before (newer results), or None
     older: int | None  # the `below` value of the page after (older results), or None
 
 
-async def page(store: Store, box: Mailbox, matched: list[int], size: int, below: int | None = None,
-               above: int | None = None) -> Page:
-    """One page of `matched` (ascending UIDs): the `size` highest below `below`, or the `size` lowest above
-    `above`, newest first; the records of these UIDs only."""
-    if above is not None:
-        lo = bisect.bisect_right(matched, above)
-        chosen = matched[lo:lo + size]
-    else:
-        hi = len(matched) if below is None else bisect.bisect_left(matched, below)
-        chosen = matched[max(0, hi - size):hi]
+async def page(store: Store, limits: LimitsConfig, box: Mailbox, parsed: Parsed, size: int,
+               below: int | None = None, above: int | None = None) -> Page:
+    """One page of results newest first: the `size` newest below UID `below`, or the `size` oldest above `above`
+    (module doc, "Windows"); the records of these UIDs only."""
+    top = max(1, box.uidnext - 1)
+    up = above is not None
+    edge = (above or 0) + 1 if up else min(top, (below or top + 1) - 1)  # the first UID to look at
+    found: list[int] = []  # matches in the walk's order (ascending going up, descending going down)
+    span = FIRST_WINDOW
+    while len(found) <= size and (edge <= top if up else edge >= 1):
+        lo, hi = (edge, min(top, edge + span - 1)) if up else (max(1, edge - span + 1), edge)
+        got = await search(store, limits, box, parsed, lo, hi)
+        found += got if up else got[::-1]
+        edge = hi + 1 if up else lo - 1
+        span = min(span * 2, MAX_WINDOW)
+    exhausted = edge > top if up else edge < 1  # the walk reached the end in its direction
+    chosen = found[:size]
+    more = len(found) > size or not exhausted  # past this page, in the walk's direction
+    if up:
+        chosen.reverse()  # newest first on the page
     infos = []
-    for uid in reversed(chosen):
+    for uid in chosen:
         info = await store.get_message(box.id, uid)
         if info is not None:  # expunged since the search
             infos.append(info)
-    newer = chosen[-1] if chosen and bisect.bisect_right(matched, chosen[-1]) < len(matched) else None
-    older = chosen[0] if chosen and bisect.bisect_left(matched, chosen[0]) > 0 else None
-    return Page(infos, len(matched), newer, older)
+    if not chosen:
+        return Page(infos, 0 if below is None and above is None else None, None, None)
+    newer = chosen[0] if (more if up else above is not None or below is not None) else None
+    older = chosen[-1] if (more if not up else True) else None
+    whole = below is None and above is None and not more
+    return Page(infos, len(found) if whole else None, newer, older)

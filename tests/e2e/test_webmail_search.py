@@ -18,6 +18,7 @@ from web_support import base, mailbox_id, signed_in
 
 from postroom.mime.meta import compute_meta
 from postroom.store.api import AppendRequest, Flag
+from postroom.web import search
 from postroom.web.search import parse
 
 ALICE, PW = "alice@example.org", "search-pass-1"
@@ -94,7 +95,12 @@ def _web_uids(c: Any, box: int, query: str) -> list[int]:
         params = {"q": query, "below": older.group(1)}
 
 
-def test_web_search_answers_equal_imap_uid_search(server: Any, mailbox: tuple[int, dict[str, int]]) -> None:
+@pytest.mark.parametrize("window", [search.FIRST_WINDOW, 1, 2])
+def test_web_search_answers_equal_imap_uid_search(server: Any, mailbox: tuple[int, dict[str, int]], window: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the usual first window (one step covers the mailbox) and with windows of 1 and 2 UIDs growing by
+    doubling (many steps, pages cut inside and across windows): the same answers."""
+    monkeypatch.setattr(search, "FIRST_WINDOW", window)
     box, uids = mailbox
     c = signed_in(server, ALICE, PW)
     imap = imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=server.tls_client_context())
@@ -118,15 +124,22 @@ def test_web_search_answers_equal_imap_uid_search(server: Any, mailbox: tuple[in
 def test_results_are_paged_and_counted(server: Any, mailbox: tuple[int, dict[str, int]]) -> None:
     box, uids = mailbox
     c = signed_in(server, ALICE, PW)
-    first = c.get(f"/mail/box/{box}", params={"q": "is:unread numbers"})  # carol only... and more below
-    assert "1 message found" in first.text
+    first = c.get(f"/mail/box/{box}", params={"q": "is:unread numbers"})  # carol only
+    assert "1 message found<" in first.text  # all of it on the first page: the total is known
     page1 = c.get(f"/mail/box/{box}", params={"q": "after:2024-01-01"})
-    assert "5 messages found" in page1.text
+    assert "3 messages found here, more on the next page" in page1.text
     assert [int(u) for u in ROW.findall(page1.text)] == [uids["dave"], uids["carol"], uids["anna2"]]
     assert 'rel="next"' in page1.text and 'rel="prev"' not in page1.text
     page2 = c.get(f"/mail/box/{box}", params={"q": "after:2024-01-01", "below": uids["anna2"]})
     assert [int(u) for u in ROW.findall(page2.text)] == [uids["bob1"], uids["anna1"]]
     assert 'rel="prev"' in page2.text and 'rel="next"' not in page2.text
+    assert "2 messages found here<" in page2.text
+    # Back to the newer results: the page above the newest of page 2.
+    newer = re.search(r'href="/mail/box/\d+\?above=(\d+)&amp;q=[^"]+" rel="prev"', page2.text)
+    assert newer and int(newer.group(1)) == uids["bob1"]
+    back = c.get(f"/mail/box/{box}", params={"q": "after:2024-01-01", "above": newer.group(1)})
+    assert [int(u) for u in ROW.findall(back.text)] == [uids["dave"], uids["carol"], uids["anna2"]]
+    assert 'rel="next"' in back.text and 'rel="prev"' not in back.text
     # The actions on a result page come back to it (the search is kept).
     form_q = re.search(r'<input type="hidden" name="q" value="([^"]*)">', page2.text)
     assert form_q and form_q.group(1) == "after:2024-01-01"
