@@ -36,7 +36,10 @@ Windows: IMAP SEARCH answers every match, and a page needs `page_size` of them, 
 the mailbox by UID windows, from the top down (or, for "newer results", from `above` up): `FIRST_WINDOW` UIDs,
 then twice as many each step (at most `MAX_WINDOW`), each window one `run_search` over just its UIDs (the
 full-text index narrows within the window's range), until more than a page is found or the mailbox's end is
-reached. Within each window the answer is exactly IMAP's, so the pages together are exactly `UID SEARCH`'s answer,
+reached. A window of up to `NARROW_FROM` UIDs is searched without the full-text index: its lookup costs what the
+term's postings in the whole store cost (a word in every message: every message), while reading a few hundred
+messages' scan forms costs those alone; wider windows are narrowed by it. Within each window the answer is
+exactly IMAP's, so the pages together are exactly `UID SEARCH`'s answer,
 newest first; a page costs the windows it needed, which for a query matching often is the first one, whatever
 the mailbox's size. The total is known only when the search reached the end on the first page ("N messages
 found"); otherwise the page says that more follow. Paging is by UID (`below` / `above`), like the plain list, and
@@ -67,6 +70,7 @@ from postroom.store.api import Mailbox, MessageInfo, Store
 MAX_QUERY = 500  # characters of one query
 FIRST_WINDOW = 200  # UIDs searched by a page's first step (4 pages of 50); each further step twice as many
 MAX_WINDOW = 64_000  # ... up to this many
+NARROW_FROM = 1000  # UIDs of a window past which the full-text index narrows its search (module doc)
 MAX_TERMS = 20  # terms of one query
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _IS = {"unread": "UNSEEN", "read": "SEEN", "seen": "SEEN", "unseen": "UNSEEN", "flagged": "FLAGGED",
@@ -191,15 +195,17 @@ class SearchScope:
 
 async def search(store: Store, limits: LimitsConfig, box: Mailbox, parsed: Parsed, uid_min: int = 1,
                  uid_max: int = 2**32 - 1) -> list[int]:
-    """The UIDs of `box` in [uid_min, uid_max] matching the program, ascending (invariant 3). QueryError when the
-    search is refused for its size (`imap.search.MAX_SEARCH_WORK`); NotFound when the mailbox is gone."""
+    """The UIDs of `box` in [uid_min, uid_max] matching the program, ascending (invariant 3); the full-text index
+    narrows only a window wider than `NARROW_FROM` UIDs (module doc). QueryError when the search is refused for its
+    size (`imap.search.MAX_SEARCH_WORK`); NotFound when the mailbox is gone."""
     uids = await store.uids_with_flag(box.id, uid_min, uid_max, 0, False)  # no flag bit: every UID, from the index
     if not uids:
         return []
     scope = SearchScope(store, limits, box, uids)
     try:
         # The session's attributes run_search reads are exactly SearchScope's (module doc).
-        return await run_search(cast(Session, scope), parsed.key, uid_cmd=True)
+        return await run_search(cast(Session, scope), parsed.key, uid_cmd=True,
+                                narrow=uid_max - uid_min + 1 > NARROW_FROM)
     except No as exc:
         raise QueryError(f"This search is too large: {exc.text}") from exc
 

@@ -95,12 +95,15 @@ def _web_uids(c: Any, box: int, query: str) -> list[int]:
         params = {"q": query, "below": older.group(1)}
 
 
-@pytest.mark.parametrize("window", [search.FIRST_WINDOW, 1, 2])
+@pytest.mark.parametrize(("window", "narrow_from"), [(search.FIRST_WINDOW, search.NARROW_FROM), (1, 1000), (2, 0),
+                                                    (search.FIRST_WINDOW, 0)])
 def test_web_search_answers_equal_imap_uid_search(server: Any, mailbox: tuple[int, dict[str, int]], window: int,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  narrow_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the usual first window (one step covers the mailbox) and with windows of 1 and 2 UIDs growing by
-    doubling (many steps, pages cut inside and across windows): the same answers."""
+    doubling (many steps, pages cut inside and across windows), each read whole or narrowed by the full-text
+    index (`narrow_from` 0): the same answers."""
     monkeypatch.setattr(search, "FIRST_WINDOW", window)
+    monkeypatch.setattr(search, "NARROW_FROM", narrow_from)
     box, uids = mailbox
     c = signed_in(server, ALICE, PW)
     imap = imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=server.tls_client_context())
