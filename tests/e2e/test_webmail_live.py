@@ -182,3 +182,20 @@ def test_an_overflowed_subscription_ends_the_stream(server: Any) -> None:
     assert b"event: message" not in got
     webmail = server.postroom.webmail
     assert webmail is not None and webmail.live.open_streams(alice.id) == 0
+
+
+def test_the_conversation_view_follows_too(server: Any, page: Any) -> None:
+    alice = server.add_user(ALICE, PW)
+    deliver(server, alice, b"From: a@example.net\r\nSubject: Trip\r\nMessage-ID: <t1@x>\r\n\r\nx\r\n")
+    sign_in(page, server)
+    page.get_by_role("navigation", name="View").get_by_role("link", name="Conversations").click()
+    row = page.get_by_role("row", name="Trip")
+    row.wait_for()
+    assert row.locator("td.count-cell").inner_text() == "1 (1 unread)"
+    page.wait_for_timeout(300)
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as smtp:
+        smtp.sendmail("b@example.net", [ALICE], b"From: b@example.net\r\nTo: alice@example.org\r\nSubject: Re: Trip"
+                                                b"\r\nMessage-ID: <t2@x>\r\nIn-Reply-To: <t1@x>\r\n\r\ny\r\n")
+    page.get_by_role("row", name="Re: Trip").locator("td.count-cell").filter(has_text="2 (2 unread)").wait_for(
+        timeout=2_000)
+    assert page.get_by_role("row").count() == 2  # the header and the one conversation, now at its reply
