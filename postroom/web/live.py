@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-An open list page (mailbox.html) loads `static/live.js`, which opens an `EventSource` on
+An open list page (mailbox.html, conversations.html) loads `static/live.js`, which opens an `EventSource` on
 `/mail/events?box=ID&modseq=N` (N: the mailbox's HIGHESTMODSEQ when the page was rendered). The request is
 checked like every page: its session cookie must name a live session (sessions.py), and the mailbox must be the
 user's own, else 403 / 404 before anything is streamed. The stream then subscribes to the change hub for the
