@@ -131,6 +131,7 @@ class Postroom:
     net: NetServer | None = None
     http: HttpServer | None = None
     https: HttpServer | None = None  # the same web app over TLS (listeners.https)
+    webmail: Webmail | None = None  # the webmail both serve (its live event streams end at stop)
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
@@ -290,7 +291,7 @@ class Postroom:
                 challenges = self.certificates.challenges
             elif worker is not None and cfg.acme.directory:  # worker 0 orders; whichever worker the CA reaches answers
                 challenges = ChallengeFiles(worker.challenges_dir)
-            webmail = Webmail(store, self.services.auth, cfg, settings_for, door=self.services.door,
+            webmail = self.webmail = Webmail(store, self.services.auth, cfg, settings_for, door=self.services.door,
                               on_queued=wake)
             admin = Admin(webmail, lambda: self.config, self.metrics, addresses,
                           router=lambda: Router(store, self.config, on_queued=wake),
@@ -391,6 +392,8 @@ class Postroom:
                 await asyncio.gather(task, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
+        if self.webmail is not None:
+            self.webmail.live.close()  # open pages' event streams end now, so the listeners stop at once
         if self.http is not None:
             await self.http.stop()
         if self.https is not None:

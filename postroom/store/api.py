@@ -420,6 +420,15 @@ class ImapStructure(NamedTuple):
     body: bytes
 
 
+class ThreadSummary(NamedTuple):
+    """A thread's messages in one mailbox (`Store.thread_summaries`)."""
+
+    messages: int  # how many are in this mailbox
+    newest_uid: int
+    newest_date: float  # the latest internal date, seconds since the epoch
+    unseen: int  # how many lack \\Seen
+
+
 @dataclass(slots=True)
 class ThreadColumns:
     """Messages as THREAD reads them (`Store.thread_rows`), one list per column, index i the i-th message in UID
@@ -963,6 +972,15 @@ class Store(Protocol):
         (stored by an older version or without metadata): `write_metas` of its metadata gives it one. NotFound
         if the mailbox is gone."""
 
+    async def thread_summaries(self, mailbox_id: int, thread_ids: Sequence[int]) -> dict[int, ThreadSummary]:
+        """For each thread id (`thread_ids`; 0 is no thread and is left out), its messages in this mailbox as a
+        `ThreadSummary`, through the thread index: work in proportion to those messages, not to the mailbox (the
+        webmail's conversation list). A thread without messages here is left out. NotFound if the mailbox is
+        gone."""
+
+    async def thread_uids(self, mailbox_id: int, thread_id: int, limit: int) -> list[int]:
+        """The UIDs of the thread's messages in this mailbox, ascending, at most `limit`, through the thread
+        index (the webmail's conversation page). [] for thread 0. NotFound if the mailbox is gone."""
 
     async def read_message(self, blob_id: str) -> bytes: ...
 

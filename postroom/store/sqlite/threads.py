@@ -60,7 +60,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from postroom.mime.meta import MessageMeta, MetaFormatError
-from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns
+from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns, ThreadSummary
 from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.structure import put_structure
@@ -318,3 +318,33 @@ class ThreadsMixin(Base):
                 (mailbox_id, uid_min, top)))
 
         return await self._engine.read(q)
+
+    async def thread_summaries(self, mailbox_id: int, thread_ids: Sequence[int]) -> dict[int, ThreadSummary]:
+        wanted = sorted({t for t in thread_ids if t > 0})
+
+        def q(conn: sqlite3.Connection) -> dict[int, ThreadSummary]:
+            load_mailbox(conn, mailbox_id)
+            out: dict[int, ThreadSummary] = {}
+            for k in range(0, len(wanted), CHUNK):
+                part = wanted[k:k + CHUNK]
+                # The (thread_id, mailbox_id) index finds each thread's messages in this mailbox (with their
+                # UIDs, the table's key); only those rows are read for the date and flags.
+                for tid, count, newest, date, unseen in conn.execute(
+                        "SELECT thread_id, count(*), max(uid), max(internal_date), total(flags & 1 = 0)"
+                        " FROM messages INDEXED BY messages_thread WHERE thread_id IN"
+                        f" ({','.join('?' * len(part))}) AND mailbox_id = ? GROUP BY thread_id",
+                        (*part, mailbox_id)):
+                    out[int(tid)] = ThreadSummary(int(count), int(newest), float(date), int(unseen))
+            return out
+
+        return await self._engine.read(q) if wanted else {}
+
+    async def thread_uids(self, mailbox_id: int, thread_id: int, limit: int) -> list[int]:
+        def q(conn: sqlite3.Connection) -> list[int]:
+            load_mailbox(conn, mailbox_id)
+            return [r[0] for r in conn.execute(
+                "SELECT uid FROM messages INDEXED BY messages_thread WHERE thread_id = ? AND mailbox_id = ?"
+                " ORDER BY uid LIMIT ?", (thread_id, mailbox_id, max(0, limit)))]
+
+        return await self._engine.read(q) if thread_id > 0 else []
+
