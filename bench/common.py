@@ -169,10 +169,13 @@ class PrivatePostroom(Server):
     One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port, every other one off; `settings` is more
     TOML appended to the configuration (it may be replaced on each start). `server.event_loop` is taken from
     the environment variable POSTROOM_EVENT_LOOP when it is set ("asyncio", "uvloop", "auto"), so any bench
-    can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`.
+    can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`. `workers` is
+    `server.workers` (None: the environment variable POSTROOM_WORKERS when set, else the server's default, one
+    worker process per CPU).
     """
 
-    def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None) -> None:
+    def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None,
+                 workers: int | None = None) -> None:
         self.base = base
         self.data = base / "data"
         self.conf = base / "postroom.toml"
@@ -180,6 +183,7 @@ class PrivatePostroom(Server):
         self.listener = listener
         self.settings = settings
         self.log_level = log_level
+        self.workers = workers
         self.port = free_port()
 
     def create(self, domain: str = "example.org", user: str | None = None, password: str = "",
@@ -200,6 +204,8 @@ class PrivatePostroom(Server):
         off = "\n".join(f'{n} = ""' for n in LISTENERS if n != self.listener)
         loop = os.environ.get("POSTROOM_EVENT_LOOP", "")
         loop_line = f'event_loop = "{loop}"\n' if loop else ""
+        workers = self.workers if self.workers is not None else os.environ.get("POSTROOM_WORKERS", "")
+        loop_line += f"workers = {workers}\n" if workers != "" else ""
         self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}'
                              f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
         exe = Path(sys.executable).with_name("postroom")

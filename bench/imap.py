@@ -22,7 +22,8 @@ Each command's latency is recorded by kind; the table gives operations per secon
 (LOGIN, SELECT, IDLE) and the server's resident memory (all its processes: Dovecot runs one `imap` process per
 session) is compared before and after: bytes per idle session.
 
-Each server gets one untimed warm-up session first (Dovecot builds its index, both fill the page cache).
+Each server gets four untimed warm-up sessions first, at once (Dovecot builds its index, both fill the page
+cache, every Postroom worker process warms its caches).
 Progress goes to stderr, the table to stdout.
 
 --churn measures login churn instead: phones that poll. Each session is a new connection doing
@@ -251,7 +252,9 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str,
                session: Callable[..., Awaitable[None]] = one_session,
                ops: tuple[str, ...] = OPS) -> tuple[float, dict[str, list[float]]]:
     lat: dict[str, list[float]] = {op: [] for op in ops}
-    await session(port, count, random.Random(0), {op: [] for op in ops})  # warm-up
+    # Warm-up, untimed: four sessions at once, so that every worker process of Postroom (connections are
+    # spread by the kernel) and Dovecot's index start warm.
+    await asyncio.gather(*(session(port, count, random.Random(i), {op: [] for op in ops}) for i in range(4)))
     done = 0
     total = clients * sessions
 
@@ -296,10 +299,12 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
 # --- the servers -----------------------------------------------------------------------------------------
 
 
-def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "") -> tuple[PrivatePostroom, int]:
+def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "",
+                   workers: int | None = None) -> tuple[PrivatePostroom, int]:
     server = PrivatePostroom(work / "postroom", "imap",
                              f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n{auth}"
-                             f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n")
+                             f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n",
+                             workers=workers)
     server.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
     return server, server.start(greeting=b"* OK", timeout=30)
 
@@ -328,6 +333,8 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions for the memory measurement")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--churn", action="store_true", help="login churn: short polling sessions (see above)")
+    ap.add_argument("--one-worker", action="store_true",
+                    help="also run Postroom as one process (server.workers = 1) beside the default (one per CPU)")
     args = ap.parse_args()
     if args.churn:
         return churn_main(args)
@@ -341,7 +348,10 @@ def main() -> int:
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
     cpu: dict[str, float] = {}
-    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    servers: list[tuple[str, Callable[[Path, list[bytes], int], tuple[Server, int]]]] = [
+        ("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    if args.one_worker:
+        servers.append(("Postroom 1 worker", lambda w, m, i: start_postroom(w, m, i, workers=1)))
     with servers_stopped(work) as started:
         for name, start in servers:
             server, port = start(work, messages, args.idle)
@@ -369,6 +379,16 @@ def main() -> int:
     ops_b = sum(len(v) for v in results[dv][1].values()) / results[dv][0]
     print(f"| **operations/s** | {ops_a:,.0f} | {ops_b:,.0f} | {ops_a / ops_b:.2f}x (Postroom / Dovecot) |")
     print(f"| **server CPU s** (all processes) | {cpu[pr]:.1f} | {cpu[dv]:.1f} | {cpu[pr] / cpu[dv]:.2f}x |")
+    if args.one_worker:
+        one = servers[2][0]
+        ops_one = sum(len(v) for v in results[one][1].values()) / results[one][0]
+        print(f"| **operations/s, {one}** | {ops_one:,.0f} | | {ops_one / ops_b:.2f}x (/ Dovecot); "
+              f"Postroom / {one}: {ops_a / ops_one:.2f}x |")
+        n_a = sum(len(v) for v in results[pr][1].values())
+        n_one = sum(len(v) for v in results[one][1].values())
+        print(f"| **server CPU ms per operation** | {cpu[pr] / n_a * 1000:.2f} ({pr}) | "
+              f"{cpu[dv] / sum(len(v) for v in results[dv][1].values()) * 1000:.2f} | "
+              f"{cpu[one] / n_one * 1000:.2f} ({one}) |")
     if args.idle:
         ma, mb = results[pr][2], results[dv][2]
         print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "

@@ -9,6 +9,13 @@ as delivery stores it. One signed-in browser-like client (httpx) then times, --r
     INBOX page      GET /mail/box/<inbox>: the folder tree and the newest 50 messages (From, Subject, date, size);
                     time to the first byte of the response (TTFB) and to its last byte
     open message    GET /mail/box/<inbox>/<uid> of a random message (its body decoded, \\Seen set on first open)
+    search pages    GET /mail/box/<inbox>?q=liquor and ?q=zanzibar: the first page of a free-text search, IMAP
+                    SEARCH's code over UID windows growing from the top (web/search.py); "liquor" is in every
+                    body (a full page from the first window), "zanzibar" in 1 % of them (10 or 1,000 matches)
+    sorted page     GET /mail/box/<inbox>?sort=subject&start=100: the third page by subject (web/sort.py); the
+                    first such request sorts the mailbox's sort rows ("first sort", timed once), later ones use
+                    the order kept under the mailbox's content version
+    conversations   GET /mail/box/<inbox>?view=conversations: the newest 50 conversations (web/conversations.py)
 
 and reports p50 / p95 in milliseconds, and for each the ratio of the largest mailbox to the smallest (the goal
 of issue 10 is at most 1.5: no page reads the whole mailbox). "Memory per 100 sessions" is the server's
@@ -91,13 +98,23 @@ def bench_postroom(work: Path, messages: list[bytes], runs: int) -> dict[str, li
         c = sign_in(base)
         inbox = c.get("/mail/").headers["location"]
         rng = random.Random(10)
-        ttfb, full, opened = [], [], []
+        ttfb, full, opened, searched, common, sorted_, convs = [], [], [], [], [], [], []
         timed_get(c, inbox)  # warm-up: the page cache, the metadata cache
+        first_sort = timed_get(c, f"{inbox}?sort=from")[1]  # the store sorts the whole mailbox's sort rows once
+        search, by_subject, threads = f"{inbox}?q=zanzibar", f"{inbox}?sort=subject&start=100", \
+            f"{inbox}?view=conversations"
+        often = f"{inbox}?q=liquor"
+        for path in (search, often, by_subject, threads):
+            timed_get(c, path)  # warm-up of each page
         for _ in range(runs):
             a, b = timed_get(c, inbox)
             ttfb.append(a)
             full.append(b)
             opened.append(timed_get(c, f"{inbox}/{rng.randint(1, len(messages))}")[1])
+            searched.append(timed_get(c, search)[1])
+            common.append(timed_get(c, often)[1])
+            sorted_.append(timed_get(c, by_subject)[1])
+            convs.append(timed_get(c, threads)[1])
         before = rss(server.pid)
         clients = [sign_in(base) for _ in range(100)]
         for extra in clients:
@@ -106,7 +123,8 @@ def bench_postroom(work: Path, messages: list[bytes], runs: int) -> dict[str, li
         for extra in clients:
             extra.close()
         c.close()
-        return {"ttfb": ttfb, "full": full, "open": opened, "sessions": float(after - before)}
+        return {"ttfb": ttfb, "full": full, "open": opened, "sessions": float(after - before), "search": searched,
+                "common": common, "sorted": sorted_, "conversations": convs, "first_sort": first_sort}
     finally:
         server.stop()
 
@@ -176,6 +194,28 @@ def main() -> int:
                  for k in ("ttfb", "full", "open")}
         print(f"| {large:,} / {small:,} | {ratio['ttfb']:.2f}x | {ratio['full']:.2f}x | {ratio['open']:.2f}x | "
               f"{pct(results[large][1], 50) / pct(results[small][1], 50):.2f}x | | |")
+    print("\nSearch, sort and conversation pages (complete), milliseconds p50 / p95; first sort: one request")
+    print("| messages | search: common word | search: rare word | sorted page (order kept) | first sort | "
+          "conversations |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in sizes:
+        pr = results[n][0]
+        cells = []
+        for k in ("common", "search", "sorted"):
+            v = pr[k]
+            assert isinstance(v, list)
+            cells.append(f"{ms(pct(v, 50))} / {ms(pct(v, 95))}")
+        first, conv = pr["first_sort"], pr["conversations"]
+        assert isinstance(first, float) and isinstance(conv, list)
+        print(f"| {n:,} | {cells[0]} | {cells[1]} | {cells[2]} | {ms(first)} | "
+              f"{ms(pct(conv, 50))} / {ms(pct(conv, 95))} |")
+    if small != large:
+        more = {k: pct(results[large][0][k], 50) / pct(results[small][0][k], 50)  # type: ignore[arg-type]
+                for k in ("common", "search", "sorted", "conversations")}
+        first_ratio = float(results[large][0]["first_sort"]) / float(results[small][0]["first_sort"])  # type: ignore[arg-type]
+        print(f"| {large:,} / {small:,} | {more['common']:.2f}x | {more['search']:.2f}x | {more['sorted']:.2f}x | "
+              f"{first_ratio:.2f}x | "
+              f"{more['conversations']:.2f}x |")
     return 0
 
 

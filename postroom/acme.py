@@ -11,10 +11,11 @@ and `CertificateManager.run` (a task of `postroom serve`) obtains a real one at 
 2. a new order for `Config.acme_names` with a CSR for a new ECDSA P-256 key; for each authorization the HTTP-01
    challenge (RFC 8555 §8.3): the key authorization is put in `challenges` under its token, where the web
    listener serves it at `/.well-known/acme-challenge/TOKEN` (web/app.py), and the CA is told to check;
-3. poll until the order is valid, finalize, download the full chain; write key and chain (atomically, key 0600)
-   and load them into the one server `SSLContext` every listener uses (`load_cert_chain` on the same object:
-   handshakes from then on get the new certificate, open sessions keep theirs). A reload (SIGHUP) makes a new
-   context from the files and hands it, with the new configuration, to the manager (`app.Postroom.reload`).
+3. poll until the order is valid, finalize, download the full chain; install key and chain as a pair
+   (`install_steps`, below; key 0600) and load them into the one server `SSLContext` every listener uses
+   (`load_cert_chain` on the same object: handshakes from then on get the new certificate, open sessions keep
+   theirs). A reload (SIGHUP) makes a new context from the files and hands it, with the new configuration, to
+   the manager (`app.Postroom.reload`).
 
 The `acme` library (certbot's, with `josepy` for JOSE) is synchronous (requests), so every call to the CA runs in
 a thread (`asyncio.to_thread`); `challenges` is a plain dict the thread writes and the loop reads.
@@ -24,9 +25,28 @@ when it is self-signed or does not carry every configured name. The task sleeps 
 changed clock or configuration is noticed); after a failure it retries after 5 minutes, doubling to 6 hours,
 logging each failure with the CA's reason. One log line per certificate obtained.
 
+Installing a pair. Two files cannot be replaced by one rename, so the new pair is staged beside the old one and
+a crash at any point is finished (or undone) by `settle_pair`, which every load of the ACME files runs first
+(`app.load_tls`, and `obtain` itself). The steps, each durable (file fsync'd, then the folder) before the next:
+
+    1. `key.pem.new` written (temporary file, fsync, rename)
+    2. `cert.pem.new` written likewise: the pair is now staged
+    3. `key.pem.new` renamed over `key.pem`
+    4. `cert.pem.new` renamed over `cert.pem`
+
+What `settle_pair` finds after a crash, and does: only `key.pem.new` (crash in 1-2): the staging was not
+complete, the old pair is in place: remove it. Both `.new` files (after 2): finish with steps 3 and 4.
+Only `cert.pem.new` (after 3: the new key is in place, its chain not yet): finish with step 4, since
+`cert.pem.new` exists only once its key was staged. Neither: nothing to do. In every case the pair loaded
+matches (tests/unit/test_acme_install.py kills a process after each step and loads what it left).
+
+The account key is made before the account is registered and `account.json` written after: a crash between
+leaves a key without its URL, and the next run registers it again, which the CA answers with the existing
+account (RFC 8555 §7.3.1, handled in `_client`).
+
 Invariants
-1. The private key of a certificate is never readable by others (0600 from creation) and is written before the
-   chain that certifies it; both are replaced by rename, so a crash leaves the old pair or the new, never a mix.
+1. The private key of a certificate is never readable by others (0600 from creation); after any crash, the key
+   and certificate loaded (after `settle_pair`) are the old pair or the new, never a mix.
 2. `challenges` holds only tokens of orders in progress (removed when the order ends, valid or not).
 3. A failure to obtain a certificate never stops the server: the listeners keep the certificate they have.
 """
@@ -39,7 +59,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +127,68 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+NEW = ".new"  # the suffix of a staged file (module doc, "Installing a pair")
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + NEW)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install_steps(cert_path: Path, key_path: Path, key_pem: bytes, chain_pem: bytes) -> Iterator[int]:
+    """Install a new key and certificate chain as a pair (module doc, "Installing a pair"): a generator that
+    does the four steps in order and yields each one's number (1-4) once it is durable, so a test can end the
+    process between steps. `install_pair` runs it through. Raises OSError (the old pair stays in place, or the
+    new one is staged for `settle_pair`)."""
+    directory = key_path.parent
+    _write_private(_staged(key_path), key_pem, 0o600)
+    _fsync_dir(directory)
+    yield 1
+    _write_private(_staged(cert_path), chain_pem, 0o644)
+    _fsync_dir(cert_path.parent)
+    yield 2
+    os.replace(_staged(key_path), key_path)
+    _fsync_dir(directory)
+    yield 3
+    os.replace(_staged(cert_path), cert_path)
+    _fsync_dir(cert_path.parent)
+    yield 4
+
+
+def install_pair(cert_path: Path, key_path: Path, key_pem: bytes, chain_pem: bytes) -> None:
+    """`install_steps` run to the end: the new pair is in place. Raises OSError."""
+    for _ in install_steps(cert_path, key_path, key_pem, chain_pem):
+        pass
+
+
+def settle_pair(cert_path: Path, key_path: Path) -> str:
+    """Finish or undo an installation a crash interrupted (module doc): afterwards no staged file is left and
+    `cert_path` / `key_path` are a matching pair (if they were before the installation began). Returns what was
+    done: "" (nothing), "undone" or "finished". Raises OSError."""
+    new_key, new_cert = _staged(key_path), _staged(cert_path)
+    if new_cert.exists():
+        if new_key.exists():  # crash after step 2: steps 3 and 4 remain
+            os.replace(new_key, key_path)
+            _fsync_dir(key_path.parent)
+        os.replace(new_cert, cert_path)  # after step 3: step 4 remains
+        _fsync_dir(cert_path.parent)
+        log.warning("acme found an interrupted certificate installation and finished it path=%s", cert_path)
+        return "finished"
+    if new_key.exists():  # crash in step 1 or 2: the staging is incomplete and the old pair in place
+        new_key.unlink()
+        _fsync_dir(key_path.parent)
+        log.warning("acme found an interrupted certificate installation and undid it path=%s", key_path)
+        return "undone"
+    return ""
+
+
 class CertificateManager:
     """Obtains and renews the listeners' certificate from `cfg.acme.directory` (module essay).
 
@@ -117,9 +199,10 @@ class CertificateManager:
         self.cfg = cfg
         self.context = context
         self.more_contexts: list[ssl.SSLContext] = []  # other listeners' contexts to load it into (https)
-        self.challenges: dict[str, str] = {}
+        self.challenges: MutableMapping[str, str] = {}  # workers.ChallengeFiles with several worker processes
         self.dir = cfg.data_path / "acme"
         self.issued = asyncio.Event()  # set after each certificate obtained (tests and `run` callers wait on it)
+        self.on_obtained: Callable[[], None] | None = None  # after each certificate: worker 0 reloads the others
 
     # ---- the loop ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -146,8 +229,8 @@ class CertificateManager:
         """One certificate for the configured names, written and loaded. Raises on any failure (the CA's
         problem document in the message), leaving the current certificate in place."""
         key_pem, chain_pem = await asyncio.to_thread(self._order)
-        _write_private(self.cfg.key_path, key_pem, 0o600)  # invariant 1: key first, then its chain
-        _write_private(self.cfg.cert_path, chain_pem, 0o644)
+        await asyncio.to_thread(settle_pair, self.cfg.cert_path, self.cfg.key_path)  # a crash's leftovers first
+        await asyncio.to_thread(install_pair, self.cfg.cert_path, self.cfg.key_path, key_pem, chain_pem)
         for context in (self.context, *self.more_contexts):
             if context is not None:
                 context.load_cert_chain(self.cfg.cert_path, self.cfg.key_path)
@@ -157,6 +240,8 @@ class CertificateManager:
         log.info("acme certificate obtained names=%s not_after=%s renew_at=%s", ",".join(sorted(state.names)),
                  state.not_after.isoformat(timespec="seconds"), due.isoformat(timespec="seconds") if due else "now")
         self.issued.set()
+        if self.on_obtained is not None:
+            self.on_obtained()
         return state
 
     # ---- the protocol (in a thread) ------------------------------------------------------------------------

@@ -7,6 +7,12 @@ Stop order is the reverse: stop accepting, let sessions finish up to `server.shu
 HTTP, close the store (which finishes pending writes), release the lock. SIGTERM and SIGINT both start a
 graceful stop.
 
+With `server.workers` > 1 (`run_workers`, workers.py) this process is the parent: it takes the lock, makes the
+certificate, binds one socket per worker for every listener, drops privileges, makes the server secret and
+opens the store once (its schema steps), then forks the workers. Each runs `Postroom.start(worker=...)`: the
+same steps from the certificate on, minus the lock, the binding and the privilege drop (done), on its own
+inherited sockets; only worker 0 runs the queue scheduler, expunged-UID retention, the index backlog and ACME.
+
 Reload
 ------
 SIGHUP, or `postroom reload` (which signals the PID in the data folder's lock file), runs `Postroom.reload`:
@@ -47,14 +53,15 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import metapool as meta_pool
 from . import mtasts
-from .acme import CertificateManager
+from .acme import CertificateManager, settle_pair
+from .adminops import DNS_CHECK_SECONDS
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
@@ -64,6 +71,8 @@ from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
+from .inbound.dmarc_reports import DmarcReporter
+from .inbound.learn import Learner
 from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .net.connection import Connection
@@ -77,11 +86,13 @@ from .smtp.server import smtp_handler_factory
 from .store import open_store
 from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention
+from .web.admin import Admin
 from .web.app import create_app
 from .web.autoconfig import ClientSettings
 from .web.autoconfig import endpoints as autoconfig_endpoints
 from .web.mail import Webmail
 from .web.server import HttpServer, bind_http, serve_http
+from .workers import ChallengeFiles, Supervisor, Worker, bind_per_worker, worker_count
 
 log = logging.getLogger("postroom")
 
@@ -120,11 +131,14 @@ class Postroom:
     net: NetServer | None = None
     http: HttpServer | None = None
     https: HttpServer | None = None  # the same web app over TLS (listeners.https)
+    webmail: Webmail | None = None  # the webmail both serve (its live event streams end at stop)
     services: Services | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     queue: Scheduler | None = None  # the outbound queue scheduler (delivery/queue.py), if delivery.enabled
     queue_options: dict[str, Any] = field(default_factory=dict)  # Scheduler keywords (tests: resolver, clock)
     retention: ExpungedRetention | None = None  # forgets expunged UIDs past imap.expunged_retention_days
+    learner: Learner | None = None  # sends users' Junk verdicts to rspamd's controller (inbound/learn.py)
+    dmarc_reports: DmarcReporter | None = None  # daily DMARC aggregate reports (inbound/dmarc_reports.py)
     indexer: asyncio.Task[None] | None = None  # the full-text index backlog, worked off in the background
     certificates: CertificateManager | None = None  # ACME (acme.py), when acme.directory is set
     acme_task: asyncio.Task[None] | None = None
@@ -138,21 +152,29 @@ class Postroom:
     _web_socks: dict[str, list[socket.socket]] = field(default_factory=dict)  # http/https: bound before the
     # privilege drop, served after
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    worker: Worker | None = None  # one of several worker processes (workers.py); None: the only process
 
     async def start(self) -> None:
-        cfg = self.config
-        cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.lock = ServerLock(cfg.data_path)
-        self.lock.acquire()  # invariant 3
-        account = switch_needed(cfg.server.user)
-        if account is None and os.geteuid() == 0:
-            log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
-                        "useradd --system postroom) to have the server drop to it after binding its ports")
+        cfg, worker = self.config, self.worker
+        # A worker's parent did the first steps (workers.py): lock, certificate, binding, privilege drop.
+        account = None
+        if worker is None:
+            cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.lock = ServerLock(cfg.data_path)
+            self.lock.acquire()  # invariant 3
+            account = switch_needed(cfg.server.user)
+            if account is None and os.geteuid() == 0:
+                log.warning("running as root: every session runs as root too; set server.user to a system user "
+                            "(e.g. useradd --system postroom) to have the server drop to it after binding its ports")
         tls, cert = await asyncio.to_thread(load_tls, cfg)  # as root: the key may be readable by root only
         self.tls, self.certificate = tls, fingerprint(cert)
-        if cfg.acme.directory:  # the certificate comes from the CA, and is swapped into `tls` when it does
+        singletons = worker is None or worker.slot == 0  # what runs once per server (workers.py invariant 2)
+        if cfg.acme.directory and singletons:  # the certificate comes from the CA, and is swapped into `tls`
             self.certificates = CertificateManager(cfg, tls)
-        self.metrics = Metrics()
+            if worker is not None:  # the other workers load the new files through a reload (workers.py)
+                self.certificates.on_obtained = worker.reload_all
+                self.certificates.challenges = ChallengeFiles(worker.challenges_dir)
+        self.metrics = Metrics(worker.metrics_dir if worker is not None else None)
 
         specs = []
         for name, (host, port) in cfg.listeners.enabled().items():
@@ -165,12 +187,18 @@ class Postroom:
             specs.append(ListenerSpec(name=name, host=host, port=port, handler=self._dispatcher(name),
                                       implicit_tls=name in IMPLICIT_TLS, idle_timeout=idle,
                                       protocol=protocol, refuse=refuse))
-        self.net = NetServer(specs, tls, cfg.limits, metrics=self.metrics)
+        self.net = NetServer(specs, tls, cfg.limits, metrics=self.metrics,
+                             sockets=worker.sockets if worker is not None else None,
+                             shared=worker.counts if worker is not None else None)
         await self.net.bind()  # bound, not accepting yet (invariant 1): ports below 1024 need root
         for name in ("http", "https"):  # the web listeners, bound now too (ports 80 and 443 need root)
             if name in cfg.listeners.enabled():
-                self._web_socks[name] = bind_http(*cfg.listeners.enabled()[name], name=name)
-        if account is not None:  # process.py: hand the data folder over, then drop root for good
+                self._web_socks[name] = worker.sockets[name] if worker is not None else \
+                    bind_http(*cfg.listeners.enabled()[name], name=name)
+        if worker is not None:  # the parent handed the data folder over and dropped privileges already
+            pass
+        elif account is not None:  # process.py: hand the data folder over, then drop root for good
+            assert self.lock is not None
             self.lock.chown(account.uid, account.gid)
             changed = await asyncio.to_thread(own_data_dir, cfg.data_path, account, deep=True)
             drop_privileges(account)
@@ -183,25 +211,40 @@ class Postroom:
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
-        self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
-        self.retention.start()
-        self.indexer = asyncio.create_task(_index_in_background(store, cfg))
+        # rspamd learning from users' Junk verdicts, when configured: every worker records, one sends.
+        self.learner = Learner(store, cfg.rspamd, sending=singletons)
+        self.learner.start()
+        if singletons:
+            self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
+            self.retention.start()
+            self.indexer = asyncio.create_task(_index_in_background(store, cfg))
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
             if self.queue is not None:
                 self.queue.wake()
+            elif worker is not None:  # the scheduler runs in worker 0: tell it over the wake pipe
+                worker.wake_queue()
 
         # One resolver with one cache for outbound delivery, the inbound checks and the door (issue 12 item 9).
         dns = DnsResolver(cfg.delivery.dns_servers, cache=DnsCache(cfg.delivery.dns_cache_size,
                                                                    cfg.delivery.dns_cache_max_ttl_seconds))
-        if cfg.delivery.enabled:  # outbound delivery; DSNs enter through the router like any mail
+        # DMARC aggregate reports (inbound/dmarc_reports.py): the task runs always (in one worker), and reports
+        # only while inbound.dmarc_reports is on (a reload may switch it).
+        if singletons:
+            self.dmarc_reports = DmarcReporter(store, cfg, dns.with_lifetime(cfg.inbound.dns_timeout_seconds), wake)
+            self.dmarc_reports.start()
+        if cfg.delivery.enabled and singletons:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
             self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
                                    **{"resolver": dns, **self.queue_options})
             self.queue.start()
+            if worker is not None:
+                worker.on_wake(self.queue.wake)
         secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
-        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics)
-        self.services = Services(cfg, store, auth, self.metrics, tls, wake, Door(cfg.smtp), dns)
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None,
+                             logins=worker.door if worker is not None else None)
+        door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
+        self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)
         self.handlers = self._make_handlers(self.services)
         await self.net.start()
         self.addresses.update(self.net.addresses)
@@ -243,10 +286,18 @@ class Postroom:
                 live = self.config  # a reload's mta_sts.* and hostname apply to the next request
                 return mtasts.policy_text(live.mta_sts.mode, live.server.hostname, live.mta_sts.max_age_days * 86400)
 
-            challenges = self.certificates.challenges if self.certificates is not None else None
-            webmail = Webmail(store, self.services.auth, cfg)
+            challenges: Mapping[str, str] | None = None
+            if self.certificates is not None:
+                challenges = self.certificates.challenges
+            elif worker is not None and cfg.acme.directory:  # worker 0 orders; whichever worker the CA reaches answers
+                challenges = ChallengeFiles(worker.challenges_dir)
+            webmail = self.webmail = Webmail(store, self.services.auth, cfg, settings_for, door=self.services.door,
+                              on_queued=wake)
+            admin = Admin(webmail, lambda: self.config, self.metrics, addresses,
+                          router=lambda: Router(store, self.config, on_queued=wake),
+                          lookup=dns.uncached(DNS_CHECK_SECONDS))
             app = create_app(self.metrics, health, refresh, settings_for, webmail, acme_challenges=challenges,
-                             mta_sts_policy=mta_sts_policy)
+                             mta_sts_policy=mta_sts_policy, admin=admin)
             for name, socks in list(self._web_socks.items()):
                 host, port = cfg.listeners.enabled()[name]
                 server = await serve_http(app, host, port, socks=socks, name=name,
@@ -313,6 +364,10 @@ class Postroom:
             self._bounce_router.config = new
         if self.retention is not None:
             self.retention.days = new.imap.expunged_retention_days
+        if self.learner is not None:
+            self.learner.configure(new.rspamd)
+        if self.dmarc_reports is not None:
+            self.dmarc_reports.config = new
         if self.certificates is not None:  # ACME: the next order uses the new names; it loads into the new context
             self.certificates.cfg, self.certificates.context = new, tls
         if self._web_tls is not None and "tls.certificate" in changed:  # https serves through its first context
@@ -337,6 +392,8 @@ class Postroom:
                 await asyncio.gather(task, return_exceptions=True)
         if self.net is not None:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
+        if self.webmail is not None:
+            self.webmail.live.close()  # open pages' event streams end now, so the listeners stop at once
         if self.http is not None:
             await self.http.stop()
         if self.https is not None:
@@ -345,6 +402,10 @@ class Postroom:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:
             await self.retention.stop()
+        if self.learner is not None:
+            await self.learner.stop()
+        if self.dmarc_reports is not None:
+            await self.dmarc_reports.stop()
         if self.store is not None:
             await self.store.close()
         await meta_pool.shutdown()  # the metadata workers (metapool.py invariant 4)
@@ -354,8 +415,8 @@ class Postroom:
 
 # Settings a running server cannot change: its sockets are bound, its store open, its privileges dropped, the
 # scheduler started or not. A reload keeps their running values and names them as needing a restart.
-RESTART_ONLY = ("listeners", "server.data_dir", "server.user", "server.event_loop", "store", "delivery.enabled",
-                "acme.directory")
+RESTART_ONLY = ("listeners", "server.data_dir", "server.user", "server.event_loop", "server.workers", "store",
+                "delivery.enabled", "acme.directory")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -384,7 +445,8 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
                if any(key == k or key.startswith(k + ".") for k in RESTART_ONLY)]
     kept = dataclasses.replace(
         new, listeners=old.listeners, store=old.store,
-        server=dataclasses.replace(new.server, data_dir=old.server.data_dir, user=old.server.user),
+        server=dataclasses.replace(new.server, data_dir=old.server.data_dir, user=old.server.user,
+                                   workers=old.server.workers),
         delivery=dataclasses.replace(new.delivery, enabled=old.delivery.enabled),
         acme=dataclasses.replace(new.acme, directory=old.acme.directory))
     return kept, restart
@@ -397,7 +459,13 @@ def _reloader(cfg: Config) -> Callable[[], Config]:
 
 def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
     """The server TLS context of `cfg` and its certificate. The built-in location (`tls.cert` empty) is
-    generated when missing; configured files must exist and parse. Raises CertificateError naming the file."""
+    generated when missing; configured files must exist and parse. With ACME, an installation a crash
+    interrupted is settled first (acme.py `settle_pair`). Raises CertificateError naming the file."""
+    if cfg.acme.directory:
+        try:
+            settle_pair(cfg.cert_path, cfg.key_path)
+        except OSError as exc:
+            raise CertificateError(f"TLS: {exc}") from None
     if not cfg.tls.cert:
         try:
             if ensure_certificate(cfg.cert_path, cfg.key_path, cfg.server.hostname):
@@ -455,13 +523,15 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def banner(server: Postroom, demo_password: str | None, user: str | None = None) -> str:
+def banner(server: Postroom, demo_password: str | None, user: str | None = None, workers: int = 1) -> str:
     """What `postroom serve` prints once listening: the addresses, and commands that send a message to a user
     who exists and read it back: the demo user with `demo_password`, else `user` (with PASSWORD for its
-    password, which the server does not know), else how to add one."""
+    password, which the server does not know), else how to add one. `workers` > 1 is said in the first line."""
     cfg = server.config
     conf = "built-in defaults" if cfg.source == "<defaults>" else cfg.source  # config.discover chose it
-    lines = [f"Postroom is running (configuration {conf}; data in {cfg.data_path}, store {cfg.store_url})", ""]
+    procs = f"; {workers} worker processes" if workers > 1 else ""
+    lines = [f"Postroom is running (configuration {conf}; data in {cfg.data_path}, store {cfg.store_url}{procs})",
+             ""]
     for name, (host, port) in server.addresses.items():
         shown = "*" if host in _WILDCARDS else f"[{host}]" if ":" in host else host  # "*": every address
         kind = "implicit TLS" if name in IMPLICIT_TLS else ("HTTP" if name == "http" else "plain")
@@ -506,8 +576,10 @@ def banner(server: Postroom, demo_password: str | None, user: str | None = None)
     return "\n".join(lines)
 
 
-async def serve_forever(cfg: Config, demo: bool = False) -> None:
-    server = Postroom(cfg)
+async def serve_forever(cfg: Config, demo: bool = False, worker: Worker | None = None) -> None:
+    """Run one server process until SIGTERM/SIGINT: the only one (prints the banner), or `worker` (its parent
+    prints the banner once every worker said `ready`)."""
+    server = Postroom(cfg, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -525,10 +597,15 @@ async def serve_forever(cfg: Config, demo: bool = False) -> None:
     loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         await server.start()
-        demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
-        print(banner(server, demo_password, await banner_user(server.store)), flush=True)
-        log.info("started listeners=%s loop=%s", ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()),
-                 type(loop).__module__.partition(".")[0])
+        if worker is None:
+            demo_password = await ensure_demo(server.store, cfg.data_path) if demo and server.store else None
+            print(banner(server, demo_password, await banner_user(server.store)), flush=True)
+        else:
+            worker.ready()
+        log.info("started listeners=%s loop=%s%s",
+                 ",".join(f"{n}={h}:{p}" for n, (h, p) in server.addresses.items()),
+                 type(loop).__module__.partition(".")[0],
+                 f" worker={worker.slot} pid={os.getpid()}" if worker is not None else "")
         await stop.wait()
         log.info("stopping grace=%ss", server.config.server.shutdown_grace_seconds)
     finally:
@@ -553,10 +630,78 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run_server(cfg: Config, demo: bool = False) -> int:
-    """`postroom serve`: run until SIGTERM/SIGINT. Returns the exit status; start failures are one line on
-    stderr naming what to fix (1; 2 for a certificate or `server.user` that the configuration names wrongly)."""
+def _worker_main(cfg: Config, worker: Worker) -> int:
+    """A worker process's life (workers.py): its own event loop, until SIGTERM."""
+    with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
+        runner.run(serve_forever(cfg, worker=worker))
+    return 0
+
+
+async def _prepare_store(cfg: Config, demo: bool) -> tuple[str | None, str | None]:
+    """The parent of workers opens the store once before the fork (its schema steps run here, once), makes the
+    demo user if asked, and reads the banner's user; then closes it: (demo password, banner user)."""
+    store = open_store(cfg.store_url, cfg.data_path)
+    await store.open()
     try:
+        demo_password = await ensure_demo(store, cfg.data_path) if demo else None
+        return demo_password, await banner_user(store)
+    finally:
+        await store.close()
+        await meta_pool.shutdown()
+
+
+def run_workers(cfg: Config, demo: bool, count: int) -> int:
+    """`postroom serve` with `count` > 1 worker processes (workers.py): this process binds, drops privileges,
+    prepares the store, forks the workers, prints the banner and supervises them until SIGTERM/SIGINT."""
+    cfg.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = ServerLock(cfg.data_path)
+    lock.acquire()  # invariant 3: the parent's, for as long as it runs
+    sockets: list[dict[str, list[socket.socket]]] = []
+    try:
+        account = switch_needed(cfg.server.user)
+        if account is None and os.geteuid() == 0:
+            log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
+                        "useradd --system postroom) to have the server drop to it after binding its ports")
+        load_tls(cfg)  # generated once, here, when missing: every worker loads the same files
+        sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound; listening only once the store is ready
+        if account is not None:
+            lock.chown(account.uid, account.gid)
+            changed = own_data_dir(cfg.data_path, account, deep=True)
+            drop_privileges(account)
+            log.info("privileges dropped user=%s uid=%d gid=%d data_entries_changed=%d", account.name, account.uid,
+                     account.gid, changed)
+        else:
+            own_data_dir(cfg.data_path, None, deep=False)
+        load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
+        demo_password, user = asyncio.run(_prepare_store(cfg, demo))
+        supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
+                                cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())
+        supervisor.prepare()
+        if not supervisor.start():
+            return 1
+        shown = Postroom(cfg)
+        for name in sorted(sockets[0], key=lambda n: n in ("http", "https")):  # mail listeners first, as before
+            host, port = sockets[0][name][0].getsockname()[:2]
+            shown.addresses[name] = (str(host), int(port))
+        print(banner(shown, demo_password, user, workers=count), flush=True)
+        log.info("started workers=%d pids=%s", count, ",".join(str(s.pid) for s in supervisor.slots))
+        supervisor.run()
+        log.info("stopped")
+        return 0
+    finally:
+        for sock in (s for slot in sockets for socks in slot.values() for s in socks):
+            sock.close()
+        lock.release()
+
+
+def run_server(cfg: Config, demo: bool = False) -> int:
+    """`postroom serve`: run until SIGTERM/SIGINT, as one process or as a parent of `server.workers` worker
+    processes (workers.py). Returns the exit status; start failures are one line on stderr naming what to fix
+    (1; 2 for a certificate or `server.user` that the configuration names wrongly)."""
+    try:
+        count = worker_count(cfg.server.workers)
+        if count > 1:
+            return run_workers(cfg, demo, count)
         with asyncio.Runner(loop_factory=loop_factory(cfg.server.event_loop)) as runner:
             runner.run(serve_forever(cfg, demo))
     except AlreadyRunning as exc:

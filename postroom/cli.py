@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
@@ -34,63 +35,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, adminops
 from . import config as config_mod
 from . import metapool as meta_pool
-from .auth.passwords import make_credentials
+from .adminops import EXIT_REFUSED, EXIT_USAGE, AdminError, normalize_address, normalize_domain
 from .mailformats import FormatError
 from .process import PRIVATE_UMASK, PrivilegeError
 from .store import names, open_store
 from .store.api import ANYONE, RIGHTS, AlreadyExists, Invalid, ListPolicy, NotFound, Store, StoreError
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 EXIT_PIPE = 141  # what a shell reports for a program ended by SIGPIPE (128 + 13), e.g. in `set -o pipefail`
 
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
-        super().__init__(message)
-        self.code = code
+CliError = AdminError  # a refusal: one line on stderr and its exit status (invariant 5)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def normalize_address(value: str, *, allow_catchall: bool = False, keep_case: bool = False) -> str:
-    """'User@Example.ORG' -> 'user@example.org'; '"John Doe"@x' -> '"john doe"@x' (`store.names.local_part`).
-    With keep_case the local part keeps its case ('User@example.org', '"John Doe"@x': invariant 2).
-    '@example.org' only with allow_catchall. Raises CliError."""
-    value = value.strip() if keep_case else value.strip().lower()
-    local, sep, domain = value.rpartition("@")
-    if not sep:
-        raise CliError(f"{value!r} is not an address like user@example.org", EXIT_USAGE)
-    if not local and not allow_catchall:
-        raise CliError(f"{value!r} has no local part (write user@{domain})", EXIT_USAGE)
-    if local.startswith('"'):
-        # RFC 5321 §4.1.2 Quoted-string: one spelling, the one SMTP resolves ('"john"' is 'john').
-        try:
-            local = names.local_part(local)
-        except Invalid as exc:
-            raise CliError(f"{value!r}: {exc}", EXIT_USAGE) from None
-    elif any(c.isspace() or c in '<>()[],;:\\"@' for c in local):
-        raise CliError(f"{value!r}: the part before @ has characters that need quotes (write \"{local}\"@...)",
-                       EXIT_USAGE)
-    if len(local.encode()) > 64:  # RFC 5321 §4.5.3.1.1: at most 64 octets
-        raise CliError(f"{value!r}: the part before @ is longer than 64 octets", EXIT_USAGE)
-    return f"{local}@{normalize_domain(domain)}"
-
-
-def normalize_domain(value: str) -> str:
-    value = value.strip().lower().rstrip(".")
-    labels = value.split(".")
-    if not value or any(not label or len(label) > 63 for label in labels) or len(value) > 253:
-        raise CliError(f"{value!r} is not a domain name like example.org", EXIT_USAGE)
-    for label in labels:
-        if label.startswith("-") or label.endswith("-") or not all(c.isalnum() or c == "-" for c in label):
-            raise CliError(f"{value!r} is not a domain name like example.org", EXIT_USAGE)
-    return value
 
 
 # The line `postroom serve` writes to stderr: "2026-12-01 02:46:19,123 WARNING postroom.auth login result=..."
@@ -110,9 +70,7 @@ def read_password(args: argparse.Namespace, *, confirm: bool = True) -> str:
             raise CliError("the two passwords differ; nothing changed")
     else:
         raise CliError("no password: pipe it with --password-stdin, or run on a terminal to be asked", EXIT_USAGE)
-    if len(password) < 8:
-        raise CliError("the password must have at least 8 characters", EXIT_USAGE)
-    return password
+    return adminops.check_password(password)
 
 
 def confirm(args: argparse.Namespace, what: str) -> None:
@@ -184,14 +142,11 @@ async def with_store(cfg: config_mod.Config, work: Callable[[Store], Awaitable[i
 
 
 def size_arg(text: str) -> int:
-    """A quota in bytes for argparse: a whole number, optionally with K, M, G or T (powers of 1024); 0 is none."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
-    number = t[:-1] if unit else t
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or a number with K, M, G, T)")
-    return int(number) * units[unit]
+    """A quota in bytes for argparse (`adminops.parse_size`: K, M, G or T suffixes; 0 is none)."""
+    try:
+        return adminops.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def count_arg(text: str) -> int:
@@ -201,27 +156,12 @@ def count_arg(text: str) -> int:
     return int(text)
 
 
-def _quota_text(used: int, limit: int, unit: str = "") -> str:
-    """"used / limit (percent)" with sizes in KiB/MiB when `unit` is "bytes"; "used" alone without a limit."""
-    def show(n: int) -> str:
-        if unit != "bytes":
-            return str(n)
-        for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-            if n >= size:
-                return f"{n / size:.1f} {name}"
-        return f"{n} B"
-    if not limit:
-        return show(used)
-    return f"{show(used)} / {show(limit)} ({used * 100 // limit} %)"
+_quota_text = adminops.quota_text
 
 
 async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
     if args.action == "add":
-        name = normalize_domain(args.name)
-        await store.add_domain(name)
-        await _make_dkim_keys(store, name)
-        if args.quota:
-            await store.set_domain_quota(name, args.quota)
+        name = (await adminops.add_domain(store, args.name, args.quota)).name
         print(f"domain {name} added, with DKIM keys; the DNS records to publish: postroom dns {name}")
     elif args.action == "set":
         name = normalize_domain(args.name)
@@ -236,15 +176,24 @@ async def cmd_domain(args: argparse.Namespace, store: Store) -> int:
         name = normalize_domain(args.name)
         if await store.get_domain(name) is None:
             raise CliError(f"{name} is not a local domain; add it first: postroom domain add {name}")
-        keys = await _make_dkim_keys(store, name)
-        print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}); publish them "
-              f"before the old records go: postroom dns {name}")
+        if args.rotate:  # adminops module doc: publish first, switch later
+            keys = await adminops.rotate_dkim(store, name)
+            print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}), not signing "
+                  f"yet: publish their records (postroom dns {name}), then: postroom domain dkim {name} --switch")
+        elif args.switch:
+            switched = await adminops.switch_dkim(store, name)
+            print(f"{name} signs with selectors {switched.dkim_selector}, {switched.dkim_ed25519_selector} now; keep "
+                  "the old records published for a few days")
+        else:
+            keys = await adminops.make_dkim_keys(store, name)
+            print(f"new DKIM keys for {name} (selectors {keys.rsa_selector}, {keys.ed25519_selector}); publish them "
+                  f"before the old records go: postroom dns {name}")
     elif args.action == "remove":
         name = normalize_domain(args.name)
         if await store.get_domain(name) is None:
             raise CliError(f"{name} is not a local domain (postroom domain list shows them)")
         confirm(args, f"remove the domain {name} and its DKIM keys")
-        await store.remove_domain(name)
+        await adminops.remove_domain(store, name)
         print(f"domain {name} removed")
     elif args.action == "show":
         name = normalize_domain(args.name)
@@ -334,18 +283,8 @@ async def _warn_shadowing(store: Store, cfg: config_mod.Config, address: str) ->
               file=sys.stderr)
 
 
-async def _make_dkim_keys(store: Store, name: str) -> Any:
-    from .delivery.dkim import generate_keys
-
-    keys = await asyncio.to_thread(generate_keys)
-    await store.set_dkim(name, keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector, keys.ed25519_pem)
-    return keys
-
-
 async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
-    from . import mtasts
-    from .delivery.dkim import dns_records, txt_strings
-    from .web.autoconfig import srv_records
+    from .delivery.dkim import txt_strings
 
     name = normalize_domain(args.domain)
     domain = await store.get_domain(name)
@@ -356,9 +295,19 @@ async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
     if hostname in ("localhost", "localhost.localdomain") or "." not in hostname:
         print(f"; server.hostname is {hostname!r}: set it to this server's public name (the MX target) first.")
     print(f"; MX: mail for {name} goes to {hostname}, which needs an A/AAAA record (and matching reverse DNS).")
-    for rname, rtype, value in dns_records(domain, hostname):
-        shown = txt_strings(value) if rtype == "TXT" else value
-        print(f"{rname:<40} 3600 IN {rtype:<4} {shown}")
+    records = await adminops.dns_records(store, args.cfg, name)  # what the web admin's DNS page checks, too
+
+    def show(what: tuple[str, ...], width: int) -> None:
+        for r in records:
+            if r.what in what:
+                value = txt_strings(r.value) if r.rtype == "TXT" else r.value
+                print(f"{r.name:<40} 3600 IN {r.rtype:<{width}} {value}")
+
+    show(("mail exchanger", "SPF", "DKIM key (signing)", "DMARC policy"), 4)
+    if any(r.what.startswith("DKIM key (new") for r in records):
+        print("; new DKIM keys of a rotation under way: publish these, then switch to them (web admin, DNS page);")
+        print("; keep the current keys' records published for a few days after the switch.")
+        show(("DKIM key (new: publish, then switch)",), 4)
     if not domain.dkim_private_key:
         print(f"; no DKIM keys yet (the domain predates them): make them with: postroom domain dkim {name}")
     sts = args.cfg.mta_sts
@@ -366,14 +315,11 @@ async def cmd_dns(args: argparse.Namespace, store: Store) -> int:
         print(f"; MTA-STS (RFC 8461, mode {sts.mode}) and TLS reports (RFC 8460): senders fetch the policy from "
               f"https://mta-sts.{name}/.well-known/mta-sts.txt,")
         print(f"; served by this server's web listener; its certificate must name mta-sts.{name} (acme.names).")
-        for rname, rtype, value in mtasts.dns_records(name, hostname, sts.mode, sts.max_age_days * 86400):
-            shown = txt_strings(value) if rtype == "TXT" else value
-            print(f"{rname:<40} 3600 IN {rtype:<5} {shown}")
+        show(("MTA-STS / TLS reports",), 5)
     listeners = args.cfg.listeners.enabled()
     print("; Mail clients find the IMAP, POP3 and submission services by these (RFC 6186, RFC 8314), and by the")
     print("; autoconfiguration documents on the web listener, reached through the autoconfig/autodiscover names.")
-    for rname, rtype, value in srv_records(name, hostname, listeners):
-        print(f"{rname:<40} 3600 IN {rtype:<5} {value}")
+    show(("client autoconfiguration",), 5)
     local = sorted(n for n, (host, _) in listeners.items() if host in ("127.0.0.1", "::1", "localhost"))
     if local:
         print(f"; these listeners bind a loopback address, so no other machine reaches them: {', '.join(local)}")
@@ -388,7 +334,6 @@ def _when(t: float, now: float) -> str:
 
 
 async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
-    import dataclasses
     import time
 
     from .store.api import RcptState
@@ -433,23 +378,16 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
             if await store.queue_get(qid) is None:
                 raise CliError(f"no queue entry {qid} (it may have been delivered meanwhile); nothing deleted")
         confirm(args, f"drop {len(args.ids)} queued message(s) without telling their senders")
+        await adminops.queue_delete(store, args.ids)
         for qid in args.ids:
-            await store.queue_delete(qid)
             print(f"queue entry {qid} deleted (no bounce is sent)")
         return 0
     # retry / flush: every waiting recipient becomes due now; the running server's queue picks them up at its
     # next look (delivery.poll_seconds).
     if args.action == "retry" and not args.ids:
         raise CliError("name queue ids to retry (or use: postroom queue flush)", EXIT_USAGE)
-    entries = await store.queue_list() if args.action == "flush" else \
-        [e for e in [await store.queue_get(i) for i in args.ids] if e is not None]
-    count = 0
-    for e in entries:
-        due = [dataclasses.replace(r, next_try=0.0) for r in e.recipients if r.state in pending]
-        if due:
-            await store.queue_update(e.id, due)
-            count += len(due)
-    print(f"{count} recipient(s) in {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} due now; "
+    count, n = await adminops.queue_retry(store, None if args.action == "flush" else args.ids)
+    print(f"{count} recipient(s) in {n} entr{'y' if n == 1 else 'ies'} due now; "
           f"the running server sends them within a few seconds")
     return 0
 
@@ -490,52 +428,44 @@ async def cmd_sendmail(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_user(args: argparse.Namespace, store: Store) -> int:
     if args.action == "list":
-        users = await store.list_users(normalize_domain(args.domain) if args.domain else None)
-        rows = []
-        for u in users:
-            q = await store.get_quota(u.id)  # the store's counters: one row per user
-            rows.append((u.address, _quota_text(q.storage, q.storage_limit, "bytes"),
-                         _quota_text(q.messages, q.message_limit)))
-        print(table(rows, ("address", "storage used / quota", "messages / quota")))
+        rows = [(r.user.address, _quota_text(r.storage, r.storage_limit, "bytes"),
+                 _quota_text(r.messages, r.message_limit), "yes" if r.user.admin else "-")
+                for r in await adminops.user_rows(store, args.domain)]  # the store's counters: one row per user
+        print(table(rows, ("address", "storage used / quota", "messages / quota", "admin")))
         return 0
     address = normalize_address(args.address)
     if args.action == "add":
         domain = address.rpartition("@")[2]
-        if await store.get_domain(domain) is None:
+        if await store.get_domain(domain) is None:  # asked before the password is
             raise CliError(f"domain {domain} is not local; add it first: postroom domain add {domain}")
         if await store.get_user(address) is not None:
             raise CliError(f"user {address} already exists (change the password with: postroom user passwd)")
-        password_hash, scram = make_credentials(read_password(args))
-        await store.add_user(address, password_hash, scram, quota_bytes=args.quota)
-        if args.quota_messages:
-            await store.set_user_quota(address, messages=args.quota_messages)
-        print(f"user {address} added")
+        await adminops.add_user(store, address, read_password(args), quota=args.quota,
+                                quota_messages=args.quota_messages, admin=args.admin)
+        print(f"user {address} added{' (admin: may use the web admin pages)' if args.admin else ''}")
         await _warn_shadowing(store, args.cfg, address)
     elif args.action == "set":
-        if await store.get_user(address) is None:
-            raise CliError(f"no user {address}")
-        if args.quota is None and args.quota_messages is None:
-            raise CliError("nothing to set: give --quota BYTES and/or --quota-messages N (0 = none)", EXIT_USAGE)
-        await store.set_user_quota(address, storage=args.quota, messages=args.quota_messages)
-        user = await store.get_user(address)
-        assert user is not None
+        user = await adminops.set_user_quota(store, address, args.quota, args.quota_messages)
         q = await store.get_quota(user.id)
         print(f"{address}: storage {_quota_text(q.storage, q.storage_limit, 'bytes')}, "
               f"messages {_quota_text(q.messages, q.message_limit)}")
     elif args.action == "passwd":
         if await store.get_user(address) is None:
             raise CliError(f"no user {address}")
-        password_hash, scram = make_credentials(read_password(args))
-        await store.set_password(address, password_hash, scram)
+        await adminops.set_password(store, address, read_password(args))
         print(f"password of {address} changed")
+    elif args.action == "admin":
+        changed = await adminops.set_admin(store, address, args.state == "on")
+        now = "an admin now (the web admin pages: /admin/)" if changed.admin else "no admin now"
+        print(f"{changed.address} is {now}")
     elif args.action == "remove":
-        user = await store.get_user(address)
-        if user is None:
+        gone = await store.get_user(address)
+        if gone is None:
             raise CliError(f"no user {address}")
-        boxes = await store.list_mailboxes(user.id)
+        boxes = await store.list_mailboxes(gone.id)
         count = sum([(await store.mailbox_status(b.id)).messages for b in boxes])
         confirm(args, f"remove the user {address} and all their mail ({count} messages in {len(boxes)} mailboxes)")
-        await store.remove_user(address)
+        await adminops.remove_user(store, address)
         print(f"user {address} removed, with all their mail")
     return 0
 
@@ -553,16 +483,36 @@ async def cmd_alias(args: argparse.Namespace, store: Store) -> int:
         return 0
     source = normalize_address(args.source, allow_catchall=True)
     if args.action == "add":
-        await _require_local_domain(store, source)
-        targets = [normalize_address(t, keep_case=True) for t in args.targets]
-        await store.add_alias(source, targets)
+        source, targets = await adminops.add_alias(store, source, args.targets)
         print(f"alias {source} -> {', '.join(targets)}")
         if not source.startswith("@"):  # a catch-all comes after users and lists: it shadows nothing
             await _warn_shadowing(store, args.cfg, source)
     else:
         target = normalize_address(args.target, keep_case=True) if args.target else None
-        await store.remove_alias(source, target)
+        await adminops.remove_alias(store, source, target)
         print(f"alias {source}{' -> ' + target if target else ''} removed")
+    return 0
+
+
+async def cmd_senders(args: argparse.Namespace, store: Store) -> int:
+    """`senders list | allow | block | remove`: the sender rules of a user or a domain (inbound/senders.py)."""
+    scope = names.address(args.user) if args.user else names.domain(args.domain)
+    if args.action == "list":
+        rules = await store.list_sender_rules(scope)
+        print(table([(r.kind, r.pattern) for r in rules], ("kind", "pattern")) if rules
+              else f"no sender rules for {scope}")
+        return 0
+    if args.action == "remove":
+        if not await store.remove_sender_rule(scope, args.pattern):
+            raise CliError(f"{scope} has no sender rule for {names.sender_pattern(args.pattern)}")
+        print(f"sender rule for {names.sender_pattern(args.pattern)} removed from {scope}")
+        return 0
+    rule = await store.add_sender_rule(scope, args.action, args.pattern)
+    print(f"{scope}: {rule.kind} {rule.pattern}")
+    if rule.kind == "allow":
+        print("note: an allow rule counts only for a sender the checks authenticate (SPF pass of the MAIL FROM"
+              " domain, an aligned DKIM pass, or DMARC pass); it skips spam filing and greylisting, never a DMARC"
+              " reject or quarantine")
     return 0
 
 
@@ -891,6 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demo", action="store_true",
                    help="make sure the domain 'localhost' and the user demo@localhost exist; print how to connect")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the listeners (server.workers: 0 one per CPU, 1 one process)")
 
     sub.add_parser("check", help="read the configuration and certificate, report problems, print the settings")
     sub.add_parser(
@@ -918,7 +870,13 @@ def build_parser() -> argparse.ArgumentParser:
     _yes(dr)
     dsub.add_parser("list", help="list local domains (with where mail for postmaster goes)")
     dsub.add_parser("show", help="show a domain: users, aliases, lists, DKIM, postmaster").add_argument("name")
-    dsub.add_parser("dkim", help="make new DKIM keys (RSA 2048 and Ed25519) for a domain").add_argument("name")
+    dk = dsub.add_parser("dkim", help="DKIM keys (RSA 2048 and Ed25519) of a domain: replace now, or rotate safely "
+                                      "with --rotate (publish) then --switch")
+    dk.add_argument("name")
+    step = dk.add_mutually_exclusive_group()
+    step.add_argument("--rotate", action="store_true", help="make new keys under new selectors, kept beside the "
+                      "signing ones: publish their records (postroom dns), then --switch")
+    step.add_argument("--switch", action="store_true", help="sign with the keys --rotate made (publish them first)")
 
     st = sub.add_parser("setup", help="set up a mail server for DOMAIN on this machine: configuration, domain, "
                                       "first user, DKIM keys, systemd unit, and the DNS records to publish",
@@ -962,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("-F", dest="full_name", metavar="NAME", help="full name for a From header that is added")
     sm.add_argument("recipients", nargs="*")
 
-    u = sub.add_parser("user", help="mail users: add | set | passwd | list | remove")
+    u = sub.add_parser("user", help="mail users: add | set | passwd | admin | list | remove")
     usub = u.add_subparsers(dest="action", required=True)
     for action, helptext in (("add", "create a user (login = full address) with the standard mailboxes"),
                              ("passwd", "change a user's password")):
@@ -976,11 +934,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="storage quota: the sum of the user's message sizes (K, M, G suffixes; 0 = none)")
             ua.add_argument("--quota-messages", type=count_arg, default=0, metavar="N",
                             help="how many messages the user may keep (0 = no limit)")
+            ua.add_argument("--admin", action="store_true", help="the user may use the web admin pages (/admin/)")
     us = usub.add_parser("set", help="change a user's quotas (usage is shown by: postroom user list)")
     us.add_argument("address")
     us.add_argument("--quota", type=size_arg, metavar="BYTES",
                     help="storage quota: the sum of the user's message sizes (K, M, G suffixes; 0 = none)")
     us.add_argument("--quota-messages", type=count_arg, metavar="N", help="message count quota (0 = none)")
+    uad = usub.add_parser("admin", help="give or take the admin flag (the web admin pages, /admin/)")
+    uad.add_argument("address")
+    uad.add_argument("state", choices=["on", "off"])
     ur = usub.add_parser("remove", help="delete a user and all their mail (asks first, or --yes)")
     ur.add_argument("address")
     _yes(ur)
@@ -996,6 +958,30 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("source")
     ar.add_argument("target", nargs="?")
     asub.add_parser("list", help="list aliases")
+
+    sn = sub.add_parser(
+        "senders", help="sender allow and block lists of a user or a domain: list | allow | block | remove",
+        description="Sender rules for mail to a user (--user) or to every user of a hosted domain (--domain)."
+        " PATTERN is an address (bob@example.com), a domain (@example.com: that domain only) or the subdomains"
+        " of one (@.example.com: not example.com itself). block: an envelope sender that matches is refused at"
+        " RCPT for that recipient (550 5.7.1); a matching From header address sends the copy to the user's Junk"
+        " with $Junk. allow: skips spam filing (the built-in score and rspamd's add header) and greylisting,"
+        " but only when the checks authenticate the sender (SPF pass of the MAIL FROM domain, an aligned DKIM"
+        " pass, or DMARC pass): an unauthenticated allow list would let anyone in who forges an allowed"
+        " address. Which rule decides: the user's own before the domain's, then the most specific pattern"
+        " (address, @domain, the longest @.domain); block wins over allow across a message's addresses.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    snsub = sn.add_subparsers(dest="action", required=True)
+    for action, helptext in (("list", "show the rules of the user or domain"),
+                             ("allow", "allow senders matching PATTERN (when authenticated)"),
+                             ("block", "block senders matching PATTERN"),
+                             ("remove", "remove the rule for PATTERN")):
+        sa = snsub.add_parser(action, help=helptext)
+        who = sa.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user", metavar="ADDR", help="the rules of one user")
+        who.add_argument("--domain", metavar="DOMAIN", help="the rules of every user of a hosted domain")
+        if action != "list":
+            sa.add_argument("pattern", metavar="PATTERN", help="bob@example.com, @example.com or @.example.com")
 
     ml = sub.add_parser("list", help="mailing lists: create | add | remove | policy | show | delete | all")
     msub = ml.add_subparsers(dest="action", required=True)
@@ -1086,6 +1072,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "sendmail": cmd_sendmail,
     "user": cmd_user,
     "alias": cmd_alias,
+    "senders": cmd_senders,
     "list": cmd_list,
     "mailbox": cmd_mailbox,
     "import": cmd_import,
@@ -1154,6 +1141,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .app import run_server
 
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+        if args.workers is not None:
+            if not 0 <= args.workers <= config_mod.MAX_WORKERS:
+                print(f"postroom: --workers must be 0 (one per CPU) to {config_mod.MAX_WORKERS}", file=sys.stderr)
+                return 2
+            cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, workers=args.workers))
         return run_server(cfg, demo=args.demo)
     handler = COMMANDS[args.command]
     require_store(args, cfg, found)

@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -40,9 +41,11 @@ class ServerConfig:
     # refused at start when the uvloop package is not installed), or "auto" (uvloop when importable).
     event_loop: str = "asyncio"
     user: str = ""  # started as root: bind the ports, then run as this system user (process.py); "": stay
+    workers: int = 0  # worker processes (workers.py): 0 one per CPU; 1 one process, no parent
 
 
 EVENT_LOOPS = ("asyncio", "uvloop", "auto")
+MAX_WORKERS = 256
 LISTENER_NAMES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 # Listeners whose sockets speak TLS from the first byte (implicit TLS, RFC 8314; `https`: RFC 2818).
 IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s", "https"})
@@ -198,6 +201,29 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """The built-in spam score of MX mail (postroom/inbound/score.py): one weight per sign, summed. Weights are on
+    SpamAssassin's scale (its default threshold is 5), each chosen so that no single sign a legitimate small
+    sender may show (no SPF record, no DKIM, no reverse DNS) reaches the Junk threshold alone."""
+
+    enabled: bool = True  # score MX mail (when the inbound checks run); false: no score, no Junk filing by it
+    junk_threshold: float = 5.0  # a score over this: each recipient's Junk with $Junk (allow rules excepted)
+    reject_threshold: float = 0.0  # > 0: a score over this is 550 5.7.1 at the end of DATA; 0: never
+    spf_fail: float = 2.5  # the MAIL FROM domain says this host may not send for it (RFC 7208 §2.6.4)
+    spf_softfail: float = 1.0  # "probably not authorized" (§2.6.5)
+    spf_none: float = 0.5  # no SPF record (§2.6.1): common for small domains, so small
+    spf_permerror: float = 0.5  # a broken record (§2.6.7)
+    dkim_fail: float = 1.0  # a signature that does not verify (changed in transit, or forged; lists break some)
+    dkim_none: float = 0.5  # no DKIM signature at all
+    dmarc_fail: float = 2.0  # DMARC fail where the policy applied nothing (p=none, or pct left it out)
+    dnsbl: float = 3.0  # per zone of dnsbl_zones that lists the client
+    dnsbl_zones: tuple[str, ...] = ()  # blocklists that add to the score instead of refusing (smtp.dnsbl_zones)
+    rdns_none: float = 1.0  # the client has no forward-confirmed reverse DNS name (smtp.reverse_dns)
+    helo_not_fqdn: float = 1.0  # HELO/EHLO name without a dot (RFC 5321 §4.1.1.1 asks for the FQDN)
+    helo_bare_ip: float = 2.0  # HELO/EHLO name is an IP address without brackets (RFC 5321 §4.1.3: a literal)
+
+
+@dataclass(frozen=True)
 class InboundConfig:
     """Sender authentication of mail arriving on the MX listener (postroom/inbound/): each check's result goes
     into the Authentication-Results field added to the message (RFC 8601) and into its log line."""
@@ -206,7 +232,15 @@ class InboundConfig:
     dkim: bool = True  # RFC 6376 verification of every DKIM-Signature
     dmarc: bool = True  # RFC 7489 alignment and policy (needs spf and dkim)
     dmarc_reject: str = "reject"  # what p=reject does: "reject" (550 5.7.1 at the end of DATA) or "quarantine"
+    arc: bool = True  # RFC 8617 verification of the ARC chain (Authentication-Results arc=)
+    # ARC sealers (domains, the newest ARC-Seal's d=) trusted to report what the first hop saw: a DMARC failure of
+    # a message whose chain passes, sealed by one of them, whose i=1 ARC-Authentication-Results says the From
+    # domain passed, is delivered as if DMARC had passed (RFC 7489 §7.2 local policy; RFC 8617 §7.2).
+    arc_trusted_sealers: tuple[str, ...] = ()
     dns_timeout_seconds: float = 5.0  # one DNS lookup of the checks, retries included; then temperror
+    dmarc_reports: bool = False  # record DMARC results and send daily aggregate reports to rua (RFC 7489 §7.2)
+    dmarc_report_from: str = ""  # the reports' sender address (needed when dmarc_reports is on)
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # [inbound.score]
 
 
 @dataclass(frozen=True)
@@ -227,6 +261,11 @@ class RspamdConfig:
 
     url: str = ""  # "http://127.0.0.1:11333" (its normal worker); "": rspamd is not asked
     timeout_seconds: float = 15.0  # the whole exchange; past it the message is delivered unjudged
+    # rspamd's controller worker ("http://127.0.0.1:11334"): users' moves into and out of Junk are recorded and
+    # sent to its /learnspam and /learnham (inbound/learn.py); "": nothing is recorded or sent
+    controller_url: str = ""
+    controller_password: str = ""  # the controller's (enable_)password, sent as its Password header; a secret
+    learn_days: int = 3  # a signal rspamd could not take for this long is dropped (with a log line)
 
 
 @dataclass(frozen=True)
@@ -487,6 +526,8 @@ def _validate(cfg: Config, where: str) -> None:
             if not name or "." not in name or any(c.isspace() or c in "/*:" for c in name):
                 raise ConfigError(f"{where}: acme.names: {name!r} is not a public host name a CA can certify "
                                   "(set server.hostname or acme.names)")
+    if not 0 <= cfg.server.workers <= MAX_WORKERS:
+        raise ConfigError(f"{where}: server.workers must be 0 (one per CPU) to {MAX_WORKERS}, not {cfg.server.workers}")
     if cfg.server.event_loop not in EVENT_LOOPS:
         raise ConfigError(f"{where}: server.event_loop must be one of {', '.join(EVENT_LOOPS)}, "
                           f"not {cfg.server.event_loop!r}")
@@ -543,6 +584,25 @@ def _validate(cfg: Config, where: str) -> None:
     for i, zone in enumerate(cfg.smtp.dnsbl_zones):
         if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
             raise ConfigError(f"{where}: smtp.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
+    if cfg.inbound.dmarc_reports:
+        sender = cfg.inbound.dmarc_report_from
+        if sender.count("@") != 1 or not all(sender.split("@")) or any(c.isspace() or c in "<>," for c in sender):
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc_report_from, the reports' sender "
+                              "address (e.g. \"dmarc-reports@example.org\", an address of a local domain)")
+        if not cfg.inbound.dmarc:
+            raise ConfigError(f"{where}: inbound.dmarc_reports needs inbound.dmarc on")
+    score = cfg.inbound.score
+    for f in dataclasses.fields(score):
+        value = getattr(score, f.name)
+        if isinstance(value, float) and value < 0:
+            raise ConfigError(f"{where}: inbound.score.{f.name} must be 0 or more")
+    if score.junk_threshold <= 0:
+        raise ConfigError(f"{where}: inbound.score.junk_threshold must be positive")
+    if score.reject_threshold and score.reject_threshold <= score.junk_threshold:
+        raise ConfigError(f"{where}: inbound.score.reject_threshold must be over junk_threshold (or 0: off)")
+    for i, zone in enumerate(score.dnsbl_zones):
+        if not zone.strip(".") or any(c.isspace() or c in "@/:[]" for c in zone) or len(zone) > 200:
+            raise ConfigError(f"{where}: inbound.score.dnsbl_zones[{i}]: {zone!r} is not a DNS zone name")
     if cfg.smtp.dnsbl_timeout_seconds <= 0:
         raise ConfigError(f"{where}: smtp.dnsbl_timeout_seconds must be positive")
     if cfg.smtp.greet_delay_seconds > 60:
@@ -582,6 +642,12 @@ def _validate(cfg: Config, where: str) -> None:
         # RFC 7489 §4.2: DMARC passes on an aligned SPF or DKIM pass; with one check off, mail that would pass
         # through it would fail and its owner's policy would be applied to it.
         raise ConfigError(f"{where}: inbound.dmarc needs inbound.spf and inbound.dkim on")
+    for i, sealer in enumerate(cfg.inbound.arc_trusted_sealers):
+        if not re.fullmatch(r"(?i)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+\.?", sealer):
+            raise ConfigError(f"{where}: inbound.arc_trusted_sealers[{i}]: {sealer!r} is not a domain name "
+                              f"(write \"lists.example.org\")")
+    if cfg.inbound.arc_trusted_sealers and not (cfg.inbound.arc and cfg.inbound.dmarc):
+        raise ConfigError(f"{where}: inbound.arc_trusted_sealers needs inbound.arc and inbound.dmarc on")
     if cfg.inbound.dns_timeout_seconds <= 0:
         raise ConfigError(f"{where}: inbound.dns_timeout_seconds must be positive")
     if cfg.web.session_idle_seconds <= 0 or cfg.web.session_max_seconds < cfg.web.session_idle_seconds:
@@ -594,6 +660,13 @@ def _validate(cfg: Config, where: str) -> None:
             parse_http_url(cfg.rspamd.url)
         except ValueError as exc:
             raise ConfigError(f"{where}: rspamd.url: {exc} (write \"http://127.0.0.1:11333\")") from None
+    if cfg.rspamd.controller_url:
+        try:
+            parse_http_url(cfg.rspamd.controller_url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: rspamd.controller_url: {exc} (write \"http://127.0.0.1:11334\")") from None
+    if cfg.rspamd.learn_days < 1:
+        raise ConfigError(f"{where}: rspamd.learn_days must be 1 or more")
     if cfg.rspamd.timeout_seconds <= 0:
         raise ConfigError(f"{where}: rspamd.timeout_seconds must be positive")
     if cfg.pop3.login_delay_seconds < 0:
@@ -704,6 +777,7 @@ data_dir = "./postroom-data"      # SQLite database, message files, TLS certific
 shutdown_grace_seconds = 10       # SIGTERM: how long sessions may finish before they are cut
 user = ""                         # started as root: bind the ports, then run as this system user
 event_loop = "asyncio"            # "asyncio", "uvloop" (needs the uvloop package) or "auto" (uvloop if installed)
+workers = 0                       # worker processes sharing the ports: 0 one per CPU, 1 a single process
 
 [listeners]                        # "host:port"; "" disables a listener
 smtp = "127.0.0.1:2525"            # MX: inbound from the world
@@ -819,9 +893,33 @@ spf = true                         # RFC 7208: MAIL FROM and HELO
 dkim = true                        # RFC 6376: every DKIM-Signature (RFC 8301 key sizes, RFC 8463 Ed25519)
 dmarc = true                       # RFC 7489: needs spf and dkim
 dmarc_reject = "reject"            # p=reject: "reject" (550 5.7.1) or "quarantine" (the recipient's Junk)
+arc = true                         # RFC 8617: verify the ARC chain (arc= in Authentication-Results)
+arc_trusted_sealers = []           # e.g. ["lists.example.org"]: their passing chains may override a DMARC failure
 dns_timeout_seconds = 5            # per lookup; a time-out is temperror, never a refusal
+dmarc_reports = false              # true: daily DMARC aggregate reports (RFC 7489 §7.2) to the domains' rua
+dmarc_report_from = ""             # the reports' sender, e.g. "dmarc-reports@example.org" (needed when true)
+
+[inbound.score]                    # the built-in spam score of MX mail: weights summed (docs/CONFIG.md: why each)
+enabled = true
+junk_threshold = 5.0               # over it: the recipients' Junk with $Junk
+reject_threshold = 0.0             # > 0: over it, 550 5.7.1 at the end of DATA; 0: never
+spf_fail = 2.5
+spf_softfail = 1.0
+spf_none = 0.5
+spf_permerror = 0.5
+dkim_fail = 1.0
+dkim_none = 0.5
+dmarc_fail = 2.0                   # a DMARC fail the policy let through (p=none, pct)
+dnsbl = 3.0                        # per listing in one of dnsbl_zones
+dnsbl_zones = []                   # blocklists that add to the score instead of refusing
+rdns_none = 1.0                    # no forward-confirmed reverse DNS (smtp.reverse_dns)
+helo_not_fqdn = 1.0
+helo_bare_ip = 2.0
 
 [rspamd]                           # spam filtering of MX mail by rspamd's HTTP protocol (/checkv2)
 url = ""                           # e.g. "http://127.0.0.1:11333"; "": off
 timeout_seconds = 15               # then the message is delivered unjudged (and the log says so)
+controller_url = ""                # e.g. "http://127.0.0.1:11334": learn from users' moves into/out of Junk
+controller_password = ""           # the controller's password (a secret: never logged)
+learn_days = 3                     # a training signal rspamd cannot take for this long is dropped
 '''

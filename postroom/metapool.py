@@ -38,10 +38,12 @@ Invariants
    server, which then closes them.
 5. Nothing here raises to a caller for anything a message holds: every failure ends in `minimal_meta`.
 
-Other content work shares the workers: `work(kind, params, raw=|path=)` sends a job with a "kind" (today
-"dkim": inbound/dkim.py verifies signatures there, so hashing and public-key work stay off the loop) and gets
-its payload back, or `WorkFailed` (an error, a dead worker, or `WORK_SECONDS` passed: the worker is killed, as
-in invariant 2). The caller decides what a failure means (for DKIM: `temperror`).
+Other content work shares the workers: `work(kind, params, raw=|path=)` sends a job with a "kind" ("dkim":
+inbound/dkim.py verifies signatures there, so hashing and public-key work stay off the loop; "arc": inbound/arc.py
+verifies an ARC chain; "arc_seal": delivery/arc.py seals a forwarded copy) and gets its payload back, or
+`WorkFailed` (an error, a dead worker, or `WORK_SECONDS` passed: the worker is killed, as in invariant 2). The
+caller decides what a failure means (for DKIM: `temperror`). With both `raw` and `path`, the message is `raw`
+followed by the file's bytes (a staged message: its start in memory, its rest in the staging file).
 """
 
 from __future__ import annotations
@@ -284,15 +286,17 @@ class WorkFailed(Exception):
 async def work(kind: str, params: dict[str, object], *, raw: bytes | None = None, path: Path | None = None,
                seconds: float = WORK_SECONDS) -> bytes:
     """Run a content job other than metadata in a worker (invariants 2-4): `kind` names it ("dkim":
-    `inbound.dkim.verify_in_worker`), `params` are its JSON parameters, the message is `raw` or the file `path`.
-    Returns the job's payload. Raises WorkFailed (past `seconds` too), so callers decide what a failure means."""
+    `inbound.dkim.verify_in_worker`, "arc": `inbound.arc.verify_in_worker`, "arc_seal":
+    `delivery.arc.seal_in_worker`), `params` are its JSON parameters, the message is `raw`, the file `path`, or
+    `raw` followed by the file (module doc). Returns the job's payload. Raises WorkFailed (past `seconds` too), so
+    callers decide what a failure means."""
     header: dict[str, object] = {"kind": kind, "params": params, "depth": 0, "parts": 0}
     if path is not None:
         header["path"] = str(path)
-    else:
+    if raw is not None or path is None:
         header["n"] = len(raw or b"")
     try:
-        status, payload = await pool().run(header, raw if path is None else None, seconds)
+        status, payload = await pool().run(header, raw, seconds)
     except TimeoutError:
         raise WorkFailed(f"{kind} job took over {seconds:g} s") from None
     except _WorkerFailed as e:
@@ -308,6 +312,14 @@ def _job(kind: str, raw: bytes, params: dict[str, object]) -> bytes:
         from postroom.inbound.dkim import verify_in_worker
 
         return verify_in_worker(raw, params)
+    if kind == "arc":
+        from postroom.inbound.arc import verify_in_worker as verify_arc
+
+        return verify_arc(raw, params)
+    if kind == "arc_seal":
+        from postroom.delivery.arc import seal_in_worker
+
+        return seal_in_worker(raw, params)
     raise ValueError(f"unknown job kind {kind!r}")
 
 
@@ -329,7 +341,13 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
         limits = LimitsConfig(mime_depth=int(job["depth"]), mime_parts=int(job["parts"]))
         try:
             if "path" in job:
-                raw = Path(job["path"]).read_bytes()
+                prefix = b""
+                if "n" in job:  # the start of a staged message, then its file (module doc)
+                    n = int(job["n"])
+                    prefix = inp.read(n)
+                    if len(prefix) != n:
+                        return
+                raw = prefix + Path(job["path"]).read_bytes()
                 if job.get("nul") and b"\x00" in raw:
                     _answer(out, b"N", b"")
                     continue

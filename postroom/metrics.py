@@ -10,6 +10,14 @@ exposition format served on `GET /metrics`.
 
 Every metric name carries the `postroom_` namespace (Prometheus naming practice); the Python attributes drop it.
 
+Several worker processes (`server.workers` > 1, workers.py): each worker makes its `Metrics` with
+`multiprocess_dir` (the data folder's `metrics/`, emptied by the parent at start). prometheus-client's
+multiprocess mode then keeps every value in a memory-mapped file per process there, and `render()` (in whichever
+worker serves the scrape) sums the files of every worker: counters and histograms over all workers, dead ones
+included (what they counted happened); `sessions_open` over the live ones (`livesum`: the parent marks a dead
+worker's files); `queue_length` is the most recent reading of a live worker. The names are the same as with one
+process.
+
 Invariants
 1. Reporting never raises into the caller's path: the methods only touch in-memory counters.
 2. `queue_length` is computed at scrape time when a callback is set, so it is never stale.
@@ -17,7 +25,9 @@ Invariants
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +36,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    values,
 )
 
 NAMESPACE = "postroom"
@@ -39,11 +51,15 @@ COMMIT_OPS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     """The process's metrics, on a private registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:  # module doc: values in per-process files, summed by `render`
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiprocess_dir)
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.sessions_open = Gauge("sessions_open", "Protocol sessions currently open.", ["protocol"],
-                                   namespace=NAMESPACE, registry=reg)
+                                   namespace=NAMESPACE, registry=reg, multiprocess_mode="livesum")
         self.sessions_total = Counter("sessions", "Protocol sessions started.", ["protocol"],
                                       namespace=NAMESPACE, registry=reg)
         self.connections_refused_total = Counter(
@@ -54,7 +70,7 @@ class Metrics:
         self.messages_delivered_total = Counter("messages_delivered", "Messages delivered to a mailbox or a "
                                                 "remote server.", namespace=NAMESPACE, registry=reg)
         self.queue_length = Gauge("queue_length", "Messages waiting in the outbound queue.",
-                                  namespace=NAMESPACE, registry=reg)
+                                  namespace=NAMESPACE, registry=reg, multiprocess_mode="livemostrecent")
         self.store_commit_seconds = Histogram("store_commit_seconds", "Duration of one store commit.",
                                               namespace=NAMESPACE, registry=reg, buckets=COMMIT_BUCKETS)
         self.store_commit_ops = Histogram("store_commit_ops", "Write operations folded into one store commit.",
@@ -93,7 +109,26 @@ class Metrics:
         """Read the queue length from `callback` at every scrape (invariant 2). It must be cheap and sync."""
         self.queue_length.set_function(callback)
 
+    def figures(self) -> list[tuple[str, str, float]]:
+        """The counters and gauges of the registry as (metric name, labels as `k="v"` text, value), read from
+        the registry itself (the web admin's status page; no HTTP scrape). Histograms are left out."""
+        out = []
+        for family in self.registry.collect():
+            if family.type not in ("counter", "gauge"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out.append((sample.name, labels, float(sample.value)))
+        return out
+
     # --- exposition ----------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
-        """The registry in the Prometheus text format, and its content type."""
+        """The registry in the Prometheus text format, and its content type; with `multiprocess_dir`, the sum
+        of every worker's files there (module doc)."""
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -92,6 +92,10 @@ class ServerLock:
         os.fsync(fd)
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The descriptor holding the lock (-1 when not held): a forked worker closes its copy (workers.py)."""
+        return self._fd
+
     def chown(self, uid: int, gid: int) -> None:
         """Give the PID file to the server's user (before the privilege drop), so it can empty it at the end."""
         if self._fd >= 0:

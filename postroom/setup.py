@@ -114,7 +114,7 @@ def _password(generated: list[str]) -> str:
 
 
 async def _fill_store(cfg: config_mod.Config, domain: str, address: str, generated: list[str]) -> None:
-    from postroom.cli import _make_dkim_keys
+    from postroom.adminops import make_dkim_keys
 
     if not cfg.data_path.exists():  # a folder that exists already is left as it is (it may hold other things)
         cfg.data_path.mkdir(parents=True, mode=0o700)
@@ -124,7 +124,7 @@ async def _fill_store(cfg: config_mod.Config, domain: str, address: str, generat
     try:
         if await store.get_domain(domain) is None:
             await store.add_domain(domain)
-            await _make_dkim_keys(store, domain)
+            await make_dkim_keys(store, domain)
             print(f"domain {domain} added, with DKIM keys")
         else:
             print(f"domain {domain} is already there")
@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     """The `setup` command (module essay). Returns the exit code; raises SetupError for the CLI to print."""
     import asyncio
 
-    from postroom.cli import cmd_dns, normalize_address, normalize_domain, with_store
+    from postroom.adminops import normalize_address, normalize_domain
+    from postroom.cli import cmd_dns, with_store
 
     domain = normalize_domain(args.domain)  # CliError for a bad one, printed by the CLI
     address = normalize_address(args.user or f"postmaster@{domain}")

@@ -18,6 +18,9 @@ Guessing is made slow for the guesser, never impossible for the owner (like Dove
                     the refusal, but never past `max_lockout_seconds` after it began.
 
 Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
+With `shared` (the worker processes of `server.workers` > 1 share one store), the two records a login is judged
+by (the address's and the pair's) are read again from the store before it is judged and before a failure is
+counted, so a failure counted in one worker counts in every other: the store is the authority, memory a copy.
 Addresses in `auth.trusted_networks` are never delayed or refused: their failures are logged, not counted.
 
 A correct password is remembered for `auth.cache_ttl` seconds (`cache.AuthCache`, like Dovecot's auth_cache):
@@ -76,6 +79,7 @@ from dataclasses import dataclass
 from ..config import AuthConfig
 from ..metrics import Metrics
 from ..net.listener import logfmt
+from ..net.sharedmap import SharedMap
 from ..store import names
 from ..store.api import AuthFailures, Store, StoreError, User
 from .cache import AuthCache
@@ -165,8 +169,10 @@ class Authenticator:
 
     def __init__(self, store: Store, config: AuthConfig, clock: Callable[[], float] = time.time, *,
                  secret: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared: bool = False, logins: SharedMap | None = None) -> None:
         self.store = store
+        self.shared = shared  # other processes count failures in the same store: read them before judging
+        self.logins = logins  # the POP-before-SMTP times of every worker process (net/sharedmap.py), or None
         self.config = config
         self._clock = clock
         self._sleep = sleep
@@ -241,10 +247,26 @@ class Authenticator:
                     self._records[(rec.address, rec.username)] = rec
                 self._loaded = True
 
+    async def _refresh(self, ip: str, username: str) -> None:
+        """`shared`: replace the address's and the pair's records in memory with the store's (module doc)."""
+        if not self.shared or self.trusted(ip):
+            return
+        address = address_key(ip)
+        keys = [(address, "")] + ([(address, _name_key(username))] if username.strip() else [])
+        found = {(r.address, r.username): r for r in await self.store.read_auth_failures(keys, self._clock())}
+        for key in keys:
+            rec = found.get(key)
+            if rec is None:
+                self._records.pop(key, None)
+            else:
+                self._records[key] = rec
+
     async def throttle(self, ip: str, username: str = "") -> None:
         """Wait the address's delay (see `delay`); only this coroutine waits. A wait is logged as `throttled`
-        with `username` (the name the client gave, for the log only)."""
+        with `username` (the name the client gave, for the log only). With `shared`, the address's and the
+        pair's records are read from the store first, so `locked_out` afterwards answers for every worker."""
         await self._load()
+        await self._refresh(ip, username)
         wait = self.delay(ip)
         if wait > 0:
             rec = self._record(address_key(ip), "", self._clock())
@@ -269,6 +291,7 @@ class Authenticator:
             self._log("failed", ip, username, trusted="yes")
             return
         await self._load()
+        await self._refresh(ip, username)
         cfg, now = self.config, self._clock()
         address, window = address_key(ip), cfg.lockout_seconds
         changed: list[AuthFailures] = []
@@ -324,13 +347,24 @@ class Authenticator:
 
     # ---- POP-before-SMTP (the seeds): a successful POP3/IMAP login lets that IP relay for a while
     def note_login(self, ip: str) -> None:
-        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this)."""
+        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this); in `logins` when
+        given, so that every worker process knows of it."""
+        if self.logins is not None:
+            now = self._clock()
+            with self.logins.locked():
+                self.logins.put(SharedMap.key("login", ip), now, 0.0, now)
+            return
         self._logins[ip] = self._clock()
         if len(self._logins) > 100_000:
             for stale in list(self._logins)[:10_000]:
                 del self._logins[stale]
 
     def logged_in_recently(self, ip: str, seconds: float) -> bool:
+        """Whether `ip` logged in to a mailbox within `seconds` (POP-before-SMTP)."""
+        if self.logins is not None:
+            with self.logins.locked():
+                found = self.logins.get(SharedMap.key("login", ip))
+            return found is not None and self._clock() - found[0] <= seconds
         when = self._logins.get(ip)
         return when is not None and self._clock() - when <= seconds
 

@@ -16,13 +16,14 @@ Invariants
 4. A message the inbound checks quarantined (DMARC, rspamd; `Envelope.junk`) goes to each user's Junk mailbox
    instead of the INBOX, with the `$Junk` keyword (the IANA IMAP keyword registry, RFC 5788: "the message is
    spam"; what Thunderbird and other clients read); a user without a Junk mailbox gets one made (special use
-   \\Junk, RFC 6154).
+   \\Junk, RFC 6154). The same holds per user for the copies the sender rules file (router invariant 15).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from postroom import metapool as pool
@@ -55,46 +56,52 @@ async def _junk(store: Store, uid: int) -> int | None:
         return made.id if made is not None else None
 
 
-async def _inboxes(store: Store, user_ids: Iterable[int], junk: bool = False) -> list[int]:
-    boxes = []
-    for uid in sorted(set(user_ids)):  # invariant 3
-        if junk:
+async def _boxes(store: Store, user_ids: Iterable[int],
+                 junk: bool | AbstractSet[int] = False) -> tuple[list[int], list[int]]:
+    """(INBOX ids, Junk ids) of the users: a user in `junk` (all of them when True) gets their Junk mailbox."""
+    ids = sorted(set(user_ids))  # invariant 3
+    to_junk = (set(ids) if junk else set()) if isinstance(junk, bool) else set(junk)
+    inboxes, junks = [], []
+    for uid in ids:
+        if uid in to_junk:
             junk_id = await _junk(store, uid)
             if junk_id is not None:
-                boxes.append(junk_id)
+                junks.append(junk_id)
                 continue
         box = await store.get_mailbox(uid, "INBOX")
         if box is None:
             raise NotFound(f"user {uid} has no INBOX")
-        boxes.append(box.id)
-    return boxes
+        inboxes.append(box.id)
+    return inboxes, junks
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes, junk: bool = False, *, enforce_quota: bool = True) -> int:
-    """Deliver to the INBOX of each user (their Junk mailbox when `junk`: a DMARC or spam quarantine); returns how
-    many mailboxes got it. OverQuota if one user cannot take it (nothing stored), unless `enforce_quota` is False
-    (the server's own notices: store api invariant 12)."""
-    boxes = await _inboxes(store, user_ids, junk)
-    if not boxes:
+                        raw: bytes, junk: bool | AbstractSet[int] = False, *, enforce_quota: bool = True) -> int:
+    """Deliver to the INBOX of each user (their Junk mailbox, with `$Junk`, when `junk` is True or holds their id:
+    a DMARC or spam quarantine, a blocked sender); returns how many mailboxes got it. One store write for all
+    (invariant 2). OverQuota if one user cannot take it (nothing stored), unless `enforce_quota` is False (the
+    server's own notices: store api invariant 12)."""
+    inboxes, junks = await _boxes(store, user_ids, junk)
+    if not inboxes and not junks:
         return 0
     stored = return_path(mail_from) + raw  # invariant 1
-    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits),
-                            keywords=JUNK_KEYWORDS if junk else frozenset())
-    await store.deliver(boxes, request, enforce_quota=enforce_quota)
-    return len(boxes)
+    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
+    await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
+                        box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
+    return len(inboxes) + len(junks)
 
 
 async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                             prefix: bytes, path: Path, junk: bool = False) -> int:
+                             prefix: bytes, path: Path, junk: bool | AbstractSet[int] = False) -> int:
     """`deliver_local` of `prefix` + the staging file `path` (left in place), stored from the file
     (`Store.deliver_file`). The metadata scan needs the bytes: they are read once, in a thread, and dropped."""
-    boxes = await _inboxes(store, user_ids, junk)
-    if not boxes:
+    inboxes, junks = await _boxes(store, user_ids, junk)
+    if not inboxes and not junks:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1
     stored = await asyncio.to_thread(lambda: head + path.read_bytes())
     meta = await pool.meta_bytes(stored, limits)
     del stored
-    await store.deliver_file(boxes, path, prefix=head, meta=meta, keywords=JUNK_KEYWORDS if junk else frozenset())
-    return len(boxes)
+    await store.deliver_file(inboxes + junks, path, prefix=head, meta=meta,
+                             box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))
+    return len(inboxes) + len(junks)

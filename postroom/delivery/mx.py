@@ -206,6 +206,13 @@ class DnsResolver:
         other.cache = self.cache
         return other
 
+    def uncached(self, lifetime: float) -> DnsResolver:
+        """The same servers without the cache, with another time limit per lookup: the web admin's DNS page,
+        which must see a record the moment it is published, not a negative answer cached for delivery."""
+        other = self.with_lifetime(lifetime)
+        other.cache = None
+        return other
+
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         key = (name.lower().rstrip("."), rdtype)
         cache = self.cache
@@ -267,6 +274,16 @@ class DnsResolver:
         """Each TXT record at `name` as its strings joined (RFC 7208 §3.3); [] for none. Raises like `mx`."""
         answer = await self._query(name, "TXT")
         return [] if answer is None else [b"".join(r.strings) for r in answer]
+
+    async def records(self, name: str, rdtype: str) -> list[str]:
+        """Each record of `rdtype` at `name` as text: TXT as its strings joined (RFC 7208 §3.3), other types in
+        zone-file form ("10 mail.example.org."); [] for none. Raises like `mx` (the web admin's DNS check)."""
+        answer = await self._query(name, rdtype)
+        if answer is None:
+            return []
+        if rdtype == "TXT":
+            return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+        return [r.to_text() for r in answer]
 
     async def ips(self, name: str, rdtype: str) -> list[str]:
         """The "A" or "AAAA" addresses at `name` as text; [] for none. Raises like `mx` (DnsNotFound also for a

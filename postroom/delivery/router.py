@@ -91,6 +91,19 @@ Invariants
     transaction; a race past the early check is `452 4.2.2` for the message. After a delivery each user who
     got it may get a warning mail at 80 % / 95 % (delivery/quota.py); moderation notices and warnings are
     exempt from the quota (the server's own mail about the account).
+14. What this server sends on for others carries an ARC Set (RFC 8617, delivery/arc.py) when the forwarding
+    domain has a DKIM key: the list copies for remote members (sealed by the list's domain after the list's
+    fields are prepended, so the seal covers them) and the SRS-rewritten forwards (sealed by the domain of the
+    local address that forwarded). The AAR repeats the Authentication-Results this server added at the MX.
+    Local copies and direct relays get none; a forward whose sender stays as it came (null, or in a local
+    domain) is queued with the direct relays and is not sealed either. Sealing never stops a copy.
+15. Sender rules (inbound/senders.py). `blocked_at_rcpt` finds the block rule that refuses an envelope sender
+    at RCPT: only when every destination of the recipient is a local user whose rules block it (else the others
+    would lose their copy). At `accept` each local user's rules are read once and decide where their copy goes:
+    blocked (envelope sender or a From address) -> Junk with `$Junk`; else a DMARC quarantine (`Envelope.junk`)
+    -> Junk; else spam by score (`Envelope.spam`) -> Junk unless an allow rule counts (an authenticated
+    sender, `Envelope.authenticated`); else the INBOX. A copy filed by a rule gets one `junk` log line naming
+    the rule, its scope and the user.
 """
 
 from __future__ import annotations
@@ -110,6 +123,7 @@ from postroom.auth.secret import load_or_create as load_secret
 from postroom.config import Config
 from postroom.delivery import srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
+from postroom.inbound.senders import Senders, SenderVerdict, deciding_rule, verdict
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
 from postroom.mime.headers import split_fields
 from postroom.mime.lineends import Checker, stray
@@ -124,10 +138,12 @@ from postroom.store.api import (
     OverQuota,
     QueueEntry,
     QueueRecipient,
+    SenderRule,
     Store,
     StoreError,
 )
 
+from .arc import Sealer
 from .lists import ACTION_RE, HeldPosts, list_headers, moderation_notice
 from .local import deliver_local, deliver_local_file, return_path
 from .quota import Refusal, refusal, warn
@@ -186,6 +202,10 @@ class Envelope:
     from_checked: bool = False
     staged: Path | None = None  # a file in the store's staging directory holding the rest of the message
     junk: bool = False  # DMARC quarantine (inbound/check.py): local copies go to each user's Junk, not INBOX
+    # Spam by score (inbound/score.py, rspamd's add header): Junk, except for users who allow an authenticated
+    # sender (invariant 15).
+    spam: bool = False
+    authenticated: frozenset[str] = frozenset()  # sender addresses the checks authenticated (inbound/senders.py)
 
     def head(self, limit: int = HEAD_LIMIT) -> bytes:
         """At least the first `limit` bytes of the message (all of it if shorter). Reads the staged file's start."""
@@ -308,6 +328,7 @@ class Router:
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
+        self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
     async def secret(self) -> bytes:
         """The server secret, read (or made) once, off the loop."""
@@ -621,14 +642,15 @@ class Router:
                                       staged=None)
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
+        junk = await self._junk_users(env, head, users) if users else frozenset()
         if env.staged is None:
             local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw,
-                                      junk=env.junk) if users else _zero()
+                                      junk=junk) if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
             local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
-                                           env.staged, junk=env.junk) if users else _zero()
+                                           env.staged, junk=junk) if users else _zero()
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None
@@ -659,6 +681,50 @@ class Router:
             await self._report_failures(env, failures)  # invariant 13
         return Accepted(local, len(remote) + sum(map(len, forwarded.values())), queue_ids, held)
 
+    async def blocked_at_rcpt(self, dests: Sequence[Destination], mail_from: str) -> SenderRule | None:
+        """The block rule that refuses `mail_from` for a recipient with `dests` at RCPT (invariant 15), or None.
+        The null sender is never blocked (bounces must reach their sender)."""
+        if not mail_from or not dests or not all(isinstance(d, LocalUser) for d in dests):
+            return None
+        found: SenderRule | None = None
+        for d in dests:
+            assert isinstance(d, LocalUser)
+            rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+            if rule is None or rule.kind != "block":
+                return None
+            found = found or rule
+        return found
+
+    async def allows(self, dests: Sequence[Destination], mail_from: str) -> bool:
+        """Whether some local user among `dests` has an allow rule deciding for `mail_from` (the session then
+        checks SPF before it lets that skip greylisting: inbound/senders.py)."""
+        for d in dests:
+            if isinstance(d, LocalUser) and mail_from:
+                rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+                if rule is not None and rule.kind == "allow":
+                    return True
+        return False
+
+    async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
+        """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
+        header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
+        senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+        out: set[int] = set()
+        for uid, address in users.items():
+            v: SenderVerdict = verdict(await self.store.sender_rules(uid), senders)
+            if v.blocked is not None:
+                out.add(uid)
+                log.info("%s", logfmt("junk", [("rcpt", address), ("from", env.mail_from or "<>"),
+                                               ("reason", "sender-blocked"), ("scope", v.blocked.scope),
+                                               ("rule", v.blocked.pattern)]))
+            elif env.junk or (env.spam and v.allowed is None):
+                out.add(uid)
+            elif env.spam and v.allowed is not None:
+                log.info("%s", logfmt("inbox", [("rcpt", address), ("from", env.mail_from or "<>"),
+                                                ("reason", "sender-allowed"), ("scope", v.allowed.scope),
+                                                ("rule", v.allowed.pattern)]))
+        return frozenset(out)
+
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when
         the sender stays as it is: a direct relay, the null sender, a sender in a local domain, or one too long
@@ -672,14 +738,16 @@ class Router:
             return None
 
     async def _enqueue_forward(self, env: Envelope, sender: str, rcpts: list[Rcpt]) -> Accepted:
-        """Queue forwarded copies under their SRS sender (from the staged file when there is one, invariant 9)."""
+        """Queue forwarded copies under their SRS sender (from the staged file when there is one, invariant 9),
+        ARC-sealed by the forwarding domain (the SRS sender's, invariant 14)."""
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in rcpts]
+        arc_set = await self.sealer.seal(env.raw, split(sender)[1], staged=env.staged, submitted=env.from_checked)
         if env.staged is None:
-            entry = await self.store.enqueue(env.raw, sender, queue_rcpts, envid=env.envid, ret=env.ret,
+            entry = await self.store.enqueue(arc_set + env.raw, sender, queue_rcpts, envid=env.envid, ret=env.ret,
                                              from_checked=env.from_checked)
         else:
-            entry = await self.store.enqueue_file(env.staged, sender, queue_rcpts, prefix=env.raw, envid=env.envid,
-                                                  ret=env.ret, from_checked=env.from_checked)
+            entry = await self.store.enqueue_file(env.staged, sender, queue_rcpts, prefix=arc_set + env.raw,
+                                                  envid=env.envid, ret=env.ret, from_checked=env.from_checked)
         return Accepted(0, 0, (entry.id,), 0)
 
     async def _stored_size(self, env: Envelope) -> int:
@@ -787,8 +855,13 @@ class Router:
                 self._log_refused(address, ml.bounce_address, why, "list")
                 del users[user_id]
         local_job = deliver_local(self.store, self.config.limits, users, ml.bounce_address, copy)
-        queue_job = self.store.enqueue(copy, ml.bounce_address, [QueueRecipient(r) for r in dict.fromkeys(remote)],
-                                       from_checked=from_checked) if remote else None
+        queue_job = None
+        if remote:
+            # Invariant 14: the remote copies are sealed after the list's own fields, so the seal covers them.
+            arc_set = await self.sealer.seal(copy, split(ml.address)[1], submitted=from_checked)
+            queue_job = self.store.enqueue(arc_set + copy, ml.bounce_address,
+                                           [QueueRecipient(r) for r in dict.fromkeys(remote)],
+                                           from_checked=from_checked)
         local, entry, _ = await _all(local_job, queue_job, [])
         await self._warn(users)
         return Accepted(local, len(set(remote)), (entry.id,) if entry is not None else (), 0)
@@ -809,6 +882,21 @@ class Router:
             ids = (entry.id,)
         log.info("list post held list=%s token=%s from=%s", ml.address, token[:8], mail_from)
         return Accepted(local, len(remote), ids, 1)
+
+    async def moderate(self, token: str, approve: bool) -> Accepted | None:
+        """Approve (distribute) or reject the held post `token`, as its owner's mail to `list+approve-TOKEN` /
+        `list+reject-TOKEN` would (the web admin's moderation queue); None when no such post is held (handled
+        already: lists.py invariant 2) or its list is gone."""
+        post = await self.held.get(token)
+        if post is None:
+            return None
+        ml = await self.store.get_list(post.list_address)
+        if ml is None:
+            return None
+        result = await self._act(ListAction(ml, "approve" if approve else "reject", token))
+        if result.queue_ids and self.on_queued is not None:
+            self.on_queued()
+        return result
 
     async def _act(self, act: ListAction) -> Accepted:
         post = await self.held.get(act.token)

@@ -6,8 +6,9 @@ Theory of operation
 once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
 never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
 instead (`light_fetch`, `list_columns`), making no object per message. Only items that need more load more:
-ENVELOPE, BODY, BODYSTRUCTURE read the stored metadata, `META_BATCH` messages per store call
-(`read_metas`, cached process-wide by blob id); sections, RFC822*, BINARY read the body too, per message.
+ENVELOPE, BODY, BODYSTRUCTURE read the kept structure rows, `META_BATCH` messages per store call
+(`read_structures`, invariant 6); sections, RFC822*, BINARY read the stored metadata (`read_metas`, cached
+process-wide by blob id) and the body too, per message.
 A message stored without metadata (imported before it was computed), or with metadata of an older format
 (`meta.FORMAT_VERSION`), gets it computed on first use and written back (`Store.write_metas`), so each body is
 upgraded once: a store written by an older Postroom needs no migration step and answers right at once.
@@ -40,6 +41,10 @@ Invariants
 5. Each distinct data item is answered once per message however often it was asked for (`unique_atts`;
    `FETCH 1 (RFC822 RFC822 ...)` gets one RFC822). A FETCH response fills the client's cache of a message's
    items by name (RFC 9051 §7.5.2), so a repeat carries nothing new; BODY.PEEK[x] and BODY[x] are one item.
+6. A FETCH whose only metadata items are ENVELOPE, BODYSTRUCTURE and BODY decodes no metadata for a body whose
+   structure is kept (`Store.read_structures`, schema 19): those bytes are the ones the metadata holds, so the
+   answer is the same byte for byte. A body without the row is answered from its metadata, and the row is
+   written then, once.
 """
 
 from __future__ import annotations
@@ -49,13 +54,13 @@ import bisect
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from postroom import metapool as pool
 from postroom.mime.cte import UnknownCTE
 from postroom.mime.imap import Section, literal_safe, partial
 from postroom.mime.meta import MessageMeta, MetaFormatError
-from postroom.store.api import Flag, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
+from postroom.store.api import Flag, ImapStructure, MessageColumns, MessageInfo, NotFound, StoreError, StoreMode
 
 from . import encoder, objectid, preview
 from . import parser as P
@@ -65,6 +70,7 @@ from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
                 "RFC822.TEXT"}
+_STRUCTURE = {"ENVELOPE", "BODY", "BODYSTRUCTURE"}  # answered by `ImapStructure` alone (invariant 6)
 _RAW_NEEDED = {"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BODY[]", "BINARY", "BINARY.SIZE"}
 _SETS_SEEN = {"RFC822", "RFC822.TEXT"}
 _HEADER = Section((), "HEADER")
@@ -104,6 +110,18 @@ class MetaCache:
             return None
         self._d.move_to_end(key)
         return hit[0]
+
+    def split(self, blob_ids: Iterable[str]) -> tuple[dict[str, MessageMeta], list[str]]:
+        """(the cached metadata of `blob_ids` by id, the ids not cached, in order)."""
+        found: dict[str, MessageMeta] = {}
+        missing: list[str] = []
+        for blob_id in blob_ids:
+            meta = self.get(blob_id)
+            if meta is None:
+                missing.append(blob_id)
+            else:
+                found[blob_id] = meta
+        return found, missing
 
     def put(self, key: str, meta: MessageMeta) -> None:
         w = self.weight(meta)
@@ -195,14 +213,7 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     """The metadata of `infos`, with one store call (`read_metas`) for what is not cached. Metadata that is
     missing or of an older format (`meta.FORMAT_VERSION`) is computed from the body, one body in memory at a
     time, and written back in one store call per batch. A message expunged meanwhile is left out."""
-    out: dict[str, MessageMeta] = {}
-    missing: list[str] = []
-    for m in infos:
-        meta = META_CACHE.get(m.blob_id)
-        if meta is None:
-            missing.append(m.blob_id)
-        else:
-            out[m.blob_id] = meta
+    out, missing = META_CACHE.split(m.blob_id for m in infos)
     if not missing:
         return out
     fresh: dict[str, bytes] = {}
@@ -228,6 +239,28 @@ async def prefetch_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, M
     return out
 
 
+async def prefetch_structure(s: Session, infos: Sequence[MessageInfo]) -> dict[str, ImapStructure | MessageMeta]:
+    """The ENVELOPE, BODYSTRUCTURE and BODY of `infos` (invariant 6): cached metadata, else the kept structure
+    rows (`Store.read_structures`, one call), else the metadata (`prefetch_meta`), whose structure is then kept
+    for the next FETCH (`Store.write_structures`: bodies stored before the rows existed). A message expunged
+    meanwhile is left out."""
+    cached, wanted = META_CACHE.split(m.blob_id for m in infos)
+    out: dict[str, ImapStructure | MessageMeta] = dict(cached)
+    if not wanted:
+        return out
+    out.update(await s.store.read_structures(wanted))
+    missing = [m for m in infos if m.blob_id not in out]
+    if missing:
+        metas = await prefetch_meta(s, missing)
+        out.update(metas)
+        try:
+            await s.store.write_structures({b: ImapStructure(m.envelope, m.bodystructure, m.body)
+                                            for b, m in metas.items()})
+        except StoreError:  # the answer does not depend on it (as `_store_back`)
+            log.warning("could not keep the structure of %d bodies", len(metas), exc_info=True)
+    return out
+
+
 async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
                       listed: MessageColumns | None = None) -> bool:
     """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ),
@@ -242,7 +275,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
     names = [att.name for att in atts]
     fast = all(n in _FLAG_ITEMS for n in names)
     for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
-        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last)
+        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last, flags_only=fast)
         found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
@@ -418,6 +451,9 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     names = {t.name for t in atts}
     # BODY[] of the whole message is the raw bytes: no metadata needed for the commonest body fetch.
     need_meta = any(t.name in _META_NEEDED and not (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)
+    # ENVELOPE, BODYSTRUCTURE, BODY alone: the kept structure rows, no metadata decoded (invariant 6).
+    structure_only = need_meta and all(t.name in _STRUCTURE or t.name not in _META_NEEDED
+                                       or (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)
     need_raw = bool(names & _RAW_NEEDED)
     # RFC 4314 §4: \Seen is set by FETCH only with the "s" right.
     sets_seen = not sel.readonly and sel.may("s") and (bool(names & _SETS_SEEN) or any(
@@ -443,9 +479,13 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             infos = [_with_flags(m, *new_flags[m.uid]) if m.uid in new_flags else m for m in infos]
     expunged = len(infos) < len(uids)
     metas: dict[str, MessageMeta] = {}
+    shapes: dict[str, ImapStructure | MessageMeta] = {}
     for k, m in enumerate(infos):
-        if need_meta and k % META_BATCH == 0:
-            metas = await prefetch_meta(s, infos[k:k + META_BATCH])
+        if k % META_BATCH == 0:
+            if structure_only:
+                shapes = await prefetch_structure(s, infos[k:k + META_BATCH])
+            elif need_meta:
+                metas = await prefetch_meta(s, infos[k:k + META_BATCH])
         if want_preview is not None and k % META_BATCH == 0:
             previews = await preview.previews(s, infos[k:k + META_BATCH], want_preview.lazy)
         n = sel.msn(m.uid)
@@ -456,7 +496,12 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
         except NotFound:  # expunged (and its body released) since the listing
             expunged = True
             continue
-        meta = (metas.get(m.blob_id) or await load_meta(s, m, raw)) if need_meta else None
+        meta: MessageMeta | None = None
+        shape: ImapStructure | MessageMeta | None = None
+        if structure_only:
+            shape = shapes.get(m.blob_id) or await load_meta(s, m, raw)
+        elif need_meta:
+            meta = shape = metas.get(m.blob_id) or await load_meta(s, m, raw)
         if raw is not None and meta is not None:
             _check_binary(atts, raw, meta)  # the one item that can fail, before any of this response is written
         if m.keywords and ("FLAGS" in names or m.uid in seen_now):
@@ -469,7 +514,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             elif att.name in _OBJECT_IDS:
                 s.write(sep, ids[att.name, m.uid])
             else:
-                s.write(sep, *_item(s, att, m, raw, meta))
+                s.write(sep, *_item(s, att, m, raw, meta, shape))
             sep = b" "
             await s.maybe_flush()
         if m.uid in seen_now and "FLAGS" not in names:
@@ -538,8 +583,10 @@ def _with_flags(m: MessageInfo, flags: int, modseq: int) -> MessageInfo:
     return dataclasses.replace(m, flags=flags, modseq=modseq)
 
 
-def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: MessageMeta | None) -> list[bytes]:
-    """One data item of a FETCH response, as pieces to write: a literal is not copied again to join its label."""
+def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: MessageMeta | None,
+          shape: ImapStructure | MessageMeta | None) -> list[bytes]:
+    """One data item of a FETCH response, as pieces to write: a literal is not copied again to join its label.
+    `shape` gives ENVELOPE, BODYSTRUCTURE and BODY; `meta` the sections."""
     name = att.name
     if name == "UID":
         return [b"UID %d" % m.uid]
@@ -554,14 +601,14 @@ def _item(s: Session, att: P.FetchAtt, m: MessageInfo, raw: bytes | None, meta: 
     if name == "SAVEDATE":
         return [savedate_item(m.save_date)]
     if name == "ENVELOPE":
-        assert meta is not None
-        return [b"ENVELOPE ", meta.envelope]
+        assert shape is not None
+        return [b"ENVELOPE ", shape.envelope]
     if name == "BODYSTRUCTURE":
-        assert meta is not None
-        return [b"BODYSTRUCTURE ", meta.bodystructure]
+        assert shape is not None
+        return [b"BODYSTRUCTURE ", shape.bodystructure]
     if name == "BODY":
-        assert meta is not None
-        return [b"BODY ", meta.body]
+        assert shape is not None
+        return [b"BODY ", shape.body]
     assert raw is not None
     if name == "RFC822":
         return _literal(b"RFC822", literal_safe(raw))

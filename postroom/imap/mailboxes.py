@@ -139,7 +139,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
     if target.shared and s.sub is not None:
         s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
-    cols = await s.store.list_columns(mbox.id)
+    cols = await s.store.list_columns(mbox.id, flags_only=True)
     uids = array("I", cols.uids)
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
     sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2,

@@ -316,9 +316,12 @@ def uses_modseq(key: P.Key) -> bool:
 
 
 async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, int] | None = None,
-                     resolved: dict[int, Container[int]] | None = None) -> list[int]:
+                     resolved: dict[int, Container[int]] | None = None, *, narrow: bool = True) -> list[int]:
     """UIDs matching `key`, ascending (invariant 1). With `modseqs`, the MODSEQ of each match is put there; with
-    `resolved`, the UID set each sequence set, EMAILID and THREADID key was resolved to (by `id` of its key)."""
+    `resolved`, the UID set each sequence set, EMAILID and THREADID key was resolved to (by `id` of its key).
+    `narrow=False` skips the full-text index (the same answers, module essay): for a few hundred messages reading
+    them is cheaper than a lookup that costs what the term's postings in the whole store cost (the webmail's
+    small search windows, web/search.py)."""
     sel = sel_of(s)
     found: list[tuple[P.Key, P.SeqSet]] = []
     _seqsets(key, found)
@@ -334,7 +337,7 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
     if not known:
         return []
     if _needs_meta(key):
-        return await _meta_search(s, key, ctx, modseqs)
+        return await _meta_search(s, key, ctx, modseqs, narrow)
     flag_test = _flag_test(key)
     if flag_test is not None and modseqs is None:  # SEEN, UNSEEN, DELETED...: the store filters, in SQL
         # Every message of the store between the first and the last announced UID has been announced: a new one
@@ -381,13 +384,14 @@ def _narrowing(key: P.Key) -> TextFilter | None:
     return None
 
 
-async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None) -> list[int]:
+async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int] | None = None,
+                       narrow: bool = True) -> list[int]:
     """A search with text or Date-header keys: the records (only the index's candidates when it can narrow),
     then `META_BATCH` messages per store call: the text tests answered on their scan forms in the store, the
     metadata of the others read and checked here (invariant 2)."""
     sel = ctx.sel
     known = sel.uids
-    flt = _narrowing(key)
+    flt = _narrowing(key) if narrow else None
     found = None if flt is None else await s.store.search_text(sel.id, known[0], known[-1], flt)
     if found is not None:
         infos = [m for m in found.messages if sel.msn(m.uid)]

@@ -360,7 +360,7 @@ class Session:
         if not sel.may("r"):  # a revoked mailbox is never read again (acl.py)
             return
         mbox = await self.store.get_mailbox_by_id(sel.id)
-        cols = await self.store.list_columns(sel.id)
+        cols = await self.store.list_columns(sel.id, flags_only=True)
         sel.resync([(u, cols.modseqs[i], cols.flags[i], cols.keywords_at(i)) for i, u in enumerate(cols.uids)])
         # keyword changes may be among those lost: announce what the mailbox has now (state.py 5)
         self.write(*sel.announce([*(mbox.keywords if mbox else ()),

@@ -291,8 +291,18 @@ async def message_numbers(s: Session, uids: Sequence[int]) -> list[int]:
     between slices, so a 100,000-message answer does not hold the event loop."""
     sel = sel_of(s)
     out: list[int] = []
+    if len(uids) < 64:
+        return [sel.msn(u) for u in uids]
+    # A table of every announced UID (its index is its number) once, then one lookup per UID: a binary
+    # search per UID in Python cost ~20 % of the first SORT after an arrival.
+    view = sel.uids
+    numbers: dict[int, int] = {}
+    for k in range(0, len(view), SLICE_ROWS):
+        numbers.update(zip(view[k:k + SLICE_ROWS], range(k + 1, k + 1 + SLICE_ROWS)))
+        await asyncio.sleep(0)
+    get = numbers.get
     for k in range(0, len(uids), SLICE_ROWS):
-        out.extend(sel.msn(u) for u in uids[k:k + SLICE_ROWS])
+        out.extend([get(u, 0) for u in uids[k:k + SLICE_ROWS]])
         await asyncio.sleep(0)
     return out
 

@@ -5,13 +5,16 @@ Theory of operation
 `header(authserv_id, spf, helo_spf, dkim, dmarc)` writes one field, one result per folded line:
 
     Authentication-Results: mx.example.org;
+        iprev=pass policy.iprev=192.0.2.7 (mail.a.example);
         spf=pass smtp.mailfrom=alice@a.example;
         spf=pass smtp.helo=mail.a.example;
         dkim=pass header.d=a.example header.s=sel header.b=AbCdEfGh;
-        dmarc=pass header.from=a.example
+        dmarc=pass header.from=a.example;
+        arc=pass (i=1 sealer=list.example) header.oldest-pass=0 smtp.remote-ip=192.0.2.7
 
-(continuation lines start with a tab; RFC 8601 §2.2 syntax, §2.7 methods and properties, RFC 6008 header.b,
-RFC 7489 §11.2 header.from). A check
+(continuation lines start with a tab; RFC 8601 §2.2 syntax, §2.7 methods and properties, §3 iprev from the
+door's forward-confirmed reverse DNS (smtp/dnsbl.py), RFC 6008 header.b, RFC 7489 §11.2 header.from, RFC 8617
+§10.1 smtp.remote-ip and header.oldest-pass). A check
 that was not run is left out; with none run the field says `none` (§2.2). Reasons go in `reason="..."` (§2.3).
 
 `own_fields(head, authserv_id)` finds the Authentication-Results fields in a message's header that claim our
@@ -30,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from postroom.inbound.arc import ArcResult
 from postroom.inbound.dkim import DkimResult
 from postroom.inbound.dmarc import DmarcResult
 from postroom.inbound.spf import SpfResult
@@ -45,15 +49,28 @@ def _value(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _comment(text: str) -> str:
+    """Text safe inside an RFC 5322 comment: printable ASCII without parentheses or backslashes."""
+    return "".join(c if 0x20 <= ord(c) < 0x7F and c not in "()\\" else "?" for c in text[:MAX_VALUE])
+
+
 def _reason(text: str) -> str:
     return f" reason={_value(text)}" if text else ""
 
 
 def header(authserv_id: str, *, spf: SpfResult | None = None, helo_spf: SpfResult | None = None,
            mail_from: str = "", helo: str = "", dkim: Sequence[DkimResult] | None = None,
-           dmarc: DmarcResult | None = None) -> bytes:
-    """The Authentication-Results field (with its CRLF) for the results given (module doc)."""
+           dmarc: DmarcResult | None = None, arc: ArcResult | None = None, remote_ip: str = "",
+           iprev: tuple[str, str, str] | None = None) -> bytes:
+    """The Authentication-Results field (with its CRLF) for the results given (module doc); `remote_ip` is the
+    client's address, written with the ARC result (RFC 8617 §10.1 smtp.remote-ip). `iprev`: (result, client
+    address, confirmed name or "unknown") of the reverse DNS check (RFC 8601 §3)."""
     parts: list[str] = []
+    if iprev is not None:
+        result, ip, name = iprev
+        # RFC 8601 §2.7.3: the property is policy.iprev, the address queried; the name goes in a comment.
+        comment = f" ({_comment(name)})" if result == "pass" and name else ""
+        parts.append(f"iprev={result} policy.iprev={_value(ip)}{comment}")
     if spf is not None:
         identity = f"smtp.mailfrom={_value(mail_from)}" if mail_from else f"smtp.helo={_value(helo)}"
         parts.append(f"spf={spf.result}{_reason(spf.reason)} {identity}")
@@ -69,7 +86,20 @@ def header(authserv_id: str, *, spf: SpfResult | None = None, helo_spf: SpfResul
     if dmarc is not None:
         comment = f" (p={dmarc.policy} dis={dmarc.disposition})" if dmarc.policy else ""
         prop = f" header.from={_value(dmarc.domain)}" if dmarc.domain else ""
-        parts.append(f"dmarc={dmarc.result}{comment}{_reason(dmarc.reason)}{prop}")
+        if dmarc.override:
+            # RFC 7489 §7.2 local policy: the owner's policy was not applied; RFC 8617 §7.2: because of ARC. The
+            # reason names the override ("arc"), the comment the sealer and what its first hop recorded.
+            comment = f" (p={dmarc.policy} dis=none; arc override: {_comment(dmarc.override)})"
+            parts.append(f'dmarc={dmarc.result}{comment} reason="arc"{prop}')
+        else:
+            parts.append(f"dmarc={dmarc.result}{comment}{_reason(dmarc.reason)}{prop}")
+    if arc is not None:
+        # RFC 8617 §10.1 registers smtp.remote-ip and header.oldest-pass for the "arc" method.
+        props = f" header.oldest-pass={arc.oldest_pass}" if arc.result == "pass" and arc.oldest_pass is not None \
+            else ""
+        ip = f" smtp.remote-ip={_value(remote_ip)}" if remote_ip else ""
+        comment = f" (i={arc.n} sealer={_comment(arc.sealer)})" if arc.n and arc.sealer else ""
+        parts.append(f"arc={arc.result}{comment}{_reason(arc.reason)}{props}{ip}")
     if not parts:
         parts.append("none")
     text = f"Authentication-Results: {_value(authserv_id)};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"

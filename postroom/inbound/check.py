@@ -1,12 +1,17 @@
-"""The inbound checks of one message on the MX listener: SPF, DKIM, DMARC, and what follows from them.
+"""The inbound checks of one message on the MX listener: SPF, DKIM, DMARC, ARC, and what follows from them.
 
 Theory of operation
 -------------------
 `InboundChecks.check(...)` runs at the end of DATA/BDAT, before the message goes to the router:
 
-1. SPF for the MAIL FROM identity and for the HELO identity (RFC 7208 §2.3, §2.4), and DKIM for every
-   signature (inbound/dkim.py: keys by DNS, cryptography in a worker process), all concurrently.
-2. DMARC (inbound/dmarc.py) from the From header's domains and the results of step 1.
+1. SPF for the MAIL FROM identity and for the HELO identity (RFC 7208 §2.3, §2.4), DKIM for every
+   signature (inbound/dkim.py: keys by DNS, cryptography in a worker process) and the ARC chain
+   (inbound/arc.py, RFC 8617 §5.2), all concurrently.
+2. DMARC (inbound/dmarc.py) from the From header's domains and the results of step 1. A failure whose
+   policy would quarantine or reject is overridden (RFC 7489 §7.2 local policy, RFC 8617 §7.2) when the ARC
+   chain passed, its newest sealer is in `inbound.arc_trusted_sealers` and the chain's i=1
+   ARC-Authentication-Results recorded a pass for the From domain (`arc.trusted_pass`): the message is
+   accepted, the field says `dmarc=fail (... arc override: ...) reason="arc"` and the log `dmarc_override=`.
 3. The verdict: `action` "accept", "quarantine" (DMARC disposition quarantine, or reject when
    `inbound.dmarc_reject = "quarantine"`) or "reject" (DMARC disposition reject: the session answers
    `550 5.7.1`, RFC 7489 §7.3 / §10.3); the Authentication-Results field to prepend (inbound/authres.py);
@@ -18,14 +23,17 @@ that long per lookup and ends in `temperror`, never in a refusal or a traceback.
 
 Invariants
 1. `check` never raises for anything the message, the client or DNS does: every failure is a result.
-2. Only DMARC refuses or quarantines; SPF and DKIM results alone only inform (Authentication-Results, log).
+2. Only DMARC refuses or quarantines; SPF, DKIM and ARC results alone only inform (Authentication-Results,
+   log). ARC can only lift a DMARC policy (step 2), never impose one.
 3. The whole check is bounded: SPF by its lookup limits and deadline, DKIM by `MAX_SIGNATURES` and the
-   worker's time limit, DMARC by two lookups per From domain (at most five domains).
+   worker's time limit, DMARC by two lookups per From domain (at most five domains), ARC by `arc.MAX_SETS` and
+   `arc.MAX_KEYS` and the worker's time limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -35,6 +43,7 @@ from postroom.config import Config
 from postroom.delivery.dkim import from_domains
 from postroom.delivery.mx import DnsResolver
 from postroom.inbound import authres
+from postroom.inbound.arc import ArcResult, trusted_pass, verify_chain
 from postroom.inbound.dkim import DkimResult, header_block, verify_message
 from postroom.inbound.dmarc import DmarcChecker, DmarcResult
 from postroom.inbound.spf import SpfChecker, SpfDns, SpfResult
@@ -50,6 +59,7 @@ class Verdict:
     helo_spf: SpfResult | None = None
     dkim: list[DkimResult] | None = None  # None: not checked
     dmarc: DmarcResult | None = None
+    arc: ArcResult | None = None  # None: not checked
 
     def log_fields(self) -> list[tuple[str, object]]:
         """`key=value` pairs for the message's log line."""
@@ -66,6 +76,12 @@ class Verdict:
                 out.append(("dmarc_policy", f"{self.dmarc.policy}/{self.dmarc.disposition}"))
             if self.dmarc.domain:
                 out.append(("header_from", self.dmarc.domain))
+            if self.dmarc.override:
+                out.append(("dmarc_override", f"arc: {self.dmarc.override}"))
+        if self.arc is not None:
+            out.append(("arc", self.arc.log_value()))
+            if self.arc.result == "fail" and self.arc.reason:
+                out.append(("arc_reason", self.arc.reason))
         if self.action != "accept":
             out.append(("action", self.action))
         return out
@@ -84,14 +100,17 @@ class InboundChecks:
         self.dmarc = DmarcChecker(self.dns)
 
     async def check(self, *, ip: str, helo: str, mail_from: str, head: bytes, raw: bytes | None = None,
-                    path: Path | None = None, helo_known: SpfResult | None = None) -> Verdict:
+                    path: Path | None = None, helo_known: SpfResult | None = None,
+                    iprev: tuple[str, str] | None = None) -> Verdict:
         """Check the message `raw` (or the file `path`) whose first bytes are `head`, from client `ip` that said
         `helo` and gave `mail_from` ("" for the null reverse-path). `helo_known`: the HELO identity's result
-        from an earlier message of the session (the same client and name: not looked up again). Never raises
-        (invariant 1)."""
+        from an earlier message of the session (the same client and name: not looked up again). `iprev`: the
+        door's reverse DNS result and name (smtp/dnsbl.py), reported as RFC 8601 §3 iprev; None: not looked
+        up. Never raises (invariant 1)."""
         spf_job = self._spf(ip, helo, mail_from, helo_known) if self.inbound.spf else _nothing_spf()
         dkim_job = verify_message(self.dns, head, raw=raw, path=path) if self.inbound.dkim else _no_dkim()
-        (spf, helo_spf), dkim = await asyncio.gather(spf_job, dkim_job)
+        arc_job = verify_chain(self.dns, head, raw=raw, path=path) if self.inbound.arc else _no_arc()
+        (spf, helo_spf), dkim, arc = await asyncio.gather(spf_job, dkim_job, arc_job)
         dmarc: DmarcResult | None = None
         action = "accept"
         if self.inbound.dmarc:
@@ -105,14 +124,19 @@ class InboundChecks:
                 action = "reject"
             else:
                 dmarc = await self.dmarc.check(domains or [], spf, dkim)
+            if dmarc.result == "fail" and dmarc.disposition != "none":
+                why = trusted_pass(arc, dmarc.domain, self.inbound.arc_trusted_sealers)
+                if why:  # step 2: a trusted sealer vouches for what the first hop saw
+                    dmarc = dataclasses.replace(dmarc, disposition="none", override=why)
             if dmarc.result == "fail" and dmarc.disposition == "reject":
                 action = "reject" if self.inbound.dmarc_reject == "reject" else "quarantine"
             elif dmarc.result == "fail" and dmarc.disposition == "quarantine":
                 action = "quarantine"
         checked = dkim if self.inbound.dkim else None
         header = authres.header(self.authserv_id, spf=spf, helo_spf=helo_spf, mail_from=mail_from, helo=helo,
-                                dkim=checked, dmarc=dmarc)
-        return Verdict(action, header, spf, helo_spf, checked, dmarc)
+                                dkim=checked, dmarc=dmarc, arc=arc, remote_ip=ip,
+                                iprev=(iprev[0], ip, iprev[1]) if iprev is not None else None)
+        return Verdict(action, header, spf, helo_spf, checked, dmarc, arc)
 
     async def _spf(self, ip: str, helo: str, mail_from: str,
                    helo_known: SpfResult | None) -> tuple[SpfResult, SpfResult | None]:
@@ -150,3 +174,7 @@ async def _nothing_spf() -> tuple[SpfResult | None, SpfResult | None]:
 
 async def _no_dkim() -> list[DkimResult]:
     return []
+
+
+async def _no_arc() -> ArcResult | None:
+    return None

@@ -22,8 +22,9 @@ Theory of operation
    random; the others get the next milder one (reject -> quarantine, quarantine -> none).
 
 A record whose `p` is missing or unknown is not applied (§6.6.3), unless it names a syntactically valid `rua`
-URI: then it acts as `p=none`. Unknown tags are ignored (§6.3). Aggregate and failure reports (rua, ruf) are
-not sent: Postroom reads the record's policy only.
+URI: then it acts as `p=none`. Unknown tags are ignored (§6.3). The result carries the record and where it was
+found, for aggregate reports (`rua`, inbound/dmarc_reports.py, when `inbound.dmarc_reports` is on); failure
+reports (`ruf`) are not sent.
 
 Where DMARCbis (the draft that replaces the PSL by a DNS tree walk and adds `t=`) differs, RFC 7489 wins here:
 the organisational domain is the PSL's, and `t=` is ignored like any unknown tag.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Protocol
 
@@ -81,6 +82,8 @@ class DmarcRecord:
     adkim_strict: bool = False
     aspf_strict: bool = False
     pct: int = 100
+    rua: tuple[str, ...] = ()  # the aggregate report URIs as published (§6.3 "rua"), for inbound/dmarc_reports.py
+    fo: str = "0"  # failure reporting options (§6.3), only repeated in aggregate reports
 
 
 def parse_record(text: str) -> DmarcRecord | None:
@@ -97,9 +100,9 @@ def parse_record(text: str) -> DmarcRecord | None:
     if tags.get("v") != "DMARC1":
         return None
     p = tags.get("p", "").lower()
+    rua = tuple(u.strip() for u in tags.get("rua", "").split(",") if u.strip())
     if p not in POLICIES:
-        rua = tags.get("rua", "")
-        if not any(re.match(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", u.strip()) for u in rua.split(",") if u.strip()):
+        if not any(re.match(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", u) for u in rua):
             return None
         p = "none"
     sp = tags.get("sp", "").lower()
@@ -112,19 +115,27 @@ def parse_record(text: str) -> DmarcRecord | None:
     if not 0 <= pct <= 100:
         pct = 100
     return DmarcRecord(p=p, sp=sp, adkim_strict=tags.get("adkim", "r").lower() == "s",
-                       aspf_strict=tags.get("aspf", "r").lower() == "s", pct=pct)
+                       aspf_strict=tags.get("aspf", "r").lower() == "s", pct=pct, rua=rua,
+                       fo=tags.get("fo", "0") or "0")
 
 
 @dataclass(frozen=True)
 class DmarcResult:
     """`result` ("none", "pass", "fail", "temperror"), the From `domain`, the `policy` its owner published for it
-    ("" when none applies), the `disposition` after pct ("none", "quarantine", "reject"), a `reason`."""
+    ("" when none applies), the `disposition` after pct ("none", "quarantine", "reject"), a `reason`, and
+    `override`: why local policy did not apply the owner's policy to a failure ("" when it was not overridden;
+    inbound/check.py: a trusted ARC sealer, RFC 7489 §7.2)."""
 
     result: str
     domain: str = ""
     policy: str = ""
     disposition: str = "none"
     reason: str = ""
+    override: str = ""
+    record: DmarcRecord | None = None  # the record applied, for aggregate reports
+    record_domain: str = ""  # where it was found: the From domain or its organisational domain
+    dkim_aligned: bool = False  # an aligned DKIM pass was found (RFC 7489 Appendix C policy_evaluated/dkim)
+    spf_aligned: bool = False  # an aligned SPF pass was found (policy_evaluated/spf)
 
 
 class DmarcChecker:
@@ -159,10 +170,10 @@ class DmarcChecker:
 
     async def _check_one(self, domain: str, spf: SpfResult | None, dkim: Sequence[DkimResult]) -> DmarcResult:
         org = organizational_domain(domain)
-        state, record, _ = await self._record(domain)
+        state, record, where = await self._record(domain)
         at_org = False
         if state == "none" and org != domain:
-            state, record, _ = await self._record(org)  # invariant 1: the second and last lookup
+            state, record, where = await self._record(org)  # invariant 1: the second and last lookup
             at_org = True
         if state == "temperror":
             return DmarcResult("temperror", domain, reason="DMARC record lookup failed")
@@ -172,14 +183,16 @@ class DmarcChecker:
         dkim_ok = [r for r in dkim if r.result == "pass" and r.whole_body
                    and aligned(r.domain, domain, record.adkim_strict)]
         spf_ok = spf is not None and spf.result == "pass" and aligned(spf.domain, domain, record.aspf_strict)
+        found = DmarcResult("fail", domain, policy, record=record, record_domain=where, dkim_aligned=bool(dkim_ok),
+                            spf_aligned=spf_ok)
         if dkim_ok or spf_ok:
             via = f"dkim {dkim_ok[0].domain}" if dkim_ok else f"spf {spf.domain if spf else ''}"
-            return DmarcResult("pass", domain, policy, "none", f"aligned {via}")
+            return replace(found, result="pass", reason=f"aligned {via}")
         transient = [r for r in dkim if r.result == "temperror" and aligned(r.domain, domain, record.adkim_strict)]
         if transient or (spf is not None and spf.result == "temperror"
                          and aligned(spf.domain, domain, record.aspf_strict)):
-            return DmarcResult("temperror", domain, policy, "none", "an aligned identifier failed for now")
+            return replace(found, result="temperror", reason="an aligned identifier failed for now")
         disposition = policy
         if record.pct < 100 and self.rng() * 100 >= record.pct:
             disposition = MILDER[policy]  # §6.6.4: outside the sampled share, the next milder policy
-        return DmarcResult("fail", domain, policy, disposition, "no aligned pass")
+        return replace(found, disposition=disposition, reason="no aligned pass")

@@ -365,16 +365,6 @@ def minimal_meta(raw: bytes, defect: str) -> MessageMeta:
     )
 
 
-def keys_of(data: bytes) -> tuple[float | None, SortKeys] | None:
-    """(sent date, sort keys) from serialised metadata, or None when it is of another format or unreadable
-    (the store keeps them as narrow columns: store/sqlite/threads.py). Never raises."""
-    try:
-        meta = MessageMeta.from_bytes(data)
-    except MetaFormatError:
-        return None
-    return meta.sent_date, meta.keys
-
-
 __all__ = [
     "FORMAT_VERSION",
     "MessageMeta",
@@ -382,7 +372,6 @@ __all__ = [
     "PartRow",
     "UnknownCTE",
     "compute_meta",
-    "keys_of",
     "minimal_meta",
 ]
 

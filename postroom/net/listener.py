@@ -8,6 +8,9 @@ admitted connection gets one task that (for implicit TLS, RFC 8314 §3) performs
 spec's handler, then closes the socket and writes the session log line. A refused connection never reaches a
 handler: it gets the spec's one-line `refuse` text (over TLS for implicit-TLS listeners) and is closed.
 
+A worker process (workers.py) gets its listening sockets from its parent (`sockets`): `bind()` makes an asyncio
+server on each instead of binding its own.
+
 Binding and accepting are two steps: `bind()` binds every socket without listening (a connection attempt is
 refused by the kernel meanwhile), `start()` listens and accepts. `app.py` binds while it may still be root and
 accepts once it has dropped privileges and opened the store. `reconfigure()` swaps the TLS context and limits
@@ -29,7 +32,9 @@ a built-in field is dropped.
 
 Invariants
 1. A handler is called only for an admitted connection; admission and the counters change synchronously in
-   the event loop, so the limits cannot be overshot by a burst of connections.
+   the event loop, so the limits cannot be overshot by a burst of connections. With `shared` (the worker
+   processes of `server.workers`) the limits are checked against, and counted in, every worker's counts in one
+   locked step (net/counts.py), so a burst spread over the workers cannot overshoot them either.
 2. Whatever a handler does (raise, hang, never read), it affects only its own connection: exceptions stop at
    the session task, and the socket is closed in all cases.
 3. Exactly one session log line per admitted or refused connection, with no payload (no passwords, no
@@ -45,6 +50,7 @@ import base64
 import itertools
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,6 +67,7 @@ from postroom.net.connection import (
     TLSFailed,
     describe_exception,
 )
+from postroom.net.counts import SharedCounts
 
 log = logging.getLogger("postroom.net")
 session_log = logging.getLogger("postroom.net.session")
@@ -199,7 +206,8 @@ class NetServer:
     def __init__(self, specs: Iterable[ListenerSpec], tls_context: ssl.SSLContext | None, limits: LimitsConfig,
                  metrics: Metrics | None = None, *, tls_handshake_timeout: float = 30.0,
                  id_factory: Callable[[], str] | None = None, max_tls_refusals: int = 64,
-                 backlog: int = 512) -> None:
+                 backlog: int = 512, sockets: dict[str, list[socket.socket]] | None = None,
+                 shared: SharedCounts | None = None) -> None:
         self.specs = list(specs)
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
@@ -212,7 +220,9 @@ class NetServer:
         self._new_id = id_factory or default_id_factory()
         self._max_tls_refusals = max_tls_refusals
         self._backlog = backlog
-        self._servers: dict[str, asyncio.Server] = {}
+        self._prebound = sockets  # listener -> sockets bound by the parent process (workers.py), or None
+        self._shared = shared  # the counts of every worker (net/counts.py), or None: this process's alone
+        self._servers: dict[str, list[asyncio.Server]] = {}
         self._sessions: dict[Connection, asyncio.Task[None]] = {}
         self._refusals: dict[Connection, asyncio.Task[None]] = {}
         self._per_ip: dict[str, int] = {}
@@ -240,15 +250,23 @@ class NetServer:
                 await self._close_servers()
                 raise ValueError(f"listener {spec.name}: implicit TLS needs a TLS context")
             try:
-                server = await loop.create_server(lambda spec=spec: self._make_connection(spec),
-                                                  spec.host or None, spec.port, backlog=self._backlog,
-                                                  reuse_address=True, start_serving=False)
+                if self._prebound is not None:  # a worker: the parent bound them (workers.py); one server each
+                    def factory(spec: ListenerSpec = spec) -> Connection:
+                        return self._make_connection(spec)
+
+                    servers = [await loop.create_server(factory, sock=sock, backlog=self._backlog,
+                                                        start_serving=False)
+                               for sock in self._prebound[spec.name]]
+                else:
+                    servers = [await loop.create_server(lambda spec=spec: self._make_connection(spec),
+                                                        spec.host or None, spec.port, backlog=self._backlog,
+                                                        reuse_address=True, start_serving=False)]
             except OSError as exc:
                 await self._close_servers()
                 raise OSError(exc.errno, f"listener {spec.name}: cannot listen on "
                                          f"{format_peer((spec.host, spec.port))}: {exc.strerror or exc}") from exc
-            self._servers[spec.name] = server
-            sockname = server.sockets[0].getsockname()
+            self._servers[spec.name] = servers
+            sockname = servers[0].sockets[0].getsockname()
             self.addresses[spec.name] = (str(sockname[0]), int(sockname[1]))
 
     async def start(self) -> None:
@@ -257,10 +275,11 @@ class NetServer:
         if not self._servers:
             await self.bind()
         for spec in self.specs:
-            server = self._servers[spec.name]
-            if server.is_serving():
+            servers = self._servers[spec.name]
+            if all(server.is_serving() for server in servers):
                 continue
-            await server.start_serving()
+            for server in servers:
+                await server.start_serving()
             log.info("listening %s", logfmt("", [("listener", spec.name), ("protocol", spec.label),
                                                    ("address", format_peer(self.addresses[spec.name])),
                                                    ("tls", "implicit" if spec.implicit_tls else "no")]).strip())
@@ -268,7 +287,7 @@ class NetServer:
     async def stop(self, grace: float) -> None:
         """Stop accepting now; let sessions finish for up to `grace` seconds; then cut the rest."""
         self._stopping = True
-        for server in self._servers.values():
+        for server in (s for servers in self._servers.values() for s in servers):
             server.close()
         for conn in list(self._refusals):
             conn.abort()
@@ -291,7 +310,7 @@ class NetServer:
         await self._close_servers()
 
     async def _close_servers(self) -> None:
-        servers = list(self._servers.values())
+        servers = [s for servers in self._servers.values() for s in servers]
         self._servers.clear()
         for server in servers:
             server.close()
@@ -325,7 +344,9 @@ class NetServer:
             return
         ip = conn.peer[0]
         reason = None
-        if len(self._sessions) >= self.limits.connections_total:
+        if self._shared is not None:  # every worker's connections count (net/counts.py)
+            reason = self._shared.admit(ip, self.limits.connections_total, self.limits.connections_per_ip)
+        elif len(self._sessions) >= self.limits.connections_total:
             reason = "total"
         elif self._per_ip.get(ip, 0) >= self.limits.connections_per_ip:
             reason = "per-ip"
@@ -415,6 +436,8 @@ class NetServer:
         if self._sessions.pop(conn, None) is None:
             return
         ip = conn.peer[0]
+        if self._shared is not None:
+            self._shared.release(ip)
         left = self._per_ip.get(ip, 0) - 1
         if left > 0:
             self._per_ip[ip] = left

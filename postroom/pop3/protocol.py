@@ -190,15 +190,16 @@ class _Error(Exception):
 # Message formatting (pure functions: the hot path of RETR)
 
 
-def dot_stuff(raw: bytes) -> list[bytes]:
+def dot_stuff(raw: bytes, canonical: bool = False) -> list[bytes]:
     """The stored bytes as a multi-line response body plus the terminator (RFC 1939 §3: a line starting with
     "." gets one more "."; the response ends with CRLF "." CRLF).
 
     Messages are stored with CRLF line ends; one with a bare LF (an IMAP APPEND may carry one) is sent with
     CRLF line ends so that no client mistakes one of its lines for the terminator. Two C-speed passes, no
-    per-line Python loop.
+    per-line Python loop; one when the caller knows `raw` is `canonical` (its `crlf_size` is its length: no
+    bare LF, and it ends with CRLF).
     """
-    if raw.count(b"\n") != raw.count(b"\r\n"):
+    if not canonical and raw.count(b"\n") != raw.count(b"\r\n"):
         raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     body = raw.replace(b"\r\n.", b"\r\n..")
     chunks = [b".", body] if body.startswith(b".") else [body]
@@ -607,8 +608,12 @@ class POP3Core:
         self._waiting = False
         if lines is None:
             self.retrieved.add(number)
-            # RFC 1939 §11: the count is of the message as sent (CRLF line ends), the same number LIST gave.
-            return [ok(f"{crlf_size(raw)} octets"), *dot_stuff(raw)]
+            # RFC 1939 §11: the count is of the message as sent (CRLF line ends), the same number LIST gave:
+            # the listing's, counted when the body was stored. When it equals the length, the body is already
+            # canonical and needs no line-end pass (`dot_stuff`); any other count is made again from the bytes.
+            listed = self.entries[number - 1].size if 0 < number <= len(self.entries) else -1
+            octets = listed if listed == len(raw) else crlf_size(raw)
+            return [ok(f"{octets} octets"), *dot_stuff(raw, canonical=octets == len(raw))]
         return [ok("top of message follows"), *dot_stuff(top(raw, lines))]
 
     def message_gone(self, number: int) -> bytes:

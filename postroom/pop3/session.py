@@ -15,14 +15,15 @@ thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforc
 (`-ERR [LOGIN-DELAY]`), list INBOX without bodies, enter TRANSACTION, and open the POP-before-SMTP window
 (`auth.note_login`).
 
-Exclusive access (RFC 1939 §8) is an in-process lock per user (`MaildropLocks`, one per store, shared by the
-pop3 and pop3s listeners). That is right for one node. The architecture says nothing may assume one process
-owns a mailbox: with several Postroom nodes on one PostgreSQL database, two nodes could each grant the lock.
-A multi-node version needs the lock in the shared store: a lease row (user id, holder node and session id,
-expiry) taken with an atomic insert-if-absent and renewed while the session lives, so a crashed node's lease
-expires; or `pg_try_advisory_lock(user_id)` held on a dedicated database connection for the session. The
-LOGIN-DELAY clock (`last_login`) would move to the store the same way. Both sit behind `MaildropLocks`, so the
-session does not change.
+Exclusive access (RFC 1939 §8: "the POP3 server then acquires an exclusive-access lock on the maildrop") is
+`MaildropLocks`, one per store, shared by the pop3 and pop3s listeners. Besides its in-process table it takes
+an `fcntl.flock` on a lock file per user in the data folder (`pop3-locks/<user id>.lock`), so the worker
+processes of one `postroom serve` (`server.workers`, workers.py) grant the lock once between them: a session in
+another worker gets `-ERR [IN-USE]` (RFC 2449 §8.1.1). The kernel drops the flock of a process that dies, so a
+killed worker leaves no stale lock. The LOGIN-DELAY clock (RFC 2449 §6.8) is the lock file's modification time,
+set at each login, so it is one across workers too. Several Postroom nodes on one PostgreSQL database would need
+the lock in the shared store instead (a lease row or `pg_try_advisory_lock(user_id)`); both sit behind
+`MaildropLocks`, so the session would not change.
 
 Deletions: the core collects the UIDs marked with DELE; at QUIT (UPDATE state) they are removed with one
 `store.remove_messages` call, which is one durable transaction; only then is `+OK` sent (ARCHITECTURE
@@ -46,10 +47,13 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
@@ -93,33 +97,73 @@ DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more comma
 
 
 class MaildropLocks:
-    """Which users have a POP3 session in TRANSACTION, and when each last logged in. In-process only: see the
-    module docstring for what a multi-node deployment needs instead."""
+    """Which users have a POP3 session in TRANSACTION, and when each last logged in (module doc). With
+    `directory`, the lock is also an flock on `directory/<user id>.lock` and the last login that file's mtime
+    (wall clock), so every process using the folder shares both; without it (unit tests) both live in this
+    object alone, on `clock`."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, directory: Path | None = None) -> None:
         self.clock = clock
+        self.directory = directory
         self._held: dict[int, str] = {}  # user id -> session id
+        self._fds: dict[int, int] = {}  # user id -> the descriptor holding its flock
         self._last_login: dict[int, float] = {}
 
+    def _path(self, user_id: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{int(user_id)}.lock"
+
     def acquire(self, user_id: int, session_id: str) -> bool:
+        """Take the maildrop lock of `user_id` for `session_id`; False when any session (of any process using
+        the same directory) holds it."""
         if user_id in self._held:
             return False
+        if self.directory is not None:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            try:  # a new file says "never logged in": its mtime is the epoch until `note_login`
+                fd = os.open(self._path(user_id), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                os.utime(fd, (0, 0))
+            except FileExistsError:
+                fd = os.open(self._path(user_id), os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._fds[user_id] = fd
         self._held[user_id] = session_id
         return True
 
     def release(self, user_id: int, session_id: str) -> None:
         if self._held.get(user_id) == session_id:
             del self._held[user_id]
+            fd = self._fds.pop(user_id, -1)
+            if fd >= 0:
+                os.close(fd)  # drops the flock
 
     def holder(self, user_id: int) -> str | None:
         return self._held.get(user_id)
 
     def too_soon(self, user_id: int, delay: float) -> bool:
         """RFC 2449 §6.8: True if the user logged in less than `delay` seconds ago."""
-        last = self._last_login.get(user_id)
-        return delay > 0 and last is not None and self.clock() - last < delay
+        if delay <= 0:
+            return False
+        if self.directory is not None:
+            try:
+                last = os.stat(self._path(user_id)).st_mtime
+            except FileNotFoundError:
+                return False
+            return time.time() - last < delay
+        remembered = self._last_login.get(user_id)
+        return remembered is not None and self.clock() - remembered < delay
 
     def note_login(self, user_id: int) -> None:
+        if self.directory is not None:
+            try:
+                os.utime(self._path(user_id))  # the lock file exists: this session holds its lock
+            except FileNotFoundError:
+                pass
+            return
         self._last_login[user_id] = self.clock()
         if len(self._last_login) > 100_000:  # bound memory: forget the stalest entries
             for stale in list(self._last_login)[:10_000]:
@@ -129,11 +173,12 @@ class MaildropLocks:
 _LOCKS: weakref.WeakKeyDictionary[Store, MaildropLocks] = weakref.WeakKeyDictionary()
 
 
-def locks_for(store: Store) -> MaildropLocks:
-    """The lock table of one store, shared by every POP3 listener serving it."""
+def locks_for(store: Store, directory: Path | None = None) -> MaildropLocks:
+    """The lock table of one store, shared by every POP3 listener serving it; `directory` holds the lock files
+    (the data folder's `pop3-locks`)."""
     locks = _LOCKS.get(store)
     if locks is None:
-        locks = _LOCKS[store] = MaildropLocks()
+        locks = _LOCKS[store] = MaildropLocks(directory=directory)
     return locks
 
 
@@ -142,7 +187,7 @@ def pop3_handler(services: Services, listener: str) -> Handler:
     from postroom.config import IMPLICIT_TLS
 
     implicit = listener in IMPLICIT_TLS
-    locks = locks_for(services.store)
+    locks = locks_for(services.store, services.config.data_path / "pop3-locks")
 
     async def handler(conn: Connection) -> None:
         await Session(services, conn, locks, implicit_tls=implicit).run()
@@ -204,15 +249,25 @@ class Session:
 
     async def _loop(self) -> None:
         conn, core = self.conn, self.core
+        # Replies to pipelined commands are gathered and handed to the connection together (at most
+        # DRAIN_ABOVE bytes, plus one reply, wait here): one send for many small replies, as a corked socket
+        # would, instead of one system call each.
+        pending: list[bytes] = []
         unflushed = 0
         while True:
             event = core.next_event()
             if event is NEED_DATA:
+                if pending:
+                    conn.writelines(pending)
+                    pending = []
                 await conn.drain()
                 unflushed = 0
                 data = await conn.read_some(READ_CHUNK, interruptible=core.between_commands)
                 core.receive_data(data)
                 continue
+            if pending and not isinstance(event, (Send, Retrieve)):
+                conn.writelines(pending)  # a login, STLS or QUIT may write itself or take a while: in order
+                pending = []
             try:
                 chunks = await self._handle(event)
             except NetError:
@@ -224,12 +279,16 @@ class Session:
                 log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
                 chunks = [core.internal_error()]
             if chunks:
-                conn.writelines(chunks)
+                pending += chunks
                 unflushed += sum(len(c) for c in chunks)
                 if unflushed > DRAIN_ABOVE:
+                    conn.writelines(pending)
+                    pending = []
                     await conn.drain()
                     unflushed = 0
             if core.closed:
+                if pending:
+                    conn.writelines(pending)
                 if conn.end is None:
                     conn.end = "quit" if core.quit else "errors"
                 await conn.drain()

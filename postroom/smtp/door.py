@@ -29,9 +29,11 @@ DNS blocklists and the client's forward-confirmed reverse DNS, also asked at the
 Addresses in `smtp.screen_exempt` (loopback by default, as Postfix's `permit_mynetworks`) and in
 `smtp.relay_networks` pass the MX tests without a delay and are not rate-limited; users are never exempt.
 
-The state is in memory, per server process: a restart forgets passes and counts (a client waits once more).
-Every table is bounded (`MAX_KEYS`, least recently used forgotten first), so a flood of addresses cannot
-grow it.
+The state is in memory: a restart forgets passes and counts (a client waits once more). With several worker
+processes (`server.workers`, workers.py) the tables live in one `SharedMap` (net/sharedmap.py) that the parent
+made before forking, so every worker counts the same connections, messages, recipients, passes and triplets;
+each read-modify-write holds the map's lock. Every table is bounded (`MAX_KEYS`, or the shared map's fixed
+size; least recently used forgotten first), so a flood of addresses cannot grow it.
 
 Invariants
 1. Counters use fixed windows aligned to their length (a minute, an hour): `Window.count` is the number of
@@ -44,8 +46,10 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 from postroom.config import SMTPConfig
+from postroom.net.sharedmap import SharedMap
 
 MAX_KEYS = 100_000  # per table: ~10 MB at most
 PASS_SECONDS = 86400.0  # a passed pregreet test is remembered this long (postscreen_greet_ttl is 1 day)
@@ -56,21 +60,35 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Window:
-    """Hits per key in fixed windows of `seconds` (invariant 1), for at most `max_keys` keys (invariant 2)."""
+    """Hits per key in fixed windows of `seconds` (invariant 1), for at most `max_keys` keys (invariant 2); in
+    `shared` under the table name `tag` when given (module doc)."""
 
-    def __init__(self, seconds: float, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, seconds: float, max_keys: int = MAX_KEYS, shared: SharedMap | None = None,
+                 tag: str = "") -> None:
         self.seconds = seconds
         self.max_keys = max_keys
+        self.shared, self.tag = shared, tag
         self._slots: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key -> (window number, hits)
 
     def count(self, key: str, now: float) -> int:
         """Hits of `key` in the window `now` falls in."""
+        if self.shared is not None:
+            with self.shared.locked():
+                found = self.shared.get(SharedMap.key(self.tag, key))
+            return int(found[1]) if found is not None and int(found[0]) == int(now // self.seconds) else 0
         slot = self._slots.get(key)
         return slot[1] if slot is not None and slot[0] == int(now // self.seconds) else 0
 
     def hit(self, key: str, now: float, n: int = 1) -> int:
         """Record `n` hits of `key` at `now`; the count after them."""
         window = int(now // self.seconds)
+        if self.shared is not None:
+            k = SharedMap.key(self.tag, key)
+            with self.shared.locked():
+                found = self.shared.get(k)
+                hits = (int(found[1]) if found is not None and found[0] == window else 0) + n
+                self.shared.put(k, window, hits, now)
+            return hits
         slot = self._slots.pop(key, None)
         hits = (slot[1] if slot is not None and slot[0] == window else 0) + n
         self._slots[key] = (window, hits)
@@ -83,13 +101,18 @@ class Window:
 
 
 class PassCache:
-    """Client addresses that passed the pregreet test, until when (invariant 2)."""
+    """Client addresses that passed the pregreet test, until when (invariant 2); in `shared` when given."""
 
-    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, max_keys: int = MAX_KEYS, shared: SharedMap | None = None) -> None:
         self.max_keys = max_keys
+        self.shared = shared
         self._until: OrderedDict[str, float] = OrderedDict()
 
     def passed(self, ip: str, now: float) -> bool:
+        if self.shared is not None:
+            with self.shared.locked():
+                found = self.shared.get(SharedMap.key("pass", ip))
+            return found is not None and found[0] > now
         until = self._until.get(ip)
         if until is None:
             return False
@@ -99,6 +122,10 @@ class PassCache:
         return True
 
     def add(self, ip: str, now: float) -> None:
+        if self.shared is not None:
+            with self.shared.locked():
+                self.shared.put(SharedMap.key("pass", ip), now + PASS_SECONDS, 0.0, now)
+            return
         self._until.pop(ip, None)
         self._until[ip] = now + PASS_SECONDS
         while len(self._until) > self.max_keys:
@@ -108,9 +135,10 @@ class PassCache:
 class Greylist:
     """First-seen and passed times of (network, sender, recipient) triplets (module essay; invariant 2)."""
 
-    def __init__(self, delay: float, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, delay: float, max_keys: int = MAX_KEYS, shared: SharedMap | None = None) -> None:
         self.delay = delay
         self.max_keys = max_keys
+        self.shared = shared
         self._seen: OrderedDict[tuple[str, str, str], tuple[float, bool]] = OrderedDict()  # -> (time, passed)
 
     @staticmethod
@@ -126,7 +154,17 @@ class Greylist:
     def check(self, ip: str, sender: str, recipient: str, now: float) -> float:
         """0 if the triplet may pass now (and it is remembered as passed), else the seconds left to wait."""
         key = (self.network(ip), sender.lower(), recipient.lower())
-        entry = self._seen.pop(key, None)
+        if self.shared is not None:  # the same steps, on the shared entry, in one locked step
+            with self.shared.locked():
+                return self._check(key, self._shared_get(key), now)
+        return self._check(key, self._seen.pop(key, None), now)
+
+    def _shared_get(self, key: tuple[str, str, str]) -> tuple[float, bool] | None:
+        assert self.shared is not None
+        found = self.shared.get(SharedMap.key("grey", "\0".join(key)))
+        return (found[0], found[1] > 0) if found is not None else None
+
+    def _check(self, key: tuple[str, str, str], entry: tuple[float, bool] | None, now: float) -> float:
         if entry is not None:
             when, passed = entry
             if passed and now - when <= GREY_KEEP_SECONDS:
@@ -142,6 +180,9 @@ class Greylist:
         return self.delay
 
     def _remember(self, key: tuple[str, str, str], value: tuple[float, bool]) -> None:
+        if self.shared is not None:
+            self.shared.put(SharedMap.key("grey", "\0".join(key)), value[0], float(value[1]), value[0])
+            return
         self._seen[key] = value
         while len(self._seen) > self.max_keys:
             self._seen.popitem(last=False)
@@ -164,17 +205,19 @@ def networks(values: Iterable[str]) -> tuple[Network, ...]:
 
 
 class Door:
-    """The door state of one server (module essay), from its `[smtp]` settings."""
+    """The door state of one server (module essay), from its `[smtp]` settings; in `shared` (one map for every
+    worker process) when given, else in this object."""
 
-    def __init__(self, cfg: SMTPConfig) -> None:
+    def __init__(self, cfg: SMTPConfig, shared: SharedMap | None = None) -> None:
         self.cfg = cfg
+        self.shared = shared
         self.exempt_networks = networks((*cfg.screen_exempt, *cfg.relay_networks))
-        self.passes = PassCache()
-        self.connections = Window(60.0)
-        self.messages = Window(60.0)
-        self.user_messages = Window(3600.0)
-        self.user_recipients = Window(3600.0)
-        self.greylist = Greylist(cfg.greylist_seconds) if cfg.greylist_seconds > 0 else None
+        self.passes = PassCache(shared=shared)
+        self.connections = Window(60.0, shared=shared, tag="conn")
+        self.messages = Window(60.0, shared=shared, tag="msg")
+        self.user_messages = Window(3600.0, shared=shared, tag="user-msg")
+        self.user_recipients = Window(3600.0, shared=shared, tag="user-rcpt")
+        self.greylist = Greylist(cfg.greylist_seconds, shared=shared) if cfg.greylist_seconds > 0 else None
 
     def reconfigure(self, cfg: SMTPConfig) -> None:
         """New `[smtp]` settings (a reload, `app.Postroom.reload`): limits, exempt networks and the greylisting
@@ -185,7 +228,7 @@ class Door:
         if cfg.greylist_seconds <= 0:
             self.greylist = None
         elif self.greylist is None:
-            self.greylist = Greylist(cfg.greylist_seconds)
+            self.greylist = Greylist(cfg.greylist_seconds, shared=self.shared)
         else:
             self.greylist.delay = cfg.greylist_seconds
 
@@ -214,19 +257,24 @@ class Door:
         """Count a MAIL of `user` on submission; False (nothing counted) once `smtp.submission_messages_per_hour`
         are used. Counted when asked, not when the message is accepted, so parallel sessions share the limit."""
         limit = self.cfg.submission_messages_per_hour
-        if limit > 0 and self.user_messages.count(user, now) >= limit:
-            return False
-        self.user_messages.hit(user, now)
+        with self._locked():  # the count and the hit in one step across workers
+            if limit > 0 and self.user_messages.count(user, now) >= limit:
+                return False
+            self.user_messages.hit(user, now)
         return True
 
     def take_recipient(self, user: str, now: float) -> bool:
         """Count a RCPT of `user` on submission; False (nothing counted) once
         `smtp.submission_recipients_per_hour` are used (counted when asked, like `take_message`)."""
         limit = self.cfg.submission_recipients_per_hour
-        if limit > 0 and self.user_recipients.count(user, now) >= limit:
-            return False
-        self.user_recipients.hit(user, now)
+        with self._locked():
+            if limit > 0 and self.user_recipients.count(user, now) >= limit:
+                return False
+            self.user_recipients.hit(user, now)
         return True
+
+    def _locked(self) -> AbstractContextManager[None]:
+        return self.shared.locked() if self.shared is not None else nullcontext()
 
 
 __all__ = ["Door", "Greylist", "PassCache", "Window"]

@@ -54,6 +54,21 @@ Invariants
    inbound checks and before delivery: reject is `550 5.7.1`, soft reject / greylist `451 4.7.1`, add header /
    rewrite subject go to Junk with `$Junk` and an `X-Spam` field (and rspamd's Subject); rspamd unreachable
    means delivered, with `rspamd=unavailable` on the message's log line. Never both refused and stored.
+   rspamd's Junk filing is `Envelope.spam`: a recipient's authenticated allow rule skips it (invariant 10).
+10. Sender rules (inbound/senders.py) on every listener: an envelope sender that a block rule of every user a
+   recipient leads to blocks is refused at that RCPT, `550 5.7.1`, with one refusal line `reason=sender-blocked`
+   naming the rule's scope and pattern (router invariant 15 decides the rest at delivery). On the MX, an allow
+   rule matching MAIL FROM skips greylisting only once SPF passes for it (the session log says
+   `greylist=skipped-allowed`); after DATA the checks' authenticated senders go to the router
+   (`Envelope.authenticated`), where an allow rule can only skip the spam filing.
+11. The built-in score (inbound/score.py, `[inbound.score]`) of MX mail the inbound checks ran on: its field
+   `X-Postroom-Score` goes on top with Authentication-Results (one arriving under that name is removed on every
+   listener, like ours of RFC 8601 §5), its total and parts on the message's log line. When rspamd answered,
+   the score is only logged (`score_role=logged`); otherwise over `reject_threshold` (when set) the message
+   is `550 5.7.1` (`refused=score`), over `junk_threshold` it is spam (`Envelope.spam`: Junk with `$Junk`,
+   except for recipients whose authenticated allow rule counts).
+12. With `inbound.dmarc_reports` on, each MX message whose DMARC record has `rua` leaves one durable row for the
+   domain's daily aggregate report (inbound/dmarc_reports.py) before it is answered, refused messages included.
 """
 
 from __future__ import annotations
@@ -65,17 +80,31 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from postroom.auth.authenticator import Exchange, Step
-from postroom.delivery.router import HEAD_LIMIT, Accepted, Envelope, ListPost, Rcpt, RouteError, Router
+from postroom.delivery.router import (
+    HEAD_LIMIT,
+    Accepted,
+    Destination,
+    Envelope,
+    ListPost,
+    Rcpt,
+    RouteError,
+    Router,
+    header_sender_fields,
+)
 from postroom.fsutil import write_all
 from postroom.inbound import authres
 from postroom.inbound.check import InboundChecks, Verdict
+from postroom.inbound.dmarc_reports import evaluation as dmarc_evaluation
 from postroom.inbound.rspamd import RspamdClient, RspamdResult, subject_field, subject_spans
+from postroom.inbound.score import Score, score
+from postroom.inbound.score import field_spans as score_spans
+from postroom.inbound.senders import authenticated_senders
 from postroom.inbound.spf import SpfResult
 from postroom.mime.compose import complete_submission, rfc5322_date
 from postroom.net.connection import (
@@ -292,13 +321,15 @@ class Session:
         """Start the blocklist and FCrDNS lookups of an MX client (smtp/dnsbl.py) at connect, so they run beside
         the pregreet wait; exempt and relay clients are not looked up (issue 12 item 7)."""
         smtp, door, dns, ip = self.services.config.smtp, self.services.door, self.services.dns, self.conn.peer[0]
-        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns):
+        score = self.services.config.inbound.score
+        score_zones = score.dnsbl_zones if score.enabled and self.checks is not None else ()
+        if self.policy.submission or dns is None or not (smtp.dnsbl_zones or smtp.reverse_dns or score_zones):
             return
         if (door is not None and door.exempt(ip)) or self.policy.in_relay_networks(ip):
             return
         timeout = smtp.dnsbl_timeout_seconds
         self.client_lookups = asyncio.create_task(
-            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns))
+            look_up_client(dns.with_lifetime(timeout), ip, smtp.dnsbl_zones, timeout, smtp.reverse_dns, score_zones))
 
     async def _client_info(self) -> ClientInfo | None:
         """The lookups' result (waiting for them, bounded by their time-out), or None when not looked up."""
@@ -482,19 +513,39 @@ class Session:
             return
         try:
             # RFC 1870 §6.2: a declared SIZE is checked against the recipient's quota here (452 / 552 5.2.2).
-            await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay(),
-                                              size=txn.params.size)
+            dests = await self.router.check_recipient(ev.recipient.address, txn.mail_from, self.may_relay(),
+                                                      size=txn.params.size)
         except RouteError:
             self.rcpts_refused += 1
             raise
+        # Sender block lists (invariant 10, inbound/senders.py): refused for this recipient only.
+        rule = await self.router.blocked_at_rcpt(dests, txn.mail_from)
+        if rule is not None:
+            self.rcpts_refused += 1
+            whose = "the recipient" if rule.user_id is not None else f"the domain {rule.scope}"
+            self._refused("sender-blocked", Reply(550, "5.7.1", (f"Sender refused by a block rule of {whose}",)),
+                          "rcpt", scope=rule.scope, rule=rule.pattern, sender=txn.mail_from,
+                          recipient=ev.recipient.address)
+            return
         # Greylisting after the recipient is known to be ours: an unknown one gets its 550, not a 450 to retry.
         grey = door.greylist if door is not None and not self.policy.submission else None
-        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]):
+        if grey is not None and door is not None and not self.may_relay() and not door.exempt(self.conn.peer[0]) \
+                and not await self._allowed_sender(dests, txn.mail_from):
             wait = grey.check(self.conn.peer[0], txn.mail_from, ev.recipient.address, self.clock())
             if wait > 0:
                 self._refused("greylisted", R.greylisted(wait), "rcpt")
                 return
         self.core.accept_rcpt(ev.recipient)
+
+    async def _allowed_sender(self, dests: Sequence[Destination], mail_from: str) -> bool:
+        """Whether an allow rule of a recipient counts for `mail_from` at RCPT (invariant 10): a rule matches and
+        SPF of the MAIL FROM domain passes (the only identity known before DATA: inbound/senders.py)."""
+        if self.checks is None or not self.checks.inbound.spf or not await self.router.allows(dests, mail_from):
+            return False
+        spf = await self.checks.spf.check_mail_from(self.conn.peer[0], self.core.helo, mail_from)
+        if spf.result == "pass":
+            self.conn.log["greylist"] = "skipped-allowed"
+        return spf.result == "pass"
 
     # --- the message -------------------------------------------------------------------------------------------
     async def _message(self, ev: Message) -> None:
@@ -529,13 +580,22 @@ class Session:
             core.message_done(Reply(552, "5.3.4", (f"Message header longer than {HEAD_LIMIT // 1024} KiB",)))
             return
         verdict: Verdict | None = None
+        spam_score: Score | None = None
         if self.checks is not None and not core.authenticated and not self.may_relay():
             # invariant 7: checked as received (DKIM signs the original bytes), before anything is removed.
             verdict = await self.checks.check(ip=conn.peer[0], helo=core.helo, mail_from=ev.mail_from, head=head,
                                               raw=None if ev.spilled else ev.raw, path=staged,
-                                              helo_known=self.helo_spf)
+                                              helo_known=self.helo_spf,
+                                              iprev=(info.iprev, info.rdns or "unknown")
+                                              if info is not None and info.iprev else None)
             if verdict.helo_spf is not None and verdict.helo_spf.result != "temperror":
                 self.helo_spf = verdict.helo_spf  # the same for the session's next messages (same client, name)
+            if self.services.config.inbound.dmarc_reports and verdict.dmarc is not None:
+                # inbound/dmarc_reports.py: kept (durably) for the domain's aggregate report, refusals too
+                row = dmarc_evaluation(now=self.clock(), ip=conn.peer[0], dmarc=verdict.dmarc, spf=verdict.spf,
+                                       dkim=verdict.dkim, action=verdict.action)
+                if row is not None:
+                    await self.services.store.add_dmarc_result(row)
             if verdict.action == "reject":
                 self._drop_staged()
                 self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict,
@@ -548,10 +608,17 @@ class Session:
                         "(RFC 7489 §6.6.1)")
                 core.message_done(Reply(550, "5.7.1", (text,)))
                 return
+            score_cfg = self.services.config.inbound.score
+            if score_cfg.enabled:
+                spam_score = score(score_cfg, spf=verdict.spf, dkim=verdict.dkim, dmarc=verdict.dmarc,
+                                   helo=core.helo, rdns=info.rdns if info is not None else None,
+                                   listed=info.scored if info is not None else ())
+                header = spam_score.field() + header
             header = verdict.header + header
-        spans = authres.own_fields(head, self.services.config.server.hostname)
+        # RFC 8601 §5: fields claiming our authserv-id came from elsewhere, and so did a score field claiming to
+        # be ours (inbound/score.py): removed (invariant 7).
+        spans = sorted(authres.own_fields(head, self.services.config.server.hostname) + score_spans(head))
         if spans:
-            # RFC 8601 §5: fields claiming our authserv-id came from elsewhere: removed (invariant 7).
             if ev.spilled and staged is not None:
                 await asyncio.to_thread(_remove_from_file, staged, spans)
             else:
@@ -576,6 +643,8 @@ class Session:
                 else:  # soft reject, greylist: the sender's server tries again later
                     core.message_done(Reply(451, "4.7.1", ("Try again later",)))
                 return
+            if scan is not None and spam_score is not None:
+                scan_log.append(("score_role", "logged"))  # invariant 11: rspamd answered, rspamd decides
             if scan is not None and scan.junk:
                 added += scan.x_spam()
                 if scan.subject is not None:
@@ -588,6 +657,18 @@ class Session:
                     elif old:
                         body = authres.remove_spans(body, old)
                     added += subject_field(scan.subject)
+        spam = scan is not None and scan.junk
+        if scan is None and spam_score is not None:  # invariant 11: no rspamd verdict, ours decides
+            score_cfg = self.services.config.inbound.score
+            if score_cfg.reject_threshold and spam_score.total > score_cfg.reject_threshold:
+                self._drop_staged()
+                self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, refused="score",
+                                  extra=scan_log + spam_score.log_fields())
+                core.message_done(Reply(550, "5.7.1", (f"Message refused as spam (score {spam_score.total:g})",)))
+                return
+            spam = spam_score.total > score_cfg.junk_threshold
+        if spam_score is not None:
+            scan_log += spam_score.log_fields()
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
                        raw=header + added + body, envid=ev.params.envid,
@@ -595,8 +676,9 @@ class Session:
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.
                        from_checked=self.may_relay(),
-                       junk=(verdict is not None and verdict.action == "quarantine")
-                       or (scan is not None and scan.junk))
+                       junk=verdict is not None and verdict.action == "quarantine",
+                       spam=spam,
+                       authenticated=self._authenticated(ev.mail_from, head, verdict))
         try:
             if self.policy.submission:
                 if ev.spilled and not header_complete(head):
@@ -617,6 +699,14 @@ class Session:
             self.services.metrics.message_delivered(accepted.local)
         self._log_message(message_id, ev, recipients, len(header) + ev.size, verdict, accepted=accepted, extra=scan_log)
         core.message_done(R.queued(message_id))
+
+    @staticmethod
+    def _authenticated(mail_from: str, head: bytes, verdict: Verdict | None) -> frozenset[str]:
+        """The sender addresses the checks authenticated (inbound/senders.py), for the allow rules."""
+        if verdict is None:
+            return frozenset()
+        header_from = [a for name, found in header_sender_fields(head) if name == "From" for a in found]
+        return authenticated_senders(mail_from, header_from, verdict.spf, verdict.dkim, verdict.dmarc)
 
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
                      accepted: Accepted | None = None, refused: str = "",
@@ -792,7 +882,7 @@ def smtp_handler_factory(services: Services, listener: str) -> Handler:
     policy = Policy.for_listener(listener, services)
     inbound = services.config.inbound
     checks: InboundChecks | None = None
-    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc):
+    if listener == "smtp" and (inbound.spf or inbound.dkim or inbound.dmarc or inbound.arc):
         # The MX listener: mail from the world (submission is not checked), through the server's one resolver.
         dns = services.dns.with_lifetime(inbound.dns_timeout_seconds) if services.dns is not None else None
         checks = InboundChecks(services.config, dns)

@@ -51,6 +51,15 @@ Invariants every engine keeps:
    owner's domain past `Domain.quota_bytes` (the total of its users); a limit of 0 is none. A move within one
    user changes no usage and is never refused for it; `deliver(..., enforce_quota=False)` is for the server's
    own notices about quota.
+13. **Sender rules have one scope and one kind per pattern.** A `SenderRule` belongs to a user or to a hosted
+   domain and goes with it; a pattern is an address, "@domain" or "@.domain" (`names.sender_pattern`), and a
+   scope holds at most one rule per pattern (adding the other kind replaces it) and at most
+   `names.MAX_SENDER_RULES` rules. The store keeps them; what they mean is inbound/senders.py's.
+14. **A training signal is kept until it is sent or given up.** With `training_signals` on, the write that moves,
+   copies or flags a message as the user's verdict (`training_signals` says which) records it in the same
+   transaction; `add_training_signals` is durable when it returns; a signal leaves only by
+   `finish_training_signal` without a retry time (or with its user).
+15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -242,6 +251,9 @@ class Domain:
     dkim_ed25519_selector: str = ""  # RFC 8463: a second signature with its own selector
     dkim_ed25519_key: str = ""  # Ed25519, PKCS#8 PEM; "" if none
     quota_bytes: int = 0  # octets all the domain's users may hold together; 0: no domain quota
+    # DKIM keys of a rotation under way (published first, switched to by `Store.switch_dkim`): JSON of
+    # {"selector", "private_key", "ed25519_selector", "ed25519_key"}; "" when none
+    dkim_next: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,7 @@ class User:
     quota_bytes: int  # octets of messages (sum of RFC822.SIZE) the user may hold; 0: no quota
     created: float
     quota_messages: int = 0  # messages the user may hold; 0: no limit
+    admin: bool = False  # may use the web admin pages (web/admin.py)
 
 
 @dataclass(frozen=True)
@@ -331,9 +344,10 @@ class MailboxStatus:
     deleted_size: int = 0  # octets (sum of RFC822.SIZE) of the messages with \\Deleted (RFC 9208 DELETED-STORAGE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
-    """One message in one mailbox, without its body."""
+    """One message in one mailbox, without its body. (Slots: a listing makes one per message, and a frozen
+    dataclass with slots is made about three times faster than one without.)"""
 
     mailbox_id: int
     uid: int
@@ -394,6 +408,25 @@ class SortRow(NamedTuple):
     display_to: str
     message_id: str | None
     references: str  # msg-ids (without <>) separated by spaces, RFC 5256 §3 REFERENCES step 1
+
+
+class ImapStructure(NamedTuple):
+    """What FETCH answers from a body's structure alone, already encoded as IMAP data (RFC 9051 §7.4.2, §7.5.2):
+    the ENVELOPE, BODYSTRUCTURE and BODY values (without the item names), as `mime.meta.MessageMeta` holds them.
+    Kept per body (`Store.read_structures`) so a FETCH of these items over a mailbox decodes no metadata."""
+
+    envelope: bytes
+    bodystructure: bytes
+    body: bytes
+
+
+class ThreadSummary(NamedTuple):
+    """A thread's messages in one mailbox (`Store.thread_summaries`)."""
+
+    messages: int  # how many are in this mailbox
+    newest_uid: int
+    newest_date: float  # the latest internal date, seconds since the epoch
+    unseen: int  # how many lack \\Seen
 
 
 @dataclass(slots=True)
@@ -538,6 +571,54 @@ class WebSession:
     last_seen: float  # the idle expiry counts from here (refreshed at most once a minute)
 
 
+@dataclass(frozen=True)
+class SenderRule:
+    """One allow or block rule (invariant 13). `scope` is the user's address or the domain's name (the one with
+    no "@"); exactly one of `user_id` and `domain_id` is set. `pattern` is in `names.sender_pattern` form."""
+
+    id: int
+    scope: str
+    kind: str  # "allow" | "block"
+    pattern: str
+    created: float  # seconds since the epoch
+    user_id: int | None = None
+    domain_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSignal:
+    """A user's verdict on a message, to be sent to the spam filter's learning (invariant 14): `kind` "spam" (moved
+    into Junk or marked $Junk) or "ham" (moved out of Junk), the body's `blob_id`, when it was `created` and
+    how many `attempts` to send it failed."""
+
+    id: int
+    user_id: int
+    kind: str
+    blob_id: str
+    created: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DmarcEvaluation:
+    """One message's DMARC evaluation, kept for an aggregate report (RFC 7489 §7.2, Appendix C; invariant 15).
+    `policy` holds the published record's tags as JSON ({"adkim", "aspf", "p", "sp", "pct", "fo", "rua"}), `auth`
+    the raw results as JSON ({"dkim": [[domain, selector, result], ...], "spf": [domain, scope, result]}).
+    `count` is 1 for a message, the number of messages for an aggregated row (`Store.dmarc_aggregate`)."""
+
+    at: float  # seconds since the epoch
+    policy_domain: str  # where the record was found
+    policy: str
+    source_ip: str
+    header_from: str
+    envelope_from: str
+    disposition: str  # "none" | "quarantine" | "reject": what was done
+    dkim_aligned: bool
+    spf_aligned: bool
+    auth: str
+    count: int = 1
+
+
 # --------------------------------------------------------------------------------------------------------
 # Change feed
 
@@ -654,6 +735,15 @@ class Store(Protocol):
                        ed25519_key_pem: str = "") -> None:
         """Replace the domain's DKIM keys (all four values; "" clears one)."""
 
+    async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
+                            ed25519_key_pem: str) -> None:
+        """Keep new DKIM keys beside the ones in use (`Domain.dkim_next`), not signing yet; replaces keys kept
+        before. NotFound for an unknown domain."""
+
+    async def switch_dkim(self, name: str) -> bool:
+        """In one transaction, make the kept keys (`set_dkim_next`) the ones in use and clear them: True; False
+        (nothing changed) when none were kept. NotFound for an unknown domain."""
+
     # ---- users
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         """The domain must exist (NotFound otherwise). Creates SPECIAL_USE_DEFAULTS mailboxes, subscribed."""
@@ -665,6 +755,9 @@ class Store(Protocol):
     async def list_users(self, domain: str | None = None) -> list[User]: ...
 
     async def set_password(self, address: str, password_hash: str, scram: str = "") -> None: ...
+
+    async def set_admin(self, address: str, admin: bool) -> None:
+        """Give or take the user's admin flag (`User.admin`). NotFound for an unknown user."""
 
     async def remove_user(self, address: str) -> None:
         """Removes the user, their mailboxes and messages (blobs lose a reference)."""
@@ -801,14 +894,17 @@ class Store(Protocol):
         left alone, the others removed). NotFound if the mailbox is gone; Invalid for bad flags or keywords."""
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """One message into several mailboxes (of one or many users) in one transaction, one blob. OverQuota
         (nothing stored for anyone) if one owner would pass a limit, unless `enforce_quota` is False
-        (invariant 12)."""
+        (invariant 12). `box_keywords`: keywords added to the copy in some of the mailboxes (`$Junk` for the
+        users whose copy goes to Junk), still in the one transaction."""
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         """`deliver` of the message `prefix` + the bytes of the file `path` (in `staging_dir()`, Invalid
         otherwise), with no flags, the `keywords` given (`$Junk` for a quarantine) and the time of delivery: a
         large message received by SMTP is stored without being held in memory (the prefix, e.g. Return-Path, is
@@ -819,9 +915,12 @@ class Store(Protocol):
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         """UID order; reads no bodies."""
 
-    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                           flags_only: bool = False) -> MessageColumns:
         """What `list_messages` returns, as columns (`MessageColumns`): one query, no object per message, for
-        listings of a large mailbox."""
+        listings of a large mailbox. With `flags_only`, only `uids`, `modseqs`, `flags` and `keywords` are
+        filled (the others are empty): what SELECT, a resynchronisation and FETCH FLAGS read, at about half the
+        cost of the whole rows (no body id string per message). NotFound for an unknown mailbox."""
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query
@@ -873,6 +972,15 @@ class Store(Protocol):
         (stored by an older version or without metadata): `write_metas` of its metadata gives it one. NotFound
         if the mailbox is gone."""
 
+    async def thread_summaries(self, mailbox_id: int, thread_ids: Sequence[int]) -> dict[int, ThreadSummary]:
+        """For each thread id (`thread_ids`; 0 is no thread and is left out), its messages in this mailbox as a
+        `ThreadSummary`, through the thread index: work in proportion to those messages, not to the mailbox (the
+        webmail's conversation list). A thread without messages here is left out. NotFound if the mailbox is
+        gone."""
+
+    async def thread_uids(self, mailbox_id: int, thread_id: int, limit: int) -> list[int]:
+        """The UIDs of the thread's messages in this mailbox, ascending, at most `limit`, through the thread
+        index (the webmail's conversation page). [] for thread 0. NotFound if the mailbox is gone."""
 
     async def read_message(self, blob_id: str) -> bytes: ...
 
@@ -901,6 +1009,17 @@ class Store(Protocol):
         upgraded once. Bodies no longer stored are skipped; no change records (metadata is derived from the
         body, which does not change). The sort keys kept beside the metadata are replaced too, and messages of
         these bodies that had no thread id get one (`thread_ids`)."""
+
+    async def read_structures(self, blob_ids: Iterable[str]) -> dict[str, ImapStructure]:
+        """The kept `ImapStructure` of bodies (FETCH ENVELOPE / BODYSTRUCTURE / BODY over a range): a few queries,
+        not one per body. Kept for every body stored with metadata of the current format, and for older ones once
+        `write_structures` stored theirs; a body without one (or no longer stored) is left out, and the caller
+        decodes its metadata instead."""
+
+    async def write_structures(self, items: Mapping[str, ImapStructure]) -> None:
+        """Keep the `ImapStructure` of bodies stored before it was kept (blob id -> items, from metadata of the
+        current format a reader decoded anyway), in one transaction; bodies no longer stored are skipped, and a
+        body that has one keeps it (the same values: they derive from the body). No change records."""
 
     async def search_text(self, mailbox_id: int, uid_min: int, uid_max: int,
                           flt: TextFilter) -> TextCandidates | None:
@@ -1098,10 +1217,64 @@ class Store(Protocol):
         """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
         since the epoch); returns how many went."""
 
+    # ---- sender allow and block lists (invariant 13; inbound/senders.py)
+    async def list_sender_rules(self, scope: str) -> list[SenderRule]:
+        """The rules of one scope, sorted by pattern: `scope` a user's address or a domain's name (no "@").
+        NotFound for an unknown user or domain."""
+
+    async def sender_rules(self, user_id: int) -> list[SenderRule]:
+        """Every rule that applies to mail for the user: theirs and their domain's (one read; what RCPT and
+        delivery decide by). Empty for an unknown user id."""
+
+    async def add_sender_rule(self, scope: str, kind: str, pattern: str) -> SenderRule:
+        """Allow ("allow") or block ("block") senders matching `pattern` (`names.sender_pattern`: an address,
+        "@domain" or "@.domain") for `scope` (as `list_sender_rules`). A rule for the same pattern in the scope
+        is replaced (invariant 13: one kind per pattern). NotFound for an unknown scope; Invalid for a bad kind
+        or pattern, or past `names.MAX_SENDER_RULES` rules in the scope."""
+
+    async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
+        """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
+
+    # ---- spam training signals (invariant 14; inbound/learn.py)
+    training_signals: bool
+    """When true, the store records a training signal in the transaction of each user move that judges a message
+    (invariant 14): a copy or move into the user's Junk mailbox (special use \\Junk, else named "Junk") or
+    `$Junk` added by a flag change: "spam"; a move out of Junk into any mailbox but Trash: "ham". False (the
+    default): nothing is recorded (no learner to send them)."""
+
+    async def add_training_signals(self, user_id: int, kind: str, blob_ids: Sequence[str], now: float) -> int:
+        """Record that the user judged these bodies "spam" or "ham" (Invalid otherwise); returns how many rows
+        were written (unknown users: none). Each row is due at once; a pending signal for the same body is
+        replaced."""
+
+    async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
+        """Signals whose next try is at or before `now`, oldest first, at most `limit`."""
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+        """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
+        again at `retry_at`."""
+
+    # ---- DMARC aggregate reports (invariant 15; inbound/dmarc_reports.py)
+    async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:
+        """Keep one message's evaluation until the report that covers it (durable when it returns)."""
+
+    async def dmarc_aggregate(self, before: float) -> tuple[list[DmarcEvaluation], int]:
+        """The evaluations made before `before`, aggregated: one row per distinct (policy domain, policy, source
+        address, From domain, envelope domain, disposition, alignments, results) with its `count` and the newest
+        `at`; and the highest row id they cover (0: none), for `delete_dmarc_results`."""
+
+    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
+        """Delete the evaluations of `policy_domain` with id <= `up_to_id` made before `before` (those its report
+        covered); returns how many."""
+
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:
         """The records with `expires` > now, at most `limit` of them (those that expire last). Records expired
         or beyond the limit are deleted, so the table never holds more than the caller keeps in memory."""
+
+    async def read_auth_failures(self, keys: Sequence[tuple[str, str]], now: float) -> list[AuthFailures]:
+        """The records of the (address, username) `keys` whose `expires` > now (fewer when some have none): what
+        another process using the same store has counted (`server.workers`: auth/authenticator.py)."""
 
     async def save_auth_failures(self, records: Sequence[AuthFailures], remove: Sequence[tuple[str, str]],
                                  now: float) -> None:

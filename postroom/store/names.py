@@ -39,6 +39,7 @@ MAX_METADATA_NAME = 256  # characters of one METADATA entry name
 MAX_MAILBOX_KEYWORDS = 1000  # keywords one mailbox may have had (api invariant 9): every SELECT sends them all
 MAX_ACL_ENTRIES = 100  # entries of one mailbox's ACL (api invariant 11): GETACL lists them all
 MAX_SHARED_LISTED = 10_000  # other users' mailboxes one LIST shows (api invariant 6)
+MAX_SENDER_RULES = 1000  # allow/block rules of one user or domain (api invariant 13): every RCPT reads them all
 SHARED_OWNER_LOCAL = "shared folders"  # the local part of a domain's shared-folders owner (invariant 6)
 
 
@@ -137,6 +138,18 @@ def alias_source(source: str) -> str:
     if s.startswith("@"):
         return "@" + domain(s[1:])
     return address(s)
+
+
+def sender_pattern(pattern: str) -> str:
+    """A sender allow/block pattern (api invariant 13) in its one spelling: an address ('Bob@X.example' ->
+    'bob@x.example', compared by key like every address here), '@domain' (that domain only) or '@.domain' (every
+    subdomain of it, not the domain itself). Invalid for anything else."""
+    p = pattern.strip()
+    if p.startswith("@."):
+        return "@." + domain(p[2:])
+    if p.startswith("@"):
+        return "@" + domain(p[1:])
+    return address(p)
 
 
 def shared_owner(dom: str) -> str:

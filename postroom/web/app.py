@@ -1,6 +1,6 @@
 """The Starlette application: operational endpoints (health, metrics), client autoconfiguration
-(autoconfig.py) and, when given, the webmail (mail.py). The same application serves the `http` and `https`
-listeners.
+(autoconfig.py) and, when given, the webmail (mail.py) and the web admin (admin.py). The same application serves
+the `http` and `https` listeners.
 
 Theory of operation
 -------------------
@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from postroom.metrics import Metrics
 from postroom.web import autoconfig
+from postroom.web.admin import Admin
 from postroom.web.mail import SecurityHeaders, Webmail
 
 log = logging.getLogger("postroom.http")
@@ -42,13 +43,15 @@ def create_app(metrics: Metrics, health: HealthCheck,
                before_scrape: Callable[[], Awaitable[None]] | None = None,
                settings_for: autoconfig.SettingsFor | None = None, webmail: Webmail | None = None,
                acme_challenges: Mapping[str, str] | None = None,
-               mta_sts_policy: Callable[[str], Awaitable[str | None]] | None = None) -> Starlette:
+               mta_sts_policy: Callable[[str], Awaitable[str | None]] | None = None,
+               admin: Admin | None = None) -> Starlette:
     """`before_scrape` refreshes values that need an async read (the store's queue length) before rendering;
     `settings_for(domain)` gives a hosted domain's client settings (None: not hosted), and without it the
     autoconfiguration URLs are not served; `webmail` adds its routes (`/` and `/mail/...`); `acme_challenges`
     (token -> key authorization, acme.py) is answered at `/.well-known/acme-challenge/TOKEN` (RFC 8555 §8.3)
     while an order is in progress; `mta_sts_policy(host)` is the MTA-STS policy text for a request's Host
-    (`mta-sts.DOMAIN`), None when that domain is not hosted."""
+    (`mta-sts.DOMAIN`), None when that domain is not hosted; `admin` adds the web admin's routes (`/admin/...`,
+    web/admin.py)."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -133,6 +136,8 @@ def create_app(metrics: Metrics, health: HealthCheck,
         routes.append(Route("/.well-known/acme-challenge/{token}", acme_challenge, methods=["GET"]))
     if webmail is not None:
         routes += webmail.routes()
+    if admin is not None:
+        routes += admin.routes()
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
     app.state.metrics = metrics
     return app

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 `Webmail(store, auth, config)` gives Starlette routes under `/mail/` (and `/` redirecting there). Pages are Jinja2
-templates (`templates/`, autoescaped) styled by one stylesheet (`static/style.css`); there is no script: every
-control is a link or a form button, so the pages work without JavaScript and a Content-Security-Policy without
-any script source can hold. Each request finds its session from the cookie (sessions.py), and every object it
+templates (`templates/`, autoescaped) styled by one stylesheet (`static/style.css`). Every control is a link or
+a form button, so the pages work without JavaScript; two small scripts of the app's own (`static/live.js`: live
+updates, live.py; `static/keys.js`: keyboard shortcuts, drag and drop) only enhance them, loaded as files (the
+CSP allows `script-src 'self'` and no inline script), served versioned, cached and compressed (assets.py).
+Each request finds its session from the cookie (sessions.py), and every object it
 names is resolved through the signed-in user: a mailbox id must be one of the user's own mailboxes, a UID a
 message of that mailbox, a section a part of that message's part table; anything else answers 404, exactly like
 a missing object, so ids of other users' objects tell nothing.
@@ -20,7 +22,9 @@ The message list reads one page: `Store.page_messages` (newest UID first, `web.p
 one-row probes for the "newer" and "older" links, and the metadata of those rows; the folder tree's unread
 counts come from `Store.unseen_counts` (a partial index of unseen messages, at most 1,000 entries read per
 mailbox: more shows as "999+"); nothing reads a mailbox whole.
-Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives.
+Paging is by UID (`?below=UID`, `?above=UID`), so a page stays put while mail arrives. The same page also
+shows a search's results (`?q=`, search.py: IMAP SEARCH's own code), a sorted list (`?sort=`, sort.py: IMAP SORT's
+stored keys, paged by offset `?start=`) and the conversation view (`?view=conversations`, conversations.py).
 
 Password sign-in goes through the one `Authenticator` IMAP, POP3 and SMTP use (the same throttling and
 locks, shared in memory and in the store). Over plain HTTP it is refused unless the client is on loopback or
@@ -45,6 +49,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +57,7 @@ from typing import Any
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postroom import metapool as pool
@@ -61,6 +65,7 @@ from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
 from postroom.imap.fetch import META_CACHE
 from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
+from postroom.smtp.door import Door
 from postroom.store.api import (
     AlreadyExists,
     Flag,
@@ -73,7 +78,10 @@ from postroom.store.api import (
     StoreError,
     StoreMode,
 )
-from postroom.web import render
+from postroom.web import autoconfig, conversations, profile, render, search, sort
+from postroom.web.assets import Assets
+from postroom.web.compose import Compose
+from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
 
@@ -83,8 +91,10 @@ MAX_FORM = 64 * 1024  # octets of one form body
 MAX_SELECTED = 1000  # messages one list action may name
 UNSEEN_SHOWN = 999  # unread counts above this show as "999+": counting further would read big mailboxes whole
 HERE = Path(__file__).parent
-PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; frame-src 'self'; form-action 'self'; "
-            "base-uri 'none'; frame-ancestors 'none'")
+# Script only from the app's own static files (live.js: no inline script), connections (the event stream, the
+# list's refetch) only to the app itself.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"  # links open apart; no script, forms, top navigation
 FRAME_CSP = ("default-src 'none'; img-src cid: data:; style-src 'unsafe-inline'; base-uri 'none'; "
              f"form-action 'none'; frame-ancestors 'self'; sandbox {FRAME_SANDBOX}")
@@ -94,7 +104,7 @@ HSTS = "max-age=31536000"
 # font needed. Decorative: the folder's name is its accessible name.
 SPECIAL_ICONS = {"\\Inbox": "✉", "\\Sent": "➤", "\\Drafts": "✎", "\\Trash": "✖", "\\Junk": "⚠", "\\Archive": "▤",
                  "\\All": "☰", "\\Flagged": "⚑", "\\Important": "❢"}
-ACTIONS = {"read", "unread", "flag", "unflag", "move", "delete"}
+ACTIONS = {"read", "unread", "flag", "unflag", "move", "delete", "archive", "junk"}
 
 
 class SecurityHeaders:
@@ -180,13 +190,26 @@ def content_disposition(name: str) -> str:
 class Webmail:
     """The webmail's routes over `store`, signing in through `auth` (the server's one `Authenticator`)."""
 
-    def __init__(self, store: Store, auth: Authenticator, config: Config) -> None:
+    def __init__(self, store: Store, auth: Authenticator, config: Config,
+                 settings_for: autoconfig.SettingsFor | None = None, door: Door | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        """`settings_for(domain)`: the client settings autoconfig.py gives (None: not hosted); without it the
+        Apple configuration profile is not offered. `door` (the SMTP send limits) and `on_queued` (wakes the
+        outbound queue) are the writing pages' (compose.py)."""
         self.store = store
         self.auth = auth
         self.config = config
+        self.settings_for = settings_for
         self.sessions = Sessions(store, config.web)
+        self.orders = sort.Orders(store, config.limits)
+        self.live = Live(store, self.sessions, self._signed,
+                         lambda request: request.cookies.get(cookie_name(_tls(request))))
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
+        self.env.globals["apple_profile"] = settings_for is not None
+        self.compose = Compose(self, door, on_queued)
+        self.assets = Assets(HERE / "static")
+        self.env.globals["asset"] = self.assets.url
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount at the root of the web app."""
@@ -195,15 +218,20 @@ class Webmail:
             Route("/mail/", self.home, methods=["GET"]),
             Route("/mail/signin", self.signin, methods=["POST"]),
             Route("/mail/signout", self.signout, methods=["POST"]),
+            Route("/mail/events", self.live.events, methods=["GET"]),
             Route("/mail/folders", self.folders_page, methods=["GET"]),
             Route("/mail/folders", self.folders_post, methods=["POST"]),
             Route("/mail/box/{box:int}", self.list_page, methods=["GET"]),
             Route("/mail/box/{box:int}", self.list_post, methods=["POST"]),
+            Route("/mail/box/{box:int}/empty", self.empty_trash, methods=["POST"]),
             Route("/mail/box/{box:int}/{uid:int}", self.read_page, methods=["GET"]),
+            Route("/mail/box/{box:int}/thread/{thread:int}", self.thread_page, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/source", self.source, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/html/{section}", self.html_frame, methods=["GET"]),
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
-            Mount("/mail/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Route("/mail/apple.mobileconfig", self.apple_profile, methods=["GET"]),
+            *self.compose.routes(),
+            Route("/mail/static/{name}", self.assets.serve, methods=["GET"]),
         ]
 
     # ---- plumbing
@@ -273,14 +301,7 @@ class Webmail:
 
     async def _metas(self, infos: list[MessageInfo]) -> dict[str, MessageMeta]:
         """Metadata of the listed messages: cached (shared with IMAP), stored, or computed and stored back."""
-        out: dict[str, MessageMeta] = {}
-        missing = []
-        for m in infos:
-            hit = META_CACHE.get(m.blob_id)
-            if hit is None:
-                missing.append(m.blob_id)
-            else:
-                out[m.blob_id] = hit
+        out, missing = META_CACHE.split(m.blob_id for m in infos)
         fresh: dict[str, bytes] = {}
         stored = await self.store.read_metas(missing) if missing else {}
         parsed = await asyncio.to_thread(_parse_metas, stored)  # ~50 JSON documents of up to ~300 KB: off the loop
@@ -414,8 +435,9 @@ class Webmail:
                           current=None, error=error, address=await self._user_address(signed.user_id))
 
     async def folders_post(self, request: Request) -> Response:
-        """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`) or delete (`mailbox` id,
-        `confirm=1` when it holds messages); 303 back, or the page with the reason (400, 409)."""
+        """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`), delete (`mailbox` id,
+        `confirm=1` when it holds messages), subscribe or unsubscribe (`mailbox` id: the IMAP subscription, RFC 9051
+        §6.3.7, that mail programs list by); 303 back, or the page with the reason (400, 409)."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -425,6 +447,11 @@ class Webmail:
             if action == "create":
                 name = _folder_name(_one(form, "name"))
                 await self.store.create_mailbox(signed.user_id, name)
+            elif action in ("subscribe", "unsubscribe"):
+                box = await self._mailbox(signed, _int(_one(form, "mailbox")))
+                if box is None:
+                    return self._error(404, "No such folder.", signed)
+                await self.store.set_subscribed(signed.user_id, box.name, action == "subscribe")
             elif action in ("rename", "delete"):
                 box = await self._mailbox(signed, _int(_one(form, "mailbox")))
                 if box is None:
@@ -450,7 +477,8 @@ class Webmail:
 
     # ---- the message list
     async def list_page(self, request: Request) -> Response:
-        """GET /mail/box/{id}[?below=UID|?above=UID]: one page of the mailbox, newest first."""
+        """GET /mail/box/{id}[?below=UID|?above=UID][&q=QUERY]: one page of the mailbox, or of the messages the
+        search `q` finds in it (search.py), newest first."""
         signed = await self._signed(request)
         if signed is None:
             return RedirectResponse("/mail/", status_code=303)
@@ -460,15 +488,109 @@ class Webmail:
         size = self.config.web.page_size
         below = _opt_int(request.query_params.get("below"))
         above = _opt_int(request.query_params.get("above"))
+        if request.query_params.get("view") == "conversations":
+            return await self._conversations(signed, box, size, below)
+        query = request.query_params.get("q", "")
+        order = request.query_params.get("sort", "")
+        order = order if order in sort.SORTS else ""
+        start = _int(request.query_params.get("start"))
+        found: int | None = None  # search results in the whole mailbox
+        query_error = ""
+        previous = following = None  # offsets of a sorted list's pages around this one
+        searched = False  # a search's page (its total is known only when it fit on the first page)
         try:
-            if above is not None:
-                infos = await self.store.page_messages(box.id, size, above=above)
+            if order:  # sort.py: IMAP SORT's keys from the narrow sort rows, the order kept while it holds
+                matched = None
+                if query.strip():
+                    matched, query_error = await self._matched(box, query)
+                got = await self.orders.page(box, order, start, size, matched)
+                infos, newer_uid, older_uid = got.infos, None, None
+                previous, following = got.previous, got.next
+                found = got.total if query.strip() and not query_error else None
+            elif query.strip():  # the search box (search.py): a page of what IMAP's UID SEARCH finds
+                infos, newer_uid, older_uid, found, query_error = await self._search_page(box, query, size,
+                                                                                          below, above)
+                searched = True
             else:
-                infos = await self.store.page_messages(box.id, size, below=below)
-            newer = bool(infos) and bool(await self.store.page_messages(box.id, 1, above=infos[0].uid))
-            older = bool(infos) and bool(await self.store.page_messages(box.id, 1, below=infos[-1].uid))
+                infos, newer_uid, older_uid = await self._plain_page(box, size, below, above)
         except NotFound:
             return self._error(404, "No such folder.", signed)
+        rows = await self._rows(infos)
+        folders = await self._folders(signed.user_id)
+        return self._page("mailbox.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
+                          current_label=_label(box), rows=rows, newer=newer_uid, older=older_uid,
+                          below=below, above=above, query=query, found=found, query_error=query_error,
+                          sort=order, sorts=sort.SORTS, start=start, previous=previous, following=following,
+                          searched=searched and not query_error,
+                          address=await self._user_address(signed.user_id))
+
+    async def _conversations(self, signed: Signed, box: Mailbox, size: int, below: int | None) -> Response:
+        """The conversation list (conversations.py): a page of threads, newest first."""
+        try:
+            got = await conversations.page(self.store, box, size, below)
+        except NotFound:
+            return self._error(404, "No such folder.", signed)
+        metas = await self._metas([c.newest for c in got.rows])
+        rows = []
+        for c in got.rows:
+            meta = metas.get(c.newest.blob_id)
+            rows.append((c, (meta.search.header("from") if meta else "") or "(no sender)",
+                         (meta.search.header("subject") if meta else "") or "(no subject)", when(c.newest_date)))
+        return self._page("conversations.html", signed=signed, csrf=signed.csrf,
+                          folders=await self._folders(signed.user_id), current=box, current_label=_label(box),
+                          rows=rows, older=got.older, address=await self._user_address(signed.user_id))
+
+    async def thread_page(self, request: Request) -> Response:
+        """GET /mail/box/{id}/thread/{thread id}: the conversation's messages in this mailbox, oldest first."""
+        signed = await self._signed(request)
+        if signed is None:
+            return RedirectResponse("/mail/", status_code=303)
+        box = await self._mailbox(signed, int(request.path_params["box"]))
+        if box is None:
+            return self._error(404, "No such folder.", signed)
+        try:
+            infos = await conversations.messages(self.store, box, int(request.path_params["thread"]))
+        except NotFound:
+            infos = []
+        if not infos:
+            return self._error(404, "No such conversation.", signed)
+        rows = await self._rows(infos)
+        return self._page("thread.html", signed=signed, csrf=signed.csrf, folders=await self._folders(signed.user_id),
+                          current=box, current_label=_label(box), rows=rows,
+                          subject=rows[-1].subject, address=await self._user_address(signed.user_id))
+
+    async def _plain_page(self, box: Mailbox, size: int, below: int | None,
+                          above: int | None) -> tuple[list[MessageInfo], int | None, int | None]:
+        """A page of the mailbox by UID, newest first, and the `above` / `below` values of the pages around it."""
+        if above is not None:
+            infos = await self.store.page_messages(box.id, size, above=above)
+        else:
+            infos = await self.store.page_messages(box.id, size, below=below)
+        newer = bool(infos) and bool(await self.store.page_messages(box.id, 1, above=infos[0].uid))
+        older = bool(infos) and bool(await self.store.page_messages(box.id, 1, below=infos[-1].uid))
+        return infos, infos[0].uid if newer else None, infos[-1].uid if older else None
+
+    async def _matched(self, box: Mailbox, query: str) -> tuple[list[int], str]:
+        """The UIDs the search finds (search.py), or none and the reason the query was refused."""
+        try:
+            parsed = search.parse(query)
+            return await search.search(self.store, self.config.limits, box, parsed), ""
+        except search.QueryError as exc:
+            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
+            return [], str(exc)
+
+    async def _search_page(self, box: Mailbox, query: str, size: int, below: int | None, above: int | None
+                           ) -> tuple[list[MessageInfo], int | None, int | None, int | None, str]:
+        """A page of search results (search.py: by UID windows, newest first), or none and the reason the query
+        was refused."""
+        try:
+            got = await search.page(self.store, self.config.limits, box, search.parse(query), size, below, above)
+        except search.QueryError as exc:
+            log.info("web search refused reason=%s mailbox_id=%d", _safe(str(exc)[:80]), box.id)
+            return [], None, None, None, str(exc)
+        return got.infos, got.newer, got.older, got.total, ""
+
+    async def _rows(self, infos: list[MessageInfo]) -> list[Row]:
         metas = await self._metas(infos)
         rows = []
         for m in infos:
@@ -477,15 +599,12 @@ class Webmail:
             subject = meta.search.header("subject") if meta else ""
             rows.append(Row(m.uid, sender or "(no sender)", subject or "(no subject)", when(m.internal_date),
                             human_size(m.size), bool(m.flags & Flag.SEEN), bool(m.flags & Flag.FLAGGED)))
-        folders = await self._folders(signed.user_id)
-        return self._page("mailbox.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
-                          current_label=_label(box), rows=rows,
-                          newer=infos[0].uid if newer else None, older=infos[-1].uid if older else None,
-                          below=below, above=above, address=await self._user_address(signed.user_id))
+        return rows
 
     async def list_post(self, request: Request) -> Response:
-        """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id) or delete on the `uid`s;
-        303 back to the page the form was on."""
+        """POST /mail/box/{id}: `action` read, unread, flag, unflag, move (`dest` id), delete (to \\Trash; in it,
+        for good), archive (to \\Archive) or junk (to \\Junk with $Junk) on the `uid`s; 303 back to the page the
+        form was on."""
         checked = await self._checked_post(request)
         if isinstance(checked, Response):
             return checked
@@ -511,29 +630,63 @@ class Webmail:
                     return self._error(404, "No such folder.", signed)
                 if dest.id != box.id:
                     await self.store.move_messages(box.id, uids, dest.id)
+            elif action == "archive":  # to the \Archive mailbox (RFC 6154 §2), made when missing
+                dest = await self._special(signed.user_id, "\\Archive", "Archive")
+                if dest.id != box.id:
+                    await self.store.move_messages(box.id, uids, dest.id)
+            elif action == "junk":  # to \Junk (RFC 6154 §2), with the $Junk keyword spam filters learn from
+                dest = await self._special(signed.user_id, "\\Junk", "Junk")
+                await self.store.store_flags(box.id, uids, StoreMode.REMOVE, keywords=["$NotJunk"])
+                await self.store.store_flags(box.id, uids, StoreMode.ADD, keywords=["$Junk"])
+                if dest.id != box.id:
+                    await self.store.move_messages(box.id, uids, dest.id)
             else:  # delete: to Trash; in Trash, for good
                 if box.special_use == "\\Trash":
                     await self.store.store_flags(box.id, uids, StoreMode.ADD, Flag.DELETED)
                     await self.store.expunge(box.id, uids)
                 else:
-                    trash = await self._trash(signed.user_id)
+                    trash = await self._special(signed.user_id, "\\Trash", "Trash")
                     await self.store.move_messages(box.id, uids, trash.id)
         except NotFound:
             return self._error(404, "No such folder.", signed)
         log.info("web action=%s messages=%d mailbox_id=%d user_id=%d", action, len(uids), box.id, signed.user_id)
         return RedirectResponse(back, status_code=303)
 
-    async def _trash(self, user_id: int) -> Mailbox:
+    async def _special(self, user_id: int, use: str, name: str) -> Mailbox:
+        """The user's mailbox marked `use` (RFC 6154), made as `name` when there is none."""
         for b in await self.store.list_mailboxes(user_id):
-            if b.special_use == "\\Trash":
+            if b.special_use == use:
                 return b
         try:
-            return await self.store.create_mailbox(user_id, "Trash", "\\Trash")
-        except AlreadyExists:  # a "Trash" without the marker: use it
-            found = await self.store.get_mailbox(user_id, "Trash")
+            return await self.store.create_mailbox(user_id, name, use)
+        except AlreadyExists:  # a mailbox of that name without the marker: use it
+            found = await self.store.get_mailbox(user_id, name)
             if found is None:
                 raise
             return found
+
+    async def empty_trash(self, request: Request) -> Response:
+        """POST /mail/box/{id}/empty: delete every message of the Trash for good; `confirm=1` required (else 400:
+        the page says what to tick). 404 for a mailbox that is not the user's \\Trash."""
+        checked = await self._checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        signed, form = checked
+        box = await self._mailbox(signed, int(request.path_params["box"]))
+        if box is None or box.special_use != "\\Trash":
+            return self._error(404, "No such Trash folder.", signed)
+        if _one(form, "confirm") != "1":
+            return self._error(400, "Tick \"Yes, delete them for good\" to empty the Trash.", signed)
+        try:
+            uids = await self.store.uids_with_flag(box.id, 1, 2**32 - 1, 0, False)  # no flag bit: every UID
+            for k in range(0, len(uids), MAX_SELECTED):
+                part = uids[k:k + MAX_SELECTED]
+                await self.store.store_flags(box.id, part, StoreMode.ADD, Flag.DELETED)
+                await self.store.expunge(box.id, part)
+        except NotFound:
+            return self._error(404, "No such Trash folder.", signed)
+        log.info("web action=empty-trash messages=%d mailbox_id=%d user_id=%d", len(uids), box.id, signed.user_id)
+        return RedirectResponse(f"/mail/box/{box.id}", status_code=303)
 
     # ---- reading
     async def read_page(self, request: Request) -> Response:
@@ -614,6 +767,29 @@ class Webmail:
                         headers={"Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
 
 
+    # ---- account set-up
+    async def apple_profile(self, request: Request) -> Response:
+        """GET /mail/apple.mobileconfig: the signed-in user's Apple configuration profile (profile.py), signed
+        with the server's TLS key when it can be; 404 without client settings for the user's domain."""
+        signed = await self._signed(request)
+        if signed is None:
+            return RedirectResponse("/mail/", status_code=303)
+        address = await self._user_address(signed.user_id)
+        settings = await self.settings_for(address.rpartition("@")[2]) if self.settings_for and address else None
+        if settings is None:
+            return self._error(404, "No client settings are offered for your domain here.", signed)
+        try:
+            body = profile.profile_plist(settings, address)
+        except ValueError as exc:
+            return self._error(404, f"No profile can be made: {exc}.", signed)
+        signed_body = await asyncio.to_thread(profile.sign, body, self.config.cert_path, self.config.key_path)
+        log.info("web profile user=%s signed=%s peer=%s", _safe(address), "yes" if signed_body else "no",
+                 _peer(request))
+        return Response(signed_body or body, media_type=profile.MEDIA_TYPE,
+                        headers={"Content-Disposition": content_disposition(profile.file_name(address)),
+                                 "Cache-Control": "no-store", "Content-Security-Policy": DOWNLOAD_CSP})
+
+
 def _parse_metas(stored: dict[str, bytes | None]) -> dict[str, MessageMeta]:
     """The stored metadata that parses (none, or an older format, is left out: recomputed by the caller)."""
     out = {}
@@ -654,8 +830,18 @@ def _opt_int(value: str | None) -> int | None:
 
 
 def _paging(form: dict[str, list[str]]) -> str:
+    """The list page's query string back (invariant 4: integers, and the search text percent-encoded as a value)."""
     below, above = _int(_one(form, "below")), _int(_one(form, "above"))
-    return f"?below={below}" if below else (f"?above={above}" if above else "")
+    params: list[tuple[str, str | int]] = [("below", below)] if below else [("above", above)] if above else []
+    query = (_one(form, "q") or "")[:search.MAX_QUERY]
+    if query.strip():
+        params.append(("q", query))
+    order, start = _one(form, "sort") or "", _int(_one(form, "start"))
+    if order in sort.SORTS and order:
+        params.append(("sort", order))
+        if start:
+            params.append(("start", start))
+    return "?" + urllib.parse.urlencode(params) if params else ""
 
 
 def _label(box: Mailbox) -> str:

@@ -30,7 +30,7 @@ from postroom.auth.passwords import make_credentials
 from postroom.store.api import Store, User
 
 T = TypeVar("T")
-INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False}
+INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False, "arc": False}
 TEST_LOOP = os.environ.get("POSTROOM_TEST_EVENT_LOOP", "")
 TEST_STORE = os.environ.get("POSTROOM_TEST_STORE", "")
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")

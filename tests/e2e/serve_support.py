@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 
-def start_serve(conf: Path, timeout: float = 60.0) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    """Start `python -m postroom --config conf serve` (log level warning) and wait for its banner; returns the
-    process and each listener's port. Kills the process and raises AssertionError when no banner comes."""
+def start_serve(conf: Path, timeout: float = 60.0,
+                workers: int = 1) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Start `python -m postroom --config conf serve --workers N` (log level warning; one process by default:
+    the callers measure or stop that process) and wait for its banner; returns the process and each listener's
+    port. Kills the process and raises AssertionError when no banner comes."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's code
     proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--log-level",
-                             "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                             "warning", "--workers", str(workers)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     text = ""
     deadline = time.monotonic() + timeout

@@ -85,7 +85,7 @@ def start_server(data_dir: Path, overrides: dict[str, Any] | None = None) -> Ser
     """A server of our own (the `server` fixture's cannot be restarted under it)."""
     base = {"server": {"data_dir": str(data_dir), "shutdown_grace_seconds": 2.0},
             "listeners": {name: "127.0.0.1:0" for name in LISTENERS}, "delivery": {"enabled": False},
-            "inbound": {"spf": False, "dkim": False, "dmarc": False}}
+            "inbound": {"spf": False, "dkim": False, "dmarc": False, "arc": False}}
     handle = ServerHandle(config_mod.load(None, config_mod.merge(base, overrides or {})))
     handle.run(handle.postroom.start())
     return handle

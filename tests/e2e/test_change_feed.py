@@ -46,7 +46,7 @@ def conf_for(data: Path, tmp_path: Path) -> Path:
     """A configuration for the admin commands: the running server's data folder, nothing else."""
     conf = tmp_path / "admin.toml"
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[delivery]\nenabled = false\n'
-                    '[inbound]\nspf = false\ndkim = false\ndmarc = false\n')
+                    '[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n')
     return conf
 
 
@@ -185,7 +185,7 @@ def test_a_stalled_server_resyncs_its_session_after_the_pruning(tmp_path: Path) 
                     + "".join(f'{n} = ""\n' for n in ("smtp", "submission", "submissions", "imaps", "pop3",
                                                       "pop3s", "http", "https"))
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
-                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
+                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n")
     postroom(conf, "domain", "add", "example.org")
     postroom(conf, "user", "add", ADDR, "--password", PW)
     writer(data, "append:5")

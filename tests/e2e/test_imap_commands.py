@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from imap_support import Raw, fill, message, wire_imap
 
-from postroom.imap import objectid
+from postroom.imap import fetch, objectid
 from postroom.mime.meta import compute_meta
+from postroom.store.blobs import blob_id_of
 
 ADDR = "ann@example.org"
 PW = "ann-secret"
@@ -497,6 +498,33 @@ def test_message_without_meta_is_computed_on_fetch(imap: Any) -> None:
     r = raw(imap)
     r.cmd("a SELECT INBOX")
     assert r.cmd("b FETCH 1 ENVELOPE")[0] == b"* 1 FETCH (ENVELOPE " + compute_meta(message(3)).envelope + b")\r\n"
+    # Its structure is kept from then on (fetch.py invariant 6, schema 19), the same bytes.
+    blob = blob_id_of(message(3))
+    kept = imap.run(imap.store.read_structures([blob]))[blob]
+    assert kept.envelope == compute_meta(message(3)).envelope
+
+
+def test_structure_items_without_kept_rows(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body stored before schema 19 (its metadata current, no `imap_structure` row) answers ENVELOPE,
+    BODYSTRUCTURE and BODY from its metadata, the same bytes as a body with the row, and gets the row."""
+    import sqlite3
+
+    fill(imap, ADDR, PW, 3)
+    blobs = [blob_id_of(message(i)) for i in (1, 2, 3)]
+    assert set(imap.run(imap.store.read_structures(blobs))) == set(blobs)
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")
+    before = r.cmd("b FETCH 1:3 (ENVELOPE BODYSTRUCTURE BODY)")
+    conn = sqlite3.connect(imap.store.path)
+    conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blobs[1],))
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(fetch, "META_CACHE", fetch.MetaCache())  # nothing decoded before is remembered
+    assert r.cmd("c FETCH 1:3 (ENVELOPE BODYSTRUCTURE BODY)") == [*before[:-1], b"c OK FETCH completed\r\n"]
+    assert set(imap.run(imap.store.read_structures(blobs))) == set(blobs)
+    meta = compute_meta(message(2))
+    assert before[1] == (b"* 2 FETCH (ENVELOPE " + meta.envelope + b" BODYSTRUCTURE " + meta.bodystructure
+                         + b" BODY " + meta.body + b")\r\n")
 
 
 def test_store_flags_and_keywords(imap: Any) -> None:

@@ -58,7 +58,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[ServerHandle, ServerHandle]]:
         zone.add("b.test", "MX", [10, "mx.b.test"])
         zone.add("mx.b.test", "A", "127.0.0.1")
         a = start(tmp_path, "a.test", {"delivery": {**dns, "mx_port": b.port("smtp")},
-                                       "inbound": {"spf": False, "dkim": False, "dmarc": False}})
+                                       "inbound": {"spf": False, "dkim": False, "dmarc": False, "arc": False}})
         a.add_user("alice@a.test")
         b.add_user("bob@b.test")
         keys = generate_keys()

@@ -91,7 +91,7 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
                                                       "http", "https"))
                     + f"[limits]\nmessage_size = {LIMIT}\nliteral_size = {LIMIT}\nconnections_per_ip = 1000\n"
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
-                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
+                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n")
     proc, ports = start_serve(conf)
     try:
         yield Served(proc, ports)

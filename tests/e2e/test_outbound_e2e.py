@@ -36,7 +36,7 @@ def start(tmp: Path, name: str, extra: dict[str, Any]) -> ServerHandle:
         "listeners": {n: "127.0.0.1:0" for n in LISTENERS},
         "auth": {"allow_plaintext": True},
         "delivery": {"poll_seconds": 0.05, "retry_seconds": [3600]},
-        "inbound": {"spf": False, "dkim": False, "dmarc": False},  # no DNS here beyond the tests' own
+        "inbound": {"spf": False, "dkim": False, "dmarc": False, "arc": False},  # no DNS here beyond the tests' own
     }
     handle = ServerHandle(config_mod.load(None, config_mod.merge(base, extra)))
     try:

@@ -89,7 +89,8 @@ class Serve:
 
 def write_conf(conf: Path, data: Path, *, size: int, tls: tuple[Path, Path] | None = None,
                smtp: str = "127.0.0.1:0", extra: str = "") -> None:
-    lines = [f'[server]\ndata_dir = "{data}"\nshutdown_grace_seconds = 1',
+    # One process: these tests read its reload lines one by one (each worker logs its own: test_workers.py).
+    lines = [f'[server]\ndata_dir = "{data}"\nshutdown_grace_seconds = 1\nworkers = 1',
              "[listeners]", f'smtp = "{smtp}"', 'submission = ""', 'submissions = "127.0.0.1:0"', 'imap = ""',
              'imaps = "127.0.0.1:0"', 'pop3 = ""', 'pop3s = ""', 'http = ""', 'https = ""',
              f"[limits]\nmessage_size = {size}", "[delivery]\nenabled = false"]

@@ -112,8 +112,28 @@ lua = "{work}/rules.lua";
 
 
 @pytest.fixture
-def server_overrides(rspamd_url: str) -> dict[str, Any]:
-    return {"rspamd": {"url": rspamd_url, "timeout_seconds": 20}}
+def checks() -> bool:
+    return False
+
+
+@pytest.fixture
+def server_overrides(rspamd_url: str, checks: bool, request: pytest.FixtureRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {"rspamd": {"url": rspamd_url, "timeout_seconds": 20}}
+    if checks:  # the inbound checks and the built-in score on too, with a DNS of the test's own
+        zone = request.getfixturevalue("checks_zone")
+        out |= {"delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]},
+                "inbound": {"spf": True, "dkim": True, "dmarc": True, "dns_timeout_seconds": 1.0,
+                            "score": {"junk_threshold": 4.0}}}
+    return out
+
+
+@pytest.fixture
+def checks_zone() -> Iterator[ZoneThread]:
+    z = ZoneThread()
+    z.add("a.example", "TXT", "v=spf1 ip4:192.0.2.1 -all")  # SPF fails from loopback
+    z.add("_dmarc.a.example", "TXT", "v=DMARC1; p=none")  # DMARC fails, and p=none applies nothing
+    yield z
+    z.close()
 
 
 @pytest.fixture
@@ -208,3 +228,15 @@ def test_rspamd_unreachable_delivers_and_logs(server: Any, caplog: pytest.LogCap
     [(raw, keywords)] = messages(server, "bob@b.test", "INBOX")
     assert keywords == frozenset() and parsed(raw)["Subject"] == "TEST-REWRITE-SUBJECT"
     assert any("rspamd=unavailable" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("checks", [True])
+def test_rspamd_decides_over_the_built_in_score(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """When rspamd answers, its action decides; the built-in score (here 2.5 spf_fail + 0.5 dkim_none + 2
+    dmarc_fail = 5, over the junk threshold of 4) is only logged (inbound/score.py)."""
+    caplog.set_level(logging.INFO, logger="postroom.smtp.message")
+    send(srv, message("nothing to see"))
+    [(raw, keywords)] = messages(srv, "bob@b.test", "INBOX")
+    assert keywords == frozenset() and parsed(raw)["X-Postroom-Score"].startswith("5 (spf_fail=2.5")
+    line = next(r.getMessage() for r in caplog.records if r.name == "postroom.smtp.message")
+    assert "rspamd=no-action" in line and "score_role=logged" in line and "score=5" in line

@@ -31,6 +31,7 @@ def zone() -> Iterator[ZoneThread]:
     z.add("client.example", "A", "127.0.0.1")  # forward-confirmed
     z.add("3.0.0.127.in-addr.arpa", "PTR", "liar.example")
     z.add("liar.example", "A", "192.0.2.9")  # the name does not point back: "unknown"
+    z.dns.zone["4.0.0.127.in-addr.arpa"] = ["TIMEOUT"]  # the reverse lookup fails for now
     yield z
     z.close()
 
@@ -41,10 +42,15 @@ def screen_exempt() -> list[str]:
 
 
 @pytest.fixture
-def server_overrides(zone: ZoneThread, screen_exempt: list[str]) -> dict[str, Any]:
+def inbound() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def server_overrides(zone: ZoneThread, screen_exempt: list[str], inbound: dict[str, Any]) -> dict[str, Any]:
     return {"smtp": {"screen_exempt": screen_exempt, "greet_delay_seconds": 0, "reverse_dns": True,
                      "dnsbl_zones": ["slow.test", "bl.test"], "dnsbl_timeout_seconds": 0.5},
-            "delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]}}
+            "delivery": {"dns_servers": [f"127.0.0.1:{zone.dns.port}"]}, "inbound": inbound}
 
 
 @pytest.fixture
@@ -110,6 +116,17 @@ def test_forward_confirmed_reverse_dns_in_received_and_log(srv: Any, caplog: pyt
                         b"Received: from helo.example ([127.0.0.3])"}  # liar.example does not point back
     assert " rdns=client.example" in session_line(caplog, "127.0.0.1")
     assert " rdns=unknown" in session_line(caplog, "127.0.0.3")
+
+
+@pytest.mark.parametrize("inbound", [{"spf": True, "dkim": True, "dmarc": True, "dns_timeout_seconds": 0.5}])
+def test_iprev_in_authentication_results(srv: Any) -> None:
+    """RFC 8601 §3 / §2.7.3: iprev=pass with the confirmed name in a comment, fail when the name does not point
+    back, temperror when the reverse lookup fails for now; policy.iprev is the client's address."""
+    for source in ("127.0.0.1", "127.0.0.3", "127.0.0.4"):
+        send(srv, source)
+    iprev = {" ".join(line.split()) for m in inbox(srv) for line in m.decode().split(";") if "iprev=" in line}
+    assert iprev == {"iprev=pass policy.iprev=127.0.0.1 (client.example)", "iprev=fail policy.iprev=127.0.0.3",
+                     "iprev=temperror policy.iprev=127.0.0.4"}
 
 
 @pytest.mark.parametrize("screen_exempt", [["127.0.0.0/8"]])

@@ -103,7 +103,8 @@ def test_kill_9_keeps_every_acknowledged_message(tmp_path: Path) -> None:
     listeners = "\n".join(f'{n} = "127.0.0.1:0"' for n in ("smtp", "submission", "submissions"))
     off = "\n".join(f'{n} = ""' for n in ("imap", "imaps", "pop3", "pop3s", "http", "https"))
     conf.write_text(f'[server]\ndata_dir = "{data}"\n[listeners]\n{listeners}\n{off}\n'
-                    f'[limits]\nconnections_per_ip = 100\n[inbound]\nspf = false\ndkim = false\ndmarc = false\n')
+                    f'[limits]\nconnections_per_ip = 100\n'
+                    f'[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n')
     asyncio.run(_setup(data))
     rng = random.Random()
     acked: list[str] = []

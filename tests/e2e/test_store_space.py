@@ -146,7 +146,7 @@ def test_staging_files_of_killed_appends_are_swept_at_the_next_start(tmp_path: P
                     + "".join(f'{n} = ""\n' for n in ("smtp", "submission", "submissions", "imaps", "pop3",
                                                       "pop3s", "http", "https"))
                     + "[auth]\nallow_plaintext = true\n[delivery]\nenabled = false\n"
-                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\n")
+                    + "[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n")
     subprocess.run([sys.executable, "-m", "postroom", "--config", str(conf), "domain", "add", "example.org"],
                    check=True, capture_output=True, env={**os.environ,
                                                          "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

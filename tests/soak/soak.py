@@ -119,7 +119,7 @@ class SoakServer:
             "[auth]\nallow_plaintext = true\n"
             f"[limits]\nmessage_size = {MESSAGE_SIZE}\nliteral_size = {MESSAGE_SIZE}\n"
             "connections_per_ip = 100\nconnections_total = 2000\n"
-            "[delivery]\nenabled = false\n[inbound]\nspf = false\ndkim = false\ndmarc = false\n"
+            "[delivery]\nenabled = false\n[inbound]\nspf = false\ndkim = false\ndmarc = false\narc = false\n"
         )
         exe = Path(sys.executable).with_name("postroom")
         with open(self.base / "postroom.log", "ab") as log:

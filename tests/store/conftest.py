@@ -201,6 +201,10 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE users DROP COLUMN quota_messages",
         "ALTER TABLE domains DROP COLUMN quota_bytes",
     ),
+    19: ("DROP TABLE imap_structure",),
+    20: ("ALTER TABLE users DROP COLUMN admin", "ALTER TABLE domains DROP COLUMN dkim_next"),
+    21: ("DROP INDEX blobs_crlf",),
+    22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
 }
 
 

@@ -375,8 +375,14 @@ async def test_list_columns_matches_list_messages(store: Store) -> None:
         assert list(cols.blob_ids) == [m.blob_id for m in infos]
         assert [cols.keywords_at(i) for i in range(len(cols))] == [m.keywords for m in infos]
         assert all(cols.keywords[i] for i in cols.keywords)  # only messages with keywords are kept
+        narrow = await store.list_columns(box.id, lo, hi, flags_only=True)
+        assert (list(narrow.uids), list(narrow.modseqs), list(narrow.flags), narrow.keywords) == (
+            list(cols.uids), list(cols.modseqs), list(cols.flags), cols.keywords)
+        assert (narrow.sizes, narrow.internal_dates, narrow.blob_ids, narrow.save_dates) == ((), (), (), ())
     with pytest.raises(NotFound):
         await store.list_columns(987654)
+    with pytest.raises(NotFound):
+        await store.list_columns(987654, flags_only=True)
 
 
 async def test_uids_with_flag_is_the_flag_column_filtered(store: Store) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from postroom.mime.meta import compute_meta
 from postroom.mime.sortkeys import casemap
 from postroom.store.api import AppendRequest, Flag, Invalid, NotFound, Store, StoreMode
@@ -202,3 +204,33 @@ async def test_content_version_moves_with_the_messages_and_their_keys_not_with_f
             raise AssertionError("an unknown mailbox is NotFound")
     finally:
         await store.close()
+
+
+async def test_thread_summaries_and_uids_per_mailbox(store: Store) -> None:
+    """The conversation view's reads (web/conversations.py): per thread, its messages in one mailbox only."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    other = await store.create_mailbox(user.id, "Elsewhere")
+    r1 = await store.append(box.id, mail("Plans", "p1@x"))
+    r2 = await store.append(box.id, mail("Re: Plans", "p2@x", refs="<p1@x>"))
+    await store.append(other.id, mail("Re: Re: Plans", "p3@x", refs="<p1@x> <p2@x>"))  # the thread, elsewhere
+    r4 = await store.append(box.id, mail("Unrelated", "u1@x"))
+    await store.store_flags(box.id, [r1.uid], StoreMode.ADD, Flag.SEEN)
+    ids = await store.thread_ids(box.id)
+    plans, unrelated = ids[r1.uid], ids[r4.uid]
+    got = await store.thread_summaries(box.id, [plans, unrelated, 0, plans])
+    assert set(got) == {plans, unrelated}
+    assert (got[plans].messages, got[plans].newest_uid, got[plans].unseen) == (2, r2.uid, 1)
+    assert got[plans].newest_date == 1e9
+    assert (got[unrelated].messages, got[unrelated].newest_uid, got[unrelated].unseen) == (1, r4.uid, 1)
+    assert (await store.thread_summaries(other.id, [plans]))[plans].messages == 1
+    assert await store.thread_uids(box.id, plans, 10) == [r1.uid, r2.uid]
+    assert await store.thread_uids(box.id, plans, 1) == [r1.uid]
+    assert await store.thread_uids(box.id, 0, 10) == [] and await store.thread_summaries(box.id, []) == {}
+    # Another user's mailbox holds none of this user's threads.
+    bob_box = await inbox(store, await new_user(store, "bob@example.org"))
+    assert await store.thread_summaries(bob_box.id, [plans]) == {}
+    assert await store.thread_uids(bob_box.id, plans, 10) == []
+    await store.delete_mailbox(user.id, "Elsewhere")
+    with pytest.raises(NotFound):
+        await store.thread_uids(other.id, plans, 10)

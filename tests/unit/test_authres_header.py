@@ -34,6 +34,17 @@ def test_field_with_every_method() -> None:
     assert str(msg["Authentication-Results"]).startswith("mx.example.org;")
 
 
+def test_iprev() -> None:
+    """RFC 8601 §2.7.3: iprev's property is policy.iprev, the address; the name of a pass goes in a comment."""
+    field = authres.header("mx.example.org", iprev=("pass", "192.0.2.7", "mail.a.example"))
+    assert field == (b"Authentication-Results: mx.example.org;\r\n"
+                     b"\tiprev=pass policy.iprev=192.0.2.7 (mail.a.example)\r\n")
+    field = authres.header("mx.example.org", iprev=("fail", "2001:db8::7", "unknown"))
+    assert field == b'Authentication-Results: mx.example.org;\r\n\tiprev=fail policy.iprev="2001:db8::7"\r\n'
+    field = authres.header("mx.example.org", iprev=("pass", "192.0.2.7", "a(b)\\c"))
+    assert b"(a?b??c)" in field  # a name cannot end the comment early
+
+
 def test_nothing_checked_says_none() -> None:
     assert authres.header("mx.example.org") == b"Authentication-Results: mx.example.org;\r\n\tnone\r\n"
 

@@ -42,7 +42,8 @@ def test_alignment_matrix(a: str, b: str, strict: bool, expected: bool) -> None:
 def test_record_defaults_and_tags() -> None:
     assert parse_record("v=DMARC1; p=reject") == DmarcRecord(p="reject", sp="reject")  # §6.3: sp defaults to p
     r = parse_record("v=DMARC1;p=quarantine;sp=none;adkim=s;aspf=s;pct=20;rua=mailto:d@example.com;t=y;x=1")
-    assert r == DmarcRecord(p="quarantine", sp="none", adkim_strict=True, aspf_strict=True, pct=20)
+    assert r == DmarcRecord(p="quarantine", sp="none", adkim_strict=True, aspf_strict=True, pct=20,
+                            rua=("mailto:d@example.com",))
     assert parse_record("v=DMARC1; p=none; pct=500") == DmarcRecord(p="none", sp="none", pct=100)
 
 
@@ -53,4 +54,5 @@ def test_records_not_applied(text: str) -> None:
 
 def test_invalid_policy_with_rua_acts_as_none() -> None:
     # §6.6.3: an invalid p= with a valid rua= is treated as p=none.
-    assert parse_record("v=DMARC1; p=drop; rua=mailto:reports@example.com") == DmarcRecord(p="none", sp="none")
+    assert parse_record("v=DMARC1; p=drop; rua=mailto:reports@example.com") == DmarcRecord(
+        p="none", sp="none", rua=("mailto:reports@example.com",))  # rua kept for aggregate reports

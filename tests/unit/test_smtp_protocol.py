@@ -159,6 +159,10 @@ def test_every_command_in_every_state(state: str, command: str) -> None:
     for line in out.split(b"\r\n"):
         if line and command not in ("HELO", "EHLO") and not line.startswith(b"354"):
             assert line[4:5].isdigit() and line[5:6] == b".", line
+    # A 503 names what is missing, never the command itself as the missing one (DATA or BDAT before MAIL were
+    # once told "Need MAIL before RCPT").
+    if command in ("DATA", "BDAT") and state in ("init", "helo", "ehlo"):
+        assert b"503 5.5.1 Need MAIL command first" in out, out
     # The session goes on after any error (except QUIT).
     if command != "QUIT":
         more, _ = drive(core, [b"NOOP\r\n"])

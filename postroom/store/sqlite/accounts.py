@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -41,18 +42,19 @@ from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.mailboxes import insert_mailbox
 from postroom.store.sqlite.threads import drop_sort_rows
 
-USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created, quota_messages"
+USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created, quota_messages, admin"
 DOMAIN_COLUMNS = ("id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key,"
-                  " quota_bytes")
+                  " quota_bytes, dkim_next")
 
 
 def _domain(row: Any) -> Domain:
     return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4],
-                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6], quota_bytes=row[7])
+                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6], quota_bytes=row[7], dkim_next=row[8])
 
 
 def _user(row: Any) -> User:
-    return User(*row)
+    return User(id=row[0], address=row[1], domain_id=row[2], password_hash=row[3], scram=row[4], quota_bytes=row[5],
+                created=row[6], quota_messages=row[7], admin=bool(row[8]))
 
 
 def _domain_id(conn: sqlite3.Connection, name: str) -> int:
@@ -141,6 +143,38 @@ class AccountsMixin(Base):
 
         await self._engine.write(op)
 
+    async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
+                            ed25519_key_pem: str) -> None:
+        name = names.domain(name)
+        kept = json.dumps({"selector": selector, "private_key": private_key_pem, "ed25519_selector": ed25519_selector,
+                           "ed25519_key": ed25519_key_pem})
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute("UPDATE domains SET dkim_next = ? WHERE name = ?", (kept, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"no such domain: {name}")
+
+        await self._engine.write(op)
+
+    async def switch_dkim(self, name: str) -> bool:
+        name = names.domain(name)
+
+        def op(tx: Tx) -> bool:
+            row = tx.conn.execute("SELECT dkim_next FROM domains WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no such domain: {name}")
+            if not row[0]:
+                return False
+            kept = json.loads(row[0])
+            tx.conn.execute(
+                "UPDATE domains SET dkim_selector = ?, dkim_private_key = ?, dkim_ed25519_selector = ?,"
+                " dkim_ed25519_key = ?, dkim_next = '' WHERE name = ?",
+                (kept["selector"], kept["private_key"], kept["ed25519_selector"], kept["ed25519_key"], name),
+            )
+            return True
+
+        return await self._engine.write(op)
+
     # ---- users
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         address = names.address(address)
@@ -208,6 +242,16 @@ class AccountsMixin(Base):
             cur = tx.conn.execute(
                 "UPDATE users SET password_hash = ?, scram = ? WHERE address = ?", (password_hash, scram, address)
             )
+            if cur.rowcount == 0:
+                raise NotFound(f"no such user: {address}")
+
+        await self._engine.write(op)
+
+    async def set_admin(self, address: str, admin: bool) -> None:
+        address = names.address(address)
+
+        def op(tx: Tx) -> None:
+            cur = tx.conn.execute("UPDATE users SET admin = ? WHERE address = ?", (int(admin), address))
             if cur.rowcount == 0:
                 raise NotFound(f"no such user: {address}")
 

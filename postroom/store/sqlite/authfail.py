@@ -36,6 +36,21 @@ class AuthFailuresMixin(Base):
 
         return await self._engine.write(op)
 
+    async def read_auth_failures(self, keys: Sequence[tuple[str, str]], now: float) -> list[AuthFailures]:
+        wanted = list(keys)
+
+        def op(conn: sqlite3.Connection) -> list[AuthFailures]:
+            out = []
+            for address, username in wanted:
+                r = conn.execute(f"SELECT {COLUMNS} FROM auth_failures WHERE address = ? AND username = ? "
+                                 "AND expires > ?", (address, username, now)).fetchone()
+                if r is not None:
+                    out.append(AuthFailures(str(r[0]), str(r[1]), int(r[2]), float(r[3]), float(r[4]),
+                                            float(r[5]), float(r[6])))
+            return out
+
+        return await self._engine.read(op, quick=True)  # two point lookups by primary key
+
     async def save_auth_failures(self, records: Sequence[AuthFailures], remove: Sequence[tuple[str, str]],
                                  now: float) -> None:
         rows = [(r.address, r.username, r.failures, r.last_failure, r.locked_since, r.locked_until, r.expires)

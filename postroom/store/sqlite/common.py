@@ -38,6 +38,7 @@ class Base:
     _engine: Engine
     _blobs: BlobStore
     _clock: Callable[[], float]
+    training_signals: bool = False  # api.Store.training_signals: record users' Junk verdicts (senders.py)
 
     def _check_staged(self, path: Path) -> Path:
         """`path` if it names a file in the staging directory (`Store.staging_dir`); Invalid otherwise."""
@@ -91,19 +92,15 @@ def mailbox_from_row(row: Any) -> Mailbox:
     )
 
 
+_NO_KEYWORDS: frozenset[str] = frozenset()
+
+
 def message_from_row(row: Any) -> MessageInfo:
+    """A `messages` row (MESSAGE_COLUMNS) as a MessageInfo. The columns' affinities (INTEGER, REAL, TEXT) give
+    the Python types already, so nothing is converted: this runs once per message of every listing."""
     mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id, save_date = row
-    return MessageInfo(
-        mailbox_id=int(mailbox_id),
-        uid=int(uid),
-        modseq=int(modseq),
-        internal_date=float(internal_date),
-        size=int(size),
-        flags=int(flags),
-        keywords=decode_keywords(str(keywords)),
-        blob_id=str(blob_id),
-        save_date=None if save_date is None else float(save_date),
-    )
+    return MessageInfo(mailbox_id, uid, modseq, internal_date, size, flags,
+                       frozenset(keywords.split()) if keywords else _NO_KEYWORDS, blob_id, save_date)
 
 
 def encode_keywords(keywords: Iterable[str]) -> str:
@@ -196,7 +193,8 @@ def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
         if row is not None and row[0] <= 0:
             fts.unindex_blob(tx.conn, blob_id)  # first: it derives the rows to delete from blobs.meta
             inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
-            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 10
+            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 17
+            tx.conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blob_id,))  # schema invariant 24
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             if not inline:
                 tx.dead_blobs.add(blob_id)

@@ -81,6 +81,7 @@ from postroom.store.sqlite.common import (
 )
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.quota import check as quota_check
+from postroom.store.sqlite.senders import copy_verdict, record_signals
 from postroom.store.sqlite.threads import (
     add_sort_rows,
     assign_thread,
@@ -188,6 +189,16 @@ def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *, now: 
 
 def _check_request(req: AppendRequest) -> tuple[int, frozenset[str]]:
     return names.flags(req.flags), frozenset(names.keywords(req.keywords).values())
+
+
+def _kws(keywords: Iterable[str]) -> frozenset[str]:
+    """Validated keywords, one spelling each (`names.keywords`)."""
+    return frozenset(names.keywords(keywords).values())
+
+
+def _has_junk(kws: Iterable[str]) -> bool:
+    """Whether a keyword set holds $Junk (keywords compare case-insensitively, RFC 9051 §2.3.2)."""
+    return any(k.lower() == "$junk" for k in kws)
 
 
 def _apply(mode: StoreMode, flags: int, kws: dict[str, str], old_flags: int,
@@ -311,18 +322,22 @@ class MessagesMixin(Base):
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
+        extra = box_keywords or {}
         async with self._prefixed(path, prefix) as body:
             size = os.stat(body).st_size
             if self._engine.inline(size):
                 raw = await self._engine.io(body.read_bytes)
                 return await self.deliver(mailbox_ids, AppendRequest(raw, meta=meta, keywords=keywords),
-                                          enforce_quota=enforce_quota)
+                                          enforce_quota=enforce_quota, box_keywords=box_keywords)
             blob_id, size, crlf = await self._engine.io(self._blobs.adopt, body)
-            item = NewMessage(self._clock(), size, 0, frozenset(names.keywords(keywords).values()), blob_id)
+            now = self._clock()
+            items = {b: NewMessage(now, size, 0, _kws(keywords | extra.get(b, frozenset())),
+                                   blob_id) for b in mailbox_ids}
             wanted = list(mailbox_ids)
 
             def op(tx: Tx) -> list[AppendResult]:
@@ -331,6 +346,7 @@ class MessagesMixin(Base):
                     mbox = load_mailbox(tx.conn, mailbox_id)
                     acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
                     put_keys(tx.conn, blob_id, meta)
+                    item = items[mailbox_id]
                     results.extend(insert_messages(tx, mbox, [item], item.internal_date, quota=enforce_quota))
                 return results
 
@@ -399,10 +415,14 @@ class MessagesMixin(Base):
                 Path(path).unlink(missing_ok=True)
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         if not mailbox_ids:
             return []
-        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids), enforce_quota)
+        extra = box_keywords or {}
+        reqs = [dataclasses.replace(message, keywords=message.keywords | extra[b]) if extra.get(b) else message
+                for b in mailbox_ids]
+        return await self._append_job(list(mailbox_ids), reqs, enforce_quota)
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         top = uid_max if uid_max is not None else 2**63 - 1
@@ -417,8 +437,20 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
-    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                           flags_only: bool = False) -> MessageColumns:
         top = uid_max if uid_max is not None else 2**63 - 1
+
+        def narrow(conn: sqlite3.Connection) -> MessageColumns:
+            load_mailbox(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+                " ORDER BY uid", (mailbox_id, uid_min, top)).fetchall()
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, kws = zip(*rows)
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, (), (), (), keywords, ())
 
         def q(conn: sqlite3.Connection) -> MessageColumns:
             load_mailbox(conn, mailbox_id)
@@ -433,7 +465,7 @@ class MessagesMixin(Base):
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
-        return await self._engine.read(q)
+        return await self._engine.read(narrow if flags_only else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
@@ -652,8 +684,9 @@ class MessagesMixin(Base):
             for i in range(0, len(wanted), CHUNK):
                 chunk = wanted[i:i + CHUNK]
                 marks = ",".join("?" * len(chunk))
+                # The narrow index (schema 21): the table's rows carry the metadata, pages of it per lookup.
                 for blob_id, octets in conn.execute(
-                        f"SELECT id, crlf_size FROM blobs WHERE id IN ({marks})", chunk):
+                        f"SELECT id, crlf_size FROM blobs INDEXED BY blobs_crlf WHERE id IN ({marks})", chunk):
                     if octets is None:
                         missing.append(str(blob_id))
                     else:
@@ -715,6 +748,7 @@ class MessagesMixin(Base):
             changes = []
             modified: set[int] = set()
             rows = _flag_rows(tx.conn, mailbox_id, wanted)
+            junked: list[int] = []
             if unchanged_since is not None:
                 # RFC 7162 §3.1.3: a UID no longer here was removed after any MODSEQ the caller holds: it fails
                 # the test like a message changed since (api: store_flags).
@@ -734,6 +768,8 @@ class MessagesMixin(Base):
                     if new_flags == old_flags and new_kws == old_kws:
                         continue
                 modseq += 1
+                if training and not _has_junk(old_kws) and _has_junk(new_kws):
+                    junked.append(uid)
                 text = old_text if new_kws is old_kws else encode_keywords(new_kws)
                 updates.append((new_flags, text, modseq, mailbox_id, uid))
                 changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, uid, modseq, new_flags, new_kws))
@@ -748,8 +784,15 @@ class MessagesMixin(Base):
                 grown = grow_keywords(tx, mbox, kws.values())  # invariant 5
                 if grown is not None:
                     changes.append(grown)
+            if junked:  # senders.py invariant 4: $Junk added is the user's "spam", in the same transaction
+                blobs = [r[0] for r in tx.conn.execute(
+                    f"SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(junked))})",
+                    (mailbox_id, *junked))]
+                record_signals(tx.conn, mbox.user_id, "spam", blobs, now)
             return WriteResult(tuple(changes), tuple(sorted(modified)))
 
+        now = self._clock()
+        training = self.training_signals and mode is not StoreMode.REMOVE and "$junk" in kws
         return await self._engine.write(op)
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
@@ -811,6 +854,10 @@ class MessagesMixin(Base):
                 delete_messages(tx, load_mailbox(tx.conn, mailbox_id), msgs, now=now, release=False)
             else:
                 add_blob_refs(tx, count_blobs(m.blob_id for m in msgs))
+            verdict = copy_verdict(src, dest, move) if training and msgs else None
+            if verdict is not None:  # senders.py invariant 4: the user's verdict, in the same transaction
+                record_signals(tx.conn, as_user if as_user is not None else dest.user_id, verdict,
+                               (m.blob_id for m in msgs), now)
             return CopyResult(
                 uidvalidity=dest.uidvalidity,
                 source_uids=tuple(m.uid for m in msgs),
@@ -819,6 +866,7 @@ class MessagesMixin(Base):
             )
 
         now = self._clock()
+        training = self.training_signals
         return await self._engine.write(op)
 
     async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,

@@ -35,7 +35,7 @@ messages get their thread then.
 
 Invariants:
 1. A `message_keys` row exists only with its `blobs` row (deleted with it by `release_blobs`; the foreign key
-   cascades as well) and holds what `mime.meta.keys_of` reads from the body's stored metadata.
+   cascades as well) and holds the keys (`MessageMeta.keys`, `sent_date`) of the body's stored metadata.
 2. `messages.thread_id` is 0 exactly while its body has no `message_keys` row; once set it never changes.
 3. `thread_refs` only grows (per user; removed with the user): an expunged message's ids still lead later
    replies to its thread.
@@ -59,10 +59,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from postroom.mime.meta import keys_of
-from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns
+from postroom.mime.meta import MessageMeta, MetaFormatError
+from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns, ThreadSummary
 from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.structure import put_structure
 
 _KEY_COLUMNS = ("sent, subject, reply, from_key, to_key, cc_key, display_from, display_to, message_id, refs")
 SUBJECT_PREFIX = "subject:"
@@ -71,16 +72,19 @@ KEYS_GENERATION = "sort_keys"  # the `counters` row `refresh_keys` moves on (inv
 
 
 def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
-    """Store the keys of a body from its serialised metadata (invariant 1); False if there are none to read.
-    Without `replace`, a body that has its row keeps it."""
+    """Store the keys of a body from its serialised metadata (invariant 1), and its IMAP structure items
+    (structure.py, from the same decoding); False if there are no keys to read. Without `replace`, a body that
+    has its row keeps it."""
     if meta is None:
         return False
     if not replace and conn.execute("SELECT 1 FROM message_keys WHERE blob_id = ?", (blob_id,)).fetchone():
         return True
-    got = keys_of(bytes(meta))
-    if got is None:
+    try:
+        parsed = MessageMeta.from_bytes(bytes(meta))
+    except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
         return False
-    sent, k = got
+    put_structure(conn, blob_id, parsed)
+    sent, k = parsed.sent_date, parsed.keys
     values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,
               k.message_id, " ".join(k.references))
     if any(isinstance(v, str) and not _storable(v) for v in values):
@@ -314,3 +318,33 @@ class ThreadsMixin(Base):
                 (mailbox_id, uid_min, top)))
 
         return await self._engine.read(q)
+
+    async def thread_summaries(self, mailbox_id: int, thread_ids: Sequence[int]) -> dict[int, ThreadSummary]:
+        wanted = sorted({t for t in thread_ids if t > 0})
+
+        def q(conn: sqlite3.Connection) -> dict[int, ThreadSummary]:
+            load_mailbox(conn, mailbox_id)
+            out: dict[int, ThreadSummary] = {}
+            for k in range(0, len(wanted), CHUNK):
+                part = wanted[k:k + CHUNK]
+                # The (thread_id, mailbox_id) index finds each thread's messages in this mailbox (with their
+                # UIDs, the table's key); only those rows are read for the date and flags.
+                for tid, count, newest, date, unseen in conn.execute(
+                        "SELECT thread_id, count(*), max(uid), max(internal_date), total(flags & 1 = 0)"
+                        " FROM messages INDEXED BY messages_thread WHERE thread_id IN"
+                        f" ({','.join('?' * len(part))}) AND mailbox_id = ? GROUP BY thread_id",
+                        (*part, mailbox_id)):
+                    out[int(tid)] = ThreadSummary(int(count), int(newest), float(date), int(unseen))
+            return out
+
+        return await self._engine.read(q) if wanted else {}
+
+    async def thread_uids(self, mailbox_id: int, thread_id: int, limit: int) -> list[int]:
+        def q(conn: sqlite3.Connection) -> list[int]:
+            load_mailbox(conn, mailbox_id)
+            return [r[0] for r in conn.execute(
+                "SELECT uid FROM messages INDEXED BY messages_thread WHERE thread_id = ? AND mailbox_id = ?"
+                " ORDER BY uid LIMIT ?", (thread_id, mailbox_id, max(0, limit)))]
+
+        return await self._engine.read(q) if thread_id > 0 else []
+
