@@ -1,11 +1,13 @@
 """What only the PostgreSQL engine has to show: several writers on several connections pools (as several
-server nodes would be) never share a UID or a MODSEQ, and its change feed survives losing its LISTEN
-connection. The rest of its behaviour is the conformance suite's, shared with SQLite."""
+server nodes would be) never share a UID or a MODSEQ, its change feed survives losing its LISTEN
+connection, and its schema steps upgrade an older database. The rest of its behaviour is the conformance
+suite's, shared with SQLite."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from postroom.store import Store, SubscriptionOverflow
 from postroom.store.postgresql import PostgreSQLStore
 
-from .conftest import inbox, msg, new_user
+from .conftest import inbox, make_store, msg, new_user
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
@@ -76,3 +78,38 @@ async def test_the_feed_listens_again_after_losing_its_connection(store: Store,
         await other.close()
     assert (await asyncio.wait_for(sub.get(), 10)).uid == theirs.uid
     sub.close()
+
+
+async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backend: str, data_dir: Path) -> None:
+    from postroom.store.postgresql import schema
+
+    url = (data_dir / "postgresql.url").read_text().strip()
+    conn = await asyncpg.connect(url)
+    try:  # a database as the engine left it before steps 7-9, with a domain and a user
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE schema_version(version integer NOT NULL)")
+            await conn.execute("INSERT INTO schema_version(version) VALUES (6)")
+            for step in schema._STEPS[:6]:
+                await step(conn)
+            domain_id = await conn.fetchval("INSERT INTO domains(name, dkim_selector, created)"
+                                            " VALUES ('example.org', 'old', 1) RETURNING id")
+            await conn.execute("INSERT INTO users(address, domain_id, password_hash, created)"
+                               " VALUES ('alice@example.org', $1, 'x', 1)", domain_id)
+    finally:
+        await conn.close()
+    store = make_store(backend, data_dir)
+    assert isinstance(store, PostgreSQLStore)
+    async with store:
+        user = await store.get_user("alice@example.org")
+        assert user is not None and user.admin is False  # an upgrade makes nobody an admin
+        domain = await store.get_domain("example.org")
+        assert domain is not None and (domain.dkim_selector, domain.dkim_next) == ("old", "")
+        assert await store.switch_dkim("example.org") is False  # nothing kept
+        await store.add_sender_rule("example.org", "block", "@bad.example")
+        assert [r.pattern for r in await store.sender_rules(user.id)] == ["@bad.example"]
+        assert await store.read_structures([]) == {}
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 9
+    finally:
+        await conn.close()

@@ -7,7 +7,8 @@ the TLS certificate in the store) are not built yet: one server process per data
 commands.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
-(accounts, mailboxes, messages, queue, acl, authfail, metadata, threads, search, websessions, quota) over one
+(accounts, mailboxes, messages, queue, acl, authfail, metadata, threads, search, websessions, quota,
+structure, senders) over one
 `Engine` (engine.py: the asyncpg pool, transactions, row locks and retries), with the change feed on
 LISTEN/NOTIFY (feed.py) and the schema's own numbered steps (schema.py). Read engine.py first: its invariants are
 the ones api.py promises (durable when awaited, commit then broadcast), kept with several writers at once instead
@@ -51,6 +52,8 @@ from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.quota import QuotaMixin
 from postroom.store.postgresql.search import SearchMixin
+from postroom.store.postgresql.senders import SendersMixin
+from postroom.store.postgresql.structure import StructureMixin
 from postroom.store.postgresql.threads import ThreadsMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
 
@@ -58,7 +61,8 @@ log = logging.getLogger("postroom.store")
 
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
-                      SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin):
+                      SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin,
+                      SendersMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

@@ -6,6 +6,7 @@ the loser's INSERT raises UniqueViolation, answered as AlreadyExists like the ch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import asyncpg
@@ -29,18 +30,19 @@ from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
 from postroom.store.postgresql.mailboxes import insert_mailbox
 
-USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created, quota_messages"
+USER_COLUMNS = "id, address, domain_id, password_hash, scram, quota_bytes, created, quota_messages, admin"
 DOMAIN_COLUMNS = ("id, name, created, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key,"
-                  " quota_bytes")
+                  " quota_bytes, dkim_next")
 
 
 def _domain(row: asyncpg.Record) -> Domain:
     return Domain(id=row[0], name=row[1], created=row[2], dkim_selector=row[3], dkim_private_key=row[4],
-                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6], quota_bytes=row[7])
+                  dkim_ed25519_selector=row[5], dkim_ed25519_key=row[6], quota_bytes=row[7], dkim_next=row[8])
 
 
 def _user(row: asyncpg.Record) -> User:
-    return User(*tuple(row))
+    return User(id=row[0], address=row[1], domain_id=row[2], password_hash=row[3], scram=row[4], quota_bytes=row[5],
+                created=row[6], quota_messages=row[7], admin=bool(row[8]))
 
 
 async def _domain_id(conn: Conn, name: str) -> int:
@@ -129,6 +131,38 @@ class AccountsMixin(Base):
 
         await self._engine.write(op)
 
+    async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
+                            ed25519_key_pem: str) -> None:
+        name = names.domain(name)
+        kept = json.dumps({"selector": selector, "private_key": private_key_pem, "ed25519_selector": ed25519_selector,
+                           "ed25519_key": ed25519_key_pem})
+
+        async def op(tx: Tx) -> None:
+            status = await tx.conn.execute("UPDATE domains SET dkim_next = $1 WHERE name = $2", kept, name)
+            if rowcount(status) == 0:
+                raise NotFound(f"no such domain: {name}")
+
+        await self._engine.write(op)
+
+    async def switch_dkim(self, name: str) -> bool:
+        name = names.domain(name)
+
+        async def op(tx: Tx) -> bool:
+            # FOR UPDATE: two switches at once on two nodes cannot both read the same kept keys
+            kept_text = await tx.conn.fetchval("SELECT dkim_next FROM domains WHERE name = $1 FOR UPDATE", name)
+            if kept_text is None:
+                raise NotFound(f"no such domain: {name}")
+            if not kept_text:
+                return False
+            kept = json.loads(kept_text)
+            await tx.conn.execute(
+                "UPDATE domains SET dkim_selector = $1, dkim_private_key = $2, dkim_ed25519_selector = $3,"
+                " dkim_ed25519_key = $4, dkim_next = '' WHERE name = $5",
+                kept["selector"], kept["private_key"], kept["ed25519_selector"], kept["ed25519_key"], name)
+            return True
+
+        return await self._engine.write(op)
+
     # ---- users
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         address = names.address(address)
@@ -199,6 +233,16 @@ class AccountsMixin(Base):
         async def op(tx: Tx) -> None:
             status = await tx.conn.execute("UPDATE users SET password_hash = $1, scram = $2 WHERE address = $3",
                                            password_hash, scram, address)
+            if rowcount(status) == 0:
+                raise NotFound(f"no such user: {address}")
+
+        await self._engine.write(op)
+
+    async def set_admin(self, address: str, admin: bool) -> None:
+        address = names.address(address)
+
+        async def op(tx: Tx) -> None:
+            status = await tx.conn.execute("UPDATE users SET admin = $1 WHERE address = $2", bool(admin), address)
             if rowcount(status) == 0:
                 raise NotFound(f"no such user: {address}")
 

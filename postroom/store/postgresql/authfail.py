@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from postroom.store.api import AuthFailures
 from postroom.store.postgresql.common import Base
+from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
 
 COLUMNS = "address, username, failures, last_failure, locked_since, locked_until, expires"
@@ -47,3 +48,19 @@ class AuthFailuresMixin(Base):
             await tx.conn.execute("DELETE FROM auth_failures WHERE expires <= $1", now)  # invariant 1
 
         await self._engine.write(op)
+
+    async def read_auth_failures(self, keys: Sequence[tuple[str, str]], now: float) -> list[AuthFailures]:
+        wanted = list(keys)
+
+        async def q(conn: Conn) -> list[AuthFailures]:
+            if not wanted:
+                return []
+            found = await conn.fetch(
+                f"SELECT {COLUMNS} FROM auth_failures WHERE (address, username) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[])) AND expires > $3",
+                [a for a, _ in wanted], [u for _, u in wanted], now)
+            by_key = {(str(r[0]), str(r[1])): r for r in found}
+            return [AuthFailures(str(r[0]), str(r[1]), int(r[2]), float(r[3]), float(r[4]), float(r[5]),
+                                 float(r[6])) for r in (by_key.get(k) for k in dict.fromkeys(wanted)) if r is not None]
+
+        return await self._engine.read(q)

@@ -39,6 +39,7 @@ class Base:
     _engine: Engine
     _staging: BlobStore  # staging_dir() and hashing staged files only: bodies live in the database
     _clock: Callable[[], float]
+    training_signals: bool = False  # api.Store.training_signals: record users' Junk verdicts (senders.py)
 
     def _check_staged(self, path: Path) -> Path:
         """`path` if it names a file in the staging directory (`Store.staging_dir`); Invalid otherwise."""

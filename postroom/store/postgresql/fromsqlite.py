@@ -3,22 +3,24 @@ PostgreSQL database, then verified.
 
 Theory of operation
 -------------------
-Both schemas hold the same rows under the same names (postgresql/schema.py follows the SQLite schema's
-invariants), so the copy is table by table, rows as they are, ids included: every mailbox keeps its id,
-UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and \\Recent watermark, every message its UID, MODSEQ, flags, keywords,
-dates and thread id, and the expunged record stays, so clients resynchronise nothing (no re-download, QRESYNC
-still answers). Bodies are read from `blob_data` or their file and written as chunk rows; each is checked
-against its content address (its SHA-256) on the way. The quota counters are made again by the target's
-triggers as the messages go in (then compared), the identity sequences are set past the source's highest ids
-(SQLite's AUTOINCREMENT marks included, so no id is ever handed out twice), and the full-text index is left to
-the backlog (`postroom index`, or the server in the background): every body is put in it.
+Both schemas hold the same rows under the same names (postgresql/schema.py follows the SQLite schema's invariants),
+so the copy is table by table, rows as they are, ids included: every mailbox keeps its id, UIDVALIDITY, UIDNEXT,
+HIGHESTMODSEQ and \\Recent watermark, every message its UID, MODSEQ, flags, keywords, dates and thread id, and the
+expunged record stays, so clients resynchronise nothing (no re-download, QRESYNC still answers). The account
+settings come too (the admin flag, DKIM keys with a rotation's kept keys, sender allow and block rules), and the
+pending spam training signals, DMARC results and IMAP structure rows. Bodies are read from `blob_data` or their
+file and written as chunk rows; each is checked against its content address (its SHA-256) on the way. The quota
+counters are made again by the target's triggers as the messages go in (then compared), the identity sequences are
+set past the source's highest ids (SQLite's AUTOINCREMENT marks included, so no id is ever handed out twice), and
+the full-text index is left to the backlog (`postroom index`, or the server in the background): every body is put
+in it.
 
 Everything is one PostgreSQL transaction: a failure leaves the target empty. The source is only read (one read
 transaction: a consistent snapshot); the caller stops the server first, or the copy misses what arrives later.
 
-Verification, after the commit, reading the target back: the row count of every table, a SHA-256 digest of
-every mailbox's and every message's identifying columns on both sides, every body's bytes hashed again against
-its id, and each user's quota usage.
+Verification, after the commit, reading the target back: the row count of every table, a SHA-256 digest of every
+mailbox's and every message's identifying columns on both sides, and of the admin flags, DKIM keys and sender
+rules, every body's bytes hashed again against its id, and each user's quota usage.
 
 Invariants:
 1. The target must be empty (no domain, user, mailbox or body): a second run never mixes two stores.
@@ -48,8 +50,8 @@ BATCH = 2000  # rows per COPY
 # (table, columns) in an order that satisfies the foreign keys; bodies (`blobs`) are copied on their own.
 TABLES: tuple[tuple[str, str], ...] = (
     ("domains", "id, name, dkim_selector, dkim_private_key, dkim_ed25519_selector, dkim_ed25519_key, quota_bytes,"
-                " created"),
-    ("users", "id, address, domain_id, password_hash, scram, quota_bytes, quota_messages, created"),
+                " created, dkim_next"),
+    ("users", "id, address, domain_id, password_hash, scram, quota_bytes, quota_messages, created, admin"),
     ("aliases", "source, target, domain_id"),
     ("lists", "address, domain_id, owner, policy, bounce_address"),
     ("list_members", "list_address, member"),
@@ -58,6 +60,7 @@ TABLES: tuple[tuple[str, str], ...] = (
                   " expunged_floor"),
     ("subscriptions", "user_id, name"),
     ("BODIES", ""),
+    ("imap_structure", "blob_id, envelope, bodystructure, body"),
     ("message_keys", "blob_id, sent, subject, reply, from_key, to_key, cc_key, display_from, display_to,"
                      " message_id, refs"),
     ("messages", "mailbox_id, uid, modseq, internal_date, size, flags, keywords, blob_id, save_date, thread_id"),
@@ -70,15 +73,29 @@ TABLES: tuple[tuple[str, str], ...] = (
                    " delay_notified"),
     ("web_sessions", "id_hash, user_id, csrf, created, last_seen"),
     ("auth_failures", "address, username, failures, last_failure, locked_since, locked_until, expires"),
+    ("sender_rules", "id, user_id, domain_id, kind, pattern, created"),
+    ("spam_training", "id, user_id, kind, blob_id, created, attempts, next_try"),
+    ("dmarc_results", "id, at, policy_domain, policy, source_ip, header_from, envelope_from, disposition,"
+                      " dkim_aligned, spf_aligned, auth"),
 )
-IDENTITIES = ("domains", "users", "mailboxes", "acl", "queue")
+IDENTITIES = ("domains", "users", "mailboxes", "acl", "queue", "sender_rules", "spam_training", "dmarc_results")
 COUNTERS = ("uidvalidity", "thread", "sort_keys")
 FLOATS = {"created", "internal_date", "save_date", "at", "sent", "next_try", "last_seen", "last_failure",
           "locked_since", "locked_until", "expires"}
+BOOLS = {"admin", "dkim_aligned", "spf_aligned"}  # SQLite's 0 / 1, PostgreSQL's boolean
 # What identifies a mailbox and a message to a client: compared on both sides by digest (module doc).
 MAILBOX_DIGEST = "SELECT id, user_id, name, uidvalidity, uidnext, highestmodseq FROM mailboxes ORDER BY id"
 MESSAGE_DIGEST = ("SELECT mailbox_id, uid, modseq, flags, keywords, blob_id, thread_id FROM messages"
                   " ORDER BY mailbox_id, uid")
+# Account settings a copy must keep, compared likewise: (what, the source's query, the copy's query), booleans
+# read as 0 / 1 on both sides.
+SETTINGS_DIGESTS = (
+    ("users' admin flags", "SELECT id, address, admin FROM users ORDER BY id",
+     "SELECT id, address, admin::int FROM users ORDER BY id"),
+    ("domains' DKIM keys", "SELECT id, name, dkim_selector, dkim_private_key, dkim_ed25519_selector,"
+     " dkim_ed25519_key, dkim_next FROM domains ORDER BY id", None),
+    ("sender rules", "SELECT id, user_id, domain_id, kind, pattern FROM sender_rules ORDER BY id", None),
+)
 
 
 @dataclass
@@ -96,6 +113,8 @@ def _convert(columns: list[str], row: tuple[Any, ...]) -> tuple[Any, ...]:
     for name, value in zip(columns, row):
         if value is not None and name in FLOATS:
             value = float(value)
+        elif value is not None and name in BOOLS:
+            value = bool(value)
         elif isinstance(value, memoryview):
             value = bytes(value)
         out.append(value)
@@ -200,6 +219,9 @@ async def verify(source_db: Path, url: str, report: Report, progress: Progress) 
                 report.problems.append(f"{table}: {theirs} rows in the source, {ours} in the copy")
         for what, sql in (("mailboxes", MAILBOX_DIGEST), ("messages", MESSAGE_DIGEST)):
             if _digest(src.execute(sql)) != _digest(await dst.fetch(sql)):
+                report.problems.append(f"{what}: the copy differs from the source")
+        for what, theirs_sql, ours_sql in SETTINGS_DIGESTS:
+            if _digest(src.execute(theirs_sql)) != _digest(await dst.fetch(ours_sql or theirs_sql)):
                 report.problems.append(f"{what}: the copy differs from the source")
         usage_sql = "SELECT user_id, storage, messages, warned FROM quota_usage ORDER BY user_id"
         if _digest(src.execute(usage_sql)) != _digest(await dst.fetch(usage_sql)):

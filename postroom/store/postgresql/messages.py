@@ -71,8 +71,10 @@ from postroom.store.postgresql.common import (
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
+from postroom.store.postgresql.senders import record_signals
 from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
-from postroom.store.sqlite.messages import _apply, _check_request
+from postroom.store.sqlite.messages import _apply, _check_request, _has_junk, _kws
+from postroom.store.sqlite.senders import copy_verdict
 
 PRUNE_BATCH = 10_000
 TOP = 2**63 - 1
@@ -257,14 +259,18 @@ class MessagesMixin(Base):
 
     async def deliver_file(self, mailbox_ids: Sequence[int], path: Path, *, prefix: bytes = b"",
                            meta: bytes | None = None, keywords: frozenset[str] = frozenset(),
-                           enforce_quota: bool = True) -> list[AppendResult]:
+                           enforce_quota: bool = True,
+                           box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         path = self._check_staged(path)
         if not mailbox_ids:
             return []
+        extra = box_keywords or {}
         staged = await asyncio.to_thread(self._staging.stage_copy, path, prefix) if prefix else path
         try:
             body = await self._staged_body(staged, meta)
-            item = NewMessage(self._clock(), body.size, 0, frozenset(names.keywords(keywords).values()), body.blob_id)
+            now = self._clock()
+            items = {b: NewMessage(now, body.size, 0, _kws(keywords | extra.get(b, frozenset())), body.blob_id)
+                     for b in mailbox_ids}
             wanted = list(mailbox_ids)
 
             async def op(tx: Tx) -> list[AppendResult]:
@@ -272,6 +278,7 @@ class MessagesMixin(Base):
                 results = []
                 for mailbox_id in wanted:
                     await body.acquire(tx)
+                    item = items[mailbox_id]
                     results.extend(await insert_messages(tx, boxes[mailbox_id], [item], item.internal_date,
                                                          quota=enforce_quota))
                 return results
@@ -323,10 +330,14 @@ class MessagesMixin(Base):
                 Path(path).unlink(missing_ok=True)
 
     async def deliver(self, mailbox_ids: Sequence[int], message: AppendRequest, *,
-                      enforce_quota: bool = True) -> list[AppendResult]:
+                      enforce_quota: bool = True,
+                      box_keywords: Mapping[int, frozenset[str]] | None = None) -> list[AppendResult]:
         if not mailbox_ids:
             return []
-        return await self._append_job(list(mailbox_ids), [message] * len(mailbox_ids), enforce_quota)
+        extra = box_keywords or {}
+        reqs = [dataclasses.replace(message, keywords=message.keywords | extra[b]) if extra.get(b) else message
+                for b in mailbox_ids]
+        return await self._append_job(list(mailbox_ids), reqs, enforce_quota)
 
     async def list_messages(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> list[MessageInfo]:
         top = min(uid_max if uid_max is not None else TOP, TOP)
@@ -339,8 +350,20 @@ class MessagesMixin(Base):
 
         return await self._engine.read(q)
 
-    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None) -> MessageColumns:
+    async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
+                           flags_only: bool = False) -> MessageColumns:
         top = min(uid_max if uid_max is not None else TOP, TOP)
+
+        async def narrow(conn: Conn) -> MessageColumns:
+            await load_mailbox(conn, mailbox_id)
+            found = await conn.fetch(
+                "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = $1 AND uid BETWEEN $2 AND $3"
+                " ORDER BY uid", mailbox_id, uid_min, top)
+            if not found:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, kws = zip(*(tuple(r) for r in found))
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, (), (), (), keywords, ())
 
         async def q(conn: Conn) -> MessageColumns:
             await load_mailbox(conn, mailbox_id)
@@ -353,7 +376,7 @@ class MessagesMixin(Base):
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
-        return await self._engine.read(q)
+        return await self._engine.read(narrow if flags_only else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
@@ -559,6 +582,7 @@ class MessagesMixin(Base):
             updates = []
             changes = []
             modified: set[int] = set()
+            junked: list[int] = []
             found = [tuple(r) for r in await tx.conn.fetch(
                 "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])"
                 " ORDER BY uid", mailbox_id, [u for u in wanted if 0 < u <= TOP])]
@@ -579,6 +603,8 @@ class MessagesMixin(Base):
                     if new_flags == old_flags and new_kws == old_kws:
                         continue
                 modseq += 1
+                if training and not _has_junk(old_kws) and _has_junk(new_kws):
+                    junked.append(uid)
                 text = old_text if new_kws is old_kws else encode_keywords(new_kws)
                 updates.append((new_flags, text, modseq, mailbox_id, uid))
                 changes.append(Change(ChangeKind.FLAGS, mbox.user_id, mailbox_id, uid, modseq, new_flags, new_kws))
@@ -592,8 +618,15 @@ class MessagesMixin(Base):
                 grown = await grow_keywords(tx, mbox, kws.values())
                 if grown is not None:
                     changes.append(grown)
+            if junked:  # senders.py invariant 4: $Junk added is the user's "spam", in the same transaction
+                blobs = [str(r[0]) for r in await tx.conn.fetch(
+                    "SELECT blob_id FROM messages WHERE mailbox_id = $1 AND uid = ANY($2::bigint[])",
+                    mailbox_id, junked)]
+                await record_signals(tx.conn, mbox.user_id, "spam", blobs, now)
             return WriteResult(tuple(changes), tuple(sorted(modified)))
 
+        now = self._clock()
+        training = self.training_signals and mode is not StoreMode.REMOVE and "$junk" in kws
         return await self._engine.write(op)
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
@@ -656,10 +689,15 @@ class MessagesMixin(Base):
                 await delete_messages(tx, src, msgs, now=now, release=False)
             else:
                 await add_blob_refs(tx, count_blobs(m.blob_id for m in msgs))
+            verdict = copy_verdict(src, dest, move) if training and msgs else None
+            if verdict is not None:  # senders.py invariant 4: the user's verdict, in the same transaction
+                await record_signals(tx.conn, as_user if as_user is not None else dest.user_id, verdict,
+                                     [m.blob_id for m in msgs], now)
             return CopyResult(uidvalidity=dest.uidvalidity, source_uids=tuple(m.uid for m in msgs),
                               dest_uids=tuple(r.uid for r in results), changes=tuple(tx.changes[mark:]))
 
         now = self._clock()
+        training = self.training_signals
         return await self._engine.write(op)
 
     async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,

@@ -16,7 +16,13 @@ invariant 23, in PL/pgSQL). 5 adds sort and thread keys: `message_keys` (one row
 `thread_refs` and the `messages_thread` index (threads.py; the SQLite schema's invariants 17, 18; no `sort_rows`
 copy: threads.py says why). 6 adds the full-text index: the pg_trgm extension, `fts_text` (the indexed text,
 scan form and version of each indexed body, with a trigram GIN index per text column) and `fts_backlog` (fts.py;
-the SQLite schema's invariants 12 and 21); every body messages name goes to the backlog.
+the SQLite schema's invariants 12 and 21); every body messages name goes to the backlog. 7 adds
+`imap_structure`, the IMAP-encoded ENVELOPE, BODYSTRUCTURE and BODY of each body (structure.py; the SQLite
+schema's step 19 and invariant 24), none written by the step. 8 adds `users.admin` (false for every existing
+user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 9 adds `sender_rules`,
+`spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. SQLite's step 21
+(an index of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads
+`blobs.crlf_size` by the primary key index and the row alone.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -40,7 +46,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 9
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -336,7 +342,72 @@ async def _v6(conn: Conn) -> None:
     await conn.execute("INSERT INTO fts_backlog(blob_id) SELECT DISTINCT blob_id FROM messages")
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+async def _v7(conn: Conn) -> None:
+    """The IMAP structure items of each body (structure.py): none written here; bodies stored before get theirs
+    from the first FETCH that decodes their metadata (`Store.write_structures`)."""
+    await conn.execute("""
+CREATE TABLE imap_structure(
+    blob_id text PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,
+    envelope bytea NOT NULL,
+    bodystructure bytea NOT NULL,
+    body bytea NOT NULL
+);
+""")
+
+
+async def _v8(conn: Conn) -> None:
+    """The admin flag of users (nobody becomes one by an upgrade) and the DKIM keys kept for a switch."""
+    await conn.execute("""
+ALTER TABLE users ADD COLUMN admin boolean NOT NULL DEFAULT false;
+ALTER TABLE domains ADD COLUMN dkim_next text NOT NULL DEFAULT '';
+""")
+
+
+async def _v9(conn: Conn) -> None:
+    """Sender allow/block rules, spam training signals and DMARC results (senders.py), none yet. A rule belongs to
+    exactly one scope, gone with it by cascade; the partial unique indexes make (scope, pattern) unique and find
+    a scope's rules. A training signal names its body without a foreign key (the body may go first)."""
+    await conn.execute("""
+CREATE TABLE sender_rules(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id bigint REFERENCES users(id) ON DELETE CASCADE,
+    domain_id bigint REFERENCES domains(id) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (kind IN ('allow', 'block')),
+    pattern text NOT NULL,
+    created double precision NOT NULL,
+    CHECK ((user_id IS NULL) <> (domain_id IS NULL))
+);
+CREATE UNIQUE INDEX sender_rules_user ON sender_rules(user_id, pattern) WHERE user_id IS NOT NULL;
+CREATE UNIQUE INDEX sender_rules_domain ON sender_rules(domain_id, pattern) WHERE domain_id IS NOT NULL;
+CREATE TABLE spam_training(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (kind IN ('spam', 'ham')),
+    blob_id text NOT NULL,
+    created double precision NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_try double precision NOT NULL
+);
+CREATE INDEX spam_training_due ON spam_training(next_try);
+CREATE UNIQUE INDEX spam_training_body ON spam_training(user_id, blob_id);
+CREATE TABLE dmarc_results(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at double precision NOT NULL,
+    policy_domain text NOT NULL,
+    policy text NOT NULL,
+    source_ip text NOT NULL,
+    header_from text NOT NULL,
+    envelope_from text NOT NULL,
+    disposition text NOT NULL,
+    dkim_aligned boolean NOT NULL,
+    spf_aligned boolean NOT NULL,
+    auth text NOT NULL
+);
+CREATE INDEX dmarc_results_at ON dmarc_results(at);
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from postroom.mime.meta import keys_of
-from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns
+from postroom.mime.meta import MessageMeta, MetaFormatError
+from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns, ThreadSummary
 from postroom.store.postgresql.common import Base, load_mailbox
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
+from postroom.store.postgresql.structure import put_structure
 from postroom.store.sqlite.threads import KEYS_GENERATION, SUBJECT_PREFIX, THREAD_REFS, _storable
 
 _KEY_COLUMNS = "sent, subject, reply, from_key, to_key, cc_key, display_from, display_to, message_id, refs"
@@ -31,17 +32,20 @@ TOP = 2**63 - 1
 
 async def put_keys(conn: Conn, blob_id: str, meta: bytes | None, *, replace: bool = False,
                    fresh: bool = False) -> bool:
-    """Store the keys of a body from its serialised metadata; False if there are none to read. Without
+    """Store the keys of a body from its serialised metadata, and its IMAP structure items (structure.py, from
+    the same decoding); False if there are no keys to read. Without
     `replace`, a body that has its row keeps it. `fresh`: the body was stored by this transaction, so it has no
     keys and no message names it yet (nothing to look up first, no messages to give a thread)."""
     if meta is None:
         return False
     if not replace and not fresh and await conn.fetchval("SELECT 1 FROM message_keys WHERE blob_id = $1", blob_id):
         return True
-    got = keys_of(bytes(meta))
-    if got is None:
+    try:
+        parsed = MessageMeta.from_bytes(bytes(meta))
+    except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
         return False
-    sent, k = got
+    await put_structure(conn, blob_id, parsed)
+    sent, k = parsed.sent_date, parsed.keys
     values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,
               k.message_id, " ".join(k.references))
     if any(isinstance(v, str) and (not _storable(v) or "\x00" in v) for v in values):
@@ -199,3 +203,27 @@ class ThreadsMixin(Base):
                 mailbox_id, uid_min, top)}
 
         return await self._engine.read(q)
+
+    async def thread_summaries(self, mailbox_id: int, thread_ids: Sequence[int]) -> dict[int, ThreadSummary]:
+        wanted = sorted({t for t in thread_ids if t > 0})
+
+        async def q(conn: Conn) -> dict[int, ThreadSummary]:
+            await load_mailbox(conn, mailbox_id)
+            # The (thread_id, mailbox_id) index finds each thread's messages in this mailbox; only those rows are
+            # read for the date and flags.
+            found = await conn.fetch(
+                "SELECT thread_id, count(*), max(uid), max(internal_date), count(*) FILTER (WHERE flags & 1 = 0)"
+                " FROM messages WHERE thread_id = ANY($1) AND mailbox_id = $2 GROUP BY thread_id",
+                wanted, mailbox_id)
+            return {int(r[0]): ThreadSummary(int(r[1]), int(r[2]), float(r[3]), int(r[4])) for r in found}
+
+        return await self._engine.read(q) if wanted else {}
+
+    async def thread_uids(self, mailbox_id: int, thread_id: int, limit: int) -> list[int]:
+        async def q(conn: Conn) -> list[int]:
+            await load_mailbox(conn, mailbox_id)
+            return [int(r[0]) for r in await conn.fetch(
+                "SELECT uid FROM messages WHERE thread_id = $1 AND mailbox_id = $2 ORDER BY uid LIMIT $3",
+                thread_id, mailbox_id, max(0, limit))]
+
+        return await self._engine.read(q) if thread_id > 0 else []
