@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -33,10 +34,19 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "postgresql"
 START_TIMEOUT = 30.0
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro` to completion in a thread of its own: the caller's thread may have an event loop running
+    already (Playwright's sync API runs one in the test's thread), where `asyncio.run` refuses."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 def server_bin() -> Path | None:
@@ -119,7 +129,7 @@ class Cluster:
             if self.process.poll() is not None:
                 raise RuntimeError(f"PostgreSQL exited at start: {self.log.read_text(errors='replace')[-2000:]}")
             try:
-                asyncio.run(self._execute("postgres", "SELECT 1"))
+                _run(self._execute("postgres", "SELECT 1"))
                 break
             except (OSError, ConnectionError, Exception):
                 if time.monotonic() > deadline:
@@ -145,12 +155,12 @@ class Cluster:
         while self._free:
             name = self._free.pop()
             try:
-                asyncio.run(self._execute(name, "DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+                _run(self._execute(name, "DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
                 return self.url(name)
             except Exception:  # noqa: BLE001 - still in use (a test's child process): use another one
                 continue
         name = f"t{os.getpid()}_{next(self._names)}"
-        asyncio.run(self._execute("postgres", f'CREATE DATABASE "{name}"'))
+        _run(self._execute("postgres", f'CREATE DATABASE "{name}"'))
         return self.url(name)
 
     def release_database(self, url: str) -> None:
