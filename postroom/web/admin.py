@@ -148,7 +148,7 @@ class Admin:
         context.setdefault("done", "")
         context.setdefault("error", "")
         return self.webmail._page(template, status=status, signed=signed, csrf=signed.csrf, address=user.address,
-                                  **context)
+                                  is_admin=True, **context)
 
     @staticmethod
     def _log(request: Request, user: User, action: str, target: str, result: str = "ok", reason: str = "") -> None:

@@ -328,7 +328,7 @@ class Compose:
             "compose.html", status=status, signed=signed, csrf=signed.csrf, folders=folders, current=None,
             identities=identities, draft=draft, error=error, autosave=AUTOSAVE_SECONDS,
             limit=self.config.limits.message_size, address=identities[0] if identities else "",
-            **context)
+            is_admin=(await self.mail._account(signed.user_id))["is_admin"], **context)
         response.headers["Content-Security-Policy"] = COMPOSE_CSP
         return response
 

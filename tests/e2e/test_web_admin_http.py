@@ -48,8 +48,13 @@ def test_everyone_but_an_admin_gets_the_404_of_an_unknown_url(server: Any) -> No
             assert (r.status_code, r.text) == (404, unknown.text), path
     assert server.run(server.store.get_domain("evil.example")) is None
     assert not is_admin(server, USER)
+    # Only an admin's webmail pages link to the web admin.
+    inbox = plain.get("/mail/").headers["location"]
+    assert '<a href="/admin/">' not in plain.get(inbox).text
     # The same user made admin reaches every page (the queue entry 1 does not exist: the page says so).
     server.run(server.store.set_admin(USER, True))
+    assert '<a href="/admin/">Administration</a>' in plain.get(inbox).text
+    assert '<a href="/admin/">Administration</a>' in plain.get("/mail/compose").text
     for path in PAGES:
         assert plain.get(path).status_code == (404 if path == "/admin/queue/1" else 200), path
 
