@@ -389,7 +389,8 @@ class Admin:
         who = await self._admin(request)
         if who is None:
             return self._hidden()
-        entry = await self.store.queue_get(int(request.path_params["qid"]))
+        qid = int(request.path_params["qid"])
+        entry = await self.store.queue_get(qid) if 0 < qid < 2**63 else None  # SQLite integers are 64-bit
         if entry is None:
             return self.webmail._error(404, "No such queue entry (it may have been delivered meanwhile).", who[0])
         try:
