@@ -189,7 +189,10 @@ async def rotate_dkim(store: Store, name: str) -> Any:
     if {keys.rsa_selector, keys.ed25519_selector} & taken:
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
         keys = dataclasses.replace(keys, rsa_selector=f"pr{stamp}r", ed25519_selector=f"pr{stamp}e")
-    await store.set_dkim_next(domain.name, keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector, keys.ed25519_pem)
+    # Checked again in the write: another rotation may have run while the keys were made (two admins at once).
+    if not await store.set_dkim_next(domain.name, keys.rsa_selector, keys.rsa_pem, keys.ed25519_selector,
+                                     keys.ed25519_pem):
+        raise AdminError(f"{domain.name} has new DKIM keys waiting already: publish them and switch to them first")
     return keys
 
 

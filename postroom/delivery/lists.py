@@ -36,7 +36,9 @@ fsync'd, before the poster gets `250`.
 
 Invariants
 1. A held post is durable before the SMTP `250` that accepted it.
-2. A token is used once: approval or rejection removes the held files; a second use is 550 5.1.1.
+2. A token is used once: approval or rejection removes the held files; a second use is 550 5.1.1. Two uses at
+   the same time (a double click, two moderators, two worker processes) are one: the handler holds an exclusive
+   `flock` on the post's `.json` file (`claim`) from before it reads the post until after it removed it.
 3. Held files are found only by a token of exactly 32 lower-case hex digits (no path can be smuggled in).
 4. The header lines `list_headers` writes are ASCII and valid by their RFC's grammar for every list address,
    owner and bounce address the store accepts (see above).
@@ -45,6 +47,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -166,6 +169,29 @@ class HeldPosts:
 
     async def get(self, token: str) -> HeldPost | None:
         return await asyncio.to_thread(self._get_sync, token)
+
+    def claim(self, token: str) -> int | None:
+        """Take the post for handling (invariant 2): an open descriptor holding an exclusive `flock` on its
+        `.json` file, or None when it is not held or another request (this process's or another worker's) is
+        handling it. Release with `release` after `drop`. A crashed handler's lock goes with its process, so the
+        post can be approved again: delivered at least once, never twice at once."""
+        if not TOKEN_RE.match(token):  # invariant 3
+            return None
+        try:
+            fd = os.open(self.directory / f"{token}.json", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        """End a `claim` (closing the descriptor drops the lock)."""
+        os.close(fd)
 
     def _drop_sync(self, token: str) -> None:
         if not TOKEN_RE.match(token):

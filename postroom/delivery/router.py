@@ -899,13 +899,21 @@ class Router:
         return result
 
     async def _act(self, act: ListAction) -> Accepted:
-        post = await self.held.get(act.token)
-        if post is None or post.list_address != act.ml.address:
-            return Accepted(0, 0, (), 0)  # already handled (lists.py invariant 2)
-        result = Accepted(0, 0, (), 0)
-        if act.action == "approve":
-            result = await self.distribute(act.ml, post.raw)
-        await self.held.drop(act.token)
+        # One handler at a time per post, across requests and worker processes (two approvals at once, a
+        # double click, the owner's mail beside the web admin): the others find it taken (lists.py invariant 2).
+        claimed = self.held.claim(act.token)
+        if claimed is None:
+            return Accepted(0, 0, (), 0)
+        try:
+            post = await self.held.get(act.token)  # after the claim: a handler that just finished dropped it
+            if post is None or post.list_address != act.ml.address:
+                return Accepted(0, 0, (), 0)  # already handled (lists.py invariant 2)
+            result = Accepted(0, 0, (), 0)
+            if act.action == "approve":
+                result = await self.distribute(act.ml, post.raw)
+            await self.held.drop(act.token)
+        finally:
+            self.held.release(claimed)
         log.info("list post %s list=%s token=%s", "approved" if act.action == "approve" else "rejected",
                  act.ml.address, act.token[:8])
         return result

@@ -736,9 +736,10 @@ class Store(Protocol):
         """Replace the domain's DKIM keys (all four values; "" clears one)."""
 
     async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
-                            ed25519_key_pem: str) -> None:
-        """Keep new DKIM keys beside the ones in use (`Domain.dkim_next`), not signing yet; replaces keys kept
-        before. NotFound for an unknown domain."""
+                            ed25519_key_pem: str) -> bool:
+        """Keep new DKIM keys beside the ones in use (`Domain.dkim_next`), not signing yet: True. False, and
+        nothing written, while keys kept before wait for their switch (they may be published already: two
+        rotations at once must not replace one another's keys). NotFound for an unknown domain."""
 
     async def switch_dkim(self, name: str) -> bool:
         """In one transaction, make the kept keys (`set_dkim_next`) the ones in use and clear them: True; False
@@ -754,7 +755,10 @@ class Store(Protocol):
 
     async def list_users(self, domain: str | None = None) -> list[User]: ...
 
-    async def set_password(self, address: str, password_hash: str, scram: str = "") -> None: ...
+    async def set_password(self, address: str, password_hash: str, scram: str = "") -> None:
+        """Replace the user's password hash and SCRAM verifier, and end every webmail session of the user in the
+        same transaction (a reset is what follows a stolen password: whoever signed in with the old one is out at
+        their next request). NotFound for an unknown user."""
 
     async def set_admin(self, address: str, admin: bool) -> None:
         """Give or take the user's admin flag (`User.admin`). NotFound for an unknown user."""

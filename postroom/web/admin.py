@@ -148,7 +148,7 @@ class Admin:
         context.setdefault("done", "")
         context.setdefault("error", "")
         return self.webmail._page(template, status=status, signed=signed, csrf=signed.csrf, address=user.address,
-                                  **context)
+                                  is_admin=True, **context)
 
     @staticmethod
     def _log(request: Request, user: User, action: str, target: str, result: str = "ok", reason: str = "") -> None:
@@ -389,7 +389,8 @@ class Admin:
         who = await self._admin(request)
         if who is None:
             return self._hidden()
-        entry = await self.store.queue_get(int(request.path_params["qid"]))
+        qid = int(request.path_params["qid"])
+        entry = await self.store.queue_get(qid) if 0 < qid < 2**63 else None  # SQLite integers are 64-bit
         if entry is None:
             return self.webmail._error(404, "No such queue entry (it may have been delivered meanwhile).", who[0])
         try:

@@ -26,7 +26,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from postroom.metrics import Metrics
@@ -138,6 +138,11 @@ def create_app(metrics: Metrics, health: HealthCheck,
         routes += webmail.routes()
     if admin is not None:
         routes += admin.routes()
+    if webmail is not None:
+        routes.append(Route("/mail", lambda request: RedirectResponse("/mail/", status_code=308), methods=["GET"]))
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    # No automatic "/x" -> "/x/" redirects: they would answer a signed-out visitor's /admin with a 307 instead of
+    # the 404 of an unknown URL, showing that the web admin exists (web/admin.py invariant 1).
+    app.router.redirect_slashes = False
     app.state.metrics = metrics
     return app

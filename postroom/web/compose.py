@@ -328,7 +328,7 @@ class Compose:
             "compose.html", status=status, signed=signed, csrf=signed.csrf, folders=folders, current=None,
             identities=identities, draft=draft, error=error, autosave=AUTOSAVE_SECONDS,
             limit=self.config.limits.message_size, address=identities[0] if identities else "",
-            **context)
+            is_admin=(await self.mail._account(signed.user_id))["is_admin"], **context)
         response.headers["Content-Security-Policy"] = COMPOSE_CSP
         return response
 
@@ -505,6 +505,10 @@ class Compose:
         rcpts = list(dict.fromkeys(a for _, a in [*to, *cc, *bcc]))
         if not rcpts:
             raise _Refusal(400, "no-recipients", "Add at least one recipient in To, Cc or Bcc.")
+        if len(rcpts) > self.config.limits.recipients:  # as submission's RCPT past it (452 4.5.3, RFC 5321 §4.5.3.1.8)
+            raise _Refusal(400, "too-many-recipients",
+                           f"A message may go to at most {self.config.limits.recipients} recipients; this one has "
+                           f"{len(rcpts)}. Your text is kept: send it in parts, or to a mailing list.")
         await self._parts(signed, draft, form, context)
         now = time.time()
         hostname = self.config.server.hostname

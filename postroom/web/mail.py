@@ -238,6 +238,7 @@ class Webmail:
     def _page(self, template: str, status: int = 200, headers: dict[str, str] | None = None,
               **context: Any) -> HTMLResponse:
         context.setdefault("address", "")
+        context.setdefault("is_admin", False)
         html = self.env.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
@@ -340,6 +341,12 @@ class Webmail:
         user = await self.store.get_user_by_id(user_id)
         return user.address if user is not None else ""
 
+    async def _account(self, user_id: int) -> dict[str, Any]:
+        """What the page header shows of the signed-in user: `address`, and `is_admin` (a link to the web admin,
+        web/admin.py, for users with the admin flag)."""
+        user = await self.store.get_user_by_id(user_id)
+        return {"address": user.address if user is not None else "", "is_admin": user is not None and user.admin}
+
     # ---- sign-in and out
     async def root(self, request: Request) -> Response:
         """GET /: on to /mail/."""
@@ -432,7 +439,7 @@ class Webmail:
     async def _folders_response(self, signed: Signed, error: str = "", status: int = 200) -> Response:
         folders = await self._folders(signed.user_id, totals=True)
         return self._page("folders.html", status=status, signed=signed, csrf=signed.csrf, folders=folders,
-                          current=None, error=error, address=await self._user_address(signed.user_id))
+                          current=None, error=error, **await self._account(signed.user_id))
 
     async def folders_post(self, request: Request) -> Response:
         """POST /mail/folders: `action` create (`name`), rename (`mailbox` id, `name`), delete (`mailbox` id,
@@ -522,7 +529,7 @@ class Webmail:
                           below=below, above=above, query=query, found=found, query_error=query_error,
                           sort=order, sorts=sort.SORTS, start=start, previous=previous, following=following,
                           searched=searched and not query_error,
-                          address=await self._user_address(signed.user_id))
+                          **await self._account(signed.user_id))
 
     async def _conversations(self, signed: Signed, box: Mailbox, size: int, below: int | None) -> Response:
         """The conversation list (conversations.py): a page of threads, newest first."""
@@ -538,7 +545,7 @@ class Webmail:
                          (meta.search.header("subject") if meta else "") or "(no subject)", when(c.newest_date)))
         return self._page("conversations.html", signed=signed, csrf=signed.csrf,
                           folders=await self._folders(signed.user_id), current=box, current_label=_label(box),
-                          rows=rows, older=got.older, address=await self._user_address(signed.user_id))
+                          rows=rows, older=got.older, **await self._account(signed.user_id))
 
     async def thread_page(self, request: Request) -> Response:
         """GET /mail/box/{id}/thread/{thread id}: the conversation's messages in this mailbox, oldest first."""
@@ -557,7 +564,7 @@ class Webmail:
         rows = await self._rows(infos)
         return self._page("thread.html", signed=signed, csrf=signed.csrf, folders=await self._folders(signed.user_id),
                           current=box, current_label=_label(box), rows=rows,
-                          subject=rows[-1].subject, address=await self._user_address(signed.user_id))
+                          subject=rows[-1].subject, **await self._account(signed.user_id))
 
     async def _plain_page(self, box: Mailbox, size: int, below: int | None,
                           above: int | None) -> tuple[list[MessageInfo], int | None, int | None]:
@@ -712,7 +719,7 @@ class Webmail:
         return self._page("message.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
                           current_label=_label(box), info=info, view=view, when=when(info.internal_date),
                           flagged=bool(info.flags & Flag.FLAGGED), frame_sandbox=FRAME_SANDBOX,
-                          human_size=human_size, address=await self._user_address(signed.user_id))
+                          human_size=human_size, **await self._account(signed.user_id))
 
     async def _raw_and_meta(self, request: Request) -> tuple[bytes, MessageMeta] | Response:
         signed = await self._signed(request)

@@ -36,6 +36,10 @@ def test_everyone_but_an_admin_gets_the_404_of_an_unknown_url(server: Any) -> No
     server.add_user(USER, PW)
     unknown = client(server).get("/admin/no-such-page")
     assert unknown.status_code == 404
+    for bare in ("/admin", "/admin/users/"):  # no slash redirect shows the pages exist either
+        r = client(server).get(bare)
+        assert (r.status_code, r.text) == (404, unknown.text), bare
+    assert client(server).get("/mail").headers["location"] == "/mail/"
     plain = signed_in(server, USER, PW)
     token = page_csrf(plain, plain.get("/mail/").headers["location"])  # a valid token of the user's own session
     for who in (client(server), plain):
@@ -48,10 +52,16 @@ def test_everyone_but_an_admin_gets_the_404_of_an_unknown_url(server: Any) -> No
             assert (r.status_code, r.text) == (404, unknown.text), path
     assert server.run(server.store.get_domain("evil.example")) is None
     assert not is_admin(server, USER)
+    # Only an admin's webmail pages link to the web admin.
+    inbox = plain.get("/mail/").headers["location"]
+    assert '<a href="/admin/">' not in plain.get(inbox).text
     # The same user made admin reaches every page (the queue entry 1 does not exist: the page says so).
     server.run(server.store.set_admin(USER, True))
+    assert '<a href="/admin/">Administration</a>' in plain.get(inbox).text
+    assert '<a href="/admin/">Administration</a>' in plain.get("/mail/compose").text
     for path in PAGES:
         assert plain.get(path).status_code == (404 if path == "/admin/queue/1" else 200), path
+    assert plain.get("/admin/queue/99999999999999999999999").status_code == 404  # past 64 bits: no such entry
 
 
 def test_a_post_without_the_csrf_token_is_403_and_changes_nothing(server: Any) -> None:

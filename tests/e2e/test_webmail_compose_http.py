@@ -27,7 +27,7 @@ ORIGINAL = (b"From: Dana <dana@example.net>\r\nTo: alice@example.org, Erin <erin
 
 @pytest.fixture
 def server_overrides() -> dict[str, Any]:
-    return {"limits": {"message_size": 300_000},
+    return {"limits": {"message_size": 300_000, "recipients": 5},
             "smtp": {"submission_messages_per_hour": 4, "submission_recipients_per_hour": 50}}
 
 
@@ -160,6 +160,10 @@ def test_errors_come_back_on_the_form_with_the_text_kept(server: Any) -> None:
     r = _send(c, token, files={"files": ("b.bin", bytes(250_000), "application/octet-stream")}, to=BOB,
               subject="S5", body="text five")
     assert r.status_code == 413 and "remove an attachment" in r.text and "text five" in r.text
+    # limits.recipients (5 here) counts To, Cc and Bcc together, as submission counts RCPT commands.
+    many = ", ".join(f"r{i}@example.org" for i in range(4))
+    r = _send(c, token, to=BOB, cc=many, bcc="r9@example.org", subject="S6", body="text six")
+    assert r.status_code == 400 and "at most 5 recipients; this one has 6" in r.text and "text six" in r.text
     assert _messages(server, bob) == []
     # The send limit (4 messages an hour here): the fifth is refused, text kept.
     for i in range(4):

@@ -173,6 +173,27 @@ def test_keyboard_shortcuts_and_help(server: Any, browser: Any) -> None:
     page.context.close()
 
 
+def test_answer_and_write_shortcuts(server: Any, browser: Any) -> None:
+    """r, a, f on a message's page open its reply, reply-all and forward forms; c opens an empty one."""
+    alice = server.add_user(ALICE, PW)
+    deliver(server, alice, _mail("Lunch plans"))
+    page = _page(browser)
+    sign_in(page, server)
+    for key, heading, mode in (("r", "Reply", "reply"), ("a", "Reply", "all"), ("f", "Forward", "forward")):
+        page.get_by_role("link", name="Lunch plans").click()
+        page.get_by_role("heading", name="Lunch plans").wait_for()
+        page.keyboard.press(key)
+        page.get_by_role("heading", name=heading, exact=True).wait_for()
+        assert f"mode={mode}&" in page.url
+        assert page.get_by_role("textbox", name="Subject").input_value().endswith("Lunch plans")
+        page.go_back()
+        page.go_back()
+    page.keyboard.press("c")
+    page.get_by_role("heading", name="Write a message").wait_for()
+    assert page.get_by_role("textbox", name="Subject").input_value() == ""
+    page.context.close()
+
+
 def _no_violations(page: Any, what: str) -> None:
     results = axe_api.Axe().run(page)
     assert results.violations_count == 0, (what, results.generate_report())

@@ -28,7 +28,9 @@ async def test_dkim_keys_kept_then_switched_in_one_step(store: Store) -> None:
     await store.add_domain("example.org")
     await store.set_dkim("example.org", "old-r", "OLD RSA", "old-e", "OLD ED")
     assert await store.switch_dkim("example.org") is False  # nothing kept: nothing changes
-    await store.set_dkim_next("example.org", "new-r", "NEW RSA", "new-e", "NEW ED")
+    assert await store.set_dkim_next("example.org", "new-r", "NEW RSA", "new-e", "NEW ED") is True
+    # A second rotation while these wait (two admins at once) writes nothing: theirs may be published already.
+    assert await store.set_dkim_next("example.org", "other-r", "OTHER", "other-e", "OTHER ED") is False
     kept = await store.get_domain("example.org")
     assert kept is not None and kept.dkim_selector == "old-r" and kept.dkim_private_key == "OLD RSA"  # still signing
     assert json.loads(kept.dkim_next) == {"selector": "new-r", "private_key": "NEW RSA", "ed25519_selector": "new-e",

@@ -43,6 +43,17 @@ async def test_sign_out_everywhere_touches_only_that_user(store: Store) -> None:
     assert await store.get_web_session(f"{2:064x}") is None
 
 
+async def test_a_password_change_ends_the_users_sessions(store: Store) -> None:
+    """A reset follows a stolen password: whoever signed in with the old one is out (api `set_password`)."""
+    a = await new_user(store, "alice@example.org")
+    b = await new_user(store, "bob@example.org")
+    for i, user in enumerate((a, b)):
+        await store.add_web_session(WebSession(f"{i:064x}", user.id, "t", 1.0, 1.0))
+    await store.set_password("alice@example.org", "new-hash", "new-scram")
+    assert await store.get_web_session(f"{0:064x}") is None
+    assert await store.get_web_session(f"{1:064x}") is not None  # bob's stays
+
+
 async def test_prune_by_idle_and_by_age(store: Store) -> None:
     u = await new_user(store)
     await store.add_web_session(WebSession("1" * 64, u.id, "t", 100.0, 100.0))  # idle since 100

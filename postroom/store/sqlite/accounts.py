@@ -144,17 +144,21 @@ class AccountsMixin(Base):
         await self._engine.write(op)
 
     async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
-                            ed25519_key_pem: str) -> None:
+                            ed25519_key_pem: str) -> bool:
         name = names.domain(name)
         kept = json.dumps({"selector": selector, "private_key": private_key_pem, "ed25519_selector": ed25519_selector,
                            "ed25519_key": ed25519_key_pem})
 
-        def op(tx: Tx) -> None:
-            cur = tx.conn.execute("UPDATE domains SET dkim_next = ? WHERE name = ?", (kept, name))
-            if cur.rowcount == 0:
+        def op(tx: Tx) -> bool:
+            row = tx.conn.execute("SELECT dkim_next FROM domains WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise NotFound(f"no such domain: {name}")
+            if row[0]:
+                return False  # an earlier rotation's keys wait for their switch (api docstring)
+            tx.conn.execute("UPDATE domains SET dkim_next = ? WHERE name = ?", (kept, name))
+            return True
 
-        await self._engine.write(op)
+        return await self._engine.write(op)
 
     async def switch_dkim(self, name: str) -> bool:
         name = names.domain(name)
@@ -244,6 +248,8 @@ class AccountsMixin(Base):
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no such user: {address}")
+            tx.conn.execute("DELETE FROM web_sessions WHERE user_id = (SELECT id FROM users WHERE address = ?)",
+                            (address,))  # api docstring: a reset signs everyone out
 
         await self._engine.write(op)
 

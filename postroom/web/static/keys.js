@@ -1,7 +1,8 @@
 // Postroom webmail: keyboard shortcuts and drag and drop, over the pages' own links and forms. Framework-free,
 // no inline script; without it every action is still a link or a button. The shortcuts bound are the ones this
 // server has pages for (the help dialog, "?", lists them): j/k next/previous message, o or Enter open it,
-// e archive, # delete, / search, ? this help. Typing in a field is never taken as a shortcut.
+// r reply, a reply all, f forward (on a message's page: its own links), c write a message, e archive, # delete,
+// / search, ? this help. Typing in a field is never taken as a shortcut.
 (function () {
   "use strict";
   var help = document.getElementById("keys-help");
@@ -46,6 +47,13 @@
     return true;
   }
 
+  // The reading page's own link for a way of answering ("reply", "all", "forward"); false where there is none.
+  function answer(mode) {
+    var link = document.querySelector('a[href^="/mail/compose?mode=' + mode + '&"]');
+    if (link) { link.click(); return true; }
+    return false;
+  }
+
   function showHelp() {
     if (help && typeof help.showModal === "function" && !help.open) { help.showModal(); }
   }
@@ -61,6 +69,10 @@
       case "k": move(-1); break;
       case "o": done = open(); break;
       case "Enter": done = !(t && t.closest && t.closest("a, button")) && open(); break;
+      case "r": done = answer("reply"); break;
+      case "a": done = answer("all"); break;
+      case "f": done = answer("forward"); break;
+      case "c": window.location.assign("/mail/compose"); break;
       case "e": done = act("archive"); break;
       case "#": done = act("delete"); break;
       case "/":
