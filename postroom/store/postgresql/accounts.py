@@ -132,17 +132,22 @@ class AccountsMixin(Base):
         await self._engine.write(op)
 
     async def set_dkim_next(self, name: str, selector: str, private_key_pem: str, ed25519_selector: str,
-                            ed25519_key_pem: str) -> None:
+                            ed25519_key_pem: str) -> bool:
         name = names.domain(name)
         kept = json.dumps({"selector": selector, "private_key": private_key_pem, "ed25519_selector": ed25519_selector,
                            "ed25519_key": ed25519_key_pem})
 
-        async def op(tx: Tx) -> None:
-            status = await tx.conn.execute("UPDATE domains SET dkim_next = $1 WHERE name = $2", kept, name)
-            if rowcount(status) == 0:
+        async def op(tx: Tx) -> bool:
+            # FOR UPDATE: of two rotations at once (two nodes, two admins) the second sees the first's keys
+            waiting = await tx.conn.fetchval("SELECT dkim_next FROM domains WHERE name = $1 FOR UPDATE", name)
+            if waiting is None:
                 raise NotFound(f"no such domain: {name}")
+            if waiting:
+                return False  # an earlier rotation's keys wait for their switch (api docstring)
+            await tx.conn.execute("UPDATE domains SET dkim_next = $1 WHERE name = $2", kept, name)
+            return True
 
-        await self._engine.write(op)
+        return await self._engine.write(op)
 
     async def switch_dkim(self, name: str) -> bool:
         name = names.domain(name)
@@ -231,10 +236,13 @@ class AccountsMixin(Base):
         address = names.address(address)
 
         async def op(tx: Tx) -> None:
-            status = await tx.conn.execute("UPDATE users SET password_hash = $1, scram = $2 WHERE address = $3",
-                                           password_hash, scram, address)
-            if rowcount(status) == 0:
+            user_id = await tx.conn.fetchval(
+                "UPDATE users SET password_hash = $1, scram = $2 WHERE address = $3 RETURNING id",
+                password_hash, scram, address)
+            if user_id is None:
                 raise NotFound(f"no such user: {address}")
+            # api docstring: a reset signs everyone out, in the same transaction
+            await tx.conn.execute("DELETE FROM web_sessions WHERE user_id = $1", user_id)
 
         await self._engine.write(op)
 
