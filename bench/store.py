@@ -1,7 +1,7 @@
 """Durable message writes per second: Postroom's store beside one-file-per-message Maildir delivery.
 
     .venv/bin/python bench/store.py [--count N] [--size BYTES] [--large-count N] [--large-size BYTES]
-                                    [--inline-max BYTES] [--dir PATH]
+                                    [--inline-max BYTES] [--dir PATH] [--postgresql auto|URL] [--users N]
 
 Postroom: `await store.append(...)` on a fresh SQLite store with the default inline threshold, every call
 durable when it returns, with 1 and with 50 concurrent writers. Small messages (--size, default 4 KiB) are
@@ -10,6 +10,12 @@ stored in the database and ride the group commit (one WAL fsync per batch); larg
 stored are measured. --inline-max overrides the threshold (-1: every body a file, as before schema version 2).
 Maildir: the same messages written the way a Maildir MDA does it: write tmp/<unique>, fsync it, rename into
 new/, fsync new/ (with 1 writer, and with 50 writer threads).
+
+--postgresql: the same appends on the PostgreSQL engine as well, side by side (a PostgreSQL column and the ratio
+PostgreSQL/SQLite): "auto" starts a throwaway server from Debian's `postgresql` (tests/pgcluster.py: fsync on,
+its data in a temporary folder, stopped at the end), or give the URL of an empty database. Bodies there are rows
+(schema.py), whatever their size. --users N: the messages go to the INBOXes of N users in turn (default 1: all
+into one mailbox, where PostgreSQL serialises the appends on the mailbox's row, fsync included).
 
 The work happens under --dir (default: a temporary directory in bench/results/, on the repository's disk; a
 tmpfs would make every fsync free and the numbers meaningless). Progress goes to stderr, the table to stdout.
@@ -32,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from postroom.store.api import AppendRequest
+from postroom.store.api import AppendRequest, Store
+from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import INLINE_MAX, SQLiteStore
 
 WRITER_COUNTS = (1, 50)
@@ -77,29 +84,38 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-async def bench_postroom(work: Path, count: int, size: int, writers: int, inline_max: int) -> float:
-    d = work / f"postroom-{size}-{writers}"
-    store = SQLiteStore(d / "postroom.db", d / "blobs", inline_max=inline_max)
+async def bench_postroom(work: Path, count: int, size: int, writers: int, inline_max: int,
+                         pg_url: str = "", users: int = 1) -> float:
+    """Appends per second on a fresh store: SQLite, or PostgreSQL at `pg_url` (an empty database)."""
+    d = work / f"postroom-{size}-{writers}{'-pg' if pg_url else ''}"
+    store: Store
+    if pg_url:
+        store = PostgreSQLStore(pg_url, d / "blobs", pool_size=max(10, min(writers, 50)))
+    else:
+        store = SQLiteStore(d / "postroom.db", d / "blobs", inline_max=inline_max)
     await store.open()
     try:
         await store.add_domain("example.org")
-        user = await store.add_user("user@example.org", "x")
-        box = await store.get_mailbox(user.id, "INBOX")
-        assert box is not None
+        boxes = []
+        for n in range(users):
+            user = await store.add_user(f"user{n}@example.org", "x")
+            box = await store.get_mailbox(user.id, "INBOX")
+            assert box is not None
+            boxes.append(box.id)
         bodies = [message(i, size) for i in range(count)]
-        progress = Progress(f"Postroom, {human(size)}, {writers} writer(s)", count)
+        progress = Progress(f"Postroom{' PG' if pg_url else ''}, {human(size)}, {writers} writer(s)", count)
         queue = list(range(count))
 
         async def writer() -> None:
             while queue:
                 i = queue.pop()
-                await store.append(box.id, AppendRequest(bodies[i]))
+                await store.append(boxes[i % users], AppendRequest(bodies[i]))
                 progress.tick()
 
         started = time.perf_counter()
         await asyncio.gather(*(writer() for _ in range(writers)))
         elapsed = time.perf_counter() - started
-        assert len(await store.list_messages(box.id)) == count
+        assert sum([len(await store.list_messages(b)) for b in boxes]) == count
         return count / elapsed
     finally:
         await store.close()
@@ -157,7 +173,18 @@ def main() -> None:
         "--inline-max", type=int, default=INLINE_MAX, help=f"Postroom's inline threshold ({INLINE_MAX})"
     )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: bench/results/tmp*)")
+    parser.add_argument("--users", type=int, default=1, help="users whose INBOXes the messages go to (default 1)")
+    parser.add_argument("--postgresql", default="", help='also on PostgreSQL: "auto" (a throwaway server) or a URL')
     args = parser.parse_args()
+    cluster = None
+    if args.postgresql == "auto":
+        from tests.pgcluster import Cluster, available
+
+        reason = available()
+        if reason is not None:
+            parser.error(reason)
+        cluster = Cluster()
+        cluster.start()
 
     if args.dir is None:
         (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
@@ -174,22 +201,31 @@ def main() -> None:
     try:
         for count, size in runs:
             for writers in WRITER_COUNTS:
-                ours = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max))
+                ours = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max, "", args.users))
+                pg = 0.0
+                if args.postgresql:
+                    url = cluster.create_database() if cluster is not None else args.postgresql
+                    pg = asyncio.run(bench_postroom(work, count, size, writers, args.inline_max, url, args.users))
                 theirs = bench_maildir(work, count, size, writers)
-                rows.append((count, size, writers, ours, theirs))
+                rows.append((count, size, writers, ours, theirs, pg))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
 
     print()
-    print("Durable message writes, every write fsync'd before it is acknowledged")
+    print(f"Durable message writes, every write fsync'd before it is acknowledged; {args.users} user(s)' INBOXes")
     print()
-    print("| message | count | writers | Postroom body | Postroom msg/s | Maildir msg/s | Postroom/Maildir |")
-    print("|--------:|------:|--------:|:--------------|---------------:|--------------:|-----------------:|")
-    for count, size, writers, ours, theirs in rows:
+    pg_head = " PostgreSQL msg/s | PostgreSQL/SQLite |" if args.postgresql else ""
+    pg_rule = "-----------------:|------------------:|" if args.postgresql else ""
+    print(f"| message | count | writers | Postroom body | Postroom msg/s | Maildir msg/s | Postroom/Maildir |{pg_head}")
+    print(f"|--------:|------:|--------:|:--------------|---------------:|--------------:|-----------------:|{pg_rule}")
+    for count, size, writers, ours, theirs, pg in rows:
         where = "in SQLite" if size <= args.inline_max else "file"
+        extra = f" {pg:>16,.0f} | {pg / ours:>16.2f}x |" if args.postgresql else ""
         print(
             f"| {human(size):>7} | {count:>5} | {writers:>7} | {where:<13} | {ours:>14,.0f} |"
-            f" {theirs:>13,.0f} | {ours / theirs:>15.2f}x |"
+            f" {theirs:>13,.0f} | {ours / theirs:>15.2f}x |{extra}"
         )
 
 

@@ -102,7 +102,11 @@ CREATES_STORE = frozenset({("domain", "add")})
 
 
 def store_exists(cfg: config_mod.Config) -> bool:
-    """Whether the store `cfg` names has been made (its SQLite database file exists)."""
+    """Whether the store `cfg` names has been made: its SQLite database file exists. A PostgreSQL database is
+    made by its administrator (Postroom makes its tables on first use), so one named counts as made; a
+    database that is not there is refused when the store opens."""
+    if cfg.store_url.startswith("postgresql://"):
+        return True
     return config_mod.sqlite_path(cfg.store_url).exists()
 
 
@@ -653,6 +657,58 @@ async def cmd_index(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+class _StageProgress:
+    """The progress display of `postroom migrate`: one line per stage on stderr, redrawn in place on a terminal
+    (at most ten times a second), else a line every 5 s and one when the stage ends."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = 0.0
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        end = done >= total
+        if not end and now - self.shown < (0.1 if self.tty else 5.0):
+            return
+        self.shown = now
+        line = f"  {what:<16} {done:>9,}/{total:,}"
+        if self.tty:
+            sys.stderr.write(f"\r{line}" + ("\n" if end else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+async def cmd_migrate(args: argparse.Namespace, store: Store) -> int:
+    """Copy this SQLite store into an empty PostgreSQL database and verify the copy (store/postgresql/
+    fromsqlite.py): UIDVALIDITY, UIDs and MODSEQs unchanged. Stop the server first."""
+    from .store.postgresql import PostgreSQLStore
+    from .store.postgresql.fromsqlite import copy_store, verify
+    from .store.sqlite import SQLiteStore
+
+    if not isinstance(store, SQLiteStore):
+        raise CliError("postroom migrate copies an SQLite store: store.url must be sqlite:///... (the source)",
+                       EXIT_USAGE)
+    config_mod.check_postgresql_url(args.to, "--to")
+    target = PostgreSQLStore(args.to, args.cfg.data_path / "blobs")
+    await target.open()  # makes the schema
+    await target.close()
+    progress = _StageProgress()
+    print(f"copying {store.path} to {args.to.split('@')[-1]}", file=sys.stderr)
+    report = await copy_store(store.path, store.blobs, args.to, progress)
+    report = await verify(store.path, args.to, report, progress)
+    for problem in report.problems:
+        print(f"postroom: verification: {problem}", file=sys.stderr)
+    if report.problems:
+        return EXIT_REFUSED
+    print(f"copied and verified: {report.rows.get('users', 0)} users, {report.rows.get('mailboxes', 0)} mailboxes,"
+          f" {report.rows.get('messages', 0)} messages, {report.bodies} bodies ({report.body_bytes:,} bytes),"
+          f" {report.rows.get('queue', 0)} queued; set store.url = \"{args.to}\" and start the server")
+    return 0
+
+
 def cmd_check(cfg: config_mod.Config, found: config_mod.Discovery) -> int:
     """`postroom check`: the configuration loaded (main did that; `found` says where from), the store, the
     certificate files and `server.user`. Generates nothing: a missing built-in certificate is reported as to be
@@ -998,6 +1054,14 @@ def build_parser() -> argparse.ArgumentParser:
         " background; SEARCH is exact meanwhile (bodies not indexed yet are always searched in full). Safe to run"
         " while the server runs and to interrupt.",
     )
+    mg = sub.add_parser(
+        "migrate", help="copy this SQLite store into an empty PostgreSQL database, then verify the copy",
+        description="Copy the whole store (accounts, mailboxes with their UIDVALIDITY, UIDs and MODSEQs, flags,"
+        " bodies, the queue, lists, sessions) into an empty PostgreSQL database in one transaction, with a progress"
+        " display; then compare counts and digests and hash every body again. Stop the server first; afterwards"
+        " set store.url to the new database. Clients resynchronise nothing.",
+    )
+    mg.add_argument("--to", required=True, help="postgresql://user@host:port/database (it must exist, empty)")
     return p
 
 
@@ -1014,6 +1078,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "import": cmd_import,
     "export": cmd_export,
     "index": cmd_index,
+    "migrate": cmd_migrate,
 }
 
 

@@ -553,7 +553,7 @@ def _validate(cfg: Config, where: str) -> None:
     if url and not (url.startswith("sqlite:///") or url.startswith("postgresql://")):
         raise ConfigError(f"{where}: store.url must start with sqlite:/// or postgresql://, not {url!r}")
     if url.startswith("postgresql://"):
-        raise ConfigError(f"{where}: store.url: the PostgreSQL backend is not available yet; use sqlite:///")
+        check_postgresql_url(url, where)
     for name in ("message_size", "recipients", "connections_per_ip", "connections_total", "literal_size",
                  "errors_per_session", "mime_depth", "mime_parts"):
         if getattr(cfg.limits, name) < 1:
@@ -745,6 +745,23 @@ def _absolutise(cfg: Config, base: Path | None) -> Config:
     return dataclasses.replace(cfg, server=server, tls=tls, store=store, acme=acme)
 
 
+def check_postgresql_url(url: str, where: str = "store.url") -> None:
+    """ConfigError unless `url` is "postgresql://[user[:password]@]host[:port]/database" (libpq's URI form, which
+    asyncpg reads): a host and a database name are required, a port is a number."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: store.url: {exc}") from None
+    database = parts.path.lstrip("/")
+    if not parts.hostname or not database or "/" in database:
+        raise ConfigError(f"{where}: store.url must be postgresql://user@host:port/database, not {url!r}")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{where}: store.url: port {port} is out of range")
+
+
 def sqlite_path(url: str) -> Path:
     """sqlite:///path/to/db -> Path('/path/to/db') (absolute paths keep their leading slash)."""
     if not url.startswith("sqlite:///"):
@@ -784,7 +801,7 @@ names = []                         # names on the certificate; empty: server.hos
 ca_bundle = ""                     # CAs of the directory's own HTTPS certificate (a private CA); "": the system's
 
 [store]
-url = ""                           # empty: sqlite:///<data_dir>/postroom.db
+url = ""                           # empty: sqlite:///<data_dir>/postroom.db; or postgresql://user@host:port/db
 
 [auth]
 allow_plaintext = false            # true: password logins without TLS (tests and benchmarks only)

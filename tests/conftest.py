@@ -55,3 +55,20 @@ def india_time() -> Iterator[None]:
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """One real PostgreSQL server for the whole session (tests/pgcluster.py), stopped by PID at the end; the
+    tests that use it are skipped, naming the Debian package, where PostgreSQL is not installed."""
+    from tests.pgcluster import Cluster, available
+
+    reason = available()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = Cluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -31,6 +31,9 @@ def open_store(url: str, data_dir: Path) -> Store:
     """Build (not open: `await store.open()`) the engine named by `url`.
 
     sqlite:///path/to/db -> SQLiteStore with message files under data_dir/"blobs".
+    postgresql://user@host:port/db -> PostgreSQLStore (store/postgresql/): everything in that database, bodies
+    included; data_dir/"blobs"/"staging" is only this machine's folder for bodies on their way in. The database
+    must exist; its tables are made by the first `open()`.
     """
     if url.startswith("sqlite:///"):
         from postroom.config import sqlite_path
@@ -38,8 +41,10 @@ def open_store(url: str, data_dir: Path) -> Store:
 
         return SQLiteStore(sqlite_path(url), Path(data_dir) / "blobs")
     if url.startswith("postgresql://"):
-        raise StoreError("the PostgreSQL store engine is not available yet")
-    raise StoreError(f"unknown store URL (want sqlite:///...): {url!r}")
+        from postroom.store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(url, Path(data_dir) / "blobs")
+    raise StoreError(f"unknown store URL (want sqlite:///... or postgresql://...): {url!r}")
 
 
 __all__ = [

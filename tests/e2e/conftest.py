@@ -7,7 +7,9 @@ a `server_overrides` fixture returning a dict shaped like the TOML file.
 
 The loop is the one `server.event_loop` names (as `postroom serve` makes it); the environment variable
 POSTROOM_TEST_EVENT_LOOP sets that key for every test here, so the whole suite can be run on uvloop once:
-`POSTROOM_TEST_EVENT_LOOP=uvloop ./run test tests/e2e`.
+`POSTROOM_TEST_EVENT_LOOP=uvloop ./run test tests/e2e`. Likewise POSTROOM_TEST_STORE=postgresql puts every
+such server on the PostgreSQL engine (a database of its own on the session's test PostgreSQL, tests/pgcluster.py):
+`POSTROOM_TEST_STORE=postgresql ./run test tests/e2e`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from postroom.store.api import Store, User
 T = TypeVar("T")
 INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False, "arc": False}
 TEST_LOOP = os.environ.get("POSTROOM_TEST_EVENT_LOOP", "")
+TEST_STORE = os.environ.get("POSTROOM_TEST_STORE", "")
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 
@@ -83,8 +86,14 @@ def server_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerHandle]:
+def server(request: pytest.FixtureRequest, tmp_path: Path, server_overrides: dict[str, Any]) -> Iterator[ServerHandle]:
+    store: dict[str, Any] = {}
+    if TEST_STORE == "postgresql":
+        store = {"store": {"url": request.getfixturevalue("pg_cluster").create_database()}}
+    elif TEST_STORE:
+        raise ValueError(f"POSTROOM_TEST_STORE must be postgresql or empty, not {TEST_STORE!r}")
     base: dict[str, Any] = {
+        **store,
         "server": {"data_dir": str(tmp_path / "data"), "shutdown_grace_seconds": 2.0,
                    **({"event_loop": TEST_LOOP} if TEST_LOOP else {})},
         "listeners": {name: "127.0.0.1:0" for name in LISTENERS},

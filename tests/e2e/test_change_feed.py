@@ -57,7 +57,7 @@ def postroom(conf: Path, *args: str, stdin: bytes | None = None) -> None:
 
 def writer(data: Path, *ops: str, keep: int | None = None) -> list[str]:
     """Run the second process to its end; its output lines (one JSON change each, then "done")."""
-    cmd = [sys.executable, str(WRITER), str(data / "postroom.db"), str(data / "blobs"), ADDR, *ops]
+    cmd = [sys.executable, str(WRITER), str(data), ADDR, *ops]
     out = subprocess.run(cmd + (["--keep", str(keep)] if keep is not None else []), check=True,
                          capture_output=True, env=ENV, timeout=60).stdout.decode().splitlines()
     assert out[-1] == "done"
@@ -155,8 +155,8 @@ def test_a_writer_killed_mid_way_wedges_no_session(server: Any, tmp_path: Path) 
     data = server.config.data_path
     box_id = fill(server, ADDR, PW, 0)
     a = idling(server.port("imap"))
-    proc = subprocess.Popen([sys.executable, str(WRITER), str(data / "postroom.db"), str(data / "blobs"), ADDR,
-                             "forever"], stdout=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen([sys.executable, str(WRITER), str(data), ADDR, "forever"], stdout=subprocess.PIPE,
+                            env=ENV)
     try:
         assert proc.stdout is not None
         for _ in range(10):

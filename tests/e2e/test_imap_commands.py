@@ -517,10 +517,22 @@ def test_structure_items_without_kept_rows(imap: Any, monkeypatch: pytest.Monkey
     r = raw(imap)
     r.cmd("a SELECT INBOX")
     before = r.cmd("b FETCH 1:3 (ENVELOPE BODYSTRUCTURE BODY)")
-    conn = sqlite3.connect(imap.store.path)
-    conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blobs[1],))
-    conn.commit()
-    conn.close()
+    if getattr(imap.store, "path", None) is not None:
+        conn = sqlite3.connect(imap.store.path)
+        conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blobs[1],))
+        conn.commit()
+        conn.close()
+    else:  # POSTROOM_TEST_STORE=postgresql: the same table on that engine (postgresql/structure.py)
+        import asyncpg
+
+        async def forget() -> None:
+            pg = await asyncpg.connect(imap.store.dsn)
+            try:
+                await pg.execute("DELETE FROM imap_structure WHERE blob_id = $1", blobs[1])
+            finally:
+                await pg.close()
+
+        imap.run(forget())
     monkeypatch.setattr(fetch, "META_CACHE", fetch.MetaCache())  # nothing decoded before is remembered
     assert r.cmd("c FETCH 1:3 (ENVELOPE BODYSTRUCTURE BODY)") == [*before[:-1], b"c OK FETCH completed\r\n"]
     assert set(imap.run(imap.store.read_structures(blobs))) == set(blobs)

@@ -145,7 +145,8 @@ def test_streams_per_user_are_capped(server: Any, monkeypatch: pytest.MonkeyPatc
     c = signed_in(server, ALICE, PW)
     with c.stream("GET", "/mail/events") as r:
         assert r.status_code == 200
-        next(r.iter_raw())
+        chunks = r.iter_raw()  # kept: an iterator dropped at once would close the stream (httpx), racing the 429
+        next(chunks)
         assert c.get("/mail/events").status_code == 429
     webmail = server.postroom.webmail
     assert webmail is not None

@@ -8,6 +8,13 @@ every store the fixtures made before the test and closes them after. To add an e
 engine with every body a file; the modules where bodies matter (messages, queue, durability, user removal) run
 against it too, through `pytestmark = BODY_BACKENDS`, so both ways of storing a body meet the same suite.
 
+"postgresql" is the PostgreSQL engine (postroom/store/postgresql/) on a real server started once per session
+(tests/pgcluster.py, the `pg_cluster` fixture), an empty database per test (new, or one a finished test gave
+back, emptied); its URL is written to
+`data_dir/postgresql.url` so that `make_store` (also run by the kill -9 tests' child processes) finds it. A test
+of something only one engine has (SQLite's files, its `sort_rows` copy, its row-bounded change table) skips
+the other, saying why.
+
 Engine-specific checks (where bodies are) go through `stored_bodies()`, which returns None where it does not
 apply.
 """
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,7 @@ import pytest
 from postroom.store import open_store
 from postroom.store.api import AppendRequest, Mailbox, Store, User
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 BODY_BACKENDS = pytest.mark.parametrize("backend", [*BACKENDS, "sqlite-files"], indirect=True)
 TEST_TIMEOUT = 30.0
 
@@ -34,6 +41,10 @@ _STORES = pytest.StashKey[list[Any]]()
 
 
 def make_store(backend: str, data_dir: Path) -> Store:
+    if backend == "postgresql":
+        from postroom.store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore((data_dir / "postgresql.url").read_text().strip(), data_dir / "blobs")
     if backend == "sqlite":
         return open_store(f"sqlite:///{data_dir / 'postroom.db'}", data_dir)
     if backend == "sqlite-files":
@@ -44,8 +55,17 @@ def make_store(backend: str, data_dir: Path) -> Store:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def backend(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    name = str(request.param)
+    if name != "postgresql":
+        yield name
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = cluster.create_database()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "postgresql.url").write_text(url + "\n")
+    yield name
+    cluster.release_database(url)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """A second process writing a Postroom store, for the cross-process change feed tests (store/sqlite/feed.py).
 
-    python tests/store/feed_writer.py DB BLOB_DIR ADDRESS [--keep ROWS] OP...
+    python tests/store/feed_writer.py DATA_DIR ADDRESS [--keep ROWS] OP...
 
-Opens the store as any admin command does (`SQLiteStore`, its own process, its own hub), runs each OP as one
+Opens the store of the conformance suite's DATA_DIR as any admin command does (its own process, its own hub:
+the PostgreSQL engine when DATA_DIR names a database in `postgresql.url`, else SQLite), runs each OP as one
 write for the user ADDRESS, and prints one JSON line per change record each write published on this process's
 hub (what the other processes' subscribers must receive), flushed at once, then "done". OPs:
 
@@ -13,8 +14,8 @@ hub (what the other processes' subscribers must receive), flushed at once, then 
     metadata:ENTRY=VALUE  SETMETADATA of INBOX's ENTRY (an empty VALUE removes it); servermetadata:... the server's
     forever               append one message after another until killed (kill -9 tests)
 
---keep ROWS: keep at most ROWS rows in the change table (the store's `keep_changes`), so this writer prunes
-what a stalled process has not read yet.
+--keep ROWS: keep at most ROWS rows in the change table (the SQLite store's `keep_changes`), so this writer
+prunes what a stalled process has not read yet.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from postroom.store.api import FLAG_BY_NAME, AppendRequest, StoreMode, Subscription  # noqa: E402
 from postroom.store.sqlite import SQLiteStore  # noqa: E402
+from tests.store.conftest import make_store  # noqa: E402
 
 MODES = {"+": StoreMode.ADD, "-": StoreMode.REMOVE, "=": StoreMode.REPLACE}
 
@@ -46,8 +48,11 @@ def emit(sub: Subscription) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    keep = {} if args.keep is None else {"keep_changes": args.keep}
-    store = SQLiteStore(Path(args.db), Path(args.blobs), **keep)
+    data_dir = Path(args.data_dir)
+    if args.keep is not None:
+        store = SQLiteStore(data_dir / "postroom.db", data_dir / "blobs", keep_changes=args.keep)
+    else:
+        store = make_store("postgresql" if (data_dir / "postgresql.url").exists() else "sqlite", data_dir)
     await store.open()
     try:
         user = await store.get_user(args.address)
@@ -96,8 +101,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("db")
-    ap.add_argument("blobs")
+    ap.add_argument("data_dir")
     ap.add_argument("address")
     ap.add_argument("ops", nargs="+")
     ap.add_argument("--keep", type=int, default=None)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from postroom.auth.passwords import make_credentials
-from postroom.store import open_store
 from postroom.store.api import Store
 
+from .conftest import make_store
 from .test_authenticator import Clock, delays, make_auth, setup
 
 ALICE = "alice@example.org"
@@ -55,10 +55,11 @@ async def test_failures_are_not_remembered(store: Store) -> None:
     assert auth.argon2_checks == 4
 
 
-async def test_a_password_changed_by_another_process_ends_the_entry_at_once(store: Store, data_dir: Path) -> None:
+async def test_a_password_changed_by_another_process_ends_the_entry_at_once(store: Store, backend: str,
+                                                                          data_dir: Path) -> None:
     auth, _ = await setup(store)
     assert await auth.check_password(ALICE, PW, IP) is not None
-    other = open_store(f"sqlite:///{data_dir / 'postroom.db'}", data_dir)  # another connection, as the CLI has
+    other = make_store(backend, data_dir)  # another store on the same data, as the CLI has
     await other.open()
     try:
         h, scram = make_credentials("new-battery-staple")

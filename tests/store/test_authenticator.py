@@ -15,7 +15,7 @@ from postroom.auth import authenticator
 from postroom.auth.authenticator import Authenticator
 from postroom.auth.passwords import make_credentials
 from postroom.config import AuthConfig
-from postroom.store.api import Store
+from postroom.store.api import AuthFailures, Store
 from postroom.store.sqlite import SQLiteStore
 from postroom.store.sqlite.schema import _STEPS
 
@@ -352,3 +352,17 @@ async def test_other_spellings_of_a_name_are_the_same_account(store: Store) -> N
     fake = (await server_first(auth, "nobody@example.org"))["s"]
     for spelling in ("nobody@example.org.", "NOBODY@example.org", '"nobody"@example.org'):
         assert (await server_first(auth, spelling))["s"] == fake, spelling
+
+
+async def test_read_auth_failures_gives_the_live_records_asked_for(store: Store) -> None:
+    """What another worker process counted (`Store.read_auth_failures`): only the keys asked for, only records
+    that have not expired, none for a key without one."""
+    live = AuthFailures("192.0.2.1", "", 3, 100.0, 0.0, 0.0, 500.0)
+    pair = AuthFailures("192.0.2.1", "alice@example.org", 2, 100.0, 90.0, 400.0, 500.0)
+    other = AuthFailures("192.0.2.2", "", 1, 100.0, 0.0, 0.0, 500.0)
+    old = AuthFailures("192.0.2.3", "", 1, 10.0, 0.0, 0.0, 150.0)
+    await store.save_auth_failures([live, pair, other, old], [], 50.0)
+    got = await store.read_auth_failures([("192.0.2.1", ""), ("192.0.2.1", "alice@example.org"),
+                                          ("192.0.2.3", ""), ("192.0.2.9", "")], 200.0)
+    assert sorted(got, key=lambda r: r.username) == [live, pair]  # 192.0.2.3's expired at 150; .9 has none
+    assert await store.read_auth_failures([], 200.0) == []

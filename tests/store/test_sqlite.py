@@ -12,6 +12,7 @@ import pytest
 from postroom.store import names, open_store
 from postroom.store.api import Invalid, NotFound, StoreError
 from postroom.store.blobs import BlobStore, blob_id_of
+from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore
 from postroom.store.sqlite.schema import SCHEMA_VERSION
 
@@ -22,8 +23,8 @@ def test_open_store_urls(tmp_path: Path) -> None:
     s = open_store(f"sqlite:///{tmp_path}/x.db", tmp_path)
     assert isinstance(s, SQLiteStore)
     assert s.path == tmp_path / "x.db" and s.blobs.root == tmp_path / "blobs"
-    with pytest.raises(StoreError):
-        open_store("postgresql://localhost/db", tmp_path)
+    pg = open_store("postgresql://postroom@localhost:5432/db", tmp_path)  # built, not connected
+    assert isinstance(pg, PostgreSQLStore) and pg.dsn == "postgresql://postroom@localhost:5432/db"
     with pytest.raises(StoreError):
         open_store("mysql://x", tmp_path)
 

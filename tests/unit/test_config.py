@@ -79,6 +79,9 @@ url = "sqlite:///db/x.db"
     ("[listeners]\nsmtp = '127.0.0.1:2000'\nimap = '127.0.0.1:2000'\n", "already used by listeners.smtp"),
     ("[tls]\ncert = 'a.pem'\n", "tls.cert and tls.key must be given together"),
     ("[store]\nurl = 'mysql://x'\n", "store.url must start with"),
+    ("[store]\nurl = 'postgresql://postroom@db.example/'\n", "store.url must be postgresql://user@host:port/database"),
+    ("[store]\nurl = 'postgresql:///mail'\n", "store.url must be postgresql://user@host:port/database"),
+    ("[store]\nurl = 'postgresql://postroom@db.example:99999/mail'\n", "store.url: Port out of range"),
     ("[server\n", "not valid TOML"),
     ("server = 3\n", "[server] must be a table"),
 ])
@@ -89,6 +92,13 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, fragment: str) -> N
     message = str(info.value)
     assert message.startswith(str(path) + ":"), message
     assert fragment in message, message
+
+
+def test_a_postgresql_store_url_is_taken() -> None:
+    """store.url names a PostgreSQL database (issue 16): accepted as given, with or without port and password."""
+    for url in ("postgresql://postroom@db.example:5432/mail", "postgresql://postroom:secret@127.0.0.1/mail",
+                "postgresql://db.example/mail"):
+        assert config.load(None, {"store": {"url": url}}).store_url == url
 
 
 def test_listener_on_every_address() -> None:

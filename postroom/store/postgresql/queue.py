@@ -1,0 +1,142 @@
+"""The outbound queue in PostgreSQL (schema step 3): the SQLite engine's queue.py, same invariants.
+
+Concurrency: `queue_update` and `queue_delete` lock the entry's row first, so an entry is dropped (with its
+body reference) once, whoever finishes it. Several nodes claiming due entries with `FOR UPDATE SKIP LOCKED`
+and leases is issue 16 item 3, not built yet: `queue_due` reads, as on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+
+from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
+from postroom.store.blobs import blob_id_of
+from postroom.store.postgresql.common import Base, acquire_blob, release_blobs
+from postroom.store.postgresql.dbtypes import Conn
+from postroom.store.postgresql.engine import Tx, rowcount
+from postroom.store.sqlite.queue import PENDING, _check_entry
+
+ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked"
+RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
+
+
+async def _entries(conn: Conn, found: Sequence[asyncpg.Record]) -> list[QueueEntry]:
+    if not found:
+        return []
+    rcpts: dict[int, list[QueueRecipient]] = {int(r[0]): [] for r in found}
+    for r in await conn.fetch(f"SELECT {RCPT_COLUMNS} FROM queue_rcpt WHERE queue_id = ANY($1::bigint[])"
+                              " ORDER BY queue_id, position", list(rcpts)):
+        rcpts[int(r[0])].append(QueueRecipient(rcpt=r[1], orcpt=r[2], notify=r[3], state=RcptState(r[4]),
+                                               attempts=r[5], next_try=r[6], last_error=r[7],
+                                               delay_notified=bool(r[8])))
+    return [QueueEntry(id=r[0], blob_id=r[1], size=r[2], mail_from=r[3], envid=r[4], ret=r[5], created=r[6],
+                       recipients=tuple(rcpts[int(r[0])]), from_checked=bool(r[7])) for r in found]
+
+
+async def _drop(tx: Tx, queue_id: int, blob_id: str) -> None:
+    await tx.conn.execute("DELETE FROM queue WHERE id = $1", queue_id)  # cascades to queue_rcpt
+    await release_blobs(tx, {blob_id: 1})
+
+
+class QueueMixin(Base):
+    async def _enqueue(self, blob_id: str, size: int, raw: bytes, source: Path | None, mail_from: str, envid: str,
+                       ret: str, rcpts: tuple[QueueRecipient, ...], from_checked: bool,
+                       crlf: int | None = None) -> QueueEntry:
+        now = self._clock()
+
+        async def op(tx: Tx) -> QueueEntry:
+            await acquire_blob(tx, blob_id, raw, source=source, size=size if source is not None else None, crlf=crlf)
+            queue_id = int(await tx.conn.fetchval(
+                "INSERT INTO queue(blob_id, size, mail_from, envid, ret, created, from_checked)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                blob_id, size, mail_from, envid, ret, now, int(from_checked)))
+            await tx.conn.executemany(
+                "INSERT INTO queue_rcpt(queue_id, position, rcpt, orcpt, notify, state, attempts, next_try,"
+                " last_error, delay_notified) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                [(queue_id, i, r.rcpt, r.orcpt, r.notify, RcptState(r.state).value, r.attempts, r.next_try,
+                  r.last_error, int(r.delay_notified)) for i, r in enumerate(rcpts)])
+            return QueueEntry(queue_id, blob_id, size, mail_from, envid, ret, now, rcpts, from_checked)
+
+        return await self._engine.write(op)
+
+    async def enqueue(self, raw: bytes, mail_from: str, recipients: Sequence[QueueRecipient], envid: str = "",
+                      ret: str = "", from_checked: bool = True) -> QueueEntry:
+        rcpts, ret = _check_entry(recipients, ret)
+        return await self._enqueue(blob_id_of(raw), len(raw), raw, None, mail_from, envid, ret, rcpts, from_checked)
+
+    async def enqueue_file(self, path: Path, mail_from: str, recipients: Sequence[QueueRecipient], *,
+                           prefix: bytes = b"", envid: str = "", ret: str = "",
+                           from_checked: bool = True) -> QueueEntry:
+        rcpts, ret = _check_entry(recipients, ret)
+        path = self._check_staged(path)
+        body = await asyncio.to_thread(self._staging.stage_copy, path, prefix) if prefix else path
+        try:
+            blob_id, size, crlf = await asyncio.to_thread(self._staging.hash_file, body)
+            return await self._enqueue(blob_id, size, b"", body, mail_from, envid, ret, rcpts, from_checked, crlf)
+        finally:
+            if body != path:
+                body.unlink(missing_ok=True)
+
+    async def queue_get(self, queue_id: int) -> QueueEntry | None:
+        async def q(conn: Conn) -> QueueEntry | None:
+            found = await _entries(conn, await conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id = $1",
+                                                          queue_id))
+            return found[0] if found else None
+
+        return await self._engine.read(q)
+
+    async def queue_list(self) -> list[QueueEntry]:
+        async def q(conn: Conn) -> list[QueueEntry]:
+            return await _entries(conn, await conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue ORDER BY created, id"))
+
+        return await self._engine.read(q)
+
+    async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
+        async def q(conn: Conn) -> list[QueueEntry]:
+            return await _entries(conn, await conn.fetch(
+                f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id IN"
+                " (SELECT queue_id FROM queue_rcpt WHERE state = ANY($1::text[]) AND next_try <= $2)"
+                " ORDER BY created, id LIMIT $3", list(PENDING), now, limit))
+
+        return await self._engine.read(q)
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+        updates = [(RcptState(r.state).value, r.attempts, r.next_try, r.last_error, int(r.delay_notified), queue_id,
+                    r.rcpt) for r in recipients]
+
+        async def op(tx: Tx) -> None:
+            blob_id = await tx.conn.fetchval("SELECT blob_id FROM queue WHERE id = $1 FOR UPDATE", queue_id)
+            if blob_id is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            for u in updates:
+                status = await tx.conn.execute(
+                    "UPDATE queue_rcpt SET state = $1, attempts = $2, next_try = $3, last_error = $4,"
+                    " delay_notified = $5 WHERE queue_id = $6 AND rcpt = $7", *u)
+                if rowcount(status) == 0:
+                    raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
+            if not await tx.conn.fetchval(
+                    "SELECT 1 FROM queue_rcpt WHERE queue_id = $1 AND state = ANY($2::text[]) LIMIT 1",
+                    queue_id, list(PENDING)):
+                await _drop(tx, queue_id, str(blob_id))
+
+        await self._engine.write(op)
+
+    async def queue_delete(self, queue_id: int) -> None:
+        async def op(tx: Tx) -> None:
+            blob_id = await tx.conn.fetchval("SELECT blob_id FROM queue WHERE id = $1 FOR UPDATE", queue_id)
+            if blob_id is None:
+                raise NotFound(f"no queue entry {queue_id}")
+            await _drop(tx, queue_id, str(blob_id))
+
+        await self._engine.write(op)
+
+    async def queue_length(self) -> int:
+        async def q(conn: Conn) -> int:
+            return int(await conn.fetchval("SELECT count(*) FROM queue_rcpt WHERE state = ANY($1::text[])",
+                                           list(PENDING)))
+
+        return await self._engine.read(q)

@@ -1,0 +1,115 @@
+"""What only the PostgreSQL engine has to show: several writers on several connections pools (as several
+server nodes would be) never share a UID or a MODSEQ, its change feed survives losing its LISTEN
+connection, and its schema steps upgrade an older database. The rest of its behaviour is the conformance
+suite's, shared with SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from postroom.store import Store, SubscriptionOverflow
+from postroom.store.postgresql import PostgreSQLStore
+
+from .conftest import inbox, make_store, msg, new_user
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+
+async def test_two_nodes_appending_to_one_mailbox_never_share_a_uid(store: Store,
+                                                                    store_factory: Callable[[], Store]) -> None:
+    box = await inbox(store, await new_user(store))
+    other = store_factory()  # a second pool on the same database: another node
+    await other.open()
+    try:
+        async def writer(s: Store, base: int) -> list[tuple[int, int]]:
+            out = []
+            for i in range(25):
+                r = await s.append(box.id, msg(base + i))
+                out.append((r.uid, r.modseq))
+            return out
+
+        results = await asyncio.gather(*(writer(s, 100 * k) for k, s in enumerate([store, other, store, other])))
+    finally:
+        await other.close()
+    pairs = [p for batch in results for p in batch]
+    assert len({uid for uid, _ in pairs}) == 100 and len({m for _, m in pairs}) == 100
+    stored = await store.list_messages(box.id)
+    assert sorted(uid for uid, _ in pairs) == [m.uid for m in stored] == list(range(1, 101))
+    after = await store.get_mailbox_by_id(box.id)
+    assert after is not None and after.uidnext == 101 and after.highestmodseq == max(m for _, m in pairs)
+
+
+async def test_the_feed_listens_again_after_losing_its_connection(store: Store,
+                                                                 store_factory: Callable[[], Store]) -> None:
+    assert isinstance(store, PostgreSQLStore)
+    user = await new_user(store)
+    box = await inbox(store, user)
+    sub = store.hub.subscribe(user.id)
+    listener = store.feed._listener
+    assert listener is not None
+    admin = await asyncpg.connect(store.dsn)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+    finally:
+        await admin.close()
+    with pytest.raises(SubscriptionOverflow):  # what was missed is unknown: the subscriber resyncs
+        await asyncio.wait_for(sub.get(), 10)
+    sub.reset()
+    mine = await store.append(box.id, msg(1))  # a write goes on meanwhile, and is announced
+    assert (await asyncio.wait_for(sub.get(), 10)).uid == mine.uid
+    for _ in range(200):  # the feed listens again (RECONNECT_SECONDS), then says once more what it missed
+        if store.feed._listener is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert store.feed._listener is not None
+    with pytest.raises(SubscriptionOverflow):
+        await asyncio.wait_for(sub.get(), 10)
+    sub.reset()
+    other = store_factory()  # another process's change reaches this one's subscriber again
+    await other.open()
+    try:
+        theirs = await other.append(box.id, msg(2))
+    finally:
+        await other.close()
+    assert (await asyncio.wait_for(sub.get(), 10)).uid == theirs.uid
+    sub.close()
+
+
+async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backend: str, data_dir: Path) -> None:
+    from postroom.store.postgresql import schema
+
+    url = (data_dir / "postgresql.url").read_text().strip()
+    conn = await asyncpg.connect(url)
+    try:  # a database as the engine left it before steps 7-9, with a domain and a user
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE schema_version(version integer NOT NULL)")
+            await conn.execute("INSERT INTO schema_version(version) VALUES (6)")
+            for step in schema._STEPS[:6]:
+                await step(conn)
+            domain_id = await conn.fetchval("INSERT INTO domains(name, dkim_selector, created)"
+                                            " VALUES ('example.org', 'old', 1) RETURNING id")
+            await conn.execute("INSERT INTO users(address, domain_id, password_hash, created)"
+                               " VALUES ('alice@example.org', $1, 'x', 1)", domain_id)
+    finally:
+        await conn.close()
+    store = make_store(backend, data_dir)
+    assert isinstance(store, PostgreSQLStore)
+    async with store:
+        user = await store.get_user("alice@example.org")
+        assert user is not None and user.admin is False  # an upgrade makes nobody an admin
+        domain = await store.get_domain("example.org")
+        assert domain is not None and (domain.dkim_selector, domain.dkim_next) == ("old", "")
+        assert await store.switch_dkim("example.org") is False  # nothing kept
+        await store.add_sender_rule("example.org", "block", "@bad.example")
+        assert [r.pattern for r in await store.sender_rules(user.id)] == ["@bad.example"]
+        assert await store.read_structures([]) == {}
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 9
+    finally:
+        await conn.close()
