@@ -24,8 +24,10 @@ message is known to be sendable (so a form refused for a typo costs nothing), th
 sending, dkim.py invariant 3, and sends DSNs). The message is written (writing.py) into a file in the store's
 staging directory and handed over as `Envelope.staged` with a Received field as prefix, so neither the router
 nor the store holds it whole again. Then the same file becomes the copy in Sent (`\\Sent`, made when
-missing) with `\\Seen`; the original of a reply gets `\\Answered`, of a forward `$Forwarded` (through the
-store, so IMAP sessions see it); a draft the message was resumed from is expunged.
+missing) with `\\Seen`, with a Bcc field put in front when there were Bcc recipients (RFC 5322 §3.6.3: the
+sender's own copy may keep them, as mail clients do; the copies sent never carry it); the original of a
+reply gets `\\Answered`, of a forward `$Forwarded` (through the store, so IMAP sessions see it); a draft the
+message was resumed from is expunged.
 
 "Save draft" writes the message (with Bcc, an `X-Postroom-Draft-Origin` field naming the message replied to or
 forwarded, so a resumed draft still flags it, and an address field that does not parse yet, half typed, as the
@@ -62,6 +64,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -539,8 +542,9 @@ class Compose:
             sent: Mailbox | None = None
             try:
                 sent = await self._special(signed.user_id, "\\Sent", "Sent")
-                await self._keep_copy(sent, path, size, Flag.SEEN)
-            except StoreError as exc:  # sent already (durable, router invariant 1): only the copy is missing
+                copy, copy_size = await self._with_field(path, writing.bcc_field(bcc)) if bcc else (path, size)
+                await self._keep_copy(sent, copy, copy_size, Flag.SEEN)
+            except (StoreError, OSError) as exc:  # sent already (durable, router invariant 1): only the copy is missing
                 log.warning("web send sent-copy=failed reason=%s user=%s", type(exc).__name__, _safe(user))
         finally:
             path.unlink(missing_ok=True)
@@ -569,6 +573,24 @@ class Compose:
                                f"You have written to the most recipients allowed in an hour "
                                f"({self.config.smtp.submission_recipients_per_hour}). Your text is kept: send it "
                                "later.")
+
+    async def _with_field(self, path: Path, field: bytes) -> tuple[Path, int]:
+        """A new staging file: `field` (a header field, CRLF) then the message in `path`, copied in pieces in a
+        thread (never whole in memory): the Sent copy keeps its Bcc field, which the sent message does not carry."""
+        fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix="web-sent.")
+        copy = Path(name)
+
+        def go() -> int:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                out.write(field)
+                shutil.copyfileobj(src, out, 256 * 1024)
+                return out.tell()
+
+        try:
+            return copy, await asyncio.to_thread(go)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
 
     async def _keep_copy(self, box: Mailbox, path: Path, size: int, flags: int) -> int:
         meta = await pool.meta_of_file(path, size, self.config.limits, allow_nul=False)

@@ -310,6 +310,16 @@ def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc:
     return b"".join(POLICY.fold_binary(name, value) for name, value in msg.raw_items())
 
 
+def bcc_field(bcc: Sequence[tuple[str, str]]) -> bytes:
+    """The Bcc field of the sender's own copy (RFC 5322 §3.6.3: the copies sent carry none; the sender's copy may,
+    as mail clients keep it), folded, CRLF, ASCII (invariant 1); b"" without Bcc recipients."""
+    if not bcc:
+        return b""
+    msg = EmailMessage(policy=POLICY)
+    msg["Bcc"] = formatted(bcc)
+    return b"".join(POLICY.fold_binary(name, value) for name, value in msg.raw_items())
+
+
 def text_part(text: str) -> bytes:
     """The text as a whole MIME part (its Content-* fields, a blank line, the body): format=flowed UTF-8, 7bit
     when ASCII, else quoted-printable (RFC 2045 §6.7)."""

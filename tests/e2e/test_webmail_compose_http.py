@@ -104,8 +104,9 @@ def test_send_to_local_user_bcc_stays_out_and_sent_copy_is_seen(server: Any, cap
     (part,) = list(msg.iter_attachments())
     assert part.get_filename() == "résumé 2026.bin" and part.get_content() == attached
     assert b"filename*=utf-8''r%C3%A9sum%C3%A9%202026.bin" in at_bob  # RFC 2231
-    # The Sent copy: the same message, \Seen, no Bcc either.
+    # The Sent copy: the same message, \Seen, and the Bcc field for the sender's record (RFC 5322 §3.6.3).
     (copy,) = _messages(server, alice, "Sent")
+    assert copy.startswith(b"Bcc: " + CAROL.encode() + b"\r\n")
     assert _header(copy).split(b"\r\n")[1:] == _header(at_bob).split(b"\r\n")[-len(_header(copy).split(b"\r\n")) + 1:]
     assert server.run(server.store.list_messages(sent_box.id))[0].flags & Flag.SEEN
     assert any("web send result=ok user=alice@example.org" in rec.getMessage() and "rcpts=2" in rec.getMessage()
