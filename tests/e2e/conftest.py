@@ -80,6 +80,23 @@ class ServerHandle:
             self.loop.close()
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium (tests/debian-packages.txt): Playwright downloads nothing
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright from PyPI (`executable_path`), headless, one per test module; its
+    sandbox off, since CI runs the tests as root, where chromium's sandbox cannot start. Skipped with the package
+    to install when either is missing."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, chromium_sandbox=False)
+        yield b
+        b.close()
+
+
 @pytest.fixture
 def server_overrides() -> dict[str, Any]:
     return {}

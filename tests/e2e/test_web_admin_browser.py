@@ -9,7 +9,6 @@ import imaplib
 import smtplib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,19 +19,9 @@ from postroom.store.api import ListPolicy, QueueRecipient
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 ADMIN, PW = "root@example.org", "admin-browser-1"
 HOST = "mail.example.org"
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, chromium_sandbox=False)
-        yield b
-        b.close()
 
 
 @pytest.fixture

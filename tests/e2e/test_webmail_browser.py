@@ -18,20 +18,9 @@ from web_support import base, deliver, mailbox_id
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 ALICE, PW = "alice@example.org", "browser-pass-1"
 ATTACHED = bytes(range(256)) * 40 + b"\x00\r\n\r\nend"
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                              chromium_sandbox=False)  # the tests run as root in CI, where its sandbox cannot
-        yield b
-        b.close()
 
 
 @pytest.fixture

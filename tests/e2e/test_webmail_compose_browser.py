@@ -20,7 +20,6 @@ import postroom.web.compose
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 ALICE, BOB, PW = "alice@example.org", "bob@example.org", "compose-browser-1"
 ATTACHED = bytes(range(256)) * 40 + b"\x00\r\n\r\nend"
 ORIGINAL = (b"From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: Lunch?\r\n"
@@ -28,15 +27,6 @@ ORIGINAL = (b"From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: L
             b"References: <lunch-1@example.org>\r\nIn-Reply-To: <lunch-1@example.org>\r\n\r\n"
             b"Noon at the caf\xc3\xa9?\r\n")
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, chromium_sandbox=False)
-        yield b
-        b.close()
 
 
 @pytest.fixture

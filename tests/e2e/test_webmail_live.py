@@ -11,7 +11,6 @@ import imaplib
 import smtplib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,18 +24,8 @@ from postroom.web import live
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 ALICE, BOB, PW = "alice@example.org", "bob@example.org", "live-pass-1"
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, chromium_sandbox=False)
-        yield b
-        b.close()
 
 
 @pytest.fixture
