@@ -6,12 +6,13 @@ A mailbox of --count messages of about 20 KiB of text each (English words drawn 
 documentation, so the text is varied like real mail; a quarter multipart with a base64 attachment) is put into a
 fresh Postroom data folder through the store (metadata and index computed as delivery does) and into a Maildir for a
 throwaway Dovecot (bench/dovecot.py). A rare term is put into about 1 % of the messages (at random places in the
-body), a common word is in most of them, and a two-character CJK word in about 5 %.
+body), another into exactly 200 messages whatever the count (how the cost grows with the mailbox alone, the
+answer staying the same), a common word is in most of them, and a two-character CJK word in about 5 %.
 
 Each server gets one session: LOGIN, SELECT INBOX, one untimed run of every search (Dovecot builds its
 index, both fill the page cache), then --runs timed runs of each:
 
-    UID SEARCH TEXT <rare>, UID SEARCH BODY <rare>, UID SEARCH SUBJECT <rare subject word>,
+    UID SEARCH TEXT <rare>, UID SEARCH BODY <rare>, UID SEARCH BODY <in 200>, UID SEARCH SUBJECT <rare word>,
     UID SEARCH TEXT <common>  (the index cannot narrow much: close to the full scan),
     UID SEARCH BODY <2 CJK characters>  (too short for trigrams: the full scan)
 
@@ -51,10 +52,13 @@ RARE = "quokkafest"
 RARE_SUBJECT = "zanzibarly"
 COMMON = "the"
 CJK = "会议"
+FIXED = "wombatgala"  # in exactly FIXED_COUNT messages whatever --count: the cost of a search whose answer stays
+FIXED_COUNT = 200  # the same size while the mailbox grows
 
 
 def make_messages(count: int, size: int = 20_000) -> list[bytes]:
     rng = random.Random(5032)
+    every = max(1, count // FIXED_COUNT)  # FIXED goes into one message of each `every`
     # English words with their frequencies in a real text (Python's own documentation, shipped with it): the
     # index's size depends on how varied the text is, and random letters would overstate it.
     vocab = re.findall(r"[A-Za-z]+(?:'[a-z]+)?[,.;:]?", " ".join(topics.values()))
@@ -65,6 +69,8 @@ def make_messages(count: int, size: int = 20_000) -> list[bytes]:
             words[rng.randrange(len(words))] = RARE
         if rng.random() < 0.05:
             words[rng.randrange(len(words))] = CJK
+        if i % every == 11 % every and i // every < FIXED_COUNT:
+            words[7] = FIXED  # no random draw: the rest of the mail is the same as without it
         lines = [" ".join(words[k:k + 12]) for k in range(0, len(words), 12)]
         subject = f"report {i} " + (RARE_SUBJECT if i % 100 == 7 else rng.choice(vocab))
         head = (f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\nTo: {USER}\r\nSubject: {subject}\r\n"
@@ -112,6 +118,7 @@ def searches() -> list[tuple[str, bytes]]:
         return b"{%d+}\r\n" % len(data) + data
 
     return [(f"TEXT {RARE} (~1 %)", b"TEXT " + lit(RARE)), (f"BODY {RARE} (~1 %)", b"BODY " + lit(RARE)),
+            (f"BODY {FIXED} ({FIXED_COUNT} at any size)", b"BODY " + lit(FIXED)),
             (f"SUBJECT {RARE_SUBJECT} (1 %)", b"SUBJECT " + lit(RARE_SUBJECT)),
             (f"TEXT {COMMON} (common)", b"TEXT " + lit(COMMON)),
             ("BODY 2 CJK chars (~5 %)", b"BODY " + lit(CJK))]

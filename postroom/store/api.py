@@ -478,11 +478,13 @@ class AppendRequest:
 
 @dataclass(frozen=True)
 class TextCandidates:
-    """What `Store.search_text` found: the messages that may match (UID order) and how many of them are there
-    only because their body is not indexed yet."""
+    """What `Store.search_text` found: the messages that may match (UID order), how many of them are there
+    only because their body is not indexed yet, and whether exactly these messages match the filter (`exact`:
+    every one of them does, so the caller need not confirm them; an engine that cannot vouch says False)."""
 
     messages: list[MessageInfo]
     unindexed: int
+    exact: bool = False
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ index, ~6 ms). Building it reads each `blobs` row once.
 scope and pattern; store/sqlite/senders.py, invariant 25), `spam_training`: the training signals a user's
 moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmarc_results`: the DMARC evaluation
 of each message whose policy asks for aggregate reports (invariant 27). None exist before.
+23 (issue 14) makes `fts_head` anew with positions (`detail=full`): a header-field key (SUBJECT, FROM, TO, CC,
+BCC) is then one phrase lookup that answers exactly, so no body's scan form is read to confirm it (fts.py
+invariant 5). The step fills the new table from the stored metadata of the indexed bodies, header fields only,
+logging its progress; the body's index and scan forms are untouched.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -186,7 +190,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 23
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -628,9 +632,23 @@ def _v22(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
 
 
+def _v23(conn: sqlite3.Connection) -> None:
+    """`fts_head` again, with positions (`detail=full`), so a SUBJECT, FROM, TO, CC or BCC key is answered by one
+    phrase lookup in its column, exactly (fts.py invariant 5), instead of a superset confirmed on each body's scan
+    form. A contentless table cannot change its detail: the step makes it anew and fills it from the stored
+    metadata of every indexed body (the header fields only: no body text is indexed again), logging its progress
+    on large stores."""
+    from postroom.store.sqlite import fts  # (fts's helpers import the engine, which imports this module)
+
+    conn.execute("DROP TABLE fts_head")
+    conn.execute(fts.CREATE_HEAD)
+    fts.refill_head(conn, lambda done, total: log.info("schema 23: header index of %d of %d bodies written",
+                                                       done, total))
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23,
 }
 
 
