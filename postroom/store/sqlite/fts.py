@@ -39,12 +39,11 @@ Invariants
 5. (schema 23) `fts_head` keeps positions (`detail=full`), so a needle looked up as one phrase in a header
    field's own column (`_phrase`: SUBJECT, FROM, TO, CC, BCC, or HEADER of one of those) matches exactly the
    documents whose column contains it: the column is `SearchText.header(name)` case-folded, the very haystack
-   the exact check reads, except that a lone surrogate there became "?" (`textindex._clean`), so a needle with
-   "?", U+FFFD, NUL or a surrogate is not looked up as a phrase. Such lookups, and ANDs and ORs of them, are
-   exact; `candidates` says so (`TextCandidates.exact`) when no candidate came from the backlog, and SEARCH
-   then reads no scan form for them. The body table keeps no positions (`detail=none`): with them it measured
-   16 times larger (2.1 times the bodies' size on the bench mail, bench/RESULTS.md), so body and TEXT
-   candidates are confirmed on their scan forms.
+   the exact check reads (textindex invariant 3: `TextTerm.whole` says which needles). Such lookups, and ANDs
+   and ORs of them, are exact; `candidates` says so (`TextCandidates.exact`) when no candidate came from the
+   backlog, and SEARCH then reads no scan form for them. The body table keeps no positions (`detail=none`):
+   with them it measured 16 times larger (2.1 times the bodies' size on the bench mail, bench/RESULTS.md), so
+   body and TEXT candidates are confirmed on their scan forms.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ from postroom.store.sqlite import common  # (a module: common calls index_blob, 
 from postroom.store.textindex import (
     HEAD_COLUMNS,
     HEADER_FIELDS,
-    MIN_PIECE,
     TextAll,
     TextAny,
     TextFilter,
@@ -76,7 +74,6 @@ INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
 BY_BLOB_MAX = 4_096  # documents mapped to messages through `messages_blob` without counting the range first
 MAX_PHRASE = 256  # characters of a header needle looked up as one phrase (invariant 5); longer: by trigrams
-_NOT_PHRASE = frozenset("?\ufffd\x00")  # characters a phrase lookup could match where the haystack differs
 CREATE_HEAD = ("CREATE VIRTUAL TABLE fts_head USING fts5(h_subject, h_from, h_to, h_cc, h_bcc, h_headers, h_names,"
                " tokenize='trigram case_sensitive 1', detail=full, content='')")  # schema 23 (invariant 5)
 _HEAD_COLS = tuple(f"h_{c}" for c in HEAD_COLUMNS)
@@ -215,10 +212,8 @@ def _phrase(term: TextTerm) -> tuple[str, str] | None:
     field = term.header if term.key == "header" else term.key
     if field not in HEADER_FIELDS:
         return None
-    folded = term.needle.casefold()
-    if not MIN_PIECE <= len(folded) <= MAX_PHRASE or not _NOT_PHRASE.isdisjoint(folded):
-        return None
-    if not folded.isascii() and any("\ud800" <= c <= "\udfff" for c in folded):
+    folded = term.whole()
+    if folded is None or len(folded) > MAX_PHRASE:
         return None
     return f"h_{field}", _quote(folded)
 
