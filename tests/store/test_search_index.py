@@ -79,6 +79,8 @@ async def test_an_exact_answer_is_exactly_what_matches(store: Store) -> None:
         (TextTerm("from", "ANN@EXAMPLE"), [1, 2, 3, 4]),
         (TextAny((TextTerm("subject", "budget"), TextTerm("subject", "abcde"))), [1, 3]),
         (TextAll((TextTerm("subject", "re: "), TextTerm("subject", "abcde"))), [3]),
+        (TextTerm("body", "ABC"), [2]),  # three characters: one trigram, exact without positions
+        (TextTerm("text", "abc"), [2, 3]),
     ]
     sqlite = isinstance(store, SQLiteStore)
     for flt, expected in cases:

@@ -43,7 +43,8 @@ Invariants
    and ORs of them, are exact; `candidates` says so (`TextCandidates.exact`) when no candidate came from the
    backlog, and SEARCH then reads no scan form for them. The body table keeps no positions (`detail=none`):
    with them it measured 16 times larger (2.1 times the bodies' size on the bench mail, bench/RESULTS.md), so
-   body and TEXT candidates are confirmed on their scan forms.
+   body and TEXT candidates are confirmed on their scan forms, except for a whole needle of exactly three
+   characters: it is one trigram, which a field holds exactly when the needle is in it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from postroom.store.sqlite import common  # (a module: common calls index_blob, 
 from postroom.store.textindex import (
     HEAD_COLUMNS,
     HEADER_FIELDS,
+    MIN_PIECE,
     TextAll,
     TextAny,
     TextFilter,
@@ -241,7 +243,10 @@ def _term_docs(conn: sqlite3.Connection, term: TextTerm) -> tuple[set[int] | Non
         out = docs if out is None else out & docs
         if not out:
             break
-    return out, False
+    # A whole needle of three characters is one trigram: a document holds it exactly when a field does, no
+    # positions needed (invariant 5), so even the body's lookup is exact for it.
+    whole = term.whole()
+    return out, whole is not None and len(whole) == MIN_PIECE
 
 
 def _filter_docs(conn: sqlite3.Connection, flt: TextFilter) -> tuple[set[int] | None, bool]:
