@@ -205,6 +205,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     20: ("ALTER TABLE users DROP COLUMN admin", "ALTER TABLE domains DROP COLUMN dkim_next"),
     21: ("DROP INDEX blobs_crlf",),
     22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
+    23: ("DROP TABLE user_settings", "DROP TABLE auto_replies"),
 }
 
 
