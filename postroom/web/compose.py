@@ -109,7 +109,6 @@ CORRESPONDENTS_SECONDS = 60.0
 MAX_SUGGESTIONS = 20
 MAX_TEXT_FIELD = 2 * 1024 * 1024  # octets of one text field (the body)
 MAX_FILES = 100
-MAX_IDENTITIES = 200  # aliases followed back from one user
 ORIGIN_FIELD = "X-Postroom-Draft-Origin"
 TYPED_FIELD = "X-Postroom-Draft"  # + "-To", "-Cc", "-Bcc": an address field of a draft that does not parse yet
 COMPOSE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -209,27 +208,8 @@ class Compose:
     # ---- identities and special mailboxes
     async def identities(self, user_id: int) -> list[str]:
         """The addresses the user may send as: their own, then the explicit aliases that lead to them
-        (`Router.may_send_as`; a catch-all never)."""
-        user = await self.store.get_user_by_id(user_id)
-        if user is None:
-            return []
-        # Walk the alias table backwards from the user (one read of it): only sources whose chain can reach them
-        # are asked of `may_send_as`, the one rule, so the store lookups grow with the user's aliases alone.
-        sources: dict[str, list[str]] = {}
-        for alias in await self.store.list_aliases():
-            if not alias.source.startswith("@"):  # a catch-all is never an identity (router invariant 6)
-                sources.setdefault(_base(alias.target), []).append(alias.source)
-        out = [user.address]
-        todo = [_base(user.address)]
-        seen = set(todo)
-        while todo and len(seen) <= MAX_IDENTITIES:
-            for source in sources.get(todo.pop(), []):
-                if _base(source) not in seen:
-                    seen.add(_base(source))
-                    todo.append(_base(source))
-                    if await self.router.may_send_as(user.address, source):
-                        out.append(source)
-        return out
+        (`Router.identities`; a catch-all never)."""
+        return await self.router.identities(user_id)
 
     async def _special(self, user_id: int, use: str, name: str) -> Mailbox:
         for b in await self.store.list_mailboxes(user_id):
@@ -739,12 +719,6 @@ def _decoded(encoded: bytes, encoding: str) -> bytes:
         return decode_body(encoded, encoding)
     except UnknownCTE:
         return encoded
-
-
-def _base(address: str) -> str:
-    """An address without its `+detail`, lower-cased: what an alias leads to (router's lookup order)."""
-    local, _, domain = address.lower().rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
 
 
 def _chosen_identity(original: writing.Original, own: list[str]) -> str:
