@@ -83,9 +83,9 @@ from postroom.web import autoconfig, conversations, profile, render, search, sor
 from postroom.web.assets import Assets
 from postroom.web.compose import Compose
 from postroom.web.live import Live
-from postroom.web.settings import Settings
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
+from postroom.web.settings import Settings
 
 log = logging.getLogger("postroom.web")
 

@@ -108,7 +108,8 @@ def test_name_signature_and_default_identity_in_compose_and_what_is_sent(server:
     c = signed_in(server, ALICE, PW)
     page = c.get("/mail/settings").text
     assert '<th scope="row">al@example.org</th>' in page and '<th scope="row">@example.org</th>' not in page
-    assert _post(c, action="profile", display_name="Alice Liddell", signature="Alice L.\r\nRabbit hole").status_code == 303
+    r = _post(c, action="profile", display_name="Alice Liddell", signature="Alice L.\r\nRabbit hole")
+    assert r.status_code == 303
     assert _post(c, action="identities", default="al@example.org", identity=["al@example.org", ALICE],
                  name=["Al", ""]).status_code == 303
     form = c.get("/mail/compose").text
@@ -154,7 +155,8 @@ def test_out_of_office_form_limits_and_dates(server: Any) -> None:
 def test_blocked_sender_is_refused_at_rcpt_and_can_be_removed(server: Any) -> None:
     alice = server.add_user(ALICE, PW)
     c = signed_in(server, ALICE, PW)
-    uid = deliver(server, alice, b"From: Pest <pest@spam.example>\r\nTo: alice@example.org\r\nSubject: Buy\r\n\r\nx\r\n")
+    uid = deliver(server, alice, b"From: Pest <pest@spam.example>\r\nTo: alice@example.org\r\n"
+                                 b"Subject: Buy\r\n\r\nx\r\n")
     page = c.get(f"/mail/box/{mailbox_id(server, alice)}/{uid}").text
     assert 'name="pattern" value="pest@spam.example"' in page  # the reading page's "Block sender"
     assert _post(c, action="rule-add", kind="block", pattern="pest@spam.example").status_code == 303
