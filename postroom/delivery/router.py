@@ -132,7 +132,7 @@ from postroom.delivery import autoreply, srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.inbound.senders import Senders, SenderVerdict, deciding_rule, verdict
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
-from postroom.mime.headers import split_fields
+from postroom.mime.headers import Field, split_fields
 from postroom.mime.lineends import Checker, stray
 from postroom.net.listener import logfmt
 from postroom.store import names
@@ -769,33 +769,38 @@ class Router:
         """Invariant 16: the out-of-office replies the INBOX copies to `users` call for, each sent (durable) or
         its failure logged."""
         now = time.time()
-        fields: list[Any] | None = None
+        fields: list[Field] = []
         for uid, address in users.items():
-            settings = await self.store.get_user_settings(uid)
-            if not autoreply.active(settings, now):
-                continue
-            if fields is None:
-                fields = autoreply.header_fields(head)
-            own = await self.identities(uid)
-            reason = autoreply.skip_reason(env.mail_from, fields, own)
-            if reason is None and not await self.store.claim_auto_reply(uid, env.mail_from, now,
-                                                                        autoreply.window_start(settings, now)):
-                reason = "replied-recently"
-            if reason is not None:
-                log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
-                                                     ("result", "skipped"), ("reason", reason)]))
-                continue
-            raw = autoreply.build(settings, from_address=autoreply.addressed_as(fields, own), to=env.mail_from,
-                                  fields=fields, hostname=self.config.server.hostname, now=now)
-            try:  # RFC 3834 §3.3: from the null reverse-path
-                sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), raw, may_relay=True,
-                                                  from_checked=True))
-            except (RouteError, StoreError) as exc:
-                log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from),
+            try:
+                await self._auto_reply(env, head, uid, address, now, fields)
+            except (RouteError, StoreError) as exc:  # the copies are durable: the delivery stands (invariant 16)
+                log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
                                                         ("result", "failed"), ("reason", str(exc)[:200])]))
-                continue
-            log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from), ("result", "sent"),
-                                                 ("local", sent.local), ("queued", sent.queued)]))
+
+    async def _auto_reply(self, env: Envelope, head: bytes, uid: int, address: str, now: float,
+                          fields: list[Field]) -> None:
+        """One user's out-of-office reply to `env`, if one is due (invariant 16); `fields` caches the header's
+        fields across the users of one delivery (filled on first need)."""
+        settings = await self.store.get_user_settings(uid)
+        if not autoreply.active(settings, now):
+            return
+        if not fields:
+            fields.extend(autoreply.header_fields(head))
+        own = await self.identities(uid)
+        reason = autoreply.skip_reason(env.mail_from, fields, own)
+        if reason is None and not await self.store.claim_auto_reply(uid, env.mail_from, now,
+                                                                    autoreply.window_start(settings, now)):
+            reason = "replied-recently"
+        if reason is not None:
+            log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
+                                                 ("result", "skipped"), ("reason", reason)]))
+            return
+        raw = autoreply.build(settings, from_address=autoreply.addressed_as(fields, own), to=env.mail_from,
+                              fields=fields, hostname=self.config.server.hostname, now=now)
+        # RFC 3834 §3.3: from the null reverse-path
+        sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), raw, may_relay=True, from_checked=True))
+        log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from), ("result", "sent"),
+                                             ("local", sent.local), ("queued", sent.queued)]))
 
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when

@@ -90,3 +90,11 @@ def test_no_reply_to_the_null_sender_and_remote_replies_are_queued_from_it(srv: 
     assert entry.mail_from == "" and [r.rcpt for r in entry.recipients] == ["Carol@remote.test"]
     raw = srv.run(srv.store.read_message(entry.blob_id))
     assert b"\r\nAuto-Submitted: auto-replied\r\n" in raw and b"\r\nTo: Carol@remote.test\r\n" in raw
+
+
+def test_a_reply_that_cannot_be_stored_does_not_fail_the_delivery(srv: Any, caplog: pytest.LogCaptureFixture) -> None:
+    srv.run(srv.store.set_user_quota(BOB, storage=1, messages=None))  # bob's mailbox cannot take the reply
+    caplog.set_level("INFO", logger="postroom.delivery")
+    send(srv, BOB)  # smtplib raises unless the message is accepted (250)
+    assert len(inbox(srv, ALICE)) == 1 and inbox(srv, BOB) == []
+    assert any("auto-reply" in r.getMessage() and "result=failed" in r.getMessage() for r in caplog.records)
