@@ -5,8 +5,11 @@ blocked senders the MX then refuses at RCPT."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import hashlib
+import hmac
 import imaplib
 import smtplib
 from typing import Any
@@ -36,6 +39,33 @@ def _imap_login(server: Any, user: str, password: str) -> bool:
         except imaplib.IMAP4.error:
             return False
         return True
+
+
+def _scram_login(server: Any, user: str, password: str) -> bool:
+    """IMAP AUTHENTICATE SCRAM-SHA-256 (RFC 7677, RFC 5802 §3) with imaplib: the verifiers, not the hash."""
+    first_bare = f"n={user},r=settings-test-nonce"
+    state: dict[str, str] = {}
+
+    def step(challenge: bytes) -> bytes:
+        if not challenge and "server_first" not in state:
+            return ("n,," + first_bare).encode()
+        if "server_first" not in state:
+            state["server_first"] = challenge.decode()
+            attrs = dict(kv.split("=", 1) for kv in state["server_first"].split(","))
+            salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+            client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+            without_proof = f"c=biws,r={attrs['r']}"
+            auth_msg = f"{first_bare},{state['server_first']},{without_proof}".encode()
+            sig = hmac.new(hashlib.sha256(client_key).digest(), auth_msg, hashlib.sha256).digest()
+            proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
+            return f"{without_proof},p={proof}".encode()
+        return b""
+
+    with imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=server.tls_client_context()) as imap:
+        try:
+            return imap.authenticate("SCRAM-SHA-256", step)[0] == "OK"
+        except imaplib.IMAP4.error:
+            return False
 
 
 def test_post_without_csrf_token_is_refused_and_changes_nothing(server: Any) -> None:
@@ -70,7 +100,7 @@ def test_each_user_sees_and_changes_only_their_own(server: Any) -> None:
 
 
 def test_password_change_keeps_this_session_ends_others_and_works_over_imap(server: Any) -> None:
-    server.add_user(ALICE, PW)
+    before = server.add_user(ALICE, PW)
     here, elsewhere = signed_in(server, ALICE, PW), signed_in(server, ALICE, PW)
     r = _post(here, action="password", current=PW, new=NEW, again=NEW)
     assert r.status_code == 303 and r.headers["location"] == "/mail/settings?done=password"
@@ -78,9 +108,11 @@ def test_password_change_keeps_this_session_ends_others_and_works_over_imap(serv
     assert page.status_code == 200 and "this one stays signed in" in page.text
     assert elsewhere.get("/mail/settings").status_code == 303  # the other browser is signed out
     assert _imap_login(server, ALICE, NEW) and not _imap_login(server, ALICE, PW)
-    # SCRAM verifiers were written with the hash: the new password passes SCRAM-SHA-256 too (RFC 7677).
+    # The SCRAM verifiers were written with the hash (both new), as `postroom user passwd` writes them.
     user = server.run(server.store.get_user(ALICE))
-    assert user.scram and user.password_hash.startswith("$argon2")
+    assert user.password_hash.startswith("$argon2") and user.password_hash != before.password_hash
+    assert user.scram and user.scram != before.scram
+    assert _scram_login(server, ALICE, NEW) and not _scram_login(server, ALICE, PW)
     # Mismatched or short new passwords are refused with the reason; nothing changes.
     r = _post(here, action="password", current=NEW, new="another-one-1", again="another-one-2")
     assert r.status_code == 400 and "differ" in r.text
