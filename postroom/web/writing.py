@@ -300,7 +300,10 @@ def mailbox(name: str, address: str) -> str:
     name = one_line(name)
     if not name:
         return address
-    return str(email.headerregistry.Address(display_name=name, addr_spec=address))
+    try:
+        return str(email.headerregistry.Address(display_name=name, addr_spec=address))
+    except (ValueError, IndexError):  # an address the header registry cannot take: sent without the name
+        return address
 
 
 def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc: Sequence[tuple[str, str]],
