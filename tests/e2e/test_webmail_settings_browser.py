@@ -6,8 +6,10 @@ on the page."""
 from __future__ import annotations
 
 import imaplib
+import os
 import smtplib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +38,7 @@ def _sign_in(page: Any, server: Any, password: str = PW) -> None:
     page.get_by_role("heading", name="Inbox").wait_for()
 
 
-def test_settings_page_password_signature_out_of_office_and_block(server: Any, page: Any) -> None:
+def test_settings_page_password_signature_out_of_office_and_block(server: Any, page: Any, tmp_path: Path) -> None:
     alice = server.add_user(ALICE, PW)
     _sign_in(page, server)
     page.get_by_role("link", name="Settings").click()
@@ -85,3 +87,7 @@ def test_settings_page_password_signature_out_of_office_and_block(server: Any, p
         page.emulate_media(color_scheme=scheme)
         results = axe_api.Axe().run(page)
         assert results.violations_count == 0, (scheme, results.generate_report())
+    # The README's screenshot when $POSTROOM_SCREENSHOTS is set (as the compose test does), else the test's tmp.
+    page.emulate_media(color_scheme="light")
+    page.screenshot(path=str(Path(os.environ.get("POSTROOM_SCREENSHOTS", "") or tmp_path) / "settings.png"),
+                    full_page=True)
