@@ -3,6 +3,7 @@ replacement, isolation between users, the once-per-window claim, pruning, cascad
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -52,6 +53,16 @@ async def test_claim_auto_reply_once_per_window_per_sender(store: Store) -> None
     assert await store.claim_auto_reply(alice.id, "carol@example.net", t + 8 * DAY, t + DAY) is True
     assert await store.claim_auto_reply(alice.id, "carol@example.net", t + 9 * DAY, t + 2 * DAY) is False
     assert await store.claim_auto_reply(999_999, "carol@example.net", t, t - DAY) is False
+
+
+async def test_concurrent_claims_succeed_once(store: Store) -> None:
+    """Many deliveries from one sender at once (on PostgreSQL each on its own pool connection): one claim wins
+    (api invariant 16), whatever the interleaving."""
+    alice = await new_user(store, "alice@example.org")
+    t = 1_800_000_000.0
+    got = await asyncio.gather(*(store.claim_auto_reply(alice.id, "carol@example.net", t + i, t - DAY)
+                                 for i in range(12)))
+    assert sorted(got) == [False] * 11 + [True]
 
 
 async def test_claim_prunes_the_users_old_rows(store: Store, data_dir: Path, backend: str) -> None:

@@ -83,3 +83,11 @@ def test_the_reply() -> None:
                             hostname="mx.example.org", now=1_800_000_000.0)
     parsed = email.message_from_bytes(other, policy=email.policy.default)
     assert parsed["From"] == "Al Ice <al@example.org>" and parsed["Subject"] == "Out of office"
+
+
+def test_an_encoded_subject_is_answered_decoded_and_encoded_again() -> None:
+    head = BASE.replace(b"Subject: Budget", b"Subject: =?utf-8?q?Caf=C3=A9_budget?=")
+    raw = autoreply.build(UserSettings(vacation=True, vacation_text="Away."), from_address="alice@example.org",
+                          to="carol@example.net", fields=fields(base=head), hostname="mx.example.org", now=1.0e9)
+    assert raw.isascii()  # RFC 2047 on the wire
+    assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == "Auto: Café budget"
