@@ -60,6 +60,11 @@ Invariants every engine keeps:
    transaction; `add_training_signals` is durable when it returns; a signal leaves only by
    `finish_training_signal` without a retry time (or with its user).
 15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
+16. **A user's settings and auto-reply record are the user's.** `UserSettings` (web/settings.py writes them,
+   delivery/autoreply.py reads them) and the record of auto-replies sent (`claim_auto_reply`) are keyed by the
+   user id and go with the user; a user without a settings row has `UserSettings()`. `claim_auto_reply` is one
+   atomic step in every engine, so two deliveries (two worker processes, two nodes) to the same user from the
+   same sender claim the reply once.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -585,6 +590,25 @@ class SenderRule:
     created: float  # seconds since the epoch
     user_id: int | None = None
     domain_id: int | None = None
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    """A user's webmail settings (invariant 16): the display name and signature of their mail, the default
+    From identity and a display name per identity, and the out-of-office auto-reply (RFC 3834,
+    delivery/autoreply.py). Times are seconds since the epoch; `vacation_days` the least number of days between
+    two replies to one sender (RFC 3834 §2 suggests 7)."""
+
+    display_name: str = ""
+    signature: str = ""
+    default_identity: str = ""  # "" (or one no longer the user's): their own address
+    identity_names: Mapping[str, str] = field(default_factory=dict)  # address (lower case) -> display name
+    vacation: bool = False
+    vacation_subject: str = ""  # "" : "Auto: <the original subject>"
+    vacation_text: str = ""
+    vacation_start: float | None = None  # replies from this time on (None: from now)
+    vacation_end: float | None = None  # replies before this time (None: until turned off)
+    vacation_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -1240,6 +1264,20 @@ class Store(Protocol):
 
     async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
         """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
+
+    # ---- user settings and the auto-reply record (invariant 16; web/settings.py, delivery/autoreply.py)
+    async def get_user_settings(self, user_id: int) -> UserSettings:
+        """The user's settings (a point lookup); `UserSettings()` for a user who never saved any, or an unknown id."""
+
+    async def set_user_settings(self, user_id: int, settings: UserSettings) -> None:
+        """Replace the user's settings, all fields at once. NotFound for an unknown user id."""
+
+    async def claim_auto_reply(self, user_id: int, sender: str, now: float, since: float) -> bool:
+        """Whether the user may send an auto-reply to `sender` (an address, compared by its lower-case key) now:
+        True, and `now` recorded as the last reply, when no reply to that sender is recorded at or after `since`
+        (seconds since the epoch); else False and nothing changes. Atomic (invariant 16). The same write deletes
+        the user's records older than `since` (they can no longer refuse anything), so the table holds at most one
+        row per sender replied to within the window. False for an unknown user id."""
 
     # ---- spam training signals (invariant 14; inbound/learn.py)
     training_signals: bool

@@ -24,6 +24,7 @@ from postroom.store.api import (
     RcptState,
     Store,
     StoreMode,
+    UserSettings,
 )
 from postroom.store.postgresql import PostgreSQLStore
 
@@ -72,6 +73,11 @@ async def fill(store: Store) -> int:
     await store.add_training_signals(alice.id, "spam", [(await store.list_messages(inbox.id))[0].blob_id], 5.0)
     await store.add_dmarc_result(DmarcEvaluation(10.0, "remote.example", '{"p": "none"}', "192.0.2.1",
                                                  "remote.example", "remote.example", "none", True, False, "{}"))
+    await store.set_user_settings(alice.id, UserSettings(
+        display_name="Alice", signature="A.", default_identity="alice@example.org",
+        identity_names={"alice@example.org": "Alice L."}, vacation=True, vacation_text="Away.",
+        vacation_start=1_800_000_000.5, vacation_days=3))
+    assert await store.claim_auto_reply(alice.id, "carol@remote.example", 50.0, 0.0)
     gone = await store.create_mailbox(alice.id, "Tmp")
     await store.delete_mailbox(alice.id, "Tmp")
     return gone.id
@@ -90,6 +96,9 @@ async def snapshot(store: Store) -> dict[str, Any]:
     for user in await store.list_users():
         out[f"quota {user.address}"] = await store.get_quota(user.id)
         out[f"rules {user.address}"] = await store.sender_rules(user.id)
+        out[f"settings {user.address}"] = await store.get_user_settings(user.id)
+        if user.address == "alice@example.org":  # her auto-reply record: a claim within its window is refused
+            out["replied"] = await store.claim_auto_reply(user.id, "carol@remote.example", 60.0, 40.0)
         for m in await store.list_mailboxes(user.id):
             key = f"{user.address} {m.name}"
             out[key] = (m.id, m.uidvalidity, m.uidnext, m.highestmodseq, m.subscribed, m.special_use, m.keywords,

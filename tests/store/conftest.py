@@ -210,6 +210,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
          "CREATE VIRTUAL TABLE fts_head USING fts5(h_subject, h_from, h_to, h_cc, h_bcc, h_headers, h_names,"
          " tokenize='trigram case_sensitive 1', detail=column, content='')",
          "UPDATE counters SET value = 0 WHERE name = 'fts_version'"),
+    24: ("DROP TABLE user_settings", "DROP TABLE auto_replies"),
 }
 
 

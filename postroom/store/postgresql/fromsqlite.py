@@ -77,12 +77,15 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("spam_training", "id, user_id, kind, blob_id, created, attempts, next_try"),
     ("dmarc_results", "id, at, policy_domain, policy, source_ip, header_from, envelope_from, disposition,"
                       " dkim_aligned, spf_aligned, auth"),
+    ("user_settings", "user_id, display_name, signature, default_identity, identity_names, vacation, vacation_subject,"
+                      " vacation_text, vacation_start, vacation_end, vacation_days"),
+    ("auto_replies", "user_id, sender, sent"),
 )
 IDENTITIES = ("domains", "users", "mailboxes", "acl", "queue", "sender_rules", "spam_training", "dmarc_results")
 COUNTERS = ("uidvalidity", "thread", "sort_keys")
 FLOATS = {"created", "internal_date", "save_date", "at", "sent", "next_try", "last_seen", "last_failure",
-          "locked_since", "locked_until", "expires"}
-BOOLS = {"admin", "dkim_aligned", "spf_aligned"}  # SQLite's 0 / 1, PostgreSQL's boolean
+          "locked_since", "locked_until", "expires", "vacation_start", "vacation_end"}
+BOOLS = {"admin", "dkim_aligned", "spf_aligned", "vacation"}  # SQLite's 0 / 1, PostgreSQL's boolean
 # What identifies a mailbox and a message to a client: compared on both sides by digest (module doc).
 MAILBOX_DIGEST = "SELECT id, user_id, name, uidvalidity, uidnext, highestmodseq FROM mailboxes ORDER BY id"
 MESSAGE_DIGEST = ("SELECT mailbox_id, uid, modseq, flags, keywords, blob_id, thread_id FROM messages"
@@ -95,6 +98,9 @@ SETTINGS_DIGESTS = (
     ("domains' DKIM keys", "SELECT id, name, dkim_selector, dkim_private_key, dkim_ed25519_selector,"
      " dkim_ed25519_key, dkim_next FROM domains ORDER BY id", None),
     ("sender rules", "SELECT id, user_id, domain_id, kind, pattern FROM sender_rules ORDER BY id", None),
+    ("user settings", "SELECT user_id, display_name, signature, default_identity, vacation, vacation_text"
+     " FROM user_settings ORDER BY user_id", "SELECT user_id, display_name, signature, default_identity,"
+     " vacation::int, vacation_text FROM user_settings ORDER BY user_id"),
 )
 
 

@@ -98,6 +98,9 @@ of each message whose policy asks for aggregate reports (invariant 27). None exi
 BCC) is then one phrase lookup that answers exactly, so no body's scan form is read to confirm it (fts.py
 invariant 5). The step fills the new table from the stored metadata of the indexed bodies, header fields only,
 logging its progress; the body's index and scan forms are untouched.
+24 (issue 10, webmail settings) adds `user_settings`: a user's display name, signature, identities and
+out-of-office reply (store/sqlite/settings.py), and `auto_replies`: when an out-of-office reply last went to
+each sender (RFC 3834 §2; delivery/autoreply.py; invariant 28). None exist before.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -179,6 +182,8 @@ Invariants:
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
    with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
+28. A `user_settings` row and the `auto_replies` rows belong to a user (cascade); at most one `auto_replies` row
+   per (user, sender key), and `claim_auto_reply` deletes the user's rows older than the window it is given.
 """
 
 from __future__ import annotations
@@ -190,7 +195,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 23
+SCHEMA_VERSION = 24
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -646,9 +651,25 @@ def _v23(conn: sqlite3.Connection) -> None:
                                                        done, total))
 
 
+def _v24(conn: sqlite3.Connection) -> None:
+    """User settings and the auto-reply record (invariant 28; store/sqlite/settings.py), none yet. Self-contained:
+    two new tables, which no other step touches."""
+    conn.execute(
+        "CREATE TABLE user_settings(user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,"
+        " display_name TEXT NOT NULL, signature TEXT NOT NULL, default_identity TEXT NOT NULL,"
+        " identity_names TEXT NOT NULL, vacation INTEGER NOT NULL, vacation_subject TEXT NOT NULL,"
+        " vacation_text TEXT NOT NULL, vacation_start REAL, vacation_end REAL, vacation_days INTEGER NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE auto_replies(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " sender TEXT NOT NULL, sent REAL NOT NULL, PRIMARY KEY(user_id, sender)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX auto_replies_sent ON auto_replies(user_id, sent)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
 }
 
 
