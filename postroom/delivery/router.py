@@ -797,7 +797,7 @@ class Router:
             return
         raw = autoreply.build(settings, from_address=autoreply.addressed_as(fields, own), to=env.mail_from,
                               fields=fields, hostname=self.config.server.hostname, now=now)
-        # RFC 3834 §3.3: from the null reverse-path
+        # RFC 3834 §3: from the null reverse-path
         sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), raw, may_relay=True, from_checked=True))
         log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from), ("result", "sent"),
                                              ("local", sent.local), ("queued", sent.queued)]))

@@ -5,7 +5,7 @@ in the outbound queue from the null sender when it is remote.
 What is checked: a personal message gets exactly one reply (Auto-Submitted: auto-replied, In-Reply-To, the subject,
 To = the envelope sender); a second message from the same sender within the window gets none; mail with
 `Precedence: bulk`, a `List-Id`, `Auto-Submitted: auto-generated`, or from the null sender gets none; a remote
-sender's reply is queued from <> (RFC 3834 §3.3) to the envelope sender (§3.1.1).
+sender's reply is queued from <> (RFC 3834 §3) to the envelope sender (§4).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_one_reply_per_sender_within_the_window(srv: Any) -> None:
     assert len(replies) == 1
     r = replies[0]
     assert r["Auto-Submitted"] == "auto-replied"  # RFC 3834 §5
-    assert r["Return-Path"] == "<>"  # §3.3: sent from the null reverse-path
+    assert r["Return-Path"] == "<>"  # §3: sent from the null reverse-path
     assert r["To"] == BOB and r["From"] == f"Alice Liddell <{ALICE}>"
     assert r["Subject"] == "Auto: Budget"
     assert r["In-Reply-To"] == "<m1-Budget@example.org>"

@@ -71,9 +71,9 @@ def test_the_reply() -> None:
     assert raw.isascii() and b"\n" not in raw.replace(b"\r\n", b"")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Auto-Submitted"] == "auto-replied"  # RFC 3834 §5
-    assert msg["To"] == "carol@example.net"  # §3.1.1: the envelope sender
+    assert msg["To"] == "carol@example.net"  # §4: the envelope sender
     assert msg["From"] == "Alice Liddell <alice@example.org>"
-    assert msg["Subject"] == "Auto: Budget"  # §3.1.5
+    assert msg["Subject"] == "Auto: Budget"  # §3
     assert msg["In-Reply-To"] == "<m2@example.net>"
     assert msg["References"] == "<m0@example.net> <m1@example.net> <m2@example.net>"
     assert msg.get_content().replace("\r\n", "\n") == "Away until Monday.\nÇa va.\n"
