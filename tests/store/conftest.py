@@ -205,6 +205,9 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     20: ("ALTER TABLE users DROP COLUMN admin", "ALTER TABLE domains DROP COLUMN dkim_next"),
     21: ("DROP INDEX blobs_crlf",),
     22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
+    23: (),  # another branch's step (renumbered at merge)
+    24: (),  # another branch's step (renumbered at merge)
+    25: ("DROP TABLE held_posts", "DROP TABLE shared_values"),
 }
 
 

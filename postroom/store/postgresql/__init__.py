@@ -47,6 +47,7 @@ from postroom.store.postgresql.authfail import AuthFailuresMixin
 from postroom.store.postgresql.engine import POOL_SIZE, Engine
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
+from postroom.store.postgresql.nodes import NodesMixin
 from postroom.store.postgresql.messages import MessagesMixin
 from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.queue import QueueMixin
@@ -62,7 +63,7 @@ log = logging.getLogger("postroom.store")
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
                       SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin,
-                      SendersMixin):
+                      SendersMixin, NodesMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

@@ -22,7 +22,10 @@ schema's step 19 and invariant 24), none written by the step. 8 adds `users.admi
 user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 9 adds `sender_rules`,
 `spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. SQLite's step 21
 (an index of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads
-`blobs.crlf_size` by the primary key index and the row alone.
+`blobs.crlf_size` by the primary key index and the row alone. 10 and 11 are other branches' steps (renumbered
+at merge; here they change nothing). 12 adds what several nodes share (issue 16 item 3): `held_posts` (moderated
+list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made
+once by the first node) and `pop3_locks` (maildrop lease rows and the last login, pop3/session.py), empty.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -46,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 12
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -407,7 +410,36 @@ CREATE INDEX dmarc_results_at ON dmarc_results(at);
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+async def _reserved(conn: Conn) -> None:
+    """Steps 10 and 11 belong to other branches (merged and renumbered by hand); here they change nothing."""
+
+
+async def _v12(conn: Conn) -> None:
+    """What several nodes share (module doc, version 12); self-contained. `pop3_locks` keeps one row per user
+    that ever logged in by POP3: the lease (holder, expiry on the database's clock) and the last login."""
+    await conn.execute("""
+CREATE TABLE IF NOT EXISTS held_posts(
+    token text PRIMARY KEY,
+    list_address text NOT NULL,
+    mail_from text NOT NULL,
+    raw bytea NOT NULL,
+    held_at double precision NOT NULL,
+    claim text NOT NULL DEFAULT '',
+    claimed_until double precision NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at);
+CREATE TABLE IF NOT EXISTS shared_values(name text PRIMARY KEY, value bytea NOT NULL, created double precision NOT NULL);
+CREATE TABLE IF NOT EXISTS pop3_locks(
+    user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    holder text NOT NULL DEFAULT '',
+    expires double precision NOT NULL DEFAULT 0,
+    last_login double precision NOT NULL DEFAULT 0
+);
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _reserved,
+                                                 _reserved, _v12]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

@@ -51,6 +51,7 @@ from postroom.store.sqlite.authfail import AuthFailuresMixin
 from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
+from postroom.store.sqlite.nodes import NodesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.metadata import MetadataMixin
 from postroom.store.sqlite.queue import QueueMixin
@@ -71,7 +72,7 @@ writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not 
 
 class SQLiteStore(
     AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin, MetadataMixin,
-    ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin, SendersMixin,
+    ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin, SendersMixin, NodesMixin,
 ):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:

@@ -186,7 +186,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 25
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -628,9 +628,29 @@ def _v22(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
 
 
+def _reserved(conn: sqlite3.Connection) -> None:
+    """Steps 23 and 24 belong to other branches (merged and renumbered by hand); here they change nothing."""
+
+
+def _v25(conn: sqlite3.Connection) -> None:
+    """Moderated list posts held in the store (delivery/lists.py: the token is the key; `claim` and
+    `claimed_until` make approving or rejecting one handler's at a time), and values every node shares
+    (`shared_value`: created once, never replaced). Self-contained: it needs no table of steps 23 or 24."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS held_posts(token TEXT PRIMARY KEY, list_address TEXT NOT NULL,"
+        " mail_from TEXT NOT NULL, raw BLOB NOT NULL, held_at REAL NOT NULL,"
+        " claim TEXT NOT NULL DEFAULT '', claimed_until REAL NOT NULL DEFAULT 0)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS shared_values(name TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL)"
+    )
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22,
+    23: _reserved, 24: _reserved, 25: _v25,
 }
 
 
