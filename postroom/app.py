@@ -67,6 +67,7 @@ from .auth.passwords import make_credentials
 from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
+from .delivery.lists import import_held_files
 from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
@@ -214,7 +215,8 @@ class Postroom:
         # rspamd learning from users' Junk verdicts, when configured: every worker records, one sends.
         self.learner = Learner(store, cfg.rspamd, sending=singletons)
         self.learner.start()
-        if singletons:
+        if singletons:  # list posts an older Postroom held as files: into the store, once (lists.py)
+            await import_held_files(store, cfg.data_path / "held")
             self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
             self.retention.start()
             self.indexer = asyncio.create_task(_index_in_background(store, cfg))
