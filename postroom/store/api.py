@@ -1254,8 +1254,9 @@ class Store(Protocol):
         """Release the lock if `holder` has it; nothing otherwise."""
 
     async def maildrop_login(self, user_id: int, note: bool) -> float:
-        """RFC 2449 §6.8 LOGIN-DELAY: the time of the user's last POP3 login (seconds since the epoch; 0.0:
-        none known); with `note`, set it to now after reading (call it so while holding the lock)."""
+        """RFC 2449 §6.8 LOGIN-DELAY: seconds since the user's last POP3 login (`math.inf`: none known), on the
+        store's clock (PostgreSQL: the database's, so nodes' clocks do not matter); with `note`, set the last
+        login to now after reading (call it so while holding the lock)."""
 
     async def hold_post(self, post: HeldPost) -> None:
         """Keep a moderated post, durable when it returns (lists.py invariant 1). AlreadyExists for a token in use."""

@@ -30,12 +30,14 @@ Invariants:
 
 from __future__ import annotations
 
+import math
+
+import asyncpg
+
 from postroom.store.api import AlreadyExists, HeldPost
 from postroom.store.postgresql.common import Base
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
-
-import asyncpg
 
 _NOW = "extract(epoch from clock_timestamp())::double precision"
 _POST = "token, list_address, mail_from, raw, held_at"
@@ -77,19 +79,19 @@ class NodesMixin(Base):
         await self._engine.write(op)
 
     async def maildrop_login(self, user_id: int, note: bool) -> float:
+        ago = f"SELECT {_NOW} - last_login FROM pop3_locks WHERE user_id = $1 AND last_login > 0"
+
         async def op(tx: Tx) -> float:
-            last = await tx.conn.fetchval("SELECT last_login FROM pop3_locks WHERE user_id = $1", user_id)
+            elapsed = await tx.conn.fetchval(ago, user_id)
             if note:
                 await tx.conn.execute(f"UPDATE pop3_locks SET last_login = {_NOW} WHERE user_id = $1", user_id)
-            return float(last or 0.0)
+            return math.inf if elapsed is None else max(0.0, float(elapsed))
 
-        if not note:
-            async def q(conn: Conn) -> float:
-                last = await conn.fetchval("SELECT last_login FROM pop3_locks WHERE user_id = $1", user_id)
-                return float(last or 0.0)
+        async def q(conn: Conn) -> float:
+            elapsed = await conn.fetchval(ago, user_id)
+            return math.inf if elapsed is None else max(0.0, float(elapsed))
 
-            return await self._engine.read(q)
-        return await self._engine.write(op)
+        return await (self._engine.write(op) if note else self._engine.read(q))
 
     async def hold_post(self, post: HeldPost) -> None:
         async def op(tx: Tx) -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import math
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from postroom.store.api import AlreadyExists, HeldPost
@@ -108,8 +110,8 @@ class NodesMixin(Base):
                 if note:
                     os.utime(path)
             except FileNotFoundError:
-                return 0.0
-            return float(last)
+                return math.inf
+            return math.inf if last <= 0 else max(0.0, time.time() - last)  # mtime 0: never logged in
 
         return await asyncio.to_thread(run)
 
