@@ -64,6 +64,7 @@ from .acme import CertificateManager, settle_pair
 from .adminops import DNS_CHECK_SECONDS
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
+from .auth.secret import for_store as store_secret
 from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
@@ -78,7 +79,8 @@ from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .net.connection import Connection
 from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
-from .net.tls import CertificateError, ensure_certificate, fingerprint, load_context
+from .net.tls import STORE_NAME as CERT_STORE_NAME
+from .net.tls import CertificateError, ensure_certificate, fingerprint, install_shared, load_context, shared_candidate
 from .pop3.session import pop3_handler
 from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
 from .services import Services
@@ -167,6 +169,8 @@ class Postroom:
             if account is None and os.geteuid() == 0:
                 log.warning("running as root: every session runs as root too; set server.user to a system user "
                             "(e.g. useradd --system postroom) to have the server drop to it after binding its ports")
+        if worker is None:  # nodes on one PostgreSQL store: the store's generated certificate (workers: the parent's)
+            await share_certificate(cfg)
         tls, cert = await asyncio.to_thread(load_tls, cfg)  # as root: the key may be readable by root only
         self.tls, self.certificate = tls, fingerprint(cert)
         singletons = worker is None or worker.slot == 0  # what runs once per server (workers.py invariant 2)
@@ -242,7 +246,7 @@ class Postroom:
             self.queue.start()
             if worker is not None:
                 worker.on_wake(self.queue.wake)
-        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
+        secret = await store_secret(store, cfg.data_path)  # SCRAM decoys, auth cache keys: the store's on PostgreSQL
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None,
                              logins=worker.door if worker is not None else None)
         door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
@@ -477,6 +481,24 @@ def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
     return load_context(cfg.cert_path, cfg.key_path)
 
 
+async def share_certificate(cfg: Config) -> None:
+    """Several nodes on one PostgreSQL store serve one generated certificate (net/tls.py invariant 3): with
+    `tls.cert` empty and no ACME, the store's pair (the first node's) is written to this node's built-in files
+    before they load. Nothing for SQLite, configured files or ACME. Opens the store for the moment (its schema
+    steps run here on a first start). Raises CertificateError, StoreError, OSError."""
+    if not cfg.store_url.startswith("postgresql://") or cfg.tls.cert or cfg.acme.directory:
+        return
+    store = open_store(cfg.store_url, cfg.data_path)
+    await store.open()
+    try:
+        candidate = await asyncio.to_thread(shared_candidate, cfg.cert_path, cfg.key_path, cfg.server.hostname)
+        value = await store.shared_value(CERT_STORE_NAME, candidate)
+        if await asyncio.to_thread(install_shared, value, cfg.cert_path, cfg.key_path):
+            log.info("tls certificate taken from the store (shared by every node) path=%s", cfg.cert_path)
+    finally:
+        await store.close()
+
+
 async def _index_in_background(store: Store, cfg: Config) -> None:
     """Index the bodies stored before the full-text index existed (indexing.py), with log lines for progress.
     SEARCH is right meanwhile (it scans what is not indexed); a failure is logged and leaves the scan."""
@@ -664,6 +686,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         if account is None and os.geteuid() == 0:
             log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
                         "useradd --system postroom) to have the server drop to it after binding its ports")
+        asyncio.run(share_certificate(cfg))  # nodes on one PostgreSQL store: the store's generated certificate
         load_tls(cfg)  # generated once, here, when missing: every worker loads the same files
         sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound; listening only once the store is ready
         if account is not None:
@@ -674,7 +697,8 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
                      account.gid, changed)
         else:
             own_data_dir(cfg.data_path, None, deep=False)
-        load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
+        if not cfg.store_url.startswith("postgresql://"):  # there the store holds it (auth/secret.py)
+            load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
         demo_password, user = asyncio.run(_prepare_store(cfg, demo))
         supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
                                 cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())

@@ -119,7 +119,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postroom.auth.secret import load_or_create as load_secret
+from postroom.auth.secret import for_store as store_secret
 from postroom.config import Config
 from postroom.delivery import srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
@@ -333,7 +333,7 @@ class Router:
     async def secret(self) -> bytes:
         """The server secret, read (or made) once, off the loop."""
         if self._secret is None:
-            self._secret = await asyncio.to_thread(load_secret, Path(self.config.data_path))
+            self._secret = await store_secret(self.store, Path(self.config.data_path))
         return self._secret
 
     def staging_dir(self) -> Path:
