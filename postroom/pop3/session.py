@@ -34,7 +34,7 @@ Invariants
    a dropped connection or an error deletes nothing.
 2. `+OK` after QUIT is written only after `remove_messages` returned (durable).
 3. The maildrop lock is held from the successful login to the end of the session, and released in every
-   case (`finally`), after the UPDATE transaction.
+   case (`finally`); after QUIT, as soon as the UPDATE transaction is done, before its reply is sent.
 4. No password or SASL payload reaches `conn.log` or any log line; `conn.log` gets user, auth mechanism,
    retrieved and deleted counts.
 5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
@@ -309,7 +309,11 @@ class Session:
         if isinstance(event, Retrieve):
             return await self._retrieve(event)
         if isinstance(event, Update):
-            return [await self._update(event)]
+            reply = await self._update(event)
+            if self.user is not None:  # RFC 1939 §6: done with the maildrop; free before the reply, so a client
+                # that logs in again at once (on any node) is not refused (invariant 3)
+                await asyncio.shield(self.locks.release(self.user.id, self.conn.session_id))
+            return [reply]
         raise RuntimeError(f"unexpected event {event!r}")
 
     # --- login ----------------------------------------------------------------------------------------
