@@ -247,7 +247,8 @@ class Postroom:
             if worker is not None:
                 worker.on_wake(self.queue.wake)
         secret = await store_secret(store, cfg.data_path)  # SCRAM decoys, auth cache keys: the store's on PostgreSQL
-        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None,
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics,
+                             shared=worker is not None or store.shared_by_nodes,  # other nodes count too
                              logins=worker.door if worker is not None else None)
         door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
         self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)

@@ -18,7 +18,8 @@ Guessing is made slow for the guesser, never impossible for the owner (like Dove
                     the refusal, but never past `max_lockout_seconds` after it began.
 
 Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
-With `shared` (the worker processes of `server.workers` > 1 share one store), the two records a login is judged
+With `shared` (the worker processes of `server.workers` > 1 share one store; so do the nodes on one PostgreSQL
+database, issue 16 item 3), the two records a login is judged
 by (the address's and the pair's) are read again from the store before it is judged and before a failure is
 counted, so a failure counted in one worker counts in every other: the store is the authority, memory a copy.
 Addresses in `auth.trusted_networks` are never delayed or refused: their failures are logged, not counted.

@@ -20,6 +20,8 @@ from tests.e2e.nodes_support import Imap, Node, certificate_sha256, insecure_con
     start_node, with_store
 
 DEMO = "demo@localhost"
+# Two failures lock a (user, address) pair; the address itself is never slowed (the tests share 127.0.0.1).
+AUTH = "[auth]\nmax_failures_per_user = 2\nmax_failures_per_ip = 1000\n"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,9 @@ def pair(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Nodes A and B on one new database, the demo user's password (set by B, started last), the URL."""
     url = pg_cluster.create_database()
     root = tmp_path_factory.mktemp("nodes")
-    a = start_node(root / "a", url)
+    a = start_node(root / "a", url, AUTH)
     try:
-        b = start_node(root / "b", url)
+        b = start_node(root / "b", url, AUTH)
     except BaseException:
         a.stop()
         raise
@@ -191,3 +193,30 @@ def test_kill_9_during_smtp_ingest_loses_no_acknowledged_message(pg_cluster: Any
     finally:
         a.kill() if a.proc.poll() is None else None
         b.stop()
+
+
+@pytest.mark.timeout(120)
+def test_failed_logins_on_a_lock_the_user_out_on_b(pair: tuple[Node, Node, str, str]) -> None:
+    """Lockout state is the store's: failures counted by one node count on every other (auth/authenticator.py)."""
+    from postroom.auth.passwords import make_credentials
+
+    a, b, _, url = pair
+    hashed, scram = make_credentials("right-password")
+    with_store(url, lambda s: s.add_user("target@localhost", hashed, scram), a.root / "test-staging")
+    imap = Imap(b.ports["imaps"])
+    try:
+        assert b"a OK" in imap.cmd("a", 'LOGIN target@localhost "right-password"')  # B knows it is right
+    finally:
+        imap.close()
+    for n in range(2):
+        imap = Imap(a.ports["imaps"])
+        try:
+            assert b"a NO" in imap.cmd("a", 'LOGIN target@localhost "wrong-password"')
+        finally:
+            imap.close()
+    imap = Imap(b.ports["imaps"])
+    try:
+        refused = imap.cmd("a", 'LOGIN target@localhost "right-password"')
+        assert b"a NO" in refused, refused  # locked on B by what A counted (and not let in by B's auth cache)
+    finally:
+        imap.close()
