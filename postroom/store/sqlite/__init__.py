@@ -8,7 +8,8 @@ through the WAL would cost more than their fsyncs save. engine.py says more.
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
 `authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`, IMAP
 METADATA in `metadata.py`, sort keys and thread ids in `threads.py`, webmail sessions in `websessions.py`,
-quotas in `quota.py`, sender rules and spam training signals in `senders.py`) over one `Engine` (engine.py: the
+quotas in `quota.py`, sender rules and spam training signals in `senders.py`, the POP3 maildrop lock, held
+list posts and shared values in `nodes.py`) over one `Engine` (engine.py: the
 writer thread and group commit, reader threads). Read
 engine.py first: its invariants are the ones api.py promises (durable when awaited, commit then broadcast).
 

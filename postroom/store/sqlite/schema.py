@@ -94,6 +94,10 @@ index, ~6 ms). Building it reads each `blobs` row once.
 scope and pattern; store/sqlite/senders.py, invariant 25), `spam_training`: the training signals a user's
 moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmarc_results`: the DMARC evaluation
 of each message whose policy asks for aggregate reports (invariant 27). None exist before.
+23 and 24 are other branches' steps (renumbered at merge; here they change nothing).
+25 (issue 16 item 3) adds `held_posts`: moderated list posts with their claim (delivery/lists.py,
+store/sqlite/nodes.py; invariant 28), moved in from `data_dir/held/` files by the server at start, not by the
+step; and `shared_values`: values made once by the first writer (invariant 29). Self-contained (`IF NOT EXISTS`).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -175,6 +179,9 @@ Invariants:
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
    with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
+28. A `held_posts` row is keyed by its 32-hex-digit token; its `claim` is '' or one handler's, valid until
+   `claimed_until`; it is deleted only by the handler holding the claim (`drop_held_post`).
+29. A `shared_values` row is written once (INSERT OR IGNORE) and never updated.
 """
 
 from __future__ import annotations
