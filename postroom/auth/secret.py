@@ -22,9 +22,9 @@ Invariants
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 

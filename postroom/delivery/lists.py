@@ -170,7 +170,7 @@ async def import_held_files(store: Store, directory: Path) -> int:
     Returns how many moved (a post already in the store, from an import a crash cut short, counts too). Files
     that do not parse are left in place and logged."""
     def scan() -> list[tuple[str, str, str, bytes, float]]:
-        found = []
+        found: list[tuple[str, str, str, bytes, float]] = []
         if not directory.is_dir():
             return found
         for meta in sorted(directory.glob("*.json")):

@@ -16,8 +16,16 @@ from typing import Any
 import pytest
 
 from postroom.store.api import ListPolicy
-from tests.e2e.nodes_support import Imap, Node, certificate_sha256, insecure_context, password, scram_salt, \
-    start_node, with_store
+from tests.e2e.nodes_support import (
+    Imap,
+    Node,
+    certificate_sha256,
+    insecure_context,
+    password,
+    scram_salt,
+    start_node,
+    with_store,
+)
 
 DEMO = "demo@localhost"
 # Two failures lock a (user, address) pair; the address itself is never slowed (the tests share 127.0.0.1).
@@ -208,7 +216,7 @@ def test_failed_logins_on_a_lock_the_user_out_on_b(pair: tuple[Node, Node, str, 
         assert b"a OK" in imap.cmd("a", 'LOGIN target@localhost "right-password"')  # B knows it is right
     finally:
         imap.close()
-    for n in range(2):
+    for _ in range(2):
         imap = Imap(a.ports["imaps"])
         try:
             assert b"a NO" in imap.cmd("a", 'LOGIN target@localhost "wrong-password"')

@@ -166,3 +166,32 @@ async def test_recent_is_claimed_once_by_concurrent_claimers(store: Store,
         assert await other.recent_watermark(box.id) == 40
     finally:
         await other.close()
+
+
+async def test_pop3_session_lock_is_renewed_while_held_and_lost_is_reported(
+        store: Store, store_factory: Callable[[], Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """pop3/session.py `MaildropLocks` over the store: a session's lock outlives several leases (renewed), and a
+    renewal that finds the lock taken by another calls `on_lost` (the session then deletes nothing, invariant 7)."""
+    from postroom.pop3 import session
+
+    monkeypatch.setattr(session, "LEASE_SECONDS", 0.4)
+    monkeypatch.setattr(session, "RENEW_SECONDS", 0.1)
+    user = await new_user(store)
+    other = store_factory()
+    await other.open()
+    try:
+        locks = session.MaildropLocks(store, node="node-a")
+        lost = asyncio.Event()
+        assert await locks.acquire(user.id, "s1", lost.set)
+        assert not await locks.acquire(user.id, "s2")  # this process's other session
+        await asyncio.sleep(1.3)  # three leases: only renewals keep it
+        assert not await other.lock_maildrop(user.id, "node-b:s1", 60)
+        assert not lost.is_set()
+        await store.unlock_maildrop(user.id, locks._holder("s1"))  # as if its lease had run out unseen ...
+        assert await other.lock_maildrop(user.id, "node-b:s1", 60)  # ... and another node took the maildrop
+        await asyncio.wait_for(lost.wait(), 10)
+        await locks.release(user.id, "s1")
+        assert locks.holder(user.id) is None
+        assert not await store.lock_maildrop(user.id, "node-a:s3", 60)  # node B's lock stands
+    finally:
+        await other.close()

@@ -47,9 +47,9 @@ from postroom.store.postgresql.authfail import AuthFailuresMixin
 from postroom.store.postgresql.engine import POOL_SIZE, Engine
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
-from postroom.store.postgresql.nodes import NodesMixin
 from postroom.store.postgresql.messages import MessagesMixin
 from postroom.store.postgresql.metadata import MetadataMixin
+from postroom.store.postgresql.nodes import NodesMixin
 from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.quota import QuotaMixin
 from postroom.store.postgresql.search import SearchMixin

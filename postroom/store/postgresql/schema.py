@@ -428,7 +428,11 @@ CREATE TABLE IF NOT EXISTS held_posts(
     claimed_until double precision NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at);
-CREATE TABLE IF NOT EXISTS shared_values(name text PRIMARY KEY, value bytea NOT NULL, created double precision NOT NULL);
+CREATE TABLE IF NOT EXISTS shared_values(
+    name text PRIMARY KEY,
+    value bytea NOT NULL,
+    created double precision NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pop3_locks(
     user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
     holder text NOT NULL DEFAULT '',

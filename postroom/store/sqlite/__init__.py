@@ -52,9 +52,9 @@ from postroom.store.sqlite.authfail import AuthFailuresMixin
 from postroom.store.sqlite.engine import Engine
 from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
-from postroom.store.sqlite.nodes import NodesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.metadata import MetadataMixin
+from postroom.store.sqlite.nodes import NodesMixin
 from postroom.store.sqlite.queue import QueueMixin
 from postroom.store.sqlite.quota import QuotaMixin
 from postroom.store.sqlite.search import SearchMixin
