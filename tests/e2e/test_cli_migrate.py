@@ -2,7 +2,8 @@
 PostgreSQL (tests/pgcluster.py) reads back the same through the `Store` interface: every mailbox's UIDVALIDITY,
 UIDNEXT and HIGHESTMODSEQ, every message's UID, MODSEQ, flags, keywords, dates, thread and bytes, the expunged
 record, the queue, lists, aliases, quotas, the admin flag, DKIM keys kept for a rotation, sender rules, training
-signals, DMARC results, IMAP structures and held list posts; new ids and UIDs continue past the old ones; a second run refuses."""
+signals, DMARC results, IMAP structures and held list posts; new ids and UIDs continue past the old ones; a
+second run refuses."""
 
 from __future__ import annotations
 
