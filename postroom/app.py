@@ -250,6 +250,7 @@ class Postroom:
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics,
                              shared=worker is not None or store.shared_by_nodes,  # other nodes count too
                              logins=worker.door if worker is not None else None)
+        auth.pop_before_smtp_seconds = cfg.smtp.pop_before_smtp_minutes * 60.0  # in the store too on PostgreSQL
         door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
         self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)
         self.handlers = self._make_handlers(self.services)
@@ -359,6 +360,7 @@ class Postroom:
         self.config, self.tls, self.certificate = new, tls, certificate
         if self.services is not None:
             self.services.auth.config = new.auth  # the failure records are kept: the auth.* limits apply to them
+            self.services.auth.pop_before_smtp_seconds = new.smtp.pop_before_smtp_minutes * 60.0
             if self.services.door is not None:  # its passes and counts are kept; the new limits apply to them
                 self.services.door.reconfigure(new.smtp)
             self.services = dataclasses.replace(self.services, config=new, tls=tls)

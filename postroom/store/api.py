@@ -1258,6 +1258,13 @@ class Store(Protocol):
         store's clock (PostgreSQL: the database's, so nodes' clocks do not matter); with `note`, set the last
         login to now after reading (call it so while holding the lock)."""
 
+    async def note_mailbox_login(self, address: str, when: float, keep_seconds: float) -> None:
+        """POP-before-SMTP across nodes: a mailbox (POP3/IMAP) login from the client IP `address` at `when`
+        (seconds since the epoch); records older than `keep_seconds` before `when` are deleted on the way."""
+
+    async def mailbox_login(self, address: str) -> float:
+        """The time of the latest mailbox login `note_mailbox_login` recorded from `address`; 0.0: none."""
+
     async def hold_post(self, post: HeldPost) -> None:
         """Keep a moderated post, durable when it returns (lists.py invariant 1). AlreadyExists for a token in use."""
 

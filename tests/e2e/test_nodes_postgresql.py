@@ -9,6 +9,7 @@ import poplib
 import re
 import smtplib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,40 @@ def test_failed_logins_on_a_lock_the_user_out_on_b(pair: tuple[Node, Node, str, 
         assert b"a NO" in refused, refused  # locked on B by what A counted (and not let in by B's auth cache)
     finally:
         imap.close()
+
+
+@pytest.mark.timeout(120)
+def test_pop_before_smtp_login_on_a_lets_b_relay(pg_cluster: Any, tmp_path: Path) -> None:
+    """`smtp.pop_before_smtp_minutes` across nodes: a POP3 login on A opens the relay window on B (the login is
+    the store's), where before it B refused to relay for that address."""
+    url = pg_cluster.create_database()
+    extra = "[smtp]\npop_before_smtp_minutes = 5\n"
+    a = start_node(tmp_path / "a", url, extra)
+    try:
+        b = start_node(tmp_path / "b", url, extra)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        with smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=10) as smtp:
+            smtp.ehlo("x")
+            smtp.mail(DEMO)
+            assert smtp.rcpt("far@remote.test")[0] == 550  # no login yet: relaying denied
+        pop = poplib.POP3_SSL("127.0.0.1", a.ports["pop3s"], context=insecure_context(), timeout=10)
+        pop.user(DEMO)
+        pop.pass_(password(b))
+        pop.quit()
+        deadline = time.monotonic() + 15  # A writes the login in the background: wait up to a bound for it
+        while True:
+            with smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=10) as smtp:
+                smtp.ehlo("x")
+                smtp.mail(DEMO)
+                code, text = smtp.rcpt("far@remote.test")
+                smtp.rset()
+            if code == 250 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert code == 250, text
+    finally:
+        a.stop()
+        b.stop()

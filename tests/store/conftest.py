@@ -207,7 +207,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
     23: (),  # another branch's step (renumbered at merge)
     24: (),  # another branch's step (renumbered at merge)
-    25: ("DROP TABLE held_posts", "DROP TABLE shared_values"),
+    25: ("DROP TABLE held_posts", "DROP TABLE shared_values", "DROP TABLE mailbox_logins"),
 }
 
 

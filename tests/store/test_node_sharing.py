@@ -195,3 +195,18 @@ async def test_pop3_session_lock_is_renewed_while_held_and_lost_is_reported(
         assert not await store.lock_maildrop(user.id, "node-a:s3", 60)  # node B's lock stands
     finally:
         await other.close()
+
+
+async def test_mailbox_logins_for_pop_before_smtp(store: Store, store_factory: Callable[[], Store]) -> None:
+    other = store_factory()
+    await other.open()
+    try:
+        assert await other.mailbox_login("192.0.2.7") == 0.0
+        await store.note_mailbox_login("192.0.2.7", 1000.0, 600)
+        await store.note_mailbox_login("192.0.2.7", 900.0, 600)  # an older report (another node) does not go back
+        assert await other.mailbox_login("192.0.2.7") == 1000.0
+        await other.note_mailbox_login("192.0.2.8", 1700.0, 600)  # 192.0.2.7 is older than the window now
+        assert await store.mailbox_login("192.0.2.7") == 0.0
+        assert await store.mailbox_login("192.0.2.8") == 1700.0
+    finally:
+        await other.close()

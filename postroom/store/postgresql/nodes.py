@@ -96,6 +96,20 @@ class NodesMixin(Base):
 
         return await (self._engine.write(op) if note else self._engine.read(q))
 
+    async def note_mailbox_login(self, address: str, when: float, keep_seconds: float) -> None:
+        async def op(tx: Tx) -> None:
+            await tx.conn.execute("INSERT INTO mailbox_logins(address, at) VALUES ($1, $2) ON CONFLICT (address)"
+                                  " DO UPDATE SET at = greatest(mailbox_logins.at, excluded.at)", address, when)
+            await tx.conn.execute("DELETE FROM mailbox_logins WHERE at < $1", when - keep_seconds)
+
+        await self._engine.write(op)
+
+    async def mailbox_login(self, address: str) -> float:
+        async def q(conn: Conn) -> float:
+            return float(await conn.fetchval("SELECT at FROM mailbox_logins WHERE address = $1", address) or 0.0)
+
+        return await self._engine.read(q)
+
     async def hold_post(self, post: HeldPost) -> None:
         async def op(tx: Tx) -> None:
             try:

@@ -24,8 +24,9 @@ user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 
 (an index of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads
 `blobs.crlf_size` by the primary key index and the row alone. 10 and 11 are other branches' steps (renumbered
 at merge; here they change nothing). 12 adds what several nodes share (issue 16 item 3): `held_posts` (moderated
-list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made
-once by the first node) and `pop3_locks` (maildrop lease rows and the last login, pop3/session.py), empty.
+list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made once
+by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/session.py) and `mailbox_logins`
+(POP-before-SMTP's latest login per client address), empty.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -433,6 +434,8 @@ CREATE TABLE IF NOT EXISTS shared_values(
     value bytea NOT NULL,
     created double precision NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mailbox_logins(address text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at);
 CREATE TABLE IF NOT EXISTS pop3_locks(
     user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
     holder text NOT NULL DEFAULT '',

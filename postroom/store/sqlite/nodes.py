@@ -115,6 +115,21 @@ class NodesMixin(Base):
 
         return await asyncio.to_thread(run)
 
+    async def note_mailbox_login(self, address: str, when: float, keep_seconds: float) -> None:
+        def op(tx: Tx) -> None:
+            tx.conn.execute("INSERT INTO mailbox_logins(address, at) VALUES (?, ?) ON CONFLICT (address)"
+                            " DO UPDATE SET at = max(at, excluded.at)", (address, when))
+            tx.conn.execute("DELETE FROM mailbox_logins WHERE at < ?", (when - keep_seconds,))
+
+        await self._engine.write(op)
+
+    async def mailbox_login(self, address: str) -> float:
+        def q(conn: sqlite3.Connection) -> float:
+            r = conn.execute("SELECT at FROM mailbox_logins WHERE address = ?", (address,)).fetchone()
+            return 0.0 if r is None else float(r[0])
+
+        return await self._engine.read(q, quick=True)
+
     async def hold_post(self, post: HeldPost) -> None:
         row = (post.token, post.list_address, post.mail_from, post.raw, post.held_at or self._clock())
 

@@ -96,8 +96,10 @@ moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmar
 of each message whose policy asks for aggregate reports (invariant 27). None exist before.
 23 and 24 are other branches' steps (renumbered at merge; here they change nothing).
 25 (issue 16 item 3) adds `held_posts`: moderated list posts with their claim (delivery/lists.py,
-store/sqlite/nodes.py; invariant 28), moved in from `data_dir/held/` files by the server at start, not by the
-step; and `shared_values`: values made once by the first writer (invariant 29). Self-contained (`IF NOT EXISTS`).
+store/sqlite/nodes.py; invariant 28), moved in from `data_dir/held/` files by the server at start, not by the step;
+`shared_values`: values made once by the first writer (invariant 29); and `mailbox_logins`, the latest mailbox
+login per client address for POP-before-SMTP across nodes (used by the server on PostgreSQL only). Self-contained
+(`IF NOT EXISTS`).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -652,6 +654,8 @@ def _v25(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS shared_values(name TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL)"
     )
+    conn.execute("CREATE TABLE IF NOT EXISTS mailbox_logins(address TEXT PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute("CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at)")
 
 
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
