@@ -185,6 +185,7 @@ class SQLiteStore(
         if self._engine.begin_stop():
             await asyncio.to_thread(self._engine.stop)
             await asyncio.sleep(0)  # let the last batch's callbacks (answers, broadcasts) run
+        self.drop_maildrop_locks()
         self._unlock()
 
     async def __aenter__(self) -> Self:

@@ -94,6 +94,13 @@ class NodesMixin(Base):
         table[user_id] = (holder, fd)
         return True
 
+    def drop_maildrop_locks(self) -> None:
+        """Release every maildrop lock this object holds (the store closes: its sessions are over)."""
+        table = self._maildrop_table()
+        for _, fd in table.values():
+            os.close(fd)
+        table.clear()
+
     async def unlock_maildrop(self, user_id: int, holder: str) -> None:
         table = self._maildrop_table()
         held = table.get(user_id)
