@@ -28,8 +28,9 @@ Then the store decides "at most once per sender per N days" (`Store.claim_auto_r
 
 `build(...)` writes the reply (§3): To is the envelope sender (§4, where responses go), From the
 user's address that the message was sent to with its display name, Subject the configured one or "Auto: " and
-the original's (§3: the response's header fields), `In-Reply-To` the original's Message-ID and `References` its References (or
-In-Reply-To) followed by it (§3, as a reply, RFC 5322 §3.6.4), `Auto-Submitted: auto-replied` (§5), and
+the original's (§3: the response's header fields), `In-Reply-To` the original's Message-ID and `References`
+its References (or In-Reply-To) followed by it (§3, as a reply, RFC 5322 §3.6.4), `Auto-Submitted:
+auto-replied` (§5), and
 the text as text/plain UTF-8. The router sends it from the null reverse-path (MAIL FROM:<>, §3: so that a
 failure or another responder never answers back), DKIM-signed by the queue when it leaves the server.
 

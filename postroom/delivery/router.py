@@ -126,7 +126,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postroom.auth.secret import load_or_create as load_secret
+from postroom.auth.secret import for_store as store_secret
 from postroom.config import Config
 from postroom.delivery import autoreply, srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
@@ -337,7 +337,7 @@ class Router:
                  on_queued: Callable[[], None] | None = None) -> None:
         self.store = store
         self.config = config
-        self.held = held or HeldPosts(Path(config.data_path) / "held")
+        self.held = held or HeldPosts(store)
         self._ids = itertools.count(1)
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
@@ -347,7 +347,7 @@ class Router:
     async def secret(self) -> bytes:
         """The server secret, read (or made) once, off the loop."""
         if self._secret is None:
-            self._secret = await asyncio.to_thread(load_secret, Path(self.config.data_path))
+            self._secret = await store_secret(self.store, Path(self.config.data_path))
         return self._secret
 
     def staging_dir(self) -> Path:
@@ -970,27 +970,37 @@ class Router:
         ml = await self.store.get_list(post.list_address)
         if ml is None:
             return None
-        result = await self._act(ListAction(ml, "approve" if approve else "reject", token))
+        result = await self._handle_held(ListAction(ml, "approve" if approve else "reject", token))
+        if result is None:
+            return None  # another handler (a double click, another node) took it first
         if result.queue_ids and self.on_queued is not None:
             self.on_queued()
         return result
 
     async def _act(self, act: ListAction) -> Accepted:
-        # One handler at a time per post, across requests and worker processes (two approvals at once, a
+        return await self._handle_held(act) or Accepted(0, 0, (), 0)
+
+    async def _handle_held(self, act: ListAction) -> Accepted | None:
+        """Approve or reject as the one handler of the post (None: not held, or another handler has it)."""
+        # One handler at a time per post, across requests, worker processes and nodes (two approvals at once, a
         # double click, the owner's mail beside the web admin): the others find it taken (lists.py invariant 2).
-        claimed = self.held.claim(act.token)
+        claimed = await self.held.claim(act.token)
         if claimed is None:
-            return Accepted(0, 0, (), 0)
+            return None  # already handled, or being handled (lists.py invariant 2)
+        post, claim = claimed
+        if post.list_address != act.ml.address:
+            await self.held.release(act.token, claim)
+            return None
         try:
-            post = await self.held.get(act.token)  # after the claim: a handler that just finished dropped it
-            if post is None or post.list_address != act.ml.address:
-                return Accepted(0, 0, (), 0)  # already handled (lists.py invariant 2)
             result = Accepted(0, 0, (), 0)
             if act.action == "approve":
                 result = await self.distribute(act.ml, post.raw)
-            await self.held.drop(act.token)
-        finally:
-            self.held.release(claimed)
+        except BaseException:
+            await asyncio.shield(self.held.release(act.token, claim))  # not handled: the next approval may
+            raise
+        if not await self.held.drop(act.token, claim):
+            log.warning("list post %s list=%s token=%s: the claim ran out while it was handled (another handler "
+                        "may handle it again)", act.action, act.ml.address, act.token[:8])
         log.info("list post %s list=%s token=%s", "approved" if act.action == "approve" else "rejected",
                  act.ml.address, act.token[:8])
         return result

@@ -579,6 +579,19 @@ class WebSession:
 
 
 @dataclass(frozen=True)
+class HeldPost:
+    """A moderated list post waiting for its owner (delivery/lists.py): the 128-bit token (32 lower-case hex
+    digits) the approve/reject addresses carry, the list, the original envelope sender, the message, and when it
+    was held (seconds since the epoch)."""
+
+    token: str
+    list_address: str
+    mail_from: str
+    raw: bytes
+    held_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class SenderRule:
     """One allow or block rule (invariant 13). `scope` is the user's address or the domain's name (the one with
     no "@"); exactly one of `user_id` and `domain_id` is set. `pattern` is in `names.sender_pattern` form."""
@@ -1246,6 +1259,58 @@ class Store(Protocol):
     async def prune_web_sessions(self, idle_before: float, created_before: float) -> int:
         """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
         since the epoch); returns how many went."""
+
+    # ---- what several nodes on one store share (issue 16 item 3; docs/ARCHITECTURE.md "Several nodes")
+    shared_by_nodes: bool
+    """True when several machines may serve from this store (PostgreSQL): the server secret and the generated
+    TLS certificate then come from `shared_value` (auth/secret.py, net/tls.py); False (SQLite, one machine):
+    they stay files in the data folder."""
+
+    async def shared_value(self, name: str, candidate: bytes) -> bytes:
+        """The value stored under `name`, storing `candidate` first if there is none: the first caller wins,
+        atomically, and every caller (every node) gets the same bytes back. Never replaced once stored."""
+
+    async def lock_maildrop(self, user_id: int, holder: str, lease_seconds: float) -> bool:
+        """Take (or, for the same `holder`, renew) the POP3 maildrop lock of the user (RFC 1939 §8) for
+        `lease_seconds`: False when another holder has it. `holder` names one session uniquely across every
+        process and node. A lock whose holder died is free again: on PostgreSQL when its lease ran out without
+        a renewal; on SQLite (one machine) when the holding process is gone (a file lock the kernel drops)."""
+
+    async def unlock_maildrop(self, user_id: int, holder: str) -> None:
+        """Release the lock if `holder` has it; nothing otherwise."""
+
+    async def maildrop_login(self, user_id: int, note: bool) -> float:
+        """RFC 2449 §6.8 LOGIN-DELAY: seconds since the user's last POP3 login (`math.inf`: none known), on the
+        store's clock (PostgreSQL: the database's, so nodes' clocks do not matter); with `note`, set the last
+        login to now after reading (call it so while holding the lock)."""
+
+    async def note_mailbox_login(self, address: str, when: float, keep_seconds: float) -> None:
+        """POP-before-SMTP across nodes: a mailbox (POP3/IMAP) login from the client IP `address` at `when`
+        (seconds since the epoch); records older than `keep_seconds` before `when` are deleted on the way."""
+
+    async def mailbox_login(self, address: str) -> float:
+        """The time of the latest mailbox login `note_mailbox_login` recorded from `address`; 0.0: none."""
+
+    async def hold_post(self, post: HeldPost) -> None:
+        """Keep a moderated post, durable when it returns (lists.py invariant 1). AlreadyExists for a token in use."""
+
+    async def get_held_post(self, token: str) -> HeldPost | None:
+        """The held post with that token, claimed or not; None if there is none."""
+
+    async def list_held_posts(self) -> list[HeldPost]:
+        """Every held post, oldest first, `raw` included (the moderation page shows subject and size)."""
+
+    async def claim_held_post(self, token: str, claim: str, lease_seconds: float) -> HeldPost | None:
+        """Take the post for handling as `claim` (a value unique to this handler), atomically across processes and
+        nodes: None when there is no such post or another claim on it has not run out yet (lists.py invariant 2).
+        A handler that dies leaves its claim to run out after `lease_seconds`: the post can then be handled
+        again (at least once, never twice at the same time)."""
+
+    async def drop_held_post(self, token: str, claim: str) -> bool:
+        """Delete the post if `claim` still holds it (approved or rejected); False otherwise."""
+
+    async def release_held_post(self, token: str, claim: str) -> None:
+        """Give up `claim` on the post without handling it (the handler failed): it may be handled again at once."""
 
     # ---- sender allow and block lists (invariant 13; inbound/senders.py)
     async def list_sender_rules(self, scope: str) -> list[SenderRule]:

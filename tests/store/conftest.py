@@ -211,6 +211,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
          " tokenize='trigram case_sensitive 1', detail=column, content='')",
          "UPDATE counters SET value = 0 WHERE name = 'fts_version'"),
     24: ("DROP TABLE user_settings", "DROP TABLE auto_replies"),
+    25: ("DROP TABLE held_posts", "DROP TABLE shared_values", "DROP TABLE mailbox_logins"),
 }
 
 

@@ -23,7 +23,10 @@ user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 
 `spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. 10 adds
 `user_settings` and `auto_replies` (settings.py; SQLite's step 24), empty. SQLite's step 21 (an index
 of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads `blobs.crlf_size`
-by the primary key index and the row alone.
+by the primary key index and the row alone. 11 adds what several nodes share (issue 16 item 3): `held_posts` (moderated
+list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made once
+by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/session.py) and `mailbox_logins`
+(POP-before-SMTP's latest login per client address), empty (SQLite's step 25).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -47,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -434,7 +437,38 @@ CREATE INDEX auto_replies_sent ON auto_replies(user_id, sent);
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+
+async def _v11(conn: Conn) -> None:
+    """What several nodes share (module doc, version 11); self-contained. `pop3_locks` keeps one row per user
+    that ever logged in by POP3: the lease (holder, expiry on the database's clock) and the last login."""
+    await conn.execute("""
+CREATE TABLE IF NOT EXISTS held_posts(
+    token text PRIMARY KEY,
+    list_address text NOT NULL,
+    mail_from text NOT NULL,
+    raw bytea NOT NULL,
+    held_at double precision NOT NULL,
+    claim text NOT NULL DEFAULT '',
+    claimed_until double precision NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at);
+CREATE TABLE IF NOT EXISTS shared_values(
+    name text PRIMARY KEY,
+    value bytea NOT NULL,
+    created double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mailbox_logins(address text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at);
+CREATE TABLE IF NOT EXISTS pop3_locks(
+    user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    holder text NOT NULL DEFAULT '',
+    expires double precision NOT NULL DEFAULT 0,
+    last_login double precision NOT NULL DEFAULT 0
+);
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 assert len(_STEPS) == SCHEMA_VERSION
 
 
