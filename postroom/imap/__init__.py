@@ -6,8 +6,10 @@ Layers, from the wire up:
 * `syntax` and `parser` (sans-I/O): one command -> typed arguments (RFC 9051 §9 formal syntax);
 * `encoder` (sans-I/O): values -> response bytes (strings, mailbox names, flags, sequence sets, dates);
 * `state`: the Selected state (sequence numbers, \\Recent, pending changes, `$`), no I/O;
-* `session`: the asyncio state machine over one `net.Connection`, the `{verb: states}` dispatch table and the
-  one place that turns exceptions into BAD / NO;
+* `commands`: the command table, each wire name ("FETCH", "UID FETCH") -> the states it is valid in and its
+  handler (docs/ARCHITECTURE.md "IMAP commands" adds its parser and tests);
+* `session`: the asyncio state machine over one `net.Connection`, the dispatch through that table and the one
+  place that turns exceptions into BAD / NO;
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
   UNAUTHENTICATE),
   `mailboxes` (SELECT EXAMINE CREATE with CREATE-SPECIAL-USE, DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB

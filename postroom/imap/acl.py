@@ -55,7 +55,7 @@ from postroom.store.api import ANYONE, RIGHTS, Invalid, Mailbox
 
 from . import encoder
 from . import parser as P
-from .session import AUTHED, ONLY_SELECTED, Bad, No, Result, Session, command
+from .session import ONLY_SELECTED, Bad, No, Result, Session
 from .syntax import ATOM_CHARS
 
 if TYPE_CHECKING:
@@ -251,7 +251,6 @@ def _is_owner(target: Target, key: str) -> bool:
     return key.lstrip("-") == target.owner
 
 
-@command("SETACL", AUTHED)
 async def setacl(s: Session, cmd: P.Command) -> Result:
     a = _args(cmd)
     mod = a.rights
@@ -267,7 +266,6 @@ async def setacl(s: Session, cmd: P.Command) -> Result:
     return "", "SETACL completed"
 
 
-@command("DELETEACL", AUTHED)
 async def deleteacl(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     key = _identifier_key(_args(cmd).identifier)
@@ -277,7 +275,6 @@ async def deleteacl(s: Session, cmd: P.Command) -> Result:
     return "", "DELETEACL completed"
 
 
-@command("GETACL", AUTHED)
 async def getacl(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     entries = [] if names.is_shared_owner(target.owner) else [(target.owner, RIGHTS)]  # a shared folder: no owner
@@ -289,7 +286,6 @@ async def getacl(s: Session, cmd: P.Command) -> Result:
     return "", "GETACL completed"
 
 
-@command("LISTRIGHTS", AUTHED)
 async def listrights(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     identifier = _args(cmd).identifier
@@ -314,7 +310,6 @@ async def _grantable(s: Session, key: str, owner: str) -> bool:
     return user is not None and names.domain_of(user.address) == names.domain_of(owner)
 
 
-@command("MYRIGHTS", AUTHED)
 async def myrights(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "")  # RFC 4314 §4: any right that lets the user see the mailbox
     s.write(b"* MYRIGHTS " + encoder.mailbox(target.name, s.rev2) + b" "

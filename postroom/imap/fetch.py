@@ -65,7 +65,7 @@ from postroom.store.api import Flag, ImapStructure, MessageColumns, MessageInfo,
 from . import encoder, objectid, preview
 from . import parser as P
 from .messages import member, resolve, sel_of
-from .session import ONLY_SELECTED, Bad, No, Result, Session, command
+from .session import Bad, No, Result, Session
 from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
@@ -425,8 +425,6 @@ def _literal(label: bytes, data: bytes) -> list[bytes]:
     return [label + b" {%d}\r\n" % len(data), data]
 
 
-@command("FETCH", ONLY_SELECTED)
-@command("UID FETCH", ONLY_SELECTED)
 async def fetch(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.FetchArgs)

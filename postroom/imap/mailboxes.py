@@ -82,7 +82,7 @@ from postroom.store.api import (
 from . import acl, catenate, encoder, objectid
 from . import parser as P
 from .messages import parse_flags
-from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
+from .session import AUTH, SELECTED, Bad, No, Result, Session, StagedLiteral
 from .state import Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
 
 SEP = "/"
@@ -118,8 +118,6 @@ def _user_id(s: Session) -> int:
 
 # ---- SELECT / EXAMINE (RFC 9051 §6.3.2, §6.3.3)
 
-@command("SELECT", AUTHED)
-@command("EXAMINE", AUTHED)
 async def select(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SelectArgs)
@@ -236,7 +234,6 @@ def create_use(uses: tuple[str, ...]) -> str | None:
     return CREATE_USES[use]
 
 
-@command("CREATE", AUTHED)
 async def create(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Create)
     name = stored_name(s, cmd.args.mailbox).rstrip(SEP)  # RFC 9051 §6.3.4: a trailing separator is intent
@@ -267,7 +264,6 @@ async def create(s: Session, cmd: P.Command) -> Result:
     return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
 
 
-@command("DELETE", AUTHED)
 async def delete(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.MailboxArg)
     name = stored_name(s, cmd.args.mailbox)
@@ -280,7 +276,6 @@ async def delete(s: Session, cmd: P.Command) -> Result:
     return "", "DELETE completed"
 
 
-@command("RENAME", AUTHED)
 async def rename(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Rename)
     old = stored_name(s, cmd.args.old)
@@ -310,8 +305,6 @@ async def rename(s: Session, cmd: P.Command) -> Result:
     return "", "RENAME completed"
 
 
-@command("SUBSCRIBE", AUTHED)
-@command("UNSUBSCRIBE", AUTHED)
 async def subscribe(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.MailboxArg)
     name = stored_name(s, cmd.args.mailbox)
@@ -321,7 +314,6 @@ async def subscribe(s: Session, cmd: P.Command) -> Result:
     return "", f"{cmd.name} completed"
 
 
-@command("NAMESPACE", AUTHED)
 async def namespace(s: Session, cmd: P.Command) -> Result:
     # RFC 2342 §5: the personal namespace, other users' and the shared one (acl.py). The shared namespace is
     # announced always, whether or not the domain has a shared folder yet: §5 answers NIL for a namespace the
@@ -354,7 +346,6 @@ def _sort_key(name: str) -> tuple[int, str]:
     return (0 if name == "INBOX" else 1, name)
 
 
-@command("LIST", AUTHED)
 async def list_(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.ListArgs)
@@ -437,7 +428,6 @@ async def list_(s: Session, cmd: P.Command) -> Result:
     return "", "LIST completed"
 
 
-@command("LSUB", AUTHED)
 async def lsub(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.ListArgs)
@@ -501,7 +491,6 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
     return b"* STATUS " + wire_name(s, mbox.name) + b" (" + " ".join(out).encode() + b")\r\n"
 
 
-@command("STATUS", AUTHED)
 async def status(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.StatusArgs)
     target = acl.need(await acl.resolve(s, stored_name(s, cmd.args.mailbox)), "r", "STATUS")  # RFC 4314 §4
@@ -511,7 +500,6 @@ async def status(s: Session, cmd: P.Command) -> Result:
 
 # ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8, MULTIAPPEND RFC 3502)
 
-@command("APPEND", AUTHED)
 async def append(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.AppendArgs)

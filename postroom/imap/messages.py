@@ -39,7 +39,7 @@ from postroom.store.api import FLAG_BY_NAME, ChangeKind, Flag, Invalid, StoreMod
 
 from . import acl, encoder
 from . import parser as P
-from .session import AUTH, ONLY_SELECTED, Bad, No, Result, Session, command
+from .session import AUTH, Bad, No, Result, Session
 from .state import Selected, in_ranges, uid_ranges
 
 
@@ -137,8 +137,6 @@ def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
 
 # ---- STORE (RFC 9051 §6.4.6)
 
-@command("STORE", ONLY_SELECTED)
-@command("UID STORE", ONLY_SELECTED)
 async def store(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.StoreArgs)
@@ -220,8 +218,6 @@ def _copyuid(uidvalidity: int, src: tuple[int, ...], dst: tuple[int, ...]) -> st
             f"{encoder.seqset_ordered(list(dst)).decode()}")
 
 
-@command("COPY", ONLY_SELECTED)
-@command("UID COPY", ONLY_SELECTED)
 async def copy(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.CopyArgs)
@@ -235,8 +231,6 @@ async def copy(s: Session, cmd: P.Command) -> Result:
     return _copyuid(res.uidvalidity, res.source_uids, res.dest_uids), "COPY completed"
 
 
-@command("MOVE", ONLY_SELECTED)
-@command("UID MOVE", ONLY_SELECTED)
 async def move(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.CopyArgs)
@@ -282,7 +276,6 @@ def _need_expunge(s: Session) -> None:
         raise No("EXPUNGE needs the right e on this mailbox", "NOPERM")
 
 
-@command("EXPUNGE", ONLY_SELECTED)
 async def expunge(s: Session, cmd: P.Command) -> Result:
     _need_expunge(s)
     if sel_of(s).readonly:
@@ -290,7 +283,6 @@ async def expunge(s: Session, cmd: P.Command) -> Result:
     return await _expunge(s, None, True), "EXPUNGE completed"
 
 
-@command("UID EXPUNGE", ONLY_SELECTED)
 async def uid_expunge(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.SeqArg)
     uids = resolve(s, cmd.args.seqset, True)
@@ -308,7 +300,6 @@ def _deselect(s: Session) -> None:
         s.sub.watch(None)  # another user's mailbox no more (acl.py)
 
 
-@command("CLOSE", ONLY_SELECTED)
 async def close(s: Session, cmd: P.Command) -> Result:
     if not sel_of(s).readonly and sel_of(s).may("e"):  # RFC 4314 §4: CLOSE expunges only with "e"
         await _expunge(s, None, False)  # RFC 9051 §6.4.1: silently, no EXPUNGE responses
@@ -316,12 +307,10 @@ async def close(s: Session, cmd: P.Command) -> Result:
     return "", "CLOSE completed"
 
 
-@command("UNSELECT", ONLY_SELECTED)
 async def unselect(s: Session, cmd: P.Command) -> Result:
     _deselect(s)
     return "", "UNSELECT completed"
 
 
-@command("CHECK", ONLY_SELECTED)
 async def check(s: Session, cmd: P.Command) -> Result:
     return "", "CHECK completed"  # every write is durable already (store invariant 1)

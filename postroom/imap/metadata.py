@@ -46,7 +46,7 @@ from postroom.store.api import Invalid, Mailbox, MetadataTooMany
 from . import acl, encoder
 from . import parser as P
 from .mailboxes import stored_name, wire_name
-from .session import AUTHED, Bad, No, Result, Session, command
+from .session import Bad, No, Result, Session
 from .syntax import ATOM_CHARS
 
 ADMIN = "/shared/admin"
@@ -105,7 +105,6 @@ def _value(value: bytes | None) -> bytes:
     return encoder.string(value)  # NIL, quoted, or a literal when long or 8-bit
 
 
-@command("GETMETADATA", AUTHED)
 async def getmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.GetMetadata)
@@ -142,7 +141,6 @@ async def getmetadata(s: Session, cmd: P.Command) -> Result:
     return "", "GETMETADATA completed"
 
 
-@command("SETMETADATA", AUTHED)
 async def setmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SetMetadata)

@@ -1267,7 +1267,8 @@ _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "EXPUNGE": _p_expunge_uid, "SORT": _p_sort, "THREAD": _p_thread,
 }
-COMMANDS = frozenset(_PARSERS)
+COMMANDS = frozenset(_PARSERS)  # the verbs parse_command knows (their handlers: commands.py)
+UID_COMMANDS = frozenset(_UID_PARSERS)  # the verbs it knows after "UID " (RFC 9051 §6.4.9)
 
 
 def parse_command(data: bytes) -> Command:
@@ -1297,6 +1298,7 @@ def parse_command(data: bytes) -> Command:
 
 
 __all__ = [
+    "COMMANDS",
     "MONTHS",
     "NEED_DATA",
     "STAR",
@@ -1316,6 +1318,7 @@ __all__ = [
     "SeqSet",
     "SortArgs",
     "ThreadArgs",
+    "UID_COMMANDS",
     "guess_tag",
     "parse_command",
 ]

@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 `imap_handler(services, listener)` returns the `net` handler; each connection runs `Session.run()`. The loop
 reads bytes into the sans-I/O `Framer`, answers literal announcements (`+` continuation, RFC 9051 §7.5, or a
-refusal), parses each command (`parser.parse_command`) and dispatches it through `COMMANDS`, a table
-`{verb: (allowed states, handler)}` checked in one place. Handlers live in one module per command family
-(`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`); they write untagged data with `write()` and
-return the tagged OK's response code and text, or raise:
+refusal), parses each command (`parser.parse_command`) and dispatches it through `commands.COMMANDS`, a
+table `{wire name: (allowed states, handler)}` checked in one place. Handlers live in one module per command
+family (`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`, ...); they write untagged data with
+`write()` and return the tagged OK's response code and text, or raise:
 
 * `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
 * `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
@@ -115,6 +115,8 @@ NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "select
 ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
 AUTHED = frozenset({AUTH, SELECTED})
 ONLY_SELECTED = frozenset({SELECTED})
+NOT_AUTH_ONLY = frozenset({NOT_AUTH})
+AUTH_ONLY = frozenset({AUTH})
 FLUSH_BYTES = 256 * 1024
 STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
@@ -157,7 +159,6 @@ class Bye(Exception):
 
 
 Result = tuple[str, str]  # (response code, text) of the tagged OK
-Handler = Callable[["Session", P.Command], Awaitable[Result]]
 
 
 def base_capabilities(limits_message_size: int) -> list[str]:
@@ -178,6 +179,9 @@ class Service:
     """What every IMAP session of one listener shares."""
 
     def __init__(self, services: Services, listener: str) -> None:
+        from .commands import COMMANDS  # (the command modules import this one)
+
+        self.commands = COMMANDS
         self.services = services
         self.listener = listener
         self.hostname = services.config.server.hostname
@@ -593,7 +597,7 @@ class Session:
         await self.flush()
 
     async def _dispatch(self, cmd: P.Command) -> None:
-        entry = COMMANDS.get(cmd.verb)
+        entry = self.service.commands.get(cmd.verb)  # commands.py
         if entry is None:
             await self._bad(cmd.tag, f"Unknown command {cmd.verb}")
             return
@@ -679,36 +683,8 @@ def _tagged(tag: str, status: str, code: str, text: str) -> bytes:
         "utf-8", "replace")
 
 
-# ---- the dispatch table (style habit 3: state rules are data). Filled by the command modules.
-COMMANDS: dict[str, tuple[frozenset[str], Handler]] = {}
-
-
-def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        COMMANDS[verb] = (states, fn)
-        return fn
-    return register
-
-
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import (  # noqa: F401 - they register commands
-        acl,
-        auth,
-        compress,
-        fetch,
-        idle,
-        mailboxes,
-        messages,
-        metadata,
-        notify,
-        quota,
-        search,
-        sort,
-        thread,
-        update,
-    )
-
     service = Service(services, listener)
 
     async def handler(conn: Connection) -> None:
