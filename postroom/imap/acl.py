@@ -55,7 +55,10 @@ from postroom.store.api import ANYONE, RIGHTS, Invalid, Mailbox
 
 from . import encoder
 from . import parser as P
-from .session import ONLY_SELECTED, Bad, No, Result, Session
+from .arguments import stored_name
+from .errors import Bad, No, Result
+from .session import Session
+from .state import ONLY_SELECTED
 from .syntax import ATOM_CHARS
 
 if TYPE_CHECKING:
@@ -120,7 +123,7 @@ def _user(s: Session) -> User:
 
 
 async def resolve(s: Session, name: str) -> Target | None:
-    """The mailbox a stored-form name (`mailboxes.stored_name`) names for this session, or None if there is none
+    """The mailbox a stored-form name (`arguments.stored_name`) names for this session, or None if there is none
     the user has any right on (invariant 1)."""
     user = _user(s)
     if name.startswith(SHARED_PREFIX):
@@ -217,7 +220,6 @@ def _args(cmd: P.Command) -> P.AclArgs:
 
 
 async def _target(s: Session, cmd: P.Command, rights: str) -> Target:
-    from .mailboxes import stored_name
 
     return need(await resolve(s, stored_name(s, _args(cmd).mailbox)), rights, cmd.name)
 

@@ -29,8 +29,11 @@ from postroom.net.listener import log_refusal
 from postroom.store.api import User
 
 from . import parser as P
+from .arguments import b64decode
 from .encoder import quoted
-from .session import AUTH, LOGOUT, Bad, No, Result, Session, Silent, b64decode
+from .errors import Bad, No, Result, Silent
+from .session import Session
+from .state import AUTH, LOGOUT
 
 
 async def capability(s: Session, cmd: P.Command) -> Result:

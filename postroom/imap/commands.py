@@ -38,7 +38,8 @@ from . import (
     update,
 )
 from . import parser as P
-from .session import ANY, AUTH_ONLY, AUTHED, NOT_AUTH_ONLY, ONLY_SELECTED, Result
+from .errors import Result
+from .state import ANY, AUTH_ONLY, AUTHED, NOT_AUTH_ONLY, ONLY_SELECTED
 
 if TYPE_CHECKING:
     from .session import Session

@@ -21,7 +21,8 @@ Invariants
 from __future__ import annotations
 
 from . import parser as P
-from .session import Bad, No, Result, Session, Silent
+from .errors import Bad, No, Result, Silent
+from .session import Session
 
 
 async def compress(s: Session, cmd: P.Command) -> Result:

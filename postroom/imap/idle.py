@@ -25,7 +25,8 @@ from typing import Any
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .session import IDLE_LINE_MAX, Bad, Result, Session
+from .errors import Bad, Result
+from .session import IDLE_LINE_MAX, Session
 
 
 async def idle(s: Session, cmd: P.Command) -> Result:

@@ -7,7 +7,8 @@ Theory of operation
 -------------------
 The store knows one user's mailboxes by full name with "/" as the hierarchy separator (one personal
 namespace, RFC 2342). Names arrive in the client's encoding and are turned into stored names by
-`stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the reverse.
+`arguments.stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the
+reverse.
 LIST reads every mailbox of the user once and matches the patterns in memory: `*` matches anything, `%`
 anything but the separator (RFC 9051 §6.3.9). A name that is only the parent of others (its mailbox was
 deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2, or any extended LIST: RFC 5258
@@ -53,7 +54,7 @@ Invariants
    CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
-5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
+5. Every mailbox name a client sends passes `arguments.stored_name` before any store call: a name that is not valid
    modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
    store in a form it cannot encode (and nothing is logged as a server error for it).
 """
@@ -81,34 +82,12 @@ from postroom.store.api import (
 
 from . import acl, catenate, encoder, objectid
 from . import parser as P
-from .messages import parse_flags
-from .session import AUTH, SELECTED, Bad, No, Result, Session, StagedLiteral
-from .state import Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
-
-SEP = "/"
+from .arguments import SEP, parse_flags, stored_name, wire_name
+from .errors import Bad, No, Result
+from .session import Session, StagedLiteral
+from .state import AUTH, SELECTED, Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
-
-
-def stored_name(s: Session, name: str) -> str:
-    """The store's name for a client's mailbox argument (module invariant 5). Raises `No` [CANNOT] for a name
-    that is not valid modified UTF-7 (rev1) or not valid UTF-8 (8-bit bytes reach here surrogate-escaped)."""
-    try:
-        name = encoder.decode_mailbox(name, s.rev2)
-    except ValueError:
-        raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        # RFC 9051 §5.1: mailbox names are UTF-8; RFC 5530 §3 CANNOT: a name this server cannot hold.
-        raise No("Mailbox name is not valid UTF-8", "CANNOT") from None
-    if name.upper() == "INBOX" or name[:6].upper() == "INBOX" + SEP:
-        name = "INBOX" + name[5:]
-    return name
-
-
-def wire_name(s: Session, name: str) -> bytes:
-    return encoder.mailbox(name, s.rev2)
 
 
 def _user_id(s: Session) -> int:

@@ -84,9 +84,11 @@ from postroom.store.hub import SubscriptionOverflow
 
 from . import acl
 from . import parser as P
-from .mailboxes import status_line, stored_name, wire_name
+from .arguments import stored_name, wire_name
+from .errors import No, Result
+from .mailboxes import status_line
 from .metadata import entry_name
-from .session import No, Result, Session
+from .session import Session
 from .state import Selected
 
 log = logging.getLogger("postroom.imap")

@@ -43,7 +43,8 @@ from postroom.imap import encoder
 from postroom.imap import parser as P
 from postroom.store.api import QuotaUsage
 
-from .session import No, Result
+from .arguments import stored_name
+from .errors import No, Result
 
 if TYPE_CHECKING:
     from .session import Session
@@ -87,7 +88,6 @@ async def _roots(s: Session) -> dict[str, list[tuple[str, int, int]]]:
 async def getquotaroot(s: Session, cmd: P.Command) -> Result:
     """RFC 9208 §4.3: `* QUOTAROOT mailbox root...`, then `* QUOTA` for each root."""
     from .acl import need, resolve
-    from .mailboxes import stored_name
 
     assert isinstance(cmd.args, P.MailboxArg)
     target = need(await resolve(s, stored_name(s, cmd.args.mailbox)), "", cmd.name)

@@ -7,7 +7,7 @@ reads bytes into the sans-I/O `Framer`, answers literal announcements (`+` conti
 refusal), parses each command (`parser.parse_command`) and dispatches it through `commands.COMMANDS`, a
 table `{wire name: (allowed states, handler)}` checked in one place. Handlers live in one module per command
 family (`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`, ...); they write untagged data with
-`write()` and return the tagged OK's response code and text, or raise:
+`write()` and return the tagged OK's response code and text, or raise (errors.py):
 
 * `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
 * `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
@@ -64,8 +64,6 @@ Invariants
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import tempfile
@@ -101,7 +99,8 @@ from postroom.store.api import (
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .state import Selected
+from .errors import Bad, Bye, No, Silent
+from .state import AUTHED, LOGOUT, NOT_AUTH, Selected
 from .syntax import Cursor
 
 if TYPE_CHECKING:
@@ -111,12 +110,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postroom.imap")
 
-NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
-ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
-AUTHED = frozenset({AUTH, SELECTED})
-ONLY_SELECTED = frozenset({SELECTED})
-NOT_AUTH_ONLY = frozenset({NOT_AUTH})
-AUTH_ONLY = frozenset({AUTH})
 FLUSH_BYTES = 256 * 1024
 STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
@@ -134,31 +127,6 @@ class StagedLiteral:
     binary: bool  # literal8
     error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
     at: int = -1  # offset in the command text of the empty literal left in its place (parser `CatPart.at`)
-
-
-class Bad(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-
-
-class No(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-
-
-class Silent(Exception):
-    """The handler already wrote its tagged response (STARTTLS's OK goes out before the handshake)."""
-
-
-class Bye(Exception):
-    """End the session after writing `* BYE text`."""
-
-
-Result = tuple[str, str]  # (response code, text) of the tagged OK
 
 
 def base_capabilities(limits_message_size: int) -> list[str]:
@@ -691,12 +659,3 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
         await Session(service, conn).run()
 
     return handler
-
-
-# Helpers shared by the command modules ---------------------------------------------------------------------
-
-def b64decode(data: bytes) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise Bad("Invalid base64") from None

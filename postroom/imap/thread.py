@@ -77,9 +77,10 @@ from typing import Any, TypeVar
 from postroom.store.api import ThreadColumns
 
 from . import parser as P
-from .messages import sel_of
+from .arguments import sel_of
+from .errors import Bad, Result
 from .ordercache import cache_of, digest
-from .session import Bad, Result, Session
+from .session import Session
 from .sort import (
     ARRIVALS_MAX,
     SLICE_ROWS,

@@ -43,11 +43,12 @@ from typing import Any
 from postroom.store.api import Change, ChangeKind, MessageInfo
 
 from . import parser as P
+from .arguments import sel_of
 from .context import UpdateContext, removal_lines
-from .messages import sel_of
+from .errors import Result
 from .objectid import ensure_keys
 from .search import matching
-from .session import Result, Session
+from .session import Session
 from .sort import sort_key, sorted_uids
 from .state import Selected
 

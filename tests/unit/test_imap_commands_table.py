@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from postroom.imap import parser
 from postroom.imap.commands import COMMANDS
-from postroom.imap.session import ANY, AUTHED, NOT_AUTH, ONLY_SELECTED
+from postroom.imap.state import ANY, AUTHED, NOT_AUTH, ONLY_SELECTED
 
 
 def test_the_table_and_the_parser_know_the_same_verbs() -> None:
@@ -29,4 +29,5 @@ def test_states_follow_rfc_9051_section_3() -> None:
         assert COMMANDS[verb][0] == AUTHED, verb
     for verb in ("FETCH", "UID FETCH", "STORE", "SEARCH", "EXPUNGE", "CLOSE", "UNSELECT", "MOVE", "COPY"):
         assert COMMANDS[verb][0] == ONLY_SELECTED, verb
+
 
