@@ -31,6 +31,8 @@ _UNQUOTABLE = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def quoted(value: str | bytes) -> bytes:
+    """`value` as a quoted string (RFC 9051 §9 `quoted`: `\\` and `"` escaped), text as UTF-8. The caller makes sure it
+    may be quoted (no CR, LF or NUL: invariant 1); `string` decides for it."""
     b = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
@@ -108,4 +110,5 @@ def internal_date(ts: float) -> bytes:
 
 
 def response_code_text(code: str, text: str) -> bytes:
+    """`[code] text` (RFC 9051 §7.1 resp-text), or `text` without a code; UTF-8."""
     return (f"[{code}] {text}" if code else text).encode("utf-8", "replace")
