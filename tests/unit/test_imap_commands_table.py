@@ -1,7 +1,10 @@
 """The IMAP command table (imap/commands.py): every verb the parser accepts has a handler and states (RFC 9051 §3),
-and every entry a parser."""
+every entry a parser, and docs/ARCHITECTURE.md "IMAP commands" lists each one with its parser, handler and tests."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from postroom.imap import parser
 from postroom.imap.commands import COMMANDS
@@ -31,3 +34,10 @@ def test_states_follow_rfc_9051_section_3() -> None:
         assert COMMANDS[verb][0] == ONLY_SELECTED, verb
 
 
+
+def test_architecture_lists_every_wire_name() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    section = text[text.index("### IMAP commands"):]
+    section = section[:section.index("\n## ")]
+    listed = re.findall(r"^\| `([A-Z ]+)` \|", section, re.M)
+    assert sorted(listed) == sorted(COMMANDS)  # each once
