@@ -10,7 +10,9 @@ Invariants
    (`mime.imap.istring`, shared with the stored ENVELOPE/BODYSTRUCTURE).
 2. Mailbox names go out in modified UTF-7 (RFC 3501 §5.1.3) unless the session enabled IMAP4rev2, whose names
    are UTF-8 (RFC 9051 §5.1); then they are quoted UTF-8 or a literal.
-3. Sequence sets are written in ascending order with runs collapsed (`1:3,7`), as COPYUID and ESEARCH want.
+3. `seqset` writes a set in ascending order with runs collapsed (`1:3,7`), as ESEARCH wants; `seqset_ordered`
+   keeps the order given and collapses only ascending runs, since COPYUID pairs its source and destination UIDs
+   by position (RFC 4315 §3).
 """
 
 from __future__ import annotations

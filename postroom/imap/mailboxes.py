@@ -49,14 +49,14 @@ Invariants
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
    file goes to `Store.append_file`; the handler removes it if it fails first.
-6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
-   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
-   CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
 4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
    announces the mailbox's keyword set and every keyword its listed messages carry.
 5. Every mailbox name a client sends passes `arguments.stored_name` before any store call: a name that is not valid
    modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
    store in a form it cannot encode (and nothing is logged as a server error for it).
+6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
+   one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
+   CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
 """
 
 from __future__ import annotations

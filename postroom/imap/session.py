@@ -40,14 +40,17 @@ stay on until the connection ends (or UNAUTHENTICATE, RFC 8437 §3) and are copi
 UIDONLY (RFC 9586) likewise: `uidonly` is set by ENABLE UIDONLY, copied into `Selected`, and from then on every
 command that takes message numbers is refused with `BAD [UIDREQUIRED]` in `_dispatch` (`uidonly.refusal`).
 
-reports them as they come. Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
+Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
 `Notifier` instead (`take_change`), which also queues STATUS and LIST responses for other mailboxes, and
 `read_more` waits on the feed as well as the client between commands, so those go out at once.
 UNAUTHENTICATE (RFC 8437) drops all of it with the user (`forget_user`).
 
 Invariants
-1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
-   continuation requests of AUTHENTICATE, APPEND and IDLE).
+1. Only the session writes tagged responses: `_dispatch` for every command that reached its handler, `_bad`
+   for one that could not be framed or parsed, and the refusals of a literal before it is sent (`_literal`,
+   `_over_quota_early`: TOOBIG, LIMIT, OVERQUOTA). A handler writes none itself, except STARTTLS, whose OK must
+   precede the handshake (it raises `Silent`); handlers write only untagged data and the continuation requests
+   of AUTHENTICATE and IDLE.
 2. Every read has a limit: the command size in the framer (`limits.imap_command_length`, for the command's
    text and so for any one line of it), the literal size (`limits.literal_size`, APPEND:
    `limits.message_size`) before the `+` is sent, an AUTHENTICATE response line (`sasl_line_max()`: the

@@ -184,7 +184,7 @@ class Selected:
     held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
-    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 8)
+    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 9)
     context_changes: list[Change] = field(default_factory=list)  # changes for the contexts alone (NOTIFY dropped)
 
     def __post_init__(self) -> None:
@@ -278,7 +278,7 @@ class Selected:
         return n
 
     def may(self, right: str) -> bool:
-        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 6)."""
+        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 7)."""
         return self.rights is None or right in self.rights
 
     # ---- changes

@@ -28,9 +28,9 @@ entry's size is the message's octets as RETR sends them (`store.blobs.crlf_size`
 line ended; byte-stuffing and the terminator not counted), so LIST, STAT and the RETR reply agree with what
 arrives (RFC 1939 §11).
 
-Line reading follows `net/connection.py`: a line may end in CRLF or a bare LF; a line longer than the limit is
-answered with one `-ERR` as soon as the limit is crossed and its remainder is dropped as it arrives, so the
-buffer never holds more than one line's limit plus what was fed at once.
+Lines are read by the cores' one receive buffer (`net/receivebuffer.py`): a line may end in CRLF or a bare LF; a
+line longer than the limit is answered with one `-ERR` as soon as the limit is crossed and its remainder is
+dropped as it arrives, so the buffer never holds more than one line's limit plus what was fed at once.
 
 Invariants
 1. `next_event` returns at most one event per complete line, in the order the lines arrived (RFC 2449 §6.6
