@@ -8,8 +8,8 @@ sequence set names messages by number or UID in the session's view (`Selected.ui
 UIDs (ascending, unique), `member` answers "is this UID in the set" without listing it (for CHANGEDSINCE and
 VANISHED, whose work follows the changes, not the mailbox). Flag names become the store's bitmask and
 validated keywords (`parse_flags`). A mailbox name becomes the store's name (`stored_name`: modified UTF-7
-for rev1 sessions, UTF-8 after ENABLE IMAP4rev2, RFC 9051 §5.1) and back (`wire_name`). Each raises `Bad` or
-`No` itself, so a handler needs no checks of its own.
+for rev1 sessions, UTF-8 after ENABLE IMAP4rev2, RFC 9051 §5.1) and back (`wire_name`). Each refuses what
+it cannot take with `Bad` or `No` (the invariants), so handlers pass the client's arguments straight in.
 
 Invariants
 1. A message sequence number beyond EXISTS is a client error (BAD); a UID that does not exist is ignored
