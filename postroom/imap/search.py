@@ -77,11 +77,12 @@ from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder, objectid
 from . import parser as P
+from .arguments import resolve, sel_of
 from .context import MAX_CONTEXTS, UidRanges, UpdateContext
+from .errors import Bad, No, Result
 from .fetch import META_BATCH, load_meta, prefetch_meta
-from .messages import resolve, sel_of
 from .results import partial_item
-from .session import ONLY_SELECTED, Bad, No, Result, Session, command
+from .session import Session
 
 _CHARSETS = ("UTF-8", "US-ASCII")
 _META_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
@@ -502,8 +503,6 @@ async def matching(s: Session, key: P.Key, sets: Mapping[int, Container[int]],
     return out
 
 
-@command("SEARCH", ONLY_SELECTED)
-@command("UID SEARCH", ONLY_SELECTED)
 async def search(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SearchArgs)

@@ -102,11 +102,13 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    pass
+    """The thing named (domain, user, list, mailbox, message body, queue entry...) does not exist, or no
+    longer does. IMAP answers it `NO [NONEXISTENT]` (RFC 5530 §3); callers that race an expunge (a FETCH of a
+    body released since its listing: imap/fetch.py) catch it and skip the message."""
 
 
 class AlreadyExists(StoreError):
-    pass
+    """The name is taken (domain, user, mailbox, list member). IMAP answers it `NO [ALREADYEXISTS]` (RFC 5530 §3)."""
 
 
 class Invalid(StoreError):
@@ -135,6 +137,7 @@ class InsufficientStorage(StoreError):
 
     @classmethod
     def from_os_error(cls, exc: OSError) -> InsufficientStorage:
+        """The error for an ENOSPC / EDQUOT `OSError` (`is_out_of_space`), its text kept."""
         return cls(f"insufficient storage: {exc.strerror or exc}")
 
 
@@ -230,12 +233,16 @@ ANYONE = "anyone"  # RFC 4314 §2: the identifier every user matches (here: ever
 
 
 class ListPolicy(enum.Enum):
+    """Who may post to a mailing list (delivery/lists.py)."""
+
     OPEN = "open"  # anyone may post
     MEMBERS = "members"  # only members may post
     MODERATED = "moderated"  # every post waits for the owner's approval
 
 
 class RcptState(enum.Enum):
+    """Where one recipient of a queued message stands (delivery/queue.py; RFC 3461 §6 actions for its DSN)."""
+
     QUEUED = "queued"
     DEFERRED = "deferred"
     DELIVERED = "delivered"
@@ -248,6 +255,7 @@ class RcptState(enum.Enum):
 
 @dataclass(frozen=True)
 class Domain:
+    """A hosted domain. Times are seconds since the epoch; DKIM keys as RFC 6376 / RFC 8463 use them."""
     id: int
     name: str
     created: float
@@ -263,6 +271,7 @@ class Domain:
 
 @dataclass(frozen=True)
 class User:
+    """A mailbox user (a login). Times are seconds since the epoch; quotas as in invariant 12."""
     id: int
     address: str  # full address, lower-case; also the login name
     domain_id: int
@@ -292,12 +301,14 @@ class QuotaUsage:
 
 @dataclass(frozen=True)
 class Alias:
+    """One target of an alias source (the case of names: module doc)."""
     source: str  # "user@domain" or "@domain" (catch-all)
     target: str  # one local or external address, its local part as given (module doc: names)
 
 
 @dataclass(frozen=True)
 class MailingList:
+    """A mailing list of a hosted domain and its members (delivery/lists.py)."""
     address: str  # lower-case (a local name)
     owner: str  # local part as given
     policy: ListPolicy
@@ -307,6 +318,8 @@ class MailingList:
 
 @dataclass(frozen=True)
 class Mailbox:
+    """One mailbox of a user, as one read saw it: UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ as RFC 9051 §2.3.1.1 and
+    RFC 7162 §3.1.1 define them (invariants 3, 4)."""
     id: int
     user_id: int
     name: str  # full hierarchical name with "/" separators, e.g. "Archive/2024"
@@ -384,6 +397,7 @@ class MessageColumns:
         return len(self.uids)
 
     def keywords_at(self, i: int) -> frozenset[str]:
+        """The keywords of message i (empty for most)."""
         return self.keywords.get(i, _NO_KEYWORDS)
 
 
@@ -474,6 +488,8 @@ class ThreadColumns:
 
 @dataclass(frozen=True)
 class AppendRequest:
+    """One message to store: its exact bytes (invariant 5), system flags (`Flag` bitmask), keywords, internal
+    date (seconds since the epoch) and precomputed metadata."""
     raw: bytes
     flags: int = 0
     keywords: frozenset[str] = frozenset()
@@ -529,6 +545,7 @@ class StagedAppend:
 
 @dataclass(frozen=True)
 class QueueRecipient:
+    """One recipient of a queued message and its delivery state. Times are seconds since the epoch."""
     rcpt: str
     orcpt: str = ""  # RFC 3461 ORCPT, as given ("rfc822;user@example.org"), "" if none
     notify: str = ""  # RFC 3461 NOTIFY: "" (default), "NEVER" or a comma list of SUCCESS,FAILURE,DELAY
@@ -541,6 +558,8 @@ class QueueRecipient:
 
 @dataclass(frozen=True)
 class QueueEntry:
+    """A message waiting in the outbound queue (delivery/queue.py): its body's blob, size in octets, envelope
+    (RFC 5321 §3.3) and DSN parameters (RFC 3461 §4), and its recipients."""
     id: int
     blob_id: str
     size: int
@@ -663,6 +682,8 @@ class DmarcEvaluation:
 
 
 class ChangeKind(enum.Enum):
+    """What a `Change` record says happened (invariant 2; style habit 8)."""
+
     APPEND = "append"  # a message arrived (uid, modseq, flags, keywords set)
     FLAGS = "flags"  # a message's flags or keywords changed
     EXPUNGE = "expunge"  # a message left the mailbox
@@ -679,6 +700,8 @@ class ChangeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Change:
+    """One change a write made, returned to the writer and published on the hub after the commit (invariant 2).
+    Which fields mean something depends on `kind` (`ChangeKind`); `flags` is a `Flag` bitmask."""
     kind: ChangeKind
     user_id: int
     mailbox_id: int
@@ -692,6 +715,8 @@ class Change:
 
 @dataclass(frozen=True)
 class AppendResult:
+    """What an append stored: the message's UID and MODSEQ, the mailbox's UIDVALIDITY (UIDPLUS APPENDUID, RFC 4315
+    §3), and the changes."""
     uid: int
     modseq: int
     uidvalidity: int
@@ -710,6 +735,7 @@ class CopyResult:
 
 @dataclass(frozen=True)
 class WriteResult:
+    """The changes a write made (invariant 2), and for STORE UNCHANGEDSINCE the UIDs it left alone."""
     changes: tuple[Change, ...] = ()
     modified: tuple[int, ...] = ()  # store_flags with unchanged_since: the UIDs it left alone (RFC 7162 §3.1.3)
 
@@ -726,21 +752,29 @@ class Vanished:
 class Subscription(Protocol):
     """A live subscription to the change feed: iterate, or `get()` one change; `close()` when done."""
 
-    def get_nowait(self) -> Change | None: ...
+    def get_nowait(self) -> Change | None:
+        """The next change if one is queued, else None (never waits)."""
 
     def watch(self, mailbox_id: int | None) -> None:
         """Receive the changes of this one mailbox of another user too (a shared mailbox the subscriber has
         selected, resolved through its ACL: invariant 6), instead of any mailbox watched before; None: none."""
 
-    async def get(self) -> Change: ...
+    async def get(self) -> Change:
+        """The next change, waiting for one."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop receiving; the hub drops the subscription."""
 
 
 class ChangeHub(Protocol):
-    def subscribe(self, user_id: int) -> Subscription: ...
+    """The change feed of one process (invariant 2): subscribers get the changes of one user's mailboxes, in commit
+    order."""
 
-    def publish(self, changes: Iterable[Change]) -> None: ...
+    def subscribe(self, user_id: int) -> Subscription:
+        """A new subscription to the changes of `user_id`'s mailboxes (and of a watched mailbox, `watch`)."""
+
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Deliver committed changes to the subscribers of their users (invariant 2: only after the commit)."""
 
     def publish_lost(self) -> None:
         """Changes were committed that cannot be delivered (another process's, pruned before this process read
@@ -752,6 +786,10 @@ class ChangeHub(Protocol):
 
 
 class Store(Protocol):
+    """Every engine implements this (module doc: the invariants). Errors: a request that cannot be done raises a
+    `StoreError` subclass (NotFound, AlreadyExists, Invalid, Forbidden, OverQuota, InsufficientStorage), never
+    an engine's own exception type. Times are seconds since the epoch, sizes octets."""
+
     hub: ChangeHub
 
     async def open(self) -> None:
@@ -761,11 +799,15 @@ class Store(Protocol):
         """Finish pending writes and release everything."""
 
     # ---- domains
-    async def add_domain(self, name: str) -> Domain: ...
+    async def add_domain(self, name: str) -> Domain:
+        """A new hosted domain (`name` normalised to lower case, `names.domain`). AlreadyExists if hosted already;
+        Invalid for a name that is not a domain name."""
 
-    async def get_domain(self, name: str) -> Domain | None: ...
+    async def get_domain(self, name: str) -> Domain | None:
+        """The hosted domain `name` (any case), or None."""
 
-    async def list_domains(self) -> list[Domain]: ...
+    async def list_domains(self) -> list[Domain]:
+        """Every hosted domain, by name."""
 
     async def remove_domain(self, name: str) -> None:
         """Refuses (Invalid) while the domain still has users, aliases or lists."""
@@ -788,11 +830,14 @@ class Store(Protocol):
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         """The domain must exist (NotFound otherwise). Creates SPECIAL_USE_DEFAULTS mailboxes, subscribed."""
 
-    async def get_user(self, address: str) -> User | None: ...
+    async def get_user(self, address: str) -> User | None:
+        """The user whose address is `address` (any case, module doc), or None."""
 
-    async def get_user_by_id(self, user_id: int) -> User | None: ...
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        """The user with that id, or None (removed since)."""
 
-    async def list_users(self, domain: str | None = None) -> list[User]: ...
+    async def list_users(self, domain: str | None = None) -> list[User]:
+        """Every user, or those of the hosted domain `domain`, by address."""
 
     async def set_password(self, address: str, password_hash: str, scram: str = "") -> None:
         """Replace the user's password hash and SCRAM verifier, and end every webmail session of the user in the
@@ -813,17 +858,21 @@ class Store(Protocol):
     async def remove_alias(self, source: str, target: str | None = None) -> None:
         """Remove one target, or every target of `source` when `target` is None. NotFound if nothing matched."""
 
-    async def list_aliases(self, source: str | None = None) -> list[Alias]: ...
+    async def list_aliases(self, source: str | None = None) -> list[Alias]:
+        """Every alias target, or those of one `source` (an address or "@domain", any case), by source and target."""
 
     # ---- mailing lists
     async def create_list(self, address: str, owner: str, policy: ListPolicy, bounce_address: str = "") -> MailingList:
         """`bounce_address` defaults to "<local>-bounces@<domain>"."""
 
-    async def get_list(self, address: str) -> MailingList | None: ...
+    async def get_list(self, address: str) -> MailingList | None:
+        """The mailing list at `address` (any case), or None."""
 
-    async def list_lists(self) -> list[MailingList]: ...
+    async def list_lists(self) -> list[MailingList]:
+        """Every mailing list, by address."""
 
-    async def set_list_policy(self, address: str, policy: ListPolicy) -> None: ...
+    async def set_list_policy(self, address: str, policy: ListPolicy) -> None:
+        """Change who may post to the list (`ListPolicy`). NotFound for an unknown list."""
 
     async def add_list_member(self, address: str, member: str) -> None:
         """`member` is kept with its local part's case; AlreadyExists if the list has it in any case."""
@@ -831,15 +880,18 @@ class Store(Protocol):
     async def remove_list_member(self, address: str, member: str) -> None:
         """Removes the member whatever the case it is given in; NotFound if the list has no such member."""
 
-    async def delete_list(self, address: str) -> None: ...
+    async def delete_list(self, address: str) -> None:
+        """Remove the list and its members. NotFound for an unknown list."""
 
     # ---- mailboxes
-    async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
+    async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
+        """Every mailbox of the user (their own, not shared ones: invariant 6): INBOX first, then by name."""
 
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
         """`name` "inbox" in any case means INBOX."""
 
-    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        """The mailbox with that id (of any user: callers hold only ids they resolved, invariant 6), or None."""
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
                              as_user: int | None = None) -> Mailbox:
@@ -868,7 +920,9 @@ class Store(Protocol):
     async def list_subscriptions(self, user_id: int) -> list[str]:
         """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""
 
-    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        """The counts of `MailboxStatus` for one mailbox, as one read saw them, reading no bodies (IMAP STATUS,
+        RFC 9051 §6.3.11; SELECT). NotFound if the mailbox is gone."""
 
     async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
         """Mailbox id -> how many of its messages lack \\Seen, counted up to `limit` (a mailbox with more answers
@@ -900,7 +954,10 @@ class Store(Protocol):
         """The watermark `claim_recent` would start from, without claiming (EXAMINE, STATUS RECENT)."""
 
     # ---- messages
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult: ...
+    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
+        """Store one message (IMAP APPEND, RFC 9051 §6.3.12) with the next UID and MODSEQ; durable when it returns
+        (invariant 1). NotFound if the mailbox is gone; Invalid for bad flags or keywords or past the mailbox's
+        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk."""
 
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
@@ -970,7 +1027,8 @@ class Store(Protocol):
         answering IMAP SEARCH SEEN / UNSEEN / DELETED ... without a row per message in Python. NotFound for an
         unknown mailbox."""
 
-    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
+    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
+        """The message with that UID in the mailbox, or None (never had, or expunged)."""
 
     async def page_messages(self, mailbox_id: int, limit: int, *, below: int | None = None,
                             above: int | None = None) -> list[MessageInfo]:
@@ -1025,14 +1083,19 @@ class Store(Protocol):
         """The UIDs of the thread's messages in this mailbox, ascending, at most `limit`, through the thread
         index (the webmail's conversation page). [] for thread 0. NotFound if the mailbox is gone."""
 
-    async def read_message(self, blob_id: str) -> bytes: ...
+    async def read_message(self, blob_id: str) -> bytes:
+        """The exact bytes stored for the body `blob_id` (invariant 5; sha256 hex, `MessageInfo.blob_id`). NotFound
+        when there is no such body (e.g. expunged and released since the caller listed it: imap/fetch.py skips
+        that message); Invalid for a string that is not a blob id."""
 
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         """At most `length` octets of a body from octet `start` (fewer at its end, b"" past it), so a large body
         can be read in pieces and never held whole (IMAP CATENATE, RFC 4469). NotFound if there is no such
         body."""
 
-    async def read_meta(self, blob_id: str) -> bytes | None: ...
+    async def read_meta(self, blob_id: str) -> bytes | None:
+        """The metadata stored with the body (`AppendRequest.meta`, opaque bytes: mime/meta.py's format), or None
+        when none was stored. NotFound when there is no such body."""
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         """The size in octets of each body with every line ended by CRLF (`store.blobs.crlf_size`: a bare LF
@@ -1226,9 +1289,11 @@ class Store(Protocol):
         """`enqueue` of `prefix` + the bytes of the staging file `path`, as `deliver_file` stores them (the file
         stays the caller's); `from_checked` as for `enqueue`."""
 
-    async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
+    async def queue_get(self, queue_id: int) -> QueueEntry | None:
+        """The queue entry with that id, or None (delivered or removed)."""
 
-    async def queue_list(self) -> list[QueueEntry]: ...
+    async def queue_list(self) -> list[QueueEntry]:
+        """Every queue entry, oldest first (by creation time)."""
 
     async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
         """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first."""
@@ -1237,7 +1302,8 @@ class Store(Protocol):
         """Replace the state (state, attempts, next_try, last_error, delay_notified) of the named recipients.
         An entry whose recipients are all final is removed."""
 
-    async def queue_delete(self, queue_id: int) -> None: ...
+    async def queue_delete(self, queue_id: int) -> None:
+        """Remove the queue entry and release its body. NotFound for an unknown id."""
 
     async def queue_length(self) -> int:
         """Recipients not yet final."""
