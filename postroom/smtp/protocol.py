@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import string
 from dataclasses import dataclass, field
 
 from postroom.mime.lineends import NUL, Checker
@@ -61,7 +60,8 @@ from postroom.net.receivebuffer import TOO_LONG, ReceiveBuffer
 from postroom.net.receivebuffer import NeedData as _NeedData
 
 from . import replies as R
-from .replies import Reply, SMTPError
+from .replies import SMTPError
+from .syntax import PathError, Reply, dot_unstuff, parse_params, parse_path, valid_xtext
 
 # ---------------------------------------------------------------------------------------------------------
 # Events
@@ -217,7 +217,6 @@ SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
 }
 
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: at least 12288 octets for an AUTH line
-MAX_PATH = 512
 MAX_RECEIVED_DIGITS = 20  # BDAT / SIZE numbers longer than this are nonsense
 DATA_PIECE = 64 * 1024  # DATA is unstuffed and checked in pieces of about this many bytes (invariant 2)
 
@@ -229,149 +228,6 @@ class Transaction:
     recipients: list[Recipient] = field(default_factory=list)
     chunked: bool = False
     failed: Reply | None = None  # a BDAT chunk failed: later chunks get this until LAST / RSET
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Address and parameter syntax (RFC 5321 §4.1.2, RFC 6531 §3.3, RFC 3461 §4)
-
-_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
-_LDH = frozenset(string.ascii_letters + string.digits + "-")
-
-
-def _atext(c: str, utf8: bool) -> bool:
-    return c in _ATEXT or (utf8 and ord(c) >= 0x80)
-
-
-def _is_dot_string(s: str, utf8: bool = True) -> bool:
-    return bool(s) and all(part and all(_atext(c, utf8) for c in part) for part in s.split("."))
-
-
-def _valid_domain(d: str, utf8: bool) -> bool:
-    # RFC 5321 §4.1.2 Domain = sub-domain *("." sub-domain); RFC 6531 §3.3 allows U-labels.
-    if not d or len(d) > 255:
-        return False
-    if d.startswith("[") and d.endswith("]"):
-        inner = d[1:-1]
-        # address-literal: IPv4, "IPv6:..." or a General-address-literal "tag:content" (RFC 5321 §4.1.3)
-        return bool(inner) and all(33 <= ord(c) <= 126 and c not in "[]\\" for c in inner)
-    for label in d.split("."):
-        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
-            return False
-        if not all(c in _LDH or (utf8 and ord(c) >= 0x80) for c in label):
-            return False
-    return True
-
-
-class PathError(ValueError):
-    pass
-
-
-def parse_path(text: str, *, allow_null: bool, utf8: bool) -> tuple[str, str]:
-    """`<[@route:]local@domain> rest` -> (canonical mailbox, rest). The route is dropped (RFC 5321 §4.1.1.3:
-    relays MUST ignore source routes; honouring them would let `<@us:victim@there>` relay). A quoted local part
-    whose content is a dot-string is unquoted (RFC 5321 §4.1.2: they are the same mailbox). A path without a
-    domain (only `<postmaster>` is legal, RFC 5321 §4.1.1.3) comes back without '@'."""
-    if not text.startswith("<"):
-        raise PathError("path must be enclosed in <>")
-    i = 1
-    n = len(text)
-    if text.startswith("<@"):
-        j = text.find(":", i)
-        if j < 0:
-            raise PathError("bad source route")
-        for hop in text[1:j].split(","):
-            if not hop.startswith("@") or not _valid_domain(hop[1:], utf8):
-                raise PathError("bad source route")
-        i = j + 1
-    if text.startswith('"', i):
-        i += 1
-        out = []
-        while True:
-            if i >= n:
-                raise PathError("unterminated quoted string")
-            c = text[i]
-            if c == "\\":
-                if i + 1 >= n or not (32 <= ord(text[i + 1]) <= 126 or (utf8 and ord(text[i + 1]) >= 0x80)):
-                    raise PathError("bad quoted pair")
-                out.append(text[i + 1])
-                i += 2
-                continue
-            if c == '"':
-                i += 1
-                break
-            if not (32 <= ord(c) <= 126 or (utf8 and ord(c) >= 0x80)):
-                raise PathError("bad character in quoted string")
-            out.append(c)
-            i += 1
-        content = "".join(out)
-        if _is_dot_string(content, utf8):
-            local = content
-        else:
-            local = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        j = i
-        while j < n and text[j] not in "@>":
-            j += 1
-        local = text[i:j]
-        if local and not _is_dot_string(local, utf8):
-            raise PathError("bad local part")
-        i = j
-    if i >= n:
-        raise PathError("path not closed")
-    if text[i] == ">":
-        rest = text[i + 1:]
-        if not local:
-            if allow_null:
-                return "", rest
-            raise PathError("empty path")
-        return local, rest
-    if text[i] != "@" or not local:
-        raise PathError("bad mailbox")
-    j = text.find(">", i)
-    if j < 0:
-        raise PathError("path not closed")
-    domain = text[i + 1:j]
-    if not _valid_domain(domain, utf8):
-        raise PathError("bad domain")
-    if j > MAX_PATH:
-        raise PathError("path too long")
-    return f"{local}@{domain.lower()}", text[j + 1:]
-
-
-def parse_params(rest: str) -> dict[str, str | None]:
-    """ESMTP parameters ` KEY=value KEY ...` (RFC 5321 §4.1.2 esmtp-param; values may be UTF-8, RFC 6531)."""
-    params: dict[str, str | None] = {}
-    if rest and not rest.startswith(" "):
-        raise PathError("junk after path")
-    for item in rest.split():
-        key, eq, value = item.partition("=")
-        if not key or not key[0].isascii() or not key[0].isalnum() \
-                or not all(c.isascii() and (c.isalnum() or c == "-") for c in key):
-            raise PathError("bad parameter keyword")
-        if eq and (not value or "=" in value):
-            raise PathError("bad parameter value")
-        k = key.upper()
-        if k in params:
-            raise PathError("duplicate parameter")
-        params[k] = value if eq else None
-    return params
-
-
-def valid_xtext(s: str) -> bool:
-    """RFC 3461 §4: xtext = *( xchar / hexchar ), hexchar = "+" 2HEXDIG (upper-case)."""
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "+":
-            h = s[i + 1:i + 3]
-            if len(h) != 2 or any(ch not in "0123456789ABCDEF" for ch in h):
-                return False
-            i += 3
-            continue
-        if not (33 <= ord(c) <= 126) or c == "=":
-            return False
-        i += 1
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -820,17 +676,13 @@ class ServerCore:
         self._line_start = piece.endswith(b"\r\n")
         if self._body_fault is not None:
             return None  # counted as read, not kept (invariant 2)
-        # RFC 5321 §4.5.2: remove the first "." of every line that starts with one.
-        raw = piece.replace(b"\r\n.", b"\r\n")
-        if start and raw.startswith(b"."):
-            raw = raw[1:]
-        return self._keep(raw)
+        return self._keep(dot_unstuff(piece, start))  # RFC 5321 §4.5.2
 
     def _data_end(self) -> Message | None:
         self.mode = Mode.COMMAND
         return self._body_end(chunked=False)
 
-    def _keep(self, raw: bytes) -> BodyData | None:
+    def _keep(self, raw: bytes | bytearray) -> BodyData | None:
         """Account for the next bytes of the body: past `max_size` or at a stray CR/LF/NUL the body fails and
         the rest is only counted (invariants 2 and 3); past `spill_at` they go out as `BodyData`."""
         if self._body_fault is not None:
