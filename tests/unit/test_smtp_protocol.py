@@ -10,9 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from postroom.smtp import replies as R
-from postroom.smtp.protocol import (
-    DATA_PIECE,
-    NEED_DATA,
+from postroom.smtp.data import DATA_PIECE
+from postroom.smtp.events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
@@ -22,13 +21,12 @@ from postroom.smtp.protocol import (
     Expand,
     MailFrom,
     Message,
-    Mode,
     RcptTo,
-    ServerCore,
     StartTLS,
-    State,
     Verify,
 )
+from postroom.smtp.protocol import NEED_DATA, ServerCore
+from postroom.smtp.states import Mode, State
 
 Answer = Callable[[ServerCore, object], None]
 
@@ -648,3 +646,13 @@ def test_bdat_spills_and_rset_discards() -> None:
     spilled, msgs = _spilled_body(events)
     assert spilled + msgs[0].raw == chunk + b"z\r\n" and msgs[0].spilled
     assert not [e for e in events if isinstance(e, BodyDiscarded)]
+
+
+def test_every_command_outside_its_states_has_its_sequence_reply() -> None:
+    # states.py invariant 1: the dispatcher looks the reply up; a missing pair would be a KeyError, not a 503.
+    from postroom.smtp.states import ALLOWED, SEQUENCE_ERRORS
+
+    missing = [(verb, state) for verb, states in ALLOWED.items() for state in State
+               if state not in states and (verb, state) not in SEQUENCE_ERRORS]
+    assert missing == []
+    assert all(code.code in (503, 554) for code in SEQUENCE_ERRORS.values())
