@@ -12,8 +12,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "postroom"
-CORES = ["smtp/protocol.py", "smtp/replies.py", "smtp/syntax.py", "pop3/protocol.py", "imap/framer.py",
-         "imap/parser.py", "imap/syntax.py", "imap/encoder.py", "net/receivebuffer.py", *sorted(
+CORES = ["smtp/protocol.py", "smtp/envelope.py", "smtp/data.py", "smtp/states.py", "smtp/events.py",
+         "smtp/replies.py", "smtp/syntax.py", "pop3/protocol.py", "imap/framer.py", "imap/parser.py",
+         "imap/syntax.py", "imap/encoder.py", "net/receivebuffer.py", *sorted(
              str(p.relative_to(ROOT)) for p in (ROOT / "mime").glob("*.py"))]
 NO_IO = ("asyncio", "socket", "sqlite3", "postroom.store", "postroom.app")
 PROTOCOLS = ("postroom.smtp", "postroom.imap", "postroom.pop3", "postroom.web")
