@@ -5,7 +5,8 @@ Theory of operation
 Every caller that needs a message's metadata (local delivery for SMTP and `sendmail`, IMAP APPEND, FETCH and
 SEARCH of a message stored without it, `postroom import`) asks this module: `meta_bytes(raw, limits)` for the
 serialised form the store keeps, `meta_of(raw, limits)` for a `MessageMeta`, `meta_of_file(path, ...)` for a
-large APPEND that arrived in a staging file. One threshold decides where the work runs:
+large APPEND that arrived in a staging file, `meta_bytes_of_file(prefix, path, ...)` for a large SMTP message
+(its trace fields, then its staging file). One threshold decides where the work runs:
 
 * `raw` of at most `INLINE_MAX` bytes: `compute_meta` runs right here, on the event loop. It is linear in its
   input (mime/meta.py invariant 5), so the size cap bounds the stall: at 16 KiB the worst shapes measured
@@ -28,7 +29,8 @@ Invariants
 1. No code outside this module calls `compute_meta` on the event loop for a message that `inline` refuses
    (over `INLINE_MAX` bytes, or with more than `INLINE_PARTS` part lines or `INLINE_COMMAS` commas);
    the call sites (delivery/local.py, imap/mailboxes.py APPEND, imap/fetch.py on demand, transfer.py import)
-   all come through `meta_bytes`, `meta_of` or `meta_of_file`.
+   all come through `meta_bytes`, `meta_of`, `meta_of_file` or `meta_bytes_of_file`. A message in a staging
+   file is read by the worker, never by the server process (except to make `minimal_meta` when it failed).
 2. A job never runs longer than `META_SECONDS` after the worker took it (waiting for a free worker and
    starting one do not count): then its worker is killed and the caller goes on with `minimal_meta`.
 3. At most `MetaPool.size` workers per event loop; more callers wait their turn (`asyncio.Semaphore`).
@@ -277,6 +279,32 @@ async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul
     if not allow_nul and b"\x00" in raw:
         raise NulInLiteral()
     return minimal_meta(raw, why)
+
+
+async def meta_bytes_of_file(prefix: bytes, path: Path, limits: LimitsConfig) -> bytes:
+    """`meta_bytes` of the message `prefix` + the bytes of the file `path` (a staged SMTP body with its trace
+    fields), read by the worker itself: the message never crosses a pipe and is never whole in this process
+    (issue 17 item 5). A message of at most `INLINE_MAX` bytes is read here and parsed on the loop, as
+    `meta_bytes` would. Never raises for anything in the message; an unreadable file is OSError."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if len(prefix) + size <= INLINE_MAX:
+        return await meta_bytes(prefix + await asyncio.to_thread(path.read_bytes), limits)
+    why = "meta-worker-failed"
+    try:
+        status, payload = await pool().run({**_header(limits), "path": str(path), "n": len(prefix)}, prefix)
+        if status == b"M":
+            return payload
+        log.error("metadata worker failed (%s): message stored with minimal metadata",
+                  payload.decode("utf-8", "replace"))
+    except TimeoutError:
+        why = "meta-timeout"
+        log.warning("metadata of a %d-byte message took over %g s: worker killed, stored with minimal "
+                    "metadata", len(prefix) + size, pool().seconds)
+    except _WorkerFailed as e:
+        log.error("metadata worker failed (%s): message stored with minimal metadata", e)
+    # Rare: the worker failed. `minimal_meta` needs the bytes; read once, in a thread, then dropped.
+    raw = await asyncio.to_thread(lambda: prefix + path.read_bytes())
+    return minimal_meta(raw, why).to_bytes()
 
 
 class WorkFailed(Exception):

@@ -91,3 +91,31 @@ def test_staged_file(tmp_path: Path) -> None:
             await pool.shutdown()
 
     assert asyncio.run(go()) == compute_meta(raw, LIMITS)
+
+
+def test_staged_message_with_a_prefix(tmp_path: Path) -> None:
+    # An SMTP message staged in a file, with its trace fields as a prefix (delivery/local.py invariant 5): the
+    # same metadata as of the joined bytes (offsets count the prefix), from the worker, a small one inline, and
+    # after a worker time-out the minimal metadata of the whole message.
+    prefix = b"Return-Path: <a@example.org>\r\nReceived: from x by y; Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+    raw = big_message(200_000)
+    path = tmp_path / "staged"
+    path.write_bytes(raw)
+    small = tmp_path / "small"
+    small.write_bytes(raw[:2000])
+
+    async def go() -> tuple[bytes, bytes, bytes]:
+        try:
+            data = await pool.meta_bytes_of_file(prefix, path, LIMITS)
+            inline = await pool.meta_bytes_of_file(prefix, small, LIMITS)
+            pool.pool().seconds = 0.0001
+            slow = await pool.meta_bytes_of_file(prefix, path, LIMITS)
+            return data, inline, slow
+        finally:
+            await pool.shutdown()
+
+    data, inline, slow = asyncio.run(go())
+    assert data == compute_meta(prefix + raw, LIMITS).to_bytes()
+    assert inline == compute_meta(prefix + raw[:2000], LIMITS).to_bytes()
+    meta = MessageMeta.from_bytes(slow)
+    assert meta.defects == ((0, "meta-timeout"),) and meta.size == len(prefix) + len(raw)
