@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MailParams:
+    """The ESMTP parameters of MAIL that Postroom offers, checked (envelope.py)."""
+
     size: int | None = None  # RFC 1870 SIZE=
     body: str = ""  # RFC 6152 BODY=7BIT|8BITMIME
     smtputf8: bool = False  # RFC 6531 §3.4
@@ -31,6 +33,8 @@ class MailParams:
 
 @dataclass(frozen=True)
 class Recipient:
+    """One RCPT TO address with its DSN parameters (RFC 3461), as given."""
+
     address: str
     orcpt: str = ""  # RFC 3461 §4.2 ORCPT=, "addr-type;xtext" as given
     notify: str = ""  # RFC 3461 §4.1 NOTIFY=, upper-case
@@ -38,12 +42,16 @@ class Recipient:
 
 @dataclass(frozen=True)
 class MailFrom:
+    """MAIL FROM: answer `accept_mail()` or `send(error)`."""
+
     address: str  # "" for the null reverse-path
     params: MailParams
 
 
 @dataclass(frozen=True)
 class RcptTo:
+    """RCPT TO: answer `accept_rcpt(recipient)` or `send(error)`."""
+
     recipient: Recipient
 
 
@@ -77,17 +85,23 @@ class BodyDiscarded:
 
 @dataclass(frozen=True)
 class StartTLS:
+    """STARTTLS was accepted by the core: send 220, start TLS, then `tls_started()` (RFC 3207)."""
+
     pass
 
 
 @dataclass(frozen=True)
 class AuthStart:
+    """AUTH with an offered mechanism (RFC 4954 §4): answer `auth_challenge()` or `auth_done()`."""
+
     mechanism: str  # upper-case
     initial: bytes | None  # decoded initial response; None if the client sent none
 
 
 @dataclass(frozen=True)
 class AuthResponse:
+    """The client's next SASL response, decoded: answer `auth_challenge()` or `auth_done()`."""
+
     data: bytes
 
 
@@ -98,11 +112,15 @@ class AuthAborted:
 
 @dataclass(frozen=True)
 class Verify:
+    """VRFY (RFC 5321 §3.5.1): answer `send(reply)`."""
+
     argument: str
 
 
 @dataclass(frozen=True)
 class Expand:
+    """EXPN (RFC 5321 §3.5.2): answer `send(reply)`."""
+
     argument: str
 
 

@@ -124,12 +124,15 @@ class ServerCore:
 
     # --- I/O surface -------------------------------------------------------------------------------------
     def greet(self) -> None:
+        """Queue the 220 greeting (RFC 5321 §4.2; replies.py invariant 1: no enhanced code)."""
         self._emit(R.greeting(self.hostname))
 
     def receive_data(self, data: bytes) -> None:
+        """Append what arrived from the client (any split: a byte, a pipelined batch, part of DATA)."""
         self._in.feed(data)
 
     def data_to_send(self) -> bytes:
+        """The replies queued since the last call, in order (invariant 1), as one string of bytes to write."""
         out = b"".join(self._out)
         self._out.clear()
         return out
@@ -170,6 +173,7 @@ class ServerCore:
 
     # --- answers to events -----------------------------------------------------------------------------------
     def accept_mail(self) -> None:
+        """The answer to `MailFrom`: the transaction starts (state MAIL), 250 2.1.0."""
         assert self._pending_mail is not None
         self.txn = Transaction(self._pending_mail.address, self._pending_mail.params)
         self._pending_mail = None
@@ -177,6 +181,7 @@ class ServerCore:
         self.send(R.R250_SENDER_OK)
 
     def accept_rcpt(self, recipient: Recipient) -> None:
+        """The answer to `RcptTo`: `recipient` joins the transaction (state RCPT), 250 2.1.5."""
         assert self.txn is not None
         self.txn.recipients.append(recipient)
         self.state = State.RCPT
@@ -190,12 +195,15 @@ class ServerCore:
         self.send(reply)
 
     def auth_challenge(self, challenge: bytes) -> None:
+        """The answer to `AuthStart` / `AuthResponse` when the exchange goes on: `challenge` (raw bytes) is sent
+        base64 in a 334, and the next line is read as a SASL response."""
         # RFC 4954 §4: "334" SP base64 challenge; an intermediate reply with no enhanced code.
         self._awaiting = None
         self.mode = Mode.SASL
         self._out.append(b"334 " + base64.b64encode(challenge) + b"\r\n")
 
     def auth_done(self, reply: Reply, user: str = "") -> None:
+        """The end of an AUTH exchange: `reply` (235 with `user`, the address logged in, else the error)."""
         self.mode = Mode.COMMAND
         if user and reply.code == 235:
             self.authenticated = user
@@ -215,6 +223,8 @@ class ServerCore:
 
     # --- the reader ------------------------------------------------------------------------------------------
     def next_event(self) -> Event | _NeedData:
+        """The next event (events.py) or `NEED_DATA`. Raises RuntimeError while the previous event that needs an
+        answer has none (invariant 6); never raises for anything the client sent."""
         if self._awaiting is not None:
             raise RuntimeError(f"the session must answer the pending {self._awaiting.__name__} first")
         while True:

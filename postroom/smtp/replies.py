@@ -121,13 +121,16 @@ def dnsbl_blocked(ip: str, zone: str) -> Reply:
 
 
 def greeting(hostname: str) -> Reply:
+    """220 `hostname` ESMTP Postroom."""
     # RFC 5321 §4.2: the greeting's first word is the server's domain. Invariant 1: no enhanced code.
     return reply(220, "", f"{hostname} ESMTP Postroom")
 
 
 def bdat_received(n: int) -> Reply:
+    """250 for a BDAT chunk of `n` octets that is not the last."""
     return reply(250, "2.0.0", f"{n} octets received")  # RFC 3030 §2
 
 
 def queued(queue_id: str) -> Reply:
+    """250 for a message that is durable, naming its id (the one in the message's log line)."""
     return reply(250, "2.0.0", f"OK queued as {queue_id}")

@@ -24,6 +24,8 @@ from .syntax import Reply
 
 
 class State(enum.Enum):
+    """Where the session is in RFC 5321's command sequence (§4.1.4)."""
+
     INIT = "init"  # greeted, no HELO/EHLO yet
     READY = "ready"  # HELO/EHLO done, no transaction
     MAIL = "mail"  # MAIL accepted
@@ -31,6 +33,8 @@ class State(enum.Enum):
 
 
 class Mode(enum.Enum):
+    """What the core reads the next bytes as."""
+
     COMMAND = "command"
     DATA = "data"
     BDAT = "bdat"

@@ -57,10 +57,12 @@ class Reply:
 
     @property
     def text(self) -> str:
+        """The reply's lines joined by spaces (without code or `esc`)."""
         return " ".join(self.lines)
 
     @property
     def is_error(self) -> bool:
+        """4xx or 5xx (counted towards the server's `max_errors`)."""
         return self.code >= 400
 
     @property
