@@ -34,12 +34,12 @@ from postroom.auth.passwords import make_credentials  # noqa: E402
 USER = "sink@example.org"
 CLIENT = """
 import smtplib, sys
-size, port = int(sys.argv[1]), int(sys.argv[2])
+size, port, user = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 line = b"x" * 76 + b"\\r\\n"
 msg = b"From: a@remote.test\\r\\nSubject: copies\\r\\n\\r\\n" + line * (size // len(line))
 with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
-    s.sendmail("a@remote.test", ["%s"], msg)
-""" % USER
+    s.sendmail("a@remote.test", [user], msg)
+"""
 
 
 def main() -> int:
@@ -83,7 +83,7 @@ def main() -> int:
             for _ in range(3):
                 tracemalloc.reset_peak()
                 base = tracemalloc.get_traced_memory()[0]
-                subprocess.run([sys.executable, "-c", CLIENT, str(size), str(port)], check=True)
+                subprocess.run([sys.executable, "-c", CLIENT, str(size), str(port), USER], check=True)
                 peaks.append(tracemalloc.get_traced_memory()[1] - base)
             rows.append((size, min(peaks)))
         tracemalloc.stop()
