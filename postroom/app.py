@@ -85,7 +85,7 @@ from .pop3.session import pop3_handler
 from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
 from .services import Services
 from .smtp.door import Door
-from .smtp.server import smtp_handler_factory
+from .smtp.session import smtp_handler_factory
 from .store import open_store
 from .store.api import Invalid, Store
 from .store.retention import ExpungedRetention

@@ -5,7 +5,8 @@ Theory of operation
 Every caller that needs a message's metadata (local delivery for SMTP and `sendmail`, IMAP APPEND, FETCH and
 SEARCH of a message stored without it, `postroom import`) asks this module: `meta_bytes(raw, limits)` for the
 serialised form the store keeps, `meta_of(raw, limits)` for a `MessageMeta`, `meta_of_file(path, ...)` for a
-large APPEND that arrived in a staging file. One threshold decides where the work runs:
+large APPEND that arrived in a staging file, `meta_bytes_of_file(prefix, path, ...)` for a large SMTP message
+(its trace fields, then its staging file). One threshold decides where the work runs:
 
 * `raw` of at most `INLINE_MAX` bytes: `compute_meta` runs right here, on the event loop. It is linear in its
   input (mime/meta.py invariant 5), so the size cap bounds the stall: at 16 KiB the worst shapes measured
@@ -28,7 +29,8 @@ Invariants
 1. No code outside this module calls `compute_meta` on the event loop for a message that `inline` refuses
    (over `INLINE_MAX` bytes, or with more than `INLINE_PARTS` part lines or `INLINE_COMMAS` commas);
    the call sites (delivery/local.py, imap/mailboxes.py APPEND, imap/fetch.py on demand, transfer.py import)
-   all come through `meta_bytes`, `meta_of` or `meta_of_file`.
+   all come through `meta_bytes`, `meta_of`, `meta_of_file` or `meta_bytes_of_file`. A message in a staging
+   file is read by the worker, never by the server process (except to make `minimal_meta` when it failed).
 2. A job never runs longer than `META_SECONDS` after the worker took it (waiting for a free worker and
    starting one do not count): then its worker is killed and the caller goes on with `minimal_meta`.
 3. At most `MetaPool.size` workers per event loop; more callers wait their turn (`asyncio.Semaphore`).
@@ -57,7 +59,7 @@ import subprocess
 import sys
 import weakref
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from postroom.config import LimitsConfig
 from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta, minimal_meta
@@ -279,6 +281,32 @@ async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul
     return minimal_meta(raw, why)
 
 
+async def meta_bytes_of_file(prefix: bytes, path: Path, limits: LimitsConfig) -> bytes:
+    """`meta_bytes` of the message `prefix` + the bytes of the file `path` (a staged SMTP body with its trace
+    fields), read by the worker itself: the message never crosses a pipe and is never whole in this process
+    (issue 17 item 5). A message of at most `INLINE_MAX` bytes is read here and parsed on the loop, as
+    `meta_bytes` would. Never raises for anything in the message; an unreadable file is OSError."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if len(prefix) + size <= INLINE_MAX:
+        return await meta_bytes(prefix + await asyncio.to_thread(path.read_bytes), limits)
+    why = "meta-worker-failed"
+    try:
+        status, payload = await pool().run({**_header(limits), "path": str(path), "n": len(prefix)}, prefix)
+        if status == b"M":
+            return payload
+        log.error("metadata worker failed (%s): message stored with minimal metadata",
+                  payload.decode("utf-8", "replace"))
+    except TimeoutError:
+        why = "meta-timeout"
+        log.warning("metadata of a %d-byte message took over %g s: worker killed, stored with minimal "
+                    "metadata", len(prefix) + size, pool().seconds)
+    except _WorkerFailed as e:
+        log.error("metadata worker failed (%s): message stored with minimal metadata", e)
+    # Rare: the worker failed. `minimal_meta` needs the bytes; read once, in a thread, then dropped.
+    raw = await asyncio.to_thread(lambda: prefix + path.read_bytes())
+    return minimal_meta(raw, why).to_bytes()
+
+
 class WorkFailed(Exception):
     """A `work` job failed: the worker answered with an error, died, could not be started or timed out."""
 
@@ -331,6 +359,28 @@ def _answer(out: IO[bytes], status: bytes, payload: bytes) -> None:
     out.flush()
 
 
+def _read(prefix: bytes, path: Path) -> bytearray:
+    """`prefix` + the file's bytes in one buffer, the file read straight into it (`prefix + read_bytes()` would
+    hold the message twice: a 50 MB staged SMTP message took a worker to 95 MiB, this to 50). `compute_meta` is
+    typed for bytes and reads a bytearray the same way (only reads, slices, find/count, decode; no hashing):
+    the caller casts, and tests/unit/test_metapool.py compares the answers over the MIME corpus."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(len(prefix) + size)
+        buf[:len(prefix)] = prefix
+        view = memoryview(buf)[len(prefix):]
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:  # the file shrank meanwhile: keep what is there
+                del view
+                del buf[len(prefix) + got:]
+                return buf
+            got += n
+        del view
+    return buf
+
+
 def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """One job after another until EOF (invariant 4)."""
     while True:
@@ -347,7 +397,9 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
                     prefix = inp.read(n)
                     if len(prefix) != n:
                         return
-                raw = prefix + Path(job["path"]).read_bytes()
+                # One buffer for a metadata job (`_read`); a `work` job's code takes bytes.
+                raw = prefix + Path(job["path"]).read_bytes() if "kind" in job \
+                    else cast(bytes, _read(prefix, Path(job["path"])))
                 if job.get("nul") and b"\x00" in raw:
                     _answer(out, b"N", b"")
                     continue

@@ -1,6 +1,6 @@
 """`Services`: what a protocol session may use, built by `app.Postroom.start()` and again by each reload.
 
-Its own module so that the protocol sessions (smtp/server.py, imap/session.py, pop3/session.py) name it without
+Its own module so that the protocol sessions (smtp/session.py, imap/session.py, pop3/session.py) name it without
 importing the application that starts them (only cli.py imports app.py).
 """
 

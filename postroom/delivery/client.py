@@ -20,7 +20,8 @@ recipient). After a failed transaction the next one starts with RSET (§4.1.1.5)
 Postroom writes its own client instead of driving aiosmtplib: aiosmtplib reads one reply per command it awaited
 and drops replies that arrive before it asks (so it cannot pipeline), and it rewrites line endings of the
 message (a bare LF becomes CRLF), which would change bytes after they were DKIM-signed. Here the message goes out
-exactly as stored, with only the dot-stuffing of §4.5.2.
+exactly as stored, with only the dot-stuffing of §4.5.2. Replies, reply lines and dot-stuffing are the server's
+own (`smtp/syntax.py`, the one SMTP grammar module; a leaf the delivery layer may import).
 
 Invariants
 1. Every read has a limit: a reply line is at most `MAX_LINE` bytes, a reply at most `MAX_REPLY_LINES` lines,
@@ -37,17 +38,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import re
 import ssl
 from dataclasses import dataclass, field
 
 from postroom.delivery.mx import Hop
 from postroom.mime.lineends import stray
+from postroom.smtp.syntax import Reply, dot_stuff, parse_reply_line
 
 MAX_LINE = 4096  # RFC 5321 §4.5.3.1.5 asks 512 for a reply line; be generous, but bounded
 MAX_REPLY_LINES = 200
 DATA_TIMEOUT = 600.0  # RFC 5321 §4.5.3.2.6: 10 minutes for the reply to "."
-_ESC = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class ConnectionLost(Exception):
@@ -56,36 +56,6 @@ class ConnectionLost(Exception):
 
 class TlsFailed(ConnectionLost):
     """The STARTTLS handshake failed; the caller may try again without TLS."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.lines)
-
-    @property
-    def status(self) -> str:
-        """The RFC 3463 enhanced status code in the reply, or one made from the reply code (RFC 3463 §3)."""
-        if self.lines:
-            m = _ESC.match(self.lines[0])
-            if m and m.group(1) == str(self.code)[0]:
-                return m.group(0)
-        return {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(self.code // 100, "4.0.0")
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".strip()
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def permanent(self) -> bool:
-        return 500 <= self.code < 600
 
 
 @dataclass(frozen=True)
@@ -103,24 +73,6 @@ class Transaction:
 class Result:
     mail: Reply
     rcpt: dict[str, Reply] = field(default_factory=dict)  # final reply per recipient
-
-
-def dot_stuff(data: bytes) -> bytes:
-    """RFC 5321 §4.5.2: a line starting with "." gets another; the end-of-data line follows."""
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
-
-
-def parse_reply_line(line: bytes) -> tuple[int, bool, str]:
-    """b"250-SIZE 1000\\r\\n" -> (250, True, "SIZE 1000"). Raises ValueError on a line that is not a reply."""
-    text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-    if len(text) < 3 or not text[:3].isdigit() or text[0] not in "2345" or (len(text) > 3 and text[3] not in " -"):
-        raise ValueError(f"not an SMTP reply: {text[:80]!r}")
-    return int(text[:3]), len(text) > 3 and text[3] == "-", text[4:]
 
 
 def _is_loopback(address: str) -> bool:
@@ -185,7 +137,7 @@ class SmtpClient:
             if auth is not None:
                 if not (client.tls or _is_loopback(hop.address)):
                     text = "4.7.0 the smart host offers no TLS; not sending the password in clear text"
-                    raise Refused("AUTH", Reply(454, (text,)))
+                    raise Refused("AUTH", Reply(454, "", (text,)))
                 token = base64.b64encode(b"\0" + auth[0].encode() + b"\0" + auth[1].encode()).decode("ascii")
                 reply = await client.command(f"AUTH PLAIN {token}".encode("ascii"))
                 if reply.code != 235:
@@ -250,7 +202,7 @@ class SmtpClient:
                 code = c
                 lines.append(text)
                 if not more:
-                    return Reply(code, tuple(lines))
+                    return Reply(code, "", tuple(lines))
                 if len(lines) >= MAX_REPLY_LINES:
                     raise ValueError("reply has too many lines")
         except asyncio.IncompleteReadError:

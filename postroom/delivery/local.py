@@ -17,11 +17,12 @@ Invariants
    instead of the INBOX, with the `$Junk` keyword (the IANA IMAP keyword registry, RFC 5788: "the message is
    spam"; what Thunderbird and other clients read); a user without a Junk mailbox gets one made (special use
    \\Junk, RFC 6154). The same holds per user for the copies the sender rules file (router invariant 15).
+5. A staged message (`deliver_local_file`) is stored from its file with the trace fields as a prefix the store
+   writes before it, and its metadata is computed from the file by a worker: no copy of it in this process.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -94,14 +95,14 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
 async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
                              prefix: bytes, path: Path, junk: bool | AbstractSet[int] = False) -> int:
     """`deliver_local` of `prefix` + the staging file `path` (left in place), stored from the file
-    (`Store.deliver_file`). The metadata scan needs the bytes: they are read once, in a thread, and dropped."""
+    (`Store.deliver_file`, which writes Return-Path and `prefix` before the body). The metadata scan reads the
+    file in a worker process (`metapool.meta_bytes_of_file`): the message is never whole in this process
+    (invariant 5)."""
     inboxes, junks = await _boxes(store, user_ids, junk)
     if not inboxes and not junks:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1
-    stored = await asyncio.to_thread(lambda: head + path.read_bytes())
-    meta = await pool.meta_bytes(stored, limits)
-    del stored
+    meta = await pool.meta_bytes_of_file(head, path, limits)
     await store.deliver_file(inboxes + junks, path, prefix=head, meta=meta,
                              box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))
     return len(inboxes) + len(junks)

@@ -53,7 +53,6 @@ from postroom.config import Config
 from postroom.delivery.client import (
     ConnectionLost,
     Refused,
-    Reply,
     SmtpClient,
     TlsFailed,
     Transaction,
@@ -71,6 +70,7 @@ from postroom.delivery.mx import (
     system_addresses,
 )
 from postroom.mime.lineends import normalise
+from postroom.smtp.syntax import Reply
 from postroom.store.api import NotFound, QueueEntry, QueueRecipient, RcptState, Store
 
 log = logging.getLogger("postroom.queue")

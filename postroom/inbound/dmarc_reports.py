@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Off by default (`inbound.dmarc_reports`). When on, the session (smtp/server.py) records each message whose DMARC
+Off by default (`inbound.dmarc_reports`). When on, the session (smtp/session.py) records each message whose DMARC
 evaluation found a record with `rua` (`record_evaluation`: the policy domain and its published tags, the client
 address, the From and envelope domains, the disposition applied, the aligned results and the raw SPF and DKIM
 results) in the store, durably, before it answers the message (refused messages too: they matter most to the

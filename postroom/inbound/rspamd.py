@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-With `rspamd.url` set, the session (smtp/server.py) calls `RspamdClient.check` at the end of DATA/BDAT, after
+With `rspamd.url` set, the session (smtp/session.py) calls `RspamdClient.check` at the end of DATA/BDAT, after
 the inbound checks (SPF, DKIM, DMARC: their Authentication-Results field is on top of what rspamd sees) and
 before delivery. The client POSTs the message to `<url>/checkv2` (HTTP/1.0, one connection per message) with
 the request headers rspamd's protocol documents (https://rspamd.com/doc/developers/protocol.html): `IP` (the

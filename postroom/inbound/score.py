@@ -13,7 +13,7 @@ Theory of operation
     HELO                 a bare IP address (RFC 5321 §4.1.3 wants an address literal in brackets), or a name
                          without a dot (§4.1.1.1 wants the client's fully-qualified domain name)
 
-and returns the total with its parts. The session (smtp/server.py) decides with it: over `reject_threshold`
+and returns the total with its parts. The session (smtp/session.py) decides with it: over `reject_threshold`
 (when not 0) the message is refused `550 5.7.1` at the end of DATA; over `junk_threshold` it is spam
 (`Envelope.spam`: each recipient's Junk with `$Junk`, except users whose allow rule counts,
 inbound/senders.py). When rspamd answered for the message, rspamd's action is the authority and this score is

@@ -59,7 +59,7 @@ class Checker:
         self._after_cr = False
         self.fault: str | None = None
 
-    def feed(self, piece: bytes) -> str | None:
+    def feed(self, piece: bytes | bytearray) -> str | None:
         """Check the next piece; returns the fault found so far (it sticks), or None."""
         if self.fault is not None or not piece:
             return self.fault

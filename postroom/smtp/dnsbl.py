@@ -17,7 +17,7 @@ Theory of operation
   confirmed; "temperror" when none confirmed and some lookup failed for now (time-out, SERVFAIL). The session
   puts it in Authentication-Results (`iprev=... policy.iprev=<ip>`, RFC 8601 §2.7.3).
 
-The session (smtp/server.py) starts this at connect, beside the pregreet wait, and reads the result where it
+The session (smtp/session.py) starts this at connect, beside the pregreet wait, and reads the result where it
 needs it: the blocklist verdict at RCPT (see there), the name for the Received field and the session log line.
 Lookups go through the server's one resolver and cache (delivery/mx.py), so a client seen again is not asked
 about again within the answers' TTL.

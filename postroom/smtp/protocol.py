@@ -8,26 +8,29 @@ feeds it whatever arrived (`receive_data`) and pulls events (`next_event`) until
 asks of a pipelining server: replies go out in order, and a whole pipelined batch read at once is answered with
 one write.
 
-The core has four modes, switched only by the core itself (STYLE habit 2):
+The core has four modes, switched only by the core itself (STYLE habit 2; `states.Mode`):
 
     COMMAND  lines up to `line_length` (RFC 5321 §4.5.3.1.4); bare LF is accepted as a command terminator
-    DATA     after `354`: the message up to CRLF.CRLF, found with bytes.find, unstuffed (RFC 5321 §4.5.2) and
-             checked a piece of whole lines (`DATA_PIECE`) at a time; a bare CR or LF or a NUL anywhere refuses
-             the message (SMTP smuggling; `mime.lineends`)
-    BDAT     exactly n octets, no unstuffing (RFC 3030 §2), the same checks across chunks (BINARYMIME is not
-             offered, so BDAT carries 7bit or 8bit lines, RFC 3030 §3)
+    DATA     after `354`: the message up to CRLF.CRLF, read by `data.BodyReader` (unstuffed and checked a piece of
+             whole lines at a time; a bare CR or LF or a NUL anywhere refuses the message)
+    BDAT     exactly n octets, no unstuffing (RFC 3030 §2), the same reader and checks across chunks
     SASL     one base64 line per step of an AUTH exchange, "*" cancels (RFC 4954 §4)
+
+The package, by concern (a command is found by its wire name):
+
+    protocol.py   this core: the I/O surface, the reader, the dispatcher, HELO/EHLO, NOOP, RSET, QUIT, HELP,
+                  VRFY, EXPN, STARTTLS, AUTH and its SASL lines, and the DATA/BDAT command lines
+    envelope.py   MAIL FROM and RCPT TO arguments and their ESMTP parameters
+    data.py       DATA and BDAT: the body received, unstuffed, checked, held or handed out
+    states.py     State, Mode, `ALLOWED` / `SEQUENCE_ERRORS`, the Transaction
+    events.py     what the core tells the session
+    syntax.py     the grammar shared with the outbound client (replies, paths, parameters, dot-stuffing)
+    replies.py    every reply the server sends, by name
 
 What needs no knowledge of the world is answered by the core itself: syntax errors (500/501/555), bad sequence
 (503), HELO/EHLO, NOOP, RSET, HELP, QUIT, the 354 that starts DATA, BDAT chunk acknowledgements, limits
-(recipients 452 4.5.3, size 552 5.3.4). What needs the world becomes an event the session must answer before it
-asks for the next one: `MailFrom` -> `accept_mail()` or `send(error)`; `RcptTo` -> `accept_rcpt()` or
-`send(error)`; `Message` -> `message_done(reply)`; `BodyData` and `BodyDiscarded` need no answer (write the piece
-to the staging file / drop the file); `StartTLS` -> `tls_started()` (after its own 220 via
-`send`); `AuthStart`/`AuthResponse` -> `auth_challenge()` or `auth_done()`; `Verify`/`Expand` -> `send()`.
-
-State rules are data (`ALLOWED`): the session state is INIT (no HELO yet), READY, MAIL (sender given) or RCPT
-(at least one recipient accepted). A command outside its states gets the 503 named in `SEQUENCE_ERRORS`.
+(recipients 452 4.5.3, size 552 5.3.4). What needs the world becomes an event (events.py) the session must
+answer before it asks for the next one.
 
 Invariants
 1. Replies are emitted in the order of the commands that caused them, one reply per command (RFC 2920 §3.1),
@@ -35,13 +38,12 @@ Invariants
    Any chunk-size of ASCII digits is taken (leading zeros too); only a BDAT line with no readable size (501,
    or past `line_length`: 500) leaves its chunk to be read as commands, and no conforming client sends one.
 2. The core never buffers more than `line_length` bytes of a command line, `12288` of a SASL line (RFC 4954 §4),
-   about `DATA_PIECE` plus what one `receive_data` brought of unread DATA, and `spill_at` of a body: past it the
-   body goes out as `BodyData` events (the session writes them to a staging file). Past `max_size` a body is
-   counted and dropped as it arrives, never kept, and answered 552 5.3.4 at its end (RFC 1870 §6). A body
-   that fails after some of it went out is followed by one `BodyDiscarded`.
+   and of a body what `data.BodyReader` holds (its invariant 1: about `DATA_PIECE` plus one `receive_data` of
+   unread DATA and `spill_at` of body; past `max_size` nothing, answered 552 5.3.4 at the end, RFC 1870 §6). A
+   body that fails after some of it went out as `BodyData` is followed by one `BodyDiscarded`.
 3. A DATA message ends only at CRLF "." CRLF. Any CR not followed by LF, LF not preceded by CR, or NUL, in
-   DATA or BDAT, refuses the whole message (550 5.6.0): a message cannot hide a second, smuggled one
-   (CVE-2023-51766 family) nor carry one onwards (`mime.lineends`).
+   DATA or BDAT, refuses the whole message (550 5.6.0; data.py invariants 2 and 3): a message cannot hide a
+   second, smuggled one (CVE-2023-51766 family) nor carry one onwards (`mime.lineends`).
 4. Every error reply (4xx/5xx) counts towards `max_errors`; reaching it sends 421 4.7.0 and the core closes.
 5. After `tls_started()` the core forgets everything the client said before (RFC 3207 §4.2): back to INIT.
 6. While an event awaits its answer, `next_event` refuses to run (RuntimeError): replies cannot be reordered.
@@ -51,330 +53,35 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-import string
-from dataclasses import dataclass, field
 
-from postroom.mime.lineends import NUL, Checker
 from postroom.net.receivebuffer import NEED_DATA as NEED_DATA  # the one marker of the cores, re-exported
 from postroom.net.receivebuffer import TOO_LONG, ReceiveBuffer
 from postroom.net.receivebuffer import NeedData as _NeedData
 
 from . import replies as R
-from .replies import Reply, SMTPError
-
-# ---------------------------------------------------------------------------------------------------------
-# Events
-
-
-
-
-@dataclass(frozen=True)
-class MailParams:
-    size: int | None = None  # RFC 1870 SIZE=
-    body: str = ""  # RFC 6152 BODY=7BIT|8BITMIME
-    smtputf8: bool = False  # RFC 6531 §3.4
-    ret: str = ""  # RFC 3461 §4.3 RET=FULL|HDRS
-    envid: str = ""  # RFC 3461 §4.4 ENVID=, xtext as given
-    auth: str = ""  # RFC 4954 §5 AUTH=, as given (not trusted)
-
-
-@dataclass(frozen=True)
-class Recipient:
-    address: str
-    orcpt: str = ""  # RFC 3461 §4.2 ORCPT=, "addr-type;xtext" as given
-    notify: str = ""  # RFC 3461 §4.1 NOTIFY=, upper-case
-
-
-@dataclass(frozen=True)
-class MailFrom:
-    address: str  # "" for the null reverse-path
-    params: MailParams
-
-
-@dataclass(frozen=True)
-class RcptTo:
-    recipient: Recipient
-
-
-@dataclass(frozen=True)
-class Message:
-    """A complete message: its (unstuffed) bytes and the envelope of the transaction."""
-
-    raw: bytes
-    mail_from: str
-    params: MailParams
-    recipients: tuple[Recipient, ...]
-    chunked: bool  # arrived with BDAT
-    spilled: bool = False  # the body's first bytes went out as BodyData events; `raw` is only the rest
-    size: int = -1  # octets of the whole message (BodyData pieces and raw); -1: len(raw)
-
-
-@dataclass(frozen=True)
-class BodyData:
-    """The next piece of the message being received (unstuffed), once it is past the core's `spill_at`: the
-    session appends it to its staging file. No answer is expected. The `Message` that ends the body carries
-    only the bytes after the last `BodyData` (`Message.spilled` tells the session to use its file)."""
-
-    data: bytes | bytearray  # handed over, not copied: the core never touches it again
-
-
-@dataclass(frozen=True)
-class BodyDiscarded:
-    """The body whose pieces went out as `BodyData` will not become a message (too big, stray CR/LF/NUL,
-    RSET, EHLO, an error in a BDAT chunk): the session drops its staging file. No answer is expected."""
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    pass
-
-
-@dataclass(frozen=True)
-class AuthStart:
-    mechanism: str  # upper-case
-    initial: bytes | None  # decoded initial response; None if the client sent none
-
-
-@dataclass(frozen=True)
-class AuthResponse:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class AuthAborted:
-    """The client cancelled ("*") or sent bad base64; the core has already replied 501."""
-
-
-@dataclass(frozen=True)
-class Verify:
-    argument: str
-
-
-@dataclass(frozen=True)
-class Expand:
-    argument: str
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The session is over: the core has queued its last reply (221 or 421). Flush and close."""
-
-    reason: str  # "quit" | "errors"
-
-
-Event = (MailFrom | RcptTo | Message | BodyData | BodyDiscarded | StartTLS | AuthStart | AuthResponse
-         | AuthAborted | Verify | Expand | Closed)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# States and their rules (STYLE habit 3)
-
-
-class State(enum.Enum):
-    INIT = "init"  # greeted, no HELO/EHLO yet
-    READY = "ready"  # HELO/EHLO done, no transaction
-    MAIL = "mail"  # MAIL accepted
-    RCPT = "rcpt"  # at least one RCPT accepted
-
-
-class Mode(enum.Enum):
-    COMMAND = "command"
-    DATA = "data"
-    BDAT = "bdat"
-    SASL = "sasl"
-
-
-_ALL = frozenset(State)
-ALLOWED: dict[str, frozenset[State]] = {
-    "HELO": _ALL, "EHLO": _ALL, "NOOP": _ALL, "RSET": _ALL, "QUIT": _ALL, "HELP": _ALL, "VRFY": _ALL,
-    "EXPN": _ALL,
-    "MAIL": frozenset({State.READY}),
-    "RCPT": frozenset({State.MAIL, State.RCPT}),
-    "DATA": frozenset({State.RCPT}),
-    "BDAT": frozenset({State.RCPT}),
-    "STARTTLS": frozenset({State.READY}),
-    "AUTH": frozenset({State.READY}),
-}
-SEQUENCE_ERRORS: dict[tuple[str, State], Reply] = {
-    ("MAIL", State.INIT): R.R503_HELO_FIRST,
-    ("MAIL", State.MAIL): R.R503_NESTED_MAIL,
-    ("MAIL", State.RCPT): R.R503_NESTED_MAIL,
-    ("RCPT", State.INIT): R.R503_MAIL_FIRST,
-    ("RCPT", State.READY): R.R503_MAIL_FIRST,
-    ("DATA", State.INIT): R.R503_MAIL_FIRST,
-    ("DATA", State.READY): R.R503_MAIL_FIRST,
-    ("DATA", State.MAIL): R.R554_NO_VALID_RCPTS,  # RFC 5321 §3.3: 503 or 554 when no RCPT succeeded
-    ("BDAT", State.INIT): R.R503_MAIL_FIRST,
-    ("BDAT", State.READY): R.R503_MAIL_FIRST,
-    ("BDAT", State.MAIL): R.R554_NO_VALID_RCPTS,
-    ("STARTTLS", State.INIT): R.R503_EHLO_FIRST,
-    ("STARTTLS", State.MAIL): R.R503_IN_TRANSACTION,
-    ("STARTTLS", State.RCPT): R.R503_IN_TRANSACTION,
-    ("AUTH", State.INIT): R.R503_EHLO_FIRST,
-    ("AUTH", State.MAIL): R.R503_IN_TRANSACTION,  # RFC 4954 §4: not during a mail transaction
-    ("AUTH", State.RCPT): R.R503_IN_TRANSACTION,
-}
+from .data import BodyReader, End
+from .envelope import MAX_RECEIVED_DIGITS, mail_from, rcpt_to
+from .events import (
+    AuthAborted,
+    AuthResponse,
+    AuthStart,
+    BodyData,
+    BodyDiscarded,
+    Closed,
+    Event,
+    Expand,
+    MailFrom,
+    Message,
+    RcptTo,
+    Recipient,
+    StartTLS,
+    Verify,
+)
+from .replies import SMTPError
+from .states import ALLOWED, SEQUENCE_ERRORS, Mode, State, Transaction
+from .syntax import Reply
 
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: at least 12288 octets for an AUTH line
-MAX_PATH = 512
-MAX_RECEIVED_DIGITS = 20  # BDAT / SIZE numbers longer than this are nonsense
-DATA_PIECE = 64 * 1024  # DATA is unstuffed and checked in pieces of about this many bytes (invariant 2)
-
-
-@dataclass
-class Transaction:
-    mail_from: str
-    params: MailParams
-    recipients: list[Recipient] = field(default_factory=list)
-    chunked: bool = False
-    failed: Reply | None = None  # a BDAT chunk failed: later chunks get this until LAST / RSET
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Address and parameter syntax (RFC 5321 §4.1.2, RFC 6531 §3.3, RFC 3461 §4)
-
-_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
-_LDH = frozenset(string.ascii_letters + string.digits + "-")
-
-
-def _atext(c: str, utf8: bool) -> bool:
-    return c in _ATEXT or (utf8 and ord(c) >= 0x80)
-
-
-def _is_dot_string(s: str, utf8: bool = True) -> bool:
-    return bool(s) and all(part and all(_atext(c, utf8) for c in part) for part in s.split("."))
-
-
-def _valid_domain(d: str, utf8: bool) -> bool:
-    # RFC 5321 §4.1.2 Domain = sub-domain *("." sub-domain); RFC 6531 §3.3 allows U-labels.
-    if not d or len(d) > 255:
-        return False
-    if d.startswith("[") and d.endswith("]"):
-        inner = d[1:-1]
-        # address-literal: IPv4, "IPv6:..." or a General-address-literal "tag:content" (RFC 5321 §4.1.3)
-        return bool(inner) and all(33 <= ord(c) <= 126 and c not in "[]\\" for c in inner)
-    for label in d.split("."):
-        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
-            return False
-        if not all(c in _LDH or (utf8 and ord(c) >= 0x80) for c in label):
-            return False
-    return True
-
-
-class PathError(ValueError):
-    pass
-
-
-def parse_path(text: str, *, allow_null: bool, utf8: bool) -> tuple[str, str]:
-    """`<[@route:]local@domain> rest` -> (canonical mailbox, rest). The route is dropped (RFC 5321 §4.1.1.3:
-    relays MUST ignore source routes; honouring them would let `<@us:victim@there>` relay). A quoted local part
-    whose content is a dot-string is unquoted (RFC 5321 §4.1.2: they are the same mailbox). A path without a
-    domain (only `<postmaster>` is legal, RFC 5321 §4.1.1.3) comes back without '@'."""
-    if not text.startswith("<"):
-        raise PathError("path must be enclosed in <>")
-    i = 1
-    n = len(text)
-    if text.startswith("<@"):
-        j = text.find(":", i)
-        if j < 0:
-            raise PathError("bad source route")
-        for hop in text[1:j].split(","):
-            if not hop.startswith("@") or not _valid_domain(hop[1:], utf8):
-                raise PathError("bad source route")
-        i = j + 1
-    if text.startswith('"', i):
-        i += 1
-        out = []
-        while True:
-            if i >= n:
-                raise PathError("unterminated quoted string")
-            c = text[i]
-            if c == "\\":
-                if i + 1 >= n or not (32 <= ord(text[i + 1]) <= 126 or (utf8 and ord(text[i + 1]) >= 0x80)):
-                    raise PathError("bad quoted pair")
-                out.append(text[i + 1])
-                i += 2
-                continue
-            if c == '"':
-                i += 1
-                break
-            if not (32 <= ord(c) <= 126 or (utf8 and ord(c) >= 0x80)):
-                raise PathError("bad character in quoted string")
-            out.append(c)
-            i += 1
-        content = "".join(out)
-        if _is_dot_string(content, utf8):
-            local = content
-        else:
-            local = '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        j = i
-        while j < n and text[j] not in "@>":
-            j += 1
-        local = text[i:j]
-        if local and not _is_dot_string(local, utf8):
-            raise PathError("bad local part")
-        i = j
-    if i >= n:
-        raise PathError("path not closed")
-    if text[i] == ">":
-        rest = text[i + 1:]
-        if not local:
-            if allow_null:
-                return "", rest
-            raise PathError("empty path")
-        return local, rest
-    if text[i] != "@" or not local:
-        raise PathError("bad mailbox")
-    j = text.find(">", i)
-    if j < 0:
-        raise PathError("path not closed")
-    domain = text[i + 1:j]
-    if not _valid_domain(domain, utf8):
-        raise PathError("bad domain")
-    if j > MAX_PATH:
-        raise PathError("path too long")
-    return f"{local}@{domain.lower()}", text[j + 1:]
-
-
-def parse_params(rest: str) -> dict[str, str | None]:
-    """ESMTP parameters ` KEY=value KEY ...` (RFC 5321 §4.1.2 esmtp-param; values may be UTF-8, RFC 6531)."""
-    params: dict[str, str | None] = {}
-    if rest and not rest.startswith(" "):
-        raise PathError("junk after path")
-    for item in rest.split():
-        key, eq, value = item.partition("=")
-        if not key or not key[0].isascii() or not key[0].isalnum() \
-                or not all(c.isascii() and (c.isalnum() or c == "-") for c in key):
-            raise PathError("bad parameter keyword")
-        if eq and (not value or "=" in value):
-            raise PathError("bad parameter value")
-        k = key.upper()
-        if k in params:
-            raise PathError("duplicate parameter")
-        params[k] = value if eq else None
-    return params
-
-
-def valid_xtext(s: str) -> bool:
-    """RFC 3461 §4: xtext = *( xchar / hexchar ), hexchar = "+" 2HEXDIG (upper-case)."""
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "+":
-            h = s[i + 1:i + 3]
-            if len(h) != 2 or any(ch not in "0123456789ABCDEF" for ch in h):
-                return False
-            i += 3
-            continue
-        if not (33 <= ord(c) <= 126) or c == "=":
-            return False
-        i += 1
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 class ServerCore:
@@ -409,29 +116,23 @@ class ServerCore:
         self._out: list[bytes] = []
         self._awaiting: type | None = None  # invariant 6
         self._pending_mail: MailFrom | None = None
-        # The body of the transaction (DATA or BDAT chunks), unstuffed
-        self._body = bytearray()  # bytes not yet handed out as BodyData
-        self._body_size = 0  # octets so far, handed out or not
-        self._spilled = False  # some went out as BodyData
-        self._discard_pending = False  # a BodyDiscarded event is due
-        self._body_fault: Reply | None = None  # too big or stray CR/LF/NUL: the rest is counted, not kept
-        self._lines = Checker()
-        # DATA mode
-        self._line_start = True  # the unread data starts a line (so "." CRLF there ends the data)
-        # BDAT mode
-        self._bdat_left = 0
+        self._body = BodyReader(max_size, spill_at)  # DATA or BDAT chunks, unstuffed (data.py)
+        # BDAT mode: the chunk being read
         self._bdat_size = 0
         self._bdat_last = False
         self._bdat_error: Reply | None = None
 
     # --- I/O surface -------------------------------------------------------------------------------------
     def greet(self) -> None:
+        """Queue the 220 greeting (RFC 5321 §4.2; replies.py invariant 1: no enhanced code)."""
         self._emit(R.greeting(self.hostname))
 
     def receive_data(self, data: bytes) -> None:
+        """Append what arrived from the client (any split: a byte, a pipelined batch, part of DATA)."""
         self._in.feed(data)
 
     def data_to_send(self) -> bytes:
+        """The replies queued since the last call, in order (invariant 1), as one string of bytes to write."""
         out = b"".join(self._out)
         self._out.clear()
         return out
@@ -444,7 +145,7 @@ class ServerCore:
     @property
     def held_bytes(self) -> int:
         """Bytes of client input the core holds: unread input plus the body not yet handed out (invariant 2)."""
-        return len(self._in) + len(self._body)
+        return len(self._in) + len(self._body.buf)
 
     def send(self, reply: Reply) -> None:
         """Queue a reply (the answer to an event, or an error the session decided). Counts errors (inv. 4)."""
@@ -472,6 +173,7 @@ class ServerCore:
 
     # --- answers to events -----------------------------------------------------------------------------------
     def accept_mail(self) -> None:
+        """The answer to `MailFrom`: the transaction starts (state MAIL), 250 2.1.0."""
         assert self._pending_mail is not None
         self.txn = Transaction(self._pending_mail.address, self._pending_mail.params)
         self._pending_mail = None
@@ -479,6 +181,7 @@ class ServerCore:
         self.send(R.R250_SENDER_OK)
 
     def accept_rcpt(self, recipient: Recipient) -> None:
+        """The answer to `RcptTo`: `recipient` joins the transaction (state RCPT), 250 2.1.5."""
         assert self.txn is not None
         self.txn.recipients.append(recipient)
         self.state = State.RCPT
@@ -492,12 +195,15 @@ class ServerCore:
         self.send(reply)
 
     def auth_challenge(self, challenge: bytes) -> None:
+        """The answer to `AuthStart` / `AuthResponse` when the exchange goes on: `challenge` (raw bytes) is sent
+        base64 in a 334, and the next line is read as a SASL response."""
         # RFC 4954 §4: "334" SP base64 challenge; an intermediate reply with no enhanced code.
         self._awaiting = None
         self.mode = Mode.SASL
         self._out.append(b"334 " + base64.b64encode(challenge) + b"\r\n")
 
     def auth_done(self, reply: Reply, user: str = "") -> None:
+        """The end of an AUTH exchange: `reply` (235 with `user`, the address logged in, else the error)."""
         self.mode = Mode.COMMAND
         if user and reply.code == 235:
             self.authenticated = user
@@ -512,16 +218,18 @@ class ServerCore:
         self.helo = ""
         self.esmtp = False
         self.txn = None
-        self._drop_body()
+        self._body.reset()
         self._in.clear()
 
     # --- the reader ------------------------------------------------------------------------------------------
     def next_event(self) -> Event | _NeedData:
+        """The next event (events.py) or `NEED_DATA`. Raises RuntimeError while the previous event that needs an
+        answer has none (invariant 6); never raises for anything the client sent."""
         if self._awaiting is not None:
             raise RuntimeError(f"the session must answer the pending {self._awaiting.__name__} first")
         while True:
-            if self._discard_pending:
-                self._discard_pending = False
+            if self._body.discard_pending:
+                self._body.discard_pending = False
                 return BodyDiscarded()
             if self.closed:
                 return Closed(self._close_reason)
@@ -692,92 +400,16 @@ class ServerCore:
         self.mode = Mode.SASL
         return AuthResponse(data)
 
+    # --- MAIL / RCPT (envelope.py) ---------------------------------------------------------------------------
     def _cmd_mail(self, arg: str) -> MailFrom:
-        if arg[:5].upper() != "FROM:":
-            raise SMTPError(R.R501_SYNTAX)
-        path = arg[5:].lstrip(" ")  # a space after the colon is common and harmless
-        try:
-            address, rest = parse_path(path, allow_null=True, utf8=True)
-            params = parse_params(rest)
-        except PathError:
-            raise SMTPError(R.R501_BAD_ADDRESS) from None
-        mp = self._mail_params(params)
-        if not address.isascii() and not mp.smtputf8:
-            raise SMTPError(R.R553_UTF8_ADDRESS)
-        self._pending_mail = MailFrom(address, mp)
+        self._pending_mail = mail_from(arg, self.max_size)
         return self._pending_mail
-
-    def _mail_params(self, params: dict[str, str | None]) -> MailParams:
-        size: int | None = None
-        body = ret = envid = auth = ""
-        smtputf8 = False
-        for key, value in params.items():
-            if key == "SIZE":  # RFC 1870 §6
-                # RFC 1870 §3: size-value is 1*20DIGIT, ASCII digits (str.isdigit takes any script's, and "²")
-                if value is None or not (value.isascii() and value.isdigit()) or len(value) > MAX_RECEIVED_DIGITS:
-                    raise SMTPError(R.R501_SYNTAX)
-                size = int(value)
-                if size > self.max_size:
-                    raise SMTPError(R.R552_TOO_BIG)
-            elif key == "BODY":  # RFC 6152 §3; BINARYMIME (RFC 3030) is not advertised
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    raise SMTPError(R.R504_BODY if value and value.upper() == "BINARYMIME" else R.R501_SYNTAX)
-                body = value.upper()
-            elif key == "SMTPUTF8":  # RFC 6531 §3.4: no value
-                if value is not None:
-                    raise SMTPError(R.R501_SYNTAX)
-                smtputf8 = True
-            elif key == "RET":  # RFC 3461 §4.3
-                if value is None or value.upper() not in ("FULL", "HDRS"):
-                    raise SMTPError(R.R501_SYNTAX)
-                ret = value.upper()
-            elif key == "ENVID":  # RFC 3461 §4.4: xtext, at most 100 characters
-                if value is None or len(value) > 100 or not valid_xtext(value):
-                    raise SMTPError(R.R501_SYNTAX)
-                envid = value
-            elif key == "AUTH":  # RFC 4954 §5: accepted; not trusted (the identity comes from our own AUTH)
-                if value is None or (value != "<>" and not valid_xtext(value)):
-                    raise SMTPError(R.R501_SYNTAX)
-                auth = value
-            else:
-                raise SMTPError(R.R555_PARAM)
-        return MailParams(size, body, smtputf8, ret, envid, auth)
 
     def _cmd_rcpt(self, arg: str) -> RcptTo:
         assert self.txn is not None
-        if arg[:3].upper() != "TO:":
-            raise SMTPError(R.R501_SYNTAX)
-        path = arg[3:].lstrip(" ")
-        try:
-            address, rest = parse_path(path, allow_null=False, utf8=True)
-            params = parse_params(rest)
-        except PathError:
-            raise SMTPError(R.R501_BAD_RCPT) from None
-        if "@" not in address and address.lower() != "postmaster":
-            raise SMTPError(R.R501_BAD_RCPT)  # RFC 5321 §4.1.1.3: only <Postmaster> may omit the domain
-        notify = orcpt = ""
-        for key, value in params.items():
-            if key == "NOTIFY":  # RFC 3461 §4.1
-                words = (value or "").upper().split(",")
-                if not value or (("NEVER" in words) and len(words) > 1) \
-                        or any(w not in ("NEVER", "SUCCESS", "FAILURE", "DELAY") for w in words) \
-                        or len(set(words)) != len(words):
-                    raise SMTPError(R.R501_SYNTAX)
-                notify = ",".join(words)
-            elif key == "ORCPT":  # RFC 3461 §4.2: addr-type ";" xtext
-                atype, semi, xt = (value or "").partition(";")
-                if not semi or not atype or not xt or not valid_xtext(xt) or len(value or "") > 500:
-                    raise SMTPError(R.R501_SYNTAX)
-                orcpt = value or ""
-            else:
-                raise SMTPError(R.R555_PARAM)
-        if not address.isascii() and not self.txn.params.smtputf8:
-            raise SMTPError(R.R553_UTF8_ADDRESS)  # RFC 6531 §3.5
-        if len(self.txn.recipients) >= self.max_recipients:
-            raise SMTPError(R.R452_TOO_MANY_RCPTS)  # RFC 5321 §4.5.3.1.10
-        return RcptTo(Recipient(address, orcpt, notify))
+        return rcpt_to(arg, self.txn, self.max_recipients)
 
-    # --- DATA --------------------------------------------------------------------------------------------------
+    # --- DATA (data.py) ----------------------------------------------------------------------------------------
     def _cmd_data(self, arg: str) -> None:
         assert self.txn is not None
         if arg.strip():
@@ -785,106 +417,30 @@ class ServerCore:
         if self.txn.chunked:
             raise SMTPError(R.R503_BDAT_THEN_DATA)
         self.mode = Mode.DATA
-        self._line_start = True  # the CRLF that ended the DATA line counts before a final "." (RFC 5321 §4.1.1.4)
-        self._in.scanned = 0
+        self._body.start_data(self._in)
         self._emit(R.R354_DATA)
 
     def _data(self) -> Event | _NeedData | None:
-        rb = self._in
-        buf = rb.data
-        while True:
-            if self._line_start:
-                if buf[:3] == b".\r\n":
-                    rb.drop(3)
-                    return self._data_end()
-                if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
-                    return NEED_DATA
-            i = buf.find(b"\r\n.\r\n", max(0, rb.scanned - 4))
-            if i >= 0:
-                cut = i + 2  # the rest starts with "." CRLF at a line start: the end, next time round
-            elif len(buf) < DATA_PIECE:
-                rb.scanned = len(buf)
-                return NEED_DATA
-            else:
-                # Invariant 2: hand on whole lines; one longer than a piece is cut, never between CR and LF.
-                j = buf.rfind(b"\r\n")
-                cut = j + 2 if j >= 0 else len(buf) - (buf[-1] == 0x0D)
-            ev = self._data_piece(cut)
-            if ev is not None:
-                return ev
-
-    def _data_piece(self, n: int) -> BodyData | None:
-        """Unstuff and keep the next `n` bytes of DATA; they never end between CR and LF."""
-        piece = self._in.take(n)
-        start = self._line_start
-        self._line_start = piece.endswith(b"\r\n")
-        if self._body_fault is not None:
-            return None  # counted as read, not kept (invariant 2)
-        # RFC 5321 §4.5.2: remove the first "." of every line that starts with one.
-        raw = piece.replace(b"\r\n.", b"\r\n")
-        if start and raw.startswith(b"."):
-            raw = raw[1:]
-        return self._keep(raw)
-
-    def _data_end(self) -> Message | None:
+        ev = self._body.read_data(self._in)
+        if not isinstance(ev, End):
+            return ev
         self.mode = Mode.COMMAND
         return self._body_end(chunked=False)
 
-    def _keep(self, raw: bytes) -> BodyData | None:
-        """Account for the next bytes of the body: past `max_size` or at a stray CR/LF/NUL the body fails and
-        the rest is only counted (invariants 2 and 3); past `spill_at` they go out as `BodyData`."""
-        if self._body_fault is not None:
-            return None
-        self._body_size += len(raw)
-        if self._body_size > self.max_size:
-            self._fail_body(R.R552_TOO_BIG)  # RFC 1870 §6 / RFC 5321 §4.5.3.1.10
-            return None
-        fault = self._lines.feed(raw)
-        if fault is not None:
-            self._fail_body(R.R550_NUL if fault == NUL else R.R550_BARE_LINE_ENDING)
-            return None
-        self._body += raw
-        if self.spill_at and (self._spilled or len(self._body) >= self.spill_at):
-            data, self._body = self._body, bytearray()
-            self._spilled = True
-            return BodyData(data)
-        return None
-
-    def _fail_body(self, reply: Reply) -> None:
-        self._body_fault = reply
-        self._body.clear()
-        if self._spilled:
-            self._spilled = False
-            self._discard_pending = True
-
-    def _drop_body(self) -> None:
-        """Forget the body (end of transaction); the session hears of a spilled one (BodyDiscarded)."""
-        if self._spilled:
-            self._discard_pending = True
-        self._body = bytearray()
-        self._body_size = 0
-        self._spilled = False
-        self._body_fault = None
-        self._lines = Checker()
-
     def _body_end(self, chunked: bool) -> Message | None:
         """The body is complete: the Message, or the failure's reply (and the transaction ends)."""
-        if self._body_fault is None and self._lines.finish() is not None:
-            self._fail_body(R.R550_BARE_LINE_ENDING)
-        fault = self._body_fault
+        fault = self._body.finish()
         txn = self.txn
         assert txn is not None
         if fault is not None:
             self._end_transaction()
             self._emit(fault)
             return None
-        msg = Message(bytes(self._body), txn.mail_from, txn.params, tuple(txn.recipients), chunked,
-                      spilled=self._spilled, size=self._body_size)
-        self._spilled = False  # the session has the file now
-        self._body = bytearray()
-        return msg
+        size, spilled = self._body.size, self._body.spilled
+        return Message(self._body.take(), txn.mail_from, txn.params, tuple(txn.recipients), chunked,
+                       spilled=spilled, size=size)
 
-    # --- BDAT (RFC 3030) --------------------------------------------------------------------------------------
+    # --- BDAT (RFC 3030; data.py) ------------------------------------------------------------------------------
     def _cmd_bdat(self, arg: str) -> Event | _NeedData | None:
         return self._bdat_start(arg, None)
 
@@ -897,32 +453,20 @@ class ServerCore:
             # The size is unknown, so the chunk cannot be skipped; the client's bytes will read as commands.
             raise SMTPError(R.R501_SYNTAX)
         size = int(words[0])
-        last = len(words) == 2
-        txn = self.txn
-        if error is None and txn is not None:
-            if self._body_fault is None and self._body_size + size > self.max_size:
-                self._fail_body(R.R552_TOO_BIG)  # known before the chunk arrives: it is skipped
-            txn.chunked = True
+        keep = error is None and self.txn is not None
+        self._body.start_chunk(size, keep)  # a body the chunk takes past max_size fails now: it is skipped
+        if keep and self.txn is not None:
+            self.txn.chunked = True
         self.mode = Mode.BDAT
-        self._bdat_left = size
         self._bdat_size = size
-        self._bdat_last = last
+        self._bdat_last = len(words) == 2
         self._bdat_error = error
         return self._bdat()
 
     def _bdat(self) -> Event | _NeedData | None:
-        take = min(self._bdat_left, len(self._in))
-        ev: BodyData | None = None
-        if take:
-            if self._bdat_error is None and self.txn is not None:
-                ev = self._keep(self._in.take(take))
-            else:
-                self._in.drop(take)
-            self._bdat_left -= take
-        if ev is not None:
+        ev = self._body.read_chunk(self._in)
+        if not isinstance(ev, End):
             return ev
-        if self._bdat_left:
-            return NEED_DATA
         self.mode = Mode.COMMAND
         error = self._bdat_error
         if error is not None:  # out of sequence: no transaction to end
@@ -931,8 +475,8 @@ class ServerCore:
         assert self.txn is not None
         if self._bdat_last:
             return self._body_end(chunked=True)
-        if self._body_fault is not None:
-            self._emit(self._body_fault)  # RFC 3030 §2: each chunk is answered; a failed body fails them all
+        if self._body.fault is not None:
+            self._emit(self._body.fault)  # RFC 3030 §2: each chunk is answered; a failed body fails them all
             return None
         self._emit(R.bdat_received(self._bdat_size))
         return None
@@ -941,6 +485,6 @@ class ServerCore:
     def _end_transaction(self) -> None:
         self.txn = None
         self._pending_mail = None
-        self._drop_body()
+        self._body.reset()
         if self.state in (State.MAIL, State.RCPT):
             self.state = State.READY

@@ -5,54 +5,23 @@ Theory of operation
 Every reply the server sends is a `Reply`. Handlers raise `SMTPError(reply)`; only the session's dispatcher
 turns it into bytes (STYLE habit 4). Names follow the wire: `R550_5_1_1_NO_SUCH_USER` is "550 5.1.1".
 
+The `Reply` type itself is `smtp/syntax.py`'s (the outbound client reads the same type).
+
 Invariants
 1. Every reply carries an enhanced status code (RFC 2034 §3), except the 220 greeting and the replies to
    HELO/EHLO, which RFC 2034 §3 exempts (their first word must be the server's domain, and EHLO lines are
    keywords a client parses).
-2. The enhanced code's class digit equals the reply code's first digit (RFC 3463 §2).
+2. The enhanced code's class digit equals the reply code's first digit (RFC 3463 §2; checked by `Reply`).
 3. Reply text is ASCII without CR or LF; a multi-line reply is rendered `250-...` / `250 ...` (RFC 5321 §4.2.1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    esc: str  # "2.1.0"; "" only for the greeting and HELO/EHLO (invariant 1)
-    lines: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.esc and self.esc[0] != str(self.code)[0]:  # invariant 2
-            raise ValueError(f"enhanced code {self.esc} does not match {self.code}")
-        for line in self.lines:
-            if "\r" in line or "\n" in line:  # invariant 3
-                raise ValueError("reply text must not contain CR or LF")
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.lines)
-
-    @property
-    def is_error(self) -> bool:
-        return self.code >= 400
-
-    def to_bytes(self) -> bytes:
-        out = []
-        prefix = f"{self.esc} " if self.esc else ""
-        last = len(self.lines) - 1
-        for i, line in enumerate(self.lines or ("",)):
-            sep = " " if i >= last else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8", "replace")
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.esc} {self.text}".replace("  ", " ")
+from .syntax import Reply as Reply  # re-exported: handlers build replies from this module
 
 
 def reply(code: int, esc: str, *lines: str) -> Reply:
+    """A Reply from its code, enhanced code and lines (one empty line when none is given)."""
     return Reply(code, esc, tuple(lines) if lines else ("",))
 
 
@@ -152,13 +121,16 @@ def dnsbl_blocked(ip: str, zone: str) -> Reply:
 
 
 def greeting(hostname: str) -> Reply:
+    """220 `hostname` ESMTP Postroom."""
     # RFC 5321 §4.2: the greeting's first word is the server's domain. Invariant 1: no enhanced code.
     return reply(220, "", f"{hostname} ESMTP Postroom")
 
 
 def bdat_received(n: int) -> Reply:
+    """250 for a BDAT chunk of `n` octets that is not the last."""
     return reply(250, "2.0.0", f"{n} octets received")  # RFC 3030 §2
 
 
 def queued(queue_id: str) -> Reply:
+    """250 for a message that is durable, naming its id (the one in the message's log line)."""
     return reply(250, "2.0.0", f"OK queued as {queue_id}")

@@ -13,7 +13,7 @@ Invariants:
    name the same parent.
 3. A mailbox name has no empty component, no leading or trailing separator and no control characters.
 4. Keywords are IMAP atoms (RFC 9051 §9 `flag-keyword`); they never start with a backslash (system flags do).
-5. An address has one spelling, the one `smtp.protocol.parse_path` produces from the wire: a local part that
+5. An address has one spelling, the one `smtp.syntax.parse_path` produces from the wire: a local part that
    can be a Dot-string is never quoted; one that cannot is quoted with only the escapes it needs.
 6. The owner of a domain's shared folders (`shared_owner`) has an address `address` refuses (an unquoted local
    part with a space), so no lookup by address (login, delivery, `user add`, `alias add`, an ACL identifier,

@@ -15,7 +15,7 @@ keeping data past `limits.message_size` (the text fields, which the form puts fi
 comes back with them and a message that says what to do); a body more than twice that is cut off (413).
 
 Sending is an authenticated submission by the signed-in user, through the same router calls as the submission
-listener (smtp/server.py): the sender must pass `Router.may_send_as` (the user's address or an explicit alias
+listener (smtp/session.py): the sender must pass `Router.may_send_as` (the user's address or an explicit alias
 leading to them, never a catch-all: the From menu lists exactly those), each recipient passes
 `Router.check_recipient` with the message's size (relaying allowed, as for an authenticated client; quotas as
 for RCPT with SIZE), the send limits of `smtp/door.py` are taken, one message and one per recipient, once the

@@ -19,12 +19,13 @@ import pytest
 from outbound_support import DnsServer, FakeClock, SmtpPeer
 
 from postroom import config as config_mod
-from postroom.delivery.client import Hop, SmtpClient, Transaction, UnsafeContent, dot_stuff
+from postroom.delivery.client import Hop, SmtpClient, Transaction, UnsafeContent
 from postroom.delivery.dkim import generate_keys
 from postroom.delivery.mx import DnsResolver, RouteFinder, StaticResolver
 from postroom.delivery.queue import Scheduler
 from postroom.mime.lineends import stray
 from postroom.net.tls import ensure_certificate, server_context
+from postroom.smtp.syntax import dot_stuff
 from postroom.store.api import QueueRecipient, RcptState, Store
 from postroom.store.sqlite import SQLiteStore
 

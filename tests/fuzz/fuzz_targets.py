@@ -43,8 +43,11 @@ from postroom.inbound import dkim as dkim_in
 from postroom.mime.imap import Section, UnknownCTE
 from postroom.mime.meta import MessageMeta, compute_meta
 from postroom.pop3 import protocol as P3
+from postroom.smtp import data as SD
+from postroom.smtp import events as SE
 from postroom.smtp import protocol as SP
 from postroom.smtp import replies as R
+from postroom.smtp import states as SS
 
 Target = Callable[[list[bytes]], None]
 
@@ -71,22 +74,22 @@ class Finding(AssertionError):
 def _smtp_answer(core: SP.ServerCore, ev: object, turn: int) -> None:
     """A session that accepts most things and refuses some, so both paths of every event are walked."""
     refuse = turn % 7 == 3
-    if isinstance(ev, SP.MailFrom):
+    if isinstance(ev, SE.MailFrom):
         core.send(R.R550_NO_SUCH_USER) if refuse else core.accept_mail()
-    elif isinstance(ev, SP.RcptTo):
+    elif isinstance(ev, SE.RcptTo):
         core.send(R.R550_NO_SUCH_USER) if refuse else core.accept_rcpt(ev.recipient)
-    elif isinstance(ev, SP.Message):
+    elif isinstance(ev, SE.Message):
         core.message_done(R.R451_LOCAL_ERROR if refuse else R.queued(f"q{turn}"))
-    elif isinstance(ev, SP.AuthStart):
+    elif isinstance(ev, SE.AuthStart):
         if ev.initial is None:
             core.auth_challenge(b"challenge")
         else:
             core.auth_done(R.R235_AUTH_OK if not refuse else R.R535_AUTH_FAILED, "u@example.test")
-    elif isinstance(ev, SP.AuthResponse):
+    elif isinstance(ev, SE.AuthResponse):
         core.auth_done(R.R535_AUTH_FAILED if refuse else R.R235_AUTH_OK, "u@example.test")
-    elif isinstance(ev, (SP.Verify, SP.Expand)):
+    elif isinstance(ev, (SE.Verify, SE.Expand)):
         core.send(R.R252_CANNOT_VRFY)
-    elif isinstance(ev, SP.StartTLS):
+    elif isinstance(ev, SE.StartTLS):
         core.send(R.R220_READY_TLS)
         core.tls_started()
 
@@ -104,15 +107,15 @@ def smtp(chunks: list[bytes]) -> None:
         core.receive_data(chunk)
         while True:
             ev = core.next_event()
-            if ev is SP.NEED_DATA or isinstance(ev, SP.Closed):
+            if ev is SP.NEED_DATA or isinstance(ev, SE.Closed):
                 break
             turn += 1
             _smtp_answer(core, ev, turn)
-        if core.mode in (SP.Mode.COMMAND, SP.Mode.SASL) and core.pending_input > 12288 + len(chunk):
+        if core.mode in (SS.Mode.COMMAND, SS.Mode.SASL) and core.pending_input > 12288 + len(chunk):
             raise Finding(f"SMTP core buffers {core.pending_input} bytes of a command line")
         # smtp/protocol.py invariant 2: unread DATA is held up to about DATA_PIECE plus the chunk just fed, and a
         # body up to max_size (no spill_at here); data past max_size is counted, never kept.
-        bound = SMTP_MAX_SIZE + SP.DATA_PIECE + SMTP_LINE + len(chunk)
+        bound = SMTP_MAX_SIZE + SD.DATA_PIECE + SMTP_LINE + len(chunk)
         if core.pending_input > bound or core.held_bytes > bound:
             raise Finding(f"SMTP core holds {core.pending_input} / {core.held_bytes} bytes, over {bound}")
         out += core.data_to_send()

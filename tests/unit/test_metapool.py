@@ -91,3 +91,60 @@ def test_staged_file(tmp_path: Path) -> None:
             await pool.shutdown()
 
     assert asyncio.run(go()) == compute_meta(raw, LIMITS)
+
+
+def test_staged_message_with_a_prefix(tmp_path: Path) -> None:
+    # An SMTP message staged in a file, with its trace fields as a prefix (delivery/local.py invariant 5): the
+    # same metadata as of the joined bytes (offsets count the prefix), from the worker, a small one inline, and
+    # after a worker time-out the minimal metadata of the whole message.
+    prefix = b"Return-Path: <a@example.org>\r\nReceived: from x by y; Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+    raw = big_message(200_000)
+    path = tmp_path / "staged"
+    path.write_bytes(raw)
+    small = tmp_path / "small"
+    small.write_bytes(raw[:2000])
+
+    async def go() -> tuple[bytes, bytes, bytes]:
+        try:
+            data = await pool.meta_bytes_of_file(prefix, path, LIMITS)
+            inline = await pool.meta_bytes_of_file(prefix, small, LIMITS)
+            pool.pool().seconds = 0.0001
+            slow = await pool.meta_bytes_of_file(prefix, path, LIMITS)
+            return data, inline, slow
+        finally:
+            await pool.shutdown()
+
+    data, inline, slow = asyncio.run(go())
+    assert data == compute_meta(prefix + raw, LIMITS).to_bytes()
+    assert inline == compute_meta(prefix + raw[:2000], LIMITS).to_bytes()
+    meta = MessageMeta.from_bytes(slow)
+    assert meta.defects == ((0, "meta-timeout"),) and meta.size == len(prefix) + len(raw)
+
+
+def test_worker_reads_a_staged_file_into_one_buffer_with_the_same_answer(tmp_path: Path) -> None:
+    # The worker's file jobs parse a bytearray (`metapool._read`: prefix and file in one buffer); over the whole
+    # MIME corpus the answers are those of `compute_meta` over bytes. Driven through `_serve` itself.
+    import io
+    import json
+
+    corpus = sorted((Path(__file__).resolve().parents[1] / "data" / "mime" / "msgs").iterdir())
+    assert len(corpus) > 50
+    prefix = b"Return-Path: <a@example.org>\r\n"
+    jobs, want = io.BytesIO(), []
+    for path in corpus:
+        raw = path.read_bytes()
+        jobs.write(json.dumps({"depth": LIMITS.mime_depth, "parts": LIMITS.mime_parts, "path": str(path),
+                               "n": len(prefix)}).encode() + b"\n" + prefix)
+        want.append(compute_meta(prefix + raw, LIMITS).to_bytes())
+    jobs.seek(0)
+    out = io.BytesIO()
+    pool._serve(jobs, out)
+    answers = out.getvalue()
+    got, i = [], 0
+    while i < len(answers):
+        status, n = pool._ANSWER.unpack_from(answers, i)
+        i += pool._ANSWER.size
+        assert status == b"M"
+        got.append(answers[i:i + n])
+        i += n
+    assert got == want

@@ -120,8 +120,7 @@ from postroom.smtp.dnsbl import ClientInfo, look_up_client
 from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
 
 from . import replies as R
-from .protocol import (
-    NEED_DATA,
+from .events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
@@ -131,13 +130,13 @@ from .protocol import (
     Expand,
     MailFrom,
     Message,
-    Mode,
     RcptTo,
-    ServerCore,
     StartTLS,
     Verify,
 )
+from .protocol import NEED_DATA, ServerCore
 from .replies import Reply
+from .states import Mode
 
 if TYPE_CHECKING:
     from postroom.services import Services
