@@ -205,6 +205,8 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     20: ("ALTER TABLE users DROP COLUMN admin", "ALTER TABLE domains DROP COLUMN dkim_next"),
     21: ("DROP INDEX blobs_crlf",),
     22: ("DROP TABLE sender_rules", "DROP TABLE spam_training", "DROP TABLE dmarc_results"),
+    23: (),  # reserved for another branch's step
+    24: ("ALTER TABLE queue_rcpt DROP COLUMN lease_until", "ALTER TABLE queue_rcpt DROP COLUMN lease_holder"),
 }
 
 

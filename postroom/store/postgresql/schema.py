@@ -22,7 +22,9 @@ schema's step 19 and invariant 24), none written by the step. 8 adds `users.admi
 user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 9 adds `sender_rules`,
 `spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. SQLite's step 21
 (an index of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads
-`blobs.crlf_size` by the primary key index and the row alone.
+`blobs.crlf_size` by the primary key index and the row alone. 10 is reserved for a step of another branch. 11
+adds the queue leases, `queue_rcpt.lease_holder` and `lease_until` (SQLite's step 24 and invariant 28; queue.py
+claims with them), every recipient queued before free.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -46,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 11
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -407,7 +409,19 @@ CREATE INDEX dmarc_results_at ON dmarc_results(at);
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+async def _v10(conn: Conn) -> None:
+    """Reserved: the number belongs to a step written on another branch at the same time (merged in its place)."""
+
+
+async def _v11(conn: Conn) -> None:
+    """Queue leases (queue.py): who is attempting a recipient and until when; touches only `queue_rcpt`."""
+    await conn.execute("""
+ALTER TABLE queue_rcpt ADD COLUMN lease_holder text NOT NULL DEFAULT '';
+ALTER TABLE queue_rcpt ADD COLUMN lease_until double precision NOT NULL DEFAULT 0;
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

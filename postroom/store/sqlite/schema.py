@@ -94,6 +94,8 @@ index, ~6 ms). Building it reads each `blobs` row once.
 scope and pattern; store/sqlite/senders.py, invariant 25), `spam_training`: the training signals a user's
 moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmarc_results`: the DMARC evaluation
 of each message whose policy asks for aggregate reports (invariant 27). None exist before.
+23 is reserved for a step of another branch. 24 (issue 16 item 3) adds the queue leases, `queue_rcpt.lease_holder`
+and `lease_until` (invariant 28); every recipient queued before starts free ("" and 0).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -175,6 +177,9 @@ Invariants:
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
    with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
+28. A `queue_rcpt` row is held by at most one claimer: `lease_holder` is "" (free) or the holder that claimed it
+   with `lease_until` > 0; it changes only by a claim of a free or expired lease (lease_until <= now), a renewal
+   or release by its holder, or the holder's own result (store/sqlite/queue.py).
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 24
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -628,9 +633,21 @@ def _v22(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
 
 
+def _v23(conn: sqlite3.Connection) -> None:
+    """Reserved: the number belongs to a step written on another branch at the same time (merged in its place)."""
+
+
+def _v24(conn: sqlite3.Connection) -> None:
+    """Queue leases (queue.py, invariant 28): who is attempting a recipient and until when; every recipient that
+    exists starts free. Self-contained: it touches only `queue_rcpt`."""
+    conn.execute("ALTER TABLE queue_rcpt ADD COLUMN lease_holder TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE queue_rcpt ADD COLUMN lease_until REAL NOT NULL DEFAULT 0")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22,
+    23: _v23, 24: _v24,
 }
 
 
