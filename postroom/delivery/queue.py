@@ -46,9 +46,9 @@ records it, a crash (or kill -9) leaves the recipient pending; after the restart
 gets a duplicate. The window is one store write (a group commit: milliseconds); RFC 1047 describes it. A second
 window is a lost lease: a node that stalls past `queue.lease_seconds` in the middle of a transaction, while
 another node takes the recipient over and sends it again; the late result is refused, so the store holds one
-result, but the remote may have the message twice (and a DSN made before the refused write may be sent twice). Nothing is
-ever lost: a state is written only after what it records happened, and DSNs are made durable (handed to the
-router, which delivers or queues them) before the recipient they report on is marked final. So a crash in
+result, but the remote may have the message twice (and a DSN made before the refused write may be sent twice).
+Nothing is ever lost: a state is written only after what it records happened, and DSNs are made durable (handed
+to the router, which delivers or queues them) before the recipient they report on is marked final. So a crash in
 between can repeat a DSN but never lose one.
 
 Invariants
@@ -371,10 +371,10 @@ class Scheduler:
         client: SmtpClient | None = None
         try:
             while jobs:
-                job = jobs.popleft()
-                job = self._still_held(job)
-                if job is None:
+                held = self._still_held(jobs.popleft())
+                if held is None:
                     continue
+                job = held
                 try:
                     if route is None:
                         route = await self.routes.route(domain)

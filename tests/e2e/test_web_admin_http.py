@@ -246,7 +246,8 @@ def test_the_queue_pages_show_who_holds_a_recipient(server: Any) -> None:
     c = signed_in(server, ADMIN, PW)
     later = time.time() + 3600  # not due for this server's own scheduler
     entry = server.run(server.store.enqueue(b"Subject: held\r\n\r\nbody\r\n", ADMIN, [
-        QueueRecipient("far@remote.example", next_try=later), QueueRecipient("free@remote.example", next_try=later + 60)]))
+        QueueRecipient("far@remote.example", next_try=later),
+        QueueRecipient("free@remote.example", next_try=later + 60)]))
     assert "node2-77aa#31.beef" not in c.get("/admin/queue").text
     got = server.run(server.store.queue_claim(later, "node2-77aa#31.beef", 7200.0, limit=1))
     assert got.claimed == [(entry.id, "far@remote.example")]

@@ -120,7 +120,8 @@ class QueueMixin(Base):
 
         async def op(tx: Tx) -> QueueClaim:
             picked = await tx.conn.fetch(
-                "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
+                "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder"
+                " FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
                 " WHERE r.state = ANY($1::text[]) AND r.next_try <= $2 AND r.lease_until <= $2"
                 " ORDER BY q.created, q.id, r.position LIMIT $5 FOR UPDATE OF r SKIP LOCKED)"
                 " UPDATE queue_rcpt u SET lease_holder = $3, lease_until = $4 FROM c"
@@ -147,7 +148,8 @@ class QueueMixin(Base):
             rows = await tx.conn.fetch(
                 "UPDATE queue_rcpt u SET lease_until = $2, lease_holder = $3"
                 " FROM unnest($4::bigint[], $5::text[]) AS k(queue_id, rcpt)"
-                " WHERE u.queue_id = k.queue_id AND u.rcpt = k.rcpt AND u.lease_holder = $1 RETURNING u.queue_id, u.rcpt",
+                " WHERE u.queue_id = k.queue_id AND u.rcpt = k.rcpt AND u.lease_holder = $1"
+                " RETURNING u.queue_id, u.rcpt",
                 holder, until, holder if until > 0 else "", [k[0] for k in wanted], [k[1] for k in wanted])
             return {(int(r[0]), str(r[1])) for r in rows}
 
