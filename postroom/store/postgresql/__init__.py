@@ -1,9 +1,10 @@
 """The PostgreSQL storage engine (issue 16 item 2): the same `Store` as the SQLite engine, for several nodes.
 
 `open_store` builds it for a `postgresql://user@host:port/db` URL (`store.url`). It passes the store conformance
-suite (tests/store) like the SQLite engine; a test of one engine's internals skips the other, saying why. Several
-server nodes on one database (issue 16 item 3: queue claims, the POP3 maildrop lock, held list posts, secrets and
-the TLS certificate in the store) are not built yet: one server per database (one `postroom serve`, its worker
+suite (tests/store) like the SQLite engine; a test of one engine's internals skips the other, saying why. The
+outbound queue is shared by several nodes (queue.py: claims with leases); the rest of several server nodes on one
+database (issue 16 item 3: the POP3 maildrop lock, held list posts, secrets and the TLS certificate in the store)
+is not built yet: one server per database (one `postroom serve`, its worker
 processes included: they share the data folder's locks), beside any number of admin commands.
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
