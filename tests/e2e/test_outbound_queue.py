@@ -666,3 +666,60 @@ async def test_stray_cr_never_leaves_client_refuses_and_queue_repairs_old_entrie
         assert stray(seen.data) is None and b"hello .\r\nMAIL FROM:<admin@a.test>\r\n" in seen.data
     finally:
         await finish(hs)
+
+
+async def test_a_lease_lost_mid_attempt_stops_what_was_not_started(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Two jobs for one domain, one connection: while the first is in its transaction the scheduler's leases
+    run out (the clock jumps) and another node claims both. The next renewal learns it: the second job is not
+    started, and the first one's result, written late, is refused; the other node's claim stands for both."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=0.5)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        q1 = await hs.enqueue("bob@b.test")
+        q2 = await hs.enqueue("carol@b.test")
+        with caplog.at_level(logging.INFO, logger="postroom.queue"):
+            run = asyncio.create_task(s.run_once())
+            for _ in range(500):
+                if peer.active and peer.seen:
+                    break
+                await asyncio.sleep(0.01)
+            hs.clock.advance(s.lease_seconds)
+            got = await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)
+            assert sorted(got.claimed) == [(q1, "bob@b.test"), (q2, "carol@b.test")]
+            assert await s.renew() == 2
+            assert await run == 2  # claimed two, attempted one
+        assert [t.rcpts for t in peer.delivered] == [["bob@b.test"]]
+        assert f"queue lease lost id={q2} rcpt=carol@b.test holder={s.holder}" in caplog.text
+        assert f"queue not attempting id={q2} rcpt=carol@b.test: lease lost" in caplog.text
+        assert f"queue result not recorded id={q1} rcpts=bob@b.test holder={s.holder}" in caplog.text
+        for qid in (q1, q2):
+            entry = await hs.store.queue_get(qid)
+            assert entry is not None and entry.recipients[0].lease_holder == "n2#1"
+            assert entry.recipients[0].attempts == 0
+        assert await s.renew() == 0 and not s._in_flight  # nothing held any more
+    finally:
+        await finish(hs)
+
+
+async def test_a_long_attempt_keeps_its_lease(tmp_path: Path) -> None:
+    """Renewal: an attempt that outlasts the lease keeps the recipient; nobody else can claim it meanwhile."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=0.5)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue("bob@b.test")
+        run = asyncio.create_task(s.run_once())
+        for _ in range(500):
+            if peer.active and peer.seen:
+                break
+            await asyncio.sleep(0.01)
+        hs.clock.advance(s.lease_seconds - 1)
+        assert await s.renew() == 0
+        hs.clock.advance(2)  # past the first lease, within the renewed one
+        assert (await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)).claimed == []
+        assert await run == 1
+        assert len(peer.delivered) == 1 and await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)

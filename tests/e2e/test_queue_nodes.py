@@ -221,7 +221,7 @@ def test_the_survivor_takes_over_a_killed_nodes_leases(tmp_path: Path, pg_cluste
         assert holder.startswith(a.node_id + "#")
         b = Node(tmp_path / "b", url, config({d: fine.peer.port for d in DOMAINS}, lease))  # the survivor
         nodes.append(b)
-        time.sleep(lease / 2)  # A renews (every lease/3), B polls: B takes nothing while A lives
+        time.sleep(lease * 1.5)  # past A's first leases: A renews them (every lease/3), so B, polling, takes none
         assert holders() == {holder} and not fine.peer.delivered
         a.kill()
         wait_for(lambda: not run(url, tmp_path, lambda s: s.queue_list()), 60 + lease,
