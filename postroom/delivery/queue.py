@@ -332,6 +332,8 @@ class Scheduler:
                         rcpt, previous, self.holder)
         mine = set(claim.claimed)
         until = now + self.lease_seconds
+        for key in mine & self._in_flight:  # our own lease, run out and nobody took it: claimed back, renewed
+            self._leases[key] = until
         count = 0
         for entry in claim.entries:
             by_domain: dict[str, list[QueueRecipient]] = {}

@@ -54,9 +54,10 @@ class Harness:
         self.dsns.append((address, raw))
 
     def scheduler(self, routes: dict[str, str] | None = None, resolver: Any = None, node: str = "",
-                  **delivery: Any) -> Scheduler:
+                  lease_seconds: float = 300.0, **delivery: Any) -> Scheduler:
         cfg = config_mod.load(None, {"server": {"hostname": "mx.a.test", "data_dir": str(self.tmp)},
-                                     "delivery": {"routes": routes or {}, **delivery}})
+                                     "delivery": {"routes": routes or {}, **delivery},
+                                     "queue": {"lease_seconds": lease_seconds}})
         return Scheduler(self.store, cfg, bounce=self.bounce, clock=self.clock,
                          resolver=resolver or StaticResolver(), shuffle=lambda hosts: None, node=node)
 
@@ -721,5 +722,41 @@ async def test_a_long_attempt_keeps_its_lease(tmp_path: Path) -> None:
         assert (await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)).claimed == []
         assert await run == 1
         assert len(peer.delivered) == 1 and await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
+async def test_the_renewal_task_extends_the_leases_of_a_running_attempt(tmp_path: Path) -> None:
+    """`start` runs the renewal task: every third of `queue.lease_seconds` it extends what the scheduler holds,
+    so a claim by another node after the first lease's end finds nothing."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=3600)  # the attempt outlasts every lease here
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, lease_seconds=3)
+        qid = await hs.enqueue("bob@b.test")
+        first_end = hs.clock() + 3
+        s.start()
+        s.wake()
+        for _ in range(500):
+            if peer.active and peer.seen:
+                break
+            await asyncio.sleep(0.01)
+        hs.clock.advance(2)
+
+        async def lease_end() -> float:
+            entry = await hs.store.queue_get(qid)
+            assert entry is not None
+            return entry.recipients[0].lease_until
+
+        for _ in range(500):  # the task runs every second (lease / 3): wait for its renewal
+            if await lease_end() > first_end:
+                break
+            await asyncio.sleep(0.01)
+        assert await lease_end() == hs.clock() + 3
+        hs.clock.advance(2)  # past the first lease's end
+        assert (await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)).claimed == []
+        await s.stop(grace=0)
+        entry = await hs.store.queue_get(qid)
+        assert entry is not None and entry.recipients[0].lease_holder == ""  # released at stop
     finally:
         await finish(hs)
