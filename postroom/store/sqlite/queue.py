@@ -1,11 +1,12 @@
 """The outbound queue in SQLite: one entry per accepted message, one row per recipient with its own state.
 
 Theory of operation: `enqueue` stores the body as a blob (shared with any local copy of the same bytes; inline
-in the database or a file, by size, as for messages) and the envelope; the scheduler asks `queue_due(now)` for
-entries with a recipient to try, tries them, and reports with `queue_update`. An entry lives until every
-recipient is final (delivered or bounced), then it and its blob reference go in the same transaction.
+in the database or a file, by size, as for messages) and the envelope; the scheduler claims the recipients due
+(`queue_claim`), tries them, and reports with `queue_update`. An entry lives until every recipient is final
+(delivered or bounced), then it and its blob reference go in the same transaction. `queue_due` is the plain
+read of what is due (no claim), for tools and tests.
 
-Claims (issue 16 item 3). The scheduler does not read `queue_due`: it claims with `queue_claim`, which in one
+Claims (issue 16 item 3). The scheduler does not act on `queue_due`: it claims with `queue_claim`, which in one
 write transaction picks the due recipients whose lease is free (never claimed, released, or expired: lease_until
 <= now) and writes its holder and `now + lease_seconds` on them. SQLite runs one write transaction at a time, so
 two claimers (two Store objects, two processes on the file) never get the same recipient: the second one's
