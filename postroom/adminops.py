@@ -320,6 +320,14 @@ async def remove_alias(store: Store, source: str, target: str | None = None) -> 
 PENDING = (RcptState.QUEUED, RcptState.DEFERRED)
 
 
+def held_by(entry: QueueEntry, now: float) -> str:
+    """The holders (scheduler ids "<node>#<pid>.<random>", delivery/queue.py) whose lease on a waiting recipient
+    of `entry` runs past `now` (seconds since the epoch), comma-separated; "" when nobody is sending it."""
+    holders = dict.fromkeys(r.lease_holder for r in entry.recipients
+                            if r.state in PENDING and r.lease_holder and r.lease_until > now)
+    return ",".join(holders)
+
+
 async def queue_retry(store: Store, ids: list[int] | None) -> tuple[int, int]:
     """Make every waiting recipient of these entries (None: of every entry) due now; the running server's queue
     sends them at its next look. Returns (recipients, entries)."""

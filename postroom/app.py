@@ -70,7 +70,7 @@ from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
 from .delivery.lists import import_held_files
 from .delivery.mx import DnsCache, DnsResolver
-from .delivery.queue import Scheduler, router_bounce
+from .delivery.queue import Scheduler, node_id, router_bounce
 from .delivery.router import Router
 from .imap.session import imap_handler
 from .inbound.dmarc_reports import DmarcReporter
@@ -241,8 +241,9 @@ class Postroom:
             self.dmarc_reports.start()
         if cfg.delivery.enabled and singletons:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
+            node = await asyncio.to_thread(node_id, cfg.data_path)  # the id its queue leases carry
             self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
-                                   **{"resolver": dns, **self.queue_options})
+                                   **{"resolver": dns, "node": node, **self.queue_options})
             self.queue.start()
             if worker is not None:
                 worker.on_wake(self.queue.wake)

@@ -349,8 +349,8 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
             err = next((r.last_error for r in waiting if r.last_error), "")
             rows.append((e.id, time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)), e.size,
                          f"<{e.mail_from}>", f"{len(waiting)}/{len(e.recipients)}", _when(nxt, now),
-                         (err[:60] + "...") if len(err) > 60 else err))
-        print(table(rows, ("id", "queued", "size", "from", "waiting", "next try", "last error")))
+                         adminops.held_by(e, now) or "-", (err[:60] + "...") if len(err) > 60 else err))
+        print(table(rows, ("id", "queued", "size", "from", "waiting", "next try", "held by", "last error")))
         print(f"{sum(len([r for r in e.recipients if r.state in pending]) for e in entries)} recipient(s) waiting")
         return 0
     if args.action == "show":
@@ -365,7 +365,9 @@ async def cmd_queue(args: argparse.Namespace, store: Store) -> int:
         for r in e.recipients:
             print(f"  {r.rcpt}  {r.state.value}  attempts={r.attempts}"
                   + (f"  next try {_when(r.next_try, now)}" if r.state in pending else "")
-                  + (f"  notify={r.notify}" if r.notify else "") + (f"  orcpt={r.orcpt}" if r.orcpt else ""))
+                  + (f"  notify={r.notify}" if r.notify else "") + (f"  orcpt={r.orcpt}" if r.orcpt else "")
+                  + (f"  held by {r.lease_holder} (lease ends {_when(r.lease_until, now)})"
+                     if r.state in pending and r.lease_holder and r.lease_until > now else ""))
             if r.last_error:
                 print(f"      last error: {r.last_error}")
         raw = await store.read_message(e.blob_id)

@@ -201,6 +201,15 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The outbound queue's claims across processes and nodes (delivery/queue.py, store `queue_claim`)."""
+
+    # A scheduler holds each recipient it attempts by a lease of this many seconds, renewed every third of it
+    # while the attempt runs; a dead node's leases end after it and another node takes the recipients over.
+    lease_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """The built-in spam score of MX mail (postroom/inbound/score.py): one weight per sign, summed. Weights are on
     SpamAssassin's scale (its default threshold is 5), each chosen so that no single sign a legitimate small
@@ -282,6 +291,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     web: WebConfig = field(default_factory=WebConfig)
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
@@ -635,6 +645,9 @@ def _validate(cfg: Config, where: str) -> None:
     if cfg.smtp.pop_before_smtp_minutes < 0:
         raise ConfigError(f"{where}: smtp.pop_before_smtp_minutes must not be negative (0 switches it off)")
     _validate_delivery(cfg.delivery, where)
+    if not 3 <= cfg.queue.lease_seconds <= 86400:
+        raise ConfigError(f"{where}: queue.lease_seconds must be 3 to 86400 (a dead node's mail waits this long "
+                          "before another node sends it; it is renewed every third of it)")
     if cfg.inbound.dmarc_reject not in ("reject", "quarantine"):
         raise ConfigError(f"{where}: inbound.dmarc_reject must be \"reject\" or \"quarantine\", "
                           f"not {cfg.inbound.dmarc_reject!r}")
@@ -878,6 +891,9 @@ command_timeout_seconds = 300
 starttls = true                    # use STARTTLS when the peer offers it
 poll_seconds = 1                   # how often the queue looks for due mail
 messages_per_connection = 100
+
+[queue]
+lease_seconds = 300                # a recipient in delivery is leased (renewed while sent); a dead node's wait
 
 [web]
 allow_plain_http = false           # true: password sign-in over plain HTTP from other hosts (behind a TLS proxy)

@@ -34,7 +34,8 @@ never shared; the sockets are the parent's (root's, before the privilege drop): 
 cannot join their group.
 
 What must be one across workers is one (the same list as across nodes, issue 16 item 3):
-* the outbound queue: its scheduler runs in worker 0 only; another worker that queues mail writes one byte on
+* the outbound queue: its scheduler runs in worker 0 only (one per node; several nodes on one PostgreSQL share
+  the queue by leases in the store, delivery/queue.py); another worker that queues mail writes one byte on
   the wake pipe, which worker 0 reads to start on it at once (as `Scheduler.wake` does in one process);
 * the POP3 maildrop lock and LOGIN-DELAY: in the store (pop3/session.py; on SQLite an flock on a file per user);
 * login failures (lockout, delays): the store is the authority, read before each judgement (auth/authenticator.py);

@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "postroom"
 MODULES = ["store/api.py", "pop3/protocol.py", "imap/framer.py", "imap/parser.py", "imap/syntax.py",
            "imap/encoder.py", "smtp/protocol.py", "smtp/envelope.py", "smtp/data.py", "smtp/states.py",
-           "smtp/events.py", "smtp/syntax.py", "smtp/replies.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "mime").glob("*.py"))]
+           "smtp/events.py", "smtp/syntax.py", "smtp/replies.py",
+           *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "mime").glob("*.py"))]
 
 
 def missing(source: str) -> list[str]:

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 All state is in the store (`store.enqueue` by the router; one row per recipient with its state, attempts,
-next try, last error and delay-notice mark). The scheduler keeps only what is in flight, so a restart loses
-nothing: whatever was not recorded as final is tried again.
+next try, last error, delay-notice mark and lease). The scheduler keeps only what is in flight, so a restart
+loses nothing: whatever was not recorded as final is tried again.
 
-    loop:  queue_due(now) -> per entry, the due recipients not in flight, grouped by destination domain (a Job)
+    loop:  queue_claim(now, holder, lease) -> the recipients claimed, grouped per entry by destination domain
+           (a Job)
            -> the domain's deque -> up to `concurrency_per_domain` workers for the domain, each holding one
            of `concurrency` connection slots in all
     worker: route the domain once (mx.py) -> connect (hops in order; STARTTLS when offered) -> for each job of
@@ -17,24 +18,51 @@ nothing: whatever was not recorded as final is tried again.
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
 
+Claims across processes and nodes (issue 16 item 3). Several nodes on one PostgreSQL each run this scheduler (in
+worker 0 of each `postroom serve`; on SQLite there is one node, and worker 0's is the only scheduler, as before:
+the data folder's lock keeps a second server off the file, and one scheduler per node keeps `concurrency` a
+per-machine limit and the wake pipe meaningful). A scheduler does not read the due list and decide alone: it
+claims due recipients in the store (`queue_claim`: SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP
+LOCKED` in the claiming UPDATE), each with a lease of `queue.lease_seconds` under its holder id
+("<node>#<pid>.<random>", the node id kept in `data_dir/node-id`). While an attempt runs, or waits for a
+connection slot, a renewal task extends the leases every third of the lease. The result is written by the holder
+(`queue_update(..., holder=)`), which releases the lease; if the lease was lost meanwhile (the node stalled or
+lost the database for longer than the lease, and another node took the recipient over), the store refuses the
+write (LeaseLost), nothing is recorded, the log says so, and the new holder's result is the one that stands. A
+job whose lease is known to be lost (a renewal failed or did not find it) is not started. A node that dies keeps
+its leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node
+that restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock
+says that process is gone). A stopping scheduler gives up the leases of what it did not finish.
+
+A scheduler claims at most `CLAIM_PER_SLOT * delivery.concurrency` recipients ahead and claims again when
+half of those are done, so a busy node leaves the rest for the others; new mail is claimed at once by the node
+that queued it (the router's wake) and by the other nodes at their next poll (`delivery.poll_seconds`).
+
 A recipient that asked for NOTIFY=SUCCESS gets a "relayed" DSN when the next server does not speak DSN; when it
 does, NOTIFY/ORCPT/RET/ENVID are passed on and that server reports (RFC 3461 §5.2.2).
 
 The at-least-once window. Between the remote server's `250` to "." and the commit of `queue_update` that
 records it, a crash (or kill -9) leaves the recipient pending; after the restart it is sent again, so the remote
-gets a duplicate. The window is one store write (a group commit: milliseconds); RFC 1047 describes it. Nothing is
-ever lost: a state is written only after what it records happened, and DSNs are made durable (handed to the
-router, which delivers or queues them) before the recipient they report on is marked final. So a crash in
+gets a duplicate. The window is one store write (a group commit: milliseconds); RFC 1047 describes it. A second
+window is a lost lease: a node that stalls past `queue.lease_seconds` in the middle of a transaction, while
+another node takes the recipient over and sends it again; the late result is refused, so the store holds one
+result, but the remote may have the message twice (and a DSN made before the refused write may be sent twice).
+Nothing is ever lost: a state is written only after what it records happened, and DSNs are made durable (handed
+to the router, which delivers or queues them) before the recipient they report on is marked final. So a crash in
 between can repeat a DSN but never lose one.
 
 Invariants
 1. The store is the only state: nothing in memory is needed to resume after a restart.
-2. A recipient is in at most one transaction at a time (`_in_flight`), and one scheduler runs per store.
+2. A recipient is in at most one transaction at a time: in one scheduler by `_in_flight`, across schedulers
+   (processes, nodes) by the store's lease, which a scheduler holds from its claim until its result is written,
+   renews while it works, and checks (in memory) before it starts a job; a result is written only by the
+   recipient's current holder (the store checks it in the writing transaction).
 3. A recipient is final (delivered/bounced) only after the remote's reply or a permanent routing answer, and
    after its DSN (if any) is durable.
 4. At most `concurrency` connections in all and `concurrency_per_domain` to one domain are open at once.
 5. Never a DSN to the null sender (dsn.py), and a DSN about a recipient is sent at most once per kind, except in
-   the crash window above.
+   the crash and lost-lease windows above.
+6. A scheduler holds at most `CLAIM_PER_SLOT * concurrency` recipients; what it holds when it stops is released.
 """
 
 from __future__ import annotations
@@ -42,12 +70,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
+import secrets
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from postroom.config import Config
 from postroom.delivery.client import (
@@ -71,12 +103,12 @@ from postroom.delivery.mx import (
 )
 from postroom.mime.lineends import normalise
 from postroom.smtp.syntax import Reply
-from postroom.store.api import NotFound, QueueEntry, QueueRecipient, RcptState, Store
+from postroom.store.api import LeaseLost, NotFound, QueueEntry, QueueRecipient, RcptState, Store
 
 log = logging.getLogger("postroom.queue")
 
 PENDING = (RcptState.QUEUED, RcptState.DEFERRED)
-DUE_BATCH = 1000  # entries read per look at the queue
+CLAIM_PER_SLOT = 4  # recipients claimed ahead per connection slot (invariant 6)
 BounceSink = Callable[[str, bytes], Awaitable[None]]
 """Delivers a DSN (bytes) from the null sender to one address (the original sender): durable on return."""
 
@@ -132,8 +164,16 @@ class Scheduler:
         signer: Signer | None = None,
         shuffle: Callable[[list[str]], None] = random.shuffle,
         hosts: HostLookup = system_addresses,
+        node: str = "",
     ) -> None:
+        """`node`: this node's id (`node_id(data_dir)`); when given, the leases of this node's earlier processes
+        are freed at start. Without it (tests, one-off runs) a random one is made and nothing is freed."""
         self.store = store
+        self._free_own = bool(node)
+        self.node = node or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        self.holder = f"{self.node}#{os.getpid()}.{secrets.token_hex(3)}"  # this scheduler's lease holder id
+        self._leases: dict[tuple[int, str], float] = {}  # what this scheduler holds -> lease end (its clock)
+        self._more = False  # the last claim was full: claim again when half of it is done
         self.bounce = bounce
         self.clock = clock
         self._given = (resolver, tls, shuffle, hosts)  # what a test injected; kept by `reconfigure`
@@ -150,6 +190,7 @@ class Scheduler:
         self._in_flight: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "connections": 0}
 
@@ -168,9 +209,14 @@ class Scheduler:
         self.wake()
 
     # --- running ----------------------------------------------------------------------------------------------
+    @property
+    def lease_seconds(self) -> float:
+        return self.config.queue.lease_seconds
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="postroom-queue")
+            self._renew_task = asyncio.create_task(self._renew_loop(), name="postroom-queue-leases")
 
     def wake(self) -> None:
         """Look at the queue now (after an enqueue, `queue retry`), not at the next poll."""
@@ -191,35 +237,110 @@ class Scheduler:
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            await asyncio.gather(self._renew_task, return_exceptions=True)
+            self._renew_task = None
+        unfinished = list(self._in_flight)
+        if unfinished:  # invariant 6: what was not attempted (or was cut) is free for the next claim at once
+            try:
+                await self.store.queue_renew(self.holder, unfinished, 0.0)
+            except Exception as exc:  # they expire after lease_seconds instead
+                log.warning("queue could not release %d lease(s) at stop: %s", len(unfinished), exc)
+            self._in_flight.clear()
+            self._leases.clear()
 
     async def _run(self) -> None:
+        if self._free_own:
+            try:
+                await self.free_own_leases()
+            except Exception:
+                log.exception("queue could not free this node's earlier leases (they expire instead)")
         while not self._stopping:
+            self._wake.clear()  # before the look: a wake during it means another look
             try:
                 await self.dispatch()
             except Exception:  # a store hiccup must not end outbound delivery
                 log.exception("queue dispatch failed")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.delivery.poll_seconds)
             except TimeoutError:
                 pass
 
+    async def free_own_leases(self) -> int:
+        """Free the leases this node's earlier processes hold (they are gone: the data folder's lock says so;
+        `start` does this when a node id was given). Returns how many were freed."""
+        freed = await self.store.queue_free_leases(self.node)
+        if freed:
+            log.info("queue freed %d lease(s) of this node's earlier process node=%s", freed, self.node)
+        return freed
+
     async def run_once(self) -> int:
         """Dispatch everything due now and wait until it is done (tests, `postroom queue flush` in-process).
         Returns the number of recipients tried."""
-        n = await self.dispatch()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        return n
+        total = 0
+        while True:
+            self._more = False
+            total += await self.dispatch()
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if not self._more:  # the last claim took all there was (invariant 6 caps one claim)
+                return total
+
+    def _claim_limit(self) -> int:
+        return CLAIM_PER_SLOT * self.delivery.concurrency
+
+    async def _renew_loop(self) -> None:
+        """Every third of the lease, extend the leases of everything this scheduler holds (invariant 2)."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.renew()
+            except Exception:
+                log.exception("queue lease renewal failed (retried in %.0f s)", self.lease_seconds / 3)
+
+    async def renew(self) -> int:
+        """Extend the leases of what this scheduler holds to now + lease_seconds; the ones the store says are
+        no longer ours are marked lost (a job not started yet is then dropped). Returns how many were lost."""
+        keys = list(self._in_flight)
+        if not keys:
+            return 0
+        until = self.clock() + self.lease_seconds
+        kept = await self.store.queue_renew(self.holder, keys, until)
+        lost = 0
+        for key in keys:
+            if key not in self._in_flight:
+                continue  # settled meanwhile
+            if key in kept:
+                self._leases[key] = until
+            else:
+                self._leases[key] = 0.0
+                lost += 1
+                log.warning("queue lease lost id=%s rcpt=%s holder=%s (expired and taken over, or removed)",
+                            key[0], key[1], self.holder)
+        return lost
 
     async def dispatch(self) -> int:
         now = self.clock()
-        entries = await self.store.queue_due(now, DUE_BATCH)
+        room = self._claim_limit() - len(self._in_flight)
+        if room < self._claim_limit() // 2:  # invariant 6: claim again when half of the last claim is done
+            return 0
+        claim = await self.store.queue_claim(now, self.holder, self.lease_seconds, room)
+        self._more = len(claim.claimed) >= room
+        for queue_id, rcpt, previous in claim.taken_over:
+            log.warning("queue lease taken over id=%s rcpt=%s from=%s holder=%s (its lease expired)", queue_id,
+                        rcpt, previous, self.holder)
+        mine = set(claim.claimed)
+        until = now + self.lease_seconds
+        for key in mine & self._in_flight:  # our own lease, run out and nobody took it: claimed back, renewed
+            self._leases[key] = until
         count = 0
-        for entry in entries:
+        for entry in claim.entries:
             by_domain: dict[str, list[QueueRecipient]] = {}
             for r in entry.recipients:
-                if r.state in PENDING and r.next_try <= now and (entry.id, r.rcpt) not in self._in_flight:
+                key = (entry.id, r.rcpt)
+                if key in mine and key not in self._in_flight:
+                    self._leases[key] = until
                     by_domain.setdefault(_domain(r.rcpt), []).append(r)
             for domain, rcpts in by_domain.items():
                 self._in_flight.update((entry.id, r.rcpt) for r in rcpts)  # invariant 2
@@ -252,7 +373,10 @@ class Scheduler:
         client: SmtpClient | None = None
         try:
             while jobs:
-                job = jobs.popleft()
+                held = self._still_held(jobs.popleft())
+                if held is None:
+                    continue
+                job = held
                 try:
                     if route is None:
                         route = await self.routes.route(domain)
@@ -278,6 +402,21 @@ class Scheduler:
         finally:
             if client is not None:
                 await client.quit()
+
+    def _still_held(self, job: Job) -> Job | None:
+        """`job` with only the recipients whose lease this scheduler still holds (invariant 2); None if none.
+        The others are let go: another holder has them (or will, when their lease has run out)."""
+        now = self.clock()
+        held = [r for r in job.rcpts if self._leases.get((job.entry.id, r.rcpt), 0.0) > now]
+        if len(held) == len(job.rcpts):
+            return job
+        for r in job.rcpts:
+            if r not in held:
+                log.warning("queue not attempting id=%s rcpt=%s: lease lost holder=%s", job.entry.id, r.rcpt,
+                            self.holder)
+                self._in_flight.discard((job.entry.id, r.rcpt))
+                self._leases.pop((job.entry.id, r.rcpt), None)
+        return Job(job.entry, job.domain, held) if held else None
 
     async def _connect(self, route: Route) -> SmtpClient:
         errors: list[str] = []
@@ -448,14 +587,20 @@ class Scheduler:
                              o.text[:200])
             await self._report(entry, reports)
             try:
-                await self.store.queue_update(entry.id, updates)
+                await self.store.queue_update(entry.id, updates, holder=self.holder)  # releases the leases
             except NotFound:
                 pass  # deleted by an admin meanwhile
+            except LeaseLost as lost:  # invariant 2: another holder took these over; its result stands
+                log.warning("queue result not recorded id=%s rcpts=%s holder=%s: lease lost to another holder",
+                            entry.id, ",".join(lost.rcpts), self.holder)
         except Exception:
             log.exception("queue could not record results id=%s", entry.id)  # retried at the next due time
         finally:
             for r in job.rcpts:
                 self._in_flight.discard((entry.id, r.rcpt))
+                self._leases.pop((entry.id, r.rcpt), None)
+            if self._more and len(self._in_flight) <= self._claim_limit() // 2:
+                self.wake()  # invariant 6: room for the next claim
 
     async def _report(self, entry: QueueEntry, reports: list[RecipientReport]) -> None:
         if not reports or not entry.mail_from:
@@ -483,6 +628,24 @@ class _Unreachable(Exception):
         self.status = status
         self.remote = remote
         self.reply = reply
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's id for queue leases: `data_dir/node-id`, made once ("<host name>-<8 hex digits>"). Each node
+    has its own data folder, whose lock keeps a second server off it, so the id names one running server at a
+    time. OSError when the folder cannot be written."""
+    path = data_dir / "node-id"
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found and "#" not in found and found.isprintable():
+        return found
+    made = f"{socket.gethostname() or 'node'}-{secrets.token_hex(4)}".replace("#", "-")
+    tmp = path.with_name(f".node-id.{os.getpid()}")
+    tmp.write_text(made + "\n")
+    os.replace(tmp, path)
+    return made
 
 
 def router_bounce(router: object) -> BounceSink:

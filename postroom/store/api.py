@@ -115,6 +115,17 @@ class Invalid(StoreError):
     """The request breaks a rule (bad name, INBOX rename target taken, deleting a mailbox with children...)."""
 
 
+class LeaseLost(StoreError):
+    """A queue holder wrote results for recipients it no longer holds (its lease expired and another holder
+    claimed them, or an admin removed them meanwhile): nothing of that write was stored. `rcpts` names the
+    recipients that were not held."""
+
+    def __init__(self, queue_id: int, rcpts: Sequence[str]) -> None:
+        super().__init__(f"queue entry {queue_id}: the lease on {', '.join(rcpts)} is no longer held")
+        self.queue_id = queue_id
+        self.rcpts = tuple(rcpts)
+
+
 class Forbidden(StoreError):
     """The mailbox's ACL (RFC 4314) does not give the asking user the right the request needs. IMAP answers it
     `NO [NOPERM]` (RFC 5530 §3)."""
@@ -554,6 +565,10 @@ class QueueRecipient:
     next_try: float = 0.0
     last_error: str = ""
     delay_notified: bool = False  # the one delay DSN for this recipient was sent (delivery/queue.py)
+    # The claim (`Store.queue_claim`): who is attempting this recipient now ("" nobody) and until when (seconds
+    # since the epoch) unless renewed; a lease with lease_until <= now is free to be claimed again.
+    lease_holder: str = ""
+    lease_until: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -569,6 +584,18 @@ class QueueEntry:
     created: float
     recipients: tuple[QueueRecipient, ...]
     from_checked: bool = True  # the From header was checked or the source is trusted: DKIM may align with it
+
+
+@dataclass(frozen=True)
+class QueueClaim:
+    """What `Store.queue_claim` took. `claimed`: (queue id, recipient) of each recipient this claim took;
+    `entries`: each entry with a recipient claimed, oldest first, with all its recipients as they are now (the
+    claimed ones carry the claimer's `lease_holder`); `taken_over`: (queue id, recipient, previous holder) for
+    each claimed recipient whose previous holder's lease had expired."""
+
+    claimed: list[tuple[int, str]]
+    entries: list[QueueEntry]
+    taken_over: list[tuple[int, str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1296,11 +1323,30 @@ class Store(Protocol):
         """Every queue entry, oldest first (by creation time)."""
 
     async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
-        """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first."""
+        """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first (leases are
+        not looked at: this is a read; the scheduler claims with `queue_claim`)."""
 
-    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+    async def queue_claim(self, now: float, holder: str, lease_seconds: float, limit: int = 100) -> QueueClaim:
+        """Claim up to `limit` recipients that are QUEUED/DEFERRED with next_try <= now and whose lease is free
+        (lease_until <= now: never claimed, released, or expired), oldest entry first: each gets
+        lease_holder = `holder` and lease_until = now + `lease_seconds` (seconds since the epoch), in one write
+        transaction (PostgreSQL: `FOR UPDATE SKIP LOCKED` inside the claiming UPDATE), so claimers in any number
+        of processes get disjoint sets. Invalid for an empty holder or a lease that is not positive."""
+
+    async def queue_renew(self, holder: str, keys: Sequence[tuple[int, str]], until: float) -> set[tuple[int, str]]:
+        """Set lease_until = `until` on those (queue id, recipient) `keys` that `holder` still holds; returns
+        those keys (the others were taken over, finished or deleted). `until` 0 gives the leases up."""
+
+    async def queue_free_leases(self, node: str) -> int:
+        """Free every lease whose holder is `node` + "#" + anything (the leases of a node's earlier process,
+        which is known to be gone); returns how many. Invalid for an empty node."""
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient], holder: str = "") -> None:
         """Replace the state (state, attempts, next_try, last_error, delay_notified) of the named recipients.
-        An entry whose recipients are all final is removed."""
+        An entry whose recipients are all final is removed. With `holder` (the scheduler writing an attempt's
+        result) every named recipient must be held by `holder`, else LeaseLost and nothing is written; the
+        write also releases those leases. Without it (an administrator: `queue retry`) leases are left as they
+        are. NotFound for an entry that does not exist, Invalid for a recipient it does not have."""
 
     async def queue_delete(self, queue_id: int) -> None:
         """Remove the queue entry and release its body. NotFound for an unknown id."""

@@ -373,7 +373,7 @@ class Admin:
             waiting = [r for r in e.recipients if r.state in adminops.PENDING]
             nxt = min((r.next_try for r in waiting), default=0.0)
             rows.append((e, len(waiting), _until(nxt, now) if waiting else "-",
-                         next((r.last_error for r in waiting if r.last_error), "")))
+                         next((r.last_error for r in waiting if r.last_error), ""), adminops.held_by(e, now) or "-"))
         return self._render("admin_queue.html", who, status, rows=rows, done=done, error=error,
                             when=_when, human_size=_human)
 
@@ -398,7 +398,7 @@ class Admin:
         end = raw.find(b"\r\n\r\n")
         header = raw[:end if 0 <= end < HEADER_SHOWN else HEADER_SHOWN].decode("utf-8", "replace")
         return self._render("admin_queue_entry.html", who, entry=entry, header=header, when=_when,
-                            until=lambda t: _until(t, time.time()), pending=adminops.PENDING)
+                            until=lambda t: _until(t, time.time()), pending=adminops.PENDING, now=time.time())
 
     async def queue_post(self, request: Request) -> Response:
         """POST /admin/queue: `action` retry or delete (`confirm=1`) of the `id`s."""

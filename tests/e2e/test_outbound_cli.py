@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,6 +47,21 @@ def queue(conf: Path) -> list[QueueEntry]:
             await store.close()
 
     return asyncio.run(get())
+
+
+def claim(conf: Path, holder: str) -> None:
+    """What a scheduler does: claim the first due recipient for `holder`, with a 5-minute lease."""
+    data = conf.parent / "data"
+
+    async def go() -> None:
+        store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+        await store.open()
+        try:
+            assert len((await store.queue_claim(time.time(), holder, 300.0, limit=1)).claimed) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(go())
 
 
 def test_domain_add_makes_keys_and_dns_prints_records(conf: Path, capsys: pytest.CaptureFixture[str],
@@ -108,6 +124,13 @@ def test_sendmail_then_queue_commands(conf: Path, capsys: pytest.CaptureFixture[
     assert code == 0 and f"{entry.id} " in out and "<cron@a.test>" in out and "2/2" in out
     code, out, _ = run(conf, "queue", "show", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0 and "bob@b.test  queued" in out and "Subject: cron" in out and "Bcc" not in out
+    assert "held by" not in out
+    claim(conf, "node1-ab12#4242.c0ffee")  # a running server's scheduler is sending bob's copy
+    code, out, _ = run(conf, "queue", "list", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "held by" in out and "node1-ab12#4242.c0ffee" in out
+    code, out, _ = run(conf, "queue", "show", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "bob@b.test  queued  attempts=0  next try now  held by node1-ab12#4242.c0ffee" in out
+    assert "secret@c.test  queued  attempts=0  next try now\n" in out
     code, out, _ = run(conf, "queue", "retry", str(entry.id), capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0 and "2 recipient(s)" in out
     code, out, _ = run(conf, "queue", "flush", capsys=capsys, monkeypatch=monkeypatch)

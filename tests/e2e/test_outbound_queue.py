@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import logging
 import re
 import ssl
 from pathlib import Path
@@ -53,11 +54,13 @@ class Harness:
     async def bounce(self, address: str, raw: bytes) -> None:
         self.dsns.append((address, raw))
 
-    def scheduler(self, routes: dict[str, str] | None = None, resolver: Any = None, **delivery: Any) -> Scheduler:
+    def scheduler(self, routes: dict[str, str] | None = None, resolver: Any = None, node: str = "",
+                  lease_seconds: float = 300.0, **delivery: Any) -> Scheduler:
         cfg = config_mod.load(None, {"server": {"hostname": "mx.a.test", "data_dir": str(self.tmp)},
-                                     "delivery": {"routes": routes or {}, **delivery}})
+                                     "delivery": {"routes": routes or {}, **delivery},
+                                     "queue": {"lease_seconds": lease_seconds}})
         return Scheduler(self.store, cfg, bounce=self.bounce, clock=self.clock,
-                         resolver=resolver or StaticResolver(), shuffle=lambda hosts: None)
+                         resolver=resolver or StaticResolver(), shuffle=lambda hosts: None, node=node)
 
     async def enqueue(self, *rcpts: str | QueueRecipient, raw: bytes = MSG, mail_from: str = "alice@a.test",
                       **kw: Any) -> int:
@@ -491,7 +494,7 @@ async def test_crash_between_remote_250_and_state_write_sends_again(tmp_path: Pa
     hs = await harness(tmp_path)
     try:
         peer = await hs.peer()
-        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, node="n1")
         qid = await hs.enqueue("bob@b.test")
 
         async def crash(*a: Any, **kw: Any) -> None:
@@ -501,9 +504,77 @@ async def test_crash_between_remote_250_and_state_write_sends_again(tmp_path: Pa
         monkeypatch.setattr(hs.store, "queue_update", crash)
         await s.run_once()
         monkeypatch.setattr(hs.store, "queue_update", real)
-        s2 = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        # The crashed process still holds the lease: the same node, restarted, frees it at once.
+        s2 = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, node="n1")
+        assert await s2.free_own_leases() == 1
         await s2.run_once()
         assert len(peer.delivered) == 2 and await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
+async def test_another_nodes_scheduler_takes_over_after_the_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A scheduler that died holding a lease (its result never written): another node's scheduler leaves the
+    recipient alone until `queue.lease_seconds` have passed, then takes it over and says so in the log; the dead
+    one's late result is refused by the store."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, node="n1")
+        qid = await hs.enqueue("bob@b.test")
+        late: list[Any] = []
+
+        async def crash(*a: Any, **kw: Any) -> None:
+            late.append((a, kw))
+            raise OSError("power failure")
+
+        real = hs.store.queue_update
+        monkeypatch.setattr(hs.store, "queue_update", crash)
+        assert await s.run_once() == 1
+        monkeypatch.setattr(hs.store, "queue_update", real)
+        other = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, node="n2")
+        assert await other.free_own_leases() == 0  # n1's lease is not n2's to free
+        assert await other.run_once() == 0 and len(peer.delivered) == 1  # still held by n1
+        hs.clock.advance(s.lease_seconds - 1)
+        assert await other.run_once() == 0
+        hs.clock.advance(1)
+        with caplog.at_level(logging.INFO, logger="postroom.queue"):
+            assert await other.run_once() == 1
+        assert len(peer.delivered) == 2 and await hs.store.queue_get(qid) is None
+        assert f"queue lease taken over id={qid} rcpt=bob@b.test from={s.holder} holder={other.holder}" in caplog.text
+        [(_, kw)] = late
+        assert kw == {"holder": s.holder}  # the result was to be written as the holder
+    finally:
+        await finish(hs)
+
+
+async def test_a_stalled_holders_late_result_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The scheduler's write comes after its lease ran out and another holder claimed the recipient: the store
+    refuses it (LeaseLost), the scheduler logs it and records nothing; the new holder's claim stands."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue("bob@b.test")
+        real = hs.store.queue_update
+
+        async def stalled(*a: Any, **kw: Any) -> None:
+            hs.clock.advance(s.lease_seconds)  # the node stalled past its lease; another node claims meanwhile
+            got = await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)
+            assert got.claimed == [(qid, "bob@b.test")] and got.taken_over == [(qid, "bob@b.test", s.holder)]
+            await real(*a, **kw)
+
+        monkeypatch.setattr(hs.store, "queue_update", stalled)
+        with caplog.at_level(logging.INFO, logger="postroom.queue"):
+            await s.run_once()
+        assert len(peer.delivered) == 1
+        assert f"queue result not recorded id={qid} rcpts=bob@b.test holder={s.holder}: lease lost" in caplog.text
+        entry = await hs.store.queue_get(qid)
+        assert entry is not None
+        [r] = entry.recipients
+        assert (r.state, r.attempts, r.lease_holder) == (RcptState.QUEUED, 0, "n2#1")
     finally:
         await finish(hs)
 
@@ -595,5 +666,98 @@ async def test_stray_cr_never_leaves_client_refuses_and_queue_repairs_old_entrie
         assert await s.run_once() == 1
         [seen] = peer.delivered
         assert stray(seen.data) is None and b"hello .\r\nMAIL FROM:<admin@a.test>\r\n" in seen.data
+    finally:
+        await finish(hs)
+
+
+async def test_a_lease_lost_mid_attempt_stops_what_was_not_started(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Two jobs for one domain, one connection: while the first is in its transaction the scheduler's leases
+    run out (the clock jumps) and another node claims both. The next renewal learns it: the second job is not
+    started, and the first one's result, written late, is refused; the other node's claim stands for both."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=0.5)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        q1 = await hs.enqueue("bob@b.test")
+        q2 = await hs.enqueue("carol@b.test")
+        with caplog.at_level(logging.INFO, logger="postroom.queue"):
+            run = asyncio.create_task(s.run_once())
+            for _ in range(500):
+                if peer.active and peer.seen:
+                    break
+                await asyncio.sleep(0.01)
+            hs.clock.advance(s.lease_seconds)
+            got = await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)
+            assert sorted(got.claimed) == [(q1, "bob@b.test"), (q2, "carol@b.test")]
+            assert await s.renew() == 2
+            assert await run == 2  # claimed two, attempted one
+        assert [t.rcpts for t in peer.delivered] == [["bob@b.test"]]
+        assert f"queue lease lost id={q2} rcpt=carol@b.test holder={s.holder}" in caplog.text
+        assert f"queue not attempting id={q2} rcpt=carol@b.test: lease lost" in caplog.text
+        assert f"queue result not recorded id={q1} rcpts=bob@b.test holder={s.holder}" in caplog.text
+        for qid in (q1, q2):
+            entry = await hs.store.queue_get(qid)
+            assert entry is not None and entry.recipients[0].lease_holder == "n2#1"
+            assert entry.recipients[0].attempts == 0
+        assert await s.renew() == 0 and not s._in_flight  # nothing held any more
+    finally:
+        await finish(hs)
+
+
+async def test_a_long_attempt_keeps_its_lease(tmp_path: Path) -> None:
+    """Renewal: an attempt that outlasts the lease keeps the recipient; nobody else can claim it meanwhile."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=0.5)
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"})
+        qid = await hs.enqueue("bob@b.test")
+        run = asyncio.create_task(s.run_once())
+        for _ in range(500):
+            if peer.active and peer.seen:
+                break
+            await asyncio.sleep(0.01)
+        hs.clock.advance(s.lease_seconds - 1)
+        assert await s.renew() == 0
+        hs.clock.advance(2)  # past the first lease, within the renewed one
+        assert (await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)).claimed == []
+        assert await run == 1
+        assert len(peer.delivered) == 1 and await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
+async def test_the_renewal_task_extends_the_leases_of_a_running_attempt(tmp_path: Path) -> None:
+    """`start` runs the renewal task: every third of `queue.lease_seconds` it extends what the scheduler holds,
+    so a claim by another node after the first lease's end finds nothing."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_delay=3600)  # the attempt outlasts every lease here
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, lease_seconds=3)
+        qid = await hs.enqueue("bob@b.test")
+        first_end = hs.clock() + 3
+        s.start()
+        s.wake()
+        for _ in range(500):
+            if peer.active and peer.seen:
+                break
+            await asyncio.sleep(0.01)
+        hs.clock.advance(2)
+
+        async def lease_end() -> float:
+            entry = await hs.store.queue_get(qid)
+            assert entry is not None
+            return entry.recipients[0].lease_until
+
+        for _ in range(500):  # the task runs every second (lease / 3): wait for its renewal
+            if await lease_end() > first_end:
+                break
+            await asyncio.sleep(0.01)
+        assert await lease_end() == hs.clock() + 3
+        hs.clock.advance(2)  # past the first lease's end
+        assert (await hs.store.queue_claim(hs.clock(), "n2#1", 300.0)).claimed == []
+        await s.stop(grace=0)
+        entry = await hs.store.queue_get(qid)
+        assert entry is not None and entry.recipients[0].lease_holder == ""  # released at stop
     finally:
         await finish(hs)

@@ -17,7 +17,7 @@ from tests.e2e.test_serve import LISTENERS, stop, tls_context
 
 def start_on(tmp_path: Path, url: str, extra: str = "") -> tuple[Any, dict[str, int]]:
     """`postroom serve --demo` with `store.url = url` (test_serve.start's configuration plus the store), and
-    `extra` (TOML lines) appended to the configuration."""
+    `extra` (TOML, whole tables: "[queue]\nlease_seconds = 3\n") appended to its configuration text."""
     import os
     import re
     import subprocess

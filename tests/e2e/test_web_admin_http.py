@@ -233,3 +233,25 @@ def test_dkim_rotation_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     assert f"{new.group(1)}._domainkey" in after and f"{old.group(1)}._domainkey" not in after
     code, _, err = run("domain", "dkim", "example.org", "--switch")
     assert code == 1 and "no new DKIM keys waiting" in err
+
+
+def test_the_queue_pages_show_who_holds_a_recipient(server: Any) -> None:
+    """Issue 16 item 3: a recipient a scheduler (of this node or another) is sending shows its lease holder on the
+    queue list and the entry's page; a free one shows "-"."""
+    import time
+
+    from postroom.store.api import QueueRecipient
+
+    make_admin(server)
+    c = signed_in(server, ADMIN, PW)
+    later = time.time() + 3600  # not due for this server's own scheduler
+    entry = server.run(server.store.enqueue(b"Subject: held\r\n\r\nbody\r\n", ADMIN, [
+        QueueRecipient("far@remote.example", next_try=later),
+        QueueRecipient("free@remote.example", next_try=later + 60)]))
+    assert "node2-77aa#31.beef" not in c.get("/admin/queue").text
+    got = server.run(server.store.queue_claim(later, "node2-77aa#31.beef", 7200.0, limit=1))
+    assert got.claimed == [(entry.id, "far@remote.example")]
+    assert "<td>node2-77aa#31.beef</td>" in c.get("/admin/queue").text
+    page = c.get(f"/admin/queue/{entry.id}").text
+    assert re.search(r"<td>far@remote\.example</td>.*<td>node2-77aa#31\.beef \(lease ends in \dh\d\dm\)</td>", page)
+    assert re.search(r"<td>free@remote\.example</td>(<td>[^<]*</td>){3}<td>-</td>", page)

@@ -212,6 +212,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
          "UPDATE counters SET value = 0 WHERE name = 'fts_version'"),
     24: ("DROP TABLE user_settings", "DROP TABLE auto_replies"),
     25: ("DROP TABLE held_posts", "DROP TABLE shared_values", "DROP TABLE mailbox_logins"),
+    26: ("ALTER TABLE queue_rcpt DROP COLUMN lease_until", "ALTER TABLE queue_rcpt DROP COLUMN lease_holder"),
 }
 
 

@@ -85,7 +85,7 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
 
     url = (data_dir / "postgresql.url").read_text().strip()
     conn = await asyncpg.connect(url)
-    try:  # a database as the engine left it before steps 7-9, with a domain and a user
+    try:  # a database as the engine left it before steps 7-12, with a domain and a user
         async with conn.transaction():
             await conn.execute("CREATE TABLE schema_version(version integer NOT NULL)")
             await conn.execute("INSERT INTO schema_version(version) VALUES (6)")
@@ -95,6 +95,13 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
                                             " VALUES ('example.org', 'old', 1) RETURNING id")
             await conn.execute("INSERT INTO users(address, domain_id, password_hash, created)"
                                " VALUES ('alice@example.org', $1, 'x', 1)", domain_id)
+            # a queued recipient, from before the queue leases (step 12)
+            await conn.execute("INSERT INTO blobs(id, size, refcount) VALUES ('b1', 1, 1)")
+            await conn.execute("INSERT INTO blob_chunks(id, n, data) VALUES ('b1', 0, 'x')")
+            queue_id = await conn.fetchval("INSERT INTO queue(blob_id, size, mail_from, created)"
+                                           " VALUES ('b1', 1, 'a@example.org', 1) RETURNING id")
+            await conn.execute("INSERT INTO queue_rcpt(queue_id, position, rcpt, state) VALUES ($1, 0, 'r@x.example',"
+                               " 'queued')", queue_id)
     finally:
         await conn.close()
     store = make_store(backend, data_dir)
@@ -108,8 +115,11 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
         await store.add_sender_rule("example.org", "block", "@bad.example")
         assert [r.pattern for r in await store.sender_rules(user.id)] == ["@bad.example"]
         assert await store.read_structures([]) == {}
+        [entry] = await store.queue_list()  # the recipient queued before is free: the first claim takes it
+        assert (entry.recipients[0].lease_holder, entry.recipients[0].lease_until) == ("", 0.0)
+        assert (await store.queue_claim(2.0, "n1#1", 60.0)).claimed == [(queue_id, "r@x.example")]
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 11
+        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 12
     finally:
         await conn.close()

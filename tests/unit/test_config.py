@@ -165,3 +165,11 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path, monkeypatch: py
     assert cfg.store_url == f"sqlite:///{site / 'db/p.db'}"
     assert cfg.acme.ca_bundle == str(site / "ca.pem")
     assert config.load(None, {"server": {"data_dir": "d"}}).data_path == elsewhere / "d"
+
+
+def test_queue_lease_seconds(tmp_path: Path) -> None:
+    assert config.load().queue.lease_seconds == 300  # a dead node's mail waits at most five minutes
+    assert config.load(write(tmp_path, "[queue]\nlease_seconds = 30\n")).queue.lease_seconds == 30
+    for bad in ("2", "0", "-5", "100000"):
+        with pytest.raises(config.ConfigError, match="queue.lease_seconds"):
+            config.load(write(tmp_path, f"[queue]\nlease_seconds = {bad}\n"))

@@ -2,9 +2,10 @@
 
 `open_store` builds it for a `postgresql://user@host:port/db` URL (`store.url`). It passes the store conformance
 suite (tests/store) like the SQLite engine; a test of one engine's internals skips the other, saying why. Several
-server nodes may share one database (issue 16 item 3): the POP3 maildrop lock, held list posts, the server secret
-and the generated TLS certificate are rows here (nodes.py), so nodes share nothing but the database
-(docs/ARCHITECTURE.md "Several nodes on one PostgreSQL" lists what stays per node).
+server nodes may share one database (issue 16 item 3): the outbound queue's recipients are claimed with leases
+(queue.py), and the POP3 maildrop lock, held list posts, the server secret and the generated TLS certificate are
+rows here (nodes.py), so nodes share nothing but the database (docs/ARCHITECTURE.md "Several nodes on one
+PostgreSQL" lists what stays per node).
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
 (accounts, mailboxes, messages, queue, acl, authfail, metadata, threads, search, websessions, quota,

@@ -1,8 +1,17 @@
 """The outbound queue in PostgreSQL (schema step 3): the SQLite engine's queue.py, same invariants.
 
 Concurrency: `queue_update` and `queue_delete` lock the entry's row first, so an entry is dropped (with its
-body reference) once, whoever finishes it. Several nodes claiming due entries with `FOR UPDATE SKIP LOCKED`
-and leases is issue 16 item 3, not built yet: `queue_due` reads, as on SQLite.
+body reference) once, whoever finishes it.
+
+Claims (issue 16 item 3): several nodes run a scheduler on one database. `queue_claim` is one statement: a CTE
+selects the due recipients with a free lease (lease_until <= now) `FOR UPDATE OF r SKIP LOCKED`, and the UPDATE
+around it writes the holder and the lease on exactly those rows. A row another claimer has locked is skipped,
+not waited for; a row another claimer has just committed a lease on is re-checked by READ COMMITTED's
+re-evaluation of the WHERE clause on the newest row version (lease_until > now now) and left out, so two claimers
+get disjoint sets. A claim never waits on a lock (SKIP LOCKED), so it joins no deadlock with `queue_update`
+(entry row, then recipient rows). The holder's result is written with `queue_update(..., holder=)`: the
+recipient rows are locked (`FOR UPDATE`) and their `lease_holder` checked in the writing transaction; a holder
+that lost its lease gets LeaseLost and writes nothing (the SQLite engine's queue.py invariant 4).
 """
 
 from __future__ import annotations
@@ -13,15 +22,16 @@ from pathlib import Path
 
 import asyncpg
 
-from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
+from postroom.store.api import Invalid, LeaseLost, NotFound, QueueClaim, QueueEntry, QueueRecipient, RcptState
 from postroom.store.blobs import blob_id_of
 from postroom.store.postgresql.common import Base, acquire_blob, release_blobs
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
-from postroom.store.sqlite.queue import PENDING, _check_entry
+from postroom.store.sqlite.queue import PENDING, _check_entry, check_claim
 
 ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked"
-RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
+RCPT_COLUMNS = ("queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified, lease_holder,"
+                " lease_until")
 
 
 async def _entries(conn: Conn, found: Sequence[asyncpg.Record]) -> list[QueueEntry]:
@@ -32,7 +42,8 @@ async def _entries(conn: Conn, found: Sequence[asyncpg.Record]) -> list[QueueEnt
                               " ORDER BY queue_id, position", list(rcpts)):
         rcpts[int(r[0])].append(QueueRecipient(rcpt=r[1], orcpt=r[2], notify=r[3], state=RcptState(r[4]),
                                                attempts=r[5], next_try=r[6], last_error=r[7],
-                                               delay_notified=bool(r[8])))
+                                               delay_notified=bool(r[8]), lease_holder=r[9],
+                                               lease_until=r[10]))
     return [QueueEntry(id=r[0], blob_id=r[1], size=r[2], mail_from=r[3], envid=r[4], ret=r[5], created=r[6],
                        recipients=tuple(rcpts[int(r[0])]), from_checked=bool(r[7])) for r in found]
 
@@ -104,7 +115,59 @@ class QueueMixin(Base):
 
         return await self._engine.read(q)
 
-    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+    async def queue_claim(self, now: float, holder: str, lease_seconds: float, limit: int = 100) -> QueueClaim:
+        check_claim(holder, lease_seconds)
+
+        async def op(tx: Tx) -> QueueClaim:
+            picked = await tx.conn.fetch(
+                "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder"
+                " FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
+                " WHERE r.state = ANY($1::text[]) AND r.next_try <= $2 AND r.lease_until <= $2"
+                " ORDER BY q.created, q.id, r.position LIMIT $5 FOR UPDATE OF r SKIP LOCKED)"
+                " UPDATE queue_rcpt u SET lease_holder = $3, lease_until = $4 FROM c"
+                " WHERE u.queue_id = c.queue_id AND u.rcpt = c.rcpt RETURNING u.queue_id, u.rcpt, c.lease_holder",
+                list(PENDING), now, holder, now + lease_seconds, max(0, limit))
+            if not picked:
+                return QueueClaim([], [], [])
+            rows = await tx.conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id = ANY($1::bigint[])"
+                                       " ORDER BY created, id", sorted({int(p[0]) for p in picked}))
+            taken = [(int(p[0]), str(p[1]), str(p[2])) for p in picked if p[2] and p[2] != holder]
+            entries = await _entries(tx.conn, rows)
+            took = {(int(p[0]), str(p[1])) for p in picked}  # RETURNING has no order: the entries' order
+            return QueueClaim([(e.id, r.rcpt) for e in entries for r in e.recipients if (e.id, r.rcpt) in took],
+                              entries, taken)
+
+        return await self._engine.write(op)
+
+    async def queue_renew(self, holder: str, keys: Sequence[tuple[int, str]], until: float) -> set[tuple[int, str]]:
+        wanted = list(dict.fromkeys(keys))
+        if not holder or not wanted:
+            return set()
+
+        async def op(tx: Tx) -> set[tuple[int, str]]:
+            rows = await tx.conn.fetch(
+                "UPDATE queue_rcpt u SET lease_until = $2, lease_holder = $3"
+                " FROM unnest($4::bigint[], $5::text[]) AS k(queue_id, rcpt)"
+                " WHERE u.queue_id = k.queue_id AND u.rcpt = k.rcpt AND u.lease_holder = $1"
+                " RETURNING u.queue_id, u.rcpt",
+                holder, until, holder if until > 0 else "", [k[0] for k in wanted], [k[1] for k in wanted])
+            return {(int(r[0]), str(r[1])) for r in rows}
+
+        return await self._engine.write(op)
+
+    async def queue_free_leases(self, node: str) -> int:
+        if not node:
+            raise Invalid("name the node whose leases to free")
+        prefix = node + "#"
+
+        async def op(tx: Tx) -> int:
+            return rowcount(await tx.conn.execute(
+                "UPDATE queue_rcpt SET lease_holder = '', lease_until = 0"
+                " WHERE lease_holder <> '' AND substr(lease_holder, 1, $1) = $2", len(prefix), prefix))
+
+        return await self._engine.write(op)
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient], holder: str = "") -> None:
         updates = [(RcptState(r.state).value, r.attempts, r.next_try, r.last_error, int(r.delay_notified), queue_id,
                     r.rcpt) for r in recipients]
 
@@ -112,10 +175,21 @@ class QueueMixin(Base):
             blob_id = await tx.conn.fetchval("SELECT blob_id FROM queue WHERE id = $1 FOR UPDATE", queue_id)
             if blob_id is None:
                 raise NotFound(f"no queue entry {queue_id}")
+            if holder:  # the scheduler's result: only for what it still holds, checked under the rows' locks
+                held = {r[0]: r[1] for r in await tx.conn.fetch(
+                    "SELECT rcpt, lease_holder FROM queue_rcpt WHERE queue_id = $1 AND rcpt = ANY($2::text[])"
+                    " FOR UPDATE", queue_id, [u[-1] for u in updates])}
+                missing = [u[-1] for u in updates if u[-1] not in held]
+                if missing:
+                    raise Invalid(f"queue entry {queue_id} has no recipient {missing[0]!r}")
+                lost = [u[-1] for u in updates if held[u[-1]] != holder]
+                if lost:
+                    raise LeaseLost(queue_id, lost)  # before any UPDATE: nothing of it is written
+            release = ", lease_holder = '', lease_until = 0" if holder else ""
             for u in updates:
                 status = await tx.conn.execute(
                     "UPDATE queue_rcpt SET state = $1, attempts = $2, next_try = $3, last_error = $4,"
-                    " delay_notified = $5 WHERE queue_id = $6 AND rcpt = $7", *u)
+                    f" delay_notified = $5{release} WHERE queue_id = $6 AND rcpt = $7", *u)
                 if rowcount(status) == 0:
                     raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
             if not await tx.conn.fetchval(

@@ -26,7 +26,9 @@ of body octet counts, for rows that carry the metadata) has no counterpart: Post
 by the primary key index and the row alone. 11 adds what several nodes share (issue 16 item 3): `held_posts` (moderated
 list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made once
 by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/session.py) and `mailbox_logins`
-(POP-before-SMTP's latest login per client address), empty (SQLite's step 25).
+(POP-before-SMTP's latest login per client address), empty (SQLite's step 25). 12 adds the queue leases,
+`queue_rcpt.lease_holder` and `lease_until` (SQLite's step 26 and invariant 31; queue.py claims with them), every
+recipient queued before free.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -50,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -468,7 +470,16 @@ CREATE TABLE IF NOT EXISTS pop3_locks(
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
+async def _v12(conn: Conn) -> None:
+    """Queue leases (queue.py): who is attempting a recipient and until when; touches only `queue_rcpt`."""
+    await conn.execute("""
+ALTER TABLE queue_rcpt ADD COLUMN lease_holder text NOT NULL DEFAULT '';
+ALTER TABLE queue_rcpt ADD COLUMN lease_until double precision NOT NULL DEFAULT 0;
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11,
+                                                 _v12]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

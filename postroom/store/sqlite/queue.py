@@ -1,14 +1,26 @@
 """The outbound queue in SQLite: one entry per accepted message, one row per recipient with its own state.
 
 Theory of operation: `enqueue` stores the body as a blob (shared with any local copy of the same bytes; inline
-in the database or a file, by size, as for messages) and the envelope; the scheduler asks `queue_due(now)` for
-entries with a recipient to try, tries them, and reports with `queue_update`. An entry lives until every
-recipient is final (delivered or bounced), then it and its blob reference go in the same transaction.
+in the database or a file, by size, as for messages) and the envelope; the scheduler claims the recipients due
+(`queue_claim`), tries them, and reports with `queue_update`. An entry lives until every recipient is final
+(delivered or bounced), then it and its blob reference go in the same transaction. `queue_due` is the plain
+read of what is due (no claim), for tools and tests.
+
+Claims (issue 16 item 3). The scheduler does not act on `queue_due`: it claims with `queue_claim`, which in one
+write transaction picks the due recipients whose lease is free (never claimed, released, or expired: lease_until
+<= now) and writes its holder and `now + lease_seconds` on them. SQLite runs one write transaction at a time, so
+two claimers (two Store objects, two processes on the file) never get the same recipient: the second one's
+SELECT sees the first one's leases. The holder renews its leases while an attempt runs (`queue_renew`) and its
+result (`queue_update(..., holder=)`) is written only if it still holds every recipient it names, releasing them
+in the same transaction; a holder whose lease expired and was claimed by another gets LeaseLost and writes
+nothing, so the new holder's result is the one that stands.
 
 Invariants:
 1. An entry has at least one recipient and no recipient twice.
 2. An entry whose recipients are all final does not exist: `queue_update` removes it in the same transaction.
 3. `queue_due` returns oldest first (created, then id), each entry with all its recipients in the order given.
+4. A recipient is held by at most one holder: a claim takes only leases with lease_until <= now, and a holder's
+   write checks `lease_holder` in the same transaction that writes the result (schema invariant 31).
 """
 
 from __future__ import annotations
@@ -19,13 +31,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from postroom.store.api import Invalid, NotFound, QueueEntry, QueueRecipient, RcptState
+from postroom.store.api import Invalid, LeaseLost, NotFound, QueueClaim, QueueEntry, QueueRecipient, RcptState
 from postroom.store.blobs import blob_id_of
 from postroom.store.sqlite.common import CHUNK, Base, acquire_blob, release_blobs
 from postroom.store.sqlite.engine import Tx
 
 ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked"
-RCPT_COLUMNS = "queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified"
+RCPT_COLUMNS = ("queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified, lease_holder,"
+                " lease_until")
 PENDING = (RcptState.QUEUED.value, RcptState.DEFERRED.value)
 RET_VALUES = ("", "FULL", "HDRS")
 
@@ -40,6 +53,8 @@ def _rcpt(row: Any) -> QueueRecipient:
         next_try=row[6],
         last_error=row[7],
         delay_notified=bool(row[8]),
+        lease_holder=row[9],
+        lease_until=row[10],
     )
 
 
@@ -106,6 +121,15 @@ def _enqueue_op(blob_id: str, size: int, raw: bytes, source: Path | None, mail_f
         return QueueEntry(queue_id, blob_id, size, mail_from, envid, ret, now, rcpts, from_checked)
 
     return op
+
+
+def check_claim(holder: str, lease_seconds: float) -> None:
+    """The arguments of `queue_claim`, shared by both engines: Invalid unless a holder is named and the lease is
+    positive and finite."""
+    if not holder:
+        raise Invalid("a queue claim needs a holder")
+    if not 0 < lease_seconds < float("inf"):
+        raise Invalid(f"a queue lease must be positive seconds, not {lease_seconds!r}")
 
 
 def _drop(tx: Tx, queue_id: int, blob_id: str) -> None:
@@ -181,7 +205,72 @@ class QueueMixin(Base):
 
         return await self._engine.read(q)
 
-    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient]) -> None:
+    async def queue_claim(self, now: float, holder: str, lease_seconds: float, limit: int = 100) -> QueueClaim:
+        check_claim(holder, lease_seconds)
+        until = now + lease_seconds
+
+        def op(tx: Tx) -> QueueClaim:
+            # One write transaction: nobody else writes between this SELECT and the UPDATE (invariant 4).
+            picked = tx.conn.execute(
+                "SELECT r.queue_id, r.rcpt, r.lease_holder FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
+                " WHERE r.state IN (?, ?) AND r.next_try <= ? AND r.lease_until <= ?"
+                " ORDER BY q.created, q.id, r.position LIMIT ?",
+                (*PENDING, now, now, max(0, limit)),
+            ).fetchall()
+            if not picked:
+                return QueueClaim([], [], [])
+            tx.conn.executemany(
+                "UPDATE queue_rcpt SET lease_holder = ?, lease_until = ? WHERE queue_id = ? AND rcpt = ?",
+                [(holder, until, p[0], p[1]) for p in picked],
+            )
+            ids = sorted({int(p[0]) for p in picked})
+            rows: list[Any] = []
+            for i in range(0, len(ids), CHUNK):
+                part = ids[i : i + CHUNK]
+                rows += tx.conn.execute(
+                    f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id IN ({','.join('?' * len(part))})", part
+                ).fetchall()
+            rows.sort(key=lambda r: (r[6], r[0]))  # oldest first (invariant 3)
+            taken = [(int(p[0]), str(p[1]), str(p[2])) for p in picked if p[2] and p[2] != holder]
+            return QueueClaim([(int(p[0]), str(p[1])) for p in picked], _entries(tx.conn, rows), taken)
+
+        return await self._engine.write(op)
+
+    async def queue_renew(self, holder: str, keys: Sequence[tuple[int, str]], until: float) -> set[tuple[int, str]]:
+        wanted = list(dict.fromkeys(keys))
+        if not holder or not wanted:
+            return set()
+
+        def op(tx: Tx) -> set[tuple[int, str]]:
+            held: set[tuple[int, str]] = set()
+            for queue_id, rcpt in wanted:
+                cur = tx.conn.execute(
+                    "UPDATE queue_rcpt SET lease_until = ?, lease_holder = ? WHERE queue_id = ? AND rcpt = ?"
+                    " AND lease_holder = ?",
+                    (until, holder if until > 0 else "", queue_id, rcpt, holder),
+                )
+                if cur.rowcount:
+                    held.add((queue_id, rcpt))
+            return held
+
+        return await self._engine.write(op)
+
+    async def queue_free_leases(self, node: str) -> int:
+        if not node:
+            raise Invalid("name the node whose leases to free")
+        prefix = node + "#"
+
+        def op(tx: Tx) -> int:
+            cur = tx.conn.execute(
+                "UPDATE queue_rcpt SET lease_holder = '', lease_until = 0"
+                " WHERE lease_holder != '' AND substr(lease_holder, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return int(cur.rowcount)
+
+        return await self._engine.write(op)
+
+    async def queue_update(self, queue_id: int, recipients: Sequence[QueueRecipient], holder: str = "") -> None:
         updates = [
             (RcptState(r.state).value, r.attempts, r.next_try, r.last_error, int(r.delay_notified), queue_id, r.rcpt)
             for r in recipients
@@ -191,10 +280,22 @@ class QueueMixin(Base):
             row = tx.conn.execute("SELECT blob_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no queue entry {queue_id}")
+            if holder:  # the scheduler's result: only for what it still holds (invariant 4)
+                lost = []
+                for u in updates:
+                    got = tx.conn.execute("SELECT lease_holder FROM queue_rcpt WHERE queue_id = ? AND rcpt = ?",
+                                          (queue_id, u[-1])).fetchone()
+                    if got is None:
+                        raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
+                    if got[0] != holder:
+                        lost.append(u[-1])
+                if lost:
+                    raise LeaseLost(queue_id, lost)  # raised before any UPDATE: nothing of it is written
+            release = ", lease_holder = '', lease_until = 0" if holder else ""
             for u in updates:
                 cur = tx.conn.execute(
                     "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?,"
-                    " delay_notified = ? WHERE queue_id = ? AND rcpt = ?",
+                    f" delay_notified = ?{release} WHERE queue_id = ? AND rcpt = ?",
                     u,
                 )
                 if cur.rowcount == 0:

@@ -106,6 +106,8 @@ store/sqlite/nodes.py; invariant 29), moved in from `data_dir/held/` files by th
 `shared_values`: values made once by the first writer (invariant 30); and `mailbox_logins`, the latest mailbox
 login per client address for POP-before-SMTP across nodes (used by the server on PostgreSQL only). Self-contained
 (`IF NOT EXISTS`).
+26 (issue 16 item 3) adds the queue leases, `queue_rcpt.lease_holder` and `lease_until` (invariant 31); every
+recipient queued before starts free ("" and 0).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -192,6 +194,9 @@ Invariants:
 29. A `held_posts` row is keyed by its 32-hex-digit token; its `claim` is '' or one handler's, valid until
    `claimed_until`; it is deleted only by the handler holding the claim (`drop_held_post`).
 30. A `shared_values` row is written once (INSERT OR IGNORE) and never updated.
+31. A `queue_rcpt` row is held by at most one claimer: `lease_holder` is "" (free) or the holder that claimed it
+   with `lease_until` > 0; it changes only by a claim of a free or expired lease (lease_until <= now), a renewal
+   or release by its holder, or the holder's own result (store/sqlite/queue.py).
 """
 
 from __future__ import annotations
@@ -203,7 +208,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 25
+SCHEMA_VERSION = 26
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -692,10 +697,17 @@ def _v25(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at)")
 
 
+def _v26(conn: sqlite3.Connection) -> None:
+    """Queue leases (queue.py, invariant 31): who is attempting a recipient and until when; every recipient that
+    exists starts free. Self-contained: it touches only `queue_rcpt`."""
+    conn.execute("ALTER TABLE queue_rcpt ADD COLUMN lease_holder TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE queue_rcpt ADD COLUMN lease_until REAL NOT NULL DEFAULT 0")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
-    25: _v25,
+    25: _v25, 26: _v26,
 }
 
 
