@@ -1,7 +1,7 @@
 """Scale-out figures (issue 16): SQLite vs PostgreSQL, and one node vs two nodes on one PostgreSQL.
 
     .venv/bin/python bench/scale.py [--count 4000] [--size 5120] [--sessions 20]
-                                    [--imap-count 2000] [--clients 10] [--imap-sessions 4]
+                                    [--imap-count 2000] [--clients 10] [--imap-sessions 10]
                                     [--workers 1] [--only smtp|imap] [--dir PATH]
 
 Three set-ups are run one after the other, each on a fresh store, for each of two loads:
@@ -30,8 +30,11 @@ server processes where "1 node" is one, as two machines each running one would b
 the wall time and the CPU seconds (user + system, from /proc) used over the run by each node (its worker
 processes included), by the PostgreSQL server (the postmaster and every backend, checkpointer and WAL writer
 under it, the exited ones included) and by the load generator (this process and the smtp-source processes),
-and their sum over the CPU time the machine had (wall x cores): near 100% means the run was bound by the
-machine's CPU, and the shares say whose.
+and their sum over the CPU time the machine had (wall x cores), beside the share of the machine's CPU time that
+every process used (other work on the machine included, from /proc/stat): near 100% means the run was bound by
+the machine's CPU, and the shares say whose; well below, the run waited (on locks, on fsync), not on CPU. For
+PostgreSQL also the WAL written per message or command (its replication and disk write traffic) and the size
+of the database at the end.
 
 Work happens under --dir (default bench/results/, the repository's disk: a tmpfs would make fsync free). Every
 process started here is stopped by its PID, also on Ctrl-C or an error. Progress goes to stderr, the tables to
@@ -77,7 +80,16 @@ class Run:
     nodes: list[float] = field(default_factory=list)  # CPU seconds of each node (its workers included)
     postgres: float = 0.0  # CPU seconds of the PostgreSQL server, every backend included
     client: float = 0.0  # CPU seconds of the load generator
+    wal: int = 0  # bytes of WAL PostgreSQL wrote over the run (the whole server's)
+    db_size: int = 0  # bytes of the database at the end (PostgreSQL)
+    machine: float = 0.0  # share of the machine's CPU time used by every process on it (other helpers' too)
     note: str = ""
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
 def client_cpu() -> float:
@@ -111,7 +123,7 @@ class Bench:
         assert self.cluster.process is not None
         pg_pid = self.cluster.process.pid
         n0 = [cpu_seconds(n.pid) for n in nodes]
-        p0, c0 = cpu_seconds(pg_pid), client_cpu()
+        p0, c0, m0 = cpu_seconds(pg_pid), client_cpu(), machine_ticks()
         t0 = time.monotonic()
         rate, units = drive()
         run = Run(label, rate=rate, units=units, wall=time.monotonic() - t0)
@@ -119,6 +131,8 @@ class Bench:
         run.nodes = [cpu_seconds(n.pid) - c for n, c in zip(nodes, n0, strict=True)]
         run.postgres = cpu_seconds(pg_pid) - p0
         run.client = client_cpu() - c0
+        m1 = machine_ticks()
+        run.machine = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
         progress(f"  {label}: {rate:,.0f}/s, node CPU {' + '.join(f'{c:.1f}' for c in run.nodes)} s, "
                  f"postgres {run.postgres:.1f} s, load generator {run.client:.1f} s, wall {run.wall:.1f} s")
         return run
@@ -153,7 +167,12 @@ class Bench:
                     raise errors[0]
                 return args.count / (time.monotonic() - t0), args.count
 
+            url = nodes[0].store_url
+            wal0 = asyncio.run(wal_and_size(url))[0] if url else 0
             run = self.measure(label, nodes, drive)
+            if url:
+                wal1, run.db_size = asyncio.run(wal_and_size(url))
+                run.wal = wal1 - wal0
             stored = asyncio.run(inbox_count(nodes[0], smtp.USER))
             run.note = f"{stored} stored"
             if stored != args.count:
@@ -180,7 +199,27 @@ class Bench:
                 warm = 4 * count * commands // (args.clients * args.imap_sessions)
                 return commands / max(secs for secs, _ in results), commands + warm
 
-            return self.measure(label, nodes, drive)
+            url = nodes[0].store_url
+            wal0 = asyncio.run(wal_and_size(url))[0] if url else 0
+            run = self.measure(label, nodes, drive)
+            if url:
+                wal1, run.db_size = asyncio.run(wal_and_size(url))
+                run.wal = wal1 - wal0
+            return run
+
+
+async def wal_and_size(url: str) -> tuple[int, int]:
+    """(bytes of WAL written since the server's start, so far; bytes of the database at `url`)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,"
+                                  " pg_database_size(current_database())")
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
 
 
 async def inbox_count(node: PrivatePostroom, user: str) -> int:
@@ -209,16 +248,17 @@ def report(title: str, unit: str, runs: list[Run], cores: int) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| rate | {sq.rate:,.0f} | {pg1.rate:,.0f} | {pg2.rate:,.0f} | {ratio(pg1.rate, sq.rate)} "
           f"| {ratio(pg2.rate, pg1.rate)} |")
-    print("\n| run | wall s | node CPU s | PostgreSQL CPU s | load generator CPU s | busy (all / wall x cores) "
-          "| node CPU ms per unit | PostgreSQL CPU ms per unit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| run | wall s | node CPU s | PostgreSQL CPU s | load generator CPU s | these / wall x cores "
+          "| machine busy | node CPU ms per unit | PostgreSQL CPU ms per unit | WAL KiB per unit "
+          "| database MiB at the end |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         total = sum(r.nodes) + r.postgres + r.client
         units = r.units
         print(f"| {r.label}{f' ({r.note})' if r.note else ''} | {r.wall:.1f} "
               f"| {' + '.join(f'{c:.1f}' for c in r.nodes)} | {r.postgres:.1f} | {r.client:.1f} "
-              f"| {total / (r.wall * cores) * 100:.0f}% | {sum(r.nodes) / units * 1000:.2f} "
-              f"| {r.postgres / units * 1000:.2f} |")
+              f"| {total / (r.wall * cores) * 100:.0f}% | {r.machine * 100:.0f}% | {sum(r.nodes) / units * 1000:.2f} "
+              f"| {r.postgres / units * 1000:.2f} | {r.wal / units / 1024:.1f} | {r.db_size / (1 << 20):.0f} |")
 
 
 def main() -> int:
@@ -228,7 +268,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=20, help="SMTP: parallel sessions (default 20)")
     ap.add_argument("--imap-count", type=int, default=2000, help="IMAP: messages in the mailbox (default 2000)")
     ap.add_argument("--clients", type=int, default=10, help="IMAP: concurrent clients (default 10)")
-    ap.add_argument("--imap-sessions", type=int, default=4, help="IMAP: sessions per client (default 4)")
+    ap.add_argument("--imap-sessions", type=int, default=10, help="IMAP: sessions per client (default 10)")
     ap.add_argument("--workers", type=int, default=1, help="server.workers of each node (default 1)")
     ap.add_argument("--only", choices=("smtp", "imap"), help="run one of the two loads")
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"), help="work folder (default bench/results/)")
