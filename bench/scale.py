@@ -48,6 +48,7 @@ import asyncio
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -273,6 +274,8 @@ def main() -> int:
     ap.add_argument("--only", choices=("smtp", "imap"), help="run one of the two loads")
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"), help="work folder (default bench/results/)")
     args = ap.parse_args()
+    # SIGTERM ends the run as Ctrl-C does: through the `finally` blocks that stop every process by its PID
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     why = pgcluster.available()
     if why:
         progress(f"bench/scale.py needs PostgreSQL: {why}")
