@@ -67,7 +67,7 @@ def test_node_serves_again_after_the_database_restarts(tmp_path: Path, own_clust
         send(ports["smtp"], "before")
 
         own_cluster.halt(crash=crash)
-        # While the database is down a local recipient is refused for now (RFC 5321 §4.2.5: 4yz, the sender
+        # While the database is down a local recipient is refused for now (RFC 5321 §4.2.1: 4yz, the sender
         # keeps the message and retries), never 5yz: the domain is still ours, the store just cannot say so.
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             send(ports["smtp"], "during")
