@@ -3,9 +3,10 @@
 
 A PostgreSQL of the test's own (tests/pgcluster.py) is stopped by its PID, either the "fast" way (SIGINT: every
 connection closed, a checkpoint) or as a crash (SIGKILL of the postmaster: crash recovery at the next start),
-then started again on the same folder and port. The node is never touched: once the database answers again,
-SMTP accepts and stores mail (while it was down, a local recipient got a temporary `451`), a new IMAP login works, and a session that goes into IDLE afterwards is told of a
-delivery (the change feed's LISTEN connection was made again).
+then started again on the same folder and port. While it is down a local recipient gets a temporary `451`.
+The node is never touched: once the database answers again, SMTP accepts and stores mail, a new IMAP login
+works, and a session that goes into IDLE afterwards is told of a delivery (the change feed's LISTEN connection
+was made again).
 """
 
 from __future__ import annotations
