@@ -237,6 +237,7 @@ class _AppendGroup:
     def __init__(self) -> None:
         self.waiting: list[_AppendJob] = []
         self.running = False
+        self.task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
 
 
 async def _append_jobs(tx: Tx, jobs: Sequence[_AppendJob]) -> list[list[AppendResult]]:
@@ -278,7 +279,7 @@ class MessagesMixin(Base):
         group.waiting.append(job)
         if not group.running:
             group.running = True
-            asyncio.get_running_loop().create_task(self._run_appends(group), name="postroom-pg-appends")
+            group.task = asyncio.get_running_loop().create_task(self._run_appends(group), name="postroom-pg-appends")
         return await asyncio.shield(job.done)  # a caller that goes away leaves its job to finish
 
     async def _run_appends(self, group: _AppendGroup) -> None:
