@@ -12,7 +12,9 @@ child process switches user itself before it execs, so the PID we hold is the po
 empty database: a new one (CREATE DATABASE copies ~7 MB and fsyncs it: ~0.4 s on a loaded machine) or one a
 finished test gave back with `release_database()`, emptied by dropping and re-creating its `public` schema
 (milliseconds); `stop()` stops the postmaster by its PID (SIGQUIT: PostgreSQL's immediate shutdown, no final
-checkpoint: the folder is removed right after) and removes the folder.
+checkpoint: the folder is removed right after) and removes the folder. `halt()` and `resume()` stop the server
+(a fast shutdown, or a crash: SIGKILL of the postmaster) and start it again on the same folder and port, for the
+tests of what a running node does when its database goes away and comes back (tests/e2e/test_pg_restart.py).
 
 Invariants:
 1. Only the process this object started is ever signalled, by its PID.
