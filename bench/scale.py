@@ -17,7 +17,9 @@ The loads are those of the other benches, reused from them:
 
 - SMTP durable ingest (bench/smtp.py): --count messages of --size bytes from --sessions parallel sessions
   (Postfix's smtp-source when installed, else bench/smtp.py's asyncio client); every `250` means the message is
-  committed in the recipient's INBOX, and the INBOX is counted at the end. With two nodes the sessions and the
+  committed in the recipient's INBOX, and the INBOX is counted at the end. There is one recipient (as in
+  bench/smtp.py): the worst case for PostgreSQL, whose appends to one mailbox take its row lock in turn
+  (store/postgresql/messages.py invariant 9). With two nodes the sessions and the
   messages are split in half, one smtp-source per node, both at once: what a TCP load balancer or DNS round
   robin does.
 - The IMAP stress mix of bench/imap.py (LOGIN, SELECT, FETCH of the header list, 10 message reads, 2 searches,
@@ -37,7 +39,7 @@ PostgreSQL also the WAL written per message or command (its replication and disk
 of the database at the end.
 
 Work happens under --dir (default bench/results/, the repository's disk: a tmpfs would make fsync free). Every
-process started here is stopped by its PID, also on Ctrl-C or an error. Progress goes to stderr, the tables to
+process started here is stopped by its PID, also on Ctrl-C, SIGTERM or an error. Progress goes to stderr, the tables to
 stdout.
 """
 
