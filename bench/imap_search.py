@@ -6,12 +6,13 @@ A mailbox of --count messages of about 20 KiB of text each (English words drawn 
 documentation, so the text is varied like real mail; a quarter multipart with a base64 attachment) is put into a
 fresh Postroom data folder through the store (metadata and index computed as delivery does) and into a Maildir for a
 throwaway Dovecot (bench/dovecot.py). A rare term is put into about 1 % of the messages (at random places in the
-body), a common word is in most of them, and a two-character CJK word in about 5 %.
+body), another into exactly 200 messages whatever the count (how the cost grows with the mailbox alone, the
+answer staying the same), a common word is in most of them, and a two-character CJK word in about 5 %.
 
 Each server gets one session: LOGIN, SELECT INBOX, one untimed run of every search (Dovecot builds its
 index, both fill the page cache), then --runs timed runs of each:
 
-    UID SEARCH TEXT <rare>, UID SEARCH BODY <rare>, UID SEARCH SUBJECT <rare subject word>,
+    UID SEARCH TEXT <rare>, UID SEARCH BODY <rare>, UID SEARCH BODY <in 200>, UID SEARCH SUBJECT <rare word>,
     UID SEARCH TEXT <common>  (the index cannot narrow much: close to the full scan),
     UID SEARCH BODY <2 CJK characters>  (too short for trigrams: the full scan)
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from pydoc_data.topics import topics
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, progress, servers_stopped  # bench/common.py
+from common import PrivatePostroom, cpu_seconds, progress, servers_stopped  # bench/common.py
 from dovecot import PrivateDovecot
 
 USER = "bench@example.org"
@@ -51,10 +52,13 @@ RARE = "quokkafest"
 RARE_SUBJECT = "zanzibarly"
 COMMON = "the"
 CJK = "会议"
+FIXED = "wombatgala"  # in exactly FIXED_COUNT messages whatever --count: the cost of a search whose answer stays
+FIXED_COUNT = 200  # the same size while the mailbox grows
 
 
 def make_messages(count: int, size: int = 20_000) -> list[bytes]:
     rng = random.Random(5032)
+    every = max(1, count // FIXED_COUNT)  # FIXED goes into one message of each `every`
     # English words with their frequencies in a real text (Python's own documentation, shipped with it): the
     # index's size depends on how varied the text is, and random letters would overstate it.
     vocab = re.findall(r"[A-Za-z]+(?:'[a-z]+)?[,.;:]?", " ".join(topics.values()))
@@ -65,6 +69,8 @@ def make_messages(count: int, size: int = 20_000) -> list[bytes]:
             words[rng.randrange(len(words))] = RARE
         if rng.random() < 0.05:
             words[rng.randrange(len(words))] = CJK
+        if i % every == 11 % every and i // every < FIXED_COUNT:
+            words[7] = FIXED  # no random draw: the rest of the mail is the same as without it
         lines = [" ".join(words[k:k + 12]) for k in range(0, len(words), 12)]
         subject = f"report {i} " + (RARE_SUBJECT if i % 100 == 7 else rng.choice(vocab))
         head = (f"From: Sender {i % 97} <sender{i % 97}@example.net>\r\nTo: {USER}\r\nSubject: {subject}\r\n"
@@ -112,16 +118,19 @@ def searches() -> list[tuple[str, bytes]]:
         return b"{%d+}\r\n" % len(data) + data
 
     return [(f"TEXT {RARE} (~1 %)", b"TEXT " + lit(RARE)), (f"BODY {RARE} (~1 %)", b"BODY " + lit(RARE)),
+            (f"BODY {FIXED} ({FIXED_COUNT} at any size)", b"BODY " + lit(FIXED)),
             (f"SUBJECT {RARE_SUBJECT} (1 %)", b"SUBJECT " + lit(RARE_SUBJECT)),
             (f"TEXT {COMMON} (common)", b"TEXT " + lit(COMMON)),
             ("BODY 2 CJK chars (~5 %)", b"BODY " + lit(CJK))]
 
 
-def measure(port: int, runs: int, label: str) -> dict[str, tuple[float, int]]:
+def measure(port: int, runs: int, label: str, pid: int | None = None) -> dict[str, tuple[float, int, float]]:
+    """search -> (median wall seconds, messages found, server CPU seconds per search: all runs' CPU over the
+    runs, from /proc, since a clock tick is 10 ms; NaN without `pid`)."""
     c = Client(port)
     c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
     c.cmd(b"SELECT INBOX")
-    out: dict[str, tuple[float, int]] = {}
+    out: dict[str, tuple[float, int, float]] = {}
     for name, query in searches():
         progress(f"  {label}: {name} ...")
         first = c.cmd(b"UID SEARCH CHARSET UTF-8 " + query)  # warm-up (Dovecot builds its cache here)
@@ -129,11 +138,13 @@ def measure(port: int, runs: int, label: str) -> dict[str, tuple[float, int]]:
         found = [ln for ln in first if ln.startswith(b"* SEARCH")]
         hits = len(found[0].split()) - 2 if found else 0
         times = []
+        cpu0 = cpu_seconds(pid) if pid else 0.0
         for _ in range(runs):
             t = time.perf_counter()
             c.cmd(b"UID SEARCH CHARSET UTF-8 " + query)
             times.append(time.perf_counter() - t)
-        out[name] = (statistics.median(times), hits)
+        cpu = (cpu_seconds(pid) - cpu0) / runs if pid else float("nan")
+        out[name] = (statistics.median(times), hits, cpu)
     return out
 
 
@@ -160,22 +171,27 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per search (the median is shown)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--no-dovecot", action="store_true", help="Postroom only")
+    ap.add_argument("--postroom-store", type=Path, default=None,
+                    help="a Postroom folder filled before with the same --count (its data/ is used as it is, and "
+                         "kept; made there if missing): filling 100,000 messages takes the better part of an hour")
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = str(ROOT)  # the server runs this checkout's code
     work = Path(tempfile.mkdtemp(prefix="imap-search-bench-", dir=args.dir))
     messages = make_messages(args.count)
     body_bytes = sum(map(len, messages))
     progress(f"imap search bench: {args.count} messages, {body_bytes / 1e6:.0f} MB, in {work}")
-    results: dict[str, dict[str, tuple[float, int]]] = {}
+    results: dict[str, dict[str, tuple[float, int, float]]] = {}
     sizes: tuple[int, int, int, list[tuple[str, int]]] = (0, 0, 0, [])
     with servers_stopped(work) as started:
-        pr = PrivatePostroom(work / "postroom", "imap", "[auth]\nallow_plaintext = true\n")
-        t = time.perf_counter()
-        pr.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
-        progress(f"  Postroom store filled in {time.perf_counter() - t:.0f} s")
+        pr = PrivatePostroom(args.postroom_store or work / "postroom", "imap", "[auth]\nallow_plaintext = true\n")
+        if not (pr.data / "postroom.db").exists():
+            t = time.perf_counter()
+            pr.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
+            progress(f"  Postroom store filled in {time.perf_counter() - t:.0f} s")
         sizes = index_size(pr.data / "postroom.db")
         started.append(pr)
-        results["Postroom"] = measure(pr.start(greeting=b"* OK", timeout=120), args.runs, "Postroom")
+        port = pr.start(greeting=b"* OK", timeout=120)
+        results["Postroom"] = measure(port, args.runs, "Postroom", pr.pid)
         pr.stop()
         if not args.no_dovecot:
             name = f"Dovecot {dovecot.version()}"
@@ -189,10 +205,12 @@ def main() -> int:
     names = list(results)
     print(f"\nSEARCH on {args.count} messages ({body_bytes / 1e6:.0f} MB); median of {args.runs} warm runs, ms "
           "(messages found)")
-    print("| search | " + " | ".join(names) + (" | ratio (Postroom / Dovecot) |" if len(names) > 1 else " |"))
-    print("| --- |" + " ---: |" * len(names) + (" ---: |" if len(names) > 1 else ""))
+    print("| search | " + " | ".join(names) + " | Postroom server CPU ms" +
+          (" | ratio (Postroom / Dovecot) |" if len(names) > 1 else " |"))
+    print("| --- |" + " ---: |" * (len(names) + 1) + (" ---: |" if len(names) > 1 else ""))
     for key, _ in searches():
         cells = [f"{results[n][key][0] * 1000:,.1f} ({results[n][key][1]})" for n in names]
+        cells.append(f"{results['Postroom'][key][2] * 1000:,.1f}")
         ratio = ""
         if len(names) > 1:
             a, b = results[names[0]][key][0], results[names[1]][key][0]

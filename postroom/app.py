@@ -64,9 +64,11 @@ from .acme import CertificateManager, settle_pair
 from .adminops import DNS_CHECK_SECONDS
 from .auth.authenticator import Authenticator
 from .auth.passwords import make_credentials
+from .auth.secret import for_store as store_secret
 from .auth.secret import load_or_create as load_secret
 from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
+from .delivery.lists import import_held_files
 from .delivery.mx import DnsCache, DnsResolver
 from .delivery.queue import Scheduler, router_bounce
 from .delivery.router import Router
@@ -77,7 +79,8 @@ from .indexing import LogProgress, build_index
 from .metrics import Metrics
 from .net.connection import Connection
 from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
-from .net.tls import CertificateError, ensure_certificate, fingerprint, load_context
+from .net.tls import STORE_NAME as CERT_STORE_NAME
+from .net.tls import CertificateError, ensure_certificate, fingerprint, install_shared, load_context, shared_candidate
 from .pop3.session import pop3_handler
 from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
 from .services import Services
@@ -166,6 +169,8 @@ class Postroom:
             if account is None and os.geteuid() == 0:
                 log.warning("running as root: every session runs as root too; set server.user to a system user "
                             "(e.g. useradd --system postroom) to have the server drop to it after binding its ports")
+        if worker is None:  # nodes on one PostgreSQL store: the store's generated certificate (workers: the parent's)
+            await share_certificate(cfg)
         tls, cert = await asyncio.to_thread(load_tls, cfg)  # as root: the key may be readable by root only
         self.tls, self.certificate = tls, fingerprint(cert)
         singletons = worker is None or worker.slot == 0  # what runs once per server (workers.py invariant 2)
@@ -214,7 +219,8 @@ class Postroom:
         # rspamd learning from users' Junk verdicts, when configured: every worker records, one sends.
         self.learner = Learner(store, cfg.rspamd, sending=singletons)
         self.learner.start()
-        if singletons:
+        if singletons:  # list posts an older Postroom held as files: into the store, once (lists.py)
+            await import_held_files(store, cfg.data_path / "held")
             self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
             self.retention.start()
             self.indexer = asyncio.create_task(_index_in_background(store, cfg))
@@ -240,9 +246,11 @@ class Postroom:
             self.queue.start()
             if worker is not None:
                 worker.on_wake(self.queue.wake)
-        secret = await asyncio.to_thread(load_secret, cfg.data_path)  # SCRAM decoys, auth cache keys
-        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics, shared=worker is not None,
+        secret = await store_secret(store, cfg.data_path)  # SCRAM decoys, auth cache keys: the store's on PostgreSQL
+        auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics,
+                             shared=worker is not None or store.shared_by_nodes,  # other nodes count too
                              logins=worker.door if worker is not None else None)
+        auth.pop_before_smtp_seconds = cfg.smtp.pop_before_smtp_minutes * 60.0  # in the store too on PostgreSQL
         door = Door(cfg.smtp, shared=worker.door if worker is not None else None)  # counted across workers
         self.services = Services(cfg, store, auth, self.metrics, tls, wake, door, dns)
         self.handlers = self._make_handlers(self.services)
@@ -352,6 +360,7 @@ class Postroom:
         self.config, self.tls, self.certificate = new, tls, certificate
         if self.services is not None:
             self.services.auth.config = new.auth  # the failure records are kept: the auth.* limits apply to them
+            self.services.auth.pop_before_smtp_seconds = new.smtp.pop_before_smtp_minutes * 60.0
             if self.services.door is not None:  # its passes and counts are kept; the new limits apply to them
                 self.services.door.reconfigure(new.smtp)
             self.services = dataclasses.replace(self.services, config=new, tls=tls)
@@ -473,6 +482,24 @@ def load_tls(cfg: Config) -> tuple[ssl.SSLContext, Any]:
         except OSError as exc:
             raise CertificateError(f"TLS: {exc}") from None
     return load_context(cfg.cert_path, cfg.key_path)
+
+
+async def share_certificate(cfg: Config) -> None:
+    """Several nodes on one PostgreSQL store serve one generated certificate (net/tls.py invariant 3): with
+    `tls.cert` empty and no ACME, the store's pair (the first node's) is written to this node's built-in files
+    before they load. Nothing for SQLite, configured files or ACME. Opens the store for the moment (its schema
+    steps run here on a first start). Raises CertificateError, StoreError, OSError."""
+    if not cfg.store_url.startswith("postgresql://") or cfg.tls.cert or cfg.acme.directory:
+        return
+    store = open_store(cfg.store_url, cfg.data_path)
+    await store.open()
+    try:
+        candidate = await asyncio.to_thread(shared_candidate, cfg.cert_path, cfg.key_path, cfg.server.hostname)
+        value = await store.shared_value(CERT_STORE_NAME, candidate)
+        if await asyncio.to_thread(install_shared, value, cfg.cert_path, cfg.key_path):
+            log.info("tls certificate taken from the store (shared by every node) path=%s", cfg.cert_path)
+    finally:
+        await store.close()
 
 
 async def _index_in_background(store: Store, cfg: Config) -> None:
@@ -662,6 +689,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         if account is None and os.geteuid() == 0:
             log.warning("running as root: every session runs as root too; set server.user to a system user (e.g. "
                         "useradd --system postroom) to have the server drop to it after binding its ports")
+        asyncio.run(share_certificate(cfg))  # nodes on one PostgreSQL store: the store's generated certificate
         load_tls(cfg)  # generated once, here, when missing: every worker loads the same files
         sockets = bind_per_worker(cfg.listeners.enabled(), count)  # bound; listening only once the store is ready
         if account is not None:
@@ -672,7 +700,8 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
                      account.gid, changed)
         else:
             own_data_dir(cfg.data_path, None, deep=False)
-        load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
+        if not cfg.store_url.startswith("postgresql://"):  # there the store holds it (auth/secret.py)
+            load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
         demo_password, user = asyncio.run(_prepare_store(cfg, demo))
         supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
                                 cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())

@@ -36,10 +36,11 @@ cannot join their group.
 What must be one across workers is one (the same list as across nodes, issue 16 item 3):
 * the outbound queue: its scheduler runs in worker 0 only; another worker that queues mail writes one byte on
   the wake pipe, which worker 0 reads to start on it at once (as `Scheduler.wake` does in one process);
-* the POP3 maildrop lock and LOGIN-DELAY: an flock on a file per user (pop3/session.py);
+* the POP3 maildrop lock and LOGIN-DELAY: in the store (pop3/session.py; on SQLite an flock on a file per user);
 * login failures (lockout, delays): the store is the authority, read before each judgement (auth/authenticator.py);
 * connection limits: counted in shared memory across workers (net/counts.py);
-* web sessions: in the store already; the server secret and the certificate: made by the parent before the fork;
+* web sessions and held list posts: in the store; the server secret and the certificate: made by the parent before
+  the fork (on PostgreSQL both come from the store, one for every node: docs/ARCHITECTURE.md "Several nodes");
 * \\Recent: claimed in one write transaction of the store (one writer at a time across processes);
 * ACME challenges: files in the data folder (`ChallengeFiles`), so whichever worker the CA reaches answers;
   a certificate worker 0 obtained reaches the others by a reload (worker 0 sends SIGHUP to the parent);

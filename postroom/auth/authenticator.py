@@ -18,7 +18,8 @@ Guessing is made slow for the guesser, never impossible for the owner (like Dove
                     the refusal, but never past `max_lockout_seconds` after it began.
 
 Every record is kept in memory and written through to the store (`auth_failures`), so a restart is not a reset.
-With `shared` (the worker processes of `server.workers` > 1 share one store), the two records a login is judged
+With `shared` (the worker processes of `server.workers` > 1 share one store; so do the nodes on one PostgreSQL
+database, issue 16 item 3), the two records a login is judged
 by (the address's and the pair's) are read again from the store before it is judged and before a failure is
 counted, so a failure counted in one worker counts in every other: the store is the authority, memory a copy.
 Addresses in `auth.trusted_networks` are never delayed or refused: their failures are logged, not counted.
@@ -185,6 +186,10 @@ class Authenticator:
         self._loaded = False
         self._load_lock = asyncio.Lock()
         self._logins: dict[str, float] = {}
+        # POP-before-SMTP's window (`smtp.pop_before_smtp_minutes`, set by the server and its reloads): with a
+        # store shared by nodes, logins are written there too, so another node's SMTP sees them (`sync_login`).
+        self.pop_before_smtp_seconds = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
         # argon2 is CPU- and memory-hard on purpose: more checks at once than cores only starve the event loop
         # (a login storm made every session slow in bench/imap.py), so extra logins wait their turn here.
         self._argon2_slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
@@ -348,13 +353,41 @@ class Authenticator:
     # ---- POP-before-SMTP (the seeds): a successful POP3/IMAP login lets that IP relay for a while
     def note_login(self, ip: str) -> None:
         """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this); in `logins` when
-        given, so that every worker process knows of it."""
-        if self.logins is not None:
-            now = self._clock()
-            with self.logins.locked():
-                self.logins.put(SharedMap.key("login", ip), now, 0.0, now)
+        given, so that every worker process knows of it; in the store too when several nodes share it and the
+        window is open (`pop_before_smtp_seconds`), written in the background (a lost write only shortens it)."""
+        now = self._clock()
+        if self.pop_before_smtp_seconds > 0 and getattr(self.store, "shared_by_nodes", False):
+            task = asyncio.get_running_loop().create_task(self._store_login(ip, now))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        self._remember_login(ip, now)
+
+    async def _store_login(self, ip: str, now: float) -> None:
+        try:
+            await self.store.note_mailbox_login(ip, now, self.pop_before_smtp_seconds)
+        except Exception as exc:  # the store is out of reach: this node still knows (the window is per node then)
+            log.warning("pop-before-smtp: login from %s not recorded in the store: %s", ip, exc)
+
+    async def sync_login(self, ip: str) -> None:
+        """POP-before-SMTP across nodes: learn the latest mailbox login from `ip` that any node recorded in the
+        store (nothing unless the store is shared by nodes and the window is open). Call before
+        `logged_in_recently` where it matters (the SMTP session does at each MAIL)."""
+        if self.pop_before_smtp_seconds <= 0 or not getattr(self.store, "shared_by_nodes", False):
             return
-        self._logins[ip] = self._clock()
+        at = await self.store.mailbox_login(ip)
+        if at > 0:
+            self._remember_login(ip, at)
+
+    def _remember_login(self, ip: str, now: float) -> None:
+        if self.logins is not None:
+            with self.logins.locked():
+                found = self.logins.get(SharedMap.key("login", ip))
+                if found is None or found[0] < now:
+                    self.logins.put(SharedMap.key("login", ip), now, 0.0, now)
+            return
+        if self._logins.get(ip, 0.0) >= now:
+            return
+        self._logins[ip] = now
         if len(self._logins) > 100_000:
             for stale in list(self._logins)[:10_000]:
                 del self._logins[stale]

@@ -6,21 +6,32 @@ Some answers must look the same whether or not an account exists, yet stay stabl
 nothing either: SCRAM's server-first-message for an unknown user carries a salt (RFC 5802 §9). Such values are
 keyed from this secret (HMAC-SHA-256), so nobody without the data folder can compute them from the name.
 
+Several nodes on one PostgreSQL database (issue 16 item 3) must key these the same way, or a SCRAM decoy would
+change with the node a client reaches: there the secret lives in the store (`for_store`: `Store.shared_value`,
+the first node's wins, atomically), made from that node's file if it had one (a server that was alone before
+keeps its secret), else new. No file is written then. On SQLite (one machine) the file stays the secret.
+
 Invariants
 1. The file `data_dir/server-secret` holds exactly `SECRET_BYTES` bytes, mode 0600. It is made once, by
    whichever process gets there first: written and fsync'd under a temporary name, then published with
    `link()` (which fails if the name exists), so a reader never sees a partial secret and two processes that
    start at once end up with the same one.
 2. The secret is never logged or put in an exception message.
+3. Every node on one shared store uses the store's secret, the same bytes, from its first start on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from postroom.fsutil import fsync_dir, write_all
+
+if TYPE_CHECKING:
+    from postroom.store.api import Store
 
 SECRET_BYTES = 32
 FILE_NAME = "server-secret"
@@ -53,6 +64,25 @@ def load_or_create(data_dir: Path) -> bytes:
         tmp.unlink()
     fsync_dir(path.parent)
     return _read(path)
+
+
+STORE_NAME = "server-secret"  # its name among `Store.shared_value`s
+
+
+async def for_store(store: Store, data_dir: Path) -> bytes:
+    """The server secret the server uses with `store`: the store's when it is shared by nodes (invariant 3; made
+    from this data folder's file if there is one, else random), else the data folder's file (`load_or_create`).
+    Raises as `load_or_create`, and StoreError."""
+    if not getattr(store, "shared_by_nodes", False):
+        return await asyncio.to_thread(load_or_create, data_dir)
+    try:
+        candidate = await asyncio.to_thread(_read, Path(data_dir) / FILE_NAME)
+    except FileNotFoundError:
+        candidate = secrets.token_bytes(SECRET_BYTES)
+    value = await store.shared_value(STORE_NAME, candidate)
+    if len(value) != SECRET_BYTES:
+        raise SecretError(f"the store's {STORE_NAME} holds {len(value)} bytes, not {SECRET_BYTES}")
+    return value
 
 
 def _read(path: Path) -> bytes:

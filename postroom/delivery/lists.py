@@ -30,15 +30,18 @@ post attached and two addresses carrying a random 128-bit token:
     <list-local>+reject-<token>@<domain>      send any message here to drop it
 
 The token is the capability (only the notice carries it); the router also requires the envelope sender of the
-approval to be the list owner. Held posts live under `<data_dir>/held/` as `<token>.eml` plus `<token>.json`
-(list address and original sender), each written to a temporary file, fsync'd, renamed and the directory
-fsync'd, before the poster gets `250`.
+approval to be the list owner. Held posts live in the store (`Store.hold_post`: the token, the list, the
+original sender, the message, the time), so every worker process and every node on one PostgreSQL database
+sees the same queue (issue 16 item 3). Posts an older Postroom held as files under `<data_dir>/held/` are
+moved into the store once, at start (`import_held_files`, one log line).
 
 Invariants
-1. A held post is durable before the SMTP `250` that accepted it.
-2. A token is used once: approval or rejection removes the held files; a second use is 550 5.1.1. Two uses at
-   the same time (a double click, two moderators, two worker processes) are one: the handler holds an exclusive
-   `flock` on the post's `.json` file (`claim`) from before it reads the post until after it removed it.
+1. A held post is durable (committed in the store) before the SMTP `250` that accepted it.
+2. A token is used once: approval or rejection removes the held post; a second use is 550 5.1.1. Two uses at
+   the same time (a double click, two moderators, two worker processes, two nodes) are one: the handler first
+   claims the post in the store (`claim`: one atomic UPDATE that only takes a post nobody holds) and removes it
+   only under that claim. A handler that dies mid-way leaves its claim to run out after `CLAIM_LEASE`, so the
+   post can be approved again: delivered at least once, never by two handlers at once.
 3. Held files are found only by a token of exactly 32 lower-case hex digits (no path can be smuggled in).
 4. The header lines `list_headers` writes are ASCII and valid by their RFC's grammar for every list address,
    owner and bounce address the store accepts (see above).
@@ -47,19 +50,20 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
+import logging
 import re
 import secrets
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from urllib.parse import quote
 
-from postroom.fsutil import fsync_dir, write_all
+from postroom.fsutil import fsync_dir
 from postroom.mime.compose import Attachment, compose
 from postroom.store import names
-from postroom.store.api import InsufficientStorage, MailingList, is_out_of_space
+from postroom.store.api import AlreadyExists, HeldPost, MailingList, Store
+
+log = logging.getLogger("postroom.lists")
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 ACTION_RE = re.compile(r"^(?P<base>.+)\+(?P<action>approve|reject)-(?P<token>[0-9a-f]{32})$")
@@ -114,102 +118,91 @@ def action_address(ml: MailingList, action: str, token: str) -> str:
     return f"{names.quote_local(f'{names.unquote_local(local)}+{action}-{token}')}@{domain}"
 
 
-@dataclass(frozen=True)
-class HeldPost:
-    token: str
-    list_address: str
-    mail_from: str
-    raw: bytes
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+CLAIM_LEASE = 600.0  # seconds a handler may take over one post (distributing to a large list) before its
+# claim runs out and another approval may take the post (a handler that died: invariant 2)
 
 
 class HeldPosts:
-    """The moderation queue on disk (see the module doc)."""
+    """The moderation queue in the store (module doc): `hold`, `get`, `posts`, and `claim` / `drop` /
+    `release` for the one handler of a post (invariant 2)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _hold_sync(self, list_address: str, mail_from: str, raw: bytes) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_hex(16)
-        _write_durably(self.directory / f"{token}.eml", raw)
-        _write_durably(self.directory / f"{token}.json",
-                       json.dumps({"list": list_address, "mail_from": mail_from}).encode())
-        fsync_dir(self.directory)  # invariant 1
-        return token
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     async def hold(self, list_address: str, mail_from: str, raw: bytes) -> str:
-        """Keep the post (fsync'd) and return its token. A full disk is `InsufficientStorage`, as in the store."""
-        try:
-            return await asyncio.to_thread(self._hold_sync, list_address, mail_from, raw)
-        except OSError as exc:
-            if is_out_of_space(exc):
-                raise InsufficientStorage.from_os_error(exc) from exc
-            raise
-
-    def _get_sync(self, token: str) -> HeldPost | None:
-        if not TOKEN_RE.match(token):  # invariant 3
-            return None
-        try:
-            info = json.loads((self.directory / f"{token}.json").read_bytes())
-            raw = (self.directory / f"{token}.eml").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return HeldPost(token, str(info["list"]), str(info["mail_from"]), raw)
+        """Keep the post (durable when it returns, invariant 1) and return its token. A full disk is
+        `InsufficientStorage`, as anywhere in the store."""
+        token = secrets.token_hex(16)
+        await self.store.hold_post(HeldPost(token, list_address, mail_from, raw, time.time()))
+        return token
 
     async def get(self, token: str) -> HeldPost | None:
-        return await asyncio.to_thread(self._get_sync, token)
-
-    def claim(self, token: str) -> int | None:
-        """Take the post for handling (invariant 2): an open descriptor holding an exclusive `flock` on its
-        `.json` file, or None when it is not held or another request (this process's or another worker's) is
-        handling it. Release with `release` after `drop`. A crashed handler's lock goes with its process, so the
-        post can be approved again: delivered at least once, never twice at once."""
         if not TOKEN_RE.match(token):  # invariant 3
             return None
-        try:
-            fd = os.open(self.directory / f"{token}.json", os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        return await self.store.get_held_post(token)
 
-    @staticmethod
-    def release(fd: int) -> None:
-        """End a `claim` (closing the descriptor drops the lock)."""
-        os.close(fd)
+    async def posts(self) -> list[HeldPost]:
+        """Every held post, oldest first."""
+        return await self.store.list_held_posts()
 
-    def _drop_sync(self, token: str) -> None:
-        if not TOKEN_RE.match(token):
-            return
-        for suffix in (".json", ".eml"):
+    async def claim(self, token: str) -> tuple[HeldPost, str] | None:
+        """Take the post for handling (invariant 2): the post and the claim to `drop` or `release` it with, or
+        None when it is not held or another handler (of any process or node) has it. A handler that dies leaves
+        its claim to run out after `CLAIM_LEASE`: delivered at least once, never twice at once."""
+        if not TOKEN_RE.match(token):  # invariant 3
+            return None
+        claim = secrets.token_hex(16)
+        post = await self.store.claim_held_post(token, claim, CLAIM_LEASE)
+        return None if post is None else (post, claim)
+
+    async def drop(self, token: str, claim: str) -> bool:
+        """Remove the post handled under `claim`; False if the claim ran out and another handler took it."""
+        return await self.store.drop_held_post(token, claim)
+
+    async def release(self, token: str, claim: str) -> None:
+        """Give the post back unhandled (the handler failed)."""
+        await self.store.release_held_post(token, claim)
+
+
+async def import_held_files(store: Store, directory: Path) -> int:
+    """Move the posts an older Postroom held as files (`<token>.eml` and `<token>.json` under `directory`,
+    `data_dir/held`) into the store, each file pair removed once its row is durable; the folder goes when empty.
+    Returns how many moved (a post already in the store, from an import a crash cut short, counts too). Files
+    that do not parse are left in place and logged."""
+    def scan() -> list[tuple[str, str, str, bytes, float]]:
+        found: list[tuple[str, str, str, bytes, float]] = []
+        if not directory.is_dir():
+            return found
+        for meta in sorted(directory.glob("*.json")):
+            token = meta.stem
+            if not TOKEN_RE.match(token):
+                continue
             try:
-                (self.directory / f"{token}{suffix}").unlink()
-            except FileNotFoundError:
-                pass
-        fsync_dir(self.directory)
+                info = json.loads(meta.read_bytes())
+                eml = directory / f"{token}.eml"
+                found.append((token, str(info["list"]), str(info["mail_from"]), eml.read_bytes(),
+                              eml.stat().st_mtime))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("held post file %s not moved into the store: %s", meta, exc)
+        return found
 
-    async def drop(self, token: str) -> None:
-        await asyncio.to_thread(self._drop_sync, token)
-
-    def list_tokens(self) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p.stem for p in self.directory.glob("*.json") if TOKEN_RE.match(p.stem))
+    moved = 0
+    for token, list_address, mail_from, raw, held_at in await asyncio.to_thread(scan):
+        try:
+            await store.hold_post(HeldPost(token, list_address, mail_from, raw, held_at))
+        except AlreadyExists:
+            pass
+        for suffix in (".json", ".eml"):
+            (directory / f"{token}{suffix}").unlink(missing_ok=True)
+        moved += 1
+    if moved:
+        await asyncio.to_thread(fsync_dir, directory)
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # something else is left in it (logged above if it was a post)
+        log.info("held posts moved into the store count=%d from=%s", moved, directory)
+    return moved
 
 
 def moderation_notice(ml: MailingList, token: str, mail_from: str, raw: bytes, hostname: str) -> bytes:

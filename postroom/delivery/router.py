@@ -104,6 +104,13 @@ Invariants
     -> Junk; else spam by score (`Envelope.spam`) -> Junk unless an allow rule counts (an authenticated
     sender, `Envelope.authenticated`); else the INBOX. A copy filed by a rule gets one `junk` log line naming
     the rule, its scope and the user.
+16. Out-of-office replies (delivery/autoreply.py, RFC 3834). After the local copies are durable, each local user
+   whose copy went to the INBOX (never Junk) and whose auto-reply is on may get one reply sent: only past
+   `autoreply.skip_reason` (the null sender, automatic, list, bulk and robot mail, and mail not addressed to one
+   of the user's `identities`, get none) and `Store.claim_auto_reply` (once per sender per the user's window).
+   The reply goes through this door from the null sender (`Auto-Submitted: auto-replied`), stored or queued like
+   any message; a failure to send it is logged and never fails the delivery it answers. One `auto-reply` log
+   line per reply sent or skipped for a reason other than "off".
 """
 
 from __future__ import annotations
@@ -119,13 +126,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postroom.auth.secret import load_or_create as load_secret
+from postroom.auth.secret import for_store as store_secret
 from postroom.config import Config
-from postroom.delivery import srs
+from postroom.delivery import autoreply, srs
 from postroom.delivery.dsn import RecipientReport, build_dsn, wanted
 from postroom.inbound.senders import Senders, SenderVerdict, deciding_rule, verdict
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, sender_addresses
-from postroom.mime.headers import split_fields
+from postroom.mime.headers import Field, split_fields
 from postroom.mime.lineends import Checker, stray
 from postroom.net.listener import logfmt
 from postroom.store import names
@@ -152,6 +159,7 @@ log = logging.getLogger("postroom.delivery")
 
 MAX_DEPTH = 10
 MAX_TARGETS = 1000
+MAX_IDENTITIES = 200  # aliases followed back from one user (`identities`)
 MAX_HEADER_SENDERS = 100  # From + Sender addresses checked in one submitted message
 HEAD_LIMIT = 256 * 1024  # bytes of a staged message read to find its header (Received count)
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
@@ -290,6 +298,12 @@ def header_sender_fields(raw: bytes) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _base(address: str) -> str:
+    """An address's lookup key without its +detail (the key alias chains are walked by)."""
+    local, _, domain = address.lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
 def _printable(text: str, limit: int = 100) -> str:
     return "".join(c if 32 < ord(c) < 127 else "?" for c in text[:limit])
 
@@ -323,7 +337,7 @@ class Router:
                  on_queued: Callable[[], None] | None = None) -> None:
         self.store = store
         self.config = config
-        self.held = held or HeldPosts(Path(config.data_path) / "held")
+        self.held = held or HeldPosts(store)
         self._ids = itertools.count(1)
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
@@ -333,7 +347,7 @@ class Router:
     async def secret(self) -> bytes:
         """The server secret, read (or made) once, off the loop."""
         if self._secret is None:
-            self._secret = await asyncio.to_thread(load_secret, Path(self.config.data_path))
+            self._secret = await store_secret(self.store, Path(self.config.data_path))
         return self._secret
 
     def staging_dir(self) -> Path:
@@ -669,6 +683,8 @@ class Router:
                                               ("reason", "over-quota"), ("code", "452 4.2.2"), ("detail", exc)]))
             raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
         await self._warn(users)
+        if users and len(junk) < len(users):
+            await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk})
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
         held = 0
         for part in parts:
@@ -726,6 +742,67 @@ class Router:
                                                 ("reason", "sender-allowed"), ("scope", v.allowed.scope),
                                                 ("rule", v.allowed.pattern)]))
         return frozenset(out)
+
+    async def identities(self, user_id: int) -> list[str]:
+        """The addresses the user may send as, and that are theirs for an auto-reply's "addressed to" test: their
+        own, then the explicit aliases that lead to them (`may_send_as`; a catch-all never, invariant 6)."""
+        user = await self.store.get_user_by_id(user_id)
+        if user is None:
+            return []
+        # Walk the alias table backwards from the user (one read of it): only sources whose chain can reach them
+        # are asked of `may_send_as`, the one rule, so the store lookups grow with the user's aliases alone.
+        sources: dict[str, list[str]] = {}
+        for alias in await self.store.list_aliases():
+            if not alias.source.startswith("@"):
+                sources.setdefault(_base(alias.target), []).append(alias.source)
+        out = [user.address]
+        todo = [_base(user.address)]
+        seen = set(todo)
+        while todo and len(seen) <= MAX_IDENTITIES:
+            for source in sources.get(todo.pop(), []):
+                if _base(source) not in seen:
+                    seen.add(_base(source))
+                    todo.append(_base(source))
+                    if await self.may_send_as(user.address, source):
+                        out.append(source)
+        return out
+
+    async def _auto_replies(self, env: Envelope, head: bytes, users: dict[int, str]) -> None:
+        """Invariant 16: the out-of-office replies the INBOX copies to `users` call for, each sent (durable) or
+        its failure logged."""
+        now = time.time()
+        fields: list[Field] = []
+        for uid, address in users.items():
+            try:
+                await self._auto_reply(env, head, uid, address, now, fields)
+            except (RouteError, StoreError) as exc:  # the copies are durable: the delivery stands (invariant 16)
+                log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
+                                                        ("result", "failed"), ("reason", str(exc)[:200])]))
+
+    async def _auto_reply(self, env: Envelope, head: bytes, uid: int, address: str, now: float,
+                          fields: list[Field]) -> None:
+        """One user's out-of-office reply to `env`, if one is due (invariant 16); `fields` caches the header's
+        fields across the users of one delivery (filled on first need)."""
+        settings = await self.store.get_user_settings(uid)
+        if not autoreply.active(settings, now):
+            return
+        if not fields:
+            fields.extend(autoreply.header_fields(head))
+        own = await self.identities(uid)
+        reason = autoreply.skip_reason(env.mail_from, fields, own)
+        if reason is None and not await self.store.claim_auto_reply(uid, env.mail_from, now,
+                                                                    autoreply.window_start(settings, now)):
+            reason = "replied-recently"
+        if reason is not None:
+            log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
+                                                 ("result", "skipped"), ("reason", reason)]))
+            return
+        raw = autoreply.build(settings, from_address=autoreply.addressed_as(fields, own), to=env.mail_from,
+                              fields=fields, hostname=self.config.server.hostname, now=now)
+        # RFC 3834 §3: from the null reverse-path
+        sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), raw, may_relay=True, from_checked=True))
+        log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from), ("result", "sent"),
+                                             ("local", sent.local), ("queued", sent.queued)]))
 
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when
@@ -895,27 +972,37 @@ class Router:
         ml = await self.store.get_list(post.list_address)
         if ml is None:
             return None
-        result = await self._act(ListAction(ml, "approve" if approve else "reject", token))
+        result = await self._handle_held(ListAction(ml, "approve" if approve else "reject", token))
+        if result is None:
+            return None  # another handler (a double click, another node) took it first
         if result.queue_ids and self.on_queued is not None:
             self.on_queued()
         return result
 
     async def _act(self, act: ListAction) -> Accepted:
-        # One handler at a time per post, across requests and worker processes (two approvals at once, a
+        return await self._handle_held(act) or Accepted(0, 0, (), 0)
+
+    async def _handle_held(self, act: ListAction) -> Accepted | None:
+        """Approve or reject as the one handler of the post (None: not held, or another handler has it)."""
+        # One handler at a time per post, across requests, worker processes and nodes (two approvals at once, a
         # double click, the owner's mail beside the web admin): the others find it taken (lists.py invariant 2).
-        claimed = self.held.claim(act.token)
+        claimed = await self.held.claim(act.token)
         if claimed is None:
-            return Accepted(0, 0, (), 0)
+            return None  # already handled, or being handled (lists.py invariant 2)
+        post, claim = claimed
+        if post.list_address != act.ml.address:
+            await self.held.release(act.token, claim)
+            return None
         try:
-            post = await self.held.get(act.token)  # after the claim: a handler that just finished dropped it
-            if post is None or post.list_address != act.ml.address:
-                return Accepted(0, 0, (), 0)  # already handled (lists.py invariant 2)
             result = Accepted(0, 0, (), 0)
             if act.action == "approve":
                 result = await self.distribute(act.ml, post.raw)
-            await self.held.drop(act.token)
-        finally:
-            self.held.release(claimed)
+        except BaseException:
+            await asyncio.shield(self.held.release(act.token, claim))  # not handled: the next approval may
+            raise
+        if not await self.held.drop(act.token, claim):
+            log.warning("list post %s list=%s token=%s: the claim ran out while it was handled (another handler "
+                        "may handle it again)", act.action, act.ml.address, act.token[:8])
         log.info("list post %s list=%s token=%s", "approved" if act.action == "approve" else "rejected",
                  act.ml.address, act.token[:8])
         return result

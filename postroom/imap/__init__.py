@@ -5,9 +5,15 @@ Layers, from the wire up:
 * `framer` (sans-I/O): bytes -> commands, literals and their `+` continuations, line and size limits;
 * `syntax` and `parser` (sans-I/O): one command -> typed arguments (RFC 9051 §9 formal syntax);
 * `encoder` (sans-I/O): values -> response bytes (strings, mailbox names, flags, sequence sets, dates);
-* `state`: the Selected state (sequence numbers, \\Recent, pending changes, `$`), no I/O;
-* `session`: the asyncio state machine over one `net.Connection`, the `{verb: states}` dispatch table and the
-  one place that turns exceptions into BAD / NO;
+* `state`: the session states (RFC 9051 §3) and the Selected state (sequence numbers, \\Recent, pending changes,
+  `$`), no I/O;
+* `commands`: the command table, each wire name ("FETCH", "UID FETCH") -> the states it is valid in and its
+  handler (docs/ARCHITECTURE.md "IMAP commands" adds its parser and tests);
+* `session`: the asyncio state machine over one `net.Connection`, the dispatch through that table and the one
+  place that turns exceptions into BAD / NO;
+* `errors`: what handlers raise (`Bad`, `No`, `Silent`, `Bye`) and return (`Result`); `arguments`: command
+  arguments in the session's terms (sequence sets to UIDs, flag names, mailbox names to and from the store's),
+  shared by the command modules;
 * one module per command family: `auth` (CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE ENABLE ID
   UNAUTHENTICATE),
   `mailboxes` (SELECT EXAMINE CREATE with CREATE-SPECIAL-USE, DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB

@@ -55,7 +55,10 @@ from postroom.store.api import ANYONE, RIGHTS, Invalid, Mailbox
 
 from . import encoder
 from . import parser as P
-from .session import AUTHED, ONLY_SELECTED, Bad, No, Result, Session, command
+from .arguments import stored_name
+from .errors import Bad, No, Result
+from .session import Session
+from .state import ONLY_SELECTED
 from .syntax import ATOM_CHARS
 
 if TYPE_CHECKING:
@@ -120,7 +123,7 @@ def _user(s: Session) -> User:
 
 
 async def resolve(s: Session, name: str) -> Target | None:
-    """The mailbox a stored-form name (`mailboxes.stored_name`) names for this session, or None if there is none
+    """The mailbox a stored-form name (`arguments.stored_name`) names for this session, or None if there is none
     the user has any right on (invariant 1)."""
     user = _user(s)
     if name.startswith(SHARED_PREFIX):
@@ -217,7 +220,6 @@ def _args(cmd: P.Command) -> P.AclArgs:
 
 
 async def _target(s: Session, cmd: P.Command, rights: str) -> Target:
-    from .mailboxes import stored_name
 
     return need(await resolve(s, stored_name(s, _args(cmd).mailbox)), rights, cmd.name)
 
@@ -251,7 +253,6 @@ def _is_owner(target: Target, key: str) -> bool:
     return key.lstrip("-") == target.owner
 
 
-@command("SETACL", AUTHED)
 async def setacl(s: Session, cmd: P.Command) -> Result:
     a = _args(cmd)
     mod = a.rights
@@ -267,7 +268,6 @@ async def setacl(s: Session, cmd: P.Command) -> Result:
     return "", "SETACL completed"
 
 
-@command("DELETEACL", AUTHED)
 async def deleteacl(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     key = _identifier_key(_args(cmd).identifier)
@@ -277,7 +277,6 @@ async def deleteacl(s: Session, cmd: P.Command) -> Result:
     return "", "DELETEACL completed"
 
 
-@command("GETACL", AUTHED)
 async def getacl(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     entries = [] if names.is_shared_owner(target.owner) else [(target.owner, RIGHTS)]  # a shared folder: no owner
@@ -289,7 +288,6 @@ async def getacl(s: Session, cmd: P.Command) -> Result:
     return "", "GETACL completed"
 
 
-@command("LISTRIGHTS", AUTHED)
 async def listrights(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "a")
     identifier = _args(cmd).identifier
@@ -314,7 +312,6 @@ async def _grantable(s: Session, key: str, owner: str) -> bool:
     return user is not None and names.domain_of(user.address) == names.domain_of(owner)
 
 
-@command("MYRIGHTS", AUTHED)
 async def myrights(s: Session, cmd: P.Command) -> Result:
     target = await _target(s, cmd, "")  # RFC 4314 §4: any right that lets the user see the mailbox
     s.write(b"* MYRIGHTS " + encoder.mailbox(target.name, s.rev2) + b" "

@@ -29,25 +29,22 @@ from postroom.net.listener import log_refusal
 from postroom.store.api import User
 
 from . import parser as P
+from .arguments import b64decode
 from .encoder import quoted
-from .session import ANY, AUTH, AUTHED, LOGOUT, NOT_AUTH, Bad, No, Result, Session, Silent, b64decode, command
+from .errors import Bad, No, Result, Silent
+from .session import Session
+from .state import AUTH, LOGOUT
 
-_NOT_AUTH = frozenset({NOT_AUTH})
-_AUTH_ONLY = frozenset({AUTH})
 
-
-@command("CAPABILITY", ANY)
 async def capability(s: Session, cmd: P.Command) -> Result:
     s.write(b"* CAPABILITY " + " ".join(s.capability_list()).encode() + b"\r\n")
     return "", "CAPABILITY completed"
 
 
-@command("NOOP", ANY)
 async def noop(s: Session, cmd: P.Command) -> Result:
     return "", "NOOP completed"
 
 
-@command("LOGOUT", ANY)
 async def logout(s: Session, cmd: P.Command) -> Result:
     s.write(b"* BYE Logging out\r\n")  # RFC 9051 §6.1.3: BYE before the tagged OK
     s.state = LOGOUT
@@ -55,7 +52,6 @@ async def logout(s: Session, cmd: P.Command) -> Result:
     return "", "LOGOUT completed"
 
 
-@command("STARTTLS", _NOT_AUTH)
 async def starttls(s: Session, cmd: P.Command) -> Result:
     if s.conn.tls:
         raise Bad("TLS is already active")
@@ -85,7 +81,6 @@ def _logged_in(s: Session, user: User) -> Result:
     return s.capability_code(), "Logged in"
 
 
-@command("LOGIN", _NOT_AUTH)
 async def login(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Login)
     if not s.auth.plaintext_allowed(s.conn.tls):  # invariant 1
@@ -106,7 +101,6 @@ async def login(s: Session, cmd: P.Command) -> Result:
     return _logged_in(s, user)
 
 
-@command("AUTHENTICATE", _NOT_AUTH)
 async def authenticate(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Authenticate)
     try:
@@ -140,14 +134,12 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
     return _logged_in(s, step.user)
 
 
-@command("UNAUTHENTICATE", AUTHED)
 async def unauthenticate(s: Session, cmd: P.Command) -> Result:
     # RFC 8437 §3: back to not authenticated; a selected mailbox is closed without expunging (as UNSELECT).
     s.forget_user()  # invariant 4
     return s.capability_code(), "UNAUTHENTICATE completed"
 
 
-@command("ENABLE", _AUTH_ONLY)
 async def enable(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Names)
     enabled: list[str] = []
@@ -169,7 +161,6 @@ async def enable(s: Session, cmd: P.Command) -> Result:
     return "", "ENABLE completed"
 
 
-@command("ID", ANY)
 async def id_(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.IdArgs)
     if cmd.args.params:

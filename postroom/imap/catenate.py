@@ -66,9 +66,10 @@ from postroom.store.api import (
 
 from . import acl, encoder
 from . import parser as P
+from .arguments import parse_flags
+from .errors import Bad, No, Result
 from .fetch import load_meta
-from .messages import parse_flags
-from .session import MAX_STAGED_LITERALS, STREAM_CHUNK, Bad, No, Result, Session, StagedLiteral
+from .session import MAX_STAGED_LITERALS, STREAM_CHUNK, Session, StagedLiteral
 
 CHUNK = STREAM_CHUNK  # bytes of a source body read from the store at a time (invariant 2)
 MAX_PARTS = 1000  # cat-parts in one command (invariant 3)
@@ -148,7 +149,7 @@ def parse_url(url: str, hostname: str, user: str) -> ImapUrl:
         raise BadUrl("bad mailbox")
     name = _unescape(m.group(1))
     if name.upper() == "INBOX" or name[:6].upper() == "INBOX/":
-        name = "INBOX" + name[5:]  # RFC 9051 §5.1: INBOX is case-insensitive (as mailboxes.stored_name)
+        name = "INBOX" + name[5:]  # RFC 9051 §5.1: INBOX is case-insensitive (as arguments.stored_name)
     return _message_part(path[i + 1:], name, int(m.group(2)) if m.group(2) else None)
 
 

@@ -21,10 +21,10 @@ Invariants
 from __future__ import annotations
 
 from . import parser as P
-from .session import AUTHED, Bad, No, Result, Session, Silent, command
+from .errors import Bad, No, Result, Silent
+from .session import Session
 
 
-@command("COMPRESS", AUTHED)
 async def compress(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Names)
     if cmd.args.items != ("DEFLATE",):

@@ -10,7 +10,9 @@ Invariants
    (`mime.imap.istring`, shared with the stored ENVELOPE/BODYSTRUCTURE).
 2. Mailbox names go out in modified UTF-7 (RFC 3501 §5.1.3) unless the session enabled IMAP4rev2, whose names
    are UTF-8 (RFC 9051 §5.1); then they are quoted UTF-8 or a literal.
-3. Sequence sets are written in ascending order with runs collapsed (`1:3,7`), as COPYUID and ESEARCH want.
+3. `seqset` writes a set in ascending order with runs collapsed (`1:3,7`), as ESEARCH wants; `seqset_ordered`
+   keeps the order given and collapses only ascending runs, since COPYUID pairs its source and destination UIDs
+   by position (RFC 4315 §3).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ _UNQUOTABLE = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def quoted(value: str | bytes) -> bytes:
+    """`value` as a quoted string (RFC 9051 §9 `quoted`: `\\` and `"` escaped), text as UTF-8. The caller makes sure it
+    may be quoted (no CR, LF or NUL: invariant 1); `string` decides for it."""
     b = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
@@ -108,4 +112,5 @@ def internal_date(ts: float) -> bytes:
 
 
 def response_code_text(code: str, text: str) -> bytes:
+    """`[code] text` (RFC 9051 §7.1 resp-text), or `text` without a code; UTF-8."""
     return (f"[{code}] {text}" if code else text).encode("utf-8", "replace")

@@ -19,7 +19,7 @@ once CONDSTORE is enabled: RFC 7162 §3.1, §3.2.4).
 
 CONDSTORE and QRESYNC (RFC 7162 §3.1.4, §3.2.6): the MODSEQ item comes from the message rows like FLAGS. With
 (CHANGEDSINCE n), the messages are those the store finds changed after n through its (mailbox, MODSEQ) index
-(`Store.list_changed`), tested against the sequence set without listing it (`messages.member`); MODSEQ is
+(`Store.list_changed`), tested against the sequence set without listing it (`arguments.member`); MODSEQ is
 added to the items. With VANISHED (UID FETCH only, after ENABLE QRESYNC), expunges this session still holds are
 reported first (plain VANISHED), then `VANISHED (EARLIER)` names the UIDs of the set removed after n
 (`Store.vanished`), before any FETCH. When the store no longer has the record of removals that old (pruned,
@@ -64,8 +64,9 @@ from postroom.store.api import Flag, ImapStructure, MessageColumns, MessageInfo,
 
 from . import encoder, objectid, preview
 from . import parser as P
-from .messages import member, resolve, sel_of
-from .session import ONLY_SELECTED, Bad, No, Result, Session, command
+from .arguments import member, resolve, sel_of
+from .errors import Bad, No, Result
+from .session import Session
 from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
@@ -425,8 +426,6 @@ def _literal(label: bytes, data: bytes) -> list[bytes]:
     return [label + b" {%d}\r\n" % len(data), data]
 
 
-@command("FETCH", ONLY_SELECTED)
-@command("UID FETCH", ONLY_SELECTED)
 async def fetch(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.FetchArgs)

@@ -65,6 +65,9 @@ WINDOW = 32  # last bytes of a dropped line kept to see its literal announcement
 
 @dataclass(frozen=True, slots=True)
 class LiteralRequest:
+    """A literal announcement `{size}` / `{size+}` / `~{size}` (module doc): `size` octets; `sync` unless LITERAL+
+    (RFC 7888); the session answers with `Framer.accept_literal` or `Framer.reject_literal` before the next event."""
+
     size: int
     sync: bool
     tag: str
@@ -74,11 +77,17 @@ class LiteralRequest:
 
 @dataclass(frozen=True, slots=True)
 class RawCommand:
+    """One whole command as received: its lines (CRLF included) and its literals' octets, for
+    `parser.parse_command`."""
+
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class FramingError:
+    """A command dropped for a limit (module doc: "Line too long", "Command too long", "Too many literals"): the
+    session answers `tag BAD text` (RFC 9051 §7.1.3); `tag` is "*" when the line had none."""
+
     tag: str
     text: str
 
@@ -101,6 +110,9 @@ def guess_tag(line: bytes) -> str:
 
 
 class Framer:
+    """The framing state of one connection's input (module doc). Limits in octets: `max_line` for one line,
+    `max_command` for a command's text (its lines, not its literals)."""
+
     def __init__(self, max_line: int = 8192, max_command: int = 65536) -> None:
         self.max_line = max_line
         self.max_command = max_command
@@ -136,9 +148,11 @@ class Framer:
 
     @property
     def in_command(self) -> bool:
+        """A command is partly received (text or a literal of it), so the next bytes belong to it."""
         return bool(self._parts) or self._state != _LINE
 
     def feed(self, data: bytes) -> None:
+        """Append received bytes (any split: a line or literal may come in many pieces). Never raises (invariant 1)."""
         if self._in.feed(data):  # invariant 3: a dropped line's tail went as it arrived; invariant 4: its end kept
             self._dropped_line_end()
 
@@ -198,6 +212,8 @@ class Framer:
         return line
 
     def next_event(self) -> Event:
+        """The next event (module doc): `NEED_DATA`, a `LiteralRequest`, a `RawCommand` or a `FramingError`.
+        Raises RuntimeError only for misuse: while a `LiteralRequest` waits for `accept_literal` / `reject_literal`."""
         while True:
             if self._state == _DECIDE:
                 raise RuntimeError("accept_literal() or reject_literal() first")
@@ -264,6 +280,8 @@ class Framer:
             return self._request
 
     def accept_literal(self, *, external: bool = False) -> None:
+        """Take the announced literal: its octets become part of the command (or, `external`, the session reads them
+        itself: `take_external`, `external_done`). Only right after a `LiteralRequest`."""
         assert self._state == _DECIDE and self._request is not None
         self._state, self._need = (_EXTERNAL if external else _LITERAL), self._request.size
         self._request = None
@@ -291,6 +309,8 @@ class Framer:
         self._state, self._need, self._in.scanned = _LINE, 0, 0
 
     def reject_literal(self) -> None:
+        """Refuse the announced literal: the command is dropped, and a non-synchronizing literal's octets skipped as
+        they arrive (RFC 7888 §4, invariant 4). Only right after a `LiteralRequest`."""
         assert self._state == _DECIDE and self._request is not None
         req = self._request
         self._abandon()

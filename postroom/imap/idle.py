@@ -25,10 +25,10 @@ from typing import Any
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .session import AUTHED, IDLE_LINE_MAX, Bad, Result, Session, command
+from .errors import Bad, Result
+from .session import IDLE_LINE_MAX, Session
 
 
-@command("IDLE", AUTHED)
 async def idle(s: Session, cmd: P.Command) -> Result:
     s.write(b"+ idling\r\n")
     await s.notify(allow_expunge=True)

@@ -7,7 +7,8 @@ Theory of operation
 -------------------
 The store knows one user's mailboxes by full name with "/" as the hierarchy separator (one personal
 namespace, RFC 2342). Names arrive in the client's encoding and are turned into stored names by
-`stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the reverse.
+`arguments.stored_name` (modified UTF-7 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2); `wire_name` does the
+reverse.
 LIST reads every mailbox of the user once and matches the patterns in memory: `*` matches anything, `%`
 anything but the separator (RFC 9051 §6.3.9). A name that is only the parent of others (its mailbox was
 deleted, children stay: RFC 9051 §6.3.5) is listed as `\\NonExistent` (rev2, or any extended LIST: RFC 5258
@@ -48,14 +49,14 @@ Invariants
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
    staging file (session.py, `Session.staged`): the worker reads the file itself (`pool.meta_of_file`), and the
    file goes to `Store.append_file`; the handler removes it if it fails first.
+4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
+   announces the mailbox's keyword set and every keyword its listed messages carry.
+5. Every mailbox name a client sends passes `arguments.stored_name` before any store call: a name that is not valid
+   modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
+   store in a form it cannot encode (and nothing is logged as a server error for it).
 6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
    one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
    CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
-4. A FETCH never carries a keyword the session has not announced with FLAGS (state.py invariant 5): SELECT
-   announces the mailbox's keyword set and every keyword its listed messages carry.
-5. Every mailbox name a client sends passes `stored_name` before any store call: a name that is not valid
-   modified UTF-7 (rev1) or not valid UTF-8 is answered `NO [CANNOT]` there, so no client input reaches the
-   store in a form it cannot encode (and nothing is logged as a server error for it).
 """
 
 from __future__ import annotations
@@ -81,34 +82,12 @@ from postroom.store.api import (
 
 from . import acl, catenate, encoder, objectid
 from . import parser as P
-from .messages import parse_flags
-from .session import AUTH, AUTHED, SELECTED, Bad, No, Result, Session, StagedLiteral, command
-from .state import Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
-
-SEP = "/"
+from .arguments import SEP, parse_flags, stored_name, wire_name
+from .errors import Bad, No, Result
+from .session import Session, StagedLiteral
+from .state import AUTH, SELECTED, Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
-
-
-def stored_name(s: Session, name: str) -> str:
-    """The store's name for a client's mailbox argument (module invariant 5). Raises `No` [CANNOT] for a name
-    that is not valid modified UTF-7 (rev1) or not valid UTF-8 (8-bit bytes reach here surrogate-escaped)."""
-    try:
-        name = encoder.decode_mailbox(name, s.rev2)
-    except ValueError:
-        raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        # RFC 9051 §5.1: mailbox names are UTF-8; RFC 5530 §3 CANNOT: a name this server cannot hold.
-        raise No("Mailbox name is not valid UTF-8", "CANNOT") from None
-    if name.upper() == "INBOX" or name[:6].upper() == "INBOX" + SEP:
-        name = "INBOX" + name[5:]
-    return name
-
-
-def wire_name(s: Session, name: str) -> bytes:
-    return encoder.mailbox(name, s.rev2)
 
 
 def _user_id(s: Session) -> int:
@@ -118,8 +97,6 @@ def _user_id(s: Session) -> int:
 
 # ---- SELECT / EXAMINE (RFC 9051 §6.3.2, §6.3.3)
 
-@command("SELECT", AUTHED)
-@command("EXAMINE", AUTHED)
 async def select(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SelectArgs)
@@ -236,7 +213,6 @@ def create_use(uses: tuple[str, ...]) -> str | None:
     return CREATE_USES[use]
 
 
-@command("CREATE", AUTHED)
 async def create(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Create)
     name = stored_name(s, cmd.args.mailbox).rstrip(SEP)  # RFC 9051 §6.3.4: a trailing separator is intent
@@ -267,7 +243,6 @@ async def create(s: Session, cmd: P.Command) -> Result:
     return f"MAILBOXID ({objectid.mailbox_id(mbox.id, mbox.uidvalidity)})", "CREATE completed"  # RFC 8474 §4.1
 
 
-@command("DELETE", AUTHED)
 async def delete(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.MailboxArg)
     name = stored_name(s, cmd.args.mailbox)
@@ -280,7 +255,6 @@ async def delete(s: Session, cmd: P.Command) -> Result:
     return "", "DELETE completed"
 
 
-@command("RENAME", AUTHED)
 async def rename(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.Rename)
     old = stored_name(s, cmd.args.old)
@@ -310,8 +284,6 @@ async def rename(s: Session, cmd: P.Command) -> Result:
     return "", "RENAME completed"
 
 
-@command("SUBSCRIBE", AUTHED)
-@command("UNSUBSCRIBE", AUTHED)
 async def subscribe(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.MailboxArg)
     name = stored_name(s, cmd.args.mailbox)
@@ -321,7 +293,6 @@ async def subscribe(s: Session, cmd: P.Command) -> Result:
     return "", f"{cmd.name} completed"
 
 
-@command("NAMESPACE", AUTHED)
 async def namespace(s: Session, cmd: P.Command) -> Result:
     # RFC 2342 §5: the personal namespace, other users' and the shared one (acl.py). The shared namespace is
     # announced always, whether or not the domain has a shared folder yet: §5 answers NIL for a namespace the
@@ -354,7 +325,6 @@ def _sort_key(name: str) -> tuple[int, str]:
     return (0 if name == "INBOX" else 1, name)
 
 
-@command("LIST", AUTHED)
 async def list_(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.ListArgs)
@@ -437,7 +407,6 @@ async def list_(s: Session, cmd: P.Command) -> Result:
     return "", "LIST completed"
 
 
-@command("LSUB", AUTHED)
 async def lsub(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.ListArgs)
@@ -501,7 +470,6 @@ async def status_line(s: Session, mbox: Mailbox, items: tuple[str, ...]) -> byte
     return b"* STATUS " + wire_name(s, mbox.name) + b" (" + " ".join(out).encode() + b")\r\n"
 
 
-@command("STATUS", AUTHED)
 async def status(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.StatusArgs)
     target = acl.need(await acl.resolve(s, stored_name(s, cmd.args.mailbox)), "r", "STATUS")  # RFC 4314 §4
@@ -511,7 +479,6 @@ async def status(s: Session, cmd: P.Command) -> Result:
 
 # ---- APPEND (RFC 9051 §6.3.12, UIDPLUS APPENDUID, BINARY literal8, MULTIAPPEND RFC 3502)
 
-@command("APPEND", AUTHED)
 async def append(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.AppendArgs)

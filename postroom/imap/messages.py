@@ -3,11 +3,11 @@
 
 Theory of operation
 -------------------
-Sequence sets are resolved against the session's view (`Selected.uids`) into UIDs (`resolve`); every store
-call takes UIDs. A write returns its change records: this session reports them itself (FETCH for STORE,
+Sequence sets are resolved against the session's view (`Selected.uids`) into UIDs (`arguments.resolve`); every
+store call takes UIDs. A write returns its change records: this session reports them itself (FETCH for STORE,
 EXPUNGE or VANISHED for EXPUNGE and MOVE, through `Selected.expunged`) and marks them as its own so the hub's
-echo is not reported twice (`state` invariant 3). `member` answers "is this UID in the set" without listing
-the set, for CHANGEDSINCE and VANISHED, whose work follows the changes, not the mailbox.
+echo is not reported twice (`state` invariant 3). (`arguments.member`, which answers "is this UID in the set"
+without listing it, serves FETCH's CHANGEDSINCE and VANISHED.)
 
 CONDSTORE (RFC 7162 §3.1.3): STORE (UNCHANGEDSINCE n) leaves alone every message changed after n, and every
 message expunged by another session whose expunge this session has not reported yet (its removal is a change
@@ -20,7 +20,7 @@ Invariants
 1. A read-only (EXAMINE) session changes nothing: STORE, EXPUNGE, MOVE answer NO [READ-ONLY]; CLOSE does not
    expunge (RFC 9051 §6.4.2).
 2. A message sequence number beyond EXISTS is a client error (BAD); a UID that does not exist is ignored
-   (RFC 9051 §6.4.8).
+   (RFC 9051 §6.4.8; both checked by `arguments.resolve`).
 3. EXPUNGE responses written here always follow the session's own numbering: each one's number is computed
    after the previous one was removed.
 4. On another user's mailbox every change checks the RFC 4314 §4 right first (`Selected.may`, rights read
@@ -31,114 +31,17 @@ Invariants
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable
-
-from postroom.store import names
-from postroom.store.api import FLAG_BY_NAME, ChangeKind, Flag, Invalid, StoreMode, flags_allowed
+from postroom.store.api import ChangeKind, Flag, StoreMode, flags_allowed
 
 from . import acl, encoder
 from . import parser as P
-from .session import AUTH, ONLY_SELECTED, Bad, No, Result, Session, command
-from .state import Selected, in_ranges, uid_ranges
-
-
-def sel_of(s: Session) -> Selected:
-    assert s.sel is not None
-    return s.sel
-
-
-def parse_flags(flags: Iterable[str]) -> tuple[int, list[str]]:
-    """System flags to a bitmask, keywords validated; \\Recent cannot be set (RFC 9051 §2.3.2) and is
-    ignored; another unknown system flag is a BAD."""
-    bits = 0
-    keywords: list[str] = []
-    for f in flags:
-        if f.startswith("\\"):
-            bit = FLAG_BY_NAME.get(f.lower())
-            if bit is None:
-                if f.lower() == "\\recent":
-                    continue
-                raise Bad(f"Unknown system flag {f[:40]}")
-            bits |= bit
-        else:
-            try:
-                keywords.append(names.keyword(f))
-            except Invalid:
-                raise Bad(f"Invalid keyword {f[:40]}") from None
-    return bits, keywords
-
-
-def member(s: Session, seqset: P.SeqSet, uid: bool, star: int = 0) -> Callable[[int], bool]:
-    """A test "is this UID named by `seqset`" in the session's view, made without listing the set (the set may be
-    1:* of a large mailbox). A message number beyond EXISTS is BAD (invariant 2). `star` is what "*" means in a
-    UID set (default: the highest UID in the view)."""
-    sel = sel_of(s)
-    if seqset.saved:
-        saved = set(sel.saved)
-        return saved.__contains__
-    top = len(sel.uids) if not uid else (star or (sel.uids[-1] if sel.uids else 0))
-    ranges: list[tuple[int, int]] = []
-    for lo, hi in seqset.ranges:
-        lo = top if lo == P.STAR else lo
-        hi = top if hi == P.STAR else hi
-        lo, hi = min(lo, hi), max(lo, hi)
-        if lo == 0:  # "*" of an empty mailbox
-            continue
-        if not uid and hi > top:
-            raise Bad("Invalid message sequence number")
-        ranges.append((lo, hi))
-    inside = in_ranges(uid_ranges(ranges))
-    if uid:
-        return inside
-    return lambda u: inside(sel.msn(u))
-
-
-def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
-    """UIDs (ascending, unique) named by a sequence set in the session's view (invariant 2)."""
-    sel = sel_of(s)
-    uids = sel.uids
-    if seqset.saved:  # RFC 5182 §2.1: "$" is the last saved result, empty if none
-        present = set(uids)
-        return [u for u in sel.saved if u in present]
-    out: set[int] = set()
-    if not uid:
-        n = len(uids)
-        for lo, hi in seqset.ranges:
-            if lo == P.STAR:
-                lo = n
-            if hi == P.STAR:
-                hi = n
-            if lo > hi:
-                lo, hi = hi, lo
-            if lo == 0:  # "*" in an empty mailbox
-                continue
-            if hi > n:
-                raise Bad("Invalid message sequence number")
-            out.update(uids[lo - 1:hi])
-            if len(out) > 10_000_000:
-                break
-        return sorted(out)
-    top = uids[-1] if uids else 0
-    for lo, hi in seqset.ranges:
-        if lo == P.STAR:
-            lo = top
-        if hi == P.STAR:
-            hi = top
-        if lo > hi:
-            lo, hi = hi, lo
-        if hi == 0:
-            continue
-        i = bisect.bisect_left(uids, lo)
-        j = bisect.bisect_right(uids, hi)
-        out.update(uids[i:j])
-    return sorted(out)
-
+from .arguments import parse_flags, resolve, sel_of, stored_name
+from .errors import No, Result
+from .session import Session
+from .state import AUTH
 
 # ---- STORE (RFC 9051 §6.4.6)
 
-@command("STORE", ONLY_SELECTED)
-@command("UID STORE", ONLY_SELECTED)
 async def store(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.StoreArgs)
@@ -203,7 +106,6 @@ def _allowed_flags(rights: str, mode: str, bits: int, keywords: list[str]) -> tu
 # ---- COPY / MOVE (RFC 9051 §6.4.7, RFC 6851, RFC 4315 COPYUID)
 
 async def _destination(s: Session, name: str, verb: str) -> acl.Target:
-    from .mailboxes import stored_name
 
     # RFC 9051 §6.4.7 TRYCREATE; RFC 4314 §4: "i" on the destination
     return acl.need(await acl.resolve(s, stored_name(s, name)), "i", verb, "TRYCREATE")
@@ -220,8 +122,6 @@ def _copyuid(uidvalidity: int, src: tuple[int, ...], dst: tuple[int, ...]) -> st
             f"{encoder.seqset_ordered(list(dst)).decode()}")
 
 
-@command("COPY", ONLY_SELECTED)
-@command("UID COPY", ONLY_SELECTED)
 async def copy(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.CopyArgs)
@@ -235,8 +135,6 @@ async def copy(s: Session, cmd: P.Command) -> Result:
     return _copyuid(res.uidvalidity, res.source_uids, res.dest_uids), "COPY completed"
 
 
-@command("MOVE", ONLY_SELECTED)
-@command("UID MOVE", ONLY_SELECTED)
 async def move(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.CopyArgs)
@@ -282,7 +180,6 @@ def _need_expunge(s: Session) -> None:
         raise No("EXPUNGE needs the right e on this mailbox", "NOPERM")
 
 
-@command("EXPUNGE", ONLY_SELECTED)
 async def expunge(s: Session, cmd: P.Command) -> Result:
     _need_expunge(s)
     if sel_of(s).readonly:
@@ -290,7 +187,6 @@ async def expunge(s: Session, cmd: P.Command) -> Result:
     return await _expunge(s, None, True), "EXPUNGE completed"
 
 
-@command("UID EXPUNGE", ONLY_SELECTED)
 async def uid_expunge(s: Session, cmd: P.Command) -> Result:
     assert isinstance(cmd.args, P.SeqArg)
     uids = resolve(s, cmd.args.seqset, True)
@@ -308,7 +204,6 @@ def _deselect(s: Session) -> None:
         s.sub.watch(None)  # another user's mailbox no more (acl.py)
 
 
-@command("CLOSE", ONLY_SELECTED)
 async def close(s: Session, cmd: P.Command) -> Result:
     if not sel_of(s).readonly and sel_of(s).may("e"):  # RFC 4314 §4: CLOSE expunges only with "e"
         await _expunge(s, None, False)  # RFC 9051 §6.4.1: silently, no EXPUNGE responses
@@ -316,12 +211,10 @@ async def close(s: Session, cmd: P.Command) -> Result:
     return "", "CLOSE completed"
 
 
-@command("UNSELECT", ONLY_SELECTED)
 async def unselect(s: Session, cmd: P.Command) -> Result:
     _deselect(s)
     return "", "UNSELECT completed"
 
 
-@command("CHECK", ONLY_SELECTED)
 async def check(s: Session, cmd: P.Command) -> Result:
     return "", "CHECK completed"  # every write is durable already (store invariant 1)

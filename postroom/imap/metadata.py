@@ -29,7 +29,7 @@ ServerMetadataChange (RFC 5465 §5.6, §5.7: imap/notify.py), from the change re
 
 Invariants
 1. Every entry name passes `names.metadata_entry` before any store call (BAD otherwise); a mailbox name passes
-   `mailboxes.stored_name` (mailboxes invariant 5).
+   `arguments.stored_name` (mailboxes invariant 5).
 2. A SETMETADATA changes every entry it names or none (one store transaction).
 3. A GETMETADATA answers each entry once, sorted by name, and writes item by item (flushing), so its memory is
    one value at a time beyond what the store returned (at most MAX_METADATA_ENTRIES x MAX_METADATA_VALUE).
@@ -45,8 +45,9 @@ from postroom.store.api import Invalid, Mailbox, MetadataTooMany
 
 from . import acl, encoder
 from . import parser as P
-from .mailboxes import stored_name, wire_name
-from .session import AUTHED, Bad, No, Result, Session, command
+from .arguments import stored_name, wire_name
+from .errors import Bad, No, Result
+from .session import Session
 from .syntax import ATOM_CHARS
 
 ADMIN = "/shared/admin"
@@ -105,7 +106,6 @@ def _value(value: bytes | None) -> bytes:
     return encoder.string(value)  # NIL, quoted, or a literal when long or 8-bit
 
 
-@command("GETMETADATA", AUTHED)
 async def getmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.GetMetadata)
@@ -142,7 +142,6 @@ async def getmetadata(s: Session, cmd: P.Command) -> Result:
     return "", "GETMETADATA completed"
 
 
-@command("SETMETADATA", AUTHED)
 async def setmetadata(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SetMetadata)

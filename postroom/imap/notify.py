@@ -84,9 +84,11 @@ from postroom.store.hub import SubscriptionOverflow
 
 from . import acl
 from . import parser as P
-from .mailboxes import status_line, stored_name, wire_name
+from .arguments import stored_name, wire_name
+from .errors import No, Result
+from .mailboxes import status_line
 from .metadata import entry_name
-from .session import AUTHED, No, Result, Session, command
+from .session import Session
 from .state import Selected
 
 log = logging.getLogger("postroom.imap")
@@ -428,7 +430,6 @@ async def _shared(s: Session, groups: list[Group], subscribed: set[str] | None) 
     return out
 
 
-@command("NOTIFY", AUTHED)
 async def notify(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.NotifyArgs) and s.user is not None

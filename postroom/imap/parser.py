@@ -44,6 +44,9 @@ from .syntax import ATOM_CHARS, MONTHS, STAR, Cursor, ParseError, SeqSet
 
 @dataclass(frozen=True, slots=True)
 class FetchAtt:
+    """One FETCH data item (RFC 9051 §6.4.5 `fetch-att`; BINARY RFC 3516 §4.2, PREVIEW RFC 8970 §3): a section
+    as `mime.imap.Section`, a partial as (start octet, length in octets)."""
+
     name: str  # ENVELOPE FLAGS INTERNALDATE RFC822 RFC822.HEADER RFC822.SIZE RFC822.TEXT BODY BODYSTRUCTURE
     #            UID BINARY BINARY.SIZE (BODY with a section is "BODY[]"; BODY.PEEK is BODY[] with peek)
     section: Section | None = None
@@ -63,23 +66,32 @@ class Key:
 
 @dataclass(frozen=True, slots=True)
 class Login:
+    """LOGIN (RFC 9051 §6.2.3): user name and password as text (never logged: session invariant 5)."""
+
     user: str
     password: str
 
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
+    """AUTHENTICATE (RFC 9051 §6.2.2): the SASL mechanism, upper-case, and the initial response if any."""
+
     mechanism: str
     initial: bytes | None  # SASL-IR (RFC 4959) still base64; b"=" means an empty response
 
 
 @dataclass(frozen=True, slots=True)
 class Names:
+    """A list of names: ENABLE's capabilities (RFC 5161 §3.1) and COMPRESS's mechanism (RFC 4978 §3), upper-case;
+    CANCELUPDATE's tags (RFC 5267 §4.3), as sent."""
+
     items: tuple[str, ...]  # ENABLE capabilities; COMPRESS's one mechanism
 
 
 @dataclass(frozen=True, slots=True)
 class MailboxArg:
+    """One mailbox argument (DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT), as the client wrote it (invariant 3)."""
+
     mailbox: str
 
 
@@ -104,6 +116,8 @@ class SelectArgs:
 
 @dataclass(frozen=True, slots=True)
 class Create:
+    """CREATE (RFC 9051 §6.3.4) with CREATE-SPECIAL-USE's USE list (RFC 6154 §3)."""
+
     mailbox: str
     uses: tuple[str, ...] = ()  # CREATE-SPECIAL-USE (RFC 6154 §3): the USE attributes as given
 
@@ -128,12 +142,16 @@ class SetMetadata:
 
 @dataclass(frozen=True, slots=True)
 class Rename:
+    """RENAME (RFC 9051 §6.3.6): the existing name and the new one, as written."""
+
     old: str
     new: str
 
 
 @dataclass(frozen=True, slots=True)
 class ListArgs:
+    """LIST (RFC 9051 §6.3.9, LIST-EXTENDED RFC 5258 §3, LIST-STATUS RFC 5819) or LSUB (RFC 3501 §6.3.9)."""
+
     reference: str
     patterns: tuple[str, ...]
     selection: tuple[str, ...] = ()  # LIST-EXTENDED selection options, upper-case
@@ -144,6 +162,8 @@ class ListArgs:
 
 @dataclass(frozen=True, slots=True)
 class StatusArgs:
+    """STATUS (RFC 9051 §6.3.11): the mailbox and the status items, upper-case."""
+
     mailbox: str
     items: tuple[str, ...]
 
@@ -175,6 +195,9 @@ class AppendMessage:
 
 @dataclass(frozen=True, slots=True)
 class AppendArgs:
+    """APPEND (RFC 9051 §6.3.12) of one message, or several (MULTIAPPEND, RFC 3502): `messages()` gives them all;
+    the first one's fields are also here. `date` is seconds since the epoch; `message` the literal's octets."""
+
     mailbox: str
     flags: tuple[str, ...]
     date: float | None
@@ -191,6 +214,8 @@ class AppendArgs:
 
 @dataclass(frozen=True, slots=True)
 class SearchArgs:
+    """SEARCH (RFC 9051 §6.4.4; ESEARCH's RETURN, RFC 4731 §3.1): the program as one `Key` tree."""
+
     key: Key
     charset: str | None = None
     returns: tuple[str, ...] | None = None  # None: no RETURN (plain SEARCH); () : RETURN () = ALL
@@ -219,6 +244,8 @@ class ThreadArgs:
 
 @dataclass(frozen=True, slots=True)
 class FetchArgs:
+    """FETCH (RFC 9051 §6.4.5) with its CONDSTORE / QRESYNC modifiers (RFC 7162 §3.1.4, §3.2.6)."""
+
     seqset: SeqSet
     atts: tuple[FetchAtt, ...]
     macro: str = ""  # ALL / FAST / FULL
@@ -228,6 +255,8 @@ class FetchArgs:
 
 @dataclass(frozen=True, slots=True)
 class StoreArgs:
+    """STORE (RFC 9051 §6.4.6): FLAGS (`mode` ""), +FLAGS or -FLAGS, `.SILENT`, UNCHANGEDSINCE (RFC 7162 §3.1.3)."""
+
     seqset: SeqSet
     mode: str  # "", "+", "-"
     silent: bool
@@ -237,17 +266,23 @@ class StoreArgs:
 
 @dataclass(frozen=True, slots=True)
 class CopyArgs:
+    """COPY and MOVE (RFC 9051 §6.4.7, §6.4.8): the messages and the destination mailbox."""
+
     seqset: SeqSet
     mailbox: str
 
 
 @dataclass(frozen=True, slots=True)
 class SeqArg:
+    """UID EXPUNGE's UID set (RFC 4315 §2.1)."""
+
     seqset: SeqSet
 
 
 @dataclass(frozen=True, slots=True)
 class IdArgs:
+    """ID (RFC 2971 §3.1): (field, value) pairs as sent; None for NIL."""
+
     params: tuple[tuple[str, str | None], ...] | None
 
 
@@ -273,6 +308,8 @@ class NotifyGroup:
 
 @dataclass(frozen=True, slots=True)
 class NotifyArgs:
+    """NOTIFY (RFC 5465 §3, §8): SET's event groups, or NONE."""
+
     groups: tuple[NotifyGroup, ...] | None  # None: NOTIFY NONE
     status: bool = False  # NOTIFY SET STATUS
 
@@ -293,6 +330,9 @@ Args = (None | Login | Authenticate | Names | MailboxArg | SelectArgs | Create |
 
 @dataclass(frozen=True, slots=True)
 class Command:
+    """One parsed command (RFC 9051 §9 `command`): its tag, verb, typed arguments (`Args`) and whether it came
+    as `UID verb` (§6.4.9). `verb` is the wire name the command table uses (commands.py)."""
+
     tag: str
     name: str  # upper-case verb; "UID FETCH" etc. keep name "FETCH" with uid=True
     args: Args = None
@@ -300,6 +340,7 @@ class Command:
 
     @property
     def verb(self) -> str:
+        """The wire name: "FETCH", or "UID FETCH" for the UID form (the key of `commands.COMMANDS`)."""
         return ("UID " + self.name) if self.uid else self.name
 
 
@@ -1267,7 +1308,8 @@ _UID_PARSERS: dict[str, Callable[[Cursor], Args]] = {
     "FETCH": _p_fetch, "SEARCH": _p_search, "STORE": _p_store, "COPY": _p_copy, "MOVE": _p_copy,
     "EXPUNGE": _p_expunge_uid, "SORT": _p_sort, "THREAD": _p_thread,
 }
-COMMANDS = frozenset(_PARSERS)
+COMMANDS = frozenset(_PARSERS)  # the verbs parse_command knows (their handlers: commands.py)
+UID_COMMANDS = frozenset(_UID_PARSERS)  # the verbs it knows after "UID " (RFC 9051 §6.4.9)
 
 
 def parse_command(data: bytes) -> Command:
@@ -1297,6 +1339,7 @@ def parse_command(data: bytes) -> Command:
 
 
 __all__ = [
+    "COMMANDS",
     "MONTHS",
     "NEED_DATA",
     "STAR",
@@ -1316,6 +1359,7 @@ __all__ = [
     "SeqSet",
     "SortArgs",
     "ThreadArgs",
+    "UID_COMMANDS",
     "guess_tag",
     "parse_command",
 ]

@@ -43,7 +43,8 @@ from postroom.imap import encoder
 from postroom.imap import parser as P
 from postroom.store.api import QuotaUsage
 
-from .session import AUTHED, No, Result, command
+from .arguments import stored_name
+from .errors import No, Result
 
 if TYPE_CHECKING:
     from .session import Session
@@ -84,11 +85,9 @@ async def _roots(s: Session) -> dict[str, list[tuple[str, int, int]]]:
     return roots(await s.store.get_quota(s.user.id), s.user.address.rpartition("@")[2])
 
 
-@command("GETQUOTAROOT", AUTHED)
 async def getquotaroot(s: Session, cmd: P.Command) -> Result:
     """RFC 9208 §4.3: `* QUOTAROOT mailbox root...`, then `* QUOTA` for each root."""
     from .acl import need, resolve
-    from .mailboxes import stored_name
 
     assert isinstance(cmd.args, P.MailboxArg)
     target = need(await resolve(s, stored_name(s, cmd.args.mailbox)), "", cmd.name)
@@ -102,7 +101,6 @@ async def getquotaroot(s: Session, cmd: P.Command) -> Result:
     return "", "GETQUOTAROOT completed"
 
 
-@command("GETQUOTA", AUTHED)
 async def getquota(s: Session, cmd: P.Command) -> Result:
     """RFC 9208 §4.2: the QUOTA response of one of the user's roots; NO [NONEXISTENT] for any other name."""
     assert isinstance(cmd.args, P.QuotaArgs)
@@ -114,7 +112,6 @@ async def getquota(s: Session, cmd: P.Command) -> Result:
     return "", "GETQUOTA completed"
 
 
-@command("SETQUOTA", AUTHED)
 async def setquota(s: Session, cmd: P.Command) -> Result:
     """RFC 9208 §4.1.3 (QUOTASET not advertised): quotas are the administrator's (module doc)."""
     raise No("Quotas are set by the administrator (postroom user set ADDRESS --quota BYTES)", "NOPERM")

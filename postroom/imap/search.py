@@ -77,11 +77,12 @@ from postroom.store.textindex import TextAll, TextAny, TextFilter, TextTerm
 
 from . import encoder, objectid
 from . import parser as P
+from .arguments import resolve, sel_of
 from .context import MAX_CONTEXTS, UidRanges, UpdateContext
+from .errors import Bad, No, Result
 from .fetch import META_BATCH, load_meta, prefetch_meta
-from .messages import resolve, sel_of
 from .results import partial_item
-from .session import ONLY_SELECTED, Bad, No, Result, Session, command
+from .session import Session
 
 _CHARSETS = ("UTF-8", "US-ASCII")
 _META_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
@@ -402,12 +403,18 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
     order = list(tests)
     # The scan forms answer the string keys (store/scanform.py); SENT* need the metadata itself.
     scan = None if _needs_sent(key) else [_scan_test(t, tests[t]) for t in order]
+    # The index answered every text test exactly (fts.py invariant 5): each candidate holds them all, and no
+    # scan form or metadata is read (invariant 2).
+    exact = scan is not None and found is not None and flt is not None and _answered(flt, found.exact, order)
     nodes = count_keys(key)
     out: list[int] = []
+    by_bits: dict[int, dict[_Test, bool]] = {}  # one answer dict per bit mask (they are few)
     for k in range(0, len(infos), META_BATCH):
         batch = infos[k:k + META_BATCH]
         hits: dict[str, int] = {}
-        if scan:
+        if exact:
+            hits = dict.fromkeys((m.blob_id for m in batch), (1 << len(order)) - 1)
+        elif scan:
             # Off the event loop: a reader thread decompresses and compares (invariant 3); the budget holds.
             found_hits = await s.store.scan_texts(list({m.blob_id: None for m in batch}), scan,
                                                   MAX_SEARCH_WORK - ctx.compared)
@@ -419,7 +426,10 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
             bits = hits.get(m.blob_id)
             meta: MessageMeta | None = None
             if bits is not None:
-                ctx.hits = {t: bool(bits >> i & 1) for i, t in enumerate(order)}
+                answers = by_bits.get(bits)
+                if answers is None:
+                    answers = by_bits[bits] = {t: bool(bits >> i & 1) for i, t in enumerate(order)}
+                ctx.hits = answers
             else:
                 meta = metas.get(m.blob_id) or await load_meta(s, m)
                 await ctx.evaluate_text(tests, meta)  # invariant 3: the costly part, in slices
@@ -429,6 +439,32 @@ async def _meta_search(s: Session, key: P.Key, ctx: _Ctx, modseqs: dict[int, int
                     modseqs[m.uid] = m.modseq
             await ctx.tick(nodes=nodes)
     return out
+
+
+def _answered(flt: TextFilter, exact: bool, order: Sequence[_Test]) -> bool:
+    """The index's exact answer (`TextCandidates.exact`) decides every test of `order` for its candidates: the
+    filter is an AND of terms only (each holds for every candidate), and every test is one of them."""
+    if not exact:
+        return False
+    stack: list[TextFilter] = [flt]
+    covered: set[TextTerm] = set()
+    while stack:
+        f = stack.pop()
+        if isinstance(f, TextTerm):
+            covered.add(f)
+        elif isinstance(f, TextAll):
+            stack.extend(f.terms)
+        else:
+            return False  # an OR: which side holds is not known per message
+    return all(_term_of(t) in covered for t in order)
+
+
+def _term_of(test: _Test) -> TextTerm:
+    """The index term `_narrowing` makes of a text test."""
+    op, args = test
+    if op == "HEADER":
+        return TextTerm("header", str(args[1]), str(args[0]).lower())
+    return TextTerm(op.lower(), str(args[0]))
 
 
 def _needs_sent(key: P.Key) -> bool:
@@ -467,8 +503,6 @@ async def matching(s: Session, key: P.Key, sets: Mapping[int, Container[int]],
     return out
 
 
-@command("SEARCH", ONLY_SELECTED)
-@command("UID SEARCH", ONLY_SELECTED)
 async def search(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SearchArgs)

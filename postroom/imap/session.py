@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 `imap_handler(services, listener)` returns the `net` handler; each connection runs `Session.run()`. The loop
 reads bytes into the sans-I/O `Framer`, answers literal announcements (`+` continuation, RFC 9051 §7.5, or a
-refusal), parses each command (`parser.parse_command`) and dispatches it through `COMMANDS`, a table
-`{verb: (allowed states, handler)}` checked in one place. Handlers live in one module per command family
-(`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`); they write untagged data with `write()` and
-return the tagged OK's response code and text, or raise:
+refusal), parses each command (`parser.parse_command`) and dispatches it through `commands.COMMANDS`, a
+table `{wire name: (allowed states, handler)}` checked in one place. Handlers live in one module per command
+family (`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`, ...); they write untagged data with
+`write()` and return the tagged OK's response code and text, or raise (errors.py):
 
 * `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
 * `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
@@ -40,14 +40,17 @@ stay on until the connection ends (or UNAUTHENTICATE, RFC 8437 §3) and are copi
 UIDONLY (RFC 9586) likewise: `uidonly` is set by ENABLE UIDONLY, copied into `Selected`, and from then on every
 command that takes message numbers is refused with `BAD [UIDREQUIRED]` in `_dispatch` (`uidonly.refusal`).
 
-reports them as they come. Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
+Once the client used NOTIFY (RFC 5465, `notify.py`), every change goes through its
 `Notifier` instead (`take_change`), which also queues STATUS and LIST responses for other mailboxes, and
 `read_more` waits on the feed as well as the client between commands, so those go out at once.
 UNAUTHENTICATE (RFC 8437) drops all of it with the user (`forget_user`).
 
 Invariants
-1. One place writes tagged responses (`_dispatch`); a handler never writes one itself (except for the
-   continuation requests of AUTHENTICATE, APPEND and IDLE).
+1. Only the session writes tagged responses: `_dispatch` for every command that reached its handler, `_bad`
+   for one that could not be framed or parsed, and the refusals of a literal before it is sent (`_literal`,
+   `_over_quota_early`: TOOBIG, LIMIT, OVERQUOTA). A handler writes none itself, except STARTTLS, whose OK must
+   precede the handshake (it raises `Silent`); handlers write only untagged data and the continuation requests
+   of AUTHENTICATE and IDLE.
 2. Every read has a limit: the command size in the framer (`limits.imap_command_length`, for the command's
    text and so for any one line of it), the literal size (`limits.literal_size`, APPEND:
    `limits.message_size`) before the `+` is sent, an AUTHENTICATE response line (`sasl_line_max()`: the
@@ -64,8 +67,6 @@ Invariants
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import tempfile
@@ -101,7 +102,8 @@ from postroom.store.api import (
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
-from .state import Selected
+from .errors import Bad, Bye, No, Silent
+from .state import AUTHED, LOGOUT, NOT_AUTH, Selected
 from .syntax import Cursor
 
 if TYPE_CHECKING:
@@ -111,10 +113,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postroom.imap")
 
-NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
-ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
-AUTHED = frozenset({AUTH, SELECTED})
-ONLY_SELECTED = frozenset({SELECTED})
 FLUSH_BYTES = 256 * 1024
 STREAM_LITERAL_MIN = STAGING_THRESHOLD  # APPEND literals larger than this go to a staging file (store/api.py)
 STREAM_CHUNK = 256 * 1024  # largest read from the connection while streaming a literal to its file
@@ -132,32 +130,6 @@ class StagedLiteral:
     binary: bool  # literal8
     error: InsufficientStorage | None = None  # the file could not be written (disk full); its bytes were read
     at: int = -1  # offset in the command text of the empty literal left in its place (parser `CatPart.at`)
-
-
-class Bad(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-
-
-class No(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-
-
-class Silent(Exception):
-    """The handler already wrote its tagged response (STARTTLS's OK goes out before the handshake)."""
-
-
-class Bye(Exception):
-    """End the session after writing `* BYE text`."""
-
-
-Result = tuple[str, str]  # (response code, text) of the tagged OK
-Handler = Callable[["Session", P.Command], Awaitable[Result]]
 
 
 def base_capabilities(limits_message_size: int) -> list[str]:
@@ -178,6 +150,9 @@ class Service:
     """What every IMAP session of one listener shares."""
 
     def __init__(self, services: Services, listener: str) -> None:
+        from .commands import COMMANDS  # (the command modules import this one)
+
+        self.commands = COMMANDS
         self.services = services
         self.listener = listener
         self.hostname = services.config.server.hostname
@@ -593,7 +568,7 @@ class Session:
         await self.flush()
 
     async def _dispatch(self, cmd: P.Command) -> None:
-        entry = COMMANDS.get(cmd.verb)
+        entry = self.service.commands.get(cmd.verb)  # commands.py
         if entry is None:
             await self._bad(cmd.tag, f"Unknown command {cmd.verb}")
             return
@@ -679,48 +654,11 @@ def _tagged(tag: str, status: str, code: str, text: str) -> bytes:
         "utf-8", "replace")
 
 
-# ---- the dispatch table (style habit 3: state rules are data). Filled by the command modules.
-COMMANDS: dict[str, tuple[frozenset[str], Handler]] = {}
-
-
-def command(verb: str, states: frozenset[str]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        COMMANDS[verb] = (states, fn)
-        return fn
-    return register
-
-
 def imap_handler(services: Services, listener: str) -> Callable[[Connection], Awaitable[None]]:
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
-    from . import (  # noqa: F401 - they register commands
-        acl,
-        auth,
-        compress,
-        fetch,
-        idle,
-        mailboxes,
-        messages,
-        metadata,
-        notify,
-        quota,
-        search,
-        sort,
-        thread,
-        update,
-    )
-
     service = Service(services, listener)
 
     async def handler(conn: Connection) -> None:
         await Session(service, conn).run()
 
     return handler
-
-
-# Helpers shared by the command modules ---------------------------------------------------------------------
-
-def b64decode(data: bytes) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise Bad("Invalid base64") from None

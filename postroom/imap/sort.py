@@ -49,12 +49,13 @@ from postroom.store.api import SortRow, ThreadColumns
 
 from . import encoder
 from . import parser as P
-from .messages import sel_of
+from .arguments import sel_of
+from .errors import No, Result
 from .objectid import ensure_keys
 from .ordercache import cache_of, digest
 from .results import ordered_set, partial_item
 from .search import MAX_SEARCH_KEYS, check_update, count_keys, run_search, start_context
-from .session import ONLY_SELECTED, No, Result, Session, command
+from .session import Session
 
 CHARSETS = ("UTF-8", "US-ASCII")
 SLICE_ROWS = 5000  # messages handled between two yields (~2-5 ms)
@@ -337,8 +338,6 @@ def esearch(s: Session, cmd: P.Command, returns: tuple[str, ...], partial: tuple
     s.write(line + b"\r\n")
 
 
-@command("SORT", ONLY_SELECTED)
-@command("UID SORT", ONLY_SELECTED)
 async def sort(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.SortArgs)

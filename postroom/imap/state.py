@@ -1,7 +1,13 @@
-"""The Selected state of an IMAP session: message sequence numbers, \\Recent, pending changes, `$`.
+"""The states of an IMAP session (RFC 9051 §3), and the Selected state: sequence numbers, \\Recent, changes, `$`.
 
 Theory of operation
 -------------------
+A session is in one of `NOT_AUTH`, `AUTH`, `SELECTED` or `LOGOUT` (RFC 9051 §3, figure 1); `Session.state`
+holds it. The command table (commands.py) gives each command the set of states it is valid in: `ANY`
+(§6.1), `NOT_AUTH_ONLY` (§6.2), `AUTHED` (§6.3: authenticated or selected), `AUTH_ONLY` (ENABLE, RFC 5161
+§3.1: before a mailbox is selected), `ONLY_SELECTED` (§6.4). Only the handlers of LOGIN, AUTHENTICATE,
+UNAUTHENTICATE, SELECT, EXAMINE, CLOSE, UNSELECT, STARTTLS and LOGOUT move it.
+
 `Selected` holds what one session knows of its selected mailbox: the UIDs it has announced, in order (the
 message sequence number of `uids[i]` is i + 1), and the changes the hub delivered that it has not reported
 yet. It keeps no flags: FETCH reads them from the store, and flag changes from other sessions are reported
@@ -70,6 +76,13 @@ from postroom.store.api import FLAG_NAMES, Change, ChangeKind, Mailbox, flags_al
 
 from . import encoder
 from .context import UpdateContext, removal_lines
+
+NOT_AUTH, AUTH, SELECTED, LOGOUT = "not-authenticated", "authenticated", "selected", "logout"
+ANY = frozenset({NOT_AUTH, AUTH, SELECTED})
+AUTHED = frozenset({AUTH, SELECTED})
+ONLY_SELECTED = frozenset({SELECTED})
+NOT_AUTH_ONLY = frozenset({NOT_AUTH})
+AUTH_ONLY = frozenset({AUTH})
 
 SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
 _MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
@@ -171,7 +184,7 @@ class Selected:
     held_modseq: int = 0  # the lowest MODSEQ among `held` (0 when none is held)
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
-    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 8)
+    contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 9)
     context_changes: list[Change] = field(default_factory=list)  # changes for the contexts alone (NOTIFY dropped)
 
     def __post_init__(self) -> None:
@@ -265,7 +278,7 @@ class Selected:
         return n
 
     def may(self, right: str) -> bool:
-        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 6)."""
+        """Whether the session user has the RFC 4314 `right` on this mailbox (invariant 7)."""
         return self.rights is None or right in self.rights
 
     # ---- changes

@@ -28,6 +28,9 @@ _MONTH_NUM = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
 
 
 class ParseError(Exception):
+    """A command that does not follow RFC 9051 §9: the session answers `tag BAD [code] text` (§7.1.3). `tag` is
+    the command's, or "*" when it had none."""
+
     def __init__(self, tag: str, text: str, code: str = "") -> None:
         super().__init__(text)
         self.tag = tag
@@ -74,6 +77,9 @@ def _span(data: bytes, pos: int, chars: bytes) -> int:
 
 
 class Cursor:
+    """A read position in one command's bytes (module doc); `tag` goes into its ParseErrors. Every method raises
+    ParseError, never another exception, when the bytes do not fit (invariant 1)."""
+
     __slots__ = ("data", "depth", "pos", "tag")
 
     def __init__(self, data: bytes, tag: str) -> None:
@@ -88,47 +94,58 @@ class Cursor:
         self.depth = 0
 
     def error(self, text: str) -> ParseError:
+        """A ParseError for this command (to raise)."""
         return ParseError(self.tag, text)
 
     # ---- primitives
     def at_end(self) -> bool:
+        """Every byte was read."""
         return self.pos >= len(self.data)
 
     def peek(self) -> int:
+        """The next byte, not consumed; -1 at the end."""
         return self.data[self.pos] if self.pos < len(self.data) else -1
 
     def startswith(self, s: bytes) -> bool:
+        """Whether the next bytes are `s` (upper-case ASCII) in any case (RFC 9051 §9: case-insensitive)."""
         return self.data[self.pos:self.pos + len(s)].upper() == s
 
     def take(self, s: bytes) -> bool:
+        """Consume `s` (as `startswith`) if it is next; whether it was."""
         if self.startswith(s):
             self.pos += len(s)
             return True
         return False
 
     def expect(self, s: bytes) -> None:
+        """Consume `s` (as `startswith`); ParseError if it is not next."""
         if not self.take(s):
             raise self.error(f"Expected {s.decode()!r}")
 
     def sp(self) -> None:
+        """Consume one SP; ParseError otherwise."""
         if self.peek() != 0x20:
             raise self.error("Expected a space")
         self.pos += 1
 
     def end(self) -> None:
+        """The command must end here (trailing spaces tolerated); ParseError "Unexpected arguments" otherwise."""
         if self.data[self.pos:].strip(b" "):
             raise self.error("Unexpected arguments")
         self.pos = len(self.data)
 
     def enter(self) -> None:
+        """One nesting level deeper (parenthesis, NOT, OR); ParseError past `MAX_DEPTH` (invariant 2)."""
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise self.error("Too deeply nested")
 
     def leave(self) -> None:
+        """Back out of one nesting level (`enter`)."""
         self.depth -= 1
 
     def chars(self, allowed: bytes, what: str) -> bytes:
+        """One or more bytes of `allowed`, consumed; ParseError "Expected <what>" when there is none."""
         end = _span(self.data, self.pos, allowed)
         if end == self.pos:
             raise self.error(f"Expected {what}")
@@ -137,9 +154,12 @@ class Cursor:
         return out
 
     def atom(self) -> str:
+        """An atom (RFC 9051 §9 `atom`: ATOM-CHARs), as ASCII text."""
         return self.chars(ATOM_CHARS, "an atom").decode("ascii")
 
     def number(self, nonzero: bool = False, limit: int = 0xFFFFFFFF) -> int:
+        """A `number` (RFC 9051 §9; `nz-number` with `nonzero`), at most `limit` (default: 32 bits); ParseError
+        otherwise."""
         digits = self.chars(_DIGITS, "a number")
         if len(digits) > 20:
             raise self.error("Number too large")
@@ -150,6 +170,8 @@ class Cursor:
 
     # ---- strings
     def quoted(self) -> bytes:
+        """A quoted string's content, its `\\"` and `\\\\` escapes undone (RFC 9051 §9 `quoted`); ParseError for any
+        other escape, CR, LF, or no closing quote."""
         data = self.data
         if self.peek() != 0x22:
             raise self.error("Expected a quoted string")
@@ -173,6 +195,8 @@ class Cursor:
             raise self.error("Bad escape in quoted string")
 
     def literal(self, allow8: bool = False) -> tuple[bytes, bool]:
+        """A literal's octets and whether it was a literal8 `~{n}` (RFC 3516, only with `allow8`); ParseError for
+        NUL in a plain literal (invariant 3) or fewer than n octets."""
         m = _LITERAL_SPEC.match(self.data, self.pos)
         if m is None:
             raise self.error("Expected a literal")
@@ -189,6 +213,7 @@ class Cursor:
         return body, bool(m.group(1))
 
     def string(self) -> bytes:
+        """A `string`: quoted or literal (RFC 9051 §9)."""
         c = self.peek()
         if c == 0x22:
             return self.quoted()
@@ -197,24 +222,29 @@ class Cursor:
         raise self.error("Expected a string")
 
     def astring(self) -> bytes:
+        """An `astring`: an atom (with "]"), or a string (RFC 9051 §9)."""
         c = self.peek()
         if c in (0x22, 0x7B):
             return self.string()
         return self.chars(_ASTRING_CHARS, "a string")
 
     def nstring(self) -> bytes | None:
+        """An `nstring`: NIL (None) or a string (RFC 9051 §9)."""
         if self.take(b"NIL"):
             return None
         return self.string()
 
     def text(self, b: bytes) -> str:
+        """Bytes of the command as text: UTF-8, undecodable bytes kept as surrogates (parser invariant 3)."""
         return b.decode("utf-8", "surrogateescape")
 
     def mailbox(self) -> str:
+        """A `mailbox` (RFC 9051 §9): an astring as text, "INBOX" in any case made "INBOX" (§5.1)."""
         name = self.text(self.astring())
         return "INBOX" if name.upper() == "INBOX" else name
 
     def list_mailbox(self) -> str:
+        """A `list-mailbox` (RFC 9051 §9): a pattern that may hold `%` and `*`, as text."""
         c = self.peek()
         if c in (0x22, 0x7B):
             return self.text(self.string())
@@ -222,6 +252,7 @@ class Cursor:
 
     # ---- composites
     def paren_list(self, item: str = "atom") -> list[str]:
+        """A parenthesised, space-separated list of atoms (or, `item` "flag", of flags); may be empty."""
         self.expect(b"(")
         out: list[str] = []
         if self.take(b")"):
@@ -233,6 +264,7 @@ class Cursor:
             self.sp()
 
     def flag(self) -> str:
+        """A `flag` (RFC 9051 §9): `\\Atom`, `\\*` (flag-perm) or a keyword atom, as written."""
         if self.take(b"\\"):
             if self.take(b"*"):
                 return "\\*"
@@ -240,9 +272,12 @@ class Cursor:
         return self.atom()
 
     def flag_list(self) -> list[str]:
+        """A `flag-list`: "(" flags ")" (RFC 9051 §9)."""
         return self.paren_list("flag")
 
     def seqset(self) -> SeqSet:
+        """A `sequence-set` (RFC 9051 §9) as ranges, "*" as STAR, not expanded; or "$" (RFC 5182). ParseError
+        past 100,000 ranges."""
         if self.take(b"$"):
             return SeqSet(saved=True)
         ranges: list[tuple[int, int]] = []
@@ -258,6 +293,7 @@ class Cursor:
                 raise self.error("Sequence set too long")
 
     def seq_number(self) -> int:
+        """A `seq-number`: a non-zero number, or STAR for "*"."""
         if self.take(b"*"):
             return STAR
         return self.number(nonzero=True)

@@ -77,9 +77,10 @@ from typing import Any, TypeVar
 from postroom.store.api import ThreadColumns
 
 from . import parser as P
-from .messages import sel_of
+from .arguments import sel_of
+from .errors import Bad, Result
 from .ordercache import cache_of, digest
-from .session import ONLY_SELECTED, Bad, Result, Session, command
+from .session import Session
 from .sort import (
     ARRIVALS_MAX,
     SLICE_ROWS,
@@ -676,8 +677,6 @@ async def _after_arrivals(s: Session, algorithm: str, uid_form: bool, version: t
     return kept.answer()
 
 
-@command("THREAD", ONLY_SELECTED)
-@command("UID THREAD", ONLY_SELECTED)
 async def thread(s: Session, cmd: P.Command) -> Result:
     a = cmd.args
     assert isinstance(a, P.ThreadArgs)

@@ -43,11 +43,12 @@ from typing import Any
 from postroom.store.api import Change, ChangeKind, MessageInfo
 
 from . import parser as P
+from .arguments import sel_of
 from .context import UpdateContext, removal_lines
-from .messages import sel_of
+from .errors import Result
 from .objectid import ensure_keys
 from .search import matching
-from .session import ONLY_SELECTED, Result, Session, command
+from .session import Session
 from .sort import sort_key, sorted_uids
 from .state import Selected
 
@@ -171,7 +172,6 @@ async def follow(s: Session, sel: Selected, changes: Sequence[Change]) -> None:
     s.write(*lines)
 
 
-@command("CANCELUPDATE", ONLY_SELECTED)
 async def cancelupdate(s: Session, cmd: P.Command) -> Result:
     """RFC 5267 §4.3.5: no more updates for the contexts of the tags named. A tag with no context (never one,
     refused with NOUPDATE, or cancelled already) is no error: there is nothing of it to send."""

@@ -41,10 +41,12 @@ _EXT_VALUE = re.compile(r"[!-~]*")  # RFC 2231 §7 extended-value: attribute-cha
 
 
 def to_str(value: bytes) -> str:
+    """Header bytes as text: UTF-8, undecodable bytes kept as surrogates (`to_bytes` gives them back exactly)."""
     return value.decode("utf-8", "surrogateescape")
 
 
 def to_bytes(value: str) -> bytes:
+    """The inverse of `to_str`: the original bytes, surrogates included."""
     return value.encode("utf-8", "surrogateescape")
 
 
@@ -113,6 +115,7 @@ def _make_field(block: bytes, base: int, name: str, start: int, vstart: int, end
 
 
 def first_field(fields: list[Field], name: str) -> Field | None:
+    """The first field named `name` (lower case), or None."""
     for f in fields:
         if f.name == name:
             return f

@@ -101,6 +101,7 @@ class CrlfCounter:
         self._last = b""  # the last byte fed
 
     def feed(self, chunk: bytes | memoryview) -> None:
+        """Count the next piece of the body (`octets`, `bare_lf`); pieces may split a CRLF."""
         data = bytes(chunk)
         if not data:
             return

@@ -65,6 +65,9 @@ FLAG_MESSAGE = 2
 
 @dataclass(frozen=True, slots=True)
 class PartRow:
+    """One row of the part table (module doc): the part's section and its offsets in the raw message, in octets
+    (`end` exclusive), its body's line count, and the Content-* values FETCH and search need."""
+
     section: str
     header_start: int
     body_start: int
@@ -82,6 +85,7 @@ class PartRow:
 
     @property
     def size(self) -> int:
+        """The body's size in octets (RFC 9051 §7.5.2 body-fld-octets)."""
         return self.end - self.body_start
 
 
@@ -91,6 +95,10 @@ class MetaFormatError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MessageMeta:
+    """Everything computed once per message body (module doc): ENVELOPE, BODYSTRUCTURE and BODY as IMAP bytes (RFC
+    9051 §7.5.2), the part table, defects as (offset, code), search text, sort keys. Made by `compute_meta`,
+    stored as bytes by `to_bytes`, read back by `from_bytes`."""
+
     size: int
     envelope: bytes
     bodystructure: bytes
@@ -109,6 +117,7 @@ class MessageMeta:
     # -- serialisation ---------------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        """The stored form: versioned JSON (`FORMAT_VERSION`), UTF-8."""
         doc = {
             "v": FORMAT_VERSION,
             "size": self.size,
@@ -146,6 +155,8 @@ class MessageMeta:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MessageMeta:
+        """Read the stored form back. Raises MetaFormatError for bytes of another version or not of this format
+        (the caller computes the meta again)."""
         try:
             doc = json.loads(data.decode("utf-8", "surrogatepass"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -172,6 +183,7 @@ class MessageMeta:
     # -- FETCH from stored data ---------------------------------------------------------------------------------
 
     def row(self, part: tuple[int, ...]) -> PartRow | None:
+        """The part-table row of part number `part` (() for the whole message, (1, 2) for "1.2"), or None."""
         return self._index.get(".".join(map(str, part)))
 
     def span(self, section: Section) -> tuple[int, int] | None:

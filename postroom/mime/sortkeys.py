@@ -67,6 +67,7 @@ class SortKeys:
     references: tuple[str, ...]  # References' msg-ids, else the first of In-Reply-To (RFC 5256 §3 step 1)
 
     def to_list(self) -> list[object]:
+        """The stored form, a JSON-able list (`from_list` reads it back)."""
         return [self.subject, self.reply, self.from_, self.to, self.cc, self.display_from, self.display_to,
                 self.message_id, list(self.references)]
 

@@ -78,19 +78,24 @@ class Part:
 
     @property
     def mime_type(self) -> str:
+        """"type/subtype", lower-case."""
         return f"{self.type}/{self.subtype}".lower()
 
     @property
     def is_multipart(self) -> bool:
+        """Whether the part has child parts (a multipart with at least one body part found)."""
         return bool(self.children)
 
     @property
     def is_message(self) -> bool:
+        """Whether the part encapsulates a message (message/rfc822 or message/global) that was scanned."""
         return self.message is not None
 
 
 @dataclass(slots=True)
 class Structure:
+    """What `scan` found: the root part, the defects as (offset in octets, code) and the number of parts."""
+
     root: Part
     defects: list[tuple[int, str]]  # (offset, code), in the order found
     part_count: int

@@ -215,6 +215,7 @@ class SearchText:
     mime: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> str:
+        """The values of every field named `name` (any case), joined with ", "; "" if there is none."""
         name = name.lower()
         return ", ".join(v for k, v in self.headers if k == name)
 

@@ -18,7 +18,11 @@ Invariants
    inconsistent and `ensure_certificate` raises rather than guessing.
 2. The private key is created with mode 0600 from the first byte (opened with O_EXCL and that mode, then
    renamed into place), so it is never readable by others, not even briefly.
-3. Server contexts refuse anything older than TLS 1.2 (RFC 8996 deprecates TLS 1.0 and 1.1) and refuse
+3. Every node on one shared store (PostgreSQL, issue 16 item 3) serves the same generated certificate: the
+   store keeps the pair (`Store.shared_value`, the first node's wins, atomically) and each node writes it to
+   its built-in files before loading them (`shared_candidate`, `install_shared`; app.py). Configured files and
+   ACME certificates are the operator's: each node has its own files.
+4. Server contexts refuse anything older than TLS 1.2 (RFC 8996 deprecates TLS 1.0 and 1.1) and refuse
    client-initiated renegotiation.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import ssl
@@ -74,23 +79,9 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def ensure_certificate(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str],
-                       hostname: str) -> bool:
-    """Create a self-signed certificate for `hostname` unless both files exist. True if one was created.
-
-    The certificate (EC P-256, SHA-256, ten years) names `hostname`, localhost, 127.0.0.1 and ::1 in its
-    subjectAltName so local clients can verify it by name or by loopback address.
-    """
-    cert_p, key_p = Path(cert_path), Path(key_path)
-    cert_exists, key_exists = cert_p.exists(), key_p.exists()
-    if cert_exists and key_exists:
-        return False
-    if cert_exists != key_exists:  # invariant 1
-        present, missing = (cert_p, key_p) if cert_exists else (key_p, cert_p)
-        raise FileNotFoundError(
-            f"TLS: {present} exists but {missing} does not; restore it, or remove both to have a new "
-            f"self-signed pair generated")
-
+def generate_pair(hostname: str) -> tuple[bytes, bytes]:
+    """A new self-signed certificate and its private key, both PEM (EC P-256, SHA-256, ten years; the names of
+    `ensure_certificate`): (certificate, PKCS#8 key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost"),
@@ -120,6 +111,65 @@ def ensure_certificate(cert_path: str | os.PathLike[str], key_path: str | os.Pat
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return cert_pem, key_pem
+
+
+STORE_NAME = "tls-self-signed"  # the generated pair among `Store.shared_value`s (nodes on one store)
+
+
+def shared_candidate(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], hostname: str) -> bytes:
+    """What this node offers the store as the generated pair every node shares (`Store.shared_value`): the pair
+    in its built-in files when both exist and belong together (a server that was alone keeps its certificate),
+    else a new one. JSON {"cert": PEM, "key": PEM}."""
+    try:
+        check_files(cert_path, key_path)
+        cert_pem, key_pem = Path(cert_path).read_bytes(), Path(key_path).read_bytes()
+    except CertificateError:
+        cert_pem, key_pem = generate_pair(hostname)
+    return json.dumps({"cert": cert_pem.decode("ascii"), "key": key_pem.decode("ascii")}).encode()
+
+
+def install_shared(value: bytes, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> bool:
+    """Write the store's shared pair (`shared_candidate`'s form) to this node's built-in files, 0600 (invariant
+    2), unless they hold it already. True if written. Invariant 1 does not hold here: the store's pair is the
+    authority, and a different pair of this node's own is replaced (the caller logs it). Raises
+    CertificateError for a value that is not such a pair."""
+    try:
+        pair = json.loads(value)
+        cert_pem, key_pem = str(pair["cert"]).encode("ascii"), str(pair["key"]).encode("ascii")
+    except (ValueError, KeyError, TypeError, UnicodeError):
+        raise CertificateError(f"TLS: the store's {STORE_NAME} is not a certificate and key pair") from None
+    cert_p, key_p = Path(cert_path), Path(key_path)
+    try:
+        if cert_p.read_bytes() == cert_pem and key_p.read_bytes() == key_pem:
+            return False
+    except OSError:
+        pass
+    for parent in {cert_p.parent, key_p.parent}:
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(key_p, key_pem, 0o600)
+    _write_private(cert_p, cert_pem, 0o600)
+    return True
+
+
+def ensure_certificate(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str],
+                       hostname: str) -> bool:
+    """Create a self-signed certificate for `hostname` unless both files exist. True if one was created.
+
+    The certificate (EC P-256, SHA-256, ten years) names `hostname`, localhost, 127.0.0.1 and ::1 in its
+    subjectAltName so local clients can verify it by name or by loopback address.
+    """
+    cert_p, key_p = Path(cert_path), Path(key_path)
+    cert_exists, key_exists = cert_p.exists(), key_p.exists()
+    if cert_exists and key_exists:
+        return False
+    if cert_exists != key_exists:  # invariant 1
+        present, missing = (cert_p, key_p) if cert_exists else (key_p, cert_p)
+        raise FileNotFoundError(
+            f"TLS: {present} exists but {missing} does not; restore it, or remove both to have a new "
+            f"self-signed pair generated")
+
+    cert_pem, key_pem = generate_pair(hostname)
     for parent in {cert_p.parent, key_p.parent}:
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_private(key_p, key_pem, 0o600)

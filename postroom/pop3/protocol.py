@@ -28,9 +28,9 @@ entry's size is the message's octets as RETR sends them (`store.blobs.crlf_size`
 line ended; byte-stuffing and the terminator not counted), so LIST, STAT and the RETR reply agree with what
 arrives (RFC 1939 §11).
 
-Line reading follows `net/connection.py`: a line may end in CRLF or a bare LF; a line longer than the limit is
-answered with one `-ERR` as soon as the limit is crossed and its remainder is dropped as it arrives, so the
-buffer never holds more than one line's limit plus what was fed at once.
+Lines are read by the cores' one receive buffer (`net/receivebuffer.py`): a line may end in CRLF or a bare LF; a
+line longer than the limit is answered with one `-ERR` as soon as the limit is crossed and its remainder is
+dropped as it arrives, so the buffer never holds more than one line's limit plus what was fed at once.
 
 Invariants
 1. `next_event` returns at most one event per complete line, in the order the lines arrived (RFC 2449 §6.6
@@ -64,6 +64,8 @@ from postroom.net.receivebuffer import NeedData as _NeedData
 
 
 class State(enum.Enum):
+    """The session states of RFC 1939 §3 (and §6 UPDATE)."""
+
     AUTHORIZATION = "authorization"
     TRANSACTION = "transaction"
     UPDATE = "update"
@@ -83,34 +85,44 @@ class Entry:
 
 @dataclass(frozen=True)
 class Send:
+    """Reply bytes the core decided alone (module doc); `close`: end the session after writing them."""
+
     chunks: tuple[bytes, ...]
     close: bool = False
 
 
 @dataclass(frozen=True)
 class CheckPassword:
+    """USER and PASS were given (RFC 1939 §7): check them, then `login_ok` or `login_failed`."""
+
     username: str
     password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
 class StartSasl:
+    """AUTH (RFC 5034 §4) began: run the mechanism; `sasl_challenge`, then `login_ok` or `login_failed`."""
+
     mechanism: str  # upper case, one the core allowed
     initial: bytes | None = field(repr=False)  # RFC 5034 §4: None when the client sent no initial response
 
 
 @dataclass(frozen=True)
 class SaslResponse:
+    """A client response of the running AUTH exchange, base64 already decoded (RFC 5034 §4)."""
+
     data: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
 class StartTls:
-    pass
+    """STLS (RFC 2595 §4): check for pipelined plaintext, then `tls_go_ahead` or `tls_refused`."""
 
 
 @dataclass(frozen=True)
 class Retrieve:
+    """RETR or TOP (RFC 1939 §7) of message `number`: `message_reply`, or `message_gone` if it was removed meanwhile."""
+
     number: int
     entry: Entry
     lines: int | None  # None: RETR; else TOP with this many body lines
@@ -118,6 +130,9 @@ class Retrieve:
 
 @dataclass(frozen=True)
 class Update:
+    """QUIT in TRANSACTION (RFC 1939 §6): remove these UIDs in one durable transaction, then `update_done` or
+    `update_failed`."""
+
     uids: tuple[int, ...]
 
 
@@ -170,10 +185,12 @@ def _line(text: str) -> bytes:
 
 
 def ok(text: str) -> bytes:
+    """A `+OK text` status line (RFC 1939 §3), UTF-8, CRLF-ended."""
     return _line(f"+OK {text}" if text else "+OK")
 
 
 def err(text: str) -> bytes:
+    """An `-ERR text` status line (RFC 1939 §3), UTF-8, CRLF-ended."""
     return _line(f"-ERR {text}")
 
 
@@ -268,11 +285,13 @@ class POP3Core:
 
     # --- greeting -------------------------------------------------------------------------------------
     def greeting(self) -> bytes:
+        """The `+OK` greeting (RFC 1939 §4)."""
         # RFC 1939 §4: +OK greeting. No APOP timestamp: APOP needs the plaintext password kept on the server.
         return ok(f"{self.options.hostname} Postroom POP3 server ready")
 
     # --- input ----------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
+        """Append bytes from the client (any split); never raises. Lines come out through `next_event`."""
         self._in.feed(data)
 
     @property
@@ -298,6 +317,8 @@ class POP3Core:
         return line
 
     def next_event(self) -> Event:
+        """The next thing to do (module doc), `NEED_DATA` when no complete line is buffered. Raises RuntimeError
+        only for misuse: called again before the previous event was answered."""
         if self.closed:
             return Send((), close=True)
         if self._waiting:
@@ -591,9 +612,11 @@ class POP3Core:
         return reply
 
     def tls_go_ahead(self) -> bytes:
+        """The `+OK` that lets the client start the TLS handshake (RFC 2595 §4); `tls_started` follows it."""
         return ok("Begin TLS negotiation")
 
     def tls_refused(self, text: str = "plaintext sent after STLS; TLS not started") -> bytes:
+        """The `-ERR` for an STLS refused (pipelined plaintext, CVE-2011-0411); counts as an error (invariant 5)."""
         self._waiting = False
         return self._error(_Error(text)).chunks[0]
 
@@ -622,12 +645,14 @@ class POP3Core:
         return err(f"message {number} was removed by another session")
 
     def update_done(self, removed: int) -> bytes:
+        """The `+OK` sign-off after the UPDATE removed `removed` messages (RFC 1939 §6); the session closes."""
         self._waiting = False
         self.closed = True
         count = len(self.entries) - removed
         return ok(f"{self.options.hostname} POP3 server signing off ({count} messages left)")
 
     def update_failed(self) -> bytes:
+        """The `-ERR [SYS/TEMP]` sign-off when the removal failed (RFC 1939 §6, RFC 3206 §4); the session closes."""
         self._waiting = False
         self.closed = True
         # RFC 1939 §6: "-ERR some deleted messages not removed"; RFC 3206 §4 [SYS/TEMP].

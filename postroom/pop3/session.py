@@ -17,13 +17,13 @@ thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforc
 
 Exclusive access (RFC 1939 §8: "the POP3 server then acquires an exclusive-access lock on the maildrop") is
 `MaildropLocks`, one per store, shared by the pop3 and pop3s listeners. Besides its in-process table it takes
-an `fcntl.flock` on a lock file per user in the data folder (`pop3-locks/<user id>.lock`), so the worker
-processes of one `postroom serve` (`server.workers`, workers.py) grant the lock once between them: a session in
-another worker gets `-ERR [IN-USE]` (RFC 2449 §8.1.1). The kernel drops the flock of a process that dies, so a
-killed worker leaves no stale lock. The LOGIN-DELAY clock (RFC 2449 §6.8) is the lock file's modification time,
-set at each login, so it is one across workers too. Several Postroom nodes on one PostgreSQL database would need
-the lock in the shared store instead (a lease row or `pg_try_advisory_lock(user_id)`); both sit behind
-`MaildropLocks`, so the session would not change.
+the lock in the store (`Store.lock_maildrop`), so every worker process (`server.workers`, workers.py) and every
+node on one PostgreSQL database grants it once between them: a session anywhere else gets `-ERR [IN-USE]`
+(RFC 2449 §8.1.1, RFC 3206 §4). On SQLite (one machine) the store takes an `fcntl.flock` per user, which the
+kernel drops with a process that dies; on PostgreSQL a lease row of LEASE_SECONDS that a task renews every
+RENEW_SECONDS while the session holds it, so a dead node's locks run out within a minute
+(store/postgresql/nodes.py says why a lease and not an advisory lock). The LOGIN-DELAY clock (RFC 2449 §6.8) is
+the store's last-login time of the user (`Store.maildrop_login`), one across processes and nodes too.
 
 Deletions: the core collects the UIDs marked with DELE; at QUIT (UPDATE state) they are removed with one
 `store.remove_messages` call, which is one durable transaction; only then is `+OK` sent (ARCHITECTURE
@@ -34,7 +34,7 @@ Invariants
    a dropped connection or an error deletes nothing.
 2. `+OK` after QUIT is written only after `remove_messages` returned (durable).
 3. The maildrop lock is held from the successful login to the end of the session, and released in every
-   case (`finally`), after the UPDATE transaction.
+   case (`finally`); after QUIT, as soon as the UPDATE transaction is done, before its reply is sent.
 4. No password or SASL payload reaches `conn.log` or any log line; `conn.log` gets user, auth mechanism,
    retrieved and deleted counts.
 5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
@@ -42,18 +42,19 @@ Invariants
 6. Read-ahead only reads: at most PREFETCH_COUNT bodies and PREFETCH_OCTETS bytes are in
    memory ahead of the reply being sent; replies are still produced one command at a time, in order; what
    is left when the session ends is cancelled.
+7. A session whose lock renewal found the lock taken by another (its lease ran out while the store was out of
+   reach) deletes nothing at QUIT: `-ERR` instead (RFC 1939 §6 lets UPDATE fail).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
-import time
+import secrets
+import socket
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
@@ -96,89 +97,85 @@ PREFETCH_OCTETS = 8 << 20  # ... and at most this many bytes of them in all
 DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more commands are buffered
 
 
+LEASE_SECONDS = 60.0  # a maildrop lock's lease in a store shared by nodes (store/postgresql/nodes.py) ...
+RENEW_SECONDS = LEASE_SECONDS / 3  # ... renewed this often while the session runs: two renewals may fail
+
+
 class MaildropLocks:
-    """Which users have a POP3 session in TRANSACTION, and when each last logged in (module doc). With
-    `directory`, the lock is also an flock on `directory/<user id>.lock` and the last login that file's mtime
-    (wall clock), so every process using the folder shares both; without it (unit tests) both live in this
-    object alone, on `clock`."""
+    """The POP3 maildrop locks of one store (module doc): which sessions of this process hold one, each lock
+    taken in the store (`Store.lock_maildrop`) under a holder name unique across processes and nodes, and kept
+    alive by a renewal task while held. `node` names this process (default: host, PID and a random part)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, directory: Path | None = None) -> None:
-        self.clock = clock
-        self.directory = directory
-        self._held: dict[int, str] = {}  # user id -> session id
-        self._fds: dict[int, int] = {}  # user id -> the descriptor holding its flock
-        self._last_login: dict[int, float] = {}
+    def __init__(self, store: Store, node: str = "") -> None:
+        self.store = store
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._held: dict[int, tuple[str, asyncio.Task[None]]] = {}  # user id -> (session id, renewal)
 
-    def _path(self, user_id: int) -> Path:
-        assert self.directory is not None
-        return self.directory / f"{int(user_id)}.lock"
+    def _holder(self, session_id: str) -> str:
+        return f"{self.node}:{session_id}"
 
-    def acquire(self, user_id: int, session_id: str) -> bool:
-        """Take the maildrop lock of `user_id` for `session_id`; False when any session (of any process using
-        the same directory) holds it."""
+    async def acquire(self, user_id: int, session_id: str, on_lost: Callable[[], None] | None = None) -> bool:
+        """Take the maildrop lock of `user_id` for `session_id`; False when any session of any process or node
+        holds it (RFC 2449 §8.1.1 [IN-USE]). While held it is renewed every RENEW_SECONDS; `on_lost` is called
+        if a renewal finds it taken by another (the lease ran out while the store was unreachable)."""
         if user_id in self._held:
             return False
-        if self.directory is not None:
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-            try:  # a new file says "never logged in": its mtime is the epoch until `note_login`
-                fd = os.open(self._path(user_id), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                os.utime(fd, (0, 0))
-            except FileExistsError:
-                fd = os.open(self._path(user_id), os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            self._fds[user_id] = fd
-        self._held[user_id] = session_id
+        holder = self._holder(session_id)
+        if not await self.store.lock_maildrop(user_id, holder, LEASE_SECONDS):
+            return False
+        if user_id in self._held:  # another session of this process won while we waited (SQLite says True
+            return False  # to the same holder only, so this cannot be ours)
+        task = asyncio.create_task(self._renew(user_id, holder, on_lost), name=f"pop3-lock-{user_id}")
+        self._held[user_id] = (session_id, task)
         return True
 
-    def release(self, user_id: int, session_id: str) -> None:
-        if self._held.get(user_id) == session_id:
-            del self._held[user_id]
-            fd = self._fds.pop(user_id, -1)
-            if fd >= 0:
-                os.close(fd)  # drops the flock
+    async def _renew(self, user_id: int, holder: str, on_lost: Callable[[], None] | None) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            try:
+                kept = await self.store.lock_maildrop(user_id, holder, LEASE_SECONDS)
+            except Exception as exc:  # the store is unreachable: try again at the next beat, the lease may last
+                log.warning("pop3 maildrop lock of user id %d: renewal failed: %s", user_id, exc)
+                continue
+            if not kept:
+                log.error("pop3 maildrop lock of user id %d lost to another session (its lease ran out)", user_id)
+                if on_lost is not None:
+                    on_lost()
+                return
+
+    async def release(self, user_id: int, session_id: str) -> None:
+        held = self._held.get(user_id)
+        if held is None or held[0] != session_id:
+            return
+        del self._held[user_id]
+        held[1].cancel()
+        try:
+            await self.store.unlock_maildrop(user_id, self._holder(session_id))
+        except Exception as exc:  # the store is closing or out of reach: the lease runs out by itself
+            log.warning("pop3 maildrop lock of user id %d: release failed: %s", user_id, exc)
 
     def holder(self, user_id: int) -> str | None:
-        return self._held.get(user_id)
+        held = self._held.get(user_id)
+        return None if held is None else held[0]
 
-    def too_soon(self, user_id: int, delay: float) -> bool:
-        """RFC 2449 §6.8: True if the user logged in less than `delay` seconds ago."""
+    async def too_soon(self, user_id: int, delay: float) -> bool:
+        """RFC 2449 §6.8: True if the user logged in less than `delay` seconds ago (on any node)."""
         if delay <= 0:
             return False
-        if self.directory is not None:
-            try:
-                last = os.stat(self._path(user_id)).st_mtime
-            except FileNotFoundError:
-                return False
-            return time.time() - last < delay
-        remembered = self._last_login.get(user_id)
-        return remembered is not None and self.clock() - remembered < delay
+        return await self.store.maildrop_login(user_id, note=False) < delay
 
-    def note_login(self, user_id: int) -> None:
-        if self.directory is not None:
-            try:
-                os.utime(self._path(user_id))  # the lock file exists: this session holds its lock
-            except FileNotFoundError:
-                pass
-            return
-        self._last_login[user_id] = self.clock()
-        if len(self._last_login) > 100_000:  # bound memory: forget the stalest entries
-            for stale in list(self._last_login)[:10_000]:
-                del self._last_login[stale]
+    async def note_login(self, user_id: int) -> None:
+        await self.store.maildrop_login(user_id, note=True)
 
 
 _LOCKS: weakref.WeakKeyDictionary[Store, MaildropLocks] = weakref.WeakKeyDictionary()
 
 
-def locks_for(store: Store, directory: Path | None = None) -> MaildropLocks:
-    """The lock table of one store, shared by every POP3 listener serving it; `directory` holds the lock files
-    (the data folder's `pop3-locks`)."""
+def locks_for(store: Store) -> MaildropLocks:
+    """The lock table of one store, shared by every POP3 listener serving it."""
     locks = _LOCKS.get(store)
     if locks is None:
-        locks = _LOCKS[store] = MaildropLocks(directory=directory)
+        locks = _LOCKS[store] = MaildropLocks(store)
     return locks
 
 
@@ -187,7 +184,7 @@ def pop3_handler(services: Services, listener: str) -> Handler:
     from postroom.config import IMPLICIT_TLS
 
     implicit = listener in IMPLICIT_TLS
-    locks = locks_for(services.store, services.config.data_path / "pop3-locks")
+    locks = locks_for(services.store)
 
     async def handler(conn: Connection) -> None:
         await Session(services, conn, locks, implicit_tls=implicit).run()
@@ -222,6 +219,7 @@ class Session:
         self.retrieved = 0
         self._ahead: dict[str, asyncio.Future[bytes]] = {}  # blob id -> body being read ahead
         self._ahead_octets = 0
+        self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
     # --- the loop -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -245,7 +243,7 @@ class Session:
             if self._ahead:
                 await asyncio.gather(*self._ahead.values(), return_exceptions=True)
             if self.user is not None:
-                self.locks.release(self.user.id, conn.session_id)
+                await asyncio.shield(self.locks.release(self.user.id, conn.session_id))
 
     async def _loop(self) -> None:
         conn, core = self.conn, self.core
@@ -311,7 +309,11 @@ class Session:
         if isinstance(event, Retrieve):
             return await self._retrieve(event)
         if isinstance(event, Update):
-            return [await self._update(event)]
+            reply = await self._update(event)
+            if self.user is not None:  # RFC 1939 §6: done with the maildrop; free before the reply, so a client
+                # that logs in again at once (on any node) is not refused (invariant 3)
+                await asyncio.shield(self.locks.release(self.user.id, self.conn.session_id))
+            return [reply]
         raise RuntimeError(f"unexpected event {event!r}")
 
     # --- login ----------------------------------------------------------------------------------------
@@ -324,35 +326,38 @@ class Session:
             log_refusal(conn, "login", self._failure or "authentication failed",
                         [("mechanism", self.mechanism or "-"), ("user", name[:100] or "-")])
             return core.login_failed("AUTH", "Authentication failed")
-        if not self.locks.acquire(user.id, conn.session_id):
+        if not await self.locks.acquire(user.id, conn.session_id, self._lock_lost):
             # RFC 1939 §8 / RFC 2449 §8.1.1: authenticated, but another POP3 session has the maildrop.
             log_refusal(conn, "login", "maildrop in use by another POP3 session", [("user", user.address)])
             return core.login_failed("IN-USE", "maildrop is locked by another POP3 session")
         try:
-            if self.locks.too_soon(user.id, self.options.login_delay):
-                return _release_and(self.locks, user.id, conn.session_id,
-                                    core.login_failed("LOGIN-DELAY", f"wait {self.options.login_delay} s "
-                                                      "between logins"))
+            if await self.locks.too_soon(user.id, self.options.login_delay):
+                return await _release_and(self.locks, user.id, conn.session_id,
+                                          core.login_failed("LOGIN-DELAY", f"wait {self.options.login_delay} s "
+                                                            "between logins"))
             store = self.services.store
             mailbox = await store.get_mailbox(user.id, "INBOX")
             if mailbox is None:
-                return _release_and(self.locks, user.id, conn.session_id,
-                                    core.login_failed("SYS/PERM", "this account has no INBOX"))
+                return await _release_and(self.locks, user.id, conn.session_id,
+                                          core.login_failed("SYS/PERM", "this account has no INBOX"))
             messages = await store.list_messages(mailbox.id)
             # RFC 1939 §11: announce the octets RETR will send (line ends as CRLF), kept per body at delivery.
             octets = await store.crlf_sizes(m.blob_id for m in messages)
         except BaseException:
-            self.locks.release(user.id, conn.session_id)
+            await asyncio.shield(self.locks.release(user.id, conn.session_id))
             raise
         entries = [Entry(m.uid, octets.get(m.blob_id, m.size), m.blob_id, make_uidl(mailbox.uidvalidity, m.uid))
                    for m in messages]
         self.user = user
         self.mailbox_id = mailbox.id
-        self.locks.note_login(user.id)
+        await self.locks.note_login(user.id)
         self.services.auth.note_login(conn.peer[0])  # POP-before-SMTP window
         conn.log["user"] = user.address
         conn.log["auth"] = self.mechanism
         return core.login_ok(user.address, entries)
+
+    def _lock_lost(self) -> None:
+        self.lock_lost = True
 
     async def _sasl_start(self, event: StartSasl) -> bytes:
         auth = self.services.auth
@@ -434,6 +439,9 @@ class Session:
         core = self.core
         if not event.uids:
             return core.update_done(0)
+        if self.lock_lost:  # invariant 7: another session may have the maildrop now; its view wins
+            log.warning("pop3 session %s: UPDATE refused: the maildrop lock was lost", self.conn.session_id)
+            return core.update_failed()
         try:
             await self.services.store.remove_messages(self.mailbox_id, event.uids)  # durable when it returns
         except InsufficientStorage as exc:
@@ -447,6 +455,6 @@ class Session:
         return core.update_done(len(event.uids))
 
 
-def _release_and(locks: MaildropLocks, user_id: int, session_id: str, reply: bytes) -> bytes:
-    locks.release(user_id, session_id)
+async def _release_and(locks: MaildropLocks, user_id: int, session_id: str, reply: bytes) -> bytes:
+    await locks.release(user_id, session_id)
     return reply

@@ -467,6 +467,8 @@ class Session:
     # --- MAIL / RCPT -------------------------------------------------------------------------------------------
     async def _mail(self, ev: MailFrom) -> None:
         door = self.services.door
+        if self.policy.pop_before_smtp_seconds > 0 and not self.core.authenticated:
+            await self.services.auth.sync_login(self.conn.peer[0])  # a login on another node opens it too
         if self.policy.submission:
             if not self.core.authenticated:
                 log_refusal(self.conn, "mail", "authentication required", [("code", 530), ("from", ev.address)])

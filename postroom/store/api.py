@@ -60,6 +60,11 @@ Invariants every engine keeps:
    transaction; `add_training_signals` is durable when it returns; a signal leaves only by
    `finish_training_signal` without a retry time (or with its user).
 15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
+16. **A user's settings and auto-reply record are the user's.** `UserSettings` (web/settings.py writes them,
+   delivery/autoreply.py reads them) and the record of auto-replies sent (`claim_auto_reply`) are keyed by the
+   user id and go with the user; a user without a settings row has `UserSettings()`. `claim_auto_reply` is one
+   atomic step in every engine, so two deliveries (two worker processes, two nodes) to the same user from the
+   same sender claim the reply once.
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -97,11 +102,13 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    pass
+    """The thing named (domain, user, list, mailbox, message body, queue entry...) does not exist, or no
+    longer does. IMAP answers it `NO [NONEXISTENT]` (RFC 5530 §3); callers that race an expunge (a FETCH of a
+    body released since its listing: imap/fetch.py) catch it and skip the message."""
 
 
 class AlreadyExists(StoreError):
-    pass
+    """The name is taken (domain, user, mailbox, list member). IMAP answers it `NO [ALREADYEXISTS]` (RFC 5530 §3)."""
 
 
 class Invalid(StoreError):
@@ -130,6 +137,7 @@ class InsufficientStorage(StoreError):
 
     @classmethod
     def from_os_error(cls, exc: OSError) -> InsufficientStorage:
+        """The error for an ENOSPC / EDQUOT `OSError` (`is_out_of_space`), its text kept."""
         return cls(f"insufficient storage: {exc.strerror or exc}")
 
 
@@ -225,12 +233,16 @@ ANYONE = "anyone"  # RFC 4314 §2: the identifier every user matches (here: ever
 
 
 class ListPolicy(enum.Enum):
+    """Who may post to a mailing list (delivery/lists.py)."""
+
     OPEN = "open"  # anyone may post
     MEMBERS = "members"  # only members may post
     MODERATED = "moderated"  # every post waits for the owner's approval
 
 
 class RcptState(enum.Enum):
+    """Where one recipient of a queued message stands (delivery/queue.py; RFC 3461 §6 actions for its DSN)."""
+
     QUEUED = "queued"
     DEFERRED = "deferred"
     DELIVERED = "delivered"
@@ -243,6 +255,7 @@ class RcptState(enum.Enum):
 
 @dataclass(frozen=True)
 class Domain:
+    """A hosted domain. Times are seconds since the epoch; DKIM keys as RFC 6376 / RFC 8463 use them."""
     id: int
     name: str
     created: float
@@ -258,6 +271,7 @@ class Domain:
 
 @dataclass(frozen=True)
 class User:
+    """A mailbox user (a login). Times are seconds since the epoch; quotas as in invariant 12."""
     id: int
     address: str  # full address, lower-case; also the login name
     domain_id: int
@@ -287,12 +301,14 @@ class QuotaUsage:
 
 @dataclass(frozen=True)
 class Alias:
+    """One target of an alias source (the case of names: module doc)."""
     source: str  # "user@domain" or "@domain" (catch-all)
     target: str  # one local or external address, its local part as given (module doc: names)
 
 
 @dataclass(frozen=True)
 class MailingList:
+    """A mailing list of a hosted domain and its members (delivery/lists.py)."""
     address: str  # lower-case (a local name)
     owner: str  # local part as given
     policy: ListPolicy
@@ -302,6 +318,8 @@ class MailingList:
 
 @dataclass(frozen=True)
 class Mailbox:
+    """One mailbox of a user, as one read saw it: UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ as RFC 9051 §2.3.1.1 and
+    RFC 7162 §3.1.1 define them (invariants 3, 4)."""
     id: int
     user_id: int
     name: str  # full hierarchical name with "/" separators, e.g. "Archive/2024"
@@ -379,6 +397,7 @@ class MessageColumns:
         return len(self.uids)
 
     def keywords_at(self, i: int) -> frozenset[str]:
+        """The keywords of message i (empty for most)."""
         return self.keywords.get(i, _NO_KEYWORDS)
 
 
@@ -469,6 +488,8 @@ class ThreadColumns:
 
 @dataclass(frozen=True)
 class AppendRequest:
+    """One message to store: its exact bytes (invariant 5), system flags (`Flag` bitmask), keywords, internal
+    date (seconds since the epoch) and precomputed metadata."""
     raw: bytes
     flags: int = 0
     keywords: frozenset[str] = frozenset()
@@ -478,11 +499,13 @@ class AppendRequest:
 
 @dataclass(frozen=True)
 class TextCandidates:
-    """What `Store.search_text` found: the messages that may match (UID order) and how many of them are there
-    only because their body is not indexed yet."""
+    """What `Store.search_text` found: the messages that may match (UID order), how many of them are there
+    only because their body is not indexed yet, and whether exactly these messages match the filter (`exact`:
+    every one of them does, so the caller need not confirm them; an engine that cannot vouch says False)."""
 
     messages: list[MessageInfo]
     unindexed: int
+    exact: bool = False
 
 
 @dataclass(frozen=True)
@@ -522,6 +545,7 @@ class StagedAppend:
 
 @dataclass(frozen=True)
 class QueueRecipient:
+    """One recipient of a queued message and its delivery state. Times are seconds since the epoch."""
     rcpt: str
     orcpt: str = ""  # RFC 3461 ORCPT, as given ("rfc822;user@example.org"), "" if none
     notify: str = ""  # RFC 3461 NOTIFY: "" (default), "NEVER" or a comma list of SUCCESS,FAILURE,DELAY
@@ -534,6 +558,8 @@ class QueueRecipient:
 
 @dataclass(frozen=True)
 class QueueEntry:
+    """A message waiting in the outbound queue (delivery/queue.py): its body's blob, size in octets, envelope
+    (RFC 5321 §3.3) and DSN parameters (RFC 3461 §4), and its recipients."""
     id: int
     blob_id: str
     size: int
@@ -572,6 +598,19 @@ class WebSession:
 
 
 @dataclass(frozen=True)
+class HeldPost:
+    """A moderated list post waiting for its owner (delivery/lists.py): the 128-bit token (32 lower-case hex
+    digits) the approve/reject addresses carry, the list, the original envelope sender, the message, and when it
+    was held (seconds since the epoch)."""
+
+    token: str
+    list_address: str
+    mail_from: str
+    raw: bytes
+    held_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class SenderRule:
     """One allow or block rule (invariant 13). `scope` is the user's address or the domain's name (the one with
     no "@"); exactly one of `user_id` and `domain_id` is set. `pattern` is in `names.sender_pattern` form."""
@@ -583,6 +622,25 @@ class SenderRule:
     created: float  # seconds since the epoch
     user_id: int | None = None
     domain_id: int | None = None
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    """A user's webmail settings (invariant 16): the display name and signature of their mail, the default
+    From identity and a display name per identity, and the out-of-office auto-reply (RFC 3834,
+    delivery/autoreply.py). Times are seconds since the epoch; `vacation_days` the least number of days between
+    two replies to one sender (RFC 3834 §2 suggests 7)."""
+
+    display_name: str = ""
+    signature: str = ""
+    default_identity: str = ""  # "" (or one no longer the user's): their own address
+    identity_names: Mapping[str, str] = field(default_factory=dict)  # address (lower case) -> display name
+    vacation: bool = False
+    vacation_subject: str = ""  # "" : "Auto: <the original subject>"
+    vacation_text: str = ""
+    vacation_start: float | None = None  # replies from this time on (None: from now)
+    vacation_end: float | None = None  # replies before this time (None: until turned off)
+    vacation_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -624,6 +682,8 @@ class DmarcEvaluation:
 
 
 class ChangeKind(enum.Enum):
+    """What a `Change` record says happened (invariant 2; style habit 8)."""
+
     APPEND = "append"  # a message arrived (uid, modseq, flags, keywords set)
     FLAGS = "flags"  # a message's flags or keywords changed
     EXPUNGE = "expunge"  # a message left the mailbox
@@ -640,6 +700,8 @@ class ChangeKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Change:
+    """One change a write made, returned to the writer and published on the hub after the commit (invariant 2).
+    Which fields mean something depends on `kind` (`ChangeKind`); `flags` is a `Flag` bitmask."""
     kind: ChangeKind
     user_id: int
     mailbox_id: int
@@ -653,6 +715,8 @@ class Change:
 
 @dataclass(frozen=True)
 class AppendResult:
+    """What an append stored: the message's UID and MODSEQ, the mailbox's UIDVALIDITY (UIDPLUS APPENDUID, RFC 4315
+    §3), and the changes."""
     uid: int
     modseq: int
     uidvalidity: int
@@ -671,6 +735,7 @@ class CopyResult:
 
 @dataclass(frozen=True)
 class WriteResult:
+    """The changes a write made (invariant 2), and for STORE UNCHANGEDSINCE the UIDs it left alone."""
     changes: tuple[Change, ...] = ()
     modified: tuple[int, ...] = ()  # store_flags with unchanged_since: the UIDs it left alone (RFC 7162 §3.1.3)
 
@@ -687,21 +752,29 @@ class Vanished:
 class Subscription(Protocol):
     """A live subscription to the change feed: iterate, or `get()` one change; `close()` when done."""
 
-    def get_nowait(self) -> Change | None: ...
+    def get_nowait(self) -> Change | None:
+        """The next change if one is queued, else None (never waits)."""
 
     def watch(self, mailbox_id: int | None) -> None:
         """Receive the changes of this one mailbox of another user too (a shared mailbox the subscriber has
         selected, resolved through its ACL: invariant 6), instead of any mailbox watched before; None: none."""
 
-    async def get(self) -> Change: ...
+    async def get(self) -> Change:
+        """The next change, waiting for one."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop receiving; the hub drops the subscription."""
 
 
 class ChangeHub(Protocol):
-    def subscribe(self, user_id: int) -> Subscription: ...
+    """The change feed of one process (invariant 2): subscribers get the changes of one user's mailboxes, in commit
+    order."""
 
-    def publish(self, changes: Iterable[Change]) -> None: ...
+    def subscribe(self, user_id: int) -> Subscription:
+        """A new subscription to the changes of `user_id`'s mailboxes (and of a watched mailbox, `watch`)."""
+
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Deliver committed changes to the subscribers of their users (invariant 2: only after the commit)."""
 
     def publish_lost(self) -> None:
         """Changes were committed that cannot be delivered (another process's, pruned before this process read
@@ -713,6 +786,10 @@ class ChangeHub(Protocol):
 
 
 class Store(Protocol):
+    """Every engine implements this (module doc: the invariants). Errors: a request that cannot be done raises a
+    `StoreError` subclass (NotFound, AlreadyExists, Invalid, Forbidden, OverQuota, InsufficientStorage), never
+    an engine's own exception type. Times are seconds since the epoch, sizes octets."""
+
     hub: ChangeHub
 
     async def open(self) -> None:
@@ -722,11 +799,15 @@ class Store(Protocol):
         """Finish pending writes and release everything."""
 
     # ---- domains
-    async def add_domain(self, name: str) -> Domain: ...
+    async def add_domain(self, name: str) -> Domain:
+        """A new hosted domain (`name` normalised to lower case, `names.domain`). AlreadyExists if hosted already;
+        Invalid for a name that is not a domain name."""
 
-    async def get_domain(self, name: str) -> Domain | None: ...
+    async def get_domain(self, name: str) -> Domain | None:
+        """The hosted domain `name` (any case), or None."""
 
-    async def list_domains(self) -> list[Domain]: ...
+    async def list_domains(self) -> list[Domain]:
+        """Every hosted domain, by name."""
 
     async def remove_domain(self, name: str) -> None:
         """Refuses (Invalid) while the domain still has users, aliases or lists."""
@@ -749,11 +830,14 @@ class Store(Protocol):
     async def add_user(self, address: str, password_hash: str, scram: str = "", quota_bytes: int = 0) -> User:
         """The domain must exist (NotFound otherwise). Creates SPECIAL_USE_DEFAULTS mailboxes, subscribed."""
 
-    async def get_user(self, address: str) -> User | None: ...
+    async def get_user(self, address: str) -> User | None:
+        """The user whose address is `address` (any case, module doc), or None."""
 
-    async def get_user_by_id(self, user_id: int) -> User | None: ...
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        """The user with that id, or None (removed since)."""
 
-    async def list_users(self, domain: str | None = None) -> list[User]: ...
+    async def list_users(self, domain: str | None = None) -> list[User]:
+        """Every user, or those of the hosted domain `domain`, by address."""
 
     async def set_password(self, address: str, password_hash: str, scram: str = "") -> None:
         """Replace the user's password hash and SCRAM verifier, and end every webmail session of the user in the
@@ -774,17 +858,21 @@ class Store(Protocol):
     async def remove_alias(self, source: str, target: str | None = None) -> None:
         """Remove one target, or every target of `source` when `target` is None. NotFound if nothing matched."""
 
-    async def list_aliases(self, source: str | None = None) -> list[Alias]: ...
+    async def list_aliases(self, source: str | None = None) -> list[Alias]:
+        """Every alias target, or those of one `source` (an address or "@domain", any case), by source and target."""
 
     # ---- mailing lists
     async def create_list(self, address: str, owner: str, policy: ListPolicy, bounce_address: str = "") -> MailingList:
         """`bounce_address` defaults to "<local>-bounces@<domain>"."""
 
-    async def get_list(self, address: str) -> MailingList | None: ...
+    async def get_list(self, address: str) -> MailingList | None:
+        """The mailing list at `address` (any case), or None."""
 
-    async def list_lists(self) -> list[MailingList]: ...
+    async def list_lists(self) -> list[MailingList]:
+        """Every mailing list, by address."""
 
-    async def set_list_policy(self, address: str, policy: ListPolicy) -> None: ...
+    async def set_list_policy(self, address: str, policy: ListPolicy) -> None:
+        """Change who may post to the list (`ListPolicy`). NotFound for an unknown list."""
 
     async def add_list_member(self, address: str, member: str) -> None:
         """`member` is kept with its local part's case; AlreadyExists if the list has it in any case."""
@@ -792,15 +880,18 @@ class Store(Protocol):
     async def remove_list_member(self, address: str, member: str) -> None:
         """Removes the member whatever the case it is given in; NotFound if the list has no such member."""
 
-    async def delete_list(self, address: str) -> None: ...
+    async def delete_list(self, address: str) -> None:
+        """Remove the list and its members. NotFound for an unknown list."""
 
     # ---- mailboxes
-    async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
+    async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
+        """Every mailbox of the user (their own, not shared ones: invariant 6): INBOX first, then by name."""
 
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
         """`name` "inbox" in any case means INBOX."""
 
-    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        """The mailbox with that id (of any user: callers hold only ids they resolved, invariant 6), or None."""
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None, *,
                              as_user: int | None = None) -> Mailbox:
@@ -829,7 +920,9 @@ class Store(Protocol):
     async def list_subscriptions(self, user_id: int) -> list[str]:
         """The user's subscribed names, sorted by code point (IMAP LSUB, LIST (SUBSCRIBED))."""
 
-    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        """The counts of `MailboxStatus` for one mailbox, as one read saw them, reading no bodies (IMAP STATUS,
+        RFC 9051 §6.3.11; SELECT). NotFound if the mailbox is gone."""
 
     async def unseen_counts(self, user_id: int, limit: int = 1000) -> dict[int, int]:
         """Mailbox id -> how many of its messages lack \\Seen, counted up to `limit` (a mailbox with more answers
@@ -861,7 +954,10 @@ class Store(Protocol):
         """The watermark `claim_recent` would start from, without claiming (EXAMINE, STATUS RECENT)."""
 
     # ---- messages
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult: ...
+    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
+        """Store one message (IMAP APPEND, RFC 9051 §6.3.12) with the next UID and MODSEQ; durable when it returns
+        (invariant 1). NotFound if the mailbox is gone; Invalid for bad flags or keywords or past the mailbox's
+        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk."""
 
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
@@ -931,7 +1027,8 @@ class Store(Protocol):
         answering IMAP SEARCH SEEN / UNSEEN / DELETED ... without a row per message in Python. NotFound for an
         unknown mailbox."""
 
-    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None: ...
+    async def get_message(self, mailbox_id: int, uid: int) -> MessageInfo | None:
+        """The message with that UID in the mailbox, or None (never had, or expunged)."""
 
     async def page_messages(self, mailbox_id: int, limit: int, *, below: int | None = None,
                             above: int | None = None) -> list[MessageInfo]:
@@ -986,14 +1083,19 @@ class Store(Protocol):
         """The UIDs of the thread's messages in this mailbox, ascending, at most `limit`, through the thread
         index (the webmail's conversation page). [] for thread 0. NotFound if the mailbox is gone."""
 
-    async def read_message(self, blob_id: str) -> bytes: ...
+    async def read_message(self, blob_id: str) -> bytes:
+        """The exact bytes stored for the body `blob_id` (invariant 5; sha256 hex, `MessageInfo.blob_id`). NotFound
+        when there is no such body (e.g. expunged and released since the caller listed it: imap/fetch.py skips
+        that message); Invalid for a string that is not a blob id."""
 
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         """At most `length` octets of a body from octet `start` (fewer at its end, b"" past it), so a large body
         can be read in pieces and never held whole (IMAP CATENATE, RFC 4469). NotFound if there is no such
         body."""
 
-    async def read_meta(self, blob_id: str) -> bytes | None: ...
+    async def read_meta(self, blob_id: str) -> bytes | None:
+        """The metadata stored with the body (`AppendRequest.meta`, opaque bytes: mime/meta.py's format), or None
+        when none was stored. NotFound when there is no such body."""
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         """The size in octets of each body with every line ended by CRLF (`store.blobs.crlf_size`: a bare LF
@@ -1187,9 +1289,11 @@ class Store(Protocol):
         """`enqueue` of `prefix` + the bytes of the staging file `path`, as `deliver_file` stores them (the file
         stays the caller's); `from_checked` as for `enqueue`."""
 
-    async def queue_get(self, queue_id: int) -> QueueEntry | None: ...
+    async def queue_get(self, queue_id: int) -> QueueEntry | None:
+        """The queue entry with that id, or None (delivered or removed)."""
 
-    async def queue_list(self) -> list[QueueEntry]: ...
+    async def queue_list(self) -> list[QueueEntry]:
+        """Every queue entry, oldest first (by creation time)."""
 
     async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
         """Entries with at least one QUEUED/DEFERRED recipient whose next_try <= now, oldest first."""
@@ -1198,7 +1302,8 @@ class Store(Protocol):
         """Replace the state (state, attempts, next_try, last_error, delay_notified) of the named recipients.
         An entry whose recipients are all final is removed."""
 
-    async def queue_delete(self, queue_id: int) -> None: ...
+    async def queue_delete(self, queue_id: int) -> None:
+        """Remove the queue entry and release its body. NotFound for an unknown id."""
 
     async def queue_length(self) -> int:
         """Recipients not yet final."""
@@ -1221,6 +1326,58 @@ class Store(Protocol):
         """Delete every session last seen before `idle_before` or created before `created_before` (both seconds
         since the epoch); returns how many went."""
 
+    # ---- what several nodes on one store share (issue 16 item 3; docs/ARCHITECTURE.md "Several nodes")
+    shared_by_nodes: bool
+    """True when several machines may serve from this store (PostgreSQL): the server secret and the generated
+    TLS certificate then come from `shared_value` (auth/secret.py, net/tls.py); False (SQLite, one machine):
+    they stay files in the data folder."""
+
+    async def shared_value(self, name: str, candidate: bytes) -> bytes:
+        """The value stored under `name`, storing `candidate` first if there is none: the first caller wins,
+        atomically, and every caller (every node) gets the same bytes back. Never replaced once stored."""
+
+    async def lock_maildrop(self, user_id: int, holder: str, lease_seconds: float) -> bool:
+        """Take (or, for the same `holder`, renew) the POP3 maildrop lock of the user (RFC 1939 §8) for
+        `lease_seconds`: False when another holder has it. `holder` names one session uniquely across every
+        process and node. A lock whose holder died is free again: on PostgreSQL when its lease ran out without
+        a renewal; on SQLite (one machine) when the holding process is gone (a file lock the kernel drops)."""
+
+    async def unlock_maildrop(self, user_id: int, holder: str) -> None:
+        """Release the lock if `holder` has it; nothing otherwise."""
+
+    async def maildrop_login(self, user_id: int, note: bool) -> float:
+        """RFC 2449 §6.8 LOGIN-DELAY: seconds since the user's last POP3 login (`math.inf`: none known), on the
+        store's clock (PostgreSQL: the database's, so nodes' clocks do not matter); with `note`, set the last
+        login to now after reading (call it so while holding the lock)."""
+
+    async def note_mailbox_login(self, address: str, when: float, keep_seconds: float) -> None:
+        """POP-before-SMTP across nodes: a mailbox (POP3/IMAP) login from the client IP `address` at `when`
+        (seconds since the epoch); records older than `keep_seconds` before `when` are deleted on the way."""
+
+    async def mailbox_login(self, address: str) -> float:
+        """The time of the latest mailbox login `note_mailbox_login` recorded from `address`; 0.0: none."""
+
+    async def hold_post(self, post: HeldPost) -> None:
+        """Keep a moderated post, durable when it returns (lists.py invariant 1). AlreadyExists for a token in use."""
+
+    async def get_held_post(self, token: str) -> HeldPost | None:
+        """The held post with that token, claimed or not; None if there is none."""
+
+    async def list_held_posts(self) -> list[HeldPost]:
+        """Every held post, oldest first, `raw` included (the moderation page shows subject and size)."""
+
+    async def claim_held_post(self, token: str, claim: str, lease_seconds: float) -> HeldPost | None:
+        """Take the post for handling as `claim` (a value unique to this handler), atomically across processes and
+        nodes: None when there is no such post or another claim on it has not run out yet (lists.py invariant 2).
+        A handler that dies leaves its claim to run out after `lease_seconds`: the post can then be handled
+        again (at least once, never twice at the same time)."""
+
+    async def drop_held_post(self, token: str, claim: str) -> bool:
+        """Delete the post if `claim` still holds it (approved or rejected); False otherwise."""
+
+    async def release_held_post(self, token: str, claim: str) -> None:
+        """Give up `claim` on the post without handling it (the handler failed): it may be handled again at once."""
+
     # ---- sender allow and block lists (invariant 13; inbound/senders.py)
     async def list_sender_rules(self, scope: str) -> list[SenderRule]:
         """The rules of one scope, sorted by pattern: `scope` a user's address or a domain's name (no "@").
@@ -1238,6 +1395,20 @@ class Store(Protocol):
 
     async def remove_sender_rule(self, scope: str, pattern: str) -> bool:
         """Remove the scope's rule for `pattern`; False if there was none. NotFound for an unknown scope."""
+
+    # ---- user settings and the auto-reply record (invariant 16; web/settings.py, delivery/autoreply.py)
+    async def get_user_settings(self, user_id: int) -> UserSettings:
+        """The user's settings (a point lookup); `UserSettings()` for a user who never saved any, or an unknown id."""
+
+    async def set_user_settings(self, user_id: int, settings: UserSettings) -> None:
+        """Replace the user's settings, all fields at once. NotFound for an unknown user id."""
+
+    async def claim_auto_reply(self, user_id: int, sender: str, now: float, since: float) -> bool:
+        """Whether the user may send an auto-reply to `sender` (an address, compared by its lower-case key) now:
+        True, and `now` recorded as the last reply, when no reply to that sender is recorded at or after `since`
+        (seconds since the epoch); else False and nothing changes. Atomic (invariant 16). The same write deletes
+        the user's records older than `since` (they can no longer refuse anything), so the table holds at most one
+        row per sender replied to within the window. False for an unknown user id."""
 
     # ---- spam training signals (invariant 14; inbound/learn.py)
     training_signals: bool

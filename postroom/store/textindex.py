@@ -28,8 +28,15 @@ Invariants
 1. If `casefold(needle)` is a substring of the exact haystack of a key, every piece of `pieces(key, needle)`
    is a substring of one of the index fields `FIELDS_OF[key]` of that message, and every trigram of that piece
    occurs in that field. Hence a lookup by trigrams never loses a match (it may add some).
-2. `index_fields` is a pure function of the stored metadata, and contains no lone surrogate (they become U+FFFD,
+2. `index_fields` is a pure function of the stored metadata, and contains no lone surrogate (they become "?"
    and needles are cut at theirs, so no match is lost).
+3. Conversely, each index field is a stretch of its key's haystack between line ends (or the whole haystack,
+   for a header field's own column and for BODY), differing only where a lone surrogate became "?" (or, on
+   PostgreSQL, a NUL was dropped). So a needle that is one piece (`pieces` gives it whole: no line end in a
+   TEXT needle) and holds no "?", U+FFFD, NUL or surrogate (`TextTerm.whole`) is a substring of the haystack
+   exactly when it is a substring of one of the key's fields: an engine that checks the whole needle against
+   the field text itself (SQLite's phrase lookups in a column with positions, PostgreSQL's LIKE) answers
+   exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ HEAD_COLUMNS = (*HEADER_FIELDS, "headers", "names")  # the header-side columns, 
 MIN_PIECE = 3  # characters: a trigram index cannot look up less
 MAX_PIECES = 4  # pieces of one needle looked up (the longest); the rest are left to the exact check
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_NOT_WHOLE = frozenset("?\ufffd\x00")  # an index field may hold them where the haystack has other text
 MAX_TRIGRAMS = 12  # trigrams of one piece looked up (spread over it); more only cost time
 
 # The index fields each kind of key may be found in; ("header", name) keys use HEADER_FIELDS or "headers".
@@ -70,6 +78,18 @@ class TextTerm:
         if self.key == "header" and self.header in HEADER_FIELDS:
             return (self.header,)
         return FIELDS_OF[self.key]
+
+    def whole(self) -> str | None:
+        """The case-folded needle when one lookup of it, whole, in the key's index fields answers the key exactly
+        (module invariant 3), else None."""
+        if self.key == "header" and self.header not in HEADER_FIELDS:
+            return None  # the other fields share one column of "name: value" lines
+        folded = self.needle.casefold()
+        if self.pieces() != [folded] or not _NOT_WHOLE.isdisjoint(folded):
+            return None
+        if not folded.isascii() and _SURROGATES.search(folded):
+            return None
+        return folded
 
     def pieces(self) -> list[str]:
         """The case-folded pieces to look up (invariant 1), at most `MAX_PIECES`, longest first; [] when none

@@ -88,7 +88,7 @@ class Admin:
         self.addresses = addresses
         self.router = router
         self.lookup = lookup
-        self.held = HeldPosts(config().data_path / "held")  # the data folder needs a restart to change
+        self.held = HeldPosts(self.store)
 
     def routes(self) -> list[BaseRoute]:
         """The routes to add to the web app (all under /admin/)."""
@@ -334,10 +334,8 @@ class Admin:
     # ---- lists and their moderation queue --------------------------------------------------------------------
     async def _lists(self, who: tuple[Signed, User], status: int = 200, done: str = "", error: str = "") -> Response:
         held = []
-        for token in self.held.list_tokens():
-            post = await self.held.get(token)
-            if post is not None:
-                held.append(Held(token, post.list_address, post.mail_from, _subject(post.raw), len(post.raw)))
+        for post in await self.held.posts():
+            held.append(Held(post.token, post.list_address, post.mail_from, _subject(post.raw), len(post.raw)))
         return self._render("admin_lists.html", who, status, lists=await self.store.list_lists(), held=held,
                             done=done, error=error, human_size=_human)
 

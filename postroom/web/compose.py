@@ -109,7 +109,6 @@ CORRESPONDENTS_SECONDS = 60.0
 MAX_SUGGESTIONS = 20
 MAX_TEXT_FIELD = 2 * 1024 * 1024  # octets of one text field (the body)
 MAX_FILES = 100
-MAX_IDENTITIES = 200  # aliases followed back from one user
 ORIGIN_FIELD = "X-Postroom-Draft-Origin"
 TYPED_FIELD = "X-Postroom-Draft"  # + "-To", "-Cc", "-Bcc": an address field of a draft that does not parse yet
 COMPOSE_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -209,27 +208,8 @@ class Compose:
     # ---- identities and special mailboxes
     async def identities(self, user_id: int) -> list[str]:
         """The addresses the user may send as: their own, then the explicit aliases that lead to them
-        (`Router.may_send_as`; a catch-all never)."""
-        user = await self.store.get_user_by_id(user_id)
-        if user is None:
-            return []
-        # Walk the alias table backwards from the user (one read of it): only sources whose chain can reach them
-        # are asked of `may_send_as`, the one rule, so the store lookups grow with the user's aliases alone.
-        sources: dict[str, list[str]] = {}
-        for alias in await self.store.list_aliases():
-            if not alias.source.startswith("@"):  # a catch-all is never an identity (router invariant 6)
-                sources.setdefault(_base(alias.target), []).append(alias.source)
-        out = [user.address]
-        todo = [_base(user.address)]
-        seen = set(todo)
-        while todo and len(seen) <= MAX_IDENTITIES:
-            for source in sources.get(todo.pop(), []):
-                if _base(source) not in seen:
-                    seen.add(_base(source))
-                    todo.append(_base(source))
-                    if await self.router.may_send_as(user.address, source):
-                        out.append(source)
-        return out
+        (`Router.identities`; a catch-all never)."""
+        return await self.router.identities(user_id)
 
     async def _special(self, user_id: int, use: str, name: str) -> Mailbox:
         for b in await self.store.list_mailboxes(user_id):
@@ -282,7 +262,7 @@ class Compose:
                 draft.in_reply_to, draft.references = writing.reply_threading(
                     original.message_id, original.references, original.in_reply_to)
                 draft.text = writing.reply_text(original)
-                draft.from_ = _chosen_identity(original, own)
+                draft.from_ = _chosen_identity(original, own) if _addressed(original, own) else ""
                 context.update(mode="reply", origin=ref)
             else:
                 draft.subject = writing.forward_subject(original.subject)
@@ -294,6 +274,11 @@ class Compose:
                     context.update(source=ref, kept=await self._attachments_of(info, raw))
         else:
             draft.to = q.get("to", "")[:2000]
+        if mode != "draft":  # a new message, reply or forward: the default identity and the signature (settings.py)
+            settings = await self.store.get_user_settings(signed.user_id)
+            if not draft.from_:
+                draft.from_ = settings.default_identity
+            draft.text = writing.with_signature(draft.text, settings.signature)
         return await self._form_page(signed, draft, context)
 
     async def _resumed(self, raw: bytes, original: writing.Original, ref: str, uid: int,
@@ -495,6 +480,13 @@ class Compose:
                                                     "addresses in From.")
         return chosen, identities
 
+    async def _from_field(self, signed: Signed, sender: str) -> str:
+        """The From field's value for `sender` (one of the user's identities): with the identity's display name,
+        else the user's (settings.py), else the bare address."""
+        settings = await self.store.get_user_settings(signed.user_id)
+        name = settings.identity_names.get(sender.lower(), "") or settings.display_name
+        return writing.mailbox(name, sender)
+
     async def _send(self, request: Request, signed: Signed, draft: writing.Draft, form: _Form,
                     context: dict[str, Any]) -> Response:
         sender, identities = await self._sender(signed, draft)
@@ -516,7 +508,8 @@ class Compose:
         now = time.time()
         hostname = self.config.server.hostname
         message_id = make_message_id(hostname)
-        head = writing.header_bytes(draft, from_=sender, to=to, cc=cc, bcc=bcc, date=now, message_id=message_id,
+        head = writing.header_bytes(draft, from_=await self._from_field(signed, sender), to=to, cc=cc, bcc=bcc,
+                                    date=now, message_id=message_id,
                                     with_bcc=False)
         path, size = await self._write(draft, head)
         try:
@@ -636,7 +629,8 @@ class Compose:
         await self._parts(signed, draft, form, context)
         if context["origin"] and context["mode"]:
             extra.append((ORIGIN_FIELD, f"{context['mode']} {context['origin']}"))
-        head = writing.header_bytes(draft, from_=sender, to=pairs["To"], cc=pairs["Cc"], bcc=pairs["Bcc"],
+        head = writing.header_bytes(draft, from_=await self._from_field(signed, sender), to=pairs["To"],
+                                    cc=pairs["Cc"], bcc=pairs["Bcc"],
                                     date=time.time(), message_id=make_message_id(self.config.server.hostname),
                                     with_bcc=True, extra=extra)
         path, size = await self._write(draft, head)
@@ -741,10 +735,10 @@ def _decoded(encoded: bytes, encoding: str) -> bytes:
         return encoded
 
 
-def _base(address: str) -> str:
-    """An address without its `+detail`, lower-cased: what an alias leads to (router's lookup order)."""
-    local, _, domain = address.lower().rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
+def _addressed(original: writing.Original, own: list[str]) -> bool:
+    """Whether the original was sent to one of the user's identities `own` (To or Cc)."""
+    mine = {a.lower() for a in own}
+    return any(addr.lower() in mine for _, addr in email.utils.getaddresses([original.to, original.cc]))
 
 
 def _chosen_identity(original: writing.Original, own: list[str]) -> str:

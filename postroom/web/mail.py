@@ -45,6 +45,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import time
@@ -84,6 +85,7 @@ from postroom.web.compose import Compose
 from postroom.web.live import Live
 from postroom.web.server import _safe
 from postroom.web.sessions import Sessions, Signed, cookie_header, cookie_name, csrf_ok, new_token
+from postroom.web.settings import Settings
 
 log = logging.getLogger("postroom.web")
 
@@ -208,6 +210,7 @@ class Webmail:
                                       undefined=jinja2.StrictUndefined)
         self.env.globals["apple_profile"] = settings_for is not None
         self.compose = Compose(self, door, on_queued)
+        self.settings = Settings(self)
         self.assets = Assets(HERE / "static")
         self.env.globals["asset"] = self.assets.url
 
@@ -231,6 +234,7 @@ class Webmail:
             Route("/mail/box/{box:int}/{uid:int}/part/{section}", self.download, methods=["GET"]),
             Route("/mail/apple.mobileconfig", self.apple_profile, methods=["GET"]),
             *self.compose.routes(),
+            *self.settings.routes(),
             Route("/mail/static/{name}", self.assets.serve, methods=["GET"]),
         ]
 
@@ -719,7 +723,8 @@ class Webmail:
         return self._page("message.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
                           current_label=_label(box), info=info, view=view, when=when(info.internal_date),
                           flagged=bool(info.flags & Flag.FLAGGED), frame_sandbox=FRAME_SANDBOX,
-                          human_size=human_size, **await self._account(signed.user_id))
+                          human_size=human_size, sender_address=_sender_address(view.headers.get("from", "")),
+                          **await self._account(signed.user_id))
 
     async def _raw_and_meta(self, request: Request) -> tuple[bytes, MessageMeta] | Response:
         signed = await self._signed(request)
@@ -849,6 +854,13 @@ def _paging(form: dict[str, list[str]]) -> str:
         if start:
             params.append(("start", start))
     return "?" + urllib.parse.urlencode(params) if params else ""
+
+
+def _sender_address(from_: str) -> str:
+    """The address of a decoded From value, for the "Block sender" button; "" when there is not one usable."""
+    address = email.utils.parseaddr(from_)[1]
+    local, at, domain = address.rpartition("@")
+    return address if at and local and "." in domain and len(address) <= 320 else ""
 
 
 def _label(box: Mailbox) -> str:

@@ -62,8 +62,9 @@ from typing import cast
 
 from postroom.config import LimitsConfig
 from postroom.imap import parser as P
+from postroom.imap.errors import No
 from postroom.imap.search import run_search
-from postroom.imap.session import No, Session
+from postroom.imap.session import Session
 from postroom.imap.state import Selected
 from postroom.store.api import Mailbox, MessageInfo, Store
 

@@ -283,6 +283,29 @@ def reply_recipients(original: Original, own: Sequence[str], reply_all: bool) ->
     return ", ".join(to), ", ".join(cc)
 
 
+def with_signature(text: str, signature: str) -> str:
+    """`text` with the user's `signature` below it after the signature separator line "-- " (RFC 3676 §4.3;
+    `flowed.encode` writes that line as it is, never as a soft break); `text` unchanged without a signature. An
+    empty text leaves room to write above the separator."""
+    sig = signature.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
+    if not sig.strip():
+        return text
+    body = text.rstrip("\n")
+    return f"{body}\n\n{flowed.SIGNATURE}\n{sig}" if body else f"\n\n{flowed.SIGNATURE}\n{sig}"
+
+
+def mailbox(name: str, address: str) -> str:
+    """A From value: `address` with the display `name` (quoted as RFC 5322 §3.4 needs; non-ASCII names are encoded
+    by the header policy, RFC 2047), or the bare address without one."""
+    name = one_line(name)
+    if not name:
+        return address
+    try:
+        return str(email.headerregistry.Address(display_name=name, addr_spec=address))
+    except (ValueError, IndexError):  # an address the header registry cannot take: sent without the name
+        return address
+
+
 def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc: Sequence[tuple[str, str]],
                  bcc: Sequence[tuple[str, str]], date: float, message_id: str, with_bcc: bool,
                  extra: Sequence[tuple[str, str]] = ()) -> bytes:

@@ -2,7 +2,8 @@
 PostgreSQL (tests/pgcluster.py) reads back the same through the `Store` interface: every mailbox's UIDVALIDITY,
 UIDNEXT and HIGHESTMODSEQ, every message's UID, MODSEQ, flags, keywords, dates, thread and bytes, the expunged
 record, the queue, lists, aliases, quotas, the admin flag, DKIM keys kept for a rotation, sender rules, training
-signals, DMARC results and IMAP structures; new ids and UIDs continue past the old ones; a second run refuses."""
+signals, DMARC results, IMAP structures and held list posts; new ids and UIDs continue past the old ones; a
+second run refuses."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from postroom.store.api import (
     AppendRequest,
     DmarcEvaluation,
     Flag,
+    HeldPost,
     ListPolicy,
     QueueRecipient,
     RcptState,
     Store,
     StoreMode,
+    UserSettings,
 )
 from postroom.store.postgresql import PostgreSQLStore
 
@@ -72,6 +75,13 @@ async def fill(store: Store) -> int:
     await store.add_training_signals(alice.id, "spam", [(await store.list_messages(inbox.id))[0].blob_id], 5.0)
     await store.add_dmarc_result(DmarcEvaluation(10.0, "remote.example", '{"p": "none"}', "192.0.2.1",
                                                  "remote.example", "remote.example", "none", True, False, "{}"))
+    await store.set_user_settings(alice.id, UserSettings(
+        display_name="Alice", signature="A.", default_identity="alice@example.org",
+        identity_names={"alice@example.org": "Alice L."}, vacation=True, vacation_text="Away.",
+        vacation_start=1_800_000_000.5, vacation_days=3))
+    assert await store.claim_auto_reply(alice.id, "carol@remote.example", 50.0, 0.0)
+    await store.hold_post(HeldPost("ab" * 16, "list@example.org", "x@remote.example", b"Subject: held\r\n\r\nx\r\n",
+                                   20.0))
     gone = await store.create_mailbox(alice.id, "Tmp")
     await store.delete_mailbox(alice.id, "Tmp")
     return gone.id
@@ -86,10 +96,13 @@ async def snapshot(store: Store) -> dict[str, Any]:
                            "dkim": [(d.dkim_selector, d.dkim_next) for d in await store.list_domains()],
                            "domain rules": await store.list_sender_rules("example.org"),
                            "training": await store.due_training_signals(100.0),
-                           "dmarc": await store.dmarc_aggregate(100.0)}
+                           "dmarc": await store.dmarc_aggregate(100.0), "held": await store.list_held_posts()}
     for user in await store.list_users():
         out[f"quota {user.address}"] = await store.get_quota(user.id)
         out[f"rules {user.address}"] = await store.sender_rules(user.id)
+        out[f"settings {user.address}"] = await store.get_user_settings(user.id)
+        if user.address == "alice@example.org":  # her auto-reply record: a claim within its window is refused
+            out["replied"] = await store.claim_auto_reply(user.id, "carol@remote.example", 60.0, 40.0)
         for m in await store.list_mailboxes(user.id):
             key = f"{user.address} {m.name}"
             out[key] = (m.id, m.uidvalidity, m.uidnext, m.highestmodseq, m.subscribed, m.special_use, m.keywords,
@@ -116,7 +129,7 @@ def test_migrate_keeps_what_clients_know(tmp_path: Path, pg_cluster: Any, capsys
 
     gone, before = asyncio.run(prepare())
     assert before["alice@example.org INBOX structures"] and before["users"][0].admin  # something to compare
-    assert before["rules alice@example.org"] and before["training"] and before["dmarc"][0]
+    assert before["rules alice@example.org"] and before["training"] and before["dmarc"][0] and before["held"]
     url = pg_cluster.create_database()
     assert cli.main(["--config", str(conf), "migrate", "--to", url]) == 0
     out, err = capsys.readouterr()

@@ -1,6 +1,6 @@
 """The NOTIFY command (RFC 5465) end to end: one session NOTIFYing, outside IDLE and in it, another session (or
 an SMTP delivery) changing things; expected responses from the RFC's text (§5.1-§5.5, §5.8, §6). The change
-notification every session gets without NOTIFY is tested in test_imap_notify.py."""
+notification every session gets without NOTIFY is tested in test_imap_changes.py (IDLE: test_imap_idle.py)."""
 
 from __future__ import annotations
 

@@ -15,8 +15,9 @@ import pytest
 from tests.e2e.test_serve import LISTENERS, stop, tls_context
 
 
-def start_on(tmp_path: Path, url: str) -> tuple[Any, dict[str, int]]:
-    """`postroom serve --demo` with `store.url = url` (test_serve.start's configuration plus the store)."""
+def start_on(tmp_path: Path, url: str, extra: str = "") -> tuple[Any, dict[str, int]]:
+    """`postroom serve --demo` with `store.url = url` (test_serve.start's configuration plus the store), and
+    `extra` (TOML lines) appended to the configuration."""
     import os
     import re
     import subprocess
@@ -28,7 +29,7 @@ def start_on(tmp_path: Path, url: str) -> tuple[Any, dict[str, int]]:
              "[listeners]"]
     lines += [f'{name} = "127.0.0.1:0"' for name in LISTENERS]
     lines += ["[inbound]", "spf = false", "dkim = false", "dmarc = false"]  # they would ask the system's DNS
-    conf.write_text("\n".join(lines) + "\n")
+    conf.write_text("\n".join(lines) + "\n" + extra)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--demo"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -111,7 +111,7 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
         assert await store.read_structures([]) == {}
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 9
+        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 11
     finally:
         await conn.close()
 

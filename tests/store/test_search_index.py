@@ -57,6 +57,87 @@ async def test_narrowing_finds_what_matches_and_little_else(store: Store) -> Non
 
 
 @BODY_BACKENDS
+async def test_an_exact_answer_is_exactly_what_matches(store: Store) -> None:
+    """`TextCandidates.exact` (fts.py invariant 5): when an engine says its candidates are exact, they are the
+    messages whose header field contains the needle (RFC 9051 §6.4.4: a case-insensitive substring), no more. On
+    SQLite a header field's own column answers exactly: "abcde" is not in "bcde abcd", though every trigram a
+    plain lookup checks ("abc", "cde") is; a body term, or a needle with "?", is confirmed by the caller. On
+    PostgreSQL every whole needle is exact (textindex invariant 3)."""
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [
+        mail(1, "Quarterly budget", "numbers"),
+        mail(2, "bcde abcd", "abcde in the body"),
+        mail(3, "Re: ABCDE?", "nothing"),
+        mail(4, "Привет, БЮДЖЕТ", "budget in the body only"),
+    ])
+    top = 2**32 - 1
+    cases = [
+        (TextTerm("subject", "BUDGET"), [1]),
+        (TextTerm("subject", "abcde"), [3]),
+        (TextTerm("subject", "бюджет"), [4]),
+        (TextTerm("header", "abcde", "subject"), [3]),
+        (TextTerm("from", "ANN@EXAMPLE"), [1, 2, 3, 4]),
+        (TextAny((TextTerm("subject", "budget"), TextTerm("subject", "abcde"))), [1, 3]),
+        (TextAll((TextTerm("subject", "re: "), TextTerm("subject", "abcde"))), [3]),
+        (TextTerm("body", "ABC"), [2]),  # three characters: one trigram, exact without positions
+        (TextTerm("text", "abc"), [2, 3]),
+    ]
+    sqlite = isinstance(store, SQLiteStore)
+    for flt, expected in cases:
+        found = await store.search_text(box.id, 1, top, flt)
+        assert found is not None
+        assert set(expected) <= set(uids(found)), flt  # never loses a match (invariant 3)
+        if found.exact:
+            assert uids(found) == expected, flt
+        assert found.exact or not sqlite, flt
+    # Body and TEXT needles: exact on PostgreSQL (a LIKE on the text itself), confirmed by the caller on SQLite.
+    for flt, expected in ((TextTerm("body", "abcde"), [2]), (TextTerm("text", "budget"), [1, 4]),
+                          (TextAll((TextTerm("subject", "budget"), TextTerm("body", "numbers"))), [1])):
+        found = await store.search_text(box.id, 1, top, flt)
+        assert found is not None and set(expected) <= set(uids(found)), flt
+        assert found.exact != sqlite, flt
+        if found.exact:
+            assert uids(found) == expected, flt
+    # A needle with "?" (a lone surrogate in a field is indexed as "?"), or one cut in pieces, is never exact.
+    for flt in (TextTerm("subject", "abcde?"), TextTerm("text", "abc\nbcd"), TextTerm("header", "ann", "x-other")):
+        found = await store.search_text(box.id, 1, top, flt)
+        assert found is not None and not found.exact, flt
+
+
+async def test_schema_23_writes_the_header_index_again(tmp_path: Path) -> None:
+    """Schema 23 makes `fts_head` anew with positions and fills it from the stored metadata of the indexed
+    bodies (header fields only; the body index is kept), so a store upgraded from 22 answers header keys
+    exactly at once, without a rebuild."""
+    db, blobs = tmp_path / "s.db", tmp_path / "blobs"
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [mail(1, "alpha report", "one"), mail(2, "beta alphabet", "two")])
+    await store.close()
+    downgrade(db, 23)  # the later steps undone; then step 23 by hand, keeping the index's version
+    conn = sqlite3.connect(db)  # schema 22's header index: no positions, and (as after step 22) full rows
+    conn.execute("DROP TABLE fts_head")
+    conn.execute("CREATE VIRTUAL TABLE fts_head USING fts5(h_subject, h_from, h_to, h_cc, h_bcc, h_headers, h_names,"
+                 " tokenize='trigram case_sensitive 1', detail=column, content='')")
+    conn.execute("PRAGMA user_version = 22")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db, blobs)
+    await store.open()
+    try:
+        top = 2**32 - 1
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "alpha"))
+        assert found is not None and uids(found) == [1, 2] and found.exact and found.unindexed == 0
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "a report"))
+        assert found is not None and uids(found) == [1] and found.exact
+        assert _count(store, "SELECT count(*) FROM fts_docs") == 2  # the body index was kept
+        found = await store.search_text(box.id, 1, top, TextTerm("body", "two"))
+        assert found is not None and uids(found) == [2]
+    finally:
+        await store.close()
+
+
+@BODY_BACKENDS
 async def test_copies_share_the_index_and_the_last_reference_removes_it(store: Store) -> None:
     user = await new_user(store)
     box = await inbox(store, user)

@@ -1,42 +1,96 @@
-"""The moderation queue on disk (delivery/lists.py `HeldPosts`, invariant 2): a held post is handled by one
-request at a time, whichever process it runs in; after it is dropped nobody can take it again."""
+"""The moderation queue in the store (delivery/lists.py `HeldPosts`, invariants 2 and 3; issue 16 item 3): a
+held post is handled by one request at a time, whichever process it runs in; after it is dropped nobody can
+take it again; posts an older Postroom held as files move into the store once."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
-from postroom.delivery.lists import HeldPosts
+import pytest
+
+from postroom.delivery.lists import HeldPosts, import_held_files
+from postroom.store import open_store
+from postroom.store.api import Store
+
+RAW = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+def _run(data: Path, body: object) -> object:
+    async def main() -> object:
+        store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+        await store.open()
+        try:
+            return await body(store)  # type: ignore[operator]
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
 
 
 def test_one_claim_at_a_time_then_none_after_the_drop(tmp_path: Path) -> None:
-    held = HeldPosts(tmp_path / "held")
-    token = asyncio.run(held.hold("team@example.org", "x@remote.test", b"Subject: hi\r\n\r\nbody\r\n"))
-    first = held.claim(token)
-    assert first is not None
-    assert held.claim(token) is None  # a second request (a double click) finds it taken
-    # ... and so does another process (a second worker): flock locks are per open file, across processes.
-    probe = ("import sys; from pathlib import Path; from postroom.delivery.lists import HeldPosts; "
-             "sys.exit(0 if HeldPosts(Path(sys.argv[1])).claim(sys.argv[2]) is None else 1)")
-    assert subprocess.run([sys.executable, "-c", probe, str(tmp_path / "held"), token]).returncode == 0
-    asyncio.run(held.drop(token))
-    held.release(first)
-    assert held.claim(token) is None  # handled: gone
-    assert asyncio.run(held.get(token)) is None
+    async def first(store: Store) -> tuple[str, str]:
+        held = HeldPosts(store)
+        token = await held.hold("team@example.org", "x@remote.test", RAW)
+        claimed = await held.claim(token)
+        assert claimed is not None and claimed[0].raw == RAW
+        assert await held.claim(token) is None  # a second request (a double click) finds it taken
+        return token, claimed[1]
+
+    token, claim = _run(tmp_path, first)  # type: ignore[misc]
+    # ... and so does another process (a second worker) on the same store.
+    probe = ("import asyncio, sys; from pathlib import Path; from postroom.store import open_store; "
+             "from postroom.delivery.lists import HeldPosts\n"
+             "async def main():\n"
+             "    s = open_store('sqlite:///' + sys.argv[1] + '/postroom.db', Path(sys.argv[1])); await s.open()\n"
+             "    try: return await HeldPosts(s).claim(sys.argv[2])\n"
+             "    finally: await s.close()\n"
+             "sys.exit(0 if asyncio.run(main()) is None else 1)")
+    assert subprocess.run([sys.executable, "-c", probe, str(tmp_path), token]).returncode == 0
+
+    async def second(store: Store) -> None:
+        held = HeldPosts(store)
+        assert await held.drop(token, claim)
+        assert await held.claim(token) is None  # handled: gone
+        assert await held.get(token) is None
+
+    _run(tmp_path, second)
 
 
 def test_a_released_claim_can_be_taken_again(tmp_path: Path) -> None:
-    """A handler that did not drop the post (it failed, or its process died: the lock goes with the descriptor)
-    leaves it held for the next approval: at least once, never twice at once."""
-    held = HeldPosts(tmp_path / "held")
-    token = asyncio.run(held.hold("team@example.org", "x@remote.test", b"Subject: hi\r\n\r\nbody\r\n"))
-    fd = held.claim(token)
-    assert fd is not None
-    held.release(fd)
-    again = held.claim(token)
-    assert again is not None
-    os.close(again)
-    assert held.claim("../../postroom.db") is None and held.claim("0" * 32) is None
+    """A handler that did not drop the post (it failed) gives it back: at least once, never twice at once."""
+    async def body(store: Store) -> None:
+        held = HeldPosts(store)
+        token = await held.hold("team@example.org", "x@remote.test", RAW)
+        claimed = await held.claim(token)
+        assert claimed is not None
+        await held.release(token, claimed[1])
+        assert await held.claim(token) is not None
+        assert await held.claim("../../postroom.db") is None and await held.claim("0" * 32) is None
+        assert await held.get("../../postroom.db") is None  # invariant 3
+
+    _run(tmp_path, body)
+
+
+def test_held_files_move_into_the_store_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "held"
+    folder.mkdir()
+    token = "a" * 32
+    (folder / f"{token}.eml").write_bytes(RAW)
+    (folder / f"{token}.json").write_text(json.dumps({"list": "team@example.org", "mail_from": "x@remote.test"}))
+
+    async def body(store: Store) -> None:
+        with caplog.at_level(logging.INFO, logger="postroom.lists"):
+            assert await import_held_files(store, folder) == 1
+            assert await import_held_files(store, folder) == 0  # once
+        assert [r.getMessage() for r in caplog.records if "moved into the store" in r.getMessage()]
+        post = await HeldPosts(store).get(token)
+        assert post is not None and (post.list_address, post.mail_from, post.raw) == \
+            ("team@example.org", "x@remote.test", RAW)
+
+    _run(tmp_path, body)
+    assert not folder.exists()

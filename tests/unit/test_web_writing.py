@@ -232,3 +232,20 @@ def test_control_characters_in_names_never_reach_the_header() -> None:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "a b Bcc: evil@example.net"  # header injection is text
     assert next(iter(msg.iter_attachments())).get_filename() == "evil name.txt"
+
+
+def test_signature_goes_below_the_text_after_the_separator() -> None:
+    """RFC 3676 §4.3: the signature after a "-- " line, which the flowed text part keeps as it is."""
+    assert writing.with_signature("", "Alice\r\nRabbit hole") == "\n\n-- \nAlice\nRabbit hole"
+    assert writing.with_signature("> quoted\n\n", "Alice") == "> quoted\n\n-- \nAlice"
+    assert writing.with_signature("Hello", "  \n") == "Hello"  # no signature: the text unchanged
+    part = writing.text_part(writing.with_signature("Hello Bob", "Alice"))
+    assert part.endswith(b"\r\n\r\nHello Bob\r\n\r\n-- \r\nAlice\r\n")
+
+
+def test_from_mailbox_with_a_display_name() -> None:
+    assert writing.mailbox("", "alice@example.org") == "alice@example.org"
+    assert writing.mailbox("Alice Liddell", "alice@example.org") == "Alice Liddell <alice@example.org>"
+    assert writing.mailbox("Liddell, Alice", "alice@example.org") == '"Liddell, Alice" <alice@example.org>'
+    # no line break reaches the field; ":" and "@" are specials, so the phrase is quoted (RFC 5322 §3.4)
+    assert writing.mailbox("Al\r\nBcc: x@y", "alice@example.org") == '"Al Bcc: x@y" <alice@example.org>'

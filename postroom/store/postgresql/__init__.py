@@ -2,13 +2,13 @@
 
 `open_store` builds it for a `postgresql://user@host:port/db` URL (`store.url`). It passes the store conformance
 suite (tests/store) like the SQLite engine; a test of one engine's internals skips the other, saying why. Several
-server nodes on one database (issue 16 item 3: queue claims, the POP3 maildrop lock, held list posts, secrets and
-the TLS certificate in the store) are not built yet: one server per database (one `postroom serve`, its worker
-processes included: they share the data folder's locks), beside any number of admin commands.
+server nodes may share one database (issue 16 item 3): the POP3 maildrop lock, held list posts, the server secret
+and the generated TLS certificate are rows here (nodes.py), so nodes share nothing but the database
+(docs/ARCHITECTURE.md "Several nodes on one PostgreSQL" lists what stays per node).
 
 `PostgreSQLStore` is assembled like `SQLiteStore`, from one mixin per concern with the same module names
 (accounts, mailboxes, messages, queue, acl, authfail, metadata, threads, search, websessions, quota,
-structure, senders) over one
+structure, senders, nodes) over one
 `Engine` (engine.py: the asyncpg pool, transactions, row locks and retries), with the change feed on
 LISTEN/NOTIFY (feed.py) and the schema's own numbered steps (schema.py). Read engine.py first: its invariants are
 the ones api.py promises (durable when awaited, commit then broadcast), kept with several writers at once instead
@@ -49,10 +49,12 @@ from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.mailboxes import MailboxesMixin
 from postroom.store.postgresql.messages import MessagesMixin
 from postroom.store.postgresql.metadata import MetadataMixin
+from postroom.store.postgresql.nodes import NodesMixin
 from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.quota import QuotaMixin
 from postroom.store.postgresql.search import SearchMixin
 from postroom.store.postgresql.senders import SendersMixin
+from postroom.store.postgresql.settings import SettingsMixin
 from postroom.store.postgresql.structure import StructureMixin
 from postroom.store.postgresql.threads import ThreadsMixin
 from postroom.store.postgresql.websessions import WebSessionsMixin
@@ -62,7 +64,7 @@ log = logging.getLogger("postroom.store")
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
                       SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin,
-                      SendersMixin):
+                      SendersMixin, SettingsMixin, NodesMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

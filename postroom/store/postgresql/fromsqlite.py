@@ -8,7 +8,10 @@ so the copy is table by table, rows as they are, ids included: every mailbox kee
 HIGHESTMODSEQ and \\Recent watermark, every message its UID, MODSEQ, flags, keywords, dates and thread id, and the
 expunged record stays, so clients resynchronise nothing (no re-download, QRESYNC still answers). The account
 settings come too (the admin flag, DKIM keys with a rotation's kept keys, sender allow and block rules), and the
-pending spam training signals, DMARC results and IMAP structure rows. Bodies are read from `blob_data` or their
+pending spam training signals, DMARC results, IMAP structure rows and moderated list posts still held (with
+their tokens, so the owner's approve and reject addresses keep working). `shared_values` is not copied: a
+SQLite server keeps its secret and generated certificate as files, and the first node on the new database
+offers those files' (auth/secret.py, net/tls.py), so they survive the move. Bodies are read from `blob_data` or their
 file and written as chunk rows; each is checked against its content address (its SHA-256) on the way. The quota
 counters are made again by the target's triggers as the messages go in (then compared), the identity sequences are
 set past the source's highest ids (SQLite's AUTOINCREMENT marks included, so no id is ever handed out twice), and
@@ -77,12 +80,16 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("spam_training", "id, user_id, kind, blob_id, created, attempts, next_try"),
     ("dmarc_results", "id, at, policy_domain, policy, source_ip, header_from, envelope_from, disposition,"
                       " dkim_aligned, spf_aligned, auth"),
+    ("user_settings", "user_id, display_name, signature, default_identity, identity_names, vacation, vacation_subject,"
+                      " vacation_text, vacation_start, vacation_end, vacation_days"),
+    ("auto_replies", "user_id, sender, sent"),
+    ("held_posts", "token, list_address, mail_from, raw, held_at, claim, claimed_until"),
 )
 IDENTITIES = ("domains", "users", "mailboxes", "acl", "queue", "sender_rules", "spam_training", "dmarc_results")
 COUNTERS = ("uidvalidity", "thread", "sort_keys")
 FLOATS = {"created", "internal_date", "save_date", "at", "sent", "next_try", "last_seen", "last_failure",
-          "locked_since", "locked_until", "expires"}
-BOOLS = {"admin", "dkim_aligned", "spf_aligned"}  # SQLite's 0 / 1, PostgreSQL's boolean
+          "locked_since", "locked_until", "expires", "vacation_start", "vacation_end", "held_at", "claimed_until"}
+BOOLS = {"admin", "dkim_aligned", "spf_aligned", "vacation"}  # SQLite's 0 / 1, PostgreSQL's boolean
 # What identifies a mailbox and a message to a client: compared on both sides by digest (module doc).
 MAILBOX_DIGEST = "SELECT id, user_id, name, uidvalidity, uidnext, highestmodseq FROM mailboxes ORDER BY id"
 MESSAGE_DIGEST = ("SELECT mailbox_id, uid, modseq, flags, keywords, blob_id, thread_id FROM messages"
@@ -95,6 +102,9 @@ SETTINGS_DIGESTS = (
     ("domains' DKIM keys", "SELECT id, name, dkim_selector, dkim_private_key, dkim_ed25519_selector,"
      " dkim_ed25519_key, dkim_next FROM domains ORDER BY id", None),
     ("sender rules", "SELECT id, user_id, domain_id, kind, pattern FROM sender_rules ORDER BY id", None),
+    ("user settings", "SELECT user_id, display_name, signature, default_identity, vacation, vacation_text"
+     " FROM user_settings ORDER BY user_id", "SELECT user_id, display_name, signature, default_identity,"
+     " vacation::int, vacation_text FROM user_settings ORDER BY user_id"),
 )
 
 

@@ -12,7 +12,9 @@ id, removed with it by the foreign key's cascade), and each text column has a GI
 the UID range: PostgreSQL answers a LIKE from the trigram index and then checks it on the row, so the answer
 is exactly the bodies whose folded field holds the piece, never fewer than the exact check would match
 (textindex invariant 1), plus every message whose body is in the backlog. The exact check then runs on the
-scan forms (`scan`), as on SQLite: the answers are identical.
+scan forms (`scan`), as on SQLite: the answers are identical. When every needle was looked up whole
+(`TextTerm.whole`) under ANDs and ORs, the LIKEs were the exact check itself (textindex invariant 3): the
+candidates say so (`TextCandidates.exact`, for any key, body and TEXT included), and SEARCH reads no scan form.
 
 Invariants (SQLite's fts.py 1-4, with these differences):
 1. A body referenced by messages has its `fts_text` row or its `fts_backlog` row (`index_blob`, called by
@@ -94,8 +96,9 @@ def _like(piece: str) -> str:
     return "%" + piece.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _term_sql(term: TextTerm, args: list[object]) -> str | None:
-    """A condition on `t` that a body whose text may match `term` meets; None if the term cannot narrow."""
+def _term_sql(term: TextTerm, args: list[object]) -> tuple[str, bool] | None:
+    """(a condition on `t` that a body whose text may match `term` meets, whether exactly those match: a whole
+    needle's LIKE on the field text itself, textindex invariant 3); None if the term cannot narrow."""
     pieces = term.pieces()
     if not pieces:
         return None
@@ -104,31 +107,38 @@ def _term_sql(term: TextTerm, args: list[object]) -> str | None:
     for piece in pieces:
         args.append(_like(piece.replace("\x00", "")))
         conds.append("(" + " OR ".join(f"{c} LIKE ${len(args)}" for c in columns) + ")")
-    return "(" + " AND ".join(conds) + ")"
+    return "(" + " AND ".join(conds) + ")", term.whole() is not None
 
 
-def _filter_sql(flt: TextFilter, args: list[object]) -> str | None:
+def _filter_sql(flt: TextFilter, args: list[object]) -> tuple[str, bool] | None:
+    """(condition, exact) for a filter: an AND keeps the parts that narrow (exact if all are, and none was left
+    out), an OR needs both sides to."""
     if isinstance(flt, TextTerm):
         return _term_sql(flt, args)
     parts = []
+    exact = True
     for t in flt.terms:
-        sql = _filter_sql(t, args)
-        if sql is None and isinstance(flt, TextAny):
+        part = _filter_sql(t, args)
+        if part is None and isinstance(flt, TextAny):
             return None  # one side cannot narrow: neither can the OR
-        if sql is not None:
-            parts.append(sql)
+        if part is None:
+            exact = False
+        else:
+            parts.append(part[0])
+            exact = exact and part[1]
     if not parts:
         return None
-    return "(" + (" AND " if isinstance(flt, TextAll) else " OR ").join(parts) + ")"
+    return "(" + (" AND " if isinstance(flt, TextAll) else " OR ").join(parts) + ")", exact
 
 
 async def candidates(conn: Conn, mailbox_id: int, uid_min: int, uid_max: int,
                      flt: TextFilter) -> TextCandidates | None:
     """The messages of the UID range that may match `flt` (module doc), or None when it cannot be narrowed."""
     args: list[object] = [mailbox_id, uid_min, uid_max]
-    cond = _filter_sql(flt, args)
-    if cond is None:
+    narrowed = _filter_sql(flt, args)
+    if narrowed is None:
         return None
+    cond, exact = narrowed
     columns = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     found: dict[int, MessageInfo] = {}
     for r in await conn.fetch(
@@ -138,6 +148,7 @@ async def candidates(conn: Conn, mailbox_id: int, uid_min: int, uid_max: int,
         m = message_from_row(tuple(r))
         found[m.uid] = m
     unindexed = 0
+    before = len(found)  # exact only if no body from the backlog (or of another version) joins the candidates
     for r in await conn.fetch(
             f"SELECT {columns} FROM messages m WHERE m.mailbox_id = $1 AND m.uid BETWEEN $2 AND $3"
             " AND (EXISTS(SELECT 1 FROM fts_backlog b WHERE b.blob_id = m.blob_id)"
@@ -147,7 +158,7 @@ async def candidates(conn: Conn, mailbox_id: int, uid_min: int, uid_max: int,
         if m.uid not in found:
             unindexed += 1
         found[m.uid] = m
-    return TextCandidates([found[u] for u in sorted(found)], unindexed)
+    return TextCandidates([found[u] for u in sorted(found)], unindexed, exact and len(found) == before)
 
 
 async def index_backlog(conn: Conn, limit: int, after: str) -> IndexProgress:

@@ -20,9 +20,13 @@ the SQLite schema's invariants 12 and 21); every body messages name goes to the 
 `imap_structure`, the IMAP-encoded ENVELOPE, BODYSTRUCTURE and BODY of each body (structure.py; the SQLite
 schema's step 19 and invariant 24), none written by the step. 8 adds `users.admin` (false for every existing
 user) and `domains.dkim_next` ("" for every existing domain): SQLite's step 20. 9 adds `sender_rules`,
-`spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. SQLite's step 21
-(an index of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads
-`blobs.crlf_size` by the primary key index and the row alone.
+`spam_training` and `dmarc_results` (senders.py; SQLite's step 22 and invariants 25-27), empty. 10 adds
+`user_settings` and `auto_replies` (settings.py; SQLite's step 24), empty. SQLite's step 21 (an index
+of body octet counts, for rows that carry the metadata) has no counterpart: PostgreSQL reads `blobs.crlf_size`
+by the primary key index and the row alone. 11 adds what several nodes share (issue 16 item 3): `held_posts` (moderated
+list posts with their claim, lists.py), `shared_values` (the server secret and the generated certificate, made once
+by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/session.py) and `mailbox_logins`
+(POP-before-SMTP's latest login per client address), empty (SQLite's step 25).
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -46,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 11
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -407,7 +411,64 @@ CREATE INDEX dmarc_results_at ON dmarc_results(at);
 """)
 
 
-_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+async def _v10(conn: Conn) -> None:
+    """User settings and the auto-reply record (settings.py; SQLite's step 24 and invariant 28), none yet."""
+    await conn.execute("""
+CREATE TABLE user_settings(
+    user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    display_name text NOT NULL,
+    signature text NOT NULL,
+    default_identity text NOT NULL,
+    identity_names text NOT NULL,
+    vacation boolean NOT NULL,
+    vacation_subject text NOT NULL,
+    vacation_text text NOT NULL,
+    vacation_start double precision,
+    vacation_end double precision,
+    vacation_days integer NOT NULL
+);
+CREATE TABLE auto_replies(
+    user_id bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    sender text NOT NULL,
+    sent double precision NOT NULL,
+    PRIMARY KEY(user_id, sender)
+);
+CREATE INDEX auto_replies_sent ON auto_replies(user_id, sent);
+""")
+
+
+
+async def _v11(conn: Conn) -> None:
+    """What several nodes share (module doc, version 11); self-contained. `pop3_locks` keeps one row per user
+    that ever logged in by POP3: the lease (holder, expiry on the database's clock) and the last login."""
+    await conn.execute("""
+CREATE TABLE IF NOT EXISTS held_posts(
+    token text PRIMARY KEY,
+    list_address text NOT NULL,
+    mail_from text NOT NULL,
+    raw bytea NOT NULL,
+    held_at double precision NOT NULL,
+    claim text NOT NULL DEFAULT '',
+    claimed_until double precision NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at);
+CREATE TABLE IF NOT EXISTS shared_values(
+    name text PRIMARY KEY,
+    value bytea NOT NULL,
+    created double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mailbox_logins(address text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at);
+CREATE TABLE IF NOT EXISTS pop3_locks(
+    user_id bigint PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    holder text NOT NULL DEFAULT '',
+    expires double precision NOT NULL DEFAULT 0,
+    last_login double precision NOT NULL DEFAULT 0
+);
+""")
+
+
+_STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

@@ -8,7 +8,8 @@ through the WAL would cost more than their fsyncs save. engine.py says more.
 `SQLiteStore` is assembled from one mixin per concern (accounts, mailboxes, messages, queue, failed logins in
 `authfail.py`, access control lists in `acl.py`, the full-text index in `search.py` over `fts.py`, IMAP
 METADATA in `metadata.py`, sort keys and thread ids in `threads.py`, webmail sessions in `websessions.py`,
-quotas in `quota.py`, sender rules and spam training signals in `senders.py`) over one `Engine` (engine.py: the
+quotas in `quota.py`, sender rules and spam training signals in `senders.py`, the POP3 maildrop lock, held
+list posts and shared values in `nodes.py`) over one `Engine` (engine.py: the
 writer thread and group commit, reader threads). Read
 engine.py first: its invariants are the ones api.py promises (durable when awaited, commit then broadcast).
 
@@ -53,10 +54,12 @@ from postroom.store.sqlite.feed import KEEP_ROWS, KEEP_SECONDS, ChangeFeed
 from postroom.store.sqlite.mailboxes import MailboxesMixin
 from postroom.store.sqlite.messages import MessagesMixin
 from postroom.store.sqlite.metadata import MetadataMixin
+from postroom.store.sqlite.nodes import NodesMixin
 from postroom.store.sqlite.queue import QueueMixin
 from postroom.store.sqlite.quota import QuotaMixin
 from postroom.store.sqlite.search import SearchMixin
 from postroom.store.sqlite.senders import SendersMixin
+from postroom.store.sqlite.settings import SettingsMixin
 from postroom.store.sqlite.structure import StructureMixin
 from postroom.store.sqlite.threads import ThreadsMixin
 from postroom.store.sqlite.websessions import WebSessionsMixin
@@ -71,7 +74,7 @@ writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not 
 
 class SQLiteStore(
     AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin, MetadataMixin,
-    ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin, SendersMixin,
+    ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin, SendersMixin, SettingsMixin, NodesMixin,
 ):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:
@@ -183,6 +186,7 @@ class SQLiteStore(
         if self._engine.begin_stop():
             await asyncio.to_thread(self._engine.stop)
             await asyncio.sleep(0)  # let the last batch's callbacks (answers, broadcasts) run
+        self.drop_maildrop_locks()
         self._unlock()
 
     async def __aenter__(self) -> Self:

@@ -36,25 +36,48 @@ Invariants
 4. A document's `fts_scan` row (schema 16) is `scanform.build` of the same metadata its FTS5 rows were derived
    from, written and deleted with them; `scan` answers only from rows of the current `INDEX_VERSION`, so a
    body missing from its answer (in the backlog, or indexed before schema 16) is checked from its metadata.
+5. (schema 23) `fts_head` keeps positions (`detail=full`), so a needle looked up as one phrase in a header
+   field's own column (`_phrase`: SUBJECT, FROM, TO, CC, BCC, or HEADER of one of those) matches exactly the
+   documents whose column contains it: the column is `SearchText.header(name)` case-folded, the very haystack
+   the exact check reads (textindex invariant 3: `TextTerm.whole` says which needles). Such lookups, and ANDs
+   and ORs of them, are exact; `candidates` says so (`TextCandidates.exact`) when no candidate came from the
+   backlog, and SEARCH then reads no scan form for them. The body table keeps no positions (`detail=none`):
+   with them it measured 16 times larger (2.1 times the bodies' size on the bench mail, bench/RESULTS.md), so
+   body and TEXT candidates are confirmed on their scan forms, except for a whole needle of exactly three
+   characters: it is one trigram, which a field holds exactly when the needle is in it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store import scanform
 from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
 from postroom.store.sqlite import common  # (a module: common calls index_blob, this uses its helpers)
-from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields, trigrams
+from postroom.store.textindex import (
+    HEAD_COLUMNS,
+    HEADER_FIELDS,
+    MIN_PIECE,
+    TextAll,
+    TextAny,
+    TextFilter,
+    TextTerm,
+    index_fields,
+    trigrams,
+)
 
 FORMAT = 2  # of `textindex.index_fields` and `scanform.build`; a change to what is indexed bumps it (2: the
 # body parts' header fields in h_names, and the scan form)
 _MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
 INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
+BY_BLOB_MAX = 4_096  # documents mapped to messages through `messages_blob` without counting the range first
+MAX_PHRASE = 256  # characters of a header needle looked up as one phrase (invariant 5); longer: by trigrams
+CREATE_HEAD = ("CREATE VIRTUAL TABLE fts_head USING fts5(h_subject, h_from, h_to, h_cc, h_bcc, h_headers, h_names,"
+               " tokenize='trigram case_sensitive 1', detail=full, content='')")  # schema 23 (invariant 5)
 _HEAD_COLS = tuple(f"h_{c}" for c in HEAD_COLUMNS)
 _INSERT_HEAD = f"INSERT INTO fts_head(rowid, {', '.join(_HEAD_COLS)}) VALUES (?{', ?' * len(_HEAD_COLS)})"
 _DELETE_HEAD = (f"INSERT INTO fts_head(fts_head, rowid, {', '.join(_HEAD_COLS)})"
@@ -129,6 +152,26 @@ def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
 
 
+def refill_head(conn: sqlite3.Connection, progress: Callable[[int, int], None], every: int = 20_000) -> None:
+    """Write `fts_head` (empty) again for every indexed body from its stored metadata (schema 23), calling
+    `progress(done, total)` every `every` bodies on stores larger than that. A body whose metadata cannot be
+    read, or one indexed under another version, marks the whole index as of no version instead, so opening the
+    store rebuilds it (`check_version`): head rows are never missing for an indexed body (invariant 3)."""
+    total = int(conn.execute("SELECT count(*) FROM fts_docs").fetchone()[0])
+    done = 0
+    rows = conn.execute(
+        "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id ORDER BY d.docid")
+    for docid, version, meta in rows:
+        parsed = _parse(None if meta is None else bytes(meta))
+        if parsed is None or int(version) != INDEX_VERSION:
+            conn.execute("UPDATE counters SET value = 0 WHERE name = 'fts_version'")
+            return
+        conn.execute(_INSERT_HEAD, (int(docid), *_values(parsed)[:-1]))
+        done += 1
+        if total > every and done % every == 0:
+            progress(done, total)
+
+
 def is_indexed(conn: sqlite3.Connection, blob_id: str) -> bool:
     return conn.execute("SELECT 1 FROM fts_docs WHERE blob_id = ?", (blob_id,)).fetchone() is not None
 
@@ -160,11 +203,33 @@ def _match(conn: sqlite3.Connection, table: str, query: str) -> set[int]:
     return found
 
 
-def _term_docs(conn: sqlite3.Connection, term: TextTerm) -> set[int] | None:
-    """Documents that may match `term`; None if it cannot narrow (no piece of three characters or more)."""
+def _m_columns() -> str:
+    """`common.MESSAGE_COLUMNS` qualified by the alias `m` (made at call time: common imports this module)."""
+    return ", ".join("m." + c.strip() for c in common.MESSAGE_COLUMNS.split(","))
+
+
+def _phrase(term: TextTerm) -> tuple[str, str] | None:
+    """(column, FTS5 phrase) when `term` is answered exactly by one phrase lookup in a header field's own column
+    (invariant 5), else None."""
+    field = term.header if term.key == "header" else term.key
+    if field not in HEADER_FIELDS:
+        return None
+    folded = term.whole()
+    if folded is None or len(folded) > MAX_PHRASE:
+        return None
+    return f"h_{field}", _quote(folded)
+
+
+def _term_docs(conn: sqlite3.Connection, term: TextTerm) -> tuple[set[int] | None, bool]:
+    """(documents that may match `term`, whether exactly those match: invariant 5); (None, False) if it cannot
+    narrow (no piece of three characters or more)."""
+    phrase = _phrase(term)
+    if phrase is not None:
+        column, quoted = phrase
+        return _match(conn, "fts_head", "{" + column + "} : " + quoted), True
     pieces = term.pieces()
     if not pieces:
-        return None
+        return None, False
     fields = term.fields()
     head = [f"h_{f}" for f in fields if f != "body"]
     out: set[int] | None = None
@@ -178,26 +243,35 @@ def _term_docs(conn: sqlite3.Connection, term: TextTerm) -> set[int] | None:
         out = docs if out is None else out & docs
         if not out:
             break
-    return out
+    # A whole needle of three characters is one trigram: a document holds it exactly when a field does, no
+    # positions needed (invariant 5), so even the body's lookup is exact for it.
+    whole = term.whole()
+    return out, whole is not None and len(whole) == MIN_PIECE
 
 
-def _filter_docs(conn: sqlite3.Connection, flt: TextFilter) -> set[int] | None:
+def _filter_docs(conn: sqlite3.Connection, flt: TextFilter) -> tuple[set[int] | None, bool]:
+    """(documents that may match `flt`, whether exactly those match); (None, False) if it cannot narrow. An AND
+    keeps the parts that narrow (exact only if every part narrowed exactly); an OR needs both sides to."""
     if isinstance(flt, TextTerm):
         return _term_docs(conn, flt)
     parts = []
+    exact = True
     for t in flt.terms:
-        docs = _filter_docs(conn, t)
+        docs, part_exact = _filter_docs(conn, t)
         if docs is None and isinstance(flt, TextAny):
-            return None  # one side cannot narrow: neither can the OR
-        if docs is not None:
-            parts.append(docs)
-            if isinstance(flt, TextAll) and not docs:
-                return docs
+            return None, False  # one side cannot narrow: neither can the OR
+        if docs is None:
+            exact = False
+            continue
+        parts.append(docs)
+        exact = exact and part_exact
+        if isinstance(flt, TextAll) and not docs:
+            return docs, exact
     if not parts:
-        return None
+        return None, False
     if isinstance(flt, TextAll):
-        return set.intersection(*parts)
-    return set.union(*parts)
+        return set.intersection(*parts), exact
+    return set.union(*parts), exact
 
 
 def candidates(conn: sqlite3.Connection, mailbox_id: int, uid_min: int, uid_max: int,
@@ -205,60 +279,49 @@ def candidates(conn: sqlite3.Connection, mailbox_id: int, uid_min: int, uid_max:
     """The messages of `mailbox_id` with UIDs in [uid_min, uid_max] that may match `flt` (invariant 3), or None
     when the index cannot narrow it."""
     try:
-        docs = _filter_docs(conn, flt)
+        docs, exact = _filter_docs(conn, flt)
     except _TooMany:
         return None
     if docs is None:
         return None
     found: dict[int, MessageInfo] = {}
-    in_range = conn.execute(
-        "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max)
-    ).fetchone()[0]
-    if len(docs) <= 2 * int(in_range):
-        # Few documents: from each to its body's messages (index messages_blob).
+    # Few documents: from each to its body's messages (index messages_blob), a cost that follows the answer,
+    # not the mailbox; the range is counted only when there are many.
+    if len(docs) <= BY_BLOB_MAX or len(docs) <= 2 * int(conn.execute(
+            "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
+            (mailbox_id, uid_min, uid_max)).fetchone()[0]):
         ids = sorted(docs)
         for i in range(0, len(ids), common.CHUNK):
             chunk = ids[i:i + common.CHUNK]
-            marks = ",".join("?" * len(chunk))
-            blobs = [str(r[0]) for r in conn.execute(f"SELECT blob_id FROM fts_docs WHERE docid IN ({marks})",
-                                                      chunk)]
-            _add_by_blob(conn, found, mailbox_id, uid_min, uid_max, blobs)
+            rows = conn.execute(
+                f"SELECT {_m_columns()} FROM fts_docs d JOIN messages m INDEXED BY messages_blob"
+                f" ON m.blob_id = d.blob_id WHERE d.docid IN ({','.join('?' * len(chunk))})"
+                " AND m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (*chunk, mailbox_id, uid_min, uid_max))
+            for r in rows:
+                m = common.message_from_row(r)
+                found[m.uid] = m
     else:
         # Documents from all over the store: walk the range once and keep those indexed in the set.
         rows = conn.execute(
-            f"SELECT d.docid, {', '.join('m.' + c.strip() for c in common.MESSAGE_COLUMNS.split(','))}"
-            " FROM messages m JOIN fts_docs d ON d.blob_id = m.blob_id"
+            f"SELECT d.docid, {_m_columns()} FROM messages m JOIN fts_docs d ON d.blob_id = m.blob_id"
             " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max))
         for r in rows:
             if int(r[0]) in docs:
                 m = common.message_from_row(r[1:])
                 found[m.uid] = m
     unindexed = 0
+    backlog = False
     if conn.execute("SELECT 1 FROM fts_backlog LIMIT 1").fetchone() is not None:
         rows = conn.execute(
-            f"SELECT {', '.join('m.' + c.strip() for c in common.MESSAGE_COLUMNS.split(','))}"
-            " FROM messages m JOIN fts_backlog b ON b.blob_id = m.blob_id"
+            f"SELECT {_m_columns()} FROM messages m JOIN fts_backlog b ON b.blob_id = m.blob_id"
             " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (mailbox_id, uid_min, uid_max))
         for r in rows:
             m = common.message_from_row(r)
+            backlog = True
             if m.uid not in found:
                 unindexed += 1
             found[m.uid] = m
-    return TextCandidates([found[u] for u in sorted(found)], unindexed)
-
-
-def _add_by_blob(conn: sqlite3.Connection, found: dict[int, MessageInfo], mailbox_id: int, uid_min: int,
-                 uid_max: int, blobs: Sequence[str]) -> None:
-    if not blobs:
-        return
-    marks = ",".join("?" * len(blobs))
-    rows = conn.execute(
-        f"SELECT {common.MESSAGE_COLUMNS} FROM messages INDEXED BY messages_blob"
-        f" WHERE blob_id IN ({marks}) AND mailbox_id = ? AND uid BETWEEN ? AND ?",
-        (*blobs, mailbox_id, uid_min, uid_max))
-    for r in rows:
-        m = common.message_from_row(r)
-        found[m.uid] = m
+    return TextCandidates([found[u] for u in sorted(found)], unindexed, exact and not backlog)
 
 
 def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProgress:

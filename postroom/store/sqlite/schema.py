@@ -94,6 +94,18 @@ index, ~6 ms). Building it reads each `blobs` row once.
 scope and pattern; store/sqlite/senders.py, invariant 25), `spam_training`: the training signals a user's
 moves into and out of Junk leave for rspamd's learning (invariant 26), and `dmarc_results`: the DMARC evaluation
 of each message whose policy asks for aggregate reports (invariant 27). None exist before.
+23 (issue 14) makes `fts_head` anew with positions (`detail=full`): a header-field key (SUBJECT, FROM, TO, CC,
+BCC) is then one phrase lookup that answers exactly, so no body's scan form is read to confirm it (fts.py
+invariant 5). The step fills the new table from the stored metadata of the indexed bodies, header fields only,
+logging its progress; the body's index and scan forms are untouched.
+24 (issue 10, webmail settings) adds `user_settings`: a user's display name, signature, identities and
+out-of-office reply (store/sqlite/settings.py), and `auto_replies`: when an out-of-office reply last went to
+each sender (RFC 3834 §2; delivery/autoreply.py; invariant 28). None exist before.
+25 (issue 16 item 3) adds `held_posts`: moderated list posts with their claim (delivery/lists.py,
+store/sqlite/nodes.py; invariant 29), moved in from `data_dir/held/` files by the server at start, not by the step;
+`shared_values`: values made once by the first writer (invariant 30); and `mailbox_logins`, the latest mailbox
+login per client address for POP-before-SMTP across nodes (used by the server on PostgreSQL only). Self-contained
+(`IF NOT EXISTS`).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -175,6 +187,11 @@ Invariants:
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
    with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
+28. A `user_settings` row and the `auto_replies` rows belong to a user (cascade); at most one `auto_replies` row
+   per (user, sender key), and `claim_auto_reply` deletes the user's rows older than the window it is given.
+29. A `held_posts` row is keyed by its 32-hex-digit token; its `claim` is '' or one handler's, valid until
+   `claimed_until`; it is deleted only by the handler holding the claim (`drop_held_post`).
+30. A `shared_values` row is written once (INSERT OR IGNORE) and never updated.
 """
 
 from __future__ import annotations
@@ -186,7 +203,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 25
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -628,9 +645,57 @@ def _v22(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX dmarc_results_at ON dmarc_results(at)")
 
 
+def _v23(conn: sqlite3.Connection) -> None:
+    """`fts_head` again, with positions (`detail=full`), so a SUBJECT, FROM, TO, CC or BCC key is answered by one
+    phrase lookup in its column, exactly (fts.py invariant 5), instead of a superset confirmed on each body's scan
+    form. A contentless table cannot change its detail: the step makes it anew and fills it from the stored
+    metadata of every indexed body (the header fields only: no body text is indexed again), logging its progress
+    on large stores."""
+    from postroom.store.sqlite import fts  # (fts's helpers import the engine, which imports this module)
+
+    conn.execute("DROP TABLE fts_head")
+    conn.execute(fts.CREATE_HEAD)
+    fts.refill_head(conn, lambda done, total: log.info("schema 23: header index of %d of %d bodies written",
+                                                       done, total))
+
+
+def _v24(conn: sqlite3.Connection) -> None:
+    """User settings and the auto-reply record (invariant 28; store/sqlite/settings.py), none yet. Self-contained:
+    two new tables, which no other step touches."""
+    conn.execute(
+        "CREATE TABLE user_settings(user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,"
+        " display_name TEXT NOT NULL, signature TEXT NOT NULL, default_identity TEXT NOT NULL,"
+        " identity_names TEXT NOT NULL, vacation INTEGER NOT NULL, vacation_subject TEXT NOT NULL,"
+        " vacation_text TEXT NOT NULL, vacation_start REAL, vacation_end REAL, vacation_days INTEGER NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE auto_replies(user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+        " sender TEXT NOT NULL, sent REAL NOT NULL, PRIMARY KEY(user_id, sender)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX auto_replies_sent ON auto_replies(user_id, sent)")
+
+
+def _v25(conn: sqlite3.Connection) -> None:
+    """Moderated list posts held in the store (delivery/lists.py: the token is the key; `claim` and
+    `claimed_until` make approving or rejecting one handler's at a time), and values every node shares
+    (`shared_value`: created once, never replaced). Self-contained: it needs no table of steps 23 or 24."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS held_posts(token TEXT PRIMARY KEY, list_address TEXT NOT NULL,"
+        " mail_from TEXT NOT NULL, raw BLOB NOT NULL, held_at REAL NOT NULL,"
+        " claim TEXT NOT NULL DEFAULT '', claimed_until REAL NOT NULL DEFAULT 0)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS held_posts_at ON held_posts(held_at)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS shared_values(name TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL)"
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS mailbox_logins(address TEXT PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute("CREATE INDEX IF NOT EXISTS mailbox_logins_at ON mailbox_logins(at)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
-    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22,
+    14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
+    25: _v25,
 }
 
 

@@ -1,5 +1,7 @@
-"""Two sessions on one mailbox see each other's changes (RFC 9051 §7.5.1 rules), and IDLE pushes them, deliveries
-included. Checked byte for byte with the raw client, then with imapclient and aioimaplib."""
+"""Two sessions on one mailbox see each other's changes (RFC 9051 §7.5.1 rules): EXISTS, EXPUNGE, FETCH FLAGS,
+keywords announced before use, a feed overflow resynchronised, \\Recent given to one session. Checked byte for
+byte with the raw client, then with imapclient and aioimaplib. IDLE: test_imap_idle.py; the NOTIFY command
+(RFC 5465): test_imap_notify_command.py."""
 
 from __future__ import annotations
 
@@ -8,9 +10,6 @@ from typing import Any
 
 import pytest
 from imap_support import Raw, fill, message, wire_imap
-
-from postroom.mime.meta import compute_meta
-from postroom.store.api import AppendRequest
 
 ADDR = "ann@example.org"
 PW = "ann-secret"
@@ -72,29 +71,6 @@ def test_own_changes_are_not_echoed(imap: Any) -> None:
     assert a.cmd("2 NOOP") == [b"2 OK NOOP completed\r\n"]
     a.cmd("3 FETCH 2 BODY[]")
     assert a.cmd("4 NOOP") == [b"4 OK NOOP completed\r\n"]
-
-
-def test_idle_pushes_appends_flags_expunges_and_deliveries(imap: Any) -> None:
-    fill(imap, ADDR, PW, 2)
-    a, b = session(imap, rev2=True), session(imap)
-    a.send(b"i IDLE\r\n")
-    assert a.line() == b"+ idling\r\n"
-    b.cmd("1 STORE 1 +FLAGS (\\Answered)")
-    assert a.line() == b"* 1 FETCH (FLAGS (\\Answered) UID 1)\r\n"
-    b.cmd(b"2 APPEND INBOX {%d+}\r\n" % len(message(3)) + message(3))
-    assert a.line() == b"* 3 EXISTS\r\n"
-    b.cmd("3 STORE 2 +FLAGS.SILENT (\\Deleted)")
-    assert a.line() == b"* 2 FETCH (FLAGS (\\Deleted) UID 2)\r\n"
-    b.cmd("4 EXPUNGE")
-    assert a.line() == b"* 2 EXPUNGE\r\n"  # IDLE is a command in progress: expunges may be sent
-    # A delivery through the store (as SMTP's local delivery does) reaches the idler too.
-    user = imap.run(imap.store.get_user(ADDR))
-    inbox = imap.run(imap.store.get_mailbox(user.id, "INBOX"))
-    imap.run(imap.store.deliver([inbox.id], AppendRequest(raw=message(5), meta=compute_meta(message(5)).to_bytes())))
-    assert a.line() == b"* 3 EXISTS\r\n"
-    a.send(b"DONE\r\n")
-    assert a.line() == b"i OK IDLE terminated\r\n"
-    assert a.cmd("5 NOOP") == [b"5 OK NOOP completed\r\n"]
 
 
 SYSTEM = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft"
@@ -178,17 +154,6 @@ def test_keywords_announced_to_imapclient(imap: Any) -> None:
             c.logout()
 
 
-def test_idle_bad_line_and_authenticated_state(imap: Any) -> None:
-    imap.add_user(ADDR, PW)
-    r = Raw(imap.port("imap"))
-    r.login(ADDR, PW)
-    r.send(b"i IDLE\r\n")
-    assert r.line() == b"+ idling\r\n"
-    r.send(b"NOPE\r\n")
-    assert r.line() == b"i BAD Expected DONE\r\n"
-    assert r.cmd("n NOOP") == [b"n OK NOOP completed\r\n"]
-
-
 def test_imapclient_flow(imap: Any) -> None:
     imapclient = pytest.importorskip("imapclient")
     fill(imap, ADDR, PW, 4)
@@ -264,22 +229,6 @@ def test_aioimaplib_flow(imap: Any) -> None:
         assert (await c.logout()).result == "OK"
 
     asyncio.run(main())
-
-
-def test_idle_sees_a_message_delivered_by_smtp(imap: Any) -> None:
-    import smtplib
-
-    imap.add_user(ADDR, PW)
-    a = session(imap, rev2=True)
-    a.send(b"i IDLE\r\n")
-    assert a.line() == b"+ idling\r\n"
-    with smtplib.SMTP("127.0.0.1", imap.port("smtp"), timeout=10) as smtp:
-        assert smtp.sendmail("someone@example.test", [ADDR], message(1)) == {}
-    assert a.line() == b"* 1 EXISTS\r\n"
-    a.send(b"DONE\r\n")
-    assert a.line() == b"i OK IDLE terminated\r\n"
-    lines = a.cmd("f FETCH 1 (ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert b'"note 1"' in lines[0] and b"Subject: note 1\r\n" in lines[0]
 
 
 def test_change_feed_overflow_resyncs_without_echoing_own_changes(imap: Any) -> None:
