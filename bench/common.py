@@ -139,9 +139,12 @@ def servers_stopped(work: Path) -> Iterator[list[Server]]:
 
 
 async def fill_store(data: Path, domain: str, user: str | None, password: str, messages: Sequence[bytes],
-                     with_meta: bool) -> None:
-    """Domain, user and the user's INBOX messages, through the store (as delivery would)."""
-    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+                     with_meta: bool, url: str | None = None) -> None:
+    """Domain, user and the user's INBOX messages, through the store (as delivery would).
+
+    url: the store URL (a PostgreSQL database, which must exist and be empty); None: data/postroom.db.
+    """
+    store = open_store(url or f"sqlite:///{data / 'postroom.db'}", data)
     await store.open()
     try:
         await store.add_domain(domain)
@@ -171,11 +174,13 @@ class PrivatePostroom(Server):
     the environment variable POSTROOM_EVENT_LOOP when it is set ("asyncio", "uvloop", "auto"), so any bench
     can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`. `workers` is
     `server.workers` (None: the environment variable POSTROOM_WORKERS when set, else the server's default, one
-    worker process per CPU).
+    worker process per CPU). `store_url` is `store.url` (None: the SQLite file data/postroom.db); several
+    PrivatePostroom on one PostgreSQL `store_url` are several nodes of one server: the first is `create`d, the
+    others `join` it (a data directory of their own, the store shared).
     """
 
     def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, store_url: str | None = None) -> None:
         self.base = base
         self.data = base / "data"
         self.conf = base / "postroom.toml"
@@ -184,6 +189,7 @@ class PrivatePostroom(Server):
         self.settings = settings
         self.log_level = log_level
         self.workers = workers
+        self.store_url = store_url
         self.port = free_port()
 
     def create(self, domain: str = "example.org", user: str | None = None, password: str = "",
@@ -194,7 +200,12 @@ class PrivatePostroom(Server):
         """
         shutil.rmtree(self.base, ignore_errors=True)
         self.data.mkdir(parents=True)
-        asyncio.run(fill_store(self.data, domain, user, password, messages, with_meta))
+        asyncio.run(fill_store(self.data, domain, user, password, messages, with_meta, self.store_url))
+
+    def join(self) -> None:
+        """A fresh, empty data directory for another node on the store an earlier node `create`d (store_url)."""
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.data.mkdir(parents=True)
 
     def start(self, settings: str | None = None, greeting: bytes | None = None, timeout: float = 60.0,
               wait: bool = True) -> int:
@@ -206,7 +217,8 @@ class PrivatePostroom(Server):
         loop_line = f'event_loop = "{loop}"\n' if loop else ""
         workers = self.workers if self.workers is not None else os.environ.get("POSTROOM_WORKERS", "")
         loop_line += f"workers = {workers}\n" if workers != "" else ""
-        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}'
+        store = f'[store]\nurl = "{self.store_url}"\n' if self.store_url else ""
+        self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}{store}'
                              f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
         exe = Path(sys.executable).with_name("postroom")
         cmd = [str(exe), "--config", str(self.conf), "serve"]

@@ -299,12 +299,16 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
 # --- the servers -----------------------------------------------------------------------------------------
 
 
+def postroom_settings(idle: int, auth: str = "") -> str:
+    """The bench's Postroom configuration (PrivatePostroom `settings`): plaintext LOGIN, no lockout of the
+    bench's many logins, room for `idle` more connections; `auth` is more of the [auth] table."""
+    return (f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n{auth}"
+            f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n")
+
+
 def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "",
                    workers: int | None = None) -> tuple[PrivatePostroom, int]:
-    server = PrivatePostroom(work / "postroom", "imap",
-                             f"[auth]\nallow_plaintext = true\nmax_failures_per_ip = 100000\n{auth}"
-                             f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n",
-                             workers=workers)
+    server = PrivatePostroom(work / "postroom", "imap", postroom_settings(idle, auth), workers=workers)
     server.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
     return server, server.start(greeting=b"* OK", timeout=30)
 

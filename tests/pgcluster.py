@@ -12,7 +12,9 @@ child process switches user itself before it execs, so the PID we hold is the po
 empty database: a new one (CREATE DATABASE copies ~7 MB and fsyncs it: ~0.4 s on a loaded machine) or one a
 finished test gave back with `release_database()`, emptied by dropping and re-creating its `public` schema
 (milliseconds); `stop()` stops the postmaster by its PID (SIGQUIT: PostgreSQL's immediate shutdown, no final
-checkpoint: the folder is removed right after) and removes the folder.
+checkpoint: the folder is removed right after) and removes the folder. `halt()` and `resume()` stop the server
+(a fast shutdown, or a crash: SIGKILL of the postmaster) and start it again on the same folder and port, for the
+tests of what a running node does when its database goes away and comes back (tests/e2e/test_pg_restart.py).
 
 Invariants:
 1. Only the process this object started is ever signalled, by its PID.
@@ -117,12 +119,18 @@ class Cluster:
         )
         self.port = _free_port()
         self.log = self.root / "server.log"
-        with open(self.log, "wb") as out:
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """Start `postgres` on the folder and port `start` chose; back when it answers a query."""
+        bindir = server_bin()
+        assert bindir is not None and self.root is not None
+        with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+                [str(bindir / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
                  "-c", "fsync=on", "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
-                stdout=out, stderr=subprocess.STDOUT, user=user, cwd=self.root,
+                stdout=out, stderr=subprocess.STDOUT, user=_run_as(), cwd=self.root,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -136,6 +144,28 @@ class Cluster:
                     self.stop()
                     raise RuntimeError("PostgreSQL did not start in time") from None
                 time.sleep(0.05)
+
+    def halt(self, crash: bool = False) -> None:
+        """Stop the server by its PID (invariant 1), keeping its folder, so that `resume` starts it again on
+        the same data and port: a database restart under running clients. `crash`: SIGKILL of the postmaster
+        (its backends end when they notice, the next start runs crash recovery); else SIGINT, PostgreSQL's
+        "fast" shutdown (every session's connection is closed, a final checkpoint is written)."""
+        process, self.process = self.process, None
+        assert process is not None
+        process.send_signal(signal.SIGKILL if crash else signal.SIGINT)
+        process.wait(60)
+        if crash:  # the orphaned backends notice their postmaster is gone and exit; wait for the port
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                        break
+                time.sleep(0.05)
+
+    def resume(self) -> None:
+        """Start the server again after `halt`, on the same folder and port."""
+        assert self.process is None
+        self._spawn()
 
     def url(self, database: str) -> str:
         return f"postgresql://{self.USER}@127.0.0.1:{self.port}/{database}"

@@ -360,8 +360,10 @@ class Router:
             return False
         try:
             return await self.store.get_domain(domain) is not None
-        except Exception:  # a malformed name is simply not ours
+        except (Invalid, ValueError):  # a malformed name (or one the database cannot encode) is simply not ours
             return False
+        # Any other failure (the store unreachable) propagates: "not ours" would refuse local mail for good
+        # (550 5.7.1) where the session answers 451 4.3.0 and the sender retries (RFC 5321 §4.2.1).
 
     async def normalize(self, address: str) -> str:
         """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),

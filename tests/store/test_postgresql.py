@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from postroom.store import Store, SubscriptionOverflow
+from postroom.store.api import OverQuota
 from postroom.store.postgresql import PostgreSQLStore
 
 from .conftest import inbox, make_store, msg, new_user
@@ -123,3 +124,43 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
         assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 12
     finally:
         await conn.close()
+
+
+async def _transactions(store: Store, mailbox_id: int) -> int:
+    """How many write transactions put APPEND changes on `mailbox_id`: each write records its changes under a
+    token of its own (feed.py)."""
+    assert isinstance(store, PostgreSQLStore)
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(DISTINCT (origin, token)) FROM changes"
+                                       " WHERE mailbox_id = $1 AND kind = 'append'", mailbox_id))
+    finally:
+        await conn.close()
+
+
+async def test_appends_that_wait_go_together_in_one_transaction(store: Store) -> None:
+    """messages.py invariant 9: 40 appends at once into one mailbox are committed in far fewer transactions
+    than 40, each caller gets its own UID, in arrival order, and every row is there."""
+    box = await inbox(store, await new_user(store))
+    results = await asyncio.gather(*(store.append(box.id, msg(i)) for i in range(40)))
+    assert [r.uid for r in results] == list(range(1, 41))  # arrival order
+    assert len({r.modseq for r in results}) == 40
+    # the first alone, then the 39 that arrived while it was in its transaction
+    assert await _transactions(store, box.id) < 10
+    stored = await store.list_messages(box.id)
+    assert [m.uid for m in stored] == list(range(1, 41))
+    assert [await store.read_message(m.blob_id) for m in stored] == [msg(i).raw for i in range(40)]
+
+
+async def test_a_failing_append_in_a_group_fails_alone(store: Store) -> None:
+    """messages.py invariant 9: a group's transaction that fails (one delivery over its user's quota) is run
+    again job by job: only that caller gets the error, the others' messages are stored."""
+    alice = await new_user(store)
+    bob = await new_user(store, "bob@example.org")
+    await store.set_user_quota("bob@example.org", storage=10)  # no message fits
+    a, b = await inbox(store, alice), await inbox(store, bob)
+    jobs = [store.deliver([b.id if i == 5 else a.id], msg(i)) for i in range(12)]
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[5], OverQuota)
+    assert all(isinstance(r, list) and len(r) == 1 for i, r in enumerate(results) if i != 5)
+    assert len(await store.list_messages(a.id)) == 11 and await store.list_messages(b.id) == []

@@ -20,6 +20,18 @@ copy on PostgreSQL, threads.py):
    `assign_thread` from its body's keys, which the job stored first (`put_keys`).
 8. Every insert checks the owner's quota in its job before the rows go in (quota.py `check`, which locks the
    owner's counters), except a move within one user and a delivery with `enforce_quota=False`.
+9. Appends and deliveries of bodies in memory (`append`, `append_many`, `deliver`) that arrive while another
+   such job of this store is in its transaction wait, and then go together in one transaction (a group
+   commit, as the SQLite engine's writer thread does): mailbox rows locked in id order, then the bodies
+   acquired in blob id order, then the rows inserted job by job in arrival order. Each caller still returns only
+   after the commit that holds its rows. If the group's transaction fails, each of its jobs runs again alone,
+   so an error (over quota, a bad flag) reaches only the caller it belongs to.
+
+Why the group: every job that adds to a mailbox holds that mailbox's row lock from its first statement to its
+COMMIT (the fsync included), so appends to one mailbox (a busy INBOX, a list archive) run one transaction at a
+time, on every node: with 20 SMTP sessions into one INBOX (`bench/scale.py`) each message waited for the ones
+before it, a dozen round trips and a commit each. A group pays the lock, the UID/MODSEQ UPDATE, the change
+record and the commit once for all its jobs (bench/RESULTS.md: 1.46x the messages/s, a third less node CPU).
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from postroom.store.api import (
     MessageInfo,
     NotFound,
     StagedAppend,
+    StoreError,
     StoreMode,
     Vanished,
     WriteResult,
@@ -203,28 +216,101 @@ class _Body:
             await fts.index_if_new(tx.conn, self.blob_id)
 
 
+@dataclass
+class _AppendJob:
+    """One caller's append: its rows (`items[i]` into `mailbox_ids[i]`, body `bodies[i]`), and the future its
+    caller awaits (invariant 9)."""
+
+    mailbox_ids: list[int]
+    bodies: list[_Body]
+    items: list[NewMessage]
+    saved: float
+    quota: bool
+    done: asyncio.Future[list[AppendResult]]
+
+
+class _AppendGroup:
+    """The jobs waiting for the transaction in progress to end (invariant 9), and whether one is in progress."""
+
+    MAX_JOBS = 200  # jobs in one transaction at most: a group holds its row locks until it commits
+
+    def __init__(self) -> None:
+        self.waiting: list[_AppendJob] = []
+        self.running = False
+        self.task: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
+
+
+async def _append_jobs(tx: Tx, jobs: Sequence[_AppendJob]) -> list[list[AppendResult]]:
+    """The rows of `jobs` in one transaction: mailbox rows locked in id order, bodies acquired in blob id order,
+    rows inserted job by job (invariant 9). Returns each job's results."""
+    boxes = {i: await load_mailbox(tx.conn, i, lock=True) for i in sorted({i for j in jobs for i in j.mailbox_ids})}
+    for body in sorted((b for j in jobs for b in j.bodies), key=lambda b: b.blob_id):
+        await body.acquire(tx)
+    out = []
+    for job in jobs:
+        results = []
+        for mailbox_id, item in zip(job.mailbox_ids, job.items, strict=True):
+            results.extend(await insert_messages(tx, boxes[mailbox_id], [item], job.saved, quota=job.quota))
+        out.append(results)
+    return out
+
+
 class MessagesMixin(Base):
+    _appends: _AppendGroup | None = None
+
     async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest],
                           quota: bool = True) -> list[AppendResult]:
-        """Append reqs[i] to mailbox_ids[i] for every i, in one transaction."""
+        """Append reqs[i] to mailbox_ids[i] for every i, in one transaction (with other callers' appends that
+        arrive meanwhile: invariant 9)."""
         now = self._clock()
-        prepared = []
+        bodies, items = [], []
         for req in reqs:
             flags, kws = _check_request(req)
             blob_id = blob_id_of(req.raw)
             date = now if req.internal_date is None else float(req.internal_date)
-            prepared.append((_Body(blob_id, req.raw, req.meta), NewMessage(date, len(req.raw), flags, kws, blob_id)))
-        order = sorted(set(mailbox_ids))  # engine.py: mailbox rows locked in one order
+            bodies.append(_Body(blob_id, req.raw, req.meta))
+            items.append(NewMessage(date, len(req.raw), flags, kws, blob_id))
+        job = _AppendJob(list(mailbox_ids), bodies, items, now, quota, asyncio.get_running_loop().create_future())
+        # its error is the caller's; read here too, so a caller that went away leaves no "never retrieved" warning
+        job.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if self._appends is None:
+            self._appends = _AppendGroup()
+        group = self._appends
+        group.waiting.append(job)
+        if not group.running:
+            group.running = True
+            group.task = asyncio.get_running_loop().create_task(self._run_appends(group), name="postroom-pg-appends")
+        return await asyncio.shield(job.done)  # a caller that goes away leaves its job to finish
 
-        async def op(tx: Tx) -> list[AppendResult]:
-            boxes = {i: await load_mailbox(tx.conn, i, lock=True) for i in order}
-            results = []
-            for mailbox_id, (body, item) in zip(mailbox_ids, prepared):
-                await body.acquire(tx)
-                results.extend(await insert_messages(tx, boxes[mailbox_id], [item], now, quota=quota))
-            return results
+    async def _run_appends(self, group: _AppendGroup) -> None:
+        """Run the waiting jobs a group at a time until none waits (invariant 9)."""
+        jobs: list[_AppendJob] = []
+        try:
+            while group.waiting:
+                jobs, group.waiting = group.waiting[:group.MAX_JOBS], group.waiting[group.MAX_JOBS:]
+                await self._run_group(jobs)
+        finally:
+            group.running = False
+            # Left unanswered only when this task itself ended early (cancelled: the loop is closing)
+            for job in [*jobs, *group.waiting]:
+                if not job.done.done():
+                    job.done.set_exception(StoreError("the store is closing"))
+            group.waiting = []
 
-        return await self._engine.write(op)
+    async def _run_group(self, jobs: Sequence[_AppendJob]) -> None:
+        """One transaction for `jobs`; if it fails and holds more than one job, each runs again alone."""
+        try:
+            outs = await self._engine.write(lambda tx: _append_jobs(tx, jobs))
+        except Exception as e:  # noqa: BLE001 - handed to the callers
+            if len(jobs) > 1:
+                for job in jobs:
+                    await self._run_group([job])
+            elif not jobs[0].done.done():
+                jobs[0].done.set_exception(e)
+            return
+        for job, out in zip(jobs, outs, strict=True):
+            if not job.done.done():
+                job.done.set_result(out)
 
     async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
         return (await self._append_job([mailbox_id], [message]))[0]
