@@ -11,11 +11,8 @@ from typing import Any
 
 import imapclient
 import pytest
-from imap_support import Raw, fill, message, wire_imap
-
-BOB, ALICE, CAROL, EVE = "bob@example.org", "alice@example.org", "carol@example.org", "eve@other.test"
-PW = "secret-password"
-SHARED = '"Other Users/bob@example.org/Shared"'
+from imap_support import fill, message, wire_imap
+from shared_support import ALICE, BOB, CAROL, EVE, PW, SHARED, login, ok, populate
 
 
 @pytest.fixture
@@ -31,28 +28,7 @@ def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def imap(server: Any) -> Any:
     """bob with a folder "Shared" of 3 messages and a "Private" one of 1; alice and carol of his domain, eve not."""
-    for address in (BOB, ALICE, CAROL, EVE):
-        server.add_user(address, PW)
-    bob = server.run(server.store.get_user(BOB))
-    for name, count in (("Shared", 3), ("Private", 1)):
-        server.run(server.store.create_mailbox(bob.id, name))
-        fill(server, BOB, PW, count, name)
-    return server
-
-
-def login(server: Any, address: str, rev2: bool = False) -> Raw:
-    """A raw session; `rev2` for one without \\Recent (a session of another user than the owner never claims
-    it, so what nobody claimed is recent for it in rev1, as in EXAMINE)."""
-    r = Raw(server.port("imap"))
-    r.login(address, PW)
-    if rev2:
-        ok(r.cmd("e ENABLE IMAP4rev2"))
-    return r
-
-
-def ok(lines: list[bytes]) -> list[bytes]:
-    assert b" OK " in lines[-1], lines
-    return lines[:-1]
+    return populate(server, shared=3)
 
 
 def test_capabilities_advertise_acl_rights_and_list_myrights(imap: Any) -> None:

@@ -8,11 +8,9 @@ from typing import Any
 
 import imapclient
 import pytest
-from imap_support import Raw, fill, wire_imap
-
-BOB, ALICE, CAROL, EVE = "bob@example.org", "alice@example.org", "carol@example.org", "eve@other.test"
-PW = "secret-password"
-SHARED = '"Other Users/bob@example.org/Shared"'
+from imap_support import wire_imap
+from shared_support import ALICE, BOB, PW, SHARED, grant, ok, populate
+from shared_support import login_rev2 as login
 
 
 @pytest.fixture
@@ -28,29 +26,7 @@ def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def imap(server: Any) -> Any:
     """bob with "Shared" (2 messages) and "Private" (1); alice and carol of his domain, eve of another."""
-    for address in (BOB, ALICE, CAROL, EVE):
-        server.add_user(address, PW)
-    bob = server.run(server.store.get_user(BOB))
-    for name, count in (("Shared", 2), ("Private", 1)):
-        server.run(server.store.create_mailbox(bob.id, name))
-        fill(server, BOB, PW, count, name)
-    return server
-
-
-def login(server: Any, address: str) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(address, PW)
-    ok(r.cmd("e ENABLE IMAP4rev2"))
-    return r
-
-
-def ok(lines: list[bytes]) -> list[bytes]:
-    assert b" OK " in lines[-1], lines
-    return lines[:-1]
-
-
-def grant(server: Any, who: str, rights: str, mailbox: str = "Shared") -> None:
-    ok(login(server, BOB).cmd(f"g SETACL {mailbox} {who} {rights}"))
+    return populate(server, shared=2)
 
 
 def permanentflags(lines: list[bytes]) -> bytes:
