@@ -2,40 +2,16 @@
 (UIDPLUS), the metadata stored with the message. Large literals: test_imap_append_stream.py; MULTIAPPEND:
 test_imap_multiappend.py; CATENATE: test_imap_catenate.py."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 import re
 from typing import Any
 
-import pytest
-from imap_support import Raw, message, wire_imap
+from ann_support import ADDR, PW, imap, raw, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import message
 
 from postroom.mime.meta import compute_meta
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
-
-
-def raw(server: Any) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    return r
 
 
 def test_append_with_flags_date_and_appenduid(imap: Any) -> None:

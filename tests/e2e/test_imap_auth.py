@@ -2,31 +2,13 @@
 LOGOUT, LOGIN, AUTHENTICATE (PLAIN, SCRAM-SHA-256, SASL-IR), ID, ENABLE. STARTTLS and LOGINDISABLED:
 test_imap_security.py; UNAUTHENTICATE: test_imap_unauthenticate.py."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from imap_support import Raw, wire_imap
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
+from ann_support import ADDR, PW, imap, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import Raw
 
 
 def test_greeting_capability_noop_logout(imap: Any) -> None:

@@ -2,41 +2,18 @@
 byte, BINARY of an unknown transfer encoding, metadata computed for a message stored without it,
 structure items without the kept rows. The planner's unit tests: tests/unit/test_imap_fetch.py."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from imap_support import Raw, fill, message, wire_imap
+from ann_support import ADDR, PW, imap, raw, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import fill, message
 
 from postroom.imap import fetch
 from postroom.mime.meta import compute_meta
 from postroom.store.blobs import blob_id_of
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
-
-
-def raw(server: Any) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    return r
 
 
 def test_fetch_items(imap: Any) -> None:

@@ -2,40 +2,16 @@
 SUBSCRIBE, UNSUBSCRIBE, LIST (LIST-EXTENDED, SPECIAL-USE, LIST-STATUS), LSUB, NAMESPACE, STATUS; names in
 UTF-8 after ENABLE IMAP4rev2. APPEND: test_imap_append.py."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 import re
 from typing import Any
 
-import pytest
-from imap_support import Raw, fill, message, wire_imap
+from ann_support import ADDR, PW, imap, raw, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import fill, message
 
 from postroom.imap import objectid
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
-
-
-def raw(server: Any) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    return r
 
 
 def test_create_list_rename_delete(imap: Any) -> None:

@@ -1,37 +1,13 @@
 """SEARCH and UID SEARCH against the real server (imap/search.py, RFC 9051 §6.4.4): the keys, ESEARCH
 (RFC 4731) and IMAP4rev2's answers. The full-text index: test_imap_search_index.py."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from imap_support import Raw, fill, wire_imap
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
-
-
-def raw(server: Any) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    return r
+from ann_support import ADDR, PW, imap, raw, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import fill
 
 
 def test_search_keys_and_esearch(imap: Any) -> None:

@@ -2,38 +2,14 @@
 connection, the command and literal limits (synchronizing, LITERAL+, TOOBIG), too many errors, pipelined
 and byte-by-byte input, and one whole imaplib session."""
 
+# ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
 import imaplib
 from typing import Any
 
-import pytest
-from imap_support import Raw, fill, message, wire_imap
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
-
-
-@pytest.fixture
-def server_overrides() -> dict[str, Any]:
-    return {"auth": {"allow_plaintext": True}}
-
-
-@pytest.fixture
-def srv(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any]) -> None:
-    wire_imap(monkeypatch)
-
-
-@pytest.fixture
-def imap(srv: None, server: Any) -> Any:
-    server.add_user(ADDR, PW)
-    return server
-
-
-def raw(server: Any) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    return r
+from ann_support import ADDR, PW, imap, raw, server_overrides, srv  # noqa: F401 (fixtures)
+from imap_support import Raw, fill, message
 
 
 def client(server: Any) -> imaplib.IMAP4:
