@@ -53,6 +53,7 @@ import asyncio
 import bisect
 import dataclasses
 import logging
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -320,6 +321,56 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
 
 
 _FLAG_ITEMS = frozenset(("UID", "FLAGS", "MODSEQ"))
+_FLAG_BATCH = 4000  # response lines handed to the session at a time
+_RUN_ITEMS = frozenset((("FLAGS",), ("UID", "FLAGS"), ("FLAGS", "UID")))  # what `_flag_run` writes
+_NO_KEYWORDS: frozenset[str] = frozenset()
+
+
+async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
+                    recent_ranges: list[tuple[int, int]]) -> None:
+    """`_flag_lines` for UID and FLAGS when the listed messages are announced messages j + 1 on, in order (the
+    whole-mailbox `FETCH 1:* (FLAGS)` of a client opening a folder): the keywords' FLAGS announcements first
+    (state.py invariant 5: before any FETCH that carries them), then one formatted line a message, its FLAGS
+    text looked up by (flags, keywords, \\Recent); the same FETCH lines as `_flag_lines`. `names` is one of
+    `_RUN_ITEMS`."""
+    sel = sel_of(s)
+    kwd = cols.keywords
+    lines: list[bytes] = []
+    for kws in dict.fromkeys(kwd.values()):
+        lines.extend(sel.announce(kws))
+    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%s" for name in names) + b")\r\n"
+    uid_first = names[0] == "UID"
+    with_uid = "UID" in names
+    texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
+    plain: dict[int, bytes] = {}  # flags -> text, for a message without keywords and not recent
+    uids, flags = cols.uids, cols.flags
+    recent: set[int] = set()  # indexes of the \\Recent messages (rev1), found by bisection per range
+    for lo, hi in recent_ranges:
+        if lo <= hi:
+            recent.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
+    special = recent.union(kwd)  # the messages whose text needs the keywords or \\Recent
+    for start in range(0, len(uids), _FLAG_BATCH):
+        end = min(start + _FLAG_BATCH, len(uids))
+        for i in range(start, end):
+            uid, f = uids[i], flags[i]
+            if i in special:
+                key = (f, kwd.get(i, _NO_KEYWORDS), i in recent)
+                t = texts.get(key)
+                if t is None:
+                    t = texts[key] = b"FLAGS " + encoder.flag_list(*key)
+            else:
+                t = plain.get(f) or plain.setdefault(f, b"FLAGS " + encoder.flag_list(f))
+            if not with_uid:
+                lines.append(fmt % (j + i + 1, t))
+            elif uid_first:
+                lines.append(fmt % (j + i + 1, uid, t))
+            else:
+                lines.append(fmt % (j + i + 1, t, uid))
+        s.write(*lines)
+        lines = []
+        await s.maybe_flush()
+    s.write(*lines)
+    await s.maybe_flush()
 
 
 async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
@@ -333,6 +384,12 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     head = b"* %d UIDFETCH (" if sel.uidonly else b"* %d FETCH ("
     lines: list[bytes] = []
     n = len(view)
+    count = len(cols.uids)
+    if (tuple(names) in _RUN_ITEMS and not sel.uidonly and j + count <= n
+            and array("I", cols.uids) == view[j:j + count]):
+        # The run is a stretch of the view (message numbers j + 1 on): one format and one text lookup a message.
+        await _flag_run(s, cols, j, names, recent_ranges)
+        return
     for i, uid in enumerate(cols.uids):
         while j < n and view[j] < uid:
             j += 1

@@ -5,6 +5,7 @@ structure items without the kept rows. The planner's unit tests: tests/unit/test
 # ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -111,3 +112,43 @@ def test_structure_items_without_kept_rows(imap: Any, monkeypatch: pytest.Monkey
     meta = compute_meta(message(2))
     assert before[1] == (b"* 2 FETCH (ENVELOPE " + meta.envelope + b" BODYSTRUCTURE " + meta.bodystructure
                          + b" BODY " + meta.body + b")\r\n")
+
+
+def _flags_by_msn(lines: list[bytes]) -> dict[int, bytes]:
+    out = {}
+    for line in lines:
+        m = re.match(rb"\* (\d+) FETCH \(.*?(FLAGS \([^)]*\))", line)
+        if m:
+            out[int(m.group(1))] = m.group(2)
+    return out
+
+
+def test_whole_mailbox_flags_equal_the_general_path(imap: Any) -> None:
+    """`FETCH 1:* (FLAGS)` and `(UID FLAGS)` of a mailbox (fetch.py `_flag_run`, one formatted line a message)
+    carry each message's flags exactly as the general item path does (`FLAGS INTERNALDATE`), for messages with
+    system flags, keywords and \\Recent (RFC 9051 §7.5.2 FLAGS; RFC 3501 §2.3.2 \\Recent in a rev1 session), with
+    message numbers 1..n in order, the UID where asked, and every keyword announced by a FLAGS response before
+    a FETCH that carries it (RFC 9051 §7.3.5)."""
+    fill(imap, ADDR, PW, 3)
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")  # claims \Recent for 1-3 in this rev1 session
+    other = raw(imap)
+    other.cmd("b SELECT INBOX")
+    r.cmd("a STORE 1 +FLAGS.SILENT (\\Seen)")
+    r.cmd("a STORE 2 +FLAGS.SILENT (\\Flagged $Work)")
+    # `other` learns of the keyword only now, from the FETCH answer itself: the FLAGS line must come first.
+    lines = other.cmd("b FETCH 1:* (FLAGS)")
+    fetches = [x for x in lines if x.startswith(b"* ") and b" FETCH " in x]
+    assert [int(x.split()[1]) for x in fetches][:3] == [1, 2, 3]  # then the changes' own FETCH responses
+    flags_line = next(i for i, x in enumerate(lines) if x.startswith(b"* FLAGS ") and b"$Work" in x)
+    first_work = next(i for i, x in enumerate(lines) if x.startswith(b"* ") and b" FETCH " in x and b"$Work" in x)
+    assert flags_line < first_work
+    general = _flags_by_msn(r.cmd("a FETCH 1:* (FLAGS INTERNALDATE)"))
+    assert b"\\Recent" in general[3] and b"$Work" in general[2] and b"\\Seen" in general[1]
+    for query in ("(FLAGS)", "(UID FLAGS)", "(FLAGS UID)"):
+        answer = r.cmd(f"a FETCH 1:* {query}")
+        assert _flags_by_msn(answer) == general, query
+        if "UID" in query:
+            assert all(re.search(rb"UID \d+", x) for x in answer if x.startswith(b"* ") and b" FETCH " in x)
+    plain = _flags_by_msn(other.cmd("b FETCH 1:* (FLAGS)"))
+    assert plain == _flags_by_msn(other.cmd("b FETCH 1:* (FLAGS RFC822.SIZE)"))
