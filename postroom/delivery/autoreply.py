@@ -13,18 +13,21 @@ RFC 3834 says, or a careful responder knows, that no reply may go, and names the
     own-address      the sender is one of the user's own addresses (a reply to oneself)
     auto-submitted   an Auto-Submitted field other than "no" (§2, §5: the message is itself automatic)
     list             any List-* field (RFC 2369, RFC 2919 List-Id: §2, mail from a list)
-    precedence       Precedence bulk, list or junk (§2: the de facto markers of bulk mail)
-    robot-sender     a sender local part owner-*, *-request, MAILER-DAEMON, LISTSERV, majordomo, or
-                     postmaster (the list-manager and daemon addresses RFC 5230 §4.6 names, which RFC 3834 §2's
-                     advice on list traffic means in practice)
+    precedence       Precedence bulk, list or junk, its first word (§2: the de facto markers of bulk mail)
+    robot-sender     a sender local part owner-*, *-request, *-bounces, *-owner, MAILER-DAEMON, LISTSERV,
+                     majordomo, or postmaster (the list-manager and daemon addresses RFC 5230 §4.6 names, which
+                     RFC 3834 §2's advice on list traffic means in practice, and Mailman's)
+    odd-sender       an envelope sender with an RFC 2047 word or a control character (no To field can carry it)
     not-addressed    none of the user's addresses (their own and the explicit aliases leading to them, with or
                      without a +detail) in To, Cc, Bcc, Resent-To, Resent-Cc or Resent-Bcc (§2: a personal
                      "away" notice SHOULD NOT be sent unless the recipient's address is explicitly there; mail
                      that reached the user by Bcc of a list expansion or a catch-all is not addressed to them)
 
-Then the store decides "at most once per sender per N days" (`Store.claim_auto_reply`, atomic across processes:
-§2 "SHOULD NOT issue the same response to the same sender more than once within a period of several days... a
-7-day period is RECOMMENDED"). The router never asks about copies filed into Junk.
+The router adds one more, `list-sender`: the sender is one of this server's own lists or a list's own
+address (a post relayed by a local list carries its List-* fields; a forged MAIL FROM of the list's address
+does not). Then the store decides "at most once per sender per N days" (`Store.claim_auto_reply`, atomic
+across processes: §2 "SHOULD NOT issue the same response to the same sender more than once within a period of
+several days... a 7-day period is RECOMMENDED"). The router never asks about copies filed into Junk.
 
 `build(...)` writes the reply (§3): To is the envelope sender (§4, where responses go), From the
 user's address that the message was sent to with its display name, Subject the configured one or "Auto: " and
@@ -39,7 +42,10 @@ Invariants
    bulk/list/junk, from a robot address, or not addressed to the user (module doc's table).
 2. Every reply carries `Auto-Submitted: auto-replied` and goes out from the null reverse-path, so no responder
    (this one included: invariant 1) answers it.
-3. The work is bounded by the header (at most `router.HEAD_LIMIT` octets) and the user's settings (length-limited
+3. Text from the original message (its subject, decoded once) and from the settings goes into the reply's
+   header through `mime.headers.field_text`, so it is one line and the header registry never decodes an RFC
+   2047 word in it again: no field and no body of the reply is written by the sender.
+4. The work is bounded by the header (at most `router.HEAD_LIMIT` octets) and the user's settings (length-limited
    by web/settings.py): it runs on the event loop.
 """
 
@@ -53,7 +59,7 @@ from collections.abc import Iterable, Sequence
 
 from postroom.mime.address import parse_address_list
 from postroom.mime.compose import make_message_id, rfc5322_date
-from postroom.mime.headers import Field, split_fields
+from postroom.mime.headers import Field, field_text, split_fields
 from postroom.mime.text import decode_words
 from postroom.store.api import UserSettings
 
@@ -113,17 +119,26 @@ def skip_reason(mail_from: str, fields: Sequence[Field], own: Iterable[str]) -> 
                 return "auto-submitted"
         elif f.name.startswith("list-"):
             return "list"
-        elif f.name == "precedence" and f.unfolded().strip().lower().decode("ascii", "replace") in BULK:
+        elif f.name == "precedence" and _precedence(f.unfolded()) in BULK:
             return "precedence"
     local = sender.rpartition("@")[0]
-    if local.startswith("owner-") or local.endswith("-request") or local in ROBOT_LOCALS:
+    if (local.startswith("owner-") or local.endswith(("-request", "-bounces", "-owner"))
+            or local in ROBOT_LOCALS):
         return "robot-sender"
+    if "=?" in mail_from or any(ord(c) < 33 or ord(c) == 127 for c in mail_from):
+        return "odd-sender"  # an encoded word or a control character in the address: no header can carry it
     for f in fields:
         if f.name in RECIPIENT_FIELDS:
             for a in parse_address_list(f.value):
                 if a.mailbox and a.host and _key(f"{a.mailbox}@{a.host}") in own_keys:
                     return None
     return "not-addressed"
+
+
+def _precedence(value: bytes) -> str:
+    """The first word of a Precedence field, lower case ("bulk (list)" and "Bulk" are bulk)."""
+    words = value.decode("ascii", "replace").replace("(", " ").split()
+    return words[0].lower() if words else ""
 
 
 def addressed_as(fields: Sequence[Field], own: Sequence[str]) -> str:
@@ -141,7 +156,7 @@ def addressed_as(fields: Sequence[Field], own: Sequence[str]) -> str:
 
 
 def _one_line(text: str, limit: int = 998) -> str:
-    return " ".join(text.split())[:limit]
+    return field_text(text, limit)  # invariant 3: no second decoding of RFC 2047 words
 
 
 def build(settings: UserSettings, *, from_address: str, to: str, fields: Sequence[Field], hostname: str,

@@ -775,7 +775,8 @@ class Router:
         for uid, address in users.items():
             try:
                 await self._auto_reply(env, head, uid, address, now, fields)
-            except (RouteError, StoreError) as exc:  # the copies are durable: the delivery stands (invariant 16)
+            except (RouteError, StoreError, ValueError) as exc:  # the copies are durable: the delivery stands
+                # (invariant 16); ValueError: a reply the email package refused to build
                 log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
                                                         ("result", "failed"), ("reason", str(exc)[:200])]))
 
@@ -790,6 +791,8 @@ class Router:
             fields.extend(autoreply.header_fields(head))
         own = await self.identities(uid)
         reason = autoreply.skip_reason(env.mail_from, fields, own)
+        if reason is None and await self._list_address(env.mail_from):
+            reason = "list-sender"  # RFC 3834 §2: no responses to list traffic, our own lists' included
         if reason is None and not await self.store.claim_auto_reply(uid, env.mail_from, now,
                                                                     autoreply.window_start(settings, now)):
             reason = "replied-recently"
@@ -803,6 +806,20 @@ class Router:
         sent = await self.accept(Envelope("", (Rcpt(env.mail_from),), raw, may_relay=True, from_checked=True))
         log.info("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from), ("result", "sent"),
                                              ("local", sent.local), ("queued", sent.queued)]))
+
+    async def _list_address(self, address: str) -> bool:
+        """Is `address` one of this server's mailing lists, or an address of one (its bounce address, a
+        moderation action address)? Mail from them is list traffic whatever its header says."""
+        local, domain = split(address)
+        if not domain or not await self.is_local_domain(domain):
+            return False
+        key = address.lower()
+        if await self.store.get_list(key) is not None:
+            return True
+        m = ACTION_RE.match(names.unquote_local(local))
+        if m is not None and await self.store.get_list(f"{names.quote_local(m['base'])}@{domain}".lower()):
+            return True
+        return any(ml.bounce_address == key for ml in await self._lists_in(domain))
 
     async def _forward_sender(self, mail_from: str, sender_local: bool, a: str, d: Remote) -> str | None:
         """The SRS envelope sender for `d`, a remote destination reached through the local address `a`; None when

@@ -65,6 +65,17 @@ class Field:
         return _UNFOLD.sub(b"", self.value).strip(b" \t\r\n")
 
 
+def field_text(text: str, limit: int = 998) -> str:
+    """Decoded or typed `text` made safe as the value of an unstructured header field or a display name that
+    Python's `email` header registry will parse: control characters (CR, LF, NUL...) as spaces and blanks
+    collapsed (RFC 5322 §2.2: a field body is printable characters and blanks), at most `limit` characters, and
+    every encoded-word opener "=?" broken by a zero-width space, since the registry decodes RFC 2047 words in a
+    value it is given (RFC 2047 §2): text that was already decoded once, from a word encoded twice, would
+    otherwise be decoded again into new lines, new fields and a new body."""
+    one = " ".join("".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).split())[:limit]
+    return one.replace("=?", "=\u200b?")
+
+
 def split_fields(raw: bytes, start: int, end: int) -> tuple[list[Field], bool]:
     """Cut raw[start:end] (a header block) into fields. Returns (fields, ok); ok is False when a line was neither
     a field nor a continuation (it is skipped: RFC 5322 has no place for it)."""

@@ -54,6 +54,7 @@ from typing import BinaryIO
 from postroom.mime import flowed
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
 from postroom.mime.compose import rfc5322_date
+from postroom.mime.headers import field_text
 from postroom.mime.text import charset_decode, html_to_text
 
 POLICY = email.policy.SMTP
@@ -145,9 +146,9 @@ def check_address(addr: str, what: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """`text` fit for a header field: control characters (CR, LF, NUL...) as spaces, blanks collapsed (RFC 5322
-    §2.2: a field body is printable characters and blanks; the rest would be a stray, lineends.py)."""
-    return " ".join("".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).split())
+    """`text` fit for a header field or a display name: `mime.headers.field_text` (one line of printable
+    characters, RFC 5322 §2.2, and no RFC 2047 word for the header registry to decode a second time)."""
+    return field_text(text, limit=1 << 20)
 
 
 def formatted(pairs: Sequence[tuple[str, str]]) -> str:

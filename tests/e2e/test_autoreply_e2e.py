@@ -98,3 +98,17 @@ def test_a_reply_that_cannot_be_stored_does_not_fail_the_delivery(srv: Any, capl
     send(srv, BOB)  # smtplib raises unless the message is accepted (250)
     assert len(inbox(srv, ALICE)) == 1 and inbox(srv, BOB) == []
     assert any("auto-reply" in r.getMessage() and "result=failed" in r.getMessage() for r in caplog.records)
+
+
+def test_no_reply_to_this_servers_own_list_address(srv: Any) -> None:
+    """RFC 3834 §2, no responses to list traffic: a message whose envelope sender is one of this server's lists
+    (here forged, without List-* fields) or a list's bounce address gets no reply, which the list would
+    otherwise post to every member."""
+    from postroom.store.api import ListPolicy
+
+    srv.run(srv.store.create_list("club@example.org", BOB, ListPolicy.OPEN, bounce_address="club-bounces@example.org"))
+    srv.run(srv.store.add_list_member("club@example.org", BOB))
+    send(srv, "club@example.org", n=1)
+    send(srv, "club-bounces@example.org", n=2)
+    assert len(inbox(srv, ALICE)) == 2
+    assert not [m for m in inbox(srv, BOB) if str(m["Subject"]).startswith("Auto:")]

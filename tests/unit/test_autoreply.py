@@ -43,6 +43,10 @@ def test_a_personal_message_gets_a_reply() -> None:
     ("owner-budget@example.net", b"", "robot-sender"),
     ("budget-request@example.net", b"", "robot-sender"),
     ("MAILER-DAEMON@example.net", b"", "robot-sender"),
+    ("budget-bounces@example.net", b"", "robot-sender"),  # Mailman's bounce address
+    ("carol@example.net", b"Precedence: bulk (list)\r\n", "precedence"),  # the first word decides
+    # An envelope sender no To field can carry (the header registry would decode the word into CR LF).
+    ("=?utf-8?b?QQ0KWDogMQ==?=@r.example", b"", "odd-sender"),
 ])
 def test_no_reply(mail_from: str, extra: bytes, reason: str) -> None:
     assert autoreply.skip_reason(mail_from, fields(extra), OWN) == reason
@@ -91,3 +95,24 @@ def test_an_encoded_subject_is_answered_decoded_and_encoded_again() -> None:
                           to="carol@example.net", fields=fields(base=head), hostname="mx.example.org", now=1.0e9)
     assert raw.isascii()  # RFC 2047 on the wire
     assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == "Auto: Café budget"
+
+
+def test_a_subject_encoded_twice_stays_one_field() -> None:
+    """RFC 2047 words inside a decoded subject are not decoded again (invariant 3): the sender of a subject
+    encoded twice, whose inner text holds CR LF and new fields, cannot add a field or a body to the reply, which
+    leaves DKIM-signed for the user's domain (RFC 5322 §2.2: a field body has no CR or LF)."""
+    import base64
+
+    inner = "=?utf-8?b?" + base64.b64encode(
+        b"Hi\r\nReply-To: evil@evil.example\r\nContent-Type: text/html\r\n\r\n<a href=x>click</a>").decode() + "?="
+    outer = "=?utf-8?b?" + base64.b64encode(inner.encode()).decode() + "?="
+    head = BASE.replace(b"Subject: Budget", b"Subject: " + outer.encode())
+    settings = UserSettings(vacation=True, vacation_text="Away.", display_name="=?utf-8?b?QQ0KWDogMQ==?=")
+    raw = autoreply.build(settings, from_address="alice@example.org", to="carol@example.net", fields=fields(base=head),
+                          hostname="mx.example.org", now=1_700_000_000.0)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Reply-To"] is None and msg["X"] is None
+    assert msg["Auto-Submitted"] == "auto-replied" and msg.get_content_type() == "text/plain"
+    assert msg.get_content().strip() == "Away."
+    subject = str(msg["Subject"])  # the inner word kept as text, decoded once only
+    assert subject.startswith("Auto: =") and "utf-8?b?SGkNCl" in subject and "\n" not in subject

@@ -249,3 +249,17 @@ def test_from_mailbox_with_a_display_name() -> None:
     assert writing.mailbox("Liddell, Alice", "alice@example.org") == '"Liddell, Alice" <alice@example.org>'
     # no line break reaches the field; ":" and "@" are specials, so the phrase is quoted (RFC 5322 §3.4)
     assert writing.mailbox("Al\r\nBcc: x@y", "alice@example.org") == '"Al Bcc: x@y" <alice@example.org>'
+
+
+def test_a_subject_or_name_with_an_encoded_word_is_not_decoded_again() -> None:
+    """A reply's subject is the original's decoded once ("Re: " + it); an original encoded twice leaves an RFC 2047
+    word in it, which the header registry would decode into CR LF and new fields (Bcc to a spy). It stays text in
+    one Subject field (RFC 5322 §2.2), and a display name with such a word gives no error."""
+    import base64
+
+    inner = "=?utf-8?b?" + base64.b64encode(b"Hi\r\nX-Injected: yes\r\nBcc: spy@evil.example").decode() + "?="
+    draft = writing.Draft(to="bob@example.org", subject="Re: " + inner, text="hello\n")
+    msg = email.message_from_bytes(_build(draft), policy=email.policy.default)
+    assert msg["X-Injected"] is None and msg["Bcc"] is None
+    assert "\n" not in str(msg["Subject"]) and "utf-8?b?SGkNCl" in str(msg["Subject"])
+    assert writing.mailbox("=?utf-8?b?QQ0KWDogMQ==?=", "alice@example.org").endswith("<alice@example.org>")
