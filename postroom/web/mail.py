@@ -45,7 +45,6 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import logging
 import time
@@ -65,6 +64,8 @@ from postroom import metapool as pool
 from postroom.auth.authenticator import Authenticator
 from postroom.config import Config
 from postroom.imap.fetch import META_CACHE
+from postroom.mime.address import parse_address_list
+from postroom.mime.headers import first_field, split_fields
 from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
 from postroom.smtp.door import Door
 from postroom.store.api import (
@@ -723,7 +724,7 @@ class Webmail:
         return self._page("message.html", signed=signed, csrf=signed.csrf, folders=folders, current=box,
                           current_label=_label(box), info=info, view=view, when=when(info.internal_date),
                           flagged=bool(info.flags & Flag.FLAGGED), frame_sandbox=FRAME_SANDBOX,
-                          human_size=human_size, sender_address=_sender_address(view.headers.get("from", "")),
+                          human_size=human_size, sender_address=_sender_address(raw[:HEAD_MAX]),
                           **await self._account(signed.user_id))
 
     async def _raw_and_meta(self, request: Request) -> tuple[bytes, MessageMeta] | Response:
@@ -856,11 +857,24 @@ def _paging(form: dict[str, list[str]]) -> str:
     return "?" + urllib.parse.urlencode(params) if params else ""
 
 
-def _sender_address(from_: str) -> str:
-    """The address of a decoded From value, for the "Block sender" button; "" when there is not one usable."""
-    address = email.utils.parseaddr(from_)[1]
-    local, at, domain = address.rpartition("@")
-    return address if at and local and "." in domain and len(address) <= 320 else ""
+HEAD_MAX = 256 * 1024  # octets of a message read for its From field: a header past it has no usable From
+
+
+def _sender_address(raw: bytes) -> str:
+    """The address of the message's first From mailbox, for the "Block sender" button, read from the field as
+    sent (RFC 5322 §3.6.2), not from its decoded text, where a display name like "boss@example.org" encoded in
+    RFC 2047 would pass for the address; "" when there is not one usable."""
+    end = raw.find(b"\r\n\r\n")
+    fields = split_fields(raw, 0, len(raw) if end < 0 else end + 2)[0]
+    f = first_field(fields, "from")
+    if f is None:
+        return ""
+    for a in parse_address_list(f.unfolded()):
+        if a.mailbox and a.host:
+            address = f"{a.mailbox}@{a.host}"
+            local, at, domain = address.rpartition("@")
+            return address if local and "." in domain and len(address) <= 320 and "=?" not in address else ""
+    return ""
 
 
 def _label(box: Mailbox) -> str:
