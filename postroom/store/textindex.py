@@ -29,10 +29,11 @@ Invariants
    is a substring of one of the index fields `FIELDS_OF[key]` of that message, and every trigram of that piece
    occurs in that field. Hence a lookup by trigrams never loses a match (it may add some).
 2. `index_fields` is a pure function of the stored metadata, and contains no lone surrogate (they become "?"
-   and needles are cut at theirs, so no match is lost).
+   and needles are cut at theirs, so no match is lost) and no NUL (it becomes U+FFFD; a needle holds no NUL:
+   SEARCH refuses one, so no match spans it).
 3. Conversely, each index field is a stretch of its key's haystack between line ends (or the whole haystack,
-   for a header field's own column and for BODY), differing only where a lone surrogate became "?" (or, on
-   PostgreSQL, a NUL was dropped). So a needle that is one piece (`pieces` gives it whole: no line end in a
+   for a header field's own column and for BODY), differing only where a lone surrogate became "?" or a NUL
+   became U+FFFD. So a needle that is one piece (`pieces` gives it whole: no line end in a
    TEXT needle) and holds no "?", U+FFFD, NUL or surrogate (`TextTerm.whole`) is a substring of the haystack
    exactly when it is a substring of one of the key's fields: an engine that checks the whole needle against
    the field text itself (SQLite's phrase lookups in a column with positions, PostgreSQL's LIKE) answers
@@ -116,8 +117,12 @@ TextFilter = TextTerm | TextAll | TextAny
 
 
 def _clean(text: str) -> str:
-    """`text` case-folded with lone surrogates replaced (invariant 2): SQLite and PostgreSQL take UTF-8 only."""
+    """`text` case-folded with lone surrogates replaced and NUL as U+FFFD (invariant 2): SQLite and PostgreSQL
+    take UTF-8 only, PostgreSQL's text holds no NUL, and SQLite's FTS5 tokenizers stop at one (a sender could
+    hide every word after a NUL from SEARCH)."""
     folded = text.casefold()
+    if "\x00" in folded:
+        folded = folded.replace("\x00", "\ufffd")
     if folded.isascii():
         return folded
     return folded.encode("utf-8", "replace").decode("utf-8")

@@ -104,6 +104,24 @@ async def test_an_exact_answer_is_exactly_what_matches(store: Store) -> None:
         assert found is not None and not found.exact, flt
 
 
+@BODY_BACKENDS
+async def test_text_after_a_nul_is_found(store: Store) -> None:
+    """A NUL in decoded text (an RFC 2047 word or a base64 body can carry one) hides nothing from SEARCH (RFC 9051
+    §6.4.4): the index holds it as U+FFFD (textindex invariant 2), where SQLite's FTS5 stopped reading."""
+    import base64
+
+    subject = "=?utf-8?b?" + base64.b64encode(b"invoice\x00 wiretransfer urgent").decode() + "?="
+    body = base64.b64encode(b"Hello\x00 please pay the wiretransfer invoice now\r\n").decode()
+    raw = (f"From: Ann <ann@example.org>\r\nTo: bob@example.org\r\nSubject: {subject}\r\nMessage-ID: <n@x>\r\n"
+           f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{body}\r\n").encode()
+    box = await inbox(store, await new_user(store))
+    await store.append_many(box.id, [AppendRequest(raw=raw, meta=compute_meta(raw).to_bytes()), mail(2, "x", "y")])
+    top = 2**32 - 1
+    for flt in (TextTerm("subject", "wiretransfer"), TextTerm("subject", "urg"), TextTerm("body", "pay the"),
+                TextTerm("text", "now"), TextTerm("body", "wiretransfer invoice")):
+        assert uids(await store.search_text(box.id, 1, top, flt)) == [1], flt
+
+
 async def test_schema_23_writes_the_header_index_again(tmp_path: Path) -> None:
     """Schema 23 makes `fts_head` anew with positions and fills it from the stored metadata of the indexed
     bodies (header fields only; the body index is kept), so a store upgraded from 22 answers header keys

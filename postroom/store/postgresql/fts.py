@@ -40,7 +40,7 @@ _COLUMNS = (*(f"h_{c}" for c in HEAD_COLUMNS), "body")
 
 def _values(meta: MessageMeta) -> list[str]:
     fields = index_fields(meta)
-    return [fields[c].replace("\x00", "") for c in (*HEAD_COLUMNS, "body")]  # PostgreSQL text holds no NUL
+    return [fields[c] for c in (*HEAD_COLUMNS, "body")]  # no NUL, which PostgreSQL's text cannot hold: U+FFFD
 
 
 async def check_version(conn: Conn) -> bool:

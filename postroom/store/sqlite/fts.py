@@ -69,8 +69,8 @@ from postroom.store.textindex import (
     trigrams,
 )
 
-FORMAT = 2  # of `textindex.index_fields` and `scanform.build`; a change to what is indexed bumps it (2: the
-# body parts' header fields in h_names, and the scan form)
+FORMAT = 3  # of `textindex.index_fields` and `scanform.build`; a change to what is indexed bumps it (2: the
+# body parts' header fields in h_names, and the scan form; 3: NUL indexed as U+FFFD, FTS5 stopped at it)
 _MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
 INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
