@@ -189,7 +189,6 @@ class Authenticator:
         # POP-before-SMTP's window (`smtp.pop_before_smtp_minutes`, set by the server and its reloads): with a
         # store shared by nodes, logins are written there too, so another node's SMTP sees them (`sync_login`).
         self.pop_before_smtp_seconds = 0.0
-        self._writes: set[asyncio.Task[None]] = set()
         # argon2 is CPU- and memory-hard on purpose: more checks at once than cores only starve the event loop
         # (a login storm made every session slow in bench/imap.py), so extra logins wait their turn here.
         self._argon2_slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
@@ -351,16 +350,16 @@ class Authenticator:
         return gone
 
     # ---- POP-before-SMTP (the seeds): a successful POP3/IMAP login lets that IP relay for a while
-    def note_login(self, ip: str) -> None:
-        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions call this); in `logins` when
-        given, so that every worker process knows of it; in the store too when several nodes share it and the
-        window is open (`pop_before_smtp_seconds`), written in the background (a lost write only shortens it)."""
+    async def note_login(self, ip: str) -> None:
+        """Record a successful mailbox login from `ip` (POP3 or IMAP sessions await this before they answer the
+        login); in `logins` when given, so that every worker process knows of it; in the store too when several
+        nodes share it and the window is open (`pop_before_smtp_seconds`), so a client that relays through
+        another node right after its login is let through there (a failed write only shortens the window: this
+        node still knows)."""
         now = self._clock()
-        if self.pop_before_smtp_seconds > 0 and getattr(self.store, "shared_by_nodes", False):
-            task = asyncio.get_running_loop().create_task(self._store_login(ip, now))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
         self._remember_login(ip, now)
+        if self.pop_before_smtp_seconds > 0 and getattr(self.store, "shared_by_nodes", False):
+            await self._store_login(ip, now)
 
     async def _store_login(self, ip: str, now: float) -> None:
         try:

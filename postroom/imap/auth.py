@@ -72,11 +72,11 @@ async def starttls(s: Session, cmd: P.Command) -> Result:
     raise Silent()
 
 
-def _logged_in(s: Session, user: User) -> Result:
+async def _logged_in(s: Session, user: User) -> Result:
     s.user = user
     s.state = AUTH
     s.subscribe(user)
-    s.auth.note_login(s.conn.peer[0])
+    await s.auth.note_login(s.conn.peer[0])
     s.conn.log["user"] = user.address
     return s.capability_code(), "Logged in"
 
@@ -98,7 +98,7 @@ async def login(s: Session, cmd: P.Command) -> Result:
         log_refusal(s.conn, "login", "wrong user name or password (or too many failures)",
                     [("user", s.conn.log["login"])])
         raise No("Authentication failed", "AUTHENTICATIONFAILED")  # invariant 3
-    return _logged_in(s, user)
+    return await _logged_in(s, user)
 
 
 async def authenticate(s: Session, cmd: P.Command) -> Result:
@@ -131,7 +131,7 @@ async def authenticate(s: Session, cmd: P.Command) -> Result:
         line = await s.read_line(s.sasl_line_max())
         if line == b"*":
             raise Bad("Authentication cancelled")
-    return _logged_in(s, step.user)
+    return await _logged_in(s, step.user)
 
 
 async def unauthenticate(s: Session, cmd: P.Command) -> Result:

@@ -351,7 +351,7 @@ class Session:
         self.user = user
         self.mailbox_id = mailbox.id
         await self.locks.note_login(user.id)
-        self.services.auth.note_login(conn.peer[0])  # POP-before-SMTP window
+        await self.services.auth.note_login(conn.peer[0])  # POP-before-SMTP window
         conn.log["user"] = user.address
         conn.log["auth"] = self.mechanism
         return core.login_ok(user.address, entries)

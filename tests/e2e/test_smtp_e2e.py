@@ -578,7 +578,7 @@ class TestPopBeforeSmtp:
             c.ehlo("x")
             c.mail("alice@example.org")
             assert c.rcpt("far@remote.test")[0] == 550
-        srv.postroom.services.auth.note_login("127.0.0.1")  # what a POP3/IMAP login does
+        srv.run(srv.postroom.services.auth.note_login("127.0.0.1"))  # what a POP3/IMAP login does
         with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as c:
             assert c.sendmail("alice@example.org", ["far@remote.test"], BODY) == {}
 

@@ -302,7 +302,7 @@ async def test_scram_rejects_channel_binding_and_bad_nonce(store: Store) -> None
 async def test_pop_before_smtp_window(store: Store) -> None:
     auth, clock = await setup(store)
     assert not auth.logged_in_recently("192.0.2.7", 600)
-    auth.note_login("192.0.2.7")
+    await auth.note_login("192.0.2.7")
     clock.now += 599
     assert auth.logged_in_recently("192.0.2.7", 600)
     assert not auth.logged_in_recently("192.0.2.8", 600)

@@ -5,6 +5,7 @@ A forked child stands for the other worker; it reports by its exit status.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -103,8 +104,9 @@ def test_pop_before_smtp_login_in_one_process_opens_the_window_in_the_other(tmp_
     clock = [5000.0]
     auth = Authenticator(None, AuthConfig(), clock=lambda: clock[0], logins=table)  # type: ignore[arg-type]
     assert not auth.logged_in_recently("192.0.2.7", 600)
-    assert in_child(lambda: Authenticator(None, AuthConfig(), clock=lambda: 5000.0,  # type: ignore[arg-type]
-                                          logins=table).note_login("192.0.2.7") is None)
+    assert in_child(lambda: asyncio.run(Authenticator(None, AuthConfig(),  # type: ignore[arg-type]
+                                                      clock=lambda: 5000.0, logins=table).note_login("192.0.2.7"))
+                    is None)
     assert auth.logged_in_recently("192.0.2.7", 600) and not auth.logged_in_recently("192.0.2.8", 600)
     clock[0] += 601
     assert not auth.logged_in_recently("192.0.2.7", 600)
