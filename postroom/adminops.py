@@ -96,9 +96,15 @@ def normalize_domain(value: str) -> str:
 
 
 def check_password(password: str) -> str:
-    """The password if it is long enough (MIN_PASSWORD characters), else AdminError (usage)."""
+    """The password if it is usable, else AdminError (usage): at least MIN_PASSWORD characters, printable (no
+    control characters: SASLprep, RFC 4013 §2.3, prohibits them, so a SCRAM client could not send it) and not
+    blanks only."""
     if len(password) < MIN_PASSWORD:
         raise AdminError(f"the password must have at least {MIN_PASSWORD} characters", EXIT_USAGE)
+    if not password.isprintable():
+        raise AdminError("the password must not contain control characters (tabs, line breaks...)", EXIT_USAGE)
+    if not password.strip():
+        raise AdminError("the password must not be blanks only", EXIT_USAGE)
     return password
 
 

@@ -20,7 +20,8 @@ and address like any failed login); the new one, typed twice, must pass `adminop
 argon2 hash and SCRAM verifiers are made together (`make_credentials`, as `postroom user passwd` does) and
 written by `Store.set_password`, which ends every web session of the user in the same transaction. The browser
 that changed it gets a new session at once (a new id, sessions.py invariant 2) in the redirect's cookie, and the
-page says that the other sessions were signed out and this one stays signed in.
+page says that the other webmail sessions were signed out and this one stays signed in (mail apps already
+connected keep their sessions until they reconnect, as with Dovecot).
 
 Identities are `Router.identities` (the user's address and the explicit aliases leading to them, never a
 catch-all): the page shows them, and the user picks the default one (compose.py starts new messages from it) and
@@ -65,7 +66,8 @@ LIMITS = {"display_name": 200, "signature": 4000, "identity_name": 200, "vacatio
           "vacation_text": 10_000, "pattern": 320, "password": 1024}
 DAY = 86400
 DONE = {
-    "password": "Password changed. Your other sessions were signed out; this one stays signed in.",
+    "password": ("Password changed. Your other webmail sessions were signed out; this one stays signed in. Mail apps"
+                 " already connected stay connected until they reconnect, then need the new password."),
     "profile": "Display name and signature saved.",
     "identities": "Identities saved.",
     "vacation": "Out-of-office reply saved.",
@@ -196,7 +198,7 @@ class Settings:
         try:
             adminops.check_password(new)
         except adminops.AdminError as exc:
-            raise _Refused(f"The new password is too short: {exc}.", reason="weak") from None
+            raise _Refused(f"The new password cannot be used: {exc}.", reason="weak") from None
         password_hash, scram = await asyncio.to_thread(make_credentials, new)  # argon2: ~0.1 s of CPU
         await self.store.set_password(address, password_hash, scram)  # ends every session of the user
         session_id, _ = await self.mail.sessions.create(signed.user_id)  # ... and this browser gets a new one
@@ -240,7 +242,7 @@ class Settings:
         last = day_start(_field(form, "end", "pattern", "The last day"), "The last day")
         end = last + DAY if last is not None else None  # the last day is included
         days_text = _field(form, "days", "pattern", "The number of days").strip() or "7"
-        if not days_text.isdigit() or not 1 <= int(days_text) <= autoreply.MAX_DAYS:
+        if not (days_text.isascii() and days_text.isdigit()) or not 1 <= int(days_text) <= autoreply.MAX_DAYS:
             raise _Refused(f"The number of days between replies to one sender is a whole number from 1 to "
                            f"{autoreply.MAX_DAYS}.")
         if start is not None and end is not None and end <= start:
