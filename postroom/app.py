@@ -78,8 +78,8 @@ from .delivery.router import Router
 from .imap.session import imap_handler
 from .inbound.dmarc_reports import DmarcReporter
 from .inbound.learn import Learner
-from .jobs import ClusterJob
 from .indexing import LogProgress, build_index
+from .jobs import ClusterJob
 from .metrics import Metrics
 from .net.connection import Connection
 from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
