@@ -30,7 +30,8 @@ claim runs out: one may be sent again, and rspamd answers 208 for a message it l
 
 Invariants
 1. A signal leaves the store only after rspamd said 200 or 208, or when it is dropped (too old, refused for
-   its content, message gone), each with its log line.
+   its content, message gone), each with its log line; and only the verdict that was sent: a newer one on the
+   same message, recorded while it was sent, stays (`created` passed to `finish_training_signal`).
 2. The message goes out in pieces of at most `CHUNK` bytes; the controller's reply is read up to `MAX_REPLY`.
 3. A failure of one signal, or of a whole round, never stops the task; `stop()` cancels it and waits.
 4. A round sends only signals it claimed, and its claim outlasts the round: `claim_seconds` is longer than
@@ -179,7 +180,7 @@ class Learner:
             message = await self.store.read_message(signal.blob_id)
         except (NotFound, FileNotFoundError):
             self._log(signal, "dropped", "message deleted before it was sent")
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         try:
             status, error = await post(self.cfg.controller_url, self.cfg.controller_password,
@@ -188,17 +189,17 @@ class Learner:
             status, error = 0, str(exc) or type(exc).__name__
         if status in (200, 208):  # invariant 1: learnt, or learnt before
             self._log(signal, "learned" if status == 200 else "already-learned")
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         if status == 400:  # rspamd refuses the content itself (too few tokens, ...): retrying cannot help
             self._log(signal, "dropped", f"refused by rspamd: {error}", logging.WARNING)
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         reason = f"HTTP {status}: {error}" if status else error
         if now - signal.created > self.cfg.learn_days * DAY:
             self._log(signal, "dropped", f"still failing after {self.cfg.learn_days} days: {reason}", logging.WARNING)
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         wait = min(RETRY_FIRST * 2 ** signal.attempts, RETRY_MAX)
         self._log(signal, "retry", f"{reason}; next in {wait:.0f} s", logging.WARNING)
-        await self.store.finish_training_signal(signal.id, retry_at=now + wait)
+        await self.store.finish_training_signal(signal.id, retry_at=now + wait, created=signal.created)

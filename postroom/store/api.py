@@ -1492,9 +1492,11 @@ class Store(Protocol):
         node) does not get it meanwhile; the sender then finishes each (`finish_training_signal`). A sender that
         dies leaves them to come due again when the lease runs out (sent at least once, never twice at once)."""
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
         """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
-        again at `retry_at`."""
+        again at `retry_at`. With `created` (the `TrainingSignal.created` the sender sent), only while the row
+        still holds that verdict: a newer one that replaced it meanwhile (same id) is left to be sent."""
 
     # ---- DMARC aggregate reports (invariant 15; inbound/dmarc_reports.py)
     async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:

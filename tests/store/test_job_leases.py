@@ -104,3 +104,19 @@ async def test_dmarc_results_are_claimed_by_one_report_run(store: Store, store_f
         assert [(r.policy_domain, r.source_ip, r.count) for r in rows] == [("a.example", "192.0.2.9", 1)]
     finally:
         await other.close()
+
+
+async def test_a_verdict_changed_while_its_signal_is_sent_is_kept(store: Store) -> None:
+    """The user moves a message back out of Junk while the "spam" signal is being sent: finishing the old signal
+    (by the sender that claimed it) must not delete the new "ham" one (schema invariant 26: the newer verdict
+    replaces the pending row, which keeps its id)."""
+    alice = await new_user(store)
+    await store.add_training_signals(alice.id, "spam", ["b1"], 100.0)
+    [old] = await store.claim_training_signals(200.0, 10, 60.0)
+    await store.add_training_signals(alice.id, "ham", ["b1"], 210.0)  # replaced, due at once
+    await store.finish_training_signal(old.id, created=old.created)  # the old verdict was sent
+    await store.finish_training_signal(old.id, retry_at=900.0, created=old.created)  # nor counted as its failure
+    [new] = await store.due_training_signals(210.0)
+    assert (new.kind, new.blob_id, new.created, new.attempts) == ("ham", "b1", 210.0, 0)
+    await store.finish_training_signal(new.id, created=new.created)
+    assert await store.due_training_signals(1e12) == []

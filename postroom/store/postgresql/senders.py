@@ -161,13 +161,17 @@ class SendersMixin(Base):
 
         return await self._engine.write(op)
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
         async def op(tx: Tx) -> None:
+            # `created` NULL: any verdict; else the one sent, not a newer one that replaced it (api.py)
             if retry_at is None:
-                await tx.conn.execute("DELETE FROM spam_training WHERE id = $1", signal_id)
+                await tx.conn.execute("DELETE FROM spam_training WHERE id = $1"
+                                      " AND ($2::double precision IS NULL OR created = $2)", signal_id, created)
             else:
-                await tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = $1 WHERE id = $2",
-                                      retry_at, signal_id)
+                await tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = $1 WHERE id = $2"
+                                      " AND ($3::double precision IS NULL OR created = $3)", retry_at, signal_id,
+                                      created)
 
         await self._engine.write(op)
 

@@ -194,13 +194,17 @@ class SendersMixin(Base):
 
         return await self._engine.write(op)
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
+        same = "" if created is None else " AND created = ?"  # the verdict sent, not a newer one (api.py)
+        extra: tuple[float, ...] = () if created is None else (created,)
+
         def op(tx: Tx) -> None:
             if retry_at is None:
-                tx.conn.execute("DELETE FROM spam_training WHERE id = ?", (signal_id,))
+                tx.conn.execute(f"DELETE FROM spam_training WHERE id = ?{same}", (signal_id, *extra))
             else:
-                tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = ? WHERE id = ?",
-                                (retry_at, signal_id))
+                tx.conn.execute(f"UPDATE spam_training SET attempts = attempts + 1, next_try = ? WHERE id = ?{same}",
+                                (retry_at, signal_id, *extra))
 
         await self._engine.write(op)
 
