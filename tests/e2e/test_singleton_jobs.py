@@ -1,8 +1,12 @@
-"""Once-per-cluster jobs with two `postroom serve` nodes on one PostgreSQL (issue 16 item 3, jobs.py): both nodes
-have DMARC aggregate reports on and start at the same moment, each running its report round at start; the
-DMARC results of the previous UTC day recorded in the shared store reach the rua address in exactly one
+"""Once-per-cluster jobs with two `postroom serve` nodes on one PostgreSQL (issue 16 item 3, jobs.py).
+
+DMARC reports: both nodes have them on and start at the same moment, each running its report round at start;
+the DMARC results of the previous UTC day recorded in the shared store reach the rua address in exactly one
 report (RFC 7489 §7.2: one report per reporting period), which one node's lease holder queued and the queue
 delivered to a scripted SMTP server standing in for the domain's MX.
+
+rspamd learning: both nodes send training signals to Debian's rspamd (with Redis, as test_rspamd_learn.py starts
+them); each signal recorded in the shared store is learnt once.
 
 The nodes are real server processes on a real PostgreSQL (tests/pgcluster.py), as in test_queue_nodes.py, whose
 node, sink and store helpers this reuses; the results are recorded through the store API as the SMTP session
@@ -15,6 +19,7 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import hashlib
 import json
 import re
 import time
@@ -25,8 +30,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from postroom.store.api import DmarcEvaluation
+from postroom.store.api import AppendRequest, DmarcEvaluation
 from postroom.store.postgresql import PostgreSQLStore
+from tests.e2e import test_rspamd_learn as learn_support
 from tests.e2e.test_queue_nodes import Node, Sink, config, run, wait_for
 
 DAY = 86400
@@ -88,3 +94,57 @@ def test_two_nodes_send_one_dmarc_report_per_period(tmp_path: Path, pg_cluster: 
         for node in nodes:
             node.stop()
         sink.close()
+
+
+rspamd = learn_support.rspamd  # the real rspamd and Redis of test_rspamd_learn.py, started once for this module
+SIGNALS = 6
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_teach_rspamd_each_verdict_once(tmp_path: Path, pg_cluster: Any, rspamd: Any) -> None:
+    """Both nodes have rspamd learning on and poll for training signals every 2 s; the signals recorded in the
+    shared store (as an IMAP MOVE into Junk records them) reach rspamd's controller once each: the nodes' `learn`
+    lines add up to one per signal, none "already-learned" (which a second send of the same message gets)."""
+    url = pg_cluster.create_database()
+    raws = [learn_support.message(100 + n, "junk") for n in range(SIGNALS)]
+
+    async def record(store: PostgreSQLStore) -> None:
+        await store.add_domain("b.test")
+        user = await store.add_user("bob@b.test", "$argon2id$unused")
+        box = await store.get_mailbox(user.id, "INBOX")
+        assert box is not None
+        for raw in raws:
+            await store.append(box.id, AppendRequest(raw=raw))
+        ids = [hashlib.sha256(raw).hexdigest() for raw in raws]  # bodies are content-addressed
+        assert [await store.read_message(i) for i in ids] == raws
+        assert await store.add_training_signals(user.id, "spam", ids, time.time()) == SIGNALS
+
+    spam0 = rspamd.learns("spam")
+    run(url, tmp_path, record)
+    extra = (f'[rspamd]\ncontroller_url = "{rspamd.controller}"\n'
+             f'controller_password = "{learn_support.PASSWORD}"\ntimeout_seconds = 20\n')
+    nodes: list[Node] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            started = [pool.submit(Node, tmp_path / name, url, extra) for name in ("a", "b")]
+            for future in started:
+                if future.exception() is None:
+                    nodes.append(future.result())
+            for future in started:
+                future.result()
+
+        async def pending(store: PostgreSQLStore) -> int:
+            return len(await store.due_training_signals(1e12))
+
+        wait_for(lambda: run(url, tmp_path, pending) == 0, 120, "every training signal sent")
+        for node in nodes:
+            node.stop()
+        texts = [node.text() for node in nodes]
+        outcomes = [re.findall(r"learn result=([\w-]+) kind=spam", text) for text in texts]
+        assert sorted(outcomes[0] + outcomes[1]) == ["learned"] * SIGNALS, outcomes
+        assert rspamd.learns("spam") == spam0 + SIGNALS
+        leases = [re.findall(r"job lease result=(\w+) job=rspamd-learn", text) for text in texts]
+        assert sorted(x[0] for x in leases) == ["elsewhere", "taken"], leases
+    finally:
+        for node in nodes:
+            node.stop()
