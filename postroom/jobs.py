@@ -36,8 +36,9 @@ Leases are timed on the nodes' clocks (as the queue's): keep them in step (NTP).
 
 Invariants
 1. A round runs only after this node's `claim_job` returned True within the last third of the lease.
-2. A lease that a renewal finds lost is logged once (`job lease lost`); the round in flight finishes (the store
-   claims keep its work single), and the next round asks again.
+2. A lease that a renewal during a round finds lost is logged as a warning (`job lease result=lost`); the round
+   in flight finishes (the store claims keep its work single), and the next round asks again. A lease another
+   node took between rounds is `result=elsewhere`.
 3. `release()` gives the lease up at shutdown so another node takes over at once instead of at expiry.
 """
 
@@ -72,29 +73,33 @@ class ClusterJob:
         self.clock = clock
         self.held = False
         self._asked = -float("inf")  # when the store last answered (held or not), on `clock`
-        self._reported: bool | None = None  # the state last logged
+        self._reported = ""  # the state last logged: "taken", "elsewhere", "lost" or "" (none yet)
 
-    async def acquire(self) -> bool:
+    async def acquire(self, *, renewing: bool = False) -> bool:
         """Whether this node may run the job now: the lease taken or renewed in the store when a third of its
-        length passed since the store last answered, else the last answer. Store errors propagate."""
+        length passed since the store last answered, else the last answer. `renewing`: asked while a round runs
+        (a refusal then is a lease lost, logged as a warning). Store errors propagate."""
         now = self.clock()
         if now - self._asked < self.seconds / 3:
             return self.held
         self.held = await self.store.claim_job(self.name, self.holder, self.seconds, now)
         self._asked = now
-        self._note()
+        self._note(renewing)
         return self.held
 
-    def _note(self) -> None:
-        if self.held == self._reported:
-            return
+    def _note(self, renewing: bool) -> None:
+        """One log line per change of state: taken, held elsewhere, or lost while a round ran (invariant 2). A
+        job whose rounds are further apart than its lease (hourly DMARC reports) may change holders between
+        rounds: that is "elsewhere", not a loss."""
         if self.held:
             result = "taken"
-        elif self._reported:
-            result = "lost"  # invariant 2
+        elif renewing:
+            result = "lost"
         else:
             result = "elsewhere"
-        self._reported = self.held
+        if result == self._reported:
+            return
+        self._reported = result
         log.log(logging.WARNING if result == "lost" else logging.INFO, "%s",
                 logfmt("job lease", [("result", result), ("job", self.name), ("holder", self.holder),
                                      ("seconds", f"{self.seconds:g}")]))
@@ -117,7 +122,7 @@ class ClusterJob:
             await asyncio.sleep(self.seconds / 3)
             try:
                 self._asked = -float("inf")
-                await self.acquire()
+                await self.acquire(renewing=True)
             except Exception:  # noqa: BLE001 - the store is down: the next round asks again (invariant 2)
                 log.warning("job lease: renewing %s failed", self.name, exc_info=True)
 
@@ -125,7 +130,7 @@ class ClusterJob:
         """Give the lease up if this node holds it (invariant 3); errors are logged, not raised (shutdown)."""
         if not self.held:
             return
-        self.held, self._asked, self._reported = False, -float("inf"), None
+        self.held, self._asked, self._reported = False, -float("inf"), ""
         try:
             await self.store.release_job(self.name, self.holder)
         except Exception:  # noqa: BLE001 - it runs out by itself
