@@ -15,9 +15,13 @@ the same background tasks. Some must not run on two nodes at once, or run twice 
 | `index-backlog`     | indexing.py (app.py)         | harmless: each step skips what the other indexed, but both |
 |                     |                              | nodes would read and index the same bodies                 |
 
-What stays per node by design: the outbound queue's scheduler (every node delivers; each recipient is claimed
-with its own lease, delivery/queue.py), ACME (one node only, by configuration: docs/SCALING.md), the move of
-held-post files of an older version into the store (that node's own `data_dir/held/`).
+What stays per node by design, each checked: the outbound queue's scheduler (every node delivers; each recipient
+is claimed with its own lease, delivery/queue.py), ACME (one node only, by configuration: docs/SCALING.md), the
+move of held-post files of an older version into the store (that node's own `data_dir/held/`). Not periodic
+tasks but clean-ups inside other writes, harmless on every node: expired web sessions are deleted at each
+sign-in (web/sessions.py), old `changes` rows by every process after its own `PRUNE_EVERY` changes
+(store/postgresql/feed.py), old POP-before-SMTP logins at each login noted (`note_mailbox_login`): each is an
+idempotent DELETE of rows past a time.
 
 `ClusterJob` wraps one job's rounds: before a round it takes or renews the lease `Store.claim_job(name, holder,
 seconds, now)`; a node that does not hold it skips the round; while a round runs (an index backlog may run for
