@@ -91,7 +91,7 @@ from .services import Services
 from .smtp.door import Door
 from .smtp.session import smtp_handler_factory
 from .store import open_store
-from .store.api import Invalid, Store
+from .store.api import AlreadyExists, Invalid, Store
 from .store.retention import ExpungedRetention
 from .web.admin import Admin
 from .web.app import create_app
@@ -532,17 +532,22 @@ async def _index_in_background(store: Store, cfg: Config, job: ClusterJob) -> No
 
 
 async def ensure_demo(store: Store, data_dir: Path) -> str:
-    """The Quickstart's domain and user. The demo password is made once and kept (mode 0600) in data_dir."""
+    """The Quickstart's domain and user. The demo password is made once and kept (mode 0600) in data_dir. Nodes
+    on one store started at the same moment may both find the domain or user missing: the second to add it
+    takes the first's (AlreadyExists), and sets its own password (the last node started knows it)."""
     pw_file = data_dir / "demo-password"
     if await store.get_domain(DEMO_DOMAIN) is None:
-        await store.add_domain(DEMO_DOMAIN)
+        try:
+            await store.add_domain(DEMO_DOMAIN)
+        except AlreadyExists:
+            pass
     if pw_file.exists() and await store.get_user(DEMO_USER) is not None:
         return pw_file.read_text().strip()
     password = secrets.token_urlsafe(12)
     password_hash, scram = await asyncio.to_thread(make_credentials, password)
-    if await store.get_user(DEMO_USER) is None:
+    try:
         await store.add_user(DEMO_USER, password_hash, scram)
-    else:
+    except AlreadyExists:
         await store.set_password(DEMO_USER, password_hash, scram)
     fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
