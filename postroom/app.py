@@ -11,7 +11,10 @@ With `server.workers` > 1 (`run_workers`, workers.py) this process is the parent
 certificate, binds one socket per worker for every listener, drops privileges, makes the server secret and
 opens the store once (its schema steps), then forks the workers. Each runs `Postroom.start(worker=...)`: the
 same steps from the certificate on, minus the lock, the binding and the privilege drop (done), on its own
-inherited sockets; only worker 0 runs the queue scheduler, expunged-UID retention, the index backlog and ACME.
+inherited sockets; only worker 0 runs the queue scheduler, expunged-UID retention, the index backlog, the DMARC
+report run, the rspamd learning sender and ACME. With several nodes on one PostgreSQL store, worker 0 of each
+node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC reports, learning) each run
+a round only while the node holds that job's lease in the store (jobs.py).
 
 Reload
 ------
@@ -76,6 +79,7 @@ from .imap.session import imap_handler
 from .inbound.dmarc_reports import DmarcReporter
 from .inbound.learn import Learner
 from .indexing import LogProgress, build_index
+from .jobs import ClusterJob
 from .metrics import Metrics
 from .net.connection import Connection
 from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
@@ -87,7 +91,7 @@ from .services import Services
 from .smtp.door import Door
 from .smtp.session import smtp_handler_factory
 from .store import open_store
-from .store.api import Invalid, Store
+from .store.api import AlreadyExists, Invalid, Store
 from .store.retention import ExpungedRetention
 from .web.admin import Admin
 from .web.app import create_app
@@ -216,14 +220,21 @@ class Postroom:
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
+        # What runs once per cluster takes a lease named for the job, held by this node's id (jobs.py).
+        node = await asyncio.to_thread(node_id, cfg.data_path) if singletons else ""
+
+        def job(name: str) -> ClusterJob:
+            return ClusterJob(store, name, node)
+
         # rspamd learning from users' Junk verdicts, when configured: every worker records, one sends.
-        self.learner = Learner(store, cfg.rspamd, sending=singletons)
+        self.learner = Learner(store, cfg.rspamd, sending=singletons, job=job("rspamd-learn") if singletons else None)
         self.learner.start()
         if singletons:  # list posts an older Postroom held as files: into the store, once (lists.py)
             await import_held_files(store, cfg.data_path / "held")
-            self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days)
+            self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days,
+                                               job=job("expunged-retention"))
             self.retention.start()
-            self.indexer = asyncio.create_task(_index_in_background(store, cfg))
+            self.indexer = asyncio.create_task(_index_in_background(store, cfg, job("index-backlog")))
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
             if self.queue is not None:
@@ -237,11 +248,12 @@ class Postroom:
         # DMARC aggregate reports (inbound/dmarc_reports.py): the task runs always (in one worker), and reports
         # only while inbound.dmarc_reports is on (a reload may switch it).
         if singletons:
-            self.dmarc_reports = DmarcReporter(store, cfg, dns.with_lifetime(cfg.inbound.dns_timeout_seconds), wake)
+            self.dmarc_reports = DmarcReporter(store, cfg, dns.with_lifetime(cfg.inbound.dns_timeout_seconds), wake,
+                                               job=job("dmarc-reports"))
             self.dmarc_reports.start()
         if cfg.delivery.enabled and singletons:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
-            node = await asyncio.to_thread(node_id, cfg.data_path)  # the id its queue leases carry
+            # `node` is also the id its queue leases carry
             self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
                                    **{"resolver": dns, "node": node, **self.queue_options})
             self.queue.start()
@@ -503,29 +515,39 @@ async def share_certificate(cfg: Config) -> None:
         await store.close()
 
 
-async def _index_in_background(store: Store, cfg: Config) -> None:
-    """Index the bodies stored before the full-text index existed (indexing.py), with log lines for progress.
-    SEARCH is right meanwhile (it scans what is not indexed); a failure is logged and leaves the scan."""
+async def _index_in_background(store: Store, cfg: Config, job: ClusterJob) -> None:
+    """Index the bodies stored before the full-text index existed (indexing.py), with log lines for progress,
+    on the node that holds `job`'s lease; another node asks again every lease length, and ends once it held the
+    lease and found the backlog empty (so a holder that died mid-way is taken over). SEARCH is right meanwhile
+    (it scans what is not indexed); a failure is logged and leaves the scan."""
     try:
-        await build_index(store, cfg.limits, LogProgress, pause=0.05)
+        while await job.run(lambda: build_index(store, cfg.limits, LogProgress, pause=0.05)) is None:
+            await asyncio.sleep(job.seconds)
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - the index is an accelerator: the server runs on without it
         log.exception("full-text index: building the backlog failed; SEARCH scans what is not indexed")
+    finally:
+        await job.release()  # (cancelled at stop: released while the store is still open)
 
 
 async def ensure_demo(store: Store, data_dir: Path) -> str:
-    """The Quickstart's domain and user. The demo password is made once and kept (mode 0600) in data_dir."""
+    """The Quickstart's domain and user. The demo password is made once and kept (mode 0600) in data_dir. Nodes
+    on one store started at the same moment may both find the domain or user missing: the second to add it
+    takes the first's (AlreadyExists), and sets its own password (the last node started knows it)."""
     pw_file = data_dir / "demo-password"
     if await store.get_domain(DEMO_DOMAIN) is None:
-        await store.add_domain(DEMO_DOMAIN)
+        try:
+            await store.add_domain(DEMO_DOMAIN)
+        except AlreadyExists:
+            pass
     if pw_file.exists() and await store.get_user(DEMO_USER) is not None:
         return pw_file.read_text().strip()
     password = secrets.token_urlsafe(12)
     password_hash, scram = await asyncio.to_thread(make_credentials, password)
-    if await store.get_user(DEMO_USER) is None:
+    try:
         await store.add_user(DEMO_USER, password_hash, scram)
-    else:
+    except AlreadyExists:
         await store.set_password(DEMO_USER, password_hash, scram)
     fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

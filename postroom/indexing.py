@@ -13,7 +13,9 @@ leaves it out), so answers are right at every moment of the build.
 
 It runs from `postroom index` (with the progress display of `postroom.progress`) and in the background of
 `postroom serve` (progress lines in the log), whichever comes first; both may run at once (each step is its own
-transaction; a body indexed by the other is skipped).
+transaction; a body indexed by the other is skipped). With several nodes on one store, `postroom serve` builds
+on the node that holds the cluster-wide lease `index-backlog` (jobs.py, app.py): two nodes building at once
+would be correct, only each would read and index the same bodies.
 
 Invariants
 1. One step is at most `STEP` bodies in one transaction; between steps the loop yields (`asyncio.sleep`).

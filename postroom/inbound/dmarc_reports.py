@@ -27,14 +27,21 @@ turned into one report per policy domain:
    limit (§6.2) smaller than the report skips it. Other URI schemes are not used (§7.2.1: only mailto is
    required). Each skipped destination is one log line saying why.
 
-Then the rows the reports covered are deleted (by id and time, so a message evaluated meanwhile is kept for the
-next day's report). A report that could not be queued (the store failed) keeps its rows for the next run.
+The rows a run reports are claimed first (`Store.claim_dmarc_results`: marked with the run's claim in the
+transaction that aggregates them, for `CLAIM_SECONDS`); then the rows each report covered are deleted under that
+claim, so a message evaluated meanwhile is kept for the next day's report. A report that could not be queued
+(the store failed) has its rows released for the next run. With several nodes on one store (docs/SCALING.md)
+the run takes the cluster-wide lease `dmarc-reports` first (jobs.py), so one node reports at a time; and since
+the claim is taken where the rows are read, even two runs at once (a node whose lease ran out while it worked)
+report each row once. A run that dies after queueing a report but before deleting its rows leaves them to be
+reported again when its claim runs out: at least once, never twice at the same time.
 
 Invariants
 1. Nothing is recorded or sent unless `inbound.dmarc_reports` is on.
 2. A report goes only to destinations that passed the §7.1 check; never to a URI scheme other than mailto.
 3. The rows of a policy domain are deleted only after its report was queued, or when it has no usable
    destination (reported nowhere, kept by nobody).
+4. A row is reported only by the run that holds its claim (`claim_dmarc_results`), and deleted only under it.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from postroom.delivery.mx import DnsNotFound, DnsTemporary
 from postroom.inbound.dkim import DkimResult
 from postroom.inbound.dmarc import DmarcResult, organizational_domain
 from postroom.inbound.spf import SpfResult
+from postroom.jobs import ClusterJob
 from postroom.net.listener import logfmt
 from postroom.store.api import DmarcEvaluation, QueueRecipient, Store
 
@@ -67,6 +75,7 @@ log = logging.getLogger("postroom.inbound.dmarc_reports")
 
 DAY = 86400
 INTERVAL_SECONDS = 3600.0
+CLAIM_SECONDS = 1800.0  # how long a run holds the rows it reports: longer than any run's DNS checks and queueing
 MAX_RUA = 5  # destinations used per report (RFC 7489 §6.2 lets a receiver limit them)
 _SIZE = re.compile(r"^(\d+)([kmgt]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -181,11 +190,14 @@ async def external_allowed(dns: TxtDns, policy_domain: str, destination_domain: 
 
 
 class DmarcReporter:
-    """Makes and queues the daily reports (module doc). `wake`: called when something was queued."""
+    """Makes and queues the daily reports (module doc). `wake`: called when something was queued; `job`: the
+    cluster-wide lease a run takes first (None: run without one); `interval`: seconds between runs."""
 
     def __init__(self, store: Store, config: Config, dns: TxtDns, wake: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time, interval: float = INTERVAL_SECONDS) -> None:
+                 clock: Callable[[], float] = time.time, interval: float = INTERVAL_SECONDS,
+                 job: ClusterJob | None = None) -> None:
         self.store = store
+        self.job = job
         self.config = config
         self.dns = dns
         self.wake = wake
@@ -203,12 +215,14 @@ class DmarcReporter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.job is not None:
+            await self.job.release()
 
     async def _loop(self) -> None:
         while True:
             try:
                 if self.config.inbound.dmarc_reports:  # invariant 1 (a reload may switch it)
-                    await self.run_once()
+                    await (self.job.run(self.run_once) if self.job is not None else self.run_once())
             except Exception:
                 log.exception("dmarc reports: a run failed")
             await asyncio.sleep(self.interval)
@@ -217,7 +231,8 @@ class DmarcReporter:
         """Report everything recorded before today (UTC); returns how many reports were queued."""
         now = self.clock()
         before = float(int(now) // DAY * DAY)
-        rows, top = await self.store.dmarc_aggregate(before)
+        claim = f"{self.job.holder if self.job is not None else 'run'}.{uuid.uuid4().hex[:16]}"
+        rows = await self.store.claim_dmarc_results(before, claim, CLAIM_SECONDS, now)  # invariant 4
         if not rows:
             return 0
         by_domain: dict[str, list[DmarcEvaluation]] = defaultdict(list)
@@ -229,8 +244,10 @@ class DmarcReporter:
                 sent += await self._report(domain, domain_rows, before)
             except Exception:  # invariant 3: kept for the next run
                 log.exception("dmarc reports: the report for %s could not be queued", domain)
+                with contextlib.suppress(Exception):  # else the claim runs out by itself
+                    await self.store.release_dmarc_results(claim, domain)
                 continue
-            await self.store.delete_dmarc_results(top, before, domain)
+            await self.store.delete_dmarc_results(claim, domain)
         return sent
 
     async def _report(self, domain: str, rows: list[DmarcEvaluation], before: float) -> int:

@@ -11,7 +11,7 @@ move: a crash right after the move's OK cannot lose it, and no signal exists for
 feed's pruning, would lose signals silently.) The server's own filing into Junk (DMARC, the score, rspamd)
 records nothing: a filter must not be taught its own verdicts.
 
-**Sending.** `Learner` (one task of `postroom serve`) reads the due signals every `POLL_SECONDS` and POSTs each
+**Sending.** `Learner` (one task of `postroom serve`) claims the due signals every `POLL_SECONDS` and POSTs each
 message, as stored, to `<controller_url>/learnspam` or `/learnham` (rspamd's controller protocol, HTTP/1.0, one
 connection per message) with the `Password` header set to `rspamd.controller_password`. rspamd answers 200
 (learnt) or 208 ("already learned", e.g. the same message moved twice): both end the signal. Anything else
@@ -21,11 +21,21 @@ with a log line, as is one rspamd refuses for its content (400: e.g. too few wor
 message was deleted meanwhile. Every outcome is one `learn` log line (result, kind, user id, attempts, reason);
 the password never appears in a log line or an error.
 
+**Once across nodes.** With worker processes one worker sends (`sending`); with several nodes on one store
+(docs/SCALING.md) the sender of the node that holds the cluster-wide lease `rspamd-learn` (jobs.py) does. And
+the signals a round sends are claimed in the store (`Store.claim_training_signals`: made due again only after
+`claim_seconds`, in the transaction that reads them), so two senders at once (a node whose lease ran out while
+it was sending) never send one signal both. A sender that dies mid-round leaves its signals to come due when the
+claim runs out: one may be sent again, and rspamd answers 208 for a message it learnt already.
+
 Invariants
 1. A signal leaves the store only after rspamd said 200 or 208, or when it is dropped (too old, refused for
-   its content, message gone), each with its log line.
+   its content, message gone), each with its log line; and only the verdict that was sent: a newer one on the
+   same message, recorded while it was sent, stays (`created` passed to `finish_training_signal`).
 2. The message goes out in pieces of at most `CHUNK` bytes; the controller's reply is read up to `MAX_REPLY`.
 3. A failure of one signal, or of a whole round, never stops the task; `stop()` cancels it and waits.
+4. A round sends only signals it claimed, and its claim outlasts the round: `claim_seconds` is longer than
+   `BATCH` sends that each take their full `rspamd.timeout_seconds`.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import time
 from collections.abc import Callable
 
 from postroom.config import RspamdConfig, parse_http_url
+from postroom.jobs import ClusterJob
 from postroom.net.listener import logfmt
 from postroom.store.api import NotFound, Store, TrainingSignal
 
@@ -97,11 +108,12 @@ async def post(url: str, password: str, endpoint: str, message: bytes, timeout: 
 class Learner:
     """Sends the store's training signals to rspamd's controller (module doc). `cfg`: the `[rspamd]` settings;
     `clock`: seconds since the epoch (tests pass their own); `sending` False: only record (a worker process
-    other than the one that sends)."""
+    other than the one that sends); `job`: the cluster-wide lease a round takes first (None: no other node)."""
 
     def __init__(self, store: Store, cfg: RspamdConfig, clock: Callable[[], float] = time.time,
-                 poll: float = POLL_SECONDS, *, sending: bool = True) -> None:
+                 poll: float = POLL_SECONDS, *, sending: bool = True, job: ClusterJob | None = None) -> None:
         self.store = store
+        self.job = job
         self.cfg = cfg
         self.clock = clock
         self.poll = poll
@@ -130,10 +142,17 @@ class Learner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.job is not None:
+            await self.job.release()
+
+    @property
+    def claim_seconds(self) -> float:
+        """How long a round's claim on its signals lasts (invariant 4): every send of the round at its timeout."""
+        return BATCH * (self.cfg.timeout_seconds + 1.0) + 60.0
 
     async def run_once(self) -> int:
-        """One round: send the due signals (at most `BATCH`); returns how many were handled."""
-        due = await self.store.due_training_signals(self.clock(), BATCH)
+        """One round: claim the due signals (at most `BATCH`) and send them; returns how many were handled."""
+        due = await self.store.claim_training_signals(self.clock(), BATCH, self.claim_seconds)
         for signal in due:
             await self._send(signal)
         return len(due)
@@ -141,7 +160,8 @@ class Learner:
     async def _loop(self) -> None:
         while True:
             try:
-                if await self.run_once() == BATCH:
+                handled = await (self.job.run(self.run_once) if self.job is not None else self.run_once())
+                if handled == BATCH:
                     continue  # more are due: no pause
             except Exception:  # invariant 3
                 log.exception("learn: a round failed")
@@ -160,7 +180,7 @@ class Learner:
             message = await self.store.read_message(signal.blob_id)
         except (NotFound, FileNotFoundError):
             self._log(signal, "dropped", "message deleted before it was sent")
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         try:
             status, error = await post(self.cfg.controller_url, self.cfg.controller_password,
@@ -169,17 +189,17 @@ class Learner:
             status, error = 0, str(exc) or type(exc).__name__
         if status in (200, 208):  # invariant 1: learnt, or learnt before
             self._log(signal, "learned" if status == 200 else "already-learned")
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         if status == 400:  # rspamd refuses the content itself (too few tokens, ...): retrying cannot help
             self._log(signal, "dropped", f"refused by rspamd: {error}", logging.WARNING)
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         reason = f"HTTP {status}: {error}" if status else error
         if now - signal.created > self.cfg.learn_days * DAY:
             self._log(signal, "dropped", f"still failing after {self.cfg.learn_days} days: {reason}", logging.WARNING)
-            await self.store.finish_training_signal(signal.id)
+            await self.store.finish_training_signal(signal.id, created=signal.created)
             return
         wait = min(RETRY_FIRST * 2 ** signal.attempts, RETRY_MAX)
         self._log(signal, "retry", f"{reason}; next in {wait:.0f} s", logging.WARNING)
-        await self.store.finish_training_signal(signal.id, retry_at=now + wait)
+        await self.store.finish_training_signal(signal.id, retry_at=now + wait, created=signal.created)

@@ -58,13 +58,18 @@ Invariants every engine keeps:
 14. **A training signal is kept until it is sent or given up.** With `training_signals` on, the write that moves,
    copies or flags a message as the user's verdict (`training_signals` says which) records it in the same
    transaction; `add_training_signals` is durable when it returns; a signal leaves only by
-   `finish_training_signal` without a retry time (or with its user).
-15. **A DMARC evaluation is kept until a report covered it.** Only `delete_dmarc_results` removes them.
+   `finish_training_signal` without a retry time (or with its user). `claim_training_signals` hands a due
+   signal to one sender at a time, across nodes.
+15. **A DMARC evaluation is kept until a report covered it, and is reported once.** A report run claims the rows
+   it reports in the transaction that reads them (`claim_dmarc_results`), so two runs (two nodes) never report
+   one row; only `delete_dmarc_results`, under that claim, removes them.
 16. **A user's settings and auto-reply record are the user's.** `UserSettings` (web/settings.py writes them,
    delivery/autoreply.py reads them) and the record of auto-replies sent (`claim_auto_reply`) are keyed by the
    user id and go with the user; a user without a settings row has `UserSettings()`. `claim_auto_reply` is one
    atomic step in every engine, so two deliveries (two worker processes, two nodes) to the same user from the
    same sender claim the reply once.
+17. **A periodic job's lease has one holder at a time** (`claim_job`), across processes and nodes, until it runs
+   out or is released: the node that holds it runs the job (jobs.py).
 
 Names are case-insensitive where mail is: domain names, and the addresses Postroom itself answers for (users,
 alias sources, lists), are stored lower-case and found whatever the case (RFC 5321 §2.4 lets the receiving host
@@ -1424,6 +1429,16 @@ class Store(Protocol):
     async def release_held_post(self, token: str, claim: str) -> None:
         """Give up `claim` on the post without handling it (the handler failed): it may be handled again at once."""
 
+    async def claim_job(self, name: str, holder: str, seconds: float, now: float) -> bool:
+        """Take, or (for the same `holder`) renew, the cluster-wide lease on the periodic job `name` (jobs.py: a
+        DMARC report run, the rspamd learning sender, ...) until `now + seconds` (seconds since the epoch, the
+        caller's clock: keep nodes' clocks in step). True when `holder` has it now; False when another holder's
+        lease has not run out (`expires > now`). Atomic across processes and nodes: of two callers racing for a
+        free or expired lease, exactly one gets True. A holder that dies loses it when it runs out."""
+
+    async def release_job(self, name: str, holder: str) -> None:
+        """Give up the lease on `name` if `holder` has it (another node may take it at once); nothing otherwise."""
+
     # ---- sender allow and block lists (invariant 13; inbound/senders.py)
     async def list_sender_rules(self, scope: str) -> list[SenderRule]:
         """The rules of one scope, sorted by pattern: `scope` a user's address or a domain's name (no "@").
@@ -1471,22 +1486,42 @@ class Store(Protocol):
     async def due_training_signals(self, now: float, limit: int = 50) -> list[TrainingSignal]:
         """Signals whose next try is at or before `now`, oldest first, at most `limit`."""
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def claim_training_signals(self, now: float, limit: int, lease_seconds: float) -> list[TrainingSignal]:
+        """Take the signals due at `now` (as `due_training_signals`, at most `limit`, oldest first) for sending:
+        in the same transaction each is made due again only at `now + lease_seconds`, so another sender (another
+        node) does not get it meanwhile; the sender then finishes each (`finish_training_signal`). A sender that
+        dies leaves them to come due again when the lease runs out (sent at least once, never twice at once)."""
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
         """Delete the signal (sent, or given up: `retry_at` None), or count a failed attempt and make it due
-        again at `retry_at`."""
+        again at `retry_at`. With `created` (the `TrainingSignal.created` the sender sent), only while the row
+        still holds that verdict: a newer one that replaced it meanwhile (same id) is left to be sent."""
 
     # ---- DMARC aggregate reports (invariant 15; inbound/dmarc_reports.py)
     async def add_dmarc_result(self, evaluation: DmarcEvaluation) -> None:
         """Keep one message's evaluation until the report that covers it (durable when it returns)."""
 
     async def dmarc_aggregate(self, before: float) -> tuple[list[DmarcEvaluation], int]:
-        """The evaluations made before `before`, aggregated: one row per distinct (policy domain, policy, source
-        address, From domain, envelope domain, disposition, alignments, results) with its `count` and the newest
-        `at`; and the highest row id they cover (0: none), for `delete_dmarc_results`."""
+        """The evaluations made before `before`, claimed or not, aggregated: one row per distinct (policy domain,
+        policy, source address, From domain, envelope domain, disposition, alignments, results) with its `count`
+        and the newest `at`; and the highest row id they cover (0: none). A read: what a report run takes is
+        `claim_dmarc_results`'s."""
 
-    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
-        """Delete the evaluations of `policy_domain` with id <= `up_to_id` made before `before` (those its report
-        covered); returns how many."""
+    async def claim_dmarc_results(self, before: float, claim: str, lease_seconds: float,
+                                  now: float) -> list[DmarcEvaluation]:
+        """Claim for one report run (`claim`: a value unique to the run) every evaluation made before `before`
+        that is unclaimed or whose claim ran out (`claimed_until <= now`), until `now + lease_seconds`, and return
+        what this claim holds, aggregated as `dmarc_aggregate` (each policy domain's policy its newest claimed
+        row's). One transaction: two runs at once (two nodes) claim disjoint rows, so no row is reported twice."""
+
+    async def delete_dmarc_results(self, claim: str, policy_domain: str) -> int:
+        """Delete the evaluations of `policy_domain` that `claim` holds (its report was queued, or it has no usable
+        destination); returns how many. Rows whose claim ran out and were taken by another run are not touched."""
+
+    async def release_dmarc_results(self, claim: str, policy_domain: str) -> None:
+        """Give up `claim` on the evaluations of `policy_domain` (their report could not be queued): the next run
+        takes them again."""
 
     # ---- login throttling (auth/authenticator.py)
     async def load_auth_failures(self, now: float, limit: int) -> list[AuthFailures]:

@@ -7,6 +7,9 @@ MODSEQ it saved, from the store's record of removals (`Store.vanished`). Kept fo
 every expunge; `ExpungedRetention` forgets what is older than `imap.expunged_retention_days`
 (`Store.prune_expunged`, in bounded write batches) when the server starts and then every `interval` seconds.
 A client that comes back later than that is answered by the RFC's fallback (imap/mailboxes.py, imap/fetch.py).
+With several nodes on one store, a round runs on the node that holds the cluster-wide lease
+`expunged-retention` (jobs.py); running it on two would be harmless (the same DELETE of old rows), only twice the
+work.
 
 Invariants
 1. A failed pruning round is logged and retried at the next interval; it never stops the server.
@@ -21,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from postroom.jobs import ClusterJob
 from postroom.store.api import Store
 
 log = logging.getLogger("postroom.store")
@@ -29,11 +33,13 @@ DAY = 86400.0
 
 
 class ExpungedRetention:
-    """Prunes the expunged-UID record of `store` to the last `days` days, now and every `interval` seconds."""
+    """Prunes the expunged-UID record of `store` to the last `days` days, now and every `interval` seconds; with
+    `job`, only while this node holds that cluster-wide lease."""
 
     def __init__(self, store: Store, days: int, interval: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, job: ClusterJob | None = None) -> None:
         self.store = store
+        self.job = job
         self.days = days
         self.interval = interval
         self.clock = clock
@@ -53,11 +59,13 @@ class ExpungedRetention:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.job is not None:
+            await self.job.release()
 
     async def _loop(self) -> None:
         while True:
             try:
-                n = await self.run_once()
+                n = await (self.job.run(self.run_once) if self.job is not None else self.run_once())
                 if n:
                     log.info("retention forgot expunged records count=%d older_than_days=%d", n, self.days)
             except Exception:  # invariant 1

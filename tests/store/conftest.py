@@ -213,6 +213,8 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     24: ("DROP TABLE user_settings", "DROP TABLE auto_replies"),
     25: ("DROP TABLE held_posts", "DROP TABLE shared_values", "DROP TABLE mailbox_logins"),
     26: ("ALTER TABLE queue_rcpt DROP COLUMN lease_until", "ALTER TABLE queue_rcpt DROP COLUMN lease_holder"),
+    27: ("DROP TABLE job_leases", "DROP INDEX dmarc_results_claim",
+         "ALTER TABLE dmarc_results DROP COLUMN claimed_until", "ALTER TABLE dmarc_results DROP COLUMN claim"),
 }
 
 

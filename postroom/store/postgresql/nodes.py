@@ -24,8 +24,12 @@ Held posts carry their claim in the row: `claim_held_post` is one UPDATE that ta
 so two nodes approving the same post at once get one row back between them (lists.py invariant 2); `drop`
 deletes only under the claim still held.
 
+Job leases (`job_leases`, schema step 13; jobs.py) name the node that runs a periodic job (DMARC reports, the
+rspamd learning sender, retention, the index backlog). Unlike the rows above they are timed on the caller's
+clock (`now`, as the queue's leases are): the caller decides when to renew, and nodes' clocks are kept in step.
+
 Invariants:
-1. `lock_maildrop` and `claim_held_post` are each one statement: PostgreSQL's row lock on the conflicting
+1. `lock_maildrop`, `claim_held_post` and `claim_job` are each one statement: PostgreSQL's row lock on the conflicting
    INSERT/UPDATE serialises two callers, and the loser sees the winner's row.
 2. `shared_value` stores a value at most once per name (INSERT ... ON CONFLICT DO NOTHING) and returns what
    is stored, from the same transaction.
@@ -143,6 +147,22 @@ class NodesMixin(Base):
             return None if r is None else _post(r)
 
         return await self._engine.write(op)
+
+    async def claim_job(self, name: str, holder: str, seconds: float, now: float) -> bool:
+        async def op(tx: Tx) -> bool:
+            got = await tx.conn.fetchval(  # invariant 1
+                "INSERT INTO job_leases AS j(name, holder, expires) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, expires = excluded.expires WHERE j.holder = excluded.holder"
+                " OR j.expires <= $4 RETURNING 1", name, holder, float(now + seconds), float(now))
+            return got is not None
+
+        return await self._engine.write(op)
+
+    async def release_job(self, name: str, holder: str) -> None:
+        async def op(tx: Tx) -> None:
+            await tx.conn.execute("DELETE FROM job_leases WHERE name = $1 AND holder = $2", name, holder)
+
+        await self._engine.write(op)
 
     async def drop_held_post(self, token: str, claim: str) -> bool:
         async def op(tx: Tx) -> bool:

@@ -28,7 +28,9 @@ list posts with their claim, lists.py), `shared_values` (the server secret and t
 by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/session.py) and `mailbox_logins`
 (POP-before-SMTP's latest login per client address), empty (SQLite's step 25). 12 adds the queue leases,
 `queue_rcpt.lease_holder` and `lease_until` (SQLite's step 26 and invariant 31; queue.py claims with them), every
-recipient queued before free.
+recipient queued before free. 13 adds the cluster-wide job leases, `job_leases` (jobs.py: a periodic job runs on
+one node at a time), and `dmarc_results.claim` / `claimed_until` (a report run claims the rows it reports, so two
+runs never report one row); SQLite's step 27 and invariants 27 and 32.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -52,7 +54,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -478,8 +480,23 @@ ALTER TABLE queue_rcpt ADD COLUMN lease_until double precision NOT NULL DEFAULT 
 """)
 
 
+async def _v13(conn: Conn) -> None:
+    """Cluster-wide job leases and DMARC result claims (module doc, version 13); self-contained: a new table and
+    two columns of `dmarc_results` (version 9's table) that no other step adds."""
+    await conn.execute("""
+CREATE TABLE IF NOT EXISTS job_leases(
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires double precision NOT NULL
+);
+ALTER TABLE dmarc_results ADD COLUMN IF NOT EXISTS claim text NOT NULL DEFAULT '';
+ALTER TABLE dmarc_results ADD COLUMN IF NOT EXISTS claimed_until double precision NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS dmarc_results_claim ON dmarc_results(claim);
+""")
+
+
 _STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11,
-                                                 _v12]
+                                                 _v12, _v13]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

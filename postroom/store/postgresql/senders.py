@@ -1,5 +1,5 @@
 """Sender allow/block rules, spam training signals and DMARC results in PostgreSQL (schema step 9): the SQLite
-engine's senders.py, whose module doc tells what the three tables hold and whose invariants 1-5 hold here.
+engine's senders.py, whose module doc tells what the three tables hold and whose invariants 1-6 hold here.
 
 Theory of operation
 -------------------
@@ -8,8 +8,9 @@ indexes make `add_sender_rule` an upsert. The limit of `names.MAX_SENDER_RULES` 
 under a lock of the scope's row (`users` or `domains`, FOR UPDATE), so two nodes adding rules at once cannot
 both pass it. `spam_training` rows are written by `record_signals` in the transaction of the move or flag change
 that judged the message (messages.py), replacing a pending signal for the same (user, body). `dmarc_results`
-are grouped in SQL by `dmarc_aggregate`, which reports the highest id it covered so `delete_dmarc_results`
-removes exactly the reported rows.
+are grouped in SQL by `dmarc_aggregate` (a read) and by `claim_dmarc_results`, which marks the rows a report
+run covers with its claim in the same transaction, so `delete_dmarc_results` removes exactly the reported rows
+and two nodes' runs never report one row (schema step 13).
 """
 
 from __future__ import annotations
@@ -145,13 +146,32 @@ class SendersMixin(Base):
 
         return await self._engine.read(q)
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def claim_training_signals(self, now: float, limit: int, lease_seconds: float) -> list[TrainingSignal]:
+        async def op(tx: Tx) -> list[TrainingSignal]:
+            # Two senders at once (two nodes): FOR UPDATE SKIP LOCKED gives each rows the other does not hold, and
+            # a row the other claimed and committed meanwhile is re-checked against `next_try <= now` (SQLite's
+            # senders.py invariant 6).
+            rows = await tx.conn.fetch(
+                "WITH due AS (SELECT id, next_try FROM spam_training WHERE next_try <= $1 ORDER BY next_try, id"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED) UPDATE spam_training s SET next_try = $3 FROM due"
+                " WHERE s.id = due.id RETURNING s.id, s.user_id, s.kind, s.blob_id, s.created, s.attempts,"
+                " due.next_try", now, limit, now + lease_seconds)
+            rows = sorted(rows, key=lambda r: (float(r[6]), int(r[0])))
+            return [TrainingSignal(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5])) for r in rows]
+
+        return await self._engine.write(op)
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
         async def op(tx: Tx) -> None:
+            # `created` NULL: any verdict; else the one sent, not a newer one that replaced it (api.py)
             if retry_at is None:
-                await tx.conn.execute("DELETE FROM spam_training WHERE id = $1", signal_id)
+                await tx.conn.execute("DELETE FROM spam_training WHERE id = $1"
+                                      " AND ($2::double precision IS NULL OR created = $2)", signal_id, created)
             else:
-                await tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = $1 WHERE id = $2",
-                                      retry_at, signal_id)
+                await tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = $1 WHERE id = $2"
+                                      " AND ($3::double precision IS NULL OR created = $3)", retry_at, signal_id,
+                                      created)
 
         await self._engine.write(op)
 
@@ -186,10 +206,37 @@ class SendersMixin(Base):
 
         return await self._engine.read(q)
 
-    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
-        async def op(tx: Tx) -> int:
-            return rowcount(await tx.conn.execute(
-                "DELETE FROM dmarc_results WHERE id <= $1 AND at < $2 AND policy_domain = $3",
-                up_to_id, before, policy_domain))
+    async def claim_dmarc_results(self, before: float, claim: str, lease_seconds: float,
+                                  now: float) -> list[DmarcEvaluation]:
+        async def op(tx: Tx) -> list[DmarcEvaluation]:
+            # The claim and the rows it reports in one transaction (SQLite's senders.py invariant 5). A row another
+            # run claims at the same moment is locked by its UPDATE; ours waits, re-checks the WHERE on the
+            # committed row (claimed now, not expired) and leaves it.
+            await tx.conn.execute(
+                "UPDATE dmarc_results SET claim = $1, claimed_until = $2 WHERE at < $3"
+                " AND (claim = '' OR claimed_until <= $4)", claim, now + lease_seconds, before, now)
+            rows = await tx.conn.fetch(
+                "SELECT max(at), policy_domain, (SELECT policy FROM dmarc_results p WHERE p.policy_domain ="
+                " r.policy_domain AND p.claim = $1 ORDER BY p.id DESC LIMIT 1), source_ip, header_from,"
+                " envelope_from, disposition, dkim_aligned, spf_aligned, auth, count(*) FROM dmarc_results r"
+                " WHERE claim = $1 GROUP BY policy_domain, source_ip, header_from, envelope_from,"
+                " disposition, dkim_aligned, spf_aligned, auth"
+                " ORDER BY policy_domain COLLATE \"C\", source_ip COLLATE \"C\"", claim)
+            return [DmarcEvaluation(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
+                                    bool(r[7]), bool(r[8]), str(r[9]), int(r[10])) for r in rows]
 
         return await self._engine.write(op)
+
+    async def delete_dmarc_results(self, claim: str, policy_domain: str) -> int:
+        async def op(tx: Tx) -> int:
+            return rowcount(await tx.conn.execute(
+                "DELETE FROM dmarc_results WHERE claim = $1 AND policy_domain = $2", claim, policy_domain))
+
+        return await self._engine.write(op)
+
+    async def release_dmarc_results(self, claim: str, policy_domain: str) -> None:
+        async def op(tx: Tx) -> None:
+            await tx.conn.execute("UPDATE dmarc_results SET claim = '', claimed_until = 0 WHERE claim = $1"
+                                  " AND policy_domain = $2", claim, policy_domain)
+
+        await self._engine.write(op)

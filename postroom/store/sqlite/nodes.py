@@ -15,11 +15,17 @@ file's modification time, set at each login: one across processes too.
 Held list posts are rows of `held_posts` (schema step 25), their claim a column, as on PostgreSQL: claiming is
 one UPDATE in the single writer (invariant 1).
 
+Job leases (`job_leases`, schema step 27; jobs.py) are rows too, with the same semantics as on PostgreSQL: on one
+machine they keep an admin command or a second server on the same database file from running a periodic job
+at the same moment as the server, and the conformance suite holds both engines to one behaviour.
+
 Invariants:
 1. `claim_held_post` takes a post only when it has no claim or its claim ran out (the store's clock), in one
    write transaction: two processes never both get it.
 2. A maildrop lock is held by at most one holder of this store object, and by at most one process of the
    machine (the flock).
+3. `claim_job` is one upsert in the single writer: the row changes only when it is the claimer's own or its
+   lease ran out (`expires <= now`), so two claimers of a free lease get it once between them.
 """
 
 from __future__ import annotations
@@ -171,6 +177,22 @@ class NodesMixin(Base):
             return None if r is None else _post(r)
 
         return await self._engine.write(op)
+
+    async def claim_job(self, name: str, holder: str, seconds: float, now: float) -> bool:
+        def op(tx: Tx) -> bool:
+            got = tx.conn.execute(  # invariant 3
+                "INSERT INTO job_leases AS j(name, holder, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, expires = excluded.expires WHERE j.holder = excluded.holder"
+                " OR j.expires <= ? RETURNING 1", (name, holder, now + seconds, now)).fetchone()
+            return got is not None
+
+        return bool(await self._engine.write(op))
+
+    async def release_job(self, name: str, holder: str) -> None:
+        def op(tx: Tx) -> None:
+            tx.conn.execute("DELETE FROM job_leases WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._engine.write(op)
 
     async def drop_held_post(self, token: str, claim: str) -> bool:
         def op(tx: Tx) -> bool:

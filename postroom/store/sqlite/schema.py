@@ -108,6 +108,10 @@ login per client address for POP-before-SMTP across nodes (used by the server on
 (`IF NOT EXISTS`).
 26 (issue 16 item 3) adds the queue leases, `queue_rcpt.lease_holder` and `lease_until` (invariant 31); every
 recipient queued before starts free ("" and 0).
+27 (issue 16 item 3) adds the cluster-wide job leases, `job_leases(name, holder, expires)` (invariant 32; jobs.py:
+a periodic job runs on one node at a time), and the claims that make a DMARC report run send each row once:
+`dmarc_results.claim` and `claimed_until` (invariant 27), every row recorded before unclaimed ("" and 0).
+Self-contained (`IF NOT EXISTS`, and columns no other step adds).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -188,7 +192,9 @@ Invariants:
    at most one row per (user, body): a newer verdict replaces a pending one (the user changed their mind before
    it was sent). Rows are deleted once sent, or dropped after `rspamd.learn_days` (inbound/learn.py).
 27. A `dmarc_results` row is one message's DMARC evaluation (written with `inbound.dmarc_reports` on, for a policy
-   with `rua`); rows are only deleted by the report run that covered them (`delete_dmarc_results`, by id).
+   with `rua`); its `claim` is '' or one report run's, valid until `claimed_until` (`claim_dmarc_results` takes
+   only unclaimed or expired rows, so two runs never report one row at once); rows are only deleted by the run
+   that holds their claim (`delete_dmarc_results`), after its report was queued.
 28. A `user_settings` row and the `auto_replies` rows belong to a user (cascade); at most one `auto_replies` row
    per (user, sender key), and `claim_auto_reply` deletes the user's rows older than the window it is given.
 29. A `held_posts` row is keyed by its 32-hex-digit token; its `claim` is '' or one handler's, valid until
@@ -197,6 +203,9 @@ Invariants:
 31. A `queue_rcpt` row is held by at most one claimer: `lease_holder` is "" (free) or the holder that claimed it
    with `lease_until` > 0; it changes only by a claim of a free or expired lease (lease_until <= now), a renewal
    or release by its holder, or the holder's own result (store/sqlite/queue.py).
+32. A `job_leases` row names one periodic job and its holder until `expires` (the claimer's clock); it changes
+   only by a claim when it is free, the claimer's own, or expired (`expires <= now`), or by its holder's
+   release (store/sqlite/nodes.py, jobs.py).
 """
 
 from __future__ import annotations
@@ -208,7 +217,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 26
+SCHEMA_VERSION = 27
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -704,10 +713,20 @@ def _v26(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE queue_rcpt ADD COLUMN lease_until REAL NOT NULL DEFAULT 0")
 
 
+def _v27(conn: sqlite3.Connection) -> None:
+    """Cluster-wide job leases (invariant 32) and DMARC result claims (invariant 27). Self-contained: a new table,
+    and two columns of `dmarc_results` (step 22's table) that no other step adds."""
+    conn.execute("CREATE TABLE IF NOT EXISTS job_leases(name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+                 " expires REAL NOT NULL)")
+    conn.execute("ALTER TABLE dmarc_results ADD COLUMN claim TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE dmarc_results ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX IF NOT EXISTS dmarc_results_claim ON dmarc_results(claim)")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
-    25: _v25, 26: _v26,
+    25: _v25, 26: _v26, 27: _v27,
 }
 
 

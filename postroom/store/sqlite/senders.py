@@ -21,9 +21,12 @@ Invariants
    (messages.py `_copy` and `store_flags` call `record_signals`): a copy or move into Junk, or `$Junk` added, is
    "spam"; a move out of Junk into anything but Trash is "ham" (`copy_verdict`). A crash can lose neither the
    move nor its signal without the other. Deliveries into Junk (the filters' own verdicts) record nothing.
-5. `dmarc_aggregate` groups in SQL (one row per distinct outcome, with its count), and it and
-   `delete_dmarc_results` cover the same rows: those up to one id and before one time, so a message evaluated
-   while a report is made is neither lost nor reported twice.
+5. `dmarc_aggregate` and `claim_dmarc_results` group in SQL (one row per distinct outcome, with its count).
+   `claim_dmarc_results` marks the rows a report run covers with the run's claim in the write transaction that
+   aggregates them, and `delete_dmarc_results` deletes only rows under that claim: a message evaluated while a
+   report is made is neither lost nor reported twice, and two runs (two processes) never share a row.
+6. `claim_training_signals` pushes each signal it returns to `now + lease` in the write that reads it: two
+   senders never get one signal at once.
 
 `dmarc_results` holds one row per message whose DMARC policy asks for aggregate reports (inbound/dmarc_reports.py
 writes them and reports them daily).
@@ -180,13 +183,28 @@ class SendersMixin(Base):
 
         return await self._engine.read(q, quick=True)
 
-    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None) -> None:
+    async def claim_training_signals(self, now: float, limit: int, lease_seconds: float) -> list[TrainingSignal]:
+        def op(tx: Tx) -> list[TrainingSignal]:
+            rows = tx.conn.execute(  # invariants 3 and 6
+                "SELECT id, user_id, kind, blob_id, created, attempts FROM spam_training WHERE next_try <= ?"
+                " ORDER BY next_try, id LIMIT ?", (now, limit)).fetchall()
+            tx.conn.executemany("UPDATE spam_training SET next_try = ? WHERE id = ?",
+                                [(now + lease_seconds, r[0]) for r in rows])
+            return [TrainingSignal(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5])) for r in rows]
+
+        return await self._engine.write(op)
+
+    async def finish_training_signal(self, signal_id: int, retry_at: float | None = None, *,
+                                     created: float | None = None) -> None:
+        same = "" if created is None else " AND created = ?"  # the verdict sent, not a newer one (api.py)
+        extra: tuple[float, ...] = () if created is None else (created,)
+
         def op(tx: Tx) -> None:
             if retry_at is None:
-                tx.conn.execute("DELETE FROM spam_training WHERE id = ?", (signal_id,))
+                tx.conn.execute(f"DELETE FROM spam_training WHERE id = ?{same}", (signal_id, *extra))
             else:
-                tx.conn.execute("UPDATE spam_training SET attempts = attempts + 1, next_try = ? WHERE id = ?",
-                                (retry_at, signal_id))
+                tx.conn.execute(f"UPDATE spam_training SET attempts = attempts + 1, next_try = ? WHERE id = ?{same}",
+                                (retry_at, signal_id, *extra))
 
         await self._engine.write(op)
 
@@ -220,9 +238,34 @@ class SendersMixin(Base):
 
         return await self._engine.read(q)
 
-    async def delete_dmarc_results(self, up_to_id: int, before: float, policy_domain: str) -> int:
+    async def claim_dmarc_results(self, before: float, claim: str, lease_seconds: float,
+                                  now: float) -> list[DmarcEvaluation]:
+        def op(tx: Tx) -> list[DmarcEvaluation]:
+            tx.conn.execute(  # invariant 5: the claim and the rows it reports, in one write
+                "UPDATE dmarc_results SET claim = ?, claimed_until = ? WHERE at < ?"
+                " AND (claim = '' OR claimed_until <= ?)", (claim, now + lease_seconds, before, now))
+            rows = tx.conn.execute(
+                "SELECT max(at), policy_domain, (SELECT policy FROM dmarc_results p WHERE p.policy_domain ="
+                " r.policy_domain AND p.claim = ? ORDER BY p.id DESC LIMIT 1), source_ip, header_from,"
+                " envelope_from, disposition, dkim_aligned, spf_aligned, auth, count(*) FROM dmarc_results r"
+                " WHERE claim = ? GROUP BY policy_domain, source_ip, header_from, envelope_from,"
+                " disposition, dkim_aligned, spf_aligned, auth ORDER BY policy_domain, source_ip",
+                (claim, claim)).fetchall()
+            return [DmarcEvaluation(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
+                                    bool(r[7]), bool(r[8]), str(r[9]), int(r[10])) for r in rows]
+
+        return await self._engine.write(op)
+
+    async def delete_dmarc_results(self, claim: str, policy_domain: str) -> int:
         def op(tx: Tx) -> int:
-            return tx.conn.execute("DELETE FROM dmarc_results WHERE id <= ? AND at < ? AND policy_domain = ?",
-                                   (up_to_id, before, policy_domain)).rowcount
+            return tx.conn.execute("DELETE FROM dmarc_results WHERE claim = ? AND policy_domain = ?",
+                                   (claim, policy_domain)).rowcount
 
         return int(await self._engine.write(op))
+
+    async def release_dmarc_results(self, claim: str, policy_domain: str) -> None:
+        def op(tx: Tx) -> None:
+            tx.conn.execute("UPDATE dmarc_results SET claim = '', claimed_until = 0 WHERE claim = ?"
+                            " AND policy_domain = ?", (claim, policy_domain))
+
+        await self._engine.write(op)
