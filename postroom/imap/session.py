@@ -623,6 +623,7 @@ class Session:
             status, code, text = "NO", "OVERQUOTA", "Quota exceeded: " + _clean(e)
         except StoreUnavailable:  # RFC 5530 §3: "a subsystem is down"; the session stays (invariant 7)
             status, code, text = "NO", "UNAVAILABLE", UNAVAILABLE_TEXT
+            self.conn.log["store"] = "unavailable"
         except InsufficientStorage as e:
             # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
             log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)

@@ -184,12 +184,15 @@ class OutageLog:
     seconds, never a line per failure: the first failure of an outage is logged at once ("store unreachable:
     <error>"), later ones are counted, and the first failure after `interval` seconds logs "store unreachable
     (N failures in the last S s): <error>"; the first success after failures logs "store reachable again
-    (N failures over S s)". `now` is a monotonic clock in seconds (tests give their own). Not thread-safe by
-    design: each engine calls it from its event-loop thread."""
+    (N failures over S s)". `what` and `back` replace those subjects (`back` None: no end line).
+    `now` is a monotonic clock in seconds (tests give their own). Not thread-safe by design: each engine calls it
+    from its event-loop thread."""
 
-    def __init__(self, logger: logging.Logger, *, interval: float = 10.0,
-                 now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, logger: logging.Logger, *, interval: float = 10.0, now: Callable[[], float] = time.monotonic,
+                 what: str = "store unreachable", back: str | None = "store reachable again") -> None:
         self.logger = logger
+        self.what = what  # the lines' subject
+        self.back = back  # the end-of-outage line's subject; None: none (the caller says it its own way)
         self.interval = interval
         self.now = now
         self.since: float | None = None  # when the current outage's first failure came; None: no outage
@@ -205,9 +208,9 @@ class OutageLog:
         if self.since is None:
             self.since = self.last_logged = now
             self.unlogged = 0
-            self.logger.error("store unreachable: %s", exc)
+            self.logger.error("%s: %s", self.what, exc)
         elif now - self.last_logged >= self.interval:
-            self.logger.error("store unreachable (%d failures in the last %.0f s): %s", self.unlogged,
+            self.logger.error("%s (%d failures in the last %.0f s): %s", self.what, self.unlogged,
                               now - self.last_logged, exc)
             self.last_logged = now
             self.unlogged = 0
@@ -216,7 +219,8 @@ class OutageLog:
         """A request went through: if an outage was on, log its end and forget it. Cheap when none was."""
         if self.since is None:
             return
-        self.logger.warning("store reachable again (%d failures over %.0f s)", self.total, self.now() - self.since)
+        if self.back is not None:
+            self.logger.warning("%s (%d failures over %.0f s)", self.back, self.total, self.now() - self.since)
         self.since = None
         self.unlogged = self.total = 0
 

@@ -78,6 +78,12 @@ def unreachable(exc: BaseException, *, connecting: bool) -> bool:
     """True when `exc` means the server cannot be reached now (invariant 5), not that the request is wrong.
     `connecting`: raised by `pool.acquire()`, where any `OSError` (refused, unreachable, no such socket file,
     a timeout) is the connection's."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A pooled idle connection that received the server's FATAL (57P01 at a fast shutdown) just before it was
+        # handed out is still consuming that error (asyncpg's protocol state 2, PROTOCOL_ERROR_CONSUME) when the
+        # job's first query is sent: asyncpg 0.32 raises "cannot switch to state N; another operation (2) is in
+        # progress" (measured with the database stopped under IMAP IDLE). Any other InternalClientError is a bug.
+        return "another operation (2)" in str(exc)
     return isinstance(exc, _LOST) or (connecting and isinstance(exc, OSError))
 
 
@@ -106,7 +112,12 @@ class Engine:
     async def start(self) -> None:
         """Connect, migrate the schema, start listening for other processes' changes."""
         try:
-            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+            # min_size=0: no background task of asyncpg's keeps a floor of connections. During an outage that
+            # task logged a traceback per attempt, and its reconnection raced with acquire() on a connection
+            # holder (asyncpg 0.32: "InternalClientError: connect() called while another connection already
+            # exists", measured with the database restarted). Idle connections still stay in the pool for
+            # asyncpg's max_inactive_connection_lifetime (300 s); start() connects at once to migrate.
+            pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=self.pool_size)
         except (OSError, asyncpg.PostgresError) as e:
             raise StoreError(f"cannot connect to PostgreSQL: {e}") from e
         try:
