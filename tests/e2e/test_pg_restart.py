@@ -10,7 +10,8 @@ was made again).
 
 `test_answers_while_the_database_is_down`: what clients are told during the outage, each protocol's standard
 temporary failure (store/api.py `StoreUnavailable`): IMAP `NO [UNAVAILABLE]` (RFC 5530 §3) with the session
-kept, POP3 `-ERR [SYS/TEMP]` (RFC 3206 §4), SMTP `451 4.3.0` (RFC 5321 §4.2.1, RFC 3463 §3.4); an IDLE that
+kept, POP3 `-ERR [SYS/TEMP]` (RFC 3206 §4), SMTP `451 4.3.0` (RFC 5321 §4.2.1, RFC 3463 §3.4), the webmail's
+sign-in a 503 with Retry-After (RFC 9110 §15.6.4); an IDLE that
 began before the outage keeps waiting and reports a delivery after it; the node logs the outage in a bounded
 number of lines, with no traceback.
 """
@@ -26,8 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from imap_support import Raw
+from web_support import csrf_of
 
 from tests.e2e.test_serve import tls_context
 from tests.e2e.test_serve_postgresql import start_on
@@ -151,6 +154,13 @@ def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any) ->
             send(ports["smtp"], "during")
         code, text = refused.value.recipients["demo@localhost"]
         assert code == 451 and text.startswith(b"4.3.0"), (code, text)  # RFC 5321 §4.2.1, RFC 3463 §3.4
+        with httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}", timeout=30) as web:
+            form = web.get("/mail/")  # signed out: the form needs no store
+            assert form.status_code == 200, form.text[:300]
+            page = web.post("/mail/signin", data={"csrf": csrf_of(form.text), "username": "demo@localhost",
+                                                  "password": password})
+        # RFC 9110 §15.6.4 503 Service Unavailable, §10.2.3 Retry-After
+        assert (page.status_code, page.headers.get("retry-after")) == (503, "30"), page.text[:300]
         # Seconds of outage: every retry of the queue dispatcher, the pool and the change feed (each about once a
         # second per worker) logged a traceback before; now each kind logs once per interval.
         time.sleep(3)
