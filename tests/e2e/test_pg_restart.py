@@ -118,7 +118,8 @@ def imap_session(port: int, tmp_path: Path, password: str) -> imaplib.IMAP4_SSL:
     return m
 
 
-def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any) -> None:
+@pytest.mark.parametrize("crash", [False, True], ids=["fast-shutdown", "crash"])
+def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any, crash: bool) -> None:
     proc, ports = start_on(tmp_path, own_cluster.create_database())
     log: list[str] = []
     assert proc.stderr is not None
@@ -134,7 +135,7 @@ def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any) ->
         idler.send(b"i IDLE\r\n")
         assert idler.line() == b"+ idling\r\n"
 
-        own_cluster.halt()
+        own_cluster.halt(crash=crash)
         outage_begins = len(log)
         wait_for(log, "the change feed's PostgreSQL connection was lost")
         # RFC 5530 §3 UNAVAILABLE, "temporary failure because a subsystem is down"; the session stays.
