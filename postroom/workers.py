@@ -282,7 +282,10 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(self.count)]
 
     def _spawn(self, slot: int) -> None:
+        from postroom.logsetup import pause_all
+
         self.counts.reset(slot)  # invariant 4
+        pause_all()  # invariant 1: no log writer thread (logsetup.py) across the fork, a respawn's included
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
