@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -1141,8 +1140,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     os.umask(PRIVATE_UMASK)  # process.py: the data folder's files 0600, folders 0700
     if args.command == "serve":
         from .app import run_server
+        from .logsetup import setup as setup_logging
 
-        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+        setup_logging(args.log_level.upper(), LOG_FORMAT)  # written off the event loop (logsetup.py)
         if args.workers is not None:
             if not 0 <= args.workers <= config_mod.MAX_WORKERS:
                 print(f"postroom: --workers must be 0 (one per CPU) to {config_mod.MAX_WORKERS}", file=sys.stderr)

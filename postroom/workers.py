@@ -282,7 +282,10 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(self.count)]
 
     def _spawn(self, slot: int) -> None:
+        from postroom.logsetup import pause_all
+
         self.counts.reset(slot)  # invariant 4
+        pause_all()  # invariant 1: no log writer thread (logsetup.py) across the fork, a respawn's included
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -304,6 +307,9 @@ class Supervisor:
             except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code in the child
                 logging.getLogger("postroom").exception("worker %d failed", slot)
             finally:
+                from postroom.logsetup import flush_all
+
+                flush_all()  # the log writer thread's lines (logsetup.py): os._exit skips logging's own
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
@@ -313,6 +319,9 @@ class Supervisor:
     def start(self, timeout: float = 120.0) -> bool:
         """Fork every worker and wait until each is accepting. False (every worker stopped again) when one
         exits first: its own error is on stderr already."""
+        from postroom.logsetup import pause_all
+
+        pause_all()  # the log writer thread (logsetup.py) ends: invariant 1
         if threading.active_count() > 1:  # invariant 1
             raise RuntimeError(f"cannot fork workers: {threading.active_count() - 1} other thread(s) running")
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

@@ -14,6 +14,11 @@ Invariants
    created once per wait and either completes or is cancelled before IDLE returns.
 2. The idle timeout of the connection still applies (RFC 9051 §5.4: a client re-issues IDLE within 29
    minutes); ShuttingDown ends the session with BYE as between commands.
+3. A store that cannot be reached does not end IDLE: a report that fails with `StoreUnavailable` (the resync
+   after the PostgreSQL change feed was lost) stays pending (session invariant 7) and IDLE keeps waiting. The
+   feed announces its own return (it publishes "lost" again once it listens again), which wakes IDLE to
+   resync then; a client's DONE or next command tries too. Ending IDLE with a tagged `NO [UNAVAILABLE]` instead
+   would tell the client nothing it can act on, and clients re-issue IDLE at once: a loop of failing resyncs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from postroom.store.api import StoreUnavailable
 from postroom.store.hub import SubscriptionOverflow
 
 from . import parser as P
@@ -31,8 +37,7 @@ from .session import IDLE_LINE_MAX, Session
 
 async def idle(s: Session, cmd: P.Command) -> Result:
     s.write(b"+ idling\r\n")
-    await s.notify(allow_expunge=True)
-    await s.flush()
+    await _report(s)
     read_task: asyncio.Task[bytes] | None = None
     change_task: asyncio.Task[Any] | None = None
     try:
@@ -58,8 +63,7 @@ async def idle(s: Session, cmd: P.Command) -> Result:
                     s.overflowed = True
                 else:
                     s.take_change(change)  # to the selected mailbox, or through NOTIFY's filters (RFC 5465 §4)
-                await s.notify(allow_expunge=True)
-                await s.flush()
+                await _report(s)
             if read_task in done:
                 task, read_task = read_task, None
                 s.framer.feed(task.result())  # raises ConnectionClosed / IdleTimeout / ShuttingDown
@@ -69,3 +73,10 @@ async def idle(s: Session, cmd: P.Command) -> Result:
                 t.cancel()
                 with contextlib.suppress(BaseException):
                     await t
+
+
+async def _report(s: Session) -> None:
+    """Report what changed, at once; with the store out of reach, later (invariant 3)."""
+    with contextlib.suppress(StoreUnavailable):
+        await s.notify(allow_expunge=True)
+    await s.flush()

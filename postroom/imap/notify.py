@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from postroom.store import names as store_names
-from postroom.store.api import Change, ChangeKind, NotFound, StoreError
+from postroom.store.api import Change, ChangeKind, NotFound, StoreError, StoreUnavailable
 from postroom.store.hub import SubscriptionOverflow
 
 from . import acl
@@ -379,6 +379,8 @@ class Notifier:
                         s.overflowed = True
                     try:
                         await self.push(s)
+                    except StoreUnavailable:  # told later (session invariant 7); the engine logged the outage
+                        pass
                     except StoreError:  # the server's fault, not the client's: say so in the log, go on
                         log.exception("NOTIFY push failed (session %s)", s.conn.session_id)
                 if read_task in done:

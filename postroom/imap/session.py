@@ -11,7 +11,8 @@ family (`auth`, `mailboxes`, `fetch`, `search`, `messages`, `idle`, ...); they w
 
 * `Bad` (and `parser.ParseError`): the command is malformed or not allowed in this state -> tagged BAD;
 * `No`: the command failed (with a response code such as TRYCREATE) -> tagged NO;
-* a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT / NOPERM;
+* a store error: mapped to NO with NONEXISTENT / ALREADYEXISTS / CANNOT / NOPERM, and UNAVAILABLE when the
+  store cannot be reached (invariant 7);
 * anything else: logged with its traceback, tagged `NO [SERVERBUG]`; the session goes on.
 
 Large APPEND messages: an APPEND literal over `STREAM_LITERAL_MIN` bytes, announced after login, is not
@@ -63,6 +64,12 @@ Invariants
    drains) every `FLUSH_BYTES`, so memory per session stays bounded by the largest single message.
 5. Passwords never reach the log (`conn.log` gets the user name only).
 6. At most `MAX_STAGED_LITERALS` staged APPEND files per command, and none outlives the command it came with.
+7. A store that cannot be reached (`StoreUnavailable`: the database down or restarting) never ends the session:
+   any command that needs it, LOGIN included, is answered `NO [UNAVAILABLE]` (RFC 5530 §3, "a subsystem is
+   down") with no traceback (the engine logs the outage once per interval), and the next command tries again.
+   A failed resync after the change feed was lost stays pending (`overflowed`), so the first report once the
+   store answers again tells the client what it missed; until then a command's own answer stands, except NOOP
+   and CHECK, whose work is that report (RFC 9051 §6.1.2, §6.4.1): they get `NO [UNAVAILABLE]`.
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ from postroom.store.api import (
     NotFound,
     OverQuota,
     StoreError,
+    StoreUnavailable,
     User,
     is_out_of_space,
 )
@@ -316,7 +324,11 @@ class Session:
                 self.notifier.overflow(self)  # RFC 5465 §5.8: NOTIFICATIONOVERFLOW, then as NOTIFY NONE
                 return
             if self.sel is not None and self.sel.may("r"):  # a revoked mailbox is never read again (acl.py)
-                await self.resync_selected(allow_expunge)
+                try:
+                    await self.resync_selected(allow_expunge)
+                except StoreUnavailable:
+                    self.overflowed = True  # invariant 7: what was lost is still unreported; the next report
+                    raise
                 return
         sel = self.sel
         top = sel.uids[-1] if sel is not None and sel.uids else 0
@@ -609,6 +621,9 @@ class Session:
                                               ("user", self.user.address if self.user else "-"),
                                               ("reason", "over-quota"), ("detail", e)]))
             status, code, text = "NO", "OVERQUOTA", "Quota exceeded: " + _clean(e)
+        except StoreUnavailable:  # RFC 5530 §3: "a subsystem is down"; the session stays (invariant 7)
+            status, code, text = "NO", "UNAVAILABLE", UNAVAILABLE_TEXT
+            self.conn.log["store"] = "unavailable"
         except InsufficientStorage as e:
             # RFC 5530 §3 OVERQUOTA (as Dovecot answers a full disk): nothing was stored; try again later.
             log.warning("imap command %s (session %s): %s", cmd.verb, self.conn.session_id, e)
@@ -622,8 +637,12 @@ class Session:
             log.exception("imap command %s failed (session %s)", cmd.verb, self.conn.session_id)
             status, code, text = "NO", "SERVERBUG", f"Internal error ({type(e).__name__})"
         if self.state != LOGOUT and self.sub is not None:
-            # RFC 9051 §7.5.1: no EXPUNGE during FETCH, STORE, SEARCH (their UID forms may).
-            await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
+            try:
+                # RFC 9051 §7.5.1: no EXPUNGE during FETCH, STORE, SEARCH (their UID forms may).
+                await self.notify(allow_expunge=cmd.uid or cmd.name not in ("FETCH", "STORE", "SEARCH"))
+            except StoreUnavailable:  # invariant 7: the report waits; a poll, whose work it was, fails
+                if status == "OK" and cmd.name in ("NOOP", "CHECK"):
+                    status, code, text = "NO", "UNAVAILABLE", UNAVAILABLE_TEXT
         self.write(_tagged(cmd.tag, status, code, text or f"{cmd.verb} completed"))
         await self.flush()
 
@@ -642,6 +661,9 @@ def append_target(line: bytes, tag: str) -> str | None:
         return c.mailbox()
     except (P.ParseError, ValueError, IndexError):
         return None
+
+
+UNAVAILABLE_TEXT = "The mail store cannot be reached now, try again later"
 
 
 def _clean(e: Exception) -> str:

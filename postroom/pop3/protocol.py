@@ -658,6 +658,12 @@ class POP3Core:
         # RFC 1939 §6: "-ERR some deleted messages not removed"; RFC 3206 §4 [SYS/TEMP].
         return err("[SYS/TEMP] some deleted messages not removed")
 
+    def unavailable(self) -> bytes:
+        """The store cannot be reached now (`StoreUnavailable`): `-ERR [SYS/TEMP]` (RFC 3206 §4: "a temporary
+        system error"; the client may try again), the session stays in its state, as for `internal_error`."""
+        self._end_sasl()
+        return err("[SYS/TEMP] the mail store is unavailable, try again later")
+
     def internal_error(self) -> bytes:
         """The session's handler failed unexpectedly: answer, stay in the same state (STYLE habit 4)."""
         self._end_sasl()

@@ -44,6 +44,9 @@ Invariants
    is left when the session ends is cancelled.
 7. A session whose lock renewal found the lock taken by another (its lease ran out while the store was out of
    reach) deletes nothing at QUIT: `-ERR` instead (RFC 1939 §6 lets UPDATE fail).
+8. A store that cannot be reached (`StoreUnavailable`: the database down) is answered `-ERR [SYS/TEMP]` (RFC 3206
+   §4) for the command that needed it, PASS included, with no traceback (the engine logs the outage once per
+   interval); the session stays in its state and the next command tries again.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import log_refusal
-from postroom.store.api import InsufficientStorage, NotFound, Store, User
+from postroom.store.api import InsufficientStorage, NotFound, Store, StoreUnavailable, User
 
 from .protocol import (
     NEED_DATA,
@@ -270,6 +273,9 @@ class Session:
                 chunks = await self._handle(event)
             except NetError:
                 raise
+            except StoreUnavailable:  # invariant 8: -ERR [SYS/TEMP] (RFC 3206 §4), no traceback: the store logs it
+                chunks = [core.unavailable()]
+                conn.log["store"] = "unavailable"
             except InsufficientStorage as exc:  # disk full: no traceback, the same -ERR [SYS/TEMP] (RFC 3206)
                 log.warning("pop3 session %s: %s", conn.session_id, exc)
                 chunks = [core.internal_error()]
@@ -444,7 +450,7 @@ class Session:
             return core.update_failed()
         try:
             await self.services.store.remove_messages(self.mailbox_id, event.uids)  # durable when it returns
-        except InsufficientStorage as exc:
+        except (InsufficientStorage, StoreUnavailable) as exc:
             log.warning("pop3 session %s: UPDATE failed: %s", self.conn.session_id, exc)
             return core.update_failed()
         except Exception:

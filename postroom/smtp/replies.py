@@ -55,6 +55,9 @@ R421_SLOW_DATA = reply(421, "4.4.2", "Data arriving too slowly, closing connecti
 R421_TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 R421_TLS_PIPELINED = reply(421, "4.7.0", "Plaintext pipelined after STARTTLS, closing connection")
 R451_LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later")
+# The store cannot be reached now (StoreUnavailable): RFC 5321 §4.2.1 451 "local error in processing", the sender
+# keeps the message and retries; RFC 3463 §3.4 X.3.0 "other or undefined mail system status".
+R451_STORE_UNAVAILABLE = reply(451, "4.3.0", "Mail store unavailable, try again later")
 # Defence at the door (door.py): temporary, so a real server or client tries again later (RFC 5321 §4.2.1)
 R421_CONNECTION_RATE = reply(421, "4.7.0", "Too many connections from your address; try again later")
 R450_MESSAGE_RATE = reply(450, "4.7.1", "Too many messages from your address; try again later")

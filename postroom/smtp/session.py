@@ -27,7 +27,9 @@ The message goes to `delivery.Router.accept` (the one door) with this hop's Rece
 Invariants
 1. The SMTP code never touches the store: recipients, senders and messages go through the router.
 2. No `250` after DATA/BDAT before `Router.accept` returned; a full disk there (`InsufficientStorage`) is
-   `452 4.3.1` (RFC 3463 §3.4) with one log line, any other failure `451 4.3.0` with its traceback.
+   `452 4.3.1` (RFC 3463 §3.4) with one log line, a store that cannot be reached (`StoreUnavailable`) `451
+   4.3.0` (at RCPT, DATA/BDAT, or any command needing it; AUTH `454 4.7.0`) with no traceback (the engine logs
+   the outage once per interval), any other failure `451 4.3.0` with its traceback.
 3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
    anything is read as if it came over TLS (CVE-2011-0411).
 4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
@@ -117,7 +119,7 @@ from postroom.net.connection import (
 )
 from postroom.net.listener import Handler, log_refusal, logfmt
 from postroom.smtp.dnsbl import ClientInfo, look_up_client
-from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage
+from postroom.store.api import STAGING_THRESHOLD, InsufficientStorage, StoreUnavailable
 
 from . import replies as R
 from .events import (
@@ -433,6 +435,15 @@ class Session:
                 self.core.message_done(R.R452_NO_STORAGE)  # RFC 3463 §3.4: X.3.1 mail system full
             else:
                 self.core.send(R.R452_NO_STORAGE)
+        except StoreUnavailable:  # invariant 2: no traceback, the engine logs the outage once per interval
+            self.conn.log["store"] = "unavailable"
+            if isinstance(ev, (AuthStart, AuthResponse)):
+                self.exchange = None
+                self.core.auth_done(R.R454_AUTH_TEMP)  # RFC 4954 §6: 454 4.7.0 temporary authentication failure
+            elif isinstance(ev, Message):
+                self.core.message_done(R.R451_STORE_UNAVAILABLE)
+            else:
+                self.core.send(R.R451_STORE_UNAVAILABLE)
         except Exception:
             log.exception("session %s: error handling %s", self.conn.session_id, type(ev).__name__)
             if isinstance(ev, (AuthStart, AuthResponse)):

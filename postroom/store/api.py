@@ -83,8 +83,10 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -169,6 +171,63 @@ class OverQuota(StoreError):
         self.resource = resource
         self.scope = scope
         self.alone = alone
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now, through no fault of the request: the PostgreSQL server refuses or
+    dropped the connection (stopped, restarting, failing over, out of connection slots), or SQLite's disk or
+    database file is gone (an I/O error, the file unopenable). Nothing is known to have been stored; the same
+    request may succeed later. Engines raise it only for those causes, never for a bug or a broken schema.
+    Each protocol answers it with its standard temporary failure: IMAP `NO [UNAVAILABLE]` (RFC 5530 §3,
+    "a subsystem is down"), POP3 `-ERR [SYS/TEMP]` (RFC 3206 §4), SMTP `451 4.3.0` (RFC 5321 §4.2.1,
+    RFC 3463 §3.4), the web a 503 with Retry-After (RFC 9110 §15.6.4). Engines log it through
+    `OutageLog` (one line per interval), so callers answer it without a traceback of their own."""
+
+
+class OutageLog:
+    """Counts the store's `StoreUnavailable` failures of one process and logs them as one line per `interval`
+    seconds, never a line per failure: the first failure of an outage is logged at once ("store unreachable:
+    <error>"), later ones are counted, and the first failure after `interval` seconds logs "store unreachable
+    (N failures in the last S s): <error>"; the first success after failures logs "store reachable again
+    (N failures over S s)". `what` and `back` replace those subjects (`back` None: no end line).
+    `now` is a monotonic clock in seconds (tests give their own). Not thread-safe by design: each engine calls it
+    from its event-loop thread."""
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 10.0, now: Callable[[], float] = time.monotonic,
+                 what: str = "store unreachable", back: str | None = "store reachable again") -> None:
+        self.logger = logger
+        self.what = what  # the lines' subject
+        self.back = back  # the end-of-outage line's subject; None: none (the caller says it its own way)
+        self.interval = interval
+        self.now = now
+        self.since: float | None = None  # when the current outage's first failure came; None: no outage
+        self.last_logged = 0.0
+        self.unlogged = 0  # failures since the last line
+        self.total = 0  # failures since the outage began
+
+    def failed(self, exc: BaseException) -> None:
+        """One more failure; logs a line if it is the outage's first or `interval` passed since the last."""
+        now = self.now()
+        self.total += 1
+        self.unlogged += 1
+        if self.since is None:
+            self.since = self.last_logged = now
+            self.unlogged = 0
+            self.logger.error("%s: %s", self.what, exc)
+        elif now - self.last_logged >= self.interval:
+            self.logger.error("%s (%d failures in the last %.0f s): %s", self.what, self.unlogged,
+                              now - self.last_logged, exc)
+            self.last_logged = now
+            self.unlogged = 0
+
+    def succeeded(self) -> None:
+        """A request went through: if an outage was on, log its end and forget it. Cheap when none was."""
+        if self.since is None:
+            return
+        if self.back is not None:
+            self.logger.warning("%s (%d failures over %.0f s)", self.back, self.total, self.now() - self.since)
+        self.since = None
+        self.unlogged = self.total = 0
 
 
 def is_out_of_space(exc: BaseException) -> bool:

@@ -15,6 +15,9 @@ Invariants
 3. Every response carries the security headers of mail.py invariant 3 (`SecurityHeaders`), the webmail's or not.
 4. The autoconfiguration URLs (Thunderbird's two, Outlook's Autodiscover in both spellings) answer only for a
    domain `settings_for` knows, else 404; a malformed Autodiscover request is 400 with a one-line reason.
+5. A request that needed the store while it cannot be reached (`StoreUnavailable`: the database down) gets a
+   503 page with `Retry-After` (RFC 9110 §15.6.4, §10.2.3) and no traceback in the log (the engine logs the
+   outage once per interval); any page of the webmail or the admin, sign-in included.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from postroom.metrics import Metrics
+from postroom.store.api import StoreUnavailable
 from postroom.web import autoconfig
 from postroom.web.admin import Admin
 from postroom.web.mail import SecurityHeaders, Webmail
@@ -37,6 +41,22 @@ from postroom.web.mail import SecurityHeaders, Webmail
 log = logging.getLogger("postroom.http")
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+RETRY_AFTER_SECONDS = 30  # invariant 5: when a browser or a script may try again
+UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Mail temporarily unavailable</title></head>
+<body><h1>Mail temporarily unavailable</h1>
+<p>The mail store cannot be reached right now. Nothing was changed; try again in a minute.</p></body></html>
+"""
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """Invariant 5: 503 Service Unavailable with Retry-After (RFC 9110 §15.6.4: "the server is currently unable
+    to handle the request due to a temporary overload or scheduled maintenance"; §10.2.3 Retry-After)."""
+    log.info("web refused reason=store-unavailable path=%s", request.url.path)
+    return HTMLResponse(UNAVAILABLE_PAGE, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"})
 
 
 def create_app(metrics: Metrics, health: HealthCheck,
@@ -140,7 +160,8 @@ def create_app(metrics: Metrics, health: HealthCheck,
         routes += admin.routes()
     if webmail is not None:
         routes.append(Route("/mail", lambda request: RedirectResponse("/mail/", status_code=308), methods=["GET"]))
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
+                    exception_handlers={StoreUnavailable: store_unavailable})
     # No automatic "/x" -> "/x/" redirects: they would answer a signed-out visitor's /admin with a 307 instead of
     # the 404 of an unknown URL, showing that the web admin exists (web/admin.py invariant 1).
     app.router.redirect_slashes = False

@@ -520,3 +520,16 @@ def test_upcoming_retrievals_peeks_each_line_once(d: Driver) -> None:
     d.core.receive_data(b"RETR 3\r\n")
     assert d.core.upcoming_retrievals(10, 1) == []  # over the byte budget
     assert POP3Core(Options()).upcoming_retrievals(10, 1 << 20) == []  # not in TRANSACTION
+
+
+def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:
+    # RFC 3206 §4: SYS/TEMP, "a temporary system error"; the client may try again in the same session.
+    d = Driver()
+    d.core.receive_data(b"USER alice\r\nPASS " + PASSWORD.encode() + b"\r\n")
+    user = d.core.next_event()
+    assert isinstance(user, Send) and user.chunks[0].startswith(b"+OK")
+    ev = d.core.next_event()
+    assert isinstance(ev, CheckPassword)
+    assert d.core.unavailable() == b"-ERR [SYS/TEMP] the mail store is unavailable, try again later\r\n"
+    assert d.core.state is State.AUTHORIZATION and not d.core.closed
+    d.login()  # the store is back: the same session signs in

@@ -38,19 +38,26 @@ Invariants
    reaches its caller only.
 4. A write that fails for lack of space (PostgreSQL's disk_full / 53100) reaches its caller as
    `api.InsufficientStorage`.
+5. A read or write that fails because the server cannot be reached (`unreachable`: no connection can be made,
+   the server is starting or shutting down, out of connection slots, or the connection was lost mid-way)
+   reaches its caller as `api.StoreUnavailable`, and is counted in `outage` (one log line per interval, none
+   per failure). Only at `pool.acquire()` is any `OSError` taken for it: inside a job an `OSError` is the
+   job's own (a blob file) and passes unchanged. A write whose COMMIT was cut off may have committed: the
+   caller's retry may store it twice (SMTP's sender does the same after a lost `250`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import asyncpg
 
-from postroom.store.api import Change, InsufficientStorage, StoreError
+from postroom.store.api import Change, InsufficientStorage, OutageLog, StoreError, StoreUnavailable
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.feed import ChangeFeed
 from postroom.store.postgresql.schema import migrate
@@ -60,6 +67,24 @@ log = logging.getLogger("postroom.store")
 T = TypeVar("T")
 RETRIES = 20
 POOL_SIZE = 10
+
+_LOST = (asyncpg.PostgresConnectionError,  # class 08: connection exception (incl. ConnectionDoesNotExistError)
+         asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,  # 57P03, 57P01-02
+         asyncpg.TooManyConnectionsError,  # 53300: no slot free now
+         ConnectionError)  # the socket reset under asyncpg
+
+
+def unreachable(exc: BaseException, *, connecting: bool) -> bool:
+    """True when `exc` means the server cannot be reached now (invariant 5), not that the request is wrong.
+    `connecting`: raised by `pool.acquire()`, where any `OSError` (refused, unreachable, no such socket file,
+    a timeout) is the connection's."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A pooled idle connection that received the server's FATAL (57P01 at a fast shutdown) just before it was
+        # handed out is still consuming that error (asyncpg's protocol state 2, PROTOCOL_ERROR_CONSUME) when the
+        # job's first query is sent: asyncpg 0.32 raises "cannot switch to state N; another operation (2) is in
+        # progress" (measured with the database stopped under IMAP IDLE). Any other InternalClientError is a bug.
+        return "another operation (2)" in str(exc)
+    return isinstance(exc, _LOST) or (connecting and isinstance(exc, OSError))
 
 
 @dataclass
@@ -78,6 +103,7 @@ class Engine:
         self.feed = feed
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self.outage = OutageLog(log)
 
     @property
     def is_open(self) -> bool:
@@ -86,7 +112,12 @@ class Engine:
     async def start(self) -> None:
         """Connect, migrate the schema, start listening for other processes' changes."""
         try:
-            pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+            # min_size=0: no background task of asyncpg's keeps a floor of connections. During an outage that
+            # task logged a traceback per attempt, and its reconnection raced with acquire() on a connection
+            # holder (asyncpg 0.32: "InternalClientError: connect() called while another connection already
+            # exists", measured with the database restarted). Idle connections still stay in the pool for
+            # asyncpg's max_inactive_connection_lifetime (300 s); start() connects at once to migrate.
+            pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=self.pool_size)
         except (OSError, asyncpg.PostgresError) as e:
             raise StoreError(f"cannot connect to PostgreSQL: {e}") from e
         try:
@@ -115,7 +146,7 @@ class Engine:
         for attempt in range(RETRIES):
             token: int | None = None
             try:
-                async with pool.acquire() as conn:
+                async with self._acquire(pool) as conn:
                     tx = Tx(conn)
                     try:
                         async with conn.transaction():
@@ -139,8 +170,36 @@ class Engine:
     async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `await fn(conn)` in one REPEATABLE READ, READ ONLY transaction (one snapshot)."""
         pool = self._need_pool()
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self._acquire(pool) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             return await fn(conn)
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+        """`pool.acquire()` for one job; what it and the job raise for an unreachable server becomes
+        `StoreUnavailable` (invariant 5), counted in `outage`; a job that ends otherwise ends an outage."""
+        try:
+            conn = await pool.acquire()
+        except Exception as exc:
+            if unreachable(exc, connecting=True):
+                self.outage.failed(exc)
+                raise StoreUnavailable(f"PostgreSQL unreachable: {_describe(exc)}") from exc
+            raise
+        try:
+            yield conn
+        except Exception as exc:
+            if unreachable(exc, connecting=False):
+                self.outage.failed(exc)
+                raise StoreUnavailable(f"PostgreSQL unreachable: {_describe(exc)}") from exc
+            raise
+        else:
+            self.outage.succeeded()
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection is closed by the pool, not reused
+                await pool.release(conn)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def rowcount(status: str) -> int:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from postroom.store.api import Change, ChangeHub, ChangeKind
+from postroom.store.api import Change, ChangeHub, ChangeKind, OutageLog
 from postroom.store.postgresql.dbtypes import Conn
 
 log = logging.getLogger("postroom.store")
@@ -69,6 +69,7 @@ class ChangeFeed:
         self._direct: set[int] = set()  # tokens of writes that publish their own changes (module doc)
         self._dsn = ""
         self._recorded = 0
+        self._retries = OutageLog(log, what="store: the change feed cannot listen again yet", back=None)
 
     async def start(self, dsn: str, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -89,8 +90,9 @@ class ChangeFeed:
             try:
                 await self._listen()
             except (OSError, asyncpg.PostgresError) as e:
-                log.warning("store: the change feed cannot listen again yet: %s", e)
+                self._retries.failed(e)  # one line per interval, not one per attempt
                 continue
+            self._retries.succeeded()
             log.info("store: the change feed listens again")
             self.hub.publish_lost()  # what was committed while nobody listened
             return

@@ -70,12 +70,17 @@ Invariants
    (a pool thread, or the event-loop thread for quick point lookups).
 6. A write or file job that fails for lack of space (ENOSPC, EDQUOT, SQLITE_FULL) reaches its caller as
    `api.InsufficientStorage`, whatever raised it (`Engine.write`, `Engine.io`): protocols answer one type.
+7. A read, write or file job that fails because the database or its disk cannot be used now (`unreachable`:
+   SQLITE_IOERR, SQLITE_CANTOPEN, the file moved or deleted under us, still locked by another process after
+   `BUSY_TIMEOUT_MS`, or EIO from a blob file) reaches its caller as `api.StoreUnavailable`, counted in
+   `outage` (one log line per interval). Anything else (a constraint, a syntax error: a bug) passes unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import fcntl
 import logging
 import os
@@ -88,7 +93,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from postroom.store.api import Change, ChangeHub, InsufficientStorage, StoreError, is_out_of_space
+from postroom.store.api import (
+    Change,
+    ChangeHub,
+    InsufficientStorage,
+    OutageLog,
+    StoreError,
+    StoreUnavailable,
+    is_out_of_space,
+)
 from postroom.store.blobs import BlobStore
 from postroom.store.sqlite.feed import ChangeFeed
 from postroom.store.sqlite.schema import migrate
@@ -127,6 +140,22 @@ def _raise_if_out_of_space(exc: Exception) -> None:
         raise InsufficientStorage(f"insufficient storage: {exc}") from exc
 
 
+_UNREACHABLE_CODES = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY)
+_SQLITE_READONLY_DBMOVED = 1032  # SQLITE_READONLY | (4 << 8): the database file was moved or deleted
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when `exc` means the database or its disk cannot be used now (invariant 7), not a bad request."""
+    if isinstance(exc, StoreUnavailable):
+        return False  # already counted and raised as such
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return "unable to open database file" in str(exc) or "disk I/O error" in str(exc)
+        return (code & 0xFF) in _UNREACHABLE_CODES or code == _SQLITE_READONLY_DBMOVED
+    return isinstance(exc, OSError) and exc.errno == errno.EIO
+
+
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -160,6 +189,7 @@ class Engine:
         self.feed = feed if feed is not None else ChangeFeed(path, hub)
         self.inline_max = inline_max
         self.on_commit: Callable[[float, int], None] | None = None
+        self.outage = OutageLog(log)
         self._n_readers = readers
         self._n_io = io_threads
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
@@ -249,10 +279,13 @@ class Engine:
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, future, loop, size))
         try:
-            return await future
+            result = await future
         except Exception as exc:
             _raise_if_out_of_space(exc)
+            self._raise_if_unreachable(exc)
             raise
+        self.outage.succeeded()
+        return result
 
     async def read(self, fn: Callable[[sqlite3.Connection], T], *, quick: bool = False) -> T:
         """Run `fn(conn)` inside one read transaction on a reader thread.
@@ -265,9 +298,22 @@ class Engine:
         loop."""
         if not self._open or self._readers is None:
             raise StoreError("store is not open")
-        if quick:
-            return self._run_read(fn)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+        try:
+            if quick:
+                result = self._run_read(fn)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+        except Exception as exc:
+            self._raise_if_unreachable(exc)
+            raise
+        self.outage.succeeded()
+        return result
+
+    def _raise_if_unreachable(self, exc: Exception) -> None:
+        """Raise `StoreUnavailable` (from `exc`), counted in `outage`, if `exc` is one (invariant 7)."""
+        if unreachable(exc):
+            self.outage.failed(exc)
+            raise StoreUnavailable(f"the database cannot be used now: {exc}") from exc
 
     async def feed_catch_up(self) -> None:
         """Publish what other processes committed since the last look (feed.py), read on a reader thread."""
@@ -292,6 +338,7 @@ class Engine:
             return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
         except Exception as exc:
             _raise_if_out_of_space(exc)
+            self._raise_if_unreachable(exc)
             raise
 
     async def write_blobs(self, items: dict[str, bytes]) -> None:
