@@ -54,11 +54,10 @@ from __future__ import annotations
 import email.message
 import email.policy
 import email.utils
-import re
 from collections.abc import Iterable, Sequence
 
 from postroom.mime.address import parse_address_list
-from postroom.mime.compose import make_message_id, rfc5322_date
+from postroom.mime.compose import make_message_id, msg_ids, rfc5322_date
 from postroom.mime.headers import Field, field_text, split_fields
 from postroom.mime.text import decode_words
 from postroom.store.api import UserSettings
@@ -69,7 +68,6 @@ MAX_DAYS = 365  # the window the settings page allows at most
 RECIPIENT_FIELDS = ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")  # RFC 3834 §2
 BULK = {"bulk", "list", "junk"}
 ROBOT_LOCALS = {"mailer-daemon", "listserv", "majordomo", "postmaster", "mailer_daemon"}
-_MSGID = re.compile(r"<[^<>\s]+>")
 
 
 def active(settings: UserSettings, now: float) -> bool:
@@ -178,11 +176,12 @@ def build(settings: UserSettings, *, from_address: str, to: str, fields: Sequenc
     msg["Subject"] = subject
     msg["Date"] = rfc5322_date(now)
     msg["Message-ID"] = make_message_id(hostname)
-    message_id = " ".join(_MSGID.findall(value("message-id"))[:1])
+    # msg_ids drops an id holding "=?": decoded once here, the header registry would decode it again (invariant 3)
+    message_id = msg_ids(value("message-id"), limit=1)
     if message_id:
-        refs = _MSGID.findall(value("references")) or _MSGID.findall(value("in-reply-to"))[:1]
+        refs = msg_ids(value("references"), limit=19) or msg_ids(value("in-reply-to"), limit=1)
         msg["In-Reply-To"] = message_id
-        msg["References"] = " ".join([*refs[-20:], message_id])  # the last few ancestors: a bounded field
+        msg["References"] = f"{refs} {message_id}".strip()  # the last few ancestors: a bounded field
     msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5 (invariant 2)
     text = settings.vacation_text.replace("\r\n", "\n").replace("\r", "\n")
     text = text if text.endswith("\n") else text + "\n"

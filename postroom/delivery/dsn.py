@@ -35,12 +35,15 @@ Invariants
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.mime.compose import RawPart, compose_report, make_message_id, rfc5322_date
 from postroom.mime.lineends import normalise
+
+log = logging.getLogger("postroom.delivery")
 
 RETURN_FULL_LIMIT = 2 * 1024 * 1024  # bytes; a larger original comes back as its header only
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -226,14 +229,21 @@ def build_dsn(
         RawPart(status_type, status.encode("utf-8"), "7bit" if status.isascii() else "8bit"),
         returned,
     ]
-    return compose_report(
-        from_=f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
-        to=[mail_from],
-        subject=subject,
-        report_type="delivery-status",
-        parts=parts,
-        headers=[("Auto-Submitted", "auto-replied")],  # invariant 3 (RFC 3834 §5)
-        domain=reporting_mta,
-        now=now,
-        make_id=make_id,
-    )
+    try:
+        return compose_report(
+            from_=f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
+            to=[mail_from],
+            subject=subject,
+            report_type="delivery-status",
+            parts=parts,
+            headers=[("Auto-Submitted", "auto-replied")],  # invariant 3 (RFC 3834 §5)
+            domain=reporting_mta,
+            now=now,
+            make_id=make_id,
+        )
+    except ValueError as exc:
+        # An envelope sender no To field can carry (a quoted local part holding an encoded word that decodes to
+        # CR LF): no report, as for the null sender. The caller records its results all the same; a report
+        # that cannot be built must never keep a queue entry from being finished (it would be sent again).
+        log.warning("dsn not made for sender %r: %s", mail_from[:200], exc)
+        return None

@@ -60,6 +60,7 @@ from urllib.parse import quote
 
 from postroom.fsutil import fsync_dir
 from postroom.mime.compose import Attachment, compose
+from postroom.mime.text import decode_words
 from postroom.store import names
 from postroom.store.api import AlreadyExists, HeldPost, MailingList, Store
 
@@ -207,7 +208,8 @@ async def import_held_files(store: Store, directory: Path) -> int:
 
 def moderation_notice(ml: MailingList, token: str, mail_from: str, raw: bytes, hostname: str) -> bytes:
     """The mail the owner gets for a held post: what it is, how to approve or reject, the post attached."""
-    subject = _header(raw, b"subject") or "(no subject)"
+    # Decoded once here (RFC 2047), then header-safe (`compose` puts it through `field_text`: never decoded again).
+    subject = decode_words(_header(raw, b"subject").encode("utf-8")) or "(no subject)"
     approve = action_address(ml, "approve", token)
     reject = action_address(ml, "reject", token)
     text = (f"A post to {ml.address} from <{mail_from}> is waiting for your approval.\n\n"

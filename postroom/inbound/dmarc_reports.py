@@ -161,8 +161,9 @@ def mailto_destinations(rua: Sequence[str]) -> list[tuple[str, int | None]]:
             continue
         address, _, size = rest.partition("!")
         address = unquote(address.split("?", 1)[0]).strip()
-        if address.count("@") != 1 or any(c.isspace() for c in address) or not address.split("@")[0]:
-            continue
+        if (address.count("@") != 1 or any(c.isspace() or ord(c) < 32 for c in address)
+                or not address.split("@")[0] or "=?" in address):
+            continue  # broken, or an RFC 2047 word no To field can carry (the header registry decodes it)
         limit: int | None = None
         if size:
             m = _SIZE.match(size)

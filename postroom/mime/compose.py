@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
+
+from postroom.mime.headers import field_text
 
 POLICY = email.policy.SMTP
 
@@ -111,6 +114,16 @@ def _text_cte(text: str) -> str:
     return "quoted-printable"
 
 
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+
+
+def msg_ids(text: str, limit: int = 20) -> str:
+    """The msg-ids of an In-Reply-To or References value (RFC 5322 §3.6.4), the last `limit`, space-separated;
+    an id holding "=?" is left out: it is no RFC 5322 msg-id, and the header registry would decode it as an RFC
+    2047 word (into CR LF and new fields: a sender's Message-ID must not write our reply's header)."""
+    return " ".join([m for m in _MSG_ID.findall(text) if "=?" not in m][-limit:])
+
+
 def compose(
     *,
     from_: str,
@@ -144,16 +157,16 @@ def compose(
         msg["Bcc"] = ", ".join(bcc)
     if reply_to:
         msg["Reply-To"] = reply_to
-    msg["Subject"] = subject
+    msg["Subject"] = field_text(subject)  # text from a message may hold RFC 2047 words: never decoded twice
     msg["Date"] = rfc5322_date(now() if date is None else date)
     msg["Message-ID"] = message_id or make_id(domain)
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-    if references:
-        msg["References"] = references
+    if in_reply_to and msg_ids(in_reply_to):
+        msg["In-Reply-To"] = msg_ids(in_reply_to)
+    if references and msg_ids(references):
+        msg["References"] = msg_ids(references)
     msg["MIME-Version"] = "1.0"
     for name, value in headers:
-        msg[name] = value
+        msg[name] = field_text(value)
 
     body_text = text if text is not None else ("" if html is None else None)
     if body_text is not None:
@@ -226,12 +239,12 @@ def compose_report(
     msg["From"] = from_
     if to:
         msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
+    msg["Subject"] = field_text(subject)
     msg["Date"] = rfc5322_date(now() if date is None else date)
     msg["Message-ID"] = message_id or make_id(domain)
     msg["MIME-Version"] = "1.0"
     for name, value in headers:
-        msg[name] = value
+        msg[name] = field_text(value)
     while True:
         boundary = f"=_report_{uuid.uuid4().hex}"
         marker = b"--" + boundary.encode()

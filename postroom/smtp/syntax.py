@@ -19,8 +19,9 @@ Invariants
    2034 §3 exempts. A reply the client parsed keeps its text as received (`esc` "": the code, when the server
    sent one, is the first word of the text; `status` finds it).
 2. Reply text is without CR or LF; a multi-line reply is rendered `250-...` / `250 ...` (RFC 5321 §4.2.1). A
-   received reply line with a CR inside is not a reply (RFC 5321 §2.3.8: CR only in CRLF): `parse_reply_line`
-   raises ValueError, so no stray CR reaches a log line or a DSN.
+   received reply line with a stray CR inside (RFC 5321 §2.3.8: CR only in CRLF) keeps its code, and its text
+   has a space there (`parse_reply_line`), so no stray CR reaches a log line or a DSN and a peer's 250 to the
+   data still means it has the message.
 3. `dot_unstuff(dot_stuff(m))` is `m` (plus the final CRLF `dot_stuff` adds when missing) minus the end line,
    for any `m`, however it is cut into pieces of whole lines.
 4. `parse_path` returns an address in the one spelling the store keys on (store/names.py invariant 5).
@@ -104,13 +105,15 @@ class Reply:
 
 def parse_reply_line(line: bytes) -> tuple[int, bool, str]:
     """b"250-SIZE 1000\\r\\n" -> (250, True, "SIZE 1000"): the code, whether more lines follow, the text.
-    Raises ValueError on a line that is not a reply (RFC 5321 §4.2: three digits, then SP, "-" or the end;
-    invariant 2: no CR inside)."""
+    Raises ValueError on a line that is not a reply (RFC 5321 §4.2: three digits, then SP, "-" or the end). A
+    stray CR inside the text is a space in the text returned (invariant 2: none reaches a log line or a DSN),
+    but the reply stands: once a peer said 250 to the data it has the message (RFC 5321 §6.1), whatever its
+    text holds, and a 550 with such a text is still a permanent refusal."""
     text = line.rstrip(b"\r\n").decode("utf-8", "replace")
     if len(text) < 3 or not text[:3].isdigit() or text[0] not in "2345" or (len(text) > 3 and text[3] not in " -"):
         raise ValueError(f"not an SMTP reply: {text[:80]!r}")
     if "\r" in text or "\n" in text:
-        raise ValueError(f"CR or LF inside an SMTP reply line: {text[:80]!r}")
+        text = text.replace("\r", " ").replace("\n", " ")
     return int(text[:3]), len(text) > 3 and text[3] == "-", text[4:]
 
 

@@ -53,7 +53,7 @@ from typing import BinaryIO
 
 from postroom.mime import flowed
 from postroom.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
-from postroom.mime.compose import rfc5322_date
+from postroom.mime.compose import msg_ids, rfc5322_date
 from postroom.mime.headers import field_text
 from postroom.mime.text import charset_decode, html_to_text
 
@@ -322,8 +322,8 @@ def header_bytes(draft: Draft, *, from_: str, to: Sequence[tuple[str, str]], cc:
     msg["Subject"] = one_line(draft.subject)
     msg["Date"] = rfc5322_date(date)
     msg["Message-ID"] = message_id
-    in_reply_to = " ".join(_MSGID.findall(draft.in_reply_to))
-    references = " ".join(_MSGID.findall(draft.references))
+    in_reply_to = msg_ids(draft.in_reply_to, limit=1 << 10)  # no id holding "=?" (decoded twice otherwise)
+    references = msg_ids(draft.references, limit=1 << 10)
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
     if references:

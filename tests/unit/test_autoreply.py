@@ -116,3 +116,18 @@ def test_a_subject_encoded_twice_stays_one_field() -> None:
     assert msg.get_content().strip() == "Away."
     subject = str(msg["Subject"])  # the inner word kept as text, decoded once only
     assert subject.startswith("Auto: =") and "utf-8?b?SGkNCl" in subject and "\n" not in subject
+
+
+def test_a_message_id_holding_an_encoded_word_is_left_out() -> None:
+    """The original's Message-ID is decoded once; an id that still holds an RFC 2047 word is no msg-id (RFC 5322
+    §3.6.4) and would be decoded again into new fields of the reply: it is left out (`compose.msg_ids`)."""
+    import base64
+
+    inner = "=?utf-8?b?" + base64.b64encode(b"x\r\nX-Injected: yes\r\n\r\nbody").decode() + "?="
+    outer = "=?utf-8?b?" + base64.b64encode(f"<{inner}@evil.example>".encode()).decode() + "?="
+    head = BASE.replace(b"Message-ID: <m2@example.net>", b"Message-ID: " + outer.encode())
+    raw = autoreply.build(UserSettings(vacation=True, vacation_text="Away."), from_address="alice@example.org",
+                          to="carol@example.net", fields=fields(base=head), hostname="mx.example.org",
+                          now=1_700_000_000.0)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["X-Injected"] is None and msg["In-Reply-To"] is None and msg.get_content().strip() == "Away."

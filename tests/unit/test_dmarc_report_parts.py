@@ -15,7 +15,8 @@ from postroom.inbound.spf import SpfResult
 def test_mailto_destinations() -> None:
     assert mailto_destinations(["mailto:a@x.example", "MAILTO:b@y.example!10m", "mailto:c@z.example!50k",
                                 "https://x.example/report", "mailto:nobody", "mailto:d@w.example!lots",
-                                "mailto:e%40odd@v.example"]) == \
+                                "mailto:e%40odd@v.example",
+                                "mailto:=%3Futf-8%3Fq%3Fa=0D=0AX:_1%3F=@evil.example"]) == \
         [("a@x.example", None), ("b@y.example", 10 << 20), ("c@z.example", 50 << 10)]
     many = [f"mailto:r{i}@x.example" for i in range(MAX_RUA + 3)]
     assert len(mailto_destinations(many)) == MAX_RUA

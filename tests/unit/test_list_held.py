@@ -94,3 +94,24 @@ def test_held_files_move_into_the_store_once(tmp_path: Path, caplog: pytest.LogC
 
     _run(tmp_path, body)
     assert not folder.exists()
+
+
+def test_a_moderation_notice_subject_is_not_decoded_twice() -> None:
+    """The held post's Subject goes into the notice's subject as text: an RFC 2047 word in it whose text holds CR LF
+    must not become new fields and a body of the mail the list owner gets (RFC 2047 §2: a decoded word is text,
+    not syntax)."""
+    import base64
+    import email
+    import email.policy
+
+    from postroom.delivery.lists import moderation_notice
+    from postroom.store.api import ListPolicy, MailingList
+
+    text = b"Numbers\r\nX-Injected: yes\r\n\r\nApprove at http://evil/"
+    inner = "=?utf-8?b?" + base64.b64encode(text).decode() + "?="
+    post = f"From: m@evil.example\r\nSubject: {inner}\r\n\r\nhello\r\n".encode()
+    ml = MailingList("team@example.org", "alice@example.org", ListPolicy.MODERATED, "team-bounces@example.org")
+    raw = moderation_notice(ml, "ab" * 16, "m@evil.example", post, "mx.example.org")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["X-Injected"] is None and str(msg["Subject"]).startswith("Approval needed: ")
+    assert msg.is_multipart()

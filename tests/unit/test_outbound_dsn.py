@@ -141,3 +141,13 @@ def test_xtext_decode() -> None:
     assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
     assert xtext_decode("plain") == "plain"
     assert xtext_decode("bad+zz") == "bad+zz" and xtext_decode("end+4") == "end+4"
+
+
+def test_a_sender_no_to_field_can_carry_gets_no_report() -> None:
+    """A quoted local part holding an RFC 2047 word that decodes to CR LF cannot be a To field: no report is made
+    (None, as for the null sender), and nothing raises, so the queue still records the attempt's results instead
+    of sending the message again at every lease (the review's endless loop)."""
+    odd = '"=?utf-8?q?a=0D=0AX-Injected:_1?="@evil.test'
+    report = RecipientReport(rcpt="p5@b.test", action="failed", status="5.1.1", explanation="550 no such user")
+    assert dsn([report], mail_from=odd) is None
+    assert dsn([report]) is not None
