@@ -40,6 +40,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from postroom import adminops
 from postroom import config as config_mod
 from postroom.auth.passwords import make_credentials
 from postroom.store import open_store
@@ -107,7 +108,10 @@ def _password(generated: list[str]) -> str:
         if first:
             if getpass.getpass("Again: ") != first:
                 raise SetupError("the two passwords differ; run setup again")
-            return first
+            try:
+                return adminops.check_password(first)  # the rules every other way of setting one follows
+            except adminops.AdminError as exc:
+                raise SetupError(f"{exc}; run setup again") from None
     password = secrets.token_urlsafe(15)  # 120 bits
     generated.append(password)
     return password

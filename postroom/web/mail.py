@@ -68,6 +68,7 @@ from postroom.mime.address import parse_address_list
 from postroom.mime.headers import first_field, split_fields
 from postroom.mime.meta import FLAG_MULTIPART, MessageMeta, MetaFormatError
 from postroom.smtp.door import Door
+from postroom.store import names
 from postroom.store.api import (
     AlreadyExists,
     Flag,
@@ -871,7 +872,7 @@ def _sender_address(raw: bytes) -> str:
         return ""
     for a in parse_address_list(f.unfolded()):
         if a.mailbox and a.host:
-            address = f"{a.mailbox}@{a.host}"
+            address = f"{names.quote_local(a.mailbox)}@{a.host}"  # a quoted local part stays quoted
             local, at, domain = address.rpartition("@")
             return address if local and "." in domain and len(address) <= 320 and "=?" not in address else ""
     return ""

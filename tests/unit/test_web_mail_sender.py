@@ -13,3 +13,4 @@ def test_the_address_comes_from_the_field_not_the_decoded_name() -> None:
     assert _sender_address(b"From: Carol <carol@example.net>, dave@example.net\r\n\r\nx") == "carol@example.net"
     assert _sender_address(b"To: alice@example.org\r\n\r\nno From") == ""
     assert _sender_address(b"From: undisclosed-recipients:;\r\n\r\nx") == ""
+    assert _sender_address(b'From: <"boss@example.org"@evil.example>\r\n\r\nx') == '"boss@example.org"@evil.example'
