@@ -36,3 +36,14 @@ def raw(server: Any) -> Raw:
     r = Raw(server.port("imap"))
     r.login(ADDR, PW)
     return r
+
+
+def session(server: Any, rev2: bool = False) -> Raw:
+    """A raw session as ann with INBOX selected; `rev2` enables IMAP4rev2 first (no \\Recent: which session gets
+    it first is a race the tests need not pin down)."""
+    r = Raw(server.port("imap"))
+    r.login(ADDR, PW)
+    if rev2:
+        r.cmd("e ENABLE IMAP4rev2")
+    assert r.cmd("s SELECT INBOX")[-1].startswith(b"s OK")
+    return r

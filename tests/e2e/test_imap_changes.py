@@ -9,10 +9,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from ann_support import ADDR, PW, session
 from imap_support import Raw, fill, message, wire_imap
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
 
 
 @pytest.fixture
@@ -28,15 +26,6 @@ def imap(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any], serv
 @pytest.fixture(autouse=True)
 def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
     wire_imap(monkeypatch)
-
-
-def session(server: Any, rev2: bool = False) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    if rev2:  # no \Recent: which session gets it first is a race the tests need not pin down
-        r.cmd("e ENABLE IMAP4rev2")
-    assert r.cmd("s SELECT INBOX")[-1].startswith(b"s OK")
-    return r
 
 
 def test_changes_reach_the_other_session_at_its_next_command(imap: Any) -> None:

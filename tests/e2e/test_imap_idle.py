@@ -7,13 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ann_support import ADDR, PW, session
 from imap_support import Raw, fill, message, wire_imap
 
 from postroom.mime.meta import compute_meta
 from postroom.store.api import AppendRequest
-
-ADDR = "ann@example.org"
-PW = "ann-secret"
 
 
 @pytest.fixture
@@ -29,15 +27,6 @@ def imap(monkeypatch: pytest.MonkeyPatch, server_overrides: dict[str, Any], serv
 @pytest.fixture(autouse=True)
 def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
     wire_imap(monkeypatch)
-
-
-def session(server: Any, rev2: bool = False) -> Raw:
-    r = Raw(server.port("imap"))
-    r.login(ADDR, PW)
-    if rev2:  # no \Recent: which session gets it first is a race the tests need not pin down
-        r.cmd("e ENABLE IMAP4rev2")
-    assert r.cmd("s SELECT INBOX")[-1].startswith(b"s OK")
-    return r
 
 
 def test_idle_pushes_appends_flags_expunges_and_deliveries(imap: Any) -> None:
