@@ -213,7 +213,8 @@ class SmtpClient:
             raise ConnectionLost(f"{self.hop.host} sent a bad reply: {exc}") from None
         except (TimeoutError, OSError) as exc:
             self.close()
-            raise ConnectionLost(f"reading from {self.hop.host} failed: {exc or 'timed out'}") from None
+            why = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+            raise ConnectionLost(f"reading from {self.hop.host} failed: {why}") from None
 
     async def command(self, line: bytes, timeout: float | None = None) -> Reply:
         if b"\r" in line or b"\n" in line:
