@@ -18,6 +18,7 @@ number of lines, with no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import poplib
 import smtplib
@@ -60,6 +61,23 @@ def send(port: int, subject: str) -> None:
                              f"Subject: {subject}\r\nFrom: someone@example.test\r\n\r\nhello\r\n") == {}
 
 
+@contextlib.contextmanager
+def node(tmp_path: Path, url: str) -> Iterator[tuple[Any, dict[str, int], list[str], str]]:
+    """A node on `url` (`start_on`): (process, ports, its log lines as they come, the demo password); stopped by
+    its PID at the end. The log is read all the time: a full stderr pipe would block the node's logging."""
+    proc, ports = start_on(tmp_path, url)
+    log: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        yield proc, ports, log, (tmp_path / "data" / "demo-password").read_text().strip()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reader.join(10)
+
+
 def login(port: int, tmp_path: Path, password: str) -> Raw:
     r = Raw(port, tls_context(tmp_path), timeout=30)
     assert r.cmd(f'l LOGIN demo@localhost "{password}"')[-1].startswith(b"l OK")
@@ -69,14 +87,7 @@ def login(port: int, tmp_path: Path, password: str) -> Raw:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["fast-shutdown", "crash"])
 def test_node_serves_again_after_the_database_restarts(tmp_path: Path, own_cluster: Any, crash: bool) -> None:
-    proc, ports = start_on(tmp_path, own_cluster.create_database())
-    # The node's log is read all the time: a full stderr pipe would block its (synchronous) logging.
-    log: list[str] = []
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        password = (tmp_path / "data" / "demo-password").read_text().strip()
+    with node(tmp_path, own_cluster.create_database()) as (proc, ports, log, password):
         send(ports["smtp"], "before")
 
         own_cluster.halt(crash=crash)
@@ -98,10 +109,6 @@ def test_node_serves_again_after_the_database_restarts(tmp_path: Path, own_clust
         r.send(b"DONE\r\n")
         assert r.line() == b"i OK IDLE terminated\r\n"
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        reader.join(10)
     assert any("the change feed listens again" in line for line in log), "".join(log)[-3000:]
 
 
@@ -120,13 +127,7 @@ def imap_session(port: int, tmp_path: Path, password: str) -> imaplib.IMAP4_SSL:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["fast-shutdown", "crash"])
 def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any, crash: bool) -> None:
-    proc, ports = start_on(tmp_path, own_cluster.create_database())
-    log: list[str] = []
-    assert proc.stderr is not None
-    reader = threading.Thread(target=lambda: log.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        password = (tmp_path / "data" / "demo-password").read_text().strip()
+    with node(tmp_path, own_cluster.create_database()) as (proc, ports, log, password):
         send(ports["smtp"], "before")
         m = imap_session(ports["imaps"], tmp_path, password)
         assert m.select("INBOX") == ("OK", [b"1"])
@@ -182,10 +183,6 @@ def test_answers_while_the_database_is_down(tmp_path: Path, own_cluster: Any, cr
         assert m.noop()[0] == "OK" and m.response("EXISTS")[1][-1] == b"2"
         m.logout()
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        reader.join(10)
     text = "".join(outage_log)
     assert "Traceback" not in text, text[-5000:]
     # One line per failure kind per interval (store/api.py OutageLog), plus one line per session ended.
