@@ -153,10 +153,6 @@ def addressed_as(fields: Sequence[Field], own: Sequence[str]) -> str:
     return own[0] if own else ""
 
 
-def _one_line(text: str, limit: int = 998) -> str:
-    return field_text(text, limit)  # invariant 3: no second decoding of RFC 2047 words
-
-
 def build(settings: UserSettings, *, from_address: str, to: str, fields: Sequence[Field], hostname: str,
           now: float) -> bytes:
     """The reply's bytes (CRLF, ASCII header: RFC 2047 for names and subjects) to the envelope sender `to`, from
@@ -168,10 +164,11 @@ def build(settings: UserSettings, *, from_address: str, to: str, fields: Sequenc
         f = original.get(name)
         return decode_words(f.unfolded()) if f is not None else ""
 
-    subject = _one_line(settings.vacation_subject) or "Auto: " + (_one_line(value("subject")) or "(no subject)")
+    # invariant 3: text goes into the header through field_text, never decoded twice
+    subject = field_text(settings.vacation_subject) or "Auto: " + (field_text(value("subject")) or "(no subject)")
     name = settings.identity_names.get(from_address.lower(), "") or settings.display_name
     msg = email.message.EmailMessage(policy=POLICY)
-    msg["From"] = email.utils.formataddr((_one_line(name, 200), from_address)) if name else from_address
+    msg["From"] = email.utils.formataddr((field_text(name, 200), from_address)) if name else from_address
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = rfc5322_date(now)
