@@ -85,8 +85,9 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
     inboxes, junks = await _boxes(store, user_ids, junk)
     if not inboxes and not junks:
         return 0
-    stored = return_path(mail_from) + raw  # invariant 1
-    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
+    # invariant 1; Return-Path rides as the request's prefix, so the body is not copied (issue 17 item 5)
+    head = return_path(mail_from)
+    request = AppendRequest(raw=raw, prefix=head, meta=await pool.meta_bytes(raw, limits, prefix=head))
     await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
                         box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
     return len(inboxes) + len(junks)

@@ -88,7 +88,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -341,14 +341,15 @@ class Engine:
             self._raise_if_unreachable(exc)
             raise
 
-    async def write_blobs(self, items: dict[str, bytes]) -> None:
-        """Write and fsync every blob (in parallel) before the job referencing them is queued (invariant 3).
-        Only for bodies stored as files (`inline()` is False); inline bodies are written by the job."""
+    async def write_blobs(self, items: Mapping[str, tuple[bytes, bytes]]) -> None:
+        """Write and fsync every blob, blob id -> (prefix, data) stored as prefix + data (in parallel), before
+        the job referencing them is queued (invariant 3). Only for bodies stored as files (`inline()` is
+        False); inline bodies are written by the job."""
         if len(items) == 1:
-            ((blob_id, data),) = items.items()
-            await self.io(self.blobs.write, blob_id, data)
+            ((blob_id, (prefix, data)),) = items.items()
+            await self.io(self.blobs.write, blob_id, data, prefix)
         elif items:
-            await asyncio.gather(*(self.io(self.blobs.write, b, d) for b, d in items.items()))
+            await asyncio.gather(*(self.io(self.blobs.write, b, d, p) for b, (p, d) in items.items()))
 
     async def forget_blobs(self, blob_ids: set[str]) -> None:
         """After a failed write: delete the files just written if no row references them (invariant 4)."""
