@@ -163,8 +163,9 @@ class MetaPool:
 
     async def run(self, header: dict[str, object], raw: bytes | tuple[bytes, ...] | None,
                   seconds: float | None = None) -> tuple[bytes, bytes]:
-        """One job: (status, payload); `raw` as `_Worker.call` takes it. Raises TimeoutError past `seconds` (default: the pool's; the worker is
-        killed), _WorkerFailed when the worker died or could not be started."""
+        """One job: (status, payload); `raw` as `_Worker.call` takes it. Raises TimeoutError past `seconds`
+        (default: the pool's; the worker is killed), _WorkerFailed when the worker died or could not be
+        started."""
         async with self._slots:
             try:
                 worker = self._idle.pop() if self._idle else await _Worker.start()
