@@ -169,7 +169,7 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
             (blob_id, length, count, meta, crlf_octets),
         )
         if searchable:
-            fts.index_blob(tx.conn, blob_id, meta)
+            fts.index_blob(tx.conn, blob_id, meta, fresh=True)  # a new row: nothing in the backlog to delete
         if source is not None:
             if not tx.blobs.exists(blob_id):
                 tx.blobs.link(blob_id, source, length)
