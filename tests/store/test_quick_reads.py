@@ -54,3 +54,30 @@ async def test_a_write_of_this_process_is_seen_by_the_reads_after_it(tmp_path: P
             assert await store.get_domain(f"d{i}.test") is None
     finally:
         await store.close()
+
+
+def test_a_snapshot_left_by_a_stopped_loop_is_not_reused_by_the_next(tmp_path: Path) -> None:
+    """One store used by two event loops in turn on one thread: the first loop stops in the turn of a quick read
+    (its callback that ends the snapshot never runs); the second loop's first read takes a fresh snapshot."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.open())
+        seen: list[object] = []
+
+        async def read_then_stop() -> None:
+            seen.append(await store.get_domain("late.test"))  # begins this turn's snapshot ...
+            loop.stop()  # ... and the loop stops at the end of this turn
+
+        task = loop.create_task(read_then_stop())
+        loop.run_forever()
+        assert task.done() and seen == [None]
+        _add_domain_elsewhere(store.path, "late.test")
+        other = asyncio.new_event_loop()
+        try:
+            assert other.run_until_complete(store.get_domain("late.test")) is not None
+        finally:
+            other.close()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()

@@ -395,10 +395,13 @@ class Engine:
         the connection's page cache): the lookups of one SMTP command share that cost."""
         conn = self._conn()
         local = self._local
-        if not getattr(local, "snapshot", False):
+        loop = asyncio.get_running_loop()
+        if getattr(local, "snapshot", None) is not loop:  # `local.snapshot`: the loop whose turn holds it
+            if getattr(local, "snapshot", None) is not None:
+                self._end_snapshot(conn, local)  # left by a loop that stopped before its turn ended
             conn.execute("BEGIN")
-            local.snapshot = True
-            asyncio.get_running_loop().call_soon(self._end_snapshot, conn, local)
+            local.snapshot = loop
+            loop.call_soon(self._end_snapshot, conn, local)
         try:
             return fn(conn)
         except sqlite3.Error:  # the connection's trouble (busy, I/O), not the caller's: a fresh snapshot next
@@ -407,8 +410,10 @@ class Engine:
 
     @staticmethod
     def _end_snapshot(conn: sqlite3.Connection, local: threading.local) -> None:
-        if getattr(local, "snapshot", False):
-            local.snapshot = False
+        """End this thread's quick-read transaction if one is open (ending one early only makes the next read
+        fresher)."""
+        if getattr(local, "snapshot", None) is not None:
+            local.snapshot = None
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:  # closed with the store meanwhile, or no transaction left to end
