@@ -113,12 +113,14 @@ class _Worker:
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, proc.stdin)
         return cls(proc, asyncio.StreamWriter(transport, protocol, None, loop), reader)
 
-    async def call(self, header: dict[str, object], raw: bytes | None) -> tuple[bytes, bytes]:
+    async def call(self, header: dict[str, object], raw: bytes | tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """Send one job (`raw`: the message, or its pieces in order, written one after the other) and read the
+        answer (status, payload)."""
         stdin, stdout = self.stdin, self.stdout
         stdin.write(json.dumps(header).encode() + b"\n")
-        if raw:
-            view = memoryview(raw)
-            for start in range(0, len(raw), WRITE_CHUNK):
+        for piece in (raw,) if isinstance(raw, bytes) else raw or ():
+            view = memoryview(piece)
+            for start in range(0, len(piece), WRITE_CHUNK):
                 stdin.write(view[start : start + WRITE_CHUNK])
                 await stdin.drain()
         await stdin.drain()
@@ -159,10 +161,11 @@ class MetaPool:
         self._reaping: set[asyncio.Task[int]] = set()
         self.timeouts = 0  # jobs abandoned (for tests and the log)
 
-    async def run(self, header: dict[str, object], raw: bytes | None,
+    async def run(self, header: dict[str, object], raw: bytes | tuple[bytes, ...] | None,
                   seconds: float | None = None) -> tuple[bytes, bytes]:
-        """One job: (status, payload). Raises TimeoutError past `seconds` (default: the pool's; the worker is
-        killed), _WorkerFailed when the worker died or could not be started."""
+        """One job: (status, payload); `raw` as `_Worker.call` takes it. Raises TimeoutError past `seconds`
+        (default: the pool's; the worker is killed), _WorkerFailed when the worker died or could not be
+        started."""
         async with self._slots:
             try:
                 worker = self._idle.pop() if self._idle else await _Worker.start()
@@ -216,28 +219,34 @@ def _header(limits: LimitsConfig) -> dict[str, object]:
     return {"depth": limits.mime_depth, "parts": limits.mime_parts}
 
 
-async def _remote(raw: bytes, limits: LimitsConfig) -> bytes:
-    """meta bytes from a worker, or `minimal_meta` bytes with the defect saying why (invariant 5)."""
+async def _remote(raw: bytes, limits: LimitsConfig, prefix: bytes = b"") -> bytes:
+    """meta bytes of `prefix` + `raw` from a worker (the pieces written to its pipe one after the other), or
+    `minimal_meta` bytes with the defect saying why (invariant 5)."""
+    size = len(prefix) + len(raw)
     try:
-        status, payload = await pool().run({**_header(limits), "n": len(raw)}, raw)
+        status, payload = await pool().run({**_header(limits), "n": size}, (prefix, raw) if prefix else raw)
         if status == b"M":
             return payload
         raise _WorkerFailed(payload.decode("utf-8", "replace"))
     except TimeoutError:
         log.warning("metadata of a %d-byte message took over %g s: worker killed, stored with minimal "
-                    "metadata", len(raw), pool().seconds)
-        return minimal_meta(raw, "meta-timeout").to_bytes()
+                    "metadata", size, pool().seconds)
+        return minimal_meta(prefix + raw, "meta-timeout").to_bytes()
     except _WorkerFailed as e:
         log.error("metadata worker failed (%s): message stored with minimal metadata", e)
-        return minimal_meta(raw, "meta-worker-failed").to_bytes()
+        return minimal_meta(prefix + raw, "meta-worker-failed").to_bytes()
 
 
-async def meta_bytes(raw: bytes, limits: LimitsConfig) -> bytes:
-    """`compute_meta(raw, limits).to_bytes()`, on the loop up to `INLINE_MAX` bytes, else in a worker (module
-    doc). Never raises for anything in `raw`."""
-    if inline(raw):
+async def meta_bytes(raw: bytes, limits: LimitsConfig, prefix: bytes = b"") -> bytes:
+    """`compute_meta(prefix + raw, limits).to_bytes()`, on the loop up to `INLINE_MAX` bytes, else in a worker
+    (module doc). The pieces are joined only for a message parsed here (at most `INLINE_MAX` bytes); a larger
+    one crosses the pipe in its pieces (issue 17 item 5: trace fields carried as a prefix, the body never
+    copied). Never raises for anything in the message."""
+    if prefix and len(prefix) + len(raw) <= INLINE_MAX:
+        raw, prefix = prefix + raw, b""
+    if not prefix and inline(raw):
         return compute_meta(raw, limits).to_bytes()
-    return await _remote(raw, limits)
+    return await _remote(raw, limits, prefix)
 
 
 async def meta_of(raw: bytes, limits: LimitsConfig) -> MessageMeta:

@@ -19,6 +19,10 @@ Invariants
    \\Junk, RFC 6154). The same holds per user for the copies the sender rules file (router invariant 15).
 5. A staged message (`deliver_local_file`) is stored from its file with the trace fields as a prefix the store
    writes before it, and its metadata is computed from the file by a worker: no copy of it in this process.
+6. A message in memory is never copied to put Return-Path (and the caller's trace fields, `prefix`) in front:
+   they ride as `AppendRequest.prefix`, the store writes them before the body, and the metadata of the joined
+   bytes is computed from the pieces (`metapool.meta_bytes(prefix=...)`; joined only when parsed on the loop,
+   at most `metapool.INLINE_MAX` bytes). Issue 17 item 5.
 """
 
 from __future__ import annotations
@@ -77,16 +81,18 @@ async def _boxes(store: Store, user_ids: Iterable[int],
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                        raw: bytes, junk: bool | AbstractSet[int] = False, *, enforce_quota: bool = True) -> int:
-    """Deliver to the INBOX of each user (their Junk mailbox, with `$Junk`, when `junk` is True or holds their id:
-    a DMARC or spam quarantine, a blocked sender); returns how many mailboxes got it. One store write for all
-    (invariant 2). OverQuota if one user cannot take it (nothing stored), unless `enforce_quota` is False (the
-    server's own notices: store api invariant 12)."""
+                        raw: bytes, junk: bool | AbstractSet[int] = False, *, enforce_quota: bool = True,
+                        prefix: bytes = b"") -> int:
+    """Deliver the message `prefix` + `raw` (the trace fields, then the message: stored as the store request's
+    prefix and body, never joined, invariant 6) to the INBOX of each user (their Junk mailbox, with `$Junk`,
+    when `junk` is True or holds their id: a DMARC or spam quarantine, a blocked sender); returns how many
+    mailboxes got it. One store write for all (invariant 2). OverQuota if one user cannot take it (nothing
+    stored), unless `enforce_quota` is False (the server's own notices: store api invariant 12)."""
     inboxes, junks = await _boxes(store, user_ids, junk)
     if not inboxes and not junks:
         return 0
-    stored = return_path(mail_from) + raw  # invariant 1
-    request = AppendRequest(raw=stored, meta=await pool.meta_bytes(stored, limits))
+    head = return_path(mail_from) + prefix  # invariant 1; a few header fields, joined (invariant 6)
+    request = AppendRequest(raw=raw, prefix=head, meta=await pool.meta_bytes(raw, limits, prefix=head))
     await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
                         box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
     return len(inboxes) + len(junks)

@@ -111,6 +111,11 @@ Invariants
    The reply goes through this door from the null sender (`Auto-Submitted: auto-replied`), stored or queued like
    any message; a failure to send it is logged and never fails the delivery it answers. One `auto-reply` log
    line per reply sent or skipped for a reason other than "off".
+17. A message in two pieces (`Envelope.body`: the SMTP session's trace fields in `raw`, the received body
+    after them) reaches the store as the local copies' prefix and body (`deliver_local(prefix=...)`, the
+    store's `AppendRequest.prefix`): the body is never copied to put the fields in front (issue 17 item 5). The
+    checks read the pieces as one (`_stray`, `Envelope.head`); the rare paths that take the bytes whole (the
+    queue, lists, forwards, reports) get one joined copy (`Envelope.whole`).
 """
 
 from __future__ import annotations
@@ -201,7 +206,8 @@ class Rcpt:
 class Envelope:
     mail_from: str  # "" for the null reverse-path
     recipients: tuple[Rcpt, ...]
-    raw: bytes  # the message as it will be stored (with this hop's Received header); with `staged`, its start
+    # The message as it will be stored (with this hop's Received header); with `staged` or `body`, its start.
+    raw: bytes
     envid: str = ""
     ret: str = ""
     may_relay: bool = False  # the client may send to non-local domains (authenticated, relay network)
@@ -214,13 +220,27 @@ class Envelope:
     # sender (invariant 15).
     spam: bool = False
     authenticated: frozenset[str] = frozenset()  # sender addresses the checks authenticated (inbound/senders.py)
+    # The rest of the message after `raw`, in memory (never with `staged`): the SMTP session's received body,
+    # its trace fields in `raw`, so local delivery stores the two as prefix and body and the body is never
+    # copied to join them (invariant 17; issue 17 item 5).
+    body: bytes = b""
 
     def head(self, limit: int = HEAD_LIMIT) -> bytes:
-        """At least the first `limit` bytes of the message (all of it if shorter). Reads the staged file's start."""
+        """The start of the message holding its whole header (the header parsers' input): with `body`, `raw`
+        and the body's header up to its empty line (at most `limit` bytes of it); else at least the first
+        `limit` bytes (all of it if shorter), reading the staged file's start (blocking: in a thread)."""
+        if self.body:
+            end = self.body.find(b"\r\n\r\n", 0, limit)
+            return self.raw + self.body[:limit if end < 0 else end + 4]
         if self.staged is None or len(self.raw) >= limit:
             return self.raw
         with open(self.staged, "rb") as f:
             return self.raw + f.read(limit - len(self.raw))
+
+    def whole(self) -> Envelope:
+        """This envelope with `raw` the whole message in memory (`raw` + `body`: one copy), for the paths that
+        take the bytes whole (queue, lists, forwards, reports); itself when there is no `body`."""
+        return dataclasses.replace(self, raw=self.raw + self.body, body=b"") if self.body else self
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,16 @@ def _without_detail(local: str) -> list[str]:
     if "+" not in local or local.startswith('"'):
         return []
     return [local.split("+", 1)[0]]
+
+
+def _stray(raw: bytes, body: bytes) -> str | None:
+    """`mime.lineends.stray` of `raw` + `body` without joining them (a CRLF split between the two is one)."""
+    if not body:
+        return stray(raw)
+    checker = Checker()
+    checker.feed(raw)
+    checker.feed(body)
+    return checker.finish()
 
 
 def file_stray(path: Path, chunk: int = 1 << 20) -> str | None:
@@ -609,11 +639,14 @@ class Router:
     # --- the door ------------------------------------------------------------------------------------------------
     async def accept(self, env: Envelope) -> Accepted:
         """Deliver, queue or hold for every recipient; return once all of it is durable (invariant 1)."""
-        head = env.raw if env.staged is None else await asyncio.to_thread(env.head)  # a file read: off the loop
+        if env.staged is not None:
+            head = await asyncio.to_thread(env.head)  # a file read: off the loop
+        else:
+            head = env.head() if env.body else env.raw
         if received_count(head) > self.config.smtp.max_received:
             raise LOOP  # invariant 5
-        if stray(env.raw) is not None or (env.staged is not None
-                                          and await asyncio.to_thread(file_stray, env.staged) is not None):
+        if _stray(env.raw, env.body) is not None or (env.staged is not None
+                                                     and await asyncio.to_thread(file_stray, env.staged) is not None):
             raise STRAY_CONTENT  # invariant 8
         users: dict[int, str] = {}
         remote: dict[str, Rcpt] = {}  # relayed with the envelope sender as it came
@@ -651,6 +684,8 @@ class Router:
         if failures:
             failed = {f.rcpt for f in failures}
             successes = [r for r in successes if r.rcpt not in failed]
+        if env.body and (lists or actions or remote or forwarded or successes or failures):
+            env = env.whole()  # invariant 17: only local copies take the message in two pieces
         if env.staged is not None and (lists or actions):
             # List copies and held posts take the bytes (invariant 9): one copy of the message, in a thread.
             staged = env.staged
@@ -660,8 +695,9 @@ class Router:
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
         junk = await self._junk_users(env, head, users) if users else frozenset()
         if env.staged is None:
-            local_job = deliver_local(self.store, limits, users, env.mail_from, env.raw,
-                                      junk=junk) if users else _zero()
+            # invariant 17: `raw` (the trace fields) and `body` are stored as prefix and body, never joined
+            local_job = deliver_local(self.store, limits, users, env.mail_from, env.body or env.raw,
+                                      junk=junk, prefix=env.raw if env.body else b"") if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
@@ -848,7 +884,7 @@ class Router:
 
     async def _stored_size(self, env: Envelope) -> int:
         """The octets the local copy will hold: Return-Path, the message (and its staged rest)."""
-        size = len(return_path(env.mail_from)) + len(env.raw)
+        size = len(return_path(env.mail_from)) + len(env.raw) + len(env.body)
         if env.staged is not None:
             size += (await asyncio.to_thread(env.staged.stat)).st_size
         return size

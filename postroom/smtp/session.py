@@ -683,7 +683,9 @@ class Session:
             scan_log += spam_score.log_fields()
         env = Envelope(mail_from=ev.mail_from,
                        recipients=tuple(Rcpt(r.address, r.orcpt, r.notify) for r in ev.recipients),
-                       raw=header + added + body, envid=ev.params.envid,
+                       # trace fields and body as two pieces: never joined on the way to a local mailbox
+                       # (router invariant 17)
+                       raw=header + added, body=body, envid=ev.params.envid,
                        ret=ev.params.ret, may_relay=self.may_relay(), staged=staged,
                        # Submission checked every From address below; relay networks and POP-before-SMTP
                        # clients are trusted like Postfix's mynetworks. Anyone else's From is unchecked.

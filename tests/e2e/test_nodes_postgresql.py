@@ -266,3 +266,40 @@ def test_pop_before_smtp_login_on_a_lets_b_relay(pg_cluster: Any, tmp_path: Path
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.timeout(120)
+def test_admin_changes_made_through_another_node_are_seen_at_once_by_rcpt(
+        pair: tuple[Node, Node, str, str]) -> None:
+    """An alias added, a user and a domain removed through the database (as another node's admin would) while
+    both nodes run: the next RCPT on an open session of either node answers by the change."""
+    a, b, _, url = pair
+    staging = a.root / "test-staging"
+
+    async def before(store: Any) -> None:
+        await store.add_domain("gone.test")
+        await store.add_user("bob@localhost", "$argon2id$not-a-login")
+
+    async def change(store: Any) -> None:
+        await store.add_alias("team@localhost", [DEMO])
+        await store.remove_user("bob@localhost")
+        await store.remove_domain("gone.test")
+
+    with_store(url, before, staging)
+    sessions = [smtplib.SMTP("127.0.0.1", node.ports["smtp"], timeout=10) for node in (a, b)]
+    try:
+        for s in sessions:
+            s.ehlo("client.example.net")
+            assert s.mail("someone@example.net")[0] == 250
+            assert s.rcpt("team@localhost")[0] == 550
+            assert s.rcpt("bob@localhost")[0] == 250
+            assert s.rcpt("postmaster@gone.test")[0] == 250
+        with_store(url, change, staging)
+        for s in sessions:
+            assert s.rcpt("team@localhost")[0] == 250
+            assert s.rcpt("bob@localhost")[0] == 550
+            code, text = s.rcpt("postmaster@gone.test")
+            assert code == 550 and b"5.7.1" in text  # relaying denied: not a local domain any more
+    finally:
+        for s in sessions:
+            s.quit()

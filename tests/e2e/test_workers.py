@@ -444,3 +444,32 @@ def test_recent_is_claimed_once_across_workers(served: Served) -> None:
     assert sorted(recent) == [0, 1]
     for sock in sessions.values():
         sock.close()
+
+
+def test_admin_changes_in_the_cli_are_seen_at_once_by_rcpt_in_both_workers(served: Served) -> None:
+    """An alias added, a user removed, a domain removed with `postroom` commands while the server runs: the next
+    RCPT on an open session of either worker answers by the change (sqlite/engine.py invariant 8: the reads of
+    a command see every commit made before its bytes arrived; no cache lets a deleted user receive mail)."""
+    first, pid = smtp_on(served)
+    second, _ = smtp_on(served, other_than=pid)
+    sessions = (first, second)
+    try:
+        postroom(served.conf, "domain", "add", "gone.example")
+        postroom(served.conf, "user", "add", "bob@example.org", "--password", "bob-secret-1")
+        for s in sessions:
+            s.ehlo("client.example.net")
+            assert s.mail("someone@example.net")[0] == 250
+            assert s.rcpt("team@example.org")[0] == 550  # RFC 5321 §3.3: no such mailbox (yet)
+            assert s.rcpt("bob@example.org")[0] == 250
+            assert s.rcpt("postmaster@gone.example")[0] == 250  # a local domain's postmaster (§4.5.1)
+        postroom(served.conf, "alias", "add", "team@example.org", ADDR)
+        postroom(served.conf, "user", "remove", "bob@example.org", "--yes")
+        postroom(served.conf, "domain", "remove", "gone.example", "--yes")
+        for s in sessions:
+            assert s.rcpt("team@example.org")[0] == 250
+            assert s.rcpt("bob@example.org")[0] == 550
+            code, text = s.rcpt("postmaster@gone.example")
+            assert code == 550 and b"5.7.1" in text  # not ours any more: relaying denied
+    finally:
+        for s in sessions:
+            s.quit()

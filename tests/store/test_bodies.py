@@ -43,9 +43,9 @@ async def test_threshold_decides_where_a_body_lives(tmp_path: Path) -> None:
         written: list[str] = []
         orig_write = store.blobs.write
 
-        def spy(blob_id: str, data: bytes) -> bool:
+        def spy(blob_id: str, data: bytes, prefix: bytes = b"") -> bool:
             written.append(blob_id)
-            return orig_write(blob_id, data)
+            return orig_write(blob_id, data, prefix)
 
         store.blobs.write = spy  # type: ignore[method-assign]
         under, over, empty = body(LIMIT), body(LIMIT + 1), b""

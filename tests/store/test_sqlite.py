@@ -104,8 +104,8 @@ async def test_missing_file_is_rewritten_on_new_reference(tmp_path: Path) -> Non
         orig_write = store.blobs.write
         calls: list[str] = []
 
-        def write_then_vanish(blob_id: str, data: bytes) -> bool:
-            created = orig_write(blob_id, data)
+        def write_then_vanish(blob_id: str, data: bytes, prefix: bytes = b"") -> bool:
+            created = orig_write(blob_id, data, prefix)
             if not calls:  # the first, pre-commit write: simulate a racing deletion right after it
                 os.unlink(store.blobs.path(blob_id))
             calls.append(blob_id)

@@ -148,3 +148,30 @@ def test_worker_reads_a_staged_file_into_one_buffer_with_the_same_answer(tmp_pat
         got.append(answers[i:i + n])
         i += n
     assert got == want
+
+
+def test_message_in_memory_with_a_prefix() -> None:
+    # `meta_bytes(raw, prefix=...)` (delivery/local.py: Return-Path carried as a prefix, issue 17 item 5): the
+    # metadata of the joined bytes, whether parsed here (at most INLINE_MAX bytes in all) or in a worker that
+    # is sent the two pieces one after the other; after a worker time-out, the whole message's minimal metadata.
+    prefix = b"Return-Path: <a@example.org>\r\nReceived: from x by y; Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+    raw = big_message(200_000)
+    small = raw[:pool.INLINE_MAX - len(prefix)]  # the joined message is exactly INLINE_MAX: parsed here
+
+    async def go() -> tuple[bytes, bytes, int, bytes]:
+        try:
+            inline = await pool.meta_bytes(small, LIMITS, prefix=prefix)
+            idle = len(pool.pool()._idle)
+            data = await pool.meta_bytes(raw, LIMITS, prefix=prefix)
+            pool.pool().seconds = 0.0001
+            slow = await pool.meta_bytes(raw, LIMITS, prefix=prefix)
+            return inline, data, idle, slow
+        finally:
+            await pool.shutdown()
+
+    inline, data, idle, slow = asyncio.run(go())
+    assert idle == 0  # no worker for the small one
+    assert inline == compute_meta(prefix + small, LIMITS).to_bytes()
+    assert data == compute_meta(prefix + raw, LIMITS).to_bytes()
+    meta = MessageMeta.from_bytes(slow)
+    assert meta.defects == ((0, "meta-timeout"),) and meta.size == len(prefix) + len(raw)

@@ -335,3 +335,57 @@ def test_success_dsn_to_a_local_sender_and_never_to_the_null_sender(tmp_path: Pa
         assert (block["Final-Recipient"], block["Action"]) == ("rfc822;alice@example.org", "delivered")
 
     run(tmp_path, body)
+
+
+TRACE = b"Received: from a by b; Tue, 1 Dec 2026 12:00:00 +0000\r\n"
+MESSAGE = b"From: s@far.test\r\nSubject: two pieces\r\n\r\nbody\r\n"
+
+
+def test_a_message_in_two_pieces_is_stored_as_the_joined_bytes(tmp_path: Path) -> None:
+    """Router invariant 17 (issue 17 item 5): `Envelope.body` after the trace fields in `raw`. A local copy is
+    Return-Path + raw + body byte for byte; a queued copy and a success report (the paths that take the bytes
+    whole) hold the same message; the loop count reads both pieces' header fields."""
+    async def body(store: Store, r: Router) -> None:
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        env = Envelope("s@far.test", (Rcpt("alice@example.org"),), TRACE, body=MESSAGE)
+        assert env.head() == TRACE + MESSAGE[:MESSAGE.index(b"\r\n\r\n") + 4]  # the header, up to its end
+        assert env.whole().raw == TRACE + MESSAGE and env.whole().body == b""
+        assert (await r.accept(env)).local == 1
+        box = await store.get_mailbox(alice.id, "INBOX")
+        assert box is not None
+        [info] = await store.list_messages(box.id)
+        assert await store.read_message(info.blob_id) == b"Return-Path: <s@far.test>\r\n" + TRACE + MESSAGE
+        # local and remote: the queue gets the whole message, the local copy the same bytes
+        done = await r.accept(Envelope("s@far.test", (Rcpt("bob@example.org"), Rcpt("x@far.test")), TRACE,
+                                       body=MESSAGE, may_relay=True))
+        assert (done.local, done.queued) == (1, 1)
+        [entry] = await store.queue_list()
+        assert await store.read_message(entry.blob_id) == TRACE + MESSAGE
+        # max_received is 3 (run()): two in the trace piece and two in the body's header make four
+        with pytest.raises(RouteError) as info_loop:
+            await r.accept(Envelope("s@far.test", (Rcpt("alice@example.org"),), TRACE * 2,
+                                    body=TRACE * 2 + MESSAGE))
+        assert (info_loop.value.code, info_loop.value.esc) == (554, "5.4.6")
+
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize(("raw", "rest", "fault"), [
+    (b"X-A: 1\r", b"\nSubject: x\r\n\r\nhi\r\n", None),  # a CRLF split between the pieces is one line end
+    (b"X-A: 1\r\n", b"Subject: x\r\n\r\nhi\rthere\r\n", "bare CR"),
+    (b"X-A: 1\r", b"Subject: x\r\n\r\nhi\r\n", "bare CR"),  # a CR ending the first piece, no LF after it
+    (b"X-A: 1\r\n", b"Subject: x\r\n\r\nhi\r\n\x00", "NUL"),
+])
+def test_stray_content_in_either_piece_is_refused_at_the_door(tmp_path: Path, raw: bytes, rest: bytes,
+                                                              fault: str | None) -> None:
+    async def body(store: Store, r: Router) -> None:
+        env = Envelope("x@far.test", (Rcpt("alice@example.org"),), raw, body=rest)
+        if fault is None:
+            assert (await r.accept(env)).local == 1
+            return
+        with pytest.raises(RouteError) as info:
+            await r.accept(env)
+        assert (info.value.code, info.value.esc) == (550, "5.6.0")
+
+    run(tmp_path, body)

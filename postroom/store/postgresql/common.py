@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
-from postroom.store.blobs import BlobStore, crlf_size
+from postroom.store.blobs import BlobStore, crlf_size_of
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Engine, Tx
 from postroom.store.postgresql.schema import CHUNK_SIZE
@@ -85,11 +85,29 @@ async def select_messages(conn: Conn, mailbox_id: int, uids: Sequence[int]) -> l
     return [message_from_row(tuple(r)) for r in rows]
 
 
-def chunks_of(raw: bytes) -> list[tuple[int, bytes]]:
-    """(n, bytes) of the chunks a body is stored as (schema invariant 2); an empty body is one empty chunk."""
-    if not raw:
-        return [(0, b"")]
-    return [(i // CHUNK_SIZE, raw[i:i + CHUNK_SIZE]) for i in range(0, len(raw), CHUNK_SIZE)]
+def chunks_of(raw: bytes, prefix: bytes = b"") -> list[tuple[int, bytes]]:
+    """(n, bytes) of the chunks the body `prefix` + `raw` is stored as (schema invariant 2); an empty body is
+    one empty chunk. With a prefix only the chunk holding the seam is joined (at most CHUNK_SIZE bytes): the
+    same chunks as of the joined body, without joining it (`AppendRequest.prefix`)."""
+    if not prefix:
+        if not raw:
+            return [(0, b"")]
+        return [(i // CHUNK_SIZE, raw[i:i + CHUNK_SIZE]) for i in range(0, len(raw), CHUNK_SIZE)]
+    head = prefix[:CHUNK_SIZE]
+    if len(head) < CHUNK_SIZE:  # the usual case: a few trace fields
+        out = [(0, head + raw[:CHUNK_SIZE - len(head)])]
+        start = CHUNK_SIZE - len(head)
+    else:  # a prefix of a chunk or more (not made by Postroom today): its chunks, then the seam
+        out = chunks_of(prefix)
+        start = 0
+        if len(prefix) % CHUNK_SIZE:
+            n, last = out.pop()
+            out.append((n, last + raw[:CHUNK_SIZE - len(last)]))
+            start = CHUNK_SIZE - len(last)
+    base = out[-1][0] + 1
+    out += [(base + i // CHUNK_SIZE, raw[start + i:start + i + CHUNK_SIZE])
+            for i in range(0, len(raw) - start, CHUNK_SIZE)]
+    return out
 
 
 def _read_chunk(path: Path, n: int) -> bytes:
@@ -99,12 +117,14 @@ def _read_chunk(path: Path, n: int) -> bytes:
 
 
 async def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
-                       source: Path | None = None, size: int | None = None, crlf: int | None = None) -> bool:
+                       source: Path | None = None, size: int | None = None, crlf: int | None = None,
+                       prefix: bytes = b"") -> bool:
     """Add `count` references to a body, storing it if it is new (invariant 1). With `source`, the body is that
-    file of `size` bytes with `crlf` its `crlf_size` (read a chunk at a time, never whole); else `raw`. True if
-    the body was new (this transaction stored it)."""
-    length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
-    octets = crlf_size(raw) if source is None else crlf
+    file of `size` bytes with `crlf` its `crlf_size` (read a chunk at a time, never whole); else `prefix` +
+    `raw` (`AppendRequest.prefix`: never joined whole, `chunks_of`). True if the body was new (this
+    transaction stored it)."""
+    length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
+    octets = crlf_size_of(raw, prefix) if source is None else crlf
     inserted = await tx.conn.fetchval(
         "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (id) DO UPDATE SET refcount = blobs.refcount + EXCLUDED.refcount,"
@@ -114,7 +134,7 @@ async def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: b
         return False
     if source is None:
         await tx.conn.executemany("INSERT INTO blob_chunks(id, n, data) VALUES ($1, $2, $3)",
-                                  [(blob_id, n, part) for n, part in chunks_of(raw)])
+                                  [(blob_id, n, part) for n, part in chunks_of(raw, prefix)])
         return True
     for n in range(max(1, -(-length // CHUNK_SIZE))):
         part = await asyncio.to_thread(_read_chunk, source, n)

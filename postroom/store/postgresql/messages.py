@@ -191,7 +191,7 @@ async def delete_messages(tx: Tx, mbox: Mailbox, msgs: Sequence[MessageInfo], *,
 
 @dataclass(frozen=True)
 class _Body:
-    """A body to store: in memory (`raw`) or a staged file (`source`, `size`, `crlf`)."""
+    """A body to store: in memory (`prefix` + `raw`) or a staged file (`source`, `size`, `crlf`)."""
 
     blob_id: str
     raw: bytes = b""
@@ -199,13 +199,14 @@ class _Body:
     source: Path | None = None
     size: int = 0
     crlf: int | None = None
+    prefix: bytes = b""  # in memory: the body is prefix + raw (`AppendRequest.prefix`)
 
     async def acquire(self, tx: Tx) -> None:
         """One more reference to the body (stored if new), its sort and thread keys (invariant 6) and its
         full-text index row (fts.py invariant 1). A body new in this transaction has neither yet, and no message
         names it: the checks for those are left out (a quarter of an append's round trips)."""
         if self.source is None:
-            new = await acquire_blob(tx, self.blob_id, self.raw, 1, self.meta)
+            new = await acquire_blob(tx, self.blob_id, self.raw, 1, self.meta, prefix=self.prefix)
         else:
             new = await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                      crlf=self.crlf)
@@ -266,10 +267,10 @@ class MessagesMixin(Base):
         bodies, items = [], []
         for req in reqs:
             flags, kws = _check_request(req)
-            blob_id = blob_id_of(req.raw)
+            blob_id = blob_id_of(req.raw, req.prefix)  # of prefix + raw, never joined (AppendRequest)
             date = now if req.internal_date is None else float(req.internal_date)
-            bodies.append(_Body(blob_id, req.raw, req.meta))
-            items.append(NewMessage(date, len(req.raw), flags, kws, blob_id))
+            bodies.append(_Body(blob_id, req.raw, req.meta, prefix=req.prefix))
+            items.append(NewMessage(date, req.size, flags, kws, blob_id))
         job = _AppendJob(list(mailbox_ids), bodies, items, now, quota, asyncio.get_running_loop().create_future())
         # its error is the caller's; read here too, so a caller that went away leaves no "never retrieved" warning
         job.done.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -400,8 +401,8 @@ class MessagesMixin(Base):
                 if isinstance(m, StagedAppend):
                     body = await self._staged_body(Path(m.path), m.meta)
                 else:
-                    body = _Body(blob_id_of(m.raw), m.raw, m.meta, size=len(m.raw))
-                size = body.size if body.source is not None else len(body.raw)
+                    body = _Body(blob_id_of(m.raw, m.prefix), m.raw, m.meta, size=m.size, prefix=m.prefix)
+                size = body.size if body.source is not None else len(body.prefix) + len(body.raw)
                 prepared.append((NewMessage(date, size, flags, kws, body.blob_id), body))
 
             async def op(tx: Tx) -> list[AppendResult]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
-from postroom.store.blobs import BlobStore, crlf_size
+from postroom.store.blobs import BlobStore, crlf_size_of
 from postroom.store.sqlite import fts
 from postroom.store.sqlite.engine import Engine, Tx
 
@@ -147,14 +147,15 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
 
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
                  source: Path | None = None, size: int | None = None, crlf: int | None = None,
-                 searchable: bool = True) -> None:
+                 searchable: bool = True, prefix: bytes = b"") -> None:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
+    The body is `prefix` + `raw` (`AppendRequest.prefix`), written piece by piece, never joined.
     With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
     always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
     its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
     if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4)."""
-    length = len(raw) if source is None else int(size if size is not None else source.stat().st_size)
+    length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
     )
@@ -162,20 +163,28 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
         stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
         fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
     if cur.rowcount == 0:
-        crlf_octets = crlf_size(raw) if source is None else crlf
+        crlf_octets = crlf_size_of(raw, prefix) if source is None else crlf
         tx.conn.execute(
             "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
             (blob_id, length, count, meta, crlf_octets),
         )
         if searchable:
-            fts.index_blob(tx.conn, blob_id, meta)
+            fts.index_blob(tx.conn, blob_id, meta, fresh=True)  # a new row: nothing in the backlog to delete
         if source is not None:
             if not tx.blobs.exists(blob_id):
                 tx.blobs.link(blob_id, source, length)
-        elif length <= tx.inline_max:
+        elif length <= tx.inline_max and not prefix:
             tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, ?)", (blob_id, raw))
+        elif length <= tx.inline_max:
+            # The row made at its full length, then the two pieces written into it through incremental blob
+            # I/O (sqlite3 `blobopen`): prefix + raw is never joined in memory (issue 17 item 5).
+            rowid = tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, zeroblob(?))"
+                                    " RETURNING rowid", (blob_id, length)).fetchone()[0]
+            with tx.conn.blobopen("blob_data", "data", rowid) as blob:
+                blob.write(prefix)
+                blob.write(raw)
         elif not tx.blobs.exists(blob_id):
-            tx.blobs.write(blob_id, raw)
+            tx.blobs.write(blob_id, raw, prefix)
 
 
 def add_blob_refs(tx: Tx, counts: Mapping[str, int]) -> None:

@@ -74,6 +74,12 @@ Invariants
    SQLITE_IOERR, SQLITE_CANTOPEN, the file moved or deleted under us, still locked by another process after
    `BUSY_TIMEOUT_MS`, or EIO from a blob file) reaches its caller as `api.StoreUnavailable`, counted in
    `outage` (one log line per interval). Anything else (a constraint, a syntax error: a bug) passes unchanged.
+8. The quick reads of one turn of the event loop (`read(quick=True)`) see one snapshot, taken by the first of
+   them; it ends before the next turn runs any I/O callback (a `call_soon` queued when it began runs ahead of
+   them). So a read made for a command sees every commit that finished before the command's bytes were
+   polled (what a client saw done before it sent it: an admin's change from the CLI, another worker's or the
+   web's), and every write of this process whose future resolved before it (resolutions arrive through
+   `call_soon_threadsafe`, queued behind the snapshot's end). A connection error ends the snapshot at once.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -295,12 +301,12 @@ class Engine:
         the calling (event-loop) thread with a connection of its own, because the hop to a reader thread and back
         costs several times the read itself: profiling SMTP delivery showed the hops as a fifth of the server's
         CPU. Anything that scans (listings, searches) keeps using the reader threads so it never stalls the
-        loop."""
+        loop. The quick reads of one turn of the event loop share one read transaction (invariant 8)."""
         if not self._open or self._readers is None:
             raise StoreError("store is not open")
         try:
             if quick:
-                result = self._run_read(fn)
+                result = self._run_quick(fn)
             else:
                 result = await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
         except Exception as exc:
@@ -341,14 +347,15 @@ class Engine:
             self._raise_if_unreachable(exc)
             raise
 
-    async def write_blobs(self, items: dict[str, bytes]) -> None:
-        """Write and fsync every blob (in parallel) before the job referencing them is queued (invariant 3).
-        Only for bodies stored as files (`inline()` is False); inline bodies are written by the job."""
+    async def write_blobs(self, items: Mapping[str, tuple[bytes, bytes]]) -> None:
+        """Write and fsync every blob, blob id -> (prefix, data) stored as prefix + data (in parallel), before
+        the job referencing them is queued (invariant 3). Only for bodies stored as files (`inline()` is
+        False); inline bodies are written by the job."""
         if len(items) == 1:
-            ((blob_id, data),) = items.items()
-            await self.io(self.blobs.write, blob_id, data)
+            ((blob_id, (prefix, data)),) = items.items()
+            await self.io(self.blobs.write, blob_id, data, prefix)
         elif items:
-            await asyncio.gather(*(self.io(self.blobs.write, b, d) for b, d in items.items()))
+            await asyncio.gather(*(self.io(self.blobs.write, b, d, p) for b, (p, d) in items.items()))
 
     async def forget_blobs(self, blob_ids: set[str]) -> None:
         """After a failed write: delete the files just written if no row references them (invariant 4)."""
@@ -362,18 +369,55 @@ class Engine:
             pass
 
     # ---- reader threads
-    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's read connection (invariant 5), made on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path, writer=False)
             self._local.conn = conn
             with self._rconns_lock:
                 self._rconns.append(conn)
+        return conn
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn()
         conn.execute("BEGIN")
         try:
             return fn(conn)
         finally:
             conn.execute("ROLLBACK")
+
+    def _run_quick(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)` on the event loop thread, inside the read transaction of this turn of the loop: the first
+        quick read of a turn begins it, a callback queued then (`call_soon`: it runs early in the next turn,
+        before the callbacks of any I/O that turn polls) ends it (invariant 8). Beginning a read after other
+        connections committed costs more than a point lookup itself (SQLite takes a new WAL snapshot and drops
+        the connection's page cache): the lookups of one SMTP command share that cost."""
+        conn = self._conn()
+        local = self._local
+        loop = asyncio.get_running_loop()
+        if getattr(local, "snapshot", None) is not loop:  # `local.snapshot`: the loop whose turn holds it
+            if getattr(local, "snapshot", None) is not None:
+                self._end_snapshot(conn, local)  # left by a loop that stopped before its turn ended
+            conn.execute("BEGIN")
+            local.snapshot = loop
+            loop.call_soon(self._end_snapshot, conn, local)
+        try:
+            return fn(conn)
+        except sqlite3.Error:  # the connection's trouble (busy, I/O), not the caller's: a fresh snapshot next
+            self._end_snapshot(conn, local)
+            raise
+
+    @staticmethod
+    def _end_snapshot(conn: sqlite3.Connection, local: threading.local) -> None:
+        """End this thread's quick-read transaction if one is open (ending one early only makes the next read
+        fresher)."""
+        if getattr(local, "snapshot", None) is not None:
+            local.snapshot = None
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:  # closed with the store meanwhile, or no transaction left to end
+                pass
 
     # ---- the writer thread
     def _writer_main(self) -> None:

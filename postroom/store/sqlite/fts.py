@@ -116,9 +116,10 @@ def check_version(conn: sqlite3.Connection) -> bool:
     return reset
 
 
-def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bool:
+def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, fresh: bool = False) -> bool:
     """Index body `blob_id` (not indexed now) from its stored metadata `meta`; if that is missing or of an older
-    format, put it in the backlog instead (invariant 1). True if indexed."""
+    format, put it in the backlog instead (invariant 1). True if indexed. `fresh`: its `blobs` row was made by
+    this transaction, so it has no backlog row (those go with the body: `unindex_blob`) and none is deleted."""
     parsed = _parse(meta)
     if parsed is None:
         conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
@@ -130,7 +131,8 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None) -> bo
     conn.execute(_INSERT_HEAD, (docid, *values[:-1]))
     conn.execute("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", (docid, values[-1]))
     conn.execute("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", (docid, scanform.build(parsed)))
-    conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
+    if not fresh:
+        conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
     return True
 
 

@@ -248,17 +248,17 @@ class MessagesMixin(Base):
         (invariant 7)."""
         now = self._clock()
         prepared = []
-        bodies: dict[str, bytes] = {}
+        bodies: dict[str, tuple[bytes, bytes]] = {}
         inline_bytes: dict[str, int] = {}
         for req in reqs:
             flags, kws = _check_request(req)
-            blob_id = blob_id_of(req.raw)
-            if self._engine.inline(len(req.raw)):
-                inline_bytes[blob_id] = len(req.raw)
+            blob_id = blob_id_of(req.raw, req.prefix)  # of prefix + raw, never joined (AppendRequest)
+            if self._engine.inline(req.size):
+                inline_bytes[blob_id] = req.size
             else:
-                bodies[blob_id] = req.raw  # a file, made durable before the job is queued
+                bodies[blob_id] = (req.prefix, req.raw)  # a file, made durable before the job is queued
             date = now if req.internal_date is None else float(req.internal_date)
-            prepared.append((req, blob_id, NewMessage(date, len(req.raw), flags, kws, blob_id)))
+            prepared.append((req, blob_id, NewMessage(date, req.size, flags, kws, blob_id)))
 
         def op(tx: Tx) -> list[AppendResult]:
             boxes: dict[int, Mailbox] = {}
@@ -266,7 +266,7 @@ class MessagesMixin(Base):
             for mailbox_id, (req, blob_id, item) in zip(mailbox_ids, prepared):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
-                acquire_blob(tx, blob_id, req.raw, 1, req.meta)
+                acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix)
                 put_keys(tx.conn, blob_id, req.meta)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
             return results
@@ -371,7 +371,7 @@ class MessagesMixin(Base):
         adopted: set[str] = set()
         try:
             now = self._clock()
-            bodies: dict[str, bytes] = {}
+            bodies: dict[str, tuple[bytes, bytes]] = {}
             inline_bytes = 0
             # (item, raw body or None, meta, staged source, crlf size) per message, in order
             prepared: list[tuple[NewMessage, bytes | None, bytes | None, Path | None, int | None]] = []
@@ -385,12 +385,13 @@ class MessagesMixin(Base):
                     adopted.add(blob_id)
                     prepared.append((NewMessage(date, size, flags, kws, blob_id), None, m.meta, Path(m.path), crlf))
                     continue
-                blob_id = blob_id_of(m.raw)
-                if self._engine.inline(len(m.raw)):
-                    inline_bytes += len(m.raw)
+                raw = m.joined()  # a prefix here (no caller gives one today) costs one copy
+                blob_id = blob_id_of(raw)
+                if self._engine.inline(len(raw)):
+                    inline_bytes += len(raw)
                 else:
-                    bodies[blob_id] = m.raw
-                prepared.append((NewMessage(date, len(m.raw), flags, kws, blob_id), m.raw, m.meta, None, None))
+                    bodies[blob_id] = (b"", raw)
+                prepared.append((NewMessage(date, len(raw), flags, kws, blob_id), raw, m.meta, None, None))
 
             def op(tx: Tx) -> list[AppendResult]:
                 mbox = load_mailbox(tx.conn, mailbox_id)

@@ -152,7 +152,7 @@ class QueueMixin(Base):
         op = _enqueue_op(blob_id, len(raw), raw, None, mail_from, envid, ret, self._clock(), rcpts, from_checked)
         if self._engine.inline(len(raw)):
             return await self._engine.write(op, size=len(raw))  # the job stores the body in its transaction
-        await self._engine.write_blobs({blob_id: raw})
+        await self._engine.write_blobs({blob_id: (b"", raw)})
         return await self._write_with_new_blobs(op, {blob_id})
 
     async def enqueue_file(
