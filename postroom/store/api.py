@@ -1179,6 +1179,13 @@ class Store(Protocol):
         when there is no such body (e.g. expunged and released since the caller listed it: imap/fetch.py skips
         that message); Invalid for a string that is not a blob id."""
 
+    async def read_messages(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
+        """`read_message` of several bodies at once: blob id -> its exact bytes, in one query where the engine
+        can (POP3 reads the bodies of pipelined and upcoming RETRs this way, pop3/session.py). A blob id with no
+        stored body is left out (expunged and released since it was listed); a repeated id is answered once.
+        Everything asked for is held in memory together: the caller bounds the total (the listing gives each
+        size). Invalid for a string that is not a blob id, before anything is read."""
+
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         """At most `length` octets of a body from octet `start` (fewer at its end, b"" past it), so a large body
         can be read in pieces and never held whole (IMAP CATENATE, RFC 4469). NotFound if there is no such

@@ -356,3 +356,24 @@ async def test_read_message_range(store: Store) -> None:
         await store.read_message_range("0" * 64, 0, 10)
     with pytest.raises(Invalid):
         await store.read_message_range(info.blob_id, -1, 10)
+
+
+@BODY_BACKENDS
+async def test_read_messages_many_at_once(store: Store) -> None:
+    # Store.read_messages (POP3 read-ahead): the bytes read_message gives, for each stored body asked for, inline
+    # and as a file and empty, in one call; an unknown body is left out, a repeated id answered once; Invalid for a
+    # string that is not a blob id, before anything is read.
+    u = await new_user(store)
+    box = await inbox(store, u)
+    raws = [body(1_000, salt=4), body(300_000, salt=5), b"", body(2_000, salt=6)]
+    for raw in raws:
+        await store.append(box.id, AppendRequest(raw))
+    ids = [m.blob_id for m in await store.list_messages(box.id)]
+    assert len(ids) == 4
+    got = await store.read_messages([ids[3], "0" * 64, *ids, ids[0]])
+    assert got == {blob_id_of(raw): raw for raw in raws}
+    assert got == {i: await store.read_message(i) for i in ids}
+    assert await store.read_messages([]) == {}
+    assert await store.read_messages(["0" * 64]) == {}
+    with pytest.raises(Invalid):
+        await store.read_messages([ids[0], "../etc/passwd"])

@@ -34,6 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -92,6 +93,7 @@ from postroom.store.sqlite.threads import (
 )
 
 PRUNE_BATCH = 10_000  # expunged records forgotten per write transaction (`prune_expunged`)
+QUICK_BODIES = 64  # read_messages: at most this many inline bodies are read on the calling thread (Engine.read)
 
 
 @dataclass(frozen=True)
@@ -582,6 +584,36 @@ class MessagesMixin(Base):
         if data is not None:
             return data
         return await self._engine.io(self._blobs.read, blob_id)  # a large body, or one from schema version 1
+
+    async def read_messages(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(blob_ids))
+        for blob_id in wanted:
+            check_id(blob_id)
+
+        def q(conn: sqlite3.Connection) -> dict[str, bytes]:
+            out: dict[str, bytes] = {}
+            for i in range(0, len(wanted), CHUNK):
+                chunk = wanted[i:i + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for blob_id, data in conn.execute(f"SELECT id, data FROM blob_data WHERE id IN ({marks})", chunk):
+                    out[str(blob_id)] = bytes(data)
+            return out
+
+        if not wanted:
+            return {}
+        # Keyed lookups of inline bodies, as in read_message: a few of them on this thread (no hop), a longer
+        # list on a reader thread. What the table does not hold is a file (or no body at all: left out).
+        out = await self._engine.read(q, quick=len(wanted) <= QUICK_BODIES)
+        files = [b for b in wanted if b not in out]
+        if files:
+            read = await asyncio.gather(*(self._engine.io(self._blobs.read, b) for b in files),
+                                        return_exceptions=True)
+            for blob_id, got in zip(files, read, strict=True):
+                if isinstance(got, bytes):
+                    out[blob_id] = got
+                elif not isinstance(got, NotFound):
+                    raise got
+        return out
 
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         check_id(blob_id)
