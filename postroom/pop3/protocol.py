@@ -278,7 +278,6 @@ class POP3Core:
         self.retrieved: set[int] = set()  # message numbers sent whole by RETR
         self.username = ""
         self._in = ReceiveBuffer()  # net/receivebuffer.py
-        self._peeked = 0  # bytes at the start of the buffer already seen by upcoming_retrievals
         self._pending_user: str | None = None  # set by USER, consumed by the very next command (RFC 1939 §7)
         self._sasl = False  # SASL mode: lines are responses, not commands
         self._waiting = False  # an event is with the session; no new command until it answers
@@ -309,11 +308,9 @@ class POP3Core:
         if line is NEED_DATA:
             return None
         if line is TOO_LONG:
-            self._peeked = 0
             # RFC 2449 §4: commands are at most 255 octets; we allow `line_limit` and refuse longer ones.
             return _Error("line too long")
         assert isinstance(line, bytes)
-        self._peeked = max(0, self._peeked - len(line))
         return line
 
     def next_event(self) -> Event:
@@ -536,32 +533,51 @@ class POP3Core:
         count, size = self._stat()
         return Send((ok(f"maildrop has {count} messages ({size} octets)"),))
 
-    def upcoming_retrievals(self, max_count: int, max_octets: int) -> list[Entry]:
-        """The messages that complete RETR/TOP lines buffered since the last call will ask for, in order,
-        without consuming anything: lets the session read bodies ahead while it sends the current one
-        (PIPELINING). Each line is looked at once (`_peeked` remembers how far); a line that will fail gets
-        no entry; the replies are still produced by `next_event` alone."""
+    def read_ahead(self, number: int, max_count: int, max_octets: int, sequential: bool = False) -> list[Entry]:
+        """The messages worth reading together with message `number` that a RETR/TOP is about to send, in order,
+        without consuming anything (the session reads their bodies in one store call, RFC 2449 §6.6
+        PIPELINING): first those that complete RETR/TOP lines already buffered will ask for (at most
+        4 x `max_count` lines are looked at), then, if `sequential` (the client has been going through the
+        maildrop in order), the messages after the last of them. Deleted messages, numbers out of range, lines
+        that will fail and repeats are left out; at most `max_count` entries of at most `max_octets` in all
+        (sizes from the listing). The replies are still produced by `next_event` alone."""
         if self.state is not State.TRANSACTION or self._sasl or max_count <= 0:
             return []
+        entries, deleted = self.entries, self.deleted
         out: list[Entry] = []
+        seen = {number}
         octets = 0
-        pos = self._peeked
+        last = number
         buf = self._in.data
-        while len(out) < max_count:
+        pos = 0
+        for _ in range(4 * max_count):
             nl = buf.find(b"\n", pos, pos + 64)
             if nl < 0:
                 break
             words = bytes(buf[pos:nl]).split()
+            pos = nl + 1
             if len(words) >= 2 and words[0].upper() in (b"RETR", b"TOP"):
                 n = parse_number(words[1].decode("ascii", "replace"))
-                if n is not None and 1 <= n <= len(self.entries) and n not in self.deleted:
-                    entry = self.entries[n - 1]
-                    octets += entry.size
-                    if octets > max_octets:
-                        break
-                    out.append(entry)
-            pos = nl + 1
-        self._peeked = pos
+                if n is None or not 1 <= n <= len(entries) or n in deleted or n in seen:
+                    continue
+                octets += entries[n - 1].size
+                if octets > max_octets:
+                    return out
+                out.append(entries[n - 1])
+                seen.add(n)
+                last = n
+                if len(out) >= max_count:
+                    return out
+        if sequential:
+            n = last
+            while len(out) < max_count and n < len(entries):
+                n += 1
+                if n in deleted or n in seen:
+                    continue
+                octets += entries[n - 1].size
+                if octets > max_octets:
+                    break
+                out.append(entries[n - 1])
         return out
 
     # --- SASL -----------------------------------------------------------------------------------------

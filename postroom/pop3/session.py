@@ -39,9 +39,12 @@ Invariants
    retrieved and deleted counts.
 5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
    the session goes on (STYLE habit 4).
-6. Read-ahead only reads: at most PREFETCH_COUNT bodies and PREFETCH_OCTETS bytes are in
-   memory ahead of the reply being sent; replies are still produced one command at a time, in order; what
-   is left when the session ends is cancelled.
+6. Read-ahead only reads: besides the body being sent, at most READ_AHEAD_COUNT bodies of at most
+   READ_AHEAD_OCTETS in all (by the listing's sizes) are held, and only until the client asks for one that is
+   not among them (then they are dropped). Replies are still produced one command at a time, in order. A body
+   read ahead is served even if another session expunges its message before the RETR: bodies never change,
+   and the maildrop is the one fixed at login (RFC 1939 §8); only a body gone before it was read is
+   `-ERR ... removed`.
 7. A session whose lock renewal found the lock taken by another (its lease ran out while the store was out of
    reach) deletes nothing at QUIT: `-ERR` instead (RFC 1939 §6 lets UPDATE fail).
 8. A store that cannot be reached (`StoreUnavailable`: the database down) is answered `-ERR [SYS/TEMP]` (RFC 3206
@@ -95,8 +98,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("postroom.pop3")
 
 READ_CHUNK = 64 * 1024
-PREFETCH_COUNT = 16  # message bodies read ahead for pipelined RETR/TOP ...
-PREFETCH_OCTETS = 8 << 20  # ... and at most this many bytes of them in all
+READ_AHEAD_COUNT = 32  # message bodies read with the one a RETR/TOP asks for (pipelined or next in order) ...
+READ_AHEAD_OCTETS = 1 << 20  # ... and at most this many bytes of them in all (by the listing's sizes)
 DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more commands are buffered
 
 
@@ -220,8 +223,9 @@ class Session:
         self.exchange: Exchange | None = None
         self.mechanism = ""
         self.retrieved = 0
-        self._ahead: dict[str, asyncio.Future[bytes]] = {}  # blob id -> body being read ahead
+        self._ahead: dict[str, bytes] = {}  # blob id -> body read ahead (invariant 6)
         self._ahead_octets = 0
+        self._last_number = 0  # the message the last RETR/TOP asked for
         self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -241,10 +245,7 @@ class Session:
             conn.write(err("[SYS/TEMP] server shutting down, try again later"))
             conn.end = "shutdown"
         finally:
-            for task in self._ahead.values():
-                task.cancel()
-            if self._ahead:
-                await asyncio.gather(*self._ahead.values(), return_exceptions=True)
+            self._ahead.clear()
             if self.user is not None:
                 await asyncio.shield(self.locks.release(self.user.id, conn.session_id))
 
@@ -299,6 +300,8 @@ class Session:
                 return
 
     async def _handle(self, event: object) -> list[bytes]:
+        if isinstance(event, Retrieve):
+            return await self._retrieve(event)
         if isinstance(event, Send):
             return list(event.chunks)
         if isinstance(event, CheckPassword):
@@ -312,8 +315,6 @@ class Session:
             return [await self._sasl_step(event)]
         if isinstance(event, StartTls):
             return await self._stls()
-        if isinstance(event, Retrieve):
-            return await self._retrieve(event)
         if isinstance(event, Update):
             reply = await self._update(event)
             if self.user is not None:  # RFC 1939 §6: done with the maildrop; free before the reply, so a client
@@ -420,21 +421,27 @@ class Session:
 
     # --- RETR / TOP -----------------------------------------------------------------------------------
     async def _retrieve(self, event: Retrieve) -> list[bytes]:
-        core = self.core
-        store = self.services.store
-        # RFC 2449 §6.6: with commands pipelined, read the next bodies while this one is sent (invariant 6).
-        task = self._ahead.pop(event.entry.blob_id, None)
-        if task is not None:
-            self._ahead_octets -= event.entry.size
-        budget = PREFETCH_OCTETS - self._ahead_octets
-        for entry in core.upcoming_retrievals(PREFETCH_COUNT - len(self._ahead), budget):
-            if entry.blob_id not in self._ahead and entry.blob_id != event.entry.blob_id:
-                self._ahead[entry.blob_id] = asyncio.ensure_future(store.read_message(entry.blob_id))
-                self._ahead_octets += entry.size
-        try:
-            raw = await (task if task is not None else store.read_message(event.entry.blob_id))
-        except (NotFound, FileNotFoundError):
-            return [core.message_gone(event.number)]
+        core, entry = self.core, event.entry
+        sequential = event.number == self._last_number + 1
+        self._last_number = event.number
+        raw = self._ahead.pop(entry.blob_id, None)
+        if raw is not None:
+            self._ahead_octets -= len(raw)
+        else:
+            # A miss: what was read ahead is not what the client asks for next, so it goes (invariant 6). Read
+            # this body together with those of the RETR/TOP lines already buffered (RFC 2449 §6.6 PIPELINING)
+            # and, when the client goes through the maildrop in order, of the messages after them: one store
+            # call for a run of messages instead of one each.
+            self._ahead.clear()
+            self._ahead_octets = 0
+            batch = [entry.blob_id, *(e.blob_id for e in core.read_ahead(
+                event.number, READ_AHEAD_COUNT, READ_AHEAD_OCTETS, sequential=sequential))]
+            bodies = await self.services.store.read_messages(batch)
+            raw = bodies.pop(entry.blob_id, None)
+            if raw is None:
+                return [core.message_gone(event.number)]
+            self._ahead = bodies
+            self._ahead_octets = sum(map(len, bodies.values()))
         if event.lines is None:
             self.retrieved += 1
             self.conn.log["retrieved"] = self.retrieved

@@ -508,18 +508,26 @@ def test_uidl_is_within_rfc_limits() -> None:
     assert 1 <= len(uidl) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uidl)
 
 
-def test_upcoming_retrievals_peeks_each_line_once(d: Driver) -> None:
+def test_read_ahead_names_the_buffered_and_the_next_messages(d: Driver) -> None:
+    # The session reads these bodies with the one RETR 1 asks for (RFC 2449 §6.6 PIPELINING): the buffered RETR
+    # and TOP lines first, in order, then, for a client going through in order, the messages after them; never a
+    # deleted one, a repeat, one out of range, or one of a line not complete yet; within both budgets.
     d.feed(b"DELE 2\r\n")
-    d.core.receive_data(b"RETR 1\r\nNOOP\r\nRETR 2\r\nTOP 3 0\r\nRETR 9\r\nRETR x\r\nRETR 1")
-    assert [e.uid for e in d.core.upcoming_retrievals(10, 1 << 20)] == [10, 12]  # not deleted, not partial
-    assert d.core.upcoming_retrievals(10, 1 << 20) == []  # already seen
-    out = d.pump()  # the replies are unchanged by the peeking
+    d.core.receive_data(b"NOOP\r\nRETR 2\r\nTOP 3 0\r\nRETR 9\r\nRETR x\r\nRETR 3\r\nRETR 1")
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20)] == [12]
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20)] == [12]  # looking consumes nothing
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20, sequential=True)] == [12]  # nothing after 3
+    out = d.pump()  # the replies are unchanged by the looking
     assert out.count(b"+OK") == 3 and b"-ERR message 2 is deleted" in out
     d.core.receive_data(b"\r\n")
-    assert [e.uid for e in d.core.upcoming_retrievals(10, 1 << 20)] == [10]
-    d.core.receive_data(b"RETR 3\r\n")
-    assert d.core.upcoming_retrievals(10, 1) == []  # over the byte budget
-    assert POP3Core(Options()).upcoming_retrievals(10, 1 << 20) == []  # not in TRANSACTION
+    assert [e.uid for e in d.core.read_ahead(2, 10, 1 << 20)] == [10]
+    d.pump()
+    d.feed(b"RSET\r\n")
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20, sequential=True)] == [11, 12]
+    assert [e.uid for e in d.core.read_ahead(1, 1, 1 << 20, sequential=True)] == [11]  # the count budget
+    assert [e.uid for e in d.core.read_ahead(1, 10, len(MESSAGES[1]), sequential=True)] == [11]  # the bytes
+    assert d.core.read_ahead(1, 0, 1 << 20, sequential=True) == []
+    assert POP3Core(Options()).read_ahead(1, 10, 1 << 20, sequential=True) == []  # not in TRANSACTION
 
 
 def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:
