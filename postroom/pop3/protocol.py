@@ -53,6 +53,7 @@ import binascii
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from postroom.mime.lineends import crlf_size
 from postroom.net.receivebuffer import NEED_DATA as NEED_DATA  # the one marker of the cores, re-exported
@@ -73,9 +74,8 @@ class State(enum.Enum):
 
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One message of the maildrop, as fixed at login."""
+class Entry(NamedTuple):
+    """One message of the maildrop, as fixed at login (a tuple: made once per message at every login)."""
 
     uid: int
     size: int
@@ -119,9 +119,9 @@ class StartTls:
     """STLS (RFC 2595 §4): check for pipelined plaintext, then `tls_go_ahead` or `tls_refused`."""
 
 
-@dataclass(frozen=True)
-class Retrieve:
-    """RETR or TOP (RFC 1939 §7) of message `number`: `message_reply`, or `message_gone` if it was removed meanwhile."""
+class Retrieve(NamedTuple):
+    """RETR or TOP (RFC 1939 §7) of message `number`: `message_reply`, or `message_gone` if it was removed meanwhile.
+    (A tuple: one is made per message retrieved.)"""
 
     number: int
     entry: Entry

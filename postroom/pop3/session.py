@@ -12,8 +12,8 @@ of 100 RETRs costs one read and a few drains, not 100 round trips.
 
 Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
 thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured
-(`-ERR [LOGIN-DELAY]`), list INBOX without bodies, enter TRANSACTION, and open the POP-before-SMTP window
-(`auth.note_login`).
+(`-ERR [LOGIN-DELAY]`), list INBOX without bodies (`Store.list_octets`, one query), enter TRANSACTION, and open
+the POP-before-SMTP window (`auth.note_login`).
 
 Exclusive access (RFC 1939 §8: "the POP3 server then acquires an exclusive-access lock on the maildrop") is
 `MaildropLocks`, one per store, shared by the pop3 and pop3s listeners. Besides its in-process table it takes
@@ -347,14 +347,13 @@ class Session:
             if mailbox is None:
                 return await _release_and(self.locks, user.id, conn.session_id,
                                           core.login_failed("SYS/PERM", "this account has no INBOX"))
-            messages = await store.list_messages(mailbox.id)
             # RFC 1939 §11: announce the octets RETR will send (line ends as CRLF), kept per body at delivery.
-            octets = await store.crlf_sizes(m.blob_id for m in messages)
+            listing = await store.list_octets(mailbox.id)
         except BaseException:
             await asyncio.shield(self.locks.release(user.id, conn.session_id))
             raise
-        entries = [Entry(m.uid, octets.get(m.blob_id, m.size), m.blob_id, make_uidl(mailbox.uidvalidity, m.uid))
-                   for m in messages]
+        validity = mailbox.uidvalidity
+        entries = [Entry(uid, octets, blob_id, make_uidl(validity, uid)) for uid, blob_id, octets in listing]
         self.user = user
         self.mailbox_id = mailbox.id
         await self.locks.note_login(user.id)

@@ -1202,6 +1202,11 @@ class Store(Protocol):
         engines kept the number is counted from its bytes on first ask and the number kept. A blob id that is
         not stored is left out."""
 
+    async def list_octets(self, mailbox_id: int) -> list[tuple[int, str, int]]:
+        """(uid, blob id, octets) of every message of the mailbox, ascending UID, where octets is `crlf_sizes`'s
+        number for the body (what POP3 announces and sends, RFC 1939 §11): the POP3 listing at login in one
+        query, without a `MessageInfo` per message. NotFound if the mailbox is gone."""
+
     async def read_metas(self, blob_ids: Iterable[str]) -> dict[str, bytes | None]:
         """`read_meta` of many bodies at once (FETCH ENVELOPE or SEARCH over a range): a few queries, not one
         per body. A blob id that is not stored (its message was expunged meanwhile) is left out; None means

@@ -86,7 +86,7 @@ from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
 from postroom.store.postgresql.senders import record_signals
 from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
-from postroom.store.sqlite.messages import _apply, _check_request, _has_junk, _kws
+from postroom.store.sqlite.messages import _apply, _check_request, _counted, _has_junk, _kws
 from postroom.store.sqlite.senders import copy_verdict
 
 PRUNE_BATCH = 10_000
@@ -654,6 +654,15 @@ class MessagesMixin(Base):
 
         if found:
             await self._engine.write(op)
+
+    async def list_octets(self, mailbox_id: int) -> list[tuple[int, str, int]]:
+        async def q(conn: Conn) -> list[tuple[int, str, int | None]]:
+            await load_mailbox(conn, mailbox_id)
+            found = await conn.fetch("SELECT m.uid, m.blob_id, b.crlf_size FROM messages AS m JOIN blobs AS b"
+                                     " ON b.id = m.blob_id WHERE m.mailbox_id = $1 ORDER BY m.uid", mailbox_id)
+            return [(int(r[0]), str(r[1]), None if r[2] is None else int(r[2])) for r in found]
+
+        return await _counted(self.crlf_sizes, await self._engine.read(q))
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(blob_ids))
