@@ -212,13 +212,15 @@ def dot_stuff(raw: bytes, canonical: bool = False) -> list[bytes]:
     "." gets one more "."; the response ends with CRLF "." CRLF).
 
     Messages are stored with CRLF line ends; one with a bare LF (an IMAP APPEND may carry one) is sent with
-    CRLF line ends so that no client mistakes one of its lines for the terminator. Two C-speed passes, no
-    per-line Python loop; one when the caller knows `raw` is `canonical` (its `crlf_size` is its length: no
-    bare LF, and it ends with CRLF).
+    CRLF line ends so that no client mistakes one of its lines for the terminator. C-speed passes, no per-line
+    Python loop: one search when the caller knows `raw` is `canonical` (its `crlf_size` is its length: no bare
+    LF, and it ends with CRLF) and no line starts with "."; more only for a body that needs them.
     """
     if not canonical and raw.count(b"\n") != raw.count(b"\r\n"):
         raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    body = raw.replace(b"\r\n.", b"\r\n..")
+    # Every LF is now preceded by CR, so LF "." finds the same lines as CRLF ".": a two-byte search is about
+    # twice as fast as the three-byte one, and most messages have no such line (bench/pop3.py profile).
+    body = raw.replace(b"\r\n.", b"\r\n..") if b"\n." in raw else raw
     chunks = [b".", body] if body.startswith(b".") else [body]
     if body and not body.endswith(b"\r\n"):
         chunks.append(b"\r\n")

@@ -489,6 +489,10 @@ def test_dot_stuff_cases() -> None:
     assert b"".join(dot_stuff(b"a\r\n.\r\n")) == b"a\r\n..\r\n.\r\n"
     assert b"".join(dot_stuff(b"no end")) == b"no end\r\n.\r\n"
     assert b"".join(dot_stuff(b"bare\n.lf\n")) == b"bare\r\n..lf\r\n.\r\n"
+    # canonical bodies (CRLF everywhere, as the session says when the listed size is the length): RFC 1939 §3
+    assert b"".join(dot_stuff(b"a\r\n.b\r\n..\r\nc.\r\n", canonical=True)) == b"a\r\n..b\r\n...\r\nc.\r\n.\r\n"
+    assert b"".join(dot_stuff(b".x\r\n", canonical=True)) == b"..x\r\n.\r\n"
+    assert b"".join(dot_stuff(b"no dot.\r\nat all\r\n", canonical=True)) == b"no dot.\r\nat all\r\n.\r\n"
 
 
 def test_top_cases() -> None:
