@@ -654,7 +654,7 @@ class POP3Core:
             # canonical and needs no line-end pass (`dot_stuff`); any other count is made again from the bytes.
             listed = self.entries[number - 1].size if 0 < number <= len(self.entries) else -1
             octets = listed if listed == len(raw) else crlf_size(raw)
-            return [ok(f"{octets} octets"), *dot_stuff(raw, canonical=octets == len(raw))]
+            return [b"+OK %d octets\r\n" % octets, *dot_stuff(raw, canonical=octets == len(raw))]  # = ok(...)
         return [ok("top of message follows"), *dot_stuff(top(raw, lines))]
 
     def message_gone(self, number: int) -> bytes:

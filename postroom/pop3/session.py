@@ -285,7 +285,7 @@ class Session:
                 chunks = [core.internal_error()]
             if chunks:
                 pending += chunks
-                unflushed += sum(len(c) for c in chunks)
+                unflushed += sum(map(len, chunks))
                 if unflushed > DRAIN_ABOVE:
                     conn.writelines(pending)
                     pending = []
