@@ -542,7 +542,7 @@ class POP3Core:
         4 x `max_count` lines are looked at), then, if `sequential` (the client has been going through the
         maildrop in order), the messages after the last of them. Deleted messages, numbers out of range, lines
         that will fail and repeats are left out; at most `max_count` entries of at most `max_octets` in all
-        (sizes from the listing). The replies are still produced by `next_event` alone."""
+        (sizes from the listing). The work is bounded by `max_count`, not by the maildrop or the buffer. The replies are still produced by `next_event` alone."""
         if self.state is not State.TRANSACTION or self._sasl or max_count <= 0:
             return []
         entries, deleted = self.entries, self.deleted
@@ -571,9 +571,9 @@ class POP3Core:
                 if len(out) >= max_count:
                     return out
         if sequential:
-            n = last
-            while len(out) < max_count and n < len(entries):
-                n += 1
+            for n in range(last + 1, min(len(entries), last + 4 * max_count) + 1):  # bounded, deleted or not
+                if len(out) >= max_count:
+                    break
                 if n in deleted or n in seen:
                     continue
                 octets += entries[n - 1].size

@@ -534,6 +534,15 @@ def test_read_ahead_names_the_buffered_and_the_next_messages(d: Driver) -> None:
     assert POP3Core(Options()).read_ahead(1, 10, 1 << 20, sequential=True) == []  # not in TRANSACTION
 
 
+def test_read_ahead_work_is_bounded_by_its_count() -> None:
+    # No per-command work that grows with the maildrop: past 4 x max_count numbers (all deleted here) it stops.
+    core = POP3Core(Options(user_without_tls=True))
+    core.login_ok("alice", [Entry(i, 10, f"b{i}", make_uidl(7, i)) for i in range(1, 1001)])
+    core.deleted.update(range(2, 900))
+    assert core.read_ahead(1, 5, 1 << 20, sequential=True) == []
+    assert [e.uid for e in core.read_ahead(895, 5, 1 << 20, sequential=True)] == [900, 901, 902, 903, 904]
+
+
 def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:
     # RFC 3206 §4: SYS/TEMP, "a temporary system error"; the client may try again in the same session.
     d = Driver()
