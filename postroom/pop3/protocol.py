@@ -542,7 +542,8 @@ class POP3Core:
         4 x `max_count` lines are looked at), then, if `sequential` (the client has been going through the
         maildrop in order), the messages after the last of them. Deleted messages, numbers out of range, lines
         that will fail and repeats are left out; at most `max_count` entries of at most `max_octets` in all
-        (sizes from the listing). The work is bounded by `max_count`, not by the maildrop or the buffer. The replies are still produced by `next_event` alone."""
+        (sizes from the listing). The work is bounded by `max_count`, not by the maildrop or the buffer. The
+        replies are still produced by `next_event` alone."""
         if self.state is not State.TRANSACTION or self._sasl or max_count <= 0:
             return []
         entries, deleted = self.entries, self.deleted

@@ -73,7 +73,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import log_refusal
-from postroom.store.api import InsufficientStorage, NotFound, Store, StoreUnavailable, User
+from postroom.store.api import InsufficientStorage, Store, StoreUnavailable, User
 
 from .protocol import (
     NEED_DATA,
