@@ -224,7 +224,6 @@ class Session:
         self.mechanism = ""
         self.retrieved = 0
         self._ahead: dict[str, bytes] = {}  # blob id -> body read ahead (invariant 6)
-        self._ahead_octets = 0
         self._last_number = 0  # the message the last RETR/TOP asked for
         self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
@@ -424,23 +423,18 @@ class Session:
         sequential = event.number == self._last_number + 1
         self._last_number = event.number
         raw = self._ahead.pop(entry.blob_id, None)
-        if raw is not None:
-            self._ahead_octets -= len(raw)
-        else:
+        if raw is None:
             # A miss: what was read ahead is not what the client asks for next, so it goes (invariant 6). Read
             # this body together with those of the RETR/TOP lines already buffered (RFC 2449 §6.6 PIPELINING)
             # and, when the client goes through the maildrop in order, of the messages after them: one store
             # call for a run of messages instead of one each.
             self._ahead.clear()
-            self._ahead_octets = 0
             batch = [entry.blob_id, *(e.blob_id for e in core.read_ahead(
                 event.number, READ_AHEAD_COUNT, READ_AHEAD_OCTETS, sequential=sequential))]
-            bodies = await self.services.store.read_messages(batch)
-            raw = bodies.pop(entry.blob_id, None)
+            self._ahead = await self.services.store.read_messages(batch)
+            raw = self._ahead.pop(entry.blob_id, None)
             if raw is None:
                 return [core.message_gone(event.number)]
-            self._ahead = bodies
-            self._ahead_octets = sum(map(len, bodies.values()))
         if event.lines is None:
             self.retrieved += 1
             self.conn.log["retrieved"] = self.retrieved
