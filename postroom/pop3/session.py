@@ -8,7 +8,10 @@ the client sent (up to 64 KiB), feeding it to the core; otherwise carry the even
 SASL exchange, upgrade to TLS, read a message body, remove messages at QUIT) and hand the core the outcome,
 which answers with the reply bytes. Pipelined commands (RFC 2449 §6.6) are all answered from the buffer; the
 session waits for the client's output to drain only when it runs out of input or a reply is large, so a batch
-of 100 RETRs costs one read and a few drains, not 100 round trips.
+of 100 RETRs costs one read and a few drains, not 100 round trips. Bodies are read a run at a time: a RETR or
+TOP whose body was not read ahead reads it with those of the RETR/TOP lines already buffered and, when the
+client goes through the maildrop in order (RETR n after RETR n-1, one at a time or pipelined), of the messages
+after them, in one `Store.read_messages` call (invariant 6 bounds it); the next RETRs find theirs in memory.
 
 Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
 thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured
