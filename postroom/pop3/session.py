@@ -8,12 +8,15 @@ the client sent (up to 64 KiB), feeding it to the core; otherwise carry the even
 SASL exchange, upgrade to TLS, read a message body, remove messages at QUIT) and hand the core the outcome,
 which answers with the reply bytes. Pipelined commands (RFC 2449 §6.6) are all answered from the buffer; the
 session waits for the client's output to drain only when it runs out of input or a reply is large, so a batch
-of 100 RETRs costs one read and a few drains, not 100 round trips.
+of 100 RETRs costs one read and a few drains, not 100 round trips. Bodies are read a run at a time: a RETR or
+TOP whose body was not read ahead reads it with those of the RETR/TOP lines already buffered and, when the
+client goes through the maildrop in order (RETR n after RETR n-1, one at a time or pipelined), of the messages
+after them, in one `Store.read_messages` call (invariant 6 bounds it); the next RETRs find theirs in memory.
 
 Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
 thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured
-(`-ERR [LOGIN-DELAY]`), list INBOX without bodies, enter TRANSACTION, and open the POP-before-SMTP window
-(`auth.note_login`).
+(`-ERR [LOGIN-DELAY]`), list INBOX without bodies (`Store.list_octets`, one query), enter TRANSACTION, and open
+the POP-before-SMTP window (`auth.note_login`).
 
 Exclusive access (RFC 1939 §8: "the POP3 server then acquires an exclusive-access lock on the maildrop") is
 `MaildropLocks`, one per store, shared by the pop3 and pop3s listeners. Besides its in-process table it takes
@@ -39,9 +42,12 @@ Invariants
    retrieved and deleted counts.
 5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
    the session goes on (STYLE habit 4).
-6. Read-ahead only reads: at most PREFETCH_COUNT bodies and PREFETCH_OCTETS bytes are in
-   memory ahead of the reply being sent; replies are still produced one command at a time, in order; what
-   is left when the session ends is cancelled.
+6. Read-ahead only reads: besides the body being sent, at most READ_AHEAD_COUNT bodies of at most
+   READ_AHEAD_OCTETS in all (by the listing's sizes) are held, and only until the client asks for one that is
+   not among them (then they are dropped). Replies are still produced one command at a time, in order. A body
+   read ahead is served even if another session expunges its message before the RETR: bodies never change,
+   and the maildrop is the one fixed at login (RFC 1939 §8); only a body gone before it was read is
+   `-ERR ... removed`.
 7. A session whose lock renewal found the lock taken by another (its lease ran out while the store was out of
    reach) deletes nothing at QUIT: `-ERR` instead (RFC 1939 §6 lets UPDATE fail).
 8. A store that cannot be reached (`StoreUnavailable`: the database down) is answered `-ERR [SYS/TEMP]` (RFC 3206
@@ -70,7 +76,7 @@ from postroom.net.connection import (
     ShuttingDown,
 )
 from postroom.net.listener import log_refusal
-from postroom.store.api import InsufficientStorage, NotFound, Store, StoreUnavailable, User
+from postroom.store.api import InsufficientStorage, Store, StoreUnavailable, User
 
 from .protocol import (
     NEED_DATA,
@@ -95,8 +101,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("postroom.pop3")
 
 READ_CHUNK = 64 * 1024
-PREFETCH_COUNT = 16  # message bodies read ahead for pipelined RETR/TOP ...
-PREFETCH_OCTETS = 8 << 20  # ... and at most this many bytes of them in all
+READ_AHEAD_COUNT = 32  # message bodies read with the one a RETR/TOP asks for (pipelined or next in order) ...
+READ_AHEAD_OCTETS = 1 << 20  # ... and at most this many bytes of them in all (by the listing's sizes)
 DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more commands are buffered
 
 
@@ -220,8 +226,8 @@ class Session:
         self.exchange: Exchange | None = None
         self.mechanism = ""
         self.retrieved = 0
-        self._ahead: dict[str, asyncio.Future[bytes]] = {}  # blob id -> body being read ahead
-        self._ahead_octets = 0
+        self._ahead: dict[str, bytes] = {}  # blob id -> body read ahead (invariant 6)
+        self._last_number = 0  # the message the last RETR/TOP asked for
         self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -241,10 +247,7 @@ class Session:
             conn.write(err("[SYS/TEMP] server shutting down, try again later"))
             conn.end = "shutdown"
         finally:
-            for task in self._ahead.values():
-                task.cancel()
-            if self._ahead:
-                await asyncio.gather(*self._ahead.values(), return_exceptions=True)
+            self._ahead.clear()
             if self.user is not None:
                 await asyncio.shield(self.locks.release(self.user.id, conn.session_id))
 
@@ -284,7 +287,7 @@ class Session:
                 chunks = [core.internal_error()]
             if chunks:
                 pending += chunks
-                unflushed += sum(len(c) for c in chunks)
+                unflushed += sum(map(len, chunks))
                 if unflushed > DRAIN_ABOVE:
                     conn.writelines(pending)
                     pending = []
@@ -299,6 +302,8 @@ class Session:
                 return
 
     async def _handle(self, event: object) -> list[bytes]:
+        if isinstance(event, Retrieve):
+            return await self._retrieve(event)
         if isinstance(event, Send):
             return list(event.chunks)
         if isinstance(event, CheckPassword):
@@ -312,8 +317,6 @@ class Session:
             return [await self._sasl_step(event)]
         if isinstance(event, StartTls):
             return await self._stls()
-        if isinstance(event, Retrieve):
-            return await self._retrieve(event)
         if isinstance(event, Update):
             reply = await self._update(event)
             if self.user is not None:  # RFC 1939 §6: done with the maildrop; free before the reply, so a client
@@ -346,14 +349,13 @@ class Session:
             if mailbox is None:
                 return await _release_and(self.locks, user.id, conn.session_id,
                                           core.login_failed("SYS/PERM", "this account has no INBOX"))
-            messages = await store.list_messages(mailbox.id)
             # RFC 1939 §11: announce the octets RETR will send (line ends as CRLF), kept per body at delivery.
-            octets = await store.crlf_sizes(m.blob_id for m in messages)
+            listing = await store.list_octets(mailbox.id)
         except BaseException:
             await asyncio.shield(self.locks.release(user.id, conn.session_id))
             raise
-        entries = [Entry(m.uid, octets.get(m.blob_id, m.size), m.blob_id, make_uidl(mailbox.uidvalidity, m.uid))
-                   for m in messages]
+        validity = mailbox.uidvalidity
+        entries = [Entry(uid, octets, blob_id, make_uidl(validity, uid)) for uid, blob_id, octets in listing]
         self.user = user
         self.mailbox_id = mailbox.id
         await self.locks.note_login(user.id)
@@ -420,21 +422,22 @@ class Session:
 
     # --- RETR / TOP -----------------------------------------------------------------------------------
     async def _retrieve(self, event: Retrieve) -> list[bytes]:
-        core = self.core
-        store = self.services.store
-        # RFC 2449 §6.6: with commands pipelined, read the next bodies while this one is sent (invariant 6).
-        task = self._ahead.pop(event.entry.blob_id, None)
-        if task is not None:
-            self._ahead_octets -= event.entry.size
-        budget = PREFETCH_OCTETS - self._ahead_octets
-        for entry in core.upcoming_retrievals(PREFETCH_COUNT - len(self._ahead), budget):
-            if entry.blob_id not in self._ahead and entry.blob_id != event.entry.blob_id:
-                self._ahead[entry.blob_id] = asyncio.ensure_future(store.read_message(entry.blob_id))
-                self._ahead_octets += entry.size
-        try:
-            raw = await (task if task is not None else store.read_message(event.entry.blob_id))
-        except (NotFound, FileNotFoundError):
-            return [core.message_gone(event.number)]
+        core, entry = self.core, event.entry
+        sequential = event.number == self._last_number + 1
+        self._last_number = event.number
+        raw = self._ahead.pop(entry.blob_id, None)
+        if raw is None:
+            # A miss: what was read ahead is not what the client asks for next, so it goes (invariant 6). Read
+            # this body together with those of the RETR/TOP lines already buffered (RFC 2449 §6.6 PIPELINING)
+            # and, when the client goes through the maildrop in order, of the messages after them: one store
+            # call for a run of messages instead of one each.
+            self._ahead.clear()
+            batch = [entry.blob_id, *(e.blob_id for e in core.read_ahead(
+                event.number, READ_AHEAD_COUNT, READ_AHEAD_OCTETS, sequential=sequential))]
+            self._ahead = await self.services.store.read_messages(batch)
+            raw = self._ahead.pop(entry.blob_id, None)
+            if raw is None:
+                return [core.message_gone(event.number)]
         if event.lines is None:
             self.retrieved += 1
             self.conn.log["retrieved"] = self.retrieved

@@ -1195,6 +1195,13 @@ class Store(Protocol):
         when there is no such body (e.g. expunged and released since the caller listed it: imap/fetch.py skips
         that message); Invalid for a string that is not a blob id."""
 
+    async def read_messages(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
+        """`read_message` of several bodies at once: blob id -> its exact bytes, in one query where the engine
+        can (POP3 reads the bodies of pipelined and upcoming RETRs this way, pop3/session.py). A blob id with no
+        stored body is left out (expunged and released since it was listed); a repeated id is answered once.
+        Everything asked for is held in memory together: the caller bounds the total (the listing gives each
+        size). Invalid for a string that is not a blob id, before anything is read."""
+
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         """At most `length` octets of a body from octet `start` (fewer at its end, b"" past it), so a large body
         can be read in pieces and never held whole (IMAP CATENATE, RFC 4469). NotFound if there is no such
@@ -1210,6 +1217,11 @@ class Store(Protocol):
         (RFC 1939 §11). Counted when the body was stored, so a listing reads no bodies; a body stored before
         engines kept the number is counted from its bytes on first ask and the number kept. A blob id that is
         not stored is left out."""
+
+    async def list_octets(self, mailbox_id: int) -> list[tuple[int, str, int]]:
+        """(uid, blob id, octets) of every message of the mailbox, ascending UID, where octets is `crlf_sizes`'s
+        number for the body (what POP3 announces and sends, RFC 1939 §11): the POP3 listing at login in one
+        query, without a `MessageInfo` per message. NotFound if the mailbox is gone."""
 
     async def read_metas(self, blob_ids: Iterable[str]) -> dict[str, bytes | None]:
         """`read_meta` of many bodies at once (FETCH ENVELOPE or SEARCH over a range): a few queries, not one

@@ -255,6 +255,49 @@ def test_pipelined_commands_answered_in_order(server: Any) -> None:
     assert c.line().startswith(b"+OK") and c.closed()
 
 
+def test_read_ahead_serves_exact_bodies_in_any_order(server: Any) -> None:
+    # The session reads bodies ahead (pop3/session.py invariant 6): more messages than one read-ahead holds
+    # (READ_AHEAD_COUNT, READ_AHEAD_OCTETS), one larger than READ_AHEAD_OCTETS, one with bare LFs, dot lines;
+    # read in order, out of order and pipelined, each reply is the message as RFC 1939 §3 sends it. A message
+    # removed by another session before its body was read is "-ERR ... removed"; nothing else changes.
+    from postroom.pop3.session import READ_AHEAD_COUNT, READ_AHEAD_OCTETS
+
+    user = server.add_user(ADDR, PW)
+    inbox = server.run(server.store.get_mailbox(user.id, "INBOX"))
+    msgs = [raw_message(i) for i in range(1, 2 * READ_AHEAD_COUNT + 10)]
+    msgs[5] = b"Subject: big\r\n\r\n" + b".x\r\n" * (READ_AHEAD_OCTETS // 3 + 1000)
+    msgs[6] = b"Subject: LF\n\n.dot\nline\n"
+    server.run(server.store.append_many(inbox.id, [AppendRequest(raw=m) for m in msgs]))
+    sent = [m.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for m in msgs]  # as sent: CRLF line ends
+    p = pop3s(server)
+    p.user(ADDR)
+    p.pass_(PW)
+    gone = len(msgs) - 2  # not read ahead by the time it is asked for: removed first
+    infos = server.run(server.store.list_messages(inbox.id))
+    server.run(server.store.remove_messages(inbox.id, [infos[gone - 1].uid]))
+    order = [*range(1, 10), *range(len(msgs), 20, -1), 3, 2, *range(10, 21)]
+    for n in order:
+        if n == gone:
+            with pytest.raises(poplib.error_proto, match=f"message {n} was removed by another session"):
+                p.retr(n)
+            continue
+        resp, lines, octets = p.retr(n)
+        assert resp == b"+OK %d octets" % len(sent[n - 1]) and octets == len(sent[n - 1])
+        assert b"\r\n".join(lines) + b"\r\n" == sent[n - 1]
+    p.quit()
+    del sent[gone - 1]  # a new session's maildrop: the numbers after it move down by one (RFC 1939 §5)
+    order = [n if n < gone else n - 1 for n in order if n != gone]
+    c = Raw(server, tls=True)
+    c.send(f"USER {ADDR}\r\nPASS {PW}\r\n".encode() + b"".join(b"RETR %d\r\nTOP %d 0\r\n" % (n, n) for n in order))
+    assert c.line() == b"+OK send PASS" and c.line().startswith(b"+OK alice@example.org has")
+    for n in order:
+        assert c.line() == b"+OK %d octets" % len(sent[n - 1])
+        assert b"\r\n".join(c.multi()) + b"\r\n" == sent[n - 1].replace(b"\r\n.", b"\r\n..")
+        assert c.line() == b"+OK top of message follows"
+        assert b"\r\n".join(c.multi()) + b"\r\n" == sent[n - 1].split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    c.close()
+
+
 def test_stls_with_pipelined_plaintext_is_refused(server: Any) -> None:
     c = Raw(server)
     c.send(b"STLS\r\nCAPA\r\n")

@@ -316,6 +316,8 @@ async def test_migration_to_7_counts_old_bodies_on_first_ask(tmp_path: Path) -> 
     try:
         assert column() == {blob_id_of(BARE_LF): None, blob_id_of(big): None}  # the upgrade read no body
         want = {blob_id_of(BARE_LF): 79, blob_id_of(big): len(big) + 3}
+        listed = await store.list_octets(box.id)  # the POP3 listing counts them the same way
+        assert [(blob, octets) for _, blob, octets in listed] == list(want.items())
         assert await store.crlf_sizes(want) == want
         assert column() == want  # kept: the next listing reads no body
         assert await store.crlf_sizes(want) == want
@@ -356,3 +358,45 @@ async def test_read_message_range(store: Store) -> None:
         await store.read_message_range("0" * 64, 0, 10)
     with pytest.raises(Invalid):
         await store.read_message_range(info.blob_id, -1, 10)
+
+
+@BODY_BACKENDS
+async def test_read_messages_many_at_once(store: Store) -> None:
+    # Store.read_messages (POP3 read-ahead): the bytes read_message gives, for each stored body asked for, inline
+    # and as a file and empty, in one call; an unknown body is left out, a repeated id answered once; Invalid for a
+    # string that is not a blob id, before anything is read.
+    u = await new_user(store)
+    box = await inbox(store, u)
+    raws = [body(1_000, salt=4), body(300_000, salt=5), b"", body(2_000, salt=6)]
+    for raw in raws:
+        await store.append(box.id, AppendRequest(raw))
+    ids = [m.blob_id for m in await store.list_messages(box.id)]
+    assert len(ids) == 4
+    got = await store.read_messages([ids[3], "0" * 64, *ids, ids[0]])
+    assert got == {blob_id_of(raw): raw for raw in raws}
+    assert got == {i: await store.read_message(i) for i in ids}
+    assert await store.read_messages([]) == {}
+    assert await store.read_messages(["0" * 64]) == {}
+    with pytest.raises(Invalid):
+        await store.read_messages([ids[0], "../etc/passwd"])
+
+
+async def test_list_octets_is_the_pop3_listing(store: Store) -> None:
+    # Store.list_octets (POP3 login, RFC 1939 §11): (uid, blob id, octets as sent with CRLF line ends) of every
+    # message, ascending UID, in one call: the same numbers as list_messages and crlf_sizes. NotFound for a gone
+    # mailbox.
+    u = await new_user(store)
+    box = await inbox(store, u)
+    assert await store.list_octets(box.id) == []
+    raws = [BARE_LF, b"Subject: a\r\n\r\nfirst\r\n", b"", BARE_LF, b"Subject: b\n\nno end"]
+    for raw in raws:
+        await store.append(box.id, AppendRequest(raw))
+    infos = await store.list_messages(box.id)
+    await store.remove_messages(box.id, [infos[1].uid])
+    infos = await store.list_messages(box.id)
+    sizes = await store.crlf_sizes(m.blob_id for m in infos)
+    listed = await store.list_octets(box.id)
+    assert listed == [(m.uid, m.blob_id, sizes[m.blob_id]) for m in infos]
+    assert [octets for _, _, octets in listed] == [79, 0, 79, len(raws[4]) + 4]
+    with pytest.raises(NotFound):
+        await store.list_octets(box.id + 1000)

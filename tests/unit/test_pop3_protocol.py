@@ -489,6 +489,10 @@ def test_dot_stuff_cases() -> None:
     assert b"".join(dot_stuff(b"a\r\n.\r\n")) == b"a\r\n..\r\n.\r\n"
     assert b"".join(dot_stuff(b"no end")) == b"no end\r\n.\r\n"
     assert b"".join(dot_stuff(b"bare\n.lf\n")) == b"bare\r\n..lf\r\n.\r\n"
+    # canonical bodies (CRLF everywhere, as the session says when the listed size is the length): RFC 1939 §3
+    assert b"".join(dot_stuff(b"a\r\n.b\r\n..\r\nc.\r\n", canonical=True)) == b"a\r\n..b\r\n...\r\nc.\r\n.\r\n"
+    assert b"".join(dot_stuff(b".x\r\n", canonical=True)) == b"..x\r\n.\r\n"
+    assert b"".join(dot_stuff(b"no dot.\r\nat all\r\n", canonical=True)) == b"no dot.\r\nat all\r\n.\r\n"
 
 
 def test_top_cases() -> None:
@@ -508,18 +512,35 @@ def test_uidl_is_within_rfc_limits() -> None:
     assert 1 <= len(uidl) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uidl)
 
 
-def test_upcoming_retrievals_peeks_each_line_once(d: Driver) -> None:
+def test_read_ahead_names_the_buffered_and_the_next_messages(d: Driver) -> None:
+    # The session reads these bodies with the one RETR 1 asks for (RFC 2449 §6.6 PIPELINING): the buffered RETR
+    # and TOP lines first, in order, then, for a client going through in order, the messages after them; never a
+    # deleted one, a repeat, one out of range, or one of a line not complete yet; within both budgets.
     d.feed(b"DELE 2\r\n")
-    d.core.receive_data(b"RETR 1\r\nNOOP\r\nRETR 2\r\nTOP 3 0\r\nRETR 9\r\nRETR x\r\nRETR 1")
-    assert [e.uid for e in d.core.upcoming_retrievals(10, 1 << 20)] == [10, 12]  # not deleted, not partial
-    assert d.core.upcoming_retrievals(10, 1 << 20) == []  # already seen
-    out = d.pump()  # the replies are unchanged by the peeking
+    d.core.receive_data(b"NOOP\r\nRETR 2\r\nTOP 3 0\r\nRETR 9\r\nRETR x\r\nRETR 3\r\nRETR 1")
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20)] == [12]
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20)] == [12]  # looking consumes nothing
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20, sequential=True)] == [12]  # nothing after 3
+    out = d.pump()  # the replies are unchanged by the looking
     assert out.count(b"+OK") == 3 and b"-ERR message 2 is deleted" in out
     d.core.receive_data(b"\r\n")
-    assert [e.uid for e in d.core.upcoming_retrievals(10, 1 << 20)] == [10]
-    d.core.receive_data(b"RETR 3\r\n")
-    assert d.core.upcoming_retrievals(10, 1) == []  # over the byte budget
-    assert POP3Core(Options()).upcoming_retrievals(10, 1 << 20) == []  # not in TRANSACTION
+    assert [e.uid for e in d.core.read_ahead(2, 10, 1 << 20)] == [10]
+    d.pump()
+    d.feed(b"RSET\r\n")
+    assert [e.uid for e in d.core.read_ahead(1, 10, 1 << 20, sequential=True)] == [11, 12]
+    assert [e.uid for e in d.core.read_ahead(1, 1, 1 << 20, sequential=True)] == [11]  # the count budget
+    assert [e.uid for e in d.core.read_ahead(1, 10, len(MESSAGES[1]), sequential=True)] == [11]  # the bytes
+    assert d.core.read_ahead(1, 0, 1 << 20, sequential=True) == []
+    assert POP3Core(Options()).read_ahead(1, 10, 1 << 20, sequential=True) == []  # not in TRANSACTION
+
+
+def test_read_ahead_work_is_bounded_by_its_count() -> None:
+    # No per-command work that grows with the maildrop: past 4 x max_count numbers (all deleted here) it stops.
+    core = POP3Core(Options(user_without_tls=True))
+    core.login_ok("alice", [Entry(i, 10, f"b{i}", make_uidl(7, i)) for i in range(1, 1001)])
+    core.deleted.update(range(2, 900))
+    assert core.read_ahead(1, 5, 1 << 20, sequential=True) == []
+    assert [e.uid for e in core.read_ahead(895, 5, 1 << 20, sequential=True)] == [900, 901, 902, 903, 904]
 
 
 def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:

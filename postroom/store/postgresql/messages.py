@@ -86,7 +86,7 @@ from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
 from postroom.store.postgresql.senders import record_signals
 from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
-from postroom.store.sqlite.messages import _apply, _check_request, _has_junk, _kws
+from postroom.store.sqlite.messages import _apply, _check_request, _counted, _has_junk, _kws
 from postroom.store.sqlite.senders import copy_verdict
 
 PRUNE_BATCH = 10_000
@@ -566,6 +566,26 @@ class MessagesMixin(Base):
         check_id(blob_id)
         return await self._engine.read(lambda conn: read_body(conn, blob_id))
 
+    async def read_messages(self, blob_ids: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(blob_ids))
+        for blob_id in wanted:
+            check_id(blob_id)
+
+        async def q(conn: Conn) -> dict[str, bytes]:
+            # Two queries in one snapshot, whatever the count: the bodies that exist (an empty one has no chunk
+            # to say so), then every chunk of them in order (schema invariant 2).
+            parts: dict[str, list[bytes]] = {
+                str(r[0]): [] for r in await conn.fetch("SELECT id FROM blobs WHERE id = ANY($1::text[])", wanted)}
+            if parts:
+                for r in await conn.fetch("SELECT id, data FROM blob_chunks WHERE id = ANY($1::text[]) ORDER BY id, n",
+                                          list(parts)):
+                    parts[str(r[0])].append(bytes(r[1]))
+            return {blob_id: b"".join(chunks) for blob_id, chunks in parts.items()}
+
+        if not wanted:
+            return {}
+        return await self._engine.read(q)
+
     async def read_message_range(self, blob_id: str, start: int, length: int) -> bytes:
         check_id(blob_id)
         if start < 0 or length < 0:
@@ -635,6 +655,15 @@ class MessagesMixin(Base):
 
         if found:
             await self._engine.write(op)
+
+    async def list_octets(self, mailbox_id: int) -> list[tuple[int, str, int]]:
+        async def q(conn: Conn) -> list[tuple[int, str, int | None]]:
+            await load_mailbox(conn, mailbox_id)
+            found = await conn.fetch("SELECT m.uid, m.blob_id, b.crlf_size FROM messages AS m JOIN blobs AS b"
+                                     " ON b.id = m.blob_id WHERE m.mailbox_id = $1 ORDER BY m.uid", mailbox_id)
+            return [(int(r[0]), str(r[1]), None if r[2] is None else int(r[2])) for r in found]
+
+        return await _counted(self.crlf_sizes, await self._engine.read(q))
 
     async def crlf_sizes(self, blob_ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(blob_ids))
