@@ -342,10 +342,10 @@ def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "",
 def start_dovecot(work: Path, messages: list[bytes], idle: int, extra: str = "",
                   tls: tuple[Path, Path] | None = None) -> tuple[PrivateDovecot, int]:
     """Dovecot holding `messages` (imap; with `tls` imaps too: `server.tls_ports["imap"]`). Returns it and its
-    imap port."""
+    imap port. Room for `idle` sessions over TLS: each is two processes (imap-login holding the TLS, and imap)."""
     # The same argon2id hash Postroom keeps, so a LOGIN costs both servers the same work.
     server = PrivateDovecot(work / "dovecot", ["imap"], USER, f"{{ARGON2ID}}{hash_password(PASSWORD)}",
-                            folders=("Drafts", "Sent", "Trash"), limit=idle + 500, extra=extra, tls=tls)
+                            folders=("Drafts", "Sent", "Trash"), limit=2 * idle + 500, extra=extra, tls=tls)
     server.fill(messages)
     server.start()
     return server, server.ports["imap"]
