@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import re
 import resource
 import shutil
 import ssl

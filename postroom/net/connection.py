@@ -809,8 +809,9 @@ def _share_read_buffer(proto: object) -> None:
     shared = _READ_BUFFERS.get(loop)
     if shared is None or len(shared) < len(own):
         shared = _READ_BUFFERS[loop] = bytearray(len(own))
-    proto._ssl_buffer = shared
-    proto._ssl_buffer_view = memoryview(shared)
+    layer: Any = proto  # private attributes of the standard library's class (typeshed does not declare them)
+    layer._ssl_buffer = shared
+    layer._ssl_buffer_view = memoryview(shared)
 
 
 def _replay(transport: asyncio.Transport, data: bytes) -> None:

@@ -107,9 +107,6 @@ def encode_keywords(keywords: Iterable[str]) -> str:
     return " ".join(sorted(keywords, key=str.lower))
 
 
-_NO_KEYWORDS: frozenset[str] = frozenset()  # shared: each `frozenset()` call makes a new 216-byte set
-
-
 def decode_keywords(text: str) -> frozenset[str]:
     return frozenset(text.split()) if text else _NO_KEYWORDS
 
