@@ -96,7 +96,8 @@ class PrivateDovecot(Server):
             uid, gid = os.getuid(), os.getgid()
         limits = ""
         if self.limit is not None:
-            limits = f"default_process_limit = {self.limit}\ndefault_client_limit = {self.limit * 2}\n"
+            # anvil counts every login process and auth connection: the client limit above their sum
+            limits = f"default_process_limit = {self.limit}\ndefault_client_limit = {self.limit * 4}\n"
             limits += "".join(f"protocol {p} {{\n  mail_max_userip_connections = {self.limit}\n}}\n"
                               for p in self.protocols)
         services = "".join(f"""service {p}-login {{

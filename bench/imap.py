@@ -261,16 +261,16 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str,
 
 
 async def idle_memory(port: int, pid: int, sessions: int, label: str,
-                      tls: ssl.SSLContext | None = None) -> tuple[int, int, int]:
+                      tls: ssl.SSLContext | None = None, at_once: int = 50) -> tuple[int, int, int]:
     """Open `sessions` sessions (LOGIN, SELECT INBOX, IDLE; over TLS with `tls`) on the server `pid` listening
     on `port`, and return what they added to its process tree's RSS and PSS, in bytes per session, and the
     tree's PSS before them: (RSS per session, PSS per session, PSS before). The sessions are closed before
-    returning."""
+    returning. `at_once`: sessions being opened at a time (each LOGIN is an argon2id hash)."""
     await asyncio.sleep(1)  # the sessions of the step before have ended
     rss0, pss0 = memory_tree(pid)
     conns: list[Client] = []  # to close, whatever happens
     opened: list[Client] = []  # in IDLE
-    sem = asyncio.Semaphore(50)
+    sem = asyncio.Semaphore(at_once)
 
     async def open_one() -> None:
         async with sem:
@@ -369,6 +369,10 @@ def main() -> int:
     ap.add_argument("--idle-only", action="store_true", help="only the idle sessions' memory (no timed mix)")
     ap.add_argument("--postroom-only", action="store_true",
                     help="with --idle-only: Postroom alone (a before/after pair; Dovecot once in another run)")
+    ap.add_argument("--dovecot-only", action="store_true", help="with --idle-only: Dovecot alone")
+    ap.add_argument("--at-once", type=int, default=50,
+                    help="idle sessions opened at a time (Dovecot's one auth process may drop logins queued "
+                         "behind a burst of argon2 hashes on a loaded machine: fewer then)")
     args = ap.parse_args()
     if args.churn:
         return churn_main(args)
@@ -392,6 +396,9 @@ def main() -> int:
     if args.postroom_only:
         args.idle_only = True
         del servers[1]
+    if args.dovecot_only:
+        args.idle_only = True
+        del servers[0]
     with servers_stopped(work) as started:
         for name, start in servers:
             for sub in ("postroom", "dovecot"):
@@ -410,7 +417,8 @@ def main() -> int:
                 idle[name] = {}
                 for kind, p, ctx in (("plaintext", port, None), ("implicit TLS", tls_port, client_tls())):
                     try:
-                        idle[name][kind] = asyncio.run(idle_memory(p, server.pid, args.idle, f"{name} {kind}", ctx))
+                        idle[name][kind] = asyncio.run(idle_memory(p, server.pid, args.idle, f"{name} {kind}", ctx,
+                                                                   args.at_once))
                     except (OSError, EOFError, RuntimeError) as exc:  # the table says so; the other rows stand
                         progress(f"\n  {name} {kind}: failed: {type(exc).__name__}: {exc}")
             server.stop()
