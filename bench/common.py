@@ -70,6 +70,56 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant of it (from /proc), `pid` first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def memory_of(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in bytes, from /proc/PID/smaps_rollup; (0, 0) if it is gone.
+
+    RSS counts every page the process maps, shared or not: summed over forked processes (a parent and its
+    workers, Dovecot's processes) it counts a shared page once per process. PSS (proportional set size)
+    charges a page shared by n processes 1/n to each, so the PSS of a tree summed is the memory the tree
+    really holds: the honest total (the kernel's Documentation/filesystems/proc.rst, "smaps_rollup").
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    rss = pss = 0
+    for line in text.splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def memory_tree(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over `pid` and its descendants (`process_tree`, `memory_of`)."""
+    rss = pss = 0
+    for p in process_tree(pid):
+        r, s = memory_of(p)
+        rss += r
+        pss += s
+    return rss, pss
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,7 +219,8 @@ async def fill_store(data: Path, domain: str, user: str | None, password: str, m
 class PrivatePostroom(Server):
     """`postroom serve` as its own process: base/data, base/postroom.toml, stderr in base/postroom.log.
 
-    One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port, every other one off; `settings` is more
+    One listener (`listener`, e.g. "imap") on a free 127.0.0.1 port (`port`), and those named in `more` (e.g.
+    "imaps") on theirs (`ports`: listener name -> port), every other one off; `settings` is more
     TOML appended to the configuration (it may be replaced on each start). `server.event_loop` is taken from
     the environment variable POSTROOM_EVENT_LOOP when it is set ("asyncio", "uvloop", "auto"), so any bench
     can be run once per loop: `POSTROOM_EVENT_LOOP=uvloop .venv/bin/python bench/smtp.py ...`. `workers` is
@@ -180,7 +231,7 @@ class PrivatePostroom(Server):
     """
 
     def __init__(self, base: Path, listener: str, settings: str = "", log_level: str | None = None,
-                 workers: int | None = None, store_url: str | None = None) -> None:
+                 workers: int | None = None, store_url: str | None = None, more: Sequence[str] = ()) -> None:
         self.base = base
         self.data = base / "data"
         self.conf = base / "postroom.toml"
@@ -191,6 +242,7 @@ class PrivatePostroom(Server):
         self.workers = workers
         self.store_url = store_url
         self.port = free_port()
+        self.ports = {listener: self.port, **{name: free_port() for name in more}}
 
     def create(self, domain: str = "example.org", user: str | None = None, password: str = "",
                messages: Sequence[bytes] = (), with_meta: bool = False) -> None:
@@ -212,14 +264,15 @@ class PrivatePostroom(Server):
         """Write the configuration and start serving; with `wait`, until the port answers. Returns the port."""
         if settings is not None:
             self.settings = settings
-        off = "\n".join(f'{n} = ""' for n in LISTENERS if n != self.listener)
+        off = "\n".join(f'{n} = ""' for n in LISTENERS if n not in self.ports)
+        on = "\n".join(f'{n} = "127.0.0.1:{p}"' for n, p in self.ports.items())
         loop = os.environ.get("POSTROOM_EVENT_LOOP", "")
         loop_line = f'event_loop = "{loop}"\n' if loop else ""
         workers = self.workers if self.workers is not None else os.environ.get("POSTROOM_WORKERS", "")
         loop_line += f"workers = {workers}\n" if workers != "" else ""
         store = f'[store]\nurl = "{self.store_url}"\n' if self.store_url else ""
         self.conf.write_text(f'[server]\ndata_dir = "{self.data}"\n{loop_line}{store}'
-                             f'[listeners]\n{self.listener} = "127.0.0.1:{self.port}"\n{off}\n{self.settings}')
+                             f'[listeners]\n{on}\n{off}\n{self.settings}')
         exe = Path(sys.executable).with_name("postroom")
         cmd = [str(exe), "--config", str(self.conf), "serve"]
         if self.log_level:

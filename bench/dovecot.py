@@ -8,9 +8,12 @@
     dv.stop()           # SIGTERM to the master by its PID (it takes its children down), SIGKILL if it lingers
 
 Debian's dovecot-imapd / dovecot-pop3d (2.3): one passwd-file user with a static userdb, plaintext logins, no
-TLS, each protocol's listener on a free high 127.0.0.1 port (the TLS ones off), base_dir, state_dir and the log
-under base, so nothing of the system's Dovecot is used. Dovecot will not run mail processes as root: as root
-the mail user is `nobody`, base is chowned to it, and base's parent is made 0755 so that nobody can reach it.
+TLS unless `tls` names a certificate and key (then also each protocol's implicit-TLS listener, `imaps` /
+`pop3s`, on a free port of its own: `tls_ports`; Dovecot's defaults otherwise, so an imaps session is an
+imap-login process holding the TLS plus the imap process), each protocol's listener on a free high 127.0.0.1
+port, base_dir, state_dir and the log under base, so nothing of the system's Dovecot is used. Dovecot will not
+run mail processes as root: as root the mail user is `nobody`, base is chowned to it, and base's parent is made
+0755 so that nobody can reach it.
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ class PrivateDovecot(Server):
 
     folders: more Maildir++ folders besides INBOX (e.g. "Drafts"). limit: if given, the process and client
     limits (and per-user connections) are raised to serve that many sessions at once. extra: more lines for
-    dovecot.conf (e.g. "auth_cache_size = 10M").
+    dovecot.conf (e.g. "auth_cache_size = 10M"). tls: (certificate, key) PEM files: the implicit-TLS listeners
+    on too (`tls_ports`).
     """
 
     stop_timeout = 15.0
 
     def __init__(self, base: Path, protocols: Sequence[str], user: str, password: str,
-                 folders: Sequence[str] = (), limit: int | None = None, extra: str = "") -> None:
+                 folders: Sequence[str] = (), limit: int | None = None, extra: str = "",
+                 tls: tuple[Path, Path] | None = None) -> None:
         if not available():
             pkgs = " ".join(f"dovecot-{p}d" for p in protocols)
             raise RuntimeError(f"dovecot not installed (Debian: apt-get install {pkgs})")
@@ -63,6 +68,8 @@ class PrivateDovecot(Server):
         self.limit = limit
         self.extra = extra  # more dovecot.conf lines (e.g. "auth_cache_size = 10M")
         self.ports = {p: free_port() for p in self.protocols}
+        self.tls = tls
+        self.tls_ports = {p: free_port() for p in self.protocols} if tls else {}
         for folder in ["", *(f".{f}" for f in folders)]:
             for sub in ("cur", "new", "tmp"):
                 (self.maildir / folder / sub).mkdir(parents=True)
@@ -89,7 +96,8 @@ class PrivateDovecot(Server):
             uid, gid = os.getuid(), os.getgid()
         limits = ""
         if self.limit is not None:
-            limits = f"default_process_limit = {self.limit}\ndefault_client_limit = {self.limit * 2}\n"
+            # anvil counts every login process and auth connection: the client limit above their sum
+            limits = f"default_process_limit = {self.limit}\ndefault_client_limit = {self.limit * 4}\n"
             limits += "".join(f"protocol {p} {{\n  mail_max_userip_connections = {self.limit}\n}}\n"
                               for p in self.protocols)
         services = "".join(f"""service {p}-login {{
@@ -97,17 +105,23 @@ class PrivateDovecot(Server):
     port = {port}
   }}
   inet_listener {p}s {{
-    port = 0
+    port = {self.tls_ports.get(p, 0)}
   }}
 }}
 """ for p, port in self.ports.items())
+        ssl = "ssl = no"
+        if self.tls is not None:
+            cert, key = (d / "tls-cert.pem", d / "tls-key.pem")
+            shutil.copyfile(self.tls[0], cert)
+            shutil.copyfile(self.tls[1], key)
+            ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
         self.conf.write_text(f"""
 protocols = {" ".join(self.protocols)}
 listen = 127.0.0.1
 base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain
 first_valid_uid = 1
@@ -136,3 +150,5 @@ mail_location = maildir:{self.maildir}
     def wait(self, timeout: float = 30.0) -> None:
         for p, port in self.ports.items():
             wait_port(port, self.proc, "dovecot", GREETING[p], timeout)
+        for port in self.tls_ports.values():
+            wait_port(port, self.proc, "dovecot", None, timeout)

@@ -1,6 +1,7 @@
 """IMAP load: Postroom beside Dovecot on the same mailbox, with a realistic command mix and 1,000 idle sessions.
 
     .venv/bin/python bench/imap.py [--count 2000] [--clients 20] [--sessions 5] [--idle 1000] [--dir PATH]
+    .venv/bin/python bench/imap.py --idle-only [--idle 1000] [--one-worker]
     .venv/bin/python bench/imap.py --churn [--count 2000] [--clients 10] [--sessions 20]
 
 A mailbox of --count messages (plain and multipart, sizes spread around 6 KiB) is put into a fresh Postroom
@@ -19,8 +20,13 @@ sessions of the mix a mail client does when it opens a mailbox and works in it:
 
 Each command's latency is recorded by kind; the table gives operations per second over the whole run and the
 50th/95th/99th latency percentiles, per server, and the ratio. Then --idle sessions are opened on each server
-(LOGIN, SELECT, IDLE) and the server's resident memory (all its processes: Dovecot runs one `imap` process per
-session) is compared before and after: bytes per idle session.
+(LOGIN, SELECT, IDLE), first in plaintext (`imap`), then, once those are closed, over implicit TLS (`imaps`, RFC
+8314 §3.3; both servers serve one generated EC P-256 certificate, the client negotiates what it would by
+default: TLS 1.3), and the server's memory (all its processes: Dovecot runs one `imap` process per session, and
+per TLS session also an `imap-login` process holding the TLS) is compared before and after: bytes per idle
+session, as PSS (the proportional set size of /proc/PID/smaps_rollup: a page shared by n processes counts 1/n in
+each, so the tree's sum is what it really holds; bench/common.py `memory_tree`) and as RSS (which counts a page
+shared by forked processes once per process). --idle-only skips the timed mix (the warm-up sessions still run).
 
 Each server gets four untimed warm-up sessions first, at once (Dovecot builds its index, both fill the page
 cache, every Postroom worker process warms its caches).
@@ -41,11 +47,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import re
 import resource
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -56,10 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, Server, cpu_seconds, progress, servers_stopped  # bench/common.py
+from common import PrivatePostroom, Server, cpu_seconds, memory_tree, progress, servers_stopped  # bench/common.py
 from dovecot import PrivateDovecot
 
 from postroom.auth.passwords import hash_password
+from postroom.net.tls import generate_pair
 
 USER = "bench@example.org"
 PASSWORD = "bench-password"
@@ -93,26 +99,8 @@ def make_messages(count: int) -> list[bytes]:
 
 
 def rss_tree(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
-        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        rss[int(entry)] = int(m.group(1)) * 1024 if m else 0
-        children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total
+    """Resident bytes of `pid` and all its descendants (from /proc; RSS: see `memory_tree` for PSS)."""
+    return memory_tree(pid)[0]
 
 
 # --- the client ------------------------------------------------------------------------------------------
@@ -126,8 +114,8 @@ class Client:
         self.n = 0
 
     @classmethod
-    async def connect(cls, port: int) -> Client:
-        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+    async def connect(cls, port: int, tls: ssl.SSLContext | None = None) -> Client:
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22, ssl=tls)
         c = cls(r, w)
         greeting = await r.readline()
         if not greeting.startswith(b"* OK"):
@@ -272,28 +260,59 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str,
     return time.perf_counter() - started, lat
 
 
-async def idle_memory(port: int, pid: int, sessions: int, label: str) -> int:
-    before = rss_tree(pid)
-    conns: list[Client] = []
-    sem = asyncio.Semaphore(50)
+async def idle_memory(port: int, pid: int, sessions: int, label: str,
+                      tls: ssl.SSLContext | None = None, at_once: int = 50) -> tuple[int, int, int]:
+    """Open `sessions` sessions (LOGIN, SELECT INBOX, IDLE; over TLS with `tls`) on the server `pid` listening
+    on `port`, and return what they added to its process tree's RSS and PSS, in bytes per session, and the
+    tree's PSS before them: (RSS per session, PSS per session, PSS before). The sessions are closed before
+    returning. `at_once`: sessions being opened at a time (each LOGIN is an argon2id hash)."""
+    await asyncio.sleep(1)  # the sessions of the step before have ended
+    rss0, pss0 = memory_tree(pid)
+    conns: list[Client] = []  # to close, whatever happens
+    opened: list[Client] = []  # in IDLE
+    sem = asyncio.Semaphore(at_once)
 
     async def open_one() -> None:
         async with sem:
-            c = await Client.connect(port)
+            c = await Client.connect(port, tls)
+            conns.append(c)
             await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
             await c.cmd(b"SELECT INBOX")
             await c.idle_start()
-            conns.append(c)
-            if len(conns) % 100 == 0:
-                progress(f"\r  {label:<28} idle sessions {len(conns):>5}/{sessions}", end="")
+            opened.append(c)
+            if len(opened) % 100 == 0:
+                progress(f"\r  {label:<28} idle sessions {len(opened):>5}/{sessions}", end="")
 
-    await asyncio.gather(*(open_one() for _ in range(sessions)))
-    progress("")
-    await asyncio.sleep(2)
-    after = rss_tree(pid)
-    for c in conns:
-        c.close()
-    return (after - before) // max(1, sessions)
+    try:
+        await asyncio.gather(*(open_one() for _ in range(sessions)))
+        progress("")
+        await asyncio.sleep(2)
+        rss1, pss1 = memory_tree(pid)
+    finally:
+        for c in conns:
+            c.close()
+    n = max(1, sessions)
+    return (rss1 - rss0) // n, (pss1 - pss0) // n, pss0
+
+
+def client_tls() -> ssl.SSLContext:
+    """The bench client's TLS: the servers' certificate is self-signed, so it is not checked."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def make_certificate(work: Path) -> tuple[Path, Path]:
+    """One self-signed pair (postroom.net.tls.generate_pair: EC P-256) in work/tls, for both servers."""
+    cert_pem, key_pem = generate_pair("localhost")
+    folder = work / "tls"
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    key.chmod(0o600)
+    return cert, key
 
 
 # --- the servers -----------------------------------------------------------------------------------------
@@ -307,16 +326,24 @@ def postroom_settings(idle: int, auth: str = "") -> str:
 
 
 def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "",
-                   workers: int | None = None) -> tuple[PrivatePostroom, int]:
-    server = PrivatePostroom(work / "postroom", "imap", postroom_settings(idle, auth), workers=workers)
+                   workers: int | None = None, tls: tuple[Path, Path] | None = None) -> tuple[PrivatePostroom, int]:
+    """Postroom holding `messages` (the `imap` listener; with `tls`, the certificate and key files, `imaps`
+    too: `server.ports["imaps"]`). Returns the server and its imap port."""
+    settings = postroom_settings(idle, auth)
+    if tls is not None:
+        settings += f'[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n'
+    server = PrivatePostroom(work / "postroom", "imap", settings, workers=workers, more=("imaps",) if tls else ())
     server.create(user=USER, password=PASSWORD, messages=messages, with_meta=True)
     return server, server.start(greeting=b"* OK", timeout=30)
 
 
-def start_dovecot(work: Path, messages: list[bytes], idle: int, extra: str = "") -> tuple[PrivateDovecot, int]:
+def start_dovecot(work: Path, messages: list[bytes], idle: int, extra: str = "",
+                  tls: tuple[Path, Path] | None = None) -> tuple[PrivateDovecot, int]:
+    """Dovecot holding `messages` (imap; with `tls` imaps too: `server.tls_ports["imap"]`). Returns it and its
+    imap port. Room for `idle` sessions over TLS: each is two processes (imap-login holding the TLS, and imap)."""
     # The same argon2id hash Postroom keeps, so a LOGIN costs both servers the same work.
     server = PrivateDovecot(work / "dovecot", ["imap"], USER, f"{{ARGON2ID}}{hash_password(PASSWORD)}",
-                            folders=("Drafts", "Sent", "Trash"), limit=idle + 500, extra=extra)
+                            folders=("Drafts", "Sent", "Trash"), limit=2 * idle + 500, extra=extra, tls=tls)
     server.fill(messages)
     server.start()
     return server, server.ports["imap"]
@@ -339,6 +366,13 @@ def main() -> int:
     ap.add_argument("--churn", action="store_true", help="login churn: short polling sessions (see above)")
     ap.add_argument("--one-worker", action="store_true",
                     help="also run Postroom as one process (server.workers = 1) beside the default (one per CPU)")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle sessions' memory (no timed mix)")
+    ap.add_argument("--postroom-only", action="store_true",
+                    help="with --idle-only: Postroom alone (a before/after pair; Dovecot once in another run)")
+    ap.add_argument("--dovecot-only", action="store_true", help="with --idle-only: Dovecot alone")
+    ap.add_argument("--at-once", type=int, default=50,
+                    help="idle sessions opened at a time (Dovecot's one auth process may drop logins queued "
+                         "behind a burst of argon2 hashes on a loaded machine: fewer then)")
     args = ap.parse_args()
     if args.churn:
         return churn_main(args)
@@ -350,25 +384,74 @@ def main() -> int:
     messages = make_messages(args.count)
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
-    results: dict[str, tuple[float, dict[str, list[float]], int]] = {}
+    results: dict[str, tuple[float, dict[str, list[float]]]] = {}
+    idle: dict[str, dict[str, tuple[int, int, int]]] = {}  # server -> "plaintext"/"TLS" -> idle_memory()
     cpu: dict[str, float] = {}
-    servers: list[tuple[str, Callable[[Path, list[bytes], int], tuple[Server, int]]]] = [
-        ("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    tls = make_certificate(work)
+    servers: list[tuple[str, Callable[[], tuple[Server, int]]]] = [
+        ("Postroom", lambda: start_postroom(work, messages, args.idle, tls=tls)),
+        (f"Dovecot {dovecot.version()}", lambda: start_dovecot(work, messages, args.idle, tls=tls))]
     if args.one_worker:
-        servers.append(("Postroom 1 worker", lambda w, m, i: start_postroom(w, m, i, workers=1)))
+        servers.append(("Postroom 1 worker", lambda: start_postroom(work, messages, args.idle, workers=1, tls=tls)))
+    if args.postroom_only:
+        args.idle_only = True
+        del servers[1]
+    if args.dovecot_only:
+        args.idle_only = True
+        del servers[0]
     with servers_stopped(work) as started:
         for name, start in servers:
-            server, port = start(work, messages, args.idle)
+            for sub in ("postroom", "dovecot"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+            server, port = start()
             started.append(server)
             cpu0 = cpu_seconds(server.pid)
-            secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name))
+            secs, lat = asyncio.run(load(port, args.count, args.clients, 0 if args.idle_only else args.sessions,
+                                         name))
             time.sleep(0.5)  # Dovecot's per-session processes are reaped (their CPU time moves to the master)
             cpu[name] = cpu_seconds(server.pid) - cpu0
-            per_idle = asyncio.run(idle_memory(port, server.pid, args.idle, name)) if args.idle else 0
-            results[name] = (secs, lat, per_idle)
+            results[name] = (secs, lat)
+            if args.idle:
+                tls_port = server.ports["imaps"] if isinstance(server, PrivatePostroom) else \
+                    server.tls_ports["imap"]  # type: ignore[attr-defined]
+                idle[name] = {}
+                for kind, p, ctx in (("plaintext", port, None), ("implicit TLS", tls_port, client_tls())):
+                    try:
+                        idle[name][kind] = asyncio.run(idle_memory(p, server.pid, args.idle, f"{name} {kind}", ctx,
+                                                                   args.at_once))
+                    except (OSError, EOFError, RuntimeError) as exc:  # the table says so; the other rows stand
+                        progress(f"\n  {name} {kind}: failed: {type(exc).__name__}: {exc}")
             server.stop()
 
-    pr, dv = servers[0][0], servers[1][0]
+    names = [name for name, _ in servers]
+    pr, dv = names[0], names[-1]
+    if not args.idle_only:
+        print_mix(args, total_mib, results, cpu, names)
+    if args.idle:
+        print(f"\nMemory per idle IMAP session ({args.idle} open at once, each after LOGIN, SELECT INBOX, IDLE), "
+              "KiB: what they added to the server's process tree")
+        ratio = len(names) > 1  # not with --postroom-only
+        print(f"| | {' | '.join(names)} |" + (" Dovecot / Postroom |" if ratio else ""))
+        print("|---|" + "---:|" * (len(names) + ratio))
+        def cell(n: str, kind: str, i: int, unit: int = 1024) -> str:
+            got = idle.get(n, {}).get(kind)
+            return f"{got[i] / unit:,.1f}" if got else "failed"
+
+        for kind in ("plaintext", "implicit TLS"):
+            for i, what in ((1, "PSS"), (0, "RSS")):
+                cells = " | ".join(cell(n, kind, i) for n in names)
+                a, b = (idle.get(n, {}).get(kind, (0, 0, 0))[i] for n in (pr, dv))
+                last = f" {b / a if a > 0 else 0:.1f}x |" if ratio else ""
+                print(f"| **{what} per idle session, {kind}** | {cells} |{last}")
+        cells = " | ".join(cell(n, "plaintext", 2, 1 << 20) for n in names)
+        print(f"| PSS of the server, no session open (MiB) | {cells} |" + (" |" if ratio else ""))
+    return 0
+
+
+def print_mix(args: argparse.Namespace, total_mib: float, results: dict[str, tuple[float, dict[str, list[float]]]],
+              cpu: dict[str, float], names: list[str]) -> None:
+    """The timed mix's table (module doc)."""
+    pr, dv = names[0], names[1]
     print(f"\nIMAP mix: {args.count} messages ({total_mib:.1f} MiB), {args.clients} clients x {args.sessions} "
           f"sessions; latencies in ms (p50 / p95 / p99)")
     print(f"| operation | {pr} | {dv} | p50 ratio (Dovecot / Postroom) |")
@@ -384,7 +467,7 @@ def main() -> int:
     print(f"| **operations/s** | {ops_a:,.0f} | {ops_b:,.0f} | {ops_a / ops_b:.2f}x (Postroom / Dovecot) |")
     print(f"| **server CPU s** (all processes) | {cpu[pr]:.1f} | {cpu[dv]:.1f} | {cpu[pr] / cpu[dv]:.2f}x |")
     if args.one_worker:
-        one = servers[2][0]
+        one = names[2]
         ops_one = sum(len(v) for v in results[one][1].values()) / results[one][0]
         print(f"| **operations/s, {one}** | {ops_one:,.0f} | | {ops_one / ops_b:.2f}x (/ Dovecot); "
               f"Postroom / {one}: {ops_a / ops_one:.2f}x |")
@@ -393,11 +476,6 @@ def main() -> int:
         print(f"| **server CPU ms per operation** | {cpu[pr] / n_a * 1000:.2f} ({pr}) | "
               f"{cpu[dv] / sum(len(v) for v in results[dv][1].values()) * 1000:.2f} | "
               f"{cpu[one] / n_one * 1000:.2f} ({one}) |")
-    if args.idle:
-        ma, mb = results[pr][2], results[dv][2]
-        print(f"| **RSS per idle session** ({args.idle} open) | {ma / 1024:,.0f} KiB | {mb / 1024:,.0f} KiB | "
-              f"{mb / ma if ma else 0:.1f}x less for Postroom |")
-    return 0
 
 
 def churn_main(args: argparse.Namespace) -> int:

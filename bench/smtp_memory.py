@@ -5,10 +5,12 @@
 `postroom serve` (bench/common.py `PrivatePostroom`, the `smtp` listener, `limits.message_size` 60 MiB) on a fresh
 data directory with one user; SESSIONS asyncio clients connect at once and each sends one message of SIZE
 bytes (78-byte lines, a few headers) with MAIL / RCPT / DATA, written in 1 MiB pieces, and waits for the 250
-(the message is then durable in the user's INBOX). Meanwhile the RSS (VmRSS) of every process of the server's
-tree is read from /proc every 20 ms. The table gives the peak of the sum over the server processes (the
-parent and its `server.workers` children) and over its metadata workers (`python -m postroom.metapool`,
-metapool.py), and the peak of the whole tree; with the RSS before the load for reference. Sampling can miss a
+(the message is then durable in the user's INBOX). Meanwhile the RSS and the PSS of every process of the
+server's tree are read from /proc/PID/smaps_rollup every 20 ms (bench/common.py `memory_of`: RSS counts a page
+shared by forked processes once in each, PSS charges it 1/n to each of the n, so PSS summed is what the tree
+really holds). The table gives the peak of each sum over the server processes (the parent and its
+`server.workers` children) and over its metadata workers (`python -m postroom.metapool`, metapool.py), and the
+peak of the whole tree; with the figures before the load for reference. Sampling can miss a
 peak shorter than 20 ms; each process's own VmHWM (exact, but not simultaneous) is summed too, as an upper
 bound for the processes still alive at the end.
 
@@ -31,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import PrivatePostroom, progress  # noqa: E402  (bench/common.py)
+from common import PrivatePostroom, memory_of, progress  # noqa: E402  (bench/common.py)
 
 USER = "sink@example.org"
 MB = 1_000_000
@@ -80,34 +82,34 @@ def _is_meta_worker(pid: int) -> bool:
 
 
 class Sampler(threading.Thread):
-    """Sums VmRSS (KiB) over the server's process tree every `interval` seconds; keeps the peaks."""
+    """Sums RSS and PSS (KiB) over the server's process tree every `interval` seconds; keeps the peaks:
+    `peak[(what, part)]` for what in ("rss", "pss") and part in ("server", "workers", "total")."""
 
     def __init__(self, root: int, interval: float = 0.02) -> None:
         super().__init__(daemon=True)
         self.root = root
         self.interval = interval
         self.stop_event = threading.Event()
-        self.peak_server = self.peak_workers = self.peak_total = 0
+        self.peak: dict[tuple[str, str], int] = {}
         self.hwm: dict[int, int] = {}
 
-    def sample(self) -> tuple[int, int]:
-        server = workers = 0
+    def sample(self) -> dict[tuple[str, str], int]:
+        """One reading: {(what, part): KiB} as `peak`."""
+        out = {(w, p): 0 for w in ("rss", "pss") for p in ("server", "workers", "total")}
         for pid in tree(self.root):
             st = _status(pid)
-            rss = _kib(st.get("VmRSS", ""))
             self.hwm[pid] = max(self.hwm.get(pid, 0), _kib(st.get("VmHWM", "")))
-            if _is_meta_worker(pid):
-                workers += rss
-            else:
-                server += rss
-        return server, workers
+            rss, pss = memory_of(pid)
+            part = "workers" if _is_meta_worker(pid) else "server"
+            for what, value in (("rss", rss // 1024), ("pss", pss // 1024)):
+                out[(what, part)] += value
+                out[(what, "total")] += value
+        return out
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            server, workers = self.sample()
-            self.peak_server = max(self.peak_server, server)
-            self.peak_workers = max(self.peak_workers, workers)
-            self.peak_total = max(self.peak_total, server + workers)
+            for key, value in self.sample().items():
+                self.peak[key] = max(self.peak.get(key, 0), value)
             time.sleep(self.interval)
 
 
@@ -169,7 +171,7 @@ def main() -> int:
         port = server.start()
         time.sleep(1.0)  # let the workers settle
         sampler = Sampler(server.pid)
-        idle_server, idle_workers = sampler.sample()
+        idle = sampler.sample()
         sampler.start()
         progress(f"{args.sessions} sessions x {len(body):,} bytes ...")
         start = time.monotonic()
@@ -185,11 +187,11 @@ def main() -> int:
     ok = sum(a.startswith(b"250") for a in answers)
     print(f"\nSMTP memory: {args.sessions} sessions each sending one {len(body) / MB:.0f} MB message at once "
           f"({ok}/{args.sessions} answered 250, {elapsed:.1f} s)\n")
-    print("| | before the load | peak (sampled every 20 ms) |")
-    print("|---|---:|---:|")
-    print(f"| server processes (RSS summed) | {idle_server / 1024:.0f} MiB | {sampler.peak_server / 1024:.0f} MiB |")
-    print(f"| metadata workers (RSS summed) | {idle_workers / 1024:.0f} MiB | {sampler.peak_workers / 1024:.0f} MiB |")
-    print(f"| whole tree | {(idle_server + idle_workers) / 1024:.0f} MiB | {sampler.peak_total / 1024:.0f} MiB |")
+    print("| MiB | before the load: PSS | RSS | peak (sampled every 20 ms): PSS | RSS |")
+    print("|---|---:|---:|---:|---:|")
+    for part, label in (("server", "server processes"), ("workers", "metadata workers"), ("total", "whole tree")):
+        cells = " | ".join(f"{d[(w, part)] / 1024:.0f}" for d in (idle, sampler.peak) for w in ("pss", "rss"))
+        print(f"| {label} (summed) | {cells} |")
     print(f"\nVmHWM summed over the {len(alive)} processes alive at the end: {hwm_alive / 1024:.0f} MiB")
     return 0 if ok == args.sessions else 1
 

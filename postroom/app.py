@@ -56,7 +56,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,8 +337,10 @@ class Postroom:
     def _dispatcher(self, listener: str) -> Handler:
         """The handler a listener calls: the one `self.handlers` has for it when the connection arrives, so a
         reload's new handlers (new settings) serve new connections while open ones keep theirs."""
-        async def handler(conn: Connection) -> None:
-            await self.handlers[listener](conn)
+        def handler(conn: Connection) -> Awaitable[None]:
+            # Not a coroutine of its own: the session's coroutine is returned, so no frame of this one waits
+            # above every idle session's (memory per connection, bench/RESULTS.md).
+            return self.handlers[listener](conn)
 
         return handler
 

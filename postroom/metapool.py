@@ -39,6 +39,9 @@ Invariants
    command) closes them at once. Workers run in a session of their own, so a terminal's Ctrl-C goes to the
    server, which then closes them.
 5. Nothing here raises to a caller for anything a message holds: every failure ends in `minimal_meta`.
+6. A worker holds a message only while it works on it: the buffer is dropped before it answers, so an idle
+   worker is back to its own size (a 50 MB message's buffer is its own mmap, returned to the system at once),
+   rather than holding its last message until the next job replaces it (measured: bench/smtp_memory.py).
 
 Other content work shares the workers: `work(kind, params, raw=|path=)` sends a job with a "kind" ("dkim":
 inbound/dkim.py verifies signatures there, so hashing and public-key work stay off the loop; "arc": inbound/arc.py
@@ -424,6 +427,8 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
         except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta itself never raises
             _answer(out, b"E", f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
             continue
+        finally:
+            raw = b""  # invariant 6: not held while the worker waits for its next job
         _answer(out, b"M", data)
 
 

@@ -63,12 +63,17 @@ Invariants
 2. Exactly one worker (slot 0) runs what must run once (the scheduler, retention, the index backlog, ACME).
 3. Every worker PID the parent started is waited for; SIGTERM to the parent ends with no worker left.
 4. A dead worker's connection counts are cleared before its slot gets a new worker (net/counts.py).
+5. Every object the parent made before a fork is frozen (`gc.freeze()`, the gc module's advice for forking
+   servers): the workers' collections never walk them, so the pages holding them (the imported modules, about
+   50 MiB) are not written by a collector in each worker and stay shared copy-on-write: PSS per worker, not
+   RSS, is what each adds (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import logging
 import os
 import re
@@ -286,6 +291,7 @@ class Supervisor:
 
         self.counts.reset(slot)  # invariant 4
         pause_all()  # invariant 1: no log writer thread (logsetup.py) across the fork, a respawn's included
+        gc.freeze()  # invariant 5
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()

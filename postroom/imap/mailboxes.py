@@ -85,7 +85,17 @@ from . import parser as P
 from .arguments import SEP, parse_flags, stored_name, wire_name
 from .errors import Bad, No, Result
 from .session import Session, StagedLiteral
-from .state import AUTH, SELECTED, Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
+from .state import (
+    AUTH,
+    SELECTED,
+    Selected,
+    in_ranges,
+    missing_ranges,
+    seq_match_floor,
+    shared_view,
+    uid_ranges,
+    vanished_lines,
+)
 
 _SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
@@ -117,9 +127,9 @@ async def select(s: Session, cmd: P.Command) -> Result:
         s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
     cols = await s.store.list_columns(mbox.id, flags_only=True)
-    uids = array("I", cols.uids)
+    uids = shared_view(mbox.id, array("I", cols.uids))  # state.py invariant 10
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
-    sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2,
+    sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2, uids_shared=True,
                    modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync, uidonly=s.uidonly,
                    rights=target.rights if target.shared else None)
     if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it

@@ -168,6 +168,12 @@ class Service:
 
 
 class Session:
+    """One IMAP connection's state (module doc). Slots: an idle session holds nothing it does not use."""
+
+    __slots__ = ("service", "services", "store", "auth", "limits", "conn", "framer", "state", "user", "sel", "sub",
+                 "rev2", "condstore", "qresync", "uidonly", "errors", "out", "out_size", "overflowed", "staged",
+                 "notifier")
+
     def __init__(self, service: Service, conn: Connection) -> None:
         self.service = service
         self.services = service.services
@@ -680,7 +686,7 @@ def imap_handler(services: Services, listener: str) -> Callable[[Connection], Aw
     """The `app.HANDLER_FACTORIES` entry for "imap" and "imaps"."""
     service = Service(services, listener)
 
-    async def handler(conn: Connection) -> None:
-        await Session(service, conn).run()
+    def handler(conn: Connection) -> Awaitable[None]:
+        return Session(service, conn).run()  # no coroutine frame of its own above an idle session's
 
     return handler

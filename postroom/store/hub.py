@@ -46,6 +46,7 @@ from typing import Self
 from postroom.store.api import Change, StoreError
 
 DEFAULT_MAXSIZE = 4096
+_NONE: frozenset[int] = frozenset()  # one empty set for every subscription (each `frozenset()` is 216 bytes)
 
 
 class SubscriptionOverflow(StoreError):
@@ -55,23 +56,29 @@ class SubscriptionOverflow(StoreError):
 class HubSubscription:
     """One subscriber's buffer. Implements `api.Subscription`, plus `overflowed` and `reset()`."""
 
+    __slots__ = ("user_id", "maxsize", "overflowed", "closed", "watching", "also", "_hub", "_buffer", "_waiter")
+
     def __init__(self, hub: Hub, user_id: int, maxsize: int) -> None:
         self.user_id = user_id
         self.maxsize = maxsize
         self.overflowed = False
         self.closed = False
         self.watching: int | None = None  # a mailbox of another user whose changes it receives too
-        self.also: frozenset[int] = frozenset()  # more such mailboxes (`watch_also`)
+        self.also: frozenset[int] = _NONE  # more such mailboxes (`watch_also`)
         self._hub = hub
-        self._buffer: collections.deque[Change] = collections.deque()
+        # Made by the first change and dropped once drained: an idle subscriber holds no deque (its first block
+        # alone is ~600 bytes), since most subscribers (idle IMAP sessions) wait far longer than they read.
+        self._buffer: collections.deque[Change] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     # ---- the hub's side
     def _push(self, change: Change) -> None:
         if self.closed or self.overflowed:
             return
+        if self._buffer is None:
+            self._buffer = collections.deque()
         if len(self._buffer) >= self.maxsize:
-            self._buffer.clear()
+            self._buffer = None
             self.overflowed = True
         else:
             self._buffer.append(change)
@@ -80,7 +87,7 @@ class HubSubscription:
     def _overflow(self) -> None:
         if self.closed or self.overflowed:
             return
-        self._buffer.clear()
+        self._buffer = None
         self.overflowed = True
         self._wake()
 
@@ -91,14 +98,30 @@ class HubSubscription:
 
     # ---- the subscriber's side
     def __len__(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
     def get_nowait(self) -> Change | None:
         if self.overflowed:
             raise SubscriptionOverflow(f"change feed of user {self.user_id} overflowed ({self.maxsize} changes)")
         if self._buffer:
-            return self._buffer.popleft()
+            change = self._buffer.popleft()
+            if not self._buffer:
+                self._buffer = None
+            return change
         return None
+
+    def wake_on(self, fut: asyncio.Future[None] | None) -> None:
+        """Have `fut` resolved (with None) when a change, an overflow or a close is there to take, at once if one
+        is already (None: no more). What a waiter that also waits for something else passes instead of awaiting
+        `get()` in a task of its own (the connection's `read_some(wake=...)`, IMAP IDLE): it then takes what is
+        there with `get_nowait()`. The one waiter `get()` would use: the two are not used at once."""
+        if fut is None:
+            self._waiter = None
+        elif self._buffer or self.overflowed or self.closed:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            self._waiter = fut
 
     async def get(self) -> Change:
         while True:
@@ -138,14 +161,14 @@ class HubSubscription:
 
     def reset(self) -> None:
         """Clear the overflow mark (and anything buffered): call it right before re-reading the store."""
-        self._buffer.clear()
+        self._buffer = None
         self.overflowed = False
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._buffer.clear()
+        self._buffer = None
         self._hub._remove(self)
         self._wake()
 
@@ -225,7 +248,7 @@ class Hub:
         for mailbox_id in sub.also | ({sub.watching} if sub.watching is not None else set()):
             self._discard(self._watchers, mailbox_id, sub)
         sub.watching = None
-        sub.also = frozenset()
+        sub.also = _NONE
 
     @staticmethod
     def _discard(index: dict[int, set[HubSubscription]], key: int, sub: HubSubscription) -> None:

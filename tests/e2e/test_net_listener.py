@@ -264,6 +264,87 @@ def test_implicit_tls_refusal_travels_over_tls(cert: tuple[Path, Path]) -> None:
     assert run(main()) == b"* BYE [UNAVAILABLE] too many connections, try again later\r\n"
 
 
+def test_idle_tls_connections_hold_no_read_buffer_of_their_own(cert: tuple[Path, Path]) -> None:
+    """Invariant 9 of net/connection.py: the standard library's TLS layer allocates a 256 KiB read buffer per
+    connection; the connection gives every layer of the loop one shared buffer instead. 20 idle sessions (10
+    implicit TLS, 10 STARTTLS) must add far less than 256 KiB each to the memory Python allocated. The clients
+    are blocking ssl sockets in a thread, so none of their memory is the loop's."""
+    import tracemalloc
+
+    count = 10
+
+    def clients(implicit: int, plain: int, ready: Any, done: Any) -> list[bytes]:
+        ctx = client_context_trusting(cert[0])
+        socks, got = [], []
+        try:
+            for _ in range(count):
+                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", implicit)), server_hostname="localhost")
+                socks.append(s)
+                got.append(s.recv(100))
+            for _ in range(count):
+                raw = socket.create_connection(("127.0.0.1", plain))
+                socks.append(raw)
+                got.append(raw.recv(100))
+                raw.sendall(b"STARTTLS\r\n")
+                got.append(raw.recv(100))
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
+                socks[-1] = s
+                s.sendall(b"hello\r\n")
+                got.append(s.recv(100))
+            ready()
+            done.wait(10)
+        finally:
+            for s in socks:
+                s.close()
+        return got
+
+    async def main() -> tuple[int, list[bytes]]:
+        tls = server_context(*cert)
+        async with serving(spec(echo, name="imaps", implicit_tls=True), spec(echo), tls=tls) as server:
+            loop = asyncio.get_running_loop()
+            opened = loop.create_future()
+            import threading
+
+            done = threading.Event()
+            base = tracemalloc.get_traced_memory()[0]
+            task = asyncio.ensure_future(asyncio.to_thread(
+                clients, server.addresses["imaps"][1], server.addresses["t"][1],
+                lambda: loop.call_soon_threadsafe(opened.set_result, None), done))
+            await opened
+            await asyncio.sleep(0.2)  # the last echo written and its buffers released
+            grown = tracemalloc.get_traced_memory()[0] - base
+            done.set()
+            return grown, await task
+
+    tracemalloc.start()
+    try:
+        grown, got = run(main())
+    finally:
+        tracemalloc.stop()
+    assert got == [b"220 echo\r\n"] * count + [b"220 echo\r\n", b"220 go ahead\r\n", b"echo hello\r\n"] * count
+    per_connection = grown / (2 * count)
+    assert per_connection < 64 * 1024, f"{per_connection / 1024:.0f} KiB per idle TLS connection"
+
+
+def test_tls_connections_sharing_a_read_buffer_keep_their_bytes_apart(cert: tuple[Path, Path]) -> None:
+    """Many TLS connections of one loop read through one shared buffer (invariant 9 of net/connection.py):
+    large echoes on several at once each come back whole and in order."""
+    async def one(server: NetServer, n: int) -> bool:
+        reader, writer = await connect(server, "imaps", ssl=client_context_trusting(cert[0]),
+                                       server_hostname="localhost")
+        await reader.readline()
+        lines = [b"%d-%06d " % (n, i) + bytes([65 + n]) * 900 + b"\r\n" for i in range(400)]
+        writer.write(b"".join(lines))
+        ok = all([await reader.readline() == b"echo " + line for line in lines])
+        writer.close()
+        return ok
+
+    async def main() -> list[bool]:
+        async with serving(spec(echo, name="imaps", implicit_tls=True), tls=server_context(*cert)) as server:
+            return list(await asyncio.gather(*(one(server, n) for n in range(5))))
+    assert run(main(), timeout=30) == [True] * 5
+
+
 def test_starttls_upgrade(cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> list[bytes]:
         async with serving(spec(echo), tls=server_context(*cert)) as server:

@@ -158,3 +158,22 @@ def test_new_keywords_are_announced_before_the_fetch_that_shows_them() -> None:
     ro = Selected(MBOX, True, [1], rev2=True)  # read-only: FLAGS only; PERMANENTFLAGS stays ()
     assert ro.announce(["x"]) == [b"* FLAGS (" + SYSTEM + b" x)\r\n"]
     assert ro.permanentflags_line() == b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
+
+
+def test_sessions_on_one_mailbox_share_the_view_until_one_changes() -> None:
+    """Invariant 10: equal listings of one mailbox give one array; a session's EXISTS or EXPUNGE copies it
+    first, so the other sessions keep exactly their own view (invariant 1)."""
+    from array import array
+
+    from postroom.imap.state import shared_view
+
+    a = Selected(MBOX, False, shared_view(7, array("I", [1, 2, 3, 4])), rev2=True, uids_shared=True)
+    b = Selected(MBOX, False, shared_view(7, array("I", [1, 2, 3, 4])), rev2=True, uids_shared=True)
+    c = Selected(MBOX, False, shared_view(7, array("I", [1, 2, 3, 4])), rev2=True, uids_shared=True)
+    assert a.uids is b.uids is c.uids
+    a.absorb(change(ChangeKind.APPEND, 9))
+    assert a.report(False) == [b"* 5 EXISTS\r\n"]
+    assert b.expunged([2]) == [b"* 2 EXPUNGE\r\n"]
+    assert (list(a.uids), list(b.uids), list(c.uids)) == ([1, 2, 3, 4, 9], [1, 3, 4], [1, 2, 3, 4])
+    d = Selected(MBOX, False, shared_view(7, array("I", [1, 3, 4])), rev2=True, uids_shared=True)
+    assert d.uids is not b.uids and list(d.uids) == [1, 3, 4]  # a different listing is not shared

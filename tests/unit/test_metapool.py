@@ -175,3 +175,28 @@ def test_message_in_memory_with_a_prefix() -> None:
     assert data == compute_meta(prefix + raw, LIMITS).to_bytes()
     meta = MessageMeta.from_bytes(slow)
     assert meta.defects == ((0, "meta-timeout"),) and meta.size == len(prefix) + len(raw)
+
+
+def test_an_idle_worker_does_not_hold_its_last_message(tmp_path: Path) -> None:
+    """Invariant 6: after answering, the worker is back to about its own size; before, it held its last message
+    (here 40 MB) until the next job replaced it."""
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"Subject: large\r\n\r\n" + b"x" * 76 * 10 + (b"y" * 76 + b"\r\n") * 520_000)
+
+    def rss(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+    async def go() -> tuple[int, int]:
+        try:
+            await pool.meta_bytes(big_message(20_000), LIMITS)  # a worker, started and warm
+            pid = pool.pool()._idle[0].proc.pid
+            before = rss(pid)
+            await pool.meta_bytes_of_file(b"Return-Path: <a@example.org>\r\n", staged, LIMITS)
+            assert pool.pool()._idle[0].proc.pid == pid
+            return before, rss(pid)
+        finally:
+            await pool.shutdown()
+
+    before, after = asyncio.run(go())
+    assert after - before < 16 * 1024 * 1024, (before, after)

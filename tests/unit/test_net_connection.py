@@ -367,3 +367,48 @@ def test_start_tls_refuses_pipelined_plaintext() -> None:
         assert info.value.pending == 6
         assert not conn.tls and conn.pending == 6  # not upgraded, nothing silently dropped
     with_conn(body)
+
+
+# --- a read another source may wake (invariant 10: IMAP IDLE and its change feed) -------------------------------
+def test_read_woken_by_the_feed_returns_nothing_then_data() -> None:
+    from postroom.store.api import Change, ChangeKind
+    from postroom.store.hub import Hub
+
+    async def body(conn: Connection, tr: FakeTransport) -> list[Any]:
+        hub = Hub()
+        sub = hub.subscribe(7)
+        change = Change(ChangeKind.APPEND, user_id=7, mailbox_id=1, uid=1, modseq=1)
+        asyncio.get_running_loop().call_soon(hub.publish, [change])
+        got: list[Any] = [await conn.read_some(wake=sub)]  # woken by the feed: nothing from the client
+        got.append(sub.get_nowait())
+        asyncio.get_running_loop().call_soon(conn.data_received, b"DONE\r\n")
+        got.append(await conn.read_some(wake=sub))  # the client's bytes
+        hub.publish([change])
+        got.append(await conn.read_some(wake=sub))  # already queued: no wait at all
+        got.append(len(sub))
+        return got
+
+    assert with_conn(body) == [b"", Change(ChangeKind.APPEND, user_id=7, mailbox_id=1, uid=1, modseq=1),
+                               b"DONE\r\n", b"", 1]
+
+
+def test_idle_timeout_counts_from_quiet_since_across_feed_wakes() -> None:
+    """IDLE calls again after each change; the client's silence is what times out (connection invariant 4)."""
+    from postroom.store.hub import Hub
+
+    async def body(conn: Connection, tr: FakeTransport) -> None:
+        sub = Hub().subscribe(7)
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - 10.0  # the client was last heard from 10 s ago; the idle timeout is 5 s
+        with pytest.raises(IdleTimeout):
+            await conn.read_some(wake=sub, quiet_since=quiet)
+        assert conn.timed_out
+
+    with_conn(body, idle=5.0)
+
+
+def test_connection_has_no_instance_dict() -> None:
+    """Slots (a few hundred bytes for every connection, idle ones included): no __dict__ sneaks back in."""
+    async def body(conn: Connection, tr: FakeTransport) -> bool:
+        return hasattr(conn, "__dict__")
+    assert with_conn(body) is False

@@ -108,7 +108,7 @@ def encode_keywords(keywords: Iterable[str]) -> str:
 
 
 def decode_keywords(text: str) -> frozenset[str]:
-    return frozenset(text.split()) if text else frozenset()
+    return frozenset(text.split()) if text else _NO_KEYWORDS
 
 
 def load_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
