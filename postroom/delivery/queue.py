@@ -12,8 +12,8 @@ loses nothing: whatever was not recorded as final is tried again.
            of `concurrency` connection slots in all
     worker: route the domain once (mx.py) -> connect (hops in order; STARTTLS when offered) -> for each job of
            the domain: read the body, DKIM-sign it, one transaction with every recipient of the job (PIPELINING)
-           -> reuse the connection for the next job (at most `messages_per_connection`) -> QUIT when the deque
-           is empty
+           -> its result is written (`_settle`) in a task while the connection goes on with the next job (at
+           most `messages_per_connection`) -> QUIT when the deque is empty
     result, per recipient:  2xx delivered | 5xx bounced (failure DSN) | 4xx or no connection: deferred, next
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
@@ -63,6 +63,10 @@ Invariants
 5. Never a DSN to the null sender (dsn.py), and a DSN about a recipient is sent at most once per kind, except in
    the crash and lost-lease windows above.
 6. A scheduler holds at most `CLAIM_PER_SLOT * concurrency` recipients; what it holds when it stops is released.
+7. A connection has at most one result unwritten: job k's result is written while job k+1 is sent, and job k+2
+   is not started before it is committed; results are written in the order the jobs were sent. So a
+   connection costs one remote round trip or one group commit per message, whichever is longer, not their
+   sum (the commit is an fsync), and the at-least-once window above holds at most two messages per connection.
 """
 
 from __future__ import annotations
@@ -371,6 +375,7 @@ class Scheduler:
         jobs = self._pending.get(domain)
         route: Route | None = None
         client: SmtpClient | None = None
+        writing: asyncio.Task[None] | None = None  # the last job's result, being written (invariant 7)
         try:
             while jobs:
                 held = self._still_held(jobs.popleft())
@@ -384,24 +389,32 @@ class Scheduler:
                 except RouteFailure as f:
                     # The same answer holds for every job of this domain now waiting: settle them all.
                     outcome = Outcome("perm" if f.permanent else "temp", str(f), f.status)
-                    batch = [job, *jobs]
+                    await self._settle_all([job, *jobs], outcome, writing)
                     jobs.clear()
-                    for j in batch:
-                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
                     return
                 except _Unreachable as u:
                     # with the refusing host's reply as the diagnostic, else our explanation (dsn.py invariant 4)
                     outcome = Outcome("temp", u.reply, u.status, u.remote) if u.reply else \
                         Outcome("temp", u.text, u.status)
-                    batch = [job, *jobs]  # a dead destination: the jobs behind this one would fail alike
+                    # a dead destination: the jobs behind this one would fail alike
+                    await self._settle_all([job, *jobs], outcome, writing)
                     jobs.clear()
-                    for j in batch:
-                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
                     return
-                await self._settle(job, outcomes)
+                if writing is not None:
+                    await writing  # invariant 7: at most one result per connection unwritten
+                writing = asyncio.create_task(self._settle(job, outcomes), name=f"postroom-queue-settle-{domain}")
         finally:
+            if writing is not None:
+                await writing
             if client is not None:
                 await client.quit()
+
+    async def _settle_all(self, batch: list[Job], outcome: Outcome, writing: asyncio.Task[None] | None) -> None:
+        """Record one `outcome` for every recipient of `batch` (a route or connection failure), after the result
+        still being written; the writes go together, so the store's group commit takes them in one batch."""
+        if writing is not None:
+            await writing
+        await asyncio.gather(*(self._settle(j, {r.rcpt: outcome for r in j.rcpts}) for j in batch))
 
     def _still_held(self, job: Job) -> Job | None:
         """`job` with only the recipients whose lease this scheduler still holds (invariant 2); None if none.

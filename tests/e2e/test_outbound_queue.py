@@ -397,6 +397,42 @@ async def test_connection_reuse_and_concurrency_limits(tmp_path: Path) -> None:
         await finish(hs)
 
 
+async def test_the_next_message_goes_out_while_the_last_result_is_written(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """queue.py invariant 7: a connection sends its next message while the store commits the last one's result,
+    and has at most one result unwritten: message k+2 waits for result k."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        ids = [await hs.enqueue(f"u{i}@b.test") for i in range(4)]
+        real = hs.store.queue_update
+        at_write: list[int] = []  # messages the peer had when each result write began
+        written: list[int] = []
+
+        async def held(queue_id: int, recipients: Any, holder: str = "") -> None:
+            at_write.append(len(peer.delivered))
+            if len(at_write) == 1:  # hold the first result until the second message is at the peer
+                async def second() -> None:
+                    while len(peer.delivered) < 2:
+                        await asyncio.sleep(0.005)
+                await asyncio.wait_for(second(), 10.0)  # a guard against hanging: before the change it expires
+                at_write.append(len(peer.delivered))  # and the third has not gone out: result 1 is unwritten
+            await real(queue_id, recipients, holder=holder)
+            written.append(queue_id)
+
+        monkeypatch.setattr(hs.store, "queue_update", held)
+        await s.run_once()
+        assert written == ids  # results in the order the messages went out
+        assert len(peer.delivered) == 4 and peer.connections == 1
+        assert at_write[1] == 2
+        del at_write[1]
+        assert all(n <= k + 2 for k, n in enumerate(at_write))  # never two results behind
+        assert [await hs.store.queue_get(i) for i in ids] == [None] * 4
+    finally:
+        await finish(hs)
+
+
 async def test_dsn_parameters_passed_on_or_relayed_dsn(tmp_path: Path) -> None:
     hs = await harness(tmp_path)
     try:
