@@ -376,29 +376,42 @@ class Scheduler:
         route: Route | None = None
         client: SmtpClient | None = None
         writing: asyncio.Task[None] | None = None  # the last job's result, being written (invariant 7)
+        following: tuple[Job, bytes] | None = None  # the next job, read and signed, to pipeline (invariant 8)
         try:
-            while jobs:
-                held = self._still_held(jobs.popleft())
-                if held is None:
-                    continue
-                job = held
+            while jobs or following:
+                if following is not None:
+                    (ahead, raw), following = following, None
+                    held = self._still_held(ahead)  # invariant 2, again: its lease may be lost since
+                    if held is not ahead and client is not None and client.opened is not None:
+                        client.close()  # its envelope went out: only closing aborts it (RFC 5321 §3.8)
+                    if held is None:
+                        continue
+                    job = held
+                else:
+                    assert jobs is not None
+                    loaded = await self._next(jobs)
+                    if loaded is None:
+                        continue
+                    job, raw = loaded
+                if jobs:
+                    following = await self._next(jobs)
                 try:
                     if route is None:
                         route = await self.routes.route(domain)
-                    outcomes, client = await self._deliver(job, route, client)
-                except RouteFailure as f:
-                    # The same answer holds for every job of this domain now waiting: settle them all.
-                    outcome = Outcome("perm" if f.permanent else "temp", str(f), f.status)
-                    await self._settle_all([job, *jobs], outcome, writing)
-                    jobs.clear()
-                    return
-                except _Unreachable as u:
-                    # with the refusing host's reply as the diagnostic, else our explanation (dsn.py invariant 4)
-                    outcome = Outcome("temp", u.reply, u.status, u.remote) if u.reply else \
-                        Outcome("temp", u.text, u.status)
+                    outcomes, client = await self._deliver(job, raw, route, client, following)
+                except (RouteFailure, _Unreachable) as exc:
+                    if isinstance(exc, RouteFailure):
+                        # The same answer holds for every job of this domain now waiting: settle them all.
+                        outcome = Outcome("perm" if exc.permanent else "temp", str(exc), exc.status)
+                    else:  # with the refusing host's reply as the diagnostic, else our explanation (dsn.py inv. 4)
+                        outcome = Outcome("temp", exc.reply, exc.status, exc.remote) if exc.reply else \
+                            Outcome("temp", exc.text, exc.status)
                     # a dead destination: the jobs behind this one would fail alike
-                    await self._settle_all([job, *jobs], outcome, writing)
-                    jobs.clear()
+                    batch = [job, *([following[0]] if following else []), *(jobs or ())]
+                    following = None
+                    if jobs:
+                        jobs.clear()
+                    await self._settle_all(batch, outcome, writing)
                     return
                 if writing is not None:
                     await writing  # invariant 7: at most one result per connection unwritten
@@ -406,8 +419,29 @@ class Scheduler:
         finally:
             if writing is not None:
                 await writing
+            if following is not None and jobs is not None:  # cut short: it waits with the rest of the domain's
+                jobs.appendleft(following[0])
             if client is not None:
                 await client.quit()
+
+    async def _next(self, jobs: deque[Job]) -> tuple[Job, bytes] | None:
+        """The next job of `jobs` this scheduler still holds, with its message read and signed; None when there
+        is none (a job whose entry was deleted meanwhile is let go here)."""
+        while jobs:
+            job = self._still_held(jobs.popleft())
+            if job is None:
+                continue
+            try:
+                raw = await self.store.read_message(job.entry.blob_id)
+            except NotFound:
+                await self._settle(job, {})  # deleted meanwhile (`postroom queue delete`)
+                continue
+            # Nothing with a stray CR, LF or NUL passes the router's door; an entry queued by an older version
+            # might carry one: repair it before signing, so the signature covers what is sent (client.py refuses
+            # it).
+            entry = job.entry
+            return job, await self.signer.sign(normalise(raw), entry.mail_from, entry.from_checked)  # dkim.py inv. 3
+        return None
 
     async def _settle_all(self, batch: list[Job], outcome: Outcome, writing: asyncio.Task[None] | None) -> None:
         """Record one `outcome` for every recipient of `batch` (a route or connection failure), after the result
@@ -469,33 +503,36 @@ class Scheduler:
         raise _Unreachable(text, status if status.startswith("4") else "4.4.1", replied,
                            str(last_reply) if last_reply is not None and replied else "")
 
-    async def _deliver(self, job: Job, route: Route, client: SmtpClient | None
-                       ) -> tuple[dict[str, Outcome], SmtpClient | None]:
-        entry = job.entry
-        try:
-            raw = await self.store.read_message(entry.blob_id)
-        except NotFound:
-            return {}, client  # deleted meanwhile (`postroom queue delete`)
-        # Nothing with a stray CR, LF or NUL passes the router's door; an entry queued by an older version might
-        # carry one: repair it before signing, so the signature covers what is sent (client.py refuses it).
-        raw = await self.signer.sign(normalise(raw), entry.mail_from, entry.from_checked)  # dkim.py invariant 3
+    async def _deliver(self, job: Job, raw: bytes, route: Route, client: SmtpClient | None,
+                       following: tuple[Job, bytes] | None = None) -> tuple[dict[str, Outcome], SmtpClient | None]:
+        """One attempt of `job` (its message `raw`, read and signed) on `client` (or a new connection), with
+        `following`'s envelope pipelined behind its message when the connection takes another (invariant 8)."""
+        limit = self.delivery.messages_per_connection
         for attempt in range(2):
-            if client is not None and (client.closed or client.transactions >= self.delivery.messages_per_connection):
+            opened = client.opened if client is not None and not client.closed else None
+            if client is not None and opened is None and (client.closed or client.transactions >= limit):
                 await client.quit()
                 client = None
             reused = client is not None
             if client is None:
                 client = await self._connect(route)
-            checked = self._check(job, raw, client)
-            if checked is not None:
-                return checked, client
             dsn = client.supports("DSN")
-            tx = self._transaction(job, raw, client, dsn)
+            if opened is not None and opened.data is raw:
+                tx = opened  # its envelope went out with the last message (client.py invariant 4)
+            else:
+                checked = self._check(job, raw, client)
+                if checked is not None:
+                    return checked, client
+                tx = self._transaction(job, raw, client, dsn)
+            then = None
+            after = client.transactions + (0 if tx is opened else 1)  # transactions on it once `tx` is sent
+            if following is not None and after < limit and self._check(following[0], following[1], client) is None:
+                then = self._transaction(following[0], following[1], client, dsn)
             try:
-                result = await client.send(tx)
+                result = await client.send(tx, then)
             except ConnectionLost as exc:
                 if reused and attempt == 0:
-                    client = None  # the server closed an idle reused connection: once more on a new one
+                    client = None  # the server closed a reused connection: once more on a new one
                     continue
                 out = Outcome("temp", f"{client.hop.host}: {exc}", "4.4.2")  # no reply (dsn.py invariant 4)
                 return {r.rcpt: out for r in job.rcpts}, None

@@ -433,6 +433,39 @@ async def test_the_next_message_goes_out_while_the_last_result_is_written(tmp_pa
         await finish(hs)
 
 
+async def test_the_next_envelope_goes_out_with_the_last_message(tmp_path: Path) -> None:
+    """RFC 2920 §3.1: "the actual transfer of message content is explicitly allowed to be the first 'command' in
+    a group": the next transaction's MAIL, RCPT and DATA ride in the write of a message and its ".", with or
+    without the message being accepted; a server without PIPELINING gets one command at a time."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_reply=lambda data: "554 5.7.1 no" if b"refuse me" in data else "250 2.0.0 ok",
+                             rcpt_reply=lambda a: "550 5.1.1 unknown" if a.startswith("nobody") else "250 2.1.5 OK")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        await hs.enqueue("u0@b.test")
+        await hs.enqueue("u1@b.test", raw=MSG + b"refuse me\r\n")  # 554 to its "."
+        await hs.enqueue("nobody@b.test")  # refused at RCPT: the DATA of the group is answered 554, no data
+        await hs.enqueue("u3@b.test", "nobody2@b.test")
+        await hs.enqueue("u4@b.test")
+        assert await s.run_once() == 6
+        assert [d.rcpts for d in peer.delivered] == [["u0@b.test"], ["u3@b.test"], ["u4@b.test"]]
+        assert peer.connections == 1
+        # with u0's "." went u1's envelope, with u1's (refused) "." nobody's, with u3's u4's; nobody's transaction
+        # sent no data, so u3's envelope started a group of its own (after RSET, RFC 5321 §4.1.1.5)
+        assert peer.grouped == 3
+        assert sorted(a for a, _ in hs.dsns) == ["alice@a.test"] * 3  # u1, nobody, nobody2 bounced
+        assert await hs.store.queue_length() == 0
+
+        plain = await hs.peer(extensions=[])
+        s = hs.scheduler({"c.test": f"127.0.0.1:{plain.port}"}, concurrency_per_domain=1)
+        for i in range(3):
+            await hs.enqueue(f"u{i}@c.test")
+        assert await s.run_once() == 3
+        assert len(plain.delivered) == 3 and plain.connections == 1 and plain.grouped == 0
+    finally:
+        await finish(hs)
+
+
 async def test_dsn_parameters_passed_on_or_relayed_dsn(tmp_path: Path) -> None:
     hs = await harness(tmp_path)
     try:
