@@ -196,7 +196,8 @@ class SmtpClient:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._writer.drain(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task per call, unlike wait_for (3.11)
+                await self._writer.drain()
         except (TimeoutError, OSError) as exc:
             self.close()
             raise ConnectionLost(f"write to {self.hop.host} failed: {exc or type(exc).__name__}") from None
@@ -206,7 +207,8 @@ class SmtpClient:
         code = 0
         try:
             while True:
-                line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout or self._timeout)
+                async with asyncio.timeout(timeout or self._timeout):  # per line, as before; no task per call
+                    line = await self._reader.readuntil(b"\n")
                 c, more, text = parse_reply_line(line)
                 if lines and c != code:
                     raise ValueError("reply code changed within a multi-line reply")
