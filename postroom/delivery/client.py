@@ -16,9 +16,11 @@ With PIPELINING (RFC 2920 §3.1) MAIL, every RCPT and DATA go out in one write a
 without it each command waits for its reply. When the caller names the transaction it sends next on the
 connection (`send(tx, then=next)`), that one's MAIL, RCPT and DATA go in the same write as this message and its
 "." (§3.1: "the actual transfer of message content is explicitly allowed to be the first 'command' in a group"),
-so a message costs one round trip instead of two; the replies to them are read by `send(next)`. The result holds the reply of every recipient: the RCPT reply
-when it was refused, else the reply to the final "." (RFC 5321 §4.2.5: that one reply covers every accepted
-recipient). After a failed transaction the next one starts with RSET (§4.1.1.5).
+so a message costs one round trip instead of two; the replies to them are read by `send(next)`. The result
+holds the reply of every recipient: the RCPT reply when it was refused, else the reply to the final "." (RFC
+5321 §4.2.5: that one reply covers every accepted recipient). After a failed transaction the next one starts
+with RSET (§4.1.1.5), except one whose envelope went out with a "." (whatever its reply, "." ends the
+transaction: §4.1.1.4).
 
 Postroom writes its own client instead of driving aiosmtplib: aiosmtplib reads one reply per command it awaited
 and drops replies that arrive before it asks (so it cannot pipeline), and it rewrites line endings of the
