@@ -13,7 +13,8 @@ loses nothing: whatever was not recorded as final is tried again.
     worker: route the domain once (mx.py) -> connect (hops in order; STARTTLS when offered) -> for each job of
            the domain: read the body, DKIM-sign it, one transaction with every recipient of the job (PIPELINING)
            -> its result is written (`_settle`) in a task while the connection goes on with the next job (at
-           most `messages_per_connection`) -> QUIT when the deque is empty
+           most `messages_per_connection`), whose envelope went out with this job's message (invariant 8)
+           -> QUIT when the deque is empty
     result, per recipient:  2xx delivered | 5xx bounced (failure DSN) | 4xx or no connection: deferred, next
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
@@ -67,6 +68,11 @@ Invariants
    is not started before it is committed; results are written in the order the jobs were sent. So a
    connection costs one remote round trip or one group commit per message, whichever is longer, not their
    sum (the commit is an fsync), and the at-least-once window above holds at most two messages per connection.
+8. A worker reads and signs job k+1 before it sends job k, and when the connection will take it (PIPELINING,
+   `messages_per_connection`, the size and extension checks) its envelope goes out with job k's message
+   (client.py). Its lease is checked again before its data is sent: a lease lost meanwhile closes the
+   connection, which aborts that transaction (RFC 5321 §3.8), so nothing is delivered under a lost lease that
+   was known to be lost before its data (invariant 2).
 """
 
 from __future__ import annotations
