@@ -423,12 +423,14 @@ class Scheduler:
                     await writing  # invariant 7: at most one result per connection unwritten
                 writing = asyncio.create_task(self._settle(job, outcomes), name=f"postroom-queue-settle-{domain}")
         finally:
-            if writing is not None:
-                await writing
-            if following is not None and jobs is not None:  # cut short: it waits with the rest of the domain's
-                jobs.appendleft(following[0])
-            if client is not None:
-                await client.quit()
+            try:
+                if writing is not None:
+                    await writing
+            finally:  # also when cut short (stop) while that result was written
+                if following is not None and jobs is not None:  # it waits with the rest of the domain's jobs
+                    jobs.appendleft(following[0])
+                if client is not None:
+                    await client.quit()
 
     async def _next(self, jobs: deque[Job]) -> tuple[Job, bytes] | None:
         """The next job of `jobs` this scheduler still holds, with its message read and signed; None when there
