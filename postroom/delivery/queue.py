@@ -73,6 +73,11 @@ Invariants
    (client.py). Its lease is checked again before its data is sent: a lease lost meanwhile closes the
    connection, which aborts that transaction (RFC 5321 §3.8), so nothing is delivered under a lost lease that
    was known to be lost before its data (invariant 2).
+9. A running scheduler (`start`, not `run_once`) keeps a worker's connection open for up to `CONNECTION_LINGER`
+   seconds after its domain's jobs run out, and the jobs claimed for that domain meanwhile go over it (Postfix's
+   connection cache: a trickle of new mail does not pay a connection, greeting, EHLO and QUIT per message). It
+   holds its slot meanwhile, but never while another worker waits for one: a worker that finds the slots taken
+   ends every lingering wait, and `stop` too.
 """
 
 from __future__ import annotations
@@ -119,6 +124,8 @@ log = logging.getLogger("postroom.queue")
 
 PENDING = (RcptState.QUEUED, RcptState.DEFERRED)
 CLAIM_PER_SLOT = 4  # recipients claimed ahead per connection slot (invariant 6)
+CONNECTION_LINGER = 2.0  # seconds an idle connection waits for its domain's next job (invariant 9; Postfix's
+# smtp_connection_cache_time_limit is 2 s too)
 BounceSink = Callable[[str, bytes], Awaitable[None]]
 """Delivers a DSN (bytes) from the null sender to one address (the original sender): durable on return."""
 
@@ -197,6 +204,8 @@ class Scheduler:
         self._pending: dict[str, deque[Job]] = {}
         self._workers: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived: dict[str, asyncio.Event] = {}  # domain -> set when its jobs come (a lingering worker waits)
+        self._slot_wanted = 0  # workers waiting for a connection slot (none linger while one waits)
         self._in_flight: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -236,6 +245,7 @@ class Scheduler:
         """Stop taking work; let transactions in progress finish for `grace` seconds, then cut them (what was
         not recorded is tried again at the next start)."""
         self._stopping = True
+        self._wake_lingering()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -355,10 +365,13 @@ class Scheduler:
             for domain, rcpts in by_domain.items():
                 self._in_flight.update((entry.id, r.rcpt) for r in rcpts)  # invariant 2
                 self._pending.setdefault(domain, deque()).append(Job(entry, domain, rcpts))
+                if domain in self._arrived:
+                    self._arrived[domain].set()  # invariant 9: a worker keeps a connection open for it
                 count += len(rcpts)
         for domain, jobs in self._pending.items():
             active = self._workers.get(domain, 0)
-            for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs))):  # invariant 4
+            idle = 1 if domain in self._arrived else 0  # a lingering worker takes the first job (invariant 9)
+            for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs) - idle)):  # invariant 4
                 self._workers[domain] = self._workers.get(domain, 0) + 1
                 task = asyncio.create_task(self._worker(domain), name=f"postroom-queue-{domain}")
                 self._tasks.add(task)
@@ -368,14 +381,44 @@ class Scheduler:
     # --- a worker: one connection at a time to one domain -------------------------------------------------------
     async def _worker(self, domain: str) -> None:
         try:
-            async with self._slots:
+            self._slot_wanted += 1
+            if self._slots.locked():
+                self._wake_lingering()  # invariant 9: an idle connection does not keep a slot from a waiting worker
+            try:
+                await self._slots.acquire()
+            finally:
+                self._slot_wanted -= 1
+            try:
                 await self._work(domain)
+            finally:
+                self._slots.release()
         finally:
             self._workers[domain] -= 1
             if not self._workers[domain]:
                 del self._workers[domain]
                 if not self._pending.get(domain):
                     self._pending.pop(domain, None)
+
+    def _wake_lingering(self) -> None:
+        for event in self._arrived.values():
+            event.set()
+
+    async def _linger(self, domain: str, client: SmtpClient | None) -> bool:
+        """Invariant 9: wait up to CONNECTION_LINGER for more jobs of `domain`, keeping `client` open, when the
+        scheduler runs (not `run_once`), no worker waits for a slot and the connection may take another message.
+        True when there are jobs to do."""
+        if (self._loop_task is None or self._stopping or self._slot_wanted or client is None or client.closed
+                or client.opened is not None or client.transactions >= self.delivery.messages_per_connection
+                or domain in self._arrived):
+            return False
+        event = self._arrived[domain] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), CONNECTION_LINGER)
+        except TimeoutError:
+            pass
+        finally:
+            del self._arrived[domain]
+        return bool(self._pending.get(domain)) and not self._stopping
 
     async def _work(self, domain: str) -> None:
         jobs = self._pending.get(domain)
@@ -384,7 +427,10 @@ class Scheduler:
         writing: asyncio.Task[None] | None = None  # the last job's result, being written (invariant 7)
         following: tuple[Job, bytes] | None = None  # the next job, read and signed, to pipeline (invariant 8)
         try:
-            while jobs or following:
+            while jobs or following or await self._linger(domain, client):
+                if jobs is None:  # emptied and dropped while this worker lingered: it came again
+                    jobs = self._pending.get(domain)
+                    continue
                 if following is not None:
                     (ahead, raw), following = following, None
                     held = self._still_held(ahead)  # invariant 2, again: its lease may be lost since

@@ -466,6 +466,39 @@ async def test_the_next_envelope_goes_out_with_the_last_message(tmp_path: Path) 
         await finish(hs)
 
 
+async def test_a_running_scheduler_keeps_a_connection_for_the_next_arrival(tmp_path: Path) -> None:
+    """queue.py invariant 9 (Postfix's connection cache): a worker whose domain has nothing more waits a moment
+    (`CONNECTION_LINGER`) with its connection open, so mail arriving just after goes over it; `run_once` does not
+    wait, and stop closes the idle connection at once."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, poll_seconds=3600)
+        s.start()
+
+        async def delivered(n: int) -> None:
+            while len(peer.delivered) < n:
+                await asyncio.sleep(0.005)
+
+        await hs.enqueue("u0@b.test")
+        s.wake()
+        await asyncio.wait_for(delivered(1), 10.0)  # a guard against hanging, not a timing assertion
+        await hs.enqueue("u1@b.test")
+        s.wake()
+        await asyncio.wait_for(delivered(2), 10.0)
+        assert peer.connections == 1 and peer.active == 1  # the second one went over the first's connection
+        await s.stop()
+        await asyncio.wait_for(_closed(peer), 10.0)
+        assert await hs.store.queue_length() == 0
+    finally:
+        await finish(hs)
+
+
+async def _closed(peer: SmtpPeer) -> None:
+    while peer.active:
+        await asyncio.sleep(0.005)
+
+
 async def test_dsn_parameters_passed_on_or_relayed_dsn(tmp_path: Path) -> None:
     hs = await harness(tmp_path)
     try:
