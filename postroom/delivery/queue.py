@@ -204,7 +204,8 @@ class Scheduler:
         self._pending: dict[str, deque[Job]] = {}
         self._workers: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._arrived: dict[str, asyncio.Event] = {}  # domain -> set when its jobs come (a lingering worker waits)
+        self._arrived: dict[str, asyncio.Event] = {}  # domain -> set when its jobs come (lingering workers wait)
+        self._lingering: dict[str, int] = {}  # domain -> workers waiting on that event with an open connection
         self._slot_wanted = 0  # workers waiting for a connection slot (none linger while one waits)
         self._in_flight: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
@@ -366,11 +367,11 @@ class Scheduler:
                 self._in_flight.update((entry.id, r.rcpt) for r in rcpts)  # invariant 2
                 self._pending.setdefault(domain, deque()).append(Job(entry, domain, rcpts))
                 if domain in self._arrived:
-                    self._arrived[domain].set()  # invariant 9: a worker keeps a connection open for it
+                    self._arrived[domain].set()  # invariant 9: workers keep connections open for it
                 count += len(rcpts)
         for domain, jobs in self._pending.items():
             active = self._workers.get(domain, 0)
-            idle = 1 if domain in self._arrived else 0  # a lingering worker takes the first job (invariant 9)
+            idle = self._lingering.get(domain, 0)  # lingering workers take the first jobs (invariant 9)
             for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs) - idle)):  # invariant 4
                 self._workers[domain] = self._workers.get(domain, 0) + 1
                 task = asyncio.create_task(self._worker(domain), name=f"postroom-queue-{domain}")
@@ -408,16 +409,22 @@ class Scheduler:
         scheduler runs (not `run_once`), no worker waits for a slot and the connection may take another message.
         True when there are jobs to do."""
         if (self._loop_task is None or self._stopping or self._slot_wanted or client is None or client.closed
-                or client.opened is not None or client.transactions >= self.delivery.messages_per_connection
-                or domain in self._arrived):
+                or client.opened is not None or client.transactions >= self.delivery.messages_per_connection):
             return False
-        event = self._arrived[domain] = asyncio.Event()
+        event = self._arrived.get(domain)
+        if event is None or event.is_set():  # the last one woke its waiters: a new one for the next arrival
+            event = self._arrived[domain] = asyncio.Event()
+        self._lingering[domain] = self._lingering.get(domain, 0) + 1
         try:
             await asyncio.wait_for(event.wait(), CONNECTION_LINGER)
         except TimeoutError:
             pass
         finally:
-            del self._arrived[domain]
+            self._lingering[domain] -= 1
+            if not self._lingering[domain]:
+                del self._lingering[domain]
+                if self._arrived.get(domain) is event:
+                    del self._arrived[domain]
         return bool(self._pending.get(domain)) and not self._stopping
 
     async def _work(self, domain: str) -> None:
