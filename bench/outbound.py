@@ -1,7 +1,7 @@
 """Outbound delivery messages/s: Postroom's queue beside Postfix, both relaying to Postfix's smtp-sink.
 
     .venv/bin/python bench/outbound.py [--count N] [--size BYTES] [--inject-sessions N] [--modes live,drain]
-                                       [--dir PATH] [--no-postfix]
+                                       [--dir PATH] [--no-postfix] [--profile DIR]
 
 N messages (default 10,000) of about --size bytes (default 4 KB), one recipient each, spread evenly over the 10
 destination domains d0.test .. d9.test, all routed to one `smtp-sink` (Debian package postfix) on a free
@@ -28,6 +28,12 @@ each (default 2), into the server's SMTP listener. Two measurements (--modes):
   again with delivery on (its start-up is in the time). Postfix holds with `defer_transports = smtp`, and is
   released by clearing it, `postfix reload` and `postqueue -f` (all in the time).
 
+The table gives each server's CPU per message besides the rates: user + system seconds of its whole process tree
+(bench/common.py `cpu_seconds`; Postfix: the master and every daemon it started) over the measured span,
+divided by the messages; for Postroom's drain, all CPU of the process started for it (start-up included). On a
+machine shared with other work that figure moves much less than the rates. --profile DIR has py-spy record
+Postroom's processes during each measured span (raw folded stacks, DIR/postroom-live.txt, postroom-drain.txt).
+
 Work happens under --dir (default bench/results/, on the repository's disk). Every process started here (the
 sink, postroom, smtp-source, the Postfix master) is stopped by its PID, also on Ctrl-C. Progress goes to
 stderr, the table to stdout.
@@ -39,6 +45,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import postfix  # noqa: E402  (bench/postfix.py: a private Postfix instance)
-from common import PrivatePostroom, free_port, progress, stop_process, wait_port  # noqa: E402  (bench/common.py)
+from common import PrivatePostroom, cpu_seconds, free_port, progress, stop_process, wait_port  # noqa: E402
 
 DOMAINS = [f"d{i}.test" for i in range(10)]
 SENDER = "bench@remote.test"
@@ -59,6 +66,7 @@ SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/s
 POSTCONF = shutil.which("postconf", path="/usr/sbin:/usr/bin") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue", path="/usr/sbin:/usr/bin") or "/usr/sbin/postqueue"
 WAIT_LIMIT = 900.0  # seconds for one run's messages to reach the sink
+PROFILE: Path | None = None  # --profile DIR: py-spy's raw stacks of Postroom per mode
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,6 +166,7 @@ class Postroom:
         self.sink_port = sink_port
         self.server = PrivatePostroom(work / "postroom", "smtp", log_level="warning")
         self.port = self.server.port
+        self.spy: subprocess.Popen[bytes] | None = None
 
     def setup(self) -> None:
         self.server.create()  # a local domain (example.org), so the server has something of its own
@@ -173,17 +182,36 @@ class Postroom:
         self.server.start(self.settings(delivery), wait=wait)
 
     def stop(self) -> None:
+        if self.spy is not None:
+            self.spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            try:
+                self.spy.wait(60)
+            except subprocess.TimeoutExpired:
+                stop_process(self.spy)
+            self.spy = None
         self.server.stop(60)
 
-    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+    def profile(self, mode: str) -> None:
+        """With --profile DIR: py-spy records the server's process tree (raw folded stacks, 200 Hz, every
+        worker) into DIR/postroom-MODE.txt until `stop`."""
+        if PROFILE is None:
+            return
+        self.spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p",
+                                     str(self.server.pid), "-f", "raw", "-r", "200", "--nonblocking",
+                                     "--subprocesses", "-o", str(PROFILE / f"postroom-{mode}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float, float]:
         self.setup()
         self.serve(delivery=True)
-        t0 = time.monotonic()
+        self.profile("live")
+        cpu0, t0 = cpu_seconds(self.server.pid), time.monotonic()
         injected = inject(self.port, count, sessions, size)
         progress(f"  injected in {injected:.1f} s")
-        return sink.wait_for(count, "Postroom live") - t0, injected
+        done = sink.wait_for(count, "Postroom live")
+        return done - t0, injected, cpu_seconds(self.server.pid) - cpu0
 
-    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float, float]:
         self.setup()
         self.serve(delivery=False)
         injected = inject(self.port, count, sessions, size)
@@ -193,7 +221,9 @@ class Postroom:
             raise RuntimeError(f"{sink.count} messages reached the sink while delivery was held")
         t0 = time.monotonic()
         self.serve(delivery=True, wait=False)  # its start-up is in the time
-        return sink.wait_for(count, "Postroom drain") - t0, injected
+        self.profile("drain")
+        done = sink.wait_for(count, "Postroom drain")
+        return done - t0, injected, cpu_seconds(self.server.pid)  # a new process: all of its CPU is the drain's
 
 
 class Postfix:
@@ -226,14 +256,17 @@ class Postfix:
             self.instance.stop()
             self.instance = None
 
-    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+    def run_live(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float, float]:
         port = self.start(hold=False)
-        t0 = time.monotonic()
+        assert self.instance is not None and self.instance.master_pid is not None
+        master = self.instance.master_pid
+        cpu0, t0 = cpu_seconds(master), time.monotonic()
         injected = inject(port, count, sessions, size)
         progress(f"  injected in {injected:.1f} s")
-        return sink.wait_for(count, "Postfix live") - t0, injected
+        done = sink.wait_for(count, "Postfix live")
+        return done - t0, injected, cpu_seconds(master) - cpu0
 
-    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float]:
+    def run_drain(self, sink: Sink, count: int, sessions: int, size: int) -> tuple[float, float, float]:
         port = self.start(hold=True)
         inst = self.instance
         assert inst is not None
@@ -247,11 +280,13 @@ class Postfix:
         if sink.count:
             raise RuntimeError(f"{sink.count} messages reached the sink while delivery was held")
         env = dict(os.environ, MAIL_CONFIG=str(inst.conf))
-        t0 = time.monotonic()
+        assert inst.master_pid is not None
+        cpu0, t0 = cpu_seconds(inst.master_pid), time.monotonic()
         subprocess.run([POSTCONF, "-c", str(inst.conf), "-e", "defer_transports ="], env=env, check=True)
         subprocess.run([postfix.POSTFIX, "-c", str(inst.conf), "reload"], env=env, check=True, capture_output=True)
         subprocess.run([POSTQUEUE, "-c", str(inst.conf), "-f"], env=env, check=True, capture_output=True)
-        return sink.wait_for(count, "Postfix drain") - t0, injected
+        done = sink.wait_for(count, "Postfix drain")
+        return done - t0, injected, cpu_seconds(inst.master_pid) - cpu0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +300,12 @@ def main() -> int:
     ap.add_argument("--modes", default="live,drain", help="live, drain or both (default)")
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of Postroom's processes, per mode, into DIR")
     args = ap.parse_args()
+    if args.profile:
+        global PROFILE
+        PROFILE = Path(args.profile).resolve()
+        PROFILE.mkdir(parents=True, exist_ok=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(modes) <= {"live", "drain"}:
         ap.error("--modes: live and/or drain")
@@ -283,7 +323,7 @@ def main() -> int:
     work.chmod(0o755)
     progress(f"outbound benchmark: {args.count} messages of ~{args.size} B to {len(DOMAINS)} domains, "
              f"{len(DOMAINS)} x {args.inject_sessions} injecting sessions, under {work}")
-    results: dict[tuple[str, str], tuple[float, float]] = {}
+    results: dict[tuple[str, str], tuple[float, float, float]] = {}  # msg/s, injection msg/s, CPU ms/msg
     try:
         for cls in relays:
             for mode in modes:
@@ -292,15 +332,16 @@ def main() -> int:
                 try:
                     progress(f"{cls.name}, {mode}: sink on port {sink.port} ...")
                     run = relay.run_live if mode == "live" else relay.run_drain
-                    elapsed, injected = run(sink, args.count, args.inject_sessions, args.size)
+                    elapsed, injected, cpu = run(sink, args.count, args.inject_sessions, args.size)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
                     progress(f"{cls.name}, {mode} failed: {exc}")
                     continue
                 finally:
                     relay.stop()
                     sink.stop()
-                results[(cls.name, mode)] = (args.count / elapsed, args.count / injected)
-                progress(f"  {args.count / elapsed:,.0f} msg/s ({elapsed:.1f} s)")
+                results[(cls.name, mode)] = (args.count / elapsed, args.count / injected, cpu * 1000 / args.count)
+                progress(f"  {args.count / elapsed:,.0f} msg/s ({elapsed:.1f} s), {cpu * 1000 / args.count:.2f} ms "
+                         f"CPU per message")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -309,8 +350,9 @@ def main() -> int:
             "drain": "drain: release of a loaded queue -> last at sink"}
     print(f"\nOutbound: {args.count} messages of ~{args.size} bytes over {len(DOMAINS)} domains (static routes) "
           f"to smtp-sink, messages/s\n")
-    header = ("| measure | " + " | ".join(names) + " | "
-              + " | ".join(f"Postroom / {n}" for n in names[1:]) + " | injection msg/s (" + ", ".join(names) + ") |")
+    header = ("| measure | " + " | ".join(names + [f"Postroom / {n}" for n in names[1:]])
+              + " | injection msg/s (" + ", ".join(names) + ") | server CPU ms per message ("
+              + ", ".join(names) + ") |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for mode in modes:
@@ -318,7 +360,8 @@ def main() -> int:
         ratios = [f"{results[('Postroom', mode)][0] / results[(n, mode)][0]:.2f}x"
                   if ("Postroom", mode) in results and (n, mode) in results else "-" for n in names[1:]]
         inj = ", ".join(f"{results[(n, mode)][1]:,.0f}" if (n, mode) in results else "-" for n in names)
-        print(f"| {what[mode]} | " + " | ".join(rate + ratios) + f" | {inj} |")
+        cpu = ", ".join(f"{results[(n, mode)][2]:.2f}" if (n, mode) in results else "-" for n in names)
+        print(f"| {what[mode]} | " + " | ".join(rate + ratios) + f" | {inj} | {cpu} |")
     return 0 if len(results) == len(relays) * len(modes) else 1
 
 

@@ -13,9 +13,14 @@ credentials are given, only over TLS or to a loopback address. `send()` runs one
     DATA, the message dot-stuffed, "."
 
 With PIPELINING (RFC 2920 §3.1) MAIL, every RCPT and DATA go out in one write and the replies are read in order;
-without it each command waits for its reply. The result holds the reply of every recipient: the RCPT reply
-when it was refused, else the reply to the final "." (RFC 5321 §4.2.5: that one reply covers every accepted
-recipient). After a failed transaction the next one starts with RSET (§4.1.1.5).
+without it each command waits for its reply. When the caller names the transaction it sends next on the
+connection (`send(tx, then=next)`), that one's MAIL, RCPT and DATA go in the same write as this message and its
+"." (§3.1: "the actual transfer of message content is explicitly allowed to be the first 'command' in a group"),
+so a message costs one round trip instead of two; the replies to them are read by `send(next)`. The result
+holds the reply of every recipient: the RCPT reply when it was refused, else the reply to the final "." (RFC
+5321 §4.2.5: that one reply covers every accepted recipient). After a failed transaction the next one starts
+with RSET (§4.1.1.5), except one whose envelope went out with a "." (whatever its reply, "." ends the
+transaction: §4.1.1.4).
 
 Postroom writes its own client instead of driving aiosmtplib: aiosmtplib reads one reply per command it awaited
 and drops replies that arrive before it asks (so it cannot pipeline), and it rewrites line endings of the
@@ -31,6 +36,10 @@ Invariants
    line of defence against SMTP smuggling; the router's door and the queue see to it before, mime/lineends.py).
 3. A network failure or time-out raises `ConnectionLost`; a reply never raises: it is returned, so the caller
    decides per recipient. After `ConnectionLost` the client is closed and must not be used again.
+4. A transaction opened with the last message (`opened`) is the next one sent, or the connection is closed
+   (`quit` too closes without QUIT): the server reads message data after its DATA, and only a closed
+   connection aborts that (RFC 5321 §3.8) without delivering anything. Its data was checked for
+   invariant 2 before its envelope went out.
 """
 
 from __future__ import annotations
@@ -104,6 +113,7 @@ class SmtpClient:
         self.transactions = 0
         self.closed = False
         self._dirty = False  # a transaction was started and not completed: RSET first
+        self._opened: Transaction | None = None  # its envelope went out with the last message (`send(then=)`)
 
     # --- connection -------------------------------------------------------------------------------------------
     @classmethod
@@ -170,6 +180,9 @@ class SmtpClient:
     async def quit(self) -> None:
         if self.closed:
             return
+        if self._opened is not None:  # the server reads message data now: closing aborts that transaction
+            self.close()
+            return
         try:
             await asyncio.wait_for(self.command(b"QUIT"), 10.0)
         except (TimeoutError, ConnectionLost):
@@ -185,7 +198,8 @@ class SmtpClient:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._writer.drain(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task per call, unlike wait_for (3.11)
+                await self._writer.drain()
         except (TimeoutError, OSError) as exc:
             self.close()
             raise ConnectionLost(f"write to {self.hop.host} failed: {exc or type(exc).__name__}") from None
@@ -195,7 +209,8 @@ class SmtpClient:
         code = 0
         try:
             while True:
-                line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout or self._timeout)
+                async with asyncio.timeout(timeout or self._timeout):  # per line, as before; no task per call
+                    line = await self._reader.readuntil(b"\n")
                 c, more, text = parse_reply_line(line)
                 if lines and c != code:
                     raise ValueError("reply code changed within a multi-line reply")
@@ -233,41 +248,67 @@ class SmtpClient:
         value = self.extensions.get("SIZE", "")
         return int(value) if value.isdigit() else 0
 
-    async def send(self, tx: Transaction) -> Result:
+    @property
+    def opened(self) -> Transaction | None:
+        """The transaction whose MAIL, RCPT and DATA went out with the last message (`send(..., then=)`): the
+        next `send` must be of this one (invariant 4)."""
+        return self._opened
+
+    async def send(self, tx: Transaction, then: Transaction | None = None) -> Result:
         """One mail transaction (RFC 5321 §3.3), pipelined when the server offers PIPELINING (RFC 2920).
-        Raises UnsafeContent, before sending anything, for data with a stray CR, LF or NUL (invariant 2)."""
-        fault = stray(tx.data)
+        `then`: the transaction the caller will send next on this connection. With PIPELINING, and when this
+        one's message is sent, its MAIL, RCPT and DATA go out in the same write as the message and "." (RFC 2920
+        §3.1: message content may be the first "command" of a group); their replies are read by `send(then)`,
+        which must be the next call (`opened` says whether it was sent). Raises UnsafeContent, before sending
+        anything, for data with a stray CR, LF or NUL (invariant 2); ConnectionLost (invariant 3)."""
+        fault = stray(tx.data) if tx is not self._opened else None  # an opened one was checked before
         if fault is not None:
             # Last line of defence against SMTP smuggling: RFC 5321 §2.3.8, CR and LF only as CRLF.
             raise UnsafeContent(f"refusing to send a message with a {fault}")
-        if self._dirty:
-            reply = await self.command(b"RSET")
-            if reply.code != 250:
-                raise ConnectionLost(f"{self.hop.host} refused RSET: {reply}")
-            self._dirty = False
-        self._dirty = True
-        self.transactions += 1
-        mail = _command("MAIL FROM:", tx.mail_from, tx.mail_params)
-        rcpts = [_command("RCPT TO:", r, tx.rcpt_params[i] if tx.rcpt_params else ())
-                 for i, r in enumerate(tx.recipients)]
-        result: Result
-        if self.supports("PIPELINING"):
-            # RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is the last command of the group.
-            self._write(b"".join(line + b"\r\n" for line in [mail, *rcpts, b"DATA"]))
-            await self._drain()
+        group = b""  # `then`'s envelope, to go with this message
+        if then is not None and stray(then.data) is None and self.supports("PIPELINING"):
+            try:
+                group = _envelope(then)
+            except ValueError:
+                then = None  # sent on its own, and refused there
+        else:
+            then = None  # sent on its own (and refused by its own `send` if it must be)
+        if self._opened is not None:
+            opened, self._opened = self._opened, None
+            if opened is not tx:  # its envelope is out and the server waits for data: only closing aborts it
+                self.close()
+                raise ConnectionLost(f"connection to {self.hop.host} closed: a pipelined transaction was dropped")
+            # its MAIL, RCPT and DATA went out with the last message: read their replies
             result = Result(await self.read_reply())
             for r in tx.recipients:
                 result.rcpt[r] = await self.read_reply()
             data_reply = await self.read_reply()
         else:
-            result = Result(await self.command(mail))
-            if result.mail.code != 250:
-                return self._refused_all(result, tx)
-            for r, line in zip(tx.recipients, rcpts):
-                result.rcpt[r] = await self.command(line)
-            if not any(reply.code in (250, 251) for reply in result.rcpt.values()):
-                return result
-            data_reply = await self.command(b"DATA")
+            if self._dirty:
+                reply = await self.command(b"RSET")
+                if reply.code != 250:
+                    raise ConnectionLost(f"{self.hop.host} refused RSET: {reply}")
+                self._dirty = False
+            self._dirty = True
+            self.transactions += 1
+            if self.supports("PIPELINING"):
+                # RFC 2920 §3.1: MAIL and RCPT may be grouped; DATA is the last command of the group.
+                self._write(_envelope(tx))
+                await self._drain()
+                result = Result(await self.read_reply())
+                for r in tx.recipients:
+                    result.rcpt[r] = await self.read_reply()
+                data_reply = await self.read_reply()
+            else:
+                mail, *rcpts = _envelope_lines(tx)
+                result = Result(await self.command(mail))
+                if result.mail.code != 250:
+                    return self._refused_all(result, tx)
+                for r, line in zip(tx.recipients, rcpts):
+                    result.rcpt[r] = await self.command(line)
+                if not any(reply.code in (250, 251) for reply in result.rcpt.values()):
+                    return result
+                data_reply = await self.command(b"DATA")
         if result.mail.code != 250:
             if data_reply.code == 354:  # a server that started DATA anyway gets an empty message and no more
                 await self._end_data(b"")
@@ -281,15 +322,24 @@ class SmtpClient:
             # RFC 2920 §3.1: every RCPT failed but DATA was accepted: send "." alone and ignore the reply.
             await self._end_data(b"")
             return result
-        final = await self._end_data(tx.data)
+        final = await self._end_data(tx.data, then, group)
         for r in accepted:
             result.rcpt[r] = final  # RFC 5321 §4.2.5: the reply to "." speaks for every accepted recipient
-        if final.code == 250:
+        if final.code == 250 and then is None:
             self._dirty = False
         return result
 
-    async def _end_data(self, data: bytes) -> Reply:
-        self._write(dot_stuff(data) if data else b".\r\n")
+    async def _end_data(self, data: bytes, then: Transaction | None = None, group: bytes = b"") -> Reply:
+        """Send the message (dot-stuffed) or "." alone, with `then`'s envelope `group` in the same write, and
+        read the reply to "." (`then`'s replies are left for its `send`)."""
+        out = dot_stuff(data) if data else b".\r\n"
+        if then is not None:
+            # RFC 5321 §4.1.1.4: "." ends the transaction whatever its reply, so the next one needs no RSET.
+            out += group
+            self._opened = then
+            self.transactions += 1
+            self._dirty = True
+        self._write(out)
         await self._drain()
         return await self.read_reply(max(self._timeout, DATA_TIMEOUT) if data else None)
 
@@ -311,6 +361,18 @@ class Refused(Exception):
         super().__init__(f"{stage}: {reply}")
         self.stage = stage
         self.reply = reply
+
+
+def _envelope_lines(tx: Transaction) -> list[bytes]:
+    """MAIL and one RCPT per recipient, without line ends."""
+    return [_command("MAIL FROM:", tx.mail_from, tx.mail_params),
+            *(_command("RCPT TO:", r, tx.rcpt_params[i] if tx.rcpt_params else ())
+              for i, r in enumerate(tx.recipients))]
+
+
+def _envelope(tx: Transaction) -> bytes:
+    """The pipelined group of `tx`: MAIL, every RCPT and DATA, the last command of a group (RFC 2920 §3.1)."""
+    return b"".join(line + b"\r\n" for line in [*_envelope_lines(tx), b"DATA"])
 
 
 def _command(verb: str, address: str, params: tuple[str, ...]) -> bytes:

@@ -12,8 +12,9 @@ loses nothing: whatever was not recorded as final is tried again.
            of `concurrency` connection slots in all
     worker: route the domain once (mx.py) -> connect (hops in order; STARTTLS when offered) -> for each job of
            the domain: read the body, DKIM-sign it, one transaction with every recipient of the job (PIPELINING)
-           -> reuse the connection for the next job (at most `messages_per_connection`) -> QUIT when the deque
-           is empty
+           -> its result is written (`_settle`) in a task while the connection goes on with the next job (at
+           most `messages_per_connection`), whose envelope went out with this job's message (invariant 8)
+           -> QUIT when the deque is empty
     result, per recipient:  2xx delivered | 5xx bounced (failure DSN) | 4xx or no connection: deferred, next
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
@@ -63,6 +64,20 @@ Invariants
 5. Never a DSN to the null sender (dsn.py), and a DSN about a recipient is sent at most once per kind, except in
    the crash and lost-lease windows above.
 6. A scheduler holds at most `CLAIM_PER_SLOT * concurrency` recipients; what it holds when it stops is released.
+7. A connection has at most one result unwritten: job k's result is written while job k+1 is sent, and job k+2
+   is not started before it is committed; results are written in the order the jobs were sent. So a
+   connection costs one remote round trip or one group commit per message, whichever is longer, not their
+   sum (the commit is an fsync), and the at-least-once window above holds at most two messages per connection.
+8. A worker reads and signs job k+1 before it sends job k, and when the connection will take it (PIPELINING,
+   `messages_per_connection`, the size and extension checks) its envelope goes out with job k's message
+   (client.py). Its lease is checked again before its data is sent: a lease lost meanwhile closes the
+   connection, which aborts that transaction (RFC 5321 §3.8), so nothing is delivered under a lost lease that
+   was known to be lost before its data (invariant 2).
+9. A running scheduler (`start`, not `run_once`) keeps a worker's connection open for up to `CONNECTION_LINGER`
+   seconds after its domain's jobs run out, and the jobs claimed for that domain meanwhile go over it (Postfix's
+   connection cache: a trickle of new mail does not pay a connection, greeting, EHLO and QUIT per message). It
+   holds its slot meanwhile, but never while another worker waits for one: a worker that finds the slots taken
+   ends every lingering wait, and `stop` too.
 """
 
 from __future__ import annotations
@@ -109,6 +124,8 @@ log = logging.getLogger("postroom.queue")
 
 PENDING = (RcptState.QUEUED, RcptState.DEFERRED)
 CLAIM_PER_SLOT = 4  # recipients claimed ahead per connection slot (invariant 6)
+CONNECTION_LINGER = 2.0  # seconds an idle connection waits for its domain's next job (invariant 9; Postfix's
+# smtp_connection_cache_time_limit is 2 s too)
 BounceSink = Callable[[str, bytes], Awaitable[None]]
 """Delivers a DSN (bytes) from the null sender to one address (the original sender): durable on return."""
 
@@ -187,6 +204,9 @@ class Scheduler:
         self._pending: dict[str, deque[Job]] = {}
         self._workers: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived: dict[str, asyncio.Event] = {}  # domain -> set when its jobs come (lingering workers wait)
+        self._lingering: dict[str, int] = {}  # domain -> workers waiting on that event with an open connection
+        self._slot_wanted = 0  # workers waiting for a connection slot (none linger while one waits)
         self._in_flight: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -226,6 +246,7 @@ class Scheduler:
         """Stop taking work; let transactions in progress finish for `grace` seconds, then cut them (what was
         not recorded is tried again at the next start)."""
         self._stopping = True
+        self._wake_lingering()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -345,10 +366,13 @@ class Scheduler:
             for domain, rcpts in by_domain.items():
                 self._in_flight.update((entry.id, r.rcpt) for r in rcpts)  # invariant 2
                 self._pending.setdefault(domain, deque()).append(Job(entry, domain, rcpts))
+                if domain in self._arrived:
+                    self._arrived[domain].set()  # invariant 9: workers keep connections open for it
                 count += len(rcpts)
         for domain, jobs in self._pending.items():
             active = self._workers.get(domain, 0)
-            for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs))):  # invariant 4
+            idle = self._lingering.get(domain, 0)  # lingering workers take the first jobs (invariant 9)
+            for _ in range(min(self.delivery.concurrency_per_domain - active, len(jobs) - idle)):  # invariant 4
                 self._workers[domain] = self._workers.get(domain, 0) + 1
                 task = asyncio.create_task(self._worker(domain), name=f"postroom-queue-{domain}")
                 self._tasks.add(task)
@@ -358,8 +382,17 @@ class Scheduler:
     # --- a worker: one connection at a time to one domain -------------------------------------------------------
     async def _worker(self, domain: str) -> None:
         try:
-            async with self._slots:
+            self._slot_wanted += 1
+            if self._slots.locked():
+                self._wake_lingering()  # invariant 9: an idle connection does not keep a slot from a waiting worker
+            try:
+                await self._slots.acquire()
+            finally:
+                self._slot_wanted -= 1
+            try:
                 await self._work(domain)
+            finally:
+                self._slots.release()
         finally:
             self._workers[domain] -= 1
             if not self._workers[domain]:
@@ -367,41 +400,116 @@ class Scheduler:
                 if not self._pending.get(domain):
                     self._pending.pop(domain, None)
 
+    def _wake_lingering(self) -> None:
+        for event in self._arrived.values():
+            event.set()
+
+    async def _linger(self, domain: str, client: SmtpClient | None) -> bool:
+        """Invariant 9: wait up to CONNECTION_LINGER for more jobs of `domain`, keeping `client` open, when the
+        scheduler runs (not `run_once`), no worker waits for a slot and the connection may take another message.
+        True when there are jobs to do."""
+        if (self._loop_task is None or self._stopping or self._slot_wanted or client is None or client.closed
+                or client.opened is not None or client.transactions >= self.delivery.messages_per_connection):
+            return False
+        event = self._arrived.get(domain)
+        if event is None or event.is_set():  # the last one woke its waiters: a new one for the next arrival
+            event = self._arrived[domain] = asyncio.Event()
+        self._lingering[domain] = self._lingering.get(domain, 0) + 1
+        try:
+            await asyncio.wait_for(event.wait(), CONNECTION_LINGER)
+        except TimeoutError:
+            pass
+        finally:
+            self._lingering[domain] -= 1
+            if not self._lingering[domain]:
+                del self._lingering[domain]
+                if self._arrived.get(domain) is event:
+                    del self._arrived[domain]
+        return bool(self._pending.get(domain)) and not self._stopping
+
     async def _work(self, domain: str) -> None:
         jobs = self._pending.get(domain)
         route: Route | None = None
         client: SmtpClient | None = None
+        writing: asyncio.Task[None] | None = None  # the last job's result, being written (invariant 7)
+        following: tuple[Job, bytes] | None = None  # the next job, read and signed, to pipeline (invariant 8)
         try:
-            while jobs:
-                held = self._still_held(jobs.popleft())
-                if held is None:
+            while jobs or following or await self._linger(domain, client):
+                if jobs is None:  # emptied and dropped while this worker lingered: it came again
+                    jobs = self._pending.get(domain)
                     continue
-                job = held
+                if following is not None:
+                    (ahead, raw), following = following, None
+                    held = self._still_held(ahead)  # invariant 2, again: its lease may be lost since
+                    if held is not ahead and client is not None and client.opened is not None:
+                        client.close()  # its envelope went out: only closing aborts it (RFC 5321 §3.8)
+                    if held is None:
+                        continue
+                    job = held
+                else:
+                    assert jobs is not None
+                    loaded = await self._next(jobs)
+                    if loaded is None:
+                        continue
+                    job, raw = loaded
+                if jobs:
+                    following = await self._next(jobs)
                 try:
                     if route is None:
                         route = await self.routes.route(domain)
-                    outcomes, client = await self._deliver(job, route, client)
-                except RouteFailure as f:
-                    # The same answer holds for every job of this domain now waiting: settle them all.
-                    outcome = Outcome("perm" if f.permanent else "temp", str(f), f.status)
-                    batch = [job, *jobs]
-                    jobs.clear()
-                    for j in batch:
-                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
+                    outcomes, client = await self._deliver(job, raw, route, client, following)
+                except (RouteFailure, _Unreachable) as exc:
+                    if isinstance(exc, RouteFailure):
+                        # The same answer holds for every job of this domain now waiting: settle them all.
+                        outcome = Outcome("perm" if exc.permanent else "temp", str(exc), exc.status)
+                    else:  # with the refusing host's reply as the diagnostic, else our explanation (dsn.py inv. 4)
+                        outcome = Outcome("temp", exc.reply, exc.status, exc.remote) if exc.reply else \
+                            Outcome("temp", exc.text, exc.status)
+                    # a dead destination: the jobs behind this one would fail alike
+                    batch = [job, *([following[0]] if following else []), *(jobs or ())]
+                    following = None
+                    if jobs:
+                        jobs.clear()
+                    await self._settle_all(batch, outcome, writing)
                     return
-                except _Unreachable as u:
-                    # with the refusing host's reply as the diagnostic, else our explanation (dsn.py invariant 4)
-                    outcome = Outcome("temp", u.reply, u.status, u.remote) if u.reply else \
-                        Outcome("temp", u.text, u.status)
-                    batch = [job, *jobs]  # a dead destination: the jobs behind this one would fail alike
-                    jobs.clear()
-                    for j in batch:
-                        await self._settle(j, {r.rcpt: outcome for r in j.rcpts})
-                    return
-                await self._settle(job, outcomes)
+                if writing is not None:
+                    await writing  # invariant 7: at most one result per connection unwritten
+                writing = asyncio.create_task(self._settle(job, outcomes), name=f"postroom-queue-settle-{domain}")
         finally:
-            if client is not None:
-                await client.quit()
+            try:
+                if writing is not None:
+                    await writing
+            finally:  # also when cut short (stop) while that result was written
+                if following is not None and jobs is not None:  # it waits with the rest of the domain's jobs
+                    jobs.appendleft(following[0])
+                if client is not None:
+                    await client.quit()
+
+    async def _next(self, jobs: deque[Job]) -> tuple[Job, bytes] | None:
+        """The next job of `jobs` this scheduler still holds, with its message read and signed; None when there
+        is none (a job whose entry was deleted meanwhile is let go here)."""
+        while jobs:
+            job = self._still_held(jobs.popleft())
+            if job is None:
+                continue
+            try:
+                raw = await self.store.read_message(job.entry.blob_id)
+            except NotFound:
+                await self._settle(job, {})  # deleted meanwhile (`postroom queue delete`)
+                continue
+            # Nothing with a stray CR, LF or NUL passes the router's door; an entry queued by an older version
+            # might carry one: repair it before signing, so the signature covers what is sent (client.py refuses
+            # it).
+            entry = job.entry
+            return job, await self.signer.sign(normalise(raw), entry.mail_from, entry.from_checked)  # dkim.py inv. 3
+        return None
+
+    async def _settle_all(self, batch: list[Job], outcome: Outcome, writing: asyncio.Task[None] | None) -> None:
+        """Record one `outcome` for every recipient of `batch` (a route or connection failure), after the result
+        still being written; the writes go together, so the store's group commit takes them in one batch."""
+        if writing is not None:
+            await writing
+        await asyncio.gather(*(self._settle(j, {r.rcpt: outcome for r in j.rcpts}) for j in batch))
 
     def _still_held(self, job: Job) -> Job | None:
         """`job` with only the recipients whose lease this scheduler still holds (invariant 2); None if none.
@@ -456,33 +564,36 @@ class Scheduler:
         raise _Unreachable(text, status if status.startswith("4") else "4.4.1", replied,
                            str(last_reply) if last_reply is not None and replied else "")
 
-    async def _deliver(self, job: Job, route: Route, client: SmtpClient | None
-                       ) -> tuple[dict[str, Outcome], SmtpClient | None]:
-        entry = job.entry
-        try:
-            raw = await self.store.read_message(entry.blob_id)
-        except NotFound:
-            return {}, client  # deleted meanwhile (`postroom queue delete`)
-        # Nothing with a stray CR, LF or NUL passes the router's door; an entry queued by an older version might
-        # carry one: repair it before signing, so the signature covers what is sent (client.py refuses it).
-        raw = await self.signer.sign(normalise(raw), entry.mail_from, entry.from_checked)  # dkim.py invariant 3
+    async def _deliver(self, job: Job, raw: bytes, route: Route, client: SmtpClient | None,
+                       following: tuple[Job, bytes] | None = None) -> tuple[dict[str, Outcome], SmtpClient | None]:
+        """One attempt of `job` (its message `raw`, read and signed) on `client` (or a new connection), with
+        `following`'s envelope pipelined behind its message when the connection takes another (invariant 8)."""
+        limit = self.delivery.messages_per_connection
         for attempt in range(2):
-            if client is not None and (client.closed or client.transactions >= self.delivery.messages_per_connection):
+            opened = client.opened if client is not None and not client.closed else None
+            if client is not None and opened is None and (client.closed or client.transactions >= limit):
                 await client.quit()
                 client = None
             reused = client is not None
             if client is None:
                 client = await self._connect(route)
-            checked = self._check(job, raw, client)
-            if checked is not None:
-                return checked, client
             dsn = client.supports("DSN")
-            tx = self._transaction(job, raw, client, dsn)
+            if opened is not None and opened.data is raw:
+                tx = opened  # its envelope went out with the last message (client.py invariant 4)
+            else:
+                checked = self._check(job, raw, client)
+                if checked is not None:
+                    return checked, client
+                tx = self._transaction(job, raw, client, dsn)
+            then = None
+            after = client.transactions + (0 if tx is opened else 1)  # transactions on it once `tx` is sent
+            if following is not None and after < limit and self._check(following[0], following[1], client) is None:
+                then = self._transaction(following[0], following[1], client, dsn)
             try:
-                result = await client.send(tx)
+                result = await client.send(tx, then)
             except ConnectionLost as exc:
                 if reused and attempt == 0:
-                    client = None  # the server closed an idle reused connection: once more on a new one
+                    client = None  # the server closed a reused connection: once more on a new one
                     continue
                 out = Outcome("temp", f"{client.hop.host}: {exc}", "4.4.2")  # no reply (dsn.py invariant 4)
                 return {r.rcpt: out for r in job.rcpts}, None

@@ -124,6 +124,7 @@ class SmtpPeer:
     connections: int = 0
     active: int = 0
     max_active: int = 0
+    grouped: int = 0  # times the next MAIL had already arrived with a message's "." (RFC 2920 §3.1)
     port: int = 0
     _server: asyncio.AbstractServer | None = None
 
@@ -197,6 +198,8 @@ class SmtpPeer:
                         if not chunk:
                             return
                         if chunk == b".\r\n":
+                            if bytes(getattr(reader, "_buffer", b"")).upper().startswith(b"MAIL"):
+                                self.grouped += 1
                             break
                         chunks.append(chunk[1:] if chunk.startswith(b".") else chunk)
                     data = b"".join(chunks)

@@ -397,6 +397,108 @@ async def test_connection_reuse_and_concurrency_limits(tmp_path: Path) -> None:
         await finish(hs)
 
 
+async def test_the_next_message_goes_out_while_the_last_result_is_written(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """queue.py invariant 7: a connection sends its next message while the store commits the last one's result,
+    and has at most one result unwritten: message k+2 waits for result k."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        ids = [await hs.enqueue(f"u{i}@b.test") for i in range(4)]
+        real = hs.store.queue_update
+        at_write: list[int] = []  # messages the peer had when each result write began
+        written: list[int] = []
+
+        async def held(queue_id: int, recipients: Any, holder: str = "") -> None:
+            at_write.append(len(peer.delivered))
+            if len(at_write) == 1:  # hold the first result until the second message is at the peer
+                async def second() -> None:
+                    while len(peer.delivered) < 2:
+                        await asyncio.sleep(0.005)
+                await asyncio.wait_for(second(), 10.0)  # a guard against hanging: before the change it expires
+                at_write.append(len(peer.delivered))  # and the third has not gone out: result 1 is unwritten
+            await real(queue_id, recipients, holder=holder)
+            written.append(queue_id)
+
+        monkeypatch.setattr(hs.store, "queue_update", held)
+        await s.run_once()
+        assert written == ids  # results in the order the messages went out
+        assert len(peer.delivered) == 4 and peer.connections == 1
+        assert at_write[1] == 2
+        del at_write[1]
+        assert all(n <= k + 2 for k, n in enumerate(at_write))  # never two results behind
+        assert [await hs.store.queue_get(i) for i in ids] == [None] * 4
+    finally:
+        await finish(hs)
+
+
+async def test_the_next_envelope_goes_out_with_the_last_message(tmp_path: Path) -> None:
+    """RFC 2920 §3.1: "the actual transfer of message content is explicitly allowed to be the first 'command' in
+    a group": the next transaction's MAIL, RCPT and DATA ride in the write of a message and its ".", with or
+    without the message being accepted; a server without PIPELINING gets one command at a time."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_reply=lambda data: "554 5.7.1 no" if b"refuse me" in data else "250 2.0.0 ok",
+                             rcpt_reply=lambda a: "550 5.1.1 unknown" if a.startswith("nobody") else "250 2.1.5 OK")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, concurrency_per_domain=1)
+        await hs.enqueue("u0@b.test")
+        await hs.enqueue("u1@b.test", raw=MSG + b"refuse me\r\n")  # 554 to its "."
+        await hs.enqueue("nobody@b.test")  # refused at RCPT: the DATA of the group is answered 554, no data
+        await hs.enqueue("u3@b.test", "nobody2@b.test")
+        await hs.enqueue("u4@b.test")
+        assert await s.run_once() == 6
+        assert [d.rcpts for d in peer.delivered] == [["u0@b.test"], ["u3@b.test"], ["u4@b.test"]]
+        assert peer.connections == 1
+        # with u0's "." went u1's envelope, with u1's (refused) "." nobody's, with u3's u4's; nobody's transaction
+        # sent no data, so u3's envelope started a group of its own (after RSET, RFC 5321 §4.1.1.5)
+        assert peer.grouped == 3
+        assert sorted(a for a, _ in hs.dsns) == ["alice@a.test"] * 3  # u1, nobody, nobody2 bounced
+        assert await hs.store.queue_length() == 0
+
+        plain = await hs.peer(extensions=[])
+        s = hs.scheduler({"c.test": f"127.0.0.1:{plain.port}"}, concurrency_per_domain=1)
+        for i in range(3):
+            await hs.enqueue(f"u{i}@c.test")
+        assert await s.run_once() == 3
+        assert len(plain.delivered) == 3 and plain.connections == 1 and plain.grouped == 0
+    finally:
+        await finish(hs)
+
+
+async def test_a_running_scheduler_keeps_a_connection_for_the_next_arrival(tmp_path: Path) -> None:
+    """queue.py invariant 9 (Postfix's connection cache): a worker whose domain has nothing more waits a moment
+    (`CONNECTION_LINGER`) with its connection open, so mail arriving just after goes over it; `run_once` does not
+    wait, and stop closes the idle connection at once."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer()
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, poll_seconds=3600)
+        s.start()
+
+        async def delivered(n: int) -> None:
+            while len(peer.delivered) < n:
+                await asyncio.sleep(0.005)
+
+        await hs.enqueue("u0@b.test")
+        s.wake()
+        await asyncio.wait_for(delivered(1), 10.0)  # a guard against hanging, not a timing assertion
+        await hs.enqueue("u1@b.test")
+        s.wake()
+        await asyncio.wait_for(delivered(2), 10.0)
+        assert peer.connections == 1 and peer.active == 1  # the second one went over the first's connection
+        await s.stop()
+        await asyncio.wait_for(_closed(peer), 10.0)
+        assert await hs.store.queue_length() == 0
+    finally:
+        await finish(hs)
+
+
+async def _closed(peer: SmtpPeer) -> None:
+    while peer.active:
+        await asyncio.sleep(0.005)
+
+
 async def test_dsn_parameters_passed_on_or_relayed_dsn(tmp_path: Path) -> None:
     hs = await harness(tmp_path)
     try:
