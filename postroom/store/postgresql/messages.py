@@ -437,7 +437,7 @@ class MessagesMixin(Base):
         return await self._engine.read(q)
 
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
-                           flags_only: bool = False) -> MessageColumns:
+                           flags_only: bool = False, structure: bool = False) -> MessageColumns:
         top = min(uid_max if uid_max is not None else TOP, TOP)
 
         async def narrow(conn: Conn) -> MessageColumns:
@@ -462,7 +462,23 @@ class MessagesMixin(Base):
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
-        return await self._engine.read(narrow if flags_only else q)
+        async def wide(conn: Conn) -> MessageColumns:
+            await load_mailbox(conn, mailbox_id)
+            # structure.py invariant 1: a kept row holds the values of the body's current metadata.
+            found = await conn.fetch(
+                "SELECT m.uid, m.modseq, m.flags, m.size, m.internal_date, m.blob_id, m.keywords, m.save_date,"
+                " s.envelope, s.bodystructure, s.body FROM messages m"
+                " LEFT JOIN imap_structure s ON s.blob_id = m.blob_id"
+                " WHERE m.mailbox_id = $1 AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid", mailbox_id, uid_min, top)
+            if not found:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, sizes, dates, blob_ids, kws, saved, envs, shapes, bodies = zip(
+                *(tuple(r) for r in found))
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
+                                  envs, shapes, bodies)
+
+        return await self._engine.read(narrow if flags_only else wide if structure else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="

@@ -438,7 +438,7 @@ class MessagesMixin(Base):
         return await self._engine.read(q)
 
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
-                           flags_only: bool = False) -> MessageColumns:
+                           flags_only: bool = False, structure: bool = False) -> MessageColumns:
         top = uid_max if uid_max is not None else 2**63 - 1
 
         def narrow(conn: sqlite3.Connection) -> MessageColumns:
@@ -465,7 +465,24 @@ class MessagesMixin(Base):
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
-        return await self._engine.read(narrow if flags_only else q)
+        def wide(conn: sqlite3.Connection) -> MessageColumns:
+            load_mailbox(conn, mailbox_id)
+            # structure.py invariant 1: a kept row holds the values of the body's current metadata.
+            rows = conn.execute(
+                "SELECT m.uid, m.modseq, m.flags, m.size, m.internal_date, m.blob_id, m.keywords, m.save_date,"
+                " s.envelope, s.bodystructure, s.body FROM messages m"
+                " LEFT JOIN imap_structure s ON s.blob_id = m.blob_id"
+                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
+                (mailbox_id, uid_min, top),
+            ).fetchall()
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+            uids, modseqs, flags, sizes, dates, blob_ids, kws, saved, envs, shapes, bodies = zip(*rows)
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
+                                  envs, shapes, bodies)
+
+        return await self._engine.read(narrow if flags_only else wide if structure else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
