@@ -253,14 +253,20 @@ async def prefetch_structure(s: Session, infos: Sequence[MessageInfo]) -> dict[s
     out.update(await s.store.read_structures(wanted))
     missing = [m for m in infos if m.blob_id not in out]
     if missing:
-        metas = await prefetch_meta(s, missing)
-        out.update(metas)
-        try:
-            await s.store.write_structures({b: ImapStructure(m.envelope, m.bodystructure, m.body)
-                                            for b, m in metas.items()})
-        except StoreError:  # the answer does not depend on it (as `_store_back`)
-            log.warning("could not keep the structure of %d bodies", len(metas), exc_info=True)
+        out.update(await _structures_from_meta(s, missing))
     return out
+
+
+async def _structures_from_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, MessageMeta]:
+    """The metadata of `infos`, bodies without a kept structure row (`prefetch_meta`), whose structure is kept
+    now for the next FETCH (`Store.write_structures`)."""
+    metas = await prefetch_meta(s, infos)
+    try:
+        await s.store.write_structures({b: ImapStructure(m.envelope, m.bodystructure, m.body)
+                                        for b, m in metas.items()})
+    except StoreError:  # the answer does not depend on it (as `_store_back`)
+        log.warning("could not keep the structure of %d bodies", len(metas), exc_info=True)
+    return metas
 
 
 async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
@@ -429,6 +435,113 @@ async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> Non
     await light_fetch(s, uids, atts)
 
 
+_COLUMN_ITEMS = _LIGHT | _STRUCTURE  # what `column_fetch` answers
+COLUMN_CHUNK = 1000  # messages listed, formatted and written per store call by `column_fetch`
+# Each item's text in a `column_fetch` line, and the column giving its value.
+_COLUMN_FORMAT = {"UID": b"UID %d", "FLAGS": b"%b", "INTERNALDATE": b"INTERNALDATE %b",
+                  "RFC822.SIZE": b"RFC822.SIZE %d", "MODSEQ": b"MODSEQ (%d)", "SAVEDATE": b"%b",
+                  "ENVELOPE": b"ENVELOPE %b", "BODYSTRUCTURE": b"BODYSTRUCTURE %b", "BODY": b"BODY %b"}
+
+
+async def column_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
+    """`* n FETCH (...)` for the message-row items and ENVELOPE, BODYSTRUCTURE, BODY (invariant 7): per run, the
+    rows and their kept structure values in chunks of `COLUMN_CHUNK` messages (`list_columns(structure=True)`),
+    each chunk formatted column by column (one format operation a message) and written as one piece. A body
+    without a kept row is answered from its metadata, whose structure is then kept (`_structures_from_meta`).
+    The same lines as the item-by-item writer. True if a message named was expunged meanwhile."""
+    sel = sel_of(s)
+    view = sel.uids
+    names = [att.name for att in atts]
+    narrow = not any(n in ("INTERNALDATE", "RFC822.SIZE", "SAVEDATE") for n in names)  # `list_columns` flags_only
+    fmt = (b"* %d UIDFETCH (" if sel.uidonly else b"* %d FETCH (") + b" ".join(
+        _COLUMN_FORMAT[n] for n in names) + b")\r\n"
+    recent_ranges = [] if sel.rev2 else [(sel.recent_lo, sel.recent_hi), *sel.recent_more]
+    flag_texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
+    found = 0
+    for first, last in runs(view, uids):
+        lo, hi = bisect.bisect_left(view, first), bisect.bisect_right(view, last)
+        for k in range(lo, hi, COLUMN_CHUNK):
+            end = min(k + COLUMN_CHUNK, hi)
+            cols = await s.store.list_columns(sel.id, view[k], view[end - 1], flags_only=narrow, structure=True)
+            count = len(cols.uids)
+            found += count
+            if not count:
+                continue
+            if sel.uidonly:
+                heads: Sequence[int] = cols.uids
+            elif count == end - k:  # nothing expunged meanwhile: the chunk is messages k + 1 on
+                heads = range(k + 1, end + 1)
+            else:  # the listed UIDs are among the chunk's (arrivals come after the view)
+                heads = [bisect.bisect_left(view, u, k, end) + 1 for u in cols.uids]
+            if "FLAGS" in names:
+                for kws in dict.fromkeys(cols.keywords.values()):
+                    s.write(*sel.announce(kws))  # state.py invariant 5: FLAGS before the FETCH
+            shapes = await _chunk_structures(s, cols)
+            columns = [_column(name, cols, shapes, recent_ranges, flag_texts) for name in names]
+            rows: Iterable[tuple[int | bytes, ...]] = zip(heads, *columns)
+            if None in cols.envelopes:
+                gone = {i for i, e in enumerate(cols.envelopes) if e is None and cols.blob_ids[i] not in shapes}
+                if gone:  # bodies expunged (and released) since the listing: skipped (invariant 2)
+                    found -= len(gone)
+                    rows = [r for i, r in enumerate(rows) if i not in gone]
+            s.write(b"".join([fmt % t for t in rows]))
+            await s.maybe_flush()
+    return found < len(uids)
+
+
+async def _chunk_structures(s: Session, cols: MessageColumns) -> dict[str, ImapStructure | MessageMeta]:
+    """The structure of the bodies in `cols` that have no kept row (`Store.list_columns` gave None), by blob id."""
+    lacking = [i for i, e in enumerate(cols.envelopes) if e is None]
+    if not lacking:
+        return {}
+    infos = [MessageInfo(0, cols.uids[i], 0, 0.0, 0, 0, _NO_KEYWORDS, cols.blob_ids[i]) for i in lacking]
+    cached, wanted = META_CACHE.split(m.blob_id for m in infos)
+    out: dict[str, ImapStructure | MessageMeta] = dict(cached)
+    uncached = set(wanted)
+    rest = [m for m in infos if m.blob_id in uncached]
+    if rest:
+        out.update(await _structures_from_meta(s, rest))
+    return out
+
+
+def _column(name: str, cols: MessageColumns, shapes: dict[str, ImapStructure | MessageMeta],
+            recent_ranges: list[tuple[int, int]],
+            flag_texts: dict[tuple[int, frozenset[str], bool], bytes]) -> Sequence[int | bytes]:
+    """The values of item `name` for every message of `cols`, as `_COLUMN_FORMAT[name]` takes them."""
+    if name == "UID":
+        return cols.uids
+    if name == "RFC822.SIZE":
+        return cols.sizes
+    if name == "MODSEQ":  # RFC 7162 §3.1.4.2
+        return cols.modseqs
+    if name == "INTERNALDATE":
+        return [encoder.internal_date(d) for d in cols.internal_dates]
+    if name == "SAVEDATE":
+        return [savedate_item(d) for d in cols.save_dates]
+    if name == "FLAGS":
+        uids, kwd = cols.uids, cols.keywords
+        out: list[bytes] = []
+        for i, f in enumerate(cols.flags):
+            kws = kwd.get(i, _NO_KEYWORDS) if kwd else _NO_KEYWORDS
+            rec = False
+            if recent_ranges:
+                uid = uids[i]
+                rec = any(lo <= uid <= hi for lo, hi in recent_ranges)
+            key = (f, kws, rec)
+            t = flag_texts.get(key)
+            if t is None:
+                t = flag_texts[key] = b"FLAGS " + encoder.flag_list(f, kws, rec)
+            out.append(t)
+        return out
+    values = cols.envelopes if name == "ENVELOPE" else cols.bodystructures if name == "BODYSTRUCTURE" else cols.bodies
+    if None not in values:
+        return values  # type: ignore[return-value]  # every row kept: no None
+    attr = "envelope" if name == "ENVELOPE" else "bodystructure" if name == "BODYSTRUCTURE" else "body"
+    blob_ids = cols.blob_ids
+    # A body gone since the listing (no shape) gets a placeholder: `column_fetch` drops its line.
+    return [v if v is not None else getattr(shapes.get(blob_ids[i]), attr, b"") for i, v in enumerate(values)]
+
+
 async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> tuple[list[int], MessageColumns | None]:
     """FETCH (CHANGEDSINCE n [VANISHED]): the announced UIDs of the set changed after n, ascending, and their
     rows; with VANISHED, the removals are reported first (module doc). Store work proportional to the changes."""
@@ -514,8 +627,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     # RFC 4314 §4: \Seen is set by FETCH only with the "s" right.
     sets_seen = not sel.readonly and sel.may("s") and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
-    if names <= _LIGHT:
-        if await light_fetch(s, uids, atts, listed):
+    if names <= _LIGHT or (names <= _COLUMN_ITEMS and listed is None):
+        if await (light_fetch(s, uids, atts, listed) if names <= _LIGHT else column_fetch(s, uids, atts)):
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)

@@ -1116,10 +1116,11 @@ class Store(Protocol):
         """What `list_messages` returns, as columns (`MessageColumns`): one query, no object per message, for
         listings of a large mailbox. With `flags_only`, only `uids`, `modseqs`, `flags` and `keywords` are
         filled (the others are empty): what SELECT, a resynchronisation and FETCH FLAGS read, at about half the
-        cost of the whole rows (no body id string per message). With `structure` (and not `flags_only`), also
-        `envelopes`, `bodystructures` and `bodies`, the kept `ImapStructure` of each body in the same query
-        (`read_structures`' values; None where no row is kept): a whole-mailbox FETCH ENVELOPE BODYSTRUCTURE
-        reads one range, not a listing and then a batch of ids. NotFound for an unknown mailbox."""
+        cost of the whole rows (no body id string per message). With `structure`, also `envelopes`,
+        `bodystructures` and `bodies`, the kept `ImapStructure` of each body in the same query (`read_structures`'
+        values; None where no row is kept), and `blob_ids` holds a body's id only where no row is kept ("" for
+        the others): a whole-mailbox FETCH ENVELOPE BODYSTRUCTURE reads one range, not a listing and then a batch
+        of ids. NotFound for an unknown mailbox."""
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query

@@ -99,7 +99,7 @@ async def test_list_columns_with_structure(store: Store) -> None:
     plain = await store.list_columns(box.id)
     cols = await store.list_columns(box.id, structure=True)
     assert list(cols.uids) == [1, 2, 3] and list(cols.flags) == list(plain.flags)
-    assert list(cols.sizes) == list(plain.sizes) and list(cols.blob_ids) == [blob_id_of(r) for r in (RAW, bare, other)]
+    assert list(cols.sizes) == list(plain.sizes) and list(cols.blob_ids) == ["", blob_id_of(bare), ""]
     assert list(cols.internal_dates) == list(plain.internal_dates) and list(cols.modseqs) == list(plain.modseqs)
     assert cols.keywords == {0: frozenset({"$Work"})}
     assert list(cols.envelopes) == [expected(RAW).envelope, None, expected(other).envelope]
@@ -108,4 +108,7 @@ async def test_list_columns_with_structure(store: Store) -> None:
     part = await store.list_columns(box.id, 2, 3, structure=True)
     assert list(part.uids) == [2, 3] and list(part.envelopes) == [None, expected(other).envelope]
     assert len(await store.list_columns(box.id, 4, 9, structure=True)) == 0
+    narrow = await store.list_columns(box.id, flags_only=True, structure=True)  # no sizes, dates, save dates
+    assert narrow.sizes == narrow.internal_dates == narrow.save_dates == () and narrow.keywords == cols.keywords
+    assert narrow.envelopes == cols.envelopes and narrow.blob_ids == cols.blob_ids and narrow.flags == cols.flags
     assert (await store.list_columns(box.id)).envelopes == ()  # only when asked for

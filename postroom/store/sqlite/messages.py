@@ -467,22 +467,26 @@ class MessagesMixin(Base):
 
         def wide(conn: sqlite3.Connection) -> MessageColumns:
             load_mailbox(conn, mailbox_id)
-            # structure.py invariant 1: a kept row holds the values of the body's current metadata.
+            # structure.py invariant 1: a kept row holds the values of the body's current metadata. The body id
+            # only where no row is kept (its reader decodes the metadata); with `flags_only`, no other column.
             rows = conn.execute(
-                "SELECT m.uid, m.modseq, m.flags, m.size, m.internal_date, m.blob_id, m.keywords, m.save_date,"
-                " s.envelope, s.bodystructure, s.body FROM messages m"
-                " LEFT JOIN imap_structure s ON s.blob_id = m.blob_id"
+                "SELECT m.uid, m.modseq, m.flags, m.keywords,"
+                " CASE WHEN s.blob_id IS NULL THEN m.blob_id ELSE '' END, s.envelope, s.bodystructure, s.body"
+                + ("" if flags_only else ", m.size, m.internal_date, m.save_date")
+                + " FROM messages m LEFT JOIN imap_structure s ON s.blob_id = m.blob_id"
                 " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
                 (mailbox_id, uid_min, top),
             ).fetchall()
             if not rows:
                 return MessageColumns(array("I"), (), (), (), (), (), {}, ())
-            uids, modseqs, flags, sizes, dates, blob_ids, kws, saved, envs, shapes, bodies = zip(*rows)
+            cols = tuple(zip(*rows))
+            uids, modseqs, flags, kws, blob_ids, envs, shapes, bodies = cols[:8]
+            sizes, dates, saved = ((), (), ()) if flags_only else cols[8:]
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
                                   envs, shapes, bodies)
 
-        return await self._engine.read(narrow if flags_only else wide if structure else q)
+        return await self._engine.read(wide if structure else narrow if flags_only else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
