@@ -142,6 +142,73 @@ class MetaCache:
 META_CACHE = MetaCache()
 
 
+class FlagCache:
+    """(mailbox id, first UID, last UID) -> the flags-only listing of that range (`list_columns(flags_only=True)`),
+    least recently used out, bounded by an estimate of the bytes held (invariant 8). An entry is used only while
+    the mailbox still has the (UIDVALIDITY, HIGHESTMODSEQ) it was read under (`MessageColumns.stamp`), which one
+    point read of the mailbox row tells: every change to a message takes a new MODSEQ (store api invariant 4),
+    so the columns are then exactly what a new listing would give. Shared by the sessions of a process, like
+    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list)."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000) -> None:
+        self.max_bytes = max_bytes
+        self.min_count = min_count
+        self.held = 0
+        self._d: OrderedDict[tuple[int, int, int], tuple[MessageColumns, int]] = OrderedDict()
+
+    @staticmethod
+    def compact(cols: MessageColumns) -> tuple[MessageColumns, int]:
+        """`cols` with its number columns as arrays (4 or 8 bytes a value, not an int object each), and about how
+        many bytes it holds."""
+        small = dataclasses.replace(cols, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
+        return small, 20 * len(cols.uids) + 200 * len(cols.keywords) + 200
+
+    def get(self, key: tuple[int, int, int]) -> MessageColumns | None:
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self._d.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> None:
+        small, w = self.compact(cols)
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+        if w > self.max_bytes // 4:
+            return  # one huge entry would push out everything else: not cached
+        self._d[key] = (small, w)
+        self.held += w
+        while self.held > self.max_bytes:
+            _, (_, gone) = self._d.popitem(last=False)
+            self.held -= gone
+
+    def drop(self, key: tuple[int, int, int]) -> None:
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+
+
+FLAG_CACHE = FlagCache()
+
+
+async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count: int) -> MessageColumns:
+    """`list_columns(mailbox_id, first, last, flags_only=True)`, from `FLAG_CACHE` while the mailbox is unchanged
+    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8)."""
+    if count < FLAG_CACHE.min_count:
+        return await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    key = (mailbox_id, first, last)
+    hit = FLAG_CACHE.get(key)
+    if hit is not None:
+        mbox = await s.store.get_mailbox_by_id(mailbox_id)
+        if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
+            return hit
+        FLAG_CACHE.drop(key)
+    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    FLAG_CACHE.put(key, cols)
+    return cols
+
+
 def _parse_meta(data: bytes | None) -> MessageMeta | None:
     """Stored metadata, or None when there is none or it is of an older format (to be recomputed)."""
     if data is None:
@@ -283,7 +350,13 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
     names = [att.name for att in atts]
     fast = all(n in _FLAG_ITEMS for n in names)
     for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
-        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last, flags_only=fast)
+        if listed is not None:
+            cols = listed
+        elif fast:
+            cols = await flag_columns(s, sel.id, first, last, bisect.bisect_right(view, last) - bisect.bisect_left(
+                view, first))
+        else:
+            cols = await s.store.list_columns(sel.id, first, last)
         found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
@@ -344,39 +417,25 @@ async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
     lines: list[bytes] = []
     for kws in dict.fromkeys(kwd.values()):
         lines.extend(sel.announce(kws))
-    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%s" for name in names) + b")\r\n"
-    uid_first = names[0] == "UID"
-    with_uid = "UID" in names
-    texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
-    plain: dict[int, bytes] = {}  # flags -> text, for a message without keywords and not recent
+    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
     uids, flags = cols.uids, cols.flags
     recent: set[int] = set()  # indexes of the \\Recent messages (rev1), found by bisection per range
     for lo, hi in recent_ranges:
         if lo <= hi:
             recent.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
-    special = recent.union(kwd)  # the messages whose text needs the keywords or \\Recent
+    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
+    s.write(*lines)
     for start in range(0, len(uids), _FLAG_BATCH):
         end = min(start + _FLAG_BATCH, len(uids))
-        for i in range(start, end):
-            uid, f = uids[i], flags[i]
-            if i in special:
-                key = (f, kwd.get(i, _NO_KEYWORDS), i in recent)
-                t = texts.get(key)
-                if t is None:
-                    t = texts[key] = b"FLAGS " + encoder.flag_list(*key)
-            else:
-                t = plain.get(f) or plain.setdefault(f, b"FLAGS " + encoder.flag_list(f))
-            if not with_uid:
-                lines.append(fmt % (j + i + 1, t))
-            elif uid_first:
-                lines.append(fmt % (j + i + 1, uid, t))
-            else:
-                lines.append(fmt % (j + i + 1, t, uid))
-        s.write(*lines)
-        lines = []
+        # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
+        plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
+        texts = [plain[f] for f in flags[start:end]]
+        for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
+            texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
+        msns = range(j + start + 1, j + end + 1)
+        columns = [uids[start:end] if name == "UID" else texts for name in names]
+        s.write(b"".join([fmt % t for t in zip(msns, *columns)]))
         await s.maybe_flush()
-    s.write(*lines)
-    await s.maybe_flush()
 
 
 async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:

@@ -472,6 +472,10 @@ class MessageColumns:
     envelopes: Sequence[bytes | None] = ()
     bodystructures: Sequence[bytes | None] = ()
     bodies: Sequence[bytes | None] = ()
+    # (UIDVALIDITY, HIGHESTMODSEQ) of the mailbox, read before the rows: while the mailbox still has this pair,
+    # no row of it has changed since (every append, flag change and removal takes a new MODSEQ: invariant 4), so
+    # the columns are still its rows (imap/fetch.py `FlagCache`).
+    stamp: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
         return len(self.uids)

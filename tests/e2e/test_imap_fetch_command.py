@@ -211,3 +211,64 @@ def test_column_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.Monkey
     assert b"FLAGS (\\Seen \\Recent $Work) INTERNALDATE" in columns[3][0] and len(columns[3]) == 5
     assert len(columns[0]) == 7 and columns[5] == [columns[5][0], b"q OK FETCH completed\r\n"]
     assert only[0][0].startswith(b"* 1 UIDFETCH (ENVELOPE (") and len(only[1]) == 5  # UIDs 2, 4, 5, 6
+
+
+def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated `FETCH 1:* (FLAGS)` answers from `fetch.FLAG_CACHE` without listing the rows again, and the
+    same bytes as a fresh listing: any change to the mailbox (a flag set by another session or straight in the
+    store, as another process would; an expunge; an arrival) takes a new MODSEQ (RFC 7162 §3.1), and the
+    cache is then not used (fetch.py invariant 8)."""
+    from postroom.store.api import Flag, StoreMode
+
+    fill(imap, ADDR, PW, 4)
+    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
+    listings: list[tuple[int, int]] = []
+    real = imap.store.list_columns
+
+    async def counted(mailbox_id: int, first: int = 1, last: int | None = None, **kw: Any) -> Any:
+        listings.append((first, last or 0))
+        return await real(mailbox_id, first, last, **kw)
+
+    monkeypatch.setattr(imap.store, "list_columns", counted)
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")
+    box = imap.run(imap.store.get_mailbox(imap.run(imap.store.get_user(ADDR)).id, "INBOX"))
+    first = r.cmd("b FETCH 1:* (FLAGS)")
+    listings.clear()
+    assert r.cmd("b FETCH 1:* (FLAGS)") == first and listings == []  # a hit
+    imap.run(imap.store.store_flags(box.id, [2], StoreMode.ADD, int(Flag.FLAGGED)))  # as another process would
+    lines = r.cmd("c FETCH 1:* (FLAGS)")
+    assert lines[1] == b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n" and listings == [(1, 4)]
+    other = raw(imap)
+    other.cmd("d SELECT INBOX")
+    other.cmd("d STORE 3 +FLAGS.SILENT (\\Deleted $Work)")
+    lines = r.cmd("e FETCH 1:* (UID FLAGS)")
+    assert b"* 3 FETCH (UID 3 FLAGS (\\Deleted \\Recent $Work))\r\n" in lines
+    other.cmd("f EXPUNGE")
+    fill(imap, ADDR, PW, 1)
+    r.cmd("g NOOP")  # the expunge and the arrival reported: the view is 1, 2, 4, 5
+    listings.clear()
+    lines = r.cmd("h FETCH 1:* (UID FLAGS)")
+    assert [x for x in lines if x.startswith(b"* ")] == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n",
+        b"* 3 FETCH (UID 4 FLAGS (\\Recent))\r\n", b"* 4 FETCH (UID 5 FLAGS (\\Recent))\r\n"] and len(listings) == 1
+    assert r.cmd("h FETCH 1:* (UID FLAGS)") == lines and len(listings) == 1  # a hit again
+
+
+def test_flag_cache_is_bounded() -> None:
+    """`FlagCache` holds at most its byte bound, least recently used out (issue 11: memory is bounded)."""
+    from array import array
+
+    from postroom.store.api import MessageColumns
+
+    def cols(n: int) -> MessageColumns:
+        return MessageColumns(array("I", range(1, n + 1)), [1] * n, [0] * n, (), (), (), {}, (), stamp=(1, 1))
+
+    cache = fetch.FlagCache(max_bytes=100_000)
+    for k in range(20):
+        cache.put((k, 1, 1000), cols(1000))  # ~20 KB each
+    assert cache.held <= 100_000
+    kept = [k for k in range(20) if cache.get((k, 1, 1000)) is not None]
+    assert kept == list(range(20 - len(kept), 20)) and 1 <= len(kept) < 20
+    cache.put((99, 1, 10_000), cols(10_000))  # over a quarter of the bound: not kept
+    assert cache.get((99, 1, 10_000)) is None and cache.held <= 100_000
