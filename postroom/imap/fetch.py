@@ -197,16 +197,26 @@ async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count
     (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8)."""
     if count < FLAG_CACHE.min_count:
         return await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    hit = await cached_flags(s, mailbox_id, first, last)
+    if hit is not None:
+        return hit
+    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    FLAG_CACHE.put((mailbox_id, first, last), cols)
+    return cols
+
+
+async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> MessageColumns | None:
+    """The flags-only listing of UIDs first..last from `FLAG_CACHE` if it is there and the mailbox unchanged
+    since (one point read of its row), else None (invariant 8)."""
     key = (mailbox_id, first, last)
     hit = FLAG_CACHE.get(key)
-    if hit is not None:
-        mbox = await s.store.get_mailbox_by_id(mailbox_id)
-        if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
-            return hit
-        FLAG_CACHE.drop(key)
-    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
-    FLAG_CACHE.put(key, cols)
-    return cols
+    if hit is None:
+        return None
+    mbox = await s.store.get_mailbox_by_id(mailbox_id)
+    if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
+        return hit
+    FLAG_CACHE.drop(key)
+    return None
 
 
 def _parse_meta(data: bytes | None) -> MessageMeta | None:

@@ -253,6 +253,21 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
         b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n",
         b"* 3 FETCH (UID 4 FLAGS (\\Recent))\r\n", b"* 4 FETCH (UID 5 FLAGS (\\Recent))\r\n"] and len(listings) == 1
     assert r.cmd("h FETCH 1:* (UID FLAGS)") == lines and len(listings) == 1  # a hit again
+    # SEARCH on one system flag answers from the kept listing too (search.py), the same as the store's query.
+    queried: list[int] = []
+    by_flag = imap.store.uids_with_flag
+
+    async def spied(*args: Any) -> Any:
+        queried.append(1)
+        return await by_flag(*args)
+
+    monkeypatch.setattr(imap.store, "uids_with_flag", spied)
+    assert r.cmd("j UID SEARCH UNSEEN") == [b"* SEARCH 1 2 4 5\r\n", b"j OK SEARCH completed\r\n"]
+    assert r.cmd("j SEARCH FLAGGED") == [b"* SEARCH 2\r\n", b"j OK SEARCH completed\r\n"] and queried == []
+    imap.run(imap.store.store_flags(box.id, [4], StoreMode.ADD, int(Flag.SEEN)))
+    lines = r.cmd("k UID SEARCH UNSEEN")  # with the change's FETCH (RFC 9051 §7.5.2)
+    assert [x for x in lines if x.startswith(b"* SEARCH")] == [b"* SEARCH 1 2 5\r\n"] and queried == [1]
+    assert r.cmd("k UID SEARCH SEEN") == [b"* SEARCH 4\r\n", b"k OK SEARCH completed\r\n"]
 
 
 def test_flag_cache_is_bounded() -> None:
