@@ -5,7 +5,12 @@ Theory of operation
 `plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store
 once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
 never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
-instead (`light_fetch`, `list_columns`), making no object per message. Only items that need more load more:
+instead (`light_fetch`, `list_columns`), making no object per message; a large run's flags listing is kept
+(`FLAG_CACHE`) and answers the next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged
+(invariant 8). Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
+ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK`
+messages, one query each, and each chunk is formatted column by column and written as one piece
+(`column_fetch`, invariant 7). Only items that need more load more:
 ENVELOPE, BODY, BODYSTRUCTURE read the kept structure rows, `META_BATCH` messages per store call
 (`read_structures`, invariant 6); sections, RFC822*, BINARY read the stored metadata (`read_metas`, cached
 process-wide by blob id) and the body too, per message.
@@ -45,6 +50,14 @@ Invariants
    structure is kept (`Store.read_structures`, schema 19): those bytes are the ones the metadata holds, so the
    answer is the same byte for byte. A body without the row is answered from its metadata, and the row is
    written then, once.
+7. `column_fetch` writes the same lines as the item-by-item writer (tests/e2e/test_imap_fetch_command.py
+   compares them): one store query and one format operation a message per chunk of `COLUMN_CHUNK` messages, so
+   neither the memory held nor the event loop's work between two awaits grows with the mailbox.
+8. `FLAG_CACHE` answers only while the mailbox's (UIDVALIDITY, HIGHESTMODSEQ) is the one read before its rows
+   (`MessageColumns.stamp`), checked with one point read each time: every append, flag change and expunge takes
+   a new MODSEQ (store api invariant 4, RFC 7162 §3.1), so a hit is what a new listing would give, whichever
+   process made the change. It is bounded by bytes, shared by the sessions of a process, and keeps only ranges
+   of at least `FlagCache.min_count` messages.
 """
 
 from __future__ import annotations
@@ -446,6 +459,7 @@ async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
         columns = [uids[start:end] if name == "UID" else texts for name in names]
         s.write(b"".join([fmt % t for t in zip(msns, *columns)]))
         await s.maybe_flush()
+        await asyncio.sleep(0)  # other sessions run between batches (a cached listing awaits nothing else)
 
 
 async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
