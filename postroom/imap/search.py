@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 The search runs in Python over the mailbox's message records. Keys on flags, UIDs, sizes and internal dates
 read the records as columns (`list_columns`: one query, no object per message; a key on one flag is one
-comprehension over the flags column). Only text and Date-header keys read the records (`list_messages`) and
-the stored metadata (decoded headers, body text and the Date header, computed at delivery), in batches
-(`fetch.prefetch_meta`: one store call per batch). Sequence sets inside the key are resolved once.
+comprehension over the flags column). A program of one system-flag key alone (UNSEEN, DELETED, ...) is one
+indexed query (`Store.uids_with_flag`), or, while the mailbox is unchanged since a FETCH FLAGS kept the flags
+listing of the announced range (fetch.py invariant 8), one comprehension over that listing. Only text and
+Date-header keys read the records (`list_messages`) and the stored metadata (decoded headers, body text and the
+Date header, computed at delivery), in batches (`fetch.prefetch_meta`: one store call per batch). Sequence sets
+inside the key are resolved once.
 
 Narrowing by the full-text index (issue 14): when the program's string keys (TEXT, BODY, SUBJECT, FROM, TO, CC,
 BCC, HEADER) under its top-level AND, or under ORs of such keys, can be looked up (`_narrowing`, a
