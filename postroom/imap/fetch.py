@@ -177,6 +177,7 @@ class FlagCache:
         return small, 20 * len(cols.uids) + 200 * len(cols.keywords) + 200
 
     def get(self, key: tuple[int, int, int]) -> MessageColumns | None:
+        """The listing kept for (mailbox id, first UID, last UID), unchecked (`cached_flags` checks), or None."""
         hit = self._d.get(key)
         if hit is None:
             return None
@@ -184,6 +185,7 @@ class FlagCache:
         return hit[0]
 
     def put(self, key: tuple[int, int, int], cols: MessageColumns) -> None:
+        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`."""
         small, w = self.compact(cols)
         old = self._d.pop(key, None)
         if old is not None:
@@ -197,6 +199,7 @@ class FlagCache:
             self.held -= gone
 
     def drop(self, key: tuple[int, int, int]) -> None:
+        """Forget the listing under `key` (its mailbox changed)."""
         old = self._d.pop(key, None)
         if old is not None:
             self.held -= old[1]
