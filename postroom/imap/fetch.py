@@ -5,7 +5,12 @@ Theory of operation
 `plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store
 once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
 never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
-instead (`light_fetch`, `list_columns`), making no object per message. Only items that need more load more:
+instead (`light_fetch`, `list_columns`), making no object per message; a large run's flags listing is kept
+(`FLAG_CACHE`) and answers the next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged
+(invariant 8). Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
+ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK`
+messages, one query each, and each chunk is formatted column by column and written as one piece
+(`column_fetch`, invariant 7). Only items that need more load more:
 ENVELOPE, BODY, BODYSTRUCTURE read the kept structure rows, `META_BATCH` messages per store call
 (`read_structures`, invariant 6); sections, RFC822*, BINARY read the stored metadata (`read_metas`, cached
 process-wide by blob id) and the body too, per message.
@@ -45,6 +50,14 @@ Invariants
    structure is kept (`Store.read_structures`, schema 19): those bytes are the ones the metadata holds, so the
    answer is the same byte for byte. A body without the row is answered from its metadata, and the row is
    written then, once.
+7. `column_fetch` writes the same lines as the item-by-item writer (tests/e2e/test_imap_fetch_command.py
+   compares them): one store query and one format operation a message per chunk of `COLUMN_CHUNK` messages, so
+   neither the memory held nor the event loop's work between two awaits grows with the mailbox.
+8. `FLAG_CACHE` answers only while the mailbox's (UIDVALIDITY, HIGHESTMODSEQ) is the one read before its rows
+   (`MessageColumns.stamp`), checked with one point read each time: every append, flag change and expunge takes
+   a new MODSEQ (store api invariant 4, RFC 7162 §3.1), so a hit is what a new listing would give, whichever
+   process made the change. It is bounded by bytes, shared by the sessions of a process, and keeps only ranges
+   of at least `FlagCache.min_count` messages.
 """
 
 from __future__ import annotations
@@ -140,6 +153,93 @@ class MetaCache:
 
 
 META_CACHE = MetaCache()
+
+
+class FlagCache:
+    """(mailbox id, first UID, last UID) -> the flags-only listing of that range (`list_columns(flags_only=True)`),
+    least recently used out, bounded by an estimate of the bytes held (invariant 8). An entry is used only while
+    the mailbox still has the (UIDVALIDITY, HIGHESTMODSEQ) it was read under (`MessageColumns.stamp`), which one
+    point read of the mailbox row tells: every change to a message takes a new MODSEQ (store api invariant 4),
+    so the columns are then exactly what a new listing would give. Shared by the sessions of a process, like
+    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list)."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000) -> None:
+        self.max_bytes = max_bytes
+        self.min_count = min_count
+        self.held = 0
+        self._d: OrderedDict[tuple[int, int, int], tuple[MessageColumns, int]] = OrderedDict()
+
+    @staticmethod
+    def compact(cols: MessageColumns) -> tuple[MessageColumns, int]:
+        """`cols` with its number columns as arrays (4 or 8 bytes a value, not an int object each), and about how
+        many bytes it holds."""
+        small = dataclasses.replace(cols, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
+        return small, 20 * len(cols.uids) + 200 * len(cols.keywords) + 200
+
+    def get(self, key: tuple[int, int, int]) -> MessageColumns | None:
+        """The listing kept for (mailbox id, first UID, last UID), unchecked (`cached_flags` checks), or None."""
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self._d.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> None:
+        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`."""
+        small, w = self.compact(cols)
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+        if w > self.max_bytes // 4:
+            return  # one huge entry would push out everything else: not cached
+        self._d[key] = (small, w)
+        self.held += w
+        while self.held > self.max_bytes:
+            _, (_, gone) = self._d.popitem(last=False)
+            self.held -= gone
+
+    def drop(self, key: tuple[int, int, int]) -> None:
+        """Forget the listing under `key` (its mailbox changed)."""
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+
+
+FLAG_CACHE = FlagCache()
+
+
+async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count: int) -> MessageColumns:
+    """`list_columns(mailbox_id, first, last, flags_only=True)`, from `FLAG_CACHE` while the mailbox is unchanged
+    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8)."""
+    if count < FLAG_CACHE.min_count:
+        return await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    hit = await cached_flags(s, mailbox_id, first, last)
+    if hit is not None:
+        return hit
+    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
+    FLAG_CACHE.put((mailbox_id, first, last), cols)
+    return cols
+
+
+def keep_flags(mailbox_id: int, cols: MessageColumns) -> None:
+    """Keep `cols`, a flags-only listing of a whole mailbox (SELECT's), for the FETCH FLAGS of its announced
+    range that a client sends next (invariant 8): at its stamp, the rows of UIDs 1.. are those of first..last."""
+    if len(cols.uids) >= FLAG_CACHE.min_count:
+        FLAG_CACHE.put((mailbox_id, cols.uids[0], cols.uids[-1]), cols)
+
+
+async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> MessageColumns | None:
+    """The flags-only listing of UIDs first..last from `FLAG_CACHE` if it is there and the mailbox unchanged
+    since (one point read of its row), else None (invariant 8)."""
+    key = (mailbox_id, first, last)
+    hit = FLAG_CACHE.get(key)
+    if hit is None:
+        return None
+    mbox = await s.store.get_mailbox_by_id(mailbox_id)
+    if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
+        return hit
+    FLAG_CACHE.drop(key)
+    return None
 
 
 def _parse_meta(data: bytes | None) -> MessageMeta | None:
@@ -253,14 +353,20 @@ async def prefetch_structure(s: Session, infos: Sequence[MessageInfo]) -> dict[s
     out.update(await s.store.read_structures(wanted))
     missing = [m for m in infos if m.blob_id not in out]
     if missing:
-        metas = await prefetch_meta(s, missing)
-        out.update(metas)
-        try:
-            await s.store.write_structures({b: ImapStructure(m.envelope, m.bodystructure, m.body)
-                                            for b, m in metas.items()})
-        except StoreError:  # the answer does not depend on it (as `_store_back`)
-            log.warning("could not keep the structure of %d bodies", len(metas), exc_info=True)
+        out.update(await _structures_from_meta(s, missing))
     return out
+
+
+async def _structures_from_meta(s: Session, infos: Sequence[MessageInfo]) -> dict[str, MessageMeta]:
+    """The metadata of `infos`, bodies without a kept structure row (`prefetch_meta`), whose structure is kept
+    now for the next FETCH (`Store.write_structures`)."""
+    metas = await prefetch_meta(s, infos)
+    try:
+        await s.store.write_structures({b: ImapStructure(m.envelope, m.bodystructure, m.body)
+                                        for b, m in metas.items()})
+    except StoreError:  # the answer does not depend on it (as `_store_back`)
+        log.warning("could not keep the structure of %d bodies", len(metas), exc_info=True)
+    return metas
 
 
 async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
@@ -277,7 +383,13 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
     names = [att.name for att in atts]
     fast = all(n in _FLAG_ITEMS for n in names)
     for first, last in (runs(view, uids) if listed is None else [(uids[0], uids[-1])] if uids else []):
-        cols = listed if listed is not None else await s.store.list_columns(sel.id, first, last, flags_only=fast)
+        if listed is not None:
+            cols = listed
+        elif fast:
+            cols = await flag_columns(s, sel.id, first, last, bisect.bisect_right(view, last) - bisect.bisect_left(
+                view, first))
+        else:
+            cols = await s.store.list_columns(sel.id, first, last)
         found += len(cols) if wanted is None else len(wanted)
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
@@ -338,39 +450,26 @@ async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
     lines: list[bytes] = []
     for kws in dict.fromkeys(kwd.values()):
         lines.extend(sel.announce(kws))
-    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%s" for name in names) + b")\r\n"
-    uid_first = names[0] == "UID"
-    with_uid = "UID" in names
-    texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
-    plain: dict[int, bytes] = {}  # flags -> text, for a message without keywords and not recent
+    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
     uids, flags = cols.uids, cols.flags
     recent: set[int] = set()  # indexes of the \\Recent messages (rev1), found by bisection per range
     for lo, hi in recent_ranges:
         if lo <= hi:
             recent.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
-    special = recent.union(kwd)  # the messages whose text needs the keywords or \\Recent
+    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
+    s.write(*lines)
     for start in range(0, len(uids), _FLAG_BATCH):
         end = min(start + _FLAG_BATCH, len(uids))
-        for i in range(start, end):
-            uid, f = uids[i], flags[i]
-            if i in special:
-                key = (f, kwd.get(i, _NO_KEYWORDS), i in recent)
-                t = texts.get(key)
-                if t is None:
-                    t = texts[key] = b"FLAGS " + encoder.flag_list(*key)
-            else:
-                t = plain.get(f) or plain.setdefault(f, b"FLAGS " + encoder.flag_list(f))
-            if not with_uid:
-                lines.append(fmt % (j + i + 1, t))
-            elif uid_first:
-                lines.append(fmt % (j + i + 1, uid, t))
-            else:
-                lines.append(fmt % (j + i + 1, t, uid))
-        s.write(*lines)
-        lines = []
+        # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
+        plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
+        texts = [plain[f] for f in flags[start:end]]
+        for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
+            texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
+        msns = range(j + start + 1, j + end + 1)
+        columns = [uids[start:end] if name == "UID" else texts for name in names]
+        s.write(b"".join([fmt % t for t in zip(msns, *columns)]))
         await s.maybe_flush()
-    s.write(*lines)
-    await s.maybe_flush()
+        await asyncio.sleep(0)  # other sessions run between batches (a cached listing awaits nothing else)
 
 
 async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
@@ -427,6 +526,113 @@ async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> Non
     if sel_of(s).condstore:
         atts.append(P.FetchAtt("MODSEQ"))
     await light_fetch(s, uids, atts)
+
+
+_COLUMN_ITEMS = _LIGHT | _STRUCTURE  # what `column_fetch` answers
+COLUMN_CHUNK = 1000  # messages listed, formatted and written per store call by `column_fetch`
+# Each item's text in a `column_fetch` line, and the column giving its value.
+_COLUMN_FORMAT = {"UID": b"UID %d", "FLAGS": b"%b", "INTERNALDATE": b"INTERNALDATE %b",
+                  "RFC822.SIZE": b"RFC822.SIZE %d", "MODSEQ": b"MODSEQ (%d)", "SAVEDATE": b"%b",
+                  "ENVELOPE": b"ENVELOPE %b", "BODYSTRUCTURE": b"BODYSTRUCTURE %b", "BODY": b"BODY %b"}
+
+
+async def column_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
+    """`* n FETCH (...)` for the message-row items and ENVELOPE, BODYSTRUCTURE, BODY (invariant 7): per run, the
+    rows and their kept structure values in chunks of `COLUMN_CHUNK` messages (`list_columns(structure=True)`),
+    each chunk formatted column by column (one format operation a message) and written as one piece. A body
+    without a kept row is answered from its metadata, whose structure is then kept (`_structures_from_meta`).
+    The same lines as the item-by-item writer. True if a message named was expunged meanwhile."""
+    sel = sel_of(s)
+    view = sel.uids
+    names = [att.name for att in atts]
+    narrow = not any(n in ("INTERNALDATE", "RFC822.SIZE", "SAVEDATE") for n in names)  # `list_columns` flags_only
+    fmt = (b"* %d UIDFETCH (" if sel.uidonly else b"* %d FETCH (") + b" ".join(
+        _COLUMN_FORMAT[n] for n in names) + b")\r\n"
+    recent_ranges = [] if sel.rev2 else [(sel.recent_lo, sel.recent_hi), *sel.recent_more]
+    flag_texts: dict[tuple[int, frozenset[str], bool], bytes] = {}
+    found = 0
+    for first, last in runs(view, uids):
+        lo, hi = bisect.bisect_left(view, first), bisect.bisect_right(view, last)
+        for k in range(lo, hi, COLUMN_CHUNK):
+            end = min(k + COLUMN_CHUNK, hi)
+            cols = await s.store.list_columns(sel.id, view[k], view[end - 1], flags_only=narrow, structure=True)
+            count = len(cols.uids)
+            found += count
+            if not count:
+                continue
+            if sel.uidonly:
+                heads: Sequence[int] = cols.uids
+            elif count == end - k:  # nothing expunged meanwhile: the chunk is messages k + 1 on
+                heads = range(k + 1, end + 1)
+            else:  # the listed UIDs are among the chunk's (arrivals come after the view)
+                heads = [bisect.bisect_left(view, u, k, end) + 1 for u in cols.uids]
+            if "FLAGS" in names:
+                for kws in dict.fromkeys(cols.keywords.values()):
+                    s.write(*sel.announce(kws))  # state.py invariant 5: FLAGS before the FETCH
+            shapes = await _chunk_structures(s, cols)
+            columns = [_column(name, cols, shapes, recent_ranges, flag_texts) for name in names]
+            rows: Iterable[tuple[int | bytes, ...]] = zip(heads, *columns)
+            if None in cols.envelopes:
+                gone = {i for i, e in enumerate(cols.envelopes) if e is None and cols.blob_ids[i] not in shapes}
+                if gone:  # bodies expunged (and released) since the listing: skipped (invariant 2)
+                    found -= len(gone)
+                    rows = [r for i, r in enumerate(rows) if i not in gone]
+            s.write(b"".join([fmt % t for t in rows]))
+            await s.maybe_flush()
+    return found < len(uids)
+
+
+async def _chunk_structures(s: Session, cols: MessageColumns) -> dict[str, ImapStructure | MessageMeta]:
+    """The structure of the bodies in `cols` that have no kept row (`Store.list_columns` gave None), by blob id."""
+    lacking = [i for i, e in enumerate(cols.envelopes) if e is None]
+    if not lacking:
+        return {}
+    infos = [MessageInfo(0, cols.uids[i], 0, 0.0, 0, 0, _NO_KEYWORDS, cols.blob_ids[i]) for i in lacking]
+    cached, wanted = META_CACHE.split(m.blob_id for m in infos)
+    out: dict[str, ImapStructure | MessageMeta] = dict(cached)
+    uncached = set(wanted)
+    rest = [m for m in infos if m.blob_id in uncached]
+    if rest:
+        out.update(await _structures_from_meta(s, rest))
+    return out
+
+
+def _column(name: str, cols: MessageColumns, shapes: dict[str, ImapStructure | MessageMeta],
+            recent_ranges: list[tuple[int, int]],
+            flag_texts: dict[tuple[int, frozenset[str], bool], bytes]) -> Sequence[int | bytes]:
+    """The values of item `name` for every message of `cols`, as `_COLUMN_FORMAT[name]` takes them."""
+    if name == "UID":
+        return cols.uids
+    if name == "RFC822.SIZE":
+        return cols.sizes
+    if name == "MODSEQ":  # RFC 7162 §3.1.4.2
+        return cols.modseqs
+    if name == "INTERNALDATE":
+        return [encoder.internal_date(d) for d in cols.internal_dates]
+    if name == "SAVEDATE":
+        return [savedate_item(d) for d in cols.save_dates]
+    if name == "FLAGS":
+        uids, kwd = cols.uids, cols.keywords
+        out: list[bytes] = []
+        for i, f in enumerate(cols.flags):
+            kws = kwd.get(i, _NO_KEYWORDS) if kwd else _NO_KEYWORDS
+            rec = False
+            if recent_ranges:
+                uid = uids[i]
+                rec = any(lo <= uid <= hi for lo, hi in recent_ranges)
+            key = (f, kws, rec)
+            t = flag_texts.get(key)
+            if t is None:
+                t = flag_texts[key] = b"FLAGS " + encoder.flag_list(f, kws, rec)
+            out.append(t)
+        return out
+    values = cols.envelopes if name == "ENVELOPE" else cols.bodystructures if name == "BODYSTRUCTURE" else cols.bodies
+    if None not in values:
+        return values  # type: ignore[return-value]  # every row kept: no None
+    attr = "envelope" if name == "ENVELOPE" else "bodystructure" if name == "BODYSTRUCTURE" else "body"
+    blob_ids = cols.blob_ids
+    # A body gone since the listing (no shape) gets a placeholder: `column_fetch` drops its line.
+    return [v if v is not None else getattr(shapes.get(blob_ids[i]), attr, b"") for i, v in enumerate(values)]
 
 
 async def changed_uids(s: Session, a: P.FetchArgs, uid_cmd: bool) -> tuple[list[int], MessageColumns | None]:
@@ -514,8 +720,8 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     # RFC 4314 §4: \Seen is set by FETCH only with the "s" right.
     sets_seen = not sel.readonly and sel.may("s") and (bool(names & _SETS_SEEN) or any(
         t.name in ("BODY[]", "BINARY") and not t.peek for t in atts))
-    if names <= _LIGHT:
-        if await light_fetch(s, uids, atts, listed):
+    if names <= _LIGHT or (names <= _COLUMN_ITEMS and listed is None):
+        if await (light_fetch(s, uids, atts, listed) if names <= _LIGHT else column_fetch(s, uids, atts)):
             return "EXPUNGEISSUED", "Some messages were expunged meanwhile"  # RFC 9051 §7.1
         return "", "FETCH completed"
     infos = await plan(s, uids)

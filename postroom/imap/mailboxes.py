@@ -80,7 +80,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 
-from . import acl, catenate, encoder, objectid
+from . import acl, catenate, encoder, fetch, objectid
 from . import parser as P
 from .arguments import SEP, parse_flags, stored_name, wire_name
 from .errors import Bad, No, Result
@@ -127,6 +127,7 @@ async def select(s: Session, cmd: P.Command) -> Result:
         s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
     cols = await s.store.list_columns(mbox.id, flags_only=True)
+    fetch.keep_flags(mbox.id, cols)  # a client's FETCH 1:* (FLAGS) comes next (fetch.py invariant 8)
     uids = shared_view(mbox.id, array("I", cols.uids))  # state.py invariant 10
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
     sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2, uids_shared=True,

@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 The search runs in Python over the mailbox's message records. Keys on flags, UIDs, sizes and internal dates
 read the records as columns (`list_columns`: one query, no object per message; a key on one flag is one
-comprehension over the flags column). Only text and Date-header keys read the records (`list_messages`) and
-the stored metadata (decoded headers, body text and the Date header, computed at delivery), in batches
-(`fetch.prefetch_meta`: one store call per batch). Sequence sets inside the key are resolved once.
+comprehension over the flags column). A program of one system-flag key alone (UNSEEN, DELETED, ...) is one
+indexed query (`Store.uids_with_flag`), or, while the mailbox is unchanged since a FETCH FLAGS kept the flags
+listing of the announced range (fetch.py invariant 8), one comprehension over that listing. Only text and
+Date-header keys read the records (`list_messages`) and the stored metadata (decoded headers, body text and the
+Date header, computed at delivery), in batches (`fetch.prefetch_meta`: one store call per batch). Sequence sets
+inside the key are resolved once.
 
 Narrowing by the full-text index (issue 14): when the program's string keys (TEXT, BODY, SUBJECT, FROM, TO, CC,
 BCC, HEADER) under its top-level AND, or under ORs of such keys, can be looked up (`_narrowing`, a
@@ -80,7 +83,7 @@ from . import parser as P
 from .arguments import resolve, sel_of
 from .context import MAX_CONTEXTS, UidRanges, UpdateContext
 from .errors import Bad, No, Result
-from .fetch import META_BATCH, load_meta, prefetch_meta
+from .fetch import META_BATCH, cached_flags, load_meta, prefetch_meta
 from .results import partial_item
 from .session import Session
 
@@ -342,7 +345,12 @@ async def run_search(s: Session, key: P.Key, uid_cmd: bool, modseqs: dict[int, i
     flag_test = _flag_test(key)
     if flag_test is not None and modseqs is None:  # SEEN, UNSEEN, DELETED...: the store filters, in SQL
         # Every message of the store between the first and the last announced UID has been announced: a new one
-        # always gets a UID above all others (RFC 9051 §2.3.1.1), so nothing needs filtering out.
+        # always gets a UID above all others (RFC 9051 §2.3.1.1), so nothing needs filtering out. The listing a
+        # FETCH FLAGS of the same UIDs keeps (fetch.py invariant 8) answers instead while the mailbox is unchanged.
+        cached = await cached_flags(s, sel.id, known[0], known[-1])
+        if cached is not None:
+            bit, want = flag_test
+            return [u for u, f in zip(cached.uids, cached.flags) if bool(f & bit) is want]
         return await s.store.uids_with_flag(sel.id, known[0], known[-1], *flag_test)
     cols = await s.store.list_columns(sel.id, known[0], known[-1])
     announced = None if array("I", cols.uids) == known else set(known)
@@ -538,7 +546,7 @@ async def search(s: Session, cmd: P.Command) -> Result:
             return "", "SEARCH completed"
     if returns is None and not s.rev2:
         tail = b" (MODSEQ %d)" % max(modseqs.values()) if modseqs else b""  # RFC 7162 §3.1.6: if non-empty
-        s.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail + b"\r\n")
+        s.write(b"* SEARCH" + (b" " + " ".join(map(str, numbers)).encode() if numbers else b"") + tail + b"\r\n")
         return "", "SEARCH completed"
     # RFC 5267 §4.1: UPDATE and CONTEXT have no interaction with the other options and return no data of their
     # own, so RETURN (UPDATE) answers as RETURN () does: ALL (the results the updates then change).

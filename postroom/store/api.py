@@ -467,6 +467,15 @@ class MessageColumns:
     blob_ids: Sequence[str]
     keywords: dict[int, frozenset[str]]  # index -> keywords, only for messages with at least one
     save_dates: Sequence[float | None] = ()  # RFC 8514 save dates (`MessageInfo.save_date`)
+    # With `list_columns(structure=True)`: each body's kept ENVELOPE, BODYSTRUCTURE and BODY values
+    # (`ImapStructure`), None for a body whose row is not kept yet (stored before schema 19, or without metadata).
+    envelopes: Sequence[bytes | None] = ()
+    bodystructures: Sequence[bytes | None] = ()
+    bodies: Sequence[bytes | None] = ()
+    # (UIDVALIDITY, HIGHESTMODSEQ) of the mailbox, read before the rows: while the mailbox still has this pair,
+    # no row of it has changed since (every append, flag change and removal takes a new MODSEQ: invariant 4), so
+    # the columns are still its rows (imap/fetch.py `FlagCache`).
+    stamp: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -1123,11 +1132,15 @@ class Store(Protocol):
         """UID order; reads no bodies."""
 
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
-                           flags_only: bool = False) -> MessageColumns:
+                           flags_only: bool = False, structure: bool = False) -> MessageColumns:
         """What `list_messages` returns, as columns (`MessageColumns`): one query, no object per message, for
         listings of a large mailbox. With `flags_only`, only `uids`, `modseqs`, `flags` and `keywords` are
         filled (the others are empty): what SELECT, a resynchronisation and FETCH FLAGS read, at about half the
-        cost of the whole rows (no body id string per message). NotFound for an unknown mailbox."""
+        cost of the whole rows (no body id string per message). With `structure`, also `envelopes`,
+        `bodystructures` and `bodies`, the kept `ImapStructure` of each body in the same query (`read_structures`'
+        values; None where no row is kept), and `blob_ids` holds a body's id only where no row is kept ("" for
+        the others): a whole-mailbox FETCH ENVELOPE BODYSTRUCTURE reads one range, not a listing and then a batch
+        of ids. NotFound for an unknown mailbox."""
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query

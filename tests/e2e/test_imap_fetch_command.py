@@ -152,3 +152,161 @@ def test_whole_mailbox_flags_equal_the_general_path(imap: Any) -> None:
             assert all(re.search(rb"UID \d+", x) for x in answer if x.startswith(b"* ") and b" FETCH " in x)
     plain = _flags_by_msn(other.cmd("b FETCH 1:* (FLAGS)"))
     assert plain == _flags_by_msn(other.cmd("b FETCH 1:* (FLAGS RFC822.SIZE)"))
+
+
+_COLUMN_QUERIES = ("1:* (UID ENVELOPE BODYSTRUCTURE)", "1:* (ENVELOPE)", "2:5 (BODY FLAGS UID)",
+                   "1,3,5:* (FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY)",
+                   "1:* (MODSEQ BODYSTRUCTURE SAVEDATE)", "* (ENVELOPE UID ENVELOPE)")
+
+
+def _fetch_answers(r: Any, queries: tuple[str, ...], uid: bool = False) -> list[list[bytes]]:
+    return [r.cmd(f"q {'UID ' if uid else ''}FETCH {q}") for q in queries]
+
+
+def _same(got: list[list[bytes]], want: list[list[bytes]]) -> None:
+    """Answer by answer, line by line (a readable failure)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert len(g) == len(w), (g, w)
+        for a, b in zip(g, w):
+            assert a == b
+
+
+def test_column_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FETCH of message-row items with ENVELOPE, BODYSTRUCTURE and BODY (fetch.py `column_fetch`, chunks of
+    rows with their kept structure, invariant 7) answers byte for byte as the item-by-item writer does, for
+    messages with system flags, keywords, \\Recent (a rev1 session), a gap from an expunge (two runs), a body
+    whose structure row is not kept, chunk boundaries anywhere, UID FETCH and UIDONLY (RFC 9586 §3.3)."""
+    import sqlite3
+
+    fill(imap, ADDR, PW, 7)
+    blob = blob_id_of(message(4))
+    if getattr(imap.store, "path", None) is not None:  # one body as stored before schema 19: no kept row
+        conn = sqlite3.connect(imap.store.path)
+        conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blob,))
+        conn.commit()
+        conn.close()
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")  # \Recent for all in this rev1 session
+    r.cmd("b STORE 1 +FLAGS.SILENT (\\Seen $Work)")
+    r.cmd("b STORE 3 +FLAGS.SILENT (\\Flagged \\Deleted)")
+    r.cmd("c UID EXPUNGE 3")
+    r.cmd("d FETCH 1 (MODSEQ)")  # CONDSTORE on (RFC 7162 §3.1): its HIGHESTMODSEQ announcement out of the way
+    uo = raw(imap)
+    uo.cmd("e ENABLE UIDONLY")
+    uo.cmd("e SELECT INBOX")
+    monkeypatch.setattr(fetch, "META_CACHE", fetch.MetaCache())
+    monkeypatch.setattr(fetch, "COLUMN_CHUNK", 2)
+    columns = _fetch_answers(r, _COLUMN_QUERIES) + _fetch_answers(r, _COLUMN_QUERIES, uid=True)
+    only = _fetch_answers(uo, ("1:* (ENVELOPE FLAGS)", "2:6 (UID BODY)"), uid=True)
+    monkeypatch.setattr(fetch, "COLUMN_CHUNK", 1000)
+    _same(_fetch_answers(r, _COLUMN_QUERIES) + _fetch_answers(r, _COLUMN_QUERIES, uid=True), columns)
+    monkeypatch.setattr(fetch, "_COLUMN_ITEMS", frozenset())  # the item-by-item writer answers
+    monkeypatch.setattr(fetch, "META_CACHE", fetch.MetaCache())
+    _same(_fetch_answers(r, _COLUMN_QUERIES) + _fetch_answers(r, _COLUMN_QUERIES, uid=True), columns)
+    _same(_fetch_answers(uo, ("1:* (ENVELOPE FLAGS)", "2:6 (UID BODY)"), uid=True), only)
+    assert columns[0][0] == (b"* 1 FETCH (UID 1 ENVELOPE " + compute_meta(message(1)).envelope + b" BODYSTRUCTURE "
+                             + compute_meta(message(1)).bodystructure + b")\r\n")
+    assert columns[2][0].startswith(b"* 2 FETCH (BODY (") and b"FLAGS (\\Recent) UID 2)" in columns[2][0]
+    assert b"FLAGS (\\Seen \\Recent $Work) INTERNALDATE" in columns[3][0] and len(columns[3]) == 5
+    assert len(columns[0]) == 7 and columns[5] == [columns[5][0], b"q OK FETCH completed\r\n"]
+    assert only[0][0].startswith(b"* 1 UIDFETCH (ENVELOPE (") and len(only[1]) == 5  # UIDs 2, 4, 5, 6
+
+
+def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated `FETCH 1:* (FLAGS)` answers from `fetch.FLAG_CACHE` without listing the rows again, and the
+    same bytes as a fresh listing: any change to the mailbox (a flag set by another session or straight in the
+    store, as another process would; an expunge; an arrival) takes a new MODSEQ (RFC 7162 §3.1), and the
+    cache is then not used (fetch.py invariant 8)."""
+    from postroom.store.api import Flag, StoreMode
+
+    fill(imap, ADDR, PW, 4)
+    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
+    listings: list[tuple[int, int]] = []
+    real = imap.store.list_columns
+
+    async def counted(mailbox_id: int, first: int = 1, last: int | None = None, **kw: Any) -> Any:
+        listings.append((first, last or 0))
+        return await real(mailbox_id, first, last, **kw)
+
+    monkeypatch.setattr(imap.store, "list_columns", counted)
+    r = raw(imap)
+    r.cmd("a SELECT INBOX")
+    box = imap.run(imap.store.get_mailbox(imap.run(imap.store.get_user(ADDR)).id, "INBOX"))
+    first = r.cmd("b FETCH 1:* (FLAGS)")
+    listings.clear()
+    assert r.cmd("b FETCH 1:* (FLAGS)") == first and listings == []  # a hit
+    imap.run(imap.store.store_flags(box.id, [2], StoreMode.ADD, int(Flag.FLAGGED)))  # as another process would
+    lines = r.cmd("c FETCH 1:* (FLAGS)")
+    assert lines[1] == b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n" and listings == [(1, 4)]
+    other = raw(imap)
+    other.cmd("d SELECT INBOX")
+    other.cmd("d STORE 3 +FLAGS.SILENT (\\Deleted $Work)")
+    lines = r.cmd("e FETCH 1:* (UID FLAGS)")
+    assert b"* 3 FETCH (UID 3 FLAGS (\\Deleted \\Recent $Work))\r\n" in lines
+    other.cmd("f EXPUNGE")
+    fill(imap, ADDR, PW, 1)
+    r.cmd("g NOOP")  # the expunge and the arrival reported: the view is 1, 2, 4, 5
+    listings.clear()
+    lines = r.cmd("h FETCH 1:* (UID FLAGS)")
+    assert [x for x in lines if x.startswith(b"* ")] == [
+        b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))\r\n",
+        b"* 3 FETCH (UID 4 FLAGS (\\Recent))\r\n", b"* 4 FETCH (UID 5 FLAGS (\\Recent))\r\n"] and len(listings) == 1
+    assert r.cmd("h FETCH 1:* (UID FLAGS)") == lines and len(listings) == 1  # a hit again
+    # SEARCH on one system flag answers from the kept listing too (search.py), the same as the store's query.
+    queried: list[int] = []
+    by_flag = imap.store.uids_with_flag
+
+    async def spied(*args: Any) -> Any:
+        queried.append(1)
+        return await by_flag(*args)
+
+    monkeypatch.setattr(imap.store, "uids_with_flag", spied)
+    assert r.cmd("j UID SEARCH UNSEEN") == [b"* SEARCH 1 2 4 5\r\n", b"j OK SEARCH completed\r\n"]
+    assert r.cmd("j SEARCH FLAGGED") == [b"* SEARCH 2\r\n", b"j OK SEARCH completed\r\n"] and queried == []
+    imap.run(imap.store.store_flags(box.id, [4], StoreMode.ADD, int(Flag.SEEN)))
+    lines = r.cmd("k UID SEARCH UNSEEN")  # with the change's FETCH (RFC 9051 §7.5.2)
+    assert [x for x in lines if x.startswith(b"* SEARCH")] == [b"* SEARCH 1 2 5\r\n"] and queried == [1]
+    assert r.cmd("k UID SEARCH SEEN") == [b"* SEARCH 4\r\n", b"k OK SEARCH completed\r\n"]
+
+
+def test_flag_cache_is_bounded() -> None:
+    """`FlagCache` holds at most its byte bound, least recently used out (issue 11: memory is bounded)."""
+    from array import array
+
+    from postroom.store.api import MessageColumns
+
+    def cols(n: int) -> MessageColumns:
+        return MessageColumns(array("I", range(1, n + 1)), [1] * n, [0] * n, (), (), (), {}, (), stamp=(1, 1))
+
+    cache = fetch.FlagCache(max_bytes=100_000)
+    for k in range(20):
+        cache.put((k, 1, 1000), cols(1000))  # ~20 KB each
+    assert cache.held <= 100_000
+    kept = [k for k in range(20) if cache.get((k, 1, 1000)) is not None]
+    assert kept == list(range(20 - len(kept), 20)) and 1 <= len(kept) < 20
+    cache.put((99, 1, 10_000), cols(10_000))  # over a quarter of the bound: not kept
+    assert cache.get((99, 1, 10_000)) is None and cache.held <= 100_000
+
+
+def test_select_keeps_the_flags_listing(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT's listing is kept (fetch.py `keep_flags`): the client's `FETCH 1:* (FLAGS)` right after it lists
+    nothing again, and answers as a fresh listing does."""
+    fill(imap, ADDR, PW, 3)
+    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
+    r = raw(imap)
+    r.cmd("a STATUS INBOX (MESSAGES)")
+    listings: list[int] = []
+    real = imap.store.list_columns
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        listings.append(1)
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(imap.store, "list_columns", counted)
+    r.cmd("b SELECT INBOX")
+    assert listings == [1]
+    kept = r.cmd("c FETCH 1:* (UID FLAGS)")
+    assert listings == [1] and kept[0] == b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n" and len(kept) == 4
+    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
+    assert r.cmd("c FETCH 1:* (UID FLAGS)") == kept and listings == [1, 1]

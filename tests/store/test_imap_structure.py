@@ -84,3 +84,31 @@ async def test_upgrade_from_schema_18_keeps_answers(tmp_path: Path) -> None:
         assert await store.read_structures([blob_id_of(RAW)]) == {blob_id_of(RAW): expected(RAW)}
     finally:
         await store.close()
+
+
+async def test_list_columns_with_structure(store: Store) -> None:
+    """`list_columns(structure=True)`: the listing's columns and each body's kept values in one range read, None
+    where no row is kept (a body stored without metadata); a range without messages is empty."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    bare = b"Subject: no metadata\r\n\r\nx\r\n"
+    other = RAW.replace(b"<1@x>", b"<2@x>")
+    await store.append(box.id, AppendRequest(RAW, meta=compute_meta(RAW).to_bytes(), keywords=frozenset({"$Work"})))
+    await store.append(box.id, AppendRequest(bare))
+    await store.append(box.id, AppendRequest(other, meta=compute_meta(other).to_bytes()))
+    plain = await store.list_columns(box.id)
+    cols = await store.list_columns(box.id, structure=True)
+    assert list(cols.uids) == [1, 2, 3] and list(cols.flags) == list(plain.flags)
+    assert list(cols.sizes) == list(plain.sizes) and list(cols.blob_ids) == ["", blob_id_of(bare), ""]
+    assert list(cols.internal_dates) == list(plain.internal_dates) and list(cols.modseqs) == list(plain.modseqs)
+    assert cols.keywords == {0: frozenset({"$Work"})}
+    assert list(cols.envelopes) == [expected(RAW).envelope, None, expected(other).envelope]
+    assert list(cols.bodystructures) == [expected(RAW).bodystructure, None, expected(other).bodystructure]
+    assert list(cols.bodies) == [expected(RAW).body, None, expected(other).body]
+    part = await store.list_columns(box.id, 2, 3, structure=True)
+    assert list(part.uids) == [2, 3] and list(part.envelopes) == [None, expected(other).envelope]
+    assert len(await store.list_columns(box.id, 4, 9, structure=True)) == 0
+    narrow = await store.list_columns(box.id, flags_only=True, structure=True)  # no sizes, dates, save dates
+    assert narrow.sizes == narrow.internal_dates == narrow.save_dates == () and narrow.keywords == cols.keywords
+    assert narrow.envelopes == cols.envelopes and narrow.blob_ids == cols.blob_ids and narrow.flags == cols.flags
+    assert (await store.list_columns(box.id)).envelopes == ()  # only when asked for

@@ -441,34 +441,59 @@ class MessagesMixin(Base):
         return await self._engine.read(q)
 
     async def list_columns(self, mailbox_id: int, uid_min: int = 1, uid_max: int | None = None, *,
-                           flags_only: bool = False) -> MessageColumns:
+                           flags_only: bool = False, structure: bool = False) -> MessageColumns:
         top = uid_max if uid_max is not None else 2**63 - 1
 
         def narrow(conn: sqlite3.Connection) -> MessageColumns:
-            load_mailbox(conn, mailbox_id)
+            mbox = load_mailbox(conn, mailbox_id)
+            stamp = (mbox.uidvalidity, mbox.highestmodseq)  # read before the rows
             rows = conn.execute(
                 "SELECT uid, modseq, flags, keywords FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
                 " ORDER BY uid", (mailbox_id, uid_min, top)).fetchall()
             if not rows:
-                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+                return MessageColumns(array("I"), (), (), (), (), (), {}, (), stamp=stamp)
             uids, modseqs, flags, kws = zip(*rows)
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, (), (), (), keywords, ())
+            return MessageColumns(array("I", uids), modseqs, flags, (), (), (), keywords, (), stamp=stamp)
 
         def q(conn: sqlite3.Connection) -> MessageColumns:
-            load_mailbox(conn, mailbox_id)
+            mbox = load_mailbox(conn, mailbox_id)
+            stamp = (mbox.uidvalidity, mbox.highestmodseq)  # read before the rows
             rows = conn.execute(
                 "SELECT uid, modseq, flags, size, internal_date, blob_id, keywords, save_date FROM messages"
                 " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
                 (mailbox_id, uid_min, top),
             ).fetchall()
             if not rows:
-                return MessageColumns(array("I"), (), (), (), (), (), {}, ())
+                return MessageColumns(array("I"), (), (), (), (), (), {}, (), stamp=stamp)
             uids, modseqs, flags, sizes, dates, blob_ids, kws, saved = zip(*rows)  # column by column, in C
             keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
+                                  stamp=stamp)
 
-        return await self._engine.read(narrow if flags_only else q)
+        def wide(conn: sqlite3.Connection) -> MessageColumns:
+            mbox = load_mailbox(conn, mailbox_id)
+            stamp = (mbox.uidvalidity, mbox.highestmodseq)  # read before the rows
+            # structure.py invariant 1: a kept row holds the values of the body's current metadata. The body id
+            # only where no row is kept (its reader decodes the metadata); with `flags_only`, no other column.
+            rows = conn.execute(
+                "SELECT m.uid, m.modseq, m.flags, m.keywords,"
+                " CASE WHEN s.blob_id IS NULL THEN m.blob_id ELSE '' END, s.envelope, s.bodystructure, s.body"
+                + ("" if flags_only else ", m.size, m.internal_date, m.save_date")
+                + " FROM messages m LEFT JOIN imap_structure s ON s.blob_id = m.blob_id"
+                " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
+                (mailbox_id, uid_min, top),
+            ).fetchall()
+            if not rows:
+                return MessageColumns(array("I"), (), (), (), (), (), {}, (), stamp=stamp)
+            cols = tuple(zip(*rows))
+            uids, modseqs, flags, kws, blob_ids, envs, shapes, bodies = cols[:8]
+            sizes, dates, saved = ((), (), ()) if flags_only else cols[8:]
+            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
+                                  envs, shapes, bodies, stamp)
+
+        return await self._engine.read(wide if structure else narrow if flags_only else q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
