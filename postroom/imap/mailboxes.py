@@ -43,7 +43,8 @@ Invariants
 1. A session reaches only the mailboxes of its own user, and those of other users through `acl.resolve` alone
    (acl.py invariant 1): store calls pass `s.user.id` or the owner's id from a resolved target, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
-2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
+2. SELECT reads the UIDs, the first unseen UID and the keywords in use (`Store.select_view`: the UIDs as one
+   value, no row or object per message), never bodies or per-message flags.
 3. APPEND computes the message's metadata once (`metapool`: on the loop up to `INLINE_MAX` bytes, else in a
    worker process with a time limit) and stores it with the body; a message over `limits.message_size` is
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
@@ -64,14 +65,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from array import array
 
 from postroom import metapool as pool
 from postroom.store import names
 from postroom.store.api import (
     RIGHTS,
     AppendRequest,
-    Flag,
     Forbidden,
     Mailbox,
     MailboxStatus,
@@ -86,8 +85,6 @@ from .arguments import SEP, parse_flags, stored_name, wire_name
 from .errors import Bad, No, Result
 from .session import Session, StagedLiteral
 from .state import AUTH, SELECTED, Selected, in_ranges, missing_ranges, seq_match_floor, uid_ranges, vanished_lines
-
-_SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
 
 def _user_id(s: Session) -> int:
@@ -116,8 +113,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     if target.shared and s.sub is not None:
         s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
-    cols = await s.store.list_columns(mbox.id, flags_only=True)
-    uids = array("I", cols.uids)
+    view = await s.store.select_view(mbox.id)  # invariant 2
+    uids = view.uids
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
     sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2,
                    modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync, uidonly=s.uidonly,
@@ -134,9 +131,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     # Invariant 4: the keywords the mailbox has had (store invariant 9) and, should one have been added since
     # get_mailbox read them (its change came before the drain above), those the listing carries.
     sel.learn(mbox.keywords)
-    for kws in cols.keywords.values():
-        sel.learn(kws)
-    first_unseen = next((i + 1 for i, f in enumerate(cols.flags) if not f & _SEEN), 0)
+    sel.learn(view.keywords)
+    first_unseen = sel.msn(view.first_unseen_uid) if view.first_unseen_uid else 0
     s.write(sel.flags_line())
     s.write(b"* %d EXISTS\r\n" % len(uids))
     if not s.rev2:

@@ -86,6 +86,7 @@ import errno
 import logging
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,6 +478,17 @@ class MessageColumns:
 
 
 _NO_KEYWORDS: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxView:
+    """What IMAP SELECT reads of a mailbox's messages (`Store.select_view`), as one read saw them: the UIDs
+    ascending (a 4-byte array, RFC 9051 §2.3.1.1), the lowest UID without \\Seen (0: none; RFC 3501 §7.1's
+    UNSEEN), and every keyword some message carries (RFC 9051 §7.3.5: SELECT announces them in FLAGS)."""
+
+    uids: array[int]
+    first_unseen_uid: int
+    keywords: frozenset[str]
 
 
 class SortRow(NamedTuple):
@@ -1112,6 +1124,13 @@ class Store(Protocol):
         listings of a large mailbox. With `flags_only`, only `uids`, `modseqs`, `flags` and `keywords` are
         filled (the others are empty): what SELECT, a resynchronisation and FETCH FLAGS read, at about half the
         cost of the whole rows (no body id string per message). NotFound for an unknown mailbox."""
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        """The mailbox's UIDs, lowest unseen UID and keywords in use (`MailboxView`), in one read transaction: what
+        IMAP SELECT needs (RFC 9051 §6.3.2), without a row per message crossing into Python. The UIDs come as one
+        value (SQLite `group_concat`, PostgreSQL `array_agg`): the driver steps once, not once per message (the
+        SQLite module releases and retakes the GIL around every step, which under load costs more than the row).
+        NotFound for an unknown mailbox."""
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query

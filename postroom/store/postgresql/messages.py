@@ -55,6 +55,7 @@ from postroom.store.api import (
     Forbidden,
     Invalid,
     Mailbox,
+    MailboxView,
     MessageColumns,
     MessageInfo,
     NotFound,
@@ -463,6 +464,21 @@ class MessagesMixin(Base):
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
         return await self._engine.read(narrow if flags_only else q)
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        async def q(conn: Conn) -> MailboxView:
+            await load_mailbox(conn, mailbox_id)
+            # One row of one array (api): asyncpg decodes it in C, no record per message.
+            found = await conn.fetchval(
+                "SELECT array_agg(uid ORDER BY uid) FROM messages WHERE mailbox_id = $1", mailbox_id)
+            first = await conn.fetchval(
+                "SELECT min(uid) FROM messages WHERE mailbox_id = $1 AND flags & 1 = 0", mailbox_id)
+            kws = await conn.fetch(
+                "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = $1 AND keywords <> ''", mailbox_id)
+            return MailboxView(array("I", found or ()), int(first or 0),
+                               frozenset(k for r in kws for k in decode_keywords(r[0])))
+
+        return await self._engine.read(q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="

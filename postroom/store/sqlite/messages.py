@@ -54,6 +54,7 @@ from postroom.store.api import (
     Forbidden,
     Invalid,
     Mailbox,
+    MailboxView,
     MessageColumns,
     MessageInfo,
     NotFound,
@@ -466,6 +467,25 @@ class MessagesMixin(Base):
             return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved)
 
         return await self._engine.read(narrow if flags_only else q)
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        def q(conn: sqlite3.Connection) -> MailboxView:
+            load_mailbox(conn, mailbox_id)
+            # One row, so one sqlite3_step (api: the GIL is released and retaken around each). group_concat keeps
+            # the order of the primary key scan, but SQLite does not promise it: sorted() makes it so, in O(n)
+            # on input that is sorted already.
+            (text,) = conn.execute("SELECT group_concat(uid) FROM messages WHERE mailbox_id = ?",
+                                   (mailbox_id,)).fetchone()
+            uids = array("I", sorted(map(int, text.split(",")))) if text else array("I")
+            # The partial index of unseen messages (schema 15) holds (mailbox_id, uid): its first entry.
+            row = conn.execute("SELECT uid FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ?"
+                               " AND flags & 1 = 0 ORDER BY uid LIMIT 1", (mailbox_id,)).fetchone()
+            kws = conn.execute("SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords <> ''",
+                               (mailbox_id,)).fetchall()
+            return MailboxView(uids, int(row[0]) if row else 0,
+                               frozenset(k for (text,) in kws for k in decode_keywords(text)))
+
+        return await self._engine.read(q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
