@@ -340,5 +340,5 @@ class MailboxesMixin(Base):
             return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen, int(recent),
                                  int(deleted_size))
 
-        return await self._engine.read(q)
+        return await self._read_mailbox(mailbox_id, q)
 

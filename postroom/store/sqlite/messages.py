@@ -485,7 +485,7 @@ class MessagesMixin(Base):
             return MailboxView(uids, int(row[0]) if row else 0,
                                frozenset(k for (text,) in kws for k in decode_keywords(text)))
 
-        return await self._engine.read(q)
+        return await self._read_mailbox(mailbox_id, q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
