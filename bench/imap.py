@@ -3,7 +3,7 @@
     .venv/bin/python bench/imap.py [--count 2000] [--clients 20] [--sessions 5] [--idle 1000] [--dir PATH]
     .venv/bin/python bench/imap.py --churn [--count 2000] [--clients 10] [--sessions 20]
     .venv/bin/python bench/imap.py --steady [--count 2000] [--clients 10] [--seconds 20 | --rounds N] [--one-worker]
-                                   [--profile DIR]
+                                   [--per-command N] [--profile DIR]
 
 A mailbox of --count messages (plain and multipart, sizes spread around 6 KiB) is put into a fresh Postroom
 data folder (through the store, with its metadata computed as delivery does) and into a Maildir for a
@@ -53,6 +53,8 @@ its processes, bench/common.py `cpu_seconds`, measured over the timed loop while
 Dovecot's per-session processes count), per server and as ratios to Dovecot: Postroom with its default worker
 processes (one per CPU) and, with --one-worker, as one process. With --profile DIR, py-spy (in the venv) records
 each Postroom run's server process tree during the timed loop into DIR/<run>.txt (raw, flame graph input).
+With --per-command N, each server then also answers every command kind of the mix N times in a row from one
+client, and the table gives its CPU per command by kind: the figure that moves least with the machine's load.
 """
 
 from __future__ import annotations
@@ -363,6 +365,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="--steady: length of the timed loop")
     ap.add_argument("--rounds", type=int, default=None,
                     help="--steady: rounds of the mix per client instead of --seconds")
+    ap.add_argument("--per-command", type=int, default=0, metavar="N",
+                    help="--steady: then each command of the mix N times from one client: server CPU per kind")
     ap.add_argument("--profile", type=Path, default=None,
                     help="--steady: py-spy each Postroom run into this folder (raw format)")
     args = ap.parse_args()
@@ -554,6 +558,47 @@ async def steady_load(port: int, pid: int, count: int, clients: int, seconds: fl
     return secs, done, cpu, lat
 
 
+async def per_command(port: int, pid: int, count: int, repeat: int) -> dict[str, float]:
+    """--per-command: one logged-in client sends each command of the steady mix `repeat` times in a row (after
+    20 untimed); the server's CPU seconds per command, by kind (APPEND and its EXPUNGE as one pair)."""
+    c = await Client.connect(port)
+    await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+    await c.cmd(b"SELECT INBOX")
+    rng = random.Random(7)
+
+    async def append_expunge() -> None:
+        await c.cmd(b"APPEND INBOX (\\Deleted)", STEADY_APPEND)
+        await c.cmd(b"EXPUNGE")
+
+    def fetch_range() -> Awaitable[list[bytes]]:
+        lo = rng.randint(1, max(1, count - 19))
+        return c.cmd(b"FETCH %d:%d (UID FLAGS)" % (lo, min(count, lo + 19)))
+
+    kinds: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ('LIST "" *', lambda: c.cmd(b'LIST "" "*"')),
+        ("STATUS Drafts", lambda: c.cmd(b"STATUS Drafts (MESSAGES UIDNEXT UNSEEN)")),
+        ("SELECT INBOX", lambda: c.cmd(b"SELECT INBOX")),
+        ("FETCH 20 (UID FLAGS)", fetch_range),
+        ("FETCH n BODY.PEEK[HEADER]", lambda: c.cmd(b"FETCH %d BODY.PEEK[HEADER]" % rng.randint(1, count))),
+        ("FETCH n BODY.PEEK[]", lambda: c.cmd(b"FETCH %d BODY.PEEK[]" % rng.randint(1, count))),
+        ("STORE n +FLAGS", lambda: c.cmd(b"STORE %d +FLAGS (\\Flagged)" % rng.randint(1, count))),
+        ("APPEND + EXPUNGE", append_expunge),
+        ("SELECT Drafts", lambda: c.cmd(b"SELECT Drafts")),
+    ]
+    out: dict[str, float] = {}
+    for name, send in kinds:
+        for _ in range(20):
+            await send()
+        cpu0 = cpu_seconds(pid)
+        for _ in range(repeat):
+            await send()
+        out[name] = (cpu_seconds(pid) - cpu0) / repeat
+        if name == "SELECT Drafts":
+            await c.cmd(b"SELECT INBOX")
+    c.close()
+    return out
+
+
 def steady_main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="imap-steady-", dir=args.dir))
     messages = make_messages(args.count)
@@ -567,6 +612,7 @@ def steady_main(args: argparse.Namespace) -> int:
         runs.append(("Postroom 1 worker", lambda: start_postroom(work, messages, 0, workers=1)))
     runs.append((f"Dovecot {dovecot.version()}", lambda: start_dovecot(work, messages, 0)))
     res: dict[str, tuple[float, int, float, dict[str, list[float]]]] = {}
+    each: dict[str, dict[str, float]] = {}
     with servers_stopped(work) as started:
         for name, start in runs:
             for sub in ("postroom", "dovecot"):
@@ -576,6 +622,9 @@ def steady_main(args: argparse.Namespace) -> int:
             prof = args.profile if args.profile is not None and name.startswith("Postroom") else None
             res[name] = asyncio.run(steady_load(port, server.pid, args.count, args.clients, args.seconds,
                                                 args.rounds, name, prof))
+            if args.per_command:
+                time.sleep(0.5)  # Dovecot's closed sessions are reaped
+                each[name] = asyncio.run(per_command(port, server.pid, args.count, args.per_command))
             server.stop()
     names = [name for name, _ in runs]
     dv = names[-1]
@@ -594,6 +643,14 @@ def steady_main(args: argparse.Namespace) -> int:
     for op in STEADY_OPS:
         cells = [" / ".join(f"{pct(res[n][3][op], p) * 1000:.2f}" for p in (50, 95)) for n in names]
         print(f"| {op} | " + " | ".join(cells) + " |")
+    if args.per_command:
+        print(f"\nserver CPU ms per command, one client, each command {args.per_command} times in a row")
+        print("| command | " + " | ".join(names) + " | Postroom / Dovecot |")
+        print("| --- |" + " ---: |" * (len(names) + 1))
+        for kind in each[dv]:
+            cells = [f"{each[n][kind] * 1000:.3f}" for n in names]
+            ratio = each[names[0]][kind] / each[dv][kind] if each[dv][kind] else 0.0
+            print(f"| {kind} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     return 0
 
 
