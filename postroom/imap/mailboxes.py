@@ -58,6 +58,10 @@ Invariants
 6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
    one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
    CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
+7. An APPEND of one message to the mailbox a read-write IMAP4rev1 session has selected claims its \\Recent
+   (RFC 3501 §6.3.11: the appended message is recent) in the store write that stores it (`Store.append(...,
+   claim_recent=True)`), as `Session.claim_recent` would have when reporting the arrival: same ranges, one
+   write less. Other APPENDs leave the claim to that report.
 """
 
 from __future__ import annotations
@@ -516,8 +520,17 @@ async def append(s: Session, cmd: P.Command) -> Result:
                 st.path.unlink(missing_ok=True)
     raw = a.message
     meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (metapool.py)
+    sel = s.sel
+    # Invariant 7: into the mailbox this read-write rev1 session has selected, the \Recent claim its report of
+    # the arrival would make (Session.claim_recent) is made by the append's own write.
+    claim = (sel is not None and sel.id == mbox.id and not sel.readonly and not sel.rev2 and sel.rights is None)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
-                                                      internal_date=date, meta=meta_bytes))
+                                                      internal_date=date, meta=meta_bytes), claim_recent=claim)
+    if claim and sel is s.sel:
+        assert sel is not None
+        old, new = res.recent
+        sel.grant_recent(old + 1, new)
+        sel.recent_seen = max(sel.recent_seen, new)
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
 
 

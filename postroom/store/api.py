@@ -819,11 +819,13 @@ class Change:
 @dataclass(frozen=True)
 class AppendResult:
     """What an append stored: the message's UID and MODSEQ, the mailbox's UIDVALIDITY (UIDPLUS APPENDUID, RFC 4315
-    §3), and the changes."""
+    §3), and the changes; `recent`: what `append(..., claim_recent=True)` claimed, as `claim_recent` returns it
+    ((0, 0) when not asked)."""
     uid: int
     modseq: int
     uidvalidity: int
     changes: tuple[Change, ...]
+    recent: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -1057,10 +1059,13 @@ class Store(Protocol):
         """The watermark `claim_recent` would start from, without claiming (EXAMINE, STATUS RECENT)."""
 
     # ---- messages
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
         """Store one message (IMAP APPEND, RFC 9051 §6.3.12) with the next UID and MODSEQ; durable when it returns
         (invariant 1). NotFound if the mailbox is gone; Invalid for bad flags or keywords or past the mailbox's
-        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk."""
+        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk.
+        `claim_recent`: then also what `claim_recent(mailbox_id)` does, its answer in `AppendResult.recent` (an
+        APPEND to the mailbox a read-write IMAP4rev1 session has selected: the message is \\Recent to it, RFC
+        3501 §6.3.11); the SQLite engine does both in one write transaction."""
 
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers

@@ -239,6 +239,21 @@ async def test_mailbox_status_and_select_view_across_the_small_mailbox_size(stor
     assert (len(view.uids), view.first_unseen_uid, view.keywords) == (297, 10, frozenset())
 
 
+async def test_append_claiming_recent(store: Store) -> None:
+    """`append(..., claim_recent=True)` claims as `claim_recent` would right after it (RFC 3501 §6.3.11: the
+    appended message is \\Recent): everything unclaimed up to the new message, once."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    plain = await store.append(box.id, msg(1))
+    assert plain.recent == (0, 0)  # not asked: nothing claimed
+    r2 = await store.append(box.id, msg(2), claim_recent=True)
+    assert (r2.uid, r2.recent) == (2, (0, 2))  # the unclaimed arrival 1 and itself
+    r3 = await store.append(box.id, msg(3), claim_recent=True)
+    assert r3.recent == (2, 3)
+    assert await store.claim_recent(box.id) == (3, 3)  # nothing left to claim
+    assert await store.recent_watermark(box.id) == 3
+
+
 async def test_claim_recent_once(store: Store) -> None:
     """IMAP \\Recent (RFC 3501 §2.3.2): each UID is claimed by one caller only; new arrivals become claimable."""
     user = await new_user(store)

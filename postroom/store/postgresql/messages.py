@@ -313,8 +313,11 @@ class MessagesMixin(Base):
             if not job.done.done():
                 job.done.set_result(out)
 
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
-        return (await self._append_job([mailbox_id], [message]))[0]
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
+        result = (await self._append_job([mailbox_id], [message]))[0]
+        if claim_recent:  # here a transaction of its own, after the append's (appends are batched across callers)
+            result = dataclasses.replace(result, recent=await self.claim_recent(mailbox_id))  # type: ignore[attr-defined]
+        return result
 
     def staging_dir(self) -> Path:
         return self._staging.staging

@@ -140,6 +140,19 @@ def load_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
     return mailbox_from_row(row)
 
 
+def claim_recent_in(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
+    """`Store.claim_recent` inside a write transaction: the mailbox's \\Recent watermark moved up to UIDNEXT - 1,
+    (old, new); (old, old) when there is nothing to claim. NotFound for an unknown mailbox."""
+    row = conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no mailbox with id {mailbox_id}")
+    old, top = int(row[0]), int(row[1]) - 1
+    if top <= old:
+        return old, old
+    conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (top, mailbox_id))
+    return old, top
+
+
 def find_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox | None:
     row = conn.execute(
         f"SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE user_id = ? AND name = ?", (user_id, name)

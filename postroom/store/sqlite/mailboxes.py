@@ -47,6 +47,7 @@ from postroom.store.sqlite.common import (
     MAILBOX_COLUMNS,
     MESSAGE_COLUMNS,
     Base,
+    claim_recent_in,
     find_mailbox,
     load_mailbox,
     mailbox_from_row,
@@ -289,17 +290,7 @@ class MailboxesMixin(Base):
         if top <= old:
             return old, old
 
-        def op(tx: Tx) -> tuple[int, int]:
-            row = tx.conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no mailbox with id {mailbox_id}")
-            old, top = int(row[0]), int(row[1]) - 1
-            if top <= old:
-                return old, old
-            tx.conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (top, mailbox_id))
-            return old, top
-
-        return await self._engine.write(op)
+        return await self._engine.write(lambda tx: claim_recent_in(tx.conn, mailbox_id))
 
     async def recent_watermark(self, mailbox_id: int) -> int:
         def q(conn: sqlite3.Connection) -> int:

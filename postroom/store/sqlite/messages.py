@@ -72,6 +72,7 @@ from postroom.store.sqlite.common import (
     Base,
     acquire_blob,
     add_blob_refs,
+    claim_recent_in,
     count_blobs,
     decode_keywords,
     encode_keywords,
@@ -244,9 +245,9 @@ def _flag_rows(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -
 
 class MessagesMixin(Base):
     async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest],
-                          quota: bool = True) -> list[AppendResult]:
+                          quota: bool = True, claim: bool = False) -> list[AppendResult]:
         """Append reqs[i] to mailbox_ids[i] for every i, in one job (one transaction); `quota`: checked
-        (invariant 7)."""
+        (invariant 7); `claim`: the \\Recent claim of the last mailbox in the same job (`append`)."""
         now = self._clock()
         prepared = []
         bodies: dict[str, bytes] = {}
@@ -270,6 +271,8 @@ class MessagesMixin(Base):
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta)
                 put_keys(tx.conn, blob_id, req.meta)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
+            if claim:
+                results[-1] = dataclasses.replace(results[-1], recent=claim_recent_in(tx.conn, mailbox_ids[-1]))
             return results
 
         await self._engine.write_blobs(bodies)
@@ -280,8 +283,8 @@ class MessagesMixin(Base):
                 await self._engine.forget_blobs(set(bodies))
             raise
 
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
-        return (await self._append_job([mailbox_id], [message]))[0]
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
+        return (await self._append_job([mailbox_id], [message], claim=claim_recent))[0]
 
     def staging_dir(self) -> Path:
         return self._blobs.staging
