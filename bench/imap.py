@@ -3,6 +3,8 @@
     .venv/bin/python bench/imap.py [--count 2000] [--clients 20] [--sessions 5] [--idle 1000] [--dir PATH]
     .venv/bin/python bench/imap.py --idle-only [--idle 1000] [--one-worker]
     .venv/bin/python bench/imap.py --churn [--count 2000] [--clients 10] [--sessions 20]
+    .venv/bin/python bench/imap.py --steady [--count 2000] [--clients 10] [--seconds 20 | --rounds N] [--one-worker]
+                                   [--per-command N] [--profile DIR]
 
 A mailbox of --count messages (plain and multipart, sizes spread around 6 KiB) is put into a fresh Postroom
 data folder (through the store, with its metadata computed as delivery does) and into a Maildir for a
@@ -41,6 +43,24 @@ run one after the other on the same mailbox: Postroom with its auth cache off (`
 LOGIN runs argon2) and on (the default, 300 s), Dovecot without an auth cache (its default) and with one
 (`auth_cache_size = 10M`, `auth_cache_ttl = 300s`). The table gives commands/s and LOGIN latency per server,
 and the ratios within the run.
+
+--steady measures steady sessions (issue 17's "IMAP steady sessions" row): --clients clients each connect and
+LOGIN once, run one untimed round, then loop rounds of the stress mix with no logouts, for --seconds (or exactly
+--rounds rounds each):
+
+    LIST "" *, STATUS of Drafts, Sent and Trash (MESSAGES UIDNEXT UNSEEN), SELECT INBOX,
+    FETCH of a random range of 20 (UID FLAGS), FETCH n BODY.PEEK[HEADER], 2 x FETCH n BODY.PEEK[],
+    STORE n +FLAGS (\\Flagged) / -FLAGS, APPEND INBOX (\\Deleted) a small message, EXPUNGE, SELECT Drafts
+
+so INBOX keeps its size (each round's APPEND is a \\Deleted message the next EXPUNGE, this client's or
+another's, removes; message numbers 1..--count stay the original messages), and every session sees the others'
+arrivals and expunges. The table gives commands/s and the server's CPU time per command (user + system of all
+its processes, bench/common.py `cpu_seconds`, measured over the timed loop while every session is open, so
+Dovecot's per-session processes count), per server and as ratios to Dovecot: Postroom with its default worker
+processes (one per CPU) and, with --one-worker, as one process. With --profile DIR, py-spy (in the venv) records
+each Postroom run's server process tree during the timed loop into DIR/<run>.txt (raw, flame graph input).
+With --per-command N, each server then also answers every command kind of the mix N times in a row from one
+client, and the table gives its CPU per command by kind: the figure that moves least with the machine's load.
 """
 
 from __future__ import annotations
@@ -48,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import resource
 import shutil
 import ssl
@@ -359,7 +380,8 @@ def pct(values: list[float], p: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=2000, help="messages in the mailbox")
-    ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    ap.add_argument("--clients", type=int, default=None,
+                    help="concurrent clients (default 20; --steady: 10)")
     ap.add_argument("--sessions", type=int, default=5, help="sessions per client")
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions for the memory measurement")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -373,9 +395,22 @@ def main() -> int:
     ap.add_argument("--at-once", type=int, default=50,
                     help="idle sessions opened at a time (Dovecot's one auth process may drop logins queued "
                          "behind a burst of argon2 hashes on a loaded machine: fewer then)")
+    ap.add_argument("--steady", action="store_true",
+                    help="steady sessions: log in once, loop the stress mix, no logouts (see above)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="--steady: length of the timed loop")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="--steady: rounds of the mix per client instead of --seconds")
+    ap.add_argument("--per-command", type=int, default=0, metavar="N",
+                    help="--steady: then each command of the mix N times from one client: server CPU per kind")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="--steady: py-spy each Postroom run into this folder (raw format)")
     args = ap.parse_args()
+    if args.clients is None:
+        args.clients = 10 if args.steady else 20
     if args.churn:
         return churn_main(args)
+    if args.steady:
+        return steady_main(args)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * args.idle + 1000))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the servers inherit it
@@ -512,6 +547,189 @@ def churn_main(args: argparse.Namespace) -> int:
         r = rates[name]
         print(f"| {name} | {r:,.0f} | {lp} | {r / rates[names[0]]:.2f}x | {r / rates[names[2]]:.2f}x | "
               f"{r / rates[names[3]]:.2f}x |")
+    return 0
+
+
+# --- steady sessions (--steady) ----------------------------------------------------------------------------
+
+STEADY_OPS = ("LIST", "STATUS", "SELECT", "FETCH flags", "FETCH header", "FETCH body", "STORE", "APPEND",
+              "EXPUNGE")
+STEADY_APPEND = (b"From: " + USER.encode() + b"\r\nTo: " + USER.encode() + b"\r\nSubject: steady\r\n"
+                 b"Message-ID: <steady@bench.example>\r\n\r\n" + b"a steady-state message line\r\n" * 20)
+
+
+async def steady_round(c: Client, count: int, rng: random.Random, lat: dict[str, list[float]] | None) -> int:
+    """One round of the steady mix (module doc) on a logged-in client; returns the commands it sent.
+    `lat`: per-kind latencies in seconds are appended there (None: untimed)."""
+    sent = 0
+
+    async def timed(op: str, text: bytes, literal: bytes | None = None) -> None:
+        nonlocal sent
+        t = time.perf_counter()
+        await c.cmd(text, literal)
+        sent += 1
+        if lat is not None:
+            lat[op].append(time.perf_counter() - t)
+
+    await timed("LIST", b'LIST "" "*"')
+    for box in (b"Drafts", b"Sent", b"Trash"):
+        await timed("STATUS", b"STATUS " + box + b" (MESSAGES UIDNEXT UNSEEN)")
+    await timed("SELECT", b"SELECT INBOX")
+    lo = rng.randint(1, max(1, count - 19))
+    await timed("FETCH flags", b"FETCH %d:%d (UID FLAGS)" % (lo, min(count, lo + 19)))
+    await timed("FETCH header", b"FETCH %d BODY.PEEK[HEADER]" % rng.randint(1, count))
+    for _ in range(2):
+        await timed("FETCH body", b"FETCH %d BODY.PEEK[]" % rng.randint(1, count))
+    n = rng.randint(1, count)
+    await timed("STORE", b"STORE %d +FLAGS (\\Flagged)" % n)
+    await timed("STORE", b"STORE %d -FLAGS (\\Flagged)" % n)
+    await timed("APPEND", b"APPEND INBOX (\\Deleted)", STEADY_APPEND)
+    await timed("EXPUNGE", b"EXPUNGE")
+    await timed("SELECT", b"SELECT Drafts")
+    return sent
+
+
+async def steady_load(port: int, pid: int, count: int, clients: int, seconds: float, rounds: int | None,
+                      label: str, profile: Path | None = None
+                      ) -> tuple[float, int, float, dict[str, list[float]]]:
+    """--clients sessions logged in once, one untimed round each, then the timed loop (module doc). Returns
+    (wall seconds, commands, server CPU seconds, latencies by kind) of the timed loop."""
+    conns = []
+    for _ in range(clients):
+        c = await Client.connect(port)
+        await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+        conns.append(c)
+    await asyncio.gather(*(steady_round(c, count, random.Random(1000 + i), None) for i, c in enumerate(conns)))
+    lat: dict[str, list[float]] = {op: [] for op in STEADY_OPS}
+    done = 0
+    spy = None
+    if profile is not None:
+        spy_exe = Path(sys.executable).with_name("py-spy")
+        out = profile / (re.sub(r"\W+", "-", label).strip("-").lower() + ".txt")
+        spy = await asyncio.create_subprocess_exec(
+            str(spy_exe), "record", "-p", str(pid), "-f", "raw", "-r", "200", "--nonblocking", "--subprocesses",
+            "-o", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(1.0)  # py-spy attaches
+    cpu0 = cpu_seconds(pid)
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def worker(i: int, c: Client) -> None:
+        nonlocal done
+        rng = random.Random(i)
+        r = 0
+        while (r < rounds) if rounds is not None else (time.perf_counter() < stop_at):
+            before = done
+            done += await steady_round(c, count, rng, lat)
+            r += 1
+            if done // 1000 != before // 1000:
+                progress(f"\r  {label:<28} commands {done:>7}", end="")
+
+    await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
+    secs = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu0  # every session still open: Dovecot's imap processes are counted live
+    progress("")
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        await spy.wait()
+    for c in conns:
+        c.close()
+    return secs, done, cpu, lat
+
+
+async def per_command(port: int, pid: int, count: int, repeat: int) -> dict[str, float]:
+    """--per-command: one logged-in client sends each command of the steady mix `repeat` times in a row (after
+    20 untimed); the server's CPU seconds per command, by kind (APPEND and its EXPUNGE as one pair)."""
+    c = await Client.connect(port)
+    await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
+    await c.cmd(b"SELECT INBOX")
+    rng = random.Random(7)
+
+    async def append_expunge() -> None:
+        await c.cmd(b"APPEND INBOX (\\Deleted)", STEADY_APPEND)
+        await c.cmd(b"EXPUNGE")
+
+    def fetch_range() -> Awaitable[list[bytes]]:
+        lo = rng.randint(1, max(1, count - 19))
+        return c.cmd(b"FETCH %d:%d (UID FLAGS)" % (lo, min(count, lo + 19)))
+
+    kinds: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ('LIST "" *', lambda: c.cmd(b'LIST "" "*"')),
+        ("STATUS Drafts", lambda: c.cmd(b"STATUS Drafts (MESSAGES UIDNEXT UNSEEN)")),
+        ("SELECT INBOX", lambda: c.cmd(b"SELECT INBOX")),
+        ("FETCH 20 (UID FLAGS)", fetch_range),
+        ("FETCH n BODY.PEEK[HEADER]", lambda: c.cmd(b"FETCH %d BODY.PEEK[HEADER]" % rng.randint(1, count))),
+        ("FETCH n BODY.PEEK[]", lambda: c.cmd(b"FETCH %d BODY.PEEK[]" % rng.randint(1, count))),
+        ("STORE n +FLAGS", lambda: c.cmd(b"STORE %d +FLAGS (\\Flagged)" % rng.randint(1, count))),
+        ("APPEND + EXPUNGE", append_expunge),
+        ("SELECT Drafts", lambda: c.cmd(b"SELECT Drafts")),
+    ]
+    out: dict[str, float] = {}
+    for name, send in kinds:
+        for _ in range(20):
+            await send()
+        cpu0 = cpu_seconds(pid)
+        for _ in range(repeat):
+            await send()
+        out[name] = (cpu_seconds(pid) - cpu0) / repeat
+        if name == "SELECT Drafts":
+            await c.cmd(b"SELECT INBOX")
+    c.close()
+    return out
+
+
+def steady_main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="imap-steady-", dir=args.dir))
+    messages = make_messages(args.count)
+    span = f"{args.rounds} rounds each" if args.rounds is not None else f"{args.seconds:g} s"
+    progress(f"imap steady sessions: {args.count} messages, {args.clients} clients, {span}, in {work}")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[str, Callable[[], tuple[Server, int]]]] = [
+        ("Postroom", lambda: start_postroom(work, messages, 0))]
+    if args.one_worker:
+        runs.append(("Postroom 1 worker", lambda: start_postroom(work, messages, 0, workers=1)))
+    runs.append((f"Dovecot {dovecot.version()}", lambda: start_dovecot(work, messages, 0)))
+    res: dict[str, tuple[float, int, float, dict[str, list[float]]]] = {}
+    each: dict[str, dict[str, float]] = {}
+    with servers_stopped(work) as started:
+        for name, start in runs:
+            for sub in ("postroom", "dovecot"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+            server, port = start()
+            started.append(server)
+            prof = args.profile if args.profile is not None and name.startswith("Postroom") else None
+            res[name] = asyncio.run(steady_load(port, server.pid, args.count, args.clients, args.seconds,
+                                                args.rounds, name, prof))
+            if args.per_command:
+                time.sleep(0.5)  # Dovecot's closed sessions are reaped
+                each[name] = asyncio.run(per_command(port, server.pid, args.count, args.per_command))
+            server.stop()
+    names = [name for name, _ in runs]
+    dv = names[-1]
+    rate = {n: res[n][1] / res[n][0] for n in names}
+    cpu_ms = {n: res[n][2] / max(1, res[n][1]) * 1000 for n in names}
+    print(f"\nIMAP steady sessions: {args.clients} clients logged in once, {span} of LIST, 3 STATUS, 2 SELECT, "
+          f"FETCH (range FLAGS, HEADER, 2 bodies), 2 STORE, APPEND, EXPUNGE; {args.count} messages")
+    print("| server | commands | commands/s | / Dovecot | server CPU ms per command | CPU / Dovecot |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for n in names:
+        print(f"| {n} | {res[n][1]:,} | {rate[n]:,.0f} | {rate[n] / rate[dv]:.2f}x | {cpu_ms[n]:.3f} | "
+              f"{cpu_ms[n] / cpu_ms[dv]:.2f}x |")
+    print("\nlatency p50 / p95 ms by command")
+    print("| command | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for op in STEADY_OPS:
+        cells = [" / ".join(f"{pct(res[n][3][op], p) * 1000:.2f}" for p in (50, 95)) for n in names]
+        print(f"| {op} | " + " | ".join(cells) + " |")
+    if args.per_command:
+        print(f"\nserver CPU ms per command, one client, each command {args.per_command} times in a row")
+        print("| command | " + " | ".join(names) + " | Postroom / Dovecot |")
+        print("| --- |" + " ---: |" * (len(names) + 1))
+        for kind in each[dv]:
+            cells = [f"{each[n][kind] * 1000:.3f}" for n in names]
+            ratio = each[names[0]][kind] / each[dv][kind] if each[dv][kind] else 0.0
+            print(f"| {kind} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     return 0
 
 

@@ -221,13 +221,6 @@ async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count
     return cols
 
 
-def keep_flags(mailbox_id: int, cols: MessageColumns) -> None:
-    """Keep `cols`, a flags-only listing of a whole mailbox (SELECT's), for the FETCH FLAGS of its announced
-    range that a client sends next (invariant 8): at its stamp, the rows of UIDs 1.. are those of first..last."""
-    if len(cols.uids) >= FLAG_CACHE.min_count:
-        FLAG_CACHE.put((mailbox_id, cols.uids[0], cols.uids[-1]), cols)
-
-
 async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> MessageColumns | None:
     """The flags-only listing of UIDs first..last from `FLAG_CACHE` if it is there and the mailbox unchanged
     since (one point read of its row), else None (invariant 8)."""

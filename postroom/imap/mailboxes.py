@@ -43,7 +43,8 @@ Invariants
 1. A session reaches only the mailboxes of its own user, and those of other users through `acl.resolve` alone
    (acl.py invariant 1): store calls pass `s.user.id` or the owner's id from a resolved target, and names are
    plain strings to the store (no paths), so `..`, `%`, `*` or another user's address are just names.
-2. SELECT reads UIDs and flags only (`list_columns`: no object per message), never bodies.
+2. SELECT reads the UIDs, the first unseen UID and the keywords in use (`Store.select_view`: the UIDs as one
+   value, no row or object per message), never bodies or per-message flags.
 3. APPEND computes the message's metadata once (`metapool`: on the loop up to `INLINE_MAX` bytes, else in a
    worker process with a time limit) and stores it with the body; a message over `limits.message_size` is
    refused with TOOBIG before its literal is read when it was synchronizing. A large message arrives as a
@@ -57,6 +58,10 @@ Invariants
 6. MULTIAPPEND (RFC 3502) is all or nothing: every message is checked and its metadata computed before the
    one store call (`Store.append_multi`, one transaction); a refusal of any message stores none. An APPEND with
    CATENATE (RFC 4469) in any of its messages is built and stored by `catenate.py`, which keeps 3 and 6.
+7. An APPEND of one message to the mailbox a read-write IMAP4rev1 session has selected claims its \\Recent
+   (RFC 3501 §6.3.11: the appended message is recent) in the store write that stores it (`Store.append(...,
+   claim_recent=True)`), as `Session.claim_recent` would have when reporting the arrival: same ranges, one
+   write less. Other APPENDs leave the claim to that report.
 """
 
 from __future__ import annotations
@@ -64,14 +69,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from array import array
 
 from postroom import metapool as pool
 from postroom.store import names
 from postroom.store.api import (
     RIGHTS,
     AppendRequest,
-    Flag,
     Forbidden,
     Mailbox,
     MailboxStatus,
@@ -80,7 +83,7 @@ from postroom.store.api import (
     flags_allowed,
 )
 
-from . import acl, catenate, encoder, fetch, objectid
+from . import acl, catenate, encoder, objectid
 from . import parser as P
 from .arguments import SEP, parse_flags, stored_name, wire_name
 from .errors import Bad, No, Result
@@ -96,8 +99,6 @@ from .state import (
     uid_ranges,
     vanished_lines,
 )
-
-_SEEN = int(Flag.SEEN)  # plain int: IntFlag arithmetic is slow in per-message loops
 
 
 def _user_id(s: Session) -> int:
@@ -126,9 +127,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     if target.shared and s.sub is not None:
         s.sub.watch(mbox.id)  # before the listing, so no change of it is missed (acl.py module doc)
     s.drain_changes()  # changes from before the listing are in it already
-    cols = await s.store.list_columns(mbox.id, flags_only=True)
-    fetch.keep_flags(mbox.id, cols)  # a client's FETCH 1:* (FLAGS) comes next (fetch.py invariant 8)
-    uids = shared_view(mbox.id, array("I", cols.uids))  # state.py invariant 10
+    view = await s.store.select_view(mbox.id)  # invariant 2
+    uids = shared_view(mbox.id, view.uids)  # state.py invariant 10
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
     sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2, uids_shared=True,
                    modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync, uidonly=s.uidonly,
@@ -145,9 +145,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     # Invariant 4: the keywords the mailbox has had (store invariant 9) and, should one have been added since
     # get_mailbox read them (its change came before the drain above), those the listing carries.
     sel.learn(mbox.keywords)
-    for kws in cols.keywords.values():
-        sel.learn(kws)
-    first_unseen = next((i + 1 for i, f in enumerate(cols.flags) if not f & _SEEN), 0)
+    sel.learn(view.keywords)
+    first_unseen = sel.msn(view.first_unseen_uid) if view.first_unseen_uid else 0
     s.write(sel.flags_line())
     s.write(b"* %d EXISTS\r\n" % len(uids))
     if not s.rev2:
@@ -531,8 +530,17 @@ async def append(s: Session, cmd: P.Command) -> Result:
                 st.path.unlink(missing_ok=True)
     raw = a.message
     meta_bytes = await pool.meta_bytes(raw, s.limits)  # on the loop only when small (metapool.py)
+    sel = s.sel
+    # Invariant 7: into the mailbox this read-write rev1 session has selected, the \Recent claim its report of
+    # the arrival would make (Session.claim_recent) is made by the append's own write.
+    claim = (sel is not None and sel.id == mbox.id and not sel.readonly and not sel.rev2 and sel.rights is None)
     res = await s.store.append(mbox.id, AppendRequest(raw=raw, flags=flags, keywords=frozenset(keywords),
-                                                      internal_date=date, meta=meta_bytes))
+                                                      internal_date=date, meta=meta_bytes), claim_recent=claim)
+    if claim and sel is s.sel:
+        assert sel is not None
+        old, new = res.recent
+        sel.grant_recent(old + 1, new)
+        sel.recent_seen = max(sel.recent_seen, new)
     return f"APPENDUID {res.uidvalidity} {res.uid}", "APPEND completed"
 
 

@@ -86,6 +86,7 @@ import errno
 import logging
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -488,6 +489,17 @@ class MessageColumns:
 _NO_KEYWORDS: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxView:
+    """What IMAP SELECT reads of a mailbox's messages (`Store.select_view`), as one read saw them: the UIDs
+    ascending (a 4-byte array, RFC 9051 §2.3.1.1), the lowest UID without \\Seen (0: none; RFC 3501 §7.1's
+    UNSEEN), and every keyword some message carries (RFC 9051 §7.3.5: SELECT announces them in FLAGS)."""
+
+    uids: array[int]
+    first_unseen_uid: int
+    keywords: frozenset[str]
+
+
 class SortRow(NamedTuple):
     """One message as SORT and THREAD read it (`Store.list_sort_rows`): its record's columns and its body's sort
     keys (`mime.sortkeys.SortKeys`, strings as i;unicode-casemap collation keys; "" where the field is
@@ -832,11 +844,13 @@ class Change:
 @dataclass(frozen=True)
 class AppendResult:
     """What an append stored: the message's UID and MODSEQ, the mailbox's UIDVALIDITY (UIDPLUS APPENDUID, RFC 4315
-    §3), and the changes."""
+    §3), and the changes; `recent`: what `append(..., claim_recent=True)` claimed, as `claim_recent` returns it
+    ((0, 0) when not asked)."""
     uid: int
     modseq: int
     uidvalidity: int
     changes: tuple[Change, ...]
+    recent: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -1070,10 +1084,13 @@ class Store(Protocol):
         """The watermark `claim_recent` would start from, without claiming (EXAMINE, STATUS RECENT)."""
 
     # ---- messages
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
         """Store one message (IMAP APPEND, RFC 9051 §6.3.12) with the next UID and MODSEQ; durable when it returns
         (invariant 1). NotFound if the mailbox is gone; Invalid for bad flags or keywords or past the mailbox's
-        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk."""
+        keyword limit (invariant 9); OverQuota (invariant 12); InsufficientStorage for a full disk.
+        `claim_recent`: then also what `claim_recent(mailbox_id)` does, its answer in `AppendResult.recent` (an
+        APPEND to the mailbox a read-write IMAP4rev1 session has selected: the message is \\Recent to it, RFC
+        3501 §6.3.11); the SQLite engine does both in one write transaction."""
 
     def staging_dir(self) -> Path:
         """A directory for `append_file` bodies, on the same file system as the store's message files. Callers
@@ -1141,6 +1158,13 @@ class Store(Protocol):
         values; None where no row is kept), and `blob_ids` holds a body's id only where no row is kept ("" for
         the others): a whole-mailbox FETCH ENVELOPE BODYSTRUCTURE reads one range, not a listing and then a batch
         of ids. NotFound for an unknown mailbox."""
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        """The mailbox's UIDs, lowest unseen UID and keywords in use (`MailboxView`), in one read transaction: what
+        IMAP SELECT needs (RFC 9051 §6.3.2), without a row per message crossing into Python. The UIDs come as one
+        value (SQLite `group_concat`, PostgreSQL `array_agg`): the driver steps once, not once per message (the
+        SQLite module releases and retakes the GIL around every step, which under load costs more than the row).
+        NotFound for an unknown mailbox."""
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         """UIDs of the range whose system flags have `flag` (present) or lack it, ascending: one indexed query

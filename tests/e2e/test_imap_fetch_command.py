@@ -287,26 +287,3 @@ def test_flag_cache_is_bounded() -> None:
     assert kept == list(range(20 - len(kept), 20)) and 1 <= len(kept) < 20
     cache.put((99, 1, 10_000), cols(10_000))  # over a quarter of the bound: not kept
     assert cache.get((99, 1, 10_000)) is None and cache.held <= 100_000
-
-
-def test_select_keeps_the_flags_listing(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SELECT's listing is kept (fetch.py `keep_flags`): the client's `FETCH 1:* (FLAGS)` right after it lists
-    nothing again, and answers as a fresh listing does."""
-    fill(imap, ADDR, PW, 3)
-    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
-    r = raw(imap)
-    r.cmd("a STATUS INBOX (MESSAGES)")
-    listings: list[int] = []
-    real = imap.store.list_columns
-
-    async def counted(*args: Any, **kw: Any) -> Any:
-        listings.append(1)
-        return await real(*args, **kw)
-
-    monkeypatch.setattr(imap.store, "list_columns", counted)
-    r.cmd("b SELECT INBOX")
-    assert listings == [1]
-    kept = r.cmd("c FETCH 1:* (UID FLAGS)")
-    assert listings == [1] and kept[0] == b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n" and len(kept) == 4
-    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2))
-    assert r.cmd("c FETCH 1:* (UID FLAGS)") == kept and listings == [1, 1]

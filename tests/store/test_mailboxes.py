@@ -16,6 +16,7 @@ from postroom.store.api import (
     NotFound,
     SpecialUseTaken,
     Store,
+    StoreMode,
 )
 
 from .conftest import inbox, msg, new_user
@@ -213,6 +214,44 @@ async def test_mailbox_status(store: Store) -> None:
     assert st.mailbox.uidnext == r2.uid + 2 and st.mailbox.highestmodseq > r1.modseq
     with pytest.raises(NotFound):
         await store.mailbox_status(10**9)
+
+
+async def test_mailbox_status_and_select_view_across_the_small_mailbox_size(store: Store) -> None:
+    """The SQLite engine reads a mailbox of at most 256 possible messages (UIDNEXT - 1) on the event loop and a
+    larger one on a reader thread (sqlite/common.py `_read_mailbox`): the answers are the same on both sides."""
+    u = await new_user(store)
+    box = await inbox(store, u)
+    done = 0
+    for n in (255, 256, 257, 300):  # message i has UID i; unseen: every fifth (5, 10, ...); $Hot on 7 and 260
+        await store.append_many(box.id, [msg(i, flags=0 if i % 5 == 0 else Flag.SEEN,
+                                             keywords=frozenset({"$Hot"}) if i in (7, 260) else frozenset())
+                                         for i in range(done + 1, n + 1)])
+        done = n
+        st = await store.mailbox_status(box.id)
+        assert (st.messages, st.unseen, st.first_unseen_uid, st.mailbox.uidnext) == (n, n // 5, 5, n + 1)
+        view = await store.select_view(box.id)
+        assert (list(view.uids), view.first_unseen_uid, view.keywords) == (list(range(1, n + 1)), 5, {"$Hot"})
+    await store.store_flags(box.id, [5, 7, 260], StoreMode.ADD, Flag.DELETED)
+    await store.expunge(box.id, [5, 7, 260])  # 297 messages left, UIDNEXT still 301: the reader thread's side
+    st = await store.mailbox_status(box.id)
+    assert (st.messages, st.unseen, st.first_unseen_uid) == (297, 58, 10)  # 5 and 260 were unseen
+    view = await store.select_view(box.id)
+    assert (len(view.uids), view.first_unseen_uid, view.keywords) == (297, 10, frozenset())
+
+
+async def test_append_claiming_recent(store: Store) -> None:
+    """`append(..., claim_recent=True)` claims as `claim_recent` would right after it (RFC 3501 §6.3.11: the
+    appended message is \\Recent): everything unclaimed up to the new message, once."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    plain = await store.append(box.id, msg(1))
+    assert plain.recent == (0, 0)  # not asked: nothing claimed
+    r2 = await store.append(box.id, msg(2), claim_recent=True)
+    assert (r2.uid, r2.recent) == (2, (0, 2))  # the unclaimed arrival 1 and itself
+    r3 = await store.append(box.id, msg(3), claim_recent=True)
+    assert r3.recent == (2, 3)
+    assert await store.claim_recent(box.id) == (3, 3)  # nothing left to claim
+    assert await store.recent_watermark(box.id) == 3
 
 
 async def test_claim_recent_once(store: Store) -> None:

@@ -385,6 +385,30 @@ async def test_list_columns_matches_list_messages(store: Store) -> None:
         await store.list_columns(987654, flags_only=True)
 
 
+async def test_select_view_is_uids_first_unseen_and_keywords(store: Store) -> None:
+    """SELECT's read (`select_view`): the UIDs ascending, the lowest UID without \\Seen, the keywords in use."""
+    u = await new_user(store)
+    box = await inbox(store, u)
+    view = await store.select_view(box.id)
+    assert (list(view.uids), view.first_unseen_uid, view.keywords) == ([], 0, frozenset())
+    # UIDs 1..1200; every third unseen (3, 6, 9, ...); keywords on 4, 8, ... and "Urgent" on 1000 alone.
+    reqs = [msg(i, flags=Flag.SEEN if i % 3 else 0,
+                keywords=(frozenset({"$Label1", "Work"}) if i % 4 == 0 else frozenset())
+                | (frozenset({"Urgent"}) if i == 1000 else frozenset()))
+            for i in range(1, 1201)]
+    await store.append_many(box.id, reqs)
+    await store.store_flags(box.id, [3, 5, 1000], StoreMode.ADD, Flag.DELETED)
+    await store.expunge(box.id, [3, 5, 1000])
+    view = await store.select_view(box.id)
+    assert list(view.uids) == [i for i in range(1, 1201) if i not in (3, 5, 1000)]
+    assert view.first_unseen_uid == 6  # 3 is gone
+    assert view.keywords == {"$Label1", "Work"}  # "Urgent" left with message 1000
+    await store.store_flags(box.id, [i for i in range(1, 1201) if i % 3 == 0 and i != 3], StoreMode.ADD, Flag.SEEN)
+    assert (await store.select_view(box.id)).first_unseen_uid == 0
+    with pytest.raises(NotFound):
+        await store.select_view(987654)
+
+
 async def test_uids_with_flag_is_the_flag_column_filtered(store: Store) -> None:
     u = await new_user(store)
     box = await inbox(store, u)

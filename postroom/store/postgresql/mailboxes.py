@@ -241,6 +241,18 @@ class MailboxesMixin(Base):
         return await self._engine.read(q)
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        async def look(conn: Conn) -> tuple[int, int]:
+            row = await conn.fetchrow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = $1", mailbox_id)
+            if row is None:
+                raise NotFound(f"no mailbox with id {mailbox_id}")
+            return int(row[0]), int(row[1]) - 1
+
+        # A plain read first (as in the SQLite engine): only when it shows something to claim does the locking
+        # write run (its FOR UPDATE and commit are a WAL flush even when nothing changes).
+        old, top = await self._engine.read(look)
+        if top <= old:
+            return old, old
+
         async def op(tx: Tx) -> tuple[int, int]:
             row = await tx.conn.fetchrow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = $1 FOR UPDATE",
                                          mailbox_id)

@@ -55,6 +55,7 @@ from postroom.store.api import (
     Forbidden,
     Invalid,
     Mailbox,
+    MailboxView,
     MessageColumns,
     MessageInfo,
     NotFound,
@@ -313,8 +314,11 @@ class MessagesMixin(Base):
             if not job.done.done():
                 job.done.set_result(out)
 
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
-        return (await self._append_job([mailbox_id], [message]))[0]
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
+        result = (await self._append_job([mailbox_id], [message]))[0]
+        if claim_recent:  # here a transaction of its own, after the append's (appends are batched across callers)
+            result = dataclasses.replace(result, recent=await self.claim_recent(mailbox_id))  # type: ignore[attr-defined]
+        return result
 
     def staging_dir(self) -> Path:
         return self._staging.staging
@@ -487,6 +491,21 @@ class MessagesMixin(Base):
                                   envs, shapes, bodies, stamp)
 
         return await self._engine.read(wide if structure else narrow if flags_only else q)
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        async def q(conn: Conn) -> MailboxView:
+            await load_mailbox(conn, mailbox_id)
+            # One row of one array (api): asyncpg decodes it in C, no record per message.
+            found = await conn.fetchval(
+                "SELECT array_agg(uid ORDER BY uid) FROM messages WHERE mailbox_id = $1", mailbox_id)
+            first = await conn.fetchval(
+                "SELECT min(uid) FROM messages WHERE mailbox_id = $1 AND flags & 1 = 0", mailbox_id)
+            kws = await conn.fetch(
+                "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = $1 AND keywords <> ''", mailbox_id)
+            return MailboxView(array("I", found or ()), int(first or 0),
+                               frozenset(k for r in kws for k in decode_keywords(r[0])))
+
+        return await self._engine.read(q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="

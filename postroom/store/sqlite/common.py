@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size_of
@@ -31,6 +31,10 @@ T = TypeVar("T")
 CHUNK = 500
 
 
+SMALL_MAILBOX = 256  # messages: a mailbox-wide read of a mailbox with UIDNEXT - 1 at most this is a quick read
+_LARGE = object()
+
+
 class Base:
     """What the per-concern mixins of `SQLiteStore` rely on."""
 
@@ -39,6 +43,24 @@ class Base:
     _blobs: BlobStore
     _clock: Callable[[], float]
     training_signals: bool = False  # api.Store.training_signals: record users' Junk verdicts (senders.py)
+
+    async def _read_mailbox(self, mailbox_id: int, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(conn)`, a read of one whole mailbox (counts, a listing), in one read transaction: on the event-loop
+        thread (`Engine.read(quick=True)`) when the mailbox cannot hold more than `SMALL_MAILBOX` messages (its
+        UIDNEXT - 1, read in the same transaction, bounds them: a few pages, as a point lookup), else on a reader
+        thread. The hop to a reader thread and back costs more than reading a small mailbox (the steady IMAP
+        profile: STATUS and SELECT of Drafts, Sent, Trash); a large one costs one point read more."""
+
+        def small(conn: sqlite3.Connection) -> Any:
+            row = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is not None and int(row[0]) - 1 > SMALL_MAILBOX:
+                return _LARGE
+            return fn(conn)  # an unknown mailbox: fn raises NotFound as it would anywhere
+
+        found = await self._engine.read(small, quick=True)
+        if found is _LARGE:
+            return await self._engine.read(fn)
+        return cast(T, found)
 
     def _check_staged(self, path: Path) -> Path:
         """`path` if it names a file in the staging directory (`Store.staging_dir`); Invalid otherwise."""
@@ -116,6 +138,19 @@ def load_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:
     if row is None:
         raise NotFound(f"no mailbox with id {mailbox_id}")
     return mailbox_from_row(row)
+
+
+def claim_recent_in(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
+    """`Store.claim_recent` inside a write transaction: the mailbox's \\Recent watermark moved up to UIDNEXT - 1,
+    (old, new); (old, old) when there is nothing to claim. NotFound for an unknown mailbox."""
+    row = conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no mailbox with id {mailbox_id}")
+    old, top = int(row[0]), int(row[1]) - 1
+    if top <= old:
+        return old, old
+    conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (top, mailbox_id))
+    return old, top
 
 
 def find_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox | None:

@@ -12,7 +12,8 @@ Invariants:
    same transaction that creates it; renaming keeps the UIDVALIDITY (the UIDs still mean the same messages).
 4. Creating or renaming to "a/b/c" creates missing "a" and "a/b" (RFC 9051 §6.3.4); deleting "a" leaves "a/b".
 5. `recent_uid` (the IMAP \\Recent watermark, schema invariant 6) changes only in `claim_recent`, which reads and
-   advances it in one write job: two claims can never both get the same UID.
+   advances it in one write job: two claims can never both get the same UID. (A point read before the job
+   answers "nothing to claim" alone, with no write.)
 6. Subscriptions are rows of their own keyed (user, name) (api invariant 8): CREATE, DELETE and RENAME never
    touch them; a mailbox is `subscribed` when its name is there, so a re-created name is subscribed again.
 7. A mailbox created below an existing one gets a copy of its ACL (acl.py invariant 4); RENAME keeps a
@@ -46,6 +47,7 @@ from postroom.store.sqlite.common import (
     MAILBOX_COLUMNS,
     MESSAGE_COLUMNS,
     Base,
+    claim_recent_in,
     find_mailbox,
     load_mailbox,
     mailbox_from_row,
@@ -275,17 +277,20 @@ class MailboxesMixin(Base):
         return await self._engine.read(q)
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
-        def op(tx: Tx) -> tuple[int, int]:
-            row = tx.conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+        def look(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no mailbox with id {mailbox_id}")
-            old, top = int(row[0]), int(row[1]) - 1
-            if top <= old:
-                return old, old
-            tx.conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (top, mailbox_id))
-            return old, top
+            return int(row[0]), int(row[1]) - 1
 
-        return await self._engine.write(op)
+        # Invariant 5: a point read first; only when it shows something to claim does a write job (which reads
+        # again) run. Most claims find nothing (another session of a busy mailbox claimed first, or a SELECT
+        # with no arrival): "nothing new" is true as of that read, and costs no write transaction.
+        old, top = await self._engine.read(look, quick=True)
+        if top <= old:
+            return old, old
+
+        return await self._engine.write(lambda tx: claim_recent_in(tx.conn, mailbox_id))
 
     async def recent_watermark(self, mailbox_id: int) -> int:
         def q(conn: sqlite3.Connection) -> int:
@@ -326,5 +331,5 @@ class MailboxesMixin(Base):
             return MailboxStatus(mbox, int(count), int(unseen), int(deleted), int(size), first_unseen, int(recent),
                                  int(deleted_size))
 
-        return await self._engine.read(q)
+        return await self._read_mailbox(mailbox_id, q)
 

@@ -55,6 +55,7 @@ from postroom.store.api import (
     Forbidden,
     Invalid,
     Mailbox,
+    MailboxView,
     MessageColumns,
     MessageInfo,
     NotFound,
@@ -72,6 +73,7 @@ from postroom.store.sqlite.common import (
     Base,
     acquire_blob,
     add_blob_refs,
+    claim_recent_in,
     count_blobs,
     decode_keywords,
     encode_keywords,
@@ -245,9 +247,9 @@ def _flag_rows(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -
 
 class MessagesMixin(Base):
     async def _append_job(self, mailbox_ids: Sequence[int], reqs: Sequence[AppendRequest],
-                          quota: bool = True) -> list[AppendResult]:
+                          quota: bool = True, claim: bool = False) -> list[AppendResult]:
         """Append reqs[i] to mailbox_ids[i] for every i, in one job (one transaction); `quota`: checked
-        (invariant 7)."""
+        (invariant 7); `claim`: the \\Recent claim of the last mailbox in the same job (`append`)."""
         now = self._clock()
         prepared = []
         bodies: dict[str, tuple[bytes, bytes]] = {}
@@ -271,6 +273,8 @@ class MessagesMixin(Base):
                 acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix)
                 put_keys(tx.conn, blob_id, req.meta)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
+            if claim:
+                results[-1] = dataclasses.replace(results[-1], recent=claim_recent_in(tx.conn, mailbox_ids[-1]))
             return results
 
         await self._engine.write_blobs(bodies)
@@ -281,8 +285,8 @@ class MessagesMixin(Base):
                 await self._engine.forget_blobs(set(bodies))
             raise
 
-    async def append(self, mailbox_id: int, message: AppendRequest) -> AppendResult:
-        return (await self._append_job([mailbox_id], [message]))[0]
+    async def append(self, mailbox_id: int, message: AppendRequest, *, claim_recent: bool = False) -> AppendResult:
+        return (await self._append_job([mailbox_id], [message], claim=claim_recent))[0]
 
     def staging_dir(self) -> Path:
         return self._blobs.staging
@@ -494,6 +498,25 @@ class MessagesMixin(Base):
                                   envs, shapes, bodies, stamp)
 
         return await self._engine.read(wide if structure else narrow if flags_only else q)
+
+    async def select_view(self, mailbox_id: int) -> MailboxView:
+        def q(conn: sqlite3.Connection) -> MailboxView:
+            load_mailbox(conn, mailbox_id)
+            # One row, so one sqlite3_step (api: the GIL is released and retaken around each). group_concat keeps
+            # the order of the primary key scan, but SQLite does not promise it: sorted() makes it so, in O(n)
+            # on input that is sorted already.
+            (text,) = conn.execute("SELECT group_concat(uid) FROM messages WHERE mailbox_id = ?",
+                                   (mailbox_id,)).fetchone()
+            uids = array("I", sorted(map(int, text.split(",")))) if text else array("I")
+            # The partial index of unseen messages (schema 15) holds (mailbox_id, uid): its first entry.
+            row = conn.execute("SELECT uid FROM messages INDEXED BY messages_unseen WHERE mailbox_id = ?"
+                               " AND flags & 1 = 0 ORDER BY uid LIMIT 1", (mailbox_id,)).fetchone()
+            kws = conn.execute("SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ? AND keywords <> ''",
+                               (mailbox_id,)).fetchall()
+            return MailboxView(uids, int(row[0]) if row else 0,
+                               frozenset(k for (text,) in kws for k in decode_keywords(text)))
+
+        return await self._read_mailbox(mailbox_id, q)
 
     async def uids_with_flag(self, mailbox_id: int, uid_min: int, uid_max: int, flag: int, present: bool) -> list[int]:
         op = "<>" if present else "="
