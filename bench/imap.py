@@ -346,6 +346,16 @@ def postroom_settings(idle: int, auth: str = "") -> str:
             f"[limits]\nconnections_per_ip = {idle + 500}\nconnections_total = {idle + 500}\n")
 
 
+def fresh_start(work: Path, start: Callable[[], tuple[Server, int]], started: list[Server]) -> tuple[Server, int]:
+    """Start one server of a run on a fresh data folder (the last server's removed), recorded in `started` so
+    `servers_stopped` stops it by PID."""
+    for sub in ("postroom", "dovecot"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    server, port = start()
+    started.append(server)
+    return server, port
+
+
 def start_postroom(work: Path, messages: list[bytes], idle: int, auth: str = "",
                    workers: int | None = None, tls: tuple[Path, Path] | None = None) -> tuple[PrivatePostroom, int]:
     """Postroom holding `messages` (the `imap` listener; with `tls`, the certificate and key files, `imaps`
@@ -436,10 +446,7 @@ def main() -> int:
         del servers[0]
     with servers_stopped(work) as started:
         for name, start in servers:
-            for sub in ("postroom", "dovecot"):
-                shutil.rmtree(work / sub, ignore_errors=True)
-            server, port = start()
-            started.append(server)
+            server, port = fresh_start(work, start, started)
             cpu0 = cpu_seconds(server.pid)
             secs, lat = asyncio.run(load(port, args.count, args.clients, 0 if args.idle_only else args.sessions,
                                          name))
@@ -528,10 +535,7 @@ def churn_main(args: argparse.Namespace) -> int:
     logins: dict[str, list[float]] = {}
     with servers_stopped(work) as started:
         for name, start in runs:
-            for sub in ("postroom", "dovecot"):
-                shutil.rmtree(work / sub, ignore_errors=True)
-            server, port = start()
-            started.append(server)
+            server, port = fresh_start(work, start, started)
             secs, lat = asyncio.run(load(port, args.count, args.clients, args.sessions, name, churn_session,
                                          CHURN_OPS))
             rates[name] = sum(len(v) for v in lat.values()) / secs
@@ -694,10 +698,7 @@ def steady_main(args: argparse.Namespace) -> int:
     each: dict[str, dict[str, float]] = {}
     with servers_stopped(work) as started:
         for name, start in runs:
-            for sub in ("postroom", "dovecot"):
-                shutil.rmtree(work / sub, ignore_errors=True)
-            server, port = start()
-            started.append(server)
+            server, port = fresh_start(work, start, started)
             prof = args.profile if args.profile is not None and name.startswith("Postroom") else None
             res[name] = asyncio.run(steady_load(port, server.pid, args.count, args.clients, args.seconds,
                                                 args.rounds, name, prof))

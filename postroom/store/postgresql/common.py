@@ -29,6 +29,7 @@ from postroom.store.sqlite.common import (
     encode_keywords,
     mailbox_from_row,
     message_from_row,
+    structure_columns,
 )
 
 
@@ -174,5 +175,5 @@ async def read_body(conn: Conn, blob_id: str, start: int = 0, length: int | None
 __all__ = [
     "MAILBOX_COLUMNS", "MESSAGE_COLUMNS", "Base", "acquire_blob", "add_blob_refs", "count_blobs",
     "decode_keywords", "encode_keywords", "find_mailbox", "load_mailbox", "mailbox_from_row", "message_from_row",
-    "read_body", "release_blobs", "select_messages",
+    "read_body", "release_blobs", "select_messages", "structure_columns",
 ]

@@ -81,6 +81,7 @@ from postroom.store.postgresql.common import (
     read_body,
     release_blobs,
     select_messages,
+    structure_columns,
 )
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx
@@ -483,12 +484,7 @@ class MessagesMixin(Base):
                 " WHERE m.mailbox_id = $1 AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid", mailbox_id, uid_min, top)
             if not found:
                 return MessageColumns(array("I"), (), (), (), (), (), {}, (), stamp=stamp)
-            cols = tuple(zip(*(tuple(r) for r in found)))
-            uids, modseqs, flags, kws, blob_ids, envs, shapes, bodies = cols[:8]
-            sizes, dates, saved = ((), (), ()) if flags_only else cols[8:]
-            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
-                                  envs, shapes, bodies, stamp)
+            return structure_columns([tuple(r) for r in found], flags_only, stamp)
 
         return await self._engine.read(wide if structure else narrow if flags_only else q)
 

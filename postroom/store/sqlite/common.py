@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageInfo, NotFound
+from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageColumns, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size_of
 from postroom.store.sqlite import fts
 from postroom.store.sqlite.engine import Engine, Tx
@@ -131,6 +132,18 @@ def encode_keywords(keywords: Iterable[str]) -> str:
 
 def decode_keywords(text: str) -> frozenset[str]:
     return frozenset(text.split()) if text else _NO_KEYWORDS
+
+
+def structure_columns(rows: Sequence[Sequence[Any]], flags_only: bool, stamp: tuple[int, int]) -> MessageColumns:
+    """`MessageColumns` of the rows of `list_columns(structure=True)` (either engine; `rows` non-empty): uid,
+    modseq, flags, keywords, blob id, envelope, bodystructure, body, then, unless `flags_only`, size, internal
+    date and save date."""
+    cols = tuple(zip(*rows))
+    uids, modseqs, flags, kws, blob_ids, envs, shapes, bodies = cols[:8]
+    sizes, dates, saved = ((), (), ()) if flags_only else cols[8:]
+    keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
+    return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
+                          envs, shapes, bodies, stamp)
 
 
 def load_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox:

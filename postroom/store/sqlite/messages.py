@@ -81,6 +81,7 @@ from postroom.store.sqlite.common import (
     message_from_row,
     release_blobs,
     select_messages,
+    structure_columns,
 )
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.quota import check as quota_check
@@ -490,12 +491,7 @@ class MessagesMixin(Base):
             ).fetchall()
             if not rows:
                 return MessageColumns(array("I"), (), (), (), (), (), {}, (), stamp=stamp)
-            cols = tuple(zip(*rows))
-            uids, modseqs, flags, kws, blob_ids, envs, shapes, bodies = cols[:8]
-            sizes, dates, saved = ((), (), ()) if flags_only else cols[8:]
-            keywords = {i: decode_keywords(k) for i, k in enumerate(kws) if k}
-            return MessageColumns(array("I", uids), modseqs, flags, sizes, dates, blob_ids, keywords, saved,
-                                  envs, shapes, bodies, stamp)
+            return structure_columns(rows, flags_only, stamp)
 
         return await self._engine.read(wide if structure else narrow if flags_only else q)
 
