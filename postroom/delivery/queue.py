@@ -77,7 +77,8 @@ Invariants
    seconds after its domain's jobs run out, and the jobs claimed for that domain meanwhile go over it (Postfix's
    connection cache: a trickle of new mail does not pay a connection, greeting, EHLO and QUIT per message). It
    holds its slot meanwhile, but never while another worker waits for one: a worker that finds the slots taken
-   ends every lingering wait, and `stop` too.
+   ends every lingering wait, and `stop` too. After a reload (`reconfigure`) a worker finds the route again
+   before its next message and leaves a connection made on the old one.
 """
 
 from __future__ import annotations
@@ -430,6 +431,7 @@ class Scheduler:
     async def _work(self, domain: str) -> None:
         jobs = self._pending.get(domain)
         route: Route | None = None
+        finder: RouteFinder | None = None  # what `route` was found with: `self.routes` until a reload replaces it
         client: SmtpClient | None = None
         writing: asyncio.Task[None] | None = None  # the last job's result, being written (invariant 7)
         following: tuple[Job, bytes] | None = None  # the next job, read and signed, to pipeline (invariant 8)
@@ -438,6 +440,13 @@ class Scheduler:
                 if jobs is None:  # emptied and dropped while this worker lingered: it came again
                     jobs = self._pending.get(domain)
                     continue
+                if finder is not self.routes and following is None:
+                    # A reload since this connection was routed (`reconfigure`): the next message takes the new
+                    # route, so a kept connection (invariant 9) does not carry it to the old destination.
+                    route = None
+                    if client is not None and client.opened is None:
+                        await client.quit()
+                        client = None
                 if following is not None:
                     (ahead, raw), following = following, None
                     held = self._still_held(ahead)  # invariant 2, again: its lease may be lost since
@@ -456,7 +465,8 @@ class Scheduler:
                     following = await self._next(jobs)
                 try:
                     if route is None:
-                        route = await self.routes.route(domain)
+                        finder = self.routes
+                        route = await finder.route(domain)
                     outcomes, client = await self._deliver(job, raw, route, client, following)
                 except (RouteFailure, _Unreachable) as exc:
                     if isinstance(exc, RouteFailure):
