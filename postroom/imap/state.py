@@ -66,6 +66,9 @@ Invariants
    same UIDs (`shared_view`; `uids_shared`): it is never changed in place while shared. The first change copies
    it (`_own_uids`), so each session's view stays its own (invariant 1). Several clients of one user idling on
    one INBOX then hold 4 bytes a message once, not once each (bench/RESULTS.md, memory per idle session).
+11. An idle session's state holds nothing it does not use: `Selected` has slots, and `held`, `gone` and
+   `own_modseqs` are the one shared empty `NO_UIDS` (a frozenset, so no session can change it) until their
+   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ import bisect
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from postroom.store import names
@@ -92,6 +96,7 @@ AUTH_ONLY = frozenset({AUTH})
 SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
 _MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
 VANISHED_RANGES = 1000  # ranges in one VANISHED line (invariant 6): a few KB, whatever was removed
+NO_UIDS: frozenset[int] = frozenset()  # the one empty `held` / `gone` / `own_modseqs` of every session (invariant 11)
 
 
 def uid_ranges(items: Iterable[int | tuple[int, int]]) -> list[tuple[int, int]]:
@@ -181,7 +186,7 @@ def shared_view(mailbox_id: int, uids: array[int]) -> array[int]:
     return uids
 
 
-@dataclass
+@dataclass(slots=True)  # invariant 11: no per-session attribute dictionary
 class Selected:
     mailbox: Mailbox
     readonly: bool
@@ -192,9 +197,10 @@ class Selected:
     recent_more: list[tuple[int, int]] = field(default_factory=list)  # later claimed ranges, disjoint
     recent_seen: int = 0  # the store's watermark as of this session's last claim: no arrival <= it is ours
     pending: list[Change] = field(default_factory=list)
-    held: set[int] = field(default_factory=set)
-    gone: set[int] = field(default_factory=set)
-    own_modseqs: set[int] = field(default_factory=set)
+    # Invariant 11: these three are the shared `NO_UIDS` until their first member (216 bytes each while empty)
+    held: AbstractSet[int] = NO_UIDS
+    gone: AbstractSet[int] = NO_UIDS
+    own_modseqs: AbstractSet[int] = NO_UIDS
     saved: list[int] = field(default_factory=list)
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
@@ -218,6 +224,23 @@ class Selected:
             self.uids = array("I", self.uids)
             self.uids_shared = False
         return self.uids
+
+    def _mutable(self, name: str) -> set[int]:
+        """The set `held`, `gone` or `own_modseqs`, made this session's own first if it is still the shared
+        empty `NO_UIDS` (invariant 11): call before changing it."""
+        value = getattr(self, name)
+        if not isinstance(value, set):
+            value = set(value)
+            setattr(self, name, value)
+        return value
+
+    def _add(self, name: str, n: int) -> None:
+        self._mutable(name).add(n)
+
+    def own_change(self, modseq: int) -> None:
+        """This session made the change of MODSEQ `modseq` and reports it itself: its hub echo is dropped
+        (invariant 3)."""
+        self._add("own_modseqs", modseq)
 
     # ---- keywords (invariant 5)
     def learn(self, kws: Iterable[str]) -> bool:
@@ -343,8 +366,9 @@ class Selected:
     def removed(self, uid: int) -> int:
         """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
         was never announced) and drops it (invariants 1 and 3)."""
-        self.gone.add(uid)
-        self.held.discard(uid)
+        self._add("gone", uid)
+        if uid in self.held:
+            self._mutable("held").discard(uid)
         n = self.msn(uid)
         if n:
             del self._own_uids()[n - 1]
@@ -372,18 +396,18 @@ class Selected:
                     last = ch.uid
             elif ch.kind is ChangeKind.FLAGS:
                 if ch.modseq in self.own_modseqs:
-                    self.own_modseqs.discard(ch.modseq)
+                    self._mutable("own_modseqs").discard(ch.modseq)
                     continue
                 flag_updates[ch.uid] = ch
             elif ch.kind is ChangeKind.EXPUNGE:
                 if ch.uid in new_set:
                     new.remove(ch.uid)
                     new_set.discard(ch.uid)
-                    self.gone.add(ch.uid)
+                    self._add("gone", ch.uid)
                 elif ch.uid not in self.gone and self.msn(ch.uid):
                     if ch.uid not in self.held:
                         self.held_modseq = min(self.held_modseq or ch.modseq, ch.modseq)
-                    self.held.add(ch.uid)
+                    self._add("held", ch.uid)
                 flag_updates.pop(ch.uid, None)
         out.extend(self.announce(new_keywords))  # invariant 5: before any FETCH below
         if allow_expunge and self.held:
@@ -428,5 +452,5 @@ class Selected:
                 self.pending.append(Change(ChangeKind.APPEND, uid_, mbox, uid, modseq))
             elif modseq > self.modseq and modseq not in self.own_modseqs:
                 self.pending.append(Change(ChangeKind.FLAGS, uid_, mbox, uid, 0, flags, keywords))
-        self.own_modseqs.clear()
+        self.own_modseqs = NO_UIDS
         self.modseq = top
