@@ -68,7 +68,8 @@ Invariants
    one INBOX then hold 4 bytes a message once, not once each (bench/RESULTS.md, memory per idle session).
 11. An idle session's state holds nothing it does not use: `Selected` has slots, and `held`, `gone` and
    `own_modseqs` are the one shared empty `NO_UIDS` (a frozenset, so no session can change it) until their
-   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise.
+   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise. The
+   `mailbox` record is one per mailbox among sessions that saw it alike (`shared_mailbox`).
 """
 
 from __future__ import annotations
@@ -184,6 +185,20 @@ def shared_view(mailbox_id: int, uids: array[int]) -> array[int]:
         return known
     _VIEWS[mailbox_id] = uids
     return uids
+
+
+_MAILBOXES: weakref.WeakValueDictionary[int, Mailbox] = weakref.WeakValueDictionary()
+
+
+def shared_mailbox(mailbox: Mailbox) -> Mailbox:
+    """The `Mailbox` record a session that just selected `mailbox` keeps (invariant 11): an equal one another
+    session of this process holds, else `mailbox`, remembered for the next. Equal records are interchangeable
+    (`Mailbox` is frozen); weakly held, it goes with the last session that holds it."""
+    known = _MAILBOXES.get(mailbox.id)
+    if known is not None and known == mailbox:
+        return known
+    _MAILBOXES[mailbox.id] = mailbox
+    return mailbox
 
 
 @dataclass(slots=True)  # invariant 11: no per-session attribute dictionary

@@ -66,7 +66,8 @@ Invariants
    waits on its one future, which both may resolve: no task, no second future, no `asyncio.wait` set per
    idle session.
 11. `read_some`, the read every idle IMAP and POP3 session waits in, awaits the waiter future itself
-   (`_arm_read`, `_end_read`): no `_wait_for_data` coroutine frame (~300 bytes) lives under it while idle.
+   (`_arm_read`, `_end_read`): no `_wait_for_data` coroutine frame (~300 bytes) lives under it while idle;
+   nor is the `on_connection_made` callback (a closure) kept once it has been called.
 """
 
 from __future__ import annotations
@@ -299,7 +300,8 @@ class Connection(asyncio.Protocol):
             # loop.start_tls() takes over the transport (it resumes reading itself).
             transport.pause_reading()
         if self._on_made is not None:
-            self._on_made(self)
+            on_made, self._on_made = self._on_made, None  # called once: its closure is not kept (invariant 11)
+            on_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
