@@ -68,7 +68,8 @@ Invariants
    one INBOX then hold 4 bytes a message once, not once each (bench/RESULTS.md, memory per idle session).
 11. An idle session's state holds nothing it does not use: `Selected` has slots, and `held`, `gone` and
    `own_modseqs` are the one shared empty `NO_UIDS` (a frozenset, so no session can change it) until their
-   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise. The
+   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise.
+   Likewise `recent_more`, `saved` and `context_changes` are the empty tuple until they hold something. The
    `mailbox` record is one per mailbox among sessions that saw it alike (`shared_mailbox`).
 """
 
@@ -209,14 +210,14 @@ class Selected:
     rev2: bool = False
     recent_lo: int = 0  # UIDs in [recent_lo, recent_hi] are \Recent for this session (rev1)
     recent_hi: int = -1
-    recent_more: list[tuple[int, int]] = field(default_factory=list)  # later claimed ranges, disjoint
+    recent_more: Sequence[tuple[int, int]] = ()  # later claimed ranges, disjoint (a list once any: invariant 11)
     recent_seen: int = 0  # the store's watermark as of this session's last claim: no arrival <= it is ours
     pending: list[Change] = field(default_factory=list)
     # Invariant 11: these three are the shared `NO_UIDS` until their first member (216 bytes each while empty)
     held: AbstractSet[int] = NO_UIDS
     gone: AbstractSet[int] = NO_UIDS
     own_modseqs: AbstractSet[int] = NO_UIDS
-    saved: list[int] = field(default_factory=list)
+    saved: Sequence[int] = ()  # replaced whole by SEARCH ... SAVE, never changed in place
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
     condstore: bool = False  # a CONDSTORE enabling command was seen: FETCHes carry MODSEQ (RFC 7162 §3.1)
@@ -226,7 +227,7 @@ class Selected:
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
     contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 9)
-    context_changes: list[Change] = field(default_factory=list)  # changes for the contexts alone (NOTIFY dropped)
+    context_changes: Sequence[Change] = ()  # changes for the contexts alone (NOTIFY dropped): `context_change`
     uids_shared: bool = False  # `uids` is `shared_view`'s array, which other sessions read too (invariant 10)
 
     def __post_init__(self) -> None:
@@ -251,6 +252,13 @@ class Selected:
 
     def _add(self, name: str, n: int) -> None:
         self._mutable(name).add(n)
+
+    def context_change(self, change: Change) -> int:
+        """Queue `change` for the UPDATE contexts alone (NOTIFY did not want it); returns how many are queued."""
+        queued = self.context_changes if isinstance(self.context_changes, list) else list(self.context_changes)
+        queued.append(change)
+        self.context_changes = queued
+        return len(queued)
 
     def own_change(self, modseq: int) -> None:
         """This session made the change of MODSEQ `modseq` and reports it itself: its hub echo is dropped
@@ -331,9 +339,16 @@ class Selected:
         elif lo == self.recent_hi + 1 and not self.recent_more:
             self.recent_hi = hi
         elif self.recent_more and lo == self.recent_more[-1][1] + 1:
-            self.recent_more[-1] = (self.recent_more[-1][0], hi)
+            more = self._more()
+            more[-1] = (more[-1][0], hi)
         else:
-            self.recent_more.append((lo, hi))
+            self._more().append((lo, hi))
+
+    def _more(self) -> list[tuple[int, int]]:
+        """`recent_more` as a list of this session's own (invariant 11: the empty tuple until its first range)."""
+        more = self.recent_more if isinstance(self.recent_more, list) else list(self.recent_more)
+        self.recent_more = more
+        return more
 
     def recent_count(self) -> int:
         if self.rev2:

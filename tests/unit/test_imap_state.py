@@ -189,6 +189,14 @@ def test_idle_sessions_share_empty_sets_until_their_first_member() -> None:
     assert not hasattr(a, "__dict__")
     for name in ("held", "gone", "own_modseqs"):
         assert getattr(a, name) is getattr(b, name) is NO_UIDS
+    assert (a.recent_more, a.saved, a.context_changes) == ((), (), ())
+    r = sel([1, 2, 3, 4, 5, 6], rev2=False)
+    r.grant_recent(1, 2)
+    r.grant_recent(4, 4)  # not adjacent: a second range, in a list of r's own
+    r.grant_recent(5, 5)  # adjacent to it: that range grows
+    assert r.recent_more == [(4, 5)] and a.recent_more == () and r.recent_count() == 4
+    assert [r.is_recent(u) for u in (1, 2, 3, 4, 5, 6)] == [True, True, False, True, True, False]
+    assert a.context_change(change(ChangeKind.FLAGS, 3, 52)) == 1 and b.context_changes == ()
     a.absorb(change(ChangeKind.EXPUNGE, 2, 50))  # held: EXPUNGE not allowed yet (invariant 2)
     a.own_change(51)
     a.absorb(change(ChangeKind.FLAGS, 3, 51, int(Flag.SEEN)))  # its own change's echo: dropped (invariant 3)
