@@ -156,8 +156,8 @@ def main() -> None:
     for kind, _, top in rows:
         print(f"\n{kind}, by line of code (the {args.top} largest): bytes, objects per session")
         print("| line | bytes | objects |\n|---|---:|---:|")
-        for size, count, where in top:
-            print(f"| {where} | {size:,.0f} | {count:.2f} |")
+        for size, count, at in top:
+            print(f"| {at} | {size:,.0f} | {count:.2f} |")
 
 
 if __name__ == "__main__":
