@@ -82,7 +82,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, Server, cpu_seconds, memory_tree, progress, servers_stopped  # bench/common.py
+from common import (  # bench/common.py
+    PrivatePostroom,
+    Server,
+    cpu_seconds,
+    memory_tree,
+    process_tree,
+    progress,
+    servers_stopped,
+)
 from dovecot import PrivateDovecot
 
 from postroom.auth.passwords import hash_password
@@ -289,6 +297,7 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str,
     returning. `at_once`: sessions being opened at a time (each LOGIN is an argon2id hash)."""
     await asyncio.sleep(1)  # the sessions of the step before have ended
     rss0, pss0 = memory_tree(pid)
+    procs0 = len(process_tree(pid))
     conns: list[Client] = []  # to close, whatever happens
     opened: list[Client] = []  # in IDLE
     sem = asyncio.Semaphore(at_once)
@@ -309,6 +318,9 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str,
         progress("")
         await asyncio.sleep(2)
         rss1, pss1 = memory_tree(pid)
+        # A process started in between (a metadata worker) is charged to the sessions: say so beside the table.
+        progress(f"  {label}: server tree {procs0} -> {len(process_tree(pid))} processes, "
+                 f"PSS {pss0 / 2**20:.1f} -> {pss1 / 2**20:.1f} MiB")
     finally:
         for c in conns:
             c.close()
