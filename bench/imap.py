@@ -28,7 +28,11 @@ default: TLS 1.3), and the server's memory (all its processes: Dovecot runs one 
 per TLS session also an `imap-login` process holding the TLS) is compared before and after: bytes per idle
 session, as PSS (the proportional set size of /proc/PID/smaps_rollup: a page shared by n processes counts 1/n in
 each, so the tree's sum is what it really holds; bench/common.py `memory_tree`) and as RSS (which counts a page
-shared by forked processes once per process). --idle-only skips the timed mix (the warm-up sessions still run).
+shared by forked processes once per process), and the PSS the second half of the sessions added, per session:
+the first figure moves by a few KiB a session between runs (what the workers' heaps gave back when the sessions
+before closed lands on the first new ones), the second much less (`idle_memory`). The stderr says how many
+processes the tree had before and after. Python's own bytes per session, exactly: bench/imap_idle_alloc.py.
+--idle-only skips the timed mix (the warm-up sessions still run).
 
 Each server gets four untimed warm-up sessions first, at once (Dovecot builds its index, both fill the page
 cache, every Postroom worker process warms its caches).
