@@ -28,7 +28,11 @@ default: TLS 1.3), and the server's memory (all its processes: Dovecot runs one 
 per TLS session also an `imap-login` process holding the TLS) is compared before and after: bytes per idle
 session, as PSS (the proportional set size of /proc/PID/smaps_rollup: a page shared by n processes counts 1/n in
 each, so the tree's sum is what it really holds; bench/common.py `memory_tree`) and as RSS (which counts a page
-shared by forked processes once per process). --idle-only skips the timed mix (the warm-up sessions still run).
+shared by forked processes once per process), and the PSS the second half of the sessions added, per session:
+the first figure moves by a few KiB a session between runs (what the workers' heaps gave back when the sessions
+before closed lands on the first new ones), the second much less (`idle_memory`). The stderr says how many
+processes the tree had before and after. Python's own bytes per session, exactly: bench/imap_idle_alloc.py.
+--idle-only skips the timed mix (the warm-up sessions still run).
 
 Each server gets four untimed warm-up sessions first, at once (Dovecot builds its index, both fill the page
 cache, every Postroom worker process warms its caches).
@@ -82,7 +86,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py: a private Dovecot
-from common import PrivatePostroom, Server, cpu_seconds, memory_tree, progress, servers_stopped  # bench/common.py
+from common import (  # bench/common.py
+    PrivatePostroom,
+    Server,
+    cpu_seconds,
+    memory_tree,
+    process_tree,
+    progress,
+    servers_stopped,
+)
 from dovecot import PrivateDovecot
 
 from postroom.auth.passwords import hash_password
@@ -282,13 +294,18 @@ async def load(port: int, count: int, clients: int, sessions: int, label: str,
 
 
 async def idle_memory(port: int, pid: int, sessions: int, label: str,
-                      tls: ssl.SSLContext | None = None, at_once: int = 50) -> tuple[int, int, int]:
+                      tls: ssl.SSLContext | None = None, at_once: int = 50) -> tuple[int, int, int, int]:
     """Open `sessions` sessions (LOGIN, SELECT INBOX, IDLE; over TLS with `tls`) on the server `pid` listening
     on `port`, and return what they added to its process tree's RSS and PSS, in bytes per session, and the
-    tree's PSS before them: (RSS per session, PSS per session, PSS before). The sessions are closed before
-    returning. `at_once`: sessions being opened at a time (each LOGIN is an argon2id hash)."""
+    tree's PSS before them, and the PSS the second half of them added per session: (RSS per session, PSS per
+    session, PSS before, PSS per session of the second half). The last is the steadier figure: what the
+    workers' heaps gave back after the sessions of the step before (and now take again), and pages the parent
+    shared that turn private once, both land on the first sessions (the first figure moves by a few KiB a
+    session between runs). The sessions are closed before returning. `at_once`: sessions being opened at a
+    time (each LOGIN is an argon2id hash)."""
     await asyncio.sleep(1)  # the sessions of the step before have ended
     rss0, pss0 = memory_tree(pid)
+    procs0 = len(process_tree(pid))
     conns: list[Client] = []  # to close, whatever happens
     opened: list[Client] = []  # in IDLE
     sem = asyncio.Semaphore(at_once)
@@ -304,16 +321,23 @@ async def idle_memory(port: int, pid: int, sessions: int, label: str,
             if len(opened) % 100 == 0:
                 progress(f"\r  {label:<28} idle sessions {len(opened):>5}/{sessions}", end="")
 
+    half = sessions // 2
     try:
-        await asyncio.gather(*(open_one() for _ in range(sessions)))
+        await asyncio.gather(*(open_one() for _ in range(half)))
+        await asyncio.sleep(2)
+        pss_half = memory_tree(pid)[1]
+        await asyncio.gather(*(open_one() for _ in range(sessions - half)))
         progress("")
         await asyncio.sleep(2)
         rss1, pss1 = memory_tree(pid)
+        # A process started in between (a metadata worker) is charged to the sessions: say so beside the table.
+        progress(f"  {label}: server tree {procs0} -> {len(process_tree(pid))} processes, "
+                 f"PSS {pss0 / 2**20:.1f} -> {pss1 / 2**20:.1f} MiB")
     finally:
         for c in conns:
             c.close()
     n = max(1, sessions)
-    return (rss1 - rss0) // n, (pss1 - pss0) // n, pss0
+    return (rss1 - rss0) // n, (pss1 - pss0) // n, pss0, (pss1 - pss_half) // max(1, sessions - half)
 
 
 def client_tls() -> ssl.SSLContext:
@@ -430,7 +454,7 @@ def main() -> int:
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[str, tuple[float, dict[str, list[float]]]] = {}
-    idle: dict[str, dict[str, tuple[int, int, int]]] = {}  # server -> "plaintext"/"TLS" -> idle_memory()
+    idle: dict[str, dict[str, tuple[int, int, int, int]]] = {}  # server -> "plaintext"/"TLS" -> idle_memory()
     cpu: dict[str, float] = {}
     tls = make_certificate(work)
     servers: list[tuple[str, Callable[[], tuple[Server, int]]]] = [
@@ -480,11 +504,12 @@ def main() -> int:
             return f"{got[i] / unit:,.1f}" if got else "failed"
 
         for kind in ("plaintext", "implicit TLS"):
-            for i, what in ((1, "PSS"), (0, "RSS")):
+            for i, what in ((1, "**PSS"), (0, "**RSS"), (3, f"PSS of the second {args.idle - args.idle // 2}")):
                 cells = " | ".join(cell(n, kind, i) for n in names)
-                a, b = (idle.get(n, {}).get(kind, (0, 0, 0))[i] for n in (pr, dv))
+                a, b = (idle.get(n, {}).get(kind, (0, 0, 0, 0))[i] for n in (pr, dv))
                 last = f" {b / a if a > 0 else 0:.1f}x |" if ratio else ""
-                print(f"| **{what} per idle session, {kind}** | {cells} |{last}")
+                bold = "**" if what.startswith("**") else ""
+                print(f"| {what} per idle session, {kind}{bold} | {cells} |{last}")
         cells = " | ".join(cell(n, "plaintext", 2, 1 << 20) for n in names)
         print(f"| PSS of the server, no session open (MiB) | {cells} |" + (" |" if ratio else ""))
     return 0

@@ -728,7 +728,7 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
             res = await s.store.store_flags(sel.id, unseen, StoreMode.ADD, int(Flag.SEEN))
             new_flags = {}
             for ch in res.changes:
-                sel.own_modseqs.add(ch.modseq)
+                sel.own_change(ch.modseq)
                 new_flags[ch.uid] = (ch.flags, ch.modseq)
                 seen_now.add(ch.uid)
             infos = [_with_flags(m, *new_flags[m.uid]) if m.uid in new_flags else m for m in infos]

@@ -95,6 +95,7 @@ from .state import (
     in_ranges,
     missing_ranges,
     seq_match_floor,
+    shared_mailbox,
     shared_view,
     uid_ranges,
     vanished_lines,
@@ -130,7 +131,8 @@ async def select(s: Session, cmd: P.Command) -> Result:
     view = await s.store.select_view(mbox.id)  # invariant 2
     uids = shared_view(mbox.id, view.uids)  # state.py invariant 10
     readonly = cmd.name == "EXAMINE" or not acl.writable(target.rights)
-    sel = Selected(dataclasses.replace(mbox, name=target.name), readonly, uids, rev2=s.rev2, uids_shared=True,
+    sel = Selected(shared_mailbox(dataclasses.replace(mbox, name=target.name)),  # state.py invariant 11
+                   readonly, uids, rev2=s.rev2, uids_shared=True,
                    modseq=mbox.highestmodseq, condstore=s.condstore, qresync=s.qresync, uidonly=s.uidonly,
                    rights=target.rights if target.shared else None)
     if not s.rev2:  # \Recent (RFC 3501 §2.3.2) is rev1 only; rev2 sessions neither see nor claim it

@@ -64,7 +64,7 @@ async def store(s: Session, cmd: P.Command) -> Result:
             # RFC 9051 §7.3.5: the session that brought a keyword is told too, before its FETCH (state.py 5)
             s.write(*sel.announce(ch.keywords))
             continue
-        sel.own_modseqs.add(ch.modseq)
+        sel.own_change(ch.modseq)
         changed[ch.uid] = (ch.flags, ch.keywords)
     code = ""
     if result.modified:  # RFC 7162 §3.1.3 (module doc)

@@ -237,8 +237,8 @@ class Notifier:
         if ch.kind is ChangeKind.FLAGS:
             wanted = "FlagChange" in events
             if not wanted and sel.contexts:
-                sel.context_changes.append(ch)  # RFC 5267 UPDATE contexts follow flags all the same (update.py)
-                if len(sel.context_changes) > MAX_QUEUED:
+                # RFC 5267 UPDATE contexts follow flags all the same (update.py)
+                if sel.context_change(ch) > MAX_QUEUED:
                     s.overflowed = True  # invariant 1
         elif ch.kind is ChangeKind.MAILBOX_KEYWORDS:
             wanted = bool(events)  # FLAGS must announce a keyword before a FETCH shows it (state.py 5)

@@ -367,7 +367,7 @@ class Session:
         sel = self.sel
         assert sel is not None
         changes = [*sel.context_changes, *sel.pending] if sel.contexts else []
-        sel.context_changes = []
+        sel.context_changes = ()  # state.py invariant 11
         self.write(*sel.report(allow_expunge))
         if changes:
             from .update import follow  # (update.py imports this module)

@@ -66,6 +66,11 @@ Invariants
    same UIDs (`shared_view`; `uids_shared`): it is never changed in place while shared. The first change copies
    it (`_own_uids`), so each session's view stays its own (invariant 1). Several clients of one user idling on
    one INBOX then hold 4 bytes a message once, not once each (bench/RESULTS.md, memory per idle session).
+11. An idle session's state holds nothing it does not use: `Selected` has slots, and `held`, `gone` and
+   `own_modseqs` are the one shared empty `NO_UIDS` (a frozenset, so no session can change it) until their
+   first member, when `_mutable` gives the session a set of its own; never changed in place otherwise.
+   Likewise `recent_more`, `saved` and `context_changes` are the empty tuple until they hold something. The
+   `mailbox` record is one per mailbox among sessions that saw it alike (`shared_mailbox`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import bisect
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from postroom.store import names
@@ -92,6 +98,7 @@ AUTH_ONLY = frozenset({AUTH})
 SYSTEM_FLAGS = " ".join(FLAG_NAMES.values()).encode()
 _MESSAGE_KINDS = (ChangeKind.APPEND, ChangeKind.FLAGS, ChangeKind.EXPUNGE)
 VANISHED_RANGES = 1000  # ranges in one VANISHED line (invariant 6): a few KB, whatever was removed
+NO_UIDS: frozenset[int] = frozenset()  # the one empty `held` / `gone` / `own_modseqs` of every session (invariant 11)
 
 
 def uid_ranges(items: Iterable[int | tuple[int, int]]) -> list[tuple[int, int]]:
@@ -181,7 +188,21 @@ def shared_view(mailbox_id: int, uids: array[int]) -> array[int]:
     return uids
 
 
-@dataclass
+_MAILBOXES: weakref.WeakValueDictionary[int, Mailbox] = weakref.WeakValueDictionary()
+
+
+def shared_mailbox(mailbox: Mailbox) -> Mailbox:
+    """The `Mailbox` record a session that just selected `mailbox` keeps (invariant 11): an equal one another
+    session of this process holds, else `mailbox`, remembered for the next. Equal records are interchangeable
+    (`Mailbox` is frozen); weakly held, it goes with the last session that holds it."""
+    known = _MAILBOXES.get(mailbox.id)
+    if known is not None and known == mailbox:
+        return known
+    _MAILBOXES[mailbox.id] = mailbox
+    return mailbox
+
+
+@dataclass(slots=True)  # invariant 11: no per-session attribute dictionary
 class Selected:
     mailbox: Mailbox
     readonly: bool
@@ -189,13 +210,14 @@ class Selected:
     rev2: bool = False
     recent_lo: int = 0  # UIDs in [recent_lo, recent_hi] are \Recent for this session (rev1)
     recent_hi: int = -1
-    recent_more: list[tuple[int, int]] = field(default_factory=list)  # later claimed ranges, disjoint
+    recent_more: Sequence[tuple[int, int]] = ()  # later claimed ranges, disjoint (a list once any: invariant 11)
     recent_seen: int = 0  # the store's watermark as of this session's last claim: no arrival <= it is ours
     pending: list[Change] = field(default_factory=list)
-    held: set[int] = field(default_factory=set)
-    gone: set[int] = field(default_factory=set)
-    own_modseqs: set[int] = field(default_factory=set)
-    saved: list[int] = field(default_factory=list)
+    # Invariant 11: these three are the shared `NO_UIDS` until their first member (216 bytes each while empty)
+    held: AbstractSet[int] = NO_UIDS
+    gone: AbstractSet[int] = NO_UIDS
+    own_modseqs: AbstractSet[int] = NO_UIDS
+    saved: Sequence[int] = ()  # replaced whole by SEARCH ... SAVE, never changed in place
     modseq: int = 0  # changes up to this MODSEQ are known to the client (for the resync after an overflow)
     keywords: dict[str, str] = field(default_factory=dict)  # announced: lower case -> spelling (invariant 5)
     condstore: bool = False  # a CONDSTORE enabling command was seen: FETCHes carry MODSEQ (RFC 7162 §3.1)
@@ -205,7 +227,7 @@ class Selected:
     rights: str | None = None  # RFC 4314 rights on another user's mailbox; None: the user's own (invariant 7)
     acl_changed: bool = False  # a MAILBOX_ACL change of this mailbox arrived since `rights` was read
     contexts: dict[str, UpdateContext] = field(default_factory=dict)  # RFC 5267 UPDATE contexts (invariant 9)
-    context_changes: list[Change] = field(default_factory=list)  # changes for the contexts alone (NOTIFY dropped)
+    context_changes: Sequence[Change] = ()  # changes for the contexts alone (NOTIFY dropped): `context_change`
     uids_shared: bool = False  # `uids` is `shared_view`'s array, which other sessions read too (invariant 10)
 
     def __post_init__(self) -> None:
@@ -218,6 +240,30 @@ class Selected:
             self.uids = array("I", self.uids)
             self.uids_shared = False
         return self.uids
+
+    def _mutable(self, name: str) -> set[int]:
+        """The set `held`, `gone` or `own_modseqs`, made this session's own first if it is still the shared
+        empty `NO_UIDS` (invariant 11): call before changing it."""
+        value = getattr(self, name)
+        if not isinstance(value, set):
+            value = set(value)
+            setattr(self, name, value)
+        return value
+
+    def _add(self, name: str, n: int) -> None:
+        self._mutable(name).add(n)
+
+    def context_change(self, change: Change) -> int:
+        """Queue `change` for the UPDATE contexts alone (NOTIFY did not want it); returns how many are queued."""
+        queued = self.context_changes if isinstance(self.context_changes, list) else list(self.context_changes)
+        queued.append(change)
+        self.context_changes = queued
+        return len(queued)
+
+    def own_change(self, modseq: int) -> None:
+        """This session made the change of MODSEQ `modseq` and reports it itself: its hub echo is dropped
+        (invariant 3)."""
+        self._add("own_modseqs", modseq)
 
     # ---- keywords (invariant 5)
     def learn(self, kws: Iterable[str]) -> bool:
@@ -293,9 +339,16 @@ class Selected:
         elif lo == self.recent_hi + 1 and not self.recent_more:
             self.recent_hi = hi
         elif self.recent_more and lo == self.recent_more[-1][1] + 1:
-            self.recent_more[-1] = (self.recent_more[-1][0], hi)
+            more = self._more()
+            more[-1] = (more[-1][0], hi)
         else:
-            self.recent_more.append((lo, hi))
+            self._more().append((lo, hi))
+
+    def _more(self) -> list[tuple[int, int]]:
+        """`recent_more` as a list of this session's own (invariant 11: the empty tuple until its first range)."""
+        more = self.recent_more if isinstance(self.recent_more, list) else list(self.recent_more)
+        self.recent_more = more
+        return more
 
     def recent_count(self) -> int:
         if self.rev2:
@@ -343,8 +396,9 @@ class Selected:
     def removed(self, uid: int) -> int:
         """This session expunged `uid` and is about to write its EXPUNGE: returns its sequence number (0 if it
         was never announced) and drops it (invariants 1 and 3)."""
-        self.gone.add(uid)
-        self.held.discard(uid)
+        self._add("gone", uid)
+        if uid in self.held:
+            self._mutable("held").discard(uid)
         n = self.msn(uid)
         if n:
             del self._own_uids()[n - 1]
@@ -372,18 +426,18 @@ class Selected:
                     last = ch.uid
             elif ch.kind is ChangeKind.FLAGS:
                 if ch.modseq in self.own_modseqs:
-                    self.own_modseqs.discard(ch.modseq)
+                    self._mutable("own_modseqs").discard(ch.modseq)
                     continue
                 flag_updates[ch.uid] = ch
             elif ch.kind is ChangeKind.EXPUNGE:
                 if ch.uid in new_set:
                     new.remove(ch.uid)
                     new_set.discard(ch.uid)
-                    self.gone.add(ch.uid)
+                    self._add("gone", ch.uid)
                 elif ch.uid not in self.gone and self.msn(ch.uid):
                     if ch.uid not in self.held:
                         self.held_modseq = min(self.held_modseq or ch.modseq, ch.modseq)
-                    self.held.add(ch.uid)
+                    self._add("held", ch.uid)
                 flag_updates.pop(ch.uid, None)
         out.extend(self.announce(new_keywords))  # invariant 5: before any FETCH below
         if allow_expunge and self.held:
@@ -428,5 +482,5 @@ class Selected:
                 self.pending.append(Change(ChangeKind.APPEND, uid_, mbox, uid, modseq))
             elif modseq > self.modseq and modseq not in self.own_modseqs:
                 self.pending.append(Change(ChangeKind.FLAGS, uid_, mbox, uid, 0, flags, keywords))
-        self.own_modseqs.clear()
+        self.own_modseqs = NO_UIDS
         self.modseq = top

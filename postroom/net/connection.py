@@ -65,6 +65,9 @@ Invariants
 10. A read that may also be woken by something else (`read_some(wake=...)`: IMAP IDLE and its change feed)
    waits on its one future, which both may resolve: no task, no second future, no `asyncio.wait` set per
    idle session.
+11. `read_some`, the read every idle IMAP and POP3 session waits in, awaits the waiter future itself
+   (`_arm_read`, `_end_read`): no `_wait_for_data` coroutine frame (~300 bytes) lives under it while idle;
+   nor is the `on_connection_made` callback (a closure) kept once it has been called.
 """
 
 from __future__ import annotations
@@ -297,7 +300,8 @@ class Connection(asyncio.Protocol):
             # loop.start_tls() takes over the transport (it resumes reading itself).
             transport.pause_reading()
         if self._on_made is not None:
-            self._on_made(self)
+            on_made, self._on_made = self._on_made, None  # called once: its closure is not kept (invariant 11)
+            on_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -444,6 +448,18 @@ class Connection(asyncio.Protocol):
     async def _wait_for_data(self, interruptible: bool, wake: Wake | None = None,
                              quiet_since: float | None = None) -> None:
         """Wait until new bytes are buffered. Raises ConnectionClosed / IdleTimeout / ShuttingDown."""
+        fut, timer, dl_timer = self._arm_read(interruptible, wake, quiet_since)
+        try:
+            await fut
+        finally:
+            self._end_read(wake, timer, dl_timer)
+
+    def _arm_read(self, interruptible: bool, wake: Wake | None, quiet_since: float | None) -> tuple[
+            asyncio.Future[None], asyncio.TimerHandle | None, asyncio.TimerHandle | None]:
+        """The start of a wait for new bytes (`_wait_for_data`, or `read_some` itself: invariant 11): the
+        waiter future, resolved by new bytes, EOF, the idle timer, the deadline timer (both returned, either
+        None) or `wake`. Raises at once what `_wait_for_data` would (ConnectionClosed, ShuttingDown, a deadline
+        passed). The caller awaits the future and then calls `_end_read` with the rest, whatever happened."""
         if self._eof:
             self.ended_by = self.ended_by or "eof"
             raise ConnectionClosed("connection closed by peer")
@@ -467,16 +483,18 @@ class Connection(asyncio.Protocol):
                     if deadline is not None else None)
         if wake is not None:
             wake.wake_on(fut)
-        try:
-            await fut
-        finally:
-            self._waiter = None
-            if wake is not None:
-                wake.wake_on(None)
-            if timer is not None:
-                timer.cancel()
-            if dl_timer is not None:
-                dl_timer.cancel()
+        return fut, timer, dl_timer
+
+    def _end_read(self, wake: Wake | None, timer: asyncio.TimerHandle | None,
+                  dl_timer: asyncio.TimerHandle | None) -> None:
+        """The end of a wait `_arm_read` began, however it ended: no waiter, no wake, no timers."""
+        self._waiter = None
+        if wake is not None:
+            wake.wake_on(None)
+        if timer is not None:
+            timer.cancel()
+        if dl_timer is not None:
+            dl_timer.cancel()
 
     def _consumed(self) -> None:
         self._scanned = 0
@@ -602,7 +620,12 @@ class Connection(asyncio.Protocol):
         """
         buf = self._buffer
         while not buf:
-            await self._wait_for_data(interruptible, wake, quiet_since)
+            # invariant 11: `_wait_for_data` spelt out, so an idle session holds no coroutine frame for it
+            fut, timer, dl_timer = self._arm_read(interruptible, wake, quiet_since)
+            try:
+                await fut
+            finally:
+                self._end_read(wake, timer, dl_timer)
             if wake is not None and not buf and not self._eof:
                 return b""
         if max_bytes is None or max_bytes >= len(buf):

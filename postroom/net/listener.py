@@ -53,7 +53,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,7 +396,7 @@ class NetServer:
     # --- the session ---------------------------------------------------------------------------------------
     async def _run(self, spec: ListenerSpec, conn: Connection) -> None:
         end = "error"
-        extra: list[tuple[str, Any]] = []
+        extra: Sequence[tuple[str, Any]] = ()  # no list held by every idle session for a rare error field
         try:
             if spec.implicit_tls:
                 assert self.tls_context is not None
@@ -405,7 +405,7 @@ class NetServer:
             end = conn.end or conn.ended_by or "quit"
         except TLSFailed as exc:
             end = "tls"
-            extra.append(("error", str(exc)))
+            extra = [("error", str(exc))]
         except ShuttingDown:
             end = conn.end or "shutdown"
         except IdleTimeout:
@@ -420,7 +420,7 @@ class NetServer:
                 raise
         except Exception as exc:
             end = "error"
-            extra.append(("error", describe_exception(exc)))
+            extra = [("error", describe_exception(exc))]
             log.exception("session %s (%s, peer %s): handler failed", conn.session_id, spec.name,
                           format_peer(conn.peer))
         self._finish(spec, conn, end, extra)
@@ -432,7 +432,7 @@ class NetServer:
             except asyncio.CancelledError:
                 conn.abort()
 
-    def _finish(self, spec: ListenerSpec, conn: Connection, end: str, extra: list[tuple[str, Any]]) -> None:
+    def _finish(self, spec: ListenerSpec, conn: Connection, end: str, extra: Sequence[tuple[str, Any]]) -> None:
         if self._sessions.pop(conn, None) is None:
             return
         ip = conn.peer[0]
@@ -447,7 +447,8 @@ class NetServer:
             self.metrics.session_ended(spec.label)
         self._log_session(spec, conn, end, extra)
 
-    def _log_session(self, spec: ListenerSpec, conn: Connection, end: str, extra: list[tuple[str, Any]]) -> None:
+    def _log_session(self, spec: ListenerSpec, conn: Connection, end: str,
+                     extra: Sequence[tuple[str, Any]]) -> None:
         fields: list[tuple[str, Any]] = [
             ("protocol", spec.label),
             ("listener", spec.name),

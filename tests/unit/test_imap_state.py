@@ -54,7 +54,7 @@ def test_append_then_expunge_before_report_is_silent() -> None:
 
 def test_own_changes_are_not_echoed() -> None:
     s = sel([1, 2])
-    s.own_modseqs.add(40)
+    s.own_change(40)
     s.absorb(change(ChangeKind.FLAGS, 1, 40, int(Flag.DELETED)))
     assert s.removed(2) == 2
     s.absorb(change(ChangeKind.EXPUNGE, 2))
@@ -81,7 +81,7 @@ def test_recent_rev1() -> None:
 def test_resync_after_overflow() -> None:
     s = sel([1, 2, 3])
     s.modseq = 10
-    s.own_modseqs.add(12)
+    s.own_change(12)
     s.absorb(change(ChangeKind.APPEND, 4, 11))  # queued before the overflow: in the listing too
     kw: frozenset[str] = frozenset()
     s.resync([(1, 5, 0, kw), (3, 11, int(Flag.SEEN), kw), (4, 12, 0, kw), (5, 13, 0, kw), (6, 12, 0, kw)])
@@ -177,3 +177,54 @@ def test_sessions_on_one_mailbox_share_the_view_until_one_changes() -> None:
     assert (list(a.uids), list(b.uids), list(c.uids)) == ([1, 2, 3, 4, 9], [1, 3, 4], [1, 2, 3, 4])
     d = Selected(MBOX, False, shared_view(7, array("I", [1, 3, 4])), rev2=True, uids_shared=True)
     assert d.uids is not b.uids and list(d.uids) == [1, 3, 4]  # a different listing is not shared
+
+
+def test_idle_sessions_share_empty_sets_until_their_first_member() -> None:
+    """Invariant 11: `held`, `gone` and `own_modseqs` start as the one shared empty frozenset and no attribute
+    dictionary is made; a session's first held expunge, own change or expunge gives it a set of its own, and
+    the other sessions (and the shared empty one) stay as they were (invariants 2 and 3)."""
+    from postroom.imap.state import NO_UIDS
+
+    a, b = sel([1, 2, 3, 4]), sel([1, 2, 3, 4])
+    assert not hasattr(a, "__dict__")
+    for name in ("held", "gone", "own_modseqs"):
+        assert getattr(a, name) is getattr(b, name) is NO_UIDS
+    assert (a.recent_more, a.saved, a.context_changes) == ((), (), ())
+    r = sel([1, 2, 3, 4, 5, 6], rev2=False)
+    r.grant_recent(1, 2)
+    r.grant_recent(4, 4)  # not adjacent: a second range, in a list of r's own
+    r.grant_recent(5, 5)  # adjacent to it: that range grows
+    assert r.recent_more == [(4, 5)] and a.recent_more == () and r.recent_count() == 4
+    assert [r.is_recent(u) for u in (1, 2, 3, 4, 5, 6)] == [True, True, False, True, True, False]
+    assert a.context_change(change(ChangeKind.FLAGS, 3, 52)) == 1 and b.context_changes == ()
+    a.absorb(change(ChangeKind.EXPUNGE, 2, 50))  # held: EXPUNGE not allowed yet (invariant 2)
+    a.own_change(51)
+    a.absorb(change(ChangeKind.FLAGS, 3, 51, int(Flag.SEEN)))  # its own change's echo: dropped (invariant 3)
+    assert a.report(False) == []
+    assert a.held == {2} and a.own_modseqs == set()
+    assert a.expunged([4]) == [b"* 4 EXPUNGE\r\n"] and a.gone == {4}
+    assert a.report(True) == [b"* 2 EXPUNGE\r\n"] and a.held == set() and a.gone == {2, 4}
+    assert NO_UIDS == frozenset() and (b.held, b.gone, b.own_modseqs) == (NO_UIDS, NO_UIDS, NO_UIDS)
+    b.absorb(change(ChangeKind.FLAGS, 3, 51, int(Flag.SEEN)))  # not b's own: reported
+    assert b.report(False) == [b"* 3 FETCH (FLAGS (\\Seen) UID 3)\r\n"]
+
+
+def test_sessions_of_one_user_share_an_equal_user_record() -> None:
+    """imap/auth.py invariant 5: a second login of the same user keeps the first one's record when equal; a
+    changed record (a new password hash) is not replaced by the old one, and becomes the one shared."""
+    import dataclasses
+
+    from postroom.imap.auth import shared_user
+    from postroom.store.api import User
+
+    def fetched(password_hash: str) -> User:  # a fresh record each time, as each store read makes one
+        return User(41, "ann@example.org", 3, "".join(["$argon2id$", password_hash]), "scram", 0, 1.5)
+
+    first = shared_user(fetched("one"))
+    second = fetched("one")
+    assert second is not first and shared_user(second) is first
+    changed = shared_user(fetched("two"))
+    assert changed.password_hash == "$argon2id$two" and changed is not first
+    assert shared_user(fetched("two")) is changed
+    other = shared_user(dataclasses.replace(first, id=42, address="bob@example.org"))
+    assert other.id == 42 and shared_user(fetched("two")) is changed
