@@ -17,8 +17,10 @@ What a claim reads (issue 17): as on SQLite (store/sqlite/queue.py, same name), 
 count of the due recipients (PROBE_FACTOR * limit) decides: few due, the claim statement is `CLAIM_DUE_SQL` (the
 due set, sorted; PostgreSQL's planner picks its way by its statistics); many due, it is `CLAIM_WALK_SQL`, which
 takes the first limit + WALK_SKIP entries by the schema 14 index on queue(created, id) and leases the due and free
-recipients among them, the first `limit` in claim order (the plan is a nested loop under an incremental sort that
-stops at `limit`). The walk reads a prefix of claim order, so what it leased are the first ones; if its entries
+recipients among them, the first `limit` in claim order. Its shape does not depend on the planner's estimates
+(a generic plan of a plain join and ORDER BY hash-joined every due recipient): the recipients are a LATERAL
+subquery per entry, by position, which makes the plan a nested loop over the entries in their order, and
+its row locks are taken one row at a time as the outer LIMIT pulls them, so it locks what it claims and stops. The walk reads a prefix of claim order, so what it leased are the first ones; if its entries
 held fewer than `limit` (their recipients held or waiting), `CLAIM_DUE_SQL` leases the rest in the same
 transaction, all of which come after that prefix in claim order. Both statements keep `FOR UPDATE OF r SKIP
 LOCKED` and the lease re-check above.
@@ -76,10 +78,13 @@ CLAIM_DUE_SQL = (  # the due set by next_try (index queue_rcpt_due), sorted; $1 
     " ORDER BY q.created, q.id, r.position LIMIT $4 FOR UPDATE OF r SKIP LOCKED)" + _LEASE
 )
 CLAIM_WALK_SQL = (  # the first $5 entries in claim order (index queue_claim_order), their due and free recipients
-    "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder"
-    " FROM (SELECT id, created FROM queue ORDER BY created, id LIMIT $5) q JOIN queue_rcpt r ON r.queue_id = q.id"
-    f" WHERE r.state IN {_PENDING_SQL} AND r.next_try <= $1 AND r.lease_until <= $1"
-    " ORDER BY q.created, q.id, r.position LIMIT $4 FOR UPDATE OF r SKIP LOCKED)" + _LEASE
+    "WITH c AS (SELECT k.t, k.lease_holder"
+    " FROM (SELECT id FROM queue ORDER BY created, id LIMIT $5) q CROSS JOIN LATERAL"
+    " (SELECT r.ctid AS t, r.lease_holder FROM queue_rcpt r WHERE r.queue_id = q.id"
+    f" AND r.state IN {_PENDING_SQL} AND r.next_try <= $1 AND r.lease_until <= $1"
+    " ORDER BY r.position FOR UPDATE SKIP LOCKED) k LIMIT $4)"
+    " UPDATE queue_rcpt u SET lease_holder = $2, lease_until = $3 FROM c"
+    " WHERE u.ctid = c.t RETURNING u.queue_id, u.rcpt, c.lease_holder"
 )
 
 
@@ -89,6 +94,11 @@ async def _claim(conn: Conn, now: float, holder: str, until: float, limit: int) 
     if limit == 0:
         return []
     picked: list[asyncpg.Record] = []
+    # For this transaction only: plans for these values (a generic plan, which PostgreSQL switches to after five
+    # runs of a prepared statement, cannot see that the LIMITs are small), and no bitmap scans (a bitmap index
+    # scan reads the whole due range before the count's LIMIT applies; a plain index scan stops there).
+    await conn.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+                       " set_config('enable_bitmapscan', 'off', true)")
     if await conn.fetchval(_DUE_COUNT, now, PROBE_FACTOR * limit) >= PROBE_FACTOR * limit:
         picked = await conn.fetch(CLAIM_WALK_SQL, now, holder, until, limit,
                                   limit + sqlite_queue.WALK_SKIP)  # read at call time: the tests vary it

@@ -166,7 +166,7 @@ CLAIM_WALK_SQL = (  # the pending recipients in claim order, at most `budget` re
 
 def _pick(conn: sqlite3.Connection, now: float, limit: int) -> list[Any]:
     """The first `limit` due and free pending recipients in claim order (created, id, position; invariant 3),
-    as rows (queue_id, rcpt, lease_holder). See "Claims" in the module doc for the two ways and their costs."""
+    as rows (queue_id, rcpt, lease_holder). See "What a claim reads" in the module doc for the ways and their costs."""
     if limit == 0:
         return []
     due = conn.execute(_DUE_COUNT, (now, PROBE_FACTOR * limit)).fetchone()[0]
