@@ -15,15 +15,17 @@ that lost its lease gets LeaseLost and writes nothing (the SQLite engine's queue
 
 What a claim reads (issue 17): as on SQLite (store/sqlite/queue.py, same name), with the same bounds. A bounded
 count of the due recipients (PROBE_FACTOR * limit) decides: few due, the claim statement is `CLAIM_DUE_SQL` (the
-due set, sorted; PostgreSQL's planner picks its way by its statistics); many due, it is `CLAIM_WALK_SQL`, which
-takes the first limit + WALK_SKIP entries by the schema 14 index on queue(created, id) and leases the due and free
-recipients among them, the first `limit` in claim order. Its shape does not depend on the planner's estimates
-(a generic plan of a plain join and ORDER BY hash-joined every due recipient): the recipients are a LATERAL
-subquery per entry, by position, which makes the plan a nested loop over the entries in their order, and
-its row locks are taken one row at a time as the outer LIMIT pulls them, so it locks what it claims and stops. The walk reads a prefix of claim order, so what it leased are the first ones; if its entries
-held fewer than `limit` (their recipients held or waiting), `CLAIM_DUE_SQL` leases the rest in the same
-transaction, all of which come after that prefix in claim order. Both statements keep `FOR UPDATE OF r SKIP
-LOCKED` and the lease re-check above.
+due set, sorted); many due, it is `CLAIM_WALK_SQL`, which takes the first limit + WALK_SKIP entries by the schema
+14 index on queue(created, id) and leases the due and free recipients among them, the first `limit` in claim
+order. The walk's shape does not rest on the planner's estimates (a plain join with ORDER BY got a plan that
+hash-joined every due recipient): the recipients are a LATERAL subquery per entry, by position, so the plan is a
+nested loop over the entries in their order; its row locks are taken a row at a time as the outer LIMIT pulls
+them (it locks what it claims, and stops there); the UPDATE finds the rows by the ctid the lock returned (a TID
+scan, the latest version: this transaction holds its lock). The claim's transaction plans with the values
+(`plan_cache_mode = force_custom_plan`) and without bitmap scans (which read a whole index range before a LIMIT).
+The walk reads a prefix of claim order, so what it leased are the first ones; if its entries held fewer than
+`limit` (their recipients held or waiting), `CLAIM_DUE_SQL` leases the rest in the same transaction, all of
+which come after that prefix. Both statements keep `SKIP LOCKED` and the lease re-check above.
 """
 
 from __future__ import annotations
