@@ -215,6 +215,7 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     26: ("ALTER TABLE queue_rcpt DROP COLUMN lease_until", "ALTER TABLE queue_rcpt DROP COLUMN lease_holder"),
     27: ("DROP TABLE job_leases", "DROP INDEX dmarc_results_claim",
          "ALTER TABLE dmarc_results DROP COLUMN claimed_until", "ALTER TABLE dmarc_results DROP COLUMN claim"),
+    28: ("DROP INDEX queue_rcpt_claim", "DROP INDEX queue_claim_order"),
 }
 
 

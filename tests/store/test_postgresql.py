@@ -121,7 +121,7 @@ async def test_upgrade_from_step_6_keeps_accounts_and_adds_the_new_tables(backen
         assert (await store.queue_claim(2.0, "n1#1", 60.0)).claimed == [(queue_id, "r@x.example")]
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 13
+        assert await conn.fetchval("SELECT version FROM schema_version") == schema.SCHEMA_VERSION == 14
     finally:
         await conn.close()
 

@@ -12,6 +12,20 @@ get disjoint sets. A claim never waits on a lock (SKIP LOCKED), so it joins no d
 (entry row, then recipient rows). The holder's result is written with `queue_update(..., holder=)`: the
 recipient rows are locked (`FOR UPDATE`) and their `lease_holder` checked in the writing transaction; a holder
 that lost its lease gets LeaseLost and writes nothing (the SQLite engine's queue.py invariant 4).
+
+What a claim reads (issue 17): as on SQLite (store/sqlite/queue.py, same name), with the same bounds. A bounded
+count of the due recipients (PROBE_FACTOR * limit) decides: few due, the claim statement is `CLAIM_DUE_SQL` (the
+due set, sorted); many due, it is `CLAIM_WALK_SQL`, which takes the first limit + WALK_SKIP entries by the schema
+14 index on queue(created, id) and leases the due and free recipients among them, the first `limit` in claim
+order. The walk's shape does not rest on the planner's estimates (a plain join with ORDER BY got a plan that
+hash-joined every due recipient): the recipients are a LATERAL subquery per entry, by position, so the plan is a
+nested loop over the entries in their order; its row locks are taken a row at a time as the outer LIMIT pulls
+them (it locks what it claims, and stops there); the UPDATE finds the rows by the ctid the lock returned (a TID
+scan, the latest version: this transaction holds its lock). The claim's transaction plans with the values
+(`plan_cache_mode = force_custom_plan`) and without bitmap scans (which read a whole index range before a LIMIT).
+The walk reads a prefix of claim order, so what it leased are the first ones; if its entries held fewer than
+`limit` (their recipients held or waiting), `CLAIM_DUE_SQL` leases the rest in the same transaction, all of
+which come after that prefix. Both statements keep `SKIP LOCKED` and the lease re-check above.
 """
 
 from __future__ import annotations
@@ -27,7 +41,8 @@ from postroom.store.blobs import blob_id_of
 from postroom.store.postgresql.common import Base, acquire_blob, release_blobs
 from postroom.store.postgresql.dbtypes import Conn
 from postroom.store.postgresql.engine import Tx, rowcount
-from postroom.store.sqlite.queue import PENDING, _check_entry, check_claim
+from postroom.store.sqlite import queue as sqlite_queue
+from postroom.store.sqlite.queue import PENDING, PROBE_FACTOR, _check_entry, check_claim
 
 ENTRY_COLUMNS = "id, blob_id, size, mail_from, envid, ret, created, from_checked"
 RCPT_COLUMNS = ("queue_id, rcpt, orcpt, notify, state, attempts, next_try, last_error, delay_notified, lease_holder,"
@@ -51,6 +66,47 @@ async def _entries(conn: Conn, found: Sequence[asyncpg.Record]) -> list[QueueEnt
 async def _drop(tx: Tx, queue_id: int, blob_id: str) -> None:
     await tx.conn.execute("DELETE FROM queue WHERE id = $1", queue_id)  # cascades to queue_rcpt
     await release_blobs(tx, {blob_id: 1})
+
+
+_PENDING_SQL = "('queued', 'deferred')"  # PENDING as literals: the partial indexes are usable only so
+assert _PENDING_SQL == repr(PENDING)
+_DUE_COUNT = ("SELECT count(*) FROM (SELECT 1 FROM queue_rcpt"
+              f" WHERE state IN {_PENDING_SQL} AND next_try <= $1 LIMIT $2) d")
+_LEASE = (" UPDATE queue_rcpt u SET lease_holder = $2, lease_until = $3 FROM c"
+          " WHERE u.queue_id = c.queue_id AND u.rcpt = c.rcpt RETURNING u.queue_id, u.rcpt, c.lease_holder")
+CLAIM_DUE_SQL = (  # the due set by next_try (index queue_rcpt_due), sorted; $1 now, $4 limit
+    "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
+    f" WHERE r.state IN {_PENDING_SQL} AND r.next_try <= $1 AND r.lease_until <= $1"
+    " ORDER BY q.created, q.id, r.position LIMIT $4 FOR UPDATE OF r SKIP LOCKED)" + _LEASE
+)
+CLAIM_WALK_SQL = (  # the first $5 entries in claim order (index queue_claim_order), their due and free recipients
+    "WITH c AS (SELECT k.t, k.lease_holder"
+    " FROM (SELECT id FROM queue ORDER BY created, id LIMIT $5) q CROSS JOIN LATERAL"
+    " (SELECT r.ctid AS t, r.lease_holder FROM queue_rcpt r WHERE r.queue_id = q.id"
+    f" AND r.state IN {_PENDING_SQL} AND r.next_try <= $1 AND r.lease_until <= $1"
+    " ORDER BY r.position FOR UPDATE SKIP LOCKED) k LIMIT $4)"
+    " UPDATE queue_rcpt u SET lease_holder = $2, lease_until = $3 FROM c"
+    " WHERE u.ctid = c.t RETURNING u.queue_id, u.rcpt, c.lease_holder"
+)
+
+
+async def _claim(conn: Conn, now: float, holder: str, until: float, limit: int) -> list[asyncpg.Record]:
+    """Lease to `holder` until `until` the first `limit` due and free pending recipients in claim order (created,
+    id, position); rows (queue_id, rcpt, previous lease_holder), in no order. See "What a claim reads"."""
+    if limit == 0:
+        return []
+    picked: list[asyncpg.Record] = []
+    # For this transaction only: plans for these values (a generic plan, which PostgreSQL switches to after five
+    # runs of a prepared statement, cannot see that the LIMITs are small), and no bitmap scans (a bitmap index
+    # scan reads the whole due range before the count's LIMIT applies; a plain index scan stops there).
+    await conn.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+                       " set_config('enable_bitmapscan', 'off', true)")
+    if await conn.fetchval(_DUE_COUNT, now, PROBE_FACTOR * limit) >= PROBE_FACTOR * limit:
+        picked = await conn.fetch(CLAIM_WALK_SQL, now, holder, until, limit,
+                                  limit + sqlite_queue.WALK_SKIP)  # read at call time: the tests vary it
+    if len(picked) < limit:  # few due, or the walk's entries held fewer: the rest from the sorted due set
+        picked += await conn.fetch(CLAIM_DUE_SQL, now, holder, until, limit - len(picked))
+    return picked
 
 
 class QueueMixin(Base):
@@ -119,14 +175,7 @@ class QueueMixin(Base):
         check_claim(holder, lease_seconds)
 
         async def op(tx: Tx) -> QueueClaim:
-            picked = await tx.conn.fetch(
-                "WITH c AS (SELECT r.queue_id, r.rcpt, r.lease_holder"
-                " FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
-                " WHERE r.state = ANY($1::text[]) AND r.next_try <= $2 AND r.lease_until <= $2"
-                " ORDER BY q.created, q.id, r.position LIMIT $5 FOR UPDATE OF r SKIP LOCKED)"
-                " UPDATE queue_rcpt u SET lease_holder = $3, lease_until = $4 FROM c"
-                " WHERE u.queue_id = c.queue_id AND u.rcpt = c.rcpt RETURNING u.queue_id, u.rcpt, c.lease_holder",
-                list(PENDING), now, holder, now + lease_seconds, max(0, limit))
+            picked = await _claim(tx.conn, now, holder, now + lease_seconds, max(0, limit))
             if not picked:
                 return QueueClaim([], [], [])
             rows = await tx.conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM queue WHERE id = ANY($1::bigint[])"

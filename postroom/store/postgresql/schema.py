@@ -30,7 +30,9 @@ by the first node), `pop3_locks` (maildrop lease rows and the last login, pop3/s
 `queue_rcpt.lease_holder` and `lease_until` (SQLite's step 26 and invariant 31; queue.py claims with them), every
 recipient queued before free. 13 adds the cluster-wide job leases, `job_leases` (jobs.py: a periodic job runs on
 one node at a time), and `dmarc_results.claim` / `claimed_until` (a report run claims the rows it reports, so two
-runs never report one row); SQLite's step 27 and invariants 27 and 32.
+runs never report one row); SQLite's step 27 and invariants 27 and 32. 14 adds the indexes a queue claim walks in
+claim order (issue 17; queue.py "What a claim reads"): `queue_claim_order` on queue(created, id) and
+`queue_rcpt_claim` on queue_rcpt(queue_id, position) for the pending recipients; SQLite's step 28.
 
 Bodies: `blobs` is the body's record (id = sha256 hex, size, refcount, meta, crlf_size, preview), and the
 bytes are `blob_chunks` rows of at most `CHUNK_SIZE` bytes each, numbered from 0: a small body is one row (bytea
@@ -54,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from postroom.store.api import StoreError
 from postroom.store.postgresql.dbtypes import Conn
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 CHUNK_SIZE = 256 * 1024
 MIGRATE_LOCK = 0x706F7374726F6F6D  # "postroom": the advisory lock key of `migrate`
 
@@ -495,8 +497,19 @@ CREATE INDEX IF NOT EXISTS dmarc_results_claim ON dmarc_results(claim);
 """)
 
 
+async def _v14(conn: Conn) -> None:
+    """The queue claim's walk in its order (queue.py, "What a claim reads"): the entries by (created, id), each
+    entry's pending recipients by position; self-contained: two indexes on version 3's columns. The partial
+    index names the pending states as literals, as `queue_rcpt_due` does: a query uses it only when its WHERE
+    repeats them."""
+    await conn.execute("""
+CREATE INDEX IF NOT EXISTS queue_claim_order ON queue(created, id);
+CREATE INDEX IF NOT EXISTS queue_rcpt_claim ON queue_rcpt(queue_id, position) WHERE state IN ('queued', 'deferred');
+""")
+
+
 _STEPS: list[Callable[[Conn], Awaitable[None]]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11,
-                                                 _v12, _v13]
+                                                 _v12, _v13, _v14]
 assert len(_STEPS) == SCHEMA_VERSION
 
 

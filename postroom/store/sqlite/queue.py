@@ -15,10 +15,28 @@ result (`queue_update(..., holder=)`) is written only if it still holds every re
 in the same transaction; a holder whose lease expired and was claimed by another gets LeaseLost and writes
 nothing, so the new holder's result is the one that stands.
 
+What a claim reads (issue 17). A claim takes the first `limit` recipients that are pending, due (next_try <= now)
+and free (lease_until <= now) in claim order: entry created, entry id, recipient position (invariant 3). No one
+index serves a range on next_try and an order on created, so `_pick` chooses between two exact ways, each with
+a bounded cost: (a) it counts the due recipients by the `queue_rcpt_due` index, stopping at PROBE_FACTOR * limit
+(an index-only range); if there are fewer, it sorts that small due set (`CLAIM_DUE_SQL`). (b) Otherwise it walks
+the pending recipients in claim order (`CLAIM_WALK_SQL`: `queue_claim_order` on queue(created, id), then each
+entry's pending recipients by the partial index `queue_rcpt_claim`, schema step 28), reading at most limit +
+WALK_SKIP of them and keeping the due and free ones; the walk reads a prefix of claim order, so if it found
+`limit` they are the first `limit`. Stepping over WALK_SKIP held or deferred ones without finding enough (a
+head of the queue that is mostly in flight or waiting, behind it a large due set), it falls back to (a)'s sort
+of the whole due set: the cost every claim had before step 28, now only in that case. So draining a loaded
+queue costs each claim about limit + the recipients held ahead of it, not the queue's size; a queue that is
+mostly waiting on a retry costs each claim its (small) due set. The walk's subquery is a co-routine that yields
+rows in its ORDER BY order and the outer query filters them as they come (no ORDER BY there: it would make
+SQLite read and sort the whole budget before the first row); tests/store/test_queue_claim_order.py checks the
+order the claim returns against invariant 3 on every way.
+
 Invariants:
 1. An entry has at least one recipient and no recipient twice.
 2. An entry whose recipients are all final does not exist: `queue_update` removes it in the same transaction.
-3. `queue_due` returns oldest first (created, then id), each entry with all its recipients in the order given.
+3. `queue_due` returns oldest first (created, then id), each entry with all its recipients in the order given;
+   `queue_claim` takes recipients in that order (created, id, position) among the due and free ones.
 4. A recipient is held by at most one holder: a claim takes only leases with lease_until <= now, and a holder's
    write checks `lease_holder` in the same transaction that writes the result (schema invariant 31).
 """
@@ -123,6 +141,43 @@ def _enqueue_op(blob_id: str, size: int, raw: bytes, source: Path | None, mail_f
     return op
 
 
+PROBE_FACTOR = 4  # a claim of `limit` sorts the due set itself when it has fewer than PROBE_FACTOR * limit rows
+WALK_SKIP = 512  # held or not-yet-due pending recipients a claim's ordered walk steps over before it gives up
+_PENDING_SQL = "('queued', 'deferred')"  # PENDING as literals: the partial indexes are usable only so (schema 28)
+assert _PENDING_SQL == repr(PENDING)
+_DUE_COUNT = (  # how many pending recipients are due, up to a bound: an index-only range of queue_rcpt_due
+    "SELECT count(*) FROM (SELECT 1 FROM queue_rcpt INDEXED BY queue_rcpt_due"
+    f" WHERE state IN {_PENDING_SQL} AND next_try <= ? LIMIT ?)"
+)
+CLAIM_DUE_SQL = (  # the due set by next_try, sorted: costs the due set (schema index queue_rcpt_due)
+    "SELECT r.queue_id, r.rcpt, r.lease_holder FROM queue_rcpt r INDEXED BY queue_rcpt_due CROSS JOIN queue q"
+    f" WHERE q.id = r.queue_id AND r.state IN {_PENDING_SQL} AND r.next_try <= ? AND r.lease_until <= ?"
+    " ORDER BY q.created, q.id, r.position LIMIT ?"
+)
+CLAIM_WALK_SQL = (  # the pending recipients in claim order, at most `budget` read, the due and free kept
+    "SELECT queue_id, rcpt, lease_holder FROM ("
+    " SELECT r.queue_id, r.rcpt, r.lease_holder, r.next_try, r.lease_until"
+    " FROM queue q INDEXED BY queue_claim_order CROSS JOIN queue_rcpt r INDEXED BY queue_rcpt_claim"
+    f" WHERE r.queue_id = q.id AND r.state IN {_PENDING_SQL}"
+    " ORDER BY q.created, q.id, r.position LIMIT ?)"
+    " WHERE next_try <= ? AND lease_until <= ? LIMIT ?"
+)
+
+
+def _pick(conn: sqlite3.Connection, now: float, limit: int) -> list[Any]:
+    """The first `limit` due and free pending recipients in claim order (created, id, position; invariant 3),
+    as rows (queue_id, rcpt, lease_holder). See "What a claim reads" in the module doc for the ways and their costs."""
+    if limit == 0:
+        return []
+    due = conn.execute(_DUE_COUNT, (now, PROBE_FACTOR * limit)).fetchone()[0]
+    if due >= PROBE_FACTOR * limit:
+        walked = conn.execute(CLAIM_WALK_SQL, (limit + WALK_SKIP, now, now, limit)).fetchall()
+        if len(walked) == limit:  # the walk read a prefix of claim order and found enough: the first `limit`
+            return walked
+    # Few due (a sort of at most PROBE_FACTOR * limit rows), or the walk stepped over WALK_SKIP without enough.
+    return conn.execute(CLAIM_DUE_SQL, (now, now, limit)).fetchall()
+
+
 def check_claim(holder: str, lease_seconds: float) -> None:
     """The arguments of `queue_claim`, shared by both engines: Invalid unless a holder is named and the lease is
     positive and finite."""
@@ -211,12 +266,7 @@ class QueueMixin(Base):
 
         def op(tx: Tx) -> QueueClaim:
             # One write transaction: nobody else writes between this SELECT and the UPDATE (invariant 4).
-            picked = tx.conn.execute(
-                "SELECT r.queue_id, r.rcpt, r.lease_holder FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id"
-                " WHERE r.state IN (?, ?) AND r.next_try <= ? AND r.lease_until <= ?"
-                " ORDER BY q.created, q.id, r.position LIMIT ?",
-                (*PENDING, now, now, max(0, limit)),
-            ).fetchall()
+            picked = _pick(tx.conn, now, max(0, limit))
             if not picked:
                 return QueueClaim([], [], [])
             tx.conn.executemany(

@@ -112,6 +112,10 @@ recipient queued before starts free ("" and 0).
 a periodic job runs on one node at a time), and the claims that make a DMARC report run send each row once:
 `dmarc_results.claim` and `claimed_until` (invariant 27), every row recorded before unclaimed ("" and 0).
 Self-contained (`IF NOT EXISTS`, and columns no other step adds).
+28 (issue 17) adds the indexes the queue claim walks in its order (store/sqlite/queue.py, "Claims"):
+`queue_claim_order` on `queue(created, id)` and `queue_rcpt_claim` on `queue_rcpt(queue_id, position)` for the
+pending recipients only, so a claim reads the oldest entries first and stops when it has enough instead of
+sorting every pending recipient. Self-contained (`IF NOT EXISTS`; indexes only, on step 1's columns).
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -217,7 +221,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 27
+SCHEMA_VERSION = 28
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -723,10 +727,20 @@ def _v27(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS dmarc_results_claim ON dmarc_results(claim)")
 
 
+def _v28(conn: sqlite3.Connection) -> None:
+    """The queue claim's walk in its order (queue.py, "Claims"): the entries by (created, id), each entry's
+    pending recipients by position. Self-contained: two indexes on step 1's columns. The partial index names the
+    pending states as literals (queue.PENDING), as `queue_rcpt_due` does: a query uses it only when its WHERE
+    repeats them."""
+    conn.execute("CREATE INDEX IF NOT EXISTS queue_claim_order ON queue(created, id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS queue_rcpt_claim ON queue_rcpt(queue_id, position)"
+                 " WHERE state IN ('queued', 'deferred')")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
-    25: _v25, 26: _v26, 27: _v27,
+    25: _v25, 26: _v26, 27: _v27, 28: _v28,
 }
 
 
