@@ -281,7 +281,7 @@ def test_admin_changes_made_through_another_node_are_seen_at_once_by_rcpt(
         await store.add_user("bob@localhost", "$argon2id$not-a-login")
 
     async def change(store: Any) -> None:
-        await store.add_alias("team@localhost", [DEMO])
+        await store.add_alias("crew@localhost", [DEMO])
         await store.remove_user("bob@localhost")
         await store.remove_domain("gone.test")
 
@@ -291,12 +291,12 @@ def test_admin_changes_made_through_another_node_are_seen_at_once_by_rcpt(
         for s in sessions:
             s.ehlo("client.example.net")
             assert s.mail("someone@example.net")[0] == 250
-            assert s.rcpt("team@localhost")[0] == 550
+            assert s.rcpt("crew@localhost")[0] == 550
             assert s.rcpt("bob@localhost")[0] == 250
             assert s.rcpt("postmaster@gone.test")[0] == 250
         with_store(url, change, staging)
         for s in sessions:
-            assert s.rcpt("team@localhost")[0] == 250
+            assert s.rcpt("crew@localhost")[0] == 250
             assert s.rcpt("bob@localhost")[0] == 550
             code, text = s.rcpt("postmaster@gone.test")
             assert code == 550 and b"5.7.1" in text  # relaying denied: not a local domain any more
