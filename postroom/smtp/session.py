@@ -585,9 +585,11 @@ class Session:
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
         body = b"" if ev.spilled else ev.raw
-        if ev.spilled and not header_complete(head):
-            # Every check of the header (Authentication-Results removal, RFC 8601 §5; DMARC's From; submission's
-            # From) reads the first HEAD_LIMIT bytes: a header longer than that is refused, not half-checked.
+        if not header_complete(head) if ev.spilled else (
+                len(ev.raw) > HEAD_LIMIT and not header_complete(ev.raw[:HEAD_LIMIT])):
+            # Every check of a staged message's header (Authentication-Results removal, RFC 8601 §5; DMARC's From;
+            # submission's From) reads its first HEAD_LIMIT bytes: a header longer than that is refused, not
+            # half-checked. A message held in memory is held to the same limit, so one rule holds at any size.
             self._drop_staged()
             core.message_done(Reply(552, "5.3.4", (f"Message header longer than {HEAD_LIMIT // 1024} KiB",)))
             return

@@ -259,6 +259,22 @@ def test_a_header_longer_than_what_is_checked_is_refused(srv: Any) -> None:
     assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.3.4")
 
 
+def test_a_header_longer_than_what_is_checked_is_refused_in_a_small_message_too(srv: Any) -> None:
+    """The same limit under the staging threshold (1 MiB): a message held in memory whose header runs past
+    256 KiB is refused like a staged one, so whether it is taken does not depend on the body's size."""
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 990) for i in range(300))
+    raw = padding + message("alice@a.test", body=b"short\r\n")
+    assert len(raw) < 1024 * 1024
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(srv, "alice@a.test", raw)
+    assert info.value.smtp_code == 552 and info.value.smtp_error.startswith(b"5.3.4")
+    assert mailbox(srv, "bob@b.test", "INBOX") == []
+    # just under the limit: taken
+    send(srv, "alice@a.test", b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 990) for i in range(200))
+         + message("alice@a.test", body=b"short\r\n"))
+    assert len(mailbox(srv, "bob@b.test", "INBOX")) == 1
+
+
 def test_one_cached_resolver_serves_every_session(srv: Any, zone: ZoneThread) -> None:
     """Issue 12 item 9: the checks of two sessions go through the server's one resolver; the records (TTL 60 s)
     are asked once (the clock cannot pass 60 s here: two SMTP sessions on loopback)."""
