@@ -585,8 +585,9 @@ class Session:
                                  user=core.authenticated, smtputf8=ev.params.smtputf8, message_id=message_id,
                                  recipients=recipients, now=self.clock())
         body = b"" if ev.spilled else ev.raw
-        if not header_complete(head) if ev.spilled else (
-                len(ev.raw) > HEAD_LIMIT and not header_complete(ev.raw[:HEAD_LIMIT])):
+        header_too_long = (not header_complete(head)) if ev.spilled else (
+            len(ev.raw) > HEAD_LIMIT and not header_complete(ev.raw[:HEAD_LIMIT]))
+        if header_too_long:
             # Every check of a staged message's header (Authentication-Results removal, RFC 8601 §5; DMARC's From;
             # submission's From) reads its first HEAD_LIMIT bytes: a header longer than that is refused, not
             # half-checked. A message held in memory is held to the same limit, so one rule holds at any size.
