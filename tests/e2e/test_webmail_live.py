@@ -43,6 +43,7 @@ def sign_in(page: Any, server: Any) -> None:
     page.get_by_label("Password").fill(PW)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Inbox").wait_for()
+    page.wait_for_load_state()  # the deferred scripts (keys.js) have run: a key pressed next is handled
 
 
 def _listening(page: Any) -> None:
