@@ -230,15 +230,17 @@ def test_idle_timeout() -> None:
 def test_idle_timer_restarts_on_data() -> None:
     async def body(conn: Connection, tr: FakeTransport) -> bytes:
         async def trickle() -> None:
-            for _ in range(6):  # 6 x 0.03 s = 0.18 s in total, longer than the 0.08 s idle timeout
-                await asyncio.sleep(0.03)
+            # 6 x 0.1 s = 0.6 s in total, longer than the 0.3 s idle timeout; each gap well inside it, so a
+            # loaded machine's late wake-ups do not end the line early
+            for _ in range(6):
+                await asyncio.sleep(0.1)
                 conn.data_received(b"a")
             conn.data_received(b"\n")
         task = asyncio.ensure_future(trickle())
         line = await conn.read_line()
         await task
         return line
-    assert with_conn(body, idle=0.08) == b"aaaaaa\n"
+    assert with_conn(body, idle=0.3) == b"aaaaaa\n"
 
 
 def test_shutdown_interrupts_a_read_between_commands_only() -> None:
