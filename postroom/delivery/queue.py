@@ -671,6 +671,7 @@ class Scheduler:
             d = self.delivery
             updates: list[QueueRecipient] = []
             reports: list[RecipientReport] = []
+            deferred: list[tuple[str, int, str]] = []  # (rcpt, attempts, reply): logged once recorded
             for r in job.rcpts:
                 o = outcomes[r.rcpt]
                 attempts = r.attempts + 1
@@ -704,16 +705,19 @@ class Scheduler:
                     if notify_delay:
                         reports.append(dataclasses.replace(
                             base, action="delayed", will_retry_until=entry.created + d.max_lifetime_seconds))
-                    log.info("queue deferred id=%s rcpt=%s attempts=%d reply=%r", entry.id, r.rcpt, attempts,
-                             o.text[:200])
+                    deferred.append((r.rcpt, attempts, o.text[:200]))
             await self._report(entry, reports)
             try:
                 await self.store.queue_update(entry.id, updates, holder=self.holder)  # releases the leases
-            except NotFound:
-                pass  # deleted by an admin meanwhile
+            except NotFound:  # deleted by an admin meanwhile: nothing will be retried, so say that, not "deferred"
+                log.info("queue entry gone id=%s: removed while it was being sent, no retry", entry.id)
+                return
             except LeaseLost as lost:  # invariant 2: another holder took these over; its result stands
                 log.warning("queue result not recorded id=%s rcpts=%s holder=%s: lease lost to another holder",
                             entry.id, ",".join(lost.rcpts), self.holder)
+            else:
+                for rcpt, attempts, text in deferred:  # said once the retry is recorded
+                    log.info("queue deferred id=%s rcpt=%s attempts=%d reply=%r", entry.id, rcpt, attempts, text)
         except Exception:
             log.exception("queue could not record results id=%s", entry.id)  # retried at the next due time
         finally:

@@ -681,6 +681,32 @@ async def test_a_stalled_holders_late_result_is_refused(tmp_path: Path, monkeypa
         await finish(hs)
 
 
+async def test_an_entry_deleted_while_it_is_sent_is_not_logged_as_deferred(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """`postroom queue delete` while the attempt runs: the peer's 451 would defer it, but the entry is gone, so the
+    log says that no retry follows instead of "deferred" (which promises one)."""
+    hs = await harness(tmp_path)
+    try:
+        peer = await hs.peer(data_reply=lambda data: "451 4.3.0 try later")
+        s = hs.scheduler({"b.test": f"127.0.0.1:{peer.port}"}, retry_seconds=[300])
+        qid = await hs.enqueue("bob@b.test")
+        real = hs.store.queue_update
+
+        async def deleted_first(*a: Any, **kw: Any) -> None:
+            await hs.store.queue_delete(qid)  # the admin's command, between the reply and the write
+            await real(*a, **kw)
+
+        monkeypatch.setattr(hs.store, "queue_update", deleted_first)
+        with caplog.at_level(logging.INFO, logger="postroom.queue"):
+            await s.run_once()
+        assert f"queue entry gone id={qid}: removed while it was being sent, no retry" in caplog.text
+        assert "queue deferred" not in caplog.text
+        assert await hs.store.queue_get(qid) is None
+    finally:
+        await finish(hs)
+
+
 async def test_mx_from_the_tests_dns_server_with_fallback_to_second_mx(tmp_path: Path) -> None:
     hs = await harness(tmp_path)
     dns_server = DnsServer()
