@@ -116,6 +116,10 @@ Invariants
     store's `AppendRequest.prefix`): the body is never copied to put the fields in front (issue 17 item 5). The
     checks read the pieces as one (`_stray`, `Envelope.head`); the rare paths that take the bytes whole (the
     queue, lists, forwards, reports) get one joined copy (`Envelope.whole`).
+18. Whether a domain is local is asked of the store once per turn of the event loop (`is_local_domain`): the
+    answers of one turn are kept until a `call_soon` queued by its first lookup runs, as the SQLite engine's
+    quick reads share one snapshot per turn (sqlite/engine.py invariant 8). So one RCPT or one message asks once
+    per domain, and a change made between two commands (`postroom domain add|remove`) is seen by the second.
 """
 
 from __future__ import annotations
@@ -372,6 +376,7 @@ class Router:
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
+        self._turn_domains: dict[str, bool] | None = None  # invariant 18: what this turn of the loop looked up
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
     async def secret(self) -> bytes:
@@ -386,14 +391,30 @@ class Router:
 
     # --- resolution ----------------------------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
+        """Is `domain` (lower-case) one of the store's domains? Asked of the store once per turn of the event loop
+        (invariant 18). Raises what the store raises when it cannot be reached (StoreUnavailable)."""
         if not domain or domain.startswith("[") or "@" in domain:  # invariant 2: literals are never local
             return False
+        turn = self._turn_domains
+        if turn is None:
+            turn = self._turn_domains = {}
+            asyncio.get_running_loop().call_soon(self._end_turn)
+        known = turn.get(domain)
+        if known is not None:
+            return known
         try:
-            return await self.store.get_domain(domain) is not None
+            local = await self.store.get_domain(domain) is not None
         except (Invalid, ValueError):  # a malformed name (or one the database cannot encode) is simply not ours
-            return False
+            local = False
         # Any other failure (the store unreachable) propagates: "not ours" would refuse local mail for good
         # (550 5.7.1) where the session answers 451 4.3.0 and the sender retries (RFC 5321 §4.2.1).
+        turn[domain] = local
+        return local
+
+    def _end_turn(self) -> None:
+        """Forget this turn's domain answers (invariant 18): queued with `call_soon` by the turn's first lookup,
+        so it runs before the callbacks of any I/O the next turn polls, as the SQLite engine ends its snapshot."""
+        self._turn_domains = None
 
     async def normalize(self, address: str) -> str:
         """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),
@@ -423,7 +444,10 @@ class Router:
         """Where mail for `address` goes and which rule of the lookup order decided (module docstring): the one
         resolution delivery uses, so `postroom domain list|show` and the CLI's shadowing warnings cannot
         disagree with it. Raises only RouteError (TOO_MANY_TARGETS), as `resolve`."""
-        a = await self.normalize(address)
+        return await self._explain(await self.normalize(address))
+
+    async def _explain(self, a: str) -> Route:
+        """`explain` of an address `normalize` already returned (it is idempotent: not spelt again)."""
         out: list[Destination] = []
         rule = await self._expand(a, 0, set(), out)
         # de-duplicate, keeping order
@@ -537,7 +561,7 @@ class Router:
             # invariant 12: what comes back to a forward is a bounce (RFC 5321 §4.5.5: from the null sender); any
             # other sender could use a valid SRS address to relay to its original sender.
             raise SRS_BOUNCES_ONLY
-        dests = await self.resolve(a)
+        dests = list((await self._explain(a)).destinations)
         if not dests:
             raise NO_POSTMASTER_YET if local.lower() == POSTMASTER else NO_SUCH_USER
         sender = mail_from.lower()  # compared by key: members and owners keep their case (invariant 10)
@@ -651,7 +675,7 @@ class Router:
         users: dict[int, str] = {}
         remote: dict[str, Rcpt] = {}  # relayed with the envelope sender as it came
         forwarded: dict[str, dict[str, Rcpt]] = {}  # SRS sender -> recipients (invariant 12)
-        sender_local = bool(env.mail_from) and await self.is_local_domain(split(env.mail_from)[1])
+        sender_local: bool | None = None  # is the envelope sender ours? Asked only for a forward (invariant 12)
         lists: dict[str, MailingList] = {}
         actions: list[ListAction] = []
         successes: list[RecipientReport] = []
@@ -659,8 +683,8 @@ class Router:
         for rcpt in env.recipients:
             a = await self.normalize(rcpt.address)
             _, domain = split(a)
-            dests: Sequence[Destination] = (await self.resolve(a)) if await self.is_local_domain(domain) \
-                else [Remote(a)]
+            dests: Sequence[Destination] = (await self._explain(a)).destinations \
+                if await self.is_local_domain(domain) else [Remote(a)]
             expanded.append((rcpt, a, dests))
             action = success_action(dests)  # invariant 11
             notify_on = without_success(rcpt.notify) if action == "expanded" else rcpt.notify
@@ -673,7 +697,9 @@ class Router:
                 elif isinstance(d, Remote):
                     if not env.may_relay and d.address == a:
                         raise RELAY_DENIED  # invariant 2, checked again at the door
-                    sender = await self._forward_sender(env.mail_from, sender_local, a, d)
+                    if sender_local is None and d.address != a and env.mail_from:
+                        sender_local = await self.is_local_domain(split(env.mail_from)[1])
+                    sender = await self._forward_sender(env.mail_from, bool(sender_local), a, d)
                     target = remote if sender is None else forwarded.setdefault(sender, {})
                     target.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, notify_on))
                 elif isinstance(d, ListPost):
@@ -761,11 +787,14 @@ class Router:
 
     async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
         """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
-        header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
-        senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+        senders: Senders | None = None  # the header's From is parsed only for a user who has rules
         out: set[int] = set()
         for uid, address in users.items():
-            v: SenderVerdict = verdict(await self.store.sender_rules(uid), senders)
+            rules = await self.store.sender_rules(uid)
+            if rules and senders is None:
+                header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
+                senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+            v: SenderVerdict = verdict(rules, senders) if senders is not None else SenderVerdict()
             if v.blocked is not None:
                 out.add(uid)
                 log.info("%s", logfmt("junk", [("rcpt", address), ("from", env.mail_from or "<>"),
@@ -1106,6 +1135,8 @@ async def _all(local: Coroutine[Any, Any, int], queue: Coroutine[Any, Any, Queue
                others: list[Coroutine[Any, Any, Accepted]]) -> tuple[int, QueueEntry | None, list[Accepted]]:
     """Run every write concurrently (they share group commits); wait for all; raise the first failure only
     after all have finished, so nothing is left running behind an error reply (invariant 1)."""
+    if queue is None and not others:  # the usual delivery: one write, awaited here (no task, no extra turn)
+        return int(await local), None, []
     tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(local)]
     if queue is not None:
         tasks.append(asyncio.ensure_future(queue))
