@@ -182,6 +182,18 @@ def ip_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
+_last_date: tuple[int, str] = (-1, "")  # the second `_date_of_second` formatted last, and its text
+
+
+def _date_of_second(second: int) -> str:
+    """`rfc5322_date(second)`, formatted once per second: every message received in one second of the clock
+    carries the same date-time (RFC 5322 §3.3 has no finer unit), so the text is made once for all of them."""
+    global _last_date
+    if _last_date[0] != second:
+        _last_date = (second, rfc5322_date(second))
+    return _last_date[1]
+
+
 def _safe(text: str, limit: int = 255) -> str:
     """A HELO name or user for a header comment: printable ASCII without the comment's specials."""
     return "".join(c if 33 <= ord(c) <= 126 and c not in "()\\;" else "?" for c in text[:limit]) or "unknown"
@@ -209,7 +221,7 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
         comments.append(f"authenticated as {_safe(user)}")
     if comments:
         lines.append("\t(" + "; ".join(comments) + ")")
-    date = rfc5322_date(now)
+    date = _date_of_second(int(now))
     if len(recipients) == 1 and len(recipients[0]) < 500:
         # RFC 5321 §7.2: name the recipient only when there is one (no disclosure of the others).
         lines.append(f"\tfor <{recipients[0]}>; {date}")
@@ -728,7 +740,10 @@ class Session:
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
                      accepted: Accepted | None = None, refused: str = "",
                      extra: list[tuple[str, object]] | None = None) -> None:
-        """Invariant 4: the one line per message, accepted or refused by a check (with the check's name)."""
+        """Invariant 4: the one line per message, accepted or refused by a check (with the check's name); not even
+        built when the logger would drop it (`--log-level warning`)."""
+        if not message_log.isEnabledFor(logging.INFO):
+            return
         conn = self.conn
         fields: list[tuple[str, object]] = [
             ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),
