@@ -90,7 +90,9 @@ Invariants
     post. Every refusal is one `refused ... reason=over-quota` log line. The store still checks in the
     transaction; a race past the early check is `452 4.2.2` for the message. After a delivery each user who
     got it may get a warning mail at 80 % / 95 % (delivery/quota.py); moderation notices and warnings are
-    exempt from the quota (the server's own mail about the account).
+    exempt from the quota (the server's own mail about the account). A user whose quota, as read for this
+    message's check, has no limit of their own is not asked again after the delivery: no level can be due
+    (`quota_level`); a limit set meanwhile counts from the next message.
 14. What this server sends on for others carries an ARC Set (RFC 8617, delivery/arc.py) when the forwarding
     domain has a DKIM key: the list copies for remote members (sealed by the list's domain after the list's
     fields are prepended, so the seal covers them) and the SRS-rewritten forwards (sealed by the domain of the
@@ -590,11 +592,16 @@ class Router:
                 raise _quota_error(worst)
         return dests
 
-    async def _quota_refusal(self, d: LocalUser, size: int | None) -> Refusal | None:
+    async def _quota_refusal(self, d: LocalUser, size: int | None, unlimited: set[int] | None = None) -> Refusal | None:
+        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None. `unlimited`
+        collects the users read without a limit of their own (no quota warning can be due, invariant 13)."""
         try:
-            return refusal(await self.store.get_quota(d.user_id), size)
+            q = await self.store.get_quota(d.user_id)
         except NotFound:
             return None  # removed meanwhile: delivery finds no INBOX and says so
+        if unlimited is not None and not (q.storage_limit or q.message_limit):
+            unlimited.add(d.user_id)
+        return refusal(q, size)
 
     @staticmethod
     def _log_refused(rcpt: str, mail_from: str, why: Refusal, stage: str) -> None:
@@ -706,7 +713,8 @@ class Router:
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
-        failures = await self._over_quota(env, users, expanded) if users else []
+        unlimited: set[int] = set()  # users this message's quota read found without a limit (no warning due)
+        failures = await self._over_quota(env, users, expanded, unlimited) if users else []
         if failures:
             failed = {f.rcpt for f in failures}
             successes = [r for r in successes if r.rcpt not in failed]
@@ -744,7 +752,7 @@ class Router:
             log.info("%s", logfmt("refused", [("from", env.mail_from or "<>"), ("stage", "data"),
                                               ("reason", "over-quota"), ("code", "452 4.2.2"), ("detail", exc)]))
             raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
-        await self._warn(users)
+        await self._warn({u: a for u, a in users.items() if u not in unlimited} if unlimited else users)
         if users and len(junk) < len(users):
             await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk})
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
@@ -919,14 +927,15 @@ class Router:
         return size
 
     async def _over_quota(self, env: Envelope, users: dict[int, str],
-                          expanded: list[tuple[Rcpt, str, Sequence[Destination]]]) -> list[RecipientReport]:
+                          expanded: list[tuple[Rcpt, str, Sequence[Destination]]],
+                          unlimited: set[int] | None = None) -> list[RecipientReport]:
         """Invariant 13: take the users the message does not fit out of `users` (logged), and return the failure
         reports for them. RouteError when no recipient gets anything at all: 552 5.2.2 if the message could
         never fit any of them, else 452 4.2.2 (the whole message is refused in the dialogue)."""
         size = await self._stored_size(env)
         refused: dict[int, Refusal] = {}
         for user_id in users:
-            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size)
+            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size, unlimited)
             if why is not None:
                 refused[user_id] = why
         if not refused:
