@@ -33,7 +33,7 @@ Invariants
 3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
    anything is read as if it came over TLS (CVE-2011-0411).
 4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
-   with its id; never a password or message content.
+   with its id (built only when its logger takes INFO); never a password or message content.
 5. Replies to an idle client (`421 4.4.2`, RFC 5321 §4.5.3.2.7) and at shutdown (`421 4.3.2`) end the
    session; a failed session never affects another.
 6. A body past `STAGING_THRESHOLD` (store/api.py; the core's `spill_at`) is written to one staging file as it
