@@ -182,15 +182,17 @@ def ip_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
-_last_date: tuple[int, str] = (-1, "")  # the second `_date_of_second` formatted last, and its text
+_last_date: tuple[tuple[int, int, int], str] = ((-1, 0, 0), "")  # (second, zone offsets) formatted last, its text
 
 
 def _date_of_second(second: int) -> str:
     """`rfc5322_date(second)`, formatted once per second: every message received in one second of the clock
-    carries the same date-time (RFC 5322 §3.3 has no finer unit), so the text is made once for all of them."""
+    carries the same date-time (RFC 5322 §3.3 has no finer unit), so the text is made once for all of them. The
+    local zone's offsets are part of the key: a zone changed meanwhile (`time.tzset`) is not answered stale."""
     global _last_date
-    if _last_date[0] != second:
-        _last_date = (second, rfc5322_date(second))
+    key = (second, time.timezone, time.altzone)
+    if _last_date[0] != key:
+        _last_date = (key, rfc5322_date(second))
     return _last_date[1]
 
 
