@@ -378,7 +378,8 @@ class Router:
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
-        self._turn_domains: dict[str, bool] | None = None  # invariant 18: what this turn of the loop looked up
+        self._turn_domains: dict[str, bool] = {}  # invariant 18: what this turn of the loop looked up ...
+        self._turn_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop (None: no turn holds it)
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
     async def secret(self) -> bytes:
@@ -397,10 +398,12 @@ class Router:
         (invariant 18). Raises what the store raises when it cannot be reached (StoreUnavailable)."""
         if not domain or domain.startswith("[") or "@" in domain:  # invariant 2: literals are never local
             return False
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:  # this turn's first lookup (or answers a stopped loop left behind)
+            self._turn_domains = {}
+            self._turn_loop = loop
+            loop.call_soon(self._end_turn)
         turn = self._turn_domains
-        if turn is None:
-            turn = self._turn_domains = {}
-            asyncio.get_running_loop().call_soon(self._end_turn)
         known = turn.get(domain)
         if known is not None:
             return known
@@ -415,8 +418,10 @@ class Router:
 
     def _end_turn(self) -> None:
         """Forget this turn's domain answers (invariant 18): queued with `call_soon` by the turn's first lookup,
-        so it runs before the callbacks of any I/O the next turn polls, as the SQLite engine ends its snapshot."""
-        self._turn_domains = None
+        so it runs before the callbacks of any I/O the next turn polls, as the SQLite engine ends its snapshot. A
+        loop that stopped before it ran leaves them to the next loop's first lookup, which starts afresh."""
+        self._turn_domains = {}
+        self._turn_loop = None
 
     async def normalize(self, address: str) -> str:
         """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),

@@ -442,3 +442,37 @@ def test_one_domain_lookup_per_rcpt_and_per_message(tmp_path: Path) -> None:
         assert asked == ["example.org"]
 
     run(tmp_path, body)
+
+
+def test_domain_answers_left_by_a_stopped_loop_are_not_used_by_the_next(tmp_path: Path) -> None:
+    """One router used by two event loops in turn (as the CLI and tests do): the first stops in the turn of a
+    lookup, before the callback that forgets its answers runs; the next loop asks the store again."""
+    data = tmp_path / "data"
+    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+    cfg = config_mod.load(None, {"server": {"data_dir": str(data)}})
+    router = Router(store, cfg)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.open())
+        seen: list[bool] = []
+
+        async def look_then_stop() -> None:
+            seen.append(await router.is_local_domain("late.test"))
+            loop.stop()  # the loop ends with this turn: the answers' end-of-turn callback never runs
+
+        task = loop.create_task(look_then_stop())
+        loop.run_forever()
+        assert task.done() and seen == [False]
+        conn = sqlite3.connect(data / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", ("late.test", time.time()))
+        finally:
+            conn.close()
+        other = asyncio.new_event_loop()
+        try:
+            assert other.run_until_complete(router.is_local_domain("late.test"))
+        finally:
+            other.close()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
