@@ -90,7 +90,9 @@ Invariants
     post. Every refusal is one `refused ... reason=over-quota` log line. The store still checks in the
     transaction; a race past the early check is `452 4.2.2` for the message. After a delivery each user who
     got it may get a warning mail at 80 % / 95 % (delivery/quota.py); moderation notices and warnings are
-    exempt from the quota (the server's own mail about the account).
+    exempt from the quota (the server's own mail about the account). A user whose quota, as read for this
+    message's check, has no limit of their own is not asked again after the delivery: no level can be due
+    (`quota_level`); a limit set meanwhile counts from the next message.
 14. What this server sends on for others carries an ARC Set (RFC 8617, delivery/arc.py) when the forwarding
     domain has a DKIM key: the list copies for remote members (sealed by the list's domain after the list's
     fields are prepended, so the seal covers them) and the SRS-rewritten forwards (sealed by the domain of the
@@ -116,6 +118,10 @@ Invariants
     store's `AppendRequest.prefix`): the body is never copied to put the fields in front (issue 17 item 5). The
     checks read the pieces as one (`_stray`, `Envelope.head`); the rare paths that take the bytes whole (the
     queue, lists, forwards, reports) get one joined copy (`Envelope.whole`).
+18. Whether a domain is local is asked of the store once per turn of the event loop (`is_local_domain`): the
+    answers of one turn are kept until a `call_soon` queued by its first lookup runs, as the SQLite engine's
+    quick reads share one snapshot per turn (sqlite/engine.py invariant 8). So one RCPT or one message asks once
+    per domain, and a change made between two commands (`postroom domain add|remove`) is seen by the second.
 """
 
 from __future__ import annotations
@@ -372,6 +378,8 @@ class Router:
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
+        self._turn_domains: dict[str, bool] = {}  # invariant 18: what this turn of the loop looked up ...
+        self._turn_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop (None: no turn holds it)
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
     async def secret(self) -> bytes:
@@ -386,14 +394,34 @@ class Router:
 
     # --- resolution ----------------------------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
+        """Is `domain` (lower-case) one of the store's domains? Asked of the store once per turn of the event loop
+        (invariant 18). Raises what the store raises when it cannot be reached (StoreUnavailable)."""
         if not domain or domain.startswith("[") or "@" in domain:  # invariant 2: literals are never local
             return False
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:  # this turn's first lookup (or answers a stopped loop left behind)
+            self._turn_domains = {}
+            self._turn_loop = loop
+            loop.call_soon(self._end_turn)
+        turn = self._turn_domains
+        known = turn.get(domain)
+        if known is not None:
+            return known
         try:
-            return await self.store.get_domain(domain) is not None
+            local = await self.store.get_domain(domain) is not None
         except (Invalid, ValueError):  # a malformed name (or one the database cannot encode) is simply not ours
-            return False
+            local = False
         # Any other failure (the store unreachable) propagates: "not ours" would refuse local mail for good
         # (550 5.7.1) where the session answers 451 4.3.0 and the sender retries (RFC 5321 §4.2.1).
+        turn[domain] = local
+        return local
+
+    def _end_turn(self) -> None:
+        """Forget this turn's domain answers (invariant 18): queued with `call_soon` by the turn's first lookup,
+        so it runs before the callbacks of any I/O the next turn polls, as the SQLite engine ends its snapshot. A
+        loop that stopped before it ran leaves them to the next loop's first lookup, which starts afresh."""
+        self._turn_domains = {}
+        self._turn_loop = None
 
     async def normalize(self, address: str) -> str:
         """One spelling of the local part (`names.address_as_given`: `"john"@x` is `john@x`, RFC 5321 §4.1.2),
@@ -423,7 +451,10 @@ class Router:
         """Where mail for `address` goes and which rule of the lookup order decided (module docstring): the one
         resolution delivery uses, so `postroom domain list|show` and the CLI's shadowing warnings cannot
         disagree with it. Raises only RouteError (TOO_MANY_TARGETS), as `resolve`."""
-        a = await self.normalize(address)
+        return await self._explain(await self.normalize(address))
+
+    async def _explain(self, a: str) -> Route:
+        """`explain` of an address `normalize` already returned (it is idempotent: not spelt again)."""
         out: list[Destination] = []
         rule = await self._expand(a, 0, set(), out)
         # de-duplicate, keeping order
@@ -537,7 +568,7 @@ class Router:
             # invariant 12: what comes back to a forward is a bounce (RFC 5321 §4.5.5: from the null sender); any
             # other sender could use a valid SRS address to relay to its original sender.
             raise SRS_BOUNCES_ONLY
-        dests = await self.resolve(a)
+        dests = list((await self._explain(a)).destinations)
         if not dests:
             raise NO_POSTMASTER_YET if local.lower() == POSTMASTER else NO_SUCH_USER
         sender = mail_from.lower()  # compared by key: members and owners keep their case (invariant 10)
@@ -566,11 +597,16 @@ class Router:
                 raise _quota_error(worst)
         return dests
 
-    async def _quota_refusal(self, d: LocalUser, size: int | None) -> Refusal | None:
+    async def _quota_refusal(self, d: LocalUser, size: int | None, unlimited: set[int] | None = None) -> Refusal | None:
+        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None. `unlimited`
+        collects the users read without a limit of their own (no quota warning can be due, invariant 13)."""
         try:
-            return refusal(await self.store.get_quota(d.user_id), size)
+            q = await self.store.get_quota(d.user_id)
         except NotFound:
             return None  # removed meanwhile: delivery finds no INBOX and says so
+        if unlimited is not None and not (q.storage_limit or q.message_limit):
+            unlimited.add(d.user_id)
+        return refusal(q, size)
 
     @staticmethod
     def _log_refused(rcpt: str, mail_from: str, why: Refusal, stage: str) -> None:
@@ -651,7 +687,7 @@ class Router:
         users: dict[int, str] = {}
         remote: dict[str, Rcpt] = {}  # relayed with the envelope sender as it came
         forwarded: dict[str, dict[str, Rcpt]] = {}  # SRS sender -> recipients (invariant 12)
-        sender_local = bool(env.mail_from) and await self.is_local_domain(split(env.mail_from)[1])
+        sender_local: bool | None = None  # is the envelope sender ours? Asked only for a forward (invariant 12)
         lists: dict[str, MailingList] = {}
         actions: list[ListAction] = []
         successes: list[RecipientReport] = []
@@ -659,8 +695,8 @@ class Router:
         for rcpt in env.recipients:
             a = await self.normalize(rcpt.address)
             _, domain = split(a)
-            dests: Sequence[Destination] = (await self.resolve(a)) if await self.is_local_domain(domain) \
-                else [Remote(a)]
+            dests: Sequence[Destination] = (await self._explain(a)).destinations \
+                if await self.is_local_domain(domain) else [Remote(a)]
             expanded.append((rcpt, a, dests))
             action = success_action(dests)  # invariant 11
             notify_on = without_success(rcpt.notify) if action == "expanded" else rcpt.notify
@@ -673,14 +709,17 @@ class Router:
                 elif isinstance(d, Remote):
                     if not env.may_relay and d.address == a:
                         raise RELAY_DENIED  # invariant 2, checked again at the door
-                    sender = await self._forward_sender(env.mail_from, sender_local, a, d)
+                    if sender_local is None and d.address != a and env.mail_from:
+                        sender_local = await self.is_local_domain(split(env.mail_from)[1])
+                    sender = await self._forward_sender(env.mail_from, bool(sender_local), a, d)
                     target = remote if sender is None else forwarded.setdefault(sender, {})
                     target.setdefault(d.address, Rcpt(d.address, rcpt.orcpt, notify_on))
                 elif isinstance(d, ListPost):
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
-        failures = await self._over_quota(env, users, expanded) if users else []
+        unlimited: set[int] = set()  # users this message's quota read found without a limit (no warning due)
+        failures = await self._over_quota(env, users, expanded, unlimited) if users else []
         if failures:
             failed = {f.rcpt for f in failures}
             successes = [r for r in successes if r.rcpt not in failed]
@@ -718,7 +757,7 @@ class Router:
             log.info("%s", logfmt("refused", [("from", env.mail_from or "<>"), ("stage", "data"),
                                               ("reason", "over-quota"), ("code", "452 4.2.2"), ("detail", exc)]))
             raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
-        await self._warn(users)
+        await self._warn({u: a for u, a in users.items() if u not in unlimited} if unlimited else users)
         if users and len(junk) < len(users):
             await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk})
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
@@ -761,11 +800,14 @@ class Router:
 
     async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
         """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
-        header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
-        senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+        senders: Senders | None = None  # the header's From is parsed only for a user who has rules
         out: set[int] = set()
         for uid, address in users.items():
-            v: SenderVerdict = verdict(await self.store.sender_rules(uid), senders)
+            rules = await self.store.sender_rules(uid)
+            if rules and senders is None:
+                header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
+                senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
+            v: SenderVerdict = verdict(rules, senders) if senders is not None else SenderVerdict()
             if v.blocked is not None:
                 out.add(uid)
                 log.info("%s", logfmt("junk", [("rcpt", address), ("from", env.mail_from or "<>"),
@@ -890,14 +932,15 @@ class Router:
         return size
 
     async def _over_quota(self, env: Envelope, users: dict[int, str],
-                          expanded: list[tuple[Rcpt, str, Sequence[Destination]]]) -> list[RecipientReport]:
+                          expanded: list[tuple[Rcpt, str, Sequence[Destination]]],
+                          unlimited: set[int] | None = None) -> list[RecipientReport]:
         """Invariant 13: take the users the message does not fit out of `users` (logged), and return the failure
         reports for them. RouteError when no recipient gets anything at all: 552 5.2.2 if the message could
         never fit any of them, else 452 4.2.2 (the whole message is refused in the dialogue)."""
         size = await self._stored_size(env)
         refused: dict[int, Refusal] = {}
         for user_id in users:
-            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size)
+            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size, unlimited)
             if why is not None:
                 refused[user_id] = why
         if not refused:
@@ -1106,6 +1149,8 @@ async def _all(local: Coroutine[Any, Any, int], queue: Coroutine[Any, Any, Queue
                others: list[Coroutine[Any, Any, Accepted]]) -> tuple[int, QueueEntry | None, list[Accepted]]:
     """Run every write concurrently (they share group commits); wait for all; raise the first failure only
     after all have finished, so nothing is left running behind an error reply (invariant 1)."""
+    if queue is None and not others:  # the usual delivery: one write, awaited here (no task, no extra turn)
+        return int(await local), None, []
     tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(local)]
     if queue is not None:
         tasks.append(asyncio.ensure_future(queue))

@@ -208,6 +208,24 @@ def parse_address_list(value: bytes) -> list[Address]:
     return out
 
 
+class Parsed:
+    """`parse_address_list` of the field values of one message, each value parsed once however many views of
+    the header read it (ENVELOPE and the SORT keys: `mime.meta`). The lists it returns are shared: read them,
+    never change them. Holds what it parsed until it is dropped (one message's header)."""
+
+    __slots__ = ("_lists",)
+
+    def __init__(self) -> None:
+        self._lists: dict[bytes, list[Address]] = {}
+
+    def of(self, value: bytes) -> list[Address]:
+        """`parse_address_list(value)`, the same list for the same value."""
+        found = self._lists.get(value)
+        if found is None:
+            found = self._lists[value] = parse_address_list(value)
+        return found
+
+
 def sender_addresses(value: bytes) -> list[Address] | None:
     """The mailboxes of a From or Sender value for a check that decides trust (submission's sender check, DKIM
     alignment), or None when the value is longer than `MAX_SENDER_FIELD`: such a value (about a hundred

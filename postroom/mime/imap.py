@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from postroom.mime import headers as H
-from postroom.mime.address import Address, parse_address_list
+from postroom.mime.address import Address, Parsed, parse_address_list
 from postroom.mime.cte import UnknownCTE as UnknownCTE  # raised by binary_bytes; re-exported for callers
 from postroom.mime.cte import decode_body
 from postroom.mime.structure import Part, find_part
@@ -72,11 +72,11 @@ def _first(fields: list[H.Field], name: str) -> H.Field | None:
     return H.first_field(fields, name)
 
 
-def _addresses(fields: list[H.Field], name: str) -> list[Address]:
+def _addresses(fields: list[H.Field], name: str, parsed: Parsed | None = None) -> list[Address]:
     out: list[Address] = []
     for f in fields:
         if f.name == name:
-            out.extend(parse_address_list(f.value))
+            out.extend(parse_address_list(f.value) if parsed is None else parsed.of(f.value))
     return out
 
 
@@ -93,21 +93,23 @@ def _address_list(addrs: list[Address]) -> bytes:
     )
 
 
-def envelope(fields: list[H.Field]) -> bytes:
+def envelope(fields: list[H.Field], parsed: Parsed | None = None) -> bytes:
     """ENVELOPE of the message whose header fields are given (RFC 9051 §7.5.2): date, subject, from, sender,
-    reply-to, to, cc, bcc, in-reply-to, message-id."""
+    reply-to, to, cc, bcc, in-reply-to, message-id. `parsed`: the message's address lists parsed so far, shared
+    with its other views (`mime.meta`); the answer is the same with or without it."""
     out: list[bytes] = []
     for name in ("date", "subject"):
         f = _first(fields, name)
         out.append(NIL if f is None else istring(_header_text(f.value)))
-    frm = _addresses(fields, "from")
-    sender = _addresses(fields, "sender") or frm
-    reply_to = _addresses(fields, "reply-to") or frm
-    out.append(_address_list(frm))
-    out.append(_address_list(sender))
-    out.append(_address_list(reply_to))
+    frm = _addresses(fields, "from", parsed)
+    sender = _addresses(fields, "sender", parsed)
+    reply_to = _addresses(fields, "reply-to", parsed)
+    from_list = _address_list(frm)
+    out.append(from_list)
+    out.append(_address_list(sender) if sender else from_list)  # wire rule 3: defaults to From
+    out.append(_address_list(reply_to) if reply_to else from_list)
     for name in ("to", "cc", "bcc"):
-        out.append(_address_list(_addresses(fields, name)))
+        out.append(_address_list(_addresses(fields, name, parsed)))
     for name in ("in-reply-to", "message-id"):
         f = _first(fields, name)
         out.append(NIL if f is None else istring(_header_text(f.value)))

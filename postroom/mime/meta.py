@@ -50,6 +50,7 @@ from typing import TypeVar
 from postroom.config import LimitsConfig
 from postroom.mime import headers as H
 from postroom.mime import imap
+from postroom.mime.address import Parsed
 from postroom.mime.cte import IDENTITY_ENCODINGS, UnknownCTE, decode_body
 from postroom.mime.dates import parse_date
 from postroom.mime.imap import Section
@@ -307,11 +308,12 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     root = st.root
     defects = list(st.defects)
     text = _guarded(lambda r: search_text(raw, r), root, defects, "search-text")
-    envelope = _guarded(lambda r: imap.envelope(r.fields), root, defects, "envelope")
+    parsed = Parsed()  # each address field parsed once, for ENVELOPE and the sort keys
+    envelope = _guarded(lambda r: imap.envelope(r.fields, parsed), root, defects, "envelope")
     sent = _guarded(_sent_date, root, defects, "date")
     envelopes: dict[int, bytes] = {}
     sent_date, sent_day = sent if sent is not None else (None, None)
-    keys = _guarded(lambda r: sort_keys(r.fields), root, defects, "sort-keys")
+    keys = _guarded(lambda r: sort_keys(r.fields, parsed), root, defects, "sort-keys")
     bodystructure = imap.bodystructure(root, True, envelopes)
     body = imap.bodystructure(root, False, envelopes)
     parts = tuple(_row(sec, p, defects) for sec, p in walk(root))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from postroom.mime import headers as H
-from postroom.mime.address import Address, parse_address_list
+from postroom.mime.address import Address, Parsed, parse_address_list
 from postroom.mime.text import charset_decode, decode_words
 
 MAX_REFERENCES = 500
@@ -164,10 +164,10 @@ def base_subject(subject: str) -> tuple[str, bool]:
         return s[lo:hi], reply
 
 
-def _first_address(fields: list[H.Field], name: str) -> Address | None:
+def _first_address(fields: list[H.Field], name: str, parsed: Parsed | None) -> Address | None:
     for f in fields:
         if f.name == name:
-            addrs = parse_address_list(f.value)
+            addrs = parse_address_list(f.value) if parsed is None else parsed.of(f.value)
             if addrs:
                 return addrs[0]
     return None
@@ -204,12 +204,13 @@ def message_ids(value: str) -> list[str]:
     return [_text(m) for m in _MSG_ID.findall(value)]
 
 
-def sort_keys(fields: list[H.Field]) -> SortKeys:
-    """The `SortKeys` of a message from its top-level header fields (invariant 2)."""
+def sort_keys(fields: list[H.Field], parsed: Parsed | None = None) -> SortKeys:
+    """The `SortKeys` of a message from its top-level header fields (invariant 2). `parsed`: the message's
+    address lists parsed so far, shared with its ENVELOPE (`mime.meta`); the keys are the same without it."""
     subj = H.first_field(fields, "subject")
     base, reply = base_subject(decode_words(subj.value)) if subj is not None else ("", False)
-    frm = _first_address(fields, "from")
-    to = _first_address(fields, "to")
+    frm = _first_address(fields, "from", parsed)
+    to = _first_address(fields, "to", parsed)
     f = H.first_field(fields, "message-id")
     ids = message_ids(H.to_str(f.unfolded())) if f is not None else []
     refs: list[str] = []
@@ -225,7 +226,7 @@ def sort_keys(fields: list[H.Field]) -> SortKeys:
         reply=reply,
         from_=_mailbox(frm),
         to=_mailbox(to),
-        cc=_mailbox(_first_address(fields, "cc")),
+        cc=_mailbox(_first_address(fields, "cc", parsed)),
         display_from=_display(frm),
         display_to=_display(to),
         message_id=ids[0] if ids else None,

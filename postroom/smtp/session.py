@@ -33,7 +33,7 @@ Invariants
 3. STARTTLS with plaintext already pipelined after it is refused with 421 and the connection closed, before
    anything is read as if it came over TLS (CVE-2011-0411).
 4. One log line per session (fields in `conn.log`, written by the listener) and one per accepted message
-   with its id; never a password or message content.
+   with its id (built only when its logger takes INFO); never a password or message content.
 5. Replies to an idle client (`421 4.4.2`, RFC 5321 §4.5.3.2.7) and at shutdown (`421 4.3.2`) end the
    session; a failed session never affects another.
 6. A body past `STAGING_THRESHOLD` (store/api.py; the core's `spill_at`) is written to one staging file as it
@@ -182,6 +182,20 @@ def ip_literal(ip: str) -> str:
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
+_last_date: tuple[tuple[int, int, int], str] = ((-1, 0, 0), "")  # (second, zone offsets) formatted last, its text
+
+
+def _date_of_second(second: int) -> str:
+    """`rfc5322_date(second)`, formatted once per second: every message received in one second of the clock
+    carries the same date-time (RFC 5322 §3.3 has no finer unit), so the text is made once for all of them. The
+    local zone's offsets are part of the key: a zone changed meanwhile (`time.tzset`) is not answered stale."""
+    global _last_date
+    key = (second, time.timezone, time.altzone)
+    if _last_date[0] != key:
+        _last_date = (key, rfc5322_date(second))
+    return _last_date[1]
+
+
 def _safe(text: str, limit: int = 255) -> str:
     """A HELO name or user for a header comment: printable ASCII without the comment's specials."""
     return "".join(c if 33 <= ord(c) <= 126 and c not in "()\\;" else "?" for c in text[:limit]) or "unknown"
@@ -209,7 +223,7 @@ def received_header(*, helo: str, ip: str, hostname: str, esmtp: bool, tls_versi
         comments.append(f"authenticated as {_safe(user)}")
     if comments:
         lines.append("\t(" + "; ".join(comments) + ")")
-    date = rfc5322_date(now)
+    date = _date_of_second(int(now))
     if len(recipients) == 1 and len(recipients[0]) < 500:
         # RFC 5321 §7.2: name the recipient only when there is one (no disclosure of the others).
         lines.append(f"\tfor <{recipients[0]}>; {date}")
@@ -728,7 +742,10 @@ class Session:
     def _log_message(self, message_id: str, ev: Message, recipients: list[str], size: int, verdict: Verdict | None,
                      accepted: Accepted | None = None, refused: str = "",
                      extra: list[tuple[str, object]] | None = None) -> None:
-        """Invariant 4: the one line per message, accepted or refused by a check (with the check's name)."""
+        """Invariant 4: the one line per message, accepted or refused by a check (with the check's name); not even
+        built when the logger would drop it (`--log-level warning`)."""
+        if not message_log.isEnabledFor(logging.INFO):
+            return
         conn = self.conn
         fields: list[tuple[str, object]] = [
             ("id", message_id), ("session", conn.session_id), ("listener", conn.listener),

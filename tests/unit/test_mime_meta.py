@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from postroom.mime.imap import Section, UnknownCTE, binary_bytes, section_bytes
+from postroom.mime.imap import Section, UnknownCTE, binary_bytes, envelope, section_bytes
 from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta
+from postroom.mime.sortkeys import sort_keys
 from postroom.mime.structure import scan, walk
 
 MSGS = Path(__file__).resolve().parents[1] / "data" / "mime" / "msgs"
@@ -83,3 +84,27 @@ def test_8bit_and_surrogates_survive() -> None:
     raw = raw.replace("ÿ".encode(), b"\xff")
     meta = compute_meta(raw)
     assert MessageMeta.from_bytes(meta.to_bytes()) == meta
+
+
+_SHARED_ADDRESSES = [
+    # the same value in several fields (one parse, read by ENVELOPE's from, sender, reply-to and the sort keys)
+    b"From: A <a@x.test>\r\nTo: A <a@x.test>\r\nCc: A <a@x.test>, b@x.test\r\nSubject: s\r\n\r\nbody\r\n",
+    # Sender and Reply-To of their own, a group, an empty list element, two From fields
+    b"From: a@x.test, (c) b@y.test\r\nFrom: c@z.test\r\nSender: s@x.test\r\nReply-To: g: m@x.test, n@x.test;\r\n"
+    b"To: ,,t@x.test\r\nBcc: undisclosed:;\r\n\r\n",
+    # no address field at all, and one whose value is no address
+    b"Subject: none\r\n\r\n",
+    b"From: <>\r\nTo: \r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", [(MSGS / n).read_bytes() for n in NAMES] + _SHARED_ADDRESSES)
+def test_envelope_and_sort_keys_share_one_parse_and_mean_the_same(raw: bytes) -> None:
+    """compute_meta parses each address field once for ENVELOPE and the sort keys (`address.Parsed`): the result
+    is byte for byte what each of them computes alone (RFC 9051 §7.5.2; RFC 5256 §3)."""
+    meta = compute_meta(raw)
+    if any(code.startswith("meta-failed") for _, code in meta.defects):
+        return
+    fields = scan(raw).root.fields
+    assert meta.envelope == envelope(fields)
+    assert meta.keys == sort_keys(fields)

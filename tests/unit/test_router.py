@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -389,3 +391,88 @@ def test_stray_content_in_either_piece_is_refused_at_the_door(tmp_path: Path, ra
         assert (info.value.code, info.value.esc) == (550, "5.6.0")
 
     run(tmp_path, body)
+
+
+def test_a_domain_is_asked_once_per_turn_and_a_change_is_seen_by_the_next_turn(tmp_path: Path) -> None:
+    """Router invariant 18: within one turn of the loop the answer for a domain is the one the turn first read
+    (as the SQLite engine's quick reads share one snapshot per turn); a domain added by another connection (the
+    CLI) or removed through the store is seen from the next turn on, so by the next command."""
+    async def body(store: Store, r: Router) -> None:
+        assert not await r.is_local_domain("late.test")  # the turn's first answer
+        conn = sqlite3.connect(tmp_path / "data" / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", ("late.test", time.time()))
+        finally:
+            conn.close()
+        assert not await r.is_local_domain("late.test")  # the same turn: the same answer
+        with pytest.raises(RouteError) as refused:
+            await r.check_recipient("someone@late.test", "bob@far.test", False)
+        assert refused.value.code == 550 and refused.value.esc == "5.7.1"  # relaying denied: not ours yet
+        await asyncio.sleep(0)  # the next turn
+        assert await r.is_local_domain("late.test")
+        await store.add_user("carol@late.test", "x")
+        assert await r.resolve("carol@late.test") != []
+        await store.remove_user("carol@late.test")
+        await store.remove_domain("late.test")  # a write: its result arrives in a later turn
+        assert not await r.is_local_domain("late.test")
+
+    run(tmp_path, body)
+
+
+def test_one_domain_lookup_per_rcpt_and_per_message(tmp_path: Path) -> None:
+    """A RCPT and a message to a local user ask the store once for the recipient's domain, and never for the
+    sender's (needed only for a forward's SRS sender, invariant 12)."""
+    async def body(store: Store, r: Router) -> None:
+        asked: list[str] = []
+        lookup = store.get_domain
+
+        async def counting(name: str) -> Any:
+            asked.append(name)
+            return await lookup(name)
+
+        store.get_domain = counting  # type: ignore[method-assign]
+        await asyncio.sleep(0)
+        await r.check_recipient("Alice@Example.ORG", "bob@far.test", False)
+        assert asked == ["example.org"]
+        await asyncio.sleep(0)
+        asked.clear()
+        accepted = await r.accept(Envelope("bob@far.test", (Rcpt("alice@example.org"),),
+                                           b"From: bob@far.test\r\nSubject: hi\r\n\r\nhello\r\n"))
+        assert accepted.local == 1
+        assert asked == ["example.org"]
+
+    run(tmp_path, body)
+
+
+def test_domain_answers_left_by_a_stopped_loop_are_not_used_by_the_next(tmp_path: Path) -> None:
+    """One router used by two event loops in turn (as the CLI and tests do): the first stops in the turn of a
+    lookup, before the callback that forgets its answers runs; the next loop asks the store again."""
+    data = tmp_path / "data"
+    store = open_store(f"sqlite:///{data / 'postroom.db'}", data)
+    cfg = config_mod.load(None, {"server": {"data_dir": str(data)}})
+    router = Router(store, cfg)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.open())
+        seen: list[bool] = []
+
+        async def look_then_stop() -> None:
+            seen.append(await router.is_local_domain("late.test"))
+            loop.stop()  # the loop ends with this turn: the answers' end-of-turn callback never runs
+
+        task = loop.create_task(look_then_stop())
+        loop.run_forever()
+        assert task.done() and seen == [False]
+        conn = sqlite3.connect(data / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("INSERT INTO domains(name, created) VALUES (?, ?)", ("late.test", time.time()))
+        finally:
+            conn.close()
+        other = asyncio.new_event_loop()
+        try:
+            assert other.run_until_complete(router.is_local_domain("late.test"))
+        finally:
+            other.close()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
