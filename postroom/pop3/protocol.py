@@ -691,9 +691,12 @@ class POP3Core:
 _Handler = Callable[[POP3Core, list[str]], Event]
 
 # The upper-case verb -> (its name, the states it is allowed in, its handler; None: PASS, which takes the rest
-# of the line): `ALLOWED` and the `_cmd_` methods, looked up once here instead of at every command.
-_COMMANDS: dict[bytes, tuple[str, frozenset[State], _Handler | None]] = {
-    verb.encode("ascii"): (verb, states, None if verb == "PASS" else getattr(POP3Core, "_cmd_" + verb.lower()))
+# of the line): `ALLOWED` and the `_cmd_` methods, looked up once here instead of at every command. The states
+# are a tuple: `in` finds a member by identity, without calling `Enum.__hash__` (a Python function) as a
+# frozenset's lookup does.
+_COMMANDS: dict[bytes, tuple[str, tuple[State, ...], _Handler | None]] = {
+    verb.encode("ascii"): (verb, tuple(sorted(states, key=lambda st: st.value)),
+                           None if verb == "PASS" else getattr(POP3Core, "_cmd_" + verb.lower()))
     for verb, states in ALLOWED.items()
 }
 
