@@ -61,9 +61,10 @@ Invariants
    interval); the session stays in its state and the next command tries again.
 9. Commands are answered in order whichever path answers them: `_answer_inline` stops at the first event it
    may not answer and leaves it in `_held`, and the loop takes `_held` before asking the core for the next
-   event; the replies written inline precede it. Inline answers hold what the loop's do (at most DRAIN_ABOVE
-   bytes plus one reply written before the loop drains: the connection hands over no chunk while its output is
-   paused) and never end the session: a reply that closes it (too many errors) and QUIT go through the loop.
+   event; the replies written inline precede it. Output stays bounded: one inline pass writes at most
+   DRAIN_ABOVE bytes plus one reply and then hands over, the connection offers no chunk while its output is
+   paused, and the loop drains past DRAIN_ABOVE, so at most about twice DRAIN_ABOVE is written before a drain.
+   Inline answers never end the session: a reply that closes it (too many errors) and QUIT go through the loop.
 """
 
 from __future__ import annotations
