@@ -650,8 +650,11 @@ class POP3Core:
             # the listing's, counted when the body was stored. When it equals the length, the body is already
             # canonical and needs no line-end pass (`dot_stuff`); any other count is made again from the bytes.
             listed = self.entries[number - 1].size if 0 < number <= len(self.entries) else -1
-            if listed == len(raw) and raw[:1] != b"." and _DOT_LINE.search(raw) is None:
-                # canonical (ends with CRLF) and no line to stuff: `dot_stuff`'s answer, without its steps
+            if (listed == len(raw) and raw.endswith(b"\r\n") and raw[:1] != b"."
+                    and _DOT_LINE.search(raw) is None):
+                # canonical and no line to stuff: `dot_stuff`'s answer without its steps. The last line end is
+                # checked, not trusted to the listing, so the terminator stays a line of its own whatever the
+                # listing says (tests/fuzz: a listed size that matches a body with bare LFs).
                 return [b"+OK %d octets\r\n" % listed, raw, TERMINATOR]  # = ok(...)
             octets = listed if listed == len(raw) else crlf_size(raw)
             return [b"+OK %d octets\r\n" % octets, *dot_stuff(raw, canonical=octets == len(raw))]  # = ok(...)

@@ -597,3 +597,15 @@ def test_verbs_in_any_case_in_transaction(d: Driver) -> None:
     assert d.feed(b"stat\r\n") == d.feed(b"STAT\r\n")
     assert d.feed(b"R\xc9TR 2\r\n") == b"-ERR unknown command\r\n"  # only ASCII letters change case
     assert d.feed(b"apop x y\r\n").startswith(b"-ERR APOP is not offered")
+
+
+def test_retr_ends_with_the_terminator_line_when_the_listing_disagrees() -> None:
+    # A listed size equal to the length of a body with bare LFs (not what the store keeps, but the core must not
+    # trust it for the framing): the reply still ends with CRLF "." CRLF (RFC 1939 §3).
+    raw = b"Subject: two\n\nbare LF body\n"
+    core = POP3Core(Options(user_without_tls=True))
+    core.login_ok("alice", [Entry(uid=1, size=len(raw), blob_id="b", uidl="1.1")])
+    core.receive_data(b"RETR 1\r\n")
+    ev = core.next_event()
+    assert isinstance(ev, Retrieve)
+    assert b"".join(core.message_reply(ev.number, raw, ev.lines)).endswith(b"\r\n.\r\n")
