@@ -1,6 +1,7 @@
 """POP3 retrieve-all throughput: Postroom beside Dovecot's POP3 server on the same messages.
 
     .venv/bin/python bench/pop3.py [--count 5000] [--size 4096] [--rounds 3] [--window 50] [--dir PATH]
+                                   [--postroom-only] [--profile DIR]
 
 A maildrop of --count messages (sizes spread around --size) is put into a fresh Postroom data folder (through
 the store, as delivery would) and into a temporary Maildir for a throwaway Dovecot (Debian's dovecot-pop3d:
@@ -15,6 +16,13 @@ not the bottleneck. Each server gets one untimed warm-up pass (Dovecot builds it
 cache), then --rounds timed passes; the best is reported. QUIT deletes nothing (no DELE), so every pass sees
 the same maildrop.
 
+The server's CPU (user + system of its whole process tree, bench/common.py `cpu_seconds`, from /proc) is taken
+right after each timed login and right after the last reply of its retrieve-all, so the last column is the
+server's CPU per message retrieved, login (Postroom's argon2id check) and QUIT left out; Dovecot's per-session
+process is still alive then and counted. On a machine shared with other work it moves far less than the rates.
+--postroom-only skips Dovecot (to alternate two Postroom checkouts); --profile DIR has py-spy record Postroom's
+processes during each mode's timed rounds (raw folded stacks, DIR/postroom-pipelined.txt, postroom-one.txt).
+
 Progress goes to stderr, the table to stdout.
 """
 
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # noqa: E402  (bench/dovecot.py: a private Dovecot)
-from common import PrivatePostroom, cpu_seconds, progress, servers_stopped  # noqa: E402  (bench/common.py)
+from common import (  # noqa: E402  (bench/common.py)
+    PrivatePostroom,
+    cpu_seconds,
+    progress,
+    servers_stopped,
+    stop_process,
+)
 from dovecot import PrivateDovecot  # noqa: E402
 
 USER = "bench@example.org"
@@ -128,22 +144,40 @@ class Client:
         self.sock.close()
 
 
-def measure(port: int, pid: int, count: int, window: int, rounds: int, label: str) -> tuple[float, int, float]:
-    """(best seconds, octets, the server's CPU seconds per round) over `rounds` retrieve-alls."""
+def measure(port: int, pid: int, count: int, window: int, rounds: int, label: str,
+            profile: Path | None = None) -> tuple[float, int, float]:
+    """(best seconds, octets, the server's CPU seconds per message retrieved) over `rounds` retrieve-alls;
+    the CPU is counted from after each login to the last reply (module doc). `profile`: py-spy's raw stacks of
+    the server's processes during the timed rounds go to that file."""
     c = Client(port)
     assert c.login() == count
     c.retrieve_all(count, 50, f"{label} (warm-up)")
     c.quit()
     best = (float("inf"), 0)
-    cpu0 = cpu_seconds(pid)
-    for r in range(rounds):
-        c = Client(port)
-        c.login()
-        secs, octets = c.retrieve_all(count, window, f"{label} round {r + 1}/{rounds}")
-        c.quit()
-        best = min(best, (secs, octets))
-    time.sleep(0.5)  # Dovecot's per-session processes are reaped (their CPU time moves to the master)
-    return best[0], best[1], (cpu_seconds(pid) - cpu0) / rounds
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-f", "raw",
+                                "-r", "200", "--nonblocking", "--subprocesses", "-o", str(profile)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches
+    cpu = 0.0
+    try:
+        for r in range(rounds):
+            c = Client(port)
+            c.login()
+            cpu0 = cpu_seconds(pid)
+            secs, octets = c.retrieve_all(count, window, f"{label} round {r + 1}/{rounds}")
+            cpu += cpu_seconds(pid) - cpu0
+            c.quit()
+            best = min(best, (secs, octets))
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                stop_process(spy)
+    return best[0], best[1], cpu / rounds / count
 
 
 # --- the servers -----------------------------------------------------------------------------------------
@@ -171,35 +205,44 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window", type=int, default=50, help="RETR commands in flight when pipelining")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--postroom-only", action="store_true", help="no Dovecot (e.g. to compare two checkouts)")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy raw stacks of Postroom per mode into DIR")
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="pop3-bench-", dir=args.dir))
     messages = make_messages(args.count, args.size)
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"pop3 bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
     results: dict[tuple[str, str], tuple[float, int, float]] = {}
-    servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
+    servers = [("Postroom", start_postroom)]
+    if not args.postroom_only:
+        servers.append((f"Dovecot {dovecot.version()}", start_dovecot))
     with servers_stopped(work) as started:
         for name, start in servers:
             server, port = start(work, messages)
             started.append(server)
             for mode, window in (("pipelined", args.window), ("one at a time", 1)):
+                profile = None
+                if args.profile and name == "Postroom":
+                    profile = args.profile / f"postroom-{mode.split()[0]}.txt"
                 results[(name, mode)] = measure(port, server.pid, args.count, window, args.rounds,
-                                                f"{name}, {mode}")
+                                                f"{name}, {mode}", profile)
             server.stop()
 
-    postroom_name, dovecot_name = servers[0][0], servers[1][0]
+    names = [name for name, _ in servers]
     print(f"\nPOP3 retrieve-all: {args.count} messages ({total_mib:.1f} MiB), best of {args.rounds}, "
           f"pipelining window {args.window}")
-    print("| mode | server | seconds | msgs/s | MB/s | Postroom / Dovecot | server CPU s per run |")
+    print("| mode | server | seconds | msgs/s | MB/s | Postroom / Dovecot | server CPU us per message |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for mode in ("pipelined", "one at a time"):
-        base = results[(dovecot_name, mode)][0]
-        for name in (postroom_name, dovecot_name):
+        base = results[(names[-1], mode)][0]
+        for name in names:
             secs, octets, cpu = results[(name, mode)]
-            ratio = f"{base / secs:.2f}x" if name == postroom_name else ""
+            ratio = f"{base / secs:.2f}x" if name == names[0] and len(names) > 1 else ""
             print(f"| {mode} | {name} | {secs:.3f} | {args.count / secs:,.0f} | {octets / secs / 1e6:.1f} | {ratio} "
-                  f"| {cpu:.2f} |")
+                  f"| {cpu * 1e6:.1f} |")
     return 0
 
 

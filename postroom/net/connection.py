@@ -4,9 +4,18 @@ Theory of operation
 -------------------
 `Connection` is an `asyncio.Protocol`. The transport pushes bytes into one `bytearray` (`data_received`); the
 session pulls from it with `read_line`, `read_exact`, `read_some` or `skip`. Reads are served from the buffer
-first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_later` timer (and
+first and wait only when it cannot satisfy them. Every wait is a single future plus one `call_at` timer (and
 a second while a deadline of invariant 7 runs: an unfinished line, or data), so an idle session costs one small
 object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions must fit comfortably).
+
+Answering inline. A sans-I/O session whose replies are often ready at once (POP3 in TRANSACTION: a RETR whose
+body was read ahead, STAT, LIST, DELE...) passes `read_some(inline=handler)`. While that read waits, a chunk
+that arrives into an empty buffer and ends with LF (whole lines, so no command deadline is running) is handed
+to the handler from the transport's callback (`data_received`), which feeds its core, writes the replies and
+says whether the read may go on waiting. A command then costs no future, no task step and no second trip
+round the event loop (one `epoll_wait` per client round trip instead of two), and its reply leaves in the same
+callback that received it. The read's idle timer is not cancelled and set again for every such command: it
+stays armed, and when it fires it looks at when the handler last took bytes (`_idle_check`, invariant 4).
 
 Line reading. `read_line` returns one line including its terminator; the protocol decides whether a bare LF is
 acceptable (the reader splits on LF, so a CRLF line ends in b"\\r\\n" and an LF-only line in b"\\n"). A line whose
@@ -38,8 +47,10 @@ Invariants
 2. While `_discarding` is true the buffer is empty: the tail of an overlong line never reaches a session.
 3. The buffer never grows past `high_water` because of the peer alone: reading is paused above it and
    resumed when a read needs more data or the buffer drains below a quarter of it.
-4. Idle time is silence: the timer restarts whenever a read wakes on new data; a peer that stops reading our
-   output times out in `drain()` likewise. Trickling is not silence, so two deadlines bound it (invariant 7).
+4. Idle time is silence: the timer restarts whenever a read wakes on new data, and counts from the last chunk
+   an inline handler took (invariant 12: the timer, when due, is set again for the idle timeout after it); a
+   peer that stops reading our output times out in `drain()` likewise. Trickling is not silence, so two
+   deadlines bound it (invariant 7).
 5. After `connection_lost`, reads serve what is still buffered, then raise `ConnectionClosed`; writes are
    dropped and `drain()` raises `ConnectionClosed`.
 6. The connection logs no payload. Sessions put safe fields in `log`; passwords never go there.
@@ -68,6 +79,14 @@ Invariants
 11. `read_some`, the read every idle IMAP and POP3 session waits in, awaits the waiter future itself
    (`_arm_read`, `_end_read`): no `_wait_for_data` coroutine frame (~300 bytes) lives under it while idle;
    nor is the `on_connection_made` callback (a closure) kept once it has been called.
+12. An inline handler (`read_some(inline=...)`, module doc) is called only while its read waits (its future not
+   done), only with a chunk that ends with LF and arrives into an empty buffer, never while the output is
+   paused (`pause_writing`: the session drains first), while the server is stopping or for bytes of a line
+   being dropped. Bytes it is given never reach the buffer: it takes them whatever it answers. True means it
+   answered every complete line (the wait goes on, now interruptible: the peer is between commands); False
+   ends the read with b"", also at EOF, so a command that came with the peer's FIN is still carried out. A
+   deadline timer armed for an unfinished line that the handler then completed does not fire (`_deadline`
+   is None again). Every other chunk is buffered and wakes the read as before, so the order of bytes is kept.
 """
 
 from __future__ import annotations
@@ -184,7 +203,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiter", "_eof", "_high_water", "_implicit_tls", "_inflate_full", "_inflate_scheduled", "_inflater",
         "_loop", "_lost", "_on_made", "_partial_since", "_paused_at", "_paused_reading", "_paused_writing",
         "_scanned", "_span_bytes", "_span_since", "_stopping", "_tls", "_tls_cipher", "_tls_version", "_transport",
-        "_waiter", "_waiter_interruptible", "_zin",
+        "_waiter", "_waiter_interruptible", "_zin", "_inline", "_quiet_since", "_idle_timer",
     )
 
     def __init__(self, *, listener: str, protocol: str, limits: LimitsConfig, idle_timeout: float | None,
@@ -220,6 +239,9 @@ class Connection(asyncio.Protocol):
         self._stopping = False
         self._waiter: asyncio.Future[None] | None = None
         self._waiter_interruptible = False
+        self._inline: Callable[[bytes], bool] | None = None  # invariant 12: set while a read_some(inline=) waits
+        self._quiet_since = 0.0  # loop time of the last bytes an inline handler took (invariant 4)
+        self._idle_timer: asyncio.TimerHandle | None = None  # the idle timer of the waiting read
         self._paused_reading = False
         self._paused_writing = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -334,6 +356,17 @@ class Connection(asyncio.Protocol):
             data = data[i + 1:]
             if not data:
                 return
+        inline = self._inline
+        if (inline is not None and self._partial_since is None and not self._buffer and not self._paused_writing
+                and not self._stopping and self._waiter is not None and not self._waiter.done()):
+            # invariant 12: whole lines while a read waits, nothing before them: the session answers them here,
+            # without waking its task; the idle timer then counts from now (invariant 4)
+            if inline(data):
+                self._quiet_since = self._loop.time()
+                self._waiter_interruptible = True  # every line answered: between commands, a shutdown may end it
+            else:
+                self._wake()  # it took the bytes and has more to do than it may here: the read returns b""
+            return
         self._buffer += data
         if len(self._buffer) > self._high_water and not self._paused_reading and self._transport is not None:
             self._paused_reading = True
@@ -381,6 +414,19 @@ class Connection(asyncio.Protocol):
             self.ended_by = "timeout"
             self.log.setdefault("timeout", "idle")
             fut.set_exception(IdleTimeout(f"no activity for {self.idle_timeout:g} s"))
+
+    def _idle_check(self, fut: asyncio.Future[None]) -> None:
+        """The idle timer of a waiting read (`_arm_read`) is due. An inline handler may have taken bytes since it
+        was armed (invariant 12) without ending the wait: then the timer is set again for the idle timeout after
+        those (one timer per wait, moved only when it fires, not at every command); else the read times out."""
+        self._idle_timer = None
+        if fut.done() or not self.idle_timeout:
+            return
+        due = self._quiet_since + self.idle_timeout
+        if due > self._loop.time():
+            self._idle_timer = self._loop.call_at(due, self._idle_check, fut)
+            return
+        self._idle_expired(fut)
 
     def data_phase(self, on: bool) -> None:
         """The bytes the session reads next are message data (True: SMTP DATA/BDAT, an IMAP literal; judged by
@@ -434,8 +480,11 @@ class Connection(asyncio.Protocol):
         return DeadlineExceeded(reason, text)
 
     def _deadline_expired(self, fut: asyncio.Future[None], reason: str) -> None:
-        if not fut.done():
-            fut.set_exception(self._deadline_error(reason))
+        if fut.done():
+            return
+        if self._deadline() is None:
+            return  # the unfinished line was completed and answered inline since the wait began (invariant 12)
+        fut.set_exception(self._deadline_error(reason))
 
     def request_shutdown(self) -> None:
         """The server is stopping: a read waiting between commands raises ShuttingDown now, later ones at once."""
@@ -448,18 +497,19 @@ class Connection(asyncio.Protocol):
     async def _wait_for_data(self, interruptible: bool, wake: Wake | None = None,
                              quiet_since: float | None = None) -> None:
         """Wait until new bytes are buffered. Raises ConnectionClosed / IdleTimeout / ShuttingDown."""
-        fut, timer, dl_timer = self._arm_read(interruptible, wake, quiet_since)
+        fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, None)
         try:
             await fut
         finally:
-            self._end_read(wake, timer, dl_timer)
+            self._end_read(wake, dl_timer)
 
-    def _arm_read(self, interruptible: bool, wake: Wake | None, quiet_since: float | None) -> tuple[
-            asyncio.Future[None], asyncio.TimerHandle | None, asyncio.TimerHandle | None]:
+    def _arm_read(self, interruptible: bool, wake: Wake | None, quiet_since: float | None,
+                  inline: Callable[[bytes], bool] | None) -> tuple[asyncio.Future[None], asyncio.TimerHandle | None]:
         """The start of a wait for new bytes (`_wait_for_data`, or `read_some` itself: invariant 11): the
-        waiter future, resolved by new bytes, EOF, the idle timer, the deadline timer (both returned, either
-        None) or `wake`. Raises at once what `_wait_for_data` would (ConnectionClosed, ShuttingDown, a deadline
-        passed). The caller awaits the future and then calls `_end_read` with the rest, whatever happened."""
+        waiter future, resolved by new bytes, EOF, the idle timer (`_idle_timer`), the deadline timer (returned,
+        or None), `wake`, or `inline` handing over (invariant 12). Raises at once what `_wait_for_data` would
+        (ConnectionClosed, ShuttingDown, a deadline passed). The caller awaits the future and then calls
+        `_end_read` with the rest, whatever happened."""
         if self._eof:
             self.ended_by = self.ended_by or "eof"
             raise ConnectionClosed("connection closed by peer")
@@ -476,22 +526,26 @@ class Connection(asyncio.Protocol):
         fut: asyncio.Future[None] = self._loop.create_future()
         self._waiter = fut
         self._waiter_interruptible = interruptible
-        start = self._loop.time() if quiet_since is None else quiet_since
-        timer = (self._loop.call_at(start + self.idle_timeout, self._idle_expired, fut)
-                 if self.idle_timeout else None)
+        if self.idle_timeout:
+            start = self._loop.time() if quiet_since is None else quiet_since
+            self._idle_timer = self._loop.call_at(start + self.idle_timeout, self._idle_check, fut)
         dl_timer = (self._loop.call_at(deadline[0], self._deadline_expired, fut, deadline[1])
                     if deadline is not None else None)
         if wake is not None:
             wake.wake_on(fut)
-        return fut, timer, dl_timer
+        self._inline = inline
+        return fut, dl_timer
 
-    def _end_read(self, wake: Wake | None, timer: asyncio.TimerHandle | None,
-                  dl_timer: asyncio.TimerHandle | None) -> None:
-        """The end of a wait `_arm_read` began, however it ended: no waiter, no wake, no timers."""
+    def _end_read(self, wake: Wake | None, dl_timer: asyncio.TimerHandle | None) -> None:
+        """The end of a wait `_arm_read` began, however it ended: no waiter, no wake, no inline handler, no
+        timers."""
         self._waiter = None
+        self._inline = None
         if wake is not None:
             wake.wake_on(None)
+        timer = self._idle_timer
         if timer is not None:
+            self._idle_timer = None
             timer.cancel()
         if dl_timer is not None:
             dl_timer.cancel()
@@ -608,7 +662,8 @@ class Connection(asyncio.Protocol):
             await self._wait_for_data(interruptible and not buf)
 
     async def read_some(self, max_bytes: int | None = None, *, interruptible: bool = False,
-                        wake: Wake | None = None, quiet_since: float | None = None) -> bytes:
+                        wake: Wake | None = None, quiet_since: float | None = None,
+                        inline: Callable[[bytes], bool] | None = None) -> bytes:
         """Whatever is buffered (at most `max_bytes`), waiting for the next chunk if nothing is.
 
         For sans-I/O cores that do their own framing. Pass `interruptible=True` when the core is between
@@ -617,16 +672,22 @@ class Connection(asyncio.Protocol):
         caller looks at what woke it (one future for both, no task per source: invariant 10). `quiet_since`
         (loop time) is when the client was last heard from, for a caller that calls again after such a wake:
         the idle timeout counts from it instead of from this call (invariant 4).
+
+        `inline(data) -> bool` (invariant 12): while this read waits, a chunk that arrives into an empty buffer
+        and ends a line is given to it from the transport's callback instead of being buffered. It takes the
+        bytes in every case; True: it answered everything (with `write`/`writelines`) and the wait goes on; False:
+        it holds something the caller must do, and the read returns b"" (also at EOF, so a command that came
+        with the peer's FIN is not lost). The caller must expect b"" whenever it passes `inline`.
         """
         buf = self._buffer
         while not buf:
             # invariant 11: `_wait_for_data` spelt out, so an idle session holds no coroutine frame for it
-            fut, timer, dl_timer = self._arm_read(interruptible, wake, quiet_since)
+            fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, inline)
             try:
                 await fut
             finally:
-                self._end_read(wake, timer, dl_timer)
-            if wake is not None and not buf and not self._eof:
+                self._end_read(wake, dl_timer)
+            if not buf and (inline is not None or (wake is not None and not self._eof)):
                 return b""
         if max_bytes is None or max_bytes >= len(buf):
             data = bytes(buf)
@@ -689,6 +750,7 @@ class Connection(asyncio.Protocol):
         self._transport.write(data)
 
     def writelines(self, chunks: list[bytes]) -> None:
+        """Queue `chunks` for sending, in order, as one write (one deflate burst with compression on)."""
         if self._transport is None or self._lost or self._closing:
             return
         if self._deflater is not None:
@@ -696,7 +758,7 @@ class Connection(asyncio.Protocol):
             self.bytes_out += len(data)
             self._transport.write(data)
             return
-        self.bytes_out += sum(len(c) for c in chunks)
+        self.bytes_out += sum(map(len, chunks))  # no generator frame per call: POP3 writes once per RETR
         self._transport.writelines(chunks)
 
     async def drain(self) -> None:

@@ -8,7 +8,13 @@ the client sent (up to 64 KiB), feeding it to the core; otherwise carry the even
 SASL exchange, upgrade to TLS, read a message body, remove messages at QUIT) and hand the core the outcome,
 which answers with the reply bytes. Pipelined commands (RFC 2449 §6.6) are all answered from the buffer; the
 session waits for the client's output to drain only when it runs out of input or a reply is large, so a batch
-of 100 RETRs costs one read and a few drains, not 100 round trips. Bodies are read a run at a time: a RETR or
+of 100 RETRs costs one read and a few drains, not 100 round trips. In TRANSACTION the loop's read is
+`read_some(inline=_answer_inline)` (net/connection.py invariant 12): commands that arrive while it waits and
+whose reply is ready (`_ready`: every `Send` that does not close; RETR/TOP of a body read ahead) are answered
+from the connection's callback, every reply of one received chunk in one write, without waking the loop's task;
+the first command that needs waiting (a store read, QUIT) is kept in `_held` and the read returns, so the loop
+carries it out next. One RETR at a time then costs one trip round the event loop, not two, and no future or
+timer. Bodies are read a run at a time: a RETR or
 TOP whose body was not read ahead reads it with those of the RETR/TOP lines already buffered and, when the
 client goes through the maildrop in order (RETR n after RETR n-1, one at a time or pipelined), of the messages
 after them, in one `Store.read_messages` call (invariant 6 bounds it); the next RETRs find theirs in memory.
@@ -53,6 +59,12 @@ Invariants
 8. A store that cannot be reached (`StoreUnavailable`: the database down) is answered `-ERR [SYS/TEMP]` (RFC 3206
    §4) for the command that needed it, PASS included, with no traceback (the engine logs the outage once per
    interval); the session stays in its state and the next command tries again.
+9. Commands are answered in order whichever path answers them: `_answer_inline` stops at the first event it
+   may not answer and leaves it in `_held`, and the loop takes `_held` before asking the core for the next
+   event; the replies written inline precede it. Output stays bounded: one inline pass writes at most
+   DRAIN_ABOVE bytes plus one reply and then hands over, the connection offers no chunk while its output is
+   paused, and the loop drains past DRAIN_ABOVE, so at most about twice DRAIN_ABOVE is written before a drain.
+   Inline answers never end the session: a reply that closes it (too many errors) and QUIT go through the loop.
 """
 
 from __future__ import annotations
@@ -63,7 +75,7 @@ import os
 import secrets
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from postroom.auth.authenticator import Exchange, Step
@@ -89,6 +101,7 @@ from .protocol import (
     Send,
     StartSasl,
     StartTls,
+    State,
     Update,
     err,
     make_uidl,
@@ -228,6 +241,7 @@ class Session:
         self.retrieved = 0
         self._ahead: dict[str, bytes] = {}  # blob id -> body read ahead (invariant 6)
         self._last_number = 0  # the message the last RETR/TOP asked for
+        self._held: object = None  # an event `_answer_inline` took from the core and left to the loop (invariant 9)
         self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -248,6 +262,8 @@ class Session:
             conn.end = "shutdown"
         finally:
             self._ahead.clear()
+            if self.retrieved:
+                conn.log["retrieved"] = self.retrieved
             if self.user is not None:
                 await asyncio.shield(self.locks.release(self.user.id, conn.session_id))
 
@@ -259,32 +275,41 @@ class Session:
         pending: list[bytes] = []
         unflushed = 0
         while True:
-            event = core.next_event()
+            event = self._held
+            if event is None:
+                event = core.next_event()
+            else:
+                self._held = None
             if event is NEED_DATA:
                 if pending:
                     conn.writelines(pending)
                     pending = []
                 await conn.drain()
                 unflushed = 0
-                data = await conn.read_some(READ_CHUNK, interruptible=core.between_commands)
-                core.receive_data(data)
+                # In TRANSACTION, what the commands that arrive while this read waits need is usually at hand:
+                # `_answer_inline` answers them as they arrive, and the read returns only when one needs more.
+                inline = self._answer_inline if core.state is State.TRANSACTION else None
+                data = await conn.read_some(READ_CHUNK, interruptible=core.between_commands, inline=inline)
+                core.receive_data(data)  # b"" when `_answer_inline` handed over
                 continue
-            if pending and not isinstance(event, (Send, Retrieve)):
-                conn.writelines(pending)  # a login, STLS or QUIT may write itself or take a while: in order
-                pending = []
-            try:
-                chunks = await self._handle(event)
-            except NetError:
-                raise
-            except StoreUnavailable:  # invariant 8: -ERR [SYS/TEMP] (RFC 3206 §4), no traceback: the store logs it
-                chunks = [core.unavailable()]
-                conn.log["store"] = "unavailable"
-            except InsufficientStorage as exc:  # disk full: no traceback, the same -ERR [SYS/TEMP] (RFC 3206)
-                log.warning("pop3 session %s: %s", conn.session_id, exc)
-                chunks = [core.internal_error()]
-            except Exception:  # invariant 5
-                log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
-                chunks = [core.internal_error()]
+            chunks = self._ready(event)
+            if chunks is None:  # it needs waiting: a store read, a login, STLS or QUIT
+                if pending and type(event) is not Retrieve:
+                    conn.writelines(pending)  # a login, STLS or QUIT may write itself or take a while: in order
+                    pending = []
+                try:
+                    chunks = await self._handle(event)
+                except NetError:
+                    raise
+                except StoreUnavailable:  # invariant 8: -ERR [SYS/TEMP] (RFC 3206 §4), no traceback: the store logs it
+                    chunks = [core.unavailable()]
+                    conn.log["store"] = "unavailable"
+                except InsufficientStorage as exc:  # disk full: no traceback, the same -ERR [SYS/TEMP] (RFC 3206)
+                    log.warning("pop3 session %s: %s", conn.session_id, exc)
+                    chunks = [core.internal_error()]
+                except Exception:  # invariant 5
+                    log.exception("pop3 session %s: %s failed", conn.session_id, type(event).__name__)
+                    chunks = [core.internal_error()]
             if chunks:
                 pending += chunks
                 unflushed += sum(map(len, chunks))
@@ -300,6 +325,45 @@ class Session:
                     conn.end = "quit" if core.quit else "errors"
                 await conn.drain()
                 return
+
+    def _ready(self, event: object) -> Sequence[bytes] | None:
+        """The reply to `event` when it needs no waiting (a `Send` that does not close the session; a RETR/TOP
+        whose body was read ahead, invariant 6), else None: the loop carries it out (`_handle`)."""
+        if isinstance(event, Retrieve):
+            try:
+                return self._from_ahead(event)
+            except Exception:  # invariant 5
+                log.exception("pop3 session %s: Retrieve failed", self.conn.session_id)
+                return [self.core.internal_error()]
+        if isinstance(event, Send) and not event.close:
+            return event.chunks
+        return None
+
+    def _answer_inline(self, data: bytes) -> bool:
+        """Answer commands straight from the connection's callback while the loop's read waits (net/connection.py
+        invariant 12; invariant 9): feed `data` to the core and answer, in order, every command `_ready` can, all
+        replies in one write (RFC 2449 §6.6 PIPELINING). True: every complete line was answered, the read goes on
+        waiting. False: the first event that needs waiting is left in `_held`, or more than DRAIN_ABOVE bytes
+        were written; the loop carries on from there."""
+        core = self.core
+        core.receive_data(data)
+        out: list[bytes] = []
+        size = 0
+        while size <= DRAIN_ABOVE:
+            event = core.next_event()
+            if event is NEED_DATA:
+                if out:
+                    self.conn.writelines(out)
+                return True
+            chunks = self._ready(event)
+            if chunks is None:
+                self._held = event
+                break
+            out += chunks
+            size += sum(map(len, chunks))
+        if out:
+            self.conn.writelines(out)
+        return False
 
     async def _handle(self, event: object) -> list[bytes]:
         if isinstance(event, Retrieve):
@@ -421,27 +485,35 @@ class Session:
         return []
 
     # --- RETR / TOP -----------------------------------------------------------------------------------
-    async def _retrieve(self, event: Retrieve) -> list[bytes]:
-        core, entry = self.core, event.entry
-        sequential = event.number == self._last_number + 1
-        self._last_number = event.number
-        raw = self._ahead.pop(entry.blob_id, None)
+    def _from_ahead(self, event: Retrieve) -> list[bytes] | None:
+        """The reply to a RETR/TOP whose body was read ahead, or None when it was not (invariant 6)."""
+        raw = self._ahead.pop(event.entry.blob_id, None)
         if raw is None:
-            # A miss: what was read ahead is not what the client asks for next, so it goes (invariant 6). Read
-            # this body together with those of the RETR/TOP lines already buffered (RFC 2449 §6.6 PIPELINING)
-            # and, when the client goes through the maildrop in order, of the messages after them: one store
-            # call for a run of messages instead of one each.
-            self._ahead.clear()
-            batch = [entry.blob_id, *(e.blob_id for e in core.read_ahead(
-                event.number, READ_AHEAD_COUNT, READ_AHEAD_OCTETS, sequential=sequential))]
-            self._ahead = await self.services.store.read_messages(batch)
-            raw = self._ahead.pop(entry.blob_id, None)
-            if raw is None:
-                return [core.message_gone(event.number)]
+            return None
+        self._last_number = event.number
         if event.lines is None:
             self.retrieved += 1
-            self.conn.log["retrieved"] = self.retrieved
-        return core.message_reply(event.number, raw, event.lines)
+        return self.core.message_reply(event.number, raw, event.lines)
+
+    async def _retrieve(self, event: Retrieve) -> list[bytes]:
+        chunks = self._from_ahead(event)
+        if chunks is not None:
+            return chunks
+        # A miss: what was read ahead is not what the client asks for next, so it goes (invariant 6). Read this
+        # body together with those of the RETR/TOP lines already buffered (RFC 2449 §6.6 PIPELINING) and, when
+        # the client goes through the maildrop in order, of the messages after them: one store call for a run of
+        # messages instead of one each.
+        core, entry = self.core, event.entry
+        sequential = event.number == self._last_number + 1
+        self._ahead.clear()
+        batch = [entry.blob_id, *(e.blob_id for e in core.read_ahead(
+            event.number, READ_AHEAD_COUNT, READ_AHEAD_OCTETS, sequential=sequential))]
+        self._ahead = await self.services.store.read_messages(batch)
+        chunks = self._from_ahead(event)
+        if chunks is None:
+            self._last_number = event.number
+            return [core.message_gone(event.number)]
+        return chunks
 
     # --- QUIT in TRANSACTION ----------------------------------------------------------------------------
     async def _update(self, event: Update) -> bytes:

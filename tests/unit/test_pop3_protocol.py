@@ -554,3 +554,58 @@ def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:
     assert d.core.unavailable() == b"-ERR [SYS/TEMP] the mail store is unavailable, try again later\r\n"
     assert d.core.state is State.AUTHORIZATION and not d.core.closed
     d.login()  # the store is back: the same session signs in
+
+
+def rfc1939_reply(raw: bytes) -> bytes:
+    """RFC 1939 §3 and §11, line by line (an oracle independent of the core's searches): the octets of the
+    message with CRLF line ends, then each line, one starting with "." given another, then "." CRLF."""
+    text = raw.replace(b"\r\n", b"\n")
+    lines = text.split(b"\n")
+    if text.endswith(b"\n") or not text:
+        lines.pop()  # the last line was ended (or there is none)
+    octets = sum(len(ln) + 2 for ln in lines)
+    body = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
+    return b"+OK %d octets\r\n" % octets + body + b".\r\n"
+
+
+def test_retr_reply_is_rfc1939_byte_stuffing_for_any_body() -> None:
+    # Bodies of lines that start, end or are made of dots, with CRLF or bare LF ends, ended or not: the listed
+    # size is the CRLF size, as the store keeps it, so canonical bodies take the core's quick path and the others
+    # its line-end pass.
+    rng = random.Random(1939)
+    pieces = [b".", b"..", b".a", b"a.", b"", b"text", b"x.y", b"\t."]
+    bodies = [b"", b".", b".\r\n", b"\r\n", b"a\r\n.\r\n", b"a\n.\n"]
+    for _ in range(300):
+        lines = [rng.choice(pieces) for _ in range(rng.randint(1, 8))]
+        ends = [rng.choice([b"\r\n", b"\r\n", b"\n"]) for _ in lines]
+        body = b"".join(ln + end for ln, end in zip(lines, ends))
+        bodies.append(body if rng.random() < 0.8 else body.rstrip(b"\r\n"))
+    for raw in bodies:
+        expected = rfc1939_reply(raw)
+        octets = int(expected.split(b" ")[1])
+        core = POP3Core(Options(user_without_tls=True))
+        core.login_ok("alice", [Entry(uid=1, size=octets, blob_id="b", uidl="1.1")])
+        core.receive_data(b"RETR 1\r\n")
+        ev = core.next_event()
+        assert isinstance(ev, Retrieve)
+        assert b"".join(core.message_reply(ev.number, raw, ev.lines)) == expected, raw
+
+
+def test_verbs_in_any_case_in_transaction(d: Driver) -> None:
+    retr = d.feed(b"RETR 2\r\n")
+    assert d.feed(b"retr 2\r\n") == d.feed(b"ReTr 2\r\n") == retr
+    assert d.feed(b"stat\r\n") == d.feed(b"STAT\r\n")
+    assert d.feed(b"R\xc9TR 2\r\n") == b"-ERR unknown command\r\n"  # only ASCII letters change case
+    assert d.feed(b"apop x y\r\n").startswith(b"-ERR APOP is not offered")
+
+
+def test_retr_ends_with_the_terminator_line_when_the_listing_disagrees() -> None:
+    # A listed size equal to the length of a body with bare LFs (not what the store keeps, but the core must not
+    # trust it for the framing): the reply still ends with CRLF "." CRLF (RFC 1939 §3).
+    raw = b"Subject: two\n\nbare LF body\n"
+    core = POP3Core(Options(user_without_tls=True))
+    core.login_ok("alice", [Entry(uid=1, size=len(raw), blob_id="b", uidl="1.1")])
+    core.receive_data(b"RETR 1\r\n")
+    ev = core.next_event()
+    assert isinstance(ev, Retrieve)
+    assert b"".join(core.message_reply(ev.number, raw, ev.lines)).endswith(b"\r\n.\r\n")

@@ -1,0 +1,203 @@
+"""POP3 commands answered from the connection's callback (pop3/session.py invariant 9, net/connection.py invariant
+12) against the real server over real sockets: the same answers however the client's bytes are split, in
+order, over plaintext and TLS; QUIT that arrives with the client's FIN still removes; a client that reads its
+replies late gets every one, exact; the idle timeout counts from the last command and still closes a silent
+session; a command completed after a pause is not taken for a trickle."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from postroom.store.api import AppendRequest
+
+ADDR = "ines@example.org"
+PW = "inline pass word"
+
+
+@pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    return {"auth": {"allow_plaintext": True}}
+
+
+def message(i: int, size: int = 0) -> bytes:
+    body = f"line one of {i}\r\n.a line starting with a dot\r\n..two\r\n.\r\nend {i}\r\n"
+    filler = "".join(f"filler {j} of message {i}: the quick brown fox.\r\n" for j in range(size // 44))
+    return (f"From: bob@example.org\r\nTo: {ADDR}\r\nSubject: message {i}\r\n\r\n" + filler + body).encode()
+
+
+def fill(server: Any, msgs: list[bytes]) -> int:
+    user = server.add_user(ADDR, PW)
+    inbox = server.run(server.store.get_mailbox(user.id, "INBOX"))
+    server.run(server.store.append_many(inbox.id, [AppendRequest(raw=m) for m in msgs]))
+    return int(inbox.id)
+
+
+def uids(server: Any, mailbox_id: int) -> list[int]:
+    return [m.uid for m in server.run(server.store.list_messages(mailbox_id))]
+
+
+def stuffed(raw: bytes) -> bytes:
+    """RFC 1939 §3: the message's lines, each starting "." given one more, then "." CRLF (an independent oracle:
+    line by line, not the server's searches)."""
+    lines = raw.split(b"\r\n")[:-1]  # these messages end with CRLF
+    return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines) + b".\r\n"
+
+
+class Client:
+    def __init__(self, server: Any, tls: bool = False) -> None:
+        listener = "pop3s" if tls else "pop3"
+        sock = socket.create_connection(("127.0.0.1", server.port(listener)), timeout=20)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = server.tls_client_context().wrap_socket(sock) if tls else sock
+        self.buf = b""
+        assert self.line().startswith(b"+OK")
+
+    def fill(self) -> bool:
+        chunk = self.sock.recv(1 << 20)
+        self.buf += chunk
+        return bool(chunk)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if not self.fill():
+                raise EOFError(self.buf)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def multi(self) -> bytes:
+        """The rest of a multi-line reply, its terminator included."""
+        while True:
+            i = self.buf.find(b"\r\n.\r\n")
+            if i >= 0:
+                out, self.buf = self.buf[:i + 5], self.buf[i + 5:]
+                return out
+            if not self.fill():
+                raise EOFError(self.buf)
+
+    def login(self) -> None:
+        self.sock.sendall(f"USER {ADDR}\r\nPASS {PW}\r\n".encode())
+        assert self.line().startswith(b"+OK") and self.line().startswith(b"+OK")
+
+    def replies(self, script: list[tuple[bytes, bool]]) -> list[bytes]:
+        """Read the replies to `script` ((command, multi-line?) pairs), each whole."""
+        out = []
+        for _, multi in script:
+            first = self.line() + b"\r\n"
+            out.append(first + self.multi() if multi and first.startswith(b"+OK") else first)
+        return out
+
+
+SCRIPT: list[tuple[bytes, bool]] = [
+    (b"STAT", False), (b"LIST", True), (b"UIDL 2", False), (b"RETR 1", True), (b"TOP 2 1", True), (b"NOOP", False),
+    (b"RETR 3", True), (b"retr 2", True), (b"DELE 2", False), (b"LIST 2", False), (b"RETR 2", False),
+    (b"RSET", False), (b"Retr 2", True), (b"RETR 9", False), (b"STAT", False),
+]
+
+
+def run_script(server: Any, pieces: list[bytes], tls: bool) -> list[bytes]:
+    c = Client(server, tls)
+    c.login()
+    for piece in pieces:
+        c.sock.sendall(piece)
+        if len(pieces) > 1:
+            time.sleep(0.002)  # so that most pieces arrive as reads of their own
+    got = c.replies(SCRIPT)
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+    c.sock.close()
+    return got
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_same_answers_whole_byte_by_byte_and_at_random_splits(server: Any, tls: bool) -> None:
+    msgs = [message(i) for i in (1, 2, 3)]
+    inbox = fill(server, msgs)
+    data = b"".join(cmd + b"\r\n" for cmd, _ in SCRIPT)
+    whole = run_script(server, [data], tls)
+    # RFC 1939 answers, from the messages themselves
+    sizes = [len(m) for m in msgs]
+    assert whole[0] == b"+OK 3 %d\r\n" % sum(sizes)
+    assert whole[1].endswith(b"".join(b"%d %d\r\n" % (i, s) for i, s in enumerate(sizes, 1)) + b".\r\n")
+    assert whole[3] == b"+OK %d octets\r\n" % sizes[0] + stuffed(msgs[0])
+    assert whole[6] == b"+OK %d octets\r\n" % sizes[2] + stuffed(msgs[2])
+    assert whole[7] == whole[12] == b"+OK %d octets\r\n" % sizes[1] + stuffed(msgs[1])  # verbs in any case
+    assert whole[9].startswith(b"-ERR") and whole[10].startswith(b"-ERR")  # deleted: invisible until RSET
+    assert whole[13].startswith(b"-ERR no such message") and whole[14] == whole[0]
+    assert run_script(server, [bytes([b]) for b in data], tls) == whole
+    rng = random.Random(1939)
+    for _ in range(3):
+        cuts = sorted(rng.sample(range(1, len(data)), 12))
+        assert run_script(server, [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])], tls) == whole
+    assert uids(server, inbox) == [1, 2, 3]  # RSET before QUIT: nothing removed
+
+
+def test_quit_that_comes_with_the_fin_still_removes(server: Any) -> None:
+    msgs = [message(i) for i in (1, 2, 3)]
+    inbox = fill(server, msgs)
+    c = Client(server)
+    c.login()
+    c.sock.sendall(b"RETR 1\r\nDELE 1\r\nDELE 3\r\nQUIT\r\n")
+    c.sock.shutdown(socket.SHUT_WR)  # the FIN right behind QUIT
+    assert c.line() == b"+OK %d octets" % len(msgs[0]) and c.multi() == stuffed(msgs[0])
+    assert c.line() == b"+OK message 1 deleted"
+    assert c.line() == b"+OK message 3 deleted"
+    assert c.line().endswith(b"signing off (1 messages left)")  # RFC 1939 §6: sent after the removal
+    c.sock.close()
+    assert uids(server, inbox) == [2]
+
+
+def test_a_client_that_reads_late_gets_every_reply_in_order(server: Any) -> None:
+    msgs = [message(i, 32 * 1024) for i in range(1, 21)]
+    fill(server, msgs)
+    c = Client(server)
+    c.login()
+    order = [(k * 7) % 20 + 1 for k in range(300)]  # out of order, repeated: read-ahead misses as well as hits
+    c.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in order))
+    time.sleep(1.0)  # not reading: the server's output fills the socket buffers and its writes pause
+    for n in order:
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1])
+        assert c.multi() == stuffed(msgs[n - 1])
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+
+
+@pytest.mark.parametrize("server_overrides", [{"auth": {"allow_plaintext": True},
+                                               "limits": {"pop3_idle_seconds": 1.0}}])
+def test_activity_keeps_the_session_and_silence_ends_it(server: Any) -> None:
+    inbox = fill(server, [message(i) for i in (1, 2)])
+    c = Client(server)
+    c.login()
+    c.sock.sendall(b"DELE 2\r\n")
+    assert c.line() == b"+OK message 2 deleted"
+    started = time.monotonic()
+    while time.monotonic() - started < 3.0:  # three idle timeouts of commands, one every fifth of it
+        c.sock.sendall(b"NOOP\r\n")
+        assert c.line() == b"+OK"
+        c.sock.sendall(b"RETR 1\r\n")
+        assert c.line().startswith(b"+OK") and c.multi().endswith(b"\r\n.\r\n")
+        time.sleep(0.2)
+    assert c.line().startswith(b"-ERR autologout")  # then silence: RFC 1939 §3's autologout timer
+    assert not c.fill()  # closed
+    assert uids(server, inbox) == [1, 2]  # no UPDATE (invariant 1)
+
+
+@pytest.mark.parametrize("server_overrides", [{"auth": {"allow_plaintext": True},
+                                               "limits": {"command_deadline_seconds": 1.0}}])
+def test_a_command_completed_after_a_pause_leaves_no_deadline(server: Any) -> None:
+    fill(server, [message(1)])
+    c = Client(server)
+    c.login()
+    c.sock.sendall(b"NO")
+    time.sleep(0.3)
+    c.sock.sendall(b"OP\r\n")
+    assert c.line() == b"+OK"
+    time.sleep(3.0)  # three command deadlines after "NO" began
+    c.sock.sendall(b"STAT\r\n")
+    assert c.line().startswith(b"+OK 1 ")  # not "-ERR command not received in time"
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
