@@ -68,7 +68,7 @@ import dataclasses
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from postroom import metapool as pool
 from postroom.mime.cte import UnknownCTE
@@ -80,7 +80,7 @@ from . import encoder, objectid, preview
 from . import parser as P
 from .arguments import member, resolve, sel_of
 from .errors import Bad, No, Result
-from .session import Session
+from .session import FLUSH_BYTES, Session
 from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
@@ -155,25 +155,39 @@ class MetaCache:
 META_CACHE = MetaCache()
 
 
+@dataclasses.dataclass(slots=True)
+class _Kept:
+    """One `FlagCache` entry: the compacted listing, its weight in bytes (with its texts), and the encoded FETCH
+    responses made from it (`FlagCache.text`)."""
+
+    cols: MessageColumns
+    weight: int
+    texts: dict[Hashable, bytes] = dataclasses.field(default_factory=dict)
+
+
 class FlagCache:
     """(mailbox id, first UID, last UID) -> the flags-only listing of that range (`list_columns(flags_only=True)`),
     least recently used out, bounded by an estimate of the bytes held (invariant 8). An entry is used only while
     the mailbox still has the (UIDVALIDITY, HIGHESTMODSEQ) it was read under (`MessageColumns.stamp`), which one
     point read of the mailbox row tells: every change to a message takes a new MODSEQ (store api invariant 4),
     so the columns are then exactly what a new listing would give. Shared by the sessions of a process, like
-    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list)."""
+    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list).
+    With each listing, up to `texts_per_listing` encoded responses made from it are kept (`text`, invariant 9),
+    counted in the same byte bound; they go with the listing."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000, texts_per_listing: int = 2) -> None:
         self.max_bytes = max_bytes
         self.min_count = min_count
+        self.texts_per_listing = texts_per_listing
         self.held = 0
-        self._d: OrderedDict[tuple[int, int, int], tuple[MessageColumns, int]] = OrderedDict()
+        self._d: OrderedDict[tuple[int, int, int], _Kept] = OrderedDict()
 
     @staticmethod
     def compact(cols: MessageColumns) -> tuple[MessageColumns, int]:
         """`cols` with its number columns as arrays (4 or 8 bytes a value, not an int object each), and about how
         many bytes it holds."""
-        small = dataclasses.replace(cols, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
+        uids = cols.uids if isinstance(cols.uids, array) and cols.uids.typecode == "I" else array("I", cols.uids)
+        small = dataclasses.replace(cols, uids=uids, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
         return small, 20 * len(cols.uids) + 200 * len(cols.keywords) + 200
 
     def get(self, key: tuple[int, int, int]) -> MessageColumns | None:
@@ -182,27 +196,63 @@ class FlagCache:
         if hit is None:
             return None
         self._d.move_to_end(key)
-        return hit[0]
+        return hit.cols
 
-    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> None:
-        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`."""
+    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> MessageColumns:
+        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`; the listing to
+        use from now on (the kept one, or `cols` when it is too large to keep)."""
         small, w = self.compact(cols)
-        old = self._d.pop(key, None)
-        if old is not None:
-            self.held -= old[1]
+        self.drop(key)
         if w > self.max_bytes // 4:
-            return  # one huge entry would push out everything else: not cached
-        self._d[key] = (small, w)
+            return cols  # one huge entry would push out everything else: not cached
+        self._d[key] = _Kept(small, w)
         self.held += w
-        while self.held > self.max_bytes:
-            _, (_, gone) = self._d.popitem(last=False)
-            self.held -= gone
+        self._evict()
+        return small
 
     def drop(self, key: tuple[int, int, int]) -> None:
         """Forget the listing under `key` (its mailbox changed)."""
         old = self._d.pop(key, None)
         if old is not None:
-            self.held -= old[1]
+            self.held -= old.weight
+
+    def holds(self, key: tuple[int, int, int], cols: MessageColumns) -> bool:
+        """Whether `cols` is the listing kept under `key`."""
+        hit = self._d.get(key)
+        return hit is not None and hit.cols is cols
+
+    def text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable) -> bytes | None:
+        """The encoded response `name` kept with the listing `cols` under `key` (`keep_text`), or None (also when
+        `cols` is no longer the listing kept there)."""
+        hit = self._d.get(key)
+        if hit is None or hit.cols is not cols:
+            return None
+        return hit.texts.get(name)
+
+    def keep_text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable, data: bytes) -> None:
+        """Keep `data`, a response encoded from `cols`, as `name` with that listing while it is the one kept under
+        `key`: at most `texts_per_listing` a listing (the oldest out), within the byte bound."""
+        hit = self._d.get(key)
+        if hit is None or hit.cols is not cols or hit.weight + len(data) > self.max_bytes // 4:
+            return
+        texts = hit.texts
+        old = texts.pop(name, None)
+        if old is not None:
+            hit.weight -= len(old)
+            self.held -= len(old)
+        while len(texts) >= self.texts_per_listing:
+            gone = texts.pop(next(iter(texts)))
+            hit.weight -= len(gone)
+            self.held -= len(gone)
+        texts[name] = data
+        hit.weight += len(data)
+        self.held += len(data)
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.held > self.max_bytes:
+            _, gone = self._d.popitem(last=False)
+            self.held -= gone.weight
 
 
 FLAG_CACHE = FlagCache()
@@ -210,15 +260,74 @@ FLAG_CACHE = FlagCache()
 
 async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count: int) -> MessageColumns:
     """`list_columns(mailbox_id, first, last, flags_only=True)`, from `FLAG_CACHE` while the mailbox is unchanged
-    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8)."""
+    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8); after a change,
+    the kept listing brought up to date with what changed since its stamp (`changed_since`), not listed again."""
     if count < FLAG_CACHE.min_count:
         return await s.store.list_columns(mailbox_id, first, last, flags_only=True)
-    hit = await cached_flags(s, mailbox_id, first, last)
-    if hit is not None:
-        return hit
-    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
-    FLAG_CACHE.put((mailbox_id, first, last), cols)
-    return cols
+    key = (mailbox_id, first, last)
+    kept = FLAG_CACHE.get(key)
+    if kept is not None:
+        mbox = await s.store.get_mailbox_by_id(mailbox_id)
+        if mbox is not None:
+            stamp = (mbox.uidvalidity, mbox.highestmodseq)
+            if stamp == kept.stamp:
+                return kept
+            fresh = await changed_since(s, kept, stamp, mailbox_id, first, last)
+            if fresh is not None:
+                return FLAG_CACHE.put(key, fresh)
+        FLAG_CACHE.drop(key)
+    return FLAG_CACHE.put(key, await s.store.list_columns(mailbox_id, first, last, flags_only=True))
+
+
+async def changed_since(s: Session, kept: MessageColumns, stamp: tuple[int, int], mailbox_id: int, first: int,
+                        last: int) -> MessageColumns | None:
+    """The flags-only listing of UIDs first..last as of `stamp` (the mailbox's (UIDVALIDITY, HIGHESTMODSEQ), read
+    before this), made from `kept` (an older listing of the same range) and what changed after its stamp: the
+    removals (`Store.vanished`) and the rows with a higher MODSEQ (`Store.list_changed`, RFC 7162 §3.1.4.1), so
+    the store work is proportional to the changes. None when that cannot be told (another UIDVALIDITY, the
+    record of removals pruned, a row not in `kept`): the caller lists the range again (invariant 8)."""
+    since = kept.stamp[1]
+    if stamp[0] != kept.stamp[0] or stamp[1] < since:
+        return None
+    gone = await s.store.vanished(mailbox_id, since)
+    if not gone.complete:
+        return None
+    changed = await s.store.list_changed(mailbox_id, since, first, last)
+    return merge_changes(kept, [u for u in gone.uids if first <= u <= last], changed, stamp)
+
+
+def merge_changes(kept: MessageColumns, removed: Sequence[int], changed: MessageColumns,
+                  stamp: tuple[int, int]) -> MessageColumns | None:
+    """`kept` (a flags-only listing, UIDs ascending) without the UIDs `removed` and with the UID, MODSEQ, flags
+    and keywords of each row of `changed` in place of its own, stamped `stamp`; None if a row of `changed` is not
+    in `kept` (a UID it never had: list again). Work: copies of the columns (C loops) and a bisection per UID
+    removed or changed; the index keys of the keywords move past removed messages."""
+    uids = kept.uids if isinstance(kept.uids, array) else array("I", kept.uids)
+    n = len(uids)
+    flags, modseqs, keywords = array("q", kept.flags), array("q", kept.modseqs), dict(kept.keywords)
+    for k, uid in enumerate(changed.uids):
+        i = bisect.bisect_left(uids, uid)
+        if i == n or uids[i] != uid:
+            return None
+        flags[i], modseqs[i] = changed.flags[k], changed.modseqs[k]
+        kws = changed.keywords.get(k)
+        if kws:
+            keywords[i] = kws
+        else:
+            keywords.pop(i, None)
+    drop = sorted({i for i, u in ((bisect.bisect_left(uids, u), u) for u in removed) if i < n and uids[i] == u})
+    if drop:
+        new_uids, new_flags, new_modseqs = array("I"), array("q"), array("q")
+        start = 0
+        for i in [*drop, n]:
+            new_uids.extend(uids[start:i])
+            new_flags.extend(flags[start:i])
+            new_modseqs.extend(modseqs[start:i])
+            start = i + 1
+        dropped = set(drop)
+        keywords = {i - bisect.bisect_left(drop, i): v for i, v in keywords.items() if i not in dropped}
+        uids, flags, modseqs = new_uids, new_flags, new_modseqs
+    return dataclasses.replace(kept, uids=uids, flags=flags, modseqs=modseqs, keywords=keywords, stamp=stamp)
 
 
 async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> MessageColumns | None:
@@ -229,10 +338,11 @@ async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> Me
     if hit is None:
         return None
     mbox = await s.store.get_mailbox_by_id(mailbox_id)
-    if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
+    if mbox is None:
+        FLAG_CACHE.drop(key)
+    elif (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
         return hit
-    FLAG_CACHE.drop(key)
-    return None
+    return None  # changed: the listing stays for `flag_columns` to bring up to date (`changed_since`)
 
 
 def _parse_meta(data: bytes | None) -> MessageMeta | None:
@@ -387,7 +497,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
         if wanted is None and fast:
-            await _flag_lines(s, cols, view, j, names)
+            await _flag_lines(s, cols, view, j, names, (sel.id, first, last))
             continue
         lines: list[bytes] = []
         for i, uid in enumerate(cols.uids):
@@ -432,25 +542,37 @@ _NO_KEYWORDS: frozenset[str] = frozenset()
 
 
 async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
-                    recent_ranges: list[tuple[int, int]]) -> None:
+                    recent_ranges: list[tuple[int, int]], kept: tuple[int, int, int] | None) -> None:
     """`_flag_lines` for UID and FLAGS when the listed messages are announced messages j + 1 on, in order (the
     whole-mailbox `FETCH 1:* (FLAGS)` of a client opening a folder): the keywords' FLAGS announcements first
     (state.py invariant 5: before any FETCH that carries them), then one formatted line a message, its FLAGS
     text looked up by (flags, keywords, \\Recent); the same FETCH lines as `_flag_lines`. `names` is one of
-    `_RUN_ITEMS`."""
+    `_RUN_ITEMS`. When `cols` is the listing `FLAG_CACHE` keeps under `kept`, the FETCH lines are kept with it
+    and the next such FETCH of the same lines writes them as they are (invariant 9)."""
     sel = sel_of(s)
     kwd = cols.keywords
     lines: list[bytes] = []
     for kws in dict.fromkeys(kwd.values()):
         lines.extend(sel.announce(kws))
-    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
-    uids, flags = cols.uids, cols.flags
-    recent: set[int] = set()  # indexes of the \\Recent messages (rev1), found by bisection per range
-    for lo, hi in recent_ranges:
-        if lo <= hi:
-            recent.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
-    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
     s.write(*lines)
+    uids, flags = cols.uids, cols.flags
+    # The \\Recent messages (rev1) as index ranges, by bisection: with j and the items, all the lines depend on.
+    recent_at = tuple((a, b) for a, b in ((bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi))
+                                          for lo, hi in recent_ranges if lo <= hi) if a < b)
+    keep = kept if kept is not None and FLAG_CACHE.holds(kept, cols) else None
+    text_name = (j, tuple(names), recent_at)
+    text = FLAG_CACHE.text(keep, cols, text_name) if keep is not None else None
+    if text is not None:
+        for start in range(0, len(text), FLUSH_BYTES):  # the session's flush bound (session invariant 4)
+            s.write(text[start:start + FLUSH_BYTES] if len(text) > FLUSH_BYTES else text)
+            await s.maybe_flush()
+        return
+    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
+    recent: set[int] = set()  # indexes of the \\Recent messages
+    for a, b in recent_at:
+        recent.update(range(a, b))
+    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
+    pieces: list[bytes] = []
     for start in range(0, len(uids), _FLAG_BATCH):
         end = min(start + _FLAG_BATCH, len(uids))
         # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
@@ -460,12 +582,18 @@ async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
             texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
         msns = range(j + start + 1, j + end + 1)
         columns = [uids[start:end] if name == "UID" else texts for name in names]
-        s.write(b"".join([fmt % t for t in zip(msns, *columns)]))
+        piece = b"".join([fmt % t for t in zip(msns, *columns)])
+        if keep is not None:
+            pieces.append(piece)
+        s.write(piece)
         await s.maybe_flush()
         await asyncio.sleep(0)  # other sessions run between batches (a cached listing awaits nothing else)
+    if keep is not None:
+        FLAG_CACHE.keep_text(keep, cols, text_name, b"".join(pieces))
 
 
-async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
+async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str],
+                      kept: tuple[int, int, int] | None = None) -> None:
     """`light_fetch` for UID, FLAGS and MODSEQ only (FETCH 1:* (FLAGS), STORE's answers, resyncs): the same lines,
     with the per-message work cut to an index step and a lookup of the item text, which a mailbox has few
     distinct values of (issue 17: a whole-mailbox FLAGS fetch)."""
@@ -480,7 +608,7 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     if (tuple(names) in _RUN_ITEMS and not sel.uidonly and j + count <= n
             and array("I", cols.uids) == view[j:j + count]):
         # The run is a stretch of the view (message numbers j + 1 on): one format and one text lookup a message.
-        await _flag_run(s, cols, j, names, recent_ranges)
+        await _flag_run(s, cols, j, names, recent_ranges, kept)
         return
     for i, uid in enumerate(cols.uids):
         while j < n and view[j] < uid:

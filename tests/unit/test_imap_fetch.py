@@ -1,10 +1,13 @@
-"""fetch.runs: requested UIDs into runs consecutive in the session's view (one store query per run)."""
+"""fetch.runs: requested UIDs into runs consecutive in the session's view (one store query per run); the caches;
+`merge_changes`: a kept flags listing brought up to date."""
 
 from __future__ import annotations
 
+import random
 from array import array
 
-from postroom.imap.fetch import runs
+from postroom.imap.fetch import merge_changes, runs
+from postroom.store.api import MessageColumns
 
 
 def test_runs_of_a_contiguous_range_is_one_run() -> None:
@@ -38,3 +41,61 @@ def test_meta_cache_is_bounded_by_bytes_not_only_count() -> None:
     small.put("one", compute_meta(b"Subject: s\r\n\r\nhi\r\n"))
     small.put("big", big)  # over a quarter of the bound: not cached, nothing pushed out
     assert small.get("big") is None and small.get("one") is not None
+
+
+def _listing(box: dict[int, tuple[int, int, frozenset[str]]], stamp: tuple[int, int], lo: int = 1,
+             hi: int = 2**32 - 1) -> MessageColumns:
+    """The flags-only listing of UIDs lo..hi of a model mailbox (uid -> (flags, modseq, keywords)), as
+    `Store.list_columns(flags_only=True)` gives it: columns in UID order, keywords only where there are some."""
+    uids = sorted(u for u in box if lo <= u <= hi)
+    return MessageColumns(array("I", uids), [box[u][1] for u in uids], [box[u][0] for u in uids], (), (), (),
+                          {i: box[u][2] for i, u in enumerate(uids) if box[u][2]}, (), stamp=stamp)
+
+
+def _same_columns(a: MessageColumns, b: MessageColumns) -> None:
+    assert list(a.uids) == list(b.uids)
+    assert list(a.flags) == list(b.flags) and list(a.modseqs) == list(b.modseqs)
+    assert a.keywords == b.keywords and a.stamp == b.stamp
+
+
+def test_merge_changes_gives_what_a_new_listing_gives() -> None:
+    """`merge_changes` (fetch.py invariant 8): a kept listing, less the removals and with the rows changed after its
+    MODSEQ (RFC 7162 §3.1: every change takes a new MODSEQ), is the listing of the mailbox as it is now: checked
+    against a model mailbox over random flag, keyword and removal changes, the listing and the changes taken as
+    the store gives them (removed UIDs of the whole mailbox, changed rows of the range)."""
+    rng = random.Random(7162)
+    for _ in range(200):
+        modseq = 1
+        box: dict[int, tuple[int, int, frozenset[str]]] = {}
+        for uid in rng.sample(range(1, 200), rng.randint(0, 60)):
+            modseq += 1
+            box[uid] = (rng.choice([0, 1, 2, 5]), modseq, frozenset(rng.choice([(), (), ("$Work",), ("a", "b")])))
+        lo, hi = rng.choice([(1, 2**32 - 1), (20, 150), (1, 100)])
+        kept = _listing(box, (7, modseq), lo, hi)
+        since = modseq
+        removed: list[tuple[int, int]] = []  # (uid, modseq) of each removal, as `Store.vanished` keeps them
+        for _ in range(rng.randint(0, 12)):
+            if not box:
+                break
+            uid = rng.choice(sorted(box))
+            modseq += 1
+            if rng.random() < 0.3:
+                del box[uid]
+                removed.append((uid, modseq))
+            else:
+                box[uid] = (rng.choice([0, 1, 3, 8]), modseq, frozenset(rng.choice([(), ("$Work",), ("c",)])))
+        changed = _listing({u: v for u, v in box.items() if v[1] > since}, (0, 0), lo, hi)
+        gone = sorted(u for u, m in removed if m > since and lo <= u <= hi)
+        merged = merge_changes(kept, gone, changed, (7, modseq))
+        assert merged is not None
+        _same_columns(merged, _listing(box, (7, modseq), lo, hi))
+        assert kept.stamp == (7, since)  # the kept listing itself is not changed (other sessions may be using it)
+
+
+def test_merge_changes_refuses_a_row_it_never_had() -> None:
+    """A changed row whose UID is not in the kept listing cannot be placed: None, and the caller lists again."""
+    kept = _listing({1: (0, 2, frozenset()), 3: (0, 3, frozenset())}, (7, 3))
+    assert merge_changes(kept, [], _listing({2: (1, 4, frozenset())}, (0, 0)), (7, 4)) is None
+    merged = merge_changes(kept, [1], _listing({3: (1, 5, frozenset({"x"}))}, (0, 0)), (7, 5))
+    assert merged is not None and list(merged.uids) == [3] and merged.keywords == {0: frozenset({"x"})}
+    assert list(kept.uids) == [1, 3] and list(kept.flags) == [0, 0] and kept.keywords == {}  # not changed in place
