@@ -78,7 +78,7 @@ from postroom.store.api import Flag, ImapStructure, MessageColumns, MessageInfo,
 
 from . import encoder, objectid, preview
 from . import parser as P
-from .arguments import member, resolve, sel_of
+from .arguments import member, resolve_view, sel_of
 from .errors import Bad, No, Result
 from .session import FLUSH_BYTES, Session
 from .state import missing_ranges, uid_ranges, vanished_lines
@@ -381,7 +381,7 @@ async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> 
     return meta
 
 
-def runs(view: Sequence[int], uids: list[int]) -> list[tuple[int, int]]:
+def runs(view: Sequence[int], uids: Sequence[int]) -> list[tuple[int, int]]:
     """(first, last) UID of each run of `uids` that is consecutive in `view` (both ascending, `uids` a subset of
     `view`)."""
     out: list[tuple[int, int]] = []
@@ -402,7 +402,7 @@ def runs(view: Sequence[int], uids: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-async def plan(s: Session, uids: list[int]) -> list[MessageInfo]:
+async def plan(s: Session, uids: Sequence[int]) -> list[MessageInfo]:
     """The records of `uids` (invariant 1): one query per run."""
     sel = sel_of(s)
     wanted = set(uids)
@@ -472,7 +472,7 @@ async def _structures_from_meta(s: Session, infos: Sequence[MessageInfo]) -> dic
     return metas
 
 
-async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
+async def light_fetch(s: Session, uids: Sequence[int], atts: Sequence[P.FetchAtt],
                       listed: MessageColumns | None = None) -> bool:
     """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ),
     from one columnar listing per run (`list_columns`), or from `listed` when the caller has the rows already
@@ -606,7 +606,7 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     n = len(view)
     count = len(cols.uids)
     if (tuple(names) in _RUN_ITEMS and not sel.uidonly and j + count <= n
-            and array("I", cols.uids) == view[j:j + count]):
+            and _as_uid_array(cols.uids) == view[j:j + count]):  # two arrays of one type: compared in C
         # The run is a stretch of the view (message numbers j + 1 on): one format and one text lookup a message.
         await _flag_run(s, cols, j, names, recent_ranges, kept)
         return
@@ -640,6 +640,11 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     await s.maybe_flush()
 
 
+def _as_uid_array(uids: Sequence[int]) -> array[int]:
+    """`uids` as a 4-byte array like the session's view (`Selected.uids`): itself when it is one already."""
+    return uids if isinstance(uids, array) and uids.typecode == "I" else array("I", uids)
+
+
 async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> None:
     """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs); with MODSEQ once
     CONDSTORE is enabled (RFC 7162 §3.1)."""
@@ -657,7 +662,7 @@ _COLUMN_FORMAT = {"UID": b"UID %d", "FLAGS": b"%b", "INTERNALDATE": b"INTERNALDA
                   "ENVELOPE": b"ENVELOPE %b", "BODYSTRUCTURE": b"BODYSTRUCTURE %b", "BODY": b"BODY %b"}
 
 
-async def column_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
+async def column_fetch(s: Session, uids: Sequence[int], atts: Sequence[P.FetchAtt]) -> bool:
     """`* n FETCH (...)` for the message-row items and ENVELOPE, BODYSTRUCTURE, BODY (invariant 7): per run, the
     rows and their kept structure values in chunks of `COLUMN_CHUNK` messages (`list_columns(structure=True)`),
     each chunk formatted column by column (one format operation a message) and written as one piece. A body
@@ -827,10 +832,11 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     if cmd.uid and not sel.uidonly and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
     listed = None
+    uids: Sequence[int]
     if a.changedsince is not None:
         uids, listed = await changed_uids(s, a, cmd.uid)
     else:
-        uids = resolve(s, a.seqset, cmd.uid)
+        uids = resolve_view(s, a.seqset, cmd.uid)  # 1:*: the view's own slice, no int object a message
     names = {t.name for t in atts}
     # BODY[] of the whole message is the raw bytes: no metadata needed for the commonest body fetch.
     need_meta = any(t.name in _META_NEEDED and not (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)

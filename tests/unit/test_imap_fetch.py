@@ -99,3 +99,39 @@ def test_merge_changes_refuses_a_row_it_never_had() -> None:
     merged = merge_changes(kept, [1], _listing({3: (1, 5, frozenset({"x"}))}, (0, 0)), (7, 5))
     assert merged is not None and list(merged.uids) == [3] and merged.keywords == {0: frozenset({"x"})}
     assert list(kept.uids) == [1, 3] and list(kept.flags) == [0, 0] and kept.keywords == {}  # not changed in place
+
+
+def test_resolve_of_one_range_is_the_view_slice_the_general_path_gives() -> None:
+    """`arguments.resolve` answers a set of one range (1:*, the commonest) with a slice of the view: the same UIDs
+    as the general path, which is what the same range written twice takes (RFC 9051 §9: a set names each message
+    once; "*" is the last message or the highest UID, n:m is m:n)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    import pytest
+
+    from postroom.imap.arguments import resolve
+    from postroom.imap.errors import Bad
+    from postroom.imap.state import Selected
+    from postroom.imap.syntax import STAR, SeqSet
+    from postroom.store.api import Mailbox
+
+    mbox = Mailbox(7, 1, "INBOX", 99, 10, 20, None, True)
+    for view in ([], [4], [1, 2, 5, 9, 10, 11], list(range(3, 60, 3))):
+        s: Any = SimpleNamespace(sel=Selected(mbox, False, view))
+        n, top = len(view), view[-1] if view else 0
+        for lo, hi in [(1, STAR), (STAR, 1), (STAR, STAR), (2, 3), (3, 2), (1, 1), (4, 100), (12, 12), (1, n)]:
+            for uid in (False, True):
+                want: list[int] | type[Bad]
+                try:
+                    want = resolve(s, SeqSet(((lo, hi), (lo, hi))), uid)
+                except Bad:
+                    want = Bad
+                if want is Bad:
+                    with pytest.raises(Bad):
+                        resolve(s, SeqSet(((lo, hi),)), uid)
+                else:
+                    assert resolve(s, SeqSet(((lo, hi),)), uid) == want, (view, lo, hi, uid)
+        if view:
+            assert resolve(s, SeqSet(((1, STAR),)), False) == view == resolve(s, SeqSet(((1, STAR),)), True)
+            assert resolve(s, SeqSet(((STAR, STAR),)), True) == [top]
