@@ -80,7 +80,7 @@ from . import encoder, objectid, preview
 from . import parser as P
 from .arguments import member, resolve_view, sel_of
 from .errors import Bad, No, Result
-from .session import FLUSH_BYTES, Session
+from .session import Session
 from .state import missing_ranges, uid_ranges, vanished_lines
 
 _META_NEEDED = {"ENVELOPE", "BODY", "BODYSTRUCTURE", "BODY[]", "BINARY", "BINARY.SIZE", "RFC822.HEADER",
@@ -155,6 +155,20 @@ class MetaCache:
 META_CACHE = MetaCache()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptText:
+    """An encoded response kept with a listing (`FlagCache.text`): its lines in blocks of `_FLAG_BATCH` messages,
+    and the blocks that are `stale` (a message in them changed since they were made: `FlagCache.put(carry=...)`),
+    to be made again before the text is used."""
+
+    blocks: list[bytes]
+    stale: frozenset[int] = frozenset()
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.blocks))
+
+
 @dataclasses.dataclass(slots=True)
 class _Kept:
     """One `FlagCache` entry: the compacted listing, its weight in bytes (with its texts), and the encoded FETCH
@@ -162,7 +176,7 @@ class _Kept:
 
     cols: MessageColumns
     weight: int
-    texts: dict[Hashable, bytes] = dataclasses.field(default_factory=dict)
+    texts: dict[Hashable, KeptText] = dataclasses.field(default_factory=dict)
 
 
 class FlagCache:
@@ -198,15 +212,23 @@ class FlagCache:
         self._d.move_to_end(key)
         return hit.cols
 
-    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> MessageColumns:
+    def put(self, key: tuple[int, int, int], cols: MessageColumns,
+            carry: Iterable[int] | None = None) -> MessageColumns:
         """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`; the listing to
-        use from now on (the kept one, or `cols` when it is too large to keep)."""
+        use from now on (the kept one, or `cols` when it is too large to keep). With `carry` (the indexes of the
+        messages changed, when `cols` has the same UIDs as the listing kept under `key` until now), that
+        listing's texts stay, the blocks holding those messages marked stale."""
+        old = self._d.get(key)
         small, w = self.compact(cols)
         self.drop(key)
         if w > self.max_bytes // 4:
             return cols  # one huge entry would push out everything else: not cached
-        self._d[key] = _Kept(small, w)
-        self.held += w
+        kept = self._d[key] = _Kept(small, w)
+        if carry is not None and old is not None and len(old.cols) == len(cols):
+            dirty = frozenset(i // _FLAG_BATCH for i in carry)
+            kept.texts = {name: dataclasses.replace(t, stale=t.stale | dirty) for name, t in old.texts.items()}
+            kept.weight += sum(t.size for t in kept.texts.values())
+        self.held += kept.weight
         self._evict()
         return small
 
@@ -221,7 +243,7 @@ class FlagCache:
         hit = self._d.get(key)
         return hit is not None and hit.cols is cols
 
-    def text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable) -> bytes | None:
+    def text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable) -> KeptText | None:
         """The encoded response `name` kept with the listing `cols` under `key` (`keep_text`), or None (also when
         `cols` is no longer the listing kept there)."""
         hit = self._d.get(key)
@@ -229,24 +251,28 @@ class FlagCache:
             return None
         return hit.texts.get(name)
 
-    def keep_text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable, data: bytes) -> None:
-        """Keep `data`, a response encoded from `cols`, as `name` with that listing while it is the one kept under
-        `key`: at most `texts_per_listing` a listing (the oldest out), within the byte bound."""
+    def keep_text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable, blocks: list[bytes]) -> None:
+        """Keep `blocks`, a response encoded from `cols` (`_FLAG_BATCH` messages a block), as `name` with that
+        listing while it is the one kept under `key`: at most `texts_per_listing` a listing (the oldest out),
+        within the byte bound."""
         hit = self._d.get(key)
-        if hit is None or hit.cols is not cols or hit.weight + len(data) > self.max_bytes // 4:
+        if hit is None or hit.cols is not cols:
             return
         texts = hit.texts
         old = texts.pop(name, None)
         if old is not None:
-            hit.weight -= len(old)
-            self.held -= len(old)
+            hit.weight -= old.size
+            self.held -= old.size
+        text = KeptText(blocks)
+        if hit.weight + text.size > self.max_bytes // 4:
+            return
         while len(texts) >= self.texts_per_listing:
-            gone = texts.pop(next(iter(texts)))
-            hit.weight -= len(gone)
-            self.held -= len(gone)
-        texts[name] = data
-        hit.weight += len(data)
-        self.held += len(data)
+            gone = texts.pop(next(iter(texts))).size
+            hit.weight -= gone
+            self.held -= gone
+        texts[name] = text
+        hit.weight += text.size
+        self.held += text.size
         self._evict()
 
     def _evict(self) -> None:
@@ -272,20 +298,24 @@ async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count
             stamp = (mbox.uidvalidity, mbox.highestmodseq)
             if stamp == kept.stamp:
                 return kept
-            fresh = await changed_since(s, kept, stamp, mailbox_id, first, last)
-            if fresh is not None:
-                return FLAG_CACHE.put(key, fresh)
+            update = await changed_since(s, kept, stamp, mailbox_id, first, last)
+            if update is not None:
+                fresh, changed = update
+                # The same UIDs (nothing removed): the kept lines stay, but for the blocks of the changed messages.
+                carry = [bisect.bisect_left(fresh.uids, u) for u in changed] if len(fresh) == len(kept) else None
+                return FLAG_CACHE.put(key, fresh, carry)
         FLAG_CACHE.drop(key)
     return FLAG_CACHE.put(key, await s.store.list_columns(mailbox_id, first, last, flags_only=True))
 
 
 async def changed_since(s: Session, kept: MessageColumns, stamp: tuple[int, int], mailbox_id: int, first: int,
-                        last: int) -> MessageColumns | None:
+                        last: int) -> tuple[MessageColumns, Sequence[int]] | None:
     """The flags-only listing of UIDs first..last as of `stamp` (the mailbox's (UIDVALIDITY, HIGHESTMODSEQ), read
     before this), made from `kept` (an older listing of the same range) and what changed after its stamp: the
     removals (`Store.vanished`) and the rows with a higher MODSEQ (`Store.list_changed`, RFC 7162 §3.1.4.1), so
-    the store work is proportional to the changes. None when that cannot be told (another UIDVALIDITY, the
-    record of removals pruned, a row not in `kept`): the caller lists the range again (invariant 8)."""
+    the store work is proportional to the changes; with the UIDs of the rows changed. None when that cannot be
+    told (another UIDVALIDITY, the record of removals pruned, a row not in `kept`): the caller lists the range
+    again (invariant 8)."""
     since = kept.stamp[1]
     if stamp[0] != kept.stamp[0] or stamp[1] < since:
         return None
@@ -293,7 +323,8 @@ async def changed_since(s: Session, kept: MessageColumns, stamp: tuple[int, int]
     if not gone.complete:
         return None
     changed = await s.store.list_changed(mailbox_id, since, first, last)
-    return merge_changes(kept, [u for u in gone.uids if first <= u <= last], changed, stamp)
+    merged = merge_changes(kept, [u for u in gone.uids if first <= u <= last], changed, stamp)
+    return None if merged is None else (merged, changed.uids)
 
 
 def merge_changes(kept: MessageColumns, removed: Sequence[int], changed: MessageColumns,
@@ -536,7 +567,7 @@ async def light_fetch(s: Session, uids: Sequence[int], atts: Sequence[P.FetchAtt
 
 
 _FLAG_ITEMS = frozenset(("UID", "FLAGS", "MODSEQ"))
-_FLAG_BATCH = 4000  # response lines handed to the session at a time
+_FLAG_BATCH = 1000  # response lines made and handed to the session at a time; a kept text's block (invariant 9)
 _RUN_ITEMS = frozenset((("FLAGS",), ("UID", "FLAGS"), ("FLAGS", "UID")))  # what `_flag_run` writes
 _NO_KEYWORDS: frozenset[str] = frozenset()
 
@@ -562,34 +593,34 @@ async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
     keep = kept if kept is not None and FLAG_CACHE.holds(kept, cols) else None
     text_name = (j, tuple(names), recent_at)
     text = FLAG_CACHE.text(keep, cols, text_name) if keep is not None else None
-    if text is not None:
-        for start in range(0, len(text), FLUSH_BYTES):  # the session's flush bound (session invariant 4)
-            s.write(text[start:start + FLUSH_BYTES] if len(text) > FLUSH_BYTES else text)
-            await s.maybe_flush()
-        return
     fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
     recent: set[int] = set()  # indexes of the \\Recent messages
-    for a, b in recent_at:
-        recent.update(range(a, b))
-    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
-    pieces: list[bytes] = []
-    for start in range(0, len(uids), _FLAG_BATCH):
-        end = min(start + _FLAG_BATCH, len(uids))
-        # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
-        plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
-        texts = [plain[f] for f in flags[start:end]]
-        for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
-            texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
-        msns = range(j + start + 1, j + end + 1)
-        columns = [uids[start:end] if name == "UID" else texts for name in names]
-        piece = b"".join([fmt % t for t in zip(msns, *columns)])
-        if keep is not None:
-            pieces.append(piece)
-        s.write(piece)
-        await s.maybe_flush()
-        await asyncio.sleep(0)  # other sessions run between batches (a cached listing awaits nothing else)
-    if keep is not None:
-        FLAG_CACHE.keep_text(keep, cols, text_name, b"".join(pieces))
+    special: list[int] = []  # the messages whose text needs the keywords or \\Recent
+    if text is None or text.stale:
+        for a, b in recent_at:
+            recent.update(range(a, b))
+        special = sorted(recent.union(kwd))
+    blocks: list[bytes] = []
+    for k, start in enumerate(range(0, len(uids), _FLAG_BATCH)):
+        if text is not None and k not in text.stale:
+            block = text.blocks[k]  # kept, and no message of it changed since (invariant 9)
+        else:
+            end = min(start + _FLAG_BATCH, len(uids))
+            # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
+            plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
+            texts = [plain[f] for f in flags[start:end]]
+            for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
+                texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
+            msns = range(j + start + 1, j + end + 1)
+            columns = [uids[start:end] if name == "UID" else texts for name in names]
+            block = b"".join([fmt % t for t in zip(msns, *columns)])
+            if text is None:
+                await asyncio.sleep(0)  # other sessions run between blocks (a kept listing awaits nothing else)
+        blocks.append(block)
+        s.write(block)
+        await s.maybe_flush()  # the session's flush bound (session invariant 4)
+    if keep is not None and (text is None or text.stale):
+        FLAG_CACHE.keep_text(keep, cols, text_name, blocks)
 
 
 async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str],

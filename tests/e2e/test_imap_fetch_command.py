@@ -293,13 +293,16 @@ def _fetch_lines(answers: list[list[bytes]]) -> list[list[bytes]]:
 _ORIGINAL = {"_LIGHT": frozenset(fetch._LIGHT), "_COLUMN_ITEMS": frozenset(fetch._COLUMN_ITEMS)}
 
 
-def test_flag_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("block", [2, 3])
+def test_flag_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
     """FETCH of FLAGS (and UID) from the kept listing, brought up to date after each change (`changed_since`), and
     from the kept response lines (fetch.py invariants 8 and 9) answers byte for byte as the item-by-item writer
     does: keywords, \\Recent for one rev1 session and not the other (RFC 3501 §2.3.2: the two must not share
     lines), a flag change from another session, an expunge not yet reported (a gap in the listing:
-    EXPUNGEISSUED, RFC 9051 §7.1), one reported (the message numbers move), an arrival, UID FETCH and UIDONLY."""
+    EXPUNGEISSUED, RFC 9051 §7.1), one reported (the message numbers move), an arrival, UID FETCH and UIDONLY;
+    kept lines in blocks of `block` messages, of which only those with a changed message are made again."""
     fill(imap, ADDR, PW, 6)
+    monkeypatch.setattr(fetch, "_FLAG_BATCH", block)
     cache = fetch.FlagCache(min_count=2)
     monkeypatch.setattr(fetch, "FLAG_CACHE", cache)
     changed: list[int] = []
