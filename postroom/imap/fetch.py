@@ -2,15 +2,17 @@
 
 Theory of operation
 -------------------
-`plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store
-once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
-never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
-instead (`light_fetch`, `list_columns`), making no object per message; a large run's flags listing is kept
-(`FLAG_CACHE`) and answers the next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged
-(invariant 8). Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
-ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK`
-messages, one query each, and each chunk is formatted column by column and written as one piece
-(`column_fetch`, invariant 7). Only items that need more load more:
+`plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store once per
+run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there, never from bodies. A
+FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns instead (`light_fetch`,
+`list_columns`), making no object per message; a large run's flags listing is kept (`FLAG_CACHE`) and answers the
+next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged, and after a change is brought up to
+date from what changed since (invariant 8); the FETCH FLAGS lines made from it are kept with it, so a repeat writes
+them as they are (invariant 9). A sequence set of one range (1:*) is the view's own slice (`arguments.resolve_view`),
+not a list of UIDs. Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
+ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK` messages,
+one query each, and each chunk is formatted column by column and written as one piece (`column_fetch`, invariant 7).
+Only items that need more load more:
 ENVELOPE, BODY, BODYSTRUCTURE read the kept structure rows, `META_BATCH` messages per store call
 (`read_structures`, invariant 6); sections, RFC822*, BINARY read the stored metadata (`read_metas`, cached
 process-wide by blob id) and the body too, per message.
@@ -34,11 +36,12 @@ that is not in the mailbox (a superset; the client ignores UIDs it never had).
 Invariants
 1. One store query per run of the sequence set for the message records; bodies and metadata only when an
    item needs them.
-2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, item by item, flushing
-   every `session.FLUSH_BYTES`: no response is built whole, so memory per session stays within one item (at
-   most the message, plus its NUL-safe copy) and the flush threshold, whatever the request. A message expunged
-   by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with
-   an unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
+2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, item by item, flushing every
+   `session.FLUSH_BYTES`: no response is built whole, so memory per session stays within one item (at most the
+   message, plus its NUL-safe copy) and the flush threshold, whatever the request. (The one exception, the FETCH
+   FLAGS lines kept with a kept listing, invariant 9, is held once per process, within its bound.) A message expunged
+   by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with an
+   unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
 3. UID FETCH always includes UID (RFC 9051 §6.4.9): as the UID data item, or, once UIDONLY is enabled, as the
    number of `* uid UIDFETCH (...)` (RFC 9586 §3.3), where the UID item comes only when asked for by name.
 4. BODY[...] data goes out as a literal with NUL turned into 0x80 (`literal_safe`); BINARY[...] data with NUL
@@ -57,7 +60,21 @@ Invariants
    (`MessageColumns.stamp`), checked with one point read each time: every append, flag change and expunge takes
    a new MODSEQ (store api invariant 4, RFC 7162 §3.1), so a hit is what a new listing would give, whichever
    process made the change. It is bounded by bytes, shared by the sessions of a process, and keeps only ranges
-   of at least `FlagCache.min_count` messages.
+   of at least `FlagCache.min_count` messages. After a change the kept listing is brought up to date, not
+   listed again (`changed_since`): the removals after its MODSEQ (`Store.vanished`) and the rows with a higher
+   one (`Store.list_changed`, RFC 7162 §3.1.4.1) are merged into a copy (`merge_changes`; the kept one may be in
+   use by another session), stamped with the pair read before those reads, so a change that lands in between
+   is seen again at the next check. When that cannot be told (UIDVALIDITY changed, the record of removals
+   pruned, a row the listing never had), the range is listed again.
+9. With a kept listing, `FLAG_CACHE` keeps up to `FlagCache.texts_per_listing` FETCH answers made from it
+   (`_flag_run`: FLAGS, or UID and FLAGS, of a run that is a stretch of the view), in blocks of `_FLAG_BATCH`
+   messages, under all that their lines depend on: the first message number, the items, and the session's
+   \\Recent messages as index ranges (\\Recent is per session, RFC 3501 §2.3.2). The FLAGS announcements of
+   keywords are per session and written before them (state.py invariant 5), not kept. So sessions with the same
+   view share the lines, and a repeat writes them as they are, with no work per message. A listing brought up
+   to date with the same UIDs takes over its predecessor's texts (only if that is the listing the changes were
+   read against), with the blocks of the changed messages marked stale and made again at the next use; after
+   a removal (message numbers move) they go. Texts count in the cache's byte bound and go with their listing.
 """
 
 from __future__ import annotations
@@ -212,19 +229,19 @@ class FlagCache:
         self._d.move_to_end(key)
         return hit.cols
 
-    def put(self, key: tuple[int, int, int], cols: MessageColumns,
-            carry: Iterable[int] | None = None) -> MessageColumns:
+    def put(self, key: tuple[int, int, int], cols: MessageColumns, carry: Iterable[int] | None = None,
+            base: MessageColumns | None = None) -> MessageColumns:
         """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`; the listing to
-        use from now on (the kept one, or `cols` when it is too large to keep). With `carry` (the indexes of the
-        messages changed, when `cols` has the same UIDs as the listing kept under `key` until now), that
-        listing's texts stay, the blocks holding those messages marked stale."""
+        use from now on (the kept one, or `cols` when it is too large to keep). With `carry`, the indexes of the
+        messages that differ between `base` and `cols` (the same UIDs): when `base` is still the listing kept
+        under `key`, its texts stay, the blocks holding those messages marked stale."""
         old = self._d.get(key)
         small, w = self.compact(cols)
         self.drop(key)
         if w > self.max_bytes // 4:
             return cols  # one huge entry would push out everything else: not cached
         kept = self._d[key] = _Kept(small, w)
-        if carry is not None and old is not None and len(old.cols) == len(cols):
+        if carry is not None and old is not None and old.cols is base and len(base) == len(cols):
             dirty = frozenset(i // _FLAG_BATCH for i in carry)
             kept.texts = {name: dataclasses.replace(t, stale=t.stale | dirty) for name, t in old.texts.items()}
             kept.weight += sum(t.size for t in kept.texts.values())
@@ -303,7 +320,7 @@ async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count
                 fresh, changed = update
                 # The same UIDs (nothing removed): the kept lines stay, but for the blocks of the changed messages.
                 carry = [bisect.bisect_left(fresh.uids, u) for u in changed] if len(fresh) == len(kept) else None
-                return FLAG_CACHE.put(key, fresh, carry)
+                return FLAG_CACHE.put(key, fresh, carry, kept)  # (another session may have put another)
         FLAG_CACHE.drop(key)
     return FLAG_CACHE.put(key, await s.store.list_columns(mailbox_id, first, last, flags_only=True))
 

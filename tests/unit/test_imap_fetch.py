@@ -135,3 +135,34 @@ def test_resolve_of_one_range_is_the_view_slice_the_general_path_gives() -> None
         if view:
             assert resolve(s, SeqSet(((1, STAR),)), False) == view == resolve(s, SeqSet(((1, STAR),)), True)
             assert resolve(s, SeqSet(((STAR, STAR),)), True) == [top]
+
+
+def test_flag_cache_texts_are_bounded_and_go_with_their_listing() -> None:
+    """The encoded answers kept with a listing (fetch.py invariant 9): at most `texts_per_listing` each, counted in
+    the byte bound, never kept for a listing that is not the one kept under the key, carried to an updated
+    listing only from the listing the update was made from, with the changed messages' blocks stale."""
+    from postroom.imap.fetch import FlagCache
+
+    def cols(n: int, stamp: int) -> MessageColumns:
+        return MessageColumns(array("I", range(1, n + 1)), [1] * n, [0] * n, (), (), (), {}, (), stamp=(1, stamp))
+
+    cache = FlagCache(max_bytes=800_000, texts_per_listing=2)
+    key = (1, 1, 3000)
+    kept = cache.put(key, cols(3000, 5))  # 60 KB
+    base = cache.held
+    for name in ("a", "b", "c"):
+        cache.keep_text(key, kept, name, [b"x" * 10_000, b"y" * 5_000])
+    assert cache.text(key, kept, "a") is None and cache.text(key, kept, "c") is not None  # the oldest out
+    assert cache.held == base + 2 * 15_000
+    cache.keep_text(key, cols(3000, 5), "d", [b"z"])  # not the kept listing: not kept
+    assert cache.text(key, kept, "d") is None and cache.held == base + 30_000
+    cache.keep_text(key, kept, "big", [b"x" * 150_000])  # the entry would pass a quarter of the bound: not kept
+    assert cache.text(key, kept, "big") is None and cache.held <= 800_000
+    newer = cache.put(key, cols(3000, 6), carry=[0, 2500], base=kept)
+    text = cache.text(key, newer, "c")
+    assert text is not None and text.stale == frozenset({0, 2}) and cache.text(key, kept, "c") is None
+    assert cache.held == base + 30_000
+    other = cache.put(key, cols(3000, 7), carry=[5], base=kept)  # made from a listing no longer kept: no texts
+    assert cache.text(key, other, "c") is None and cache.held == base
+    cache.drop(key)
+    assert cache.held == 0
