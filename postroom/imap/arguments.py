@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 The parser (parser.py) gives arguments as the client wrote them; what they mean depends on the session. A
 sequence set names messages by number or UID in the session's view (`Selected.uids`): `resolve` lists the
-UIDs (ascending, unique), `member` answers "is this UID in the set" without listing it (for CHANGEDSINCE and
+UIDs (ascending, unique), `resolve_view` gives a set of one range (1:*) as the slice of the view itself (no
+int object a message), `member` answers "is this UID in the set" without listing it (for CHANGEDSINCE and
 VANISHED, whose work follows the changes, not the mailbox). Flag names become the store's bitmask and
 validated keywords (`parse_flags`). A mailbox name becomes the store's name (`stored_name`: modified UTF-7
 for rev1 sessions, UTF-8 after ENABLE IMAP4rev2, RFC 9051 §5.1) and back (`wire_name`). Each refuses what
@@ -23,7 +24,8 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from postroom.store import names
@@ -80,6 +82,8 @@ def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
     if seqset.saved:  # RFC 5182 §2.1: "$" is the last saved result, empty if none
         present = set(uids)
         return [u for u in sel.saved if u in present]
+    if len(seqset.ranges) == 1:
+        return view_slice(s, seqset.ranges[0], uid).tolist()
     out: set[int] = set()
     if not uid:
         n = len(uids)
@@ -112,6 +116,34 @@ def resolve(s: Session, seqset: P.SeqSet, uid: bool) -> list[int]:
         j = bisect.bisect_right(uids, hi)
         out.update(uids[i:j])
     return sorted(out)
+
+
+def resolve_view(s: Session, seqset: P.SeqSet, uid: bool) -> Sequence[int]:
+    """`resolve`, as the slice of the session's view itself when the set is one range (1:*, 1:n, a UID range: the
+    commonest): no int object a message, for a FETCH 1:* that may answer from kept lines (fetch.py)."""
+    if len(seqset.ranges) == 1 and not seqset.saved:
+        return view_slice(s, seqset.ranges[0], uid)
+    return resolve(s, seqset, uid)
+
+
+def view_slice(s: Session, seqrange: tuple[int, int], uid: bool) -> array[int]:
+    """The UIDs of the view named by one range of a sequence set (n:m is m:n, "*" the last message or the highest
+    UID: RFC 9051 §9), a slice of the view (ascending already); BAD for a message number beyond EXISTS."""
+    uids = sel_of(s).uids
+    lo, hi = seqrange
+    if uid:
+        top = uids[-1] if uids else 0
+        lo, hi = top if lo == P.STAR else lo, top if hi == P.STAR else hi
+        lo, hi = min(lo, hi), max(lo, hi)
+        return uids[0:0] if hi == 0 else uids[bisect.bisect_left(uids, lo):bisect.bisect_right(uids, hi)]
+    n = len(uids)
+    lo, hi = n if lo == P.STAR else lo, n if hi == P.STAR else hi
+    lo, hi = min(lo, hi), max(lo, hi)
+    if lo == 0:  # "*" in an empty mailbox
+        return uids[0:0]
+    if hi > n:
+        raise Bad("Invalid message sequence number")
+    return uids[lo - 1:hi]
 
 
 # ---- flags (RFC 9051 §2.3.2)

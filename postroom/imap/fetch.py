@@ -2,15 +2,17 @@
 
 Theory of operation
 -------------------
-`plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store
-once per run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there,
-never from bodies. A FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns
-instead (`light_fetch`, `list_columns`), making no object per message; a large run's flags listing is kept
-(`FLAG_CACHE`) and answers the next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged
-(invariant 8). Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
-ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK`
-messages, one query each, and each chunk is formatted column by column and written as one piece
-(`column_fetch`, invariant 7). Only items that need more load more:
+`plan()` turns the requested UIDs into runs that are consecutive in the session's view and asks the store once per
+run (`list_messages(mailbox, first, last)`): UID, flags, internal date and size come from there, never from bodies. A
+FETCH of only those items (FETCH 1:* FLAGS, STORE's answer) reads the runs as columns instead (`light_fetch`,
+`list_columns`), making no object per message; a large run's flags listing is kept (`FLAG_CACHE`) and answers the
+next FETCH FLAGS (and SEARCH UNSEEN, search.py) while the mailbox is unchanged, and after a change is brought up to
+date from what changed since (invariant 8); the FETCH FLAGS lines made from it are kept with it, so a repeat writes
+them as they are (invariant 9). A sequence set of one range (1:*) is the view's own slice (`arguments.resolve_view`),
+not a list of UIDs. Those items with ENVELOPE, BODYSTRUCTURE and BODY (a client opening a folder: FETCH 1:* (UID
+ENVELOPE BODYSTRUCTURE), ALL, FULL) are read with their kept structure values in chunks of `COLUMN_CHUNK` messages,
+one query each, and each chunk is formatted column by column and written as one piece (`column_fetch`, invariant 7).
+Only items that need more load more:
 ENVELOPE, BODY, BODYSTRUCTURE read the kept structure rows, `META_BATCH` messages per store call
 (`read_structures`, invariant 6); sections, RFC822*, BINARY read the stored metadata (`read_metas`, cached
 process-wide by blob id) and the body too, per message.
@@ -34,11 +36,12 @@ that is not in the mailbox (a superset; the client ignores UIDs it never had).
 Invariants
 1. One store query per run of the sequence set for the message records; bodies and metadata only when an
    item needs them.
-2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, item by item, flushing
-   every `session.FLUSH_BYTES`: no response is built whole, so memory per session stays within one item (at
-   most the message, plus its NUL-safe copy) and the flush threshold, whatever the request. A message expunged
-   by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with
-   an unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
+2. Responses are written in sequence-number order, one `* n FETCH (...)` per message, item by item, flushing every
+   `session.FLUSH_BYTES`: no response is built whole, so memory per session stays within one item (at most the
+   message, plus its NUL-safe copy) and the flush threshold, whatever the request. (The one exception, the FETCH
+   FLAGS lines kept with a kept listing, invariant 9, is held once per process, within its bound.) A message expunged
+   by another session (but not yet reported) is skipped. The only item that can fail (BINARY of a part with an
+   unknown encoding, RFC 3516 §4.3) is checked before a message's response starts.
 3. UID FETCH always includes UID (RFC 9051 §6.4.9): as the UID data item, or, once UIDONLY is enabled, as the
    number of `* uid UIDFETCH (...)` (RFC 9586 §3.3), where the UID item comes only when asked for by name.
 4. BODY[...] data goes out as a literal with NUL turned into 0x80 (`literal_safe`); BINARY[...] data with NUL
@@ -57,7 +60,21 @@ Invariants
    (`MessageColumns.stamp`), checked with one point read each time: every append, flag change and expunge takes
    a new MODSEQ (store api invariant 4, RFC 7162 §3.1), so a hit is what a new listing would give, whichever
    process made the change. It is bounded by bytes, shared by the sessions of a process, and keeps only ranges
-   of at least `FlagCache.min_count` messages.
+   of at least `FlagCache.min_count` messages. After a change the kept listing is brought up to date, not
+   listed again (`changed_since`): the removals after its MODSEQ (`Store.vanished`) and the rows with a higher
+   one (`Store.list_changed`, RFC 7162 §3.1.4.1) are merged into a copy (`merge_changes`; the kept one may be in
+   use by another session), stamped with the pair read before those reads, so a change that lands in between
+   is seen again at the next check. When that cannot be told (UIDVALIDITY changed, the record of removals
+   pruned, a row the listing never had), the range is listed again.
+9. With a kept listing, `FLAG_CACHE` keeps up to `FlagCache.texts_per_listing` FETCH answers made from it
+   (`_flag_run`: FLAGS, or UID and FLAGS, of a run that is a stretch of the view), in blocks of `_FLAG_BATCH`
+   messages, under all that their lines depend on: the first message number, the items, and the session's
+   \\Recent messages as index ranges (\\Recent is per session, RFC 3501 §2.3.2). The FLAGS announcements of
+   keywords are per session and written before them (state.py invariant 5), not kept. So sessions with the same
+   view share the lines, and a repeat writes them as they are, with no work per message. A listing brought up
+   to date with the same UIDs takes over its predecessor's texts (only if that is the listing the changes were
+   read against), with the blocks of the changed messages marked stale and made again at the next use; after
+   a removal (message numbers move) they go. Texts count in the cache's byte bound and go with their listing.
 """
 
 from __future__ import annotations
@@ -68,7 +85,7 @@ import dataclasses
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from postroom import metapool as pool
 from postroom.mime.cte import UnknownCTE
@@ -78,7 +95,7 @@ from postroom.store.api import Flag, ImapStructure, MessageColumns, MessageInfo,
 
 from . import encoder, objectid, preview
 from . import parser as P
-from .arguments import member, resolve, sel_of
+from .arguments import member, resolve_view, sel_of
 from .errors import Bad, No, Result
 from .session import Session
 from .state import missing_ranges, uid_ranges, vanished_lines
@@ -155,25 +172,53 @@ class MetaCache:
 META_CACHE = MetaCache()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeptText:
+    """An encoded response kept with a listing (`FlagCache.text`): its lines in blocks of `_FLAG_BATCH` messages,
+    and the blocks that are `stale` (a message in them changed since they were made: `FlagCache.put(carry=...)`),
+    to be made again before the text is used."""
+
+    blocks: list[bytes]
+    stale: frozenset[int] = frozenset()
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.blocks))
+
+
+@dataclasses.dataclass(slots=True)
+class _Kept:
+    """One `FlagCache` entry: the compacted listing, its weight in bytes (with its texts), and the encoded FETCH
+    responses made from it (`FlagCache.text`)."""
+
+    cols: MessageColumns
+    weight: int
+    texts: dict[Hashable, KeptText] = dataclasses.field(default_factory=dict)
+
+
 class FlagCache:
     """(mailbox id, first UID, last UID) -> the flags-only listing of that range (`list_columns(flags_only=True)`),
     least recently used out, bounded by an estimate of the bytes held (invariant 8). An entry is used only while
     the mailbox still has the (UIDVALIDITY, HIGHESTMODSEQ) it was read under (`MessageColumns.stamp`), which one
     point read of the mailbox row tells: every change to a message takes a new MODSEQ (store api invariant 4),
     so the columns are then exactly what a new listing would give. Shared by the sessions of a process, like
-    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list)."""
+    `META_CACHE`; only ranges of at least `min_count` messages are kept (a small one is cheaper to list).
+    With each listing, up to `texts_per_listing` encoded responses made from it are kept (`text`, invariant 9),
+    counted in the same byte bound; they go with the listing."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, min_count: int = 1000, texts_per_listing: int = 2) -> None:
         self.max_bytes = max_bytes
         self.min_count = min_count
+        self.texts_per_listing = texts_per_listing
         self.held = 0
-        self._d: OrderedDict[tuple[int, int, int], tuple[MessageColumns, int]] = OrderedDict()
+        self._d: OrderedDict[tuple[int, int, int], _Kept] = OrderedDict()
 
     @staticmethod
     def compact(cols: MessageColumns) -> tuple[MessageColumns, int]:
         """`cols` with its number columns as arrays (4 or 8 bytes a value, not an int object each), and about how
         many bytes it holds."""
-        small = dataclasses.replace(cols, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
+        uids = cols.uids if isinstance(cols.uids, array) and cols.uids.typecode == "I" else array("I", cols.uids)
+        small = dataclasses.replace(cols, uids=uids, modseqs=array("q", cols.modseqs), flags=array("q", cols.flags))
         return small, 20 * len(cols.uids) + 200 * len(cols.keywords) + 200
 
     def get(self, key: tuple[int, int, int]) -> MessageColumns | None:
@@ -182,27 +227,75 @@ class FlagCache:
         if hit is None:
             return None
         self._d.move_to_end(key)
-        return hit[0]
+        return hit.cols
 
-    def put(self, key: tuple[int, int, int], cols: MessageColumns) -> None:
-        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`."""
+    def put(self, key: tuple[int, int, int], cols: MessageColumns, carry: Iterable[int] | None = None,
+            base: MessageColumns | None = None) -> MessageColumns:
+        """Keep `cols` (compacted) under `key`, dropping the least recently used past `max_bytes`; the listing to
+        use from now on (the kept one, or `cols` when it is too large to keep). With `carry`, the indexes of the
+        messages that differ between `base` and `cols` (the same UIDs): when `base` is still the listing kept
+        under `key`, its texts stay, the blocks holding those messages marked stale."""
+        old = self._d.get(key)
         small, w = self.compact(cols)
-        old = self._d.pop(key, None)
-        if old is not None:
-            self.held -= old[1]
+        self.drop(key)
         if w > self.max_bytes // 4:
-            return  # one huge entry would push out everything else: not cached
-        self._d[key] = (small, w)
-        self.held += w
-        while self.held > self.max_bytes:
-            _, (_, gone) = self._d.popitem(last=False)
-            self.held -= gone
+            return cols  # one huge entry would push out everything else: not cached
+        kept = self._d[key] = _Kept(small, w)
+        if carry is not None and old is not None and old.cols is base and len(base) == len(cols):
+            dirty = frozenset(i // _FLAG_BATCH for i in carry)
+            kept.texts = {name: dataclasses.replace(t, stale=t.stale | dirty) for name, t in old.texts.items()}
+            kept.weight += sum(t.size for t in kept.texts.values())
+        self.held += kept.weight
+        self._evict()
+        return small
 
     def drop(self, key: tuple[int, int, int]) -> None:
         """Forget the listing under `key` (its mailbox changed)."""
         old = self._d.pop(key, None)
         if old is not None:
-            self.held -= old[1]
+            self.held -= old.weight
+
+    def holds(self, key: tuple[int, int, int], cols: MessageColumns) -> bool:
+        """Whether `cols` is the listing kept under `key`."""
+        hit = self._d.get(key)
+        return hit is not None and hit.cols is cols
+
+    def text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable) -> KeptText | None:
+        """The encoded response `name` kept with the listing `cols` under `key` (`keep_text`), or None (also when
+        `cols` is no longer the listing kept there)."""
+        hit = self._d.get(key)
+        if hit is None or hit.cols is not cols:
+            return None
+        return hit.texts.get(name)
+
+    def keep_text(self, key: tuple[int, int, int], cols: MessageColumns, name: Hashable, blocks: list[bytes]) -> None:
+        """Keep `blocks`, a response encoded from `cols` (`_FLAG_BATCH` messages a block), as `name` with that
+        listing while it is the one kept under `key`: at most `texts_per_listing` a listing (the oldest out),
+        within the byte bound."""
+        hit = self._d.get(key)
+        if hit is None or hit.cols is not cols:
+            return
+        texts = hit.texts
+        old = texts.pop(name, None)
+        if old is not None:
+            hit.weight -= old.size
+            self.held -= old.size
+        text = KeptText(blocks)
+        if hit.weight + text.size > self.max_bytes // 4:
+            return
+        while len(texts) >= self.texts_per_listing:
+            gone = texts.pop(next(iter(texts))).size
+            hit.weight -= gone
+            self.held -= gone
+        texts[name] = text
+        hit.weight += text.size
+        self.held += text.size
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.held > self.max_bytes:
+            _, gone = self._d.popitem(last=False)
+            self.held -= gone.weight
 
 
 FLAG_CACHE = FlagCache()
@@ -210,15 +303,79 @@ FLAG_CACHE = FlagCache()
 
 async def flag_columns(s: Session, mailbox_id: int, first: int, last: int, count: int) -> MessageColumns:
     """`list_columns(mailbox_id, first, last, flags_only=True)`, from `FLAG_CACHE` while the mailbox is unchanged
-    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8)."""
+    (one point read) when the range has `count` >= `FLAG_CACHE.min_count` messages (invariant 8); after a change,
+    the kept listing brought up to date with what changed since its stamp (`changed_since`), not listed again."""
     if count < FLAG_CACHE.min_count:
         return await s.store.list_columns(mailbox_id, first, last, flags_only=True)
-    hit = await cached_flags(s, mailbox_id, first, last)
-    if hit is not None:
-        return hit
-    cols = await s.store.list_columns(mailbox_id, first, last, flags_only=True)
-    FLAG_CACHE.put((mailbox_id, first, last), cols)
-    return cols
+    key = (mailbox_id, first, last)
+    kept = FLAG_CACHE.get(key)
+    if kept is not None:
+        mbox = await s.store.get_mailbox_by_id(mailbox_id)
+        if mbox is not None:
+            stamp = (mbox.uidvalidity, mbox.highestmodseq)
+            if stamp == kept.stamp:
+                return kept
+            update = await changed_since(s, kept, stamp, mailbox_id, first, last)
+            if update is not None:
+                fresh, changed = update
+                # The same UIDs (nothing removed): the kept lines stay, but for the blocks of the changed messages.
+                carry = [bisect.bisect_left(fresh.uids, u) for u in changed] if len(fresh) == len(kept) else None
+                return FLAG_CACHE.put(key, fresh, carry, kept)  # (another session may have put another)
+        FLAG_CACHE.drop(key)
+    return FLAG_CACHE.put(key, await s.store.list_columns(mailbox_id, first, last, flags_only=True))
+
+
+async def changed_since(s: Session, kept: MessageColumns, stamp: tuple[int, int], mailbox_id: int, first: int,
+                        last: int) -> tuple[MessageColumns, Sequence[int]] | None:
+    """The flags-only listing of UIDs first..last as of `stamp` (the mailbox's (UIDVALIDITY, HIGHESTMODSEQ), read
+    before this), made from `kept` (an older listing of the same range) and what changed after its stamp: the
+    removals (`Store.vanished`) and the rows with a higher MODSEQ (`Store.list_changed`, RFC 7162 §3.1.4.1), so
+    the store work is proportional to the changes; with the UIDs of the rows changed. None when that cannot be
+    told (another UIDVALIDITY, the record of removals pruned, a row not in `kept`): the caller lists the range
+    again (invariant 8)."""
+    since = kept.stamp[1]
+    if stamp[0] != kept.stamp[0] or stamp[1] < since:
+        return None
+    gone = await s.store.vanished(mailbox_id, since)
+    if not gone.complete:
+        return None
+    changed = await s.store.list_changed(mailbox_id, since, first, last)
+    merged = merge_changes(kept, [u for u in gone.uids if first <= u <= last], changed, stamp)
+    return None if merged is None else (merged, changed.uids)
+
+
+def merge_changes(kept: MessageColumns, removed: Sequence[int], changed: MessageColumns,
+                  stamp: tuple[int, int]) -> MessageColumns | None:
+    """`kept` (a flags-only listing, UIDs ascending) without the UIDs `removed` and with the UID, MODSEQ, flags
+    and keywords of each row of `changed` in place of its own, stamped `stamp`; None if a row of `changed` is not
+    in `kept` (a UID it never had: list again). Work: copies of the columns (C loops) and a bisection per UID
+    removed or changed; the index keys of the keywords move past removed messages."""
+    uids = kept.uids if isinstance(kept.uids, array) else array("I", kept.uids)
+    n = len(uids)
+    flags, modseqs, keywords = array("q", kept.flags), array("q", kept.modseqs), dict(kept.keywords)
+    for k, uid in enumerate(changed.uids):
+        i = bisect.bisect_left(uids, uid)
+        if i == n or uids[i] != uid:
+            return None
+        flags[i], modseqs[i] = changed.flags[k], changed.modseqs[k]
+        kws = changed.keywords.get(k)
+        if kws:
+            keywords[i] = kws
+        else:
+            keywords.pop(i, None)
+    drop = sorted({i for i, u in ((bisect.bisect_left(uids, u), u) for u in removed) if i < n and uids[i] == u})
+    if drop:
+        new_uids, new_flags, new_modseqs = array("I"), array("q"), array("q")
+        start = 0
+        for i in [*drop, n]:
+            new_uids.extend(uids[start:i])
+            new_flags.extend(flags[start:i])
+            new_modseqs.extend(modseqs[start:i])
+            start = i + 1
+        dropped = set(drop)
+        keywords = {i - bisect.bisect_left(drop, i): v for i, v in keywords.items() if i not in dropped}
+        uids, flags, modseqs = new_uids, new_flags, new_modseqs
+    return dataclasses.replace(kept, uids=uids, flags=flags, modseqs=modseqs, keywords=keywords, stamp=stamp)
 
 
 async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> MessageColumns | None:
@@ -229,10 +386,11 @@ async def cached_flags(s: Session, mailbox_id: int, first: int, last: int) -> Me
     if hit is None:
         return None
     mbox = await s.store.get_mailbox_by_id(mailbox_id)
-    if mbox is not None and (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
+    if mbox is None:
+        FLAG_CACHE.drop(key)
+    elif (mbox.uidvalidity, mbox.highestmodseq) == hit.stamp:
         return hit
-    FLAG_CACHE.drop(key)
-    return None
+    return None  # changed: the listing stays for `flag_columns` to bring up to date (`changed_since`)
 
 
 def _parse_meta(data: bytes | None) -> MessageMeta | None:
@@ -271,7 +429,7 @@ async def load_meta(s: Session, info: MessageInfo, raw: bytes | None = None) -> 
     return meta
 
 
-def runs(view: Sequence[int], uids: list[int]) -> list[tuple[int, int]]:
+def runs(view: Sequence[int], uids: Sequence[int]) -> list[tuple[int, int]]:
     """(first, last) UID of each run of `uids` that is consecutive in `view` (both ascending, `uids` a subset of
     `view`)."""
     out: list[tuple[int, int]] = []
@@ -292,7 +450,7 @@ def runs(view: Sequence[int], uids: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-async def plan(s: Session, uids: list[int]) -> list[MessageInfo]:
+async def plan(s: Session, uids: Sequence[int]) -> list[MessageInfo]:
     """The records of `uids` (invariant 1): one query per run."""
     sel = sel_of(s)
     wanted = set(uids)
@@ -362,7 +520,7 @@ async def _structures_from_meta(s: Session, infos: Sequence[MessageInfo]) -> dic
     return metas
 
 
-async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
+async def light_fetch(s: Session, uids: Sequence[int], atts: Sequence[P.FetchAtt],
                       listed: MessageColumns | None = None) -> bool:
     """`* n FETCH (...)` for items found in the message rows only (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ),
     from one columnar listing per run (`list_columns`), or from `listed` when the caller has the rows already
@@ -387,7 +545,7 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
         j = bisect.bisect_left(view, first)  # a run's listed UIDs are all in the view: arrivals come after it
         flags, kw_at = cols.flags, cols.keywords_at
         if wanted is None and fast:
-            await _flag_lines(s, cols, view, j, names)
+            await _flag_lines(s, cols, view, j, names, (sel.id, first, last))
             continue
         lines: list[bytes] = []
         for i, uid in enumerate(cols.uids):
@@ -426,46 +584,64 @@ async def light_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt],
 
 
 _FLAG_ITEMS = frozenset(("UID", "FLAGS", "MODSEQ"))
-_FLAG_BATCH = 4000  # response lines handed to the session at a time
+_FLAG_BATCH = 1000  # response lines made and handed to the session at a time; a kept text's block (invariant 9)
 _RUN_ITEMS = frozenset((("FLAGS",), ("UID", "FLAGS"), ("FLAGS", "UID")))  # what `_flag_run` writes
 _NO_KEYWORDS: frozenset[str] = frozenset()
 
 
 async def _flag_run(s: Session, cols: MessageColumns, j: int, names: list[str],
-                    recent_ranges: list[tuple[int, int]]) -> None:
+                    recent_ranges: list[tuple[int, int]], kept: tuple[int, int, int] | None) -> None:
     """`_flag_lines` for UID and FLAGS when the listed messages are announced messages j + 1 on, in order (the
     whole-mailbox `FETCH 1:* (FLAGS)` of a client opening a folder): the keywords' FLAGS announcements first
     (state.py invariant 5: before any FETCH that carries them), then one formatted line a message, its FLAGS
     text looked up by (flags, keywords, \\Recent); the same FETCH lines as `_flag_lines`. `names` is one of
-    `_RUN_ITEMS`."""
+    `_RUN_ITEMS`. When `cols` is the listing `FLAG_CACHE` keeps under `kept`, the FETCH lines are kept with it
+    and the next such FETCH of the same lines writes them as they are (invariant 9)."""
     sel = sel_of(s)
     kwd = cols.keywords
     lines: list[bytes] = []
     for kws in dict.fromkeys(kwd.values()):
         lines.extend(sel.announce(kws))
-    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
-    uids, flags = cols.uids, cols.flags
-    recent: set[int] = set()  # indexes of the \\Recent messages (rev1), found by bisection per range
-    for lo, hi in recent_ranges:
-        if lo <= hi:
-            recent.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
-    special = sorted(recent.union(kwd))  # the messages whose text needs the keywords or \\Recent
     s.write(*lines)
-    for start in range(0, len(uids), _FLAG_BATCH):
-        end = min(start + _FLAG_BATCH, len(uids))
-        # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
-        plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
-        texts = [plain[f] for f in flags[start:end]]
-        for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
-            texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
-        msns = range(j + start + 1, j + end + 1)
-        columns = [uids[start:end] if name == "UID" else texts for name in names]
-        s.write(b"".join([fmt % t for t in zip(msns, *columns)]))
-        await s.maybe_flush()
-        await asyncio.sleep(0)  # other sessions run between batches (a cached listing awaits nothing else)
+    uids, flags = cols.uids, cols.flags
+    # The \\Recent messages (rev1) as index ranges, by bisection: with j and the items, all the lines depend on.
+    recent_at = tuple((a, b) for a, b in ((bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi))
+                                          for lo, hi in recent_ranges if lo <= hi) if a < b)
+    keep = kept if kept is not None and FLAG_CACHE.holds(kept, cols) else None
+    text_name = (j, tuple(names), recent_at)
+    text = FLAG_CACHE.text(keep, cols, text_name) if keep is not None else None
+    fmt = b"* %d FETCH (" + b" ".join(b"UID %d" if name == "UID" else b"%b" for name in names) + b")\r\n"
+    recent: set[int] = set()  # indexes of the \\Recent messages
+    special: list[int] = []  # the messages whose text needs the keywords or \\Recent
+    if text is None or text.stale:
+        for a, b in recent_at:
+            recent.update(range(a, b))
+        special = sorted(recent.union(kwd))
+    blocks: list[bytes] = []
+    for k, start in enumerate(range(0, len(uids), _FLAG_BATCH)):
+        if text is not None and k not in text.stale:
+            block = text.blocks[k]  # kept, and no message of it changed since (invariant 9)
+        else:
+            end = min(start + _FLAG_BATCH, len(uids))
+            # The FLAGS text column: by flags for most messages, by (flags, keywords, \\Recent) for the others.
+            plain = {f: b"FLAGS " + encoder.flag_list(f) for f in set(flags[start:end])}
+            texts = [plain[f] for f in flags[start:end]]
+            for i in special[bisect.bisect_left(special, start):bisect.bisect_left(special, end)]:
+                texts[i - start] = b"FLAGS " + encoder.flag_list(flags[i], kwd.get(i, _NO_KEYWORDS), i in recent)
+            msns = range(j + start + 1, j + end + 1)
+            columns = [uids[start:end] if name == "UID" else texts for name in names]
+            block = b"".join([fmt % t for t in zip(msns, *columns)])
+            if text is None:
+                await asyncio.sleep(0)  # other sessions run between blocks (a kept listing awaits nothing else)
+        blocks.append(block)
+        s.write(block)
+        await s.maybe_flush()  # the session's flush bound (session invariant 4)
+    if keep is not None and (text is None or text.stale):
+        FLAG_CACHE.keep_text(keep, cols, text_name, blocks)
 
 
-async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str]) -> None:
+async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: int, names: list[str],
+                      kept: tuple[int, int, int] | None = None) -> None:
     """`light_fetch` for UID, FLAGS and MODSEQ only (FETCH 1:* (FLAGS), STORE's answers, resyncs): the same lines,
     with the per-message work cut to an index step and a lookup of the item text, which a mailbox has few
     distinct values of (issue 17: a whole-mailbox FLAGS fetch)."""
@@ -478,9 +654,9 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     n = len(view)
     count = len(cols.uids)
     if (tuple(names) in _RUN_ITEMS and not sel.uidonly and j + count <= n
-            and array("I", cols.uids) == view[j:j + count]):
+            and _as_uid_array(cols.uids) == view[j:j + count]):  # two arrays of one type: compared in C
         # The run is a stretch of the view (message numbers j + 1 on): one format and one text lookup a message.
-        await _flag_run(s, cols, j, names, recent_ranges)
+        await _flag_run(s, cols, j, names, recent_ranges, kept)
         return
     for i, uid in enumerate(cols.uids):
         while j < n and view[j] < uid:
@@ -512,6 +688,11 @@ async def _flag_lines(s: Session, cols: MessageColumns, view: Sequence[int], j: 
     await s.maybe_flush()
 
 
+def _as_uid_array(uids: Sequence[int]) -> array[int]:
+    """`uids` as a 4-byte array like the session's view (`Selected.uids`): itself when it is one already."""
+    return uids if isinstance(uids, array) and uids.typecode == "I" else array("I", uids)
+
+
 async def flags_fetch(s: Session, uids: list[int], with_uid: bool = True) -> None:
     """`* n FETCH (FLAGS (...) UID u)` for each UID still present (STORE's answer, resyncs); with MODSEQ once
     CONDSTORE is enabled (RFC 7162 §3.1)."""
@@ -529,7 +710,7 @@ _COLUMN_FORMAT = {"UID": b"UID %d", "FLAGS": b"%b", "INTERNALDATE": b"INTERNALDA
                   "ENVELOPE": b"ENVELOPE %b", "BODYSTRUCTURE": b"BODYSTRUCTURE %b", "BODY": b"BODY %b"}
 
 
-async def column_fetch(s: Session, uids: list[int], atts: Sequence[P.FetchAtt]) -> bool:
+async def column_fetch(s: Session, uids: Sequence[int], atts: Sequence[P.FetchAtt]) -> bool:
     """`* n FETCH (...)` for the message-row items and ENVELOPE, BODYSTRUCTURE, BODY (invariant 7): per run, the
     rows and their kept structure values in chunks of `COLUMN_CHUNK` messages (`list_columns(structure=True)`),
     each chunk formatted column by column (one format operation a message) and written as one piece. A body
@@ -699,10 +880,11 @@ async def fetch(s: Session, cmd: P.Command) -> Result:
     if cmd.uid and not sel.uidonly and not any(t.name == "UID" for t in atts):
         atts.insert(0, P.FetchAtt("UID"))  # invariant 3
     listed = None
+    uids: Sequence[int]
     if a.changedsince is not None:
         uids, listed = await changed_uids(s, a, cmd.uid)
     else:
-        uids = resolve(s, a.seqset, cmd.uid)
+        uids = resolve_view(s, a.seqset, cmd.uid)  # 1:*: the view's own slice, no int object a message
     names = {t.name for t in atts}
     # BODY[] of the whole message is the raw bytes: no metadata needed for the commonest body fetch.
     need_meta = any(t.name in _META_NEEDED and not (t.name == "BODY[]" and t.section == _WHOLE) for t in atts)

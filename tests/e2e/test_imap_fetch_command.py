@@ -217,7 +217,8 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
     """A repeated `FETCH 1:* (FLAGS)` answers from `fetch.FLAG_CACHE` without listing the rows again, and the
     same bytes as a fresh listing: any change to the mailbox (a flag set by another session or straight in the
     store, as another process would; an expunge; an arrival) takes a new MODSEQ (RFC 7162 §3.1), and the
-    cache is then not used (fetch.py invariant 8)."""
+    kept listing is then not used as it is: it is brought up to date with the rows changed since its MODSEQ
+    (`Store.list_changed`), not listed again (fetch.py invariant 8)."""
     from postroom.store.api import Flag, StoreMode
 
     fill(imap, ADDR, PW, 4)
@@ -230,6 +231,14 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
         return await real(mailbox_id, first, last, **kw)
 
     monkeypatch.setattr(imap.store, "list_columns", counted)
+    changed: list[int] = []
+    real_changed = imap.store.list_changed
+
+    async def counted_changed(mailbox_id: int, modseq: int, *args: Any) -> Any:
+        changed.append(modseq)
+        return await real_changed(mailbox_id, modseq, *args)
+
+    monkeypatch.setattr(imap.store, "list_changed", counted_changed)
     r = raw(imap)
     r.cmd("a SELECT INBOX")
     box = imap.run(imap.store.get_mailbox(imap.run(imap.store.get_user(ADDR)).id, "INBOX"))
@@ -238,12 +247,14 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
     assert r.cmd("b FETCH 1:* (FLAGS)") == first and listings == []  # a hit
     imap.run(imap.store.store_flags(box.id, [2], StoreMode.ADD, int(Flag.FLAGGED)))  # as another process would
     lines = r.cmd("c FETCH 1:* (FLAGS)")
-    assert lines[1] == b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n" and listings == [(1, 4)]
+    assert lines[1] == b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n" and listings == [] and len(changed) == 1
+    assert r.cmd("c FETCH 1:* (FLAGS)")[:4] == lines[:4] and len(changed) == 1  # a hit on the updated listing
     other = raw(imap)
     other.cmd("d SELECT INBOX")
     other.cmd("d STORE 3 +FLAGS.SILENT (\\Deleted $Work)")
     lines = r.cmd("e FETCH 1:* (UID FLAGS)")
-    assert b"* 3 FETCH (UID 3 FLAGS (\\Deleted \\Recent $Work))\r\n" in lines
+    assert b"* 3 FETCH (UID 3 FLAGS (\\Deleted \\Recent $Work))\r\n" in lines and listings == []
+    assert lines[0] == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Work)\r\n"  # before its FETCH
     other.cmd("f EXPUNGE")
     fill(imap, ADDR, PW, 1)
     r.cmd("g NOOP")  # the expunge and the arrival reported: the view is 1, 2, 4, 5
@@ -268,6 +279,82 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
     lines = r.cmd("k UID SEARCH UNSEEN")  # with the change's FETCH (RFC 9051 §7.5.2)
     assert [x for x in lines if x.startswith(b"* SEARCH")] == [b"* SEARCH 1 2 5\r\n"] and queried == [1]
     assert r.cmd("k UID SEARCH SEEN") == [b"* SEARCH 4\r\n", b"k OK SEARCH completed\r\n"]
+
+
+_FLAG_QUERIES = ("1:* (FLAGS)", "1:* (UID FLAGS)", "1:* (FLAGS UID)", "2:* FLAGS", "3:* FLAGS", "1:3 (FLAGS)")
+
+
+def _fetch_lines(answers: list[list[bytes]]) -> list[list[bytes]]:
+    """The message data lines of each answer (FETCH, UIDFETCH) and its tagged line: keyword announcements are
+    written once per session, by whichever answer shows the keyword first."""
+    return [[x for x in a if not x.startswith((b"* FLAGS ", b"* OK [PERMANENTFLAGS"))] for a in answers]
+
+
+_ORIGINAL = {"_LIGHT": frozenset(fetch._LIGHT), "_COLUMN_ITEMS": frozenset(fetch._COLUMN_ITEMS)}
+
+
+@pytest.mark.parametrize("block", [2, 3])
+def test_flag_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """FETCH of FLAGS (and UID) from the kept listing, brought up to date after each change (`changed_since`), and
+    from the kept response lines (fetch.py invariants 8 and 9) answers byte for byte as the item-by-item writer
+    does: keywords, \\Recent for one rev1 session and not the other (RFC 3501 §2.3.2: the two must not share
+    lines), a flag change from another session, an expunge not yet reported (a gap in the listing:
+    EXPUNGEISSUED, RFC 9051 §7.1), one reported (the message numbers move), an arrival, UID FETCH and UIDONLY;
+    kept lines in blocks of `block` messages, of which only those with a changed message are made again."""
+    fill(imap, ADDR, PW, 6)
+    monkeypatch.setattr(fetch, "_FLAG_BATCH", block)
+    cache = fetch.FlagCache(min_count=2)
+    monkeypatch.setattr(fetch, "FLAG_CACHE", cache)
+    changed: list[int] = []
+    real_changed = imap.store.list_changed
+
+    async def counted_changed(mailbox_id: int, modseq: int, *args: Any) -> Any:
+        changed.append(modseq)
+        return await real_changed(mailbox_id, modseq, *args)
+
+    monkeypatch.setattr(imap.store, "list_changed", counted_changed)
+    a, b, other = raw(imap), raw(imap), raw(imap)
+    a.cmd("a SELECT INBOX")  # rev1: \Recent for all six in this session only
+    b.cmd("b SELECT INBOX")
+    other.cmd("o SELECT INBOX")
+    uo = raw(imap)
+    uo.cmd("u ENABLE UIDONLY")
+    uo.cmd("u SELECT INBOX")
+    item_path = {"_LIGHT": frozenset(), "_COLUMN_ITEMS": frozenset()}
+    steps = ("o STORE 2 +FLAGS.SILENT (\\Seen $Work)", "o STORE 3 +FLAGS.SILENT (\\Flagged \\Deleted Later)",
+             "o UID EXPUNGE 3", "NOOP", "o STORE 5 -FLAGS.SILENT (\\Seen)", "APPEND", "NOOP",
+             "o STORE 1 +FLAGS.SILENT (\\Deleted)", "o UID EXPUNGE 1",
+             "NOOP a", "NOOP",  # UIDs 2:* messages 1 on for a, still 2 on for b: one listing, two texts
+             "o STORE 1:* +FLAGS.SILENT (\\Answered)")
+    for step in ("NOOP", *steps):
+        if step == "APPEND":
+            fill(imap, ADDR, PW, 1)
+        elif not step.startswith("NOOP"):
+            other.cmd(step)
+        for r in (a, b):  # what happened reported: NOOP all of it (the views change), FETCH no expunge (§7.5.1)
+            r.cmd("n NOOP" if step == "NOOP" or (step == "NOOP a" and r is a) else "n FETCH 1 (UID)")
+        uo.cmd("n NOOP")
+        kept: list[list[list[bytes]]] = []
+        # UID FETCH may report expunges (RFC 9051 §7.5.1): not while one is to stay hidden in this step.
+        with_uid = step not in ("o UID EXPUNGE 3", "o UID EXPUNGE 1", "NOOP a")
+        for r in (a, b):  # the first answer lists or updates, the second writes the kept lines
+            kept.append(_fetch_answers(r, _FLAG_QUERIES) + (_fetch_answers(r, _FLAG_QUERIES, True) if with_uid else []))
+            assert _fetch_lines(_fetch_answers(r, _FLAG_QUERIES)) == _fetch_lines(kept[-1][:len(_FLAG_QUERIES)])
+        kept.append(_fetch_answers(uo, _FLAG_QUERIES[:3], uid=True))
+        for name, value in item_path.items():
+            monkeypatch.setattr(fetch, name, value)
+        for r, answers in zip((a, b), kept):
+            _same(_fetch_lines(_fetch_answers(r, _FLAG_QUERIES)
+                               + (_fetch_answers(r, _FLAG_QUERIES, True) if with_uid else [])), _fetch_lines(answers))
+        _same(_fetch_lines(_fetch_answers(uo, _FLAG_QUERIES[:3], uid=True)), _fetch_lines(kept[2]))
+        for name in item_path:
+            monkeypatch.setattr(fetch, name, _ORIGINAL[name])
+    assert len(changed) >= 8  # the kept listing was brought up to date after the changes, not listed again
+    assert b"* 2 FETCH (FLAGS (\\Answered \\Recent))\r\n" in kept[0][0]  # rev1 \\Recent, in session a only
+    assert b"* 2 FETCH (FLAGS (\\Answered))\r\n" in kept[1][0]
+    assert b"* 1 FETCH (UID 2 FLAGS (\\Seen \\Answered $Work))\r\n" in kept[1][1]
+    assert kept[1][len(_FLAG_QUERIES)] == kept[1][1] and len(kept[1]) == 2 * len(_FLAG_QUERIES)  # UID FETCH
+    assert b"* 6 UIDFETCH (FLAGS (\\Answered))\r\n" in kept[2][0] and len(kept[0][0]) == 6  # UIDs 2, 4-7
 
 
 def test_flag_cache_is_bounded() -> None:
