@@ -9,7 +9,7 @@ bytes (78-byte lines, a few headers) with MAIL / RCPT / DATA, written in 1 MiB p
 server's tree are read from /proc/PID/smaps_rollup every 20 ms (bench/common.py `memory_of`: RSS counts a page
 shared by forked processes once in each, PSS charges it 1/n to each of the n, so PSS summed is what the tree
 really holds). The table gives the peak of each sum over the server processes (the parent and its
-`server.workers` children) and over its metadata workers (`python -m postroom.metapool`, metapool.py), and the
+`server.workers` children) and over its metadata workers (`python -m postroom.metaworker`, metapool.py), and the
 peak of the whole tree; with the figures before the load for reference. Sampling can miss a
 peak shorter than 20 ms; each process's own VmHWM (exact, but not simultaneous) is summed too, as an upper
 bound for the processes still alive at the end.
@@ -76,9 +76,10 @@ def tree(root: int) -> list[int]:
 
 def _is_meta_worker(pid: int) -> bool:
     try:
-        return b"postroom.metapool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"postroom.metaworker" in cmdline or b"postroom.metapool" in cmdline  # now, and before 2026-12-01
 
 
 class Sampler(threading.Thread):

@@ -216,6 +216,9 @@ class Postroom:
         else:
             await asyncio.to_thread(own_data_dir, cfg.data_path, None, deep=False)
 
+        # One large metadata job at a time across the server's processes (metapool.py invariant 7); opened after
+        # the privilege drop, so the lock file is the server user's.
+        meta_pool.share_large_slot(cfg.data_path / meta_pool.LOCK_NAME)
         self.store = open_store(cfg.store_url, cfg.data_path)
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
