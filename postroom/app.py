@@ -59,7 +59,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metapool as meta_pool
 from . import mtasts
@@ -93,13 +93,24 @@ from .smtp.session import smtp_handler_factory
 from .store import open_store
 from .store.api import AlreadyExists, Invalid, Store
 from .store.retention import ExpungedRetention
-from .web.admin import Admin
-from .web.app import create_app
-from .web.autoconfig import ClientSettings
-from .web.autoconfig import endpoints as autoconfig_endpoints
-from .web.mail import Webmail
-from .web.server import HttpServer, bind_http, serve_http
 from .workers import ChallengeFiles, Supervisor, Worker, bind_per_worker, worker_count
+
+if TYPE_CHECKING:  # the web stack is imported only by a server with a web listener (`import_web`)
+    from .web.autoconfig import ClientSettings
+    from .web.mail import Webmail
+    from .web.server import HttpServer
+
+
+def import_web(cfg: Config) -> bool:
+    """Import the web stack (starlette, uvicorn, jinja2, nh3, the webmail and admin pages: ~7 MiB of Python
+    objects, 137 modules) if a web listener is enabled, else leave it out of the process (issue 17: an SMTP or
+    IMAP only server does not hold it). `run_workers` calls it before the fork, so the workers share its pages
+    (workers.py invariant 5); `Postroom.start` imports what it uses where it uses it. Returns whether it did."""
+    if not any(name in cfg.listeners.enabled() for name in ("http", "https")):
+        return False
+    from .web import admin, app, autoconfig, mail, server  # noqa: F401 - imported for the fork's sake
+
+    return True
 
 log = logging.getLogger("postroom")
 
@@ -202,6 +213,8 @@ class Postroom:
         await self.net.bind()  # bound, not accepting yet (invariant 1): ports below 1024 need root
         for name in ("http", "https"):  # the web listeners, bound now too (ports 80 and 443 need root)
             if name in cfg.listeners.enabled():
+                from .web.server import bind_http
+
                 self._web_socks[name] = worker.sockets[name] if worker is not None else \
                     bind_http(*cfg.listeners.enabled()[name], name=name)
         if worker is not None:  # the parent handed the data folder over and dropped privileges already
@@ -274,6 +287,12 @@ class Postroom:
         self.addresses.update(self.net.addresses)
 
         if self._web_socks:
+            from .web.admin import Admin
+            from .web.app import create_app
+            from .web.autoconfig import ClientSettings
+            from .web.autoconfig import endpoints as autoconfig_endpoints
+            from .web.mail import Webmail
+            from .web.server import serve_http
 
             async def health() -> dict[str, Any]:
                 try:
@@ -731,6 +750,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         if not cfg.store_url.startswith("postgresql://"):  # there the store holds it (auth/secret.py)
             load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
         demo_password, user = asyncio.run(_prepare_store(cfg, demo))
+        import_web(cfg)  # before the fork: one shared copy of the web stack, or none without a web listener
         supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
                                 cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())
         supervisor.prepare()
