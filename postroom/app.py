@@ -16,6 +16,12 @@ report run, the rspamd learning sender and ACME. With several nodes on one Postg
 node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC reports, learning) each run
 a round only while the node holds that job's lease in the store (jobs.py).
 
+What a process imports follows its configuration (issue 17, memory of the idle server): the web stack
+(starlette, uvicorn, jinja2, nh3, the webmail and admin pages) only with a web listener (`import_web`, in the
+parent before the fork, so the workers share it); the content jobs' code (dkimpy for DKIM and ARC) only in the
+metadata workers that run one (metaworker.py). Every process of the server shares one large-job slot for
+metadata (`metapool.share_large_slot`: `data_dir/metapool.lock`).
+
 Reload
 ------
 SIGHUP, or `postroom reload` (which signals the PID in the data folder's lock file), runs `Postroom.reload`:
