@@ -92,7 +92,15 @@ from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
 from .net.tls import STORE_NAME as CERT_STORE_NAME
 from .net.tls import CertificateError, ensure_certificate, fingerprint, install_shared, load_context, shared_candidate
 from .pop3.session import pop3_handler
-from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
+from .process import (
+    AlreadyRunning,
+    PrivilegeError,
+    ServerLock,
+    drop_privileges,
+    own_data_dir,
+    switch_needed,
+    tune_malloc,
+)
 from .services import Services
 from .smtp.door import Door
 from .smtp.session import smtp_handler_factory
@@ -782,6 +790,7 @@ def run_server(cfg: Config, demo: bool = False) -> int:
     processes (workers.py). Returns the exit status; start failures are one line on stderr naming what to fix
     (1; 2 for a certificate or `server.user` that the configuration names wrongly)."""
     try:
+        tune_malloc()  # process.py "Memory": before any thread or fork, so every process of the server has it
         count = worker_count(cfg.server.workers)
         if count > 1:
             return run_workers(cfg, demo, count)
