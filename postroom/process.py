@@ -26,15 +26,17 @@ explicit mode (the server secret, TLS keys, the demo password, message files) us
 `own_data_dir(deep=False)` tightens the folder itself and its top-level entries at every start, which covers a
 folder made by an older version with looser modes (nothing below a 0700 folder is reachable by others).
 
-*Memory.* `tune_malloc` sets two of glibc's malloc parameters at the start of `postroom serve` (before the fork
-of `server.workers`, which inherit them; mallopt(3)): `M_MMAP_THRESHOLD` 256 KiB, fixed, and `M_ARENA_MAX` 2.
-glibc's default threshold is dynamic: once a large block (a 1 MiB piece of a staged message read or written in
-a thread) is freed, the threshold rises to its size (up to 32 MiB), so later blocks of that size come from the
-heaps and stay there, fragmented, after they are freed; and every thread that allocates gets an arena of its
-own (up to 8 per CPU), each keeping its own free memory. Measured with 20 SMTP sessions each sending 50 MB at
-once (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01): the server processes' peak fell from ~165 MiB PSS to
-~120. A variable MALLOC_ARENA_MAX or MALLOC_MMAP_THRESHOLD_ in the environment (glibc's own way to set them)
-is left to win. Nothing happens on a C library without `mallopt`.
+*Memory.* `tune_malloc` caps glibc's malloc arenas at two (`M_ARENA_MAX`, mallopt(3)) at the start of `postroom
+serve`, before the fork of `server.workers`, which inherit it. By default every thread that allocates gets an
+arena of its own (up to 8 per CPU) and keeps the memory freed into it: the threads that read and write the 1 MiB
+pieces of staged messages (to_thread, the store's writer) left tens of MiB each in their arenas. Measured with
+20 SMTP sessions each sending 50 MB at once (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01): the server
+processes' peak fell from 157 MiB PSS to 119, their CPU for the load unchanged (19.8 s, 19.5); small messages
+(bench/smtp_cpu.py, alternated four times on a loaded machine) 6.72 ms against 6.28 ms a message, within that
+machine's noise but not ruled out (bench/RESULTS.md). A fixed 256 KiB
+`M_MMAP_THRESHOLD` as well took it to 110 but cost 44 % more CPU (every 1 MiB piece mapped and faulted in
+afresh), so it is not set. A MALLOC_ARENA_MAX in the environment (glibc's own way to set it) is left to win.
+Nothing happens on a C library without `mallopt`.
 
 Invariants
 1. At most one process holds the lock of a data folder; a process that holds it has its PID in the file.
@@ -224,24 +226,18 @@ def own_data_dir(path: Path, account: Account | None, *, deep: bool) -> int:
     return changed
 
 
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h> mallopt parameter numbers
-M_ARENA_MAX = -8
-MMAP_THRESHOLD = 256 * 1024  # bytes: blocks this large are mapped on their own and unmapped when freed
+M_ARENA_MAX = -8  # glibc <malloc.h> mallopt parameter number
 ARENA_MAX = 2  # malloc arenas per process: the main one and one that the threads share
 
 
 def tune_malloc() -> dict[str, int]:
-    """Set glibc's M_MMAP_THRESHOLD and M_ARENA_MAX for a server process (module doc, "Memory"), each unless the
-    environment sets it (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX). Returns the parameters set, by name; {} on a C
-    library without `mallopt`. Never raises."""
+    """Set glibc's M_ARENA_MAX for a server process (module doc, "Memory"), unless the environment sets it
+    (MALLOC_ARENA_MAX). Returns the parameters set, by name; {} on a C library without `mallopt`. Never raises."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return {}
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    done = {}
-    for env, param, value in (("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                              ("MALLOC_ARENA_MAX", M_ARENA_MAX, ARENA_MAX)):
-        if env not in os.environ and mallopt(param, value) == 1:  # mallopt returns 1 on success
-            done[env.rstrip("_")] = value
-    return done
+    if "MALLOC_ARENA_MAX" in os.environ or mallopt(M_ARENA_MAX, ARENA_MAX) != 1:  # mallopt returns 1 on success
+        return {}
+    return {"MALLOC_ARENA_MAX": ARENA_MAX}
