@@ -33,10 +33,10 @@ workers of a server hold at once is bounded by one slot for large jobs (invarian
 `postroom serve`, across the server's processes too (an flock on `data_dir/metapool.lock`, named by
 `share_large_slot`, tried every `LARGE_POLL` seconds by the one waiter of each process). Measured with 20
 sessions each sending 50 MB at once (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01): the workers of two
-server processes held four such messages at a time (131 MiB PSS); with the slot, one. A large parse takes a
-fraction of a second (compute_meta reads 50 MB of text in ~0.1 s), far less than receiving the message, so
-the queue is short; a job that waits for the slot does not hold a worker (it takes the slot first, then a
-worker), so small messages go on meanwhile.
+server processes held up to four such messages at a time (peak 113-161 MiB PSS); with the slot, one (72).
+A large parse takes a fraction of a second (compute_meta reads 50 MB of text in ~0.1 s), far less than
+receiving the message, so the queue is short; a job that waits for the slot does not hold a worker (it takes
+the slot first, then a worker), so small messages go on meanwhile.
 
 Invariants
 1. No code outside this module calls `compute_meta` on the event loop for a message that `inline` refuses
