@@ -11,7 +11,10 @@ the messages, 50 subject topics (2 % each) and 97 senders.
 For each command the table gives the median of --runs timed runs after one untimed warm-up run (Dovecot builds
 or updates its index then; both fill the page cache), on each server, and the ratio Postroom / Dovecot (under
 1.0x: Postroom is faster). A command a server refuses is shown as "refused" with its answer in the log.
-The server's peak resident memory (all its processes) while the commands ran is the last row.
+The last rows are each server's memory (all its processes): the peak of the PSS and of the RSS sums while the
+commands ran, the same sums just before them (the three sessions logged in, one with the mailbox selected:
+a LOGIN's argon2id hash, 64 MiB for a moment, is not the commands'), and the growth (peak - idle); below the
+table, the process that grew most.
 
 The commands are those of issue 17's large-mailbox rows and issue 14's goals:
 
@@ -42,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dovecot  # bench/dovecot.py
-from common import progress, servers_stopped  # bench/common.py
-from imap import PASSWORD, USER, Client, rss_tree, start_dovecot, start_postroom, with_body  # bench/imap.py
+from common import memory_of, process_tree, progress, servers_stopped  # bench/common.py
+from imap import PASSWORD, USER, Client, start_dovecot, start_postroom, with_body  # bench/imap.py
 
 RARE = "zanzibar"
 LINE = b"The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n"
@@ -93,24 +96,48 @@ class Refused(Exception):
 
 
 class PeakMemory:
-    """Samples the resident memory of a process tree every 100 ms in a thread; `peak` is the largest seen."""
+    """Samples the memory of a process tree every 100 ms in a thread (bench/common.py `memory_of`, from
+    /proc/PID/smaps_rollup): `idle` is the tree's (RSS, PSS) in bytes when it starts (before the commands),
+    `peak` the largest of each sum seen, and `grown` the process that grew most in PSS over its own first
+    reading (its command line and the growth in bytes), so the table says which process holds the peak."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
+        self.pid = pid
+        self.idle = self.peak = (0, 0)
+        self.first: dict[int, int] = {}  # pid -> PSS at its first reading
+        self.grown: tuple[str, int] = ("", 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> tuple[int, int]:
+        rss = pss = 0
+        for p in process_tree(self.pid):
+            r, s = memory_of(p)
+            rss, pss = rss + r, pss + s
+            base = self.first.setdefault(p, s)
+            if s - base > self.grown[1]:
+                try:
+                    args = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                except OSError:
+                    args = [str(p)]
+                name = " ".join(Path(a).name if "/" in a else a for a in args if a)
+                self.grown = (f"{name[:70]} (pid {p}{', the tree root' if p == self.pid else ''})", s - base)
+        return rss, pss
+
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.peak = max(self.peak, rss_tree(self.pid))
+            rss, pss = self.sample()
+            self.peak = (max(self.peak[0], rss), max(self.peak[1], pss))
 
-    def __enter__(self) -> PeakMemory:
+    def start(self) -> None:
+        """Take the idle reading and start sampling."""
+        self.idle = self.peak = self.sample()
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
 
 
 async def command(c: Client, text: bytes) -> list[bytes]:
@@ -130,7 +157,10 @@ def mailbox_state(lines: list[bytes]) -> tuple[int, int]:
     return int(v.group(1)), int(m.group(1))
 
 
-async def run_all(port: int, count: int, runs: int, only: set[str], label: str) -> dict[str, float | str]:
+async def run_all(port: int, count: int, runs: int, only: set[str], label: str,
+                  mem: PeakMemory) -> dict[str, float | str]:
+    """The timed commands; `mem` starts sampling once the three sessions are logged in and one has the mailbox
+    selected, so a LOGIN's password hash (argon2id: 64 MiB for a moment) is not counted as the commands'."""
     c = await Client.connect(port)
     await c.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
     other = await Client.connect(port)
@@ -141,6 +171,7 @@ async def run_all(port: int, count: int, runs: int, only: set[str], label: str) 
     await q.cmd(f'LOGIN "{USER}" "{PASSWORD}"'.encode())
     rng = random.Random(7162)
     q_state = {"enabled": False}
+    await asyncio.to_thread(mem.start)
 
     async def qresync_prepare() -> bytes:
         # q caches the mailbox state, `other` changes 1 % of the flags and expunges 0.1 %, q re-selects.
@@ -204,6 +235,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per command (the median is shown)")
     ap.add_argument("--only", default="", help="comma-separated parts of command names to run (default: all)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--postroom-only", action="store_true", help="skip Dovecot (its column shows -)")
     args = ap.parse_args()
     only = {o.strip() for o in args.only.split(",") if o.strip()}
 
@@ -211,15 +243,18 @@ def main() -> int:
     messages = make_messages(args.count)
     total_mib = sum(map(len, messages)) / (1 << 20)
     progress(f"imap mailbox bench: {args.count} messages, {total_mib:.1f} MiB, in {work}")
-    results: dict[str, tuple[dict[str, float | str], int]] = {}
+    results: dict[str, tuple[dict[str, float | str], PeakMemory]] = {}
     servers = [("Postroom", start_postroom), (f"Dovecot {dovecot.version()}", start_dovecot)]
     with servers_stopped(work) as started:
-        for name, start in servers:
+        for name, start in servers[:1] if args.postroom_only else servers:
             server, port = start(work, messages, 0)
             started.append(server)
-            with PeakMemory(server.pid) as mem:
-                got = asyncio.run(run_all(port, args.count, args.runs, only, name))
-            results[name] = (got, mem.peak)
+            mem = PeakMemory(server.pid)
+            try:
+                got = asyncio.run(run_all(port, args.count, args.runs, only, name, mem))
+            finally:
+                mem.stop()
+            results[name] = (got, mem)
             server.stop()
 
     pr, dv = servers[0][0], servers[1][0]
@@ -231,13 +266,30 @@ def main() -> int:
     def cell(v: float | str | None) -> str:
         return f"{v:.3f}" if isinstance(v, float) else (v or "-")
 
+    none = PeakMemory(0)
+    results.setdefault(dv, ({}, none))
     for name in results[pr][0]:
         a, b = results[pr][0].get(name), results[dv][0].get(name)
         ratio = f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) and b else "-"
         print(f"| {name} | {cell(a)} | {cell(b)} | {ratio} |")
     ma, mb = results[pr][1], results[dv][1]
-    print(f"| **peak RSS of the server** | {ma / (1 << 20):,.0f} MB | {mb / (1 << 20):,.0f} MB | "
-          f"{ma / mb if mb else 0:.2f}x |")
+    mib = 1 << 20
+    for i, what in ((1, "PSS"), (0, "RSS")):
+        a, b = ma.peak[i], mb.peak[i]
+        print(f"| **peak {what} of the server** (all its processes) | {a / mib:,.0f} MiB | {b / mib:,.0f} MiB | "
+              f"{a / b if b else 0:.2f}x |")
+        a, b = ma.idle[i], mb.idle[i]
+        print(f"| {what} before the commands (3 sessions logged in, idle) | {a / mib:,.0f} MiB | "
+              f"{b / mib:,.0f} MiB | - |")
+        a, b = ma.peak[i] - ma.idle[i], mb.peak[i] - mb.idle[i]
+        print(f"| {what} growth while answering (peak - idle) | {a / mib:,.0f} MiB | {b / mib:,.0f} MiB | - |")
+    print("\nMemory: sampled every 100 ms over each server's process tree (bench/common.py `memory_of`: PSS "
+          "charges a page shared by n processes 1/n to each, so the PSS sum is what the tree holds; RSS counts it "
+          "n times).")
+    for name, (_, mem) in results.items():
+        if mem is none:
+            continue
+        print(f"{name}: the process that grew most: `{mem.grown[0]}`, +{mem.grown[1] / mib:.0f} MiB PSS")
     return 0
 
 

@@ -9,10 +9,11 @@ bytes (78-byte lines, a few headers) with MAIL / RCPT / DATA, written in 1 MiB p
 server's tree are read from /proc/PID/smaps_rollup every 20 ms (bench/common.py `memory_of`: RSS counts a page
 shared by forked processes once in each, PSS charges it 1/n to each of the n, so PSS summed is what the tree
 really holds). The table gives the peak of each sum over the server processes (the parent and its
-`server.workers` children) and over its metadata workers (`python -m postroom.metapool`, metapool.py), and the
+`server.workers` children) and over its metadata workers (`python -m postroom.metaworker`, metapool.py), and the
 peak of the whole tree; with the figures before the load for reference. Sampling can miss a
 peak shorter than 20 ms; each process's own VmHWM (exact, but not simultaneous) is summed too, as an upper
-bound for the processes still alive at the end.
+bound for the processes still alive at the end. The server's CPU seconds for the load (all its processes) are
+printed too: a memory setting that costs CPU shows there.
 
 Work happens under --dir (default bench/results/): SESSIONS x SIZE bytes are written there (staging files, then
 the store). Every process started here is stopped by its PID. Progress goes to stderr, the table to stdout.
@@ -33,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import PrivatePostroom, memory_of, progress  # noqa: E402  (bench/common.py)
+from common import PrivatePostroom, cpu_seconds, memory_of, progress  # noqa: E402  (bench/common.py)
 
 USER = "sink@example.org"
 MB = 1_000_000
@@ -76,9 +77,10 @@ def tree(root: int) -> list[int]:
 
 def _is_meta_worker(pid: int) -> bool:
     try:
-        return b"postroom.metapool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"postroom.metaworker" in cmdline or b"postroom.metapool" in cmdline  # now, and before 2026-12-01
 
 
 class Sampler(threading.Thread):
@@ -174,9 +176,9 @@ def main() -> int:
         idle = sampler.sample()
         sampler.start()
         progress(f"{args.sessions} sessions x {len(body):,} bytes ...")
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), cpu_seconds(server.pid)
         answers = asyncio.run(drive(port, args.sessions, body))
-        elapsed = time.monotonic() - start
+        elapsed, cpu = time.monotonic() - start, cpu_seconds(server.pid) - cpu0
         sampler.stop_event.set()
         sampler.join()
         alive = tree(server.pid)
@@ -193,6 +195,7 @@ def main() -> int:
         cells = " | ".join(f"{d[(w, part)] / 1024:.0f}" for d in (idle, sampler.peak) for w in ("pss", "rss"))
         print(f"| {label} (summed) | {cells} |")
     print(f"\nVmHWM summed over the {len(alive)} processes alive at the end: {hwm_alive / 1024:.0f} MiB")
+    print(f"Server CPU (user + system of its process tree, bench/common.py `cpu_seconds`): {cpu:.1f} s")
     return 0 if ok == args.sessions else 1
 
 

@@ -16,6 +16,12 @@ report run, the rspamd learning sender and ACME. With several nodes on one Postg
 node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC reports, learning) each run
 a round only while the node holds that job's lease in the store (jobs.py).
 
+What a process imports follows its configuration (issue 17, memory of the idle server): the web stack
+(starlette, uvicorn, jinja2, nh3, the webmail and admin pages) only with a web listener (`import_web`, in the
+parent before the fork, so the workers share it); the content jobs' code (dkimpy for DKIM and ARC) only in the
+metadata workers that run one (metaworker.py). Every process of the server shares one large-job slot for
+metadata (`metapool.share_large_slot`: `data_dir/metapool.lock`).
+
 Reload
 ------
 SIGHUP, or `postroom reload` (which signals the PID in the data folder's lock file), runs `Postroom.reload`:
@@ -59,7 +65,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metapool as meta_pool
 from . import mtasts
@@ -86,20 +92,39 @@ from .net.listener import Handler, ListenerSpec, NetServer, logfmt, refusal
 from .net.tls import STORE_NAME as CERT_STORE_NAME
 from .net.tls import CertificateError, ensure_certificate, fingerprint, install_shared, load_context, shared_candidate
 from .pop3.session import pop3_handler
-from .process import AlreadyRunning, PrivilegeError, ServerLock, drop_privileges, own_data_dir, switch_needed
+from .process import (
+    AlreadyRunning,
+    PrivilegeError,
+    ServerLock,
+    drop_privileges,
+    own_data_dir,
+    switch_needed,
+    tune_malloc,
+)
 from .services import Services
 from .smtp.door import Door
 from .smtp.session import smtp_handler_factory
 from .store import open_store
 from .store.api import AlreadyExists, Invalid, Store
 from .store.retention import ExpungedRetention
-from .web.admin import Admin
-from .web.app import create_app
-from .web.autoconfig import ClientSettings
-from .web.autoconfig import endpoints as autoconfig_endpoints
-from .web.mail import Webmail
-from .web.server import HttpServer, bind_http, serve_http
 from .workers import ChallengeFiles, Supervisor, Worker, bind_per_worker, worker_count
+
+if TYPE_CHECKING:  # the web stack is imported only by a server with a web listener (`import_web`)
+    from .web.autoconfig import ClientSettings
+    from .web.mail import Webmail
+    from .web.server import HttpServer
+
+
+def import_web(cfg: Config) -> bool:
+    """Import the web stack (starlette, uvicorn, jinja2, nh3, the webmail and admin pages: ~7 MiB of Python
+    objects, 137 modules) if a web listener is enabled, else leave it out of the process (issue 17: an SMTP or
+    IMAP only server does not hold it). `run_workers` calls it before the fork, so the workers share its pages
+    (workers.py invariant 5); `Postroom.start` imports what it uses where it uses it. Returns whether it did."""
+    if not any(name in cfg.listeners.enabled() for name in ("http", "https")):
+        return False
+    from .web import admin, app, autoconfig, mail, server  # noqa: F401 - imported for the fork's sake
+
+    return True
 
 log = logging.getLogger("postroom")
 
@@ -202,6 +227,8 @@ class Postroom:
         await self.net.bind()  # bound, not accepting yet (invariant 1): ports below 1024 need root
         for name in ("http", "https"):  # the web listeners, bound now too (ports 80 and 443 need root)
             if name in cfg.listeners.enabled():
+                from .web.server import bind_http
+
                 self._web_socks[name] = worker.sockets[name] if worker is not None else \
                     bind_http(*cfg.listeners.enabled()[name], name=name)
         if worker is not None:  # the parent handed the data folder over and dropped privileges already
@@ -216,6 +243,9 @@ class Postroom:
         else:
             await asyncio.to_thread(own_data_dir, cfg.data_path, None, deep=False)
 
+        # One large metadata job at a time across the server's processes (metapool.py invariant 7); opened after
+        # the privilege drop, so the lock file is the server user's.
+        meta_pool.share_large_slot(cfg.data_path / meta_pool.LOCK_NAME)
         self.store = open_store(cfg.store_url, cfg.data_path)
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         await self.store.open()
@@ -271,6 +301,12 @@ class Postroom:
         self.addresses.update(self.net.addresses)
 
         if self._web_socks:
+            from .web.admin import Admin
+            from .web.app import create_app
+            from .web.autoconfig import ClientSettings
+            from .web.autoconfig import endpoints as autoconfig_endpoints
+            from .web.mail import Webmail
+            from .web.server import serve_http
 
             async def health() -> dict[str, Any]:
                 try:
@@ -728,6 +764,7 @@ def run_workers(cfg: Config, demo: bool, count: int) -> int:
         if not cfg.store_url.startswith("postgresql://"):  # there the store holds it (auth/secret.py)
             load_secret(cfg.data_path)  # made once, here: SCRAM decoys and auth cache keys agree across workers
         demo_password, user = asyncio.run(_prepare_store(cfg, demo))
+        import_web(cfg)  # before the fork: one shared copy of the web stack, or none without a web listener
         supervisor = Supervisor(count, sockets, cfg.data_path, lambda worker: _worker_main(cfg, worker),
                                 cfg.server.shutdown_grace_seconds, lock_fd=lock.fileno())
         supervisor.prepare()
@@ -753,6 +790,7 @@ def run_server(cfg: Config, demo: bool = False) -> int:
     processes (workers.py). Returns the exit status; start failures are one line on stderr naming what to fix
     (1; 2 for a certificate or `server.user` that the configuration names wrongly)."""
     try:
+        tune_malloc()  # process.py "Memory": before any thread or fork, so every process of the server has it
         count = worker_count(cfg.server.workers)
         if count > 1:
             return run_workers(cfg, demo, count)

@@ -16,14 +16,27 @@ large APPEND that arrived in a staging file, `meta_bytes_of_file(prefix, path, .
 * anything larger goes to a worker process of the event loop's `MetaPool`. A process, not a thread: a thread
   holds the GIL while it parses (the loop still stalls) and cannot be stopped; a process can be killed.
 
-A worker (`python -m postroom.metapool`) reads one job at a time from its stdin and answers on its stdout:
+A worker (`python -m postroom.metaworker`: metaworker.py, which imports the MIME code and no asyncio, so an
+idle worker is ~12 MiB PSS, not ~16) reads one job at a time from its stdin and answers on its stdout:
 a JSON header line (`n`: message bytes that follow, or `path`: a file to read; `depth`/`parts`: the MIME
 limits; `nul`: refuse a NUL, as an APPEND literal must) then the message; the answer is one status byte
 (`M` meta follows, `N` the file held a NUL, `E` an error text follows), an 8-byte big-endian length and the
-payload. A job that runs past `META_SECONDS` is abandoned: the worker is killed (SIGKILL) and a new one is
+payload.
+A job that runs past `META_SECONDS` is abandoned: the worker is killed (SIGKILL) and a new one is
 started for the next job, and the caller gets `minimal_meta` with the defect `meta-timeout`, so the message is
 still stored (with its size, ENVELOPE, one text part and no search text). The same happens, with the defect
 `meta-worker-failed`, when a worker dies or cannot be started.
+
+A worker holds the message it works on whole (a 50 MB message: 50 MB, beside its own ~12 MiB), so what the
+workers of a server hold at once is bounded by one slot for large jobs (invariant 7): a job on a message of
+`LARGE_MIN` bytes or more waits for it, in this process (an `asyncio.Lock`, first come first served) and, in
+`postroom serve`, across the server's processes too (an flock on `data_dir/metapool.lock`, named by
+`share_large_slot`, tried every `LARGE_POLL` seconds by the one waiter of each process). Measured with 20
+sessions each sending 50 MB at once (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01): the workers of two
+server processes held up to four such messages at a time (peak 113-161 MiB PSS); with the slot, one (72).
+A large parse takes a fraction of a second (compute_meta reads 50 MB of text in ~0.1 s), far less than
+receiving the message, so the queue is short; a job that waits for the slot does not hold a worker (it takes
+the slot first, then a worker), so small messages go on meanwhile.
 
 Invariants
 1. No code outside this module calls `compute_meta` on the event loop for a message that `inline` refuses
@@ -42,6 +55,12 @@ Invariants
 6. A worker holds a message only while it works on it: the buffer is dropped before it answers, so an idle
    worker is back to its own size (a 50 MB message's buffer is its own mmap, returned to the system at once),
    rather than holding its last message until the next job replaces it (measured: bench/smtp_memory.py).
+7. At most one job on a message of `LARGE_MIN` bytes or more (metadata or `work`) runs at a time per process,
+   and per server once `share_large_slot` named the lock file: the slot is taken before a worker, and given
+   back once the answer is read (the worker dropped the message before answering: metaworker invariant 2),
+   or once a worker that timed out was killed. The kernel drops the flock of a process that dies, so a
+   crashed server process cannot hold it. Waiting for the slot, like waiting for a worker, is not counted in
+   `META_SECONDS` (invariant 2).
 
 Other content work shares the workers: `work(kind, params, raw=|path=)` sends a job with a "kind" ("dkim":
 inbound/dkim.py verifies signatures there, so hashing and public-key work stay off the loop; "arc": inbound/arc.py
@@ -54,17 +73,19 @@ followed by the file's bytes (a staged message: its start in memory, its rest in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
-import struct
 import subprocess
 import sys
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, cast
 
 from postroom.config import LimitsConfig
+from postroom.metaworker import ANSWER
 from postroom.mime.meta import MessageMeta, MetaFormatError, compute_meta, minimal_meta
 
 log = logging.getLogger("postroom.metapool")
@@ -81,8 +102,11 @@ def inline(raw: bytes) -> bool:
     return len(raw) <= INLINE_MAX and raw.count(b"\n--") <= INLINE_PARTS and raw.count(b",") <= INLINE_COMMAS
 META_SECONDS = 2.0  # seconds a worker may spend on one message before it is killed (invariant 2)
 WORK_SECONDS = 10.0  # seconds a `work` job (DKIM verification: hashing a body of up to limits.message_size) may take
+LARGE_MIN = 4 * 1024 * 1024  # bytes: a job on a message this large waits for the large-job slot (invariant 7)
+LARGE_POLL = 0.02  # seconds between two tries of the slot's flock while another process holds it
+LOCK_NAME = "metapool.lock"  # the large-job slot's lock file in the data folder (`share_large_slot`)
 WRITE_CHUNK = 1024 * 1024  # bytes handed to a worker's pipe between two drains (bounded pipe buffer)
-_ANSWER = struct.Struct(">cQ")  # status byte, payload length
+_ANSWER = ANSWER  # status byte, payload length (metaworker.py)
 
 
 class NulInLiteral(Exception):
@@ -105,7 +129,7 @@ class _Worker:
         # Popen forks and waits for the exec in the calling thread (tens of ms on a busy machine), so it runs on
         # a worker thread; asyncio.create_subprocess_exec would do it on the event loop.
         proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "postroom.metapool"],
+            subprocess.Popen, [sys.executable, "-m", "postroom.metaworker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             start_new_session=True,  # invariant 4: a terminal's SIGINT is the server's to handle
         )
@@ -152,6 +176,17 @@ class _Worker:
                 await task
 
 
+_large_lock_path: Path | None = None  # `share_large_slot`: the flock file of the server's large-job slot
+
+
+def share_large_slot(path: Path | None) -> None:
+    """Make the large-job slot (invariant 7) one for every process that names the same `path` (a file, made if
+    missing: `postroom serve` names `data_dir/metapool.lock` in each of its processes), or, with None, one for
+    this process alone. Takes effect for pools made afterwards (one per event loop)."""
+    global _large_lock_path
+    _large_lock_path = path
+
+
 class MetaPool:
     """Worker processes computing metadata for one event loop (invariants 2-4). `size` workers at most (default:
     one per CPU, at most 4), each job limited to `seconds`."""
@@ -163,12 +198,58 @@ class MetaPool:
         self._slots = asyncio.Semaphore(self.size)
         self._reaping: set[asyncio.Task[int]] = set()
         self.timeouts = 0  # jobs abandoned (for tests and the log)
+        self._large = asyncio.Lock()  # invariant 7, in this process
+        self._large_path = _large_lock_path
+        self._large_fd: int | None = None  # opened on the first large job, in the process that runs it
+        self.large_waits = 0  # large jobs that found the slot taken (for tests and the log)
+
+    @contextlib.asynccontextmanager
+    async def large_slot(self) -> AsyncIterator[None]:
+        """Hold the large-job slot (invariant 7): this pool's lock, then the server's flock when one is shared.
+        A lock file that cannot be opened leaves the slot this process's own (logged once)."""
+        if self._large.locked():
+            self.large_waits += 1
+        async with self._large:
+            fd = self._lock_fd()
+            if fd is not None:
+                waited = False
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:  # another process of the server holds it
+                        if not waited:
+                            waited, self.large_waits = True, self.large_waits + 1
+                        await asyncio.sleep(LARGE_POLL)
+            try:
+                yield
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_fd(self) -> int | None:
+        if self._large_fd is None and self._large_path is not None:
+            try:  # O_CLOEXEC: the workers must not inherit it (an flock belongs to the open file, not the process)
+                self._large_fd = os.open(self._large_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                log.warning("cannot open %s (%s): large metadata jobs are one at a time in this process only",
+                            self._large_path, e)
+                self._large_path = None
+        return self._large_fd
 
     async def run(self, header: dict[str, object], raw: bytes | tuple[bytes, ...] | None,
-                  seconds: float | None = None) -> tuple[bytes, bytes]:
-        """One job: (status, payload); `raw` as `_Worker.call` takes it. Raises TimeoutError past `seconds`
-        (default: the pool's; the worker is killed), _WorkerFailed when the worker died or could not be
-        started."""
+                  seconds: float | None = None, size: int = 0) -> tuple[bytes, bytes]:
+        """One job: (status, payload); `raw` as `_Worker.call` takes it; `size`: the message's bytes, in `raw`
+        and in the file the job names (from `LARGE_MIN` on, the job waits for the large-job slot first,
+        invariant 7). Raises TimeoutError past `seconds` (default: the pool's; the worker is killed),
+        _WorkerFailed when the worker died or could not be started."""
+        if size >= LARGE_MIN:
+            async with self.large_slot():
+                return await self._run(header, raw, seconds)
+        return await self._run(header, raw, seconds)
+
+    async def _run(self, header: dict[str, object], raw: bytes | tuple[bytes, ...] | None,
+                   seconds: float | None) -> tuple[bytes, bytes]:
         async with self._slots:
             try:
                 worker = self._idle.pop() if self._idle else await _Worker.start()
@@ -197,6 +278,9 @@ class MetaPool:
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(w.close() for w in idle), *self._reaping, return_exceptions=True)
+        if self._large_fd is not None:
+            os.close(self._large_fd)
+            self._large_fd = None
 
 
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MetaPool] = weakref.WeakKeyDictionary()
@@ -227,7 +311,8 @@ async def _remote(raw: bytes, limits: LimitsConfig, prefix: bytes = b"") -> byte
     `minimal_meta` bytes with the defect saying why (invariant 5)."""
     size = len(prefix) + len(raw)
     try:
-        status, payload = await pool().run({**_header(limits), "n": size}, (prefix, raw) if prefix else raw)
+        status, payload = await pool().run({**_header(limits), "n": size}, (prefix, raw) if prefix else raw,
+                                           size=size)
         if status == b"M":
             return payload
         raise _WorkerFailed(payload.decode("utf-8", "replace"))
@@ -274,7 +359,8 @@ async def meta_of_file(path: Path, size: int, limits: LimitsConfig, *, allow_nul
         return await meta_of(raw, limits)
     why = "meta-worker-failed"
     try:
-        status, payload = await pool().run({**_header(limits), "path": str(path), "nul": not allow_nul}, None)
+        status, payload = await pool().run({**_header(limits), "path": str(path), "nul": not allow_nul}, None,
+                                           size=size)
         if status == b"N":
             raise NulInLiteral()
         if status == b"M":
@@ -303,7 +389,8 @@ async def meta_bytes_of_file(prefix: bytes, path: Path, limits: LimitsConfig) ->
         return await meta_bytes(prefix + await asyncio.to_thread(path.read_bytes), limits)
     why = "meta-worker-failed"
     try:
-        status, payload = await pool().run({**_header(limits), "path": str(path), "n": len(prefix)}, prefix)
+        status, payload = await pool().run({**_header(limits), "path": str(path), "n": len(prefix)}, prefix,
+                                           size=len(prefix) + size)
         if status == b"M":
             return payload
         log.error("metadata worker failed (%s): message stored with minimal metadata",
@@ -331,12 +418,17 @@ async def work(kind: str, params: dict[str, object], *, raw: bytes | None = None
     `raw` followed by the file (module doc). Returns the job's payload. Raises WorkFailed (past `seconds` too), so
     callers decide what a failure means."""
     header: dict[str, object] = {"kind": kind, "params": params, "depth": 0, "parts": 0}
+    size = len(raw or b"")
     if path is not None:
         header["path"] = str(path)
+        try:
+            size += (await asyncio.to_thread(path.stat)).st_size
+        except OSError as e:
+            raise WorkFailed(f"cannot read {path}: {e}") from None
     if raw is not None or path is None:
         header["n"] = len(raw or b"")
     try:
-        status, payload = await pool().run(header, raw, seconds)
+        status, payload = await pool().run(header, raw, seconds, size=size)
     except TimeoutError:
         raise WorkFailed(f"{kind} job took over {seconds:g} s") from None
     except _WorkerFailed as e:
@@ -344,93 +436,3 @@ async def work(kind: str, params: dict[str, object], *, raw: bytes | None = None
     if status != b"M":
         raise WorkFailed(payload.decode("utf-8", "replace"))
     return payload
-
-
-def _job(kind: str, raw: bytes, params: dict[str, object]) -> bytes:
-    """A `work` job in the worker."""
-    if kind == "dkim":
-        from postroom.inbound.dkim import verify_in_worker
-
-        return verify_in_worker(raw, params)
-    if kind == "arc":
-        from postroom.inbound.arc import verify_in_worker as verify_arc
-
-        return verify_arc(raw, params)
-    if kind == "arc_seal":
-        from postroom.delivery.arc import seal_in_worker
-
-        return seal_in_worker(raw, params)
-    raise ValueError(f"unknown job kind {kind!r}")
-
-
-# ---- the worker process ------------------------------------------------------------------------------------
-
-def _answer(out: IO[bytes], status: bytes, payload: bytes) -> None:
-    out.write(_ANSWER.pack(status, len(payload)))
-    out.write(payload)
-    out.flush()
-
-
-def _read(prefix: bytes, path: Path) -> bytearray:
-    """`prefix` + the file's bytes in one buffer, the file read straight into it (`prefix + read_bytes()` would
-    hold the message twice: a 50 MB staged SMTP message took a worker to 95 MiB, this to 50). `compute_meta` is
-    typed for bytes and reads a bytearray the same way (only reads, slices, find/count, decode; no hashing):
-    the caller casts, and tests/unit/test_metapool.py compares the answers over the MIME corpus."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(len(prefix) + size)
-        buf[:len(prefix)] = prefix
-        view = memoryview(buf)[len(prefix):]
-        got = 0
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:  # the file shrank meanwhile: keep what is there
-                del view
-                del buf[len(prefix) + got:]
-                return buf
-            got += n
-        del view
-    return buf
-
-
-def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
-    """One job after another until EOF (invariant 4)."""
-    while True:
-        line = inp.readline()
-        if not line:
-            return
-        job = json.loads(line)
-        limits = LimitsConfig(mime_depth=int(job["depth"]), mime_parts=int(job["parts"]))
-        try:
-            if "path" in job:
-                prefix = b""
-                if "n" in job:  # the start of a staged message, then its file (module doc)
-                    n = int(job["n"])
-                    prefix = inp.read(n)
-                    if len(prefix) != n:
-                        return
-                # One buffer for a metadata job (`_read`); a `work` job's code takes bytes.
-                raw = prefix + Path(job["path"]).read_bytes() if "kind" in job \
-                    else cast(bytes, _read(prefix, Path(job["path"])))
-                if job.get("nul") and b"\x00" in raw:
-                    _answer(out, b"N", b"")
-                    continue
-            else:
-                n = int(job["n"])
-                raw = inp.read(n)
-                if len(raw) != n:
-                    return
-            if "kind" in job:
-                data = _job(str(job["kind"]), raw, dict(job["params"]))
-            else:
-                data = compute_meta(raw, limits).to_bytes()
-        except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta itself never raises
-            _answer(out, b"E", f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
-            continue
-        finally:
-            raw = b""  # invariant 6: not held while the worker waits for its next job
-        _answer(out, b"M", data)
-
-
-if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)

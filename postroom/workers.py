@@ -66,7 +66,8 @@ Invariants
 5. Every object the parent made before a fork is frozen (`gc.freeze()`, the gc module's advice for forking
    servers): the workers' collections never walk them, so the pages holding them (the imported modules, about
    50 MiB) are not written by a collector in each worker and stay shared copy-on-write: PSS per worker, not
-   RSS, is what each adds (bench/RESULTS.md).
+   RSS, is what each adds (bench/RESULTS.md). What only some configurations use is imported, if at all,
+   before the fork too: the web stack only with a web listener (app.py `import_web`).
 """
 
 from __future__ import annotations

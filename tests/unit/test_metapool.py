@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from postroom import metapool as pool
+from postroom import metaworker
 from postroom.config import LimitsConfig
 from postroom.mime.meta import MessageMeta, compute_meta
 
@@ -122,8 +123,8 @@ def test_staged_message_with_a_prefix(tmp_path: Path) -> None:
 
 
 def test_worker_reads_a_staged_file_into_one_buffer_with_the_same_answer(tmp_path: Path) -> None:
-    # The worker's file jobs parse a bytearray (`metapool._read`: prefix and file in one buffer); over the whole
-    # MIME corpus the answers are those of `compute_meta` over bytes. Driven through `_serve` itself.
+    # The worker's file jobs parse a bytearray (`metaworker.read_file`: prefix and file in one buffer); over the whole
+    # MIME corpus the answers are those of `compute_meta` over bytes. Driven through `metaworker.serve` itself.
     import io
     import json
 
@@ -138,12 +139,12 @@ def test_worker_reads_a_staged_file_into_one_buffer_with_the_same_answer(tmp_pat
         want.append(compute_meta(prefix + raw, LIMITS).to_bytes())
     jobs.seek(0)
     out = io.BytesIO()
-    pool._serve(jobs, out)
+    metaworker.serve(jobs, out)
     answers = out.getvalue()
     got, i = [], 0
     while i < len(answers):
-        status, n = pool._ANSWER.unpack_from(answers, i)
-        i += pool._ANSWER.size
+        status, n = metaworker.ANSWER.unpack_from(answers, i)
+        i += metaworker.ANSWER.size
         assert status == b"M"
         got.append(answers[i:i + n])
         i += n
@@ -200,3 +201,75 @@ def test_an_idle_worker_does_not_hold_its_last_message(tmp_path: Path) -> None:
 
     before, after = asyncio.run(go())
     assert after - before < 16 * 1024 * 1024, (before, after)
+
+
+def test_a_worker_imports_no_asyncio_nor_ssl() -> None:
+    """metaworker.py invariant 1: what `python -m postroom.metaworker` imports (the module and its closure, read
+    in a fresh interpreter) holds none of the server side's modules, so an idle worker stays small."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, postroom.metaworker; print(' '.join(sys.modules))"],
+                         capture_output=True, check=True).stdout.decode().split()
+    assert "postroom.mime.meta" in out  # the worker's own code is there ...
+    assert [m for m in out if m.split(".")[0] in ("asyncio", "ssl", "sqlite3", "subprocess", "logging")
+            or m.startswith(("postroom.store", "postroom.metapool", "postroom.inbound"))] == []  # ... not these
+
+
+def test_large_jobs_take_one_slot_in_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant 7: two large jobs at once in one pool of two workers run one after the other: one waited for
+    the slot, and one worker did both (a second would have started had they run together)."""
+    monkeypatch.setattr(pool, "LARGE_MIN", 100_000)
+    raw = big_message(300_000)
+
+    async def go() -> tuple[list[bytes], int, int]:
+        p = pool._POOLS[asyncio.get_running_loop()] = pool.MetaPool(size=2)  # two workers, whatever the CPUs
+        try:
+            got = await asyncio.gather(pool.meta_bytes(raw, LIMITS), pool.meta_bytes(raw[:200_000], LIMITS))
+            small = await asyncio.gather(pool.meta_bytes(raw[:50_000], LIMITS), pool.meta_bytes(raw[:60_000], LIMITS))
+            return [*got, *small], p.large_waits, len({w.proc.pid for w in p._idle})
+        finally:
+            await pool.shutdown()
+
+    got, waits, workers = asyncio.run(go())
+    assert got == [compute_meta(m, LIMITS).to_bytes() for m in (raw, raw[:200_000], raw[:50_000], raw[:60_000])]
+    assert waits == 1
+    assert workers == 2  # the two small jobs (under LARGE_MIN) ran together: the second worker started for them
+
+
+def test_large_job_waits_for_the_servers_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant 7 across processes: while another open file of `share_large_slot`'s path holds the flock (as
+    another process of the server would), a large job waits without starting a worker; once it is released
+    the job runs and answers as `compute_meta`. Small jobs do not wait."""
+    import fcntl
+    import os
+
+    monkeypatch.setattr(pool, "LARGE_MIN", 100_000)
+    lock = tmp_path / pool.LOCK_NAME
+    raw = big_message(300_000)
+
+    async def go() -> tuple[bytes, bytes, int, int, int]:
+        pool.share_large_slot(lock)
+        other = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)  # another open file: as another process's
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            p = pool.pool()
+            job = asyncio.create_task(pool.meta_bytes(raw, LIMITS))
+            while p.large_waits == 0:  # the job tried the flock and found it taken
+                await asyncio.sleep(0.01)
+            assert not job.done()
+            small = await pool.meta_bytes(raw[:50_000], LIMITS)  # a small job goes on meanwhile
+            started = len(p._idle)
+            fcntl.flock(other, fcntl.LOCK_UN)
+            data = await job
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the job kept the slot
+            return data, small, p.large_waits, started, len(p._idle)
+        finally:
+            os.close(other)
+            pool.share_large_slot(None)
+            await pool.shutdown()
+
+    data, small, waits, started, idle = asyncio.run(go())
+    assert data == compute_meta(raw, LIMITS).to_bytes()
+    assert small == compute_meta(raw[:50_000], LIMITS).to_bytes()
+    assert waits == 1 and started == 1 and idle == 1  # the small job's worker, reused by the large one
