@@ -219,10 +219,12 @@ class Parsed:
         self._lists: dict[bytes, list[Address]] = {}
 
     def of(self, value: bytes) -> list[Address]:
-        """`parse_address_list(value)`, the same list for the same value."""
-        found = self._lists.get(value)
+        """`parse_address_list(value)`, the same list for the same value. `value` may be a slice of a bytearray
+        (the metadata worker reads a staged file into one, metaworker.py): it is keyed by its bytes."""
+        key = value if type(value) is bytes else bytes(value)
+        found = self._lists.get(key)
         if found is None:
-            found = self._lists[value] = parse_address_list(value)
+            found = self._lists[key] = parse_address_list(value)
         return found
 
 
