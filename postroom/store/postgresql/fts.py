@@ -57,10 +57,13 @@ async def check_version(conn: Conn) -> bool:
     return found is not None
 
 
-async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: bool = False) -> bool:
+async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: bool = False,
+                     parsed: MessageMeta | None = None) -> bool:
     """Index body `blob_id` from its stored metadata, or put it in the backlog when that is missing or of an
-    older format. True if indexed. `fresh`: stored by this transaction, so not in the backlog."""
-    parsed = parse_meta(meta)
+    older format. True if indexed. `fresh`: stored by this transaction, so not in the backlog. `parsed`: `meta`
+    decoded already (`parse_meta`), when the caller has it."""
+    if parsed is None:
+        parsed = parse_meta(meta)
     if parsed is None:
         await conn.execute("INSERT INTO fts_backlog(blob_id) VALUES ($1) ON CONFLICT DO NOTHING", blob_id)
         return False

@@ -212,10 +212,12 @@ class _Body:
         else:
             new = await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                      crlf=self.crlf)
-        await put_keys(tx.conn, self.blob_id, self.meta, fresh=new)
-        if new:
-            await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True)
+        if new:  # decoded once, for the keys and the index row
+            parsed = fts.parse_meta(self.meta)
+            await put_keys(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
+            await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
         else:
+            await put_keys(tx.conn, self.blob_id, self.meta)
             await fts.index_if_new(tx.conn, self.blob_id)
 
 
