@@ -88,6 +88,7 @@ from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
 from postroom.store.postgresql.senders import record_signals
 from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
+from postroom.store.sqlite.fts import parse_meta
 from postroom.store.sqlite.messages import _apply, _check_request, _counted, _has_junk, _kws
 from postroom.store.sqlite.senders import copy_verdict
 
@@ -213,7 +214,7 @@ class _Body:
             new = await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                      crlf=self.crlf)
         if new:  # decoded once, for the keys and the index row
-            parsed = fts.parse_meta(self.meta)
+            parsed = parse_meta(self.meta)
             await put_keys(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
             await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
         else:
