@@ -4,13 +4,14 @@ store written at schema 7 with messages, worked off in steps."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from postroom.mime.meta import compute_meta
-from postroom.store.api import AppendRequest, Flag, NotFound, Store, StoreMode, TextCandidates
+from postroom.store.api import AppendRequest, Flag, NotFound, OverQuota, Store, StoreMode, TextCandidates
 from postroom.store.sqlite import SQLiteStore
 from postroom.store.textindex import TextAll, TextAny, TextTerm
 
@@ -194,6 +195,73 @@ async def test_new_metadata_is_indexed_and_metadata_less_bodies_are_candidates(s
     await store.write_metas({info.blob_id: compute_meta(req.raw).to_bytes()})
     found = await store.search_text(box.id, 1, top, TextTerm("body", "nothing"))
     assert found is not None and uids(found) == [2] and found.unindexed == 0
+
+
+@BODY_BACKENDS
+async def test_concurrent_deliveries_are_indexed_by_their_own_commit(store: Store) -> None:
+    """Deliveries written together (one group commit on SQLite, whose index rows are written after the batch's
+    last job: fts.py `index_later`) are searchable through the index as soon as each returns, not through the
+    backlog; a body delivered by several jobs at once is indexed once; a job that fails after storing its body
+    (over quota) leaves no index row and no backlog row behind."""
+    users = [await new_user(store, f"u{i}@example.org") for i in range(3)]
+    boxes = [await inbox(store, u) for u in users]
+    full = await new_user(store, "full@example.org")
+    await store.set_user_quota("full@example.org", messages=1)
+    await store.append((await inbox(store, full)).id, mail(99, "filler", "the one message allowed"))
+    shared = mail(50, "shared circular", "for every member of the list")
+    refused = mail(51, "refused letter", "zebrafinch over quota")
+    calls = [store.deliver([boxes[0].id], mail(i, f"note {i}", f"walrus{i:03d} in the body")) for i in range(20)]
+    calls += [store.deliver([b.id], shared) for b in boxes]
+    calls.append(store.deliver([(await inbox(store, full)).id], refused))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, list) for r in results[:-1]), results
+    assert isinstance(results[-1], OverQuota)
+    top = 2**32 - 1
+    for i in range(20):
+        found = await store.search_text(boxes[0].id, 1, top, TextTerm("body", f"walrus{i:03d}"))
+        assert found is not None and len(uids(found)) == 1 and found.unindexed == 0, i
+    for box in boxes:
+        found = await store.search_text(box.id, 1, top, TextTerm("subject", "circular"))
+        assert found is not None and len(uids(found)) == 1 and found.unindexed == 0
+    full_box = await inbox(store, full)
+    assert uids(await store.search_text(full_box.id, 1, top, TextTerm("body", "zebrafinch"))) == []
+    step = await store.index_backlog(100)
+    assert (step.looked, step.remaining) == (0, 0)  # nothing was left to the backlog
+
+
+async def test_index_rows_that_cannot_be_written_leave_the_body_in_the_backlog(tmp_path: Path) -> None:
+    """fts.py invariant 1 when the batch's index step fails (here a real constraint: an `fts_scan` row already
+    holds the document id the next body takes): the delivery still succeeds, its body waits in the backlog and
+    is found by the exact check meanwhile, and the backlog indexes it once the obstacle is gone."""
+    store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        await store.append(box.id, mail(1, "first", "indexed as usual"))
+        conn = sqlite3.connect(store.path)
+        try:
+            (seq,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'fts_docs'").fetchone()
+            conn.execute("INSERT INTO fts_scan(docid, form) VALUES (?, x'00')", (int(seq) + 1,))
+            conn.commit()
+        finally:
+            conn.close()
+        await store.append(box.id, mail(2, "second", "kingfisher in the backlog"))
+        top = 2**32 - 1
+        found = await store.search_text(box.id, 1, top, TextTerm("body", "kingfisher"))
+        assert found is not None and uids(found) == [2] and found.unindexed == 1
+        assert _count(store, "SELECT count(*) FROM fts_backlog") == 1
+        conn = sqlite3.connect(store.path)
+        try:
+            conn.execute("DELETE FROM fts_scan WHERE docid = ?", (int(seq) + 1,))
+            conn.commit()
+        finally:
+            conn.close()
+        step = await store.index_backlog(100)
+        assert (step.indexed, step.remaining) == (1, 0)
+        found = await store.search_text(box.id, 1, top, TextTerm("body", "kingfisher"))
+        assert found is not None and uids(found) == [2] and found.unindexed == 0
+    finally:
+        await store.close()
 
 
 def _count(store: SQLiteStore, sql: str) -> int:

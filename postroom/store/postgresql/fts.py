@@ -32,7 +32,7 @@ from postroom.store import scanform
 from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
 from postroom.store.postgresql.common import MESSAGE_COLUMNS, message_from_row
 from postroom.store.postgresql.dbtypes import Conn
-from postroom.store.sqlite.fts import INDEX_VERSION, _parse
+from postroom.store.sqlite.fts import INDEX_VERSION, parse_meta
 from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields
 
 _COLUMNS = (*(f"h_{c}" for c in HEAD_COLUMNS), "body")
@@ -57,10 +57,13 @@ async def check_version(conn: Conn) -> bool:
     return found is not None
 
 
-async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: bool = False) -> bool:
+async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: bool = False,
+                     parsed: MessageMeta | None = None) -> bool:
     """Index body `blob_id` from its stored metadata, or put it in the backlog when that is missing or of an
-    older format. True if indexed. `fresh`: stored by this transaction, so not in the backlog."""
-    parsed = _parse(meta)
+    older format. True if indexed. `fresh`: stored by this transaction, so not in the backlog. `parsed`: `meta`
+    decoded already (`parse_meta`), when the caller has it."""
+    if parsed is None:
+        parsed = parse_meta(meta)
     if parsed is None:
         await conn.execute("INSERT INTO fts_backlog(blob_id) VALUES ($1) ON CONFLICT DO NOTHING", blob_id)
         return False

@@ -88,6 +88,7 @@ from postroom.store.postgresql.engine import Tx
 from postroom.store.postgresql.quota import check as quota_check
 from postroom.store.postgresql.senders import record_signals
 from postroom.store.postgresql.threads import assign_thread, put_keys, refresh_keys
+from postroom.store.sqlite.fts import parse_meta
 from postroom.store.sqlite.messages import _apply, _check_request, _counted, _has_junk, _kws
 from postroom.store.sqlite.senders import copy_verdict
 
@@ -212,10 +213,12 @@ class _Body:
         else:
             new = await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                      crlf=self.crlf)
-        await put_keys(tx.conn, self.blob_id, self.meta, fresh=new)
-        if new:
-            await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True)
+        if new:  # decoded once, for the keys and the index row
+            parsed = parse_meta(self.meta)
+            await put_keys(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
+            await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
         else:
+            await put_keys(tx.conn, self.blob_id, self.meta)
             await fts.index_if_new(tx.conn, self.blob_id)
 
 

@@ -31,19 +31,21 @@ TOP = 2**63 - 1
 
 
 async def put_keys(conn: Conn, blob_id: str, meta: bytes | None, *, replace: bool = False,
-                   fresh: bool = False) -> bool:
+                   fresh: bool = False, parsed: MessageMeta | None = None) -> bool:
     """Store the keys of a body from its serialised metadata, and its IMAP structure items (structure.py, from
     the same decoding); False if there are no keys to read. Without
     `replace`, a body that has its row keeps it. `fresh`: the body was stored by this transaction, so it has no
-    keys and no message names it yet (nothing to look up first, no messages to give a thread)."""
+    keys and no message names it yet (nothing to look up first, no messages to give a thread). `parsed`: `meta`
+    decoded already (the append path decodes it once, for these keys and the index row)."""
     if meta is None:
         return False
     if not replace and not fresh and await conn.fetchval("SELECT 1 FROM message_keys WHERE blob_id = $1", blob_id):
         return True
-    try:
-        parsed = MessageMeta.from_bytes(bytes(meta))
-    except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
-        return False
+    if parsed is None:
+        try:
+            parsed = MessageMeta.from_bytes(bytes(meta))
+        except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
+            return False
     await put_structure(conn, blob_id, parsed)
     sent, k = parsed.sent_date, parsed.keys
     values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,

@@ -8,8 +8,9 @@ Invariants:
 3. `acquire_blob` decides where a *new* body goes (`tx.inline_max`); a body already stored, inline or as a file,
    only gains references where it is (dedup by sha256 works across both kinds).
 4. They keep the full-text index with the references (fts.py invariant 1): `acquire_blob` for a message
-   indexes a body not indexed yet (or backlogs it), `release_blobs` unindexes a body with its last reference,
-   in the same transaction as the rows.
+   indexes a body not indexed yet (or backlogs it; a new body's rows are written after the batch's last job,
+   `fts.index_later`), `release_blobs` unindexes a body with its last reference, in the same transaction as
+   the rows.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import sqlite3
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
+from postroom.mime.meta import MessageMeta
 from postroom.store.api import ChangeHub, Invalid, Mailbox, MessageColumns, MessageInfo, NotFound
 from postroom.store.blobs import BlobStore, crlf_size_of
 from postroom.store.sqlite import fts
@@ -193,16 +195,26 @@ def select_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[in
     return [message_from_row(r) for r in rows]
 
 
+class Acquired(NamedTuple):
+    """What `acquire_blob` did: whether the body is new (its row made by this job), and then its metadata
+    decoded (`fts.parse_meta`; None if it has none of the current format), for `put_keys` to reuse."""
+
+    new: bool
+    parsed: MessageMeta | None = None
+
+
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
                  source: Path | None = None, size: int | None = None, crlf: int | None = None,
-                 searchable: bool = True, prefix: bytes = b"") -> None:
+                 searchable: bool = True, prefix: bytes = b"") -> Acquired:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
     The body is `prefix` + `raw` (`AppendRequest.prefix`), written piece by piece, never joined.
     With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
     always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
     its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
-    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4)."""
+    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4); a
+    new one's rows are written after the batch's last job (`fts.index_later`), from its metadata decoded here
+    once (returned, for `put_keys`)."""
     length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
@@ -210,29 +222,33 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
     if cur.rowcount == 1 and searchable and not fts.is_indexed(tx.conn, blob_id):
         stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
         fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
-    if cur.rowcount == 0:
-        crlf_octets = crlf_size_of(raw, prefix) if source is None else crlf
-        tx.conn.execute(
-            "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
-            (blob_id, length, count, meta, crlf_octets),
-        )
-        if searchable:
-            fts.index_blob(tx.conn, blob_id, meta, fresh=True)  # a new row: nothing in the backlog to delete
-        if source is not None:
-            if not tx.blobs.exists(blob_id):
-                tx.blobs.link(blob_id, source, length)
-        elif length <= tx.inline_max and not prefix:
-            tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, ?)", (blob_id, raw))
-        elif length <= tx.inline_max:
-            # The row made at its full length, then the two pieces written into it through incremental blob
-            # I/O (sqlite3 `blobopen`): prefix + raw is never joined in memory (issue 17 item 5).
-            rowid = tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, zeroblob(?))"
-                                    " RETURNING rowid", (blob_id, length)).fetchone()[0]
-            with tx.conn.blobopen("blob_data", "data", rowid) as blob:
-                blob.write(prefix)
-                blob.write(raw)
-        elif not tx.blobs.exists(blob_id):
-            tx.blobs.write(blob_id, raw, prefix)
+    if cur.rowcount == 1:
+        return Acquired(False)
+    crlf_octets = crlf_size_of(raw, prefix) if source is None else crlf
+    tx.conn.execute(
+        "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
+        (blob_id, length, count, meta, crlf_octets),
+    )
+    parsed = None
+    if searchable:
+        parsed = fts.parse_meta(meta)
+        fts.index_later(tx, blob_id, meta, parsed)  # a new row: nothing in the backlog to delete
+    if source is not None:
+        if not tx.blobs.exists(blob_id):
+            tx.blobs.link(blob_id, source, length)
+    elif length <= tx.inline_max and not prefix:
+        tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, ?)", (blob_id, raw))
+    elif length <= tx.inline_max:
+        # The row made at its full length, then the two pieces written into it through incremental blob
+        # I/O (sqlite3 `blobopen`): prefix + raw is never joined in memory (issue 17 item 5).
+        rowid = tx.conn.execute("INSERT OR REPLACE INTO blob_data(id, data) VALUES (?, zeroblob(?))"
+                                " RETURNING rowid", (blob_id, length)).fetchone()[0]
+        with tx.conn.blobopen("blob_data", "data", rowid) as blob:
+            blob.write(prefix)
+            blob.write(raw)
+    elif not tx.blobs.exists(blob_id):
+        tx.blobs.write(blob_id, raw, prefix)
+    return Acquired(True, parsed)
 
 
 def add_blob_refs(tx: Tx, counts: Mapping[str, int]) -> None:

@@ -16,6 +16,8 @@ only write connection, and every write coroutine hands it a function instead of 
                                        feed: other processes' changes since the last look (feed.py)
                                        for each job: SAVEPOINT; fn(tx); RELEASE    (ROLLBACK TO on error)
                                          (a small body is INSERTed into blob_data right here)
+                                       the deferred steps of the jobs that succeeded, each once
+                                         (the full-text rows of the batch's new bodies: fts.py)
                                        the Change records of the jobs that succeeded -> `changes` rows
                                        COMMIT                                      (one fsync for the batch)
                                        on_commit(seconds, ops)
@@ -26,6 +28,12 @@ While one batch commits, new jobs pile up and form the next batch: N concurrent 
 not N. A batch holds at most MAX_BATCH jobs and stops growing past MAX_BATCH_BYTES of inline bodies. Each job
 runs in its own SAVEPOINT, so a job that raises (NotFound, AlreadyExists...) is rolled back alone and its
 exception goes to its caller only; the others still commit.
+
+Work that costs less once per batch than once per job is deferred (`Tx.defer`) and run after the last job,
+outside every job's SAVEPOINT, for the jobs that succeeded: the full-text rows of new bodies. FTS5 writes what
+it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so rows written inside each job
+made one segment per message, and merging those cost more CPU than tokenising the text (bench/RESULTS.md,
+"SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
 
 Where bodies live, and why: a body of at most `inline_max` bytes (`Engine.inline`) is stored in the database,
 in the `blob_data` table, by the job itself, so it rides the batch's one WAL fsync. A body stored as a file
@@ -51,8 +59,9 @@ call inside one read transaction so it sees one consistent snapshot.
 
 Invariants
 ----------
-1. A write future is resolved only after COMMIT returned (synchronous=FULL: the WAL is fsync'd). If BEGIN or
-   COMMIT fails, every job of the batch gets that exception, including those whose function succeeded.
+1. A write future is resolved only after COMMIT returned (synchronous=FULL: the WAL is fsync'd). If BEGIN, a
+   deferred step (invariant 9) or COMMIT fails, every job of the batch gets that exception, including those
+   whose function succeeded.
 2. Commit, then broadcast: a batch's Change records are published on the hub after its commit, on the event loop
    thread, before the writers' futures are resolved, in commit order. The same records are rows of `changes`,
    written in the batch's transaction for the jobs that succeeded, so other processes publish them too, and
@@ -80,6 +89,10 @@ Invariants
    polled (what a client saw done before it sent it: an admin's change from the CLI, another worker's or the
    web's), and every write of this process whose future resolved before it (resolutions arrive through
    `call_soon_threadsafe`, queued behind the snapshot's end). A connection error ends the snapshot at once.
+9. A deferred step (`Tx.defer`) runs once per batch, after every job and outside their SAVEPOINTs, in the
+   batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
+   in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
+   (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
 """
 
 from __future__ import annotations
@@ -130,6 +143,13 @@ class Tx:
     inline_max: int  # bodies of at most this many bytes go into blob_data (Engine.inline)
     changes: list[Change] = field(default_factory=list)
     dead_blobs: set[str] = field(default_factory=set)
+    deferred: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = field(default_factory=dict)
+
+    def defer(self, step: Callable[[sqlite3.Connection, list[Any]], None], item: Any) -> None:
+        """Have `step(conn, items)` called once for the batch, after its last job, in its transaction, with the
+        `item`s the batch's succeeded jobs deferred to it, in job order (invariant 9). For work that costs less
+        done once per batch than once per job (fts.py `index_later`)."""
+        self.deferred.setdefault(step, []).append(item)
 
 
 @dataclass
@@ -482,6 +502,14 @@ class Engine:
                     else:
                         conn.execute("RELEASE job")
                         outcomes.append((job, True, result, tx))
+                # invariant 9: each deferred step once, with the items of the jobs that succeeded
+                steps: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = {}
+                for _, ok, _, done in outcomes:
+                    if ok and done is not None:
+                        for step, items in done.deferred.items():
+                            steps.setdefault(step, []).extend(items)
+                for step, items in steps.items():
+                    step(conn, items)
                 # feed invariant 1: the changes of the jobs that succeeded, in this transaction (one statement:
                 # a row costs ~1.6 us this way, ~4 us with a statement per job); if it fails, the batch does
                 recorded = feed.record(conn, [c for _, ok, _, tx in outcomes if ok and tx is not None

@@ -15,6 +15,10 @@ indexed under another version is emptied and put back in the backlog when it is 
 * `index_blob` (in a write job): the text of `textindex.index_fields(meta)` into `fts_head` (per header column)
   and `fts_body`, and the body's scan form (`scanform.build`, the case-folded haystacks) into `fts_scan`; a
   body whose metadata is missing or of an older format goes to `fts_backlog` instead.
+* `index_later` (in a write job, for a body the job stored): the same rows, written by `index_deferred` once
+  for the whole batch after its last job (engine invariant 9). FTS5 turns what it holds in memory into a new
+  segment at every SAVEPOINT and RELEASE; written inside each job's SAVEPOINT, every message made a segment,
+  and merging them was most of the index's cost (bench/RESULTS.md). The rows still commit with the message.
 * `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
 * `scan` (in a read): the exact check of SEARCH string keys on the scan forms (`scanform.evaluate`) of a batch
   of bodies, for `Store.scan_texts`: a reader thread decompresses and compares, the event loop only combines.
@@ -23,9 +27,10 @@ indexed under another version is emptied and put back in the backlog when it is 
   the filter's AND / OR, mapped to messages of the mailbox, plus every message whose body is in the backlog.
 
 Invariants
-1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog`: `acquire_blob`
-   indexes a body that arrives with metadata or backlogs it, `write_metas` re-indexes, `release_blobs`
-   unindexes with the last reference.
+1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog` at every commit:
+   `acquire_blob` indexes a body that arrives with metadata (a new one in the batch's deferred step, which
+   backlogs the bodies it fails to index) or backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
+   with the last reference.
 2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
    inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
    metadata first); a document id is never reused (AUTOINCREMENT), so a row can never be taken for another
@@ -49,6 +54,7 @@ Invariants
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -56,7 +62,8 @@ from collections.abc import Callable, Sequence
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store import scanform
 from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
-from postroom.store.sqlite import common  # (a module: common calls index_blob, this uses its helpers)
+from postroom.store.sqlite import common  # (a module: common calls index_later, this uses its helpers)
+from postroom.store.sqlite.engine import Tx
 from postroom.store.textindex import (
     HEAD_COLUMNS,
     HEADER_FIELDS,
@@ -73,6 +80,7 @@ FORMAT = 3  # of `textindex.index_fields` and `scanform.build`; a change to what
 # body parts' header fields in h_names, and the scan form; 3: NUL indexed as U+FFFD, FTS5 stopped at it)
 _MAJOR, _MINOR, _MICRO = (int(x) for x in unicodedata.unidata_version.split("."))
 INDEX_VERSION = FORMAT * 1_000_000 + _MAJOR * 10_000 + _MINOR * 100 + _MICRO
+log = logging.getLogger("postroom.store")
 MAX_DOCS = 200_000  # documents one lookup may yield before narrowing is given up (memory of the sets)
 BY_BLOB_MAX = 4_096  # documents mapped to messages through `messages_blob` without counting the range first
 MAX_PHRASE = 256  # characters of a header needle looked up as one phrase (invariant 5); longer: by trigrams
@@ -84,7 +92,10 @@ _DELETE_HEAD = (f"INSERT INTO fts_head(fts_head, rowid, {', '.join(_HEAD_COLS)})
                 f" VALUES ('delete', ?{', ?' * len(_HEAD_COLS)})")
 
 
-def _parse(meta: bytes | None) -> MessageMeta | None:
+def parse_meta(meta: bytes | None) -> MessageMeta | None:
+    """Stored metadata decoded, or None when there is none or it is of another format (the body then goes to
+    the backlog). A write job decodes a new body's metadata once, for its index rows and its keys (threads.py
+    `put_keys`)."""
     if meta is None:
         return None
     try:
@@ -120,7 +131,7 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, fr
     """Index body `blob_id` (not indexed now) from its stored metadata `meta`; if that is missing or of an older
     format, put it in the backlog instead (invariant 1). True if indexed. `fresh`: its `blobs` row was made by
     this transaction, so it has no backlog row (those go with the body: `unindex_blob`) and none is deleted."""
-    parsed = _parse(meta)
+    parsed = parse_meta(meta)
     if parsed is None:
         conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
         return False
@@ -136,6 +147,54 @@ def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, fr
     return True
 
 
+def index_later(tx: Tx, blob_id: str, meta: bytes | None, parsed: MessageMeta | None) -> None:
+    """Index body `blob_id`, whose `blobs` row this job just made with metadata `meta` (`parsed`: `parse_meta`
+    of it): into the backlog now if it cannot be indexed (invariant 1), else its rows are written once for the
+    whole batch after its last job (`index_deferred`, engine invariant 9): one FTS5 segment per batch, where
+    rows written inside each job's SAVEPOINT made one per message."""
+    if meta is None or parsed is None:
+        tx.conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
+        return
+    tx.defer(index_deferred, (blob_id, meta, parsed))
+
+
+# A body's document, made only if its row still holds the metadata the rows come from and it is not indexed yet
+_INSERT_DOC = ("INSERT INTO fts_docs(blob_id, version) SELECT id, ? FROM blobs WHERE id = ? AND meta = ?"
+               " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id) RETURNING docid")
+
+
+def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> None:
+    """The batch's deferred step (`index_later`): the full-text rows of the bodies its jobs stored, (blob id,
+    metadata, decoded) each, after its last job. A body that is gone by now, that a later job of the batch
+    indexed already, or whose row holds other metadata than `meta` (removed and stored again) is left as it is,
+    so rows are always derived from the stored metadata (invariant 2). If writing fails, the bodies still not
+    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows."""
+    latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
+    conn.execute("SAVEPOINT fts_index")
+    try:
+        head, body, scan = [], [], []
+        for blob_id, (meta, parsed) in latest.items():
+            row = conn.execute(_INSERT_DOC, (INDEX_VERSION, blob_id, meta)).fetchone()
+            if row is None:
+                continue
+            values = _values(parsed)
+            head.append((row[0], *values[:-1]))
+            body.append((row[0], values[-1]))
+            scan.append((row[0], scanform.build(parsed)))
+        conn.executemany(_INSERT_HEAD, head)
+        conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
+        conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
+    except Exception:  # noqa: BLE001 - derived data: the backlog serves until the indexer gets to it
+        conn.execute("ROLLBACK TO fts_index")
+        conn.execute("RELEASE fts_index")
+        log.exception("full-text index: %d new bodies left in the backlog", len(latest))
+        conn.executemany("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs WHERE id = ?"
+                         " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id)",
+                         [(blob_id,) for blob_id in latest])
+        return
+    conn.execute("RELEASE fts_index")
+
+
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
     """Remove body `blob_id` from the index and the backlog (its last reference goes, or it is re-indexed).
     Call it while `blobs.meta` still holds the metadata it was indexed from (invariant 2)."""
@@ -144,7 +203,7 @@ def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
         " WHERE d.blob_id = ?", (blob_id,)).fetchone()
     if row is not None:
         docid, version = int(row[0]), int(row[1])
-        parsed = _parse(None if row[2] is None else bytes(row[2]))
+        parsed = parse_meta(None if row[2] is None else bytes(row[2]))
         if version == INDEX_VERSION and parsed is not None:  # else unreachable rows stay (invariant 2)
             values = _values(parsed)
             conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # the values it was indexed with
@@ -164,7 +223,7 @@ def refill_head(conn: sqlite3.Connection, progress: Callable[[int, int], None], 
     rows = conn.execute(
         "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id ORDER BY d.docid")
     for docid, version, meta in rows:
-        parsed = _parse(None if meta is None else bytes(meta))
+        parsed = parse_meta(None if meta is None else bytes(meta))
         if parsed is None or int(version) != INDEX_VERSION:
             conn.execute("UPDATE counters SET value = 0 WHERE name = 'fts_version'")
             return

@@ -271,8 +271,8 @@ class MessagesMixin(Base):
             for mailbox_id, (req, blob_id, item) in zip(mailbox_ids, prepared):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
-                acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix)
-                put_keys(tx.conn, blob_id, req.meta)  # invariant 6
+                got = acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix)
+                put_keys(tx.conn, blob_id, req.meta, new=got)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
             if claim:
                 results[-1] = dataclasses.replace(results[-1], recent=claim_recent_in(tx.conn, mailbox_ids[-1]))
@@ -319,8 +319,8 @@ class MessagesMixin(Base):
 
             def op(tx: Tx) -> AppendResult:
                 mbox = load_mailbox(tx.conn, mailbox_id)
-                acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
-                put_keys(tx.conn, blob_id, meta)
+                got = acquire_blob(tx, blob_id, b"", 1, meta, source=path, size=size, crlf=crlf)
+                put_keys(tx.conn, blob_id, meta, new=got)
                 return insert_messages(tx, mbox, [item], self._clock())[0]
 
             return await self._write_with_new_blobs(op, {blob_id})
@@ -351,8 +351,8 @@ class MessagesMixin(Base):
                 results = []
                 for mailbox_id in wanted:
                     mbox = load_mailbox(tx.conn, mailbox_id)
-                    acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
-                    put_keys(tx.conn, blob_id, meta)
+                    got = acquire_blob(tx, blob_id, b"", 1, meta, source=body, size=size, crlf=crlf)
+                    put_keys(tx.conn, blob_id, meta, new=got)
                     item = items[mailbox_id]
                     results.extend(insert_messages(tx, mbox, [item], item.internal_date, quota=enforce_quota))
                 return results
@@ -405,10 +405,10 @@ class MessagesMixin(Base):
                 for item, raw, meta, source, crlf in prepared:
                     if source is None:
                         assert raw is not None
-                        acquire_blob(tx, item.blob_id, raw, 1, meta)
+                        got = acquire_blob(tx, item.blob_id, raw, 1, meta)
                     else:
-                        acquire_blob(tx, item.blob_id, b"", 1, meta, source=source, size=item.size, crlf=crlf)
-                    put_keys(tx.conn, item.blob_id, meta)  # invariant 6
+                        got = acquire_blob(tx, item.blob_id, b"", 1, meta, source=source, size=item.size, crlf=crlf)
+                    put_keys(tx.conn, item.blob_id, meta, new=got)  # invariant 6
                 return insert_messages(tx, mbox, [p[0] for p in prepared], now)  # RFC 3502 §3: one transaction
 
             adopted.update(bodies)

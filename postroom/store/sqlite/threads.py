@@ -61,7 +61,7 @@ from collections.abc import Iterable, Sequence
 
 from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store.api import Invalid, NotFound, SortRow, ThreadColumns, ThreadSummary
-from postroom.store.sqlite.common import CHUNK, Base, load_mailbox
+from postroom.store.sqlite.common import CHUNK, Acquired, Base, load_mailbox
 from postroom.store.sqlite.engine import Tx
 from postroom.store.sqlite.structure import put_structure
 
@@ -71,18 +71,27 @@ THREAD_REFS = 50  # the last references a new message is looked up by and record
 KEYS_GENERATION = "sort_keys"  # the `counters` row `refresh_keys` moves on (invariant 6)
 
 
-def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False) -> bool:
+def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, replace: bool = False,
+             new: Acquired | None = None) -> bool:
     """Store the keys of a body from its serialised metadata (invariant 1), and its IMAP structure items
     (structure.py, from the same decoding); False if there are no keys to read. Without `replace`, a body that
-    has its row keeps it."""
+    has its row keeps it. `new`: what `acquire_blob` said of the body; when its row was made by this job, it has
+    neither keys nor messages yet, and `new.parsed` is `meta` decoded already (the writer decodes it once)."""
     if meta is None:
         return False
-    if not replace and conn.execute("SELECT 1 FROM message_keys WHERE blob_id = ?", (blob_id,)).fetchone():
-        return True
-    try:
-        parsed = MessageMeta.from_bytes(bytes(meta))
-    except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
-        return False
+    fresh = new is not None and new.new
+    if fresh:
+        assert new is not None
+        parsed = new.parsed
+        if parsed is None:  # another format: its reader recomputes it and writes it back (`write_metas`)
+            return False
+    else:
+        if not replace and conn.execute("SELECT 1 FROM message_keys WHERE blob_id = ?", (blob_id,)).fetchone():
+            return True
+        try:
+            parsed = MessageMeta.from_bytes(bytes(meta))
+        except MetaFormatError:  # another format: its reader recomputes it and writes it back (`write_metas`)
+            return False
     put_structure(conn, blob_id, parsed)
     sent, k = parsed.sent_date, parsed.keys
     values = (blob_id, sent, k.subject, int(k.reply), k.from_, k.to, k.cc, k.display_from, k.display_to,
@@ -93,8 +102,8 @@ def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, repl
         f"INSERT OR REPLACE INTO message_keys(blob_id, {_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         values,
     )
-    if not replace:  # a body stored before without keys, named by messages: they get them now (invariant 7)
-        keys_stored(conn, blob_id)
+    if not replace and not fresh:  # a body stored before without keys, named by messages: they get them now
+        keys_stored(conn, blob_id)  # (invariant 7)
     return True
 
 
