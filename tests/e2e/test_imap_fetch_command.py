@@ -213,6 +213,19 @@ def test_column_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.Monkey
     assert only[0][0].startswith(b"* 1 UIDFETCH (ENVELOPE (") and len(only[1]) == 5  # UIDs 2, 4, 5, 6
 
 
+def _count_list_changed(imap: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The MODSEQ of each `Store.list_changed` call the server makes from now on (the flags listing's catch-up)."""
+    changed: list[int] = []
+    real_changed = imap.store.list_changed
+
+    async def counted_changed(mailbox_id: int, modseq: int, *args: Any) -> Any:
+        changed.append(modseq)
+        return await real_changed(mailbox_id, modseq, *args)
+
+    monkeypatch.setattr(imap.store, "list_changed", counted_changed)
+    return changed
+
+
 def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A repeated `FETCH 1:* (FLAGS)` answers from `fetch.FLAG_CACHE` without listing the rows again, and the
     same bytes as a fresh listing: any change to the mailbox (a flag set by another session or straight in the
@@ -231,14 +244,7 @@ def test_flag_cache_answers_only_while_the_mailbox_is_unchanged(imap: Any, monke
         return await real(mailbox_id, first, last, **kw)
 
     monkeypatch.setattr(imap.store, "list_columns", counted)
-    changed: list[int] = []
-    real_changed = imap.store.list_changed
-
-    async def counted_changed(mailbox_id: int, modseq: int, *args: Any) -> Any:
-        changed.append(modseq)
-        return await real_changed(mailbox_id, modseq, *args)
-
-    monkeypatch.setattr(imap.store, "list_changed", counted_changed)
+    changed = _count_list_changed(imap, monkeypatch)
     r = raw(imap)
     r.cmd("a SELECT INBOX")
     box = imap.run(imap.store.get_mailbox(imap.run(imap.store.get_user(ADDR)).id, "INBOX"))
@@ -305,14 +311,7 @@ def test_flag_fetch_equals_the_item_path(imap: Any, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(fetch, "_FLAG_BATCH", block)
     cache = fetch.FlagCache(min_count=2)
     monkeypatch.setattr(fetch, "FLAG_CACHE", cache)
-    changed: list[int] = []
-    real_changed = imap.store.list_changed
-
-    async def counted_changed(mailbox_id: int, modseq: int, *args: Any) -> Any:
-        changed.append(modseq)
-        return await real_changed(mailbox_id, modseq, *args)
-
-    monkeypatch.setattr(imap.store, "list_changed", counted_changed)
+    changed = _count_list_changed(imap, monkeypatch)
     a, b, other = raw(imap), raw(imap), raw(imap)
     a.cmd("a SELECT INBOX")  # rev1: \Recent for all six in this session only
     b.cmd("b SELECT INBOX")
