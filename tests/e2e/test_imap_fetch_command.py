@@ -5,6 +5,7 @@ structure items without the kept rows. The planner's unit tests: tests/unit/test
 # ruff: noqa: F811 (the fixtures imported from ann_support are test arguments: pytest's way)
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -373,3 +374,65 @@ def test_flag_cache_is_bounded() -> None:
     assert kept == list(range(20 - len(kept), 20)) and 1 <= len(kept) < 20
     cache.put((99, 1, 10_000), cols(10_000))  # over a quarter of the bound: not kept
     assert cache.get((99, 1, 10_000)) is None and cache.held <= 100_000
+
+
+def _fetched(lines: list[bytes]) -> dict[int, tuple[list[bytes], bytes | None, bytes | None]]:
+    """Message number -> (flags sorted, UID, MODSEQ) of the `* n FETCH` lines of an answer."""
+    out = {}
+    for line in lines:
+        m = re.match(rb"\* (\d+) FETCH \((.*)\)\r\n$", line)
+        if m:
+            flags = re.search(rb"FLAGS \(([^)]*)\)", m.group(2))
+            uid = re.search(rb"UID (\d+)", m.group(2))
+            modseq = re.search(rb"MODSEQ \((\d+)\)", m.group(2))
+            out[int(m.group(1))] = (sorted(flags.group(1).split()) if flags else [],
+                                    uid.group(1) if uid else None, modseq.group(1) if modseq else None)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kept_flag_lines_follow_every_change_of_three_sessions(imap: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               seed: int) -> None:
+    """Three sessions on one mailbox (two rev1 with their own \\Recent, one with CONDSTORE enabled) change flags and
+    keywords, append and expunge at random; after each change every session's `FETCH 1:* (FLAGS)`, `(UID FLAGS)`,
+    `(FLAGS UID)`, `(FLAGS MODSEQ)` and `UID FETCH 1:* (FLAGS)`, answered from the kept listing brought up to date
+    and its kept lines (fetch.py invariants 8, 9; small blocks so that changes land in some and not others),
+    says what the general item path says from a fresh listing (`FLAGS UID MODSEQ INTERNALDATE`), message by
+    message (RFC 9051 §7.5.2; RFC 7162 §3.1.4.2 MODSEQ)."""
+    rnd = random.Random(seed)
+    fill(imap, ADDR, PW, 30)
+    # every session's every variant kept with its listing, so that a change finds them all to carry over
+    monkeypatch.setattr(fetch, "FLAG_CACHE", fetch.FlagCache(min_count=2, texts_per_listing=32))
+    monkeypatch.setattr(fetch, "_FLAG_BATCH", 4)
+    a, b, c = raw(imap), raw(imap), raw(imap)
+    a.cmd("a SELECT INBOX")
+    b.cmd("b ENABLE CONDSTORE")
+    b.cmd("b SELECT INBOX")
+    c.cmd("c SELECT INBOX")
+    flags = ["$Work", "$Home", "later", "\\Seen", "\\Flagged", "\\Deleted", "\\Answered"]
+    for step in range(25):
+        who = rnd.choice([a, b, c])
+        n = len(_fetched(who.cmd("x FETCH 1:* (UID)")))
+        op = rnd.random()
+        if op < 0.6 and n:
+            lo = rnd.randint(1, n)
+            hi = rnd.randint(lo, n)
+            how = rnd.choice(["+", "-", ""])
+            who.cmd(f"x STORE {lo}:{hi} {how}FLAGS.SILENT ({rnd.choice(flags)} {rnd.choice(flags)})")
+        elif op < 0.8:
+            m = message(100 + step)
+            who.cmd(b"x APPEND INBOX {%d+}\r\n" % len(m) + m)
+        elif n:
+            who.cmd(f"x STORE {rnd.randint(1, n)} +FLAGS.SILENT (\\Deleted)")
+            who.cmd("x EXPUNGE")
+        for s in (a, b, c):
+            s.cmd("y NOOP")  # the changes reported: the view is the mailbox's
+            want = _fetched(s.cmd("g FETCH 1:* (FLAGS UID MODSEQ INTERNALDATE)"))
+            for query in ("FETCH 1:* (FLAGS)", "FETCH 1:* (UID FLAGS)", "FETCH 1:* (FLAGS UID)",
+                          "FETCH 1:* (FLAGS MODSEQ)", "FETCH 1:* (FLAGS)", "UID FETCH 1:* (FLAGS)"):
+                got = _fetched(s.cmd(f"z {query}"))
+                assert sorted(got) == sorted(want), (step, query)
+                for k, (fl, uid, modseq) in got.items():
+                    assert fl == want[k][0], (step, query, k)
+                    assert uid is None or uid == want[k][1]
+                    assert modseq is None or modseq == want[k][2]

@@ -2,7 +2,9 @@
 12) against the real server over real sockets: the same answers however the client's bytes are split, in
 order, over plaintext and TLS; QUIT that arrives with the client's FIN still removes; a client that reads its
 replies late gets every one, exact; the idle timeout counts from the last command and still closes a silent
-session; a command completed after a pause is not taken for a trickle."""
+session; a command completed after a pause is not taken for a trickle; a client that never reads holds the
+server to bounded memory (plaintext and TLS); errors, overlong lines, bytes after QUIT and a close without QUIT,
+pipelined with commands answered inline."""
 
 from __future__ import annotations
 
@@ -201,3 +203,121 @@ def test_a_command_completed_after_a_pause_leaves_no_deadline(server: Any) -> No
     assert c.line().startswith(b"+OK 1 ")  # not "-ERR command not received in time"
     c.sock.sendall(b"QUIT\r\n")
     assert c.line().startswith(b"+OK")
+
+
+def _held_by_pop3_connections(server: Any) -> list[tuple[int, int, int]]:
+    """(input buffered, output not yet sent, high-water mark) of each open POP3 connection, read in the server's
+    loop: the memory a session holds for its peer (net/connection.py invariant 3, pop3/session.py invariant 9)."""
+    import gc
+
+    from postroom.net.connection import Connection
+
+    async def look() -> list[tuple[int, int, int]]:
+        return [(len(o._buffer), o._transport.get_write_buffer_size() if o._transport is not None else 0,
+                 o._high_water)
+                for o in gc.get_objects() if isinstance(o, Connection) and o.protocol == "pop3" and not o._lost]
+
+    held: list[tuple[int, int, int]] = server.run(look())
+    return held
+
+
+@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("command", [b"LIST", b"STAT", b"RETR 1"])
+def test_a_client_that_never_reads_holds_bounded_memory(server: Any, tls: bool, command: bytes,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of pipelined commands whose replies the client never reads: answered inline until the output
+    pauses, then buffered until reading pauses. While the connection's output is paused the session writes at
+    most DRAIN_ABOVE bytes and one reply (session invariant 9: inline answers stop, the loop drains), and what
+    the server holds for the session stays bounded (the input by the high-water mark, net/connection.py
+    invariant 3; the output by the transport's pause, which over TLS comes at asyncio's SSL buffer limit)."""
+    from postroom.net.connection import Connection
+    from postroom.pop3.session import DRAIN_ABOVE
+
+    msgs = [message(i, 2000) for i in range(1, 101)]
+    fill(server, msgs)
+    while_paused = [0, 0]  # bytes written since the output paused, the most of that seen
+
+    def counted(method: Any) -> Any:
+        def write(self: Connection, data: Any) -> None:
+            if self.protocol == "pop3" and self._paused_writing:
+                while_paused[0] += len(data) if isinstance(data, bytes) else sum(map(len, data))
+                while_paused[1] = max(while_paused)
+            method(self, data)
+        return write
+
+    def resumed(self: Connection) -> None:
+        while_paused[0] = 0
+        real_resume(self)
+
+    real_resume = Connection.resume_writing
+    monkeypatch.setattr(Connection, "write", counted(Connection.write))
+    monkeypatch.setattr(Connection, "writelines", counted(Connection.writelines))
+    monkeypatch.setattr(Connection, "resume_writing", resumed)
+    c = Client(server, tls)
+    c.login()
+    c.sock.settimeout(3)
+    burst = (command + b"\r\n") * 20000
+    sent = 0
+    try:
+        while sent < 100_000_000:
+            c.sock.sendall(burst)  # blocks, then times out, once the server stops reading
+            sent += len(burst)
+    except (TimeoutError, OSError):
+        pass
+    held = _held_by_pop3_connections(server)
+    assert len(held) == 1
+    buffered, unsent, high_water = held[0]
+    assert buffered <= high_water + 256 * 1024  # paused above the mark: at most one more read of the transport
+    largest_reply = 50 + max(len(stuffed(m)) for m in msgs[:1]) + 20 * len(msgs)
+    assert while_paused[1] <= DRAIN_ABOVE + largest_reply
+    assert unsent < 4 * 1024 * 1024  # bounded, whatever was sent
+    c.sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_pipelined_errors_overlong_lines_and_bytes_after_quit(server: Any, tls: bool) -> None:
+    """Commands answered inline and those that end the session, pipelined together: the error that reaches
+    `errors_per_session` closes the session with nothing after it and no UPDATE (RFC 1939 §6); an overlong line
+    is refused and the next command answered; DELE, RSET, DELE, QUIT remove only what the last DELE marked, and
+    bytes after QUIT are not answered; a connection closed after a DELE, without QUIT, removes nothing."""
+    inbox = fill(server, [message(i) for i in (1, 2, 3)])
+    c = Client(server, tls)
+    c.login()
+    c.sock.sendall(b"BOGUS\r\n" * 25 + b"DELE 1\r\nQUIT\r\n")
+    replies = []
+    while c.fill():
+        pass
+    replies = c.buf.split(b"\r\n")
+    assert replies[-1] == b"" and len(replies) == 21  # errors_per_session (20) replies, then the close
+    assert all(r.startswith(b"-ERR") for r in replies[:20]) and b"too many errors" in replies[19]
+    assert uids(server, inbox) == [1, 2, 3]
+
+    c = Client(server, tls)
+    c.login()
+    c.sock.sendall(b"NOOP " + b"x" * 9000 + b"\r\nSTAT\r\nDELE 1\r\nRSET\r\nDELE 2\r\nQUIT\r\nDELE 3\r\nNOOP\r\n")
+    assert c.line() == b"-ERR line too long"
+    assert c.line().startswith(b"+OK 3 ")
+    assert c.line() == b"+OK message 1 deleted"
+    assert c.line().startswith(b"+OK maildrop has 3 messages")
+    assert c.line() == b"+OK message 2 deleted"
+    assert c.line().endswith(b"signing off (2 messages left)")
+    while c.fill():
+        pass
+    assert c.buf == b""  # nothing for the bytes after QUIT
+    assert uids(server, inbox) == [1, 3]
+
+    c = Client(server, tls)
+    c.login()
+    c.sock.sendall(b"DELE 1\r\nDELE 2\r\nNOOP\r\n")  # the maildrop is UIDs 1 and 3 now
+    assert [c.line() for _ in range(3)] == [b"+OK message 1 deleted", b"+OK message 2 deleted", b"+OK"]
+    c.sock.close()
+    c = Client(server, tls)  # the maildrop lock is free again only once the server saw the close
+    for _ in range(100):
+        c.sock.sendall(f"USER {ADDR}\r\nPASS {PW}\r\n".encode())
+        assert c.line().startswith(b"+OK")
+        if c.line().startswith(b"+OK"):
+            break
+        time.sleep(0.05)
+    c.sock.sendall(b"STAT\r\n")
+    assert c.line().startswith(b"+OK 2 ")  # RFC 1939 §6: no UPDATE without QUIT
+    assert uids(server, inbox) == [1, 3]

@@ -381,3 +381,42 @@ async def test_build_index_works_off_the_backlog_with_a_progress_display(tmp_pat
         assert await build_index(store, LimitsConfig()) == 0  # nothing left
     finally:
         await store.close()
+
+
+@BODY_BACKENDS
+async def test_index_follows_bodies_stored_copied_moved_and_removed_in_one_batch(store: Store) -> None:
+    """Writes that reach the engine together (one group commit on SQLite, where the index rows of new bodies are
+    written after the batch's last job: fts.py `index_later`, engine invariant 9) and act on the same bodies: a
+    body stored, copied, moved, expunged and stored again, a body whose last reference goes while another job
+    delivers it anew. Whatever order the engine ran them in, every message is found through the index by its
+    words, and only those (fts.py invariant 1: no body left out of both the index and the backlog)."""
+    user = await new_user(store)
+    box = await inbox(store, user)
+    other = await store.create_mailbox(user.id, "Other")
+    await store.append(box.id, mail(1, "first", "walrus old"))
+    nxt = (await store.get_mailbox_by_id(box.id)).uidnext  # type: ignore[union-attr]
+    await asyncio.gather(
+        store.append(box.id, mail(2, "second", "okapi two")),
+        store.copy_messages(box.id, [nxt], other.id),
+        store.append(box.id, mail(3, "third", "quokka three")),
+        store.move_messages(box.id, [nxt + 1], other.id),
+        store.append(box.id, mail(4, "fourth", "narwhal four")),
+        store.store_flags(box.id, [nxt + 2], mode=StoreMode.ADD, flags=int(Flag.DELETED)),
+        store.expunge(box.id, [nxt + 2]),
+        store.append(box.id, mail(4, "fourth", "narwhal four")),  # the same body again
+        store.remove_messages(box.id, [1]),  # the last reference of "walrus" ...
+        store.deliver([other.id], mail(1, "first", "walrus old")),  # ... and a new one, in the same batch
+        return_exceptions=True)
+    top = 2**32 - 1
+    for mbox in (box, other):
+        listed = await store.list_messages(mbox.id)
+        bodies = {m.uid: await store.read_message(m.blob_id) for m in listed}
+        for word in ("walrus", "okapi", "quokka", "narwhal"):
+            found = await store.search_text(mbox.id, 1, top, TextTerm("body", word))
+            assert found is not None and found.unindexed == 0, (mbox.name, word)
+            assert uids(found) == [u for u, raw in bodies.items() if word.encode() in raw], (mbox.name, word)
+    step = await store.index_backlog(100)
+    assert (step.looked, step.remaining) == (0, 0)  # nothing was left to the backlog
+    if isinstance(store, SQLiteStore):  # no index row for a body that is gone
+        assert _count(store, "SELECT count(*) FROM fts_docs d WHERE NOT EXISTS"
+                             " (SELECT 1 FROM blobs b WHERE b.id = d.blob_id AND b.refcount > 0)") == 0

@@ -273,3 +273,48 @@ def test_large_job_waits_for_the_servers_lock_file(tmp_path: Path, monkeypatch: 
     assert data == compute_meta(raw, LIMITS).to_bytes()
     assert small == compute_meta(raw[:50_000], LIMITS).to_bytes()
     assert waits == 1 and started == 1 and idle == 1  # the small job's worker, reused by the large one
+
+
+def test_a_worker_killed_and_a_caller_cancelled_mid_job_leave_the_slot_free(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant 7 when large jobs end badly: of three at once (the server's lock file shared), the worker of the
+    running one is killed with SIGKILL (its message gets minimal metadata with `meta-worker-failed`,
+    invariant 5) and a waiting caller is cancelled (an SMTP client gone); the slot is then free in this process
+    and in the lock file: the next large jobs run and answer as `compute_meta`."""
+    import gc
+    import os
+    import signal
+
+    monkeypatch.setattr(pool, "LARGE_MIN", 100_000)
+    part = b"--b\r\nContent-Type: text/html\r\n\r\n" + b"<p>para &amp; <b>bold</b></p>\r\n" * 300 + b"\r\n"
+    raw = (b'From: a@example.org\r\nSubject: parts\r\nMIME-Version: 1.0\r\n'
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + part * 200 + b"--b--\r\n")
+    pool.share_large_slot(tmp_path / pool.LOCK_NAME)
+
+    async def go() -> tuple[list[object], list[bytes], bool]:
+        p = pool._POOLS[asyncio.get_running_loop()] = pool.MetaPool(size=2)
+        try:
+            await pool.meta_bytes(raw[:150_000], LIMITS)  # a worker started and idle: the next job takes it
+            jobs = [asyncio.ensure_future(pool.meta_bytes(raw, LIMITS)) for _ in range(3)]
+            for _ in range(1000):  # until the first job is with a worker (it has left the idle list)
+                await asyncio.sleep(0.005)
+                busy = [w for w in gc.get_objects() if isinstance(w, pool._Worker) and w.proc.poll() is None
+                        and w not in p._idle]
+                if busy:
+                    break
+            assert len(busy) == 1  # one large job at a time
+            os.kill(busy[0].proc.pid, signal.SIGKILL)
+            jobs[2].cancel()
+            ended = await asyncio.gather(*jobs, return_exceptions=True)
+            again = await asyncio.gather(pool.meta_bytes(raw, LIMITS), pool.meta_bytes(raw, LIMITS))
+            return ended, again, p._large.locked()
+        finally:
+            await pool.shutdown()
+            pool.share_large_slot(None)
+
+    ended, again, locked = asyncio.run(go())
+    assert isinstance(ended[0], bytes) and MessageMeta.from_bytes(ended[0]).defects == ((0, "meta-worker-failed"),)
+    assert ended[1] == compute_meta(raw, LIMITS).to_bytes()
+    assert isinstance(ended[2], asyncio.CancelledError)
+    assert again == [compute_meta(raw, LIMITS).to_bytes()] * 2
+    assert not locked
