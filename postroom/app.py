@@ -454,10 +454,9 @@ class Postroom:
             await self.net.stop(self.config.server.shutdown_grace_seconds)
         if self.webmail is not None:
             self.webmail.live.close()  # open pages' event streams end now, so the listeners stop at once
-        if self.http is not None:
-            await self.http.stop()
-        if self.https is not None:
-            await self.https.stop()
+        # Both web listeners at once: uvicorn notices a stop on its next 0.1 s tick and then waits another 0.1 s
+        # for open connections, so one after the other cost twice that on every stop.
+        await asyncio.gather(*(web.stop() for web in (self.http, self.https) if web is not None))
         if self.queue is not None:
             await self.queue.stop(self.config.server.shutdown_grace_seconds)
         if self.retention is not None:
