@@ -32,7 +32,6 @@ Invariants
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 from pathlib import Path
