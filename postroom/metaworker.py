@@ -23,8 +23,8 @@ Invariants
 3. A metadata job over a file never holds the file: `mime.staged.StagedMessage` reads it through one window
    (1 MiB) for the NUL check and `compute_meta_staged` (mime/meta.py invariant 6). Measured with 20 sessions x
    50 MB (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01 "memory9"): a worker's peak went from ~72 MiB
-   PSS (the message read into one bytearray) to ~TODO. A `work` job (DKIM, ARC: dkimpy takes bytes) still
-   reads prefix + file whole; those are one at a time per server (metapool invariant 7).
+   PSS (the message read into one bytearray) to ~13. A `work` job (DKIM, ARC: dkimpy takes bytes) still reads
+   prefix + file whole; those are one at a time per server (metapool invariant 7).
 4. It ends at EOF on stdin (metapool invariant 4) and answers every job it read whole; a job cut short (EOF
    mid-message) ends the worker without an answer.
 """

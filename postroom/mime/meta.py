@@ -7,7 +7,9 @@ ENVELOPE, BODYSTRUCTURE and BODY as IMAP wire bytes, the part table (section -> 
 search text. `MessageMeta.to_bytes()` serialises it as versioned JSON (bytes values as latin-1 text, so every
 byte survives); the store keeps that blob beside the message (`AppendRequest.meta`) and `from_bytes` reads it
 back. FETCH then answers from the meta and the raw bytes alone: `section()` and `binary()` resolve a section
-through the part table without parsing MIME again.
+through the part table without parsing MIME again. `compute_meta_staged` is the same computation over a message
+in a staging file (its prefix in memory, then the file), read through a bounded window (`mime.staged`,
+invariant 6): what a metadata worker runs for a large SMTP message or APPEND literal.
 
 A part-table row is (section, header_start, body_start, end, lines, inner_header_start, inner_body_start,
 mime_type, encoding, charset, filename, disposition, content_id, flags):
