@@ -135,6 +135,9 @@ class StagedMessage:
             if w0 <= start and stop <= w0 + len(data):
                 return data[start - w0 : stop - w0]
             return self._read(start, stop)
+        i = key - self._wstart
+        if 0 <= i < len(self._wdata):  # inside the window: most look-ups
+            return self._wdata[i]
         i = key + self._len if key < 0 else key
         if not 0 <= i < self._len:
             raise IndexError("index out of range")
@@ -143,6 +146,10 @@ class StagedMessage:
 
     def find(self, sub: bytes, start: int | None = None, end: int | None = None) -> int:
         """As `bytes.find` (invariant 1); the region is searched window by window (module doc)."""
+        w0, data = self._wstart, self._wdata
+        if start is not None and end is not None and w0 <= start <= end <= w0 + len(data) and sub:
+            i = data.find(sub, start - w0, end - w0)  # the region is inside the window (0 <= start <= end)
+            return i if i < 0 else w0 + i
         raw_start = 0 if start is None else (start + self._len if start < 0 else start)
         if raw_start > self._len:
             return -1
@@ -167,6 +174,9 @@ class StagedMessage:
 
     def count(self, sub: bytes, start: int | None = None, end: int | None = None) -> int:
         """As `bytes.count` (invariant 1): non-overlapping occurrences of `sub` in the region."""
+        w0, data = self._wstart, self._wdata
+        if start is not None and end is not None and w0 <= start <= end <= w0 + len(data) and sub:
+            return data.count(sub, start - w0, end - w0)  # the region is inside the window
         raw_start = 0 if start is None else (start + self._len if start < 0 else start)
         if raw_start > self._len:
             return 0
@@ -191,6 +201,10 @@ class StagedMessage:
 
     def startswith(self, prefix: bytes, start: int | None = None, end: int | None = None) -> bool:
         """As `bytes.startswith` with one prefix (invariant 1)."""
+        w0, data = self._wstart, self._wdata
+        if start is not None and w0 <= start and start + len(prefix) <= w0 + len(data) and (
+                end is None or w0 <= end <= w0 + len(data)):  # inside the window
+            return data.startswith(prefix, start - w0, None if end is None else end - w0)
         raw_start = 0 if start is None else (start + self._len if start < 0 else start)
         if raw_start > self._len:
             return False
