@@ -27,13 +27,18 @@ started for the next job, and the caller gets `minimal_meta` with the defect `me
 still stored (with its size, ENVELOPE, one text part and no search text). The same happens, with the defect
 `meta-worker-failed`, when a worker dies or cannot be started.
 
-A worker holds the message it works on whole (a 50 MB message: 50 MB, beside its own ~12 MiB), so what the
+A worker reads a message in a staging file (`meta_of_file`, `meta_bytes_of_file`) through a 1 MiB window
+(`mime.staged`, metaworker invariant 3): a 50 MB staged SMTP message costs it about 1 MiB beside its own ~12,
+where reading the file into one buffer cost 72 MiB peak (bench/RESULTS.md 2026-12-01 "memory9"). A message sent
+down the pipe (`meta_bytes`, `meta_of`) and a `work` job (dkimpy takes bytes) are still held whole, so what the
 workers of a server hold at once is bounded by one slot for large jobs (invariant 7): a job on a message of
 `LARGE_MIN` bytes or more waits for it, in this process (an `asyncio.Lock`, first come first served) and, in
 `postroom serve`, across the server's processes too (an flock on `data_dir/metapool.lock`, named by
 `share_large_slot`, tried every `LARGE_POLL` seconds by the one waiter of each process). Measured with 20
 sessions each sending 50 MB at once (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01): the workers of two
 server processes held up to four such messages at a time (peak 113-161 MiB PSS); with the slot, one (72).
+Staged jobs, held to a window now, still take the slot: without it each server process would keep a second
+worker alive (~12 MiB PSS each, idle) for no gain in memory.
 A large parse takes a fraction of a second (compute_meta reads 50 MB of text in ~0.1 s), far less than
 receiving the message, so the queue is short; a job that waits for the slot does not hold a worker (it takes
 the slot first, then a worker), so small messages go on meanwhile.
@@ -53,7 +58,8 @@ Invariants
    server, which then closes them.
 5. Nothing here raises to a caller for anything a message holds: every failure ends in `minimal_meta`.
 6. A worker holds a message only while it works on it: the buffer is dropped before it answers, so an idle
-   worker is back to its own size (a 50 MB message's buffer is its own mmap, returned to the system at once),
+   worker is back to its own size (a 50 MB message's buffer is its own mmap, returned to the system at once;
+   a staged one's window, 1 MiB, is dropped with it),
    rather than holding its last message until the next job replaces it (measured: bench/smtp_memory.py).
 7. At most one job on a message of `LARGE_MIN` bytes or more (metadata or `work`) runs at a time per process,
    and per server once `share_large_slot` named the lock file: the slot is taken before a worker, and given

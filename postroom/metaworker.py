@@ -20,7 +20,11 @@ Invariants
    the code of a `work` job (DKIM, ARC) is imported on its first job, in that worker only.
 2. A worker holds a message only while it works on it (metapool invariant 6): the buffer is dropped before it
    answers, so an idle worker is back to its own size.
-3. A metadata job over a file reads it into one buffer with its prefix (`read_file`), never prefix + bytes.
+3. A metadata job over a file never holds the file: `mime.staged.StagedMessage` reads it through one window
+   (1 MiB) for the NUL check and `compute_meta_staged` (mime/meta.py invariant 6). Measured with 20 sessions x
+   50 MB (bench/smtp_memory.py, bench/RESULTS.md 2026-12-01 "memory9"): a worker's peak went from ~72 MiB
+   PSS (the message read into one bytearray) to ~13. A `work` job (DKIM, ARC: dkimpy takes bytes) still reads
+   prefix + file whole; those are one at a time per server (metapool invariant 7).
 4. It ends at EOF on stdin (metapool invariant 4) and answers every job it read whole; a job cut short (EOF
    mid-message) ends the worker without an answer.
 """
@@ -28,14 +32,14 @@ Invariants
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
 from postroom.config import LimitsConfig
-from postroom.mime.meta import compute_meta
+from postroom.mime.meta import compute_meta, compute_meta_staged
+from postroom.mime.staged import StagedMessage
 
 ANSWER = struct.Struct(">cQ")  # status byte, payload length
 
@@ -45,29 +49,6 @@ def answer(out: IO[bytes], status: bytes, payload: bytes) -> None:
     out.write(ANSWER.pack(status, len(payload)))
     out.write(payload)
     out.flush()
-
-
-def read_file(prefix: bytes, path: Path) -> bytearray:
-    """`prefix` + the file's bytes in one buffer, the file read straight into it (`prefix + read_bytes()` would
-    hold the message twice: a 50 MB staged SMTP message took a worker to 95 MiB, this to 50). `compute_meta` is
-    typed for bytes and reads a bytearray the same way (only reads, slices, find/count, decode; no hashing):
-    the caller casts, and tests/unit/test_metapool.py compares the answers over the MIME corpus. Raises OSError
-    for an unreadable file."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(len(prefix) + size)
-        buf[:len(prefix)] = prefix
-        view = memoryview(buf)[len(prefix):]
-        got = 0
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:  # the file shrank meanwhile: keep what is there
-                del view
-                del buf[len(prefix) + got:]
-                return buf
-            got += n
-        del view
-    return buf
 
 
 def run_job(kind: str, raw: bytes, params: dict[str, object]) -> bytes:
@@ -104,12 +85,15 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
                     prefix = inp.read(n)
                     if len(prefix) != n:
                         return
-                # One buffer for a metadata job (invariant 3); a `work` job's code takes bytes.
-                raw = prefix + Path(job["path"]).read_bytes() if "kind" in job \
-                    else cast(bytes, read_file(prefix, Path(job["path"])))
-                if job.get("nul") and b"\x00" in raw:
-                    answer(out, b"N", b"")
+                if "kind" not in job:  # a metadata job reads the file through a window (invariant 3)
+                    with StagedMessage(prefix, Path(job["path"])) as staged:
+                        if job.get("nul") and b"\x00" in staged:
+                            answer(out, b"N", b"")
+                            continue
+                        data = compute_meta_staged(staged, limits).to_bytes()
+                    answer(out, b"M", data)
                     continue
+                raw = prefix + Path(job["path"]).read_bytes()  # a `work` job's code takes bytes
             else:
                 n = int(job["n"])
                 raw = inp.read(n)
@@ -119,7 +103,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 data = run_job(str(job["kind"]), raw, dict(job["params"]))
             else:
                 data = compute_meta(raw, limits).to_bytes()
-        except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta itself never raises
+        except Exception as e:  # noqa: BLE001 - an unreadable file; compute_meta* never raise otherwise
             answer(out, b"E", f"{type(e).__name__}: {e}".encode("utf-8", "replace"))
             continue
         finally:

@@ -100,16 +100,17 @@ class CrlfCounter:
         self.bare_lf = 0  # LFs not preceded by CR
         self._last = b""  # the last byte fed
 
-    def feed(self, chunk: bytes | memoryview) -> None:
-        """Count the next piece of the body (`octets`, `bare_lf`); pieces may split a CRLF."""
-        data = bytes(chunk)
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Count the next piece of the body (`octets`, `bare_lf`); pieces may split a CRLF. A bytes or bytearray
+        piece is counted where it is (a memoryview is copied: it has no `count`)."""
+        data = chunk if isinstance(chunk, (bytes, bytearray)) else bytes(chunk)
         if not data:
             return
         self.bare_lf += data.count(b"\n") - data.count(b"\r\n")
         if data[:1] == b"\n" and self._last == b"\r":
             self.bare_lf -= 1
         self.octets += len(data)
-        self._last = data[-1:]
+        self._last = bytes(data[-1:])
 
     @property
     def size(self) -> int:

@@ -7,7 +7,9 @@ ENVELOPE, BODYSTRUCTURE and BODY as IMAP wire bytes, the part table (section -> 
 search text. `MessageMeta.to_bytes()` serialises it as versioned JSON (bytes values as latin-1 text, so every
 byte survives); the store keeps that blob beside the message (`AppendRequest.meta`) and `from_bytes` reads it
 back. FETCH then answers from the meta and the raw bytes alone: `section()` and `binary()` resolve a section
-through the part table without parsing MIME again.
+through the part table without parsing MIME again. `compute_meta_staged` is the same computation over a message
+in a staging file (its prefix in memory, then the file), read through a bounded window (`mime.staged`,
+invariant 6): what a metadata worker runs for a large SMTP message or APPEND literal.
 
 A part-table row is (section, header_start, body_start, end, lines, inner_header_start, inner_body_start,
 mime_type, encoding, charset, filename, disposition, content_id, flags):
@@ -38,6 +40,12 @@ Invariants:
    parameters and encoded words are read left to right, search text is capped (text.py invariant 2) and HTML
    is reduced by a forward-only scanner (text.py invariant 4). `metapool` relies on this to run it on the
    event loop for small messages.
+6. `compute_meta` reads `raw` only through `len`, `raw[i]`, `raw[a:b]`, `find`, `count`, `startswith` and
+   `in`, with offsets, and copies only bounded slices (a header block, at most about 1 MiB of a text part for
+   the search text: text.py invariant 2). So `compute_meta_staged` runs the same code over a staged file read
+   through a window (`mime.staged`), and a 50 MB message costs its worker about one window, not 50 MB
+   (bench/RESULTS.md 2026-12-01 "memory9"). tests/unit/test_mime_staged.py holds the two equal over the MIME
+   corpus at several window sizes; code that needs another operation on `raw` adds it to `StagedMessage`.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from postroom.config import LimitsConfig
 from postroom.mime import headers as H
@@ -55,6 +63,7 @@ from postroom.mime.cte import IDENTITY_ENCODINGS, UnknownCTE, decode_body
 from postroom.mime.dates import parse_date
 from postroom.mime.imap import Section
 from postroom.mime.sortkeys import EMPTY_KEYS, SortKeys, sort_keys
+from postroom.mime.staged import StagedMessage
 from postroom.mime.structure import Part, scan, walk
 from postroom.mime.text import SearchText, decode_words, search_text
 
@@ -303,6 +312,19 @@ def compute_meta(raw: bytes, limits: LimitsConfig | None = None) -> MessageMeta:
         return minimal_meta(raw, f"meta-failed:{type(e).__name__}")
 
 
+def compute_meta_staged(staged: StagedMessage, limits: LimitsConfig | None = None) -> MessageMeta:
+    """`compute_meta(prefix + file bytes)` of a staged message (`mime.staged`), equal to it field for field
+    (invariant 6), holding about one window of the file rather than all of it. Raises OSError when the file
+    cannot be read (or shrank: `staged.ShrunkError`); anything else ends as in `compute_meta` (invariant 1)."""
+    raw = cast(bytes, staged)  # the bytes operations the scan uses, over the file (staged.py invariant 1)
+    try:
+        return _compute(raw, limits)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - invariant 1
+        return minimal_meta(raw, f"meta-failed:{type(e).__name__}")
+
+
 def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     st = scan(raw, limits)
     root = st.root
@@ -386,6 +408,7 @@ __all__ = [
     "PartRow",
     "UnknownCTE",
     "compute_meta",
+    "compute_meta_staged",
     "minimal_meta",
 ]
 

@@ -18,7 +18,8 @@ core's own promises, so a fuzzer finds wrong behaviour and not only crashes:
   Authentication-Results fields never raise, and the spans found lie inside the input, in order.
 * `mime`: `compute_meta` never raises (meta invariant 1); the serialised meta reads back equal (invariant 2);
   every part-table row names slices inside the message; section and BINARY reads of every part give bytes or
-  the documented `UnknownCTE`.
+  the documented `UnknownCTE`; `compute_meta_staged` over the first chunk as prefix and the rest in a file, read
+  through a small window, gives the same meta (meta invariant 6).
 
 `SEEDS` holds valid sessions and messages that mutation starts from; `mutate` makes one hostile variant of a
 seed (byte flips, cuts, repeats, splices and the tokens that have broken mail software before: bare CR, NUL,
@@ -31,17 +32,22 @@ Used by `tests/fuzz/test_fuzz_targets.py` (hypothesis, a bounded number of examp
 
 from __future__ import annotations
 
+import atexit
 import base64
 import random
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from postroom.config import LimitsConfig
 from postroom.imap import parser as IP
 from postroom.inbound import authres, dmarc, spf
 from postroom.inbound import dkim as dkim_in
 from postroom.mime.imap import Section, UnknownCTE
-from postroom.mime.meta import MessageMeta, compute_meta
+from postroom.mime.meta import MessageMeta, compute_meta, compute_meta_staged
+from postroom.mime.staged import StagedMessage
 from postroom.pop3 import protocol as P3
 from postroom.smtp import data as SD
 from postroom.smtp import events as SE
@@ -226,12 +232,29 @@ def imap(chunks: list[bytes]) -> None:
 # MIME
 
 
+_STAGING: list[Path] = []
+
+
+def _staging_file() -> Path:
+    """One file of this process's own temporary folder (removed at exit), rewritten by every `mime` input."""
+    if not _STAGING:
+        folder = tempfile.mkdtemp(prefix="fuzz-mime-")
+        atexit.register(shutil.rmtree, folder, True)
+        _STAGING.append(Path(folder) / "staged")
+    return _STAGING[0]
+
+
 def mime(chunks: list[bytes]) -> None:
     """Compute the metadata of the joined bytes and read every part back; raise on a crash or broken promise."""
     raw = b"".join(chunks)
     meta = compute_meta(raw, MIME_LIMITS)
     if MessageMeta.from_bytes(meta.to_bytes()) != meta:
         raise Finding("meta does not survive to_bytes/from_bytes")
+    staged = _staging_file()
+    staged.write_bytes(raw[len(chunks[0]) if chunks else 0:])
+    with StagedMessage(chunks[0] if chunks else b"", staged, 16 + len(chunks) % 61) as view:
+        if compute_meta_staged(view, MIME_LIMITS) != meta:
+            raise Finding("compute_meta_staged differs from compute_meta")
     for row in meta.parts:
         if not (0 <= row.header_start <= row.body_start <= row.end <= len(raw)):
             raise Finding(f"part {row.section!r} names slices outside the message")

@@ -122,9 +122,10 @@ def test_staged_message_with_a_prefix(tmp_path: Path) -> None:
     assert meta.defects == ((0, "meta-timeout"),) and meta.size == len(prefix) + len(raw)
 
 
-def test_worker_reads_a_staged_file_into_one_buffer_with_the_same_answer(tmp_path: Path) -> None:
-    # The worker's file jobs parse a bytearray (`metaworker.read_file`: prefix and file in one buffer); over the whole
-    # MIME corpus the answers are those of `compute_meta` over bytes. Driven through `metaworker.serve` itself.
+def test_worker_reads_a_staged_file_through_a_window_with_the_same_answer(tmp_path: Path) -> None:
+    # The worker's file jobs parse the prefix and the file through `mime.staged.StagedMessage` (metaworker
+    # invariant 3); over the whole MIME corpus the answers are those of `compute_meta` over bytes. Driven through
+    # `metaworker.serve` itself.
     import io
     import json
 
