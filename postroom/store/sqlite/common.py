@@ -205,7 +205,7 @@ class Acquired(NamedTuple):
 
 def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes | None = None, *,
                  source: Path | None = None, size: int | None = None, crlf: int | None = None,
-                 searchable: bool = True, prefix: bytes = b"") -> Acquired:
+                 searchable: bool = True, prefix: bytes = b"", parsed: MessageMeta | None = None) -> Acquired:
     """Add `count` references to a blob. A new one gets its row and its body: a `blob_data` row if it is small
     enough, else its file (written by the caller before the job; here again only if a deletion raced us).
     The body is `prefix` + `raw` (`AppendRequest.prefix`), written piece by piece, never joined.
@@ -214,7 +214,8 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
     its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
     if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4); a
     new one's rows are written after the batch's last job (`fts.index_later`), from its metadata decoded here
-    once (returned, for `put_keys`)."""
+    once (returned, for `put_keys`), or not at all when the caller gives it decoded (`parsed`, equal to
+    `MessageMeta.from_bytes(meta)`: `AppendRequest.parsed`)."""
     length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
     cur = tx.conn.execute(
         "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
@@ -229,10 +230,14 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
         "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
         (blob_id, length, count, meta, crlf_octets),
     )
-    parsed = None
+    if meta is None:
+        parsed = None
     if searchable:
-        parsed = fts.parse_meta(meta)
+        if parsed is None:
+            parsed = fts.parse_meta(meta)
         fts.index_later(tx, blob_id, meta, parsed)  # a new row: nothing in the backlog to delete
+    else:
+        parsed = None
     if source is not None:
         if not tx.blobs.exists(blob_id):
             tx.blobs.link(blob_id, source, length)
