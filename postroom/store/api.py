@@ -591,7 +591,8 @@ class AppendRequest:
     The message is `prefix` + `raw`: trace fields added at delivery (Return-Path, Received...) ride in `prefix`
     so the body is never copied to put them in front (issue 17 item 5). Engines store exactly the joined bytes
     (same blob id, size and body as an `AppendRequest(prefix + raw)`), writing the two pieces one after the
-    other.
+    other (SQLite joins a body of at most `common.JOIN_MAX`, 16 KiB, that it stores in the database: one INSERT
+    costs less than two writes into the row).
 
     `parsed` is `meta` decoded, when the caller has it (it computed the metadata itself: `metapool.meta_pair`):
     it must equal `MessageMeta.from_bytes(meta)` (mime/meta.py invariant 2), and an engine then derives a new
