@@ -219,19 +219,22 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
     once (returned, for `put_keys`), or not at all when the caller gives it decoded (`parsed`, equal to
     `MessageMeta.from_bytes(meta)`: `AppendRequest.parsed`)."""
     length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
-    cur = tx.conn.execute(
-        "UPDATE blobs SET refcount = refcount + ?, meta = COALESCE(meta, ?) WHERE id = ?", (count, meta, blob_id)
-    )
-    if cur.rowcount == 1 and searchable and not fts.is_indexed(tx.conn, blob_id):
-        stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
-        fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
-    if cur.rowcount == 1:
-        return Acquired(False)
+    if count < 1:
+        raise ValueError(f"acquire_blob needs at least one reference, not {count}")
     crlf_octets = crlf_size_of(raw, prefix) if source is None else crlf
-    tx.conn.execute(
-        "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?)",
+    # One statement for both cases (a probe and an INSERT cost ~30 us more for each new body). A row that was
+    # there had at least one reference (schema invariant 2), so it now has more than `count`: the new row is
+    # the one whose refcount is exactly `count`.
+    (refcount,) = tx.conn.execute(
+        "INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE"
+        " SET refcount = refcount + excluded.refcount, meta = COALESCE(meta, excluded.meta) RETURNING refcount",
         (blob_id, length, count, meta, crlf_octets),
-    )
+    ).fetchone()
+    if refcount != count:  # a body stored already: one more reference where it is (invariant 3)
+        if searchable and not fts.is_indexed(tx.conn, blob_id):
+            stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
+            fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
+        return Acquired(False)
     if meta is None:
         parsed = None
     if searchable:
