@@ -82,7 +82,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         requests = []
         for i in range(args.count):
             prefix, raw = message(i, args.size)
-            requests.append(AppendRequest(raw=raw, prefix=prefix, meta=compute_meta(prefix + raw).to_bytes()))
+            meta = compute_meta(prefix + raw)  # decoded too, as local delivery gives it (`AppendRequest.parsed`)
+            requests.append(AppendRequest(raw=raw, prefix=prefix, meta=meta.to_bytes(), parsed=meta))
         todo = list(reversed(requests))
 
         async def session() -> None:

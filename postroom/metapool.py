@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Every caller that needs a message's metadata (local delivery for SMTP and `sendmail`, IMAP APPEND, FETCH and
 SEARCH of a message stored without it, `postroom import`) asks this module: `meta_bytes(raw, limits)` for the
-serialised form the store keeps, `meta_of(raw, limits)` for a `MessageMeta`, `meta_of_file(path, ...)` for a
+serialised form the store keeps (`meta_pair`: with the `MessageMeta` too when it was computed here, for
+`AppendRequest.parsed`), `meta_of(raw, limits)` for a `MessageMeta`, `meta_of_file(path, ...)` for a
 large APPEND that arrived in a staging file, `meta_bytes_of_file(prefix, path, ...)` for a large SMTP message
 (its trace fields, then its staging file). One threshold decides where the work runs:
 
@@ -336,11 +337,19 @@ async def meta_bytes(raw: bytes, limits: LimitsConfig, prefix: bytes = b"") -> b
     (module doc). The pieces are joined only for a message parsed here (at most `INLINE_MAX` bytes); a larger
     one crosses the pipe in its pieces (issue 17 item 5: trace fields carried as a prefix, the body never
     copied). Never raises for anything in the message."""
+    return (await meta_pair(raw, limits, prefix))[0]
+
+
+async def meta_pair(raw: bytes, limits: LimitsConfig, prefix: bytes = b"") -> tuple[bytes, MessageMeta | None]:
+    """`meta_bytes`, and the `MessageMeta` it serialises when it was computed here on the loop (None when a
+    worker computed it: only its bytes crossed the pipe). For `AppendRequest.parsed`: the store's writer then
+    does not decode the bytes again (mime/meta.py invariant 2: `from_bytes(m.to_bytes()) == m`)."""
     if prefix and len(prefix) + len(raw) <= INLINE_MAX:
         raw, prefix = prefix + raw, b""
     if not prefix and inline(raw):
-        return compute_meta(raw, limits).to_bytes()
-    return await _remote(raw, limits, prefix)
+        meta = compute_meta(raw, limits)
+        return meta.to_bytes(), meta
+    return await _remote(raw, limits, prefix), None
 
 
 async def meta_of(raw: bytes, limits: LimitsConfig) -> MessageMeta:

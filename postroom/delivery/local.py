@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 The router hands over the message bytes (already carrying the Received header of the hop that brought it), the
 envelope sender and the users. `deliver_local` prepends `Return-Path:` (RFC 5321 §4.4: added at final
-delivery, from the MAIL FROM reverse-path), parses the result once (`metapool.meta_bytes`: on the event loop
+delivery, from the MAIL FROM reverse-path), parses the result once (`metapool.meta_pair`: on the event loop
 up to `metapool.INLINE_MAX` bytes, else in a worker process that is killed past `metapool.META_SECONDS`, the
 message then stored with minimal metadata and a defect), and calls `store.deliver` once for all the INBOXes:
-one transaction, one blob, one fsync shared with every concurrent delivery (group commit).
+one transaction, one blob, one fsync shared with every concurrent delivery (group commit). Metadata parsed on
+the loop rides to the store decoded too (`AppendRequest.parsed`), so the store's writer does not decode it.
 
 Invariants
 1. Return-Path is the first line of the stored message; the rest is byte-exact as received.
@@ -92,7 +93,8 @@ async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[i
     if not inboxes and not junks:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1; a few header fields, joined (invariant 6)
-    request = AppendRequest(raw=raw, prefix=head, meta=await pool.meta_bytes(raw, limits, prefix=head))
+    meta, parsed = await pool.meta_pair(raw, limits, prefix=head)  # parsed: not decoded again by the store
+    request = AppendRequest(raw=raw, prefix=head, meta=meta, parsed=parsed)
     await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
                         box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
     return len(inboxes) + len(junks)

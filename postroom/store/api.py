@@ -98,6 +98,7 @@ from postroom.flags import Flag as Flag
 from postroom.flags import flags_to_names as flags_to_names
 
 if TYPE_CHECKING:
+    from postroom.mime.meta import MessageMeta
     from postroom.store.scanform import ScanTest
     from postroom.store.textindex import TextFilter
 
@@ -590,13 +591,20 @@ class AppendRequest:
     The message is `prefix` + `raw`: trace fields added at delivery (Return-Path, Received...) ride in `prefix`
     so the body is never copied to put them in front (issue 17 item 5). Engines store exactly the joined bytes
     (same blob id, size and body as an `AppendRequest(prefix + raw)`), writing the two pieces one after the
-    other."""
+    other (SQLite joins a body of at most `common.JOIN_MAX`, 16 KiB, that it stores in the database: one INSERT
+    costs less than two writes into the row).
+
+    `parsed` is `meta` decoded, when the caller has it (it computed the metadata itself: `metapool.meta_pair`):
+    it must equal `MessageMeta.from_bytes(meta)` (mime/meta.py invariant 2), and an engine then derives a new
+    body's index rows, keys and structure from it instead of decoding `meta` again in its writer (issue 17 row
+    1). It changes nothing stored: `meta` is stored as given. None: the engine decodes `meta` when it needs it."""
     raw: bytes
     flags: int = 0
     keywords: frozenset[str] = frozenset()
     internal_date: float | None = None  # None: now
     meta: bytes | None = None  # parsed metadata (mime/), stored with the blob; opaque to the store
     prefix: bytes = b""  # stored before `raw` (above)
+    parsed: MessageMeta | None = field(default=None, compare=False, repr=False)  # `meta` decoded (above)
 
     @property
     def size(self) -> int:

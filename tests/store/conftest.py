@@ -216,6 +216,15 @@ SCHEMA_UNDO: dict[int, tuple[str, ...]] = {
     27: ("DROP TABLE job_leases", "DROP INDEX dmarc_results_claim",
          "ALTER TABLE dmarc_results DROP COLUMN claimed_until", "ALTER TABLE dmarc_results DROP COLUMN claim"),
     28: ("DROP INDEX queue_rcpt_claim", "DROP INDEX queue_claim_order"),
+    # `blobs` keyed by its id again (WITHOUT ROWID, step 1's column order and the columns steps 7 and 12 added),
+    # with step 21's index; `downgrade` runs with foreign keys off (sqlite3's default), so nothing cascades.
+    29: ("CREATE TABLE blobs_v28(id TEXT PRIMARY KEY, size INTEGER NOT NULL, refcount INTEGER NOT NULL, meta BLOB,"
+         " crlf_size INTEGER, preview TEXT) WITHOUT ROWID",
+         "INSERT INTO blobs_v28(id, size, refcount, meta, crlf_size, preview)"
+         " SELECT id, size, refcount, meta, crlf_size, preview FROM blobs",
+         "DROP TABLE blobs",
+         "ALTER TABLE blobs_v28 RENAME TO blobs",
+         "CREATE INDEX blobs_crlf ON blobs(id, crlf_size)"),
 }
 
 

@@ -11,6 +11,7 @@ from postroom.store.api import AppendRequest, Store
 from postroom.store.blobs import blob_id_of, crlf_size, crlf_size_of
 from postroom.store.postgresql.schema import CHUNK_SIZE
 from postroom.store.sqlite import INLINE_MAX
+from postroom.store.sqlite.common import JOIN_MAX
 
 from .conftest import BODY_BACKENDS, inbox, new_user
 
@@ -23,9 +24,11 @@ def body(size: int, salt: int) -> bytes:
     return (head + line * (size // len(line) + 1))[:size]
 
 
-# Sizes around the places a body's bytes are split: SQLite's inline limit (row or file), PostgreSQL's chunk
-# size (the chunk holding the seam between prefix and body is the one joined piece).
-SIZES = [0, 300, INLINE_MAX - len(PREFIX), INLINE_MAX + 1, CHUNK_SIZE - len(PREFIX) + 1, 2 * CHUNK_SIZE + 17]
+# Sizes around the places a body's bytes are split: SQLite's join limit (one INSERT of the joined bytes, or the
+# pieces written into the row) and inline limit (row or file), PostgreSQL's chunk size (the chunk holding the seam
+# between prefix and body is the one joined piece).
+SIZES = [0, 300, JOIN_MAX - len(PREFIX), JOIN_MAX - len(PREFIX) + 1, INLINE_MAX - len(PREFIX), INLINE_MAX + 1,
+         CHUNK_SIZE - len(PREFIX) + 1, 2 * CHUNK_SIZE + 17]
 
 
 @BODY_BACKENDS

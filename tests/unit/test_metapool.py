@@ -319,3 +319,25 @@ def test_a_worker_killed_and_a_caller_cancelled_mid_job_leave_the_slot_free(tmp_
     assert isinstance(ended[2], asyncio.CancelledError)
     assert again == [compute_meta(raw, LIMITS).to_bytes()] * 2
     assert not locked
+
+
+def test_meta_pair_gives_the_decoded_form_only_when_parsed_here() -> None:
+    # `meta_pair` (delivery/local.py, for `AppendRequest.parsed`): the bytes of `meta_bytes`, and with them the
+    # `MessageMeta` they serialise when it was computed on the loop, equal to decoding them (mime/meta.py
+    # invariant 2); None when a worker computed it (only bytes cross the pipe).
+    prefix = b"Return-Path: <a@example.org>\r\n"
+    raw = big_message(200_000)
+    small = raw[:pool.INLINE_MAX - len(prefix)]
+
+    async def go() -> tuple[tuple[bytes, MessageMeta | None], tuple[bytes, MessageMeta | None]]:
+        try:
+            return (await pool.meta_pair(small, LIMITS, prefix=prefix),
+                    await pool.meta_pair(raw, LIMITS, prefix=prefix))
+        finally:
+            await pool.shutdown()
+
+    (here, here_meta), (there, there_meta) = asyncio.run(go())
+    assert here == compute_meta(prefix + small, LIMITS).to_bytes()
+    assert here_meta is not None and MessageMeta.from_bytes(here) == here_meta
+    assert there == compute_meta(prefix + raw, LIMITS).to_bytes()
+    assert there_meta is None

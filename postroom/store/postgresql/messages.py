@@ -41,9 +41,10 @@ import dataclasses
 import time
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from postroom.mime.meta import MessageMeta
 from postroom.store import names
 from postroom.store.api import (
     AppendRequest,
@@ -203,6 +204,7 @@ class _Body:
     size: int = 0
     crlf: int | None = None
     prefix: bytes = b""  # in memory: the body is prefix + raw (`AppendRequest.prefix`)
+    parsed: MessageMeta | None = field(default=None, compare=False, repr=False)  # `AppendRequest.parsed`
 
     async def acquire(self, tx: Tx) -> None:
         """One more reference to the body (stored if new), its sort and thread keys (invariant 6) and its
@@ -213,8 +215,8 @@ class _Body:
         else:
             new = await acquire_blob(tx, self.blob_id, b"", 1, self.meta, source=self.source, size=self.size,
                                      crlf=self.crlf)
-        if new:  # decoded once, for the keys and the index row
-            parsed = parse_meta(self.meta)
+        if new:  # decoded once, for the keys and the index row (not at all when the caller gave it decoded)
+            parsed = self.parsed if self.parsed is not None and self.meta is not None else parse_meta(self.meta)
             await put_keys(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
             await fts.index_blob(tx.conn, self.blob_id, self.meta, fresh=True, parsed=parsed)
         else:
@@ -274,7 +276,7 @@ class MessagesMixin(Base):
             flags, kws = _check_request(req)
             blob_id = blob_id_of(req.raw, req.prefix)  # of prefix + raw, never joined (AppendRequest)
             date = now if req.internal_date is None else float(req.internal_date)
-            bodies.append(_Body(blob_id, req.raw, req.meta, prefix=req.prefix))
+            bodies.append(_Body(blob_id, req.raw, req.meta, prefix=req.prefix, parsed=req.parsed))
             items.append(NewMessage(date, req.size, flags, kws, blob_id))
         job = _AppendJob(list(mailbox_ids), bodies, items, now, quota, asyncio.get_running_loop().create_future())
         # its error is the caller's; read here too, so a caller that went away leaves no "never retrieved" warning

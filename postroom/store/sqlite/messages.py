@@ -271,7 +271,7 @@ class MessagesMixin(Base):
             for mailbox_id, (req, blob_id, item) in zip(mailbox_ids, prepared):
                 mbox = boxes.get(mailbox_id) or load_mailbox(tx.conn, mailbox_id)
                 boxes[mailbox_id] = mbox
-                got = acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix)
+                got = acquire_blob(tx, blob_id, req.raw, 1, req.meta, prefix=req.prefix, parsed=req.parsed)
                 put_keys(tx.conn, blob_id, req.meta, new=got)  # invariant 6
                 results.extend(insert_messages(tx, mbox, [item], now, quota=quota))
             if claim:

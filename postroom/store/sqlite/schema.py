@@ -116,6 +116,15 @@ Self-contained (`IF NOT EXISTS`, and columns no other step adds).
 `queue_claim_order` on `queue(created, id)` and `queue_rcpt_claim` on `queue_rcpt(queue_id, position)` for the
 pending recipients only, so a claim reads the oldest entries first and stops when it has enough instead of
 sorting every pending recipient. Self-contained (`IF NOT EXISTS`; indexes only, on step 1's columns).
+29 (issue 17 row 1) makes `blobs` a rowid table (invariant 33): it was keyed by its random SHA-256 text in a
+WITHOUT ROWID b-tree, and each row carries the body's metadata (~6 KB for a small message), so every new body
+went into a random leaf of large cells and split it (the writer profile of SMTP ingest: 5.4 WAL pages of
+`blobs` per message, ~0.18 ms of CPU for the probe and the insert). Now a new row goes at the end of the table,
+and only the narrow unique index on `id` (the key every query and foreign key uses) takes a random leaf. The
+columns are reordered so `meta` comes last: the small columns sit in the row's first page, ahead of the
+metadata's overflow. The step copies every row as it is (`INSERT ... SELECT`, one pass, no metadata parsed),
+drops the old table and renames the new one; it runs with foreign keys off (`migrate`), since dropping a parent
+table with them on would delete every `blob_data`, `message_keys` and `imap_structure` row by cascade.
 
 Invariants:
 1. Domains, users, mailboxes and queue entries use AUTOINCREMENT ids, so an id is never handed out twice: a
@@ -210,6 +219,12 @@ Invariants:
 32. A `job_leases` row names one periodic job and its holder until `expires` (the claimer's clock); it changes
    only by a claim when it is free, the claimer's own, or expired (`expires <= now`), or by its holder's
    release (store/sqlite/nodes.py, jobs.py).
+33. (schema 29) `blobs` is a rowid table whose `id` is UNIQUE (the parent key of every `REFERENCES blobs(id)`);
+   nothing refers to its rowid, which is only where a row sits (new rows at the end). Its columns are `id`,
+   `size`, `refcount`, `crlf_size`, `preview`, `meta`, in that order: the metadata last (step 29).
+34. `migrate` runs the steps with foreign keys off when a step that rebuilds a referenced table (`_REBUILDS`) is
+   among them, and puts the setting back after; such a step copies every row with its key, so every reference
+   holds as it did.
 """
 
 from __future__ import annotations
@@ -221,7 +236,7 @@ from collections.abc import Callable
 
 from postroom.store.api import StoreError
 
-SCHEMA_VERSION = 28
+SCHEMA_VERSION = 29
 FILL_BATCH = 50_000  # messages copied into `sort_rows` by one statement of step 15 (a progress line each)
 log = logging.getLogger("postroom.store")
 
@@ -737,15 +752,52 @@ def _v28(conn: sqlite3.Connection) -> None:
                  " WHERE state IN ('queued', 'deferred')")
 
 
+def _v29(conn: sqlite3.Connection) -> None:
+    """`blobs` as a rowid table with the metadata last (invariant 33; module doc, step 29). Runs with foreign keys
+    off (`_REBUILDS`): the old table is dropped, which with them on would cascade to every body and key row."""
+    (total,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+    if total > FILL_BATCH:
+        log.info("schema 29: rebuilding the table of %d bodies' rows (their metadata copied, not parsed)", total)
+    conn.execute(
+        "CREATE TABLE blobs_v29(id TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, refcount INTEGER NOT NULL,"
+        " crlf_size INTEGER, preview TEXT, meta BLOB)"
+    )
+    conn.execute("INSERT INTO blobs_v29(id, size, refcount, crlf_size, preview, meta)"
+                 " SELECT id, size, refcount, crlf_size, preview, meta FROM blobs ORDER BY id")
+    conn.execute("DROP TABLE blobs")  # and its index blobs_crlf (step 21), made again below
+    conn.execute("ALTER TABLE blobs_v29 RENAME TO blobs")
+    conn.execute("CREATE INDEX blobs_crlf ON blobs(id, crlf_size)")
+
+
+# Steps that rebuild a table other tables reference (CREATE, copy, DROP, RENAME): run with foreign keys off.
+_REBUILDS = frozenset({29})
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10, 11: _v11, 12: _v12, 13: _v13,
     14: _v14, 15: _v15, 16: _v16, 17: _v17, 18: _v18, 19: _v19, 20: _v20, 21: _v21, 22: _v22, 23: _v23, 24: _v24,
-    25: _v25, 26: _v26, 27: _v27, 28: _v28,
+    25: _v25, 26: _v26, 27: _v27, 28: _v28, 29: _v29,
 }
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION. Returns the version found before. `conn` is in autocommit mode."""
+    """Bring the schema to SCHEMA_VERSION. Returns the version found before. `conn` is in autocommit mode.
+
+    When a step of `_REBUILDS` is due (by the version read before the transaction: another process may migrate
+    meanwhile, which only makes this a transaction with foreign keys off that needed none), foreign keys are
+    turned off for the transaction and put back as they were after it (invariant 34): SQLite ignores
+    `PRAGMA foreign_keys` inside a transaction, and the rebuild drops a referenced table."""
+    rebuild = int(conn.execute("PRAGMA user_version").fetchone()[0]) < max(_REBUILDS)
+    keys_on = bool(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+    if rebuild and keys_on:
+        conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        return _migrate(conn)
+    finally:
+        if rebuild and keys_on:
+            conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -76,7 +76,8 @@ def put_keys(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, repl
     """Store the keys of a body from its serialised metadata (invariant 1), and its IMAP structure items
     (structure.py, from the same decoding); False if there are no keys to read. Without `replace`, a body that
     has its row keeps it. `new`: what `acquire_blob` said of the body; when its row was made by this job, it has
-    neither keys nor messages yet, and `new.parsed` is `meta` decoded already (the writer decodes it once)."""
+    neither keys nor messages yet, and `new.parsed` is `meta` decoded already (the writer decodes it once, or
+    not at all when the request brought it decoded: `AppendRequest.parsed`)."""
     if meta is None:
         return False
     fresh = new is not None and new.new
