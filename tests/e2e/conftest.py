@@ -23,30 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from argon2 import PasswordHasher
 
 from postroom import config as config_mod
 from postroom.app import Postroom, loop_factory
-from postroom.auth.passwords import scram_verifier
 from postroom.store.api import Store, User
+from tests.credentials import cheap_credentials  # argon2id at the lowest cost: why there
 
 T = TypeVar("T")
 INBOUND_OFF = {"spf": False, "dkim": False, "dmarc": False, "arc": False}
 TEST_LOOP = os.environ.get("POSTROOM_TEST_EVENT_LOOP", "")
 TEST_STORE = os.environ.get("POSTROOM_TEST_STORE", "")
-# Test users' password hashes are real argon2id PHC strings, which the server verifies as it verifies any
-# other (argon2 reads the cost from the hash itself: RFC 9106 §4, the PHC string's m, t and p), made at the
-# lowest cost (t=1, 1 MiB, p=1). At the server's own cost (64 MiB, t=3, p=4: postroom/auth/passwords.py) each
-# hash took 0.5-2 s on a 2-core machine, and the suite adds about a thousand users; the server's default cost
-# is tested where users are made the server's way (tests/unit/test_passwords.py, the CLI tests).
-TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-def cheap_credentials(password: str) -> tuple[str, str]:
-    """(argon2id hash at the test cost, SCRAM-SHA-256 verifier) for a test user: shaped as `make_credentials`."""
-    return TEST_HASHER.hash(password), scram_verifier(password)
-
-
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from postroom.auth.passwords import make_credentials
 from postroom.store.api import Store
+from tests.credentials import cheap_credentials  # argon2id at the lowest cost: why there
 
 from .conftest import make_store
 from .test_authenticator import Clock, delays, make_auth, setup
@@ -62,7 +62,7 @@ async def test_a_password_changed_by_another_process_ends_the_entry_at_once(stor
     other = make_store(backend, data_dir)  # another store on the same data, as the CLI has
     await other.open()
     try:
-        h, scram = make_credentials("new-battery-staple")
+        h, scram = cheap_credentials("new-battery-staple")
         await other.set_password(ALICE, h, scram)
     finally:
         await other.close()
@@ -76,7 +76,7 @@ async def test_a_password_changed_by_another_process_ends_the_entry_at_once(stor
 async def test_the_same_password_set_again_is_checked_again(store: Store) -> None:
     auth, _ = await setup(store)
     assert await auth.check_password(ALICE, PW, IP) is not None
-    h, scram = make_credentials(PW)  # a new salt: a new stored hash, so the entry no longer answers
+    h, scram = cheap_credentials(PW)  # a new salt: a new stored hash, so the entry no longer answers
     await store.set_password(ALICE, h, scram)
     assert await auth.check_password(ALICE, PW, IP) is not None
     assert auth.argon2_checks == 2
@@ -87,7 +87,7 @@ async def test_a_removed_user_cannot_log_in_from_the_cache(store: Store) -> None
     assert await auth.check_password(ALICE, PW, IP) is not None
     await store.remove_user(ALICE)
     assert await auth.check_password(ALICE, PW, IP) is None
-    await store.add_user(ALICE, *make_credentials(PW))  # same name and password, a new account: checked anew
+    await store.add_user(ALICE, *cheap_credentials(PW))  # same name and password, a new account: checked anew
     assert await auth.check_password(ALICE, PW, IP) is not None
     assert auth.argon2_checks == 3
 
@@ -130,7 +130,7 @@ async def test_the_address_delay_applies_before_a_cache_hit(store: Store) -> Non
 async def test_the_cache_is_bounded_least_recently_used_first(store: Store) -> None:
     auth, _ = await setup(store, cache_size=2)
     for name in ("bob", "carol"):
-        await store.add_user(f"{name}@example.org", *make_credentials(PW))
+        await store.add_user(f"{name}@example.org", *cheap_credentials(PW))
     for name in ("alice", "bob", "alice", "carol"):  # bob is the least recently used when carol comes
         assert await auth.check_password(f"{name}@example.org", PW, IP) is not None
     assert len(auth.cache) == 2 and auth.argon2_checks == 3
@@ -143,7 +143,7 @@ async def test_the_cache_is_bounded_least_recently_used_first(store: Store) -> N
 async def test_keys_are_keyed_hashes_never_the_password(store: Store) -> None:
     password = "a password that is long enough to find"
     await store.add_domain("example.org")
-    await store.add_user(ALICE, *make_credentials(password))
+    await store.add_user(ALICE, *cheap_credentials(password))
     secret = b"k" * 32
     auth = make_auth(store, Clock(), secret=secret)
     assert await auth.check_password(ALICE, password, IP) is not None

@@ -13,11 +13,11 @@ import pytest
 
 from postroom.auth import authenticator
 from postroom.auth.authenticator import Authenticator
-from postroom.auth.passwords import make_credentials
 from postroom.config import AuthConfig
 from postroom.store.api import AuthFailures, Store
 from postroom.store.sqlite import SQLiteStore
 from postroom.store.sqlite.schema import _STEPS
+from tests.credentials import cheap_credentials  # argon2id at the lowest cost: why there
 
 
 class Clock:
@@ -42,7 +42,7 @@ class Sleeper:
 
 async def setup(store: Store, **cfg: object) -> tuple[Authenticator, Clock]:
     await store.add_domain("example.org")
-    h, scram = make_credentials("correct-horse")
+    h, scram = cheap_credentials("correct-horse")
     await store.add_user("alice@example.org", h, scram)
     clock = Clock()
     return make_auth(store, clock, **cfg), clock
