@@ -203,7 +203,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiter", "_eof", "_high_water", "_implicit_tls", "_inflate_full", "_inflate_scheduled", "_inflater",
         "_loop", "_lost", "_on_made", "_partial_since", "_paused_at", "_paused_reading", "_paused_writing",
         "_scanned", "_span_bytes", "_span_since", "_stopping", "_tls", "_tls_cipher", "_tls_version", "_transport",
-        "_waiter", "_waiter_interruptible", "_zin", "_inline", "_quiet_since", "_idle_timer",
+        "_waiter", "_waiter_interruptible", "_zin", "_inline", "_quiet_since", "_idle_timer", "_dl_timer",
     )
 
     def __init__(self, *, listener: str, protocol: str, limits: LimitsConfig, idle_timeout: float | None,
@@ -242,6 +242,7 @@ class Connection(asyncio.Protocol):
         self._inline: Callable[[bytes], bool] | None = None  # invariant 12: set while a read_some(inline=) waits
         self._quiet_since = 0.0  # loop time of the last bytes an inline handler took (invariant 4)
         self._idle_timer: asyncio.TimerHandle | None = None  # the idle timer of the waiting read
+        self._dl_timer: asyncio.TimerHandle | None = None  # its deadline timer (invariant 7), when one is due
         self._paused_reading = False
         self._paused_writing = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -363,7 +364,8 @@ class Connection(asyncio.Protocol):
             # without waking its task; the idle timer then counts from now (invariant 4)
             if inline(data):
                 self._quiet_since = self._loop.time()
-                self._waiter_interruptible = True  # every line answered: between commands, a shutdown may end it
+                # every line answered: between commands, a shutdown may end the wait; not in a message's data
+                self._waiter_interruptible = not self._data_phase
             else:
                 self._wake()  # it took the bytes and has more to do than it may here: the read returns b""
             return
@@ -437,6 +439,12 @@ class Connection(asyncio.Protocol):
         if on:
             self._data_since = self._loop.time()
             self._data_bytes = 0
+            w = self._waiter
+            if w is not None and not w.done() and self._dl_timer is None:
+                # an inline handler began the data while the read waits (invariant 12): the rate counts now
+                deadline = self._deadline()
+                if deadline is not None:
+                    self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, w)
         elif self._partial_since is not None:
             self._partial_since = self._loop.time()  # the line after the data starts now
 
@@ -479,12 +487,20 @@ class Connection(asyncio.Protocol):
             text = f"command line not complete within {self.limits.command_deadline_seconds:g} s"
         return DeadlineExceeded(reason, text)
 
-    def _deadline_expired(self, fut: asyncio.Future[None], reason: str) -> None:
+    def _deadline_expired(self, fut: asyncio.Future[None]) -> None:
+        """The deadline timer of a waiting read is due. An inline handler may have taken bytes since it was armed
+        (invariant 12): a line it completed has no deadline any more, and data it took moved the minimum-rate
+        deadline later (then the timer is set again for that: one timer per wait, moved only when it fires)."""
+        self._dl_timer = None
         if fut.done():
             return
-        if self._deadline() is None:
+        deadline = self._deadline()
+        if deadline is None:
             return  # the unfinished line was completed and answered inline since the wait began (invariant 12)
-        fut.set_exception(self._deadline_error(reason))
+        if deadline[0] > self._loop.time():
+            self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, fut)
+            return
+        fut.set_exception(self._deadline_error(deadline[1]))
 
     def request_shutdown(self) -> None:
         """The server is stopping: a read waiting between commands raises ShuttingDown now, later ones at once."""
@@ -497,19 +513,19 @@ class Connection(asyncio.Protocol):
     async def _wait_for_data(self, interruptible: bool, wake: Wake | None = None,
                              quiet_since: float | None = None) -> None:
         """Wait until new bytes are buffered. Raises ConnectionClosed / IdleTimeout / ShuttingDown."""
-        fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, None)
+        fut = self._arm_read(interruptible, wake, quiet_since, None)
         try:
             await fut
         finally:
-            self._end_read(wake, dl_timer)
+            self._end_read(wake)
 
     def _arm_read(self, interruptible: bool, wake: Wake | None, quiet_since: float | None,
-                  inline: Callable[[bytes], bool] | None) -> tuple[asyncio.Future[None], asyncio.TimerHandle | None]:
+                  inline: Callable[[bytes], bool] | None) -> asyncio.Future[None]:
         """The start of a wait for new bytes (`_wait_for_data`, or `read_some` itself: invariant 11): the
-        waiter future, resolved by new bytes, EOF, the idle timer (`_idle_timer`), the deadline timer (returned,
-        or None), `wake`, or `inline` handing over (invariant 12). Raises at once what `_wait_for_data` would
-        (ConnectionClosed, ShuttingDown, a deadline passed). The caller awaits the future and then calls
-        `_end_read` with the rest, whatever happened."""
+        waiter future, resolved by new bytes, EOF, the idle timer (`_idle_timer`), the deadline timer
+        (`_dl_timer`, when invariant 7 sets one), `wake`, or `inline` handing over (invariant 12). Raises at once
+        what `_wait_for_data` would (ConnectionClosed, ShuttingDown, a deadline passed). The caller awaits the
+        future and then calls `_end_read` with `wake`, whatever happened."""
         if self._eof:
             self.ended_by = self.ended_by or "eof"
             raise ConnectionClosed("connection closed by peer")
@@ -529,14 +545,14 @@ class Connection(asyncio.Protocol):
         if self.idle_timeout:
             start = self._loop.time() if quiet_since is None else quiet_since
             self._idle_timer = self._loop.call_at(start + self.idle_timeout, self._idle_check, fut)
-        dl_timer = (self._loop.call_at(deadline[0], self._deadline_expired, fut, deadline[1])
-                    if deadline is not None else None)
+        if deadline is not None:
+            self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, fut)
         if wake is not None:
             wake.wake_on(fut)
         self._inline = inline
-        return fut, dl_timer
+        return fut
 
-    def _end_read(self, wake: Wake | None, dl_timer: asyncio.TimerHandle | None) -> None:
+    def _end_read(self, wake: Wake | None) -> None:
         """The end of a wait `_arm_read` began, however it ended: no waiter, no wake, no inline handler, no
         timers."""
         self._waiter = None
@@ -547,8 +563,10 @@ class Connection(asyncio.Protocol):
         if timer is not None:
             self._idle_timer = None
             timer.cancel()
-        if dl_timer is not None:
-            dl_timer.cancel()
+        timer = self._dl_timer
+        if timer is not None:
+            self._dl_timer = None
+            timer.cancel()
 
     def _consumed(self) -> None:
         self._scanned = 0
@@ -682,11 +700,11 @@ class Connection(asyncio.Protocol):
         buf = self._buffer
         while not buf:
             # invariant 11: `_wait_for_data` spelt out, so an idle session holds no coroutine frame for it
-            fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, inline)
+            fut = self._arm_read(interruptible, wake, quiet_since, inline)
             try:
                 await fut
             finally:
-                self._end_read(wake, dl_timer)
+                self._end_read(wake)
             if not buf and (inline is not None or (wake is not None and not self._eof)):
                 return b""
         if max_bytes is None or max_bytes >= len(buf):
