@@ -6,6 +6,15 @@ One loop per connection: pull events from the core; when it needs data, write wh
 pipelined batch is answered with one write, RFC 2920 §3.1), then read whatever has arrived. Each event is
 answered before the next is pulled (core invariant 6).
 
+Most of what a client sends is answered without the loop: its read passes `_answer_inline`, which the
+connection calls from its transport callback with whole lines that arrive while the read waits
+(net/connection.py invariant 12). There the core answers what it answers itself (EHLO, NOOP, RSET, errors,
+DATA's 354, BDAT chunks), takes a message's lines (writing them to the staging file past the threshold), and
+MAIL and RCPT are begun: their handler runs until it first waits, which with the SQLite store's synchronous
+point lookups is never, so the reply leaves in the same callback. Postfix's smtp-source waits for each reply:
+per message four commands, four round trips, which now cost no task step, future or timer each. The first
+thing that must wait (the message at its end, AUTH, STARTTLS, a RCPT whose router waits) is handed to the loop.
+
 Three listeners, three policies (`Policy.for_listener`):
 
     smtp (MX, 25)          mail for local domains, aliases and lists; anything else `550 5.7.1` unless the
@@ -71,6 +80,15 @@ Invariants
    except for recipients whose authenticated allow rule counts).
 12. With `inbound.dmarc_reports` on, each MX message whose DMARC record has `rua` leaves one durable row for the
    domain's daily aggregate report (inbound/dmarc_reports.py) before it is answered, refused messages included.
+13. Replies keep the order of the commands whichever path answers them (RFC 5321 §4.2, RFC 2920 §3.1):
+   `_answer_inline` stops at the first event it may not answer and leaves it in `_held` (an event, or a begun
+   handler that waits, `_Resumed`, which the loop's task then finishes exactly as if it had begun it), and the
+   loop takes `_held` before it asks the core for anything; the replies written inline precede it. A handler is
+   begun inline only where nothing before its first wait needs a current task (`_drives_inline`: not the
+   SPF check of greylisting's allow rule). One inline call writes at most `DRAIN_ABOVE` bytes of replies plus
+   one, then hands over (the loop drains); the connection offers nothing while its output is paused. Inline
+   answers never end the session (QUIT and the error limit's `Closed` go through the loop), and a message's
+   lines taken inline are under the data phase's minimum rate like those the loop reads (net invariant 7).
 """
 
 from __future__ import annotations
