@@ -118,10 +118,13 @@ Invariants
     store's `AppendRequest.prefix`): the body is never copied to put the fields in front (issue 17 item 5). The
     checks read the pieces as one (`_stray`, `Envelope.head`); the rare paths that take the bytes whole (the
     queue, lists, forwards, reports) get one joined copy (`Envelope.whole`).
-18. Whether a domain is local is asked of the store once per turn of the event loop (`is_local_domain`): the
-    answers of one turn are kept until a `call_soon` queued by its first lookup runs, as the SQLite engine's
-    quick reads share one snapshot per turn (sqlite/engine.py invariant 8). So one RCPT or one message asks once
-    per domain, and a change made between two commands (`postroom domain add|remove`) is seen by the second.
+18. Whether a domain is local is asked of the store once per turn of the event loop (`is_local_domain`), and
+    an address is resolved once per turn (`_explain`, a `Route` of immutable destinations): the answers of one
+    turn are kept until a `call_soon` queued by its first lookup runs, as the SQLite engine's quick reads share
+    one snapshot per turn (sqlite/engine.py invariant 8). So one RCPT or one message asks once per domain, the
+    RCPTs and end-of-data of the sessions one turn serves (SMTP answers them from the connection's callbacks,
+    smtp/session.py invariant 13) resolve a recipient they share once, and a change made between two commands
+    (`postroom domain add|remove`, `alias add`) is seen by the second. A resolution that failed is not kept.
 """
 
 from __future__ import annotations
@@ -379,6 +382,7 @@ class Router:
         self.on_queued = on_queued
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
         self._turn_domains: dict[str, bool] = {}  # invariant 18: what this turn of the loop looked up ...
+        self._turn_routes: dict[str, Route] = {}  # ... and resolved ...
         self._turn_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop (None: no turn holds it)
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
@@ -400,9 +404,7 @@ class Router:
             return False
         loop = asyncio.get_running_loop()
         if self._turn_loop is not loop:  # this turn's first lookup (or answers a stopped loop left behind)
-            self._turn_domains = {}
-            self._turn_loop = loop
-            loop.call_soon(self._end_turn)
+            self._start_turn(loop)
         turn = self._turn_domains
         known = turn.get(domain)
         if known is not None:
@@ -416,11 +418,19 @@ class Router:
         turn[domain] = local
         return local
 
+    def _start_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first lookup of a turn (invariant 18): fresh answers, forgotten when this turn ends."""
+        self._turn_domains = {}
+        self._turn_routes = {}
+        self._turn_loop = loop
+        loop.call_soon(self._end_turn)
+
     def _end_turn(self) -> None:
         """Forget this turn's domain answers (invariant 18): queued with `call_soon` by the turn's first lookup,
         so it runs before the callbacks of any I/O the next turn polls, as the SQLite engine ends its snapshot. A
         loop that stopped before it ran leaves them to the next loop's first lookup, which starts afresh."""
         self._turn_domains = {}
+        self._turn_routes = {}
         self._turn_loop = None
 
     async def normalize(self, address: str) -> str:
@@ -454,13 +464,24 @@ class Router:
         return await self._explain(await self.normalize(address))
 
     async def _explain(self, a: str) -> Route:
-        """`explain` of an address `normalize` already returned (it is idempotent: not spelt again)."""
+        """`explain` of an address `normalize` already returned (it is idempotent: not spelt again); resolved
+        once per turn of the event loop (invariant 18): the RCPTs and messages one turn carries out for the same
+        address share the answer."""
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:
+            self._start_turn(loop)
+        turn = self._turn_routes
+        known = turn.get(a)
+        if known is not None:
+            return known
         out: list[Destination] = []
         rule = await self._expand(a, 0, set(), out)
         # de-duplicate, keeping order
         seen: set[Destination] = set()
         dests = [d for d in out if not (d in seen or seen.add(d))]  # type: ignore[func-returns-value]
-        return Route(a, rule, tuple(dests))
+        route = Route(a, rule, tuple(dests))
+        turn[a] = route  # the dict of the turn it began in: one that ended meanwhile is no one's any more
+        return route
 
     async def _expand(self, a: str, depth: int, expanding: set[str], out: list[Destination]) -> str:
         """Append the destinations of `a` (as given: a Remote keeps it, invariant 10) to `out`; return the rule

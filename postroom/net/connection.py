@@ -9,7 +9,8 @@ a second while a deadline of invariant 7 runs: an unfinished line, or data), so 
 object and one suspended coroutine (ARCHITECTURE: 10,000 idle IMAP sessions must fit comfortably).
 
 Answering inline. A sans-I/O session whose replies are often ready at once (POP3 in TRANSACTION: a RETR whose
-body was read ahead, STAT, LIST, DELE...) passes `read_some(inline=handler)`. While that read waits, a chunk
+body was read ahead, STAT, LIST, DELE...; SMTP: EHLO, MAIL, RCPT, DATA's 354, the lines of a message) passes
+`read_some(inline=handler)`. While that read waits, a chunk
 that arrives into an empty buffer and ends with LF (whole lines, so no command deadline is running) is handed
 to the handler from the transport's callback (`data_received`), which feeds its core, writes the replies and
 says whether the read may go on waiting. A command then costs no future, no task step and no second trip
@@ -83,10 +84,18 @@ Invariants
    done), only with a chunk that ends with LF and arrives into an empty buffer, never while the output is
    paused (`pause_writing`: the session drains first), while the server is stopping or for bytes of a line
    being dropped. Bytes it is given never reach the buffer: it takes them whatever it answers. True means it
-   answered every complete line (the wait goes on, now interruptible: the peer is between commands); False
+   took every complete line (the wait goes on, now interruptible unless a data phase is on: the peer is
+   between commands); False
    ends the read with b"", also at EOF, so a command that came with the peer's FIN is still carried out. A
    deadline timer armed for an unfinished line that the handler then completed does not fire (`_deadline`
    is None again). Every other chunk is buffered and wakes the read as before, so the order of bytes is kept.
+   A handler may begin a data phase (invariant 7) while the read waits: the rate then counts from that moment,
+   a deadline timer is set, and when it is due it is set again for the deadline the bytes taken since moved
+   (`_deadline_expired`); a wait in a data phase is never between commands (a shutdown does not end it).
+13. Every connection of an event loop reads from its transport into one receive buffer (`get_buffer`; a
+   `RECEIVE_SIZE` bytearray per loop), and `buffer_updated` copies what was read out of it before returning:
+   a read allocates only the bytes that arrived, not a 256 KiB object it then shrinks, and an idle connection
+   holds no receive buffer of its own (as invariant 9 for the TLS layer below it).
 """
 
 from __future__ import annotations
@@ -192,8 +201,10 @@ class Wake(typing.Protocol):
     def wake_on(self, fut: asyncio.Future[None] | None) -> None: ...
 
 
-class Connection(asyncio.Protocol):
-    """One client connection, as seen by a protocol session. Created by `NetServer`, one per accepted socket."""
+class Connection(asyncio.BufferedProtocol):
+    """One client connection, as seen by a protocol session. Created by `NetServer`, one per accepted socket.
+    The transport reads into the loop's one receive buffer (`get_buffer`, invariant 13); what it read is passed
+    on as `data_received`, which a transport that is not buffered calls itself."""
 
     # Slots, not a __dict__: about 1.2 KiB less per connection, which every idle session holds (module doc).
     __slots__ = (
@@ -203,7 +214,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiter", "_eof", "_high_water", "_implicit_tls", "_inflate_full", "_inflate_scheduled", "_inflater",
         "_loop", "_lost", "_on_made", "_partial_since", "_paused_at", "_paused_reading", "_paused_writing",
         "_scanned", "_span_bytes", "_span_since", "_stopping", "_tls", "_tls_cipher", "_tls_version", "_transport",
-        "_waiter", "_waiter_interruptible", "_zin", "_inline", "_quiet_since", "_idle_timer",
+        "_waiter", "_waiter_interruptible", "_zin", "_inline", "_quiet_since", "_idle_timer", "_dl_timer", "_received",
     )
 
     def __init__(self, *, listener: str, protocol: str, limits: LimitsConfig, idle_timeout: float | None,
@@ -229,6 +240,7 @@ class Connection(asyncio.Protocol):
         self._on_made = on_connection_made
         self._high_water = max(high_water, limits.line_length * 2)
         self._loop = asyncio.get_running_loop()
+        self._received = _receive_buffer(self._loop)  # invariant 13: the loop's, not this connection's
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._scanned = 0  # bytes at the start of the buffer known to hold no LF
@@ -242,6 +254,7 @@ class Connection(asyncio.Protocol):
         self._inline: Callable[[bytes], bool] | None = None  # invariant 12: set while a read_some(inline=) waits
         self._quiet_since = 0.0  # loop time of the last bytes an inline handler took (invariant 4)
         self._idle_timer: asyncio.TimerHandle | None = None  # the idle timer of the waiting read
+        self._dl_timer: asyncio.TimerHandle | None = None  # its deadline timer (invariant 7), when one is due
         self._paused_reading = False
         self._paused_writing = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -325,6 +338,16 @@ class Connection(asyncio.Protocol):
             on_made, self._on_made = self._on_made, None  # called once: its closure is not kept (invariant 11)
             on_made(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads the next bytes (asyncio.BufferedProtocol): the loop's one receive buffer
+        (invariant 13), whatever `sizehint` asks (the transport reads at most its length)."""
+        return self._received
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """The transport read `nbytes` into `get_buffer`'s buffer: copied out at once, before any other
+        connection's read can use it (invariant 13)."""
+        self.data_received(bytes(self._received[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self._data_phase:  # invariant 7: the rate is judged on the bytes the peer sends
@@ -363,7 +386,8 @@ class Connection(asyncio.Protocol):
             # without waking its task; the idle timer then counts from now (invariant 4)
             if inline(data):
                 self._quiet_since = self._loop.time()
-                self._waiter_interruptible = True  # every line answered: between commands, a shutdown may end it
+                # every line answered: between commands, a shutdown may end the wait; not in a message's data
+                self._waiter_interruptible = not self._data_phase
             else:
                 self._wake()  # it took the bytes and has more to do than it may here: the read returns b""
             return
@@ -437,6 +461,12 @@ class Connection(asyncio.Protocol):
         if on:
             self._data_since = self._loop.time()
             self._data_bytes = 0
+            w = self._waiter
+            if w is not None and not w.done() and self._dl_timer is None:
+                # an inline handler began the data while the read waits (invariant 12): the rate counts now
+                deadline = self._deadline()
+                if deadline is not None:
+                    self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, w)
         elif self._partial_since is not None:
             self._partial_since = self._loop.time()  # the line after the data starts now
 
@@ -479,12 +509,20 @@ class Connection(asyncio.Protocol):
             text = f"command line not complete within {self.limits.command_deadline_seconds:g} s"
         return DeadlineExceeded(reason, text)
 
-    def _deadline_expired(self, fut: asyncio.Future[None], reason: str) -> None:
+    def _deadline_expired(self, fut: asyncio.Future[None]) -> None:
+        """The deadline timer of a waiting read is due. An inline handler may have taken bytes since it was armed
+        (invariant 12): a line it completed has no deadline any more, and data it took moved the minimum-rate
+        deadline later (then the timer is set again for that: one timer per wait, moved only when it fires)."""
+        self._dl_timer = None
         if fut.done():
             return
-        if self._deadline() is None:
+        deadline = self._deadline()
+        if deadline is None:
             return  # the unfinished line was completed and answered inline since the wait began (invariant 12)
-        fut.set_exception(self._deadline_error(reason))
+        if deadline[0] > self._loop.time():
+            self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, fut)
+            return
+        fut.set_exception(self._deadline_error(deadline[1]))
 
     def request_shutdown(self) -> None:
         """The server is stopping: a read waiting between commands raises ShuttingDown now, later ones at once."""
@@ -497,19 +535,19 @@ class Connection(asyncio.Protocol):
     async def _wait_for_data(self, interruptible: bool, wake: Wake | None = None,
                              quiet_since: float | None = None) -> None:
         """Wait until new bytes are buffered. Raises ConnectionClosed / IdleTimeout / ShuttingDown."""
-        fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, None)
+        fut = self._arm_read(interruptible, wake, quiet_since, None)
         try:
             await fut
         finally:
-            self._end_read(wake, dl_timer)
+            self._end_read(wake)
 
     def _arm_read(self, interruptible: bool, wake: Wake | None, quiet_since: float | None,
-                  inline: Callable[[bytes], bool] | None) -> tuple[asyncio.Future[None], asyncio.TimerHandle | None]:
+                  inline: Callable[[bytes], bool] | None) -> asyncio.Future[None]:
         """The start of a wait for new bytes (`_wait_for_data`, or `read_some` itself: invariant 11): the
-        waiter future, resolved by new bytes, EOF, the idle timer (`_idle_timer`), the deadline timer (returned,
-        or None), `wake`, or `inline` handing over (invariant 12). Raises at once what `_wait_for_data` would
-        (ConnectionClosed, ShuttingDown, a deadline passed). The caller awaits the future and then calls
-        `_end_read` with the rest, whatever happened."""
+        waiter future, resolved by new bytes, EOF, the idle timer (`_idle_timer`), the deadline timer
+        (`_dl_timer`, when invariant 7 sets one), `wake`, or `inline` handing over (invariant 12). Raises at once
+        what `_wait_for_data` would (ConnectionClosed, ShuttingDown, a deadline passed). The caller awaits the
+        future and then calls `_end_read` with `wake`, whatever happened."""
         if self._eof:
             self.ended_by = self.ended_by or "eof"
             raise ConnectionClosed("connection closed by peer")
@@ -529,14 +567,14 @@ class Connection(asyncio.Protocol):
         if self.idle_timeout:
             start = self._loop.time() if quiet_since is None else quiet_since
             self._idle_timer = self._loop.call_at(start + self.idle_timeout, self._idle_check, fut)
-        dl_timer = (self._loop.call_at(deadline[0], self._deadline_expired, fut, deadline[1])
-                    if deadline is not None else None)
+        if deadline is not None:
+            self._dl_timer = self._loop.call_at(deadline[0], self._deadline_expired, fut)
         if wake is not None:
             wake.wake_on(fut)
         self._inline = inline
-        return fut, dl_timer
+        return fut
 
-    def _end_read(self, wake: Wake | None, dl_timer: asyncio.TimerHandle | None) -> None:
+    def _end_read(self, wake: Wake | None) -> None:
         """The end of a wait `_arm_read` began, however it ended: no waiter, no wake, no inline handler, no
         timers."""
         self._waiter = None
@@ -547,8 +585,10 @@ class Connection(asyncio.Protocol):
         if timer is not None:
             self._idle_timer = None
             timer.cancel()
-        if dl_timer is not None:
-            dl_timer.cancel()
+        timer = self._dl_timer
+        if timer is not None:
+            self._dl_timer = None
+            timer.cancel()
 
     def _consumed(self) -> None:
         self._scanned = 0
@@ -682,11 +722,11 @@ class Connection(asyncio.Protocol):
         buf = self._buffer
         while not buf:
             # invariant 11: `_wait_for_data` spelt out, so an idle session holds no coroutine frame for it
-            fut, dl_timer = self._arm_read(interruptible, wake, quiet_since, inline)
+            fut = self._arm_read(interruptible, wake, quiet_since, inline)
             try:
                 await fut
             finally:
-                self._end_read(wake, dl_timer)
+                self._end_read(wake)
             if not buf and (inline is not None or (wake is not None and not self._eof)):
                 return b""
         if max_bytes is None or max_bytes >= len(buf):
@@ -873,6 +913,23 @@ class Connection(asyncio.Protocol):
 
 
 _READ_BUFFERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bytearray] = weakref.WeakKeyDictionary()
+RECEIVE_SIZE = 256 * 1024  # bytes one read of a connection's transport takes at most (asyncio's own default)
+_RECEIVE_BUFFERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
+
+
+def _receive_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The one receive buffer of every `Connection` of `loop` (invariant 13), made on first use.
+
+    A transport that is not buffered reads with `sock.recv(256 KiB)`: a new 256 KiB bytes object for every read,
+    shrunk to what arrived. glibc maps an allocation that large afresh (mmap, a page fault, mremap to shrink,
+    munmap) until a free raises its threshold, and the reads of an SMTP session are a command line each:
+    measured 1.6 of those triples per message during ingest (strace), and a read costing 24 us of CPU instead of
+    4 (thread CPU, a 28-byte command over a socketpair). The loop runs one callback at a time and
+    `buffer_updated` copies the bytes out before it returns, so every connection of a loop reads into one."""
+    view = _RECEIVE_BUFFERS.get(loop)
+    if view is None:
+        view = _RECEIVE_BUFFERS[loop] = memoryview(bytearray(RECEIVE_SIZE))
+    return view
 
 
 def _share_read_buffer(proto: object) -> None:

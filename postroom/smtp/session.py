@@ -6,6 +6,15 @@ One loop per connection: pull events from the core; when it needs data, write wh
 pipelined batch is answered with one write, RFC 2920 §3.1), then read whatever has arrived. Each event is
 answered before the next is pulled (core invariant 6).
 
+Most of what a client sends is answered without the loop: its read passes `_answer_inline`, which the
+connection calls from its transport callback with whole lines that arrive while the read waits
+(net/connection.py invariant 12). There the core answers what it answers itself (EHLO, NOOP, RSET, errors,
+DATA's 354, BDAT chunks), takes a message's lines (writing them to the staging file past the threshold), and
+MAIL and RCPT are begun: their handler runs until it first waits, which with the SQLite store's synchronous
+point lookups is never, so the reply leaves in the same callback. Postfix's smtp-source waits for each reply:
+per message four commands, four round trips, which now cost no task step, future or timer each. The first
+thing that must wait (the message at its end, AUTH, STARTTLS, a RCPT whose router waits) is handed to the loop.
+
 Three listeners, three policies (`Policy.for_listener`):
 
     smtp (MX, 25)          mail for local domains, aliases and lists; anything else `550 5.7.1` unless the
@@ -71,6 +80,15 @@ Invariants
    except for recipients whose authenticated allow rule counts).
 12. With `inbound.dmarc_reports` on, each MX message whose DMARC record has `rua` leaves one durable row for the
    domain's daily aggregate report (inbound/dmarc_reports.py) before it is answered, refused messages included.
+13. Replies keep the order of the commands whichever path answers them (RFC 5321 §4.2, RFC 2920 §3.1):
+   `_answer_inline` stops at the first event it may not answer and leaves it in `_held` (an event, or a begun
+   handler that waits, `_Resumed`, which the loop's task then finishes exactly as if it had begun it), and the
+   loop takes `_held` before it asks the core for anything; the replies written inline precede it. A handler is
+   begun inline only where nothing before its first wait needs a current task (`_drives_inline`: not the
+   SPF check of greylisting's allow rule). One inline call writes at most `DRAIN_ABOVE` bytes of replies plus
+   one, then hands over (the loop drains); the connection offers nothing while its output is paused. Inline
+   answers never end the session (QUIT and the error limit's `Closed` go through the loop), and a message's
+   lines taken inline are under the data phase's minimum rate like those the loop reads (net invariant 7).
 """
 
 from __future__ import annotations
@@ -82,7 +100,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,6 +165,7 @@ log = logging.getLogger("postroom.smtp")
 message_log = logging.getLogger("postroom.smtp.message")
 
 READ_SIZE = 256 * 1024
+DRAIN_ABOVE = 64 * 1024  # replies `_answer_inline` writes from one chunk before it hands over (inv. 13)
 
 
 @dataclass(frozen=True)
@@ -256,6 +275,8 @@ class Session:
         self.rcpts_refused = 0
         self.staged: _Staged | None = None  # invariant 6: the body being received, past STAGING_THRESHOLD
         self.client_lookups: asyncio.Task[ClientInfo] | None = None  # blocklists and FCrDNS (dnsbl.py)
+        # invariant 13: what `_answer_inline` left to the loop: an event, or a command it began that must wait
+        self._held: object = None
 
     # --- policy hooks ----------------------------------------------------------------------------------------
     def _update_offers(self) -> None:
@@ -293,13 +314,20 @@ class Session:
         core.greet()
         try:
             while True:
-                ev = core.next_event()
+                held, self._held = self._held, None
+                if isinstance(held, _Resumed):  # invariant 13: a command `_answer_inline` began, finished here
+                    await held
+                    continue
+                ev = core.next_event() if held is None else held
                 if ev is NEED_DATA:
                     await self._flush()
                     between = core.mode is Mode.COMMAND and core.pending_input == 0
                     conn.data_phase(core.mode is Mode.DATA or core.mode is Mode.BDAT)  # net invariant 7
                     try:
-                        data = await conn.read_some(READ_SIZE, interruptible=between)
+                        # What arrives while this waits is answered from the connection's callback (invariant
+                        # 13); the read returns b"" when something needs this loop. Not for a SASL line.
+                        data = await conn.read_some(READ_SIZE, interruptible=between,
+                                                    inline=None if core.mode is Mode.SASL else self._answer_inline)
                     except DeadlineExceeded as exc:
                         core.close_with(R.R421_SLOW_DATA if exc.reason == "min-data-rate" else R.R421_SLOW_COMMAND)
                         conn.end = "timeout"
@@ -418,6 +446,70 @@ class Session:
         if out:
             self.conn.write(out)
             await self.conn.drain()
+
+    # --- answers from the connection's callback (invariant 13) --------------------------------------------------
+    def _answer_inline(self, data: bytes) -> bool:
+        """Take `data` from the connection's callback while the loop's read waits (net/connection.py invariant
+        12) and answer what it can there, in order, all the replies of one chunk in one write (RFC 2920 §3.1).
+
+        What the core answers itself (EHLO, NOOP, RSET, HELP, errors, the 354 of DATA, BDAT chunks) is answered
+        here, a message's data is taken (and past the staging threshold written to its file), and MAIL and RCPT
+        are answered too (`_drives_inline`): their handler is begun here, and one that finishes without waiting
+        (the router's store reads are synchronous on SQLite) has answered. True: everything was taken and the
+        read goes on waiting (in a message's data, with the connection's data phase on: net invariant 7). False:
+        the loop carries on from here, with what was left in `_held` (an event it must carry out, such as the
+        message once its data ended, or the begun command as `_Resumed`), or with lines past `DRAIN_ABOVE`
+        bytes of replies still in the core (invariant 13)."""
+        core = self.core
+        core.receive_data(data)
+        mode = core.mode
+        out: list[bytes] = []
+        size = 0
+        ready = False
+        while size <= DRAIN_ABOVE:
+            ev = core.next_event()
+            if ev is NEED_DATA:
+                ready = core.mode is not Mode.SASL  # a SASL line is the loop's (the exchange awaits it)
+                break
+            if isinstance(ev, BodyData):
+                self._spill(ev.data)  # invariant 6, as the loop does
+            elif isinstance(ev, BodyDiscarded):
+                self._drop_staged()
+            elif isinstance(ev, (MailFrom, RcptTo)) and self._drives_inline(ev):
+                run = self._handle(ev)
+                try:
+                    waits_on = run.send(None)
+                except StopIteration:  # answered without waiting
+                    pass
+                else:  # it waits (a store on the network, the client's DNS lookups): the loop goes on with it
+                    self._held = _Resumed(run, waits_on)
+                    break
+            else:  # the message, AUTH, STARTTLS, VRFY, EXPN, QUIT, too many errors: the loop's
+                self._held = ev
+                break
+            reply = core.data_to_send()
+            if reply:
+                out.append(reply)
+                size += len(reply)
+        reply = core.data_to_send()
+        if reply:
+            out.append(reply)
+        if out:
+            self.conn.writelines(out)
+        if core.mode is not mode:
+            self.conn.data_phase(core.mode is Mode.DATA or core.mode is Mode.BDAT)  # net invariant 7, as the loop
+        return ready
+
+    def _drives_inline(self, ev: MailFrom | RcptTo) -> bool:
+        """May `_answer_inline` begin this command's handler itself? Only where nothing the handler reaches
+        before it first waits needs to run inside a task (`asyncio.timeout`, and `asyncio.wait_for` from Python
+        3.12, ask for the current task): the router and the store. Not an MX RCPT that greylisting may exempt
+        after an SPF check (invariant 10): that asks the DNS resolver, whose time-outs do."""
+        if isinstance(ev, MailFrom):
+            return True
+        door, checks = self.services.door, self.checks
+        return (door is None or door.greylist is None or self.policy.submission or checks is None
+                or not checks.inbound.spf)
 
     async def _handle(self, ev: object) -> None:
         try:
@@ -871,6 +963,38 @@ class Session:
             return
         members = [f"<{m}>" for m in lists[0].members] or [f"<{lists[0].owner}>"]
         self.core.send(R.Reply(250, "2.1.5", tuple(members)))
+
+
+class _Resumed:
+    """A command's handler that `_answer_inline` began from the connection's callback and that then waited on
+    `waits_on` (what its coroutine yielded: a future, or None for a bare `yield`): awaiting this in the
+    session's task goes on with it exactly as if the task had begun it (invariant 13). The task waits on what
+    the coroutine yields and sends or throws the outcome back in, as `yield from` would."""
+
+    __slots__ = ("run", "waits_on")
+
+    def __init__(self, run: Coroutine[Any, Any, None], waits_on: object) -> None:
+        self.run = run
+        self.waits_on = waits_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run, step = self.run, self.waits_on
+        while True:
+            try:
+                sent = yield step
+            except GeneratorExit:
+                run.close()
+                raise
+            except BaseException as exc:  # what the task met waiting (CancelledError too) goes in
+                try:
+                    step = run.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    step = run.send(sent)
+                except StopIteration:
+                    return
 
 
 class _Staged:

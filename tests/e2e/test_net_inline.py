@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from postroom.config import LimitsConfig
-from postroom.net.connection import Connection, ConnectionClosed, IdleTimeout
+from postroom.net.connection import Connection, ConnectionClosed, DeadlineExceeded, IdleTimeout, ShuttingDown
 
 T = TypeVar("T")
 
@@ -188,4 +188,84 @@ def test_no_inline_answer_while_output_is_paused() -> None:
             got += await asyncio.wait_for(conn.read_some(inline=echo), 10)
         assert got == b"x\n" and echo.calls == []  # buffered for the reader, which drains first
         conn.resume_writing()
+    with_pair(body)
+
+
+class Data(Echo):
+    """An inline handler for a message's data: a line "DATA" starts the data phase (net invariant 7) and is
+    answered; every line after it is taken without an answer until "." ends the data phase again."""
+
+    def __call__(self, data: bytes) -> bool:
+        self.calls.append(data)
+        for line in data.splitlines():
+            if line == b"DATA":
+                self.conn.data_phase(True)
+                self.conn.write(b"354 go ahead\n")
+            elif line == b".":
+                self.conn.data_phase(False)
+                self.conn.write(b"250 taken\n")
+        return True
+
+
+def test_data_taken_inline_is_held_to_the_minimum_rate() -> None:
+    limits = LimitsConfig(min_data_rate=200.0, data_rate_grace_seconds=1.0, command_deadline_seconds=60.0)
+
+    async def body(conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        handler = Data(conn)
+        read = asyncio.ensure_future(conn.read_some(inline=handler))
+        writer.write(b"DATA\n")
+        assert await read_line(reader) == b"354 go ahead\n"
+        # A line of 10 bytes every 0.25 s: 40 bytes/s, a fifth of the minimum rate. Each line is whole, so the
+        # handler takes it and the read never wakes; the data phase's deadline must end it all the same.
+        lines = 0
+        while not read.done() and lines < 200:
+            writer.write(b"slow line\n")
+            lines += 1
+            await asyncio.sleep(0.25)
+        assert len(handler.calls) > 2  # lines were taken inline after the data began
+        with pytest.raises(DeadlineExceeded) as info:
+            await asyncio.wait_for(read, 10)
+        return info.value.reason, conn.log.get("timeout")
+    assert with_pair(body, limits=limits) == ("min-data-rate", "min-data-rate")
+
+
+def test_data_taken_inline_fast_enough_moves_the_deadline() -> None:
+    limits = LimitsConfig(min_data_rate=200.0, data_rate_grace_seconds=1.0, command_deadline_seconds=60.0)
+
+    async def body(conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        handler = Data(conn)
+        read = asyncio.ensure_future(conn.read_some(inline=handler))
+        writer.write(b"DATA\n")
+        assert await read_line(reader) == b"354 go ahead\n"
+        started = loop.time()
+        # 2 KB every 0.1 s (20 KB/s, a hundred times the minimum) for three grace periods: the deadline armed
+        # when the data began has passed, and moved with every line taken.
+        while loop.time() - started < 3 * limits.data_rate_grace_seconds:
+            writer.write(b"x" * 2047 + b"\n")
+            await asyncio.sleep(0.1)
+        assert not read.done()
+        writer.write(b".\n")
+        assert await read_line(reader) == b"250 taken\n"
+        assert not read.done()
+        read.cancel()
+    with_pair(body, limits=limits)
+
+
+def test_a_shutdown_does_not_end_a_wait_inside_data_taken_inline() -> None:
+    async def body(conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = Data(conn)
+        read = asyncio.ensure_future(conn.read_some(inline=handler))
+        writer.write(b"DATA\nfirst line\n")
+        assert await read_line(reader) == b"354 go ahead\n"
+        await asyncio.sleep(0.2)
+        conn.request_shutdown()  # the peer is inside a message: let it finish (as with a buffered read)
+        await asyncio.sleep(0.2)
+        assert not read.done()
+        writer.write(b".\n")
+        # While the server stops nothing is answered inline (invariant 12): the data's end wakes the reader.
+        assert await asyncio.wait_for(read, 10) == b".\n"
+        conn.data_phase(False)
+        with pytest.raises(ShuttingDown):  # between commands now: the next wait ends at once
+            await asyncio.wait_for(conn.read_some(inline=handler, interruptible=True), 10)
     with_pair(body)

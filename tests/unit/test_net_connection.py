@@ -414,3 +414,47 @@ def test_connection_has_no_instance_dict() -> None:
     async def body(conn: Connection, tr: FakeTransport) -> bool:
         return hasattr(conn, "__dict__")
     assert with_conn(body) is False
+
+
+# --- the loop's one receive buffer (invariant 13) -----------------------------------------------------------------
+
+def test_buffered_reads_give_the_same_lines_and_share_one_buffer() -> None:
+    async def main() -> None:
+        conn, _ = make()
+        other, _ = make()
+        assert conn.get_buffer(-1) is other.get_buffer(-1)  # one buffer per loop, none per connection
+        data = b"EHLO a.test\r\nMAIL FROM:<a@b>\r\n" + b"x" * 3000 + b"\r\n"
+        for start in range(0, len(data), 7):  # as a transport would: read into the buffer, then say how much
+            piece = data[start:start + 7]
+            buf = conn.get_buffer(-1)
+            buf[:len(piece)] = piece
+            conn.buffer_updated(len(piece))
+            other.get_buffer(-1)[:5] = b"NOISE"  # the next read of another connection reuses the buffer
+            other.buffer_updated(5)
+        lines = [await conn.read_line(limit=4000) for _ in range(3)]
+        assert b"".join(lines) == data
+        assert conn.bytes_in == len(data) and other.bytes_in == 5 * len(range(0, len(data), 7))
+    run(main())
+
+
+def test_a_real_socket_reads_through_the_shared_buffer() -> None:
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        made: asyncio.Future[Connection] = loop.create_future()
+
+        def factory() -> Connection:
+            conn = Connection(listener="test", protocol="smtp", limits=LIMITS, idle_timeout=5.0, session_id="b1")
+            made.set_result(conn)
+            return conn
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            conn = await made
+            writer.write(b"one\r\n" + b"two " * 100_000 + b"\r\nthree\r\n")  # more than one read's worth
+            return [await conn.read_line(limit=500_000) for _ in range(3)]
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+    assert run(main()) == [b"one\r\n", b"two " * 100_000 + b"\r\n", b"three\r\n"]

@@ -419,6 +419,46 @@ def test_a_domain_is_asked_once_per_turn_and_a_change_is_seen_by_the_next_turn(t
     run(tmp_path, body)
 
 
+def test_an_address_is_resolved_once_per_turn_and_a_change_is_seen_by_the_next_turn(tmp_path: Path) -> None:
+    """Router invariant 18 for resolution: the RCPTs and messages of one turn of the loop share one resolution
+    of an address (one read of its aliases and user, as one SQLite snapshot would answer them all); an alias
+    added by another connection (the CLI) is followed from the next turn on."""
+    async def body(store: Store, r: Router) -> None:
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        asked: list[str] = []
+        aliases = store.list_aliases
+
+        async def counting(source: str) -> Any:
+            asked.append(source)
+            return await aliases(source)
+
+        store.list_aliases = counting  # type: ignore[method-assign]
+        await asyncio.sleep(0)  # a turn of its own
+        mine = LocalUser(alice.id, "alice@example.org")
+        for _ in range(3):  # three sessions' RCPTs in one turn
+            assert await r.check_recipient("alice@example.org", "x@far.test", False) == [mine]
+        accepted = await r.accept(Envelope("x@far.test", (Rcpt("Alice@example.org"),), b"Subject: a\r\n\r\nhi\r\n"))
+        assert accepted.local == 1  # a message, in a later turn (its write awaited the commit)
+        assert asked.count("alice@example.org") <= 2  # the RCPTs' turn once, the message's turn at most once
+        await asyncio.sleep(0)
+        asked.clear()
+        for _ in range(3):
+            assert await r.resolve("alice@example.org") == [mine]
+        assert asked.count("alice@example.org") == 1  # once for the three
+        conn = sqlite3.connect(tmp_path / "data" / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("INSERT INTO aliases(source, target, domain_id) SELECT ?, ?, id FROM domains WHERE name = ?",
+                         ("alice@example.org", "x@far.test", "example.org"))
+        finally:
+            conn.close()
+        assert await r.resolve("alice@example.org") == [mine]  # the same turn: the same answer
+        await asyncio.sleep(0)  # the next turn
+        assert await r.resolve("alice@example.org") == [Remote("x@far.test")]
+
+    run(tmp_path, body)
+
+
 def test_one_domain_lookup_per_rcpt_and_per_message(tmp_path: Path) -> None:
     """A RCPT and a message to a local user ask the store once for the recipient's domain, and never for the
     sender's (needed only for a forward's SRS sender, invariant 12)."""
