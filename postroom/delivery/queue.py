@@ -19,21 +19,28 @@ loses nothing: whatever was not recorded as final is tried again.
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
 
-Claims across processes and nodes (issue 16 item 3). Several nodes on one PostgreSQL each run this scheduler (in
-worker 0 of each `postroom serve`; on SQLite there is one node, and worker 0's is the only scheduler, as before:
-the data folder's lock keeps a second server off the file, and one scheduler per node keeps `concurrency` a
-per-machine limit and the wake pipe meaningful). A scheduler does not read the due list and decide alone: it
-claims due recipients in the store (`queue_claim`: SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP
-LOCKED` in the claiming UPDATE), each with a lease of `queue.lease_seconds` under its holder id
-("<node>#<pid>.<random>", the node id kept in `data_dir/node-id`). While an attempt runs, or waits for a
-connection slot, a renewal task extends the leases every third of the lease. The result is written by the holder
-(`queue_update(..., holder=)`), which releases the lease; if the lease was lost meanwhile (the node stalled or
-lost the database for longer than the lease, and another node took the recipient over), the store refuses the
-write (LeaseLost), nothing is recorded, the log says so, and the new holder's result is the one that stands. A
-job whose lease is known to be lost (a renewal failed or did not find it) is not started. A node that dies keeps
+Claims across processes and nodes (issue 16 item 3, issue 17 item 1). Every worker process of a `postroom serve`
+runs this scheduler (invariant 10), and several nodes on one PostgreSQL each run theirs; on SQLite there is one
+node (the data folder's lock keeps a second server off the file), but its workers are several processes. Until
+issue 17 only worker 0 delivered: on two cores a drain then ran in one process (its event loop and its store
+writer thread under one GIL) at one core, while Postfix's smtp processes used both (bench/RESULTS.md). A
+scheduler does not read the due list and decide alone: it claims due recipients in the store (`queue_claim`:
+SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP LOCKED` in the claiming UPDATE), each with a lease of
+`queue.lease_seconds` under its holder id ("<node>#<pid>.<random>" in a one-process server,
+"<node>/<worker slot>#<pid>.<random>" in a worker; the node id kept in `data_dir/node-id`). While an attempt
+runs, or waits for a connection slot, a renewal task extends the leases every third of the lease. The result
+is written by the holder (`queue_update(..., holder=)`), which releases the lease; if the lease was lost
+meanwhile (the node stalled or lost the database for longer than the lease, and another node took the recipient
+over), the store refuses the write (LeaseLost), nothing is recorded, the log says so, and the new holder's result
+is the one that stands. A job whose lease is known to be lost (a renewal failed or did not find it) is not
+started. A node that dies keeps
 its leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node
 that restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock
-says that process is gone). A stopping scheduler gives up the leases of what it did not finish.
+says that process is gone): a one-process server at its scheduler's start; with workers, the parent before the
+fork (what a one-process run left) and each worker's scheduler at its start for its own slot ("<node>/<slot>": a
+slot has one process at a time, so a worker restarted after a crash frees its predecessor's and never a
+sibling's). What a run with more workers than this one left in the slots this one lacks runs out after the
+lease. A stopping scheduler gives up the leases of what it did not finish.
 
 A scheduler claims at most `CLAIM_PER_SLOT * delivery.concurrency` recipients ahead and claims again when
 half of those are done, so a busy node leaves the rest for the others; new mail is claimed at once by the node
@@ -79,6 +86,14 @@ Invariants
    holds its slot meanwhile, but never while another worker waits for one: a worker that finds the slots taken
    ends every lingering wait, and `stop` too. After a reload (`reconfigure`) a worker finds the route again
    before its next message and leaves a connection made on the old one.
+10. With several worker processes, each of the first `delivering_workers` runs a scheduler with its `share` of
+   `delivery.concurrency` and `concurrency_per_domain` (split as evenly as whole numbers go, at least one of
+   each), so invariant 4 holds per node with the configured numbers. The number is decided at start (every
+   worker, unless a limit is smaller); a reload re-splits the new limits over it, and one that lowers a limit
+   below it leaves each scheduler one (the node exceeds that limit by at most the number - 1 until a restart).
+   Mail queued in a worker wakes that worker's scheduler (`Scheduler.wake`); the others see it at their next
+   poll, and a worker without a scheduler wakes worker 0's over the wake pipe (workers.py). Invariants 2 and 6
+   are per scheduler and hold across them through the store's leases.
 """
 
 from __future__ import annotations
@@ -753,6 +768,33 @@ class _Unreachable(Exception):
         self.status = status
         self.remote = remote
         self.reply = reply
+
+
+def delivering_workers(config: Config, count: int) -> int:
+    """How many of a server's `count` worker processes run a scheduler (issue 17 item 1, invariant 10): every
+    worker, unless `delivery.concurrency` or `concurrency_per_domain` is smaller, since each scheduler needs at
+    least one connection of each. Decided at start; a reload keeps the number (`share`)."""
+    d = config.delivery
+    return max(1, min(count, d.concurrency, d.concurrency_per_domain))
+
+
+def share(config: Config, slot: int, schedulers: int) -> Config:
+    """`config` with the delivery limits of the scheduler in worker `slot` of `schedulers` (invariant 10):
+    `delivery.concurrency` and `concurrency_per_domain` split as evenly as whole numbers go (the lower slots
+    take the remainder), so the schedulers of one node together open at most the configured numbers. A reload
+    that lowers a limit below `schedulers` leaves each at least 1 (the node may exceed it by `schedulers` - 1
+    until a restart). ValueError for a slot outside 0..schedulers-1."""
+    if not 0 <= slot < schedulers:
+        raise ValueError(f"worker slot {slot} runs no scheduler of {schedulers}")
+    if schedulers == 1:
+        return config
+    d = config.delivery
+
+    def part(total: int) -> int:
+        return max(1, total // schedulers + (1 if slot < total % schedulers else 0))
+
+    return dataclasses.replace(config, delivery=dataclasses.replace(
+        d, concurrency=part(d.concurrency), concurrency_per_domain=part(d.concurrency_per_domain)))
 
 
 def node_id(data_dir: Path) -> str:

@@ -88,7 +88,11 @@ class Served:
 
     def worker_of(self, sock: socket.socket, listener: str) -> int:
         """The worker PID holding the server side of the client socket `sock` (module doc)."""
-        client_port, server_port = sock.getsockname()[1], self.ports[listener]
+        return self.holder_of(self.ports[listener], sock.getsockname()[1])
+
+    def holder_of(self, server_port: int, client_port: int) -> int:
+        """The worker PID holding the TCP socket whose local port is `server_port` and remote `client_port`
+        (the server side of an inbound connection; with the ports swapped, the client side of an outbound one)."""
         inode = ""
         for _ in range(100):  # the worker has accepted (the client read a greeting): the entry is there
             for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -380,32 +384,43 @@ def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
         server.stop()
 
 
-def test_queue_runs_once_and_is_woken_from_either_worker(queued: Served, peer: SmtpPeer) -> None:
-    """The scheduler runs in worker 0 only (workers.py invariant 2): mail submitted through worker 0, then
-    through the other worker (which wakes worker 0 over the wake pipe: the poll is hourly), leaves at once and
-    reaches the next hop exactly once."""
+def test_queue_runs_in_each_worker_and_delivers_once(queued: Served, peer: SmtpPeer) -> None:
+    """Every worker runs a scheduler (delivery/queue.py invariant 10): mail submitted through worker 0, then
+    through the other worker, leaves at once (the poll is hourly: queueing it wakes the scheduler of the worker
+    that queued it), over a connection of that same worker, and reaches the next hop exactly once (the other
+    scheduler's claims never take a recipient a lease holds)."""
     served = queued
     slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
+    peer.data_delay = 1.0  # holds each transaction open, so the delivering process can be read from the kernel
     sent = 0
     for in_slot0 in (True, False):
         done = 0
+        submitted_in = 0
         for _ in range(200):
             client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
-            if (served.worker_of(client.sock, "submission") == slot0) == in_slot0:
+            pid = served.worker_of(client.sock, "submission")
+            if (pid == slot0) == in_slot0:
                 client.login(ADDR, PW)
                 client.sendmail(ADDR, ["far@remote.test"],
                                 message(1000 + sent).replace(b"bob@example.net", ADDR.encode(), 1))
                 sent += 1
                 done += 1
+                submitted_in = pid
             client.quit()
             if done == 3:
                 break
         assert done == 3
         deadline = time.monotonic() + 20
+        while len(peer.seen) < sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(peer.seen) >= sent, (in_slot0, len(peer.seen))
+        # The last message's transaction waits for the peer's reply to "." (data_delay): its connection is open.
+        assert served.holder_of(peer.seen[-1].client_port, peer.port) == submitted_in, in_slot0
+        deadline = time.monotonic() + 20
         while len(peer.delivered) < sent and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(peer.delivered) == sent, (in_slot0, len(peer.delivered))
-    time.sleep(1.0)  # a second scheduler would deliver again in this time
+    time.sleep(1.0)  # a second attempt by the other scheduler would arrive in this time
     subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
     assert subjects == sorted(f"number {1000 + i}" for i in range(6))
 
