@@ -23,6 +23,7 @@ import re
 import signal
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -423,6 +424,67 @@ def test_queue_runs_in_each_worker_and_delivers_once(queued: Served, peer: SmtpP
     time.sleep(1.0)  # a second attempt by the other scheduler would arrive in this time
     subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
     assert subjects == sorted(f"number {1000 + i}" for i in range(6))
+
+
+def test_a_restarted_worker_frees_its_predecessors_leases_and_no_siblings(tmp_path: Path) -> None:
+    """delivery/queue.py invariant 10 and the module doc's lease freeing: each worker's scheduler holds leases
+    as "<node>/<slot>#<pid>.<random>"; a worker killed with SIGKILL while it holds one (its delivery stuck
+    waiting for a greeting that never comes) is restarted in its slot, and the new process frees and claims that
+    lease again at once, not after `queue.lease_seconds` (an hour here); the other worker's lease is kept. The
+    poll is hourly too: each scheduler claims only when its own worker queues mail, and at its start."""
+    hole = socket.socket()  # takes connections (the kernel completes them) and never says a word
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    served = Served(tmp_path, f"[delivery]\nenabled = true\npoll_seconds = 3600\n[queue]\nlease_seconds = 3600\n"
+                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{hole.getsockname()[1]}"\n')
+    db = sqlite3.connect(f"file:{served.data / 'postroom.db'}?mode=ro", uri=True)
+
+    def holders() -> dict[str, str]:
+        return dict(db.execute("SELECT rcpt, lease_holder FROM queue_rcpt").fetchall())
+
+    try:
+        slot_of = {int(pid): int(slot) for slot, pid in
+                   re.findall(r"worker started slot=(\d+) pid=(\d+)", served.log.read_text())}
+        submitted: dict[int, str] = {}  # worker pid -> the recipient of the message it queued (and claimed)
+        for _ in range(200):
+            client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
+            pid = served.worker_of(client.sock, "submission")
+            if pid not in submitted:
+                rcpt = f"far{len(submitted)}@remote.test"
+                client.login(ADDR, PW)
+                client.sendmail(ADDR, [rcpt], message(len(submitted)).replace(b"bob@example.net", ADDR.encode(), 1))
+                submitted[pid] = rcpt
+            client.quit()
+            if len(submitted) == 2:
+                break
+        assert len(submitted) == 2
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(holders().get(r) for r in submitted.values()):
+            time.sleep(0.05)
+        before = holders()
+        node = (served.data / "node-id").read_text().strip()
+        for pid, rcpt in submitted.items():  # each claimed by the scheduler of the worker that queued it
+            assert before[rcpt].startswith(f"{node}/{slot_of[pid]}#{pid}."), before
+        victim = min(submitted)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = holders()
+            if now[submitted[victim]] not in ("", before[submitted[victim]]):
+                break
+            time.sleep(0.1)
+        after = holders()
+        replacement = [p for p in served.workers() if p not in submitted]
+        assert len(replacement) == 1, (served.workers(), submitted)
+        assert after[submitted[victim]].startswith(f"{node}/{slot_of[victim]}#{replacement[0]}."), after
+        survivor = max(submitted)
+        assert after[submitted[survivor]] == before[submitted[survivor]]  # the sibling's lease untouched
+        assert f"queue freed 1 lease(s) of this node's earlier process node={node}/{slot_of[victim]}" in \
+            served.log.read_text()
+    finally:
+        db.close()
+        served.stop()
+        hole.close()
 
 
 def test_recent_is_claimed_once_across_workers(served: Served) -> None:
