@@ -690,16 +690,23 @@ class Scheduler:
             for r in job.rcpts:
                 o = outcomes[r.rcpt]
                 attempts = r.attempts + 1
-                # dsn.py invariant 4: the text is an SMTP diagnostic only if a remote MTA replied it
-                base = RecipientReport(r.rcpt, "failed", o.status, orcpt=r.orcpt, notify=r.notify,
-                                       diagnostic=o.text if o.remote else "", remote_mta=o.remote,
-                                       explanation="" if o.remote else o.text, last_attempt=now)
+
+                def report(action: str, status: str, explanation: str = "", until: float | None = None,
+                           r: QueueRecipient = r, o: Outcome = o) -> None:
+                    """A DSN line for `r`, when its sender would get one (RFC 3461 §4.1; `_report` sends)."""
+                    if entry.mail_from and wanted(r.notify, action):  # dsn.py invariant 4: the text is an SMTP
+                        reports.append(RecipientReport(  # diagnostic only if a remote MTA replied it
+                            r.rcpt, action, status, orcpt=r.orcpt, notify=r.notify,
+                            diagnostic=o.text if o.remote else "", remote_mta=o.remote,
+                            explanation=explanation or ("" if o.remote else o.text), last_attempt=now,
+                            will_retry_until=until))
+
                 if o.kind == "ok":
                     updates.append(dataclasses.replace(r, state=RcptState.DELIVERED, attempts=attempts,
                                                        last_error=""))
                     self.stats["delivered"] += 1
                     if not o.dsn_passed_on:
-                        reports.append(dataclasses.replace(base, action="relayed", status="2.0.0"))
+                        report("relayed", "2.0.0")
                     log.info("queue delivered id=%s rcpt=%s remote=%s reply=%r", entry.id, r.rcpt, o.remote,
                              o.text[:200])
                 elif o.kind == "perm" or now - entry.created >= d.max_lifetime_seconds:
@@ -708,7 +715,7 @@ class Scheduler:
                     updates.append(dataclasses.replace(r, state=RcptState.BOUNCED, attempts=attempts,
                                                        last_error=text[:1000]))
                     self.stats["bounced"] += 1
-                    reports.append(dataclasses.replace(base, status=status, explanation=text))
+                    report("failed", status, text)
                     log.info("queue bounced id=%s rcpt=%s reply=%r", entry.id, r.rcpt, text[:200])
                 else:
                     notify_delay = (d.delay_notice_seconds > 0 and not r.delay_notified
@@ -718,8 +725,7 @@ class Scheduler:
                         last_error=o.text[:1000], delay_notified=r.delay_notified or notify_delay))
                     self.stats["deferred"] += 1
                     if notify_delay:
-                        reports.append(dataclasses.replace(
-                            base, action="delayed", will_retry_until=entry.created + d.max_lifetime_seconds))
+                        report("delayed", o.status, until=entry.created + d.max_lifetime_seconds)
                     deferred.append((r.rcpt, attempts, o.text[:200]))
             await self._report(entry, reports)
             try:
