@@ -32,7 +32,10 @@ The table gives each server's CPU per message besides the rates: user + system s
 (bench/common.py `cpu_seconds`; Postfix: the master and every daemon it started) over the measured span,
 divided by the messages; for Postroom's drain, all CPU of the process started for it (start-up included), and
 below the table the same from the first message at the sink on, over the rest (without the start-up). On a
-machine shared with other work that figure moves much less than the rates. --profile DIR has py-spy record
+machine shared with other work that figure moves much less than the rates. Postroom starts as installed, with
+its bytecode cached: when PYTHONDONTWRITEBYTECODE is set (a development shell), it is unset for the servers and
+the cache goes under the work folder (PYTHONPYCACHEPREFIX), so the drain's second start reads what the first
+compiled; --cold-start keeps the variable, and every start compiles the source again. --profile DIR has py-spy record
 Postroom's processes during each measured span (raw folded stacks, DIR/postroom-live.txt, postroom-drain.txt).
 
 Work happens under --dir (default bench/results/, on the repository's disk). Every process started here (the
@@ -307,6 +310,8 @@ def main() -> int:
     ap.add_argument("--dir", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of Postroom's processes, per mode, into DIR")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="keep PYTHONDONTWRITEBYTECODE if set: Postroom compiles its source at every start")
     args = ap.parse_args()
     if args.profile:
         global PROFILE
@@ -327,6 +332,13 @@ def main() -> int:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="outbound-bench-", dir=args.dir))
     work.chmod(0o755)
+    if not args.cold_start and os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+        # Started as installed: with bytecode (pip and packages compile it). Under PYTHONDONTWRITEBYTECODE every
+        # start compiled Postroom's ~190 modules again, about a second of CPU in the drain's measured start.
+        # The cache goes under the work folder, so no checkout gets __pycache__ folders.
+        os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        progress(f"PYTHONDONTWRITEBYTECODE unset for the servers (bytecode cached under {work}/pycache; "
+                 f"--cold-start keeps it)")
     progress(f"outbound benchmark: {args.count} messages of ~{args.size} B to {len(DOMAINS)} domains, "
              f"{len(DOMAINS)} x {args.inject_sessions} injecting sessions, under {work}")
     results: dict[tuple[str, str], tuple[float, float, float]] = {}  # msg/s, injection msg/s, CPU ms/msg
