@@ -11,11 +11,11 @@ With `server.workers` > 1 (`run_workers`, workers.py) this process is the parent
 certificate, binds one socket per worker for every listener, drops privileges, makes the server secret and
 opens the store once (its schema steps), then forks the workers. Each runs `Postroom.start(worker=...)`: the
 same steps from the certificate on, minus the lock, the binding and the privilege drop (done), on its own
-inherited sockets; each runs an outbound queue scheduler with its share of the connection limits (queue.py
-invariant 10); only worker 0 runs expunged-UID retention, the index backlog, the DMARC report run, the rspamd
-learning sender and ACME. With several nodes on one PostgreSQL store, worker 0 of each
-node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC reports, learning) each run
-a round only while the node holds that job's lease in the store (jobs.py).
+inherited sockets; `delivery.workers` of them (worker 0 alone by default) run an outbound queue scheduler with
+their shares of the connection limits (queue.py invariant 10); only worker 0 runs expunged-UID retention, the
+index backlog, the DMARC report run, the rspamd learning sender and ACME. With several nodes on one PostgreSQL
+store, worker 0 of each node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC
+reports, learning) each run a round only while the node holds that job's lease in the store (jobs.py).
 
 What a process imports follows its configuration (issue 17, memory of the idle server): the web stack
 (starlette, uvicorn, jinja2, nh3, the webmail and admin pages) only with a web listener (`import_web`, in the
@@ -37,8 +37,8 @@ reload. A session already open keeps the settings it started with (its limits, i
 STARTTLS would use). ACME (acme.py) takes the new `acme.*` names for its next order and loads renewals into the
 new context (and into the https listener's, which keeps the context it started with). What cannot change in a
 running process (`RESTART_ONLY`: listener addresses, the data folder, the store, `server.user`,
-`server.event_loop`, `delivery.enabled`, `acme.directory`) keeps its running value; the log line names it under
-`restart_needed=`. One structured line reports each reload:
+`server.event_loop`, `delivery.enabled`, `delivery.workers`, `acme.directory`) keeps its running value; the log
+line names it under `restart_needed=`. One structured line reports each reload:
 
     reload result=applied source=/etc/postroom/postroom.toml changed=limits.message_size,tls.certificate
            certificate=sha256:3f5a... restart_needed=listeners.imaps
@@ -253,7 +253,7 @@ class Postroom:
         await self.store.open()
         store = self.store
         # What runs once per cluster takes a lease named for the job, held by this node's id (jobs.py).
-        # Delivery runs in every worker (queue.py invariant 10), each with its share of the connections.
+        # Delivery runs in `delivery.workers` workers (queue.py invariant 10), each with its share of the connections.
         self._schedulers = delivering_workers(cfg, worker.count) if worker is not None else 1
         delivers = cfg.delivery.enabled and (worker is None or worker.slot < self._schedulers)
         node = await asyncio.to_thread(node_id, cfg.data_path) if singletons or delivers else ""
@@ -490,7 +490,7 @@ class Postroom:
 # Settings a running server cannot change: its sockets are bound, its store open, its privileges dropped, the
 # scheduler started or not. A reload keeps their running values and names them as needing a restart.
 RESTART_ONLY = ("listeners", "server.data_dir", "server.user", "server.event_loop", "server.workers", "store",
-                "delivery.enabled", "acme.directory")
+                "delivery.enabled", "delivery.workers", "acme.directory")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

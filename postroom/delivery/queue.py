@@ -19,11 +19,13 @@ loses nothing: whatever was not recorded as final is tried again.
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
 
-Claims across processes and nodes (issue 16 item 3, issue 17 item 1). Every worker process of a `postroom serve`
-runs this scheduler (invariant 10), and several nodes on one PostgreSQL each run theirs; on SQLite there is one
-node (the data folder's lock keeps a second server off the file), but its workers are several processes. Until
-issue 17 only worker 0 delivered: on two cores a drain then ran in one process (its event loop and its store
-writer thread under one GIL) at one core, while Postfix's smtp processes used both (bench/RESULTS.md). A
+Claims across processes and nodes (issue 16 item 3, issue 17 item 1). `delivery.workers` worker processes of a
+`postroom serve` run this scheduler (invariant 10; worker 0 alone by default), and several nodes on one
+PostgreSQL each run theirs; on SQLite there is one node (the data folder's lock keeps a second server off the
+file), but its workers are several processes. With worker 0 alone a drain on two cores runs in one process (its
+event loop and its store writer thread under one GIL); every worker delivering was measured against that on a
+loaded 2-vCPU VM (bench/RESULTS.md): no faster drain, slower live relaying (twice the claim transactions, each
+an fsync, taking turns with the ingest's for the one SQLite write lock), about 10 % more CPU per message. A
 scheduler does not read the due list and decide alone: it claims due recipients in the store (`queue_claim`:
 SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP LOCKED` in the claiming UPDATE), each with a lease of
 `queue.lease_seconds` under its holder id ("<node>#<pid>.<random>" in a one-process server,
@@ -88,9 +90,10 @@ Invariants
    before its next message and leaves a connection made on the old one.
 10. With several worker processes, each of the first `delivering_workers` runs a scheduler with its `share` of
    `delivery.concurrency` and `concurrency_per_domain` (split as evenly as whole numbers go, at least one of
-   each), so invariant 4 holds per node with the configured numbers. The number is decided at start (every
-   worker, unless a limit is smaller); a reload re-splits the new limits over it, and one that lowers a limit
-   below it leaves each scheduler one (the node exceeds that limit by at most the number - 1 until a restart).
+   each), so invariant 4 holds per node with the configured numbers. The number is decided at start
+   (`delivery.workers`: 1, worker 0 only, by default; 0 every worker; never more than a limit); a reload
+   re-splits the new limits over it, and one that lowers a limit below it leaves each scheduler one (the node
+   exceeds that limit by at most the number - 1 until a restart).
    Mail queued in a worker wakes that worker's scheduler (`Scheduler.wake`); the others see it at their next
    poll, and a worker without a scheduler wakes worker 0's over the wake pipe (workers.py). Invariants 2 and 6
    are per scheduler and hold across them through the store's leases.
@@ -777,11 +780,13 @@ class _Unreachable(Exception):
 
 
 def delivering_workers(config: Config, count: int) -> int:
-    """How many of a server's `count` worker processes run a scheduler (issue 17 item 1, invariant 10): every
-    worker, unless `delivery.concurrency` or `concurrency_per_domain` is smaller, since each scheduler needs at
-    least one connection of each. Decided at start; a reload keeps the number (`share`)."""
+    """How many of a server's `count` worker processes run a scheduler (issue 17 item 1, invariant 10):
+    `delivery.workers` of them (0: every worker), and no more than `delivery.concurrency` or
+    `concurrency_per_domain`, since each scheduler needs at least one connection of each. Decided at start; a
+    reload keeps the number (`share`)."""
     d = config.delivery
-    return max(1, min(count, d.concurrency, d.concurrency_per_domain))
+    wanted = count if d.workers == 0 else min(d.workers, count)
+    return max(1, min(wanted, d.concurrency, d.concurrency_per_domain))
 
 
 def share(config: Config, slot: int, schedulers: int) -> Config:

@@ -375,7 +375,7 @@ def peer() -> Iterator[SmtpPeer]:
 
 
 @pytest.fixture
-def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
+def queued_by_worker0(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
     # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
     server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
                               f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
@@ -385,11 +385,52 @@ def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
         server.stop()
 
 
+def test_queue_runs_once_and_is_woken_from_either_worker(queued_by_worker0: Served, peer: SmtpPeer) -> None:
+    """By default (`delivery.workers = 1`) the scheduler runs in worker 0 only (workers.py invariant 2): mail
+    submitted through worker 0, then through the other worker (which wakes worker 0 over the wake pipe: the poll
+    is hourly), leaves at once and reaches the next hop exactly once."""
+    served = queued_by_worker0
+    slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
+    sent = 0
+    for in_slot0 in (True, False):
+        done = 0
+        for _ in range(200):
+            client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
+            if (served.worker_of(client.sock, "submission") == slot0) == in_slot0:
+                client.login(ADDR, PW)
+                client.sendmail(ADDR, ["far@remote.test"],
+                                message(1000 + sent).replace(b"bob@example.net", ADDR.encode(), 1))
+                sent += 1
+                done += 1
+            client.quit()
+            if done == 3:
+                break
+        assert done == 3
+        deadline = time.monotonic() + 20
+        while len(peer.delivered) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(peer.delivered) == sent, (in_slot0, len(peer.delivered))
+    time.sleep(1.0)  # a second scheduler would deliver again in this time
+    subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
+    assert subjects == sorted(f"number {1000 + i}" for i in range(6))
+
+
+@pytest.fixture
+def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
+    # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
+    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\nworkers = 0\n'
+                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def test_queue_runs_in_each_worker_and_delivers_once(queued: Served, peer: SmtpPeer) -> None:
-    """Every worker runs a scheduler (delivery/queue.py invariant 10): mail submitted through worker 0, then
-    through the other worker, leaves at once (the poll is hourly: queueing it wakes the scheduler of the worker
-    that queued it), over a connection of that same worker, and reaches the next hop exactly once (the other
-    scheduler's claims never take a recipient a lease holds)."""
+    """With `delivery.workers = 0` every worker runs a scheduler (delivery/queue.py invariant 10): mail submitted
+    through worker 0, then through the other worker, leaves at once (the poll is hourly: queueing it wakes the
+    scheduler of the worker that queued it), over a connection of that same worker, and reaches the next hop
+    exactly once (the other scheduler's claims never take a recipient a lease holds)."""
     served = queued
     slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
     peer.data_delay = 1.0  # holds each transaction open, so the delivering process can be read from the kernel
@@ -435,7 +476,8 @@ def test_a_restarted_worker_frees_its_predecessors_leases_and_no_siblings(tmp_pa
     hole = socket.socket()  # takes connections (the kernel completes them) and never says a word
     hole.bind(("127.0.0.1", 0))
     hole.listen(64)
-    served = Served(tmp_path, f"[delivery]\nenabled = true\npoll_seconds = 3600\n[queue]\nlease_seconds = 3600\n"
+    served = Served(tmp_path, f"[delivery]\nenabled = true\npoll_seconds = 3600\nworkers = 0\n"
+                              f"[queue]\nlease_seconds = 3600\n"
                               f'[delivery.routes]\n"remote.test" = "127.0.0.1:{hole.getsockname()[1]}"\n')
     db = sqlite3.connect(f"file:{served.data / 'postroom.db'}?mode=ro", uri=True)
 
