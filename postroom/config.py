@@ -200,7 +200,7 @@ class DeliveryConfig:
     messages_per_connection: int = 100  # then the connection is closed and a new one opened
     # Worker processes that run a queue scheduler, each with its share of the two concurrency limits
     # (delivery/queue.py invariant 10): 1 worker 0 only; 0 every worker. Measured on a loaded 2-vCPU VM, every
-    # worker delivering did not drain faster and made live relaying slower (bench/RESULTS.md), so 1 by default.
+    # worker delivering drained no faster and relayed live slower on average (bench/RESULTS.md): 1 by default.
     workers: int = 1
 
 

@@ -20,29 +20,28 @@ loses nothing: whatever was not recorded as final is tried again.
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
 
 Claims across processes and nodes (issue 16 item 3, issue 17 item 1). `delivery.workers` worker processes of a
-`postroom serve` run this scheduler (invariant 10; worker 0 alone by default), and several nodes on one
-PostgreSQL each run theirs; on SQLite there is one node (the data folder's lock keeps a second server off the
-file), but its workers are several processes. With worker 0 alone a drain on two cores runs in one process (its
-event loop and its store writer thread under one GIL); every worker delivering was measured against that on a
-loaded 2-vCPU VM (bench/RESULTS.md): no faster drain, slower live relaying (twice the claim transactions, each
-an fsync, taking turns with the ingest's for the one SQLite write lock), about 10 % more CPU per message. A
-scheduler does not read the due list and decide alone: it claims due recipients in the store (`queue_claim`:
-SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP LOCKED` in the claiming UPDATE), each with a lease of
-`queue.lease_seconds` under its holder id ("<node>#<pid>.<random>" in a one-process server,
-"<node>/<worker slot>#<pid>.<random>" in a worker; the node id kept in `data_dir/node-id`). While an attempt
-runs, or waits for a connection slot, a renewal task extends the leases every third of the lease. The result
-is written by the holder (`queue_update(..., holder=)`), which releases the lease; if the lease was lost
-meanwhile (the node stalled or lost the database for longer than the lease, and another node took the recipient
-over), the store refuses the write (LeaseLost), nothing is recorded, the log says so, and the new holder's result
-is the one that stands. A job whose lease is known to be lost (a renewal failed or did not find it) is not
-started. A node that dies keeps
-its leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node
-that restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock
-says that process is gone): a one-process server at its scheduler's start; with workers, the parent before the
-fork (what a one-process run left) and each worker's scheduler at its start for its own slot ("<node>/<slot>": a
-slot has one process at a time, so a worker restarted after a crash frees its predecessor's and never a
-sibling's). What a run with more workers than this one left in the slots this one lacks runs out after the
-lease. A stopping scheduler gives up the leases of what it did not finish.
+`postroom serve` run this scheduler (invariant 10; worker 0 alone by default), and several nodes on one PostgreSQL
+each run theirs; on SQLite there is one node (the data folder's lock keeps a second server off the file), but its
+workers are several processes. With worker 0 alone a drain on two cores runs in one process (its event loop and its
+store writer thread under one GIL); every worker delivering was measured against that on a loaded 2-vCPU VM
+(bench/RESULTS.md): no faster drain, live relaying slower on average (within a wide spread), about 10 % more CPU per
+message (more claim and result transactions, each a commit, taking turns with the ingest's for the one SQLite write
+lock). A scheduler does not read the due list and decide alone: it claims due recipients in the store
+(`queue_claim`: SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP LOCKED` in the claiming UPDATE), each with
+a lease of `queue.lease_seconds` under its holder id ("<node>#<pid>.<random>" in a one-process server,
+"<node>/<worker slot>#<pid>.<random>" in a worker; the node id kept in `data_dir/node-id`). While an attempt runs,
+or waits for a connection slot, a renewal task extends the leases every third of the lease. The result is written by
+the holder (`queue_update(..., holder=)`), which releases the lease; if the lease was lost meanwhile (the node
+stalled or lost the database for longer than the lease, and another node took the recipient over), the store refuses
+the write (LeaseLost), nothing is recorded, the log says so, and the new holder's result is the one that stands. A
+job whose lease is known to be lost (a renewal failed or did not find it) is not started. A node that dies keeps its
+leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node that
+restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock says that
+process is gone): a one-process server at its scheduler's start; with workers, the parent before the fork (what a
+one-process run left) and each worker's scheduler at its start for its own slot ("<node>/<slot>": a slot has one
+process at a time, so a worker restarted after a crash frees its predecessor's and never a sibling's). What a run
+with more workers than this one left in the slots this one lacks runs out after the lease. A stopping scheduler
+gives up the leases of what it did not finish.
 
 A scheduler claims at most `CLAIM_PER_SLOT * delivery.concurrency` recipients ahead and claims again when
 half of those are done, so a busy node leaves the rest for the others; new mail is claimed at once by the node
