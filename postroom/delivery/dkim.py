@@ -253,12 +253,15 @@ class Signer:
         self._cache: dict[str, tuple[float, Domain | None]] = {}
         self._names: tuple[float, frozenset[bytes]] | None = None  # when read, the names of domains with keys
 
-    async def _signing_names(self) -> frozenset[bytes]:
+    async def _signing_names(self) -> frozenset[bytes] | None:
         """The lower-case names (ASCII bytes) of the local domains that have a key, read again after KEY_TTL
-        (invariant 2)."""
+        (invariant 2); None when the store could not say (then every From is parsed, as `_domain` decides)."""
         now = time.monotonic()
         if self._names is None or now - self._names[0] >= KEY_TTL:
-            domains = await self.store.list_domains()
+            try:
+                domains = await self.store.list_domains()
+            except Exception:  # noqa: BLE001 - the per-domain lookups below answer (or not) as before
+                return None
             self._names = (now, frozenset(d.name.lower().rstrip(".").encode("utf-8") for d in domains
                                           if d.dkim_private_key or d.dkim_ed25519_key))
         return self._names[1]
@@ -283,11 +286,11 @@ class Signer:
         """`raw` with our DKIM-Signature fields prepended, or unchanged (invariants 1 and 3). `from_checked`: the
         queue entry's mark (the From was checked at submission, or the source is trusted)."""
         names = await self._signing_names()
-        if not names:
+        if names is not None and not names:
             return raw  # invariant 1: no local domain has a key
         domain: Domain | None = None
         if from_checked:
-            if _may_name(raw, names):  # invariant 4: the From domain, parsed only when it may be one of ours
+            if names is None or _may_name(raw, names):  # invariant 4: parsed when it may name ours
                 domain = await self._domain(from_domain(raw))
             if domain is None or not (domain.dkim_private_key or domain.dkim_ed25519_key):
                 domain = await self._domain(_domain_of(mail_from))
