@@ -11,10 +11,11 @@ With `server.workers` > 1 (`run_workers`, workers.py) this process is the parent
 certificate, binds one socket per worker for every listener, drops privileges, makes the server secret and
 opens the store once (its schema steps), then forks the workers. Each runs `Postroom.start(worker=...)`: the
 same steps from the certificate on, minus the lock, the binding and the privilege drop (done), on its own
-inherited sockets; only worker 0 runs the queue scheduler, expunged-UID retention, the index backlog, the DMARC
-report run, the rspamd learning sender and ACME. With several nodes on one PostgreSQL store, worker 0 of each
-node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC reports, learning) each run
-a round only while the node holds that job's lease in the store (jobs.py).
+inherited sockets; `delivery.workers` of them (worker 0 alone by default) run an outbound queue scheduler with
+their shares of the connection limits (queue.py invariant 10); only worker 0 runs expunged-UID retention, the
+index backlog, the DMARC report run, the rspamd learning sender and ACME. With several nodes on one PostgreSQL
+store, worker 0 of each node runs them too, and the once-per-cluster ones (retention, the index backlog, DMARC
+reports, learning) each run a round only while the node holds that job's lease in the store (jobs.py).
 
 What a process imports follows its configuration (issue 17, memory of the idle server): the web stack
 (starlette, uvicorn, jinja2, nh3, the webmail and admin pages) only with a web listener (`import_web`, in the
@@ -36,8 +37,8 @@ reload. A session already open keeps the settings it started with (its limits, i
 STARTTLS would use). ACME (acme.py) takes the new `acme.*` names for its next order and loads renewals into the
 new context (and into the https listener's, which keeps the context it started with). What cannot change in a
 running process (`RESTART_ONLY`: listener addresses, the data folder, the store, `server.user`,
-`server.event_loop`, `delivery.enabled`, `acme.directory`) keeps its running value; the log line names it under
-`restart_needed=`. One structured line reports each reload:
+`server.event_loop`, `delivery.enabled`, `delivery.workers`, `acme.directory`) keeps its running value; the log
+line names it under `restart_needed=`. One structured line reports each reload:
 
     reload result=applied source=/etc/postroom/postroom.toml changed=limits.message_size,tls.certificate
            certificate=sha256:3f5a... restart_needed=listeners.imaps
@@ -79,7 +80,7 @@ from .config import IMPLICIT_TLS, Config, ConfigError
 from .config import load as config_load
 from .delivery.lists import import_held_files
 from .delivery.mx import DnsCache, DnsResolver
-from .delivery.queue import Scheduler, node_id, router_bounce
+from .delivery.queue import Scheduler, delivering_workers, node_id, router_bounce, share
 from .delivery.router import Router
 from .imap.session import imap_handler
 from .inbound.dmarc_reports import DmarcReporter
@@ -185,6 +186,7 @@ class Postroom:
     # privilege drop, served after
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     worker: Worker | None = None  # one of several worker processes (workers.py); None: the only process
+    _schedulers: int = 1  # the workers that deliver (queue.py invariant 10), decided at start
 
     async def start(self) -> None:
         cfg, worker = self.config, self.worker
@@ -251,7 +253,10 @@ class Postroom:
         await self.store.open()
         store = self.store
         # What runs once per cluster takes a lease named for the job, held by this node's id (jobs.py).
-        node = await asyncio.to_thread(node_id, cfg.data_path) if singletons else ""
+        # Delivery runs in `delivery.workers` workers (queue.py invariant 10), each with its share of the connections.
+        self._schedulers = delivering_workers(cfg, worker.count) if worker is not None else 1
+        delivers = cfg.delivery.enabled and (worker is None or worker.slot < self._schedulers)
+        node = await asyncio.to_thread(node_id, cfg.data_path) if singletons or delivers else ""
 
         def job(name: str) -> ClusterJob:
             return ClusterJob(store, name, node)
@@ -269,7 +274,7 @@ class Postroom:
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll
             if self.queue is not None:
                 self.queue.wake()
-            elif worker is not None:  # the scheduler runs in worker 0: tell it over the wake pipe
+            elif worker is not None:  # no scheduler here (queue.py invariant 10): wake worker 0 by the pipe
                 worker.wake_queue()
 
         # One resolver with one cache for outbound delivery, the inbound checks and the door (issue 12 item 9).
@@ -281,13 +286,15 @@ class Postroom:
             self.dmarc_reports = DmarcReporter(store, cfg, dns.with_lifetime(cfg.inbound.dns_timeout_seconds), wake,
                                                job=job("dmarc-reports"))
             self.dmarc_reports.start()
-        if cfg.delivery.enabled and singletons:  # outbound delivery; DSNs enter through the router like any mail
+        if delivers:  # outbound delivery; DSNs enter through the router like any mail
             self._bounce_router = Router(store, cfg, on_queued=wake)
-            # `node` is also the id its queue leases carry
-            self.queue = Scheduler(store, cfg, bounce=router_bounce(self._bounce_router),
-                                   **{"resolver": dns, "node": node, **self.queue_options})
+            # `node` is also the id its queue leases carry; a worker's scheduler frees only its own slot's
+            # earlier leases (the parent freed the node's of a one-process run before the fork)
+            self.queue = Scheduler(store, self._queue_config(cfg), bounce=router_bounce(self._bounce_router),
+                                   **{"resolver": dns, "node": node if worker is None else f"{node}/{worker.slot}",
+                                      **self.queue_options})
             self.queue.start()
-            if worker is not None:
+            if worker is not None and worker.slot == 0:  # the wake pipe's reader (workers without a scheduler)
                 worker.on_wake(self.queue.wake)
         secret = await store_secret(store, cfg.data_path)  # SCRAM decoys, auth cache keys: the store's on PostgreSQL
         auth = Authenticator(store, cfg.auth, secret=secret, metrics=self.metrics,
@@ -419,7 +426,7 @@ class Postroom:
         if self.net is not None:
             self.net.reconfigure(tls, new.limits)
         if self.queue is not None:
-            self.queue.reconfigure(new)
+            self.queue.reconfigure(self._queue_config(new))
         if self._bounce_router is not None:
             self._bounce_router.config = new
         if self.retention is not None:
@@ -441,6 +448,13 @@ class Postroom:
             fields.append(("restart_needed", ",".join(restart)))
         log.log(logging.WARNING if restart else logging.INFO, "%s", logfmt("reload", fields))
         return True
+
+    def _queue_config(self, cfg: Config) -> Config:
+        """`cfg` with this worker's share of the delivery limits (queue.py invariant 10), of the number of
+        schedulers decided at start."""
+        if self.worker is None:
+            return cfg
+        return share(cfg, self.worker.slot, self._schedulers)
 
     async def stop(self) -> None:
         for sock in (s for socks in self._web_socks.values() for s in socks):
@@ -475,7 +489,7 @@ class Postroom:
 # Settings a running server cannot change: its sockets are bound, its store open, its privileges dropped, the
 # scheduler started or not. A reload keeps their running values and names them as needing a restart.
 RESTART_ONLY = ("listeners", "server.data_dir", "server.user", "server.event_loop", "server.workers", "store",
-                "delivery.enabled", "acme.directory")
+                "delivery.enabled", "delivery.workers", "acme.directory")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -726,10 +740,18 @@ def _worker_main(cfg: Config, worker: Worker) -> int:
 
 async def _prepare_store(cfg: Config, demo: bool) -> tuple[str | None, str | None]:
     """The parent of workers opens the store once before the fork (its schema steps run here, once), makes the
-    demo user if asked, and reads the banner's user; then closes it: (demo password, banner user)."""
+    demo user if asked, and reads the banner's user; then closes it: (demo password, banner user). With
+    delivery on it also makes the node id, so every worker reads the same one, and frees the queue leases a
+    one-process run of this node left (the data folder's lock says it is gone); each worker's scheduler frees
+    its own slot's (queue.py invariant 10)."""
     store = open_store(cfg.store_url, cfg.data_path)
     await store.open()
     try:
+        if cfg.delivery.enabled:
+            node = await asyncio.to_thread(node_id, cfg.data_path)
+            freed = await store.queue_free_leases(node)
+            if freed:
+                log.info("queue freed %d lease(s) of this node's earlier process node=%s", freed, node)
         demo_password = await ensure_demo(store, cfg.data_path) if demo else None
         return demo_password, await banner_user(store)
     finally:

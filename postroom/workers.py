@@ -11,9 +11,11 @@ parent and N workers:
     TLS certificate generated if missing                  the inherited sockets, not its own
     every listener bound (as root: ports < 1024)          its own store connections, hub and change feed
     privileges dropped; data folder handed over           sessions of every protocol, web included
-    server secret created; store opened once            worker 0 also: the outbound queue scheduler,
-      (schema steps run here, once), demo user,           expunged-UID retention, the full-text backlog,
-      closed again                                        ACME
+    server secret created; store opened once            worker 0 (and `delivery.workers` - 1 more): an
+      (schema steps run here, once), demo user,             outbound queue scheduler, its share of the
+      node id, leases of a one-process run freed,           connections (delivery/queue.py invariant 10)
+      closed again                                        worker 0 also: expunged-UID retention, the
+                                                            full-text backlog, ACME
     shared connection counts (net/counts.py),
       wake and ready pipes, metrics folder
     fork N workers; banner once all are ready
@@ -34,9 +36,11 @@ never shared; the sockets are the parent's (root's, before the privilege drop): 
 cannot join their group.
 
 What must be one across workers is one (the same list as across nodes, issue 16 item 3):
-* the outbound queue: its scheduler runs in worker 0 only (one per node; several nodes on one PostgreSQL share
-  the queue by leases in the store, delivery/queue.py); another worker that queues mail writes one byte on
-  the wake pipe, which worker 0 reads to start on it at once (as `Scheduler.wake` does in one process);
+* the outbound queue: `delivery.workers` workers (worker 0 alone by default; 0: every worker) run a scheduler
+  with their shares of the connection limits (delivery/queue.py invariant 10); they, and the schedulers of other
+  nodes on one PostgreSQL, share the queue by leases in the store. Mail queued in a worker with a scheduler
+  wakes that one; a worker without one writes one byte on the wake pipe, which worker 0 reads to start on it
+  at once (as `Scheduler.wake` does in one process);
 * the POP3 maildrop lock and LOGIN-DELAY: in the store (pop3/session.py; on SQLite an flock on a file per user);
 * login failures (lockout, delays): the store is the authority, read before each judgement (auth/authenticator.py);
 * connection limits: counted in shared memory across workers (net/counts.py);
@@ -60,7 +64,9 @@ with SIGKILL leaves no orphan serving the ports.
 
 Invariants
 1. The parent never runs an event loop or a thread when it forks: a worker starts from a single-threaded copy.
-2. Exactly one worker (slot 0) runs what must run once (the scheduler, retention, the index backlog, ACME).
+2. Exactly one worker (slot 0) runs what must run once (retention, the index backlog, ACME). The queue
+   scheduler runs in worker 0, and in `delivery.workers` - 1 more when asked, one slot's share each
+   (delivery/queue.py invariant 10).
 3. Every worker PID the parent started is waited for; SIGTERM to the parent ends with no worker left.
 4. A dead worker's connection counts are cleared before its slot gets a new worker (net/counts.py).
 5. Every object the parent made before a fork is frozen (`gc.freeze()`, the gc module's advice for forking

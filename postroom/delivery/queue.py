@@ -19,21 +19,29 @@ loses nothing: whatever was not recorded as final is tried again.
            try after `retry_seconds[attempts-1]` (the last interval repeats); past `max_lifetime_seconds` it is
            bounced (4.4.7); past `delay_notice_seconds` one delay DSN is sent (when NOTIFY allows, by default).
 
-Claims across processes and nodes (issue 16 item 3). Several nodes on one PostgreSQL each run this scheduler (in
-worker 0 of each `postroom serve`; on SQLite there is one node, and worker 0's is the only scheduler, as before:
-the data folder's lock keeps a second server off the file, and one scheduler per node keeps `concurrency` a
-per-machine limit and the wake pipe meaningful). A scheduler does not read the due list and decide alone: it
-claims due recipients in the store (`queue_claim`: SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP
-LOCKED` in the claiming UPDATE), each with a lease of `queue.lease_seconds` under its holder id
-("<node>#<pid>.<random>", the node id kept in `data_dir/node-id`). While an attempt runs, or waits for a
-connection slot, a renewal task extends the leases every third of the lease. The result is written by the holder
-(`queue_update(..., holder=)`), which releases the lease; if the lease was lost meanwhile (the node stalled or
-lost the database for longer than the lease, and another node took the recipient over), the store refuses the
-write (LeaseLost), nothing is recorded, the log says so, and the new holder's result is the one that stands. A
-job whose lease is known to be lost (a renewal failed or did not find it) is not started. A node that dies keeps
-its leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node
-that restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock
-says that process is gone). A stopping scheduler gives up the leases of what it did not finish.
+Claims across processes and nodes (issue 16 item 3, issue 17 item 1). `delivery.workers` worker processes of a
+`postroom serve` run this scheduler (invariant 10; worker 0 alone by default), and several nodes on one PostgreSQL
+each run theirs; on SQLite there is one node (the data folder's lock keeps a second server off the file), but its
+workers are several processes. With worker 0 alone a drain on two cores runs in one process (its event loop and its
+store writer thread under one GIL); every worker delivering was measured against that on a loaded 2-vCPU VM
+(bench/RESULTS.md): no faster drain, live relaying slower on average (within a wide spread), about 10 % more CPU per
+message (more claim and result transactions, each a commit, taking turns with the ingest's for the one SQLite write
+lock). A scheduler does not read the due list and decide alone: it claims due recipients in the store
+(`queue_claim`: SQLite one write transaction, PostgreSQL `FOR UPDATE SKIP LOCKED` in the claiming UPDATE), each with
+a lease of `queue.lease_seconds` under its holder id ("<node>#<pid>.<random>" in a one-process server,
+"<node>/<worker slot>#<pid>.<random>" in a worker; the node id kept in `data_dir/node-id`). While an attempt runs,
+or waits for a connection slot, a renewal task extends the leases every third of the lease. The result is written by
+the holder (`queue_update(..., holder=)`), which releases the lease; if the lease was lost meanwhile (the node
+stalled or lost the database for longer than the lease, and another node took the recipient over), the store refuses
+the write (LeaseLost), nothing is recorded, the log says so, and the new holder's result is the one that stands. A
+job whose lease is known to be lost (a renewal failed or did not find it) is not started. A node that dies keeps its
+leases until they run out; then any node's claim takes them over and logs `queue lease taken over`. A node that
+restarts frees its own earlier process's leases at once (`queue_free_leases(node)`: the data folder's lock says that
+process is gone): a one-process server at its scheduler's start; with workers, the parent before the fork (what a
+one-process run left) and each worker's scheduler at its start for its own slot ("<node>/<slot>": a slot has one
+process at a time, so a worker restarted after a crash frees its predecessor's and never a sibling's). What a run
+with more workers than this one left in the slots this one lacks runs out after the lease. A stopping scheduler
+gives up the leases of what it did not finish.
 
 A scheduler claims at most `CLAIM_PER_SLOT * delivery.concurrency` recipients ahead and claims again when
 half of those are done, so a busy node leaves the rest for the others; new mail is claimed at once by the node
@@ -79,6 +87,15 @@ Invariants
    holds its slot meanwhile, but never while another worker waits for one: a worker that finds the slots taken
    ends every lingering wait, and `stop` too. After a reload (`reconfigure`) a worker finds the route again
    before its next message and leaves a connection made on the old one.
+10. With several worker processes, each of the first `delivering_workers` runs a scheduler with its `share` of
+   `delivery.concurrency` and `concurrency_per_domain` (split as evenly as whole numbers go, at least one of
+   each), so invariant 4 holds per node with the configured numbers. The number is decided at start
+   (`delivery.workers`: 1, worker 0 only, by default; 0 every worker; never more than a limit); a reload
+   re-splits the new limits over it, and one that lowers a limit below it leaves each scheduler one (the node
+   exceeds that limit by at most the number - 1 until a restart).
+   Mail queued in a worker wakes that worker's scheduler (`Scheduler.wake`); the others see it at their next
+   poll, and a worker without a scheduler wakes worker 0's over the wake pipe (workers.py). Invariants 2 and 6
+   are per scheduler and hold across them through the store's leases.
 """
 
 from __future__ import annotations
@@ -675,16 +692,23 @@ class Scheduler:
             for r in job.rcpts:
                 o = outcomes[r.rcpt]
                 attempts = r.attempts + 1
-                # dsn.py invariant 4: the text is an SMTP diagnostic only if a remote MTA replied it
-                base = RecipientReport(r.rcpt, "failed", o.status, orcpt=r.orcpt, notify=r.notify,
-                                       diagnostic=o.text if o.remote else "", remote_mta=o.remote,
-                                       explanation="" if o.remote else o.text, last_attempt=now)
+
+                def report(action: str, status: str, explanation: str = "", until: float | None = None,
+                           r: QueueRecipient = r, o: Outcome = o) -> None:
+                    """A DSN line for `r`, when its sender would get one (RFC 3461 §4.1; `_report` sends)."""
+                    if entry.mail_from and wanted(r.notify, action):  # dsn.py invariant 4: the text is an SMTP
+                        reports.append(RecipientReport(  # diagnostic only if a remote MTA replied it
+                            r.rcpt, action, status, orcpt=r.orcpt, notify=r.notify,
+                            diagnostic=o.text if o.remote else "", remote_mta=o.remote,
+                            explanation=explanation or ("" if o.remote else o.text), last_attempt=now,
+                            will_retry_until=until))
+
                 if o.kind == "ok":
                     updates.append(dataclasses.replace(r, state=RcptState.DELIVERED, attempts=attempts,
                                                        last_error=""))
                     self.stats["delivered"] += 1
                     if not o.dsn_passed_on:
-                        reports.append(dataclasses.replace(base, action="relayed", status="2.0.0"))
+                        report("relayed", "2.0.0")
                     log.info("queue delivered id=%s rcpt=%s remote=%s reply=%r", entry.id, r.rcpt, o.remote,
                              o.text[:200])
                 elif o.kind == "perm" or now - entry.created >= d.max_lifetime_seconds:
@@ -693,7 +717,7 @@ class Scheduler:
                     updates.append(dataclasses.replace(r, state=RcptState.BOUNCED, attempts=attempts,
                                                        last_error=text[:1000]))
                     self.stats["bounced"] += 1
-                    reports.append(dataclasses.replace(base, status=status, explanation=text))
+                    report("failed", status, text)
                     log.info("queue bounced id=%s rcpt=%s reply=%r", entry.id, r.rcpt, text[:200])
                 else:
                     notify_delay = (d.delay_notice_seconds > 0 and not r.delay_notified
@@ -703,8 +727,7 @@ class Scheduler:
                         last_error=o.text[:1000], delay_notified=r.delay_notified or notify_delay))
                     self.stats["deferred"] += 1
                     if notify_delay:
-                        reports.append(dataclasses.replace(
-                            base, action="delayed", will_retry_until=entry.created + d.max_lifetime_seconds))
+                        report("delayed", o.status, until=entry.created + d.max_lifetime_seconds)
                     deferred.append((r.rcpt, attempts, o.text[:200]))
             await self._report(entry, reports)
             try:
@@ -753,6 +776,35 @@ class _Unreachable(Exception):
         self.status = status
         self.remote = remote
         self.reply = reply
+
+
+def delivering_workers(config: Config, count: int) -> int:
+    """How many of a server's `count` worker processes run a scheduler (issue 17 item 1, invariant 10):
+    `delivery.workers` of them (0: every worker), and no more than `delivery.concurrency` or
+    `concurrency_per_domain`, since each scheduler needs at least one connection of each. Decided at start; a
+    reload keeps the number (`share`)."""
+    d = config.delivery
+    wanted = count if d.workers == 0 else min(d.workers, count)
+    return max(1, min(wanted, d.concurrency, d.concurrency_per_domain))
+
+
+def share(config: Config, slot: int, schedulers: int) -> Config:
+    """`config` with the delivery limits of the scheduler in worker `slot` of `schedulers` (invariant 10):
+    `delivery.concurrency` and `concurrency_per_domain` split as evenly as whole numbers go (the lower slots
+    take the remainder), so the schedulers of one node together open at most the configured numbers. A reload
+    that lowers a limit below `schedulers` leaves each at least 1 (the node may exceed it by `schedulers` - 1
+    until a restart). ValueError for a slot outside 0..schedulers-1."""
+    if not 0 <= slot < schedulers:
+        raise ValueError(f"worker slot {slot} runs no scheduler of {schedulers}")
+    if schedulers == 1:
+        return config
+    d = config.delivery
+
+    def part(total: int) -> int:
+        return max(1, total // schedulers + (1 if slot < total % schedulers else 0))
+
+    return dataclasses.replace(config, delivery=dataclasses.replace(
+        d, concurrency=part(d.concurrency), concurrency_per_domain=part(d.concurrency_per_domain)))
 
 
 def node_id(data_dir: Path) -> str:

@@ -107,6 +107,7 @@ class Seen:
     rcpt_params: list[list[str]]
     data: bytes
     tls: bool
+    client_port: int = 0  # the TCP port the transaction's connection came from
 
 
 @dataclass
@@ -146,6 +147,7 @@ class SmtpPeer:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         tls = False
+        client_port = int(writer.get_extra_info("peername")[1])
 
         def send(line: str) -> None:
             writer.write(line.encode() + b"\r\n")
@@ -176,7 +178,7 @@ class SmtpPeer:
                     tls = True
                 elif verb == "MAIL":
                     addr, params = _parse_path(line[10:])
-                    txn = Seen(addr, params, [], [], b"", tls)
+                    txn = Seen(addr, params, [], [], b"", tls, client_port)
                     self.seen.append(txn)
                     send("250 2.1.0 OK")
                 elif verb == "RCPT" and txn is not None:

@@ -23,6 +23,7 @@ import re
 import signal
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -88,7 +89,11 @@ class Served:
 
     def worker_of(self, sock: socket.socket, listener: str) -> int:
         """The worker PID holding the server side of the client socket `sock` (module doc)."""
-        client_port, server_port = sock.getsockname()[1], self.ports[listener]
+        return self.holder_of(self.ports[listener], sock.getsockname()[1])
+
+    def holder_of(self, server_port: int, client_port: int) -> int:
+        """The worker PID holding the TCP socket whose local port is `server_port` and remote `client_port`
+        (the server side of an inbound connection; with the ports swapped, the client side of an outbound one)."""
         inode = ""
         for _ in range(100):  # the worker has accepted (the client read a greeting): the entry is there
             for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -370,7 +375,7 @@ def peer() -> Iterator[SmtpPeer]:
 
 
 @pytest.fixture
-def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
+def queued_by_worker0(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
     # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
     server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
                               f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
@@ -380,11 +385,11 @@ def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
         server.stop()
 
 
-def test_queue_runs_once_and_is_woken_from_either_worker(queued: Served, peer: SmtpPeer) -> None:
-    """The scheduler runs in worker 0 only (workers.py invariant 2): mail submitted through worker 0, then
-    through the other worker (which wakes worker 0 over the wake pipe: the poll is hourly), leaves at once and
-    reaches the next hop exactly once."""
-    served = queued
+def test_queue_runs_once_and_is_woken_from_either_worker(queued_by_worker0: Served, peer: SmtpPeer) -> None:
+    """By default (`delivery.workers = 1`) the scheduler runs in worker 0 only (workers.py invariant 2): mail
+    submitted through worker 0, then through the other worker (which wakes worker 0 over the wake pipe: the poll
+    is hourly), leaves at once and reaches the next hop exactly once."""
+    served = queued_by_worker0
     slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
     sent = 0
     for in_slot0 in (True, False):
@@ -408,6 +413,120 @@ def test_queue_runs_once_and_is_woken_from_either_worker(queued: Served, peer: S
     time.sleep(1.0)  # a second scheduler would deliver again in this time
     subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
     assert subjects == sorted(f"number {1000 + i}" for i in range(6))
+
+
+@pytest.fixture
+def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
+    # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
+    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\nworkers = 0\n'
+                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_queue_runs_in_each_worker_and_delivers_once(queued: Served, peer: SmtpPeer) -> None:
+    """With `delivery.workers = 0` every worker runs a scheduler (delivery/queue.py invariant 10): mail submitted
+    through worker 0, then through the other worker, leaves at once (the poll is hourly: queueing it wakes the
+    scheduler of the worker that queued it), over a connection of that same worker, and reaches the next hop
+    exactly once (the other scheduler's claims never take a recipient a lease holds)."""
+    served = queued
+    slot0 = int(re.search(r"worker started slot=0 pid=(\d+)", served.log.read_text()).group(1))  # type: ignore
+    peer.data_delay = 1.0  # holds each transaction open, so the delivering process can be read from the kernel
+    sent = 0
+    for in_slot0 in (True, False):
+        done = 0
+        submitted_in = 0
+        for _ in range(200):
+            client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
+            pid = served.worker_of(client.sock, "submission")
+            if (pid == slot0) == in_slot0:
+                client.login(ADDR, PW)
+                client.sendmail(ADDR, ["far@remote.test"],
+                                message(1000 + sent).replace(b"bob@example.net", ADDR.encode(), 1))
+                sent += 1
+                done += 1
+                submitted_in = pid
+            client.quit()
+            if done == 3:
+                break
+        assert done == 3
+        deadline = time.monotonic() + 20
+        while len(peer.seen) < sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(peer.seen) >= sent, (in_slot0, len(peer.seen))
+        # The last message's transaction waits for the peer's reply to "." (data_delay): its connection is open.
+        assert served.holder_of(peer.seen[-1].client_port, peer.port) == submitted_in, in_slot0
+        deadline = time.monotonic() + 20
+        while len(peer.delivered) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(peer.delivered) == sent, (in_slot0, len(peer.delivered))
+    time.sleep(1.0)  # a second attempt by the other scheduler would arrive in this time
+    subjects = sorted(email.message_from_bytes(seen.data)["Subject"] for seen in peer.delivered)
+    assert subjects == sorted(f"number {1000 + i}" for i in range(6))
+
+
+def test_a_restarted_worker_frees_its_predecessors_leases_and_no_siblings(tmp_path: Path) -> None:
+    """delivery/queue.py invariant 10 and the module doc's lease freeing: each worker's scheduler holds leases
+    as "<node>/<slot>#<pid>.<random>"; a worker killed with SIGKILL while it holds one (its delivery stuck
+    waiting for a greeting that never comes) is restarted in its slot, and the new process frees and claims that
+    lease again at once, not after `queue.lease_seconds` (an hour here); the other worker's lease is kept. The
+    poll is hourly too: each scheduler claims only when its own worker queues mail, and at its start."""
+    hole = socket.socket()  # takes connections (the kernel completes them) and never says a word
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    served = Served(tmp_path, f"[delivery]\nenabled = true\npoll_seconds = 3600\nworkers = 0\n"
+                              f"[queue]\nlease_seconds = 3600\n"
+                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{hole.getsockname()[1]}"\n')
+    db = sqlite3.connect(f"file:{served.data / 'postroom.db'}?mode=ro", uri=True)
+
+    def holders() -> dict[str, str]:
+        return dict(db.execute("SELECT rcpt, lease_holder FROM queue_rcpt").fetchall())
+
+    try:
+        slot_of = {int(pid): int(slot) for slot, pid in
+                   re.findall(r"worker started slot=(\d+) pid=(\d+)", served.log.read_text())}
+        submitted: dict[int, str] = {}  # worker pid -> the recipient of the message it queued (and claimed)
+        for _ in range(200):
+            client = smtplib.SMTP("127.0.0.1", served.ports["submission"], timeout=30)
+            pid = served.worker_of(client.sock, "submission")
+            if pid not in submitted:
+                rcpt = f"far{len(submitted)}@remote.test"
+                client.login(ADDR, PW)
+                client.sendmail(ADDR, [rcpt], message(len(submitted)).replace(b"bob@example.net", ADDR.encode(), 1))
+                submitted[pid] = rcpt
+            client.quit()
+            if len(submitted) == 2:
+                break
+        assert len(submitted) == 2
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(holders().get(r) for r in submitted.values()):
+            time.sleep(0.05)
+        before = holders()
+        node = (served.data / "node-id").read_text().strip()
+        for pid, rcpt in submitted.items():  # each claimed by the scheduler of the worker that queued it
+            assert before[rcpt].startswith(f"{node}/{slot_of[pid]}#{pid}."), before
+        victim = min(submitted)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = holders()
+            if now[submitted[victim]] not in ("", before[submitted[victim]]):
+                break
+            time.sleep(0.1)
+        after = holders()
+        replacement = [p for p in served.workers() if p not in submitted]
+        assert len(replacement) == 1, (served.workers(), submitted)
+        assert after[submitted[victim]].startswith(f"{node}/{slot_of[victim]}#{replacement[0]}."), after
+        survivor = max(submitted)
+        assert after[submitted[survivor]] == before[submitted[survivor]]  # the sibling's lease untouched
+        assert f"queue freed 1 lease(s) of this node's earlier process node={node}/{slot_of[victim]}" in \
+            served.log.read_text()
+    finally:
+        db.close()
+        served.stop()
+        hole.close()
 
 
 def test_recent_is_claimed_once_across_workers(served: Served) -> None:

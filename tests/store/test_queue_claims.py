@@ -167,3 +167,42 @@ async def test_concurrent_claimers_get_disjoint_sets(store: Store, store_factory
         await other.close()
     claimed = [k for r in results for k in r]
     assert len(claimed) == len(set(claimed)) and set(claimed) == expected
+
+
+async def test_holder_result_in_one_write(store: Store) -> None:
+    """A holder's result naming every recipient: when none is left pending the entry and its body go in that
+    write (api `queue_update`: an entry whose recipients are all final is removed); when one is left pending every
+    named state is written and the leases released; a write naming one recipient the holder lost writes nothing,
+    not even the ones it holds."""
+    gone = await store.enqueue(b"gone body", "s@example.org", [R("a@x.example"), R("b@x.example")])
+    kept = await store.enqueue(b"kept body", "s@example.org", [R("c@x.example"), R("d@x.example"),
+                                                               R("e@x.example")])
+    got = await store.queue_claim(100.0, "n1#1", 30.0)
+    by_id = {e.id: e for e in got.entries}
+    a, b = by_id[gone.id].recipients
+    await store.queue_update(gone.id, [dataclasses.replace(a, state=RcptState.DELIVERED, attempts=1),
+                                       dataclasses.replace(b, state=RcptState.BOUNCED, attempts=1,
+                                                           last_error="550 5.1.1 no")], holder="n1#1")
+    assert await store.queue_get(gone.id) is None
+    with pytest.raises(NotFound):
+        await store.read_message(gone.blob_id)
+    c, d, e = by_id[kept.id].recipients
+    await store.queue_renew("n1#1", [(kept.id, "e@x.example")], 0.0)  # e let go: n1 no longer holds it
+    with pytest.raises(LeaseLost) as lost:
+        await store.queue_update(kept.id, [dataclasses.replace(c, state=RcptState.DELIVERED, attempts=1),
+                                           dataclasses.replace(e, state=RcptState.DELIVERED, attempts=1)],
+                                 holder="n1#1")
+    assert lost.value.rcpts == ("e@x.example",)
+    now = await store.queue_get(kept.id)
+    assert now is not None and [r.state for r in now.recipients] == [RcptState.QUEUED] * 3  # nothing written
+    await store.queue_update(kept.id, [dataclasses.replace(c, state=RcptState.DELIVERED, attempts=1),
+                                       dataclasses.replace(d, state=RcptState.DEFERRED, attempts=1, next_try=400.0,
+                                                           last_error="451 4.3.0 later")], holder="n1#1")
+    now = await store.queue_get(kept.id)
+    assert now is not None
+    rc, rd, re_ = now.recipients
+    assert (rc.state, rc.attempts, rc.lease_holder) == (RcptState.DELIVERED, 1, "")
+    assert (rd.state, rd.next_try, rd.last_error, rd.lease_holder) == (RcptState.DEFERRED, 400.0, "451 4.3.0 later",
+                                                                       "")
+    assert (re_.state, re_.lease_holder) == (RcptState.QUEUED, "")
+    assert await store.read_message(kept.blob_id) == b"kept body"

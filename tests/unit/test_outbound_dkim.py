@@ -78,10 +78,15 @@ class FakeStore:
     def __init__(self, domains: dict[str, Domain]) -> None:
         self.domains = domains
         self.calls = 0
+        self.asked: list[str] = []
 
     async def get_domain(self, name: str) -> Domain | None:
         self.calls += 1
+        self.asked.append(name)
         return self.domains.get(name)
+
+    async def list_domains(self) -> list[Domain]:
+        return sorted(self.domains.values(), key=lambda d: d.name)
 
 
 async def test_signer_picks_from_domain_then_sender(keys: Keys) -> None:
@@ -121,3 +126,31 @@ def test_dns_records(keys: Keys) -> None:
                                         "_dmarc.a.test."]
     assert recs[-1][2].startswith("v=DMARC1; p=none;")
     assert txt_strings("a" * 300) == '"' + "a" * 255 + '" "' + "a" * 45 + '"'
+
+
+async def test_from_is_read_only_when_a_signature_may_depend_on_it(keys: Keys) -> None:
+    """dkim.py invariant 4: with no local domain holding a key nothing is looked up; a checked From whose domain
+    is ours is found in any case (RFC 5321 §2.4: domain names are case-insensitive); a From naming none of our
+    signing domains is not looked up (the envelope sender's domain decides); mail relayed for others looks at
+    its From only when the envelope sender's domain could sign."""
+    keyless = FakeStore({"c.test": Domain(3, "c.test", 0.0)})
+    signer = Signer(keyless, clock=lambda: 1_700_000_000)  # type: ignore[arg-type]
+    assert await signer.sign(RAW, "alice@c.test") == RAW
+    assert await signer.sign(RAW, "alice@c.test", from_checked=False) == RAW
+    assert keyless.asked == []
+
+    store = FakeStore({"a.test": domain_with(keys)})
+    signer = Signer(store, clock=lambda: 1_700_000_000)  # type: ignore[arg-type]
+    upper = RAW.replace(b"alice@a.test", b"ALICE@A.Test")
+    signed = await signer.sign(upper, "bounce@elsewhere.test")
+    assert signed.endswith(upper) and b"d=a.test;" in signed
+    assert dkimpy.verify(signed, dnsfunc=dnsfunc(domain_with(keys)))
+    outside = RAW.replace(b"alice@a.test", b"dave@far.test").replace(b"<m1@a.test>", b"<m1@far.test>")
+    store.asked.clear()
+    assert await signer.sign(outside, "bounce@elsewhere.test") == outside
+    assert "far.test" not in store.asked and store.asked == ["elsewhere.test"]
+    signed = await signer.sign(outside, "alice@a.test")  # the envelope sender's domain signs
+    assert signed.endswith(outside) and b"d=a.test;" in signed
+    store.asked.clear()
+    assert await signer.sign(RAW, "someone@far.test", from_checked=False) == RAW
+    assert store.asked == ["far.test"]  # not a.test, the From's: the envelope domain has no key

@@ -39,6 +39,10 @@ Invariants:
    `queue_claim` takes recipients in that order (created, id, position) among the due and free ones.
 4. A recipient is held by at most one holder: a claim takes only leases with lease_until <= now, and a holder's
    write checks `lease_holder` in the same transaction that writes the result (schema invariant 31).
+5. `queue_update` reads the entry with all its recipients once, checks every named recipient (Invalid) and,
+   with a holder, every lease (LeaseLost) before it writes anything; when the result leaves no recipient
+   pending it removes the entry at once (invariant 2) instead of writing rows that the removal deletes: the
+   usual end of a message, one recipient delivered, costs one read and the removal.
 """
 
 from __future__ import annotations
@@ -327,34 +331,33 @@ class QueueMixin(Base):
         ]
 
         def op(tx: Tx) -> None:
-            row = tx.conn.execute("SELECT blob_id FROM queue WHERE id = ?", (queue_id,)).fetchone()
-            if row is None:
+            # The entry and all its recipients in one read (invariant 5): the checks, then the writes.
+            rows = tx.conn.execute(
+                "SELECT q.blob_id, r.rcpt, r.state, r.lease_holder FROM queue q"
+                " LEFT JOIN queue_rcpt r ON r.queue_id = q.id WHERE q.id = ?", (queue_id,),
+            ).fetchall()
+            if not rows:
                 raise NotFound(f"no queue entry {queue_id}")
+            state = {str(r[1]): str(r[2]) for r in rows if r[1] is not None}
+            holders = {str(r[1]): str(r[3]) for r in rows if r[1] is not None}
+            unknown = [u[-1] for u in updates if u[-1] not in state]
+            if unknown:
+                raise Invalid(f"queue entry {queue_id} has no recipient {unknown[0]!r}")
             if holder:  # the scheduler's result: only for what it still holds (invariant 4)
-                lost = []
-                for u in updates:
-                    got = tx.conn.execute("SELECT lease_holder FROM queue_rcpt WHERE queue_id = ? AND rcpt = ?",
-                                          (queue_id, u[-1])).fetchone()
-                    if got is None:
-                        raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
-                    if got[0] != holder:
-                        lost.append(u[-1])
+                lost = list(dict.fromkeys(u[-1] for u in updates if holders[u[-1]] != holder))
                 if lost:
-                    raise LeaseLost(queue_id, lost)  # raised before any UPDATE: nothing of it is written
-            release = ", lease_holder = '', lease_until = 0" if holder else ""
+                    raise LeaseLost(queue_id, lost)  # raised before any write: nothing of it is written
             for u in updates:
-                cur = tx.conn.execute(
-                    "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?,"
-                    f" delay_notified = ?{release} WHERE queue_id = ? AND rcpt = ?",
-                    u,
-                )
-                if cur.rowcount == 0:
-                    raise Invalid(f"queue entry {queue_id} has no recipient {u[-1]!r}")
-            pending = tx.conn.execute(
-                "SELECT 1 FROM queue_rcpt WHERE queue_id = ? AND state IN (?, ?) LIMIT 1", (queue_id, *PENDING)
-            ).fetchone()
-            if pending is None:
-                _drop(tx, queue_id, str(row[0]))
+                state[u[-1]] = u[0]
+            if not any(s in PENDING for s in state.values()):
+                _drop(tx, queue_id, str(rows[0][0]))  # every recipient final (invariant 2): no row to update
+                return
+            release = ", lease_holder = '', lease_until = 0" if holder else ""
+            tx.conn.executemany(
+                "UPDATE queue_rcpt SET state = ?, attempts = ?, next_try = ?, last_error = ?,"
+                f" delay_notified = ?{release} WHERE queue_id = ? AND rcpt = ?",
+                updates,
+            )
 
         await self._engine.write(op)
 
