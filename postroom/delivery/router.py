@@ -376,6 +376,9 @@ class Router:
                  on_queued: Callable[[], None] | None = None) -> None:
         self.store = store
         self.config = config
+        # May a caller begin `check_recipient` and the sender checks outside a task (the SMTP session's inline
+        # answers, smtp/session.py invariant 13)? Only on a store whose reads need none (api.Store).
+        self.reads_without_task: bool = getattr(store, "reads_without_task", False)
         self.held = held or HeldPosts(store)
         self._ids = itertools.count(1)
         # Called after mail was queued, so the outbound scheduler starts on it now rather than at its next poll.

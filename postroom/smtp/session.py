@@ -11,7 +11,8 @@ connection calls from its transport callback with whole lines that arrive while 
 (net/connection.py invariant 12). There the core answers what it answers itself (EHLO, NOOP, RSET, errors,
 DATA's 354, BDAT chunks), takes a message's lines (writing them to the staging file past the threshold), and
 MAIL and RCPT are begun: their handler runs until it first waits, which with the SQLite store's synchronous
-point lookups is never, so the reply leaves in the same callback. Postfix's smtp-source waits for each reply:
+point lookups is never, so the reply leaves in the same callback (on PostgreSQL, MAIL and RCPT go to the
+loop: asyncpg may connect inside `asyncio.timeout`, which needs a task). Postfix's smtp-source waits for each reply:
 per message four commands, four round trips, which now cost no task step, future or timer each. The first
 thing that must wait (the message at its end, AUTH, STARTTLS, a RCPT whose router waits) is handed to the loop.
 
@@ -85,7 +86,8 @@ Invariants
    handler that waits, `_Resumed`, which the loop's task then finishes exactly as if it had begun it), and the
    loop takes `_held` before it asks the core for anything; the replies written inline precede it. A handler is
    begun inline only where nothing before its first wait needs a current task (`_drives_inline`: not the
-   SPF check of greylisting's allow rule). One inline call writes at most `DRAIN_ABOVE` bytes of replies plus
+   SPF check of greylisting's allow rule, and only on a store whose reads need none, `Store.reads_without_task`:
+   SQLite, not PostgreSQL). One inline call writes at most `DRAIN_ABOVE` bytes of replies plus
    one, then hands over (the loop drains); the connection offers nothing while its output is paused. Inline
    answers never end the session (QUIT and the error limit's `Closed` go through the loop), and a message's
    lines taken inline are under the data phase's minimum rate like those the loop reads (net invariant 7).
@@ -504,7 +506,11 @@ class Session:
         """May `_answer_inline` begin this command's handler itself? Only where nothing the handler reaches
         before it first waits needs to run inside a task (`asyncio.timeout`, and `asyncio.wait_for` from Python
         3.12, ask for the current task): the router and the store. Not an MX RCPT that greylisting may exempt
-        after an SPF check (invariant 10): that asks the DNS resolver, whose time-outs do."""
+        after an SPF check (invariant 10): that asks the DNS resolver, whose time-outs do. Neither on a store whose
+        reads may need a task (`Store.reads_without_task`: PostgreSQL opens a connection inside `asyncio.timeout`).
+        """
+        if not self.router.reads_without_task:
+            return False
         if isinstance(ev, MailFrom):
             return True
         door, checks = self.services.door, self.checks

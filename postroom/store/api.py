@@ -929,6 +929,11 @@ class Store(Protocol):
     an engine's own exception type. Times are seconds since the epoch, sizes octets."""
 
     hub: ChangeHub
+    # True when a read of a few rows runs on the calling thread until it first waits and needs no current task
+    # (SQLite: its point lookups are synchronous calls). False where a read may first open a connection inside
+    # `asyncio.timeout` (asyncpg), which raises RuntimeError outside a task. SMTP begins MAIL and RCPT from the
+    # connection's callback, outside any task, only on a store where this is True (smtp/session.py invariant 13).
+    reads_without_task: bool
 
     async def open(self) -> None:
         """Create or migrate the schema; start writer tasks. Idempotent."""

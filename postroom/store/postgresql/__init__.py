@@ -69,6 +69,11 @@ class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, 
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 
+    # api.Store: no. A read may open a pooled connection first, and asyncpg connects inside `asyncio.timeout`,
+    # which refuses to run outside a task (after a database restart every SMTP RCPT begun from the connection's
+    # callback failed so, 451, until something else reconnected the pool).
+    reads_without_task = False
+
     def __init__(self, dsn: str, staging_root: Path, *, hub: ChangeHub | None = None,
                  clock: Callable[[], float] = time.time, pool_size: int = POOL_SIZE) -> None:
         self.dsn = dsn

@@ -80,6 +80,8 @@ class SQLiteStore(
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:
     it only decides where new bodies go."""
 
+    reads_without_task = True  # api.Store: point lookups are synchronous calls on the loop's thread
+
     def __init__(
         self,
         path: Path,
