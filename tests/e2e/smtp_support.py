@@ -46,3 +46,14 @@ def submission_login(server: Any, user: str, password: str) -> smtplib.SMTP:
     c.ehlo("laptop")
     c.login(user, password)
     return c
+
+
+def inbox(server: Any, address: str) -> list[bytes]:
+    """The bytes of every message in `address`'s INBOX on the test server, oldest first (as stored: with the
+    Return-Path and Received fields delivery adds)."""
+    async def go() -> list[bytes]:
+        user = await server.store.get_user(address)
+        box = await server.store.get_mailbox(user.id, "INBOX")
+        return [await server.store.read_message(m.blob_id) for m in await server.store.list_messages(box.id)]
+
+    return server.run(go())

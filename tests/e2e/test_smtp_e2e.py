@@ -23,7 +23,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from smtp_support import smtps_dialogue
+from smtp_support import inbox, smtps_dialogue
 
 from postroom.store.api import ListPolicy, QueueEntry
 
@@ -45,15 +45,6 @@ def srv(server: Any) -> Any:
     server.add_user("alice@example.org", PW)
     server.add_user("carol@example.org", PW)
     return server
-
-
-def inbox(server: Any, address: str) -> list[bytes]:
-    async def go() -> list[bytes]:
-        user = await server.store.get_user(address)
-        box = await server.store.get_mailbox(user.id, "INBOX")
-        return [await server.store.read_message(m.blob_id) for m in await server.store.list_messages(box.id)]
-
-    return server.run(go())
 
 
 def queue(server: Any) -> list[QueueEntry]:

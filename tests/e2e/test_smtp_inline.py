@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import pytest
+from smtp_support import inbox
 
 MESSAGE = (b"From: Bob <bob@remote.test>\r\nTo: alice@example.org\r\nSubject: split\r\n\r\n"
            b"line one\r\n..a stuffed dot\r\n" + b"x" * 70 + b"\r\n") * 20
@@ -37,15 +38,6 @@ def server_overrides() -> dict[str, Any]:
 def srv(server: Any) -> Any:
     server.add_user("alice@example.org", "correct horse battery")
     return server
-
-
-def inbox(server: Any, address: str) -> list[bytes]:
-    async def go() -> list[bytes]:
-        user = await server.store.get_user(address)
-        box = await server.store.get_mailbox(user.id, "INBOX")
-        return [await server.store.read_message(m.blob_id) for m in await server.store.list_messages(box.id)]
-
-    return server.run(go())
 
 
 def client(port: int) -> socket.socket:
