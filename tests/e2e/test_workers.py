@@ -374,15 +374,20 @@ def peer() -> Iterator[SmtpPeer]:
     p.stop()
 
 
-@pytest.fixture
-def queued_by_worker0(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
-    # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
-    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n'
+def served_with_queue(tmp_path: Path, peer: SmtpPeer, delivery: str = "") -> Iterator[Served]:
+    """A two-worker server delivering "remote.test" to `peer`, with `delivery` added to its [delivery] table. An
+    hourly poll: mail leaves within a test only because queueing it wakes a scheduler."""
+    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\n{delivery}'
                               f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def queued_by_worker0(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
+    yield from served_with_queue(tmp_path, peer)  # the default: worker 0's scheduler alone
 
 
 def test_queue_runs_once_and_is_woken_from_either_worker(queued_by_worker0: Served, peer: SmtpPeer) -> None:
@@ -417,13 +422,7 @@ def test_queue_runs_once_and_is_woken_from_either_worker(queued_by_worker0: Serv
 
 @pytest.fixture
 def queued(tmp_path: Path, peer: SmtpPeer) -> Iterator[Served]:
-    # An hourly poll: mail leaves within the test only because queueing it wakes worker 0's scheduler.
-    server = Served(tmp_path, f'[delivery]\nenabled = true\npoll_seconds = 3600\nretry_seconds = [3600]\nworkers = 0\n'
-                              f'[delivery.routes]\n"remote.test" = "127.0.0.1:{peer.port}"\n')
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from served_with_queue(tmp_path, peer, "workers = 0\n")  # a scheduler in every worker
 
 
 def test_queue_runs_in_each_worker_and_delivers_once(queued: Served, peer: SmtpPeer) -> None:
