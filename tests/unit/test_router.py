@@ -419,6 +419,18 @@ def test_a_domain_is_asked_once_per_turn_and_a_change_is_seen_by_the_next_turn(t
     run(tmp_path, body)
 
 
+def count_calls(store: Store, method: str) -> list[str]:
+    """The arguments `store.method` is called with from now on, in order: the method is wrapped in place."""
+    asked: list[str] = []
+    real = getattr(store, method)
+
+    async def counting(arg: str) -> Any:
+        asked.append(arg)
+        return await real(arg)
+
+    setattr(store, method, counting)
+    return asked
+
 def test_an_address_is_resolved_once_per_turn_and_a_change_is_seen_by_the_next_turn(tmp_path: Path) -> None:
     """Router invariant 18 for resolution: the RCPTs and messages of one turn of the loop share one resolution
     of an address (one read of its aliases and user, as one SQLite snapshot would answer them all); an alias
@@ -426,14 +438,7 @@ def test_an_address_is_resolved_once_per_turn_and_a_change_is_seen_by_the_next_t
     async def body(store: Store, r: Router) -> None:
         alice = await store.get_user("alice@example.org")
         assert alice is not None
-        asked: list[str] = []
-        aliases = store.list_aliases
-
-        async def counting(source: str) -> Any:
-            asked.append(source)
-            return await aliases(source)
-
-        store.list_aliases = counting  # type: ignore[method-assign]
+        asked = count_calls(store, "list_aliases")
         await asyncio.sleep(0)  # a turn of its own
         mine = LocalUser(alice.id, "alice@example.org")
         for _ in range(3):  # three sessions' RCPTs in one turn
@@ -463,14 +468,7 @@ def test_one_domain_lookup_per_rcpt_and_per_message(tmp_path: Path) -> None:
     """A RCPT and a message to a local user ask the store once for the recipient's domain, and never for the
     sender's (needed only for a forward's SRS sender, invariant 12)."""
     async def body(store: Store, r: Router) -> None:
-        asked: list[str] = []
-        lookup = store.get_domain
-
-        async def counting(name: str) -> Any:
-            asked.append(name)
-            return await lookup(name)
-
-        store.get_domain = counting  # type: ignore[method-assign]
+        asked = count_calls(store, "get_domain")
         await asyncio.sleep(0)
         await r.check_recipient("Alice@Example.ORG", "bob@far.test", False)
         assert asked == ["example.org"]
