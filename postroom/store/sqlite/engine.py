@@ -17,7 +17,8 @@ only write connection, and every write coroutine hands it a function instead of 
                                        for each job: SAVEPOINT; fn(tx); RELEASE    (ROLLBACK TO on error)
                                          (a small body is INSERTed into blob_data right here)
                                        the deferred steps of the jobs that succeeded, each once
-                                         (the full-text rows of the batch's new bodies: fts.py)
+                                         (the full-text rows of the batch's new bodies: fts.py;
+                                         parked in the backlog instead while jobs wait)
                                        the Change records of the jobs that succeeded -> `changes` rows
                                        COMMIT                                      (one fsync for the batch)
                                        on_commit(seconds, ops)
@@ -34,6 +35,14 @@ outside every job's SAVEPOINT, for the jobs that succeeded: the full-text rows o
 it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so rows written inside each job
 made one segment per message, and merging those cost more CPU than tokenising the text (bench/RESULTS.md,
 "SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
+
+A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`): when jobs are
+waiting as a batch ends, the batch records the step's items as to-do (the full-text index's backlog rows: a
+few bytes each) instead of running it, and the writer runs it later with up to `IDLE_STEP` of them per
+transaction once no job has come for `IDLE_SECONDS` (invariant 10). In a burst of deliveries the full-text
+rows were about a third of the writer's time per message (bench/RESULTS.md, 2026-12-01), and with several
+worker processes the writer's time is what they queue for (one write lock); Dovecot's and Stalwart's indexers
+likewise index after delivery. SEARCH is exact meanwhile: it reads a body in the backlog from its metadata.
 
 Where bodies live, and why: a body of at most `inline_max` bytes (`Engine.inline`) is stored in the database,
 in the `blob_data` table, by the job itself, so it rides the batch's one WAL fsync. A body stored as a file
@@ -93,6 +102,12 @@ Invariants
    batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
    in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
    (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
+10. A parked step's items (`Deferred.park`, chosen only while other jobs of this process wait for the writer
+    and fewer than `PARKED_MAX` items are parked) are recorded durably by `park` in the batch's transaction and
+    kept in memory only after its COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per
+    transaction, each transaction begun only after `IDLE_SECONDS` without a job; items whose transaction fails
+    are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
+    `postroom serve` works off at start, indexing.py). At stop, parked items stay recorded and unrun.
 """
 
 from __future__ import annotations
@@ -132,6 +147,26 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 2000
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # inline body bytes per batch: bounds one commit's WAL growth and latency
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # after a checkpoint, a WAL a burst made larger is truncated to this
+IDLE_SECONDS = 0.2  # no job for this long: the writer runs parked steps (invariant 10)
+IDLE_STEP = 256  # parked items per transaction: bounds how long a job that comes meanwhile waits
+PARKED_MAX = 20_000  # parked items at most (memory: a blob id each); past it, steps run at the batch's end
+
+
+Step = Callable[[sqlite3.Connection, list[Any]], None]
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A deferred step (`Tx.defer`, invariant 9): `run(conn, items)` once at the end of the batch, in its
+    transaction. A step that may wait for a quiet writer also has `park(conn, items) -> kept`, called instead
+    while other jobs wait: it records the items durably as to-do in the batch's transaction and returns what
+    to keep in memory; `run_parked(conn, kept_items)` then does the work later, in transactions of its own,
+    when the writer is idle (invariant 10)."""
+
+    name: str  # for the log: what the step makes
+    run: Step
+    park: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    run_parked: Step | None = None
 
 
 @dataclass
@@ -143,12 +178,13 @@ class Tx:
     inline_max: int  # bodies of at most this many bytes go into blob_data (Engine.inline)
     changes: list[Change] = field(default_factory=list)
     dead_blobs: set[str] = field(default_factory=set)
-    deferred: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = field(default_factory=dict)
+    deferred: dict[Deferred, list[Any]] = field(default_factory=dict)
 
-    def defer(self, step: Callable[[sqlite3.Connection, list[Any]], None], item: Any) -> None:
-        """Have `step(conn, items)` called once for the batch, after its last job, in its transaction, with the
-        `item`s the batch's succeeded jobs deferred to it, in job order (invariant 9). For work that costs less
-        done once per batch than once per job (fts.py `index_later`)."""
+    def defer(self, step: Deferred, item: Any) -> None:
+        """Have `step.run(conn, items)` called once for the batch, after its last job, in its transaction, with
+        the `item`s the batch's succeeded jobs deferred to it, in job order (invariant 9), or parked for an idle
+        writer (invariant 10). For work that costs less done once per batch than once per job (fts.py
+        `index_later`)."""
         self.deferred.setdefault(step, []).append(item)
 
 
@@ -228,6 +264,9 @@ class Engine:
         self._rconns_lock = threading.Lock()
         self._open = False
         self._wlock = -1  # the writer flock's descriptor (module doc), while open
+        self._parked: dict[Deferred, list[Any]] = {}  # invariant 10: step -> kept items; writer thread only
+        self._parked_count = 0
+        self._parked_total = 0  # items parked since the writer was last idle with nothing parked (for the log)
         self._life = threading.Lock()  # serialises start() against itself (two concurrent open() calls)
 
     # ---- life cycle
@@ -442,8 +481,18 @@ class Engine:
     # ---- the writer thread
     def _writer_main(self) -> None:
         stopping = False
+        idle = False  # the last thing done was a parked step, and no job came since
         while not stopping:
-            job = self._jobs.get()
+            if self._parked:
+                try:  # invariant 10: parked steps once IDLE_SECONDS passed without a job, then back to back
+                    job = self._jobs.get_nowait() if idle else self._jobs.get(timeout=IDLE_SECONDS)
+                except queue.Empty:
+                    self._run_parked()
+                    idle = True
+                    continue
+            else:
+                job = self._jobs.get()
+            idle = False
             if job is None:
                 break
             fcntl.flock(self._wlock, fcntl.LOCK_EX)  # module doc: the next writer of any process waits here
@@ -484,6 +533,7 @@ class Engine:
         outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]] = []
         locked = False
         lost, foreign = 0, list[tuple[int, Change]]()
+        parked: list[tuple[Deferred, list[Any]]] = []
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -502,14 +552,19 @@ class Engine:
                     else:
                         conn.execute("RELEASE job")
                         outcomes.append((job, True, result, tx))
-                # invariant 9: each deferred step once, with the items of the jobs that succeeded
-                steps: dict[Callable[[sqlite3.Connection, list[Any]], None], list[Any]] = {}
+                # invariant 9: each deferred step once, with the items of the jobs that succeeded; invariant
+                # 10: parked instead while other jobs wait for the writer
+                steps: dict[Deferred, list[Any]] = {}
                 for _, ok, _, done in outcomes:
                     if ok and done is not None:
                         for step, items in done.deferred.items():
                             steps.setdefault(step, []).extend(items)
+                busy = not self._jobs.empty()
                 for step, items in steps.items():
-                    step(conn, items)
+                    if busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
+                        parked.append((step, step.park(conn, items)))
+                    else:
+                        step.run(conn, items)
                 # feed invariant 1: the changes of the jobs that succeeded, in this transaction (one statement:
                 # a row costs ~1.6 us this way, ~4 us with a statement per job); if it fails, the batch does
                 recorded = feed.record(conn, [c for _, ok, _, tx in outcomes if ok and tx is not None
@@ -519,6 +574,11 @@ class Engine:
                 top = feed.cursor + recorded  # under the write lock: see feed.committed
                 conn.execute("COMMIT")
                 feed.committed(top)
+                for step, kept in parked:  # invariant 10: in memory once recorded
+                    if kept:
+                        self._parked.setdefault(step, []).extend(kept)
+                        self._parked_count += len(kept)
+                        self._parked_total += len(kept)
             except Exception as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: every job of the batch hears it
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -529,6 +589,38 @@ class Engine:
         finally:
             if locked:
                 feed.lock.release()
+
+    def _run_parked(self) -> None:
+        """On the writer thread, after `IDLE_SECONDS` without a job: up to `IDLE_STEP` parked items of the first
+        parked step, in one transaction of their own under the write lock (invariant 10)."""
+        conn = self._wconn
+        assert conn is not None
+        step, items = next(iter(self._parked.items()))
+        chunk = items[:IDLE_STEP]
+        if len(chunk) == len(items):
+            del self._parked[step]
+        else:
+            del items[:IDLE_STEP]
+        self._parked_count -= len(chunk)
+        assert step.run_parked is not None
+        fcntl.flock(self._wlock, fcntl.LOCK_EX)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            step.run_parked(conn, chunk)
+
+            conn.execute("COMMIT")
+        except Exception:  # noqa: BLE001 - recorded by park: found again from disk (invariant 10)
+            log.exception("store writer: %s: %d parked items left as recorded", step.name, len(chunk))
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the next batch's BEGIN meets the same trouble and says so
+                log.exception("store writer: rollback failed")
+        finally:
+            fcntl.flock(self._wlock, fcntl.LOCK_UN)
+        if not self._parked:
+            log.info("store writer: %s caught up, %d items done while idle", step.name, self._parked_total)
+            self._parked_total = 0
 
     def _prune_changes(self, conn: sqlite3.Connection) -> None:
         """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT)."""

@@ -18,7 +18,10 @@ indexed under another version is emptied and put back in the backlog when it is 
 * `index_later` (in a write job, for a body the job stored): the same rows, written by `index_deferred` once
   for the whole batch after its last job (engine invariant 9). FTS5 turns what it holds in memory into a new
   segment at every SAVEPOINT and RELEASE; written inside each job's SAVEPOINT, every message made a segment,
-  and merging them was most of the index's cost (bench/RESULTS.md). The rows still commit with the message.
+  and merging them was most of the index's cost (bench/RESULTS.md). The rows commit with the message, unless
+  other jobs wait for the writer as the batch ends: then `park_new` puts the batch's new bodies in the
+  backlog (one small row each) and `index_parked` indexes them once the writer is idle (engine invariant 10),
+  so a burst of deliveries does not wait for its own index rows.
 * `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
 * `scan` (in a read): the exact check of SEARCH string keys on the scan forms (`scanform.evaluate`) of a batch
   of bodies, for `Store.scan_texts`: a reader thread decompresses and compares, the event loop only combines.
@@ -63,7 +66,7 @@ from postroom.mime.meta import MessageMeta, MetaFormatError
 from postroom.store import scanform
 from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
 from postroom.store.sqlite import common  # (a module: common calls index_later, this uses its helpers)
-from postroom.store.sqlite.engine import Tx
+from postroom.store.sqlite.engine import Deferred, Tx
 from postroom.store.textindex import (
     HEAD_COLUMNS,
     HEADER_FIELDS,
@@ -155,7 +158,7 @@ def index_later(tx: Tx, blob_id: str, meta: bytes | None, parsed: MessageMeta | 
     if meta is None or parsed is None:
         tx.conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
         return
-    tx.defer(index_deferred, (blob_id, meta, parsed))
+    tx.defer(INDEX_NEW, (blob_id, meta, parsed))
 
 
 # A body's document, made only if its row still holds the metadata the rows come from and it is not indexed yet
@@ -193,6 +196,33 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
                          [(blob_id,) for blob_id in latest])
         return
     conn.execute("RELEASE fts_index")
+
+
+def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> list[str]:
+    """Instead of `index_deferred` while jobs wait (engine invariant 10): the batch's new bodies into the
+    backlog, so they are searched exactly until indexed (invariant 1); returns their ids for `index_parked`."""
+    ids = list(dict.fromkeys(blob_id for blob_id, _, _ in items))
+    conn.executemany("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", [(blob_id,) for blob_id in ids])
+    return ids
+
+
+def index_parked(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
+    """In a write transaction of an idle writer: index the bodies `park_new` put in the backlog that are
+    still there (one removed meanwhile left the backlog with its last reference: `unindex_blob`), and take
+    them out of it; one whose metadata is of another format stays there for `postroom index`."""
+    for i in range(0, len(blob_ids), common.CHUNK):
+        chunk = blob_ids[i:i + common.CHUNK]
+        rows = conn.execute(
+            f"SELECT b.blob_id, s.meta FROM fts_backlog b JOIN blobs s ON s.id = b.blob_id"
+            f" WHERE b.blob_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        for blob_id, meta in rows:
+            if is_indexed(conn, blob_id):
+                conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
+            else:
+                index_blob(conn, str(blob_id), None if meta is None else bytes(meta))
+
+
+INDEX_NEW = Deferred("full-text index", index_deferred, park=park_new, run_parked=index_parked)
 
 
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
