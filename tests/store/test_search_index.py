@@ -290,7 +290,7 @@ async def test_a_busy_writer_parks_index_rows_and_writes_them_when_idle(tmp_path
         found = await store.search_text(box.id, 1, top, TextTerm("body", "heron2"))
         assert found is not None and 2 in uids(found) and found.unindexed >= 3
         await store.remove_messages(box.id, [3])  # parked, then gone before the writer is idle
-        caplog.set_level(logging.INFO, logger="postroom.store")
+        caplog.set_level(logging.DEBUG, logger="postroom.store")
         for _ in range(200):
             if _count(store, "SELECT count(*) FROM fts_backlog") == 0:
                 break

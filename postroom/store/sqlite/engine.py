@@ -618,8 +618,9 @@ class Engine:
                 log.exception("store writer: rollback failed")
         finally:
             fcntl.flock(self._wlock, fcntl.LOCK_UN)
-        if not self._parked:
-            log.info("store writer: %s caught up, %d items done while idle", step.name, self._parked_total)
+        if not self._parked:  # a line per burst that parked at least one idle step's worth
+            log.log(logging.INFO if self._parked_total >= IDLE_STEP else logging.DEBUG,
+                    "store writer: %s caught up, %d items done while idle", step.name, self._parked_total)
             self._parked_total = 0
 
     def _prune_changes(self, conn: sqlite3.Connection) -> None:
