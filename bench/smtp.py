@@ -29,6 +29,11 @@ least 0.8x.
 The driver is Postfix's `smtp-source` when installed (`-d -s SESSIONS -m COUNT -l SIZE`), else a built-in
 asyncio client doing the same (one message per MAIL/RCPT/DATA exchange, connections reused).
 
+Under the table, the CPU seconds (user + system, bench/common.py `cpu_seconds`) each Postroom run and each
+Postfix run used, per message: Postroom's process tree (workers, metadata workers), Postfix's master and every
+daemon it started. CPU per message hardly moves with other load; messages/s also says how much of the
+machine's cores each server keeps busy.
+
 The default is the issue's 10,000 messages: the whole bench (3 servers x 3 session counts, a fresh server
 each time) took about 4-5 minutes on a busy 2-CPU VM; --count 1000 gives a quick look.
 
