@@ -125,6 +125,14 @@ Invariants
     RCPTs and end-of-data of the sessions one turn serves (SMTP answers them from the connection's callbacks,
     smtp/session.py invariant 13) resolve a recipient they share once, and a change made between two commands
     (`postroom domain add|remove`, `alias add`) is seen by the second. A resolution that failed is not kept.
+19. What delivery decides a local user's copy by (quota, sender rules, INBOX, settings) is one store read per
+    user per turn (`facts`, `Store.recipient_facts`), kept like invariant 18's answers: the quota check at RCPT
+    and the block rule the session asks for next share it, and so do the quota check, the Junk decision and the
+    INBOX of a message. What `accept` read before its write is what it delivers by afterwards (the INBOX ids
+    for `deliver_local`, the settings for the auto-replies, invariant 16): the reads of one message, made for it
+    after its data arrived, never answers of an earlier command. The quota in it carries the domain's total only
+    when the domain has a limit (all `quota.refusal` needs); the store still checks every limit in the
+    transaction (invariant 13).
 """
 
 from __future__ import annotations
@@ -155,13 +163,14 @@ from postroom.store.api import (
     Invalid,
     ListPolicy,
     MailingList,
-    NotFound,
     OverQuota,
     QueueEntry,
     QueueRecipient,
+    RecipientFacts,
     SenderRule,
     Store,
     StoreError,
+    UserSettings,
 )
 
 from .arc import Sealer
@@ -386,6 +395,7 @@ class Router:
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
         self._turn_domains: dict[str, bool] = {}  # invariant 18: what this turn of the loop looked up ...
         self._turn_routes: dict[str, Route] = {}  # ... and resolved ...
+        self._turn_facts: dict[int, RecipientFacts | None] = {}  # ... and read of local users (invariant 19) ...
         self._turn_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop (None: no turn holds it)
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
@@ -425,6 +435,7 @@ class Router:
         """The first lookup of a turn (invariant 18): fresh answers, forgotten when this turn ends."""
         self._turn_domains = {}
         self._turn_routes = {}
+        self._turn_facts = {}
         self._turn_loop = loop
         loop.call_soon(self._end_turn)
 
@@ -434,6 +445,7 @@ class Router:
         loop that stopped before it ran leaves them to the next loop's first lookup, which starts afresh."""
         self._turn_domains = {}
         self._turn_routes = {}
+        self._turn_facts = {}
         self._turn_loop = None
 
     async def normalize(self, address: str) -> str:
@@ -624,13 +636,32 @@ class Router:
     async def _quota_refusal(self, d: LocalUser, size: int | None, unlimited: set[int] | None = None) -> Refusal | None:
         """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None. `unlimited`
         collects the users read without a limit of their own (no quota warning can be due, invariant 13)."""
-        try:
-            q = await self.store.get_quota(d.user_id)
-        except NotFound:
+        facts = await self.facts(d.user_id)
+        if facts is None:
             return None  # removed meanwhile: delivery finds no INBOX and says so
+        q = facts.quota  # its domain_storage is summed when the domain has a limit: all `refusal` reads
         if unlimited is not None and not (q.storage_limit or q.message_limit):
             unlimited.add(d.user_id)
         return refusal(q, size)
+
+    async def facts(self, user_id: int) -> RecipientFacts | None:
+        """What delivery decides a local user's copy by (`Store.recipient_facts`: quota, sender rules, INBOX,
+        settings), read once per turn of the event loop (invariant 19); None for a user removed meanwhile.
+        Raises what the store raises when it cannot be reached."""
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:
+            self._start_turn(loop)
+        turn = self._turn_facts
+        if user_id in turn:
+            return turn[user_id]
+        facts = await self.store.recipient_facts(user_id)
+        turn[user_id] = facts  # the dict of the turn it began in, as `_explain`
+        return facts
+
+    async def _rules(self, user_id: int) -> tuple[SenderRule, ...]:
+        """The sender rules that apply to mail for the user (theirs, their domain's), from `facts`."""
+        facts = await self.facts(user_id)
+        return () if facts is None else facts.sender_rules
 
     @staticmethod
     def _log_refused(rcpt: str, mail_from: str, why: Refusal, stage: str) -> None:
@@ -757,15 +788,19 @@ class Router:
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
         junk = await self._junk_users(env, head, users) if users else frozenset()
+        # Invariant 19: the INBOXes and the auto-reply settings, as this message's reads found them.
+        known = {uid: f for uid in users if (f := await self.facts(uid)) is not None}
+        inboxes = {uid: f.inbox_id for uid, f in known.items() if f.inbox_id is not None}
         if env.staged is None:
             # invariant 17: `raw` (the trace fields) and `body` are stored as prefix and body, never joined
             local_job = deliver_local(self.store, limits, users, env.mail_from, env.body or env.raw,
-                                      junk=junk, prefix=env.raw if env.body else b"") if users else _zero()
+                                      junk=junk, prefix=env.raw if env.body else b"",
+                                      inboxes=inboxes) if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
             local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
-                                           env.staged, junk=junk) if users else _zero()
+                                           env.staged, junk=junk, inboxes=inboxes) if users else _zero()
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None
@@ -783,7 +818,8 @@ class Router:
             raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
         await self._warn({u: a for u, a in users.items() if u not in unlimited} if unlimited else users)
         if users and len(junk) < len(users):
-            await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk})
+            await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk},
+                                     {u: f.settings for u, f in known.items()})
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
         held = 0
         for part in parts:
@@ -806,7 +842,7 @@ class Router:
         found: SenderRule | None = None
         for d in dests:
             assert isinstance(d, LocalUser)
-            rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+            rule = deciding_rule(await self._rules(d.user_id), mail_from)
             if rule is None or rule.kind != "block":
                 return None
             found = found or rule
@@ -817,7 +853,7 @@ class Router:
         checks SPF before it lets that skip greylisting: inbound/senders.py)."""
         for d in dests:
             if isinstance(d, LocalUser) and mail_from:
-                rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+                rule = deciding_rule(await self._rules(d.user_id), mail_from)
                 if rule is not None and rule.kind == "allow":
                     return True
         return False
@@ -827,7 +863,7 @@ class Router:
         senders: Senders | None = None  # the header's From is parsed only for a user who has rules
         out: set[int] = set()
         for uid, address in users.items():
-            rules = await self.store.sender_rules(uid)
+            rules = await self._rules(uid)
             if rules and senders is None:
                 header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
                 senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
@@ -869,24 +905,27 @@ class Router:
                         out.append(source)
         return out
 
-    async def _auto_replies(self, env: Envelope, head: bytes, users: dict[int, str]) -> None:
+    async def _auto_replies(self, env: Envelope, head: bytes, users: dict[int, str],
+                            settings: dict[int, UserSettings]) -> None:
         """Invariant 16: the out-of-office replies the INBOX copies to `users` call for, each sent (durable) or
-        its failure logged."""
+        its failure logged. `settings`: the users' settings as this message's reads found them (invariant 19;
+        a user missing there is asked of the store)."""
         now = time.time()
         fields: list[Field] = []
         for uid, address in users.items():
             try:
-                await self._auto_reply(env, head, uid, address, now, fields)
+                await self._auto_reply(env, head, uid, address, now, fields, settings.get(uid))
             except (RouteError, StoreError, ValueError) as exc:  # the copies are durable: the delivery stands
                 # (invariant 16); ValueError: a reply the email package refused to build
                 log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
                                                         ("result", "failed"), ("reason", str(exc)[:200])]))
 
     async def _auto_reply(self, env: Envelope, head: bytes, uid: int, address: str, now: float,
-                          fields: list[Field]) -> None:
+                          fields: list[Field], settings: UserSettings | None = None) -> None:
         """One user's out-of-office reply to `env`, if one is due (invariant 16); `fields` caches the header's
-        fields across the users of one delivery (filled on first need)."""
-        settings = await self.store.get_user_settings(uid)
+        fields across the users of one delivery (filled on first need); `settings` the user's, if read already."""
+        if settings is None:
+            settings = await self.store.get_user_settings(uid)
         if not autoreply.active(settings, now):
             return
         if not fields:
