@@ -633,16 +633,9 @@ class Router:
                 raise _quota_error(worst)
         return dests
 
-    async def _quota_refusal(self, d: LocalUser, size: int | None, unlimited: set[int] | None = None) -> Refusal | None:
-        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None. `unlimited`
-        collects the users read without a limit of their own (no quota warning can be due, invariant 13)."""
-        facts = await self.facts(d.user_id)
-        if facts is None:
-            return None  # removed meanwhile: delivery finds no INBOX and says so
-        q = facts.quota  # its domain_storage is summed when the domain has a limit: all `refusal` reads
-        if unlimited is not None and not (q.storage_limit or q.message_limit):
-            unlimited.add(d.user_id)
-        return refusal(q, size)
+    async def _quota_refusal(self, d: LocalUser, size: int | None) -> Refusal | None:
+        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None."""
+        return _refusal_of(await self.facts(d.user_id), size)
 
     async def facts(self, user_id: int) -> RecipientFacts | None:
         """What delivery decides a local user's copy by (`Store.recipient_facts`: quota, sender rules, INBOX,
@@ -773,8 +766,12 @@ class Router:
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
-        unlimited: set[int] = set()  # users this message's quota read found without a limit (no warning due)
-        failures = await self._over_quota(env, users, expanded, unlimited) if users else []
+        # Invariant 19: each local user read once for this message; the quota check, the Junk decision, the
+        # INBOX and the auto-reply settings all go by it.
+        known = {uid: f for uid in users if (f := await self.facts(uid)) is not None}
+        # users this message's quota read found without a limit (no warning due, invariant 13)
+        unlimited = {uid for uid, f in known.items() if not (f.quota.storage_limit or f.quota.message_limit)}
+        failures = await self._over_quota(env, users, expanded, known) if users else []
         if failures:
             failed = {f.rcpt for f in failures}
             successes = [r for r in successes if r.rcpt not in failed]
@@ -787,9 +784,7 @@ class Router:
                                       staged=None)
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
-        junk = await self._junk_users(env, head, users) if users else frozenset()
-        # Invariant 19: the INBOXes and the auto-reply settings, as this message's reads found them.
-        known = {uid: f for uid in users if (f := await self.facts(uid)) is not None}
+        junk = self._junk_users(env, head, users, known) if users else frozenset()
         inboxes = {uid: f.inbox_id for uid, f in known.items() if f.inbox_id is not None}
         if env.staged is None:
             # invariant 17: `raw` (the trace fields) and `body` are stored as prefix and body, never joined
@@ -858,12 +853,16 @@ class Router:
                     return True
         return False
 
-    async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
-        """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
+    @staticmethod
+    def _junk_users(env: Envelope, head: bytes, users: dict[int, str],
+                    known: dict[int, RecipientFacts]) -> frozenset[int]:
+        """The users whose copy goes to Junk (invariant 15) by their rules as `known` holds them (invariant 19);
+        one `junk` log line per copy a rule filed."""
         senders: Senders | None = None  # the header's From is parsed only for a user who has rules
         out: set[int] = set()
         for uid, address in users.items():
-            rules = await self._rules(uid)
+            facts = known.get(uid)
+            rules = facts.sender_rules if facts is not None else ()
             if rules and senders is None:
                 header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
                 senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
@@ -996,14 +995,15 @@ class Router:
 
     async def _over_quota(self, env: Envelope, users: dict[int, str],
                           expanded: list[tuple[Rcpt, str, Sequence[Destination]]],
-                          unlimited: set[int] | None = None) -> list[RecipientReport]:
+                          known: dict[int, RecipientFacts]) -> list[RecipientReport]:
         """Invariant 13: take the users the message does not fit out of `users` (logged), and return the failure
-        reports for them. RouteError when no recipient gets anything at all: 552 5.2.2 if the message could
-        never fit any of them, else 452 4.2.2 (the whole message is refused in the dialogue)."""
+        reports for them. `known`: the users' facts read for this message (invariant 19). RouteError when no
+        recipient gets anything at all: 552 5.2.2 if the message could never fit any of them, else 452 4.2.2 (the
+        whole message is refused in the dialogue)."""
         size = await self._stored_size(env)
         refused: dict[int, Refusal] = {}
         for user_id in users:
-            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size, unlimited)
+            why = _refusal_of(known.get(user_id), size)
             if why is not None:
                 refused[user_id] = why
         if not refused:
@@ -1192,6 +1192,12 @@ def without_success(notify: str) -> str:
         return notify
     kept = [k for k in kinds if k.upper() != "SUCCESS"]
     return ",".join(kept) if kept else "NEVER"
+
+
+def _refusal_of(facts: RecipientFacts | None, size: int | None) -> Refusal | None:
+    """`quota.refusal` of a user's quota as `facts` holds it (its domain total summed when the domain has a limit:
+    all `refusal` reads, invariant 19); None for a user removed meanwhile (delivery finds no INBOX and says so)."""
+    return None if facts is None else refusal(facts.quota, size)
 
 
 def _quota_error(why: Refusal) -> RouteError:
