@@ -24,11 +24,14 @@ Invariants
    they ride as `AppendRequest.prefix`, the store writes them before the body, and the metadata of the joined
    bytes is computed from the pieces (`metapool.meta_bytes(prefix=...)`; joined only when parsed on the loop,
    at most `metapool.INLINE_MAX` bytes). Issue 17 item 5.
+7. An INBOX id the caller passes (`inboxes`: the router's `recipient_facts`, read for this message) is used as
+   given, not looked up again; the store's write still finds the mailbox in its transaction (NotFound if it
+   went meanwhile, as when the lookup here raced a removal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
@@ -62,55 +65,64 @@ async def _junk(store: Store, uid: int) -> int | None:
         return made.id if made is not None else None
 
 
-async def _boxes(store: Store, user_ids: Iterable[int],
-                 junk: bool | AbstractSet[int] = False) -> tuple[list[int], list[int]]:
-    """(INBOX ids, Junk ids) of the users: a user in `junk` (all of them when True) gets their Junk mailbox."""
+async def _boxes(store: Store, user_ids: Iterable[int], junk: bool | AbstractSet[int] = False,
+                 inboxes: Mapping[int, int] | None = None) -> tuple[list[int], list[int]]:
+    """(INBOX ids, Junk ids) of the users: a user in `junk` (all of them when True) gets their Junk mailbox.
+    `inboxes`: INBOX ids the caller read for this message (user id -> mailbox id, invariant 7); the others are
+    looked up."""
     ids = sorted(set(user_ids))  # invariant 3
     to_junk = (set(ids) if junk else set()) if isinstance(junk, bool) else set(junk)
-    inboxes, junks = [], []
+    found: list[int] = []
+    junks: list[int] = []
     for uid in ids:
         if uid in to_junk:
             junk_id = await _junk(store, uid)
             if junk_id is not None:
                 junks.append(junk_id)
                 continue
+        known = inboxes.get(uid) if inboxes is not None else None
+        if known is not None:
+            found.append(known)
+            continue
         box = await store.get_mailbox(uid, "INBOX")
         if box is None:
             raise NotFound(f"user {uid} has no INBOX")
-        inboxes.append(box.id)
-    return inboxes, junks
+        found.append(box.id)
+    return found, junks
 
 
 async def deliver_local(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
                         raw: bytes, junk: bool | AbstractSet[int] = False, *, enforce_quota: bool = True,
-                        prefix: bytes = b"") -> int:
+                        prefix: bytes = b"", inboxes: Mapping[int, int] | None = None) -> int:
     """Deliver the message `prefix` + `raw` (the trace fields, then the message: stored as the store request's
     prefix and body, never joined, invariant 6) to the INBOX of each user (their Junk mailbox, with `$Junk`,
     when `junk` is True or holds their id: a DMARC or spam quarantine, a blocked sender); returns how many
     mailboxes got it. One store write for all (invariant 2). OverQuota if one user cannot take it (nothing
-    stored), unless `enforce_quota` is False (the server's own notices: store api invariant 12)."""
-    inboxes, junks = await _boxes(store, user_ids, junk)
-    if not inboxes and not junks:
+    stored), unless `enforce_quota` is False (the server's own notices: store api invariant 12). `inboxes`: the
+    INBOX ids the caller read for this message, user id -> mailbox id (invariant 7; the others are looked up)."""
+    inboxes_found, junks = await _boxes(store, user_ids, junk, inboxes)
+    if not inboxes_found and not junks:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1; a few header fields, joined (invariant 6)
     meta, parsed = await pool.meta_pair(raw, limits, prefix=head)  # parsed: not decoded again by the store
     request = AppendRequest(raw=raw, prefix=head, meta=meta, parsed=parsed)
-    await store.deliver(inboxes + junks, request, enforce_quota=enforce_quota,
+    await store.deliver(inboxes_found + junks, request, enforce_quota=enforce_quota,
                         box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))  # one write, whoever gets $Junk
-    return len(inboxes) + len(junks)
+    return len(inboxes_found) + len(junks)
 
 
 async def deliver_local_file(store: Store, limits: LimitsConfig, user_ids: Iterable[int], mail_from: str,
-                             prefix: bytes, path: Path, junk: bool | AbstractSet[int] = False) -> int:
+                             prefix: bytes, path: Path, junk: bool | AbstractSet[int] = False, *,
+                             inboxes: Mapping[int, int] | None = None) -> int:
     """`deliver_local` of `prefix` + the staging file `path` (left in place), stored from the file
     (`Store.deliver_file`, which writes Return-Path and `prefix` before the body). The metadata scan reads the
     file in a worker process (`metapool.meta_bytes_of_file`): the message is never whole in this process
-    (invariant 5)."""
-    inboxes, junks = await _boxes(store, user_ids, junk)
-    if not inboxes and not junks:
+    (invariant 5). `inboxes` as for `deliver_local`."""
+    inboxes_found, junks = await _boxes(store, user_ids, junk, inboxes)
+    if not inboxes_found and not junks:
         return 0
     head = return_path(mail_from) + prefix  # invariant 1
     meta = await pool.meta_bytes_of_file(head, path, limits)
-    await store.deliver_file(inboxes + junks, path, prefix=head, meta=meta,
+    await store.deliver_file(inboxes_found + junks, path, prefix=head, meta=meta,
                              box_keywords=dict.fromkeys(junks, JUNK_KEYWORDS))
-    return len(inboxes) + len(junks)
+    return len(inboxes_found) + len(junks)

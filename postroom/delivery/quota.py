@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 The store enforces every limit in the transaction that inserts (store/sqlite/quota.py); this module answers the
-question earlier, from the counters (`Store.get_quota`, one row), so SMTP can refuse in the dialogue and the
-router can leave one recipient out instead of failing a delivery for all:
+question earlier, from the counters (`RecipientFacts.quota`, read with the rest of what delivery needs of a
+user: router invariant 19; one row, and the domain's total only when the domain has a limit), so SMTP can refuse
+in the dialogue and the router can leave one recipient out instead of failing a delivery for all:
 
     at RCPT, no size known      refused only if the user (or domain) is already full: no room for one more
                                 octet or message ("already over quota", 452 4.2.2)

@@ -125,6 +125,14 @@ Invariants
     RCPTs and end-of-data of the sessions one turn serves (SMTP answers them from the connection's callbacks,
     smtp/session.py invariant 13) resolve a recipient they share once, and a change made between two commands
     (`postroom domain add|remove`, `alias add`) is seen by the second. A resolution that failed is not kept.
+19. What delivery decides a local user's copy by (quota, sender rules, INBOX, settings) is one store read per
+    user per turn (`facts`, `Store.recipient_facts`), kept like invariant 18's answers: the quota check at RCPT
+    and the block rule the session asks for next share it, and so do the quota check, the Junk decision and the
+    INBOX of a message. What `accept` read before its write is what it delivers by afterwards (the INBOX ids
+    for `deliver_local`, the settings for the auto-replies, invariant 16): the reads of one message, made for it
+    after its data arrived, never answers of an earlier command. The quota in it carries the domain's total only
+    when the domain has a limit (all `quota.refusal` needs); the store still checks every limit in the
+    transaction (invariant 13).
 """
 
 from __future__ import annotations
@@ -155,13 +163,14 @@ from postroom.store.api import (
     Invalid,
     ListPolicy,
     MailingList,
-    NotFound,
     OverQuota,
     QueueEntry,
     QueueRecipient,
+    RecipientFacts,
     SenderRule,
     Store,
     StoreError,
+    UserSettings,
 )
 
 from .arc import Sealer
@@ -386,6 +395,7 @@ class Router:
         self._secret: bytes | None = None  # the server secret (auth/secret.py), keying SRS addresses
         self._turn_domains: dict[str, bool] = {}  # invariant 18: what this turn of the loop looked up ...
         self._turn_routes: dict[str, Route] = {}  # ... and resolved ...
+        self._turn_facts: dict[int, RecipientFacts | None] = {}  # ... and read of local users (invariant 19) ...
         self._turn_loop: asyncio.AbstractEventLoop | None = None  # ... on this loop (None: no turn holds it)
         self.sealer = Sealer(store, config.server.hostname)  # invariant 14: ARC sets on what we send on
 
@@ -425,6 +435,7 @@ class Router:
         """The first lookup of a turn (invariant 18): fresh answers, forgotten when this turn ends."""
         self._turn_domains = {}
         self._turn_routes = {}
+        self._turn_facts = {}
         self._turn_loop = loop
         loop.call_soon(self._end_turn)
 
@@ -434,6 +445,7 @@ class Router:
         loop that stopped before it ran leaves them to the next loop's first lookup, which starts afresh."""
         self._turn_domains = {}
         self._turn_routes = {}
+        self._turn_facts = {}
         self._turn_loop = None
 
     async def normalize(self, address: str) -> str:
@@ -621,16 +633,28 @@ class Router:
                 raise _quota_error(worst)
         return dests
 
-    async def _quota_refusal(self, d: LocalUser, size: int | None, unlimited: set[int] | None = None) -> Refusal | None:
-        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None. `unlimited`
-        collects the users read without a limit of their own (no quota warning can be due, invariant 13)."""
-        try:
-            q = await self.store.get_quota(d.user_id)
-        except NotFound:
-            return None  # removed meanwhile: delivery finds no INBOX and says so
-        if unlimited is not None and not (q.storage_limit or q.message_limit):
-            unlimited.add(d.user_id)
-        return refusal(q, size)
+    async def _quota_refusal(self, d: LocalUser, size: int | None) -> Refusal | None:
+        """Why quota keeps the message (of `size` octets; None: not declared) from `d`, or None."""
+        return _refusal_of(await self.facts(d.user_id), size)
+
+    async def facts(self, user_id: int) -> RecipientFacts | None:
+        """What delivery decides a local user's copy by (`Store.recipient_facts`: quota, sender rules, INBOX,
+        settings), read once per turn of the event loop (invariant 19); None for a user removed meanwhile.
+        Raises what the store raises when it cannot be reached."""
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:
+            self._start_turn(loop)
+        turn = self._turn_facts
+        if user_id in turn:
+            return turn[user_id]
+        facts = await self.store.recipient_facts(user_id)
+        turn[user_id] = facts  # the dict of the turn it began in, as `_explain`
+        return facts
+
+    async def _rules(self, user_id: int) -> tuple[SenderRule, ...]:
+        """The sender rules that apply to mail for the user (theirs, their domain's), from `facts`."""
+        facts = await self.facts(user_id)
+        return () if facts is None else facts.sender_rules
 
     @staticmethod
     def _log_refused(rcpt: str, mail_from: str, why: Refusal, stage: str) -> None:
@@ -742,8 +766,12 @@ class Router:
                     lists[d.ml.address] = d.ml
                 else:
                     actions.append(d)
-        unlimited: set[int] = set()  # users this message's quota read found without a limit (no warning due)
-        failures = await self._over_quota(env, users, expanded, unlimited) if users else []
+        # Invariant 19: each local user read once for this message; the quota check, the Junk decision, the
+        # INBOX and the auto-reply settings all go by it.
+        known = {uid: f for uid in users if (f := await self.facts(uid)) is not None}
+        # users this message's quota read found without a limit (no warning due, invariant 13)
+        unlimited = {uid for uid, f in known.items() if not (f.quota.storage_limit or f.quota.message_limit)}
+        failures = await self._over_quota(env, users, expanded, known) if users else []
         if failures:
             failed = {f.rcpt for f in failures}
             successes = [r for r in successes if r.rcpt not in failed]
@@ -756,16 +784,18 @@ class Router:
                                       staged=None)
         limits = self.config.limits
         queue_rcpts = [QueueRecipient(r.address, r.orcpt, r.notify) for r in remote.values()]
-        junk = await self._junk_users(env, head, users) if users else frozenset()
+        junk = self._junk_users(env, head, users, known) if users else frozenset()
+        inboxes = {uid: f.inbox_id for uid, f in known.items() if f.inbox_id is not None}
         if env.staged is None:
             # invariant 17: `raw` (the trace fields) and `body` are stored as prefix and body, never joined
             local_job = deliver_local(self.store, limits, users, env.mail_from, env.body or env.raw,
-                                      junk=junk, prefix=env.raw if env.body else b"") if users else _zero()
+                                      junk=junk, prefix=env.raw if env.body else b"",
+                                      inboxes=inboxes) if users else _zero()
             queue_job = self.store.enqueue(env.raw, env.mail_from, queue_rcpts, envid=env.envid, ret=env.ret,
                                            from_checked=env.from_checked) if remote else None
         else:  # invariant 9: from the file
             local_job = deliver_local_file(self.store, limits, users, env.mail_from, env.raw,
-                                           env.staged, junk=junk) if users else _zero()
+                                           env.staged, junk=junk, inboxes=inboxes) if users else _zero()
             queue_job = self.store.enqueue_file(env.staged, env.mail_from, queue_rcpts, prefix=env.raw,
                                                 envid=env.envid, ret=env.ret,
                                                 from_checked=env.from_checked) if remote else None
@@ -783,7 +813,8 @@ class Router:
             raise RouteError(452, "4.2.2", "Mailbox full (over quota), try again later") from exc
         await self._warn({u: a for u, a in users.items() if u not in unlimited} if unlimited else users)
         if users and len(junk) < len(users):
-            await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk})
+            await self._auto_replies(env, head, {u: a for u, a in users.items() if u not in junk},
+                                     {u: f.settings for u, f in known.items()})
         queue_ids: tuple[int, ...] = (entry.id,) if entry is not None else ()
         held = 0
         for part in parts:
@@ -806,7 +837,7 @@ class Router:
         found: SenderRule | None = None
         for d in dests:
             assert isinstance(d, LocalUser)
-            rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+            rule = deciding_rule(await self._rules(d.user_id), mail_from)
             if rule is None or rule.kind != "block":
                 return None
             found = found or rule
@@ -817,17 +848,21 @@ class Router:
         checks SPF before it lets that skip greylisting: inbound/senders.py)."""
         for d in dests:
             if isinstance(d, LocalUser) and mail_from:
-                rule = deciding_rule(await self.store.sender_rules(d.user_id), mail_from)
+                rule = deciding_rule(await self._rules(d.user_id), mail_from)
                 if rule is not None and rule.kind == "allow":
                     return True
         return False
 
-    async def _junk_users(self, env: Envelope, head: bytes, users: dict[int, str]) -> frozenset[int]:
-        """The users whose copy goes to Junk (invariant 15); one `junk` log line per copy a rule filed."""
+    @staticmethod
+    def _junk_users(env: Envelope, head: bytes, users: dict[int, str],
+                    known: dict[int, RecipientFacts]) -> frozenset[int]:
+        """The users whose copy goes to Junk (invariant 15) by their rules as `known` holds them (invariant 19);
+        one `junk` log line per copy a rule filed."""
         senders: Senders | None = None  # the header's From is parsed only for a user who has rules
         out: set[int] = set()
         for uid, address in users.items():
-            rules = await self.store.sender_rules(uid)
+            facts = known.get(uid)
+            rules = facts.sender_rules if facts is not None else ()
             if rules and senders is None:
                 header_from = tuple(a for name, found in header_sender_fields(head) if name == "From" for a in found)
                 senders = Senders(env.mail_from.lower(), header_from, env.authenticated)
@@ -869,24 +904,27 @@ class Router:
                         out.append(source)
         return out
 
-    async def _auto_replies(self, env: Envelope, head: bytes, users: dict[int, str]) -> None:
+    async def _auto_replies(self, env: Envelope, head: bytes, users: dict[int, str],
+                            settings: dict[int, UserSettings]) -> None:
         """Invariant 16: the out-of-office replies the INBOX copies to `users` call for, each sent (durable) or
-        its failure logged."""
+        its failure logged. `settings`: the users' settings as this message's reads found them (invariant 19;
+        a user missing there is asked of the store)."""
         now = time.time()
         fields: list[Field] = []
         for uid, address in users.items():
             try:
-                await self._auto_reply(env, head, uid, address, now, fields)
+                await self._auto_reply(env, head, uid, address, now, fields, settings.get(uid))
             except (RouteError, StoreError, ValueError) as exc:  # the copies are durable: the delivery stands
                 # (invariant 16); ValueError: a reply the email package refused to build
                 log.warning("%s", logfmt("auto-reply", [("user", address), ("to", env.mail_from or "<>"),
                                                         ("result", "failed"), ("reason", str(exc)[:200])]))
 
     async def _auto_reply(self, env: Envelope, head: bytes, uid: int, address: str, now: float,
-                          fields: list[Field]) -> None:
+                          fields: list[Field], settings: UserSettings | None = None) -> None:
         """One user's out-of-office reply to `env`, if one is due (invariant 16); `fields` caches the header's
-        fields across the users of one delivery (filled on first need)."""
-        settings = await self.store.get_user_settings(uid)
+        fields across the users of one delivery (filled on first need); `settings` the user's, if read already."""
+        if settings is None:
+            settings = await self.store.get_user_settings(uid)
         if not autoreply.active(settings, now):
             return
         if not fields:
@@ -957,14 +995,15 @@ class Router:
 
     async def _over_quota(self, env: Envelope, users: dict[int, str],
                           expanded: list[tuple[Rcpt, str, Sequence[Destination]]],
-                          unlimited: set[int] | None = None) -> list[RecipientReport]:
+                          known: dict[int, RecipientFacts]) -> list[RecipientReport]:
         """Invariant 13: take the users the message does not fit out of `users` (logged), and return the failure
-        reports for them. RouteError when no recipient gets anything at all: 552 5.2.2 if the message could
-        never fit any of them, else 452 4.2.2 (the whole message is refused in the dialogue)."""
+        reports for them. `known`: the users' facts read for this message (invariant 19). RouteError when no
+        recipient gets anything at all: 552 5.2.2 if the message could never fit any of them, else 452 4.2.2 (the
+        whole message is refused in the dialogue)."""
         size = await self._stored_size(env)
         refused: dict[int, Refusal] = {}
         for user_id in users:
-            why = await self._quota_refusal(LocalUser(user_id, users[user_id]), size, unlimited)
+            why = _refusal_of(known.get(user_id), size)
             if why is not None:
                 refused[user_id] = why
         if not refused:
@@ -1153,6 +1192,12 @@ def without_success(notify: str) -> str:
         return notify
     kept = [k for k in kinds if k.upper() != "SUCCESS"]
     return ",".join(kept) if kept else "NEVER"
+
+
+def _refusal_of(facts: RecipientFacts | None, size: int | None) -> Refusal | None:
+    """`quota.refusal` of a user's quota as `facts` holds it (its domain total summed when the domain has a limit:
+    all `refusal` reads, invariant 19); None for a user removed meanwhile (delivery finds no INBOX and says so)."""
+    return None if facts is None else refusal(facts.quota, size)
 
 
 def _quota_error(why: Refusal) -> RouteError:

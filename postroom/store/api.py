@@ -780,6 +780,20 @@ class UserSettings:
 
 
 @dataclass(frozen=True)
+class RecipientFacts:
+    """What delivery decides a local recipient's copy by, from one read (`Store.recipient_facts`; router
+    invariant 19): the user's quota, the sender rules that apply (theirs, then their domain's, as
+    `sender_rules`), their INBOX's id (None if they have none) and their settings (the auto-reply's).
+    `quota.domain_storage` is summed only when the domain has a limit: it is 0 when `quota.domain_storage_limit`
+    is 0 (there is nothing to check it against; `get_quota` always sums it, for the reports that show it)."""
+
+    quota: QuotaUsage
+    sender_rules: tuple[SenderRule, ...]
+    inbox_id: int | None
+    settings: UserSettings
+
+
+@dataclass(frozen=True)
 class TrainingSignal:
     """A user's verdict on a message, to be sent to the spam filter's learning (invariant 14): `kind` "spam" (moved
     into Junk or marked $Junk) or "ham" (moved out of Junk), the body's `blob_id`, when it was `created` and
@@ -1393,6 +1407,12 @@ class Store(Protocol):
     # quotas (invariant 12) ----------------------------------------------------------------------------------
     async def get_quota(self, user_id: int) -> QuotaUsage:
         """The user's usage and limits, and their domain's (invariant 12). NotFound for an unknown user id."""
+
+    async def recipient_facts(self, user_id: int) -> RecipientFacts | None:
+        """In one read, what delivery needs of a local recipient (`RecipientFacts`): the answers `get_quota` (but
+        `domain_storage` summed only when the domain has a limit), `sender_rules`, `get_mailbox(user_id, "INBOX")`
+        and `get_user_settings` would give, as one snapshot saw them. A point lookup per table (a quick read),
+        never a scan of the domain unless it has a limit. None for an unknown user id."""
 
     async def set_user_quota(self, address: str, *, storage: int | None = None,
                              messages: int | None = None) -> None:

@@ -26,6 +26,10 @@ Invariants:
    staging files behind (garbage, like ".tmp." files). `sweep()` (run when the store opens) removes both kinds
    once older than `max_age`: `STALE_AGE` while another process shares the store (it may be writing one),
    0 when the store's lock shows none does (sqlite/__init__.py invariant 3).
+7. `blob_id_of` hashes a body of at most `GIL_HELD_MAX` bytes (every inline SMTP delivery's) without letting go
+   of the GIL: it runs on the event loop beside the SQLite writer thread, and a hand-over of the GIL and back
+   cost more CPU than hashing a few KiB (bench/RESULTS.md, helper quick10). Larger bodies let it go, so the
+   writer runs while they are hashed.
 """
 
 from __future__ import annotations
@@ -72,11 +76,26 @@ def _copy_rest(src: int, dst: int) -> None:
         write_all(dst, view[:n])
 
 
+# CPython's hashlib lets go of the GIL for an update of 2048 bytes or more (HASHLIB_GIL_MINSIZE): on the event loop,
+# beside a busy writer thread, each such update hands the GIL over and waits to get it back, which costs more
+# than hashing a small body. A body of at most GIL_HELD_MAX bytes is hashed in pieces below that size (invariant 7).
+GIL_PIECE = 2047
+GIL_HELD_MAX = 16 * 1024
+
+
 def blob_id_of(data: bytes, prefix: bytes = b"") -> str:
     """The blob id (SHA-256 hex) of the body `prefix` + `data`, hashed piece by piece: the same id as of the
-    joined bytes, without joining them (issue 17 item 5: trace fields carried as a prefix)."""
-    digest = hashlib.sha256(prefix)
-    digest.update(data)
+    joined bytes, without joining them (issue 17 item 5: trace fields carried as a prefix). Up to
+    `GIL_HELD_MAX` bytes without letting go of the GIL (pieces of `GIL_PIECE`), larger bodies in one update."""
+    digest = hashlib.sha256()
+    if len(prefix) + len(data) <= GIL_HELD_MAX:
+        for piece in (prefix, data):
+            view = memoryview(piece)
+            for at in range(0, len(view), GIL_PIECE):
+                digest.update(view[at:at + GIL_PIECE])
+    else:
+        digest.update(prefix)
+        digest.update(data)
     return digest.hexdigest()
 
 

@@ -419,14 +419,14 @@ def test_a_domain_is_asked_once_per_turn_and_a_change_is_seen_by_the_next_turn(t
     run(tmp_path, body)
 
 
-def count_calls(store: Store, method: str) -> list[str]:
-    """The arguments `store.method` is called with from now on, in order: the method is wrapped in place."""
-    asked: list[str] = []
+def count_calls(store: Store, method: str) -> list[Any]:
+    """The first arguments `store.method` is called with from now on, in order: the method is wrapped in place."""
+    asked: list[Any] = []
     real = getattr(store, method)
 
-    async def counting(arg: str) -> Any:
+    async def counting(arg: Any, *rest: Any, **named: Any) -> Any:
         asked.append(arg)
-        return await real(arg)
+        return await real(arg, *rest, **named)
 
     setattr(store, method, counting)
     return asked
@@ -478,6 +478,52 @@ def test_one_domain_lookup_per_rcpt_and_per_message(tmp_path: Path) -> None:
                                            b"From: bob@far.test\r\nSubject: hi\r\n\r\nhello\r\n"))
         assert accepted.local == 1
         assert asked == ["example.org"]
+
+    run(tmp_path, body)
+
+
+def test_one_read_of_a_recipient_per_rcpt_and_per_message_and_a_change_is_seen_next_turn(tmp_path: Path) -> None:
+    """Router invariant 19: the RCPT's quota check and block rule share one `recipient_facts` read, and a
+    message's quota check, Junk decision, INBOX and auto-reply settings another (no separate quota, rule, mailbox
+    or settings reads); a rule or a limit set by another connection (the CLI) counts from the next turn on."""
+    async def body(store: Store, r: Router) -> None:
+        alice = await store.get_user("alice@example.org")
+        assert alice is not None
+        facts = count_calls(store, "recipient_facts")
+        singles = [count_calls(store, m) for m in ("get_quota", "sender_rules", "get_mailbox", "get_user_settings")]
+        await asyncio.sleep(0)
+        dests = await r.check_recipient("alice@example.org", "spam@bad.example", False)
+        assert await r.blocked_at_rcpt(dests, "spam@bad.example") is None
+        assert facts == [alice.id]
+        await asyncio.sleep(0)
+        facts.clear()
+        accepted = await r.accept(Envelope("spam@bad.example", (Rcpt("alice@example.org"),),
+                                           b"From: spam@bad.example\r\nSubject: hi\r\n\r\nhello\r\n"))
+        assert accepted.local == 1
+        assert facts == [alice.id]
+        assert singles == [[], [], [], []]
+        box = await store.get_mailbox(alice.id, "INBOX")
+        assert box is not None and len(await store.list_messages(box.id)) == 1  # the INBOX the read found
+        conn = sqlite3.connect(tmp_path / "data" / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("INSERT INTO sender_rules(user_id, kind, pattern, created) VALUES (?, 'block', ?, 0)",
+                         (alice.id, "@bad.example"))
+            conn.execute("UPDATE users SET quota_messages = 1 WHERE id = ?", (alice.id,))  # alice holds one
+        finally:
+            conn.close()
+        await asyncio.sleep(0)
+        with pytest.raises(RouteError) as err:
+            await r.check_recipient("alice@example.org", "spam@bad.example", False)
+        assert (err.value.code, err.value.esc) == (452, "4.2.2")  # RFC 3463 X.2.2: mailbox full
+        conn = sqlite3.connect(tmp_path / "data" / "postroom.db", isolation_level=None)
+        try:
+            conn.execute("UPDATE users SET quota_messages = 0 WHERE id = ?", (alice.id,))
+        finally:
+            conn.close()
+        await asyncio.sleep(0)
+        dests = await r.check_recipient("alice@example.org", "spam@bad.example", False)
+        rule = await r.blocked_at_rcpt(dests, "spam@bad.example")
+        assert rule is not None and rule.pattern == "@bad.example"
 
     run(tmp_path, body)
 

@@ -53,6 +53,7 @@ from postroom.store.postgresql.metadata import MetadataMixin
 from postroom.store.postgresql.nodes import NodesMixin
 from postroom.store.postgresql.queue import QueueMixin
 from postroom.store.postgresql.quota import QuotaMixin
+from postroom.store.postgresql.recipients import RecipientsMixin
 from postroom.store.postgresql.search import SearchMixin
 from postroom.store.postgresql.senders import SendersMixin
 from postroom.store.postgresql.settings import SettingsMixin
@@ -65,7 +66,7 @@ log = logging.getLogger("postroom.store")
 
 class PostgreSQLStore(AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AclMixin, AuthFailuresMixin,
                       SearchMixin, MetadataMixin, ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin,
-                      SendersMixin, SettingsMixin, NodesMixin):
+                      SendersMixin, SettingsMixin, NodesMixin, RecipientsMixin):
     """`api.Store` on PostgreSQL at `dsn` ("postgresql://user@host:port/db"); `staging_dir` is a local folder
     for bodies on their way in (invariant 2)."""
 

@@ -57,6 +57,7 @@ from postroom.store.sqlite.metadata import MetadataMixin
 from postroom.store.sqlite.nodes import NodesMixin
 from postroom.store.sqlite.queue import QueueMixin
 from postroom.store.sqlite.quota import QuotaMixin
+from postroom.store.sqlite.recipients import RecipientsMixin
 from postroom.store.sqlite.search import SearchMixin
 from postroom.store.sqlite.senders import SendersMixin
 from postroom.store.sqlite.settings import SettingsMixin
@@ -75,6 +76,7 @@ writers; at 1 MiB they were level, so there the WAL copy and checkpoint are not 
 class SQLiteStore(
     AccountsMixin, MailboxesMixin, MessagesMixin, QueueMixin, AuthFailuresMixin, AclMixin, SearchMixin, MetadataMixin,
     ThreadsMixin, WebSessionsMixin, QuotaMixin, StructureMixin, SendersMixin, SettingsMixin, NodesMixin,
+    RecipientsMixin,
 ):
     """`api.Store` on SQLite. `path` is the database file; bodies larger than `inline_max` bytes are files under
     `blob_dir` (a negative `inline_max` makes every body a file). Changing `inline_max` between runs is safe:

@@ -8,7 +8,8 @@ Triggers on `messages` keep the first two in the statement that inserts or delet
 so an append, a delivery, a COPY, a MOVE, an expunge, a mailbox or user removal updates them in the
 transaction that makes the change, and no write path can forget to. Reading a user's usage is one row, never a
 SUM over their messages; a domain's usage is a SUM over its users' rows (one per user, by the `users_domain`
-index).
+index). `get_quota` always sums it (IMAP GETQUOTA, the web and the CLI show it); the router's read
+(`recipient_facts`, recipients.py) only for a domain with a limit.
 
 `check` runs inside the job that inserts messages (messages.py `insert_messages`), before the rows go in: it
 reads the limits and the counters as this transaction sees them, so concurrent deliveries cannot together pass
