@@ -404,7 +404,8 @@ class Session:
         (nothing left to read: the read goes on waiting)."""
         self._prefetch = [e.blob_id for e in self.core.read_ahead(
             self._last_number, READ_AHEAD_COUNT + 1, READ_AHEAD_OCTETS, sequential=True)]
-        if not self._prefetch:
+        if not self._prefetch:  # the end of the maildrop, or a next body over READ_AHEAD_OCTETS: its RETR reads it
+            self._in_order = False  # not looked for again at every command
             return True
         self._held = _PREFETCH
         return False
