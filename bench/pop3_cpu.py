@@ -14,9 +14,10 @@ threads), so a change on one side shows apart from the noise of the other. The c
 each login to the last reply (the login's argon2id check is left out). Each round prints a line; the last line
 is the mean of the rounds, the figure to compare. One at a time, the client also times each RETR from its send
 to the last byte of the reply: the median of those round trips moves less with the machine's load than msg/s
-(a preempted client or server makes a few long trips, not many slow ones). --dovecot runs the same rounds
-against Dovecot's POP3 server instead (bench/dovecot.py; its per-session process's CPU counted as a tree),
-to alternate with the two checkouts in one series.
+(a preempted client or server makes a few long trips, not many slow ones); the mean line adds the mean trip,
+the 90th and 99th percentiles and the trips over 500 us per pass (the slow tail the mean rate pays for).
+--dovecot runs the same rounds against Dovecot's POP3 server instead (bench/dovecot.py; its per-session
+process's CPU counted as a tree), to alternate with the two checkouts in one series.
 
 The server runs from the interpreter's own checkout (`postroom` beside `sys.executable`), while the maildrop is
 filled by this checkout's store code: run it with another checkout's interpreter for that checkout's server, as
@@ -116,7 +117,13 @@ def main() -> int:
         n = args.count * args.rounds
         wall, cpu, loop = totals
         split = "" if args.dovecot else f" (event-loop thread {loop / n * 1e6:.1f}, rest {(cpu - loop) / n * 1e6:.1f})"
-        median = f", median round trip {statistics.median(trips) * 1e6:.1f} us" if trips else ""
+        median = ""
+        if trips:
+            cuts = statistics.quantiles(trips, n=100)
+            median = (f", round trip median {statistics.median(trips) * 1e6:.1f} us, "
+                      f"mean {statistics.fmean(trips) * 1e6:.1f}, p90 {cuts[89] * 1e6:.0f}, "
+                      f"p99 {cuts[98] * 1e6:.0f}, over 500 us "
+                      f"{sum(t > 500e-6 for t in trips) / args.rounds:.0f} a pass")
         print(f"mean: {n / wall:,.0f} msg/s, {cpu / n * 1e6:.1f} us server CPU per RETR{split}{median}, "
               f"window {args.window}, {name}")
     finally:
