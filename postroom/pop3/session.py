@@ -19,9 +19,9 @@ TOP whose body was not read ahead reads it with those of the RETR/TOP lines alre
 client goes through the maildrop in order (RETR n after RETR n-1, one at a time or pipelined), of the messages
 after them, in one `Store.read_messages` call (invariant 6 bounds it); the next RETRs find theirs in memory.
 When such a client takes the last body read ahead one RETR at a time, the next run is read right after that
-reply is written, while it travels and the client reads it (invariant 10), so no RETR's reply waits for a store
-read. A chunk that is exactly one "RETR n" line skips the core's line buffer and command table
-(`POP3Core.quick_retr`).
+reply is written, while it travels and the client reads it (invariant 10), not between the next RETR and its
+reply (that RETR still waits in the socket if it arrives before the read is done). A chunk that is exactly
+one "RETR n" line skips the core's line buffer and command table (`POP3Core.quick_retr`).
 
 Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
 thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured

@@ -193,6 +193,44 @@ def test_in_order_retrieval_reads_the_next_bodies_after_the_reply(server: Any, m
     assert c.line().startswith(b"+OK")
 
 
+def test_a_failed_read_after_the_reply_answers_nothing(server: Any, monkeypatch: Any) -> None:
+    # pop3/session.py invariant 10: the store out of reach while the next run is read after a reply: no reply
+    # comes of it, and the next RETR reads its body itself (here the store is back: the exact body).
+    from postroom.pop3.session import READ_AHEAD_COUNT
+    from postroom.store.api import StoreUnavailable
+
+    run = READ_AHEAD_COUNT + 1
+    msgs = [message(i) for i in range(1, run + 3)]
+    fill(server, msgs)
+    calls: list[int] = []
+    read_messages = server.store.read_messages
+
+    async def second_fails(blob_ids: Any) -> dict[str, bytes]:
+        ids = list(blob_ids)
+        calls.append(len(ids))
+        if len(calls) == 2:
+            raise StoreUnavailable("the database cannot be used now (test)")
+        return await read_messages(ids)
+
+    monkeypatch.setattr(server.store, "read_messages", second_fails)
+    c = Client(server)
+    c.login()
+    for n in range(1, run + 1):
+        c.sock.sendall(b"RETR %d\r\n" % n)
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+    deadline = time.monotonic() + 20
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [run, 2]  # the failed read after the reply
+    c.sock.sendall(b"NOOP\r\n")
+    assert c.line() == b"+OK"  # nothing else was written before this reply
+    c.sock.sendall(b"RETR %d\r\n" % (run + 1))
+    assert c.line() == b"+OK %d octets" % len(msgs[run]) and c.multi() == stuffed(msgs[run])
+    assert calls == [run, 2, 2]  # read by the RETR itself, with the one after it
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+
+
 def test_quit_that_comes_with_the_fin_still_removes(server: Any) -> None:
     msgs = [message(i) for i in (1, 2, 3)]
     inbox = fill(server, msgs)
