@@ -44,6 +44,9 @@ Invariants
    `max_errors`; reaching it closes the session with one last `-ERR`. `-ERR no such message` does not count:
    it is an ordinary answer for a client racing its own bookkeeping.
 6. No password or SASL payload is ever kept past the event that carries it, nor put in a reply.
+7. `quick_retr` is a shortcut, never a second meaning: what it accepts (one whole canonical RETR line of a valid
+   message, nothing buffered before it) gives the very event and state the line buffer and `_command` would;
+   everything else, errors included, goes the usual way.
 """
 
 from __future__ import annotations
@@ -334,6 +337,28 @@ class POP3Core:
             return self._command(line)
         except _Error as exc:
             return self._error(exc)
+
+    def quick_retr(self, data: bytes) -> Retrieve | None:
+        """The `Retrieve` that `receive_data(data)` then `next_event()` would give, with the same effect on the
+        core, when `data` is exactly one line "RETR n" CRLF (RFC 1939 §7; the verb in upper or lower case, n of
+        1-9 ASCII digits naming a message that is not deleted) arriving in TRANSACTION with nothing buffered
+        before it; else None, and nothing changed: the caller feeds `data` as usual. One RETR at a time is most
+        of what a POP3 client sends: this answers it without the line buffer and the command table
+        (invariant 7). Never raises."""
+        # "RETR " + at most 9 digits (parse_number's bound) + CRLF: at most 16 bytes
+        if (len(data) > 16 or not data.startswith((b"RETR ", b"retr ")) or not data.endswith(b"\r\n")
+                or self.state is not State.TRANSACTION or self._in.data or self._in.discarding or self._sasl
+                or self._waiting or self.closed or len(data) > self.options.line_limit):
+            return None
+        arg = data[5:-2]
+        if not arg.isdigit():  # bytes.isdigit: ASCII digits only, and False for b"" (as parse_number)
+            return None
+        n = int(arg)
+        if n < 1 or n > len(self.entries) or n in self.deleted:
+            return None  # the usual path words the -ERR
+        self._pending_user = None  # as `_command` (None already in TRANSACTION: USER is not allowed there)
+        self._waiting = True
+        return Retrieve(n, self.entries[n - 1], None)
 
     def _error(self, exc: _Error) -> Send:
         if exc.counts:

@@ -18,6 +18,10 @@ timer. Bodies are read a run at a time: a RETR or
 TOP whose body was not read ahead reads it with those of the RETR/TOP lines already buffered and, when the
 client goes through the maildrop in order (RETR n after RETR n-1, one at a time or pipelined), of the messages
 after them, in one `Store.read_messages` call (invariant 6 bounds it); the next RETRs find theirs in memory.
+When such a client takes the last body read ahead one RETR at a time, the next run is read right after that
+reply is written, while it travels and the client reads it (invariant 10), not between the next RETR and its
+reply (that RETR still waits in the socket if it arrives before the read is done). A chunk that is exactly
+one "RETR n" line skips the core's line buffer and command table (`POP3Core.quick_retr`).
 
 Login: password (USER/PASS, SASL PLAIN/LOGIN) and SCRAM checks go through `Authenticator` (lockout, argon2 in a
 thread). After a good login: take the maildrop lock (or `-ERR [IN-USE]`), enforce LOGIN-DELAY if configured
@@ -49,7 +53,8 @@ Invariants
 5. An unexpected exception in one command is logged with its traceback and answered with `-ERR [SYS/TEMP]`;
    the session goes on (STYLE habit 4).
 6. Read-ahead only reads: besides the body being sent, at most READ_AHEAD_COUNT bodies of at most
-   READ_AHEAD_OCTETS in all (by the listing's sizes) are held, and only until the client asks for one that is
+   READ_AHEAD_OCTETS in all (by the listing's sizes) are held (READ_AHEAD_COUNT + 1 of at most
+   READ_AHEAD_OCTETS when read after a reply, invariant 10), and only until the client asks for one that is
    not among them (then they are dropped). Replies are still produced one command at a time, in order. A body
    read ahead is served even if another session expunges its message before the RETR: bodies never change,
    and the maildrop is the one fixed at login (RFC 1939 §8); only a body gone before it was read is
@@ -65,6 +70,12 @@ Invariants
    DRAIN_ABOVE bytes plus one reply and then hands over, the connection offers no chunk while its output is
    paused, and the loop drains past DRAIN_ABOVE, so at most about twice DRAIN_ABOVE is written before a drain.
    Inline answers never end the session: a reply that closes it (too many errors) and QUIT go through the loop.
+10. Reading ahead after a reply: when an inline pass has answered every buffered line, no body read ahead is
+   left and the last RETR/TOP it served asked for the message after the one before (the client goes in
+   order), it names the next messages (`POP3Core.read_ahead(last, READ_AHEAD_COUNT + 1, ...)`) in `_prefetch`,
+   leaves `_PREFETCH` in `_held` and hands over; the loop reads them and answers nothing. The replies of that
+   pass were written before (invariant 9's order is kept: this read has no reply). A failed read is only
+   logged: the RETR that wanted one of those bodies reads it itself and its reply says what went wrong.
 """
 
 from __future__ import annotations
@@ -111,10 +122,14 @@ if TYPE_CHECKING:
     from postroom.net.listener import Handler
     from postroom.services import Services
 
+_PREFETCH = object()  # in `Session._held`: read the bodies named in `_prefetch`, answer nothing (invariant 10)
+
 log = logging.getLogger("postroom.pop3")
 
 READ_CHUNK = 64 * 1024
-READ_AHEAD_COUNT = 32  # message bodies read with the one a RETR/TOP asks for (pipelined or next in order) ...
+# Message bodies read with the one a RETR/TOP asks for (pipelined or next in order): 64 in one read, which the
+# SQLite engine serves on the loop's thread (its QUICK_BODIES) and which halves the reads of 33 ...
+READ_AHEAD_COUNT = 63
 READ_AHEAD_OCTETS = 1 << 20  # ... and at most this many bytes of them in all (by the listing's sizes)
 DRAIN_ABOVE = 256 * 1024  # drain after a reply this large even while more commands are buffered
 
@@ -241,6 +256,8 @@ class Session:
         self.retrieved = 0
         self._ahead: dict[str, bytes] = {}  # blob id -> body read ahead (invariant 6)
         self._last_number = 0  # the message the last RETR/TOP asked for
+        self._in_order = False  # ... and it was the one after the one before it (the client goes in order)
+        self._prefetch: list[str] = []  # blob ids `_answer_inline` left to the loop to read ahead (invariant 10)
         self._held: object = None  # an event `_answer_inline` took from the core and left to the loop (invariant 9)
         self.lock_lost = False  # a renewal found the maildrop lock taken by another session (MaildropLocks)
 
@@ -280,6 +297,9 @@ class Session:
                 event = core.next_event()
             else:
                 self._held = None
+                if event is _PREFETCH:  # invariant 10: the replies are out; read the next bodies, answer nothing
+                    await self._read_ahead()
+                    continue
             if event is NEED_DATA:
                 if pending:
                     conn.writelines(pending)
@@ -344,8 +364,20 @@ class Session:
         invariant 12; invariant 9): feed `data` to the core and answer, in order, every command `_ready` can, all
         replies in one write (RFC 2449 §6.6 PIPELINING). True: every complete line was answered, the read goes on
         waiting. False: the first event that needs waiting is left in `_held`, or more than DRAIN_ABOVE bytes
-        were written; the loop carries on from there."""
+        were written, or the next bodies are to be read ahead (invariant 10); the loop carries on from there."""
         core = self.core
+        retr = core.quick_retr(data)
+        if retr is not None:  # one RETR at a time, the commonest chunk (protocol.py invariant 7)
+            try:
+                reply = self._from_ahead(retr)
+            except Exception:  # invariant 5
+                log.exception("pop3 session %s: Retrieve failed", self.conn.session_id)
+                reply = [core.internal_error()]
+            if reply is None:
+                self._held = retr
+                return False
+            self.conn.writelines(reply)
+            return True if self._ahead or not self._in_order else self._wait_for_read_ahead()
         core.receive_data(data)
         out: list[bytes] = []
         size = 0
@@ -354,7 +386,7 @@ class Session:
             if event is NEED_DATA:
                 if out:
                     self.conn.writelines(out)
-                return True
+                return True if self._ahead or not self._in_order else self._wait_for_read_ahead()
             chunks = self._ready(event)
             if chunks is None:
                 self._held = event
@@ -363,6 +395,19 @@ class Session:
             size += sum(map(len, chunks))
         if out:
             self.conn.writelines(out)
+        return False
+
+    def _wait_for_read_ahead(self) -> bool:
+        """Invariant 10: a client going through the maildrop in order took the last body read ahead, and its reply
+        is out. Name the next bodies for the loop to read now, while the reply travels and the client reads it,
+        rather than when the next RETR arrives, before its reply. False (the loop is to read them) or True
+        (nothing left to read: the read goes on waiting)."""
+        self._prefetch = [e.blob_id for e in self.core.read_ahead(
+            self._last_number, READ_AHEAD_COUNT + 1, READ_AHEAD_OCTETS, sequential=True)]
+        if not self._prefetch:  # the end of the maildrop, or a next body over READ_AHEAD_OCTETS: its RETR reads it
+            self._in_order = False  # not looked for again at every command
+            return True
+        self._held = _PREFETCH
         return False
 
     async def _handle(self, event: object) -> list[bytes]:
@@ -490,6 +535,7 @@ class Session:
         raw = self._ahead.pop(event.entry.blob_id, None)
         if raw is None:
             return None
+        self._in_order = event.number == self._last_number + 1
         self._last_number = event.number
         if event.lines is None:
             self.retrieved += 1
@@ -512,8 +558,24 @@ class Session:
         chunks = self._from_ahead(event)
         if chunks is None:
             self._last_number = event.number
+            self._in_order = False
             return [core.message_gone(event.number)]
         return chunks
+
+    async def _read_ahead(self) -> None:
+        """Read the bodies `_answer_inline` named in `_prefetch` (invariant 10). Nothing is answered here: a
+        failure (the store out of reach) only logs, and the RETR that wanted one of them reads it itself, so its
+        reply says what went wrong."""
+        batch, self._prefetch = self._prefetch, []
+        try:
+            self._ahead = await self.services.store.read_messages(batch)
+        except StoreUnavailable:
+            self._ahead = {}  # the engine logs the outage (invariant 8)
+        except Exception:
+            log.exception("pop3 session %s: reading ahead failed", self.conn.session_id)
+            self._ahead = {}
+        if not self._ahead:
+            self._in_order = False  # not again at every command: the next RETR's miss reads what it needs
 
     # --- QUIT in TRANSACTION ----------------------------------------------------------------------------
     async def _update(self, event: Update) -> bytes:

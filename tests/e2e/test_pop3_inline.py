@@ -138,6 +138,99 @@ def test_same_answers_whole_byte_by_byte_and_at_random_splits(server: Any, tls: 
     assert uids(server, inbox) == [1, 2, 3]  # RSET before QUIT: nothing removed
 
 
+def test_one_command_at_a_time_gives_the_same_answers(server: Any) -> None:
+    # Each command its own chunk, sent when the last reply is whole: every RETR line takes the core's shortcut
+    # (pop3/protocol.py invariant 7) or, spelt otherwise, the usual path; the answers are those of the script
+    # sent whole.
+    fill(server, [message(i) for i in (1, 2, 3)])
+    whole = run_script(server, [b"".join(cmd + b"\r\n" for cmd, _ in SCRIPT)], False)
+    c = Client(server)
+    c.login()
+    got = []
+    for cmd, multi in SCRIPT:
+        c.sock.sendall(cmd + b"\r\n")
+        got += c.replies([(cmd, multi)])
+    assert got == whole
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+
+
+def test_in_order_retrieval_reads_the_next_bodies_after_the_reply(server: Any, monkeypatch: Any) -> None:
+    # pop3/session.py invariant 10: a client taking the maildrop in order, one RETR at a time, gets the reply to
+    # the last body read ahead, and the next run is read then, without waiting for its next command; the bodies
+    # are exact, and nothing is read past the end of the maildrop.
+    from postroom.pop3.session import READ_AHEAD_COUNT
+
+    run = READ_AHEAD_COUNT + 1  # bodies a read after a reply takes (and a first RETR with the next ones)
+    msgs = [message(i) for i in range(1, 2 * run + 6)]
+    inbox = fill(server, msgs)
+    blob = {m.blob_id: n for n, m in enumerate(server.run(server.store.list_messages(inbox)), 1)}
+    batches: list[list[int]] = []
+    read_messages = server.store.read_messages
+
+    async def recorded(blob_ids: Any) -> dict[str, bytes]:
+        ids = list(blob_ids)
+        batches.append([blob[b] for b in ids])
+        return await read_messages(ids)
+
+    monkeypatch.setattr(server.store, "read_messages", recorded)
+    c = Client(server)
+    c.login()
+    for n in range(1, run + 1):
+        c.sock.sendall(b"RETR %d\r\n" % n)
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+    deadline = time.monotonic() + 20
+    while len(batches) < 2 and time.monotonic() < deadline:  # no command sent: the server reads on its own
+        time.sleep(0.01)
+    assert batches == [list(range(1, run + 1)), list(range(run + 1, 2 * run + 1))]
+    for n in range(run + 1, len(msgs) + 1):
+        c.sock.sendall(b"RETR %d\r\n" % n)
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+    c.sock.sendall(b"NOOP\r\n")
+    assert c.line() == b"+OK"
+    assert batches[2:] == [list(range(2 * run + 1, len(msgs) + 1))]
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+
+
+def test_a_failed_read_after_the_reply_answers_nothing(server: Any, monkeypatch: Any) -> None:
+    # pop3/session.py invariant 10: the store out of reach while the next run is read after a reply: no reply
+    # comes of it, and the next RETR reads its body itself (here the store is back: the exact body).
+    from postroom.pop3.session import READ_AHEAD_COUNT
+    from postroom.store.api import StoreUnavailable
+
+    run = READ_AHEAD_COUNT + 1
+    msgs = [message(i) for i in range(1, run + 3)]
+    fill(server, msgs)
+    calls: list[int] = []
+    read_messages = server.store.read_messages
+
+    async def second_fails(blob_ids: Any) -> dict[str, bytes]:
+        ids = list(blob_ids)
+        calls.append(len(ids))
+        if len(calls) == 2:
+            raise StoreUnavailable("the database cannot be used now (test)")
+        return await read_messages(ids)
+
+    monkeypatch.setattr(server.store, "read_messages", second_fails)
+    c = Client(server)
+    c.login()
+    for n in range(1, run + 1):
+        c.sock.sendall(b"RETR %d\r\n" % n)
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+    deadline = time.monotonic() + 20
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [run, 2]  # the failed read after the reply
+    c.sock.sendall(b"NOOP\r\n")
+    assert c.line() == b"+OK"  # nothing else was written before this reply
+    c.sock.sendall(b"RETR %d\r\n" % (run + 1))
+    assert c.line() == b"+OK %d octets" % len(msgs[run]) and c.multi() == stuffed(msgs[run])
+    assert calls == [run, 2, 2]  # read by the RETR itself, with the one after it
+    c.sock.sendall(b"QUIT\r\n")
+    assert c.line().startswith(b"+OK")
+
+
 def test_quit_that_comes_with_the_fin_still_removes(server: Any) -> None:
     msgs = [message(i) for i in (1, 2, 3)]
     inbox = fill(server, msgs)

@@ -152,14 +152,27 @@ def _pop3_entries() -> list[P3.Entry]:
 
 
 def pop3(chunks: list[bytes]) -> None:
-    """Drive `pop3.protocol.POP3Core` over the chunks; raise on a crash or a broken promise."""
+    """Drive `pop3.protocol.POP3Core` over the chunks; raise on a crash or a broken promise. Twice: fed as is,
+    and with each chunk offered to `quick_retr` first, as the session does; the replies must be the same
+    (protocol.py invariant 7)."""
+    replies = _pop3_replies(chunks, quick=False)
+    if _pop3_replies(chunks, quick=True) != replies:
+        raise Finding("POP3 quick_retr answers otherwise than the usual path")
+    for reply in replies:
+        _check_pop3(reply)
+
+
+def _pop3_replies(chunks: list[bytes], quick: bool) -> list[bytes]:
     core = P3.POP3Core(P3.Options(user_without_tls=True, line_limit=POP3_LINE, max_errors=1000))
     replies: list[bytes] = [core.greeting()]
     done = False
     for chunk in chunks:
-        core.receive_data(chunk)
+        retr = core.quick_retr(chunk) if quick else None
+        if retr is None:
+            core.receive_data(chunk)
         while not done:
-            ev = core.next_event()
+            ev: object = retr if retr is not None else core.next_event()
+            retr = None
             if ev is P3.NEED_DATA:
                 break
             if isinstance(ev, P3.Send):
@@ -186,8 +199,7 @@ def pop3(chunks: list[bytes]) -> None:
             raise Finding(f"POP3 core buffers {core.buffered} bytes")
         if done:
             break
-    for reply in replies:
-        _check_pop3(reply)
+    return replies
 
 
 def _check_pop3(reply: bytes) -> None:

@@ -18,10 +18,12 @@ NAMES = sorted(TARGETS)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_seeds_run_clean(name: str) -> None:
-    """Every seed passes its target whole, byte by byte and at random cuts (so the targets themselves are sane)."""
+    """Every seed passes its target whole, byte by byte, a line at a time (as a client waiting for each reply
+    sends) and at random cuts (so the targets themselves are sane)."""
     for seed in SEEDS[name]:
         TARGETS[name]([seed])
         TARGETS[name]([seed[i:i + 1] for i in range(len(seed))])
+        TARGETS[name](seed.splitlines(keepends=True))
         for n in range(3):
             TARGETS[name](split(random.Random(n), seed))
 

@@ -4,6 +4,7 @@ whole, byte by byte, at random splits and pipelined."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 
 import pytest
@@ -541,6 +542,67 @@ def test_read_ahead_work_is_bounded_by_its_count() -> None:
     core.deleted.update(range(2, 900))
     assert core.read_ahead(1, 5, 1 << 20, sequential=True) == []
     assert [e.uid for e in core.read_ahead(895, 5, 1 << 20, sequential=True)] == [900, 901, 902, 903, 904]
+
+
+def snapshot(core: POP3Core) -> dict[str, object]:
+    """Everything the core holds, comparable (its line buffer's fields too)."""
+    buf = core._in
+    return {**{k: set(v) if isinstance(v, set) else v for k, v in vars(core).items() if k != "_in"},
+            "_in": (bytes(buf.data), buf.scanned, buf.discarding, buf.tail)}
+
+
+QUICK_CASES = [
+    b"RETR 1\r\n", b"retr 3\r\n", b"RETR 01\r\n", b"RETR 000000002\r\n",  # taken
+    b"Retr 1\r\n", b"RETR 1\n", b"RETR  1\r\n", b"RETR 1 \r\n", b"RETR\t1\r\n", b"RETR 0\r\n", b"RETR 4\r\n",
+    b"RETR 2\r\n", b"RETR 0000000001\r\n", b"RETR \r\n", b"RETR x\r\n", b"RETR -1\r\n", b"RETR +1\r\n",
+    b"RETR \xd9\xa1\r\n", b"RETR 1\r\nNOOP\r\n", b"RETR 1", b"RETR 1\r", b"TOP 1 0\r\n", b"DELE 1\r\n",
+]
+
+
+@pytest.mark.parametrize("line", QUICK_CASES)
+@pytest.mark.parametrize("before", [b"", b"NOOP", b"RE"])
+def test_quick_retr_is_the_usual_path_or_nothing(d: Driver, line: bytes, before: bytes) -> None:
+    # Invariant 7: for one canonical RETR line the shortcut gives the event and the state the line buffer and the
+    # command table give; for anything else (other spellings, errors, a deleted message, more or less than one
+    # line, bytes buffered before it) it changes nothing and the usual path answers.
+    d.feed(b"DELE 2\r\n")
+    d.core.receive_data(before)
+    twin = Driver()
+    twin.login()
+    twin.feed(b"DELE 2\r\n")
+    twin.core.receive_data(before)
+    was = snapshot(d.core)
+    event = d.core.quick_retr(line)
+    if event is None:
+        assert snapshot(d.core) == was
+        return
+    assert line in QUICK_CASES[:4] and not before
+    twin.core.receive_data(line)
+    assert twin.core.next_event() == event == Retrieve(int(line[5:-2]), ENTRIES[int(line[5:-2]) - 1], None)
+    assert snapshot(d.core) == snapshot(twin.core)
+    assert d.core.message_reply(event.number, MESSAGES[event.number - 1], None) == twin.core.message_reply(
+        event.number, MESSAGES[event.number - 1], None)
+    assert d.core.next_event() is NEED_DATA
+
+
+def test_quick_retr_only_in_transaction_ready_and_within_the_line_limit() -> None:
+    # Not in AUTHORIZATION, not while the session owes an answer, not when closed, not past the line limit (RETR 1
+    # CRLF is 8 octets: a limit of 8 takes it; at 7 the usual path says the line is too long).
+    d = Driver()
+    assert d.core.quick_retr(b"RETR 1\r\n") is None
+    d.login()
+    first = d.core.quick_retr(b"RETR 1\r\n")
+    assert first is not None
+    assert d.core.quick_retr(b"RETR 3\r\n") is None  # waiting for the session's answer to RETR 1
+    d.core.message_reply(1, MESSAGES[0], None)
+    d.core.options = dataclasses.replace(d.core.options, line_limit=8)
+    assert d.core.quick_retr(b"RETR 1\r\n") == first
+    d.core.message_reply(1, MESSAGES[0], None)
+    d.core.options = dataclasses.replace(d.core.options, line_limit=7)
+    assert d.core.quick_retr(b"RETR 1\r\n") is None
+    assert d.feed(b"RETR 1\r\n") == b"-ERR line too long\r\n"
+    d.core.closed = True
+    assert d.core.quick_retr(b"RETR 1\r\n") is None
 
 
 def test_store_unavailable_at_pass_is_sys_temp_and_the_session_stays() -> None:
