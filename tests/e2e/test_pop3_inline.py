@@ -101,6 +101,21 @@ SCRIPT: list[tuple[bytes, bool]] = [
 ]
 
 
+def retrieve_in_order(c: Client, msgs: list[bytes], numbers: range) -> None:
+    """RETR each of `numbers`, one at a time, each answer checked against its message (RFC 1939 §7: the
+    octet count, then the byte-stuffed body)."""
+    for n in numbers:
+        c.sock.sendall(b"RETR %d\r\n" % n)
+        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+
+
+def wait_until(done: Any, seconds: float = 20) -> None:
+    """Until `done()` is true (the server acting on its own, with no command sent), or `seconds` passed."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def run_script(server: Any, pieces: list[bytes], tls: bool) -> list[bytes]:
     c = Client(server, tls)
     c.login()
@@ -176,16 +191,10 @@ def test_in_order_retrieval_reads_the_next_bodies_after_the_reply(server: Any, m
     monkeypatch.setattr(server.store, "read_messages", recorded)
     c = Client(server)
     c.login()
-    for n in range(1, run + 1):
-        c.sock.sendall(b"RETR %d\r\n" % n)
-        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
-    deadline = time.monotonic() + 20
-    while len(batches) < 2 and time.monotonic() < deadline:  # no command sent: the server reads on its own
-        time.sleep(0.01)
+    retrieve_in_order(c, msgs, range(1, run + 1))
+    wait_until(lambda: len(batches) >= 2)  # no command sent: the server reads on its own
     assert batches == [list(range(1, run + 1)), list(range(run + 1, 2 * run + 1))]
-    for n in range(run + 1, len(msgs) + 1):
-        c.sock.sendall(b"RETR %d\r\n" % n)
-        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
+    retrieve_in_order(c, msgs, range(run + 1, len(msgs) + 1))
     c.sock.sendall(b"NOOP\r\n")
     assert c.line() == b"+OK"
     assert batches[2:] == [list(range(2 * run + 1, len(msgs) + 1))]
@@ -215,12 +224,8 @@ def test_a_failed_read_after_the_reply_answers_nothing(server: Any, monkeypatch:
     monkeypatch.setattr(server.store, "read_messages", second_fails)
     c = Client(server)
     c.login()
-    for n in range(1, run + 1):
-        c.sock.sendall(b"RETR %d\r\n" % n)
-        assert c.line() == b"+OK %d octets" % len(msgs[n - 1]) and c.multi() == stuffed(msgs[n - 1])
-    deadline = time.monotonic() + 20
-    while len(calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    retrieve_in_order(c, msgs, range(1, run + 1))
+    wait_until(lambda: len(calls) >= 2)
     assert calls == [run, 2]  # the failed read after the reply
     c.sock.sendall(b"NOOP\r\n")
     assert c.line() == b"+OK"  # nothing else was written before this reply
