@@ -103,7 +103,7 @@ Invariants
    in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
    (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
 10. A parked step's items (`Deferred.park`, chosen only while other jobs of this process wait for the writer
-    and fewer than `PARKED_MAX` items are parked) are recorded durably by `park` in the batch's transaction and
+    and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in the batch's transaction and
     kept in memory only after its COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per
     transaction, each transaction begun only after `IDLE_SECONDS` without a job; items whose transaction fails
     are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
@@ -607,7 +607,6 @@ class Engine:
         try:
             conn.execute("BEGIN IMMEDIATE")
             step.run_parked(conn, chunk)
-
             conn.execute("COMMIT")
         except Exception:  # noqa: BLE001 - recorded by park: found again from disk (invariant 10)
             log.exception("store writer: %s: %d parked items left as recorded", step.name, len(chunk))
