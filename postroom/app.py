@@ -250,6 +250,7 @@ class Postroom:
         meta_pool.share_large_slot(cfg.data_path / meta_pool.LOCK_NAME)
         self.store = open_store(cfg.store_url, cfg.data_path)
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
+        self.store.on_lock_wait = self.metrics.observe_lock_wait  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
         # What runs once per cluster takes a lease named for the job, held by this node's id (jobs.py).

@@ -75,6 +75,10 @@ class Metrics:
                                               namespace=NAMESPACE, registry=reg, buckets=COMMIT_BUCKETS)
         self.store_commit_ops = Histogram("store_commit_ops", "Write operations folded into one store commit.",
                                           namespace=NAMESPACE, registry=reg, buckets=COMMIT_OPS_BUCKETS)
+        self.store_lock_wait_seconds = Histogram(
+            "store_lock_wait_seconds", "Time a batch of store writes waited for the database's write lock held by "
+            "another process (SQLite: the other worker processes, an admin command).",
+            namespace=NAMESPACE, registry=reg, buckets=COMMIT_BUCKETS)
         self.password_checks_total = Counter(
             "password_checks", "Password logins judged, by how: argon2 (a hash check ran) or cache (a remembered "
             "success, auth.cache_ttl).", ["how"], namespace=NAMESPACE, registry=reg)
@@ -104,6 +108,10 @@ class Metrics:
         """One store commit took `seconds` and carried `ops` write operations."""
         self.store_commit_seconds.observe(seconds)
         self.store_commit_ops.observe(ops)
+
+    def observe_lock_wait(self, seconds: float) -> None:
+        """A batch of store writes waited `seconds` for the write lock before it began (SQLite engine)."""
+        self.store_lock_wait_seconds.observe(seconds)
 
     def set_queue_length_callback(self, callback: Callable[[], float]) -> None:
         """Read the queue length from `callback` at every scrape (invariant 2). It must be cheap and sync."""

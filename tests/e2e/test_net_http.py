@@ -30,6 +30,7 @@ def test_healthz_and_metrics() -> None:
     state: dict[str, Any] = {"status": "ok", "store": "ok"}
     metrics.set_queue_length_callback(lambda: 7)
     metrics.observe_commit(0.004, 12)
+    metrics.observe_lock_wait(0.002)
     metrics.message_accepted()
 
     async def health() -> dict[str, Any]:
@@ -85,6 +86,7 @@ def test_healthz_and_metrics() -> None:
     assert "postroom_queue_length 7.0" in m_text
     assert "postroom_messages_accepted_total 1.0" in m_text
     assert "postroom_store_commit_seconds_count 1.0" in m_text
+    assert "postroom_store_lock_wait_seconds_count 1.0" in m_text
     assert 'postroom_store_commit_ops_bucket{le="16.0"} 1.0' in m_text
     assert missing == 404
 

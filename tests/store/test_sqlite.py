@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -134,6 +136,33 @@ async def test_on_commit_callback(tmp_path: Path) -> None:
         await store.add_domain("example.net")
         assert await store.get_domain("example.net") is not None
     finally:
+        await store.close()
+
+
+async def test_on_lock_wait_says_how_long_another_process_held_the_write_lock(tmp_path: Path) -> None:
+    """engine.py module doc: a writer waits for the flock of `<database>-writer.lock` that another process (here
+    another open file description of it, which flock treats alike) holds; `on_lock_wait` hears how long."""
+    store = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs")
+    waits: list[float] = []
+    store.on_lock_wait = waits.append
+    await store.open()
+    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        before = len(waits)  # (opening the store writes too)
+        await store.add_domain("example.org")
+        assert len(waits) == before + 1 and waits[-1] >= 0
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        write = asyncio.ensure_future(store.add_domain("example.net"))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # the writer waits for the lock
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        await write
+        assert len(waits) == before + 2 and waits[-1] >= 0.05  # it waited until the release, 0.3 s on
+        store.on_lock_wait = lambda s: 1 / 0  # a broken callback must not break writes
+        await store.add_domain("example.com")
+        assert await store.get_domain("example.com") is not None
+    finally:
+        os.close(holder)
         await store.close()
 
 

@@ -117,6 +117,17 @@ class SQLiteStore(
         self._engine.on_commit = callback
 
     @property
+    def on_lock_wait(self) -> Callable[[float], None] | None:
+        """Called from the writer thread before each group commit with the seconds its batch waited for the
+        write lock, which another process (another worker, an admin command) held: with several worker
+        processes the writers take turns on it, and this is where their wait shows."""
+        return self._engine.on_lock_wait
+
+    @on_lock_wait.setter
+    def on_lock_wait(self, callback: Callable[[float], None] | None) -> None:
+        self._engine.on_lock_wait = callback
+
+    @property
     def blobs(self) -> BlobStore:
         return self._blobs
 

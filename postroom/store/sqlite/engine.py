@@ -251,6 +251,7 @@ class Engine:
         self.feed = feed if feed is not None else ChangeFeed(path, hub)
         self.inline_max = inline_max
         self.on_commit: Callable[[float, int], None] | None = None
+        self.on_lock_wait: Callable[[float], None] | None = None  # seconds a batch waited for the writer flock
         self.outage = OutageLog(log)
         self._n_readers = readers
         self._n_io = io_threads
@@ -495,7 +496,9 @@ class Engine:
             idle = False
             if job is None:
                 break
+            asked = time.perf_counter()
             fcntl.flock(self._wlock, fcntl.LOCK_EX)  # module doc: the next writer of any process waits here
+            self._lock_waited(time.perf_counter() - asked)
             batch: list[_Job[Any]] = [job]
             size = job.size
             while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
@@ -589,6 +592,14 @@ class Engine:
         finally:
             if locked:
                 feed.lock.release()
+
+    def _lock_waited(self, seconds: float) -> None:
+        """Tell `on_lock_wait` how long a batch waited for the writer flock (another process held it)."""
+        if self.on_lock_wait is not None:
+            try:
+                self.on_lock_wait(seconds)
+            except Exception:
+                log.exception("store on_lock_wait callback failed")
 
     def _run_parked(self) -> None:
         """On the writer thread, after `IDLE_SECONDS` without a job: up to `IDLE_STEP` parked items of the first
