@@ -307,6 +307,60 @@ async def test_a_busy_writer_parks_index_rows_and_writes_them_when_idle(tmp_path
         await store.close()
 
 
+async def test_a_parked_batch_backlogs_only_bodies_that_are_there_and_not_indexed(tmp_path: Path) -> None:
+    """Schema invariant 12 ("exactly one of `fts_docs` and `fts_backlog`") at the commit of a batch that parks
+    (engine invariant 10): in one batch, a body stored new (its rows deferred), the same body stored again by a
+    later job (then indexed at once: `acquire_blob` indexes a stored body that is not indexed yet), and a body
+    stored and removed again. `park_new` must not put the indexed body in the backlog too, nor record a body
+    that is gone. Checked while the writer is held in the next batch, before it is idle."""
+    store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    await store.open()
+    engine = store._engine
+    releases: list[threading.Event] = []
+    try:
+        box = await inbox(store, await new_user(store))
+
+        def holder() -> tuple[asyncio.Future[None], threading.Event]:
+            started, release = threading.Event(), threading.Event()
+            releases.append(release)
+
+            def hold(tx: object) -> None:
+                started.set()
+                release.wait(10)
+
+            return asyncio.ensure_future(engine.write(hold)), started
+
+        first, started1 = holder()  # batch 1: the writer waits in it
+        await asyncio.to_thread(started1.wait, 10)
+        twice = mail(1, "twice", "the same ostrich body")
+        batch2 = [asyncio.ensure_future(store.append(box.id, twice)),  # UID 1: new, deferred
+                  asyncio.ensure_future(store.append(box.id, twice)),  # UID 2: stored already, indexed now
+                  asyncio.ensure_future(store.append(box.id, mail(3, "brief", "a short-lived kiwi"))),  # UID 3
+                  asyncio.ensure_future(store.remove_messages(box.id, [3]))]  # ... gone in the same batch
+        second, started2 = holder()  # the last job of batch 2
+        await asyncio.sleep(0.1)  # all queued behind batch 1
+        releases[0].set()
+        await first
+        await asyncio.to_thread(started2.wait, 10)  # batch 2 runs...
+        third, started3 = holder()  # ...while this waits: batch 2 parks; then this holds the writer
+        await asyncio.sleep(0.1)
+        releases[1].set()
+        await asyncio.gather(second, *batch2)
+        await asyncio.to_thread(started3.wait, 10)  # the writer is in batch 3: nothing parked was run yet
+        assert _count(store, "SELECT count(*) FROM messages") == 2
+        both = _count(store, "SELECT count(*) FROM fts_docs d JOIN fts_backlog b ON b.blob_id = d.blob_id")
+        gone = _count(store, "SELECT count(*) FROM fts_backlog b WHERE b.blob_id NOT IN (SELECT id FROM blobs)")
+        assert (both, gone) == (0, 0), f"{both} bodies indexed and in the backlog, {gone} backlog rows of none"
+        releases[2].set()
+        await third
+        found = await store.search_text(box.id, 1, 2**32 - 1, TextTerm("body", "ostrich"))
+        assert uids(found) == [1, 2]
+    finally:
+        for release in releases:
+            release.set()
+        await store.close()
+
+
 async def test_index_rows_that_cannot_be_written_leave_the_body_in_the_backlog(tmp_path: Path) -> None:
     """fts.py invariant 1 when the batch's index step fails (here a real constraint: an `fts_scan` row already
     holds the document id the next body takes): the delivery still succeeds, its body waits in the backlog and
