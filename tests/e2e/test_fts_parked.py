@@ -338,3 +338,34 @@ def test_the_same_body_appended_in_parallel_is_indexed_or_in_the_backlog_never_b
         box.close()
     finally:
         _stop(proc)
+
+
+@pytest.mark.timeout(600)
+def test_postroom_index_beside_two_parking_workers_then_kill_9(tmp_path: Path) -> None:
+    """Two worker processes park bodies in a burst; `postroom index` (the CLI, a third writer of the store) runs
+    while they are parked; then the whole tree is killed with SIGKILL while a second burst's bodies may be
+    parked, and restarted: every acknowledged message is there once, SEARCH answers as RFC 9051 §6.4.4 says, and
+    the index holds each body exactly once (schema invariant 12, fts.py invariants 2 and 4)."""
+    conf, data = _setup(tmp_path)
+    log = tmp_path / "serve.log"
+    proc, ports = _serve(conf, log, 2)
+    try:
+        acked = _burst(ports["smtp"], 0)
+        _postroom(conf, "index")
+        _check_store(data)
+        acked += _burst(ports["smtp"], 1)
+    finally:
+        _kill_tree(proc)
+    _check_store(data)
+    proc, ports = _serve(conf, log, 2)
+    try:
+        _wait_backlog_empty(data)
+        box = Mailbox(ports["imap"])
+        subjects = box.subjects()
+        assert sorted(subjects.values()) == sorted(f"{s}-{n}" for s, n in acked)
+        assert _searches(box) == _expected(subjects)
+        box.close()
+        _check_store(data)
+    finally:
+        _stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
