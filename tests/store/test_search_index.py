@@ -361,8 +361,6 @@ async def test_a_parked_batch_backlogs_only_bodies_that_are_there_and_not_indexe
         await store.close()
 
 
-@pytest.mark.xfail(strict=True, reason="engine invariant 10 runs parked steps only after IDLE_SECONDS without a"
-                   " job: a steady trickle of writes never lets it (attack10 report)")
 async def test_parked_bodies_are_indexed_while_writes_keep_coming(tmp_path: Path) -> None:
     """A busy server is rarely idle for `IDLE_SECONDS`: with one write every 20 ms (each its own batch, none
     parks), bodies parked by an earlier burst must still be indexed while the trickle goes on, or the backlog
