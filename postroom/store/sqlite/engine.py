@@ -39,7 +39,9 @@ made one segment per message, and merging those cost more CPU than tokenising th
 A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`): when jobs are
 waiting as a batch ends, the batch records the step's items as to-do (the full-text index's backlog rows: a
 few bytes each) instead of running it, and the writer runs it later with up to `IDLE_STEP` of them per
-transaction once no job has come for `IDLE_SECONDS` (invariant 10). In a burst of deliveries the full-text
+transaction once no job has come for `IDLE_SECONDS`, and at least one such transaction every `PARKED_LAG`
+however busy it is (invariant 10: steady traffic that never left the writer idle kept the backlog growing,
+and SEARCH reads backlog bodies from their metadata). In a burst of deliveries the full-text
 rows were about a third of the writer's time per message (bench/RESULTS.md, 2026-12-01), and with several
 worker processes the writer's time is what they queue for (one write lock); Dovecot's and Stalwart's indexers
 likewise index after delivery. SEARCH is exact meanwhile: it reads a body in the backlog from its metadata.
@@ -105,7 +107,9 @@ Invariants
 10. A parked step's items (`Deferred.park`, chosen only while other jobs of this process wait for the writer
     and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in the batch's transaction and
     kept in memory only after its COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per
-    transaction, each transaction begun only after `IDLE_SECONDS` without a job; items whose transaction fails
+    transaction, each transaction begun after `IDLE_SECONDS` without a job, or between batches once
+    `PARKED_LAG` passed since the last one (or since the first item was parked), so a writer that is never idle
+    still works them off at up to `IDLE_STEP` per `PARKED_LAG`; items whose transaction fails
     are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
     `postroom serve` works off at start, indexing.py). At stop, parked items stay recorded and unrun.
 """
@@ -150,6 +154,7 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024  # after a checkpoint, a WAL a burst made larg
 IDLE_SECONDS = 0.2  # no job for this long: the writer runs parked steps (invariant 10)
 IDLE_STEP = 256  # parked items per transaction: bounds how long a job that comes meanwhile waits
 PARKED_MAX = 20_000  # parked items at most (memory: a blob id each); past it, steps run at the batch's end
+PARKED_LAG = 1.0  # seconds: however busy the writer, a parked step runs at least this often (invariant 10)
 
 
 Step = Callable[[sqlite3.Connection, list[Any]], None]
@@ -268,6 +273,7 @@ class Engine:
         self._parked: dict[Deferred, list[Any]] = {}  # invariant 10: step -> kept items; writer thread only
         self._parked_count = 0
         self._parked_total = 0  # items parked since the writer was last idle with nothing parked (for the log)
+        self._parked_due = 0.0  # monotonic time by which the next parked step runs even if jobs wait
         self._life = threading.Lock()  # serialises start() against itself (two concurrent open() calls)
 
     # ---- life cycle
@@ -484,6 +490,9 @@ class Engine:
         stopping = False
         idle = False  # the last thing done was a parked step, and no job came since
         while not stopping:
+            if self._parked and time.monotonic() >= self._parked_due:
+                self._run_parked()  # invariant 10: a steady stream of jobs must not keep them parked for ever
+                continue
             if self._parked:
                 try:  # invariant 10: parked steps once IDLE_SECONDS passed without a job, then back to back
                     job = self._jobs.get_nowait() if idle else self._jobs.get(timeout=IDLE_SECONDS)
@@ -579,6 +588,8 @@ class Engine:
                 feed.committed(top)
                 for step, kept in parked:  # invariant 10: in memory once recorded
                     if kept:
+                        if not self._parked:
+                            self._parked_due = time.monotonic() + PARKED_LAG
                         self._parked.setdefault(step, []).extend(kept)
                         self._parked_count += len(kept)
                         self._parked_total += len(kept)
@@ -628,6 +639,7 @@ class Engine:
                 log.exception("store writer: rollback failed")
         finally:
             fcntl.flock(self._wlock, fcntl.LOCK_UN)
+        self._parked_due = time.monotonic() + PARKED_LAG
         if not self._parked:  # a line per burst that parked at least one idle step's worth
             log.log(logging.INFO if self._parked_total >= IDLE_STEP else logging.DEBUG,
                     "store writer: %s caught up, %d items done while idle", step.name, self._parked_total)

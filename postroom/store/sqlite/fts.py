@@ -19,9 +19,9 @@ indexed under another version is emptied and put back in the backlog when it is 
   for the whole batch after its last job (engine invariant 9). FTS5 turns what it holds in memory into a new
   segment at every SAVEPOINT and RELEASE; written inside each job's SAVEPOINT, every message made a segment,
   and merging them was most of the index's cost (bench/RESULTS.md). The rows commit with the message, unless
-  other jobs wait for the writer as the batch ends: then `park_new` puts the batch's new bodies in the
-  backlog (one small row each) and `index_parked` indexes them once the writer is idle (engine invariant 10),
-  so a burst of deliveries does not wait for its own index rows.
+  other jobs wait for the writer as the batch ends: then `park_new` puts the batch's new bodies (those still
+  stored and not indexed by a later job) in the backlog (one small row each) and `index_parked` indexes them
+  once the writer is idle (engine invariant 10), so a burst of deliveries does not wait for its own index rows.
 * `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
 * `scan` (in a read): the exact check of SEARCH string keys on the scan forms (`scanform.evaluate`) of a batch
   of bodies, for `Store.scan_texts`: a reader thread decompresses and compares, the event loop only combines.
@@ -161,6 +161,9 @@ def index_later(tx: Tx, blob_id: str, meta: bytes | None, parsed: MessageMeta | 
     tx.defer(INDEX_NEW, (blob_id, meta, parsed))
 
 
+# A body into the backlog only if it is still stored and not indexed (schema invariant 12: exactly one of the two)
+_BACKLOG_UNINDEXED = ("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs WHERE id = ?"
+                      " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id)")
 # A body's document, made only if its row still holds the metadata the rows come from and it is not indexed yet
 _INSERT_DOC = ("INSERT INTO fts_docs(blob_id, version) SELECT id, ? FROM blobs WHERE id = ? AND meta = ?"
                " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id) RETURNING docid")
@@ -191,18 +194,19 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
         conn.execute("ROLLBACK TO fts_index")
         conn.execute("RELEASE fts_index")
         log.exception("full-text index: %d new bodies left in the backlog", len(latest))
-        conn.executemany("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs WHERE id = ?"
-                         " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id)",
-                         [(blob_id,) for blob_id in latest])
+        conn.executemany(_BACKLOG_UNINDEXED, [(blob_id,) for blob_id in latest])
         return
     conn.execute("RELEASE fts_index")
 
 
 def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> list[str]:
     """Instead of `index_deferred` while jobs wait (engine invariant 10): the batch's new bodies into the
-    backlog, so they are searched exactly until indexed (invariant 1); returns their ids for `index_parked`."""
+    backlog, so they are searched exactly until indexed (invariant 1); returns their ids for `index_parked`.
+    Like `index_deferred`, it leaves alone a body that a later job of the batch removed (a backlog row would
+    outlive it: `index_parked` only looks at stored bodies) or indexed already (`acquire_blob` indexes a body
+    stored again while not indexed): schema invariant 12 holds at this commit too."""
     ids = list(dict.fromkeys(blob_id for blob_id, _, _ in items))
-    conn.executemany("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", [(blob_id,) for blob_id in ids])
+    conn.executemany(_BACKLOG_UNINDEXED, [(blob_id,) for blob_id in ids])
     return ids
 
 
