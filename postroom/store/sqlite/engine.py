@@ -642,7 +642,7 @@ class Engine:
         self._parked_due = time.monotonic() + PARKED_LAG
         if not self._parked:  # a line per burst that parked at least one idle step's worth
             log.log(logging.INFO if self._parked_total >= IDLE_STEP else logging.DEBUG,
-                    "store writer: %s caught up, %d items done while idle", step.name, self._parked_total)
+                    "store writer: %s caught up, %d parked items done", step.name, self._parked_total)
             self._parked_total = 0
 
     def _prune_changes(self, conn: sqlite3.Connection) -> None:
