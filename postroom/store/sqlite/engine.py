@@ -624,8 +624,13 @@ class Engine:
         else:
             del items[:IDLE_STEP]
         self._parked_count -= len(chunk)
+        self._parked_due = time.monotonic() + PARKED_LAG  # set first: nothing below can make the writer spin
         assert step.run_parked is not None
-        fcntl.flock(self._wlock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._wlock, fcntl.LOCK_EX)
+        except OSError:  # the writer must not die (the store would hang): the items stay recorded on disk
+            log.exception("store writer: %s: %d parked items left as recorded", step.name, len(chunk))
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             step.run_parked(conn, chunk)
@@ -639,7 +644,7 @@ class Engine:
                 log.exception("store writer: rollback failed")
         finally:
             fcntl.flock(self._wlock, fcntl.LOCK_UN)
-        self._parked_due = time.monotonic() + PARKED_LAG
+        self._parked_due = time.monotonic() + PARKED_LAG  # the lag counts from the end of this step
         if not self._parked:  # a line per burst that parked at least one idle step's worth
             log.log(logging.INFO if self._parked_total >= IDLE_STEP else logging.DEBUG,
                     "store writer: %s caught up, %d parked items done", step.name, self._parked_total)
