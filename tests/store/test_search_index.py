@@ -370,27 +370,34 @@ async def test_parked_bodies_are_indexed_while_writes_keep_coming(tmp_path: Path
     store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
     await store.open()
     engine = store._engine
-    release = threading.Event()
+    release, release2 = threading.Event(), threading.Event()
     try:
         box = await inbox(store, await new_user(store))
-        started = threading.Event()
+        started, started2 = threading.Event(), threading.Event()
 
         def hold(tx: object) -> None:
             started.set()
             release.wait(10)
 
-        held = asyncio.ensure_future(engine.write(hold))
-        await asyncio.to_thread(started.wait, 10)
-        burst = [asyncio.ensure_future(store.append(box.id, mail(i, f"burst {i}", f"grebe{i} story")))
-                 for i in range(1, 301)]
-        await asyncio.sleep(0.2)  # queued behind `held`: one batch of 300 appends, then the trickle's first job
-        release.set()
-        await held
+        def hold2(tx: object) -> None:  # the last job of the burst's batch: keeps it open until the trickle waits
+            started2.set()
+            release2.wait(10)
 
         def nothing(tx: object) -> None:
             return None
 
-        trickle = [asyncio.ensure_future(engine.write(nothing))]
+        held = asyncio.ensure_future(engine.write(hold))
+        await asyncio.to_thread(started.wait, 10)
+        burst = [asyncio.ensure_future(store.append(box.id, mail(i, f"burst {i}", f"grebe{i} story")))
+                 for i in range(1, 301)]
+        burst.append(asyncio.ensure_future(engine.write(hold2)))
+        await asyncio.sleep(0.2)  # queued behind `held`: one batch of the 300 appends and `hold2`
+        release.set()
+        await held
+        await asyncio.to_thread(started2.wait, 10)
+        trickle = [asyncio.ensure_future(engine.write(nothing))]  # waits for the writer as the batch ends
+        await asyncio.sleep(0.1)
+        release2.set()
         await asyncio.gather(*burst)
         assert _count(store, "SELECT count(*) FROM fts_backlog") > 0  # the burst's batch parked
         for _ in range(300):  # 6 s of writes, never IDLE_SECONDS apart
@@ -402,6 +409,7 @@ async def test_parked_bodies_are_indexed_while_writes_keep_coming(tmp_path: Path
         assert _count(store, "SELECT count(*) FROM fts_backlog") == 0, "parked bodies wait for an idle writer"
     finally:
         release.set()
+        release2.set()
         await store.close()
 
 
