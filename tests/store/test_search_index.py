@@ -14,7 +14,7 @@ import pytest
 
 from postroom.mime.meta import compute_meta
 from postroom.store.api import AppendRequest, Flag, NotFound, OverQuota, Store, StoreMode, TextCandidates
-from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.textindex import TextAll, TextAny, TextTerm
 
 from .conftest import BODY_BACKENDS, downgrade, inbox, new_user
@@ -307,6 +307,35 @@ async def test_a_busy_writer_parks_index_rows_and_writes_them_when_idle(tmp_path
         await store.close()
 
 
+async def test_parked_bodies_are_indexed_together_and_only_indexed_ones_leave_the_backlog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fts.index_parked`, the idle writer's step (engine invariant 10): the parked bodies still in the backlog
+    are indexed in one pass, as a batch's are, and leave it; one whose metadata is of an older format stays in
+    it (for `postroom index`), one removed meanwhile leaves nothing behind: schema invariant 12 ("exactly one
+    of `fts_docs` and `fts_backlog`") holds after, and SEARCH finds the indexed ones through the index."""
+    store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        with monkeypatch.context() as m:  # delivered as a parking batch leaves them: in the backlog
+            m.setattr(fts, "index_later", lambda tx, blob_id, meta, parsed: tx.conn.execute(
+                "INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,)))
+            await store.append_many(box.id, [mail(i, f"parked {i}", f"kestrel{i} tale") for i in range(1, 5)])
+        ids = [m.blob_id for m in await store.list_messages(box.id)]
+        conn = sqlite3.connect(store.path)
+        conn.execute("UPDATE blobs SET meta = CAST('{\"v\":1}' AS BLOB) WHERE id = ?", (ids[3],))  # older format
+        conn.commit()
+        conn.close()
+        await store.remove_messages(box.id, [3])
+        await store._engine.write(lambda tx: fts.index_parked(tx.conn, ids))
+        assert _ids(store, "SELECT blob_id FROM fts_docs") == {ids[0], ids[1]}
+        assert _ids(store, "SELECT blob_id FROM fts_backlog") == {ids[3]}
+        found = await store.search_text(box.id, 1, 2**32 - 1, TextTerm("body", "kestrel2"))
+        assert found is not None and uids(found) == [2, 4] and found.unindexed == 1  # 4: a candidate, unindexed
+    finally:
+        await store.close()
+
+
 async def test_a_parked_batch_backlogs_only_bodies_that_are_there_and_not_indexed(tmp_path: Path) -> None:
     """Schema invariant 12 ("exactly one of `fts_docs` and `fts_backlog`") at the commit of a batch that parks
     (engine invariant 10): in one batch, a body stored new (its rows deferred), the same body stored again by a
@@ -446,6 +475,14 @@ async def test_index_rows_that_cannot_be_written_leave_the_body_in_the_backlog(t
         assert found is not None and uids(found) == [2] and found.unindexed == 0
     finally:
         await store.close()
+
+
+def _ids(store: SQLiteStore, sql: str) -> set[str]:
+    conn = sqlite3.connect(store.path)
+    try:
+        return {str(r[0]) for r in conn.execute(sql)}
+    finally:
+        conn.close()
 
 
 def _count(store: SQLiteStore, sql: str) -> int:

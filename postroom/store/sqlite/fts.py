@@ -161,6 +161,9 @@ def index_later(tx: Tx, blob_id: str, meta: bytes | None, parsed: MessageMeta | 
     tx.defer(INDEX_NEW, (blob_id, meta, parsed))
 
 
+# A body out of the backlog once it is indexed (schema invariant 12)
+_UNBACKLOG_INDEXED = ("DELETE FROM fts_backlog WHERE blob_id = ?"
+                      " AND EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = ?)")
 # A body into the backlog only if it is still stored and not indexed (schema invariant 12: exactly one of the two)
 _BACKLOG_UNINDEXED = ("INSERT OR IGNORE INTO fts_backlog(blob_id) SELECT id FROM blobs WHERE id = ?"
                       " AND NOT EXISTS (SELECT 1 FROM fts_docs WHERE fts_docs.blob_id = blobs.id)")
@@ -213,17 +216,21 @@ def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta
 def index_parked(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
     """In a write transaction of an idle writer: index the bodies `park_new` put in the backlog that are
     still there (one removed meanwhile left the backlog with its last reference: `unindex_blob`), and take
-    them out of it; one whose metadata is of another format stays there for `postroom index`."""
+    them out of it; one whose metadata is of another format stays there for `postroom index`. The rows of a
+    chunk are written as a batch's are (`index_deferred`: one statement per table, one FTS5 segment), and only
+    a body indexed by then leaves the backlog (schema invariant 12: exactly one of the two)."""
     for i in range(0, len(blob_ids), common.CHUNK):
         chunk = blob_ids[i:i + common.CHUNK]
         rows = conn.execute(
             f"SELECT b.blob_id, s.meta FROM fts_backlog b JOIN blobs s ON s.id = b.blob_id"
             f" WHERE b.blob_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        items = []
         for blob_id, meta in rows:
-            if is_indexed(conn, blob_id):
-                conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
-            else:
-                index_blob(conn, str(blob_id), None if meta is None else bytes(meta))
+            parsed = parse_meta(None if meta is None else bytes(meta))
+            if parsed is not None:  # else another format: left in the backlog
+                items.append((str(blob_id), bytes(meta), parsed))
+        index_deferred(conn, items)  # skips a body indexed meanwhile; on failure leaves them all in the backlog
+        conn.executemany(_UNBACKLOG_INDEXED, [(blob_id, blob_id) for blob_id, _ in rows])
 
 
 INDEX_NEW = Deferred("full-text index", index_deferred, park=park_new, run_parked=index_parked)
