@@ -5,9 +5,13 @@ store written at schema 7 with messages, worked off in steps."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import math
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -305,6 +309,60 @@ async def test_a_busy_writer_parks_index_rows_and_writes_them_when_idle(tmp_path
         for release in releases:
             release.set()
         await store.close()
+
+
+async def test_a_batch_that_waited_for_another_process_parks_its_index_rows(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Engine invariant 10 across processes: a batch that found the writer flock held (another process writing:
+    here a second open file description of the lock file, which `flock` treats alike) parks its new bodies'
+    index rows, though no job of its own process waits; they are indexed once the writer is idle."""
+    store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    await store.open()
+    other = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        box = await inbox(store, await new_user(store))
+        caplog.set_level(logging.DEBUG, logger="postroom.store")
+        fcntl.flock(other, fcntl.LOCK_EX)  # "another process" writes
+        delivery = asyncio.ensure_future(store.append(box.id, mail(1, "contended", "plover tale")))
+        await asyncio.sleep(0.2)  # the writer took the job and waits for the flock
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await delivery
+        await wait_indexed(store, box.id)
+        assert [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()] == [
+            "store writer: full-text index caught up, 1 parked items done"]
+        found = await store.search_text(box.id, 1, 2**32 - 1, TextTerm("body", "plover"))
+        assert found is not None and uids(found) == [1] and found.unindexed == 0
+    finally:
+        os.close(other)
+        await store.close()
+
+
+def test_the_writers_load_decides_how_often_parked_steps_run_between_batches(tmp_path: Path) -> None:
+    """Engine invariant 10: the writer's load is an exponential moving average (time constant `LOAD_WINDOW`)
+    of the share of time it waited for or held the write lock; between batches a parked step is due after
+    `PARKED_LAG` while that load is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, and
+    otherwise only after `PARKED_LAG_BUSY`."""
+    from postroom.store.sqlite import engine as E
+
+    e = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")._engine  # never opened: no writer thread
+    now = time.monotonic()
+    e._load, e._load_at = 0.0, now - E.LOAD_WINDOW
+    e._note_load(now - E.LOAD_WINDOW)  # busy for the whole window
+    assert abs(e._load - (1 - math.exp(-1))) < 0.02
+    e._load_at = time.monotonic() - 3 * E.LOAD_WINDOW
+    e._note_load(time.monotonic())  # then three windows idle
+    assert e._load < 0.632 * math.exp(-3) + 0.01
+    e._parked_since = time.monotonic() - (E.PARKED_LAG + 0.5)
+    e._load = E.LOAD_LOW - 0.1
+    assert e._parked_step_due()
+    e._load = E.LOAD_LOW + 0.1
+    assert not e._parked_step_due()
+    e._parked_count = E.PARKED_SOFT + 1
+    assert e._parked_step_due()
+    e._parked_count = E.PARKED_SOFT
+    assert not e._parked_step_due()
+    e._parked_since = time.monotonic() - (E.PARKED_LAG_BUSY + 0.5)
+    assert e._parked_step_due()
 
 
 async def test_parked_bodies_are_indexed_together_and_only_indexed_ones_leave_the_backlog(

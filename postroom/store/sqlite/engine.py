@@ -36,15 +36,24 @@ it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so
 made one segment per message, and merging those cost more CPU than tokenising the text (bench/RESULTS.md,
 "SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
 
-A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`): when jobs are
-waiting as a batch ends, the batch records the step's items as to-do (the full-text index's backlog rows: a
-few bytes each) instead of running it, and the writer runs it later with up to `IDLE_STEP` of them per
-transaction once no job has come for `IDLE_SECONDS`, and at least one such transaction every `PARKED_LAG`
-however busy it is (invariant 10: steady traffic that never left the writer idle kept the backlog growing,
-and SEARCH reads backlog bodies from their metadata). In a burst of deliveries the full-text
-rows were about a third of the writer's time per message (bench/RESULTS.md, 2026-12-01), and with several
-worker processes the writer's time is what they queue for (one write lock); Dovecot's and Stalwart's indexers
-likewise index after delivery. SEARCH is exact meanwhile: it reads a body in the backlog from its metadata.
+A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`): when other
+jobs wait for the write lock as a batch ends (this process's, in its queue, or another process's: the batch
+found the writer flock taken when it asked for it), the batch records the step's items as to-do (the full-text
+index's backlog rows: a few bytes each) instead of running it, and the writer runs it later with up to
+`IDLE_STEP` of them per transaction: back to back once no job has come for `IDLE_SECONDS`; between batches,
+one every `PARKED_LAG` while the writer's load (the share of its time spent waiting for or holding the write
+lock, averaged over about `LOAD_WINDOW`) is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, and
+one every `PARKED_LAG_BUSY` however busy it is (invariant 10). Steady traffic that never leaves the writer idle
+for `IDLE_SECONDS` still leaves it time, and the backlog must not grow through it (SEARCH reads backlog bodies
+from their metadata, ~0.17 ms each); a burst that keeps the write lock taken leaves none, and the index of
+its first `PARKED_SOFT` bodies waits until the burst is over, while the rest is indexed at up to `IDLE_STEP`
+bodies per `PARKED_LAG` (bench/RESULTS.md, 2026-12-02: a 10,000-message burst stored ~20 % faster; under
+sustained overload the backlog stays near `PARKED_SOFT` and SEARCH BODY takes 0.2-0.7 s instead of 0.1 s).
+In a burst of deliveries the full-text rows were about a third of the writer's time per message
+(bench/RESULTS.md, 2026-12-01; more for varied text: ~1 ms for 6 KB of it, two thirds of that the trigram
+index of the body), and with several worker processes the writer's time is what they queue for (one write
+lock); Dovecot's and Stalwart's indexers likewise index after delivery. SEARCH is exact meanwhile: it reads a
+body in the backlog from its metadata.
 
 Where bodies live, and why: a body of at most `inline_max` bytes (`Engine.inline`) is stored in the database,
 in the `blob_data` table, by the job itself, so it rides the batch's one WAL fsync. A body stored as a file
@@ -104,12 +113,16 @@ Invariants
    batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
    in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
    (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
-10. A parked step's items (`Deferred.park`, chosen only while other jobs of this process wait for the writer
-    and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in the batch's transaction and
+10. A parked step's items (`Deferred.park`, chosen only while other jobs wait for the writer, of this process
+    when the batch ends or of another when it began (the flock was held by another process), and at most
+    `PARKED_MAX` items would then be parked) are recorded durably by `park` in the batch's transaction and
     kept in memory only after its COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per
     transaction, each transaction begun after `IDLE_SECONDS` without a job, or between batches once
-    `PARKED_LAG` passed since the last one (or since the first item was parked), so a writer that is never idle
-    still works them off at up to `IDLE_STEP` per `PARKED_LAG`; items whose transaction fails
+    `PARKED_LAG` passed since the last one (or since the first item was parked) while the writer's load
+    (`_load`) is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, or `PARKED_LAG_BUSY` passed
+    whatever the load; so a writer that is never idle still works them off at up to `IDLE_STEP` per
+    `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP` per `PARKED_LAG_BUSY`
+    otherwise; items whose transaction fails
     are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
     `postroom serve` works off at start, indexing.py). At stop, parked items stay recorded and unrun.
 """
@@ -121,6 +134,7 @@ import concurrent.futures
 import errno
 import fcntl
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -154,7 +168,11 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024  # after a checkpoint, a WAL a burst made larg
 IDLE_SECONDS = 0.2  # no job for this long: the writer runs parked steps (invariant 10)
 IDLE_STEP = 256  # parked items per transaction: bounds how long a job that comes meanwhile waits
 PARKED_MAX = 20_000  # parked items at most (memory: a blob id each); past it, steps run at the batch's end
-PARKED_LAG = 1.0  # seconds: however busy the writer, a parked step runs at least this often (invariant 10)
+PARKED_LAG = 1.0  # seconds: a writer with time to spare runs a parked step at least this often ...
+PARKED_LAG_BUSY = 30.0  # ... and however busy it is, at least this often (invariant 10) ...
+PARKED_SOFT = 4096  # ... unless more items than this are parked: then every PARKED_LAG, busy or not
+LOAD_LOW = 0.5  # "time to spare": the writer's load (waiting for or holding the write lock) under this share ...
+LOAD_WINDOW = 1.0  # ... averaged over about this many seconds (the time constant of `_note_load`)
 
 
 Step = Callable[[sqlite3.Connection, list[Any]], None]
@@ -273,7 +291,9 @@ class Engine:
         self._parked: dict[Deferred, list[Any]] = {}  # invariant 10: step -> kept items; writer thread only
         self._parked_count = 0
         self._parked_total = 0  # items parked since the writer was last idle with nothing parked (for the log)
-        self._parked_due = 0.0  # monotonic time by which the next parked step runs even if jobs wait
+        self._parked_since = 0.0  # monotonic time of the last parked step's end (or of the first item parked)
+        self._load = 0.0  # share of the recent time spent waiting for or holding the write lock (`_note_load`)
+        self._load_at = time.monotonic()
         self._life = threading.Lock()  # serialises start() against itself (two concurrent open() calls)
 
     # ---- life cycle
@@ -490,7 +510,7 @@ class Engine:
         stopping = False
         idle = False  # the last thing done was a parked step, and no job came since
         while not stopping:
-            if self._parked and time.monotonic() >= self._parked_due:
+            if self._parked and self._parked_step_due():
                 self._run_parked()  # invariant 10: a steady stream of jobs must not keep them parked for ever
                 continue
             if self._parked:
@@ -505,8 +525,14 @@ class Engine:
             idle = False
             if job is None:
                 break
+            began = time.monotonic()
             asked = time.perf_counter()
-            fcntl.flock(self._wlock, fcntl.LOCK_EX)  # module doc: the next writer of any process waits here
+            try:
+                fcntl.flock(self._wlock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                contended = False
+            except BlockingIOError:  # another process writes: its jobs and ours queue for one lock (invariant 10)
+                fcntl.flock(self._wlock, fcntl.LOCK_EX)  # module doc: the next writer of any process waits here
+                contended = True
             self._lock_waited(time.perf_counter() - asked)
             batch: list[_Job[Any]] = [job]
             size = job.size
@@ -521,11 +547,12 @@ class Engine:
                 batch.append(more)
                 size += more.size
             try:
-                self._run_batch(batch)
+                self._run_batch(batch, contended)
             except BaseException:  # never let the writer die: the store would hang
                 log.exception("store writer: unexpected failure")
             finally:
                 fcntl.flock(self._wlock, fcntl.LOCK_UN)
+                self._note_load(began)
         leftovers: list[_Job[Any]] = []
         while True:
             try:
@@ -537,7 +564,27 @@ class Engine:
         if leftovers:
             self._hand_back([(j, False, StoreError("store is closed"), None) for j in leftovers])
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+    def _parked_step_due(self) -> bool:
+        """Invariant 10, between batches: whether a parked step runs now, before the next batch."""
+        lag = PARKED_LAG if self._load < LOAD_LOW or self._parked_count > PARKED_SOFT else PARKED_LAG_BUSY
+        return time.monotonic() - self._parked_since >= lag
+
+    def _note_load(self, began: float) -> None:
+        """The writer was busy (waiting for or holding the write lock) from `began` (monotonic) until now: fold
+        the share of the time since the last call that this took into `_load`, an exponential moving average
+        with time constant `LOAD_WINDOW` (invariant 10)."""
+        now = time.monotonic()
+        span = now - self._load_at
+        if span <= 0:
+            return
+        busy = min(1.0, (now - began) / span)
+        keep = math.exp(-span / LOAD_WINDOW)
+        self._load = self._load * keep + busy * (1.0 - keep)
+        self._load_at = now
+
+    def _run_batch(self, batch: list[_Job[Any]], contended: bool = False) -> None:
+        """Run `batch` in one transaction (module doc); `contended`: another process held the writer flock when
+        this batch asked for it, so that process's writes queue behind this one's (invariant 10)."""
         conn = self._wconn
         assert conn is not None
         feed = self.feed
@@ -565,13 +612,13 @@ class Engine:
                         conn.execute("RELEASE job")
                         outcomes.append((job, True, result, tx))
                 # invariant 9: each deferred step once, with the items of the jobs that succeeded; invariant
-                # 10: parked instead while other jobs wait for the writer
+                # 10: parked instead while other jobs wait for the writer (ours now, or another process's)
                 steps: dict[Deferred, list[Any]] = {}
                 for _, ok, _, done in outcomes:
                     if ok and done is not None:
                         for step, items in done.deferred.items():
                             steps.setdefault(step, []).extend(items)
-                busy = not self._jobs.empty()
+                busy = contended or not self._jobs.empty()
                 for step, items in steps.items():
                     if busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
                         parked.append((step, step.park(conn, items)))
@@ -589,7 +636,7 @@ class Engine:
                 for step, kept in parked:  # invariant 10: in memory once recorded
                     if kept:
                         if not self._parked:
-                            self._parked_due = time.monotonic() + PARKED_LAG
+                            self._parked_since = time.monotonic()
                         self._parked.setdefault(step, []).extend(kept)
                         self._parked_count += len(kept)
                         self._parked_total += len(kept)
@@ -613,8 +660,9 @@ class Engine:
                 log.exception("store on_lock_wait callback failed")
 
     def _run_parked(self) -> None:
-        """On the writer thread, after `IDLE_SECONDS` without a job: up to `IDLE_STEP` parked items of the first
-        parked step, in one transaction of their own under the write lock (invariant 10)."""
+        """On the writer thread, after `IDLE_SECONDS` without a job or between batches when one is due
+        (`_parked_step_due`): up to `IDLE_STEP` parked items of the first parked step, in one transaction of
+        their own under the write lock (invariant 10). Its time counts in the writer's load."""
         conn = self._wconn
         assert conn is not None
         step, items = next(iter(self._parked.items()))
@@ -624,7 +672,7 @@ class Engine:
         else:
             del items[:IDLE_STEP]
         self._parked_count -= len(chunk)
-        self._parked_due = time.monotonic() + PARKED_LAG  # set first: nothing below can make the writer spin
+        began = self._parked_since = time.monotonic()  # set first: nothing below can make the writer spin
         assert step.run_parked is not None
         try:
             fcntl.flock(self._wlock, fcntl.LOCK_EX)
@@ -644,7 +692,8 @@ class Engine:
                 log.exception("store writer: rollback failed")
         finally:
             fcntl.flock(self._wlock, fcntl.LOCK_UN)
-        self._parked_due = time.monotonic() + PARKED_LAG  # the lag counts from the end of this step
+            self._note_load(began)
+        self._parked_since = time.monotonic()  # the lag counts from the end of this step
         if not self._parked:  # a line per burst that parked at least one idle step's worth
             log.log(logging.INFO if self._parked_total >= IDLE_STEP else logging.DEBUG,
                     "store writer: %s caught up, %d parked items done", step.name, self._parked_total)
