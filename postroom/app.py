@@ -257,7 +257,10 @@ class Postroom:
         # Delivery runs in `delivery.workers` workers (queue.py invariant 10), each with its share of the connections.
         self._schedulers = delivering_workers(cfg, worker.count) if worker is not None else 1
         delivers = cfg.delivery.enabled and (worker is None or worker.slot < self._schedulers)
-        node = await asyncio.to_thread(node_id, cfg.data_path) if singletons or delivers else ""
+        # A replacement worker also works off the index backlog once (workers.py invariant 2): what its dead
+        # predecessor parked is recorded only there (store/sqlite/engine.py invariant 10).
+        reindexes = singletons or (worker is not None and worker.replacement)
+        node = await asyncio.to_thread(node_id, cfg.data_path) if reindexes or delivers else ""
 
         def job(name: str) -> ClusterJob:
             return ClusterJob(store, name, node)
@@ -270,6 +273,7 @@ class Postroom:
             self.retention = ExpungedRetention(store, cfg.imap.expunged_retention_days,
                                                job=job("expunged-retention"))
             self.retention.start()
+        if reindexes:
             self.indexer = asyncio.create_task(_index_in_background(store, cfg, job("index-backlog")))
 
         def wake() -> None:  # mail was queued: the scheduler starts on it now, not at its next poll

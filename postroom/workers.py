@@ -60,11 +60,14 @@ exits); the parent waits for all of them (SIGKILL after the grace and `STOP_MARG
 exits. A worker that dies otherwise is logged (`worker exited ...`) and started again in its slot: at once
 after a long life, else after a delay that doubles per quick death up to `BACKOFF_MAX` (a crash loop backs
 off). Each worker asks the kernel for SIGKILL when the parent dies (`PR_SET_PDEATHSIG`), so a parent killed
-with SIGKILL leaves no orphan serving the ports.
+with SIGKILL leaves no orphan serving the ports. A replacement (`Worker.replacement`) works off the full-text
+index backlog once at its start, as worker 0 does at its own: bodies its predecessor had parked
+(store/sqlite/engine.py invariant 10) are recorded only there, and the other workers do not know them.
 
 Invariants
 1. The parent never runs an event loop or a thread when it forks: a worker starts from a single-threaded copy.
-2. Exactly one worker (slot 0) runs what must run once (retention, the index backlog, ACME). The queue
+2. Exactly one worker (slot 0) runs what must run once (retention, the index backlog, ACME); a replacement
+   worker of any slot also works off the index backlog once at its start (under the same lease). The queue
    scheduler runs in worker 0, and in `delivery.workers` - 1 more when asked, one slot's share each
    (delivery/queue.py invariant 10).
 3. Every worker PID the parent started is waited for; SIGTERM to the parent ends with no worker left.
@@ -174,6 +177,7 @@ class Worker:
     _wake_r: int
     _wake_w: int
     _ready_w: int
+    replacement: bool = False  # started again in its slot after a worker died (module doc)
 
     def wake_queue(self) -> None:
         """Mail was queued here: have worker 0's scheduler look at the queue now (one byte on the wake pipe; a
@@ -316,7 +320,7 @@ class Supervisor:
                 self.counts.bind(slot)
                 status = self.main(Worker(slot, self.count, self.sockets[slot], self.counts, self.door,
                                           self.metrics_dir, self.challenges_dir, parent, self._wake_r, self._wake_w,
-                                          self._ready_w))
+                                          self._ready_w, replacement=self.slots[slot].started > 0))
             except BaseException:  # noqa: BLE001 - nothing may unwind into the parent's code in the child
                 logging.getLogger("postroom").exception("worker %d failed", slot)
             finally:

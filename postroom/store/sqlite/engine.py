@@ -124,7 +124,8 @@ Invariants
     `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP` per `PARKED_LAG_BUSY`
     otherwise; items whose transaction fails
     are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
-    `postroom serve` works off at start, indexing.py). At stop, parked items stay recorded and unrun.
+    `postroom serve` works off at start, indexing.py, and so does a worker process started again in place of
+    one that died: workers.py invariant 2). At stop, parked items stay recorded and unrun.
 """
 
 from __future__ import annotations
