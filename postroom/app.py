@@ -251,6 +251,9 @@ class Postroom:
         self.store = open_store(cfg.store_url, cfg.data_path)
         self.store.on_commit = self.metrics.observe_commit  # type: ignore[attr-defined]
         self.store.on_lock_wait = self.metrics.observe_lock_wait  # type: ignore[attr-defined]
+        # SQLite: a burst's full-text rows may wait for an idle writer; what a stopped or dead worker left parked
+        # is worked off at the next start (store/sqlite/engine.py invariant 10, workers.py invariant 2).
+        self.store.parks = True  # type: ignore[attr-defined]
         await self.store.open()
         store = self.store
         # What runs once per cluster takes a lease named for the job, held by this node's id (jobs.py).

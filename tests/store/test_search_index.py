@@ -259,6 +259,7 @@ async def test_a_busy_writer_parks_index_rows_and_writes_them_when_idle(tmp_path
     removed before the writer is idle leaves nothing behind; the others are indexed once the writer had no job
     for `IDLE_SECONDS`, in transactions of their own, and the backlog is empty again."""
     store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
     await store.open()
     engine = store._engine
     try:
@@ -317,6 +318,7 @@ async def test_a_batch_that_waited_for_another_process_parks_its_index_rows(
     here a second open file description of the lock file, which `flock` treats alike) parks its new bodies'
     index rows, though no job of its own process waits; they are indexed once the writer is idle."""
     store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
     await store.open()
     other = os.open(f"{store.path}-writer.lock", os.O_RDWR)
     try:
@@ -335,6 +337,28 @@ async def test_a_batch_that_waited_for_another_process_parks_its_index_rows(
     finally:
         os.close(other)
         await store.close()
+
+
+async def test_a_store_that_does_not_park_indexes_a_contended_batch_itself(tmp_path: Path) -> None:
+    """Engine invariant 10: a process that does not work the backlog off when it starts (a command-line tool
+    such as `postroom import` beside the server: `parks` is False, the default) writes the full-text rows of a
+    batch that waited for another process's writer itself, so it leaves nothing in the backlog when it exits."""
+    store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    assert store.parks is False
+    await store.open()
+    other = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        box = await inbox(store, await new_user(store))
+        fcntl.flock(other, fcntl.LOCK_EX)  # the server writes
+        delivery = asyncio.ensure_future(store.append(box.id, mail(1, "imported", "curlew tale")))
+        await asyncio.sleep(0.2)  # the writer took the job and waits for the flock
+        fcntl.flock(other, fcntl.LOCK_UN)
+        await delivery
+    finally:
+        os.close(other)
+        await store.close()
+    assert _count(store, "SELECT count(*) FROM fts_backlog") == 0
+    assert _count(store, "SELECT count(*) FROM fts_docs") == 1
 
 
 def test_the_writers_load_decides_how_often_parked_steps_run_between_batches(tmp_path: Path) -> None:
@@ -401,6 +425,7 @@ async def test_a_parked_batch_backlogs_only_bodies_that_are_there_and_not_indexe
     stored and removed again. `park_new` must not put the indexed body in the backlog too, nor record a body
     that is gone. Checked while the writer is held in the next batch, before it is idle."""
     store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
     await store.open()
     engine = store._engine
     releases: list[threading.Event] = []
@@ -455,6 +480,7 @@ async def test_parked_bodies_are_indexed_while_writes_keep_coming(tmp_path: Path
     traffic stops. Measured on `postroom serve` with 10 SMTP sessions at ~110 messages/s: the backlog grew by
     ~25 bodies/s for as long as the traffic lasted and SEARCH BODY took 50-250 ms instead of 1-3 ms."""
     store = SQLiteStore(tmp_path / "postroom.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
     await store.open()
     engine = store._engine
     release, release2 = threading.Event(), threading.Event()

@@ -117,6 +117,18 @@ class SQLiteStore(
         self._engine.on_commit = callback
 
     @property
+    def parks(self) -> bool:
+        """Whether the writer may leave the full-text rows of a busy batch for later (engine.py invariant 10):
+        True only in a process that works the index backlog off when it starts (`postroom serve`: a worker
+        that is stopped or dies leaves its parked bodies recorded for the next); False (the default) in one
+        that may exit before its writer is idle (the command-line tools), which writes them with each batch."""
+        return self._engine.parks
+
+    @parks.setter
+    def parks(self, value: bool) -> None:
+        self._engine.parks = value
+
+    @property
     def on_lock_wait(self) -> Callable[[float], None] | None:
         """Called from the writer thread before each group commit with the seconds its batch waited for the
         write lock, which another process (another worker, an admin command) held: with several worker

@@ -36,8 +36,10 @@ it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so
 made one segment per message, and merging those cost more CPU than tokenising the text (bench/RESULTS.md,
 "SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
 
-A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`): when other
-jobs wait for the write lock as a batch ends (this process's, in its queue, or another process's: the batch
+A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`), in a process
+that works the backlog off when it starts (`Engine.parks`: `postroom serve`; a command-line tool such as
+`postroom import`, which may exit before its writer is ever idle, writes every step at the batch's end): when
+other jobs wait for the write lock as a batch ends (this process's, in its queue, or another process's: the batch
 found the writer flock taken when it asked for it), the batch records the step's items as to-do (the full-text
 index's backlog rows: a few bytes each) instead of running it, and the writer runs it later with up to
 `IDLE_STEP` of them per transaction: back to back once no job has come for `IDLE_SECONDS`; between batches,
@@ -113,19 +115,19 @@ Invariants
    batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
    in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
    (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
-10. A parked step's items (`Deferred.park`, chosen only while other jobs wait for the writer, of this process
-    when the batch ends or of another when it began (the flock was held by another process), and at most
-    `PARKED_MAX` items would then be parked) are recorded durably by `park` in the batch's transaction and
-    kept in memory only after its COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per
-    transaction, each transaction begun after `IDLE_SECONDS` without a job, or between batches once
-    `PARKED_LAG` passed since the last one (or since the first item was parked) while the writer's load
-    (`_load`) is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, or `PARKED_LAG_BUSY` passed
-    whatever the load; so a writer that is never idle still works them off at up to `IDLE_STEP` per
-    `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP` per `PARKED_LAG_BUSY`
-    otherwise; items whose transaction fails
-    are dropped from memory, not from disk (`park` recorded them: for the full-text index the backlog, which
-    `postroom serve` works off at start, indexing.py, and so does a worker process started again in place of
-    one that died: workers.py invariant 2). At stop, parked items stay recorded and unrun.
+10. A parked step's items (`Deferred.park`, chosen only in an engine that `parks`, while other jobs wait for
+    the writer, of this process when the batch ends or of another when it began (the flock was held by
+    another process), and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in
+    the batch's transaction and kept in memory only after its COMMIT. `run_parked` gets them, in order, at
+    most `IDLE_STEP` per transaction, each transaction begun after `IDLE_SECONDS` without a job, or between
+    batches once `PARKED_LAG` passed since the last one (or since the first item was parked) while the
+    writer's load (`_load`) is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, or once
+    `PARKED_LAG_BUSY` passed whatever the load; so a writer that is never idle still works them off at up to
+    `IDLE_STEP` per `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP` per
+    `PARKED_LAG_BUSY` otherwise. Items whose transaction fails are dropped from memory, not from disk (`park`
+    recorded them: for the full-text index the backlog, which `postroom serve` works off at start,
+    indexing.py, and so does a worker process started again in place of one that died: workers.py invariant
+    2). At stop, parked items stay recorded and unrun.
 """
 
 from __future__ import annotations
@@ -276,6 +278,9 @@ class Engine:
         self.inline_max = inline_max
         self.on_commit: Callable[[float, int], None] | None = None
         self.on_lock_wait: Callable[[float], None] | None = None  # seconds a batch waited for the writer flock
+        # Invariant 10: whether deferred steps may be parked; only in a process that works the backlog off when
+        # it starts (the server), so none is left behind by one that exits meanwhile (a command-line tool).
+        self.parks = False
         self.outage = OutageLog(log)
         self._n_readers = readers
         self._n_io = io_threads
@@ -619,7 +624,7 @@ class Engine:
                     if ok and done is not None:
                         for step, items in done.deferred.items():
                             steps.setdefault(step, []).extend(items)
-                busy = contended or not self._jobs.empty()
+                busy = self.parks and (contended or not self._jobs.empty())
                 for step, items in steps.items():
                     if busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
                         parked.append((step, step.park(conn, items)))
