@@ -25,7 +25,7 @@ def main() -> None:
     tmp, pause, sessions = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     tmp.mkdir(parents=True, exist_ok=True)
     conf, data = t._setup(tmp)
-    proc, ports = t._serve(conf, tmp / "serve.log", 1)
+    proc, ports = t.start_serve(conf, 90, 1, log=tmp / "serve.log")
     stop = threading.Event()
     sent = [0]
 

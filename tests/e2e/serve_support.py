@@ -16,15 +16,17 @@ import time
 from pathlib import Path
 
 
-def start_serve(conf: Path, timeout: float = 60.0,
-                workers: int = 1) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    """Start `python -m postroom --config conf serve --workers N` (log level warning; one process by default:
-    the callers measure or stop that process) and wait for its banner; returns the process and each listener's
-    port. Kills the process and raises AssertionError when no banner comes."""
+def start_serve(conf: Path, timeout: float = 60.0, workers: int = 1,
+                log: Path | None = None) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Start `python -m postroom --config conf serve --workers N` (one process by default: the callers measure
+    or stop that process) and wait for its banner; returns the process and each listener's port. Its log goes
+    nowhere, at level warning, or with `log` appended to that file at the server's own level (info: the lines a
+    caller reads, such as "worker started"). Kills the process and raises AssertionError when no banner comes."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's code
-    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--log-level",
-                             "warning", "--workers", str(workers)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+    level = [] if log is not None else ["--log-level", "warning"]
+    with open(log, "a") if log is not None else open(os.devnull, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", *level,
+                                 "--workers", str(workers)], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     assert proc.stdout is not None
     text = ""
     deadline = time.monotonic() + timeout
@@ -37,5 +39,5 @@ def start_serve(conf: Path, timeout: float = 60.0,
     if "Stop with" not in text or not ports:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"no banner: {text!r}")
+        raise AssertionError(f"no banner: {text!r}" + (f"\n{log.read_text()}" if log is not None else ""))
     return proc, ports

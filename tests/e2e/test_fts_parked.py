@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_support import start_serve
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's code
 ADDR = "ann@example.org"
@@ -48,26 +49,6 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
     _postroom(conf, "domain", "add", "example.org")
     _postroom(conf, "user", "add", ADDR, "--password", PW)
     return conf, data
-
-
-def _serve(conf: Path, log: Path, workers: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    err = open(log, "a")
-    proc = subprocess.Popen([sys.executable, "-m", "postroom", "--config", str(conf), "serve", "--workers",
-                             str(workers)], stdout=subprocess.PIPE, stderr=err, text=True, env=ENV)
-    err.close()
-    assert proc.stdout is not None
-    text = ""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and "Stop with" not in text:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        text += line
-    if "Stop with" not in text:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"no banner: {text!r}\n{log.read_text()}")
-    return proc, {n: int(p) for n, p in re.findall(r"^\s+(\w+)\s+127\.0\.0\.1:(\d+)", text, re.M)}
 
 
 def _kill_tree(proc: subprocess.Popen[str]) -> None:
@@ -224,7 +205,7 @@ def _searches(box: Mailbox) -> dict[str, set[int]]:
 def test_search_is_exact_through_a_burst_and_its_parked_index(tmp_path: Path, workers: int) -> None:
     conf, data = _setup(tmp_path)
     log = tmp_path / "serve.log"
-    proc, ports = _serve(conf, log, workers)
+    proc, ports = start_serve(conf, 90, workers, log=log)
     try:
         acked = _burst(ports["smtp"])
         assert len(acked) == SESSIONS * PER_SESSION
@@ -272,7 +253,7 @@ def test_parked_bodies_survive_kill_9_and_are_indexed_after_restart(tmp_path: Pa
     parked = 0
     acked: list[tuple[int, int]] = []
     for round_ in range(3):  # until a kill -9 met parked bodies
-        proc, ports = _serve(conf, log, 1)
+        proc, ports = start_serve(conf, 90, 1, log=log)
         try:
             acked += _burst(ports["smtp"], round_)
             parked = _count(data, "SELECT count(*) FROM fts_backlog")
@@ -281,7 +262,7 @@ def test_parked_bodies_survive_kill_9_and_are_indexed_after_restart(tmp_path: Pa
         if parked:
             break
     _check_store(data)  # as the kill left it
-    proc, ports = _serve(conf, log, 1)
+    proc, ports = start_serve(conf, 90, 1, log=log)
     try:
         _wait_backlog_empty(data)  # the serve-time build (indexing.py)
         box = Mailbox(ports["imap"])
@@ -304,7 +285,7 @@ def test_the_same_body_appended_in_parallel_is_indexed_or_in_the_backlog_never_b
     this first showed `park_new` backlogging a body a later job had indexed (timing decides whether a run
     meets it; tests/store/test_search_index.py reproduces it every time)."""
     conf, data = _setup(tmp_path)
-    proc, ports = _serve(conf, tmp_path / "serve.log", 1)
+    proc, ports = start_serve(conf, 90, 1, log=tmp_path / "serve.log")
     try:
         same = b"From: a@b.test\r\nSubject: same body\r\n\r\nidentical ostrich text\r\n"
         go = threading.Barrier(40)
@@ -348,7 +329,7 @@ def test_postroom_index_beside_two_parking_workers_then_kill_9(tmp_path: Path) -
     the index holds each body exactly once (schema invariant 12, fts.py invariants 2 and 4)."""
     conf, data = _setup(tmp_path)
     log = tmp_path / "serve.log"
-    proc, ports = _serve(conf, log, 2)
+    proc, ports = start_serve(conf, 90, 2, log=log)
     try:
         acked = _burst(ports["smtp"], 0)
         _postroom(conf, "index")
@@ -357,7 +338,7 @@ def test_postroom_index_beside_two_parking_workers_then_kill_9(tmp_path: Path) -
     finally:
         _kill_tree(proc)
     _check_store(data)
-    proc, ports = _serve(conf, log, 2)
+    proc, ports = start_serve(conf, 90, 2, log=log)
     try:
         _wait_backlog_empty(data)
         box = Mailbox(ports["imap"])
@@ -393,7 +374,7 @@ def test_bodies_parked_by_a_worker_killed_with_sigkill_are_indexed_without_a_res
     worker 0's start works off the whole backlog (indexing.py), so its death would hide the loss."""
     conf, data = _setup(tmp_path)
     log = tmp_path / "serve.log"
-    proc, ports = _serve(conf, log, 2)
+    proc, ports = start_serve(conf, 90, 2, log=log)
     try:
         acked: list[tuple[int, int]] = []
         at_kill = 0
