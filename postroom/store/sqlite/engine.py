@@ -532,14 +532,13 @@ class Engine:
             if job is None:
                 break
             began = time.monotonic()
-            asked = time.perf_counter()
             try:
                 fcntl.flock(self._wlock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 contended = False
             except BlockingIOError:  # another process writes: its jobs and ours queue for one lock (invariant 10)
                 fcntl.flock(self._wlock, fcntl.LOCK_EX)  # module doc: the next writer of any process waits here
                 contended = True
-            self._lock_waited(time.perf_counter() - asked)
+            self._lock_waited(time.monotonic() - began)
             batch: list[_Job[Any]] = [job]
             size = job.size
             while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
