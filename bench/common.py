@@ -101,6 +101,36 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, seconds) of the main threads of `pid` and of its live descendants that are
+    server processes (the supervisor and its workers: each runs its event loop on its main thread), leaving out
+    the metadata workers (`postroom.metaworker`, whose main thread parses messages). With one process this is
+    `thread_cpu_seconds(pid)`."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            if b"postroom.metaworker" in Path(f"/proc/{p}/cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        total += thread_cpu_seconds(p)
+    return total
+
+
+def written_bytes(pid: int) -> int:
+    """Bytes written so far (`wchar` of /proc/PID/io: every write and pwrite, to files and sockets alike, cached
+    or not) by `pid` and its live descendants."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/io").read_text().splitlines():
+                if line.startswith("wchar:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def memory_of(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process in bytes, from /proc/PID/smaps_rollup; (0, 0) if it is gone.
 

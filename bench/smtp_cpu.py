@@ -9,10 +9,12 @@ two checkouts with this script (before, after, before, after) compares code on a
 Postfix's smtp-source (20 sessions, ~5 KB messages) against `postroom serve` with only the smtp listener; the
 clock stops when every message is durable in the INBOX. `--profile FILE` runs py-spy on the server for the
 whole run (raw format, 200 Hz, subprocesses included; py-spy from the venv). The CPU is also split: the
-server's event-loop thread (its main thread: sessions, router, metadata below the pool's threshold) and the rest
-(the store's writer thread, metadata workers), so a change on one side shows apart from the noise of the other.
-Then it goes on measuring for `--settle` seconds (default 3): the CPU the server spends once the burst is over
-(the full-text rows the writer parked while deliveries waited, store/sqlite/engine.py invariant 10), per message.
+server's event-loop threads (the main thread of each server process: sessions, router, metadata below the
+pool's threshold) and the rest (the store's writer threads, metadata workers), so a change on one side shows
+apart from the noise of the other; and the bytes the server wrote per message (`wchar`: the store's WAL,
+checkpoints and any temporary file, and the replies). Then it goes on measuring for `--settle` seconds
+(default 3): the CPU the server spends once the burst is over (the full-text rows the writer parked while
+deliveries waited, store/sqlite/engine.py invariant 10), per message.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 import smtp as S  # bench/smtp.py: the Postroom target and the smtp-source driver
-from common import cpu_seconds, thread_cpu_seconds
+from common import cpu_seconds, loop_cpu_seconds, written_bytes
 
 
 def main() -> int:
@@ -58,10 +60,11 @@ def main() -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         pid = target.server.proc.pid
-        c0, l0, t0 = cpu_seconds(pid), thread_cpu_seconds(pid), time.perf_counter()
+        c0, l0, w0, t0 = cpu_seconds(pid), loop_cpu_seconds(pid), written_bytes(pid), time.perf_counter()
         S.drive_smtp_source(port, args.count, args.sessions, args.size)
         target.wait_delivered(args.count)
-        wall, cpu, loop = time.perf_counter() - t0, cpu_seconds(pid) - c0, thread_cpu_seconds(pid) - l0
+        wall, cpu, loop = time.perf_counter() - t0, cpu_seconds(pid) - c0, loop_cpu_seconds(pid) - l0
+        wrote = written_bytes(pid) - w0
         time.sleep(args.settle)
         after = cpu_seconds(pid) - c0 - cpu
         if spy is not None:
@@ -69,7 +72,8 @@ def main() -> int:
             spy.wait()
         print(f"{args.count / wall:.0f} msg/s, {cpu / args.count * 1000:.2f} ms server CPU per message "
               f"(event-loop thread {loop / args.count * 1000:.2f}, rest {(cpu - loop) / args.count * 1000:.2f}), "
-              f"{cpu / wall:.2f} cores (workers={args.workers}); after the last: "
+              f"{cpu / wall:.2f} cores (workers={args.workers}), {wrote / args.count / 1024:.0f} KiB written per "
+              f"message (replies included); after the last: "
               f"{after / args.count * 1000:.2f} ms per message more in {args.settle:g} s")
     finally:
         target.stop()

@@ -8,6 +8,7 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,44 @@ def test_name_rules() -> None:
             names.mailbox(bad)
     with pytest.raises(Invalid):
         names.flags(-1)
+
+
+async def test_a_batch_keeps_its_savepoint_journals_in_memory(tmp_path: Path) -> None:
+    """engine.py invariant 11: each job of a batch runs in a SAVEPOINT, whose statement journal SQLite spills to
+    a temporary file past 64 KiB unless temp_store is MEMORY; with it, no temporary file is open while a job
+    that changes ~1 MiB of existing pages runs beside another in one batch."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    engine = store._engine
+
+    def fill(tx: Any) -> None:
+        tx.conn.execute("CREATE TABLE scratch(x BLOB)")
+        tx.conn.executemany("INSERT INTO scratch(x) VALUES (randomblob(1000))", [()] * 1000)
+
+    def temp_files() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if "etilqs_" in target:  # SQLite's temporary file names (os_unix.c)
+                found.append(target)
+        return found
+
+    def rewrite(tx: Any) -> list[str]:
+        tx.conn.execute("UPDATE scratch SET x = randomblob(1000)")  # every page of the table, journaled
+        return temp_files()
+
+    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        await engine.write(fill)
+        fcntl.flock(holder, fcntl.LOCK_EX)  # both jobs queue while the writer waits: one batch
+        first = asyncio.ensure_future(engine.write(rewrite))
+        second = asyncio.ensure_future(engine.write(rewrite))
+        await asyncio.sleep(0.1)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert await first == [] and await second == []
+    finally:
+        os.close(holder)
+        await store.close()
