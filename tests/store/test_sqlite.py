@@ -184,42 +184,90 @@ def test_name_rules() -> None:
         names.flags(-1)
 
 
-async def test_a_batch_keeps_its_savepoint_journals_in_memory(tmp_path: Path) -> None:
-    """engine.py invariant 11: each job of a batch runs in a SAVEPOINT, whose statement journal SQLite spills to
-    a temporary file past 64 KiB unless temp_store is MEMORY; with it, no temporary file is open while a job
-    that changes ~1 MiB of existing pages runs beside another in one batch."""
+def _etilqs_files() -> list[str]:
+    """SQLite's temporary files (named etilqs_*, os_unix.c) this process has open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "etilqs_" in target:
+            found.append(target)
+    return found
+
+
+async def _one_batch(store: SQLiteStore, fns: list[Any]) -> list[Any]:
+    """Run `fns` as write jobs in one batch: queued while the writer waits for a writer flock held here."""
+    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        futures = [asyncio.ensure_future(store._engine.write(fn)) for fn in fns]
+        await asyncio.sleep(0.1)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+    finally:
+        os.close(holder)
+
+
+async def test_a_batch_runs_its_jobs_without_savepoint_journals(tmp_path: Path) -> None:
+    """engine.py invariant 11: the jobs of a batch run with no SAVEPOINT between them, so SQLite keeps no
+    statement journal of the pages they change; under a SAVEPOINT it would spill to a temporary file once past
+    64 KiB, and two jobs each changing ~1 MiB of existing pages are far past it."""
     store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
     await store.open()
-    engine = store._engine
 
     def fill(tx: Any) -> None:
         tx.conn.execute("CREATE TABLE scratch(x BLOB)")
         tx.conn.executemany("INSERT INTO scratch(x) VALUES (randomblob(1000))", [()] * 1000)
 
-    def temp_files() -> list[str]:
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if "etilqs_" in target:  # SQLite's temporary file names (os_unix.c)
-                found.append(target)
-        return found
-
     def rewrite(tx: Any) -> list[str]:
-        tx.conn.execute("UPDATE scratch SET x = randomblob(1000)")  # every page of the table, journaled
-        return temp_files()
+        # every page of the table, one row a statement as a delivery writes (a statement that changes several
+        # rows keeps its own statement journal, SAVEPOINT or not)
+        tx.conn.executemany("UPDATE scratch SET x = randomblob(1000) WHERE rowid = ?", [(i,) for i in range(1, 1001)])
+        return _etilqs_files()
 
-    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
     try:
-        await engine.write(fill)
-        fcntl.flock(holder, fcntl.LOCK_EX)  # both jobs queue while the writer waits: one batch
-        first = asyncio.ensure_future(engine.write(rewrite))
-        second = asyncio.ensure_future(engine.write(rewrite))
-        await asyncio.sleep(0.1)
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        assert await first == [] and await second == []
+        await store._engine.write(fill)
+        assert await _one_batch(store, [rewrite, rewrite]) == [[], []]
     finally:
-        os.close(holder)
+        await store.close()
+
+
+async def test_a_job_that_raises_fails_alone_and_is_not_run_again(tmp_path: Path) -> None:
+    """engine.py invariant 11: job k raises, so the batch is rolled back and run again, each job in a
+    SAVEPOINT, without job k: the jobs before it run twice, job k once, the jobs after it once; k's exception
+    reaches its caller and the others' work commits, k's does not (nor its work before it raised)."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    runs = {"a": 0, "b": 0, "c": 0}
+
+    def make(tx: Any) -> None:
+        tx.conn.execute("CREATE TABLE t(name TEXT UNIQUE)")
+
+    def job(name: str, fail: bool = False) -> Any:
+        def fn(tx: Any) -> str:
+            runs[name] += 1  # only the test counts outside its Tx
+            tx.conn.execute("INSERT INTO t(name) VALUES (?)", (name,))
+            if fail:
+                raise NotFound(f"{name} failed after its insert")
+            return name
+        return fn
+
+    try:
+        await store._engine.write(make)
+        results = await _one_batch(store, [job("a"), job("b", fail=True), job("c")])
+        assert results[0] == "a" and results[2] == "c"
+        assert isinstance(results[1], NotFound) and "b failed" in str(results[1])
+        assert runs == {"a": 2, "b": 1, "c": 1}
+        names = await store._engine.read(lambda conn: [r[0] for r in conn.execute("SELECT name FROM t ORDER BY 1")])
+        assert names == ["a", "c"]
+        # A batch of one job that raises: rolled back, not run again.
+        results = await _one_batch(store, [job("b", fail=True)])
+        assert isinstance(results[0], NotFound) and runs["b"] == 2
+        # A job that fails because of an earlier one of its batch fails again the same way.
+        results = await _one_batch(store, [job("a"), job("c")])
+        assert all(isinstance(r, sqlite3.IntegrityError) for r in results)  # both names are taken
+        assert runs == {"a": 3, "b": 2, "c": 2}
+    finally:
         await store.close()

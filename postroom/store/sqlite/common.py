@@ -272,18 +272,29 @@ def add_blob_refs(tx: Tx, counts: Mapping[str, int]) -> None:
 
 
 def release_blobs(tx: Tx, counts: Mapping[str, int]) -> None:
+    """Take `counts[blob_id]` references from each blob; one left with none is deleted with its rows (its body
+    row or, after the commit, its file: engine invariant 4). Each table's statements come together, the
+    full-text index's first (`fts.unindex_blobs`, which reads `blobs.meta`)."""
+    dead = []
     for blob_id, n in counts.items():
         row = tx.conn.execute(
             "UPDATE blobs SET refcount = refcount - ? WHERE id = ? RETURNING refcount", (n, blob_id)
         ).fetchone()
         if row is not None and row[0] <= 0:
-            fts.unindex_blob(tx.conn, blob_id)  # first: it derives the rows to delete from blobs.meta
-            inline = tx.conn.execute("DELETE FROM blob_data WHERE id = ?", (blob_id,)).rowcount > 0
-            tx.conn.execute("DELETE FROM message_keys WHERE blob_id = ?", (blob_id,))  # schema invariant 17
-            tx.conn.execute("DELETE FROM imap_structure WHERE blob_id = ?", (blob_id,))  # schema invariant 24
-            tx.conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
-            if not inline:
-                tx.dead_blobs.add(blob_id)
+            dead.append(blob_id)
+    if not dead:
+        return
+    fts.unindex_blobs(tx.conn, dead)  # first: it derives the rows to delete from blobs.meta
+    keys = [(blob_id,) for blob_id in dead]
+    inline: set[str] = set()
+    for i in range(0, len(dead), CHUNK):
+        chunk = dead[i:i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        inline.update(r[0] for r in tx.conn.execute(f"DELETE FROM blob_data WHERE id IN ({marks}) RETURNING id", chunk))
+    tx.conn.executemany("DELETE FROM message_keys WHERE blob_id = ?", keys)  # schema invariant 17
+    tx.conn.executemany("DELETE FROM imap_structure WHERE blob_id = ?", keys)  # schema invariant 24
+    tx.conn.executemany("DELETE FROM blobs WHERE id = ?", keys)
+    tx.dead_blobs.update(blob_id for blob_id in dead if blob_id not in inline)
 
 
 def count_blobs(blob_ids: Iterable[str]) -> dict[str, int]:

@@ -14,7 +14,9 @@ only write connection, and every write coroutine hands it a function instead of 
     jobs.put((fn, future, loop))  -->  take every pending job (a batch)
     await future                       BEGIN IMMEDIATE
                                        feed: other processes' changes since the last look (feed.py)
-                                       for each job: SAVEPOINT; fn(tx); RELEASE    (ROLLBACK TO on error)
+                                       for each job: fn(tx)
+                                         (one raised: ROLLBACK, BEGIN IMMEDIATE, the
+                                         others again, each in a SAVEPOINT: invariant 11)
                                          (a small body is INSERTed into blob_data right here)
                                        the deferred steps of the jobs that succeeded, each once
                                          (the full-text rows of the batch's new bodies: fts.py;
@@ -26,15 +28,22 @@ only write connection, and every write coroutine hands it a function instead of 
                    <-- call_soon_threadsafe: hub.publish(others' changes, then the batch's); set each future
 
 While one batch commits, new jobs pile up and form the next batch: N concurrent writers cost about one fsync,
-not N. A batch holds at most MAX_BATCH jobs and stops growing past MAX_BATCH_BYTES of inline bodies. Each job
-runs in its own SAVEPOINT, so a job that raises (NotFound, AlreadyExists...) is rolled back alone and its
-exception goes to its caller only; the others still commit.
+not N. A batch holds at most MAX_BATCH jobs and stops growing past MAX_BATCH_BYTES of inline bodies. A job that
+raises (NotFound, AlreadyExists, OverQuota...) is rolled back alone and its exception goes to its caller only;
+the others still commit. The jobs first run one after the other with no SAVEPOINT between them, because a
+SAVEPOINT costs more than its two statements: SQLite keeps the old content of every page changed under it in a
+statement journal, which spills to a temporary file past 64 KiB (a batch of ten 5 KB deliveries wrote ~110 KiB
+per message to one, beside ~80 KiB of WAL), and keeps even the pages a deletion frees (an EXPUNGE of 20,000
+messages took 27 s, most of it journaling; in memory, `temp_store = MEMORY`, the journal grew past 800 MiB).
+Only when a job raises is the transaction rolled back and begun again, and the batch run once more, each job
+in its own SAVEPOINT and without the one that raised, whose exception stands: it failed after the same jobs
+before it (invariant 11).
 
 Work that costs less once per batch than once per job is deferred (`Tx.defer`) and run after the last job,
-outside every job's SAVEPOINT, for the jobs that succeeded: the full-text rows of new bodies. FTS5 writes what
-it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so rows written inside each job
-made one segment per message, and merging those cost more CPU than tokenising the text (bench/RESULTS.md,
-"SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
+outside every job's SAVEPOINT (when there are any), for the jobs that succeeded: the full-text rows of new
+bodies. FTS5 writes what it holds in memory out as a new index segment at every SAVEPOINT and RELEASE, so rows
+written inside each job made one segment per message, and merging those cost more CPU than tokenising the text
+(bench/RESULTS.md, "SMTP durable ingest, the writer's side"); deferred, a batch makes one segment.
 
 A deferred step that is not needed for the answer may wait for a quiet writer (`Deferred.park`), in a process
 that works the backlog off when it starts (`Engine.parks`: `postroom serve`; a command-line tool such as
@@ -128,10 +137,12 @@ Invariants
     recorded them: for the full-text index the backlog, which `postroom serve` works off at start,
     indexing.py, and so does a worker process started again in place of one that died: workers.py invariant
     2). At stop, parked items stay recorded and unrun.
-11. The write connection keeps its temporary data in memory (`temp_store = MEMORY`): the statement journal
-    of each job's SAVEPOINT, which SQLite otherwise spills to a temporary file past 64 KiB, so a batch writes
-    the WAL and nothing else (measured: a 20,000-message EXPUNGE, one job, grew the process by ~7 MiB with or
-    without it; a batch of ten 5 KB deliveries wrote ~190 KiB per message without it, ~80 with it).
+11. A job function may run twice, so it acts only through its `Tx` (its connection, change records, deferred
+    items and dead blobs; blob files it writes are content-addressed, so writing one again changes nothing) and
+    changes nothing outside it. A batch first runs its jobs without SAVEPOINTs; if job k raises, the whole
+    transaction is rolled back, begun again (the feed caught up again: invariant 2), and the batch run once
+    more with each job in its own SAVEPOINT, except job k, which is not run again and fails with its first
+    exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once.
 """
 
 from __future__ import annotations
@@ -258,12 +269,6 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
             raise StoreError(f"cannot put {path} in WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-        # Each job runs in a SAVEPOINT (module doc), and SQLite keeps the pages a savepoint changes in a
-        # statement journal, which spills to a temporary file once it passes 64 KiB (SQLITE_STMTJRNL_SPILL):
-        # a batch of ten deliveries did, so each batch created, wrote and deleted a temporary file, ~110 KiB of
-        # writes per message beside ~80 KiB of WAL (invariant 11; bench/RESULTS.md 2026-12-02). In memory
-        # it holds only the pages the open savepoint changed, each once.
-        conn.execute("PRAGMA temp_store = MEMORY")
     else:
         conn.execute("PRAGMA query_only = ON")
     return conn
@@ -614,18 +619,17 @@ class Engine:
                 feed.lock.acquire()  # held until the batch is handed back (feed invariant 2)
                 locked = True
                 lost, foreign = feed.catch_up(conn)
-                for job in batch:
-                    tx = Tx(conn, self.blobs, self.inline_max)
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        result = job.fn(tx)
-                    except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                        outcomes.append((job, False, exc, None))
-                    else:
-                        conn.execute("RELEASE job")
-                        outcomes.append((job, True, result, tx))
+                failed = self._run_jobs(conn, batch, outcomes)
+                if failed is not None:  # invariant 11: again, each job in a SAVEPOINT, without the one that raised
+                    if not conn.in_transaction:  # its error ended the transaction (SQLITE_FULL...): invariant 1
+                        raise outcomes[failed][2]
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    more_lost, more = feed.catch_up(conn)
+                    lost, foreign = max(lost, more_lost), foreign + more
+                    failed_job, failure = outcomes[failed][0], outcomes[failed][2]
+                    outcomes.clear()
+                    self._run_jobs(conn, batch, outcomes, failed=(failed_job, failure))
                 # invariant 9: each deferred step once, with the items of the jobs that succeeded; invariant
                 # 10: parked instead while other jobs wait for the writer (ours now, or another process's)
                 steps: dict[Deferred, list[Any]] = {}
@@ -665,6 +669,39 @@ class Engine:
         finally:
             if locked:
                 feed.lock.release()
+
+    def _run_jobs(self, conn: sqlite3.Connection, batch: list[_Job[Any]],
+                  outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]],
+                  failed: tuple[_Job[Any], BaseException] | None = None) -> int | None:
+        """Run the jobs of `batch` in order, appending (job, ok, result or exception, tx) to `outcomes`
+        (invariant 11). Without `failed`, no SAVEPOINTs: at the first job that raises, stop and return its index
+        (the transaction then holds part of its work: the caller rolls it back). With `failed` (a job and the
+        exception it raised in that first run), each job in its own SAVEPOINT, that one not run but failed with
+        its exception; returns None."""
+        for i, job in enumerate(batch):
+            if failed is not None and job is failed[0]:
+                outcomes.append((job, False, failed[1], None))
+                continue
+            tx = Tx(conn, self.blobs, self.inline_max)
+            if failed is None:
+                try:
+                    result = job.fn(tx)
+                except Exception as exc:  # noqa: BLE001 - it belongs to that job's caller only
+                    outcomes.append((job, False, exc, None))
+                    return i
+                outcomes.append((job, True, result, tx))
+                continue
+            conn.execute("SAVEPOINT job")
+            try:
+                result = job.fn(tx)
+            except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                outcomes.append((job, False, exc, None))
+            else:
+                conn.execute("RELEASE job")
+                outcomes.append((job, True, result, tx))
+        return None
 
     def _lock_waited(self, seconds: float) -> None:
         """Tell `on_lock_wait` how long a batch waited for the writer flock (another process held it)."""

@@ -254,6 +254,32 @@ def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
 
 
+def unindex_blobs(conn: sqlite3.Connection, blob_ids: Sequence[str]) -> None:
+    """`unindex_blob` for many bodies, with the statements of each table together: one SELECT per chunk, then the
+    FTS5 'delete' rows of all of them, then the other tables. A statement that opens a statement transaction
+    (a foreign-key action, RETURNING) between two FTS5 writes makes FTS5 flush what it holds as a new segment,
+    so `unindex_blob` per body amid `release_blobs`' other statements cost ~0.8 ms a body in segments and their
+    merging (an EXPUNGE of 20,000 messages: 30 s, bench/RESULTS.md 2026-12-02)."""
+    head, body, docids = [], [], []
+    for i in range(0, len(blob_ids), common.CHUNK):
+        chunk = blob_ids[i:i + common.CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for docid, version, meta in conn.execute(
+                "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id"
+                f" WHERE d.blob_id IN ({marks})", chunk):
+            docids.append((int(docid),))
+            parsed = parse_meta(None if meta is None else bytes(meta))
+            if int(version) == INDEX_VERSION and parsed is not None:  # else unreachable rows stay (invariant 2)
+                values = _values(parsed)
+                head.append((int(docid), *values[:-1]))  # the values it was indexed with
+                body.append((int(docid), values[-1]))
+    conn.executemany(_DELETE_HEAD, head)
+    conn.executemany("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", body)
+    conn.executemany("DELETE FROM fts_docs WHERE docid = ?", docids)
+    conn.executemany("DELETE FROM fts_scan WHERE docid = ?", docids)
+    conn.executemany("DELETE FROM fts_backlog WHERE blob_id = ?", [(b,) for b in blob_ids])
+
+
 def refill_head(conn: sqlite3.Connection, progress: Callable[[int, int], None], every: int = 20_000) -> None:
     """Write `fts_head` (empty) again for every indexed body from its stored metadata (schema 23), calling
     `progress(done, total)` every `every` bodies on stores larger than that. A body whose metadata cannot be
