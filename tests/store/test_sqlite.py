@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from postroom.store import names, open_store
-from postroom.store.api import Invalid, NotFound, StoreError
+from postroom.store.api import ChangeKind, Flag, Invalid, NotFound, StoreError, StoreMode
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
 
 from .conftest import inbox, msg, new_user
@@ -269,5 +270,45 @@ async def test_a_job_that_raises_fails_alone_and_is_not_run_again(tmp_path: Path
         results = await _one_batch(store, [job("a"), job("c")])
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results)  # both names are taken
         assert runs == {"a": 3, "b": 2, "c": 2}
+    finally:
+        await store.close()
+
+
+async def test_a_large_removal_takes_the_write_lock_a_step_at_a_time(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """messages.py invariant 9: EXPUNGE and remove_messages take at most REMOVE_STEP messages per write job, in
+    UID order, so a write queued meanwhile (a delivery) commits between two steps instead of after the whole."""
+    monkeypatch.setattr(sqlite_messages, "REMOVE_STEP", 3)
+    store = SQLiteStore(tmp_path / "r.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        uids = [(await store.append(box.id, msg(i))).uid for i in range(12)]
+        keep = {uids[4], uids[9]}
+        await store.store_flags(box.id, [u for u in uids if u not in keep], StoreMode.ADD, Flag.DELETED)
+        jobs: list[int] = []
+        store.on_commit = lambda seconds, ops: jobs.append(ops)
+        expunge = asyncio.ensure_future(store.expunge(box.id))
+        delivered = asyncio.ensure_future(store.append(box.id, msg(99)))
+        result = await expunge
+        late = (await delivered).uid
+        assert [c.uid for c in result.changes] == [u for u in uids if u not in keep]  # UID order, each once
+        assert all(c.kind is ChangeKind.EXPUNGE for c in result.changes)
+        assert len(jobs) >= 4  # 10 messages: 3 + 3 + 3 + 1, and the delivery committed between two of them
+        assert [m.uid for m in await store.list_messages(box.id)] == sorted([*keep, late])
+        # With UIDs, and remove_messages (whatever the flags), the same steps.
+        more = [(await store.append(box.id, msg(i))).uid for i in range(100, 107)]
+        await store.store_flags(box.id, more[:5], StoreMode.ADD, Flag.DELETED)
+        jobs.clear()
+        result = await store.expunge(box.id, [*more, 10**6])
+        assert [c.uid for c in result.changes] == more[:5] and len(jobs) == 3
+        jobs.clear()
+        result = await store.remove_messages(box.id, [*keep, *more[5:]])
+        assert [c.uid for c in result.changes] == sorted([*keep, *more[5:]]) and len(jobs) == 2
+        assert [m.uid for m in await store.list_messages(box.id)] == [late]
+        with pytest.raises(NotFound):
+            await store.expunge(10**6)
+        with pytest.raises(NotFound):
+            await store.remove_messages(10**6, [])
     finally:
         await store.close()
