@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from postroom.store import names, open_store
-from postroom.store.api import ChangeKind, Flag, Invalid, NotFound, StoreError, StoreMode
+from postroom.store.api import ChangeKind, Flag, InsufficientStorage, Invalid, NotFound, StoreError, StoreMode
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore
@@ -270,6 +270,46 @@ async def test_a_job_that_raises_fails_alone_and_is_not_run_again(tmp_path: Path
         results = await _one_batch(store, [job("a"), job("c")])
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results)  # both names are taken
         assert runs == {"a": 3, "b": 2, "c": 2}
+    finally:
+        await store.close()
+
+
+async def test_a_job_that_fills_the_database_fails_its_batch_as_out_of_space_in_either_run(tmp_path: Path) -> None:
+    """engine.py invariants 1, 6 and 11: SQLITE_FULL (here `max_page_count`, as a full disk) ends the whole
+    transaction, in the first run of a batch (no SAVEPOINTs) and in its second (each job in a SAVEPOINT, after
+    another job raised): either way every job of the batch hears `InsufficientStorage`, none of their rows
+    stay, and the writer goes on. Not `no such savepoint: job`, which a caller cannot tell from a bug."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+
+    def make(tx: Any) -> None:
+        tx.conn.execute("CREATE TABLE t(x BLOB)")
+        (pages,) = tx.conn.execute("PRAGMA page_count").fetchone()
+        tx.conn.execute(f"PRAGMA max_page_count = {pages + 40}")  # ~160 KiB more: the writer's own connection
+
+    def small(tx: Any) -> str:
+        tx.conn.execute("INSERT INTO t(x) VALUES (randomblob(10000))")
+        return "small"
+
+    def big(tx: Any) -> str:
+        tx.conn.execute("INSERT INTO t(x) VALUES (randomblob(1000000))")  # past max_page_count: SQLITE_FULL
+        return "big"
+
+    def missing(tx: Any) -> str:
+        raise NotFound("no such mailbox")  # the batch runs again, each job in a SAVEPOINT
+
+    def rows(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    try:
+        await store._engine.write(make)
+        for batch in ([small, big], [missing, small, big]):
+            results = await _one_batch(store, batch)
+            assert all(isinstance(r, InsufficientStorage) for r in results), results
+            assert await store._engine.read(rows) == 0
+        results = await _one_batch(store, [missing, small])
+        assert isinstance(results[0], NotFound) and results[1] == "small"
+        assert await store._engine.read(rows) == 1
     finally:
         await store.close()
 
