@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from postroom.mime.meta import compute_meta
 from postroom.store import names, open_store
 from postroom.store.api import ChangeKind, Flag, InsufficientStorage, Invalid, NotFound, StoreError, StoreMode
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
-from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
 
@@ -310,6 +311,38 @@ async def test_a_job_that_fills_the_database_fails_its_batch_as_out_of_space_in_
         results = await _one_batch(store, [missing, small])
         assert isinstance(results[0], NotFound) and results[1] == "small"
         assert await store._engine.read(rows) == 1
+    finally:
+        await store.close()
+
+
+async def test_index_rows_that_fill_the_database_fail_the_batch_as_out_of_space(tmp_path: Path) -> None:
+    """engine.py invariants 1 and 6, fts.py `index_deferred`: the batch's index step meets SQLITE_FULL, which ends
+    the whole transaction (here `max_page_count`, as a full disk, once the job has stored its body). The job's
+    caller hears `InsufficientStorage`, not `no such savepoint: fts_index` (what ROLLBACK TO says with no
+    transaction left), and the body is not stored; the writer goes on."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    text = " ".join(hashlib.sha256(b"%d" % i).hexdigest()[:8] for i in range(20_000))
+    raw = f"From: a@example.org\r\nSubject: big\r\nContent-Type: text/plain\r\n\r\n{text}\r\n".encode()
+    meta = compute_meta(raw).to_bytes()
+
+    def store_then_fill(tx: Any) -> None:
+        tx.conn.execute("INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES ('b1', ?, 1, ?, ?)",
+                        (len(raw), meta, len(raw)))
+        (pages,) = tx.conn.execute("PRAGMA page_count").fetchone()
+        tx.conn.execute(f"PRAGMA max_page_count = {pages}")  # the writer's connection: not one page more
+        fts.index_later(tx, "b1", meta, fts.parse_meta(meta))
+
+    def room(tx: Any) -> None:
+        tx.conn.execute("PRAGMA max_page_count = 1073741823")
+
+    try:
+        with pytest.raises(InsufficientStorage):
+            await store._engine.write(store_then_fill)
+        await store._engine.write(room)
+        assert await store._engine.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0]) == 0
+        box = await inbox(store, await new_user(store))
+        assert (await store.append(box.id, msg(1))).uid == 1
     finally:
         await store.close()
 
