@@ -758,11 +758,14 @@ class Engine:
             self._parked_total = 0
 
     def _prune_changes(self, conn: sqlite3.Connection) -> None:
-        """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT)."""
+        """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT), unless it
+        ended the transaction (SQLITE_FULL): then it is raised, and the batch fails with it (invariant 1)."""
         conn.execute("SAVEPOINT prune")
         try:
             self.feed.prune(conn)
         except Exception:
+            if not conn.in_transaction:  # the error ended it (SQLITE_FULL...): the batch fails with it (invariant 1)
+                raise
             conn.execute("ROLLBACK TO prune")
             log.exception("store writer: pruning the change feed failed")
         conn.execute("RELEASE prune")

@@ -32,7 +32,8 @@ indexed under another version is emptied and put back in the backlog when it is 
 Invariants
 1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog` at every commit:
    `acquire_blob` indexes a body that arrives with metadata (a new one in the batch's deferred step, which
-   backlogs the bodies it fails to index) or backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
+   backlogs the bodies it fails to index, or fails the batch if that failure ended its transaction) or
+   backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
    with the last reference.
 2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
    inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
@@ -177,7 +178,9 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
     metadata, decoded) each, after its last job. A body that is gone by now, that a later job of the batch
     indexed already, or whose row holds other metadata than `meta` (removed and stored again) is left as it is,
     so rows are always derived from the stored metadata (invariant 2). If writing fails, the bodies still not
-    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows."""
+    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows. Unless the
+    error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then there is no body to keep and
+    the error is raised, so the batch fails with it (engine invariant 1: out of space, `InsufficientStorage`)."""
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
     conn.execute("SAVEPOINT fts_index")
     try:
@@ -194,6 +197,8 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
         conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
         conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
     except Exception:  # noqa: BLE001 - derived data: the backlog serves until the indexer gets to it
+        if not conn.in_transaction:  # the error ended it (SQLITE_FULL...): nothing to keep, the batch fails with it
+            raise
         conn.execute("ROLLBACK TO fts_index")
         conn.execute("RELEASE fts_index")
         log.exception("full-text index: %d new bodies left in the backlog", len(latest))
