@@ -14,7 +14,16 @@ import pytest
 
 from postroom.mime.meta import compute_meta
 from postroom.store import names, open_store
-from postroom.store.api import ChangeKind, Flag, InsufficientStorage, Invalid, NotFound, StoreError, StoreMode
+from postroom.store.api import (
+    AppendRequest,
+    ChangeKind,
+    Flag,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    StoreError,
+    StoreMode,
+)
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore, fts
@@ -343,6 +352,41 @@ async def test_index_rows_that_fill_the_database_fail_the_batch_as_out_of_space(
         assert await store._engine.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0]) == 0
         box = await inbox(store, await new_user(store))
         assert (await store.append(box.id, msg(1))).uid == 1
+    finally:
+        await store.close()
+
+
+async def test_removing_many_indexed_bodies_holds_a_bounded_share_of_their_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fts.py `unindex_blobs` (the last references of many bodies go at once: DELETE of a mailbox or a user, an
+    EXPUNGE step) holds the indexed values it deletes the rows with for at most `UNINDEX_TEXT_MAX` characters
+    at a time, not for every body together: a mailbox of 100,000 messages would otherwise hold all their search
+    text (up to 256 Ki characters each, text.py invariant 2) in the writer at once. Measured with tracemalloc
+    (allocations, not time) around removing 40 bodies of ~200 Ki characters each, with the bound set to 1 Mi."""
+    import tracemalloc
+
+    monkeypatch.setattr(fts, "UNINDEX_TEXT_MAX", 1 << 20, raising=False)
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        user = await new_user(store)
+        box = await store.create_mailbox(user.id, "Big")
+        for n in range(40):
+            words = " ".join(hashlib.sha256(b"%d-%d" % (n, i)).hexdigest()[:12] for i in range(16_000))
+            raw = f"Subject: big {n}\r\nContent-Type: text/plain\r\n\r\n{words}\r\n".encode()
+            await store.append(box.id, AppendRequest(raw=raw, meta=compute_meta(raw).to_bytes()))
+        indexed = await store._engine.read(lambda c: c.execute("SELECT count(*) FROM fts_docs").fetchone()[0])
+        assert indexed == 40
+        tracemalloc.start()
+        try:
+            await store.delete_mailbox(user.id, "Big")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert await store._engine.read(lambda c: c.execute("SELECT count(*) FROM fts_docs").fetchone()[0]) == 0
+        # All 40 bodies' values together are 40 x ~208 Ki characters, > 8 MiB; the bound (1 Mi characters) plus
+        # one body's metadata and values in flight stays well under 4 MiB.
+        assert peak < 4 * (1 << 20), peak
     finally:
         await store.close()
 
