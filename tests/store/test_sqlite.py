@@ -12,11 +12,21 @@ from typing import Any
 
 import pytest
 
+from postroom.mime.meta import compute_meta
 from postroom.store import names, open_store
-from postroom.store.api import ChangeKind, Flag, Invalid, NotFound, StoreError, StoreMode
+from postroom.store.api import (
+    AppendRequest,
+    ChangeKind,
+    Flag,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    StoreError,
+    StoreMode,
+)
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
-from postroom.store.sqlite import SQLiteStore
+from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
 
@@ -270,6 +280,113 @@ async def test_a_job_that_raises_fails_alone_and_is_not_run_again(tmp_path: Path
         results = await _one_batch(store, [job("a"), job("c")])
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results)  # both names are taken
         assert runs == {"a": 3, "b": 2, "c": 2}
+    finally:
+        await store.close()
+
+
+async def test_a_job_that_fills_the_database_fails_its_batch_as_out_of_space_in_either_run(tmp_path: Path) -> None:
+    """engine.py invariants 1, 6 and 11: SQLITE_FULL (here `max_page_count`, as a full disk) ends the whole
+    transaction, in the first run of a batch (no SAVEPOINTs) and in its second (each job in a SAVEPOINT, after
+    another job raised): either way every job of the batch hears `InsufficientStorage`, none of their rows
+    stay, and the writer goes on. Not `no such savepoint: job`, which a caller cannot tell from a bug."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+
+    def make(tx: Any) -> None:
+        tx.conn.execute("CREATE TABLE t(x BLOB)")
+        (pages,) = tx.conn.execute("PRAGMA page_count").fetchone()
+        tx.conn.execute(f"PRAGMA max_page_count = {pages + 40}")  # ~160 KiB more: the writer's own connection
+
+    def small(tx: Any) -> str:
+        tx.conn.execute("INSERT INTO t(x) VALUES (randomblob(10000))")
+        return "small"
+
+    def big(tx: Any) -> str:
+        tx.conn.execute("INSERT INTO t(x) VALUES (randomblob(1000000))")  # past max_page_count: SQLITE_FULL
+        return "big"
+
+    def missing(tx: Any) -> str:
+        raise NotFound("no such mailbox")  # the batch runs again, each job in a SAVEPOINT
+
+    def rows(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    try:
+        await store._engine.write(make)
+        for batch in ([small, big], [missing, small, big]):
+            results = await _one_batch(store, batch)
+            assert all(isinstance(r, InsufficientStorage) for r in results), results
+            assert await store._engine.read(rows) == 0
+        results = await _one_batch(store, [missing, small])
+        assert isinstance(results[0], NotFound) and results[1] == "small"
+        assert await store._engine.read(rows) == 1
+    finally:
+        await store.close()
+
+
+async def test_index_rows_that_fill_the_database_fail_the_batch_as_out_of_space(tmp_path: Path) -> None:
+    """engine.py invariants 1 and 6, fts.py `index_deferred`: the batch's index step meets SQLITE_FULL, which ends
+    the whole transaction (here `max_page_count`, as a full disk, once the job has stored its body). The job's
+    caller hears `InsufficientStorage`, not `no such savepoint: fts_index` (what ROLLBACK TO says with no
+    transaction left), and the body is not stored; the writer goes on."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    text = " ".join(hashlib.sha256(b"%d" % i).hexdigest()[:8] for i in range(20_000))
+    raw = f"From: a@example.org\r\nSubject: big\r\nContent-Type: text/plain\r\n\r\n{text}\r\n".encode()
+    meta = compute_meta(raw).to_bytes()
+
+    def store_then_fill(tx: Any) -> None:
+        tx.conn.execute("INSERT INTO blobs(id, size, refcount, meta, crlf_size) VALUES ('b1', ?, 1, ?, ?)",
+                        (len(raw), meta, len(raw)))
+        (pages,) = tx.conn.execute("PRAGMA page_count").fetchone()
+        tx.conn.execute(f"PRAGMA max_page_count = {pages}")  # the writer's connection: not one page more
+        fts.index_later(tx, "b1", meta, fts.parse_meta(meta))
+
+    def room(tx: Any) -> None:
+        tx.conn.execute("PRAGMA max_page_count = 1073741823")
+
+    try:
+        with pytest.raises(InsufficientStorage):
+            await store._engine.write(store_then_fill)
+        await store._engine.write(room)
+        assert await store._engine.read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone()[0]) == 0
+        box = await inbox(store, await new_user(store))
+        assert (await store.append(box.id, msg(1))).uid == 1
+    finally:
+        await store.close()
+
+
+async def test_removing_many_indexed_bodies_holds_a_bounded_share_of_their_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fts.py `unindex_blobs` (the last references of many bodies go at once: DELETE of a mailbox or a user, an
+    EXPUNGE step) holds the indexed values it deletes the rows with for at most `UNINDEX_TEXT_MAX` characters
+    at a time, not for every body together: a mailbox of 100,000 messages would otherwise hold all their search
+    text (up to 256 Ki characters each, text.py invariant 2) in the writer at once. Measured with tracemalloc
+    (allocations, not time) around removing 40 bodies of ~200 Ki characters each, with the bound set to 1 Mi."""
+    import tracemalloc
+
+    monkeypatch.setattr(fts, "UNINDEX_TEXT_MAX", 1 << 20, raising=False)
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        user = await new_user(store)
+        box = await store.create_mailbox(user.id, "Big")
+        for n in range(40):
+            words = " ".join(hashlib.sha256(b"%d-%d" % (n, i)).hexdigest()[:12] for i in range(16_000))
+            raw = f"Subject: big {n}\r\nContent-Type: text/plain\r\n\r\n{words}\r\n".encode()
+            await store.append(box.id, AppendRequest(raw=raw, meta=compute_meta(raw).to_bytes()))
+        indexed = await store._engine.read(lambda c: c.execute("SELECT count(*) FROM fts_docs").fetchone()[0])
+        assert indexed == 40
+        tracemalloc.start()
+        try:
+            await store.delete_mailbox(user.id, "Big")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert await store._engine.read(lambda c: c.execute("SELECT count(*) FROM fts_docs").fetchone()[0]) == 0
+        # All 40 bodies' values together are 40 x ~208 Ki characters, > 8 MiB; the bound (1 Mi characters) plus
+        # one body's metadata and values in flight stays well under 4 MiB.
+        assert peak < 4 * (1 << 20), peak
     finally:
         await store.close()
 

@@ -91,8 +91,9 @@ call inside one read transaction so it sees one consistent snapshot.
 Invariants
 ----------
 1. A write future is resolved only after COMMIT returned (synchronous=FULL: the WAL is fsync'd). If BEGIN, a
-   deferred step (invariant 9) or COMMIT fails, every job of the batch gets that exception, including those
-   whose function succeeded.
+   deferred step (invariant 9) or COMMIT fails, or a job's error ends the transaction by itself (SQLite rolls
+   all of it back on SQLITE_FULL and some I/O errors), in either run of invariant 11, every job of the batch
+   gets that exception, including those whose function succeeded.
 2. Commit, then broadcast: a batch's Change records are published on the hub after its commit, on the event loop
    thread, before the writers' futures are resolved, in commit order. The same records are rows of `changes`,
    written in the batch's transaction for the jobs that succeeded, so other processes publish them too, and
@@ -143,6 +144,7 @@ Invariants
     transaction is rolled back, begun again (the feed caught up again: invariant 2), and the batch run once
     more with each job in its own SAVEPOINT, except job k, which is not run again and fails with its first
     exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once.
+    A job whose error ended the transaction (no SAVEPOINT is left to roll back to) fails the batch: invariant 1.
 """
 
 from __future__ import annotations
@@ -677,7 +679,9 @@ class Engine:
         (invariant 11). Without `failed`, no SAVEPOINTs: at the first job that raises, stop and return its index
         (the transaction then holds part of its work: the caller rolls it back). With `failed` (a job and the
         exception it raised in that first run), each job in its own SAVEPOINT, that one not run but failed with
-        its exception; returns None."""
+        its exception; returns None. Either way, an exception that ended the transaction by itself (SQLite rolls
+        it all back on SQLITE_FULL and some I/O errors) is raised when the first run left the rest to the
+        caller and, in the second, raised here: the whole batch fails with it (invariant 1)."""
         for i, job in enumerate(batch):
             if failed is not None and job is failed[0]:
                 outcomes.append((job, False, failed[1], None))
@@ -695,6 +699,8 @@ class Engine:
             try:
                 result = job.fn(tx)
             except Exception as exc:  # noqa: BLE001 - any failure belongs to that job's caller only
+                if not conn.in_transaction:  # its error ended the transaction (SQLITE_FULL...): invariant 1,
+                    raise  # the whole batch fails with it (ROLLBACK TO would only say "no such savepoint")
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 outcomes.append((job, False, exc, None))
@@ -752,11 +758,14 @@ class Engine:
             self._parked_total = 0
 
     def _prune_changes(self, conn: sqlite3.Connection) -> None:
-        """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT)."""
+        """Bound the `changes` table (feed.py); a failure costs this batch nothing (its own SAVEPOINT), unless it
+        ended the transaction (SQLITE_FULL): then it is raised, and the batch fails with it (invariant 1)."""
         conn.execute("SAVEPOINT prune")
         try:
             self.feed.prune(conn)
         except Exception:
+            if not conn.in_transaction:  # the error ended it (SQLITE_FULL...): the batch fails with it (invariant 1)
+                raise
             conn.execute("ROLLBACK TO prune")
             log.exception("store writer: pruning the change feed failed")
         conn.execute("RELEASE prune")

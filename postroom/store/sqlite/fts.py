@@ -32,7 +32,8 @@ indexed under another version is emptied and put back in the backlog when it is 
 Invariants
 1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog` at every commit:
    `acquire_blob` indexes a body that arrives with metadata (a new one in the batch's deferred step, which
-   backlogs the bodies it fails to index) or backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
+   backlogs the bodies it fails to index, or fails the batch if that failure ended its transaction) or
+   backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
    with the last reference.
 2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
    inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
@@ -177,7 +178,9 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
     metadata, decoded) each, after its last job. A body that is gone by now, that a later job of the batch
     indexed already, or whose row holds other metadata than `meta` (removed and stored again) is left as it is,
     so rows are always derived from the stored metadata (invariant 2). If writing fails, the bodies still not
-    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows."""
+    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows. Unless the
+    error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then there is no body to keep and
+    the error is raised, so the batch fails with it (engine invariant 1: out of space, `InsufficientStorage`)."""
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
     conn.execute("SAVEPOINT fts_index")
     try:
@@ -194,6 +197,8 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
         conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
         conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
     except Exception:  # noqa: BLE001 - derived data: the backlog serves until the indexer gets to it
+        if not conn.in_transaction:  # the error ended it (SQLITE_FULL...): nothing to keep, the batch fails with it
+            raise
         conn.execute("ROLLBACK TO fts_index")
         conn.execute("RELEASE fts_index")
         log.exception("full-text index: %d new bodies left in the backlog", len(latest))
@@ -254,17 +259,27 @@ def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
     conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
 
 
+UNINDEX_TEXT_MAX = 4 << 20
+"""Characters of indexed values `unindex_blobs` holds at once: the FTS5 'delete' rows of a removal go out in
+groups of about this much text (each body's up to `text.MAX_BODY_CHARS` plus its headers), so removing a mailbox
+of 100,000 messages holds a few MiB of their text, not all of it."""
+
+
 def unindex_blobs(conn: sqlite3.Connection, blob_ids: Sequence[str]) -> None:
-    """`unindex_blob` for many bodies, with the statements of each table together: one SELECT per chunk, then the
-    FTS5 'delete' rows of all of them, then the other tables. A statement that opens a statement transaction
-    (a foreign-key action, RETURNING) between two FTS5 writes makes FTS5 flush what it holds as a new segment,
-    so `unindex_blob` per body amid `release_blobs`' other statements cost ~0.8 ms a body in segments and their
-    merging (an EXPUNGE of 20,000 messages: 30 s, bench/RESULTS.md 2026-12-02)."""
-    head, body, docids = [], [], []
+    """`unindex_blob` for many bodies, with the statements of each table together: the FTS5 'delete' rows of all
+    of them (in groups of at most about `UNINDEX_TEXT_MAX` characters of values, for bounded memory), read one
+    body at a time, then the other tables. A statement that opens a statement transaction (a foreign-key action,
+    RETURNING) between two FTS5 writes makes FTS5 flush what it holds as a new segment, so `unindex_blob` per
+    body amid `release_blobs`' other statements cost ~0.8 ms a body in segments and their merging (an EXPUNGE of
+    20,000 messages: 30 s, bench/RESULTS.md 2026-12-02); the reads between the groups open none."""
+    head: list[tuple[object, ...]] = []
+    body: list[tuple[int, str]] = []
+    docids: list[tuple[int]] = []
+    held = 0
     for i in range(0, len(blob_ids), common.CHUNK):
         chunk = blob_ids[i:i + common.CHUNK]
         marks = ",".join("?" * len(chunk))
-        for docid, version, meta in conn.execute(
+        for docid, version, meta in conn.execute(  # a row at a time: a body's metadata holds its text
                 "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id"
                 f" WHERE d.blob_id IN ({marks})", chunk):
             docids.append((int(docid),))
@@ -273,11 +288,20 @@ def unindex_blobs(conn: sqlite3.Connection, blob_ids: Sequence[str]) -> None:
                 values = _values(parsed)
                 head.append((int(docid), *values[:-1]))  # the values it was indexed with
                 body.append((int(docid), values[-1]))
-    conn.executemany(_DELETE_HEAD, head)
-    conn.executemany("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", body)
+                held += sum(map(len, values))
+                if held >= UNINDEX_TEXT_MAX:
+                    _delete_rows(conn, head, body)
+                    head, body, held = [], [], 0
+    _delete_rows(conn, head, body)
     conn.executemany("DELETE FROM fts_docs WHERE docid = ?", docids)
     conn.executemany("DELETE FROM fts_scan WHERE docid = ?", docids)
     conn.executemany("DELETE FROM fts_backlog WHERE blob_id = ?", [(b,) for b in blob_ids])
+
+
+def _delete_rows(conn: sqlite3.Connection, head: list[tuple[object, ...]], body: list[tuple[int, str]]) -> None:
+    """The FTS5 'delete' rows of `unindex_blobs`: (docid, head values...) and (docid, body), as indexed."""
+    conn.executemany(_DELETE_HEAD, head)
+    conn.executemany("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", body)
 
 
 def refill_head(conn: sqlite3.Connection, progress: Callable[[int, int], None], every: int = 20_000) -> None:
