@@ -1373,10 +1373,13 @@ class Store(Protocol):
         Returns how many records went."""
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> WriteResult:
-        """Removes the given UIDs that carry \\Deleted; with uids=None, every \\Deleted message."""
+        """Removes the given UIDs that carry \\Deleted; with uids=None, every \\Deleted message. Raises NotFound
+        if the mailbox does not exist. A large removal may commit in steps (SQLite: 500 messages per transaction,
+        sqlite/messages.py invariant 9); a failure midway leaves the earlier steps done."""
 
     async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> WriteResult:
-        """Removes the given messages whatever their flags (POP3 UPDATE state, admin)."""
+        """Removes the given messages whatever their flags (POP3 UPDATE state, admin), in steps as `expunge`.
+        Raises NotFound if the mailbox does not exist."""
 
     async def copy_messages(self, mailbox_id: int, uids: Sequence[int], dest_mailbox_id: int, *,
                             as_user: int | None = None) -> CopyResult:

@@ -33,8 +33,8 @@ raises (NotFound, AlreadyExists, OverQuota...) is rolled back alone and its exce
 the others still commit. The jobs first run one after the other with no SAVEPOINT between them, because a
 SAVEPOINT costs more than its two statements: SQLite keeps the old content of every page changed under it in a
 statement journal, which spills to a temporary file past 64 KiB (a batch of ten 5 KB deliveries wrote ~110 KiB
-per message to one, beside ~80 KiB of WAL), and keeps even the pages a deletion frees (an EXPUNGE of 20,000
-messages took 27 s, most of it journaling; in memory, `temp_store = MEMORY`, the journal grew past 800 MiB).
+per message to one, beside ~80 KiB of WAL), and keeps even the pages a deletion frees (kept in memory instead,
+`temp_store = MEMORY`, the journal of a 20,000-message EXPUNGE grew past 800 MiB).
 Only when a job raises is the transaction rolled back and begun again, and the batch run once more, each job
 in its own SAVEPOINT and without the one that raised, whose exception stands: it failed after the same jobs
 before it (invariant 11).
