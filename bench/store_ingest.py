@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from postroom.auth.passwords import make_credentials
 from postroom.mime.meta import compute_meta
-from postroom.store.api import AppendRequest
+from postroom.store.api import AppendRequest, Mailbox
 from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.sqlite.engine import Tx
 
@@ -65,6 +65,27 @@ def message(i: int, size: int) -> tuple[bytes, bytes]:
     return prefix, bytes(out[:size])
 
 
+def deliveries(count: int, size: int) -> list[AppendRequest]:
+    """`count` delivery requests of `message` shape, ~`size` bytes, with their metadata computed and decoded
+    (as local delivery gives it: `AppendRequest.parsed`)."""
+    out = []
+    for i in range(count):
+        prefix, raw = message(i, size)
+        meta = compute_meta(prefix + raw)
+        out.append(AppendRequest(raw=raw, prefix=prefix, meta=meta.to_bytes(), parsed=meta))
+    return out
+
+
+async def bench_inbox(store: SQLiteStore) -> Mailbox:
+    """The INBOX of a new user user@example.org in a fresh `store`."""
+    await store.add_domain("example.org")
+    password, scram = make_credentials("bench-password")
+    user = await store.add_user("user@example.org", password, scram)
+    box = await store.get_mailbox(user.id, "INBOX")
+    assert box is not None
+    return box
+
+
 def backlog_at_delivery(tx: Tx, blob_id: str, meta: bytes | None, parsed: object) -> None:
     """`--index backlog`: the new body goes to the backlog instead of being indexed."""
     tx.conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
@@ -74,17 +95,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     store = SQLiteStore(work / "postroom.db", work / "blobs")
     await store.open()
     try:
-        await store.add_domain("example.org")
-        password, scram = make_credentials("bench-password")
-        user = await store.add_user("user@example.org", password, scram)
-        box = await store.get_mailbox(user.id, "INBOX")
-        assert box is not None
-        requests = []
-        for i in range(args.count):
-            prefix, raw = message(i, args.size)
-            meta = compute_meta(prefix + raw)  # decoded too, as local delivery gives it (`AppendRequest.parsed`)
-            requests.append(AppendRequest(raw=raw, prefix=prefix, meta=meta.to_bytes(), parsed=meta))
-        todo = list(reversed(requests))
+        box = await bench_inbox(store)
+        todo = list(reversed(deliveries(args.count, args.size)))
 
         async def session() -> None:
             while todo:

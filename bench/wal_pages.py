@@ -28,9 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 import store_ingest  # noqa: E402 - bench/: the message shapes
 
-from postroom.auth.passwords import make_credentials  # noqa: E402
-from postroom.mime.meta import compute_meta  # noqa: E402
-from postroom.store.api import AppendRequest  # noqa: E402
 from postroom.store.sqlite import SQLiteStore  # noqa: E402
 from postroom.store.sqlite.engine import Tx  # noqa: E402
 
@@ -54,16 +51,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     store = SQLiteStore(work / "postroom.db", work / "blobs")
     await store.open()
     try:
-        await store.add_domain("example.org")
-        password, scram = make_credentials("bench-password")
-        box = await store.get_mailbox((await store.add_user("user@example.org", password, scram)).id, "INBOX")
-        assert box is not None
-        todo = []
-        for i in range(args.count + WARM):
-            prefix, raw = store_ingest.message(i, args.size)
-            meta = compute_meta(prefix + raw)
-            todo.append(AppendRequest(raw=raw, prefix=prefix, meta=meta.to_bytes(), parsed=meta))
-        todo.reverse()
+        box = await store_ingest.bench_inbox(store)
+        todo = list(reversed(store_ingest.deliveries(args.count + WARM, args.size)))
 
         async def session(leave: int) -> None:
             while len(todo) > leave:
