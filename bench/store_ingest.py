@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import written_bytes  # bench/common.py
+
 from postroom.auth.passwords import make_credentials
 from postroom.mime.meta import compute_meta
 from postroom.store.api import AppendRequest, Mailbox
@@ -41,14 +43,6 @@ def thread_cpu(tid: int) -> tuple[float, float]:
     tick = os.sysconf("SC_CLK_TCK")
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
     return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def written() -> int:
-    """Bytes this process has written so far (`wchar` of /proc/self/io)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    return 0
 
 
 def message(i: int, size: int) -> tuple[bytes, bytes]:
@@ -112,9 +106,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             batches[1] += jobs
 
         engine.on_commit = committed
-        io0, c0, w0, t0 = written(), time.process_time(), thread_cpu(writer), time.perf_counter()
+        io0, c0, w0, t0 = written_bytes(os.getpid()), time.process_time(), thread_cpu(writer), time.perf_counter()
         await asyncio.gather(*(session() for _ in range(args.sessions)))
-        io1, c1, w1, t1 = written(), time.process_time(), thread_cpu(writer), time.perf_counter()
+        io1, c1, w1, t1 = written_bytes(os.getpid()), time.process_time(), thread_cpu(writer), time.perf_counter()
         n = args.count
         print(f"index {args.index}: {n / (t1 - t0):.0f} msg/s, {1000 * (c1 - c0) / n:.3f} ms CPU per message "
               f"(writer thread {1000 * (w1[0] - w0[0]) / n:.3f} user + {1000 * (w1[1] - w0[1]) / n:.3f} system), "

@@ -243,20 +243,9 @@ INDEX_NEW = Deferred("full-text index", index_deferred, park=park_new, run_parke
 
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
     """Remove body `blob_id` from the index and the backlog (its last reference goes, or it is re-indexed).
-    Call it while `blobs.meta` still holds the metadata it was indexed from (invariant 2)."""
-    row = conn.execute(
-        "SELECT d.docid, d.version, b.meta FROM fts_docs d LEFT JOIN blobs b ON b.id = d.blob_id"
-        " WHERE d.blob_id = ?", (blob_id,)).fetchone()
-    if row is not None:
-        docid, version = int(row[0]), int(row[1])
-        parsed = parse_meta(None if row[2] is None else bytes(row[2]))
-        if version == INDEX_VERSION and parsed is not None:  # else unreachable rows stay (invariant 2)
-            values = _values(parsed)
-            conn.execute(_DELETE_HEAD, (docid, *values[:-1]))  # the values it was indexed with
-            conn.execute("INSERT INTO fts_body(fts_body, rowid, body) VALUES ('delete', ?, ?)", (docid, values[-1]))
-        conn.execute("DELETE FROM fts_docs WHERE docid = ?", (docid,))
-        conn.execute("DELETE FROM fts_scan WHERE docid = ?", (docid,))
-    conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
+    Call it while `blobs.meta` still holds the metadata it was indexed from (invariant 2). `unindex_blobs` of
+    one body."""
+    unindex_blobs(conn, [blob_id])
 
 
 UNINDEX_TEXT_MAX = 4 << 20

@@ -918,7 +918,7 @@ class MessagesMixin(Base):
         `deleted_only`), `REMOVE_STEP` UIDs per write job (invariant 9)."""
         now = self._clock()
         changes: list[Change] = []
-        for i in range(0, max(1, len(wanted)), REMOVE_STEP):
+        for i in range(0, max(1, len(wanted)), REMOVE_STEP):  # no UIDs: one job still (NotFound, no mailbox)
             chunk = wanted[i:i + REMOVE_STEP]
 
             def op(tx: Tx, chunk: list[int] = chunk) -> tuple[Change, ...]:
