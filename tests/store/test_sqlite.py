@@ -356,6 +356,89 @@ async def test_index_rows_that_fill_the_database_fail_the_batch_as_out_of_space(
         await store.close()
 
 
+def _indexed_message(n: int) -> AppendRequest:
+    raw = b"From: a@example.org\r\nSubject: indexed %d\r\n\r\nbody words %d\r\n" % (n, n)
+    meta = compute_meta(raw)
+    return AppendRequest(raw=raw, meta=meta.to_bytes(), parsed=meta)
+
+
+async def _appends_in_one_batch(store: SQLiteStore, appends: list[tuple[int, AppendRequest]]) -> list[Any]:
+    """`store.append` of each (mailbox id, request), queued while a writer flock held here keeps the writer
+    waiting, so they form one batch."""
+    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        futures = [asyncio.ensure_future(store.append(box, req)) for box, req in appends]
+        await asyncio.sleep(0.1)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+    finally:
+        os.close(holder)
+
+
+async def test_a_batch_writes_its_index_rows_without_a_savepoint(tmp_path: Path) -> None:
+    """engine.py invariant 9, fts.py `index_deferred`: the full-text rows of a batch's new bodies are written
+    with no SAVEPOINT (nor the jobs before them: invariant 11), so SQLite keeps no statement journal for them;
+    under one, the pages the FTS5 segment changes went to a temporary file in every batch."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        statements: list[str] = []
+        conn = store._engine._wconn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        try:
+            results = await _appends_in_one_batch(store, [(box.id, _indexed_message(n)) for n in range(3)])
+        finally:
+            conn.set_trace_callback(None)
+        assert [r.uid for r in results] == [1, 2, 3]
+        assert any("INSERT INTO fts_body" in s for s in statements)  # indexed in this batch, not parked
+        assert not [s for s in statements if s.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+        indexed = await store._engine.read(lambda c: c.execute("SELECT count(*) FROM fts_docs").fetchone()[0])
+        assert indexed == 3
+    finally:
+        await store.close()
+
+
+async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """engine.py invariant 9, fts.py invariant 1: the batch's index step raises an ordinary error (here the
+    derivation of the indexed values breaks): the batch is rolled back and runs again with the new bodies put
+    in the backlog instead. Every message is stored, none is refused for its index rows; a job of the same batch
+    that failed on its own still fails alone; each body is in exactly one of the index and the backlog (schema
+    invariant 12); once the derivation works again, later bodies are indexed as usual."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    real = fts._values
+    try:
+        box = await inbox(store, await new_user(store))
+
+        def broken(parsed: Any) -> Any:
+            raise RuntimeError("derivation broke")
+
+        monkeypatch.setattr(fts, "_values", broken)
+        results = await _appends_in_one_batch(
+            store, [(box.id, _indexed_message(1)), (10**6, _indexed_message(2)), (box.id, _indexed_message(3))])
+        assert results[0].uid == 1 and results[2].uid == 2
+        assert isinstance(results[1], NotFound)
+        assert "full-text index failed (derivation broke); the batch runs again" in caplog.text
+
+        def where(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            (docs,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
+            (backlog,) = conn.execute("SELECT count(*) FROM fts_backlog").fetchone()
+            (bodies,) = conn.execute("SELECT count(*) FROM blobs").fetchone()
+            return docs, backlog, bodies
+
+        assert await store._engine.read(where) == (0, 2, 2)
+        assert [m.uid for m in await store.list_messages(box.id)] == [1, 2]
+        monkeypatch.setattr(fts, "_values", real)
+        assert (await store.append(box.id, _indexed_message(4))).uid == 3
+        assert await store._engine.read(where) == (1, 2, 3)
+    finally:
+        await store.close()
+
+
 async def test_removing_many_indexed_bodies_holds_a_bounded_share_of_their_text(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fts.py `unindex_blobs` (the last references of many bodies go at once: DELETE of a mailbox or a user, an

@@ -123,8 +123,13 @@ Invariants
    `call_soon_threadsafe`, queued behind the snapshot's end). A connection error ends the snapshot at once.
 9. A deferred step (`Tx.defer`) runs once per batch, after every job and outside their SAVEPOINTs, in the
    batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
-   in job order, before the batch's `changes` rows. A step that must not fail the batch catches its own errors
-   (fts.py `index_deferred` falls back to the backlog); one that raises fails the batch (invariant 1).
+   in job order, before the batch's `changes` rows. A step that raises and has a fallback (`Deferred.park`,
+   which records its items as to-do) does not fail the batch: the transaction is rolled back and begun again
+   (the feed caught up again), the jobs run again, each in its own SAVEPOINT (they may run twice: invariant
+   11), and that step's items are only recorded by `park`, not kept for an idle writer (the full-text index's
+   bodies go to the backlog: fts.py invariant 1). So the step needs no SAVEPOINT of its own, which would cost
+   a statement journal (module doc) in every batch, not only in one that fails. A step without a fallback that
+   raises, or one whose error ended the transaction (SQLITE_FULL...), fails the batch (invariant 1).
 10. A parked step's items (`Deferred.park`, chosen only in an engine that `parks`, while other jobs wait for
     the writer, of this process when the batch ends or of another when it began (the flock was held by
     another process), and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in
@@ -204,7 +209,7 @@ class Deferred:
     transaction. A step that may wait for a quiet writer also has `park(conn, items) -> kept`, called instead
     while other jobs wait: it records the items durably as to-do in the batch's transaction and returns what
     to keep in memory; `run_parked(conn, kept_items)` then does the work later, in transactions of its own,
-    when the writer is idle (invariant 10)."""
+    when the writer is idle (invariant 10). `park` is also the fallback when `run` raises (invariant 9)."""
 
     name: str  # for the log: what the step makes
     run: Step
@@ -615,6 +620,16 @@ class Engine:
         locked = False
         lost, foreign = 0, list[tuple[int, Change]]()
         parked: list[tuple[Deferred, list[Any]]] = []
+
+        def again() -> None:  # invariants 9 and 11: rolled back and begun again, the feed caught up again
+            nonlocal lost, foreign
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            more_lost, more = feed.catch_up(conn)
+            lost, foreign = max(lost, more_lost), foreign + more
+            outcomes.clear()
+            parked.clear()
+
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -622,29 +637,26 @@ class Engine:
                 locked = True
                 lost, foreign = feed.catch_up(conn)
                 failed = self._run_jobs(conn, batch, outcomes)
+                first_failure: tuple[_Job[Any], BaseException] | None = None
                 if failed is not None:  # invariant 11: again, each job in a SAVEPOINT, without the one that raised
                     if not conn.in_transaction:  # its error ended the transaction (SQLITE_FULL...): invariant 1
                         raise outcomes[failed][2]
-                    conn.execute("ROLLBACK")
-                    conn.execute("BEGIN IMMEDIATE")
-                    more_lost, more = feed.catch_up(conn)
-                    lost, foreign = max(lost, more_lost), foreign + more
-                    failed_job, failure = outcomes[failed][0], outcomes[failed][2]
-                    outcomes.clear()
-                    self._run_jobs(conn, batch, outcomes, failed=(failed_job, failure))
+                    first_failure = (outcomes[failed][0], outcomes[failed][2])
+                    again()
+                    self._run_jobs(conn, batch, outcomes, failed=first_failure)
                 # invariant 9: each deferred step once, with the items of the jobs that succeeded; invariant
                 # 10: parked instead while other jobs wait for the writer (ours now, or another process's)
-                steps: dict[Deferred, list[Any]] = {}
-                for _, ok, _, done in outcomes:
-                    if ok and done is not None:
-                        for step, items in done.deferred.items():
-                            steps.setdefault(step, []).extend(items)
                 busy = self.parks and (contended or not self._jobs.empty())
-                for step, items in steps.items():
-                    if busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
-                        parked.append((step, step.park(conn, items)))
-                    else:
-                        step.run(conn, items)
+                recorded_only: set[Deferred] = set()
+                while (failing := self._run_steps(conn, outcomes, busy, parked, recorded_only)) is not None:
+                    step, exc = failing  # invariant 9: the batch again, that step's items only recorded
+                    if step.park is None or not conn.in_transaction:  # no fallback, or the error ended it all
+                        raise exc
+                    log.warning("store writer: %s failed (%s); the batch runs again with it left to do", step.name,
+                                exc, exc_info=exc)
+                    recorded_only.add(step)
+                    again()
+                    self._run_jobs(conn, batch, outcomes, failed=first_failure, guarded=True)
                 # feed invariant 1: the changes of the jobs that succeeded, in this transaction (one statement:
                 # a row costs ~1.6 us this way, ~4 us with a statement per job); if it fails, the batch does
                 recorded = feed.record(conn, [c for _, ok, _, tx in outcomes if ok and tx is not None
@@ -672,22 +684,49 @@ class Engine:
             if locked:
                 feed.lock.release()
 
+    def _run_steps(self, conn: sqlite3.Connection, outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]],
+                   busy: bool, parked: list[tuple[Deferred, list[Any]]],
+                   recorded_only: set[Deferred]) -> tuple[Deferred, Exception] | None:
+        """Run the deferred steps of the jobs that succeeded in `outcomes`, each once with its items in job order
+        (invariant 9), or park it (`busy`: other jobs wait; appended to `parked`, invariant 10). A step in
+        `recorded_only` has its items recorded by `park` and nothing more (not kept for an idle writer: they
+        are found on disk, as those of a parked run that failed). Returns the first step that raised and its
+        exception (the transaction then holds part of the steps' work: the caller rolls it back), else None."""
+        steps: dict[Deferred, list[Any]] = {}
+        for _, ok, _, done in outcomes:
+            if ok and done is not None:
+                for step, items in done.deferred.items():
+                    steps.setdefault(step, []).extend(items)
+        for step, items in steps.items():
+            try:
+                if step.park is not None and step in recorded_only:
+                    step.park(conn, items)  # recorded only, as when a parked run fails (invariant 10)
+                elif busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
+                    parked.append((step, step.park(conn, items)))
+                else:
+                    step.run(conn, items)
+            except Exception as exc:  # noqa: BLE001 - the caller decides: the batch again, or failed
+                return step, exc
+        return None
+
     def _run_jobs(self, conn: sqlite3.Connection, batch: list[_Job[Any]],
                   outcomes: list[tuple[_Job[Any], bool, Any, Tx | None]],
-                  failed: tuple[_Job[Any], BaseException] | None = None) -> int | None:
+                  failed: tuple[_Job[Any], BaseException] | None = None, *, guarded: bool = False) -> int | None:
         """Run the jobs of `batch` in order, appending (job, ok, result or exception, tx) to `outcomes`
-        (invariant 11). Without `failed`, no SAVEPOINTs: at the first job that raises, stop and return its index
-        (the transaction then holds part of its work: the caller rolls it back). With `failed` (a job and the
-        exception it raised in that first run), each job in its own SAVEPOINT, that one not run but failed with
-        its exception; returns None. Either way, an exception that ended the transaction by itself (SQLite rolls
-        it all back on SQLITE_FULL and some I/O errors) is raised when the first run left the rest to the
+        (invariant 11). Without `failed` or `guarded`, no SAVEPOINTs: at the first job that raises, stop and
+        return its index (the transaction then holds part of its work: the caller rolls it back). With `failed`
+        (a job and the exception it raised in that first run) or `guarded` (the batch runs again because a
+        deferred step raised: invariant 9), each job in its own SAVEPOINT, `failed`'s job not run but failed
+        with its exception; returns None. Either way, an exception that ended the transaction by itself (SQLite
+        rolls it all back on SQLITE_FULL and some I/O errors) is raised when the first run left the rest to the
         caller and, in the second, raised here: the whole batch fails with it (invariant 1)."""
+        guarded = guarded or failed is not None
         for i, job in enumerate(batch):
             if failed is not None and job is failed[0]:
                 outcomes.append((job, False, failed[1], None))
                 continue
             tx = Tx(conn, self.blobs, self.inline_max)
-            if failed is None:
+            if not guarded:
                 try:
                     result = job.fn(tx)
                 except Exception as exc:  # noqa: BLE001 - it belongs to that job's caller only

@@ -177,34 +177,27 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
     """The batch's deferred step (`index_later`): the full-text rows of the bodies its jobs stored, (blob id,
     metadata, decoded) each, after its last job. A body that is gone by now, that a later job of the batch
     indexed already, or whose row holds other metadata than `meta` (removed and stored again) is left as it is,
-    so rows are always derived from the stored metadata (invariant 2). If writing fails, the bodies still not
-    indexed go to the backlog instead (invariant 1): a message is never refused for its index rows. Unless the
-    error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then there is no body to keep and
-    the error is raised, so the batch fails with it (engine invariant 1: out of space, `InsufficientStorage`)."""
+    so rows are always derived from the stored metadata (invariant 2). Raises what writing the rows raised,
+    with part of them written: no SAVEPOINT of its own, since one makes SQLite keep a statement journal of
+    every page the rows change, a temporary file per batch (~10 % of the writer's CPU, bench/RESULTS.md). The
+    engine then rolls the batch back and runs it again with `park_new` in this step's place (engine invariant
+    9), so the bodies go to the backlog (invariant 1: a message is never refused for its index rows), unless
+    the error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then the batch fails with it
+    (engine invariant 1: out of space, `InsufficientStorage`). In `index_parked`, the idle writer's
+    transaction is rolled back and its bodies stay in the backlog."""
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
-    conn.execute("SAVEPOINT fts_index")
-    try:
-        head, body, scan = [], [], []
-        for blob_id, (meta, parsed) in latest.items():
-            row = conn.execute(_INSERT_DOC, (INDEX_VERSION, blob_id, meta)).fetchone()
-            if row is None:
-                continue
-            values = _values(parsed)
-            head.append((row[0], *values[:-1]))
-            body.append((row[0], values[-1]))
-            scan.append((row[0], scanform.build(parsed)))
-        conn.executemany(_INSERT_HEAD, head)
-        conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
-        conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
-    except Exception:  # noqa: BLE001 - derived data: the backlog serves until the indexer gets to it
-        if not conn.in_transaction:  # the error ended it (SQLITE_FULL...): nothing to keep, the batch fails with it
-            raise
-        conn.execute("ROLLBACK TO fts_index")
-        conn.execute("RELEASE fts_index")
-        log.exception("full-text index: %d new bodies left in the backlog", len(latest))
-        conn.executemany(_BACKLOG_UNINDEXED, [(blob_id,) for blob_id in latest])
-        return
-    conn.execute("RELEASE fts_index")
+    head, body, scan = [], [], []
+    for blob_id, (meta, parsed) in latest.items():
+        row = conn.execute(_INSERT_DOC, (INDEX_VERSION, blob_id, meta)).fetchone()
+        if row is None:
+            continue
+        values = _values(parsed)
+        head.append((row[0], *values[:-1]))
+        body.append((row[0], values[-1]))
+        scan.append((row[0], scanform.build(parsed)))
+    conn.executemany(_INSERT_HEAD, head)
+    conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
+    conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
 
 
 def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> list[str]:
@@ -234,7 +227,7 @@ def index_parked(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
             parsed = parse_meta(None if meta is None else bytes(meta))
             if parsed is not None:  # else another format: left in the backlog
                 items.append((str(blob_id), bytes(meta), parsed))
-        index_deferred(conn, items)  # skips a body indexed meanwhile; on failure leaves them all in the backlog
+        index_deferred(conn, items)  # skips a body indexed meanwhile; if it raises, all stay in the backlog
         conn.executemany(_UNBACKLOG_INDEXED, [(blob_id, blob_id) for blob_id, _ in rows])
 
 
