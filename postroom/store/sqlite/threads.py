@@ -172,8 +172,10 @@ def _storable(text: str) -> bool:
 
 
 def _new_thread(conn: sqlite3.Connection) -> int:
-    conn.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('thread', 0)")
-    (value,) = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'thread' RETURNING value").fetchone()
+    """A new thread id: the `thread` counter moved on, made at 1 if there is none yet (one statement: one of
+    these per delivered message that starts a thread)."""
+    (value,) = conn.execute("INSERT INTO counters(name, value) VALUES ('thread', 1)"
+                            " ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value").fetchone()
     return int(value)
 
 
