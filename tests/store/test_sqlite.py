@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import os
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,17 +210,23 @@ def _etilqs_files() -> list[str]:
     return found
 
 
-async def _one_batch(store: SQLiteStore, fns: list[Any]) -> list[Any]:
-    """Run `fns` as write jobs in one batch: queued while the writer waits for a writer flock held here."""
+async def _in_one_batch(store: SQLiteStore, writes: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Start each of `writes` (store calls that write) while a writer flock held here keeps the writer waiting,
+    so their jobs form one batch; their results, or the exceptions they raised, in order."""
     holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        futures = [asyncio.ensure_future(store._engine.write(fn)) for fn in fns]
+        futures = [asyncio.ensure_future(write()) for write in writes]
         await asyncio.sleep(0.1)
         fcntl.flock(holder, fcntl.LOCK_UN)
         return list(await asyncio.gather(*futures, return_exceptions=True))
     finally:
         os.close(holder)
+
+
+async def _one_batch(store: SQLiteStore, fns: list[Any]) -> list[Any]:
+    """Run `fns` as write jobs in one batch (`_in_one_batch`)."""
+    return await _in_one_batch(store, [functools.partial(store._engine.write, fn) for fn in fns])
 
 
 async def test_a_batch_runs_its_jobs_without_savepoint_journals(tmp_path: Path) -> None:
@@ -363,17 +371,8 @@ def _indexed_message(n: int) -> AppendRequest:
 
 
 async def _appends_in_one_batch(store: SQLiteStore, appends: list[tuple[int, AppendRequest]]) -> list[Any]:
-    """`store.append` of each (mailbox id, request), queued while a writer flock held here keeps the writer
-    waiting, so they form one batch."""
-    holder = os.open(f"{store.path}-writer.lock", os.O_RDWR)
-    try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        futures = [asyncio.ensure_future(store.append(box, req)) for box, req in appends]
-        await asyncio.sleep(0.1)
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
-    finally:
-        os.close(holder)
+    """`store.append` of each (mailbox id, request), in one batch (`_in_one_batch`)."""
+    return await _in_one_batch(store, [functools.partial(store.append, box, req) for box, req in appends])
 
 
 async def test_a_batch_writes_its_index_rows_without_a_savepoint(tmp_path: Path) -> None:
