@@ -439,6 +439,51 @@ async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Pa
         await store.close()
 
 
+async def test_index_rows_whose_backlog_fallback_fails_too_fail_the_batch_once(tmp_path: Path) -> None:
+    """engine.py invariant 9: the batch's index step raises, the batch runs again with the bodies recorded in
+    the backlog instead (`park`), and that fallback raises too, with the transaction still open (an ordinary
+    error: a corrupt page, a constraint; here triggers on the writer's connection, as SQLite raises them). The
+    batch then fails with the fallback's error, once: running it again would only meet the same error, and the
+    writer would loop for ever holding the write lock (every later write waiting). Nothing of it is stored, and
+    the writer goes on."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    fallbacks = 0
+
+    def backlog_refused() -> int:  # a persistent failure, bounded so that a writer that loops still ends
+        nonlocal fallbacks
+        fallbacks += 1
+        return int(fallbacks <= 50)
+
+    def break_index(tx: Any) -> None:
+        tx.conn.create_function("backlog_refused", 0, backlog_refused)
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+        tx.conn.execute("CREATE TEMP TRIGGER no_backlog BEFORE INSERT ON main.fts_backlog WHEN backlog_refused()"
+                        " BEGIN SELECT RAISE(ABORT, 'backlog rows refused'); END")
+
+    def mend_index(tx: Any) -> None:
+        tx.conn.execute("DROP TRIGGER temp.no_docs")
+        tx.conn.execute("DROP TRIGGER temp.no_backlog")
+
+    def counts(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("messages", "blobs", "fts_docs", "fts_backlog"))
+
+    try:
+        box = await inbox(store, await new_user(store))
+        await store._engine.write(break_index)
+        results = await _appends_in_one_batch(store, [(box.id, _indexed_message(n)) for n in range(3)])
+        assert all(isinstance(r, sqlite3.IntegrityError) and "backlog rows refused" in str(r) for r in results), results
+        assert fallbacks == 1
+        assert await store._engine.read(counts) == (0, 0, 0, 0)
+        await store._engine.write(mend_index)
+        assert (await store.append(box.id, _indexed_message(4))).uid == 1
+        assert await store._engine.read(counts) == (1, 1, 1, 0)
+    finally:
+        await store.close()
+
+
 async def test_removing_many_indexed_bodies_holds_a_bounded_share_of_their_text(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fts.py `unindex_blobs` (the last references of many bodies go at once: DELETE of a mailbox or a user, an
