@@ -129,7 +129,9 @@ Invariants
    11), and that step's items are only recorded by `park`, not kept for an idle writer (the full-text index's
    bodies go to the backlog: fts.py invariant 1). So the step needs no SAVEPOINT of its own, which would cost
    a statement journal (module doc) in every batch, not only in one that fails. A step without a fallback that
-   raises, or one whose error ended the transaction (SQLITE_FULL...), fails the batch (invariant 1).
+   raises, one whose fallback raises in turn (the batch runs again at most once per step: another run would
+   meet the same error, with the write lock held all along), or one whose error ended the transaction
+   (SQLITE_FULL...), fails the batch (invariant 1).
 10. A parked step's items (`Deferred.park`, chosen only in an engine that `parks`, while other jobs wait for
     the writer, of this process when the batch ends or of another when it began (the flock was held by
     another process), and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in
@@ -650,8 +652,8 @@ class Engine:
                 recorded_only: set[Deferred] = set()
                 while (failing := self._run_steps(conn, outcomes, busy, parked, recorded_only)) is not None:
                     step, exc = failing  # invariant 9: the batch again, that step's items only recorded
-                    if step.park is None or not conn.in_transaction:  # no fallback, or the error ended it all
-                        raise exc
+                    if step.park is None or step in recorded_only or not conn.in_transaction:
+                        raise exc  # no fallback, the fallback itself failed, or the error ended it all
                     log.warning("store writer: %s failed (%s); the batch runs again with it left to do", step.name,
                                 exc, exc_info=exc)
                     recorded_only.add(step)

@@ -183,7 +183,7 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
     engine then rolls the batch back and runs it again with `park_new` in this step's place (engine invariant
     9), so the bodies go to the backlog (invariant 1: a message is never refused for its index rows), unless
     the error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then the batch fails with it
-    (engine invariant 1: out of space, `InsufficientStorage`). In `index_parked`, the idle writer's
+    (engine invariant 1: out of space, `InsufficientStorage`); so it does if `park_new` raises as well. In `index_parked`, the idle writer's
     transaction is rolled back and its bodies stay in the backlog."""
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
     head, body, scan = [], [], []
