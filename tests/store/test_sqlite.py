@@ -29,6 +29,7 @@ from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
+from postroom.store.textindex import TextTerm
 
 from .conftest import inbox, msg, new_user
 
@@ -480,6 +481,42 @@ async def test_index_rows_whose_backlog_fallback_fails_too_fail_the_batch_once(t
         await store._engine.write(mend_index)
         assert (await store.append(box.id, _indexed_message(4))).uid == 1
         assert await store._engine.read(counts) == (1, 1, 1, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_body_stored_again_is_not_refused_for_its_index_rows(tmp_path: Path) -> None:
+    """fts.py invariant 1, common.py `acquire_blob`: a body stored again while it is not indexed (here in the
+    backlog, where the index step's fallback left it) is indexed in the batch's deferred step too, not inside
+    its job, so a failing index falls back to the backlog for it as for a new body and the message is stored,
+    not refused for its index rows (a job's error is its caller's). Once the index works, storing the body
+    again indexes it and takes it out of the backlog: in exactly one of the two (schema invariant 12)."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+
+    def break_index(tx: Any) -> None:
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+
+    def where(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("blobs", "fts_docs", "fts_backlog"))
+
+    try:
+        user = await new_user(store)
+        box = await inbox(store, user)
+        other = await store.create_mailbox(user.id, "Other")
+        await store._engine.write(break_index)
+        assert (await store.append(box.id, _indexed_message(1))).uid == 1
+        assert await store._engine.read(where) == (1, 0, 1)  # the fallback: in the backlog
+        results = await _appends_in_one_batch(store, [(box.id, _indexed_message(1)), (other.id, _indexed_message(1))])
+        assert [r.uid for r in results] == [2, 1], results
+        assert await store._engine.read(where) == (1, 0, 1)
+        await store._engine.write(lambda tx: tx.conn.execute("DROP TRIGGER temp.no_docs"))
+        assert (await store.append(other.id, _indexed_message(1))).uid == 2
+        assert await store._engine.read(where) == (1, 1, 0)
+        found = await store.search_text(box.id, 1, 10, TextTerm("body", "words 1"))
+        assert found is not None and [m.uid for m in found.messages] == [1, 2]
     finally:
         await store.close()
 
