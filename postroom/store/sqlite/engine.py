@@ -125,8 +125,8 @@ Invariants
    batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
    in job order, before the batch's `changes` rows. A step that raises and has a fallback (`Deferred.park`,
    which records its items as to-do) does not fail the batch: the transaction is rolled back and begun again
-   (the feed caught up again), the jobs run again, each in its own SAVEPOINT (they may run twice: invariant
-   11), and that step's items are only recorded by `park`, not kept for an idle writer (the full-text index's
+   (the feed caught up again), the jobs run again, each in its own SAVEPOINT (a job may so run three times:
+   invariant 11), and that step's items are only recorded by `park`, not kept for an idle writer (the full-text index's
    bodies go to the backlog: fts.py invariant 1). So the step needs no SAVEPOINT of its own, which would cost
    a statement journal (module doc) in every batch, not only in one that fails. A step without a fallback that
    raises, one whose fallback raises in turn (the batch runs again at most once per step: another run would
@@ -145,12 +145,13 @@ Invariants
     recorded them: for the full-text index the backlog, which `postroom serve` works off at start,
     indexing.py, and so does a worker process started again in place of one that died: workers.py invariant
     2). At stop, parked items stay recorded and unrun.
-11. A job function may run twice, so it acts only through its `Tx` (its connection, change records, deferred
+11. A job function may run more than once, so it acts only through its `Tx` (its connection, change records, deferred
     items and dead blobs; blob files it writes are content-addressed, so writing one again changes nothing) and
     changes nothing outside it. A batch first runs its jobs without SAVEPOINTs; if job k raises, the whole
     transaction is rolled back, begun again (the feed caught up again: invariant 2), and the batch run once
     more with each job in its own SAVEPOINT, except job k, which is not run again and fails with its first
-    exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once.
+    exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once
+    (and every job but k once more if a deferred step then falls back: invariant 9).
     A job whose error ended the transaction (no SAVEPOINT is left to roll back to) fails the batch: invariant 1.
 """
 
