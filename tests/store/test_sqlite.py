@@ -485,6 +485,41 @@ async def test_index_rows_whose_backlog_fallback_fails_too_fail_the_batch_once(t
         await store.close()
 
 
+async def test_bodies_backlogged_by_a_failed_index_step_are_indexed_by_the_idle_writer(tmp_path: Path) -> None:
+    """engine.py invariants 9 and 10, in an engine that parks (`postroom serve`): the batch's index step fails
+    for a while (here a trigger on the writer's connection refuses index rows), so its bodies go to the backlog
+    (the fallback); once the index works again the idle writer indexes them, as parked ones, and the backlog
+    drains without a restart of the server (which alone works off a backlog found on disk: indexing.py). Left
+    there, every SEARCH of their mailbox would read each one's metadata for as long as the server runs."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
+    await store.open()
+    broken = True
+
+    def break_index(tx: Any) -> None:
+        tx.conn.create_function("index_refused", 0, lambda: int(broken))
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs WHEN index_refused()"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+
+    def where(conn: sqlite3.Connection) -> tuple[int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("fts_docs", "fts_backlog"))
+
+    try:
+        box = await inbox(store, await new_user(store))
+        await store._engine.write(break_index)
+        assert [(await store.append(box.id, _indexed_message(n))).uid for n in (1, 2)] == [1, 2]
+        assert await store._engine.read(where) == (0, 2)
+        broken = False
+        for _ in range(200):
+            if await store._engine.read(where) == (2, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert await store._engine.read(where) == (2, 0)
+    finally:
+        await store.close()
+
+
 async def test_a_body_stored_again_is_not_refused_for_its_index_rows(tmp_path: Path) -> None:
     """fts.py invariant 1, common.py `acquire_blob`: a body stored again while it is not indexed (here in the
     backlog, where the index step's fallback left it) is indexed in the batch's deferred step too, not inside
