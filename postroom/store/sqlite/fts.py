@@ -213,8 +213,8 @@ def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta
     """Instead of `index_deferred` while jobs wait (engine invariant 10): the batch's new bodies into the
     backlog, so they are searched exactly until indexed (invariant 1); returns their ids for `index_parked`.
     Like `index_deferred`, it leaves alone a body that a later job of the batch removed (a backlog row would
-    outlive it: `index_parked` only looks at stored bodies) or indexed already (by `write_metas` in a later
-    job, or by a step that ran before): schema invariant 12 holds at this commit too."""
+    outlive it: `index_parked` only looks at stored bodies) or indexed already (`write_metas` in a later job
+    indexes the body it gives new metadata): schema invariant 12 holds at this commit too."""
     ids = list(dict.fromkeys(blob_id for blob_id, _, _ in items))
     conn.executemany(_BACKLOG_UNINDEXED, [(blob_id,) for blob_id in ids])
     return ids
@@ -254,7 +254,6 @@ def index_again(tx: Tx, blob_id: str, meta: bytes | None) -> None:
         tx.conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
         return
     tx.defer(INDEX_NEW, (blob_id, meta, parsed))
-
 
 
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
