@@ -1,7 +1,8 @@
 """The parked full-text index (store/sqlite/engine.py invariant 10, fts.py `park_new`/`index_parked`) met as a
 user of a real server meets it: a burst of SMTP deliveries from 50 parallel sessions to `postroom serve`, IMAP
 SEARCH at once (bodies may still be parked) and after the backlog drained, expunge / COPY / MOVE while bodies
-are parked, kill -9 while parked and restart; one and two worker processes. SEARCH must give the same,
+are parked, kill -9 while parked and restart; one and two worker processes; the fallback of a batch whose index
+rows fail (engine.py invariant 9), which leaves its bodies in the backlog alike. SEARCH must give the same,
 RFC 9051 §6.4.4 answer at every moment (a case-insensitive substring of the body / text / header field), and
 the store must keep schema invariant 12 (a referenced body in exactly one of `fts_docs` and `fts_backlog`),
 fts.py invariant 2 (no document for a body that is gone) and invariant 4 (one scan form per document)."""
@@ -316,6 +317,52 @@ def test_the_same_body_appended_in_parallel_is_indexed_or_in_the_backlog_never_b
         _wait_backlog_empty(data)
         _check_store(data)
         assert len(box.search("BODY", "OSTRICH")) == 100 and len(box.search("TEXT", "kiwi")) == 100
+        box.close()
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.timeout(300)
+def test_messages_whose_index_rows_fail_are_stored_searched_exactly_and_indexed_once_it_works(
+        tmp_path: Path) -> None:
+    """store/sqlite/engine.py invariant 9, fts.py invariant 1, as a client meets them: while the store refuses
+    index rows (a trigger on `fts_docs`, added to the live store from outside), every SMTP delivery and IMAP
+    APPEND is still acknowledged, also an APPEND of the very bytes of a message stored just before (its body
+    stored again while in the backlog: `acquire_blob`), and SEARCH answers exactly from the backlog
+    (RFC 9051 §6.4.4); schema invariant 12 holds. Once the index works again, the server indexes those bodies
+    without a restart (engine invariant 10) and SEARCH gives the same answers."""
+    conf, data = _setup(tmp_path)
+    proc, ports = start_serve(conf, 90, 1, log=tmp_path / "serve.log")
+    try:
+        with sqlite3.connect(data / "postroom.db", timeout=30) as conn:
+            conn.execute("CREATE TRIGGER e2e_no_index BEFORE INSERT ON fts_docs"
+                         " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+        same = b"From: a@b.test\r\nSubject: same body\r\n\r\nidentical ostrich text\r\n"
+        c = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=60)
+        c.login(ADDR, PW)
+        when = imaplib.Time2Internaldate(time.time())
+        for msg in (same, b"From: a@b.test\r\nSubject: other\r\n\r\nlonely kiwi text\r\n", same):
+            assert c.append("INBOX", "", when, msg)[0] == "OK"
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=60) as smtp:
+            for n in range(3):
+                assert smtp.sendmail(f"s{n}@remote.test", [ADDR], _message(n, 0)) == {}
+        _check_store(data)
+        assert _count(data, "SELECT count(*) FROM fts_docs") == 0
+        box = Mailbox(ports["imap"])
+        expected = {"ostrich": {1, 3}, "kiwi": {2}, "marmalade": {4, 5, 6}, "pelican": {4}}
+        searches = {"ostrich": ("BODY", "OSTRICH"), "kiwi": ("TEXT", "kiwi"), "marmalade": ("BODY", "marmalade"),
+                    "pelican": ("TEXT", "pelican")}
+        assert {k: box.search(*v) for k, v in searches.items()} == expected
+        with sqlite3.connect(data / "postroom.db", timeout=30) as conn:
+            conn.execute("DROP TRIGGER e2e_no_index")
+        assert c.append("INBOX", "", when, same)[0] == "OK"  # stored again: indexed now
+        c.logout()
+        _wait_backlog_empty(data)
+        _check_store(data)
+        assert _count(data, "SELECT count(*) FROM fts_docs") == 5
+        expected["ostrich"].add(7)
+        assert box.c.noop()[0] == "OK"  # the session learns of UID 7 (its EXISTS), then searches it too
+        assert {k: box.search(*v) for k, v in searches.items()} == expected
         box.close()
     finally:
         _stop(proc)

@@ -31,6 +31,7 @@ from postroom.store.postgresql import PostgreSQLStore
 from postroom.store.sqlite import SQLiteStore, fts
 from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
+from postroom.store.textindex import TextTerm
 
 from .conftest import inbox, msg, new_user
 
@@ -434,6 +435,122 @@ async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Pa
         monkeypatch.setattr(fts, "_values", real)
         assert (await store.append(box.id, _indexed_message(4))).uid == 3
         assert await store._engine.read(where) == (1, 2, 3)
+    finally:
+        await store.close()
+
+
+async def test_index_rows_whose_backlog_fallback_fails_too_fail_the_batch_once(tmp_path: Path) -> None:
+    """engine.py invariant 9: the batch's index step raises, the batch runs again with the bodies recorded in
+    the backlog instead (`park`), and that fallback raises too, with the transaction still open (an ordinary
+    error: a corrupt page, a constraint; here triggers on the writer's connection, as SQLite raises them). The
+    batch then fails with the fallback's error, once: running it again would only meet the same error, and the
+    writer would loop for ever holding the write lock (every later write waiting). Nothing of it is stored, and
+    the writer goes on."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+    fallbacks = 0
+
+    def backlog_refused() -> int:  # a persistent failure, bounded so that a writer that loops still ends
+        nonlocal fallbacks
+        fallbacks += 1
+        return int(fallbacks <= 50)
+
+    def break_index(tx: Any) -> None:
+        tx.conn.create_function("backlog_refused", 0, backlog_refused)
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+        tx.conn.execute("CREATE TEMP TRIGGER no_backlog BEFORE INSERT ON main.fts_backlog WHEN backlog_refused()"
+                        " BEGIN SELECT RAISE(ABORT, 'backlog rows refused'); END")
+
+    def mend_index(tx: Any) -> None:
+        tx.conn.execute("DROP TRIGGER temp.no_docs")
+        tx.conn.execute("DROP TRIGGER temp.no_backlog")
+
+    def counts(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("messages", "blobs", "fts_docs", "fts_backlog"))
+
+    try:
+        box = await inbox(store, await new_user(store))
+        await store._engine.write(break_index)
+        results = await _appends_in_one_batch(store, [(box.id, _indexed_message(n)) for n in range(3)])
+        assert all(isinstance(r, sqlite3.IntegrityError) and "backlog rows refused" in str(r) for r in results), results
+        assert fallbacks == 1
+        assert await store._engine.read(counts) == (0, 0, 0, 0)
+        await store._engine.write(mend_index)
+        assert (await store.append(box.id, _indexed_message(4))).uid == 1
+        assert await store._engine.read(counts) == (1, 1, 1, 0)
+    finally:
+        await store.close()
+
+
+async def test_bodies_backlogged_by_a_failed_index_step_are_indexed_by_the_idle_writer(tmp_path: Path) -> None:
+    """engine.py invariants 9 and 10, in an engine that parks (`postroom serve`): the batch's index step fails
+    for a while (here a trigger on the writer's connection refuses index rows), so its bodies go to the backlog
+    (the fallback); once the index works again the idle writer indexes them, as parked ones, and the backlog
+    drains without a restart of the server (which alone works off a backlog found on disk: indexing.py). Left
+    there, every SEARCH of their mailbox would read each one's metadata for as long as the server runs."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    store.parks = True  # as `postroom serve` has it (engine invariant 10)
+    await store.open()
+    broken = True
+
+    def break_index(tx: Any) -> None:
+        tx.conn.create_function("index_refused", 0, lambda: int(broken))
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs WHEN index_refused()"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+
+    def where(conn: sqlite3.Connection) -> tuple[int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("fts_docs", "fts_backlog"))
+
+    try:
+        box = await inbox(store, await new_user(store))
+        await store._engine.write(break_index)
+        assert [(await store.append(box.id, _indexed_message(n))).uid for n in (1, 2)] == [1, 2]
+        assert await store._engine.read(where) == (0, 2)
+        broken = False
+        for _ in range(200):
+            if await store._engine.read(where) == (2, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert await store._engine.read(where) == (2, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_body_stored_again_is_not_refused_for_its_index_rows(tmp_path: Path) -> None:
+    """fts.py invariant 1, common.py `acquire_blob`: a body stored again while it is not indexed (here in the
+    backlog, where the index step's fallback left it) is indexed in the batch's deferred step too, not inside
+    its job, so a failing index falls back to the backlog for it as for a new body and the message is stored,
+    not refused for its index rows (a job's error is its caller's). Once the index works, storing the body
+    again indexes it and takes it out of the backlog: in exactly one of the two (schema invariant 12)."""
+    store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
+    await store.open()
+
+    def break_index(tx: Any) -> None:
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+
+    def where(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        return tuple(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[return-value]
+                     for t in ("blobs", "fts_docs", "fts_backlog"))
+
+    try:
+        user = await new_user(store)
+        box = await inbox(store, user)
+        other = await store.create_mailbox(user.id, "Other")
+        await store._engine.write(break_index)
+        assert (await store.append(box.id, _indexed_message(1))).uid == 1
+        assert await store._engine.read(where) == (1, 0, 1)  # the fallback: in the backlog
+        results = await _appends_in_one_batch(store, [(box.id, _indexed_message(1)), (other.id, _indexed_message(1))])
+        assert [r.uid for r in results] == [2, 1], results
+        assert await store._engine.read(where) == (1, 0, 1)
+        await store._engine.write(lambda tx: tx.conn.execute("DROP TRIGGER temp.no_docs"))
+        assert (await store.append(other.id, _indexed_message(1))).uid == 2
+        assert await store._engine.read(where) == (1, 1, 0)
+        found = await store.search_text(box.id, 1, 10, TextTerm("body", "words 1"))
+        assert found is not None and [m.uid for m in found.messages] == [1, 2]
     finally:
         await store.close()
 

@@ -8,9 +8,9 @@ Invariants:
 3. `acquire_blob` decides where a *new* body goes (`tx.inline_max`); a body already stored, inline or as a file,
    only gains references where it is (dedup by sha256 works across both kinds).
 4. They keep the full-text index with the references (fts.py invariant 1): `acquire_blob` for a message
-   indexes a body not indexed yet (or backlogs it; a new body's rows are written after the batch's last job,
-   `fts.index_later`), `release_blobs` unindexes a body with its last reference, in the same transaction as
-   the rows.
+   indexes a body not indexed yet (or backlogs it; the rows of a new body, and of one stored again that is not
+   indexed, are written after the batch's last job: `fts.index_later`, `fts.index_again`), `release_blobs`
+   unindexes a body with its last reference, in the same transaction as the rows.
 """
 
 from __future__ import annotations
@@ -214,8 +214,9 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
     With `source` the body is the file `source` of `size` bytes and `crlf` its `blobs.crlf_size` (`append_file`,
     always a file): `raw` is unused and a raced deletion is repaired by linking `source` again. A new row gets
     its `crlf_size` (schema invariant 9). A `searchable` body (a message's, not only a queue entry's) is indexed
-    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4); a
-    new one's rows are written after the batch's last job (`fts.index_later`), from its metadata decoded here
+    if it is not yet, or put in the index backlog when it has no metadata of the current format (invariant 4),
+    after the batch's last job (`fts.index_again`: a failing index falls back to the backlog, engine invariant
+    9, and does not refuse the message); a new one's (`fts.index_later`) from its metadata decoded here
     once (returned, for `put_keys`), or not at all when the caller gives it decoded (`parsed`, equal to
     `MessageMeta.from_bytes(meta)`: `AppendRequest.parsed`)."""
     length = len(prefix) + len(raw) if source is None else int(size if size is not None else source.stat().st_size)
@@ -231,9 +232,9 @@ def acquire_blob(tx: Tx, blob_id: str, raw: bytes, count: int = 1, meta: bytes |
         (blob_id, length, count, meta, crlf_octets),
     ).fetchone()
     if refcount != count:  # a body stored already: one more reference where it is (invariant 3)
-        if searchable and not fts.is_indexed(tx.conn, blob_id):
+        if searchable and not fts.is_indexed(tx.conn, blob_id):  # after the last job too (fts.index_again)
             stored = tx.conn.execute("SELECT meta FROM blobs WHERE id = ?", (blob_id,)).fetchone()[0]
-            fts.index_blob(tx.conn, blob_id, None if stored is None else bytes(stored))
+            fts.index_again(tx, blob_id, None if stored is None else bytes(stored))
         return Acquired(False)
     if meta is None:
         parsed = None

@@ -121,34 +121,38 @@ Invariants
    polled (what a client saw done before it sent it: an admin's change from the CLI, another worker's or the
    web's), and every write of this process whose future resolved before it (resolutions arrive through
    `call_soon_threadsafe`, queued behind the snapshot's end). A connection error ends the snapshot at once.
-9. A deferred step (`Tx.defer`) runs once per batch, after every job and outside their SAVEPOINTs, in the
-   batch's transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing),
-   in job order, before the batch's `changes` rows. A step that raises and has a fallback (`Deferred.park`,
-   which records its items as to-do) does not fail the batch: the transaction is rolled back and begun again
-   (the feed caught up again), the jobs run again, each in its own SAVEPOINT (they may run twice: invariant
-   11), and that step's items are only recorded by `park`, not kept for an idle writer (the full-text index's
-   bodies go to the backlog: fts.py invariant 1). So the step needs no SAVEPOINT of its own, which would cost
-   a statement journal (module doc) in every batch, not only in one that fails. A step without a fallback that
-   raises, or one whose error ended the transaction (SQLITE_FULL...), fails the batch (invariant 1).
-10. A parked step's items (`Deferred.park`, chosen only in an engine that `parks`, while other jobs wait for
-    the writer, of this process when the batch ends or of another when it began (the flock was held by
-    another process), and at most `PARKED_MAX` items would then be parked) are recorded durably by `park` in
-    the batch's transaction and kept in memory only after its COMMIT. `run_parked` gets them, in order, at
-    most `IDLE_STEP` per transaction, each transaction begun after `IDLE_SECONDS` without a job, or between
-    batches once `PARKED_LAG` passed since the last one (or since the first item was parked) while the
-    writer's load (`_load`) is under `LOAD_LOW` or more than `PARKED_SOFT` items are parked, or once
-    `PARKED_LAG_BUSY` passed whatever the load; so a writer that is never idle still works them off at up to
-    `IDLE_STEP` per `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP` per
-    `PARKED_LAG_BUSY` otherwise. Items whose transaction fails are dropped from memory, not from disk (`park`
-    recorded them: for the full-text index the backlog, which `postroom serve` works off at start,
-    indexing.py, and so does a worker process started again in place of one that died: workers.py invariant
-    2). At stop, parked items stay recorded and unrun.
-11. A job function may run twice, so it acts only through its `Tx` (its connection, change records, deferred
-    items and dead blobs; blob files it writes are content-addressed, so writing one again changes nothing) and
-    changes nothing outside it. A batch first runs its jobs without SAVEPOINTs; if job k raises, the whole
+9. A deferred step (`Tx.defer`) runs once per batch, after every job and outside their SAVEPOINTs, in the batch's
+   transaction, with the items deferred by the jobs that succeeded (a job rolled back defers nothing), in job
+   order, before the batch's `changes` rows. A step that raises and has a fallback (`Deferred.park`, which records
+   its items as to-do) does not fail the batch: the transaction is rolled back and begun again (the feed caught up
+   again), the jobs run again, each in its own SAVEPOINT (a job may so run three times: invariant 11), and that
+   step's items are recorded by `park` instead (the full-text index's bodies go to the backlog: fts.py invariant 1)
+   and, in an engine that `parks`, kept as parked items (invariant 10), so an idle writer tries them once more: a
+   running server does not leave them to its next start. So the step needs no SAVEPOINT of its own, which would
+   cost a statement journal (module doc) in every batch, not only in one that fails. A step without a fallback that
+   raises, one whose fallback raises in turn (the batch runs again at most once per step: another run would meet
+   the same error, with the write lock held all along), or one whose error ended the transaction (SQLITE_FULL...),
+   fails the batch (invariant 1).
+10. A parked step's items (`Deferred.park`, chosen only in an engine that `parks`, while other jobs wait for the
+    writer, of this process when the batch ends or of another when it began (the flock was held by another
+    process), and at most `PARKED_MAX` items would then be parked; or as the fallback of a step that raised:
+    invariant 9) are recorded durably by `park` in the batch's transaction and kept in memory only after its
+    COMMIT. `run_parked` gets them, in order, at most `IDLE_STEP` per transaction, each transaction begun after
+    `IDLE_SECONDS` without a job, or between batches once `PARKED_LAG` passed since the last one (or since the
+    first item was parked) while the writer's load (`_load`) is under `LOAD_LOW` or more than `PARKED_SOFT` items
+    are parked, or once `PARKED_LAG_BUSY` passed whatever the load; so a writer that is never idle still works them
+    off at up to `IDLE_STEP` per `PARKED_LAG` while it has time for them or they are many, and at least `IDLE_STEP`
+    per `PARKED_LAG_BUSY` otherwise. Items whose transaction fails are dropped from memory, not from disk (`park`
+    recorded them: for the full-text index the backlog, which `postroom serve` works off at start, indexing.py, and
+    so does a worker process started again in place of one that died: workers.py invariant 2). At stop, parked
+    items stay recorded and unrun.
+11. A job function may run more than once, so it acts only through its `Tx` (its connection, change records,
+    deferred items and dead blobs; blob files it writes are content-addressed, so writing one again changes
+    nothing) and changes nothing outside it. A batch first runs its jobs without SAVEPOINTs; if job k raises, the whole
     transaction is rolled back, begun again (the feed caught up again: invariant 2), and the batch run once
     more with each job in its own SAVEPOINT, except job k, which is not run again and fails with its first
-    exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once.
+    exception (it ran after the same jobs 0..k-1, which run again first). So jobs 0..k-1 run twice, k once
+    (and every job but k once more if a deferred step then falls back: invariant 9).
     A job whose error ended the transaction (no SAVEPOINT is left to roll back to) fails the batch: invariant 1.
 """
 
@@ -649,9 +653,9 @@ class Engine:
                 busy = self.parks and (contended or not self._jobs.empty())
                 recorded_only: set[Deferred] = set()
                 while (failing := self._run_steps(conn, outcomes, busy, parked, recorded_only)) is not None:
-                    step, exc = failing  # invariant 9: the batch again, that step's items only recorded
-                    if step.park is None or not conn.in_transaction:  # no fallback, or the error ended it all
-                        raise exc
+                    step, exc = failing  # invariant 9: the batch again, that step's items recorded (park)
+                    if step.park is None or step in recorded_only or not conn.in_transaction:
+                        raise exc  # no fallback, the fallback itself failed, or the error ended it all
                     log.warning("store writer: %s failed (%s); the batch runs again with it left to do", step.name,
                                 exc, exc_info=exc)
                     recorded_only.add(step)
@@ -689,8 +693,8 @@ class Engine:
                    recorded_only: set[Deferred]) -> tuple[Deferred, Exception] | None:
         """Run the deferred steps of the jobs that succeeded in `outcomes`, each once with its items in job order
         (invariant 9), or park it (`busy`: other jobs wait; appended to `parked`, invariant 10). A step in
-        `recorded_only` has its items recorded by `park` and nothing more (not kept for an idle writer: they
-        are found on disk, as those of a parked run that failed). Returns the first step that raised and its
+        `recorded_only` (its run raised: invariant 9) has its items recorded by `park`, and kept for an idle writer
+        as parked ones in an engine that `parks` (within `PARKED_MAX`). Returns the first step that raised and its
         exception (the transaction then holds part of the steps' work: the caller rolls it back), else None."""
         steps: dict[Deferred, list[Any]] = {}
         for _, ok, _, done in outcomes:
@@ -699,8 +703,10 @@ class Engine:
                     steps.setdefault(step, []).extend(items)
         for step, items in steps.items():
             try:
-                if step.park is not None and step in recorded_only:
-                    step.park(conn, items)  # recorded only, as when a parked run fails (invariant 10)
+                if step.park is not None and step in recorded_only:  # the fallback (invariant 9)
+                    kept = step.park(conn, items)
+                    if self.parks and self._parked_count + len(items) <= PARKED_MAX:
+                        parked.append((step, kept))  # tried once more by an idle writer (invariant 10)
                 elif busy and step.park is not None and self._parked_count + len(items) <= PARKED_MAX:
                     parked.append((step, step.park(conn, items)))
                 else:

@@ -22,6 +22,9 @@ indexed under another version is emptied and put back in the backlog when it is 
   other jobs wait for the writer as the batch ends: then `park_new` puts the batch's new bodies (those still
   stored and not indexed by a later job) in the backlog (one small row each) and `index_parked` indexes them
   once the writer is idle (engine invariant 10), so a burst of deliveries does not wait for its own index rows.
+* `index_again` (in a write job, for a body stored already and not indexed that the job gives a reference more:
+  one in the backlog, or only a queue entry's): deferred with the new bodies, so the same fallback covers it
+  (engine invariant 9); `index_deferred` takes a body it indexes out of the backlog.
 * `unindex_blob` (in a write job): the rows out again, with the packed values; the backlog row too.
 * `scan` (in a read): the exact check of SEARCH string keys on the scan forms (`scanform.evaluate`) of a batch
   of bodies, for `Store.scan_texts`: a reader thread decompresses and compares, the event loop only combines.
@@ -31,10 +34,10 @@ indexed under another version is emptied and put back in the backlog when it is 
 
 Invariants
 1. (schema invariant 12) A body with message references is in `fts_docs` or in `fts_backlog` at every commit:
-   `acquire_blob` indexes a body that arrives with metadata (a new one in the batch's deferred step, which
-   backlogs the bodies it fails to index, or fails the batch if that failure ended its transaction) or
-   backlogs it, `write_metas` re-indexes, `release_blobs` unindexes
-   with the last reference.
+   `acquire_blob` indexes a body that arrives with metadata, or one stored again that is not indexed (in the
+   batch's deferred step, which takes it out of the backlog; if it raises, the batch runs again with those
+   bodies backlogged, engine invariant 9, and fails only if that failure ended its transaction or backlogging
+   raises too) or backlogs it, `write_metas` re-indexes, `release_blobs` unindexes with the last reference.
 2. The FTS5 rows of a document are `index_fields` of its body's stored metadata under `fts_docs.version`,
    inserted and deleted with those values while the metadata is unchanged (`write_metas` unindexes with the old
    metadata first); a document id is never reused (AUTOINCREMENT), so a row can never be taken for another
@@ -174,19 +177,20 @@ _INSERT_DOC = ("INSERT INTO fts_docs(blob_id, version) SELECT id, ? FROM blobs W
 
 
 def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> None:
-    """The batch's deferred step (`index_later`): the full-text rows of the bodies its jobs stored, (blob id,
-    metadata, decoded) each, after its last job. A body that is gone by now, that a later job of the batch
-    indexed already, or whose row holds other metadata than `meta` (removed and stored again) is left as it is,
-    so rows are always derived from the stored metadata (invariant 2). Raises what writing the rows raised,
-    with part of them written: no SAVEPOINT of its own, since one makes SQLite keep a statement journal of
-    every page the rows change, a temporary file per batch (~10 % of the writer's CPU, bench/RESULTS.md). The
-    engine then rolls the batch back and runs it again with `park_new` in this step's place (engine invariant
-    9), so the bodies go to the backlog (invariant 1: a message is never refused for its index rows), unless
-    the error ended the whole transaction (SQLite rolls it back on SQLITE_FULL): then the batch fails with it
-    (engine invariant 1: out of space, `InsufficientStorage`). In `index_parked`, the idle writer's
+    """The batch's deferred step (`index_later`, `index_again`): the full-text rows of the bodies its jobs
+    stored, (blob id, metadata, decoded) each, after its last job. A body that is gone by now, that a later job
+    of the batch indexed already, or whose row holds other metadata than `meta` (removed and stored again) is
+    left as it is, so rows are always derived from the stored metadata (invariant 2). A body it indexes leaves
+    the backlog (one stored again may be there). Raises what writing the rows raised, with part of them
+    written: no SAVEPOINT of its own, since one makes SQLite keep a statement journal of every page the rows
+    change, a temporary file per batch (~10 % of the writer's CPU, bench/RESULTS.md). The engine then rolls
+    the batch back and runs it again with `park_new` in this step's place (engine invariant 9), so the bodies
+    go to the backlog (invariant 1: a message is never refused for its index rows), unless the error ended
+    the whole transaction (SQLite rolls it back on SQLITE_FULL) or `park_new` raises too: then the batch fails
+    with it (engine invariant 1: out of space, `InsufficientStorage`). In `index_parked`, the idle writer's
     transaction is rolled back and its bodies stay in the backlog."""
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
-    head, body, scan = [], [], []
+    head, body, scan, indexed = [], [], [], []
     for blob_id, (meta, parsed) in latest.items():
         row = conn.execute(_INSERT_DOC, (INDEX_VERSION, blob_id, meta)).fetchone()
         if row is None:
@@ -195,17 +199,22 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
         head.append((row[0], *values[:-1]))
         body.append((row[0], values[-1]))
         scan.append((row[0], scanform.build(parsed)))
+        indexed.append((blob_id,))
     conn.executemany(_INSERT_HEAD, head)
     conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
     conn.executemany("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", scan)
+    # A body stored again (`index_again`) may be in the backlog: out of it once indexed (schema invariant 12).
+    # A new body is not there: no statement per body unless the backlog holds any (one lookup per batch).
+    if indexed and conn.execute("SELECT 1 FROM fts_backlog LIMIT 1").fetchone() is not None:
+        conn.executemany("DELETE FROM fts_backlog WHERE blob_id = ?", indexed)
 
 
 def park_new(conn: sqlite3.Connection, items: list[tuple[str, bytes, MessageMeta]]) -> list[str]:
     """Instead of `index_deferred` while jobs wait (engine invariant 10): the batch's new bodies into the
     backlog, so they are searched exactly until indexed (invariant 1); returns their ids for `index_parked`.
     Like `index_deferred`, it leaves alone a body that a later job of the batch removed (a backlog row would
-    outlive it: `index_parked` only looks at stored bodies) or indexed already (`acquire_blob` indexes a body
-    stored again while not indexed): schema invariant 12 holds at this commit too."""
+    outlive it: `index_parked` only looks at stored bodies) or indexed already (`write_metas` in a later job
+    indexes the body it gives new metadata): schema invariant 12 holds at this commit too."""
     ids = list(dict.fromkeys(blob_id for blob_id, _, _ in items))
     conn.executemany(_BACKLOG_UNINDEXED, [(blob_id,) for blob_id in ids])
     return ids
@@ -232,6 +241,19 @@ def index_parked(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
 
 
 INDEX_NEW = Deferred("full-text index", index_deferred, park=park_new, run_parked=index_parked)
+
+
+def index_again(tx: Tx, blob_id: str, meta: bytes | None) -> None:
+    """Index body `blob_id`, stored already and not indexed now (`acquire_blob` gives it one more reference: it
+    may be in the backlog, or only a queue entry's), from its stored metadata `meta`: into the backlog now if it
+    cannot be indexed (invariant 1), else its rows are written with the new bodies' after the batch's last job
+    (`index_deferred`, which takes it out of the backlog), so that a failure falls back to the backlog as a new
+    body's does and the message is not refused for its index rows (it was, indexed inside its job)."""
+    parsed = parse_meta(meta)
+    if meta is None or parsed is None:
+        tx.conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
+        return
+    tx.defer(INDEX_NEW, (blob_id, meta, parsed))
 
 
 def unindex_blob(conn: sqlite3.Connection, blob_id: str) -> None:
