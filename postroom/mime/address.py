@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from postroom.mime.headers import read_quoted, to_str
@@ -48,6 +49,7 @@ class Address:
 
 
 _SPECIALS = "<>@,;:."
+_ATOM = re.compile(r'[^ \t\r\n()"\[\]<>@,;:.\\]+')  # what `_tokens` reads as one atom
 
 
 def _tokens(s: str) -> list[tuple[str, str]]:
@@ -98,11 +100,10 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         elif c in ")]\\":
             i += 1  # stray closer: ignore
         else:
-            j = i
-            while j < n and s[j] not in ' \t\r\n()"[]<>@,;:.\\':
-                j += 1
-            out.append(("atom", s[i:j]))
-            i = j
+            m = _ATOM.match(s, i)  # c is an atom character, so the match is not empty
+            assert m is not None
+            out.append(("atom", m.group()))
+            i = m.end()
     return out
 
 
