@@ -68,7 +68,8 @@ class Part:
     lines: int = 0  # lines in the body (IMAP "body size in text lines")
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # the encapsulated message of a message/rfc822 or message/global part
-    fields: list[Field] = field(default_factory=list)  # header fields (root and encapsulated messages)
+    fields: list[Field] = field(default_factory=list)  # its header's fields (a message's header for the root and
+    # encapsulated messages, a MIME part header for body parts), split once here for every reader
     opaque: bool = False  # a multipart/message part not descended into (limit reached or unusable)
 
     @property
@@ -136,7 +137,7 @@ class _Scanner:
 
     # -- entities ---------------------------------------------------------------------------------------------
 
-    def entity(self, start: int, end: int, depth: int, digest_child: bool, is_message: bool) -> Part:
+    def entity(self, start: int, end: int, depth: int, digest_child: bool) -> Part:
         """Parse the entity raw[start:end]: header, then body by its type."""
         self.parts += 1
         raw = self.raw
@@ -144,9 +145,7 @@ class _Scanner:
         fields, ok = H.split_fields(raw, start, body_start)
         if not ok:
             self.defect(start, "malformed-header-line")
-        part = Part(start, body_start, end)
-        if is_message:
-            part.fields = fields
+        part = Part(start, body_start, end, fields=fields)
         ct = None
         for f in fields:
             name = f.name
@@ -220,7 +219,7 @@ class _Scanner:
             return
         if self.too_deep_or_many(part, depth):
             return
-        part.message = self.entity(part.body_start, part.end, depth + 1, False, True)
+        part.message = self.entity(part.body_start, part.end, depth + 1, False)
         part.lines = _count_lines(self.raw, part.body_start, part.end)
 
     def multipart(self, part: Part, depth: int) -> None:
@@ -299,7 +298,7 @@ class _Scanner:
         if self.parts >= self.max_parts:
             self.defect(cstart, "part-limit")
             return False
-        part.children.append(self.entity(cstart, cend, depth + 1, digest, False))
+        part.children.append(self.entity(cstart, cend, depth + 1, digest))
         return True
 
 
@@ -312,7 +311,7 @@ def _count_lines(raw: bytes, start: int, end: int) -> int:
 def scan(raw: bytes, limits: LimitsConfig | None = None) -> Structure:
     """Scan a whole message. Never raises on any bytes."""
     s = _Scanner(raw, limits or DEFAULT_LIMITS)
-    root = s.entity(0, len(raw), 0, False, True)
+    root = s.entity(0, len(raw), 0, False)
     if b"\x00" in raw:
         s.defect(raw.find(b"\x00"), "nul-byte")
     return Structure(root, s.defects, s.parts)
