@@ -38,8 +38,10 @@ from postroom.mime.cte import decode_body
 from postroom.mime.structure import Part, find_part
 
 NIL = b"NIL"
-_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
 _UNFOLD = re.compile(rb"\r?\n")
+# Octets searched for with `int in bytes`: `bytes in bytes` first tries its argument as an int and clears the
+# TypeError (CPython 3.11), several times the cost of the search itself on short strings.
+_NUL, _LF, _CR, _DQUOTE, _BACKSLASH = 0x00, 0x0A, 0x0D, 0x22, 0x5C
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -53,15 +55,15 @@ def istring(value: bytes | str | None) -> bytes:
     if value.__class__ is str:
         value = value.encode("utf-8", "surrogateescape")
     assert isinstance(value, bytes)
-    if _NEEDS_LITERAL.search(value):
+    if not value.isascii() or _CR in value or _LF in value or _NUL in value:
         return b"{%d}\r\n" % len(value) + value
-    if b'"' in value or b"\\" in value:
+    if _DQUOTE in value or _BACKSLASH in value:
         value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"' + value + b'"'
 
 
 def _header_text(value: bytes) -> bytes:
-    return _UNFOLD.sub(b"", value).strip(b" \t")
+    return _UNFOLD.sub(b"", value).strip(b" \t")  # bytes also for a bytearray value (a worker's staged read)
 
 
 # --------------------------------------------------------------------------------------------------------
