@@ -71,6 +71,9 @@ FORMAT_VERSION = 4
 _T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
+# The stored form's encoder, made once: what json.dumps(doc, ensure_ascii=False, separators=(",", ":")) makes
+# per call. The document is a fresh tree of lists, so the check for cycles is left out (same output).
+_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ class MessageMeta:
             "day": self.sent_day,
             "keys": self.keys.to_list(),
         }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        return _JSON.encode(doc).encode("utf-8", "surrogatepass")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MessageMeta:
@@ -333,11 +336,9 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     parsed = Parsed()  # each address field parsed once, for ENVELOPE and the sort keys
     envelope = _guarded(lambda r: imap.envelope(r.fields, parsed), root, defects, "envelope")
     sent = _guarded(_sent_date, root, defects, "date")
-    envelopes: dict[int, bytes] = {}
     sent_date, sent_day = sent if sent is not None else (None, None)
     keys = _guarded(lambda r: sort_keys(r.fields, parsed), root, defects, "sort-keys")
-    bodystructure = imap.bodystructure(root, True, envelopes)
-    body = imap.bodystructure(root, False, envelopes)
+    bodystructure, body = imap.bodystructure_and_body(root)
     parts = tuple(_row(sec, p, defects) for sec, p in walk(root))
     return MessageMeta(
         size=len(raw),
