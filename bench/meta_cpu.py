@@ -1,6 +1,7 @@
 """CPU of `compute_meta(raw)` + `MessageMeta.to_bytes()` per message, for three ordinary shapes of mail.
 
     PYTHONPATH=<checkout> .venv/bin/python bench/meta_cpu.py [--repeats 7] [--loops 400]
+    PYTHONPATH=<checkout> .venv/bin/python bench/meta_cpu.py --instructions 50
 
 What local delivery runs on the event loop for every small message (issue 17). The three messages are fixed
 bytes, the same for every checkout, so running this with PYTHONPATH pointing at two checkouts, alternately,
@@ -14,12 +15,19 @@ compares their code on identical input:
 
 Printed: for each shape, the minimum over `--repeats` of the mean time of `--loops` runs, in microseconds (the
 minimum is the least disturbed by other work on a loaded machine), and which checkout the code came from.
+
+Wall time on a shared VM swings by a factor of two from one second to the next, so `--instructions N` counts
+instead: the process runs under valgrind's callgrind (which has to be installed) once with N messages and once
+with none, and the difference of the instructions executed, divided by N, is printed per message (startup and
+imports cancel; the count is the same from run to run to a fraction of a percent).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,16 +118,39 @@ def best_us(raw: bytes, repeats: int, loops: int) -> float:
     return best * 1e6
 
 
+def instructions(shape: str, count: int) -> int:
+    """Instructions executed by this script run with `--run SHAPE count` under callgrind."""
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                          "--run", shape, str(count)], capture_output=True, text=True, check=True).stderr
+    m = re.search(r"Collected : (\d+)", out)
+    if m is None:
+        raise RuntimeError(f"no instruction count from callgrind: {out[-500:]}")
+    return int(m.group(1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--loops", type=int, default=400)
+    ap.add_argument("--instructions", type=int, metavar="N", help="count instructions per message over N runs")
+    ap.add_argument("--run", nargs=2, metavar=("SHAPE", "COUNT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.run:
+        raw = SHAPES[args.run[0]]()
+        compute_meta(raw).to_bytes()  # every import and cache warm, in both runs alike
+        for _ in range(int(args.run[1])):
+            compute_meta(raw).to_bytes()
+        return
     where = Path(postroom.__file__).resolve().parents[1]
     cells = []
     for name, make in SHAPES.items():
         raw = make()
-        cells.append(f"{name} {len(raw)} B {best_us(raw, args.repeats, args.loops):6.1f} us")
+        if args.instructions:
+            n = args.instructions
+            per = (instructions(name, n) - instructions(name, 0)) / n
+            cells.append(f"{name} {len(raw)} B {per / 1e3:7.1f} k instructions")
+        else:
+            cells.append(f"{name} {len(raw)} B {best_us(raw, args.repeats, args.loops):6.1f} us")
     print(f"{where}: " + " | ".join(cells), flush=True)
 
 
