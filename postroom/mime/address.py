@@ -49,6 +49,8 @@ class Address:
 
 
 _SPECIALS = "<>@,;:."
+_LOCAL_KINDS = frozenset(("atom", "qs", ".", "lit", "@"))  # tokens kept in a local part, and in a domain:
+_DOMAIN_KINDS = frozenset(("atom", ".", "lit", "qs"))
 _ATOM = re.compile(r'[^ \t\r\n()"\[\]<>@,;:.\\]+')  # what `_tokens` reads as one atom
 
 
@@ -131,18 +133,26 @@ def _addr_spec(tokens: list[tuple[str, str]]) -> tuple[str, str]:
             break
     local_toks = tokens if at < 0 else tokens[:at]
     domain_toks = [] if at < 0 else tokens[at + 1 :]
-    local = "".join(t for k, t in local_toks if k in ("atom", "qs", ".", "lit", "@"))
-    domain = "".join(t for k, t in domain_toks if k in ("atom", ".", "lit", "qs"))
+    local = "".join([t for k, t in local_toks if k in _LOCAL_KINDS])
+    domain = "".join([t for k, t in domain_toks if k in _DOMAIN_KINDS])
     return local or MISSING_MAILBOX, domain or MISSING_DOMAIN
 
 
 def _mailbox(tokens: list[tuple[str, str]]) -> Address | None:
-    comments = [t for k, t in tokens if k == "comment"]
-    toks = [(k, t) for k, t in tokens if k != "comment"]
+    comments: list[str] = []
+    toks: list[tuple[str, str]] = []
+    lt = -1  # where the first "<" is in toks
+    for tok in tokens:
+        kind = tok[0]
+        if kind == "comment":
+            comments.append(tok[1])
+            continue
+        if kind == "<" and lt < 0:
+            lt = len(toks)
+        toks.append(tok)
     if not toks:
         return None
-    if any(k == "<" for k, _ in toks):
-        lt = next(i for i, (k, _) in enumerate(toks) if k == "<")
+    if lt >= 0:
         gt = next((i for i in range(lt + 1, len(toks)) if toks[i][0] == ">"), len(toks))
         name = _phrase(toks[:lt])
         inner = toks[lt + 1 : gt]
@@ -152,8 +162,8 @@ def _mailbox(tokens: list[tuple[str, str]]) -> Address | None:
                 return None
             return Address(name, None, MISSING_MAILBOX, MISSING_DOMAIN)
         adl = None
-        colon = next((i for i, (k, _) in enumerate(inner) if k == ":"), -1)
-        if colon >= 0 and inner and inner[0][0] == "@":
+        colon = next((i for i, (k, _) in enumerate(inner) if k == ":"), -1) if inner[0][0] == "@" else -1
+        if colon >= 0:
             adl = "".join(t for _, t in inner[:colon]) or None
             inner = inner[colon + 1 :]
         local, domain = _addr_spec(inner)

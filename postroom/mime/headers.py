@@ -118,12 +118,12 @@ def split_fields(raw: bytes, start: int, end: int) -> tuple[list[Field], bool]:
 
 
 def _make_field(block: bytes, base: int, name: str, start: int, vstart: int, end: int) -> Field:
-    value = block[vstart:end]
-    if value.endswith(b"\n"):
-        value = value[:-1]
-        if value.endswith(b"\r"):
-            value = value[:-1]
-    return Field(name, value, base + start, base + end)
+    vend = end  # the value ends before the line end, LF or CRLF (block[vstart - 1] is the colon)
+    if block[vend - 1] == 0x0A:
+        vend -= 1
+        if block[vend - 1] == 0x0D:
+            vend -= 1
+    return Field(name, block[vstart:vend], base + start, base + end)
 
 
 def first_field(fields: list[Field], name: str) -> Field | None:
