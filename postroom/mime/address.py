@@ -186,7 +186,8 @@ def parse_address_list(value: bytes) -> list[Address]:
     item_angled = False  # `item` holds a "<" (invariant 4: a flag, not a scan of `item` per colon)
     angle = 0
     in_group = False
-    for kind, text in toks:
+    for tok in toks:
+        kind = tok[0]
         if kind == "<":
             angle += 1
         elif kind == ">":
@@ -198,7 +199,7 @@ def parse_address_list(value: bytes) -> list[Address]:
                 item = []
                 continue
             if kind == ":":
-                item.append((kind, text))  # a stray colon inside a group: keep it as text
+                item.append(tok)  # a stray colon inside a group: keep it as text
                 continue
             addr = _mailbox(item)
             if addr is not None:
@@ -209,7 +210,7 @@ def parse_address_list(value: bytes) -> list[Address]:
                 out.append(Address(None, None, None, None))
                 in_group = False
             continue
-        item.append((kind, text))
+        item.append(tok)
         item_angled = item_angled or kind == "<"
     addr = _mailbox(item)
     if addr is not None:
