@@ -173,6 +173,11 @@ def skip_cfws(s: str, i: int) -> int:
 def read_quoted(s: str, i: int) -> tuple[str, int]:
     """s[i] is '"'. Returns the unquoted content (backslash escapes removed, folding removed) and the index after
     the closing quote (or the end of s for an unterminated string)."""
+    close = s.find('"', i + 1)
+    if close >= 0:
+        inner = s[i + 1 : close]
+        if "\\" not in inner and "\r" not in inner and "\n" not in inner:
+            return inner, close + 1  # no escape and no folding: the text up to the next quote, as it is
     out: list[str] = []
     i += 1
     n = len(s)
