@@ -201,9 +201,9 @@ def bodystructure_and_body(root: Part) -> tuple[bytes, bytes]:
                     # An encoded message/rfc822 (RFC 2046 §5.2.1 forbids it) or one past a limit: an empty
                     # envelope and body, as Dovecot reports it.
                     empty = b" " + EMPTY_ENVELOPE + b' ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
-                    lines = b" %d" % part.lines
-                    bs.append(empty + b" NIL NIL NIL NIL)" + lines + b" " + _ext1(part) + b")")
-                    body.append(empty + b")" + lines + b")")
+                    fld_lines = b" %d" % part.lines
+                    bs.append(empty + b" NIL NIL NIL NIL)" + fld_lines + b" " + _ext1(part) + b")")
+                    body.append(empty + b")" + fld_lines + b")")
                     continue
                 both(b" " + envelope(part.message.fields) + b" ")
                 stack.append((2, part))
@@ -219,9 +219,9 @@ def bodystructure_and_body(root: Part) -> tuple[bytes, bytes]:
             bs.append(tail + b" " + _params(part.params) + b" " + _ext_tail(part) + b")")
             body.append(tail + b")")
         else:  # close a message part
-            lines = b" %d" % part.lines
-            bs.append(lines + b" " + _ext1(part) + b")")
-            body.append(lines + b")")
+            fld_lines = b" %d" % part.lines
+            bs.append(fld_lines + b" " + _ext1(part) + b")")
+            body.append(fld_lines + b")")
     return b"".join(bs), b"".join(body)
 
 
