@@ -286,8 +286,10 @@ def variants(count: int, seed: int, seeds: list[bytes]) -> list[bytes]:
 def compute(src: Path, dst: Path) -> None:
     """--compute: to_bytes() of every message in `src`, and of every third one given as a bytearray (how the
     metadata worker reads a staged file, metaworker.py), written to `dst` in the same framing."""
-    from postroom.mime.meta import compute_meta  # noqa: PLC0415 - from the checkout PYTHONPATH names
+    import postroom  # noqa: PLC0415 - from the checkout PYTHONPATH names
+    from postroom.mime.meta import compute_meta  # noqa: PLC0415
 
+    print(f"computing with {Path(postroom.__file__).parents[1]}", file=sys.stderr, flush=True)
     out = []
     for i, m in enumerate(read_messages(src)):
         out.append(compute_meta(m).to_bytes())

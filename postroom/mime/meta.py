@@ -46,6 +46,11 @@ Invariants:
    through a window (`mime.staged`), and a 50 MB message costs its worker about one window, not 50 MB
    (bench/RESULTS.md 2026-12-01 "memory9"). tests/unit/test_mime_staged.py holds the two equal over the MIME
    corpus at several window sizes; code that needs another operation on `raw` adds it to `StagedMessage`.
+7. Within one `FORMAT_VERSION`, `to_bytes()` of a message is the same bytes whatever the code version: stored
+   blobs are never recomputed for a change that keeps the version. A change meant to keep the output (a faster
+   path) is checked with bench/meta_equivalence.py, which compares every byte against another checkout over the
+   MIME corpus, the fuzz seeds, the messages the unit tests scan and thousands of generated variants; a change
+   of the output raises the version (readers then recompute, as above).
 """
 
 from __future__ import annotations
