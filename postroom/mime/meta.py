@@ -42,7 +42,8 @@ Invariants:
    event loop for small messages.
 6. `compute_meta` reads `raw` only through `len`, `raw[i]`, `raw[a:b]`, `find`, `count`, `startswith` and
    `in`, with offsets, and copies only bounded slices (a header block, at most about 1 MiB of a text part for
-   the search text: text.py invariant 2). So `compute_meta_staged` runs the same code over a staged file read
+   the search text: text.py invariant 2; the scan keeps the fields of at most `structure.KEPT_PART_HEADERS`
+   bytes of body-part headers). So `compute_meta_staged` runs the same code over a staged file read
    through a window (`mime.staged`), and a 50 MB message costs its worker about one window, not 50 MB
    (bench/RESULTS.md 2026-12-01 "memory9"). tests/unit/test_mime_staged.py holds the two equal over the MIME
    corpus at several window sizes; code that needs another operation on `raw` adds it to `StagedMessage`.

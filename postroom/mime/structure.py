@@ -45,6 +45,9 @@ from postroom.mime.headers import Field, Params
 
 _LWSP = b" \t"
 MAX_DEPTH_CAP = 200
+# Bytes of body-part headers whose fields the scan keeps for later readers (the search text reads about 64 KiB of
+# them): a message of many large part headers is not held whole (meta.py invariant 6).
+KEPT_PART_HEADERS = 64 * 1024
 DEFAULT_LIMITS = LimitsConfig()
 
 
@@ -68,8 +71,9 @@ class Part:
     lines: int = 0  # lines in the body (IMAP "body size in text lines")
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # the encapsulated message of a message/rfc822 or message/global part
-    fields: list[Field] = field(default_factory=list)  # its header's fields (a message's header for the root and
-    # encapsulated messages, a MIME part header for body parts), split once here for every reader
+    # Its header's fields: always for the root and encapsulated messages; for a body part (its MIME header) while
+    # the body-part headers kept so far stay within KEPT_PART_HEADERS bytes, else [] (readers split it again).
+    fields: list[Field] = field(default_factory=list)
     opaque: bool = False  # a multipart/message part not descended into (limit reached or unusable)
 
     @property
@@ -110,6 +114,7 @@ class _Scanner:
         self.max_parts = max(1, limits.mime_parts)
         self.defects: list[tuple[int, str]] = []
         self.parts = 0
+        self.kept_part_headers = 0  # bytes of body-part headers kept in Part.fields so far
 
     def defect(self, offset: int, code: str) -> None:
         if len(self.defects) < 1000:
@@ -137,7 +142,7 @@ class _Scanner:
 
     # -- entities ---------------------------------------------------------------------------------------------
 
-    def entity(self, start: int, end: int, depth: int, digest_child: bool) -> Part:
+    def entity(self, start: int, end: int, depth: int, digest_child: bool, is_message: bool) -> Part:
         """Parse the entity raw[start:end]: header, then body by its type."""
         self.parts += 1
         raw = self.raw
@@ -145,7 +150,12 @@ class _Scanner:
         fields, ok = H.split_fields(raw, start, body_start)
         if not ok:
             self.defect(start, "malformed-header-line")
-        part = Part(start, body_start, end, fields=fields)
+        part = Part(start, body_start, end)
+        if is_message:
+            part.fields = fields
+        elif self.kept_part_headers + body_start - start <= KEPT_PART_HEADERS:
+            part.fields = fields
+            self.kept_part_headers += body_start - start
         ct = None
         for f in fields:
             name = f.name
@@ -219,7 +229,7 @@ class _Scanner:
             return
         if self.too_deep_or_many(part, depth):
             return
-        part.message = self.entity(part.body_start, part.end, depth + 1, False)
+        part.message = self.entity(part.body_start, part.end, depth + 1, False, True)
         part.lines = _count_lines(self.raw, part.body_start, part.end)
 
     def multipart(self, part: Part, depth: int) -> None:
@@ -298,7 +308,7 @@ class _Scanner:
         if self.parts >= self.max_parts:
             self.defect(cstart, "part-limit")
             return False
-        part.children.append(self.entity(cstart, cend, depth + 1, digest))
+        part.children.append(self.entity(cstart, cend, depth + 1, digest, False))
         return True
 
 
@@ -311,7 +321,7 @@ def _count_lines(raw: bytes, start: int, end: int) -> int:
 def scan(raw: bytes, limits: LimitsConfig | None = None) -> Structure:
     """Scan a whole message. Never raises on any bytes."""
     s = _Scanner(raw, limits or DEFAULT_LIMITS)
-    root = s.entity(0, len(raw), 0, False)
+    root = s.entity(0, len(raw), 0, False, True)
     if b"\x00" in raw:
         s.defect(raw.find(b"\x00"), "nul-byte")
     return Structure(root, s.defects, s.parts)

@@ -297,7 +297,9 @@ def part_fields(raw: bytes, root: Part, limit: int = MAX_HEADER_CHARS) -> tuple[
     stack: list[tuple[Part, bool]] = [(root, False)]  # (part, whether its own header is a body part's)
     while stack and size <= limit:
         part, own = stack.pop()
-        fields = part.fields if own else []  # split by the scan already
+        fields = []
+        if own:  # split by the scan already, unless past structure.KEPT_PART_HEADERS
+            fields = part.fields or H.split_fields(raw, part.header_start, part.body_start)[0]
         if part.message is not None:
             fields = fields + part.message.fields  # the encapsulated message's header (scanned already)
             inner = part.message

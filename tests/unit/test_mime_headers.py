@@ -8,7 +8,8 @@ import pytest
 
 from postroom.mime import headers as H
 from postroom.mime.address import parse_address_list
-from postroom.mime.structure import scan
+from postroom.mime.structure import KEPT_PART_HEADERS, scan
+from postroom.mime.text import part_fields
 
 
 def test_field_lines_names_and_values() -> None:
@@ -94,3 +95,15 @@ def test_every_part_keeps_its_header_fields() -> None:
     assert second.fields == []
     assert [f.name for f in third.fields] == ["content-type"]  # the part's MIME header
     assert third.message is not None and [f.name for f in third.message.fields] == ["subject"]  # its message's
+
+
+def test_part_headers_past_the_kept_bytes_are_split_again_for_the_search_text() -> None:
+    # 80 parts of ~950 header bytes: more than structure.KEPT_PART_HEADERS, so later parts keep no fields, and
+    # the search text's part fields (RFC 9051 §6.4.4 TEXT: MIME header fields) still read them.
+    part = b"--b\r\nX-Pad: " + b"x" * 900 + b"\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+    raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + part * 80 + b"--b--\r\n"
+    root = scan(raw).root
+    kept = [p for p in root.children if p.fields]
+    assert 0 < len(kept) < 80 and sum(p.body_start - p.header_start for p in kept) <= KEPT_PART_HEADERS
+    got = part_fields(raw, root)
+    assert got[: 2 * len(kept) + 2] == (("x-pad", "x" * 900), ("content-type", "text/plain")) * (len(kept) + 1)
