@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from postroom.mime.headers import read_quoted, to_str
@@ -48,6 +49,9 @@ class Address:
 
 
 _SPECIALS = "<>@,;:."
+_LOCAL_KINDS = frozenset(("atom", "qs", ".", "lit", "@"))  # tokens kept in a local part, and in a domain:
+_DOMAIN_KINDS = frozenset(("atom", ".", "lit", "qs"))
+_ATOM = re.compile(r'[^ \t\r\n()"\[\]<>@,;:.\\]+')  # what `_tokens` reads as one atom
 
 
 def _tokens(s: str) -> list[tuple[str, str]]:
@@ -98,11 +102,10 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         elif c in ")]\\":
             i += 1  # stray closer: ignore
         else:
-            j = i
-            while j < n and s[j] not in ' \t\r\n()"[]<>@,;:.\\':
-                j += 1
-            out.append(("atom", s[i:j]))
-            i = j
+            m = _ATOM.match(s, i)  # c is an atom character, so the match is not empty
+            assert m is not None
+            out.append(("atom", m.group()))
+            i = m.end()
     return out
 
 
@@ -130,18 +133,26 @@ def _addr_spec(tokens: list[tuple[str, str]]) -> tuple[str, str]:
             break
     local_toks = tokens if at < 0 else tokens[:at]
     domain_toks = [] if at < 0 else tokens[at + 1 :]
-    local = "".join(t for k, t in local_toks if k in ("atom", "qs", ".", "lit", "@"))
-    domain = "".join(t for k, t in domain_toks if k in ("atom", ".", "lit", "qs"))
+    local = "".join([t for k, t in local_toks if k in _LOCAL_KINDS])
+    domain = "".join([t for k, t in domain_toks if k in _DOMAIN_KINDS])
     return local or MISSING_MAILBOX, domain or MISSING_DOMAIN
 
 
 def _mailbox(tokens: list[tuple[str, str]]) -> Address | None:
-    comments = [t for k, t in tokens if k == "comment"]
-    toks = [(k, t) for k, t in tokens if k != "comment"]
+    comments: list[str] = []
+    toks: list[tuple[str, str]] = []
+    lt = -1  # where the first "<" is in toks
+    for tok in tokens:
+        kind = tok[0]
+        if kind == "comment":
+            comments.append(tok[1])
+            continue
+        if kind == "<" and lt < 0:
+            lt = len(toks)
+        toks.append(tok)
     if not toks:
         return None
-    if any(k == "<" for k, _ in toks):
-        lt = next(i for i, (k, _) in enumerate(toks) if k == "<")
+    if lt >= 0:
         gt = next((i for i in range(lt + 1, len(toks)) if toks[i][0] == ">"), len(toks))
         name = _phrase(toks[:lt])
         inner = toks[lt + 1 : gt]
@@ -151,8 +162,8 @@ def _mailbox(tokens: list[tuple[str, str]]) -> Address | None:
                 return None
             return Address(name, None, MISSING_MAILBOX, MISSING_DOMAIN)
         adl = None
-        colon = next((i for i, (k, _) in enumerate(inner) if k == ":"), -1)
-        if colon >= 0 and inner and inner[0][0] == "@":
+        colon = next((i for i, (k, _) in enumerate(inner) if k == ":"), -1) if inner[0][0] == "@" else -1
+        if colon >= 0:
             adl = "".join(t for _, t in inner[:colon]) or None
             inner = inner[colon + 1 :]
         local, domain = _addr_spec(inner)
@@ -175,7 +186,8 @@ def parse_address_list(value: bytes) -> list[Address]:
     item_angled = False  # `item` holds a "<" (invariant 4: a flag, not a scan of `item` per colon)
     angle = 0
     in_group = False
-    for kind, text in toks:
+    for tok in toks:
+        kind = tok[0]
         if kind == "<":
             angle += 1
         elif kind == ">":
@@ -187,7 +199,7 @@ def parse_address_list(value: bytes) -> list[Address]:
                 item = []
                 continue
             if kind == ":":
-                item.append((kind, text))  # a stray colon inside a group: keep it as text
+                item.append(tok)  # a stray colon inside a group: keep it as text
                 continue
             addr = _mailbox(item)
             if addr is not None:
@@ -198,7 +210,7 @@ def parse_address_list(value: bytes) -> list[Address]:
                 out.append(Address(None, None, None, None))
                 in_group = False
             continue
-        item.append((kind, text))
+        item.append(tok)
         item_angled = item_angled or kind == "<"
     addr = _mailbox(item)
     if addr is not None:

@@ -96,10 +96,11 @@ def parse_date(value: str) -> SentDate | None:
     """A Date: field's value (unfolded text) -> its day as written and its instant, or None without a valid
     date (invariants 1-4). RFC 5322 §3.3, §4.3; RFC 5256 §2.2."""
     text = value[:MAX_CHARS]
-    for _ in range(4):  # comments, nested up to four deep
-        text, n = _COMMENT.subn(" ", text)
-        if not n:
-            break
+    if "(" in text:
+        for _ in range(4):  # comments, nested up to four deep
+            text, n = _COMMENT.subn(" ", text)
+            if not n:
+                break
     text = " ".join(text.split())
     m = _DATE_TIME.match(text)
     month = _MONTHS.get(m.group(2).lower()) if m else None

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 Params = tuple[tuple[str, str], ...]
 
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+# A field line's name and its colon (RFC 5322 §2.2: printable US-ASCII but ":"; blanks before the colon are
+# obs-hdr, §4.5.8). The name cannot hold ":" or a line end, so the colon matched is the line's first.
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _CONT = re.compile(r"^(.*?)\*(\d{1,9})(\*?)$")  # RFC 2231 §3 section numbers; 9 digits keep int() cheap and bounded
 _EXT_VALUE = re.compile(r"[!-~]*")  # RFC 2231 §7 extended-value: attribute-char, "%" hex, "'" (all 7-bit)
 
@@ -101,12 +103,11 @@ def split_fields(raw: bytes, start: int, end: int) -> tuple[list[Field], bool]:
             if cur_name is not None:
                 fields.append(_make_field(block, start, cur_name, cur_start, cur_vstart, cur_end))
                 cur_name = None
-            colon = block.find(b":", pos, line_end)
-            name_bytes = block[pos:colon].rstrip(b" \t") if colon >= 0 else b""
-            if colon >= 0 and _FIELD_NAME.fullmatch(name_bytes):
-                cur_name = name_bytes.decode("ascii").lower()
+            m = _FIELD_NAME.match(block, pos)
+            if m is not None:
+                cur_name = m.group(1).decode("ascii").lower()
                 cur_start = pos
-                cur_vstart = colon + 1
+                cur_vstart = m.end()
                 cur_end = line_end
             elif block[pos:line_end].strip(b"\r\n"):
                 ok = False
@@ -117,12 +118,12 @@ def split_fields(raw: bytes, start: int, end: int) -> tuple[list[Field], bool]:
 
 
 def _make_field(block: bytes, base: int, name: str, start: int, vstart: int, end: int) -> Field:
-    value = block[vstart:end]
-    if value.endswith(b"\n"):
-        value = value[:-1]
-        if value.endswith(b"\r"):
-            value = value[:-1]
-    return Field(name, value, base + start, base + end)
+    vend = end  # the value ends before the line end, LF or CRLF (block[vstart - 1] is the colon)
+    if block[vend - 1] == 0x0A:
+        vend -= 1
+        if block[vend - 1] == 0x0D:
+            vend -= 1
+    return Field(name, block[vstart:vend], base + start, base + end)
 
 
 def first_field(fields: list[Field], name: str) -> Field | None:
@@ -137,11 +138,14 @@ def first_field(fields: list[Field], name: str) -> Field | None:
 # A small RFC 822 / RFC 2045 tokenizer over str (surrogateescaped bytes).
 
 _TSPECIALS = set('()<>@,;:\\"/[]?=')
+_TOKEN = re.compile(r'[^\x00-\x20\x7f()<>@,;:\\"/\[\]?=]*')  # RFC 2045 §5.1 token: not tspecials, blanks, CTLs
 
 
 def skip_cfws(s: str, i: int) -> int:
     """Skip blanks, line ends and (nested) comments from i."""
     n = len(s)
+    if i < n and s[i] not in " \t\r\n(":
+        return i
     while i < n:
         c = s[i]
         if c in " \t\r\n":
@@ -169,6 +173,11 @@ def skip_cfws(s: str, i: int) -> int:
 def read_quoted(s: str, i: int) -> tuple[str, int]:
     """s[i] is '"'. Returns the unquoted content (backslash escapes removed, folding removed) and the index after
     the closing quote (or the end of s for an unterminated string)."""
+    close = s.find('"', i + 1)
+    if close >= 0:
+        inner = s[i + 1 : close]
+        if "\\" not in inner and "\r" not in inner and "\n" not in inner:
+            return inner, close + 1  # no escape and no folding: the text up to the next quote, as it is
     out: list[str] = []
     i += 1
     n = len(s)
@@ -188,6 +197,10 @@ def read_quoted(s: str, i: int) -> tuple[str, int]:
 
 def read_token(s: str, i: int, stop: str = "") -> tuple[str, int]:
     """An RFC 2045 token from i (stops at blanks, controls, tspecials, and the extra `stop` characters)."""
+    if not stop and i <= len(s):
+        m = _TOKEN.match(s, i)
+        assert m is not None  # the pattern matches the empty string
+        return m.group(), m.end()
     j = i
     n = len(s)
     while j < n:

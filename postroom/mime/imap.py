@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 Everything here works from the raw bytes and the `Part` tree of `structure.scan`; nothing is re-serialised.
 
-* `envelope(raw, part)` and `bodystructure(raw, root, extensible)` return the IMAP wire bytes of the FETCH
-  item's value (what follows `ENVELOPE ` / `BODYSTRUCTURE `), computed once at delivery and stored.
+* `envelope(fields)` and `bodystructure(root, extensible)` return the IMAP wire bytes of the FETCH item's value
+  (what follows `ENVELOPE ` / `BODYSTRUCTURE `), computed once at delivery and stored;
+  `bodystructure_and_body(root)` makes BODYSTRUCTURE and BODY in one walk (wire rule 4: BODY is BODYSTRUCTURE
+  without the extension data).
 * `Section` names a FETCH body section (`BODY[1.2.MIME]`, `BODY[HEADER.FIELDS (A B)]`, ...). `section_bytes`
   returns its bytes (slices of the raw message, except HEADER.FIELDS which joins the chosen field lines) or
   None for a part the message does not have. `partial` applies `<start.length>`.
@@ -38,8 +40,10 @@ from postroom.mime.cte import decode_body
 from postroom.mime.structure import Part, find_part
 
 NIL = b"NIL"
-_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
 _UNFOLD = re.compile(rb"\r?\n")
+# Octets searched for with `int in bytes`: `bytes in bytes` first tries its argument as an int and clears the
+# TypeError (CPython 3.11), several times the cost of the search itself on short strings.
+_NUL, _LF, _CR, _DQUOTE, _BACKSLASH = 0x00, 0x0A, 0x0D, 0x22, 0x5C
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -53,15 +57,15 @@ def istring(value: bytes | str | None) -> bytes:
     if value.__class__ is str:
         value = value.encode("utf-8", "surrogateescape")
     assert isinstance(value, bytes)
-    if _NEEDS_LITERAL.search(value):
+    if not value.isascii() or _CR in value or _LF in value or _NUL in value:
         return b"{%d}\r\n" % len(value) + value
-    if b'"' in value or b"\\" in value:
+    if _DQUOTE in value or _BACKSLASH in value:
         value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"' + value + b'"'
 
 
 def _header_text(value: bytes) -> bytes:
-    return _UNFOLD.sub(b"", value).strip(b" \t")
+    return _UNFOLD.sub(b"", value).strip(b" \t")  # bytes also for a bytearray value (a worker's staged read)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -156,59 +160,69 @@ def _is_message_type(part: Part) -> bool:
     return part.type.lower() == "message" and part.subtype.lower() in ("rfc822", "global")
 
 
-def bodystructure(root: Part, extensible: bool = True, envelopes: dict[int, bytes] | None = None) -> bytes:
-    """BODYSTRUCTURE (extensible=True) or BODY (False) of the message whose root part is given. `envelopes`
-    (id of an encapsulated message -> its ENVELOPE) lets BODY and BODYSTRUCTURE share that work."""
-    if envelopes is None:
-        envelopes = {}
-    out: list[bytes] = []
+def bodystructure(root: Part, extensible: bool = True) -> bytes:
+    """BODYSTRUCTURE (extensible=True) or BODY (False) of the message whose root part is given."""
+    bs, body = bodystructure_and_body(root)
+    return bs if extensible else body
+
+
+def bodystructure_and_body(root: Part) -> tuple[bytes, bytes]:
+    """(BODYSTRUCTURE, BODY) of the message whose root part is given, in one walk of the tree: BODY is
+    BODYSTRUCTURE without the extension data (wire rule 4), so each piece both carry (media type, fields, the
+    ENVELOPE of an encapsulated message) is made once and given to both."""
+    bs: list[bytes] = []
+    body: list[bytes] = []
+
+    def both(piece: bytes) -> None:
+        bs.append(piece)
+        body.append(piece)
+
     # Iterative post-order over the tree so that no input depth can exhaust the Python stack.
-    # Work items: ("open", part) or ("close", part) for multiparts / messages.
+    # Work items: (0, part) to open a part, (1, part) to close a multipart, (2, part) to close a message part.
     stack: list[tuple[int, Part]] = [(0, root)]
     while stack:
         state, part = stack.pop()
         if state == 0:
             if part.children:
-                out.append(b"(")
+                both(b"(")
                 stack.append((1, part))
                 for child in reversed(part.children):
                     stack.append((0, child))
                 continue
             if part.opaque and not _is_message_type(part) and part.type.lower() == "multipart":
                 # Past a limit: reported as opaque data; its bytes stay reachable as BODY[n].
-                out.append(_basic(part, b'"application" "octet-stream"', NIL, extensible, None))
+                basic = _basic(part, b'"application" "octet-stream"', NIL, None)
+                bs.append(basic + b" " + _ext1(part) + b")")
+                body.append(basic + b")")
                 continue
             if _is_message_type(part):
-                out.append(b"(")
-                out.append(_fields(part, _text_params(part)))
+                both(b"(" + _fields(part, _text_params(part)))
                 if part.message is None:
                     # An encoded message/rfc822 (RFC 2046 §5.2.1 forbids it) or one past a limit: an empty
                     # envelope and body, as Dovecot reports it.
-                    out.append(b" " + EMPTY_ENVELOPE + b" ")
-                    out.append(
-                        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
-                        + (b" NIL NIL NIL NIL)" if extensible else b")")
-                    )
-                    out.append(b" %d" % part.lines + (b" " + _ext1(part) if extensible else b"") + b")")
+                    empty = b" " + EMPTY_ENVELOPE + b' ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+                    fld_lines = b" %d" % part.lines
+                    bs.append(empty + b" NIL NIL NIL NIL)" + fld_lines + b" " + _ext1(part) + b")")
+                    body.append(empty + b")" + fld_lines + b")")
                     continue
-                env = envelopes.get(id(part.message))
-                if env is None:
-                    env = envelopes[id(part.message)] = envelope(part.message.fields)
-                out.append(b" " + env + b" ")
+                both(b" " + envelope(part.message.fields) + b" ")
                 stack.append((2, part))
                 stack.append((0, part.message))
                 continue
             media = istring(part.type) + b" " + istring(part.subtype)
             lines = part.lines if part.type.lower() == "text" else None
-            out.append(_basic(part, media, _params(_text_params(part)), extensible, lines))
+            basic = _basic(part, media, _params(_text_params(part)), lines)
+            bs.append(basic + b" " + _ext1(part) + b")")
+            body.append(basic + b")")
         elif state == 1:  # close a multipart
             tail = b" " + istring(part.subtype)
-            if extensible:
-                tail += b" " + _params(part.params) + b" " + _ext_tail(part)
-            out.append(tail + b")")
+            bs.append(tail + b" " + _params(part.params) + b" " + _ext_tail(part) + b")")
+            body.append(tail + b")")
         else:  # close a message part
-            out.append(b" %d" % part.lines + (b" " + _ext1(part) if extensible else b"") + b")")
-    return b"".join(out)
+            fld_lines = b" %d" % part.lines
+            bs.append(fld_lines + b" " + _ext1(part) + b")")
+            body.append(fld_lines + b")")
+    return b"".join(bs), b"".join(body)
 
 
 def _fields(part: Part, params: H.Params) -> bytes:
@@ -233,7 +247,9 @@ def _ext1(part: Part) -> bytes:
     return istring(part.md5) + b" " + _ext_tail(part)
 
 
-def _basic(part: Part, media: bytes, params: bytes, extensible: bool, lines: int | None) -> bytes:
+def _basic(part: Part, media: bytes, params: bytes, lines: int | None) -> bytes:
+    """"(" media SP body-fields [SP body-fld-lines] of a basic or text part: its BODY form without the closing
+    parenthesis, which BODYSTRUCTURE extends with body-ext-1part."""
     s = (
         b"("
         + media
@@ -249,9 +265,7 @@ def _basic(part: Part, media: bytes, params: bytes, extensible: bool, lines: int
     )
     if lines is not None:
         s += b" %d" % lines
-    if extensible:
-        s += b" " + _ext1(part)
-    return s + b")"
+    return s
 
 
 # --------------------------------------------------------------------------------------------------------

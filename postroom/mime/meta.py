@@ -42,10 +42,16 @@ Invariants:
    event loop for small messages.
 6. `compute_meta` reads `raw` only through `len`, `raw[i]`, `raw[a:b]`, `find`, `count`, `startswith` and
    `in`, with offsets, and copies only bounded slices (a header block, at most about 1 MiB of a text part for
-   the search text: text.py invariant 2). So `compute_meta_staged` runs the same code over a staged file read
+   the search text: text.py invariant 2; the scan keeps the fields of at most `structure.KEPT_PART_HEADERS`
+   bytes of body-part headers). So `compute_meta_staged` runs the same code over a staged file read
    through a window (`mime.staged`), and a 50 MB message costs its worker about one window, not 50 MB
    (bench/RESULTS.md 2026-12-01 "memory9"). tests/unit/test_mime_staged.py holds the two equal over the MIME
    corpus at several window sizes; code that needs another operation on `raw` adds it to `StagedMessage`.
+7. Within one `FORMAT_VERSION`, `to_bytes()` of a message is the same bytes whatever the code version: stored
+   blobs are never recomputed for a change that keeps the version. A change meant to keep the output (a faster
+   path) is checked with bench/meta_equivalence.py, which compares every byte against another checkout over the
+   MIME corpus, the fuzz seeds, the messages the unit tests scan and thousands of generated variants; a change
+   of the output raises the version (readers then recompute, as above).
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ FORMAT_VERSION = 4
 _T = TypeVar("_T")
 FLAG_MULTIPART = 1
 FLAG_MESSAGE = 2
+# The stored form's encoder, made once: what json.dumps(doc, ensure_ascii=False, separators=(",", ":")) makes
+# per call. The document is a fresh tree of lists, so the check for cycles is left out (same output).
+_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +170,7 @@ class MessageMeta:
             "day": self.sent_day,
             "keys": self.keys.to_list(),
         }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        return _JSON.encode(doc).encode("utf-8", "surrogatepass")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MessageMeta:
@@ -333,11 +342,9 @@ def _compute(raw: bytes, limits: LimitsConfig | None) -> MessageMeta:
     parsed = Parsed()  # each address field parsed once, for ENVELOPE and the sort keys
     envelope = _guarded(lambda r: imap.envelope(r.fields, parsed), root, defects, "envelope")
     sent = _guarded(_sent_date, root, defects, "date")
-    envelopes: dict[int, bytes] = {}
     sent_date, sent_day = sent if sent is not None else (None, None)
     keys = _guarded(lambda r: sort_keys(r.fields, parsed), root, defects, "sort-keys")
-    bodystructure = imap.bodystructure(root, True, envelopes)
-    body = imap.bodystructure(root, False, envelopes)
+    bodystructure, body = imap.bodystructure_and_body(root)
     parts = tuple(_row(sec, p, defects) for sec, p in walk(root))
     return MessageMeta(
         size=len(raw),

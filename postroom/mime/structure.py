@@ -45,6 +45,9 @@ from postroom.mime.headers import Field, Params
 
 _LWSP = b" \t"
 MAX_DEPTH_CAP = 200
+# Bytes of body-part headers whose fields the scan keeps for later readers (the search text reads about 64 KiB of
+# them): a message of many large part headers is not held whole (meta.py invariant 6).
+KEPT_PART_HEADERS = 64 * 1024
 DEFAULT_LIMITS = LimitsConfig()
 
 
@@ -68,7 +71,9 @@ class Part:
     lines: int = 0  # lines in the body (IMAP "body size in text lines")
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # the encapsulated message of a message/rfc822 or message/global part
-    fields: list[Field] = field(default_factory=list)  # header fields (root and encapsulated messages)
+    # Its header's fields: always for the root and encapsulated messages; for a body part (its MIME header) while
+    # the body-part headers kept so far stay within KEPT_PART_HEADERS bytes, else [] (readers split it again).
+    fields: list[Field] = field(default_factory=list)
     opaque: bool = False  # a multipart/message part not descended into (limit reached or unusable)
 
     @property
@@ -109,6 +114,7 @@ class _Scanner:
         self.max_parts = max(1, limits.mime_parts)
         self.defects: list[tuple[int, str]] = []
         self.parts = 0
+        self.kept_part_headers = 0  # bytes of body-part headers kept in Part.fields so far
 
     def defect(self, offset: int, code: str) -> None:
         if len(self.defects) < 1000:
@@ -147,6 +153,9 @@ class _Scanner:
         part = Part(start, body_start, end)
         if is_message:
             part.fields = fields
+        elif self.kept_part_headers + body_start - start <= KEPT_PART_HEADERS:
+            part.fields = fields
+            self.kept_part_headers += body_start - start
         ct = None
         for f in fields:
             name = f.name

@@ -67,7 +67,11 @@ def _q_decode(text: bytes) -> bytes:
 
 def decode_words(value: bytes) -> str:
     """A header value with RFC 2047 encoded words decoded and folding removed."""
-    value = _UNFOLD.sub(b"", value).strip()
+    if 10 in value:  # a LF: folded (`int in bytes`; `bytes in bytes` costs an exception in CPython 3.11)
+        value = _UNFOLD.sub(b"", value)
+    value = value.strip()
+    if value.find(b"=?") < 0:  # no encoded word, the common case: the text as it is
+        return charset_decode(value, None) if value else ""
     out: list[str] = []
     pos = 0
     pending_cs: str | None = None
@@ -293,7 +297,9 @@ def part_fields(raw: bytes, root: Part, limit: int = MAX_HEADER_CHARS) -> tuple[
     stack: list[tuple[Part, bool]] = [(root, False)]  # (part, whether its own header is a body part's)
     while stack and size <= limit:
         part, own = stack.pop()
-        fields = H.split_fields(raw, part.header_start, part.body_start)[0] if own else []
+        fields = []
+        if own:  # split by the scan already, unless past structure.KEPT_PART_HEADERS
+            fields = part.fields or H.split_fields(raw, part.header_start, part.body_start)[0]
         if part.message is not None:
             fields = fields + part.message.fields  # the encapsulated message's header (scanned already)
             inner = part.message
