@@ -37,6 +37,17 @@ def test_istring() -> None:
     assert istring(b"nul\x00") == b"{4}\r\nnul\x00"
 
 
+def test_istring_octet_boundaries() -> None:
+    # RFC 9051 §9: quoted = DQUOTE *QUOTED-CHAR DQUOTE, QUOTED-CHAR is a TEXT-CHAR (CHAR %x01-7F but CR and LF)
+    # or an escaped quoted-special; anything else (NUL, a lone CR or LF, 8-bit octets) needs a literal.
+    assert istring(b"\x01\x7f") == b'"\x01\x7f"'
+    assert istring(b"\x80") == b"{1}\r\n\x80"
+    assert istring(b"a\xffb") == b"{3}\r\na\xffb"
+    assert istring(b"bare\r") == b"{5}\r\nbare\r"
+    assert istring(b"bare\n") == b"{5}\r\nbare\n"
+    assert istring("\udc80") == b"{1}\r\n\x80"  # a surrogate-escaped 8-bit octet read from the header
+
+
 def test_envelope_defaults_sender_and_reply_to_to_from() -> None:
     raw = crlf("From: A <a@x.example>\nSubject: s\n\nb\n")
     env = envelope(scan(raw).root.fields)
