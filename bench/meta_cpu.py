@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import store_ingest  # bench/store_ingest.py
+
 import postroom
 from postroom.mime.meta import compute_meta
 
@@ -57,16 +59,8 @@ _HEAD = (
 
 def smtp_message() -> bytes:
     """bench/store_ingest.py `message(1, 5000)` with a fixed Message-Id, and its delivery prefix."""
-    head = (b"From: <bench@remote.test>\r\nTo: <user@example.org>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
-            b"Message-Id: <1.1764583200000000000@remote.test>\r\nSubject: La de da 1\r\n\r\n")
-    out = bytearray(head)
-    n = 0
-    while len(out) < 5000:
-        out += b"La de da de da %d.\r\n" % n
-        n += 1
-    prefix = (b"Return-Path: <bench@remote.test>\r\nReceived: from client.remote.test ([127.0.0.1])\r\n"
-              b"\tby mx.example.org with ESMTP id 1; Tue, 1 Dec 2026 10:00:00 +0000\r\n")
-    return prefix + bytes(out[:5000])
+    prefix, raw = store_ingest.message(1, 5000, stamp=1764583200000000000)
+    return prefix + raw
 
 
 def _qp_text() -> bytes:

@@ -45,10 +45,12 @@ def thread_cpu(tid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def message(i: int, size: int) -> tuple[bytes, bytes]:
-    """(prefix, raw): trace fields as local delivery adds them, and a message shaped like smtp-source's."""
+def message(i: int, size: int, stamp: int | None = None) -> tuple[bytes, bytes]:
+    """(prefix, raw): trace fields as local delivery adds them, and a message shaped like smtp-source's. Its
+    Message-Id is `<i.stamp@remote.test>`, `stamp` the clock's nanoseconds unless given (fixed bytes)."""
+    stamp = time.time_ns() if stamp is None else stamp
     head = (f"From: <bench@remote.test>\r\nTo: <user@example.org>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
-            f"Message-Id: <{i}.{time.time_ns()}@remote.test>\r\nSubject: La de da {i}\r\n\r\n").encode()
+            f"Message-Id: <{i}.{stamp}@remote.test>\r\nSubject: La de da {i}\r\n\r\n").encode()
     out = bytearray(head)
     n = 0
     while len(out) < size:
