@@ -28,7 +28,7 @@ from postroom.store.api import (
 )
 from postroom.store.blobs import BlobStore, blob_id_of
 from postroom.store.postgresql import PostgreSQLStore
-from postroom.store.sqlite import SQLiteStore, fts
+from postroom.store.sqlite import SQLiteStore, engine, fts
 from postroom.store.sqlite import messages as sqlite_messages
 from postroom.store.sqlite.schema import SCHEMA_VERSION
 from postroom.store.textindex import TextTerm
@@ -59,6 +59,30 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
         assert wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert wconn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert wconn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert wconn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == engine.WAL_AUTOCHECKPOINT
+    finally:
+        await store.close()
+
+
+async def test_an_idle_writer_copies_the_wal_into_the_database_file(tmp_path: Path) -> None:
+    """Engine invariant 12: once the writer has had no job for `IDLE_SECONDS` after a commit, it checkpoints,
+    so the database file holds what was written while the store is still open, long before the WAL reaches
+    `WAL_AUTOCHECKPOINT` pages (SQLite's own checkpoint, which these writes are far from)."""
+    store = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs")
+    await store.open()
+    try:
+        box = await inbox(store, await new_user(store))
+        await asyncio.sleep(4 * engine.IDLE_SECONDS)
+        before = (tmp_path / "c.db").stat().st_size
+        await asyncio.gather(*(store.append(box.id, msg(i, size=8192)) for i in range(40)))
+        wal_pages = (tmp_path / "c.db-wal").stat().st_size // 4096
+        assert 80 <= wal_pages < engine.WAL_AUTOCHECKPOINT
+        for _ in range(200):  # the bodies (inline) reach the database file: ~10 s at most
+            if (tmp_path / "c.db").stat().st_size >= before + 40 * 8192:
+                break
+            await asyncio.sleep(0.05)
+        assert (tmp_path / "c.db").stat().st_size >= before + 40 * 8192
+        assert len(await store.list_messages(box.id)) == 40
     finally:
         await store.close()
 
