@@ -65,24 +65,33 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
 
 
 async def test_an_idle_writer_copies_the_wal_into_the_database_file(tmp_path: Path) -> None:
-    """Engine invariant 12: once the writer has had no job for `IDLE_SECONDS` after a commit, it checkpoints,
-    so the database file holds what was written while the store is still open, long before the WAL reaches
-    `WAL_AUTOCHECKPOINT` pages (SQLite's own checkpoint, which these writes are far from)."""
+    """Engine invariant 12: once the writer has had no job for `IDLE_SECONDS` after `IDLE_CHECKPOINT_COMMITS`
+    commits, it checkpoints, so the database file holds what was written while the store is still open, long
+    before the WAL reaches `WAL_AUTOCHECKPOINT` pages (SQLite's own checkpoint, which these writes are far
+    from). After fewer commits it does not: a checkpoint after every lone commit copied the pages every delivery
+    changes once a message."""
     store = SQLiteStore(tmp_path / "c.db", tmp_path / "blobs")
     await store.open()
+    db = tmp_path / "c.db"
     try:
         box = await inbox(store, await new_user(store))
-        await asyncio.sleep(4 * engine.IDLE_SECONDS)
-        before = (tmp_path / "c.db").stat().st_size
-        await asyncio.gather(*(store.append(box.id, msg(i, size=8192)) for i in range(40)))
+        few = engine.IDLE_CHECKPOINT_COMMITS // 4
+        for i in range(few):  # one commit each
+            await store.append(box.id, msg(i, size=8192))
+        await asyncio.sleep(0.05)
+        before = db.stat().st_size
+        await asyncio.sleep(5 * engine.IDLE_SECONDS)
+        assert db.stat().st_size == before  # idle, but too few commits: left in the WAL
+        for i in range(few, engine.IDLE_CHECKPOINT_COMMITS):
+            await store.append(box.id, msg(i, size=8192))
         wal_pages = (tmp_path / "c.db-wal").stat().st_size // 4096
-        assert 80 <= wal_pages < engine.WAL_AUTOCHECKPOINT
+        assert 2 * engine.IDLE_CHECKPOINT_COMMITS <= wal_pages < engine.WAL_AUTOCHECKPOINT
         for _ in range(200):  # the bodies (inline) reach the database file: ~10 s at most
-            if (tmp_path / "c.db").stat().st_size >= before + 40 * 8192:
+            if db.stat().st_size >= before + engine.IDLE_CHECKPOINT_COMMITS * 8192:
                 break
             await asyncio.sleep(0.05)
-        assert (tmp_path / "c.db").stat().st_size >= before + 40 * 8192
-        assert len(await store.list_messages(box.id)) == 40
+        assert db.stat().st_size >= before + engine.IDLE_CHECKPOINT_COMMITS * 8192
+        assert len(await store.list_messages(box.id)) == engine.IDLE_CHECKPOINT_COMMITS
     finally:
         await store.close()
 

@@ -157,12 +157,19 @@ Invariants
 12. The WAL is copied into the database file (a checkpoint, which writes and fsyncs that file) by SQLite's
     automatic checkpoint once it holds `WAL_AUTOCHECKPOINT` pages, inside the COMMIT that reached it (so with the
     writer flock held: every process's writes wait for it), and by the writer itself, without the flock, once it
-    has had no job for `IDLE_SECONDS` after a commit (`_checkpoint`, PASSIVE: it waits for no reader or writer,
-    and a process writing meanwhile appends to the WAL while the copy runs). The automatic one is the bound for a
-    writer never idle; at SQLite's default of 1,000 pages a burst of deliveries (~15 pages each) checkpointed
-    every ~65 messages, and 10,000 stored it ~10 % faster with ~20 % fewer bytes written (bench/RESULTS.md,
-    2026-12-02): a page changed by many batches (a table's last leaf, a mailbox's row) is copied once per
-    checkpoint, not once per 65 messages.
+    has had no job for `IDLE_SECONDS` after at least `IDLE_CHECKPOINT_COMMITS` commits of its own since its last
+    one (`_checkpoint`, PASSIVE: it waits for no reader or writer, and a process writing meanwhile appends to the
+    WAL while the copy runs). What a checkpoint cannot copy yet (pages a reader's older snapshot still needs,
+    another process checkpointing) waits for the next one, idle or automatic. The automatic one is the bound for
+    a writer never idle: at SQLite's default of 1,000 pages a burst of deliveries (~15 pages each) checkpointed
+    every ~65 messages, and a page changed by most batches (a table's last leaf, a mailbox's row) was copied each
+    time; at 4,000 a burst of two workers stored ~6 % more messages a second, with ~12 % fewer bytes written, and
+    the commit that checkpoints takes ~25 ms at p99 instead of ~16 (10,000: ~12 % faster, but ~35 ms; bench/
+    RESULTS.md, 2026-12-02). The idle one keeps the WAL's content short in ordinary traffic, in the gaps, so a
+    delivery rarely waits for a checkpoint; it waits for that many commits, as SQLite's default waits for ~65
+    deliveries, since checkpointing after every lone commit copied those same pages once a message (about twice
+    the bytes written). The WAL file keeps the size it reached (up to `WAL_SIZE_LIMIT`); SQLite writes it again
+    from the start after a complete checkpoint.
 """
 
 from __future__ import annotations
@@ -203,8 +210,9 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 2000
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # inline body bytes per batch: bounds one commit's WAL growth and latency
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # after a checkpoint, a WAL a burst made larger is truncated to this
-WAL_AUTOCHECKPOINT = 10_000  # pages (40 MiB at 4 KiB) of WAL that make a COMMIT checkpoint (invariant 12)
-IDLE_SECONDS = 0.2  # no job for this long: the writer runs parked steps (invariant 10)
+WAL_AUTOCHECKPOINT = 4_000  # pages (16 MiB at 4 KiB) of WAL that make a COMMIT checkpoint (invariant 12)
+IDLE_CHECKPOINT_COMMITS = 64  # commits since the last checkpoint that make an idle writer checkpoint (invariant 12)
+IDLE_SECONDS = 0.2  # no job for this long: the writer runs parked steps (invariant 10), or checkpoints (12)
 IDLE_STEP = 256  # parked items per transaction: bounds how long a job that comes meanwhile waits
 PARKED_MAX = 20_000  # parked items at most (memory: a blob id each); past it, steps run at the batch's end
 PARKED_LAG = 1.0  # seconds: a writer with time to spare runs a parked step at least this often ...
@@ -335,7 +343,7 @@ class Engine:
         self._parked_count = 0
         self._parked_total = 0  # items parked since the writer was last idle with nothing parked (for the log)
         self._parked_since = 0.0  # monotonic time of the last parked step's end (or of the first item parked)
-        self._uncheckpointed = False  # invariant 12: a commit since the writer's last checkpoint
+        self._uncheckpointed = 0  # invariant 12: commits since the writer's last checkpoint
         self._load = 0.0  # share of the recent time spent waiting for or holding the write lock (`_note_load`)
         self._load_at = time.monotonic()
         self._life = threading.Lock()  # serialises start() against itself (two concurrent open() calls)
@@ -564,7 +572,7 @@ class Engine:
                     self._run_parked()
                     idle = True
                     continue
-            elif self._uncheckpointed:
+            elif self._uncheckpointed >= IDLE_CHECKPOINT_COMMITS:
                 try:  # invariant 12: the WAL into the database file once IDLE_SECONDS passed without a job
                     job = self._jobs.get(timeout=IDLE_SECONDS)
                 except queue.Empty:
@@ -614,18 +622,19 @@ class Engine:
             self._hand_back([(j, False, StoreError("store is closed"), None) for j in leftovers])
 
     def _checkpoint(self) -> None:
-        """Invariant 12, on the writer thread once idle after a commit: a PASSIVE checkpoint, outside the writer
-        flock and any transaction. It copies what no reader still needs and waits for nobody; what it cannot
-        copy now (a reader of an older snapshot, another process checkpointing) the next idle checkpoint or an
-        automatic one copies."""
-        self._uncheckpointed = False
+        """Invariant 12, on the writer thread once idle after `IDLE_CHECKPOINT_COMMITS` commits: a PASSIVE
+        checkpoint, outside the writer flock and any transaction. It copies what no reader still needs and waits
+        for nobody; the rest waits for the next checkpoint. Never raises: the writer must not die."""
+        self._uncheckpointed = 0
         conn = self._wconn
         if conn is None:
             return
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # e.g. the disk: the writes that come next will say so to their callers
+        except sqlite3.Error as exc:  # e.g. the disk full: the writes that come next will say so to their callers
             log.warning("store writer: checkpoint failed: %s", exc)
+        except Exception:  # noqa: BLE001 - never let the writer die: the store would hang
+            log.exception("store writer: checkpoint failed")
 
     def _parked_step_due(self) -> bool:
         """Invariant 10, between batches: whether a parked step runs now, before the next batch."""
@@ -701,7 +710,7 @@ class Engine:
                     self._prune_changes(conn)
                 top = feed.cursor + recorded  # under the write lock: see feed.committed
                 conn.execute("COMMIT")
-                self._uncheckpointed = True
+                self._uncheckpointed += 1
                 feed.committed(top)
                 for step, kept in parked:  # invariant 10: in memory once recorded
                     if kept:
@@ -819,7 +828,7 @@ class Engine:
             conn.execute("BEGIN IMMEDIATE")
             step.run_parked(conn, chunk)
             conn.execute("COMMIT")
-            self._uncheckpointed = True  # invariant 12
+            self._uncheckpointed += 1  # invariant 12
         except Exception:  # noqa: BLE001 - recorded by park: found again from disk (invariant 10)
             log.exception("store writer: %s: %d parked items left as recorded", step.name, len(chunk))
             try:
