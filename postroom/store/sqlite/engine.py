@@ -631,7 +631,7 @@ class Engine:
             return
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # e.g. the disk full: the writes that come next will say so to their callers
+        except sqlite3.Error as exc:  # e.g. a full disk: the writes that come next will say so to their callers
             log.warning("store writer: checkpoint failed: %s", exc)
         except Exception:  # noqa: BLE001 - never let the writer die: the store would hang
             log.exception("store writer: checkpoint failed")
