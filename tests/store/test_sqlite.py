@@ -434,28 +434,31 @@ async def test_a_batch_writes_its_index_rows_without_a_savepoint(tmp_path: Path)
         await store.close()
 
 
-async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    """engine.py invariant 9, fts.py invariant 1: the batch's index step raises an ordinary error (here the
-    derivation of the indexed values breaks): the batch is rolled back and runs again with the new bodies put
-    in the backlog instead. Every message is stored, none is refused for its index rows; a job of the same batch
-    that failed on its own still fails alone; each body is in exactly one of the index and the backlog (schema
-    invariant 12); once the derivation works again, later bodies are indexed as usual."""
+    """engine.py invariant 9, fts.py invariant 1: the batch's index step raises an ordinary error (here SQLite
+    refuses the index rows: a trigger on the writer's connection; a body whose rows cannot be derived is fts.py
+    invariant 6, which does not make the step raise): the batch is rolled back and runs again with the new
+    bodies put in the backlog instead. Every message is stored, none is refused for its index rows; a job of
+    the same batch that failed on its own still fails alone; each body is in exactly one of the index and the
+    backlog (schema invariant 12); once the index works again, later bodies are indexed as usual."""
     store = SQLiteStore(tmp_path / "t.db", tmp_path / "blobs")
     await store.open()
-    real = fts._values
+    broken = True
+
+    def break_index(tx: Any) -> None:
+        tx.conn.create_function("index_refused", 0, lambda: int(broken))
+        tx.conn.execute("CREATE TEMP TRIGGER no_docs BEFORE INSERT ON main.fts_docs WHEN index_refused()"
+                        " BEGIN SELECT RAISE(ABORT, 'index rows refused'); END")
+
     try:
         box = await inbox(store, await new_user(store))
-
-        def broken(parsed: Any) -> Any:
-            raise RuntimeError("derivation broke")
-
-        monkeypatch.setattr(fts, "_values", broken)
+        await store._engine.write(break_index)
         results = await _appends_in_one_batch(
             store, [(box.id, _indexed_message(1)), (10**6, _indexed_message(2)), (box.id, _indexed_message(3))])
         assert results[0].uid == 1 and results[2].uid == 2
         assert isinstance(results[1], NotFound)
-        assert "full-text index failed (derivation broke); the batch runs again" in caplog.text
+        assert "full-text index failed (index rows refused); the batch runs again" in caplog.text
 
         def where(conn: sqlite3.Connection) -> tuple[int, int, int]:
             (docs,) = conn.execute("SELECT count(*) FROM fts_docs").fetchone()
@@ -465,7 +468,7 @@ async def test_index_rows_that_fail_leave_the_bodies_in_the_backlog(tmp_path: Pa
 
         assert await store._engine.read(where) == (0, 2, 2)
         assert [m.uid for m in await store.list_messages(box.id)] == [1, 2]
-        monkeypatch.setattr(fts, "_values", real)
+        broken = False
         assert (await store.append(box.id, _indexed_message(4))).uid == 3
         assert await store._engine.read(where) == (1, 2, 3)
     finally:

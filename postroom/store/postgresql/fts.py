@@ -21,6 +21,9 @@ Invariants (SQLite's fts.py 1-4, with these differences):
    `acquire_blob` for a message's body; `replace_meta` for `write_metas`); both go with the `blobs` row.
 2. Rows are of `fts_text.version`; a store indexed under another `INDEX_VERSION` is emptied into the backlog
    when opened (`check_version`).
+3. (SQLite's invariant 6) A body whose rows cannot be derived from its metadata is logged and left in the
+   backlog before any row of it is written: it fails neither the append or delivery that stores it (written
+   in the same transaction here) nor a step of the backlog.
 """
 
 from __future__ import annotations
@@ -32,15 +35,11 @@ from postroom.store import scanform
 from postroom.store.api import IndexProgress, MessageInfo, TextCandidates, TextScan
 from postroom.store.postgresql.common import MESSAGE_COLUMNS, message_from_row
 from postroom.store.postgresql.dbtypes import Conn
-from postroom.store.sqlite.fts import INDEX_VERSION, parse_meta
-from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm, index_fields
+from postroom.store.sqlite.fts import INDEX_VERSION, derive_rows, parse_meta
+from postroom.store.textindex import HEAD_COLUMNS, TextAll, TextAny, TextFilter, TextTerm
 
-_COLUMNS = (*(f"h_{c}" for c in HEAD_COLUMNS), "body")
-
-
-def _values(meta: MessageMeta) -> list[str]:
-    fields = index_fields(meta)
-    return [fields[c] for c in (*HEAD_COLUMNS, "body")]  # no NUL, which PostgreSQL's text cannot hold: U+FFFD
+_COLUMNS = (*(f"h_{c}" for c in HEAD_COLUMNS), "body")  # `derive_rows`' values, in this order (no NUL, which
+# PostgreSQL's text cannot hold: textindex gives U+FFFD)
 
 
 async def check_version(conn: Conn) -> bool:
@@ -64,13 +63,15 @@ async def index_blob(conn: Conn, blob_id: str, meta: bytes | None, *, fresh: boo
     decoded already (`parse_meta`), when the caller has it."""
     if parsed is None:
         parsed = parse_meta(meta)
-    if parsed is None:
+    derived = None if parsed is None else derive_rows(blob_id, parsed)  # SQLite's fts.py invariant 6
+    if derived is None:
         await conn.execute("INSERT INTO fts_backlog(blob_id) VALUES ($1) ON CONFLICT DO NOTHING", blob_id)
         return False
+    values, form = derived
     marks = ", ".join(f"${i}" for i in range(4, 4 + len(_COLUMNS)))
     await conn.execute(
         f"INSERT INTO fts_text(blob_id, version, form, {', '.join(_COLUMNS)}) VALUES ($1, $2, $3, {marks})"
-        " ON CONFLICT (blob_id) DO NOTHING", blob_id, INDEX_VERSION, scanform.build(parsed), *_values(parsed))
+        " ON CONFLICT (blob_id) DO NOTHING", blob_id, INDEX_VERSION, form, *values)
     if not fresh:
         await conn.execute("DELETE FROM fts_backlog WHERE blob_id = $1", blob_id)
     return True
@@ -176,12 +177,13 @@ async def index_backlog(conn: Conn, limit: int, after: str) -> IndexProgress:
     for blob_id, meta, referenced in found:
         last = str(blob_id)
         indexed_now = await conn.fetchval("SELECT 1 FROM fts_text WHERE blob_id = $1", last)
+        parsed = parse_meta(None if meta is None else bytes(meta))
         if not referenced or indexed_now:  # a body only queued, or gone: nothing to search
             await conn.execute("DELETE FROM fts_backlog WHERE blob_id = $1", last)
-        elif await index_blob(conn, last, None if meta is None else bytes(meta)):
-            indexed += 1
-        else:
+        elif parsed is None:
             needs.append(last)
+        elif await index_blob(conn, last, bytes(meta), parsed=parsed):
+            indexed += 1  # (else its rows cannot be derived: it stays, and the step goes on)
     remaining = await conn.fetchval("SELECT count(*) FROM fts_backlog WHERE blob_id > $1", last)
     return IndexProgress(len(found), indexed, needs, last, int(remaining))
 

@@ -57,6 +57,10 @@ Invariants
    with them it measured 16 times larger (2.1 times the bodies' size on the bench mail, bench/RESULTS.md), so
    body and TEXT candidates are confirmed on their scan forms, except for a whole needle of exactly three
    characters: it is one trigram, which a field holds exactly when the needle is in it.
+6. A body whose rows cannot be derived from its metadata (`index_fields` or `scanform.build` raises: a fault
+   on some text) is logged and left in the backlog, searched exactly (invariant 1), before any row of it is
+   written: it fails neither the write that stores its message, nor the batch or idle step that indexes other
+   bodies with it, nor a step of the backlog (`index_backlog`, which does not ask for its metadata again).
 """
 
 from __future__ import annotations
@@ -117,6 +121,18 @@ def _values(meta: MessageMeta) -> list[str]:
     return [fields[c] for c in HEAD_COLUMNS] + [fields["body"]]
 
 
+def derive_rows(blob_id: str, parsed: MessageMeta) -> tuple[list[str], bytes] | None:
+    """A body's indexed values (`_values`) and scan form (`scanform.build`), or None when deriving them raised
+    (logged with its traceback): that body stays in the backlog, searched exactly from its metadata
+    (invariant 1), and costs no other body its index rows, nor its message a refusal (invariant 6)."""
+    try:
+        return _values(parsed), scanform.build(parsed)
+    except Exception:  # noqa: BLE001 - a fault on one body's text must not stop the index of the others
+        log.warning("full-text index: body %s cannot be indexed; it stays in the backlog, searched exactly",
+                    blob_id, exc_info=True)
+        return None
+
+
 def check_version(conn: sqlite3.Connection) -> bool:
     """At open: if the store was indexed under another `INDEX_VERSION`, empty the index and put every body in
     the backlog (invariant 2); record the version. True if it was reset."""
@@ -134,21 +150,26 @@ def check_version(conn: sqlite3.Connection) -> bool:
     return reset
 
 
-def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, fresh: bool = False) -> bool:
-    """Index body `blob_id` (not indexed now) from its stored metadata `meta`; if that is missing or of an older
-    format, put it in the backlog instead (invariant 1). True if indexed. `fresh`: its `blobs` row was made by
-    this transaction, so it has no backlog row (those go with the body: `unindex_blob`) and none is deleted."""
-    parsed = parse_meta(meta)
+def index_blob(conn: sqlite3.Connection, blob_id: str, meta: bytes | None, *, fresh: bool = False,
+               parsed: MessageMeta | None = None) -> bool:
+    """Index body `blob_id` (not indexed now) from its stored metadata `meta` (`parsed`: decoded already, when
+    the caller has it); if that is missing or of an older format, or the rows cannot be derived from it
+    (invariant 6), put it in the backlog instead (invariant 1). True if indexed. `fresh`: its `blobs` row was
+    made by this transaction, so it has no backlog row (those go with the body: `unindex_blob`) and none is
+    deleted."""
     if parsed is None:
+        parsed = parse_meta(meta)
+    derived = None if parsed is None else derive_rows(blob_id, parsed)
+    if derived is None:
         conn.execute("INSERT OR IGNORE INTO fts_backlog(blob_id) VALUES (?)", (blob_id,))
         return False
-    values = _values(parsed)
+    values, form = derived
     docid = conn.execute(
         "INSERT INTO fts_docs(blob_id, version) VALUES (?, ?) RETURNING docid", (blob_id, INDEX_VERSION)
     ).fetchone()[0]
     conn.execute(_INSERT_HEAD, (docid, *values[:-1]))
     conn.execute("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", (docid, values[-1]))
-    conn.execute("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", (docid, scanform.build(parsed)))
+    conn.execute("INSERT INTO fts_scan(docid, form) VALUES (?, ?)", (docid, form))
     if not fresh:
         conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (blob_id,))
     return True
@@ -192,13 +213,17 @@ def index_deferred(conn: sqlite3.Connection, items: list[tuple[str, bytes, Messa
     latest = {blob_id: (meta, parsed) for blob_id, meta, parsed in items}  # a body stored twice: the last
     head, body, scan, indexed = [], [], [], []
     for blob_id, (meta, parsed) in latest.items():
+        derived = derive_rows(blob_id, parsed)
+        if derived is None:  # invariant 6: this one to the backlog (if still stored and not indexed), the rest on
+            conn.execute(_BACKLOG_UNINDEXED, (blob_id,))
+            continue
         row = conn.execute(_INSERT_DOC, (INDEX_VERSION, blob_id, meta)).fetchone()
         if row is None:
             continue
-        values = _values(parsed)
+        values, form = derived
         head.append((row[0], *values[:-1]))
         body.append((row[0], values[-1]))
-        scan.append((row[0], scanform.build(parsed)))
+        scan.append((row[0], form))
         indexed.append((blob_id,))
     conn.executemany(_INSERT_HEAD, head)
     conn.executemany("INSERT INTO fts_body(rowid, body) VALUES (?, ?)", body)
@@ -492,12 +517,13 @@ def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProg
     last = after
     for blob_id, meta, referenced in rows:
         last = str(blob_id)
+        parsed = parse_meta(None if meta is None else bytes(meta))
         if not referenced or is_indexed(conn, last):  # a body only queued, or gone: nothing to search
             conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (last,))
-        elif index_blob(conn, last, None if meta is None else bytes(meta)):
-            indexed += 1
-        else:
+        elif parsed is None:
             needs.append(last)
+        elif index_blob(conn, last, bytes(meta), parsed=parsed):
+            indexed += 1  # (else its rows cannot be derived: it stays, invariant 6, and the step goes on)
     remaining = conn.execute("SELECT count(*) FROM fts_backlog WHERE blob_id > ?", (last,)).fetchone()[0]
     return IndexProgress(len(rows), indexed, needs, last, int(remaining))
 
