@@ -759,7 +759,7 @@ async def test_a_body_whose_index_rows_cannot_be_derived_costs_no_other_its_inde
     assert sorted(r.uid for r in results) == [1, 2, 3, 4, 5]  # nobody refused
     uid_of = {s: r.uid for s, r in zip(subjects, results, strict=True)}  # (jobs may run in another order)
     top = 2**32 - 1
-    for _ in range(200):  # SQLite parks the rows of a busy batch for its idle writer (engine invariant 10)
+    for _ in range(200):  # (at once here; a store that parks would write them once idle: engine invariant 10)
         found = await store.search_text(box.id, 1, top, TextTerm("subject", "five"))
         if found is not None and found.unindexed == 1:
             break
