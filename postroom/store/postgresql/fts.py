@@ -177,10 +177,9 @@ async def index_backlog(conn: Conn, limit: int, after: str) -> IndexProgress:
     for blob_id, meta, referenced in found:
         last = str(blob_id)
         indexed_now = await conn.fetchval("SELECT 1 FROM fts_text WHERE blob_id = $1", last)
-        parsed = parse_meta(None if meta is None else bytes(meta))
         if not referenced or indexed_now:  # a body only queued, or gone: nothing to search
             await conn.execute("DELETE FROM fts_backlog WHERE blob_id = $1", last)
-        elif parsed is None:
+        elif (parsed := parse_meta(None if meta is None else bytes(meta))) is None:
             needs.append(last)
         elif await index_blob(conn, last, bytes(meta), parsed=parsed):
             indexed += 1  # (else its rows cannot be derived: it stays, and the step goes on)

@@ -517,10 +517,9 @@ def index_backlog(conn: sqlite3.Connection, limit: int, after: str) -> IndexProg
     last = after
     for blob_id, meta, referenced in rows:
         last = str(blob_id)
-        parsed = parse_meta(None if meta is None else bytes(meta))
         if not referenced or is_indexed(conn, last):  # a body only queued, or gone: nothing to search
             conn.execute("DELETE FROM fts_backlog WHERE blob_id = ?", (last,))
-        elif parsed is None:
+        elif (parsed := parse_meta(None if meta is None else bytes(meta))) is None:
             needs.append(last)
         elif index_blob(conn, last, bytes(meta), parsed=parsed):
             indexed += 1  # (else its rows cannot be derived: it stays, invariant 6, and the step goes on)
