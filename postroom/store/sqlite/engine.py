@@ -163,13 +163,13 @@ Invariants
     another process checkpointing) waits for the next one, idle or automatic. The automatic one is the bound for
     a writer never idle: at SQLite's default of 1,000 pages a burst of deliveries (~15 pages each) checkpointed
     every ~65 messages, and a page changed by most batches (a table's last leaf, a mailbox's row) was copied each
-    time; at 4,000 a burst of two workers stored ~6 % more messages a second, with ~12 % fewer bytes written, and
-    the commit that checkpoints takes ~25 ms at p99 instead of ~16 (10,000: ~12 % faster, but ~35 ms; bench/
-    RESULTS.md, 2026-12-02). The idle one keeps the WAL's content short in ordinary traffic, in the gaps, so a
-    delivery rarely waits for a checkpoint; it waits for that many commits, as SQLite's default waits for ~65
-    deliveries, since checkpointing after every lone commit copied those same pages once a message (about twice
-    the bytes written). The WAL file keeps the size it reached (up to `WAL_SIZE_LIMIT`); SQLite writes it again
-    from the start after a complete checkpoint.
+    time. At 4,000 a burst of two workers stored ~6 % more messages a second (10,000: ~12 %) with ~12 % fewer
+    bytes written, and in a burst of appends to one store the commits' p99, set by those that checkpoint, is
+    ~25 ms instead of ~16 (10,000: ~35 ms; bench/RESULTS.md, 2026-12-02). The idle one keeps the WAL's content
+    short in ordinary traffic, in the gaps, so a delivery rarely waits for a checkpoint; it waits for that many
+    commits, as SQLite's default waits for ~65 deliveries, since checkpointing after every lone commit copied
+    those same pages once a message (about twice the bytes written). The WAL file keeps the size it reached (up
+    to `WAL_SIZE_LIMIT`); SQLite writes it again from the start after a complete checkpoint.
 """
 
 from __future__ import annotations
