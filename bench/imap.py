@@ -160,6 +160,12 @@ class Client:
             raise RuntimeError(f"greeting {greeting!r}")
         return c
 
+    def _compact(self) -> None:
+        """Drop what was taken (a bytearray drops its head in place)."""
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+
     async def _fill(self) -> None:
         data = await self.r.read(1 << 20)
         if not data:
@@ -169,9 +175,7 @@ class Client:
     async def _response(self) -> bytes:
         """One response: a line, and the literals it announces (`{n}` or `{n+}` before its CRLF) with the rest
         of the line after each."""
-        if self.pos:
-            del self.buf[:self.pos]  # (a bytearray drops its head in place)
-            self.pos = 0
+        self._compact()
         scan = 0
         while True:
             i = self.buf.find(b"\r\n", scan)
@@ -216,9 +220,7 @@ class Client:
         """Every complete response buffered, in one piece, when none of them announces a literal (lines cut
         by `splitlines`, in C); else b"" (then `_response` takes one, literals and all). Only CRLF ends a line
         outside a literal (RFC 9051 §2.2), so `splitlines` cuts where `_response` would."""
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
+        self._compact()
         end = self.buf.rfind(b"\r\n") + 2
         if end < 2 or self.buf.find(b"}\r\n", 0, end) >= 0:
             return b""
